@@ -1,0 +1,139 @@
+"""The only module that runs ``nix``: version adapters and offline-safe invocations.
+
+Nix 2.8 (Debian 12) and 2.26+ (Debian 13) differ in JSON shapes and flags; the adapters here
+hide that: ``path-info --json`` is a list in 2.8 and an object keyed by path later, and 2.8 has no
+``--print-out-paths`` (``build --json`` works in both). Every call sets the substituters it means
+and a local flake registry, so an offline machine never waits on unreachable caches.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import BuildError, NixError, NixNotFoundError
+
+__all__ = [
+    "nix_version", "common_options", "add_fixed", "print_fixed_path", "invalid_paths",
+    "build", "path_info", "parse_path_info", "parse_build_json", "store_dir", "nix_lib_dir",
+    "run_nix",
+]
+
+EXPERIMENTAL = "nix-command flakes"
+
+
+def _which(tool: str) -> str:
+    found = shutil.which(tool)
+    if not found:
+        raise NixNotFoundError(
+            f"`{tool}` is not on PATH: Nix is not installed. Install it with "
+            f"`apt-get install nix-bin` (or run `bash .ci/setup` in the mlbuild checkout)"
+        )
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def nix_version() -> tuple[int, ...]:
+    out = subprocess.run([_which("nix"), "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", out)
+    if not m:
+        raise NixError(f"cannot read the Nix version from {out!r}")
+    return tuple(int(g or 0) for g in m.groups())
+
+
+def store_dir() -> str:
+    return os.environ.get("NIX_STORE_DIR", "/nix/store")
+
+
+def nix_lib_dir() -> Path:
+    """mlbuild's Nix library (the repository's nix/ folder, or $MLBUILD_NIX)."""
+    env = os.environ.get("MLBUILD_NIX")
+    path = Path(env) if env else Path(__file__).resolve().parent.parent / "nix"
+    if not (path / "default.nix").is_file():
+        raise NixError(f"mlbuild's Nix library is not at {path}; set MLBUILD_NIX to the nix/ folder")
+    return path
+
+
+def common_options(substituters: Sequence[str] = ()) -> list[str]:
+    """Options every project Nix call gets: flakes on, only the given substituters, no registry."""
+    registry = Path(os.environ.get("MLBUILD_STATE", Path.home() / ".cache" / "mlbuild")) / "registry.json"
+    if not registry.exists():
+        registry.parent.mkdir(parents=True, exist_ok=True)
+        registry.write_text('{"flakes": [], "version": 2}\n')
+    return [
+        "--extra-experimental-features", EXPERIMENTAL,
+        "--option", "substituters", " ".join(substituters),
+        "--option", "flake-registry", str(registry),
+    ]
+
+
+def run_nix(args: Sequence[str], *, tool: str = "nix", check: bool = True,
+            capture: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [_which(tool), *args]
+    proc = subprocess.run(cmd, capture_output=capture, text=True, input=input)
+    if check and proc.returncode != 0:
+        tail = "\n".join((proc.stderr or "").strip().splitlines()[-25:])
+        raise NixError(f"`{' '.join(cmd[:3])} ...` failed (exit {proc.returncode})", tail)
+    return proc
+
+
+def add_fixed(path: Path, recursive: bool) -> str:
+    """Stream ``path`` into the store as a sha256 fixed-output path (constant memory)."""
+    args = ["--add-fixed", *(["--recursive"] if recursive else []), "sha256", str(path)]
+    return run_nix(args, tool="nix-store").stdout.strip()
+
+
+def print_fixed_path(sha256_hex: str, name: str, recursive: bool) -> str:
+    args = ["--print-fixed-path", *(["--recursive"] if recursive else []), "sha256", sha256_hex, name]
+    return run_nix(args, tool="nix-store").stdout.strip()
+
+
+def invalid_paths(paths: Sequence[str]) -> list[str]:
+    """Those of ``paths`` that are not valid in the local store (one nix-store call)."""
+    if not paths:
+        return []
+    proc = run_nix(["--check-validity", "--print-invalid", *paths], tool="nix-store")
+    return proc.stdout.split()
+
+
+def parse_build_json(text: str) -> list[dict[str, Any]]:
+    """``nix build --json`` output: a list of {drvPath, outputs: {name: path}} in every version."""
+    data = json.loads(text or "[]")
+    if not isinstance(data, list):
+        raise NixError(f"unexpected `nix build --json` output: {text[:200]!r}")
+    return data
+
+
+def parse_path_info(text: str) -> dict[str, dict[str, Any]]:
+    """``nix path-info --json``: a list of objects with "path" (2.8) or an object keyed by path."""
+    data = json.loads(text or "[]")
+    if isinstance(data, list):
+        return {entry["path"]: {k: v for k, v in entry.items() if k != "path"} for entry in data}
+    if isinstance(data, dict):
+        return {path: (info or {}) for path, info in data.items()}
+    raise NixError(f"unexpected `nix path-info --json` output: {text[:200]!r}")
+
+
+def path_info(paths: Sequence[str], recursive: bool = False) -> dict[str, dict[str, Any]]:
+    args = ["path-info", "--json", *(["--recursive"] if recursive else []), *paths]
+    return parse_path_info(run_nix([*common_options(), *args]).stdout)
+
+
+def build(installables: Sequence[str], *, file: Path | None = None, args: Sequence[str] = (),
+          substituters: Sequence[str] = (), extra: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """``nix build --json --no-link``; returns the parsed JSON. Raises BuildError with the log tail."""
+    cmd = [*common_options(substituters), "build", "--json", "--no-link", *extra]
+    if file is not None:
+        cmd += ["--file", str(file), *args]
+    cmd += list(installables)
+    proc = run_nix(cmd, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-40:])
+        raise BuildError(f"nix build of {' '.join(installables)} failed (exit {proc.returncode})", tail)
+    return parse_build_json(proc.stdout)

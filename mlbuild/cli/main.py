@@ -1,0 +1,48 @@
+"""Entry point: the ``mlbuild`` group, global options and the one place errors are printed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..config import Project, load_project
+from ..errors import MlbuildError
+
+__all__ = ["main", "cli", "pass_project"]
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MlbuildError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mlbuild")
+@click.option("--project", "-C", "project_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Project folder (default: the nearest folder holding mlbuild.toml).")
+@click.pass_context
+def cli(ctx: click.Context, project_dir: Path | None) -> None:
+    """mlbuild: reproducible ML builds on Nix.
+
+    Pin inputs with `mlbuild lock`, fetch them with `mlbuild prefetch`, build with `mlbuild build`.
+    """
+    ctx.obj = project_dir
+
+
+def load(ctx: click.Context) -> Project:
+    return load_project(ctx.find_root().obj)
+
+
+from . import commands  # noqa: E402,F401  (registers the commands)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,92 @@
+"""Reading mlbuild.toml, the file that says what a project wants.
+
+Nix reads the same file with ``builtins.fromTOML`` (nix/project.nix); both sides must agree on
+its meaning, so every default lives in one place per side and is documented in the README.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["Project", "PythonConfig", "load_project", "find_project_root", "CONFIG_NAME", "LOCK_NAME"]
+
+CONFIG_NAME = "mlbuild.toml"
+LOCK_NAME = "mlbuild.lock"
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class PythonConfig:
+    interpreter: str = "python3"
+    requirements: tuple[str, ...] = ()
+    libraries: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path
+    name: str
+    python: PythonConfig
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / LOCK_NAME
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above ``start`` holding mlbuild.toml."""
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / CONFIG_NAME).is_file():
+            return d
+    raise ConfigError(
+        f"no {CONFIG_NAME} in {here} or any folder above it; "
+        f"run mlbuild in a project folder or pass --project PATH"
+    )
+
+
+def _strings(table: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}.{key} must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def load_project(root: Path | None = None) -> Project:
+    """Load and check ``root/mlbuild.toml`` (root: the nearest project folder)."""
+    root = find_project_root(root) if root is None or not (root / CONFIG_NAME).is_file() else root
+    path = root / CONFIG_NAME
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    proj = raw.get("project")
+    if not isinstance(proj, dict) or "name" not in proj:
+        raise ConfigError(f'{path}: needs a [project] table with name = "..."')
+    name = proj["name"]
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"{path}: [project].name {name!r} must match {_NAME.pattern}")
+    py = raw.get("python", {})
+    if not isinstance(py, dict):
+        raise ConfigError(f"{path}: [python] must be a table")
+    interpreter = py.get("interpreter", "python3")
+    if not isinstance(interpreter, str) or not interpreter:
+        raise ConfigError(f"{path}: [python].interpreter must be a command or path, got {interpreter!r}")
+    python = PythonConfig(
+        interpreter=os.path.expanduser(interpreter),
+        requirements=_strings(py, "requirements", "[python]"),
+        libraries=_strings(py, "libraries", "[python]"),
+    )
+    return Project(root=root.resolve(), name=name, python=python, raw=raw)

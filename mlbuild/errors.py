@@ -1,0 +1,59 @@
+"""The one error hierarchy of mlbuild. Only the CLI prints these (as ``Error: ...``)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "MlbuildError",
+    "ConfigError",
+    "LockError",
+    "ResolveError",
+    "HashMismatchError",
+    "InterpreterError",
+    "NixError",
+    "NixNotFoundError",
+    "BuildError",
+]
+
+
+class MlbuildError(Exception):
+    """Root of every error a user can cause; the message names the bad value and the fix."""
+
+
+class ConfigError(MlbuildError):
+    """mlbuild.toml is missing or wrong."""
+
+
+class LockError(MlbuildError):
+    """mlbuild.lock is missing, stale or malformed."""
+
+
+class ResolveError(MlbuildError):
+    """pip could not resolve or fetch the requirements."""
+
+
+class HashMismatchError(MlbuildError):
+    """Bytes on disk do not have the hash the lock pins."""
+
+    def __init__(self, what: str, expected: str, actual: str, fix: str) -> None:
+        self.what, self.expected, self.actual = what, expected, actual
+        super().__init__(f"{what}: sha256 is {actual}, but mlbuild.lock pins {expected}. {fix}")
+
+
+class InterpreterError(MlbuildError):
+    """The Python interpreter cannot be found or differs from the lock."""
+
+
+class NixError(MlbuildError):
+    """A Nix command failed."""
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        self.log_tail = log_tail
+        super().__init__(message + (f"\n{log_tail}" if log_tail else ""))
+
+
+class NixNotFoundError(NixError):
+    """Nix is not installed."""
+
+
+class BuildError(NixError):
+    """A build failed; carries the tail of its log."""

@@ -1,0 +1,64 @@
+"""mlbuild.lock: the content hashes the driver pinned (JSON, sorted, one file per project).
+
+Layout (version 1)::
+
+    {"version": 1,
+     "requirements": [...],                   # [python].requirements it was made from
+     "interpreter": {"version", "abi", "bin", "loader", "system", "executable", "prefixes",
+                     "snapshot": {"name", "sha256"}},     # sha256 of the snapshot's NAR
+     "wheels": [{"name", "version", "filename", "sha256"}],   # sha256 of the wheel file
+     "tools": [...same shape...]}             # wheels the toolchain build itself uses
+
+Later sections (datasets) are kept as they are when the lock is rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import LockError
+
+__all__ = ["LOCK_VERSION", "read_lock", "write_lock", "wheel_entry"]
+
+LOCK_VERSION = 1
+_WHEEL_KEYS = ("name", "version", "filename", "sha256")
+
+
+def wheel_entry(entry: Any, where: str) -> dict[str, str]:
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in _WHEEL_KEYS):
+        raise LockError(f"{where}: a wheel entry needs string fields {', '.join(_WHEEL_KEYS)}; got {entry!r}; "
+                        f"run `mlbuild lock`")
+    if len(entry["sha256"]) != 64:
+        raise LockError(f"{where}: {entry['filename']} has sha256 {entry['sha256']!r}, not 64 hex digits")
+    return {k: entry[k] for k in _WHEEL_KEYS}
+
+
+def read_lock(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise LockError(f"{path} does not exist; run `mlbuild lock` in {path.parent}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise LockError(f"{path}: not valid JSON ({e}); restore it from git or run `mlbuild lock`") from None
+    if not isinstance(data, dict) or data.get("version") != LOCK_VERSION:
+        raise LockError(f"{path}: lock version {data.get('version') if isinstance(data, dict) else None!r}, "
+                        f"expected {LOCK_VERSION}; run `mlbuild lock`")
+    for key in ("wheels", "tools"):
+        data[key] = [wheel_entry(w, f"{path} {key}") for w in data.get(key, [])]
+    if "interpreter" not in data or "snapshot" not in data["interpreter"]:
+        raise LockError(f"{path}: no interpreter entry; run `mlbuild lock`")
+    return data
+
+
+def write_lock(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically (temp file + rename): a crash never leaves half a lock."""
+    data = {"version": LOCK_VERSION, **{k: v for k, v in data.items() if k != "version"}}
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".mlbuild.lock.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

