@@ -27,5 +27,8 @@ def build_targets(project: Project, targets: Sequence[str]) -> list[Built]:
     check_fresh(project, read_lock(project.lock_path))
     targets = list(targets) or ["toolchain"]
     entry = _nix.nix_lib_dir() / "entry.nix"
-    result = _nix.build(targets, file=entry, args=["--argstr", "src", str(project.root)])
-    return [Built(t, r["outputs"]["out"]) for t, r in zip(targets, result)]
+    built = []
+    for target in targets:  # one call per target: `nix build --json` does not keep the order
+        result = _nix.build([target], file=entry, args=["--argstr", "src", str(project.root)])
+        built.append(Built(target, result[0]["outputs"]["out"]))
+    return built

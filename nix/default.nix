@@ -7,22 +7,29 @@ let
   lib = import ./lib.nix;
   root = toString ../.;
   # Only mlbuild/__init__.py and mlbuild/runtime/ go into builds: editing the driver (CLI,
-  # lock code) rebuilds nothing.
+  # lock code) rebuilds nothing. `runtimeFor [ "elf" ]` holds only the named runtime modules,
+  # so a builder's derivation changes only when the code it runs changes.
+  runtimeFilter = keep: path: type:
+    let rel = lib.removePrefix (root + "/") (toString path);
+    in baseNameOf path != "__pycache__" && !(lib.hasSuffix ".pyc" rel)
+       && (rel == "mlbuild" || rel == "mlbuild/__init__.py" || rel == "mlbuild/runtime"
+           || rel == "mlbuild/runtime/__init__.py" || keep rel);
+  runtimeFor = modules: builtins.path {
+    name = "mlbuild-runtime";
+    path = ../.;
+    filter = runtimeFilter (rel: builtins.elem rel (map (m: "mlbuild/runtime/${m}.py") modules));
+  };
   runtimeSrc = builtins.path {
     name = "mlbuild-runtime";
     path = ../.;
-    filter = path: type:
-      let rel = lib.removePrefix (root + "/") (toString path);
-      in (rel == "mlbuild" || rel == "mlbuild/__init__.py" || rel == "mlbuild/runtime"
-          || lib.hasPrefix "mlbuild/runtime/" rel)
-         && baseNameOf path != "__pycache__" && !(lib.hasSuffix ".pyc" rel);
+    filter = runtimeFilter (lib.hasPrefix "mlbuild/runtime/");
   };
   fetch = import ./fetch.nix { inherit system; };
-  toolchain = import ./toolchain.nix { inherit system lib runtimeSrc; inherit (fetch) fetchLocked; };
+  toolchain = import ./toolchain.nix { inherit system lib runtimeSrc runtimeFor; inherit (fetch) fetchLocked; };
   project = import ./project.nix { inherit system lib toolchain; };
 in
 {
-  inherit lib runtimeSrc;
+  inherit lib runtimeSrc runtimeFor;
   inherit (fetch) fetchLocked;
   inherit (toolchain) mkInterpreter mkToolchain;
   inherit (project) mkProject;

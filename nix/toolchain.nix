@@ -7,7 +7,7 @@
 #                                   -> $out/bin/python with every locked wheel importable.
 #                                      With nixpkgs, nixpkgs' python of the locked X.Y is used
 #                                      instead of the snapshot.
-{ system, lib, fetchLocked, runtimeSrc }:
+{ system, lib, fetchLocked, runtimeSrc, runtimeFor }:
 let
   builderCode = module:
     "import sys; sys.path.insert(0, sys.argv[1]); from mlbuild.runtime.${module} import main; main()";
@@ -39,7 +39,7 @@ rec {
       inherit system;
       builder = "${snapshot}/lib/${i.loader}";
       args = [ "--library-path" "${snapshot}/lib" "${snapshot}/bin/${i.bin}" "-s" "-S"
-               "-c" (builderCode "interpreter") runtimeSrc ];
+               "-c" (builderCode "interpreter") (runtimeFor [ "spec" "elf" "interpreter" ]) ];
       PYTHONHOME = snapshot;
       PYTHONHASHSEED = "0";
       PYTHONDONTWRITEBYTECODE = "1";
@@ -70,7 +70,7 @@ rec {
       name = "${name}-toolchain";
       inherit system;
       builder = "${interpreter}/bin/${i.bin}";
-      args = [ "-s" "-S" "-c" (builderCode "toolchain") runtimeSrc ];
+      args = [ "-s" "-S" "-c" (builderCode "toolchain") (runtimeFor [ "spec" "elf" "toolchain" ]) ];
       # Nix starts the builder as argv[0] = "python3.X": Python finds its home through PATH.
       PATH = "${interpreter}/bin";
       PYTHONHASHSEED = "0";
