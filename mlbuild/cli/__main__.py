@@ -1,0 +1,5 @@
+"""``python -m mlbuild.cli``."""
+
+from .main import main
+
+main()

@@ -1,0 +1,176 @@
+"""Loading a package's model: the user's module, the safetensors weights, the pre/post handler.
+
+The user's module (``config.module``, imported from ``PKG/code``) defines
+``build_model(params) -> torch.nn.Module`` (architecture only) and may define
+``preprocess(x: numpy.ndarray) -> torch.Tensor`` and
+``postprocess(outputs: torch.Tensor) -> dict[str, numpy.ndarray]``. Defaults: the input as a
+float32 tensor; for ``task == "classification"``, ``{"probabilities": softmax, "label": argmax}``;
+otherwise ``{<first output>: outputs}``.
+
+Weights are read with safetensors (memory-mapped) and assigned into the module without an extra
+copy (``load_state_dict(strict=True, assign=True)``); the file's sha256 is checked against the
+manifest first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from .package import Package, PackageError, ServeError
+
+__all__ = ["LoadedModel", "ModelError", "load_model", "default_threads", "sha256_file"]
+
+Preprocess = Callable[[np.ndarray], torch.Tensor]
+Postprocess = Callable[[torch.Tensor], dict[str, np.ndarray]]
+
+
+class ModelError(ServeError):
+    """The model (user code) failed or returned outputs that do not fit ``config.outputs``."""
+
+
+def default_threads() -> int:
+    """Intra-op threads: ``$MLBUILD_SERVE_THREADS``, else the CPUs this process may run on."""
+    env = os.environ.get("MLBUILD_SERVE_THREADS", "").strip()
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            raise ServeError(f"MLBUILD_SERVE_THREADS={env!r} is not an integer") from None
+        if value < 1:
+            raise ServeError(f"MLBUILD_SERVE_THREADS={env!r} must be >= 1")
+        return value
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _import_user_module(pkg: Package) -> Any:
+    code = str(pkg.code_dir)
+    if code not in sys.path:
+        sys.path.insert(0, code)
+    cached = sys.modules.get(pkg.module)
+    if cached is not None and not str(getattr(cached, "__file__", "") or "").startswith(code + os.sep):
+        del sys.modules[pkg.module]  # a same-named module from another package (tests load several)
+    try:
+        return importlib.import_module(pkg.module)
+    except Exception as e:
+        raise PackageError(pkg.code_dir, f"importing module {pkg.module!r} failed: {type(e).__name__}: {e}") from e
+
+
+def _default_preprocess(x: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    return t.float() if t.is_floating_point() else t
+
+
+def _classification_postprocess(outputs: torch.Tensor) -> dict[str, np.ndarray]:
+    probs = torch.softmax(outputs.float(), dim=-1)
+    return {"probabilities": probs.numpy(), "label": torch.argmax(outputs, dim=-1).to(torch.int64).numpy()}
+
+
+class LoadedModel:
+    """A ready model: ``run(batch)`` maps an input array (rows first) to validated output arrays.
+
+    Call ``run`` from one thread at a time (the batcher's worker).
+    """
+
+    def __init__(self, pkg: Package, module: torch.nn.Module, preprocess: Preprocess,
+                 postprocess: Postprocess, load_seconds: float, threads: int) -> None:
+        self.pkg, self.module = pkg, module
+        self.preprocess, self.postprocess = preprocess, postprocess
+        self.load_seconds, self.threads = load_seconds, threads
+
+    def forward(self, batch: np.ndarray) -> torch.Tensor:
+        """The bare forward pass (no postprocessing), as the benchmark's reference."""
+        with torch.inference_mode():
+            out: torch.Tensor = self.module(self.preprocess(batch))
+        return out
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        rows = int(batch.shape[0])
+        with torch.inference_mode():
+            raw = self.postprocess(self.module(self.preprocess(batch)))
+        if not isinstance(raw, dict):
+            raise ModelError(f"postprocess returned {type(raw).__name__}, expected a dict of arrays")
+        result: dict[str, np.ndarray] = {}
+        for spec in self.pkg.outputs:
+            if spec.name not in raw:
+                raise ModelError(f"postprocess returned {sorted(raw)}, missing output {spec.name!r} of config.json")
+            value = raw[spec.name]
+            if isinstance(value, torch.Tensor):
+                value = value.detach().cpu().numpy()
+            arr = np.asarray(value).astype(spec.dtype, copy=False)
+            if arr.ndim != len(spec.shape) or arr.shape[0] != rows or any(
+                    d != -1 and d != a for d, a in zip(spec.shape[1:], arr.shape[1:])):
+                raise ModelError(f"output {spec.name!r} has shape {list(arr.shape)} for {rows} row(s); "
+                                 f"config.json declares {list(spec.shape)}")
+            result[spec.name] = arr
+        return result
+
+
+def load_model(pkg: Package, threads: int | None = None, verify: bool = True) -> LoadedModel:
+    """Import the user's module, build the model, load the weights (strict keys), warm it up."""
+    start = time.perf_counter()
+    threads = threads or default_threads()
+    torch.set_num_threads(threads)
+    if verify and "model" in pkg.hashes:
+        actual = sha256_file(pkg.weights_path)
+        if actual != pkg.hashes["model"]:
+            raise PackageError(pkg.weights_path, f"sha256 is {actual}, but manifest.json says {pkg.hashes['model']}")
+    user = _import_user_module(pkg)
+    build = getattr(user, "build_model", None)
+    if not callable(build):
+        raise PackageError(pkg.code_dir, f"module {pkg.module!r} defines no build_model(params)")
+    try:
+        module = build(dict(pkg.params))
+    except Exception as e:
+        raise PackageError(pkg.code_dir, f"build_model(params) failed: {type(e).__name__}: {e}") from e
+    if not isinstance(module, torch.nn.Module):
+        raise PackageError(pkg.code_dir, f"build_model returned {type(module).__name__}, not a torch.nn.Module")
+    try:
+        state = load_file(str(pkg.weights_path), device="cpu")
+    except Exception as e:
+        raise PackageError(pkg.weights_path, f"not a readable safetensors file ({e})") from e
+    try:
+        module.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        raise PackageError(pkg.weights_path, f"weights do not fit build_model(params): {e}") from e
+    module.eval()
+
+    preprocess: Preprocess = getattr(user, "preprocess", None) or _default_preprocess
+    postprocess: Postprocess | None = getattr(user, "postprocess", None)
+    if postprocess is None:
+        if pkg.task == "classification":
+            postprocess = _classification_postprocess
+        else:
+            first = pkg.outputs[0].name
+            postprocess = lambda out: {first: out.detach().numpy()}  # noqa: E731
+    model = LoadedModel(pkg, module, preprocess, postprocess, 0.0, threads)
+    spec = pkg.input
+    warm = np.zeros((1, *[d if d > 0 else 1 for d in spec.shape[1:]]), dtype=spec.dtype)
+    try:
+        model.run(warm)
+    except Exception as e:
+        raise PackageError(pkg.root, f"warm-up inference on zeros{list(warm.shape)} failed: "
+                                     f"{type(e).__name__}: {e}") from e
+    model.load_seconds = time.perf_counter() - start
+    return model

@@ -1,0 +1,286 @@
+"""Open Inference Protocol v2 requests and responses: JSON tensors, Triton's binary extension, v1.
+
+Decoding validates everything a client controls (JSON shape, names, datatypes, shapes, element
+counts, binary sizes, finiteness) and raises ``ProtocolError`` with an HTTP status and a message
+naming the bad value; nothing a client sends may surface as another exception.
+
+Binary extension (as ``tritonclient.http`` sends it): the body is a JSON header of
+``Inference-Header-Content-Length`` bytes followed by the raw little-endian input tensors, in
+input order, each sized by its ``parameters.binary_data_size``. Outputs requested with
+``parameters.binary_data`` (or all outputs, with request ``parameters.binary_data_output``) are
+returned the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .package import Package, ServeError, TensorSpec
+
+__all__ = [
+    "ProtocolError",
+    "InferRequest",
+    "decode_infer",
+    "encode_infer",
+    "decode_predict",
+    "encode_predict",
+    "error_body",
+]
+
+_INT_BOUNDS = {k: (np.iinfo(v).min, np.iinfo(v).max) for k, v in
+               {"INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8,
+                "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64}.items()}
+
+
+class ProtocolError(ServeError):
+    """A request the server refuses: ``status`` (4xx) and a message naming the problem."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status, self.message = status, message
+        super().__init__(message)
+
+
+@dataclass
+class InferRequest:
+    """A decoded, validated inference request: the input rows and the outputs to send back."""
+
+    id: str | None
+    array: np.ndarray
+    outputs: list[tuple[str, bool]]  # (output name, as binary)
+
+
+def error_body(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError(400, message)
+
+
+def _loads(data: bytes | memoryview, what: str) -> Any:
+    try:
+        return json.loads(bytes(data))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _bad(f"{what} is not valid JSON: {str(e)[:200]}") from None
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_shape(spec: TensorSpec, shape: Any) -> tuple[int, ...]:
+    if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
+        raise _bad(f"input {spec.name!r}: shape must be a list of integers, got {shape!r:.200}")
+    if len(shape) != len(spec.shape) or any(d < 0 for d in shape) or any(
+            want != -1 and want != got for want, got in zip(spec.shape, shape)):
+        raise _bad(f"input {spec.name!r}: shape {shape} does not match the model's {list(spec.shape)}")
+    if shape[0] < 1:
+        raise _bad(f"input {spec.name!r}: shape {shape} has no rows")
+    return tuple(shape)
+
+
+def _from_json_data(spec: TensorSpec, data: Any, shape: tuple[int, ...], datatype: str) -> np.ndarray:
+    """Convert JSON ``data`` (flat or nested) to an array of ``shape`` and the spec's dtype."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = np.asarray(data)
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError):
+        raise _bad(f"input {spec.name!r}: data is not a regular array of numbers") from None
+    kind = arr.dtype.kind
+    allowed = "b" if datatype == "BOOL" else "iu" if datatype in _INT_BOUNDS else "iuf"
+    if kind not in allowed or arr.size != math.prod(shape):
+        if kind not in allowed:
+            what = "empty" if arr.size == 0 else "not numbers" if kind not in "biuf" else f"of kind {arr.dtype}"
+            raise _bad(f"input {spec.name!r}: data is {what}; datatype {datatype} needs "
+                       f"{'booleans' if allowed == 'b' else 'integers' if allowed == 'iu' else 'numbers'}")
+        raise _bad(f"input {spec.name!r}: data has {arr.size} element(s), shape {list(shape)} needs {math.prod(shape)}")
+    if datatype in _INT_BOUNDS and arr.size:
+        lo, hi = _INT_BOUNDS[datatype]
+        if int(arr.min()) < lo or int(arr.max()) > hi:
+            raise _bad(f"input {spec.name!r}: values out of range for {datatype}")
+    with np.errstate(all="ignore"):
+        return arr.reshape(shape).astype(spec.dtype, copy=False)
+
+
+def _decode_input(spec: TensorSpec, item: dict[str, Any], binary: memoryview, offset: int,
+                  has_binary: bool) -> tuple[np.ndarray, int]:
+    datatype = item.get("datatype")
+    if datatype != spec.datatype:
+        raise _bad(f"input {spec.name!r}: datatype {datatype!r:.50}, the model expects {spec.datatype}")
+    shape = _check_shape(spec, item.get("shape"))
+    params = item.get("parameters", {})
+    if not isinstance(params, dict):
+        raise _bad(f"input {spec.name!r}: parameters must be an object")
+    for unsupported in ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"):
+        if unsupported in params:
+            raise _bad(f"input {spec.name!r}: shared memory is not supported")
+    size = params.get("binary_data_size")
+    if size is not None:
+        if not has_binary:
+            raise _bad(f"input {spec.name!r}: binary_data_size given, but no Inference-Header-Content-Length header")
+        if not _is_int(size) or size < 0:
+            raise _bad(f"input {spec.name!r}: binary_data_size must be a non-negative integer, got {size!r:.50}")
+        if "data" in item:
+            raise _bad(f"input {spec.name!r}: both data and binary_data_size given")
+        itemsize = np.dtype(spec.dtype).itemsize
+        need = math.prod(shape) * itemsize
+        if size != need:
+            raise _bad(f"input {spec.name!r}: binary_data_size is {size}, shape {list(shape)} of "
+                       f"{spec.datatype} needs {need} bytes")
+        if offset + size > len(binary):
+            raise _bad(f"input {spec.name!r}: binary data ends after {len(binary) - offset} of {size} bytes")
+        arr = np.frombuffer(binary[offset:offset + size], dtype=spec.dtype).reshape(shape)
+        if spec.datatype == "BOOL" and arr.size and int(arr.view(np.uint8).max()) > 1:
+            raise _bad(f"input {spec.name!r}: BOOL bytes must be 0 or 1")
+        return arr, offset + size
+    if "data" not in item:
+        raise _bad(f"input {spec.name!r}: no data (give data, or parameters.binary_data_size)")
+    return _from_json_data(spec, item["data"], shape, spec.datatype), offset
+
+
+def _check_finite(spec: TensorSpec, arr: np.ndarray) -> None:
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise _bad(f"input {spec.name!r}: contains NaN or infinity")
+
+
+def _requested_outputs(pkg: Package, raw: Any, default_binary: bool) -> list[tuple[str, bool]]:
+    if raw is None:
+        return [(spec.name, default_binary) for spec in pkg.outputs]
+    if not isinstance(raw, list):
+        raise _bad("outputs must be a list")
+    result: list[tuple[str, bool]] = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise _bad("each requested output must be an object with a string name")
+        name = item["name"]
+        if pkg.output(name) is None:
+            raise _bad(f"unknown output {name!r:.100}; the model has {[s.name for s in pkg.outputs]}")
+        if any(name == n for n, _ in result):
+            raise _bad(f"output {name!r} requested twice")
+        params = item.get("parameters", {})
+        if not isinstance(params, dict):
+            raise _bad(f"output {name!r}: parameters must be an object")
+        if params.get("classification") not in (None, 0):
+            raise _bad(f"output {name!r}: the classification extension is not supported; "
+                       "read the probabilities and label outputs")
+        if "shared_memory_region" in params:
+            raise _bad(f"output {name!r}: shared memory is not supported")
+        binary = params.get("binary_data", default_binary)
+        if not isinstance(binary, bool):
+            raise _bad(f"output {name!r}: binary_data must be true or false")
+        result.append((name, binary))
+    if not result:
+        raise _bad("outputs is empty; omit it to get every output")
+    return result
+
+
+def decode_infer(pkg: Package, body: bytes, header_length: str | None) -> InferRequest:
+    """Decode and validate a ``POST /v2/models/{name}/infer`` body."""
+    view = memoryview(body)
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise _bad(f"Inference-Header-Content-Length {header_length!r:.30} is not a size within "
+                       f"the {len(body)}-byte body")
+        n = int(header_length)
+        header, binary = view[:n], view[n:]
+    else:
+        header, binary = view, view[:0]
+    req = _loads(header, "request")
+    if not isinstance(req, dict):
+        raise _bad(f"request must be a JSON object, got {type(req).__name__}")
+    request_id = req.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise _bad("id must be a string")
+    params = req.get("parameters", {})
+    if not isinstance(params, dict):
+        raise _bad("parameters must be an object")
+    binary_output = params.get("binary_data_output", False)
+    if not isinstance(binary_output, bool):
+        raise _bad("parameters.binary_data_output must be true or false")
+    inputs = req.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise _bad("inputs must be a non-empty list")
+    spec = pkg.input
+    found: np.ndarray | None = None
+    offset = 0
+    for item in inputs:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise _bad("each input must be an object with a string name")
+        if item["name"] != spec.name:
+            raise _bad(f"unknown input {item['name']!r:.100}; the model has [{spec.name!r}]")
+        if found is not None:
+            raise _bad(f"input {spec.name!r} given twice")
+        found, offset = _decode_input(spec, item, binary, offset, header_length is not None)
+    assert found is not None
+    if offset != len(binary):
+        raise _bad(f"{len(binary) - offset} byte(s) of binary data are not claimed by any input's binary_data_size")
+    _check_finite(spec, found)
+    outputs = _requested_outputs(pkg, req.get("outputs"), binary_output)
+    return InferRequest(request_id, found, outputs)
+
+
+def encode_infer(pkg: Package, req: InferRequest, results: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary outputs follow it."""
+    outputs: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, binary in req.outputs:
+        arr = results[name]
+        spec = pkg.output(name)
+        assert spec is not None
+        entry: dict[str, Any] = {"name": name, "datatype": spec.datatype, "shape": list(arr.shape)}
+        if binary:
+            raw = np.ascontiguousarray(arr, dtype=spec.dtype).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = arr.ravel().tolist()
+        outputs.append(entry)
+    response: dict[str, Any] = {"model_name": pkg.name, "model_version": "1", "outputs": outputs}
+    if req.id is not None:
+        response["id"] = req.id
+    header = json.dumps(response, allow_nan=True).encode()
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
+
+
+def decode_predict(pkg: Package, body: bytes) -> np.ndarray:
+    """Decode ``POST /v1/models/{name}:predict``: ``{"instances": [row, ...]}`` to the input array."""
+    req = _loads(body, "request")
+    if not isinstance(req, dict) or "instances" not in req:
+        raise _bad('request must be a JSON object {"instances": [[...], ...]}')
+    instances = req["instances"]
+    spec = pkg.input
+    if not isinstance(instances, list) or not instances:
+        raise _bad("instances must be a non-empty list of rows")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            probe = np.asarray(instances)
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError):
+        raise _bad("instances is not a regular array of numbers") from None
+    shape = _check_shape(spec, list(probe.shape))
+    arr = _from_json_data(spec, instances, shape, spec.datatype)
+    _check_finite(spec, arr)
+    return arr
+
+
+def encode_predict(pkg: Package, results: dict[str, np.ndarray]) -> bytes:
+    """``{"predictions": [{output: value, ..., "class": label name}, ...]}``, one entry per row."""
+    rows = next(iter(results.values())).shape[0]
+    columns = {name: arr.tolist() for name, arr in results.items()}
+    predictions: list[dict[str, Any]] = []
+    for i in range(rows):
+        row = {name: col[i] for name, col in columns.items()}
+        label = row.get("label")
+        if pkg.labels is not None and _is_int(label) and 0 <= label < len(pkg.labels):
+            row["class"] = pkg.labels[label]
+        predictions.append(row)
+    return json.dumps({"predictions": predictions}).encode()

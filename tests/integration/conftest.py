@@ -1,0 +1,83 @@
+"""Fixtures for tests that build with real Nix: temporary projects, locked and prefetched."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlbuild.interpreter import probe
+from tests.conftest import REPO, run_cli, write_tree
+
+SMALL_REQUIREMENTS = ["numpy", "safetensors"]
+
+
+def small_project_tree(requirements: list[str] = SMALL_REQUIREMENTS, name: str = "small") -> dict[str, Any]:
+    reqs = ", ".join(json.dumps(r) for r in requirements)
+    return {"mlbuild.toml": f'[project]\nname = "{name}"\n\n[python]\ninterpreter = "python3.11"\n'
+                            f"requirements = [{reqs}]\n"}
+
+
+@pytest.fixture(scope="session")
+def small_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A locked, prefetched project with numpy + safetensors (no torch: fast)."""
+    root = write_tree(tmp_path_factory.mktemp("small"), small_project_tree())
+    run_cli("lock", cwd=root)
+    run_cli("prefetch", cwd=root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_toolchain(small_project: Path) -> str:
+    out = run_cli("build", "toolchain", cwd=small_project).stdout
+    return out.split("\t")[1].strip()
+
+
+def lock_matches_host(project: Path) -> bool:
+    lock = json.loads((project / "mlbuild.lock").read_text())["interpreter"]
+    ident = probe("python3.11")
+    return all(lock[k] == getattr(ident, k) for k in ("version", "executable", "libc"))
+
+
+def example_copy(name: str, dest: Path) -> Path:
+    """A copy of examples/NAME, re-locked when this host's interpreter differs from the lock."""
+    root = dest / name
+    shutil.copytree(REPO / "examples" / name, root, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    if not lock_matches_host(root):
+        run_cli("lock", cwd=root)
+    run_cli("prefetch", cwd=root)
+    return root
+
+
+def nix(*args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["nix", "--extra-experimental-features", "nix-command flakes", *args],
+                          capture_output=True, text=True, cwd=cwd)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"nix {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def instantiate(project: Path, attr: str) -> str:
+    out = subprocess.run(["nix-instantiate", str(REPO / "nix" / "entry.nix"), "--argstr", "src", str(project),
+                          "-A", attr], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def env_i_python(python: str, code: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -c code` with an empty environment (nothing from the host's paths)."""
+    return subprocess.run(["env", "-i", python, "-c", code], capture_output=True, text=True)
+
+
+MAPS_CHECK = """
+import sys
+bad = sorted({l.split()[-1] for l in open('/proc/self/maps')
+              if '/' in l and not l.split()[-1].startswith('/nix/store/')})
+print('NONSTORE', bad)
+"""
+
+os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")

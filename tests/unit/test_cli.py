@@ -1,0 +1,38 @@
+"""The CLI surface: version, help, and `Error: ...` instead of tracebacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlbuild import __version__
+from tests.conftest import run_cli
+
+
+def test_version() -> None:
+    assert __version__ in run_cli("--version").stdout
+
+
+def test_help_lists_commands() -> None:
+    out = run_cli("--help").stdout
+    for cmd in ("lock", "prefetch", "build"):
+        assert cmd in out
+
+
+def test_missing_config_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    proc = run_cli("lock", cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Error: no mlbuild.toml")
+    assert "Traceback" not in proc.stderr
+
+
+def test_nix_missing(tree, tmp_path: Path) -> None:
+    root = tree({"mlbuild.toml": '[project]\nname = "x"\n', "mlbuild.lock": '{"version": 1, "interpreter": '
+                 '{"snapshot": {"name": "s", "sha256": "' + "0" * 64 + '"}}, "requirements": []}'})
+    proc = run_cli("prefetch", cwd=root, check=False, env={"PATH": "/nonexistent"})
+    assert proc.returncode == 1 and "Nix is not installed" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unknown_interpreter(tree) -> None:
+    root = tree({"mlbuild.toml": '[project]\nname = "x"\n[python]\ninterpreter = "python9.99"\n'})
+    proc = run_cli("lock", cwd=root, check=False)
+    assert proc.returncode == 1 and "'python9.99'" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,64 @@
+"""mlbuild.toml and mlbuild.lock reading: every mistake is a clear error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mlbuild.config import load_project
+from mlbuild.errors import ConfigError, LockError
+from mlbuild.lockfile import read_lock, write_lock
+
+GOOD = '[project]\nname = "demo"\n[python]\ninterpreter = "python3"\nrequirements = ["numpy"]\n'
+
+
+def test_load_good(tree) -> None:
+    root = tree({"mlbuild.toml": GOOD})
+    p = load_project(root)
+    assert p.name == "demo" and p.python.requirements == ("numpy",)
+
+
+def test_found_from_subfolder(tree, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tree({"mlbuild.toml": GOOD, "src": {"x.py": ""}})
+    monkeypatch.chdir(root / "src")
+    assert load_project().root == root.resolve()
+
+
+@pytest.mark.parametrize("text,match", [
+    ("[python]\n", "needs a \\[project\\] table"),
+    ('[project]\nname = "9bad"\n', "must match"),
+    ('[project]\nname = "ok"\n[python]\nrequirements = "numpy"\n', "list of strings"),
+    ("not toml [", "not valid TOML"),
+])
+def test_bad_config(tree, text: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_project(tree({"mlbuild.toml": text}))
+
+
+def test_missing_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="no mlbuild.toml"):
+        load_project()
+
+
+def test_lock_roundtrip_and_errors(tmp_path: Path) -> None:
+    lock = tmp_path / "mlbuild.lock"
+    with pytest.raises(LockError, match="mlbuild lock"):
+        read_lock(lock)
+    data = {"requirements": [], "interpreter": {"snapshot": {"name": "s", "sha256": "0" * 64}},
+            "wheels": [{"name": "a", "version": "1", "filename": "a-1-py3-none-any.whl", "sha256": "1" * 64}],
+            "tools": []}
+    write_lock(lock, data)
+    assert read_lock(lock)["wheels"] == data["wheels"]
+    lock.write_text("{")
+    with pytest.raises(LockError, match="not valid JSON"):
+        read_lock(lock)
+    bad = dict(data, wheels=[{"name": "a", "version": "1", "filename": "a.whl", "sha256": "xyz"}])
+    write_lock(lock, bad)
+    with pytest.raises(LockError, match="64 hex"):
+        read_lock(lock)
+    lock.write_text(json.dumps({"version": 99}))
+    with pytest.raises(LockError, match="expected 1"):
+        read_lock(lock)

@@ -1,0 +1,46 @@
+"""JSON shapes of Nix 2.8 and of newer Nix, normalised by mlbuild._nix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlbuild import _nix
+from mlbuild.errors import NixError
+
+P = "/nix/store/lifmwrbx8filj6vz3zk86h3nyhdbacx4-d"
+
+
+def test_path_info_nix_2_8_list() -> None:
+    text = json.dumps([{"path": P, "narHash": "sha256:abc", "narSize": 10, "references": []}])
+    assert _nix.parse_path_info(text) == {P: {"narHash": "sha256:abc", "narSize": 10, "references": []}}
+
+
+def test_path_info_nix_2_19_object() -> None:
+    text = json.dumps({P: {"narHash": "sha256-xyz=", "narSize": 10, "references": [P]}})
+    assert _nix.parse_path_info(text)[P]["references"] == [P]
+
+
+def test_path_info_invalid_path_is_null_in_new_nix() -> None:
+    assert _nix.parse_path_info(json.dumps({P: None})) == {P: {}}
+
+
+def test_path_info_garbage() -> None:
+    with pytest.raises(NixError):
+        _nix.parse_path_info('"nope"')
+
+
+def test_build_json_both_versions() -> None:
+    out = [{"drvPath": "/nix/store/x.drv", "outputs": {"out": P}}]
+    assert _nix.parse_build_json(json.dumps(out)) == out
+    with pytest.raises(NixError):
+        _nix.parse_build_json("{}")
+
+
+def test_missing_nix_is_clear(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    _nix.nix_version.cache_clear()
+    with pytest.raises(_nix.NixNotFoundError, match="apt-get install nix-bin"):
+        _nix.nix_version()
+    _nix.nix_version.cache_clear()

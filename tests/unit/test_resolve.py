@@ -1,0 +1,43 @@
+"""pip's installation report -> lock entries."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlbuild.errors import ResolveError
+from mlbuild.resolve import parse_report
+
+H = "ab" * 32
+
+
+def item(name: str, version: str, url: str, sha: str | None = H, legacy: bool = False) -> dict:
+    info: dict = {"url": url}
+    if sha is not None:
+        info["archive_info"] = {"hash": f"sha256={sha}"} if legacy else {"hash": f"sha256={sha}", "hashes": {"sha256": sha}}
+    return {"metadata": {"name": name, "version": version}, "download_info": info}
+
+
+def test_parse_report_sorted_and_unquoted() -> None:
+    report = {"version": "1", "install": [
+        item("torch", "2.13.0+cpu", "file:///opt/wheels/torch-2.13.0%2Bcpu-cp311-cp311-manylinux_2_28_x86_64.whl"),
+        item("Jinja2", "3.1.6", "https://example.invalid/p/jinja2-3.1.6-py3-none-any.whl", legacy=True),
+    ]}
+    wheels = parse_report(report)
+    assert [w["name"] for w in wheels] == ["Jinja2", "torch"]
+    assert wheels[1]["filename"] == "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
+    assert all(w["sha256"] == H for w in wheels)
+
+
+def test_sdist_refused() -> None:
+    with pytest.raises(ResolveError, match="not a wheel"):
+        parse_report({"version": "1", "install": [item("x", "1", "file:///x-1.tar.gz")]})
+
+
+def test_missing_hash_refused() -> None:
+    with pytest.raises(ResolveError, match="sha256"):
+        parse_report({"version": "1", "install": [item("x", "1", "file:///x-1-py3-none-any.whl", sha=None)]})
+
+
+def test_unknown_report_version() -> None:
+    with pytest.raises(ResolveError, match="version"):
+        parse_report({"version": "2", "install": []})
