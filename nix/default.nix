@@ -1,7 +1,7 @@
 # The mlbuild Nix library. No nixpkgs needed: every builder runs in the toolchain's Python.
 #
 #   import ./nix { system ? "x86_64-linux"; }
-#   -> { lib, fetchLocked, mkInterpreter, mkToolchain, mkProject, runtimeSrc }
+#   -> { lib, fetchLocked, mkInterpreter, mkToolchain, mkProject, runtimeFor }
 { system ? "x86_64-linux" }:
 let
   lib = import ./lib.nix;
@@ -14,22 +14,21 @@ let
     in baseNameOf path != "__pycache__" && !(lib.hasSuffix ".pyc" rel)
        && (rel == "mlbuild" || rel == "mlbuild/__init__.py" || rel == "mlbuild/runtime"
            || rel == "mlbuild/runtime/__init__.py" || keep rel);
+  # `runtimeFor [ "train" "serve/" ]`: runtime modules (X.py) and subpackages (X/).
   runtimeFor = modules: builtins.path {
     name = "mlbuild-runtime";
     path = ../.;
-    filter = runtimeFilter (rel: builtins.elem rel (map (m: "mlbuild/runtime/${m}.py") modules));
-  };
-  runtimeSrc = builtins.path {
-    name = "mlbuild-runtime";
-    path = ../.;
-    filter = runtimeFilter (lib.hasPrefix "mlbuild/runtime/");
+    filter = runtimeFilter (rel: builtins.any (m:
+      if lib.hasSuffix "/" m
+      then rel == "mlbuild/runtime/${lib.removeSuffix "/" m}" || lib.hasPrefix "mlbuild/runtime/${m}" rel
+      else rel == "mlbuild/runtime/${m}.py") modules);
   };
   fetch = import ./fetch.nix { inherit system; };
-  toolchain = import ./toolchain.nix { inherit system lib runtimeSrc runtimeFor; inherit (fetch) fetchLocked; };
+  toolchain = import ./toolchain.nix { inherit system lib runtimeFor; inherit (fetch) fetchLocked; };
   project = import ./project.nix { inherit system lib toolchain; };
 in
 {
-  inherit lib runtimeSrc runtimeFor;
+  inherit lib runtimeFor;
   inherit (fetch) fetchLocked;
   inherit (toolchain) mkInterpreter mkToolchain;
   inherit (project) mkProject;

