@@ -22,7 +22,7 @@ from .errors import BuildError, NixError, NixNotFoundError
 __all__ = [
     "nix_version", "common_options", "add_fixed", "print_fixed_path", "invalid_paths",
     "build", "path_info", "parse_path_info", "parse_build_json", "store_dir", "nix_lib_dir",
-    "run_nix",
+    "run_nix", "register_valid",
 ]
 
 EXPERIMENTAL = "nix-command flakes"
@@ -102,6 +102,12 @@ def invalid_paths(paths: Sequence[str]) -> list[str]:
     return proc.stdout.split()
 
 
+def register_valid(path: str, nar_sha256_hex: str, nar_size: int) -> None:
+    """Register a path the caller wrote into a local store (no references, no deriver)."""
+    info = f"{path}\nsha256:{nar_sha256_hex}\n{nar_size}\n\n0\n"
+    run_nix(["--register-validity", "--hash-given"], tool="nix-store", input=info)
+
+
 def parse_build_json(text: str) -> list[dict[str, Any]]:
     """``nix build --json`` output: a list of {drvPath, outputs: {name: path}} in every version."""
     data = json.loads(text or "[]")
@@ -137,3 +143,60 @@ def build(installables: Sequence[str], *, file: Path | None = None, args: Sequen
         tail = "\n".join(proc.stderr.strip().splitlines()[-40:])
         raise BuildError(f"nix build of {' '.join(installables)} failed (exit {proc.returncode})", tail)
     return parse_build_json(proc.stdout)
+
+
+# --- The shared binary store (mlbuild.store): queries and copies against a chosen local store. ---
+
+def store_options(store: str | None) -> list[str]:
+    """``--store STORE`` when a store other than the default one is meant (a chroot store root)."""
+    return ["--store", store] if store else []
+
+
+def path_info_in(paths: Sequence[str], *, store: str | None = None,
+                 recursive: bool = False) -> dict[str, dict[str, Any]]:
+    """``nix path-info --json`` in ``store`` (None: the default store); keyed by store path."""
+    if not paths:
+        return {}
+    args = [*common_options(), *store_options(store), "path-info", "--json",
+            *(["--recursive"] if recursive else []), *paths]
+    return parse_path_info(run_nix(args).stdout)
+
+
+def invalid_paths_in(paths: Sequence[str], *, store: str | None = None) -> list[str]:
+    """Those of ``paths`` that are not valid in ``store`` (None: the default store)."""
+    if not paths:
+        return []
+    proc = run_nix([*store_options(store), "--check-validity", "--print-invalid", *paths], tool="nix-store")
+    return proc.stdout.split()
+
+
+def build_closure(drvs: Sequence[str], *, store: str | None = None) -> list[str]:
+    """Valid outputs in the closure of ``drvs`` (what rebuilding them needs), no ``.drv`` files."""
+    if not drvs:
+        return []
+    proc = run_nix([*store_options(store), "--query", "--requisites", "--include-outputs", *drvs],
+                   tool="nix-store")
+    outs = [p for p in proc.stdout.split() if not p.endswith(".drv")]
+    missing = set(invalid_paths_in(outs, store=store))
+    return [p for p in outs if p not in missing]
+
+
+def dump_nar(path: str, *, store: str | None = None) -> subprocess.Popen[bytes]:
+    """A running ``nix-store --dump PATH`` whose stdout streams the NAR (caller reads and waits)."""
+    return subprocess.Popen([_which("nix-store"), *store_options(store), "--dump", path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+
+
+def copy_from_cache(cache_url: str, paths: Sequence[str], *, store: str | None = None,
+                    options: Sequence[str] = ()) -> None:
+    """``nix copy --from CACHE PATHS`` into ``store``: Nix checks signatures and NAR hashes."""
+    if not paths:
+        return
+    args = [*common_options(), *options, "copy", "--from", cache_url,
+            *(["--to", store] if store else []), *paths]
+    run_nix(args)
+
+
+def load_db(registration: str, *, store: str | None = None) -> None:
+    """Register paths already on disk (``nix-store --load-db``: path, hash, size, deriver, refs)."""
+    run_nix([*store_options(store), "--load-db"], tool="nix-store", input=registration)

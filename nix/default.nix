@@ -25,11 +25,26 @@ let
   };
   fetch = import ./fetch.nix { inherit system; };
   toolchain = import ./toolchain.nix { inherit system lib runtimeFor; inherit (fetch) fetchLocked; };
-  project = import ./project.nix { inherit system lib toolchain; };
+  code = import ./code.nix { inherit lib; };
+  dataset = import ./dataset.nix {
+    inherit system lib runtimeFor;
+    inherit (fetch) fetchLocked;
+    inherit (code) mkCode;
+    inherit (lib) builderCode;
+  };
+  train = import ./train.nix {
+    inherit system lib runtimeFor;
+    inherit (code) mkCode;
+    inherit (lib) builderCode;
+  };
+  project = import ./project.nix { inherit system lib toolchain dataset train; };
 in
 {
   inherit lib runtimeFor;
   inherit (fetch) fetchLocked;
   inherit (toolchain) mkInterpreter mkToolchain;
   inherit (project) mkProject;
+  inherit (code) mkCode;
+  inherit (dataset) mkDatasets;
+  inherit (train) mkTraining;
 }

@@ -1,14 +1,17 @@
 # mkProject: everything a project folder (mlbuild.toml + mlbuild.lock) builds, as attributes.
 #
 #   mkProject {
-#     src;              # the project folder (a path); only the files each stage uses are copied
-#     nixpkgs ? null;   # a nixpkgs flake or package set: use its python instead of the snapshot
+#     src;                  # the project folder (a path); only the files each stage uses are copied
+#     nixpkgs ? null;       # a nixpkgs flake or package set: use its python instead of the snapshot
+#     overrides ? { };      # { MODEL = { params = { lr = 0.01; }; }; }  (mlbuild exp run --set)
+#     dirty ? false;        # built from a dirty worktree (mlbuild build --allow-dirty)
 #   }
+#   -> { name config lock toolchain interpreter datasets models.<m> <m> (per model: .model) }
 #
 # Nix reads both files itself (builtins.fromTOML / fromJSON): no driver runs at build time.
-{ system, lib, toolchain }:
+{ system, lib, toolchain, dataset, train }:
 {
-  mkProject = { src, nixpkgs ? null }:
+  mkProject = { src, nixpkgs ? null, overrides ? { }, dirty ? false }:
     let
       config = lib.readTOML (src + "/mlbuild.toml") "create it (see the README) in ${toString src}";
       lock = lib.readJSON (src + "/mlbuild.lock") "mlbuild lock";
@@ -18,10 +21,25 @@
       fresh = lib.assertMsg (requirements == locked)
         "mlbuild.lock of ${name} was made for requirements ${builtins.toJSON locked}, but mlbuild.toml asks for ${builtins.toJSON requirements}; run `mlbuild lock`";
       tc = assert fresh; toolchain.mkToolchain { inherit lock name nixpkgs; };
+      datasets = dataset.mkDatasets { inherit src config lock; toolchain = tc; };
+      unknownOverrides = builtins.filter (m: !((config.models or { }) ? ${m})) (builtins.attrNames overrides);
+      withOverrides = m: table:
+        let o = overrides.${m} or { };
+        in table // o // { params = (table.params or { }) // (o.params or { }); };
+      models = assert lib.assertMsg (unknownOverrides == [ ])
+        "overrides name models ${builtins.toJSON unknownOverrides} that mlbuild.toml does not declare";
+        builtins.mapAttrs (m: table: rec {
+          model = train.mkTraining {
+            name = m;
+            model = withOverrides m table;
+            inherit src datasets dirty;
+            toolchain = tc;
+          };
+        }) (config.models or { });
     in
     {
-      inherit name config lock;
+      inherit name config lock datasets models;
       toolchain = tc;
       interpreter = tc.interpreter;
-    };
+    } // models;
 }

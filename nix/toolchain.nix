@@ -9,8 +9,7 @@
 #                                      instead of the snapshot.
 { system, lib, fetchLocked, runtimeFor }:
 let
-  builderCode = module:
-    "import sys; sys.path.insert(0, sys.argv[1]); from mlbuild.runtime.${module} import main; main()";
+  inherit (lib) builderCode;
   wheelDrv = w: fetchLocked {
     name = w.filename;
     inherit (w) sha256;
@@ -88,5 +87,5 @@ rec {
         installer_wheel = wheelDrv (tool lock "installer");
       };
       passAsFile = [ "spec" ];
-    } // { inherit interpreter; python = "bin/python"; };
+    } // { inherit interpreter; python = "bin/python"; pythonVersion = i.version; };
 }

@@ -1,0 +1,1 @@
+"""Datasets: content-addressed data in the Nix store, pinned in mlbuild.lock."""

@@ -1,0 +1,248 @@
+"""`[datasets.NAME]` in mlbuild.toml, and `mlbuild data add|status|diff`.
+
+Three kinds of source:
+
+- ``path = "data/x"``: a local file or folder; ``mlbuild data add NAME PATH`` imports it and
+  pins its NAR sha256 in ``mlbuild.lock`` (``datasets.NAME``).
+- ``url = "https://..."`` with ``sha256 = "<hex>"``: a fixed-output fetch by Nix (flat hash).
+- ``prepare = "prepare.py"`` with ``inputs = [...]``: a derived dataset, built by Nix in the
+  toolchain (see mlbuild/runtime/prepare.py); cached and traced like any derivation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import _nix, git
+from ..config import Project
+from ..errors import ConfigError, MlbuildError
+from ..lockfile import read_lock, write_lock
+from ..storepath import fixed_output_path
+from . import statcache
+from .importer import Imported, import_path
+
+__all__ = ["Dataset", "DataError", "datasets", "add", "status", "diff", "locked_path", "Status", "FileDiff"]
+
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+class DataError(MlbuildError):
+    """A dataset is missing, changed, or declared wrongly."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    kind: str                      # "path" | "url" | "prepare"
+    path: str | None = None
+    url: str | None = None
+    sha256: str | None = None
+    prepare: str | None = None
+    inputs: tuple[str, ...] = ()
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _one(name: str, table: Any) -> Dataset:
+    where = f"[datasets.{name}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    kinds = [k for k in ("path", "url", "prepare") if k in table]
+    if len(kinds) != 1:
+        raise ConfigError(f"{where} needs exactly one of path, url or prepare; it has {kinds or 'none'}")
+    kind = kinds[0]
+    if kind == "url":
+        sha = table.get("sha256")
+        if not isinstance(sha, str) or not _HEX.match(sha):
+            raise ConfigError(f"{where}: url datasets need sha256 = \"<64 hex digits>\" (the file's sha256), "
+                              f"got {sha!r}")
+        return Dataset(name, kind, url=str(table["url"]), sha256=sha)
+    if kind == "prepare":
+        inputs = table.get("inputs", [])
+        if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+            raise ConfigError(f"{where}: inputs must be a list of dataset names, got {inputs!r}")
+        return Dataset(name, kind, prepare=str(table["prepare"]), inputs=tuple(inputs),
+                       params=dict(table.get("params", {})))
+    return Dataset(name, kind, path=str(table["path"]))
+
+
+def datasets(project: Project) -> dict[str, Dataset]:
+    tables = project.raw.get("datasets", {})
+    if not isinstance(tables, dict):
+        raise ConfigError("[datasets] must be a table of [datasets.NAME] tables")
+    found = {name: _one(name, t) for name, t in tables.items()}
+    for ds in found.values():
+        for i in ds.inputs:
+            if i not in found:
+                raise ConfigError(f"[datasets.{ds.name}] inputs names {i!r}, which is not a dataset; "
+                                  f"declared: {', '.join(sorted(found))}")
+    return found
+
+
+def _get(project: Project, name: str) -> Dataset:
+    found = datasets(project)
+    if name not in found:
+        raise DataError(f"no dataset {name!r} in {project.config_path}; declared: {', '.join(sorted(found)) or 'none'}")
+    return found[name]
+
+
+def _declare(project: Project, name: str, rel: str) -> None:
+    """Append ``[datasets.NAME] path = ...`` to mlbuild.toml (text append: comments survive)."""
+    text = project.config_path.read_text()
+    block = f'\n[datasets.{name}]\npath = "{rel}"\n'
+    project.config_path.write_text(text + ("" if text.endswith("\n") else "\n") + block)
+
+
+def locked_path(project: Project, name: str, lock: dict[str, Any] | None = None) -> str | None:
+    lock = lock if lock is not None else read_lock(project.lock_path)
+    entry = lock.get("datasets", {}).get(name)
+    return fixed_output_path(entry["sha256"], name, recursive=True) if entry else None
+
+
+def add(project: Project, name: str, path: Path) -> tuple[Imported | None, str]:
+    """Import ``path`` as dataset ``name`` and pin it. Returns (import or None if unchanged, sha)."""
+    from ..config import load_project
+
+    path = path if path.is_absolute() else (Path.cwd() / path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist; give the file or folder holding dataset {name!r}")
+    if git.is_tracked(path):
+        raise DataError(f"{path} is tracked by git; data never goes into git. Untrack it first: "
+                        f"`git rm -r --cached {path}` (the files stay on disk), then run data add again")
+    existing = datasets(project).get(name)
+    if existing is not None and existing.kind != "path":
+        raise DataError(f"dataset {name!r} is a {existing.kind} dataset; `data add` is for local files and folders")
+    try:
+        rel = path.resolve().relative_to(project.root).as_posix()
+    except ValueError:
+        rel = str(path.resolve())
+    if existing is None:
+        _declare(project, name, rel)
+        project = load_project(project.root)
+    cache = project.root / ".mlbuild"
+    lock = read_lock(project.lock_path)
+    sha, entries = statcache.lookup(cache, name, path)
+    result = None
+    if sha is None or _nix.invalid_paths([fixed_output_path(sha, name, recursive=True)]):
+        result = import_path(path, name)
+        sha = result.sha256
+        statcache.remember(cache, name, path, entries, sha)
+    entry = {"sha256": sha, "kind": "path"}
+    if result is not None:
+        entry.update(files=result.files, size=result.size)
+    else:
+        entry.update({k: v for k, v in lock.get("datasets", {}).get(name, {}).items() if k in ("files", "size")})
+    lock.setdefault("datasets", {})[name] = entry
+    write_lock(project.lock_path, lock)
+    git.ignore(project.root, path)
+    if git.repo_root(project.root) and not (cache / ".gitignore").exists():
+        cache.mkdir(exist_ok=True)
+        (cache / ".gitignore").write_text("*\n")
+    return result, sha
+
+
+@dataclass(frozen=True)
+class Status:
+    name: str
+    kind: str
+    state: str        # "present" | "shared" | "missing" | "changed" | "unlocked" | "derived"
+    sha256: str | None
+    detail: str = ""
+
+
+def status(project: Project, shared: "set[str] | None" = None) -> list[Status]:
+    """Each dataset: present locally, in the shared store, missing, or changed on disk."""
+    lock = read_lock(project.lock_path)
+    out = []
+    for name, ds in sorted(datasets(project).items()):
+        if ds.kind == "prepare":
+            out.append(Status(name, ds.kind, "derived", None, f"prepare {ds.prepare} over {', '.join(ds.inputs)}"))
+            continue
+        sha = ds.sha256 if ds.kind == "url" else lock.get("datasets", {}).get(name, {}).get("sha256")
+        if sha is None:
+            out.append(Status(name, ds.kind, "unlocked", None, f"run `mlbuild data add {name} {ds.path}`"))
+            continue
+        path = fixed_output_path(sha, name, recursive=ds.kind == "path")
+        if ds.kind == "path" and ds.path is not None:
+            local = project.root / ds.path
+            if local.exists():
+                cached, _ = statcache.lookup(project.root / ".mlbuild", name, local)
+                if cached is None:
+                    from ..nar import nar_sha256
+                    cached = nar_sha256(str(local))
+                if cached != sha:
+                    out.append(Status(name, ds.kind, "changed", sha,
+                                      f"{ds.path} differs from the lock; `mlbuild data add {name} {ds.path}` "
+                                      f"pins the new version"))
+                    continue
+        if not _nix.invalid_paths([path]):
+            out.append(Status(name, ds.kind, "present", sha, path))
+        elif shared is not None and path.split("/")[-1][:32] in shared:
+            out.append(Status(name, ds.kind, "shared", sha, f"run `mlbuild data pull {name}`"))
+        else:
+            out.append(Status(name, ds.kind, "missing", sha, f"run `mlbuild data pull {name}` or "
+                                                              f"`mlbuild data add {name} PATH`"))
+    return out
+
+
+@dataclass(frozen=True)
+class FileDiff:
+    path: str
+    change: str          # "added" | "removed" | "changed"
+    old_size: int | None
+    new_size: int | None
+
+
+def _files(root: Path) -> dict[str, tuple[int, str]]:
+    out = {}
+    if root.is_file():
+        return {root.name: (root.stat().st_size, _sha(root))}
+    for dirpath, _dirs, names in os.walk(root):
+        for n in names:
+            p = Path(dirpath) / n
+            if not p.is_symlink():
+                out[p.relative_to(root).as_posix()] = (p.stat().st_size, _sha(p))
+    return out
+
+
+def _sha(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:
+    """Files added, removed and changed between the locked version and REV's lock (or the
+    working copy when REV is not given)."""
+    import json
+
+    ds = _get(project, name)
+    if ds.kind != "path":
+        raise DataError(f"dataset {name!r} is a {ds.kind} dataset; diff compares local datasets")
+    old_path = locked_path(project, name)
+    if old_path is None:
+        raise DataError(f"dataset {name!r} is not locked yet; run `mlbuild data add {name} {ds.path}`")
+    if _nix.invalid_paths([old_path]):
+        raise DataError(f"the locked version of {name!r} ({old_path}) is not in the store; run `mlbuild data pull {name}`")
+    if rev is None:
+        new_root = project.root / (ds.path or "")
+    else:
+        other = json.loads(git.show(project.root, rev, "mlbuild.lock")).get("datasets", {}).get(name)
+        if other is None:
+            raise DataError(f"dataset {name!r} is not in mlbuild.lock at revision {rev!r}")
+        new_path = fixed_output_path(other["sha256"], name, recursive=True)
+        if _nix.invalid_paths([new_path]):
+            raise DataError(f"{name!r} at {rev!r} ({new_path}) is not in the store; check out {rev} and "
+                            f"run `mlbuild data pull {name}`")
+        new_root = Path(new_path)
+    a, b = _files(Path(old_path)), _files(new_root)
+    changes = [FileDiff(p, "removed", a[p][0], None) for p in a.keys() - b.keys()]
+    changes += [FileDiff(p, "added", None, b[p][0]) for p in b.keys() - a.keys()]
+    changes += [FileDiff(p, "changed", a[p][0], b[p][0]) for p in a.keys() & b.keys() if a[p] != b[p]]
+    return sorted(changes, key=lambda d: d.path)

@@ -1,0 +1,64 @@
+"""A stat cache (like git's index): re-adding unchanged data costs a walk of ``lstat`` calls.
+
+Keyed by path, size, mtime (ns), inode and the executable bit of every file, and the targets
+of symlinks. If all match what was recorded when the data was last hashed, the NAR hash is
+reused without reading a byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+__all__ = ["fingerprint", "lookup", "remember"]
+
+
+def fingerprint(path: Path) -> list[Any]:
+    """Stat facts of every entry under ``path`` (sorted, relative names)."""
+    out: list[Any] = []
+    top = os.lstat(path)
+    if not stat.S_ISDIR(top.st_mode):
+        return [[".", top.st_size, top.st_mtime_ns, top.st_ino, top.st_mode & 0o100]]
+    stack = [(str(path), "")]
+    while stack:
+        full, rel = stack.pop()
+        with os.scandir(full) as it:
+            for e in it:
+                st = e.stat(follow_symlinks=False)
+                name = f"{rel}{e.name}"
+                if stat.S_ISDIR(st.st_mode):
+                    out.append([name + "/", 0, 0, st.st_ino, 0])
+                    stack.append((e.path, name + "/"))
+                elif stat.S_ISLNK(st.st_mode):
+                    out.append([name, os.readlink(e.path), st.st_mtime_ns, st.st_ino, 0])
+                else:
+                    out.append([name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode & 0o100])
+    out.sort(key=lambda r: r[0])
+    return out
+
+
+def _file(cache_dir: Path, name: str) -> Path:
+    return cache_dir / f"stat-{name}.json"
+
+
+def lookup(cache_dir: Path, name: str, path: Path) -> tuple[str | None, list[Any]]:
+    """(cached NAR sha256 if ``path`` is unchanged, its fingerprint)."""
+    fp = fingerprint(path)
+    f = _file(cache_dir, name)
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None, fp
+    if data.get("path") == str(path.resolve()) and data.get("entries") == fp:
+        return data.get("sha256"), fp
+    return None, fp
+
+
+def remember(cache_dir: Path, name: str, path: Path, entries: list[Any], sha256: str) -> None:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = _file(cache_dir, name).with_suffix(".tmp")
+    tmp.write_text(json.dumps({"path": str(path.resolve()), "sha256": sha256, "entries": entries}))
+    os.replace(tmp, _file(cache_dir, name))

@@ -1,0 +1,113 @@
+"""Git queries the driver needs: tracked files, dirty trees, files at a revision, .gitignore."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MlbuildError
+
+__all__ = ["GitError", "repo_root", "is_tracked", "dirty_files", "show", "ignore", "head",
+           "log_revisions", "Dirty"]
+
+
+class GitError(MlbuildError):
+    """A git query failed."""
+
+
+def _git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise GitError("git is not installed; install it (apt-get install git)") from None
+    if check and proc.returncode != 0:
+        raise GitError(f"`git {' '.join(args)}` in {cwd} failed: {proc.stderr.strip()}")
+    return proc
+
+
+def repo_root(path: Path) -> Path | None:
+    proc = _git(path if path.is_dir() else path.parent, "rev-parse", "--show-toplevel", check=False)
+    return Path(proc.stdout.strip()) if proc.returncode == 0 else None
+
+
+def is_tracked(path: Path) -> bool:
+    root = repo_root(path)
+    if root is None:
+        return False
+    return bool(_git(root, "ls-files", "--", str(path.resolve())).stdout.strip())
+
+
+@dataclass(frozen=True)
+class Dirty:
+    modified: list[str]
+    untracked: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.modified or self.untracked)
+
+
+def dirty_files(project: Path) -> Dirty:
+    """Uncommitted changes to tracked files and untracked, unignored files under ``project``."""
+    root = repo_root(project)
+    if root is None:
+        return Dirty([], [])
+    out = _git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", str(project.resolve())).stdout
+    modified, untracked = [], []
+    entries = out.split("\0")
+    i = 0
+    while i < len(entries):
+        entry = entries[i]
+        i += 1
+        if not entry:
+            continue
+        code, path = entry[:2], entry[3:]
+        if code[0] in "RC":  # renames carry the old path as the next entry
+            i += 1
+        (untracked if code == "??" else modified).append(path)
+    return Dirty(sorted(modified), sorted(untracked))
+
+
+def head(path: Path) -> str | None:
+    root = repo_root(path)
+    if root is None:
+        return None
+    proc = _git(root, "rev-parse", "HEAD", check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def show(project: Path, rev: str, name: str) -> str:
+    """The text of ``project/name`` at git revision ``rev``."""
+    root = repo_root(project)
+    if root is None:
+        raise GitError(f"{project} is not in a git repository, so revision {rev!r} means nothing")
+    rel = (project.resolve() / name).relative_to(root.resolve())
+    proc = _git(root, "show", f"{rev}:{rel}", check=False)
+    if proc.returncode != 0:
+        raise GitError(f"{rel} does not exist at revision {rev!r}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def log_revisions(project: Path, names: list[str]) -> list[str]:
+    """Commits (oldest first) that changed any of ``names`` under ``project``."""
+    root = repo_root(project)
+    if root is None:
+        return []
+    paths = [str((project.resolve() / n).relative_to(root.resolve())) for n in names]
+    out = _git(root, "log", "--format=%H", "--reverse", "--", *paths).stdout
+    return out.split()
+
+
+def ignore(project: Path, path: Path) -> bool:
+    """Add ``path`` to ``project/.gitignore`` unless git already ignores it; True if added."""
+    root = repo_root(project)
+    if root is None:
+        return False
+    if _git(root, "check-ignore", "-q", str(path.resolve()), check=False).returncode == 0:
+        return False
+    rel = path.resolve().relative_to(project.resolve())
+    line = "/" + rel.as_posix() + ("/" if path.is_dir() else "")
+    gi = project / ".gitignore"
+    text = gi.read_text() if gi.exists() else ""
+    gi.write_text(text + ("" if not text or text.endswith("\n") else "\n") + line + "\n")
+    return True

@@ -1,0 +1,175 @@
+"""Builder of a training run: call the project's ``train(ctx)`` and write the model's outputs.
+
+The training API (users write ordinary PyTorch)::
+
+    def build_model(params: dict) -> torch.nn.Module      # the architecture, no weights
+    def train(ctx) -> torch.nn.Module                     # returns the trained model
+
+``ctx`` (:class:`Context`) gives ``params``, ``seed``, ``device``, ``data[name]`` (a dataset's
+store path), ``out`` (a folder for extra artifacts), ``log_epoch(epoch, epochs, **metrics)``
+(per-epoch metrics: shown live by ``mlbuild build`` and kept in metrics.json) and
+``describe(...)`` (what the server needs: task, input shape, labels) and ``save_reference(x)``
+(training-feature statistics, for drift monitoring).
+
+Outputs: model.safetensors (never pickle), config.json, metrics.json, provenance.json, train.log.
+Nothing written depends on the clock, so ``nix-build --check`` compares bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import determinism
+from .spec import load_spec
+
+__all__ = ["Context", "main", "run", "EVENT_PREFIX"]
+
+EVENT_PREFIX = "MLBUILD "
+
+
+class _Tee:
+    def __init__(self, stream: TextIO, log: TextIO) -> None:
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.stream.flush()
+
+
+class Context:
+    """What ``train(ctx)`` receives."""
+
+    def __init__(self, spec: dict[str, Any], out: Path) -> None:
+        self.params: dict[str, Any] = dict(spec["params"])
+        self.seed: int = int(spec["seed"])
+        self.device: str = spec["device"]
+        self.data: dict[str, Path] = {k: Path(v["path"]) for k, v in spec["datasets"].items()}
+        self.out = out
+        self.history: list[dict[str, Any]] = []
+        self.signature: dict[str, Any] = {}
+        self.reference: dict[str, Any] | None = None
+
+    def log_epoch(self, epoch: int, epochs: int, **metrics: float) -> None:
+        row = {"epoch": epoch, "epochs": epochs, **{k: float(v) for k, v in metrics.items()}}
+        self.history.append(row)
+        print(EVENT_PREFIX + json.dumps({"event": "epoch", **row}, sort_keys=True), file=sys.stderr, flush=True)
+
+    def describe(self, *, task: str = "classification", input_shape: list[int], labels: list[str] | None = None,
+                 input_name: str = "input", datatype: str = "FP32") -> None:
+        """Declare the model's interface; the package and server are built from it."""
+        inputs = [{"name": input_name, "datatype": datatype, "shape": [-1, *input_shape]}]
+        if task == "classification":
+            n = len(labels) if labels else None
+            outputs = [{"name": "probabilities", "datatype": "FP32", "shape": [-1, n or -1]},
+                       {"name": "label", "datatype": "INT64", "shape": [-1]}]
+        else:
+            outputs = [{"name": "prediction", "datatype": "FP32", "shape": [-1]}]
+        self.signature = {"task": task, "labels": labels, "inputs": inputs, "outputs": outputs}
+
+    def save_reference(self, x: Any, bins: int = 10) -> None:
+        """Per-feature statistics of the training inputs (mean, std, quantile bin edges and
+        fractions), saved in the package for input-drift monitoring."""
+        import numpy as np
+
+        a = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        qs = np.linspace(0, 1, bins + 1)[1:-1]
+        edges = np.quantile(a, qs, axis=0).T
+        fractions = []
+        for j in range(a.shape[1]):
+            idx = np.searchsorted(edges[j], a[:, j], side="right")
+            fractions.append((np.bincount(idx, minlength=bins) / len(a)).round(6).tolist())
+        self.reference = {"count": int(len(a)), "mean": a.mean(0).round(6).tolist(),
+                          "std": a.std(0).round(6).tolist(), "edges": edges.round(6).tolist(),
+                          "fractions": fractions}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _code_hashes(code: Path) -> dict[str, str]:
+    return {p.relative_to(code).as_posix(): _sha256(p) for p in sorted(code.rglob("*")) if p.is_file()}
+
+
+def run(spec: dict[str, Any], out: Path) -> None:
+    threads = int(spec.get("threads", 1))
+    determinism.apply(int(spec["seed"]), spec["device"], threads)
+    import torch
+    from safetensors.torch import save_file
+
+    from .prepare import load_module
+
+    module = load_module(spec["code"], spec["script"])
+    for fn in ("build_model", "train"):
+        if not callable(getattr(module, fn, None)):
+            raise SystemExit(f"mlbuild: {spec['script']} must define {fn}(...) (see the README's training API)")
+    ctx = Context(spec, out)
+    model = module.train(ctx)
+    if not isinstance(model, torch.nn.Module):
+        raise SystemExit(f"mlbuild: train(ctx) in {spec['script']} returned {type(model).__name__}, not a torch.nn.Module")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    fresh = module.build_model(dict(spec["params"]))
+    missing = set(fresh.state_dict()) ^ set(state)
+    if missing:
+        raise SystemExit(f"mlbuild: build_model(params) does not have the trained model's weights: {sorted(missing)}")
+    weights = out / "model.safetensors"
+    save_file(state, str(weights), metadata={"model": spec["model"], "format": "pt"})
+    config = {"module": spec["module"], "script": spec["script"], "params": spec["params"],
+              "model": spec["model"], **(ctx.signature or {"task": "unspecified"})}
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    final = ctx.history[-1] if ctx.history else {}
+    (out / "metrics.json").write_text(json.dumps({"epochs": ctx.history, "final": final}, indent=2, sort_keys=True) + "\n")
+    if ctx.reference is not None:
+        (out / "reference.json").write_text(json.dumps(ctx.reference, sort_keys=True) + "\n")
+    code = _code_hashes(Path(spec["code"]))
+    provenance = {
+        "model": spec["model"],
+        "weights_sha256": _sha256(weights),
+        "datasets": spec["datasets"],
+        "code": {"store_path": spec["code"], "files": code,
+                 "sha256": hashlib.sha256(json.dumps(code, sort_keys=True).encode()).hexdigest()},
+        "params": spec["params"], "seed": spec["seed"], "device": spec["device"],
+        "toolchain": spec["toolchain"], "interpreter": spec["interpreter"],
+        "determinism": determinism.settings(int(spec["seed"]), spec["device"], threads),
+        # The git revision and Nix version are facts of a build, not inputs (an input would
+        # retrain on every commit): `mlbuild build` records them beside the output. A build of a
+        # dirty tree (--allow-dirty) is an input, so it never shares a path with a clean one.
+        "git": {"dirty": bool(spec.get("dirty", False))},
+        "system": spec.get("system"),
+    }
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+
+
+def main() -> None:
+    spec = load_spec()
+    out = Path(os.environ["out"])
+    out.mkdir()
+    with open(out / "train.log", "w") as log:
+        sys.stdout = _Tee(sys.__stdout__, log)  # type: ignore[assignment]
+        sys.stderr = _Tee(sys.__stderr__, log)  # type: ignore[assignment]
+        try:
+            run(spec, out)
+        except BaseException:
+            traceback.print_exc()
+            sys.stderr.flush()
+            raise SystemExit(1) from None
+        finally:
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+# mkCode: only the project files a stage uses, as one store path (content-addressed: editing
+# any other file, the README say, leaves it, and everything built from it, unchanged).
+#
+#   mkCode { src; files = [ "model.py" "lib/" ]; name ? "code"; what ? "code" }
+{ lib }:
+{
+  mkCode = { src, files, name ? "code", what ? "code" }:
+    let
+      root = toString src;
+      clean = map (lib.removeSuffix "/") files;
+      check = map (f: lib.assertMsg (builtins.pathExists (src + "/${f}"))
+        "${what} names ${f}, which does not exist in ${root}") clean;
+    in
+    assert builtins.all (x: x) check;
+    builtins.path {
+      inherit name;
+      path = src;
+      filter = p: t:
+        let rel = lib.removePrefix (root + "/") (toString p);
+        in baseNameOf p != "__pycache__" && !(lib.hasSuffix ".pyc" rel)
+           && builtins.any (f: rel == f || lib.hasPrefix (f + "/") rel
+                               || (t == "directory" && lib.hasPrefix (rel + "/") f)) clean;
+    };
+}

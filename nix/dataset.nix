@@ -1,0 +1,71 @@
+# Datasets as derivations.
+#
+#   mkDatasets { src; config; lock; toolchain; } -> { NAME = <derivation>; ... }
+#
+# [datasets.NAME] path = "..."     -> fixed-output (recursive sha256 from mlbuild.lock);
+#                                     `mlbuild data add` or a substituter provides it
+# [datasets.NAME] url = "..."       -> fixed-output fetch (flat sha256 from mlbuild.toml)
+#   sha256 = "<hex>"
+# [datasets.NAME] prepare = "x.py"  -> built in the toolchain from `inputs` (other datasets):
+#   inputs = [ ... ]; params = { }; code = [ "x.py" ... ] (default: the prepare script)
+{ system, lib, fetchLocked, runtimeFor, mkCode, builderCode }:
+{
+  mkDatasets = { src, config, lock, toolchain }:
+    let
+      tables = config.datasets or { };
+      locked = lock.datasets or { };
+      mk = name: t:
+        if t ? path then
+          let entry = locked.${name} or (throw
+            "mlbuild: dataset ${name} is not locked; run `mlbuild data add ${name} ${t.path}`");
+          in fetchLocked {
+            inherit name;
+            inherit (entry) sha256;
+            recursive = true;
+            what = "dataset ${name}";
+            hint = "mlbuild data pull ${name}   (or, where the files are: mlbuild data add ${name} ${t.path})";
+          }
+        else if t ? url then
+          assert lib.assertMsg (t ? sha256) "[datasets.${name}] url needs sha256 = \"<hex>\"";
+          derivation {
+            inherit name;
+            system = "builtin";
+            builder = "builtin:fetchurl";
+            inherit (t) url;
+            outputHashAlgo = "sha256";
+            outputHashMode = "flat";
+            outputHash = t.sha256;
+            unpack = false;
+            executable = false;
+            preferLocalBuild = true;
+          }
+        else if t ? prepare then
+          let
+            inputs = t.inputs or [ ];
+            missing = builtins.filter (i: !(tables ? ${i})) inputs;
+          in
+          assert lib.assertMsg (missing == [ ])
+            "[datasets.${name}] inputs names ${builtins.toJSON missing}, which are not datasets";
+          derivation {
+            inherit name system;
+            builder = "${toolchain}/bin/python";
+            args = [ "-s" "-c" (builderCode "prepare") (runtimeFor [ "spec" "prepare" ]) ];
+            PATH = "${toolchain}/bin";
+            PYTHONHASHSEED = "0";
+            PYTHONDONTWRITEBYTECODE = "1";
+            spec = builtins.toJSON {
+              version = 1;
+              dataset = name;
+              code = mkCode { inherit src; files = t.code or [ t.prepare ]; what = "[datasets.${name}]"; };
+              script = t.prepare;
+              inputs = builtins.listToAttrs (map (i: { name = i; value = "${built.${i}}"; }) inputs);
+              params = t.params or { };
+              seed = t.seed or 0;
+            };
+            passAsFile = [ "spec" ];
+          }
+        else throw "mlbuild: [datasets.${name}] needs one of path, url or prepare";
+      built = builtins.mapAttrs mk tables;
+    in
+    built;
+}

@@ -1,0 +1,57 @@
+# Training runs as derivations.
+#
+#   mkTraining { name; model; src; toolchain; datasets; dirty ? false }
+#
+# `model` is the [models.NAME] table (with experiment overrides merged into params):
+#   script   = "model.py"          the module defining build_model(params) and train(ctx)
+#   code     = [ "model.py" ... ]  the files the model uses (default: [ script ]); nothing else
+#                                  of the project is an input
+#   datasets = [ "digits-split" ]  dataset names (ctx.data[name] is the store path)
+#   params   = { ... }             hyper-parameters (ctx.params)
+#   seed = 0; device = "cpu" | "cuda"; threads = 1
+#
+# device = "cuda" sets requiredSystemFeatures = [ "cuda" ]: Nix sends the build to a builder
+# that has a GPU (see store-config/README.md). CPU training is bit-reproducible.
+{ system, lib, runtimeFor, mkCode, builderCode }:
+{
+  mkTraining = { name, model, src, toolchain, datasets, dirty ? false }:
+    let
+      script = model.script or "${name}.py";
+      device = model.device or "cpu";
+      wanted = model.datasets or [ ];
+      unknown = builtins.filter (d: !(datasets ? ${d})) wanted;
+      lockedHash = d: (datasets.${d}.outputHash or null);
+    in
+    assert lib.assertMsg (builtins.elem device [ "cpu" "cuda" ])
+      "[models.${name}].device is ${builtins.toJSON device}; use \"cpu\" or \"cuda\"";
+    assert lib.assertMsg (unknown == [ ])
+      "[models.${name}].datasets names ${builtins.toJSON unknown}, which are not datasets; declared: ${builtins.toJSON (builtins.attrNames datasets)}";
+    derivation ({
+      name = "${name}-model";
+      inherit system;
+      builder = "${toolchain}/bin/python";
+      args = [ "-s" "-c" (builderCode "train") (runtimeFor [ "spec" "prepare" "determinism" "train" ]) ];
+      PATH = "${toolchain}/bin";
+      PYTHONHASHSEED = "0";
+      PYTHONDONTWRITEBYTECODE = "1";
+      spec = builtins.toJSON {
+        version = 1;
+        model = name;
+        inherit script device system dirty;
+        module = lib.removeSuffix ".py" script;
+        code = mkCode { inherit src; files = model.code or [ script ]; what = "[models.${name}].code"; };
+        datasets = builtins.listToAttrs (map (d: {
+          name = d;
+          value = { path = "${datasets.${d}}"; sha256 = lockedHash d; };
+        }) wanted);
+        params = model.params or { };
+        seed = model.seed or 0;
+        threads = model.threads or 1;
+        toolchain = "${toolchain}";
+        interpreter = toolchain.pythonVersion;
+      };
+      passAsFile = [ "spec" ];
+    } // lib.optionalAttrs (device == "cuda") {
+      requiredSystemFeatures = [ "cuda" ];
+    });
+}

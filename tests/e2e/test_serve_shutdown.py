@@ -1,0 +1,111 @@
+"""Graceful shutdown and micro-batching, shown with a model whose forward pass sleeps 0.5 s."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+
+def _infer_body(rows: int) -> bytes:
+    x = np.full((rows, 64), 0.25, dtype=np.float32)
+    return json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, 64],
+                                   "data": x.ravel().tolist()}]}).encode()
+
+
+def _wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _connect(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_sigterm_lets_in_flight_requests_finish(slow_package: Path, tmp_path: Path) -> None:
+    # max_batch_size 2, 6 requests of one row: at least 3 forward passes of 0.5 s, so once all six
+    # are in flight at least two passes (1 s) are left when SIGTERM arrives.
+    server = ServerProcess(slow_package, tmp_path, "--max-batch-size", "2").ready()
+    results: list[tuple[int, dict[str, object]]] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        status, _, body = server.request("POST", "/v2/models/slow/infer", _infer_body(1), timeout=60)
+        with lock:
+            results.append((status, json.loads(body)))
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    # The /metrics request itself is in flight too: 6 + 1.
+    _wait_for(lambda: server.metric("mlbuild_requests_in_flight") >= 7)
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert not _connect(server.port), "new connections must be refused while draining"
+    for t in threads:
+        t.join(60)
+    assert server.proc.wait(60) == 0, server.log()
+    assert len(results) == 6
+    for status, body in results:
+        assert status == 200, body
+        assert len(body["outputs"][0]["data"]) == 10  # type: ignore[index]
+    assert not _connect(server.port)
+    assert "Traceback" not in server.log()
+    server.stop()
+
+
+def test_concurrent_requests_share_a_forward_pass(slow_package: Path, tmp_path: Path) -> None:
+    server = ServerProcess(slow_package, tmp_path).ready()  # max_batch_size 4 from serve.json
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda _: server.request("POST", "/v2/models/slow/infer", _infer_body(1),
+                                                              timeout=60)[0], range(8)))
+        assert statuses == [200] * 8
+        _, _, text = server.request("GET", "/metrics")
+        lines = dict(line.rsplit(" ", 1) for line in text.decode().splitlines() if line.startswith("mlbuild_batch"))
+        passes = float(lines["mlbuild_batch_size_count"])
+        rows = float(lines["mlbuild_batch_size_sum"])
+        single = float(lines['mlbuild_batch_size_bucket{le="1.0"}'])
+        assert rows == 8 and passes < 8 and single < passes, lines
+        assert float(lines['mlbuild_batch_size_bucket{le="4.0"}']) == passes  # never over max_batch_size
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_request_over_max_batch_size_runs_alone(slow_package: Path, tmp_path: Path) -> None:
+    server = ServerProcess(slow_package, tmp_path).ready()
+    try:
+        status, _, body = server.request("POST", "/v2/models/slow/infer", _infer_body(9), timeout=60)
+        assert status == 200 and json.loads(body)["outputs"][1]["shape"] == [9]
+        assert server.metric("mlbuild_batch_size_sum") == 9
+    finally:
+        server.stop()
+
+
+def test_a_broken_package_exits_non_zero(digits_package: Path, tmp_path: Path) -> None:
+    import shutil
+
+    pkg = tmp_path / "broken"
+    shutil.copytree(digits_package, pkg)
+    (pkg / "model" / "model.safetensors").write_bytes(b"not weights")
+    server = ServerProcess(pkg, tmp_path / "run")
+    assert server.proc.wait(120) == 1
+    assert "sha256" in server.log()
+    server.stop()

@@ -1,0 +1,148 @@
+"""Building real model packages for the serving tests (plain Python; Nix builds them for real).
+
+``build_package(root)`` writes the package layout the server reads: manifest.json, model/
+(safetensors weights + config.json), code/ (the user's module) and serve.json. The default model
+is a small MLP trained for a moment on scikit-learn's digits (64 features, 10 classes).
+Imported by tests/unit/test_serve_*.py and tests/e2e/conftest.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import itertools
+import json
+import sys
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+__all__ = ["MLP_SOURCE", "SLOW_SOURCE", "build_package", "load_reference", "digits_split"]
+
+MLP_SOURCE = '''\
+"""The digits classifier: a small MLP."""
+import torch
+from torch import nn
+
+
+def build_model(params):
+    return nn.Sequential(
+        nn.Linear(params["features"], params["hidden"]),
+        nn.ReLU(),
+        nn.Linear(params["hidden"], params["classes"]),
+    )
+'''
+
+SLOW_SOURCE = '''\
+"""An MLP whose forward pass sleeps: for graceful-shutdown tests."""
+import time
+
+import torch
+from torch import nn
+
+
+class Slow(nn.Module):
+    def __init__(self, features, classes, sleep):
+        super().__init__()
+        self.linear = nn.Linear(features, classes)
+        self.sleep = sleep
+
+    def forward(self, x):
+        time.sleep(self.sleep)
+        return self.linear(x)
+
+
+def build_model(params):
+    return Slow(params["features"], params["classes"], params["sleep"])
+'''
+
+_counter = itertools.count()
+
+
+@lru_cache(maxsize=1)
+def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's digits scaled to [0, 1]: (x_train, y_train, x_test, y_test), fixed split."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(x))
+    x, y = x[order], y[order].astype(np.int64)
+    return x[:1400], y[:1400], x[1400:], y[1400:]
+
+
+def _import_source(path: Path) -> ModuleType:
+    name = f"_serve_test_model_{next(_counter)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _train(model: torch.nn.Module, steps: int) -> None:
+    x_train, y_train, _, _ = digits_split()
+    x, y = torch.from_numpy(x_train), torch.from_numpy(y_train)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def build_package(root: Path, *, name: str = "digits", source: str = MLP_SOURCE,
+                  params: dict[str, Any] | None = None, serve: dict[str, Any] | None = None,
+                  train_steps: int = 150, extra_config: dict[str, Any] | None = None, seed: int = 0) -> Path:
+    """Write a package folder at ``root`` and return it."""
+    params = params or {"features": 64, "hidden": 32, "classes": 10}
+    code = root / "code"
+    model_dir = root / "model"
+    code.mkdir(parents=True)
+    model_dir.mkdir()
+    (code / "model.py").write_text(source)
+    torch.manual_seed(seed)
+    module = _import_source(code / "model.py").build_model(params)
+    if train_steps:
+        _train(module, train_steps)
+    weights = model_dir / "model.safetensors"
+    save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(weights))
+    classes = params.get("classes", 10)
+    config: dict[str, Any] = {
+        "module": "model",
+        "params": params,
+        "task": "classification",
+        "labels": [str(i) for i in range(classes)],
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, params.get("features", 64)]}],
+        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
+                    {"name": "label", "datatype": "INT64", "shape": [-1]}],
+    }
+    config.update(extra_config or {})
+    (model_dir / "config.json").write_text(json.dumps(config, indent=2))
+    code_hash = hashlib.sha256((code / "model.py").read_bytes()).hexdigest()
+    manifest = {"name": name, "version": 1, "hashes": {
+        "model": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "data": hashlib.sha256(b"sklearn digits").hexdigest(),
+        "code": code_hash,
+        "toolchain": "/nix/store/00000000000000000000000000000000-mlbuild-toolchain",
+    }}
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if serve is not None:
+        (root / "serve.json").write_text(json.dumps(serve))
+    return root
+
+
+def load_reference(pkg: Path) -> torch.nn.Module:
+    """The package's model built in the test process from its own code and weights (no server code)."""
+    from safetensors.torch import load_file
+
+    config = json.loads((pkg / "model" / "config.json").read_text())
+    module = _import_source(pkg / "code" / f"{config['module']}.py").build_model(config["params"])
+    module.load_state_dict(load_file(str(pkg / "model" / "model.safetensors")))
+    return module.eval()
