@@ -57,3 +57,27 @@ class NixNotFoundError(NixError):
 
 class BuildError(NixError):
     """A build failed; carries the tail of its log."""
+
+
+class StoreError(MlbuildError):
+    """The shared binary store (``mlbuild store ...``) cannot do what was asked."""
+
+
+class StoreConfigError(StoreError):
+    """The store's location or keys are not configured, or configured wrongly."""
+
+
+class StoreKeyError(StoreConfigError):
+    """A signing or trusted key is missing or not in Nix's ``name:base64`` format."""
+
+
+class StoreTargetError(StoreError):
+    """A push or pull target is not a store path (or not valid where it is needed)."""
+
+
+class StoreCorruptError(StoreError):
+    """A NAR or narinfo does not match what its signature or the local store says."""
+
+
+class StoreMissingError(StoreError):
+    """A path asked for is not in the shared store."""

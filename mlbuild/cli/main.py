@@ -42,6 +42,7 @@ def load(ctx: click.Context) -> Project:
 
 
 from . import commands, data  # noqa: E402,F401  (registers the commands)
+from . import store  # noqa: E402,F401  (registers `mlbuild store ...`)
 
 
 def main() -> None:

@@ -1,0 +1,143 @@
+"""``mlbuild store ...``: the shared binary store (init, push, pull, verify, gc, stats, tag)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from .. import store as st
+from ..errors import StoreCorruptError
+from ..store.gc import DEFAULT_GRACE_S
+from .main import cli
+
+__all__ = ["store"]
+
+
+def _cfg(ctx: click.Context) -> st.StoreConfig:
+    return st.load_store_config(ctx.find_root().obj, store=ctx.meta.get("mlbuild.store"))
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+@cli.group()
+@click.option("--store", "store_dir", metavar="DIR", default=None,
+              help="Store folder or file:// URL (default: $MLBUILD_STORE, [store].path, /var/lib/mlbuild/store).")
+@click.pass_context
+def store(ctx: click.Context, store_dir: str | None) -> None:
+    """The shared binary store: a signed Nix binary cache every machine substitutes from."""
+    ctx.meta["mlbuild.store"] = store_dir
+
+
+@store.command()
+@click.option("--generate-key", is_flag=True, help="Create a signing key pair if none exists.")
+@click.option("--key-name", default=None, help="Name of a new key (default: <host>-mlbuild-1).")
+@click.pass_context
+def init(ctx: click.Context, generate_key: bool, key_name: str | None) -> None:
+    """Create the store folder (idempotent) and print the nix.conf lines for it."""
+    r = st.init_store(_cfg(ctx), generate_key=generate_key, key_name=key_name)
+    click.echo(f"store: {r.root}")
+    if r.secret_key_file:
+        click.echo(f"signing key: {r.secret_key_file}{' (new)' if r.generated else ''}")
+    if r.public_key:
+        click.echo(f"public key (give it to every machine and CI): {r.public_key}")
+
+
+@store.command()
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--from", "from_store", metavar="STORE", default=None, help="Local Nix store to read (default: the machine's).")
+@click.option("--name", default=None, help="Push record name gc counts --keep-last by (default: each target's name).")
+@click.option("--build-deps", is_flag=True, help="Also push what rebuilding the targets needs.")
+@click.pass_context
+def push(ctx: click.Context, targets: tuple[str, ...], from_store: str | None, name: str | None,
+         build_deps: bool) -> None:
+    """Sign and upload the closures of TARGETS (store paths or result links)."""
+    r = st.push(_cfg(ctx), targets, local_store=from_store, name=name, build_deps=build_deps,
+                progress=lambda m: click.echo(m, err=True))
+    click.echo(f"pushed {len(r.pushed)} paths ({_mb(r.bytes_written)}), {len(r.present)} already there, "
+               f"in {r.seconds:.1f}s")
+
+
+@store.command()
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--to", "to_store", metavar="STORE", default=None, help="Local Nix store to fill (default: the machine's).")
+@click.pass_context
+def pull(ctx: click.Context, targets: tuple[str, ...], to_store: str | None) -> None:
+    """Fetch the closures of TARGETS into the local Nix store (signatures checked by Nix)."""
+    r = st.pull(_cfg(ctx), targets, local_store=to_store)
+    click.echo(f"fetched {len(r.fetched)} paths, {len(r.present)} already present, in {r.seconds:.1f}s")
+
+
+@store.command()
+@click.option("--repair", is_flag=True, help="Remove bad entries (and NARs only they use).")
+@click.option("--quick", is_flag=True, help="Check signatures and sizes only, not NAR hashes.")
+@click.pass_context
+def verify(ctx: click.Context, repair: bool, quick: bool) -> None:
+    """Check every entry's signature and NAR; list corrupt, unsigned, missing, incomplete ones."""
+    r = st.verify(_cfg(ctx), repair=repair, contents=not quick)
+    for p in r.problems:
+        click.echo(f"{p.kind}\t{p.store_path or p.narinfo}\t{p.detail}")
+    for f in r.removed:
+        click.echo(f"removed\t{f}")
+    click.echo(f"checked {r.checked} entries, {len(r.problems)} problems")
+    if r.problems and not repair:
+        raise StoreCorruptError(f"{len(r.problems)} bad entries in the store; remove them with "
+                                f"`mlbuild store verify --repair`, then push the paths again")
+
+
+@store.command()
+@click.option("--lock", "locks", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Keep what this mlbuild.lock references (repeatable).")
+@click.option("--keep-last", type=int, default=None, help="Pushes kept per name (default: [store].keep-last).")
+@click.option("--grace", type=float, default=DEFAULT_GRACE_S,
+              help="Seconds an unrooted entry or NAR is spared after its last use (default 3600).")
+@click.option("--dry-run", is_flag=True, help="Only report what would go.")
+@click.pass_context
+def gc(ctx: click.Context, locks: tuple[Path, ...], keep_last: int | None, grace: float, dry_run: bool) -> None:
+    """Remove what no root (tags, recent pushes, --lock) needs, safely while others read."""
+    r = st.gc(_cfg(ctx), locks=locks, keep_last=keep_last, grace=grace, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for p in r.removed_paths:
+        click.echo(f"{verb}\t{p}")
+    click.echo(f"kept {len(r.kept)} rooted paths; {verb} {len(r.removed_paths)} entries, {len(r.removed_nars)} "
+               f"NARs ({_mb(r.freed_bytes)}), {len(r.removed_temps)} temp files; "
+               f"{len(r.condemned_nars)} NARs wait out the grace period")
+
+
+@store.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def stats(ctx: click.Context, as_json: bool) -> None:
+    """Size per top-level item and kind, totals, and how much is shared."""
+    s = st.stats(_cfg(ctx))
+    if as_json:
+        click.echo(json.dumps(asdict(s), indent=2))
+        return
+    for i in s.items:
+        click.echo(f"{i.kind:<11}{_mb(i.closure_bytes):>14} closure {_mb(i.unique_bytes):>14} own  "
+                   f"{i.closure_paths:>4} paths  {i.path}")
+    for kind, (n, b) in sorted(s.by_kind.items()):
+        click.echo(f"kind {kind:<11}{n:>5} paths {_mb(b):>14}")
+    click.echo(f"total {s.paths} paths, {_mb(s.file_bytes)} on disk ({_mb(s.nar_bytes)} uncompressed); "
+               f"shared by several items: {s.shared_paths} paths, {_mb(s.shared_bytes)}")
+
+
+@store.command()
+@click.argument("name")
+@click.argument("targets", nargs=-1, required=True)
+@click.pass_context
+def tag(ctx: click.Context, name: str, targets: tuple[str, ...]) -> None:
+    """Tag store paths as release NAME: gc keeps them and their closures."""
+    click.echo(f"tagged {name}: {st.tag(_cfg(ctx), name, targets)}")
+
+
+@store.command()
+@click.argument("name")
+@click.pass_context
+def untag(ctx: click.Context, name: str) -> None:
+    """Remove the release tag NAME (its paths go at the next gc unless something else roots them)."""
+    click.echo(f"untagged {name}" if st.untag(_cfg(ctx), name) else f"no tag {name}")

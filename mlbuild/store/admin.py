@@ -1,0 +1,81 @@
+"""Creating a store and its key pair, and release tags (``mlbuild store init`` / ``tag``).
+
+``init_store`` makes the folders and ``nix-cache-info`` (so readers on a read-only mount never
+need to create anything), and with ``generate_key`` a key pair in Nix's format where the config
+says the signing key lives (default /etc/mlbuild/store.sec, public half beside it as ``.pub``).
+The public key is also copied to ``<store>/mlbuild/public-key`` so people can see which key signs
+the store; trust is never taken from that copy: machines trust the keys their own config names.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import StoreTargetError
+from .config import DEFAULT_SECRET_KEY, StoreConfig
+from .keys import generate_key_pair, load_secret_key
+from .layout import Layout, publish_bytes
+from .push import resolve_targets
+from .roots import remove_tag, write_tag
+
+__all__ = ["init_store", "InitResult", "tag", "untag", "tags", "nix_conf"]
+
+
+@dataclass
+class InitResult:
+    root: Path
+    secret_key_file: Path | None
+    public_key: str | None
+    generated: bool
+
+
+def init_store(cfg: StoreConfig, *, generate_key: bool = False, key_name: str | None = None) -> InitResult:
+    """Create the store at ``cfg.root`` (idempotent) and, if asked, a key pair when none exists."""
+    layout = Layout(cfg.root)
+    layout.init()
+    secret = cfg.secret_key_file or (DEFAULT_SECRET_KEY if generate_key else None)
+    generated = False
+    public: str | None = None
+    if secret is not None and secret.exists():
+        public = str(load_secret_key(secret).public)
+    elif secret is not None and generate_key:
+        name = key_name or f"{socket.gethostname().split('.')[0]}-mlbuild-1"
+        public = str(generate_key_pair(name, secret, secret.with_suffix(".pub")).public)
+        generated = True
+    if public:
+        publish_bytes(layout.root / "mlbuild" / "public-key", (public + "\n").encode())
+    return InitResult(cfg.root, secret, public, generated)
+
+
+def nix_conf(cfg: StoreConfig) -> str:
+    """The nix.conf lines that make every Nix call on a machine substitute from this store."""
+    keys = " ".join(str(k) for k in cfg.trusted_keys())
+    return (f"extra-substituters = {cfg.url}\nextra-trusted-public-keys = {keys}\nrequire-sigs = true\n"
+            f"narinfo-cache-negative-ttl = 0\n")
+
+
+def tag(cfg: StoreConfig, name: str, targets: Sequence[str]) -> Path:
+    """Tag store paths as release NAME: gc keeps them and their closures. They must be in the store."""
+    layout = Layout(cfg.root)
+    layout.require()
+    paths = resolve_targets(targets)
+    absent = [p for p in paths if not layout.narinfo(p).exists()]
+    if absent:
+        raise StoreTargetError(f"{', '.join(absent)} is not in the store {cfg.root}; push it first "
+                               f"(`mlbuild store push {absent[0]}`)")
+    return write_tag(layout, name, paths)
+
+
+def untag(cfg: StoreConfig, name: str) -> bool:
+    return remove_tag(Layout(cfg.root), name)
+
+
+def tags(cfg: StoreConfig) -> dict[str, list[str]]:
+    folder = Layout(cfg.root).roots_dir / "tags"
+    if not folder.is_dir():
+        return {}
+    return {f.name: [line for line in f.read_text().split() if line]
+            for f in sorted(folder.iterdir()) if not f.name.startswith(".")}

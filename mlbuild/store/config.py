@@ -1,0 +1,167 @@
+"""Where the shared binary store is, and which keys sign and check it.
+
+Every setting comes from, highest first: an explicit argument (``mlbuild store --store DIR``),
+the environment, the ``[store]`` table of the project's mlbuild.toml, then the embedded default::
+
+    setting        environment                  mlbuild.toml [store]  default
+    location       MLBUILD_STORE (dir or file://) path = "..."        /var/lib/mlbuild/store
+    signing key    MLBUILD_STORE_SECRET_KEY     secret-key = "..."    /etc/mlbuild/store.sec
+    trusted keys   MLBUILD_STORE_PUBLIC_KEYS    public-keys = [...]   /etc/mlbuild/store.pub, else
+                   (keys or .pub files)                               the signing key's public half
+    keep-last      MLBUILD_STORE_KEEP_LAST      keep-last = 3         3 pushes per name kept by gc
+    zstd level     -                            zstd-level = 3        3
+
+Relative paths in mlbuild.toml are relative to the project folder. An NFS mount is only a
+different location (see store-config/README.md); the keys never live inside the store folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..config import CONFIG_NAME, find_project_root
+from ..errors import ConfigError, StoreConfigError, StoreKeyError
+from .keys import PublicKey, SecretKey, load_secret_key, parse_public_key
+
+__all__ = ["StoreConfig", "load_store_config", "DEFAULT_ROOT", "DEFAULT_SECRET_KEY", "DEFAULT_PUBLIC_KEY"]
+
+DEFAULT_ROOT = Path("/var/lib/mlbuild/store")
+DEFAULT_SECRET_KEY = Path("/etc/mlbuild/store.sec")
+DEFAULT_PUBLIC_KEY = Path("/etc/mlbuild/store.pub")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """A resolved store configuration; ``public_keys`` are key strings or ``.pub`` file paths."""
+
+    root: Path
+    secret_key_file: Path | None = None
+    public_keys: tuple[str, ...] = ()
+    keep_last: int = 3
+    zstd_level: int = 3
+
+    @property
+    def url(self) -> str:
+        """The substituter URL Nix reads the store at (``file:///...``)."""
+        return f"file://{self.root}"
+
+    def secret_key(self) -> SecretKey:
+        if self.secret_key_file is None:
+            raise StoreKeyError(f"no signing key is configured for the store {self.root}: set "
+                                f"MLBUILD_STORE_SECRET_KEY or [store].secret-key, or run `mlbuild store init "
+                                f"--generate-key`")
+        return load_secret_key(self.secret_key_file)
+
+    def trusted_keys(self) -> tuple[PublicKey, ...]:
+        """The keys a narinfo must be signed by; the signing key's own half when none is named."""
+        keys: list[PublicKey] = []
+        for item in self.public_keys:
+            if item.startswith("/") or item.endswith(".pub"):
+                try:
+                    text = Path(item).read_text()
+                except OSError as e:
+                    raise StoreKeyError(f"cannot read the trusted public key file {item} ({e.strerror}); fix "
+                                        f"MLBUILD_STORE_PUBLIC_KEYS or [store].public-keys") from None
+                keys += [parse_public_key(k) for k in text.split()]
+            else:
+                keys.append(parse_public_key(item))
+        if not keys and self.secret_key_file is not None and self.secret_key_file.is_file():
+            keys.append(self.secret_key().public)
+        if not keys:
+            raise StoreKeyError(f"no trusted public key for the store {self.root}: set MLBUILD_STORE_PUBLIC_KEYS "
+                                f"(e.g. the contents of the store's .pub file) or [store].public-keys, or run "
+                                f"store-config/setup-store")
+        return tuple(keys)
+
+    def nix_options(self) -> list[str]:
+        """Options that make a Nix call substitute from this store, checking its signatures.
+
+        Add them after ``_nix.common_options()`` (which empties ``substituters``), e.g.
+        ``_nix.build(targets, extra=cfg.nix_options())``.
+        """
+        return [
+            "--option", "extra-substituters", self.url,
+            "--option", "extra-trusted-public-keys", " ".join(str(k) for k in self.trusted_keys()),
+            "--option", "require-sigs", "true",
+            "--option", "narinfo-cache-negative-ttl", "0",
+            "--option", "narinfo-cache-positive-ttl", "0",
+        ]
+
+
+def _project_table(project_root: Path | None) -> tuple[dict[str, Any], Path | None]:
+    try:
+        root = project_root if project_root is not None else find_project_root()
+    except ConfigError:
+        return {}, None
+    path = root / CONFIG_NAME
+    if not path.is_file():
+        return {}, None
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    table = raw.get("store", {})
+    if not isinstance(table, dict):
+        raise StoreConfigError(f"{path}: [store] must be a table, got {table!r}")
+    return table, root
+
+
+def _location(value: str, base: Path | None, where: str) -> Path:
+    if value.startswith("file://"):
+        value = value[len("file://"):]
+    elif "://" in value:
+        raise StoreConfigError(f"{where} = {value!r}: only local folders and file:// URLs are supported "
+                               f"(mount NFS and give its path, see store-config/README.md)")
+    path = Path(os.path.expanduser(value))
+    if not path.is_absolute():
+        path = (base or Path.cwd()) / path
+    return Path(os.path.normpath(path))
+
+
+def _int(value: Any, where: str) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise StoreConfigError(f"{where} must be a whole number, got {value!r}") from None
+    if n < 0:
+        raise StoreConfigError(f"{where} must not be negative, got {n}")
+    return n
+
+
+def load_store_config(project_root: Path | None = None, *, store: str | None = None,
+                      env: Mapping[str, str] | None = None) -> StoreConfig:
+    """Resolve the store settings (see the module docstring for the order)."""
+    env = os.environ if env is None else env
+    table, base = _project_table(project_root)
+    where = f"{base / CONFIG_NAME if base else CONFIG_NAME} [store]"
+    if store:
+        root = _location(store, None, "--store")
+    elif env.get("MLBUILD_STORE"):
+        root = _location(env["MLBUILD_STORE"], None, "MLBUILD_STORE")
+    elif "path" in table:
+        root = _location(str(table["path"]), base, f"{where}.path")
+    else:
+        root = DEFAULT_ROOT
+    if env.get("MLBUILD_STORE_SECRET_KEY"):
+        secret: Path | None = _location(env["MLBUILD_STORE_SECRET_KEY"], None, "MLBUILD_STORE_SECRET_KEY")
+    elif "secret-key" in table:
+        secret = _location(str(table["secret-key"]), base, f"{where}.secret-key")
+    else:
+        secret = DEFAULT_SECRET_KEY if DEFAULT_SECRET_KEY.exists() else None
+    if env.get("MLBUILD_STORE_PUBLIC_KEYS"):
+        public = tuple(env["MLBUILD_STORE_PUBLIC_KEYS"].split())
+    elif "public-keys" in table:
+        keys = table["public-keys"]
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise StoreConfigError(f"{where}.public-keys must be a list of `name:base64` keys or .pub files")
+        public = tuple(str(_location(k, base, where)) if k.endswith(".pub") else k for k in keys)
+    else:
+        public = (str(DEFAULT_PUBLIC_KEY),) if DEFAULT_PUBLIC_KEY.exists() else ()
+    keep = env.get("MLBUILD_STORE_KEEP_LAST", table.get("keep-last", 3))
+    return StoreConfig(root=root, secret_key_file=secret, public_keys=public,
+                       keep_last=_int(keep, "keep-last"),
+                       zstd_level=_int(table.get("zstd-level", 3), f"{where}.zstd-level"))

@@ -1,0 +1,158 @@
+"""``mlbuild store gc``: keep the closures of the roots, remove the rest while others read.
+
+Order of removal, so that readers and writers never see a broken store:
+
+1. Entries (narinfos) not in the closure of a root and not touched for ``grace`` seconds go,
+   referrers before references: what remains is always closed under references. A push in
+   progress is safe: it records its root before uploading and refreshes the narinfos it reuses.
+2. A NAR file no narinfo names is first *condemned* (``mlbuild/gc-condemned.json``, with the
+   time); a later gc deletes it once it has been unreferenced for ``grace`` seconds, so a reader
+   that read a narinfo just before step 1 still gets its NAR. A NAR that any narinfo names is
+   never deleted (two narinfos may share one NAR).
+3. Temp files of dead writers on this host, and any older than ``grace``, go; push records beyond
+   the newest ``keep_last`` per name go.
+
+With ``grace=0`` (tests, a store nobody else uses) everything unrooted goes in one run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import StoreCorruptError
+from .config import StoreConfig
+from .layout import Layout, fsync_dir, publish_bytes, temp_is_stale
+from .narinfo import NarInfo
+from .roots import Roots, read_roots
+
+__all__ = ["gc", "GcReport", "DEFAULT_GRACE_S"]
+
+DEFAULT_GRACE_S = 3600.0
+
+
+@dataclass
+class GcReport:
+    roots: Roots
+    kept: list[str] = field(default_factory=list)
+    removed_paths: list[str] = field(default_factory=list)
+    removed_nars: list[Path] = field(default_factory=list)
+    condemned_nars: list[Path] = field(default_factory=list)
+    removed_temps: list[Path] = field(default_factory=list)
+    removed_records: list[Path] = field(default_factory=list)
+    freed_bytes: int = 0
+
+
+def _load(layout: Layout) -> dict[str, tuple[NarInfo, float]]:
+    out: dict[str, tuple[NarInfo, float]] = {}
+    for f in layout.narinfos():
+        try:
+            info = NarInfo.parse(f.read_text(), str(f))
+            out[info.store_path] = (info, f.stat().st_mtime)
+        except (StoreCorruptError, FileNotFoundError, UnicodeDecodeError):
+            continue   # verify reports and repairs these
+    return out
+
+
+def _closure(roots: set[str], entries: dict[str, tuple[NarInfo, float]]) -> set[str]:
+    keep: set[str] = set()
+    todo = [r for r in roots if r in entries]
+    while todo:
+        p = todo.pop()
+        if p in keep:
+            continue
+        keep.add(p)
+        todo += [r for r in entries[p][0].reference_paths if r in entries and r not in keep]
+    return keep
+
+
+def _referrers_first(doomed: set[str], entries: dict[str, tuple[NarInfo, float]]) -> list[str]:
+    """Order ``doomed`` so every path comes before the paths it references."""
+    referrers: dict[str, set[str]] = {p: set() for p in doomed}
+    for q in doomed:
+        for r in entries[q][0].reference_paths:
+            if r in referrers and r != q:
+                referrers[r].add(q)
+    order: list[str] = []
+    done: set[str] = set()
+    for root in sorted(doomed):
+        stack: list[tuple[str, list[str]]] = [(root, sorted(referrers[root]))]
+        if root in done:
+            continue
+        done.add(root)
+        while stack:
+            path, todo = stack[-1]
+            nxt = next((q for q in todo if q not in done), None)
+            if nxt is None:
+                stack.pop()
+                order.append(path)
+            else:
+                done.add(nxt)
+                stack.append((nxt, sorted(referrers[nxt])))
+    return order
+
+
+def gc(cfg: StoreConfig, *, locks: Sequence[Path] = (), keep_last: int | None = None,
+       grace: float = DEFAULT_GRACE_S, dry_run: bool = False) -> GcReport:
+    """Remove what no root needs (see the module docstring); ``dry_run`` only reports."""
+    layout = Layout(cfg.root)
+    layout.require()
+    now = time.time()
+    entries = _load(layout)
+    roots = read_roots(layout, cfg.keep_last if keep_last is None else keep_last, list(locks))
+    keep = _closure(roots.paths, entries)
+    report = GcReport(roots=roots, kept=sorted(keep))
+    doomed = {p for p, (_, mtime) in entries.items() if p not in keep and now - mtime >= grace}
+    keep |= set(entries) - doomed   # recent entries stay, and so must what they reference
+    keep = _closure(keep, entries)
+    doomed -= keep
+    for p in _referrers_first(doomed, entries):
+        report.removed_paths.append(p)
+        if not dry_run:
+            layout.narinfo(p).unlink(missing_ok=True)
+    if doomed and not dry_run:
+        fsync_dir(layout.root)
+    _collect_nars(layout, {entries[p][0].url for p in entries if p not in doomed}, now, grace, dry_run, report)
+    for tmp in layout.temp_files():
+        if temp_is_stale(tmp, grace, now):
+            report.removed_temps.append(tmp)
+            if not dry_run:
+                tmp.unlink(missing_ok=True)
+    report.removed_records = list(roots.dropped_pushes)
+    if not dry_run:
+        for rec in roots.dropped_pushes:
+            rec.unlink(missing_ok=True)
+    return report
+
+
+def _collect_nars(layout: Layout, used: set[str], now: float, grace: float, dry_run: bool,
+                  report: GcReport) -> None:
+    """Delete NARs unreferenced for ``grace`` seconds; condemn the newly unreferenced ones."""
+    used |= {i.url for i, _ in _load(layout).values()}   # entries a concurrent push just wrote
+    try:
+        condemned: dict[str, float] = json.loads(layout.condemned_file.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        condemned = {}
+    still: dict[str, float] = {}
+    for nar in layout.nar_files():
+        url = f"nar/{nar.name}"
+        if url in used:
+            continue
+        since = condemned.get(url, now)
+        try:
+            created = nar.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if now - since >= grace and now - created >= grace:
+            report.removed_nars.append(nar)
+            report.freed_bytes += nar.stat().st_size
+            if not dry_run:
+                nar.unlink(missing_ok=True)
+        else:
+            still[url] = since
+            report.condemned_nars.append(nar)
+    if not dry_run and (still or condemned):
+        publish_bytes(layout.condemned_file, (json.dumps(still, indent=1, sort_keys=True) + "\n").encode())

@@ -1,0 +1,136 @@
+"""Ed25519 keys in Nix's format: generate, load, sign and check narinfo fingerprints.
+
+Nix writes a secret key as ``name:base64(seed || public)`` (64 bytes, libsodium's layout) and a
+public key as ``name:base64(public)`` (32 bytes); ``nix-store --generate-binary-cache-key`` makes
+the same files as :func:`generate_key_pair`. A signature is ``name:base64(ed25519(fingerprint))``;
+ed25519 is deterministic, so the same key and narinfo always give the same ``Sig`` line.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from ..errors import StoreKeyError
+
+__all__ = ["SecretKey", "PublicKey", "parse_secret_key", "parse_public_key", "load_secret_key",
+           "generate_key_pair", "check_signatures", "parse_public_keys"]
+
+
+def _split(text: str, what: str, size: int) -> tuple[str, bytes]:
+    name, sep, body = text.strip().partition(":")
+    if not sep or not name:
+        raise StoreKeyError(f"{what} {text.strip()[:40]!r} is not `name:base64`; make a key pair with "
+                            f"`mlbuild store init` or `nix-store --generate-binary-cache-key NAME SEC PUB`")
+    try:
+        raw = base64.b64decode(body, validate=True)
+    except binascii.Error:
+        raise StoreKeyError(f"{what} {name!r}: {body[:20]!r}... is not base64") from None
+    if len(raw) != size:
+        raise StoreKeyError(f"{what} {name!r} holds {len(raw)} bytes, not {size}: is it the other half "
+                            f"of the key pair?")
+    return name, raw
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """A trusted key: the name a ``Sig`` line starts with, and the ed25519 key."""
+
+    name: str
+    raw: bytes
+
+    def __str__(self) -> str:
+        return f"{self.name}:{base64.b64encode(self.raw).decode()}"
+
+    def verify(self, signature: bytes, message: bytes) -> bool:
+        try:
+            Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, message)
+            return True
+        except InvalidSignature:
+            return False
+
+
+@dataclass(frozen=True)
+class SecretKey:
+    """A signing key; ``sign`` gives a narinfo ``Sig`` value."""
+
+    name: str
+    seed: bytes
+
+    @property
+    def public(self) -> PublicKey:
+        pub = Ed25519PrivateKey.from_private_bytes(self.seed).public_key()
+        return PublicKey(self.name, pub.public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+    def sign(self, message: bytes) -> str:
+        sig = Ed25519PrivateKey.from_private_bytes(self.seed).sign(message)
+        return f"{self.name}:{base64.b64encode(sig).decode()}"
+
+    def __str__(self) -> str:
+        return f"{self.name}:{base64.b64encode(self.seed + self.public.raw).decode()}"
+
+
+def parse_public_key(text: str) -> PublicKey:
+    name, raw = _split(text, "public key", 32)
+    return PublicKey(name, raw)
+
+
+def parse_public_keys(text: str) -> tuple[PublicKey, ...]:
+    """Whitespace-separated keys (as in nix.conf's ``trusted-public-keys``)."""
+    return tuple(parse_public_key(k) for k in text.split())
+
+
+def parse_secret_key(text: str) -> SecretKey:
+    name, raw = _split(text, "secret key", 64)
+    key = SecretKey(name, raw[:32])
+    if key.public.raw != raw[32:]:
+        raise StoreKeyError(f"secret key {name!r}: its public half does not match its seed; regenerate it")
+    return key
+
+
+def load_secret_key(path: Path) -> SecretKey:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise StoreKeyError(f"cannot read the store's secret key {path} ({e.strerror}); create it with "
+                            f"`mlbuild store init --generate-key` or set MLBUILD_STORE_SECRET_KEY") from None
+    return parse_secret_key(text)
+
+
+def generate_key_pair(name: str, secret_path: Path, public_path: Path) -> SecretKey:
+    """Write a new key pair (secret file mode 0600, created exclusively: never overwrites)."""
+    if ":" in name or not name.strip():
+        raise StoreKeyError(f"key name {name!r} must be non-empty and contain no ':' (e.g. store.example.org-1)")
+    seed = os.urandom(32)
+    key = SecretKey(name, seed)
+    secret_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(key))
+    public_path.write_text(str(key.public))
+    return key
+
+
+def check_signatures(sigs: tuple[str, ...] | list[str], message: bytes, keys: tuple[PublicKey, ...]) -> bool:
+    """True when one of ``sigs`` is a valid signature of ``message`` by one of ``keys``."""
+    by_name: dict[str, list[PublicKey]] = {}
+    for k in keys:
+        by_name.setdefault(k.name, []).append(k)
+    for sig in sigs:
+        name, sep, body = sig.partition(":")
+        if not sep or name not in by_name:
+            continue
+        try:
+            raw = base64.b64decode(body, validate=True)
+        except binascii.Error:
+            continue
+        if len(raw) == 64 and any(k.verify(raw, message) for k in by_name[name]):
+            return True
+    return False

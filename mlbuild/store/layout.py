@@ -1,0 +1,190 @@
+"""The store folder: Nix's ``file://`` binary-cache layout plus mlbuild's roots, and atomic publishing.
+
+::
+
+    <root>/nix-cache-info               StoreDir, WantMassQuery, Priority (Nix reads it first)
+    <root>/<hash>.narinfo               one per store path, signed
+    <root>/nar/<filehash>.nar[.zst]     NARs, named by the sha256 of the file (content-addressed)
+    <root>/realisations/, log/          made up front so read-only readers never need to create them
+    <root>/mlbuild/roots/tags/<NAME>    release tags: store paths, one a line
+    <root>/mlbuild/roots/pushes/<NAME>/<time>.<host>.<pid>.<rand>   one file per push
+    <root>/mlbuild/gc-condemned.json    NARs gc found unreferenced, and since when
+
+Publishing is write-temp, fsync, rename, fsync the folder. Temporary names carry the host, the pid
+and random bytes (``.tmp.<host>.<pid>.<rand>``), so writers on several hosts sharing one NFS
+folder never collide; they start with a dot, and nothing that reads the cache lists them. The NAR
+is renamed into place before its narinfo is written, so a narinfo never names a partial NAR.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import socket
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import StoreConfigError, StoreCorruptError
+from .narinfo import STORE_DIR, hash_part
+
+__all__ = ["Layout", "temp_name", "parse_temp_name", "publish_bytes", "fsync_dir", "DIR_MODE", "FILE_MODE"]
+
+DIR_MODE = 0o2775   # setgid: files inherit the store's group; the group may add and remove entries
+FILE_MODE = 0o664
+TEMP_PREFIX = ".tmp."
+CACHE_INFO = f"StoreDir: {STORE_DIR}\nWantMassQuery: 1\nPriority: 30\n"
+
+
+def _host() -> str:
+    return socket.gethostname().replace("/", "_").replace(".", "_") or "host"
+
+
+def temp_name(suffix: str = "") -> str:
+    """``.tmp.<host>.<pid>.<random>``: unique across hosts sharing one folder."""
+    return f"{TEMP_PREFIX}{_host()}.{os.getpid()}.{secrets.token_hex(6)}{suffix}"
+
+
+def parse_temp_name(name: str) -> tuple[str, int] | None:
+    """(host, pid) of a name made by :func:`temp_name`, else None."""
+    if not name.startswith(TEMP_PREFIX):
+        return None
+    parts = name[len(TEMP_PREFIX):].split(".")
+    if len(parts) < 3 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as e:   # some network filesystems refuse fsync on folders
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def publish_bytes(dest: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    """Write ``dest`` atomically: unique temp file in the same folder, fsync, rename, fsync folder."""
+    tmp = dest.parent / temp_name()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, dest)
+    fsync_dir(dest.parent)
+
+
+class Layout:
+    """Paths inside one store folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def nar_dir(self) -> Path:
+        return self.root / "nar"
+
+    @property
+    def roots_dir(self) -> Path:
+        return self.root / "mlbuild" / "roots"
+
+    @property
+    def condemned_file(self) -> Path:
+        return self.root / "mlbuild" / "gc-condemned.json"
+
+    def narinfo(self, store_path_or_hash: str) -> Path:
+        h = store_path_or_hash if len(store_path_or_hash) == 32 else hash_part(store_path_or_hash)
+        return self.root / f"{h}.narinfo"
+
+    def nar(self, url: str) -> Path:
+        """The file a narinfo's URL names; refuses URLs that leave ``nar/``."""
+        name = url[4:] if url.startswith("nar/") else ""
+        if not name or "/" in name or name.startswith("."):
+            raise StoreCorruptError(f"narinfo URL {url!r} does not name a file in {self.nar_dir}; "
+                                    f"remove the entry with `mlbuild store verify --repair`")
+        return self.nar_dir / name
+
+    def is_initialised(self) -> bool:
+        return (self.root / "nix-cache-info").is_file() and self.nar_dir.is_dir()
+
+    def require(self) -> None:
+        if not self.is_initialised():
+            raise StoreConfigError(f"{self.root} is not an mlbuild store (no nix-cache-info or nar/); run "
+                                   f"`mlbuild store init --store {self.root}` or set MLBUILD_STORE")
+
+    def init(self) -> None:
+        """Create the folders and nix-cache-info (idempotent; keeps existing entries)."""
+        for d in (self.root, self.nar_dir, self.root / "realisations", self.root / "log",
+                  self.root / "mlbuild", self.roots_dir / "tags", self.roots_dir / "pushes"):
+            make_dir(d)
+        info = self.root / "nix-cache-info"
+        if not info.exists():
+            publish_bytes(info, CACHE_INFO.encode(), 0o664)
+        elif f"StoreDir: {STORE_DIR}" not in info.read_text():
+            raise StoreConfigError(f"{info} is for another Nix store folder than {STORE_DIR}; "
+                                   f"use another store location")
+
+    def narinfos(self) -> Iterator[Path]:
+        """Every published narinfo (temporary files excluded)."""
+        with os.scandir(self.root) as it:
+            for e in it:
+                if e.name.endswith(".narinfo") and not e.name.startswith("."):
+                    yield Path(e.path)
+
+    def nar_files(self) -> Iterator[Path]:
+        with os.scandir(self.nar_dir) as it:
+            for e in it:
+                if not e.name.startswith("."):
+                    yield Path(e.path)
+
+    def temp_files(self) -> Iterator[Path]:
+        """Temporary files in every folder a writer uses."""
+        dirs = [self.root, self.nar_dir, self.root / "mlbuild", self.roots_dir / "tags"]
+        pushes = self.roots_dir / "pushes"
+        if pushes.is_dir():
+            dirs += [p for p in pushes.iterdir() if p.is_dir()]
+        for d in dirs:
+            if d.is_dir():
+                yield from (p for p in d.iterdir() if p.name.startswith(TEMP_PREFIX))
+
+
+def make_dir(path: Path) -> None:
+    """mkdir -p with the store's group-writable setgid mode, whatever the umask."""
+    if path.is_dir():
+        return
+    make_dir(path.parent) if not path.parent.exists() else None
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return
+    try:
+        os.chmod(path, DIR_MODE)
+    except PermissionError:
+        pass
+
+
+def temp_is_stale(path: Path, grace_s: float, now: float) -> bool:
+    """A temp file is stale when its writer (same host, dead pid) is gone, or it is older than grace."""
+    owner = parse_temp_name(path.name)
+    if owner and owner[0] == _host():
+        try:
+            os.kill(owner[1], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+    try:
+        return now - path.stat().st_mtime > grace_s
+    except FileNotFoundError:
+        return False

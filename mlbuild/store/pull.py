@@ -1,0 +1,85 @@
+"""``mlbuild store pull``: fetch closures from the shared store into a local Nix store.
+
+Nix does the copying (``nix copy --from file://<store>``) with the store's keys as its only
+trusted keys and ``require-sigs``: a narinfo without a trusted signature, or a NAR whose hash
+differs from its signed narinfo, is refused by Nix itself. The closure is read from the narinfos
+first so that a path missing from the store is reported by name before anything is copied.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .. import _nix
+from ..errors import StoreCorruptError, StoreMissingError
+from .config import StoreConfig
+from .layout import Layout
+from .narinfo import NarInfo
+from .push import resolve_targets
+
+__all__ = ["pull", "PullResult", "cache_closure", "trust_options"]
+
+
+@dataclass
+class PullResult:
+    """``fetched``: paths copied in; ``present``: closure paths the local store already had."""
+
+    targets: list[str]
+    fetched: list[str] = field(default_factory=list)
+    present: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def read_narinfo(layout: Layout, path: str) -> NarInfo:
+    f = layout.narinfo(path)
+    try:
+        text = f.read_text()
+    except FileNotFoundError:
+        raise StoreMissingError(f"{path} is not in the store {layout.root}; push it from a machine that "
+                                f"has it (`mlbuild store push {path}`)") from None
+    return NarInfo.parse(text, str(f))
+
+
+def cache_closure(layout: Layout, paths: Sequence[str]) -> dict[str, NarInfo]:
+    """The narinfos of ``paths`` and everything they reference, as the store has them."""
+    seen: dict[str, NarInfo] = {}
+    todo = list(paths)
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        info = read_narinfo(layout, p)
+        if info.store_path != p:
+            raise StoreCorruptError(f"{layout.narinfo(p)} describes {info.store_path}, not {p}; run "
+                                    f"`mlbuild store verify --repair`")
+        seen[p] = info
+        todo += [r for r in info.reference_paths if r not in seen]
+    return seen
+
+
+def trust_options(cfg: StoreConfig) -> list[str]:
+    """Only the store's keys are trusted, signatures required, no stale narinfo lookups."""
+    return [
+        "--option", "trusted-public-keys", " ".join(str(k) for k in cfg.trusted_keys()),
+        "--option", "require-sigs", "true",
+        "--option", "narinfo-cache-negative-ttl", "0",
+        "--option", "narinfo-cache-positive-ttl", "0",
+    ]
+
+
+def pull(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = None) -> PullResult:
+    """Copy the closures of ``targets`` into ``local_store`` (default: the machine's Nix store)."""
+    start = time.monotonic()
+    layout = Layout(cfg.root)
+    layout.require()
+    paths = resolve_targets(targets)
+    closure = cache_closure(layout, paths)
+    missing = set(_nix.invalid_paths_in(sorted(closure), store=local_store))
+    result = PullResult(targets=paths, fetched=sorted(missing), present=sorted(set(closure) - missing))
+    if missing:
+        _nix.copy_from_cache(cfg.url, [p for p in paths if p in missing], store=local_store,
+                             options=trust_options(cfg))
+    result.seconds = time.monotonic() - start
+    return result

@@ -1,0 +1,137 @@
+"""``mlbuild store push``: upload the closures of store paths, skipping what the store already has.
+
+Paths are published references-first, so at every moment each narinfo's references are already
+in the store: a reader (or a writer killed half-way) never sees a narinfo whose closure is
+incomplete. A narinfo already present is not rewritten; its mtime is refreshed so a concurrent
+gc (which spares recent entries) does not remove what this push relies on. Several processes on
+several hosts may push overlapping closures at once: every file is published by an atomic
+rename of a uniquely named temp file, NAR files are named by their content hash, and a narinfo is
+only written after its NAR is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .. import _nix
+from ..errors import StoreTargetError
+from .config import StoreConfig
+from .layout import Layout
+from .narinfo import STORE_DIR, NarInfo
+from .roots import default_name, record_push
+from .upload import PathInfo, path_infos, publish_path
+
+__all__ = ["push", "PushResult", "resolve_targets", "topological"]
+
+
+@dataclass
+class PushResult:
+    """What a push did: ``pushed`` narinfos written, ``present`` paths the store already had."""
+
+    targets: list[str]
+    pushed: list[NarInfo] = field(default_factory=list)
+    present: list[str] = field(default_factory=list)
+    records: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(n.file_size for n in self.pushed)
+
+
+def resolve_targets(targets: Sequence[str], store_dir: str = STORE_DIR) -> list[str]:
+    """Store paths named by ``targets``: store paths (or paths inside one), or links to them."""
+    out: list[str] = []
+    for t in targets:
+        s = str(t)
+        if not s.startswith(store_dir + "/") and (os.path.lexists(s)):
+            s = os.path.realpath(s)
+        if not s.startswith(store_dir + "/") or len(s) <= len(store_dir) + 34:
+            raise StoreTargetError(f"{t!r} is not a store path nor a link to one; pass a path like "
+                                   f"{store_dir}/<hash>-<name> or a `result` link from `nix build`")
+        base = s[len(store_dir) + 1:].split("/", 1)[0]
+        path = f"{store_dir}/{base}"
+        if path not in out:
+            out.append(path)
+    return out
+
+
+def topological(infos: dict[str, PathInfo]) -> list[str]:
+    """Paths ordered so that each comes after every path it references (within ``infos``)."""
+    order: list[str] = []
+    state: dict[str, int] = {}
+    for root in sorted(infos):
+        stack: list[tuple[str, int]] = [(root, 0)]
+        while stack:
+            path, i = stack.pop()
+            if i == 0:
+                if state.get(path):
+                    continue
+                state[path] = 1
+            refs = [r for r in infos[path].references if r in infos and r != path]
+            while i < len(refs) and state.get(refs[i]):
+                i += 1
+            if i < len(refs):
+                stack.append((path, i + 1))
+                stack.append((refs[i], 0))
+            else:
+                state[path] = 2
+                order.append(path)
+    return order
+
+
+def _closure(targets: list[str], local_store: str | None, build_deps: bool) -> dict[str, PathInfo]:
+    invalid = _nix.invalid_paths_in(targets, store=local_store)
+    if invalid:
+        where = f" {local_store}" if local_store else ""
+        raise StoreTargetError(f"{', '.join(invalid)} is not valid in the local store{where}; build it "
+                               f"first (`nix build ...` / `mlbuild build`), then push")
+    infos = path_infos(targets, store=local_store, recursive=True)
+    if build_deps:
+        drvs = [i.deriver for i in infos.values() if i.path in targets and i.deriver]
+        drvs = [d for d in drvs if d not in set(_nix.invalid_paths_in(drvs, store=local_store))]
+        extra = [p for p in _nix.build_closure(drvs, store=local_store) if p not in infos]
+        infos.update(path_infos(extra, store=local_store, recursive=True))
+    return infos
+
+
+def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = None,
+         name: str | None = None, build_deps: bool = False,
+         progress: Callable[[str], None] | None = None) -> PushResult:
+    """Sign and upload the closures of ``targets`` (from ``local_store``, default: the machine's).
+
+    ``build_deps`` also uploads what rebuilding the targets needs (the valid outputs in the
+    closure of their derivations), so another machine can rebuild a changed dependent without
+    building the unchanged inputs. ``name`` is the push record's name (gc keeps the newest
+    ``cfg.keep_last`` per name); default: each target's name without its hash.
+    """
+    start = time.monotonic()
+    layout = Layout(cfg.root)
+    layout.require()
+    key = cfg.secret_key()
+    paths = resolve_targets(targets)
+    result = PushResult(targets=paths)
+    groups: dict[str, list[str]] = {}
+    for p in paths:
+        groups.setdefault(name or default_name(p), []).append(p)
+    result.records = [record_push(layout, n, ps) for n, ps in groups.items()]
+    infos = _closure(paths, local_store, build_deps)
+    for path in topological(infos):
+        existing = layout.narinfo(path)
+        if existing.exists():
+            try:
+                os.utime(existing)
+            except OSError:
+                pass
+            result.present.append(path)
+            continue
+        if progress:
+            progress(f"pushing {path} ({infos[path].nar_size / 1e6:.1f} MB)")
+        result.pushed.append(publish_path(layout, infos[path], key, local_store=local_store,
+                                          zstd_level=cfg.zstd_level))
+    result.seconds = time.monotonic() - start
+    return result

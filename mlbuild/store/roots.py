@@ -1,0 +1,140 @@
+"""What gc keeps: release tags, the last pushes of each name, and what a lock references.
+
+Roots live in the store folder (``mlbuild/roots/``), so every machine sharing the store sees them:
+
+- ``tags/<NAME>``: a release tag, the store paths it names (``mlbuild store tag NAME PATH...``).
+- ``pushes/<NAME>/<time>.<host>.<pid>.<rand>``: one file per push, written before the upload
+  starts (a concurrent gc then already sees it). gc keeps the newest ``keep_last`` of each NAME;
+  NAME defaults to the target's store path name without its hash (e.g. ``digits-model``).
+- a lock (``gc --lock mlbuild.lock``): the interpreter snapshot and the wheels it pins, as the
+  fixed-output store paths Nix gives them, plus any store path written in it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import StoreError
+from ..storepath import fixed_output_path
+from .layout import Layout, make_dir, publish_bytes, temp_name
+
+__all__ = ["Roots", "write_tag", "remove_tag", "record_push", "read_roots", "lock_paths", "default_name"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_STORE_PATH = re.compile(r"/nix/store/[0-9a-z]{32}-[A-Za-z0-9+._?=-]+")
+
+
+def _check_name(name: str, what: str) -> str:
+    if not _NAME.match(name):
+        raise StoreError(f"{what} {name!r} must match {_NAME.pattern} (letters, digits, . _ + -)")
+    return name
+
+
+def default_name(store_path: str) -> str:
+    """``/nix/store/<hash>-digits-model`` -> ``digits-model``."""
+    return store_path.rsplit("/", 1)[-1][33:]
+
+
+def _paths_text(paths: list[str]) -> bytes:
+    return ("".join(f"{p}\n" for p in sorted(set(paths)))).encode()
+
+
+def _read_paths(path: Path) -> list[str]:
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip().startswith("/")]
+    except FileNotFoundError:
+        return []
+
+
+def write_tag(layout: Layout, name: str, paths: list[str]) -> Path:
+    """Create or replace the release tag NAME (atomically)."""
+    dest = layout.roots_dir / "tags" / _check_name(name, "tag")
+    make_dir(dest.parent)
+    publish_bytes(dest, _paths_text(paths))
+    return dest
+
+
+def remove_tag(layout: Layout, name: str) -> bool:
+    dest = layout.roots_dir / "tags" / _check_name(name, "tag")
+    try:
+        dest.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def record_push(layout: Layout, name: str, paths: list[str]) -> Path:
+    """Record a push of ``paths`` under NAME (newest last when names are sorted)."""
+    folder = layout.roots_dir / "pushes" / _check_name(name, "push name")
+    make_dir(folder)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:]
+    dest = folder / (stamp + temp_name()[len(".tmp"):])
+    publish_bytes(dest, _paths_text(paths))
+    return dest
+
+
+@dataclass
+class Roots:
+    """Every root, by where it came from; ``paths`` is their union."""
+
+    tags: dict[str, list[str]]
+    pushes: dict[str, list[list[str]]]    # name -> the kept pushes, newest first
+    dropped_pushes: list[Path]            # push records older than the newest keep_last
+    locks: dict[str, list[str]]
+
+    @property
+    def paths(self) -> set[str]:
+        out: set[str] = set()
+        for ps in self.tags.values():
+            out.update(ps)
+        for pushes in self.pushes.values():
+            for ps in pushes:
+                out.update(ps)
+        for ps in self.locks.values():
+            out.update(ps)
+        return out
+
+
+def read_roots(layout: Layout, keep_last: int, locks: list[Path] = ()) -> Roots:  # type: ignore[assignment]
+    tags: dict[str, list[str]] = {}
+    tag_dir = layout.roots_dir / "tags"
+    if tag_dir.is_dir():
+        for f in sorted(tag_dir.iterdir()):
+            if not f.name.startswith("."):
+                tags[f.name] = _read_paths(f)
+    pushes: dict[str, list[list[str]]] = {}
+    dropped: list[Path] = []
+    push_dir = layout.roots_dir / "pushes"
+    if push_dir.is_dir():
+        for folder in sorted(push_dir.iterdir()):
+            if not folder.is_dir():
+                continue
+            records = sorted((f for f in folder.iterdir() if not f.name.startswith(".")),
+                             key=lambda f: f.name, reverse=True)
+            pushes[folder.name] = [_read_paths(f) for f in records[:keep_last]]
+            dropped += records[keep_last:]
+    return Roots(tags, pushes, dropped, {str(p): lock_paths(p) for p in locks})
+
+
+def lock_paths(lock: Path) -> list[str]:
+    """Store paths a mlbuild.lock pins (interpreter snapshot, wheels, tools, literal store paths)."""
+    try:
+        data: Any = json.loads(lock.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise StoreError(f"cannot read the lock {lock} ({e}); pass an existing mlbuild.lock to --lock") from None
+    out: set[str] = set(_STORE_PATH.findall(json.dumps(data)))
+    if not isinstance(data, dict):
+        return sorted(out)
+    snap = (data.get("interpreter") or {}).get("snapshot") or {}
+    if isinstance(snap.get("sha256"), str) and isinstance(snap.get("name"), str):
+        out.add(fixed_output_path(snap["sha256"], snap["name"], recursive=True))
+    for key in ("wheels", "tools"):
+        for w in data.get(key) or []:
+            if isinstance(w, dict) and isinstance(w.get("sha256"), str) and isinstance(w.get("filename"), str):
+                out.add(fixed_output_path(w["sha256"], w["filename"], recursive=False))
+    return sorted(out)

@@ -1,0 +1,118 @@
+"""``mlbuild store stats``: what the store holds, per top-level item and kind, and what is shared.
+
+A top-level item is an entry no other entry references (a model package, a validation, an
+image, a toolchain pushed alone...). Each gets its closure's size and the part of it no other
+item uses; ``shared`` is what two or more items' closures have in common (a toolchain used by
+several models is stored once). Kinds come from store path names (see ``KINDS``). Sizes are the
+bytes on disk (``FileSize``: after compression) and, for reference, the NAR sizes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ..errors import StoreCorruptError
+from .config import StoreConfig
+from .layout import Layout
+from .narinfo import NarInfo
+
+__all__ = ["stats", "StoreStats", "Item", "classify", "KINDS"]
+
+KINDS: list[tuple[str, re.Pattern[str]]] = [
+    ("wheel", re.compile(r"\.whl$")),
+    ("toolchain", re.compile(r"(toolchain|^python-|interpreter|snapshot|mlbuild-runtime|-env$)")),
+    ("validation", re.compile(r"(validat|metrics|eval)")),
+    ("image", re.compile(r"(image|oci|docker|\.tar(\.gz)?$)")),
+    ("dataset", re.compile(r"(dataset|data\b|-data-|\.csv$|\.parquet$)")),
+    ("model", re.compile(r"(model|train|weights|\.safetensors$|checkpoint)")),
+    ("package", re.compile(r"(package|serve|server)")),
+]
+
+
+def classify(store_path: str) -> str:
+    """The kind of a store path from its name: model, dataset, toolchain, wheel, ... or other."""
+    name = store_path.rsplit("/", 1)[-1][33:].lower()
+    return next((kind for kind, rx in KINDS if rx.search(name)), "other")
+
+
+@dataclass
+class Item:
+    path: str
+    kind: str
+    closure_paths: int
+    closure_bytes: int
+    unique_bytes: int
+
+
+@dataclass
+class StoreStats:
+    paths: int = 0
+    file_bytes: int = 0                 # on disk, each NAR file counted once
+    nar_bytes: int = 0                  # uncompressed
+    by_kind: dict[str, list[int]] = field(default_factory=dict)   # kind -> [paths, file bytes]
+    by_compression: dict[str, list[int]] = field(default_factory=dict)
+    items: list[Item] = field(default_factory=list)
+    shared_paths: int = 0
+    shared_bytes: int = 0
+
+
+def _entries(layout: Layout) -> dict[str, NarInfo]:
+    out: dict[str, NarInfo] = {}
+    for f in layout.narinfos():
+        try:
+            info = NarInfo.parse(f.read_text(), str(f))
+        except (StoreCorruptError, FileNotFoundError, UnicodeDecodeError):
+            continue
+        out[info.store_path] = info
+    return out
+
+
+def _closure(path: str, entries: dict[str, NarInfo]) -> set[str]:
+    seen: set[str] = set()
+    todo = [path]
+    while todo:
+        p = todo.pop()
+        if p in seen or p not in entries:
+            continue
+        seen.add(p)
+        todo += entries[p].reference_paths
+    return seen
+
+
+def stats(cfg: StoreConfig) -> StoreStats:
+    """Sizes per item and kind, totals, and how much the items share."""
+    layout = Layout(cfg.root)
+    layout.require()
+    entries = _entries(layout)
+    out = StoreStats(paths=len(entries))
+    seen_urls: set[str] = set()
+    for p, info in entries.items():
+        if info.url not in seen_urls:
+            seen_urls.add(info.url)
+            out.file_bytes += info.file_size
+        out.nar_bytes += info.nar_size
+        k = out.by_kind.setdefault(classify(p), [0, 0])
+        k[0] += 1
+        k[1] += info.file_size
+        c = out.by_compression.setdefault(info.compression, [0, 0])
+        c[0] += 1
+        c[1] += info.file_size
+    referenced = {r for i in entries.values() for r in i.reference_paths if r != i.store_path}
+    tops = sorted(p for p in entries if p not in referenced)
+    closures = {t: _closure(t, entries) for t in tops}
+    users: dict[str, int] = {}
+    for c in closures.values():
+        for p in c:
+            users[p] = users.get(p, 0) + 1
+    for t in tops:
+        c = closures[t]
+        out.items.append(Item(
+            path=t, kind=classify(t), closure_paths=len(c),
+            closure_bytes=sum(entries[p].file_size for p in c),
+            unique_bytes=sum(entries[p].file_size for p in c if users[p] == 1)))
+    shared = [p for p, n in users.items() if n > 1]
+    out.shared_paths = len(shared)
+    out.shared_bytes = sum(entries[p].file_size for p in shared)
+    out.items.sort(key=lambda i: (-i.closure_bytes, i.path))
+    return out

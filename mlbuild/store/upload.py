@@ -1,0 +1,224 @@
+"""Publishing one store path: write its NAR once (hash, compress, copy), then its signed narinfo.
+
+Uncompressed NARs of readable paths are written like ``cp`` writes: framing with ``write`` and file
+contents with ``copy_file_range`` in the kernel, while a second thread hashes the same bytes. Other
+NARs stream through zstd in one pass. Either way the NAR hash must equal the one Nix registered
+for the path (a mismatch means a corrupt local store, and nothing is published). The NAR goes to
+a temp file unique across hosts, is fsynced and renamed to ``nar/<filehash>.nar[.zst]``; only
+then is the narinfo written (same way). A writer killed at any point leaves at most a temp file.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import zstandard
+
+from .. import _nix
+from ..errors import StoreCorruptError
+from ..nar import CHUNK, nix_base32
+from .compression import NONE, ZSTD, choose_compression, nar_suffix, real_path_in
+from .keys import SecretKey
+from .layout import FILE_MODE, Layout, fsync_dir, publish_bytes, temp_name
+from .narinfo import NarInfo, format_hash, parse_hash
+from .narstream import FileData, nar_segments
+
+__all__ = ["PathInfo", "path_infos", "publish_path"]
+
+
+@dataclass(frozen=True)
+class PathInfo:
+    """What the local store registered for a path (``nix path-info --json``)."""
+
+    path: str
+    nar_hash: str            # sha256:<base32>
+    nar_size: int
+    references: tuple[str, ...]  # full paths
+    deriver: str | None = None
+    ca: str | None = None
+
+    @classmethod
+    def from_json(cls, path: str, data: dict[str, Any]) -> PathInfo:
+        store_dir = path.rsplit("/", 1)[0]
+        refs = tuple(sorted(r if "/" in r else f"{store_dir}/{r}" for r in data.get("references", [])))
+        ca = data.get("ca")
+        return cls(path=path, nar_hash=format_hash(parse_hash(data["narHash"])), nar_size=int(data["narSize"]),
+                   references=refs, deriver=data.get("deriver") or None,
+                   ca=ca if isinstance(ca, str) and ca else None)
+
+
+def path_infos(paths: list[str], *, store: str | None = None, recursive: bool = False) -> dict[str, PathInfo]:
+    raw = _nix.path_info_in(paths, store=store, recursive=recursive)
+    return {p: PathInfo.from_json(p, d) for p, d in raw.items()}
+
+
+@dataclass
+class _Written:
+    nar_hash: bytes
+    nar_size: int
+    file_hash: bytes
+    file_size: int
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _copy_range(src: int, dst: int, size: int) -> None:
+    """Copy ``size`` bytes from src's position to dst's, in the kernel when it can."""
+    left = size
+    while left:
+        try:
+            n = os.copy_file_range(src, dst, min(left, 1 << 30))
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            n = 0
+        if n == 0:
+            data = os.read(src, min(left, CHUNK))
+            if not data:
+                raise StoreCorruptError(f"file shrank while it was pushed ({left} bytes missing)")
+            _write_all(dst, data)
+            n = len(data)
+        left -= n
+
+
+def _hash_segments(segments: list[bytes | FileData], h: Any, errors: list[BaseException]) -> None:
+    try:
+        for seg in segments:
+            if isinstance(seg, bytes):
+                h.update(seg)
+                continue
+            with open(seg.path, "rb", buffering=0) as f:
+                left = seg.size
+                while left:
+                    chunk = f.read(min(left, 4 * CHUNK))
+                    if not chunk:
+                        raise StoreCorruptError(f"{seg.path} shrank while it was pushed")
+                    h.update(chunk)
+                    left -= len(chunk)
+    except BaseException as e:  # re-raised by the caller's thread
+        errors.append(e)
+
+
+def _write_plain(real: str, fd: int) -> _Written:
+    segments = list(nar_segments(real))
+    h = hashlib.sha256()
+    errors: list[BaseException] = []
+    hasher = threading.Thread(target=_hash_segments, args=(segments, h, errors), daemon=True)
+    hasher.start()
+    size = 0
+    for seg in segments:
+        if isinstance(seg, bytes):
+            _write_all(fd, seg)
+            size += len(seg)
+        else:
+            with open(seg.path, "rb", buffering=0) as src:
+                _copy_range(src.fileno(), fd, seg.size)
+            size += seg.size
+    hasher.join()
+    if errors:
+        raise errors[0]
+    digest = h.digest()
+    return _Written(digest, size, digest, size)
+
+
+def _chunks_from_tree(real: str) -> Any:
+    for seg in nar_segments(real):
+        if isinstance(seg, bytes):
+            yield seg
+            continue
+        with open(seg.path, "rb", buffering=0) as f:
+            while chunk := f.read(CHUNK):
+                yield chunk
+
+
+def _chunks_from_nix(path: str, store: str | None) -> Any:
+    proc = _nix.dump_nar(path, store=store)
+    assert proc.stdout is not None
+    try:
+        while chunk := proc.stdout.read(CHUNK):
+            yield chunk
+    finally:
+        proc.stdout.close()
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        if proc.wait() != 0:
+            raise StoreCorruptError(f"`nix-store --dump {path}` failed: {err.strip()[-500:]}")
+
+
+def _write_stream(chunks: Any, fd: int, compression: str, level: int) -> _Written:
+    nar_h, file_h = hashlib.sha256(), hashlib.sha256()
+    nar_size = file_size = 0
+    cobj = zstandard.ZstdCompressor(level=level).compressobj() if compression == ZSTD else None
+
+    def out(data: bytes) -> None:
+        nonlocal file_size
+        if data:
+            file_h.update(data)
+            file_size += len(data)
+            _write_all(fd, data)
+
+    for chunk in chunks:
+        nar_h.update(chunk)
+        nar_size += len(chunk)
+        out(cobj.compress(chunk) if cobj else chunk)
+    if cobj:
+        out(cobj.flush())
+    return _Written(nar_h.digest(), nar_size, file_h.digest(), file_size)
+
+
+def publish_path(layout: Layout, info: PathInfo, key: SecretKey, *, local_store: str | None = None,
+                 zstd_level: int = 3, compression: str | None = None) -> NarInfo:
+    """Upload ``info.path`` (NAR, then narinfo) into the store at ``layout``; returns the narinfo."""
+    real = real_path_in(info.path, local_store)
+    if real is not None and not os.path.lexists(real):
+        real = None
+    comp = compression or choose_compression(info.path, real, info.nar_size)
+    tmp = layout.nar_dir / temp_name(".nar")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        if comp == NONE and real is not None:
+            w = _write_plain(real, fd)
+        else:
+            chunks = _chunks_from_tree(real) if real is not None else _chunks_from_nix(info.path, local_store)
+            w = _write_stream(chunks, fd, comp, zstd_level)
+        if format_hash(w.nar_hash) != info.nar_hash or w.nar_size != info.nar_size:
+            raise StoreCorruptError(
+                f"{info.path}: its NAR hashes to {format_hash(w.nar_hash)} ({w.nar_size} bytes), but the local "
+                f"store registered {info.nar_hash} ({info.nar_size} bytes); repair it with "
+                f"`nix-store --verify --check-contents --repair` and push again")
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    url = f"nar/{nix_base32(w.file_hash)}{nar_suffix(comp)}"
+    final = layout.nar(url)
+    try:
+        same = final.stat().st_size == w.file_size
+    except FileNotFoundError:
+        same = False
+    if same:   # another writer published the same bytes: keep theirs (readers may hold it open)
+        tmp.unlink()
+    else:
+        os.replace(tmp, final)
+        fsync_dir(layout.nar_dir)
+    store_dir = info.path.rsplit("/", 1)[0]
+    narinfo = NarInfo(
+        store_path=info.path, url=url, compression=comp, file_hash=format_hash(w.file_hash),
+        file_size=w.file_size, nar_hash=info.nar_hash, nar_size=info.nar_size,
+        references=tuple(sorted(r[len(store_dir) + 1:] for r in info.references)),
+        deriver=info.deriver.rsplit("/", 1)[-1] if info.deriver else None, ca=info.ca,
+    )
+    narinfo = narinfo.with_sigs((key.sign(narinfo.fingerprint()),))
+    publish_bytes(layout.narinfo(info.path), narinfo.render().encode())
+    return narinfo

@@ -1,0 +1,186 @@
+"""``mlbuild store verify``: every narinfo's signature, every NAR's size and hashes, every closure.
+
+Problems found, by kind:
+
+- ``corrupt``: the narinfo cannot be read, names another path than its file name, or its NAR has
+  another size, file hash, NAR hash or NAR size than the narinfo says;
+- ``unsigned``: no signature by a trusted key (Nix with require-sigs would refuse it);
+- ``missing``: the NAR file the narinfo names is not there;
+- ``incomplete``: a path it references has no good entry (its closure cannot be substituted).
+
+Nothing changes unless ``repair``: then the bad narinfos go first, then the NAR files that only
+they named (a NAR still named by a good narinfo is never removed).
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import lzma
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import zstandard
+
+from ..errors import StoreCorruptError
+from ..nar import CHUNK
+from .config import StoreConfig
+from .keys import PublicKey, check_signatures
+from .layout import Layout, fsync_dir
+from .narinfo import NarInfo, format_hash
+
+__all__ = ["verify", "VerifyReport", "Problem", "check_nar"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str
+    narinfo: Path
+    store_path: str
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def by_kind(self, kind: str) -> list[Problem]:
+        return [p for p in self.problems if p.kind == kind]
+
+
+def _reader(f: BinaryIO, compression: str) -> Any:
+    if compression == "none":
+        return f
+    if compression == "zstd":
+        return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
+    if compression == "xz":
+        return lzma.LZMAFile(f)
+    if compression == "bzip2":
+        return bz2.BZ2File(f)
+    raise StoreCorruptError(f"compression {compression!r} cannot be checked here")
+
+
+def check_nar(path: Path, info: NarInfo, contents: bool = True) -> str | None:
+    """Why the NAR file at ``path`` does not match ``info`` (None: it matches)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "missing"
+    if info.file_size and size != info.file_size:
+        return f"NAR file has {size} bytes, narinfo says {info.file_size}"
+    if not contents:
+        return None
+    file_h, nar_h = hashlib.sha256(), hashlib.sha256()
+    nar_size = 0
+
+    class _Tee:
+        def __init__(self, f: BinaryIO) -> None:
+            self.f = f
+
+        def read(self, n: int = -1) -> bytes:
+            data = self.f.read(n)
+            file_h.update(data)
+            return data
+
+    try:
+        with open(path, "rb") as raw:
+            tee = _Tee(raw)
+            stream = _reader(tee, info.compression)  # type: ignore[arg-type]
+            while chunk := stream.read(4 * CHUNK):
+                nar_h.update(chunk)
+                nar_size += len(chunk)
+            while tee.read(CHUNK):   # count any bytes the decompressor left unread
+                pass
+    except (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError) as e:
+        return f"NAR file cannot be decompressed ({e})"
+    if info.file_hash and format_hash(file_h.digest()) != info.file_hash:
+        return f"NAR file hashes to {format_hash(file_h.digest())}, narinfo says {info.file_hash}"
+    if format_hash(nar_h.digest()) != info.nar_hash or nar_size != info.nar_size:
+        return (f"NAR hashes to {format_hash(nar_h.digest())} ({nar_size} bytes), narinfo says "
+                f"{info.nar_hash} ({info.nar_size} bytes)")
+    return None
+
+
+def _check_one(layout: Layout, f: Path, keys: tuple[PublicKey, ...],
+               contents: bool) -> tuple[Path, NarInfo | None, Problem | None]:
+    try:
+        info = NarInfo.parse(f.read_text(), str(f))
+    except (StoreCorruptError, UnicodeDecodeError) as e:
+        return f, None, Problem("corrupt", f, "", str(e))
+    except FileNotFoundError:
+        return f, None, None   # removed meanwhile (gc): nothing to check
+    if info.hash_part + ".narinfo" != f.name:
+        return f, info, Problem("corrupt", f, info.store_path, f"describes {info.store_path}, not {f.stem}")
+    if not check_signatures(info.sigs, info.fingerprint(), keys):
+        return f, info, Problem("unsigned", f, info.store_path,
+                                "no signature by a trusted key (" + ", ".join(k.name for k in keys) + ")")
+    try:
+        nar = layout.nar(info.url)
+    except StoreCorruptError as e:
+        return f, info, Problem("corrupt", f, info.store_path, str(e))
+    why = check_nar(nar, info, contents)
+    if why == "missing":
+        return f, info, Problem("missing", f, info.store_path, f"no NAR file {nar.name}")
+    if why:
+        return f, info, Problem("corrupt", f, info.store_path, why)
+    return f, info, None
+
+
+def verify(cfg: StoreConfig, *, repair: bool = False, contents: bool = True, jobs: int = 2) -> VerifyReport:
+    """Check the whole store; with ``repair``, remove what is bad (see the module docstring)."""
+    layout = Layout(cfg.root)
+    layout.require()
+    keys = cfg.trusted_keys()
+    report = VerifyReport()
+    files = sorted(layout.narinfos())
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        results = list(pool.map(lambda f: _check_one(layout, f, keys, contents), files))
+    good: dict[str, NarInfo] = {}
+    infos: dict[Path, NarInfo] = {}
+    for f, info, problem in results:
+        report.checked += 1 if (info or problem) else 0
+        if info:
+            infos[f] = info
+        if problem:
+            report.problems.append(problem)
+        elif info:
+            good[info.store_path] = info
+    changed = True
+    while changed:   # a path whose reference is bad or absent cannot be substituted either
+        changed = False
+        for path, info in list(good.items()):
+            lost = [r for r in info.reference_paths if r not in good and r != path]
+            if lost:
+                del good[path]
+                report.problems.append(Problem("incomplete", layout.narinfo(path), path,
+                                               f"references {', '.join(lost)}, which has no good entry"))
+                changed = True
+    if repair and report.problems:
+        _repair(layout, report, infos, good)
+    return report
+
+
+def _repair(layout: Layout, report: VerifyReport, infos: dict[Path, NarInfo], good: dict[str, NarInfo]) -> None:
+    keep_nars = {i.url for i in good.values()}
+    for problem in report.problems:
+        problem.narinfo.unlink(missing_ok=True)
+        report.removed.append(problem.narinfo)
+    fsync_dir(layout.root)
+    for f, info in infos.items():
+        if f in report.removed and info.url not in keep_nars:
+            try:
+                nar = layout.nar(info.url)
+            except StoreCorruptError:
+                continue
+            if nar.exists():
+                nar.unlink()
+                report.removed.append(nar)
+                keep_nars.add(info.url)
