@@ -8,13 +8,14 @@
       system = "x86_64-linux";
       mlbuild = import ./nix { inherit system; };
       digits = mlbuild.mkProject { src = ./examples/digits; };
-      # Until the model package exists, `digits` is its toolchain with the stages as attributes.
-      expose = p: p.toolchain // { inherit (p) toolchain interpreter; };
+      # Until the model package exists, `digits` is its trained model with every stage as an
+      # attribute: .toolchain, .interpreter, .datasets.<name>, .model.
+      expose = p: m: p.${m}.model // { inherit (p) toolchain interpreter datasets; inherit (p.${m}) model; };
     in
     {
       lib = mlbuild;
       packages.${system} = {
-        digits = expose digits;
+        digits = expose digits "digits";
         default = digits.toolchain;
       };
     };

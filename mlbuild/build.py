@@ -1,20 +1,42 @@
-"""Building project targets with Nix: ``mlbuild build toolchain`` and friends.
+"""`mlbuild build`: clean-worktree check, live progress, and a summary of what happened.
 
-A target is an attribute of ``mkProject`` (``toolchain``, ``interpreter``...). Projects without a
-flake of their own are evaluated through nix/entry.nix with the project folder as ``src``.
+A target is an attribute of ``mkProject`` (``toolchain``, ``datasets.digits-split``,
+``digits.model``...). Nix runs with ``--log-format internal-json``: its activity stream says what
+is built and what is substituted, with timings, and carries the build log lines, from which the
+training's structured ``MLBUILD {...}`` lines drive the epoch bar. Each finished target is
+recorded in ``.mlbuild/builds.jsonl`` with the facts of the build that are not inputs (git
+revision, dirty flag, Nix version, time).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
-from . import _nix
+from . import _nix, git
 from .config import Project
+from .errors import BuildError, MlbuildError
 from .lockfile import read_lock
 from .toolchain import check_fresh
 
-__all__ = ["build_targets", "Built"]
+__all__ = ["build_targets", "Built", "Summary", "DirtyTreeError", "Progress", "check_clean", "format_summary"]
+
+EVENT = "MLBUILD "
+_ACT_BUILD, _ACT_SUBSTITUTE, _RES_LOG = 105, 108, 101
+
+
+class DirtyTreeError(MlbuildError):
+    """The worktree has uncommitted or untracked files."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    target: str
+    event: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -23,12 +45,142 @@ class Built:
     path: str
 
 
-def build_targets(project: Project, targets: Sequence[str]) -> list[Built]:
+@dataclass
+class Summary:
+    outputs: list[Built] = field(default_factory=list)
+    built: list[tuple[str, float]] = field(default_factory=list)        # (derivation, seconds)
+    substituted: list[tuple[str, float]] = field(default_factory=list)  # (store path, seconds)
+    present: list[str] = field(default_factory=list)                    # targets already there
+    seconds: float = 0.0
+
+
+def check_clean(project: Project) -> None:
+    dirty = git.dirty_files(project.root)
+    if not dirty:
+        return
+    lines = [f"  modified:  {p}" for p in dirty.modified] + [f"  untracked: {p}" for p in dirty.untracked]
+    more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
+    raise DirtyTreeError(
+        "the worktree is not clean, so the inputs of this build would not be known:\n"
+        + "\n".join(lines[:20]) + more
+        + "\ncommit them (or add them to .gitignore), or pass --allow-dirty to build anyway "
+          "(the outputs' provenance is then marked dirty)"
+    )
+
+
+def _name(path: str) -> str:
+    base = path.rsplit("/", 1)[-1]
+    base = base[33:] if len(base) > 33 and base[32] == "-" else base
+    return base[:-4] if base.endswith(".drv") else base
+
+
+class _Stream:
+    """Follows Nix's internal-json activity stream."""
+
+    def __init__(self, target: str, on_progress: Callable[[Progress], None] | None) -> None:
+        self.target = target
+        self.on_progress = on_progress
+        self.acts: dict[int, tuple[int, str, float]] = {}
+        self.logs: dict[str, list[str]] = {}
+        self.summary = Summary()
+        self.other: list[str] = []
+
+    def line(self, raw: str) -> None:
+        if not raw.startswith("@nix "):
+            self.other.append(raw.rstrip())
+            return
+        try:
+            msg = json.loads(raw[5:])
+        except ValueError:
+            return
+        action = msg.get("action")
+        if action == "start" and msg.get("type") in (_ACT_BUILD, _ACT_SUBSTITUTE):
+            self.acts[msg["id"]] = (msg["type"], msg["fields"][0], time.monotonic())
+        elif action == "stop" and msg.get("id") in self.acts:
+            kind, what, t0 = self.acts.pop(msg["id"])
+            dest = self.summary.built if kind == _ACT_BUILD else self.summary.substituted
+            dest.append((what, time.monotonic() - t0))
+        elif action == "result" and msg.get("type") == _RES_LOG and msg.get("id") in self.acts:
+            text = str(msg["fields"][0])
+            drv = self.acts[msg["id"]][1]
+            self.logs.setdefault(drv, []).append(text)
+            if text.startswith(EVENT) and self.on_progress is not None:
+                try:
+                    event = json.loads(text[len(EVENT):])
+                except ValueError:
+                    return
+                self.on_progress(Progress(_name(drv), event))
+        elif action == "msg" and msg.get("level", 9) <= 0:
+            self.other.append(str(msg.get("msg", "")))
+
+    def failure(self) -> BuildError:
+        text = "\n".join(self.other)
+        failed = [d for d in self.logs if d in text] or list(self.logs)
+        tail = []
+        for drv in failed[-1:]:
+            tail = [f"--- last lines of the build log of {_name(drv)} ---", *self.logs[drv][-30:]]
+        errors = [l for l in self.other if "error" in l.lower()][-8:]
+        return BuildError(f"nix build of {self.target} failed", "\n".join([*errors, *tail]))
+
+
+def _record(project: Project, built: Built, status: str, dirty: bool) -> None:
+    state = project.root / ".mlbuild"
+    state.mkdir(exist_ok=True)
+    if not (state / ".gitignore").exists():
+        (state / ".gitignore").write_text("*\n")
+    entry = {"target": built.target, "path": built.path, "status": status, "git_rev": git.head(project.root),
+             "dirty": dirty, "nix": ".".join(map(str, _nix.nix_version())), "time": time.time()}
+    with open(state / "builds.jsonl", "a") as f:
+        f.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
+def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool = False,
+                  overrides: dict[str, Any] | None = None, substituters: Sequence[str] = (),
+                  extra: Sequence[str] = (),
+                  on_progress: Callable[[Progress], None] | None = None) -> Summary:
+    """Build each target; raises DirtyTreeError, BuildError (with the build log's tail)."""
     check_fresh(project, read_lock(project.lock_path))
-    targets = list(targets) or ["toolchain"]
+    dirty = bool(git.dirty_files(project.root))
+    if dirty and not allow_dirty:
+        check_clean(project)
     entry = _nix.nix_lib_dir() / "entry.nix"
-    built = []
-    for target in targets:  # one call per target: `nix build --json` does not keep the order
-        result = _nix.build([target], file=entry, args=["--argstr", "src", str(project.root)])
-        built.append(Built(target, result[0]["outputs"]["out"]))
-    return built
+    args = ["--argstr", "src", str(project.root), "--argstr", "overrides", json.dumps(overrides or {})]
+    if dirty:
+        args += ["--arg", "dirty", "true"]
+    total = Summary()
+    t0 = time.monotonic()
+    for target in list(targets) or ["toolchain"]:
+        stream = _Stream(target, on_progress)
+        cmd = [*_nix.common_options(substituters), *extra, "build", "--json", "--no-link",
+               "--log-format", "internal-json", "--file", str(entry), *args, target]
+        proc = subprocess.Popen([_nix._which("nix"), *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ})
+        assert proc.stderr is not None and proc.stdout is not None
+        for raw in proc.stderr:
+            stream.line(raw)
+        out = proc.stdout.read()
+        if proc.wait() != 0:
+            raise stream.failure()
+        path = _nix.parse_build_json(out)[0]["outputs"]["out"]
+        built = Built(target, path)
+        total.outputs.append(built)
+        total.built += stream.summary.built
+        total.substituted += stream.summary.substituted
+        mine = any(_name(d).startswith(_name(path)) for d, _ in stream.summary.built) or \
+            any(p == path for p, _ in stream.summary.substituted)
+        if not mine:
+            total.present.append(target)
+        _record(project, built, "present" if not mine else "built", dirty)
+    total.seconds = time.monotonic() - t0
+    return total
+
+
+def format_summary(s: Summary) -> list[str]:
+    lines = [f"{b.target}\t{b.path}" for b in s.outputs]
+    lines.append(f"built {len(s.built)}, substituted {len(s.substituted)}, already present {len(s.present)} "
+                 f"({s.seconds:.1f} s)")
+    lines += [f"  built        {_name(d):<40} {sec:6.1f} s" for d, sec in s.built]
+    lines += [f"  substituted  {_name(p):<40} {sec:6.1f} s" for p, sec in s.substituted]
+    lines += [f"  present      {t}" for t in s.present]
+    return lines
+

@@ -1,0 +1,93 @@
+"""Experiments: `mlbuild exp run NAME --set k=v` builds a variant without editing files.
+
+A variant is the model with some params overridden (``mkProject { overrides = ...; }``): a new
+store path, so going back to an earlier param set is a cache hit, not a retrain. Runs are
+recorded in ``.mlbuild/experiments/NAME.jsonl``; ``exp show`` lists the variants.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .build import Progress, Summary, build_targets
+from .config import Project
+from .errors import ConfigError
+
+__all__ = ["parse_sets", "run", "show", "Variant"]
+
+
+def parse_sets(sets: Sequence[str]) -> dict[str, Any]:
+    """``["lr=0.01", "epochs=5", "name=x"]`` -> typed values (TOML syntax, else a string)."""
+    out: dict[str, Any] = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr=0.01")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _log(project: Project, model: str) -> Path:
+    return project.root / ".mlbuild" / "experiments" / f"{model}.jsonl"
+
+
+def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool = False,
+        on_progress: Callable[[Progress], None] | None = None) -> tuple[Summary, dict[str, Any]]:
+    models = project.raw.get("models", {})
+    if model not in models:
+        raise ConfigError(f"no model {model!r} in {project.config_path}; declared: {', '.join(sorted(models)) or 'none'}")
+    overrides = parse_sets(sets)
+    unknown = sorted(set(overrides) - set(models[model].get("params", {})))
+    if unknown:
+        raise ConfigError(f"--set names {', '.join(unknown)}, which [models.{model}.params] does not have; "
+                          f"params: {', '.join(sorted(models[model].get('params', {})))}")
+    summary = build_targets(project, [f"{model}.model"], allow_dirty=allow_dirty,
+                            overrides={model: {"params": overrides}} if overrides else {},
+                            on_progress=on_progress)
+    path = summary.outputs[0].path
+    params = {**models[model].get("params", {}), **overrides}
+    record = {"model": model, "overrides": overrides, "params": params, "path": path,
+              "status": "cached" if summary.present else "built", "time": time.time()}
+    log = _log(project, model)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+    return summary, record
+
+
+@dataclass(frozen=True)
+class Variant:
+    overrides: dict[str, Any]
+    params: dict[str, Any]
+    path: str
+    status: str
+    runs: int
+    metrics: dict[str, float]
+
+
+def show(project: Project, model: str) -> list[Variant]:
+    log = _log(project, model)
+    if not log.exists():
+        return []
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for line in log.read_text().splitlines():
+        rec = json.loads(line)
+        by_path.setdefault(rec["path"], []).append(rec)
+    variants = []
+    for path, recs in by_path.items():
+        metrics: dict[str, float] = {}
+        mfile = Path(path) / "metrics.json"
+        if mfile.exists():
+            final = json.loads(mfile.read_text()).get("final", {})
+            metrics = {k: v for k, v in final.items() if k not in ("epoch", "epochs")}
+        last = recs[-1]
+        variants.append(Variant(last["overrides"], last["params"], path, last["status"], len(recs), metrics))
+    return variants
