@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from conftest_serve import SLOW_SOURCE, build_package  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def connect(port: int, timeout: float = 30.0) -> http.client.HTTPConnection:
+    """A connection to the server with Nagle off: http.client sends headers and body in two
+    writes, which Nagle plus delayed ACKs would hold up by 40 ms each."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn.connect()
+    assert conn.sock is not None
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return conn
 
 
 class ServerProcess:
@@ -66,7 +77,7 @@ class ServerProcess:
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None, timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn = connect(self.port, timeout)
         try:
             conn.request(method, path, body=body, headers=headers or {})
             resp = conn.getresponse()

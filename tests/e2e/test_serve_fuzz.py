@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ServerProcess
+from conftest import ServerProcess, connect
 
 pytestmark = pytest.mark.e2e
 
@@ -222,7 +222,7 @@ class Client:
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        self.conn = connect(port)
         self.sent = 0
 
     def send(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
@@ -237,7 +237,7 @@ class Client:
                 return resp.status, resp.getheader("content-type", ""), data
             except (http.client.RemoteDisconnected, ConnectionError, http.client.CannotSendRequest):
                 self.conn.close()
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                self.conn = connect(self.port)
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")

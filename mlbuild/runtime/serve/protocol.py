@@ -85,6 +85,17 @@ def _check_shape(spec: TensorSpec, shape: Any) -> tuple[int, ...]:
     return tuple(shape)
 
 
+def _has_bool(data: Any) -> bool:
+    """Whether a regular nested list (numpy accepted it) holds a JSON boolean."""
+    if type(data) is bool:
+        return True
+    if type(data) is not list or not data:
+        return False
+    if type(data[0]) is list:
+        return any(_has_bool(row) for row in data)
+    return bool in set(map(type, data))
+
+
 def _from_json_data(spec: TensorSpec, data: Any, shape: tuple[int, ...], datatype: str) -> np.ndarray:
     """Convert JSON ``data`` (flat or nested) to an array of ``shape`` and the spec's dtype."""
     try:
@@ -101,6 +112,8 @@ def _from_json_data(spec: TensorSpec, data: Any, shape: tuple[int, ...], datatyp
             raise _bad(f"input {spec.name!r}: data is {what}; datatype {datatype} needs "
                        f"{'booleans' if allowed == 'b' else 'integers' if allowed == 'iu' else 'numbers'}")
         raise _bad(f"input {spec.name!r}: data has {arr.size} element(s), shape {list(shape)} needs {math.prod(shape)}")
+    if kind != "b" and _has_bool(data):  # numpy would silently read true/false as 1/0
+        raise _bad(f"input {spec.name!r}: data holds true/false; datatype {datatype} needs numbers")
     if datatype in _INT_BOUNDS and arr.size:
         lo, hi = _INT_BOUNDS[datatype]
         if int(arr.min()) < lo or int(arr.max()) > hi:
@@ -121,8 +134,8 @@ def _decode_input(spec: TensorSpec, item: dict[str, Any], binary: memoryview, of
     for unsupported in ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"):
         if unsupported in params:
             raise _bad(f"input {spec.name!r}: shared memory is not supported")
-    size = params.get("binary_data_size")
-    if size is not None:
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
         if not has_binary:
             raise _bad(f"input {spec.name!r}: binary_data_size given, but no Inference-Header-Content-Length header")
         if not _is_int(size) or size < 0:
@@ -136,7 +149,8 @@ def _decode_input(spec: TensorSpec, item: dict[str, Any], binary: memoryview, of
                        f"{spec.datatype} needs {need} bytes")
         if offset + size > len(binary):
             raise _bad(f"input {spec.name!r}: binary data ends after {len(binary) - offset} of {size} bytes")
-        arr = np.frombuffer(binary[offset:offset + size], dtype=spec.dtype).reshape(shape)
+        # A writable copy: the body's buffer is read-only, and torch.from_numpy wants writable arrays.
+        arr = np.frombuffer(binary[offset:offset + size], dtype=spec.dtype).reshape(shape).copy()
         if spec.datatype == "BOOL" and arr.size and int(arr.view(np.uint8).max()) > 1:
             raise _bad(f"input {spec.name!r}: BOOL bytes must be 0 or 1")
         return arr, offset + size
@@ -185,7 +199,7 @@ def decode_infer(pkg: Package, body: bytes, header_length: str | None) -> InferR
     """Decode and validate a ``POST /v2/models/{name}/infer`` body."""
     view = memoryview(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
             raise _bad(f"Inference-Header-Content-Length {header_length!r:.30} is not a size within "
                        f"the {len(body)}-byte body")
         n = int(header_length)

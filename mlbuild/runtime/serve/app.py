@@ -1,0 +1,281 @@
+"""The Starlette application: OIP v2 routes, the v1 predict route, health, metrics, lifecycle.
+
+Lifecycle: the app starts with the package validated but no weights; its lifespan starts a
+background task that loads the model in a thread, so the server binds its port at once and
+``/v2/health/ready`` turns 200 only once the weights are loaded and warmed up. ``begin_drain``
+(called on SIGTERM) turns readiness false while uvicorn finishes the requests in flight.
+
+Every error is a JSON ``{"error": "..."}``: 4xx for what the client sent, 503 while loading or
+draining, 500 (logged) when the model itself fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import zlib
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mlbuild import __version__
+
+from .batching import BatcherClosed, MicroBatcher
+from .metrics import CONTENT_TYPE_LATEST, MetricsMiddleware, ServerMetrics
+from .model import LoadedModel, load_model
+from .package import MODEL_VERSION, Package
+from .protocol import ProtocolError, decode_infer, decode_predict, encode_infer, encode_predict, error_body
+
+__all__ = ["ServerState", "create_app"]
+
+log = logging.getLogger("mlbuild.serve")
+
+_JSON = "application/json"
+_MEDIA_TYPES = {"", "application/json", "application/octet-stream", "text/plain", "application/x-www-form-urlencoded"}
+_PLATFORM = "mlbuild_pytorch"
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data).encode(), status_code=status, media_type=_JSON)
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(error_body(message), status_code=status, media_type=_JSON)
+
+
+class ServerState:
+    """What the routes share: the package, the model once loaded, the batcher, readiness."""
+
+    def __init__(self, pkg: Package, metrics: ServerMetrics, threads: int | None = None, verify: bool = True,
+                 on_load_failure: Callable[[BaseException], None] | None = None) -> None:
+        self.pkg, self.metrics = pkg, metrics
+        self.threads, self.verify = threads, verify
+        self.on_load_failure = on_load_failure
+        self.model: LoadedModel | None = None
+        self.batcher: MicroBatcher | None = None
+        self.load_error: BaseException | None = None
+        self.draining = False
+        metrics.set_package(pkg.name, pkg.hashes)
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher is not None and not self.draining
+
+    def begin_drain(self) -> None:
+        """Readiness false from now on; the requests in flight still complete."""
+        self.draining = True
+        self.metrics.ready.set(0)
+
+    async def load(self) -> None:
+        try:
+            model = await asyncio.to_thread(load_model, self.pkg, self.threads, self.verify)
+        except Exception as e:  # a broken package: say why, then let the server exit non-zero
+            log.error("loading %s failed: %s", self.pkg.root, e)
+            self.load_error = e
+            if self.on_load_failure is not None:
+                self.on_load_failure(e)
+            return
+        settings = self.pkg.settings
+        batcher = MicroBatcher(model.run, settings.max_batch_size, settings.max_wait_ms / 1000.0,
+                               on_batch=self.metrics.observe_batch)
+        batcher.start()
+        self.model, self.batcher = model, batcher
+        self.metrics.load_seconds.set(model.load_seconds)
+        self.metrics.ready.set(0 if self.draining else 1)
+        log.info("model %s loaded in %.2fs (%d thread(s)); ready", self.pkg.name, model.load_seconds, model.threads)
+
+    def check_model(self, request: Request) -> None:
+        name = request.path_params["name"]
+        if name != self.pkg.name:
+            raise ProtocolError(404, f"unknown model {name!r:.100}; this server serves {self.pkg.name!r}")
+        version = request.path_params.get("version")
+        if version is not None and version != MODEL_VERSION:
+            raise ProtocolError(404, f"model {name!r} has no version {version!r:.50}; it has [{MODEL_VERSION!r}]")
+
+    def model_metadata(self) -> dict[str, Any]:
+        pkg = self.pkg
+        return {
+            "name": pkg.name,
+            "versions": [MODEL_VERSION],
+            "platform": _PLATFORM,
+            "inputs": [s.metadata() for s in pkg.inputs],
+            "outputs": [s.metadata() for s in pkg.outputs],
+            "hashes": dict(pkg.hashes),
+            "task": pkg.task,
+            "labels": list(pkg.labels) if pkg.labels is not None else None,
+            "parameters": {"max_batch_size": pkg.settings.max_batch_size, "max_wait_ms": pkg.settings.max_wait_ms},
+        }
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media not in _MEDIA_TYPES:
+        raise ProtocolError(415, f"Content-Type {media!r:.100} is not supported; send application/json "
+                                 "(binary tensors: application/octet-stream with Inference-Header-Content-Length)")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "deflate"):
+        raise ProtocolError(415, f"Content-Encoding {encoding!r:.50} is not supported; use gzip, deflate or none")
+    length = request.headers.get("content-length", "")
+    if length.isascii() and length.isdigit() and int(length) > limit:
+        raise ProtocolError(413, f"request body of {length} bytes is over the server's limit of {limit} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise ProtocolError(413, f"request body is over the server's limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if encoding == "identity":
+        return body
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise ProtocolError(400, f"request body is not valid {encoding} data: {e}") from None
+    if len(out) > limit:
+        raise ProtocolError(413, f"decompressed request body is over the server's limit of {limit} bytes")
+    if not inflater.eof:
+        raise ProtocolError(400, f"request body is truncated {encoding} data")
+    return out
+
+
+Handler = Callable[[Request, ServerState], Awaitable[Response]]
+
+
+def _endpoint(handler: Handler, state: ServerState) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request, state)
+        except ProtocolError as e:
+            return _error(e.status, e.message)
+        except BatcherClosed as e:
+            return _error(503, str(e))
+        except ClientDisconnect:
+            return _error(400, "the client disconnected before sending the whole body")
+        except Exception as e:
+            log.exception("%s %s failed", request.method, request.url.path)
+            return _error(500, f"internal error: {type(e).__name__}: {str(e)[:500]}")
+    return endpoint
+
+
+async def _live(request: Request, state: ServerState) -> Response:
+    return _json({"live": True})
+
+
+async def _ready(request: Request, state: ServerState) -> Response:
+    return _json({"ready": state.ready}, 200 if state.ready else 503)
+
+
+async def _server_metadata(request: Request, state: ServerState) -> Response:
+    return _json({"name": "mlbuild", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+
+async def _model_metadata(request: Request, state: ServerState) -> Response:
+    state.check_model(request)
+    return _json(state.model_metadata())
+
+
+async def _model_ready(request: Request, state: ServerState) -> Response:
+    state.check_model(request)
+    return _json({"name": state.pkg.name, "ready": state.ready}, 200 if state.ready else 503)
+
+
+def _require_ready(state: ServerState) -> MicroBatcher:
+    if state.batcher is None:
+        raise ProtocolError(503, f"model {state.pkg.name!r} is not loaded yet; poll /v2/health/ready")
+    return state.batcher
+
+
+async def _infer(request: Request, state: ServerState) -> Response:
+    state.check_model(request)
+    batcher = _require_ready(state)
+    batcher.arriving(1)
+    submitted = False
+    try:
+        body = await _read_body(request, state.pkg.settings.max_body_bytes)
+        req = decode_infer(state.pkg, body, request.headers.get("inference-header-content-length"))
+        submitted = True
+        results = await batcher.submit(req.array, arrived=True)
+    finally:
+        if not submitted:
+            batcher.arriving(-1)
+    content, header_length = encode_infer(state.pkg, req, results)
+    if header_length is None:
+        return Response(content, media_type=_JSON)
+    return Response(content, media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(header_length)})
+
+
+async def _v1_status(request: Request, state: ServerState) -> Response:
+    state.check_model(request)
+    return _json({"name": state.pkg.name, "ready": state.ready})
+
+
+async def _v1_predict(request: Request, state: ServerState) -> Response:
+    state.check_model(request)
+    batcher = _require_ready(state)
+    batcher.arriving(1)
+    submitted = False
+    try:
+        array = decode_predict(state.pkg, await _read_body(request, state.pkg.settings.max_body_bytes))
+        submitted = True
+        results = await batcher.submit(array, arrived=True)
+    finally:
+        if not submitted:
+            batcher.arriving(-1)
+    return Response(encode_predict(state.pkg, results), media_type=_JSON)
+
+
+async def _metrics(request: Request, state: ServerState) -> Response:
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: f"no route {request.method} {request.url.path[:200]}; see /v2 and /v2/models/{{name}}",
+               405: f"method {request.method} is not allowed on {request.url.path[:200]}"}
+    return Response(error_body(message.get(exc.status_code, exc.detail)), status_code=exc.status_code,
+                    media_type=_JSON, headers=exc.headers)
+
+
+def create_app(state: ServerState) -> MetricsMiddleware:
+    """The ASGI app serving ``state.pkg``; its lifespan loads the model in the background."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(state.load())
+        try:
+            yield
+        finally:
+            state.begin_drain()
+            if not task.done():
+                task.cancel()
+            if state.batcher is not None:
+                await asyncio.to_thread(state.batcher.stop)
+
+    def route(path: str, handler: Handler, methods: list[str]) -> Route:
+        return Route(path, _endpoint(handler, state), methods=methods)
+
+    routes = [
+        route("/v2/health/live", _live, ["GET"]),
+        route("/v2/health/ready", _ready, ["GET"]),
+        route("/v2", _server_metadata, ["GET"]),
+        route("/v2/models/{name}", _model_metadata, ["GET"]),
+        route("/v2/models/{name}/versions/{version}", _model_metadata, ["GET"]),
+        route("/v2/models/{name}/ready", _model_ready, ["GET"]),
+        route("/v2/models/{name}/versions/{version}/ready", _model_ready, ["GET"]),
+        route("/v2/models/{name}/infer", _infer, ["POST"]),
+        route("/v2/models/{name}/versions/{version}/infer", _infer, ["POST"]),
+        route("/v1/models/{name}:predict", _v1_predict, ["POST"]),
+        route("/v1/models/{name}", _v1_status, ["GET"]),
+        route("/metrics", _metrics, ["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    return MetricsMiddleware(app, state.metrics)

@@ -1,0 +1,193 @@
+"""Adaptive micro-batching: concurrent requests share one forward pass in one worker thread.
+
+Requests (arrays whose first dimension is rows) are queued from the event loop. The worker takes
+the first, then everything else already queued, up to ``max_batch_size`` rows. If the batch is not
+full and more requests are *arriving* (the app announces each request before it reads the body,
+see ``arriving``), it waits for them, at most ``max_wait_s`` after the first was taken. A lone
+request at concurrency 1 is therefore never delayed. A request with more rows than
+``max_batch_size`` runs alone. Outputs are split back per request and resolved on the event loop.
+
+If a combined batch fails, each of its requests is retried alone, so one bad request cannot fail
+its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["MicroBatcher", "BatcherClosed"]
+
+log = logging.getLogger("mlbuild.serve")
+
+RunFn = Callable[[np.ndarray], dict[str, np.ndarray]]
+OnBatch = Callable[[int, float], None]
+
+
+class BatcherClosed(RuntimeError):
+    """``submit`` after ``stop``."""
+
+
+@dataclass
+class _Item:
+    array: np.ndarray
+    future: asyncio.Future[dict[str, np.ndarray]]
+    enqueued: float
+
+    @property
+    def rows(self) -> int:
+        return int(self.array.shape[0])
+
+
+_STOP = object()
+
+
+class MicroBatcher:
+    """Queue requests from an event loop; run them in batches in one worker thread."""
+
+    def __init__(self, run: RunFn, max_batch_size: int = 32, max_wait_s: float = 0.002,
+                 on_batch: OnBatch | None = None) -> None:
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self._on_batch = on_batch
+        self._queue: queue.SimpleQueue[_Item | object] = queue.SimpleQueue()
+        self._carry: _Item | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._arriving = 0  # written on the event loop, read (racily, as a hint) by the worker
+
+    # -- event-loop side -------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._work, name="mlbuild-batcher", daemon=True)
+        self._thread.start()
+
+    def arriving(self, delta: int) -> None:
+        """+1 when a request starts (before its body is read), -1 once it is submitted or refused."""
+        self._arriving += delta
+
+    async def submit(self, array: np.ndarray, arrived: bool = False) -> dict[str, np.ndarray]:
+        """Run ``array`` (rows first) in a batch; returns this request's slice of every output.
+
+        ``arrived=True`` ends the request's ``arriving(1)`` announcement once it is queued.
+        """
+        try:
+            if self._closed or self._loop is None:
+                raise BatcherClosed("the server is shutting down")
+            future: asyncio.Future[dict[str, np.ndarray]] = self._loop.create_future()
+            self._queue.put(_Item(array, future, time.perf_counter()))
+        finally:
+            if arrived:
+                self._arriving -= 1
+        return await future
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish what is queued, then end the worker thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- worker side -----------------------------------------------------------------------------
+
+    def _next(self, timeout: float | None) -> _Item | None:
+        """The carried-over item, else the next queued one; ``None`` on timeout or stop."""
+        if self._carry is not None:
+            item, self._carry = self._carry, None
+            return item
+        try:
+            got = self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
+        except queue.Empty:
+            return None
+        if got is _STOP:
+            self._queue.put(_STOP)  # seen again once the batch in hand is done
+            return None
+        assert isinstance(got, _Item)
+        return got
+
+    def _collect(self) -> list[_Item] | None:
+        first = self._next(None)
+        if first is None:
+            return None
+        batch, rows = [first], first.rows
+        deadline = time.perf_counter() + self.max_wait_s
+        while rows < self.max_batch_size:
+            item = self._next(0)
+            if item is None:
+                remaining = deadline - time.perf_counter()
+                if self._arriving <= 0 or remaining <= 0 or self._closed:
+                    break
+                item = self._next(min(remaining, 0.0005))
+                if item is None:
+                    continue
+            if rows + item.rows > self.max_batch_size:
+                self._carry = item
+                break
+            batch.append(item)
+            rows += item.rows
+        return batch
+
+    def _work(self) -> None:
+        while True:
+            batch = self._collect()
+            if batch is None:
+                if self._carry is None and self._closed:
+                    return
+                continue
+            self._execute(batch)
+
+    def _execute(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        try:
+            arrays = [item.array for item in batch]
+            merged = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+            outputs = self._run(merged)
+        except Exception as e:
+            if len(batch) > 1:
+                for item in batch:  # isolate the request that broke the batch
+                    self._execute([item])
+                return
+            log.exception("inference failed")
+            self._resolve([(batch[0].future, e)])
+            return
+        elapsed = time.perf_counter() - started
+        if self._on_batch is not None:
+            self._on_batch(sum(item.rows for item in batch), elapsed)
+        results: list[tuple[asyncio.Future[dict[str, np.ndarray]], dict[str, np.ndarray] | BaseException]] = []
+        offset = 0
+        for item in batch:
+            end = offset + item.rows
+            results.append((item.future, {k: v[offset:end] for k, v in outputs.items()}))
+            offset = end
+        self._resolve(results)
+
+    def _resolve(self, results: list[tuple[asyncio.Future[dict[str, np.ndarray]],
+                                           dict[str, np.ndarray] | BaseException]]) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(_set_all, results)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+
+def _set_all(results: list[tuple[asyncio.Future[dict[str, np.ndarray]],
+                                 dict[str, np.ndarray] | BaseException]]) -> None:
+    for future, value in results:
+        if future.done():  # the client went away and the request task was cancelled
+            continue
+        if isinstance(value, BaseException):
+            future.set_exception(value)
+        else:
+            future.set_result(value)

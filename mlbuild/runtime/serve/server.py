@@ -1,0 +1,113 @@
+"""Running the app under uvicorn: binding, readiness on SIGTERM, graceful drain, exit status.
+
+``serve()`` validates the package, binds the socket itself (so ``port=0`` works and the real port
+can be written to ``port_file`` for callers that need it without races), then runs uvicorn. The
+weights load in the background after the bind (see ``app.py``).
+
+On SIGTERM or SIGINT: readiness turns false, the listening socket closes (new connections are
+refused), the requests in flight complete (up to ``graceful_timeout`` seconds), the batcher
+stops, and ``serve`` returns 0. It returns 1 if the model failed to load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from prometheus_client import disable_created_metrics
+
+from .app import ServerState, create_app
+from .metrics import ServerMetrics
+from .package import load_package
+
+__all__ = ["serve", "bind"]
+
+log = logging.getLogger("mlbuild.serve")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, turning readiness false as soon as a shutdown signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+        super().__init__(config)
+        self.state = state
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.state.begin_drain()
+        super().handle_exit(sig, frame)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket on ``host:port`` (``port=0``: a free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto must be IPPROTO_TCP (not 0): asyncio only sets TCP_NODELAY on accepted sockets whose
+    # proto says TCP, and without it every keep-alive response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def _write_port_file(path: Path, port: int) -> None:
+    tmp = path.with_name(path.name + f".tmp.{os.getpid()}")
+    tmp.write_text(f"{port}\n")
+    tmp.replace(path)  # readers never see a partial file
+
+
+def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, threads: int | None = None,
+          settings: dict[str, Any] | None = None, verify: bool = True, log_level: str = "info",
+          access_log: bool = False, graceful_timeout: float = 30.0, port_file: Path | str | None = None) -> int:
+    """Serve the package at ``package`` until SIGTERM/SIGINT; the process exit status to use.
+
+    ``settings`` overrides ``serve.json`` (``max_batch_size``, ``max_wait_ms``, ``max_body_bytes``).
+    Raises ``PackageError`` (before binding) if the package folder is invalid.
+    """
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pkg = load_package(package, settings)
+    sock = bind(host, port)
+    actual_port = sock.getsockname()[1]
+
+    disable_created_metrics()  # no *_created series: this process serves one registry of its own
+    metrics = ServerMetrics()
+    server: _Server | None = None
+
+    def on_load_failure(exc: BaseException) -> None:
+        if server is not None:
+            server.should_exit = True
+
+    state = ServerState(pkg, metrics, threads=threads, verify=verify, on_load_failure=on_load_failure)
+    config = uvicorn.Config(create_app(state), lifespan="on", log_level=log_level, access_log=access_log,
+                            timeout_graceful_shutdown=graceful_timeout, server_header=False,
+                            timeout_keep_alive=30)
+    server = _Server(config, state)
+    shown = f"[{host}]" if ":" in host else host
+    log.info("serving %s (%s) on http://%s:%d", pkg.name, pkg.root, shown, actual_port)
+    if port_file is not None:
+        _write_port_file(Path(port_file), actual_port)
+
+    # uvicorn re-raises the signal that stopped it once it has drained, with the handler that was
+    # in place before it started; a no-op one makes a graceful SIGTERM an exit with status 0.
+    previous = {sig: signal.signal(sig, lambda s, f: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
+    if state.load_error is not None:
+        print(f"Error: {state.load_error}", file=sys.stderr)
+        return 1
+    return 0
