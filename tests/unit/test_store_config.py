@@ -1,0 +1,58 @@
+"""Where the store is and which keys it uses: arguments, environment, mlbuild.toml, defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlbuild.errors import StoreConfigError, StoreKeyError
+from mlbuild.store.config import StoreConfig, load_store_config
+from mlbuild.store.keys import generate_key_pair
+from tests.unit.test_store_narinfo import NIX_PUBLIC
+
+
+def _project(tmp_path: Path, store: str) -> Path:
+    (tmp_path / "mlbuild.toml").write_text(f'[project]\nname = "p"\n\n[store]\n{store}\n')
+    return tmp_path
+
+
+def test_precedence(tmp_path: Path) -> None:
+    proj = _project(tmp_path, 'path = "cache"\nsecret-key = "k.sec"\nkeep-last = 5')
+    cfg = load_store_config(proj, env={})
+    assert cfg.root == tmp_path / "cache" and cfg.secret_key_file == tmp_path / "k.sec" and cfg.keep_last == 5
+    env = {"MLBUILD_STORE": "file:///mnt/store", "MLBUILD_STORE_SECRET_KEY": "/s.sec"}
+    cfg = load_store_config(proj, env=env)
+    assert cfg.root == Path("/mnt/store") and cfg.secret_key_file == Path("/s.sec")
+    assert cfg.url == "file:///mnt/store"
+    assert load_store_config(proj, store="/x", env=env).root == Path("/x")
+
+
+def test_defaults_outside_a_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_store_config(env={}).root == Path("/var/lib/mlbuild/store")
+
+
+def test_remote_urls_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreConfigError, match="NFS"):
+        load_store_config(tmp_path, store="s3://bucket")
+
+
+def test_trusted_keys(tmp_path: Path) -> None:
+    key = generate_key_pair("t-1", tmp_path / "t.sec", tmp_path / "t.pub")
+    assert StoreConfig(tmp_path, secret_key_file=tmp_path / "t.sec").trusted_keys() == (key.public,)
+    cfg = StoreConfig(tmp_path, public_keys=(NIX_PUBLIC, str(tmp_path / "t.pub")))
+    assert [k.name for k in cfg.trusted_keys()] == ["test-1", "t-1"]
+    env_cfg = load_store_config(tmp_path, env={"MLBUILD_STORE_PUBLIC_KEYS": NIX_PUBLIC, "MLBUILD_STORE": "/s"})
+    assert [str(k) for k in env_cfg.trusted_keys()] == [NIX_PUBLIC]
+    opts = env_cfg.nix_options()
+    assert opts[opts.index("extra-substituters") + 1] == "file:///s" and "require-sigs" in opts
+    with pytest.raises(StoreKeyError, match="MLBUILD_STORE_PUBLIC_KEYS"):
+        StoreConfig(tmp_path).trusted_keys()
+    with pytest.raises(StoreKeyError, match="MLBUILD_STORE_SECRET_KEY"):
+        StoreConfig(tmp_path).secret_key()
+
+
+def test_bad_values_name_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(StoreConfigError, match="keep-last"):
+        load_store_config(_project(tmp_path, "keep-last = -1"), env={})

@@ -1,0 +1,55 @@
+"""Ed25519 keys in Nix's format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlbuild.errors import StoreKeyError
+from mlbuild.store.keys import (check_signatures, generate_key_pair, load_secret_key, parse_public_key,
+                                parse_public_keys, parse_secret_key)
+from tests.unit.test_store_narinfo import NIX_PUBLIC, NIX_SECRET
+
+
+def test_secret_key_from_nix_has_nix_public_half() -> None:
+    key = parse_secret_key(NIX_SECRET)
+    assert str(key.public) == NIX_PUBLIC
+    assert str(key) == NIX_SECRET
+
+
+def test_generate_writes_nix_format(tmp_path: Path) -> None:
+    key = generate_key_pair("ci.example-1", tmp_path / "k.sec", tmp_path / "k.pub")
+    assert (tmp_path / "k.sec").stat().st_mode & 0o777 == 0o600
+    assert load_secret_key(tmp_path / "k.sec") == key
+    pub = parse_public_key((tmp_path / "k.pub").read_text())
+    sig = key.sign(b"hello")
+    assert sig.startswith("ci.example-1:")
+    assert check_signatures([sig], b"hello", (pub,))
+    assert not check_signatures([sig], b"hellO", (pub,))
+    with pytest.raises(FileExistsError):
+        generate_key_pair("again", tmp_path / "k.sec", tmp_path / "k2.pub")
+
+
+def test_signature_by_other_key_with_same_name_fails(tmp_path: Path) -> None:
+    a = generate_key_pair("same-1", tmp_path / "a.sec", tmp_path / "a.pub")
+    b = generate_key_pair("same-1", tmp_path / "b.sec", tmp_path / "b.pub")
+    assert not check_signatures([a.sign(b"m")], b"m", (b.public,))
+    assert check_signatures([b.sign(b"m"), a.sign(b"m")], b"m", (a.public,))
+
+
+@pytest.mark.parametrize("text", ["nocolon", "n:!!!", NIX_PUBLIC, "n:" + "QUFB"])
+def test_bad_secret_keys(text: str) -> None:
+    with pytest.raises(StoreKeyError):
+        parse_secret_key(text)
+
+
+def test_public_keys_list_and_wrong_half() -> None:
+    assert len(parse_public_keys(f"{NIX_PUBLIC}\n {NIX_PUBLIC}")) == 2
+    with pytest.raises(StoreKeyError, match="other half"):
+        parse_public_key(NIX_SECRET)
+
+
+def test_missing_key_file_names_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(StoreKeyError, match="MLBUILD_STORE_SECRET_KEY"):
+        load_secret_key(tmp_path / "nope.sec")

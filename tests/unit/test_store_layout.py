@@ -1,0 +1,125 @@
+"""Store folder layout, atomic publishing, temp names, NAR segments and the compression choice."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from mlbuild.errors import StoreConfigError, StoreCorruptError
+from mlbuild.nar import NarWriter
+from mlbuild.store.compression import NONE, ZSTD, choose_compression, real_path_in
+from mlbuild.store.layout import Layout, parse_temp_name, publish_bytes, temp_is_stale, temp_name
+from mlbuild.store.narstream import FileData, NarFormatError, nar_segments, parse_nar
+from tests.conftest import write_tree
+
+
+def test_temp_names_carry_host_and_pid_and_are_unique() -> None:
+    names = {temp_name(".nar") for _ in range(100)}
+    assert len(names) == 100
+    host, pid = parse_temp_name(next(iter(names)))  # type: ignore[misc]
+    assert pid == os.getpid() and host == socket.gethostname().replace(".", "_")
+    assert parse_temp_name("abc.narinfo") is None
+
+
+def test_stale_temps(tmp_path: Path) -> None:
+    mine = tmp_path / temp_name()
+    mine.write_text("x")
+    assert not temp_is_stale(mine, 3600, os.path.getmtime(mine))
+    dead = tmp_path / f".tmp.{socket.gethostname().replace('.', '_')}.999999999.ab"
+    dead.write_text("x")
+    assert temp_is_stale(dead, 3600, os.path.getmtime(dead))       # same host, pid gone
+    other = tmp_path / ".tmp.elsewhere.1.ab"
+    other.write_text("x")
+    assert not temp_is_stale(other, 3600, os.path.getmtime(other))  # another host: wait for grace
+    assert temp_is_stale(other, 3600, os.path.getmtime(other) + 3601)
+
+
+def test_publish_bytes_is_atomic_and_leaves_no_temp(tmp_path: Path) -> None:
+    dest = tmp_path / "x.narinfo"
+    publish_bytes(dest, b"one")
+    publish_bytes(dest, b"two")
+    assert dest.read_bytes() == b"two" and os.listdir(tmp_path) == ["x.narinfo"]
+    assert dest.stat().st_mode & 0o777 == 0o664
+
+
+def test_layout_init_is_idempotent_and_checks_store_dir(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "s")
+    with pytest.raises(StoreConfigError, match="mlbuild store init"):
+        layout.require()
+    layout.init()
+    layout.init()
+    assert (tmp_path / "s" / "nix-cache-info").read_text().startswith("StoreDir: /nix/store\n")
+    assert (tmp_path / "s" / "nar").stat().st_mode & 0o2775 == 0o2775
+    (tmp_path / "s" / "nix-cache-info").write_text("StoreDir: /other/store\n")
+    with pytest.raises(StoreConfigError):
+        layout.init()
+
+
+@pytest.mark.parametrize("url", ["nar/../../etc/passwd", "../x", "nar/", "nar/.tmp.x", "other/x.nar"])
+def test_nar_urls_stay_in_nar_folder(tmp_path: Path, url: str) -> None:
+    with pytest.raises(StoreCorruptError):
+        Layout(tmp_path).nar(url)
+
+
+def _nar_bytes(path: Path) -> bytes:
+    out = bytearray()
+
+    class _Sink:
+        def update(self, data: bytes) -> None:
+            out.extend(data)
+
+    NarWriter(_Sink()).dump(str(path))
+    return bytes(out)
+
+
+def test_segments_equal_nar(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "t", {"a": "hello", "empty": "", "d": {"b": b"\0" * 13, "c": "x"}})
+    os.symlink("a", root / "l")
+    os.chmod(root / "d" / "c", 0o755)
+    joined = b"".join(s if isinstance(s, bytes) else open(s.path, "rb").read() for s in nar_segments(str(root)))
+    assert joined == _nar_bytes(root)
+    assert sum(isinstance(s, FileData) for s in nar_segments(str(root))) == 3   # empty file: no segment
+
+
+def test_parse_nar_round_trip(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "t", {"a": "hello", "d": {"b": "xyz"}})
+    os.symlink("a", root / "l")
+    data = _nar_bytes(root)
+    entries = list(parse_nar(io.BytesIO(data)))
+    assert [(e.kind, e.rel) for e in entries] == [("directory", ""), ("regular", "a"), ("directory", "d"),
+                                                  ("regular", "d/b"), ("symlink", "l")]
+    a = entries[1]
+    assert data[a.offset:a.offset + a.size] == b"hello"
+
+
+@pytest.mark.parametrize("name", [b"..", b"a/b", b"."])
+def test_parse_nar_rejects_unsafe_names(tmp_path: Path, name: bytes) -> None:
+    root = write_tree(tmp_path / "t", {"zz": "x"})
+    data = _nar_bytes(root)
+    pad = lambda b: len(b).to_bytes(8, "little") + b + b"\0" * ((-len(b)) % 8)  # noqa: E731
+    bad = data.replace(pad(b"zz"), pad(name))
+    with pytest.raises(NarFormatError):
+        list(parse_nar(io.BytesIO(bad)))
+
+
+def test_compression_choice(tmp_path: Path) -> None:
+    rnd = write_tree(tmp_path / "r", {"w": os.urandom(2 << 20)})
+    txt = write_tree(tmp_path / "t", {"data.csv": "1,2,3\n" * 500_000})
+    named = write_tree(tmp_path / "n", {"model.safetensors": b"\0" * (2 << 20), "x.py": "x"})
+    assert choose_compression("/nix/store/h-weights", str(rnd), 2 << 20) == NONE
+    assert choose_compression("/nix/store/h-data", str(txt), 3 << 20) == ZSTD
+    assert choose_compression("/nix/store/h-pkg", str(named), 2 << 20) == NONE
+    assert choose_compression("/nix/store/h-x.safetensors", None, 10) == NONE
+    assert choose_compression("/nix/store/h-small", None, 100) == ZSTD
+
+
+def test_real_path_in() -> None:
+    p = "/nix/store/" + "a" * 32 + "-x"
+    assert real_path_in(p, None) == p
+    assert real_path_in(p, "/tmp/B") == "/tmp/B" + p
+    assert real_path_in(p, "local?root=/tmp/C") == "/tmp/C" + p
+    assert real_path_in(p, "ssh://host") is None
