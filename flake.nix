@@ -8,6 +8,7 @@
       system = "x86_64-linux";
       mlbuild = import ./nix { inherit system; };
       digits = mlbuild.mkProject { src = ./examples/digits; };
+      cancer = mlbuild.mkProject { src = ./examples/cancer; };
       # Until the model package exists, `digits` is its trained model with every stage as an
       # attribute: .toolchain, .interpreter, .datasets.<name>, .model.
       expose = p: m: p.${m}.model // { inherit (p) toolchain interpreter datasets; inherit (p.${m}) model; };
@@ -16,6 +17,7 @@
       lib = mlbuild;
       packages.${system} = {
         digits = expose digits "digits";
+        cancer = expose cancer "cancer";
         default = digits.toolchain;
       };
     };

@@ -22,7 +22,7 @@ from .errors import BuildError, NixError, NixNotFoundError
 __all__ = [
     "nix_version", "common_options", "add_fixed", "print_fixed_path", "invalid_paths",
     "build", "path_info", "parse_path_info", "parse_build_json", "store_dir", "nix_lib_dir",
-    "run_nix", "register_valid",
+    "run_nix", "register_valid", "add_roots",
 ]
 
 EXPERIMENTAL = "nix-command flakes"
@@ -106,6 +106,19 @@ def register_valid(path: str, nar_sha256_hex: str, nar_size: int) -> None:
     """Register a path the caller wrote into a local store (no references, no deriver)."""
     info = f"{path}\nsha256:{nar_sha256_hex}\n{nar_size}\n\n0\n"
     run_nix(["--register-validity", "--hash-given"], tool="nix-store", input=info)
+
+
+def add_roots(paths: dict[str, str], root_dir: Path) -> None:
+    """Protect ``{name: store path}`` from garbage collection with indirect roots in ``root_dir``
+    (pinned inputs such as wheels and datasets are otherwise collectable)."""
+    root_dir.mkdir(parents=True, exist_ok=True)
+    for name, path in paths.items():
+        link = root_dir / name
+        if link.is_symlink() and os.readlink(link) == path:
+            continue
+        if link.is_symlink():
+            link.unlink()
+        run_nix(["--realise", path, "--add-root", str(link), "--indirect"], tool="nix-store")
 
 
 def parse_build_json(text: str) -> list[dict[str, Any]]:

@@ -171,6 +171,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
         if not mine:
             total.present.append(target)
         _record(project, built, "present" if not mine else "built", dirty)
+        _nix.add_roots({target: path}, project.root / ".mlbuild" / "gcroots")
     total.seconds = time.monotonic() - t0
     return total
 

@@ -120,10 +120,17 @@ def prefetch(project: Project) -> PrefetchResult:
               for w in [*lock["wheels"], *lock["tools"]]}
     missing = set(_nix.invalid_paths(list(wheels)))
     result.present += [wheels[p]["filename"] for p in wheels if p not in missing]
-    if not missing:
-        return result
+    if missing:
+        _fetch_wheels(project, [wheels[p] for p in sorted(missing)], result)
+    snap = lock["interpreter"]["snapshot"]
+    roots = {"interpreter-snapshot": fixed_output_path(snap["sha256"], snap["name"], recursive=True)}
+    roots.update({f"wheel-{w['filename']}": p for p, w in wheels.items()})
+    _nix.add_roots(roots, project.root / ".mlbuild" / "gcroots")
+    return result
+
+
+def _fetch_wheels(project: Project, todo: list[dict[str, str]], result: PrefetchResult) -> None:
     python = probe(project.python.interpreter).executable
-    todo = [wheels[p] for p in sorted(missing)]
     with tempfile.TemporaryDirectory(prefix="mlbuild-wheels-") as tmp:
         pip_download(python, todo, Path(tmp))
         for w in todo:
@@ -139,4 +146,3 @@ def prefetch(project: Project) -> PrefetchResult:
                                         "check the source, then run `mlbuild lock` to re-pin.")
             _nix.add_fixed(file, recursive=False)
             result.added.append(w["filename"])
-    return result

@@ -66,7 +66,8 @@ rec {
       wheels = map (w: w // { path = wheelDrv w; }) lock.wheels;
     in
     derivation {
-      name = "${name}-toolchain";
+      # Named by the interpreter, not the project: projects with the same lock share it.
+      name = "python-${i.version}-toolchain";
       inherit system;
       builder = "${interpreter}/bin/${i.bin}";
       args = [ "-s" "-S" "-c" (builderCode "toolchain") (runtimeFor [ "spec" "elf" "shebang" "toolchain" ]) ];

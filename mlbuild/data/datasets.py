@@ -138,6 +138,7 @@ def add(project: Project, name: str, path: Path) -> tuple[Imported | None, str]:
         entry.update({k: v for k, v in lock.get("datasets", {}).get(name, {}).items() if k in ("files", "size")})
     lock.setdefault("datasets", {})[name] = entry
     write_lock(project.lock_path, lock)
+    _nix.add_roots({f"dataset-{name}": fixed_output_path(sha, name, recursive=True)}, cache / "gcroots")
     git.ignore(project.root, path)
     if git.repo_root(project.root) and not (cache / ".gitignore").exists():
         cache.mkdir(exist_ok=True)
