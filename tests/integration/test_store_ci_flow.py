@@ -1,0 +1,74 @@
+"""The CI flow with real Nix: machine A builds and pushes; machine B substitutes everything.
+
+Then one input of the model changes: on B only the model and what depends on it are built; the
+toolchain (a build-time input) and the weights come from the shared store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlbuild.store import gc, pull, push, stats, tag, verify
+from mlbuild.store.layout import Layout
+from tests.conftest import run_cli
+from tests.integration.test_store_machines import Machine, make_store, store_env, write_graph
+
+pytestmark = pytest.mark.integration
+TARGETS = ["package", "validation"]
+
+
+def test_build_on_a_push_substitute_on_b(tmp_path: Path) -> None:
+    graph = write_graph(tmp_path)
+    cfg = make_store(tmp_path)
+    a, b = Machine(tmp_path / "A"), Machine(tmp_path / "B")
+
+    on_a = a.build(file=graph, attrs=TARGETS)
+    assert on_a.built_names() == {"store-test-toolchain", "store-test-weights.safetensors", "store-test-model",
+                                  "store-test-package", "store-test-validation"}
+    pushed = push(cfg, on_a.paths, local_store=a.store, build_deps=True)
+    assert len(pushed.pushed) == 5 and not pushed.present
+    by_name = {n.store_path.rsplit("-", 1)[-1]: n for n in pushed.pushed}
+    assert by_name["weights.safetensors"].compression == "none"
+    assert by_name["package"].compression == "zstd"
+    again = push(cfg, on_a.paths, local_store=a.store, build_deps=True)
+    assert not again.pushed and len(again.present) == 5
+
+    on_b = b.build(file=graph, attrs=TARGETS, substitute_from=cfg)
+    assert on_b.built == [], on_b.log
+    assert on_b.paths == on_a.paths and b.valid(on_b.paths)
+    assert set(on_b.fetched) >= set(on_a.paths)
+
+    changed = b.build(file=graph, attrs=TARGETS, args={"salt": "2"}, substitute_from=cfg)
+    assert changed.built_names() == {"store-test-model", "store-test-package", "store-test-validation"}
+    assert any(p.endswith("-store-test-toolchain") for p in changed.fetched)   # a build-time input
+    assert verify(cfg).ok
+
+    # A release tag keeps the first package; gc drops nothing it needs, B2 still substitutes it.
+    tag(cfg, "release-1", [on_a.outputs["package"]])
+    report = gc(cfg, grace=0, keep_last=0)
+    assert on_a.outputs["package"] in report.kept
+    assert on_a.outputs["validation"] in report.removed_paths
+    b2 = Machine(tmp_path / "B2")
+    only_pkg = b2.build(file=graph, attrs=["package"], substitute_from=cfg)
+    assert only_pkg.built == [] and verify(cfg).ok
+
+
+def test_cli_push_pull_stats(tmp_path: Path) -> None:
+    graph = write_graph(tmp_path)
+    cfg = make_store(tmp_path)
+    a, c = Machine(tmp_path / "A"), Machine(tmp_path / "C")
+    pkg = a.build(file=graph, attrs=["package"], args={"dataMiB": "1"}).outputs["package"]
+    env = store_env(cfg)
+    out = run_cli("store", "push", "--from", str(tmp_path / "A"), pkg, env=env).stdout
+    assert out.startswith("pushed 3 paths")
+    out = run_cli("store", "pull", "--to", str(tmp_path / "C"), pkg, env=env).stdout
+    assert out.startswith("fetched 3 paths") and c.valid([pkg])
+    assert run_cli("store", "pull", "--to", str(tmp_path / "C"), pkg, env=env).stdout.startswith("fetched 0")
+    out = run_cli("store", "stats", env=env).stdout
+    assert "package" in out and "total 3 paths" in out
+    assert stats(cfg).items[0].path == pkg
+    assert run_cli("store", "verify", env=env).stdout.strip().endswith("0 problems")
+    assert pull(cfg, [pkg], local_store=c.store).fetched == []
+    assert not list(Layout(cfg.root).temp_files())

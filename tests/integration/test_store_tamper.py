@@ -1,0 +1,71 @@
+"""Tampering is refused by Nix itself (require-sigs, NAR hashes) and reported by verify."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlbuild.errors import NixError
+from mlbuild.store import StoreConfig, pull, push, verify
+from mlbuild.store.keys import generate_key_pair
+from mlbuild.store.layout import Layout
+from mlbuild.store.narinfo import NarInfo
+from tests.conftest import run_cli
+from tests.integration.test_store_machines import Machine, make_store, store_env, write_graph
+
+pytestmark = pytest.mark.integration
+
+
+def _entry(cfg: StoreConfig, path: str) -> tuple[Path, NarInfo]:
+    f = Layout(cfg.root).narinfo(path)
+    return f, NarInfo.parse(f.read_text())
+
+
+def test_tampered_nar_and_unsigned_narinfo_are_refused(tmp_path: Path) -> None:
+    graph = write_graph(tmp_path)
+    cfg = make_store(tmp_path)
+    a = Machine(tmp_path / "A")
+    built = a.build(file=graph, attrs=["data", "tool", "package"], args={"dataMiB": "2"})
+    push(cfg, built.paths, local_store=a.store)
+    data, tool = built.outputs["data"], built.outputs["tool"]
+
+    # 1. One byte of the weights' NAR changed (same size: only the hash can tell).
+    _, info = _entry(cfg, data)
+    assert info.compression == "none"
+    with open(cfg.root / info.url, "r+b") as f:
+        f.seek(1 << 20)
+        byte = f.read(1)
+        f.seek(1 << 20)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(NixError, match="hash mismatch"):
+        pull(cfg, [data], local_store=str(tmp_path / "C1"))
+    assert not Machine(tmp_path / "C1").valid([data])
+
+    # 2. The toolchain's narinfo without its signature, and 3. re-signed by an untrusted key.
+    f, tinfo = _entry(cfg, tool)
+    f.write_text(tinfo.with_sigs(()).render())
+    with pytest.raises(NixError, match="signature"):
+        pull(cfg, [tool], local_store=str(tmp_path / "C2"))
+    rogue = generate_key_pair(cfg.trusted_keys()[0].name, tmp_path / "rogue.sec", tmp_path / "rogue.pub")
+    f.write_text(tinfo.with_sigs((rogue.sign(tinfo.fingerprint()),)).render())
+    with pytest.raises(NixError, match="signature"):
+        pull(cfg, [tool], local_store=str(tmp_path / "C2"))
+    # A build on a machine that trusts the store builds the tool instead of using the bad entry.
+    assert Machine(tmp_path / "C3").build(file=graph, attrs=["tool"], substitute_from=cfg).built_names() == \
+        {"store-test-toolchain"}
+
+    report = verify(cfg)
+    kinds = {p.store_path: p.kind for p in report.problems}
+    assert kinds[data] == "corrupt" and kinds[tool] == "unsigned"
+    assert kinds[built.outputs["package"]] == "incomplete"     # its closure includes the weights
+    env = store_env(cfg)
+    proc = run_cli("store", "verify", env=env, check=False)
+    assert proc.returncode == 1 and "verify --repair" in proc.stderr and "corrupt" in proc.stdout
+    run_cli("store", "verify", "--repair", env=env)
+    assert verify(cfg).ok
+    again = push(cfg, built.paths, local_store=a.store)
+    assert {n.store_path for n in again.pushed} >= {data, tool}
+    assert verify(cfg).ok
+    pull(cfg, [built.outputs["package"], tool], local_store=str(tmp_path / "C4"))
+    assert Machine(tmp_path / "C4").valid(built.paths)
