@@ -113,7 +113,8 @@ def add(project: Project, name: str, path: Path) -> tuple[Imported | None, str]:
     if git.is_tracked(path):
         raise DataError(f"{path} is tracked by git; data never goes into git. Untrack it first: "
                         f"`git rm -r --cached {path}` (the files stay on disk), then run data add again")
-    existing = datasets(project).get(name)
+    table = project.raw.get("datasets", {}).get(name)
+    existing = _one(name, table) if table is not None else None
     if existing is not None and existing.kind != "path":
         raise DataError(f"dataset {name!r} is a {existing.kind} dataset; `data add` is for local files and folders")
     try:

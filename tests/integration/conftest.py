@@ -81,3 +81,39 @@ print('NONSTORE', bad)
 """
 
 os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+
+
+def git(root: Path, *args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, env={**os.environ, **GIT_ENV})
+    if proc.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)}: {proc.stderr}")
+    return proc.stdout
+
+
+def commit_all(root: Path, message: str = "change") -> str:
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "--allow-empty", "-m", message)
+    return git(root, "rev-parse", "HEAD").strip()
+
+
+def git_repo(root: Path) -> Path:
+    git(root, "init", "-q", "-b", "main")
+    commit_all(root, "initial")
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/digits in a temporary git repo, with its data exported and added, committed."""
+    root = example_copy("digits", tmp_path_factory.mktemp("digits"))
+    toolchain = run_cli("build", "--allow-dirty", "toolchain", cwd=root).stdout.split("\t")[1].split("\n")[0]
+    subprocess.run([f"{toolchain}/bin/python", "export_data.py", "data/digits"], cwd=root, check=True,
+                   capture_output=True)
+    git_repo(root)
+    run_cli("data", "add", "digits-raw", "data/digits", cwd=root)
+    commit_all(root, "data")
+    return root

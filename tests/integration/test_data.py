@@ -1,0 +1,164 @@
+"""Datasets with real Nix: add, re-add, change detection, missing data, dirty trees, derived
+datasets, URL sources."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mlbuild.nar import nar_sha256
+from tests.conftest import run_cli, write_tree
+from tests.integration.conftest import commit_all, git, git_repo, small_project
+
+pytestmark = pytest.mark.integration
+
+PREPARE = '''
+from pathlib import Path
+
+def prepare(inputs, out, params):
+    rows = (inputs["raw"] / "rows.txt").read_text().split()
+    cut = int(len(rows) * params["train"])
+    (out / "train.txt").write_text("\\n".join(rows[:cut]))
+    (out / "test.txt").write_text("\\n".join(rows[cut:]))
+'''
+
+
+@pytest.fixture
+def data_project(small_project: Path, tmp_path: Path) -> Path:
+    """A git repo with a local dataset (added) and a derived one; the small toolchain."""
+    toml = (small_project / "mlbuild.toml").read_text() + (
+        '\n[datasets.split]\nprepare = "prepare.py"\ninputs = ["raw"]\nparams = { train = 0.5 }\n')
+    root = write_tree(tmp_path / "proj", {
+        "mlbuild.toml": toml, "mlbuild.lock": (small_project / "mlbuild.lock").read_text(),
+        "prepare.py": PREPARE, "README.md": "hello\n",
+    })
+    git_repo(root)
+    write_tree(root, {"data": {"raw": {"rows.txt": "\n".join(str(i) for i in range(100)),
+                                       "sub": {"x.bin": b"\x00\x01" * 100}}}})
+    out = run_cli("data", "add", "raw", "data/raw", cwd=root)
+    assert "2 files" in out.stdout
+    commit_all(root, "add raw")
+    return root
+
+
+def lock(root: Path) -> dict:
+    return json.loads((root / "mlbuild.lock").read_text())
+
+
+def build(root: Path, target: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run_cli("build", *extra, target, cwd=root, check=check)
+
+
+def test_add_pins_hash_and_ignores_data(data_project: Path) -> None:
+    entry = lock(data_project)["datasets"]["raw"]
+    assert entry["sha256"] == nar_sha256(str(data_project / "data/raw"))
+    assert entry["files"] == 2
+    assert "[datasets.raw]" in (data_project / "mlbuild.toml").read_text()
+    assert "/data/raw/" in (data_project / ".gitignore").read_text()
+    status = run_cli("data", "status", cwd=data_project).stdout
+    assert "raw" in status and "present" in status
+
+
+def test_readd_is_a_noop_and_change_is_detected(data_project: Path) -> None:
+    assert "unchanged" in run_cli("data", "add", "raw", "data/raw", cwd=data_project).stdout
+    f = data_project / "data/raw/rows.txt"
+    f.write_text(f.read_text() + "\n100")
+    assert "changed" in run_cli("data", "status", cwd=data_project).stdout
+    diff = run_cli("data", "diff", "raw", cwd=data_project).stdout
+    assert "changed  rows.txt" in diff
+    (data_project / "data/raw/new.txt").write_text("n")
+    assert "added    new.txt" in run_cli("data", "diff", "raw", cwd=data_project).stdout
+    old = lock(data_project)["datasets"]["raw"]["sha256"]
+    rev = git(data_project, "rev-parse", "HEAD").strip()
+    run_cli("data", "add", "raw", "data/raw", cwd=data_project)
+    new = lock(data_project)["datasets"]["raw"]["sha256"]
+    assert new != old and new == nar_sha256(str(data_project / "data/raw"))
+    commit_all(data_project, "new data")
+    between = run_cli("data", "diff", "raw", rev, cwd=data_project).stdout
+    assert "removed  new.txt" in between and "changed  rows.txt" in between
+
+
+def test_tracked_data_refused(data_project: Path) -> None:
+    (data_project / "tracked.csv").write_text("1,2\n")
+    commit_all(data_project, "oops")
+    proc = run_cli("data", "add", "t", "tracked.csv", cwd=data_project, check=False)
+    assert proc.returncode == 1 and "tracked by git" in proc.stderr and "git rm -r --cached" in proc.stderr
+
+
+def test_missing_dataset_names_hash_and_command(data_project: Path) -> None:
+    lk = lock(data_project)
+    lk["datasets"]["raw"]["sha256"] = hashlib.sha256(b"nowhere").hexdigest()
+    (data_project / "mlbuild.lock").write_text(json.dumps(lk))
+    commit_all(data_project, "lock data that is nowhere")
+    proc = build(data_project, "datasets.raw", check=False)
+    assert proc.returncode == 1
+    assert "dataset raw" in proc.stderr and lk["datasets"]["raw"]["sha256"] in proc.stderr
+    assert "mlbuild data pull raw" in proc.stderr and "mlbuild data add raw data/raw" in proc.stderr
+    status = run_cli("data", "status", cwd=data_project).stdout
+    assert "changed" in status  # the files on disk are not what the lock pins
+
+
+def test_dirty_tree_refused_then_allowed(data_project: Path) -> None:
+    (data_project / "notes.txt").write_text("untracked\n")
+    (data_project / "README.md").write_text("edited\n")
+    proc = build(data_project, "datasets.split", check=False)
+    assert proc.returncode == 1
+    assert "untracked: notes.txt" in proc.stderr and "modified:  README.md" in proc.stderr
+    assert "--allow-dirty" in proc.stderr
+    assert build(data_project, "datasets.split", "--allow-dirty").returncode == 0
+
+
+def test_derived_dataset_is_cached_and_traced(data_project: Path) -> None:
+    first = build(data_project, "datasets.split").stdout
+    path = first.split("\t")[1].split("\n")[0]
+    assert (Path(path) / "train.txt").read_text().split() == [str(i) for i in range(50)]
+    again = build(data_project, "datasets.split").stdout
+    assert path in again and "built 0" in again
+    (data_project / "README.md").write_text("unrelated edit\n")
+    commit_all(data_project, "readme")
+    assert path in build(data_project, "datasets.split").stdout
+    (data_project / "prepare.py").write_text(PREPARE.replace('params["train"]', '0.8'))
+    commit_all(data_project, "prepare changed")
+    changed = build(data_project, "datasets.split").stdout
+    assert path not in changed and "built 1" in changed
+
+
+@pytest.fixture
+def http_dir(tmp_path: Path):
+    """A real HTTP server on loopback serving tmp_path/www."""
+    import functools
+    import http.server
+    import threading
+
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_url_dataset(data_project: Path, http_dir) -> None:
+    www, base_url = http_dir
+    payload = www / "remote.csv"
+    payload.write_text("a,b\n1,2\n")
+    good = hashlib.sha256(payload.read_bytes()).hexdigest()
+    toml = data_project / "mlbuild.toml"
+    base = toml.read_text()
+    toml.write_text(base + f'\n[datasets.remote]\nurl = "{base_url}/remote.csv"\nsha256 = "{good}"\n')
+    commit_all(data_project, "url dataset")
+    out = build(data_project, "datasets.remote").stdout
+    assert Path(out.split("\t")[1].split("\n")[0]).read_text() == "a,b\n1,2\n"
+    wrong = hashlib.sha256(b"other").hexdigest()
+    toml.write_text(base + f'\n[datasets.remote2]\nurl = "{base_url}/remote.csv"\nsha256 = "{wrong}"\n')
+    commit_all(data_project, "wrong hash")
+    proc = build(data_project, "datasets.remote2", check=False)
+    assert proc.returncode == 1
+    assert "hash mismatch" in proc.stderr and "remote2" in proc.stderr
