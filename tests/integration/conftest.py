@@ -47,7 +47,7 @@ def lock_matches_host(project: Path) -> bool:
 def example_copy(name: str, dest: Path) -> Path:
     """A copy of examples/NAME, re-locked when this host's interpreter differs from the lock."""
     root = dest / name
-    shutil.copytree(REPO / "examples" / name, root, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    shutil.copytree(REPO / "examples" / name, root, ignore=shutil.ignore_patterns("data", "__pycache__", ".mlbuild", "result*"))
     if not lock_matches_host(root):
         run_cli("lock", cwd=root)
     run_cli("prefetch", cwd=root)

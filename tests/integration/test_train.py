@@ -1,0 +1,112 @@
+"""Training runs with real Nix: outputs, provenance, reproducibility, caching, experiments."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from safetensors.numpy import load_file
+
+from tests.conftest import run_cli
+from tests.integration.conftest import commit_all, instantiate
+
+pytestmark = [pytest.mark.integration, pytest.mark.torch]
+
+
+def model_path(root: Path, *extra: str) -> tuple[str, str]:
+    out = run_cli("build", *extra, "digits.model", cwd=root).stdout
+    return out.split("\t")[1].split("\n")[0], out
+
+
+@pytest.fixture(scope="module")
+def trained(digits_repo: Path) -> str:
+    return model_path(digits_repo)[0]
+
+
+def test_outputs_and_provenance(digits_repo: Path, trained: str) -> None:
+    out = Path(trained)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "metrics.json", "model.safetensors", "provenance.json", "reference.json", "train.log"]
+    weights = load_file(str(out / "model.safetensors"))
+    assert weights["0.weight"].shape == (64, 64)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 30 and metrics["final"]["val_accuracy"] > 0.9
+    prov = json.loads((out / "provenance.json").read_text())
+    lock = json.loads((digits_repo / "mlbuild.lock").read_text())
+    assert prov["params"]["epochs"] == 30 and prov["seed"] == 0 and prov["device"] == "cpu"
+    assert set(prov["datasets"]) == {"digits-split"}
+    assert prov["datasets"]["digits-split"]["path"].startswith("/nix/store/")
+    assert list(prov["code"]["files"]) == ["model.py"]
+    assert prov["toolchain"].startswith("/nix/store/") and prov["interpreter"] == lock["interpreter"]["version"]
+    assert prov["determinism"]["deterministic"] is True and prov["determinism"]["threads"] == 1
+    assert prov["determinism"]["env"]["ATEN_CPU_CAPABILITY"] == "default"
+    assert prov["git"]["dirty"] is False
+    assert "epoch 30" in (out / "train.log").read_text() or '"epoch": 30' in (out / "train.log").read_text()
+    config = json.loads((out / "config.json").read_text())
+    assert config["task"] == "classification" and config["inputs"][0]["shape"] == [-1, 64]
+    record = (digits_repo / ".mlbuild" / "builds.jsonl").read_text().splitlines()[-1]
+    assert json.loads(record)["git_rev"]  # the build's git revision is recorded beside it
+
+
+def test_training_is_bit_reproducible(digits_repo: Path, trained: str) -> None:
+    drv = instantiate(digits_repo, "digits.model")
+    proc = subprocess.run(["nix-build", "--check", drv, "--no-out-link"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_unrelated_change_keeps_path_param_change_does_not(digits_repo: Path, trained: str) -> None:
+    (digits_repo / "README.md").write_text("an unrelated edit\n")
+    (digits_repo / "export_data.py").write_text((digits_repo / "export_data.py").read_text() + "\n# edit\n")
+    commit_all(digits_repo, "unrelated")
+    same, out = model_path(digits_repo)
+    assert same == trained and "built 0" in out
+    toml = digits_repo / "mlbuild.toml"
+    original = toml.read_text()
+    toml.write_text(original.replace("epochs = 30", "epochs = 5"))
+    commit_all(digits_repo, "fewer epochs")
+    other, out = model_path(digits_repo)
+    assert other != trained and "built 1" in out
+    toml.write_text(original)
+    commit_all(digits_repo, "back")
+    assert model_path(digits_repo)[0] == trained
+
+
+def test_dirty_build_is_marked(digits_repo: Path, trained: str) -> None:
+    (digits_repo / "scratch.txt").write_text("untracked")
+    try:
+        path, _ = model_path(digits_repo, "--allow-dirty")
+        assert path != trained
+        assert json.loads((Path(path) / "provenance.json").read_text())["git"]["dirty"] is True
+    finally:
+        (digits_repo / "scratch.txt").unlink()
+
+
+def test_experiment_round_trip(digits_repo: Path, trained: str) -> None:
+    first = run_cli("exp", "run", "digits", "--set", "epochs=4", "--set", "lr=0.01", cwd=digits_repo).stdout
+    assert "built" in first
+    again = run_cli("exp", "run", "digits", "--set", "epochs=4", "--set", "lr=0.01", cwd=digits_repo).stdout
+    assert "cached" in again
+    back = run_cli("exp", "run", "digits", cwd=digits_repo)
+    assert "cached" in back.stdout and trained in back.stdout
+    assert "epoch" not in back.stderr  # nothing trained
+    table = run_cli("exp", "show", "digits", cwd=digits_repo).stdout
+    assert trained in table and "0.01" in table and "val_accuracy" in table
+    bad = run_cli("exp", "run", "digits", "--set", "nope=1", cwd=digits_repo, check=False)
+    assert bad.returncode == 1 and "nope" in bad.stderr and "params:" in bad.stderr
+
+
+def test_training_error_shows_log_tail(digits_repo: Path) -> None:
+    model = digits_repo / "model.py"
+    original = model.read_text()
+    model.write_text(original.replace('    p = ctx.params\n', '    p = ctx.params\n    raise ValueError("bad learning rate schedule")\n', 1))
+    commit_all(digits_repo, "broken")
+    try:
+        proc = run_cli("build", "digits.model", cwd=digits_repo, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr.split("---")[0]
+        assert "ValueError: bad learning rate schedule" in proc.stderr
+        assert "last lines of the build log of digits-model" in proc.stderr
+    finally:
+        model.write_text(original)
+        commit_all(digits_repo, "fixed")
