@@ -17,7 +17,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import StoreError
 from ..storepath import fixed_output_path
@@ -100,7 +100,7 @@ class Roots:
         return out
 
 
-def read_roots(layout: Layout, keep_last: int, locks: list[Path] = ()) -> Roots:  # type: ignore[assignment]
+def read_roots(layout: Layout, keep_last: int, locks: Sequence[Path] = ()) -> Roots:
     tags: dict[str, list[str]] = {}
     tag_dir = layout.roots_dir / "tags"
     if tag_dir.is_dir():

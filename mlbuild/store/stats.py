@@ -92,12 +92,12 @@ def stats(cfg: StoreConfig) -> StoreStats:
             seen_urls.add(info.url)
             out.file_bytes += info.file_size
         out.nar_bytes += info.nar_size
-        k = out.by_kind.setdefault(classify(p), [0, 0])
-        k[0] += 1
-        k[1] += info.file_size
-        c = out.by_compression.setdefault(info.compression, [0, 0])
-        c[0] += 1
-        c[1] += info.file_size
+        kind = out.by_kind.setdefault(classify(p), [0, 0])
+        kind[0] += 1
+        kind[1] += info.file_size
+        comp = out.by_compression.setdefault(info.compression, [0, 0])
+        comp[0] += 1
+        comp[1] += info.file_size
     referenced = {r for i in entries.values() for r in i.reference_paths if r != i.store_path}
     tops = sorted(p for p in entries if p not in referenced)
     closures = {t: _closure(t, entries) for t in tops}

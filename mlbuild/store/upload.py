@@ -123,6 +123,7 @@ def _write_plain(real: str, fd: int) -> _Written:
             with open(seg.path, "rb", buffering=0) as src:
                 _copy_range(src.fileno(), fd, seg.size)
             size += seg.size
+    os.fsync(fd)   # write back while the hasher still reads (it is the slower of the two)
     hasher.join()
     if errors:
         raise errors[0]
@@ -195,7 +196,8 @@ def publish_path(layout: Layout, info: PathInfo, key: SecretKey, *, local_store:
                 f"{info.path}: its NAR hashes to {format_hash(w.nar_hash)} ({w.nar_size} bytes), but the local "
                 f"store registered {info.nar_hash} ({info.nar_size} bytes); repair it with "
                 f"`nix-store --verify --check-contents --repair` and push again")
-        os.fsync(fd)
+        if comp != NONE or real is None:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)
