@@ -107,6 +107,8 @@ def add(project: Project, name: str, path: Path) -> tuple[Imported | None, str]:
     """Import ``path`` as dataset ``name`` and pin it. Returns (import or None if unchanged, sha)."""
     from ..config import load_project
 
+    if not re.match(r"^[A-Za-z][A-Za-z0-9_-]*$", name):
+        raise DataError(f"dataset name {name!r} must start with a letter and hold only letters, digits, - and _")
     path = path if path.is_absolute() else (Path.cwd() / path)
     if not path.exists():
         raise DataError(f"{path} does not exist; give the file or folder holding dataset {name!r}")

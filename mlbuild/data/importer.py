@@ -17,6 +17,7 @@ import shutil
 import stat
 import tempfile
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,23 +81,17 @@ class _Copier:
         self.w(_str(b")"))
 
     def _file(self, src: str, dst: str, size: int, mode: int) -> None:
-        view = memoryview(self.buf)
         fin = os.open(src, os.O_RDONLY)
         fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
-            done = 0
-            while True:
-                n = os.readv(fin, [self.buf])
-                if not n:
-                    break
-                chunk = view[:n]
-                self.h.update(chunk)
-                written = 0
-                while written < n:
-                    written += os.write(fout, chunk[written:])
-                done += n
-            if done != size:
-                raise ValueError(f"{src} changed size while it was read ({size} -> {done} bytes)")
+            if size >= _PARALLEL:
+                # Big file: the kernel copies (copy_file_range) while a thread hashes the same
+                # (page-cached) bytes; the two overlap on two cores.
+                hashing = _pool().submit(self._hash_fd, src, size)
+                _kernel_copy(fin, fout, size, src)
+                hashing.result()
+            else:
+                self._copy_and_hash(fin, fout, size, src)
             pad = (-size) % 8
             self.h.update(b"\0" * pad)
             self.nar_size += size + pad
@@ -106,6 +101,67 @@ class _Copier:
             os.close(fout)
         self.files += 1
         self.size += size
+
+    def _copy_and_hash(self, fin: int, fout: int, size: int, src: str) -> None:
+        view = memoryview(self.buf)
+        done = 0
+        while True:
+            n = os.readv(fin, [self.buf])
+            if not n:
+                break
+            chunk = view[:n]
+            self.h.update(chunk)
+            written = 0
+            while written < n:
+                written += os.write(fout, chunk[written:])
+            done += n
+        if done != size:
+            raise ValueError(f"{src} changed size while it was read ({size} -> {done} bytes)")
+
+    def _hash_fd(self, src: str, size: int) -> None:
+        buf = bytearray(4 * CHUNK)
+        view = memoryview(buf)
+        done = 0
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            while True:
+                n = os.readv(fd, [buf])
+                if not n:
+                    break
+                self.h.update(view[:n])
+                done += n
+        finally:
+            os.close(fd)
+        if done != size:
+            raise ValueError(f"{src} changed size while it was read ({size} -> {done} bytes)")
+
+
+_PARALLEL = 8 << 20
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlbuild-hash")
+    return _POOL
+
+
+def _kernel_copy(fin: int, fout: int, size: int, src: str) -> None:
+    done = 0
+    try:
+        while done < size:
+            n = os.copy_file_range(fin, fout, min(size - done, 1 << 30))
+            if n == 0:
+                break
+            done += n
+    except OSError:  # no in-kernel copy between these file systems: plain read/write
+        os.lseek(fin, done, os.SEEK_SET)
+        while chunk := os.read(fin, CHUNK):
+            os.write(fout, chunk)
+            done += len(chunk)
+    if done != size:
+        raise ValueError(f"{src} changed size while it was copied ({size} -> {done} bytes)")
 
 
 def fast_path_available() -> bool:
