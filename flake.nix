@@ -9,16 +9,22 @@
       mlbuild = import ./nix { inherit system; };
       digits = mlbuild.mkProject { src = ./examples/digits; };
       cancer = mlbuild.mkProject { src = ./examples/cancer; };
-      # Until the model package exists, `digits` is its trained model with every stage as an
-      # attribute: .toolchain, .interpreter, .datasets.<name>, .model.
-      expose = p: m: p.${m}.model // { inherit (p) toolchain interpreter datasets; inherit (p.${m}) model; };
+      # `digits` is the model package; every stage is an attribute of it: .toolchain,
+      # .interpreter, .datasets.<name>, .model (the training run).
+      expose = p: m: p.${m} // { inherit (p) interpreter; };
+      serve = pkg: { type = "app"; program = "${pkg}/bin/serve"; };
     in
     {
       lib = mlbuild;
       packages.${system} = {
         digits = expose digits "digits";
         cancer = expose cancer "cancer";
-        default = digits.toolchain;
+        default = digits.digits;
+      };
+      apps.${system} = {
+        serve-digits = serve digits.digits;
+        serve-cancer = serve cancer.cancer;
+        default = serve digits.digits;
       };
     };
 }

@@ -37,7 +37,12 @@ let
     inherit (code) mkCode;
     inherit (lib) builderCode;
   };
-  project = import ./project.nix { inherit system lib toolchain dataset train; };
+  package = import ./package.nix {
+    inherit system lib runtimeFor;
+    inherit (code) mkCode;
+    inherit (lib) builderCode;
+  };
+  project = import ./project.nix { inherit system lib toolchain dataset train package; };
 in
 {
   inherit lib runtimeFor;
@@ -47,4 +52,5 @@ in
   inherit (code) mkCode;
   inherit (dataset) mkDatasets;
   inherit (train) mkTraining;
+  inherit (package) mkPackage;
 }

@@ -6,10 +6,11 @@
 #     overrides ? { };      # { MODEL = { params = { lr = 0.01; }; }; }  (mlbuild exp run --set)
 #     dirty ? false;        # built from a dirty worktree (mlbuild build --allow-dirty)
 #   }
-#   -> { name config lock toolchain interpreter datasets models.<m> <m> (per model: .model) }
+#   -> { name config lock toolchain interpreter datasets models.<m> <m> }
+#      <m> is the model package, with .model (the training run), .package, .toolchain, .datasets
 #
 # Nix reads both files itself (builtins.fromTOML / fromJSON): no driver runs at build time.
-{ system, lib, toolchain, dataset, train }:
+{ system, lib, toolchain, dataset, train, package }:
 {
   mkProject = { src, nixpkgs ? null, overrides ? { }, dirty ? false }:
     let
@@ -28,14 +29,15 @@
         in table // o // { params = (table.params or { }) // (o.params or { }); };
       models = assert lib.assertMsg (unknownOverrides == [ ])
         "overrides name models ${builtins.toJSON unknownOverrides} that mlbuild.toml does not declare";
-        builtins.mapAttrs (m: table: rec {
-          model = train.mkTraining {
-            name = m;
-            model = withOverrides m table;
-            inherit src datasets dirty;
-            toolchain = tc;
-          };
-        }) (config.models or { });
+        builtins.mapAttrs (m: table:
+          let
+            spec = withOverrides m table;
+            model = train.mkTraining { name = m; model = spec; inherit src datasets dirty; toolchain = tc; };
+            pkg = package.mkPackage { name = m; model = spec; training = model; inherit src; toolchain = tc; };
+          in
+          # `nix build .#<m>` is the package; its stages are attributes of it.
+          pkg // { inherit model; package = pkg; toolchain = tc; inherit datasets; }
+        ) (config.models or { });
     in
     {
       inherit name config lock datasets models;

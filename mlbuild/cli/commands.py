@@ -11,7 +11,7 @@ from .. import exp as experiments
 from ..toolchain import lock_project, prefetch
 from .main import cli, load
 
-__all__ = ["lock", "prefetch_cmd", "build", "exp"]
+__all__ = ["lock", "prefetch_cmd", "build", "exp", "serve"]
 
 
 @cli.command()
@@ -104,3 +104,17 @@ def exp_show(ctx: click.Context, model: str) -> None:
     click.echo("  ".join(h.ljust(w) for h, w in zip(head, widths)))
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("model")
+@click.option("--allow-dirty", is_flag=True, help="Build even with uncommitted or untracked files.")
+@click.pass_context
+def serve(ctx: click.Context, model: str, allow_dirty: bool) -> None:
+    """Build MODEL's package and serve it (extra arguments go to the server: --port 8080 ...)."""
+    import os
+
+    summary = b.build_targets(load(ctx), [model], allow_dirty=allow_dirty, on_progress=_Bar())
+    program = f"{summary.outputs[0].path}/bin/serve"
+    click.echo(f"serving {summary.outputs[0].path}", err=True)
+    os.execv(program, [program, *ctx.args])

@@ -1,0 +1,79 @@
+"""Builder of a model package: the unit that is validated, imaged and deployed.
+
+Layout::
+
+    $out/manifest.json      name + hashes: model (weights sha256), data, code, toolchain
+    $out/model/             model.safetensors, config.json, metrics.json, provenance.json,
+                            reference.json (training-feature statistics)
+    $out/code/              the model's source files (build_model, optional pre/postprocess)
+    $out/serve.json         micro-batching and limits from [models.NAME.serve]
+    $out/bin/serve          starts the OIP v2 server on this package (a Python script whose
+                            shebang is the toolchain's python: no shell needed)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .spec import load_spec
+
+__all__ = ["main"]
+
+SERVE_SCRIPT = """#!{python} -s
+# Serve the {name} model package (Open Inference Protocol v2). Arguments: --port, --host...
+import sys
+sys.path.insert(0, {runtime!r})
+from mlbuild.runtime.serve.__main__ import main
+sys.exit(main(["--package", {package!r}, *sys.argv[1:]]))
+"""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def main() -> None:
+    spec = load_spec()
+    out = Path(os.environ["out"])
+    trained = Path(spec["model"])
+    (out / "model").mkdir(parents=True)
+    for name in ("model.safetensors", "config.json", "metrics.json", "provenance.json", "reference.json"):
+        if (trained / name).exists():
+            shutil.copyfile(trained / name, out / "model" / name)
+    shutil.copytree(spec["code"], out / "code")
+    for d, _dirs, _files in os.walk(out / "code"):
+        os.chmod(d, 0o755)
+    provenance = json.loads((trained / "provenance.json").read_text())
+    data = json.dumps(provenance["datasets"], sort_keys=True).encode()
+    manifest = {
+        "version": 1,
+        "name": spec["name"],
+        "hashes": {
+            "model": _sha256(out / "model" / "model.safetensors"),
+            "data": hashlib.sha256(data).hexdigest(),
+            "code": provenance["code"]["sha256"],
+            "toolchain": spec["toolchain"],
+        },
+        "training": str(trained),
+        "datasets": provenance["datasets"],
+        "params": provenance["params"],
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    (out / "serve.json").write_text(json.dumps(spec["serve"], indent=2, sort_keys=True) + "\n")
+    (out / "bin").mkdir()
+    script = out / "bin" / "serve"
+    script.write_text(SERVE_SCRIPT.format(python=spec["python"], name=spec["name"], runtime=spec["runtime"],
+                                          package=str(out)))
+    script.chmod(0o555)
+
+
+if __name__ == "__main__":
+    main()

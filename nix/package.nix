@@ -1,0 +1,36 @@
+# The model package: trained weights + config + the model's code (build_model and its optional
+# pre-/post-processing handler) + the serving runtime + the toolchain, with a manifest of hashes.
+# Its closure is all a server needs; `bin/serve` starts it.
+#
+#   mkPackage { name; model (the [models.NAME] table); training; src; toolchain }
+{ system, lib, runtimeFor, mkCode, builderCode }:
+{
+  mkPackage = { name, model, training, src, toolchain }:
+    let
+      runtime = runtimeFor [ "spec" "prepare" "serve/" ];
+      script = model.script or "${name}.py";
+    in
+    derivation {
+      name = "${name}-package";
+      inherit system;
+      builder = "${toolchain}/bin/python";
+      args = [ "-s" "-c" (builderCode "package") (runtimeFor [ "spec" "package" ]) ];
+      PATH = "${toolchain}/bin";
+      PYTHONDONTWRITEBYTECODE = "1";
+      spec = builtins.toJSON {
+        version = 1;
+        inherit name;
+        model = "${training}";
+        code = mkCode { inherit src; files = model.code or [ script ]; what = "[models.${name}].code"; };
+        serve = {
+          max_batch_size = 32;
+          max_wait_ms = 2.0;
+          max_body_bytes = 8388608;
+        } // (model.serve or { });
+        runtime = "${runtime}";
+        python = "${toolchain}/bin/python";
+        toolchain = "${toolchain}";
+      };
+      passAsFile = [ "spec" ];
+    };
+}
