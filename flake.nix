@@ -21,6 +21,11 @@
         cancer = expose cancer "cancer";
         default = digits.digits;
       };
+      # `nix flake check` runs the example validations offline (no nixpkgs-backed output here).
+      checks.${system} = {
+        digits-validation = digits.digits.validation;
+        cancer-validation = cancer.cancer.validation;
+      };
       apps.${system} = {
         serve-digits = serve digits.digits;
         serve-cancer = serve cancer.cancer;

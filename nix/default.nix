@@ -42,7 +42,12 @@ let
     inherit (code) mkCode;
     inherit (lib) builderCode;
   };
-  project = import ./project.nix { inherit system lib toolchain dataset train package; };
+  validate = import ./validate.nix {
+    inherit system lib runtimeFor;
+    inherit (code) mkCode;
+    inherit (lib) builderCode;
+  };
+  project = import ./project.nix { inherit system lib toolchain dataset train package validate; };
 in
 {
   inherit lib runtimeFor;
@@ -53,4 +58,5 @@ in
   inherit (dataset) mkDatasets;
   inherit (train) mkTraining;
   inherit (package) mkPackage;
+  inherit (validate) mkValidation;
 }

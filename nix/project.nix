@@ -10,7 +10,7 @@
 #      <m> is the model package, with .model (the training run), .package, .toolchain, .datasets
 #
 # Nix reads both files itself (builtins.fromTOML / fromJSON): no driver runs at build time.
-{ system, lib, toolchain, dataset, train, package }:
+{ system, lib, toolchain, dataset, train, package, validate }:
 {
   mkProject = { src, nixpkgs ? null, overrides ? { }, dirty ? false }:
     let
@@ -34,9 +34,20 @@
             spec = withOverrides m table;
             model = train.mkTraining { name = m; model = spec; inherit src datasets dirty; toolchain = tc; };
             pkg = package.mkPackage { name = m; model = spec; training = model; inherit src; toolchain = tc; };
+            validation = validate.mkValidation {
+              name = m; model = spec; package = pkg; inherit src datasets; toolchain = tc;
+            };
+            # A release: the package, only once its validation passed.
+            release = derivation {
+              name = "${m}-release";
+              inherit system;
+              builder = "${tc}/bin/python";
+              args = [ "-s" "-c" "import os, sys; os.mkdir(os.environ['out']); [os.symlink(p, os.path.join(os.environ['out'], n)) for n, p in (('package', sys.argv[1]), ('validation', sys.argv[2]))]" "${pkg}" "${validation}" ];
+              PATH = "${tc}/bin";
+            };
           in
           # `nix build .#<m>` is the package; its stages are attributes of it.
-          pkg // { inherit model; package = pkg; toolchain = tc; inherit datasets; }
+          pkg // { inherit model validation release; package = pkg; toolchain = tc; inherit datasets; }
         ) (config.models or { });
     in
     {

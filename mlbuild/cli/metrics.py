@@ -1,0 +1,81 @@
+"""`mlbuild validate NAME` and `mlbuild metrics show|diff|history NAME`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import metrics as m
+from .commands import _Bar
+from .main import cli, load
+
+__all__ = ["validate", "metrics"]
+
+_OUT = click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                    help="Where to write the PNG, HTML and Prometheus files (default: .mlbuild/reports).")
+
+
+def _write(ctx: click.Context, model: str, points: list[m.Point], out_dir: Path | None) -> None:
+    for line in m.table(points):
+        click.echo(line)
+    files = m.write_reports(model, points, out_dir or load(ctx).root / ".mlbuild" / "reports")
+    for kind, path in files.items():
+        click.echo(f"{kind:>5}: {path}")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--allow-dirty", is_flag=True, help="Build even with uncommitted or untracked files.")
+@click.pass_context
+def validate(ctx: click.Context, model: str, allow_dirty: bool) -> None:
+    """Validate MODEL's package: metrics on the held-out data, gated by the thresholds."""
+    point = m.validate(load(ctx), model, allow_dirty=allow_dirty, on_progress=_Bar())
+    click.echo(f"{model}: validation passed ({point.report['n']} held-out samples, suite "
+               f"{point.report['suite']['version']})")
+    for c in point.report["gate"]["checks"]:
+        click.echo(f"  {c['metric']:<20} {c['value']:.4f}  {c['op']} {c['threshold']}")
+    for line in m.table([point]):
+        click.echo(line)
+
+
+@cli.group()
+def metrics() -> None:
+    """Validation metrics: now, between revisions, over the git history."""
+
+
+@metrics.command("show")
+@click.argument("model")
+@click.option("--allow-dirty", is_flag=True)
+@_OUT
+@click.pass_context
+def show(ctx: click.Context, model: str, allow_dirty: bool, out_dir: Path | None) -> None:
+    """MODEL's validation metrics for the working tree."""
+    _write(ctx, model, [m.show(load(ctx), model, allow_dirty=allow_dirty)], out_dir)
+
+
+@metrics.command("diff")
+@click.argument("model")
+@click.argument("rev1")
+@click.argument("rev2")
+@click.pass_context
+def diff(ctx: click.Context, model: str, rev1: str, rev2: str) -> None:
+    """MODEL's metrics at two git revisions, side by side."""
+    a, b = m.diff(load(ctx), model, rev1, rev2)
+    names = sorted(set(a.report["metrics"]) | set(b.report["metrics"]))
+    click.echo(f"{'metric':<20} {rev1[:10]:>10} {rev2[:10]:>10} {'change':>9}")
+    for n in names:
+        x, y = a.report["metrics"].get(n), b.report["metrics"].get(n)
+        delta = f"{y - x:+.4f}" if x is not None and y is not None else "-"
+        click.echo(f"{n:<20} {x if x is None else f'{x:.4f}':>10} {y if y is None else f'{y:.4f}':>10} {delta:>9}")
+    sa, sb = a.report["suite"]["version"], b.report["suite"]["version"]
+    click.echo(f"suite version: {sa} -> {sb}" + ("  (the suite changed: some differences come from it)" if sa != sb else ""))
+
+
+@metrics.command("history")
+@click.argument("model")
+@_OUT
+@click.pass_context
+def history(ctx: click.Context, model: str, out_dir: Path | None) -> None:
+    """MODEL's metrics at every commit of its config, lock and code (built or substituted)."""
+    _write(ctx, model, m.history(load(ctx), model), out_dir)

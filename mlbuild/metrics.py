@@ -1,0 +1,192 @@
+"""Validation metrics over time: show, diff two git revisions, history across the git log.
+
+Each point is the ``NAME.validation.report`` derivation of the project as it was at a revision
+(the project folder taken from git with ``git archive``): built, or substituted from the store,
+or already present. Results are printed as tables and written as a PNG plot (matplotlib), a
+self-contained HTML report (the plot inlined) and Prometheus text format (for a textfile
+collector or a pushgateway, so the numbers reach Grafana).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import git
+from .build import Progress, build_targets
+from .config import Project, load_project
+from .errors import MlbuildError
+
+__all__ = ["Point", "show", "diff", "history", "write_reports", "table", "prometheus_text", "validate"]
+
+
+@dataclass(frozen=True)
+class Point:
+    rev: str                 # a git revision, or "worktree"
+    report: dict[str, Any]   # metrics.json of the validation report
+    path: str
+
+
+def _report(project: Project, model: str, rev: str, **kw: Any) -> Point:
+    summary = build_targets(project, [f"{model}.validation.report"], **kw)
+    path = summary.outputs[0].path
+    return Point(rev, json.loads((Path(path) / "metrics.json").read_text()), path)
+
+
+def validate(project: Project, model: str, *, allow_dirty: bool = False,
+             on_progress: Callable[[Progress], None] | None = None) -> Point:
+    """Build the gate (fails with the threshold table) and return the report it passed."""
+    summary = build_targets(project, [f"{model}.validation"], allow_dirty=allow_dirty, on_progress=on_progress)
+    path = summary.outputs[0].path
+    return Point("worktree", json.loads((Path(path) / "metrics.json").read_text()), path)
+
+
+def show(project: Project, model: str, *, allow_dirty: bool = False) -> Point:
+    return _report(project, model, "worktree", allow_dirty=allow_dirty)
+
+
+def _at(project: Project, rev: str, tmp: Path) -> Project:
+    """The project folder as it was at ``rev`` (tracked files only), unpacked under ``tmp``."""
+    root = git.repo_root(project.root)
+    if root is None:
+        raise MlbuildError(f"{project.root} is not in a git repository; metrics diff/history need git revisions")
+    rel = project.root.resolve().relative_to(root.resolve())
+    proc = subprocess.run(["git", "archive", "--format=tar", rev, "--", str(rel) if str(rel) != "." else "."],
+                          cwd=root, capture_output=True)
+    if proc.returncode != 0:
+        raise MlbuildError(f"git revision {rev!r} has no {rel}: {proc.stderr.decode().strip()}")
+    dest = tmp / rev
+    with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as t:
+        t.extractall(dest, filter="data")
+    return load_project(dest / rel)
+
+
+def _report_at(project: Project, model: str, rev: str, required: bool = True) -> Point | None:
+    with tempfile.TemporaryDirectory(prefix="mlbuild-rev-") as tmp:
+        old = _at(project, rev, Path(tmp))
+        if "validation" not in old.raw.get("models", {}).get(model, {}):
+            if required:
+                raise MlbuildError(f"at revision {rev!r}, mlbuild.toml declares no [models.{model}.validation]")
+            return None
+        # A snapshot from git is clean by construction (it is not a worktree).
+        return _report(old, model, rev, allow_dirty=True)
+
+
+def diff(project: Project, model: str, rev1: str, rev2: str) -> tuple[Point, Point]:
+    a, b = _report_at(project, model, rev1), _report_at(project, model, rev2)
+    assert a is not None and b is not None
+    return a, b
+
+
+def history(project: Project, model: str) -> list[Point]:
+    """One point per commit that changed the config, the lock, or the model's or suite's code."""
+    models = project.raw.get("models", {})
+    if model not in models:
+        raise MlbuildError(f"no model {model!r} in {project.config_path}")
+    table = models[model]
+    files = ["mlbuild.toml", "mlbuild.lock", *table.get("code", [table.get("script", f"{model}.py")])]
+    v = table.get("validation", {})
+    files += v.get("code", [v["suite"]] if "suite" in v else [])
+    existing = [f for f in files if (project.root / f).exists()]
+    revs = git.log_revisions(project.root, existing)
+    if not revs:
+        raise MlbuildError(f"no commits touch {', '.join(existing)}; commit the project first")
+    points = [p for rev in revs if (p := _report_at(project, model, rev, required=False)) is not None]
+    if not points:
+        raise MlbuildError(f"no commit declares [models.{model}.validation]; commit it first")
+    return points
+
+
+def _metric_names(points: Sequence[Point]) -> list[str]:
+    names: list[str] = []
+    for p in points:
+        for k in p.report.get("metrics", {}):
+            if k not in names:
+                names.append(k)
+    return sorted(names)
+
+
+def table(points: Sequence[Point]) -> list[str]:
+    names = _metric_names(points)
+    head = ["revision", "suite", *names]
+    rows = [[p.rev[:10], p.report.get("suite", {}).get("version", "-")[:8],
+             *(f"{p.report['metrics'][n]:.4f}" if n in p.report.get("metrics", {}) else "-" for n in names)]
+            for p in points]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
+
+
+def prometheus_text(model: str, points: Sequence[Point]) -> str:
+    """The latest point as Prometheus text format (gauges, labelled by model, hash, suite)."""
+    p = points[-1]
+    labels = (f'model="{model}",model_hash="{p.report.get("model_hash", "")}",'
+              f'suite_version="{p.report.get("suite", {}).get("version", "")}",revision="{p.rev}"')
+    lines = ["# HELP mlbuild_validation_metric A validation metric of the packaged model (scikit-learn).",
+             "# TYPE mlbuild_validation_metric gauge"]
+    for name, value in sorted(p.report.get("metrics", {}).items()):
+        lines.append(f'mlbuild_validation_metric{{{labels},metric="{name}"}} {value}')
+    lines += ["# HELP mlbuild_validation_samples Held-out samples the metrics were computed on.",
+              "# TYPE mlbuild_validation_samples gauge", f"mlbuild_validation_samples{{{labels}}} {p.report.get('n', 0)}"]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(model: str, points: Sequence[Point]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    xs = list(range(len(points)))
+    for name in _metric_names(points):
+        ax.plot(xs, [p.report["metrics"].get(name) for p in points], marker="o", label=name)
+    ax.set_xticks(xs, [p.rev[:8] for p in points], rotation=30, ha="right")
+    ax.set_title(f"{model}: validation metrics by revision")
+    ax.set_ylabel("value")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_reports(model: str, points: Sequence[Point], out_dir: Path) -> dict[str, Path]:
+    """history.png, report.html (self-contained) and metrics.prom in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = _plot(model, points)
+    files = {"png": out_dir / f"{model}-history.png", "html": out_dir / f"{model}-report.html",
+             "prom": out_dir / f"{model}-metrics.prom"}
+    files["png"].write_bytes(png)
+    rows = table(points)
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r.split()) + "</tr>" for r in rows[1:])
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in rows[0].split())
+    last = points[-1].report
+    cm = last.get("confusion_matrix")
+    cm_html = ""
+    if cm:
+        labels = last.get("labels", [str(i) for i in range(len(cm))])
+        cm_html = "<h2>Confusion matrix (latest)</h2><table><tr><th></th>" + "".join(
+            f"<th>{html.escape(l)}</th>" for l in labels) + "</tr>" + "".join(
+            f"<tr><th>{html.escape(labels[i])}</th>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
+            for i, row in enumerate(cm)) + "</table>"
+    files["html"].write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(model)} validation</title>"
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style></head><body>"
+        f"<h1>{html.escape(model)}: validation metrics</h1>"
+        f"<img alt='metrics by revision' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+        f"<h2>By revision</h2><table><tr>{head}</tr>{cells}</table>{cm_html}"
+        f"<p>Latest package: {html.escape(last.get('package', ''))}; suite version "
+        f"{html.escape(last.get('suite', {}).get('version', ''))}.</p></body></html>\n")
+    files["prom"].write_text(prometheus_text(model, points))
+    return files

@@ -1,0 +1,150 @@
+"""Builders of the validation: a metrics report on the *package*, and the threshold gate.
+
+The report loads the model the way the server does (``serve.package.load_package`` and
+``serve.model.load_model``: same weights check, same pre- and post-processing), runs the
+project's suite over the held-out dataset and computes metrics with scikit-learn:
+accuracy, precision, recall and F1 (macro, weighted and per class), the confusion matrix,
+ROC-AUC for binary models; MAE, RMSE and R2 for regression. The suite's content hash is its
+version, so a metric change caused by a suite change is visible as such.
+
+The suite (project code) defines::
+
+    def load(data: pathlib.Path) -> tuple[numpy.ndarray, numpy.ndarray]
+        # held-out inputs, as the server receives them, and the true targets
+
+The gate reads the report and fails the build, listing every metric with its value and
+threshold, when one is not met. Thresholds live only in the gate, so changing a threshold never
+recomputes the metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .spec import load_spec
+
+__all__ = ["main", "gate_main", "compute_metrics", "check_thresholds", "format_checks"]
+
+
+def _file_hashes(code: Path) -> dict[str, str]:
+    return {p.relative_to(code).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(code.rglob("*")) if p.is_file()}
+
+
+def compute_metrics(task: str, y_true: Any, y_pred: Any, proba: Any = None,
+                    labels: list[str] | None = None) -> dict[str, Any]:
+    """Every metric of the report, computed by scikit-learn."""
+    import numpy as np
+    from sklearn import metrics as m
+
+    if task == "regression":
+        y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float).reshape(len(y_true))
+        return {"metrics": {"mae": float(m.mean_absolute_error(y_true, y_pred)),
+                            "rmse": float(np.sqrt(m.mean_squared_error(y_true, y_pred))),
+                            "r2": float(m.r2_score(y_true, y_pred))}}
+    classes = list(range(len(labels))) if labels else sorted(set(np.asarray(y_true).tolist()))
+    names = labels or [str(c) for c in classes]
+    out: dict[str, Any] = {"metrics": {"accuracy": float(m.accuracy_score(y_true, y_pred))}}
+    for avg in ("macro", "weighted"):
+        p, r, f, _ = m.precision_recall_fscore_support(y_true, y_pred, labels=classes, average=avg, zero_division=0)
+        out["metrics"].update({f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)})
+    p, r, f, s = m.precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
+    out["per_class"] = {names[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                                   "support": int(s[i])} for i in range(len(classes))}
+    out["confusion_matrix"] = m.confusion_matrix(y_true, y_pred, labels=classes).tolist()
+    out["labels"] = names
+    if len(classes) == 2:
+        out["metrics"]["precision"] = float(m.precision_score(y_true, y_pred, zero_division=0))
+        out["metrics"]["recall"] = float(m.recall_score(y_true, y_pred, zero_division=0))
+        out["metrics"]["f1"] = float(m.f1_score(y_true, y_pred, zero_division=0))
+        if proba is not None:
+            out["metrics"]["roc_auc"] = float(m.roc_auc_score(y_true, np.asarray(proba)[:, 1]))
+    return out
+
+
+def main() -> None:
+    spec = load_spec()
+    out = Path(os.environ["out"])
+    out.mkdir()
+    import numpy as np
+
+    from .prepare import load_module
+    from .serve.model import load_model
+    from .serve.package import load_package
+
+    suite = load_module(spec["suite"], spec["script"])
+    x, y = suite.load(Path(spec["dataset"]))
+    pkg = load_package(spec["package"])
+    model = load_model(pkg, threads=1)
+    outputs: dict[str, list[Any]] = {}
+    for i in range(0, len(x), 256):
+        for k, v in model.run(np.asarray(x[i:i + 256])).items():
+            outputs.setdefault(k, []).append(v)
+    merged = {k: np.concatenate(v) for k, v in outputs.items()}
+    task = pkg.task
+    if task == "classification":
+        labels = list(pkg.labels) if pkg.labels else None
+        report = compute_metrics(task, y, merged["label"], merged.get("probabilities"), labels)
+    else:
+        report = compute_metrics(task, y, next(iter(merged.values())))
+    code = _file_hashes(Path(spec["suite"]))
+    report.update({
+        "model": spec["name"], "task": task, "n": int(len(y)),
+        "package": spec["package"], "model_hash": pkg.hashes.get("model"),
+        "dataset": {"name": spec["dataset_name"], "path": spec["dataset"]},
+        "suite": {"script": spec["script"], "files": code,
+                  "version": hashlib.sha256(json.dumps(code, sort_keys=True).encode()).hexdigest()[:16]},
+    })
+    (out / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    np.save(out / "predictions.npy", np.asarray(merged.get("label", next(iter(merged.values())))), allow_pickle=False)
+
+
+_OPS = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, ">": lambda v, t: v > t, "<": lambda v, t: v < t}
+
+
+def check_thresholds(metrics: dict[str, float], thresholds: dict[str, Any]) -> list[dict[str, Any]]:
+    """``{"accuracy": 0.95, "rmse": "<= 0.3"}`` -> one check per metric (a bare number means >=)."""
+    checks = []
+    for name, rule in sorted(thresholds.items()):
+        op, value = (">=", float(rule)) if isinstance(rule, (int, float)) else (
+            str(rule).split()[0], float(str(rule).split()[1]))
+        if op not in _OPS:
+            raise SystemExit(f"mlbuild: threshold {name} = {rule!r}: use a number (>=) or '<op> number' with op in {list(_OPS)}")
+        got = metrics.get(name)
+        ok = got is not None and _OPS[op](got, value)
+        checks.append({"metric": name, "value": got, "op": op, "threshold": value, "ok": ok})
+    return checks
+
+
+def format_checks(checks: list[dict[str, Any]]) -> str:
+    lines = [f"  {'metric':<20} {'value':>8}   threshold"]
+    for c in checks:
+        value = "missing" if c["value"] is None else f"{c['value']:.4f}"
+        lines.append(f"  {c['metric']:<20} {value:>8}   {c['op']} {c['threshold']:<8} {'ok' if c['ok'] else 'FAILED'}")
+    return "\n".join(lines)
+
+
+def gate_main() -> None:
+    spec = load_spec()
+    report = json.loads((Path(spec["report"]) / "metrics.json").read_text())
+    checks = check_thresholds(report["metrics"], spec["thresholds"])
+    table = format_checks(checks)
+    if not all(c["ok"] for c in checks):
+        failed = ", ".join(c["metric"] for c in checks if not c["ok"])
+        print(f"mlbuild: validation of {spec['name']} failed ({failed}); suite version "
+              f"{report['suite']['version']}:\n{table}", file=sys.stderr)
+        raise SystemExit(1)
+    print(f"mlbuild: validation of {spec['name']} passed:\n{table}", file=sys.stderr)
+    out = Path(os.environ["out"])
+    out.mkdir()
+    (out / "metrics.json").write_text(json.dumps({**report, "gate": {"passed": True, "checks": checks}},
+                                                 indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()

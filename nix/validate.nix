@@ -1,0 +1,58 @@
+# Validation of the packaged model (what is deployed is what is validated).
+#
+#   mkValidation { name; model; package; src; toolchain; datasets }
+#
+# [models.NAME.validation]
+#   suite = "validate.py"            # defines load(data) -> (inputs, targets); its files' hash
+#   code = [ "validate.py" ]         #   is the suite version (default: [ suite ])
+#   dataset = "digits-split"         # the held-out dataset
+#   thresholds = { accuracy = 0.95; f1_macro = 0.9; }   # a number means >=; or "<= 0.3"
+#
+# Returns the gate (fails the build, listing each metric, value and threshold, unless every
+# threshold is met) with `.report` (the metrics, always built: history and diffs use it).
+# Thresholds are inputs of the gate only: changing one never recomputes the metrics.
+{ system, lib, runtimeFor, mkCode, builderCode }:
+{
+  mkValidation = { name, model, package, src, toolchain, datasets }:
+    let
+      v = model.validation or (throw "mlbuild: [models.${name}.validation] is not declared in mlbuild.toml");
+      suite = v.suite or (throw "mlbuild: [models.${name}.validation] needs suite = \"validate.py\"");
+      dataset = v.dataset or (throw "mlbuild: [models.${name}.validation] needs dataset = \"<held-out dataset>\"");
+      common = {
+        inherit system;
+        builder = "${toolchain}/bin/python";
+        PATH = "${toolchain}/bin";
+        PYTHONHASHSEED = "0";
+        PYTHONDONTWRITEBYTECODE = "1";
+        passAsFile = [ "spec" ];
+      };
+      report = assert lib.assertMsg (datasets ? ${dataset})
+        "[models.${name}.validation].dataset is ${dataset}, which is not a dataset";
+        derivation (common // {
+          name = "${name}-validation-report";
+          args = [ "-s" "-c" (builderCode "validate") (runtimeFor [ "spec" "prepare" "validate" "serve/" ]) ];
+          OMP_NUM_THREADS = "1";
+          spec = builtins.toJSON {
+            version = 1;
+            inherit name;
+            package = "${package}";
+            suite = mkCode { inherit src; files = v.code or [ suite ]; name = "suite"; what = "[models.${name}.validation]"; };
+            script = suite;
+            dataset = "${datasets.${dataset}}";
+            dataset_name = dataset;
+          };
+        });
+      gate = derivation (common // {
+        name = "${name}-validation";
+        args = [ "-s" "-c" "import sys; sys.path.insert(0, sys.argv[1]); from mlbuild.runtime.validate import gate_main; gate_main()"
+                 (runtimeFor [ "spec" "validate" ]) ];
+        spec = builtins.toJSON {
+          version = 1;
+          inherit name;
+          report = "${report}";
+          thresholds = v.thresholds or { };
+        };
+      });
+    in
+    gate // { inherit report; };
+}
