@@ -117,3 +117,27 @@ def digits_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_cli("data", "add", "digits-raw", "data/digits", cwd=root)
     commit_all(root, "data")
     return root
+
+
+def export_and_add(project: Path, name: str) -> None:
+    """Write the example's real data (from the scikit-learn wheel) and `mlbuild data add` it."""
+    toolchain = run_cli("build", "--allow-dirty", "toolchain", cwd=project).stdout.split("\t")[1].split("\n")[0]
+    subprocess.run([f"{toolchain}/bin/python", "export_data.py", f"data/{name}"], cwd=project, check=True,
+                   capture_output=True)
+    run_cli("data", "add", f"{name}-raw", f"data/{name}", cwd=project)
+
+
+@pytest.fixture(scope="session")
+def repo_example_digits() -> Path | None:
+    """examples/digits of this checkout made buildable through the repository's flake
+    (`nix build .#digits`, `nix run .#serve-digits`): prefetched, data exported and added.
+    None when this host's interpreter differs from the committed lock (the flake then cannot
+    build it here; tests fall back to a re-locked copy)."""
+    digits = REPO / "examples" / "digits"
+    if not lock_matches_host(digits):
+        return None
+    before = (digits / "mlbuild.lock").read_text()
+    run_cli("prefetch", cwd=digits)
+    export_and_add(digits, "digits")
+    assert (digits / "mlbuild.lock").read_text() == before, "the exported digits data differs from the lock"
+    return digits

@@ -1,0 +1,121 @@
+"""`nix run .#serve-digits` (the Nix-built package, hermetic toolchain) driven by tritonclient."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.http as httpclient
+from safetensors.torch import load_file
+
+from tests.conftest import REPO, run_cli
+from tests.integration.conftest import digits_repo, repo_example_digits  # noqa: F401
+
+pytestmark = [pytest.mark.e2e, pytest.mark.torch]
+
+
+class NixServer:
+    def __init__(self, cmd: list[str], cwd: Path, workdir: Path) -> None:
+        self.port_file = workdir / "port"
+        self.log_path = workdir / "serve.log"
+        self.proc = subprocess.Popen([*cmd, "--host", "127.0.0.1", "--port", "0", "--port-file",
+                                      str(self.port_file), "--log-level", "warning"],
+                                     cwd=cwd, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log_path.read_text()
+            if self.port_file.exists() and self.port_file.read_text().strip():
+                self.url = f"127.0.0.1:{int(self.port_file.read_text())}"
+                with httpclient.InferenceServerClient(self.url) as c:
+                    try:
+                        if c.is_server_ready():
+                            return
+                    except Exception:
+                        pass
+            time.sleep(0.2)
+        raise AssertionError("server not ready:\n" + self.log_path.read_text())
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def served(repo_example_digits: Path | None, digits_repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("nixserve")
+    if repo_example_digits is not None:
+        out = subprocess.run(["nix", "build", "--no-link", "--json", ".#digits"], cwd=REPO, capture_output=True,
+                             text=True, check=True).stdout
+        package = Path(json.loads(out)[0]["outputs"]["out"])
+        server = NixServer(["nix", "run", ".#serve-digits", "--"], REPO, work)
+    else:  # this host re-locked a copy: `mlbuild serve` builds and runs the same package
+        package = Path(run_cli("build", "digits", cwd=digits_repo).stdout.split("\t")[1].split("\n")[0])
+        server = NixServer([sys.executable, "-m", "mlbuild.cli", "serve", "digits"], digits_repo, work)
+    yield server, package
+    server.stop()
+
+
+def forward(package: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The model's own forward pass, outside the server: the package's code and weights."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pkg_model", package / "code" / "model.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    params = json.loads((package / "model" / "config.json").read_text())["params"]
+    model = module.build_model(params)
+    model.load_state_dict(load_file(str(package / "model" / "model.safetensors")))
+    model.eval()
+    with torch.no_grad():
+        logits = model(module.preprocess(x))
+    return torch.softmax(logits, -1).numpy(), logits.argmax(-1).numpy()
+
+
+def held_out(package: Path) -> tuple[np.ndarray, np.ndarray]:
+    manifest = json.loads((package / "manifest.json").read_text())
+    split = Path(manifest["datasets"]["digits-split"]["path"])
+    a = np.loadtxt(split / "test.csv", delimiter=",", dtype=np.float32)
+    return a[:, :-1], a[:, -1].astype(np.int64)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_nix_run_serves_the_package(served, binary: bool) -> None:
+    server, package = served
+    x, y = held_out(package)
+    x = x[:100]
+    with httpclient.InferenceServerClient(server.url) as c:
+        assert c.is_server_live() and c.is_server_ready() and c.is_model_ready("digits")
+        meta = c.get_model_metadata("digits")
+        manifest = json.loads((package / "manifest.json").read_text())
+        assert meta["hashes"]["model"] == manifest["hashes"]["model"]
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        outs = [httpclient.InferRequestedOutput("probabilities", binary_data=binary),
+                httpclient.InferRequestedOutput("label", binary_data=binary)]
+        result = c.infer("digits", [inp], outputs=outs)
+    probs, labels = forward(package, x)
+    np.testing.assert_array_equal(result.as_numpy("label"), labels)
+    np.testing.assert_allclose(result.as_numpy("probabilities"), probs, rtol=1e-5, atol=1e-6)
+    assert (labels == y[:100]).mean() > 0.9
+
+
+def test_mlbuild_serve(digits_repo: Path, tmp_path: Path) -> None:
+    server = NixServer([sys.executable, "-m", "mlbuild.cli", "serve", "digits"], digits_repo, tmp_path)
+    try:
+        with httpclient.InferenceServerClient(server.url) as c:
+            x = np.zeros((2, 64), dtype=np.float32)
+            inp = httpclient.InferInput("input", [2, 64], "FP32")
+            inp.set_data_from_numpy(x)
+            assert c.infer("digits", [inp]).as_numpy("label").shape == (2,)
+    finally:
+        server.stop()
