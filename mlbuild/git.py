@@ -53,7 +53,8 @@ def dirty_files(project: Path) -> Dirty:
     if root is None:
         return Dirty([], [])
     out = _git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", str(project.resolve())).stdout
-    modified, untracked = [], []
+    modified: list[str] = []
+    untracked: list[str] = []
     entries = out.split("\0")
     i = 0
     while i < len(entries):

@@ -134,7 +134,7 @@ def add(project: Project, name: str, path: Path) -> tuple[Imported | None, str]:
         result = import_path(path, name)
         sha = result.sha256
         statcache.remember(cache, name, path, entries, sha)
-    entry = {"sha256": sha, "kind": "path"}
+    entry: dict[str, Any] = {"sha256": sha, "kind": "path"}
     if result is not None:
         entry.update(files=result.files, size=result.size)
     else:

@@ -54,9 +54,9 @@ def apply(seed: int, device: str, threads: int) -> None:
     except RuntimeError:  # already set in this process
         pass
     torch.use_deterministic_algorithms(True, warn_only=device != "cpu")
-    torch.backends.mkldnn.enabled = False  # type: ignore[attr-defined]
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
     try:
-        torch.backends.nnpack.set_flags(False)  # type: ignore[attr-defined]
+        torch.backends.nnpack.set_flags(False)  # type: ignore[no-untyped-call]
     except (AttributeError, RuntimeError):
         pass
     if device == "cuda":

@@ -63,8 +63,8 @@ def main() -> None:
     for alias in ("python3", "python"):
         (bindir / alias).symlink_to(spec["bin"])
     foreign = patch_shebangs(out, str(bindir / spec["bin"]))
-    for path in foreign:  # a shell script with no shell in the store: keep it, not as a program
-        os.chmod(path, 0o444)
+    for script in foreign:  # a shell script with no shell in the store: keep it, not as a program
+        os.chmod(script, 0o444)
     compile_tree(lib / spec["bin"])
 
 

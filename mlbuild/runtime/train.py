@@ -159,8 +159,9 @@ def main() -> None:
     out = Path(os.environ["out"])
     out.mkdir()
     with open(out / "train.log", "w") as log:
-        sys.stdout = _Tee(sys.__stdout__, log)  # type: ignore[assignment]
-        sys.stderr = _Tee(sys.__stderr__, log)  # type: ignore[assignment]
+        assert sys.__stdout__ is not None and sys.__stderr__ is not None
+        sys.stdout = _Tee(sys.__stdout__, log)
+        sys.stderr = _Tee(sys.__stderr__, log)
         try:
             run(spec, out)
         except BaseException:
