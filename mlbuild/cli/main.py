@@ -27,14 +27,21 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mlbuild")
 @click.option("--project", "-C", "project_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="Project folder (default: the nearest folder holding mlbuild.toml).")
+              default=None, help="Run as if started in this folder (like git -C); the project is the nearest folder "
+                   "at or above it holding mlbuild.toml.")
 @click.pass_context
 def cli(ctx: click.Context, project_dir: Path | None) -> None:
     """mlbuild: reproducible ML builds on Nix.
 
     Pin inputs with `mlbuild lock`, fetch them with `mlbuild prefetch`, build with `mlbuild build`.
     """
-    ctx.obj = project_dir
+    if project_dir is not None:  # like `git -C`: run as if started in that folder
+        import os
+
+        if not project_dir.is_dir():
+            raise click.BadParameter(f"{project_dir} is not a folder", param_hint="--project/-C")
+        os.chdir(project_dir)
+    ctx.obj = None
 
 
 def load(ctx: click.Context) -> Project:
