@@ -23,7 +23,8 @@ from .errors import BuildError, MlbuildError
 from .lockfile import read_lock
 from .toolchain import check_fresh
 
-__all__ = ["build_targets", "Built", "Summary", "DirtyTreeError", "Progress", "check_clean", "format_summary"]
+__all__ = ["build_targets", "Built", "Summary", "DirtyTreeError", "Progress", "check_clean", "format_summary",
+           "store_options", "push_outputs"]
 
 EVENT = "MLBUILD "
 _ACT_BUILD, _ACT_SUBSTITUTE, _RES_LOG = 105, 108, 101
@@ -51,6 +52,7 @@ class Summary:
     built: list[tuple[str, float]] = field(default_factory=list)        # (derivation, seconds)
     substituted: list[tuple[str, float]] = field(default_factory=list)  # (store path, seconds)
     present: list[str] = field(default_factory=list)                    # targets already there
+    pushed: list[str] = field(default_factory=list)                     # paths pushed to the store
     seconds: float = 0.0
 
 
@@ -134,11 +136,42 @@ def _record(project: Project, built: Built, status: str, dirty: bool) -> None:
         f.write(json.dumps(entry, sort_keys=True) + "\n")
 
 
+def store_options(project: Project) -> list[str]:
+    """Nix options that substitute from the shared store (signatures checked), when one is set
+    up for this project or machine; none otherwise."""
+    from .store.config import load_store_config
+    from .store.layout import Layout
+
+    try:
+        cfg = load_store_config(project.root)
+        if not Layout(cfg.root).is_initialised():
+            return []
+        return cfg.nix_options()
+    except MlbuildError:
+        return []
+
+
+def wants_push(project: Project) -> bool:
+    table = project.raw.get("store", {})
+    return bool(table.get("push", False)) if isinstance(table, dict) else False
+
+
+def push_outputs(project: Project, summary: Summary) -> list[str]:
+    """Push the built outputs' closures (and what rebuilding them needs) to the shared store."""
+    from .store.config import load_store_config
+    from .store.push import push
+
+    result = push(load_store_config(project.root), [b.path for b in summary.outputs], build_deps=True)
+    return result.pushed
+
+
 def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool = False,
                   overrides: dict[str, Any] | None = None, substituters: Sequence[str] = (),
-                  extra: Sequence[str] = (),
+                  extra: Sequence[str] = (), push: bool | None = None,
                   on_progress: Callable[[Progress], None] | None = None) -> Summary:
-    """Build each target; raises DirtyTreeError, BuildError (with the build log's tail)."""
+    """Build each target, substituting from the shared store when one is set up; push the
+    results when ``push`` (default: ``[store] push = true`` in mlbuild.toml).
+    Raises DirtyTreeError, BuildError (with the build log's tail)."""
     check_fresh(project, read_lock(project.lock_path))
     dirty = bool(git.dirty_files(project.root))
     if dirty and not allow_dirty:
@@ -149,6 +182,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
         args += ["--arg", "dirty", "true"]
     total = Summary()
     t0 = time.monotonic()
+    extra = [*store_options(project), *extra]
     for target in list(targets) or ["toolchain"]:
         stream = _Stream(target, on_progress)
         cmd = [*_nix.common_options(substituters), *extra, "build", "--json", "--no-link",
@@ -172,6 +206,8 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
             total.present.append(target)
         _record(project, built, "present" if not mine else "built", dirty)
         _nix.add_roots({target: path}, project.root / ".mlbuild" / "gcroots")
+    if push if push is not None else wants_push(project):
+        total.pushed = push_outputs(project, total)
     total.seconds = time.monotonic() - t0
     return total
 
@@ -183,5 +219,7 @@ def format_summary(s: Summary) -> list[str]:
     lines += [f"  built        {_name(d):<40} {sec:6.1f} s" for d, sec in s.built]
     lines += [f"  substituted  {_name(p):<40} {sec:6.1f} s" for p, sec in s.substituted]
     lines += [f"  present      {t}" for t in s.present]
+    if s.pushed:
+        lines.append(f"pushed {len(s.pushed)} store paths to the shared store")
     return lines
 

@@ -62,10 +62,12 @@ class _Bar:
 @click.argument("targets", nargs=-1)
 @click.option("--allow-dirty", is_flag=True, help="Build even with uncommitted or untracked files "
               "(the outputs' provenance is marked dirty).")
+@click.option("--push/--no-push", default=None, help="Push what was built to the shared store "
+              "(default: [store] push in mlbuild.toml).")
 @click.pass_context
-def build(ctx: click.Context, targets: tuple[str, ...], allow_dirty: bool) -> None:
-    """Build TARGETS (default: toolchain), e.g. digits.model, datasets.digits-split."""
-    summary = b.build_targets(load(ctx), targets, allow_dirty=allow_dirty, on_progress=_Bar())
+def build(ctx: click.Context, targets: tuple[str, ...], allow_dirty: bool, push: bool | None) -> None:
+    """Build TARGETS (default: toolchain), e.g. digits, digits.model, digits.validation."""
+    summary = b.build_targets(load(ctx), targets, allow_dirty=allow_dirty, push=push, on_progress=_Bar())
     for line in b.format_summary(summary):
         click.echo(line)
 

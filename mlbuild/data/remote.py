@@ -4,26 +4,72 @@ from __future__ import annotations
 
 from ..config import Project
 from ..errors import MlbuildError
+from ..lockfile import read_lock
+from ..storepath import fixed_output_path
+from .datasets import DataError, datasets
 
-__all__ = ["shared_hashes", "push", "pull"]
+__all__ = ["shared_hashes", "push", "pull", "dataset_paths"]
 
 
 def shared_hashes(project: Project) -> set[str] | None:
     """Hash parts of the store paths the shared store holds (None when none is configured)."""
-    try:
-        from ..store.config import load_store_config
+    from ..store.config import load_store_config
 
+    try:
         root = load_store_config(project.root).root
-    except (ImportError, MlbuildError):
+    except MlbuildError:
         return None
     if not root.is_dir():
         return None
     return {p.name[:-8] for p in root.glob("*.narinfo")}
 
 
+def dataset_paths(project: Project, names: list[str]) -> dict[str, str]:
+    """Store paths of the pinned (local and URL) datasets named (default: all of them)."""
+    lock = read_lock(project.lock_path)
+    declared = datasets(project)
+    unknown = [n for n in names if n not in declared]
+    if unknown:
+        raise DataError(f"no dataset {', '.join(map(repr, unknown))} in {project.config_path}; "
+                        f"declared: {', '.join(sorted(declared))}")
+    out = {}
+    for name in names or sorted(declared):
+        ds = declared[name]
+        if ds.kind == "url" and ds.sha256:
+            out[name] = fixed_output_path(ds.sha256, name, recursive=False)
+        elif ds.kind == "path":
+            entry = lock.get("datasets", {}).get(name)
+            if entry is None:
+                raise DataError(f"dataset {name!r} is not locked; run `mlbuild data add {name} {ds.path}`")
+            out[name] = fixed_output_path(entry["sha256"], name, recursive=True)
+        elif names:
+            raise DataError(f"dataset {name!r} is derived (prepare); it is pushed with what is built from it "
+                            f"(`mlbuild build --push`)")
+    return out
+
+
 def push(project: Project, names: list[str]) -> list[str]:
-    raise MlbuildError("data push needs the shared store (mlbuild store), which is not wired yet")
+    from .. import _nix
+    from ..store.config import load_store_config
+    from ..store.push import push as store_push
+
+    paths = dataset_paths(project, names)
+    missing = set(_nix.invalid_paths(list(paths.values())))
+    if missing:
+        gone = [n for n, p in paths.items() if p in missing]
+        raise DataError(f"dataset(s) {', '.join(gone)} are not in the local store; `mlbuild data add NAME PATH` first")
+    result = store_push(load_store_config(project.root), list(paths.values()))
+    pushed = set(result.pushed)
+    return [f"{n}: {'pushed' if p in pushed else 'already in the shared store'} {p}" for n, p in paths.items()]
 
 
 def pull(project: Project, names: list[str]) -> list[str]:
-    raise MlbuildError("data pull needs the shared store (mlbuild store), which is not wired yet")
+    from .. import _nix
+    from ..store.config import load_store_config
+    from ..store.pull import pull as store_pull
+
+    paths = dataset_paths(project, names)
+    result = store_pull(load_store_config(project.root), list(paths.values()))
+    fetched = set(result.fetched)
+    _nix.add_roots({f"dataset-{n}": p for n, p in paths.items()}, project.root / ".mlbuild" / "gcroots")
+    return [f"{n}: {'pulled' if p in fetched else 'already present'} {p}" for n, p in paths.items()]
