@@ -1,7 +1,8 @@
 # The mlbuild Nix library. No nixpkgs needed: every builder runs in the toolchain's Python.
 #
 #   import ./nix { system ? "x86_64-linux"; }
-#   -> { lib, fetchLocked, mkInterpreter, mkToolchain, mkProject, runtimeFor }
+#   -> { lib, fetchLocked, mkInterpreter, mkToolchain, mkProject, runtimeFor, mkNotebooks,
+#        notebookChecks, ... }
 { system ? "x86_64-linux" }:
 let
   lib = import ./lib.nix;
@@ -47,7 +48,12 @@ let
     inherit (code) mkCode;
     inherit (lib) builderCode;
   };
-  project = import ./project.nix { inherit system lib toolchain dataset train package validate; };
+  notebook = import ./notebook.nix {
+    inherit system lib runtimeFor;
+    inherit (code) mkCode;
+    inherit (lib) builderCode;
+  };
+  project = import ./project.nix { inherit system lib toolchain dataset train package validate notebook; };
 in
 {
   inherit lib runtimeFor;
@@ -59,4 +65,5 @@ in
   inherit (train) mkTraining;
   inherit (package) mkPackage;
   inherit (validate) mkValidation;
+  inherit (notebook) mkNotebooks notebookChecks;
 }

@@ -6,11 +6,12 @@
 #     overrides ? { };      # { MODEL = { params = { lr = 0.01; }; }; }  (mlbuild exp run --set)
 #     dirty ? false;        # built from a dirty worktree (mlbuild build --allow-dirty)
 #   }
-#   -> { name config lock toolchain interpreter datasets models.<m> <m> }
-#      <m> is the model package, with .model (the training run), .package, .toolchain, .datasets
+#   -> { name config lock toolchain interpreter datasets notebooks.<n> models.<m> <m> }
+#      <m> is the model package, with .model (the training run), .package, .toolchain, .datasets,
+#      .notebooks; notebooks.<n> runs [notebooks.<n>] (nix/notebook.nix)
 #
 # Nix reads both files itself (builtins.fromTOML / fromJSON): no driver runs at build time.
-{ system, lib, toolchain, dataset, train, package, validate }:
+{ system, lib, toolchain, dataset, train, package, validate, notebook }:
 {
   mkProject = { src, nixpkgs ? null, overrides ? { }, dirty ? false }:
     let
@@ -23,6 +24,7 @@
         "mlbuild.lock of ${name} was made for requirements ${builtins.toJSON locked}, but mlbuild.toml asks for ${builtins.toJSON requirements}; run `mlbuild lock`";
       tc = assert fresh; toolchain.mkToolchain { inherit lock name nixpkgs; };
       datasets = dataset.mkDatasets { inherit src config lock; toolchain = tc; };
+      notebooks = notebook.mkNotebooks { inherit src config datasets; toolchain = tc; };
       unknownOverrides = builtins.filter (m: !((config.models or { }) ? ${m})) (builtins.attrNames overrides);
       withOverrides = m: table:
         let o = overrides.${m} or { };
@@ -47,11 +49,11 @@
             };
           in
           # `nix build .#<m>` is the package; its stages are attributes of it.
-          pkg // { inherit model validation release; package = pkg; toolchain = tc; inherit datasets; }
+          pkg // { inherit model validation release; package = pkg; toolchain = tc; inherit datasets notebooks; }
         ) (config.models or { });
     in
     {
-      inherit name config lock datasets models;
+      inherit name config lock datasets notebooks models;
       toolchain = tc;
       interpreter = tc.interpreter;
     } // models;

@@ -1,0 +1,245 @@
+"""Builder of a notebook run: execute a project notebook top to bottom, headless, in the toolchain.
+
+The spec (from ``nix/notebook.nix``) names the notebook (``path``, relative to ``code``, the store
+path holding the project files the notebook uses), its ``datasets`` (name -> store path),
+``params`` and a per-cell ``timeout``. The run:
+
+- copies ``code`` into a writable work folder (the kernel's working directory), so relative paths
+  and ``import`` of project modules behave as in Jupyter;
+- injects one code cell, tagged ``injected-by-mlbuild``, after the cell tagged ``parameters``
+  (or first, when there is none)::
+
+      DATA = {"digits-raw": Path("/nix/store/...-digits-raw")}   # the datasets, by name
+      PARAMS = {**PARAMS, ...}     # the notebook's defaults, then [notebooks.NAME.params]
+      OUTPUTS = Path("/nix/store/...-explore-notebook/outputs")  # files the notebook keeps
+
+  The same values are in the environment as ``MLBUILD_DATA`` / ``MLBUILD_PARAMS`` (JSON) and
+  ``MLBUILD_OUTPUTS``;
+- runs it with nbclient and a ``python3`` kernel spec written for the run: the toolchain's own
+  interpreter (``sys.executable``) running ipykernel, over ZeroMQ ``ipc`` sockets in the build's
+  temporary folder (no TCP port, no network), with ``HOME``, ``IPYTHONDIR`` and the Jupyter
+  folders there too (nothing is written to a home folder);
+- stores ``$out/<notebook>.ipynb`` (executed, with outputs), ``$out/outputs/`` and
+  ``$out/summary.json``. Timing metadata is not recorded and consecutive stream outputs are
+  merged, so an unchanged notebook gives the same bytes (``nix-build --check``).
+
+A cell that raises fails the build; the last lines of the log show the cell's source and its
+traceback (ANSI colours removed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+from .spec import load_spec
+
+__all__ = ["main", "run", "inject_inputs", "normalize", "format_failure", "kernel_spec", "INJECTED_TAG"]
+
+INJECTED_TAG = "injected-by-mlbuild"
+EVENT_PREFIX = "MLBUILD "
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+SOURCE_LINES = 10     # at most this many lines of the failing cell in the log,
+OUTPUT_LINES = 4      # of what it printed (the last ones),
+TRACEBACK_LINES = 13  # and of its traceback (the last ones): 30 lines in all
+
+
+def kernel_spec(python: str) -> dict[str, Any]:
+    """The ``python3`` kernel spec of a run: this interpreter, no user site, no history file."""
+    return {
+        "argv": [python, "-s", "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                 "--HistoryManager.enabled=False"],
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+        "metadata": {"debugger": False},
+    }
+
+
+def _environment(tmp: Path, spec: dict[str, Any], outputs: Path) -> None:
+    """Point every per-user folder at the build's temporary folder and publish the inputs."""
+    dirs = {"HOME": "home", "IPYTHONDIR": "ipython", "JUPYTER_CONFIG_DIR": "jupyter-config",
+            "JUPYTER_DATA_DIR": "jupyter-data", "JUPYTER_RUNTIME_DIR": "jupyter-runtime",
+            "JUPYTER_PATH": "jupyter-path", "MPLCONFIGDIR": "matplotlib", "XDG_CACHE_HOME": "cache"}
+    for var, sub in dirs.items():
+        (tmp / sub).mkdir(parents=True, exist_ok=True)
+        os.environ[var] = str(tmp / sub)
+    kernels = tmp / "jupyter-path" / "kernels" / "python3"
+    kernels.mkdir(parents=True, exist_ok=True)
+    (kernels / "kernel.json").write_text(json.dumps(kernel_spec(sys.executable), indent=1))
+    os.environ.update({
+        "JUPYTER_PLATFORM_DIRS": "1", "JUPYTER_ALLOW_INSECURE_WRITES": "1",
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1", "MPLBACKEND": "Agg", "PYTHONNOUSERSITE": "1",
+        "MLBUILD_DATA": json.dumps(spec["datasets"], sort_keys=True),
+        "MLBUILD_PARAMS": json.dumps(spec.get("params", {}), sort_keys=True),
+        "MLBUILD_OUTPUTS": str(outputs),
+    })
+
+
+def _copy_code(code: Path, work: Path) -> None:
+    """A writable copy of the project files (store files are read-only)."""
+    shutil.copytree(code, work, symlinks=True)
+    for root, dirnames, filenames in os.walk(work):
+        for name in [*dirnames, *filenames]:
+            p = Path(root) / name
+            if not p.is_symlink():
+                p.chmod(p.stat().st_mode | stat.S_IWUSR)
+    work.chmod(work.stat().st_mode | stat.S_IWUSR)
+
+
+def _read(path: Path) -> Any:
+    """Read a notebook as nbformat 4, giving cells without an id a fixed one (not a random one)."""
+    import nbformat
+
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    if raw.get("nbformat") == 4 and raw.get("nbformat_minor", 0) >= 5:
+        for i, cell in enumerate(raw.get("cells", [])):
+            cell.setdefault("id", f"cell-{i}")
+    return nbformat.reads(json.dumps(raw), as_version=4)  # type: ignore[no-untyped-call]
+
+
+def inject_inputs(nb: Any, datasets: dict[str, str], params: dict[str, Any], outputs: str) -> int:
+    """Insert the ``DATA``/``PARAMS``/``OUTPUTS`` cell; returns its index."""
+    import nbformat
+
+    lines = ["# Injected by mlbuild: the notebook's inputs (see [notebooks.NAME] in mlbuild.toml).",
+             "from pathlib import Path",
+             "DATA = {" + ", ".join(f"{k!r}: Path({v!r})" for k, v in sorted(datasets.items())) + "}",
+             "# [notebooks.NAME.params] over the notebook's own PARAMS (its defaults), key by key",
+             f"PARAMS = {{**globals().get('PARAMS', {{}}), **{params!r}}}",
+             f"OUTPUTS = Path({outputs!r})"]
+    cell = nbformat.v4.new_code_cell(  # type: ignore[no-untyped-call]
+        "\n".join(lines), metadata={"tags": [INJECTED_TAG]})
+    if nb.get("nbformat_minor", 0) >= 5:
+        cell["id"] = "mlbuild-inputs"
+    else:
+        cell.pop("id", None)
+    where = 0
+    for i, c in enumerate(nb.cells):
+        if "parameters" in c.get("metadata", {}).get("tags", []):
+            where = i + 1
+            break
+    nb.cells.insert(where, cell)
+    return where
+
+
+def normalize(nb: Any) -> Any:
+    """Drop what differs between two runs of the same notebook: timing metadata, and the way
+    stdout/stderr happened to be split into messages (consecutive streams are merged)."""
+    for cell in nb.cells:
+        cell.get("metadata", {}).pop("execution", None)
+        if cell.get("cell_type") != "code":
+            continue
+        merged: list[Any] = []
+        for out in cell.get("outputs", []):
+            if (out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream"
+                    and merged[-1].get("name") == out.get("name")):
+                merged[-1]["text"] = merged[-1]["text"] + out["text"]
+            else:
+                merged.append(out)
+        cell["outputs"] = merged
+    nb.metadata.pop("papermill", None)
+    return nb
+
+
+def _clip(lines: list[str], keep: int, head: bool) -> list[str]:
+    if len(lines) <= keep:
+        return lines
+    more = f"    ... ({len(lines) - keep + 1} more lines)"
+    return [*lines[:keep - 1], more] if head else [more, *lines[-(keep - 1):]]
+
+
+def format_failure(notebook: str, number: int, cell: Any, error: str) -> str:
+    """The message a failed run ends its log with (at most 30 lines, what ``mlbuild build``
+    shows): which cell (``number``: 1-based, in the notebook's own file), its source, the end of
+    what it printed, and its traceback."""
+    tb: list[str] = []
+    printed: list[str] = []
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "error":
+            tb = [l for t in out.get("traceback", []) for l in _ANSI.sub("", t).splitlines()]
+        elif out.get("output_type") == "stream":
+            printed += _ANSI.sub("", str(out.get("text", ""))).splitlines()
+    if not tb:
+        tb = _ANSI.sub("", error).splitlines()
+    tb = [l.rstrip() for l in tb if l.strip() and l.strip("- ")]
+    count = cell.get("execution_count")
+    label = f"cell {number}" + (f" (In [{count}])" if count else "")
+    source = [f"  {n:>3} | {l}" for n, l in enumerate(str(cell.get("source", "")).splitlines(), 1)]
+    lines = [f"mlbuild: notebook {notebook} failed at {label}; its source:", *_clip(source, SOURCE_LINES, head=True)]
+    if printed:
+        lines += ["it printed:", *("  " + l for l in _clip(printed, OUTPUT_LINES, head=False))]
+    return "\n".join([*lines, "traceback:", *("  " + l for l in _clip(tb, TRACEBACK_LINES, head=False))])
+
+
+def _event(**fields: Any) -> None:
+    print(EVENT_PREFIX + json.dumps(fields, sort_keys=True), flush=True)
+
+
+def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
+    """Execute the spec's notebook; write the outputs under ``out``; return the stored notebook.
+    Exits the process (status 1) with :func:`format_failure`'s message when a cell fails."""
+    from nbclient import NotebookClient  # type: ignore[import-not-found,unused-ignore]
+    from nbclient.exceptions import (  # type: ignore[import-not-found,unused-ignore]
+        CellControlSignal, CellTimeoutError, DeadKernelError)
+    from traitlets.config import Config
+    import nbformat
+
+    name, rel = spec["notebook"], spec["path"]
+    work = tmp / "work"
+    _copy_code(Path(spec["code"]), work)
+    out.mkdir()
+    outputs = out / "outputs"
+    outputs.mkdir()
+    _environment(tmp, spec, outputs)
+    nb = _read(work / rel)
+    injected = inject_inputs(nb, spec["datasets"], spec.get("params", {}), str(outputs))
+    config = Config()
+    config.KernelManager.transport = "ipc"         # unix sockets: no TCP, no ports
+    config.KernelManager.ip = str(tmp / "kernel")  # socket path prefix (short: < 108 bytes)
+    state = {"index": 0, "started": 0}
+    code_cells = sum(1 for c in nb.cells if c.cell_type == "code")
+
+    def started(cell: Any, cell_index: int) -> None:
+        state["index"] = cell_index
+        if cell.cell_type == "code":
+            state["started"] += 1
+            _event(event="cell", notebook=name, cell=state["started"], cells=code_cells)
+
+    client = NotebookClient(nb, timeout=int(spec.get("timeout", 600)), startup_timeout=120,
+                            kernel_name="python3", record_timing=False, config=config,
+                            on_cell_start=started,
+                            resources={"metadata": {"path": str((work / rel).parent)}})
+    try:
+        client.execute()
+    except (CellControlSignal, CellTimeoutError, DeadKernelError) as e:
+        i = state["index"]
+        number = i + 1 if i < injected else i  # as the user counts: without the injected cell
+        sys.stderr.flush()
+        print(format_failure(rel, number, nb.cells[i], f"{type(e).__name__}: {e}"), file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    normalize(nb)
+    stored = out / Path(rel).name
+    with open(stored, "w", encoding="utf-8") as f:
+        nbformat.write(nb, f)  # type: ignore[no-untyped-call]
+    summary = {"notebook": name, "source": rel, "cells": len(nb.cells), "code_cells": code_cells,
+               "datasets": spec["datasets"], "params": spec.get("params", {}),
+               "outputs": sorted(str(p.relative_to(outputs)) for p in outputs.rglob("*") if p.is_file())}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    _event(event="notebook", notebook=name, cells=len(nb.cells), status="ok")
+    return stored
+
+
+def main() -> None:
+    spec = load_spec()
+    tmp = Path(os.environ.get("TMPDIR") or os.environ.get("NIX_BUILD_TOP") or "/tmp")
+    run(spec, Path(os.environ["out"]), tmp)
+
+
+if __name__ == "__main__":
+    main()

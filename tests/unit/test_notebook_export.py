@@ -1,0 +1,153 @@
+"""`mlbuild notebook export`: notebooks as plain modules (mlbuild/notebook/export.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_raw_cell
+
+from mlbuild.notebook import NotebookExportError, export_notebook
+from mlbuild.notebook.export import MARKER
+from tests.conftest import REPO, run_cli
+
+CELLS = [
+    new_markdown_cell("# Sums and squares\nA *small* notebook."),
+    new_code_cell("from pathlib import Path\nPARAMS = {'n': 5}", metadata={"tags": ["parameters"]}),
+    new_code_cell("%matplotlib inline\nimport math\nsquares = [i * i for i in range(PARAMS['n'])]"),
+    new_markdown_cell("## Totals"),
+    new_code_cell("%time total = sum(squares)\nroot = math.sqrt(total)\ntotal"),
+    new_raw_cell("raw text, not code"),
+    new_code_cell("def describe():\n    return f'{total} {root:.3f}'\n\nlabel = describe()"),
+    new_code_cell(""),
+]
+
+
+def write_nb(path: Path, cells: list[Any], **meta: Any) -> Path:
+    nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                            "display_name": "Python 3"}, **meta})
+    nbformat.write(nb, str(path))
+    return path
+
+
+def import_file(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_cells(cells: list[Any]) -> dict[str, Any]:
+    """The notebook's code run in one namespace, as a kernel would (harmless magics removed)."""
+    ns: dict[str, Any] = {}
+    for cell in cells:
+        if cell.cell_type == "code":
+            src = "\n".join(l for l in cell.source.splitlines() if not l.startswith("%matplotlib"))
+            exec(compile(src.replace("%time ", ""), "<cell>", "exec"), ns)
+    return ns
+
+
+def test_round_trip_gives_the_notebooks_values(tmp_path: Path) -> None:
+    nb = write_nb(tmp_path / "sums.ipynb", CELLS)
+    result = export_notebook(nb)
+    assert result.output == tmp_path / "sums.py" and result.code_cells == 4 and result.markdown_cells == 2
+    module = import_file(tmp_path / "sums.py")
+    ns = run_cells(CELLS)
+    for name in ("squares", "total", "root", "label"):
+        assert getattr(module, name) == ns[name]
+    assert module.__doc__ is not None and module.__doc__.startswith("Sums and squares (exported from the notebook sums.ipynb)")
+
+
+def test_module_layout(tmp_path: Path) -> None:
+    text = export_notebook(write_nb(tmp_path / "sums.ipynb", CELLS), to_stdout=True).source
+    lines = text.splitlines()
+    assert lines[0].startswith(MARKER) and "sums.ipynb" in lines[0]
+    assert "# %% cell 1 [markdown]\n# # Sums and squares\n# A *small* notebook." in text
+    assert "# %% cell 6 [raw]\n# raw text, not code" in text
+    assert "# [mlbuild export] dropped IPython line magic: %matplotlib inline" in text
+    assert text.index("# %% cell 3") < text.index("# %% cell 5") < text.index("# %% cell 7")
+    assert "# %% cell 8" not in text  # empty cells are left out
+    assert not (tmp_path / "sums.py").exists()
+
+
+def test_injected_and_raising_cells(tmp_path: Path) -> None:
+    cells = [new_code_cell("DATA = {'x': 1}", metadata={"tags": ["injected-by-mlbuild"]}),
+             new_code_cell("1 / 0", metadata={"tags": ["raises-exception"]}),
+             new_code_cell("ok = True")]
+    out = tmp_path / "m.py"
+    export_notebook(write_nb(tmp_path / "m.ipynb", cells), out)
+    text = out.read_text()
+    assert "DATA" not in text and "# 1 / 0" in text
+    assert import_file(out).ok is True
+
+
+def test_refused_magics_are_listed(tmp_path: Path) -> None:
+    cells = [new_code_cell("files = !ls\n!pip install x"), new_code_cell("%cd /tmp")]
+    nb = write_nb(tmp_path / "shell.ipynb", cells)
+    with pytest.raises(NotebookExportError) as e:
+        export_notebook(nb, policy="error")
+    msg = str(e.value)
+    assert "3 IPython line(s)" in msg and "cell 1, line 1: files = !ls" in msg and "cell 2, line 1: %cd /tmp" in msg
+    assert "rewrite them in Python" in msg and "--on-magic comment" not in msg  # `files = !ls` is never droppable
+    with pytest.raises(NotebookExportError, match="1 IPython line"):
+        export_notebook(nb)  # with comments, only the used value is refused
+    assert not (tmp_path / "shell.py").exists()
+
+
+def test_syntax_error_and_top_level_await_name_the_cell(tmp_path: Path) -> None:
+    nb = write_nb(tmp_path / "bad.ipynb", [new_code_cell("x = 1"), new_code_cell("def f(:\n  pass")])
+    with pytest.raises(NotebookExportError, match="cell 2 is not valid Python"):
+        export_notebook(nb)
+    nb = write_nb(tmp_path / "aw.ipynb", [new_code_cell("import asyncio\nawait asyncio.sleep(0)")])
+    with pytest.raises(NotebookExportError, match="cell 1 uses top-level `await`.*asyncio.run"):
+        export_notebook(nb)
+
+
+def test_not_a_notebook(tmp_path: Path) -> None:
+    (tmp_path / "x.ipynb").write_text("not json")
+    with pytest.raises(NotebookExportError, match="not a Jupyter notebook"):
+        export_notebook(tmp_path / "x.ipynb")
+    (tmp_path / "y.ipynb").write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "cells": "no", "metadata": {}}))
+    with pytest.raises(NotebookExportError, match="y.ipynb"):
+        export_notebook(tmp_path / "y.ipynb")
+    with pytest.raises(NotebookExportError, match="does not exist"):
+        export_notebook(tmp_path / "missing.ipynb")
+    r = write_nb(tmp_path / "r.ipynb", [new_code_cell("x <- 1")],
+                 kernelspec={"name": "ir", "language": "R", "display_name": "R"})
+    with pytest.raises(NotebookExportError, match="R notebook"):
+        export_notebook(r)
+
+
+def test_hand_written_module_is_not_overwritten(tmp_path: Path) -> None:
+    nb = write_nb(tmp_path / "sums.ipynb", CELLS)
+    (tmp_path / "sums.py").write_text("# my own code\n")
+    with pytest.raises(NotebookExportError, match="not written by `mlbuild notebook export`.*--force"):
+        export_notebook(nb)
+    assert (tmp_path / "sums.py").read_text() == "# my own code\n"
+    export_notebook(nb, force=True)
+    export_notebook(nb)  # an earlier export may be replaced
+    assert (tmp_path / "sums.py").read_text().startswith(MARKER)
+
+
+def test_cli_export(tmp_path: Path) -> None:
+    nb = write_nb(tmp_path / "sums.ipynb", CELLS)
+    out = run_cli("notebook", "export", str(nb), "-o", str(tmp_path / "mod.py")).stdout
+    assert "-> " in out and "4 code cells, 2 markdown cells" in out and "(line magic, kept statement)" in out
+    assert import_file(tmp_path / "mod.py").total == 30
+    assert run_cli("notebook", "export", str(nb), "-o", "-").stdout.startswith(MARKER)
+    bad = write_nb(tmp_path / "bad.ipynb", [new_code_cell("!ls")])
+    proc = run_cli("notebook", "export", str(bad), "--on-magic", "error", check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("Error: bad.ipynb: 1 IPython line")
+    assert "Traceback" not in proc.stderr
+
+
+def test_example_notebook_exports(tmp_path: Path) -> None:
+    result = export_notebook(REPO / "examples" / "digits" / "explore.ipynb", tmp_path / "explore.py")
+    assert result.code_cells >= 5 and not [m for m in result.magics if m.action == "refused"]
+    compile((tmp_path / "explore.py").read_text(), "explore.py", "exec")

@@ -1,0 +1,86 @@
+"""The notebook builder's pure parts (mlbuild/runtime/notebook.py): input injection, output
+normalization, the failure message. Real runs are in tests/integration/test_notebook.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+from mlbuild.runtime.notebook import (INJECTED_TAG, _read, format_failure, inject_inputs, kernel_spec,
+                                      normalize)
+
+
+def test_inputs_go_after_the_parameters_cell() -> None:
+    nb = new_notebook(cells=[new_markdown_cell("# t"), new_code_cell("PARAMS = {'a': 1, 'b': 2}",
+                             metadata={"tags": ["parameters"]}), new_code_cell("x = 1")])
+    where = inject_inputs(nb, {"raw": "/nix/store/abc-raw"}, {"b": 3}, "/nix/store/def-out/outputs")
+    assert where == 2 and nb.cells[2].metadata.tags == [INJECTED_TAG] and nb.cells[2].id == "mlbuild-inputs"
+    ns: dict[str, object] = {}
+    for c in nb.cells[1:3]:
+        exec(c.source, ns)
+    assert ns["DATA"] == {"raw": Path("/nix/store/abc-raw")}
+    assert ns["PARAMS"] == {"a": 1, "b": 3}  # the notebook's defaults, overridden key by key
+    assert ns["OUTPUTS"] == Path("/nix/store/def-out/outputs")
+    nbformat.validate(nb)
+
+
+def test_inputs_go_first_without_a_parameters_cell() -> None:
+    nb = new_notebook(cells=[new_code_cell("x = 1")])
+    assert inject_inputs(nb, {}, {}, "/o") == 0
+    ns: dict[str, object] = {}
+    exec(nb.cells[0].source, ns)
+    assert ns["PARAMS"] == {} and ns["DATA"] == {}
+
+
+def test_cells_without_ids_get_fixed_ones(tmp_path: Path) -> None:
+    raw = {"nbformat": 4, "nbformat_minor": 5, "metadata": {},
+           "cells": [{"cell_type": "code", "source": "x", "metadata": {}, "outputs": [], "execution_count": None}]}
+    (tmp_path / "n.ipynb").write_text(json.dumps(raw))
+    assert _read(tmp_path / "n.ipynb").cells[0].id == "cell-0"  # not random: the stored bytes repeat
+
+
+def test_normalize_merges_streams_and_drops_timing() -> None:
+    cell = new_code_cell("print(1); print(2)", metadata={"execution": {"iopub.status.busy": "2026-01-01T00:00:00Z"}})
+    cell.outputs = [new_output("stream", name="stdout", text="1\n"), new_output("stream", name="stdout", text="2\n"),
+                    new_output("stream", name="stderr", text="w\n"), new_output("stream", name="stdout", text="3\n")]
+    nb = normalize(new_notebook(cells=[cell]))
+    assert [(o.name, o.text) for o in nb.cells[0].outputs] == [("stdout", "1\n2\n"), ("stderr", "w\n"), ("stdout", "3\n")]
+    assert "execution" not in nb.cells[0].metadata
+
+
+def test_failure_shows_cell_output_and_traceback() -> None:
+    cell = new_code_cell("def f(v):\n    return 1 / v\nprint('before')\nf(0)")
+    cell.execution_count = 4
+    cell.outputs = [new_output("stream", name="stdout", text="before\n"),
+                    new_output("error", ename="ZeroDivisionError", evalue="division by zero",
+                               traceback=["\x1b[0;31m-----\x1b[0m", "\x1b[0;31mZeroDivisionError\x1b[0m  Traceback",
+                                          "Cell \x1b[0;32mIn[4], line 4\x1b[0m", "ZeroDivisionError: division by zero"])]
+    text = format_failure("explore.ipynb", 3, cell, "CellExecutionError")
+    lines = text.splitlines()
+    assert lines[0] == "mlbuild: notebook explore.ipynb failed at cell 3 (In [4]); its source:"
+    assert "    2 |     return 1 / v" in lines and "it printed:" in lines and "  before" in lines
+    assert lines[-1] == "  ZeroDivisionError: division by zero" and "\x1b" not in text
+    assert "Cell In[4], line 4" in text
+
+
+def test_failure_message_fits_the_log_tail() -> None:
+    cell = new_code_cell("\n".join(f"x{i} = {i}" for i in range(50)))
+    cell.outputs = [new_output("stream", name="stdout", text="".join(f"line {i}\n" for i in range(50))),
+                    new_output("error", ename="E", evalue="v", traceback=[f"frame {i}" for i in range(60)])]
+    lines = format_failure("n.ipynb", 1, cell, "").splitlines()
+    assert len(lines) <= 30 and lines[-1] == "  frame 59" and "line 49" in lines[-15]
+    assert any("more lines" in l for l in lines)
+
+
+def test_failure_without_an_error_output_uses_the_exception() -> None:
+    text = format_failure("n.ipynb", 2, new_code_cell("while True: pass"), "CellTimeoutError: cell timed out after 5 s")
+    assert text.endswith("  CellTimeoutError: cell timed out after 5 s")
+
+
+def test_kernel_runs_this_interpreter_without_history() -> None:
+    spec = kernel_spec("/nix/store/x-toolchain/bin/python")
+    assert spec["argv"][:4] == ["/nix/store/x-toolchain/bin/python", "-s", "-m", "ipykernel_launcher"]
+    assert "--HistoryManager.enabled=False" in spec["argv"] and spec["language"] == "python"
