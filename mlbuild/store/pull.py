@@ -18,6 +18,7 @@ from .config import StoreConfig
 from .layout import Layout
 from .narinfo import NarInfo
 from .push import resolve_targets
+from .restore import real_store_dir, restore_paths
 
 __all__ = ["pull", "PullResult", "cache_closure", "trust_options"]
 
@@ -69,8 +70,32 @@ def trust_options(cfg: StoreConfig) -> list[str]:
     ]
 
 
-def pull(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = None) -> PullResult:
-    """Copy the closures of ``targets`` into ``local_store`` (default: the machine's Nix store)."""
+def _references_first(closure: dict[str, NarInfo], wanted: set[str]) -> list[str]:
+    order: list[str] = []
+    seen: set[str] = set()
+    for root in sorted(wanted):
+        stack = [(root, False)]
+        while stack:
+            p, expanded = stack.pop()
+            if expanded:
+                order.append(p)
+                continue
+            if p in seen:
+                continue
+            seen.add(p)
+            stack.append((p, True))
+            stack += [(r, False) for r in closure[p].reference_paths if r in wanted and r not in seen]
+    return order
+
+
+def pull(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = None,
+         fast: bool = True) -> PullResult:
+    """Copy the closures of ``targets`` into ``local_store`` (default: the machine's Nix store).
+
+    With ``fast`` (default), uncompressed NARs are restored by :mod:`mlbuild.store.restore` when
+    the local store is writable here (same checks as Nix: trusted signature, NAR hash); the rest,
+    in references-first batches, by ``nix copy``.
+    """
     start = time.monotonic()
     layout = Layout(cfg.root)
     layout.require()
@@ -78,8 +103,21 @@ def pull(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
     closure = cache_closure(layout, paths)
     missing = set(_nix.invalid_paths_in(sorted(closure), store=local_store))
     result = PullResult(targets=paths, fetched=sorted(missing), present=sorted(set(closure) - missing))
-    if missing:
-        _nix.copy_from_cache(cfg.url, [p for p in paths if p in missing], store=local_store,
-                             options=trust_options(cfg))
+    store_dir = real_store_dir(local_store) if fast and missing else None
+    keys = cfg.trusted_keys()
+    batch: list[str] = []
+
+    def flush() -> None:
+        if batch:
+            _nix.copy_from_cache(cfg.url, batch, store=local_store, options=trust_options(cfg))
+            batch.clear()
+
+    for p in _references_first(closure, missing):
+        if store_dir is not None and closure[p].compression == "none":
+            flush()
+            restore_paths(layout, [closure[p]], keys, local_store, store_dir)
+        else:
+            batch.append(p)
+    flush()
     result.seconds = time.monotonic() - start
     return result

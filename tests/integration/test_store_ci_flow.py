@@ -72,3 +72,32 @@ def test_cli_push_pull_stats(tmp_path: Path) -> None:
     assert run_cli("store", "verify", env=env).stdout.strip().endswith("0 problems")
     assert pull(cfg, [pkg], local_store=c.store).fetched == []
     assert not list(Layout(cfg.root).temp_files())
+
+
+def test_fast_restore_registers_what_nix_would(tmp_path: Path) -> None:
+    (tmp_path / "tree.nix").write_text(r"""
+      { tree = derivation { name = "store-test-model-dir"; system = "x86_64-linux"; builder = "/bin/sh";
+          PATH = "/usr/bin:/bin";
+          args = [ "-c" ''
+            mkdir -p $out/sub/empty; head -c 3000000 /dev/urandom > $out/w.bin; : > $out/sub/zero
+            printf '#!/bin/sh\necho hi\n' > $out/run; chmod +x $out/run; ln -s w.bin $out/link
+            ln -s /nix/store/nothing $out/sub/abs
+          '' ]; }; }
+    """)
+    cfg = make_store(tmp_path)
+    a = Machine(tmp_path / "A")
+    path = a.build(file=tmp_path / "tree.nix", attrs=["tree"]).outputs["tree"]
+    assert push(cfg, [path], local_store=a.store).pushed[0].compression == "none"
+    fast, slow = tmp_path / "F", tmp_path / "S"
+    assert pull(cfg, [path], local_store=str(fast)).fetched == [path]
+    pull(cfg, [path], local_store=str(slow), fast=False)
+    from mlbuild import _nix
+    f_info = _nix.path_info_in([path], store=str(fast))[path]
+    s_info = _nix.path_info_in([path], store=str(slow))[path]
+    assert f_info["narHash"] == s_info["narHash"] and f_info["narSize"] == s_info["narSize"]
+    check = _nix.run_nix(["--store", str(fast), "--verify-path", path], tool="nix-store", check=False)
+    assert check.returncode == 0, check.stderr
+    for real in (fast / path.lstrip("/"), slow / path.lstrip("/")):
+        assert (real / "run").stat().st_mode & 0o777 == 0o555 and (real / "w.bin").stat().st_mode & 0o777 == 0o444
+        assert (real / "sub").stat().st_mode & 0o777 == 0o555 and (real / "w.bin").stat().st_mtime == 1
+    assert not list((fast / "nix" / "store").glob("*.lock"))

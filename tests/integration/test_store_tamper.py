@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mlbuild.errors import NixError
+from mlbuild.errors import NixError, StoreCorruptError
 from mlbuild.store import StoreConfig, pull, push, verify
 from mlbuild.store.keys import generate_key_pair
 from mlbuild.store.layout import Layout
@@ -38,15 +38,23 @@ def test_tampered_nar_and_unsigned_narinfo_are_refused(tmp_path: Path) -> None:
         byte = f.read(1)
         f.seek(1 << 20)
         f.write(bytes([byte[0] ^ 1]))
-    with pytest.raises(NixError, match="hash mismatch"):
+    with pytest.raises(NixError, match="hash mismatch"):           # refused by Nix itself
+        pull(cfg, [data], local_store=str(tmp_path / "C1"), fast=False)
+    with pytest.raises(StoreCorruptError, match="hash mismatch"):   # refused by the fast restore
         pull(cfg, [data], local_store=str(tmp_path / "C1"))
     assert not Machine(tmp_path / "C1").valid([data])
+    assert not (tmp_path / "C1" / data.lstrip("/")).exists()
 
     # 2. The toolchain's narinfo without its signature, and 3. re-signed by an untrusted key.
     f, tinfo = _entry(cfg, tool)
     f.write_text(tinfo.with_sigs(()).render())
     with pytest.raises(NixError, match="signature"):
         pull(cfg, [tool], local_store=str(tmp_path / "C2"))
+    f_data, dinfo = _entry(cfg, data)
+    f_data.write_text(dinfo.with_sigs(()).render())                  # the fast restore checks too
+    with pytest.raises(StoreCorruptError, match="signature"):
+        pull(cfg, [data], local_store=str(tmp_path / "C2"))
+    f_data.write_text(dinfo.render())
     rogue = generate_key_pair(cfg.trusted_keys()[0].name, tmp_path / "rogue.sec", tmp_path / "rogue.pub")
     f.write_text(tinfo.with_sigs((rogue.sign(tinfo.fingerprint()),)).render())
     with pytest.raises(NixError, match="signature"):

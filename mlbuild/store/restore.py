@@ -1,0 +1,224 @@
+"""Restoring uncompressed NARs straight into a local Nix store, as fast as ``cp`` allows.
+
+For a NAR stored without compression (weights and other large incompressible data), file
+contents are copied from the cache with ``copy_file_range`` (in the kernel, like ``cp``) while a
+second thread hashes, chunk by chunk, the bytes that landed in the destination. The path is
+registered (``nix-store --load-db``) only when
+
+- its narinfo carries a signature by a trusted key (checked before anything is written),
+- the sha256 and size of the NAR made of the framing read and the bytes written equal the
+  signed ``NarHash``/``NarSize``, and
+- the restored tree's own framing (names, types, sizes, executable bits, link targets, read back
+  from disk) is byte-identical to the framing that was hashed.
+
+Anything else is removed and refused, as Nix refuses it. The path is held under Nix's own path
+lock (``<path>.lock``, fcntl) while it is written, so Nix never substitutes it at the same time.
+Used when the local store's folder and database are writable here (root without a daemon, or a
+chroot store); otherwise, and for compressed NARs, Nix copies (:mod:`mlbuild.store.pull`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import queue
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+from .. import _nix
+from ..errors import StoreCorruptError
+from ..nar import CHUNK
+from .keys import PublicKey, check_signatures
+from .layout import Layout
+from .narinfo import NarInfo, format_hash
+from .narstream import FileData, NarFormatError, nar_segments, parse_nar
+
+__all__ = ["real_store_dir", "restore_paths"]
+
+_SLICE = 64 << 20
+
+
+def real_store_dir(local_store: str | None) -> Path | None:
+    """Where the local store's paths lie, if this process may write them and their database."""
+    if local_store is None:
+        root = Path("/")
+    elif local_store.startswith("/"):
+        root = Path(local_store)
+    else:
+        return None
+    store, db = root / "nix" / "store", root / "nix" / "var" / "nix" / "db"
+    if store.is_dir() and db.is_dir() and os.access(store, os.W_OK) and os.access(db, os.W_OK):
+        return store
+    return None
+
+
+class _Tap:
+    """A file object that hands every byte read through it to ``sink``."""
+
+    def __init__(self, f: Any, sink: queue.Queue[Any]) -> None:
+        self.f, self.sink = f, sink
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.f.read(n)
+        if data:
+            self.sink.put(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return int(self.f.seek(offset, whence))
+
+
+def _hasher(items: queue.Queue[Any], h: Any, framing: bytearray, errors: list[BaseException]) -> None:
+    fds: dict[str, int] = {}
+    try:
+        while (item := items.get()) is not None:
+            if isinstance(item, bytes):
+                h.update(item)
+                framing.extend(item)
+                continue
+            path, offset, length = item
+            if path not in fds:
+                fds[path] = os.open(path, os.O_RDONLY)
+            done = 0
+            while done < length:
+                chunk = os.pread(fds[path], min(length - done, 4 * CHUNK), offset + done)
+                if not chunk:
+                    raise StoreCorruptError(f"{path} is shorter than what was copied into it")
+                h.update(chunk)
+                done += len(chunk)
+    except BaseException as e:
+        errors.append(e)
+        while items.get() is not None:   # drain so the producer never blocks
+            pass
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def _unpack(nar_path: Path, dest: str, items: queue.Queue[Any]) -> list[str]:
+    """Write the tree; returns the folders (made read-only once everything is hashed)."""
+    dirs: list[str] = []
+    with open(nar_path, "rb", buffering=0) as raw:
+        src = raw.fileno()
+        for e in parse_nar(_Tap(raw, items)):  # type: ignore[arg-type]
+            target = os.path.join(dest, e.rel) if e.rel else dest
+            if e.kind == "directory":
+                os.mkdir(target, 0o755)
+                dirs.append(target)
+            elif e.kind == "symlink":
+                os.symlink(e.target, target)
+            else:
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                try:
+                    done = 0
+                    while done < e.size:
+                        n = os.copy_file_range(src, fd, min(_SLICE, e.size - done), e.offset + done)
+                        if n <= 0:
+                            raise StoreCorruptError(f"{nar_path} ends inside {e.rel or 'the file'}")
+                        items.put((target, done, n))
+                        done += n
+                    os.fchmod(fd, 0o555 if e.executable else 0o444)
+                finally:
+                    os.close(fd)
+    return dirs
+
+
+def _canonical_framing(dest: str) -> bytes:
+    return b"".join(s if isinstance(s, bytes) else b"" for s in nar_segments(dest))
+
+
+def _restore(layout: Layout, info: NarInfo, dest: str) -> None:
+    items: queue.Queue[Any] = queue.Queue(maxsize=64)
+    h = hashlib.sha256()
+    framing = bytearray()
+    errors: list[BaseException] = []
+    hasher = threading.Thread(target=_hasher, args=(items, h, framing, errors), daemon=True)
+    hasher.start()
+    try:
+        dirs = _unpack(layout.nar(info.url), dest, items)
+    except (NarFormatError, OSError) as e:
+        raise StoreCorruptError(f"{info.store_path}: the NAR in {layout.root} is malformed ({e}); run "
+                                f"`mlbuild store verify --repair` and push it again") from None
+    finally:
+        items.put(None)
+        hasher.join()
+    if errors:
+        raise errors[0]
+    size = len(framing) + sum(s.size for s in nar_segments(dest) if isinstance(s, FileData))
+    if format_hash(h.digest()) != info.nar_hash or size != info.nar_size:
+        raise StoreCorruptError(f"hash mismatch restoring {info.store_path}: got {format_hash(h.digest())} "
+                                f"({size} bytes), the signed narinfo says {info.nar_hash} ({info.nar_size}); "
+                                f"run `mlbuild store verify --repair` and push it again")
+    if _canonical_framing(dest) != bytes(framing):
+        raise StoreCorruptError(f"{info.store_path}: the restored tree differs from its NAR")
+    for path in [*dirs[::-1]]:
+        os.chmod(path, 0o555)
+    for root, names, files in os.walk(dest):
+        for n in names + files:
+            os.utime(os.path.join(root, n), (1, 1), follow_symlinks=False)
+    os.utime(dest, (1, 1), follow_symlinks=False)
+
+
+def _remove(path: str) -> None:
+    if os.path.islink(path) or os.path.isfile(path):
+        os.unlink(path)
+    elif os.path.isdir(path):
+        for root, dirs, _files in os.walk(path):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o755)
+        os.chmod(path, 0o755)
+        shutil.rmtree(path)
+
+
+class _PathLock:
+    """Nix's per-path lock (``<real path>.lock``, fcntl write lock; a non-empty file is stale)."""
+
+    def __init__(self, real: str) -> None:
+        self.name = real + ".lock"
+        while True:
+            self.fd = os.open(self.name, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.lockf(self.fd, fcntl.LOCK_EX)
+            if os.fstat(self.fd).st_size == 0:
+                return
+            os.close(self.fd)
+
+    def release(self) -> None:
+        os.write(self.fd, b"d")
+        os.unlink(self.name)
+        os.close(self.fd)
+
+
+def _registration(info: NarInfo) -> str:
+    refs = info.reference_paths
+    deriver = f"{info.store_dir}/{info.deriver}" if info.deriver else ""
+    return "".join(f"{line}\n" for line in [info.store_path, info.nar_hash, str(info.nar_size), deriver,
+                                            str(len(refs)), *refs])
+
+
+def restore_paths(layout: Layout, infos: list[NarInfo], keys: tuple[PublicKey, ...],
+                  local_store: str | None, store_dir: Path) -> list[str]:
+    """Restore and register ``infos`` (uncompressed, references already valid or earlier in the list)."""
+    done: list[str] = []
+    for info in infos:
+        if not check_signatures(info.sigs, info.fingerprint(), keys):
+            raise StoreCorruptError(f"{info.store_path} lacks a valid signature by a trusted key "
+                                    f"({', '.join(k.name for k in keys)}); refusing it")
+        real = str(store_dir / info.store_path.rsplit("/", 1)[-1])
+        lock = _PathLock(real)
+        try:
+            if not _nix.invalid_paths_in([info.store_path], store=local_store):
+                continue   # someone else substituted it meanwhile
+            _remove(real)
+            try:
+                _restore(layout, info, real)
+            except BaseException:
+                _remove(real)
+                raise
+            _nix.load_db(_registration(info), store=local_store)
+            done.append(info.store_path)
+        finally:
+            lock.release()
+    return done
