@@ -45,6 +45,7 @@ def init(ctx: click.Context, generate_key: bool, key_name: str | None) -> None:
         click.echo(f"signing key: {r.secret_key_file}{' (new)' if r.generated else ''}")
     if r.public_key:
         click.echo(f"public key (give it to every machine and CI): {r.public_key}")
+        click.echo(f"nix.conf lines for machines using this store:\n{r.nix_conf}", nl=False)
 
 
 @store.command()
@@ -65,10 +66,11 @@ def push(ctx: click.Context, targets: tuple[str, ...], from_store: str | None, n
 @store.command()
 @click.argument("targets", nargs=-1, required=True)
 @click.option("--to", "to_store", metavar="STORE", default=None, help="Local Nix store to fill (default: the machine's).")
+@click.option("--nix-copy", is_flag=True, help="Let Nix copy everything (no fast restore of uncompressed NARs).")
 @click.pass_context
-def pull(ctx: click.Context, targets: tuple[str, ...], to_store: str | None) -> None:
-    """Fetch the closures of TARGETS into the local Nix store (signatures checked by Nix)."""
-    r = st.pull(_cfg(ctx), targets, local_store=to_store)
+def pull(ctx: click.Context, targets: tuple[str, ...], to_store: str | None, nix_copy: bool) -> None:
+    """Fetch the closures of TARGETS into the local Nix store (signatures and hashes checked)."""
+    r = st.pull(_cfg(ctx), targets, local_store=to_store, fast=not nix_copy)
     click.echo(f"fetched {len(r.fetched)} paths, {len(r.present)} already present, in {r.seconds:.1f}s")
 
 

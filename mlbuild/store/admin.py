@@ -30,6 +30,7 @@ class InitResult:
     secret_key_file: Path | None
     public_key: str | None
     generated: bool
+    nix_conf: str = ""
 
 
 def init_store(cfg: StoreConfig, *, generate_key: bool = False, key_name: str | None = None) -> InitResult:
@@ -45,9 +46,11 @@ def init_store(cfg: StoreConfig, *, generate_key: bool = False, key_name: str | 
         name = key_name or f"{socket.gethostname().split('.')[0]}-mlbuild-1"
         public = str(generate_key_pair(name, secret, secret.with_suffix(".pub")).public)
         generated = True
+    conf = ""
     if public:
         publish_bytes(layout.root / "mlbuild" / "public-key", (public + "\n").encode())
-    return InitResult(cfg.root, secret, public, generated)
+        conf = nix_conf(StoreConfig(cfg.root, public_keys=(public,)))
+    return InitResult(cfg.root, secret, public, generated, conf)
 
 
 def nix_conf(cfg: StoreConfig) -> str:

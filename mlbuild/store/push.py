@@ -118,8 +118,8 @@ def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
     groups: dict[str, list[str]] = {}
     for p in paths:
         groups.setdefault(name or default_name(p), []).append(p)
-    result.records = [record_push(layout, n, ps) for n, ps in groups.items()]
     infos = _closure(paths, local_store, build_deps)
+    result.records = [record_push(layout, n, ps) for n, ps in groups.items()]   # before any skip
     for path in topological(infos):
         existing = layout.narinfo(path)
         if existing.exists():

@@ -3,7 +3,8 @@
 A top-level item is an entry no other entry references (a model package, a validation, an
 image, a toolchain pushed alone...). Each gets its closure's size and the part of it no other
 item uses; ``shared`` is what two or more items' closures have in common (a toolchain used by
-several models is stored once). Kinds come from store path names (see ``KINDS``). Sizes are the
+several models is stored once). Kinds come from store path names (see ``KINDS``); other
+fixed-output paths count as datasets (locked data is fixed-output). Sizes are the
 bytes on disk (``FileSize``: after compression) and, for reference, the NAR sizes.
 """
 
@@ -19,21 +20,25 @@ from .narinfo import NarInfo
 
 __all__ = ["stats", "StoreStats", "Item", "classify", "KINDS"]
 
-KINDS: list[tuple[str, re.Pattern[str]]] = [
+KINDS: list[tuple[str, re.Pattern[str]]] = [   # names nix/*.nix gives; first match wins
     ("wheel", re.compile(r"\.whl$")),
-    ("toolchain", re.compile(r"(toolchain|^python-|interpreter|snapshot|mlbuild-runtime|-env$)")),
-    ("validation", re.compile(r"(validat|metrics|eval)")),
-    ("image", re.compile(r"(image|oci|docker|\.tar(\.gz)?$)")),
-    ("dataset", re.compile(r"(dataset|data\b|-data-|\.csv$|\.parquet$)")),
-    ("model", re.compile(r"(model|train|weights|\.safetensors$|checkpoint)")),
-    ("package", re.compile(r"(package|serve|server)")),
+    ("toolchain", re.compile(r"(toolchain|^python-|^python3|interpreter|snapshot|mlbuild-runtime)")),
+    ("validation", re.compile(r"(-validation(-report)?$|validat)")),
+    ("image", re.compile(r"(-image(\.tar)?$|\boci\b|docker)")),
+    ("notebook", re.compile(r"notebook")),
+    ("release", re.compile(r"-release$")),
+    ("package", re.compile(r"(-package$|serve)")),
+    ("model", re.compile(r"(-model$|model|train|weights|\.safetensors$|checkpoint)")),
+    ("code", re.compile(r"^(code|suite)$")),
+    ("dataset", re.compile(r"(dataset|data\b|\.csv$|\.parquet$)")),
 ]
 
 
-def classify(store_path: str) -> str:
-    """The kind of a store path from its name: model, dataset, toolchain, wheel, ... or other."""
+def classify(store_path: str, ca: str | None = None) -> str:
+    """The kind of a store path from its name; other fixed-output paths are datasets (locked data)."""
     name = store_path.rsplit("/", 1)[-1][33:].lower()
-    return next((kind for kind, rx in KINDS if rx.search(name)), "other")
+    kind = next((kind for kind, rx in KINDS if rx.search(name)), None)
+    return kind or ("dataset" if ca else "other")
 
 
 @dataclass
@@ -92,7 +97,7 @@ def stats(cfg: StoreConfig) -> StoreStats:
             seen_urls.add(info.url)
             out.file_bytes += info.file_size
         out.nar_bytes += info.nar_size
-        kind = out.by_kind.setdefault(classify(p), [0, 0])
+        kind = out.by_kind.setdefault(classify(p, info.ca), [0, 0])
         kind[0] += 1
         kind[1] += info.file_size
         comp = out.by_compression.setdefault(info.compression, [0, 0])
@@ -108,7 +113,7 @@ def stats(cfg: StoreConfig) -> StoreStats:
     for t in tops:
         c = closures[t]
         out.items.append(Item(
-            path=t, kind=classify(t), closure_paths=len(c),
+            path=t, kind=classify(t, entries[t].ca), closure_paths=len(c),
             closure_bytes=sum(entries[p].file_size for p in c),
             unique_bytes=sum(entries[p].file_size for p in c if users[p] == 1)))
     shared = [p for p, n in users.items() if n > 1]

@@ -185,3 +185,14 @@ def test_stats_per_item_and_shared(store: tuple[StoreConfig, Path]) -> None:
     assert s.shared_paths == 1 and s.shared_bytes > 200_000
     item = next(i for i in s.items if i.path == m1.path)
     assert item.closure_paths == 3 and item.unique_bytes < item.closure_bytes
+
+
+@pytest.mark.parametrize("name,ca,kind", [
+    ("digits-model", None, "model"), ("digits-package", None, "package"), ("digits-validation-report", None, "validation"),
+    ("python-3.11.2-toolchain", None, "toolchain"), ("numpy-2.0-cp311-x86_64.whl", None, "wheel"),
+    ("digits-image.tar", None, "image"), ("code", None, "code"), ("digits", "fixed:r:sha256:x", "dataset"),
+    ("digits", None, "other"),
+])
+def test_classify(name: str, ca: str | None, kind: str) -> None:
+    from mlbuild.store.stats import classify
+    assert classify("/nix/store/" + "a" * 32 + "-" + name, ca) == kind
