@@ -4,7 +4,8 @@ Every machine and CI runner substitutes from it and pushes to it. Public API::
 
     cfg = load_store_config()                      # env, mlbuild.toml [store], defaults
     push(cfg, ["/nix/store/...-digits"], build_deps=True)   # sign + upload closures
-    pull(cfg, ["/nix/store/...-digits"])           # Nix copies them in, checking signatures
+    pull(cfg, ["/nix/store/...-digits"])           # signatures and NAR hashes checked; uncompressed
+                                                   # NARs restored in the kernel, the rest by nix copy
     verify(cfg, repair=False); gc(cfg, locks=[...]); stats(cfg)
     _nix.build(targets, extra=cfg.nix_options())   # substitute from the store in a build
 
