@@ -122,10 +122,14 @@ def module_source(nb: Any, name: str, policy: MagicPolicy = "comment") -> Export
     parts = [f"{MARKER} from {name}: edit the notebook, then export it again.\n" + _docstring(nb, name)]
     found: list[Magic] = []
     code_cells = markdown_cells = 0
-    for number, cell in enumerate(nb.cells, 1):
+    number = 0  # as the user counts: cells injected by a build are not theirs
+    for cell in nb.cells:
         tags = cell.get("metadata", {}).get("tags", [])
+        if INJECTED_TAG in tags:
+            continue
+        number += 1
         source = cell.source.rstrip()
-        if INJECTED_TAG in tags or not source:
+        if not source:
             continue
         if cell.cell_type == "markdown":
             markdown_cells += 1
