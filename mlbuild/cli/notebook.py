@@ -19,6 +19,7 @@ class _Cells:
 
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
+        self.open = False  # a progress line waits for its end (on a terminal)
 
     def __call__(self, p: b.Progress) -> None:
         e = p.event
@@ -27,9 +28,15 @@ class _Cells:
         n, total = int(e["cell"]), int(e["cells"])
         line = f"  {e.get('notebook', p.target):<16} cell {n:>3}/{total:<3}"
         if self.tty:
-            click.echo("\r" + line, nl=n == total, err=True)
+            self.open = n != total
+            click.echo("\r" + line, nl=not self.open, err=True)
         else:
             click.echo(line, err=True)
+
+    def close(self) -> None:
+        if self.open:
+            click.echo("", err=True)
+            self.open = False
 
 
 @cli.group()
@@ -63,6 +70,10 @@ def export(path: Path, output: Path | None, on_magic: str, force: bool) -> None:
 @click.pass_context
 def check(ctx: click.Context, names: tuple[str, ...], allow_dirty: bool) -> None:
     """Run the notebooks NAMES (default: those with test = true) in the toolchain, as builds."""
-    result = check_notebooks(load(ctx), names, allow_dirty=allow_dirty, on_progress=_Cells())
+    progress = _Cells()
+    try:
+        result = check_notebooks(load(ctx), names, allow_dirty=allow_dirty, on_progress=progress)
+    finally:
+        progress.close()  # a failure's message starts on a line of its own
     for line in format_check(result):
         click.echo(line)
