@@ -25,7 +25,7 @@
       checks.${system} = {
         digits-validation = digits.digits.validation;
         cancer-validation = cancer.cancer.validation;
-      };
+      } // mlbuild.notebookChecks digits // mlbuild.notebookChecks cancer;
       apps.${system} = {
         serve-digits = serve digits.digits;
         serve-cancer = serve cancer.cancer;
