@@ -53,5 +53,7 @@
       passAsFile = [ "spec" ];
     } // lib.optionalAttrs (device == "cuda") {
       requiredSystemFeatures = [ "cuda" ];
+      # The host driver's libcuda, bound into the sandbox (store-config/README.md, GPU builders).
+      LD_LIBRARY_PATH = "/run/opengl-driver/lib";
     });
 }
