@@ -1,0 +1,62 @@
+# Unit tests of the Nix library: `nix eval --json -f nix/tests` gives { name = { ok; got; expected; }; }
+# (tests/unit/test_nix_lib.py runs it). Evaluation only: nothing is built.
+let
+  mlbuild = import ../. { };
+  lib = mlbuild.lib;
+  fixture = ./fixture;
+  project = mlbuild.mkProject { src = fixture; };
+  variant = mlbuild.mkProject { src = fixture; overrides = { m = { params = { lr = 0.5; }; }; }; };
+  gpu = mlbuild.mkProject { src = fixture; overrides = { m = { device = "cuda"; }; }; };
+  spec = drv: builtins.fromJSON (builtins.unsafeDiscardStringContext drv.spec);
+  wheel = mlbuild.fetchLocked { name = "a-1-py3-none-any.whl"; sha256 = "0000000000000000000000000000000000000000000000000000000000000000"; hint = "mlbuild prefetch"; };
+  code = mlbuild.mkCode { src = fixture; files = [ "m.py" "sub/" ]; };
+  throws = e: !(builtins.tryEval e).success;
+  cases = {
+    lib-strings = {
+      got = [ (lib.hasPrefix "ab" "abc") (lib.hasSuffix "bc" "abc") (lib.removePrefix "a" "abc") (lib.removeSuffix "c" "abc") ];
+      expected = [ true true "bc" "ab" ];
+    };
+    fetchLocked-is-fixed-output = {
+      got = { inherit (wheel) outputHashMode outputHashAlgo name; };
+      expected = { outputHashMode = "flat"; outputHashAlgo = "sha256"; name = "a-1-py3-none-any.whl"; };
+    };
+    mkCode-keeps-only-listed-files = {
+      got = builtins.attrNames (builtins.readDir code);
+      expected = [ "m.py" "sub" ];
+    };
+    project-stages = {
+      got = map (a: project.m ? ${a}) [ "model" "package" "validation" "release" "toolchain" "datasets" ]
+        ++ [ (project.m.validation ? report) (project.m.drvPath == project.m.package.drvPath) ];
+      expected = [ true true true true true true true true ];
+    };
+    training-inputs = {
+      got = let s = spec project.m.model; in { inherit (s) params seed device threads; datasets = builtins.attrNames s.datasets; };
+      expected = { params = { lr = 0.1; }; seed = 3; device = "cpu"; threads = 1; datasets = [ "raw" ]; };
+    };
+    override-changes-only-params = {
+      got = [ ((spec variant.m.model).params) (variant.m.model.drvPath != project.m.model.drvPath) ((spec variant.m.model).seed) ];
+      expected = [ { lr = 0.5; } true 3 ];
+    };
+    cuda-needs-a-gpu-builder = {
+      got = [ gpu.m.model.requiredSystemFeatures (project.m.model ? requiredSystemFeatures) ];
+      expected = [ [ "cuda" ] false ];
+    };
+    bad-device-is-refused = {
+      got = throws (mlbuild.mkProject { src = fixture; overrides = { m = { device = "tpu"; }; }; }).m.model.drvPath;
+      expected = true;
+    };
+    unknown-dataset-is-refused = {
+      got = throws (mlbuild.mkProject { src = fixture; overrides = { m = { datasets = [ "nope" ]; }; }; }).m.model.drvPath;
+      expected = true;
+    };
+    dataset-is-recursive-fixed-output = {
+      got = { inherit (project.datasets.raw) outputHashMode outputHash; };
+      expected = { outputHashMode = "recursive"; outputHash = "1111111111111111111111111111111111111111111111111111111111111111"; };
+    };
+    thresholds-only-in-the-gate = {
+      got = (spec project.m.validation).thresholds;
+      expected = { accuracy = 0.9; };
+    };
+  };
+in
+builtins.mapAttrs (_: c: c // { ok = c.got == c.expected; }) cases
