@@ -1,0 +1,144 @@
+"""`mlbuild monitor`: run a model's monitor, and write its Prometheus and Grafana configuration.
+
+``monitor NAME --url URL`` builds ``NAME.monitor`` (nix/monitor.nix) and runs its ``bin/monitor``:
+the validation suite against the live server, exported as Prometheus metrics.
+``monitor config NAME`` writes, for that model:
+
+- ``prometheus.yml``: scrape jobs for the server's ``/metrics`` and the monitor's, and the rules;
+- ``alerts.yml``: a suite metric below its threshold (the monitor), a live metric from
+  ground-truth feedback below its threshold (the server), error rate, p99 latency, input drift
+  (population stability index), and a monitor that stopped reporting;
+- ``grafana-dashboard.json``: a dashboard over the same metrics (and only metrics that exist).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import Project
+from .errors import ConfigError
+
+__all__ = ["write_config", "alert_rules", "prometheus_config", "dashboard", "SERVER_METRICS", "MONITOR_METRICS"]
+
+# What the server (mlbuild/runtime/serve) and the monitor (mlbuild/runtime/monitor.py) export.
+SERVER_METRICS = ("mlbuild_requests_total", "mlbuild_request_duration_seconds_bucket", "mlbuild_requests_in_flight",
+                  "mlbuild_batch_size_bucket", "mlbuild_model_info", "mlbuild_model_ready",
+                  "mlbuild_live_metric", "mlbuild_live_feedback_samples", "mlbuild_input_drift_psi",
+                  "mlbuild_input_drift_psi_max", "mlbuild_input_drift_mean_shift_max")
+MONITOR_METRICS = ("mlbuild_monitor_metric", "mlbuild_monitor_threshold_ok", "mlbuild_monitor_threshold",
+                   "mlbuild_monitor_alerting", "mlbuild_monitor_last_run_timestamp_seconds",
+                   "mlbuild_monitor_runs_total")
+_OPS = {">=": "<", "<=": ">", ">": "<=", "<": ">="}   # the alert fires on the negation
+
+
+def _thresholds(project: Project, model: str) -> dict[str, tuple[str, float]]:
+    table = project.raw.get("models", {}).get(model)
+    if table is None:
+        raise ConfigError(f"no model {model!r} in {project.config_path}")
+    raw = table.get("validation", {}).get("thresholds", {})
+    out = {}
+    for name, rule in raw.items():
+        op, value = (">=", float(rule)) if isinstance(rule, (int, float)) else (str(rule).split()[0], float(str(rule).split()[1]))
+        out[name] = (op, value)
+    return out
+
+
+def alert_rules(project: Project, model: str, *, interval: float = 60.0, error_rate: float = 0.05,
+                p99_seconds: float = 0.5, psi: float = 0.2) -> dict[str, Any]:
+    sel = f'model="{model}"'
+    rules: list[dict[str, Any]] = [{
+        "alert": "MlbuildValidationBelowThreshold",
+        "expr": f"mlbuild_monitor_threshold_ok{{{sel}}} == 0",
+        "labels": {"severity": "page", "model": model},
+        "annotations": {"summary": f"{model}: validation suite metric {{{{ $labels.metric }}}} is below its "
+                                   f"threshold on the live server (model {{{{ $labels.model_hash }}}})"},
+    }]
+    for name, (op, value) in sorted(_thresholds(project, model).items()):
+        rules.append({
+            "alert": "MlbuildLiveMetricBelowThreshold",
+            "expr": f'mlbuild_live_metric{{{sel},metric="{name}"}} {_OPS[op]} {value}',
+            "labels": {"severity": "page", "model": model, "metric": name},
+            "annotations": {"summary": f"{model}: live {name} from ground-truth feedback is "
+                                       f"{{{{ $value }}}}, threshold {op} {value}"},
+        })
+    rules += [
+        {"alert": "MlbuildHighErrorRate",
+         "expr": (f'sum(rate(mlbuild_requests_total{{job="mlbuild-{model}",status=~"5.."}}[5m])) '
+                  f'/ sum(rate(mlbuild_requests_total{{job="mlbuild-{model}"}}[5m])) > {error_rate}'),
+         "for": "5m", "labels": {"severity": "page", "model": model},
+         "annotations": {"summary": f"{model}: more than {error_rate:.0%} of requests fail"}},
+        {"alert": "MlbuildHighLatency",
+         "expr": (f'histogram_quantile(0.99, sum by (le) (rate(mlbuild_request_duration_seconds_bucket'
+                  f'{{job="mlbuild-{model}",route="/v2/models/{{name}}/infer"}}[5m]))) > {p99_seconds}'),
+         "for": "5m", "labels": {"severity": "warn", "model": model},
+         "annotations": {"summary": f"{model}: p99 inference latency above {p99_seconds} s"}},
+        {"alert": "MlbuildInputDrift",
+         "expr": f"mlbuild_input_drift_psi_max{{{sel}}} > {psi}",
+         "for": "10m", "labels": {"severity": "warn", "model": model},
+         "annotations": {"summary": f"{model}: input drift, a feature's population stability index is "
+                                    f"{{{{ $value }}}} (> {psi})"}},
+        {"alert": "MlbuildMonitorStale",
+         "expr": f"time() - mlbuild_monitor_last_run_timestamp_seconds{{{sel}}} > {3 * interval:.0f}",
+         "labels": {"severity": "warn", "model": model},
+         "annotations": {"summary": f"{model}: the monitor has not run the suite for {3 * interval:.0f} s"}},
+    ]
+    return {"groups": [{"name": f"mlbuild-{model}", "rules": rules}]}
+
+
+def prometheus_config(model: str, server: str, monitor: str, *, scrape_interval: str = "15s",
+                      rule_file: str = "alerts.yml") -> dict[str, Any]:
+    return {
+        "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+        "rule_files": [rule_file],
+        "scrape_configs": [
+            {"job_name": f"mlbuild-{model}", "static_configs": [{"targets": [server]}]},
+            {"job_name": f"mlbuild-{model}-monitor", "static_configs": [{"targets": [monitor]}]},
+        ],
+    }
+
+
+def _panel(i: int, title: str, exprs: list[tuple[str, str]], unit: str = "short") -> dict[str, Any]:
+    return {"id": i, "type": "timeseries", "title": title, "datasource": {"type": "prometheus", "uid": "${datasource}"},
+            "gridPos": {"h": 8, "w": 12, "x": (i % 2) * 12, "y": (i // 2) * 8},
+            "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+            "targets": [{"refId": chr(65 + j), "expr": e, "legendFormat": leg} for j, (e, leg) in enumerate(exprs)]}
+
+
+def dashboard(model: str) -> dict[str, Any]:
+    sel, job = f'model="{model}"', f'job="mlbuild-{model}"'
+    panels = [
+        _panel(0, "Validation suite on the live server", [(f"mlbuild_monitor_metric{{{sel}}}", "{{metric}}")], "percentunit"),
+        _panel(1, "Thresholds met (1) / broken (0)", [(f"mlbuild_monitor_threshold_ok{{{sel}}}", "{{metric}}")]),
+        _panel(2, "Live metrics from feedback", [(f"mlbuild_live_metric{{{sel}}}", "{{metric}}"),
+                                                 (f"mlbuild_live_feedback_samples{{{sel}}}", "samples in window")]),
+        _panel(3, "Input drift", [(f"mlbuild_input_drift_psi_max{{{sel}}}", "max PSI"),
+                                  (f"mlbuild_input_drift_mean_shift_max{{{sel}}}", "max mean shift (std)")]),
+        _panel(4, "Requests by status", [(f"sum by (status) (rate(mlbuild_requests_total{{{job}}}[5m]))", "{{status}}")], "reqps"),
+        _panel(5, "Latency p50 / p99", [
+            (f"histogram_quantile(0.5, sum by (le) (rate(mlbuild_request_duration_seconds_bucket{{{job}}}[5m])))", "p50"),
+            (f"histogram_quantile(0.99, sum by (le) (rate(mlbuild_request_duration_seconds_bucket{{{job}}}[5m])))", "p99")], "s"),
+        _panel(6, "Batch size p50", [(f"histogram_quantile(0.5, sum by (le) (rate(mlbuild_batch_size_bucket{{{job}}}[5m])))", "p50")]),
+        _panel(7, "In flight / ready", [(f"mlbuild_requests_in_flight{{{job}}}", "in flight"),
+                                        (f"mlbuild_model_ready{{{job}}}", "ready")]),
+    ]
+    return {"title": f"mlbuild: {model}", "uid": f"mlbuild-{model}", "schemaVersion": 39, "version": 1,
+            "tags": ["mlbuild"], "time": {"from": "now-6h", "to": "now"}, "refresh": "30s",
+            "templating": {"list": [{"name": "datasource", "type": "datasource", "query": "prometheus"}]},
+            "panels": panels}
+
+
+def write_config(project: Project, model: str, out_dir: Path, *, server: str = "127.0.0.1:8080",
+                 monitor: str = "127.0.0.1:9109", scrape_interval: str = "15s",
+                 interval: float = 60.0) -> dict[str, Path]:
+    """Write prometheus.yml, alerts.yml (YAML 1.2 is a superset of JSON: written as JSON) and
+    grafana-dashboard.json into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"prometheus": out_dir / "prometheus.yml", "rules": out_dir / "alerts.yml",
+             "dashboard": out_dir / "grafana-dashboard.json"}
+    files["prometheus"].write_text(json.dumps(prometheus_config(model, server, monitor,
+                                                                scrape_interval=scrape_interval), indent=2) + "\n")
+    files["rules"].write_text(json.dumps(alert_rules(project, model, interval=interval), indent=2) + "\n")
+    files["dashboard"].write_text(json.dumps(dashboard(model), indent=2) + "\n")
+    return files

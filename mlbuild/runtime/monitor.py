@@ -1,0 +1,196 @@
+"""The monitor: the validation suite run against the live service, as Prometheus metrics.
+
+"Monitoring just consists of running the validation suite in real time on the production
+system, plus whatever alerts are needed." At each interval (or once) the monitor sends the
+suite's held-out inputs to the server over its HTTP API (Open Inference Protocol v2, JSON),
+computes the same metrics as the validation build (``validate.compute_metrics``: scikit-learn)
+and exports them on its own ``/metrics`` port, labelled by the live model's hash and the suite
+version, with a threshold status per metric. A metric below its threshold is logged and, with
+``--webhook``, POSTed as JSON.
+
+Runs in the toolchain (``bin/monitor`` of ``NAME.monitor``, built by nix/monitor.nix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "Monitor"]
+
+log = logging.getLogger("mlbuild.monitor")
+
+
+def _http(method: str, url: str, body: Any = None, timeout: float = 30.0) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+class Monitor:
+    def __init__(self, spec: dict[str, Any], url: str, webhook: str | None, batch: int = 256) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        from .prepare import load_module
+
+        self.spec, self.url, self.webhook, self.batch = spec, url.rstrip("/"), webhook, batch
+        self.name = spec["name"]
+        suite = load_module(spec["suite"], spec["script"])
+        self.x, self.y = suite.load(Path(spec["dataset"]))
+        self.thresholds: dict[str, Any] = spec["thresholds"]
+        self.suite_version: str = spec["suite_version"]
+        self.registry = CollectorRegistry()
+        labels = ["model", "model_hash", "suite_version", "metric"]
+        self.metric = Gauge("mlbuild_monitor_metric", "Validation-suite metric computed against the live server.",
+                            labels, registry=self.registry)
+        self.ok = Gauge("mlbuild_monitor_threshold_ok", "1 when the metric meets its threshold, 0 when not.",
+                        labels, registry=self.registry)
+        self.threshold = Gauge("mlbuild_monitor_threshold", "The metric's threshold (from mlbuild.toml).",
+                               ["model", "metric", "op"], registry=self.registry)
+        self.runs = Counter("mlbuild_monitor_runs", "Suite runs against the live server.", ["model", "outcome"],
+                            registry=self.registry)
+        self.last = Gauge("mlbuild_monitor_last_run_timestamp_seconds", "When the suite last ran.", ["model"],
+                          registry=self.registry)
+        self.samples = Gauge("mlbuild_monitor_samples", "Held-out samples sent per run.", ["model"],
+                             registry=self.registry)
+        self.alerting = Gauge("mlbuild_monitor_alerting", "1 while a metric is below its threshold.", ["model"],
+                              registry=self.registry)
+
+    def predict(self) -> dict[str, Any]:
+        import numpy as np
+
+        meta = _http("GET", f"{self.url}/v2/models/{self.name}")
+        model_hash = (meta.get("hashes") or {}).get("model", "unknown")
+        outs: dict[str, list[Any]] = {}
+        for i in range(0, len(self.x), self.batch):
+            rows = np.asarray(self.x[i:i + self.batch], dtype=np.float32)
+            body = {"id": f"monitor-{int(time.time())}-{i}",
+                    "inputs": [{"name": meta["inputs"][0]["name"], "datatype": "FP32", "shape": list(rows.shape),
+                                "data": rows.reshape(-1).tolist()}]}
+            resp = _http("POST", f"{self.url}/v2/models/{self.name}/infer", body)
+            for o in resp["outputs"]:
+                outs.setdefault(o["name"], []).append(np.asarray(o["data"]).reshape(o["shape"]))
+        return {"hash": model_hash, "task": self.spec.get("task", "classification"),
+                "outputs": {k: np.concatenate(v) for k, v in outs.items()}}
+
+    def run_once(self) -> dict[str, Any]:
+        from .validate import check_thresholds, compute_metrics
+
+        try:
+            live = self.predict()
+        except (OSError, urllib.error.URLError, KeyError, ValueError) as e:
+            self.runs.labels(self.name, "error").inc()
+            log.error("monitor: %s unreachable or answered wrongly: %s", self.url, e)
+            return {"error": str(e)}
+        o = live["outputs"]
+        if live["task"] == "classification":
+            report = compute_metrics("classification", self.y, o["label"], o.get("probabilities"), self.spec.get("labels"))
+        else:
+            report = compute_metrics("regression", self.y, next(iter(o.values())))
+        checks = check_thresholds(report["metrics"], self.thresholds)
+        base = [self.name, live["hash"], self.suite_version]
+        self.metric.clear()
+        self.ok.clear()
+        for k, v in report["metrics"].items():
+            self.metric.labels(*base, k).set(v)
+        for c in checks:
+            self.ok.labels(*base, c["metric"]).set(1 if c["ok"] else 0)
+            self.threshold.labels(self.name, c["metric"], c["op"]).set(c["threshold"])
+        failed = [c for c in checks if not c["ok"]]
+        self.alerting.labels(self.name).set(1 if failed else 0)
+        self.runs.labels(self.name, "ok").inc()
+        self.last.labels(self.name).set(time.time())
+        self.samples.labels(self.name).set(len(self.y))
+        if failed:
+            text = ", ".join(f"{c['metric']} {c['value']} (threshold {c['op']} {c['threshold']})" for c in failed)
+            log.warning("ALERT %s (model %s): below threshold: %s", self.name, live["hash"][:16], text)
+            self._webhook({"model": self.name, "model_hash": live["hash"], "suite_version": self.suite_version,
+                           "status": "alerting", "failed": failed, "metrics": report["metrics"]})
+        else:
+            log.info("%s (model %s): %s", self.name, live["hash"][:16],
+                     ", ".join(f"{k}={v:.4f}" for k, v in sorted(report["metrics"].items())))
+        return {"metrics": report["metrics"], "checks": checks, "model_hash": live["hash"]}
+
+    def _webhook(self, payload: dict[str, Any]) -> None:
+        if not self.webhook:
+            return
+        try:
+            _http("POST", self.webhook, payload, timeout=10)
+        except (OSError, urllib.error.URLError) as e:
+            log.error("webhook %s failed: %s", self.webhook, e)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="monitor", description="Run the validation suite against a live server.")
+    p.add_argument("--spec", required=True, help="the monitor spec (written by the Nix build)")
+    p.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8080")
+    p.add_argument("--once", action="store_true", help="run the suite once, print the result as JSON and exit")
+    p.add_argument("--interval", type=float, default=60.0, help="seconds between runs (default 60)")
+    p.add_argument("--host", default="127.0.0.1", help="address of the monitor's own /metrics (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=9109, help="port of the monitor's own /metrics (default 9109)")
+    p.add_argument("--webhook", help="POST a JSON alert here when a metric falls below its threshold")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec = json.loads(Path(args.spec).read_text())
+    mon = Monitor(spec, args.url, args.webhook)
+    if args.once:
+        result = mon.run_once()
+        print(json.dumps(result, indent=2, sort_keys=True, default=float))
+        return 1 if "error" in result or any(not c["ok"] for c in result.get("checks", [])) else 0
+    from prometheus_client import start_http_server
+
+    start_http_server(args.port, addr=args.host, registry=mon.registry)
+    log.info("monitor of %s: metrics on http://%s:%d/metrics, every %.0f s against %s",
+             mon.name, args.host, args.port, args.interval, args.url)
+    stop = threading.Event()
+    while not stop.is_set():
+        mon.run_once()
+        stop.wait(args.interval)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+SCRIPT = """#!{python} -s
+# Monitor the {name} model: its validation suite against a live server (see --help).
+import sys
+sys.path.insert(0, {runtime!r})
+from mlbuild.runtime.monitor import main
+sys.exit(main(["--spec", {spec!r}, *sys.argv[1:]]))
+"""
+
+
+def build_main() -> None:
+    """Builder of ``NAME.monitor``: the spec (suite, held-out data, thresholds) and bin/monitor."""
+    import hashlib
+    import os
+
+    from .spec import load_spec
+
+    spec = load_spec()
+    out = Path(os.environ["out"])
+    (out / "bin").mkdir(parents=True)
+    code = Path(spec["suite"])
+    files = {p.relative_to(code).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(code.rglob("*")) if p.is_file()}
+    config = json.loads((Path(spec["package"]) / "model" / "config.json").read_text())
+    monitor = {"name": spec["name"], "suite": spec["suite"], "script": spec["script"], "dataset": spec["dataset"],
+               "thresholds": spec["thresholds"], "task": config.get("task", "classification"),
+               "labels": config.get("labels"), "package": spec["package"],
+               "suite_version": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]}
+    (out / "monitor.json").write_text(json.dumps(monitor, indent=2, sort_keys=True) + "\n")
+    script = out / "bin" / "monitor"
+    script.write_text(SCRIPT.format(python=spec["python"], name=spec["name"], runtime=spec["runtime"],
+                                    spec=str(out / "monitor.json")))
+    script.chmod(0o555)
