@@ -2,7 +2,7 @@
 #
 #   import ./nix { system ? "x86_64-linux"; }
 #   -> { lib, fetchLocked, mkInterpreter, mkToolchain, mkProject, runtimeFor, mkNotebooks,
-#        notebookChecks, ... }
+#        notebookChecks, mkImage, ... }
 { system ? "x86_64-linux" }:
 let
   lib = import ./lib.nix;
@@ -53,7 +53,11 @@ let
     inherit (code) mkCode;
     inherit (lib) builderCode;
   };
-  project = import ./project.nix { inherit system lib toolchain dataset train package validate notebook; };
+  images = import ./image.nix {
+    inherit system lib runtimeFor;
+    inherit (lib) builderCode;
+  };
+  project = import ./project.nix { inherit system lib toolchain dataset train package validate notebook images; };
 in
 {
   inherit lib runtimeFor;
@@ -65,5 +69,6 @@ in
   inherit (train) mkTraining;
   inherit (package) mkPackage;
   inherit (validate) mkValidation;
+  inherit (images) mkImage;
   inherit (notebook) mkNotebooks notebookChecks;
 }

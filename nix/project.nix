@@ -8,10 +8,10 @@
 #   }
 #   -> { name config lock toolchain interpreter datasets notebooks.<n> models.<m> <m> }
 #      <m> is the model package, with .model (the training run), .package, .toolchain, .datasets,
-#      .notebooks; notebooks.<n> runs [notebooks.<n>] (nix/notebook.nix)
+#      .notebooks, .image (nix/image.nix); notebooks.<n> runs [notebooks.<n>] (nix/notebook.nix)
 #
 # Nix reads both files itself (builtins.fromTOML / fromJSON): no driver runs at build time.
-{ system, lib, toolchain, dataset, train, package, validate, notebook }:
+{ system, lib, toolchain, dataset, train, package, validate, notebook, images }:
 {
   mkProject = { src, nixpkgs ? null, overrides ? { }, dirty ? false }:
     let
@@ -47,9 +47,14 @@
               args = [ "-s" "-c" "import os, sys; os.mkdir(os.environ['out']); [os.symlink(p, os.path.join(os.environ['out'], n)) for n, p in (('package', sys.argv[1]), ('validation', sys.argv[2]))]" "${pkg}" "${validation}" ];
               PATH = "${tc}/bin";
             };
+            # The OCI image (nix/image.nix): the package, only once its validation passed;
+            # [models.<m>.image] sets mkImage's options (port, uid, gid, user, tag, labels, maxLayers).
+            image = images.mkImage ((spec.image or { }) // {
+              name = m; package = pkg; training = model; toolchain = tc; inherit validation nixpkgs;
+            });
           in
           # `nix build .#<m>` is the package; its stages are attributes of it.
-          pkg // { inherit model validation release; package = pkg; toolchain = tc; inherit datasets notebooks; }
+          pkg // { inherit model validation release image; package = pkg; toolchain = tc; inherit datasets notebooks; }
         ) (config.models or { });
     in
     {

@@ -1,0 +1,46 @@
+"""`mlbuild image load MODEL` and `mlbuild image push MODEL REF`."""
+
+from __future__ import annotations
+
+import click
+
+from .. import image as img
+from .commands import _Bar
+from .main import cli, load
+
+__all__ = ["image"]
+
+_DIRTY = click.option("--allow-dirty", is_flag=True, help="Build even with uncommitted or untracked files.")
+
+
+@cli.group()
+def image() -> None:
+    """Container images of models (`nix build .#MODEL.image`): load them, push them."""
+
+
+@image.command("load")
+@click.argument("model")
+@click.option("--engine", type=click.Choice(img.ENGINES), default=None,
+              help="podman or docker (default: $MLBUILD_ENGINE, else whichever is installed and works).")
+@_DIRTY
+@click.pass_context
+def load_cmd(ctx: click.Context, model: str, engine: str | None, allow_dirty: bool) -> None:
+    """Build MODEL's image and load it into podman or docker; prints its reference."""
+    loaded = img.load_model_image(load(ctx), model, engine=engine, allow_dirty=allow_dirty, on_progress=_Bar())
+    click.echo(f"loaded {loaded.archive} into {loaded.engine}", err=True)
+    click.echo(loaded.reference)
+
+
+@image.command("push")
+@click.argument("model")
+@click.argument("ref")
+@_DIRTY
+@click.pass_context
+def push_cmd(ctx: click.Context, model: str, ref: str, allow_dirty: bool) -> None:
+    """Build MODEL's image and push it to REF with skopeo.
+
+    REF is a registry reference (registry.example.com/team/digits:v1) or any skopeo destination
+    (oci:/path/layout:tag, dir:/path, docker-daemon:digits:v1 ...).
+    """
+    dest = img.push_model_image(load(ctx), model, ref, allow_dirty=allow_dirty, on_progress=_Bar())
+    click.echo(f"pushed {model} to {dest}")

@@ -1,0 +1,207 @@
+"""Model images on the host: build ``<model>.image``, load it into podman or docker, push it.
+
+The image is one archive in the Nix store (nix/image.nix): a docker-archive that is also an OCI
+image layout. ``podman load`` and ``docker load`` read it as a docker-archive; skopeo pushes it as
+``oci-archive:`` so the OCI manifest keeps its annotations (model, data and code hashes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .build import Progress, build_targets
+from .config import Project
+from .errors import MlbuildError
+
+__all__ = [
+    "ImageError", "EngineNotFoundError", "SkopeoNotFoundError", "ArchiveInfo", "Loaded", "ENGINES",
+    "read_archive", "build_image", "find_engine", "load_image", "push_image", "parse_loaded",
+    "destination", "load_model_image", "push_model_image",
+]
+
+ENGINES = ("podman", "docker")
+TRANSPORTS = ("docker://", "oci:", "oci-archive:", "dir:", "docker-archive:", "docker-daemon:",
+              "containers-storage:")
+
+
+class ImageError(MlbuildError):
+    """An image cannot be built, read, loaded or pushed."""
+
+
+class EngineNotFoundError(ImageError):
+    """Neither podman nor docker is there and working."""
+
+
+class SkopeoNotFoundError(ImageError):
+    """skopeo (needed to push) is not installed."""
+
+
+@dataclass(frozen=True)
+class ArchiveInfo:
+    """What an image archive holds: its reference (name:tag), config and layers."""
+
+    path: Path
+    reference: str
+    manifest_digest: str
+    config: dict[str, Any]
+    layers: list[tuple[str, int]]  # (digest, size), bottom first
+    config_size: int
+    manifest_size: int
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self.config.get("config", {}).get("Labels") or {})
+
+
+@dataclass(frozen=True)
+class Loaded:
+    engine: str
+    reference: str
+    archive: Path
+
+
+def read_archive(path: Path) -> ArchiveInfo:
+    """Read the indexes of an image archive (headers only: the layers are not read)."""
+    try:
+        with tarfile.open(path) as tar:
+            def read(name: str) -> bytes:
+                f = tar.extractfile(name)
+                if f is None:
+                    raise KeyError(name)
+                return f.read()
+            entry = json.loads(read("manifest.json"))[0]
+            index = json.loads(read("index.json"))
+            desc = index["manifests"][0]
+            manifest_bytes = read("blobs/sha256/" + desc["digest"].split(":", 1)[1])
+            config_bytes = read(entry["Config"])
+            sizes = {m.name: m.size for m in tar.getmembers()}
+    except (OSError, KeyError, ValueError, IndexError, tarfile.TarError) as e:
+        raise ImageError(f"{path} is not an mlbuild image archive ({e}); build one with "
+                         "`mlbuild build MODEL.image`") from None
+    layers = [("sha256:" + p.rsplit("/", 1)[-1], sizes[p]) for p in entry["Layers"]]
+    return ArchiveInfo(path=Path(path), reference=entry["RepoTags"][0], manifest_digest=desc["digest"],
+                       config=json.loads(config_bytes), layers=layers, config_size=len(config_bytes),
+                       manifest_size=len(manifest_bytes))
+
+
+def _check_model(project: Project, model: str) -> None:
+    models = sorted((project.raw.get("models") or {}).keys())
+    if model not in models:
+        raise ImageError(f"{model!r} is not a model of {project.name} (models: {', '.join(models) or 'none'}); "
+                         f"declare [models.{model}] in {project.config_path}")
+
+
+def build_image(project: Project, model: str, *, allow_dirty: bool = False,
+                on_progress: Callable[[Progress], None] | None = None) -> Path:
+    """Build (or fetch) ``<model>.image``; returns the archive's store path."""
+    _check_model(project, model)
+    summary = build_targets(project, [f"{model}.image"], allow_dirty=allow_dirty, on_progress=on_progress)
+    return Path(summary.outputs[0].path)
+
+
+def _works(engine: str) -> bool:
+    probe = [engine, "version"] if engine == "podman" else [engine, "info", "--format", "{{.ServerVersion}}"]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def find_engine(preferred: str | None = None) -> str:
+    """``preferred`` (or $MLBUILD_ENGINE), else the first of podman, docker that is installed
+    and answers."""
+    wanted = preferred or os.environ.get("MLBUILD_ENGINE") or None
+    if wanted is not None and wanted not in ENGINES:
+        raise ImageError(f"container engine {wanted!r} is not supported; use one of {', '.join(ENGINES)}")
+    tried = []
+    for engine in ([wanted] if wanted else list(ENGINES)):
+        path = shutil.which(engine)
+        if path is None:
+            tried.append(f"{engine}: not installed")
+        elif not _works(engine):
+            tried.append(f"{engine}: installed but not working (is its engine running?)")
+        else:
+            return engine
+    raise EngineNotFoundError(
+        "no container engine to load the image into (" + "; ".join(tried) + "). Install podman "
+        "(`apt-get install podman`, or run `bash .ci/setup`) or start the docker engine")
+
+
+def parse_loaded(output: str) -> str | None:
+    """The reference in ``podman load`` / ``docker load`` output ("Loaded image: REF")."""
+    for line in output.splitlines():
+        for prefix in ("Loaded image(s):", "Loaded image:"):
+            if line.startswith(prefix):
+                return line[len(prefix):].strip().split(",")[0].strip()
+    return None
+
+
+def load_image(archive: Path, engine: str | None = None) -> Loaded:
+    """Load the archive into podman or docker; returns the reference it was loaded as."""
+    info = read_archive(archive)
+    engine = find_engine(engine)
+    proc = subprocess.run([engine, "load", "-i", str(archive)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-10:])
+        raise ImageError(f"`{engine} load -i {archive}` failed (exit {proc.returncode}):\n{tail}")
+    return Loaded(engine, parse_loaded(proc.stdout + "\n" + proc.stderr) or info.reference, Path(archive))
+
+
+def destination(ref: str) -> str:
+    """A skopeo destination: REF as is when it names a transport, else ``docker://REF``."""
+    if not ref or ref.startswith("-"):
+        raise ImageError(f"{ref!r} is not an image reference; use e.g. registry.example.com/team/digits:v1")
+    return ref if ref.startswith(TRANSPORTS) else "docker://" + ref
+
+
+def _skopeo() -> str:
+    skopeo = shutil.which("skopeo")
+    if skopeo is None:
+        raise SkopeoNotFoundError(
+            "pushing needs skopeo, which is not installed: `apt-get install skopeo` (Debian, Ubuntu), "
+            "`dnf install skopeo` (Fedora), or run `bash .ci/setup`; or `mlbuild image load` the image "
+            "and push it with podman or docker")
+    return skopeo
+
+
+def push_image(archive: Path, ref: str, *, extra: Sequence[str] = ()) -> str:
+    """Copy the archive to ``ref`` (a registry by default) with skopeo; returns the destination."""
+    skopeo = _skopeo()
+    read_archive(archive)
+    dest = destination(ref)
+    policy = [] if any(p.is_file() for p in (Path("/etc/containers/policy.json"),
+                                             Path.home() / ".config/containers/policy.json")) \
+        else ["--insecure-policy"]
+    cmd = [skopeo, *policy, "copy", *extra, f"oci-archive:{archive}", dest]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-10:])
+        raise ImageError(f"`skopeo copy oci-archive:{archive} {dest}` failed (exit {proc.returncode}):\n{tail}")
+    return dest
+
+
+def load_model_image(project: Project, model: str, *, engine: str | None = None, allow_dirty: bool = False,
+                     on_progress: Callable[[Progress], None] | None = None) -> Loaded:
+    """``mlbuild image load MODEL``: build the image, then load it."""
+    _check_model(project, model)
+    engine = find_engine(engine)  # fail before a long build when no engine can take the image
+    return load_image(build_image(project, model, allow_dirty=allow_dirty, on_progress=on_progress), engine)
+
+
+def push_model_image(project: Project, model: str, ref: str, *, allow_dirty: bool = False,
+                     extra: Sequence[str] = (),
+                     on_progress: Callable[[Progress], None] | None = None) -> str:
+    """``mlbuild image push MODEL REF``: build the image, then push it with skopeo."""
+    _check_model(project, model)
+    destination(ref)
+    _skopeo()  # fail before a long build when nothing can push
+    return push_image(build_image(project, model, allow_dirty=allow_dirty, on_progress=on_progress), ref,
+                      extra=extra)

@@ -1,0 +1,138 @@
+# Container images of a model package: one archive that `podman load`, `docker load` and skopeo
+# read (a docker-archive that is also an OCI image layout), running the package's bin/serve.
+#
+#   mkImage {
+#     name;               # the image name: the model's name, lower-cased
+#     package;            # the model package; ${package}/bin/serve is the entrypoint
+#     validation;         # the passing validation gate: the image depends on it and carries its
+#                         #   metrics as labels (a failing gate never builds, so neither does this)
+#     toolchain;          # runs the builder (its python)
+#     training ? null;    # the training output: it and every path that depends on it (package,
+#                         #   validation) share the last layer, the only one retraining changes
+#     nixpkgs ? null;     # a nixpkgs flake or package set: dockerTools.streamLayeredImage lays out
+#                         #   the layers (same conventions); null: mlbuild's built-in builder
+#     tag ? null;         # null: the image's own store hash (as in dockerTools)
+#     port ? 8080;        # the server listens on 0.0.0.0:port; ExposedPorts port/tcp
+#     uid ? 1000; gid ? 1000; user ? "mlbuild";    # the non-root user the server runs as
+#     maxLayers ? 100;    # more store paths than fit: the least popular share one layer
+#     labels ? { };       # extra labels (also the OCI manifest's annotations)
+#   }
+#   -> the archive (a file), with .imageName, .imageTag, .backend ("builtin" | "dockerTools") and,
+#      with nixpkgs, .stream (the streamLayeredImage script)
+#
+# Layers (both backends), bottom first: the toolchain's closure, then the other store paths that do
+# not depend on the training, one layer each, most popular first; the training output with the
+# package and the validation in one layer; last, a small layer with /etc/passwd, /etc/group (root
+# and `user`) and /tmp (1777). The archive's bytes are deterministic: building twice gives the
+# same digest.
+{ system, lib, runtimeFor, builderCode }:
+let
+  toLower = builtins.replaceStrings
+    [ "A" "B" "C" "D" "E" "F" "G" "H" "I" "J" "K" "L" "M" "N" "O" "P" "Q" "R" "S" "T" "U" "V" "W" "X" "Y" "Z" ]
+    [ "a" "b" "c" "d" "e" "f" "g" "h" "i" "j" "k" "l" "m" "n" "o" "p" "q" "r" "s" "t" "u" "v" "w" "x" "y" "z" ];
+  isInt = n: builtins.isInt n;
+  specVersion = 1;
+in
+{
+  mkImage =
+    { name, package, validation, toolchain, training ? null, nixpkgs ? null, tag ? null, port ? 8080
+    , uid ? 1000, gid ? 1000, user ? "mlbuild", maxLayers ? 100, labels ? { } }:
+    let
+      imageName = toLower name;
+      uidS = toString uid;
+      gidS = toString gid;
+      entrypoint = [ "${package}/bin/serve" ];
+      cmd = [ "--host" "0.0.0.0" "--port" (toString port) ];
+      env = [ "HOME=/tmp" "TMPDIR=/tmp" "LANG=C.UTF-8" "PYTHONDONTWRITEBYTECODE=1" ];
+      checks = [
+        (lib.assertMsg (builtins.match "[a-z0-9]+([._-]+[a-z0-9]+)*" imageName != null)
+          "mkImage: name ${builtins.toJSON name} is not a valid image name; use letters, digits and . _ - between them")
+        (lib.assertMsg (tag == null || builtins.match "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}" tag != null)
+          "mkImage: tag ${builtins.toJSON tag} is not a valid image tag (letters, digits, _ . -; at most 128)")
+        (lib.assertMsg (isInt port && port > 0 && port < 65536)
+          "mkImage: port ${builtins.toJSON port} is not a TCP port (1..65535)")
+        (lib.assertMsg (isInt uid && isInt gid && uid >= 0 && gid >= 0)
+          "mkImage: uid ${builtins.toJSON uid} / gid ${builtins.toJSON gid} must be numbers >= 0")
+        (lib.assertMsg (builtins.match "[a-z_][a-z0-9_-]*" user != null)
+          "mkImage: user ${builtins.toJSON user} is not a valid user name")
+        (lib.assertMsg (isInt maxLayers && maxLayers >= 3 && maxLayers <= 125)
+          "mkImage: maxLayers is ${builtins.toJSON maxLayers}; use 3..125 (docker refuses more than 125 layers)")
+        (lib.assertMsg (builtins.isAttrs labels && builtins.all builtins.isString (builtins.attrValues labels))
+          "mkImage: labels must be an attribute set of strings, got ${builtins.toJSON labels}")
+      ];
+      spec = {
+        version = specVersion;
+        name = imageName;
+        inherit tag port uid gid user system entrypoint cmd env labels;
+        package = "${package}";
+        validation = "${validation}";
+        training = if training == null then null else "${training}";
+        toolchain = "${toolchain}";
+        max_layers = maxLayers;
+      };
+      # The archive: the toolchain's python runs mlbuild/runtime/image.py.
+      archive = extraSpec: extraAttrs: derivation ({
+        name = "${imageName}-image.tar";
+        inherit system;
+        builder = "${toolchain}/bin/python";
+        args = [ "-s" "-c" (builderCode "image") (runtimeFor [ "spec" "image" "oci/" ]) ];
+        PATH = "${toolchain}/bin";
+        PYTHONHASHSEED = "0";
+        PYTHONDONTWRITEBYTECODE = "1";
+        spec = builtins.toJSON (spec // extraSpec);
+        passAsFile = [ "spec" ];
+      } // extraAttrs);
+
+      builtin = archive { backend = "builtin"; graphs = [ "graph-package" "graph-validation" ]; } {
+        # The closures' reference graphs (path, deriver, references), written into the build folder.
+        exportReferencesGraph = [ "graph-package" package "graph-validation" validation ];
+      };
+
+      # nixpkgs: streamLayeredImage lays out the layers; the archive step adds the labels that
+      # need the trained model (its hash), and the tag, as the built-in builder does.
+      pkgs = if nixpkgs == null then null else nixpkgs.legacyPackages.${system} or nixpkgs;
+      dockerTools = pkgs.dockerTools or (throw
+        "mlbuild: mkImage: the nixpkgs passed to mkProject has no dockerTools; pass a nixpkgs flake (or its legacyPackages.${system}), or nixpkgs = null for the built-in builder");
+      hasPipeline = (builtins.functionArgs dockerTools.streamLayeredImage) ? layeringPipeline;
+      etcCommands = ''
+        mkdir -p etc tmp
+        chmod 1777 tmp
+        printf '%s\n' 'root:x:0:0:root:/root:/sbin/nologin' '${user}:x:${uidS}:${gidS}:${user}:/tmp:/sbin/nologin' > etc/passwd
+        printf '%s\n' 'root:x:0:' ${if gid == 0 then "" else "'${user}:x:${gidS}:'"} > etc/group
+      '';
+      stream = dockerTools.streamLayeredImage ({
+        name = imageName;
+        tag = "mlbuild-stream";
+        config = {
+          Entrypoint = entrypoint;
+          Cmd = cmd;
+          Env = env;
+          User = "${uidS}:${gidS}";
+          WorkingDir = "/tmp";
+          ExposedPorts = { "${toString port}/tcp" = { }; };
+          # Store paths here put the package and the validation gate into the image's closure.
+          Labels = labels // { "mlbuild.package" = "${package}"; "mlbuild.validation" = "${validation}"; };
+        };
+        inherit maxLayers;
+        extraCommands = etcCommands;
+      } // lib.optionalAttrs (hasPipeline && training != null) {
+        # The training output and its dependents in one layer, last; the rest by popularity.
+        # (flatten gives [model, rest...]; reversing the rest, then everything, gives [rest..., model].)
+        layeringPipeline = [
+          [ "subcomponent_in" [ "${training}" ] ]
+          [ "over" "rest" [ "pipe" [ [ "popularity_contest" ] [ "limit_layers" (maxLayers - 2) ] [ "reverse" ] ] ] ]
+          [ "flatten" ]
+          [ "reverse" ]
+        ];
+      });
+      viaNixpkgs = archive { backend = "repack"; stream = "${stream}"; } { };
+
+      image = if nixpkgs == null then builtin else viaNixpkgs;
+    in
+    assert builtins.all (x: x) checks;
+    image // {
+      inherit imageName;
+      imageTag = if tag != null then tag else builtins.substring 0 32 (baseNameOf image.outPath);
+      backend = if nixpkgs == null then "builtin" else "dockerTools";
+    } // lib.optionalAttrs (nixpkgs != null) { inherit stream; };
+}
