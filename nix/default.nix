@@ -57,7 +57,11 @@ let
     inherit system lib runtimeFor;
     inherit (lib) builderCode;
   };
-  project = import ./project.nix { inherit system lib toolchain dataset train package validate notebook images; };
+  monitor = import ./monitor.nix {
+    inherit system lib runtimeFor;
+    inherit (code) mkCode;
+  };
+  project = import ./project.nix { inherit system lib toolchain dataset train package validate notebook images monitor; };
 in
 {
   inherit lib runtimeFor;
@@ -70,5 +74,6 @@ in
   inherit (package) mkPackage;
   inherit (validate) mkValidation;
   inherit (images) mkImage;
+  inherit (monitor) mkMonitor;
   inherit (notebook) mkNotebooks notebookChecks;
 }

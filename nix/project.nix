@@ -11,7 +11,7 @@
 #      .notebooks, .image (nix/image.nix); notebooks.<n> runs [notebooks.<n>] (nix/notebook.nix)
 #
 # Nix reads both files itself (builtins.fromTOML / fromJSON): no driver runs at build time.
-{ system, lib, toolchain, dataset, train, package, validate, notebook, images }:
+{ system, lib, toolchain, dataset, train, package, validate, notebook, images, monitor }:
 {
   mkProject = { src, nixpkgs ? null, overrides ? { }, dirty ? false }:
     let
@@ -52,9 +52,11 @@
             image = images.mkImage ((spec.image or { }) // {
               name = m; package = pkg; training = model; toolchain = tc; inherit validation nixpkgs;
             });
+            # The validation suite against a live server (nix/monitor.nix).
+            monitorOf = monitor.mkMonitor { name = m; model = spec; package = pkg; inherit src datasets; toolchain = tc; };
           in
           # `nix build .#<m>` is the package; its stages are attributes of it.
-          pkg // { inherit model validation release image; package = pkg; toolchain = tc; inherit datasets notebooks; }
+          pkg // { inherit model validation release image; monitor = monitorOf; package = pkg; toolchain = tc; inherit datasets notebooks; }
         ) (config.models or { });
     in
     {

@@ -48,7 +48,7 @@ def load(ctx: click.Context) -> Project:
     return load_project(ctx.find_root().obj)
 
 
-from . import commands, data, image, metrics, notebook  # noqa: E402,F401  (registers the commands)
+from . import commands, data, image, metrics, monitor, notebook  # noqa: E402,F401  (registers the commands)
 from . import store  # noqa: E402,F401  (registers `mlbuild store ...`)
 
 
