@@ -12,8 +12,7 @@ import torch
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import ServerProcess
-from conftest_serve import digits_split, load_reference
+from tests.unit.conftest_serve import ServerProcess, digits_split, load_reference
 
 pytestmark = pytest.mark.e2e
 

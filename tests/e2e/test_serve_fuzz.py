@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ServerProcess, connect
+from tests.unit.conftest_serve import ServerProcess, connect
 
 pytestmark = pytest.mark.e2e
 
@@ -282,5 +282,8 @@ def test_server_stayed_ready(client: Client, small_server: ServerProcess) -> Non
     assert client.sent >= 1000
     assert small_server.request("GET", "/v2/health/ready")[0] == 200
     _, _, text = small_server.request("GET", "/metrics")
-    assert 'status="5' not in text.decode()
+    # (503s from /v2/health/ready while the fixture waited for the model to load are expected)
+    server_errors = [line for line in text.decode().splitlines()
+                     if 'status="5' in line and 'route="/v2/health/ready"' not in line]
+    assert not server_errors, server_errors
     assert "Traceback" not in small_server.log()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ServerProcess
+from tests.unit.conftest_serve import ServerProcess
 
 pytestmark = pytest.mark.e2e
 

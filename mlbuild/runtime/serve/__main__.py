@@ -7,11 +7,16 @@ Only maps arguments to ``server.serve``; errors are printed as ``Error: ...`` wi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
-from .package import ServeError
-from .server import serve
+# Before torch loads OpenMP: idle intra-op threads sleep instead of spinning. Spinning threads
+# take the cores the event loop needs between forward passes (and collapse under contention).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .package import ServeError  # noqa: E402
+from .server import serve  # noqa: E402
 
 __all__ = ["main", "build_parser"]
 
@@ -27,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, help="override serve.json max_batch_size")
     p.add_argument("--max-wait-ms", type=float, help="override serve.json max_wait_ms")
     p.add_argument("--max-body-bytes", type=int, help="override serve.json max_body_bytes")
-    p.add_argument("--graceful-timeout", type=float, default=30.0,
+    p.add_argument("--graceful-timeout", type=int, default=30,
                    help="seconds to let requests finish after SIGTERM (default: 30)")
     p.add_argument("--no-verify", action="store_true", help="skip the weights' sha256 check against the manifest")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

@@ -159,9 +159,9 @@ def _endpoint(handler: Handler, state: ServerState) -> Callable[[Request], Await
             return _error(503, str(e))
         except ClientDisconnect:
             return _error(400, "the client disconnected before sending the whole body")
-        except Exception as e:
-            log.exception("%s %s failed", request.method, request.url.path)
-            return _error(500, f"internal error: {type(e).__name__}: {str(e)[:500]}")
+        except Exception as e:  # the model (user code) or a bug: log it, answer, keep serving
+            log.exception("%s %s failed", request.method, request.url.path[:200])
+            return _error(500, f"inference failed: {type(e).__name__}: {str(e)[:500]}")
     return endpoint
 
 

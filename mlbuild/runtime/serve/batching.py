@@ -14,7 +14,6 @@ its neighbours.
 from __future__ import annotations
 
 import asyncio
-import logging
 import queue
 import threading
 import time
@@ -24,8 +23,6 @@ from typing import Callable
 import numpy as np
 
 __all__ = ["MicroBatcher", "BatcherClosed"]
-
-log = logging.getLogger("mlbuild.serve")
 
 RunFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 OnBatch = Callable[[int, float], None]
@@ -159,8 +156,7 @@ class MicroBatcher:
                 for item in batch:  # isolate the request that broke the batch
                     self._execute([item])
                 return
-            log.exception("inference failed")
-            self._resolve([(batch[0].future, e)])
+            self._resolve([(batch[0].future, e)])  # the app logs it and answers 500
             return
         elapsed = time.perf_counter() - started
         if self._on_batch is not None:

@@ -5,7 +5,7 @@ The user's module (``config.module``, imported from ``PKG/code``) defines
 ``preprocess(x: numpy.ndarray) -> torch.Tensor`` and
 ``postprocess(outputs: torch.Tensor) -> dict[str, numpy.ndarray]``. Defaults: the input as a
 float32 tensor; for ``task == "classification"``, ``{"probabilities": softmax, "label": argmax}``;
-otherwise ``{<first output>: outputs}``.
+otherwise ``{<first output>: outputs}`` (``[N, 1]`` as ``[N]`` when the output is declared ``[-1]``).
 
 Weights are read with safetensors (memory-mapped) and assigned into the module without an extra
 copy (``load_state_dict(strict=True, assign=True)``); the file's sha256 is checked against the
@@ -87,6 +87,16 @@ def _classification_postprocess(outputs: torch.Tensor) -> dict[str, np.ndarray]:
     return {"probabilities": probs.numpy(), "label": torch.argmax(outputs, dim=-1).to(torch.int64).numpy()}
 
 
+def _single_output_postprocess(name: str, ndim: int) -> Postprocess:
+    """The raw outputs as the one declared output; ``[N, 1]`` becomes ``[N]`` if that is declared."""
+    def postprocess(outputs: torch.Tensor) -> dict[str, np.ndarray]:
+        arr = outputs.detach().numpy()
+        if ndim == 1 and arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        return {name: arr}
+    return postprocess
+
+
 class LoadedModel:
     """A ready model: ``run(batch)`` maps an input array (rows first) to validated output arrays.
 
@@ -162,8 +172,7 @@ def load_model(pkg: Package, threads: int | None = None, verify: bool = True) ->
         if pkg.task == "classification":
             postprocess = _classification_postprocess
         else:
-            first = pkg.outputs[0].name
-            postprocess = lambda out: {first: out.detach().numpy()}  # noqa: E731
+            postprocess = _single_output_postprocess(pkg.outputs[0].name, len(pkg.outputs[0].shape))
     model = LoadedModel(pkg, module, preprocess, postprocess, 0.0, threads)
     spec = pkg.input
     warm = np.zeros((1, *[d if d > 0 else 1 for d in spec.shape[1:]]), dtype=spec.dtype)

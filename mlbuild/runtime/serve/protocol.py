@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .package import Package, ServeError, TensorSpec
+from .package import DATATYPES, Package, ServeError, TensorSpec
 
 __all__ = [
     "ProtocolError",
@@ -33,9 +33,9 @@ __all__ = [
     "error_body",
 ]
 
-_INT_BOUNDS = {k: (np.iinfo(v).min, np.iinfo(v).max) for k, v in
-               {"INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8,
-                "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64}.items()}
+_INT_BOUNDS: dict[str, tuple[int, int]] = {
+    k: (int(np.iinfo(DATATYPES[k]).min), int(np.iinfo(DATATYPES[k]).max))
+    for k in ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")}
 
 
 class ProtocolError(ServeError):
@@ -294,7 +294,7 @@ def encode_predict(pkg: Package, results: dict[str, np.ndarray]) -> bytes:
     for i in range(rows):
         row = {name: col[i] for name, col in columns.items()}
         label = row.get("label")
-        if pkg.labels is not None and _is_int(label) and 0 <= label < len(pkg.labels):
+        if pkg.labels is not None and isinstance(label, int) and 0 <= label < len(pkg.labels):
             row["class"] = pkg.labels[label]
         predictions.append(row)
     return json.dumps({"predictions": predictions}).encode()

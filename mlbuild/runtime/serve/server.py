@@ -68,7 +68,7 @@ def _write_port_file(path: Path, port: int) -> None:
 
 def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, threads: int | None = None,
           settings: dict[str, Any] | None = None, verify: bool = True, log_level: str = "info",
-          access_log: bool = False, graceful_timeout: float = 30.0, port_file: Path | str | None = None) -> int:
+          access_log: bool = False, graceful_timeout: int = 30, port_file: Path | str | None = None) -> int:
     """Serve the package at ``package`` until SIGTERM/SIGINT; the process exit status to use.
 
     ``settings`` overrides ``serve.json`` (``max_batch_size``, ``max_wait_ms``, ``max_body_bytes``).
@@ -80,7 +80,7 @@ def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, thr
     sock = bind(host, port)
     actual_port = sock.getsockname()[1]
 
-    disable_created_metrics()  # no *_created series: this process serves one registry of its own
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: this process serves one registry of its own
     metrics = ServerMetrics()
     server: _Server | None = None
 
@@ -90,7 +90,7 @@ def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, thr
 
     state = ServerState(pkg, metrics, threads=threads, verify=verify, on_load_failure=on_load_failure)
     config = uvicorn.Config(create_app(state), lifespan="on", log_level=log_level, access_log=access_log,
-                            timeout_graceful_shutdown=graceful_timeout, server_header=False,
+                            timeout_graceful_shutdown=max(1, graceful_timeout), server_header=False,
                             timeout_keep_alive=30)
     server = _Server(config, state)
     shown = f"[{host}]" if ":" in host else host

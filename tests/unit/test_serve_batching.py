@@ -1,0 +1,133 @@
+"""mlbuild.runtime.serve.batching: requests share forward passes; results go back to their owners."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from mlbuild.runtime.serve.batching import BatcherClosed, MicroBatcher
+
+
+class Recorder:
+    """A stand-in forward pass (doubles its input) that records batch sizes; the first call can
+    block until released, so that requests pile up behind it deterministically."""
+
+    def __init__(self, hold_first: bool = False) -> None:
+        self.sizes: list[int] = []
+        self.release = threading.Event()
+        if not hold_first:
+            self.release.set()
+
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        if not self.sizes:
+            self.release.wait(10)
+        self.sizes.append(len(x))
+        if (x < 0).any():
+            raise ValueError("negative input")
+        return {"y": x * 2, "n": np.full(len(x), len(x))}
+
+
+def _rows(value: float, n: int = 1) -> np.ndarray:
+    return np.full((n, 2), value, dtype=np.float32)
+
+
+async def _with_batcher(run: Recorder, coro, **kwargs):  # type: ignore[no-untyped-def]
+    batcher = MicroBatcher(run, **kwargs)
+    batcher.start()
+    try:
+        return await coro(batcher)
+    finally:
+        batcher.stop()
+
+
+def test_queued_requests_share_a_pass_and_get_their_own_rows() -> None:
+    run = Recorder(hold_first=True)
+
+    async def scenario(b: MicroBatcher) -> list[dict[str, np.ndarray]]:
+        first = asyncio.ensure_future(b.submit(_rows(0)))
+        await asyncio.sleep(0.05)  # the worker is now blocked in the first pass
+        rest = [asyncio.ensure_future(b.submit(_rows(i, n=1 + i % 2))) for i in range(1, 9)]
+        await asyncio.sleep(0.05)
+        run.release.set()
+        return [await first, *[await r for r in rest]]
+
+    results = asyncio.run(_with_batcher(run, scenario, max_batch_size=32, max_wait_s=0.001))
+    assert run.sizes[0] == 1 and run.sizes[1] == sum(1 + i % 2 for i in range(1, 9))
+    for i, out in enumerate(results[1:], start=1):
+        np.testing.assert_array_equal(out["y"], _rows(i * 2, n=1 + i % 2))
+
+
+def test_batches_never_exceed_max_batch_size_and_big_requests_run_alone() -> None:
+    run = Recorder(hold_first=True)
+
+    async def scenario(b: MicroBatcher) -> list[dict[str, np.ndarray]]:
+        first = asyncio.ensure_future(b.submit(_rows(0)))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(b.submit(_rows(1, n))) for n in (3, 3, 9, 2, 1)]
+        await asyncio.sleep(0.05)
+        run.release.set()
+        return [await first, *[await r for r in rest]]
+
+    results = asyncio.run(_with_batcher(run, scenario, max_batch_size=4, max_wait_s=0.001))
+    assert run.sizes == [1, 3, 3, 9, 3]  # 3 | 3 (3+3 > 4) | 9 alone | 2+1
+    assert [len(r["y"]) for r in results] == [1, 3, 3, 9, 2, 1]
+
+
+def test_a_failing_request_does_not_fail_its_batch() -> None:
+    run = Recorder(hold_first=True)
+
+    async def scenario(b: MicroBatcher) -> list[object]:
+        first = asyncio.ensure_future(b.submit(_rows(0)))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(b.submit(_rows(v))) for v in (1, -1, 2)]
+        await asyncio.sleep(0.05)
+        run.release.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    results = asyncio.run(_with_batcher(run, scenario))
+    assert isinstance(results[2], ValueError)
+    assert results[1]["y"][0, 0] == 2 and results[3]["y"][0, 0] == 4  # type: ignore[index]
+    assert run.sizes == [1, 3, 1, 1, 1]  # the batch of 3 failed, then each ran alone
+
+
+def test_a_lone_request_does_not_wait() -> None:
+    async def scenario(b: MicroBatcher) -> float:
+        start = time.perf_counter()
+        await b.submit(_rows(1))
+        return time.perf_counter() - start
+
+    assert asyncio.run(_with_batcher(Recorder(), scenario, max_wait_s=5.0)) < 2.0
+
+
+def test_waits_for_announced_requests() -> None:
+    run = Recorder()
+
+    async def scenario(b: MicroBatcher) -> None:
+        b.arriving(2)  # two requests are reading their bodies
+        first = asyncio.ensure_future(b.submit(_rows(1), arrived=True))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(b.submit(_rows(2), arrived=True))
+        assert (await first)["n"][0] == 2 and (await second)["n"][0] == 2
+
+    asyncio.run(_with_batcher(run, scenario, max_wait_s=2.0))
+    assert run.sizes == [2]
+
+
+def test_stop_and_metrics_hook() -> None:
+    seen: list[tuple[int, float]] = []
+
+    async def scenario() -> None:
+        b = MicroBatcher(Recorder(), on_batch=lambda rows, secs: seen.append((rows, secs)))
+        b.start()
+        await b.submit(_rows(1, 3))
+        await asyncio.to_thread(b.stop)
+        with pytest.raises(BatcherClosed):
+            await b.submit(_rows(1))
+        b.stop()  # idempotent
+
+    asyncio.run(scenario())
+    assert len(seen) == 1 and seen[0][0] == 3 and seen[0][1] >= 0

@@ -1,0 +1,188 @@
+"""mlbuild.runtime.serve.package and .model: validating a package folder, loading its model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.unit.conftest_serve import build_package, load_reference
+from mlbuild.runtime.serve.model import LoadedModel, ModelError, default_threads, load_model
+from mlbuild.runtime.serve.package import PackageError, ServeSettings, load_package
+
+
+@pytest.fixture()
+def pkg(tmp_path: Path) -> Path:
+    return build_package(tmp_path / "pkg", train_steps=0)
+
+
+def _edit(path: Path, **changes: Any) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def test_load_package(pkg: Path) -> None:
+    p = load_package(pkg)
+    assert p.name == "digits" and p.module == "model" and p.task == "classification"
+    assert p.input.name == "input" and p.input.datatype == "FP32" and p.input.shape == (-1, 64)
+    assert [o.name for o in p.outputs] == ["probabilities", "label"] and p.output("label").dtype == "<i8"
+    assert p.output("nope") is None
+    assert p.settings == ServeSettings(max_batch_size=32, max_wait_ms=2.0, max_body_bytes=8 << 20)
+    assert set(p.hashes) == {"model", "data", "code", "toolchain"}
+    assert p.labels == tuple(str(i) for i in range(10))
+
+
+def test_serve_json_and_overrides(pkg: Path) -> None:
+    (pkg / "serve.json").write_text(json.dumps({"max_batch_size": 8, "max_wait_ms": 0}))
+    assert load_package(pkg).settings == ServeSettings(8, 0.0, 8 << 20)
+    assert load_package(pkg, {"max_batch_size": 3}).settings.max_batch_size == 3
+
+
+@pytest.mark.parametrize(("file", "changes", "message"), [
+    ("manifest.json", {"name": "bad name!"}, "name must match"),
+    ("manifest.json", {"hashes": {"model": 3}}, "hashes must be an object of strings"),
+    ("model/config.json", {"module": "no-dash"}, "module must be a Python module name"),
+    ("model/config.json", {"params": []}, "params must be an object"),
+    ("model/config.json", {"labels": [1, 2]}, "labels must be a list of strings"),
+    ("model/config.json", {"inputs": []}, "'inputs' must be a non-empty list"),
+    ("model/config.json", {"inputs": [{"name": "a", "datatype": "BF16", "shape": [-1, 2]}]}, "'BF16'"),
+    ("model/config.json", {"inputs": [{"name": "a", "datatype": "FP32", "shape": [1, 2]}]}, "batch) dimension"),
+    ("model/config.json", {"inputs": [{"name": "a", "datatype": "FP32", "shape": [-1, 0]}]}, "positive ints"),
+    ("model/config.json", {"inputs": [{"name": "a", "datatype": "FP32", "shape": [-1]},
+                                      {"name": "b", "datatype": "FP32", "shape": [-1]}]}, "exactly one input"),
+    ("model/config.json", {"outputs": [{"name": "p", "datatype": "FP32", "shape": [-1]},
+                                       {"name": "p", "datatype": "FP32", "shape": [-1]}]}, "used twice"),
+    ("serve.json", {"max_batch_size": 0}, "max_batch_size"),
+    ("serve.json", {"max_wait_ms": -1}, "max_wait_ms"),
+    ("serve.json", {"max_body_bytes": 10}, "max_body_bytes"),
+    ("serve.json", {"max_batch": 10}, "unknown setting"),
+])
+def test_bad_json_names_the_file_and_value(pkg: Path, file: str, changes: dict[str, Any], message: str) -> None:
+    path = pkg / file
+    if not path.exists():
+        path.write_text("{}")
+    _edit(path, **changes)
+    with pytest.raises(PackageError) as err:
+        load_package(pkg)
+    assert message in str(err.value) and file.split("/")[-1] in str(err.value)
+
+
+@pytest.mark.parametrize("missing", ["manifest.json", "model/config.json", "model/model.safetensors", "code"])
+def test_missing_parts(pkg: Path, missing: str) -> None:
+    import shutil
+
+    target = pkg / missing
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    with pytest.raises(PackageError, match="missing"):
+        load_package(pkg)
+
+
+def test_not_json_and_not_a_folder(pkg: Path, tmp_path: Path) -> None:
+    (pkg / "manifest.json").write_text("{nope")
+    with pytest.raises(PackageError, match="not valid JSON"):
+        load_package(pkg)
+    with pytest.raises(PackageError, match="not a directory"):
+        load_package(tmp_path / "absent")
+
+
+def test_load_model_matches_the_reference(pkg: Path) -> None:
+    model = load_model(load_package(pkg), threads=1)
+    assert isinstance(model, LoadedModel) and model.threads == 1 and model.load_seconds > 0
+    x = np.random.default_rng(0).random((5, 64), dtype=np.float32)
+    out = model.run(x)
+    with torch.no_grad():
+        logits = load_reference(pkg)(torch.from_numpy(x))
+    np.testing.assert_allclose(out["probabilities"], torch.softmax(logits, -1).numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(out["label"], logits.argmax(-1).numpy())
+    assert out["label"].dtype == np.int64 and out["probabilities"].dtype == np.float32
+    torch.testing.assert_close(model.forward(x), logits)
+
+
+def test_weights_must_match_the_manifest_hash(pkg: Path) -> None:
+    _edit(pkg / "manifest.json", hashes={"model": "0" * 64})
+    with pytest.raises(PackageError, match="sha256 is"):
+        load_model(load_package(pkg))
+    load_model(load_package(pkg), verify=False)
+
+
+def test_strict_keys(pkg: Path) -> None:
+    _edit(pkg / "model" / "config.json", params={"features": 64, "hidden": 16, "classes": 10})
+    with pytest.raises(PackageError, match="weights do not fit"):
+        load_model(load_package(pkg))
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("x = 1\n", "defines no build_model"),
+    ("def build_model(params):\n    return 3\n", "not a torch.nn.Module"),
+    ("def build_model(params):\n    raise ValueError('boom')\n", "build_model(params) failed: ValueError: boom"),
+    ("raise ImportError('no such wheel')\n", "importing module 'model' failed"),
+])
+def test_bad_user_code(pkg: Path, source: str, message: str) -> None:
+    (pkg / "code" / "model.py").write_text(source)
+    with pytest.raises(PackageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_model(load_package(pkg), verify=False)
+
+
+def test_user_pre_and_postprocess(tmp_path: Path) -> None:
+    from tests.unit.conftest_serve import MLP_SOURCE
+
+    source = MLP_SOURCE + '''
+import numpy as np
+
+def preprocess(x):
+    return torch.from_numpy(np.asarray(x, dtype=np.float32) / 16.0)
+
+def postprocess(out):
+    return {"score": out.max(dim=-1).values.numpy()}
+'''
+    pkg = build_package(tmp_path / "p", source=source, train_steps=0, extra_config={
+        "task": "scoring", "outputs": [{"name": "score", "datatype": "FP64", "shape": [-1]}]})
+    model = load_model(load_package(pkg))
+    x = np.full((3, 64), 16.0, dtype=np.float32)
+    out = model.run(x)
+    with torch.no_grad():
+        expected = load_reference(pkg)(torch.ones(3, 64)).max(-1).values.numpy()
+    assert out["score"].dtype == np.float64  # cast to the declared datatype
+    np.testing.assert_allclose(out["score"], expected, rtol=1e-6)
+
+
+def test_outputs_that_do_not_fit_the_config_fail_the_warm_up(tmp_path: Path) -> None:
+    pkg = build_package(tmp_path / "p", train_steps=0, extra_config={
+        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 11]}]})
+    with pytest.raises(PackageError, match="warm-up"):
+        load_model(load_package(pkg))
+
+
+def test_regression_default_postprocess(tmp_path: Path) -> None:
+    pkg = build_package(tmp_path / "p", train_steps=0, params={"features": 4, "hidden": 3, "classes": 1},
+                        extra_config={"task": "regression", "labels": None,
+                                      "outputs": [{"name": "prediction", "datatype": "FP32", "shape": [-1]}]})
+    out = load_model(load_package(pkg)).run(np.zeros((2, 4), dtype=np.float32))
+    assert out["prediction"].shape == (2,)
+
+
+def test_model_error_on_wrong_rows(pkg: Path) -> None:
+    model = load_model(load_package(pkg))
+    model.postprocess = lambda out: {"probabilities": np.zeros((1, 10)), "label": np.zeros(1)}
+    with pytest.raises(ModelError, match="for 2 row"):
+        model.run(np.zeros((2, 64), dtype=np.float32))
+    model.postprocess = lambda out: [1]  # type: ignore[assignment,return-value]
+    with pytest.raises(ModelError, match="expected a dict"):
+        model.run(np.zeros((2, 64), dtype=np.float32))
+
+
+def test_default_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlbuild.runtime.serve.package import ServeError
+
+    monkeypatch.setenv("MLBUILD_SERVE_THREADS", "3")
+    assert default_threads() == 3
+    monkeypatch.setenv("MLBUILD_SERVE_THREADS", "x")
+    with pytest.raises(ServeError, match="not an integer"):
+        default_threads()
+    monkeypatch.delenv("MLBUILD_SERVE_THREADS")
+    assert default_threads() >= 1

@@ -1,0 +1,215 @@
+"""mlbuild.runtime.serve.protocol: OIP v2 JSON and binary tensors, validation, the v1 route."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from tritonclient.http import InferInput, InferRequestedOutput, InferResult
+from tritonclient.http._utils import _get_inference_request
+
+from mlbuild.runtime.serve.package import Package, TensorSpec
+from mlbuild.runtime.serve.protocol import (InferRequest, ProtocolError, decode_infer, decode_predict, encode_infer,
+                                            encode_predict)
+
+
+def _pkg(datatype: str = "FP32", shape: tuple[int, ...] = (-1, 4)) -> Package:
+    return Package(root=Path("/nonexistent"), name="m", hashes={}, module="model", params={}, task="classification",
+                   labels=("a", "b", "c"), inputs=(TensorSpec("input", datatype, shape),),
+                   outputs=(TensorSpec("probabilities", "FP32", (-1, 3)), TensorSpec("label", "INT64", (-1,))))
+
+
+PKG = _pkg()
+
+
+def _triton(x: np.ndarray, datatype: str = "FP32", binary: bool = True,
+            outputs: list[InferRequestedOutput] | None = None) -> tuple[bytes, str | None]:
+    """A request body exactly as tritonclient.http builds it."""
+    inp = InferInput("input", list(x.shape), datatype)
+    inp.set_data_from_numpy(x, binary_data=binary)
+    body, json_size = _get_inference_request(inputs=[inp], request_id="", outputs=outputs, sequence_id=0,
+                                             sequence_start=False, sequence_end=False, priority=0, timeout=None,
+                                             custom_parameters=None)
+    return (body if isinstance(body, bytes) else body.encode()), (None if json_size is None else str(json_size))
+
+
+def _json_body(data: Any, shape: Any = (2, 4), datatype: str = "FP32", **extra: Any) -> bytes:
+    return json.dumps({"inputs": [{"name": "input", "datatype": datatype, "shape": list(shape), "data": data}],
+                       **extra}).encode()
+
+
+def _error(body: bytes, header: str | None = None, pkg: Package = PKG) -> ProtocolError:
+    with pytest.raises(ProtocolError) as err:
+        decode_infer(pkg, body, header)
+    assert 400 <= err.value.status < 500
+    return err.value
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_decode_what_tritonclient_sends(binary: bool) -> None:
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    req = decode_infer(PKG, *_triton(x, binary=binary))
+    np.testing.assert_array_equal(req.array, x)
+    assert req.array.dtype == np.float32 and req.array.flags.writeable
+    assert req.outputs == [("probabilities", True), ("label", True)]  # no outputs named: binary_data_output
+    req = decode_infer(PKG, *_triton(x, outputs=[InferRequestedOutput("label", binary_data=False)]))
+    assert req.outputs == [("label", False)]
+
+
+def test_json_data_may_be_nested_and_ints() -> None:
+    req = decode_infer(PKG, _json_body([[1, 2, 3, 4], [5, 6, 7, 8.5]]), None)
+    assert req.array.dtype == np.float32 and req.array.shape == (2, 4) and req.array[1, 3] == 8.5
+    assert req.outputs == [("probabilities", False), ("label", False)] and req.id is None
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"{", "not valid JSON"),
+    (b"\xff\xfe", "not valid JSON"),
+    (b"[" * 100_000, "not valid JSON"),
+    (b"[]", "must be a JSON object"),
+    (b"{}", "inputs must be a non-empty list"),
+    (_json_body([0.0] * 8, datatype="FP64"), "datatype 'FP64', the model expects FP32"),
+    (_json_body([0.0] * 8, shape=(2, 5)), "does not match the model's [-1, 4]"),
+    (_json_body([0.0] * 8, shape=(0, 4)), "has no rows"),
+    (_json_body([0.0] * 8, shape=(2, "4")), "shape must be a list of integers"),
+    (_json_body([0.0] * 8, shape=(2, True)), "shape must be a list of integers"),
+    (_json_body([0.0] * 7), "7 element(s)"),
+    (_json_body([0.0] * 7 + ["x"]), "not numbers"),
+    (_json_body([0.0] * 7 + [True]), "true/false"),
+    (_json_body([0.0] * 7 + [None]), "not numbers"),
+    (_json_body([0.0] * 7 + [10**30]), "not numbers"),
+    (_json_body([[0.0] * 4, [0.0] * 3]), "not a regular array"),
+    (_json_body([0.0] * 7 + [1e39]), "NaN or infinity"),
+    (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 4], "data": [NaN, 0,0,0,0,0,0,0]}]}',
+     "NaN or infinity"),
+    (_json_body([0.0] * 8, id=3), "id must be a string"),
+    (_json_body([0.0] * 8, parameters=[]), "parameters must be an object"),
+    (_json_body([0.0] * 8, parameters={"binary_data_output": "yes"}), "binary_data_output"),
+    (_json_body([0.0] * 8, outputs=[{"name": "x"}]), "unknown output 'x'"),
+    (_json_body([0.0] * 8, outputs=[{"name": "label"}, {"name": "label"}]), "requested twice"),
+    (_json_body([0.0] * 8, outputs=[]), "outputs is empty"),
+    (_json_body([0.0] * 8, outputs=[{"name": "label", "parameters": {"classification": 2}}]), "classification"),
+    (_json_body([0.0] * 8, outputs=[{"name": "label", "parameters": {"binary_data": 1}}]), "true or false"),
+    (json.dumps({"inputs": [{"name": "other", "datatype": "FP32", "shape": [1, 4], "data": [0] * 4}]}).encode(),
+     "unknown input 'other'"),
+    (json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4]}]}).encode(), "no data"),
+    (json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0] * 4}] * 2}).encode(),
+     "given twice"),
+    (json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0] * 4,
+                             "parameters": {"binary_data_size": 16}}]}).encode(), "no Inference-Header"),
+])
+def test_bad_json_requests(body: bytes, message: str) -> None:
+    assert message in _error(body).message
+
+
+def test_binary_sizes_are_checked() -> None:
+    x = np.ones((2, 4), dtype=np.float32)
+    body, header = _triton(x)
+    assert header is not None
+    n = int(header)
+    assert "not a size" in _error(body, "abc").message
+    assert "not a size" in _error(body, "\u00b2").message
+    assert "not a size" in _error(body, str(len(body) + 1)).message
+    assert "not claimed" in _error(body + b"x", header).message
+    assert "ends after" in _error(body[:-1], header).message
+    head = json.loads(body[:n])
+    head["inputs"][0]["parameters"]["binary_data_size"] = 31
+    bad = json.dumps(head).encode()
+    assert "needs 32 bytes" in _error(bad + body[n:], str(len(bad))).message
+    nan = x.copy()
+    nan[1, 2] = np.inf
+    assert "NaN or infinity" in _error(*_triton(nan)).message
+
+
+@pytest.mark.parametrize(("datatype", "data", "ok"), [
+    ("INT32", [1, 2, 3, 2**31 - 1], True),
+    ("INT32", [1, 2, 3, 2**31], False),
+    ("INT32", [1.0, 2, 3, 4], False),
+    ("UINT8", [0, 1, 255, 3], True),
+    ("UINT8", [0, -1, 2, 3], False),
+    ("BOOL", [True, False, True, True], True),
+    ("BOOL", [1, 0, 1, 1], False),
+    ("FP16", [1.0, 2, 3, 70000.0], False),
+])
+def test_other_datatypes(datatype: str, data: list[Any], ok: bool) -> None:
+    pkg = _pkg(datatype)
+    body = _json_body(data, shape=(1, 4), datatype=datatype)
+    if ok:
+        arr = decode_infer(pkg, body, None).array
+        assert arr.dtype == np.dtype(pkg.input.dtype) and arr.ravel().tolist() == data
+    else:
+        _error(body, pkg=pkg)
+
+
+def test_binary_bool_bytes_are_0_or_1() -> None:
+    pkg = _pkg("BOOL")
+    head = json.dumps({"inputs": [{"name": "input", "datatype": "BOOL", "shape": [1, 4],
+                                   "parameters": {"binary_data_size": 4}}]}).encode()
+    assert decode_infer(pkg, head + b"\x00\x01\x01\x00", str(len(head))).array.tolist() == [[False, True, True, False]]
+    assert "0 or 1" in _error(head + b"\x00\x02\x01\x00", str(len(head)), pkg=pkg).message
+
+
+def _result(pkg: Package, req: InferRequest, rows: int) -> tuple[InferResult, dict[str, np.ndarray]]:
+    results = {"probabilities": np.random.default_rng(rows).random((rows, 3), dtype=np.float32),
+               "label": np.arange(rows, dtype=np.int64) % 3}
+    body, header = encode_infer(pkg, req, results)
+    return InferResult.from_response_body(body, header_length=header), results
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_responses_decode_with_tritonclient(binary: bool) -> None:
+    req = InferRequest("r1", np.zeros((5, 4), np.float32), [("probabilities", binary), ("label", binary)])
+    result, results = _result(PKG, req, 5)
+    for name, arr in results.items():
+        out = result.as_numpy(name)
+        np.testing.assert_array_equal(out.reshape(arr.shape), arr)
+        assert out.dtype == arr.dtype
+    response = result.get_response()
+    assert response["id"] == "r1" and response["model_name"] == "m"
+    assert response["outputs"][0]["shape"] == [5, 3]
+
+
+def test_only_the_requested_outputs() -> None:
+    req = InferRequest(None, np.zeros((2, 4), np.float32), [("label", False)])
+    body, header = encode_infer(PKG, req, {"probabilities": np.zeros((2, 3), np.float32),
+                                           "label": np.array([1, 2])})
+    assert header is None and json.loads(body) == {
+        "model_name": "m", "model_version": "1",
+        "outputs": [{"name": "label", "datatype": "INT64", "shape": [2], "data": [1, 2]}]}
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=6).map(
+    lambda s: (s[0], 4)), elements=st.floats(width=32, allow_nan=False, allow_infinity=False)), binary=st.booleans())
+def test_round_trip(x: np.ndarray, binary: bool) -> None:
+    req = decode_infer(PKG, *_triton(x, binary=binary))
+    np.testing.assert_array_equal(req.array, x)
+    result, results = _result(PKG, req, len(x))
+    np.testing.assert_array_equal(result.as_numpy("label").reshape(-1), results["label"])
+
+
+def test_predict() -> None:
+    arr = decode_predict(PKG, json.dumps({"instances": [[0, 1, 2, 3], [4, 5, 6, 7]]}).encode())
+    assert arr.dtype == np.float32 and arr.shape == (2, 4)
+    body = encode_predict(PKG, {"probabilities": np.array([[0.1, 0.2, 0.7]], dtype=np.float32),
+                                "label": np.array([2])})
+    prediction = json.loads(body)["predictions"][0]
+    assert prediction["label"] == 2 and prediction["class"] == "c"
+    assert math.isclose(prediction["probabilities"][2], 0.7, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("body", [
+    b"[]", b'{"rows": []}', b'{"instances": []}', b'{"instances": [[1, 2, 3]]}', b'{"instances": [[1, 2], [3]]}',
+    b'{"instances": [["a", "b", "c", "d"]]}', b'{"instances": [[NaN, 1, 2, 3]]}', b'{"instances": 3}',
+])
+def test_bad_predict(body: bytes) -> None:
+    with pytest.raises(ProtocolError) as err:
+        decode_predict(PKG, body)
+    assert err.value.status == 400
