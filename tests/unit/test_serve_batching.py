@@ -18,12 +18,14 @@ class Recorder:
 
     def __init__(self, hold_first: bool = False) -> None:
         self.sizes: list[int] = []
+        self.entered = threading.Event()  # the first pass has started (and is held)
         self.release = threading.Event()
         if not hold_first:
             self.release.set()
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         if not self.sizes:
+            self.entered.set()
             self.release.wait(10)
         self.sizes.append(len(x))
         if (x < 0).any():
@@ -49,9 +51,9 @@ def test_queued_requests_share_a_pass_and_get_their_own_rows() -> None:
 
     async def scenario(b: MicroBatcher) -> list[dict[str, np.ndarray]]:
         first = asyncio.ensure_future(b.submit(_rows(0)))
-        await asyncio.sleep(0.05)  # the worker is now blocked in the first pass
+        await asyncio.to_thread(run.entered.wait, 10)  # the worker is now held in the first pass
         rest = [asyncio.ensure_future(b.submit(_rows(i, n=1 + i % 2))) for i in range(1, 9)]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.01)  # every submit has queued its request (this loop does the queueing)
         run.release.set()
         return [await first, *[await r for r in rest]]
 
@@ -66,9 +68,9 @@ def test_batches_never_exceed_max_batch_size_and_big_requests_run_alone() -> Non
 
     async def scenario(b: MicroBatcher) -> list[dict[str, np.ndarray]]:
         first = asyncio.ensure_future(b.submit(_rows(0)))
-        await asyncio.sleep(0.05)
+        await asyncio.to_thread(run.entered.wait, 10)
         rest = [asyncio.ensure_future(b.submit(_rows(1, n))) for n in (3, 3, 9, 2, 1)]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.01)  # every submit has queued its request (this loop does the queueing)
         run.release.set()
         return [await first, *[await r for r in rest]]
 
@@ -82,9 +84,9 @@ def test_a_failing_request_does_not_fail_its_batch() -> None:
 
     async def scenario(b: MicroBatcher) -> list[object]:
         first = asyncio.ensure_future(b.submit(_rows(0)))
-        await asyncio.sleep(0.05)
+        await asyncio.to_thread(run.entered.wait, 10)
         rest = [asyncio.ensure_future(b.submit(_rows(v))) for v in (1, -1, 2)]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.01)  # every submit has queued its request (this loop does the queueing)
         run.release.set()
         return await asyncio.gather(first, *rest, return_exceptions=True)
 
@@ -131,3 +133,16 @@ def test_stop_and_metrics_hook() -> None:
 
     asyncio.run(scenario())
     assert len(seen) == 1 and seen[0][0] == 3 and seen[0][1] >= 0
+
+
+def test_thread_init_runs_in_the_worker_thread() -> None:
+    names: list[str] = []
+
+    async def scenario() -> None:
+        b = MicroBatcher(Recorder(), thread_init=lambda: names.append(threading.current_thread().name))
+        b.start()
+        await b.submit(_rows(1))
+        await asyncio.to_thread(b.stop)
+
+    asyncio.run(scenario())
+    assert names == ["mlbuild-batcher"]

@@ -83,7 +83,7 @@ class ServerState:
             return
         settings = self.pkg.settings
         batcher = MicroBatcher(model.run, settings.max_batch_size, settings.max_wait_ms / 1000.0,
-                               on_batch=self.metrics.observe_batch)
+                               on_batch=self.metrics.observe_batch, thread_init=model.bind_thread)
         batcher.start()
         self.model, self.batcher = model, batcher
         self.metrics.load_seconds.set(model.load_seconds)

@@ -50,8 +50,9 @@ class MicroBatcher:
     """Queue requests from an event loop; run them in batches in one worker thread."""
 
     def __init__(self, run: RunFn, max_batch_size: int = 32, max_wait_s: float = 0.002,
-                 on_batch: OnBatch | None = None) -> None:
+                 on_batch: OnBatch | None = None, thread_init: Callable[[], None] | None = None) -> None:
         self._run = run
+        self._thread_init = thread_init
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self._on_batch = on_batch
@@ -137,6 +138,8 @@ class MicroBatcher:
         return batch
 
     def _work(self) -> None:
+        if self._thread_init is not None:
+            self._thread_init()  # per-thread runtime settings (torch's OpenMP thread count)
         while True:
             batch = self._collect()
             if batch is None:

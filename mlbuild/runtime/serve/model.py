@@ -109,6 +109,10 @@ class LoadedModel:
         self.preprocess, self.postprocess = preprocess, postprocess
         self.load_seconds, self.threads = load_seconds, threads
 
+    def bind_thread(self) -> None:
+        """Apply the intra-op thread count in the calling thread (OpenMP keeps it per thread)."""
+        torch.set_num_threads(self.threads)
+
     def forward(self, batch: np.ndarray) -> torch.Tensor:
         """The bare forward pass (no postprocessing), as the benchmark's reference."""
         with torch.inference_mode():
