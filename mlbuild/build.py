@@ -162,7 +162,7 @@ def push_outputs(project: Project, summary: Summary) -> list[str]:
     from .store.push import push
 
     result = push(load_store_config(project.root), [b.path for b in summary.outputs], build_deps=True)
-    return result.pushed
+    return [n.store_path for n in result.pushed]
 
 
 def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool = False,

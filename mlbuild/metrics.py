@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 from . import git
 from .build import Progress, build_targets
 from .config import Project, load_project
-from .errors import MlbuildError
+from .errors import BuildError, MlbuildError
 
 __all__ = ["Point", "show", "diff", "history", "write_reports", "table", "prometheus_text", "validate"]
 
@@ -31,8 +31,9 @@ __all__ = ["Point", "show", "diff", "history", "write_reports", "table", "promet
 @dataclass(frozen=True)
 class Point:
     rev: str                 # a git revision, or "worktree"
-    report: dict[str, Any]   # metrics.json of the validation report
+    report: dict[str, Any]   # metrics.json of the validation report ({} when it failed)
     path: str
+    error: str = ""          # why this revision has no report (its build failed)
 
 
 def _report(project: Project, model: str, rev: str, **kw: Any) -> Point:
@@ -99,8 +100,17 @@ def history(project: Project, model: str) -> list[Point]:
     revs = git.log_revisions(project.root, existing)
     if not revs:
         raise MlbuildError(f"no commits touch {', '.join(existing)}; commit the project first")
-    points = [p for rev in revs if (p := _report_at(project, model, rev, required=False)) is not None]
-    if not points:
+    points = []
+    for rev in revs:
+        try:
+            p = _report_at(project, model, rev, required=False)
+        except BuildError as e:  # e.g. a commit whose training raised: a gap, not the end
+            last = [l for l in str(e).splitlines() if l.strip()][-1:]
+            points.append(Point(rev, {}, "", f"build failed: {last[0].strip() if last else e}"))
+            continue
+        if p is not None:
+            points.append(p)
+    if not any(p.report for p in points):
         raise MlbuildError(f"no commit declares [models.{model}.validation]; commit it first")
     return points
 
@@ -120,13 +130,14 @@ def table(points: Sequence[Point]) -> list[str]:
     rows = [[p.rev[:10], p.report.get("suite", {}).get("version", "-")[:8],
              *(f"{p.report['metrics'][n]:.4f}" if n in p.report.get("metrics", {}) else "-" for n in names)]
             for p in points]
+    failed = [f"{p.rev[:10]}: {p.error}" for p in points if p.error]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *rows]] + failed
 
 
 def prometheus_text(model: str, points: Sequence[Point]) -> str:
     """The latest point as Prometheus text format (gauges, labelled by model, hash, suite)."""
-    p = points[-1]
+    p = [q for q in points if q.report][-1]
     labels = (f'model="{model}",model_hash="{p.report.get("model_hash", "")}",'
               f'suite_version="{p.report.get("suite", {}).get("version", "")}",revision="{p.rev}"')
     lines = ["# HELP mlbuild_validation_metric A validation metric of the packaged model (scikit-learn).",
@@ -145,6 +156,7 @@ def _plot(model: str, points: Sequence[Point]) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    points = [p for p in points if p.report]
     xs = list(range(len(points)))
     for name in _metric_names(points):
         ax.plot(xs, [p.report["metrics"].get(name) for p in points], marker="o", label=name)
@@ -168,9 +180,11 @@ def write_reports(model: str, points: Sequence[Point], out_dir: Path) -> dict[st
              "prom": out_dir / f"{model}-metrics.prom"}
     files["png"].write_bytes(png)
     rows = table(points)
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r.split()) + "</tr>" for r in rows[1:])
+    ok_rows = [r for r in rows[1:] if ": build failed" not in r]
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r.split()) + "</tr>" for r in ok_rows)
+    cells += "".join(f"<tr><td colspan='99'>{html.escape(r)}</td></tr>" for r in rows[1:] if ": build failed" in r)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in rows[0].split())
-    last = points[-1].report
+    last = [p for p in points if p.report][-1].report
     cm = last.get("confusion_matrix")
     cm_html = ""
     if cm:
