@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .. import _nix
-from ..errors import StoreTargetError
+from ..errors import NixError, StoreTargetError
 from .config import StoreConfig
 from .layout import Layout
 from .narinfo import STORE_DIR, NarInfo
@@ -85,12 +85,15 @@ def topological(infos: dict[str, PathInfo]) -> list[str]:
 
 
 def _closure(targets: list[str], local_store: str | None, build_deps: bool) -> dict[str, PathInfo]:
-    invalid = _nix.invalid_paths_in(targets, store=local_store)
-    if invalid:
+    try:   # one Nix call when every target is valid (the usual case)
+        infos = path_infos(targets, store=local_store, recursive=True)
+    except NixError:
+        invalid = _nix.invalid_paths_in(targets, store=local_store)
+        if not invalid:
+            raise
         where = f" {local_store}" if local_store else ""
         raise StoreTargetError(f"{', '.join(invalid)} is not valid in the local store{where}; build it "
-                               f"first (`nix build ...` / `mlbuild build`), then push")
-    infos = path_infos(targets, store=local_store, recursive=True)
+                               f"first (`nix build ...` / `mlbuild build`), then push") from None
     if build_deps:
         drvs = [i.deriver for i in infos.values() if i.path in targets and i.deriver]
         drvs = [d for d in drvs if d not in set(_nix.invalid_paths_in(drvs, store=local_store))]

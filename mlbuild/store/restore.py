@@ -2,7 +2,8 @@
 
 For a NAR stored without compression (weights and other large incompressible data), file
 contents are copied from the cache with ``copy_file_range`` (in the kernel, like ``cp``) while a
-second thread hashes, chunk by chunk, the bytes that landed in the destination. The path is
+second thread hashes, slice by slice, the bytes that landed in the destination
+(:mod:`mlbuild.store.fastcopy`): the NAR is read from disk once. The path is
 registered (``nix-store --load-db``) only when
 
 - its narinfo carries a signature by a trusted key (checked before anything is written),
@@ -20,25 +21,20 @@ chroot store); otherwise, and for compressed NARs, Nix copies (:mod:`mlbuild.sto
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
-import queue
 import shutil
-import threading
 from pathlib import Path
 from typing import Any
 
 from .. import _nix
 from ..errors import StoreCorruptError
-from ..nar import CHUNK
+from .fastcopy import HashPipe, kernel_copy
 from .keys import PublicKey, check_signatures
 from .layout import Layout
 from .narinfo import NarInfo, format_hash
-from .narstream import FileData, NarFormatError, nar_segments, parse_nar
+from .narstream import NarFormatError, nar_segments, parse_nar
 
 __all__ = ["real_store_dir", "restore_paths"]
-
-_SLICE = 64 << 20
 
 
 def real_store_dir(local_store: str | None) -> Path | None:
@@ -56,54 +52,27 @@ def real_store_dir(local_store: str | None) -> Path | None:
 
 
 class _Tap:
-    """A file object that hands every byte read through it to ``sink``."""
+    """A file object that hands every byte read through it (the NAR's framing) to ``pipe``."""
 
-    def __init__(self, f: Any, sink: queue.Queue[Any]) -> None:
-        self.f, self.sink = f, sink
+    def __init__(self, f: Any, pipe: HashPipe) -> None:
+        self.f, self.pipe = f, pipe
 
     def read(self, n: int = -1) -> bytes:
         data: bytes = self.f.read(n)
-        if data:
-            self.sink.put(data)
+        self.pipe.framing(data)
         return data
 
     def seek(self, offset: int, whence: int = 0) -> int:
         return int(self.f.seek(offset, whence))
 
 
-def _hasher(items: queue.Queue[Any], h: Any, framing: bytearray, errors: list[BaseException]) -> None:
-    fds: dict[str, int] = {}
-    try:
-        while (item := items.get()) is not None:
-            if isinstance(item, bytes):
-                h.update(item)
-                framing.extend(item)
-                continue
-            path, offset, length = item
-            if path not in fds:
-                fds[path] = os.open(path, os.O_RDONLY)
-            done = 0
-            while done < length:
-                chunk = os.pread(fds[path], min(length - done, 4 * CHUNK), offset + done)
-                if not chunk:
-                    raise StoreCorruptError(f"{path} is shorter than what was copied into it")
-                h.update(chunk)
-                done += len(chunk)
-    except BaseException as e:
-        errors.append(e)
-        while items.get() is not None:   # drain so the producer never blocks
-            pass
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-
-
-def _unpack(nar_path: Path, dest: str, items: queue.Queue[Any]) -> list[str]:
-    """Write the tree; returns the folders (made read-only once everything is hashed)."""
+def _unpack(nar_path: Path, dest: str, pipe: HashPipe) -> list[str]:
+    """Write the tree, handing framing and written file contents to ``pipe`` in NAR order;
+    returns the folders (made read-only once everything is hashed)."""
     dirs: list[str] = []
     with open(nar_path, "rb", buffering=0) as raw:
         src = raw.fileno()
-        for e in parse_nar(_Tap(raw, items)):  # type: ignore[arg-type]
+        for e in parse_nar(_Tap(raw, pipe)):  # type: ignore[arg-type]
             target = os.path.join(dest, e.rel) if e.rel else dest
             if e.kind == "directory":
                 os.mkdir(target, 0o755)
@@ -113,13 +82,8 @@ def _unpack(nar_path: Path, dest: str, items: queue.Queue[Any]) -> list[str]:
             else:
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 try:
-                    done = 0
-                    while done < e.size:
-                        n = os.copy_file_range(src, fd, min(_SLICE, e.size - done), e.offset + done)
-                        if n <= 0:
-                            raise StoreCorruptError(f"{nar_path} ends inside {e.rel or 'the file'}")
-                        items.put((target, done, n))
-                        done += n
+                    kernel_copy(src, fd, e.size, src_offset=e.offset, what=f"{nar_path} (inside {e.rel or 'the file'})",
+                                on_slice=lambda offset, n: pipe.region(target, offset, n))
                     os.fchmod(fd, 0o555 if e.executable else 0o444)
                 finally:
                     os.close(fd)
@@ -131,28 +95,19 @@ def _canonical_framing(dest: str) -> bytes:
 
 
 def _restore(layout: Layout, info: NarInfo, dest: str) -> None:
-    items: queue.Queue[Any] = queue.Queue(maxsize=64)
-    h = hashlib.sha256()
-    framing = bytearray()
-    errors: list[BaseException] = []
-    hasher = threading.Thread(target=_hasher, args=(items, h, framing, errors), daemon=True)
-    hasher.start()
-    try:
-        dirs = _unpack(layout.nar(info.url), dest, items)
-    except (NarFormatError, OSError) as e:
-        raise StoreCorruptError(f"{info.store_path}: the NAR in {layout.root} is malformed ({e}); run "
-                                f"`mlbuild store verify --repair` and push it again") from None
-    finally:
-        items.put(None)
-        hasher.join()
-    if errors:
-        raise errors[0]
-    size = len(framing) + sum(s.size for s in nar_segments(dest) if isinstance(s, FileData))
-    if format_hash(h.digest()) != info.nar_hash or size != info.nar_size:
-        raise StoreCorruptError(f"hash mismatch restoring {info.store_path}: got {format_hash(h.digest())} "
+    with HashPipe(keep_framing=True) as pipe:
+        try:
+            dirs = _unpack(layout.nar(info.url), dest, pipe)
+        except (NarFormatError, OSError) as e:
+            raise StoreCorruptError(f"{info.store_path}: the NAR in {layout.root} is malformed ({e}); run "
+                                    f"`mlbuild store verify --repair` and push it again") from None
+        digest, size = pipe.finish()
+    if format_hash(digest) != info.nar_hash or size != info.nar_size:
+        raise StoreCorruptError(f"hash mismatch restoring {info.store_path}: got {format_hash(digest)} "
                                 f"({size} bytes), the signed narinfo says {info.nar_hash} ({info.nar_size}); "
                                 f"run `mlbuild store verify --repair` and push it again")
-    if _canonical_framing(dest) != bytes(framing):
+    assert pipe.framing_bytes is not None
+    if _canonical_framing(dest) != bytes(pipe.framing_bytes):
         raise StoreCorruptError(f"{info.store_path}: the restored tree differs from its NAR")
     for path in [*dirs[::-1]]:
         os.chmod(path, 0o555)

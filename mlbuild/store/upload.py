@@ -1,7 +1,8 @@
 """Publishing one store path: write its NAR once (hash, compress, copy), then its signed narinfo.
 
 Uncompressed NARs of readable paths are written like ``cp`` writes: framing with ``write`` and file
-contents with ``copy_file_range`` in the kernel, while a second thread hashes the same bytes. Other
+contents with ``copy_file_range`` in the kernel, while a second thread hashes the NAR as it lands
+in the temp file (:mod:`mlbuild.store.fastcopy`). Other
 NARs stream through zstd in one pass. Either way the NAR hash must equal the one Nix registered
 for the path (a mismatch means a corrupt local store, and nothing is published). The NAR goes to
 a temp file unique across hosts, is fsynced and renamed to ``nar/<filehash>.nar[.zst]``; only
@@ -10,10 +11,8 @@ then is the narinfo written (same way). A writer killed at any point leaves at m
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +25,8 @@ from .compression import NONE, ZSTD, choose_compression, nar_suffix, real_path_i
 from .keys import SecretKey
 from .layout import FILE_MODE, Layout, fsync_dir, publish_bytes, temp_name
 from .narinfo import NarInfo, format_hash, parse_hash
-from .narstream import FileData, nar_segments
+from .fastcopy import HashPipe, kernel_copy
+from .narstream import nar_segments
 
 __all__ = ["PathInfo", "path_infos", "publish_path"]
 
@@ -71,63 +71,28 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _copy_range(src: int, dst: int, size: int) -> None:
-    """Copy ``size`` bytes from src's position to dst's, in the kernel when it can."""
-    left = size
-    while left:
-        try:
-            n = os.copy_file_range(src, dst, min(left, 1 << 30))
-        except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            n = 0
-        if n == 0:
-            data = os.read(src, min(left, CHUNK))
-            if not data:
-                raise StoreCorruptError(f"file shrank while it was pushed ({left} bytes missing)")
-            _write_all(dst, data)
-            n = len(data)
-        left -= n
-
-
-def _hash_segments(segments: list[bytes | FileData], h: Any, errors: list[BaseException]) -> None:
-    try:
-        for seg in segments:
+def _write_plain(real: str, fd: int, tmp: str) -> _Written:
+    """The NAR of ``real`` into ``fd`` (the temp file ``tmp``), written like ``cp`` writes, and
+    hashed by a second thread from what landed in ``tmp``; durable (fsynced) on return."""
+    pos = 0
+    with HashPipe() as pipe:
+        for seg in nar_segments(real):
             if isinstance(seg, bytes):
-                h.update(seg)
+                _write_all(fd, seg)
+                pipe.framing(seg)
+                pos += len(seg)
                 continue
-            with open(seg.path, "rb", buffering=0) as f:
-                left = seg.size
-                while left:
-                    chunk = f.read(min(left, 4 * CHUNK))
-                    if not chunk:
-                        raise StoreCorruptError(f"{seg.path} shrank while it was pushed")
-                    h.update(chunk)
-                    left -= len(chunk)
-    except BaseException as e:  # re-raised by the caller's thread
-        errors.append(e)
-
-
-def _write_plain(real: str, fd: int) -> _Written:
-    segments = list(nar_segments(real))
-    h = hashlib.sha256()
-    errors: list[BaseException] = []
-    hasher = threading.Thread(target=_hash_segments, args=(segments, h, errors), daemon=True)
-    hasher.start()
-    size = 0
-    for seg in segments:
-        if isinstance(seg, bytes):
-            _write_all(fd, seg)
-            size += len(seg)
-        else:
-            with open(seg.path, "rb", buffering=0) as src:
-                _copy_range(src.fileno(), fd, seg.size)
-            size += seg.size
-    os.fsync(fd)   # write back while the hasher still reads (it is the slower of the two)
-    hasher.join()
-    if errors:
-        raise errors[0]
-    digest = h.digest()
+            src = os.open(seg.path, os.O_RDONLY)
+            try:
+                kernel_copy(src, fd, seg.size, what=seg.path,
+                            on_slice=lambda offset, n: pipe.region(tmp, offset, n))
+            finally:
+                os.close(src)
+            pos += seg.size
+        os.fsync(fd)   # the write-back overlaps the hasher's tail
+        digest, size = pipe.finish()
+    if size != pos:
+        raise StoreCorruptError(f"{tmp}: hashed {size} bytes of the {pos} written")
     return _Written(digest, size, digest, size)
 
 
@@ -187,7 +152,7 @@ def publish_path(layout: Layout, info: PathInfo, key: SecretKey, *, local_store:
     try:
         os.fchmod(fd, FILE_MODE)
         if comp == NONE and real is not None:
-            w = _write_plain(real, fd)
+            w = _write_plain(real, fd, str(tmp))
         else:
             chunks = _chunks_from_tree(real) if real is not None else _chunks_from_nix(info.path, local_store)
             w = _write_stream(chunks, fd, comp, zstd_level)

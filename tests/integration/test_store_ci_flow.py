@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mlbuild.errors import StoreTargetError
 from mlbuild.store import gc, pull, push, stats, tag, verify
 from mlbuild.store.layout import Layout
 from tests.conftest import run_cli
@@ -101,3 +102,14 @@ def test_fast_restore_registers_what_nix_would(tmp_path: Path) -> None:
         assert (real / "run").stat().st_mode & 0o777 == 0o555 and (real / "w.bin").stat().st_mode & 0o777 == 0o444
         assert (real / "sub").stat().st_mode & 0o777 == 0o555 and (real / "w.bin").stat().st_mtime == 1
     assert not list((fast / "nix" / "store").glob("*.lock"))
+
+
+def test_push_of_a_path_not_built_names_it(tmp_path: Path) -> None:
+    graph = write_graph(tmp_path)
+    cfg = make_store(tmp_path)
+    a = Machine(tmp_path / "A")
+    tool = a.build(file=graph, attrs=["tool"]).outputs["tool"]
+    missing = "/nix/store/" + "0" * 32 + "-store-test-never-built"
+    with pytest.raises(StoreTargetError, match=f"{missing} is not valid in the local store {a.store}"):
+        push(cfg, [tool, missing], local_store=a.store)
+    assert push(cfg, [tool], local_store=a.store).pushed[0].store_path == tool
