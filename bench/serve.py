@@ -228,11 +228,12 @@ def bare_forward(package: Path, threads: int, batch: int, rounds: int = 3, secon
     return best
 
 
-def start_server(package: Path, workdir: Path, threads: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(package: Path, workdir: Path, threads: int,
+                 extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:
     port_file = workdir / f"{package.name}.port"
     env = {**os.environ, "MLBUILD_SERVE_THREADS": str(threads)}
     proc = subprocess.Popen([sys.executable, "-m", "mlbuild.runtime.serve", "--package", str(package), "--port", "0",
-                             "--port-file", str(port_file), "--log-level", "warning"], cwd=REPO, env=env)
+                             "--port-file", str(port_file), "--log-level", "warning", *extra], cwd=REPO, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -257,7 +258,7 @@ def pct(values: list[float], q: int) -> float:
 
 
 def bench_model(package: Path, port: int | None, workdir: Path, threads: int, rows: int,
-                counts: tuple[int, int]) -> float:
+                counts: tuple[int, int], max_wait_ms: float | None = None) -> float:
     meta_path = package / "model" / "config.json"
     manifest = json.loads((package / "manifest.json").read_text())
     settings = {"max_batch_size": 32, **json.loads((package / "serve.json").read_text())} \
@@ -265,14 +266,16 @@ def bench_model(package: Path, port: int | None, workdir: Path, threads: int, ro
     before = bare_forward(package, threads, settings["max_batch_size"])
     proc = None
     if port is None:
-        proc, port = start_server(package, workdir, threads)
+        extra = [] if max_wait_ms is None else ["--max-wait-ms", str(max_wait_ms)]
+        proc, port = start_server(package, workdir, threads, extra)
     try:
         body, headers = request_body(rows)
         path = f"/v2/models/{manifest['name']}/infer"
         load(port, path, body, headers, 8, 200)  # warm up
         params = json.loads(meta_path.read_text())["params"]
+        wait = settings.get("max_wait_ms", 2.0) if max_wait_ms is None else max_wait_ms
         print(f"\n{manifest['name']} ({params}), {rows} row(s)/request, {threads} torch thread(s), "
-              f"max_batch_size {settings['max_batch_size']}")
+              f"max_batch_size {settings['max_batch_size']}, max_wait_ms {wait}")
         served = 0.0
         for concurrency, total in ((1, counts[0]), (32, counts[1])):
             s0, c0 = batch_counts(port)
@@ -306,12 +309,13 @@ def http_stack() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--package", help="benchmark this package instead of the built-in ones")
-    ap.add_argument("--models", default="digits,wide", help=f"built-in packages to run, of {sorted(MODELS)}")
+    ap.add_argument("--models", default="digits,wide,xl", help=f"built-in packages to run, of {sorted(MODELS)}")
     ap.add_argument("--rows", type=int, default=1, help="rows per request (default 1)")
     ap.add_argument("--requests", default="400,4000", help="requests at concurrency 1 and 32 (default 400,4000)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("MLBUILD_SERVE_THREADS", 0))
                     or len(os.sched_getaffinity(0)), help="torch threads of the server and the reference")
     ap.add_argument("--port", type=int, help="use the server already listening on 127.0.0.1:PORT")
+    ap.add_argument("--max-wait-ms", type=float, help="override the packages' max_wait_ms in the server")
     args = ap.parse_args()
     counts = tuple(int(n) for n in args.requests.split(","))
     assert len(counts) == 2, "--requests takes two counts"
@@ -324,7 +328,7 @@ def main() -> None:
         else:
             packages = [build_package(work / name, name, MODELS[name]) for name in args.models.split(",")]
         for package in packages:
-            bench_model(package, args.port, work, args.threads, args.rows, (counts[0], counts[1]))
+            bench_model(package, args.port, work, args.threads, args.rows, (counts[0], counts[1]), args.max_wait_ms)
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 
 
