@@ -12,6 +12,7 @@ draining, 500 (logged) when the model itself fails.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import zlib
@@ -27,6 +28,7 @@ from starlette.routing import Route
 from mlbuild import __version__
 
 from .batching import BatcherClosed, MicroBatcher
+from .live import FeedbackError, LiveQuality
 from .metrics import CONTENT_TYPE_LATEST, MetricsMiddleware, ServerMetrics
 from .model import LoadedModel, load_model
 from .package import MODEL_VERSION, Package
@@ -62,6 +64,9 @@ class ServerState:
         self.load_error: BaseException | None = None
         self.draining = False
         metrics.set_package(pkg.name, pkg.hashes)
+        reference = pkg.root / "model" / "reference.json"
+        self.live = LiveQuality(pkg.name, json.loads(reference.read_text()) if reference.is_file() else None,
+                                list(pkg.labels) if pkg.labels is not None else None, metrics.registry)
 
     @property
     def ready(self) -> bool:
@@ -206,6 +211,9 @@ async def _infer(request: Request, state: ServerState) -> Response:
     finally:
         if not submitted:
             batcher.arriving(-1)
+    # Every response carries an id (the client's, or one assigned here): feedback refers to it.
+    req = dataclasses.replace(req, id=state.live.request_id(req.id))
+    state.live.observe(req.id, req.array, results.get("label"))
     content, header_length = encode_infer(state.pkg, req, results)
     if header_length is None:
         return Response(content, media_type=_JSON)
@@ -233,7 +241,22 @@ async def _v1_predict(request: Request, state: ServerState) -> Response:
     return Response(encode_predict(state.pkg, results), media_type=_JSON)
 
 
+async def _feedback(request: Request, state: ServerState) -> Response:
+    """Ground truth for earlier requests: {"feedback": [{"id": ..., "labels": [...]}]} (see live.py)."""
+    state.check_model(request)
+    body = await _read_body(request, state.pkg.settings.max_body_bytes)
+    try:
+        data = json.loads(body)
+    except ValueError as e:
+        raise ProtocolError(400, f"feedback is not valid JSON: {e}") from None
+    try:
+        return _json(state.live.add_feedback(data))
+    except FeedbackError as e:
+        raise ProtocolError(400, str(e)) from None
+
+
 async def _metrics(request: Request, state: ServerState) -> Response:
+    state.live.refresh(force=True)
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -273,6 +296,7 @@ def create_app(state: ServerState) -> MetricsMiddleware:
         route("/v2/models/{name}/versions/{version}/ready", _model_ready, ["GET"]),
         route("/v2/models/{name}/infer", _infer, ["POST"]),
         route("/v2/models/{name}/versions/{version}/infer", _infer, ["POST"]),
+        route("/v2/models/{name}/feedback", _feedback, ["POST"]),
         route("/v1/models/{name}:predict", _v1_predict, ["POST"]),
         route("/v1/models/{name}", _v1_status, ["GET"]),
         route("/metrics", _metrics, ["GET"]),

@@ -1,0 +1,164 @@
+"""Monitoring end to end: the Nix-built server and monitor, scraped by a real Prometheus (Debian's
+package, started here) with the generated config; its HTTP API shows the live accuracy, the
+threshold status, and the alert condition once wrong ground-truth labels are fed back."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli
+from tests.integration.conftest import digits_repo  # noqa: F401
+
+pytestmark = [pytest.mark.e2e, pytest.mark.torch]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http(method: str, url: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        raw = r.read()
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode()
+
+
+def wait(what: str, fn: Any, timeout: float = 120.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+            if last:
+                return last
+        except OSError as e:
+            last = e
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}: {last!r}")
+
+
+class Procs:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir, self.procs = workdir, []
+
+    def start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(cmd, stdout=open(self.workdir / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
+        self.procs.append(p)
+        return p
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture(scope="module")
+def stack(digits_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    if shutil.which("prometheus") is None:
+        pytest.fail("prometheus is not installed: `bash .ci/setup` installs Debian's prometheus package")
+    work = tmp_path_factory.mktemp("monitoring")
+    build = run_cli("build", "digits", "digits.monitor", cwd=digits_repo).stdout.splitlines()
+    package, monitor = (line.split("\t")[1] for line in build[:2])
+    server_port, monitor_port, prom_port = free_port(), free_port(), free_port()
+    procs = Procs(work)
+    procs.start("server", [f"{package}/bin/serve", "--host", "127.0.0.1", "--port", str(server_port),
+                           "--log-level", "warning"])
+    wait("server", lambda: http("GET", f"http://127.0.0.1:{server_port}/v2/health/ready")["ready"])
+    procs.start("monitor", [f"{monitor}/bin/monitor", "--url", f"http://127.0.0.1:{server_port}",
+                            "--port", str(monitor_port), "--interval", "1"])
+    conf = work / "conf"
+    run_cli("monitor", "config", "digits", "--out", str(conf), "--server", f"127.0.0.1:{server_port}",
+            "--monitor", f"127.0.0.1:{monitor_port}", "--scrape-interval", "1s", "--interval", "1",
+            cwd=digits_repo)
+    procs.start("prometheus", ["prometheus", f"--config.file={conf / 'prometheus.yml'}",
+                               f"--storage.tsdb.path={work / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"])
+    wait("prometheus", lambda: "Ready" in http("GET", f"http://127.0.0.1:{prom_port}/-/ready"))
+    try:
+        yield {"package": Path(package), "server": f"http://127.0.0.1:{server_port}",
+               "monitor": f"http://127.0.0.1:{monitor_port}", "prom": f"http://127.0.0.1:{prom_port}", "conf": conf}
+    finally:
+        procs.stop()
+
+
+def query(stack: dict[str, Any], q: str) -> list[dict[str, Any]]:
+    out = http("GET", f"{stack['prom']}/api/v1/query?query={urllib.parse.quote(q)}")
+    assert out["status"] == "success", out
+    return list(out["data"]["result"])
+
+
+def test_prometheus_sees_the_suite_on_the_live_server(stack: dict[str, Any]) -> None:
+    acc = wait("monitor accuracy in Prometheus",
+               lambda: query(stack, 'mlbuild_monitor_metric{model="digits",metric="accuracy"}'))
+    report = json.loads((stack["package"] / "manifest.json").read_text())
+    assert acc[0]["metric"]["model_hash"] == report["hashes"]["model"]
+    assert float(acc[0]["value"][1]) >= 0.95
+    ok = wait("threshold status", lambda: query(stack, 'mlbuild_monitor_threshold_ok{model="digits"}'))
+    assert {r["metric"]["metric"]: r["value"][1] for r in ok} == {"accuracy": "1", "f1_macro": "1"}
+
+
+def test_wrong_feedback_makes_the_alert_condition_true(stack: dict[str, Any]) -> None:
+    split = Path(json.loads((stack["package"] / "manifest.json").read_text())["datasets"]["digits-split"]["path"])
+    data = np.loadtxt(split / "test.csv", delimiter=",", dtype=np.float32)[:60]
+    x, y = data[:, :-1], data[:, -1].astype(int)
+    feedback = []
+    for i in range(0, len(x), 20):
+        rows = x[i:i + 20]
+        resp = http("POST", f"{stack['server']}/v2/models/digits/infer",
+                    {"id": f"req-{i}", "inputs": [{"name": "input", "datatype": "FP32", "shape": list(rows.shape),
+                                                   "data": rows.reshape(-1).tolist()}]})
+        assert resp["id"] == f"req-{i}"
+        feedback.append({"id": resp["id"], "labels": [int((v + 1) % 10) for v in y[i:i + 20]]})  # all wrong
+    out = http("POST", f"{stack['server']}/v2/models/digits/feedback", {"feedback": feedback})
+    assert out == {"matched_rows": 60, "unknown_ids": 0}
+    live = wait("live accuracy", lambda: query(stack, 'mlbuild_live_metric{model="digits",metric="accuracy"}'))
+    assert float(live[0]["value"][1]) < 0.5
+    rules = json.loads((stack["conf"] / "alerts.yml").read_text())["groups"][0]["rules"]
+    live_rule = next(r for r in rules if r["alert"] == "MlbuildLiveMetricBelowThreshold"
+                     and r["labels"]["metric"] == "accuracy")
+    assert query(stack, live_rule["expr"]), "the alert expression is not true"
+    alerts = wait("the alert firing", lambda: [a for a in http("GET", f"{stack['prom']}/api/v1/alerts")["data"]["alerts"]
+                                               if a["labels"]["alertname"] == "MlbuildLiveMetricBelowThreshold"])
+    assert alerts[0]["labels"]["model"] == "digits"
+
+
+def test_generated_rules_and_dashboard_are_valid(stack: dict[str, Any]) -> None:
+    proc = subprocess.run(["promtool", "check", "rules", str(stack["conf"] / "alerts.yml")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = subprocess.run(["promtool", "check", "config", str(stack["conf"] / "prometheus.yml")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # every metric the dashboard and the rules name is one the server or the monitor exports
+    http("POST", f"{stack['server']}/v2/models/digits/infer",
+         {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]})
+    exposed = set()
+    for url in (f"{stack['server']}/metrics", f"{stack['monitor']}/metrics"):
+        wait(f"{url}", lambda: "mlbuild_" in http("GET", url))
+        exposed |= set(re.findall(r"^(mlbuild_[a-z_]+)", http("GET", url), re.M))
+    board = json.loads((stack["conf"] / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    exprs += [r["expr"] for r in json.loads((stack["conf"] / "alerts.yml").read_text())["groups"][0]["rules"]]
+    named = {m for e in exprs for m in re.findall(r"\b(mlbuild_[a-z_]+)", e)}
+    assert named and named <= exposed, f"not exported: {sorted(named - exposed)}"
