@@ -8,7 +8,6 @@ predicted in Python (storepath.py), so when everything is present it costs one `
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,17 +19,10 @@ from .errors import HashMismatchError, InterpreterError, LockError
 from .interpreter import Identity, loader_name, make_snapshot, probe
 from .lockfile import read_lock, write_lock
 from .resolve import BOOTSTRAP_TOOLS, pip_download, resolve
+from .runtime.hashing import sha256_file
 from .storepath import fixed_output_path
 
 __all__ = ["lock_project", "prefetch", "PrefetchResult", "check_fresh", "snapshot_into_store"]
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def snapshot_into_store(ident: Identity, libraries: tuple[str, ...]) -> tuple[str, str, str]:
@@ -139,7 +131,7 @@ def _fetch_wheels(project: Project, todo: list[dict[str, str]], result: Prefetch
                 got = sorted(p.name for p in Path(tmp).iterdir())
                 raise LockError(f"pip fetched {got} for {w['name']}=={w['version']}, not the locked "
                                 f"{w['filename']}; run `mlbuild lock` to re-pin")
-            actual = _sha256_file(file)
+            actual = sha256_file(file)
             if actual != w["sha256"]:
                 raise HashMismatchError(f"wheel {w['filename']}", w["sha256"], actual,
                                         "The package source serves different bytes than were locked; "

@@ -17,7 +17,7 @@
       inherit system;
       builder = "${toolchain}/bin/python";
       args = [ "-s" "-c" "import sys; sys.path.insert(0, sys.argv[1]); from mlbuild.runtime.monitor import build_main; build_main()"
-               (runtimeFor [ "spec" "monitor" ]) ];
+               (runtimeFor [ "spec" "hashing" "monitor" ]) ];
       PATH = "${toolchain}/bin";
       PYTHONDONTWRITEBYTECODE = "1";
       spec = builtins.toJSON {
@@ -28,7 +28,7 @@
         script = suite;
         dataset = "${datasets.${v.dataset}}";
         thresholds = v.thresholds or { };
-        runtime = "${runtimeFor [ "spec" "prepare" "validate" "monitor" ]}";
+        runtime = "${runtimeFor [ "spec" "prepare" "hashing" "validate" "monitor" ]}";
         python = "${toolchain}/bin/python";
       };
       passAsFile = [ "spec" ];

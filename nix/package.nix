@@ -7,14 +7,14 @@
 {
   mkPackage = { name, model, training, src, toolchain }:
     let
-      runtime = runtimeFor [ "spec" "prepare" "serve/" ];
+      runtime = runtimeFor [ "spec" "prepare" "hashing" "serve/" ];
       script = model.script or "${name}.py";
     in
     derivation {
       name = "${name}-package";
       inherit system;
       builder = "${toolchain}/bin/python";
-      args = [ "-s" "-c" (builderCode "package") (runtimeFor [ "spec" "package" ]) ];
+      args = [ "-s" "-c" (builderCode "package") (runtimeFor [ "spec" "hashing" "package" ]) ];
       PATH = "${toolchain}/bin";
       PYTHONDONTWRITEBYTECODE = "1";
       spec = builtins.toJSON {

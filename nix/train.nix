@@ -30,7 +30,7 @@
       name = "${name}-model";
       inherit system;
       builder = "${toolchain}/bin/python";
-      args = [ "-s" "-c" (builderCode "train") (runtimeFor [ "spec" "prepare" "determinism" "train" ]) ];
+      args = [ "-s" "-c" (builderCode "train") (runtimeFor [ "spec" "prepare" "determinism" "hashing" "train" ]) ];
       PATH = "${toolchain}/bin";
       PYTHONHASHSEED = "0";
       PYTHONDONTWRITEBYTECODE = "1";

@@ -30,7 +30,7 @@
         "[models.${name}.validation].dataset is ${dataset}, which is not a dataset";
         derivation (common // {
           name = "${name}-validation-report";
-          args = [ "-s" "-c" (builderCode "validate") (runtimeFor [ "spec" "prepare" "validate" "serve/" ]) ];
+          args = [ "-s" "-c" (builderCode "validate") (runtimeFor [ "spec" "prepare" "hashing" "validate" "serve/" ]) ];
           OMP_NUM_THREADS = "1";
           spec = builtins.toJSON {
             version = 1;
@@ -45,7 +45,7 @@
       gate = derivation (common // {
         name = "${name}-validation";
         args = [ "-s" "-c" "import sys; sys.path.insert(0, sys.argv[1]); from mlbuild.runtime.validate import gate_main; gate_main()"
-                 (runtimeFor [ "spec" "validate" ]) ];
+                 (runtimeFor [ "spec" "hashing" "validate" ]) ];
         spec = builtins.toJSON {
           version = 1;
           inherit name;

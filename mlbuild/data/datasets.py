@@ -11,7 +11,6 @@ Three kinds of source:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from .. import _nix, git
 from ..config import Project
 from ..errors import ConfigError, MlbuildError
 from ..lockfile import read_lock, write_lock
+from ..runtime.hashing import sha256_file
 from ..storepath import fixed_output_path
 from . import statcache
 from .importer import Imported, import_path
@@ -204,21 +204,13 @@ class FileDiff:
 def _files(root: Path) -> dict[str, tuple[int, str]]:
     out = {}
     if root.is_file():
-        return {root.name: (root.stat().st_size, _sha(root))}
+        return {root.name: (root.stat().st_size, sha256_file(root))}
     for dirpath, _dirs, names in os.walk(root):
         for n in names:
             p = Path(dirpath) / n
             if not p.is_symlink():
-                out[p.relative_to(root).as_posix()] = (p.stat().st_size, _sha(p))
+                out[p.relative_to(root).as_posix()] = (p.stat().st_size, sha256_file(p))
     return out
-
-
-def _sha(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:

@@ -173,22 +173,20 @@ sys.exit(main(["--spec", {spec!r}, *sys.argv[1:]]))
 
 def build_main() -> None:
     """Builder of ``NAME.monitor``: the spec (suite, held-out data, thresholds) and bin/monitor."""
-    import hashlib
     import os
 
+    from .hashing import tree_digest, tree_hashes
     from .spec import load_spec
 
     spec = load_spec()
     out = Path(os.environ["out"])
     (out / "bin").mkdir(parents=True)
-    code = Path(spec["suite"])
-    files = {p.relative_to(code).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-             for p in sorted(code.rglob("*")) if p.is_file()}
+    files = tree_hashes(Path(spec["suite"]))
     config = json.loads((Path(spec["package"]) / "model" / "config.json").read_text())
     monitor = {"name": spec["name"], "suite": spec["suite"], "script": spec["script"], "dataset": spec["dataset"],
                "thresholds": spec["thresholds"], "task": config.get("task", "classification"),
                "labels": config.get("labels"), "package": spec["package"],
-               "suite_version": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]}
+               "suite_version": tree_digest(files)[:16]}
     (out / "monitor.json").write_text(json.dumps(monitor, indent=2, sort_keys=True) + "\n")
     script = out / "bin" / "monitor"
     script.write_text(SCRIPT.format(python=spec["python"], name=spec["name"], runtime=spec["runtime"],

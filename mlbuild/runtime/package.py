@@ -19,6 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
+from .hashing import sha256_file
 from .spec import load_spec
 
 __all__ = ["main"]
@@ -30,14 +31,6 @@ sys.path.insert(0, {runtime!r})
 from mlbuild.runtime.serve.__main__ import main
 sys.exit(main(["--package", {package!r}, *sys.argv[1:]]))
 """
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def main() -> None:
@@ -57,7 +50,7 @@ def main() -> None:
         "version": 1,
         "name": spec["name"],
         "hashes": {
-            "model": _sha256(out / "model" / "model.safetensors"),
+            "model": sha256_file(out / "model" / "model.safetensors"),
             "data": hashlib.sha256(data).hexdigest(),
             "code": provenance["code"]["sha256"],
             "toolchain": spec["toolchain"],

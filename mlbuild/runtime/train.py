@@ -17,7 +17,6 @@ Nothing written depends on the clock, so ``nix-build --check`` compares bit for 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import determinism
+from .hashing import sha256_file, tree_digest, tree_hashes
 from .spec import load_spec
 
 __all__ = ["Context", "main", "run", "EVENT_PREFIX"]
@@ -93,18 +93,6 @@ class Context:
                           "fractions": fractions}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _code_hashes(code: Path) -> dict[str, str]:
-    return {p.relative_to(code).as_posix(): _sha256(p) for p in sorted(code.rglob("*")) if p.is_file()}
-
-
 def run(spec: dict[str, Any], out: Path) -> None:
     threads = int(spec.get("threads", 1))
     determinism.apply(int(spec["seed"]), spec["device"], threads)
@@ -135,13 +123,13 @@ def run(spec: dict[str, Any], out: Path) -> None:
     (out / "metrics.json").write_text(json.dumps({"epochs": ctx.history, "final": final}, indent=2, sort_keys=True) + "\n")
     if ctx.reference is not None:
         (out / "reference.json").write_text(json.dumps(ctx.reference, sort_keys=True) + "\n")
-    code = _code_hashes(Path(spec["code"]))
+    code = tree_hashes(Path(spec["code"]))
     provenance = {
         "model": spec["model"],
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": sha256_file(weights),
         "datasets": spec["datasets"],
         "code": {"store_path": spec["code"], "files": code,
-                 "sha256": hashlib.sha256(json.dumps(code, sort_keys=True).encode()).hexdigest()},
+                 "sha256": tree_digest(code)},
         "params": spec["params"], "seed": spec["seed"], "device": spec["device"],
         "toolchain": spec["toolchain"], "interpreter": spec["interpreter"],
         "determinism": determinism.settings(int(spec["seed"]), spec["device"], threads),

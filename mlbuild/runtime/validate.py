@@ -19,21 +19,16 @@ recomputes the metrics.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from .hashing import tree_digest, tree_hashes
 from .spec import load_spec
 
 __all__ = ["main", "gate_main", "compute_metrics", "check_thresholds", "format_checks"]
-
-
-def _file_hashes(code: Path) -> dict[str, str]:
-    return {p.relative_to(code).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(code.rglob("*")) if p.is_file()}
 
 
 def compute_metrics(task: str, y_true: Any, y_pred: Any, proba: Any = None,
@@ -92,13 +87,13 @@ def main() -> None:
         report = compute_metrics(task, y, merged["label"], merged.get("probabilities"), labels)
     else:
         report = compute_metrics(task, y, next(iter(merged.values())))
-    code = _file_hashes(Path(spec["suite"]))
+    code = tree_hashes(Path(spec["suite"]))
     report.update({
         "model": spec["name"], "task": task, "n": int(len(y)),
         "package": spec["package"], "model_hash": pkg.hashes.get("model"),
         "dataset": {"name": spec["dataset_name"], "path": spec["dataset"]},
         "suite": {"script": spec["script"], "files": code,
-                  "version": hashlib.sha256(json.dumps(code, sort_keys=True).encode()).hexdigest()[:16]},
+                  "version": tree_digest(code)[:16]},
     })
     (out / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     np.save(out / "predictions.npy", np.asarray(merged.get("label", next(iter(merged.values())))), allow_pickle=False)

@@ -14,7 +14,6 @@ manifest first.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from ..hashing import sha256_file
 from .package import Package, PackageError, ServeError
 
 __all__ = ["LoadedModel", "ModelError", "load_model", "default_threads", "sha256_file"]
@@ -34,10 +34,8 @@ __all__ = ["LoadedModel", "ModelError", "load_model", "default_threads", "sha256
 Preprocess = Callable[[np.ndarray], torch.Tensor]
 Postprocess = Callable[[torch.Tensor], dict[str, np.ndarray]]
 
-
 class ModelError(ServeError):
     """The model (user code) failed or returned outputs that do not fit ``config.outputs``."""
-
 
 def default_threads() -> int:
     """Intra-op threads: ``$MLBUILD_SERVE_THREADS``, else the CPUs this process may run on."""
@@ -55,15 +53,6 @@ def default_threads() -> int:
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
 
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _import_user_module(pkg: Package) -> Any:
     code = str(pkg.code_dir)
     if code not in sys.path:
@@ -76,16 +65,13 @@ def _import_user_module(pkg: Package) -> Any:
     except Exception as e:
         raise PackageError(pkg.code_dir, f"importing module {pkg.module!r} failed: {type(e).__name__}: {e}") from e
 
-
 def _default_preprocess(x: np.ndarray) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(x))
     return t.float() if t.is_floating_point() else t
 
-
 def _classification_postprocess(outputs: torch.Tensor) -> dict[str, np.ndarray]:
     probs = torch.softmax(outputs.float(), dim=-1)
     return {"probabilities": probs.numpy(), "label": torch.argmax(outputs, dim=-1).to(torch.int64).numpy()}
-
 
 def _single_output_postprocess(name: str, ndim: int) -> Postprocess:
     """The raw outputs as the one declared output; ``[N, 1]`` becomes ``[N]`` if that is declared."""
@@ -95,7 +81,6 @@ def _single_output_postprocess(name: str, ndim: int) -> Postprocess:
             arr = arr[:, 0]
         return {name: arr}
     return postprocess
-
 
 class LoadedModel:
     """A ready model: ``run(batch)`` maps an input array (rows first) to validated output arrays.
@@ -139,7 +124,6 @@ class LoadedModel:
                                  f"config.json declares {list(spec.shape)}")
             result[spec.name] = arr
         return result
-
 
 def load_model(pkg: Package, threads: int | None = None, verify: bool = True) -> LoadedModel:
     """Import the user's module, build the model, load the weights (strict keys), warm it up."""
