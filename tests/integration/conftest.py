@@ -35,7 +35,7 @@ def small_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def small_toolchain(small_project: Path) -> str:
     out = run_cli("build", "toolchain", cwd=small_project).stdout
-    return out.split("\t")[1].strip()
+    return out.split("\t")[1].split("\n")[0]
 
 
 def lock_matches_host(project: Path) -> bool:

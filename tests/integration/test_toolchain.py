@@ -164,7 +164,7 @@ def test_digits_toolchain_with_torch(tmp_path: Path) -> None:
         project = digits
     else:  # another host's interpreter: re-lock a copy, as the README says
         project = example_copy("digits", tmp_path)
-        toolchain = run_cli("build", "toolchain", cwd=project).stdout.split("\t")[1].strip()
+        toolchain = run_cli("build", "toolchain", cwd=project).stdout.split("\t")[1].split("\n")[0]
     proc = env_i_python(f"{toolchain}/bin/python",
                         "import torch, numpy, safetensors.torch, sklearn, starlette, uvicorn, prometheus_client\n"
                         "print(torch.nn.Linear(3, 2)(torch.ones(1, 3)).shape)\n" + MAPS_CHECK)

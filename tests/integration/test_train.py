@@ -95,7 +95,7 @@ def test_experiment_round_trip(digits_repo: Path, trained: str) -> None:
     assert "cached" in back.stdout and trained in back.stdout
     assert "epoch" not in back.stderr  # nothing trained
     table = run_cli("exp", "show", "digits", cwd=digits_repo).stdout
-    assert trained in table and lr[3:] in table and "val_accuracy" in table
+    assert trained in table and str(float(lr[3:])) in table and "val_accuracy" in table
     bad = run_cli("exp", "run", "digits", "--set", "nope=1", cwd=digits_repo, check=False)
     assert bad.returncode == 1 and "nope" in bad.stderr and "params:" in bad.stderr
 
