@@ -53,10 +53,4 @@ from . import store  # noqa: E402,F401  (registers `mlbuild store ...`)
 
 
 def main() -> None:
-    try:
-        cli()
-    except BrokenPipeError:  # `mlbuild ... | head`: the reader left; not an error of ours
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
+    cli()
