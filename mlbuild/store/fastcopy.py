@@ -7,7 +7,8 @@ on two cores: :func:`kernel_copy` copies in slices and reports each finished sli
 :class:`HashPipe` thread hashes, in NAR order, the framing bytes it is given and each slice
 *read back from where it was written* (the destination's page cache, so the disk is read once).
 Slices are hashed through ``mmap`` (no copy into user space); small ones through one reused
-buffer.
+buffer. Measured here (2 GiB, cold): the copy takes about what ``cp`` takes, and sha256 of the
+landed bytes (about 0.67 s/GiB from the page cache with SHA-NI) is what bounds a restore.
 
 Files that cannot be copied in the kernel (another file system, no ``copy_file_range``) are
 copied with read/write. Starting the write-back of each slice early (``sync_file_range``) was
@@ -29,7 +30,8 @@ from ..errors import StoreCorruptError
 __all__ = ["HashPipe", "kernel_copy", "SLICE"]
 
 SLICE = 32 << 20            # copied, then handed to the hasher, per step
-_MMAP_MIN = 1 << 20         # smaller regions are pread into one buffer
+_MMAP_MIN = 1 << 20         # smaller regions are pread, in pieces of _BUFFER, into one buffer
+_BUFFER = 1 << 20
 _VIEW = 16 << 20            # bytes per hash update (the GIL is released inside)
 _FALLBACK = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ETXTBSY)
 
@@ -120,7 +122,7 @@ class HashPipe:
 
     def _run(self) -> None:
         fds: dict[str, int] = {}
-        buf = bytearray(_MMAP_MIN)
+        buf = bytearray(_BUFFER)
         try:
             while (item := self._items.get()) is not None:
                 if isinstance(item, bytes):
@@ -145,10 +147,14 @@ class HashPipe:
         if os.fstat(fd).st_size < offset + length:   # mmap past the end would kill us (SIGBUS)
             raise StoreCorruptError(f"{path} is shorter than what was written to it")
         if length < _MMAP_MIN:
-            view = memoryview(buf)[:length]
-            if os.preadv(fd, [view], offset) != length:
-                raise StoreCorruptError(f"{path} is shorter than what was written to it")
-            self._h.update(view)
+            view = memoryview(buf)
+            done = 0
+            while done < length:
+                n = os.preadv(fd, [view[:min(len(buf), length - done)]], offset + done)
+                if n <= 0:
+                    raise StoreCorruptError(f"{path} is shorter than what was written to it")
+                self._h.update(view[:n])
+                done += n
         else:
             start = offset - offset % mmap.ALLOCATIONGRANULARITY
             with mmap.mmap(fd, length + offset - start, prot=mmap.PROT_READ, offset=start) as m:
