@@ -59,7 +59,7 @@ let
   };
   monitor = import ./monitor.nix {
     inherit system lib runtimeFor;
-    inherit (code) mkCode;
+    inherit (validate) validationSuite;
   };
   project = import ./project.nix { inherit system lib toolchain dataset train package validate notebook images monitor; };
 in

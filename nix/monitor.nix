@@ -5,12 +5,11 @@
 #
 # Uses [models.NAME.validation] (suite, dataset, thresholds): the same metric names and suite
 # version as the validation build, computed on what the live server answers.
-{ system, lib, runtimeFor, mkCode }:
+{ system, lib, runtimeFor, validationSuite }:
 {
   mkMonitor = { name, model, package, src, toolchain, datasets }:
     let
-      v = model.validation or (throw "mlbuild: the monitor of ${name} needs [models.${name}.validation]");
-      suite = v.suite or (throw "mlbuild: [models.${name}.validation] needs suite = \"validate.py\"");
+      s = validationSuite { inherit name model src datasets; };
     in
     derivation {
       name = "${name}-monitor";
@@ -24,10 +23,9 @@
         version = 1;
         inherit name;
         package = "${package}";
-        suite = mkCode { inherit src; files = v.code or [ suite ]; name = "suite"; what = "[models.${name}.validation]"; };
-        script = suite;
-        dataset = "${datasets.${v.dataset}}";
-        thresholds = v.thresholds or { };
+        suite = s.code;
+        inherit (s) script thresholds;
+        dataset = "${s.data}";
         runtime = "${runtimeFor [ "spec" "prepare" "hashing" "validate" "monitor" ]}";
         python = "${toolchain}/bin/python";
       };

@@ -12,12 +12,27 @@
 # threshold is met) with `.report` (the metrics, always built: history and diffs use it).
 # Thresholds are inputs of the gate only: changing one never recomputes the metrics.
 { system, lib, runtimeFor, mkCode, builderCode }:
-{
-  mkValidation = { name, model, package, src, toolchain, datasets }:
+rec {
+  # The suite of [models.NAME.validation], read once for the validation and the monitor:
+  # { script; code (store path of its files); dataset (name); data (its derivation); thresholds }.
+  validationSuite = { name, model, src, datasets }:
     let
       v = model.validation or (throw "mlbuild: [models.${name}.validation] is not declared in mlbuild.toml");
-      suite = v.suite or (throw "mlbuild: [models.${name}.validation] needs suite = \"validate.py\"");
+      script = v.suite or (throw "mlbuild: [models.${name}.validation] needs suite = \"validate.py\"");
       dataset = v.dataset or (throw "mlbuild: [models.${name}.validation] needs dataset = \"<held-out dataset>\"");
+    in
+    assert lib.assertMsg (datasets ? ${dataset})
+      "[models.${name}.validation].dataset is ${dataset}, which is not a dataset";
+    {
+      inherit script dataset;
+      code = mkCode { inherit src; files = v.code or [ script ]; name = "suite"; what = "[models.${name}.validation]"; };
+      data = datasets.${dataset};
+      thresholds = v.thresholds or { };
+    };
+
+  mkValidation = { name, model, package, src, toolchain, datasets }:
+    let
+      s = validationSuite { inherit name model src datasets; };
       common = {
         inherit system;
         builder = "${toolchain}/bin/python";
@@ -26,9 +41,7 @@
         PYTHONDONTWRITEBYTECODE = "1";
         passAsFile = [ "spec" ];
       };
-      report = assert lib.assertMsg (datasets ? ${dataset})
-        "[models.${name}.validation].dataset is ${dataset}, which is not a dataset";
-        derivation (common // {
+      report = derivation (common // {
           name = "${name}-validation-report";
           args = [ "-s" "-c" (builderCode "validate") (runtimeFor [ "spec" "prepare" "hashing" "validate" "serve/" ]) ];
           OMP_NUM_THREADS = "1";
@@ -36,10 +49,10 @@
             version = 1;
             inherit name;
             package = "${package}";
-            suite = mkCode { inherit src; files = v.code or [ suite ]; name = "suite"; what = "[models.${name}.validation]"; };
-            script = suite;
-            dataset = "${datasets.${dataset}}";
-            dataset_name = dataset;
+            suite = s.code;
+            inherit (s) script;
+            dataset = "${s.data}";
+            dataset_name = s.dataset;
           };
         });
       gate = derivation (common // {
@@ -50,7 +63,7 @@
           version = 1;
           inherit name;
           report = "${report}";
-          thresholds = v.thresholds or { };
+          inherit (s) thresholds;
         };
       });
     in
