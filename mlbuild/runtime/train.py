@@ -28,7 +28,7 @@ from . import determinism
 from .hashing import sha256_file, tree_digest, tree_hashes
 from .spec import load_spec
 
-__all__ = ["Context", "main", "run", "EVENT_PREFIX"]
+__all__ = ["Context", "main", "run", "save_weights", "EVENT_PREFIX"]
 
 EVENT_PREFIX = "MLBUILD "
 
@@ -93,11 +93,23 @@ class Context:
                           "fractions": fractions}
 
 
+def save_weights(state: dict[str, Any], path: Path) -> None:
+    """Write ``state`` as safetensors, byte for byte the same in every process.
+
+    safetensors serializes ``__metadata__`` from a Rust ``HashMap``, whose iteration order is
+    seeded per process: two metadata keys come out in either order, so the same weights gave one of
+    two files (issue 4's "bimodal" training). One key has one order. The tensors themselves are
+    ordered by dtype and name, deterministically. The model's name is in config.json.
+    """
+    from safetensors.torch import save_file
+
+    save_file(state, str(path), metadata={"format": "pt"})
+
+
 def run(spec: dict[str, Any], out: Path) -> None:
     threads = int(spec.get("threads", 1))
     determinism.apply(int(spec["seed"]), spec["device"], threads)
     import torch
-    from safetensors.torch import save_file
 
     from .prepare import load_module
 
@@ -115,7 +127,7 @@ def run(spec: dict[str, Any], out: Path) -> None:
     if missing:
         raise SystemExit(f"mlbuild: build_model(params) does not have the trained model's weights: {sorted(missing)}")
     weights = out / "model.safetensors"
-    save_file(state, str(weights), metadata={"model": spec["model"], "format": "pt"})
+    save_weights(state, weights)
     config = {"module": spec["module"], "script": spec["script"], "params": spec["params"],
               "model": spec["model"], **(ctx.signature or {"task": "unspecified"})}
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -51,11 +51,8 @@ def test_outputs_and_provenance(digits_repo: Path, trained: str) -> None:
     assert json.loads(record)["git_rev"]  # the build's git revision is recorded beside it
 
 
-# Known bug (issue 4 stays open): on this machine, repeated runs of the same digits training give
-# one of two weight files (seen outside Nix too, 5 runs: 3 and 2), with identical per-epoch metrics
-# to 16 digits. MKL_CBWR=...,STRICT, pinning to one core, and 64-byte-aligned inputs did not
-# change it. The test still runs; it is expected to fail about half the time until this is fixed.
-@pytest.mark.xfail(reason="bimodal CPU training nondeterminism, see the comment above", strict=False)
+# This once failed about half the time: safetensors wrote its two metadata keys in a per-process
+# random order (see mlbuild.runtime.train.save_weights and tests/unit/test_train_weights.py).
 def test_training_is_bit_reproducible(digits_repo: Path, trained: str) -> None:
     drv = instantiate(digits_repo, "digits.model")
     proc = subprocess.run(["nix-build", "--check", drv, "--no-out-link"], capture_output=True, text=True)
