@@ -2,7 +2,8 @@
 
 Uncompressed NARs of readable paths are written like ``cp`` writes: framing with ``write`` and file
 contents with ``copy_file_range`` in the kernel, while a second thread hashes the NAR as it lands
-in the temp file (:mod:`mlbuild.store.fastcopy`). Other
+in the temp file (:mod:`mlbuild.store.fastcopy`), with sha256 and with BLAKE3, whose hash is signed
+into the narinfo for fast restores (:mod:`mlbuild.store.narinfo`). Other
 NARs stream through zstd in one pass. Either way the NAR hash must equal the one Nix registered
 for the path (a mismatch means a corrupt local store, and nothing is published). The NAR goes to
 a temp file unique across hosts, is fsynced and renamed to ``nar/<filehash>.nar[.zst]``; only
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import zstandard
@@ -25,7 +26,7 @@ from .compression import NONE, ZSTD, choose_compression, nar_suffix, real_path_i
 from .keys import SecretKey
 from .layout import FILE_MODE, Layout, fsync_dir, publish_bytes, temp_name
 from .narinfo import NarInfo, format_hash, parse_hash
-from .fastcopy import HashPipe, kernel_copy
+from .fastcopy import HashPipe, kernel_copy, new_hash
 from .narstream import nar_segments
 
 __all__ = ["PathInfo", "path_infos", "publish_path"]
@@ -63,6 +64,7 @@ class _Written:
     nar_size: int
     file_hash: bytes
     file_size: int
+    b3: bytes | None = None   # BLAKE3 of the NAR (uncompressed NARs: what a fast restore checks)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -73,9 +75,9 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _write_plain(real: str, fd: int, tmp: str) -> _Written:
     """The NAR of ``real`` into ``fd`` (the temp file ``tmp``), written like ``cp`` writes, and
-    hashed by a second thread from what landed in ``tmp``; durable (fsynced) on return."""
+    hashed (sha256 and BLAKE3) from what landed in ``tmp``; durable on return."""
     pos = 0
-    with HashPipe() as pipe:
+    with HashPipe(algorithms=("sha256", "blake3")) as pipe:
         for seg in nar_segments(real):
             if isinstance(seg, bytes):
                 _write_all(fd, seg)
@@ -89,11 +91,11 @@ def _write_plain(real: str, fd: int, tmp: str) -> _Written:
             finally:
                 os.close(src)
             pos += seg.size
-        os.fsync(fd)   # the write-back overlaps the hasher's tail
+        os.fsync(fd)   # the write-back overlaps the hashers' tails
         digest, size = pipe.finish()
     if size != pos:
         raise StoreCorruptError(f"{tmp}: hashed {size} bytes of the {pos} written")
-    return _Written(digest, size, digest, size)
+    return _Written(digest, size, digest, size, pipe.digests["blake3"])
 
 
 def _chunks_from_tree(real: str) -> Any:
@@ -121,6 +123,7 @@ def _chunks_from_nix(path: str, store: str | None) -> Any:
 
 def _write_stream(chunks: Any, fd: int, compression: str, level: int) -> _Written:
     nar_h, file_h = hashlib.sha256(), hashlib.sha256()
+    b3_h = new_hash("blake3") if compression == NONE else None
     nar_size = file_size = 0
     cobj = zstandard.ZstdCompressor(level=level).compressobj() if compression == ZSTD else None
 
@@ -133,11 +136,14 @@ def _write_stream(chunks: Any, fd: int, compression: str, level: int) -> _Writte
 
     for chunk in chunks:
         nar_h.update(chunk)
+        if b3_h is not None:
+            b3_h.update(chunk)
         nar_size += len(chunk)
         out(cobj.compress(chunk) if cobj else chunk)
     if cobj:
         out(cobj.flush())
-    return _Written(nar_h.digest(), nar_size, file_h.digest(), file_size)
+    return _Written(nar_h.digest(), nar_size, file_h.digest(), file_size,
+                    b3_h.digest() if b3_h is not None else None)
 
 
 def publish_path(layout: Layout, info: PathInfo, key: SecretKey, *, local_store: str | None = None,
@@ -185,7 +191,10 @@ def publish_path(layout: Layout, info: PathInfo, key: SecretKey, *, local_store:
         file_size=w.file_size, nar_hash=info.nar_hash, nar_size=info.nar_size,
         references=tuple(sorted(r[len(store_dir) + 1:] for r in info.references)),
         deriver=info.deriver.rsplit("/", 1)[-1] if info.deriver else None, ca=info.ca,
+        b3=f"blake3:{w.b3.hex()}" if w.b3 is not None else None,
     )
     narinfo = narinfo.with_sigs((key.sign(narinfo.fingerprint()),))
+    if narinfo.b3:
+        narinfo = replace(narinfo, b3_sigs=(key.sign(narinfo.b3_message()),))
     publish_bytes(layout.narinfo(info.path), narinfo.render().encode())
     return narinfo

@@ -3,8 +3,9 @@
 Problems found, by kind:
 
 - ``corrupt``: the narinfo cannot be read, names another path than its file name, or its NAR has
-  another size, file hash, NAR hash or NAR size than the narinfo says;
-- ``unsigned``: no signature by a trusted key (Nix with require-sigs would refuse it);
+  another size, file hash, NAR hash, BLAKE3 hash or NAR size than the narinfo says;
+- ``unsigned``: no signature by a trusted key (Nix with require-sigs would refuse it), or a
+  BLAKE3 hash without one;
 - ``missing``: the NAR file the narinfo names is not there;
 - ``incomplete``: a path it references has no good entry (its closure cannot be substituted).
 
@@ -29,6 +30,7 @@ from ..nar import CHUNK
 from .config import StoreConfig
 from .keys import PublicKey, check_signatures
 from .layout import Layout, fsync_dir
+from .fastcopy import new_hash
 from .narinfo import NarInfo, format_hash
 
 __all__ = ["verify", "VerifyReport", "Problem", "check_nar"]
@@ -79,6 +81,7 @@ def check_nar(path: Path, info: NarInfo, contents: bool = True) -> str | None:
     if not contents:
         return None
     file_h, nar_h = hashlib.sha256(), hashlib.sha256()
+    b3_h = new_hash("blake3") if info.b3 else None
     nar_size = 0
 
     class _Tee:
@@ -96,6 +99,8 @@ def check_nar(path: Path, info: NarInfo, contents: bool = True) -> str | None:
             stream = _reader(tee, info.compression)  # type: ignore[arg-type]
             while chunk := stream.read(4 * CHUNK):
                 nar_h.update(chunk)
+                if b3_h is not None:
+                    b3_h.update(chunk)
                 nar_size += len(chunk)
             while tee.read(CHUNK):   # count any bytes the decompressor left unread
                 pass
@@ -106,6 +111,8 @@ def check_nar(path: Path, info: NarInfo, contents: bool = True) -> str | None:
     if format_hash(nar_h.digest()) != info.nar_hash or nar_size != info.nar_size:
         return (f"NAR hashes to {format_hash(nar_h.digest())} ({nar_size} bytes), narinfo says "
                 f"{info.nar_hash} ({info.nar_size} bytes)")
+    if b3_h is not None and f"blake3:{b3_h.hexdigest()}" != info.b3:
+        return f"NAR's BLAKE3 hash is blake3:{b3_h.hexdigest()}, narinfo says {info.b3}"
     return None
 
 
@@ -122,6 +129,9 @@ def _check_one(layout: Layout, f: Path, keys: tuple[PublicKey, ...],
     if not check_signatures(info.sigs, info.fingerprint(), keys):
         return f, info, Problem("unsigned", f, info.store_path,
                                 "no signature by a trusted key (" + ", ".join(k.name for k in keys) + ")")
+    if info.b3 and not check_signatures(info.b3_sigs, info.b3_message(), keys):
+        return f, info, Problem("unsigned", f, info.store_path, "its MlbuildB3 hash has no signature by a trusted "
+                                "key (restores fall back to NarHash; a repair and re-push signs it)")
     try:
         nar = layout.nar(info.url)
     except StoreCorruptError as e:

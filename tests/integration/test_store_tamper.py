@@ -40,7 +40,7 @@ def test_tampered_nar_and_unsigned_narinfo_are_refused(tmp_path: Path) -> None:
         f.write(bytes([byte[0] ^ 1]))
     with pytest.raises(NixError, match="hash mismatch"):           # refused by Nix itself
         pull(cfg, [data], local_store=str(tmp_path / "C1"), fast=False)
-    with pytest.raises(StoreCorruptError, match="hash mismatch"):   # refused by the fast restore
+    with pytest.raises(StoreCorruptError, match="hash mismatch.*blake3"):   # the fast restore's BLAKE3 check
         pull(cfg, [data], local_store=str(tmp_path / "C1"))
     assert not Machine(tmp_path / "C1").valid([data])
     assert not (tmp_path / "C1" / data.lstrip("/")).exists()
@@ -77,3 +77,34 @@ def test_tampered_nar_and_unsigned_narinfo_are_refused(tmp_path: Path) -> None:
     assert verify(cfg).ok
     pull(cfg, [built.outputs["package"], tool], local_store=str(tmp_path / "C4"))
     assert Machine(tmp_path / "C4").valid(built.paths)
+
+
+def test_forged_blake3_hash_is_not_trusted(tmp_path: Path) -> None:
+    """The fast restore trusts MlbuildB3 only under a trusted MlbuildB3Sig: a NAR swapped together
+    with its BLAKE3 hash still meets NarHash (sha256), and verify reports the unsigned hash."""
+    from blake3 import blake3
+
+    graph = write_graph(tmp_path)
+    cfg = make_store(tmp_path)
+    a = Machine(tmp_path / "A")
+    data = a.build(file=graph, attrs=["data"], args={"dataMiB": "2"}).outputs["data"]
+    push(cfg, [data], local_store=a.store)
+    f, info = _entry(cfg, data)
+    assert info.b3 and info.b3_sigs
+    nar = cfg.root / info.url
+    blob = bytearray(nar.read_bytes())
+    blob[1 << 20] ^= 1
+    nar.write_bytes(bytes(blob))
+    f.write_text(info.render().replace(info.b3, f"blake3:{blake3(bytes(blob)).hexdigest()}"))
+    with pytest.raises(StoreCorruptError, match="hash mismatch.*sha256"):   # fell back to NarHash
+        pull(cfg, [data], local_store=str(tmp_path / "C1"))
+    assert not Machine(tmp_path / "C1").valid([data])
+    kinds = {p.store_path: (p.kind, p.detail) for p in verify(cfg).problems}
+    assert kinds[data][0] == "unsigned" and "MlbuildB3" in kinds[data][1]
+
+    # The right NAR under a forged BLAKE3 hash: restored through sha256, registered as Nix would.
+    blob[1 << 20] ^= 1
+    nar.write_bytes(bytes(blob))
+    f.write_text(info.render().replace(info.b3, "blake3:" + "0" * 64))
+    assert pull(cfg, [data], local_store=str(tmp_path / "C2")).fetched == [data]
+    assert Machine(tmp_path / "C2").valid([data])

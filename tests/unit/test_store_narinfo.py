@@ -93,3 +93,25 @@ def test_unknown_fields_kept_out_of_render() -> None:
     info = NarInfo.parse(NIX_NARINFO + "System: x86_64-linux\n")
     assert info.extra == (("System", "x86_64-linux"),)
     assert info == NarInfo.parse(NIX_NARINFO)
+
+
+def test_blake3_fields_round_trip_and_are_signed_with_the_fingerprint() -> None:
+    from dataclasses import replace
+
+    key = parse_secret_key(NIX_SECRET)
+    info = replace(NarInfo.parse(NIX_NARINFO), b3="blake3:" + "ab" * 32)
+    info = replace(info, b3_sigs=(key.sign(info.b3_message()),))
+    back = NarInfo.parse(info.render())
+    assert back == info and back.b3 == info.b3 and back.b3_sigs == info.b3_sigs
+    keys = (parse_public_key(NIX_PUBLIC),)
+    assert check_signatures(back.b3_sigs, back.b3_message(), keys)
+    # The B3 signature covers the path's fingerprint: moved to another NarHash, it no longer holds.
+    other = replace(back, nar_hash=format_hash(bytes(32)))
+    assert not check_signatures(other.b3_sigs, other.b3_message(), keys)
+    assert not check_signatures(back.sigs, back.b3_message(), keys)   # and a Sig is not a B3 Sig
+
+
+@pytest.mark.parametrize("value", ["sha256:" + "0" * 64, "blake3:xyz", "blake3:" + "A" * 64])
+def test_bad_blake3_field_names_the_fix(value: str) -> None:
+    with pytest.raises(StoreCorruptError, match="MlbuildB3.*verify --repair"):
+        NarInfo.parse(NIX_NARINFO + f"MlbuildB3: {value}\n", "x.narinfo")
