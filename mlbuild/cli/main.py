@@ -15,7 +15,27 @@ from ..errors import MlbuildError
 __all__ = ["main", "cli", "pass_project"]
 
 
+# Where each command is defined. Its module is imported only when the command runs (or for
+# --help), so `mlbuild data add` does not pay for cryptography, the build stream or matplotlib
+# (click's documented lazy-loading pattern; the modules register themselves on `cli`).
+COMMANDS = {
+    "lock": "commands", "prefetch": "commands", "build": "commands", "exp": "commands", "serve": "commands",
+    "data": "data", "image": "image", "metrics": "metrics", "validate": "metrics", "monitor": "monitor",
+    "notebook": "notebook", "store": "store",
+}
+
+
 class _Group(click.Group):
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            import importlib
+
+            importlib.import_module(f"{__package__}.{COMMANDS[cmd_name]}")
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -47,9 +67,6 @@ def cli(ctx: click.Context, project_dir: Path | None) -> None:
 def load(ctx: click.Context) -> Project:
     return load_project(ctx.find_root().obj)
 
-
-from . import commands, data, image, metrics, monitor, notebook  # noqa: E402,F401  (registers the commands)
-from . import store  # noqa: E402,F401  (registers `mlbuild store ...`)
 
 
 def main() -> None:

@@ -36,3 +36,24 @@ def test_unknown_interpreter(tree) -> None:
     root = tree({"mlbuild.toml": '[project]\nname = "x"\n[python]\ninterpreter = "python9.99"\n'})
     proc = run_cli("lock", cwd=root, check=False)
     assert proc.returncode == 1 and "'python9.99'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_lazy_command_map_names_every_command_and_only_loads_what_runs() -> None:
+    import importlib
+    import pkgutil
+    import subprocess
+    import sys
+
+    import mlbuild.cli
+    from mlbuild.cli.main import COMMANDS, cli
+
+    for mod in pkgutil.iter_modules(mlbuild.cli.__path__):   # every command module registered...
+        if mod.name != "__main__":
+            importlib.import_module(f"mlbuild.cli.{mod.name}")
+    defined = {name: cmd.callback.__module__.rsplit(".", 1)[-1] for name, cmd in cli.commands.items()}
+    assert defined == COMMANDS   # ...is in the map, under the module that defines it
+    code = ("import sys; from mlbuild.cli.main import cli; import click; "
+            "cli.get_command(click.Context(cli), 'data'); "
+            "print(sorted(m for m in sys.modules if m.startswith(('mlbuild.cli.', 'cryptography'))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "mlbuild.cli.data" in loaded and "mlbuild.cli.store" not in loaded and "cryptography" not in loaded
