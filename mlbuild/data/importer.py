@@ -16,6 +16,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from pathlib import Path
 
 from .. import _nix
 from ..nar import CHUNK, _str, nar_sha256
+from ..errors import StoreCorruptError
+from ..fastcopy import HashPipe, kernel_copy
 from ..storepath import fixed_output_path
 
 __all__ = ["Imported", "import_path", "fast_path_available", "STAGING"]
@@ -48,6 +51,7 @@ class _Copier:
         self.files = 0
         self.size = 0
         self.buf = bytearray(CHUNK)
+        self.stopped = False   # set when the import ends: pending readahead stops
 
     def w(self, data: bytes) -> None:
         self.h.update(data)
@@ -63,7 +67,10 @@ class _Copier:
         elif stat.S_ISDIR(st.st_mode):
             self.w(_str(b"type") + _str(b"directory"))
             os.mkdir(dst, 0o755)
-            for name in sorted(os.listdir(src), key=os.fsencode):
+            names = sorted(os.listdir(src), key=os.fsencode)
+            if len(names) > _READAHEAD_MIN and not self.stopped:
+                _readahead_pool().submit(_readahead, src, names, self)
+            for name in names:
                 self.w(_str(b"entry") + _str(b"(") + _str(b"name") + _str(os.fsencode(name)) + _str(b"node"))
                 self.node(os.path.join(src, name), os.path.join(dst, name))
                 self.w(_str(b")"))
@@ -85,11 +92,18 @@ class _Copier:
         fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
             if size >= _PARALLEL:
-                # Big file: the kernel copies (copy_file_range) while a thread hashes the same
-                # (page-cached) bytes; the two overlap on two cores.
-                hashing = _pool().submit(self._hash_fd, src, size)
-                _kernel_copy(fin, fout, size, src)
-                hashing.result()
+                # Big file: the kernel copies (copy_file_range) in slices while a thread hashes
+                # each slice that landed in the destination, through mmap of its page cache: the
+                # two overlap on two cores, and what is hashed is exactly what is in the store,
+                # even if the source changes meanwhile.
+                with HashPipe(into=self.h) as pipe:
+                    try:
+                        kernel_copy(fin, fout, size, what=src, on_slice=lambda off, n: pipe.region(dst, off, n))
+                    except StoreCorruptError:
+                        raise ValueError(f"{src} changed size while it was copied (it had {size} bytes)") from None
+                    _, hashed = pipe.finish()
+                if hashed != size:
+                    raise ValueError(f"{src}: hashed {hashed} of its {size} bytes")
             else:
                 self._copy_and_hash(fin, fout, size, src)
             pad = (-size) % 8
@@ -118,50 +132,44 @@ class _Copier:
         if done != size:
             raise ValueError(f"{src} changed size while it was read ({size} -> {done} bytes)")
 
-    def _hash_fd(self, src: str, size: int) -> None:
-        buf = bytearray(4 * CHUNK)
-        view = memoryview(buf)
-        done = 0
-        fd = os.open(src, os.O_RDONLY)
+_PARALLEL = 8 << 20
+_READAHEAD_MIN = 16        # folders with more entries than this are read ahead
+_AHEAD_FILES = 1024
+_AHEAD_SIZE = 256 << 10
+_READAHEAD: ThreadPoolExecutor | None = None
+
+
+def _readahead_pool() -> ThreadPoolExecutor:
+    global _READAHEAD
+    if _READAHEAD is None:
+        _READAHEAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlbuild-readahead")
+    return _READAHEAD
+
+
+def _readahead(folder: str, names: list[str], copier: _Copier) -> None:
+    """Ask the kernel to start reading a folder's small files, in the order the copier will want
+    them, so that on a cold cache the disk works while the copier hashes and writes (``cp`` reads
+    each small file only when it gets to it). At most ``_AHEAD_FILES`` files of at most
+    ``_AHEAD_SIZE`` bytes ahead of the copier, so what is read ahead is still cached when it is
+    copied. Best effort: errors are the copier's to report."""
+    start = copier.files
+    for i, name in enumerate(names):
+        while i - (copier.files - start) > _AHEAD_FILES and not copier.stopped:
+            time.sleep(0.0005)
+        if copier.stopped:
+            return
         try:
-            while True:
-                n = os.readv(fd, [buf])
-                if not n:
-                    break
-                self.h.update(view[:n])
-                done += n
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_size <= _AHEAD_SIZE:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
         finally:
             os.close(fd)
-        if done != size:
-            raise ValueError(f"{src} changed size while it was read ({size} -> {done} bytes)")
-
-
-_PARALLEL = 8 << 20
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlbuild-hash")
-    return _POOL
-
-
-def _kernel_copy(fin: int, fout: int, size: int, src: str) -> None:
-    done = 0
-    try:
-        while done < size:
-            n = os.copy_file_range(fin, fout, min(size - done, 1 << 30))
-            if n == 0:
-                break
-            done += n
-    except OSError:  # no in-kernel copy between these file systems: plain read/write
-        os.lseek(fin, done, os.SEEK_SET)
-        while chunk := os.read(fin, CHUNK):
-            os.write(fout, chunk)
-            done += len(chunk)
-    if done != size:
-        raise ValueError(f"{src} changed size while it was copied ({size} -> {done} bytes)")
 
 
 def fast_path_available() -> bool:
@@ -193,7 +201,8 @@ def _fast_import(src: Path, name: str) -> Imported:
         c.node(str(src), str(stage))
         sha = c.h.hexdigest()
         target = fixed_output_path(sha, name, recursive=True)
-        if not _nix.invalid_paths([target]):
+        # A path not on disk is not valid (no Nix call needed); one on disk may be valid already.
+        if os.path.lexists(target) and not _nix.invalid_paths([target]):
             _remove(str(stage))
         else:
             if os.path.lexists(target):  # an invalid leftover of an interrupted import
@@ -204,6 +213,8 @@ def _fast_import(src: Path, name: str) -> Imported:
         if os.path.lexists(stage):
             _remove(str(stage))
         raise
+    finally:
+        c.stopped = True
     return Imported(target, sha, c.nar_size, c.files, c.size)
 
 

@@ -3,7 +3,7 @@
 For a NAR stored without compression (weights and other large incompressible data), file
 contents are copied from the cache with ``copy_file_range`` (in the kernel, like ``cp``) while a
 second thread hashes, slice by slice, the bytes that landed in the destination
-(:mod:`mlbuild.store.fastcopy`): the NAR is read from disk once. The path is
+(:mod:`mlbuild.fastcopy`): the NAR is read from disk once. The path is
 registered (``nix-store --load-db``) only when
 
 - its narinfo carries a signature by a trusted key (checked before anything is written),
@@ -29,7 +29,7 @@ from typing import Any
 
 from .. import _nix
 from ..errors import StoreCorruptError
-from .fastcopy import HashPipe, kernel_copy
+from ..fastcopy import HashPipe, kernel_copy
 from .keys import PublicKey, check_signatures
 from .layout import Layout
 from .narinfo import NarInfo, format_hash

@@ -2,7 +2,7 @@
 
 Uncompressed NARs of readable paths are written like ``cp`` writes: framing with ``write`` and file
 contents with ``copy_file_range`` in the kernel, while a second thread hashes the NAR as it lands
-in the temp file (:mod:`mlbuild.store.fastcopy`), with sha256 and with BLAKE3, whose hash is signed
+in the temp file (:mod:`mlbuild.fastcopy`), with sha256 and with BLAKE3, whose hash is signed
 into the narinfo for fast restores (:mod:`mlbuild.store.narinfo`). Other
 NARs stream through zstd in one pass. Either way the NAR hash must equal the one Nix registered
 for the path (a mismatch means a corrupt local store, and nothing is published). The NAR goes to
@@ -26,7 +26,7 @@ from .compression import NONE, ZSTD, choose_compression, nar_suffix, real_path_i
 from .keys import SecretKey
 from .layout import FILE_MODE, Layout, fsync_dir, publish_bytes, temp_name
 from .narinfo import NarInfo, format_hash, parse_hash
-from .fastcopy import HashPipe, kernel_copy, new_hash
+from ..fastcopy import HashPipe, kernel_copy, new_hash
 from .narstream import nar_segments
 
 __all__ = ["PathInfo", "path_infos", "publish_path"]

@@ -30,7 +30,7 @@ from ..nar import CHUNK
 from .config import StoreConfig
 from .keys import PublicKey, check_signatures
 from .layout import Layout, fsync_dir
-from .fastcopy import new_hash
+from ..fastcopy import new_hash
 from .narinfo import NarInfo, format_hash
 
 __all__ = ["verify", "VerifyReport", "Problem", "check_nar"]

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from mlbuild.errors import StoreCorruptError
-from mlbuild.store import fastcopy
-from mlbuild.store.fastcopy import HashPipe, kernel_copy
+from mlbuild import fastcopy
+from mlbuild.fastcopy import HashPipe, kernel_copy
 
 
 def copy(src: Path, dst: Path, size: int, offset: int = 0, prefix: bytes = b"") -> list[tuple[int, int]]:

@@ -1,4 +1,5 @@
-"""Copying NAR contents at ``cp`` speed while a second thread hashes the bytes that landed.
+"""Copying file contents at ``cp`` speed while a second thread hashes the bytes that landed
+(NARs for push and restore, dataset files for ``data add``).
 
 ``cp`` copies a big file with one ``copy_file_range`` (in the kernel, no trip through user
 space) after ``posix_fadvise(SEQUENTIAL)``. Push and restore must also hash every byte, so the
@@ -27,7 +28,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from ..errors import StoreCorruptError
+from .errors import StoreCorruptError
 
 __all__ = ["HashPipe", "kernel_copy", "new_hash", "SLICE"]
 
@@ -100,10 +101,13 @@ class HashPipe:
     always ends.
     """
 
-    def __init__(self, keep_framing: bool = False, algorithms: tuple[str, ...] = ("sha256",)) -> None:
+    def __init__(self, keep_framing: bool = False, algorithms: tuple[str, ...] = ("sha256",),
+                 into: Any = None) -> None:
         self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.algorithms = algorithms
         self._hs: list[Any] = [new_hash(a) for a in algorithms]
+        if into is not None:   # continue a running hash (of the first algorithm) instead of a new one
+            self._hs[0] = into
         self._helper = ThreadPoolExecutor(1, thread_name_prefix="mlbuild-nar-hash2") if len(algorithms) > 1 else None
         self.digests: dict[str, bytes] = {}
         self.size = 0
