@@ -1,0 +1,38 @@
+"""The fast import path with real Nix: a big file (copied in the kernel, hashed as it lands) and a
+folder of many small files (read ahead), registered valid with the hash Nix computes itself."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mlbuild.data import importer
+from mlbuild.nar import nar_sha256
+
+pytestmark = pytest.mark.integration
+
+
+def test_fast_import_of_big_and_many_files_is_what_nix_would_store(tmp_path: Path) -> None:
+    if not importer.fast_path_available():
+        pytest.skip("the local store is not writable here (the fast path is for root without a daemon)")
+    src = tmp_path / "data"
+    (src / "many").mkdir(parents=True)
+    (src / "weights.bin").write_bytes(os.urandom(importer._PARALLEL + 12345))   # the big-file path
+    for i in range(importer._READAHEAD_MIN + 20):                                # the read-ahead path
+        (src / "many" / f"f{i:03d}").write_bytes(os.urandom(100 + i))
+    (src / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (src / "run.sh").chmod(0o755)
+    os.symlink("weights.bin", src / "link")
+
+    result = importer.import_path(src, "import-test")
+    assert result.sha256 == nar_sha256(src)
+    assert result.files == importer._READAHEAD_MIN + 22
+    verify = subprocess.run(["nix-store", "--verify-path", result.path], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr          # Nix rehashes the stored tree: same hash
+    stored = Path(result.path)
+    assert (stored / "weights.bin").read_bytes() == (src / "weights.bin").read_bytes()
+    assert os.access(stored / "run.sh", os.X_OK) and os.readlink(stored / "link") == "weights.bin"
+    assert importer.import_path(src, "import-test").path == result.path    # again: already there
