@@ -13,7 +13,7 @@ import socket
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +102,23 @@ def loaded(digits_repo: Path, info: ArchiveInfo) -> Iterator[str]:  # noqa: F811
     podman("rmi", "-f", ref, check=False)
 
 
+def wait_ready(url: str, state: Callable[[], str], logs: Callable[[], str], timeout: float = 180) -> None:
+    """Until the server in a container answers ready (OIP v2); fails with the container's logs
+    when it stops first or the time is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with httpclient.InferenceServerClient(url) as c:
+                if c.is_server_ready():
+                    return
+        except Exception:
+            pass
+        now = state()
+        if now not in ("running", "created", "configured") or time.monotonic() > deadline:
+            raise AssertionError(f"container {now}:\n" + logs()[-3000:])
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def container(loaded: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The image run as it is (entrypoint and default arguments: 0.0.0.0:8080), published on a
@@ -110,19 +127,9 @@ def container(loaded: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     name = f"mlbuild-test-{os.getpid()}"
     podman(*RUNC, "run", "-d", "--name", name, *ulimits(), "-p", f"127.0.0.1:{port}:8080", loaded)
     url = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
     try:
-        while True:
-            try:
-                with httpclient.InferenceServerClient(url) as c:
-                    if c.is_server_ready():
-                        break
-            except Exception:
-                pass
-            state = podman("inspect", "--format", "{{.State.Status}}", name, check=False).stdout.strip()
-            if state not in ("running", "created", "configured") or time.monotonic() > deadline:
-                raise AssertionError(f"container {state}:\n" + podman("logs", name, check=False).stderr[-3000:])
-            time.sleep(0.5)
+        wait_ready(url, lambda: podman("inspect", "--format", "{{.State.Status}}", name, check=False).stdout.strip(),
+                   lambda: podman("logs", name, check=False).stderr)
         yield url
     finally:
         podman("rm", "-f", "-t", "5", name, check=False)

@@ -18,7 +18,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from tests.conftest import run_cli
-from tests.e2e.test_image import forward, free_port
+from tests.e2e.test_image import forward, free_port, wait_ready
 from tests.integration.conftest import digits_repo  # noqa: F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.torch]
@@ -92,18 +92,9 @@ def test_docker_load_and_run_predicts(loaded: str, docker_env: dict[str, str]) -
            "--port", str(port))
     try:
         url = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with httpclient.InferenceServerClient(url) as c:
-                    if c.is_server_ready():
-                        break
-            except Exception:
-                pass
-            state = docker(docker_env, "inspect", "--format", "{{.State.Status}}", name, check=False).stdout.strip()
-            if state not in ("running", "created") or time.monotonic() > deadline:
-                raise AssertionError(f"container {state}:\n" + docker(docker_env, "logs", name, check=False).stderr[-3000:])
-            time.sleep(0.5)
+        wait_ready(url, lambda: docker(docker_env, "inspect", "--format", "{{.State.Status}}", name,
+                                       check=False).stdout.strip(),
+                   lambda: docker(docker_env, "logs", name, check=False).stderr, timeout=120)
         test = np.loadtxt(Path(manifest["datasets"]["digits-split"]["path"]) / "test.csv", delimiter=",",
                           dtype=np.float32)
         x = test[:32, :-1]
