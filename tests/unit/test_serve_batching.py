@@ -119,6 +119,51 @@ def test_waits_for_announced_requests() -> None:
     assert run.sizes == [2]
 
 
+def test_waits_for_the_last_batch_clients_to_come_back() -> None:
+    """Two cohorts (A computing, B queued behind it) merge: B waits for A's clients to return
+    instead of running half full, so a compute-bound model pays one pass, not two."""
+    run = Recorder(hold_first=True)
+
+    async def scenario(b: MicroBatcher) -> float:
+        a = asyncio.ensure_future(b.submit(_rows(0, n=2)))
+        await asyncio.to_thread(run.entered.wait, 10)
+        queued_b = asyncio.ensure_future(b.submit(_rows(1, n=2)))     # queued while A computes
+        await asyncio.sleep(0.01)
+        run.release.set()
+        await a
+        start = time.perf_counter()
+        c = await b.submit(_rows(2, n=2))                              # A's client comes back
+        assert (await queued_b)["n"][0] == 4 and c["n"][0] == 4
+        return time.perf_counter() - start
+
+    elapsed = asyncio.run(_with_batcher(run, scenario, max_batch_size=4, max_wait_s=2.0))
+    assert run.sizes == [2, 4]
+    assert elapsed < 1.0   # the batch ran once it was full, not at the deadline
+
+
+def test_a_lone_client_is_never_delayed_between_its_requests() -> None:
+    async def scenario(b: MicroBatcher) -> float:
+        start = time.perf_counter()
+        for i in range(5):
+            await b.submit(_rows(i))   # each request is the return of the last batch's only client
+        return time.perf_counter() - start
+
+    run = Recorder()
+    assert asyncio.run(_with_batcher(run, scenario, max_wait_s=5.0)) < 2.0
+    assert run.sizes == [1] * 5
+
+
+def test_the_first_request_after_a_burst_does_not_wait() -> None:
+    async def scenario(b: MicroBatcher) -> float:
+        await asyncio.gather(*[b.submit(_rows(i)) for i in range(3)])   # a burst
+        await asyncio.sleep(0.6)                                        # longer than max_wait
+        start = time.perf_counter()
+        await b.submit(_rows(9))
+        return time.perf_counter() - start
+
+    assert asyncio.run(_with_batcher(Recorder(), scenario, max_wait_s=0.5)) < 0.25
+
+
 def test_stop_and_metrics_hook() -> None:
     seen: list[tuple[int, float]] = []
 
