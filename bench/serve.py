@@ -9,6 +9,10 @@ port; or uses the one already listening on ``--port``), then drives it with keep
 tensor requests (what ``tritonclient.http`` sends by default) of ``--rows`` rows each: first at
 concurrency 1, then at concurrency 32, a bounded number of requests each. It prints requests/s,
 rows/s, p50/p99 latency and the mean batch size the server formed (from its /metrics).
+``--client wrk`` drives it with wrk instead (one C thread, ``--seconds`` per step): the Python
+client's threads cost the 2 shared cores about as much CPU per request as the server does, wrk
+much less. Measured here with wrk: xl 0.64-0.65 (Python client: 0.56-0.60); digits about the
+same; p99 latency 60-80 ms with wrk against 7-30 ms with the Python client, not explained yet.
 
 The reference is the bare batched forward pass of the same model, loaded by the server's own
 loader in this process with the same torch thread count, on batches of ``max_batch_size`` rows,
@@ -27,6 +31,7 @@ import http.client
 import json
 import os
 import socket
+import shutil
 import statistics
 import subprocess
 import sys
@@ -208,6 +213,47 @@ def load(port: int, path: str, body: bytes, headers: dict[str, str], concurrency
     return elapsed, [x for xs in latencies for x in xs]
 
 
+WRK_SCRIPT = """
+local f = assert(io.open(os.getenv("MLBUILD_BENCH_BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*all")
+f:close()
+wrk.headers["Content-Type"] = "application/octet-stream"
+wrk.headers["Inference-Header-Content-Length"] = os.getenv("MLBUILD_BENCH_HEAD")
+"""
+
+
+def _wrk_time(text: str) -> float:
+    """Seconds of a wrk duration like ``812.00us``, ``1.23ms`` or ``2.01s``."""
+    for unit, scale in (("us", 1e-6), ("ms", 1e-3), ("m", 60.0), ("s", 1.0)):
+        if text.endswith(unit):
+            return float(text[:-len(unit)]) * scale
+    raise ValueError(f"wrk time {text!r}")
+
+
+def wrk_load(port: int, path: str, body: bytes, headers: dict[str, str], concurrency: int,
+             seconds: float, workdir: Path) -> tuple[float, float, float]:
+    """``concurrency`` keep-alive connections from wrk (one C thread, epoll) for ``seconds``:
+    (requests/s, p50 s, p99 s). The Python client costs the shared 2 cores about as much CPU per
+    request as the server; wrk leaves them to the server."""
+    (workdir / "body.bin").write_bytes(body)
+    (workdir / "infer.lua").write_text(WRK_SCRIPT)
+    env = {**os.environ, "MLBUILD_BENCH_BODY": str(workdir / "body.bin"),
+           "MLBUILD_BENCH_HEAD": headers["Inference-Header-Content-Length"]}
+    proc = subprocess.run(["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{max(1, round(seconds))}s", "--latency",
+                           "-s", str(workdir / "infer.lua"), f"http://127.0.0.1:{port}{path}"],
+                          env=env, capture_output=True, text=True)
+    out = proc.stdout
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: wrk failed ({proc.returncode}): {proc.stderr or out}")
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise SystemExit(f"bench: wrk saw errors:\n{out}")
+    rate = float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec:")))
+    dist = {line.split()[0]: _wrk_time(line.split()[1]) for line in out.splitlines()
+            if line.strip().endswith(("s", "ms", "us")) and line.strip().split()[0] in ("50%", "99%")}
+    return rate, dist["50%"], dist["99%"]
+
+
 def bare_forward(package: Path, threads: int, batch: int, rounds: int = 3, seconds: float = 1.0) -> float:
     """Rows/s of the model's forward pass on full batches, loaded by the server's own loader; the
     best of ``rounds`` rounds (the reference's best case: the ratio errs low, never high)."""
@@ -258,7 +304,8 @@ def pct(values: list[float], q: int) -> float:
 
 
 def bench_model(package: Path, port: int | None, workdir: Path, threads: int, rows: int,
-                counts: tuple[int, int], max_wait_ms: float | None = None) -> float:
+                counts: tuple[int, int], max_wait_ms: float | None = None, client: str = "python",
+                seconds: float = 5.0) -> float:
     meta_path = package / "model" / "config.json"
     manifest = json.loads((package / "manifest.json").read_text())
     settings = {"max_batch_size": 32, **json.loads((package / "serve.json").read_text())} \
@@ -279,11 +326,15 @@ def bench_model(package: Path, port: int | None, workdir: Path, threads: int, ro
         served = 0.0
         for concurrency, total in ((1, counts[0]), (32, counts[1])):
             s0, c0 = batch_counts(port)
-            elapsed, lat = load(port, path, body, headers, concurrency, total)
+            if client == "wrk":
+                rate, p50, p99 = wrk_load(port, path, body, headers, concurrency, seconds, workdir)
+            else:
+                elapsed, lat = load(port, path, body, headers, concurrency, total)
+                rate, p50, p99 = total / elapsed, pct(lat, 50) / 1000, pct(lat, 99) / 1000
             s1, c1 = batch_counts(port)
-            served = total * rows / elapsed
-            print(f"  concurrency {concurrency:>2}: {total / elapsed:8,.0f} req/s {served:10,.0f} rows/s   "
-                  f"p50 {pct(lat, 50):6.2f} ms  p99 {pct(lat, 99):6.2f} ms   mean batch {(s1 - s0) / (c1 - c0):5.1f} rows")
+            served = rate * rows
+            print(f"  concurrency {concurrency:>2}: {rate:8,.0f} req/s {served:10,.0f} rows/s   "
+                  f"p50 {p50 * 1000:6.2f} ms  p99 {p99 * 1000:6.2f} ms   mean batch {(s1 - s0) / (c1 - c0):5.1f} rows")
     finally:
         if proc is not None:
             proc.terminate()
@@ -316,11 +367,18 @@ def main() -> None:
                     or len(os.sched_getaffinity(0)), help="torch threads of the server and the reference")
     ap.add_argument("--port", type=int, help="use the server already listening on 127.0.0.1:PORT")
     ap.add_argument("--max-wait-ms", type=float, help="override the packages' max_wait_ms in the server")
+    ap.add_argument("--client", choices=["python", "wrk"], default="python",
+                    help="load generator: Python threads (default), or wrk (C, one thread; `apt-get install wrk`)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="seconds per step with wrk (default 5)")
     args = ap.parse_args()
+    client = args.client
+    if client == "wrk" and shutil.which("wrk") is None:
+        raise SystemExit("bench: --client wrk needs wrk (`apt-get install wrk`)")
     counts = tuple(int(n) for n in args.requests.split(","))
     assert len(counts) == 2, "--requests takes two counts"
-    print(f"bench/serve: {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}; client threads in this "
-          f"process, the server in a subprocess (HTTP: {http_stack()})")
+    who = "wrk (one thread)" if client == "wrk" else "Python threads in this process"
+    print(f"bench/serve: {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}; client: {who}; "
+          f"the server in a subprocess (HTTP: {http_stack()})")
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         work = Path(tmp)
         if args.package:
@@ -328,7 +386,8 @@ def main() -> None:
         else:
             packages = [build_package(work / name, name, MODELS[name]) for name in args.models.split(",")]
         for package in packages:
-            bench_model(package, args.port, work, args.threads, args.rows, (counts[0], counts[1]), args.max_wait_ms)
+            bench_model(package, args.port, work, args.threads, args.rows, (counts[0], counts[1]), args.max_wait_ms,
+                        client, args.seconds)
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 
 
