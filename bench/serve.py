@@ -11,8 +11,7 @@ concurrency 1, then at concurrency 32, a bounded number of requests each. It pri
 rows/s, p50/p99 latency and the mean batch size the server formed (from its /metrics).
 ``--client wrk`` drives it with wrk instead (one C thread, ``--seconds`` per step): the Python
 client's threads cost the 2 shared cores about as much CPU per request as the server does, wrk
-much less. Measured here with wrk: xl 0.64-0.65 (Python client: 0.56-0.60); digits about the
-same; p99 latency 60-80 ms with wrk against 7-30 ms with the Python client, not explained yet.
+much less. Measured here, both clients give about the same ratios (xl 0.62-0.65).
 
 The reference is the bare batched forward pass of the same model, loaded by the server's own
 loader in this process with the same torch thread count, on batches of ``max_batch_size`` rows,
@@ -26,6 +25,7 @@ Without ``--package`` it builds two packages in a temporary folder: ``digits`` (
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import http.client
 import json
@@ -385,6 +385,10 @@ def main() -> None:
             packages = [Path(args.package).resolve()]
         else:
             packages = [build_package(work / name, name, MODELS[name]) for name in args.models.split(",")]
+        # This process holds torch (for the reference): keep its full collections, which would pause
+        # the client threads for ~75 ms each, off what was loaded (as the server does).
+        gc.collect()
+        gc.freeze()
         for package in packages:
             bench_model(package, args.port, work, args.threads, args.rows, (counts[0], counts[1]), args.max_wait_ms,
                         client, args.seconds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import threading
@@ -75,8 +76,11 @@ def test_ready_only_after_the_weights_load(gated: tuple[TestClient, ServerState,
     r = client.post("/v2/models/digits/infer", content=_body(np.ones((1, 64), np.float32)))
     assert r.status_code == 503 and "not loaded yet" in r.json()["error"]
     assert "mlbuild_model_ready 0.0" in client.get("/metrics").text
+    gc.unfreeze()
     gate.unlink()
     _wait(lambda: client.get("/v2/health/ready").status_code == 200)
+    assert gc.get_freeze_count() > 0   # what was loaded is out of the collector's reach (no long pauses)
+    gc.unfreeze()
     assert client.get("/v2/models/digits/versions/1/ready").json() == {"name": "digits", "ready": True}
     assert "mlbuild_model_ready 1.0" in client.get("/metrics").text
     state.begin_drain()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import logging
 import zlib
@@ -86,6 +87,12 @@ class ServerState:
             if self.on_load_failure is not None:
                 self.on_load_failure(e)
             return
+        # What is loaded by now (torch, numpy, the model, the app) lives as long as the server: move
+        # it out of the collector's reach, so that a full collection under load scans only the
+        # requests' own objects. Measured here (digits, 32 connections): gen-2 collections took
+        # ~75 ms each, every ~0.7 s (p99 latency 79 ms); frozen, ~1 ms (p99 14 ms, +13% req/s).
+        gc.collect()
+        gc.freeze()
         settings = self.pkg.settings
         batcher = MicroBatcher(model.run, settings.max_batch_size, settings.max_wait_ms / 1000.0,
                                on_batch=self.metrics.observe_batch, thread_init=model.bind_thread)
