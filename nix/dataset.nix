@@ -8,7 +8,7 @@
 #   sha256 = "<hex>"
 # [datasets.NAME] prepare = "x.py"  -> built in the toolchain from `inputs` (other datasets):
 #   inputs = [ ... ]; params = { }; code = [ "x.py" ... ] (default: the prepare script)
-{ system, lib, fetchLocked, runtimeFor, mkCode, builderCode }:
+{ lib, fetchLocked, mkCode, pythonStage }:
 {
   mkDatasets = { src, config, lock, toolchain }:
     let
@@ -46,14 +46,11 @@
           in
           assert lib.assertMsg (missing == [ ])
             "[datasets.${name}] inputs names ${builtins.toJSON missing}, which are not datasets";
-          derivation {
-            inherit name system;
-            builder = "${toolchain}/bin/python";
-            args = [ "-s" "-c" (builderCode "prepare") (runtimeFor [ "spec" "prepare" ]) ];
-            PATH = "${toolchain}/bin";
-            PYTHONHASHSEED = "0";
-            PYTHONDONTWRITEBYTECODE = "1";
-            spec = builtins.toJSON {
+          pythonStage {
+            inherit name toolchain;
+            module = "prepare";
+            modules = [ "spec" "prepare" ];
+            spec = {
               version = 1;
               dataset = name;
               code = mkCode { inherit src; files = t.code or [ t.prepare ]; what = "[datasets.${name}]"; };
@@ -62,7 +59,6 @@
               params = t.params or { };
               seed = t.seed or 0;
             };
-            passAsFile = [ "spec" ];
           }
         else throw "mlbuild: [datasets.${name}] needs one of path, url or prepare";
       built = builtins.mapAttrs mk tables;

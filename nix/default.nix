@@ -27,40 +27,15 @@ let
   fetch = import ./fetch.nix { inherit system; };
   toolchain = import ./toolchain.nix { inherit system lib runtimeFor; inherit (fetch) fetchLocked; };
   code = import ./code.nix { inherit lib; };
-  dataset = import ./dataset.nix {
-    inherit system lib runtimeFor;
-    inherit (fetch) fetchLocked;
-    inherit (code) mkCode;
-    inherit (lib) builderCode;
-  };
-  train = import ./train.nix {
-    inherit system lib runtimeFor;
-    inherit (code) mkCode;
-    inherit (lib) builderCode;
-  };
-  package = import ./package.nix {
-    inherit system lib runtimeFor;
-    inherit (code) mkCode;
-    inherit (lib) builderCode;
-  };
-  validate = import ./validate.nix {
-    inherit system lib runtimeFor;
-    inherit (code) mkCode;
-    inherit (lib) builderCode;
-  };
-  notebook = import ./notebook.nix {
-    inherit system lib runtimeFor;
-    inherit (code) mkCode;
-    inherit (lib) builderCode;
-  };
-  images = import ./image.nix {
-    inherit system lib runtimeFor;
-    inherit (lib) builderCode;
-  };
-  monitor = import ./monitor.nix {
-    inherit system lib runtimeFor;
-    inherit (validate) validationSuite;
-  };
+  inherit (code) mkCode;
+  inherit (import ./stage.nix { inherit system lib runtimeFor; }) pythonStage;
+  dataset = import ./dataset.nix { inherit lib mkCode pythonStage; inherit (fetch) fetchLocked; };
+  train = import ./train.nix { inherit system lib mkCode pythonStage; };
+  package = import ./package.nix { inherit runtimeFor mkCode pythonStage; };
+  validate = import ./validate.nix { inherit lib mkCode pythonStage; };
+  notebook = import ./notebook.nix { inherit lib mkCode pythonStage; };
+  images = import ./image.nix { inherit system lib pythonStage; };
+  monitor = import ./monitor.nix { inherit runtimeFor pythonStage; inherit (validate) validationSuite; };
   project = import ./project.nix { inherit system lib toolchain dataset train package validate notebook images monitor; };
 in
 {

@@ -25,7 +25,7 @@
 # package and the validation in one layer; last, a small layer with /etc/passwd, /etc/group (root
 # and `user`) and /tmp (1777). The archive's bytes are deterministic: building twice gives the
 # same digest.
-{ system, lib, runtimeFor, builderCode }:
+{ system, lib, pythonStage }:
 let
   toLower = builtins.replaceStrings
     [ "A" "B" "C" "D" "E" "F" "G" "H" "I" "J" "K" "L" "M" "N" "O" "P" "Q" "R" "S" "T" "U" "V" "W" "X" "Y" "Z" ]
@@ -71,16 +71,12 @@ in
         max_layers = maxLayers;
       };
       # The archive: the toolchain's python runs mlbuild/runtime/image.py.
-      archive = extraSpec: extraAttrs: derivation ({
+      archive = extraSpec: extraAttrs: pythonStage ({
         name = "${imageName}-image.tar";
-        inherit system;
-        builder = "${toolchain}/bin/python";
-        args = [ "-s" "-c" (builderCode "image") (runtimeFor [ "spec" "image" "oci/" ]) ];
-        PATH = "${toolchain}/bin";
-        PYTHONHASHSEED = "0";
-        PYTHONDONTWRITEBYTECODE = "1";
-        spec = builtins.toJSON (spec // extraSpec);
-        passAsFile = [ "spec" ];
+        inherit toolchain;
+        module = "image";
+        modules = [ "spec" "image" "oci/" ];
+        spec = spec // extraSpec;
       } // extraAttrs);
 
       builtin = archive { backend = "builtin"; graphs = [ "graph-package" "graph-validation" ]; } {

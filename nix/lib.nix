@@ -15,9 +15,9 @@ rec {
   # assertMsg: fail evaluation with `msg` unless `cond` holds.
   assertMsg = cond: msg: if cond then true else throw "mlbuild: ${msg}";
   # The -c program of a Python builder: put the runtime store path (argv[1]) first on sys.path
-  # and run mlbuild.runtime.<module>.main().
-  builderCode = module:
-    "import sys; sys.path.insert(0, sys.argv[1]); from mlbuild.runtime.${module} import main; main()";
+  # and run mlbuild.runtime.<module>.<entry>() (usually main).
+  builderCode = module: entry:
+    "import sys; sys.path.insert(0, sys.argv[1]); from mlbuild.runtime.${module} import ${entry}; ${entry}()";
   optionalAttrs = cond: attrs: if cond then attrs else { };
   attrOr = name: default: set: if builtins.hasAttr name set then builtins.getAttr name set else default;
   # Read a JSON or TOML file under `src`, or throw naming it and the command that makes it.

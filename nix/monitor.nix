@@ -5,21 +5,19 @@
 #
 # Uses [models.NAME.validation] (suite, dataset, thresholds): the same metric names and suite
 # version as the validation build, computed on what the live server answers.
-{ system, lib, runtimeFor, validationSuite }:
+{ runtimeFor, pythonStage, validationSuite }:
 {
   mkMonitor = { name, model, package, src, toolchain, datasets }:
     let
       s = validationSuite { inherit name model src datasets; };
     in
-    derivation {
+    pythonStage {
       name = "${name}-monitor";
-      inherit system;
-      builder = "${toolchain}/bin/python";
-      args = [ "-s" "-c" "import sys; sys.path.insert(0, sys.argv[1]); from mlbuild.runtime.monitor import build_main; build_main()"
-               (runtimeFor [ "spec" "hashing" "monitor" ]) ];
-      PATH = "${toolchain}/bin";
-      PYTHONDONTWRITEBYTECODE = "1";
-      spec = builtins.toJSON {
+      inherit toolchain;
+      module = "monitor";
+      entry = "build_main";
+      modules = [ "spec" "hashing" "monitor" ];
+      spec = {
         version = 1;
         inherit name;
         package = "${package}";
@@ -29,6 +27,5 @@
         runtime = "${runtimeFor [ "spec" "prepare" "hashing" "validate" "monitor" ]}";
         python = "${toolchain}/bin/python";
       };
-      passAsFile = [ "spec" ];
     };
 }

@@ -18,7 +18,7 @@
 # an unchanged toolchain give the same store path, so it is not run again. The builder is
 # mlbuild/runtime/notebook.py (ipykernel over ipc sockets; HOME and Jupyter folders in the
 # build's temporary folder).
-{ system, lib, runtimeFor, mkCode, builderCode }:
+{ lib, mkCode, pythonStage }:
 rec {
   mkNotebooks = { src, config, toolchain, datasets }:
     builtins.mapAttrs (name: t:
@@ -38,15 +38,12 @@ rec {
         "${where}.test is ${builtins.toJSON test}; use true or false";
       assert lib.assertMsg (builtins.isInt timeout && timeout > 0)
         "${where}.timeout is ${builtins.toJSON timeout}; use a number of seconds > 0";
-      derivation {
+      pythonStage {
         name = "${name}-notebook";
-        inherit system;
-        builder = "${toolchain}/bin/python";
-        args = [ "-s" "-c" (builderCode "notebook") (runtimeFor [ "spec" "notebook" ]) ];
-        PATH = "${toolchain}/bin";
-        PYTHONHASHSEED = "0";
-        PYTHONDONTWRITEBYTECODE = "1";
-        spec = builtins.toJSON {
+        inherit toolchain;
+        module = "notebook";
+        modules = [ "spec" "notebook" ];
+        spec = {
           version = 1;
           notebook = name;
           inherit path timeout;
@@ -55,7 +52,6 @@ rec {
           params = t.params or { };
           toolchain = "${toolchain}";
         };
-        passAsFile = [ "spec" ];
       } // { inherit test; }
     ) (config.notebooks or { });
 

@@ -3,21 +3,19 @@
 # Its closure is all a server needs; `bin/serve` starts it.
 #
 #   mkPackage { name; model (the [models.NAME] table); training; src; toolchain }
-{ system, lib, runtimeFor, mkCode, builderCode }:
+{ runtimeFor, mkCode, pythonStage }:
 {
   mkPackage = { name, model, training, src, toolchain }:
     let
       runtime = runtimeFor [ "spec" "prepare" "hashing" "serve/" ];
       script = model.script or "${name}.py";
     in
-    derivation {
+    pythonStage {
       name = "${name}-package";
-      inherit system;
-      builder = "${toolchain}/bin/python";
-      args = [ "-s" "-c" (builderCode "package") (runtimeFor [ "spec" "hashing" "package" ]) ];
-      PATH = "${toolchain}/bin";
-      PYTHONDONTWRITEBYTECODE = "1";
-      spec = builtins.toJSON {
+      inherit toolchain;
+      module = "package";
+      modules = [ "spec" "hashing" "package" ];
+      spec = {
         version = 1;
         inherit name;
         model = "${training}";
@@ -31,6 +29,5 @@
         python = "${toolchain}/bin/python";
         toolchain = "${toolchain}";
       };
-      passAsFile = [ "spec" ];
     };
 }

@@ -38,7 +38,7 @@ rec {
       inherit system;
       builder = "${snapshot}/lib/${i.loader}";
       args = [ "--library-path" "${snapshot}/lib" "${snapshot}/bin/${i.bin}" "-s" "-S"
-               "-c" (builderCode "interpreter") (runtimeFor [ "spec" "elf" "shebang" "interpreter" ]) ];
+               "-c" (builderCode "interpreter" "main") (runtimeFor [ "spec" "elf" "shebang" "interpreter" ]) ];
       PYTHONHOME = snapshot;
       PYTHONHASHSEED = "0";
       PYTHONDONTWRITEBYTECODE = "1";
@@ -70,7 +70,7 @@ rec {
       name = "python-${i.version}-toolchain";
       inherit system;
       builder = "${interpreter}/bin/${i.bin}";
-      args = [ "-s" "-S" "-c" (builderCode "toolchain") (runtimeFor [ "spec" "elf" "shebang" "toolchain" ]) ];
+      args = [ "-s" "-S" "-c" (builderCode "toolchain" "main") (runtimeFor [ "spec" "elf" "shebang" "toolchain" ]) ];
       # Nix starts the builder as argv[0] = "python3.X": Python finds its home through PATH.
       PATH = "${interpreter}/bin";
       PYTHONHASHSEED = "0";

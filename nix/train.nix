@@ -12,7 +12,7 @@
 #
 # device = "cuda" sets requiredSystemFeatures = [ "cuda" ]: Nix sends the build to a builder
 # that has a GPU (see store-config/README.md). CPU training is bit-reproducible.
-{ system, lib, runtimeFor, mkCode, builderCode }:
+{ system, lib, mkCode, pythonStage }:
 {
   mkTraining = { name, model, src, toolchain, datasets, dirty ? false }:
     let
@@ -26,15 +26,12 @@
       "[models.${name}].device is ${builtins.toJSON device}; use \"cpu\" or \"cuda\"";
     assert lib.assertMsg (unknown == [ ])
       "[models.${name}].datasets names ${builtins.toJSON unknown}, which are not datasets; declared: ${builtins.toJSON (builtins.attrNames datasets)}";
-    derivation ({
+    pythonStage ({
       name = "${name}-model";
-      inherit system;
-      builder = "${toolchain}/bin/python";
-      args = [ "-s" "-c" (builderCode "train") (runtimeFor [ "spec" "prepare" "determinism" "hashing" "train" ]) ];
-      PATH = "${toolchain}/bin";
-      PYTHONHASHSEED = "0";
-      PYTHONDONTWRITEBYTECODE = "1";
-      spec = builtins.toJSON {
+      inherit toolchain;
+      module = "train";
+      modules = [ "spec" "prepare" "determinism" "hashing" "train" ];
+      spec = {
         version = 1;
         model = name;
         inherit script device system dirty;
@@ -50,7 +47,6 @@
         toolchain = "${toolchain}";
         interpreter = toolchain.pythonVersion;
       };
-      passAsFile = [ "spec" ];
     } // lib.optionalAttrs (device == "cuda") {
       requiredSystemFeatures = [ "cuda" ];
       # The host driver's libcuda, bound into the sandbox (store-config/README.md, GPU builders).

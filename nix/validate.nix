@@ -11,7 +11,7 @@
 # Returns the gate (fails the build, listing each metric, value and threshold, unless every
 # threshold is met) with `.report` (the metrics, always built: history and diffs use it).
 # Thresholds are inputs of the gate only: changing one never recomputes the metrics.
-{ system, lib, runtimeFor, mkCode, builderCode }:
+{ lib, mkCode, pythonStage }:
 rec {
   # The suite of [models.NAME.validation], read once for the validation and the monitor:
   # { script; code (store path of its files); dataset (name); data (its derivation); thresholds }.
@@ -33,19 +33,13 @@ rec {
   mkValidation = { name, model, package, src, toolchain, datasets }:
     let
       s = validationSuite { inherit name model src datasets; };
-      common = {
-        inherit system;
-        builder = "${toolchain}/bin/python";
-        PATH = "${toolchain}/bin";
-        PYTHONHASHSEED = "0";
-        PYTHONDONTWRITEBYTECODE = "1";
-        passAsFile = [ "spec" ];
-      };
-      report = derivation (common // {
+      report = pythonStage {
           name = "${name}-validation-report";
-          args = [ "-s" "-c" (builderCode "validate") (runtimeFor [ "spec" "prepare" "hashing" "validate" "serve/" ]) ];
+          inherit toolchain;
+          module = "validate";
+          modules = [ "spec" "prepare" "hashing" "validate" "serve/" ];
           OMP_NUM_THREADS = "1";
-          spec = builtins.toJSON {
+          spec = {
             version = 1;
             inherit name;
             package = "${package}";
@@ -54,18 +48,20 @@ rec {
             dataset = "${s.data}";
             dataset_name = s.dataset;
           };
-        });
-      gate = derivation (common // {
+        };
+      gate = pythonStage {
         name = "${name}-validation";
-        args = [ "-s" "-c" "import sys; sys.path.insert(0, sys.argv[1]); from mlbuild.runtime.validate import gate_main; gate_main()"
-                 (runtimeFor [ "spec" "hashing" "validate" ]) ];
-        spec = builtins.toJSON {
+        inherit toolchain;
+        module = "validate";
+        entry = "gate_main";
+        modules = [ "spec" "hashing" "validate" ];
+        spec = {
           version = 1;
           inherit name;
           report = "${report}";
           inherit (s) thresholds;
         };
-      });
+      };
     in
     gate // { inherit report; };
 }
