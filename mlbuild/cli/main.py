@@ -12,7 +12,7 @@ from .. import __version__
 from ..config import Project, load_project
 from ..errors import MlbuildError
 
-__all__ = ["main", "cli", "pass_project"]
+__all__ = ["main", "cli"]
 
 
 # Where each command is defined. Its module is imported only when the command runs (or for

@@ -18,7 +18,6 @@ import zstandard
 from mlbuild.errors import StoreCorruptError
 from mlbuild.nar import NarWriter, nar_sha256
 from mlbuild.store import StoreConfig, gc, init_store, stats, tag, verify
-from mlbuild.store.keys import generate_key_pair
 from mlbuild.store.layout import Layout
 from mlbuild.store.narinfo import NarInfo, format_hash
 from mlbuild.store.roots import record_push

@@ -18,8 +18,6 @@ import importlib
 import os
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
