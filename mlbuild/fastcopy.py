@@ -10,7 +10,8 @@ once). Slices are hashed through ``mmap`` (no copy into user space); small ones 
 buffer. Measured here (2 GiB, cold): the copy takes about what ``cp`` takes; sha256 of the landed
 bytes (about 0.6 s/GiB with SHA-NI) is slower than the copy, BLAKE3 (about 0.22 s/GiB) is not.
 A push computes both (sha256 is Nix's NAR hash, BLAKE3 a second, signed hash), on two threads
-over the same mapped bytes; a restore checks the signed BLAKE3 hash when the narinfo has one, so it runs at copy speed.
+over the same mapped bytes; a restore checks the signed BLAKE3 hash when the narinfo has one, so
+it runs at copy speed.
 
 Files that cannot be copied in the kernel (another file system, no ``copy_file_range``) are
 copied with read/write. Starting the write-back of each slice early (``sync_file_range``) was
@@ -105,9 +106,8 @@ class HashPipe:
                  into: Any = None) -> None:
         self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.algorithms = algorithms
-        self._hs: list[Any] = [new_hash(a) for a in algorithms]
-        if into is not None:   # continue a running hash (of the first algorithm) instead of a new one
-            self._hs[0] = into
+        # ``into``: continue a running hash (of the first algorithm) instead of starting one.
+        self._hs: list[Any] = [into if i == 0 and into is not None else new_hash(a) for i, a in enumerate(algorithms)]
         self._helper = ThreadPoolExecutor(1, thread_name_prefix="mlbuild-nar-hash2") if len(algorithms) > 1 else None
         self.digests: dict[str, bytes] = {}
         self.size = 0
