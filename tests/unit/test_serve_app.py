@@ -164,3 +164,26 @@ def test_a_failed_load_is_reported(tmp_path: Path) -> None:
         assert done.wait(30)
         assert client.get("/v2/health/ready").status_code == 503
     assert "cannot import" in str(failures[0]) and state.load_error is failures[0]
+
+
+@pytest.mark.parametrize(("method", "path", "route"), [
+    ("POST", "/v2/models/digits/infer", ("digits", None)),
+    ("POST", "/v2/models/digits/versions/1/infer", ("digits", "1")),
+    ("GET", "/v2/models/digits/infer", None),            # Starlette answers: 405
+    ("POST", "/v2/models//infer", None),                 # as Starlette's [^/]+: no empty name
+    ("POST", "/v2/models/digits/versions//infer", None),
+    ("POST", "/v2/models/digits/infer/", None),
+    ("POST", "/v2/models/a/b/infer", None),
+    ("POST", "/v1/models/digits/infer", None),
+    ("POST", "/v2/models/digits/feedback", None),
+])
+def test_infer_fast_path_matches_what_starlette_routes(method: str, path: str, route: Any) -> None:
+    from starlette.routing import Match, Route
+
+    from mlbuild.runtime.serve.app import _INFER_ROUTES, _infer_route
+
+    scope = {"type": "http", "method": method, "path": path}
+    assert _infer_route(scope) == route
+    if route is not None:  # the same request would match the Starlette route it bypasses
+        matched = [Route(p, lambda r: None, methods=["POST"]).matches(scope)[0] for p in _INFER_ROUTES]
+        assert Match.FULL in matched

@@ -20,6 +20,7 @@ deviations). Both windows are recomputed at most once a second, off the request 
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -52,6 +53,10 @@ class LiveQuality:
         self.lock = threading.Lock()
         self._dirty = False
         self._last = 0.0
+        # Ids for requests that bring none: unique within this process (a counter) and between
+        # processes (a random prefix); one os.urandom call per request (uuid4) cost ~4% of the loop.
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._next_id = itertools.count(1)
         self.metric = Gauge("mlbuild_live_metric", "Rolling metric of predictions against ground-truth feedback.",
                             ["model", "metric"], registry=registry)
         self.samples = Gauge("mlbuild_live_feedback_samples", "Feedback rows in the rolling window.", ["model"],
@@ -69,7 +74,9 @@ class LiveQuality:
 
     # -- called by the app -------------------------------------------------------------------
     def request_id(self, given: Any) -> str:
-        return str(given) if isinstance(given, (str, int)) and str(given) else uuid.uuid4().hex
+        if isinstance(given, (str, int)) and str(given):
+            return str(given)
+        return f"{self._id_prefix}-{next(self._next_id)}"
 
     def observe(self, request_id: str, inputs: np.ndarray, predicted: np.ndarray | None) -> None:
         """Remember a request's predicted labels and inputs (cheap: no metric computed here)."""

@@ -25,6 +25,7 @@ from prometheus_client import disable_created_metrics
 
 from .app import ServerState, create_app
 from .metrics import ServerMetrics
+from .onewrite import protocol_class
 from .package import load_package
 
 __all__ = ["serve", "bind"]
@@ -91,7 +92,7 @@ def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, thr
     state = ServerState(pkg, metrics, threads=threads, verify=verify, on_load_failure=on_load_failure)
     config = uvicorn.Config(create_app(state), lifespan="on", log_level=log_level, access_log=access_log,
                             timeout_graceful_shutdown=max(1, graceful_timeout), server_header=False,
-                            timeout_keep_alive=30)
+                            timeout_keep_alive=30, http=protocol_class(), proxy_headers=False)
     server = _Server(config, state)
     shown = f"[{host}]" if ":" in host else host
     log.info("serving %s (%s) on http://%s:%d", pkg.name, pkg.root, shown, actual_port)

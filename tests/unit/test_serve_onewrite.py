@@ -1,0 +1,166 @@
+"""mlbuild.runtime.serve.onewrite: a real uvicorn server whose responses go out in one write each,
+and stay correct HTTP for every kind of response (keep-alive, HEAD, 204, streaming, 100-continue,
+Connection: close, an app that fails after starting its response)."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import socket
+import threading
+import time
+from typing import Any, Iterator
+
+import pytest
+import uvicorn
+
+from mlbuild.runtime.serve.onewrite import protocol_class
+
+
+class _Recording:
+    """A transport proxy counting the writes that reach the socket."""
+
+    def __init__(self, transport: Any, writes: list[bytes]) -> None:
+        self._transport, self._writes = transport, writes
+
+    def write(self, data: bytes) -> None:
+        self._writes.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    if path == "/echo":  # reads the whole body (100-continue if the client asks for it)
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+    elif path == "/empty":
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/stream":  # no content-length: chunked, three chunks
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for part in (b"one ", b"two ", b"three"):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/big":
+        data = b"x" * (256 * 1024)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"%d" % len(data))]})
+        await send({"type": "http.response.body", "body": data})
+    elif path == "/broken":  # starts a response, then fails: the client sees the head, then EOF
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
+        raise RuntimeError("failed after the head")
+    else:
+        body = b"hello"
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"5")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[int, list[bytes]]]:
+    base = protocol_class()
+    assert not isinstance(base, str), "the toolchain's uvicorn has httptools: the one-write protocol applies"
+    writes: list[bytes] = []
+
+    class Recorded(base):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(_Recording(transport, writes))
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(_app, http=Recorded, lifespan="off", log_level="critical", server_header=False)
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(srv.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not srv.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    yield sock.getsockname()[1], writes
+    srv.should_exit = True
+    thread.join(10)
+
+
+def _request(port: int, method: str, path: str, body: bytes | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def _settled(writes: list[bytes], n: int) -> list[bytes]:
+    deadline = time.monotonic() + 5
+    while len(writes) < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return list(writes)
+
+
+def test_keep_alive_responses_go_out_in_one_write_each(server: tuple[int, list[bytes]]) -> None:
+    port, writes = server
+    writes.clear()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    for _ in range(3):
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        assert (resp.status, resp.read(), resp.headers["content-type"]) == (200, b"hello", "text/plain")
+    conn.close()
+    got = _settled(writes, 3)
+    assert len(got) == 3, got
+    assert all(w.startswith(b"HTTP/1.1 200 OK\r\n") and w.endswith(b"\r\n\r\nhello") for w in got)
+
+
+def test_bodyless_and_head_responses_are_flushed(server: tuple[int, list[bytes]]) -> None:
+    port, writes = server
+    assert _request(port, "GET", "/empty") == (204, b"")
+    assert _request(port, "HEAD", "/") == (200, b"")  # HEAD: uvicorn writes no body; the head still goes
+
+
+def test_streamed_and_big_responses(server: tuple[int, list[bytes]]) -> None:
+    port, writes = server
+    assert _request(port, "GET", "/stream") == (200, b"one two three")
+    writes.clear()
+    status, body = _request(port, "GET", "/big")
+    assert (status, len(body), set(body)) == (200, 256 * 1024, {ord("x")})
+    got = _settled(writes, 2)
+    assert len(got) == 2 and got[1] == b"x" * (256 * 1024), "a big body is not copied to join the head"
+
+
+def test_expect_100_continue_is_not_held_back(server: tuple[int, list[bytes]]) -> None:
+    port, _ = server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        assert s.recv(1024).startswith(b"HTTP/1.1 100 Continue"), "the client waits for this before its body"
+        s.sendall(b"ping")
+        reply = b""
+        while not reply.endswith(b"ping"):
+            chunk = s.recv(1024)
+            assert chunk, reply
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200 OK")
+
+
+def test_connection_close_and_a_failing_app(server: tuple[int, list[bytes]]) -> None:
+    port, _ = server
+    assert _request(port, "POST", "/echo", b"abc", {"Connection": "close"}) == (200, b"abc")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /broken HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = b""
+        while chunk := s.recv(1024):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"\r\n\r\n"), reply
