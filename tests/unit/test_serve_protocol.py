@@ -16,8 +16,8 @@ from tritonclient.http import InferInput, InferRequestedOutput, InferResult
 from tritonclient.http._utils import _get_inference_request
 
 from mlbuild.runtime.serve.package import Package, TensorSpec
-from mlbuild.runtime.serve.protocol import (InferRequest, ProtocolError, decode_infer, decode_predict, encode_infer,
-                                            encode_predict)
+from mlbuild.runtime.serve.protocol import (InferCodec, InferRequest, ProtocolError, decode_infer, decode_predict,
+                                            encode_infer, encode_predict)
 
 
 def _pkg(datatype: str = "FP32", shape: tuple[int, ...] = (-1, 4)) -> Package:
@@ -213,3 +213,74 @@ def test_bad_predict(body: bytes) -> None:
     with pytest.raises(ProtocolError) as err:
         decode_predict(PKG, body)
     assert err.value.status == 400
+
+
+def _same_request(a: InferRequest, b: InferRequest) -> None:
+    assert (a.id, a.outputs, a.array.dtype, a.array.shape) == (b.id, b.outputs, b.array.dtype, b.array.shape)
+    np.testing.assert_array_equal(a.array, b.array)
+    assert a.array.flags.writeable and b.array.flags.writeable
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=st.lists(hnp.arrays(np.float32, (4,), elements=st.floats(-1e6, 1e6, width=32)), min_size=1, max_size=5),
+       request_id=st.one_of(st.none(), st.text(max_size=8)), binary_out=st.booleans(), seen=st.booleans())
+def test_codec_gives_what_the_plain_functions_give(rows: list[np.ndarray], request_id: str | None, binary_out: bool,
+                                                   seen: bool) -> None:
+    codec = InferCodec(PKG)
+    x = np.stack(rows)
+    outputs = [InferRequestedOutput("probabilities", binary_data=binary_out), InferRequestedOutput("label")]
+    body, header = _triton(x, outputs=outputs)
+    if request_id is not None:  # an id in the JSON header, as tritonclient's request_id= puts it
+        head = json.loads(body[:int(header or 0)])
+        head["id"] = request_id
+        raw = json.dumps(head).encode()
+        body, header = raw + body[int(header or 0):], str(len(raw))
+    if seen:
+        codec.decode(body, header)  # the second decode below comes from the cache
+    req = codec.decode(body, header)
+    _same_request(req, decode_infer(PKG, body, header))
+    results = {"probabilities": np.abs(x[:, :3]) / 7, "label": np.arange(len(x), dtype=np.int64)}
+    for assigned in (request_id, "server-1", 'quote"\\ \u00e9'):
+        req.id = assigned
+        if seen:
+            codec.encode(req, results)
+        assert codec.encode(req, results) == encode_infer(PKG, req, results)
+
+
+def test_codec_checks_every_request_in_full() -> None:
+    codec = InferCodec(PKG)
+    x = np.ones((2, 4), np.float32)
+    body, header = _triton(x)
+    assert header is not None
+    codec.decode(body, header)  # now remembered
+    n = int(header)
+    nan = body[:n] + np.array([[1, 2, 3, np.nan], [1, 1, 1, 1]], np.float32).tobytes()
+    with pytest.raises(ProtocolError, match="NaN"):
+        codec.decode(nan, header)
+    with pytest.raises(ProtocolError, match="binary data ends after 28 of 32 bytes"):
+        codec.decode(body[:-4], header)
+    with pytest.raises(ProtocolError, match="not claimed"):
+        codec.decode(body + b"xxxx", header)
+    with pytest.raises(ProtocolError, match="Inference-Header-Content-Length"):
+        codec.decode(body, str(len(body) + 1))
+    second = codec.decode(body, header)
+    second.array[0, 0] = 5  # each request gets its own writable array
+    assert codec.decode(body, header).array[0, 0] == 1
+
+    bools = _pkg("BOOL")
+    codec = InferCodec(bools)
+    body, header = _triton(np.array([[True, False, True, True]]), datatype="BOOL")
+    codec.decode(body, header)
+    bad = body[:-1] + b"\x02"
+    with pytest.raises(ProtocolError, match="0 or 1"):
+        codec.decode(bad, header)
+
+
+def test_codec_cache_stays_bounded() -> None:
+    codec = InferCodec(PKG, limit=4)
+    x = np.ones((1, 4), np.float32)
+    for i in range(10):
+        head = json.dumps({"id": f"r{i}", "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
+                                                      "parameters": {"binary_data_size": 16}}]}).encode()
+        assert codec.decode(head + x.tobytes(), str(len(head))).id == f"r{i}"
+        assert len(codec._requests) <= 4

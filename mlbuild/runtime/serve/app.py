@@ -12,7 +12,6 @@ draining, 500 (logged) when the model itself fails.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import json
 import logging
@@ -36,7 +35,7 @@ from .live import FeedbackError, LiveQuality
 from .metrics import CONTENT_TYPE_LATEST, MetricsMiddleware, ServerMetrics
 from .model import LoadedModel, load_model
 from .package import MODEL_VERSION, Package
-from .protocol import ProtocolError, decode_infer, decode_predict, encode_infer, encode_predict, error_body
+from .protocol import InferCodec, ProtocolError, decode_predict, encode_predict, error_body
 
 __all__ = ["ServerState", "create_app"]
 
@@ -67,6 +66,7 @@ class ServerState:
         self.batcher: MicroBatcher | None = None
         self.load_error: BaseException | None = None
         self.draining = False
+        self.codec = InferCodec(pkg)
         metrics.set_package(pkg.name, pkg.hashes)
         reference = pkg.root / "model" / "reference.json"
         self.live = LiveQuality(pkg.name, json.loads(reference.read_text()) if reference.is_file() else None,
@@ -296,17 +296,16 @@ class _InferEndpoint:
         submitted = False
         try:
             body = await _read_body(headers, _receive_body(receive), state.pkg.settings.max_body_bytes)
-            req = decode_infer(state.pkg, body, headers.get("inference-header-content-length"))
+            req = state.codec.decode(body, headers.get("inference-header-content-length"))
             submitted = True
             results = await batcher.submit(req.array, arrived=True)
         finally:
             if not submitted:
                 batcher.arriving(-1)
         # Every response carries an id (the client's, or one assigned here): feedback refers to it.
-        request_id = state.live.request_id(req.id)
-        req = dataclasses.replace(req, id=request_id)
+        req.id = request_id = state.live.request_id(req.id)
         state.live.observe(request_id, req.array, results.get("label"))
-        content, header_length = encode_infer(state.pkg, req, results)
+        content, header_length = state.codec.encode(req, results)
         if header_length is None:
             return content, [(b"content-type", b"application/json")]
         return content, [(b"content-type", b"application/octet-stream"),

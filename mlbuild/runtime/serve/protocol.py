@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from .package import DATATYPES, Package, ServeError, TensorSpec
+from .package import DATATYPES, MODEL_VERSION, Package, ServeError, TensorSpec
 
 __all__ = [
     "ProtocolError",
     "InferRequest",
+    "InferCodec",
     "decode_infer",
     "encode_infer",
     "decode_predict",
@@ -149,14 +150,18 @@ def _decode_input(spec: TensorSpec, item: dict[str, Any], binary: memoryview, of
                        f"{spec.datatype} needs {need} bytes")
         if offset + size > len(binary):
             raise _bad(f"input {spec.name!r}: binary data ends after {len(binary) - offset} of {size} bytes")
-        # A writable copy: the body's buffer is read-only, and torch.from_numpy wants writable arrays.
-        arr = np.frombuffer(binary[offset:offset + size], dtype=spec.dtype).reshape(shape).copy()
-        if spec.datatype == "BOOL" and arr.size and int(arr.view(np.uint8).max()) > 1:
-            raise _bad(f"input {spec.name!r}: BOOL bytes must be 0 or 1")
-        return arr, offset + size
+        return _binary_array(spec, binary[offset:offset + size], shape), offset + size
     if "data" not in item:
         raise _bad(f"input {spec.name!r}: no data (give data, or parameters.binary_data_size)")
     return _from_json_data(spec, item["data"], shape, spec.datatype), offset
+
+
+def _binary_array(spec: TensorSpec, data: memoryview, shape: tuple[int, ...]) -> np.ndarray:
+    # A writable copy: the body's buffer is read-only, and torch.from_numpy wants writable arrays.
+    arr = np.frombuffer(data, dtype=spec.dtype).reshape(shape).copy()
+    if spec.datatype == "BOOL" and arr.size and int(arr.view(np.uint8).max()) > 1:
+        raise _bad(f"input {spec.name!r}: BOOL bytes must be 0 or 1")
+    return arr
 
 
 def _check_finite(spec: TensorSpec, arr: np.ndarray) -> None:
@@ -197,6 +202,11 @@ def _requested_outputs(pkg: Package, raw: Any, default_binary: bool) -> list[tup
 
 def decode_infer(pkg: Package, body: bytes, header_length: str | None) -> InferRequest:
     """Decode and validate a ``POST /v2/models/{name}/infer`` body."""
+    return _decode_infer(pkg, body, header_length)[0]
+
+
+def _decode_infer(pkg: Package, body: bytes, header_length: str | None) -> tuple[InferRequest, bool]:
+    """The request, and whether its input came as binary data (its JSON header then holds no values)."""
     view = memoryview(body)
     if header_length is not None:
         if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
@@ -224,6 +234,7 @@ def decode_infer(pkg: Package, body: bytes, header_length: str | None) -> InferR
     spec = pkg.input
     found: np.ndarray | None = None
     offset = 0
+    binary_input = False
     for item in inputs:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise _bad("each input must be an object with a string name")
@@ -232,12 +243,13 @@ def decode_infer(pkg: Package, body: bytes, header_length: str | None) -> InferR
         if found is not None:
             raise _bad(f"input {spec.name!r} given twice")
         found, offset = _decode_input(spec, item, binary, offset, header_length is not None)
+        binary_input = offset > 0
     assert found is not None
     if offset != len(binary):
         raise _bad(f"{len(binary) - offset} byte(s) of binary data are not claimed by any input's binary_data_size")
     _check_finite(spec, found)
     outputs = _requested_outputs(pkg, req.get("outputs"), binary_output)
-    return InferRequest(request_id, found, outputs)
+    return InferRequest(request_id, found, outputs), binary_input
 
 
 def encode_infer(pkg: Package, req: InferRequest, results: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
@@ -256,13 +268,71 @@ def encode_infer(pkg: Package, req: InferRequest, results: dict[str, np.ndarray]
         else:
             entry["data"] = arr.ravel().tolist()
         outputs.append(entry)
-    response: dict[str, Any] = {"model_name": pkg.name, "model_version": "1", "outputs": outputs}
+    response: dict[str, Any] = {"model_name": pkg.name, "model_version": MODEL_VERSION, "outputs": outputs}
     if req.id is not None:
         response["id"] = req.id
     header = json.dumps(response, allow_nan=True).encode()
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)
+
+
+class InferCodec:
+    """``decode_infer`` and ``encode_infer`` for one package, remembering binary-tensor headers.
+
+    A client sending binary tensors sends the same JSON header again and again (the values are in
+    the binary part; only an ``id`` may change), and gets the same response header back but for
+    the id. The codec keeps the validated outcome of each header it has seen (shape, outputs; at
+    most ``limit`` of them) and the JSON of each response header without its id, so such a request
+    costs a dictionary lookup and a copy of its values instead of parsing and validating JSON:
+    ~10 µs of ~100 µs of the event loop's time per request, measured on the digits model. Every
+    request is still checked in full: the size of its binary data (any mismatch is decoded from
+    scratch, which names the error), BOOL bytes and finiteness. The bytes are the same as the
+    uncached functions give (a unit test compares them).
+    """
+
+    def __init__(self, pkg: Package, limit: int = 256) -> None:
+        self.pkg, self.limit = pkg, limit
+        self._requests: dict[bytes, tuple[str | None, tuple[int, ...], int, list[tuple[str, bool]]]] = {}
+        self._responses: dict[tuple[Any, ...], bytes] = {}
+
+    def _remember(self, cache: dict[Any, Any], key: Any, value: Any) -> None:
+        if len(cache) >= self.limit:
+            cache.clear()  # clients with ever-new headers (ids): start over rather than grow
+        cache[key] = value
+
+    def decode(self, body: bytes, header_length: str | None) -> InferRequest:
+        if header_length is None or not (header_length.isascii() and header_length.isdigit()):
+            return decode_infer(self.pkg, body, header_length)
+        n = int(header_length)
+        header = body[:n]
+        plan = self._requests.get(header)
+        if plan is None or len(body) - n != plan[2]:
+            req, binary_input = _decode_infer(self.pkg, body, header_length)
+            if binary_input:
+                self._remember(self._requests, header, (req.id, req.array.shape, len(body) - n, req.outputs))
+            return req
+        request_id, shape, _, outputs = plan
+        spec = self.pkg.input
+        arr = _binary_array(spec, memoryview(body)[n:], shape)
+        _check_finite(spec, arr)
+        return InferRequest(request_id, arr, list(outputs))
+
+    def encode(self, req: InferRequest, results: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
+        if not req.outputs or not all(binary for _, binary in req.outputs):
+            return encode_infer(self.pkg, req, results)
+        arrays = [results[name] for name, _ in req.outputs]
+        key = (tuple(req.outputs), *(a.shape for a in arrays))
+        prefix = self._responses.get(key)
+        if prefix is None:
+            header, length = encode_infer(self.pkg, InferRequest(None, req.array, req.outputs), results)
+            assert length is not None
+            prefix = header[:length - 1]  # without the closing brace: the id goes there
+            self._remember(self._responses, key, prefix)
+        chunks = [np.ascontiguousarray(a, dtype=self.pkg.output(name).dtype).tobytes()  # type: ignore[union-attr]
+                  for a, (name, _) in zip(arrays, req.outputs)]
+        head = prefix + (b"}" if req.id is None else b', "id": ' + json.dumps(req.id).encode() + b"}")
+        return b"".join([head, *chunks]), len(head)
 
 
 def decode_predict(pkg: Package, body: bytes) -> np.ndarray:
