@@ -59,7 +59,7 @@ def push(project: Project, names: list[str]) -> list[str]:
         gone = [n for n, p in paths.items() if p in missing]
         raise DataError(f"dataset(s) {', '.join(gone)} are not in the local store; `mlbuild data add NAME PATH` first")
     result = store_push(load_store_config(project.root), list(paths.values()))
-    pushed = set(result.pushed)
+    pushed = {info.store_path for info in result.pushed}
     return [f"{n}: {'pushed' if p in pushed else 'already in the shared store'} {p}" for n, p in paths.items()]
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -162,3 +164,25 @@ def test_url_dataset(data_project: Path, http_dir) -> None:
     proc = build(data_project, "datasets.remote2", check=False)
     assert proc.returncode == 1
     assert "hash mismatch" in proc.stderr and "remote2" in proc.stderr
+
+
+def test_push_and_pull_datasets_through_the_shared_store(data_project: Path, tmp_path: Path) -> None:
+    from tests.integration.test_store_machines import make_store, store_env
+
+    env = store_env(make_store(tmp_path / "shared"))
+    # Content no other test run has: the local copy can then really be deleted and pulled back.
+    write_tree(data_project, {"data": {"fresh": {"rows.txt": f"{uuid.uuid4()}\n" * 10}}})
+    run_cli("data", "add", "fresh", "data/fresh", cwd=data_project)
+    out = run_cli("data", "push", "fresh", cwd=data_project, env=env).stdout
+    path = out.split()[-1]
+    assert out.startswith(f"fresh: pushed {path}") and path.startswith("/nix/store/"), out
+    assert run_cli("data", "push", "fresh", cwd=data_project, env=env).stdout.startswith(
+        f"fresh: already in the shared store {path}")
+    shutil.rmtree(data_project / ".mlbuild" / "gcroots")   # the project's roots: then the path can go
+    subprocess.run(["nix-store", "--delete", path], check=True, capture_output=True)
+    assert subprocess.run(["nix-store", "--check-validity", path], capture_output=True).returncode != 0
+    out = run_cli("data", "pull", "fresh", cwd=data_project, env=env).stdout
+    assert out.startswith(f"fresh: pulled {path}"), out
+    subprocess.run(["nix-store", "--verify-path", path], check=True)
+    assert run_cli("data", "pull", "fresh", cwd=data_project, env=env).stdout.startswith(
+        f"fresh: already present {path}")
