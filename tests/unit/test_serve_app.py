@@ -180,10 +180,10 @@ def test_a_failed_load_is_reported(tmp_path: Path) -> None:
 def test_infer_fast_path_matches_what_starlette_routes(method: str, path: str, route: Any) -> None:
     from starlette.routing import Match, Route
 
-    from mlbuild.runtime.serve.app import _INFER_ROUTES, _infer_route
+    from mlbuild.runtime.serve.infer import INFER_ROUTES, infer_route
 
     scope = {"type": "http", "method": method, "path": path}
-    assert _infer_route(scope) == route
+    assert infer_route(scope) == route
     if route is not None:  # the same request would match the Starlette route it bypasses
-        matched = [Route(p, lambda r: None, methods=["POST"]).matches(scope)[0] for p in _INFER_ROUTES]
+        matched = [Route(p, lambda r: None, methods=["POST"]).matches(scope)[0] for p in INFER_ROUTES]
         assert Match.FULL in matched

@@ -15,22 +15,20 @@ import asyncio
 import gc
 import json
 import logging
-import time
-import zlib
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
-
-from starlette.types import Receive, Scope, Send
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from mlbuild import __version__
 
-from .batching import BatcherClosed, MicroBatcher
+from .batching import MicroBatcher
+from .infer import INFER_ROUTES, InferEndpoint, failure, infer_route, read_body
 from .live import FeedbackError, LiveQuality
 from .metrics import CONTENT_TYPE_LATEST, MetricsMiddleware, ServerMetrics
 from .model import LoadedModel, load_model
@@ -42,7 +40,6 @@ __all__ = ["ServerState", "create_app"]
 log = logging.getLogger("mlbuild.serve")
 
 _JSON = "application/json"
-_MEDIA_TYPES = {"", "application/json", "application/octet-stream", "text/plain", "application/x-www-form-urlencoded"}
 _PLATFORM = "mlbuild_pytorch"
 
 
@@ -111,6 +108,12 @@ class ServerState:
         if version is not None and version != MODEL_VERSION:
             raise ProtocolError(404, f"model {name!r} has no version {version!r:.50}; it has [{MODEL_VERSION!r}]")
 
+    def require_batcher(self) -> MicroBatcher:
+        """The batcher, or a 503 while the model is still loading."""
+        if self.batcher is None:
+            raise ProtocolError(503, f"model {self.pkg.name!r} is not loaded yet; poll /v2/health/ready")
+        return self.batcher
+
     def model_metadata(self) -> dict[str, Any]:
         pkg = self.pkg
         return {
@@ -126,54 +129,8 @@ class ServerState:
         }
 
 
-async def _read_body(headers: Mapping[str, str], stream: AsyncIterator[bytes], limit: int) -> bytes:
-    media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media not in _MEDIA_TYPES:
-        raise ProtocolError(415, f"Content-Type {media!r:.100} is not supported; send application/json "
-                                 "(binary tensors: application/octet-stream with Inference-Header-Content-Length)")
-    encoding = headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("identity", "gzip", "deflate"):
-        raise ProtocolError(415, f"Content-Encoding {encoding!r:.50} is not supported; use gzip, deflate or none")
-    length = headers.get("content-length", "")
-    if length.isascii() and length.isdigit() and int(length) > limit:
-        raise ProtocolError(413, f"request body of {length} bytes is over the server's limit of {limit} bytes")
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in stream:
-        total += len(chunk)
-        if total > limit:
-            raise ProtocolError(413, f"request body is over the server's limit of {limit} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    if encoding == "identity":
-        return body
-    inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as e:
-        raise ProtocolError(400, f"request body is not valid {encoding} data: {e}") from None
-    if len(out) > limit:
-        raise ProtocolError(413, f"decompressed request body is over the server's limit of {limit} bytes")
-    if not inflater.eof:
-        raise ProtocolError(400, f"request body is truncated {encoding} data")
-    return out
-
-
 async def _request_body(request: Request, state: ServerState) -> bytes:
-    return await _read_body(request.headers, request.stream(), state.pkg.settings.max_body_bytes)
-
-
-def _failure(exc: Exception, method: str, path: str) -> tuple[int, bytes]:
-    """The status and JSON error body answering a request that raised ``exc``."""
-    if isinstance(exc, ProtocolError):
-        return exc.status, error_body(exc.message)
-    if isinstance(exc, BatcherClosed):
-        return 503, error_body(str(exc))
-    if isinstance(exc, ClientDisconnect):
-        return 400, error_body("the client disconnected before sending the whole body")
-    # the model (user code) or a bug: log it, answer, keep serving
-    log.error("%s %s failed", method, path[:200], exc_info=exc)
-    return 500, error_body(f"inference failed: {type(exc).__name__}: {str(exc)[:500]}")
+    return await read_body(request.headers, request.stream(), state.pkg.settings.max_body_bytes)
 
 
 Handler = Callable[[Request, ServerState], Awaitable[Response]]
@@ -184,7 +141,7 @@ def _endpoint(handler: Handler, state: ServerState) -> Callable[[Request], Await
         try:
             return await handler(request, state)
         except Exception as e:
-            status, body = _failure(e, request.method, request.url.path)
+            status, body = failure(e, request.method, request.url.path)
             return Response(body, status_code=status, media_type=_JSON)
     return endpoint
 
@@ -215,103 +172,6 @@ async def _model_ready(request: Request, state: ServerState) -> Response:
     return _json({"name": state.pkg.name, "ready": state.ready}, 200 if state.ready else 503)
 
 
-def _require_ready(state: ServerState) -> MicroBatcher:
-    if state.batcher is None:
-        raise ProtocolError(503, f"model {state.pkg.name!r} is not loaded yet; poll /v2/health/ready")
-    return state.batcher
-
-
-_INFER_ROUTES = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
-
-
-def _infer_route(scope: Scope) -> tuple[str, str | None] | None:
-    """(name, version) when ``scope`` is a POST to an infer route (as Starlette would match it)."""
-    if scope["type"] != "http" or scope["method"] != "POST":
-        return None
-    parts = scope["path"].split("/")
-    if parts[-1] != "infer" or parts[1:3] != ["v2", "models"] or not parts[3]:
-        return None
-    if len(parts) == 5:
-        return parts[3], None
-    if len(parts) == 7 and parts[4] == "versions" and parts[5]:
-        return parts[3], parts[5]
-    return None
-
-
-async def _receive_body(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
-
-
-class _InferEndpoint:
-    """``POST /v2/models/{name}[/versions/{version}]/infer``: the hot path, as a bare ASGI app.
-
-    ``create_app`` sends these requests here before Starlette's middleware, router, ``Request``
-    and ``Response`` objects (and does the metrics middleware's work itself): under 32 clients of
-    a small model, those layers were about a third of the event loop's time per request. Other
-    methods on these paths still go through Starlette (405 with a JSON error).
-    """
-
-    def __init__(self, state: ServerState) -> None:
-        self.state = state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = _infer_route(scope)
-        assert route is not None, "only POSTs to the infer routes come here"
-        metrics = self.state.metrics
-        started = time.perf_counter()
-        status = 500
-        metrics.in_flight.inc()
-        try:
-            try:
-                content, headers = await self._infer(scope, receive, *route)
-                status = 200
-            except Exception as e:
-                status, content = _failure(e, "POST", scope["path"])
-                headers = [(b"content-type", b"application/json")]
-            headers.append((b"content-length", b"%d" % len(content)))
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": content})
-        finally:
-            metrics.in_flight.dec()
-            metrics.observe_request(_INFER_ROUTES[route[1] is not None], "POST", status,
-                                    time.perf_counter() - started)
-
-    async def _infer(self, scope: Scope, receive: Receive, name: str,
-                     version: str | None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-        state = self.state
-        state.check_model(name, version)
-        batcher = _require_ready(state)
-        headers: dict[str, str] = {}
-        for key, value in scope["headers"]:  # the first of repeated headers, as Starlette's get()
-            headers.setdefault(key.decode("latin-1"), value.decode("latin-1"))
-        batcher.arriving(1)
-        submitted = False
-        try:
-            body = await _read_body(headers, _receive_body(receive), state.pkg.settings.max_body_bytes)
-            req = state.codec.decode(body, headers.get("inference-header-content-length"))
-            submitted = True
-            results = await batcher.submit(req.array, arrived=True)
-        finally:
-            if not submitted:
-                batcher.arriving(-1)
-        # Every response carries an id (the client's, or one assigned here): feedback refers to it.
-        req.id = request_id = state.live.request_id(req.id)
-        state.live.observe(request_id, req.array, results.get("label"))
-        content, header_length = state.codec.encode(req, results)
-        if header_length is None:
-            return content, [(b"content-type", b"application/json")]
-        return content, [(b"content-type", b"application/octet-stream"),
-                         (b"inference-header-content-length", b"%d" % header_length)]
-
-
 async def _v1_status(request: Request, state: ServerState) -> Response:
     _check(request, state)
     return _json({"name": state.pkg.name, "ready": state.ready})
@@ -319,7 +179,7 @@ async def _v1_status(request: Request, state: ServerState) -> Response:
 
 async def _v1_predict(request: Request, state: ServerState) -> Response:
     _check(request, state)
-    batcher = _require_ready(state)
+    batcher = state.require_batcher()
     batcher.arriving(1)
     submitted = False
     try:
@@ -374,7 +234,7 @@ def create_app(state: ServerState) -> Callable[[Scope, Receive, Send], Awaitable
             if state.batcher is not None:
                 await asyncio.to_thread(state.batcher.stop)
 
-    infer = _InferEndpoint(state)
+    infer = InferEndpoint(state)
 
     def route(path: str, handler: Handler, methods: list[str]) -> Route:
         return Route(path, _endpoint(handler, state), methods=methods)
@@ -387,7 +247,7 @@ def create_app(state: ServerState) -> Callable[[Scope, Receive, Send], Awaitable
         route("/v2/models/{name}/versions/{version}", _model_metadata, ["GET"]),
         route("/v2/models/{name}/ready", _model_ready, ["GET"]),
         route("/v2/models/{name}/versions/{version}/ready", _model_ready, ["GET"]),
-        *(Route(path, infer, methods=["POST"]) for path in _INFER_ROUTES),
+        *(Route(path, infer, methods=["POST"]) for path in INFER_ROUTES),
         route("/v2/models/{name}/feedback", _feedback, ["POST"]),
         route("/v1/models/{name}:predict", _v1_predict, ["POST"]),
         route("/v1/models/{name}", _v1_status, ["GET"]),
@@ -397,7 +257,7 @@ def create_app(state: ServerState) -> Callable[[Scope, Receive, Send], Awaitable
     measured = MetricsMiddleware(app, state.metrics)
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-        if _infer_route(scope) is not None:
+        if infer_route(scope) is not None:
             await infer(scope, receive, send)
         else:
             await measured(scope, receive, send)
