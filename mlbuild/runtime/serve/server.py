@@ -90,6 +90,9 @@ def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, thr
             server.should_exit = True
 
     state = ServerState(pkg, metrics, threads=threads, verify=verify, on_load_failure=on_load_failure)
+    # http: one socket write per response (onewrite.py). proxy_headers off: nothing here reads the
+    # client's address but the optional access log, and uvicorn's X-Forwarded-For middleware is
+    # one more ASGI layer on every request.
     config = uvicorn.Config(create_app(state), lifespan="on", log_level=log_level, access_log=access_log,
                             timeout_graceful_shutdown=max(1, graceful_timeout), server_header=False,
                             timeout_keep_alive=30, http=protocol_class(), proxy_headers=False)
