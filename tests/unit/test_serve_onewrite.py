@@ -164,3 +164,15 @@ def test_connection_close_and_a_failing_app(server: tuple[int, list[bytes]]) -> 
         while chunk := s.recv(1024):
             reply += chunk
         assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"\r\n\r\n"), reply
+
+
+def test_pipelined_requests_each_get_their_response(server: tuple[int, list[bytes]]) -> None:
+    port, _ = server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 2 + b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nend")
+        reply = b""
+        while not reply.endswith(b"end"):
+            chunk = s.recv(4096)
+            assert chunk, reply
+            reply += chunk
+    assert reply.count(b"HTTP/1.1 200 OK") == 3 and reply.count(b"\r\n\r\nhello") == 2, reply
