@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from ..errors import StoreCorruptError
 from ..nar import from_nix_base32, nix_base32
 
-__all__ = ["NarInfo", "parse_hash", "format_hash", "fingerprint", "hash_part", "STORE_DIR"]
+__all__ = ["NarInfo", "parse_hash", "format_hash", "format_b3", "fingerprint", "hash_part", "STORE_DIR"]
 
 STORE_DIR = "/nix/store"
 _SHA256_LEN = 32
@@ -58,6 +58,11 @@ def parse_hash(text: str) -> bytes:
 def format_hash(digest: bytes) -> str:
     """``sha256:<nix base32>``, the form narinfos and fingerprints use."""
     return "sha256:" + nix_base32(digest)
+
+
+def format_b3(digest: bytes) -> str:
+    """``blake3:<hex>``, the form of the ``MlbuildB3`` field."""
+    return "blake3:" + digest.hex()
 
 
 def hash_part(store_path: str) -> str:

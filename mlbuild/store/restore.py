@@ -32,7 +32,7 @@ from ..errors import StoreCorruptError
 from ..fastcopy import HashPipe, kernel_copy
 from .keys import PublicKey, check_signatures
 from .layout import Layout
-from .narinfo import NarInfo, format_hash
+from .narinfo import NarInfo, format_b3, format_hash
 from .narstream import NarFormatError, nar_segments, parse_nar
 
 __all__ = ["real_store_dir", "restore_paths"]
@@ -106,7 +106,7 @@ def _restore(layout: Layout, info: NarInfo, dest: str, keys: tuple[PublicKey, ..
             raise StoreCorruptError(f"{info.store_path}: the NAR in {layout.root} is malformed ({e}); run "
                                     f"`mlbuild store verify --repair` and push it again") from None
         digest, size = pipe.finish()
-    got, want = (f"blake3:{digest.hex()}", info.b3) if fast else (format_hash(digest), info.nar_hash)
+    got, want = (format_b3(digest), info.b3) if fast else (format_hash(digest), info.nar_hash)
     if got != want or size != info.nar_size:
         raise StoreCorruptError(f"hash mismatch restoring {info.store_path}: got {got} ({size} bytes), the "
                                 f"signed narinfo says {want} ({info.nar_size}); run `mlbuild store verify "

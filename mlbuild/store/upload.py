@@ -25,7 +25,7 @@ from ..nar import CHUNK, nix_base32
 from .compression import NONE, ZSTD, choose_compression, nar_suffix, real_path_in
 from .keys import SecretKey
 from .layout import FILE_MODE, Layout, fsync_dir, publish_bytes, temp_name
-from .narinfo import NarInfo, format_hash, parse_hash
+from .narinfo import NarInfo, format_b3, format_hash, parse_hash
 from ..fastcopy import HashPipe, kernel_copy, new_hash
 from .narstream import nar_segments
 
@@ -191,7 +191,7 @@ def publish_path(layout: Layout, info: PathInfo, key: SecretKey, *, local_store:
         file_size=w.file_size, nar_hash=info.nar_hash, nar_size=info.nar_size,
         references=tuple(sorted(r[len(store_dir) + 1:] for r in info.references)),
         deriver=info.deriver.rsplit("/", 1)[-1] if info.deriver else None, ca=info.ca,
-        b3=f"blake3:{w.b3.hex()}" if w.b3 is not None else None,
+        b3=format_b3(w.b3) if w.b3 is not None else None,
     )
     narinfo = narinfo.with_sigs((key.sign(narinfo.fingerprint()),))
     if narinfo.b3:

@@ -31,7 +31,7 @@ from .config import StoreConfig
 from .keys import PublicKey, check_signatures
 from .layout import Layout, fsync_dir
 from ..fastcopy import new_hash
-from .narinfo import NarInfo, format_hash
+from .narinfo import NarInfo, format_b3, format_hash
 
 __all__ = ["verify", "VerifyReport", "Problem", "check_nar"]
 
@@ -111,8 +111,8 @@ def check_nar(path: Path, info: NarInfo, contents: bool = True) -> str | None:
     if format_hash(nar_h.digest()) != info.nar_hash or nar_size != info.nar_size:
         return (f"NAR hashes to {format_hash(nar_h.digest())} ({nar_size} bytes), narinfo says "
                 f"{info.nar_hash} ({info.nar_size} bytes)")
-    if b3_h is not None and f"blake3:{b3_h.hexdigest()}" != info.b3:
-        return f"NAR's BLAKE3 hash is blake3:{b3_h.hexdigest()}, narinfo says {info.b3}"
+    if b3_h is not None and format_b3(b3_h.digest()) != info.b3:
+        return f"NAR's BLAKE3 hash is {format_b3(b3_h.digest())}, narinfo says {info.b3}"
     return None
 
 
