@@ -257,8 +257,9 @@ def create_app(state: ServerState) -> Callable[[Scope, Receive, Send], Awaitable
     measured = MetricsMiddleware(app, state.metrics)
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-        if infer_route(scope) is not None:
-            await infer(scope, receive, send)
+        route = infer_route(scope)
+        if route is not None:
+            await infer.answer(scope, receive, send, route)
         else:
             await measured(scope, receive, send)
     return asgi

@@ -183,7 +183,7 @@ class MicroBatcher:
         self._last_rows = sum(item.rows for item in batch)
         elapsed = self._last_done - started
         if self._on_batch is not None:
-            self._on_batch(sum(item.rows for item in batch), elapsed)
+            self._on_batch(self._last_rows, elapsed)
         results: list[tuple[asyncio.Future[dict[str, np.ndarray]], dict[str, np.ndarray] | BaseException]] = []
         offset = 0
         for item in batch:

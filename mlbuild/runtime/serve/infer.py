@@ -122,6 +122,10 @@ class InferEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = infer_route(scope)
         assert route is not None, "only POSTs to the infer routes come here"
+        await self.answer(scope, receive, send, route)
+
+    async def answer(self, scope: Scope, receive: Receive, send: Send, route: tuple[str, str | None]) -> None:
+        """Answer a request whose ``infer_route`` is ``route`` (the dispatcher has matched it)."""
         metrics = self.state.metrics
         started = time.perf_counter()
         status = 500

@@ -252,6 +252,11 @@ def _decode_infer(pkg: Package, body: bytes, header_length: str | None) -> tuple
     return InferRequest(request_id, found, outputs), binary_input
 
 
+def _binary_bytes(spec: TensorSpec, arr: np.ndarray) -> bytes:
+    """An output's values as the binary tensor extension sends them (C order, the spec's dtype)."""
+    return np.ascontiguousarray(arr, dtype=spec.dtype).tobytes()
+
+
 def encode_infer(pkg: Package, req: InferRequest, results: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary outputs follow it."""
     outputs: list[dict[str, Any]] = []
@@ -262,7 +267,7 @@ def encode_infer(pkg: Package, req: InferRequest, results: dict[str, np.ndarray]
         assert spec is not None
         entry: dict[str, Any] = {"name": name, "datatype": spec.datatype, "shape": list(arr.shape)}
         if binary:
-            raw = np.ascontiguousarray(arr, dtype=spec.dtype).tobytes()
+            raw = _binary_bytes(spec, arr)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -329,7 +334,7 @@ class InferCodec:
             assert length is not None
             prefix = header[:length - 1]  # without the closing brace: the id goes there
             self._remember(self._responses, key, prefix)
-        chunks = [np.ascontiguousarray(a, dtype=self.pkg.output(name).dtype).tobytes()  # type: ignore[union-attr]
+        chunks = [_binary_bytes(self.pkg.output(name), a)  # type: ignore[arg-type]
                   for a, (name, _) in zip(arrays, req.outputs)]
         head = prefix + (b"}" if req.id is None else b', "id": ' + json.dumps(req.id).encode() + b"}")
         return b"".join([head, *chunks]), len(head)
