@@ -10,6 +10,7 @@ the environment, the ``[store]`` table of the project's mlbuild.toml, then the e
                    (keys or .pub files)                               the signing key's public half
     keep-last      MLBUILD_STORE_KEEP_LAST      keep-last = 3         3 pushes per name kept by gc
     zstd level     -                            zstd-level = 3        3
+    fsync NARs     MLBUILD_STORE_FSYNC_NARS     fsync-nars = true     false (like Nix's fsync-store-paths)
 
 Relative paths in mlbuild.toml are relative to the project folder. An NFS mount is only a
 different location (see store-config/README.md); the keys never live inside the store folder.
@@ -43,6 +44,12 @@ class StoreConfig:
     public_keys: tuple[str, ...] = ()
     keep_last: int = 3
     zstd_level: int = 3
+    # fsync each NAR before its narinfo is published. Off by default, as Nix's own
+    # ``fsync-store-paths`` and its ``file://`` writer are: publishing stays atomic against a killed
+    # writer either way (the page cache outlives the process), and on NFS ``close`` already
+    # flushes and commits the NAR to the server before the rename. What it adds is a local-disk
+    # store surviving a power cut right after a push (see store-config/README.md).
+    fsync_nars: bool = False
 
     @property
     def url(self) -> str:
@@ -132,6 +139,17 @@ def _int(value: Any, where: str) -> int:
     return n
 
 
+def _bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise StoreConfigError(f"{where} must be true or false, got {value!r}")
+
+
 def load_store_config(project_root: Path | None = None, *, store: str | None = None,
                       env: Mapping[str, str] | None = None) -> StoreConfig:
     """Resolve the store settings (see the module docstring for the order)."""
@@ -162,6 +180,11 @@ def load_store_config(project_root: Path | None = None, *, store: str | None = N
     else:
         public = (str(DEFAULT_PUBLIC_KEY),) if DEFAULT_PUBLIC_KEY.exists() else ()
     keep = env.get("MLBUILD_STORE_KEEP_LAST", table.get("keep-last", 3))
+    if env.get("MLBUILD_STORE_FSYNC_NARS"):
+        fsync_nars = _bool(env["MLBUILD_STORE_FSYNC_NARS"], "MLBUILD_STORE_FSYNC_NARS")
+    else:
+        fsync_nars = _bool(table.get("fsync-nars", False), f"{where}.fsync-nars")
     return StoreConfig(root=root, secret_key_file=secret, public_keys=public,
                        keep_last=_int(keep, "keep-last"),
-                       zstd_level=_int(table.get("zstd-level", 3), f"{where}.zstd-level"))
+                       zstd_level=_int(table.get("zstd-level", 3), f"{where}.zstd-level"),
+                       fsync_nars=fsync_nars)

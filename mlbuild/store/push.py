@@ -6,7 +6,9 @@ incomplete. A narinfo already present is not rewritten; its mtime is refreshed s
 gc (which spares recent entries) does not remove what this push relies on. Several processes on
 several hosts may push overlapping closures at once: every file is published by an atomic
 rename of a uniquely named temp file, NAR files are named by their content hash, and a narinfo is
-only written after its NAR is complete.
+only written after its NAR is complete. An entry whose NAR is missing or short (a power cut on the
+store's host before the write-back of a NAR that was not fsynced, see ``fsync-nars``; a NAR
+removed by hand) is not "present": the push publishes it again.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .. import _nix
-from ..errors import NixError, StoreTargetError
+from ..errors import NixError, StoreCorruptError, StoreTargetError
 from .config import StoreConfig
 from .layout import Layout
 from .narinfo import STORE_DIR, NarInfo
@@ -102,6 +104,16 @@ def _closure(targets: list[str], local_store: str | None, build_deps: bool) -> d
     return infos
 
 
+def _complete(layout: Layout, narinfo: Path) -> bool:
+    """Whether the entry ``narinfo`` names a NAR file of the size it declares (a stat, not a hash:
+    ``mlbuild store verify`` checks the bytes)."""
+    try:
+        info = NarInfo.parse(narinfo.read_text(), str(narinfo))
+        return layout.nar(info.url).stat().st_size == info.file_size
+    except (OSError, UnicodeDecodeError, StoreCorruptError):
+        return False
+
+
 def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = None,
          name: str | None = None, build_deps: bool = False,
          progress: Callable[[str], None] | None = None) -> PushResult:
@@ -125,7 +137,7 @@ def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
     result.records = [record_push(layout, n, ps) for n, ps in groups.items()]   # before any skip
     for path in topological(infos):
         existing = layout.narinfo(path)
-        if existing.exists():
+        if existing.exists() and _complete(layout, existing):
             try:
                 os.utime(existing)
             except OSError:
@@ -135,6 +147,6 @@ def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
         if progress:
             progress(f"pushing {path} ({infos[path].nar_size / 1e6:.1f} MB)")
         result.pushed.append(publish_path(layout, infos[path], key, local_store=local_store,
-                                          zstd_level=cfg.zstd_level))
+                                          zstd_level=cfg.zstd_level, fsync_nars=cfg.fsync_nars))
     result.seconds = time.monotonic() - start
     return result

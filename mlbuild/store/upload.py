@@ -6,8 +6,10 @@ in the temp file (:mod:`mlbuild.fastcopy`), with sha256 and with BLAKE3, whose h
 into the narinfo for fast restores (:mod:`mlbuild.store.narinfo`). Other
 NARs stream through zstd in one pass. Either way the NAR hash must equal the one Nix registered
 for the path (a mismatch means a corrupt local store, and nothing is published). The NAR goes to
-a temp file unique across hosts, is fsynced and renamed to ``nar/<filehash>.nar[.zst]``; only
-then is the narinfo written (same way). A writer killed at any point leaves at most a temp file.
+a temp file unique across hosts and is renamed to ``nar/<filehash>.nar[.zst]``; only then is the
+narinfo written (temp file, fsync, rename). A writer killed at any point leaves at most a temp
+file. The NAR itself is fsynced before the rename only with ``fsync_nars`` (the store's
+``fsync-nars``; off by default, like Nix's ``fsync-store-paths``; see StoreConfig).
 """
 
 from __future__ import annotations
@@ -73,9 +75,9 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _write_plain(real: str, fd: int, tmp: str) -> _Written:
+def _write_plain(real: str, fd: int, tmp: str, fsync: bool) -> _Written:
     """The NAR of ``real`` into ``fd`` (the temp file ``tmp``), written like ``cp`` writes, and
-    hashed (sha256 and BLAKE3) from what landed in ``tmp``; durable on return."""
+    hashed (sha256 and BLAKE3) from what landed in ``tmp``; on disk on return if ``fsync``."""
     pos = 0
     with HashPipe(algorithms=("sha256", "blake3")) as pipe:
         for seg in nar_segments(real):
@@ -91,7 +93,8 @@ def _write_plain(real: str, fd: int, tmp: str) -> _Written:
             finally:
                 os.close(src)
             pos += seg.size
-        os.fsync(fd)   # the write-back overlaps the hashers' tails
+        if fsync:
+            os.fsync(fd)   # the write-back overlaps the hashers' tails
         digest, size = pipe.finish()
     if size != pos:
         raise StoreCorruptError(f"{tmp}: hashed {size} bytes of the {pos} written")
@@ -147,8 +150,9 @@ def _write_stream(chunks: Any, fd: int, compression: str, level: int) -> _Writte
 
 
 def publish_path(layout: Layout, info: PathInfo, key: SecretKey, *, local_store: str | None = None,
-                 zstd_level: int = 3, compression: str | None = None) -> NarInfo:
-    """Upload ``info.path`` (NAR, then narinfo) into the store at ``layout``; returns the narinfo."""
+                 zstd_level: int = 3, compression: str | None = None, fsync_nars: bool = False) -> NarInfo:
+    """Upload ``info.path`` (NAR, then narinfo) into the store at ``layout``; returns the narinfo.
+    ``fsync_nars``: the NAR is on disk before it is renamed into place (see the module doc)."""
     real = real_path_in(info.path, local_store)
     if real is not None and not os.path.lexists(real):
         real = None
@@ -158,7 +162,7 @@ def publish_path(layout: Layout, info: PathInfo, key: SecretKey, *, local_store:
     try:
         os.fchmod(fd, FILE_MODE)
         if comp == NONE and real is not None:
-            w = _write_plain(real, fd, str(tmp))
+            w = _write_plain(real, fd, str(tmp), fsync_nars)
         else:
             chunks = _chunks_from_tree(real) if real is not None else _chunks_from_nix(info.path, local_store)
             w = _write_stream(chunks, fd, comp, zstd_level)
@@ -167,7 +171,7 @@ def publish_path(layout: Layout, info: PathInfo, key: SecretKey, *, local_store:
                 f"{info.path}: its NAR hashes to {format_hash(w.nar_hash)} ({w.nar_size} bytes), but the local "
                 f"store registered {info.nar_hash} ({info.nar_size} bytes); repair it with "
                 f"`nix-store --verify --check-contents --repair` and push again")
-        if comp != NONE or real is None:
+        if fsync_nars and (comp != NONE or real is None):
             os.fsync(fd)
     except BaseException:
         os.close(fd)

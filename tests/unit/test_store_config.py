@@ -56,3 +56,15 @@ def test_trusted_keys(tmp_path: Path) -> None:
 def test_bad_values_name_the_setting(tmp_path: Path) -> None:
     with pytest.raises(StoreConfigError, match="keep-last"):
         load_store_config(_project(tmp_path, "keep-last = -1"), env={})
+
+
+def test_fsync_nars(tmp_path: Path) -> None:
+    assert load_store_config(tmp_path, env={}).fsync_nars is False          # like Nix's fsync-store-paths
+    proj = _project(tmp_path, "fsync-nars = true")
+    assert load_store_config(proj, env={}).fsync_nars is True
+    assert load_store_config(proj, env={"MLBUILD_STORE_FSYNC_NARS": "0"}).fsync_nars is False
+    assert load_store_config(tmp_path, env={"MLBUILD_STORE_FSYNC_NARS": "yes"}).fsync_nars is True
+    with pytest.raises(StoreConfigError, match=r"MLBUILD_STORE_FSYNC_NARS must be true or false, got 'always'"):
+        load_store_config(tmp_path, env={"MLBUILD_STORE_FSYNC_NARS": "always"})
+    with pytest.raises(StoreConfigError, match=r"fsync-nars must be true or false, got 'sometimes'"):
+        load_store_config(_project(tmp_path, 'fsync-nars = "sometimes"'), env={})

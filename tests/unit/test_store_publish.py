@@ -75,6 +75,28 @@ def test_publish_plain_and_zstd(store: tuple[StoreConfig, Path]) -> None:
     assert not list(Layout(cfg.root).temp_files())
 
 
+@pytest.mark.parametrize("fsync_nars", [False, True])
+def test_nars_are_fsynced_only_when_asked(store: tuple[StoreConfig, Path], monkeypatch: pytest.MonkeyPatch,
+                                          fsync_nars: bool) -> None:
+    """Narinfos are always fsynced before their rename; NARs (plain and zstd) only with fsync-nars."""
+    cfg, chroot = store
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    for info in (fake_path(chroot, "w.safetensors", os.urandom(2 << 20)), fake_path(chroot, "c", {"a": "b" * 5000})):
+        put(cfg, chroot, info, fsync_nars=fsync_nars)
+    nar_temps = [p for p in synced if Path(p).parent == cfg.root / "nar" and Path(p).name.startswith(".tmp.")]
+    narinfo_temps = [p for p in synced if Path(p).parent == cfg.root and Path(p).name.startswith(".tmp.")]
+    assert len(nar_temps) == (2 if fsync_nars else 0)
+    assert len(narinfo_temps) == 2
+    assert verify(cfg).ok
+
+
 def test_publish_refuses_a_path_that_differs_from_its_registration(store: tuple[StoreConfig, Path]) -> None:
     cfg, chroot = store
     info = fake_path(chroot, "x", "abc")
