@@ -1,14 +1,17 @@
-"""Copying file contents at ``cp`` speed while a second thread hashes the bytes that landed
+"""Copying file contents at ``cp`` speed while a second thread hashes the bytes copied
 (NARs for push and restore, dataset files for ``data add``).
 
 ``cp`` copies a big file with one ``copy_file_range`` (in the kernel, no trip through user
 space) after ``posix_fadvise(SEQUENTIAL)``. Push and restore must also hash every byte, so the
 hashing runs beside the copy: :func:`kernel_copy` copies in slices and reports each finished
 slice; a :class:`HashPipe` thread hashes, in NAR order, the framing bytes it is given and each
-slice *read back from where it was written* (the destination's page cache, so the disk is read
-once). Slices are hashed through ``mmap`` (no copy into user space); small ones through one reused
-buffer. Measured here (2 GiB, cold): the copy takes about what ``cp`` takes; sha256 of the landed
-bytes (about 0.6 s/GiB with SHA-NI) is slower than the copy, BLAKE3 (about 0.22 s/GiB) is not.
+slice from the page cache, so the disk is read once: a restore and ``data add`` hash the slice
+*read back from where it was written* (what they check is what landed), a push hashes the store
+path's slice the copy just read (what it checks is the local store; see
+:func:`mlbuild.store.upload._write_plain`). Slices are hashed through ``mmap`` (no copy into
+user space); small ones through one reused buffer. Measured here (2 GiB, cold): the copy takes
+about what ``cp`` takes; sha256 (about 0.6 s/GiB with SHA-NI) is slower than the copy, BLAKE3
+(about 0.22 s/GiB) is not.
 A push computes both (sha256 is Nix's NAR hash, BLAKE3 a second, signed hash), on two threads
 over the same mapped bytes; a restore checks the signed BLAKE3 hash when the narinfo has one, so
 it runs at copy speed.
@@ -158,7 +161,7 @@ class HashPipe:
         self._stop()
 
     def _run(self) -> None:
-        fds: dict[str, int] = {}
+        current: tuple[str, int] | None = None   # the file being hashed, open (one at a time)
         buf = bytearray(_BUFFER)
         try:
             while (item := self._items.get()) is not None:
@@ -169,16 +172,19 @@ class HashPipe:
                         self.framing_bytes += item
                     continue
                 path, offset, length = item
-                if path not in fds:
-                    fds[path] = os.open(path, os.O_RDONLY)
-                self._hash_range(fds[path], path, offset, length, buf)
+                if current is None or current[0] != path:
+                    if current is not None:
+                        os.close(current[1])
+                        current = None
+                    current = (path, os.open(path, os.O_RDONLY))
+                self._hash_range(current[1], path, offset, length, buf)
         except BaseException as e:   # raised again by finish() in the caller's thread
             self._error = e
             while self._items.get() is not None:   # drain until the caller stops us
                 pass
         finally:
-            for fd in fds.values():
-                os.close(fd)
+            if current is not None:
+                os.close(current[1])
 
     def _hash_range(self, fd: int, path: str, offset: int, length: int, buf: bytearray) -> None:
         if os.fstat(fd).st_size < offset + length:   # mmap past the end would kill us (SIGBUS)

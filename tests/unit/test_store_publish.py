@@ -97,6 +97,26 @@ def test_nars_are_fsynced_only_when_asked(store: tuple[StoreConfig, Path], monke
     assert verify(cfg).ok
 
 
+def test_plain_tree_of_many_files_under_a_low_open_file_limit(store: tuple[StoreConfig, Path]) -> None:
+    """An uncompressed NAR of a tree: framing and many files' slices, hashed in NAR order from
+    the store path's files, one open at a time (a limit of 64 open files, 300 files)."""
+    import resource
+
+    cfg, chroot = store
+    tree = {"weights.safetensors": os.urandom(3 << 20),
+            "shards": {f"{i:03d}.bin": os.urandom(secrets.randbelow(9000)) for i in range(300)}}
+    info = fake_path(chroot, "sharded-model", tree)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    try:
+        n = put(cfg, chroot, info)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert n.compression == "none" and n.nar_hash == info.nar_hash
+    assert format_hash(hashlib.sha256((cfg.root / n.url).read_bytes()).digest()) == info.nar_hash
+    assert verify(cfg).ok
+
+
 def test_publish_refuses_a_path_that_differs_from_its_registration(store: tuple[StoreConfig, Path]) -> None:
     cfg, chroot = store
     info = fake_path(chroot, "x", "abc")
