@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import click
@@ -53,11 +53,17 @@ def init(ctx: click.Context, generate_key: bool, key_name: str | None) -> None:
 @click.option("--from", "from_store", metavar="STORE", default=None, help="Local Nix store to read (default: the machine's).")
 @click.option("--name", default=None, help="Push record name gc counts --keep-last by (default: each target's name).")
 @click.option("--build-deps", is_flag=True, help="Also push what rebuilding the targets needs.")
+@click.option("--fsync-nars/--no-fsync-nars", default=None,
+              help="fsync each NAR before publishing it (default: $MLBUILD_STORE_FSYNC_NARS, [store].fsync-nars, "
+                   "off; see store-config/README.md).")
 @click.pass_context
 def push(ctx: click.Context, targets: tuple[str, ...], from_store: str | None, name: str | None,
-         build_deps: bool) -> None:
+         build_deps: bool, fsync_nars: bool | None) -> None:
     """Sign and upload the closures of TARGETS (store paths or result links)."""
-    r = st.push(_cfg(ctx), targets, local_store=from_store, name=name, build_deps=build_deps,
+    cfg = _cfg(ctx)
+    if fsync_nars is not None:
+        cfg = replace(cfg, fsync_nars=fsync_nars)
+    r = st.push(cfg, targets, local_store=from_store, name=name, build_deps=build_deps,
                 progress=lambda m: click.echo(m, err=True))
     click.echo(f"pushed {len(r.pushed)} paths ({_mb(r.bytes_written)}), {len(r.present)} already there, "
                f"in {r.seconds:.1f}s")

@@ -68,3 +68,30 @@ def test_fsync_nars(tmp_path: Path) -> None:
         load_store_config(tmp_path, env={"MLBUILD_STORE_FSYNC_NARS": "always"})
     with pytest.raises(StoreConfigError, match=r"fsync-nars must be true or false, got 'sometimes'"):
         load_store_config(_project(tmp_path, 'fsync-nars = "sometimes"'), env={})
+
+
+@pytest.mark.parametrize("args,env,want", [
+    ([], {}, False), ([], {"MLBUILD_STORE_FSYNC_NARS": "1"}, True),
+    (["--fsync-nars"], {}, True), (["--no-fsync-nars"], {"MLBUILD_STORE_FSYNC_NARS": "1"}, False),
+])
+def test_push_flag_overrides_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str],
+                                         env: dict[str, str], want: bool) -> None:
+    from click.testing import CliRunner
+
+    import mlbuild.store as st
+    from mlbuild.cli.main import cli
+    from mlbuild.store.push import PushResult
+
+    seen: list[StoreConfig] = []
+
+    def fake_push(cfg: StoreConfig, targets: object, **kw: object) -> PushResult:
+        seen.append(cfg)
+        return PushResult(targets=[])
+
+    monkeypatch.setattr(st, "push", fake_push)
+    monkeypatch.delenv("MLBUILD_STORE_FSYNC_NARS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["store", "--store", str(tmp_path / "s"), "push", *args, "/nix/store/x"],
+                                env=env)
+    assert result.exit_code == 0, result.output
+    assert seen[0].fsync_nars is want
