@@ -116,6 +116,22 @@ def check_nar(path: Path, info: NarInfo, contents: bool = True) -> str | None:
     return None
 
 
+def _untrusted(info: NarInfo, keys: tuple[PublicKey, ...]) -> str:
+    """Why ``info`` has no valid signature by ``keys``, and how to trust another key."""
+    trusted = {k.name for k in keys}
+    signers = sorted({sig.split(":", 1)[0] for sig in info.sigs})
+    same_name = [n for n in signers if n in trusted]
+    if same_name:
+        why = (f"its signature by {same_name[0]} does not verify with the trusted key of that name: another key "
+               f"pair under the same name, or the narinfo was changed after signing")
+    elif signers:
+        why = f"signed only by {', '.join(signers)}"
+    else:
+        why = "not signed"
+    return (f"no signature by a trusted key ({why}; trusted: {', '.join(sorted(trusted))}; to trust another "
+            f"key, set MLBUILD_STORE_PUBLIC_KEYS or [store].public-keys)")
+
+
 def _check_one(layout: Layout, f: Path, keys: tuple[PublicKey, ...],
                contents: bool) -> tuple[Path, NarInfo | None, Problem | None]:
     try:
@@ -127,8 +143,7 @@ def _check_one(layout: Layout, f: Path, keys: tuple[PublicKey, ...],
     if info.hash_part + ".narinfo" != f.name:
         return f, info, Problem("corrupt", f, info.store_path, f"describes {info.store_path}, not {f.stem}")
     if not check_signatures(info.sigs, info.fingerprint(), keys):
-        return f, info, Problem("unsigned", f, info.store_path,
-                                "no signature by a trusted key (" + ", ".join(k.name for k in keys) + ")")
+        return f, info, Problem("unsigned", f, info.store_path, _untrusted(info, keys))
     if info.b3 and not check_signatures(info.b3_sigs, info.b3_message(), keys):
         return f, info, Problem("unsigned", f, info.store_path, "its MlbuildB3 hash has no signature by a trusted "
                                 "key (restores fall back to NarHash; a repair and re-push signs it)")

@@ -7,6 +7,7 @@ and the PathInfo Nix would register; ``publish_path`` then runs the real writer 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 import os
 import secrets
 from pathlib import Path
@@ -152,6 +153,25 @@ def test_verify_reports_and_repairs(store: tuple[StoreConfig, Path]) -> None:
     assert len(repaired.problems) == 5
     assert not list(Layout(root).narinfos())
     assert verify(cfg).ok
+
+
+def test_unsigned_entries_say_who_signed_and_how_to_trust(store: tuple[StoreConfig, Path], tmp_path: Path) -> None:
+    cfg, chroot = store
+    entry = put(cfg, chroot, fake_path(chroot, "x", "x"))
+    other = init_store(StoreConfig(root=tmp_path / "other", secret_key_file=tmp_path / "o.sec"),
+                       generate_key=True, key_name="other-1")
+    assert other.public_key
+    (detail,) = [p.detail for p in verify(replace(cfg, public_keys=(other.public_key,))).problems]
+    assert "signed only by unit-1; trusted: other-1" in detail and "MLBUILD_STORE_PUBLIC_KEYS" in detail
+    twin = init_store(StoreConfig(root=tmp_path / "twin", secret_key_file=tmp_path / "t.sec"),
+                      generate_key=True, key_name="unit-1")   # another key pair, the same name
+    assert twin.public_key
+    (detail,) = [p.detail for p in verify(replace(cfg, public_keys=(twin.public_key,))).problems]
+    assert "its signature by unit-1 does not verify with the trusted key of that name" in detail
+    f = cfg.root / f"{entry.hash_part}.narinfo"
+    f.write_text("".join(line + "\n" for line in f.read_text().splitlines() if not line.startswith("Sig:")))
+    (detail,) = [p.detail for p in verify(cfg).problems]
+    assert detail.startswith("no signature by a trusted key (not signed; trusted: unit-1;")
 
 
 def test_gc_keeps_roots_and_their_closures(store: tuple[StoreConfig, Path], tmp_path: Path) -> None:
