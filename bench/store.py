@@ -8,15 +8,17 @@ Prints, for a store path of SIZE GiB of random bytes (a model's weights):
 Each reference copies the very file its step reads. The push runs with the store's default
 settings: like ``cp`` (and like Nix's own ``file://`` writer), it leaves the NAR's write-back to
 the kernel. ``--fsync-nars`` measures the store's ``fsync-nars = true`` instead, which fsyncs each
-NAR before publishing its narinfo: compare that one with ``cp`` + ``sync``, also printed. All steps run interleaved, REPS times; printed are the median of the per-rep ratios
-and the ratio of the best times (goal: <= 1.3), and each step's CPU seconds. ``--nix-copy`` also
+NAR before publishing its narinfo: compare that one with ``cp`` + ``sync``, also printed. All
+steps run interleaved, REPS times; printed are the median of the per-rep ratios and the ratio of
+the best times (goal: <= 1.3), and each step's CPU seconds. ``--nix-copy`` also
 times Nix's own ``nix copy`` both ways for scale. Everything lives in one temporary folder (a
 chroot Nix store as the source machine, fresh ones as targets), removed at the end, even on Ctrl-C.
 
 Fairness, as measured on the 2-core VM this was written on: each step starts with no dirty pages
 and none of the benchmark's data cached (see ``sync``); the NAR is first read ``--settle`` seconds
 after the push (right after, the first reader, ``cp`` or not, took up to twice as long); ``cp``'s
-own time varies 1-2x from rep to rep with the VM's memory, hence the best-of-each ratio. Other
+own time varies 1-2x from rep to rep with the VM's memory, hence the best-of-each ratio (here
+``cp`` was nearly always fastest in the first rep, the push about the same in every rep). Other
 work on the machine slows mlbuild (two threads) more than ``cp`` (one): bench on a quiet machine.
 
     .venv/bin/python bench/store.py            # 2 GiB, 3 reps
