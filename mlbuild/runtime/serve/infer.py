@@ -77,7 +77,6 @@ def failure(exc: Exception, method: str, path: str) -> tuple[int, bytes]:
     return 500, error_body(f"inference failed: {type(exc).__name__}: {str(exc)[:500]}")
 
 
-
 INFER_ROUTES = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
 
 
