@@ -23,8 +23,8 @@ from .errors import BuildError, MlbuildError
 from .lockfile import read_lock
 from .toolchain import check_fresh
 
-__all__ = ["build_targets", "Built", "Summary", "DirtyTreeError", "Progress", "check_clean", "format_summary",
-           "store_options", "push_outputs"]
+__all__ = ["build_targets", "Built", "Summary", "DirtyTreeError", "Progress", "check_clean", "check_model", "check_targets",
+           "format_summary", "store_options", "push_outputs"]
 
 EVENT = "MLBUILD "
 _ACT_BUILD, _ACT_SUBSTITUTE, _RES_LOG = 105, 108, 101
@@ -32,6 +32,63 @@ _ACT_BUILD, _ACT_SUBSTITUTE, _RES_LOG = 105, 108, 101
 
 class DirtyTreeError(MlbuildError):
     """The worktree has uncommitted or untracked files."""
+
+
+class TargetError(MlbuildError):
+    """A build target names nothing the project declares."""
+
+
+# What a model's attribute set holds (nix/project.nix): `nix build .#<m>` is the package.
+MODEL_STAGES = ("model", "package", "validation", "release", "image", "monitor", "toolchain", "datasets",
+                "notebooks")
+_TOP = ("toolchain", "interpreter", "datasets", "notebooks", "models")
+
+
+def check_model(project: Project, model: str) -> None:
+    """Refuse a model name mlbuild.toml does not declare, listing the ones it does."""
+    models = sorted((project.raw.get("models") or {}).keys())
+    if model not in models:
+        raise TargetError(f"{model!r} is not a model of {project.name} (models: {', '.join(models) or 'none'}); "
+                          f"declare [models.{model}] in {project.config_path}")
+
+
+def check_targets(project: Project, targets: Sequence[str]) -> None:
+    """Refuse, before Nix evaluates anything, a target whose model, dataset, notebook or stage
+    the project does not declare; the error lists what it does declare. Deeper attributes
+    (``digits.validation.report``) are left to Nix."""
+    declared = {k: sorted((project.raw.get(k) or {}).keys()) for k in ("models", "datasets", "notebooks")}
+
+    def names(kind: str) -> str:
+        return ", ".join(declared[kind]) or "none"
+
+    for target in targets:
+        if '"' in target:   # a quoted attribute name (may hold dots): Nix's to check
+            continue
+        parts = target.split(".")
+        head, rest = parts[0], parts[1:]
+        if head == "models" and rest:
+            head, rest = rest[0], rest[1:]
+            check_model(project, head)
+        elif head in ("datasets", "notebooks") and rest:
+            if rest[0] not in declared[head]:
+                raise TargetError(f"{rest[0]!r} is not one of the {head} of {project.name} "
+                                  f"({head}: {names(head)}); declare [{head}.{rest[0]}] in {project.config_path}")
+            continue
+        elif head in _TOP:
+            continue
+        if head not in declared["models"]:
+            for kind in ("datasets", "notebooks"):
+                if head in declared[kind]:
+                    raise TargetError(f"{target!r} is not a target: did you mean {kind}.{target}?")
+            if rest and rest[0] in MODEL_STAGES:
+                check_model(project, head)
+            raise TargetError(
+                f"{target!r} is not a target of {project.name}: give a model ({names('models')}), "
+                f"MODEL.STAGE ({', '.join(MODEL_STAGES)}), toolchain, datasets.NAME ({names('datasets')}) "
+                f"or notebooks.NAME ({names('notebooks')})")
+        if rest and rest[0] not in MODEL_STAGES:
+            raise TargetError(f"{target!r}: a model has no stage {rest[0]!r}; "
+                              f"its stages are {', '.join(MODEL_STAGES)}")
 
 
 @dataclass(frozen=True)
@@ -172,6 +229,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     """Build each target, substituting from the shared store when one is set up; push the
     results when ``push`` (default: ``[store] push = true`` in mlbuild.toml).
     Raises DirtyTreeError, BuildError (with the build log's tail)."""
+    check_targets(project, list(targets))
     check_fresh(project, read_lock(project.lock_path))
     dirty = bool(git.dirty_files(project.root))
     if dirty and not allow_dirty:

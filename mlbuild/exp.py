@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .build import Progress, Summary, build_targets
+from .build import Progress, Summary, build_targets, check_model
 from .config import Project
 from .errors import ConfigError
 
@@ -41,9 +41,8 @@ def _log(project: Project, model: str) -> Path:
 
 def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool = False,
         on_progress: Callable[[Progress], None] | None = None) -> tuple[Summary, dict[str, Any]]:
+    check_model(project, model)
     models = project.raw.get("models", {})
-    if model not in models:
-        raise ConfigError(f"no model {model!r} in {project.config_path}; declared: {', '.join(sorted(models)) or 'none'}")
     overrides = parse_sets(sets)
     unknown = sorted(set(overrides) - set(models[model].get("params", {})))
     if unknown:
@@ -74,6 +73,7 @@ class Variant:
 
 
 def show(project: Project, model: str) -> list[Variant]:
+    check_model(project, model)
     log = _log(project, model)
     if not log.exists():
         return []

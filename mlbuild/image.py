@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .build import Progress, build_targets
+from .build import Progress, build_targets, check_model
 from .config import Project
 from .errors import MlbuildError
 
@@ -92,17 +92,10 @@ def read_archive(path: Path) -> ArchiveInfo:
                        manifest_size=len(manifest_bytes))
 
 
-def _check_model(project: Project, model: str) -> None:
-    models = sorted((project.raw.get("models") or {}).keys())
-    if model not in models:
-        raise ImageError(f"{model!r} is not a model of {project.name} (models: {', '.join(models) or 'none'}); "
-                         f"declare [models.{model}] in {project.config_path}")
-
-
 def build_image(project: Project, model: str, *, allow_dirty: bool = False,
                 on_progress: Callable[[Progress], None] | None = None) -> Path:
     """Build (or fetch) ``<model>.image``; returns the archive's store path."""
-    _check_model(project, model)
+    check_model(project, model)
     summary = build_targets(project, [f"{model}.image"], allow_dirty=allow_dirty, on_progress=on_progress)
     return Path(summary.outputs[0].path)
 
@@ -191,7 +184,7 @@ def push_image(archive: Path, ref: str, *, extra: Sequence[str] = ()) -> str:
 def load_model_image(project: Project, model: str, *, engine: str | None = None, allow_dirty: bool = False,
                      on_progress: Callable[[Progress], None] | None = None) -> Loaded:
     """``mlbuild image load MODEL``: build the image, then load it."""
-    _check_model(project, model)
+    check_model(project, model)
     engine = find_engine(engine)  # fail before a long build when no engine can take the image
     return load_image(build_image(project, model, allow_dirty=allow_dirty, on_progress=on_progress), engine)
 
@@ -200,7 +193,7 @@ def push_model_image(project: Project, model: str, ref: str, *, allow_dirty: boo
                      extra: Sequence[str] = (),
                      on_progress: Callable[[Progress], None] | None = None) -> str:
     """``mlbuild image push MODEL REF``: build the image, then push it with skopeo."""
-    _check_model(project, model)
+    check_model(project, model)
     destination(ref)
     _skopeo()  # fail before a long build when nothing can push
     return push_image(build_image(project, model, allow_dirty=allow_dirty, on_progress=on_progress), ref,

@@ -116,7 +116,9 @@ def serve(ctx: click.Context, model: str, allow_dirty: bool) -> None:
     """Build MODEL's package and serve it (extra arguments go to the server: --port 8080 ...)."""
     import os
 
-    summary = b.build_targets(load(ctx), [model], allow_dirty=allow_dirty, on_progress=_Bar())
+    project = load(ctx)
+    b.check_model(project, model)
+    summary = b.build_targets(project, [model], allow_dirty=allow_dirty, on_progress=_Bar())
     program = f"{summary.outputs[0].path}/bin/serve"
     click.echo(f"serving {summary.outputs[0].path}", err=True)
     os.execv(program, [program, *ctx.args])

@@ -24,6 +24,15 @@ class _MonitorGroup(click.Group):
         return super().resolve_command(ctx, args)
 
 
+def _url(value: str) -> str:
+    from ..runtime.monitor import http_url
+
+    try:
+        return http_url(value)
+    except ValueError as e:   # before building anything
+        raise click.BadParameter(str(e)) from None
+
+
 @cli.group(cls=_MonitorGroup)
 def monitor() -> None:
     """Monitor a deployed model: `mlbuild monitor NAME --url URL`, `mlbuild monitor config NAME`."""
@@ -31,7 +40,8 @@ def monitor() -> None:
 
 @monitor.command("run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("model")
-@click.option("--url", required=True, help="The live server, e.g. http://127.0.0.1:8080.")
+@click.option("--url", required=True, callback=lambda _c, _p, v: _url(v),
+              help="The live server, e.g. http://127.0.0.1:8080.")
 @click.option("--allow-dirty", is_flag=True, help="Build even with uncommitted or untracked files.")
 @click.pass_context
 def run(ctx: click.Context, model: str, url: str, allow_dirty: bool) -> None:

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -129,16 +130,41 @@ class Monitor:
             log.error("webhook %s failed: %s", self.webhook, e)
 
 
+def http_url(value: str) -> str:
+    """``value`` if it is an http(s) URL with a host, else ValueError naming it."""
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL with a host; "
+                         f"give one like http://127.0.0.1:8080")
+    return value
+
+
+def _positive(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        x = 0.0
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
+    return x
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="monitor", description="Run the validation suite against a live server.")
     p.add_argument("--spec", required=True, help="the monitor spec (written by the Nix build)")
     p.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8080")
     p.add_argument("--once", action="store_true", help="run the suite once, print the result as JSON and exit")
-    p.add_argument("--interval", type=float, default=60.0, help="seconds between runs (default 60)")
+    p.add_argument("--interval", type=_positive, default=60.0, help="seconds between runs (default 60)")
     p.add_argument("--host", default="127.0.0.1", help="address of the monitor's own /metrics (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=9109, help="port of the monitor's own /metrics (default 9109)")
     p.add_argument("--webhook", help="POST a JSON alert here when a metric falls below its threshold")
     args = p.parse_args(argv)
+    for what in ("url", "webhook"):
+        if getattr(args, what) is not None:
+            try:
+                http_url(getattr(args, what))
+            except ValueError as e:
+                p.error(f"argument --{what}: {e}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = json.loads(Path(args.spec).read_text())
     mon = Monitor(spec, args.url, args.webhook)

@@ -57,3 +57,37 @@ def test_lazy_command_map_names_every_command_and_only_loads_what_runs() -> None
             "print(sorted(m for m in sys.modules if m.startswith(('mlbuild.cli.', 'cryptography'))))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "mlbuild.cli.data" in loaded and "mlbuild.cli.store" not in loaded and "cryptography" not in loaded
+
+
+def test_unknown_targets_are_refused_before_nix_runs(tree) -> None:
+    """A typo in a model, dataset, notebook or stage is named with what the project declares,
+    without evaluating anything: Nix is not even on PATH here."""
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[datasets.raw]\npath = "d"\n'
+                 '[models.digits]\nscript = "m.py"\n[notebooks.explore]\npath = "e.ipynb"\n'})
+    cases = {
+        ("build", "digts"): "'digts' is not a target of p: give a model (digits), MODEL.STAGE (model, package, ",
+        ("build", "digits.imag"): "'digits.imag': a model has no stage 'imag'; its stages are model, package,",
+        ("build", "raw"): "'raw' is not a target: did you mean datasets.raw?",
+        ("build", "datasets.rwa"): "'rwa' is not one of the datasets of p (datasets: raw); declare [datasets.rwa]",
+        ("build", "notebooks.x"): "'x' is not one of the notebooks of p (notebooks: explore)",
+        ("build", "models.digts.image"): "'digts' is not a model of p (models: digits); declare [models.digts]",
+        ("validate", "digts"): "'digts' is not a model of p (models: digits)",
+        ("serve", "digts"): "'digts' is not a model of p (models: digits)",
+        ("metrics", "show", "digts"): "'digts' is not a model of p (models: digits)",
+        ("exp", "show", "digts"): "'digts' is not a model of p (models: digits)",
+        ("exp", "run", "digts", "--set", "lr=1"): "'digts' is not a model of p (models: digits)",
+    }
+    for args, message in cases.items():
+        proc = run_cli(*args, cwd=root, check=False, env={"PATH": "/nonexistent"})
+        assert proc.returncode == 1, args
+        assert proc.stderr.startswith("Error: " + message), (args, proc.stderr)
+
+
+def test_declared_targets_pass_the_check(tree) -> None:
+    from mlbuild.build import check_targets
+    from mlbuild.config import load_project
+
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[datasets.raw]\npath = "d"\n'
+                 '[models.digits]\nscript = "m.py"\n'})
+    check_targets(load_project(root), ["toolchain", "interpreter", "digits", "digits.validation.report",
+                                       "models.digits.image", "datasets.raw", "digits.model"])

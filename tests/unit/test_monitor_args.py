@@ -1,0 +1,40 @@
+"""The monitor's arguments: a bad URL or interval is refused up front, naming the value."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlbuild.runtime.monitor import http_url, main
+from tests.conftest import run_cli
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "https://models.example.com/digits/", "http://[::1]:80"])
+def test_http_urls_pass(url: str) -> None:
+    assert http_url(url) == url
+
+
+@pytest.mark.parametrize("url", ["notaurl", "127.0.0.1:8080", "ftp://host/x", "http://", "file:///tmp/x", ""])
+def test_other_urls_are_refused(url: str) -> None:
+    with pytest.raises(ValueError, match=f"{url!r} is not an http:// or https:// URL with a host"):
+        http_url(url)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--url", "localhost:8080"], "argument --url: 'localhost:8080' is not an http:// or https:// URL"),
+    (["--url", "http://a", "--webhook", "hooks.example.com"], "argument --webhook: 'hooks.example.com' is not"),
+    (["--url", "http://a", "--interval", "0"], "argument --interval: '0' is not a positive number of seconds"),
+    (["--url", "http://a", "--interval", "soon"], "argument --interval: 'soon' is not a positive number"),
+])
+def test_runtime_refuses_bad_arguments(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--spec", "/nonexistent/spec.json", *args])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_refuses_a_bad_url_before_building(tree) -> None:  # type: ignore[no-untyped-def]
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.digits]\nscript = "m.py"\n'})
+    proc = run_cli("monitor", "digits", "--url", "localhost:8080", "--once", cwd=root, check=False,
+                   env={"PATH": "/nonexistent"})   # no Nix: nothing is built
+    assert proc.returncode == 2
+    assert "Invalid value for '--url': 'localhost:8080' is not an http:// or https:// URL" in proc.stderr
