@@ -100,8 +100,8 @@ def verify(ctx: click.Context, repair: bool, quick: bool) -> None:
 @store.command()
 @click.option("--lock", "locks", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Keep what this mlbuild.lock references (repeatable).")
-@click.option("--keep-last", type=int, default=None, help="Pushes kept per name (default: [store].keep-last).")
-@click.option("--grace", type=float, default=DEFAULT_GRACE_S,
+@click.option("--keep-last", type=click.IntRange(min=0), default=None, help="Pushes kept per name (default: [store].keep-last).")
+@click.option("--grace", type=click.FloatRange(min=0), default=DEFAULT_GRACE_S,
               help="Seconds an unrooted entry or NAR is spared after its last use (default 3600).")
 @click.option("--dry-run", is_flag=True, help="Only report what would go.")
 @click.pass_context
@@ -148,4 +148,5 @@ def tag(ctx: click.Context, name: str, targets: tuple[str, ...]) -> None:
 @click.pass_context
 def untag(ctx: click.Context, name: str) -> None:
     """Remove the release tag NAME (its paths go at the next gc unless something else roots them)."""
-    click.echo(f"untagged {name}" if st.untag(_cfg(ctx), name) else f"no tag {name}")
+    st.untag(_cfg(ctx), name)
+    click.echo(f"untagged {name}")

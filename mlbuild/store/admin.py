@@ -72,8 +72,12 @@ def tag(cfg: StoreConfig, name: str, targets: Sequence[str]) -> Path:
     return write_tag(layout, name, paths)
 
 
-def untag(cfg: StoreConfig, name: str) -> bool:
-    return remove_tag(Layout(cfg.root), name)
+def untag(cfg: StoreConfig, name: str) -> None:
+    """Remove the release tag NAME; StoreTargetError, listing the tags there are, if there is none."""
+    layout = Layout(cfg.root)
+    layout.require()
+    if not remove_tag(layout, name):
+        raise StoreTargetError(f"no tag {name!r} in the store {cfg.root} (tags: {', '.join(tags(cfg)) or 'none'})")
 
 
 def tags(cfg: StoreConfig) -> dict[str, list[str]]:

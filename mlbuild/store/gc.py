@@ -98,6 +98,8 @@ def _referrers_first(doomed: set[str], entries: dict[str, tuple[NarInfo, float]]
 def gc(cfg: StoreConfig, *, locks: Sequence[Path] = (), keep_last: int | None = None,
        grace: float = DEFAULT_GRACE_S, dry_run: bool = False) -> GcReport:
     """Remove what no root needs (see the module docstring); ``dry_run`` only reports."""
+    if keep_last is not None and keep_last < 0 or not grace >= 0:
+        raise ValueError(f"gc: keep_last ({keep_last}) and grace ({grace}) must not be negative")
     layout = Layout(cfg.root)
     layout.require()
     now = time.time()

@@ -123,3 +123,23 @@ def test_real_path_in() -> None:
     assert real_path_in(p, "/tmp/B") == "/tmp/B" + p
     assert real_path_in(p, "local?root=/tmp/C") == "/tmp/C" + p
     assert real_path_in(p, "ssh://host") is None
+
+
+def test_untag_of_a_missing_tag_and_negative_gc_settings_are_errors(tmp_path: Path) -> None:
+    from mlbuild.errors import StoreTargetError
+    from mlbuild.store import StoreConfig, init_store
+    from mlbuild.store.admin import untag
+    from mlbuild.store.gc import gc
+    from mlbuild.store.roots import write_tag
+
+    cfg = StoreConfig(root=tmp_path / "s")
+    init_store(cfg)
+    write_tag(Layout(cfg.root), "v1", [])
+    with pytest.raises(StoreTargetError, match=r"no tag 'v2' in the store .* \(tags: v1\)"):
+        untag(cfg, "v2")
+    untag(cfg, "v1")
+    with pytest.raises(StoreTargetError, match=r"\(tags: none\)"):
+        untag(cfg, "v1")
+    for kw in ({"keep_last": -1}, {"grace": -1.0}, {"grace": float("nan")}):
+        with pytest.raises(ValueError, match="must not be negative"):
+            gc(cfg, **kw)  # type: ignore[arg-type]
