@@ -186,3 +186,54 @@ def test_default_threads(monkeypatch: pytest.MonkeyPatch) -> None:
         default_threads()
     monkeypatch.delenv("MLBUILD_SERVE_THREADS")
     assert default_threads() >= 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--port", "abc"], "argument --port: 'abc' is not an integer in 0..65535"),
+    (["--port", "65536"], "argument --port: '65536' is not an integer in 0..65535"),
+    (["--port", "-1"], "argument --port: '-1' is not an integer in 0..65535"),
+    (["--threads", "0"], "argument --threads: '0' is not an integer >= 1"),
+    (["--max-batch-size", "0"], "argument --max-batch-size: '0' is not an integer in 1..65536"),
+    (["--max-wait-ms", "nan"], "argument --max-wait-ms: 'nan' is not a number in 0..10000"),
+    (["--max-body-bytes", "10"], "argument --max-body-bytes: '10' is not an integer >= 1024"),
+    (["--graceful-timeout", "-1"], "argument --graceful-timeout: '-1' is not an integer >= 0"),
+])
+def test_server_arguments_are_checked_where_given(pkg: Path, args: list[str], message: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad --max-batch-size is the command line's fault, not serve.json's: the error says so."""
+    from mlbuild.runtime.serve.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--package", str(pkg), *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "serve.json" not in err
+
+
+def test_good_overrides_parse(pkg: Path) -> None:
+    from mlbuild.runtime.serve.__main__ import build_parser
+
+    a = build_parser().parse_args(["--package", str(pkg), "--port", "0", "--max-batch-size", "8",
+                                   "--max-wait-ms", "0.5", "--max-body-bytes", "1024", "--graceful-timeout", "0"])
+    assert (a.port, a.max_batch_size, a.max_wait_ms, a.max_body_bytes, a.graceful_timeout) == (0, 8, 0.5, 1024, 0)
+
+
+def test_bind_failures_name_the_address_and_the_fix() -> None:
+    import socket
+
+    from mlbuild.runtime.serve.package import ServeError
+    from mlbuild.runtime.serve.server import bind
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(ServeError, match=rf"cannot listen on 127.0.0.1:{port} \(Address already in use\); "
+                                             rf"port {port} is taken: .* pass another --port \(0 picks a free one\)"):
+            bind("127.0.0.1", port)
+    finally:
+        taken.close()
+    with pytest.raises(ServeError, match=r"cannot listen on 999.1.1.1:0 .*; pass --host an address of this machine"):
+        bind("999.1.1.1", 0)
+    bind("127.0.0.1", 0).close()

@@ -15,24 +15,43 @@ from typing import Any
 # take the cores the event loop needs between forward passes (and collapse under contention).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .package import ServeError  # noqa: E402
+from .package import SETTING_LIMITS, ServeError  # noqa: E402
 from .server import serve  # noqa: E402
 
 __all__ = ["main", "build_parser"]
 
 
+def _number(kind: type, lo: float, hi: float | None = None) -> Any:
+    """An argparse type: ``kind`` (int or float) within ``lo..hi``; the error names the value."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value != value or value < lo or (hi is not None and value > hi):
+            bounds = f"in {lo:g}..{hi:g}" if hi is not None else f">= {lo:g}"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'} {bounds}")
+        return value
+    return parse
+
+
+def _setting(key: str) -> Any:
+    kind, lo, hi = SETTING_LIMITS[key]
+    return _number(kind, lo, hi)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mlbuild.runtime.serve",
+    p = argparse.ArgumentParser(prog=os.path.basename(sys.argv[0]) if sys.argv[0].endswith("/serve") else "python -m mlbuild.runtime.serve",
                                 description="Serve a model package over the Open Inference Protocol v2.")
     p.add_argument("--package", required=True, help="the package folder (manifest.json, model/, code/)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port to bind; 0 picks a free one (default: 8080)")
+    p.add_argument("--port", type=_number(int, 0, 65535), default=8080, help="port to bind; 0 picks a free one (default: 8080)")
     p.add_argument("--port-file", help="write the bound port to this file once listening")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: $MLBUILD_SERVE_THREADS or CPUs)")
-    p.add_argument("--max-batch-size", type=int, help="override serve.json max_batch_size")
-    p.add_argument("--max-wait-ms", type=float, help="override serve.json max_wait_ms")
-    p.add_argument("--max-body-bytes", type=int, help="override serve.json max_body_bytes")
-    p.add_argument("--graceful-timeout", type=int, default=30,
+    p.add_argument("--threads", type=_number(int, 1), help="torch intra-op threads (default: $MLBUILD_SERVE_THREADS or CPUs)")
+    p.add_argument("--max-batch-size", type=_setting("max_batch_size"), help="override serve.json max_batch_size")
+    p.add_argument("--max-wait-ms", type=_setting("max_wait_ms"), help="override serve.json max_wait_ms")
+    p.add_argument("--max-body-bytes", type=_setting("max_body_bytes"), help="override serve.json max_body_bytes")
+    p.add_argument("--graceful-timeout", type=_number(int, 0), default=30,
                    help="seconds to let requests finish after SIGTERM (default: 30)")
     p.add_argument("--no-verify", action="store_true", help="skip the weights' sha256 check against the manifest")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -45,9 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, Any] = {k: v for k, v in (("max_batch_size", args.max_batch_size),
                                                    ("max_wait_ms", args.max_wait_ms),
                                                    ("max_body_bytes", args.max_body_bytes)) if v is not None}
-    if args.threads is not None and args.threads < 1:
-        print(f"Error: --threads {args.threads} must be >= 1", file=sys.stderr)
-        return 2
     try:
         return serve(args.package, args.host, args.port, threads=args.threads, settings=overrides,
                      verify=not args.no_verify, log_level=args.log_level, access_log=args.access_log,

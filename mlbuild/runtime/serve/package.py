@@ -54,6 +54,19 @@ MODEL_VERSION = "1"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _SETTINGS_DEFAULTS: dict[str, float] = {"max_batch_size": 32, "max_wait_ms": 2.0, "max_body_bytes": 8 << 20}
+# Each setting's kind and bounds (None: unbounded), shared with the server's command line.
+SETTING_LIMITS: dict[str, tuple[type, float, float | None]] = {
+    "max_batch_size": (int, 1, 65536), "max_wait_ms": (float, 0, 10_000), "max_body_bytes": (int, 1024, None)}
+
+
+def setting_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` is not a valid ``key`` setting (None if it is)."""
+    kind, lo, hi = SETTING_LIMITS[key]
+    ok_type = isinstance(value, int) if kind is int else isinstance(value, (int, float))
+    if ok_type and not isinstance(value, bool) and lo <= value and (hi is None or value <= hi):
+        return None
+    bounds = f"in {lo:g}..{hi:g}" if hi is not None else f">= {lo:g}"
+    return f"{key} must be {'an int' if kind is int else 'a number'} {bounds}, got {value!r}"
 
 
 class ServeError(Exception):
@@ -174,13 +187,10 @@ def _settings(path: Path, raw: dict[str, Any]) -> ServeSettings:
     if unknown:
         raise PackageError(path, f"unknown setting(s) {unknown}; known: {sorted(_SETTINGS_DEFAULTS)}")
     merged = {**_SETTINGS_DEFAULTS, **raw}
+    for key in SETTING_LIMITS:
+        if (problem := setting_problem(key, merged[key])) is not None:
+            raise PackageError(path, problem)
     mbs, wait, body = merged["max_batch_size"], merged["max_wait_ms"], merged["max_body_bytes"]
-    if not isinstance(mbs, int) or isinstance(mbs, bool) or not 1 <= mbs <= 65536:
-        raise PackageError(path, f"max_batch_size must be an int in 1..65536, got {mbs!r}")
-    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait <= 10_000:
-        raise PackageError(path, f"max_wait_ms must be a number in 0..10000, got {wait!r}")
-    if not isinstance(body, int) or isinstance(body, bool) or body < 1024:
-        raise PackageError(path, f"max_body_bytes must be an int >= 1024, got {body!r}")
     return ServeSettings(max_batch_size=mbs, max_wait_ms=float(wait), max_body_bytes=body)
 
 

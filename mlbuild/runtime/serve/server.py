@@ -11,6 +11,7 @@ stops, and ``serve`` returns 0. It returns 1 if the model failed to load.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ from prometheus_client import disable_created_metrics
 from .app import ServerState, create_app
 from .metrics import ServerMetrics
 from .onewrite import protocol_class
-from .package import load_package
+from .package import ServeError, load_package
 
 __all__ = ["serve", "bind"]
 
@@ -46,7 +47,8 @@ class _Server(uvicorn.Server):
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket on ``host:port`` (``port=0``: a free port)."""
+    """A listening-ready TCP socket on ``host:port`` (``port=0``: a free port); ServeError naming
+    the address and the fix when it cannot be had."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto must be IPPROTO_TCP (not 0): asyncio only sets TCP_NODELAY on accepted sockets whose
     # proto says TCP, and without it every keep-alive response waits ~40 ms for a delayed ACK.
@@ -54,9 +56,16 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError:
+    except OSError as e:
         sock.close()
-        raise
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if e.errno == errno.EADDRINUSE:
+            fix = f"port {port} is taken: stop what listens there or pass another --port (0 picks a free one)"
+        elif e.errno == errno.EACCES:
+            fix = f"port {port} needs privileges: pass --port 1024 or above"
+        else:
+            fix = "pass --host an address of this machine (127.0.0.1, 0.0.0.0, ::)"
+        raise ServeError(f"cannot listen on {shown} ({e.strerror or e}); {fix}") from None
     sock.set_inheritable(True)
     return sock
 
