@@ -41,7 +41,8 @@
           }
         else if t ? prepare then
           let
-            inputs = t.inputs or [ ];
+            get = lib.field "[datasets.${name}]" t;
+            inputs = get "inputs" "strings" [ ];
             missing = builtins.filter (i: !(tables ? ${i})) inputs;
           in
           assert lib.assertMsg (missing == [ ])
@@ -53,11 +54,11 @@
             spec = {
               version = 1;
               dataset = name;
-              code = mkCode { inherit src; files = t.code or [ t.prepare ]; what = "[datasets.${name}]"; };
-              script = t.prepare;
+              code = mkCode { inherit src; files = get "code" "strings" [ (get "prepare" "string" null) ]; what = "[datasets.${name}]"; };
+              script = get "prepare" "string" null;
               inputs = builtins.listToAttrs (map (i: { name = i; value = "${built.${i}}"; }) inputs);
-              params = t.params or { };
-              seed = t.seed or 0;
+              params = get "params" "table" { };
+              seed = get "seed" "int" 0;
             };
           }
         else throw "mlbuild: [datasets.${name}] needs one of path, url or prepare";

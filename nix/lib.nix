@@ -18,6 +18,20 @@ rec {
   # and run mlbuild.runtime.<module>.<entry>() (usually main).
   builderCode = module: entry:
     "import sys; sys.path.insert(0, sys.argv[1]); from mlbuild.runtime.${module} import ${entry}; ${entry}()";
+  # A field of a TOML table, checked: table.${key} (or `default` when absent) if it is of `kind`
+  # (string, strings, table, int), else an error naming the table, the key, the value and the kind.
+  field = where: table: key: kind: default:
+    let
+      v = table.${key} or default;
+      ok = {
+        string = builtins.isString v;
+        strings = builtins.isList v && builtins.all builtins.isString v;
+        table = builtins.isAttrs v;
+        int = builtins.isInt v;
+      }.${kind};
+      wanted = { string = "a string"; strings = "a list of strings"; table = "a table"; int = "an integer"; }.${kind};
+    in
+    if ok then v else throw "mlbuild: ${where}.${key} is ${builtins.toJSON v}; it must be ${wanted} (mlbuild.toml)";
   optionalAttrs = cond: attrs: if cond then attrs else { };
   attrOr = name: default: set: if builtins.hasAttr name set then builtins.getAttr name set else default;
   # Read a JSON or TOML file under `src`, or throw naming it and the command that makes it.

@@ -28,7 +28,7 @@
       unknownOverrides = builtins.filter (m: !((config.models or { }) ? ${m})) (builtins.attrNames overrides);
       withOverrides = m: table:
         let o = overrides.${m} or { };
-        in table // o // { params = (table.params or { }) // (o.params or { }); };
+        in table // o // { params = (lib.field "[models.${m}]" table "params" "table" { }) // (lib.field "overrides.${m}" o "params" "table" { }); };
       models = assert lib.assertMsg (unknownOverrides == [ ])
         "overrides name models ${builtins.toJSON unknownOverrides} that mlbuild.toml does not declare";
         builtins.mapAttrs (m: table:

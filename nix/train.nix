@@ -16,9 +16,11 @@
 {
   mkTraining = { name, model, src, toolchain, datasets, dirty ? false }:
     let
-      script = model.script or "${name}.py";
-      device = model.device or "cpu";
-      wanted = model.datasets or [ ];
+      where = "[models.${name}]";
+      get = lib.field where model;
+      script = get "script" "string" "${name}.py";
+      device = get "device" "string" "cpu";
+      wanted = get "datasets" "strings" [ ];
       unknown = builtins.filter (d: !(datasets ? ${d})) wanted;
       lockedHash = d: (datasets.${d}.outputHash or null);
     in
@@ -36,14 +38,19 @@
         model = name;
         inherit script device system dirty;
         module = lib.removeSuffix ".py" script;
-        code = mkCode { inherit src; files = model.code or [ script ]; what = "[models.${name}].code"; };
+        code = mkCode {
+          inherit src;
+          files = get "code" "strings" [ script ];
+          what = if model ? code then "${where}.code" else if model ? script then "${where}.script"
+                 else "${where}.script (default: ${script})";
+        };
         datasets = builtins.listToAttrs (map (d: {
           name = d;
           value = { path = "${datasets.${d}}"; sha256 = lockedHash d; };
         }) wanted);
-        params = model.params or { };
-        seed = model.seed or 0;
-        threads = model.threads or 1;
+        params = get "params" "table" { };
+        seed = get "seed" "int" 0;
+        threads = get "threads" "int" 1;
         toolchain = "${toolchain}";
         interpreter = toolchain.pythonVersion;
       };

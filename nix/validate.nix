@@ -18,16 +18,17 @@ rec {
   validationSuite = { name, model, src, datasets }:
     let
       v = model.validation or (throw "mlbuild: [models.${name}.validation] is not declared in mlbuild.toml");
-      script = v.suite or (throw "mlbuild: [models.${name}.validation] needs suite = \"validate.py\"");
-      dataset = v.dataset or (throw "mlbuild: [models.${name}.validation] needs dataset = \"<held-out dataset>\"");
+      get = lib.field "[models.${name}.validation]" v;
+      script = get "suite" "string" (throw "mlbuild: [models.${name}.validation] needs suite = \"validate.py\"");
+      dataset = get "dataset" "string" (throw "mlbuild: [models.${name}.validation] needs dataset = \"<held-out dataset>\"");
     in
     assert lib.assertMsg (datasets ? ${dataset})
       "[models.${name}.validation].dataset is ${dataset}, which is not a dataset";
     {
       inherit script dataset;
-      code = mkCode { inherit src; files = v.code or [ script ]; name = "suite"; what = "[models.${name}.validation]"; };
+      code = mkCode { inherit src; files = get "code" "strings" [ script ]; name = "suite"; what = "[models.${name}.validation]"; };
       data = datasets.${dataset};
-      thresholds = v.thresholds or { };
+      thresholds = get "thresholds" "table" { };
     };
 
   mkValidation = { name, model, package, src, toolchain, datasets }:

@@ -49,6 +49,18 @@ let
       got = throws (mlbuild.mkProject { src = fixture; overrides = { m = { datasets = [ "nope" ]; }; }; }).m.model.drvPath;
       expected = true;
     };
+    lib-field-checks-kinds = {
+      got = [ (lib.field "[t]" { a = "x"; } "a" "string" null) (lib.field "[t]" { } "a" "strings" [ "d" ])
+              (lib.field "[t]" { a = 2; } "a" "int" 0) (lib.field "[t]" { a = { }; } "a" "table" null)
+              (throws (lib.field "[t]" { a = 2; } "a" "string" null)) (throws (lib.field "[t]" { a = [ 1 ]; } "a" "strings" [ ]))
+              (throws (lib.field "[t]" { a = 1.5; } "a" "int" 0)) (throws (lib.field "[t]" { a = [ ]; } "a" "table" { })) ];
+      expected = [ "x" [ "d" ] 2 { } true true true true ];
+    };
+    mistyped-model-fields-are-refused = {
+      got = map (o: throws (mlbuild.mkProject { src = fixture; overrides = { m = o; }; }).m.model.drvPath)
+        [ { script = 3; } { seed = "x"; } { threads = 1.5; } { code = "m.py"; } { datasets = "raw"; } { params = 3; } { device = 1; } ];
+      expected = [ true true true true true true true ];
+    };
     dataset-is-recursive-fixed-output = {
       got = { inherit (project.datasets.raw) outputHashMode outputHash; };
       expected = { outputHashMode = "recursive"; outputHash = "1111111111111111111111111111111111111111111111111111111111111111"; };
