@@ -35,6 +35,35 @@ def parse_sets(sets: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean (true or false)"
+    if isinstance(value, (int, float)):
+        return "an integer" if isinstance(value, int) else "a number"
+    return {str: "a string", list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def typed_overrides(model: str, params: dict[str, Any], overrides: dict[str, Any],
+                    raw: dict[str, str]) -> dict[str, Any]:
+    """``overrides`` in the types of the configured ``params``: an integer where a number is
+    configured becomes a float, text where a string is configured stays text (``--set name=123``);
+    any other mismatch (``--set lr=abc``, ``--set epochs=1.5``) is a ConfigError naming both."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        have = params[key]
+        if isinstance(have, str):
+            out[key] = value if isinstance(value, str) else raw[key]
+        elif isinstance(have, float) and isinstance(value, int) and not isinstance(value, bool):
+            out[key] = float(value)
+        elif _kind(value) == _kind(have):
+            out[key] = value
+        else:
+            example = "" if isinstance(have, dict) else f", e.g. --set {key}={json.dumps(have)}"
+            raise ConfigError(f"--set {key}={raw[key]}: [models.{model}.params].{key} is {_kind(have)} "
+                              f"({json.dumps(have)} in mlbuild.toml), not {_kind(value)}; give {_kind(have)}{example}")
+    return out
+
+
 def _log(project: Project, model: str) -> Path:
     return project.root / ".mlbuild" / "experiments" / f"{model}.jsonl"
 
@@ -48,6 +77,8 @@ def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool 
     if unknown:
         raise ConfigError(f"--set names {', '.join(unknown)}, which [models.{model}.params] does not have; "
                           f"params: {', '.join(sorted(models[model].get('params', {})))}")
+    raw = {k.strip(): v for k, _, v in (item.partition("=") for item in sets)}
+    overrides = typed_overrides(model, models[model]["params"], overrides, raw)
     summary = build_targets(project, [f"{model}.model"], allow_dirty=allow_dirty,
                             overrides={model: {"params": overrides}} if overrides else {},
                             on_progress=on_progress)

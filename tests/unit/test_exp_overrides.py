@@ -1,0 +1,37 @@
+"""`mlbuild exp run --set`: values are TOML, in the types of the configured params."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mlbuild.errors import ConfigError
+from mlbuild.exp import parse_sets, typed_overrides
+
+PARAMS = {"lr": 0.003, "epochs": 30, "name": "mlp", "augment": False, "sizes": [64, 64]}
+
+
+def overrides(*sets: str) -> dict[str, Any]:
+    raw = {k: v for k, _, v in (s.partition("=") for s in sets)}
+    return typed_overrides("digits", PARAMS, parse_sets(sets), raw)
+
+
+def test_matching_types_pass_and_ints_become_floats_where_a_number_is_configured() -> None:
+    got = overrides("lr=1", "epochs=5", "name=123", "augment=true", "sizes=[32, 16]")
+    assert got == {"lr": 1.0, "epochs": 5, "name": "123", "augment": True, "sizes": [32, 16]}
+    assert type(got["lr"]) is float
+    assert overrides('name="wide"') == overrides("name=wide") == {"name": "wide"}
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ("lr=abc", r"--set lr=abc: \[models.digits.params\].lr is a number \(0.003 in mlbuild.toml\), not a string; "
+               r"give a number, e.g. --set lr=0.003"),
+    ("epochs=1.5", r"epochs is an integer \(30 in mlbuild.toml\), not a number"),
+    ("epochs=true", r"epochs is an integer .* not a boolean"),
+    ("augment=1", r"augment is a boolean \(true or false\) .* not an integer"),
+    ("sizes=64", r"sizes is a list .* not an integer; give a list, e.g. --set sizes=\[64, 64\]"),
+])
+def test_mismatched_types_name_the_param_and_its_type(item: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        overrides(item)
