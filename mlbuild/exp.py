@@ -40,7 +40,11 @@ def _kind(value: Any) -> str:
         return "a boolean (true or false)"
     if isinstance(value, (int, float)):
         return "an integer" if isinstance(value, int) else "a number"
-    return {str: "a string", list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "a table" if isinstance(value, dict) else type(value).__name__   # TOML dates and times
 
 
 def typed_overrides(model: str, params: dict[str, Any], overrides: dict[str, Any],
