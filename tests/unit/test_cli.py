@@ -91,3 +91,14 @@ def test_declared_targets_pass_the_check(tree) -> None:
                  '[models.digits]\nscript = "m.py"\n'})
     check_targets(load_project(root), ["toolchain", "interpreter", "digits", "digits.validation.report",
                                        "models.digits.image", "datasets.raw", "digits.model"])
+
+
+def test_metrics_diff_names_an_unknown_revision(tree) -> None:
+    import subprocess
+
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.m]\nscript = "m.py"\n'})
+    for cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+        subprocess.run(["git", *cmd], cwd=root, check=True)
+    proc = run_cli("metrics", "diff", "m", "HEAD", "no-such-rev", cwd=root, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Error: 'no-such-rev' is not a commit of the git repository"), proc.stderr
