@@ -23,8 +23,8 @@ from .errors import BuildError, MlbuildError
 from .lockfile import read_lock
 from .toolchain import check_fresh
 
-__all__ = ["build_targets", "Built", "Summary", "DirtyTreeError", "Progress", "check_clean", "check_model", "check_targets",
-           "format_summary", "store_options", "push_outputs"]
+__all__ = ["build_targets", "Built", "Summary", "DirtyTreeError", "TargetError", "Progress", "check_clean",
+           "check_model", "check_targets", "format_summary", "store_options", "push_outputs"]
 
 EVENT = "MLBUILD "
 _ACT_BUILD, _ACT_SUBSTITUTE, _RES_LOG = 105, 108, 101

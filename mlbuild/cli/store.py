@@ -100,7 +100,8 @@ def verify(ctx: click.Context, repair: bool, quick: bool) -> None:
 @store.command()
 @click.option("--lock", "locks", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Keep what this mlbuild.lock references (repeatable).")
-@click.option("--keep-last", type=click.IntRange(min=0), default=None, help="Pushes kept per name (default: [store].keep-last).")
+@click.option("--keep-last", type=click.IntRange(min=0), default=None,
+              help="Pushes kept per name (default: [store].keep-last).")
 @click.option("--grace", type=click.FloatRange(min=0), default=DEFAULT_GRACE_S,
               help="Seconds an unrooted entry or NAR is spared after its last use (default 3600).")
 @click.option("--dry-run", is_flag=True, help="Only report what would go.")

@@ -149,6 +149,12 @@ def _positive(value: str) -> float:
     return x
 
 
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number in 0..65535")
+    return int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="monitor", description="Run the validation suite against a live server.")
     p.add_argument("--spec", required=True, help="the monitor spec (written by the Nix build)")
@@ -156,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--once", action="store_true", help="run the suite once, print the result as JSON and exit")
     p.add_argument("--interval", type=_positive, default=60.0, help="seconds between runs (default 60)")
     p.add_argument("--host", default="127.0.0.1", help="address of the monitor's own /metrics (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=9109, help="port of the monitor's own /metrics (default 9109)")
+    p.add_argument("--port", type=_port, default=9109, help="port of the monitor's own /metrics (default 9109)")
     p.add_argument("--webhook", help="POST a JSON alert here when a metric falls below its threshold")
     args = p.parse_args(argv)
     for what in ("url", "webhook"):
@@ -174,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if "error" in result or any(not c["ok"] for c in result.get("checks", [])) else 0
     from prometheus_client import start_http_server
 
-    start_http_server(args.port, addr=args.host, registry=mon.registry)
+    try:
+        start_http_server(args.port, addr=args.host, registry=mon.registry)
+    except OSError as e:
+        print(f"Error: cannot serve the monitor's /metrics on {args.host}:{args.port} ({e.strerror or e}); "
+              f"pass another --port or --host", file=sys.stderr)
+        return 2
     log.info("monitor of %s: metrics on http://%s:%d/metrics, every %.0f s against %s",
              mon.name, args.host, args.port, args.interval, args.url)
     stop = threading.Event()

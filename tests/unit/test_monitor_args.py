@@ -38,3 +38,9 @@ def test_cli_refuses_a_bad_url_before_building(tree) -> None:  # type: ignore[no
                    env={"PATH": "/nonexistent"})   # no Nix: nothing is built
     assert proc.returncode == 2
     assert "Invalid value for '--url': 'localhost:8080' is not an http:// or https:// URL" in proc.stderr
+
+
+def test_runtime_refuses_a_bad_metrics_port(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--spec", "/nonexistent/spec.json", "--url", "http://a", "--port", "70000"])
+    assert "argument --port: '70000' is not a port number in 0..65535" in capsys.readouterr().err

@@ -41,13 +41,15 @@ def _setting(key: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=os.path.basename(sys.argv[0]) if sys.argv[0].endswith("/serve") else "python -m mlbuild.runtime.serve",
-                                description="Serve a model package over the Open Inference Protocol v2.")
+    prog = "serve" if sys.argv[0].endswith("/bin/serve") else "python -m mlbuild.runtime.serve"
+    p = argparse.ArgumentParser(prog=prog, description="Serve a model package over the Open Inference Protocol v2.")
     p.add_argument("--package", required=True, help="the package folder (manifest.json, model/, code/)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=_number(int, 0, 65535), default=8080, help="port to bind; 0 picks a free one (default: 8080)")
+    p.add_argument("--port", type=_number(int, 0, 65535), default=8080,
+                   help="port to bind; 0 picks a free one (default: 8080)")
     p.add_argument("--port-file", help="write the bound port to this file once listening")
-    p.add_argument("--threads", type=_number(int, 1), help="torch intra-op threads (default: $MLBUILD_SERVE_THREADS or CPUs)")
+    p.add_argument("--threads", type=_number(int, 1),
+                   help="torch intra-op threads (default: $MLBUILD_SERVE_THREADS or CPUs)")
     p.add_argument("--max-batch-size", type=_setting("max_batch_size"), help="override serve.json max_batch_size")
     p.add_argument("--max-wait-ms", type=_setting("max_wait_ms"), help="override serve.json max_wait_ms")
     p.add_argument("--max-body-bytes", type=_setting("max_body_bytes"), help="override serve.json max_body_bytes")
