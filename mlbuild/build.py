@@ -110,6 +110,7 @@ class Summary:
     substituted: list[tuple[str, float]] = field(default_factory=list)  # (store path, seconds)
     present: list[str] = field(default_factory=list)                    # targets already there
     pushed: list[str] = field(default_factory=list)                     # paths pushed to the store
+    shared: int | None = None    # paths the shared store already had (None: no push was asked for)
     seconds: float = 0.0
 
 
@@ -213,13 +214,15 @@ def wants_push(project: Project) -> bool:
     return bool(table.get("push", False)) if isinstance(table, dict) else False
 
 
-def push_outputs(project: Project, summary: Summary) -> list[str]:
-    """Push the built outputs' closures (and what rebuilding them needs) to the shared store."""
+def push_outputs(project: Project, summary: Summary) -> None:
+    """Push the built outputs' closures (and what rebuilding them needs) to the shared store;
+    records what was pushed and how much was there already in ``summary``."""
     from .store.config import load_store_config
     from .store.push import push
 
     result = push(load_store_config(project.root), [b.path for b in summary.outputs], build_deps=True)
-    return [n.store_path for n in result.pushed]
+    summary.pushed = [n.store_path for n in result.pushed]
+    summary.shared = len(result.present)
 
 
 def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool = False,
@@ -265,7 +268,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
         _record(project, built, "present" if not mine else "built", dirty)
         _nix.add_roots({target: path}, project.root / ".mlbuild" / "gcroots")
     if push if push is not None else wants_push(project):
-        total.pushed = push_outputs(project, total)
+        push_outputs(project, total)
     total.seconds = time.monotonic() - t0
     return total
 
@@ -277,7 +280,7 @@ def format_summary(s: Summary) -> list[str]:
     lines += [f"  built        {_name(d):<40} {sec:6.1f} s" for d, sec in s.built]
     lines += [f"  substituted  {_name(p):<40} {sec:6.1f} s" for p, sec in s.substituted]
     lines += [f"  present      {t}" for t in s.present]
-    if s.pushed:
-        lines.append(f"pushed {len(s.pushed)} store paths to the shared store")
+    if s.shared is not None:
+        lines.append(f"pushed {len(s.pushed)} store paths to the shared store ({s.shared} already there)")
     return lines
 

@@ -102,3 +102,11 @@ def test_metrics_diff_names_an_unknown_revision(tree) -> None:
     proc = run_cli("metrics", "diff", "m", "HEAD", "no-such-rev", cwd=root, check=False)
     assert proc.returncode == 1
     assert proc.stderr.startswith("Error: 'no-such-rev' is not a commit of the git repository"), proc.stderr
+
+
+def test_build_summary_says_what_a_push_did_even_when_nothing_was_new() -> None:
+    from mlbuild.build import Summary, format_summary
+
+    assert not any(line.startswith("pushed") for line in format_summary(Summary()))   # no push asked
+    assert format_summary(Summary(shared=86))[-1] == "pushed 0 store paths to the shared store (86 already there)"
+    assert format_summary(Summary(pushed=["/nix/store/a-x"], shared=3))[-1].startswith("pushed 1 store paths")
