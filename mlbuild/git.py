@@ -9,7 +9,7 @@ from pathlib import Path
 from .errors import MlbuildError
 
 __all__ = ["GitError", "repo_root", "is_tracked", "dirty_files", "show", "ignore", "head",
-           "log_revisions", "Dirty"]
+           "log_revisions", "check_commit", "Dirty"]
 
 
 class GitError(MlbuildError):
@@ -75,6 +75,14 @@ def head(path: Path) -> str | None:
         return None
     proc = _git(root, "rev-parse", "HEAD", check=False)
     return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def check_commit(root: Path, rev: str) -> None:
+    """GitError unless ``rev`` names a commit of the repository at ``root``."""
+    if _git(root, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}",
+            check=False).returncode != 0:
+        raise GitError(f"{rev!r} is not a commit of the git repository {root}; give a commit, branch or tag "
+                       f"(`git log --oneline` lists them)")
 
 
 def show(project: Path, rev: str, name: str) -> str:

@@ -54,21 +54,12 @@ def show(project: Project, model: str, *, allow_dirty: bool = False) -> Point:
     return _report(project, model, "worktree", allow_dirty=allow_dirty)
 
 
-def _check_rev(root: Path, rev: str) -> None:
-    known = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"],
-                           cwd=root, capture_output=True)
-    if known.returncode != 0:
-        raise MlbuildError(f"{rev!r} is not a commit of the git repository {root}; give a commit, branch or tag "
-                           f"(`git log --oneline` lists them)")
-
-
 def _at(project: Project, rev: str, tmp: Path) -> Project:
     """The project folder as it was at ``rev`` (tracked files only), unpacked under ``tmp``."""
     root = git.repo_root(project.root)
     if root is None:
         raise MlbuildError(f"{project.root} is not in a git repository; metrics diff/history need git revisions")
     rel = project.root.resolve().relative_to(root.resolve())
-    _check_rev(root, rev)
     proc = subprocess.run(["git", "archive", "--format=tar", rev, "--", str(rel) if str(rel) != "." else "."],
                           cwd=root, capture_output=True)
     if proc.returncode != 0:
@@ -94,7 +85,7 @@ def diff(project: Project, model: str, rev1: str, rev2: str) -> tuple[Point, Poi
     root = git.repo_root(project.root)
     for rev in (rev1, rev2):   # both, before building either
         if root is not None:
-            _check_rev(root, rev)
+            git.check_commit(root, rev)
     a, b = _report_at(project, model, rev1), _report_at(project, model, rev2)
     assert a is not None and b is not None
     return a, b
