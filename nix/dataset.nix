@@ -42,6 +42,7 @@
         else if t ? prepare then
           let
             get = lib.field "[datasets.${name}]" t;
+            script = get "prepare" "string" null;
             inputs = get "inputs" "strings" [ ];
             missing = builtins.filter (i: !(tables ? ${i})) inputs;
           in
@@ -54,8 +55,8 @@
             spec = {
               version = 1;
               dataset = name;
-              code = mkCode { inherit src; files = get "code" "strings" [ (get "prepare" "string" null) ]; what = "[datasets.${name}]"; };
-              script = get "prepare" "string" null;
+              code = mkCode { inherit src; files = get "code" "strings" [ script ]; what = "[datasets.${name}]"; };
+              inherit script;
               inputs = builtins.listToAttrs (map (i: { name = i; value = "${built.${i}}"; }) inputs);
               params = get "params" "table" { };
               seed = get "seed" "int" 0;
