@@ -3,9 +3,10 @@
 Layout::
 
     $out/manifest.json      name + hashes: model (weights sha256), data, code, toolchain
-    $out/model/             model.safetensors, config.json, metrics.json, provenance.json,
-                            reference.json (training-feature statistics)
-    $out/code/              the model's source files (build_model, optional pre/postprocess)
+    $out/model/             links to the training output's model.safetensors, config.json,
+                            metrics.json, provenance.json, reference.json (feature statistics)
+    $out/code               a link to the model's source files (build_model, optional
+                            pre/postprocess): the code store path
     $out/serve.json         micro-batching and limits from [models.NAME.serve]
     $out/bin/serve          starts the OIP v2 server on this package (a Python script whose
                             shebang is the toolchain's python: no shell needed)
@@ -16,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 from .hashing import sha256_file
@@ -37,13 +37,14 @@ def main() -> None:
     spec = load_spec()
     out = Path(os.environ["out"])
     trained = Path(spec["model"])
+    # Links, not copies: the training output and the code are store paths of the package's closure
+    # already, and a copy would put every byte of the weights into the store, the shared store and
+    # each push twice.
     (out / "model").mkdir(parents=True)
     for name in ("model.safetensors", "config.json", "metrics.json", "provenance.json", "reference.json"):
         if (trained / name).exists():
-            shutil.copyfile(trained / name, out / "model" / name)
-    shutil.copytree(spec["code"], out / "code")
-    for d, _dirs, _files in os.walk(out / "code"):
-        os.chmod(d, 0o755)
+            os.symlink(trained / name, out / "model" / name)
+    os.symlink(spec["code"], out / "code")
     provenance = json.loads((trained / "provenance.json").read_text())
     data = json.dumps(provenance["datasets"], sort_keys=True).encode()
     manifest = {
