@@ -29,7 +29,7 @@ SERVE_SCRIPT = """#!{python} -s
 import sys
 sys.path.insert(0, {runtime!r})
 from mlbuild.runtime.serve.__main__ import main
-sys.exit(main(["--package", {package!r}, *sys.argv[1:]]))
+sys.exit(main(sys.argv[1:], package={package!r}))
 """
 
 

@@ -237,3 +237,17 @@ def test_bind_failures_name_the_address_and_the_fix() -> None:
     with pytest.raises(ServeError, match=r"cannot listen on 999.1.1.1:0 .*; pass --host an address of this machine"):
         bind("999.1.1.1", 0)
     bind("127.0.0.1", 0).close()
+
+
+def test_a_package_server_usage_has_no_package_option(pkg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """bin/serve passes its package: its usage and help do not ask for --package."""
+    from mlbuild.runtime.serve.__main__ import build_parser, main
+
+    assert build_parser(str(pkg)).parse_args(["--port", "0"]).package == str(pkg)
+    with pytest.raises(SystemExit):
+        main(["--help"], package=str(pkg))
+    out = capsys.readouterr().out
+    assert "--port" in out and "--package" not in out
+    with pytest.raises(SystemExit) as exit_:
+        main(["--port", "x"], package=str(pkg))
+    assert exit_.value.code == 2 and "--package" not in capsys.readouterr().err

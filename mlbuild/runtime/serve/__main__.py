@@ -1,5 +1,7 @@
 """``python -m mlbuild.runtime.serve --package PKG [--host H] [--port P]``: serve a model package.
 
+A package's ``bin/serve`` calls ``main(argv, package=PKG)``: its usage has no ``--package``.
+
 Only maps arguments to ``server.serve``; errors are printed as ``Error: ...`` with exit status 2
 (bad package or arguments) or 1 (the model failed to load).
 """
@@ -40,10 +42,14 @@ def _setting(key: str) -> Any:
     return _number(kind, lo, hi)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(package: str | None = None) -> argparse.ArgumentParser:
+    """The server's options; ``package`` given (a package's bin/serve) is the package served."""
     prog = "serve" if sys.argv[0].endswith("/bin/serve") else "python -m mlbuild.runtime.serve"
     p = argparse.ArgumentParser(prog=prog, description="Serve a model package over the Open Inference Protocol v2.")
-    p.add_argument("--package", required=True, help="the package folder (manifest.json, model/, code/)")
+    if package is None:
+        p.add_argument("--package", required=True, help="the package folder (manifest.json, model/, code/)")
+    else:
+        p.set_defaults(package=package)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=_number(int, 0, 65535), default=8080,
                    help="port to bind; 0 picks a free one (default: 8080)")
@@ -61,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, package: str | None = None) -> int:
+    args = build_parser(package).parse_args(argv)
     overrides: dict[str, Any] = {k: v for k, v in (("max_batch_size", args.max_batch_size),
                                                    ("max_wait_ms", args.max_wait_ms),
                                                    ("max_body_bytes", args.max_body_bytes)) if v is not None}
