@@ -27,9 +27,7 @@
 # same digest.
 { system, lib, pythonStage }:
 let
-  toLower = builtins.replaceStrings
-    [ "A" "B" "C" "D" "E" "F" "G" "H" "I" "J" "K" "L" "M" "N" "O" "P" "Q" "R" "S" "T" "U" "V" "W" "X" "Y" "Z" ]
-    [ "a" "b" "c" "d" "e" "f" "g" "h" "i" "j" "k" "l" "m" "n" "o" "p" "q" "r" "s" "t" "u" "v" "w" "x" "y" "z" ];
+  inherit (lib) toLower;
   isInt = n: builtins.isInt n;
   specVersion = 1;
 in

@@ -32,6 +32,16 @@ rec {
       wanted = { string = "a string"; strings = "a list of strings"; table = "a table"; int = "an integer"; }.${kind};
     in
     if ok then v else throw "mlbuild: ${where}.${key} is ${builtins.toJSON v}; it must be ${wanted} (mlbuild.toml)";
+  toLower = builtins.replaceStrings
+    [ "A" "B" "C" "D" "E" "F" "G" "H" "I" "J" "K" "L" "M" "N" "O" "P" "Q" "R" "S" "T" "U" "V" "W" "X" "Y" "Z" ]
+    [ "a" "b" "c" "d" "e" "f" "g" "h" "i" "j" "k" "l" "m" "n" "o" "p" "q" "r" "s" "t" "u" "v" "w" "x" "y" "z" ];
+  # A distribution's name as pip compares them (PEP 503): Prometheus_Client -> prometheus-client.
+  distName = n: toLower (builtins.replaceStrings [ "_" "." ] [ "-" "-" ] n);
+  # Which of the distributions `names` the toolchain's locked wheels lack (none when the toolchain
+  # does not say what it holds).
+  missingWheels = toolchain: names:
+    let have = toolchain.distributions or null;
+    in if have == null then [ ] else builtins.filter (n: !(builtins.elem (distName n) have)) names;
   optionalAttrs = cond: attrs: if cond then attrs else { };
   attrOr = name: default: set: if builtins.hasAttr name set then builtins.getAttr name set else default;
   # Read a JSON or TOML file under `src`, or throw naming it and the command that makes it.

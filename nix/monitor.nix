@@ -17,6 +17,7 @@
       module = "monitor";
       entry = "build_main";
       modules = [ "spec" "hashing" "monitor" ];
+      needs = { what = "the monitor of [models.${name}]"; wheels = [ "numpy" "scikit-learn" "prometheus-client" ]; };
       spec = {
         version = 1;
         inherit name;

@@ -43,6 +43,7 @@ rec {
         inherit toolchain;
         module = "notebook";
         modules = [ "spec" "notebook" ];
+        needs = { what = "running ${where}"; wheels = [ "nbclient" "nbformat" "ipykernel" ]; };
         spec = {
           version = 1;
           notebook = name;

@@ -15,6 +15,11 @@
       inherit toolchain;
       module = "package";
       modules = [ "spec" "hashing" "package" ];
+      # What bin/serve imports (httptools and uvloop, uvicorn's fast parser and loop, are optional).
+      needs = {
+        what = "the server of [models.${name}] (its package)";
+        wheels = [ "torch" "safetensors" "numpy" "starlette" "uvicorn" "prometheus-client" ];
+      };
       spec = {
         version = 1;
         inherit name;

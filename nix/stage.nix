@@ -4,18 +4,31 @@
 # bytecode written. Every other attribute (OMP_NUM_THREADS, exportReferencesGraph,
 # requiredSystemFeatures...) goes to the derivation as it is.
 #
-#   pythonStage { name; toolchain; module; modules; spec; entry ? "main"; ... } -> <derivation>
+#   pythonStage { name; toolchain; module; modules; spec; entry ? "main"; needs ? null; ... }
+#     -> <derivation>
+#
+# needs = { what = "the server of [models.m]"; wheels = [ "uvicorn" ... ]; }: the distributions the
+# step (or what it makes) imports. One the lock lacks is an error naming it and the fix, when the
+# derivation is instantiated (not when its attributes are listed), instead of an ImportError in a
+# build log or a server that does not start.
 { system, lib, runtimeFor }:
 {
-  pythonStage = { name, toolchain, module, modules, spec, entry ? "main", ... }@attrs:
-    derivation (removeAttrs attrs [ "toolchain" "module" "modules" "entry" ] // {
+  pythonStage = { name, toolchain, module, modules, spec, entry ? "main", needs ? null, ... }@attrs:
+    let
+      missing = if needs == null then [ ] else lib.missingWheels toolchain needs.wheels;
+      them = if builtins.length missing == 1 then "it" else "them";
+      names = builtins.concatStringsSep ", " missing;
+    in
+    derivation (removeAttrs attrs [ "toolchain" "module" "modules" "entry" "needs" ] // {
       inherit name system;
       builder = "${toolchain}/bin/python";
       args = [ "-s" "-c" (lib.builderCode module entry) (runtimeFor modules) ];
       PATH = "${toolchain}/bin";
       PYTHONHASHSEED = "0";
       PYTHONDONTWRITEBYTECODE = "1";
-      spec = builtins.toJSON spec;
+      spec = assert lib.assertMsg (missing == [ ])
+        "${needs.what} needs ${names} from PyPI, which mlbuild.lock does not have; add ${them} to [python].requirements in mlbuild.toml, then run `mlbuild lock` and `mlbuild prefetch`";
+        builtins.toJSON spec;
       passAsFile = [ "spec" ];
     });
 }

@@ -88,5 +88,11 @@ rec {
         installer_wheel = wheelDrv (tool lock "installer");
       };
       passAsFile = [ "spec" ];
-    } // { inherit interpreter; python = "bin/python"; pythonVersion = i.version; };
+    } // {
+      inherit interpreter;
+      python = "bin/python";
+      pythonVersion = i.version;
+      # The distributions its locked wheels install (PEP 503 names): stages check what they import.
+      distributions = map (w: lib.distName w.name) lock.wheels;
+    };
 }

@@ -33,6 +33,7 @@
       inherit toolchain;
       module = "train";
       modules = [ "spec" "prepare" "determinism" "hashing" "train" ];
+      needs = { what = "training ${where}"; wheels = [ "torch" "safetensors" ]; };
       spec = {
         version = 1;
         model = name;

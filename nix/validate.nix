@@ -17,7 +17,9 @@ rec {
   # { script; code (store path of its files); dataset (name); data (its derivation); thresholds }.
   validationSuite = { name, model, src, datasets }:
     let
-      v = model.validation or (throw "mlbuild: [models.${name}.validation] is not declared in mlbuild.toml");
+      v = model.validation or (throw ("mlbuild: [models.${name}.validation] is not declared in mlbuild.toml; declare it: "
+        + "suite = \"validate.py\" (defines load(data) -> (inputs, targets)), dataset = \"<the held-out dataset>\", "
+        + "thresholds = { accuracy = 0.9 } (see the README's Validation section)"));
       get = lib.field "[models.${name}.validation]" v;
       script = get "suite" "string" (throw "mlbuild: [models.${name}.validation] needs suite = \"validate.py\"");
       dataset = get "dataset" "string" (throw "mlbuild: [models.${name}.validation] needs dataset = \"<held-out dataset>\"");
@@ -39,6 +41,10 @@ rec {
           inherit toolchain;
           module = "validate";
           modules = [ "spec" "prepare" "hashing" "validate" "serve/" ];
+          needs = {
+            what = "validating [models.${name}]";
+            wheels = [ "torch" "safetensors" "numpy" "scikit-learn" ];
+          };
           OMP_NUM_THREADS = "1";
           spec = {
             version = 1;

@@ -65,6 +65,23 @@ let
       got = { inherit (project.datasets.raw) outputHashMode outputHash; };
       expected = { outputHashMode = "recursive"; outputHash = "1111111111111111111111111111111111111111111111111111111111111111"; };
     };
+    missing-wheels-by-pep503-name = {
+      got = [ (lib.missingWheels { distributions = [ "numpy" "prometheus-client" ]; } [ "NumPy" "Prometheus_Client" "uvicorn" ])
+              (lib.missingWheels { } [ "uvicorn" ]) (lib.distName "zope.Interface_x") ];
+      expected = [ [ "uvicorn" ] [ ] "zope-interface-x" ];
+    };
+    toolchain-lists-its-distributions = {
+      got = builtins.filter (d: builtins.elem d [ "prometheus-client" "scikit-learn" "numpy" ]) project.m.toolchain.distributions;
+      expected = [ "numpy" "prometheus-client" "scikit-learn" ];
+    };
+    a-stage-without-its-wheels-is-refused-when-instantiated = {
+      got = let
+        bare = project.m.toolchain // { distributions = [ "numpy" "torch" "safetensors" ]; };
+        pkg = mlbuild.mkPackage { name = "m"; model = { script = "m.py"; }; training = project.m.model; src = fixture; toolchain = bare; };
+        training = mlbuild.mkTraining { name = "m"; model = { script = "m.py"; }; src = fixture; toolchain = bare; datasets = { }; };
+      in [ (pkg ? name) (throws pkg.drvPath) (throws training.drvPath) (throws project.m.package.drvPath) ];
+      expected = [ true true false false ];
+    };
     thresholds-only-in-the-gate = {
       got = (spec project.m.validation).thresholds;
       expected = { accuracy = 0.9; };
