@@ -1,8 +1,8 @@
 # The mlbuild Nix library. No nixpkgs needed: every builder runs in the toolchain's Python.
 #
 #   import ./nix { system ? "x86_64-linux"; }
-#   -> { lib, fetchLocked, mkInterpreter, mkToolchain, mkProject, runtimeFor, mkNotebooks,
-#        notebookChecks, mkImage, ... }
+#   -> { lib, fetchLocked, mkInterpreter, mkToolchain, mkProject, flakeOutputs, runtimeFor,
+#        mkNotebooks, notebookChecks, mkImage, ... }
 { system ? "x86_64-linux" }:
 let
   lib = import ./lib.nix;
@@ -37,9 +37,32 @@ let
   images = import ./image.nix { inherit system lib pythonStage; };
   monitor = import ./monitor.nix { inherit runtimeFor pythonStage; inherit (validate) validationSuite; };
   project = import ./project.nix { inherit system lib toolchain dataset train package validate notebook images monitor; };
+  # The flake outputs of one project folder, for a project's own flake.nix:
+  #   outputs = { self, mlbuild }: mlbuild.lib.flakeOutputs { src = ./.; };
+  # packages.<system>.<model> (the package; every stage is an attribute: .model, .validation,
+  # .image...), apps.<system>.serve-<model>, checks.<system>.<model>-validation for each model
+  # with [models.<model>.validation] and the notebooks marked test = true; `default` is the first
+  # model (alphabetically).
+  flakeOutputs = { src, nixpkgs ? null }:
+    let
+      p = project.mkProject { inherit src nixpkgs; };
+      models = builtins.attrNames (p.config.models or { });
+      each = f: builtins.listToAttrs (map f models);
+      first = builtins.head models;
+      app = m: { type = "app"; program = "${p.${m}}/bin/serve"; };
+      validated = builtins.filter (m: p.config.models.${m} ? validation) models;
+    in
+    {
+      packages.${system} = each (m: { name = m; value = p.${m} // { inherit (p) interpreter; }; })
+        // lib.optionalAttrs (models != [ ]) { default = p.${first}; };
+      apps.${system} = each (m: { name = "serve-${m}"; value = app m; })
+        // lib.optionalAttrs (models != [ ]) { default = app first; };
+      checks.${system} = builtins.listToAttrs (map (m: { name = "${m}-validation"; value = p.${m}.validation; }) validated)
+        // notebook.notebookChecks p;
+    };
 in
 {
-  inherit lib runtimeFor;
+  inherit lib runtimeFor flakeOutputs;
   inherit (fetch) fetchLocked;
   inherit (toolchain) mkInterpreter mkToolchain;
   inherit (project) mkProject;

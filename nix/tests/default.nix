@@ -82,6 +82,13 @@ let
       in [ (pkg ? name) (throws pkg.drvPath) (throws training.drvPath) (throws project.m.package.drvPath) ];
       expected = [ true true false false ];
     };
+    flake-outputs-of-a-project = {
+      got = let o = mlbuild.flakeOutputs { src = fixture; }; sys = "x86_64-linux"; in [
+        (builtins.attrNames o.packages.${sys}) (builtins.attrNames o.apps.${sys}) (builtins.attrNames o.checks.${sys})
+        (o.packages.${sys}.m.drvPath == project.m.drvPath) (o.checks.${sys}.m-validation.drvPath == project.m.validation.drvPath)
+        (o.apps.${sys}.serve-m.program == "${project.m}/bin/serve") ];
+      expected = [ [ "default" "m" ] [ "default" "serve-m" ] [ "m-validation" ] true true true ];
+    };
     thresholds-only-in-the-gate = {
       got = (spec project.m.validation).thresholds;
       expected = { accuracy = 0.9; };
