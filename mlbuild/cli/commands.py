@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -11,7 +12,41 @@ from .. import exp as experiments
 from ..toolchain import lock_project, prefetch
 from .main import cli, load
 
-__all__ = ["lock", "prefetch_cmd", "build", "exp", "serve"]
+__all__ = ["init", "lock", "prefetch_cmd", "build", "exp", "serve"]
+
+
+@cli.command()
+@click.argument("folder", required=False, default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="the data: a CSV of numeric features with the class number (0..K-1) last, inside FOLDER; "
+                   "its feature count, classes and header are read from it")
+@click.option("--name", help="the project and model name (default: the folder's name)")
+@click.option("--python", "python", default="python3", show_default=True,
+              help="[python].interpreter: the Python to snapshot (a command on PATH or a path)")
+@click.option("--mlbuild-flake", "flake_url", help="flake.nix's mlbuild input (default: this mlbuild's git checkout)")
+def init(folder: Path, csv_path: Path | None, name: str | None, python: str, flake_url: str | None) -> None:
+    """Create a project in FOLDER (default: here): a classifier over one CSV file.
+
+    Writes mlbuild.toml, prepare.py (a train/test split), model.py (an MLP), validate.py,
+    flake.nix and .gitignore, and makes FOLDER a git repository if it is in none. Nothing
+    existing is overwritten.
+    """
+    from ..init import init_project
+
+    new = init_project(folder, name=name, csv_path=csv_path, python=python, flake_url=flake_url)
+    for f in new.files:
+        click.echo(f"  wrote {f.relative_to(new.root)}")
+    if new.shape:
+        click.echo(f"  {new.csv}: {new.shape.rows} rows, {new.shape.features} features, {new.shape.classes} classes"
+                   f"{', a header row' if new.shape.header else ''}")
+    here = "" if new.root == Path.cwd().resolve() else f"cd {new.root} && "
+    model, data, path = new.name, new.dataset, new.csv
+    click.echo(f"""next:
+  {here}mlbuild lock && mlbuild prefetch          # pin and fetch the wheels and the interpreter
+  mlbuild data add {data} {path}{'' if csv_path else '   # once the CSV is there'}
+  git add -A && git commit -m "{model}: new project"
+  mlbuild build {model} && mlbuild validate {model}
+  mlbuild serve {model} --port 8080            # or: nix run .#serve-{model} -- --port 8080""")
 
 
 @cli.command()

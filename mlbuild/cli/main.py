@@ -19,7 +19,7 @@ __all__ = ["main", "cli"]
 # --help), so `mlbuild data add` does not pay for cryptography, the build stream or matplotlib
 # (click's documented lazy-loading pattern; the modules register themselves on `cli`).
 COMMANDS = {
-    "lock": "commands", "prefetch": "commands", "build": "commands", "exp": "commands", "serve": "commands",
+    "init": "commands", "lock": "commands", "prefetch": "commands", "build": "commands", "exp": "commands", "serve": "commands",
     "data": "data", "image": "image", "metrics": "metrics", "validate": "metrics", "monitor": "monitor",
     "notebook": "notebook", "store": "store",
 }
@@ -53,7 +53,8 @@ class _Group(click.Group):
 def cli(ctx: click.Context, project_dir: Path | None) -> None:
     """mlbuild: reproducible ML builds on Nix.
 
-    Pin inputs with `mlbuild lock`, fetch them with `mlbuild prefetch`, build with `mlbuild build`.
+    Start a project with `mlbuild init`, pin its inputs with `mlbuild lock`, fetch them with
+    `mlbuild prefetch`, build with `mlbuild build`.
     """
     if project_dir is not None:  # like `git -C`: run as if started in that folder
         import os

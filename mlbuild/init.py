@@ -1,0 +1,278 @@
+"""`mlbuild init`: a new project that builds as it is, for a classifier over one CSV file.
+
+The files are those of examples/cancer, made generic: a raw dataset (the CSV: numeric features,
+then the class number 0..K-1 in the last column), a seeded stratified split (prepare.py), an MLP
+that standardises its inputs itself (model.py, so the server takes raw features), the validation
+suite on the held-out split (validate.py) and a three-line flake.nix. Given the CSV, the feature
+count, the classes and whether it has a header row are read from it; otherwise they are
+placeholders to edit. Nothing existing is overwritten.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MlbuildError
+
+__all__ = ["InitError", "CsvShape", "Created", "init_project", "read_csv_shape", "REQUIREMENTS"]
+
+# The examples' requirements: the same lock, so the same toolchain (a cache hit where the
+# examples were built). Everything the stages import (README, "The project file"), plus
+# httptools and uvloop (uvicorn's fast parser and loop) and the notebook runners.
+REQUIREMENTS = ["torch==2.13.0", "numpy", "safetensors", "scikit-learn", "starlette", "uvicorn", "httptools",
+                "uvloop", "prometheus-client", "ipykernel", "nbclient", "nbformat"]
+NAME = re.compile(r"[a-z][a-z0-9-]*")
+
+
+class InitError(MlbuildError):
+    """The project cannot be created as asked."""
+
+
+@dataclass(frozen=True)
+class CsvShape:
+    features: int
+    classes: int
+    header: bool
+    rows: int
+
+
+@dataclass(frozen=True)
+class Created:
+    """A new project: its folder, name (also the model's), raw dataset, data path and files."""
+    root: Path
+    name: str
+    dataset: str
+    csv: str
+    files: list[Path]
+    shape: CsvShape | None
+
+
+def read_csv_shape(path: Path) -> CsvShape:
+    """Feature count, class count and header of a classification CSV (class number last)."""
+    try:
+        with path.open(newline="") as f:
+            rows = [r for r in csv.reader(f) if r]
+    except (OSError, UnicodeDecodeError) as e:
+        raise InitError(f"cannot read {path}: {e}") from None
+
+    def numbers(row: list[str]) -> list[float] | None:
+        try:
+            return [float(c) for c in row]
+        except ValueError:
+            return None
+
+    header = bool(rows) and numbers(rows[0]) is None
+    body = rows[1:] if header else rows
+    if len(body) < 4:
+        raise InitError(f"{path} has {len(body)} data rows; a model needs a CSV of numeric rows (features, then "
+                        "the class number in the last column), at least a few per class")
+    width = len(body[0])
+    classes: set[float] = set()
+    for i, row in enumerate(body, start=2 if header else 1):
+        values = numbers(row)
+        if values is None or len(row) != width or width < 2:
+            raise InitError(f"{path}, line {i}: {','.join(row)[:80]!r} is not {width} numbers; every row must hold "
+                            "the numeric features, then the class number")
+        classes.add(values[-1])
+    k = len(classes)
+    if classes != set(map(float, range(k))):
+        shown = ", ".join(f"{c:g}" for c in sorted(classes)[:8])
+        raise InitError(f"the last column of {path} holds {shown}{'...' if k > 8 else ''}; it must hold the class "
+                        f"numbers 0..{k - 1} (map your labels to them first)")
+    if k < 2:
+        raise InitError(f"the last column of {path} holds one class only; a classifier needs two or more")
+    return CsvShape(features=width - 1, classes=k, header=header, rows=len(body))
+
+
+def _mlbuild_flake() -> str:
+    """The flake URL of this mlbuild: its git checkout, when it runs from one."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "flake.nix").is_file() and (root / ".git").exists():
+        return f"git+file://{root}"
+    return "git+file:///path/to/mlbuild"
+
+
+def _toml_list(items: list[str], indent: int) -> str:
+    """A TOML array of strings, wrapped before 100 columns (continuation lines at ``indent``)."""
+    lines: list[list[str]] = [[]]
+    for s in (json.dumps(i) for i in items):
+        if lines[-1] and indent + len(", ".join(lines[-1] + [s])) + 2 > 100:
+            lines.append([])
+        lines[-1].append(s)
+    return "[" + (",\n" + " " * indent).join(", ".join(line) for line in lines) + "]"
+
+
+def _files(name: str, csv_rel: str, shape: CsvShape | None, python: str, flake_url: str) -> dict[str, str]:
+    features = shape.features if shape else 4
+    classes = shape.classes if shape else 3
+    todo = "" if shape else "   # set to your data's"
+    header = "true" if shape and shape.header else "false"
+    reqs = _toml_list(REQUIREMENTS, len("requirements = ["))
+    toml = f'''[project]
+name = "{name}"
+
+[python]
+interpreter = "{python}"
+# What the builds import: torch + safetensors train; starlette, uvicorn (httptools, uvloop) and
+# prometheus-client serve; scikit-learn validates; ipykernel, nbclient, nbformat run notebooks.
+requirements = {reqs}
+
+# The raw data, pinned by content hash: `mlbuild data add {name}-raw {csv_rel}`.
+[datasets.{name}-raw]
+path = "{csv_rel}"
+
+# A seeded, stratified train/test split: a derivation, rebuilt only when the data or prepare.py change.
+[datasets.{name}-split]
+prepare = "prepare.py"
+inputs = ["{name}-raw"]
+params = {{ test_fraction = 0.25, seed = 0, header = {header} }}
+
+[models.{name}]
+script = "model.py"
+datasets = ["{name}-split"]
+seed = 0
+
+[models.{name}.params]
+features = {features}{todo + " feature count (columns but the last)" if todo else ""}
+classes = {classes}{todo + " class count (the last column holds 0..classes-1)" if todo else ""}
+hidden = 32
+epochs = 200
+lr = 0.01
+
+[models.{name}.validation]
+suite = "validate.py"
+dataset = "{name}-split"
+thresholds = {{ accuracy = 0.8, f1_macro = 0.8 }}
+'''
+    prepare = f'''"""The {name}-split dataset: a seeded, stratified train/test split of the raw CSV."""
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+
+def prepare(inputs: dict[str, Path], out: Path, params: dict) -> None:
+    raw = inputs["{name}-raw"]
+    if raw.is_dir():  # a folder of data: its one CSV file
+        raw = next(raw.glob("*.csv"))
+    a = np.loadtxt(raw, delimiter=",", skiprows=1 if params["header"] else 0, dtype=np.float64, ndmin=2)
+    x, y = a[:, :-1], a[:, -1].astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=params["test_fraction"], random_state=params["seed"], stratify=y)
+    for part, xs, ys in (("train", x_tr, y_tr), ("test", x_te, y_te)):
+        np.savetxt(out / f"{{part}}.csv", np.column_stack([xs, ys]), fmt="%.10g", delimiter=",")
+'''
+    model = f'''"""The {name} classifier: an MLP that standardises its inputs itself, so the server takes raw features.
+
+build_model(params) is the architecture (the server calls it too); train(ctx) returns the trained model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Classifier(nn.Module):
+    def __init__(self, features: int, hidden: int, classes: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("std", torch.ones(features))
+        self.net = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def build_model(params: dict) -> nn.Module:
+    return Classifier(params["features"], params["hidden"], params["classes"])
+
+
+def load(path) -> tuple[torch.Tensor, torch.Tensor]:
+    a = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
+    return torch.from_numpy(a[:, :-1].astype(np.float32)), torch.from_numpy(a[:, -1].astype(np.int64))
+
+
+def train(ctx) -> nn.Module:
+    p = ctx.params
+    x, y = load(ctx.data["{name}-split"] / "train.csv")
+    n_val = max(1, len(x) // 5)  # the last fifth of the training split tells how training goes
+    x_tr, y_tr, x_val, y_val = x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
+    ctx.describe(task="classification", input_shape=[p["features"]], labels=[str(c) for c in range(p["classes"])])
+    ctx.save_reference(x_tr.numpy())  # feature statistics: the server's input-drift gauges
+    model = build_model(p)
+    model.mean.copy_(x_tr.mean(0))
+    model.std.copy_(x_tr.std(0) + 1e-6)
+    opt = torch.optim.Adam(model.parameters(), lr=p["lr"])
+    for epoch in range(1, p["epochs"] + 1):
+        model.train()
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x_tr), y_tr)
+        loss.backward()
+        opt.step()
+        model.eval()
+        with torch.no_grad():
+            val_acc = (model(x_val).argmax(1) == y_val).float().mean().item()
+        ctx.log_epoch(epoch, p["epochs"], loss=loss.item(), val_accuracy=val_acc)
+    return model
+'''
+    validate = f'''"""The {name} validation suite: the held-out split, raw features as the server receives them."""
+
+from pathlib import Path
+
+import numpy as np
+
+
+def load(data: Path) -> tuple[np.ndarray, np.ndarray]:
+    a = np.loadtxt(data / "test.csv", delimiter=",", dtype=np.float64, ndmin=2)
+    return a[:, :-1].astype(np.float32), a[:, -1].astype(np.int64)
+'''
+    flake = f'''{{
+  inputs.mlbuild.url = "{flake_url}";
+  outputs = {{ self, mlbuild }}: mlbuild.lib.flakeOutputs {{ src = ./.; }};
+}}
+'''
+    return {"mlbuild.toml": toml, "prepare.py": prepare, "model.py": model, "validate.py": validate,
+            "flake.nix": flake, ".gitignore": f"result*\n/{csv_rel}\n"}
+
+
+def init_project(root: Path, *, name: str | None = None, csv_path: Path | None = None, python: str = "python3",
+                 flake_url: str | None = None) -> Created:
+    """Write a new project into ``root`` (created if missing; a git repository if it is in none).
+    Refuses, writing nothing, where any of its files exists."""
+    root = root.resolve()
+    name = name or root.name.lower()
+    if not NAME.fullmatch(name):
+        raise InitError(f"{name!r} is not a project name: use lower-case letters, digits and - (starting with a "
+                        "letter), e.g. --name iris")
+    shape = None
+    if csv_path is not None:
+        shape = read_csv_shape(csv_path)
+        try:
+            csv_rel = csv_path.resolve().relative_to(root).as_posix()
+        except ValueError:
+            raise InitError(f"{csv_path} is outside {root}; put the data inside the project (it stays out of git: "
+                            "`mlbuild data add` ignores it) and pass that path") from None
+    else:
+        csv_rel = f"data/{name}.csv"
+    files = _files(name, csv_rel, shape, python, flake_url or _mlbuild_flake())
+    taken = [n for n in files if (root / n).exists()]
+    if taken:
+        raise InitError(f"{root} already has {', '.join(taken)}; mlbuild init writes only new files (move them, "
+                        "or init another folder)")
+    root.mkdir(parents=True, exist_ok=True)
+    written = []
+    for n, text in files.items():
+        (root / n).write_text(text)
+        written.append(root / n)
+    inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=root, capture_output=True, text=True)
+    if inside.returncode != 0:
+        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    return Created(root=root, name=name, dataset=f"{name}-raw", csv=csv_rel, files=written, shape=shape)

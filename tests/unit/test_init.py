@@ -1,0 +1,104 @@
+"""`mlbuild init`: the files of a new project, what it reads from the CSV, and what it refuses."""
+
+from __future__ import annotations
+
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from mlbuild.init import REQUIREMENTS, InitError, init_project, read_csv_shape
+from tests.conftest import run_cli
+
+IRIS_LIKE = "sl,sw,pl,pw,species\n" + "".join(f"{i % 7}.5,{i % 5},{i % 3}.25,1,{i % 3}\n" for i in range(12))
+
+
+def csv(root: Path, text: str = IRIS_LIKE, name: str = "data/d.csv") -> Path:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_the_csv_gives_features_classes_and_header(tmp_path: Path) -> None:
+    shape = read_csv_shape(csv(tmp_path))
+    assert (shape.features, shape.classes, shape.header, shape.rows) == (4, 3, True, 12)
+    bare = read_csv_shape(csv(tmp_path, "1,2,0\n3,4,1\n5,6,0\n7,8,1\n", "bare.csv"))
+    assert (bare.features, bare.classes, bare.header) == (2, 2, False)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("a,b\n1,0\n2,1\n", "has 2 data rows"),
+    ("1,2,0\n3,4,1\n5,x,0\n7,8,1\n", "line 3: '5,x,0' is not 3 numbers"),
+    ("1,2,0\n3,4,1\n5,6\n7,8,1\n", "line 3: '5,6' is not 3 numbers"),
+    ("1,2,1\n3,4,2\n5,6,1\n7,8,2\n", "holds 1, 2; it must hold the class numbers 0..1"),
+    ("1,2,0.5\n3,4,0\n5,6,0\n7,8,0\n", "holds 0, 0.5; it must hold the class numbers 0..1"),
+    ("1,2,0\n3,4,0\n5,6,0\n7,8,0\n", "one class only"),
+])
+def test_a_csv_that_cannot_train_a_classifier_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(InitError) as e:
+        read_csv_shape(csv(tmp_path, text))
+    assert message in str(e.value)
+
+
+def test_init_writes_a_project_from_the_csv(tmp_path: Path) -> None:
+    root = tmp_path / "my-iris"
+    new = init_project(root, csv_path=csv(root), python="python3.11", flake_url="git+file:///opt/mlbuild")
+    assert (new.name, new.dataset, new.csv) == ("my-iris", "my-iris-raw", "data/d.csv")
+    assert sorted(f.name for f in new.files) == [".gitignore", "flake.nix", "mlbuild.toml", "model.py", "prepare.py",
+                                                  "validate.py"]
+    config = tomllib.loads((root / "mlbuild.toml").read_text())
+    assert config["python"] == {"interpreter": "python3.11", "requirements": REQUIREMENTS}
+    assert config["datasets"]["my-iris-raw"] == {"path": "data/d.csv"}
+    assert config["datasets"]["my-iris-split"]["params"] == {"test_fraction": 0.25, "seed": 0, "header": True}
+    model = config["models"]["my-iris"]
+    assert model["datasets"] == ["my-iris-split"] and model["script"] == "model.py"
+    assert {k: model["params"][k] for k in ("features", "classes")} == {"features": 4, "classes": 3}
+    assert model["validation"]["dataset"] == "my-iris-split"
+    for name in ("model.py", "prepare.py", "validate.py"):
+        compile((root / name).read_text(), name, "exec")
+    assert 'inputs.mlbuild.url = "git+file:///opt/mlbuild"' in (root / "flake.nix").read_text()
+    assert "/data/d.csv" in (root / ".gitignore").read_text().splitlines()  # data stays out of git
+    assert subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=root, capture_output=True).returncode == 0
+
+
+def test_without_a_csv_the_shape_is_a_placeholder(tmp_path: Path) -> None:
+    init_project(tmp_path / "p", name="flowers")
+    text = (tmp_path / "p" / "mlbuild.toml").read_text()
+    config = tomllib.loads(text)
+    assert config["datasets"]["flowers-raw"] == {"path": "data/flowers.csv"}
+    assert config["models"]["flowers"]["params"]["features"] == 4
+    assert "set to your data's feature count" in text
+
+
+def test_init_overwrites_nothing(tmp_path: Path) -> None:
+    (tmp_path / "model.py").write_text("mine\n")
+    with pytest.raises(InitError, match=r"already has model.py; mlbuild init writes only new files"):
+        init_project(tmp_path, name="x")
+    assert (tmp_path / "model.py").read_text() == "mine\n"
+    assert not (tmp_path / "mlbuild.toml").exists()
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("My_Project", "'my_project' is not a project name"), ("9lives", "'9lives' is not a project name")])
+def test_a_bad_name_is_refused(tmp_path: Path, name: str, message: str) -> None:
+    with pytest.raises(InitError, match=message):
+        init_project(tmp_path / name)
+
+
+def test_a_csv_outside_the_project_is_refused(tmp_path: Path) -> None:
+    outside = csv(tmp_path, name="elsewhere/d.csv")
+    with pytest.raises(InitError, match="is outside .*put the data inside the project"):
+        init_project(tmp_path / "p", csv_path=outside)
+    assert not (tmp_path / "p").exists()
+
+
+def test_the_command_says_what_comes_next(tmp_path: Path) -> None:
+    root = tmp_path / "iris"
+    csv(root)
+    out = run_cli("init", "--csv", "data/d.csv", cwd=root).stdout
+    assert "data/d.csv: 12 rows, 4 features, 3 classes, a header row" in out
+    assert "mlbuild data add iris-raw data/d.csv" in out and "mlbuild build iris && mlbuild validate iris" in out
+    again = run_cli("init", cwd=root, check=False)
+    assert again.returncode == 1 and "already has mlbuild.toml" in again.stderr
