@@ -117,14 +117,14 @@ def _files(name: str, csv_rel: str, shape: CsvShape | None, python: str, flake_u
 name = "{name}"
 
 [python]
-interpreter = "{python}"
+interpreter = {json.dumps(python)}
 # What the builds import: torch + safetensors train; starlette, uvicorn (httptools, uvloop) and
 # prometheus-client serve; scikit-learn validates; ipykernel, nbclient, nbformat run notebooks.
 requirements = {reqs}
 
 # The raw data, pinned by content hash: `mlbuild data add {name}-raw {csv_rel}`.
 [datasets.{name}-raw]
-path = "{csv_rel}"
+path = {json.dumps(csv_rel)}
 
 # A seeded, stratified train/test split: a derivation, rebuilt only when the data or prepare.py change.
 [datasets.{name}-split]

@@ -102,3 +102,12 @@ def test_the_command_says_what_comes_next(tmp_path: Path) -> None:
     assert "mlbuild data add iris-raw data/d.csv" in out and "mlbuild build iris && mlbuild validate iris" in out
     again = run_cli("init", cwd=root, check=False)
     assert again.returncode == 1 and "already has mlbuild.toml" in again.stderr
+
+
+def test_paths_with_quotes_stay_valid_toml(tmp_path: Path) -> None:
+    root = tmp_path / "q"
+    data = csv(root, name='data/my "best" \\ data.csv')
+    init_project(root, csv_path=data, python='/opt/py "3"/bin/python')
+    config = tomllib.loads((root / "mlbuild.toml").read_text())
+    assert config["python"]["interpreter"] == '/opt/py "3"/bin/python'
+    assert config["datasets"]["q-raw"]["path"] == 'data/my "best" \\ data.csv'
