@@ -33,7 +33,8 @@
       inherit toolchain;
       module = "train";
       modules = [ "spec" "prepare" "determinism" "hashing" "train" ];
-      needs = { what = "training ${where}"; wheels = [ "torch" "safetensors" ]; };
+      # numpy: ctx.save_reference (the drift statistics)
+      needs = { what = "training ${where}"; wheels = [ "torch" "safetensors" "numpy" ]; };
       spec = {
         version = 1;
         model = name;
