@@ -110,7 +110,12 @@ def _toml_list(items: list[str], indent: int) -> str:
 def _files(name: str, csv_rel: str, shape: CsvShape | None, python: str, flake_url: str) -> dict[str, str]:
     features = shape.features if shape else 4
     classes = shape.classes if shape else 3
-    todo = "" if shape else "   # set to your data's"
+    if shape:
+        says = (f"   # the columns of {csv_rel} but the last (read by mlbuild init)",
+                "   # the last column holds 0..classes-1")
+    else:
+        says = ("   # set to your data's feature count (its columns but the last)",
+                "   # set to your data's class count (the last column holds 0..classes-1)")
     header = "true" if shape and shape.header else "false"
     reqs = _toml_list(REQUIREMENTS, len("requirements = ["))
     toml = f'''[project]
@@ -138,8 +143,8 @@ datasets = ["{name}-split"]
 seed = 0
 
 [models.{name}.params]
-features = {features}{todo + " feature count (columns but the last)" if todo else ""}
-classes = {classes}{todo + " class count (the last column holds 0..classes-1)" if todo else ""}
+features = {features}{says[0]}
+classes = {classes}{says[1]}
 hidden = 32
 epochs = 200
 lr = 0.01
