@@ -3,7 +3,7 @@
 The files are those of examples/cancer, made generic: a raw dataset (the CSV: numeric features,
 then the class number 0..K-1 in the last column), a seeded stratified split (prepare.py), an MLP
 that standardises its inputs itself (model.py, so the server takes raw features), the validation
-suite on the held-out split (validate.py) and a three-line flake.nix. Given the CSV, the feature
+suite on the held-out split (validate.py) and a four-line flake.nix. Given the CSV, the feature
 count, the classes and whether it has a header row are read from it; otherwise they are
 placeholders to edit. Nothing existing is overwritten.
 """
