@@ -72,7 +72,10 @@ def prefetch_cmd(ctx: click.Context) -> None:
 
 
 class _Bar:
-    """The live epoch bar: one rewritten line on a terminal, one line per epoch otherwise."""
+    """The live epoch bar: one rewritten line on a terminal; in a log (CI), at most ~20 lines a
+    training run: the first epoch, every ceil(epochs / 20)th and the last."""
+
+    LOG_LINES = 20
 
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
@@ -82,6 +85,9 @@ class _Bar:
         if e.get("event") != "epoch":
             return
         n, total = int(e["epoch"]), int(e["epochs"])
+        step = -(-total // self.LOG_LINES)
+        if not self.tty and n != 1 and n != total and n % step:
+            return
         width = 24
         fill = int(width * n / max(total, 1))
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted(e.items())
