@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import subprocess
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ __all__ = ["InitError", "CsvShape", "Created", "init_project", "read_csv_shape",
 REQUIREMENTS = ["torch==2.13.0", "numpy", "safetensors", "scikit-learn", "starlette", "uvicorn", "httptools",
                 "uvloop", "prometheus-client", "ipykernel", "nbclient", "nbformat"]
 NAME = re.compile(r"[a-z][a-z0-9-]*")
+TEST_FRACTION = 0.25  # the held-out share of the split (prepare.py's test_fraction)
 
 
 class InitError(MlbuildError):
@@ -72,20 +74,27 @@ def read_csv_shape(path: Path) -> CsvShape:
         raise InitError(f"{path} has {len(body)} data rows; a model needs a CSV of numeric rows (features, then "
                         "the class number in the last column), at least a few per class")
     width = len(body[0])
-    classes: set[float] = set()
+    counts: dict[float, int] = {}
     for i, row in enumerate(body, start=2 if header else 1):
         values = numbers(row)
         if values is None or len(row) != width or width < 2:
             raise InitError(f"{path}, line {i}: {','.join(row)[:80]!r} is not {width} numbers; every row must hold "
                             "the numeric features, then the class number")
-        classes.add(values[-1])
-    k = len(classes)
-    if classes != set(map(float, range(k))):
-        shown = ", ".join(f"{c:g}" for c in sorted(classes)[:8])
+        counts[values[-1]] = counts.get(values[-1], 0) + 1
+    k = len(counts)
+    if set(counts) != set(map(float, range(k))):
+        shown = ", ".join(f"{c:g}" for c in sorted(counts)[:8])
         raise InitError(f"the last column of {path} holds {shown}{'...' if k > 8 else ''}; it must hold the class "
                         f"numbers 0..{k - 1} (map your labels to them first)")
     if k < 2:
         raise InitError(f"the last column of {path} holds one class only; a classifier needs two or more")
+    rare = [f"{c:g}" for c, n in sorted(counts.items()) if n < 2]
+    if rare:
+        raise InitError(f"class {', '.join(rare)} of {path} has one row; the stratified train/test split needs at "
+                        "least two rows of each class")
+    if math.ceil(len(body) * TEST_FRACTION) < k:
+        raise InitError(f"{path} has {len(body)} rows: a {TEST_FRACTION:.0%} held-out split of them cannot hold "
+                        f"each of the {k} classes; add rows")
     return CsvShape(features=width - 1, classes=k, header=header, rows=len(body))
 
 
@@ -135,7 +144,7 @@ path = {json.dumps(csv_rel)}
 [datasets.{name}-split]
 prepare = "prepare.py"
 inputs = ["{name}-raw"]
-params = {{ test_fraction = 0.25, seed = 0, header = {header} }}
+params = {{ test_fraction = {TEST_FRACTION}, seed = 0, header = {header} }}
 
 [models.{name}]
 script = "model.py"

@@ -24,7 +24,7 @@ def csv(root: Path, text: str = IRIS_LIKE, name: str = "data/d.csv") -> Path:
 def test_the_csv_gives_features_classes_and_header(tmp_path: Path) -> None:
     shape = read_csv_shape(csv(tmp_path))
     assert (shape.features, shape.classes, shape.header, shape.rows) == (4, 3, True, 12)
-    bare = read_csv_shape(csv(tmp_path, "1,2,0\n3,4,1\n5,6,0\n7,8,1\n", "bare.csv"))
+    bare = read_csv_shape(csv(tmp_path, "1,2,0\n3,4,1\n5,6,0\n7,8,1\n" * 2, "bare.csv"))
     assert (bare.features, bare.classes, bare.header) == (2, 2, False)
 
 
@@ -35,6 +35,8 @@ def test_the_csv_gives_features_classes_and_header(tmp_path: Path) -> None:
     ("1,2,1\n3,4,2\n5,6,1\n7,8,2\n", "holds 1, 2; it must hold the class numbers 0..1"),
     ("1,2,0.5\n3,4,0\n5,6,0\n7,8,0\n", "holds 0, 0.5; it must hold the class numbers 0..1"),
     ("1,2,0\n3,4,0\n5,6,0\n7,8,0\n", "one class only"),
+    ("1,2,0\n3,4,0\n5,6,0\n7,8,1\n", "class 1 of"),
+    ("1,2,0\n3,4,0\n5,6,1\n7,8,1\n9,9,2\n8,8,2\n", "has 6 rows: a 25% held-out split of them cannot hold each of the 3"),
 ])
 def test_a_csv_that_cannot_train_a_classifier_is_refused(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(InitError) as e:
