@@ -1,7 +1,7 @@
 """`mlbuild init`: a new project that builds as it is, for a classifier over one CSV file.
 
 The files are those of examples/cancer, made generic: a raw dataset (the CSV: numeric features,
-then the class number 0..K-1 in the last column), a seeded stratified split (prepare.py), an MLP
+then the class in the last column, a number 0..K-1 or a name), a seeded stratified split (prepare.py), an MLP
 that standardises its inputs itself (model.py, so the server takes raw features), the validation
 suite on the held-out split (validate.py) and a four-line flake.nix. Given the CSV, the feature
 count, the classes and whether it has a header row are read from it; otherwise they are
@@ -41,6 +41,7 @@ class CsvShape:
     classes: int
     header: bool
     rows: int
+    labels: list[str] | None = None  # the class names, when the last column holds names
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,11 @@ class Created:
 
 
 def read_csv_shape(path: Path) -> CsvShape:
-    """Feature count, class count and header of a classification CSV (class number last)."""
+    """Feature count, classes and header of a classification CSV: numeric features, then the class
+    in the last column, as a number 0..K-1 or as a name (names are numbered in sorted order)."""
     try:
         with path.open(newline="") as f:
-            rows = [r for r in csv.reader(f) if r]
+            rows = [[c.strip() for c in r] for r in csv.reader(f) if r]
     except (OSError, UnicodeDecodeError) as e:
         raise InitError(f"cannot read {path}: {e}") from None
 
@@ -68,34 +70,38 @@ def read_csv_shape(path: Path) -> CsvShape:
         except ValueError:
             return None
 
-    header = bool(rows) and numbers(rows[0]) is None
+    header = bool(rows) and numbers(rows[0][:-1]) is None
     body = rows[1:] if header else rows
     if len(body) < 4:
-        raise InitError(f"{path} has {len(body)} data rows; a model needs a CSV of numeric rows (features, then "
-                        "the class number in the last column), at least a few per class")
+        raise InitError(f"{path} has {len(body)} data rows; a model needs a CSV of numeric features with the class "
+                        "in the last column, at least a few rows per class")
     width = len(body[0])
-    counts: dict[float, int] = {}
+    counts: dict[str, int] = {}
     for i, row in enumerate(body, start=2 if header else 1):
-        values = numbers(row)
-        if values is None or len(row) != width or width < 2:
-            raise InitError(f"{path}, line {i}: {','.join(row)[:80]!r} is not {width} numbers; every row must hold "
-                            "the numeric features, then the class number")
-        counts[values[-1]] = counts.get(values[-1], 0) + 1
+        if len(row) != width or width < 2 or numbers(row[:-1]) is None:
+            raise InitError(f"{path}, line {i}: {','.join(row)[:80]!r} is not {width - 1} numbers and a class; every "
+                            "row must hold the numeric features, then the class (a number 0..K-1 or a name)")
+        counts[row[-1]] = counts.get(row[-1], 0) + 1
     k = len(counts)
-    if set(counts) != set(map(float, range(k))):
-        shown = ", ".join(f"{c:g}" for c in sorted(counts)[:8])
-        raise InitError(f"the last column of {path} holds {shown}{'...' if k > 8 else ''}; it must hold the class "
-                        f"numbers 0..{k - 1} (map your labels to them first)")
+    values = numbers(list(counts))
+    if values is None:  # class names: numbered in sorted order
+        labels: list[str] | None = sorted(counts)
+    elif set(values) == set(map(float, range(k))):
+        labels = None
+    else:
+        shown = ", ".join(f"{c:g}" for c in sorted(values)[:8])
+        raise InitError(f"the last column of {path} holds {shown}{'...' if k > 8 else ''}; it must hold the class: "
+                        f"the numbers 0..{k - 1}, or names")
     if k < 2:
         raise InitError(f"the last column of {path} holds one class only; a classifier needs two or more")
-    rare = [f"{c:g}" for c, n in sorted(counts.items()) if n < 2]
+    rare = sorted(c for c, n in counts.items() if n < 2)
     if rare:
-        raise InitError(f"class {', '.join(rare)} of {path} has one row; the stratified train/test split needs at "
-                        "least two rows of each class")
+        raise InitError(f"class {', '.join(rare[:8])} of {path} has one row; the stratified train/test split needs "
+                        "at least two rows of each class")
     if math.ceil(len(body) * TEST_FRACTION) < k:
         raise InitError(f"{path} has {len(body)} rows: a {TEST_FRACTION:.0%} held-out split of them cannot hold "
                         f"each of the {k} classes; add rows")
-    return CsvShape(features=width - 1, classes=k, header=header, rows=len(body))
+    return CsvShape(features=width - 1, classes=k, header=header, rows=len(body), labels=labels)
 
 
 def _mlbuild_flake() -> str:
@@ -121,11 +127,13 @@ def _files(name: str, csv_rel: str, shape: CsvShape | None, python: str, flake_u
     classes = shape.classes if shape else 3
     if shape:
         says = (f"   # the columns of {csv_rel} but the last (read by mlbuild init)",
-                "   # the last column holds 0..classes-1")
+                "   # the distinct values of its last column")
     else:
         says = ("   # set to your data's feature count (its columns but the last)",
-                "   # set to your data's class count (the last column holds 0..classes-1)")
+                "   # set to your data's class count")
     header = "true" if shape and shape.header else "false"
+    labels = ("\n# The class names in the last column, numbered 0, 1, ... in this order.\n"
+              f"labels = {_toml_list(shape.labels, len('labels = ['))}") if shape and shape.labels else ""
     reqs = _toml_list(REQUIREMENTS, len("requirements = ["))
     toml = f'''[project]
 name = "{name}"
@@ -144,7 +152,11 @@ path = {json.dumps(csv_rel)}
 [datasets.{name}-split]
 prepare = "prepare.py"
 inputs = ["{name}-raw"]
-params = {{ test_fraction = {TEST_FRACTION}, seed = 0, header = {header} }}
+
+[datasets.{name}-split.params]
+test_fraction = {TEST_FRACTION}
+seed = 0
+header = {header}{labels}
 
 [models.{name}]
 script = "model.py"
@@ -163,8 +175,13 @@ suite = "validate.py"
 dataset = "{name}-split"
 thresholds = {{ accuracy = 0.8, f1_macro = 0.8 }}
 '''
-    prepare = f'''"""The {name}-split dataset: a seeded, stratified train/test split of the raw CSV."""
+    prepare = f'''"""The {name}-split dataset: a seeded, stratified train/test split of the raw CSV.
 
+train.csv and test.csv hold the features, then the class number; labels.json the class names.
+"""
+
+import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -175,12 +192,18 @@ def prepare(inputs: dict[str, Path], out: Path, params: dict) -> None:
     raw = inputs["{name}-raw"]
     if raw.is_dir():  # a folder of data: its one CSV file
         raw = next(raw.glob("*.csv"))
-    a = np.loadtxt(raw, delimiter=",", skiprows=1 if params["header"] else 0, dtype=np.float64, ndmin=2)
-    x, y = a[:, :-1], a[:, -1].astype(np.int64)
+    with raw.open(newline="") as f:
+        rows = [[c.strip() for c in r] for r in csv.reader(f) if r][1 if params["header"] else 0:]
+    names = params.get("labels")  # the last column holds these names; else class numbers
+    number = {{n: i for i, n in enumerate(names)}} if names else None
+    x = np.array([[float(c) for c in r[:-1]] for r in rows])
+    y = np.array([number[r[-1]] if number else int(float(r[-1])) for r in rows], dtype=np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(
         x, y, test_size=params["test_fraction"], random_state=params["seed"], stratify=y)
     for part, xs, ys in (("train", x_tr, y_tr), ("test", x_te, y_te)):
         np.savetxt(out / f"{{part}}.csv", np.column_stack([xs, ys]), fmt="%.10g", delimiter=",")
+    labels = names or [str(c) for c in range(int(y.max()) + 1)]
+    (out / "labels.json").write_text(json.dumps(labels) + "\\n")
 '''
     model = f'''"""The {name} classifier: an MLP that standardises its inputs itself, so the server takes raw features.
 
@@ -188,6 +211,8 @@ build_model(params) is the architecture (the server calls it too); train(ctx) re
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import torch
@@ -216,10 +241,14 @@ def load(path) -> tuple[torch.Tensor, torch.Tensor]:
 
 def train(ctx) -> nn.Module:
     p = ctx.params
-    x, y = load(ctx.data["{name}-split"] / "train.csv")
+    split = ctx.data["{name}-split"]
+    x, y = load(split / "train.csv")
+    labels = json.loads((split / "labels.json").read_text())
+    if len(labels) != p["classes"]:
+        raise SystemExit(f"params.classes is {{p['classes']}}, but the data has {{len(labels)}} classes: {{labels}}")
     n_val = max(1, len(x) // 5)  # the last fifth of the training split tells how training goes
     x_tr, y_tr, x_val, y_val = x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
-    ctx.describe(task="classification", input_shape=[p["features"]], labels=[str(c) for c in range(p["classes"])])
+    ctx.describe(task="classification", input_shape=[p["features"]], labels=labels)
     ctx.save_reference(x_tr.numpy())  # feature statistics: the server's input-drift gauges
     model = build_model(p)
     model.mean.copy_(x_tr.mean(0))

@@ -18,8 +18,8 @@ __all__ = ["init", "lock", "prefetch_cmd", "build", "exp", "serve"]
 @cli.command()
 @click.argument("folder", required=False, default=".", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="the data: a CSV of numeric features with the class number (0..K-1) last, inside FOLDER; "
-                   "its feature count, classes and header are read from it")
+              help="the data: a CSV of numeric features with the class last (a number 0..K-1 or a name), "
+                   "inside FOLDER; its feature count, classes and header are read from it")
 @click.option("--name", help="the project and model name (default: the folder's name)")
 @click.option("--python", "python", default="python3", show_default=True,
               help="[python].interpreter: the Python to snapshot (a command on PATH or a path)")

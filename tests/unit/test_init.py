@@ -25,17 +25,29 @@ def test_the_csv_gives_features_classes_and_header(tmp_path: Path) -> None:
     shape = read_csv_shape(csv(tmp_path))
     assert (shape.features, shape.classes, shape.header, shape.rows) == (4, 3, True, 12)
     bare = read_csv_shape(csv(tmp_path, "1,2,0\n3,4,1\n5,6,0\n7,8,1\n" * 2, "bare.csv"))
-    assert (bare.features, bare.classes, bare.header) == (2, 2, False)
+    assert (bare.features, bare.classes, bare.header, bare.labels) == (2, 2, False, None)
+
+
+def test_class_names_in_the_last_column_are_numbered_in_sorted_order(tmp_path: Path) -> None:
+    text = "a,b,species\n" + "1,2, virginica\n3,4,setosa\n5,6,versicolor\n" * 4
+    shape = read_csv_shape(csv(tmp_path, text))
+    assert (shape.features, shape.classes, shape.header) == (2, 3, True)
+    assert shape.labels == ["setosa", "versicolor", "virginica"]  # stripped, sorted
+    root = tmp_path / "p"
+    init_project(root, csv_path=csv(root, text))
+    split = tomllib.loads((root / "mlbuild.toml").read_text())["datasets"]["p-split"]["params"]
+    assert split["labels"] == ["setosa", "versicolor", "virginica"] and split["header"] is True
 
 
 @pytest.mark.parametrize(("text", "message"), [
     ("a,b\n1,0\n2,1\n", "has 2 data rows"),
-    ("1,2,0\n3,4,1\n5,x,0\n7,8,1\n", "line 3: '5,x,0' is not 3 numbers"),
-    ("1,2,0\n3,4,1\n5,6\n7,8,1\n", "line 3: '5,6' is not 3 numbers"),
-    ("1,2,1\n3,4,2\n5,6,1\n7,8,2\n", "holds 1, 2; it must hold the class numbers 0..1"),
-    ("1,2,0.5\n3,4,0\n5,6,0\n7,8,0\n", "holds 0, 0.5; it must hold the class numbers 0..1"),
+    ("1,2,0\n3,4,1\n5,x,0\n7,8,1\n", "line 3: '5,x,0' is not 2 numbers and a class"),
+    ("1,2,0\n3,4,1\n5,6\n7,8,1\n", "line 3: '5,6' is not 2 numbers and a class"),
+    ("1,2,1\n3,4,2\n5,6,1\n7,8,2\n", "holds 1, 2; it must hold the class: the numbers 0..1, or names"),
+    ("1,2,0.5\n3,4,0\n5,6,0\n7,8,0\n", "holds 0, 0.5; it must hold the class: the numbers 0..1, or names"),
     ("1,2,0\n3,4,0\n5,6,0\n7,8,0\n", "one class only"),
     ("1,2,0\n3,4,0\n5,6,0\n7,8,1\n", "class 1 of"),
+    ("1,2,cat\n3,4,cat\n5,6,dog\n7,8,cow\n", "class cow, dog of"),
     ("1,2,0\n3,4,0\n5,6,1\n7,8,1\n9,9,2\n8,8,2\n", "has 6 rows: a 25% held-out split of them cannot hold each of the 3"),
 ])
 def test_a_csv_that_cannot_train_a_classifier_is_refused(tmp_path: Path, text: str, message: str) -> None:
