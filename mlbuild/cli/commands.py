@@ -37,8 +37,10 @@ def init(folder: Path, csv_path: Path | None, name: str | None, python: str, fla
     for f in new.files:
         click.echo(f"  wrote {f.relative_to(new.root)}")
     if new.shape:
+        names = new.shape.labels or []
+        shown = f" ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''})" if names else ""
         click.echo(f"  {new.csv}: {new.shape.rows} rows, {new.shape.features} features, {new.shape.classes} classes"
-                   f"{', a header row' if new.shape.header else ''}")
+                   f"{shown}{', a header row' if new.shape.header else ''}")
     here = "" if new.root == Path.cwd().resolve() else f"cd {new.root} && "
     model, data, path = new.name, new.dataset, new.csv
     click.echo(f"""next:
