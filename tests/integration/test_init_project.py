@@ -32,7 +32,7 @@ def test_init_then_the_next_steps(tmp_path: Path) -> None:
     root = tmp_path / "blobs"
     blobs(root / "data" / "blobs.csv")
     out = run_cli("init", "--csv", "data/blobs.csv", "--python", "python3.11", cwd=root).stdout
-    assert "120 rows, 4 features, 3 classes, a header row" in out
+    assert "120 rows, 4 features, 3 classes (blue, green, red), a header row" in out
     run_cli("lock", cwd=root)
     run_cli("prefetch", cwd=root)
     run_cli("data", "add", "blobs-raw", "data/blobs.csv", cwd=root)
