@@ -139,6 +139,13 @@ def http_url(value: str) -> str:
     return value
 
 
+def _url_arg(value: str) -> str:
+    try:
+        return http_url(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _positive(value: str) -> float:
     try:
         x = float(value)
@@ -158,19 +165,13 @@ def _port(value: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="monitor", description="Run the validation suite against a live server.")
     p.add_argument("--spec", required=True, help="the monitor spec (written by the Nix build)")
-    p.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8080")
+    p.add_argument("--url", required=True, type=_url_arg, help="the server, e.g. http://127.0.0.1:8080")
     p.add_argument("--once", action="store_true", help="run the suite once, print the result as JSON and exit")
     p.add_argument("--interval", type=_positive, default=60.0, help="seconds between runs (default 60)")
     p.add_argument("--host", default="127.0.0.1", help="address of the monitor's own /metrics (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=9109, help="port of the monitor's own /metrics (default 9109)")
-    p.add_argument("--webhook", help="POST a JSON alert here when a metric falls below its threshold")
+    p.add_argument("--webhook", type=_url_arg, help="POST a JSON alert here when a metric falls below its threshold")
     args = p.parse_args(argv)
-    for what in ("url", "webhook"):
-        if getattr(args, what) is not None:
-            try:
-                http_url(getattr(args, what))
-            except ValueError as e:
-                p.error(f"argument --{what}: {e}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = json.loads(Path(args.spec).read_text())
     mon = Monitor(spec, args.url, args.webhook)
