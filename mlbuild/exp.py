@@ -18,21 +18,31 @@ from .build import Progress, Summary, build_targets, check_model
 from .config import Project
 from .errors import ConfigError
 
-__all__ = ["parse_sets", "run", "show", "Variant"]
+__all__ = ["parse_sets", "split_sets", "typed_overrides", "run", "show", "Variant"]
 
 
-def parse_sets(sets: Sequence[str]) -> dict[str, Any]:
-    """``["lr=0.01", "epochs=5", "name=x"]`` -> typed values (TOML syntax, else a string)."""
-    out: dict[str, Any] = {}
+def split_sets(sets: Sequence[str]) -> dict[str, str]:
+    """``["lr=0.01", "name=x"]`` -> ``{"lr": "0.01", "name": "x"}``, the values as typed."""
+    out: dict[str, str] = {}
     for item in sets:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr=0.01")
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = value
+        out[key.strip()] = value
     return out
+
+
+def _value(text: str) -> Any:
+    """A --set value: TOML syntax, else the text as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_sets(sets: Sequence[str]) -> dict[str, Any]:
+    """``["lr=0.01", "epochs=5", "name=x"]`` -> typed values (TOML syntax, else a string)."""
+    return {key: _value(text) for key, text in split_sets(sets).items()}
 
 
 def _kind(value: Any) -> str:
@@ -76,12 +86,12 @@ def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool 
         on_progress: Callable[[Progress], None] | None = None) -> tuple[Summary, dict[str, Any]]:
     check_model(project, model)
     models = project.raw.get("models", {})
-    overrides = parse_sets(sets)
+    raw = split_sets(sets)
+    overrides = {key: _value(text) for key, text in raw.items()}
     unknown = sorted(set(overrides) - set(models[model].get("params", {})))
     if unknown:
         raise ConfigError(f"--set names {', '.join(unknown)}, which [models.{model}.params] does not have; "
                           f"params: {', '.join(sorted(models[model].get('params', {})))}")
-    raw = {k.strip(): v for k, _, v in (item.partition("=") for item in sets)}
     overrides = typed_overrides(model, models[model]["params"], overrides, raw)
     summary = build_targets(project, [f"{model}.model"], allow_dirty=allow_dirty,
                             overrides={model: {"params": overrides}} if overrides else {},

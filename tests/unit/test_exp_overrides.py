@@ -7,14 +7,13 @@ from typing import Any
 import pytest
 
 from mlbuild.errors import ConfigError
-from mlbuild.exp import parse_sets, typed_overrides
+from mlbuild.exp import parse_sets, split_sets, typed_overrides
 
 PARAMS = {"lr": 0.003, "epochs": 30, "name": "mlp", "augment": False, "sizes": [64, 64]}
 
 
 def overrides(*sets: str) -> dict[str, Any]:
-    raw = {k: v for k, _, v in (s.partition("=") for s in sets)}
-    return typed_overrides("digits", PARAMS, parse_sets(sets), raw)
+    return typed_overrides("digits", PARAMS, parse_sets(sets), split_sets(sets))
 
 
 def test_matching_types_pass_and_ints_become_floats_where_a_number_is_configured() -> None:
