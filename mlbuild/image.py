@@ -94,8 +94,8 @@ def read_archive(path: Path) -> ArchiveInfo:
 
 def build_image(project: Project, model: str, *, allow_dirty: bool = False,
                 on_progress: Callable[[Progress], None] | None = None) -> Path:
-    """Build (or fetch) ``<model>.image``; returns the archive's store path."""
-    check_model(project, model)
+    """Build (or fetch) ``<model>.image``; returns the archive's store path (an undeclared
+    model is refused by build_targets' target check)."""
     summary = build_targets(project, [f"{model}.image"], allow_dirty=allow_dirty, on_progress=on_progress)
     return Path(summary.outputs[0].path)
 
