@@ -42,6 +42,16 @@ rec {
   missingWheels = toolchain: names:
     let have = toolchain.distributions or null;
     in if have == null then [ ] else builtins.filter (n: !(builtins.elem (distName n) have)) names;
+  # How a stage names a dataset it reads: its store path (to read it) and the content hash that
+  # provenance and reports record instead of the path. Recording the path would make the output
+  # refer to the dataset, and carry the data into every package, shared-store push and image.
+  # Fixed-output datasets have their hash already (mlbuild.lock's NAR sha256, a url's file sha256);
+  # a derived one gets the digest of its files, computed where it is read (sha256 = null).
+  datasetInput = d: {
+    path = "${d}";
+    sha256 = d.outputHash or null;
+    of = if !(d ? outputHash) then "files" else if (d.outputHashMode or "flat") == "recursive" then "nar" else "file";
+  };
   optionalAttrs = cond: attrs: if cond then attrs else { };
   attrOr = name: default: set: if builtins.hasAttr name set then builtins.getAttr name set else default;
   # Read a JSON or TOML file under `src`, or throw naming it and the command that makes it.

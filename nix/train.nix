@@ -22,7 +22,6 @@
       device = get "device" "string" "cpu";
       wanted = get "datasets" "strings" [ ];
       unknown = builtins.filter (d: !(datasets ? ${d})) wanted;
-      lockedHash = d: (datasets.${d}.outputHash or null);
     in
     assert lib.assertMsg (builtins.elem device [ "cpu" "cuda" ])
       "[models.${name}].device is ${builtins.toJSON device}; use \"cpu\" or \"cuda\"";
@@ -48,7 +47,7 @@
         };
         datasets = builtins.listToAttrs (map (d: {
           name = d;
-          value = { path = "${datasets.${d}}"; sha256 = lockedHash d; };
+          value = lib.datasetInput datasets.${d};
         }) wanted);
         params = get "params" "table" { };
         seed = get "seed" "int" 0;
@@ -56,6 +55,9 @@
         toolchain = "${toolchain}";
         interpreter = toolchain.pythonVersion;
       };
+      # The outputs record the datasets' hashes, not their paths (lib.datasetInput): a reference
+      # would put the training data into the package's closure and its image.
+      disallowedReferences = map (d: datasets.${d}) wanted;
     } // lib.optionalAttrs (device == "cuda") {
       requiredSystemFeatures = [ "cuda" ];
       # The host driver's libcuda, bound into the sandbox (store-config/README.md, GPU builders).

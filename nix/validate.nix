@@ -52,9 +52,11 @@ rec {
             package = "${package}";
             suite = s.code;
             inherit (s) script;
-            dataset = "${s.data}";
+            dataset = lib.datasetInput s.data;
             dataset_name = s.dataset;
           };
+          # The report names the held-out data by hash: the image carries the report, not the data.
+          disallowedReferences = [ s.data ];
         };
       gate = pythonStage {
         name = "${name}-validation";

@@ -40,6 +40,11 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True,
     return proc
 
 
+def build_path(root: Path, target: str) -> Path:
+    """The store path that `mlbuild build TARGET` gives in the project at ``root``."""
+    return Path(run_cli("build", target, cwd=root).stdout.split("\t")[1].split("\n")[0])
+
+
 @pytest.fixture
 def tree(tmp_path: Path):
     return lambda t: write_tree(tmp_path, t)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import determinism
-from .hashing import sha256_file, tree_digest, tree_hashes
+from .hashing import dataset_hash, find_store_paths, sha256_file, tree_digest, tree_hashes
 from .spec import load_spec
 
 __all__ = ["Context", "main", "run", "save_weights", "EVENT_PREFIX"]
@@ -139,7 +139,8 @@ def run(spec: dict[str, Any], out: Path) -> None:
     provenance = {
         "model": spec["model"],
         "weights_sha256": sha256_file(weights),
-        "datasets": spec["datasets"],
+        # By hash: a dataset's path here would make the data part of the package and its image.
+        "datasets": {name: dataset_hash(d) for name, d in sorted(spec["datasets"].items())},
         "code": {"store_path": spec["code"], "files": code,
                  "sha256": tree_digest(code)},
         "params": spec["params"], "seed": spec["seed"], "device": spec["device"],
@@ -152,6 +153,19 @@ def run(spec: dict[str, Any], out: Path) -> None:
         "system": spec.get("system"),
     }
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+    check_no_dataset_paths(spec, out)
+
+
+def check_no_dataset_paths(spec: dict[str, Any], out: Path) -> None:
+    """Refuse outputs that name a dataset's store path, before Nix does (``disallowedReferences``,
+    with a message that does not say why): such an output refers to the dataset, so the package,
+    every push of it and its image would carry the training data."""
+    found = find_store_paths(out, {name: d["path"] for name, d in spec["datasets"].items()})
+    if found:
+        where = "; ".join(f"{f} names the store path of dataset {name}" for name, f in found)
+        raise SystemExit(
+            f"mlbuild: the training output's {where}. That would carry the dataset into the package and its image; "
+            f"copy what the model needs (a vocabulary, statistics) into ctx.out, or record a name or a hash instead of the path")
 
 
 def main() -> None:
@@ -164,6 +178,10 @@ def main() -> None:
         sys.stderr = _Tee(sys.__stderr__, log)
         try:
             run(spec, out)
+        except SystemExit as e:  # mlbuild's refusals say what to do: no traceback around them
+            print(e.code if isinstance(e.code, str) else f"mlbuild: training exited with status {e.code}", file=sys.stderr)
+            sys.stderr.flush()
+            raise SystemExit(1) from None
         except BaseException:
             traceback.print_exc()
             sys.stderr.flush()

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .hashing import tree_digest, tree_hashes
+from .hashing import dataset_hash, tree_digest, tree_hashes
 from .spec import load_spec
 
 __all__ = ["main", "gate_main", "compute_metrics", "check_thresholds", "format_checks"]
@@ -73,7 +73,7 @@ def main() -> None:
     from .serve.package import load_package
 
     suite = load_module(spec["suite"], spec["script"])
-    x, y = suite.load(Path(spec["dataset"]))
+    x, y = suite.load(Path(spec["dataset"]["path"]))
     pkg = load_package(spec["package"])
     model = load_model(pkg, threads=1)
     outputs: dict[str, list[Any]] = {}
@@ -91,7 +91,7 @@ def main() -> None:
     report.update({
         "model": spec["name"], "task": task, "n": int(len(y)),
         "package": spec["package"], "model_hash": pkg.hashes.get("model"),
-        "dataset": {"name": spec["dataset_name"], "path": spec["dataset"]},
+        "dataset": {"name": spec["dataset_name"], **dataset_hash(spec["dataset"])},
         "suite": {"script": spec["script"], "files": code,
                   "version": tree_digest(code)[:16]},
     })

@@ -65,6 +65,20 @@ let
       got = { inherit (project.datasets.raw) outputHashMode outputHash; };
       expected = { outputHashMode = "recursive"; outputHash = "1111111111111111111111111111111111111111111111111111111111111111"; };
     };
+    datasets-are-named-by-hash-and-never-referenced = {
+      got = let
+        derived = derivation { name = "split"; system = "x86_64-linux"; builder = "/bin/sh"; };
+        url = derivation { name = "u"; system = "builtin"; builder = "builtin:fetchurl"; outputHashMode = "flat";
+                           outputHash = "2222222222222222222222222222222222222222222222222222222222222222"; };
+        input = d: removeAttrs (lib.datasetInput d) [ "path" ];
+      in [ (input project.datasets.raw) (input url) (input derived)
+           ((spec project.m.model).datasets.raw.of)
+           (map (p: "${p}" == project.datasets.raw.outPath) project.m.model.disallowedReferences)
+           (map (p: "${p}" == project.datasets.raw.outPath) project.m.validation.report.disallowedReferences) ];
+      expected = [ { sha256 = "1111111111111111111111111111111111111111111111111111111111111111"; of = "nar"; }
+                   { sha256 = "2222222222222222222222222222222222222222222222222222222222222222"; of = "file"; }
+                   { sha256 = null; of = "files"; } "nar" [ true ] [ true ] ];
+    };
     missing-wheels-by-pep503-name = {
       got = [ (lib.missingWheels { distributions = [ "numpy" "prometheus-client" ]; } [ "NumPy" "Prometheus_Client" "uvicorn" ])
               (lib.missingWheels { } [ "uvicorn" ]) (lib.distName "zope.Interface_x") ];

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from mlbuild import _nix
 from mlbuild.image import ArchiveInfo, read_archive
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, build_path, run_cli
 from tests.integration.conftest import digits_repo  # noqa: F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.torch]
@@ -150,9 +150,9 @@ def forward(package: Path, x: np.ndarray) -> np.ndarray:
         return np.asarray(model(module.preprocess(x)).argmax(-1).numpy())
 
 
-def test_container_predicts_like_the_package(container: str, package: Path) -> None:
+def test_container_predicts_like_the_package(container: str, package: Path, digits_repo: Path) -> None:  # noqa: F811
     manifest = json.loads((package / "manifest.json").read_text())
-    test = np.loadtxt(Path(manifest["datasets"]["digits-split"]["path"]) / "test.csv", delimiter=",",
+    test = np.loadtxt(build_path(digits_repo, "datasets.digits-split") / "test.csv", delimiter=",",
                       dtype=np.float32)
     x, y = test[:64, :-1], test[:64, -1].astype(np.int64)
     with httpclient.InferenceServerClient(container) as c:
@@ -212,6 +212,8 @@ def test_image_holds_exactly_the_closure(archive: Path, info: ArchiveInfo, packa
     assert [sorted(p)[0].split("-", 1)[1] for p in found[:2]] == ["python-3.11.7", "python-3.11.7-toolchain"]
     model_layer = {p.split("-", 1)[1] for p in found[MODEL_LAYER]}
     assert model_layer == {"digits-model", "digits-package", "digits-validation"}
+    # No dataset: the training output and the validation report name theirs by hash.
+    assert not [p for p in set().union(*found) if p.endswith(("-digits-split", "-digits-raw"))]
     assert found[-1] == set()  # the etc layer
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from tests.conftest import run_cli
+from tests.conftest import build_path, run_cli
 from tests.e2e.test_image import forward, free_port, wait_ready
 from tests.integration.conftest import digits_repo  # noqa: F401
 
@@ -77,7 +77,7 @@ def loaded(digits_repo: Path, docker_env: dict[str, str]) -> str:  # noqa: F811
     return out.strip().splitlines()[-1]
 
 
-def test_docker_load_and_run_predicts(loaded: str, docker_env: dict[str, str]) -> None:
+def test_docker_load_and_run_predicts(loaded: str, docker_env: dict[str, str], digits_repo: Path) -> None:  # noqa: F811
     image = json.loads(docker(docker_env, "image", "inspect", loaded).stdout)[0]
     cfg = image["Config"]
     package = Path(cfg["Labels"]["mlbuild.package"])
@@ -95,7 +95,7 @@ def test_docker_load_and_run_predicts(loaded: str, docker_env: dict[str, str]) -
         wait_ready(url, lambda: docker(docker_env, "inspect", "--format", "{{.State.Status}}", name,
                                        check=False).stdout.strip(),
                    lambda: docker(docker_env, "logs", name, check=False).stderr, timeout=120)
-        test = np.loadtxt(Path(manifest["datasets"]["digits-split"]["path"]) / "test.csv", delimiter=",",
+        test = np.loadtxt(build_path(digits_repo, "datasets.digits-split") / "test.csv", delimiter=",",
                           dtype=np.float32)
         x = test[:32, :-1]
         with httpclient.InferenceServerClient(url) as c:

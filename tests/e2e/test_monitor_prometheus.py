@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import build_path, run_cli
 from tests.integration.conftest import digits_repo  # noqa: F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.torch]
@@ -97,7 +97,8 @@ def stack(digits_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     wait("prometheus", lambda: "Ready" in http("GET", f"http://127.0.0.1:{prom_port}/-/ready"))
     try:
         yield {"package": Path(package), "server": f"http://127.0.0.1:{server_port}",
-               "monitor": f"http://127.0.0.1:{monitor_port}", "prom": f"http://127.0.0.1:{prom_port}", "conf": conf}
+               "monitor": f"http://127.0.0.1:{monitor_port}", "prom": f"http://127.0.0.1:{prom_port}", "conf": conf,
+               "repo": digits_repo}
     finally:
         procs.stop()
 
@@ -119,7 +120,7 @@ def test_prometheus_sees_the_suite_on_the_live_server(stack: dict[str, Any]) -> 
 
 
 def test_wrong_feedback_makes_the_alert_condition_true(stack: dict[str, Any]) -> None:
-    split = Path(json.loads((stack["package"] / "manifest.json").read_text())["datasets"]["digits-split"]["path"])
+    split = build_path(stack["repo"], "datasets.digits-split")
     data = np.loadtxt(split / "test.csv", delimiter=",", dtype=np.float32)[:60]
     x, y = data[:, :-1], data[:, -1].astype(int)
     feedback = []

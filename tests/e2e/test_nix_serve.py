@@ -16,7 +16,7 @@ import torch
 import tritonclient.http as httpclient
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, build_path, run_cli
 from tests.integration.conftest import digits_repo, repo_example_digits  # noqa: F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.torch]
@@ -60,7 +60,7 @@ def served(repo_example_digits: Path | None, digits_repo: Path, tmp_path_factory
     else:  # this host re-locked a copy: `mlbuild serve` builds and runs the same package
         package = Path(run_cli("build", "digits", cwd=digits_repo).stdout.split("\t")[1].split("\n")[0])
         server = NixServer([sys.executable, "-m", "mlbuild.cli", "serve", "digits"], digits_repo, work)
-    yield server, package
+    yield server, package, digits_repo
     server.stop()
 
 
@@ -81,17 +81,16 @@ def forward(package: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return torch.softmax(logits, -1).numpy(), logits.argmax(-1).numpy()
 
 
-def held_out(package: Path) -> tuple[np.ndarray, np.ndarray]:
-    manifest = json.loads((package / "manifest.json").read_text())
-    split = Path(manifest["datasets"]["digits-split"]["path"])
+def held_out(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    split = build_path(root, "datasets.digits-split")
     a = np.loadtxt(split / "test.csv", delimiter=",", dtype=np.float32)
     return a[:, :-1], a[:, -1].astype(np.int64)
 
 
 @pytest.mark.parametrize("binary", [False, True])
 def test_nix_run_serves_the_package(served, binary: bool) -> None:
-    server, package = served
-    x, y = held_out(package)
+    server, package, root = served
+    x, y = held_out(root)  # the same split (content-addressed inputs) in either case
     x = x[:100]
     with httpclient.InferenceServerClient(server.url) as c:
         assert c.is_server_live() and c.is_server_ready() and c.is_model_ready("digits")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file
 
-from tests.conftest import run_cli
+from mlbuild.runtime.hashing import tree_digest, tree_hashes
+from tests.conftest import build_path, run_cli
 from tests.integration.conftest import commit_all, instantiate
 
 pytestmark = [pytest.mark.integration, pytest.mark.torch]
@@ -38,7 +39,13 @@ def test_outputs_and_provenance(digits_repo: Path, trained: str) -> None:
     lock = json.loads((digits_repo / "mlbuild.lock").read_text())
     assert prov["params"]["epochs"] == 30 and prov["seed"] == 0 and prov["device"] == "cpu"
     assert set(prov["datasets"]) == {"digits-split"}
-    assert prov["datasets"]["digits-split"]["path"].startswith("/nix/store/")
+    # The datasets by content hash, not by path: a path would be a reference, and the package's
+    # closure (and its image) would carry the training data.
+    split = build_path(digits_repo, "datasets.digits-split")
+    assert prov["datasets"]["digits-split"] == {"sha256": tree_digest(tree_hashes(split)), "of": "files"}
+    closure = subprocess.run(["nix-store", "-qR", build_path(digits_repo, "digits")], capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert not [p for p in closure if p.endswith(("-digits-split", "-digits-raw"))]
     assert list(prov["code"]["files"]) == ["model.py"]
     assert prov["toolchain"].startswith("/nix/store/") and prov["interpreter"] == lock["interpreter"]["version"]
     assert prov["determinism"]["deterministic"] is True and prov["determinism"]["threads"] == 1
@@ -112,6 +119,24 @@ def test_training_error_shows_log_tail(digits_repo: Path) -> None:
         assert proc.returncode == 1 and "Traceback" not in proc.stderr.split("---")[0]
         assert "ValueError: bad learning rate schedule" in proc.stderr
         assert "last lines of the build log of digits-model" in proc.stderr
+    finally:
+        model.write_text(original)
+        commit_all(digits_repo, "fixed")
+
+
+def test_an_output_naming_a_dataset_path_is_refused(digits_repo: Path) -> None:
+    """Writing ctx.data[...] into the output would make the package (and its image) carry the data."""
+    model = digits_repo / "model.py"
+    original = model.read_text()
+    model.write_text(original.replace(
+        '    p = ctx.params\n',
+        '    p = ctx.params\n    (ctx.out / "inputs.txt").write_text(str(ctx.data["digits-split"]))\n', 1))
+    commit_all(digits_repo, "names its data")
+    try:
+        proc = run_cli("build", "digits.model", cwd=digits_repo, check=False)
+        assert proc.returncode == 1
+        assert "inputs.txt names the store path of dataset digits-split" in proc.stderr
+        assert "copy what the model needs" in proc.stderr
     finally:
         model.write_text(original)
         commit_all(digits_repo, "fixed")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from tests.conftest import run_cli
+from mlbuild.runtime.hashing import tree_digest, tree_hashes
+from tests.conftest import build_path, run_cli
 from tests.integration.conftest import commit_all, git
 
 pytestmark = [pytest.mark.integration, pytest.mark.torch]
@@ -23,7 +24,8 @@ def test_metrics_equal_sklearn(digits_repo: Path) -> None:
     report = Path(built(digits_repo, "digits.validation.report"))
     r = json.loads((report / "metrics.json").read_text())
     pred = np.load(report / "predictions.npy")
-    split = Path(r["dataset"]["path"])
+    split = build_path(digits_repo, "datasets.digits-split")
+    assert r["dataset"] == {"name": "digits-split", "sha256": tree_digest(tree_hashes(split)), "of": "files"}
     y = np.loadtxt(split / "test.csv", delimiter=",", dtype=np.int64)[:, -1]
     assert r["n"] == len(y) == len(pred)
     assert r["metrics"]["accuracy"] == pytest.approx(skm.accuracy_score(y, pred), abs=0)
