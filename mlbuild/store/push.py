@@ -87,7 +87,9 @@ def topological(infos: dict[str, PathInfo]) -> list[str]:
     return order
 
 
-def _closure(targets: list[str], local_store: str | None, build_deps: bool) -> dict[str, PathInfo]:
+def _closure(targets: list[str], local_store: str | None,
+             build_deps: bool) -> tuple[dict[str, PathInfo], list[str]]:
+    """What to upload, and the build-time inputs among it that no target refers to."""
     try:   # one Nix call when every target is valid (the usual case)
         infos = path_infos(targets, store=local_store, recursive=True)
     except NixError:
@@ -102,7 +104,8 @@ def _closure(targets: list[str], local_store: str | None, build_deps: bool) -> d
         drvs = [d for d in drvs if d not in set(_nix.invalid_paths_in(drvs, store=local_store))]
         extra = [p for p in _nix.build_closure(drvs, store=local_store) if p not in infos]
         infos.update(path_infos(extra, store=local_store, recursive=True))
-    return infos
+        return infos, sorted(extra)
+    return infos, []
 
 
 def _complete(layout: Layout, narinfo: Path) -> bool:
@@ -122,7 +125,7 @@ def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
 
     ``build_deps`` also uploads what rebuilding the targets needs (the valid outputs in the
     closure of their derivations), so another machine can rebuild a changed dependent without
-    building the unchanged inputs. ``name`` is the push record's name (gc keeps the newest
+    building the unchanged inputs; the push record roots them for gc as it roots the targets. ``name`` is the push record's name (gc keeps the newest
     ``cfg.keep_last`` per name); default: each target's name without its hash.
     """
     start = time.monotonic()
@@ -134,8 +137,10 @@ def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
     groups: dict[str, list[str]] = {}
     for p in paths:
         groups.setdefault(name or default_name(p), []).append(p)
-    infos = _closure(paths, local_store, build_deps)
-    result.records = [record_push(layout, n, ps) for n, ps in groups.items()]   # before any skip
+    infos, build_inputs = _closure(paths, local_store, build_deps)
+    # The record roots the build-time inputs too (the toolchain's wheels, a derived dataset no
+    # output refers to): gc keeps what rebuilding a changed dependent needs as long as the push.
+    result.records = [record_push(layout, n, ps + build_inputs) for n, ps in groups.items()]   # before any skip
     for path in topological(infos):
         existing = layout.narinfo(path)
         if existing.exists() and _complete(layout, existing):

@@ -46,6 +46,12 @@ def test_build_on_a_push_substitute_on_b(tmp_path: Path) -> None:
     assert any(p.endswith("-store-test-toolchain") for p in changed.fetched)   # a build-time input
     assert verify(cfg).ok
 
+    # The newest push roots what rebuilding needs as well as its targets: gc keeps the toolchain,
+    # a build-time input no output refers to, so B's rebuild above keeps working after a gc.
+    kept = gc(cfg, grace=0, keep_last=1)
+    assert not kept.removed_paths and any(p.endswith("-store-test-toolchain") for p in kept.kept)
+    assert len(kept.kept) == 5
+
     # A release tag keeps the first package; gc drops nothing it needs, B2 still substitutes it.
     tag(cfg, "release-1", [on_a.outputs["package"]])
     report = gc(cfg, grace=0, keep_last=0)

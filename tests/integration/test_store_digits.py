@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from mlbuild import _nix
-from mlbuild.store import StoreConfig, verify
+from mlbuild.store import StoreConfig, gc, verify
 from tests.conftest import REPO, run_cli
 from tests.integration.test_store_machines import Machine, make_store, store_env
 
@@ -69,6 +69,11 @@ def test_digits_build_on_a_substitute_on_b(digits_repo: Path, tmp_path: Path) ->
     on_a = dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
     assert set(on_a) == set(TARGETS), out
     assert "pushed" in out.splitlines()[-1], out
+
+    # No output refers to the split now (the package names its data by hash), but the push
+    # recorded it with the other build-time inputs: gc keeps it for retraining elsewhere.
+    kept = gc(cfg, grace=0, keep_last=1)
+    assert not kept.removed_paths and any(p.endswith("-digits-split") for p in kept.kept)
 
     store = reader(cfg)
     b = SandboxedMachine(tmp_path / "B")
