@@ -125,8 +125,9 @@ def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
 
     ``build_deps`` also uploads what rebuilding the targets needs (the valid outputs in the
     closure of their derivations), so another machine can rebuild a changed dependent without
-    building the unchanged inputs; the push record roots them for gc as it roots the targets. ``name`` is the push record's name (gc keeps the newest
-    ``cfg.keep_last`` per name); default: each target's name without its hash.
+    building the unchanged inputs; the push record roots them for gc, as it roots the targets.
+    ``name`` is the push record's name (gc keeps the newest ``cfg.keep_last`` per name);
+    default: each target's name without its hash.
     """
     start = time.monotonic()
     layout = Layout(cfg.root)
