@@ -40,3 +40,18 @@ def test_find_store_paths_sees_what_nix_would_call_a_reference(tmp_path: Path) -
     paths = {"u1-split": SPLIT, "u1-raw": RAW, "other": "/nix/store/" + "a" * 32 + "-other"}
     assert sorted(find_store_paths(out, paths, chunk=16)) == [("u1-raw", "link"), ("u1-split", "deep/notes.bin")]
     assert find_store_paths(out, {"other": paths["other"]}) == []
+
+
+def test_validation_reuses_the_trainings_record_of_its_dataset(tmp_path: Path) -> None:
+    from mlbuild.runtime.validate import _dataset_hash
+
+    (tmp_path / "held-out").mkdir()
+    (tmp_path / "held-out" / "test.csv").write_text("1,0\n")
+    spec = {"dataset_name": "split", "dataset": {"path": str(tmp_path / "held-out"), "sha256": None, "of": "files"}}
+    recorded = {"sha256": "cd" * 32, "of": "files"}
+    # trained on it: the training's record, the split not read again
+    assert _dataset_hash({"datasets": {"split": recorded}}, spec) == recorded
+    # held-out data the model never saw, or a manifest of an older layout (paths): computed
+    computed = {"sha256": tree_digest(tree_hashes(tmp_path / "held-out")), "of": "files"}
+    assert _dataset_hash({"datasets": {"other": recorded}}, spec) == computed
+    assert _dataset_hash({"datasets": {"split": {"path": "/nix/store/x", "sha256": None}}}, spec) == computed
