@@ -59,7 +59,7 @@ def read_csv_shape(path: Path) -> CsvShape:
     """Feature count, classes and header of a classification CSV: numeric features, then the class
     in the last column, as a number 0..K-1 or as a name (names are numbered in sorted order)."""
     try:
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # a BOM (spreadsheet exports) is not data
             rows = [[c.strip() for c in r] for r in csv.reader(f) if r]
     except (OSError, UnicodeDecodeError) as e:
         raise InitError(f"cannot read {path}: {e}") from None
@@ -70,6 +70,11 @@ def read_csv_shape(path: Path) -> CsvShape:
         except ValueError:
             return None
 
+    if rows and len(rows[0]) < 2:  # one column: not comma-separated, or no class column
+        seen = next((name for d, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")) if d in rows[0][0]), None)
+        guess = f"; it looks separated by {seen}: save it with commas" if seen else ""
+        raise InitError(f"{path}, line 1: {rows[0][0][:80]!r} is one column{guess}. mlbuild init reads comma-separated "
+                        "values: the numeric features, then the class")
     header = bool(rows) and numbers(rows[0][:-1]) is None
     body = rows[1:] if header else rows
     if len(body) < 4:
@@ -192,7 +197,7 @@ def prepare(inputs: dict[str, Path], out: Path, params: dict) -> None:
     raw = inputs["{name}-raw"]
     if raw.is_dir():  # a folder of data: its one CSV file
         raw = next(raw.glob("*.csv"))
-    with raw.open(newline="") as f:
+    with raw.open(newline="", encoding="utf-8-sig") as f:
         rows = [[c.strip() for c in r] for r in csv.reader(f) if r][1 if params["header"] else 0:]
     names = params.get("labels")  # the last column holds these names; else class numbers
     number = {{n: i for i, n in enumerate(names)}} if names else None

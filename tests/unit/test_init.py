@@ -41,6 +41,9 @@ def test_class_names_in_the_last_column_are_numbered_in_sorted_order(tmp_path: P
 
 @pytest.mark.parametrize(("text", "message"), [
     ("a,b\n1,0\n2,1\n", "has 2 data rows"),
+    ("a;b;label\n1;2;x\n", "line 1: 'a;b;label' is one column; it looks separated by semicolons: save it with commas"),
+    ("1\t2\t0\n3\t4\t1\n", "line 1: '1\\t2\\t0' is one column; it looks separated by tabs"),
+    ("0\n1\n0\n1\n", "line 1: '0' is one column. mlbuild init reads comma-separated values"),
     ("1,2,0\n3,4,1\n5,x,0\n7,8,1\n", "line 3: '5,x,0' is not 2 numbers and a class"),
     ("1,2,0\n3,4,1\n5,6\n7,8,1\n", "line 3: '5,6' is not 2 numbers and a class"),
     ("1,2,1\n3,4,2\n5,6,1\n7,8,2\n", "holds 1, 2; it must hold the class: the numbers 0..1, or names"),
@@ -125,3 +128,11 @@ def test_paths_with_quotes_stay_valid_toml(tmp_path: Path) -> None:
     config = tomllib.loads((root / "mlbuild.toml").read_text())
     assert config["python"]["interpreter"] == '/opt/py "3"/bin/python'
     assert config["datasets"]["q-raw"]["path"] == 'data/my "best" \\ data.csv'
+
+
+def test_a_byte_order_mark_is_not_data(tmp_path: Path) -> None:
+    # Spreadsheets save CSVs with a UTF-8 BOM: without a header row, the first row is still data.
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufeff1,2,0\n3,4,1\n5,6,0\n7,8,1\n9,9,0\n8,8,1\n7,7,0\n6,6,1\n".encode())
+    shape = read_csv_shape(path)
+    assert (shape.header, shape.rows, shape.features, shape.classes) == (False, 8, 2, 2)
