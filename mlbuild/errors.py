@@ -12,6 +12,7 @@ __all__ = [
     "NixError",
     "NixNotFoundError",
     "BuildError",
+    "DataError",
 ]
 
 
@@ -29,6 +30,10 @@ class LockError(MlbuildError):
 
 class ResolveError(MlbuildError):
     """pip could not resolve or fetch the requirements."""
+
+
+class DataError(MlbuildError):
+    """A dataset is missing, changed, or declared wrongly, or its files cannot go into the store."""
 
 
 class HashMismatchError(MlbuildError):

@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import _nix, git
 from ..config import Project
-from ..errors import ConfigError, MlbuildError
+from ..errors import ConfigError, DataError
 from ..lockfile import read_lock, write_lock
 from ..runtime.hashing import sha256_file
 from ..storepath import fixed_output_path
@@ -29,10 +29,6 @@ from .importer import Imported, import_path
 __all__ = ["Dataset", "DataError", "datasets", "add", "status", "diff", "locked_path", "Status", "FileDiff"]
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
-
-
-class DataError(MlbuildError):
-    """A dataset is missing, changed, or declared wrongly."""
 
 
 @dataclass(frozen=True)
@@ -119,21 +115,22 @@ def add(project: Project, name: str, path: Path) -> tuple[Imported | None, str]:
     existing = _one(name, table) if table is not None else None
     if existing is not None and existing.kind != "path":
         raise DataError(f"dataset {name!r} is a {existing.kind} dataset; `data add` is for local files and folders")
+    source = path.resolve()   # a symlinked file or folder: its content is the data
     try:
-        rel = path.resolve().relative_to(project.root).as_posix()
+        rel = source.relative_to(project.root).as_posix()
     except ValueError:
-        rel = str(path.resolve())
+        rel = str(source)
+    cache = project.root / ".mlbuild"
+    lock = read_lock(project.lock_path)
+    sha, entries = statcache.lookup(cache, name, source)
+    result = None
+    if sha is None or _nix.invalid_paths([fixed_output_path(sha, name, recursive=True)]):
+        result = import_path(source, name)   # DataError for what cannot go in: nothing is written then
+        sha = result.sha256
+        statcache.remember(cache, name, source, entries, sha)
     if existing is None:
         _declare(project, name, rel)
         project = load_project(project.root)
-    cache = project.root / ".mlbuild"
-    lock = read_lock(project.lock_path)
-    sha, entries = statcache.lookup(cache, name, path)
-    result = None
-    if sha is None or _nix.invalid_paths([fixed_output_path(sha, name, recursive=True)]):
-        result = import_path(path, name)
-        sha = result.sha256
-        statcache.remember(cache, name, path, entries, sha)
     entry: dict[str, Any] = {"sha256": sha, "kind": "path"}
     if result is not None:
         entry.update(files=result.files, size=result.size)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .. import _nix
 from ..nar import CHUNK, _str, nar_sha256
-from ..errors import StoreCorruptError
+from ..errors import DataError, StoreCorruptError
 from ..fastcopy import HashPipe, kernel_copy
 from ..storepath import fixed_output_path
 
@@ -45,7 +45,8 @@ class Imported:
 class _Copier:
     """Walks a tree in NAR order, writing the NAR to a hash and the files to ``dest``."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: str) -> None:
+        self.root = root     # the dataset's top folder (links must stay inside it)
         self.h = hashlib.sha256()
         self.nar_size = 0
         self.files = 0
@@ -62,6 +63,7 @@ class _Copier:
         self.w(_str(b"("))
         if stat.S_ISLNK(st.st_mode):
             target = os.readlink(src)
+            check_link(self.root, src, target)
             self.w(_str(b"type") + _str(b"symlink") + _str(b"target") + _str(os.fsencode(target)))
             os.symlink(target, dst)
         elif stat.S_ISDIR(st.st_mode):
@@ -84,7 +86,8 @@ class _Copier:
             self.w(_str(b"contents") + st.st_size.to_bytes(8, "little"))
             self._file(src, dst, st.st_size, 0o555 if executable else 0o444)
         else:
-            raise ValueError(f"{src}: not a file, folder or symlink; it cannot go into a dataset")
+            raise DataError(f"{src} is not a file, folder or symlink (a pipe, socket or device); it cannot go into "
+                            "a dataset: move it out of the folder, or add a folder without it")
         self.w(_str(b")"))
 
     def _file(self, src: str, dst: str, size: int, mode: int) -> None:
@@ -100,10 +103,12 @@ class _Copier:
                     try:
                         kernel_copy(fin, fout, size, what=src, on_slice=lambda off, n: pipe.region(dst, off, n))
                     except StoreCorruptError:
-                        raise ValueError(f"{src} changed size while it was copied (it had {size} bytes)") from None
+                        raise DataError(f"{src} changed size while it was copied (it had {size} bytes); "
+                                        "run data add again once nothing writes to it") from None
                     _, hashed = pipe.finish()
                 if hashed != size:
-                    raise ValueError(f"{src}: hashed {hashed} of its {size} bytes")
+                    raise DataError(f"{src}: hashed {hashed} of its {size} bytes (it changed while it was copied); "
+                                    "run data add again once nothing writes to it")
             else:
                 self._copy_and_hash(fin, fout, size, src)
             pad = (-size) % 8
@@ -130,7 +135,8 @@ class _Copier:
                 written += os.write(fout, chunk[written:])
             done += n
         if done != size:
-            raise ValueError(f"{src} changed size while it was read ({size} -> {done} bytes)")
+            raise DataError(f"{src} changed size while it was read ({size} -> {done} bytes); "
+                            "run data add again once nothing writes to it")
 
 _PARALLEL = 8 << 20
 _READAHEAD_MIN = 16        # folders with more entries than this are read ahead
@@ -172,6 +178,19 @@ def _readahead(folder: str, names: list[str], copier: _Copier) -> None:
             os.close(fd)
 
 
+def check_link(root: str, link: str, target: str) -> None:
+    """Refuse a symlink that would dangle in the store: one to an absolute path, or one leading
+    out of the dataset's folder ``root`` (checked on the link's text, as the store keeps it)."""
+    if os.path.isabs(target):
+        where, fix = "an absolute path", "make it relative to its folder, or copy the file in"
+    else:
+        resolved = os.path.normpath(os.path.join(os.path.dirname(link), target))
+        if resolved == root or resolved.startswith(root.rstrip(os.sep) + os.sep):
+            return
+        where, fix = f"outside {root}", f"copy the file into {root}, or add a folder that holds both"
+    raise DataError(f"{link} is a symlink to {target}, {where}: in the Nix store it would point at nothing; {fix}")
+
+
 def fast_path_available() -> bool:
     store = Path(_nix.store_dir())
     if os.environ.get("NIX_REMOTE", "local") not in ("", "local") or not os.access(store, os.W_OK):
@@ -195,7 +214,7 @@ def _remove(path: str) -> None:
 
 def _fast_import(src: Path, name: str) -> Imported:
     stage = STAGING / f"{uuid.uuid4().hex}-{os.getpid()}"
-    c = _Copier()
+    c = _Copier(str(src))
     try:
         c.w(_str(b"nix-archive-1"))
         c.node(str(src), str(stage))
@@ -219,22 +238,28 @@ def _fast_import(src: Path, name: str) -> Imported:
 
 
 def _count(src: Path) -> tuple[int, int]:
+    """Files and bytes under ``src``; its links checked as the fast path checks them."""
     if not src.is_dir():
         return 1, src.stat().st_size
     files = size = 0
-    for dirpath, _dirs, names in os.walk(src):
-        for n in names:
+    for dirpath, dirs, names in os.walk(src):
+        for n in names + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
             p = os.path.join(dirpath, n)
-            if not os.path.islink(p):
+            if os.path.islink(p):
+                check_link(str(src), p, os.readlink(p))
+            else:
                 files += 1
                 size += os.path.getsize(p)
     return files, size
 
 
 def _slow_import(src: Path, name: str) -> Imported:
-    sha = nar_sha256(str(src))
-    target = fixed_output_path(sha, name, recursive=True)
     files, size = _count(src)
+    try:
+        sha = nar_sha256(str(src))
+    except ValueError as e:   # a pipe, socket or device
+        raise DataError(f"{e}: move it out of the folder, or add a folder without it") from None
+    target = fixed_output_path(sha, name, recursive=True)
     if _nix.invalid_paths([target]):
         with tempfile.TemporaryDirectory(prefix="mlbuild-import-") as tmp:
             named = Path(tmp) / name
@@ -250,5 +275,9 @@ def _slow_import(src: Path, name: str) -> Imported:
 
 
 def import_path(src: Path, name: str) -> Imported:
-    """Put ``src`` into the store as ``<hash>-<name>``; returns where and its NAR sha256."""
+    """Put ``src`` into the store as ``<hash>-<name>``; returns where and its NAR sha256.
+
+    ``src`` itself is followed when it is a symlink (its content is the data); links inside it
+    stay links, and must point inside it. DataError names a file that cannot go in."""
+    src = src.resolve()
     return _fast_import(src, name) if fast_path_available() else _slow_import(src, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import uuid
@@ -186,3 +187,37 @@ def test_push_and_pull_datasets_through_the_shared_store(data_project: Path, tmp
     subprocess.run(["nix-store", "--verify-path", path], check=True)
     assert run_cli("data", "pull", "fresh", cwd=data_project, env=env).stdout.startswith(
         f"fresh: already present {path}")
+
+
+
+def _refused(root: Path, *expected: str) -> None:
+    proc = run_cli("data", "add", "new", "data/new", cwd=root, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert all(e in proc.stderr for e in expected), proc.stderr
+
+
+def test_files_that_cannot_go_into_the_store_are_refused_and_nothing_is_written(data_project: Path,
+                                                                             tmp_path: Path) -> None:
+    before = {f: (data_project / f).read_text() for f in ("mlbuild.toml", "mlbuild.lock")}
+    outside = write_tree(tmp_path / "elsewhere", {"big.csv": "1,2\n"})
+    new = write_tree(data_project / "data" / "new", {"a.csv": "1\n", "sub": {"b.csv": "2\n"}})
+    link = new / "link.csv"
+    link.symlink_to(outside / "big.csv")
+    _refused(data_project, f"{link} is a symlink to {outside / 'big.csv'}, an absolute path",
+             "in the Nix store it would point at nothing")
+    link.unlink()
+    up = new / "sub" / "up.csv"
+    up.symlink_to("../../../elsewhere/big.csv")
+    _refused(data_project, f"{up} is a symlink to ../../../elsewhere/big.csv, outside {new}",
+             f"copy the file into {new}")
+    up.unlink()
+    os.mkfifo(new / "pipe")
+    _refused(data_project, f"{new / 'pipe'} is not a file, folder or symlink")
+    (new / "pipe").unlink()
+    # Nothing was declared or locked by the refused adds.
+    assert {f: (data_project / f).read_text() for f in before} == before
+    # A link inside the dataset stays a link; a symlinked dataset folder is read through.
+    (new / "sub" / "same.csv").symlink_to("../a.csv")
+    (data_project / "data" / "alias").symlink_to(new)
+    assert "2 files" in run_cli("data", "add", "new", "data/alias", cwd=data_project).stdout
+    assert lock(data_project)["datasets"]["new"]["sha256"] == nar_sha256(str(new))
