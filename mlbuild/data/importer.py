@@ -181,12 +181,14 @@ def _readahead(folder: str, names: list[str], copier: _Copier) -> None:
 def check_link(root: str, link: str, target: str) -> None:
     """Refuse a symlink that would dangle in the store: one to an absolute path, or one leading
     out of the dataset's folder ``root`` (checked on the link's text, as the store keeps it)."""
+    resolved = os.path.normpath(os.path.join(os.path.dirname(link), target))
+    inside = resolved == root or resolved.startswith(root.rstrip(os.sep) + os.sep)
     if os.path.isabs(target):
-        where, fix = "an absolute path", "make it relative to its folder, or copy the file in"
+        where = "an absolute path"
+        fix = "make it relative to its folder" if inside else f"copy the file into {root}"
+    elif inside:
+        return
     else:
-        resolved = os.path.normpath(os.path.join(os.path.dirname(link), target))
-        if resolved == root or resolved.startswith(root.rstrip(os.sep) + os.sep):
-            return
         where, fix = f"outside {root}", f"copy the file into {root}, or add a folder that holds both"
     raise DataError(f"{link} is a symlink to {target}, {where}: in the Nix store it would point at nothing; {fix}")
 

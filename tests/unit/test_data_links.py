@@ -16,7 +16,9 @@ def test_links_inside_the_dataset_are_kept(target: str) -> None:
 
 
 @pytest.mark.parametrize(("link", "target", "message"), [
-    ("/data/d/l", "/data/d/a.csv", "/data/d/l is a symlink to /data/d/a.csv, an absolute path"),
+    ("/data/d/l", "/data/d/a.csv", "/data/d/l is a symlink to /data/d/a.csv, an absolute path: in the Nix store it "
+                                   "would point at nothing; make it relative to its folder"),
+    ("/data/d/l", "/mnt/a.csv", "an absolute path: in the Nix store it would point at nothing; copy the file into /data/d"),
     ("/data/d/l", "../other/a.csv", "/data/d/l is a symlink to ../other/a.csv, outside /data/d"),
     ("/data/d/sub/l", "../../d2/a.csv", "outside /data/d: in the Nix store it would point at nothing"),
     ("/data/d/l", "..", "outside /data/d"),
