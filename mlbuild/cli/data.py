@@ -49,8 +49,9 @@ def status(ctx: click.Context) -> None:
     project = load(ctx)
     rows = ds.status(project, shared_hashes(project))
     width = max([len(r.name) for r in rows] + [4])
+    states = max([len(r.state) for r in rows] + [8])
     for r in rows:
-        click.echo(f"{r.name:<{width}}  {r.kind:<7}  {r.state:<8}  {r.detail}")
+        click.echo(f"{r.name:<{width}}  {r.kind:<7}  {r.state:<{states}}  {r.detail}")
 
 
 @data.command()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from ..lockfile import read_lock, write_lock
 from ..runtime.hashing import sha256_file
 from ..storepath import fixed_output_path
 from . import statcache
-from .importer import Imported, import_path
+from .importer import Imported, import_path, not_storable
 
 __all__ = ["Dataset", "DataError", "datasets", "add", "status", "diff", "locked_path", "Status", "FileDiff"]
 
@@ -156,7 +157,8 @@ class Status:
 
 
 def status(project: Project, shared: "set[str] | None" = None) -> list[Status]:
-    """Each dataset: present locally, in the shared store, missing, or changed on disk."""
+    """Each dataset: present locally, in the shared store, missing, changed on disk, or holding
+    what no store can (unstorable: a pipe, socket or device)."""
     lock = read_lock(project.lock_path)
     out = []
     for name, ds in sorted(datasets(project).items()):
@@ -174,7 +176,12 @@ def status(project: Project, shared: "set[str] | None" = None) -> list[Status]:
                 cached, _ = statcache.lookup(project.root / ".mlbuild", name, local)
                 if cached is None:
                     from ..nar import nar_sha256
-                    cached = nar_sha256(str(local))
+                    try:
+                        cached = nar_sha256(str(local))
+                    except ValueError as e:   # a pipe, socket or device: `data add` refuses it too
+                        out.append(Status(name, ds.kind, "unstorable", sha,
+                                          f"{e}; move it out of {ds.path}"))
+                        continue
                 if cached != sha:
                     out.append(Status(name, ds.kind, "changed", sha,
                                       f"{ds.path} differs from the lock; `mlbuild data add {name} {ds.path}` "
@@ -205,8 +212,11 @@ def _files(root: Path) -> dict[str, tuple[int, str]]:
     for dirpath, _dirs, names in os.walk(root):
         for n in names:
             p = Path(dirpath) / n
-            if not p.is_symlink():
-                out[p.relative_to(root).as_posix()] = (p.stat().st_size, sha256_file(p))
+            st = p.lstat()
+            if stat.S_ISREG(st.st_mode):
+                out[p.relative_to(root).as_posix()] = (st.st_size, sha256_file(p))
+            elif not stat.S_ISLNK(st.st_mode):
+                raise not_storable(p)   # a pipe would block the read for ever
     return out
 
 

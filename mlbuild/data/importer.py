@@ -28,7 +28,7 @@ from ..errors import DataError, StoreCorruptError
 from ..fastcopy import HashPipe, kernel_copy
 from ..storepath import fixed_output_path
 
-__all__ = ["Imported", "import_path", "fast_path_available", "STAGING"]
+__all__ = ["Imported", "import_path", "fast_path_available", "STAGING", "check_link", "not_storable"]
 
 STAGING = Path(os.environ.get("MLBUILD_STAGING", "/nix/var/mlbuild/staging"))
 
@@ -86,8 +86,7 @@ class _Copier:
             self.w(_str(b"contents") + st.st_size.to_bytes(8, "little"))
             self._file(src, dst, st.st_size, 0o555 if executable else 0o444)
         else:
-            raise DataError(f"{src} is not a file, folder or symlink (a pipe, socket or device); it cannot go into "
-                            "a dataset: move it out of the folder, or add a folder without it")
+            raise not_storable(src)
         self.w(_str(b")"))
 
     def _file(self, src: str, dst: str, size: int, mode: int) -> None:
@@ -176,6 +175,12 @@ def _readahead(folder: str, names: list[str], copier: _Copier) -> None:
             pass
         finally:
             os.close(fd)
+
+
+def not_storable(path: str | Path) -> DataError:
+    """The error for a pipe, socket or device in a dataset (Nix stores files, folders and links)."""
+    return DataError(f"{path} is not a file, folder or symlink (a pipe, socket or device); it cannot go into a "
+                     "dataset: move it out of the folder, or add a folder without it")
 
 
 def check_link(root: str, link: str, target: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mlbuild.nar import nar_sha256
-from tests.conftest import run_cli, write_tree
+from tests.conftest import MLBUILD, run_cli, write_tree
 from tests.integration.conftest import commit_all, git, git_repo, small_project
 
 pytestmark = pytest.mark.integration
@@ -221,3 +221,17 @@ def test_files_that_cannot_go_into_the_store_are_refused_and_nothing_is_written(
     (data_project / "data" / "alias").symlink_to(new)
     assert "2 files" in run_cli("data", "add", "new", "data/alias", cwd=data_project).stdout
     assert lock(data_project)["datasets"]["new"]["sha256"] == nar_sha256(str(new))
+
+
+def test_status_and_diff_name_a_pipe_instead_of_failing_or_blocking(data_project: Path) -> None:
+    os.mkfifo(data_project / "data" / "raw" / "pipe")
+    try:
+        out = run_cli("data", "status", cwd=data_project).stdout
+        line = next(x for x in out.splitlines() if x.startswith("raw "))
+        assert "unstorable" in line and "pipe" in line and "move it out of data/raw" in line
+        # diff read every file: a pipe blocked it for ever; now it is refused at once
+        proc = subprocess.run([*MLBUILD, "data", "diff", "raw"], cwd=data_project, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 1 and "pipe is not a file, folder or symlink" in proc.stderr
+    finally:
+        (data_project / "data" / "raw" / "pipe").unlink()
