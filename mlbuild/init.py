@@ -15,7 +15,7 @@ import json
 import math
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import MlbuildError
@@ -53,6 +53,7 @@ class Created:
     csv: str
     files: list[Path]
     shape: CsvShape | None
+    extended: list[Path] = field(default_factory=list)   # existing files it added lines to (.gitignore)
 
 
 def read_csv_shape(path: Path) -> CsvShape:
@@ -291,10 +292,14 @@ def load(data: Path) -> tuple[np.ndarray, np.ndarray]:
             "flake.nix": flake, ".gitignore": f"result*\n/{csv_rel}\n"}
 
 
+_EXTENDED = {".gitignore"}   # files a project usually has already: lines are added, never replaced
+
+
 def init_project(root: Path, *, name: str | None = None, csv_path: Path | None = None, python: str = "python3",
                  flake_url: str | None = None) -> Created:
     """Write a new project into ``root`` (created if missing; a git repository if it is in none).
-    Refuses, writing nothing, where any of its files exists."""
+    Refuses, writing nothing, where any of its files exists; an existing .gitignore gets the lines
+    it lacks instead."""
     root = root.resolve()
     name = name or root.name.lower()
     if not NAME.fullmatch(name):
@@ -311,16 +316,26 @@ def init_project(root: Path, *, name: str | None = None, csv_path: Path | None =
     else:
         csv_rel = f"data/{name}.csv"
     files = _files(name, csv_rel, shape, python, flake_url or _mlbuild_flake())
-    taken = [n for n in files if (root / n).exists()]
+    taken = [n for n in files if (root / n).exists() and n not in _EXTENDED]
     if taken:
         raise InitError(f"{root} already has {', '.join(taken)}; mlbuild init writes only new files (move them, "
                         "or init another folder)")
     root.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, extended = [], []
     for n, text in files.items():
-        (root / n).write_text(text)
-        written.append(root / n)
+        path = root / n
+        if n in _EXTENDED and path.exists():
+            old = path.read_text()
+            have = set(old.splitlines())
+            missing = [line for line in text.splitlines() if line not in have]
+            if missing:
+                path.write_text(old + ("" if old.endswith("\n") or not old else "\n") + "\n".join(missing) + "\n")
+                extended.append(path)
+            continue
+        path.write_text(text)
+        written.append(path)
     inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=root, capture_output=True, text=True)
     if inside.returncode != 0:
         subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    return Created(root=root, name=name, dataset=f"{name}-raw", csv=csv_rel, files=written, shape=shape)
+    return Created(root=root, name=name, dataset=f"{name}-raw", csv=csv_rel, files=written, shape=shape,
+                   extended=extended)

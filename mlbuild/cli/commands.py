@@ -29,13 +29,15 @@ def init(folder: Path, csv_path: Path | None, name: str | None, python: str, fla
 
     Writes mlbuild.toml, prepare.py (a train/test split), model.py (an MLP), validate.py,
     flake.nix and .gitignore, and makes FOLDER a git repository if it is in none. Nothing
-    existing is overwritten.
+    existing is overwritten (an existing .gitignore gets the lines it lacks).
     """
     from ..init import init_project
 
     new = init_project(folder, name=name, csv_path=csv_path, python=python, flake_url=flake_url)
     for f in new.files:
         click.echo(f"  wrote {f.relative_to(new.root)}")
+    for f in new.extended:
+        click.echo(f"  added lines to {f.relative_to(new.root)}")
     if new.shape:
         names = new.shape.labels or []
         shown = f" ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''})" if names else ""

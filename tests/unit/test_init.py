@@ -136,3 +136,13 @@ def test_a_byte_order_mark_is_not_data(tmp_path: Path) -> None:
     path.write_bytes("\ufeff1,2,0\n3,4,1\n5,6,0\n7,8,1\n9,9,0\n8,8,1\n7,7,0\n6,6,1\n".encode())
     shape = read_csv_shape(path)
     assert (shape.header, shape.rows, shape.features, shape.classes) == (False, 8, 2, 2)
+
+
+def test_an_existing_gitignore_gets_the_lines_it_lacks(tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / ".gitignore").write_text("__pycache__/\nresult*")   # no final newline
+    new = init_project(root, csv_path=csv(root))
+    assert (root / ".gitignore").read_text() == "__pycache__/\nresult*\n/data/d.csv\n"
+    assert new.extended == [root / ".gitignore"] and root / ".gitignore" not in new.files
+    assert (root / "mlbuild.toml").exists()
