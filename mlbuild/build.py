@@ -225,6 +225,18 @@ def push_outputs(project: Project, summary: Summary) -> None:
     summary.shared = len(result.present)
 
 
+def _derived_dataset_roots(project: Project, target: str, drv: str | None) -> dict[str, str]:
+    """GC roots for the derived datasets a model's target was built from (those in the store).
+
+    No output refers to a dataset (outputs name theirs by hash), so without a root of its own a
+    split that took hours to prepare would go at the next `nix-collect-garbage`, and the next
+    retraining would prepare it again. Raw datasets are rooted by `data add`."""
+    derived = {n for n, t in project.raw.get("datasets", {}).items() if isinstance(t, dict) and "prepare" in t}
+    if not derived or drv is None or target.split(".", 1)[0] in ("toolchain", "datasets", "notebooks"):
+        return {}
+    return {f"dataset-{_name(p)}": p for p in _nix.build_closure([drv]) if _name(p) in derived}
+
+
 def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool = False,
                   overrides: dict[str, Any] | None = None, substituters: Sequence[str] = (),
                   extra: Sequence[str] = (), push: bool | None = None,
@@ -256,7 +268,8 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
         out = proc.stdout.read()
         if proc.wait() != 0:
             raise stream.failure()
-        path = _nix.parse_build_json(out)[0]["outputs"]["out"]
+        result = _nix.parse_build_json(out)[0]
+        path = result["outputs"]["out"]
         built = Built(target, path)
         total.outputs.append(built)
         total.built += stream.summary.built
@@ -266,7 +279,8 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
         if not mine:
             total.present.append(target)
         _record(project, built, "present" if not mine else "built", dirty)
-        _nix.add_roots({target: path}, project.root / ".mlbuild" / "gcroots")
+        _nix.add_roots({target: path, **_derived_dataset_roots(project, target, result.get("drvPath"))},
+                       project.root / ".mlbuild" / "gcroots")
     if push if push is not None else wants_push(project):
         push_outputs(project, total)
     total.seconds = time.monotonic() - t0

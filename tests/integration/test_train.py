@@ -46,6 +46,8 @@ def test_outputs_and_provenance(digits_repo: Path, trained: str) -> None:
     closure = subprocess.run(["nix-store", "-qR", build_path(digits_repo, "digits")], capture_output=True, text=True,
                              check=True).stdout.split()
     assert not [p for p in closure if p.endswith(("-digits-split", "-digits-raw"))]
+    # So the split has a GC root of its own: nix-collect-garbage keeps it for the next retraining.
+    assert (digits_repo / ".mlbuild" / "gcroots" / "dataset-digits-split").resolve() == split
     assert list(prov["code"]["files"]) == ["model.py"]
     assert prov["toolchain"].startswith("/nix/store/") and prov["interpreter"] == lock["interpreter"]["version"]
     assert prov["determinism"]["deterministic"] is True and prov["determinism"]["threads"] == 1
