@@ -17,10 +17,18 @@ import os
 import stat
 from typing import BinaryIO, Callable, Protocol
 
-__all__ = ["nar_sha256", "NarWriter", "nix_base32", "from_nix_base32", "CHUNK"]
+__all__ = ["nar_sha256", "NarWriter", "NotStorableError", "nix_base32", "from_nix_base32", "CHUNK"]
 
 CHUNK = 1 << 20
 _ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
+
+
+class NotStorableError(ValueError):
+    """A file no NAR can hold (a pipe, socket or device); ``path`` names it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: cannot be put in a Nix store (not a file, folder or symlink)")
 
 
 class _Sink(Protocol):
@@ -66,7 +74,7 @@ class NarWriter:
             with open(path, "rb") as f:
                 self._contents(path, f, st.st_size)
         else:
-            raise ValueError(f"{path}: cannot be put in a Nix store (not a file, folder or symlink)")
+            raise NotStorableError(path)
         w(_str(b")"))
 
     def _contents(self, path: str, f: BinaryIO, size: int) -> None:

@@ -175,10 +175,10 @@ def status(project: Project, shared: "set[str] | None" = None) -> list[Status]:
             if local.exists():
                 cached, _ = statcache.lookup(project.root / ".mlbuild", name, local)
                 if cached is None:
-                    from ..nar import nar_sha256
+                    from ..nar import NotStorableError, nar_sha256
                     try:
                         cached = nar_sha256(str(local))
-                    except ValueError as e:   # a pipe, socket or device: `data add` refuses it too
+                    except NotStorableError as e:   # a pipe, socket or device: `data add` refuses it too
                         out.append(Status(name, ds.kind, "unstorable", sha,
                                           f"{e}; move it out of {ds.path}"))
                         continue

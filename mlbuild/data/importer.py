@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import _nix
-from ..nar import CHUNK, _str, nar_sha256
+from ..nar import CHUNK, NotStorableError, _str, nar_sha256
 from ..errors import DataError, StoreCorruptError
 from ..fastcopy import HashPipe, kernel_copy
 from ..storepath import fixed_output_path
@@ -264,8 +264,8 @@ def _slow_import(src: Path, name: str) -> Imported:
     files, size = _count(src)
     try:
         sha = nar_sha256(str(src))
-    except ValueError as e:   # a pipe, socket or device
-        raise DataError(f"{e}: move it out of the folder, or add a folder without it") from None
+    except NotStorableError as e:   # the same message as the fast path's
+        raise not_storable(e.path) from None
     target = fixed_output_path(sha, name, recursive=True)
     if _nix.invalid_paths([target]):
         with tempfile.TemporaryDirectory(prefix="mlbuild-import-") as tmp:

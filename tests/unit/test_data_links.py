@@ -36,3 +36,16 @@ def test_the_slow_path_checks_links_too(tmp_path: Path) -> None:
     (tmp_path / "d" / "sub" / "dir-link").symlink_to(tmp_path)
     with pytest.raises(DataError, match="dir-link is a symlink to .*an absolute path"):
         _count(tmp_path / "d")
+
+
+def test_a_pipe_is_named_by_the_nar_writer(tmp_path: Path) -> None:
+    # Both import paths and `data status` turn this into their message about the file.
+    import os
+
+    from mlbuild.nar import NotStorableError, nar_sha256
+
+    (tmp_path / "d").mkdir()
+    os.mkfifo(tmp_path / "d" / "pipe")
+    with pytest.raises(NotStorableError) as e:
+        nar_sha256(str(tmp_path / "d"))
+    assert e.value.path == str(tmp_path / "d" / "pipe") and isinstance(e.value, ValueError)
