@@ -19,6 +19,7 @@ from typing import Any
 
 from .config import Project
 from .errors import ConfigError
+from .runtime.validate import parse_threshold
 
 __all__ = ["write_config", "alert_rules", "prometheus_config", "dashboard", "SERVER_METRICS", "MONITOR_METRICS"]
 
@@ -38,11 +39,10 @@ def _thresholds(project: Project, model: str) -> dict[str, tuple[str, float]]:
     if table is None:
         raise ConfigError(f"no model {model!r} in {project.config_path}")
     raw = table.get("validation", {}).get("thresholds", {})
-    out = {}
-    for name, rule in raw.items():
-        op, value = (">=", float(rule)) if isinstance(rule, (int, float)) else (str(rule).split()[0], float(str(rule).split()[1]))
-        out[name] = (op, value)
-    return out
+    try:
+        return {name: parse_threshold(name, rule) for name, rule in raw.items()}
+    except ValueError as e:
+        raise ConfigError(f"{project.config_path}: [models.{model}.validation] {e}") from None
 
 
 def alert_rules(project: Project, model: str, *, interval: float = 60.0, error_rate: float = 0.05,

@@ -11,6 +11,8 @@
       check = map (f: lib.assertMsg (builtins.pathExists (src + "/${f}"))
         "${what} names ${f}, which does not exist in ${root}") clean;
     in
+    assert lib.assertMsg (builtins.isList files && builtins.all builtins.isString files)
+      "${what} is ${builtins.toJSON files}; it must be a list of file names (mlbuild.toml)";
     assert builtins.all (x: x) check;
     builtins.path {
       inherit name;

@@ -31,7 +31,7 @@ let
   inherit (import ./stage.nix { inherit system lib runtimeFor; }) pythonStage;
   dataset = import ./dataset.nix { inherit lib mkCode pythonStage; inherit (fetch) fetchLocked; };
   train = import ./train.nix { inherit system lib mkCode pythonStage; };
-  package = import ./package.nix { inherit runtimeFor mkCode pythonStage; };
+  package = import ./package.nix { inherit lib runtimeFor mkCode pythonStage; };
   validate = import ./validate.nix { inherit lib mkCode pythonStage; };
   notebook = import ./notebook.nix { inherit lib mkCode pythonStage; };
   images = import ./image.nix { inherit system lib pythonStage; };

@@ -32,6 +32,17 @@ rec {
       wanted = { string = "a string"; strings = "a list of strings"; table = "a table"; int = "an integer"; }.${kind};
     in
     if ok then v else throw "mlbuild: ${where}.${key} is ${builtins.toJSON v}; it must be ${wanted} (mlbuild.toml)";
+  # true, or an error naming the keys of `table` that are not in `known` (and the known ones):
+  # a misspelled key (`threshold` for `thresholds`) must not be silently ignored.
+  checkKeys = where: known: table:
+    let
+      unknown = builtins.filter (k: !(builtins.elem k known)) (builtins.attrNames table);
+      names = ks: builtins.concatStringsSep ", " (map builtins.toJSON ks);
+    in
+    if !(builtins.isAttrs table) then throw "mlbuild: ${where} is ${builtins.toJSON table}; it must be a table (mlbuild.toml)"
+    else if unknown == [ ] then true
+    else throw ("mlbuild: ${where} has unknown key${if builtins.length unknown > 1 then "s" else ""} ${names unknown}; "
+      + "it takes ${names known} (mlbuild.toml; see the README)");
   toLower = builtins.replaceStrings
     [ "A" "B" "C" "D" "E" "F" "G" "H" "I" "J" "K" "L" "M" "N" "O" "P" "Q" "R" "S" "T" "U" "V" "W" "X" "Y" "Z" ]
     [ "a" "b" "c" "d" "e" "f" "g" "h" "i" "j" "k" "l" "m" "n" "o" "p" "q" "r" "s" "t" "u" "v" "w" "x" "y" "z" ];

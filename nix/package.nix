@@ -3,12 +3,13 @@
 # Its closure is all a server needs; `bin/serve` starts it.
 #
 #   mkPackage { name; model (the [models.NAME] table); training; src; toolchain }
-{ runtimeFor, mkCode, pythonStage }:
+{ lib, runtimeFor, mkCode, pythonStage }:
 {
   mkPackage = { name, model, training, src, toolchain }:
     let
       runtime = runtimeFor [ "spec" "prepare" "hashing" "serve/" ];
-      script = model.script or "${name}.py";
+      get = lib.field "[models.${name}]" model;
+      script = get "script" "string" "${name}.py";
     in
     pythonStage {
       name = "${name}-package";
@@ -24,12 +25,12 @@
         version = 1;
         inherit name;
         model = "${training}";
-        code = mkCode { inherit src; files = model.code or [ script ]; what = "[models.${name}].code"; };
+        code = mkCode { inherit src; files = get "code" "strings" [ script ]; what = "[models.${name}].code"; };
         serve = {
           max_batch_size = 32;
           max_wait_ms = 2.0;
           max_body_bytes = 8388608;
-        } // (model.serve or { });
+        } // (get "serve" "table" { });
         runtime = "${runtime}";
         python = "${toolchain}/bin/python";
         toolchain = "${toolchain}";

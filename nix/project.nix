@@ -12,10 +12,63 @@
 #
 # Nix reads both files itself (builtins.fromTOML / fromJSON): no driver runs at build time.
 { system, lib, toolchain, dataset, train, package, validate, notebook, images, monitor }:
+let
+  # Every key mlbuild.toml takes, table by table (the README documents each): an unknown key is an
+  # error naming it, so that a misspelled one (`threshold`, `sed`, `[modles.x]`) is not ignored.
+  # [models.NAME.params] and [datasets.NAME].params are the user's own and are not checked here.
+  keys = {
+    top = [ "project" "python" "datasets" "models" "notebooks" "store" ];
+    project = [ "name" ];
+    python = [ "interpreter" "requirements" "libraries" ];
+    store = [ "path" "secret-key" "public-keys" "keep-last" "zstd-level" "fsync-nars" "push" ];
+    model = [ "script" "code" "datasets" "params" "seed" "device" "threads" "validation" "serve" "image" ];
+    validation = [ "suite" "code" "dataset" "thresholds" ];
+    serve = [ "max_batch_size" "max_wait_ms" "max_body_bytes" ];
+    image = [ "port" "uid" "gid" "user" "tag" "labels" "maxLayers" ];
+    notebook = [ "path" "datasets" "test" "timeout" "code" "params" ];
+    pathDataset = [ "path" ];
+    urlDataset = [ "url" "sha256" ];
+    preparedDataset = [ "prepare" "inputs" "params" "code" "seed" ];
+  };
+  # A threshold: a number (>=) or "<op> number" with op one of >= <= > <.
+  thresholdOk = v: builtins.isInt v || builtins.isFloat v || (builtins.isString v
+    && builtins.match "[ ]*(>=|<=|>|<)[ ]*[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?[ ]*" v != null);
+  checkModel = m: t:
+    let
+      where = "[models.${m}]";
+      sub = key: known: !(t ? ${key}) || lib.checkKeys "[models.${m}.${key}]" known t.${key};
+      thresholds = (t.validation or { }).thresholds or { };
+      bad = builtins.filter (k: !(thresholdOk thresholds.${k})) (builtins.attrNames thresholds);
+    in
+    lib.checkKeys where keys.model t && sub "validation" keys.validation && sub "serve" keys.serve
+    && sub "image" keys.image
+    && (!(builtins.isAttrs thresholds) || lib.assertMsg (bad == [ ])
+      (let k = builtins.head bad; in "[models.${m}.validation].thresholds.${k} is ${builtins.toJSON thresholds.${k}}; "
+        + "use a number (the metric must be >= it) or a string \"<op> number\" with op one of >= <= > < (e.g. \"<= 0.3\")"));
+  checkDataset = d: t:
+    let where = "[datasets.${d}]";
+    in if !(builtins.isAttrs t) then lib.checkKeys where [ ] t
+       else if t ? path then lib.checkKeys "${where} (a local dataset: path)" keys.pathDataset t
+       else if t ? url then lib.checkKeys "${where} (a url dataset)" keys.urlDataset t
+       else if t ? prepare then lib.checkKeys "${where} (a derived dataset: prepare)" keys.preparedDataset t
+       else true;   # dataset.nix says it needs one of path, url or prepare
+  checkAll = f: tables: builtins.all (n: f n tables.${n}) (builtins.attrNames tables);
+  table = c: key: c.${key} or { };
+  checkConfig = c:
+    assert lib.checkKeys "mlbuild.toml" keys.top c;
+    assert lib.checkKeys "[project]" keys.project (table c "project");
+    assert lib.checkKeys "[python]" keys.python (table c "python");
+    assert lib.checkKeys "[store]" keys.store (table c "store");
+    assert lib.checkKeys "[models]" (builtins.attrNames (table c "models")) (table c "models")
+      && checkAll checkModel (table c "models");
+    assert checkAll checkDataset (table c "datasets");
+    assert checkAll (n: lib.checkKeys "[notebooks.${n}]" keys.notebook) (table c "notebooks");
+    c;
+in
 {
   mkProject = { src, nixpkgs ? null, overrides ? { }, dirty ? false }:
     let
-      config = lib.readTOML (src + "/mlbuild.toml") "create it (see the README) in ${toString src}";
+      config = checkConfig (lib.readTOML (src + "/mlbuild.toml") "create it (see the README) in ${toString src}");
       lock = lib.readJSON (src + "/mlbuild.lock") "mlbuild lock";
       name = config.project.name;
       requirements = (config.python or { }).requirements or [ ];

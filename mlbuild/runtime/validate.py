@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -110,16 +111,29 @@ def _dataset_hash(manifest: dict[str, Any], spec: dict[str, Any]) -> dict[str, s
 
 
 _OPS = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, ">": lambda v, t: v > t, "<": lambda v, t: v < t}
+_RULE = re.compile(r"\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*")
+
+
+def parse_threshold(name: str, rule: Any) -> tuple[str, float]:
+    """``0.95`` -> (">=", 0.95); ``"<= 0.3"`` -> ("<=", 0.3); anything else: ValueError naming it
+    (nix/project.nix refuses the same values when it reads mlbuild.toml)."""
+    if isinstance(rule, (int, float)) and not isinstance(rule, bool):
+        return ">=", float(rule)
+    match = _RULE.fullmatch(rule) if isinstance(rule, str) else None
+    if match is None:
+        raise ValueError(f"threshold {name} = {rule!r}: use a number (the metric must be >= it) or "
+                         f"a string '<op> number' with op one of {', '.join(_OPS)} (e.g. '<= 0.3')")
+    return match[1], float(match[2])
 
 
 def check_thresholds(metrics: dict[str, float], thresholds: dict[str, Any]) -> list[dict[str, Any]]:
     """``{"accuracy": 0.95, "rmse": "<= 0.3"}`` -> one check per metric (a bare number means >=)."""
     checks = []
     for name, rule in sorted(thresholds.items()):
-        op, value = (">=", float(rule)) if isinstance(rule, (int, float)) else (
-            str(rule).split()[0], float(str(rule).split()[1]))
-        if op not in _OPS:
-            raise SystemExit(f"mlbuild: threshold {name} = {rule!r}: use a number (>=) or '<op> number' with op in {list(_OPS)}")
+        try:
+            op, value = parse_threshold(name, rule)
+        except ValueError as e:
+            raise SystemExit(f"mlbuild: {e}") from None
         got = metrics.get(name)
         ok = got is not None and _OPS[op](got, value)
         checks.append({"metric": name, "value": got, "op": op, "threshold": value, "ok": ok})
@@ -141,8 +155,12 @@ def gate_main() -> None:
     table = format_checks(checks)
     if not all(c["ok"] for c in checks):
         failed = ", ".join(c["metric"] for c in checks if not c["ok"])
+        missing = [c["metric"] for c in checks if c["value"] is None]
+        hint = (f"\n  {', '.join(missing)}: no such metric in the report; the suite reports "
+                f"{', '.join(sorted(report['metrics']))} (fix the name in [models.{spec['name']}.validation].thresholds)"
+                if missing else "")
         print(f"mlbuild: validation of {spec['name']} failed ({failed}); suite version "
-              f"{report['suite']['version']}:\n{table}", file=sys.stderr)
+              f"{report['suite']['version']}:\n{table}{hint}", file=sys.stderr)
         raise SystemExit(1)
     print(f"mlbuild: validation of {spec['name']} passed:\n{table}", file=sys.stderr)
     out = Path(os.environ["out"])

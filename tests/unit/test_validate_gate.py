@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from mlbuild.runtime.validate import check_thresholds, compute_metrics, format_checks
+from mlbuild.runtime.validate import check_thresholds, compute_metrics, format_checks, gate_main, parse_threshold
 
 
 def test_binary_metrics_match_sklearn() -> None:
@@ -37,3 +40,37 @@ def test_thresholds() -> None:
     assert "rmse" in text and "<= 0.3" in text and "FAILED" in text and "missing" in text
     with pytest.raises(SystemExit, match="threshold"):
         check_thresholds({"a": 1.0}, {"a": "~ 3"})
+
+
+@pytest.mark.parametrize("rule, parsed", [(0.9, (">=", 0.9)), (1, (">=", 1.0)), ("<= 0.3", ("<=", 0.3)),
+                                          ("<=0.3", ("<=", 0.3)), (" > 1e-3 ", (">", 0.001)), ("<.5", ("<", 0.5))])
+def test_threshold_forms(rule: object, parsed: tuple[str, float]) -> None:
+    assert parse_threshold("m", rule) == parsed
+
+
+@pytest.mark.parametrize("rule", ["high", ">= abc", "=< 0.3", "0.9", True, [0.9], ""])
+def test_a_bad_threshold_is_named_not_a_traceback(rule: object) -> None:
+    # "high" and "<=0.3" raised IndexError, ">= abc" ValueError, from inside the gate's build
+    with pytest.raises(ValueError, match=r"threshold m = .*use a number"):
+        parse_threshold("m", rule)
+    with pytest.raises(SystemExit, match=r"mlbuild: threshold m = "):
+        check_thresholds({"m": 1.0}, {"m": rule})
+
+
+def test_the_gate_names_a_threshold_for_a_metric_the_suite_does_not_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "metrics.json").write_text(json.dumps({"metrics": {"accuracy": 0.97, "f1_macro": 0.96},
+                                                     "suite": {"version": "abc"}}))
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"version": 1, "name": "iris", "report": str(report),
+                                "thresholds": {"acuracy": 0.9}}))
+    monkeypatch.setenv("specPath", str(spec))
+    monkeypatch.setenv("out", str(tmp_path / "out"))
+    with pytest.raises(SystemExit):
+        gate_main()
+    err = capsys.readouterr().err
+    assert "acuracy: no such metric in the report; the suite reports accuracy, f1_macro" in err
+    assert "[models.iris.validation].thresholds" in err
+    assert not (tmp_path / "out").exists()

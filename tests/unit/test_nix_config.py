@@ -1,0 +1,65 @@
+"""mlbuild.toml as Nix reads it (nix/project.nix): an unknown key or a bad value is an error naming
+it, never silently ignored. Real Nix evaluates a copy of nix/tests/fixture with one edit each."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, have_nix
+
+pytestmark = pytest.mark.skipif(not have_nix(), reason="needs nix (bash .ci/setup installs it)")
+
+FIXTURE = REPO / "nix" / "tests" / "fixture"
+
+
+def evaluate(tmp_path: Path, edit: tuple[str, str] | None, attr: str = "m.validation.drvPath") -> subprocess.CompletedProcess[str]:
+    src = tmp_path / "p"
+    shutil.copytree(FIXTURE, src)
+    if edit is not None:
+        text = (src / "mlbuild.toml").read_text()
+        old, new = edit
+        assert old in text
+        (src / "mlbuild.toml").write_text(text.replace(old, new))
+    expr = f"(import {REPO / 'nix'} {{ }}).mkProject {{ src = {json.dumps(str(src))}; }}"
+    return subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--raw",
+                           "--expr", f"({expr}).{attr}"], capture_output=True, text=True)
+
+
+def test_the_fixture_evaluates(tmp_path: Path) -> None:
+    proc = evaluate(tmp_path, None)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith(".drv")
+
+
+@pytest.mark.parametrize("edit, message", [
+    # a misspelled thresholds table would have turned the validation gate off
+    (("thresholds = {", "threshold = {"),
+     '[models.m.validation] has unknown key "threshold"; it takes "suite", "code", "dataset", "thresholds"'),
+    (("seed = 3", "seed = 3\nsed = 1"), '[models.m] has unknown key "sed"; it takes "script", "code"'),
+    (('name = "fixture"', 'name = "fixture"\nnmae = "x"'), '[project] has unknown key "nmae"; it takes "name"'),
+    (("[models.m]\n", "[modles.foo]\nx = 1\n\n[models.m]\n"), 'mlbuild.toml has unknown key "modles"'),
+    (('path = "data/raw"', 'path = "data/raw"\nprepare = "p.py"'),
+     '[datasets.raw] (a local dataset: path) has unknown key "prepare"; it takes "path"'),
+    (("[models.m.params]", "[models.m.serve]\nmax_batch = 4\n\n[models.m.params]"),
+     '[models.m.serve] has unknown key "max_batch"; it takes "max_batch_size", "max_wait_ms", "max_body_bytes"'),
+    (("accuracy = 0.9", 'accuracy = "high"'),
+     '[models.m.validation].thresholds.accuracy is "high"; use a number'),
+    (("accuracy = 0.9", 'accuracy = "=< 0.3"'), '[models.m.validation].thresholds.accuracy is "=< 0.3"'),
+    (('script = "m.py"\ncode = ["m.py", "sub/"]', "script = 3"), "[models.m].script is 3; it must be a string"),
+    (('code = ["m.py", "sub/"]', 'code = "m.py"'), '[models.m].code is "m.py"; it must be a list of strings'),
+])
+def test_a_bad_key_or_value_is_an_error_naming_it(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+    proc = evaluate(tmp_path, edit)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("value", ['"<= 0.3"', '">=0.5"', '" > 1e-3 "', "1", "0.25", '"< .5"'])
+def test_thresholds_in_every_documented_form_are_accepted(tmp_path: Path, value: str) -> None:
+    proc = evaluate(tmp_path, ("accuracy = 0.9", f"accuracy = {value}"))
+    assert proc.returncode == 0, proc.stderr
