@@ -84,9 +84,13 @@ def read_csv_shape(path: Path) -> CsvShape:
     width = len(body[0])
     counts: dict[str, int] = {}
     for i, row in enumerate(body, start=2 if header else 1):
-        if len(row) != width or width < 2 or numbers(row[:-1]) is None:
+        features = numbers(row[:-1]) if len(row) == width and width >= 2 else None
+        if features is None or not row[-1]:
             raise InitError(f"{path}, line {i}: {','.join(row)[:80]!r} is not {width - 1} numbers and a class; every "
                             "row must hold the numeric features, then the class (a number 0..K-1 or a name)")
+        if not all(math.isfinite(v) for v in features):   # float() reads "nan" and "inf"
+            raise InitError(f"{path}, line {i}: {','.join(row)[:80]!r} holds NaN or infinity; the model cannot train "
+                            "on it: fill or drop the missing values")
         counts[row[-1]] = counts.get(row[-1], 0) + 1
     k = len(counts)
     values = numbers(list(counts))
@@ -198,12 +202,27 @@ def prepare(inputs: dict[str, Path], out: Path, params: dict) -> None:
     raw = inputs["{name}-raw"]
     if raw.is_dir():  # a folder of data: its one CSV file
         raw = next(raw.glob("*.csv"))
+    first = 2 if params["header"] else 1  # the file's line number of the first data row
     with raw.open(newline="", encoding="utf-8-sig") as f:
-        rows = [[c.strip() for c in r] for r in csv.reader(f) if r][1 if params["header"] else 0:]
+        rows = [[c.strip() for c in r] for r in csv.reader(f) if r][first - 1:]
     names = params.get("labels")  # the last column holds these names; else class numbers
-    number = {{n: i for i, n in enumerate(names)}} if names else None
-    x = np.array([[float(c) for c in r[:-1]] for r in rows])
-    y = np.array([number[r[-1]] if number else int(float(r[-1])) for r in rows], dtype=np.int64)
+    want = f"one of {{', '.join(names)}}" if names else "a number 0, 1, ..."
+    x_rows: list[list[float]] = []
+    y_rows: list[int] = []
+    for i, r in enumerate(rows):
+        # The CSV may have changed since mlbuild init checked it: name the line that is wrong.
+        where = f"{{raw.name}}, line {{first + i}}: {{','.join(r)[:80]!r}}"
+        try:
+            x_rows.append([float(c) for c in r[:-1]])
+            y_rows.append(names.index(r[-1]) if names else int(float(r[-1])))
+        except ValueError:
+            raise SystemExit(f"{{where}} is not numeric features and a class ({{want}}); a new class "
+                             "needs the labels in mlbuild.toml and the model's classes param updated") from None
+        if len(r) != len(rows[0]):
+            raise SystemExit(f"{{where}} has {{len(r)}} columns; line {{first}} has {{len(rows[0])}}")
+        if not np.isfinite(x_rows[-1]).all():
+            raise SystemExit(f"{{where}} holds NaN or infinity; fill or drop the missing values")
+    x, y = np.array(x_rows), np.array(y_rows, dtype=np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(
         x, y, test_size=params["test_fraction"], random_state=params["seed"], stratify=y)
     for part, xs, ys in (("train", x_tr, y_tr), ("test", x_te, y_te)):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import git
-from .build import Progress, build_targets
+from .build import Progress, build_targets, check_model
 from .config import Project, load_project
 from .errors import BuildError, MlbuildError
 
@@ -37,6 +37,7 @@ class Point:
 
 
 def _report(project: Project, model: str, rev: str, **kw: Any) -> Point:
+    check_model(project, model)
     summary = build_targets(project, [f"{model}.validation.report"], **kw)
     path = summary.outputs[0].path
     return Point(rev, json.loads((Path(path) / "metrics.json").read_text()), path)
@@ -45,6 +46,7 @@ def _report(project: Project, model: str, rev: str, **kw: Any) -> Point:
 def validate(project: Project, model: str, *, allow_dirty: bool = False,
              on_progress: Callable[[Progress], None] | None = None) -> Point:
     """Build the gate (fails with the threshold table) and return the report it passed."""
+    check_model(project, model)
     summary = build_targets(project, [f"{model}.validation"], allow_dirty=allow_dirty, on_progress=on_progress)
     path = summary.outputs[0].path
     return Point("worktree", json.loads((Path(path) / "metrics.json").read_text()), path)
@@ -82,6 +84,7 @@ def _report_at(project: Project, model: str, rev: str, required: bool = True) ->
 
 
 def diff(project: Project, model: str, rev1: str, rev2: str) -> tuple[Point, Point]:
+    check_model(project, model)   # as the worktree declares it; each revision is checked again
     root = git.repo_root(project.root)
     for rev in (rev1, rev2):   # both, before building either
         if root is not None:
@@ -93,10 +96,8 @@ def diff(project: Project, model: str, rev1: str, rev2: str) -> tuple[Point, Poi
 
 def history(project: Project, model: str) -> list[Point]:
     """One point per commit that changed the config, the lock, or the model's or suite's code."""
-    models = project.raw.get("models", {})
-    if model not in models:
-        raise MlbuildError(f"no model {model!r} in {project.config_path}")
-    table = models[model]
+    check_model(project, model)
+    table = project.raw["models"][model]
     files = ["mlbuild.toml", "mlbuild.lock", *table.get("code", [table.get("script", f"{model}.py")])]
     v = table.get("validation", {})
     files += v.get("code", [v["suite"]] if "suite" in v else [])

@@ -47,7 +47,9 @@ def monitor() -> None:
 def run(ctx: click.Context, model: str, url: str, allow_dirty: bool) -> None:
     """Run MODEL's validation suite against URL at an interval (or --once); metrics on --port
     (default 9109); --webhook URL for alerts. Other options go to the monitor."""
-    summary = b.build_targets(load(ctx), [f"{model}.monitor"], allow_dirty=allow_dirty)
+    project = load(ctx)
+    b.check_model(project, model)
+    summary = b.build_targets(project, [f"{model}.monitor"], allow_dirty=allow_dirty)
     program = f"{summary.outputs[0].path}/bin/monitor"
     os.execv(program, [program, "--url", url, *ctx.args])
 

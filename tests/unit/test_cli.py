@@ -76,6 +76,13 @@ def test_unknown_targets_are_refused_before_nix_runs(tree) -> None:
         ("metrics", "show", "digts"): "'digts' is not a model of p (models: digits)",
         ("exp", "show", "digts"): "'digts' is not a model of p (models: digits)",
         ("exp", "run", "digts", "--set", "lr=1"): "'digts' is not a model of p (models: digits)",
+        # MODEL.STAGE where a model is wanted went to Nix ("attribute 'validation' ... not found")
+        ("validate", "digits.model"): "'digits.model' is not a model of p (models: digits)",
+        ("metrics", "show", "digits.model"): "'digits.model' is not a model of p (models: digits)",
+        ("metrics", "history", "digits.model"): "'digits.model' is not a model of p (models: digits)",
+        ("metrics", "diff", "digits.model", "HEAD", "HEAD"): "'digits.model' is not a model of p (models: digits)",
+        ("monitor", "digits.model", "--url", "http://127.0.0.1:1", "--once"):
+            "'digits.model' is not a model of p (models: digits)",
     }
     for args, message in cases.items():
         proc = run_cli(*args, cwd=root, check=False, env={"PATH": "/nonexistent"})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import re
 import subprocess
 import tomllib
 from pathlib import Path
@@ -46,6 +49,10 @@ def test_class_names_in_the_last_column_are_numbered_in_sorted_order(tmp_path: P
     ("0\n1\n0\n1\n", "line 1: '0' is one column. mlbuild init reads comma-separated values"),
     ("1,2,0\n3,4,1\n5,x,0\n7,8,1\n", "line 3: '5,x,0' is not 2 numbers and a class"),
     ("1,2,0\n3,4,1\n5,6\n7,8,1\n", "line 3: '5,6' is not 2 numbers and a class"),
+    # float() reads these: the model trained to loss nan and the server answered NaN probabilities
+    ("1,2,0\n3,nan,1\n5,6,0\n7,8,1\n", "line 2: '3,nan,1' holds NaN or infinity; the model cannot train"),
+    ("1,2,0\n3,4,1\n5,-inf,0\n7,8,1\n", "line 3: '5,-inf,0' holds NaN or infinity"),
+    ("1,2,a\n3,4,b\n5,6,\n7,8,b\n", "line 3: '5,6,' is not 2 numbers and a class"),
     ("1,2,1\n3,4,2\n5,6,1\n7,8,2\n", "holds 1, 2; it must hold the class: the numbers 0..1, or names"),
     ("1,2,0.5\n3,4,0\n5,6,0\n7,8,0\n", "holds 0, 0.5; it must hold the class: the numbers 0..1, or names"),
     ("1,2,0\n3,4,0\n5,6,0\n7,8,0\n", "one class only"),
@@ -146,3 +153,37 @@ def test_an_existing_gitignore_gets_the_lines_it_lacks(tmp_path: Path) -> None:
     assert (root / ".gitignore").read_text() == "__pycache__/\nresult*\n/data/d.csv\n"
     assert new.extended == [root / ".gitignore"] and root / ".gitignore" not in new.files
     assert (root / "mlbuild.toml").exists()
+
+
+def _generated_prepare(root: Path):  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("generated_prepare", root / "prepare.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.prepare
+
+
+def test_the_generated_prepare_names_the_line_a_later_edit_broke(tmp_path: Path) -> None:
+    """The CSV is checked by init, but it changes later (`data add` pins the new one): the split
+    then says which line is wrong instead of a bare ValueError or KeyError."""
+    root = tmp_path / "p"
+    text = "a,b,kind\n" + "".join(f"{i},{i % 3},{'cat' if i % 2 else 'dog'}\n" for i in range(12))
+    data = csv(root, text)
+    init_project(root, csv_path=data)
+    prepare = _generated_prepare(root)
+    params = tomllib.loads((root / "mlbuild.toml").read_text())["datasets"]["p-split"]["params"]
+    out = tmp_path / "out"
+    out.mkdir()
+    prepare({"p-raw": data}, out, params)
+    assert json.loads((out / "labels.json").read_text()) == ["cat", "dog"]
+    assert len((out / "train.csv").read_text().splitlines()) == 9
+    for line, message in (("3,nan,dog", "line 5: '3,nan,dog' holds NaN or infinity"),
+                          ("3,x,dog", "line 5: '3,x,dog' is not numeric features and a class (one of cat, dog)"),
+                          ("3,1,cow", "line 5: '3,1,cow' is not numeric features and a class (one of cat, dog); "
+                                      "a new class needs the labels"),
+                          ("3,1,2,dog", "line 5: '3,1,2,dog' has 4 columns; line 2 has 3")):
+        lines = text.splitlines()
+        lines[4] = line
+        data.write_text("\n".join(lines) + "\n")
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            prepare({"p-raw": data}, out, params)
