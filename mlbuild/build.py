@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -237,6 +238,36 @@ def _derived_dataset_roots(project: Project, target: str, drv: str | None) -> di
     return {f"dataset-{_name(p)}": p for p in _nix.build_closure([drv]) if _name(p) in derived}
 
 
+def changed_datasets(project: Project, lock: dict[str, Any]) -> list[str]:
+    """A line for each local dataset whose files differ from what mlbuild.lock pins.
+
+    Builds use the pinned version (the lock is what is reproducible), which is right, but a user
+    who edited the CSV expects the edit to count: say so. The stat cache of `data add` makes an
+    unchanged dataset cost a walk of lstat calls; a dataset whose stat facts changed is hashed once
+    and the result remembered, so a touched or freshly copied dataset is read once, not per build."""
+    from .data import statcache
+    from .nar import NotStorableError, nar_sha256
+
+    lines = []
+    cache = project.root / ".mlbuild"
+    for name, table in sorted((project.raw.get("datasets") or {}).items()):
+        pinned = (lock.get("datasets") or {}).get(name, {}).get("sha256")
+        if not isinstance(table, dict) or not isinstance(table.get("path"), str) or pinned is None:
+            continue
+        local = project.root / table["path"]
+        try:
+            sha, entries = statcache.lookup(cache, name, local)
+            if sha is None:
+                sha = nar_sha256(str(local))
+                statcache.remember(cache, name, local, entries, sha)
+        except (OSError, NotStorableError):   # gone, unreadable or unstorable: `data status` says which
+            continue
+        if sha != pinned:
+            lines.append(f"{table['path']} differs from the version mlbuild.lock pins for dataset {name}; this build "
+                         f"uses the pinned one. To use the new files: mlbuild data add {name} {table['path']}")
+    return lines
+
+
 def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool = False,
                   overrides: dict[str, Any] | None = None, substituters: Sequence[str] = (),
                   extra: Sequence[str] = (), push: bool | None = None,
@@ -245,7 +276,10 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     results when ``push`` (default: ``[store] push = true`` in mlbuild.toml).
     Raises DirtyTreeError, BuildError (with the build log's tail)."""
     check_targets(project, list(targets))
-    check_fresh(project, read_lock(project.lock_path))
+    lock = read_lock(project.lock_path)
+    check_fresh(project, lock)
+    for line in changed_datasets(project, lock):
+        print(f"mlbuild: warning: {line}", file=sys.stderr)
     dirty = bool(git.dirty_files(project.root))
     if dirty and not allow_dirty:
         check_clean(project)
