@@ -49,8 +49,11 @@ def check_model(project: Project, model: str) -> None:
     """Refuse a model name mlbuild.toml does not declare, listing the ones it does."""
     models = sorted((project.raw.get("models") or {}).keys())
     if model not in models:
-        raise TargetError(f"{model!r} is not a model of {project.name} (models: {', '.join(models) or 'none'}); "
-                          f"declare [models.{model}] in {project.config_path}")
+        head, dot, _ = model.partition(".")
+        fix = (f"give the model's name ({head}), not MODEL.STAGE" if dot and head in models
+               else f"declare [models.{model}] in {project.config_path}" if model and not dot
+               else "give one of those names")
+        raise TargetError(f"{model!r} is not a model of {project.name} (models: {', '.join(models) or 'none'}); {fix}")
 
 
 def check_targets(project: Project, targets: Sequence[str]) -> None:
@@ -66,6 +69,9 @@ def check_targets(project: Project, targets: Sequence[str]) -> None:
         if '"' in target:   # a quoted attribute name (may hold dots): Nix's to check
             continue
         parts = target.split(".")
+        if "" in parts:
+            raise TargetError(f"{target!r} is not a target: a name is empty; give a model ({names('models')}), "
+                              f"MODEL.STAGE, toolchain, datasets.NAME or notebooks.NAME")
         head, rest = parts[0], parts[1:]
         if head == "models" and rest:
             head, rest = rest[0], rest[1:]

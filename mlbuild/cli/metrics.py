@@ -46,7 +46,7 @@ def metrics() -> None:
 
 @metrics.command("show")
 @click.argument("model")
-@click.option("--allow-dirty", is_flag=True)
+@click.option("--allow-dirty", is_flag=True, help="Build even with uncommitted or untracked files.")
 @_OUT
 @click.pass_context
 def show(ctx: click.Context, model: str, allow_dirty: bool, out_dir: Path | None) -> None:

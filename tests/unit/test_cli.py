@@ -77,7 +77,9 @@ def test_unknown_targets_are_refused_before_nix_runs(tree) -> None:
         ("exp", "show", "digts"): "'digts' is not a model of p (models: digits)",
         ("exp", "run", "digts", "--set", "lr=1"): "'digts' is not a model of p (models: digits)",
         # MODEL.STAGE where a model is wanted went to Nix ("attribute 'validation' ... not found")
-        ("validate", "digits.model"): "'digits.model' is not a model of p (models: digits)",
+        ("validate", "digits.model"): "'digits.model' is not a model of p (models: digits); give the model's name "
+                                      "(digits), not MODEL.STAGE",
+        ("build", ".model"): "'.model' is not a target: a name is empty; give a model (digits), MODEL.STAGE",
         ("metrics", "show", "digits.model"): "'digits.model' is not a model of p (models: digits)",
         ("metrics", "history", "digits.model"): "'digits.model' is not a model of p (models: digits)",
         ("metrics", "diff", "digits.model", "HEAD", "HEAD"): "'digits.model' is not a model of p (models: digits)",
