@@ -15,11 +15,10 @@ Later sections (datasets) are kept as they are when the lock is rewritten.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from . import atomic
 from .errors import LockError
 
 __all__ = ["LOCK_VERSION", "read_lock", "write_lock", "wheel_entry"]
@@ -57,8 +56,4 @@ def read_lock(path: Path) -> dict[str, Any]:
 def write_lock(path: Path, data: dict[str, Any]) -> None:
     """Write atomically (temp file + rename): a crash never leaves half a lock."""
     data = {"version": LOCK_VERSION, **{k: v for k, v in data.items() if k != "version"}}
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".mlbuild.lock.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

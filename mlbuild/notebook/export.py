@@ -21,13 +21,12 @@ tagged ``raises-exception`` are kept as comments (they would stop the import).
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import atomic
 from .errors import NotebookExportError
 from .magics import Magic, MagicPolicy, rewrite_cell
 
@@ -161,18 +160,6 @@ def module_source(nb: Any, name: str, policy: MagicPolicy = "comment") -> Export
     return ExportResult("\n\n\n".join(parts) + "\n", None, code_cells, markdown_cells, found)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export_notebook(notebook: Path, output: Path | None = None, *, policy: MagicPolicy = "comment",
                     force: bool = False, to_stdout: bool = False) -> ExportResult:
     """Export ``notebook`` to ``output`` (default: the notebook's name with ``.py``), or only
@@ -194,6 +181,6 @@ def export_notebook(notebook: Path, output: Path | None = None, *, policy: Magic
                 "path with -o, or pass --force to replace it")
     if not target.parent.is_dir():
         raise NotebookExportError(f"the folder of {target} does not exist; create it or choose another -o")
-    _write_atomic(target, result.source)
+    atomic.write_text(target, result.source)
     result.output = target
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,15 @@ def test_lock_roundtrip_and_errors(tmp_path: Path) -> None:
     lock.write_text(json.dumps({"version": 99}))
     with pytest.raises(LockError, match="expected 1"):
         read_lock(lock)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_the_lock_gets_the_mode_open_would_give(tmp_path: Path, umask: int) -> None:
+    lock = tmp_path / "mlbuild.lock"
+    old = os.umask(umask)
+    try:
+        write_lock(lock, {"interpreter": {"snapshot": {"name": "s", "sha256": "0" * 64}}})
+    finally:
+        os.umask(old)
+    assert lock.stat().st_mode & 0o777 == 0o666 & ~umask    # not mkstemp's 0600
+    assert list(tmp_path.iterdir()) == [lock]               # no temp file left

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -62,6 +63,18 @@ def test_round_trip_gives_the_notebooks_values(tmp_path: Path) -> None:
     for name in ("squares", "total", "root", "label"):
         assert getattr(module, name) == ns[name]
     assert module.__doc__ is not None and module.__doc__.startswith("Sums and squares (exported from the notebook sums.ipynb)")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_the_module_gets_the_mode_open_would_give(tmp_path: Path, umask: int) -> None:
+    nb = write_nb(tmp_path / "sums.ipynb", CELLS)
+    old = os.umask(umask)
+    try:
+        export_notebook(nb)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "sums.py").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sums.ipynb", "sums.py"]
 
 
 def test_module_layout(tmp_path: Path) -> None:
