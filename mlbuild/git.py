@@ -8,8 +8,8 @@ from pathlib import Path
 
 from .errors import MlbuildError
 
-__all__ = ["GitError", "repo_root", "is_tracked", "dirty_files", "show", "ignore", "head",
-           "log_revisions", "check_commit", "Dirty"]
+__all__ = ["GitError", "repo_root", "is_tracked", "dirty_files", "show", "ignore", "ignore_entry", "add_ignore",
+           "head", "log_revisions", "check_commit", "Dirty"]
 
 
 class GitError(MlbuildError):
@@ -107,16 +107,30 @@ def log_revisions(project: Path, names: list[str]) -> list[str]:
     return out.split()
 
 
-def ignore(project: Path, path: Path) -> bool:
-    """Add ``path`` to ``project/.gitignore`` unless git already ignores it; True if added."""
+def ignore_entry(project: Path, path: Path) -> tuple[Path, str] | None:
+    """Where and what to add so that git ignores ``path``: ``(.gitignore, line)``, the project's
+    .gitignore for a path inside the project, else the repository's top one. None when git ignores
+    it already, or when it is outside the project's repository (or there is none): nothing to do."""
     root = repo_root(project)
     if root is None:
-        return False
-    if _git(root, "check-ignore", "-q", str(path.resolve()), check=False).returncode == 0:
-        return False
-    rel = path.resolve().relative_to(project.resolve())
-    line = "/" + rel.as_posix() + ("/" if path.is_dir() else "")
-    gi = project / ".gitignore"
-    text = gi.read_text() if gi.exists() else ""
-    gi.write_text(text + ("" if not text or text.endswith("\n") else "\n") + line + "\n")
-    return True
+        return None
+    target, project, root = path.resolve(), project.resolve(), root.resolve()
+    top = project if target.is_relative_to(project) else root
+    if not target.is_relative_to(top):
+        return None
+    if _git(root, "check-ignore", "-q", str(target), check=False).returncode == 0:
+        return None
+    return top / ".gitignore", "/" + target.relative_to(top).as_posix() + ("/" if target.is_dir() else "")
+
+
+def add_ignore(gitignore: Path, line: str) -> None:
+    text = gitignore.read_text() if gitignore.exists() else ""
+    gitignore.write_text(text + ("" if not text or text.endswith("\n") else "\n") + line + "\n")
+
+
+def ignore(project: Path, path: Path) -> bool:
+    """Make git ignore ``path`` (see ``ignore_entry``); True if a line was added."""
+    entry = ignore_entry(project, path)
+    if entry is not None:
+        add_ignore(*entry)
+    return entry is not None

@@ -33,11 +33,15 @@ def data() -> None:
 @click.pass_context
 def add(ctx: click.Context, name: str, path: Path) -> None:
     """Hash PATH (file or folder), import it into the store and pin it as dataset NAME."""
-    result, sha = ds.add(load(ctx), name, path)
+    added = ds.add(load(ctx), name, path)
+    if added.moved_from is not None:
+        click.echo(f"{name}: path {added.moved_from} -> {added.path} in mlbuild.toml")
+    result = added.imported
     if result is None:
-        click.echo(f"{name}: unchanged (sha256 {sha[:16]}...), nothing imported")
+        click.echo(f"{name}: unchanged (sha256 {added.sha256[:16]}...), nothing imported")
     else:
-        click.echo(f"{name}: {result.files} files, {_size(result.size)} -> {result.path}")
+        files = f"{result.files} file{'' if result.files == 1 else 's'}"
+        click.echo(f"{name}: {files}, {_size(result.size)} -> {result.path}")
 
 
 @data.command()

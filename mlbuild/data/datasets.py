@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from ..storepath import fixed_output_path
 from . import statcache
 from .importer import Imported, import_path, not_storable
 
-__all__ = ["Dataset", "DataError", "datasets", "add", "status", "diff", "locked_path", "Status", "FileDiff"]
+__all__ = ["Dataset", "DataError", "datasets", "add", "Added", "toml_with_path", "status", "diff", "locked_path",
+           "Status", "FileDiff"]
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -87,11 +89,64 @@ def _get(project: Project, name: str) -> Dataset:
     return found[name]
 
 
-def _declare(project: Project, name: str, rel: str) -> None:
-    """Append ``[datasets.NAME] path = ...`` to mlbuild.toml (text append: comments survive)."""
-    text = project.config_path.read_text()
-    block = f'\n[datasets.{name}]\npath = "{rel}"\n'
-    project.config_path.write_text(text + ("" if text.endswith("\n") else "\n") + block)
+def _toml_string(s: str) -> str:
+    """``s`` as a TOML basic string."""
+    escaped = (f"\\{c}" if c in '"\\' else f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
+               for c in s)
+    return '"' + "".join(escaped) + '"'
+
+
+def _key(key: str) -> str:
+    """A regex for the TOML key ``key``, bare or quoted."""
+    k = re.escape(key)
+    return f"(?:{k}|\"{k}\"|'{k}')"
+
+
+def toml_with_path(text: str, name: str, path: str, config: Path) -> str:
+    """mlbuild.toml's ``text`` declaring ``[datasets.NAME] path = PATH``: the table appended when
+    it is missing, else its ``path = ...`` line rewritten, every other byte kept (a text edit:
+    comments survive). DataError naming the line to edit where that cannot be done safely (an
+    inline table, a dotted key, a multi-line string)."""
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        raise DataError(f"{path!r} is not valid UTF-8, so mlbuild.toml cannot name it; rename it, "
+                        "then run data add again") from None
+    value = _toml_string(path)
+    old = tomllib.loads(text)
+    tables = old.get("datasets", {})
+    expected = {**old, "datasets": {**tables, name: {**tables.get(name, {}), "path": path}}}
+    lines = text.splitlines(keepends=True)
+    candidates = []   # texts that may declare it; the first that parses as expected is taken
+    at: int | None = None      # the line declaring the dataset, named when the edit is refused
+    if name not in tables:
+        sep = "" if not text or text.endswith("\n") else "\n"
+        candidates.append(f"{text}{sep}\n[datasets.{name}]\npath = {value}\n")
+    else:
+        header = re.compile(rf"\s*\[\s*{_key('datasets')}\s*\.\s*{_key(name)}\s*\]\s*(#.*)?")
+        at = next((i for i, line in enumerate(lines) if header.fullmatch(line.rstrip("\r\n"))), None)
+        if at is None:   # not a [datasets.NAME] table: find the line that declares it otherwise
+            key = re.compile(rf"\s*\[?\s*({_key('datasets')}\s*\.\s*)?{_key(name)}\s*[.=\]]")
+            at = next((i for i, line in enumerate(lines) if key.match(line)), None)
+        else:
+            path_line = re.compile(rf"\s*{_key('path')}\s*=\s*(?P<value>\"(?:[^\"\\]|\\.)*\"|'[^']*')\s*(#.*)?")
+            for i in range(at + 1, len(lines)):
+                body = lines[i].rstrip("\r\n")
+                if body.lstrip().startswith("["):   # the next table
+                    break
+                m = path_line.fullmatch(body)
+                if m:
+                    edited = body[:m.start("value")] + value + lines[i][m.end("value"):]
+                    candidates.append("".join(lines[:i] + [edited] + lines[i + 1:]))
+    for new in candidates:
+        try:
+            if tomllib.loads(new) == expected:
+                return new
+        except tomllib.TOMLDecodeError:
+            pass
+    where = f"{config}:{at + 1} (`{lines[at].strip()}`)" if at is not None else str(config)
+    raise DataError(f"{where}: data add cannot rewrite the declaration of dataset {name!r} safely; "
+                    f"write path = {value} there yourself, then run data add again")
 
 
 def locked_path(project: Project, name: str, lock: dict[str, Any] | None = None) -> str | None:
@@ -100,10 +155,17 @@ def locked_path(project: Project, name: str, lock: dict[str, Any] | None = None)
     return fixed_output_path(entry["sha256"], name, recursive=True) if entry else None
 
 
-def add(project: Project, name: str, path: Path) -> tuple[Imported | None, str]:
-    """Import ``path`` as dataset ``name`` and pin it. Returns (import or None if unchanged, sha)."""
-    from ..config import load_project
+@dataclass(frozen=True)
+class Added:
+    imported: Imported | None    # None: unchanged, nothing imported
+    sha256: str
+    path: str                    # as declared: relative to the project, or absolute outside it
+    moved_from: str | None       # the path declared before, when this add changed it
 
+
+def add(project: Project, name: str, path: Path) -> Added:
+    """Import ``path`` as dataset ``name``, declare and pin it. Every check that can fail (the
+    import included) runs before anything is written into the project."""
     if not re.match(r"^[A-Za-z][A-Za-z0-9_-]*$", name):
         raise DataError(f"dataset name {name!r} must start with a letter and hold only letters, digits, - and _")
     path = path if path.is_absolute() else (Path.cwd() / path)
@@ -116,22 +178,30 @@ def add(project: Project, name: str, path: Path) -> tuple[Imported | None, str]:
     existing = _one(name, table) if table is not None else None
     if existing is not None and existing.kind != "path":
         raise DataError(f"dataset {name!r} is a {existing.kind} dataset; `data add` is for local files and folders")
+    root = project.root.resolve()
     source = path.resolve()   # a symlinked file or folder: its content is the data
-    try:
-        rel = source.relative_to(project.root).as_posix()
-    except ValueError:
-        rel = str(source)
-    cache = project.root / ".mlbuild"
+    rel = source.relative_to(root).as_posix() if source.is_relative_to(root) else str(source)
+    declared = existing.path if existing is not None else None
+    config = None     # mlbuild.toml's new text, when the declaration changes
+    if declared is not None and (root / declared).resolve() == source:
+        rel = declared   # the same file or folder, however it is written: the declaration stays
+    else:
+        config = toml_with_path(project.config_path.read_text(), name, rel, project.config_path)
+    ignore = git.ignore_entry(root, path)
+    in_repo = git.repo_root(root) is not None
+    cache = root / ".mlbuild"
     lock = read_lock(project.lock_path)
     sha, entries = statcache.lookup(cache, name, source)
     result = None
     if sha is None or _nix.invalid_paths([fixed_output_path(sha, name, recursive=True)]):
         result = import_path(source, name)   # DataError for what cannot go in: nothing is written then
         sha = result.sha256
+    # Only writes from here on.
+    _nix.add_roots({f"dataset-{name}": fixed_output_path(sha, name, recursive=True)}, cache / "gcroots")
+    if result is not None:
         statcache.remember(cache, name, source, entries, sha)
-    if existing is None:
-        _declare(project, name, rel)
-        project = load_project(project.root)
+    if config is not None:
+        project.config_path.write_text(config)
     entry: dict[str, Any] = {"sha256": sha, "kind": "path"}
     if result is not None:
         entry.update(files=result.files, size=result.size)
@@ -139,12 +209,12 @@ def add(project: Project, name: str, path: Path) -> tuple[Imported | None, str]:
         entry.update({k: v for k, v in lock.get("datasets", {}).get(name, {}).items() if k in ("files", "size")})
     lock.setdefault("datasets", {})[name] = entry
     write_lock(project.lock_path, lock)
-    _nix.add_roots({f"dataset-{name}": fixed_output_path(sha, name, recursive=True)}, cache / "gcroots")
-    git.ignore(project.root, path)
-    if git.repo_root(project.root) and not (cache / ".gitignore").exists():
+    if ignore is not None:
+        git.add_ignore(*ignore)
+    if in_repo and not (cache / ".gitignore").exists():
         cache.mkdir(exist_ok=True)
         (cache / ".gitignore").write_text("*\n")
-    return result, sha
+    return Added(result, sha, rel, declared if config is not None else None)
 
 
 @dataclass(frozen=True)
@@ -205,10 +275,12 @@ class FileDiff:
     new_size: int | None
 
 
-def _files(root: Path) -> dict[str, tuple[int, str]]:
+def _files(root: Path, file_name: str) -> dict[str, tuple[int, str]]:
+    """Size and sha256 of each file under ``root``; a single-file dataset's one file is named
+    ``file_name`` (in the store it is named after the dataset)."""
     out = {}
     if root.is_file():
-        return {root.name: (root.stat().st_size, sha256_file(root))}
+        return {file_name: (root.stat().st_size, sha256_file(root))}
     for dirpath, _dirs, names in os.walk(root):
         for n in names:
             p = Path(dirpath) / n
@@ -244,7 +316,8 @@ def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:
             raise DataError(f"{name!r} at {rev!r} ({new_path}) is not in the store; check out {rev} and "
                             f"run `mlbuild data pull {name}`")
         new_root = Path(new_path)
-    a, b = _files(Path(old_path)), _files(new_root)
+    file_name = Path(ds.path or name).name
+    a, b = _files(Path(old_path), file_name), _files(new_root, file_name)
     changes = [FileDiff(p, "removed", a[p][0], None) for p in a.keys() - b.keys()]
     changes += [FileDiff(p, "added", None, b[p][0]) for p in b.keys() - a.keys()]
     changes += [FileDiff(p, "changed", a[p][0], b[p][0]) for p in a.keys() & b.keys() if a[p] != b[p]]

@@ -235,3 +235,82 @@ def test_status_and_diff_name_a_pipe_instead_of_failing_or_blocking(data_project
         assert proc.returncode == 1 and "pipe is not a file, folder or symlink" in proc.stderr
     finally:
         (data_project / "data" / "raw" / "pipe").unlink()
+
+
+IRIS = "sepal,petal,class\n" + "".join(f"{i}.1,{i}.2,{'ab'[i % 2]}\n" for i in range(200))
+
+
+def test_a_single_file_dataset_diffs_as_its_file(data_project: Path) -> None:
+    write_tree(data_project, {"data": {"iris.csv": IRIS}})
+    assert "iris-raw: 1 file, " in run_cli("data", "add", "iris-raw", "data/iris.csv", cwd=data_project).stdout
+    rev = commit_all(data_project, "iris")
+    (data_project / "data/iris.csv").write_text(IRIS.replace("5.1,5.2", "5.1,7.7"))   # one row, same size
+    size = "2.5 KiB"
+    assert run_cli("data", "diff", "iris-raw", cwd=data_project).stdout.splitlines() == [
+        f"changed  iris.csv  {size} -> {size}"]
+    run_cli("data", "add", "iris-raw", "data/iris.csv", cwd=data_project)
+    commit_all(data_project, "one row changed")
+    assert run_cli("data", "diff", "iris-raw", rev, cwd=data_project).stdout.splitlines() == [
+        f"changed  iris.csv  {size} -> {size}"]
+
+
+def _status(root: Path, name: str) -> str:
+    out = run_cli("data", "status", cwd=root).stdout
+    return next(x for x in out.splitlines() if x.startswith(f"{name} "))
+
+
+def test_adding_another_path_declares_it(data_project: Path) -> None:
+    write_tree(data_project, {"data": {"iris.csv": IRIS, "other.csv": IRIS.replace("7.1", "7.5")}})
+    toml = data_project / "mlbuild.toml"
+    toml.write_text(toml.read_text() + '\n# the raw export\n[datasets.iris-raw]   # from the lab\n'
+                                       'path = "data/iris.csv"   # keep in sync\n# end\n')
+    run_cli("data", "add", "iris-raw", "data/iris.csv", cwd=data_project)
+    before = toml.read_text()
+    out = run_cli("data", "add", "iris-raw", "data/other.csv", cwd=data_project).stdout
+    assert "iris-raw: path data/iris.csv -> data/other.csv in mlbuild.toml" in out
+    assert toml.read_text() == before.replace('path = "data/iris.csv"', 'path = "data/other.csv"')
+    assert "present" in _status(data_project, "iris-raw")
+    assert lock(data_project)["datasets"]["iris-raw"]["sha256"] == nar_sha256(str(data_project / "data/other.csv"))
+
+
+def test_a_declaration_add_cannot_rewrite_is_refused_and_nothing_is_written(data_project: Path) -> None:
+    write_tree(data_project, {"data": {"iris.csv": IRIS, "other.csv": IRIS.replace("7.1", "7.5")}})
+    toml = data_project / "mlbuild.toml"
+    toml.write_text(toml.read_text() + '\n[datasets]\niris-raw = { path = "data/iris.csv" }\n')
+    run_cli("data", "add", "iris-raw", "data/iris.csv", cwd=data_project)
+    before = {f: (data_project / f).read_text() for f in ("mlbuild.toml", "mlbuild.lock", ".gitignore")}
+    proc = run_cli("data", "add", "iris-raw", "data/other.csv", cwd=data_project, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = len(before["mlbuild.toml"].splitlines())
+    assert f"mlbuild.toml:{line}" in proc.stderr and 'path = "data/other.csv"' in proc.stderr, proc.stderr
+    assert {f: (data_project / f).read_text() for f in before} == before
+
+
+def test_a_dataset_outside_the_repository(data_project: Path, tmp_path: Path) -> None:
+    far = write_tree(tmp_path / "elsewhere" / "far", {"rows.txt": f"{uuid.uuid4()}\n"})
+    ignored = (data_project / ".gitignore").read_text()
+    out = run_cli("data", "add", "far", str(far), cwd=data_project).stdout
+    assert "far: 1 file, " in out
+    assert f'[datasets.far]\npath = "{far}"\n' in (data_project / "mlbuild.toml").read_text()
+    assert (data_project / ".gitignore").read_text() == ignored    # not git's to ignore
+    commit_all(data_project, "far")
+    row = _status(data_project, "far")
+    assert "present" in row and lock(data_project)["datasets"]["far"]["sha256"] == nar_sha256(str(far))
+    assert build(data_project, "datasets.far").stdout.split("\t")[1].split("\n")[0] == row.split()[-1]
+    (far / "rows.txt").write_text("edited\n")
+    assert "changed" in _status(data_project, "far")
+    assert run_cli("data", "diff", "far", cwd=data_project).stdout.startswith("changed  rows.txt")
+
+
+def test_a_dataset_in_the_repository_outside_the_project(small_project: Path, tmp_path: Path) -> None:
+    repo = write_tree(tmp_path / "mono", {"proj": {f: (small_project / f).read_text()
+                                                   for f in ("mlbuild.toml", "mlbuild.lock")}})
+    git_repo(repo)
+    write_tree(repo, {"shared": {"table.csv": IRIS}})
+    out = run_cli("data", "add", "table", "../shared/table.csv", cwd=repo / "proj").stdout
+    assert "table: 1 file, " in out
+    assert f'path = "{repo / "shared" / "table.csv"}"' in (repo / "proj" / "mlbuild.toml").read_text()
+    assert (repo / ".gitignore").read_text() == "/shared/table.csv\n"
+    assert not (repo / "proj" / ".gitignore").exists()
+    assert "shared" not in git(repo, "status", "--porcelain", "--untracked-files=all")
+    assert "present" in _status(repo / "proj", "table")

@@ -1,0 +1,73 @@
+"""What `data add` writes besides the lock: the path in mlbuild.toml (a text edit that keeps
+everything else) and the .gitignore line for a path inside the project's repository."""
+
+from __future__ import annotations
+
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from mlbuild import git
+from mlbuild.data.datasets import toml_with_path
+from mlbuild.errors import DataError
+
+CONFIG = Path("/p/mlbuild.toml")
+HEAD = '# project\n[project]\nname = "p"   # the name\n'
+
+
+def test_a_missing_dataset_is_appended() -> None:
+    new = toml_with_path(HEAD.rstrip("\n"), "iris-raw", "data/iris.csv", CONFIG)
+    assert new == HEAD + '\n[datasets.iris-raw]\npath = "data/iris.csv"\n'
+
+
+@pytest.mark.parametrize(("table", "edited"), [
+    ('[datasets.iris-raw]   # from the lab\n# before\npath = "data/iris.csv"   # keep\n# after\n',
+     '[datasets.iris-raw]   # from the lab\n# before\npath = "data/b.csv"   # keep\n# after\n'),
+    ("[ datasets . 'iris-raw' ]\r\n\"path\"='data/iris.csv'\r\n", "[ datasets . 'iris-raw' ]\r\n\"path\"=\"data/b.csv\"\r\n"),
+    ('[datasets.iris-raw]\nnote = """\npath = "text"\n"""\npath = "data/iris.csv"\n',   # the first is text
+     '[datasets.iris-raw]\nnote = """\npath = "text"\n"""\npath = "data/b.csv"\n'),
+])
+def test_only_the_path_line_changes(table: str, edited: str) -> None:
+    tail = '\n[datasets.split]\nprepare = "prepare.py"\ninputs = ["iris-raw"]\n'
+    assert toml_with_path(HEAD + table + tail, "iris-raw", "data/b.csv", CONFIG) == HEAD + edited + tail
+
+
+def test_a_path_is_written_as_a_toml_string() -> None:
+    odd = '/data/we"ird\\name\t.csv'
+    new = toml_with_path(HEAD + '[datasets.x]\npath = "a"\n', "x", odd, CONFIG)
+    assert tomllib.loads(new)["datasets"]["x"]["path"] == odd
+
+
+@pytest.mark.parametrize(("table", "line"), [
+    ('[datasets]\niris-raw = { path = "data/iris.csv" }\n', 5),           # an inline table
+    ('[datasets]\niris-raw.path = "data/iris.csv"\n', 5),                 # a dotted key
+    ('[datasets.iris-raw]\npath = """data/iris.csv"""\n', 4),             # a multi-line string
+])
+def test_a_declaration_that_cannot_be_rewritten_safely_is_refused_naming_its_line(table: str, line: int) -> None:
+    with pytest.raises(DataError) as e:
+        toml_with_path(HEAD + table, "iris-raw", "data/b.csv", CONFIG)
+    assert str(e.value).startswith(f"{CONFIG}:{line} (`{(HEAD + table).splitlines()[line - 1].strip()}`)")
+    assert 'write path = "data/b.csv" there yourself' in str(e.value)
+
+
+def test_ignored_where_the_path_is(tmp_path: Path) -> None:
+    repo, outside = tmp_path / "repo", tmp_path / "elsewhere" / "x.csv"
+    project = repo / "proj"
+    for f in (project / "data" / "x.csv", repo / "shared" / "d" / "y.csv", outside):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("1\n")
+    assert git.ignore_entry(project, project / "data" / "x.csv") is None          # no repository yet
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    assert git.ignore_entry(project, project / "data" / "x.csv") == (project / ".gitignore", "/data/x.csv")
+    assert git.ignore_entry(project, project / ".." / "shared" / "d") == (repo / ".gitignore", "/shared/d/")
+    assert git.ignore_entry(project, outside) is None                              # not git's to ignore
+    assert git.ignore(project, repo / "shared" / "d")
+    assert (repo / ".gitignore").read_text() == "/shared/d/\n"
+    assert git.ignore_entry(project, repo / "shared" / "d") is None                # ignored already
+
+
+def test_a_path_that_is_not_utf8_is_refused() -> None:
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        toml_with_path(HEAD, "x", "data/caf\udce9.csv", CONFIG)
