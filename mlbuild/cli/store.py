@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import click
 from .. import store as st
 from ..errors import StoreCorruptError
 from ..store.gc import DEFAULT_GRACE_S
+from ..store.layout import store_command
 from .main import cli
 
 __all__ = ["store"]
@@ -81,28 +83,35 @@ def pull(ctx: click.Context, targets: tuple[str, ...], to_store: str | None, nix
 
 
 @store.command()
-@click.option("--repair", is_flag=True, help="Remove bad entries (and NARs only they use).")
+@click.option("--repair", is_flag=True,
+              help="Remove bad entries (and NARs only they use), those signed only by untrusted keys too.")
 @click.option("--quick", is_flag=True, help="Check signatures and sizes only, not NAR hashes.")
 @click.pass_context
 def verify(ctx: click.Context, repair: bool, quick: bool) -> None:
     """Check every entry's signature and NAR; list corrupt, unsigned, missing, incomplete ones."""
-    r = st.verify(_cfg(ctx), repair=repair, contents=not quick)
+    cfg = _cfg(ctx)
+    r = st.verify(cfg, repair=repair, contents=not quick)
     for p in r.problems:
         click.echo(f"{p.kind}\t{p.store_path or p.narinfo}\t{p.detail}")
     for f in r.removed:
         click.echo(f"removed\t{f}")
     click.echo(f"checked {r.checked} entries, {len(r.problems)} problems")
     if r.problems and not repair:
-        raise StoreCorruptError(f"{len(r.problems)} bad entries in the store; remove them with "
-                                f"`mlbuild store verify --repair`, then push the paths again")
+        raise StoreCorruptError(r.advice(cfg))
+
+
+def _not_nan(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if math.isnan(value):
+        raise click.BadParameter("nan is not a number of seconds; give e.g. --grace 3600 (0: no grace)")
+    return value
 
 
 @store.command()
 @click.option("--lock", "locks", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Keep what this mlbuild.lock references (repeatable).")
+              help="Keep what this mlbuild.lock pins: interpreter snapshot, wheels, local datasets (repeatable).")
 @click.option("--keep-last", type=click.IntRange(min=0), default=None,
               help="Pushes kept per name (default: [store].keep-last).")
-@click.option("--grace", type=click.FloatRange(min=0), default=DEFAULT_GRACE_S,
+@click.option("--grace", type=click.FloatRange(min=0), default=DEFAULT_GRACE_S, callback=_not_nan,
               help="Seconds an unrooted entry or NAR is spared after its last use (default 3600).")
 @click.option("--dry-run", is_flag=True, help="Only report what would go.")
 @click.pass_context
@@ -122,7 +131,14 @@ def gc(ctx: click.Context, locks: tuple[Path, ...], keep_last: int | None, grace
 @click.pass_context
 def stats(ctx: click.Context, as_json: bool) -> None:
     """Size per top-level item and kind, totals, and how much is shared."""
-    s = st.stats(_cfg(ctx))
+    cfg = _cfg(ctx)
+    s = st.stats(cfg)
+    if s.unreadable:
+        click.echo(f"warning: {len(s.unreadable)} entries cannot be read and are not counted:", err=True)
+        for why in s.unreadable:
+            click.echo(f"  {why}", err=True)
+        click.echo(f"  (remove them with `{store_command(cfg.root, 'verify --repair')}`, then push them again)",
+                   err=True)
     if as_json:
         click.echo(json.dumps(asdict(s), indent=2))
         return
@@ -132,7 +148,8 @@ def stats(ctx: click.Context, as_json: bool) -> None:
     for kind, (n, b) in sorted(s.by_kind.items()):
         click.echo(f"kind {kind:<11}{n:>5} paths {_mb(b):>14}")
     click.echo(f"total {s.paths} paths, {_mb(s.file_bytes)} on disk ({_mb(s.nar_bytes)} uncompressed); "
-               f"shared by several items: {s.shared_paths} paths, {_mb(s.shared_bytes)}")
+               f"shared by several items: {s.shared_paths} paths, {_mb(s.shared_bytes)}"
+               + (f"; {len(s.unreadable)} unreadable entries not counted" if s.unreadable else ""))
 
 
 @store.command()

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 from ..config import CONFIG_NAME, find_project_root
 from ..errors import ConfigError, StoreConfigError, StoreKeyError
 from .keys import PublicKey, SecretKey, load_secret_key, parse_public_key
+from .layout import store_command
 
 __all__ = ["StoreConfig", "load_store_config", "DEFAULT_ROOT", "DEFAULT_SECRET_KEY", "DEFAULT_PUBLIC_KEY"]
 
@@ -59,8 +60,8 @@ class StoreConfig:
     def secret_key(self) -> SecretKey:
         if self.secret_key_file is None:
             raise StoreKeyError(f"no signing key is configured for the store {self.root}: set "
-                                f"MLBUILD_STORE_SECRET_KEY or [store].secret-key, or run `mlbuild store init "
-                                f"--generate-key`")
+                                f"MLBUILD_STORE_SECRET_KEY or [store].secret-key, or run "
+                                f"`{store_command(self.root, 'init --generate-key')}`")
         return load_secret_key(self.secret_key_file)
 
     def trusted_keys(self) -> tuple[PublicKey, ...]:

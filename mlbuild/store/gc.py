@@ -13,6 +13,10 @@ Order of removal, so that readers and writers never see a broken store:
    the newest ``keep_last`` per name go.
 
 With ``grace=0`` (tests, a store nobody else uses) everything unrooted goes in one run.
+
+gc never removes anything because it could not read something: a narinfo it cannot read or parse
+might be a root, or reference entries that must stay, so gc refuses to run (``--dry-run`` too)
+until ``mlbuild store verify --repair`` has removed it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Sequence
 
 from ..errors import StoreCorruptError
 from .config import StoreConfig
-from .layout import Layout, fsync_dir, publish_bytes, temp_is_stale
+from .layout import Entries, Layout, fsync_dir, publish_bytes, store_command, temp_is_stale
 from .narinfo import NarInfo
 from .roots import Roots, read_roots
 
@@ -46,18 +50,22 @@ class GcReport:
     freed_bytes: int = 0
 
 
-def _load(layout: Layout) -> dict[str, tuple[NarInfo, float]]:
-    out: dict[str, tuple[NarInfo, float]] = {}
-    for f in layout.narinfos():
-        try:
-            info = NarInfo.parse(f.read_text(), str(f))
-            out[info.store_path] = (info, f.stat().st_mtime)
-        except (StoreCorruptError, FileNotFoundError, UnicodeDecodeError):
-            continue   # verify reports and repairs these
-    return out
+def _load(layout: Layout, done: str = "removes nothing") -> Entries:
+    """The store's entries; StoreCorruptError, naming them, when any cannot be read."""
+    entries = layout.entries()
+    if entries.unreadable:
+        bad = sorted(entries.unreadable.items())
+        listed = "\n".join(f"  {why}" for _, why in bad[:10])
+        listed += f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise StoreCorruptError(
+            f"gc cannot read {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} of {layout.root}, so it cannot tell "
+            f"what they keep, and {done}:\n{listed}\nremove them with "
+            f"`{store_command(layout.root, 'verify --repair')}`, push again what they were (their file names are the "
+            f"store paths' hashes), then run gc")
+    return entries
 
 
-def _closure(roots: set[str], entries: dict[str, tuple[NarInfo, float]]) -> set[str]:
+def _closure(roots: set[str], entries: dict[str, NarInfo]) -> set[str]:
     keep: set[str] = set()
     todo = [r for r in roots if r in entries]
     while todo:
@@ -65,15 +73,15 @@ def _closure(roots: set[str], entries: dict[str, tuple[NarInfo, float]]) -> set[
         if p in keep:
             continue
         keep.add(p)
-        todo += [r for r in entries[p][0].reference_paths if r in entries and r not in keep]
+        todo += [r for r in entries[p].reference_paths if r in entries and r not in keep]
     return keep
 
 
-def _referrers_first(doomed: set[str], entries: dict[str, tuple[NarInfo, float]]) -> list[str]:
+def _referrers_first(doomed: set[str], entries: dict[str, NarInfo]) -> list[str]:
     """Order ``doomed`` so every path comes before the paths it references."""
     referrers: dict[str, set[str]] = {p: set() for p in doomed}
     for q in doomed:
-        for r in entries[q][0].reference_paths:
+        for r in entries[q].reference_paths:
             if r in referrers and r != q:
                 referrers[r].add(q)
     order: list[str] = []
@@ -103,11 +111,12 @@ def gc(cfg: StoreConfig, *, locks: Sequence[Path] = (), keep_last: int | None = 
     layout = Layout(cfg.root)
     layout.require()
     now = time.time()
-    entries = _load(layout)
+    loaded = _load(layout)
+    entries = loaded.infos
     roots = read_roots(layout, cfg.keep_last if keep_last is None else keep_last, list(locks))
     keep = _closure(roots.paths, entries)
     report = GcReport(roots=roots, kept=sorted(keep))
-    doomed = {p for p, (_, mtime) in entries.items() if p not in keep and now - mtime >= grace}
+    doomed = {p for p, mtime in loaded.mtimes.items() if p not in keep and now - mtime >= grace}
     keep |= set(entries) - doomed   # recent entries stay, and so must what they reference
     keep = _closure(keep, entries)
     doomed -= keep
@@ -117,7 +126,7 @@ def gc(cfg: StoreConfig, *, locks: Sequence[Path] = (), keep_last: int | None = 
             layout.narinfo(p).unlink(missing_ok=True)
     if doomed and not dry_run:
         fsync_dir(layout.root)
-    _collect_nars(layout, {entries[p][0].url for p in entries if p not in doomed}, now, grace, dry_run, report)
+    _collect_nars(layout, {entries[p].url for p in entries if p not in doomed}, now, grace, dry_run, report)
     for tmp in layout.temp_files():
         if temp_is_stale(tmp, grace, now):
             report.removed_temps.append(tmp)
@@ -133,7 +142,9 @@ def gc(cfg: StoreConfig, *, locks: Sequence[Path] = (), keep_last: int | None = 
 def _collect_nars(layout: Layout, used: set[str], now: float, grace: float, dry_run: bool,
                   report: GcReport) -> None:
     """Delete NARs unreferenced for ``grace`` seconds; condemn the newly unreferenced ones."""
-    used |= {i.url for i, _ in _load(layout).values()}   # entries a concurrent push just wrote
+    # Entries a concurrent push just wrote keep their NARs; a narinfo that cannot be read might name any.
+    again = _load(layout, f"removed {len(report.removed_paths)} unrooted entries but no NAR file")
+    used |= {i.url for i in again.infos.values()}
     try:
         condemned: dict[str, float] = json.loads(layout.condemned_file.read_text())
     except (FileNotFoundError, json.JSONDecodeError):

@@ -27,8 +27,9 @@ __all__ = ["SecretKey", "PublicKey", "parse_secret_key", "parse_public_key", "lo
 def _split(text: str, what: str, size: int) -> tuple[str, bytes]:
     name, sep, body = text.strip().partition(":")
     if not sep or not name:
-        raise StoreKeyError(f"{what} {text.strip()[:40]!r} is not `name:base64`; make a key pair with "
-                            f"`mlbuild store init` or `nix-store --generate-binary-cache-key NAME SEC PUB`")
+        raise StoreKeyError(f"{what} {text.strip()[:40]!r} is not `name:base64`, the format of the key files "
+                            f"`nix-store --generate-binary-cache-key NAME SEC PUB` and `mlbuild store init "
+                            f"--generate-key` write; give such a key")
     try:
         raw = base64.b64decode(body, validate=True)
     except binascii.Error:

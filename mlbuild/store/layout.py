@@ -21,14 +21,17 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import shlex
 import socket
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import StoreConfigError, StoreCorruptError
-from .narinfo import STORE_DIR, hash_part
+from .narinfo import REPAIR_HINT, STORE_DIR, NarInfo, hash_part
 
-__all__ = ["Layout", "temp_name", "parse_temp_name", "publish_bytes", "fsync_dir", "DIR_MODE", "FILE_MODE"]
+__all__ = ["Layout", "Entries", "store_command", "temp_name", "parse_temp_name", "publish_bytes", "fsync_dir",
+           "DIR_MODE", "FILE_MODE"]
 
 DIR_MODE = 0o2775   # setgid: files inherit the store's group; the group may add and remove entries
 FILE_MODE = 0o664
@@ -120,8 +123,9 @@ class Layout:
 
     def require(self) -> None:
         if not self.is_initialised():
-            raise StoreConfigError(f"{self.root} is not an mlbuild store (no nix-cache-info or nar/); run "
-                                   f"`mlbuild store init --store {self.root}` or set MLBUILD_STORE")
+            raise StoreConfigError(f"{self.root} is not an mlbuild store (no nix-cache-info or nar/); create it "
+                                   f"with `{store_command(self.root, 'init')}`, or give the store's folder "
+                                   f"(`mlbuild store --store DIR ...`, MLBUILD_STORE or [store].path)")
 
     def init(self) -> None:
         """Create the folders and nix-cache-info (idempotent; keeps existing entries)."""
@@ -142,6 +146,29 @@ class Layout:
                 if e.name.endswith(".narinfo") and not e.name.startswith("."):
                     yield Path(e.path)
 
+    def entries(self) -> Entries:
+        """Every published narinfo, parsed, and those that cannot be read (a narinfo removed
+        meanwhile, by gc or a repair, is neither)."""
+        out = Entries()
+        for f in self.narinfos():
+            try:
+                info = NarInfo.parse(f.read_text(), str(f))
+                mtime = f.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            except StoreCorruptError as e:
+                out.unreadable[f] = str(e).removesuffix(REPAIR_HINT)
+                continue
+            except (OSError, UnicodeDecodeError) as e:
+                out.unreadable[f] = f"{f}: {e}"
+                continue
+            if info.hash_part + ".narinfo" != f.name:
+                out.unreadable[f] = f"{f}: describes {info.store_path}, not {f.stem}"
+            else:
+                out.infos[info.store_path] = info
+                out.mtimes[info.store_path] = mtime
+        return out
+
     def nar_files(self) -> Iterator[Path]:
         with os.scandir(self.nar_dir) as it:
             for e in it:
@@ -157,6 +184,21 @@ class Layout:
         for d in dirs:
             if d.is_dir():
                 yield from (p for p in d.iterdir() if p.name.startswith(TEMP_PREFIX))
+
+
+@dataclass
+class Entries:
+    """The store's narinfos by store path (with their mtimes), and the files that cannot be
+    read, with why (``mlbuild store verify`` reports and repairs those)."""
+
+    infos: dict[str, NarInfo] = field(default_factory=dict)
+    mtimes: dict[str, float] = field(default_factory=dict)
+    unreadable: dict[Path, str] = field(default_factory=dict)
+
+
+def store_command(root: Path, args: str) -> str:
+    """``mlbuild store --store ROOT ARGS``: a suggestion that works whichever way the store was named."""
+    return f"mlbuild store --store {shlex.quote(str(root))} {args}"
 
 
 def make_dir(path: Path) -> None:

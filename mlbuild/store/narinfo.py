@@ -26,9 +26,11 @@ from dataclasses import dataclass, field, replace
 from ..errors import StoreCorruptError
 from ..nar import from_nix_base32, nix_base32
 
-__all__ = ["NarInfo", "parse_hash", "format_hash", "format_b3", "fingerprint", "hash_part", "STORE_DIR"]
+__all__ = ["NarInfo", "parse_hash", "format_hash", "format_b3", "fingerprint", "hash_part", "STORE_DIR",
+           "REPAIR_HINT"]
 
 STORE_DIR = "/nix/store"
+REPAIR_HINT = "; remove the entry with `mlbuild store verify --repair`"
 _SHA256_LEN = 32
 
 
@@ -159,8 +161,7 @@ class NarInfo:
             if not sep:
                 key, sep, value = line.partition(":")
             if not sep:
-                raise StoreCorruptError(f"{where}: line {n} {line!r} is not `Key: value`; "
-                                        f"remove the entry with `mlbuild store verify --repair`")
+                raise StoreCorruptError(f"{where}: line {n} {line!r} is not `Key: value`{REPAIR_HINT}")
             if key == "Sig":
                 sigs.append(value.strip())
             elif key == "MlbuildB3Sig":
@@ -171,8 +172,7 @@ class NarInfo:
                 extra.append((key, value))
         missing = [k for k in ("StorePath", "URL", "NarHash", "NarSize") if k not in fields]
         if missing:
-            raise StoreCorruptError(f"{where}: no {', '.join(missing)} field; "
-                                    f"remove the entry with `mlbuild store verify --repair`")
+            raise StoreCorruptError(f"{where}: no {', '.join(missing)} field{REPAIR_HINT}")
         try:
             nar_hash = format_hash(parse_hash(fields["NarHash"]))
             file_hash = format_hash(parse_hash(fields["FileHash"])) if "FileHash" in fields else ""
@@ -192,7 +192,7 @@ class NarInfo:
                 extra=tuple(extra),
             )
         except ValueError as e:
-            raise StoreCorruptError(f"{where}: {e}; remove the entry with `mlbuild store verify --repair`") from None
+            raise StoreCorruptError(f"{where}: {e}{REPAIR_HINT}") from None
 
 
 _KNOWN = frozenset({"StorePath", "URL", "Compression", "FileHash", "FileSize", "NarHash", "NarSize",

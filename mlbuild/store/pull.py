@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from .. import _nix
-from ..errors import StoreCorruptError, StoreMissingError
+from ..errors import NixError, StoreCorruptError, StoreMissingError
 from .config import StoreConfig
+from .keys import check_signatures
 from .layout import Layout
 from .narinfo import NarInfo
 from .push import resolve_targets
 from .restore import real_store_dir, restore_paths
+from .verify import untrusted_hint
 
 __all__ = ["pull", "PullResult", "cache_closure", "trust_options"]
 
@@ -109,7 +111,16 @@ def pull(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
 
     def flush() -> None:
         if batch:
-            _nix.copy_from_cache(cfg.url, batch, store=local_store, options=trust_options(cfg))
+            try:
+                _nix.copy_from_cache(cfg.url, batch, store=local_store, options=trust_options(cfg))
+            except NixError as e:
+                bad = [closure[p] for p in batch
+                       if not check_signatures(closure[p].sigs, closure[p].fingerprint(), keys)]
+                if not bad or "signature" not in str(e):
+                    raise
+                head = str(e.args[0]).split("\n", 1)[0]
+                raise NixError(f"{head}: Nix refused what has no valid signature by a trusted key. "
+                               f"{untrusted_hint(bad, keys, layout.root)}", e.log_tail) from None
             batch.clear()
 
     for p in _references_first(closure, missing):

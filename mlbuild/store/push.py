@@ -8,7 +8,8 @@ several hosts may push overlapping closures at once: every file is published by 
 rename of a uniquely named temp file, NAR files are named by their content hash, and a narinfo is
 only written after its NAR is complete. An entry whose NAR is missing or short (a power cut on the
 store's host before the write-back of a NAR that was not fsynced, see ``fsync-nars``; a NAR
-removed by hand) is not "present": the push publishes it again.
+removed by hand) is not "present": the push publishes it again. A push refuses to sign with a key
+whose public half the configuration does not trust (every reader would refuse its entries).
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .. import _nix
-from ..errors import NixError, StoreCorruptError, StoreTargetError
+from ..errors import NixError, StoreCorruptError, StoreKeyError, StoreTargetError
 from .config import StoreConfig
+from .keys import PublicKey, SecretKey
 from .layout import Layout
 from .narinfo import STORE_DIR, NarInfo
 from .roots import default_name, record_push
 from .upload import PathInfo, path_infos, publish_path
 from .verify import check_nar
 
-__all__ = ["push", "PushResult", "resolve_targets", "topological"]
+__all__ = ["push", "PushResult", "resolve_targets", "topological", "check_signing_key"]
 
 
 @dataclass
@@ -118,6 +120,19 @@ def _complete(layout: Layout, narinfo: Path) -> bool:
         return False
 
 
+def check_signing_key(key: SecretKey, trusted: tuple[PublicKey, ...]) -> None:
+    """StoreKeyError unless the signing key's public half is among the trusted keys: every reader
+    configured like this machine would refuse what it signs."""
+    if key.public not in trusted:
+        raise StoreKeyError(
+            f"the signing key {key.name} (public half {key.public}) is not among the store's trusted keys "
+            f"({', '.join(str(k) for k in trusted)}): Nix and `mlbuild store pull` would refuse everything it "
+            f"signs, so nothing was pushed. Sign with the store's key (MLBUILD_STORE_SECRET_KEY or "
+            f"[store].secret-key), or, if this key should sign the store, add its public half to "
+            f"MLBUILD_STORE_PUBLIC_KEYS or [store].public-keys here and to trusted-public-keys on every machine "
+            f"that reads the store")
+
+
 def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = None,
          name: str | None = None, build_deps: bool = False,
          progress: Callable[[str], None] | None = None) -> PushResult:
@@ -133,6 +148,8 @@ def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
     layout = Layout(cfg.root)
     layout.require()
     key = cfg.secret_key()
+    trusted = cfg.trusted_keys()
+    check_signing_key(key, trusted)
     paths = resolve_targets(targets)
     result = PushResult(targets=paths)
     groups: dict[str, list[str]] = {}

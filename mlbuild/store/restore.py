@@ -34,6 +34,7 @@ from .keys import PublicKey, check_signatures
 from .layout import Layout
 from .narinfo import NarInfo, format_b3, format_hash
 from .narstream import NarFormatError, nar_segments, parse_nar
+from .verify import untrusted_hint
 
 __all__ = ["real_store_dir", "restore_paths"]
 
@@ -164,8 +165,8 @@ def restore_paths(layout: Layout, infos: list[NarInfo], keys: tuple[PublicKey, .
     done: list[str] = []
     for info in infos:
         if not check_signatures(info.sigs, info.fingerprint(), keys):
-            raise StoreCorruptError(f"{info.store_path} lacks a valid signature by a trusted key "
-                                    f"({', '.join(k.name for k in keys)}); refusing it")
+            raise StoreCorruptError(f"refusing {info.store_path}: it lacks a valid signature by a trusted key. "
+                                    f"{untrusted_hint([info], keys, layout.root)}")
         real = str(store_dir / info.store_path.rsplit("/", 1)[-1])
         lock = _PathLock(real)
         try:

@@ -6,8 +6,8 @@ Roots live in the store folder (``mlbuild/roots/``), so every machine sharing th
 - ``pushes/<NAME>/<time>.<host>.<pid>.<rand>``: one file per push, written before the upload
   starts (a concurrent gc then already sees it). gc keeps the newest ``keep_last`` of each NAME;
   NAME defaults to the target's store path name without its hash (e.g. ``digits-model``).
-- a lock (``gc --lock mlbuild.lock``): the interpreter snapshot and the wheels it pins, as the
-  fixed-output store paths Nix gives them, plus any store path written in it.
+- a lock (``gc --lock mlbuild.lock``): the interpreter snapshot, the wheels and the local datasets
+  it pins, as the fixed-output store paths Nix gives them, plus any store path written in it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import StoreError
+from ..lockfile import LOCK_VERSION
 from ..storepath import fixed_output_path
 from .layout import Layout, make_dir, publish_bytes, temp_name
 
@@ -27,6 +28,7 @@ __all__ = ["Roots", "write_tag", "remove_tag", "record_push", "read_roots", "loc
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _STORE_PATH = re.compile(r"/nix/store/[0-9a-z]{32}-[A-Za-z0-9+._?=-]+")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _check_name(name: str, what: str) -> str:
@@ -121,20 +123,52 @@ def read_roots(layout: Layout, keep_last: int, locks: Sequence[Path] = ()) -> Ro
     return Roots(tags, pushes, dropped, {str(p): lock_paths(p) for p in locks})
 
 
-def lock_paths(lock: Path) -> list[str]:
-    """Store paths a mlbuild.lock pins (interpreter snapshot, wheels, tools, literal store paths)."""
+def _read_lock(lock: Path) -> dict[str, Any]:
+    """The JSON of an mlbuild.lock; StoreError for a file that cannot be one."""
+    fix = "pass the project's mlbuild.lock to --lock"
     try:
-        data: Any = json.loads(lock.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise StoreError(f"cannot read the lock {lock} ({e}); pass an existing mlbuild.lock to --lock") from None
+        data: Any = json.loads(lock.read_bytes())
+    except OSError as e:
+        raise StoreError(f"cannot read the lock {lock} ({e.strerror or e}); {fix}") from None
+    except ValueError:   # not UTF-8 text, or not JSON
+        raise StoreError(f"{lock} is not an mlbuild.lock (not JSON text); {fix}") from None
+    snap = data.get("interpreter") if isinstance(data, dict) else None
+    snap = snap.get("snapshot") if isinstance(snap, dict) else None
+    if not isinstance(data, dict) or data.get("version") != LOCK_VERSION or not isinstance(snap, dict):
+        raise StoreError(f"{lock} is not an mlbuild.lock (no \"version\": {LOCK_VERSION} and interpreter "
+                         f"snapshot, as `mlbuild lock` writes); {fix}")
+    return data
+
+
+def _pin(lock: Path, where: str, entry: Any, name_key: str | None) -> tuple[str, str]:
+    """(sha256, name) of a lock entry; StoreError when it is not one (gc cannot tell what it pins)."""
+    sha = entry.get("sha256") if isinstance(entry, dict) else None
+    name = entry.get(name_key) if isinstance(entry, dict) and name_key else None
+    if not isinstance(sha, str) or not _SHA256.match(sha) or (name_key and not isinstance(name, str)):
+        need = f"sha256 (64 hex digits){f' and {name_key}' if name_key else ''}"
+        raise StoreError(f"{lock}: {where} needs {need}, got {entry!r}, so gc cannot tell what it pins; "
+                         f"fix the lock (`mlbuild lock`, `mlbuild data add`) or restore it from git")
+    return sha, name if isinstance(name, str) else ""
+
+
+def lock_paths(lock: Path) -> list[str]:
+    """Store paths a mlbuild.lock pins: the interpreter snapshot, wheels and tools, the local
+    datasets (``datasets.NAME``: recursive sha256, as `mlbuild data add` imports them) and any
+    store path written in it. StoreError for a file that is not an mlbuild.lock."""
+    data = _read_lock(lock)
     out: set[str] = set(_STORE_PATH.findall(json.dumps(data)))
-    if not isinstance(data, dict):
-        return sorted(out)
-    snap = (data.get("interpreter") or {}).get("snapshot") or {}
-    if isinstance(snap.get("sha256"), str) and isinstance(snap.get("name"), str):
-        out.add(fixed_output_path(snap["sha256"], snap["name"], recursive=True))
+    sha, name = _pin(lock, "interpreter.snapshot", data["interpreter"]["snapshot"], "name")
+    out.add(fixed_output_path(sha, name, recursive=True))
     for key in ("wheels", "tools"):
-        for w in data.get(key) or []:
-            if isinstance(w, dict) and isinstance(w.get("sha256"), str) and isinstance(w.get("filename"), str):
-                out.add(fixed_output_path(w["sha256"], w["filename"], recursive=False))
+        entries = data.get(key) or []
+        for i, w in enumerate(entries if isinstance(entries, list) else [entries]):
+            sha, name = _pin(lock, f"{key}[{i}]", w, "filename")
+            out.add(fixed_output_path(sha, name, recursive=False))
+    datasets = data.get("datasets") or {}
+    if not isinstance(datasets, dict):
+        raise StoreError(f"{lock}: datasets must be an object of NAME: {{sha256: ...}}, got {datasets!r}; "
+                         f"restore the lock from git")
+    for name, entry in datasets.items():
+        sha, _ = _pin(lock, f"datasets.{name}", entry, None)
+        out.add(fixed_output_path(sha, name, recursive=True))
     return sorted(out)

@@ -5,7 +5,8 @@ image, a toolchain pushed alone...). Each gets its closure's size and the part o
 item uses; ``shared`` is what two or more items' closures have in common (a toolchain used by
 several models is stored once). Kinds come from store path names (see ``KINDS``); other
 fixed-output paths count as datasets (locked data is fixed-output). Sizes are the
-bytes on disk (``FileSize``: after compression) and, for reference, the NAR sizes.
+bytes on disk (``FileSize``: after compression) and, for reference, the NAR sizes. Entries whose
+narinfo cannot be read are not counted; ``unreadable`` names them (``mlbuild store verify``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ..errors import StoreCorruptError
 from .config import StoreConfig
 from .layout import Layout
 from .narinfo import NarInfo
@@ -60,17 +60,7 @@ class StoreStats:
     items: list[Item] = field(default_factory=list)
     shared_paths: int = 0
     shared_bytes: int = 0
-
-
-def _entries(layout: Layout) -> dict[str, NarInfo]:
-    out: dict[str, NarInfo] = {}
-    for f in layout.narinfos():
-        try:
-            info = NarInfo.parse(f.read_text(), str(f))
-        except (StoreCorruptError, FileNotFoundError, UnicodeDecodeError):
-            continue
-        out[info.store_path] = info
-    return out
+    unreadable: list[str] = field(default_factory=list)   # why each narinfo that is not counted is unreadable
 
 
 def _closure(path: str, entries: dict[str, NarInfo]) -> set[str]:
@@ -89,8 +79,9 @@ def stats(cfg: StoreConfig) -> StoreStats:
     """Sizes per item and kind, totals, and how much the items share."""
     layout = Layout(cfg.root)
     layout.require()
-    entries = _entries(layout)
-    out = StoreStats(paths=len(entries))
+    loaded = layout.entries()
+    entries = loaded.infos
+    out = StoreStats(paths=len(entries), unreadable=[why for _, why in sorted(loaded.unreadable.items())])
     seen_urls: set[str] = set()
     for p, info in entries.items():
         if info.url not in seen_urls:

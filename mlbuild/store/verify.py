@@ -4,8 +4,10 @@ Problems found, by kind:
 
 - ``corrupt``: the narinfo cannot be read, names another path than its file name, or its NAR has
   another size, file hash, NAR hash, BLAKE3 hash or NAR size than the narinfo says;
-- ``unsigned``: no signature by a trusted key (Nix with require-sigs would refuse it), or a
-  BLAKE3 hash without one;
+- ``unsigned``: no signature by a trusted key (Nix with require-sigs would refuse it) on an entry
+  whose NAR is sound, or a BLAKE3 hash without one; ``signers`` names the keys it is signed by, if
+  any (then it is likely sound, signed by a key this machine does not trust:
+  :meth:`VerifyReport.untrusted`);
 - ``missing``: the NAR file the narinfo names is not there;
 - ``incomplete``: a path it references has no good entry (its closure cannot be substituted).
 
@@ -29,11 +31,11 @@ from ..errors import StoreCorruptError
 from ..nar import CHUNK
 from .config import StoreConfig
 from .keys import PublicKey, check_signatures
-from .layout import Layout, fsync_dir
+from .layout import Layout, fsync_dir, store_command
 from ..fastcopy import new_hash
 from .narinfo import NarInfo, format_b3, format_hash
 
-__all__ = ["verify", "VerifyReport", "Problem", "check_nar"]
+__all__ = ["verify", "VerifyReport", "Problem", "check_nar", "signers", "untrusted_hint"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class Problem:
     narinfo: Path
     store_path: str
     detail: str
+    signers: tuple[str, ...] = ()   # unsigned: the names of the keys that did sign it
+    lost: tuple[str, ...] = ()      # incomplete: the references with no good entry
 
 
 @dataclass
@@ -56,6 +60,42 @@ class VerifyReport:
 
     def by_kind(self, kind: str) -> list[Problem]:
         return [p for p in self.problems if p.kind == kind]
+
+    def untrusted(self) -> list[Problem]:
+        """Problems only an untrusted signing key causes: entries signed, but by no trusted key,
+        and entries incomplete only because of those. Trusting the key fixes them all."""
+        found = [p for p in self.problems if p.kind == "unsigned" and p.signers]
+        paths = {p.store_path for p in found}
+        grew = True
+        while grew:
+            more = [p for p in self.by_kind("incomplete") if p not in found and set(p.lost) <= paths]
+            found += more
+            paths |= {p.store_path for p in more}
+            grew = bool(more)
+        return [p for p in self.problems if p in found]
+
+    def advice(self, cfg: StoreConfig) -> str:
+        """What to do about the problems. Entries signed only by keys this machine does not trust
+        are not damaged: the fix is the trusted-key setting, and a repair would delete them."""
+        untrusted = self.untrusted()
+        others = [p for p in self.problems if p not in untrusted]
+        repair = f"`{store_command(cfg.root, 'verify --repair')}`"
+        advice = []
+        if others:
+            advice.append(f"{len(others)} bad entries in the store; remove them with {repair}, then push the "
+                          f"paths again")
+        if untrusted:
+            signed = [p for p in untrusted if p.kind == "unsigned"]
+            signed_by = sorted({s for p in signed for s in p.signers})
+            more = len(untrusted) - len(signed)
+            advice.append(
+                f"{len(signed)} entries are signed only by keys this machine does not trust (signed by "
+                f"{', '.join(signed_by)}; trusted here: {', '.join(str(k) for k in cfg.trusted_keys())})"
+                + (f" and {more} more reference them" if more else "")
+                + f": if that is your store's signing key, trust its public half (MLBUILD_STORE_PUBLIC_KEYS or "
+                f"[store].public-keys here, trusted-public-keys in every reader's nix.conf) rather than remove "
+                f"them: {repair} would delete them" + (" too" if others else ""))
+        return "; ".join(advice)
 
 
 def _reader(f: BinaryIO, compression: str) -> Any:
@@ -116,20 +156,39 @@ def check_nar(path: Path, info: NarInfo, contents: bool = True) -> str | None:
     return None
 
 
+def signers(info: NarInfo) -> tuple[str, ...]:
+    """The names of the keys ``info``'s ``Sig`` lines say they are by (not checked)."""
+    return tuple(sorted({sig.split(":", 1)[0] for sig in info.sigs if ":" in sig}))
+
+
 def _untrusted(info: NarInfo, keys: tuple[PublicKey, ...]) -> str:
     """Why ``info`` has no valid signature by ``keys``, and how to trust another key."""
     trusted = {k.name for k in keys}
-    signers = sorted({sig.split(":", 1)[0] for sig in info.sigs})
-    same_name = [n for n in signers if n in trusted]
+    same_name = [n for n in signers(info) if n in trusted]
     if same_name:
         why = (f"its signature by {same_name[0]} does not verify with the trusted key of that name: another key "
                f"pair under the same name, or the narinfo was changed after signing")
-    elif signers:
-        why = f"signed only by {', '.join(signers)}"
+    elif signers(info):
+        why = f"signed only by {', '.join(signers(info))}"
     else:
         why = "not signed"
     return (f"no signature by a trusted key ({why}; trusted: {', '.join(sorted(trusted))}; to trust another "
             f"key, set MLBUILD_STORE_PUBLIC_KEYS or [store].public-keys)")
+
+
+def untrusted_hint(infos: list[NarInfo], keys: tuple[PublicKey, ...], root: Path) -> str:
+    """Why a reader refuses ``infos`` (no signature by a trusted key), naming the signers, the
+    trusted keys, and the fix: the key setting when they are signed at all."""
+    signed_by = sorted({name for i in infos for name in signers(i)})
+    paths = ", ".join(i.store_path for i in infos[:3]) + (f" and {len(infos) - 3} more" if len(infos) > 3 else "")
+    trusted = ", ".join(str(k) for k in keys)
+    if not signed_by:
+        return (f"{paths} {'is' if len(infos) == 1 else 'are'} not signed (trusted keys here: {trusted}); remove "
+                f"the bad entries with `{store_command(root, 'verify --repair')}` and push them again")
+    return (f"{paths} {'is' if len(infos) == 1 else 'are'} signed only by {', '.join(signed_by)}, which this "
+            f"machine does not trust (trusted keys here: {trusted}). If that key signs your store, trust it: add "
+            f"its public half (`name:base64`, the .pub file beside its secret key) to MLBUILD_STORE_PUBLIC_KEYS or "
+            f"[store].public-keys; if not, `{store_command(root, 'verify')}` lists what it signed")
 
 
 def _check_one(layout: Layout, f: Path, keys: tuple[PublicKey, ...],
@@ -142,9 +201,10 @@ def _check_one(layout: Layout, f: Path, keys: tuple[PublicKey, ...],
         return f, None, None   # removed meanwhile (gc): nothing to check
     if info.hash_part + ".narinfo" != f.name:
         return f, info, Problem("corrupt", f, info.store_path, f"describes {info.store_path}, not {f.stem}")
+    unsigned = None   # reported when the NAR is sound: signed by a key not trusted here, it may well be
     if not check_signatures(info.sigs, info.fingerprint(), keys):
-        return f, info, Problem("unsigned", f, info.store_path, _untrusted(info, keys))
-    if info.b3 and not check_signatures(info.b3_sigs, info.b3_message(), keys):
+        unsigned = Problem("unsigned", f, info.store_path, _untrusted(info, keys), signers=signers(info))
+    elif info.b3 and not check_signatures(info.b3_sigs, info.b3_message(), keys):
         return f, info, Problem("unsigned", f, info.store_path, "its MlbuildB3 hash has no signature by a trusted "
                                 "key (restores fall back to NarHash; a repair and re-push signs it)")
     try:
@@ -156,7 +216,7 @@ def _check_one(layout: Layout, f: Path, keys: tuple[PublicKey, ...],
         return f, info, Problem("missing", f, info.store_path, f"no NAR file {nar.name}")
     if why:
         return f, info, Problem("corrupt", f, info.store_path, why)
-    return f, info, None
+    return f, info, unsigned
 
 
 def verify(cfg: StoreConfig, *, repair: bool = False, contents: bool = True, jobs: int = 2) -> VerifyReport:
@@ -186,7 +246,8 @@ def verify(cfg: StoreConfig, *, repair: bool = False, contents: bool = True, job
             if lost:
                 del good[path]
                 report.problems.append(Problem("incomplete", layout.narinfo(path), path,
-                                               f"references {', '.join(lost)}, which has no good entry"))
+                                               f"references {', '.join(lost)}, which has no good entry",
+                                               lost=tuple(lost)))
                 changed = True
     if repair and report.problems:
         _repair(layout, report, infos, good)

@@ -120,3 +120,25 @@ def test_push_of_a_path_not_built_names_it(tmp_path: Path) -> None:
     with pytest.raises(StoreTargetError, match=f"{missing} is not valid in the local store {a.store}"):
         push(cfg, [tool, missing], local_store=a.store)
     assert push(cfg, [tool], local_store=a.store).pushed[0].store_path == tool
+
+
+def test_gc_lock_keeps_the_datasets_it_pins(small_project: Path, tmp_path: Path) -> None:
+    """`mlbuild data push` then `store gc --lock`: the lock's local dataset (its store path computed
+    from `datasets.NAME.sha256`, not written in the lock) is kept although no push record is."""
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    for name in ("mlbuild.toml", "mlbuild.lock"):
+        (project / name).write_text((small_project / name).read_text())
+    (project / "data" / "rows.csv").write_text("a,b\n" + "".join(f"{i},{i * i}\n" for i in range(100)))
+    run_cli("data", "add", "rows-raw", "data", cwd=project)
+    cfg = make_store(tmp_path)
+    env = store_env(cfg)
+    run_cli("data", "push", "rows-raw", cwd=project, env=env)
+    (dataset,) = [p for p in stats(cfg).items if p.path.endswith("-rows-raw")]
+    lock = str(project / "mlbuild.lock")
+    dry = run_cli("store", "gc", "--grace", "0", "--keep-last", "0", "--lock", lock, "--dry-run", env=env).stdout
+    assert "would remove" not in dry.replace("would remove 0 entries", ""), dry
+    run_cli("store", "gc", "--grace", "0", "--keep-last", "0", "--lock", lock, env=env)
+    assert Layout(cfg.root).narinfo(dataset.path).exists() and verify(cfg).ok
+    run_cli("store", "gc", "--grace", "0", "--keep-last", "0", env=env)   # without the lock it goes
+    assert not Layout(cfg.root).narinfo(dataset.path).exists()

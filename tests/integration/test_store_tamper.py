@@ -48,8 +48,11 @@ def test_tampered_nar_and_unsigned_narinfo_are_refused(tmp_path: Path) -> None:
     # 2. The toolchain's narinfo without its signature, and 3. re-signed by an untrusted key.
     f, tinfo = _entry(cfg, tool)
     f.write_text(tinfo.with_sigs(()).render())
-    with pytest.raises(NixError, match="signature"):
+    with pytest.raises(NixError, match="signature") as e:
         pull(cfg, [tool], local_store=str(tmp_path / "C2"))
+    trusted = str(cfg.trusted_keys()[0])
+    assert f"{tool} is not signed (trusted keys here: {trusted}); remove the bad entries with " \
+           f"`mlbuild store --store {cfg.root} verify --repair`" in str(e.value)
     f_data, dinfo = _entry(cfg, data)
     f_data.write_text(dinfo.with_sigs(()).render())                  # the fast restore checks too
     with pytest.raises(StoreCorruptError, match="signature"):
@@ -57,8 +60,10 @@ def test_tampered_nar_and_unsigned_narinfo_are_refused(tmp_path: Path) -> None:
     f_data.write_text(dinfo.render())
     rogue = generate_key_pair(cfg.trusted_keys()[0].name, tmp_path / "rogue.sec", tmp_path / "rogue.pub")
     f.write_text(tinfo.with_sigs((rogue.sign(tinfo.fingerprint()),)).render())
-    with pytest.raises(NixError, match="signature"):
+    with pytest.raises(NixError, match="signature") as e:
         pull(cfg, [tool], local_store=str(tmp_path / "C2"))
+    assert f"{tool} is signed only by {rogue.name}, which this machine does not trust (trusted keys here: " \
+           f"{trusted})" in str(e.value) and "MLBUILD_STORE_PUBLIC_KEYS" in str(e.value)
     # A build on a machine that trusts the store builds the tool instead of using the bad entry.
     assert Machine(tmp_path / "C3").build(file=graph, attrs=["tool"], substitute_from=cfg).built_names() == \
         {"store-test-toolchain"}

@@ -48,7 +48,7 @@ def test_publish_bytes_is_atomic_and_leaves_no_temp(tmp_path: Path) -> None:
 
 def test_layout_init_is_idempotent_and_checks_store_dir(tmp_path: Path) -> None:
     layout = Layout(tmp_path / "s")
-    with pytest.raises(StoreConfigError, match="mlbuild store init"):
+    with pytest.raises(StoreConfigError, match=r"`mlbuild store --store \S+ init`"):
         layout.require()
     layout.init()
     layout.init()
@@ -143,3 +143,18 @@ def test_untag_of_a_missing_tag_and_negative_gc_settings_are_errors(tmp_path: Pa
     for kw in ({"keep_last": -1}, {"grace": -1.0}, {"grace": float("nan")}):
         with pytest.raises(ValueError, match="must not be negative"):
             gc(cfg, **kw)  # type: ignore[arg-type]
+
+
+def test_not_a_store_suggests_an_init_command_that_works(tmp_path: Path) -> None:
+    import shlex
+
+    from tests.conftest import run_cli
+
+    root = tmp_path / "my store"
+    root.mkdir()
+    proc = run_cli("store", "--store", str(root), "stats", check=False)
+    assert proc.returncode == 1 and "is not an mlbuild store" in proc.stderr
+    suggestion = proc.stderr.split("create it with `", 1)[1].split("`", 1)[0]
+    assert suggestion == f"mlbuild store --store '{root}' init"
+    run_cli(*shlex.split(suggestion)[1:])
+    run_cli("store", "--store", str(root), "stats")

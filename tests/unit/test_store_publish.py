@@ -23,13 +23,15 @@ from mlbuild.store.layout import Layout
 from mlbuild.store.narinfo import NarInfo, format_hash
 from mlbuild.store.roots import record_push
 from mlbuild.store.upload import PathInfo, publish_path
+from mlbuild.storepath import fixed_output_path
 from tests.conftest import write_tree
 
 _B32 = "0123456789abcdfghijklmnpqrsvwxyz"
 
 
-def fake_path(chroot: Path, name: str, content: Any, refs: tuple[str, ...] = ()) -> PathInfo:
-    """A store path in the chroot store at ``chroot``: ``content`` is bytes/str or a tree dict."""
+def fake_path(chroot: Path, name: str, content: Any, refs: tuple[str, ...] = (), *, fixed: bool = False) -> PathInfo:
+    """A store path in the chroot store at ``chroot``: ``content`` is bytes/str or a tree dict.
+    ``fixed``: at the fixed-output path of its recursive sha256, as `mlbuild data add` imports data."""
     path = "/nix/store/" + "".join(secrets.choice(_B32) for _ in range(32)) + "-" + name
     real = chroot / path.lstrip("/")
     real.parent.mkdir(parents=True, exist_ok=True)
@@ -37,6 +39,9 @@ def fake_path(chroot: Path, name: str, content: Any, refs: tuple[str, ...] = ())
         write_tree(real, content)
     else:
         real.write_bytes(content.encode() if isinstance(content, str) else content)
+    if fixed:
+        path = fixed_output_path(nar_sha256(str(real)), name, recursive=True)
+        real = real.rename(chroot / path.lstrip("/"))
     h = hashlib.sha256()
     size = 0
 
@@ -221,15 +226,137 @@ def test_gc_grace_spares_recent_entries_and_condemns_before_deleting(store: tupl
     assert r.removed_nars and not (cfg.root / info.url).exists()
 
 
+def lock_text(tmp_path: Path, **extra: Any) -> Path:
+    """An mlbuild.lock as `mlbuild lock` writes it (no wheels), plus ``extra`` top-level entries."""
+    import json
+    lock = tmp_path / "mlbuild.lock"
+    lock.write_text(json.dumps({"version": 1, "requirements": [], "wheels": [], "tools": [],
+                                "interpreter": {"snapshot": {"name": "python-3.11.7-snapshot", "sha256": "0" * 64}},
+                                **extra}))
+    return lock
+
+
 def test_gc_keeps_what_a_lock_pins(store: tuple[StoreConfig, Path], tmp_path: Path) -> None:
+    """Store paths written in the lock and its local datasets (`datasets.NAME.sha256`: the
+    fixed-output path of a recursive sha256, as `mlbuild data push` pushes them) are kept."""
     cfg, chroot = store
     pinned = fake_path(chroot, "pinned", "p")
-    put(cfg, chroot, pinned)
+    data = fake_path(chroot, "digits-raw", {"digits.csv": "1,2,3\n" * 100}, fixed=True)
+    for info in (pinned, data):
+        put(cfg, chroot, info)
     put(cfg, chroot, fake_path(chroot, "other", "o"))
-    lock = tmp_path / "mlbuild.lock"
-    lock.write_text('{"version": 1, "datasets": {"d": {"path": "%s"}}, "wheels": []}' % pinned.path)
+    sha = data.path.rsplit("/", 1)[-1]
+    lock = lock_text(tmp_path, datasets={"digits-raw": {"sha256": nar_sha256(str(chroot / data.path.lstrip("/"))),
+                                                        "kind": "path", "files": 1, "size": 600}},
+                     extra={"path": pinned.path})
+    assert sha.endswith("-digits-raw")
+    dry = gc(cfg, grace=0, locks=[lock], dry_run=True)
+    assert len(dry.removed_paths) == 1 and dry.removed_paths[0].endswith("-other")
     gc(cfg, grace=0, locks=[lock])
-    assert [NarInfo.parse(f.read_text()).store_path for f in Layout(cfg.root).narinfos()] == [pinned.path]
+    left = {NarInfo.parse(f.read_text()).store_path for f in Layout(cfg.root).narinfos()}
+    assert left == {pinned.path, data.path}
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"\x89PNG\r\n\x1a\n\x00\xff\xfe binary", r"is not an mlbuild.lock \(not JSON text\)"),
+    ('{"name": "my-app", "version": "1.0.0", "dependencies": {}}', "is not an mlbuild.lock"),
+    ("[1, 2, 3]", "is not an mlbuild.lock"),
+    (None, "cannot read the lock"),
+])
+def test_gc_refuses_what_is_not_an_mlbuild_lock(store: tuple[StoreConfig, Path], tmp_path: Path,
+                                                content: str | bytes | None, why: str) -> None:
+    from mlbuild.errors import StoreError
+    cfg, chroot = store
+    put(cfg, chroot, fake_path(chroot, "x", "x"))
+    lock = tmp_path / "package.json"
+    if isinstance(content, bytes):
+        lock.write_bytes(content)
+    elif content is not None:
+        lock.write_text(content)
+    with pytest.raises(StoreError, match=why) as e:
+        gc(cfg, grace=0, locks=[lock])
+    assert "pass the project's mlbuild.lock to --lock" in str(e.value)
+    assert len(list(Layout(cfg.root).narinfos())) == 1
+
+
+@pytest.mark.parametrize("extra, where", [
+    ({"datasets": {"digits-raw": {"kind": "path"}}}, "datasets.digits-raw needs sha256"),
+    ({"datasets": {"digits-raw": {"sha256": "abc"}}}, "datasets.digits-raw needs sha256"),
+    ({"datasets": ["digits-raw"]}, "datasets must be an object"),
+    ({"wheels": [{"sha256": "0" * 64}]}, r"wheels\[0\] needs sha256 \(64 hex digits\) and filename"),
+])
+def test_gc_refuses_a_lock_entry_it_cannot_read(store: tuple[StoreConfig, Path], tmp_path: Path,
+                                                extra: dict[str, Any], where: str) -> None:
+    """An entry gc cannot turn into a store path might pin anything: refused, nothing removed."""
+    from mlbuild.errors import StoreError
+    cfg, chroot = store
+    put(cfg, chroot, fake_path(chroot, "x", "x"))
+    with pytest.raises(StoreError, match=where):
+        gc(cfg, grace=0, locks=[lock_text(tmp_path, **extra)])
+    assert len(list(Layout(cfg.root).narinfos())) == 1
+
+
+def _pushed_closure(cfg: StoreConfig, chroot: Path) -> tuple[PathInfo, list[PathInfo]]:
+    """A pushed package (push record) over a toolchain and weights, as `mlbuild store push` leaves it."""
+    tc = fake_path(chroot, "toolchain", "tc" * 5000)
+    w = fake_path(chroot, "w.safetensors", os.urandom(1 << 20))
+    model = fake_path(chroot, "digits-model", "m", refs=(tc.path, w.path))
+    pkg = fake_path(chroot, "digits-package", "p", refs=(model.path, tc.path))
+    closure = [tc, w, model, pkg]
+    for info in closure:
+        put(cfg, chroot, info)
+    record_push(Layout(cfg.root), "digits-package", [pkg.path])
+    return pkg, closure
+
+
+@pytest.mark.parametrize("damage", ["garbage", "binary", "other-path"])
+def test_gc_removes_nothing_when_it_cannot_read_an_entry(store: tuple[StoreConfig, Path], damage: str) -> None:
+    """A root whose narinfo cannot be read has no known closure: gc (and --dry-run) refuses
+    instead of removing everything under it, names the entry and the fix."""
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    pkg, closure = _pushed_closure(cfg, chroot)
+    f = layout.narinfo(pkg.path)
+    if damage == "garbage":
+        with open(f, "a") as out:
+            out.write("garbage here\n")
+    elif damage == "binary":
+        f.write_bytes(b"\xff\xfe" + f.read_bytes())
+    else:   # a narinfo under another path's name
+        f = f.rename(cfg.root / ("0" * 32 + ".narinfo"))
+    before = sorted(p.name for p in cfg.root.rglob("*"))
+    for dry_run in (True, False):
+        with pytest.raises(StoreCorruptError) as e:
+            gc(cfg, grace=0, dry_run=dry_run)
+        msg = str(e.value)
+        assert f"gc cannot read 1 entry of {cfg.root}" in msg and "removes nothing" in msg
+        assert str(f) in msg and f"mlbuild store --store {cfg.root} verify --repair" in msg, msg
+    assert sorted(p.name for p in cfg.root.rglob("*")) == before
+    s = stats(cfg)   # stats counts what it can read and names the rest
+    assert s.paths == 3 and len(s.unreadable) == 1 and str(f) in s.unreadable[0]
+    # The documented way out: repair, push again, gc.
+    verify(cfg, repair=True)
+    put(cfg, chroot, pkg)
+    assert gc(cfg, grace=0).removed_paths == []
+    assert {NarInfo.parse(x.read_text()).store_path for x in layout.narinfos()} == {i.path for i in closure}
+
+
+def test_cli_gc_and_stats_report_unreadable_entries(store: tuple[StoreConfig, Path]) -> None:
+    from tests.conftest import run_cli
+    cfg, chroot = store
+    pkg, _ = _pushed_closure(cfg, chroot)
+    with open(Layout(cfg.root).narinfo(pkg.path), "a") as out:
+        out.write("garbage here\n")
+    for args in (["gc", "--grace", "0"], ["gc", "--grace", "0", "--dry-run"]):
+        proc = run_cli("store", "--store", str(cfg.root), *args, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr and "removed" not in proc.stdout
+        assert "gc cannot read 1 entry" in proc.stderr and "'garbage here' is not `Key: value`" in proc.stderr
+    assert len(list(Layout(cfg.root).narinfos())) == 4
+    proc = run_cli("store", "--store", str(cfg.root), "stats")
+    assert "warning: 1 entries cannot be read and are not counted" in proc.stderr
+    assert "1 unreadable entries not counted" in proc.stdout
+    import json
+    assert len(json.loads(run_cli("store", "--store", str(cfg.root), "stats", "--json").stdout)["unreadable"]) == 1
 
 
 def test_stats_per_item_and_shared(store: tuple[StoreConfig, Path]) -> None:
@@ -257,3 +384,111 @@ def test_stats_per_item_and_shared(store: tuple[StoreConfig, Path]) -> None:
 def test_classify(name: str, ca: str | None, kind: str) -> None:
     from mlbuild.store.stats import classify
     assert classify("/nix/store/" + "a" * 32 + "-" + name, ca) == kind
+
+
+def test_cli_gc_refuses_bad_input_without_a_traceback(store: tuple[StoreConfig, Path], tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+    cfg, chroot = store
+    put(cfg, chroot, fake_path(chroot, "x", "x"))
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(os.urandom(64) + b"\xff\xfe")
+    other = tmp_path / "package.json"
+    other.write_text('{"name": "app", "version": "1.0.0"}')
+    for args, rc, want in (
+        (["--grace", "nan"], 2, "nan is not a number of seconds"),
+        (["--grace", "-1"], 2, "--grace"),
+        (["--lock", str(binary)], 1, f"Error: {binary} is not an mlbuild.lock (not JSON text)"),
+        (["--lock", str(other)], 1, f"Error: {other} is not an mlbuild.lock"),
+        (["--lock", str(tmp_path / "absent.lock")], 1, "cannot read the lock"),
+    ):
+        proc = run_cli("store", "--store", str(cfg.root), "gc", "--grace", "0", *args, "--dry-run", check=False)
+        assert proc.returncode == rc and want in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+    assert len(list(Layout(cfg.root).narinfos())) == 1
+
+
+def _other_key(tmp_path: Path, name: str = "laptop-1") -> str:
+    other = init_store(StoreConfig(root=tmp_path / f"other-{name}", secret_key_file=tmp_path / f"{name}.sec"),
+                       generate_key=True, key_name=name)
+    assert other.public_key
+    return other.public_key
+
+
+def test_push_refuses_a_signing_key_the_store_does_not_trust(store: tuple[StoreConfig, Path], tmp_path: Path) -> None:
+    """Before anything is written (not even the push record) and before Nix is asked anything."""
+    from mlbuild.errors import StoreKeyError
+    from mlbuild.store import push
+    cfg, _ = store
+    trusted = _other_key(tmp_path)
+    with pytest.raises(StoreKeyError) as e:
+        push(replace(cfg, public_keys=(trusted,)), ["/nix/store/" + "a" * 32 + "-digits-package"])
+    msg = str(e.value)
+    assert f"the signing key unit-1 (public half {cfg.secret_key().public})" in msg
+    assert f"not among the store's trusted keys ({trusted})" in msg
+    assert "MLBUILD_STORE_SECRET_KEY" in msg and "MLBUILD_STORE_PUBLIC_KEYS" in msg and "nothing was pushed" in msg
+    assert not list((cfg.root / "mlbuild" / "roots" / "pushes").iterdir())
+
+
+def test_verify_does_not_advise_deleting_entries_signed_by_an_untrusted_key(store: tuple[StoreConfig, Path],
+                                                                          tmp_path: Path) -> None:
+    cfg, chroot = store
+    trusted = _other_key(tmp_path)
+    reader = replace(cfg, public_keys=(trusted,))
+    pkg, closure = _pushed_closure(cfg, chroot)     # all signed by unit-1, which `reader` does not trust
+    report = verify(reader)
+    assert len(report.problems) == 4 and report.untrusted() == report.problems
+    advice = report.advice(reader)
+    assert "4 entries are signed only by keys this machine does not trust (signed by unit-1; " \
+           f"trusted here: {trusted})" in advice
+    assert "MLBUILD_STORE_PUBLIC_KEYS" in advice and "would delete them" in advice
+    assert "bad entries" not in advice and "remove them with" not in advice
+    # Entries incomplete only because they reference such entries count with them.
+    from mlbuild.store.keys import parse_secret_key
+    laptop = parse_secret_key((tmp_path / "laptop-1.sec").read_text())
+    tool = fake_path(chroot, "tool", "t")
+    put(cfg, chroot, tool)
+    put(cfg, chroot, fake_path(chroot, "top", "top", refs=(tool.path,)))
+    f = Layout(cfg.root).narinfo(tool.path)
+    info = NarInfo.parse(f.read_text())
+    f.write_text(info.with_sigs((laptop.sign(info.fingerprint()),)).render())   # pushed from the laptop
+    only_unit = replace(cfg, public_keys=(str(cfg.secret_key().public),))
+    report = verify(only_unit)
+    assert {p.kind for p in report.problems} == {"unsigned", "incomplete"} and report.untrusted() == report.problems
+    advice = report.advice(only_unit)
+    assert "1 entries are signed only by keys" in advice and "and 1 more reference them" in advice
+    assert verify(replace(cfg, public_keys=(trusted, str(cfg.secret_key().public)))).ok   # trusting both fixes it
+    # A damaged entry among them: repair is advised for it, with a warning for the others.
+    (cfg.root / NarInfo.parse(Layout(cfg.root).narinfo(pkg.path).read_text()).url).write_bytes(b"broken")
+    advice = verify(only_unit).advice(only_unit)
+    assert advice.startswith("1 bad entries in the store; remove them with `mlbuild store --store")
+    assert "would delete them too" in advice
+    # Signed by an untrusted key and damaged: corrupt, not merely untrusted.
+    kinds = {p.store_path: p.kind for p in verify(reader).problems}
+    assert kinds[pkg.path] == "corrupt" and pkg.path not in {p.store_path for p in verify(reader).untrusted()}
+
+
+def test_cli_verify_summary_names_the_key_setting(store: tuple[StoreConfig, Path], tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+    cfg, chroot = store
+    put(cfg, chroot, fake_path(chroot, "x", "x"))
+    env = {"MLBUILD_STORE_PUBLIC_KEYS": _other_key(tmp_path), "MLBUILD_STORE_SECRET_KEY": str(cfg.secret_key_file)}
+    proc = run_cli("store", "--store", str(cfg.root), "verify", env=env, check=False)
+    assert proc.returncode == 1 and "signed only by keys this machine does not trust" in proc.stderr
+    assert "MLBUILD_STORE_PUBLIC_KEYS" in proc.stderr and "remove them with" not in proc.stderr
+
+
+def test_restore_names_the_trusted_keys_and_the_fix(store: tuple[StoreConfig, Path], tmp_path: Path) -> None:
+    """The fast pull path refuses an entry signed by an untrusted key before writing anything."""
+    from mlbuild.store.keys import parse_public_key
+    from mlbuild.store.restore import restore_paths
+    cfg, chroot = store
+    info = put(cfg, chroot, fake_path(chroot, "w.safetensors", os.urandom(1 << 16)))
+    trusted = _other_key(tmp_path)
+    dest = tmp_path / "local" / "nix" / "store"
+    dest.mkdir(parents=True)
+    with pytest.raises(StoreCorruptError) as e:
+        restore_paths(Layout(cfg.root), [info], (parse_public_key(trusted),), str(tmp_path / "local"), dest)
+    msg = str(e.value)
+    assert f"refusing {info.store_path}: it lacks a valid signature by a trusted key" in msg
+    assert f"signed only by unit-1, which this machine does not trust (trusted keys here: {trusted})" in msg
+    assert "MLBUILD_STORE_PUBLIC_KEYS" in msg
+    assert not list(dest.iterdir())
