@@ -7,8 +7,10 @@ image layout. ``podman load`` and ``docker load`` read it as a docker-archive; s
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -148,11 +150,71 @@ def load_image(archive: Path, engine: str | None = None) -> Loaded:
     return Loaded(engine, parse_loaded(proc.stdout + "\n" + proc.stderr) or info.reference, Path(archive))
 
 
+_TRANSPORT_NAMES = {t.rstrip(":/"): t for t in TRANSPORTS}   # "oci" -> "oci:", "docker" -> "docker://"
+# A registry reference as Docker parses one: [domain[:port]/]name[/name...][:tag][@digest]. The first
+# part is the registry only when it has a dot or a port, or is "localhost"; names are lowercase.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*(?::[0-9]+)?")
+_NAME = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_TAG = r"\w[\w.-]{0,127}"
+_DIGEST = r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,}"
+_REPOSITORY = re.compile(rf"{_NAME}(?:/{_NAME})*(?::{_TAG})?(?:@{_DIGEST})?")
+
+
+def _is_registry_reference(ref: str) -> bool:
+    first, slash, rest = ref.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return bool(_DOMAIN.fullmatch(first)) and bool(_REPOSITORY.fullmatch(rest))
+    return bool(_REPOSITORY.fullmatch(ref))
+
+
+def _with_transport(transport: str, rest: str) -> str:
+    return transport + (rest.lstrip("/") if transport == "docker://" else rest)
+
+
+def _guess(ref: str) -> str | None:
+    """What a mistyped destination probably meant: ``oci/tmp/x`` -> ``oci:/tmp/x``, ``OCI:x`` ->
+    ``oci:x``, ``ocii:x`` -> ``oci:x``, ``docker:digits:v1`` -> ``docker://digits:v1``."""
+    first = ref.split("/", 1)[0]
+    if first.lower() in _TRANSPORT_NAMES:
+        return _with_transport(_TRANSPORT_NAMES[first.lower()], ref[len(first):])
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+._-]*):", ref)
+    if scheme is None:
+        return None
+    close = difflib.get_close_matches(scheme[1].lower(), _TRANSPORT_NAMES, n=1, cutoff=0.75)
+    return _with_transport(_TRANSPORT_NAMES[close[0]], ref[len(scheme[0]):]) if close else None
+
+
 def destination(ref: str) -> str:
-    """A skopeo destination: REF as is when it names a transport, else ``docker://REF``."""
+    """A skopeo destination: REF as is when it starts with a transport skopeo knows, ``docker://REF``
+    for a registry reference (``registry.example.com/team/digits:v1``, ``localhost:5000/digits:v1``);
+    ImageError for anything else, such as a mistyped transport or a file path, which skopeo would
+    otherwise send to a registry (Docker Hub for ``oci/tmp/x``)."""
     if not ref or ref.startswith("-"):
         raise ImageError(f"{ref!r} is not an image reference; use e.g. registry.example.com/team/digits:v1")
-    return ref if ref.startswith(TRANSPORTS) else "docker://" + ref
+    if ref.startswith(TRANSPORTS):
+        return ref
+    transports = ", ".join(TRANSPORTS)
+    guess = _guess(ref)
+    # oci/tmp/x and ocii:x are valid Docker Hub references, but far likelier mistyped transports.
+    typo = ref.split("/", 1)[0].lower() in _TRANSPORT_NAMES if "/" in ref else guess is not None
+    if _is_registry_reference(ref) and not typo:
+        if not os.path.exists(ref):
+            return "docker://" + ref
+        raise ImageError(f"{ref!r} is a file or folder here, not an image reference: write oci:{ref} (an OCI "
+                         f"layout) or dir:{ref} to push to it, or docker://{ref} for a registry")
+    if ref.startswith(("/", "./", "../", "~")):
+        why = f"{ref!r} is a file path, not an image reference: write oci:{ref} (an OCI layout) or dir:{ref}"
+    elif re.match(r"https?://", ref):
+        why = (f"{ref!r}: a registry is named without a scheme (registry.example.com/team/digits:v1, "
+               f"or docker://registry.example.com/team/digits:v1)")
+    elif guess is not None:
+        why = f"{ref!r} looks like a mistyped transport (did you mean {guess}?)" + (
+            f"; to push to a registry by that name, write docker://{ref}" if _is_registry_reference(ref) else "")
+    else:
+        why = (f"{ref!r} is neither a registry reference ([registry[:port]/]name[:tag], lowercase names, e.g. "
+               f"registry.example.com/team/digits:v1 or localhost:5000/digits:v1) nor a skopeo destination")
+    raise ImageError(f"{why}. Skopeo destinations start with one of {transports}")
 
 
 def _skopeo() -> str:
@@ -177,8 +239,20 @@ def push_image(archive: Path, ref: str, *, extra: Sequence[str] = ()) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-10:])
-        raise ImageError(f"`skopeo copy oci-archive:{archive} {dest}` failed (exit {proc.returncode}):\n{tail}")
+        raise ImageError(f"`skopeo copy oci-archive:{archive} {dest}` failed (exit {proc.returncode}):\n{tail}"
+                         + _daemon_hint(dest, proc.stderr + proc.stdout))
     return dest
+
+
+def _daemon_hint(dest: str, output: str) -> str:
+    """skopeo says only "read/write on closed pipe" when docker-daemon: finds no Docker engine."""
+    if not dest.startswith("docker-daemon:") or not any(
+            s in output for s in ("closed pipe", "docker.sock", "Cannot connect to the Docker daemon")):
+        return ""
+    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    return (f"\nLikely cause: no Docker engine answers at {where} (DOCKER_HOST), which docker-daemon: writes "
+            f"into. Start it (`systemctl start docker`), or push to docker-archive:/path/digits.tar and "
+            f"`docker load -i` that file where an engine runs")
 
 
 def load_model_image(project: Project, model: str, *, engine: str | None = None, allow_dirty: bool = False,

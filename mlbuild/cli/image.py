@@ -39,8 +39,10 @@ def load_cmd(ctx: click.Context, model: str, engine: str | None, allow_dirty: bo
 def push_cmd(ctx: click.Context, model: str, ref: str, allow_dirty: bool) -> None:
     """Build MODEL's image and push it to REF with skopeo.
 
-    REF is a registry reference (registry.example.com/team/digits:v1) or any skopeo destination
-    (oci:/path/layout:tag, dir:/path, docker-daemon:digits:v1 ...).
+    REF is a registry reference (registry.example.com/team/digits:v1, localhost:5000/digits:v1) or a
+    skopeo destination (docker://, oci:, oci-archive:, dir:, docker-archive:, docker-daemon:,
+    containers-storage:, e.g. oci:/path/layout:tag). A file path or a mistyped transport
+    (oci/tmp/x, OCI:/tmp/x) is refused rather than sent to a registry.
     """
     dest = img.push_model_image(load(ctx), model, ref, allow_dirty=allow_dirty, on_progress=_Bar())
     click.echo(f"pushed {model} to {dest}")

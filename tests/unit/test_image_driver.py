@@ -28,9 +28,74 @@ def test_parse_loaded(output: str, ref: str | None) -> None:
     ("oci:/tmp/layout:v1", "oci:/tmp/layout:v1"),
     ("docker://quay.io/x/y:z", "docker://quay.io/x/y:z"),
     ("dir:/tmp/d", "dir:/tmp/d"),
+    ("registry.example.com/team/digits:v1", "docker://registry.example.com/team/digits:v1"),
+    ("localhost:5000/digits:v1", "docker://localhost:5000/digits:v1"),
+    ("localhost/digits", "docker://localhost/digits"),
+    ("team/digits@sha256:" + "a" * 64, "docker://team/digits@sha256:" + "a" * 64),
+    ("oci-archive:/tmp/d.tar", "oci-archive:/tmp/d.tar"),
+    ("docker-archive:/tmp/d.tar:digits:v1", "docker-archive:/tmp/d.tar:digits:v1"),
+    ("docker-daemon:digits:v1", "docker-daemon:digits:v1"),
+    ("containers-storage:digits:v1", "containers-storage:digits:v1"),
 ])
 def test_destination(ref: str, dest: str) -> None:
     assert img.destination(ref) == dest
+
+
+@pytest.mark.parametrize("ref, why", [
+    ("ocii:/tmp/x", "looks like a mistyped transport (did you mean oci:/tmp/x?)"),
+    ("OCI:/tmp/x", "looks like a mistyped transport (did you mean oci:/tmp/x?)"),
+    ("docker:digits:v1", "looks like a mistyped transport (did you mean docker://digits:v1?)"),
+    ("oci/tmp/x", "did you mean oci:/tmp/x?); to push to a registry by that name, write docker://oci/tmp/x"),
+    ("dir/tmp/x", "did you mean dir:/tmp/x?)"),
+    ("oci-archiv:/tmp/x.tar", "did you mean oci-archive:/tmp/x.tar?)"),
+    ("/tmp/x", "'/tmp/x' is a file path, not an image reference: write oci:/tmp/x (an OCI layout) or dir:/tmp/x"),
+    ("./out", "is a file path"),
+    ("https://registry.example.com/digits:v1", "a registry is named without a scheme"),
+    ("Registry.example.com/Team/Digits:v1", "is neither a registry reference"),
+    ("digits:v1:extra", "is neither a registry reference"),
+])
+def test_destination_refuses_typos_and_paths(ref: str, why: str) -> None:
+    """Each would otherwise go to a registry (`oci/tmp/x` to Docker Hub)."""
+    with pytest.raises(img.ImageError) as e:
+        img.destination(ref)
+    assert why in str(e.value)
+    assert str(e.value).endswith("Skopeo destinations start with one of docker://, oci:, oci-archive:, dir:, "
+                                 "docker-archive:, docker-daemon:, containers-storage:")
+
+
+def test_destination_refuses_a_bare_name_that_is_a_file_here(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(img.ImageError, match="'out' is a file or folder here.*oci:out.*docker://out"):
+        img.destination("out")
+    assert img.destination("docker://out") == "docker://out"
+
+
+def test_push_to_docker_daemon_without_a_daemon_names_the_cause(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    """skopeo 1.9 says only "read/write on closed pipe" when no Docker engine answers."""
+    skopeo = tmp_path / "skopeo"
+    skopeo.write_text("#!/bin/sh\necho 'time=\"x\" level=fatal msg=\"writing blob: io: read/write on closed pipe\"' >&2\n"
+                      "exit 1\n")
+    skopeo.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.setattr(img, "read_archive", lambda archive: None)
+    with pytest.raises(img.ImageError) as e:
+        img.push_image(tmp_path / "image.tar", "docker-daemon:digits:v1")
+    msg = str(e.value)
+    assert "read/write on closed pipe" in msg
+    assert "no Docker engine answers at unix:///var/run/docker.sock" in msg and "docker-archive:" in msg
+    with pytest.raises(img.ImageError) as e:
+        img.push_image(tmp_path / "image.tar", "oci:/tmp/layout:v1")
+    assert "Docker engine" not in str(e.value)
+
+
+def test_cli_refuses_a_mistyped_destination_before_building(tree) -> None:  # type: ignore[no-untyped-def]
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n\n[models.digits]\nscript = "model.py"\n'})
+    proc = run_cli("image", "push", "digits", "oci/tmp/x", cwd=root, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "Error: 'oci/tmp/x' looks like a mistyped transport (did you mean oci:/tmp/x?)" in proc.stderr
 
 
 def test_destination_refuses_an_option() -> None:
