@@ -121,7 +121,7 @@ def test_prometheus_sees_the_suite_on_the_live_server(stack: dict[str, Any]) -> 
 
 def test_wrong_feedback_makes_the_alert_condition_true(stack: dict[str, Any]) -> None:
     split = build_path(stack["repo"], "datasets.digits-split")
-    data = np.loadtxt(split / "test.csv", delimiter=",", dtype=np.float32)[:60]
+    data = np.loadtxt(split / "test.csv", delimiter=",", dtype=np.float32)[:120]   # the server publishes from 100
     x, y = data[:, :-1], data[:, -1].astype(int)
     feedback = []
     for i in range(0, len(x), 20):
@@ -132,7 +132,10 @@ def test_wrong_feedback_makes_the_alert_condition_true(stack: dict[str, Any]) ->
         assert resp["id"] == f"req-{i}"
         feedback.append({"id": resp["id"], "labels": [int((v + 1) % 10) for v in y[i:i + 20]]})  # all wrong
     out = http("POST", f"{stack['server']}/v2/models/digits/feedback", {"feedback": feedback})
-    assert out == {"matched_rows": 60, "unknown_ids": 0}
+    assert out == {"matched_rows": 120, "repeated_rows": 0, "unknown_ids": 0}
+    out = http("POST", f"{stack['server']}/v2/models/digits/feedback", {"feedback": feedback})   # a retry
+    assert out == {"matched_rows": 0, "repeated_rows": 120, "unknown_ids": 0}
+    assert 'mlbuild_live_feedback_samples{model="digits"} 120.0' in http("GET", f"{stack['server']}/metrics")
     live = wait("live accuracy", lambda: query(stack, 'mlbuild_live_metric{model="digits",metric="accuracy"}'))
     assert float(live[0]["value"][1]) < 0.5
     rules = json.loads((stack["conf"] / "alerts.yml").read_text())["groups"][0]["rules"]
@@ -151,9 +154,12 @@ def test_generated_rules_and_dashboard_are_valid(stack: dict[str, Any]) -> None:
     proc = subprocess.run(["promtool", "check", "config", str(stack["conf"] / "prometheus.yml")],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    # every metric the dashboard and the rules name is one the server or the monitor exports
+    # every metric the dashboard and the rules name is one the server or the monitor exports (the
+    # drift gauges once the server has seen 500 rows)
+    split = build_path(stack["repo"], "datasets.digits-split")
+    x = np.resize(np.loadtxt(split / "test.csv", delimiter=",", dtype=np.float32)[:, :-1], (500, 64))
     http("POST", f"{stack['server']}/v2/models/digits/infer",
-         {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]})
+         {"inputs": [{"name": "input", "datatype": "FP32", "shape": [500, 64], "data": x.reshape(-1).tolist()}]})
     exposed = set()
     for url in (f"{stack['server']}/metrics", f"{stack['monitor']}/metrics"):
         wait(f"{url}", lambda: "mlbuild_" in http("GET", url))

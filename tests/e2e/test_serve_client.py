@@ -115,7 +115,7 @@ def test_client_errors_are_4xx_with_a_message(client: httpclient.InferenceServer
 def test_v1_predict_for_humans(digits_server: ServerProcess, digits_package: Path) -> None:
     x = digits_split()[2][:4]
     status, body = digits_server.json("POST", "/v1/models/digits:predict", {"instances": x.tolist()})
-    assert status == 200
+    assert status == 200 and isinstance(body["id"], str)   # for feedback, as the v2 route's
     labels = _expected(digits_package, x)[1]
     assert [p["label"] for p in body["predictions"]] == labels.tolist()
     assert [p["class"] for p in body["predictions"]] == [str(v) for v in labels]

@@ -89,7 +89,8 @@ def broken_top(draw: st.DrawFn) -> Req:
         else:
             req["inputs"] = draw(json_any.filter(lambda v: not (isinstance(v, list) and v)))
     elif field == "id":
-        req["id"] = draw(json_any.filter(lambda v: v is not None and not isinstance(v, str)))
+        req["id"] = draw(st.one_of(json_any.filter(lambda v: v is not None and not isinstance(v, str)),
+                                   st.text(min_size=257, max_size=300)))
     elif field == "parameters":
         value = draw(json_any.filter(lambda v: not isinstance(v, dict)))
         req["parameters"] = value if draw(st.booleans()) else {"binary_data_output": value}
@@ -214,7 +215,27 @@ def bad_transport(draw: st.DrawFn) -> Req:
     return _post(payload, path="/v1/models/digits:predict")
 
 
-malformed = st.one_of(broken_field(), broken_top(), bad_data(), bad_binary(), bad_transport())
+def _is_class(label: Any) -> bool:
+    """Whether the digits model (classes 0..9, named "0".."9") takes ``label`` as a true label."""
+    if isinstance(label, str):
+        return label.isascii() and label.isdigit() and len(label) < 20 and int(label) < 10
+    return type(label) is int and 0 <= label < 10
+
+
+@st.composite
+def bad_feedback(draw: st.DrawFn) -> Req:
+    """Feedback with one label that is not a class of the model (or no list of items at all)."""
+    label = draw(st.one_of(json_leaf, st.integers(min_value=-(10**30), max_value=10**30), st.text(
+        alphabet="0123456789-+.²٣ ", max_size=25)).filter(lambda v: not _is_class(v)))
+    labels = draw(st.lists(st.integers(0, 9), max_size=3))
+    labels.insert(draw(st.integers(0, len(labels))), label)
+    item = {"id": draw(st.text(max_size=10)), "labels": labels}
+    body = draw(st.sampled_from([{"feedback": [item]}, {"feedback": [{"id": "x", "labels": [1]}, item]},
+                                 {"feedback": item}, {"feedback": []}, [item]]))
+    return _post(body, path="/v2/models/digits/feedback")
+
+
+malformed = st.one_of(broken_field(), broken_top(), bad_data(), bad_binary(), bad_transport(), bad_feedback())
 
 
 class Client:

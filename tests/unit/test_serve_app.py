@@ -187,3 +187,149 @@ def test_infer_fast_path_matches_what_starlette_routes(method: str, path: str, r
     if route is not None:  # the same request would match the Starlette route it bypasses
         matched = [Route(p, lambda r: None, methods=["POST"]).matches(scope)[0] for p in INFER_ROUTES]
         assert Match.FULL in matched
+
+
+NAN_SOURCE = '''\
+"""A linear model whose outputs are NaN for rows whose first feature is negative (as a model
+trained on data holding a NaN may give)."""
+import torch
+from torch import nn
+
+
+class NanWhenNegative(nn.Module):
+    def __init__(self, features, classes):
+        super().__init__()
+        self.linear = nn.Linear(features, classes)
+
+    def forward(self, x):
+        y = self.linear(x)
+        return torch.where(x[:, :1] < 0, torch.full_like(y, float("nan")), y)
+
+
+def build_model(params):
+    return NanWhenNegative(params["features"], params["classes"])
+'''
+
+
+@pytest.fixture()
+def served(tmp_path: Path) -> Iterator[tuple[TestClient, ServerState]]:
+    """A ready server of a 10-class model (class names "0".."9") with a drift reference."""
+    pkg = build_package(tmp_path / "pkg", source=NAN_SOURCE, train_steps=0, params={"features": 64, "classes": 10})
+    x = np.random.default_rng(0).random((200, 64))
+    edges = np.quantile(x, np.linspace(0, 1, 11)[1:-1], axis=0).T
+    (pkg / "model" / "reference.json").write_text(json.dumps({
+        "mean": x.mean(0).tolist(), "std": x.std(0).tolist(), "edges": edges.tolist(),
+        "fractions": [[0.1] * 10 for _ in range(64)]}))
+    state = ServerState(load_package(pkg), ServerMetrics(process=False), threads=1, verify=False)
+    with TestClient(create_app(state)) as client:
+        _wait(lambda: state.ready)
+        gc.unfreeze()
+        yield client, state
+
+
+def _rows_in_drift_window(client: TestClient) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("mlbuild_input_drift_rows{"):
+            return float(line.split()[-1])
+    raise AssertionError("no mlbuild_input_drift_rows")
+
+
+def test_bad_feedback_labels_are_400_and_break_nothing(served: tuple[TestClient, ServerState]) -> None:
+    client, state = served
+    r = client.post("/v2/models/digits/infer", content=_body(np.ones((2, 64), np.float32)))
+    request_id = r.json()["id"]
+    for label, shown in ((99, "99"), (-3, "-3"), ("-3", "'-3'"), ("\u00b2", "'\u00b2'")):
+        r = client.post("/v2/models/digits/feedback", json={"feedback": [{"id": request_id, "labels": [1, label]}]})
+        assert r.status_code == 400 and shown in r.json()["error"] and "0..9" in r.json()["error"], r.text
+    # a JSON integer too big for int64 once made every /metrics (and an infer a second) a 500
+    raw = b'{"feedback": [{"id": "%s", "labels": [1, 100000000000000000000000]}]}' % request_id.encode()
+    r = client.post("/v2/models/digits/feedback", content=raw)
+    assert r.status_code == 400 and "100000000000000000000000" in r.json()["error"]
+    assert client.get("/metrics").status_code == 200
+    assert client.post("/v2/models/digits/infer", content=_body(np.ones((1, 64), np.float32))).status_code == 200
+    assert 'mlbuild_live_feedback_samples{model="digits"} 0.0' in client.get("/metrics").text
+    body = {"feedback": [{"id": request_id, "labels": [1, "2"]}]}
+    assert client.post("/v2/models/digits/feedback", json=body).json() == {
+        "matched_rows": 2, "repeated_rows": 0, "unknown_ids": 0}
+    assert client.post("/v2/models/digits/feedback", json=body).json() == {   # a client's retry
+        "matched_rows": 0, "repeated_rows": 2, "unknown_ids": 0}
+    assert 'mlbuild_live_feedback_samples{model="digits"} 2.0' in client.get("/metrics").text
+
+
+def test_v1_predict_carries_an_id_and_is_monitored(served: tuple[TestClient, ServerState]) -> None:
+    client, state = served
+    x = np.full((3, 64), 0.5, np.float32)
+    before = _rows_in_drift_window(client)
+    r = client.post("/v1/models/digits:predict", json={"instances": x.tolist()})
+    assert r.status_code == 200 and isinstance(r.json()["id"], str) and len(r.json()["predictions"]) == 3
+    assert _rows_in_drift_window(client) == before + 3
+    labels = [p["label"] for p in r.json()["predictions"]]
+    r = client.post("/v2/models/digits/feedback", json={"feedback": [{"id": r.json()["id"], "labels": labels}]})
+    assert r.json()["matched_rows"] == 3
+    r = client.post("/v1/models/digits:predict", json={"id": "mine-1", "instances": x[:1].tolist()})
+    assert r.json()["id"] == "mine-1"
+    r = client.post("/v2/models/digits/feedback", json={"feedback": [{"id": "mine-1", "labels": ["7"]}]})
+    assert r.json()["matched_rows"] == 1
+
+
+def test_long_request_ids_are_refused(served: tuple[TestClient, ServerState]) -> None:
+    client, state = served
+    x = np.ones((1, 64), np.float32)
+    body = json.dumps({"id": "i" * 4_000_000, "inputs": json.loads(_body(x))["inputs"]})
+    r = client.post("/v2/models/digits/infer", content=body)
+    assert r.status_code == 400 and "256" in r.json()["error"] and len(r.text) < 400
+    r = client.post("/v1/models/digits:predict", json={"id": "i" * 4_000_000, "instances": x.tolist()})
+    assert r.status_code == 400 and "256" in r.json()["error"] and len(r.text) < 400
+    assert len(state.live.predictions) == 0
+
+
+def test_nan_model_outputs_are_a_500_with_valid_json(served: tuple[TestClient, ServerState],
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    client, state = served
+    x = np.ones((2, 64), np.float32)
+    x[1, 0] = -1.0   # this row's outputs are NaN
+    for path, payload in (("/v2/models/digits/infer", json.loads(_body(x))),
+                          ("/v1/models/digits:predict", {"instances": x.tolist()})):
+        r = client.post(path, json=payload)
+        assert r.status_code == 500, r.text
+        error = json.loads(r.text, parse_constant=lambda c: pytest.fail(f"bare {c} in the response"))["error"]
+        assert "'probabilities' holds NaN or infinity" in error and "the model" in error
+    assert caplog.text.count("holds NaN or infinity") == 2
+    assert len(state.live.predictions) == 0   # not remembered: the client got no id
+    # binary outputs carry NaN as IEEE floats
+    payload = json.loads(_body(x))
+    payload["parameters"] = {"binary_data_output": True}
+    r = client.post("/v2/models/digits/infer", json=payload)
+    assert r.status_code == 200
+    n = int(r.headers["inference-header-content-length"])
+    probabilities = np.frombuffer(r.content[n:n + 80], np.float32).reshape(2, 10)
+    assert np.isnan(probabilities[1]).all() and np.isfinite(probabilities[0]).all()
+
+
+def test_routing_errors_name_the_fix(served: tuple[TestClient, ServerState]) -> None:
+    client, state = served
+    body = _body(np.ones((1, 64), np.float32))
+    r = client.post("/v2/models/digits/infer/", content=body, follow_redirects=False)
+    assert r.status_code == 404 and "location" not in r.headers and "trailing slash" in r.json()["error"], r.text
+    r = client.get("/v2/models/digits/", follow_redirects=False)
+    assert r.status_code == 404 and "location" not in r.headers
+    r = client.get("/v1/models/digits:predict")
+    assert r.status_code == 405 and "use POST" in r.json()["error"] and r.headers["allow"] == "POST"
+    assert client.get("/v1/models/iris:predict").status_code == 405
+    binary = np.ones((1, 64), np.float32).tobytes()
+    head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                   "parameters": {"binary_data_size": len(binary)}}]}).encode()
+    r = client.post("/v2/models/digits/infer", content=head + binary,
+                    headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 400 and "Inference-Header-Content-Length" in r.json()["error"], r.text
+
+
+def test_other_routes_failing_are_not_called_inference(served: tuple[TestClient, ServerState],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    client, state = served
+
+    def broken() -> bytes:
+        raise RuntimeError("registry broke")
+    monkeypatch.setattr(state.metrics, "render", broken)
+    r = client.get("/metrics")
+    assert r.status_code == 500 and r.json()["error"].startswith("GET /metrics failed: RuntimeError: registry broke")

@@ -24,12 +24,12 @@ def sample(reg: CollectorRegistry, name: str, **labels: str) -> float | None:
 
 def test_feedback_metrics() -> None:
     reg = CollectorRegistry()
-    live = LiveQuality("m", None, ["a", "b"], reg)
+    live = LiveQuality("m", None, ["a", "b"], reg, min_feedback_rows=1)
     live.observe("r1", np.zeros((3, 2)), np.array([0, 1, 1]))
     live.observe("r2", np.zeros((1, 2)), np.array([0]))
     out = live.add_feedback({"feedback": [{"id": "r1", "labels": [0, 1, 0]}, {"id": "r2", "labels": ["a"]},
                                           {"id": "gone", "labels": [1]}]})
-    assert out == {"matched_rows": 4, "unknown_ids": 1}
+    assert out == {"matched_rows": 4, "repeated_rows": 0, "unknown_ids": 1}
     assert sample(reg, "mlbuild_live_metric", model="m", metric="accuracy") == 0.75
     assert sample(reg, "mlbuild_live_feedback_samples", model="m") == 4
     assert sample(reg, "mlbuild_feedback_total", model="m", outcome="unknown_id") == 1
@@ -37,7 +37,7 @@ def test_feedback_metrics() -> None:
 
 
 @pytest.mark.parametrize("body,match", [
-    ({}, "expected"), ({"feedback": [{"labels": [1]}]}, "id"), ({"feedback": [{"id": "r", "labels": [1, 2]}]}, "row"),
+    ({}, "expected"), ({"feedback": [{"labels": [1]}]}, "id"), ({"feedback": [{"id": "r", "labels": [1, 0]}]}, "row"),
     ({"feedback": [{"id": "r", "labels": ["zebra"]}]}, "not one of"), ({"feedback": [{"id": "r", "labels": [None]}]}, "index"),
 ])
 def test_bad_feedback(body: dict, match: str) -> None:
@@ -51,7 +51,7 @@ def test_drift() -> None:
     rng = np.random.default_rng(0)
     train = rng.normal(size=(5000, 3))
     reg = CollectorRegistry()
-    live = LiveQuality("m", reference(train), None, reg, drift_window=1000)
+    live = LiveQuality("m", reference(train), None, reg, drift_window=1000, min_drift_rows=1000)
     live.observe("a", rng.normal(size=(1000, 3)), None)
     live.refresh(force=True)
     assert sample(reg, "mlbuild_input_drift_psi_max", model="m") < 0.05
@@ -100,3 +100,169 @@ def test_psi_is_the_per_feature_definition(rows: int, features: int, n_edges: in
                     else rng.normal(size=(features, n_edges)), axis=1)
     expected = rng.dirichlet(np.ones(n_edges + 1), size=features)
     assert psi(x, edges, expected).tolist() == pytest.approx(psi_loop(x, edges, expected), rel=1e-12, abs=1e-12)
+
+
+def ten_classes(reg: CollectorRegistry | None = None, **kw: int) -> LiveQuality:
+    """A 10-class model (class names "0".."9", as the digits package), one request "r" of 2 rows."""
+    live = LiveQuality("m", None, [str(i) for i in range(10)], reg or CollectorRegistry(), min_feedback_rows=1, **kw)
+    live.observe("r", np.zeros((2, 2)), np.array([3, 4]))
+    return live
+
+
+@pytest.mark.parametrize("label", [99, -3, 10, "-3", "10", 10**23, -(10**23), "\u00b2", "3.0", 3.0, True, None, [3]])
+def test_labels_must_be_the_models_classes(label: object) -> None:
+    reg = CollectorRegistry()
+    live = ten_classes(reg)
+    with pytest.raises(FeedbackError) as err:
+        live.add_feedback({"feedback": [{"id": "r", "labels": [3, label]}]})
+    message = str(err.value)
+    assert repr(label)[:20] in message and "0..9" in message, message
+    assert sample(reg, "mlbuild_live_feedback_samples", model="m") == 0   # nothing was added
+    live.refresh(force=True)   # and nothing broke: 10**23 made refresh() raise OverflowError
+    assert b"mlbuild_live_feedback_samples" in generate_latest(reg)
+
+
+def test_labels_by_index_or_name() -> None:
+    reg = CollectorRegistry()
+    live = LiveQuality("m", None, ["cat", "dog", "eel"], reg, min_feedback_rows=1)
+    live.observe("r", np.zeros((3, 2)), np.array([0, 1, 2]))
+    assert live.add_feedback({"feedback": [{"id": "r", "labels": [0, "dog", "2"]}]})["matched_rows"] == 3
+    assert sample(reg, "mlbuild_live_metric", model="m", metric="accuracy") == 1.0
+    with pytest.raises(FeedbackError, match=r"'ant'.*0\.\.2 or a class name.*'cat', 'dog', 'eel'"):
+        live.add_feedback({"feedback": [{"id": "r", "labels": [0, 1, "ant"]}]})
+
+
+def test_labels_without_class_names() -> None:
+    live = LiveQuality("m", None, None, CollectorRegistry(), classes=3, min_feedback_rows=1)
+    live.observe("r", np.zeros((1, 2)), np.array([2]))
+    with pytest.raises(FeedbackError, match=r"3 .*0\.\.2"):
+        live.add_feedback({"feedback": [{"id": "r", "labels": [3]}]})
+    assert live.add_feedback({"feedback": [{"id": "r", "labels": ["2"]}]})["matched_rows"] == 1
+    unknown = LiveQuality("m", None, None, CollectorRegistry(), min_feedback_rows=1)  # class count unknown
+    unknown.observe("r", np.zeros((1, 2)), np.array([2]))
+    with pytest.raises(FeedbackError, match="100000000000000000000000"):
+        unknown.add_feedback({"feedback": [{"id": "r", "labels": [10**23]}]})
+    assert unknown.add_feedback({"feedback": [{"id": "r", "labels": [7]}]})["matched_rows"] == 1
+
+
+def test_feedback_is_all_or_nothing() -> None:
+    reg = CollectorRegistry()
+    live = ten_classes(reg)
+    live.observe("s", np.zeros((1, 2)), np.array([5]))
+    bad = {"feedback": [{"id": "s", "labels": [5]}, {"id": "r", "labels": [3]}]}   # r has 2 rows
+    with pytest.raises(FeedbackError, match=r"feedback\[1\].*'r' had 2 row"):
+        live.add_feedback(bad)
+    bad = {"feedback": [{"id": "s", "labels": [5]}, {"id": "unknown", "labels": [11]}]}
+    with pytest.raises(FeedbackError, match="11"):
+        live.add_feedback(bad)
+    assert sample(reg, "mlbuild_live_feedback_samples", model="m") == 0
+    assert sample(reg, "mlbuild_feedback_total", model="m", outcome="matched") in (None, 0)
+    assert live.add_feedback({"feedback": [{"id": "s", "labels": [5]}]})["matched_rows"] == 1
+
+
+def test_feedback_for_a_request_counts_once() -> None:
+    """Retries (the same feedback posted again) are not counted again; new labels replace old ones."""
+    reg = CollectorRegistry()
+    live = ten_classes(reg)
+    body = {"feedback": [{"id": "r", "labels": [3, 0]}]}
+    assert live.add_feedback(body) == {"matched_rows": 2, "repeated_rows": 0, "unknown_ids": 0}
+    for _ in range(4):
+        assert live.add_feedback(body) == {"matched_rows": 0, "repeated_rows": 2, "unknown_ids": 0}
+    assert sample(reg, "mlbuild_live_feedback_samples", model="m") == 2
+    assert sample(reg, "mlbuild_live_metric", model="m", metric="accuracy") == 0.5
+    live.add_feedback({"feedback": [{"id": "r", "labels": [3, 4]}]})   # corrected labels replace the old
+    assert sample(reg, "mlbuild_live_feedback_samples", model="m") == 2
+    assert sample(reg, "mlbuild_live_metric", model="m", metric="accuracy") == 1.0
+    assert sample(reg, "mlbuild_feedback_total", model="m", outcome="repeated") == 10
+    # the same id twice in one body: the last labels win, the rows count once
+    live.observe("t", np.zeros((1, 2)), np.array([1]))
+    out = live.add_feedback({"feedback": [{"id": "t", "labels": [0]}, {"id": "t", "labels": [1]}]})
+    assert out == {"matched_rows": 1, "repeated_rows": 1, "unknown_ids": 0}
+    assert sample(reg, "mlbuild_live_feedback_samples", model="m") == 3
+    assert sample(reg, "mlbuild_live_metric", model="m", metric="accuracy") == 1.0
+
+
+def test_repeated_feedback_is_not_counted_after_it_left_the_window() -> None:
+    reg = CollectorRegistry()
+    live = LiveQuality("m", None, ["a", "b"], reg, window=4, min_feedback_rows=1)
+    for i in range(6):
+        live.observe(f"r{i}", np.zeros((1, 2)), np.array([0]))
+        live.add_feedback({"feedback": [{"id": f"r{i}", "labels": [0 if i < 2 else 1]}]})
+    assert sample(reg, "mlbuild_live_feedback_samples", model="m") == 4
+    assert sample(reg, "mlbuild_live_metric", model="m", metric="accuracy") == 0.0   # r2..r5: all wrong
+    assert live.add_feedback({"feedback": [{"id": "r0", "labels": [0]}]})["repeated_rows"] == 1
+    assert sample(reg, "mlbuild_live_metric", model="m", metric="accuracy") == 0.0   # r0 did not come back
+    # an id reused by a later request is that request's id: its feedback is new
+    live.observe("r0", np.zeros((1, 2)), np.array([1]))
+    assert live.add_feedback({"feedback": [{"id": "r0", "labels": [1]}]})["matched_rows"] == 1
+    assert sample(reg, "mlbuild_live_metric", model="m", metric="accuracy") == 0.25
+
+
+def test_live_metrics_wait_for_enough_feedback() -> None:
+    """One feedback row is accuracy 0 or 1: no metric (so no alert) until min_feedback_rows."""
+    reg = CollectorRegistry()
+    live = LiveQuality("m", None, ["a", "b"], reg, min_feedback_rows=100)
+    live.observe("one", np.zeros((1, 2)), np.array([0]))
+    live.add_feedback({"feedback": [{"id": "one", "labels": [1]}]})
+    assert sample(reg, "mlbuild_live_feedback_samples", model="m") == 1
+    assert sample(reg, "mlbuild_live_metric", model="m", metric="accuracy") is None
+    assert "mlbuild_live_metric{" not in generate_latest(reg).decode()
+    live.observe("many", np.zeros((99, 2)), np.zeros(99, dtype=np.int64))
+    live.add_feedback({"feedback": [{"id": "many", "labels": [0] * 99}]})
+    assert sample(reg, "mlbuild_live_metric", model="m", metric="accuracy") == 0.99
+    assert LiveQuality("m", None, None, CollectorRegistry()).min_feedback_rows == 100   # the default
+
+
+def test_ids_are_length_limited() -> None:
+    live = ten_classes()
+    with pytest.raises(FeedbackError, match="257 characters.*256"):
+        live.add_feedback({"feedback": [{"id": "x" * 257, "labels": [1]}]})
+    with pytest.raises(FeedbackError, match="id must be a string"):
+        live.add_feedback({"feedback": [{"id": 5, "labels": [1]}]})
+
+
+def digits_reference() -> tuple[dict, np.ndarray]:
+    """Digits scaled to [0, 1] (several pixels are always 0 in training), its reference, held-out rows."""
+    from tests.unit.conftest_serve import digits_split
+
+    x_train, _, x_test, _ = digits_split()
+    return reference(x_train.astype(np.float64)), x_test
+
+
+def test_drift_waits_for_enough_rows() -> None:
+    """PSI of a handful of in-distribution rows is noise (5 rows: ~7, 38 rows: ~1, against an alert
+    threshold of 0.2); the drift gauges appear once the window holds min_drift_rows rows."""
+    ref, x_test = digits_reference()
+    reg = CollectorRegistry()
+    live = LiveQuality("m", ref, None, reg)
+    assert live.min_drift_rows == 500
+    live.observe("a", x_test[:38], None)
+    live.refresh(force=True)
+    text = generate_latest(reg).decode()
+    assert "mlbuild_input_drift_psi_max{" not in text and "mlbuild_input_drift_psi{" not in text
+    assert "mlbuild_input_drift_mean_shift_max{" not in text
+    assert sample(reg, "mlbuild_input_drift_rows", model="m") == 38
+    rows = np.concatenate([x_test, x_test])[38:500]
+    live.observe("b", rows, None)
+    live.refresh(force=True)
+    assert sample(reg, "mlbuild_input_drift_rows", model="m") == 500
+    assert sample(reg, "mlbuild_input_drift_psi_max", model="m") < 0.2   # held-out digits: no drift
+
+
+def test_mean_shift_skips_features_constant_in_training() -> None:
+    """A pixel that is always 0 in training has no spread: its std floored at 1e-6 made any live
+    value a shift of ~1e5..1e7 standard deviations. Such features are left out of the mean shift."""
+    ref, x_test = digits_reference()
+    assert 0.0 in ref["std"]
+    reg = CollectorRegistry()
+    live = LiveQuality("m", ref, None, reg, min_drift_rows=1)
+    x = x_test.astype(np.float64).copy()
+    x[:, int(np.argmin(ref["std"]))] = 0.0625   # one unit of the 0..16 pixel scale
+    live.observe("a", x, None)
+    live.refresh(force=True)
+    assert sample(reg, "mlbuild_input_drift_mean_shift_max", model="m") < 1.0
+    shifted = x.copy()
+    shifted[:, 20] += 3 * ref["std"][20]
+    live.observe("b", np.concatenate([shifted] * 6), None)   # the window is then mostly shifted rows
+    live.refresh(force=True)
+    assert sample(reg, "mlbuild_input_drift_mean_shift_max", model="m") > 2.0

@@ -16,8 +16,8 @@ from tritonclient.http import InferInput, InferRequestedOutput, InferResult
 from tritonclient.http._utils import _get_inference_request
 
 from mlbuild.runtime.serve.package import Package, TensorSpec
-from mlbuild.runtime.serve.protocol import (InferCodec, InferRequest, ProtocolError, decode_infer, decode_predict,
-                                            encode_infer, encode_predict)
+from mlbuild.runtime.serve.protocol import (InferCodec, InferRequest, ModelOutputError, ProtocolError, decode_infer,
+                                            decode_predict, encode_infer, encode_predict)
 
 
 def _pkg(datatype: str = "FP32", shape: tuple[int, ...] = (-1, 4)) -> Package:
@@ -196,10 +196,12 @@ def test_round_trip(x: np.ndarray, binary: bool) -> None:
 
 
 def test_predict() -> None:
-    arr = decode_predict(PKG, json.dumps({"instances": [[0, 1, 2, 3], [4, 5, 6, 7]]}).encode())
-    assert arr.dtype == np.float32 and arr.shape == (2, 4)
+    req = decode_predict(PKG, json.dumps({"instances": [[0, 1, 2, 3], [4, 5, 6, 7]]}).encode())
+    assert req.array.dtype == np.float32 and req.array.shape == (2, 4) and req.id is None
+    assert decode_predict(PKG, json.dumps({"id": "q-1", "instances": [[0, 1, 2, 3]]}).encode()).id == "q-1"
     body = encode_predict(PKG, {"probabilities": np.array([[0.1, 0.2, 0.7]], dtype=np.float32),
-                                "label": np.array([2])})
+                                "label": np.array([2])}, "q-1")
+    assert json.loads(body)["id"] == "q-1"
     prediction = json.loads(body)["predictions"][0]
     assert prediction["label"] == 2 and prediction["class"] == "c"
     assert math.isclose(prediction["probabilities"][2], 0.7, rel_tol=1e-6)
@@ -208,6 +210,7 @@ def test_predict() -> None:
 @pytest.mark.parametrize("body", [
     b"[]", b'{"rows": []}', b'{"instances": []}', b'{"instances": [[1, 2, 3]]}', b'{"instances": [[1, 2], [3]]}',
     b'{"instances": [["a", "b", "c", "d"]]}', b'{"instances": [[NaN, 1, 2, 3]]}', b'{"instances": 3}',
+    b'{"id": 3, "instances": [[1, 2, 3, 4]]}', b'{"id": "%s", "instances": [[1, 2, 3, 4]]}' % (b"x" * 257),
 ])
 def test_bad_predict(body: bytes) -> None:
     with pytest.raises(ProtocolError) as err:
@@ -284,3 +287,53 @@ def test_codec_cache_stays_bounded() -> None:
                                                       "parameters": {"binary_data_size": 16}}]}).encode()
         assert codec.decode(head + x.tobytes(), str(len(head))).id == f"r{i}"
         assert len(codec._requests) <= 4
+
+
+def test_request_ids_are_length_limited() -> None:
+    """An id is remembered (for feedback) and echoed: 100 ids of 4 MB took 400 MB of memory."""
+    x = np.ones((1, 4), np.float32)
+    assert decode_infer(PKG, _json_body(x.tolist(), shape=(1, 4), id="i" * 256), None).id == "i" * 256
+    message = _error(_json_body(x.tolist(), shape=(1, 4), id="i" * 4_000_000)).message
+    assert "4000000 characters" in message and "256" in message and len(message) < 300
+    body, header = _triton(x)
+    assert header is not None
+    head = json.loads(body[:int(header)])
+    head["id"] = "i" * 257
+    raw = json.dumps(head).encode()
+    for codec in (None, InferCodec(PKG)):
+        with pytest.raises(ProtocolError, match="257 characters"):
+            (codec.decode if codec else lambda b, h: decode_infer(PKG, b, h))(raw + body[int(header):], str(len(raw)))
+    with pytest.raises(ProtocolError, match="257 characters"):
+        decode_predict(PKG, json.dumps({"id": "i" * 257, "instances": x.tolist()}).encode())
+
+
+def test_minus_one_is_not_a_request_dimension() -> None:
+    message = _error(_json_body([0.0] * 8, shape=(-1, 4))).message
+    assert "-1 is not a size" in message and "actual row count" in message, message
+
+
+def test_a_binary_body_without_its_header_length_is_named() -> None:
+    body, header = _triton(np.arange(8, dtype=np.float32).reshape(2, 4))
+    assert header is not None
+    message = _error(body).message
+    assert "Inference-Header-Content-Length" in message and f"{len(body) - int(header)} byte" in message, message
+    assert "5 byte(s) follow its JSON object" in _error(b'{"inputs": []} junk').message
+    assert "Inference-Header" not in _error(b'{"inputs": [}').message
+
+
+def test_nan_outputs_are_a_model_error_not_invalid_json() -> None:
+    """Bare NaN tokens are not JSON (JSON.parse rejects them): a model output holding NaN or
+    infinity cannot be sent as JSON; binary outputs carry it as IEEE floats."""
+    results = {"probabilities": np.array([[0.5, np.nan, 0.5]], np.float32), "label": np.array([0])}
+    for binary in (False, True):
+        req = InferRequest("r", np.zeros((1, 4), np.float32), [("probabilities", binary), ("label", False)])
+        for encode in (lambda: encode_infer(PKG, req, results), lambda: InferCodec(PKG).encode(req, results)):
+            if binary:
+                body, length = encode()
+                assert np.isnan(InferResult.from_response_body(body, header_length=length)
+                                .as_numpy("probabilities")).any()
+            else:
+                with pytest.raises(ModelOutputError, match="'probabilities' holds NaN or infinity"):
+                    encode()
+    with pytest.raises(ModelOutputError, match="'probabilities' holds NaN or infinity"):
+        encode_predict(PKG, {"probabilities": np.array([[np.inf, 0, 0]], np.float32), "label": np.array([0])}, "r")

@@ -43,6 +43,17 @@ _JSON = "application/json"
 _PLATFORM = "mlbuild_pytorch"
 
 
+def _class_count(pkg: Package) -> int | None:
+    """The model's number of classes: its class names, else a fixed last dimension of its
+    ``probabilities`` output; None if neither says."""
+    if pkg.labels:
+        return len(pkg.labels)
+    probabilities = pkg.output("probabilities")
+    if probabilities is not None and len(probabilities.shape) == 2 and probabilities.shape[1] > 0:
+        return probabilities.shape[1]
+    return None
+
+
 def _json(data: Any, status: int = 200) -> Response:
     return Response(json.dumps(data).encode(), status_code=status, media_type=_JSON)
 
@@ -67,7 +78,8 @@ class ServerState:
         metrics.set_package(pkg.name, pkg.hashes)
         reference = pkg.root / "model" / "reference.json"
         self.live = LiveQuality(pkg.name, json.loads(reference.read_text()) if reference.is_file() else None,
-                                list(pkg.labels) if pkg.labels is not None else None, metrics.registry)
+                                list(pkg.labels) if pkg.labels is not None else None, metrics.registry,
+                                classes=_class_count(pkg))
 
     @property
     def ready(self) -> bool:
@@ -173,6 +185,8 @@ async def _model_ready(request: Request, state: ServerState) -> Response:
 
 
 async def _v1_status(request: Request, state: ServerState) -> Response:
+    if request.path_params["name"].endswith(":predict"):  # GET .../NAME:predict matches this route first
+        return _not_allowed(request, "POST")
     _check(request, state)
     return _json({"name": state.pkg.name, "ready": state.ready})
 
@@ -183,13 +197,16 @@ async def _v1_predict(request: Request, state: ServerState) -> Response:
     batcher.arriving(1)
     submitted = False
     try:
-        array = decode_predict(state.pkg, await _request_body(request, state))
+        req = decode_predict(state.pkg, await _request_body(request, state))
         submitted = True
-        results = await batcher.submit(array, arrived=True)
+        results = await batcher.submit(req.array, arrived=True)
     finally:
         if not submitted:
             batcher.arriving(-1)
-    return Response(encode_predict(state.pkg, results), media_type=_JSON)
+    request_id = state.live.request_id(req.id)  # as the v2 route: an id for feedback, inputs for drift
+    content = encode_predict(state.pkg, results, request_id)
+    state.live.observe(request_id, req.array, results.get("label"))
+    return Response(content, media_type=_JSON)
 
 
 async def _feedback(request: Request, state: ServerState) -> Response:
@@ -211,12 +228,21 @@ async def _metrics(request: Request, state: ServerState) -> Response:
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
+def _not_allowed(request: Request, allow: str) -> Response:
+    return Response(error_body(f"method {request.method} is not allowed on {request.url.path[:200]}; use {allow}"),
+                    status_code=405, media_type=_JSON, headers={"Allow": allow})
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    message = {404: f"no route {request.method} {request.url.path[:200]}; see /v2 and /v2/models/{{name}}",
-               405: f"method {request.method} is not allowed on {request.url.path[:200]}"}
-    return Response(error_body(message.get(exc.status_code, exc.detail)), status_code=exc.status_code,
-                    media_type=_JSON, headers=exc.headers)
+    path = request.url.path[:200]
+    if exc.status_code == 405:
+        return _not_allowed(request, (exc.headers or {}).get("Allow", "GET"))
+    message = exc.detail
+    if exc.status_code == 404:
+        fix = "drop the trailing slash" if len(path) > 1 and path.endswith("/") else "see /v2 and /v2/models/{name}"
+        message = f"no route {request.method} {path}; {fix}"
+    return Response(error_body(message), status_code=exc.status_code, media_type=_JSON, headers=exc.headers)
 
 
 def create_app(state: ServerState) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
@@ -254,6 +280,9 @@ def create_app(state: ServerState) -> Callable[[Scope, Receive, Send], Awaitable
         route("/metrics", _metrics, ["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    # No 307 to the path without (or with) a trailing slash: its Location is built from the Host
+    # header, and an API client should fix its URL, so such paths get a 404 naming the fix.
+    app.router.redirect_slashes = False
     measured = MetricsMiddleware(app, state.metrics)
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:

@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from .batching import BatcherClosed
-from .protocol import ProtocolError, error_body
+from .protocol import ModelOutputError, ProtocolError, error_body
 
 if TYPE_CHECKING:
     from .app import ServerState
@@ -72,9 +72,13 @@ def failure(exc: Exception, method: str, path: str) -> tuple[int, bytes]:
         return 503, error_body(str(exc))
     if isinstance(exc, ClientDisconnect):
         return 400, error_body("the client disconnected before sending the whole body")
+    if isinstance(exc, ModelOutputError):  # the model's outputs, not the server: no traceback
+        log.error("%s %s failed: %s", method, path[:200], exc)
+        return 500, error_body(str(exc))
     # the model (user code) or a bug: log it, answer, keep serving
     log.error("%s %s failed", method, path[:200], exc_info=exc)
-    return 500, error_body(f"inference failed: {type(exc).__name__}: {str(exc)[:500]}")
+    what = "inference" if path.endswith(("/infer", ":predict")) else f"{method} {path[:200]}"
+    return 500, error_body(f"{what} failed: {type(exc).__name__}: {str(exc)[:500]}")
 
 
 INFER_ROUTES = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
@@ -163,9 +167,10 @@ class InferEndpoint:
             if not submitted:
                 batcher.arriving(-1)
         # Every response carries an id (the client's, or one assigned here): feedback refers to it.
+        # Observed once encoded: a response that cannot be sent (NaN as JSON) leaves no trace.
         req.id = request_id = state.live.request_id(req.id)
-        state.live.observe(request_id, req.array, results.get("label"))
         content, header_length = state.codec.encode(req, results)
+        state.live.observe(request_id, req.array, results.get("label"))
         if header_length is None:
             return content, [(b"content-type", b"application/json")]
         return content, [(b"content-type", b"application/octet-stream"),

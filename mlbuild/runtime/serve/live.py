@@ -9,13 +9,28 @@ that learns the true labels later posts them::
 
 and the server keeps a rolling window of (true, predicted) pairs, from which it exports
 ``mlbuild_live_metric{model,metric}`` (accuracy, precision/recall/F1 macro, as scikit-learn
-computes them) and ``mlbuild_live_feedback_samples{model}``.
+computes them) and ``mlbuild_live_feedback_samples{model}``. A body is checked in full before
+anything is added (a label is a class index 0..K-1 or a class name; one label per row of the
+request); a bad one is refused whole. Feedback for a request counts once: a repeat (a client's
+retry) replaces that request's labels while they are in the window and is never counted again
+(``repeated_rows`` in the answer). The metrics appear only once the window holds
+``min_feedback_rows`` rows (100: the accuracy of one row is 0 or 1; of 100, its standard error
+is at most 0.05), so that an alert on them does not fire on a handful of rows.
 
 Drift: the inputs of recent requests (a rolling window) are compared with the training data's
 statistics saved in the package (``model/reference.json``: per-feature mean, std, decile edges and
 fractions): ``mlbuild_input_drift_psi{model,feature}`` (population stability index per feature),
 ``mlbuild_input_drift_psi_max`` and ``mlbuild_input_drift_mean_shift_max`` (in training standard
-deviations). Both windows are recomputed at most once a second, off the request path, but on
+deviations), once the window holds ``min_drift_rows`` rows (``mlbuild_input_drift_rows`` says how
+many it holds). PSI over few rows is noise: an in-distribution sample of n rows has a PSI of about
+(bins - 1) / n per feature (a chi-square over n), and its maximum over 64 features about 21 / n,
+so the held-out digits gave a maximum of ~7 at 5 rows and ~1 at 38, against the alert threshold
+of 0.2; at 500 rows, ~0.04 (at most 0.07 in 200 draws). Features with no spread in training
+(std under 1e-6, reference.json's precision: a constant, such as a digits pixel that is always 0)
+are left out of the mean shift, which has no scale for them (the std floored at 1e-6 made any
+nonzero live value there a shift of millions of standard deviations).
+
+Both windows are recomputed at most once a second, off the request path, but on
 the event loop, so every request in flight waits for it: both are whole-array numpy steps
 (:func:`macro_prf`, :func:`psi`), ~2 ms for 1,000 feedback rows and 2,000 input rows of 64
 features, where scikit-learn and a loop over the features took ~6 ms.
@@ -33,7 +48,13 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-__all__ = ["LiveQuality", "FeedbackError", "macro_prf", "psi"]
+from .protocol import MAX_ID_LENGTH
+
+__all__ = ["LiveQuality", "FeedbackError", "macro_prf", "psi", "MIN_FEEDBACK_ROWS", "MIN_DRIFT_ROWS"]
+
+MIN_FEEDBACK_ROWS = 100   # feedback rows before the live metrics are published (see above)
+MIN_DRIFT_ROWS = 500      # input rows before the drift gauges are published (see above)
+MIN_STD = 1e-6            # a training std below this (reference.json's precision) is no spread
 
 
 def macro_prf(y: np.ndarray, p: np.ndarray) -> tuple[float, float, float]:
@@ -82,19 +103,36 @@ class FeedbackError(ValueError):
     """A feedback body the server cannot use (the message says why; answered with 400)."""
 
 
+class _Labelled:
+    """A request's predicted labels, once feedback gave its true labels."""
+
+    __slots__ = ("pred", "truth", "in_window")
+
+    def __init__(self, pred: np.ndarray, truth: np.ndarray) -> None:
+        self.pred, self.truth, self.in_window = pred, truth, True
+
+
 class LiveQuality:
     def __init__(self, model: str, reference: dict[str, Any] | None, labels: list[str] | None,
-                 registry: CollectorRegistry, *, window: int = 1000, remember: int = 10000,
-                 drift_window: int = 2000) -> None:
+                 registry: CollectorRegistry, *, classes: int | None = None, window: int = 1000,
+                 remember: int = 10000, drift_window: int = 2000, min_feedback_rows: int = MIN_FEEDBACK_ROWS,
+                 min_drift_rows: int = MIN_DRIFT_ROWS) -> None:
         self.model = model
         self.reference = reference
         self.labels = labels
-        self.window: deque[tuple[int, int]] = deque(maxlen=window)
-        self.predictions: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.label_index = {name: i for i, name in reversed(list(enumerate(labels or [])))}
+        self.classes = classes if classes is not None else len(labels) if labels else None
+        self.window_size = window
+        self.window: deque[_Labelled] = deque()   # labelled requests, oldest first
+        self.window_rows = 0
+        # request id -> predicted labels (an array), or a _Labelled once feedback came for it
+        self.predictions: OrderedDict[str, np.ndarray | _Labelled] = OrderedDict()
         self.remember = remember
         self.inputs: deque[np.ndarray] = deque()
         self.input_rows = 0
         self.drift_window = drift_window
+        self.min_feedback_rows = min_feedback_rows
+        self.min_drift_rows = min_drift_rows
         self.lock = threading.Lock()
         self._dirty = False
         self._last = 0.0
@@ -115,7 +153,12 @@ class LiveQuality:
         self.shift_max = Gauge("mlbuild_input_drift_mean_shift_max",
                                "Largest |live mean - training mean| / training std over features.", ["model"],
                                registry=registry)
+        self.drift_rows = Gauge("mlbuild_input_drift_rows",
+                                "Input rows in the drift window (the drift gauges appear from "
+                                f"{min_drift_rows} rows).", ["model"], registry=registry)
         self.samples.labels(model).set(0)
+        if reference is not None:
+            self.drift_rows.labels(model).set(0)
         self._ref_arrays: tuple[np.ndarray, ...] | None = None   # the reference, as arrays, once
         self._psi_gauges: list[Any] = []
 
@@ -142,41 +185,82 @@ class LiveQuality:
         self.refresh()
 
     def add_feedback(self, body: Any) -> dict[str, int]:
+        """Add a feedback body, all of it or (FeedbackError) none of it: {"matched_rows": rows
+        added, "repeated_rows": rows of requests that had feedback already (their labels are
+        replaced while still in the window, never counted again), "unknown_ids": ids not
+        remembered (too old, or never served)}."""
         items = body.get("feedback") if isinstance(body, dict) else None
         if not isinstance(items, list) or not items:
             raise FeedbackError('expected {"feedback": [{"id": "<request id>", "labels": [<true label per row>]}]}')
-        matched = unknown = 0
+        given: list[tuple[str, np.ndarray]] = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or "id" not in item or not isinstance(item.get("labels"), list):
+                raise FeedbackError(f"feedback[{i}] needs an id and a labels list; got {item!r:.200}")
+            request_id = item["id"]
+            if not isinstance(request_id, str):
+                raise FeedbackError(f"feedback[{i}]: id must be a string (an inference response's id), "
+                                    f"got {request_id!r:.50}")
+            if len(request_id) > MAX_ID_LENGTH:
+                raise FeedbackError(f"feedback[{i}]: id is {len(request_id)} characters long; no request id is "
+                                    f"longer than {MAX_ID_LENGTH}")
+            given.append((request_id, np.array([self._label_index(v, i) for v in item["labels"]], dtype=np.int64)))
+        matched = repeated = unknown = 0
         with self.lock:
-            for item in items:
-                if not isinstance(item, dict) or "id" not in item or not isinstance(item.get("labels"), list):
-                    raise FeedbackError(f"each feedback item needs an id and a labels list; got {item!r:.200}")
-                pred = self.predictions.get(str(item["id"]))
-                if pred is None:
-                    unknown += 1
-                    continue
-                truth = [self._label_index(v) for v in item["labels"]]
-                if len(truth) != len(pred):
-                    raise FeedbackError(f"request {item['id']!r} had {len(pred)} row(s); feedback gives "
+            for i, (request_id, truth) in enumerate(given):   # every check before any change
+                seen = self.predictions.get(request_id)
+                rows = len(seen.pred if isinstance(seen, _Labelled) else seen) if seen is not None else len(truth)
+                if rows != len(truth):
+                    raise FeedbackError(f"feedback[{i}]: request {request_id!r} had {rows} row(s); feedback gives "
                                         f"{len(truth)} label(s)")
-                self.window.extend(zip(truth, (int(p) for p in pred)))
-                matched += len(truth)
+            for request_id, truth in given:
+                seen = self.predictions.get(request_id)
+                if seen is None:
+                    unknown += 1
+                elif isinstance(seen, _Labelled):
+                    repeated += len(truth)
+                    if seen.in_window:
+                        seen.truth = truth
+                else:
+                    labelled = self.predictions[request_id] = _Labelled(seen, truth)
+                    self._append(labelled)
+                    matched += len(truth)
             self._dirty = True
-        self.feedback.labels(self.model, "matched").inc(matched)
-        if unknown:
-            self.feedback.labels(self.model, "unknown_id").inc(unknown)
+        for outcome, count in (("matched", matched), ("repeated", repeated), ("unknown_id", unknown)):
+            if count:
+                self.feedback.labels(self.model, outcome).inc(count)
         self.refresh(force=True)
-        return {"matched_rows": matched, "unknown_ids": unknown}
+        return {"matched_rows": matched, "repeated_rows": repeated, "unknown_ids": unknown}
 
-    def _label_index(self, v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, (int, str)):
-            raise FeedbackError(f"label {v!r} must be a class index or a class name")
+    def _append(self, labelled: _Labelled) -> None:
+        """Add to the window; drop the oldest requests while the rest hold ``window_size`` rows."""
+        self.window.append(labelled)
+        self.window_rows += len(labelled.pred)
+        while self.window_rows - len(self.window[0].pred) >= self.window_size:
+            old = self.window.popleft()
+            old.in_window = False
+            self.window_rows -= len(old.pred)
+
+    def _label_index(self, v: Any, item: int) -> int:
+        """A true label as a class index: an index 0..K-1, or a class name (or an index as a string)."""
         if isinstance(v, str):
-            if self.labels and v in self.labels:
-                return self.labels.index(v)
-            if v.lstrip("-").isdigit():
-                return int(v)
-            raise FeedbackError(f"label {v!r} is not one of the model's classes {self.labels}")
-        return int(v)
+            index = self.label_index.get(v)
+            if index is not None:
+                return index
+            # ASCII digits only: "²" is a digit to isdigit() but not to int(); and int() of
+            # 4,300 digits or more raises
+            value = int(v) if v.isascii() and v.isdigit() and len(v) < 20 else -1
+        else:
+            value = v if isinstance(v, int) and not isinstance(v, bool) else -1
+        if 0 <= value < (self.classes if self.classes is not None else 1 << 63):
+            return value
+        if self.classes is None:
+            valid = "a class index (an integer >= 0)"
+        else:
+            valid = f"a class index 0..{self.classes - 1}"
+        if self.labels:
+            names = ", ".join(repr(name) for name in self.labels[:20]) + (", ..." if len(self.labels) > 20 else "")
+            valid += f" or a class name ({names})"
+        raise FeedbackError(f"feedback[{item}]: label {v!r:.50} is not one of the model's classes; give {valid}")
 
     # -- metrics -----------------------------------------------------------------------------
     def refresh(self, force: bool = False) -> None:
@@ -184,28 +268,35 @@ class LiveQuality:
         if not self._dirty or (not force and now - self._last < 1.0):
             return
         with self.lock:
-            pairs = list(self.window)
+            labelled = [(entry.truth, entry.pred) for entry in self.window]
             chunks = list(self.inputs)
+            input_rows = self.input_rows
             self._dirty, self._last = False, now
-        self.samples.labels(self.model).set(len(pairs))
-        if pairs:
-            y, p = np.array(pairs, dtype=np.int64).T
+        rows = 0
+        if labelled:   # the last window_size rows (the oldest request may reach further back)
+            y = np.concatenate([truth for truth, _ in labelled])[-self.window_size:]
+            p = np.concatenate([pred for _, pred in labelled])[-self.window_size:].astype(np.int64)
+            rows = len(y)
+        self.samples.labels(self.model).set(rows)
+        if rows and rows >= self.min_feedback_rows:
             self.metric.labels(self.model, "accuracy").set(float((y == p).mean()))
             pr, rc, f1 = macro_prf(y, p)
             for name, value in (("precision_macro", pr), ("recall_macro", rc), ("f1_macro", f1)):
                 self.metric.labels(self.model, name).set(value)
-        if chunks and self.reference is not None:
-            self._drift(np.concatenate(chunks).astype(np.float64))
+        if self.reference is not None:
+            self.drift_rows.labels(self.model).set(input_rows)
+            if chunks and input_rows >= min(self.min_drift_rows, self.drift_window):
+                self._drift(np.concatenate(chunks).astype(np.float64))
 
     def _drift(self, x: np.ndarray) -> None:
         ref = self.reference
         assert ref is not None
         if self._ref_arrays is None:
+            std = np.asarray(ref["std"], dtype=np.float64)
             self._ref_arrays = (np.asarray(ref["edges"], dtype=np.float64),
                                 np.asarray(ref["fractions"], dtype=np.float64),
-                                np.asarray(ref["mean"], dtype=np.float64),
-                                np.maximum(np.asarray(ref["std"], dtype=np.float64), 1e-6))
-        edges, expected, mean, std = self._ref_arrays
+                                np.asarray(ref["mean"], dtype=np.float64), std, std >= MIN_STD)
+        edges, expected, mean, std, spread = self._ref_arrays
         if x.shape[1] != len(edges):
             return
         psis = psi(x, edges, expected)
@@ -213,6 +304,7 @@ class LiveQuality:
             self._psi_gauges = [self.psi.labels(self.model, str(j)) for j in range(len(psis))]
         for gauge, value in zip(self._psi_gauges, psis.tolist()):
             gauge.set(value)
-        shift = np.abs(x.mean(0) - mean) / std
         self.psi_max.labels(self.model).set(float(psis.max()))
-        self.shift_max.labels(self.model).set(float(shift.max()))
+        if spread.any():   # features constant in training have no std to measure a shift in
+            shift = np.abs(x.mean(0)[spread] - mean[spread]) / std[spread]
+            self.shift_max.labels(self.model).set(float(shift.max()))

@@ -4,6 +4,11 @@ Decoding validates everything a client controls (JSON shape, names, datatypes, s
 counts, binary sizes, finiteness) and raises ``ProtocolError`` with an HTTP status and a message
 naming the bad value; nothing a client sends may surface as another exception.
 
+A request may carry an ``id`` (a string of at most ``MAX_ID_LENGTH`` characters: the server
+remembers recent ids for feedback and echoes them back). Outputs are sent as JSON only when every
+value is finite: bare ``NaN``/``Infinity`` tokens are not JSON, so a model output holding them
+raises ``ModelOutputError`` (a 500: the model's fault), unless it is sent as binary data.
+
 Binary extension (as ``tritonclient.http`` sends it): the body is a JSON header of
 ``Inference-Header-Content-Length`` bytes followed by the raw little-endian input tensors, in
 input order, each sized by its ``parameters.binary_data_size``. Outputs requested with
@@ -25,6 +30,8 @@ from .package import DATATYPES, MODEL_VERSION, Package, ServeError, TensorSpec
 
 __all__ = [
     "ProtocolError",
+    "ModelOutputError",
+    "MAX_ID_LENGTH",
     "InferRequest",
     "InferCodec",
     "decode_infer",
@@ -38,6 +45,9 @@ _INT_BOUNDS: dict[str, tuple[int, int]] = {
     k: (int(np.iinfo(DATATYPES[k]).min), int(np.iinfo(DATATYPES[k]).max))
     for k in ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")}
 
+#: The longest request id accepted (as common request-id limits); the server remembers and echoes ids.
+MAX_ID_LENGTH = 256
+
 
 class ProtocolError(ServeError):
     """A request the server refuses: ``status`` (4xx) and a message naming the problem."""
@@ -45,6 +55,10 @@ class ProtocolError(ServeError):
     def __init__(self, status: int, message: str) -> None:
         self.status, self.message = status, message
         super().__init__(message)
+
+
+class ModelOutputError(ServeError):
+    """The model's outputs cannot be sent as asked (NaN or infinity as JSON): answered with 500."""
 
 
 @dataclass
@@ -64,11 +78,36 @@ def _bad(message: str) -> ProtocolError:
     return ProtocolError(400, message)
 
 
-def _loads(data: bytes | memoryview, what: str) -> Any:
+def _loads(data: bytes | memoryview, what: str, binary_hint: bool = False) -> Any:
     try:
         return json.loads(bytes(data))
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        tail = _after_json(bytes(data)) if binary_hint else 0
+        if tail:
+            raise _bad(f"{what} is not valid JSON: {tail} byte(s) follow its JSON object; binary tensor data "
+                       "needs the Inference-Header-Content-Length header (the JSON part's length in bytes)") from None
         raise _bad(f"{what} is not valid JSON: {str(e)[:200]}") from None
+
+
+def _after_json(body: bytes) -> int:
+    """How many bytes follow a JSON object at the start of ``body`` (0: none, or no such object):
+    what a binary-tensor request sent without its header length looks like. (Latin-1 maps each
+    byte to one character, so offsets are byte offsets.)"""
+    text = body.decode("latin-1")
+    start = len(text) - len(text.lstrip())
+    try:
+        obj, end = json.JSONDecoder().raw_decode(text, start)
+    except (ValueError, RecursionError):
+        return 0
+    return len(body) - end if isinstance(obj, dict) and body[end:].strip() else 0
+
+
+def _check_id(request_id: Any) -> str | None:
+    if request_id is not None and not isinstance(request_id, str):
+        raise _bad(f"id must be a string, got {type(request_id).__name__}")
+    if request_id is not None and len(request_id) > MAX_ID_LENGTH:
+        raise _bad(f"id is {len(request_id)} characters long; the limit is {MAX_ID_LENGTH}: send a shorter id")
+    return request_id
 
 
 def _is_int(x: Any) -> bool:
@@ -78,8 +117,10 @@ def _is_int(x: Any) -> bool:
 def _check_shape(spec: TensorSpec, shape: Any) -> tuple[int, ...]:
     if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
         raise _bad(f"input {spec.name!r}: shape must be a list of integers, got {shape!r:.200}")
-    if len(shape) != len(spec.shape) or any(d < 0 for d in shape) or any(
-            want != -1 and want != got for want, got in zip(spec.shape, shape)):
+    if len(shape) == len(spec.shape) and any(d < 0 for d in shape):
+        raise _bad(f"input {spec.name!r}: shape {shape}: {min(shape)} is not a size; a request gives its actual "
+                   f"row count and sizes (the model's {list(spec.shape)}: -1 there means any size)")
+    if len(shape) != len(spec.shape) or any(want != -1 and want != got for want, got in zip(spec.shape, shape)):
         raise _bad(f"input {spec.name!r}: shape {shape} does not match the model's {list(spec.shape)}")
     if shape[0] < 1:
         raise _bad(f"input {spec.name!r}: shape {shape} has no rows")
@@ -216,12 +257,10 @@ def _decode_infer(pkg: Package, body: bytes, header_length: str | None) -> tuple
         header, binary = view[:n], view[n:]
     else:
         header, binary = view, view[:0]
-    req = _loads(header, "request")
+    req = _loads(header, "request", binary_hint=header_length is None)
     if not isinstance(req, dict):
         raise _bad(f"request must be a JSON object, got {type(req).__name__}")
-    request_id = req.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise _bad("id must be a string")
+    request_id = _check_id(req.get("id"))
     params = req.get("parameters", {})
     if not isinstance(params, dict):
         raise _bad("parameters must be an object")
@@ -276,7 +315,11 @@ def encode_infer(pkg: Package, req: InferRequest, results: dict[str, np.ndarray]
     response: dict[str, Any] = {"model_name": pkg.name, "model_version": MODEL_VERSION, "outputs": outputs}
     if req.id is not None:
         response["id"] = req.id
-    header = json.dumps(response, allow_nan=True).encode()
+    try:
+        header = json.dumps(response, allow_nan=False).encode()
+    except ValueError:
+        raise _nonfinite(results, [name for name, binary in req.outputs if not binary],
+                         "or ask for binary outputs (parameters.binary_data), which carry them as IEEE floats") from None
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)
@@ -340,11 +383,20 @@ class InferCodec:
         return b"".join([head, *chunks]), len(head)
 
 
-def decode_predict(pkg: Package, body: bytes) -> np.ndarray:
-    """Decode ``POST /v1/models/{name}:predict``: ``{"instances": [row, ...]}`` to the input array."""
+def _nonfinite(results: dict[str, np.ndarray], names: list[str], fix: str) -> ModelOutputError:
+    """The error for outputs that JSON cannot carry, naming the first output holding NaN or infinity."""
+    bad = next((n for n in names if results[n].dtype.kind in "fc" and not np.isfinite(results[n]).all()), "?")
+    return ModelOutputError(f"the model's output {bad!r} holds NaN or infinity, which JSON cannot carry; the model "
+                            f"is at fault (e.g. trained on data holding NaN): fix the model, {fix}")
+
+
+def decode_predict(pkg: Package, body: bytes) -> InferRequest:
+    """Decode ``POST /v1/models/{name}:predict``: ``{"id": ..., "instances": [row, ...]}`` (``id``
+    optional) to the input array; the request asks for every output, as JSON."""
     req = _loads(body, "request")
     if not isinstance(req, dict) or "instances" not in req:
         raise _bad('request must be a JSON object {"instances": [[...], ...]}')
+    request_id = _check_id(req.get("id"))
     instances = req["instances"]
     spec = pkg.input
     if not isinstance(instances, list) or not instances:
@@ -358,11 +410,11 @@ def decode_predict(pkg: Package, body: bytes) -> np.ndarray:
     shape = _check_shape(spec, list(probe.shape))
     arr = _from_json_data(spec, instances, shape, spec.datatype)
     _check_finite(spec, arr)
-    return arr
+    return InferRequest(request_id, arr, [(s.name, False) for s in pkg.outputs])
 
 
-def encode_predict(pkg: Package, results: dict[str, np.ndarray]) -> bytes:
-    """``{"predictions": [{output: value, ..., "class": label name}, ...]}``, one entry per row."""
+def encode_predict(pkg: Package, results: dict[str, np.ndarray], request_id: str) -> bytes:
+    """``{"id": ..., "predictions": [{output: value, ..., "class": label name}, ...]}``, one entry per row."""
     rows = next(iter(results.values())).shape[0]
     columns = {name: arr.tolist() for name, arr in results.items()}
     predictions: list[dict[str, Any]] = []
@@ -372,4 +424,7 @@ def encode_predict(pkg: Package, results: dict[str, np.ndarray]) -> bytes:
         if pkg.labels is not None and isinstance(label, int) and 0 <= label < len(pkg.labels):
             row["class"] = pkg.labels[label]
         predictions.append(row)
-    return json.dumps({"predictions": predictions}).encode()
+    try:
+        return json.dumps({"id": request_id, "predictions": predictions}, allow_nan=False).encode()
+    except ValueError:
+        raise _nonfinite(results, list(results), "or use the v2 infer route with binary outputs") from None
