@@ -3,7 +3,8 @@
 #
 #   mkImage {
 #     name;               # the image name: the model's name, lower-cased
-#     package;            # the model package; ${package}/bin/serve is the entrypoint
+#     package;            # the model package; ${package}/bin/serve --host 0.0.0.0 --port PORT is
+#                         #   the entrypoint (Cmd is empty: `podman run IMAGE ARGS...` appends ARGS)
 #     validation;         # the passing validation gate: the image depends on it and carries its
 #                         #   metrics as labels (a failing gate never builds, so neither does this)
 #     toolchain;          # runs the builder (its python)
@@ -39,8 +40,12 @@ in
       imageName = toLower name;
       uidS = toString uid;
       gidS = toString gid;
-      entrypoint = [ "${package}/bin/serve" ];
-      cmd = [ "--host" "0.0.0.0" "--port" (toString port) ];
+      # The address and port are part of the entrypoint, not Cmd: the arguments of
+      # `podman run IMAGE --max-batch-size 64` replace Cmd, and without these the server would
+      # listen on 127.0.0.1 inside the container, out of reach. A user's --port or --host still
+      # wins (the server's argparse takes the last value).
+      entrypoint = [ "${package}/bin/serve" "--host" "0.0.0.0" "--port" (toString port) ];
+      cmd = [ ];
       env = [ "HOME=/tmp" "TMPDIR=/tmp" "LANG=C.UTF-8" "PYTHONDONTWRITEBYTECODE=1" ];
       checks = [
         (lib.assertMsg (builtins.match "[a-z0-9]+([._-]+[a-z0-9]+)*" imageName != null)

@@ -121,11 +121,13 @@ def wait_ready(url: str, state: Callable[[], str], logs: Callable[[], str], time
 
 @pytest.fixture(scope="module")
 def container(loaded: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The image run as it is (entrypoint and default arguments: 0.0.0.0:8080), published on a
-    loopback port only."""
+    """The image run with an extra argument (the entrypoint's 0.0.0.0:8080 must stay: an argument
+    once replaced them, and the server listened on 127.0.0.1 inside), published on a loopback port
+    only."""
     port = free_port()
     name = f"mlbuild-test-{os.getpid()}"
-    podman(*RUNC, "run", "-d", "--name", name, *ulimits(), "-p", f"127.0.0.1:{port}:8080", loaded)
+    podman(*RUNC, "run", "-d", "--name", name, *ulimits(), "-p", f"127.0.0.1:{port}:8080", loaded,
+           "--max-batch-size", "16")
     url = f"127.0.0.1:{port}"
     try:
         wait_ready(url, lambda: podman("inspect", "--format", "{{.State.Status}}", name, check=False).stdout.strip(),
@@ -156,7 +158,9 @@ def test_container_predicts_like_the_package(container: str, package: Path, digi
                       dtype=np.float32)
     x, y = test[:64, :-1], test[:64, -1].astype(np.int64)
     with httpclient.InferenceServerClient(container) as c:
-        assert c.get_model_metadata("digits")["hashes"]["model"] == manifest["hashes"]["model"]
+        meta = c.get_model_metadata("digits")
+        assert meta["hashes"]["model"] == manifest["hashes"]["model"]
+        assert meta["parameters"]["max_batch_size"] == 16   # the container's extra argument
         inp = httpclient.InferInput("input", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
         labels = c.infer("digits", [inp]).as_numpy("label")
@@ -167,7 +171,8 @@ def test_container_predicts_like_the_package(container: str, package: Path, digi
 def test_image_config_and_labels(loaded: str, package: Path, info: ArchiveInfo) -> None:
     cfg = json.loads(podman("image", "inspect", loaded).stdout)[0]["Config"]
     assert cfg["User"] == "1000:1000" and "8080/tcp" in cfg["ExposedPorts"]
-    assert cfg["Entrypoint"] == [f"{package}/bin/serve"] and cfg["Cmd"] == ["--host", "0.0.0.0", "--port", "8080"]
+    assert cfg["Entrypoint"] == [f"{package}/bin/serve", "--host", "0.0.0.0", "--port", "8080"]
+    assert not cfg.get("Cmd")   # `podman run IMAGE ARGS...` adds ARGS to the entrypoint's
     hashes = json.loads((package / "manifest.json").read_text())["hashes"]
     labels = cfg["Labels"]
     for k in ("model", "data", "code"):

@@ -84,7 +84,8 @@ def test_docker_load_and_run_predicts(loaded: str, docker_env: dict[str, str], d
     manifest = json.loads((package / "manifest.json").read_text())
     assert cfg["User"] == "1000:1000" and "8080/tcp" in cfg["ExposedPorts"]
     assert cfg["Labels"]["mlbuild.model.sha256"] == manifest["hashes"]["model"]
-    assert cfg["Entrypoint"] == [f"{package}/bin/serve"]
+    assert cfg["Entrypoint"] == [f"{package}/bin/serve", "--host", "0.0.0.0", "--port", "8080"]
+    assert not cfg.get("Cmd")
 
     port = free_port()
     name = f"mlbuild-docker-test-{os.getpid()}"

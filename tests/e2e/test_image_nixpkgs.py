@@ -70,8 +70,9 @@ def test_nixpkgs_backend_uses_stream_layered_image(evaluated: dict) -> None:  # 
     assert r["spec"]["backend"] == "repack" and r["spec"]["stream"].endswith("-stream-digits")
     cfg = r["args"]["config"]
     assert cfg["User"] == "1000:1000" and cfg["ExposedPorts"] == {"8080/tcp": {}}
-    assert cfg["Entrypoint"] == [f"{r['package']}/bin/serve"]
-    assert cfg["Cmd"] == ["--host", "0.0.0.0", "--port", "8080"]
+    # host and port in the entrypoint: `podman run IMAGE ARGS...` replaces Cmd, not them
+    assert cfg["Entrypoint"] == [f"{r['package']}/bin/serve", "--host", "0.0.0.0", "--port", "8080"]
+    assert cfg["Cmd"] == []
     assert cfg["Labels"]["mlbuild.package"] == r["package"]
     assert "chmod 1777 tmp" in r["args"]["extraCommands"]
     assert "mlbuild:x:1000:1000:" in r["args"]["extraCommands"]
