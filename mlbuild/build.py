@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from . import _nix, git
-from .config import Project
+from .config import STATE_NAME, Project, state_dir
 from .errors import BuildError, MlbuildError
 from .lockfile import read_lock
 from .toolchain import check_fresh
@@ -191,10 +191,7 @@ class _Stream:
 
 
 def _record(project: Project, built: Built, status: str, dirty: bool) -> None:
-    state = project.root / ".mlbuild"
-    state.mkdir(exist_ok=True)
-    if not (state / ".gitignore").exists():
-        (state / ".gitignore").write_text("*\n")
+    state = state_dir(project.root)
     entry = {"target": built.target, "path": built.path, "status": status, "git_rev": git.head(project.root),
              "dirty": dirty, "nix": ".".join(map(str, _nix.nix_version())), "time": time.time()}
     with open(state / "builds.jsonl", "a") as f:
@@ -255,7 +252,7 @@ def changed_datasets(project: Project, lock: dict[str, Any]) -> list[str]:
     from .nar import NotStorableError, nar_sha256
 
     lines = []
-    cache = project.root / ".mlbuild"
+    cache = project.root / STATE_NAME
     for name, table in sorted((project.raw.get("datasets") or {}).items()):
         pinned = (lock.get("datasets") or {}).get(name, {}).get("sha256")
         if not isinstance(table, dict) or not isinstance(table.get("path"), str) or pinned is None:
@@ -265,7 +262,7 @@ def changed_datasets(project: Project, lock: dict[str, Any]) -> list[str]:
             sha, entries = statcache.lookup(cache, name, local)
             if sha is None:
                 sha = nar_sha256(str(local))
-                statcache.remember(cache, name, local, entries, sha)
+                statcache.remember(state_dir(project.root), name, local, entries, sha)
         except (OSError, NotStorableError):   # gone, unreadable or unstorable: `data status` says which
             continue
         if sha != pinned:
@@ -320,7 +317,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
             total.present.append(target)
         _record(project, built, "present" if not mine else "built", dirty)
         _nix.add_roots({target: path, **_derived_dataset_roots(project, target, result.get("drvPath"))},
-                       project.root / ".mlbuild" / "gcroots")
+                       state_dir(project.root) / "gcroots")
     if push if push is not None else wants_push(project):
         push_outputs(project, total)
     total.seconds = time.monotonic() - t0

@@ -15,10 +15,11 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["Project", "PythonConfig", "load_project", "find_project_root", "CONFIG_NAME", "LOCK_NAME"]
+__all__ = ["Project", "PythonConfig", "load_project", "find_project_root", "state_dir", "CONFIG_NAME", "LOCK_NAME"]
 
 CONFIG_NAME = "mlbuild.toml"
 LOCK_NAME = "mlbuild.lock"
+STATE_NAME = ".mlbuild"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
@@ -43,6 +44,18 @@ class Project:
     @property
     def lock_path(self) -> Path:
         return self.root / LOCK_NAME
+
+
+def state_dir(root: Path) -> Path:
+    """``root/.mlbuild``, mlbuild's own state (GC roots, stat caches, build records, reports),
+    created with a ``.gitignore`` of ``*``: whichever command writes there first (prefetch, data
+    add, build, exp, metrics), it never makes the worktree dirty or goes into a commit."""
+    state = root / STATE_NAME
+    state.mkdir(exist_ok=True)
+    ignore = state / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("*\n")
+    return state
 
 
 def find_project_root(start: Path | None = None) -> Path:

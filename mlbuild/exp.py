@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .build import Progress, Summary, build_targets, check_model
-from .config import Project
+from .config import Project, state_dir
 from .errors import ConfigError
 
 __all__ = ["parse_sets", "split_sets", "typed_overrides", "run", "show", "Variant"]
@@ -79,7 +79,7 @@ def typed_overrides(model: str, params: dict[str, Any], overrides: dict[str, Any
 
 
 def _log(project: Project, model: str) -> Path:
-    return project.root / ".mlbuild" / "experiments" / f"{model}.jsonl"
+    return state_dir(project.root) / "experiments" / f"{model}.jsonl"
 
 
 def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool = False,

@@ -68,8 +68,18 @@ def _at(project: Project, rev: str, tmp: Path) -> Project:
         raise MlbuildError(f"git revision {rev!r} has no {rel}: {proc.stderr.decode().strip()}")
     dest = tmp / "rev"
     with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as t:
-        t.extractall(dest, filter="data")
+        t.extractall(dest, filter=_safe_member)
     return load_project(dest / rel)
+
+
+def _safe_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """tarfile's "data" filter, skipping what it refuses instead of failing the whole revision: a
+    committed link to an absolute path (a `result` link to the store, say) is no input of a build
+    (Nix copies it as a dangling link), and must not end `metrics history` with a traceback."""
+    try:
+        return tarfile.data_filter(member, dest)
+    except tarfile.FilterError:
+        return None
 
 
 def _report_at(project: Project, model: str, rev: str, required: bool = True) -> Point | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _nix
-from .config import Project
+from .config import Project, state_dir
 from .errors import HashMismatchError, InterpreterError, LockError
 from .interpreter import Identity, loader_name, make_snapshot, probe
 from .lockfile import read_lock, write_lock
@@ -117,7 +117,7 @@ def prefetch(project: Project) -> PrefetchResult:
     snap = lock["interpreter"]["snapshot"]
     roots = {"interpreter-snapshot": fixed_output_path(snap["sha256"], snap["name"], recursive=True)}
     roots.update({f"wheel-{w['filename']}": p for p, w in wheels.items()})
-    _nix.add_roots(roots, project.root / ".mlbuild" / "gcroots")
+    _nix.add_roots(roots, state_dir(project.root) / "gcroots")
     return result
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .. import metrics as m
+from ..config import state_dir
 from .commands import _Bar
 from .main import cli, load
 
@@ -19,7 +20,7 @@ _OUT = click.option("--out", "out_dir", type=click.Path(file_okay=False, path_ty
 def _write(ctx: click.Context, model: str, points: list[m.Point], out_dir: Path | None) -> None:
     for line in m.table(points):
         click.echo(line)
-    files = m.write_reports(model, points, out_dir or load(ctx).root / ".mlbuild" / "reports")
+    files = m.write_reports(model, points, out_dir or state_dir(load(ctx).root) / "reports")
     for kind, path in files.items():
         click.echo(f"{kind:>5}: {path}")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _nix, git
-from ..config import Project
+from ..config import STATE_NAME, Project, state_dir
 from ..errors import ConfigError, DataError
 from ..lockfile import read_lock, write_lock
 from ..runtime.hashing import sha256_file
@@ -188,8 +188,7 @@ def add(project: Project, name: str, path: Path) -> Added:
     else:
         config = toml_with_path(project.config_path.read_text(), name, rel, project.config_path)
     ignore = git.ignore_entry(root, path)
-    in_repo = git.repo_root(root) is not None
-    cache = root / ".mlbuild"
+    cache = root / STATE_NAME
     lock = read_lock(project.lock_path)
     sha, entries = statcache.lookup(cache, name, source)
     result = None
@@ -197,7 +196,7 @@ def add(project: Project, name: str, path: Path) -> Added:
         result = import_path(source, name)   # DataError for what cannot go in: nothing is written then
         sha = result.sha256
     # Only writes from here on.
-    _nix.add_roots({f"dataset-{name}": fixed_output_path(sha, name, recursive=True)}, cache / "gcroots")
+    _nix.add_roots({f"dataset-{name}": fixed_output_path(sha, name, recursive=True)}, state_dir(root) / "gcroots")
     if result is not None:
         statcache.remember(cache, name, source, entries, sha)
     if config is not None:
@@ -211,9 +210,6 @@ def add(project: Project, name: str, path: Path) -> Added:
     write_lock(project.lock_path, lock)
     if ignore is not None:
         git.add_ignore(*ignore)
-    if in_repo and not (cache / ".gitignore").exists():
-        cache.mkdir(exist_ok=True)
-        (cache / ".gitignore").write_text("*\n")
     return Added(result, sha, rel, declared if config is not None else None)
 
 
@@ -243,7 +239,7 @@ def status(project: Project, shared: "set[str] | None" = None) -> list[Status]:
         if ds.kind == "path" and ds.path is not None:
             local = project.root / ds.path
             if local.exists():
-                cached, _ = statcache.lookup(project.root / ".mlbuild", name, local)
+                cached, _ = statcache.lookup(project.root / STATE_NAME, name, local)
                 if cached is None:
                     from ..nar import NotStorableError, nar_sha256
                     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import Project
+from ..config import Project, state_dir
 from ..errors import MlbuildError
 from ..lockfile import read_lock
 from ..storepath import fixed_output_path
@@ -71,5 +71,5 @@ def pull(project: Project, names: list[str]) -> list[str]:
     paths = dataset_paths(project, names)
     result = store_pull(load_store_config(project.root), list(paths.values()))
     fetched = set(result.fetched)
-    _nix.add_roots({f"dataset-{n}": p for n, p in paths.items()}, project.root / ".mlbuild" / "gcroots")
+    _nix.add_roots({f"dataset-{n}": p for n, p in paths.items()}, state_dir(project.root) / "gcroots")
     return [f"{n}: {'pulled' if p in fetched else 'already present'} {p}" for n, p in paths.items()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlbuild import __version__
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 
 def test_version() -> None:
@@ -119,3 +119,42 @@ def test_build_summary_says_what_a_push_did_even_when_nothing_was_new() -> None:
     assert not any(line.startswith("pushed") for line in format_summary(Summary()))   # no push asked
     assert format_summary(Summary(shared=86))[-1] == "pushed 0 store paths to the shared store (86 already there)"
     assert format_summary(Summary(pushed=["/nix/store/a-x"], shared=3))[-1].startswith("pushed 1 store paths")
+
+
+def test_a_revision_with_a_committed_absolute_link_still_unpacks(tree) -> None:
+    """A `result` link to the store committed once made `metrics history` die with
+    tarfile.AbsoluteLinkError at that revision; the link is skipped, the project is read."""
+    import os
+    import subprocess
+    import tempfile
+
+    from mlbuild.config import load_project
+    from mlbuild.metrics import _at
+
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.m]\nscript = "m.py"\n', "m.py": "x = 1\n"})
+    os.symlink("/nix/store/00000000000000000000000000000000-p-package", root / "result")
+    os.symlink("../../etc/passwd", root / "escape")
+    for cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+        subprocess.run(["git", *cmd], cwd=root, check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        old = _at(load_project(root), "HEAD", Path(tmp))
+        assert old.name == "p" and (old.root / "m.py").read_text() == "x = 1\n"
+        assert not (old.root / "result").is_symlink() and not (old.root / "escape").is_symlink()
+
+
+def test_every_writer_of_the_state_folder_ignores_it(tree) -> None:
+    """prefetch made .mlbuild/gcroots without .mlbuild/.gitignore: 47 untracked links, so the next
+    build was refused as dirty. The state folder is made in one place, ignored from the start."""
+    import subprocess
+
+    from mlbuild.config import state_dir
+
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n'})
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    (state_dir(root) / "gcroots").mkdir()
+    (root / ".mlbuild" / "gcroots" / "wheel-x").symlink_to("/nix/store/x")
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=root,
+                            capture_output=True, text=True, check=True).stdout
+    assert status.split() == ["??", "mlbuild.toml"]
+    src = "\n".join(p.read_text() for p in (REPO / "mlbuild").rglob("*.py") if "runtime" not in p.parts)
+    assert src.count('".mlbuild"') == 1, "make .mlbuild through config.state_dir (or STATE_NAME)"
