@@ -126,8 +126,9 @@ def find_engine(preferred: str | None = None) -> str:
         else:
             return engine
     raise EngineNotFoundError(
-        "no container engine to load the image into (" + "; ".join(tried) + "). Install podman "
-        "(`apt-get install podman`, or run `bash .ci/setup`) or start the docker engine")
+        "no container engine to load the image into (" + "; ".join(tried) + "). "
+        + (f"Start {wanted}'s engine, or leave out --engine to use whichever works" if wanted else
+           "Install podman (`apt-get install podman`, or run `bash .ci/setup`) or start the docker engine"))
 
 
 def parse_loaded(output: str) -> str | None:

@@ -123,8 +123,10 @@ def test_engine_that_does_not_answer(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     docker.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
     docker.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(img.EngineNotFoundError, match="docker: installed but not working"):
+    with pytest.raises(img.EngineNotFoundError, match="docker: installed but not working") as e:
         img.find_engine("docker")
+    # --engine docker: starting docker is the fix (it said "Install podman", though podman was there)
+    assert "Start docker's engine, or leave out --engine" in str(e.value) and "Install podman" not in str(e.value)
 
 
 def test_push_without_skopeo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
