@@ -211,7 +211,7 @@ def prepare(inputs: dict[str, Path], out: Path, params: dict) -> None:
     y_rows: list[int] = []
     for i, r in enumerate(rows):
         # The CSV may have changed since mlbuild init checked it: name the line that is wrong.
-        where = f"{{raw.name}}, line {{first + i}}: {{','.join(r)[:80]!r}}"
+        where = f"dataset {name}-raw, line {{first + i}}: {{','.join(r)[:80]!r}}"
         try:
             x_rows.append([float(c) for c in r[:-1]])
             y_rows.append(names.index(r[-1]) if names else int(float(r[-1])))

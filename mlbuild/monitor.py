@@ -27,7 +27,7 @@ __all__ = ["write_config", "alert_rules", "prometheus_config", "dashboard", "SER
 SERVER_METRICS = ("mlbuild_requests_total", "mlbuild_request_duration_seconds_bucket", "mlbuild_requests_in_flight",
                   "mlbuild_batch_size_bucket", "mlbuild_model_info", "mlbuild_model_ready",
                   "mlbuild_live_metric", "mlbuild_live_feedback_samples", "mlbuild_input_drift_psi",
-                  "mlbuild_input_drift_psi_max", "mlbuild_input_drift_mean_shift_max")
+                  "mlbuild_input_drift_psi_max", "mlbuild_input_drift_mean_shift_max", "mlbuild_input_drift_rows")
 MONITOR_METRICS = ("mlbuild_monitor_metric", "mlbuild_monitor_threshold_ok", "mlbuild_monitor_threshold",
                    "mlbuild_monitor_alerting", "mlbuild_monitor_last_run_timestamp_seconds",
                    "mlbuild_monitor_runs_total")
@@ -113,8 +113,10 @@ def dashboard(model: str) -> dict[str, Any]:
         _panel(1, "Thresholds met (1) / broken (0)", [(f"mlbuild_monitor_threshold_ok{{{sel}}}", "{{metric}}")]),
         _panel(2, "Live metrics from feedback", [(f"mlbuild_live_metric{{{sel}}}", "{{metric}}"),
                                                  (f"mlbuild_live_feedback_samples{{{sel}}}", "samples in window")]),
+        # the drift gauges appear once the window holds 500 rows: its fill says why they are empty
         _panel(3, "Input drift", [(f"mlbuild_input_drift_psi_max{{{sel}}}", "max PSI"),
-                                  (f"mlbuild_input_drift_mean_shift_max{{{sel}}}", "max mean shift (std)")]),
+                                  (f"mlbuild_input_drift_mean_shift_max{{{sel}}}", "max mean shift (std)"),
+                                  (f"mlbuild_input_drift_rows{{{sel}}}", "rows in window")]),
         _panel(4, "Requests by status", [(f"sum by (status) (rate(mlbuild_requests_total{{{job}}}[5m]))", "{{status}}")], "reqps"),
         _panel(5, "Latency p50 / p99", [
             (f"histogram_quantile(0.5, sum by (le) (rate(mlbuild_request_duration_seconds_bucket{{{job}}}[5m])))", "p50"),

@@ -177,7 +177,7 @@ def test_the_generated_prepare_names_the_line_a_later_edit_broke(tmp_path: Path)
     prepare({"p-raw": data}, out, params)
     assert json.loads((out / "labels.json").read_text()) == ["cat", "dog"]
     assert len((out / "train.csv").read_text().splitlines()) == 9
-    for line, message in (("3,nan,dog", "line 5: '3,nan,dog' holds NaN or infinity"),
+    for line, message in (("3,nan,dog", "dataset p-raw, line 5: '3,nan,dog' holds NaN or infinity"),
                           ("3,x,dog", "line 5: '3,x,dog' is not numeric features and a class (one of cat, dog)"),
                           ("3,1,cow", "line 5: '3,1,cow' is not numeric features and a class (one of cat, dog); "
                                       "a new class needs the labels"),
