@@ -10,13 +10,17 @@ revision, dirty flag, Nix version, time).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from types import FrameType
+from typing import Any, Callable, Iterator, Sequence
 
 from . import _nix, git
 from .config import STATE_NAME, Project, state_dir
@@ -170,8 +174,9 @@ class _Stream:
         elif action == "result" and msg.get("type") == _RES_LOG and msg.get("id") in self.acts:
             text = str(msg["fields"][0])
             drv = self.acts[msg["id"]][1]
-            self.logs.setdefault(drv, []).append(text)
-            if text.startswith(EVENT) and self.on_progress is not None:
+            if not text.startswith(EVENT):   # progress events drive the bar; a failure shows the rest
+                self.logs.setdefault(drv, []).append(text)
+            elif self.on_progress is not None:
                 try:
                     event = json.loads(text[len(EVENT):])
                 except ValueError:
@@ -271,6 +276,36 @@ def changed_datasets(project: Project, lock: dict[str, Any]) -> list[str]:
     return lines
 
 
+@contextlib.contextmanager
+def _stopped_with_us(proc: subprocess.Popen[str]) -> Iterator[None]:
+    """Stop ``nix build`` if mlbuild is stopped while it runs.
+
+    A Ctrl-C in a terminal reaches the whole process group, Nix included; a SIGINT or SIGTERM sent
+    to mlbuild alone (a CI runner, a supervisor, `kill`) did not, and left nix and its builder (a
+    training run) orphaned, holding the output's lock, so the next build waited silently. SIGTERM
+    is made an exception here, and on any exception Nix gets SIGINT (it stops its builders and
+    exits), then SIGKILL after 10 s."""
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if main else None
+    try:
+        yield
+    except BaseException:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool = False,
                   overrides: dict[str, Any] | None = None, substituters: Sequence[str] = (),
                   extra: Sequence[str] = (), push: bool | None = None,
@@ -300,10 +335,12 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
         proc = subprocess.Popen([_nix._which("nix"), *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env={**os.environ})
         assert proc.stderr is not None and proc.stdout is not None
-        for raw in proc.stderr:
-            stream.line(raw)
-        out = proc.stdout.read()
-        if proc.wait() != 0:
+        with _stopped_with_us(proc):
+            for raw in proc.stderr:
+                stream.line(raw)
+            out = proc.stdout.read()
+            status = proc.wait()
+        if status != 0:
             raise stream.failure()
         result = _nix.parse_build_json(out)[0]
         path = result["outputs"]["out"]

@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from mlbuild.runtime.hashing import tree_digest, tree_hashes
-from tests.conftest import build_path, run_cli
+from tests.conftest import MLBUILD, build_path, run_cli
 from tests.integration.conftest import commit_all, instantiate
 
 pytestmark = [pytest.mark.integration, pytest.mark.torch]
@@ -139,6 +139,62 @@ def test_an_output_naming_a_dataset_path_is_refused(digits_repo: Path) -> None:
         assert proc.returncode == 1
         assert "inputs.txt names the store path of dataset digits-split" in proc.stderr
         assert "copy what the model needs" in proc.stderr
+        assert "MLBUILD {" not in proc.stderr   # the epoch events drive the bar; the tail is the rest
     finally:
+        model.write_text(original)
+        commit_all(digits_repo, "fixed")
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """{pid: command line} of every process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: dict[int, str] = {}
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            try:
+                found[child] = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            stack.append(child)
+    return found
+
+
+@pytest.mark.parametrize("signum", [15, 2])
+def test_stopping_mlbuild_alone_stops_the_build(digits_repo: Path, signum: int) -> None:
+    """SIGTERM or SIGINT sent to mlbuild only (a CI runner, a supervisor, not a terminal's Ctrl-C to
+    the whole group) left nix and the training orphaned, and the next build waiting on their lock."""
+    import os
+    import signal
+
+    model = digits_repo / "model.py"
+    original = model.read_text()
+    model.write_text(original.replace('    p = ctx.params\n', '    p = ctx.params\n    import time; time.sleep(3600)\n', 1))
+    commit_all(digits_repo, "hangs")
+    proc = subprocess.Popen([*MLBUILD, "build", "digits.model"], cwd=digits_repo, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not any("mlbuild.runtime.train" in c for c in _descendants(proc.pid).values()):
+            assert proc.poll() is None and time.monotonic() < deadline, "the training never started"
+            time.sleep(0.5)
+        below = _descendants(proc.pid)
+        os.kill(proc.pid, signum)
+        assert proc.wait(30) != 0
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{p}").exists() for p in below) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = {p: c for p, c in below.items() if Path(f"/proc/{p}").exists()}
+        assert not left, f"still running after mlbuild stopped: {left}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         model.write_text(original)
         commit_all(digits_repo, "fixed")
