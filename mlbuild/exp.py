@@ -8,6 +8,7 @@ recorded in ``.mlbuild/experiments/NAME.jsonl``; ``exp show`` lists the variants
 from __future__ import annotations
 
 import json
+import math
 import time
 import tomllib
 from dataclasses import dataclass
@@ -28,21 +29,36 @@ def split_sets(sets: Sequence[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr=0.01")
+        if key.strip() in out:
+            raise ConfigError(f"--set {key.strip()} is given twice ({out[key.strip()]} and {value}); give it once")
         out[key.strip()] = value
     return out
 
 
-def _value(text: str) -> Any:
-    """A --set value: TOML syntax, else the text as a string."""
+def _value(key: str, text: str) -> Any:
+    """A --set value: TOML syntax, else the text as a string. TOML's nan and inf are refused:
+    they reach Nix as JSON, which has neither, and no hyper-parameter means them."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+
+    def finite(v: Any) -> bool:
+        if isinstance(v, float):
+            return math.isfinite(v)
+        if isinstance(v, list):
+            return all(finite(x) for x in v)
+        return all(finite(x) for x in v.values()) if isinstance(v, dict) else True
+
+    if not finite(value):
+        raise ConfigError(f"--set {key}={text}: NaN and infinity are not parameter values; give a finite number "
+                          f"(or quote it, --set '{key}=\"{text}\"', for the text)")
+    return value
 
 
 def parse_sets(sets: Sequence[str]) -> dict[str, Any]:
     """``["lr=0.01", "epochs=5", "name=x"]`` -> typed values (TOML syntax, else a string)."""
-    return {key: _value(text) for key, text in split_sets(sets).items()}
+    return {key: _value(key, text) for key, text in split_sets(sets).items()}
 
 
 def _kind(value: Any) -> str:
@@ -87,7 +103,7 @@ def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool 
     check_model(project, model)
     models = project.raw.get("models", {})
     raw = split_sets(sets)
-    overrides = {key: _value(text) for key, text in raw.items()}
+    overrides = {key: _value(key, text) for key, text in raw.items()}
     unknown = sorted(set(overrides) - set(models[model].get("params", {})))
     if unknown:
         raise ConfigError(f"--set names {', '.join(unknown)}, which [models.{model}.params] does not have; "

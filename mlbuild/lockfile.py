@@ -42,7 +42,7 @@ def read_lock(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise LockError(f"{path}: not valid JSON ({e}); restore it from git or run `mlbuild lock`") from None
+        raise LockError(f"{path}: not valid JSON ({e}); restore it from git (`git checkout -- {path.name}`)") from None
     if not isinstance(data, dict) or data.get("version") != LOCK_VERSION:
         raise LockError(f"{path}: lock version {data.get('version') if isinstance(data, dict) else None!r}, "
                         f"expected {LOCK_VERSION}; run `mlbuild lock`")

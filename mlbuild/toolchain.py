@@ -8,13 +8,14 @@ predicted in Python (storepath.py), so when everything is present it costs one `
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import _nix
-from .config import Project, state_dir
+from .config import LOCK_NAME, Project, state_dir
 from .errors import HashMismatchError, InterpreterError, LockError
 from .interpreter import Identity, loader_name, make_snapshot, probe
 from .lockfile import read_lock, write_lock
@@ -39,21 +40,32 @@ def snapshot_into_store(ident: Identity, libraries: tuple[str, ...]) -> tuple[st
 
 def lock_project(project: Project) -> dict[str, Any]:
     """Resolve and snapshot; write mlbuild.lock (other sections kept). Returns the lock."""
-    ident = probe(project.python.interpreter)
-    wheels = resolve(ident.executable, project.python.requirements)
-    tools = resolve(ident.executable, BOOTSTRAP_TOOLS)
-    _path, sha, loader = snapshot_into_store(ident, project.python.libraries)
     old: dict[str, Any] = {}
     if project.lock_path.is_file():
         try:
             old = read_lock(project.lock_path)
-        except LockError:
-            old = {}
+        except LockError as e:
+            # A lock of another version, or without an interpreter, still has its dataset pins (which
+            # may exist nowhere else): keep them. One that is not even JSON is not written over.
+            try:
+                raw = json.loads(project.lock_path.read_text())
+            except (ValueError, UnicodeDecodeError):
+                raw = None
+            if not isinstance(raw, dict) or not isinstance(raw.get("datasets", {}), dict):
+                raise LockError(f"{e}. mlbuild lock keeps the lock's dataset pins (from `data add`), so it will not "
+                                f"write over a lock it cannot read: restore it from git (`git checkout -- {LOCK_NAME}`), "
+                                "or delete it to lock afresh and run `mlbuild data add` for each dataset again") from None
+            old = {"datasets": raw["datasets"]} if "datasets" in raw else {}
+    ident = probe(project.python.interpreter)
+    wheels = resolve(ident.executable, project.python.requirements)
+    tools = resolve(ident.executable, BOOTSTRAP_TOOLS)
+    _path, sha, loader = snapshot_into_store(ident, project.python.libraries)
     interpreter = {
         "implementation": ident.implementation, "version": ident.version, "abi": ident.abi,
         "bin": ident.bin, "loader": loader, "system": ident.system, "libc": ident.libc,
         "executable": ident.executable, "prefixes": sorted({ident.prefix, ident.exec_prefix}),
         "libraries": list(project.python.libraries),
+        "command": _command(project),   # [python].interpreter as written: a change needs a new lock
         "snapshot": {"name": ident.snapshot_name, "sha256": sha},
     }
     lock = {**old, "requirements": list(project.python.requirements), "interpreter": interpreter,
@@ -62,11 +74,28 @@ def lock_project(project: Project) -> dict[str, Any]:
     return lock
 
 
+def _command(project: Project) -> str:
+    """[python].interpreter as mlbuild.toml writes it (Nix compares the text, unexpanded)."""
+    python = project.raw.get("python", {})
+    command = python.get("interpreter", "python3") if isinstance(python, dict) else "python3"
+    return command if isinstance(command, str) else "python3"
+
+
 def check_fresh(project: Project, lock: dict[str, Any]) -> None:
-    if lock.get("requirements") != list(project.python.requirements):
+    """Refuse a lock made for other [python] settings than mlbuild.toml's (nix/project.nix too)."""
+    locked = lock.get("interpreter", {})
+    stale = [(key, old, new) for key, old, new in (
+        ("requirements", lock.get("requirements"), list(project.python.requirements)),
+        ("libraries", locked.get("libraries", []), list(project.python.libraries)),
+        # locks from before mlbuild recorded it have no "command"
+        ("interpreter", locked.get("command", _command(project)), _command(project)),
+    ) if old != new]
+    if stale:
+        key, old, new = stale[0]
+        same = key == "requirements" and isinstance(old, list) and sorted(old) == sorted(new)
         raise LockError(
-            f"{project.lock_path} was made for requirements {lock.get('requirements')}, but mlbuild.toml "
-            f"asks for {list(project.python.requirements)}; run `mlbuild lock`"
+            f"{project.lock_path} was made for [python].{key} {json.dumps(old)}, but mlbuild.toml has "
+            f"{json.dumps(new)}{' (the same, in another order)' if same else ''}; run `mlbuild lock`"
         )
 
 

@@ -71,10 +71,18 @@ in
       config = checkConfig (lib.readTOML (src + "/mlbuild.toml") "create it (see the README) in ${toString src}");
       lock = lib.readJSON (src + "/mlbuild.lock") "mlbuild lock";
       name = config.project.name;
-      requirements = (config.python or { }).requirements or [ ];
-      locked = lock.requirements or [ ];
-      fresh = lib.assertMsg (requirements == locked)
-        "mlbuild.lock of ${name} was made for requirements ${builtins.toJSON locked}, but mlbuild.toml asks for ${builtins.toJSON requirements}; run `mlbuild lock`";
+      # The lock must have been made for mlbuild.toml's [python] settings (toolchain.check_fresh
+      # says the same before Nix runs). Locks from before mlbuild recorded the command lack it.
+      py = config.python or { };
+      li = lock.interpreter or { };
+      settings = [
+        { key = "requirements"; want = py.requirements or [ ]; have = lock.requirements or [ ]; }
+        { key = "libraries"; want = py.libraries or [ ]; have = li.libraries or [ ]; }
+        { key = "interpreter"; want = py.interpreter or "python3"; have = li.command or (py.interpreter or "python3"); }
+      ];
+      stale = builtins.filter (s: s.want != s.have) settings;
+      fresh = stale == [ ] || (let s = builtins.head stale; in lib.assertMsg false
+        "mlbuild.lock of ${name} was made for [python].${s.key} ${builtins.toJSON s.have}, but mlbuild.toml has ${builtins.toJSON s.want}; run `mlbuild lock`");
       tc = assert fresh; toolchain.mkToolchain { inherit lock name nixpkgs; };
       datasets = dataset.mkDatasets { inherit src config lock; toolchain = tc; };
       notebooks = notebook.mkNotebooks { inherit src config datasets; toolchain = tc; };

@@ -20,11 +20,14 @@
       get = lib.field where model;
       script = get "script" "string" "${name}.py";
       device = get "device" "string" "cpu";
+      threads = get "threads" "int" 1;
       wanted = get "datasets" "strings" [ ];
       unknown = builtins.filter (d: !(datasets ? ${d})) wanted;
     in
     assert lib.assertMsg (builtins.elem device [ "cpu" "cuda" ])
       "[models.${name}].device is ${builtins.toJSON device}; use \"cpu\" or \"cuda\"";
+    assert lib.assertMsg (threads >= 1)
+      "[models.${name}].threads is ${toString threads}; it must be 1 or more (the CPU threads training uses)";
     assert lib.assertMsg (unknown == [ ])
       "[models.${name}].datasets names ${builtins.toJSON unknown}, which are not datasets; declared: ${builtins.toJSON (builtins.attrNames datasets)}";
     pythonStage ({
@@ -51,7 +54,7 @@
         }) wanted);
         params = get "params" "table" { };
         seed = get "seed" "int" 0;
-        threads = get "threads" "int" 1;
+        inherit threads;
         toolchain = "${toolchain}";
         interpreter = toolchain.pythonVersion;
       };

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,41 @@ def test_the_lock_gets_the_mode_open_would_give(tmp_path: Path, umask: int) -> N
         os.umask(old)
     assert lock.stat().st_mode & 0o777 == 0o666 & ~umask    # not mkstemp's 0600
     assert list(tmp_path.iterdir()) == [lock]               # no temp file left
+
+
+def _locked(requirements: list[str], libraries: list[str], command: str | None) -> dict:
+    interpreter: dict = {"libraries": libraries, "snapshot": {"name": "s", "sha256": "0" * 64}}
+    if command is not None:
+        interpreter["command"] = command
+    return {"version": 1, "requirements": requirements, "interpreter": interpreter, "wheels": [], "tools": []}
+
+
+@pytest.mark.parametrize(("lock", "message"), [
+    (_locked(["torch"], [], "python3"), '[python].requirements ["torch"], but mlbuild.toml has ["numpy"]'),
+    (_locked(["torch", "numpy"], [], "python3"), "(the same, in another order)"),
+    # interpreter and libraries changes went unnoticed: the build used the old lock's snapshot
+    (_locked(["numpy"], [], "python3.11"), '[python].interpreter "python3.11", but mlbuild.toml has "python3"'),
+    (_locked(["numpy"], ["libfoo.so.1"], "python3"), '[python].libraries ["libfoo.so.1"], but mlbuild.toml has []'),
+])
+def test_a_lock_made_for_other_python_settings_is_refused(tree, lock: dict, message: str) -> None:
+    from mlbuild.toolchain import check_fresh
+
+    text = GOOD.replace('["numpy"]', '["numpy", "torch"]') if "another order" in message else GOOD
+    project = load_project(tree({"mlbuild.toml": text}))
+    with pytest.raises(LockError, match=re.escape(message)):
+        check_fresh(project, lock)
+    check_fresh(project, _locked(list(project.python.requirements), [], "python3"))
+    check_fresh(project, _locked(list(project.python.requirements), [], None))   # a lock from before "command"
+
+
+@pytest.mark.parametrize("text", ['{"version": 1, "wheels": [,', "\x00\x01"])
+def test_lock_will_not_write_over_a_lock_it_cannot_read(tree, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    """It kept the other sections of a readable lock, but started from nothing over a corrupt one:
+    every dataset pin was dropped without a word."""
+    from mlbuild import toolchain
+
+    root = tree({"mlbuild.toml": GOOD, "mlbuild.lock": text})
+    monkeypatch.setattr(toolchain, "probe", lambda spec: pytest.fail("refused before resolving"))
+    with pytest.raises(LockError, match=r"will not write over a lock it cannot read: restore it from git"):
+        toolchain.lock_project(load_project(root))
+    assert (root / "mlbuild.lock").read_text() == text

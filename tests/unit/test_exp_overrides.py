@@ -34,3 +34,16 @@ def test_matching_types_pass_and_ints_become_floats_where_a_number_is_configured
 def test_mismatched_types_name_the_param_and_its_type(item: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         overrides(item)
+
+
+@pytest.mark.parametrize("item", ["lr=nan", "lr=inf", "lr=-inf", "sizes=[1.0, nan]"])
+def test_nan_and_infinity_are_refused(item: str) -> None:
+    # TOML reads them; they reached Nix as JSON NaN: "[json.exception.parse_error.101] ... last read: '"lr": N'"
+    with pytest.raises(ConfigError, match=r"NaN and infinity are not parameter values; give a finite number"):
+        overrides(item)
+    assert overrides('name="nan"') == {"name": "nan"}
+
+
+def test_a_param_given_twice_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"--set lr is given twice \(0.02 and 0.03\); give it once"):
+        overrides("lr=0.02", "lr=0.03")

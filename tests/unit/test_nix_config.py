@@ -52,6 +52,12 @@ def test_the_fixture_evaluates(tmp_path: Path) -> None:
     (("accuracy = 0.9", 'accuracy = "=< 0.3"'), '[models.m.validation].thresholds.accuracy is "=< 0.3"'),
     (('script = "m.py"\ncode = ["m.py", "sub/"]', "script = 3"), "[models.m].script is 3; it must be a string"),
     (('code = ["m.py", "sub/"]', 'code = "m.py"'), '[models.m].code is "m.py"; it must be a list of strings'),
+    (("seed = 3", "seed = 3\nthreads = 0"), "[models.m].threads is 0; it must be 1 or more"),
+    # a lock made for other [python] settings (the build used the old snapshot without a word)
+    (('interpreter = "python3.11"', 'interpreter = "python3.12"'),
+     'was made for [python].interpreter "python3.11", but mlbuild.toml has "python3.12"; run `mlbuild lock`'),
+    (('requirements = ["numpy"]', 'requirements = ["numpy"]\nlibraries = ["libfoo.so.1"]'),
+     'was made for [python].libraries [], but mlbuild.toml has ["libfoo.so.1"]; run `mlbuild lock`'),
 ])
 def test_a_bad_key_or_value_is_an_error_naming_it(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
     proc = evaluate(tmp_path, edit)
