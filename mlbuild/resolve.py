@@ -67,8 +67,13 @@ def resolve(python: str, requirements: Sequence[str]) -> list[dict[str, str]]:
                              "--quiet", "--report", str(out), "-r", str(req)])
         if proc.returncode != 0 or not out.exists():
             lines = [l for l in proc.stderr.splitlines() if "is ignored: it is neither" not in l]
+            # "(from versions: none)" also means: only source distributions, which mlbuild never builds
+            wheels_only = ("\nmlbuild locks wheels only (pip --only-binary=:all:): a project that publishes no "
+                           "wheel for this Python and platform, only a source distribution, cannot be locked; "
+                           "pick a version or an alternative that has wheels"
+                           if any("from versions: none" in l for l in lines) else "")
             raise ResolveError("pip could not resolve " + ", ".join(requirements) + ":\n"
-                               + "\n".join(lines[-15:]) + "\nfix [python].requirements in mlbuild.toml")
+                               + "\n".join(lines[-15:]) + wheels_only + "\nfix [python].requirements in mlbuild.toml")
         return parse_report(json.loads(out.read_text()))
 
 

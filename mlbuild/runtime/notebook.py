@@ -35,6 +35,7 @@ import re
 import shutil
 import stat
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -202,16 +203,18 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
     config = Config()
     config.KernelManager.transport = "ipc"         # unix sockets: no TCP, no ports
     config.KernelManager.ip = str(tmp / "kernel")  # socket path prefix (short: < 108 bytes)
-    state = {"index": 0, "started": 0}
+    state = {"index": 0, "started": 0, "since": 0.0}
     code_cells = sum(1 for c in nb.cells if c.cell_type == "code")
 
     def started(cell: Any, cell_index: int) -> None:
         state["index"] = cell_index
+        state["since"] = time.monotonic()
         if cell.cell_type == "code":
             state["started"] += 1
             _event(event="cell", notebook=name, cell=state["started"], cells=code_cells)
 
-    client = NotebookClient(nb, timeout=int(spec.get("timeout", 600)), startup_timeout=120,
+    timeout = int(spec.get("timeout", 600))
+    client = NotebookClient(nb, timeout=timeout, startup_timeout=120,
                             kernel_name="python3", record_timing=False, config=config,
                             on_cell_start=started,
                             resources={"metadata": {"path": str((work / rel).parent)}})
@@ -221,7 +224,15 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
         i = state["index"]
         number = i + 1 if i < injected else i  # as the user counts: without the injected cell
         sys.stderr.flush()
-        print(format_failure(rel, number, nb.cells[i], f"{type(e).__name__}: {e}"), file=sys.stderr, flush=True)
+        # nbclient interrupts a cell at the timeout: it fails with KeyboardInterrupt, or CellTimeoutError
+        timed_out = isinstance(e, CellTimeoutError) or (
+            getattr(e, "ename", "") == "KeyboardInterrupt" and time.monotonic() - state["since"] >= timeout)
+        why = (f"the cell ran past the notebook's timeout of {timeout} s ([notebooks.{name}].timeout in "
+               f"mlbuild.toml); it was interrupted" if timed_out else f"{type(e).__name__}: {e}")
+        message = format_failure(rel, number, nb.cells[i], why)
+        if timed_out:   # the cell's own traceback shows only a KeyboardInterrupt
+            message += f"\nmlbuild: {why}"
+        print(message, file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     normalize(nb)
     stored = out / Path(rel).name

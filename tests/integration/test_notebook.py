@@ -231,3 +231,21 @@ def test_nix_flake_check_runs_the_test_notebooks(nb_project: Path, stats_run: tu
     commit_all(flake, "failing notebook is a test")
     proc = nix("flake", "check", str(flake), *offline, "-L", check=False)
     assert proc.returncode != 0 and "failed at cell 3" in proc.stderr and "ZeroDivisionError" in proc.stderr
+
+
+def test_a_cell_past_the_timeout_is_named_as_such(nb_project: Path) -> None:
+    """A cell over [notebooks.NAME].timeout showed ZMQ noise and a KeyboardInterrupt, never "timeout"."""
+    config = nb_project / "mlbuild.toml"
+    original = config.read_text()
+    notebook(nb_project / "slow.ipynb", [new_code_cell("import time\ntime.sleep(600)")])
+    config.write_text(original + '\n[notebooks.slow]\npath = "slow.ipynb"\ntimeout = 3\n')
+    commit_all(nb_project, "a slow notebook")
+    try:
+        proc = run_cli("build", "notebooks.slow", cwd=nb_project, check=False)
+        assert proc.returncode == 1
+        assert ("the cell ran past the notebook's timeout of 3 s ([notebooks.slow].timeout in mlbuild.toml)"
+                in proc.stderr), proc.stderr[-3000:]
+    finally:
+        config.write_text(original)
+        (nb_project / "slow.ipynb").unlink()
+        commit_all(nb_project, "no slow notebook")

@@ -41,3 +41,19 @@ def test_missing_hash_refused() -> None:
 def test_unknown_report_version() -> None:
     with pytest.raises(ResolveError, match="version"):
         parse_report({"version": "2", "install": []})
+
+
+def test_a_requirement_with_no_wheel_says_mlbuild_locks_wheels_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pip's "(from versions: none)" for an sdist-only project did not say why."""
+    import subprocess
+
+    from mlbuild import resolve as r
+
+    def pip(python: str, args: list[str]) -> subprocess.CompletedProcess[str]:
+        if args == ["--version"]:
+            return subprocess.CompletedProcess(args, 0, "pip 24", "")
+        return subprocess.CompletedProcess(args, 1, "", "ERROR: Could not find a version that satisfies the "
+                                           "requirement docopt (from versions: none)\nERROR: No matching distribution")
+    monkeypatch.setattr(r, "_pip", pip)
+    with pytest.raises(r.ResolveError, match=r"mlbuild locks wheels only \(pip --only-binary=:all:\)"):
+        r.resolve("python3", ["docopt"])
