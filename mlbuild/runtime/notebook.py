@@ -203,12 +203,13 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
     config = Config()
     config.KernelManager.transport = "ipc"         # unix sockets: no TCP, no ports
     config.KernelManager.ip = str(tmp / "kernel")  # socket path prefix (short: < 108 bytes)
-    state = {"index": 0, "started": 0, "since": 0.0}
+    state = {"index": 0, "started": 0}
+    since = {"cell": 0.0}   # when the running cell started (time.monotonic)
     code_cells = sum(1 for c in nb.cells if c.cell_type == "code")
 
     def started(cell: Any, cell_index: int) -> None:
         state["index"] = cell_index
-        state["since"] = time.monotonic()
+        since["cell"] = time.monotonic()
         if cell.cell_type == "code":
             state["started"] += 1
             _event(event="cell", notebook=name, cell=state["started"], cells=code_cells)
@@ -226,7 +227,7 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
         sys.stderr.flush()
         # nbclient interrupts a cell at the timeout: it fails with KeyboardInterrupt, or CellTimeoutError
         timed_out = isinstance(e, CellTimeoutError) or (
-            getattr(e, "ename", "") == "KeyboardInterrupt" and time.monotonic() - state["since"] >= timeout)
+            getattr(e, "ename", "") == "KeyboardInterrupt" and time.monotonic() - since["cell"] >= timeout)
         why = (f"the cell ran past the notebook's timeout of {timeout} s ([notebooks.{name}].timeout in "
                f"mlbuild.toml); it was interrupted" if timed_out else f"{type(e).__name__}: {e}")
         message = format_failure(rel, number, nb.cells[i], why)
