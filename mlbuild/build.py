@@ -23,7 +23,7 @@ from types import FrameType
 from typing import Any, Callable, Iterator, Sequence
 
 from . import _nix, git
-from .config import STATE_NAME, Project, state_dir
+from .config import Project, state_dir
 from .errors import BuildError, MlbuildError
 from .lockfile import read_lock
 from .toolchain import check_fresh
@@ -250,24 +250,19 @@ def changed_datasets(project: Project, lock: dict[str, Any]) -> list[str]:
     """A line for each local dataset whose files differ from what mlbuild.lock pins.
 
     Builds use the pinned version (the lock is what is reproducible), which is right, but a user
-    who edited the CSV expects the edit to count: say so. The stat cache of `data add` makes an
-    unchanged dataset cost a walk of lstat calls; a dataset whose stat facts changed is hashed once
-    and the result remembered, so a touched or freshly copied dataset is read once, not per build."""
-    from .data import statcache
-    from .nar import NotStorableError, nar_sha256
+    who edited the CSV expects the edit to count: say so. Through the stat cache (`local_sha256`),
+    an unchanged dataset costs a walk of lstat calls, and a changed one is read once, not per build."""
+    from .data.datasets import local_sha256
+    from .nar import NotStorableError
 
     lines = []
-    cache = project.root / STATE_NAME
     for name, table in sorted((project.raw.get("datasets") or {}).items()):
         pinned = (lock.get("datasets") or {}).get(name, {}).get("sha256")
         if not isinstance(table, dict) or not isinstance(table.get("path"), str) or pinned is None:
             continue
         local = project.root / table["path"]
         try:
-            sha, entries = statcache.lookup(cache, name, local)
-            if sha is None:
-                sha = nar_sha256(str(local))
-                statcache.remember(state_dir(project.root), name, local, entries, sha)
+            sha = local_sha256(project.root, name, local)
         except (OSError, NotStorableError):   # gone, unreadable or unstorable: `data status` says which
             continue
         if sha != pinned:

@@ -75,10 +75,9 @@ def lock_project(project: Project) -> dict[str, Any]:
 
 
 def _command(project: Project) -> str:
-    """[python].interpreter as mlbuild.toml writes it (Nix compares the text, unexpanded)."""
-    python = project.raw.get("python", {})
-    command = python.get("interpreter", "python3") if isinstance(python, dict) else "python3"
-    return command if isinstance(command, str) else "python3"
+    """[python].interpreter as mlbuild.toml writes it (Nix compares the text, unexpanded); load_project
+    has checked that it is a string."""
+    return str(project.raw.get("python", {}).get("interpreter", "python3"))
 
 
 def check_fresh(project: Project, lock: dict[str, Any]) -> None:

@@ -149,6 +149,20 @@ def toml_with_path(text: str, name: str, path: str, config: Path) -> str:
                     f"write path = {value} there yourself, then run data add again")
 
 
+def local_sha256(root: Path, name: str, local: Path) -> str:
+    """The NAR sha256 of dataset ``name``'s files at ``local`` as they are now: the stat cache's
+    when their stat facts match, else hashed and remembered, so a changed or freshly copied dataset
+    is read once, then known by a walk of lstat calls. NotStorableError for a pipe, socket or
+    device; OSError when it cannot be read."""
+    from ..nar import nar_sha256
+
+    sha, entries = statcache.lookup(root / STATE_NAME, name, local)
+    if sha is None:
+        sha = nar_sha256(str(local))
+        statcache.remember(state_dir(root), name, local, entries, sha)
+    return sha
+
+
 def locked_path(project: Project, name: str, lock: dict[str, Any] | None = None) -> str | None:
     lock = lock if lock is not None else read_lock(project.lock_path)
     entry = lock.get("datasets", {}).get(name)
@@ -239,15 +253,12 @@ def status(project: Project, shared: "set[str] | None" = None) -> list[Status]:
         if ds.kind == "path" and ds.path is not None:
             local = project.root / ds.path
             if local.exists():
-                cached, _ = statcache.lookup(project.root / STATE_NAME, name, local)
-                if cached is None:
-                    from ..nar import NotStorableError, nar_sha256
-                    try:
-                        cached = nar_sha256(str(local))
-                    except NotStorableError as e:   # a pipe, socket or device: `data add` refuses it too
-                        out.append(Status(name, ds.kind, "unstorable", sha,
-                                          f"{e}; move it out of {ds.path}"))
-                        continue
+                from ..nar import NotStorableError
+                try:
+                    cached = local_sha256(project.root, name, local)
+                except NotStorableError as e:   # a pipe, socket or device: `data add` refuses it too
+                    out.append(Status(name, ds.kind, "unstorable", sha, f"{e}; move it out of {ds.path}"))
+                    continue
                 if cached != sha:
                     out.append(Status(name, ds.kind, "changed", sha,
                                       f"{ds.path} differs from the lock; `mlbuild data add {name} {ds.path}` "
