@@ -2,7 +2,8 @@
 
 A variant is the model with some params overridden (``mkProject { overrides = ...; }``): a new
 store path, so going back to an earlier param set is a cache hit, not a retrain. Runs are
-recorded in ``.mlbuild/experiments/NAME.jsonl``; ``exp show`` lists the variants.
+recorded in ``.mlbuild/experiments/NAME.jsonl`` with the git commit they ran at; ``exp show``
+lists the variants. Values are shown as ``--set`` takes them (TOML: ``true``, ``"name"``, ``[1, 2]``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from . import git
 from .build import Progress, Summary, build_targets, check_model
 from .config import Project, state_dir
 from .errors import ConfigError
 
-__all__ = ["parse_sets", "split_sets", "typed_overrides", "run", "show", "Variant"]
+__all__ = ["parse_sets", "split_sets", "typed_overrides", "run", "show", "Variant", "format_value", "describe"]
+
+
+def format_value(value: Any) -> str:
+    """A param's value as ``--set`` takes it (TOML), not as Python prints it."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def describe(overrides: dict[str, Any]) -> str:
+    """``lr=0.004 epochs=5``, or ``(as configured)``."""
+    return " ".join(f"{k}={format_value(v)}" for k, v in sorted(overrides.items())) or "(as configured)"
 
 
 def split_sets(sets: Sequence[str]) -> dict[str, str]:
@@ -115,12 +127,21 @@ def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool 
     path = summary.outputs[0].path
     params = {**models[model].get("params", {}), **overrides}
     record = {"model": model, "overrides": overrides, "params": params, "path": path,
-              "status": "cached" if summary.present else "built", "time": time.time()}
+              "status": "cached" if summary.present else "built", "time": time.time(),
+              "git_rev": git.head(project.root), "dirty": _dirty(Path(path))}
     log = _log(project, model)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
     return summary, record
+
+
+def _dirty(path: Path) -> bool:
+    """Whether the training output was built from a dirty tree (its provenance says)."""
+    try:
+        return bool(json.loads((path / "provenance.json").read_text())["git"]["dirty"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -131,6 +152,8 @@ class Variant:
     status: str
     runs: int
     metrics: dict[str, float]
+    commit: str | None = None   # the commit of its first recorded run (12 hex digits)
+    dirty: bool = False         # built from uncommitted files (--allow-dirty)
 
 
 def show(project: Project, model: str) -> list[Variant]:
@@ -150,5 +173,7 @@ def show(project: Project, model: str) -> list[Variant]:
             final = json.loads(mfile.read_text()).get("final", {})
             metrics = {k: v for k, v in final.items() if k not in ("epoch", "epochs")}
         last = recs[-1]
-        variants.append(Variant(last["overrides"], last["params"], path, last["status"], len(recs), metrics))
+        commit = next((r["git_rev"] for r in recs if r.get("git_rev")), None)
+        variants.append(Variant(last["overrides"], last["params"], path, last["status"], len(recs), metrics,
+                                commit[:12] if commit else None, any(r.get("dirty") for r in recs)))
     return variants

@@ -130,23 +130,24 @@ def exp() -> None:
 def exp_run(ctx: click.Context, model: str, sets: tuple[str, ...], allow_dirty: bool) -> None:
     """Build a variant of MODEL with params overridden."""
     summary, record = experiments.run(load(ctx), model, sets, allow_dirty=allow_dirty, on_progress=_Bar())
-    click.echo(f"{model} {record['overrides'] or '(as configured)'}: {record['status']} -> {record['path']}")
+    click.echo(f"{model} {experiments.describe(record['overrides'])}: {record['status']} -> {record['path']}")
 
 
 @exp.command("show")
 @click.argument("model")
 @click.pass_context
 def exp_show(ctx: click.Context, model: str) -> None:
-    """Table of MODEL's variants: params, final metrics, store path, built or cached."""
+    """Table of MODEL's variants: params, final metrics, commit, built or cached, store path."""
     variants = experiments.show(load(ctx), model)
     if not variants:
         click.echo(f"no experiments of {model} yet; run `mlbuild exp run {model} --set KEY=VALUE`")
         return
     keys = sorted({k for v in variants for k in v.params})
     mkeys = sorted({k for v in variants for k in v.metrics})
-    head = [*keys, *mkeys, "status", "runs", "store path"]
-    rows = [[*(str(v.params.get(k, "")) for k in keys), *(f"{v.metrics[k]:.4f}" if k in v.metrics else "-" for k in mkeys),
-             v.status, str(v.runs), v.path] for v in variants]
+    head = [*keys, *mkeys, "commit", "status", "runs", "store path"]
+    rows = [[*(experiments.format_value(v.params[k]) if k in v.params else "-" for k in keys),
+             *(f"{v.metrics[k]:.4f}" if k in v.metrics else "-" for k in mkeys),
+             (v.commit or "-") + ("+dirty" if v.dirty else ""), v.status, str(v.runs), v.path] for v in variants]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     click.echo("  ".join(h.ljust(w) for h, w in zip(head, widths)))
     for r in rows:

@@ -99,7 +99,7 @@ def test_dirty_build_is_marked(digits_repo: Path, trained: str) -> None:
 def test_experiment_round_trip(digits_repo: Path, trained: str) -> None:
     lr = f"lr={0.01 + (time.time_ns() % 100000) * 1e-9:.9f}"  # a variant no earlier test run built
     first = run_cli("exp", "run", "digits", "--set", "epochs=4", "--set", lr, cwd=digits_repo).stdout
-    assert "built" in first
+    assert "built" in first and f"epochs=4 lr={float(lr[3:])}:" in first  # as --set takes them
     again = run_cli("exp", "run", "digits", "--set", "epochs=4", "--set", lr, cwd=digits_repo).stdout
     assert "cached" in again
     back = run_cli("exp", "run", "digits", cwd=digits_repo)
@@ -107,6 +107,9 @@ def test_experiment_round_trip(digits_repo: Path, trained: str) -> None:
     assert "epoch" not in back.stderr  # nothing trained
     table = run_cli("exp", "show", "digits", cwd=digits_repo).stdout
     assert trained in table and str(float(lr[3:])) in table and "val_accuracy" in table
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=digits_repo, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert "commit" in table.splitlines()[0] and head[:12] in table
     bad = run_cli("exp", "run", "digits", "--set", "nope=1", cwd=digits_repo, check=False)
     assert bad.returncode == 1 and "nope" in bad.stderr and "params:" in bad.stderr
 

@@ -47,3 +47,12 @@ def test_nan_and_infinity_are_refused(item: str) -> None:
 def test_a_param_given_twice_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"--set lr is given twice \(0.02 and 0.03\); give it once"):
         overrides("lr=0.02", "lr=0.03")
+
+
+def test_values_are_shown_as_set_takes_them() -> None:
+    from mlbuild.exp import describe, format_value
+    assert [format_value(v) for v in (True, "mlp", [64, 64], 0.004, 5)] == ["true", '"mlp"', "[64, 64]", "0.004", "5"]
+    assert describe({"lr": 0.004, "augment": False}) == "augment=false lr=0.004"
+    assert describe({}) == "(as configured)"
+    for value in (True, "mlp", [64, 64], 0.004, 5, "a b"):  # what is shown is what --set reads back
+        assert parse_sets([f"k={format_value(value)}"]) == {"k": value}
