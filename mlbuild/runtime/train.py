@@ -11,7 +11,9 @@ store path), ``out`` (a folder for extra artifacts), ``log_epoch(epoch, epochs, 
 ``describe(...)`` (what the server needs: task, input shape, labels) and ``save_reference(x)``
 (training-feature statistics, for drift monitoring).
 
-Outputs: model.safetensors (never pickle), config.json, metrics.json, provenance.json, train.log.
+Outputs: model.safetensors (never pickle), config.json, metrics.json, provenance.json, train.log
+(what the training printed: its first 1 MiB and last 256 KiB, as a chatty training loop would
+otherwise put hundreds of megabytes into the package's closure and image; the build log has it all).
 Nothing written depends on the clock, so ``nix-build --check`` compares bit for bit.
 """
 
@@ -21,6 +23,7 @@ import json
 import os
 import sys
 import traceback
+from collections import deque
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -33,8 +36,51 @@ __all__ = ["Context", "main", "run", "save_weights", "EVENT_PREFIX"]
 EVENT_PREFIX = "MLBUILD "
 
 
+LOG_HEAD = 1 << 20   # characters of train.log kept from the start
+LOG_TAIL = 1 << 18   # and from the end
+
+
+class _CappedLog:
+    """train.log: the first ``head`` characters written, then (when more came) a line saying how
+    many were left out, then the last ``tail``. Bounded memory: the tail is a ring of chunks."""
+
+    def __init__(self, f: TextIO, head: int = LOG_HEAD, tail: int = LOG_TAIL) -> None:
+        self.f, self.head_left, self.tail = f, head, tail
+        self.ring: deque[str] = deque()
+        self.ring_size = 0
+        self.dropped = 0
+
+    def write(self, text: str) -> None:
+        if self.head_left > 0:
+            kept = text[:self.head_left]
+            self.f.write(kept)
+            self.head_left -= len(kept)
+            text = text[len(kept):]
+            if not text:
+                return
+        self.ring.append(text)
+        self.ring_size += len(text)
+        while self.ring_size - len(self.ring[0]) >= self.tail:
+            self.dropped += len(self.ring[0])
+            self.ring_size -= len(self.ring.popleft())
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def close(self) -> None:
+        tail = "".join(self.ring)
+        if len(tail) > self.tail:
+            self.dropped += len(tail) - self.tail
+            tail = tail[-self.tail:]
+        if self.dropped:
+            self.f.write(f"\n[mlbuild: {self.dropped} characters of output left out here; "
+                         f"the build log (nix log) has them]\n")
+        self.f.write(tail)
+        self.f.flush()
+
+
 class _Tee:
-    def __init__(self, stream: TextIO, log: TextIO) -> None:
+    def __init__(self, stream: TextIO, log: _CappedLog) -> None:
         self.stream, self.log = stream, log
 
     def write(self, text: str) -> int:
@@ -172,7 +218,8 @@ def main() -> None:
     spec = load_spec()
     out = Path(os.environ["out"])
     out.mkdir()
-    with open(out / "train.log", "w") as log:
+    with open(out / "train.log", "w") as f:
+        log = _CappedLog(f)
         assert sys.__stdout__ is not None and sys.__stderr__ is not None
         sys.stdout = _Tee(sys.__stdout__, log)
         sys.stderr = _Tee(sys.__stderr__, log)
@@ -188,6 +235,7 @@ def main() -> None:
             raise SystemExit(1) from None
         finally:
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+            log.close()
 
 
 if __name__ == "__main__":
