@@ -24,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +142,12 @@ class _PathLock:
         self.name = real + ".lock"
         while True:
             self.fd = os.open(self.name, os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.lockf(self.fd, fcntl.LOCK_EX)
+            try:
+                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held: say so rather than hang silently, then wait
+                print(f"mlbuild: waiting for the lock on {real} (another Nix or mlbuild process is writing it)",
+                      file=sys.stderr, flush=True)
+                fcntl.lockf(self.fd, fcntl.LOCK_EX)
             if os.fstat(self.fd).st_size == 0:
                 return
             os.close(self.fd)
