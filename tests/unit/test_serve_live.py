@@ -266,3 +266,37 @@ def test_mean_shift_skips_features_constant_in_training() -> None:
     live.observe("b", np.concatenate([shifted] * 6), None)   # the window is then mostly shifted rows
     live.refresh(force=True)
     assert sample(reg, "mlbuild_input_drift_mean_shift_max", model="m") > 2.0
+
+
+def test_a_feature_constant_in_training_that_moves_is_drift() -> None:
+    """A digits pixel that is 0 in every training row sat in the top PSI bin with every value above
+    it: live rows lit there were invisible to the PSI (and the mean shift leaves it out). Its PSI
+    is over two bins, the training value and any other."""
+    ref, x_test = digits_reference()
+    j = int(np.argmin(ref["std"]))
+    assert ref["std"][j] == 0.0
+    x = np.concatenate([x_test] * 2)[:600].astype(np.float64)
+    x[:, j] = ref["mean"][j]
+    reg = CollectorRegistry()
+    live = LiveQuality("m", ref, None, reg, drift_window=600, min_drift_rows=600)
+    live.observe("a", x, None)
+    live.refresh(force=True)
+    assert sample(reg, "mlbuild_input_drift_psi", model="m", feature=str(j)) == pytest.approx(0.0, abs=1e-9)
+    lit = x.copy()
+    lit[:60, j] = 16.0   # 10% of the window, above everything training saw there
+    live.observe("b", lit, None)
+    live.refresh(force=True)
+    assert sample(reg, "mlbuild_input_drift_psi", model="m", feature=str(j)) > 0.5
+    assert sample(reg, "mlbuild_input_drift_psi_max", model="m") > 0.5
+
+
+@pytest.mark.parametrize(("share", "low", "high"), [(0.03, 0.15, 0.2), (0.04, 0.2, 0.26)])
+def test_constant_feature_psi_is_the_two_bin_definition(share: float, low: float, high: float) -> None:
+    edges = np.zeros((1, 9))
+    expected = np.array([[0.0] * 9 + [1.0]])
+    x = np.zeros((1000, 1))
+    x[: int(share * 1000), 0] = 1.0
+    assert psi(x, edges, expected).item() == pytest.approx(0.0)             # without: unseen
+    assert low < psi(x, edges, expected, constant=np.array([0.0])).item() < high
+    x[:5, 0] = np.nan
+    assert psi(x, edges, expected, constant=np.array([np.nan])).item() == pytest.approx(0.0)  # not constant

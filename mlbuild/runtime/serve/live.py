@@ -28,7 +28,9 @@ so the held-out digits gave a maximum of ~7 at 5 rows and ~1 at 38, against the 
 of 0.2; at 500 rows, ~0.04 (at most 0.07 in 200 draws). Features with no spread in training
 (std under 1e-6, reference.json's precision: a constant, such as a digits pixel that is always 0)
 are left out of the mean shift, which has no scale for them (the std floored at 1e-6 made any
-nonzero live value there a shift of millions of standard deviations).
+nonzero live value there a shift of millions of standard deviations); their PSI is over two bins,
+the training value and any other (see :func:`psi`): 3% of live rows off that value is a PSI
+of ~0.17, 4% ~0.24 (the alert threshold is 0.2).
 
 Both windows are recomputed at most once a second, off the request path, but on
 the event loop, so every request in flight waits for it: both are whole-array numpy steps
@@ -76,11 +78,17 @@ def macro_prf(y: np.ndarray, p: np.ndarray) -> tuple[float, float, float]:
     return float(precision.mean()), float(recall.mean()), float(f1.mean())
 
 
-def psi(x: np.ndarray, edges: np.ndarray, expected: np.ndarray, eps: float = 1e-4) -> np.ndarray:
+def psi(x: np.ndarray, edges: np.ndarray, expected: np.ndarray, eps: float = 1e-4,
+        constant: np.ndarray | None = None) -> np.ndarray:
     """Population stability index of each column of ``x`` (rows: samples) against the training
     bins: ``edges[j]`` (sorted, k per feature) cut feature j into k + 1 bins whose training
     fractions are ``expected[j]``. Bin of a value: how many edges are <= it (``searchsorted``
-    with side="right"; NaN in the last bin, as there); fractions are clipped at ``eps``."""
+    with side="right"; NaN in the last bin, as there); fractions are clipped at ``eps``.
+
+    ``constant`` (optional; NaN where a feature varied) gives the value of each feature that was
+    the same in every training row. Such a feature's training rows all sit in the last bin, with
+    every value above them, so a shift up would go unseen: its live values are binned as equal to
+    it (the last bin) or not (bin 0, empty in training), a PSI over those two bins."""
     n, f = x.shape
     bins = edges.shape[1] + 1
     idx = np.zeros(x.shape, dtype=np.int64)
@@ -91,6 +99,9 @@ def psi(x: np.ndarray, edges: np.ndarray, expected: np.ndarray, eps: float = 1e-
     nan = np.isnan(x)
     if nan.any():
         idx[nan] = bins - 1
+    if constant is not None and (cols := np.flatnonzero(~np.isnan(constant))).size:
+        same = np.isclose(x[:, cols], constant[cols], rtol=MIN_STD, atol=MIN_STD)  # NaN is not the same
+        idx[:, cols] = np.where(same, bins - 1, 0)
     idx += np.arange(f) * bins
     counts = np.bincount(idx.ravel(), minlength=f * bins).reshape(f, bins)
     actual = np.clip(counts / n, eps, None)
@@ -299,7 +310,7 @@ class LiveQuality:
         edges, expected, mean, std, spread = self._ref_arrays
         if x.shape[1] != len(edges):
             return
-        psis = psi(x, edges, expected)
+        psis = psi(x, edges, expected, constant=np.where(spread, np.nan, mean))
         if len(self._psi_gauges) != len(psis):
             self._psi_gauges = [self.psi.labels(self.model, str(j)) for j in range(len(psis))]
         for gauge, value in zip(self._psi_gauges, psis.tolist()):
