@@ -6,7 +6,8 @@ the validation suite against the live server, exported as Prometheus metrics.
 
 - ``prometheus.yml``: scrape jobs for the server's ``/metrics`` and the monitor's, and the rules;
 - ``alerts.yml``: a suite metric below its threshold (the monitor), a live metric from
-  ground-truth feedback below its threshold (the server), error rate, p99 latency, input drift
+  ground-truth feedback below its threshold (the server; for the thresholds it has a live metric
+  of, see :mod:`.runtime.serve.names`), error rate, p99 latency, input drift
   (population stability index), and a monitor that stopped reporting;
 - ``grafana-dashboard.json``: a dashboard over the same metrics (and only metrics that exist).
 """
@@ -19,9 +20,10 @@ from typing import Any
 
 from .config import Project
 from .errors import ConfigError
+from .runtime.serve.names import live_metric
 from .runtime.validate import parse_threshold
 
-__all__ = ["write_config", "alert_rules", "prometheus_config", "dashboard", "SERVER_METRICS", "MONITOR_METRICS"]
+__all__ = ["write_config", "alert_rules", "without_live_alert", "prometheus_config", "dashboard", "SERVER_METRICS", "MONITOR_METRICS"]
 
 # What the server (mlbuild/runtime/serve) and the monitor (mlbuild/runtime/monitor.py) export.
 SERVER_METRICS = ("mlbuild_requests_total", "mlbuild_request_duration_seconds_bucket", "mlbuild_requests_in_flight",
@@ -45,6 +47,13 @@ def _thresholds(project: Project, model: str) -> dict[str, tuple[str, float]]:
         raise ConfigError(f"{project.config_path}: [models.{model}.validation] {e}") from None
 
 
+def without_live_alert(project: Project, model: str) -> list[str]:
+    """Thresholds the server has no live metric for (``roc_auc`` needs scores; a regression
+    model's ``mae``, ``rmse``, ``r2`` its values): alerts.yml watches them through the validation
+    suite the monitor runs against the live server, not through feedback."""
+    return sorted(name for name in _thresholds(project, model) if not live_metric(name))
+
+
 def alert_rules(project: Project, model: str, *, interval: float = 60.0, error_rate: float = 0.05,
                 p99_seconds: float = 0.5, psi: float = 0.2) -> dict[str, Any]:
     sel = f'model="{model}"'
@@ -56,6 +65,8 @@ def alert_rules(project: Project, model: str, *, interval: float = 60.0, error_r
                                    f"threshold on the live server (model {{{{ $labels.model_hash }}}})"},
     }]
     for name, (op, value) in sorted(_thresholds(project, model).items()):
+        if not live_metric(name):   # no live counterpart (see without_live_alert)
+            continue
         rules.append({
             "alert": "MlbuildLiveMetricBelowThreshold",
             "expr": f'mlbuild_live_metric{{{sel},metric="{name}"}} {_OPS[op]} {value}',

@@ -67,6 +67,12 @@ def run(ctx: click.Context, model: str, url: str, allow_dirty: bool) -> None:
 def config(ctx: click.Context, model: str, out_dir: Path, server: str, monitor_addr: str,
            scrape_interval: str, interval: float) -> None:
     """Write a Prometheus scrape config, alerting rules and a Grafana dashboard for MODEL."""
-    for kind, path in m.write_config(load(ctx), model, out_dir, server=server, monitor=monitor_addr,
+    project = load(ctx)
+    for kind, path in m.write_config(project, model, out_dir, server=server, monitor=monitor_addr,
                                      scrape_interval=scrape_interval, interval=interval).items():
         click.echo(f"{kind:>10}: {path}")
+    unwatched = m.without_live_alert(project, model)
+    if unwatched:
+        click.echo(f"note: no live-feedback alert for {', '.join(unwatched)}: the server's live metrics come from "
+                   f"predicted labels only; MlbuildValidationBelowThreshold watches them through the suite that "
+                   f"`mlbuild monitor {model}` runs against the server", err=True)

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
-from mlbuild.runtime.serve.live import FeedbackError, LiveQuality, macro_prf, psi
+from mlbuild.runtime.serve.live import FeedbackError, LiveQuality, label_metrics, psi
+from mlbuild.runtime.serve.names import BINARY_METRICS, LABEL_METRICS
 
 
 def reference(x: np.ndarray, bins: int = 10) -> dict:
@@ -63,19 +64,25 @@ def test_drift() -> None:
     assert sample(reg, "mlbuild_input_drift_mean_shift_max", model="m") > 1.5
 
 
-labels = st.lists(st.integers(min_value=0, max_value=6), min_size=1, max_size=60)
-
-
-@given(st.data())
+@given(st.data(), st.sampled_from([2, 7]))
 @settings(max_examples=300, deadline=None)
-def test_macro_prf_is_scikit_learns(data: st.DataObject) -> None:
+def test_label_metrics_are_scikit_learns(data: st.DataObject, classes: int) -> None:
     """The live metrics must be the validation build's metrics (scikit-learn's, zero_division=0)."""
-    from sklearn.metrics import precision_recall_fscore_support
+    from sklearn import metrics as m
 
-    y = data.draw(labels)
-    p = data.draw(st.lists(st.integers(min_value=0, max_value=6), min_size=len(y), max_size=len(y)))
-    want = precision_recall_fscore_support(y, p, average="macro", zero_division=0)[:3]
-    assert macro_prf(np.array(y), np.array(p)) == pytest.approx(want, abs=1e-12)
+    values = st.integers(min_value=0, max_value=classes - 1)
+    y = data.draw(st.lists(values, min_size=1, max_size=60))
+    p = data.draw(st.lists(values, min_size=len(y), max_size=len(y)))
+    got = label_metrics(np.array(y), np.array(p), classes)
+    want = {"accuracy": m.accuracy_score(y, p)}
+    for avg in ("macro", "weighted"):
+        pr, rc, f1, _ = m.precision_recall_fscore_support(y, p, average=avg, zero_division=0)
+        want.update({f"precision_{avg}": pr, f"recall_{avg}": rc, f"f1_{avg}": f1})
+    if classes == 2:
+        want.update(precision=m.precision_score(y, p, zero_division=0), recall=m.recall_score(y, p, zero_division=0),
+                    f1=m.f1_score(y, p, zero_division=0))
+    assert got == pytest.approx(want, abs=1e-12)
+    assert set(got) == set(LABEL_METRICS) | (set(BINARY_METRICS) if classes == 2 else set())
 
 
 def psi_loop(x: np.ndarray, edges: np.ndarray, expected: np.ndarray, eps: float = 1e-4) -> list[float]:

@@ -8,8 +8,9 @@ that learns the true labels later posts them::
     {"feedback": [{"id": "req-1", "labels": [3, 7]}, ...]}      (one label per row of that request)
 
 and the server keeps a rolling window of (true, predicted) pairs, from which it exports
-``mlbuild_live_metric{model,metric}`` (accuracy, precision/recall/F1 macro, as scikit-learn
-computes them) and ``mlbuild_live_feedback_samples{model}``. A body is checked in full before
+``mlbuild_live_metric{model,metric}`` (the validation report's metrics that labels give, as
+scikit-learn computes them: accuracy, precision/recall/F1 macro and weighted, and for two-class
+models class 1's precision/recall/F1; see :mod:`.names`) and ``mlbuild_live_feedback_samples{model}``. A body is checked in full before
 anything is added (a label is a class index 0..K-1 or a class name; one label per row of the
 request); a bad one is refused whole. Feedback for a request counts once: a repeat (a client's
 retry) replaces that request's labels while they are in the window and is never counted again
@@ -34,7 +35,7 @@ of ~0.17, 4% ~0.24 (the alert threshold is 0.2).
 
 Both windows are recomputed at most once a second, off the request path, but on
 the event loop, so every request in flight waits for it: both are whole-array numpy steps
-(:func:`macro_prf`, :func:`psi`), ~2 ms for 1,000 feedback rows and 2,000 input rows of 64
+(:func:`label_metrics`, :func:`psi`), ~2 ms for 1,000 feedback rows and 2,000 input rows of 64
 features, where scikit-learn and a loop over the features took ~6 ms.
 """
 
@@ -52,21 +53,22 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .protocol import MAX_ID_LENGTH
 
-__all__ = ["LiveQuality", "FeedbackError", "macro_prf", "psi", "MIN_FEEDBACK_ROWS", "MIN_DRIFT_ROWS"]
+__all__ = ["LiveQuality", "FeedbackError", "label_metrics", "psi", "MIN_FEEDBACK_ROWS", "MIN_DRIFT_ROWS"]
 
 MIN_FEEDBACK_ROWS = 100   # feedback rows before the live metrics are published (see above)
 MIN_DRIFT_ROWS = 500      # input rows before the drift gauges are published (see above)
 MIN_STD = 1e-6            # a training std below this (reference.json's precision) is no spread
 
 
-def macro_prf(y: np.ndarray, p: np.ndarray) -> tuple[float, float, float]:
-    """Macro precision, recall and F1 of predictions ``p`` against labels ``y`` (class indices),
-    as scikit-learn's ``precision_recall_fscore_support(y, p, average="macro", zero_division=0)``
-    computes them, which the validation build uses (the tests hold the two equal): averaged over
-    the classes present in ``y`` or ``p``; a class never predicted has precision 0, one never
-    true recall 0; F1 is 2 tp / (predicted + true)."""
-    classes, inverse = np.unique(np.concatenate([y, p]), return_inverse=True)
-    k = len(classes)
+def label_metrics(y: np.ndarray, p: np.ndarray, classes: int | None = None) -> dict[str, float]:
+    """The metrics of predictions ``p`` against labels ``y`` (class indices) that labels alone
+    give (:data:`.names.LABEL_METRICS`, and :data:`.names.BINARY_METRICS` when ``classes`` is 2),
+    as scikit-learn computes them with ``zero_division=0``, which the validation build uses (the
+    tests hold the two equal). Macro and weighted averages are over the classes present in ``y``
+    or ``p`` (weighted by their count in ``y``); a class never predicted has precision 0, one never
+    true recall 0; F1 is 2 tp / (predicted + true). Binary precision, recall and F1 are class 1's."""
+    present, inverse = np.unique(np.concatenate([y, p]), return_inverse=True)
+    k = len(present)
     yi, pi = inverse[:len(y)], inverse[len(y):]
     tp = np.bincount(yi[yi == pi], minlength=k).astype(np.float64)
     predicted = np.bincount(pi, minlength=k).astype(np.float64)
@@ -75,7 +77,16 @@ def macro_prf(y: np.ndarray, p: np.ndarray) -> tuple[float, float, float]:
         precision = np.where(predicted > 0, tp / predicted, 0.0)
         recall = np.where(true > 0, tp / true, 0.0)
         f1 = np.where(predicted + true > 0, 2 * tp / (predicted + true), 0.0)
-    return float(precision.mean()), float(recall.mean()), float(f1.mean())
+    weights = true / true.sum()
+    out = {"accuracy": float(tp.sum() / len(y))}
+    for name, per_class in (("precision", precision), ("recall", recall), ("f1", f1)):
+        out[f"{name}_macro"] = float(per_class.mean())
+        out[f"{name}_weighted"] = float(per_class @ weights)
+    if classes == 2:
+        one = np.flatnonzero(present == 1)   # class 1 need not be in the window
+        for name, per_class in (("precision", precision), ("recall", recall), ("f1", f1)):
+            out[name] = float(per_class[one[0]]) if one.size else 0.0
+    return out
 
 
 def psi(x: np.ndarray, edges: np.ndarray, expected: np.ndarray, eps: float = 1e-4,
@@ -290,9 +301,7 @@ class LiveQuality:
             rows = len(y)
         self.samples.labels(self.model).set(rows)
         if rows and rows >= self.min_feedback_rows:
-            self.metric.labels(self.model, "accuracy").set(float((y == p).mean()))
-            pr, rc, f1 = macro_prf(y, p)
-            for name, value in (("precision_macro", pr), ("recall_macro", rc), ("f1_macro", f1)):
+            for name, value in label_metrics(y, p, self.classes).items():
                 self.metric.labels(self.model, name).set(value)
         if self.reference is not None:
             self.drift_rows.labels(self.model).set(input_rows)
