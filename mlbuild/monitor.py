@@ -48,9 +48,9 @@ def _thresholds(project: Project, model: str) -> dict[str, tuple[str, float]]:
 
 
 def without_live_alert(project: Project, model: str) -> list[str]:
-    """Thresholds the server has no live metric for (``roc_auc`` needs scores; a regression
-    model's ``mae``, ``rmse``, ``r2`` its values): alerts.yml watches them through the validation
-    suite the monitor runs against the live server, not through feedback."""
+    """Thresholds the server has no live metric for (``roc_auc``, which needs scores, or a metric
+    of the user's own): alerts.yml watches them through the validation suite the monitor runs
+    against the live server, not through feedback."""
     return sorted(name for name in _thresholds(project, model) if not live_metric(name))
 
 

@@ -73,6 +73,6 @@ def config(ctx: click.Context, model: str, out_dir: Path, server: str, monitor_a
         click.echo(f"{kind:>10}: {path}")
     unwatched = m.without_live_alert(project, model)
     if unwatched:
-        click.echo(f"note: no live-feedback alert for {', '.join(unwatched)}: the server's live metrics come from "
-                   f"predicted labels only; MlbuildValidationBelowThreshold watches them through the suite that "
-                   f"`mlbuild monitor {model}` runs against the server", err=True)
+        click.echo(f"note: no live-feedback alert for {', '.join(unwatched)}: the server computes its live metrics "
+                   f"from predictions and feedback alone (see `mlbuild_live_metric`); MlbuildValidationBelowThreshold "
+                   f"watches them through the suite that `mlbuild monitor {model}` runs against the server", err=True)

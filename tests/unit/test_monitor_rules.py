@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from mlbuild.runtime.serve.names import BINARY_METRICS, LABEL_METRICS, live_metric
+from mlbuild.runtime.serve.names import BINARY_METRICS, LABEL_METRICS, REGRESSION_METRICS, live_metric
 from tests.conftest import run_cli
 
 TOML = """[project]
@@ -13,7 +13,7 @@ name = "p"
 [models.cancer]
 script = "m.py"
 [models.cancer.validation]
-thresholds = { accuracy = 0.93, f1 = 0.93, f1_weighted = 0.9, roc_auc = 0.97, mae = "<= 0.3" }
+thresholds = { accuracy = 0.93, f1 = 0.93, f1_weighted = 0.9, roc_auc = 0.97, top3 = 0.99 }
 """
 
 
@@ -25,9 +25,19 @@ def test_live_alerts_only_for_metrics_the_server_publishes(tree) -> None:  # typ
     live = sorted(r["labels"]["metric"] for r in rules if r["alert"] == "MlbuildLiveMetricBelowThreshold")
     assert live == ["accuracy", "f1", "f1_weighted"]
     assert "MlbuildValidationBelowThreshold" in {r["alert"] for r in rules}   # the suite watches all five
-    assert "no live-feedback alert for mae, roc_auc" in proc.stderr
+    assert "no live-feedback alert for roc_auc, top3" in proc.stderr
 
 
 def test_live_metric_names() -> None:
-    assert all(live_metric(n) for n in (*LABEL_METRICS, *BINARY_METRICS))
-    assert not any(live_metric(n) for n in ("roc_auc", "mae", "rmse", "r2", "accuracy_top5"))
+    assert all(live_metric(n) for n in (*LABEL_METRICS, *BINARY_METRICS, *REGRESSION_METRICS))
+    assert not any(live_metric(n) for n in ("roc_auc", "accuracy_top5"))
+
+
+def test_a_regression_threshold_gets_a_live_alert_in_its_direction(tree) -> None:  # type: ignore[no-untyped-def]
+    root = tree({"mlbuild.toml": TOML.replace("cancer", "price").replace(
+        'accuracy = 0.93, f1 = 0.93, f1_weighted = 0.9, roc_auc = 0.97, top3 = 0.99', 'mae = "<= 0.3", r2 = 0.8')})
+    run_cli("monitor", "config", "price", "--out", str(root / "conf"), cwd=root, env={"PATH": "/nonexistent"})
+    rules = json.loads((root / "conf" / "alerts.yml").read_text())["groups"][0]["rules"]
+    live = {r["labels"]["metric"]: r["expr"] for r in rules if r["alert"] == "MlbuildLiveMetricBelowThreshold"}
+    assert live == {"mae": 'mlbuild_live_metric{model="price",metric="mae"} > 0.3',
+                    "r2": 'mlbuild_live_metric{model="price",metric="r2"} < 0.8'}

@@ -333,3 +333,27 @@ def test_other_routes_failing_are_not_called_inference(served: tuple[TestClient,
     monkeypatch.setattr(state.metrics, "render", broken)
     r = client.get("/metrics")
     assert r.status_code == 500 and r.json()["error"].startswith("GET /metrics failed: RuntimeError: registry broke")
+
+
+def test_a_regression_model_takes_true_values_as_feedback(tmp_path: Path) -> None:
+    pkg = build_package(tmp_path / "pkg", name="price", train_steps=0, params={"features": 64, "hidden": 8, "classes": 1},
+                        extra_config={"task": "regression", "labels": None,
+                                      "outputs": [{"name": "value", "datatype": "FP32", "shape": [-1, 1]}]})
+    state = ServerState(load_package(pkg), ServerMetrics(process=False), threads=1, verify=False)
+    state.live.min_feedback_rows = 10
+    x = np.random.default_rng(1).random((10, 64)).astype(np.float32)
+    with TestClient(create_app(state)) as client:
+        _wait(lambda: state.ready)
+        r = client.post("/v2/models/price/infer", content=_body(x))
+        assert r.status_code == 200, r.text
+        predicted = np.array(r.json()["outputs"][0]["data"], dtype=np.float64)
+        truth = predicted + np.arange(10) * 0.1
+        r = client.post("/v2/models/price/feedback", json={"feedback": [{"id": r.json()["id"], "values": truth.tolist()}]})
+        assert r.json() == {"matched_rows": 10, "repeated_rows": 0, "unknown_ids": 0}, r.text
+        metrics = {line.split('metric="')[1].split('"')[0]: float(line.split()[-1])
+                   for line in client.get("/metrics").text.splitlines() if line.startswith("mlbuild_live_metric{")}
+        assert set(metrics) == {"mae", "rmse", "r2"}
+        assert metrics["mae"] == pytest.approx(0.45, abs=1e-6)   # float32 outputs
+        r = client.post("/v2/models/price/feedback", json={"feedback": [{"id": "x", "values": ["high"]}]})
+        assert r.status_code == 400 and "value 'high' is not a finite number" in r.json()["error"]
+    gc.unfreeze()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
-from mlbuild.runtime.serve.live import FeedbackError, LiveQuality, label_metrics, psi
+from mlbuild.runtime.serve.live import FeedbackError, LiveQuality, label_metrics, psi, regression_metrics
 from mlbuild.runtime.serve.names import BINARY_METRICS, LABEL_METRICS
 
 
@@ -307,3 +310,46 @@ def test_constant_feature_psi_is_the_two_bin_definition(share: float, low: float
     assert low < psi(x, edges, expected, constant=np.array([0.0])).item() < high
     x[:5, 0] = np.nan
     assert psi(x, edges, expected, constant=np.array([np.nan])).item() == pytest.approx(0.0)  # not constant
+
+
+@given(st.lists(st.tuples(st.floats(-1e3, 1e3), st.floats(-1e3, 1e3)), min_size=2, max_size=60))
+@settings(max_examples=200, deadline=None)
+def test_regression_metrics_are_scikit_learns(pairs: list[tuple[float, float]]) -> None:
+    from sklearn import metrics as m
+
+    y, p = (np.array(v, dtype=np.float64) for v in zip(*pairs))
+    want = {"mae": m.mean_absolute_error(y, p), "rmse": np.sqrt(m.mean_squared_error(y, p)), "r2": m.r2_score(y, p)}
+    assert regression_metrics(y, p) == pytest.approx(want, rel=1e-9, abs=1e-9)
+
+
+def test_regression_feedback_gives_live_mae_rmse_r2() -> None:
+    reg = CollectorRegistry()
+    live = LiveQuality("price", None, None, reg, regression=True, output="value", min_feedback_rows=4)
+    live.observe("a", np.zeros((3, 2)), np.array([[1.0], [2.0], [3.0]]))
+    live.observe("b", np.zeros((1, 2)), np.array([[5.0]]))
+    assert live.add_feedback({"feedback": [{"id": "a", "values": [1.5, 2.0, 2.0]}]})["matched_rows"] == 3
+    assert "mlbuild_live_metric{" not in generate_latest(reg).decode()   # 3 rows: under the minimum
+    assert live.add_feedback({"feedback": [{"id": "b", "labels": [5]}]})["matched_rows"] == 1   # "labels" too
+    assert sample(reg, "mlbuild_live_metric", model="price", metric="mae") == pytest.approx(0.375)
+    assert sample(reg, "mlbuild_live_metric", model="price", metric="rmse") == pytest.approx(np.sqrt(1.25 / 4))
+    assert sample(reg, "mlbuild_live_metric", model="price", metric="r2") == pytest.approx(
+        1 - 1.25 / float(((np.array([1.5, 2, 2, 5]) - 2.625) ** 2).sum()))
+    assert sample(reg, "mlbuild_live_metric", model="price", metric="accuracy") is None
+
+
+@pytest.mark.parametrize(("value", "shown"), [("2.5", "'2.5'"), (True, "True"), (None, "None"),
+                                              (float("nan"), "nan"), (float("inf"), "inf")])
+def test_regression_feedback_refuses_what_is_not_a_finite_number(value: Any, shown: str) -> None:
+    live = LiveQuality("price", None, None, CollectorRegistry(), regression=True, output="value")
+    live.observe("a", np.zeros((2, 2)), np.array([1.0, 2.0]))
+    with pytest.raises(FeedbackError, match=rf"feedback\[0\]: value {re.escape(shown)} is not a finite number"):
+        live.add_feedback({"feedback": [{"id": "a", "values": [1.0, value]}]})
+    with pytest.raises(FeedbackError, match=r'"values": \[<true value per row>\]'):
+        live.add_feedback({"feedback": []})
+    assert live.add_feedback({"feedback": [{"id": "a", "values": [1, 2.5]}]})["matched_rows"] == 2  # nothing was kept
+
+
+def test_a_model_without_a_per_row_prediction_takes_no_feedback() -> None:
+    live = LiveQuality("multi", None, None, CollectorRegistry(), regression=True, output=None)
+    with pytest.raises(FeedbackError, match="model multi has no output with one value per row"):
+        live.add_feedback({"feedback": [{"id": "a", "values": [1.0]}]})

@@ -43,6 +43,15 @@ _JSON = "application/json"
 _PLATFORM = "mlbuild_pytorch"
 
 
+def _predicted_output(pkg: Package) -> str | None:
+    """The output feedback is compared with: a classifier's ``label``; a regression model's first
+    output (as the validation report takes it) when it holds one value per row."""
+    if pkg.task != "regression":
+        return "label"
+    first = pkg.outputs[0] if pkg.outputs else None
+    return first.name if first is not None and first.shape[1:] in ((), (1,)) else None
+
+
 def _class_count(pkg: Package) -> int | None:
     """The model's number of classes: its class names, else a fixed last dimension of its
     ``probabilities`` output; None if neither says."""
@@ -79,7 +88,8 @@ class ServerState:
         reference = pkg.root / "model" / "reference.json"
         self.live = LiveQuality(pkg.name, json.loads(reference.read_text()) if reference.is_file() else None,
                                 list(pkg.labels) if pkg.labels is not None else None, metrics.registry,
-                                classes=_class_count(pkg))
+                                classes=_class_count(pkg), regression=pkg.task == "regression",
+                                output=_predicted_output(pkg))
 
     @property
     def ready(self) -> bool:
@@ -205,7 +215,7 @@ async def _v1_predict(request: Request, state: ServerState) -> Response:
             batcher.arriving(-1)
     request_id = state.live.request_id(req.id)  # as the v2 route: an id for feedback, inputs for drift
     content = encode_predict(state.pkg, results, request_id)
-    state.live.observe(request_id, req.array, results.get("label"))
+    state.live.observe(request_id, req.array, results.get(state.live.output or ""))
     return Response(content, media_type=_JSON)
 
 

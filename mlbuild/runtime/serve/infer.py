@@ -170,7 +170,7 @@ class InferEndpoint:
         # Observed once encoded: a response that cannot be sent (NaN as JSON) leaves no trace.
         req.id = request_id = state.live.request_id(req.id)
         content, header_length = state.codec.encode(req, results)
-        state.live.observe(request_id, req.array, results.get("label"))
+        state.live.observe(request_id, req.array, results.get(state.live.output or ""))
         if header_length is None:
             return content, [(b"content-type", b"application/json")]
         return content, [(b"content-type", b"application/octet-stream"),

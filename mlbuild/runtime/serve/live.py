@@ -10,8 +10,9 @@ that learns the true labels later posts them::
 and the server keeps a rolling window of (true, predicted) pairs, from which it exports
 ``mlbuild_live_metric{model,metric}`` (the validation report's metrics that labels give, as
 scikit-learn computes them: accuracy, precision/recall/F1 macro and weighted, and for two-class
-models class 1's precision/recall/F1; see :mod:`.names`) and ``mlbuild_live_feedback_samples{model}``. A body is checked in full before
-anything is added (a label is a class index 0..K-1 or a class name; one label per row of the
+models class 1's precision/recall/F1; see :mod:`.names`; a regression model's feedback gives true
+values, ``{"id": "req-1", "values": [2.5]}``, against its first output: MAE, RMSE, R2) and
+``mlbuild_live_feedback_samples{model}``. A body is checked in full before anything is added (a label is a class index 0..K-1 or a class name; one label per row of the
 request); a bad one is refused whole. Feedback for a request counts once: a repeat (a client's
 retry) replaces that request's labels while they are in the window and is never counted again
 (``repeated_rows`` in the answer). The metrics appear only once the window holds
@@ -42,6 +43,7 @@ features, where scikit-learn and a loop over the features took ~6 ms.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 import uuid
@@ -53,7 +55,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .protocol import MAX_ID_LENGTH
 
-__all__ = ["LiveQuality", "FeedbackError", "label_metrics", "psi", "MIN_FEEDBACK_ROWS", "MIN_DRIFT_ROWS"]
+__all__ = ["LiveQuality", "FeedbackError", "label_metrics", "regression_metrics", "psi", "MIN_FEEDBACK_ROWS", "MIN_DRIFT_ROWS"]
 
 MIN_FEEDBACK_ROWS = 100   # feedback rows before the live metrics are published (see above)
 MIN_DRIFT_ROWS = 500      # input rows before the drift gauges are published (see above)
@@ -87,6 +89,16 @@ def label_metrics(y: np.ndarray, p: np.ndarray, classes: int | None = None) -> d
         for name, per_class in (("precision", precision), ("recall", recall), ("f1", f1)):
             out[name] = float(per_class[one[0]]) if one.size else 0.0
     return out
+
+
+def regression_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """MAE, RMSE and R2 of predictions ``p`` against true values ``y``, as scikit-learn computes
+    them for the validation report (R2 of a constant ``y``: 1 if every prediction is exact, else 0)."""
+    err = y - p
+    ss_res = float(err @ err)
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
+    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt(ss_res / len(y))), "r2": r2}
 
 
 def psi(x: np.ndarray, edges: np.ndarray, expected: np.ndarray, eps: float = 1e-4,
@@ -138,8 +150,14 @@ class LiveQuality:
     def __init__(self, model: str, reference: dict[str, Any] | None, labels: list[str] | None,
                  registry: CollectorRegistry, *, classes: int | None = None, window: int = 1000,
                  remember: int = 10000, drift_window: int = 2000, min_feedback_rows: int = MIN_FEEDBACK_ROWS,
-                 min_drift_rows: int = MIN_DRIFT_ROWS) -> None:
+                 min_drift_rows: int = MIN_DRIFT_ROWS, regression: bool = False,
+                 output: str | None = "label") -> None:
         self.model = model
+        # A regression model's feedback gives true values (numbers), compared with its predicted
+        # values; a classifier's gives labels. ``output``: the output whose one value per row is
+        # the prediction (None: the model has no such output, and feedback is refused).
+        self.regression = regression
+        self.output = output
         self.reference = reference
         self.labels = labels
         self.label_index = {name: i for i, name in reversed(list(enumerate(labels or [])))}
@@ -191,7 +209,8 @@ class LiveQuality:
         return f"{self._id_prefix}-{next(self._next_id)}"
 
     def observe(self, request_id: str, inputs: np.ndarray, predicted: np.ndarray | None) -> None:
-        """Remember a request's predicted labels and inputs (cheap: no metric computed here)."""
+        """Remember a request's predicted labels (values, for regression) and inputs (cheap: no
+        metric computed here). ``predicted``: the request's ``self.output`` output."""
         with self.lock:
             if predicted is not None:
                 self.predictions[request_id] = np.asarray(predicted).reshape(-1)
@@ -211,13 +230,19 @@ class LiveQuality:
         added, "repeated_rows": rows of requests that had feedback already (their labels are
         replaced while still in the window, never counted again), "unknown_ids": ids not
         remembered (too old, or never served)}."""
+        key, what = ("values", "true value") if self.regression else ("labels", "true label")
+        if self.output is None:
+            raise FeedbackError(f"model {self.model} has no output with one {'value' if self.regression else 'label'} "
+                                f"per row to compare feedback with, so it takes none")
         items = body.get("feedback") if isinstance(body, dict) else None
         if not isinstance(items, list) or not items:
-            raise FeedbackError('expected {"feedback": [{"id": "<request id>", "labels": [<true label per row>]}]}')
+            raise FeedbackError(f'expected {{"feedback": [{{"id": "<request id>", "{key}": [<{what} per row>]}}]}}')
         given: list[tuple[str, np.ndarray]] = []
         for i, item in enumerate(items):
-            if not isinstance(item, dict) or "id" not in item or not isinstance(item.get("labels"), list):
-                raise FeedbackError(f"feedback[{i}] needs an id and a labels list; got {item!r:.200}")
+            if isinstance(item, dict) and self.regression and "values" not in item and "labels" in item:
+                item = {**item, "values": item["labels"]}   # the classifiers' key, also taken
+            if not isinstance(item, dict) or "id" not in item or not isinstance(item.get(key), list):
+                raise FeedbackError(f"feedback[{i}] needs an id and a {key} list; got {item!r:.200}")
             request_id = item["id"]
             if not isinstance(request_id, str):
                 raise FeedbackError(f"feedback[{i}]: id must be a string (an inference response's id), "
@@ -225,7 +250,11 @@ class LiveQuality:
             if len(request_id) > MAX_ID_LENGTH:
                 raise FeedbackError(f"feedback[{i}]: id is {len(request_id)} characters long; no request id is "
                                     f"longer than {MAX_ID_LENGTH}")
-            given.append((request_id, np.array([self._label_index(v, i) for v in item["labels"]], dtype=np.int64)))
+            if self.regression:
+                truth = np.array([self._value(v, i) for v in item[key]], dtype=np.float64)
+            else:
+                truth = np.array([self._label_index(v, i) for v in item[key]], dtype=np.int64)
+            given.append((request_id, truth))
         matched = repeated = unknown = 0
         with self.lock:
             for i, (request_id, truth) in enumerate(given):   # every check before any change
@@ -233,7 +262,7 @@ class LiveQuality:
                 rows = len(seen.pred if isinstance(seen, _Labelled) else seen) if seen is not None else len(truth)
                 if rows != len(truth):
                     raise FeedbackError(f"feedback[{i}]: request {request_id!r} had {rows} row(s); feedback gives "
-                                        f"{len(truth)} label(s)")
+                                        f"{len(truth)} {key[:-1]}(s)")
             for request_id, truth in given:
                 seen = self.predictions.get(request_id)
                 if seen is None:
@@ -261,6 +290,14 @@ class LiveQuality:
             old = self.window.popleft()
             old.in_window = False
             self.window_rows -= len(old.pred)
+
+    @staticmethod
+    def _value(v: Any, item: int) -> float:
+        """A regression model's true value: a finite number."""
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            return float(v)
+        raise FeedbackError(f"feedback[{item}]: value {v!r:.50} is not a finite number; give the true value "
+                            f"of each row as a JSON number")
 
     def _label_index(self, v: Any, item: int) -> int:
         """A true label as a class index: an index 0..K-1, or a class name (or an index as a string)."""
@@ -297,11 +334,15 @@ class LiveQuality:
         rows = 0
         if labelled:   # the last window_size rows (the oldest request may reach further back)
             y = np.concatenate([truth for truth, _ in labelled])[-self.window_size:]
-            p = np.concatenate([pred for _, pred in labelled])[-self.window_size:].astype(np.int64)
+            p = np.concatenate([pred for _, pred in labelled])[-self.window_size:]
             rows = len(y)
         self.samples.labels(self.model).set(rows)
         if rows and rows >= self.min_feedback_rows:
-            for name, value in label_metrics(y, p, self.classes).items():
+            if self.regression:
+                metrics = regression_metrics(y, p.astype(np.float64))
+            else:
+                metrics = label_metrics(y, p.astype(np.int64), self.classes)
+            for name, value in metrics.items():
                 self.metric.labels(self.model, name).set(value)
         if self.reference is not None:
             self.drift_rows.labels(self.model).set(input_rows)
