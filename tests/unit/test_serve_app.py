@@ -357,3 +357,17 @@ def test_a_regression_model_takes_true_values_as_feedback(tmp_path: Path) -> Non
         r = client.post("/v2/models/price/feedback", json={"feedback": [{"id": "x", "values": ["high"]}]})
         assert r.status_code == 400 and "value 'high' is not a finite number" in r.json()["error"]
     gc.unfreeze()
+
+
+def test_a_regression_model_with_several_values_per_row_says_it_takes_no_feedback(tmp_path: Path) -> None:
+    pkg = build_package(tmp_path / "pkg", name="multi", train_steps=0, params={"features": 64, "hidden": 8, "classes": 3},
+                        extra_config={"task": "regression", "labels": None,
+                                      "outputs": [{"name": "values", "datatype": "FP32", "shape": [-1, 3]}]})
+    state = ServerState(load_package(pkg), ServerMetrics(process=False), threads=1, verify=False)
+    with TestClient(create_app(state)) as client:
+        _wait(lambda: state.ready)
+        r = client.post("/v2/models/multi/infer", content=_body(np.ones((1, 64), np.float32)))
+        assert r.status_code == 200
+        r = client.post("/v2/models/multi/feedback", json={"feedback": [{"id": r.json()["id"], "values": [1.0]}]})
+        assert r.status_code == 400 and "has no output with one value per row" in r.json()["error"]
+    gc.unfreeze()
