@@ -31,9 +31,10 @@ from . import determinism
 from .hashing import dataset_hash, find_store_paths, sha256_file, tree_digest, tree_hashes
 from .spec import load_spec
 
-__all__ = ["Context", "main", "run", "save_weights", "EVENT_PREFIX"]
+__all__ = ["Context", "main", "run", "save_weights", "EVENT_PREFIX", "TASKS"]
 
 EVENT_PREFIX = "MLBUILD "
+TASKS = ("classification", "regression")
 
 
 LOG_HEAD = 1 << 20   # characters of train.log kept from the start
@@ -112,7 +113,24 @@ class Context:
 
     def describe(self, *, task: str = "classification", input_shape: list[int], labels: list[str] | None = None,
                  input_name: str = "input", datatype: str = "FP32") -> None:
-        """Declare the model's interface; the package and server are built from it."""
+        """Declare the model's interface; the package and server are built from it. ``task``:
+        ``"classification"`` (outputs ``probabilities`` and ``label``; ``labels`` names the
+        classes) or ``"regression"`` (output ``prediction``, one value per row)."""
+        call = "ctx.describe(...)"
+        if task not in TASKS:
+            raise SystemExit(f"mlbuild: {call}: task {task!r} is not one mlbuild knows; use "
+                             f"{' or '.join(repr(t) for t in TASKS)}")
+        if (not isinstance(input_shape, (list, tuple)) or not input_shape
+                or not all(isinstance(d, int) and not isinstance(d, bool) and (d > 0 or d == -1) for d in input_shape)):
+            raise SystemExit(f"mlbuild: {call}: input_shape must be a list of positive ints (or -1 for any size), "
+                             f"one per dimension of a row (e.g. [64] for 64 features), got {input_shape!r}")
+        if labels is not None:
+            if task != "classification":
+                raise SystemExit(f"mlbuild: {call}: labels name a classifier's classes; a {task} model has none "
+                                 f"(drop labels=)")
+            if not isinstance(labels, (list, tuple)) or not labels or not all(isinstance(x, str) for x in labels):
+                raise SystemExit(f"mlbuild: {call}: labels must be a list of class names (strings), got {labels!r:.200}")
+            labels = list(labels)
         inputs = [{"name": input_name, "datatype": datatype, "shape": [-1, *input_shape]}]
         if task == "classification":
             n = len(labels) if labels else None
@@ -167,6 +185,12 @@ def run(spec: dict[str, Any], out: Path) -> None:
     model = module.train(ctx)
     if not isinstance(model, torch.nn.Module):
         raise SystemExit(f"mlbuild: train(ctx) in {spec['script']} returned {type(model).__name__}, not a torch.nn.Module")
+    if not ctx.signature:
+        raise SystemExit(
+            f"mlbuild: train(ctx) in {spec['script']} never called ctx.describe(...): the package, its server and "
+            f"the validation need the model's task and input shape. Call ctx.describe(task=\"classification\", "
+            f"input_shape=[FEATURES], labels=[...]) or ctx.describe(task=\"regression\", input_shape=[FEATURES]) "
+            f"in train()")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     fresh = module.build_model(dict(spec["params"]))
     missing = set(fresh.state_dict()) ^ set(state)
@@ -175,7 +199,7 @@ def run(spec: dict[str, Any], out: Path) -> None:
     weights = out / "model.safetensors"
     save_weights(state, weights)
     config = {"module": spec["module"], "script": spec["script"], "params": spec["params"],
-              "model": spec["model"], **(ctx.signature or {"task": "unspecified"})}
+              "model": spec["model"], **ctx.signature}
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     final = ctx.history[-1] if ctx.history else {}
     (out / "metrics.json").write_text(json.dumps({"epochs": ctx.history, "final": final}, indent=2, sort_keys=True) + "\n")

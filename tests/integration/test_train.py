@@ -129,6 +129,21 @@ def test_training_error_shows_log_tail(digits_repo: Path) -> None:
         commit_all(digits_repo, "fixed")
 
 
+def test_a_model_that_never_describes_itself_fails_its_training(digits_repo: Path) -> None:
+    """Without ctx.describe the package built, and validation and the server failed later, saying
+    to rebuild the package; the training says what is missing. (--allow-dirty: no commit.)"""
+    model = digits_repo / "model.py"
+    original = model.read_text()
+    model.write_text("\n".join(line for line in original.splitlines() if "ctx.describe(" not in line) + "\n")
+    try:
+        proc = run_cli("build", "digits.model", "--allow-dirty", cwd=digits_repo, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert "train(ctx) in model.py never called ctx.describe(...)" in proc.stderr
+        assert 'ctx.describe(task="regression", input_shape=[FEATURES])' in proc.stderr
+    finally:
+        model.write_text(original)
+
+
 def test_an_output_naming_a_dataset_path_is_refused(digits_repo: Path) -> None:
     """Writing ctx.data[...] into the output would make the package (and its image) carry the data."""
     model = digits_repo / "model.py"

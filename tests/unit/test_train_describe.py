@@ -1,0 +1,41 @@
+"""ctx.describe(...) refuses what the package, the server and the validation could not use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlbuild.runtime.train import Context
+
+
+def ctx(tmp_path: Path) -> Context:
+    return Context({"params": {}, "seed": 0, "device": "cpu", "datasets": {}}, tmp_path)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"task": "Regression", "input_shape": [10]}, "task 'Regression' is not one mlbuild knows; use 'classification' or 'regression'"),
+    ({"task": "classify", "input_shape": [10]}, "task 'classify' is not one"),
+    ({"input_shape": 10}, "input_shape must be a list of positive ints (or -1 for any size), one per dimension of a row"),
+    ({"input_shape": []}, "input_shape must be a list"),
+    ({"input_shape": [0]}, "got [0]"),
+    ({"input_shape": [64], "labels": "0123"}, "labels must be a list of class names (strings), got '0123'"),
+    ({"input_shape": [64], "labels": [0, 1]}, "labels must be a list of class names"),
+    ({"task": "regression", "input_shape": [10], "labels": ["a"]}, "a regression model has none (drop labels=)"),
+])
+def test_bad_descriptions_are_refused_with_the_fix(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(SystemExit) as e:
+        ctx(tmp_path).describe(**kwargs)
+    assert message in str(e.value.code)
+
+
+def test_good_descriptions_give_the_signature(tmp_path: Path) -> None:
+    c = ctx(tmp_path)
+    c.describe(task="regression", input_shape=[10])
+    assert c.signature["task"] == "regression" and c.signature["labels"] is None
+    assert c.signature["outputs"] == [{"name": "prediction", "datatype": "FP32", "shape": [-1]}]
+    c.describe(input_shape=(1, 8, 8), labels=("a", "b"))
+    assert c.signature["task"] == "classification" and c.signature["labels"] == ["a", "b"]
+    assert c.signature["inputs"][0]["shape"] == [-1, 1, 8, 8]
+    assert c.signature["outputs"][0]["shape"] == [-1, 2]
