@@ -33,18 +33,27 @@ let
   # A threshold: a number (>=) or "<op> number" with op one of >= <= > <.
   thresholdOk = v: builtins.isInt v || builtins.isFloat v || (builtins.isString v
     && builtins.match "[ ]*(>=|<=|>|<)[ ]*[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?[ ]*" v != null);
+  # Error metrics, better lower: a bare number (>= it) would pass the worse models
+  # (mlbuild/runtime/validate.py's LOWER_IS_BETTER).
+  lowerIsBetter = [ "mae" "rmse" "mse" "mape" "loss" "log_loss" ];
   checkModel = m: t:
     let
       where = "[models.${m}]";
       sub = key: known: !(t ? ${key}) || lib.checkKeys "[models.${m}.${key}]" known t.${key};
       thresholds = (t.validation or { }).thresholds or { };
       bad = builtins.filter (k: !(thresholdOk thresholds.${k})) (builtins.attrNames thresholds);
+      bare = builtins.filter (k: builtins.elem k lowerIsBetter && (builtins.isInt thresholds.${k} || builtins.isFloat thresholds.${k}))
+        (builtins.attrNames thresholds);
     in
     lib.checkKeys where keys.model t && sub "validation" keys.validation && sub "serve" keys.serve
     && sub "image" keys.image
     && (!(builtins.isAttrs thresholds) || lib.assertMsg (bad == [ ])
       (let k = builtins.head bad; in "[models.${m}.validation].thresholds.${k} is ${builtins.toJSON thresholds.${k}}; "
-        + "use a number (the metric must be >= it) or a string \"<op> number\" with op one of >= <= > < (e.g. \"<= 0.3\")"));
+        + "use a number (the metric must be >= it) or a string \"<op> number\" with op one of >= <= > < (e.g. \"<= 0.3\")"))
+    && (!(builtins.isAttrs thresholds) || lib.assertMsg (bare == [ ])
+      (let k = builtins.head bare; v = builtins.toJSON thresholds.${k}; in
+        "[models.${m}.validation].thresholds.${k} is ${v}, a bare number, which means ${k} >= ${v}; "
+        + "${k} is better lower: write ${k} = \"<= ${v}\""));
   checkDataset = d: t:
     let where = "[datasets.${d}]";
     in if !(builtins.isAttrs t) then lib.checkKeys where [ ] t

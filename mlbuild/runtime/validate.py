@@ -114,10 +114,19 @@ _OPS = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, ">": lambda v, t: 
 _RULE = re.compile(r"\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*")
 
 
+# Error metrics, better lower: a bare number (">= it") as their threshold would pass every model
+# worse than it and fail the better ones, so it is refused (nix/project.nix keeps the same list).
+LOWER_IS_BETTER = ("mae", "rmse", "mse", "mape", "loss", "log_loss")
+
+
 def parse_threshold(name: str, rule: Any) -> tuple[str, float]:
-    """``0.95`` -> (">=", 0.95); ``"<= 0.3"`` -> ("<=", 0.3); anything else: ValueError naming it
-    (nix/project.nix refuses the same values when it reads mlbuild.toml)."""
+    """``0.95`` -> (">=", 0.95); ``"<= 0.3"`` -> ("<=", 0.3); anything else, or a bare number for
+    a metric that is better lower: ValueError naming it (nix/project.nix refuses the same values
+    when it reads mlbuild.toml)."""
     if isinstance(rule, (int, float)) and not isinstance(rule, bool):
+        if name in LOWER_IS_BETTER:
+            raise ValueError(f"threshold {name} = {rule}: a bare number means {name} >= {rule}, but {name} is "
+                             f"better lower; write {name} = \"<= {rule}\"")
         return ">=", float(rule)
     match = _RULE.fullmatch(rule) if isinstance(rule, str) else None
     if match is None:

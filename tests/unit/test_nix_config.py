@@ -50,6 +50,10 @@ def test_the_fixture_evaluates(tmp_path: Path) -> None:
     (("accuracy = 0.9", 'accuracy = "high"'),
      '[models.m.validation].thresholds.accuracy is "high"; use a number'),
     (("accuracy = 0.9", 'accuracy = "=< 0.3"'), '[models.m.validation].thresholds.accuracy is "=< 0.3"'),
+    # an error metric's bare number means >= it: the worse models would pass
+    (("accuracy = 0.9", "mae = 60"),
+     '[models.m.validation].thresholds.mae is 60, a bare number, which means mae >= 60; mae is better lower: '
+     'write mae = "<= 60"'),
     (('script = "m.py"\ncode = ["m.py", "sub/"]', "script = 3"), "[models.m].script is 3; it must be a string"),
     (('code = ["m.py", "sub/"]', 'code = "m.py"'), '[models.m].code is "m.py"; it must be a list of strings'),
     (("seed = 3", "seed = 3\nthreads = 0"), "[models.m].threads is 0; it must be 1 or more"),

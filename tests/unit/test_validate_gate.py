@@ -74,3 +74,12 @@ def test_the_gate_names_a_threshold_for_a_metric_the_suite_does_not_report(
     assert "acuracy: no such metric in the report; the suite reports accuracy, f1_macro" in err
     assert "[models.iris.validation].thresholds" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["mae", "rmse", "log_loss"])
+def test_a_bare_number_for_an_error_metric_is_refused(name: str) -> None:
+    with pytest.raises(ValueError, match=rf'threshold {name} = 60: a bare number means {name} >= 60, but {name} is '
+                                         rf'better lower; write {name} = "<= 60"'):
+        parse_threshold(name, 60)
+    assert parse_threshold(name, "<= 60") == ("<=", 60.0)
+    assert parse_threshold("r2", 0.5) == (">=", 0.5)
