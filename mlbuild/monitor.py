@@ -5,8 +5,8 @@ the validation suite against the live server, exported as Prometheus metrics.
 ``monitor config NAME`` writes, for that model:
 
 - ``prometheus.yml``: scrape jobs for the server's ``/metrics`` and the monitor's, and the rules;
-- ``alerts.yml``: a suite metric below its threshold (the monitor), a live metric from
-  ground-truth feedback below its threshold (the server; for the thresholds it has a live metric
+- ``alerts.yml``: a suite metric breaking its threshold (the monitor), a live metric from
+  ground-truth feedback breaking its threshold (the server; for the thresholds it has a live metric
   of, see :mod:`.runtime.serve.names`), error rate, p99 latency, input drift
   (population stability index), and a monitor that stopped reporting;
 - ``grafana-dashboard.json``: a dashboard over the same metrics (and only metrics that exist).
@@ -20,7 +20,7 @@ from typing import Any
 
 from .config import Project
 from .errors import ConfigError
-from .runtime.serve.names import live_metric
+from .runtime.serve.names import BINARY_METRICS, LABEL_METRICS, REGRESSION_METRICS, live_metric
 from .runtime.validate import parse_threshold
 
 __all__ = ["write_config", "alert_rules", "without_live_alert", "prometheus_config", "dashboard", "SERVER_METRICS", "MONITOR_METRICS"]
@@ -36,15 +36,31 @@ MONITOR_METRICS = ("mlbuild_monitor_metric", "mlbuild_monitor_threshold_ok", "ml
 _OPS = {">=": "<", "<=": ">", ">": "<=", "<": ">="}   # the alert fires on the negation
 
 
+_CLASSIFICATION = (*LABEL_METRICS, *BINARY_METRICS, "roc_auc")   # what the validation report holds, by task
+
+
 def _thresholds(project: Project, model: str) -> dict[str, tuple[str, float]]:
     table = project.raw.get("models", {}).get(model)
     if table is None:
         raise ConfigError(f"no model {model!r} in {project.config_path}")
     raw = table.get("validation", {}).get("thresholds", {})
     try:
-        return {name: parse_threshold(name, rule) for name, rule in raw.items()}
+        parsed = {name: parse_threshold(name, rule) for name, rule in raw.items()}
     except ValueError as e:
         raise ConfigError(f"{project.config_path}: [models.{model}.validation] {e}") from None
+    classification = sorted(n for n in parsed if n in _CLASSIFICATION)
+    regression = sorted(n for n in parsed if n in REGRESSION_METRICS)
+    if classification and regression:   # one of them can never be measured, nor alert
+        raise ConfigError(
+            f"{project.config_path}: [models.{model}.validation].thresholds mix a classifier's metrics "
+            f"({', '.join(classification)}) with a regression model's ({', '.join(regression)}); a model's "
+            f"validation report has one kind: keep those of its task")
+    return parsed
+
+
+def _is_regression(project: Project, model: str) -> bool:
+    """Whether the thresholds are a regression model's (the task is the training's, unknown here)."""
+    return any(name in REGRESSION_METRICS for name in _thresholds(project, model))
 
 
 def without_live_alert(project: Project, model: str) -> list[str]:
@@ -61,7 +77,7 @@ def alert_rules(project: Project, model: str, *, interval: float = 60.0, error_r
         "alert": "MlbuildValidationBelowThreshold",
         "expr": f"mlbuild_monitor_threshold_ok{{{sel}}} == 0",
         "labels": {"severity": "page", "model": model},
-        "annotations": {"summary": f"{model}: validation suite metric {{{{ $labels.metric }}}} is below its "
+        "annotations": {"summary": f"{model}: validation suite metric {{{{ $labels.metric }}}} breaks its "
                                    f"threshold on the live server (model {{{{ $labels.model_hash }}}})"},
     }]
     for name, (op, value) in sorted(_thresholds(project, model).items()):
@@ -117,10 +133,11 @@ def _panel(i: int, title: str, exprs: list[tuple[str, str]], unit: str = "short"
             "targets": [{"refId": chr(65 + j), "expr": e, "legendFormat": leg} for j, (e, leg) in enumerate(exprs)]}
 
 
-def dashboard(model: str) -> dict[str, Any]:
+def dashboard(model: str, *, regression: bool = False) -> dict[str, Any]:
     sel, job = f'model="{model}"', f'job="mlbuild-{model}"'
+    unit = "short" if regression else "percentunit"   # mae, rmse are in the target's units
     panels = [
-        _panel(0, "Validation suite on the live server", [(f"mlbuild_monitor_metric{{{sel}}}", "{{metric}}")], "percentunit"),
+        _panel(0, "Validation suite on the live server", [(f"mlbuild_monitor_metric{{{sel}}}", "{{metric}}")], unit),
         _panel(1, "Thresholds met (1) / broken (0)", [(f"mlbuild_monitor_threshold_ok{{{sel}}}", "{{metric}}")]),
         _panel(2, "Live metrics from feedback", [(f"mlbuild_live_metric{{{sel}}}", "{{metric}}"),
                                                  (f"mlbuild_live_feedback_samples{{{sel}}}", "samples in window")]),
@@ -146,12 +163,13 @@ def write_config(project: Project, model: str, out_dir: Path, *, server: str = "
                  monitor: str = "127.0.0.1:9109", scrape_interval: str = "15s",
                  interval: float = 60.0) -> dict[str, Path]:
     """Write prometheus.yml, alerts.yml (YAML 1.2 is a superset of JSON: written as JSON) and
-    grafana-dashboard.json into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    grafana-dashboard.json into ``out_dir`` (all three made before any is written)."""
     files = {"prometheus": out_dir / "prometheus.yml", "rules": out_dir / "alerts.yml",
              "dashboard": out_dir / "grafana-dashboard.json"}
-    files["prometheus"].write_text(json.dumps(prometheus_config(model, server, monitor,
-                                                                scrape_interval=scrape_interval), indent=2) + "\n")
-    files["rules"].write_text(json.dumps(alert_rules(project, model, interval=interval), indent=2) + "\n")
-    files["dashboard"].write_text(json.dumps(dashboard(model), indent=2) + "\n")
+    contents = {"prometheus": prometheus_config(model, server, monitor, scrape_interval=scrape_interval),
+                "rules": alert_rules(project, model, interval=interval),
+                "dashboard": dashboard(model, regression=_is_regression(project, model))}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for kind, path in files.items():
+        path.write_text(json.dumps(contents[kind], indent=2) + "\n")
     return files

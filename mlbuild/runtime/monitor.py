@@ -5,7 +5,7 @@ system, plus whatever alerts are needed." At each interval (or once) the monitor
 suite's held-out inputs to the server over its HTTP API (Open Inference Protocol v2, JSON),
 computes the same metrics as the validation build (``validate.compute_metrics``: scikit-learn)
 and exports them on its own ``/metrics`` port, labelled by the live model's hash and the suite
-version, with a threshold status per metric. A metric below its threshold is logged and, with
+version, with a threshold status per metric. A metric breaking its threshold is logged and, with
 ``--webhook``, POSTed as JSON.
 
 Runs in the toolchain (``bin/monitor`` of ``NAME.monitor``, built by nix/monitor.nix).
@@ -30,9 +30,14 @@ __all__ = ["main", "Monitor"]
 log = logging.getLogger("mlbuild.monitor")
 
 
+# Marks the suite's requests as probes: the server keeps them out of its live drift and feedback
+# windows (PROBE_HEADER in mlbuild/runtime/serve/names.py).
+_HEADERS = {"content-type": "application/json", "mlbuild-probe": "validation-suite"}
+
+
 def _http(method: str, url: str, body: Any = None, timeout: float = 30.0) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    req = urllib.request.Request(url, data=data, method=method, headers=_HEADERS)
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read() or b"null")
 
@@ -63,7 +68,7 @@ class Monitor:
                           registry=self.registry)
         self.samples = Gauge("mlbuild_monitor_samples", "Held-out samples sent per run.", ["model"],
                              registry=self.registry)
-        self.alerting = Gauge("mlbuild_monitor_alerting", "1 while a metric is below its threshold.", ["model"],
+        self.alerting = Gauge("mlbuild_monitor_alerting", "1 while a metric breaks its threshold.", ["model"],
                               registry=self.registry)
 
     def predict(self) -> dict[str, Any]:
@@ -113,7 +118,7 @@ class Monitor:
         self.samples.labels(self.name).set(len(self.y))
         if failed:
             text = ", ".join(f"{c['metric']} {c['value']} (threshold {c['op']} {c['threshold']})" for c in failed)
-            log.warning("ALERT %s (model %s): below threshold: %s", self.name, live["hash"][:16], text)
+            log.warning("ALERT %s (model %s): threshold broken: %s", self.name, live["hash"][:16], text)
             self._webhook({"model": self.name, "model_hash": live["hash"], "suite_version": self.suite_version,
                            "status": "alerting", "failed": failed, "metrics": report["metrics"]})
         else:
@@ -170,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=_positive, default=60.0, help="seconds between runs (default 60)")
     p.add_argument("--host", default="127.0.0.1", help="address of the monitor's own /metrics (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=9109, help="port of the monitor's own /metrics (default 9109)")
-    p.add_argument("--webhook", type=_url_arg, help="POST a JSON alert here when a metric falls below its threshold")
+    p.add_argument("--webhook", type=_url_arg, help="POST a JSON alert here when a metric breaks its threshold")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = json.loads(Path(args.spec).read_text())

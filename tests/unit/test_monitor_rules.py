@@ -41,3 +41,25 @@ def test_a_regression_threshold_gets_a_live_alert_in_its_direction(tree) -> None
     live = {r["labels"]["metric"]: r["expr"] for r in rules if r["alert"] == "MlbuildLiveMetricBelowThreshold"}
     assert live == {"mae": 'mlbuild_live_metric{model="price",metric="mae"} > 0.3',
                     "r2": 'mlbuild_live_metric{model="price",metric="r2"} < 0.8'}
+
+
+def test_thresholds_of_both_tasks_are_refused(tree) -> None:  # type: ignore[no-untyped-def]
+    """A regression model's accuracy alert could never fire (and its validation never pass)."""
+    root = tree({"mlbuild.toml": TOML.replace(
+        'accuracy = 0.93, f1 = 0.93, f1_weighted = 0.9, roc_auc = 0.97, top3 = 0.99',
+        'mse = "<= 4000", accuracy = 0.5, r2 = 0.3')})
+    proc = run_cli("monitor", "config", "cancer", "--out", str(root / "conf"), cwd=root, check=False,
+                   env={"PATH": "/nonexistent"})
+    assert proc.returncode == 1
+    assert ("[models.cancer.validation].thresholds mix a classifier's metrics (accuracy) with a regression "
+            "model's (r2); a model's validation report has one kind") in proc.stderr
+    assert not (root / "conf").exists()   # nothing half-written
+
+
+def test_a_regression_dashboard_shows_its_suite_metrics_as_numbers(tree) -> None:  # type: ignore[no-untyped-def]
+    root = tree({"mlbuild.toml": TOML.replace("f1 = 0.93, f1_weighted = 0.9, roc_auc = 0.97, top3 = 0.99", "").replace(
+        "accuracy = 0.93, ", 'rmse = "<= 50"')})
+    run_cli("monitor", "config", "cancer", "--out", str(root / "conf"), cwd=root, env={"PATH": "/nonexistent"})
+    suite = json.loads((root / "conf" / "grafana-dashboard.json").read_text())["panels"][0]
+    assert suite["title"] == "Validation suite on the live server"
+    assert suite["fieldConfig"]["defaults"]["unit"] == "short"   # not percent: rmse 44 is not 4400%
