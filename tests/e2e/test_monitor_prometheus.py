@@ -116,6 +116,9 @@ def test_prometheus_sees_the_suite_on_the_live_server(stack: dict[str, Any]) -> 
     assert acc[0]["metric"]["model_hash"] == report["hashes"]["model"]
     assert float(acc[0]["value"][1]) >= 0.95
     ok = wait("threshold status", lambda: query(stack, 'mlbuild_monitor_threshold_ok{model="digits"}'))
+    # the suite's requests are probes: the server's live drift window has none of them
+    # (test_wrong_feedback below sends its rows after this test)
+    assert 'mlbuild_input_drift_rows{model="digits"} 0.0' in http("GET", f"{stack['server']}/metrics")
     assert {r["metric"]["metric"]: r["value"][1] for r in ok} == {"accuracy": "1", "f1_macro": "1"}
 
 

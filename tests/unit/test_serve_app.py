@@ -371,3 +371,22 @@ def test_a_regression_model_with_several_values_per_row_says_it_takes_no_feedbac
         r = client.post("/v2/models/multi/feedback", json={"feedback": [{"id": r.json()["id"], "values": [1.0]}]})
         assert r.status_code == 400 and "has no output with one value per row" in r.json()["error"]
     gc.unfreeze()
+
+
+def test_probes_stay_out_of_the_live_windows(served: tuple[TestClient, ServerState]) -> None:
+    """`mlbuild monitor` sends the validation suite every interval: at low traffic its held-out rows
+    filled the drift window (and hid drift). Its requests carry the probe header."""
+    client, state = served
+    x = np.full((3, 64), 0.5, np.float32)
+    before = _rows_in_drift_window(client)
+    probe = {"mlbuild-probe": "validation-suite"}
+    r = client.post("/v2/models/digits/infer", content=_body(x), headers=probe)
+    assert r.status_code == 200
+    r1 = client.post("/v1/models/digits:predict", json={"instances": x.tolist()}, headers=probe)
+    assert r1.status_code == 200
+    assert _rows_in_drift_window(client) == before
+    for rid in (r.json()["id"], r1.json()["id"]):   # nothing remembered for feedback either
+        fb = client.post("/v2/models/digits/feedback", json={"feedback": [{"id": rid, "labels": [1, 1, 1]}]})
+        assert fb.json()["unknown_ids"] == 1
+    client.post("/v2/models/digits/infer", content=_body(x))
+    assert _rows_in_drift_window(client) == before + 3

@@ -32,6 +32,7 @@ from .infer import INFER_ROUTES, InferEndpoint, failure, infer_route, read_body
 from .live import FeedbackError, LiveQuality
 from .metrics import CONTENT_TYPE_LATEST, MetricsMiddleware, ServerMetrics
 from .model import LoadedModel, load_model
+from .names import PROBE_HEADER
 from .package import MODEL_VERSION, Package
 from .protocol import InferCodec, ProtocolError, decode_predict, encode_predict, error_body
 
@@ -215,7 +216,8 @@ async def _v1_predict(request: Request, state: ServerState) -> Response:
             batcher.arriving(-1)
     request_id = state.live.request_id(req.id)  # as the v2 route: an id for feedback, inputs for drift
     content = encode_predict(state.pkg, results, request_id)
-    state.live.observe(request_id, req.array, results.get(state.live.output or ""))
+    if PROBE_HEADER not in request.headers:
+        state.live.observe(request_id, req.array, results.get(state.live.output or ""))
     return Response(content, media_type=_JSON)
 
 

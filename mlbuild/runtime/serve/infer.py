@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from .batching import BatcherClosed
+from .names import PROBE_HEADER
 from .protocol import ModelOutputError, ProtocolError, error_body
 
 if TYPE_CHECKING:
@@ -170,7 +171,8 @@ class InferEndpoint:
         # Observed once encoded: a response that cannot be sent (NaN as JSON) leaves no trace.
         req.id = request_id = state.live.request_id(req.id)
         content, header_length = state.codec.encode(req, results)
-        state.live.observe(request_id, req.array, results.get(state.live.output or ""))
+        if PROBE_HEADER not in headers:
+            state.live.observe(request_id, req.array, results.get(state.live.output or ""))
         if header_length is None:
             return content, [(b"content-type", b"application/json")]
         return content, [(b"content-type", b"application/octet-stream"),
