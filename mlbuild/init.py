@@ -100,8 +100,11 @@ def read_csv_shape(path: Path) -> CsvShape:
         labels = None
     else:
         shown = ", ".join(f"{c:g}" for c in sorted(values)[:8])
+        fractional = any(v != int(v) for v in values)
+        hint = (" (mlbuild init makes classifiers; for a regression model, a continuous target, write the files by "
+                "hand: see the README's Training section)") if fractional or k > 20 else ""
         raise InitError(f"the last column of {path} holds {shown}{'...' if k > 8 else ''}; it must hold the class: "
-                        f"the numbers 0..{k - 1}, or names")
+                        f"the numbers 0..{k - 1}, or names{hint}")
     if k < 2:
         raise InitError(f"the last column of {path} holds one class only; a classifier needs two or more")
     rare = sorted(c for c, n in counts.items() if n < 2)
