@@ -24,6 +24,7 @@ from . import git
 from .build import Progress, build_targets, check_model
 from .config import Project, load_project
 from .errors import BuildError, MlbuildError
+from .runtime.validate import LOWER_IS_BETTER
 
 __all__ = ["Point", "show", "diff", "history", "write_reports", "table", "prometheus_text", "validate"]
 
@@ -164,23 +165,39 @@ def prometheus_text(model: str, points: Sequence[Point]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot(model: str, points: Sequence[Point]) -> bytes:
+def _figure(model: str, points: Sequence[Point]) -> Any:
+    """The history figure: scores (accuracy, F1, R2...) on one axis and, below it when there are
+    any, error metrics (mae, rmse...: in the target's units, often far from 0..1) on their own, so
+    neither kind flattens the other."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     points = [p for p in points if p.report]
+    names = _metric_names(points)
+    errors = [n for n in names if n in LOWER_IS_BETTER]
+    groups = [(g, label) for g, label in (([n for n in names if n not in errors], "score"),
+                                          (errors, "error (lower is better)")) if g]
+    fig, axes = plt.subplots(len(groups) or 1, 1, figsize=(8, 4.5 if len(groups) < 2 else 7), dpi=100,
+                             sharex=True, squeeze=False)
     xs = list(range(len(points)))
-    for name in _metric_names(points):
-        ax.plot(xs, [p.report["metrics"].get(name) for p in points], marker="o", label=name)
-    ax.set_xticks(xs, [p.rev[:8] for p in points], rotation=30, ha="right")
-    ax.set_title(f"{model}: validation metrics by revision")
-    ax.set_ylabel("value")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    for ax, (group, label) in zip(axes[:, 0], groups):
+        for name in group:
+            ax.plot(xs, [p.report["metrics"].get(name) for p in points], marker="o", label=name)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    axes[0, 0].set_title(f"{model}: validation metrics by revision")
+    axes[-1, 0].set_xticks(xs, [p.rev[:8] for p in points], rotation=30, ha="right")
     fig.tight_layout()
+    return fig
+
+
+def _plot(model: str, points: Sequence[Point]) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig = _figure(model, points)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     plt.close(fig)

@@ -1,0 +1,26 @@
+"""The metrics history plot keeps scores and error metrics on separate axes."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+
+from mlbuild.metrics import Point, _figure, _plot
+
+
+def points(*metrics: dict[str, float]) -> list[Point]:
+    return [Point(f"{i:040x}", {"metrics": m}, "/nix/store/x") for i, m in enumerate(metrics)]
+
+
+def test_a_regression_history_puts_errors_below_the_scores() -> None:
+    fig = _figure("price", points({"mae": 44.2, "rmse": 57.8, "r2": 0.33}, {"mae": 41.0, "rmse": 55.1, "r2": 0.38}))
+    axes = fig.get_axes()
+    assert [ax.get_ylabel() for ax in axes] == ["score", "error (lower is better)"]
+    assert [[line.get_label() for line in ax.get_lines()] for ax in axes] == [["r2"], ["mae", "rmse"]]
+    plt.close(fig)
+
+
+def test_a_classifier_history_is_one_axis() -> None:
+    fig = _figure("digits", points({"accuracy": 0.96, "f1_macro": 0.95}))
+    assert len(fig.get_axes()) == 1 and fig.get_axes()[0].get_ylabel() == "score"
+    plt.close(fig)
+    assert _plot("digits", points({"accuracy": 0.96})).startswith(b"\x89PNG")
