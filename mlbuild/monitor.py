@@ -126,10 +126,16 @@ def prometheus_config(model: str, server: str, monitor: str, *, scrape_interval:
     }
 
 
-def _panel(i: int, title: str, exprs: list[tuple[str, str]], unit: str = "short") -> dict[str, Any]:
+def _panel(i: int, title: str, exprs: list[tuple[str, str]], unit: str = "short",
+           right: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A time series panel; the series whose legends are in ``right`` (counts beside metrics) get
+    the right-hand axis, so that they do not flatten the others."""
+    overrides = [{"matcher": {"id": "byName", "options": legend},
+                  "properties": [{"id": "custom.axisPlacement", "value": "right"}, {"id": "unit", "value": "short"}]}
+                 for legend in right]
     return {"id": i, "type": "timeseries", "title": title, "datasource": {"type": "prometheus", "uid": "${datasource}"},
             "gridPos": {"h": 8, "w": 12, "x": (i % 2) * 12, "y": (i // 2) * 8},
-            "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+            "fieldConfig": {"defaults": {"unit": unit}, "overrides": overrides},
             "targets": [{"refId": chr(65 + j), "expr": e, "legendFormat": leg} for j, (e, leg) in enumerate(exprs)]}
 
 
@@ -140,11 +146,13 @@ def dashboard(model: str, *, regression: bool = False) -> dict[str, Any]:
         _panel(0, "Validation suite on the live server", [(f"mlbuild_monitor_metric{{{sel}}}", "{{metric}}")], unit),
         _panel(1, "Thresholds met (1) / broken (0)", [(f"mlbuild_monitor_threshold_ok{{{sel}}}", "{{metric}}")]),
         _panel(2, "Live metrics from feedback", [(f"mlbuild_live_metric{{{sel}}}", "{{metric}}"),
-                                                 (f"mlbuild_live_feedback_samples{{{sel}}}", "samples in window")]),
+                                                 (f"mlbuild_live_feedback_samples{{{sel}}}", "samples in window")],
+               right=("samples in window",)),
         # the drift gauges appear once the window holds 500 rows: its fill says why they are empty
         _panel(3, "Input drift", [(f"mlbuild_input_drift_psi_max{{{sel}}}", "max PSI"),
                                   (f"mlbuild_input_drift_mean_shift_max{{{sel}}}", "max mean shift (std)"),
-                                  (f"mlbuild_input_drift_rows{{{sel}}}", "rows in window")]),
+                                  (f"mlbuild_input_drift_rows{{{sel}}}", "rows in window")],
+               right=("rows in window",)),
         _panel(4, "Requests by status", [(f"sum by (status) (rate(mlbuild_requests_total{{{job}}}[5m]))", "{{status}}")], "reqps"),
         _panel(5, "Latency p50 / p99", [
             (f"histogram_quantile(0.5, sum by (le) (rate(mlbuild_request_duration_seconds_bucket{{{job}}}[5m])))", "p50"),

@@ -63,3 +63,15 @@ def test_a_regression_dashboard_shows_its_suite_metrics_as_numbers(tree) -> None
     suite = json.loads((root / "conf" / "grafana-dashboard.json").read_text())["panels"][0]
     assert suite["title"] == "Validation suite on the live server"
     assert suite["fieldConfig"]["defaults"]["unit"] == "short"   # not percent: rmse 44 is not 4400%
+
+
+def test_window_counts_sit_on_the_right_axis(tree) -> None:  # type: ignore[no-untyped-def]
+    """A sample count of 1,000 beside an F1 of 0.9 on one axis made the metric a flat line."""
+    root = tree({"mlbuild.toml": TOML})
+    run_cli("monitor", "config", "cancer", "--out", str(root / "conf"), cwd=root, env={"PATH": "/nonexistent"})
+    panels = {p["title"]: p for p in json.loads((root / "conf" / "grafana-dashboard.json").read_text())["panels"]}
+    for title, legend in (("Live metrics from feedback", "samples in window"), ("Input drift", "rows in window")):
+        overrides = panels[title]["fieldConfig"]["overrides"]
+        assert [o["matcher"]["options"] for o in overrides] == [legend]
+        assert {"id": "custom.axisPlacement", "value": "right"} in overrides[0]["properties"]
+        assert legend in [t["legendFormat"] for t in panels[title]["targets"]]
