@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from . import _nix, git
 from .config import Project, state_dir
-from .errors import BuildError, MlbuildError
+from .errors import BuildError, ConfigError, MlbuildError
 from .lockfile import read_lock
 from .toolchain import check_fresh
 
@@ -205,22 +205,45 @@ def _record(project: Project, built: Built, status: str, dirty: bool) -> None:
 
 def store_options(project: Project) -> list[str]:
     """Nix options that substitute from the shared store (signatures checked), when one is set
-    up for this project or machine; none otherwise."""
-    from .store.config import load_store_config
+    up for this project or machine; none otherwise. A store that is named (in mlbuild.toml or
+    MLBUILD_STORE) or present but cannot be used is a warning: the build goes on without it, and
+    what it would have fetched is rebuilt (or is missing), so the user must know why."""
+    from .store.config import DEFAULT_ROOT, load_store_config
     from .store.layout import Layout
 
     try:
         cfg = load_store_config(project.root)
         if not Layout(cfg.root).is_initialised():
+            if cfg.root != DEFAULT_ROOT or cfg.root.exists():
+                _warn_no_store(f"the shared store {cfg.root} is not set up (no such store there: an NFS mount "
+                               f"that is not up, or a store never initialised; `mlbuild store init` makes one)")
             return []
         return cfg.nix_options()
-    except MlbuildError:
+    except MlbuildError as e:
+        _warn_no_store(str(e))
         return []
+
+
+def _warn_no_store(reason: str) -> None:
+    print(f"mlbuild: warning: building without the shared store: {reason}", file=sys.stderr)
 
 
 def wants_push(project: Project) -> bool:
     table = project.raw.get("store", {})
-    return bool(table.get("push", False)) if isinstance(table, dict) else False
+    push = table.get("push", False) if isinstance(table, dict) else False
+    if not isinstance(push, bool):   # "false" in quotes is a string, and a true one
+        raise ConfigError(f"{project.config_path}: [store].push must be true or false (no quotes), got {push!r}")
+    return push
+
+
+def _check_push_target(project: Project) -> None:
+    """Before building what will be pushed: the store must be there and writable here."""
+    from .store.config import load_store_config
+    from .store.layout import Layout
+
+    layout = Layout(load_store_config(project.root).root)
+    layout.require()
+    layout.require_writable("push")
 
 
 def push_outputs(project: Project, summary: Summary) -> None:
@@ -320,6 +343,9 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     args = ["--argstr", "src", str(project.root), "--argstr", "overrides", json.dumps(overrides or {})]
     if dirty:
         args += ["--arg", "dirty", "true"]
+    do_push = push if push is not None else wants_push(project)   # a bad [store].push, before building
+    if do_push:
+        _check_push_target(project)
     total = Summary()
     t0 = time.monotonic()
     extra = [*store_options(project), *extra]
@@ -350,7 +376,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
         _record(project, built, "present" if not mine else "built", dirty)
         _nix.add_roots({target: path, **_derived_dataset_roots(project, target, result.get("drvPath"))},
                        state_dir(project.root) / "gcroots")
-    if push if push is not None else wants_push(project):
+    if do_push:
         push_outputs(project, total)
     total.seconds = time.monotonic() - t0
     return total

@@ -36,6 +36,7 @@ class InitResult:
 def init_store(cfg: StoreConfig, *, generate_key: bool = False, key_name: str | None = None) -> InitResult:
     """Create the store at ``cfg.root`` (idempotent) and, if asked, a key pair when none exists."""
     layout = Layout(cfg.root)
+    layout.require_writable("initialise")
     layout.init()
     secret = cfg.secret_key_file or (DEFAULT_SECRET_KEY if generate_key else None)
     generated = False
@@ -64,6 +65,7 @@ def tag(cfg: StoreConfig, name: str, targets: Sequence[str]) -> Path:
     """Tag store paths as release NAME: gc keeps them and their closures. They must be in the store."""
     layout = Layout(cfg.root)
     layout.require()
+    layout.require_writable(f"tag {name}")
     paths = resolve_targets(targets)
     absent = [p for p in paths if not layout.narinfo(p).exists()]
     if absent:
@@ -76,6 +78,7 @@ def untag(cfg: StoreConfig, name: str) -> None:
     """Remove the release tag NAME; StoreTargetError, listing the tags there are, if there is none."""
     layout = Layout(cfg.root)
     layout.require()
+    layout.require_writable(f"untag {name}")
     if not remove_tag(layout, name):
         raise StoreTargetError(f"no tag {name!r} in the store {cfg.root} (tags: {', '.join(tags(cfg)) or 'none'})")
 

@@ -18,6 +18,7 @@ different location (see store-config/README.md); the keys never live inside the 
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ from .keys import PublicKey, SecretKey, load_secret_key, parse_public_key
 from .layout import store_command
 
 __all__ = ["StoreConfig", "load_store_config", "DEFAULT_ROOT", "DEFAULT_SECRET_KEY", "DEFAULT_PUBLIC_KEY"]
+
+# The keys of mlbuild.toml and of its [store] table (nix/project.nix's keys.top and keys.store).
+TOP_KEYS = ("project", "python", "datasets", "models", "notebooks", "store")
+STORE_KEYS = ("path", "secret-key", "public-keys", "keep-last", "zstd-level", "fsync-nars", "push")
 
 DEFAULT_ROOT = Path("/var/lib/mlbuild/store")
 DEFAULT_SECRET_KEY = Path("/etc/mlbuild/store.sec")
@@ -115,6 +120,17 @@ def _project_table(project_root: Path | None) -> tuple[dict[str, Any], Path | No
     table = raw.get("store", {})
     if not isinstance(table, dict):
         raise StoreConfigError(f"{path}: [store] must be a table, got {table!r}")
+    # As nix/project.nix checks them for builds: a misspelled key (`pth`, `secret_key`) or table
+    # (`[stor]`) must not leave the store commands on the machine's default store and keys.
+    for where, keys, known in ((CONFIG_NAME, raw, TOP_KEYS), ("[store]", table, STORE_KEYS)):
+        unknown = [k for k in keys if k not in known]
+        if unknown:
+            raise StoreConfigError(f"{path}: {where} has unknown key{'s' if len(unknown) > 1 else ''} "
+                                   f"{', '.join(map(json.dumps, unknown))}; it takes {', '.join(map(json.dumps, known))}")
+    if "path" in table and not isinstance(table["path"], str):
+        raise StoreConfigError(f"{path}: [store].path must be a folder (a string), got {table['path']!r}")
+    if "push" in table and not isinstance(table["push"], bool):
+        raise StoreConfigError(f"{path}: [store].push must be true or false (no quotes), got {table['push']!r}")
     return table, root
 
 
@@ -181,11 +197,12 @@ def load_store_config(project_root: Path | None = None, *, store: str | None = N
     else:
         public = (str(DEFAULT_PUBLIC_KEY),) if DEFAULT_PUBLIC_KEY.exists() else ()
     keep = env.get("MLBUILD_STORE_KEEP_LAST", table.get("keep-last", 3))
+    keep_where = "MLBUILD_STORE_KEEP_LAST" if env.get("MLBUILD_STORE_KEEP_LAST") else f"{where}.keep-last"
     if env.get("MLBUILD_STORE_FSYNC_NARS"):
         fsync_nars = _bool(env["MLBUILD_STORE_FSYNC_NARS"], "MLBUILD_STORE_FSYNC_NARS")
     else:
         fsync_nars = _bool(table.get("fsync-nars", False), f"{where}.fsync-nars")
     return StoreConfig(root=root, secret_key_file=secret, public_keys=public,
-                       keep_last=_int(keep, "keep-last"),
+                       keep_last=_int(keep, keep_where),
                        zstd_level=_int(table.get("zstd-level", 3), f"{where}.zstd-level"),
                        fsync_nars=fsync_nars)

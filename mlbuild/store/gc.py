@@ -110,6 +110,8 @@ def gc(cfg: StoreConfig, *, locks: Sequence[Path] = (), keep_last: int | None = 
         raise ValueError(f"gc: keep_last ({keep_last}) and grace ({grace}) must not be negative")
     layout = Layout(cfg.root)
     layout.require()
+    if not dry_run:
+        layout.require_writable("collect garbage")
     now = time.time()
     loaded = _load(layout)
     entries = loaded.infos
@@ -144,7 +146,9 @@ def _collect_nars(layout: Layout, used: set[str], now: float, grace: float, dry_
     """Delete NARs unreferenced for ``grace`` seconds; condemn the newly unreferenced ones."""
     # Entries a concurrent push just wrote keep their NARs; a narinfo that cannot be read might name any.
     again = _load(layout, f"removed {len(report.removed_paths)} unrooted entries but no NAR file")
-    used |= {i.url for i in again.infos.values()}
+    # A dry run removed nothing: the narinfos it would remove are still there, and must not count.
+    gone = set(report.removed_paths) if dry_run else set()
+    used |= {i.url for p, i in again.infos.items() if p not in gone}
     try:
         condemned: dict[str, float] = json.loads(layout.condemned_file.read_text())
     except (FileNotFoundError, json.JSONDecodeError):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import StoreConfigError, StoreCorruptError
+from ..errors import StoreConfigError, StoreCorruptError, StoreError
 from .narinfo import REPAIR_HINT, STORE_DIR, NarInfo, hash_part
 
 __all__ = ["Layout", "Entries", "store_command", "temp_name", "parse_temp_name", "publish_bytes", "fsync_dir",
@@ -126,6 +126,17 @@ class Layout:
             raise StoreConfigError(f"{self.root} is not an mlbuild store (no nix-cache-info or nar/); create it "
                                    f"with `{store_command(self.root, 'init')}`, or give the store's folder "
                                    f"(`mlbuild store --store DIR ...`, MLBUILD_STORE or [store].path)")
+
+    def require_writable(self, what: str) -> None:
+        """StoreError naming the folder, before ``what`` (a push, a tag...) writes anything, when
+        this machine cannot write the store: a read-only mount (consumers may mount it ``ro``),
+        or folders this user may not write (the ``mlbuild`` group, see store-config/README.md)."""
+        for d in (self.root, self.nar_dir, self.roots_dir / "pushes", self.roots_dir / "tags", self.roots_dir):
+            if d.is_dir() and not os.access(d, os.W_OK):
+                ro = os.statvfs(d).f_flag & os.ST_RDONLY
+                why = "it is mounted read-only here" if ro else "this user may not write it (is it in the mlbuild group?)"
+                raise StoreError(f"cannot {what}: the shared store {self.root} is not writable ({d}: {why}); "
+                                 f"do it from a machine that mounts the store read-write")
 
     def init(self) -> None:
         """Create the folders and nix-cache-info (idempotent; keeps existing entries)."""

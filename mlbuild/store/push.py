@@ -147,6 +147,7 @@ def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
     start = time.monotonic()
     layout = Layout(cfg.root)
     layout.require()
+    layout.require_writable("push")
     key = cfg.secret_key()
     trusted = cfg.trusted_keys()
     check_signing_key(key, trusted)

@@ -203,7 +203,11 @@ def _check_one(layout: Layout, f: Path, keys: tuple[PublicKey, ...],
         return f, info, Problem("corrupt", f, info.store_path, f"describes {info.store_path}, not {f.stem}")
     unsigned = None   # reported when the NAR is sound: signed by a key not trusted here, it may well be
     if not check_signatures(info.sigs, info.fingerprint(), keys):
-        unsigned = Problem("unsigned", f, info.store_path, _untrusted(info, keys), signers=signers(info))
+        # Only signers this machine does not trust make it a matter of trust (see untrusted()): a
+        # signature under a trusted key's name that does not verify is a changed narinfo, to repair.
+        trusted = {k.name for k in keys}
+        unsigned = Problem("unsigned", f, info.store_path, _untrusted(info, keys),
+                           signers=tuple(n for n in signers(info) if n not in trusted))
     elif info.b3 and not check_signatures(info.b3_sigs, info.b3_message(), keys):
         return f, info, Problem("unsigned", f, info.store_path, "its MlbuildB3 hash has no signature by a trusted "
                                 "key (restores fall back to NarHash; a repair and re-push signs it)")
@@ -223,6 +227,8 @@ def verify(cfg: StoreConfig, *, repair: bool = False, contents: bool = True, job
     """Check the whole store; with ``repair``, remove what is bad (see the module docstring)."""
     layout = Layout(cfg.root)
     layout.require()
+    if repair:
+        layout.require_writable("repair")
     keys = cfg.trusted_keys()
     report = VerifyReport()
     files = sorted(layout.narinfos())

@@ -58,6 +58,28 @@ def test_bad_values_name_the_setting(tmp_path: Path) -> None:
         load_store_config(_project(tmp_path, "keep-last = -1"), env={})
 
 
+@pytest.mark.parametrize(("body", "message"), [
+    ('pth = "/srv/store"', '[store] has unknown key "pth"; it takes "path", "secret-key", "public-keys"'),
+    ('secret_key = "k.sec"', '[store] has unknown key "secret_key"'),
+    ("keep_last = 1\nzstd = 9", '[store] has unknown keys "keep_last", "zstd"'),
+    ("path = 5", "[store].path must be a folder (a string), got 5"),
+    ('push = "false"', "[store].push must be true or false (no quotes), got 'false'"),
+    ('keep-last = "three"', "mlbuild.toml [store].keep-last must be a whole number, got 'three'"),
+])
+def test_a_misspelled_or_mistyped_setting_is_an_error_not_the_default_store(
+        tmp_path: Path, body: str, message: str) -> None:
+    """A typo left every store command on the machine's default store and keys, without a word."""
+    with pytest.raises(StoreConfigError) as e:
+        load_store_config(_project(tmp_path, body), env={})
+    assert message in str(e.value)
+
+
+def test_a_misspelled_store_table_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "mlbuild.toml").write_text('[project]\nname = "p"\n\n[stor]\npath = "/srv/store"\n')
+    with pytest.raises(StoreConfigError, match='mlbuild.toml has unknown key "stor"; it takes "project", '):
+        load_store_config(tmp_path, env={})
+
+
 def test_fsync_nars(tmp_path: Path) -> None:
     assert load_store_config(tmp_path, env={}).fsync_nars is False          # like Nix's fsync-store-paths
     proj = _project(tmp_path, "fsync-nars = true")

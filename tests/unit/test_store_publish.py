@@ -6,6 +6,7 @@ and the PathInfo Nix would register; ``publish_path`` then runs the real writer 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from dataclasses import replace
 import os
@@ -204,6 +205,9 @@ def test_gc_keeps_roots_and_their_closures(store: tuple[StoreConfig, Path], tmp_
     assert report.removed_paths.index(junk_top.path) < report.removed_paths.index(junk_dep.path)
     # old[1] holds "m1" like the release: one shared NAR file, which stays (the release names it).
     assert len(report.removed_records) == 2 and len(report.removed_nars) == 4
+    # the dry run said what the real one did, NARs and bytes too (it counted 0 NARs, 0 bytes)
+    assert dry.removed_paths == report.removed_paths and dry.removed_nars == report.removed_nars
+    assert dry.freed_bytes == report.freed_bytes > 0
     assert not list(layout.temp_files())
     assert verify(cfg).ok
     assert {p.name for p in layout.nar_files()} == {NarInfo.parse(f.read_text()).url[4:] for f in layout.narinfos()}
@@ -464,6 +468,23 @@ def test_verify_does_not_advise_deleting_entries_signed_by_an_untrusted_key(stor
     # Signed by an untrusted key and damaged: corrupt, not merely untrusted.
     kinds = {p.store_path: p.kind for p in verify(reader).problems}
     assert kinds[pkg.path] == "corrupt" and pkg.path not in {p.store_path for p in verify(reader).untrusted()}
+
+
+def test_a_narinfo_changed_after_signing_is_to_repair_not_to_trust(store: tuple[StoreConfig, Path]) -> None:
+    """Its signature is by the trusted key's name but does not verify: the entry was changed (or
+    forged). The advice said to trust the key (the one already trusted) and not to repair."""
+    cfg, chroot = store
+    info = put(cfg, chroot, fake_path(chroot, "x", "x"))
+    f = Layout(cfg.root).narinfo(info.store_path)
+    sig = next(line for line in f.read_text().splitlines() if line.startswith("Sig: "))
+    name, b64 = sig[5:].split(":", 1)
+    forged = base64.b64encode(bytes([base64.b64decode(b64)[0] ^ 1]) + base64.b64decode(b64)[1:]).decode()
+    f.write_text(f.read_text().replace(sig, f"Sig: {name}:{forged}"))
+    report = verify(cfg)
+    assert [p.kind for p in report.problems] == ["unsigned"] and report.untrusted() == []
+    assert "the narinfo was changed after signing" in report.problems[0].detail
+    advice = report.advice(cfg)
+    assert advice.startswith("1 bad entries in the store; remove them with") and "trust" not in advice
 
 
 def test_cli_verify_summary_names_the_key_setting(store: tuple[StoreConfig, Path], tmp_path: Path) -> None:

@@ -1,0 +1,53 @@
+"""A build uses the shared store when it can, and says why when a named store cannot be used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlbuild.build import store_options, wants_push
+from mlbuild.config import load_project
+from mlbuild.errors import ConfigError
+from mlbuild.store.keys import generate_key_pair
+from mlbuild.store.layout import Layout
+
+
+def project(tmp_path: Path, store: str) -> Path:
+    (tmp_path / "mlbuild.toml").write_text(f'[project]\nname = "p"\n\n[store]\n{store}\n')
+    return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _no_store_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("MLBUILD_STORE", "MLBUILD_STORE_SECRET_KEY", "MLBUILD_STORE_PUBLIC_KEYS"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_a_named_store_that_is_not_there_is_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = project(tmp_path, f'path = "{tmp_path / "nfs-not-mounted"}"')
+    assert store_options(load_project(root)) == []
+    err = capsys.readouterr().err
+    assert f"mlbuild: warning: building without the shared store: the shared store {tmp_path / 'nfs-not-mounted'} " \
+           "is not set up" in err
+
+
+def test_a_store_with_unusable_keys_is_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    Layout(tmp_path / "store").init()
+    root = project(tmp_path, f'path = "{tmp_path / "store"}"\npublic-keys = ["{tmp_path / "missing.pub"}"]')
+    assert store_options(load_project(root)) == []
+    assert "building without the shared store: cannot read the trusted public key file" in capsys.readouterr().err
+
+
+def test_a_usable_store_gives_its_options_quietly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    Layout(tmp_path / "store").init()
+    generate_key_pair("t-1", tmp_path / "t.sec", tmp_path / "t.pub")
+    root = project(tmp_path, f'path = "{tmp_path / "store"}"\npublic-keys = ["{tmp_path / "t.pub"}"]')
+    opts = store_options(load_project(root))
+    assert f"file://{tmp_path / 'store'}" in opts and capsys.readouterr().err == ""
+
+
+def test_push_must_be_a_boolean(tmp_path: Path) -> None:
+    assert wants_push(load_project(project(tmp_path, "push = true"))) is True
+    with pytest.raises(ConfigError, match=r"\[store\].push must be true or false \(no quotes\), got 'false'"):
+        wants_push(load_project(project(tmp_path, 'push = "false"')))
