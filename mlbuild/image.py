@@ -34,6 +34,9 @@ TRANSPORTS = ("docker://", "oci:", "oci-archive:", "dir:", "docker-archive:", "d
               "containers-storage:")
 
 
+_PATH_TRANSPORTS = ("oci:", "oci-archive:", "dir:", "docker-archive:")   # the destination is a path here
+
+
 class ImageError(MlbuildError):
     """An image cannot be built, read, loaded or pushed."""
 
@@ -114,21 +117,26 @@ def find_engine(preferred: str | None = None) -> str:
     """``preferred`` (or $MLBUILD_ENGINE), else the first of podman, docker that is installed
     and answers."""
     wanted = preferred or os.environ.get("MLBUILD_ENGINE") or None
+    chosen_by = "--engine" if preferred else "MLBUILD_ENGINE"
     if wanted is not None and wanted not in ENGINES:
-        raise ImageError(f"container engine {wanted!r} is not supported; use one of {', '.join(ENGINES)}")
+        raise ImageError(f"container engine {wanted!r} ({chosen_by}) is not supported; use one of {', '.join(ENGINES)}")
     tried = []
+    installed = False
     for engine in ([wanted] if wanted else list(ENGINES)):
         path = shutil.which(engine)
         if path is None:
             tried.append(f"{engine}: not installed")
         elif not _works(engine):
+            installed = True
             tried.append(f"{engine}: installed but not working (is its engine running?)")
         else:
             return engine
-    raise EngineNotFoundError(
-        "no container engine to load the image into (" + "; ".join(tried) + "). "
-        + (f"Start {wanted}'s engine, or leave out --engine to use whichever works" if wanted else
-           "Install podman (`apt-get install podman`, or run `bash .ci/setup`) or start the docker engine"))
+    if wanted:
+        fix = (f"Start {wanted}'s engine" if installed else f"Install {wanted}") + (
+            ", or leave out --engine" if preferred else ", or unset MLBUILD_ENGINE") + " to use whichever works"
+    else:
+        fix = "Install podman (`apt-get install podman`, or run `bash .ci/setup`) or start the docker engine"
+    raise EngineNotFoundError("no container engine to load the image into (" + "; ".join(tried) + "). " + fix)
 
 
 def parse_loaded(output: str) -> str | None:
@@ -194,6 +202,10 @@ def destination(ref: str) -> str:
     if not ref or ref.startswith("-"):
         raise ImageError(f"{ref!r} is not an image reference; use e.g. registry.example.com/team/digits:v1")
     if ref.startswith(TRANSPORTS):
+        transport = next(t for t in TRANSPORTS if ref.startswith(t))
+        if not ref[len(transport):].split(":", 1)[0].strip() and transport in _PATH_TRANSPORTS:
+            raise ImageError(f"{ref!r} names no path; write {transport}/path/to/folder (e.g. {transport}/tmp/digits"
+                             f"{':v1' if transport != 'dir:' else ''})")
         return ref
     transports = ", ".join(TRANSPORTS)
     guess = _guess(ref)
@@ -228,21 +240,36 @@ def _skopeo() -> str:
     return skopeo
 
 
-def push_image(archive: Path, ref: str, *, extra: Sequence[str] = ()) -> str:
-    """Copy the archive to ``ref`` (a registry by default) with skopeo; returns the destination."""
+def push_image(archive: Path, ref: str, *, extra: Sequence[str] = (), tls_verify: bool = True) -> str:
+    """Copy the archive to ``ref`` (a registry by default) with skopeo; returns the destination.
+    ``tls_verify=False``: a registry that speaks plain HTTP (a local ``registry:2`` on
+    localhost:5000), which skopeo, unlike docker, does not assume for localhost."""
     skopeo = _skopeo()
     read_archive(archive)
     dest = destination(ref)
     policy = [] if any(p.is_file() for p in (Path("/etc/containers/policy.json"),
                                              Path.home() / ".config/containers/policy.json")) \
         else ["--insecure-policy"]
-    cmd = [skopeo, *policy, "copy", *extra, f"oci-archive:{archive}", dest]
+    options = list(extra)
+    if not tls_verify and dest.startswith("docker://"):
+        options.append("--dest-tls-verify=false")
+    if dest.startswith("docker-daemon:") and os.environ.get("DOCKER_HOST"):
+        options += ["--dest-daemon-host", os.environ["DOCKER_HOST"]]   # skopeo itself ignores DOCKER_HOST
+    cmd = [skopeo, *policy, "copy", *options, f"oci-archive:{archive}", dest]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-10:])
         raise ImageError(f"`skopeo copy oci-archive:{archive} {dest}` failed (exit {proc.returncode}):\n{tail}"
-                         + _daemon_hint(dest, proc.stderr + proc.stdout))
+                         + _daemon_hint(dest, proc.stderr + proc.stdout) + _tls_hint(dest, proc.stderr + proc.stdout))
     return dest
+
+
+def _tls_hint(dest: str, output: str) -> str:
+    if "first record does not look like a TLS handshake" not in output and "server gave HTTP response" not in output:
+        return ""
+    return (f"\nLikely cause: the registry speaks plain HTTP (a local registry:2); push with --no-tls-verify, "
+            f"or mark it insecure in /etc/containers/registries.conf ([[registry]] location = "
+            f"\"{dest[len('docker://'):].split('/', 1)[0]}\", insecure = true)")
 
 
 def _daemon_hint(dest: str, output: str) -> str:
@@ -251,7 +278,8 @@ def _daemon_hint(dest: str, output: str) -> str:
             s in output for s in ("closed pipe", "docker.sock", "Cannot connect to the Docker daemon")):
         return ""
     where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    return (f"\nLikely cause: no Docker engine answers at {where} (DOCKER_HOST), which docker-daemon: writes "
+    return (f"\nLikely cause: no Docker engine answers at {where} (DOCKER_HOST, passed to skopeo as "
+            f"--dest-daemon-host), which docker-daemon: writes "
             f"into. Start it (`systemctl start docker`), or push to docker-archive:/path/digits.tar and "
             f"`docker load -i` that file where an engine runs")
 
@@ -265,11 +293,11 @@ def load_model_image(project: Project, model: str, *, engine: str | None = None,
 
 
 def push_model_image(project: Project, model: str, ref: str, *, allow_dirty: bool = False,
-                     extra: Sequence[str] = (),
+                     extra: Sequence[str] = (), tls_verify: bool = True,
                      on_progress: Callable[[Progress], None] | None = None) -> str:
     """``mlbuild image push MODEL REF``: build the image, then push it with skopeo."""
     check_model(project, model)
     destination(ref)
     _skopeo()  # fail before a long build when nothing can push
     return push_image(build_image(project, model, allow_dirty=allow_dirty, on_progress=on_progress), ref,
-                      extra=extra)
+                      extra=extra, tls_verify=tls_verify)

@@ -31,6 +31,8 @@ let
   inherit (lib) toLower;
   isInt = n: builtins.isInt n;
   specVersion = 1;
+  # The OCI labels mlbuild sets from the package (mlbuild/runtime/oci/config.py); the user's may not.
+  ownOci = [ "org.opencontainers.image.title" "org.opencontainers.image.version" "org.opencontainers.image.created" ];
 in
 {
   mkImage =
@@ -62,6 +64,10 @@ in
           "mkImage: maxLayers is ${builtins.toJSON maxLayers}; use 3..125 (docker refuses more than 125 layers)")
         (lib.assertMsg (builtins.isAttrs labels && builtins.all builtins.isString (builtins.attrValues labels))
           "mkImage: labels must be an attribute set of strings, got ${builtins.toJSON labels}")
+        (let reserved = builtins.filter (k: lib.hasPrefix "mlbuild." k || builtins.elem k ownOci)
+               (if builtins.isAttrs labels then builtins.attrNames labels else [ ]);
+         in lib.assertMsg (reserved == [ ])
+          "mkImage: label ${builtins.toJSON (builtins.head reserved)} is mlbuild's own (the mlbuild.* labels and ${builtins.concatStringsSep ", " ownOci} record the model's provenance); name yours otherwise, e.g. com.example.team")
       ];
       spec = {
         version = specVersion;

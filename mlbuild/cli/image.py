@@ -35,14 +35,19 @@ def load_cmd(ctx: click.Context, model: str, engine: str | None, allow_dirty: bo
 @click.argument("model")
 @click.argument("ref")
 @_DIRTY
+@click.option("--tls-verify/--no-tls-verify", default=True, show_default=True,
+              help="Check the registry's TLS certificate; --no-tls-verify for a plain-HTTP registry "
+                   "(a local registry:2 on localhost:5000).")
 @click.pass_context
-def push_cmd(ctx: click.Context, model: str, ref: str, allow_dirty: bool) -> None:
+def push_cmd(ctx: click.Context, model: str, ref: str, allow_dirty: bool, tls_verify: bool) -> None:
     """Build MODEL's image and push it to REF with skopeo.
 
     REF is a registry reference (registry.example.com/team/digits:v1, localhost:5000/digits:v1) or a
     skopeo destination (docker://, oci:, oci-archive:, dir:, docker-archive:, docker-daemon:,
     containers-storage:, e.g. oci:/path/layout:tag). A file path or a mistyped transport
-    (oci/tmp/x, OCI:/tmp/x) is refused rather than sent to a registry.
+    (oci/tmp/x, OCI:/tmp/x) is refused rather than sent to a registry. docker-daemon: writes to the
+    engine at $DOCKER_HOST when it is set.
     """
-    dest = img.push_model_image(load(ctx), model, ref, allow_dirty=allow_dirty, on_progress=_Bar())
+    dest = img.push_model_image(load(ctx), model, ref, allow_dirty=allow_dirty, tls_verify=tls_verify,
+                                on_progress=_Bar())
     click.echo(f"pushed {model} to {dest}")

@@ -109,3 +109,16 @@ def test_docker_load_and_run_predicts(loaded: str, docker_env: dict[str, str], d
         assert uid == "1000"   # not root
     finally:
         docker(docker_env, "rm", "-f", name, check=False)
+
+
+def test_push_to_docker_daemon_goes_to_docker_host(loaded: str, docker_env: dict[str, str],  # noqa: F811
+                                                   digits_repo: Path) -> None:
+    """skopeo's docker-daemon: ignores DOCKER_HOST: the push failed with a hint that the (running)
+    engine was down. mlbuild passes DOCKER_HOST on as --dest-daemon-host."""
+    proc = run_cli("image", "push", "digits", "docker-daemon:mlbuild-pushed/digits:v1", cwd=digits_repo,
+                   env=docker_env)
+    assert "pushed digits to docker-daemon:mlbuild-pushed/digits:v1" in proc.stdout
+    image = json.loads(docker(docker_env, "image", "inspect", "mlbuild-pushed/digits:v1").stdout)[0]
+    assert image["Config"]["Labels"] == json.loads(docker(docker_env, "image", "inspect", loaded).stdout)[0][
+        "Config"]["Labels"]
+    docker(docker_env, "rmi", "mlbuild-pushed/digits:v1", check=False)

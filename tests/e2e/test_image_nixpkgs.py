@@ -99,3 +99,17 @@ def test_bad_image_options_name_the_value() -> None:
     expr2 = expr.replace('"Digits Model"', '"digits"').replace("; }", "; maxLayers = 500; }")
     proc = subprocess.run(["nix-instantiate", "--eval", "--expr", f"({expr2}).drvPath"], capture_output=True, text=True)
     assert proc.returncode != 0 and "maxLayers is 500" in proc.stderr
+
+
+def test_labels_may_not_replace_mlbuilds_own() -> None:
+    """A user's "mlbuild.model.sha256" label overwrote the real hash in the image config."""
+    base = (f"(import {REPO}/nix {{ }}).mkImage {{ name = \"digits\"; package = \"/nix/store/x\"; "
+            f"validation = \"/nix/store/y\"; toolchain = \"/nix/store/z\"; labels = LABELS; }}")
+    for key in ("mlbuild.model.sha256", "org.opencontainers.image.version"):
+        expr = base.replace("LABELS", f'{{ team = "ml"; "{key}" = "spoof"; }}')
+        proc = subprocess.run(["nix-instantiate", "--eval", "--expr", f"({expr}).drvPath"], capture_output=True,
+                              text=True)
+        assert proc.returncode != 0 and f'label "{key}" is mlbuild\'s own' in proc.stderr, proc.stderr[-2000:]
+    ok = base.replace("LABELS", '{ team = "ml"; "org.opencontainers.image.source" = "https://example.com/repo"; }')
+    proc = subprocess.run(["nix-instantiate", "--eval", "--expr", f"({ok}).drvPath"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -220,3 +220,13 @@ def test_repack_refuses_compressed_layers(tmp_path: Path) -> None:
     data = nixpkgs_stream([b"\x1f\x8b compressed"], {}, diff_ids=["0" * 64])
     with open(tmp_path / "image.tar", "wb") as f, pytest.raises(ValueError, match="diff_ids"):
         repack(io.BytesIO(data), ArchiveWriter(f), name="d", tag="t", labels={})
+
+
+def test_labels_for_keeps_mlbuilds_own_labels(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "manifest.json").write_text(json.dumps({"name": "d", "hashes": {"model": "m" * 64, "data": "d" * 64,
+                                                                          "code": "c" * 64}}))
+    assert labels_for("d", package=str(pkg), extra={"team": "ml"})["team"] == "ml"
+    with pytest.raises(ValueError, match="label 'mlbuild.model.sha256' is mlbuild's own"):
+        labels_for("d", package=str(pkg), extra={"mlbuild.model.sha256": "spoof"})

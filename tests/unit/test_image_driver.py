@@ -4,6 +4,7 @@ errors that name what to install or fix."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,26 @@ def test_destination_refuses_typos_and_paths(ref: str, why: str) -> None:
                                  "docker-archive:, docker-daemon:, containers-storage:")
 
 
+@pytest.mark.parametrize("ref", ["oci:", "dir:", "oci::v1", "oci-archive:", "docker-archive: "])
+def test_a_path_transport_needs_a_path(ref: str) -> None:
+    """skopeo failed later with `initializing destination oci::: mkdir : no such file or directory`."""
+    with pytest.raises(img.ImageError, match=f"{re.escape(repr(ref))} names no path; write "):
+        img.destination(ref)
+
+
+def test_no_tls_verify_reaches_skopeo_for_registries_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    skopeo = tmp_path / "skopeo"
+    skopeo.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'args'}\n")
+    skopeo.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(img, "read_archive", lambda archive: None)
+    img.push_image(tmp_path / "image.tar", "localhost:5000/digits:v1", tls_verify=False)
+    img.push_image(tmp_path / "image.tar", "oci:/tmp/layout:v1", tls_verify=False)
+    first, second = (tmp_path / "args").read_text().splitlines()
+    assert "--dest-tls-verify=false" in first and first.endswith("docker://localhost:5000/digits:v1")
+    assert "--dest-tls-verify" not in second
+
+
 def test_destination_refuses_a_bare_name_that_is_a_file_here(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "out").mkdir()
@@ -113,7 +134,7 @@ def test_no_engine_names_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 def test_unknown_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLBUILD_ENGINE", "lxc")
-    with pytest.raises(img.ImageError, match="'lxc' is not supported; use one of podman, docker"):
+    with pytest.raises(img.ImageError, match=r"'lxc' \(MLBUILD_ENGINE\) is not supported; use one of podman, docker"):
         img.find_engine()
 
 
@@ -153,3 +174,12 @@ def test_cli_names_an_unknown_model(tree) -> None:  # type: ignore[no-untyped-de
 def test_cli_help_lists_load_and_push() -> None:
     out = run_cli("image", "--help").stdout
     assert "load" in out and "push" in out
+
+
+def test_a_wanted_engine_that_is_missing_says_install_and_names_where_it_was_chosen(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("MLBUILD_ENGINE", "docker")
+    with pytest.raises(img.EngineNotFoundError) as e:
+        img.find_engine()
+    assert "docker: not installed). Install docker, or unset MLBUILD_ENGINE to use whichever works" in str(e.value)

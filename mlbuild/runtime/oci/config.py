@@ -45,6 +45,11 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+# The OCI labels mlbuild sets from the package, which the user's labels may not replace (nor mlbuild.*).
+OWN_OCI_LABELS = ("org.opencontainers.image.title", "org.opencontainers.image.version",
+                  "org.opencontainers.image.created")
+
+
 def labels_for(name: str, *, package: str, validation: str | None = None, training: str | None = None,
                extra: dict[str, str] | None = None) -> dict[str, str]:
     """The image's labels, read from ``package/manifest.json`` and ``validation/metrics.json``."""
@@ -77,6 +82,8 @@ def labels_for(name: str, *, package: str, validation: str | None = None, traini
         for check in gate.get("checks", []):
             labels[f"mlbuild.validation.{check['metric']}"] = f"{float(check['value']):.6g}"
     for k, v in (extra or {}).items():
+        if str(k).startswith("mlbuild.") or str(k) in OWN_OCI_LABELS:   # nix/image.nix refuses them first
+            raise ValueError(f"label {k!r} is mlbuild's own (it records the model's provenance); name yours otherwise")
         labels[str(k)] = str(v)
     return dict(sorted(labels.items()))
 
