@@ -48,6 +48,10 @@ def init(ctx: click.Context, generate_key: bool, key_name: str | None) -> None:
     if r.public_key:
         click.echo(f"public key (give it to every machine and CI): {r.public_key}")
         click.echo(f"nix.conf lines for machines using this store:\n{r.nix_conf}", nl=False)
+        if r.untrusted_here:
+            click.echo(f"note: mlbuild here does not trust this key yet, so pushes signed with it are refused: "
+                       f"set MLBUILD_STORE_PUBLIC_KEYS='{r.public_key}' (or [store].public-keys in mlbuild.toml)",
+                       err=True)
 
 
 @store.command()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import StoreTargetError
+from ..errors import StoreConfigError, StoreTargetError
 from .config import DEFAULT_SECRET_KEY, StoreConfig
 from .keys import generate_key_pair, load_secret_key
 from .layout import Layout, publish_bytes
@@ -31,6 +31,7 @@ class InitResult:
     public_key: str | None
     generated: bool
     nix_conf: str = ""
+    untrusted_here: bool = False   # mlbuild's trusted keys here do not include the signing key
 
 
 def init_store(cfg: StoreConfig, *, generate_key: bool = False, key_name: str | None = None) -> InitResult:
@@ -48,10 +49,15 @@ def init_store(cfg: StoreConfig, *, generate_key: bool = False, key_name: str | 
         public = str(generate_key_pair(name, secret, secret.with_suffix(".pub")).public)
         generated = True
     conf = ""
+    untrusted = False
     if public:
         publish_bytes(layout.root / "mlbuild" / "public-key", (public + "\n").encode())
         conf = nix_conf(StoreConfig(cfg.root, public_keys=(public,)))
-    return InitResult(cfg.root, secret, public, generated, conf)
+        try:   # mlbuild here trusts /etc/mlbuild/store.pub when it exists, not a key made for another store
+            untrusted = public not in {str(k) for k in cfg.trusted_keys()}
+        except StoreConfigError:
+            untrusted = True
+    return InitResult(cfg.root, secret, public, generated, conf, untrusted)
 
 
 def nix_conf(cfg: StoreConfig) -> str:

@@ -100,8 +100,12 @@ def load_secret_key(path: Path) -> SecretKey:
     try:
         text = path.read_text()
     except OSError as e:
-        raise StoreKeyError(f"cannot read the store's secret key {path} ({e.strerror}); create it with "
-                            f"`mlbuild store init --generate-key` or set MLBUILD_STORE_SECRET_KEY") from None
+        if path.exists() and not path.is_dir():
+            fix = ("this user may not read it: run as a member of its group (the mlbuild group, see "
+                   "store-config/README.md) or as root")
+        else:
+            fix = "create it with `mlbuild store init --generate-key` or set MLBUILD_STORE_SECRET_KEY"
+        raise StoreKeyError(f"cannot read the store's secret key {path} ({e.strerror}); {fix}") from None
     return parse_secret_key(text)
 
 

@@ -513,3 +513,35 @@ def test_restore_names_the_trusted_keys_and_the_fix(store: tuple[StoreConfig, Pa
     assert f"signed only by unit-1, which this machine does not trust (trusted keys here: {trusted})" in msg
     assert "MLBUILD_STORE_PUBLIC_KEYS" in msg
     assert not list(dest.iterdir())
+
+
+def test_init_with_a_key_this_machine_does_not_trust_says_how_to_trust_it(tmp_path: Path) -> None:
+    """With /etc/mlbuild/store.pub present, mlbuild trusts that key only: the first push with the
+    key init had just made was refused. init says so, with the setting to add."""
+    from mlbuild.store.keys import generate_key_pair
+    from tests.conftest import run_cli
+
+    other = generate_key_pair("other-1", tmp_path / "other.sec", tmp_path / "other.pub")
+    env = {"MLBUILD_STORE_SECRET_KEY": str(tmp_path / "new.sec"), "MLBUILD_STORE_PUBLIC_KEYS": str(other.public)}
+    proc = run_cli("store", "--store", str(tmp_path / "s"), "init", "--generate-key", "--key-name", "new-1", env=env)
+    public = (tmp_path / "new.pub").read_text().strip()
+    assert f"note: mlbuild here does not trust this key yet, so pushes signed with it are refused: " \
+           f"set MLBUILD_STORE_PUBLIC_KEYS='{public}'" in proc.stderr
+    env["MLBUILD_STORE_PUBLIC_KEYS"] = public
+    proc = run_cli("store", "--store", str(tmp_path / "s"), "init", env=env)
+    assert "does not trust" not in proc.stderr
+
+
+def test_an_unreadable_secret_key_points_at_permissions(tmp_path: Path) -> None:
+    import unittest.mock
+
+    from mlbuild.errors import StoreKeyError
+    from mlbuild.store.keys import generate_key_pair, load_secret_key
+
+    generate_key_pair("k-1", tmp_path / "k.sec", tmp_path / "k.pub")
+    with pytest.raises(StoreKeyError, match="create it with"):
+        load_secret_key(tmp_path / "missing.sec")
+    with unittest.mock.patch.object(Path, "read_text", side_effect=PermissionError(13, "Permission denied")):
+        with pytest.raises(StoreKeyError, match=r"\(Permission denied\); this user may not read it: run as a member "
+                                                r"of its group \(the mlbuild group"):
+            load_secret_key(tmp_path / "k.sec")
