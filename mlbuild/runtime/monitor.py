@@ -49,6 +49,7 @@ class Monitor:
         from .prepare import load_module
 
         self.spec, self.url, self.webhook, self.batch = spec, url.rstrip("/"), webhook, batch
+        self._told: str | None = None   # the served model hash a mismatch note was logged for
         self.name = spec["name"]
         suite = load_module(spec["suite"], spec["script"])
         self.x, self.y = suite.load(Path(spec["dataset"]))
@@ -103,6 +104,12 @@ class Monitor:
         else:
             report = compute_metrics("regression", self.y, next(iter(o.values())))
         checks = check_thresholds(report["metrics"], self.thresholds)
+        expected = self.spec.get("model_hash")
+        if expected and live["hash"] != expected and live["hash"] != self._told:
+            self._told = live["hash"]   # once per served model, not every interval
+            log.warning("note: %s serves model %s, not this build's %s: the metrics are the served model's "
+                        "(deploy this build, or run the monitor of the commit that built the served one)",
+                        self.url, live["hash"][:16], expected[:16])
         base = [self.name, live["hash"], self.suite_version]
         self.metric.clear()
         self.ok.clear()
@@ -124,7 +131,8 @@ class Monitor:
         else:
             log.info("%s (model %s): %s", self.name, live["hash"][:16],
                      ", ".join(f"{k}={v:.4f}" for k, v in sorted(report["metrics"].items())))
-        return {"metrics": report["metrics"], "checks": checks, "model_hash": live["hash"]}
+        return {"metrics": report["metrics"], "checks": checks, "model_hash": live["hash"],
+                **({"expected_model_hash": expected} if expected and expected != live["hash"] else {})}
 
     def _webhook(self, payload: dict[str, Any]) -> None:
         if not self.webhook:
@@ -226,9 +234,11 @@ def build_main() -> None:
     (out / "bin").mkdir(parents=True)
     files = tree_hashes(Path(spec["suite"]))
     config = json.loads((Path(spec["package"]) / "model" / "config.json").read_text())
+    manifest = json.loads((Path(spec["package"]) / "manifest.json").read_text())
     monitor = {"name": spec["name"], "suite": spec["suite"], "script": spec["script"], "dataset": spec["dataset"],
                "thresholds": spec["thresholds"], "task": config.get("task", "classification"),
                "labels": config.get("labels"), "package": spec["package"],
+               "model_hash": manifest.get("hashes", {}).get("model"),
                "suite_version": tree_digest(files)[:16]}
     (out / "monitor.json").write_text(json.dumps(monitor, indent=2, sort_keys=True) + "\n")
     script = out / "bin" / "monitor"

@@ -1,0 +1,57 @@
+"""The monitor against a real server (the serving runtime outside Nix): the suite's metrics, and a
+note when the server serves another model than the one this monitor was built for."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlbuild.runtime.monitor import Monitor
+from tests.unit.conftest_serve import ServerProcess, build_package, digits_split
+
+SUITE = '''\
+from pathlib import Path
+import numpy as np
+
+
+def load(data: Path):
+    a = np.loadtxt(data / "test.csv", delimiter=",", dtype=np.float32)
+    return a[:, :-1], a[:, -1].astype(int)
+'''
+
+
+def spec(tmp_path: Path, pkg: Path, **extra: object) -> dict[str, object]:
+    (tmp_path / "suite").mkdir(parents=True)
+    (tmp_path / "suite" / "validate.py").write_text(SUITE)
+    (tmp_path / "data").mkdir()
+    _, _, x, y = digits_split()
+    np.savetxt(tmp_path / "data" / "test.csv", np.column_stack([x, y]), delimiter=",", fmt="%.6g")
+    return {"name": "digits", "suite": str(tmp_path / "suite"), "script": "validate.py",
+            "dataset": str(tmp_path / "data"), "thresholds": {"accuracy": 0.5}, "task": "classification",
+            "labels": [str(i) for i in range(10)], "package": str(pkg), "suite_version": "test", **extra}
+
+
+def test_the_monitor_notes_a_server_serving_another_model(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pkg = build_package(tmp_path / "pkg")
+    served = json.loads((pkg / "manifest.json").read_text())["hashes"]["model"]
+    server = ServerProcess(pkg, tmp_path / "server").ready()
+    try:
+        url = f"http://{server.url}"
+        same = Monitor(spec(tmp_path / "a", pkg, model_hash=served), url, None).run_once()
+        assert same["model_hash"] == served and "expected_model_hash" not in same
+        assert same["metrics"]["accuracy"] > 0.5
+        caplog.set_level(logging.WARNING, logger="mlbuild.monitor")
+        other = Monitor(spec(tmp_path / "b", pkg, model_hash="f" * 64), url, None)
+        out = other.run_once()
+        other.run_once()
+        assert out["expected_model_hash"] == "f" * 64 and out["model_hash"] == served
+        notes = [r.getMessage() for r in caplog.records if "not this build's" in r.getMessage()]
+        assert notes == [f"note: {url} serves model {served[:16]}, not this build's {'f' * 16}: the metrics are the "
+                         "served model's (deploy this build, or run the monitor of the commit that built the served "
+                         "one)"]   # once, not every interval
+    finally:
+        server.stop()
