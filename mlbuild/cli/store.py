@@ -102,6 +102,11 @@ def verify(ctx: click.Context, repair: bool, quick: bool) -> None:
     click.echo(f"checked {r.checked} entries, {len(r.problems)} problems")
     if r.problems and not repair:
         raise StoreCorruptError(r.advice(cfg))
+    if r.problems:   # repaired: the store is sound again, without those paths
+        paths = sorted({p.store_path for p in r.problems if p.store_path})
+        click.echo(f"repaired: removed the {len(r.problems)} bad entries; push what still matters again "
+                   f"(`mlbuild build --push TARGET` or `mlbuild store push PATH`)"
+                   + (f", e.g. {paths[0]}" if paths else ""), err=True)
 
 
 def _not_nan(ctx: click.Context, param: click.Parameter, value: float) -> float:
@@ -125,9 +130,13 @@ def gc(ctx: click.Context, locks: tuple[Path, ...], keep_last: int | None, grace
     verb = "would remove" if dry_run else "removed"
     for p in r.removed_paths:
         click.echo(f"{verb}\t{p}")
+    for rec in r.removed_records:
+        click.echo(f"{verb}\tpush record {rec.name} (past --keep-last)")
     click.echo(f"kept {len(r.kept)} rooted paths; {verb} {len(r.removed_paths)} entries, {len(r.removed_nars)} "
                f"NARs ({_mb(r.freed_bytes)}), {len(r.removed_temps)} temp files; "
-               f"{len(r.condemned_nars)} NARs wait out the grace period")
+               f"{len(r.condemned_nars)} NARs wait out the grace period"
+               + (f"; {r.spared} unrooted entries are spared until {grace:g} s after their last push (--grace)"
+                  if r.spared else ""))
 
 
 @store.command()

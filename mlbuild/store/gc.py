@@ -48,6 +48,7 @@ class GcReport:
     removed_temps: list[Path] = field(default_factory=list)
     removed_records: list[Path] = field(default_factory=list)
     freed_bytes: int = 0
+    spared: int = 0   # unrooted entries kept by the grace period (or referenced by such)
 
 
 def _load(layout: Layout, done: str = "removes nothing") -> Entries:
@@ -120,8 +121,10 @@ def gc(cfg: StoreConfig, *, locks: Sequence[Path] = (), keep_last: int | None = 
     report = GcReport(roots=roots, kept=sorted(keep))
     doomed = {p for p, mtime in loaded.mtimes.items() if p not in keep and now - mtime >= grace}
     keep |= set(entries) - doomed   # recent entries stay, and so must what they reference
+    rooted = set(report.kept)
     keep = _closure(keep, entries)
     doomed -= keep
+    report.spared = len(set(entries) - rooted - doomed)
     for p in _referrers_first(doomed, entries):
         report.removed_paths.append(p)
         if not dry_run:

@@ -75,7 +75,9 @@ def test_tampered_nar_and_unsigned_narinfo_are_refused(tmp_path: Path) -> None:
     env = store_env(cfg)
     proc = run_cli("store", "verify", env=env, check=False)
     assert proc.returncode == 1 and "verify --repair" in proc.stderr and "corrupt" in proc.stdout
-    run_cli("store", "verify", "--repair", env=env)
+    repaired = run_cli("store", "verify", "--repair", env=env)
+    assert (f"repaired: removed the {len(report.problems)} bad entries; push what still matters again"
+            in repaired.stderr)
     assert verify(cfg).ok
     again = push(cfg, built.paths, local_store=a.store)
     assert {n.store_path for n in again.pushed} >= {data, tool}

@@ -217,10 +217,15 @@ def test_gc_grace_spares_recent_entries_and_condemns_before_deleting(store: tupl
     cfg, chroot = store
     layout = Layout(cfg.root)
     info = put(cfg, chroot, fake_path(chroot, "x", "x"))
-    assert gc(cfg, grace=3600).removed_paths == []     # recent: spared
+    spared = gc(cfg, grace=3600)
+    assert spared.removed_paths == [] and spared.spared == 1    # recent: spared, and counted as such
+    from tests.conftest import run_cli
+    out = run_cli("store", "--store", str(cfg.root), "gc", "--grace", "3600", "--dry-run",
+                  env={"MLBUILD_STORE_SECRET_KEY": str(cfg.secret_key_file)}).stdout
+    assert "1 unrooted entries are spared until 3600 s after their last push (--grace)" in out
     os.utime(layout.narinfo(info.store_path), (0, 0))
     r = gc(cfg, grace=3600)
-    assert r.removed_paths == [info.store_path] and r.condemned_nars and not r.removed_nars
+    assert r.removed_paths == [info.store_path] and r.condemned_nars and not r.removed_nars and r.spared == 0
     assert (cfg.root / info.url).exists()            # a reader that read the narinfo can still fetch it
     os.utime(cfg.root / info.url, (0, 0))
     import json
