@@ -217,7 +217,7 @@ async def _v1_predict(request: Request, state: ServerState) -> Response:
     request_id = state.live.request_id(req.id)  # as the v2 route: an id for feedback, inputs for drift
     content = encode_predict(state.pkg, results, request_id)
     if PROBE_HEADER not in request.headers:
-        state.live.observe(request_id, req.array, results.get(state.live.output or ""))
+        state.live.observe_response(request_id, req.array, results)
     return Response(content, media_type=_JSON)
 
 

@@ -172,7 +172,7 @@ class InferEndpoint:
         req.id = request_id = state.live.request_id(req.id)
         content, header_length = state.codec.encode(req, results)
         if PROBE_HEADER not in headers:
-            state.live.observe(request_id, req.array, results.get(state.live.output or ""))
+            state.live.observe_response(request_id, req.array, results)
         if header_length is None:
             return content, [(b"content-type", b"application/json")]
         return content, [(b"content-type", b"application/octet-stream"),

@@ -208,6 +208,10 @@ class LiveQuality:
             return str(given)
         return f"{self._id_prefix}-{next(self._next_id)}"
 
+    def observe_response(self, request_id: str, inputs: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+        """:meth:`observe` a served request from its outputs (the one feedback is compared with)."""
+        self.observe(request_id, inputs, outputs.get(self.output) if self.output is not None else None)
+
     def observe(self, request_id: str, inputs: np.ndarray, predicted: np.ndarray | None) -> None:
         """Remember a request's predicted labels (values, for regression) and inputs (cheap: no
         metric computed here). ``predicted``: the request's ``self.output`` output."""
@@ -354,13 +358,15 @@ class LiveQuality:
         assert ref is not None
         if self._ref_arrays is None:
             std = np.asarray(ref["std"], dtype=np.float64)
+            mean = np.asarray(ref["mean"], dtype=np.float64)
+            spread = std >= MIN_STD
             self._ref_arrays = (np.asarray(ref["edges"], dtype=np.float64),
                                 np.asarray(ref["fractions"], dtype=np.float64),
-                                np.asarray(ref["mean"], dtype=np.float64), std, std >= MIN_STD)
-        edges, expected, mean, std, spread = self._ref_arrays
+                                mean, std, spread, np.where(spread, np.nan, mean))
+        edges, expected, mean, std, spread, constant = self._ref_arrays
         if x.shape[1] != len(edges):
             return
-        psis = psi(x, edges, expected, constant=np.where(spread, np.nan, mean))
+        psis = psi(x, edges, expected, constant=constant)
         if len(self._psi_gauges) != len(psis):
             self._psi_gauges = [self.psi.labels(self.model, str(j)) for j in range(len(psis))]
         for gauge, value in zip(self._psi_gauges, psis.tolist()):
