@@ -5,7 +5,8 @@ Roots live in the store folder (``mlbuild/roots/``), so every machine sharing th
 - ``tags/<NAME>``: a release tag, the store paths it names (``mlbuild store tag NAME PATH...``).
 - ``pushes/<NAME>/<time>.<host>.<pid>.<rand>``: one file per push, written before the upload
   starts (a concurrent gc then already sees it). gc keeps the newest ``keep_last`` of each NAME;
-  NAME defaults to the target's store path name without its hash (e.g. ``digits-model``).
+  NAME defaults to the target's store path name without its hash (e.g. ``digits-model``). A push
+  of the same paths again replaces the older record of them.
 - a lock (``gc --lock mlbuild.lock``): the interpreter snapshot, the wheels and the local datasets
   it pins, as the fixed-output store paths Nix gives them, plus any store path written in it.
 """
@@ -71,12 +72,25 @@ def remove_tag(layout: Layout, name: str) -> bool:
 
 
 def record_push(layout: Layout, name: str, paths: list[str]) -> Path:
-    """Record a push of ``paths`` under NAME (newest last when names are sorted)."""
+    """Record a push of ``paths`` under NAME (newest last when names are sorted).
+
+    Older records of NAME with the same paths go once the new one is written: pushing the same
+    model again (a CI rerun, a push where everything was there) moves it to the newest slot
+    instead of taking a second one of the ``keep_last`` gc keeps.
+    """
     folder = layout.roots_dir / "pushes" / _check_name(name, "push name")
     make_dir(folder)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:]
     dest = folder / (stamp + temp_name()[len(".tmp"):])
-    publish_bytes(dest, _paths_text(paths))
+    text = _paths_text(paths)
+    publish_bytes(dest, text)
+    for old in folder.iterdir():
+        if old != dest and not old.name.startswith(".") and old.name < dest.name:
+            try:
+                if old.read_bytes() == text:
+                    old.unlink()
+            except OSError:   # gone already (a concurrent push or gc), or unreadable: keep going
+                pass
     return dest
 
 

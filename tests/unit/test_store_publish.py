@@ -213,6 +213,25 @@ def test_gc_keeps_roots_and_their_closures(store: tuple[StoreConfig, Path], tmp_
     assert {p.name for p in layout.nar_files()} == {NarInfo.parse(f.read_text()).url[4:] for f in layout.narinfos()}
 
 
+def test_pushing_the_same_paths_again_takes_no_second_keep_last_slot(store: tuple[StoreConfig, Path]) -> None:
+    """A CI rerun pushes the same model again: its record moves to the newest slot, so keep-last 2
+    still keeps the two distinct models (a second record of v2 used to push v1 out)."""
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    v1, v2 = (fake_path(chroot, "model", f"v{i}") for i in (1, 2))
+    for i in (v1, v2):
+        put(cfg, chroot, i)
+    first = record_push(layout, "model", [v1.path])
+    record_push(layout, "model", [v2.path])
+    again = record_push(layout, "model", [v2.path, v2.path])
+    records = sorted(p.name for p in (layout.roots_dir / "pushes" / "model").iterdir())
+    assert records == sorted([first.name, again.name])
+    gc(cfg, keep_last=2, grace=0)
+    assert {NarInfo.parse(f.read_text()).store_path for f in layout.narinfos()} == {v1.path, v2.path}
+    record_push(layout, "model", [v1.path])     # v1 again: now the newest, v2's record stays
+    assert len(list((layout.roots_dir / "pushes" / "model").iterdir())) == 2
+
+
 def test_gc_grace_spares_recent_entries_and_condemns_before_deleting(store: tuple[StoreConfig, Path]) -> None:
     cfg, chroot = store
     layout = Layout(cfg.root)
