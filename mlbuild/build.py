@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 from . import _nix, git
 from .config import Project, state_dir
 from .errors import BuildError, ConfigError, MlbuildError
+from .flakepin import pinned_entry
 from .lockfile import read_lock
 from .toolchain import check_fresh
 
@@ -339,7 +340,8 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     dirty = bool(git.dirty_files(project.root))
     if dirty and not allow_dirty:
         check_clean(project)
-    entry = _nix.nix_lib_dir() / "entry.nix"
+    entry = pinned_entry(project.root, needs=(*(["overrides"] if overrides else []), *(["dirty"] if dirty else []))) \
+        or _nix.nix_lib_dir() / "entry.nix"
     args = ["--argstr", "src", str(project.root), "--argstr", "overrides", json.dumps(overrides or {})]
     if dirty:
         args += ["--arg", "dirty", "true"]
@@ -369,8 +371,10 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
         total.outputs.append(built)
         total.built += stream.summary.built
         total.substituted += stream.summary.substituted
-        mine = any(_name(d).startswith(_name(path)) for d, _ in stream.summary.built) or \
-            any(p == path for p, _ in stream.summary.substituted)
+        # Built by this command: in this target's step, or in an earlier one (an image builds its
+        # validation first, and `build X.image X.validation` then finds the validation there).
+        mine = any(_name(d).startswith(_name(path)) for d, _ in total.built) or \
+            any(p == path for p, _ in total.substituted)
         if not mine:
             total.present.append(target)
         _record(project, built, "present" if not mine else "built", dirty)

@@ -307,7 +307,7 @@ def load(data: Path) -> tuple[np.ndarray, np.ndarray]:
 '''
     flake = f'''{{
   inputs.mlbuild.url = "{flake_url}";
-  outputs = {{ self, mlbuild }}: mlbuild.lib.flakeOutputs {{ src = ./.; }};
+  outputs = {{ self, mlbuild }}: mlbuild.lib.flakeOutputs {{ inherit self; src = ./.; }};
 }}
 '''
     return {"mlbuild.toml": toml, "prepare.py": prepare, "model.py": model, "validate.py": validate,

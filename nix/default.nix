@@ -38,17 +38,24 @@ let
   monitor = import ./monitor.nix { inherit runtimeFor pythonStage; inherit (validate) validationSuite; };
   project = import ./project.nix { inherit system lib toolchain dataset train package validate notebook images monitor; };
   # The flake outputs of one project folder, for a project's own flake.nix:
-  #   outputs = { self, mlbuild }: mlbuild.lib.flakeOutputs { src = ./.; };
+  #   outputs = { self, mlbuild }: mlbuild.lib.flakeOutputs { inherit self; src = ./.; };
   # packages.<system>.<model> (the package; every stage is an attribute: .model, .validation,
   # .image...), apps.<system>.serve-<model>, checks.<system>.<model>-validation for each model
-  # with [models.<model>.validation] and the notebooks marked test = true; `default` is the first
-  # model (alphabetically).
-  flakeOutputs = { src, nixpkgs ? null }:
+  # with [models.<model>.validation] and the notebooks marked test = true; `default` is the model
+  # named like [project].name, else the first model (alphabetically).
+  #
+  # With `inherit self;`, a build from a dirty git tree (uncommitted changes to tracked files) is
+  # marked dirty in its provenance, as `mlbuild build --allow-dirty` marks it: a dirty output never
+  # shares a store path with a clean one. (Untracked files are not in a flake's source at all.)
+  flakeOutputs = { src, nixpkgs ? null, self ? null }:
     let
-      p = project.mkProject { inherit src nixpkgs; };
+      # Nix >= 2.16 gives a dirty tree dirtyRev; older ones just leave rev out (a path: flake,
+      # not git, has neither rev nor submodules).
+      dirty = self != null && (self ? dirtyRev || (self ? submodules && !(self ? rev)));
+      p = project.mkProject { inherit src nixpkgs dirty; };
       models = builtins.attrNames (p.config.models or { });
       each = f: builtins.listToAttrs (map f models);
-      first = builtins.head models;
+      first = if builtins.elem p.name models then p.name else builtins.head models;
       app = m: { type = "app"; program = "${p.${m}}/bin/serve"; };
       validated = builtins.filter (m: p.config.models.${m} ? validation) models;
     in

@@ -126,7 +126,9 @@ in
             monitorOf = monitor.mkMonitor { name = m; model = spec; package = pkg; inherit src datasets; toolchain = tc; };
           in
           # `nix build .#<m>` is the package; its stages are attributes of it.
-          pkg // { inherit model validation release image; monitor = monitorOf; package = pkg; toolchain = tc; inherit datasets notebooks; }
+          # meta.mainProgram: `nix run .#<m>` serves, `nix run .#<m>.monitor` monitors.
+          pkg // { inherit model validation release image; monitor = monitorOf // { meta.mainProgram = "monitor"; };
+                   package = pkg; toolchain = tc; inherit datasets notebooks; meta.mainProgram = "serve"; }
         ) (config.models or { });
     in
     {

@@ -160,6 +160,14 @@ def format_checks(checks: list[dict[str, Any]]) -> str:
 def gate_main() -> None:
     spec = load_spec()
     report = json.loads((Path(spec["report"]) / "metrics.json").read_text())
+    if not spec["thresholds"]:
+        # A gate with nothing to check would pass every model, and the image depends on it passing.
+        first = "accuracy" if "accuracy" in report["metrics"] else sorted(report["metrics"])[0]
+        print(f"mlbuild: validation of {spec['name']} has no thresholds, so it would pass any model; set at "
+              f"least one in [models.{spec['name']}.validation], e.g. thresholds = {{ {first} = 0.9 }} "
+              f"(\"<= 0.3\" for an error metric). The suite reports: {', '.join(sorted(report['metrics']))}",
+              file=sys.stderr)
+        raise SystemExit(1)
     checks = check_thresholds(report["metrics"], spec["thresholds"])
     table = format_checks(checks)
     if not all(c["ok"] for c in checks):

@@ -1,18 +1,20 @@
-"""A project's own flake: `outputs = { self, mlbuild }: mlbuild.lib.flakeOutputs { src = ./.; }`.
+"""A project's own flake: `outputs = { self, mlbuild }: mlbuild.lib.flakeOutputs { inherit self; src = ./.; }`.
 
-Built with `nix build`, it gives the same store paths as `mlbuild build` in the same folder.
+Built with `nix build`, it gives the same store paths as `mlbuild build` in the same folder: with
+the mlbuild its flake.lock pins, and marked dirty from a dirty tree as the driver marks it.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO, have_nix, run_cli
-from tests.integration.conftest import git, git_repo, nix
+from tests.integration.conftest import commit_all, git, git_repo, nix
 
 pytestmark = pytest.mark.skipif(not have_nix(), reason="needs Nix")
 
@@ -35,3 +37,55 @@ def test_a_project_flake_builds_what_the_driver_builds(digits_repo: Path, tmp_pa
     program = json.loads(nix("eval", "--json", ".#apps.x86_64-linux.serve-digits.program", cwd=user).stdout)
     assert program == f"{built}/bin/serve"
     assert "flake.lock" in git(user, "status", "--porcelain")  # nix locked the mlbuild input
+
+
+def _user_project(digits_repo: Path, user: Path, mlbuild_url: str) -> Path:
+    shutil.copytree(digits_repo, user, ignore=shutil.ignore_patterns(".git", ".mlbuild", "result*"))
+    (user / "flake.nix").write_text(
+        "{\n  inputs.mlbuild.url = \"" + mlbuild_url + "\";\n"
+        "  outputs = { self, mlbuild }: mlbuild.lib.flakeOutputs { inherit self; src = ./.; };\n}\n")
+    git_repo(user)
+    nix("flake", "lock", cwd=user)
+    commit_all(user, "lock")
+    return user
+
+
+def test_the_driver_builds_with_the_mlbuild_the_flake_pins(digits_repo: Path, tmp_path: Path) -> None:
+    """A project pinned to another mlbuild (here: one whose server differs by a comment): `mlbuild
+    build` used its own Nix library and gave other store paths than `nix build`, without a word."""
+    pinned = tmp_path / "pinned-mlbuild"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(pinned)], check=True)
+    app = pinned / "mlbuild" / "runtime" / "serve" / "app.py"
+    app.write_text(app.read_text() + "# the pinned revision\n")
+    commit_all(pinned, "a pinned mlbuild")
+    user = _user_project(digits_repo, tmp_path / "user", f"git+file://{pinned}")
+    built = json.loads(nix("build", "--no-link", "--json", ".#digits", cwd=user).stdout)[0]["outputs"]["out"]
+    proc = run_cli("build", "digits", cwd=user)
+    assert proc.stdout.split("\t")[1].split("\n")[0] == built
+    assert "building with the mlbuild input flake.lock pins (git file://" in proc.stderr
+    assert "nix flake lock --update-input mlbuild" in proc.stderr
+    # the driver's own library gives the other package (the comment is in the server it runs)
+    own = run_cli("build", "digits", cwd=digits_repo).stdout.split("\t")[1].split("\n")[0]
+    assert own != built
+    # A lock naming an input that is not mlbuild is an error naming it, not a silent fallback.
+    lock = json.loads((user / "flake.lock").read_text())
+    node = lock["nodes"]["root"]["inputs"]["mlbuild"]
+    (user / "flake.lock").write_text(json.dumps({**lock, "nodes": {**lock["nodes"], node: {
+        **lock["nodes"][node], "locked": {"type": "path", "path": str(tmp_path / "user" / "data")}}}}))
+    bad = run_cli("build", "--allow-dirty", "digits", cwd=user, check=False)
+    assert bad.returncode == 1 and "has no nix/entry.nix" in bad.stderr and "it is not mlbuild" in bad.stderr
+
+
+def test_a_flake_build_from_a_dirty_tree_is_marked_dirty(digits_repo: Path, tmp_path: Path) -> None:
+    """`nix build` from uncommitted changes recorded "dirty": false; the driver marks it dirty."""
+    user = _user_project(digits_repo, tmp_path / "user", f"git+file://{REPO}")
+    clean = json.loads(nix("build", "--no-link", "--json", ".#digits.model", cwd=user).stdout)[0]["outputs"]["out"]
+    assert json.loads((Path(clean) / "provenance.json").read_text())["git"]["dirty"] is False
+    with open(user / "model.py", "a") as f:
+        f.write("# an uncommitted change\n")
+    dirty = json.loads(nix("build", "--no-link", "--json", ".#digits.model", cwd=user).stdout)[0]["outputs"]["out"]
+    assert dirty != clean and json.loads((Path(dirty) / "provenance.json").read_text())["git"]["dirty"] is True
+    driver = run_cli("build", "--allow-dirty", "digits.model", cwd=user).stdout.split("\t")[1].split("\n")[0]
+    assert driver == dirty
+    # `nix run .#digits` serves (meta.mainProgram), as `nix run .#serve-digits` does
+    assert "usage: serve" in nix("run", ".#digits", "--", "--help", cwd=user).stdout

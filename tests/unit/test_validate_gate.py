@@ -76,6 +76,26 @@ def test_the_gate_names_a_threshold_for_a_metric_the_suite_does_not_report(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_gate_without_thresholds_fails_naming_the_metrics(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`thresholds = { }` (or none) would pass any model and let its image build."""
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "metrics.json").write_text(json.dumps({"metrics": {"accuracy": 0.2, "f1_macro": 0.1},
+                                                     "suite": {"version": "abc"}}))
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"version": 1, "name": "iris", "report": str(report), "thresholds": {}}))
+    monkeypatch.setenv("specPath", str(spec))
+    monkeypatch.setenv("out", str(tmp_path / "out"))
+    with pytest.raises(SystemExit):
+        gate_main()
+    err = capsys.readouterr().err
+    assert "validation of iris has no thresholds, so it would pass any model" in err
+    assert "[models.iris.validation], e.g. thresholds = { accuracy = 0.9 }" in err
+    assert "The suite reports: accuracy, f1_macro" in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("name", ["mae", "rmse", "log_loss"])
 def test_a_bare_number_for_an_error_metric_is_refused(name: str) -> None:
     with pytest.raises(ValueError, match=rf'threshold {name} = 60: a bare number means {name} >= 60, but {name} is '

@@ -1,0 +1,113 @@
+"""The mlbuild a project's own flake pins, so ``mlbuild build`` builds what ``nix build`` builds.
+
+A project's ``flake.nix`` takes mlbuild as its ``mlbuild`` input, and ``flake.lock`` pins one
+revision. ``nix build .#MODEL`` evaluates that revision's Nix library and builders; this CLI would
+otherwise evaluate its own (``nix/`` next to it), and after an upgrade on either side the two
+give different store paths without a word. So when the pinned mlbuild's Nix library or runtime
+differs from this CLI's, the driver evaluates the pinned one (``builtins.fetchTree`` of the locked
+input: offline when it is in the store, as after any ``nix build``) and says so once.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import _nix
+from .errors import ConfigError, NixError
+
+__all__ = ["pinned_entry", "locked_input"]
+
+# What goes into derivations (nix/default.nix's runtimeFilter): the Nix library and the runtime.
+_COMPARED = ("nix", "mlbuild/runtime", "mlbuild/__init__.py")
+
+
+def locked_input(project_root: Path, name: str = "mlbuild") -> dict[str, Any] | None:
+    """flake.lock's locked attributes of the root's NAME input; None without a flake.lock or input."""
+    path = project_root / "flake.lock"
+    if not (project_root / "flake.nix").is_file() or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        nodes = data["nodes"]
+        ref = nodes[data.get("root", "root")].get("inputs", {}).get(name)
+        if not isinstance(ref, str):   # not an input, or `follows` another flake's (a list)
+            return None
+        locked = nodes[ref]["locked"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{path} is not a flake lock mlbuild can read ({type(e).__name__}: {e}); "
+                          f"restore it from git or run `nix flake lock`") from None
+    return locked if isinstance(locked, dict) else None
+
+
+def _tree_files(root: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for rel in _COMPARED:
+        top = root / rel
+        if top.is_file():
+            files[rel] = top
+            continue
+        for d, dirs, names in os.walk(top):
+            dirs[:] = sorted(x for x in dirs if x != "__pycache__")
+            for n in names:
+                if not n.endswith(".pyc"):
+                    p = Path(d) / n
+                    files[str(p.relative_to(root))] = p
+    return files
+
+
+def same_builders(a: Path, b: Path) -> bool:
+    """Whether two mlbuild checkouts have the same Nix library and runtime (same derivations)."""
+    fa, fb = _tree_files(a), _tree_files(b)
+    return fa.keys() == fb.keys() and all(filecmp.cmp(fa[k], fb[k], shallow=False) for k in fa)
+
+
+def pinned_entry(project_root: Path, *, needs: tuple[str, ...] = ()) -> Path | None:
+    """The entry.nix to evaluate for the project: the pinned mlbuild's, when the project's flake pins
+    one whose builders differ from this CLI's; None: this CLI's own. ``needs``: the entry.nix
+    arguments this build passes (an older mlbuild may not take them: an error, not a silent drop)."""
+    if os.environ.get("MLBUILD_NIX"):   # an explicit library wins
+        return None
+    locked = locked_input(project_root)
+    if locked is None:
+        return None
+    sub = locked.get("dir", "")
+    attrs = {k: v for k, v in locked.items() if k != "dir"}
+    where = f"the mlbuild input flake.lock pins ({_describe(attrs)})"
+    expr = (f"let src = builtins.fetchTree (builtins.fromJSON {json.dumps(json.dumps(attrs))}); "
+            f"entry = src + \"/{sub + '/' if sub else ''}nix/entry.nix\"; in "
+            f"{{ path = src.outPath; args = if builtins.pathExists entry "
+            f"then builtins.attrNames (builtins.functionArgs (import entry)) else null; }}")
+    try:
+        proc = _nix.run_nix([*_nix.common_options(), "eval", "--impure", "--json", "--expr", expr])
+    except NixError as e:
+        print(f"mlbuild: warning: cannot fetch {where}, so this build uses this mlbuild's own Nix library "
+              f"({_nix.nix_lib_dir()}) and may give other store paths than `nix build` ({e.log_tail.strip()[-300:] or e})",
+              file=sys.stderr)
+        return None
+    got = json.loads(proc.stdout)
+    root = Path(got["path"]) / sub if sub else Path(got["path"])
+    if got["args"] is None:
+        raise ConfigError(f"{where} has no nix/entry.nix at {root}: it is not mlbuild; point the flake's "
+                          f"`mlbuild` input at mlbuild (see the README's \"Your own project\")")
+    own = _nix.nix_lib_dir().parent
+    if same_builders(root, own):
+        return None
+    missing = [a for a in needs if a not in got["args"]]
+    if missing:
+        raise ConfigError(f"{where} is an older mlbuild whose builds do not take {', '.join(missing)} "
+                          f"(this build needs them); update it: `nix flake lock --update-input mlbuild`, "
+                          f"then commit flake.lock")
+    print(f"mlbuild: building with {where}, as `nix build` does; it differs from this mlbuild ({own}). "
+          f"To build with this one: `nix flake lock --update-input mlbuild`, then commit flake.lock", file=sys.stderr)
+    return root / "nix" / "entry.nix"
+
+
+def _describe(attrs: dict[str, Any]) -> str:
+    what = attrs.get("url") or attrs.get("path") or "/".join(str(attrs.get(k, "")) for k in ("owner", "repo"))
+    rev = attrs.get("rev")
+    return f"{attrs.get('type', '?')} {what}" + (f" at {str(rev)[:12]}" if rev else "")
