@@ -210,22 +210,36 @@ def prepare(inputs: dict[str, Path], out: Path, params: dict) -> None:
         rows = [[c.strip() for c in r] for r in csv.reader(f) if r][first - 1:]
     names = params.get("labels")  # the last column holds these names; else class numbers
     want = f"one of {{', '.join(names)}}" if names else "a number 0, 1, ..."
+    fraction = params["test_fraction"]
+    if not isinstance(fraction, float) or not 0 < fraction < 1:
+        raise SystemExit(f"[datasets.{name}-split.params].test_fraction is {{fraction!r}}; give the held-out "
+                         "share as a fraction between 0 and 1, e.g. 0.25 (a whole number would be a row count)")
     x_rows: list[list[float]] = []
     y_rows: list[int] = []
     for i, r in enumerate(rows):
-        # The CSV may have changed since mlbuild init checked it: name the line that is wrong.
+        # The CSV may have changed since mlbuild init checked it: name the line and cell that is wrong.
         where = f"dataset {name}-raw, line {{first + i}}: {{','.join(r)[:80]!r}}"
-        try:
-            x_rows.append([float(c) for c in r[:-1]])
-            y_rows.append(names.index(r[-1]) if names else int(float(r[-1])))
-        except ValueError:
-            raise SystemExit(f"{{where}} is not numeric features and a class ({{want}}); a new class "
-                             "needs the labels in mlbuild.toml and the model's classes param updated") from None
         if len(r) != len(rows[0]):
             raise SystemExit(f"{{where}} has {{len(r)}} columns; line {{first}} has {{len(rows[0])}}")
+        for col, c in enumerate(r[:-1], 1):
+            try:
+                float(c)
+            except ValueError:
+                raise SystemExit(f"{{where}}: column {{col}} is {{c!r}}, not a number; fix or drop the row") from None
+        x_rows.append([float(c) for c in r[:-1]])
+        try:
+            y_rows.append(names.index(r[-1]) if names else int(float(r[-1])))
+        except ValueError:
+            raise SystemExit(f"{{where}}: the class (last column) is {{r[-1]!r}}, not {{want}}; a new class "
+                             "needs the labels in mlbuild.toml and the model's classes param updated") from None
         if not np.isfinite(x_rows[-1]).all():
             raise SystemExit(f"{{where}} holds NaN or infinity; fill or drop the missing values")
     x, y = np.array(x_rows), np.array(y_rows, dtype=np.int64)
+    empty = [n for c, n in enumerate(names or []) if not (y == c).any()]
+    if empty:
+        raise SystemExit(f"dataset {name}-raw has no rows of the class {{empty[0]!r}} that "
+                         f"[datasets.{name}-split.params].labels names; add its rows or take it out of labels "
+                         "(and the model's classes param)")
     x_tr, x_te, y_tr, y_te = train_test_split(
         x, y, test_size=params["test_fraction"], random_state=params["seed"], stratify=y)
     for part, xs, ys in (("train", x_tr, y_tr), ("test", x_te, y_te)):

@@ -36,6 +36,9 @@ let
   # Error metrics, better lower: a bare number (>= it) would pass the worse models
   # (mlbuild/runtime/validate.py's LOWER_IS_BETTER).
   lowerIsBetter = [ "mae" "rmse" "mse" "mape" "loss" "log_loss" ];
+  # Fractions 0..1 (validate.py's is_fraction): a bare number above 1 (a percent) fails every model.
+  isFraction = k: builtins.elem k [ "accuracy" "balanced_accuracy" "roc_auc" ]
+    || builtins.match "(precision|recall|f1)(_.*)?" k != null;
   checkModel = m: t:
     let
       where = "[models.${m}]";
@@ -44,6 +47,8 @@ let
       bad = builtins.filter (k: !(thresholdOk thresholds.${k})) (builtins.attrNames thresholds);
       bare = builtins.filter (k: builtins.elem k lowerIsBetter && (builtins.isInt thresholds.${k} || builtins.isFloat thresholds.${k}))
         (builtins.attrNames thresholds);
+      percent = builtins.filter (k: isFraction k && (builtins.isInt thresholds.${k} || builtins.isFloat thresholds.${k})
+        && thresholds.${k} > 1) (builtins.attrNames thresholds);
     in
     lib.checkKeys where keys.model t && sub "validation" keys.validation && sub "serve" keys.serve
     && sub "image" keys.image
@@ -53,7 +58,11 @@ let
     && (!(builtins.isAttrs thresholds) || lib.assertMsg (bare == [ ])
       (let k = builtins.head bare; v = builtins.toJSON thresholds.${k}; in
         "[models.${m}.validation].thresholds.${k} is ${v}, a bare number, which means ${k} >= ${v}; "
-        + "${k} is better lower: write ${k} = \"<= ${v}\""));
+        + "${k} is better lower: write ${k} = \"<= ${v}\""))
+    && (!(builtins.isAttrs thresholds) || lib.assertMsg (percent == [ ])
+      (let k = builtins.head percent; v = builtins.toJSON thresholds.${k}; in
+        "[models.${m}.validation].thresholds.${k} is ${v}, but ${k} is a fraction from 0 to 1, so no model can reach it; "
+        + "write it as a fraction (${v}% is ${builtins.toJSON (thresholds.${k} / 100.0)})"));
   checkDataset = d: t:
     let where = "[datasets.${d}]";
     in if !(builtins.isAttrs t) then lib.checkKeys where [ ] t

@@ -117,6 +117,13 @@ _RULE = re.compile(r"\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?
 # Error metrics, better lower: a bare number (">= it") as their threshold would pass every model
 # worse than it and fail the better ones, so it is refused (nix/project.nix keeps the same list).
 LOWER_IS_BETTER = ("mae", "rmse", "mse", "mape", "loss", "log_loss")
+# Metrics that are fractions 0..1: a threshold above 1 (`accuracy = 90`, a percent) fails every model.
+FRACTIONS = ("accuracy", "balanced_accuracy", "roc_auc")
+FRACTION_PREFIXES = ("precision", "recall", "f1")
+
+
+def is_fraction(name: str) -> bool:
+    return name in FRACTIONS or name.split("_", 1)[0] in FRACTION_PREFIXES
 
 
 def parse_threshold(name: str, rule: Any) -> tuple[str, float]:
@@ -127,12 +134,17 @@ def parse_threshold(name: str, rule: Any) -> tuple[str, float]:
         if name in LOWER_IS_BETTER:
             raise ValueError(f"threshold {name} = {rule}: a bare number means {name} >= {rule}, but {name} is "
                              f"better lower; write {name} = \"<= {rule}\"")
-        return ">=", float(rule)
-    match = _RULE.fullmatch(rule) if isinstance(rule, str) else None
-    if match is None:
-        raise ValueError(f"threshold {name} = {rule!r}: use a number (the metric must be >= it) or "
-                         f"a string '<op> number' with op one of {', '.join(_OPS)} (e.g. '<= 0.3')")
-    return match[1], float(match[2])
+        op, value = ">=", float(rule)
+    else:
+        match = _RULE.fullmatch(rule) if isinstance(rule, str) else None
+        if match is None:
+            raise ValueError(f"threshold {name} = {rule!r}: use a number (the metric must be >= it) or "
+                             f"a string '<op> number' with op one of {', '.join(_OPS)} (e.g. '<= 0.3')")
+        op, value = match[1], float(match[2])
+    if is_fraction(name) and op in (">=", ">") and value > 1:
+        raise ValueError(f"threshold {name} = {rule!r}: {name} is a fraction from 0 to 1, so no model can "
+                         f"reach it; write {name} = {value / 100:g} for {value:g}%")
+    return op, value
 
 
 def check_thresholds(metrics: dict[str, float], thresholds: dict[str, Any]) -> list[dict[str, Any]]:

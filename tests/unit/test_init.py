@@ -179,12 +179,21 @@ def test_the_generated_prepare_names_the_line_a_later_edit_broke(tmp_path: Path)
     assert json.loads((out / "labels.json").read_text()) == ["cat", "dog"]
     assert len((out / "train.csv").read_text().splitlines()) == 9
     for line, message in (("3,nan,dog", "dataset p-raw, line 5: '3,nan,dog' holds NaN or infinity"),
-                          ("3,x,dog", "line 5: '3,x,dog' is not numeric features and a class (one of cat, dog)"),
-                          ("3,1,cow", "line 5: '3,1,cow' is not numeric features and a class (one of cat, dog); "
+                          ("3,x,dog", "line 5: '3,x,dog': column 2 is 'x', not a number"),
+                          ("3,1,cow", "line 5: '3,1,cow': the class (last column) is 'cow', not one of cat, dog; "
                                       "a new class needs the labels"),
-                          ("3,1,2,dog", "line 5: '3,1,2,dog' has 4 columns; line 2 has 3")):
+                          ("3,1,2,dog", "line 5: '3,1,2,dog' has 4 columns; line 2 has 3"),
+                          # a dropped column: the width, not the class, is what is wrong
+                          ("3,dog", "line 5: '3,dog' has 2 columns; line 2 has 3"),
+                          ("3;1;dog", "line 5: '3;1;dog' has 1 columns; line 2 has 3")):
         lines = text.splitlines()
         lines[4] = line
         data.write_text("\n".join(lines) + "\n")
         with pytest.raises(SystemExit, match=re.escape(message)):
             prepare({"p-raw": data}, out, params)
+    data.write_text(text)
+    for bad in (25, 1.0, 0.0):   # 25 would be 25 rows to scikit-learn
+        with pytest.raises(SystemExit, match=re.escape(f"test_fraction is {bad!r}; give the held-out share as a fraction")):
+            prepare({"p-raw": data}, out, {**params, "test_fraction": bad})
+    with pytest.raises(SystemExit, match="no rows of the class 'bird' that \\[datasets.p-split.params\\].labels names"):
+        prepare({"p-raw": data}, out, {**params, "labels": ["cat", "dog", "bird"]})

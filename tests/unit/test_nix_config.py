@@ -54,6 +54,10 @@ def test_the_fixture_evaluates(tmp_path: Path) -> None:
     (("accuracy = 0.9", "mae = 60"),
      '[models.m.validation].thresholds.mae is 60, a bare number, which means mae >= 60; mae is better lower: '
      'write mae = "<= 60"'),
+    # a percent for a fraction: no model can reach it
+    (("accuracy = 0.9", "f1_macro = 90"),
+     "[models.m.validation].thresholds.f1_macro is 90, but f1_macro is a fraction from 0 to 1, so no model can "
+     "reach it; write it as a fraction (90% is 0.9)"),
     (('script = "m.py"\ncode = ["m.py", "sub/"]', "script = 3"), "[models.m].script is 3; it must be a string"),
     (('code = ["m.py", "sub/"]', 'code = "m.py"'), '[models.m].code is "m.py"; it must be a list of strings'),
     (("seed = 3", "seed = 3\nthreads = 0"), "[models.m].threads is 0; it must be 1 or more"),

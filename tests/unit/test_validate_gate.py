@@ -103,3 +103,11 @@ def test_a_bare_number_for_an_error_metric_is_refused(name: str) -> None:
         parse_threshold(name, 60)
     assert parse_threshold(name, "<= 60") == ("<=", 60.0)
     assert parse_threshold("r2", 0.5) == (">=", 0.5)
+
+
+@pytest.mark.parametrize("name, rule", [("accuracy", 90), ("f1_macro", "> 95"), ("precision", 85), ("roc_auc", ">= 80")])
+def test_a_percent_for_a_fraction_metric_is_refused(name: str, rule: object) -> None:
+    with pytest.raises(ValueError, match=rf"{name} is a fraction from 0 to 1, so no model can reach it; write {name} = 0\.[89]"):
+        parse_threshold(name, rule)
+    assert parse_threshold(name, 0.9) == (">=", 0.9) and parse_threshold("mae", "<= 90") == ("<=", 90.0)
+    assert parse_threshold(name, "<= 1") == ("<=", 1.0)
