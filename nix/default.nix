@@ -40,7 +40,7 @@ let
   # The flake outputs of one project folder, for a project's own flake.nix:
   #   outputs = { self, mlbuild }: mlbuild.lib.flakeOutputs { inherit self; src = ./.; };
   # packages.<system>.<model> (the package; every stage is an attribute: .model, .validation,
-  # .image...), apps.<system>.serve-<model>, checks.<system>.<model>-validation for each model
+  # .image...), apps.<system>.serve-<model> (the package once its validation passed), checks.<system>.<model>-validation for each model
   # with [models.<model>.validation] and the notebooks marked test = true; `default` is the model
   # named like [project].name, else the first model (alphabetically).
   #
@@ -56,8 +56,11 @@ let
       models = builtins.attrNames (p.config.models or { });
       each = f: builtins.listToAttrs (map f models);
       first = if builtins.elem p.name models then p.name else builtins.head models;
-      app = m: { type = "app"; program = "${p.${m}}/bin/serve"; };
       validated = builtins.filter (m: p.config.models.${m} ? validation) models;
+      # serve-<m> deploys: a model with a validation gate is served only once it passed (its
+      # release), as its image is; `nix run .#<m>` runs the package itself, gate or not.
+      app = m: { type = "app"; program = if builtins.elem m validated
+        then "${p.${m}.release}/package/bin/serve" else "${p.${m}}/bin/serve"; };
     in
     {
       packages.${system} = each (m: { name = m; value = p.${m} // { inherit (p) interpreter; }; })

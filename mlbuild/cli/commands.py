@@ -9,6 +9,7 @@ import click
 
 from .. import build as b
 from .. import exp as experiments
+from ..errors import BuildError
 from ..toolchain import lock_project, prefetch
 from .main import cli, load
 
@@ -157,14 +158,29 @@ def exp_show(ctx: click.Context, model: str) -> None:
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("model")
 @click.option("--allow-dirty", is_flag=True, help="Build even with uncommitted or untracked files.")
+@click.option("--no-validate", is_flag=True,
+              help="Serve even a package that has not passed its validation gate (for development).")
 @click.pass_context
-def serve(ctx: click.Context, model: str, allow_dirty: bool) -> None:
-    """Build MODEL's package and serve it (extra arguments go to the server: --port 8080 ...)."""
+def serve(ctx: click.Context, model: str, allow_dirty: bool, no_validate: bool) -> None:
+    """Build MODEL's package, validate it, and serve it (extra arguments go to the server: --port 8080 ...).
+
+    A model with [models.MODEL.validation] is served only once its gate passed, as its image and
+    `nix run .#serve-MODEL` are; --no-validate serves it anyway."""
     import os
 
     project = load(ctx)
     b.check_model(project, model)
+    gated = isinstance((project.raw.get("models") or {}).get(model, {}).get("validation"), dict)
     summary = b.build_targets(project, [model], allow_dirty=allow_dirty, on_progress=_Bar())
+    if gated and not no_validate:
+        try:
+            b.build_targets(project, [f"{model}.validation"], allow_dirty=allow_dirty, on_progress=_Bar())
+        except BuildError as e:
+            raise BuildError(f"{e}\n{model} did not pass its validation gate, so it is not served; fix the model "
+                             f"or its data, or serve it anyway for development: mlbuild serve --no-validate {model}"
+                             ) from None
+    if gated and no_validate:
+        click.echo(f"mlbuild: warning: serving {model} without its validation gate (--no-validate)", err=True)
     program = f"{summary.outputs[0].path}/bin/serve"
     click.echo(f"serving {summary.outputs[0].path}", err=True)
     os.execv(program, [program, *ctx.args])

@@ -118,3 +118,23 @@ def test_mlbuild_serve(digits_repo: Path, tmp_path: Path) -> None:
             assert c.infer("digits", [inp]).as_numpy("label").shape == (2,)
     finally:
         server.stop()
+
+
+def test_mlbuild_serve_refuses_a_model_that_fails_its_gate(digits_repo: Path, tmp_path: Path) -> None:
+    """`mlbuild serve` served a package whose validation failed, with no word; its image and
+    `nix run .#serve-digits` depend on the gate. (A copy outside git: nothing is dirty, nothing retrains.)"""
+    import shutil
+
+    root = tmp_path / "digits"
+    shutil.copytree(digits_repo, root, ignore=shutil.ignore_patterns(".git", ".mlbuild", "result*"))
+    toml = root / "mlbuild.toml"
+    toml.write_text(toml.read_text().replace("accuracy = 0.95", "accuracy = 0.999"))
+    # (an option the server does not know: it would print its usage and exit 2 once started)
+    refused = run_cli("serve", "digits", "--no-such-option", cwd=root, check=False)
+    assert refused.returncode == 1 and "usage: serve" not in refused.stderr
+    assert "accuracy" in refused.stderr and "FAILED" in refused.stderr
+    assert "digits did not pass its validation gate, so it is not served" in refused.stderr
+    assert "mlbuild serve --no-validate digits" in refused.stderr
+    anyway = run_cli("serve", "--no-validate", "digits", "--no-such-option", cwd=root, check=False)
+    assert anyway.returncode == 2 and "usage: serve" in anyway.stderr
+    assert "warning: serving digits without its validation gate (--no-validate)" in anyway.stderr

@@ -34,8 +34,10 @@ def test_a_project_flake_builds_what_the_driver_builds(digits_repo: Path, tmp_pa
     built = json.loads(nix("build", "--no-link", "--json", ".#digits", cwd=user).stdout)[0]["outputs"]["out"]
     driver = run_cli("build", "digits", cwd=digits_repo).stdout.split("\t")[1].split("\n")[0]
     assert built == driver
+    # serve-digits deploys the release: the package once its validation gate passed
     program = json.loads(nix("eval", "--json", ".#apps.x86_64-linux.serve-digits.program", cwd=user).stdout)
-    assert program == f"{built}/bin/serve"
+    release = json.loads(nix("eval", "--json", ".#digits.release.outPath", cwd=user).stdout)
+    assert program == f"{release}/package/bin/serve"
     assert "flake.lock" in git(user, "status", "--porcelain")  # nix locked the mlbuild input
 
 
