@@ -41,7 +41,14 @@ def _report(project: Project, model: str, rev: str, **kw: Any) -> Point:
     check_model(project, model)
     summary = build_targets(project, [f"{model}.validation.report"], **kw)
     path = summary.outputs[0].path
-    return Point(rev, json.loads((Path(path) / "metrics.json").read_text()), path)
+    return Point(_here(project) if rev == "worktree" else rev, json.loads((Path(path) / "metrics.json").read_text()), path)
+
+
+def _here(project: Project) -> str:
+    """The label of what the worktree built: its commit when it is clean, else "worktree"."""
+    if git.dirty_files(project.root):
+        return "worktree"
+    return git.head(project.root) or "worktree"
 
 
 def validate(project: Project, model: str, *, allow_dirty: bool = False,
@@ -50,7 +57,7 @@ def validate(project: Project, model: str, *, allow_dirty: bool = False,
     check_model(project, model)
     summary = build_targets(project, [f"{model}.validation"], allow_dirty=allow_dirty, on_progress=on_progress)
     path = summary.outputs[0].path
-    return Point("worktree", json.loads((Path(path) / "metrics.json").read_text()), path)
+    return Point(_here(project), json.loads((Path(path) / "metrics.json").read_text()), path)
 
 
 def show(project: Project, model: str, *, allow_dirty: bool = False) -> Point:
@@ -141,14 +148,20 @@ def _metric_names(points: Sequence[Point]) -> list[str]:
 
 
 def table(points: Sequence[Point]) -> list[str]:
+    """One row per point: revision, suite version, the held-out data (its hash and sample count:
+    a change there moves the metrics without the model changing), then the metrics."""
     names = _metric_names(points)
-    head = ["revision", "suite", *names]
+    head = ["revision", "suite", "data", "n", *names]
     rows = [[p.rev[:10], p.report.get("suite", {}).get("version", "-")[:8],
+             (p.report.get("dataset") or {}).get("sha256", "-")[:8], str(p.report.get("n", "-")),
              *(f"{p.report['metrics'][n]:.4f}" if n in p.report.get("metrics", {}) else "-" for n in names)]
             for p in points]
     failed = [f"{p.rev[:10]}: {p.error}" for p in points if p.error]
+    data = {(p.report.get("dataset") or {}).get("sha256") for p in points if p.report}
+    note = ["note: the held-out data differs between these revisions (data, n): their metrics are not "
+            "computed on the same samples"] if len(data) > 1 else []
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *rows]] + failed
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *rows]] + failed + note
 
 
 def prometheus_text(model: str, points: Sequence[Point]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from mlbuild.metrics import Point, _figure, _plot
+from mlbuild.metrics import Point, _figure, _plot, table
 
 
 def points(*metrics: dict[str, float]) -> list[Point]:
@@ -24,3 +24,17 @@ def test_a_classifier_history_is_one_axis() -> None:
     assert len(fig.get_axes()) == 1 and fig.get_axes()[0].get_ylabel() == "score"
     plt.close(fig)
     assert _plot("digits", points({"accuracy": 0.96})).startswith(b"\x89PNG")
+
+
+def test_the_history_table_shows_the_held_out_data_of_each_revision() -> None:
+    """A grown test set moved accuracy with the same suite version, and nothing said so."""
+    a = Point("a" * 40, {"metrics": {"accuracy": 0.9556}, "suite": {"version": "ec924683aa"}, "n": 45,
+                         "dataset": {"sha256": "11112222" + "0" * 56}}, "/nix/store/x")
+    b = Point("b" * 40, {"metrics": {"accuracy": 0.98}, "suite": {"version": "ec924683aa"}, "n": 50,
+                         "dataset": {"sha256": "33334444" + "0" * 56}}, "/nix/store/y")
+    lines = table([a, b])
+    assert lines[0].split() == ["revision", "suite", "data", "n", "accuracy"]
+    assert lines[1].split() == ["aaaaaaaaaa", "ec924683", "11112222", "45", "0.9556"]
+    assert lines[2].split() == ["bbbbbbbbbb", "ec924683", "33334444", "50", "0.9800"]
+    assert lines[-1].startswith("note: the held-out data differs between these revisions")
+    assert not table([a, a])[-1].startswith("note:")
