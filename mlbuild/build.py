@@ -135,8 +135,9 @@ def check_clean(project: Project) -> None:
     raise DirtyTreeError(
         "the worktree is not clean, so the inputs of this build would not be known:\n"
         + "\n".join(lines[:20]) + more
-        + "\ncommit them (or add them to .gitignore), or pass --allow-dirty to build anyway "
-          "(the outputs' provenance is then marked dirty)"
+        + "\ncommit code and configuration; add data files and outputs to .gitignore (data is pinned by "
+          "`mlbuild data add`, never committed); or pass --allow-dirty to build anyway (the outputs' "
+          "provenance is then marked dirty, which retrains the model once)"
     )
 
 

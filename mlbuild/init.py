@@ -325,7 +325,14 @@ def load(data: Path) -> tuple[np.ndarray, np.ndarray]:
 }}
 '''
     return {"mlbuild.toml": toml, "prepare.py": prepare, "model.py": model, "validate.py": validate,
-            "flake.nix": flake, ".gitignore": f"result*\n/{csv_rel}\n"}
+            "flake.nix": flake, ".gitignore": f"result*\n/{_ignored_data(csv_rel)}\n"}
+
+
+def _ignored_data(csv_rel: str) -> str:
+    """What .gitignore keeps out of git: the CSV's top folder (data/ holds data, never committed,
+    backups and new versions too), or the CSV itself when it sits next to mlbuild.toml."""
+    top, sep, _ = csv_rel.partition("/")
+    return f"{top}/" if sep else csv_rel
 
 
 _EXTENDED = {".gitignore"}   # files a project usually has already: lines are added, never replaced

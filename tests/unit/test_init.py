@@ -84,7 +84,7 @@ def test_init_writes_a_project_from_the_csv(tmp_path: Path) -> None:
     for name in ("model.py", "prepare.py", "validate.py"):
         compile((root / name).read_text(), name, "exec")
     assert 'inputs.mlbuild.url = "git+file:///opt/mlbuild"' in (root / "flake.nix").read_text()
-    assert "/data/d.csv" in (root / ".gitignore").read_text().splitlines()  # data stays out of git
+    assert "/data/" in (root / ".gitignore").read_text().splitlines()  # data (and its backups) stays out of git
     assert subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=root, capture_output=True).returncode == 0
 
 
@@ -151,7 +151,7 @@ def test_an_existing_gitignore_gets_the_lines_it_lacks(tmp_path: Path) -> None:
     root.mkdir()
     (root / ".gitignore").write_text("__pycache__/\nresult*")   # no final newline
     new = init_project(root, csv_path=csv(root))
-    assert (root / ".gitignore").read_text() == "__pycache__/\nresult*\n/data/d.csv\n"
+    assert (root / ".gitignore").read_text() == "__pycache__/\nresult*\n/data/\n"
     assert new.extended == [root / ".gitignore"] and root / ".gitignore" not in new.files
     assert (root / "mlbuild.toml").exists()
 
