@@ -9,7 +9,7 @@
       root = toString src;
       clean = map (lib.removeSuffix "/") files;
       check = map (f: lib.assertMsg (builtins.pathExists (src + "/${f}"))
-        "${what} names ${f}, which does not exist in ${root}") clean;
+        "${what} names ${f}, which does not exist in ${root}${lib.untrackedHint (src + "/${f}")}") clean;
     in
     assert lib.assertMsg (builtins.isList files && builtins.all builtins.isString files)
       "${what} is ${builtins.toJSON files}; it must be a list of file names (mlbuild.toml)";

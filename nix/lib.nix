@@ -65,11 +65,18 @@ rec {
   };
   optionalAttrs = cond: attrs: if cond then attrs else { };
   attrOr = name: default: set: if builtins.hasAttr name set then builtins.getAttr name set else default;
+  # A flake's source is in the store and holds only git-tracked files: a file missing there is
+  # most often one that exists but was never `git add`ed.
+  inFlake = path: hasPrefix builtins.storeDir (toString path);
+  untrackedHint = path:
+    if inFlake path
+    then " (this flake's source holds only the files git tracks: if ${baseNameOf (toString path)} is in your folder, `git add` it)"
+    else "";
   # Read a JSON or TOML file under `src`, or throw naming it and the command that makes it.
   readJSON = path: fix:
     if builtins.pathExists path then builtins.fromJSON (builtins.readFile path)
-    else throw "mlbuild: ${toString path} does not exist; run `${fix}`";
+    else throw "mlbuild: ${toString path} does not exist${untrackedHint path}; else run `${fix}`";
   readTOML = path: fix:
     if builtins.pathExists path then builtins.fromTOML (builtins.readFile path)
-    else throw "mlbuild: ${toString path} does not exist; ${fix}";
+    else throw "mlbuild: ${toString path} does not exist${untrackedHint path}; else ${fix}";
 }

@@ -71,6 +71,10 @@ let
        else if t ? prepare then lib.checkKeys "${where} (a derived dataset: prepare)" keys.preparedDataset t
        else true;   # dataset.nix says it needs one of path, url or prepare
   checkAll = f: tables: builtins.all (n: f n tables.${n}) (builtins.attrNames tables);
+  # Names become attributes and targets (`digits.image`, `datasets.digits-split`): no dots.
+  checkNames = kind: tables: builtins.all (n: lib.assertMsg (builtins.match "[A-Za-z0-9][A-Za-z0-9_-]*" n != null)
+    "[${kind}.${builtins.toJSON n}]: ${builtins.toJSON n} is not a valid name; use letters, digits, - and _ (a dot would read as MODEL.STAGE in targets such as ${n}.image)")
+    (builtins.attrNames tables);
   table = c: key: c.${key} or { };
   checkConfig = c:
     assert lib.checkKeys "mlbuild.toml" keys.top c;
@@ -79,6 +83,8 @@ let
     assert lib.checkKeys "[store]" keys.store (table c "store");
     assert lib.checkKeys "[models]" (builtins.attrNames (table c "models")) (table c "models")
       && checkAll checkModel (table c "models");
+    assert checkNames "models" (table c "models") && checkNames "datasets" (table c "datasets")
+      && checkNames "notebooks" (table c "notebooks");
     assert checkAll checkDataset (table c "datasets");
     assert checkAll (n: lib.checkKeys "[notebooks.${n}]" keys.notebook) (table c "notebooks");
     c;

@@ -39,6 +39,13 @@ def test_a_project_flake_builds_what_the_driver_builds(digits_repo: Path, tmp_pa
     release = json.loads(nix("eval", "--json", ".#digits.release.outPath", cwd=user).stdout)
     assert program == f"{release}/package/bin/serve"
     assert "flake.lock" in git(user, "status", "--porcelain")  # nix locked the mlbuild input
+    # A file the folder has but git does not track is not in the flake: the error says `git add`.
+    git(user, "rm", "-q", "--cached", "mlbuild.lock", "model.py")
+    for attr, name in (("digits", "mlbuild.lock"), ("digits.model", "model.py")):
+        if name == "model.py":
+            git(user, "add", "mlbuild.lock")
+        err = nix("eval", f".#{attr}.drvPath", cwd=user, check=False).stderr
+        assert f"if {name} is in your folder, `git add` it" in err, err
 
 
 def _user_project(digits_repo: Path, user: Path, mlbuild_url: str) -> Path:

@@ -54,6 +54,8 @@ def test_the_fixture_evaluates(tmp_path: Path) -> None:
     (("accuracy = 0.9", "mae = 60"),
      '[models.m.validation].thresholds.mae is 60, a bare number, which means mae >= 60; mae is better lower: '
      'write mae = "<= 60"'),
+    (("[models.m]\n", '[models."a.b"]\nscript = "m.py"\n\n[models.m]\n'),
+     '[models."a.b"]: "a.b" is not a valid name; use letters, digits, - and _'),
     # a percent for a fraction: no model can reach it
     (("accuracy = 0.9", "f1_macro = 90"),
      "[models.m.validation].thresholds.f1_macro is 90, but f1_macro is a fraction from 0 to 1, so no model can "
