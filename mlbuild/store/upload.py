@@ -23,6 +23,7 @@ import zstandard
 
 from .. import _nix
 from ..errors import StoreCorruptError
+from ..storepath import fixed_output_path
 from ..nar import CHUNK, nix_base32
 from .compression import NONE, ZSTD, choose_compression, nar_suffix, real_path_in
 from .keys import SecretKey
@@ -50,9 +51,25 @@ class PathInfo:
         store_dir = path.rsplit("/", 1)[0]
         refs = tuple(sorted(r if "/" in r else f"{store_dir}/{r}" for r in data.get("references", [])))
         ca = data.get("ca")
-        return cls(path=path, nar_hash=format_hash(parse_hash(data["narHash"])), nar_size=int(data["narSize"]),
+        digest = parse_hash(data["narHash"])
+        return cls(path=path, nar_hash=format_hash(digest), nar_size=int(data["narSize"]),
                    references=refs, deriver=data.get("deriver") or None,
-                   ca=ca if isinstance(ca, str) and ca else None)
+                   ca=ca if isinstance(ca, str) and ca else _recursive_ca(path, digest, refs))
+
+
+def _recursive_ca(path: str, nar_digest: bytes, references: tuple[str, ...]) -> str | None:
+    """The content address of a path that is one without the store saying so: `mlbuild data add`
+    registers datasets with `nix-store --register-validity`, which cannot record a CA. A path
+    with no references whose name is the recursive sha256 fixed-output path of its NAR hash is
+    content-addressed (Nix checks exactly this when it substitutes a narinfo with a CA field, and
+    then accepts it without a signature, and `nix copy` moves it)."""
+    if references:
+        return None
+    store_dir, base = path.rsplit("/", 1)
+    name = base[33:]
+    if fixed_output_path(nar_digest.hex(), name, recursive=True, store=store_dir) != path:
+        return None
+    return f"fixed:r:{format_hash(nar_digest)}"
 
 
 def path_infos(paths: list[str], *, store: str | None = None, recursive: bool = False) -> dict[str, PathInfo]:

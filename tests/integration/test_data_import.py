@@ -36,3 +36,30 @@ def test_fast_import_of_big_and_many_files_is_what_nix_would_store(tmp_path: Pat
     assert (stored / "weights.bin").read_bytes() == (src / "weights.bin").read_bytes()
     assert os.access(stored / "run.sh", os.X_OK) and os.readlink(stored / "link") == "weights.bin"
     assert importer.import_path(src, "import-test").path == result.path    # again: already there
+
+
+def test_a_pushed_dataset_is_content_addressed_for_nix(tmp_path: Path) -> None:
+    """`nix-store --register-validity` records no content address, so the store's narinfo had none:
+    plain `nix copy` from the shared store refused the dataset ("lacks a valid signature") on a
+    machine that does not trust the store's key. Its narinfo now says what it is (fixed:r:sha256),
+    which Nix checks against the path and accepts unsigned."""
+    from mlbuild import _nix
+    from mlbuild.store import push
+    from mlbuild.store.layout import Layout
+    from mlbuild.store.narinfo import NarInfo
+    from tests.integration.test_store_machines import make_store
+
+    src = tmp_path / "data.csv"
+    src.write_text("".join(f"{i},{i * i}\n" for i in range(1000)) + os.urandom(8).hex())
+    path = importer.import_path(src, "ca-test").path
+    cfg = make_store(tmp_path)
+    push(cfg, [path])
+    info = NarInfo.parse(Layout(cfg.root).narinfo(path).read_text())
+    assert info.ca == f"fixed:r:{info.nar_hash}"
+    other = tmp_path / "other-machine"
+    proc = subprocess.run(["nix", *_nix.common_options(), "copy", "--from", f"file://{cfg.root}",
+                           "--to", str(other), "--option", "require-sigs", "true", path],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    got = _nix.path_info_in([path], store=str(other))[path]
+    assert got.get("ca", "").startswith("fixed:r:sha256:")
