@@ -4,7 +4,9 @@
 #   -> $out/bin/monitor --url http://host:8080 [--once] [--interval 60] [--port 9109] [--webhook URL]
 #
 # Uses [models.NAME.validation] (suite, dataset, thresholds): the same metric names and suite
-# version as the validation build, computed on what the live server answers.
+# version as the validation build, computed on what the live server answers. The suite's
+# load(data) runs at build time: the monitor holds those held-out rows (heldout/*.npy), not the
+# dataset, whose split holds the training rows too.
 { runtimeFor, pythonStage, validationSuite }:
 {
   mkMonitor = { name, model, package, src, toolchain, datasets }:
@@ -16,7 +18,7 @@
       inherit toolchain;
       module = "monitor";
       entry = "build_main";
-      modules = [ "spec" "hashing" "monitor" ];
+      modules = [ "spec" "prepare" "hashing" "monitor" ];
       needs = { what = "the monitor of [models.${name}]"; wheels = [ "numpy" "scikit-learn" "prometheus-client" ]; };
       spec = {
         version = 1;

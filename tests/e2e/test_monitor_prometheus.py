@@ -81,6 +81,9 @@ def stack(digits_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     work = tmp_path_factory.mktemp("monitoring")
     build = run_cli("build", "digits", "digits.monitor", cwd=digits_repo).stdout.splitlines()
     package, monitor = (line.split("\t")[1] for line in build[:2])
+    # It carries the held-out rows the suite loads, not the split (which holds the training rows).
+    closure = subprocess.run(["nix-store", "-qR", monitor], capture_output=True, text=True, check=True).stdout
+    assert "-digits-split" not in closure and Path(monitor, "heldout", "inputs.npy").is_file()
     server_port, monitor_port, prom_port = free_port(), free_port(), free_port()
     procs = Procs(work)
     procs.start("server", [f"{package}/bin/serve", "--host", "127.0.0.1", "--port", str(server_port),
