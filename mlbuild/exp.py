@@ -4,6 +4,8 @@ A variant is the model with some params overridden (``mkProject { overrides = ..
 store path, so going back to an earlier param set is a cache hit, not a retrain. Runs are
 recorded in ``.mlbuild/experiments/NAME.jsonl`` with the git commit they ran at; ``exp show``
 lists the variants. Values are shown as ``--set`` takes them (TOML: ``true``, ``"name"``, ``[1, 2]``).
+A model with a validation suite gets each variant's held-out metrics as well (its validation
+report, built with the variant).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import math
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -121,14 +123,20 @@ def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool 
         raise ConfigError(f"--set names {', '.join(unknown)}, which [models.{model}.params] does not have; "
                           f"params: {', '.join(sorted(models[model].get('params', {})))}")
     overrides = typed_overrides(model, models[model]["params"], overrides, raw)
-    summary = build_targets(project, [f"{model}.model"], allow_dirty=allow_dirty,
+    # A model with a validation suite: the variant's held-out metrics too (its validation report;
+    # the training log's metrics are on training data), so variants are compared on what counts.
+    validated = isinstance(models[model].get("validation"), dict)
+    targets = [f"{model}.model", *([f"{model}.validation.report"] if validated else [])]
+    summary = build_targets(project, targets, allow_dirty=allow_dirty,
                             overrides={model: {"params": overrides}} if overrides else {},
                             on_progress=on_progress)
     path = summary.outputs[0].path
     params = {**models[model].get("params", {}), **overrides}
     record = {"model": model, "overrides": overrides, "params": params, "path": path,
-              "status": "cached" if summary.present else "built", "time": time.time(),
+              "status": "cached" if f"{model}.model" in summary.present else "built", "time": time.time(),
               "git_rev": git.head(project.root), "dirty": _dirty(Path(path))}
+    if validated:
+        record["report"] = summary.outputs[1].path
     log = _log(project, model)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
@@ -151,9 +159,11 @@ class Variant:
     path: str
     status: str
     runs: int
-    metrics: dict[str, float]
+    metrics: dict[str, float]   # the training log's final metrics (on training data)
     commit: str | None = None   # the commit of its first recorded run (12 hex digits)
     dirty: bool = False         # built from uncommitted files (--allow-dirty)
+    held_out: dict[str, float] = field(default_factory=dict)   # its validation report's metrics
+    data: str | None = None     # the training datasets' hashes, shortened (a data change shows here)
 
 
 def show(project: Project, model: str) -> list[Variant]:
@@ -174,6 +184,25 @@ def show(project: Project, model: str) -> list[Variant]:
             metrics = {k: v for k, v in final.items() if k not in ("epoch", "epochs")}
         last = recs[-1]
         commit = next((r["git_rev"] for r in recs if r.get("git_rev")), None)
+        report = next((r["report"] for r in reversed(recs) if r.get("report")), None)
         variants.append(Variant(last["overrides"], last["params"], path, last["status"], len(recs), metrics,
-                                commit[:12] if commit else None, any(r.get("dirty") for r in recs)))
+                                commit[:12] if commit else None, any(r.get("dirty") for r in recs),
+                                _read(Path(report) / "metrics.json").get("metrics", {}) if report else {},
+                                _data(Path(path))))
     return variants
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):   # collected by a Nix gc, or not there: no numbers to show
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _data(model_path: Path) -> str | None:
+    """The training data a variant saw: its datasets' hashes (8 hex digits each), from provenance."""
+    datasets = _read(model_path / "provenance.json").get("datasets")
+    if not isinstance(datasets, dict) or not datasets:
+        return None
+    return ",".join(str((d or {}).get("sha256", "?"))[:8] for _, d in sorted(datasets.items()))

@@ -106,7 +106,16 @@ def test_experiment_round_trip(digits_repo: Path, trained: str) -> None:
     assert "cached" in back.stdout and trained in back.stdout
     assert "epoch" not in back.stderr  # nothing trained
     table = run_cli("exp", "show", "digits", cwd=digits_repo).stdout
-    assert trained in table and str(float(lr[3:])) in table and "val_accuracy" in table
+    assert trained in table and str(float(lr[3:])) in table and "train:val_accuracy" in table
+    # the held-out metrics the gate checks (validation report), the params --set changed, the data
+    head_row, rows = table.splitlines()[0].split(), table.splitlines()[1:]
+    assert {"test:accuracy", "test:f1_macro", "data"} <= set(head_row)
+    variant = next(r.split() for r in rows if str(float(lr[3:])) in r)
+    configured = next(r.split() for r in rows if trained in r)
+    col = head_row.index("test:accuracy")
+    assert 0 <= float(variant[col]) <= 1 and float(configured[col]) > 0.9
+    assert variant[head_row.index("epochs")] == "4*" and configured[head_row.index("epochs")] == "30"
+    assert variant[head_row.index("data")] == configured[head_row.index("data")] != "-"
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=digits_repo, capture_output=True, text=True,
                           check=True).stdout.strip()
     assert "commit" in table.splitlines()[0] and head[:12] in table
