@@ -87,7 +87,9 @@ def load_project(root: Path | None = None) -> Project:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     proj = raw.get("project")
     if not isinstance(proj, dict) or "name" not in proj:
-        raise ConfigError(f'{path}: needs a [project] table with name = "..."')
+        other = sorted(proj) if isinstance(proj, dict) else []
+        raise ConfigError(f'{path}: needs a [project] table with name = "..."'
+                          + (f" ([project] has {', '.join(map(repr, other))}: misspelled?)" if other else ""))
     name = proj["name"]
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(f"{path}: [project].name {name!r} must match {_NAME.pattern}")

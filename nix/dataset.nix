@@ -47,7 +47,7 @@
             missing = builtins.filter (i: !(tables ? ${i})) inputs;
           in
           assert lib.assertMsg (missing == [ ])
-            "[datasets.${name}] inputs names ${builtins.toJSON missing}, which are not datasets";
+            "[datasets.${name}] inputs names ${builtins.toJSON missing}, which are not datasets; declared: ${builtins.toJSON (builtins.attrNames tables)}";
           pythonStage {
             inherit name toolchain;
             module = "prepare";

@@ -59,7 +59,7 @@ def export(path: Path, output: Path | None, on_magic: str, force: bool) -> None:
     if stdout:
         click.echo(result.source, nl=False)
         return
-    click.echo(f"{path} -> {result.output}: {result.code_cells} code cells, {result.markdown_cells} markdown cells")
+    click.echo(f"{path} -> {result.output}: {_cells(result.code_cells, 'code')}, {_cells(result.markdown_cells, 'markdown')}")
     for m in result.magics:
         click.echo(f"  {m.describe()}")
 
@@ -77,3 +77,7 @@ def check(ctx: click.Context, names: tuple[str, ...], allow_dirty: bool) -> None
         progress.close()  # a failure's message starts on a line of its own
     for line in format_check(result):
         click.echo(line)
+
+
+def _cells(n: int, kind: str) -> str:
+    return f"{n} {kind} cell{'' if n == 1 else 's'}"

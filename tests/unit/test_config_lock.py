@@ -114,3 +114,9 @@ def test_lock_will_not_write_over_a_lock_it_cannot_read(tree, monkeypatch: pytes
     with pytest.raises(LockError, match=r"will not write over a lock it cannot read: restore it from git"):
         toolchain.lock_project(load_project(root))
     assert (root / "mlbuild.lock").read_text() == text
+
+
+def test_a_misspelled_project_name_key_is_named(tree) -> None:
+    root = tree({"mlbuild.toml": GOOD.replace('name = "demo"', 'nme = "demo"')})
+    with pytest.raises(ConfigError, match=re.escape('''needs a [project] table with name = "..." ([project] has 'nme': misspelled?)''')):
+        load_project(root)

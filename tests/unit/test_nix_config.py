@@ -79,3 +79,10 @@ def test_a_bad_key_or_value_is_an_error_naming_it(tmp_path: Path, edit: tuple[st
 def test_thresholds_in_every_documented_form_are_accepted(tmp_path: Path, value: str) -> None:
     proc = evaluate(tmp_path, ("accuracy = 0.9", f"accuracy = {value}"))
     assert proc.returncode == 0, proc.stderr
+
+
+def test_an_unknown_input_dataset_lists_the_declared_ones(tmp_path: Path) -> None:
+    proc = evaluate(tmp_path, ("[datasets.raw]", '[datasets.split]\nprepare = "p.py"\ninputs = ["rw"]\n\n[datasets.raw]'),
+                    attr="datasets.split.drvPath")
+    assert proc.returncode != 0
+    assert '[datasets.split] inputs names ["rw"], which are not datasets; declared: ["raw","split"]' in proc.stderr, proc.stderr
