@@ -54,6 +54,7 @@ class Created:
     files: list[Path]
     shape: CsvShape | None
     extended: list[Path] = field(default_factory=list)   # existing files it added lines to (.gitignore)
+    note: str | None = None   # why flake.lock could not be written
 
 
 def read_csv_shape(path: Path) -> CsvShape:
@@ -380,5 +381,34 @@ def init_project(root: Path, *, name: str | None = None, csv_path: Path | None =
     inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=root, capture_output=True, text=True)
     if inside.returncode != 0:
         subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    note = _lock_flake(root)
+    if note is None:
+        written.append(root / "flake.lock")
     return Created(root=root, name=name, dataset=f"{name}-raw", csv=csv_rel, files=written, shape=shape,
-                   extended=extended)
+                   extended=extended, note=note)
+
+
+def _lock_flake(root: Path) -> str | None:
+    """Write flake.lock (the mlbuild input pinned) beside the new flake.nix, so that the project's
+    first commit holds it. Else the first `nix build` writes it, and Nix 2.8 marks it
+    intent-to-add: the tree is dirty from then on, and so is what that build makes. The lock
+    depends on flake.nix alone: it is made in a folder holding only that (a `path:` flake of the
+    project would copy its data into the store). None when written; else why not."""
+    import shutil
+    import tempfile
+
+    from . import _nix
+    from .errors import NixError
+
+    if (root / "flake.lock").exists():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(root / "flake.nix", tmp)
+        try:
+            _nix.run_nix([*_nix.common_options(), "flake", "lock", f"path:{tmp}"])
+        except NixError as e:
+            last = (e.log_tail.strip().splitlines() or [str(e)])[-1]
+            return (f"flake.lock was not written ({last}); the first `nix build` writes it: "
+                    "`git add flake.lock` and commit it then")
+        shutil.copy(Path(tmp) / "flake.lock", root / "flake.lock")
+    return None

@@ -29,7 +29,7 @@ def init(folder: Path, csv_path: Path | None, name: str | None, python: str, fla
     """Create a project in FOLDER (default: here): a classifier over one CSV file.
 
     Writes mlbuild.toml, prepare.py (a train/test split), model.py (an MLP), validate.py,
-    flake.nix and .gitignore, and makes FOLDER a git repository if it is in none. Nothing
+    flake.nix (with its flake.lock) and .gitignore, and makes FOLDER a git repository if it is in none. Nothing
     existing is overwritten (an existing .gitignore gets the lines it lacks).
     """
     from ..init import init_project
@@ -39,6 +39,8 @@ def init(folder: Path, csv_path: Path | None, name: str | None, python: str, fla
         click.echo(f"  wrote {f.relative_to(new.root)}")
     for f in new.extended:
         click.echo(f"  added lines to {f.relative_to(new.root)}")
+    if new.note:
+        click.echo(f"  note: {new.note}", err=True)
     if new.shape:
         names = new.shape.labels or []
         shown = f" ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''})" if names else ""
