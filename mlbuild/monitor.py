@@ -70,6 +70,11 @@ def without_live_alert(project: Project, model: str) -> list[str]:
     return sorted(name for name in _thresholds(project, model) if not live_metric(name))
 
 
+# The routes whose latency is inference: v2 infer (tritonclient adds /versions/{version} when given
+# a model_version) and the v1 predict route (serve/app.py names them so in the metrics).
+INFER_ROUTES = r"/v2/models/\\{name\\}(/versions/\\{version\\})?/infer|/v1/models/\\{name\\}:predict"
+
+
 def alert_rules(project: Project, model: str, *, interval: float = 60.0, error_rate: float = 0.05,
                 p99_seconds: float = 0.5, psi: float = 0.2) -> dict[str, Any]:
     sel = f'model="{model}"'
@@ -96,9 +101,9 @@ def alert_rules(project: Project, model: str, *, interval: float = 60.0, error_r
                   f'/ sum(rate(mlbuild_requests_total{{job="mlbuild-{model}"}}[5m])) > {error_rate}'),
          "for": "5m", "labels": {"severity": "page", "model": model},
          "annotations": {"summary": f"{model}: more than {error_rate:.0%} of requests fail"}},
-        {"alert": "MlbuildHighLatency",
+        {"alert": "MlbuildHighLatency",   # the inference routes: v2 (with or without a version) and v1
          "expr": (f'histogram_quantile(0.99, sum by (le) (rate(mlbuild_request_duration_seconds_bucket'
-                  f'{{job="mlbuild-{model}",route="/v2/models/{{name}}/infer"}}[5m]))) > {p99_seconds}'),
+                  f'{{job="mlbuild-{model}",route=~"{INFER_ROUTES}"}}[5m]))) > {p99_seconds}'),
          "for": "5m", "labels": {"severity": "warn", "model": model},
          "annotations": {"summary": f"{model}: p99 inference latency above {p99_seconds} s"}},
         {"alert": "MlbuildInputDrift",
@@ -106,10 +111,23 @@ def alert_rules(project: Project, model: str, *, interval: float = 60.0, error_r
          "for": "10m", "labels": {"severity": "warn", "model": model},
          "annotations": {"summary": f"{model}: input drift, a feature's population stability index is "
                                     f"{{{{ $value }}}} (> {psi})"}},
+        # A process that is gone has no series left to compare (Prometheus marks them stale on the
+        # first failed scrape), so each target's own `up` says it is down.
+        {"alert": "MlbuildServerDown",
+         "expr": f'up{{job="mlbuild-{model}"}} == 0',
+         "for": "1m", "labels": {"severity": "page", "model": model},
+         "annotations": {"summary": f"{model}: Prometheus cannot scrape the model server ({{{{ $labels.instance }}}})"}},
+        {"alert": "MlbuildMonitorDown",
+         "expr": f'up{{job="mlbuild-{model}-monitor"}} == 0',
+         "for": "2m", "labels": {"severity": "warn", "model": model},
+         "annotations": {"summary": f"{model}: Prometheus cannot scrape the monitor ({{{{ $labels.instance }}}}), "
+                                    "so no validation suite result reaches it"}},
         {"alert": "MlbuildMonitorStale",
          "expr": f"time() - mlbuild_monitor_last_run_timestamp_seconds{{{sel}}} > {3 * interval:.0f}",
          "labels": {"severity": "warn", "model": model},
-         "annotations": {"summary": f"{model}: the monitor has not run the suite for {3 * interval:.0f} s"}},
+         "annotations": {"summary": f"{model}: the monitor runs but has not completed a suite run for "
+                                    f"{3 * interval:.0f} s (the server does not answer it: see "
+                                    f"mlbuild_monitor_server_reachable and the monitor's log)"}},
     ]
     return {"groups": [{"name": f"mlbuild-{model}", "rules": rules}]}
 

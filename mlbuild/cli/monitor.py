@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import click
 
 from .. import build as b
 from .. import monitor as m
+from ..config import state_dir
 from .main import cli, load
 
 __all__ = ["monitor"]
@@ -56,18 +58,24 @@ def run(ctx: click.Context, model: str, url: str, allow_dirty: bool) -> None:
 
 @monitor.command("config")
 @click.argument("model")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("monitoring"),
-              show_default=True, help="Folder for prometheus.yml, alerts.yml, grafana-dashboard.json.")
-@click.option("--server", default="127.0.0.1:8080", show_default=True, help="host:port of the model server.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for prometheus.yml, alerts.yml, grafana-dashboard.json (default: the project's "
+                   ".mlbuild/monitoring, out of git: generated files that would leave the worktree dirty).")
+@click.option("--server", default="127.0.0.1:8080", show_default=True, callback=lambda _c, _p, v: _target(v),
+              help="host:port of the model server (what Prometheus scrapes; no http://).")
 @click.option("--monitor", "monitor_addr", default="127.0.0.1:9109", show_default=True,
-              help="host:port of `mlbuild monitor`'s metrics.")
-@click.option("--scrape-interval", default="15s", show_default=True)
-@click.option("--interval", type=float, default=60.0, show_default=True, help="The monitor's interval (s).")
+              callback=lambda _c, _p, v: _target(v), help="host:port of `mlbuild monitor`'s metrics.")
+@click.option("--scrape-interval", default="15s", show_default=True, callback=lambda _c, _p, v: _duration(v),
+              help="Prometheus duration (15s, 1m, 1m30s).")
+@click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="The monitor's interval (s).")
 @click.pass_context
-def config(ctx: click.Context, model: str, out_dir: Path, server: str, monitor_addr: str,
+def config(ctx: click.Context, model: str, out_dir: Path | None, server: str, monitor_addr: str,
            scrape_interval: str, interval: float) -> None:
     """Write a Prometheus scrape config, alerting rules and a Grafana dashboard for MODEL."""
     project = load(ctx)
+    if out_dir is None:
+        out_dir = state_dir(project.root) / "monitoring"
     for kind, path in m.write_config(project, model, out_dir, server=server, monitor=monitor_addr,
                                      scrape_interval=scrape_interval, interval=interval).items():
         click.echo(f"{kind:>10}: {path}")
@@ -76,3 +84,27 @@ def config(ctx: click.Context, model: str, out_dir: Path, server: str, monitor_a
         click.echo(f"note: no live-feedback alert for {', '.join(unwatched)}: the server computes its live metrics "
                    f"from predictions and feedback alone (see `mlbuild_live_metric`); MlbuildValidationBelowThreshold "
                    f"watches them through the suite that `mlbuild monitor {model}` runs against the server", err=True)
+
+
+def _target(value: str) -> str:
+    """A Prometheus scrape target, host:port (IPv6 in brackets); BadParameter naming the fix."""
+    if "://" in value or "/" in value:
+        host = value.split("://", 1)[-1].split("/", 1)[0]
+        raise click.BadParameter(f"{value!r} is a URL; give host:port, e.g. {host or '127.0.0.1:8080'} "
+                                 "(Prometheus scrapes http://HOST:PORT/metrics)")
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or host.count(":") and not (
+            host.startswith("[") and host.endswith("]")):
+        raise click.BadParameter(f"{value!r} is not host:port; give one like 127.0.0.1:8080 or [::1]:8080")
+    return value
+
+
+_DURATION = re.compile(r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?")
+
+
+def _duration(value: str) -> str:
+    """A Prometheus duration above zero (15s, 1m30s); BadParameter naming the form."""
+    m = _DURATION.fullmatch(value)
+    if not value or m is None or not any(int(g) for g in m.groups() if g):
+        raise click.BadParameter(f"{value!r} is not a Prometheus duration above zero; give one like 15s, 1m or 1m30s")
+    return value

@@ -78,6 +78,10 @@ class Monitor:
                              registry=self.registry)
         self.alerting = Gauge("mlbuild_monitor_alerting", "1 while a metric breaks its threshold.", ["model"],
                               registry=self.registry)
+        self.reachable = Gauge("mlbuild_monitor_server_reachable",
+                               "1 when the last run reached the server and read its answers, 0 when not.", ["model"],
+                               registry=self.registry)
+        self._state: str | None = None   # "ok", "alerting", "unreachable": webhooks on changes
 
     def predict(self) -> dict[str, Any]:
         import numpy as np
@@ -103,8 +107,17 @@ class Monitor:
             live = self.predict()
         except (OSError, urllib.error.URLError, KeyError, ValueError) as e:
             self.runs.labels(self.name, "error").inc()
+            self.reachable.labels(self.name).set(0)
+            # The last run's metrics say nothing about a server that does not answer: drop them
+            # (a threshold_ok of 1 would read as healthy) until a run succeeds again.
+            self.metric.clear()
+            self.ok.clear()
+            self.alerting.labels(self.name).set(0)
             log.error("monitor: %s unreachable or answered wrongly: %s", self.url, e)
+            self._transition("unreachable", {"model": self.name, "status": "unreachable", "url": self.url,
+                                             "error": str(e)})
             return {"error": str(e)}
+        self.reachable.labels(self.name).set(1)
         o = live["outputs"]
         if live["task"] == "classification":
             report = compute_metrics("classification", self.y, o["label"], o.get("probabilities"), self.spec.get("labels"))
@@ -130,16 +143,27 @@ class Monitor:
         self.runs.labels(self.name, "ok").inc()
         self.last.labels(self.name).set(time.time())
         self.samples.labels(self.name).set(len(self.y))
+        payload = {"model": self.name, "model_hash": live["hash"], "suite_version": self.suite_version,
+                   "metrics": report["metrics"]}
         if failed:
             text = ", ".join(f"{c['metric']} {c['value']} (threshold {c['op']} {c['threshold']})" for c in failed)
             log.warning("ALERT %s (model %s): threshold broken: %s", self.name, live["hash"][:16], text)
-            self._webhook({"model": self.name, "model_hash": live["hash"], "suite_version": self.suite_version,
-                           "status": "alerting", "failed": failed, "metrics": report["metrics"]})
+            # every run while alerting (a reminder, as Alertmanager repeats), then one "resolved"
+            self._state = "alerting"
+            self._webhook({**payload, "status": "alerting", "failed": failed})
         else:
             log.info("%s (model %s): %s", self.name, live["hash"][:16],
                      ", ".join(f"{k}={v:.4f}" for k, v in sorted(report["metrics"].items())))
+            self._transition("ok", {**payload, "status": "resolved"})
         return {"metrics": report["metrics"], "checks": checks, "model_hash": live["hash"],
                 **({"expected_model_hash": expected} if expected and expected != live["hash"] else {})}
+
+    def _transition(self, state: str, payload: dict[str, Any]) -> None:
+        """POST ``payload`` when the monitor's state changes to ``state`` ("unreachable" once
+        when the server stops answering; "ok" as "resolved" after an alert or an outage)."""
+        before, self._state = self._state, state
+        if before != state and not (state == "ok" and before is None):
+            self._webhook(payload)
 
     def _webhook(self, payload: dict[str, Any]) -> None:
         if not self.webhook:
@@ -190,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=_positive, default=60.0, help="seconds between runs (default 60)")
     p.add_argument("--host", default="127.0.0.1", help="address of the monitor's own /metrics (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=9109, help="port of the monitor's own /metrics (default 9109)")
-    p.add_argument("--webhook", type=_url_arg, help="POST a JSON alert here when a metric breaks its threshold")
+    p.add_argument("--webhook", type=_url_arg, help="POST JSON here: every run while a metric breaks its threshold "
+                   "(status alerting), once when the server stops answering (unreachable), once when it is fine "
+                   "again (resolved)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = json.loads(Path(args.spec).read_text())

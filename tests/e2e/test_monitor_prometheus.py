@@ -89,7 +89,7 @@ def stack(digits_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     procs.start("server", [f"{package}/bin/serve", "--host", "127.0.0.1", "--port", str(server_port),
                            "--log-level", "warning"])
     wait("server", lambda: http("GET", f"http://127.0.0.1:{server_port}/v2/health/ready")["ready"])
-    procs.start("monitor", [f"{monitor}/bin/monitor", "--url", f"http://127.0.0.1:{server_port}",
+    monitor_proc = procs.start("monitor", [f"{monitor}/bin/monitor", "--url", f"http://127.0.0.1:{server_port}",
                             "--port", str(monitor_port), "--interval", "1"])
     conf = work / "conf"
     run_cli("monitor", "config", "digits", "--out", str(conf), "--server", f"127.0.0.1:{server_port}",
@@ -101,7 +101,7 @@ def stack(digits_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     try:
         yield {"package": Path(package), "server": f"http://127.0.0.1:{server_port}",
                "monitor": f"http://127.0.0.1:{monitor_port}", "prom": f"http://127.0.0.1:{prom_port}", "conf": conf,
-               "repo": digits_repo}
+               "repo": digits_repo, "monitor_proc": monitor_proc}
     finally:
         procs.stop()
 
@@ -175,3 +175,32 @@ def test_generated_rules_and_dashboard_are_valid(stack: dict[str, Any]) -> None:
     exprs += [r["expr"] for r in json.loads((stack["conf"] / "alerts.yml").read_text())["groups"][0]["rules"]]
     named = {m for e in exprs for m in re.findall(r"\b(mlbuild_[a-z_]+)", e)}
     assert named and named <= exposed, f"not exported: {sorted(named - exposed)}"
+
+
+def _rule(stack: dict[str, Any], name: str) -> dict[str, Any]:
+    rules = json.loads((stack["conf"] / "alerts.yml").read_text())["groups"][0]["rules"]
+    return next(r for r in rules if r["alert"] == name)
+
+
+def test_the_latency_rule_watches_every_inference_route(stack: dict[str, Any]) -> None:
+    """It watched /v2/models/{name}/infer only: tritonclient with a model_version, and the v1
+    route, were not in it."""
+    rows = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
+    http("POST", f"{stack['server']}/v2/models/digits/versions/1/infer", rows)
+    http("POST", f"{stack['server']}/v1/models/digits:predict", {"instances": [[0.0] * 64]})
+    inner = re.search(r"rate\((mlbuild_request_duration_seconds_bucket\{.*\})\[5m\]", _rule(stack, "MlbuildHighLatency")["expr"])
+    assert inner
+    routes = wait("both routes scraped", lambda: (lambda got: got if {"/v2/models/{name}/versions/{version}/infer",
+                                                                     "/v1/models/{name}:predict"} <= got else None)(
+        {r["metric"]["route"] for r in query(stack, inner[1])}))
+    assert "/v2/models/{name}/infer" in routes and not any("ready" in r or "health" in r for r in routes)
+
+
+def test_a_dead_monitor_is_an_alert(stack: dict[str, Any]) -> None:
+    """Last (it stops the monitor): the stale rule compared series a dead monitor no longer has."""
+    stack["monitor_proc"].terminate()
+    stack["monitor_proc"].wait(timeout=30)
+    expr = _rule(stack, "MlbuildMonitorDown")["expr"]
+    down = wait("the monitor seen down", lambda: query(stack, expr))
+    assert down[0]["metric"]["job"] == "mlbuild-digits-monitor"
+    assert not query(stack, _rule(stack, "MlbuildServerDown")["expr"])   # the server is still up

@@ -75,3 +75,22 @@ def test_window_counts_sit_on_the_right_axis(tree) -> None:  # type: ignore[no-u
         assert [o["matcher"]["options"] for o in overrides] == [legend]
         assert {"id": "custom.axisPlacement", "value": "right"} in overrides[0]["properties"]
         assert legend in [t["legendFormat"] for t in panels[title]["targets"]]
+
+
+def test_config_refuses_what_prometheus_would_refuse(tree) -> None:  # type: ignore[no-untyped-def]
+    """`--server http://...` (the form `monitor --url` takes), `--scrape-interval abc` and
+    `--interval 0` wrote files promtool rejects (or a stale alert that always fires)."""
+    root = tree({"mlbuild.toml": TOML})
+    for args, message in ((["--server", "http://127.0.0.1:8080"], "'http://127.0.0.1:8080' is a URL; give host:port, "
+                                                                   "e.g. 127.0.0.1:8080"),
+                          (["--monitor", "localhost"], "'localhost' is not host:port"),
+                          (["--scrape-interval", "abc"], "'abc' is not a Prometheus duration above zero"),
+                          (["--scrape-interval", "0s"], "'0s' is not a Prometheus duration above zero"),
+                          (["--interval", "0"], "0")):
+        proc = run_cli("monitor", "config", "cancer", *args, cwd=root, check=False, env={"PATH": "/nonexistent"})
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not (root / ".mlbuild" / "monitoring").exists()
+    run_cli("monitor", "config", "cancer", "--server", "[::1]:8080", "--scrape-interval", "1m30s", cwd=root,
+            env={"PATH": "/nonexistent"})
+    # by default into the project's state folder, out of git (a dirty worktree stops the next build)
+    assert (root / ".mlbuild" / "monitoring" / "alerts.yml").is_file()

@@ -55,3 +55,48 @@ def test_the_monitor_notes_a_server_serving_another_model(tmp_path: Path, caplog
                          "one)"]   # once, not every interval
     finally:
         server.stop()
+
+
+def test_the_monitor_says_when_the_server_stops_answering_and_when_it_is_back(tmp_path: Path) -> None:
+    """A dead server left the last run's threshold_ok = 1 exported (reading as healthy), and a
+    webhook user heard nothing: errors never reached it, and no alert was ever resolved."""
+    import http.server
+    import threading
+
+    posts: list[dict[str, object]] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            posts.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    pkg = build_package(tmp_path / "pkg")
+    server = ServerProcess(pkg, tmp_path / "server").ready()
+    mon = Monitor(spec(tmp_path / "m", pkg), f"http://{server.url}", f"http://127.0.0.1:{hook.server_port}/")
+    sample = mon.registry.get_sample_value
+    try:
+        assert "metrics" in mon.run_once() and posts == []           # fine from the start: nothing to say
+        mon.thresholds = {"accuracy": 0.9999}
+        mon.run_once()
+        assert [p["status"] for p in posts] == ["alerting"]
+        server.stop()
+        assert "error" in mon.run_once() and "error" in mon.run_once()
+        assert [p["status"] for p in posts] == ["alerting", "unreachable"]   # once, not every interval
+        assert sample("mlbuild_monitor_server_reachable", {"model": "digits"}) == 0
+        assert sample("mlbuild_monitor_alerting", {"model": "digits"}) == 0
+        assert not [m for m in mon.registry.collect() if m.name == "mlbuild_monitor_threshold_ok" and m.samples]
+        server = ServerProcess(pkg, tmp_path / "server2").ready()
+        mon.url, mon.thresholds = f"http://{server.url}", {"accuracy": 0.5}
+        mon.run_once()
+        assert [p["status"] for p in posts] == ["alerting", "unreachable", "resolved"]
+        assert sample("mlbuild_monitor_server_reachable", {"model": "digits"}) == 1
+    finally:
+        server.stop()
+        hook.shutdown()
