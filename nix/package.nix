@@ -10,7 +10,27 @@
       runtime = runtimeFor [ "spec" "prepare" "hashing" "serve/" ];
       get = lib.field "[models.${name}]" model;
       script = get "script" "string" "${name}.py";
+      serve = {
+        max_batch_size = 32;
+        max_wait_ms = 2.0;
+        max_body_bytes = 8388608;
+      } // (get "serve" "table" { });
+      # The server's limits (mlbuild/runtime/serve/package.py SETTING_LIMITS): a bad value would
+      # build, then stop the server at start, in its image too.
+      limits = {
+        max_batch_size = { int = true; lo = 1; hi = 65536; };
+        max_wait_ms = { int = false; lo = 0; hi = 10000; };
+        max_body_bytes = { int = true; lo = 1024; hi = null; };
+      };
+      bad = builtins.filter (k: let v = serve.${k}; l = limits.${k}; in
+        !((builtins.isInt v || (!l.int && builtins.isFloat v)) && v >= l.lo && (l.hi == null || v <= l.hi)))
+        (builtins.attrNames limits);
+      describe = k: let l = limits.${k}; in
+        "${if l.int then "a whole number" else "a number"} ${if l.hi == null then ">= ${toString l.lo}" else "in ${toString l.lo}..${toString l.hi}"}";
     in
+    assert lib.assertMsg (bad == [ ])
+      (let k = builtins.head bad; in
+        "[models.${name}.serve].${k} is ${builtins.toJSON serve.${k}}; it must be ${describe k} (fix it in mlbuild.toml)");
     pythonStage {
       name = "${name}-package";
       inherit toolchain;
@@ -26,11 +46,7 @@
         inherit name;
         model = "${training}";
         code = mkCode { inherit src; files = get "code" "strings" [ script ]; what = "[models.${name}].code"; };
-        serve = {
-          max_batch_size = 32;
-          max_wait_ms = 2.0;
-          max_body_bytes = 8388608;
-        } // (get "serve" "table" { });
+        inherit serve;
         runtime = "${runtime}";
         python = "${toolchain}/bin/python";
         toolchain = "${toolchain}";

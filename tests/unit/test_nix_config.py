@@ -56,6 +56,15 @@ def test_the_fixture_evaluates(tmp_path: Path) -> None:
      'write mae = "<= 60"'),
     (("[models.m]\n", '[models."a.b"]\nscript = "m.py"\n\n[models.m]\n'),
      '[models."a.b"]: "a.b" is not a valid name; use letters, digits, - and _'),
+    # [models.m.serve] values: they built, then stopped the server at start ("rebuild the package")
+    (("[models.m.params]", "[models.m.serve]\nmax_batch_size = 0\n\n[models.m.params]"),
+     "[models.m.serve].max_batch_size is 0; it must be a whole number in 1..65536 (fix it in mlbuild.toml)"),
+    (("[models.m.params]", '[models.m.serve]\nmax_batch_size = "x"\n\n[models.m.params]'),
+     '[models.m.serve].max_batch_size is "x"; it must be a whole number in 1..65536'),
+    (("[models.m.params]", "[models.m.serve]\nmax_wait_ms = -1\n\n[models.m.params]"),
+     "[models.m.serve].max_wait_ms is -1; it must be a number in 0..10000"),
+    (("[models.m.params]", "[models.m.serve]\nmax_body_bytes = 10\n\n[models.m.params]"),
+     "[models.m.serve].max_body_bytes is 10; it must be a whole number >= 1024"),
     # a percent for a fraction: no model can reach it
     (("accuracy = 0.9", "f1_macro = 90"),
      "[models.m.validation].thresholds.f1_macro is 90, but f1_macro is a fraction from 0 to 1, so no model can "
