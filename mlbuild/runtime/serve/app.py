@@ -18,6 +18,8 @@ import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable
 
+import numpy as np
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -34,7 +36,7 @@ from .metrics import CONTENT_TYPE_LATEST, MetricsMiddleware, ServerMetrics
 from .model import LoadedModel, load_model
 from .names import PROBE_HEADER
 from .package import MODEL_VERSION, Package
-from .protocol import InferCodec, ProtocolError, decode_predict, encode_predict, error_body
+from .protocol import InferCodec, ProtocolError, check_outputs_finite, decode_predict, encode_predict, error_body
 
 __all__ = ["ServerState", "create_app"]
 
@@ -87,7 +89,14 @@ class ServerState:
         self.codec = InferCodec(pkg)
         metrics.set_package(pkg.name, pkg.hashes)
         reference = pkg.root / "model" / "reference.json"
-        self.live = LiveQuality(pkg.name, json.loads(reference.read_text()) if reference.is_file() else None,
+        ref = json.loads(reference.read_text()) if reference.is_file() else None
+        # Per feature, the training data's scale: an input far beyond it that makes the outputs NaN
+        # is the client's error (protocol.check_outputs_finite).
+        self.input_scale: np.ndarray | None = None
+        if isinstance(ref, dict) and "mean" in ref and "std" in ref:
+            self.input_scale = np.maximum(np.abs(np.asarray(ref["mean"], np.float64))
+                                          + np.asarray(ref["std"], np.float64), 1.0)
+        self.live = LiveQuality(pkg.name, ref,
                                 list(pkg.labels) if pkg.labels is not None else None, metrics.registry,
                                 classes=_class_count(pkg), regression=pkg.task == "regression",
                                 output=_predicted_output(pkg))
@@ -214,6 +223,7 @@ async def _v1_predict(request: Request, state: ServerState) -> Response:
     finally:
         if not submitted:
             batcher.arriving(-1)
+    check_outputs_finite(req.array, results, state.input_scale)
     request_id = state.live.request_id(req.id)  # as the v2 route: an id for feedback, inputs for drift
     content = encode_predict(state.pkg, results, request_id)
     if PROBE_HEADER not in request.headers:

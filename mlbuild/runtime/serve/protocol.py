@@ -31,6 +31,7 @@ from .package import DATATYPES, MODEL_VERSION, Package, ServeError, TensorSpec
 __all__ = [
     "ProtocolError",
     "ModelOutputError",
+    "check_outputs_finite",
     "MAX_ID_LENGTH",
     "InferRequest",
     "InferCodec",
@@ -207,7 +208,8 @@ def _binary_array(spec: TensorSpec, data: memoryview, shape: tuple[int, ...]) ->
 
 def _check_finite(spec: TensorSpec, arr: np.ndarray) -> None:
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise _bad(f"input {spec.name!r}: contains NaN or infinity")
+        raise _bad(f"input {spec.name!r}: contains NaN or infinity (or a number beyond {spec.datatype}'s range, "
+                   f"which becomes infinity)")
 
 
 def _requested_outputs(pkg: Package, raw: Any, default_binary: bool) -> list[tuple[str, bool]]:
@@ -381,6 +383,37 @@ class InferCodec:
                   for a, (name, _) in zip(arrays, req.outputs)]
         head = prefix + (b"}" if req.id is None else b', "id": ' + json.dumps(req.id).encode() + b"}")
         return b"".join([head, *chunks]), len(head)
+
+
+# How far beyond what training saw an input value must be for a NaN or infinite output to be the
+# input's fault: values that far overflow float32 arithmetic (3e38 does; a model's own NaN, from a
+# log of a negative say, comes from ordinary values and stays the model's fault).
+OVERFLOW_FACTOR = 1e6
+
+
+def check_outputs_finite(array: np.ndarray, results: dict[str, np.ndarray], scale: np.ndarray | None) -> None:
+    """Refuse (400, naming the rows) a request whose rows the model answered with NaN or infinity
+    when those rows hold values far beyond the training data's scale (``scale``: per feature, from
+    the package's reference statistics; None: 1): finite but huge inputs overflow the model, and
+    that is the client's to fix, not a 500 that pages on-call or a label taken from NaN scores.
+    Anything else is left to the encoders (the model's fault: a 500 for JSON outputs)."""
+    bad: np.ndarray | None = None
+    for arr in results.values():
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            rows = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
+            bad = rows if bad is None else bad | rows
+    if bad is None or array.dtype.kind not in "fiu":
+        return
+    where = np.flatnonzero(bad)
+    flat = np.abs(array[where].reshape(len(where), -1).astype(np.float64))
+    limit = OVERFLOW_FACTOR * (scale if scale is not None and scale.shape == flat.shape[1:] else 1.0)
+    extreme = where[(flat > limit).any(axis=1)]
+    if not len(extreme):
+        return
+    shown = ", ".join(map(str, extreme[:10])) + (", ..." if len(extreme) > 10 else "")
+    raise ProtocolError(400, f"input row(s) {shown} make the model's outputs NaN or infinity: their values (up to "
+                             f"{float(flat.max()):.3g} in magnitude) are far beyond the data the model was trained "
+                             f"on and overflow it; send values of that scale")
 
 
 def _nonfinite(results: dict[str, np.ndarray], names: list[str], fix: str) -> ModelOutputError:
