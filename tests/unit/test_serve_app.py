@@ -316,6 +316,15 @@ def test_routing_errors_name_the_fix(served: tuple[TestClient, ServerState]) -> 
     r = client.get("/v1/models/digits:predict")
     assert r.status_code == 405 and "use POST" in r.json()["error"] and r.headers["allow"] == "POST"
     assert client.get("/v1/models/iris:predict").status_code == 405
+    # another verb: one answer whatever the method (a 405 "use GET" for POST, and an unknown
+    # model 'digits:explain' for GET, before)
+    for method in ("GET", "POST", "DELETE"):
+        r = client.request(method, "/v1/models/digits:explain")
+        assert r.status_code == 404 and r.json()["error"] == (
+            "/v1/models/digits:explain: no verb 'explain'; the v1 route is POST /v1/models/digits:predict"), r.text
+    r = client.post("/v1/models/digits", json={})
+    assert r.status_code == 405 and r.headers["allow"] == "GET"
+    assert client.get("/v1/models/digits").json()["name"] == "digits"
     binary = np.ones((1, 64), np.float32).tobytes()
     head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
                                    "parameters": {"binary_data_size": len(binary)}}]}).encode()

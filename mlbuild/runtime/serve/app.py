@@ -205,8 +205,17 @@ async def _model_ready(request: Request, state: ServerState) -> Response:
 
 
 async def _v1_status(request: Request, state: ServerState) -> Response:
-    if request.path_params["name"].endswith(":predict"):  # GET .../NAME:predict matches this route first
+    # Every method comes here: /v1/models/{name} also matches NAME:VERB, the predict route takes
+    # POST NAME:predict only, and the answer must name what is wrong (not a 405 for one method
+    # and an unknown model 'digits:explain' for another).
+    name, colon, verb = request.path_params["name"].partition(":")
+    if colon and verb == "predict":
         return _not_allowed(request, "POST")
+    if colon:
+        raise ProtocolError(404, f"{request.url.path[:200]}: no verb {verb[:50]!r}; the v1 route is "
+                                 f"POST /v1/models/{name[:50]}:predict")
+    if request.method not in ("GET", "HEAD"):
+        return _not_allowed(request, "GET")
     _check(request, state)
     return _json({"name": state.pkg.name, "ready": state.ready})
 
@@ -298,7 +307,7 @@ def create_app(state: ServerState) -> Callable[[Scope, Receive, Send], Awaitable
         *(Route(path, infer, methods=["POST"]) for path in INFER_ROUTES),
         route("/v2/models/{name}/feedback", _feedback, ["POST"]),
         route("/v1/models/{name}:predict", _v1_predict, ["POST"]),
-        route("/v1/models/{name}", _v1_status, ["GET"]),
+        route("/v1/models/{name}", _v1_status, ["GET", "POST", "PUT", "PATCH", "DELETE"]),
         route("/metrics", _metrics, ["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
