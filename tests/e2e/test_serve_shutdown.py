@@ -110,3 +110,28 @@ def test_a_broken_package_exits_non_zero(digits_package: Path, tmp_path: Path) -
     assert server.proc.wait(120) == 1
     assert "sha256" in server.log()
     server.stop()
+
+
+def test_a_request_cut_by_the_graceful_timeout_gets_a_json_503(slow_package: Path, tmp_path: Path) -> None:
+    """A body still arriving when the graceful timeout ran out was a text/plain 500 with uvicorn's
+    'Exception in ASGI application' traceback in the log."""
+    server = ServerProcess(slow_package, tmp_path, "--graceful-timeout", "1").ready()
+    body = _infer_body(1)
+    conn = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    conn.sendall(b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])   # the rest never comes
+    _wait_for(lambda: server.metric("mlbuild_requests_in_flight") >= 2)    # it and the scrape
+    server.proc.send_signal(signal.SIGTERM)
+    answer = b""
+    while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    conn.close()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503") and b"application/json" in head, answer
+    assert "graceful shutdown timeout ran out" in json.loads(payload)["error"]
+    assert server.proc.wait(30) == 0
+    assert "Traceback" not in server.log() and "Exception in ASGI application" not in server.log(), server.log()
+    server.stop()

@@ -9,6 +9,8 @@ in front of them, with the same errors (4xx with a JSON body) and the same metri
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import time
 import zlib
@@ -140,6 +142,14 @@ class InferEndpoint:
                 status = 200
             except Exception as e:
                 status, content = failure(e, "POST", scope["path"])
+                headers = [(b"content-type", b"application/json")]
+            except asyncio.CancelledError:
+                if not self.state.draining:
+                    raise
+                # uvicorn cancels what is left once the graceful timeout runs out (a body still
+                # arriving, say): a JSON 503 rather than its text/plain 500 and traceback.
+                status, content = 503, error_body("the server shut down before this request finished "
+                                                  "(its graceful shutdown timeout ran out); send it again")
                 headers = [(b"content-type", b"application/json")]
             headers.append((b"content-length", b"%d" % len(content)))
             await send({"type": "http.response.start", "status": status, "headers": headers})
