@@ -91,6 +91,8 @@ def alert_rules(project: Project, model: str, *, interval: float = 60.0, error_r
         rules.append({
             "alert": "MlbuildLiveMetricBelowThreshold",
             "expr": f'mlbuild_live_metric{{{sel},metric="{name}"}} {_OPS[op]} {value}',
+            # a window of feedback moves with every batch of labels: it must stay bad a while to page
+            "for": "10m",
             "labels": {"severity": "page", "model": model, "metric": name},
             "annotations": {"summary": f"{model}: live {name} from ground-truth feedback is "
                                        f"{{{{ $value }}}}, threshold {op} {value}"},

@@ -148,9 +148,11 @@ def test_wrong_feedback_makes_the_alert_condition_true(stack: dict[str, Any]) ->
     live_rule = next(r for r in rules if r["alert"] == "MlbuildLiveMetricBelowThreshold"
                      and r["labels"]["metric"] == "accuracy")
     assert query(stack, live_rule["expr"]), "the alert expression is not true"
-    alerts = wait("the alert firing", lambda: [a for a in http("GET", f"{stack['prom']}/api/v1/alerts")["data"]["alerts"]
+    alerts = wait("the alert pending", lambda: [a for a in http("GET", f"{stack['prom']}/api/v1/alerts")["data"]["alerts"]
                                                if a["labels"]["alertname"] == "MlbuildLiveMetricBelowThreshold"])
     assert alerts[0]["labels"]["model"] == "digits"
+    assert alerts[0]["state"] in ("pending", "firing")   # pending for 10 minutes before it pages
+    assert live_rule["for"] == "10m"
 
 
 def test_generated_rules_and_dashboard_are_valid(stack: dict[str, Any]) -> None:
