@@ -11,6 +11,7 @@ input: offline when it is in the store, as after any ``nix build``) and says so 
 from __future__ import annotations
 
 import filecmp
+import functools
 import json
 import os
 import sys
@@ -75,6 +76,23 @@ def pinned_entry(project_root: Path, *, needs: tuple[str, ...] = ()) -> Path | N
     locked = locked_input(project_root)
     if locked is None:
         return None
+    found = _pinned(json.dumps(locked, sort_keys=True))   # once per command (serve builds twice)
+    if found is None:
+        return None
+    root, args, where = found
+    missing = [a for a in needs if a not in args]
+    if missing:
+        raise ConfigError(f"{where} is an older mlbuild whose builds do not take {', '.join(missing)} "
+                          f"(this build needs them); update it: `nix flake lock --update-input mlbuild`, "
+                          f"then commit flake.lock")
+    return root / "nix" / "entry.nix"
+
+
+@functools.lru_cache(maxsize=None)
+def _pinned(locked_json: str) -> tuple[Path, tuple[str, ...], str] | None:
+    """(its root, the arguments its entry.nix takes, how to name it) of the pinned mlbuild when its
+    builders differ from this CLI's; None when they are the same or it cannot be fetched (warned)."""
+    locked = json.loads(locked_json)
     sub = locked.get("dir", "")
     attrs = {k: v for k, v in locked.items() if k != "dir"}
     where = f"the mlbuild input flake.lock pins ({_describe(attrs)})"
@@ -97,14 +115,9 @@ def pinned_entry(project_root: Path, *, needs: tuple[str, ...] = ()) -> Path | N
     own = _nix.nix_lib_dir().parent
     if same_builders(root, own):
         return None
-    missing = [a for a in needs if a not in got["args"]]
-    if missing:
-        raise ConfigError(f"{where} is an older mlbuild whose builds do not take {', '.join(missing)} "
-                          f"(this build needs them); update it: `nix flake lock --update-input mlbuild`, "
-                          f"then commit flake.lock")
     print(f"mlbuild: building with {where}, as `nix build` does; it differs from this mlbuild ({own}). "
           f"To build with this one: `nix flake lock --update-input mlbuild`, then commit flake.lock", file=sys.stderr)
-    return root / "nix" / "entry.nix"
+    return root, tuple(got["args"]), where
 
 
 def _describe(attrs: dict[str, Any]) -> str:

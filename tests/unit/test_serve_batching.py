@@ -191,3 +191,30 @@ def test_thread_init_runs_in_the_worker_thread() -> None:
 
     asyncio.run(scenario())
     assert names == ["mlbuild-batcher"]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")   # 3e38 * 2, on purpose
+def test_the_nonfinite_check_answers_only_its_own_request() -> None:
+    """A batch whose outputs are not all finite: the check runs per request in the worker, and
+    only the request it refuses gets the error; a finite batch never calls it."""
+    run = Recorder(hold_first=True)
+    checked: list[int] = []
+
+    def check(x: np.ndarray, out: dict[str, np.ndarray]) -> None:
+        checked.append(len(x))
+        if not np.isfinite(out["y"]).all():
+            raise ValueError("overflow")
+
+    async def scenario(b: MicroBatcher) -> list[object]:
+        first = asyncio.ensure_future(b.submit(_rows(0)))
+        await asyncio.to_thread(run.entered.wait, 10)
+        rest = [asyncio.ensure_future(b.submit(_rows(v))) for v in (1.0, 3e38, 2.0)]   # 3e38 * 2: inf
+        await asyncio.sleep(0.01)
+        run.release.set()
+        return [await first, *(await asyncio.gather(*rest, return_exceptions=True))]
+
+    results = asyncio.run(_with_batcher(run, scenario, max_batch_size=32, max_wait_s=0.001, check_nonfinite=check))
+    assert run.sizes == [1, 3] and checked == [1, 1, 1]   # the first (finite) batch was not checked
+    assert isinstance(results[2], ValueError)
+    np.testing.assert_array_equal(results[1]["y"], _rows(2.0))   # type: ignore[index]
+    np.testing.assert_array_equal(results[3]["y"], _rows(4.0))   # type: ignore[index]

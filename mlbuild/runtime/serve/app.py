@@ -126,8 +126,10 @@ class ServerState:
         gc.collect()
         gc.freeze()
         settings = self.pkg.settings
+        scale = self.input_scale
         batcher = MicroBatcher(model.run, settings.max_batch_size, settings.max_wait_ms / 1000.0,
-                               on_batch=self.metrics.observe_batch, thread_init=model.bind_thread)
+                               on_batch=self.metrics.observe_batch, thread_init=model.bind_thread,
+                               check_nonfinite=lambda x, out: check_outputs_finite(x, out, scale))
         batcher.start()
         self.model, self.batcher = model, batcher
         self.metrics.load_seconds.set(model.load_seconds)
@@ -232,7 +234,6 @@ async def _v1_predict(request: Request, state: ServerState) -> Response:
     finally:
         if not submitted:
             batcher.arriving(-1)
-    check_outputs_finite(req.array, results, state.input_scale)
     request_id = state.live.request_id(req.id)  # as the v2 route: an id for feedback, inputs for drift
     content = encode_predict(state.pkg, results, request_id)
     if PROBE_HEADER not in request.headers:

@@ -34,6 +34,10 @@ import numpy as np
 __all__ = ["MicroBatcher", "BatcherClosed"]
 
 RunFn = Callable[[np.ndarray], dict[str, np.ndarray]]
+# Called in the worker for each request of a batch whose float outputs are not all finite (rare:
+# the common batch costs one isfinite over its outputs, off the event loop): raises to answer that
+# request with the exception instead of its outputs.
+CheckFn = Callable[[np.ndarray, dict[str, np.ndarray]], None]
 OnBatch = Callable[[int, float], None]
 
 
@@ -59,8 +63,10 @@ class MicroBatcher:
     """Queue requests from an event loop; run them in batches in one worker thread."""
 
     def __init__(self, run: RunFn, max_batch_size: int = 32, max_wait_s: float = 0.002,
-                 on_batch: OnBatch | None = None, thread_init: Callable[[], None] | None = None) -> None:
+                 on_batch: OnBatch | None = None, thread_init: Callable[[], None] | None = None,
+                 check_nonfinite: CheckFn | None = None) -> None:
         self._run = run
+        self._check = check_nonfinite
         self._thread_init = thread_init
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -185,10 +191,19 @@ class MicroBatcher:
         if self._on_batch is not None:
             self._on_batch(self._last_rows, elapsed)
         results: list[tuple[asyncio.Future[dict[str, np.ndarray]], dict[str, np.ndarray] | BaseException]] = []
+        check = self._check if self._check is not None and any(
+            v.dtype.kind in "fc" and not np.isfinite(v).all() for v in outputs.values()) else None
         offset = 0
         for item in batch:
             end = offset + item.rows
-            results.append((item.future, {k: v[offset:end] for k, v in outputs.items()}))
+            sliced = {k: v[offset:end] for k, v in outputs.items()}
+            mine: dict[str, np.ndarray] | BaseException = sliced
+            if check is not None:
+                try:
+                    check(item.array, sliced)
+                except Exception as e:
+                    mine = e
+            results.append((item.future, mine))
             offset = end
         self._resolve(results)
 

@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from .batching import BatcherClosed
 from .names import PROBE_HEADER
-from .protocol import ModelOutputError, ProtocolError, check_outputs_finite, error_body
+from .protocol import ModelOutputError, ProtocolError, error_body
 
 if TYPE_CHECKING:
     from .app import ServerState
@@ -177,7 +177,6 @@ class InferEndpoint:
         finally:
             if not submitted:
                 batcher.arriving(-1)
-        check_outputs_finite(req.array, results, state.input_scale)
         # Every response carries an id (the client's, or one assigned here): feedback refers to it.
         # Observed once encoded: a response that cannot be sent (NaN as JSON) leaves no trace.
         req.id = request_id = state.live.request_id(req.id)
