@@ -83,8 +83,8 @@ def pinned_entry(project_root: Path, *, needs: tuple[str, ...] = ()) -> Path | N
     missing = [a for a in needs if a not in args]
     if missing:
         raise ConfigError(f"{where} is an older mlbuild whose builds do not take {', '.join(missing)} "
-                          f"(this build needs them); update it: `nix flake lock --update-input mlbuild`, "
-                          f"then commit flake.lock")
+                          f"(this build needs them); update it (`nix flake lock --update-input mlbuild`, or "
+                          f"--override-input mlbuild URL for another one), then commit flake.lock")
     return root / "nix" / "entry.nix"
 
 
@@ -115,8 +115,10 @@ def _pinned(locked_json: str) -> tuple[Path, tuple[str, ...], str] | None:
     own = _nix.nix_lib_dir().parent
     if same_builders(root, own):
         return None
+    url = f"git+file://{own}" if (own / ".git").exists() else "<this mlbuild's flake URL>"
     print(f"mlbuild: building with {where}, as `nix build` does; it differs from this mlbuild ({own}). "
-          f"To build with this one: `nix flake lock --update-input mlbuild`, then commit flake.lock", file=sys.stderr)
+          f"To build with this one: `nix flake lock --override-input mlbuild {url}` (or point inputs.mlbuild.url "
+          f"at it and run `nix flake lock --update-input mlbuild`), then commit flake.lock", file=sys.stderr)
     return root, tuple(got["args"]), where
 
 

@@ -360,7 +360,7 @@ def init_project(root: Path, *, name: str | None = None, csv_path: Path | None =
     else:
         csv_rel = f"data/{name}.csv"
     files = _files(name, csv_rel, shape, python, flake_url or _mlbuild_flake())
-    taken = [n for n in files if (root / n).exists() and n not in _EXTENDED]
+    taken = [n for n in [*files, "flake.lock"] if (root / n).exists() and n not in _EXTENDED]
     if taken:
         raise InitError(f"{root} already has {', '.join(taken)}; mlbuild init writes only new files (move them, "
                         "or init another folder)")
@@ -400,8 +400,6 @@ def _lock_flake(root: Path) -> str | None:
     from . import _nix
     from .errors import NixError
 
-    if (root / "flake.lock").exists():
-        return None
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy(root / "flake.nix", tmp)
         try:

@@ -189,9 +189,9 @@ def serve(ctx: click.Context, model: str, allow_dirty: bool, no_validate: bool) 
         try:
             b.build_targets(project, [f"{model}.validation"], allow_dirty=allow_dirty, on_progress=_Bar())
         except BuildError as e:
-            raise BuildError(f"{e}\n{model} did not pass its validation gate, so it is not served; fix the model "
-                             f"or its data, or serve it anyway for development: mlbuild serve --no-validate {model}"
-                             ) from None
+            raise BuildError(f"{e}\n{model} did not pass its validation gate, so it is not served; fix the model, "
+                             f"its data or its thresholds, or serve it anyway for development: "
+                             f"mlbuild serve --no-validate {model}") from None
     if gated and no_validate:
         click.echo(f"mlbuild: warning: serving {model} without its validation gate (--no-validate)", err=True)
     program = f"{summary.outputs[0].path}/bin/serve"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -67,7 +68,7 @@ def run(ctx: click.Context, model: str, url: str, allow_dirty: bool) -> None:
               callback=lambda _c, _p, v: _target(v), help="host:port of `mlbuild monitor`'s metrics.")
 @click.option("--scrape-interval", default="15s", show_default=True, callback=lambda _c, _p, v: _duration(v),
               help="Prometheus duration (15s, 1m, 1m30s).")
-@click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+@click.option("--interval", type=float, default=60.0, show_default=True, callback=lambda _c, _p, v: _seconds(v),
               help="The monitor's interval (s).")
 @click.pass_context
 def config(ctx: click.Context, model: str, out_dir: Path | None, server: str, monitor_addr: str,
@@ -107,4 +108,11 @@ def _duration(value: str) -> str:
     m = _DURATION.fullmatch(value)
     if not value or m is None or not any(int(g) for g in m.groups() if g):
         raise click.BadParameter(f"{value!r} is not a Prometheus duration above zero; give one like 15s, 1m or 1m30s")
+    return value
+
+
+def _seconds(value: float) -> float:
+    """A finite number of seconds above zero (nan and inf would write rules that never fire)."""
+    if not math.isfinite(value) or value <= 0:
+        raise click.BadParameter(f"{value!r} is not a positive number of seconds; give one like 60")
     return value

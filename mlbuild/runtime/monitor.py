@@ -168,9 +168,13 @@ class Monitor:
     def _webhook(self, payload: dict[str, Any]) -> None:
         if not self.webhook:
             return
-        try:
-            _http("POST", self.webhook, payload, timeout=10)
-        except (OSError, urllib.error.URLError) as e:
+        data = json.dumps(payload, default=float).encode()
+        req = urllib.request.Request(self.webhook, data=data, method="POST",
+                                     headers={"content-type": "application/json"})
+        try:   # what the webhook answers is its own business (Slack's says "ok"): not read as JSON
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                resp.read()
+        except (OSError, urllib.error.URLError, ValueError) as e:
             log.error("webhook %s failed: %s", self.webhook, e)
 
 

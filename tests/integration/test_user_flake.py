@@ -72,7 +72,7 @@ def test_the_driver_builds_with_the_mlbuild_the_flake_pins(digits_repo: Path, tm
     proc = run_cli("build", "digits", cwd=user)
     assert proc.stdout.split("\t")[1].split("\n")[0] == built
     assert "building with the mlbuild input flake.lock pins (git file://" in proc.stderr
-    assert "nix flake lock --update-input mlbuild" in proc.stderr
+    assert f"nix flake lock --override-input mlbuild git+file://{REPO}" in proc.stderr
     # the driver's own library gives the other package (the comment is in the server it runs)
     own = run_cli("build", "digits", cwd=digits_repo).stdout.split("\t")[1].split("\n")[0]
     assert own != built

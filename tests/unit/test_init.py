@@ -103,6 +103,12 @@ def test_init_overwrites_nothing(tmp_path: Path) -> None:
         init_project(tmp_path, name="x")
     assert (tmp_path / "model.py").read_text() == "mine\n"
     assert not (tmp_path / "mlbuild.toml").exists()
+    # a flake.lock of the user's: it was kept and init said it wrote one
+    (tmp_path / "model.py").unlink()
+    (tmp_path / "flake.lock").write_text('{"custom": true}\n')
+    with pytest.raises(InitError, match=r"already has flake.lock"):
+        init_project(tmp_path, name="x")
+    assert (tmp_path / "flake.lock").read_text() == '{"custom": true}\n'
 
 
 @pytest.mark.parametrize(("name", "message"), [

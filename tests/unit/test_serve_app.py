@@ -413,10 +413,17 @@ def test_huge_finite_inputs_that_overflow_the_model_are_a_400(served: tuple[Test
                           ("/v1/models/digits:predict", {"instances": x.tolist()})):
         r = client.post(path, json=payload)
         assert r.status_code == 400, r.text
-        assert r.json()["error"].startswith("input row(s) 1 make the model's outputs NaN or infinity: their values "
-                                            "(up to 3e+38 in magnitude) are far beyond the data the model was trained on")
+        assert r.json()["error"].startswith("input row(s) 1 hold values far beyond the data the model was trained on "
+                                            "(up to 3e+38 in magnitude, over a million times its scale)")
     labels_only = json.loads(_body(x))
     labels_only["outputs"] = [{"name": "label"}]
     assert client.post("/v2/models/digits/infer", json=labels_only).status_code == 400
+    # finite outputs, still meaningless: 1e20 (the model answered it with confidence, a 200)
+    y = np.ones((2, 64), np.float32)
+    y[0, 5] = 1e20
+    r = client.post("/v2/models/digits/infer", content=_body(y))
+    assert r.status_code == 400 and r.json()["error"].startswith("input row(s) 0 hold values far beyond"), r.text
     assert _rows_in_drift_window(client) == 0
     assert len(state.live.predictions) == 0
+    y[0, 5] = 1e5   # far out, but within a million times the training scale: answered
+    assert client.post("/v2/models/digits/infer", content=_body(y)).status_code == 200

@@ -195,15 +195,19 @@ def test_thread_init_runs_in_the_worker_thread() -> None:
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")   # 3e38 * 2, on purpose
 def test_the_nonfinite_check_answers_only_its_own_request() -> None:
-    """A batch whose outputs are not all finite: the check runs per request in the worker, and
-    only the request it refuses gets the error; a finite batch never calls it."""
+    """A suspect batch (here: outputs not all finite): the guard's check runs per request in the
+    worker, and only the request it refuses gets the error; a batch that is not suspect is not checked."""
     run = Recorder(hold_first=True)
     checked: list[int] = []
 
-    def check(x: np.ndarray, out: dict[str, np.ndarray]) -> None:
-        checked.append(len(x))
-        if not np.isfinite(out["y"]).all():
-            raise ValueError("overflow")
+    class Guard:
+        def suspect(self, x: np.ndarray, out: dict[str, np.ndarray]) -> bool:
+            return not np.isfinite(out["y"]).all()
+
+        def check(self, x: np.ndarray, out: dict[str, np.ndarray]) -> None:
+            checked.append(len(x))
+            if not np.isfinite(out["y"]).all():
+                raise ValueError("overflow")
 
     async def scenario(b: MicroBatcher) -> list[object]:
         first = asyncio.ensure_future(b.submit(_rows(0)))
@@ -213,7 +217,7 @@ def test_the_nonfinite_check_answers_only_its_own_request() -> None:
         run.release.set()
         return [await first, *(await asyncio.gather(*rest, return_exceptions=True))]
 
-    results = asyncio.run(_with_batcher(run, scenario, max_batch_size=32, max_wait_s=0.001, check_nonfinite=check))
+    results = asyncio.run(_with_batcher(run, scenario, max_batch_size=32, max_wait_s=0.001, guard=Guard()))
     assert run.sizes == [1, 3] and checked == [1, 1, 1]   # the first (finite) batch was not checked
     assert isinstance(results[2], ValueError)
     np.testing.assert_array_equal(results[1]["y"], _rows(2.0))   # type: ignore[index]

@@ -337,3 +337,23 @@ def test_nan_outputs_are_a_model_error_not_invalid_json() -> None:
                     encode()
     with pytest.raises(ModelOutputError, match="'probabilities' holds NaN or infinity"):
         encode_predict(PKG, {"probabilities": np.array([[np.inf, 0, 0]], np.float32), "label": np.array([0])}, "r")
+
+
+def test_the_input_guard_without_reference_statistics_refuses_only_overflow() -> None:
+    """Without the training data's scale a feature may be in the millions (prices): only a row
+    that huge whose outputs overflowed is refused."""
+    from mlbuild.runtime.serve.protocol import InputGuard
+
+    guard = InputGuard(None)
+    x = np.array([[2e7, 1.0], [3e38, -3e38], [1.0, 1.0]], np.float32)
+    fine = {"y": np.ones((3, 2), np.float32)}
+    assert not guard.suspect(x, fine)
+    guard.check(x, fine)
+    nan = {"y": np.array([[1.0, 1.0], [np.nan, 1.0], [np.nan, 0.0]], np.float32)}
+    assert guard.suspect(x, nan)
+    with pytest.raises(ProtocolError, match=r"^input row\(s\) 1 hold values far beyond"):
+        guard.check(x, nan)   # row 2's NaN comes from ordinary values: the model's own, not refused here
+    with_scale = InputGuard(np.array([1.0, 1.0]))
+    assert with_scale.suspect(x, fine)
+    with pytest.raises(ProtocolError, match=r"^input row\(s\) 0, 1 hold values far beyond"):
+        with_scale.check(x, fine)

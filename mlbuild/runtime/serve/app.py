@@ -36,7 +36,7 @@ from .metrics import CONTENT_TYPE_LATEST, MetricsMiddleware, ServerMetrics
 from .model import LoadedModel, load_model
 from .names import PROBE_HEADER
 from .package import MODEL_VERSION, Package
-from .protocol import InferCodec, ProtocolError, check_outputs_finite, decode_predict, encode_predict, error_body
+from .protocol import InferCodec, InputGuard, ProtocolError, decode_predict, encode_predict, error_body
 
 __all__ = ["ServerState", "create_app"]
 
@@ -90,8 +90,8 @@ class ServerState:
         metrics.set_package(pkg.name, pkg.hashes)
         reference = pkg.root / "model" / "reference.json"
         ref = json.loads(reference.read_text()) if reference.is_file() else None
-        # Per feature, the training data's scale: an input far beyond it that makes the outputs NaN
-        # is the client's error (protocol.check_outputs_finite).
+        # Per feature, the training data's scale: an input far beyond it is the client's error
+        # (protocol.InputGuard).
         self.input_scale: np.ndarray | None = None
         if isinstance(ref, dict) and "mean" in ref and "std" in ref:
             self.input_scale = np.maximum(np.abs(np.asarray(ref["mean"], np.float64))
@@ -126,10 +126,9 @@ class ServerState:
         gc.collect()
         gc.freeze()
         settings = self.pkg.settings
-        scale = self.input_scale
         batcher = MicroBatcher(model.run, settings.max_batch_size, settings.max_wait_ms / 1000.0,
                                on_batch=self.metrics.observe_batch, thread_init=model.bind_thread,
-                               check_nonfinite=lambda x, out: check_outputs_finite(x, out, scale))
+                               guard=InputGuard(self.input_scale))
         batcher.start()
         self.model, self.batcher = model, batcher
         self.metrics.load_seconds.set(model.load_seconds)

@@ -27,17 +27,23 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
 __all__ = ["MicroBatcher", "BatcherClosed"]
 
 RunFn = Callable[[np.ndarray], dict[str, np.ndarray]]
-# Called in the worker for each request of a batch whose float outputs are not all finite (rare:
-# the common batch costs one isfinite over its outputs, off the event loop): raises to answer that
-# request with the exception instead of its outputs.
-CheckFn = Callable[[np.ndarray, dict[str, np.ndarray]], None]
+
+
+class Guard(Protocol):
+    """Per-request checks of a batch's outputs, run in the worker (off the event loop): ``suspect``
+    once per batch (cheap); ``check`` per request of a suspect batch, raising to answer that
+    request with the exception instead of its outputs (protocol.InputGuard)."""
+
+    def suspect(self, array: np.ndarray, results: dict[str, np.ndarray]) -> bool: ...
+
+    def check(self, array: np.ndarray, results: dict[str, np.ndarray]) -> None: ...
 OnBatch = Callable[[int, float], None]
 
 
@@ -64,9 +70,9 @@ class MicroBatcher:
 
     def __init__(self, run: RunFn, max_batch_size: int = 32, max_wait_s: float = 0.002,
                  on_batch: OnBatch | None = None, thread_init: Callable[[], None] | None = None,
-                 check_nonfinite: CheckFn | None = None) -> None:
+                 guard: Guard | None = None) -> None:
         self._run = run
-        self._check = check_nonfinite
+        self._guard = guard
         self._thread_init = thread_init
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -191,16 +197,15 @@ class MicroBatcher:
         if self._on_batch is not None:
             self._on_batch(self._last_rows, elapsed)
         results: list[tuple[asyncio.Future[dict[str, np.ndarray]], dict[str, np.ndarray] | BaseException]] = []
-        check = self._check if self._check is not None and any(
-            v.dtype.kind in "fc" and not np.isfinite(v).all() for v in outputs.values()) else None
+        guard = self._guard if self._guard is not None and self._guard.suspect(merged, outputs) else None
         offset = 0
         for item in batch:
             end = offset + item.rows
             sliced = {k: v[offset:end] for k, v in outputs.items()}
             mine: dict[str, np.ndarray] | BaseException = sliced
-            if check is not None:
+            if guard is not None:
                 try:
-                    check(item.array, sliced)
+                    guard.check(item.array, sliced)
                 except Exception as e:
                     mine = e
             results.append((item.future, mine))

@@ -31,7 +31,7 @@ from .package import DATATYPES, MODEL_VERSION, Package, ServeError, TensorSpec
 __all__ = [
     "ProtocolError",
     "ModelOutputError",
-    "check_outputs_finite",
+    "InputGuard",
     "MAX_ID_LENGTH",
     "InferRequest",
     "InferCodec",
@@ -385,35 +385,56 @@ class InferCodec:
         return b"".join([head, *chunks]), len(head)
 
 
-# How far beyond what training saw an input value must be for a NaN or infinite output to be the
-# input's fault: values that far overflow float32 arithmetic (3e38 does; a model's own NaN, from a
-# log of a negative say, comes from ordinary values and stays the model's fault).
+# How far beyond what training saw an input value must be to be refused: a million times the
+# training data's scale is a unit error or garbage, not data (3e38 is a valid FP32, and overflows
+# the model; 1e20 does not, and still gets a confident, meaningless answer).
 OVERFLOW_FACTOR = 1e6
 
 
-def check_outputs_finite(array: np.ndarray, results: dict[str, np.ndarray], scale: np.ndarray | None) -> None:
-    """Refuse (400, naming the rows) a request whose rows the model answered with NaN or infinity
-    when those rows hold values far beyond the training data's scale (``scale``: per feature, from
-    the package's reference statistics; None: 1): finite but huge inputs overflow the model, and
-    that is the client's to fix, not a 500 that pages on-call or a label taken from NaN scores.
-    Anything else is left to the encoders (the model's fault: a 500 for JSON outputs)."""
-    bad: np.ndarray | None = None
-    for arr in results.values():
-        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
-            rows = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
-            bad = rows if bad is None else bad | rows
-    if bad is None or array.dtype.kind not in "fiu":
-        return
-    where = np.flatnonzero(bad)
-    flat = np.abs(array[where].reshape(len(where), -1).astype(np.float64))
-    limit = OVERFLOW_FACTOR * (scale if scale is not None and scale.shape == flat.shape[1:] else 1.0)
-    extreme = where[(flat > limit).any(axis=1)]
-    if not len(extreme):
-        return
-    shown = ", ".join(map(str, extreme[:10])) + (", ..." if len(extreme) > 10 else "")
-    raise ProtocolError(400, f"input row(s) {shown} make the model's outputs NaN or infinity: their values (up to "
-                             f"{float(flat.max()):.3g} in magnitude) are far beyond the data the model was trained "
-                             f"on and overflow it; send values of that scale")
+class InputGuard:
+    """Refuses (400, naming the rows) requests whose rows the model cannot answer meaningfully.
+
+    With the package's reference statistics (``scale``, per feature: |mean| + std of the training
+    data), a row holding a value over ``OVERFLOW_FACTOR`` times its feature's scale is refused,
+    whatever the model answers. Without them, only such a row (scale 1) whose outputs are NaN or
+    infinite is refused (a feature may legitimately be in the millions). A model's own NaN from
+    ordinary values stays the model's fault (a 500 for JSON outputs, from the encoders).
+    ``suspect`` is the cheap per-batch test the batcher's worker runs; ``check`` runs per request
+    only for a suspect batch."""
+
+    def __init__(self, scale: np.ndarray | None) -> None:
+        self.scale = scale
+
+    def _limit(self, flat: np.ndarray) -> np.ndarray | float:
+        if self.scale is not None and self.scale.shape == flat.shape[1:]:
+            return OVERFLOW_FACTOR * self.scale
+        return OVERFLOW_FACTOR
+
+    def suspect(self, array: np.ndarray, results: dict[str, np.ndarray]) -> bool:
+        if array.dtype.kind in "fiu" and self.scale is not None:
+            flat = array.reshape(array.shape[0], -1)
+            if (np.abs(flat) > self._limit(flat)).any():
+                return True
+        return any(v.dtype.kind in "fc" and not np.isfinite(v).all() for v in results.values())
+
+    def check(self, array: np.ndarray, results: dict[str, np.ndarray]) -> None:
+        if array.dtype.kind not in "fiu" or not len(array):
+            return
+        flat = np.abs(array.reshape(array.shape[0], -1).astype(np.float64))
+        extreme = (flat > self._limit(flat)).any(axis=1)
+        if self.scale is None:   # only where the outputs overflowed
+            bad = np.zeros(len(flat), dtype=bool)
+            for arr in results.values():
+                if arr.dtype.kind in "fc":
+                    bad |= ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
+            extreme &= bad
+        rows = np.flatnonzero(extreme)
+        if not len(rows):
+            return
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+        raise ProtocolError(400, f"input row(s) {shown} hold values far beyond the data the model was trained on "
+                                 f"(up to {float(flat[rows].max()):.3g} in magnitude, over a million times its "
+                                 f"scale), so its answer would mean nothing; check the input's units and scale")
 
 
 def _nonfinite(results: dict[str, np.ndarray], names: list[str], fix: str) -> ModelOutputError:
