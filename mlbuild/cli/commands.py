@@ -149,23 +149,32 @@ def exp_show(ctx: click.Context, model: str) -> None:
     mkeys = sorted({k for v in variants for k in v.metrics})
     # Held-out metrics: the ones the gate checks (what the project cares about), else all.
     project = load(ctx)
-    gated = sorted(((project.raw.get("models") or {}).get(model, {}).get("validation") or {}).get("thresholds") or {})
-    hkeys = [k for k in gated if any(k in v.held_out for v in variants)] or \
+    thresholds = ((project.raw.get("models") or {}).get(model, {}).get("validation") or {}).get("thresholds") or {}
+    hkeys = [k for k in sorted(thresholds) if any(k in v.held_out for v in variants)] or \
         sorted({k for v in variants for k in v.held_out})
-    head = [*keys, *(f"train:{k}" for k in mkeys), *(f"test:{k}" for k in hkeys), "data", "commit", "status",
-            "runs", "store path"]
+
+    def gate(v: experiments.Variant) -> str:
+        """Whether the variant's held-out metrics meet today's thresholds (what its image would need)."""
+        if not v.held_out or not thresholds:
+            return "-"
+        from ..runtime.validate import check_thresholds
+
+        return "pass" if all(c["ok"] for c in check_thresholds(v.held_out, thresholds)) else "FAIL"
+
+    head = [*keys, *(f"train:{k}" for k in mkeys), *(f"test:{k}" for k in hkeys), "gate", "data", "commit",
+            "status", "runs", "store path"]
     rows = [[*((experiments.format_value(v.params[k]) + ("*" if k in v.overrides else "")) if k in v.params else "-"
                for k in keys),
              *(f"{v.metrics[k]:.4f}" if k in v.metrics else "-" for k in mkeys),
              *(f"{v.held_out[k]:.4f}" if k in v.held_out else "-" for k in hkeys),
-             v.data or "-", (v.commit or "-") + ("+dirty" if v.dirty else ""), v.status, str(v.runs), v.path]
+             gate(v), v.data or "-", (v.commit or "-") + ("+dirty" if v.dirty else ""), v.status, str(v.runs), v.path]
             for v in variants]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     click.echo("  ".join(h.ljust(w) for h, w in zip(head, widths)))
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)))
     click.echo("* set by --set; train: the training log's last epoch; test: the held-out validation report; "
-               "data: the training datasets' hashes")
+               "gate: test metrics against today's thresholds; data: the training datasets' hashes")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

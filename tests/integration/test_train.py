@@ -109,11 +109,14 @@ def test_experiment_round_trip(digits_repo: Path, trained: str) -> None:
     assert trained in table and str(float(lr[3:])) in table and "train:val_accuracy" in table
     # the held-out metrics the gate checks (validation report), the params --set changed, the data
     head_row, rows = table.splitlines()[0].split(), table.splitlines()[1:]
-    assert {"test:accuracy", "test:f1_macro", "data"} <= set(head_row)
+    assert {"test:accuracy", "test:f1_macro", "gate", "data"} <= set(head_row)
     variant = next(r.split() for r in rows if str(float(lr[3:])) in r)
     configured = next(r.split() for r in rows if trained in r)
     col = head_row.index("test:accuracy")
     assert 0 <= float(variant[col]) <= 1 and float(configured[col]) > 0.9
+    assert configured[head_row.index("gate")] == "pass"   # the thresholds are met by the configured model
+    meets = all(float(variant[head_row.index(f"test:{k}")]) >= 0.95 for k in ("accuracy", "f1_macro"))
+    assert variant[head_row.index("gate")] == ("pass" if meets else "FAIL")
     assert variant[head_row.index("epochs")] == "4*" and configured[head_row.index("epochs")] == "30"
     assert variant[head_row.index("data")] == configured[head_row.index("data")] != "-"
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=digits_repo, capture_output=True, text=True,
