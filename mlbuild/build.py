@@ -61,6 +61,12 @@ def check_model(project: Project, model: str) -> None:
         raise TargetError(f"{model!r} is not a model of {project.name} (models: {', '.join(models) or 'none'}); {fix}")
 
 
+def validation_table(project: Project, model: str) -> dict[str, Any] | None:
+    """MODEL's [models.MODEL.validation] table; None when it has none (no gate)."""
+    table = ((project.raw.get("models") or {}).get(model) or {}).get("validation")
+    return table if isinstance(table, dict) else None
+
+
 def check_targets(project: Project, targets: Sequence[str]) -> None:
     """Refuse, before Nix evaluates anything, a target whose model, dataset, notebook or stage
     the project does not declare; the error lists what it does declare. Deeper attributes
@@ -124,6 +130,7 @@ class Summary:
     pushed: list[str] = field(default_factory=list)                     # paths pushed to the store
     shared: int | None = None    # paths the shared store already had (None: no push was asked for)
     seconds: float = 0.0
+    dirty: bool = False          # built from a dirty worktree (--allow-dirty): marked so in provenance
 
 
 def check_clean(project: Project) -> None:
@@ -349,7 +356,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     do_push = push if push is not None else wants_push(project)   # a bad [store].push, before building
     if do_push:
         _check_push_target(project)
-    total = Summary()
+    total = Summary(dirty=dirty)
     t0 = time.monotonic()
     extra = [*store_options(project), *extra]
     for target in list(targets) or ["toolchain"]:

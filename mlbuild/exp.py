@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import git
-from .build import Progress, Summary, build_targets, check_model
+from .build import Progress, Summary, build_targets, check_model, validation_table
 from .config import Project, state_dir
 from .errors import ConfigError
 
@@ -125,7 +125,7 @@ def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool 
     overrides = typed_overrides(model, models[model]["params"], overrides, raw)
     # A model with a validation suite: the variant's held-out metrics too (its validation report;
     # the training log's metrics are on training data), so variants are compared on what counts.
-    validated = isinstance(models[model].get("validation"), dict)
+    validated = validation_table(project, model) is not None
     targets = [f"{model}.model", *([f"{model}.validation.report"] if validated else [])]
     summary = build_targets(project, targets, allow_dirty=allow_dirty,
                             overrides={model: {"params": overrides}} if overrides else {},
@@ -134,7 +134,7 @@ def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool 
     params = {**models[model].get("params", {}), **overrides}
     record = {"model": model, "overrides": overrides, "params": params, "path": path,
               "status": "cached" if f"{model}.model" in summary.present else "built", "time": time.time(),
-              "git_rev": git.head(project.root), "dirty": _dirty(Path(path))}
+              "git_rev": git.head(project.root), "dirty": summary.dirty}
     if validated:
         record["report"] = summary.outputs[1].path
     log = _log(project, model)
@@ -142,14 +142,6 @@ def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool 
     with open(log, "a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
     return summary, record
-
-
-def _dirty(path: Path) -> bool:
-    """Whether the training output was built from a dirty tree (its provenance says)."""
-    try:
-        return bool(json.loads((path / "provenance.json").read_text())["git"]["dirty"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import git
-from .build import Progress, build_targets, check_model
+from .build import Progress, Summary, build_targets, check_model
 from .config import Project, load_project
 from .errors import BuildError, MlbuildError
 from .runtime.validate import LOWER_IS_BETTER
@@ -41,14 +41,13 @@ def _report(project: Project, model: str, rev: str, **kw: Any) -> Point:
     check_model(project, model)
     summary = build_targets(project, [f"{model}.validation.report"], **kw)
     path = summary.outputs[0].path
-    return Point(_here(project) if rev == "worktree" else rev, json.loads((Path(path) / "metrics.json").read_text()), path)
+    return Point(_here(project, summary) if rev == "worktree" else rev,
+                 json.loads((Path(path) / "metrics.json").read_text()), path)
 
 
-def _here(project: Project) -> str:
-    """The label of what the worktree built: its commit when it is clean, else "worktree"."""
-    if git.dirty_files(project.root):
-        return "worktree"
-    return git.head(project.root) or "worktree"
+def _here(project: Project, summary: Summary) -> str:
+    """The label of what the worktree built: its commit when it was clean, else "worktree"."""
+    return "worktree" if summary.dirty else git.head(project.root) or "worktree"
 
 
 def validate(project: Project, model: str, *, allow_dirty: bool = False,
@@ -57,7 +56,7 @@ def validate(project: Project, model: str, *, allow_dirty: bool = False,
     check_model(project, model)
     summary = build_targets(project, [f"{model}.validation"], allow_dirty=allow_dirty, on_progress=on_progress)
     path = summary.outputs[0].path
-    return Point(_here(project), json.loads((Path(path) / "metrics.json").read_text()), path)
+    return Point(_here(project, summary), json.loads((Path(path) / "metrics.json").read_text()), path)
 
 
 def show(project: Project, model: str, *, allow_dirty: bool = False) -> Point:

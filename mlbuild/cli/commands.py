@@ -141,15 +141,15 @@ def exp_run(ctx: click.Context, model: str, sets: tuple[str, ...], allow_dirty: 
 @click.pass_context
 def exp_show(ctx: click.Context, model: str) -> None:
     """Table of MODEL's variants: params, final metrics, commit, built or cached, store path."""
-    variants = experiments.show(load(ctx), model)
+    project = load(ctx)
+    variants = experiments.show(project, model)
     if not variants:
         click.echo(f"no experiments of {model} yet; run `mlbuild exp run {model} --set KEY=VALUE`")
         return
     keys = sorted({k for v in variants for k in v.params})
     mkeys = sorted({k for v in variants for k in v.metrics})
     # Held-out metrics: the ones the gate checks (what the project cares about), else all.
-    project = load(ctx)
-    thresholds = ((project.raw.get("models") or {}).get(model, {}).get("validation") or {}).get("thresholds") or {}
+    thresholds = (b.validation_table(project, model) or {}).get("thresholds") or {}
     hkeys = [k for k in sorted(thresholds) if any(k in v.held_out for v in variants)] or \
         sorted({k for v in variants for k in v.held_out})
 
@@ -192,7 +192,7 @@ def serve(ctx: click.Context, model: str, allow_dirty: bool, no_validate: bool) 
 
     project = load(ctx)
     b.check_model(project, model)
-    gated = isinstance((project.raw.get("models") or {}).get(model, {}).get("validation"), dict)
+    gated = b.validation_table(project, model) is not None
     summary = b.build_targets(project, [model], allow_dirty=allow_dirty, on_progress=_Bar())
     if gated and not no_validate:
         try:

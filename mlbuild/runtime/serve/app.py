@@ -18,8 +18,6 @@ import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-import numpy as np
-
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -90,12 +88,7 @@ class ServerState:
         metrics.set_package(pkg.name, pkg.hashes)
         reference = pkg.root / "model" / "reference.json"
         ref = json.loads(reference.read_text()) if reference.is_file() else None
-        # Per feature, the training data's scale: an input far beyond it is the client's error
-        # (protocol.InputGuard).
-        self.input_scale: np.ndarray | None = None
-        if isinstance(ref, dict) and "mean" in ref and "std" in ref:
-            self.input_scale = np.maximum(np.abs(np.asarray(ref["mean"], np.float64))
-                                          + np.asarray(ref["std"], np.float64), 1.0)
+        self.guard = InputGuard.from_reference(ref)
         self.live = LiveQuality(pkg.name, ref,
                                 list(pkg.labels) if pkg.labels is not None else None, metrics.registry,
                                 classes=_class_count(pkg), regression=pkg.task == "regression",
@@ -128,7 +121,7 @@ class ServerState:
         settings = self.pkg.settings
         batcher = MicroBatcher(model.run, settings.max_batch_size, settings.max_wait_ms / 1000.0,
                                on_batch=self.metrics.observe_batch, thread_init=model.bind_thread,
-                               guard=InputGuard(self.input_scale))
+                               guard=self.guard)
         batcher.start()
         self.model, self.batcher = model, batcher
         self.metrics.load_seconds.set(model.load_seconds)

@@ -10,7 +10,6 @@ in front of them, with the same errors (4xx with a JSON body) and the same metri
 from __future__ import annotations
 
 import asyncio
-
 import logging
 import time
 import zlib

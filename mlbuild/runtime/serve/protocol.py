@@ -405,6 +405,14 @@ class InputGuard:
     def __init__(self, scale: np.ndarray | None) -> None:
         self.scale = scale
 
+    @classmethod
+    def from_reference(cls, reference: Any) -> InputGuard:
+        """From the package's reference.json (``mean`` and ``std`` per feature), or None."""
+        if not isinstance(reference, dict) or "mean" not in reference or "std" not in reference:
+            return cls(None)
+        return cls(np.maximum(np.abs(np.asarray(reference["mean"], np.float64))
+                              + np.asarray(reference["std"], np.float64), 1.0))
+
     def _limit(self, flat: np.ndarray) -> np.ndarray | float:
         if self.scale is not None and self.scale.shape == flat.shape[1:]:
             return OVERFLOW_FACTOR * self.scale
