@@ -84,6 +84,7 @@ def read_csv_shape(path: Path) -> CsvShape:
                         "in the last column, at least a few rows per class")
     width = len(body[0])
     counts: dict[str, int] = {}
+    first_line: dict[str, int] = {}
     for i, row in enumerate(body, start=2 if header else 1):
         features = numbers(row[:-1]) if len(row) == width and width >= 2 else None
         if features is None or not row[-1]:
@@ -93,19 +94,29 @@ def read_csv_shape(path: Path) -> CsvShape:
             raise InitError(f"{path}, line {i}: {','.join(row)[:80]!r} holds NaN or infinity; the model cannot train "
                             "on it: fill or drop the missing values")
         counts[row[-1]] = counts.get(row[-1], 0) + 1
+        first_line.setdefault(row[-1], i)
     k = len(counts)
     values = numbers(list(counts))
-    if values is None:  # class names: numbered in sorted order
-        labels: list[str] | None = sorted(counts)
-    elif set(values) == set(map(float, range(k))):
-        labels = None
-    else:
+    regression = ("mlbuild init makes classifiers; for a regression model (a continuous target) write the files "
+                  "by hand: see the README's Training section")
+    labels = sorted(counts) if values is None else None   # class names: numbered in sorted order
+    if values is None:
+        words = [c for c in counts if numbers([c]) is None]
+        if len(words) * 5 <= k:   # numbers, and a few cells that are not: missing values, not class names
+            odd = min(words, key=first_line.__getitem__)
+            raise InitError(f"{path}, line {first_line[odd]}: the class {odd[:40]!r} is not a number, while "
+                            f"{k - len(words)} of the {k} classes are; fill or drop the rows with missing values")
+    if k > 20 and k * 2 > len(body):   # mostly one row per value: prices, measurements, ids
+        shown = ", ".join(sorted(counts, key=lambda c: (numbers([c]) or [0.0], c))[:4])
+        raise InitError(f"the last column of {path} holds {k} different values in {len(body)} rows ({shown}...): "
+                        f"a class needs several rows each. {regression}")
+    if values is not None and set(values) != set(map(float, range(k))):
         shown = ", ".join(f"{c:g}" for c in sorted(values)[:8])
-        fractional = any(v != int(v) for v in values)
-        hint = (" (mlbuild init makes classifiers; for a regression model, a continuous target, write the files by "
-                "hand: see the README's Training section)") if fractional or k > 20 else ""
+        if any(v != int(v) for v in values) or k > 20:
+            raise InitError(f"the last column of {path} holds {shown}{'...' if k > 8 else ''}: {k} different "
+                            f"values, a continuous target rather than classes. {regression}")
         raise InitError(f"the last column of {path} holds {shown}{'...' if k > 8 else ''}; it must hold the class: "
-                        f"the numbers 0..{k - 1}, or names{hint}")
+                        f"the numbers 0..{k - 1}, or names")
     if k < 2:
         raise InitError(f"the last column of {path} holds one class only; a classifier needs two or more")
     rare = sorted(c for c, n in counts.items() if n < 2)

@@ -79,7 +79,7 @@ def alert_rules(project: Project, model: str, *, interval: float = 60.0, error_r
                 p99_seconds: float = 0.5, psi: float = 0.2) -> dict[str, Any]:
     sel = f'model="{model}"'
     rules: list[dict[str, Any]] = [{
-        "alert": "MlbuildValidationBelowThreshold",
+        "alert": "MlbuildValidationThresholdFailed",
         "expr": f"mlbuild_monitor_threshold_ok{{{sel}}} == 0",
         "labels": {"severity": "page", "model": model},
         "annotations": {"summary": f"{model}: validation suite metric {{{{ $labels.metric }}}} breaks its "
@@ -89,7 +89,7 @@ def alert_rules(project: Project, model: str, *, interval: float = 60.0, error_r
         if not live_metric(name):   # no live counterpart (see without_live_alert)
             continue
         rules.append({
-            "alert": "MlbuildLiveMetricBelowThreshold",
+            "alert": "MlbuildLiveMetricThresholdFailed",
             "expr": f'mlbuild_live_metric{{{sel},metric="{name}"}} {_OPS[op]} {value}',
             # a window of feedback moves with every batch of labels: it must stay bad a while to page
             "for": "10m",

@@ -49,6 +49,9 @@ let
         (builtins.attrNames thresholds);
       percent = builtins.filter (k: isFraction k && (builtins.isInt thresholds.${k} || builtins.isFloat thresholds.${k})
         && thresholds.${k} > 1) (builtins.attrNames thresholds);
+      # r2 is at most 1 (a perfect fit) but may be negative: validate.py's AT_MOST_ONE.
+      aboveOne = builtins.filter (k: k == "r2" && (builtins.isInt thresholds.${k} || builtins.isFloat thresholds.${k})
+        && thresholds.${k} > 1) (builtins.attrNames thresholds);
     in
     lib.checkKeys where keys.model t && sub "validation" keys.validation && sub "serve" keys.serve
     && sub "image" keys.image
@@ -62,7 +65,11 @@ let
     && (!(builtins.isAttrs thresholds) || lib.assertMsg (percent == [ ])
       (let k = builtins.head percent; v = builtins.toJSON thresholds.${k}; in
         "[models.${m}.validation].thresholds.${k} is ${v}, but ${k} is a fraction from 0 to 1, so no model can reach it; "
-        + "write it as a fraction (${v}% is ${builtins.toJSON (thresholds.${k} / 100.0)})"));
+        + "write it as a fraction (${v}% is ${builtins.toJSON (thresholds.${k} / 100.0)})"))
+    && (!(builtins.isAttrs thresholds) || lib.assertMsg (aboveOne == [ ])
+      (let k = builtins.head aboveOne; in
+        "[models.${m}.validation].thresholds.${k} is ${builtins.toJSON thresholds.${k}}, but ${k} is at most 1 "
+        + "(a perfect fit), so no model can reach it; use a value below 1, e.g. ${k} = 0.9"));
   checkDataset = d: t:
     let where = "[datasets.${d}]";
     in if !(builtins.isAttrs t) then lib.checkKeys where [ ] t

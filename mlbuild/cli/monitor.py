@@ -83,7 +83,7 @@ def config(ctx: click.Context, model: str, out_dir: Path | None, server: str, mo
     unwatched = m.without_live_alert(project, model)
     if unwatched:
         click.echo(f"note: no live-feedback alert for {', '.join(unwatched)}: the server computes its live metrics "
-                   f"from predictions and feedback alone (see `mlbuild_live_metric`); MlbuildValidationBelowThreshold "
+                   f"from predictions and feedback alone (see `mlbuild_live_metric`); MlbuildValidationThresholdFailed "
                    f"watches them through the suite that `mlbuild monitor {model}` runs against the server", err=True)
 
 

@@ -71,16 +71,19 @@ def main() -> None:
 
     from .prepare import load_module
     from .serve.model import load_model
-    from .serve.package import load_package
+    from .serve.package import ServeError, load_package
 
     suite = load_module(spec["suite"], spec["script"])
     x, y = suite.load(Path(spec["dataset"]["path"]))
-    pkg = load_package(spec["package"])
-    model = load_model(pkg, threads=1)
     outputs: dict[str, list[Any]] = {}
-    for i in range(0, len(x), 256):
-        for k, v in model.run(np.asarray(x[i:i + 256])).items():
-            outputs.setdefault(k, []).append(v)
+    try:   # the server's own loading and inference: what fails here would fail the server too
+        pkg = load_package(spec["package"])
+        model = load_model(pkg, threads=1)
+        for i in range(0, len(x), 256):
+            for k, v in model.run(np.asarray(x[i:i + 256])).items():
+                outputs.setdefault(k, []).append(v)
+    except ServeError as e:
+        raise SystemExit(f"mlbuild: validation of {spec['name']}: the package cannot serve: {e}") from None
     merged = {k: np.concatenate(v) for k, v in outputs.items()}
     task = pkg.task
     if task == "classification":
@@ -120,6 +123,8 @@ LOWER_IS_BETTER = ("mae", "rmse", "mse", "mape", "loss", "log_loss")
 # Metrics that are fractions 0..1: a threshold above 1 (`accuracy = 90`, a percent) fails every model.
 FRACTIONS = ("accuracy", "balanced_accuracy", "roc_auc")
 FRACTION_PREFIXES = ("precision", "recall", "f1")
+# Scores whose best is 1 but that may be negative (r2): a threshold above 1 fails every model too.
+AT_MOST_ONE = ("r2",)
 
 
 def is_fraction(name: str) -> bool:
@@ -144,6 +149,9 @@ def parse_threshold(name: str, rule: Any) -> tuple[str, float]:
     if is_fraction(name) and op in (">=", ">") and value > 1:
         raise ValueError(f"threshold {name} = {rule!r}: {name} is a fraction from 0 to 1, so no model can "
                          f"reach it; write {name} = {value / 100:g} for {value:g}%")
+    if name in AT_MOST_ONE and (op == ">=" and value > 1 or op == ">" and value >= 1):
+        raise ValueError(f"threshold {name} = {rule!r}: {name} is at most 1 (a perfect fit), so no model can "
+                         f"reach it; use a value below 1, e.g. {name} = 0.9")
     return op, value
 
 
@@ -169,16 +177,24 @@ def format_checks(checks: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _example_threshold(metrics: dict[str, float]) -> str:
+    """A threshold line that this report's suite can be gated on, in the form its direction needs:
+    accuracy, else the first score, else the first error metric, at this model's own value."""
+    scores = sorted(k for k in metrics if k not in LOWER_IS_BETTER)
+    first = "accuracy" if "accuracy" in metrics else (scores or sorted(metrics))[0]
+    value = f"{metrics[first]:.3g}"
+    rule = f'"<= {value}"' if first in LOWER_IS_BETTER else value
+    return f"thresholds = {{ {first} = {rule} }} (this model's {first}; set the value the model must reach)"
+
+
 def gate_main() -> None:
     spec = load_spec()
     report = json.loads((Path(spec["report"]) / "metrics.json").read_text())
     if not spec["thresholds"]:
         # A gate with nothing to check would pass every model, and the image depends on it passing.
-        first = "accuracy" if "accuracy" in report["metrics"] else sorted(report["metrics"])[0]
         print(f"mlbuild: validation of {spec['name']} has no thresholds, so it would pass any model; set at "
-              f"least one in [models.{spec['name']}.validation], e.g. thresholds = {{ {first} = 0.9 }} "
-              f"(\"<= 0.3\" for an error metric). The suite reports: {', '.join(sorted(report['metrics']))}",
-              file=sys.stderr)
+              f"least one in [models.{spec['name']}.validation], e.g. {_example_threshold(report['metrics'])}. "
+              f"The suite reports: {', '.join(sorted(report['metrics']))}", file=sys.stderr)
         raise SystemExit(1)
     checks = check_thresholds(report["metrics"], spec["thresholds"])
     table = format_checks(checks)

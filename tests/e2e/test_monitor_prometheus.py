@@ -145,11 +145,11 @@ def test_wrong_feedback_makes_the_alert_condition_true(stack: dict[str, Any]) ->
     live = wait("live accuracy", lambda: query(stack, 'mlbuild_live_metric{model="digits",metric="accuracy"}'))
     assert float(live[0]["value"][1]) < 0.5
     rules = json.loads((stack["conf"] / "alerts.yml").read_text())["groups"][0]["rules"]
-    live_rule = next(r for r in rules if r["alert"] == "MlbuildLiveMetricBelowThreshold"
+    live_rule = next(r for r in rules if r["alert"] == "MlbuildLiveMetricThresholdFailed"
                      and r["labels"]["metric"] == "accuracy")
     assert query(stack, live_rule["expr"]), "the alert expression is not true"
     alerts = wait("the alert pending", lambda: [a for a in http("GET", f"{stack['prom']}/api/v1/alerts")["data"]["alerts"]
-                                               if a["labels"]["alertname"] == "MlbuildLiveMetricBelowThreshold"])
+                                               if a["labels"]["alertname"] == "MlbuildLiveMetricThresholdFailed"])
     assert alerts[0]["labels"]["model"] == "digits"
     assert alerts[0]["state"] in ("pending", "firing")   # pending for 10 minutes before it pages
     assert live_rule["for"] == "10m"
@@ -171,7 +171,9 @@ def test_generated_rules_and_dashboard_are_valid(stack: dict[str, Any]) -> None:
     exposed = set()
     for url in (f"{stack['server']}/metrics", f"{stack['monitor']}/metrics"):
         wait(f"{url}", lambda: "mlbuild_" in http("GET", url))
-        exposed |= set(re.findall(r"^(mlbuild_[a-z_]+)", http("GET", url), re.M))
+        text = http("GET", url)
+        exposed |= set(re.findall(r"^(mlbuild_[a-z_]+)", text, re.M))
+        assert "_created" not in text, f"{url} exports *_created series"
     board = json.loads((stack["conf"] / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
     exprs += [r["expr"] for r in json.loads((stack["conf"] / "alerts.yml").read_text())["groups"][0]["rules"]]

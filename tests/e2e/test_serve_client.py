@@ -150,7 +150,7 @@ def test_metrics(digits_server: ServerProcess) -> None:
     assert status == 200 and headers["content-type"].startswith("text/plain")
     assert 'mlbuild_requests_total{method="POST",route="/v2/models/{name}/infer",status="200"}' in text
     assert 'mlbuild_request_duration_seconds_bucket{le="0.005",route="/v2/models/{name}/infer"}' in text
-    assert "mlbuild_batch_size_bucket" in text and "mlbuild_requests_in_flight 1.0" in text
+    assert "mlbuild_batch_size_bucket" in text and "mlbuild_requests_in_flight 0.0" in text  # the scrape is not counted
     assert 'mlbuild_model_info{code_hash="' in text and 'model="digits"' in text
     assert "mlbuild_model_load_seconds" in text and "mlbuild_model_ready 1.0" in text
     assert "_created" not in text

@@ -54,8 +54,15 @@ def test_class_names_in_the_last_column_are_numbered_in_sorted_order(tmp_path: P
     ("1,2,0\n3,4,1\n5,-inf,0\n7,8,1\n", "line 3: '5,-inf,0' holds NaN or infinity"),
     ("1,2,a\n3,4,b\n5,6,\n7,8,b\n", "line 3: '5,6,' is not 2 numbers and a class"),
     ("1,2,1\n3,4,2\n5,6,1\n7,8,2\n", "holds 1, 2; it must hold the class: the numbers 0..1, or names"),
-    ("1,2,0.5\n3,4,0\n5,6,0\n7,8,0\n", "holds 0, 0.5; it must hold the class: the numbers 0..1, or names "
-                                         "(mlbuild init makes classifiers; for a regression model"),
+    ("1,2,0.5\n3,4,0\n5,6,0\n7,8,0\n", "holds 0, 0.5: 2 different values, a continuous target rather than "
+                                         "classes. mlbuild init makes classifiers; for a regression model"),
+    # a continuous target: was "class 0, 1, 2... has one row; the stratified split needs two rows of each"
+    ("".join(f"{i},{i},{i}\n" for i in range(40)), "holds 40 different values in 40 rows (0, 1, 2, 3...): a class needs several"),
+    ("".join(f"{i},{i},${i}.01\n" for i in range(40)), "holds 40 different values in 40 rows ($0.01, $1.01, $10.01, "
+                                                      "$11.01...): a class needs several rows each. mlbuild init makes"),
+    # numbers with a missing cell: was "class 10.05, 10.08 ... has one row"
+    ("".join(f"{i},{i},{i % 6}\n" for i in range(30)) + "9,9,n/a\n",
+     "line 31: the class 'n/a' is not a number, while 6 of the 7 classes are; fill or drop the rows with missing"),
     ("1,2,0\n3,4,0\n5,6,0\n7,8,0\n", "one class only"),
     ("1,2,0\n3,4,0\n5,6,0\n7,8,1\n", "class 1 of"),
     ("1,2,cat\n3,4,cat\n5,6,dog\n7,8,cow\n", "class cow, dog of"),

@@ -22,9 +22,9 @@ def test_live_alerts_only_for_metrics_the_server_publishes(tree) -> None:  # typ
     proc = run_cli("monitor", "config", "cancer", "--out", str(root / "conf"), cwd=root,
                    env={"PATH": "/nonexistent"})   # no Nix: the files come from mlbuild.toml alone
     rules = json.loads((root / "conf" / "alerts.yml").read_text())["groups"][0]["rules"]
-    live = sorted(r["labels"]["metric"] for r in rules if r["alert"] == "MlbuildLiveMetricBelowThreshold")
+    live = sorted(r["labels"]["metric"] for r in rules if r["alert"] == "MlbuildLiveMetricThresholdFailed")
     assert live == ["accuracy", "f1", "f1_weighted"]
-    assert "MlbuildValidationBelowThreshold" in {r["alert"] for r in rules}   # the suite watches all five
+    assert "MlbuildValidationThresholdFailed" in {r["alert"] for r in rules}   # the suite watches all five
     assert "no live-feedback alert for roc_auc, top3" in proc.stderr
 
 
@@ -38,7 +38,7 @@ def test_a_regression_threshold_gets_a_live_alert_in_its_direction(tree) -> None
         'accuracy = 0.93, f1 = 0.93, f1_weighted = 0.9, roc_auc = 0.97, top3 = 0.99', 'mae = "<= 0.3", r2 = 0.8')})
     run_cli("monitor", "config", "price", "--out", str(root / "conf"), cwd=root, env={"PATH": "/nonexistent"})
     rules = json.loads((root / "conf" / "alerts.yml").read_text())["groups"][0]["rules"]
-    live = {r["labels"]["metric"]: r["expr"] for r in rules if r["alert"] == "MlbuildLiveMetricBelowThreshold"}
+    live = {r["labels"]["metric"]: r["expr"] for r in rules if r["alert"] == "MlbuildLiveMetricThresholdFailed"}
     assert live == {"mae": 'mlbuild_live_metric{model="price",metric="mae"} > 0.3',
                     "r2": 'mlbuild_live_metric{model="price",metric="r2"} < 0.8'}
 

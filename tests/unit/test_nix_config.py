@@ -69,6 +69,8 @@ def test_the_fixture_evaluates(tmp_path: Path) -> None:
     (("accuracy = 0.9", "f1_macro = 90"),
      "[models.m.validation].thresholds.f1_macro is 90, but f1_macro is a fraction from 0 to 1, so no model can "
      "reach it; write it as a fraction (90% is 0.9)"),
+    (("accuracy = 0.9", "r2 = 1.5"),
+     "[models.m.validation].thresholds.r2 is 1.5, but r2 is at most 1 (a perfect fit), so no model can reach it"),
     (('script = "m.py"\ncode = ["m.py", "sub/"]', "script = 3"), "[models.m].script is 3; it must be a string"),
     (('code = ["m.py", "sub/"]', 'code = "m.py"'), '[models.m].code is "m.py"; it must be a list of strings'),
     (("seed = 3", "seed = 3\nthreads = 0"), "[models.m].threads is 0; it must be 1 or more"),

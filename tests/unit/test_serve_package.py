@@ -154,8 +154,31 @@ def postprocess(out):
 def test_outputs_that_do_not_fit_the_config_fail_the_warm_up(tmp_path: Path) -> None:
     pkg = build_package(tmp_path / "p", train_steps=0, extra_config={
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 11]}]})
-    with pytest.raises(PackageError, match="warm-up"):
+    # the user's code or what training declared is wrong: rebuilding the package would not help
+    with pytest.raises(PackageError, match=r"warm-up .* To fix it: fix the model in model\.py, or the outputs "
+                                           r"training declared \(ctx\.describe\), then rebuild\.$"):
         load_model(load_package(pkg))
+
+
+def test_a_custom_postprocess_may_return_one_column_for_a_one_value_output(tmp_path: Path) -> None:
+    """The README says a model returning [N, 1] is flattened; a user's postprocess returning
+    {"prediction": outputs} ([N, 1]) failed the warm-up, telling them to rebuild the package."""
+    from tests.unit.conftest_serve import MLP_SOURCE
+
+    source = MLP_SOURCE + '''
+
+def postprocess(out):
+    return {"prediction": out[:, :1].clamp(min=0)}
+'''
+    pkg = build_package(tmp_path / "p", source=source, train_steps=0, extra_config={
+        "task": "regression", "labels": None, "outputs": [{"name": "prediction", "datatype": "FP32", "shape": [-1]}]})
+    out = load_model(load_package(pkg)).run(np.ones((3, 64), dtype=np.float32))
+    assert out["prediction"].shape == (3,) and (out["prediction"] >= 0).all()
+    two = build_package(tmp_path / "two", source=MLP_SOURCE + "\n\ndef postprocess(out):\n    return {'prediction': out[:, :2]}\n",
+                        train_steps=0, extra_config={"task": "regression", "labels": None,
+                                                     "outputs": [{"name": "prediction", "datatype": "FP32", "shape": [-1]}]})
+    with pytest.raises(PackageError, match=r"has shape \[1, 2\] .* To fix it: fix postprocess in model\.py"):
+        load_model(load_package(two))
 
 
 def test_regression_default_postprocess(tmp_path: Path) -> None:
@@ -251,3 +274,23 @@ def test_a_package_server_usage_has_no_package_option(pkg: Path, capsys: pytest.
     with pytest.raises(SystemExit) as exit_:
         main(["--port", "x"], package=str(pkg))
     assert exit_.value.code == 2 and "--package" not in capsys.readouterr().err
+
+
+def test_validation_of_a_package_that_cannot_serve_says_so_without_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlbuild.runtime import validate
+
+    pkg = build_package(tmp_path / "p", train_steps=0, extra_config={
+        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 11]}]})
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "check.py").write_text("import numpy as np\n\ndef load(path):\n"
+                                    "    return np.zeros((4, 64), dtype=np.float32), np.zeros(4, dtype=np.int64)\n")
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"version": 1, "name": "digits", "suite": str(suite), "script": "check.py",
+                                "dataset": {"path": str(tmp_path)}, "dataset_name": "d", "package": str(pkg)}))
+    monkeypatch.setenv("specPath", str(spec))
+    monkeypatch.setenv("out", str(tmp_path / "out"))
+    with pytest.raises(SystemExit, match=r"^mlbuild: validation of digits: the package cannot serve: .*warm-up"):
+        validate.main()
+

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from mlbuild.runtime.validate import check_thresholds, compute_metrics, format_checks, gate_main, parse_threshold
+from mlbuild.runtime.validate import (_example_threshold, check_thresholds, compute_metrics, format_checks, gate_main,
+                                      parse_threshold)
 
 
 def test_binary_metrics_match_sklearn() -> None:
@@ -91,9 +92,31 @@ def test_a_gate_without_thresholds_fails_naming_the_metrics(
         gate_main()
     err = capsys.readouterr().err
     assert "validation of iris has no thresholds, so it would pass any model" in err
-    assert "[models.iris.validation], e.g. thresholds = { accuracy = 0.9 }" in err
+    assert "[models.iris.validation], e.g. thresholds = { accuracy = 0.2 } (this model's accuracy" in err
     assert "The suite reports: accuracy, f1_macro" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("metrics, example", [
+    ({"mae": 1.875, "r2": 0.912, "rmse": 2.3}, "r2 = 0.912"),          # a score before the error metrics
+    ({"mae": 1.875, "rmse": 2.3}, 'mae = "<= 1.88"'),                  # an error metric: "<=", not a bare number
+    ({"f1_macro": 0.5, "precision_macro": 0.4}, "f1_macro = 0.5"),
+])
+def test_the_empty_gate_example_is_a_threshold_the_gate_accepts(metrics: dict[str, float], example: str) -> None:
+    """The example for a regression model was `mae = 0.9`, which the gate itself refuses (a bare
+    number for an error metric)."""
+    text = _example_threshold(metrics)
+    assert text.startswith(f"thresholds = {{ {example} }}")
+    name, _, rule = example.partition(" = ")
+    assert parse_threshold(name, json.loads(rule))[1] == pytest.approx(float(rule.strip('"<= ')))
+
+
+@pytest.mark.parametrize("rule", [1.5, ">= 1.01", "> 1", 90])
+def test_an_r2_above_one_is_refused(rule: object) -> None:
+    with pytest.raises(ValueError, match=r"r2 is at most 1 \(a perfect fit\), so no model can reach it"):
+        parse_threshold("r2", rule)
+    assert parse_threshold("r2", 1) == (">=", 1.0) and parse_threshold("r2", -0.5) == (">=", -0.5)
+    assert parse_threshold("r2", "<= 1.5") == ("<=", 1.5)
 
 
 @pytest.mark.parametrize("name", ["mae", "rmse", "log_loss"])

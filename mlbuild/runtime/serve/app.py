@@ -126,7 +126,8 @@ class ServerState:
         self.model, self.batcher = model, batcher
         self.metrics.load_seconds.set(model.load_seconds)
         self.metrics.ready.set(0 if self.draining else 1)
-        log.info("model %s loaded in %.2fs (%d thread(s)); ready", self.pkg.name, model.load_seconds, model.threads)
+        log.info("model %s loaded in %.1f ms (%d thread(s)); ready", self.pkg.name, model.load_seconds * 1000,
+                 model.threads)
 
     def check_model(self, name: str, version: str | None = None) -> None:
         if name != self.pkg.name:

@@ -4,7 +4,7 @@ Exposed at ``GET /metrics``:
 
 - ``mlbuild_requests_total{route,method,status}``: HTTP requests by route template and status
 - ``mlbuild_request_duration_seconds{route}``: latency histogram by route template
-- ``mlbuild_requests_in_flight``: HTTP requests being handled now
+- ``mlbuild_requests_in_flight``: HTTP requests being handled now (not counting the scrape)
 - ``mlbuild_batch_size``: rows per forward pass (histogram)
 - ``mlbuild_inference_duration_seconds``: forward pass + postprocess per batch (histogram)
 - ``mlbuild_model_load_seconds``, ``mlbuild_model_ready``
@@ -108,11 +108,15 @@ class MetricsMiddleware:
                 status = int(message["status"])
             await send(message)
 
-        self.metrics.in_flight.inc()
+        # A scrape is not a request being served: counted, it made an idle server read 1 in flight.
+        counted = scope.get("path") != "/metrics"
+        if counted:
+            self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            self.metrics.in_flight.dec()
+            if counted:
+                self.metrics.in_flight.dec()
             route = scope.get("route")
             template = getattr(route, "path", None) if route is not None else None
             method = scope.get("method", "")

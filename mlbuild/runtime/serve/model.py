@@ -5,7 +5,8 @@ The user's module (``config.module``, imported from ``PKG/code``) defines
 ``preprocess(x: numpy.ndarray) -> torch.Tensor`` and
 ``postprocess(outputs: torch.Tensor) -> dict[str, numpy.ndarray]``. Defaults: the input as a
 float32 tensor; for ``task == "classification"``, ``{"probabilities": softmax, "label": argmax}``;
-otherwise ``{<first output>: outputs}`` (``[N, 1]`` as ``[N]`` when the output is declared ``[-1]``).
+otherwise ``{<first output>: outputs}``. Any output declared ``[-1]`` that comes back ``[N, 1]``
+(from the default or the user's postprocess) is served as ``[N]``.
 
 Weights are read with safetensors (memory-mapped) and assigned into the module without an extra
 copy (``load_state_dict(strict=True, assign=True)``); the file's sha256 is checked against the
@@ -71,13 +72,10 @@ def _classification_postprocess(outputs: torch.Tensor) -> dict[str, np.ndarray]:
     probs = torch.softmax(outputs.float(), dim=-1)
     return {"probabilities": probs.numpy(), "label": torch.argmax(outputs, dim=-1).to(torch.int64).numpy()}
 
-def _single_output_postprocess(name: str, ndim: int) -> Postprocess:
-    """The raw outputs as the one declared output; ``[N, 1]`` becomes ``[N]`` if that is declared."""
+def _single_output_postprocess(name: str) -> Postprocess:
+    """The raw outputs as the one declared output (``run`` serves ``[N, 1]`` as a declared ``[N]``)."""
     def postprocess(outputs: torch.Tensor) -> dict[str, np.ndarray]:
-        arr = outputs.detach().numpy()
-        if ndim == 1 and arr.ndim == 2 and arr.shape[1] == 1:
-            arr = arr[:, 0]
-        return {name: arr}
+        return {name: outputs.detach().numpy()}
     return postprocess
 
 class LoadedModel:
@@ -116,6 +114,8 @@ class LoadedModel:
             if isinstance(value, torch.Tensor):
                 value = value.detach().cpu().numpy()
             arr = np.asarray(value).astype(spec.dtype, copy=False)
+            if len(spec.shape) == 1 and arr.ndim == 2 and arr.shape[1] == 1:
+                arr = arr[:, 0]   # one value per row, as declared
             if arr.ndim != len(spec.shape) or arr.shape[0] != rows or any(
                     d != -1 and d != a for d, a in zip(spec.shape[1:], arr.shape[1:])):
                 raise ModelError(f"output {spec.name!r} has shape {list(arr.shape)} for {rows} row(s); "
@@ -158,14 +158,16 @@ def load_model(pkg: Package, threads: int | None = None, verify: bool = True) ->
         if pkg.task == "classification":
             postprocess = _classification_postprocess
         else:
-            postprocess = _single_output_postprocess(pkg.outputs[0].name, len(pkg.outputs[0].shape))
+            postprocess = _single_output_postprocess(pkg.outputs[0].name)
     model = LoadedModel(pkg, module, preprocess, postprocess, 0.0, threads)
     spec = pkg.input
     warm = np.zeros((1, *[d if d > 0 else 1 for d in spec.shape[1:]]), dtype=spec.dtype)
     try:
         model.run(warm)
-    except Exception as e:
-        raise PackageError(pkg.root, f"warm-up inference on zeros{list(warm.shape)} failed: "
-                                     f"{type(e).__name__}: {e}") from e
+    except Exception as e:   # the user's code or the outputs it declared: rebuilding would not help
+        handlers = [n for n in ("preprocess", "postprocess") if getattr(user, n, None) is not None]
+        raise PackageError(pkg.root, f"warm-up inference on zeros{list(warm.shape)} failed: {type(e).__name__}: {e}",
+                           fix=f"fix {' and '.join(handlers) or 'the model'} in {pkg.module}.py, or the outputs "
+                               f"training declared (ctx.describe), then rebuild") from e
     model.load_seconds = time.perf_counter() - start
     return model

@@ -76,9 +76,10 @@ class ServeError(Exception):
 class PackageError(ServeError):
     """The package folder is incomplete or one of its JSON files is wrong; names the file."""
 
-    def __init__(self, path: Path | str, problem: str) -> None:
+    def __init__(self, path: Path | str, problem: str,
+                 fix: str = "rebuild the package (`nix build .#MODEL`) or fix the file") -> None:
         self.path, self.problem = str(path), problem
-        super().__init__(f"{path}: {problem}. Rebuild the package (`nix build .#<model>`) or fix the file.")
+        super().__init__(f"{path}: {problem}. To fix it: {fix}.")
 
 
 @dataclass(frozen=True)
