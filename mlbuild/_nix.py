@@ -183,15 +183,20 @@ def invalid_paths_in(paths: Sequence[str], *, store: str | None = None) -> list[
     return proc.stdout.split()
 
 
-def build_closure(drvs: Sequence[str], *, store: str | None = None) -> list[str]:
-    """Valid outputs in the closure of ``drvs`` (what rebuilding them needs), no ``.drv`` files."""
+def build_closure(drvs: Sequence[str], *, store: str | None = None) -> tuple[list[str], list[str]]:
+    """The outputs in the closure of ``drvs`` (what rebuilding them needs), no ``.drv`` files:
+    (valid in ``store``, not valid there)."""
     if not drvs:
-        return []
+        return [], []
     proc = run_nix([*store_options(store), "--query", "--requisites", "--include-outputs", *drvs],
                    tool="nix-store")
-    outs = [p for p in proc.stdout.split() if not p.endswith(".drv")]
-    missing = set(invalid_paths_in(outs, store=store))
-    return [p for p in outs if p not in missing]
+    listed = proc.stdout.split()
+    outs = [p for p in listed if not p.endswith(".drv")]
+    # --include-outputs lists only the outputs that exist here: ask the derivations for all of theirs
+    every = run_nix([*store_options(store), "--query", "--outputs", *[p for p in listed if p.endswith(".drv")]],
+                    tool="nix-store").stdout.split()
+    missing = set(invalid_paths_in(sorted(set(outs) | set(every)), store=store))
+    return [p for p in outs if p not in missing], sorted(missing)
 
 
 def dump_nar(path: str, *, store: str | None = None) -> subprocess.Popen[bytes]:
@@ -208,6 +213,15 @@ def copy_from_cache(cache_url: str, paths: Sequence[str], *, store: str | None =
     args = [*common_options(), *options, "copy", "--from", cache_url,
             *(["--to", store] if store else []), *paths]
     run_nix(args)
+
+
+def copy_sigs(cache_url: str, paths: Sequence[str], *, store: str | None = None) -> None:
+    """``nix store copy-sigs``: record the cache's signatures of ``paths`` (same NAR hash) in the
+    local store, as Nix's own substitution does; ``load_db`` registers none, and a path without
+    them cannot be ``nix copy``-ed on to a store that requires signatures."""
+    if paths:
+        run_nix([*common_options(), *(["--store", store] if store else []), "store", "copy-sigs",
+                 "--substituter", cache_url, *paths])
 
 
 def load_db(registration: str, *, store: str | None = None) -> None:

@@ -216,12 +216,14 @@ def store_options(project: Project) -> list[str]:
     """Nix options that substitute from the shared store (signatures checked), when one is set
     up for this project or machine; none otherwise. A store that is named (in mlbuild.toml or
     MLBUILD_STORE) or present but cannot be used is a warning: the build goes on without it, and
-    what it would have fetched is rebuilt (or is missing), so the user must know why."""
+    what it would have fetched is rebuilt (or is missing), so the user must know why. A [store]
+    table that is wrong (an unknown key, a bad value) is an error."""
     from .store.config import DEFAULT_ROOT, load_store_config
     from .store.layout import Layout
 
+    # A wrong [store] table is an error, not a warning: nix/project.nix refuses it for the build too.
+    cfg = load_store_config(project.root)
     try:
-        cfg = load_store_config(project.root)
         if not Layout(cfg.root).is_initialised():
             if cfg.root != DEFAULT_ROOT or cfg.root.exists():
                 _warn_no_store(f"the shared store {cfg.root} is not set up (no such store there: an NFS mount "
@@ -275,7 +277,7 @@ def _derived_dataset_roots(project: Project, target: str, drv: str | None) -> di
     derived = {n for n, t in project.raw.get("datasets", {}).items() if isinstance(t, dict) and "prepare" in t}
     if not derived or drv is None or target.split(".", 1)[0] in ("toolchain", "datasets", "notebooks"):
         return {}
-    return {f"dataset-{_name(p)}": p for p in _nix.build_closure([drv]) if _name(p) in derived}
+    return {f"dataset-{_name(p)}": p for p in _nix.build_closure([drv])[0] if _name(p) in derived}
 
 
 def changed_datasets(project: Project, lock: dict[str, Any]) -> list[str]:

@@ -37,16 +37,20 @@ def store(ctx: click.Context, store_dir: str | None) -> None:
 
 @store.command()
 @click.option("--generate-key", is_flag=True, help="Create a signing key pair if none exists.")
-@click.option("--key-name", default=None, help="Name of a new key (default: <host>-mlbuild-1).")
+@click.option("--key-name", default=None, help="Name of a new key (default: <host>-mlbuild-<random hex>).")
 @click.pass_context
 def init(ctx: click.Context, generate_key: bool, key_name: str | None) -> None:
     """Create the store folder (idempotent) and print the nix.conf lines for it."""
     r = st.init_store(_cfg(ctx), generate_key=generate_key, key_name=key_name)
     click.echo(f"store: {r.root}")
-    if r.secret_key_file:
-        click.echo(f"signing key: {r.secret_key_file}{' (new)' if r.generated else ''}")
+    if r.secret_key_file and r.public_key:
+        click.echo(f"signing key: {r.secret_key_file} ({'new' if r.generated else 'existing'})")
     if r.public_key:
         click.echo(f"public key (give it to every machine and CI): {r.public_key}")
+        if r.published:
+            click.echo(f"warning: the store says it is signed by {r.published} ({r.root}/mlbuild/public-key, "
+                       f"kept): what this key pushes is trusted only where this key is; sign with the store's "
+                       f"key (MLBUILD_STORE_SECRET_KEY), or replace that file if the store changes keys", err=True)
         click.echo(f"nix.conf lines for machines using this store:\n{r.nix_conf}", nl=False)
         if r.untrusted_here:
             click.echo(f"note: mlbuild here does not trust this key yet, so pushes signed with it are refused: "
@@ -73,6 +77,12 @@ def push(ctx: click.Context, targets: tuple[str, ...], from_store: str | None, n
                 progress=lambda m: click.echo(m, err=True))
     click.echo(f"pushed {len(r.pushed)} paths ({_mb(r.bytes_written)}), {len(r.present)} already there, "
                f"in {r.seconds:.1f}s")
+    if r.absent_build_inputs:
+        n = len(r.absent_build_inputs)
+        click.echo(f"note: {n} build input{'s are' if n > 1 else ' is'} neither on this machine nor in the store "
+                   f"(the targets were fetched here, not built), so {'they were' if n > 1 else 'it was'} not pushed, "
+                   f"e.g. {r.absent_build_inputs[0]}; a machine that rebuilds a changed model builds "
+                   f"{'them' if n > 1 else 'it'}: push --build-deps from the machine that built the targets", err=True)
 
 
 @store.command()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ..config import Project, state_dir
-from ..errors import MlbuildError
 from ..lockfile import read_lock
 from ..storepath import fixed_output_path
 from .datasets import DataError, datasets
@@ -12,13 +11,11 @@ __all__ = ["shared_hashes", "push", "pull", "dataset_paths"]
 
 
 def shared_hashes(project: Project) -> set[str] | None:
-    """Hash parts of the store paths the shared store holds (None when none is configured)."""
+    """Hash parts of the store paths the shared store holds (None when there is none here). A
+    wrong [store] table is an error: read as no store, every shared dataset showed as missing."""
     from ..store.config import load_store_config
 
-    try:
-        root = load_store_config(project.root).root
-    except MlbuildError:
-        return None
+    root = load_store_config(project.root).root
     if not root.is_dir():
         return None
     return {p.name[:-8] for p in root.glob("*.narinfo")}

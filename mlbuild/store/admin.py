@@ -3,12 +3,14 @@
 ``init_store`` makes the folders and ``nix-cache-info`` (so readers on a read-only mount never
 need to create anything), and with ``generate_key`` a key pair in Nix's format where the config
 says the signing key lives (default /etc/mlbuild/store.sec, public half beside it as ``.pub``).
-The public key is also copied to ``<store>/mlbuild/public-key`` so people can see which key signs
-the store; trust is never taken from that copy: machines trust the keys their own config names.
+The public key is also copied to ``<store>/mlbuild/public-key`` (by the first machine that signs
+it: never replaced) so people can see which key signs the store; trust is never taken from that
+copy: machines trust the keys their own config names.
 """
 
 from __future__ import annotations
 
+import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,13 @@ class InitResult:
     generated: bool
     nix_conf: str = ""
     untrusted_here: bool = False   # mlbuild's trusted keys here do not include the signing key
+    published: str | None = None   # the key <store>/mlbuild/public-key names, when not this one
+
+
+def default_key_name() -> str:
+    """``<host>-mlbuild-<random>``: two keys made on one machine (its own, a team store's) must
+    not share a name, as Nix keeps one trusted key per name and refuses the other's signatures."""
+    return f"{socket.gethostname().split('.')[0] or 'mlbuild'}-mlbuild-{secrets.token_hex(4)}"
 
 
 def init_store(cfg: StoreConfig, *, generate_key: bool = False, key_name: str | None = None) -> InitResult:
@@ -45,19 +54,35 @@ def init_store(cfg: StoreConfig, *, generate_key: bool = False, key_name: str | 
     if secret is not None and secret.exists():
         public = str(load_secret_key(secret).public)
     elif secret is not None and generate_key:
-        name = key_name or f"{socket.gethostname().split('.')[0]}-mlbuild-1"
+        name = key_name or default_key_name()
+        try:
+            same_name = [k for k in cfg.trusted_keys() if k.name == name]
+        except StoreConfigError:
+            same_name = []
+        if same_name:
+            raise StoreConfigError(f"a trusted key is already named {name!r} ({same_name[0]}); Nix keeps one key "
+                                   f"per name and would refuse the new key's signatures: pass another --key-name")
         public = str(generate_key_pair(name, secret, secret.with_suffix(".pub")).public)
         generated = True
     conf = ""
     untrusted = False
+    published: str | None = None
     if public:
-        publish_bytes(layout.root / "mlbuild" / "public-key", (public + "\n").encode())
+        shown = layout.root / "mlbuild" / "public-key"
+        try:
+            published = shown.read_text().strip() or None
+        except FileNotFoundError:
+            published = None
+        if published is None:
+            publish_bytes(shown, (public + "\n").encode())
+        elif published == public:
+            published = None
         conf = nix_conf(StoreConfig(cfg.root, public_keys=(public,)))
         try:   # mlbuild here trusts /etc/mlbuild/store.pub when it exists, not a key made for another store
             untrusted = public not in {str(k) for k in cfg.trusted_keys()}
         except StoreConfigError:
             untrusted = True
-    return InitResult(cfg.root, secret, public, generated, conf, untrusted)
+    return InitResult(cfg.root, secret, public, generated, conf, untrusted, published)
 
 
 def nix_conf(cfg: StoreConfig) -> str:

@@ -84,6 +84,14 @@ class StoreConfig:
                 keys.append(parse_public_key(item))
         if not keys and self.secret_key_file is not None and self.secret_key_file.is_file():
             keys.append(self.secret_key().public)
+        by_name: dict[str, PublicKey] = {}
+        for k in keys:
+            other = by_name.setdefault(k.name, k)
+            if other.raw != k.raw:   # Nix keeps one of them and refuses the other's signatures
+                raise StoreKeyError(f"two trusted keys are named {k.name!r} ({other} and {k}): Nix keeps one key "
+                                    f"per name and refuses the other's signatures; trust only the store's key, or "
+                                    f"make a new key with another name (`mlbuild store init --generate-key "
+                                    f"--key-name NAME`)")
         if not keys:
             raise StoreKeyError(f"no trusted public key for the store {self.root}: set MLBUILD_STORE_PUBLIC_KEYS "
                                 f"(e.g. the contents of the store's .pub file) or [store].public-keys, or run "
@@ -129,8 +137,9 @@ def _project_table(project_root: Path | None) -> tuple[dict[str, Any], Path | No
                                    f"{', '.join(map(json.dumps, unknown))}; it takes {', '.join(map(json.dumps, known))}")
     if "path" in table and not isinstance(table["path"], str):
         raise StoreConfigError(f"{path}: [store].path must be a folder (a string), got {table['path']!r}")
-    if "push" in table and not isinstance(table["push"], bool):
-        raise StoreConfigError(f"{path}: [store].push must be true or false (no quotes), got {table['push']!r}")
+    for flag in ("push", "fsync-nars"):
+        if flag in table and not isinstance(table[flag], bool):
+            raise StoreConfigError(f"{path}: [store].{flag} must be true or false (no quotes), got {table[flag]!r}")
     return table, root
 
 
@@ -153,6 +162,13 @@ def _int(value: Any, where: str) -> int:
         raise StoreConfigError(f"{where} must be a whole number, got {value!r}") from None
     if n < 0:
         raise StoreConfigError(f"{where} must not be negative, got {n}")
+    return n
+
+
+def _zstd_level(value: Any, where: str) -> int:
+    n = _int(value, where)
+    if not 1 <= n <= 22:   # zstd's levels; 23 and above were a traceback from the first push
+        raise StoreConfigError(f"{where} must be a zstd level from 1 (fastest) to 22 (smallest), got {n}")
     return n
 
 
@@ -204,5 +220,5 @@ def load_store_config(project_root: Path | None = None, *, store: str | None = N
         fsync_nars = _bool(table.get("fsync-nars", False), f"{where}.fsync-nars")
     return StoreConfig(root=root, secret_key_file=secret, public_keys=public,
                        keep_last=_int(keep, keep_where),
-                       zstd_level=_int(table.get("zstd-level", 3), f"{where}.zstd-level"),
+                       zstd_level=_zstd_level(table.get("zstd-level", 3), f"{where}.zstd-level"),
                        fsync_nars=fsync_nars)

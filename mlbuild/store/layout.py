@@ -88,6 +88,16 @@ def publish_bytes(dest: Path, data: bytes, mode: int = FILE_MODE) -> None:
     fsync_dir(dest.parent)
 
 
+def _group(path: Path) -> str:
+    import grp
+
+    gid = path.stat().st_gid
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return f"gid {gid}"
+
+
 class Layout:
     """Paths inside one store folder."""
 
@@ -133,10 +143,13 @@ class Layout:
         or folders this user may not write (the ``mlbuild`` group, see store-config/README.md)."""
         for d in (self.root, self.nar_dir, self.roots_dir / "pushes", self.roots_dir / "tags", self.roots_dir):
             if d.is_dir() and not os.access(d, os.W_OK):
-                ro = os.statvfs(d).f_flag & os.ST_RDONLY
-                why = "it is mounted read-only here" if ro else "this user may not write it (is it in the mlbuild group?)"
-                raise StoreError(f"cannot {what}: the shared store {self.root} is not writable ({d}: {why}); "
-                                 f"do it from a machine that mounts the store read-write")
+                if os.statvfs(d).f_flag & os.ST_RDONLY:
+                    why, fix = "it is mounted read-only here", "do it from a machine that mounts the store read-write"
+                else:
+                    why = "this user may not write it"
+                    fix = (f"run it as a member of the folder's group ({_group(d)}: see store-config/README.md), "
+                           f"or ask the store's owner to make the folder group-writable")
+                raise StoreError(f"cannot {what}: the shared store {self.root} is not writable ({d}: {why}); {fix}")
 
     def init(self) -> None:
         """Create the folders and nix-cache-info (idempotent; keeps existing entries)."""

@@ -42,6 +42,9 @@ class PushResult:
     present: list[str] = field(default_factory=list)
     records: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    # --build-deps: build inputs neither on this machine nor in the store (the targets were
+    # substituted here, not built), so nothing pushed them
+    absent_build_inputs: list[str] = field(default_factory=list)
 
     @property
     def bytes_written(self) -> int:
@@ -90,8 +93,9 @@ def topological(infos: dict[str, PathInfo]) -> list[str]:
 
 
 def _closure(targets: list[str], local_store: str | None,
-             build_deps: bool) -> tuple[dict[str, PathInfo], list[str]]:
-    """What to upload, and the build-time inputs among it that no target refers to."""
+             build_deps: bool) -> tuple[dict[str, PathInfo], list[str], list[str]]:
+    """What to upload, the build-time inputs among it that no target refers to, and the build-time
+    inputs not on this machine."""
     try:   # one Nix call when every target is valid (the usual case)
         infos = path_infos(targets, store=local_store, recursive=True)
     except NixError:
@@ -104,10 +108,11 @@ def _closure(targets: list[str], local_store: str | None,
     if build_deps:
         drvs = [i.deriver for i in infos.values() if i.path in targets and i.deriver]
         drvs = [d for d in drvs if d not in set(_nix.invalid_paths_in(drvs, store=local_store))]
-        extra = [p for p in _nix.build_closure(drvs, store=local_store) if p not in infos]
+        valid, absent = _nix.build_closure(drvs, store=local_store)
+        extra = [p for p in valid if p not in infos]
         infos.update(path_infos(extra, store=local_store, recursive=True))
-        return infos, sorted(extra)
-    return infos, []
+        return infos, sorted(extra), sorted(absent)
+    return infos, [], []
 
 
 def _complete(layout: Layout, narinfo: Path) -> bool:
@@ -156,7 +161,8 @@ def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
     groups: dict[str, list[str]] = {}
     for p in paths:
         groups.setdefault(name or default_name(p), []).append(p)
-    infos, build_inputs = _closure(paths, local_store, build_deps)
+    infos, build_inputs, absent = _closure(paths, local_store, build_deps)
+    result.absent_build_inputs = [p for p in absent if not layout.narinfo(p).exists()]
     # The record roots the build-time inputs too (the toolchain's wheels, a derived dataset no
     # output refers to): gc keeps what rebuilding a changed dependent needs as long as the push.
     result.records = [record_push(layout, n, ps + build_inputs) for n, ps in groups.items()]   # before any skip

@@ -4,7 +4,7 @@ For a NAR stored without compression (weights and other large incompressible dat
 contents are copied from the cache with ``copy_file_range`` (in the kernel, like ``cp``) while a
 second thread hashes, slice by slice, the bytes that landed in the destination
 (:mod:`mlbuild.fastcopy`): the NAR is read from disk once. The path is
-registered (``nix-store --load-db``) only when
+registered (``nix-store --load-db``, then the store's signatures with ``nix store copy-sigs``) only when
 
 - its narinfo carries a signature by a trusted key (checked before anything is written),
 - the hash and size of the NAR made of the framing read and the bytes written equal the signed
@@ -188,4 +188,5 @@ def restore_paths(layout: Layout, infos: list[NarInfo], keys: tuple[PublicKey, .
             done.append(info.store_path)
         finally:
             lock.release()
+    _nix.copy_sigs(f"file://{layout.root}", done, store=local_store)   # so they can be copied on, signed
     return done

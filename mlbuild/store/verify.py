@@ -209,8 +209,9 @@ def _check_one(layout: Layout, f: Path, keys: tuple[PublicKey, ...],
         unsigned = Problem("unsigned", f, info.store_path, _untrusted(info, keys),
                            signers=tuple(n for n in signers(info) if n not in trusted))
     elif info.b3 and not check_signatures(info.b3_sigs, info.b3_message(), keys):
-        return f, info, Problem("unsigned", f, info.store_path, "its MlbuildB3 hash has no signature by a trusted "
-                                "key (restores fall back to NarHash; a repair and re-push signs it)")
+        # reported only when the NAR itself is sound: a damaged NAR is corrupt, whatever its signatures
+        unsigned = Problem("unsigned", f, info.store_path, "its MlbuildB3 hash has no signature by a trusted "
+                           "key (restores fall back to NarHash; a repair and re-push signs it)")
     try:
         nar = layout.nar(info.url)
     except StoreCorruptError as e:

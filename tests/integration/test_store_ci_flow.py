@@ -60,6 +60,13 @@ def test_build_on_a_push_substitute_on_b(tmp_path: Path) -> None:
     b2 = Machine(tmp_path / "B2")
     only_pkg = b2.build(file=graph, attrs=["package"], substitute_from=cfg)
     assert only_pkg.built == [] and verify(cfg).ok
+    # B2 fetched the package, never built it: pushing it with its build deps to a new store says
+    # which build inputs it cannot push (it skipped them without a word)
+    fresh = make_store(tmp_path / "fresh")
+    again = push(fresh, [on_a.outputs["package"]], local_store=b2.store, build_deps=True)
+    assert any(p.endswith("-store-test-toolchain") for p in again.absent_build_inputs), again.absent_build_inputs
+    push(fresh, [on_a.outputs["package"]], local_store=a.store, build_deps=True)   # from the machine that built it
+    assert not push(fresh, [on_a.outputs["package"]], local_store=b2.store, build_deps=True).absent_build_inputs
 
 
 def test_cli_push_pull_stats(tmp_path: Path) -> None:
@@ -105,6 +112,13 @@ def test_fast_restore_registers_what_nix_would(tmp_path: Path) -> None:
     assert f_info["narHash"] == s_info["narHash"] and f_info["narSize"] == s_info["narSize"]
     check = _nix.run_nix(["--store", str(fast), "--verify-path", path], tool="nix-store", check=False)
     assert check.returncode == 0, check.stderr
+    # signed as Nix's own substitution records it, so plain `nix copy` takes it on where the key is
+    # trusted (registered without signatures it "lacks a valid signature")
+    assert f_info.get("signatures") == s_info.get("signatures") and f_info.get("signatures")
+    onward = _nix.run_nix([*_nix.common_options(), "copy", "--from", str(fast), "--to", str(tmp_path / "D"),
+                           "--option", "require-sigs", "true", "--option", "trusted-public-keys",
+                           " ".join(str(k) for k in cfg.trusted_keys()), path], check=False)
+    assert onward.returncode == 0, onward.stderr
     for real in (fast / path.lstrip("/"), slow / path.lstrip("/")):
         assert (real / "run").stat().st_mode & 0o777 == 0o555 and (real / "w.bin").stat().st_mode & 0o777 == 0o444
         assert (real / "sub").stat().st_mode & 0o777 == 0o555 and (real / "w.bin").stat().st_mtime == 1

@@ -106,8 +106,9 @@ def test_forged_blake3_hash_is_not_trusted(tmp_path: Path) -> None:
     with pytest.raises(StoreCorruptError, match="hash mismatch.*sha256"):   # fell back to NarHash
         pull(cfg, [data], local_store=str(tmp_path / "C1"))
     assert not Machine(tmp_path / "C1").valid([data])
+    # the damaged NAR is corrupt (it was listed only as "unsigned", behind its unsigned BLAKE3 hash)
     kinds = {p.store_path: (p.kind, p.detail) for p in verify(cfg).problems}
-    assert kinds[data][0] == "unsigned" and "MlbuildB3" in kinds[data][1]
+    assert kinds[data][0] == "corrupt" and "hashes to" in kinds[data][1], kinds
 
     # The right NAR under a forged BLAKE3 hash: restored through sha256, registered as Nix would.
     blob[1 << 20] ^= 1
@@ -115,3 +116,6 @@ def test_forged_blake3_hash_is_not_trusted(tmp_path: Path) -> None:
     f.write_text(info.render().replace(info.b3, "blake3:" + "0" * 64))
     assert pull(cfg, [data], local_store=str(tmp_path / "C2")).fetched == [data]
     assert Machine(tmp_path / "C2").valid([data])
+    # a sound NAR whose BLAKE3 hash alone is forged: the hash no longer matches it
+    kinds = {p.store_path: (p.kind, p.detail) for p in verify(cfg).problems}
+    assert kinds[data][0] == "corrupt" and "BLAKE3 hash is" in kinds[data][1], kinds

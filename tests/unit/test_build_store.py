@@ -51,3 +51,23 @@ def test_push_must_be_a_boolean(tmp_path: Path) -> None:
     assert wants_push(load_project(project(tmp_path, "push = true"))) is True
     with pytest.raises(ConfigError, match=r"\[store\].push must be true or false \(no quotes\), got 'false'"):
         wants_push(load_project(project(tmp_path, 'push = "false"')))
+
+
+def test_a_wrong_store_table_is_an_error_not_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It said "building without the shared store", then nix/project.nix failed the build on it."""
+    from mlbuild.errors import StoreConfigError
+
+    with pytest.raises(StoreConfigError, match='unknown key "pubic-keys"'):
+        store_options(load_project(project(tmp_path, 'pubic-keys = ["x.pub"]')))
+    assert "building without" not in capsys.readouterr().err
+
+
+
+def test_data_status_reports_a_wrong_store_table(tmp_path: Path) -> None:
+    """It read as no store at all: every dataset in the shared store showed as missing."""
+    from mlbuild.data.remote import shared_hashes
+    from mlbuild.errors import StoreConfigError
+
+    with pytest.raises(StoreConfigError, match=r'\[store\] has unknown key "pubic-keys"'):
+        shared_hashes(load_project(project(tmp_path, 'pubic-keys = ["x.pub"]')))
+    assert shared_hashes(load_project(project(tmp_path, f'path = "{tmp_path / "none"}"'))) is None

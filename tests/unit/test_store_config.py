@@ -88,8 +88,30 @@ def test_fsync_nars(tmp_path: Path) -> None:
     assert load_store_config(tmp_path, env={"MLBUILD_STORE_FSYNC_NARS": "yes"}).fsync_nars is True
     with pytest.raises(StoreConfigError, match=r"MLBUILD_STORE_FSYNC_NARS must be true or false, got 'always'"):
         load_store_config(tmp_path, env={"MLBUILD_STORE_FSYNC_NARS": "always"})
-    with pytest.raises(StoreConfigError, match=r"fsync-nars must be true or false, got 'sometimes'"):
+    with pytest.raises(StoreConfigError, match=r"fsync-nars must be true or false \(no quotes\), got 'sometimes'"):
         load_store_config(_project(tmp_path, 'fsync-nars = "sometimes"'), env={})
+    with pytest.raises(StoreConfigError, match=r"\[store\].fsync-nars must be true or false \(no quotes\), got 'no'"):
+        load_store_config(_project(tmp_path, 'fsync-nars = "no"'), env={})   # as push = "no" is refused
+
+
+@pytest.mark.parametrize("level", [0, 23, 99])
+def test_a_zstd_level_zstd_lacks_is_refused(tmp_path: Path, level: int) -> None:
+    with pytest.raises(StoreConfigError, match=rf"zstd-level must be a zstd level from 1 \(fastest\) to 22 "
+                                               rf"\(smallest\), got {level}"):
+        load_store_config(_project(tmp_path, f"zstd-level = {level}"), env={})
+    assert load_store_config(_project(tmp_path, "zstd-level = 19"), env={}).zstd_level == 19
+
+
+def test_two_trusted_keys_of_one_name_are_refused(tmp_path: Path) -> None:
+    """Nix keeps one key per name: pushes and verify said "0 problems" while Nix refused the
+    store's signatures ("lacks a valid signature") and rebuilt everything."""
+    generate_key_pair("host-mlbuild-1", tmp_path / "a.sec", tmp_path / "a.pub")
+    generate_key_pair("host-mlbuild-1", tmp_path / "b.sec", tmp_path / "b.pub")
+    cfg = StoreConfig(tmp_path, public_keys=(str(tmp_path / "a.pub"), str(tmp_path / "b.pub")))
+    with pytest.raises(StoreKeyError, match="two trusted keys are named 'host-mlbuild-1'"):
+        cfg.trusted_keys()
+    same = StoreConfig(tmp_path, public_keys=(str(tmp_path / "a.pub"), (tmp_path / "a.pub").read_text().strip()))
+    assert len(same.trusted_keys()) == 2   # the same key twice is harmless
 
 
 @pytest.mark.parametrize("args,env,want", [
@@ -117,3 +139,26 @@ def test_push_flag_overrides_the_setting(tmp_path: Path, monkeypatch: pytest.Mon
                                 env=env)
     assert result.exit_code == 0, result.output
     assert seen[0].fsync_nars is want
+
+
+def test_init_never_replaces_the_store_s_published_key(tmp_path: Path) -> None:
+    """A second machine's init (or setup-store) rewrote <store>/mlbuild/public-key with its own key,
+    the one people are told to copy into every client's trusted keys."""
+    from mlbuild.store.admin import default_key_name, init_store
+
+    first = init_store(StoreConfig(tmp_path / "s", secret_key_file=tmp_path / "a.sec"), generate_key=True)
+    shown = (tmp_path / "s" / "mlbuild" / "public-key").read_text().strip()
+    assert first.generated and shown == first.public_key and first.published is None
+    again = init_store(StoreConfig(tmp_path / "s", secret_key_file=tmp_path / "a.sec"), generate_key=True)
+    assert not again.generated and again.public_key == shown and again.published is None
+    other = init_store(StoreConfig(tmp_path / "s", secret_key_file=tmp_path / "b.sec"), generate_key=True)
+    assert other.public_key != shown and other.published == shown
+    assert (tmp_path / "s" / "mlbuild" / "public-key").read_text().strip() == shown
+    # default names differ per key: Nix keeps one trusted key per name
+    assert first.public_key and other.public_key and first.public_key.split(":")[0] != other.public_key.split(":")[0]
+    assert default_key_name() != default_key_name()
+    name = first.public_key.split(":")[0]
+    with pytest.raises(StoreConfigError, match=f"a trusted key is already named '{name}'"):
+        init_store(StoreConfig(tmp_path / "t", secret_key_file=tmp_path / "c.sec", public_keys=(first.public_key,)),
+                   generate_key=True, key_name=name)
+    assert not (tmp_path / "c.sec").exists()

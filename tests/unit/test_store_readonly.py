@@ -47,3 +47,19 @@ def test_reading_commands_work_on_a_read_only_store(store: Path) -> None:
     for args in (["verify"], ["stats"], ["gc", "--dry-run"]):
         proc = read_only(store, *args)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_store_this_user_may_not_write_names_its_group(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It said "do it from a machine that mounts the store read-write" of a read-write mount."""
+    import grp
+    import os
+
+    from mlbuild.errors import StoreError
+
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    group = grp.getgrgid(store.stat().st_gid).gr_name
+    with pytest.raises(StoreError) as e:
+        Layout(store).require_writable("push")
+    assert str(e.value) == (f"cannot push: the shared store {store} is not writable ({store}: this user may not write "
+                            f"it); run it as a member of the folder's group ({group}: see store-config/README.md), "
+                            f"or ask the store's owner to make the folder group-writable")

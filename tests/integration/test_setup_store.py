@@ -1,0 +1,62 @@
+"""store-config/setup-store, run as each machine of a team runs it (its own key file and nix.conf)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+SCRIPT = Path(__file__).resolve().parents[2] / "store-config" / "setup-store"
+
+
+def setup_store(tmp_path: Path, machine: str, **env: str) -> subprocess.CompletedProcess[str]:
+    conf = tmp_path / machine / "nix.conf"
+    full = {**os.environ, "MLBUILD_STORE": str(tmp_path / "store"), "MLBUILD_STORE_NIX_CONF": str(conf),
+            "MLBUILD_STORE_SECRET_KEY": str(tmp_path / machine / "store.sec"), **env}
+    if "MLBUILD_STORE_PUBLIC_KEYS" not in env:
+        full.pop("MLBUILD_STORE_PUBLIC_KEYS", None)
+    return subprocess.run(["bash", str(SCRIPT)], env=full, capture_output=True, text=True)
+
+
+def trusted(tmp_path: Path, machine: str) -> str:
+    line = next(x for x in (tmp_path / machine / "nix.conf").read_text().splitlines()
+                if x.startswith("extra-trusted-public-keys"))
+    return line.split(" = ", 1)[1]
+
+
+def test_the_store_s_key_is_made_once_and_never_replaced(tmp_path: Path) -> None:
+    first = setup_store(tmp_path, "a")
+    assert first.returncode == 0, first.stderr
+    key = (tmp_path / "a" / "store.pub").read_text().strip()
+    published = tmp_path / "store" / "mlbuild" / "public-key"
+    assert published.read_text().strip() == key and trusted(tmp_path, "a") == key
+    assert setup_store(tmp_path, "a").returncode == 0 and published.read_text().strip() == key   # idempotent
+
+    # A new client with no key: refused, naming the store's key, not given a key of its own
+    second = setup_store(tmp_path, "b")
+    assert second.returncode == 1 and not (tmp_path / "b" / "store.sec").exists()
+    assert f"the store {tmp_path / 'store'} is signed by {key}" in second.stderr
+    assert "set MLBUILD_STORE_PUBLIC_KEYS to that key" in second.stderr
+
+    # A read-only client given the key as a .pub file: nix.conf gets the key itself
+    (tmp_path / "team.pub").write_text(key + "\n")
+    reader = setup_store(tmp_path, "c", MLBUILD_STORE_PUBLIC_KEYS=str(tmp_path / "team.pub"))
+    assert reader.returncode == 0, reader.stderr
+    assert trusted(tmp_path, "c") == key and published.read_text().strip() == key
+    bad = setup_store(tmp_path, "d", MLBUILD_STORE_PUBLIC_KEYS=str(tmp_path / "missing.pub"))
+    assert bad.returncode == 1 and f"names '{tmp_path / 'missing.pub'}', which is neither" in bad.stderr
+
+    # A machine with a key of its own (made before): warned, and the published key stays
+    (tmp_path / "e").mkdir()
+    subprocess.run(["nix-store", "--generate-binary-cache-key", "e-key-1", str(tmp_path / "e" / "store.sec"),
+                    str(tmp_path / "e" / "store.pub")], check=True)
+    own = setup_store(tmp_path, "e")
+    assert own.returncode == 0 and "is not the one the store names" in own.stderr
+    assert published.read_text().strip() == key
+    # two machines' generated keys never share a name (Nix keeps one trusted key per name)
+    other = setup_store(tmp_path / "elsewhere", "a")
+    assert other.returncode == 0, other.stderr
+    assert (tmp_path / "elsewhere" / "a" / "store.pub").read_text().split(":")[0] != key.split(":")[0]
