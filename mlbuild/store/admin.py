@@ -51,9 +51,19 @@ def init_store(cfg: StoreConfig, *, generate_key: bool = False, key_name: str | 
     secret = cfg.secret_key_file or (DEFAULT_SECRET_KEY if generate_key else None)
     generated = False
     public: str | None = None
+    shown = layout.root / "mlbuild" / "public-key"
+    try:
+        published = shown.read_text().strip() or None
+    except FileNotFoundError:
+        published = None
     if secret is not None and secret.exists():
         public = str(load_secret_key(secret).public)
     elif secret is not None and generate_key:
+        if published is not None:   # a second key would sign what no reader of this store trusts
+            raise StoreConfigError(f"the store {cfg.root} is already signed by {published} ({shown}), and {secret} "
+                                   f"does not exist: to push, copy the store's secret key there (or point "
+                                   f"MLBUILD_STORE_SECRET_KEY at it); to give the store a new key, remove {shown} "
+                                   f"first, then re-sign (`mlbuild store push` of what readers need)")
         name = key_name or default_key_name()
         try:
             same_name = [k for k in cfg.trusted_keys() if k.name == name]
@@ -66,13 +76,7 @@ def init_store(cfg: StoreConfig, *, generate_key: bool = False, key_name: str | 
         generated = True
     conf = ""
     untrusted = False
-    published: str | None = None
     if public:
-        shown = layout.root / "mlbuild" / "public-key"
-        try:
-            published = shown.read_text().strip() or None
-        except FileNotFoundError:
-            published = None
         if published is None:
             publish_bytes(shown, (public + "\n").encode())
         elif published == public:

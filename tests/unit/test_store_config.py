@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,12 @@ def test_init_never_replaces_the_store_s_published_key(tmp_path: Path) -> None:
     assert first.generated and shown == first.public_key and first.published is None
     again = init_store(StoreConfig(tmp_path / "s", secret_key_file=tmp_path / "a.sec"), generate_key=True)
     assert not again.generated and again.public_key == shown and again.published is None
+    # no second key for a store that has one: nothing the store's readers trust would come of it
+    with pytest.raises(StoreConfigError, match=re.escape(f"the store {tmp_path / 's'} is already signed by {shown}")):
+        init_store(StoreConfig(tmp_path / "s", secret_key_file=tmp_path / "b.sec"), generate_key=True)
+    assert not (tmp_path / "b.sec").exists()
+    # a key made elsewhere, used on this store: said, and the store's key stays
+    generate_key_pair(default_key_name(), tmp_path / "b.sec", tmp_path / "b.pub")
     other = init_store(StoreConfig(tmp_path / "s", secret_key_file=tmp_path / "b.sec"), generate_key=True)
     assert other.public_key != shown and other.published == shown
     assert (tmp_path / "s" / "mlbuild" / "public-key").read_text().strip() == shown
