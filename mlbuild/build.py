@@ -133,17 +133,49 @@ class Summary:
     dirty: bool = False          # built from a dirty worktree (--allow-dirty): marked so in provenance
 
 
+def code_inputs(project: Project) -> list[str]:
+    """The project files the stages read (each ``code`` list, or its default: the script, the
+    prepare script, the suite, the notebook), as nix/*.nix give them to mkCode."""
+    raw = project.raw
+    out: list[str] = []
+
+    def files(table: dict[str, Any], default: Any) -> None:
+        code = table.get("code", [default])
+        if isinstance(code, list):
+            out.extend(f.rstrip("/") for f in code if isinstance(f, str))
+
+    for t in (raw.get("datasets") or {}).values():
+        if isinstance(t, dict) and "prepare" in t:
+            files(t, t["prepare"])
+    for name, t in (raw.get("models") or {}).items():
+        if isinstance(t, dict):
+            files(t, t.get("script", f"{name}.py"))
+            if isinstance(t.get("validation"), dict) and "suite" in t["validation"]:
+                files(t["validation"], t["validation"]["suite"])
+    for t in (raw.get("notebooks") or {}).values():
+        if isinstance(t, dict) and "path" in t:
+            files(t, t["path"])
+    return sorted(set(out))
+
+
+def dirty_files(project: Project) -> git.Dirty:
+    return git.dirty_files(project.root, code_inputs(project))
+
+
 def check_clean(project: Project) -> None:
-    dirty = git.dirty_files(project.root)
+    dirty = dirty_files(project)
     if not dirty:
         return
-    lines = [f"  modified:  {p}" for p in dirty.modified] + [f"  untracked: {p}" for p in dirty.untracked]
+    lines = [f"  modified:  {p}" for p in dirty.modified] + [f"  untracked: {p}" for p in dirty.untracked] \
+        + [f"  ignored:   {p} (git ignores it, but the code the build reads holds it)" for p in dirty.ignored]
     more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
+    fix = ("; a code file git ignores is in no commit (and `nix build` never sees it): `git add -f` it, or "
+           "take it out of `code`" if dirty.ignored else "")
     raise DirtyTreeError(
         "the worktree is not clean, so the inputs of this build would not be known:\n"
         + "\n".join(lines[:20]) + more
         + "\ncommit code and configuration; add data files and outputs to .gitignore (data is pinned by "
-          "`mlbuild data add`, never committed); or pass --allow-dirty to build anyway (the outputs' "
+          "`mlbuild data add`, never committed)" + fix + "; or pass --allow-dirty to build anyway (the outputs' "
           "provenance is then marked dirty, which retrains the model once)"
     )
 
@@ -347,7 +379,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     check_fresh(project, lock)
     for line in changed_datasets(project, lock):
         print(f"mlbuild: warning: {line}", file=sys.stderr)
-    dirty = bool(git.dirty_files(project.root))
+    dirty = bool(dirty_files(project))
     if dirty and not allow_dirty:
         check_clean(project)
     entry = pinned_entry(project.root, needs=(*(["overrides"] if overrides else []), *(["dirty"] if dirty else []))) \

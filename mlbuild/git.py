@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from .errors import MlbuildError
 
@@ -42,16 +43,26 @@ def is_tracked(path: Path) -> bool:
 class Dirty:
     modified: list[str]
     untracked: list[str]
+    ignored: list[str] = field(default_factory=list)   # inputs git ignores: in the build, in no commit
 
     def __bool__(self) -> bool:
-        return bool(self.modified or self.untracked)
+        return bool(self.modified or self.untracked or self.ignored)
 
 
-def dirty_files(project: Path) -> Dirty:
-    """Uncommitted changes to tracked files and untracked, unignored files under ``project``."""
+def dirty_files(project: Path, inputs: Sequence[str] = ()) -> Dirty:
+    """Uncommitted changes to tracked files and untracked, unignored files under ``project``; and
+    the files under ``inputs`` (paths relative to it: the code a build reads) that git ignores,
+    which a build from the folder would read though no commit holds them (and a flake lacks)."""
     root = repo_root(project)
     if root is None:
         return Dirty([], [])
+    ignored: list[str] = []
+    if inputs:
+        listed = _git(root, "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--",
+                      *(str(project.resolve() / p) for p in inputs)).stdout
+        # what Nix's code filter drops anyway: Python's byte-code caches
+        ignored = sorted(p for p in listed.split("\0") if p and "__pycache__" not in p.split("/")
+                         and not p.endswith(".pyc"))
     out = _git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", str(project.resolve())).stdout
     modified: list[str] = []
     untracked: list[str] = []
@@ -66,7 +77,7 @@ def dirty_files(project: Path) -> Dirty:
         if code[0] in "RC":  # renames carry the old path as the next entry
             i += 1
         (untracked if code == "??" else modified).append(path)
-    return Dirty(sorted(modified), sorted(untracked))
+    return Dirty(sorted(modified), sorted(untracked), ignored)
 
 
 def head(path: Path) -> str | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from mlbuild import __version__
 from tests.conftest import REPO, run_cli
 
@@ -158,3 +160,30 @@ def test_every_writer_of_the_state_folder_ignores_it(tree) -> None:
     assert status.split() == ["??", "mlbuild.toml"]
     src = "\n".join(p.read_text() for p in (REPO / "mlbuild").rglob("*.py") if "runtime" not in p.parts)
     assert src.count('".mlbuild"') == 1, "make .mlbuild through config.state_dir (or STATE_NAME)"
+
+
+def test_a_code_file_git_ignores_makes_the_tree_dirty(tree) -> None:
+    """An ignored file named by `code` (or under a folder it names) went into a build recorded
+    clean, and two such builds at one commit gave two models; `nix build` of the commit lacked it."""
+    import subprocess
+
+    from mlbuild.build import DirtyTreeError, check_clean, code_inputs, dirty_files
+    from mlbuild.config import load_project
+
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.m]\nscript = "m.py"\ncode = ["m.py", "extra.py", "lib/"]\n'
+                                 '[models.m.validation]\nsuite = "v.py"\n[datasets.s]\nprepare = "prep.py"\ninputs = []\n'
+                                 '[notebooks.nb]\npath = "nb.ipynb"\n',
+                 "m.py": "", "extra.py": "", "lib/a.py": "", "lib/.cache/x.json": "{}", "lib/__pycache__/a.pyc": "",
+                 "other.log": "", ".gitignore": "/extra.py\n.cache/\n__pycache__/\n*.log\n"})
+    for cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+        subprocess.run(["git", *cmd], cwd=root, check=True)
+    project = load_project(root)
+    assert code_inputs(project) == ["extra.py", "lib", "m.py", "nb.ipynb", "prep.py", "v.py"]
+    dirty = dirty_files(project)
+    assert dirty.ignored == ["extra.py", "lib/.cache/x.json"] and not dirty.modified and not dirty.untracked
+    with pytest.raises(DirtyTreeError, match=r"ignored:   extra.py \(git ignores it[\s\S]*`git add -f` it, or take it "
+                                             r"out of `code`"):
+        check_clean(project)
+    (root / "extra.py").unlink()
+    (root / "lib" / ".cache" / "x.json").unlink()
+    assert not dirty_files(project)   # other.log is ignored but no stage reads it; byte-code never counts
