@@ -108,6 +108,12 @@ def typed_overrides(model: str, params: dict[str, Any], overrides: dict[str, Any
     return out
 
 
+def changed_params(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides that change a param: `--set lr=0.0030` where lr = 0.003 is the configured
+    model (the same derivation), not a variant whose lr `exp show` marks as set."""
+    return {k: v for k, v in overrides.items() if not (v == params.get(k) and type(v) is type(params.get(k)))}
+
+
 def _log(project: Project, model: str) -> Path:
     return state_dir(project.root) / "experiments" / f"{model}.jsonl"
 
@@ -123,6 +129,7 @@ def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool 
         raise ConfigError(f"--set names {', '.join(unknown)}, which [models.{model}.params] does not have; "
                           f"params: {', '.join(sorted(models[model].get('params', {})))}")
     overrides = typed_overrides(model, models[model]["params"], overrides, raw)
+    overrides = changed_params(models[model]["params"], overrides)
     # A model with a validation suite: the variant's held-out metrics too (its validation report;
     # the training log's metrics are on training data), so variants are compared on what counts.
     validated = validation_table(project, model) is not None

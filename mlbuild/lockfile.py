@@ -38,7 +38,9 @@ def wheel_entry(entry: Any, where: str) -> dict[str, str]:
 
 def read_lock(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise LockError(f"{path} does not exist; run `mlbuild lock` in {path.parent}")
+        raise LockError(f"{path} does not exist; run `mlbuild lock` in {path.parent} (a deleted one: "
+                        f"`git checkout -- {path.name}` restores it with its dataset pins, which a new lock "
+                        f"lacks until `mlbuild data add` pins each dataset again)")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:

@@ -146,19 +146,28 @@ def _metric_names(points: Sequence[Point]) -> list[str]:
     return sorted(names)
 
 
+def heldout(report: dict[str, Any]) -> str:
+    """The hash of the samples a report scored: ``heldout`` (what the suite loaded), else, in
+    reports from before it, the held-out dataset's (which changes with its training rows too)."""
+    return str((report.get("heldout") or report.get("dataset") or {}).get("sha256", "-"))
+
+
+HELDOUT_NOTE = ("note: the held-out data differs between these revisions (data, n): their metrics are not "
+                "computed on the same samples")
+
+
 def table(points: Sequence[Point]) -> list[str]:
     """One row per point: revision, suite version, the held-out data (its hash and sample count:
     a change there moves the metrics without the model changing), then the metrics."""
     names = _metric_names(points)
     head = ["revision", "suite", "data", "n", *names]
     rows = [[p.rev[:10], p.report.get("suite", {}).get("version", "-")[:8],
-             (p.report.get("dataset") or {}).get("sha256", "-")[:8], str(p.report.get("n", "-")),
+             heldout(p.report)[:8], str(p.report.get("n", "-")),
              *(f"{p.report['metrics'][n]:.4f}" if n in p.report.get("metrics", {}) else "-" for n in names)]
             for p in points]
     failed = [f"{p.rev[:10]}: {p.error}" for p in points if p.error]
-    data = {(p.report.get("dataset") or {}).get("sha256") for p in points if p.report}
-    note = ["note: the held-out data differs between these revisions (data, n): their metrics are not "
-            "computed on the same samples"] if len(data) > 1 else []
+    data = {heldout(p.report) for p in points if p.report}
+    note = [HELDOUT_NOTE] if len(data) > 1 else []
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *rows]] + failed + note
 

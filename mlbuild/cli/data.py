@@ -68,7 +68,8 @@ def diff(ctx: click.Context, name: str, rev: str | None) -> None:
     if not changes:
         click.echo(f"{name}: no differences")
     for c in changes:
-        click.echo(f"{c.change:<8} {c.path}  {_size(c.old_size)} -> {_size(c.new_size)}")
+        kinds = f"  ({c.kinds})" if c.kinds else ""
+        click.echo(f"{c.change:<8} {c.path}  {_size(c.old_size)} -> {_size(c.new_size)}{kinds}")
 
 
 @data.command()

@@ -71,6 +71,9 @@ def diff(ctx: click.Context, model: str, rev1: str, rev2: str) -> None:
         click.echo(f"{n:<20} {x if x is None else f'{x:.4f}':>10} {y if y is None else f'{y:.4f}':>10} {delta:>9}")
     sa, sb = a.report["suite"]["version"], b.report["suite"]["version"]
     click.echo(f"suite version: {sa} -> {sb}" + ("  (the suite changed: some differences come from it)" if sa != sb else ""))
+    da, db = m.heldout(a.report), m.heldout(b.report)
+    click.echo(f"held-out data: {da[:8]} (n {a.report.get('n', '-')}) -> {db[:8]} (n {b.report.get('n', '-')})"
+               + (f"\n{m.HELDOUT_NOTE}" if da != db else ""))
 
 
 @metrics.command("history")

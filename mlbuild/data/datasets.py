@@ -268,6 +268,9 @@ def status(project: Project, shared: "set[str] | None" = None) -> list[Status]:
             out.append(Status(name, ds.kind, "present", sha, path))
         elif shared is not None and path.split("/")[-1][:32] in shared:
             out.append(Status(name, ds.kind, "shared", sha, f"run `mlbuild data pull {name}`"))
+        elif ds.kind == "url":   # `data add` refuses a url dataset; a build fetches it
+            out.append(Status(name, ds.kind, "missing", sha, f"run `mlbuild build datasets.{name}` (it fetches "
+                                                              f"{ds.url}), or `mlbuild data pull {name}`"))
         else:
             out.append(Status(name, ds.kind, "missing", sha, f"run `mlbuild data pull {name}` or "
                                                               f"`mlbuild data add {name} PATH`"))
@@ -280,22 +283,39 @@ class FileDiff:
     change: str          # "added" | "removed" | "changed"
     old_size: int | None
     new_size: int | None
+    kinds: str = ""      # "file -> executable file" when what the entry is changed
 
 
-def _files(root: Path, file_name: str) -> dict[str, tuple[int, str]]:
-    """Size and sha256 of each file under ``root``; a single-file dataset's one file is named
-    ``file_name`` (in the store it is named after the dataset)."""
-    out = {}
-    if root.is_file():
-        return {file_name: (root.stat().st_size, sha256_file(root))}
-    for dirpath, _dirs, names in os.walk(root):
-        for n in names:
-            p = Path(dirpath) / n
-            st = p.lstat()
-            if stat.S_ISREG(st.st_mode):
-                out[p.relative_to(root).as_posix()] = (st.st_size, sha256_file(p))
-            elif not stat.S_ISLNK(st.st_mode):
-                raise not_storable(p)   # a pipe would block the read for ever
+def _entry(p: Path, st: os.stat_result) -> tuple[int | None, str, str]:
+    """(size, content, kind) of one entry, as the NAR hash sees it: a file's bytes and its
+    executable bit, a link's target, an empty folder."""
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size, sha256_file(p), "executable file" if st.st_mode & 0o100 else "file"
+    if stat.S_ISLNK(st.st_mode):
+        return None, os.readlink(p), "symlink"
+    raise not_storable(p)   # a pipe would block the read for ever
+
+
+def _files(root: Path, file_name: str) -> dict[str, tuple[int | None, str, str]]:
+    """Each entry under ``root`` the NAR hash covers (``_entry``), by relative path; a single-file
+    dataset's one file is named ``file_name`` (in the store it is named after the dataset)."""
+    top = root.lstat()
+    if not stat.S_ISDIR(top.st_mode):
+        return {file_name: _entry(root, top)}
+    out: dict[str, tuple[int | None, str, str]] = {}
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        with os.scandir(folder) as it:
+            entries = list(it)
+        if not entries and folder != root:
+            out[folder.relative_to(root).as_posix() + "/"] = (None, "", "empty folder")
+        for e in entries:
+            st = e.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(Path(e.path))
+            else:
+                out[Path(e.path).relative_to(root).as_posix()] = _entry(Path(e.path), st)
     return out
 
 
@@ -327,5 +347,6 @@ def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:
     a, b = _files(Path(old_path), file_name), _files(new_root, file_name)
     changes = [FileDiff(p, "removed", a[p][0], None) for p in a.keys() - b.keys()]
     changes += [FileDiff(p, "added", None, b[p][0]) for p in b.keys() - a.keys()]
-    changes += [FileDiff(p, "changed", a[p][0], b[p][0]) for p in a.keys() & b.keys() if a[p] != b[p]]
+    changes += [FileDiff(p, "changed", a[p][0], b[p][0], "" if a[p][2] == b[p][2] else f"{a[p][2]} -> {b[p][2]}")
+                for p in a.keys() & b.keys() if a[p] != b[p]]
     return sorted(changes, key=lambda d: d.path)

@@ -1,7 +1,9 @@
 """A stat cache (like git's index): re-adding unchanged data costs a walk of ``lstat`` calls.
 
-Keyed by path, size, mtime (ns), inode and the executable bit of every file, and the targets
-of symlinks. If all match what was recorded when the data was last hashed, the NAR hash is
+Keyed by path, size, mtime and ctime (ns), inode and the executable bit of every file, and the
+targets of symlinks. ctime is what catches an edit that keeps size, mtime and inode (``cp -p``
+over the file, a write followed by ``touch -d`` back): no call can set it back, as git's index
+knows. If all match what was recorded when the data was last hashed, the NAR hash is
 reused without reading a byte.
 """
 
@@ -21,7 +23,7 @@ def fingerprint(path: Path) -> list[Any]:
     out: list[Any] = []
     top = os.lstat(path)
     if not stat.S_ISDIR(top.st_mode):
-        return [[".", top.st_size, top.st_mtime_ns, top.st_ino, top.st_mode & 0o100]]
+        return [[".", top.st_size, top.st_mtime_ns, top.st_ctime_ns, top.st_ino, top.st_mode & 0o100]]
     stack = [(str(path), "")]
     while stack:
         full, rel = stack.pop()
@@ -30,12 +32,12 @@ def fingerprint(path: Path) -> list[Any]:
                 st = e.stat(follow_symlinks=False)
                 name = f"{rel}{e.name}"
                 if stat.S_ISDIR(st.st_mode):
-                    out.append([name + "/", 0, 0, st.st_ino, 0])
+                    out.append([name + "/", 0, 0, 0, st.st_ino, 0])
                     stack.append((e.path, name + "/"))
                 elif stat.S_ISLNK(st.st_mode):
-                    out.append([name, os.readlink(e.path), st.st_mtime_ns, st.st_ino, 0])
+                    out.append([name, os.readlink(e.path), st.st_mtime_ns, st.st_ctime_ns, st.st_ino, 0])
                 else:
-                    out.append([name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode & 0o100])
+                    out.append([name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode & 0o100])
     out.sort(key=lambda r: r[0])
     return out
 

@@ -19,6 +19,7 @@ recomputes the metrics.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -94,6 +95,7 @@ def main() -> None:
     code = tree_hashes(Path(spec["suite"]))
     report.update({
         "model": spec["name"], "task": task, "n": int(len(y)),
+        "heldout": {"sha256": heldout_hash(x, y)},   # the samples scored (the dataset may hold more)
         "package": spec["package"], "model_hash": pkg.hashes.get("model"),
         "dataset": {"name": spec["dataset_name"], **_dataset_hash(pkg.manifest, spec)},
         "suite": {"script": spec["script"], "files": code,
@@ -101,6 +103,18 @@ def main() -> None:
     })
     (out / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     np.save(out / "predictions.npy", np.asarray(merged.get("label", next(iter(merged.values())))), allow_pickle=False)
+
+
+def heldout_hash(x: Any, y: Any) -> str:
+    """sha256 of the held-out samples the suite loaded: each array's dtype, shape and bytes. The
+    split's dataset hash changes with its training rows too; this one only with what is scored."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for a in (np.ascontiguousarray(x), np.ascontiguousarray(y)):
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(a.tobytes() if a.dtype != object else repr(a.tolist()).encode())
+    return h.hexdigest()
 
 
 def _dataset_hash(manifest: dict[str, Any], spec: dict[str, Any]) -> dict[str, str]:

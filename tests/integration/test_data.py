@@ -85,6 +85,24 @@ def test_readd_is_a_noop_and_change_is_detected(data_project: Path) -> None:
     assert "removed  new.txt" in between and "changed  rows.txt" in between
 
 
+def test_diff_shows_every_change_the_hash_sees(data_project: Path) -> None:
+    """An executable bit, a new symlink, an empty folder: status said changed (the NAR hash
+    covers them), while diff said "no differences"."""
+    import os
+
+    root = data_project / "data/raw"
+    rows = root / "rows.txt"
+    rows.chmod(0o755)
+    os.symlink("rows.txt", root / "alias")
+    (root / "empty").mkdir()
+    assert "changed" in run_cli("data", "status", cwd=data_project).stdout
+    lines = run_cli("data", "diff", "raw", cwd=data_project).stdout.splitlines()
+    size = rows.stat().st_size
+    assert lines[0] == "added    alias  - -> -" and lines[1] == "added    empty/  - -> -"
+    assert lines[2].startswith("changed  rows.txt") and lines[2].endswith("(file -> executable file)")
+    assert len(lines) == 3 and size > 0
+
+
 def test_tracked_data_refused(data_project: Path) -> None:
     (data_project / "tracked.csv").write_text("1,2\n")
     commit_all(data_project, "oops")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,9 @@ def test_history_and_diff_across_commits(digits_repo: Path, tmp_path: Path) -> N
         assert 'mlbuild_validation_metric{model="digits"' in prom and 'metric="accuracy"' in prom
         d = run_cli("metrics", "diff", "digits", first, second, cwd=digits_repo).stdout
         assert "accuracy" in d and first[:10] in d
+        # the same held-out samples on both sides (only the epochs changed): said, without the note
+        assert re.search(r"^held-out data: ([0-9a-f]{8}) \(n 450\) -> \1 \(n 450\)$", d, re.M), d
+        assert "note:" not in d and "note:" not in out
     finally:
         toml.write_text(original)
         commit_all(digits_repo, "back to 30 epochs")

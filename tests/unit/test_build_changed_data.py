@@ -38,3 +38,44 @@ def test_a_touched_dataset_is_hashed_once_then_known_by_its_stat_facts(tmp_path:
     assert changed_datasets(load_project(root), lock) == []
     cached = json.loads((root / ".mlbuild" / "stat-raw.json").read_text())
     assert cached["sha256"] == lock["datasets"]["raw"]["sha256"]
+
+
+def test_an_edit_that_keeps_size_mtime_and_inode_is_seen(tmp_path: Path) -> None:
+    """`cp -p` of a same-size file over the data (or a write and `touch -d` back) kept size, mtime
+    and inode: the stat cache said unchanged, `data add` kept the old pin, `data diff` saw it."""
+    import os
+
+    root, lock = project(tmp_path / "p")
+    data = root / "data" / "iris.csv"
+    assert changed_datasets(load_project(root), lock) == []   # hashed once, remembered
+    before = os.stat(data)
+    with open(data, "r+b") as f:   # same inode, same size
+        f.write(b"9")
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(data)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    assert changed_datasets(load_project(root), lock) == [
+        "data/iris.csv differs from the version mlbuild.lock pins for dataset raw; this build uses the pinned one. "
+        "To use the new files: mlbuild data add raw data/iris.csv"]
+
+
+def test_a_missing_url_dataset_is_fetched_by_a_build(tmp_path: Path) -> None:
+    """status said `mlbuild data add remote PATH`, which refuses a url dataset."""
+    from mlbuild.data.datasets import status
+
+    (tmp_path / "mlbuild.toml").write_text('[project]\nname = "p"\n[datasets.remote]\nurl = "file:///srv/x.csv"\n'
+                                           f'sha256 = "{"ab" * 32}"\n')
+    (tmp_path / "mlbuild.lock").write_text(json.dumps({"version": 1, "datasets": {}, "interpreter": {"snapshot": {}}}))
+    (row,) = status(load_project(tmp_path), shared=None)
+    assert (row.state, row.detail) == ("missing", "run `mlbuild build datasets.remote` (it fetches file:///srv/x.csv), "
+                                                  "or `mlbuild data pull remote`")
+
+
+def test_a_missing_lock_says_how_to_get_its_pins_back(tmp_path: Path) -> None:
+    import pytest
+
+    from mlbuild.errors import LockError
+    from mlbuild.lockfile import read_lock
+
+    with pytest.raises(LockError, match=r"`git checkout -- mlbuild.lock` restores it with its dataset pins"):
+        read_lock(tmp_path / "mlbuild.lock")

@@ -56,3 +56,14 @@ def test_values_are_shown_as_set_takes_them() -> None:
     assert describe({}) == "(as configured)"
     for value in (True, "mlp", [64, 64], 0.004, 5, "a b"):  # what is shown is what --set reads back
         assert parse_sets([f"k={format_value(value)}"]) == {"k": value}
+
+
+def test_a_set_equal_to_the_configured_value_changes_nothing() -> None:
+    from mlbuild.exp import changed_params
+
+    params = {"lr": 0.003, "epochs": 30, "shuffle": True, "name": "a"}
+    typed = typed_overrides("m", params, {"lr": 0.0030, "epochs": 31, "shuffle": True}, {"lr": "0.0030", "epochs": "31",
+                                                                                          "shuffle": "true"})
+    assert changed_params(params, typed) == {"epochs": 31}
+    assert changed_params({"n": 1.0}, {"n": 1}) == {"n": 1}   # another type is another value in the derivation
+

@@ -38,3 +38,23 @@ def test_the_history_table_shows_the_held_out_data_of_each_revision() -> None:
     assert lines[2].split() == ["bbbbbbbbbb", "ec924683", "33334444", "50", "0.9800"]
     assert lines[-1].startswith("note: the held-out data differs between these revisions")
     assert not table([a, a])[-1].startswith("note:")
+
+
+def test_a_split_whose_training_rows_alone_changed_scores_the_same_samples() -> None:
+    """A changed training row changes the split's dataset hash; the note said the held-out data
+    differed though test.csv was byte-identical. Reports hash the samples the suite scored."""
+    import numpy as np
+
+    from mlbuild.runtime.validate import heldout_hash
+
+    x, y = np.arange(12, dtype=np.float32).reshape(3, 4), np.array([0, 1, 1])
+    same = heldout_hash(x, y)
+    assert same == heldout_hash(x.copy(), y.copy()) and len(same) == 64
+    assert heldout_hash(x + 1, y) != same and heldout_hash(x, y[::-1].copy()) != same
+    assert heldout_hash(x.reshape(4, 3), y) != same   # shape is part of it
+    a = Point("a" * 40, {"metrics": {"accuracy": 0.9}, "suite": {"version": "v"}, "n": 3,
+                         "dataset": {"sha256": "1" * 64}, "heldout": {"sha256": same}}, "/nix/store/x")
+    b = Point("b" * 40, {"metrics": {"accuracy": 0.9}, "suite": {"version": "v"}, "n": 3,
+                         "dataset": {"sha256": "2" * 64}, "heldout": {"sha256": same}}, "/nix/store/y")
+    lines = table([a, b])
+    assert lines[1].split()[2] == same[:8] and not lines[-1].startswith("note:")
