@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,8 +241,9 @@ def _skopeo() -> str:
     return skopeo
 
 
-def push_image(archive: Path, ref: str, *, extra: Sequence[str] = (), tls_verify: bool = True) -> str:
-    """Copy the archive to ``ref`` (a registry by default) with skopeo; returns the destination.
+def push_image(archive: Path, ref: str, *, extra: Sequence[str] = (), tls_verify: bool = True) -> tuple[str, str]:
+    """Copy the archive to ``ref`` (a registry by default) with skopeo; returns the destination and
+    the digest of the manifest written there (what ``REF@sha256:...`` pulls; skopeo's --digestfile).
     ``tls_verify=False``: a registry that speaks plain HTTP (a local ``registry:2`` on
     localhost:5000), which skopeo, unlike docker, does not assume for localhost."""
     skopeo = _skopeo()
@@ -255,13 +257,17 @@ def push_image(archive: Path, ref: str, *, extra: Sequence[str] = (), tls_verify
         options.append("--dest-tls-verify=false")
     if dest.startswith("docker-daemon:") and os.environ.get("DOCKER_HOST"):
         options += ["--dest-daemon-host", os.environ["DOCKER_HOST"]]   # skopeo itself ignores DOCKER_HOST
-    cmd = [skopeo, *policy, "copy", *options, f"oci-archive:{archive}", dest]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-10:])
-        raise ImageError(f"`skopeo copy oci-archive:{archive} {dest}` failed (exit {proc.returncode}):\n{tail}"
-                         + _daemon_hint(dest, proc.stderr + proc.stdout) + _tls_hint(dest, proc.stderr + proc.stdout))
-    return dest
+    with tempfile.TemporaryDirectory(prefix="mlbuild-push-") as tmp:
+        digest_file = Path(tmp) / "digest"
+        cmd = [skopeo, *policy, "copy", "--digestfile", str(digest_file), *options, f"oci-archive:{archive}", dest]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-10:])
+            raise ImageError(f"`skopeo copy oci-archive:{archive} {dest}` failed (exit {proc.returncode}):\n{tail}"
+                             + _daemon_hint(dest, proc.stderr + proc.stdout)
+                             + _tls_hint(dest, proc.stderr + proc.stdout))
+        digest = digest_file.read_text().strip() if digest_file.is_file() else ""
+    return dest, digest
 
 
 def _tls_hint(dest: str, output: str) -> str:
@@ -294,8 +300,9 @@ def load_model_image(project: Project, model: str, *, engine: str | None = None,
 
 def push_model_image(project: Project, model: str, ref: str, *, allow_dirty: bool = False,
                      extra: Sequence[str] = (), tls_verify: bool = True,
-                     on_progress: Callable[[Progress], None] | None = None) -> str:
-    """``mlbuild image push MODEL REF``: build the image, then push it with skopeo."""
+                     on_progress: Callable[[Progress], None] | None = None) -> tuple[str, str]:
+    """``mlbuild image push MODEL REF``: build the image, then push it with skopeo (destination,
+    manifest digest)."""
     check_model(project, model)
     destination(ref)
     _skopeo()  # fail before a long build when nothing can push

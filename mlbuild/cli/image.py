@@ -48,6 +48,6 @@ def push_cmd(ctx: click.Context, model: str, ref: str, allow_dirty: bool, tls_ve
     (oci/tmp/x, OCI:/tmp/x) is refused rather than sent to a registry. docker-daemon: writes to the
     engine at $DOCKER_HOST when it is set.
     """
-    dest = img.push_model_image(load(ctx), model, ref, allow_dirty=allow_dirty, tls_verify=tls_verify,
-                                on_progress=_Bar())
-    click.echo(f"pushed {model} to {dest}")
+    dest, digest = img.push_model_image(load(ctx), model, ref, allow_dirty=allow_dirty, tls_verify=tls_verify,
+                                        on_progress=_Bar())
+    click.echo(f"pushed {model} to {dest}" + (f" ({digest})" if digest else ""))

@@ -37,10 +37,22 @@ _HEADERS = {"content-type": "application/json", "mlbuild-probe": "validation-sui
 
 
 def _http(method: str, url: str, body: Any = None, timeout: float = 30.0) -> Any:
+    """The JSON answer; OSError naming the request and the server's own error when it fails."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method, headers=_HEADERS)
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read() or b"null")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as e:
+        try:
+            said = str(json.loads(e.read()).get("error", ""))[:300]
+        except (ValueError, AttributeError, OSError):
+            said = ""
+        hint = ("; --url takes the server's root, e.g. http://HOST:PORT" if e.code == 404
+                and urllib.parse.urlsplit(url).path.count("/v2") > 1 else "")
+        raise OSError(f"{method} {url}: HTTP {e.code} {e.reason}{': ' + said if said else ''}{hint}") from None
+    except urllib.error.URLError as e:
+        raise OSError(f"{method} {url}: {e.reason}") from None
 
 
 class Monitor:
@@ -210,9 +222,12 @@ def _port(value: str) -> int:
     return int(value)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, spec_path: str | None = None) -> int:
+    """The monitor's command line; the built ``bin/monitor`` passes its own spec as ``spec_path``
+    (so its --help shows no --spec to give)."""
     p = argparse.ArgumentParser(prog="monitor", description="Run the validation suite against a live server.")
-    p.add_argument("--spec", required=True, help="the monitor spec (written by the Nix build)")
+    if spec_path is None:
+        p.add_argument("--spec", required=True, help="the monitor spec (written by the Nix build)")
     p.add_argument("--url", required=True, type=_url_arg, help="the server, e.g. http://127.0.0.1:8080")
     p.add_argument("--once", action="store_true", help="run the suite once, print the result as JSON and exit")
     p.add_argument("--interval", type=_positive, default=60.0, help="seconds between runs (default 60)")
@@ -223,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                    "again (resolved)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    spec = json.loads(Path(args.spec).read_text())
+    spec = json.loads(Path(spec_path or args.spec).read_text())
     from prometheus_client import disable_created_metrics
 
     disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series beside the runs counter
@@ -258,7 +273,7 @@ SCRIPT = """#!{python} -s
 import sys
 sys.path.insert(0, {runtime!r})
 from mlbuild.runtime.monitor import main
-sys.exit(main(["--spec", {spec!r}, *sys.argv[1:]]))
+sys.exit(main(sys.argv[1:], spec_path={spec!r}))
 """
 
 

@@ -119,14 +119,17 @@ def wait_ready(url: str, state: Callable[[], str], logs: Callable[[], str], time
         time.sleep(0.5)
 
 
+CONTAINER = f"mlbuild-test-{os.getpid()}"
+
+
 @pytest.fixture(scope="module")
 def container(loaded: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The image run with an extra argument (the entrypoint's 0.0.0.0:8080 must stay: an argument
     once replaced them, and the server listened on 127.0.0.1 inside), published on a loopback port
     only."""
     port = free_port()
-    name = f"mlbuild-test-{os.getpid()}"
-    podman(*RUNC, "run", "-d", "--name", name, *ulimits(), "-p", f"127.0.0.1:{port}:8080", loaded,
+    name = CONTAINER
+    podman(*RUNC, "run", "-d", "--name", name, *ulimits(), "--cpus", "1", "-p", f"127.0.0.1:{port}:8080", loaded,
            "--max-batch-size", "16")
     url = f"127.0.0.1:{port}"
     try:
@@ -135,6 +138,12 @@ def container(loaded: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield url
     finally:
         podman("rm", "-f", "-t", "5", name, check=False)
+
+
+def test_the_container_s_cpu_limit_bounds_the_torch_threads(container: str) -> None:
+    """`--cpus 1` on this 2-CPU machine: the server ran 2 threads (CPU affinity only), throttled."""
+    log = podman("logs", CONTAINER, check=False)
+    assert "(1 thread(s)); ready" in log.stdout + log.stderr, log.stderr[-2000:]
 
 
 def forward(package: Path, x: np.ndarray) -> np.ndarray:
@@ -249,9 +258,9 @@ def test_push_with_skopeo(digits_repo: Path, info: ArchiveInfo, tmp_path: Path) 
     dest = f"oci:{tmp_path}/layout:v1"
     try:
         out = run_cli("image", "push", "digits", dest, cwd=digits_repo).stdout
-        assert f"pushed digits to {dest}" in out
         inspected = json.loads(subprocess.run(["skopeo", "inspect", dest], capture_output=True, text=True,
                                               check=True).stdout)
+        assert f"pushed digits to {dest} ({inspected['Digest']})" in out   # what REF@sha256:... pulls
         assert inspected["Labels"] == info.labels
         raw = json.loads(subprocess.run(["skopeo", "inspect", "--raw", dest], capture_output=True, text=True,
                                         check=True).stdout)

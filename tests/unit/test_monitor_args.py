@@ -44,3 +44,13 @@ def test_runtime_refuses_a_bad_metrics_port(capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit):
         main(["--spec", "/nonexistent/spec.json", "--url", "http://a", "--port", "70000"])
     assert "argument --port: '70000' is not a port number in 0..65535" in capsys.readouterr().err
+
+
+def test_the_built_monitor_s_help_asks_for_no_spec(capsys: pytest.CaptureFixture[str]) -> None:
+    """`nix run .#digits.monitor -- --help` listed --spec SPEC as required: the wrapper passes it."""
+    with pytest.raises(SystemExit):
+        main(["--help"], spec_path="/nix/store/x-monitor/spec.json")
+    assert "--spec" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--spec SPEC" in capsys.readouterr().out

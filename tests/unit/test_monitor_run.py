@@ -100,3 +100,20 @@ def test_the_monitor_says_when_the_server_stops_answering_and_when_it_is_back(tm
     finally:
         server.stop()
         hook.shutdown()
+
+
+def test_a_wrong_url_names_the_request_and_the_server_s_answer(tmp_path: Path) -> None:
+    """`--url http://HOST:PORT/v2` answered {"error": "HTTP Error 404: Not Found"}: no URL, no fix."""
+    pkg = build_package(tmp_path / "pkg")
+    server = ServerProcess(pkg, tmp_path / "server").ready()
+    try:
+        url = f"http://{server.url}/v2"
+        out = Monitor(spec(tmp_path / "m", pkg), url, None).run_once()
+        assert out["error"].startswith(f"GET {url}/v2/models/digits: HTTP 404 Not Found: no route GET "
+                                       f"/v2/v2/models/digits"), out
+        assert out["error"].endswith("; --url takes the server's root, e.g. http://HOST:PORT")
+        server.stop()
+        gone = Monitor(spec(tmp_path / "n", pkg), f"http://{server.url}", None).run_once()
+        assert gone["error"].startswith(f"GET http://{server.url}/v2/models/digits: [Errno 111] Connection refused")
+    finally:
+        server.stop()

@@ -199,6 +199,37 @@ def test_model_error_on_wrong_rows(pkg: Path) -> None:
         model.run(np.zeros((2, 64), dtype=np.float32))
 
 
+def test_the_cgroup_cpu_quota_bounds_the_default_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`podman run --cpus 0.5` on a 2-CPU machine ran 2 torch threads (affinity only): on a
+    64-core node with a 1-CPU limit, 64 threads, throttled."""
+    from mlbuild.runtime.serve import model as m
+
+    proc = tmp_path / "cgroup"
+    v2 = tmp_path / "v2"
+    (v2 / "kubepods" / "pod1").mkdir(parents=True)
+    (v2 / "kubepods" / "cpu.max").write_text("max 100000\n")
+    (v2 / "kubepods" / "pod1" / "cpu.max").write_text("150000 100000\n")
+    proc.write_text("0::/kubepods/pod1\n")
+    assert m.cgroup_cpus(v2, proc) == 1.5
+    (v2 / "kubepods" / "cpu.max").write_text("50000 100000\n")     # a parent's limit counts too
+    assert m.cgroup_cpus(v2, proc) == 0.5
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)   # a container: its own cgroup mounted as the hierarchy's root
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    proc.write_text("4:memory:/x\n2:cpu,cpuacct:/libpod_parent/libpod-abc\n")
+    assert m.cgroup_cpus(v1, proc) == 1.0
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert m.cgroup_cpus(v1, proc) is None
+    assert m.cgroup_cpus(v1, tmp_path / "none") is None
+
+    monkeypatch.delenv("MLBUILD_SERVE_THREADS", raising=False)
+    monkeypatch.setattr(m.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    for quota, threads in ((None, 4), (0.5, 1), (1.5, 2), (16.0, 4)):
+        monkeypatch.setattr(m, "cgroup_cpus", lambda q=quota: q)
+        assert m.default_threads() == threads
+
+
 def test_default_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     from mlbuild.runtime.serve.package import ServeError
 

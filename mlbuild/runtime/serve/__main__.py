@@ -55,7 +55,8 @@ def build_parser(package: str | None = None) -> argparse.ArgumentParser:
                    help="port to bind; 0 picks a free one (default: 8080)")
     p.add_argument("--port-file", help="write the bound port to this file once listening")
     p.add_argument("--threads", type=_number(int, 1),
-                   help="torch intra-op threads (default: $MLBUILD_SERVE_THREADS or CPUs)")
+                   help="torch intra-op threads (default: $MLBUILD_SERVE_THREADS, else the CPUs this process may "
+                        "use, at most its cgroup CPU quota)")
     p.add_argument("--max-batch-size", type=_setting("max_batch_size"), help="override serve.json max_batch_size")
     p.add_argument("--max-wait-ms", type=_setting("max_wait_ms"), help="override serve.json max_wait_ms")
     p.add_argument("--max-body-bytes", type=_setting("max_body_bytes"), help="override serve.json max_body_bytes")

@@ -16,9 +16,11 @@ manifest first.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -36,8 +38,54 @@ Postprocess = Callable[[torch.Tensor], dict[str, np.ndarray]]
 class ModelError(ServeError):
     """The model (user code) failed or returned outputs that do not fit ``config.outputs``."""
 
+def cgroup_cpus(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self/cgroup")) -> float | None:
+    """The CPU quota of this process's cgroup and its parents (``podman run --cpus 1``, a
+    Kubernetes CPU limit), in CPUs; None when there is none. cgroup v2 (``cpu.max``) and v1
+    (``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), the cgroup's own folder or, in a container
+    that mounts its cgroup as the root of the hierarchy, the root itself."""
+    try:
+        lines = proc.read_text().splitlines()
+    except OSError:
+        return None
+    limits: list[float] = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base, read = root, _cpu_max
+        elif "cpu" in controllers.split(","):
+            base, read = root / ("cpu" if (root / "cpu").is_dir() else controllers), _cfs_quota
+        else:
+            continue
+        folder = base / path.lstrip("/")
+        for d in (folder, *folder.parents):
+            if d == base.parent:
+                break
+            limit = read(d)
+            if limit is not None:
+                limits.append(limit)
+    return min(limits) if limits else None
+
+
+def _cpu_max(folder: Path) -> float | None:
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def _cfs_quota(folder: Path) -> float | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        return quota / int((folder / "cpu.cfs_period_us").read_text()) if quota > 0 else None
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
 def default_threads() -> int:
-    """Intra-op threads: ``$MLBUILD_SERVE_THREADS``, else the CPUs this process may run on."""
+    """Intra-op threads: ``$MLBUILD_SERVE_THREADS``, else the CPUs this process may run on, at most
+    its cgroup's CPU quota rounded up (a container limited to 1 CPU on a 64-core node ran 64
+    threads, throttled)."""
     env = os.environ.get("MLBUILD_SERVE_THREADS", "").strip()
     if env:
         try:
@@ -48,9 +96,11 @@ def default_threads() -> int:
             raise ServeError(f"MLBUILD_SERVE_THREADS={env!r} must be >= 1")
         return value
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+    quota = cgroup_cpus()
+    return max(1, min(cpus, math.ceil(quota)) if quota is not None else cpus)
 
 def _import_user_module(pkg: Package) -> Any:
     code = str(pkg.code_dir)
