@@ -91,9 +91,9 @@ def case(label: str, data: Path, proj: Path) -> None:
     from mlbuild.data import datasets as ds
 
     t0 = time.perf_counter()
-    result, _ = ds.add(load_project(proj), name, data)
+    added = ds.add(load_project(proj), name, data)
     readd_lib = time.perf_counter() - t0
-    assert result is None, "re-add imported again"
+    assert added.imported is None, "re-add imported again"
     readd_cli, _ = timed([PY, "-m", "mlbuild.cli", "-C", str(proj), "data", "add", name, str(data)])
     startup, _ = timed([PY, "-m", "mlbuild.cli", "--version"])
     # Nix's own streaming import of the same data, for scale.

@@ -13,6 +13,11 @@ __all__ = ["GitError", "repo_root", "is_tracked", "dirty_files", "show", "ignore
            "head", "log_revisions", "check_commit", "Dirty"]
 
 
+# Folders tools write beside code that are never code (nix/code.nix's toolCaches): no code path
+# holds them, so the worktree check does not count them.
+TOOL_CACHES = frozenset({"__pycache__", ".ipynb_checkpoints", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
+
+
 class GitError(MlbuildError):
     """A git query failed."""
 
@@ -60,8 +65,8 @@ def dirty_files(project: Path, inputs: Sequence[str] = ()) -> Dirty:
     if inputs:
         listed = _git(root, "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--",
                       *(str(project.resolve() / p) for p in inputs)).stdout
-        # what Nix's code filter drops anyway: Python's byte-code caches
-        ignored = sorted(p for p in listed.split("\0") if p and "__pycache__" not in p.split("/")
+        # what nix/code.nix leaves out of every code path anyway
+        ignored = sorted(p for p in listed.split("\0") if p and not TOOL_CACHES & set(p.split("/"))
                          and not p.endswith(".pyc"))
     out = _git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", str(project.resolve())).stdout
     modified: list[str] = []

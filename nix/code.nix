@@ -3,6 +3,11 @@
 #
 #   mkCode { src; files = [ "model.py" "lib/" ]; name ? "code"; what ? "code" }
 { lib }:
+let
+  # What tools write beside code and never is code: left out of every code path (mlbuild/git.py's
+  # TOOL_CACHES, which the worktree check skips for the same reason).
+  toolCaches = [ "__pycache__" ".ipynb_checkpoints" ".mypy_cache" ".pytest_cache" ".ruff_cache" ];
+in
 {
   mkCode = { src, files, name ? "code", what ? "code" }:
     let
@@ -19,7 +24,7 @@
       path = src;
       filter = p: t:
         let rel = lib.removePrefix (root + "/") (toString p);
-        in baseNameOf p != "__pycache__" && !(lib.hasSuffix ".pyc" rel)
+        in !(builtins.elem (baseNameOf p) toolCaches) && !(lib.hasSuffix ".pyc" rel)
            && builtins.any (f: rel == f || lib.hasPrefix (f + "/") rel
                                || (t == "directory" && lib.hasPrefix (rel + "/") f)) clean;
     };

@@ -24,6 +24,10 @@ let
       got = builtins.attrNames (builtins.readDir code);
       expected = [ "m.py" "sub" ];
     };
+    mkCode-leaves-out-tool-caches = {   # sub/.ipynb_checkpoints is in the fixture
+      got = builtins.attrNames (builtins.readDir "${code}/sub");
+      expected = [ "helper.py" ];
+    };
     project-stages = {
       got = map (a: project.m ? ${a}) [ "model" "package" "validation" "release" "toolchain" "datasets" ]
         ++ [ (project.m.validation ? report) (project.m.drvPath == project.m.package.drvPath) ];

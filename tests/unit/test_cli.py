@@ -174,7 +174,9 @@ def test_a_code_file_git_ignores_makes_the_tree_dirty(tree) -> None:
                                  '[models.m.validation]\nsuite = "v.py"\n[datasets.s]\nprepare = "prep.py"\ninputs = []\n'
                                  '[notebooks.nb]\npath = "nb.ipynb"\n',
                  "m.py": "", "extra.py": "", "lib/a.py": "", "lib/.cache/x.json": "{}", "lib/__pycache__/a.pyc": "",
-                 "other.log": "", ".gitignore": "/extra.py\n.cache/\n__pycache__/\n*.log\n"})
+                 "lib/.ipynb_checkpoints/a-checkpoint.ipynb": "{}", "lib/.mypy_cache/x.json": "{}",
+                 "other.log": "", ".gitignore": "/extra.py\n.cache/\n__pycache__/\n*.log\n.ipynb_checkpoints/\n"
+                                             ".mypy_cache/\n"})
     for cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
         subprocess.run(["git", *cmd], cwd=root, check=True)
     project = load_project(root)
@@ -186,4 +188,4 @@ def test_a_code_file_git_ignores_makes_the_tree_dirty(tree) -> None:
         check_clean(project)
     (root / "extra.py").unlink()
     (root / "lib" / ".cache" / "x.json").unlink()
-    assert not dirty_files(project)   # other.log is ignored but no stage reads it; byte-code never counts
+    assert not dirty_files(project)   # other.log is ignored but no stage reads it; tool caches never count
