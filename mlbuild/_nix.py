@@ -215,6 +215,20 @@ def copy_from_cache(cache_url: str, paths: Sequence[str], *, store: str | None =
     run_nix(args)
 
 
+def configured_public_keys() -> list[str]:
+    """The ``trusted-public-keys`` Nix's own configuration holds (nix.conf, its includes, the
+    ``extra-`` form): keys the driver's Nix calls trust besides those they pass."""
+    for command in (["show-config"], ["config", "show"]):   # `config show` from Nix 2.20
+        proc = run_nix(["--extra-experimental-features", EXPERIMENTAL, *command], check=False)
+        if proc.returncode == 0:
+            for line in proc.stdout.splitlines():
+                name, _, value = line.partition(" = ")
+                if name.strip() == "trusted-public-keys":
+                    return value.split()
+            return []
+    return []
+
+
 def copy_sigs(cache_url: str, paths: Sequence[str], *, store: str | None = None) -> None:
     """``nix store copy-sigs``: record the cache's signatures of ``paths`` (same NAR hash) in the
     local store, as Nix's own substitution does; ``load_db`` registers none, and a path without

@@ -261,7 +261,13 @@ def store_options(project: Project) -> list[str]:
                 _warn_no_store(f"the shared store {cfg.root} is not set up (no such store there: an NFS mount "
                                f"that is not up, or a store never initialised; `mlbuild store init` makes one)")
             return []
-        return cfg.nix_options()
+        options = cfg.nix_options()
+        for key, theirs in cfg.shadowed_keys():
+            print(f"mlbuild: warning: the shared store's key {key} shares its name with {theirs} in Nix's own "
+                  f"configuration (trusted-public-keys): Nix keeps one key per name, so it may refuse the store's "
+                  f"signatures and rebuild what the store holds; give one of the keys another name",
+                  file=sys.stderr)
+        return options
     except MlbuildError as e:
         _warn_no_store(str(e))
         return []

@@ -45,17 +45,21 @@ def init(ctx: click.Context, generate_key: bool, key_name: str | None) -> None:
     click.echo(f"store: {r.root}")
     if r.secret_key_file and r.public_key:
         click.echo(f"signing key: {r.secret_key_file} ({'new' if r.generated else 'existing'})")
-    if r.public_key:
+    if r.published:
+        click.echo(f"public key of the store ({r.root}/mlbuild/public-key; give it to every machine and CI): "
+                   f"{r.published}")
+        if r.public_key:
+            click.echo(f"warning: this machine signs with {r.public_key}, not the store's key: what it pushes is "
+                       f"trusted only where that key is; sign with the store's key (MLBUILD_STORE_SECRET_KEY), or "
+                       f"replace {r.root}/mlbuild/public-key if the store changes keys", err=True)
+    elif r.public_key:
         click.echo(f"public key (give it to every machine and CI): {r.public_key}")
-        if r.published:
-            click.echo(f"warning: the store says it is signed by {r.published} ({r.root}/mlbuild/public-key, "
-                       f"kept): what this key pushes is trusted only where this key is; sign with the store's "
-                       f"key (MLBUILD_STORE_SECRET_KEY), or replace that file if the store changes keys", err=True)
+    if r.nix_conf:
         click.echo(f"nix.conf lines for machines using this store:\n{r.nix_conf}", nl=False)
-        if r.untrusted_here:
-            click.echo(f"note: mlbuild here does not trust this key yet, so pushes signed with it are refused: "
-                       f"set MLBUILD_STORE_PUBLIC_KEYS='{r.public_key}' (or [store].public-keys in mlbuild.toml)",
-                       err=True)
+    if r.public_key and r.untrusted_here:
+        click.echo(f"note: mlbuild here does not trust this key yet, so pushes signed with it are refused: "
+                   f"set MLBUILD_STORE_PUBLIC_KEYS='{r.public_key}' (or [store].public-keys in mlbuild.toml)",
+                   err=True)
 
 
 @store.command()
@@ -77,6 +81,10 @@ def push(ctx: click.Context, targets: tuple[str, ...], from_store: str | None, n
                 progress=lambda m: click.echo(m, err=True))
     click.echo(f"pushed {len(r.pushed)} paths ({_mb(r.bytes_written)}), {len(r.present)} already there, "
                f"in {r.seconds:.1f}s")
+    if r.underived_targets:
+        click.echo(f"note: the derivation of {', '.join(r.underived_targets)} is not in this Nix store (the target "
+                   f"was fetched, not evaluated here), so what rebuilding it needs is unknown here and was not "
+                   f"pushed: push --build-deps from the machine that built it", err=True)
     if r.absent_build_inputs:
         n = len(r.absent_build_inputs)
         click.echo(f"note: {n} build input{'s are' if n > 1 else ' is'} neither on this machine nor in the store "

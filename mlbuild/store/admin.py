@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from .. import _nix
 from ..errors import StoreConfigError, StoreTargetError
 from .config import DEFAULT_SECRET_KEY, StoreConfig
 from .keys import generate_key_pair, load_secret_key
@@ -66,26 +67,28 @@ def init_store(cfg: StoreConfig, *, generate_key: bool = False, key_name: str | 
                                    f"first, then re-sign (`mlbuild store push` of what readers need)")
         name = key_name or default_key_name()
         try:
-            same_name = [k for k in cfg.trusted_keys() if k.name == name]
+            same_name = [str(k) for k in cfg.trusted_keys() if k.name == name]
         except StoreConfigError:
             same_name = []
+        same_name += [k for k in _nix.configured_public_keys() if k.partition(":")[0] == name]
         if same_name:
             raise StoreConfigError(f"a trusted key is already named {name!r} ({same_name[0]}); Nix keeps one key "
                                    f"per name and would refuse the new key's signatures: pass another --key-name")
         public = str(generate_key_pair(name, secret, secret.with_suffix(".pub")).public)
         generated = True
-    conf = ""
     untrusted = False
     if public:
         if published is None:
             publish_bytes(shown, (public + "\n").encode())
         elif published == public:
             published = None
-        conf = nix_conf(StoreConfig(cfg.root, public_keys=(public,)))
         try:   # mlbuild here trusts /etc/mlbuild/store.pub when it exists, not a key made for another store
             untrusted = public not in {str(k) for k in cfg.trusted_keys()}
         except StoreConfigError:
             untrusted = True
+    # Readers trust the store's key: the published one, whichever key signs here
+    store_key = published or public
+    conf = nix_conf(StoreConfig(cfg.root, public_keys=(store_key,))) if store_key else ""
     return InitResult(cfg.root, secret, public, generated, conf, untrusted, published)
 
 

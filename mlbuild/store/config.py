@@ -98,6 +98,14 @@ class StoreConfig:
                                 f"store-config/setup-store")
         return tuple(keys)
 
+    def shadowed_keys(self) -> list[tuple[PublicKey, str]]:
+        """The trusted keys whose name Nix's own configuration gives to another key: Nix keeps one
+        key per name, so it would refuse what the shadowed key signed (and rebuild it)."""
+        from .. import _nix
+
+        theirs = {k.partition(":")[0]: k for k in _nix.configured_public_keys()}
+        return [(k, theirs[k.name]) for k in self.trusted_keys() if k.name in theirs and theirs[k.name] != str(k)]
+
     def nix_options(self) -> list[str]:
         """Options that make a Nix call substitute from this store, checking its signatures.
 
@@ -155,10 +163,16 @@ def _location(value: str, base: Path | None, where: str) -> Path:
     return Path(os.path.normpath(path))
 
 
-def _int(value: Any, where: str) -> int:
+def _int(value: Any, where: str, text: bool = False) -> int:
+    """A whole number: from the environment (``text``), its text; from mlbuild.toml, a TOML
+    integer (`keep-last = true` was 1, `zstd-level = 3.9` was 3)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise StoreConfigError(f"{where} must be a whole number, got {value!r}")
+    if isinstance(value, str) and not text:
+        raise StoreConfigError(f"{where} must be a whole number (no quotes), got {value!r}")
     try:
         n = int(value)
-    except (TypeError, ValueError):
+    except ValueError:
         raise StoreConfigError(f"{where} must be a whole number, got {value!r}") from None
     if n < 0:
         raise StoreConfigError(f"{where} must not be negative, got {n}")
@@ -219,6 +233,6 @@ def load_store_config(project_root: Path | None = None, *, store: str | None = N
     else:
         fsync_nars = _bool(table.get("fsync-nars", False), f"{where}.fsync-nars")
     return StoreConfig(root=root, secret_key_file=secret, public_keys=public,
-                       keep_last=_int(keep, keep_where),
+                       keep_last=_int(keep, keep_where, text=bool(env.get("MLBUILD_STORE_KEEP_LAST"))),
                        zstd_level=_zstd_level(table.get("zstd-level", 3), f"{where}.zstd-level"),
                        fsync_nars=fsync_nars)

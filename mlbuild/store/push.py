@@ -45,6 +45,8 @@ class PushResult:
     # --build-deps: build inputs neither on this machine nor in the store (the targets were
     # substituted here, not built), so nothing pushed them
     absent_build_inputs: list[str] = field(default_factory=list)
+    # --build-deps: targets whose derivation is not in this store (fetched, not instantiated)
+    underived_targets: list[str] = field(default_factory=list)
 
     @property
     def bytes_written(self) -> int:
@@ -106,9 +108,12 @@ def _closure(targets: list[str], local_store: str | None,
         raise StoreTargetError(f"{', '.join(invalid)} is not valid in the local store{where}; build it "
                                f"first (`nix build ...` / `mlbuild build`), then push") from None
     if build_deps:
-        drvs = [i.deriver for i in infos.values() if i.path in targets and i.deriver]
-        drvs = [d for d in drvs if d not in set(_nix.invalid_paths_in(drvs, store=local_store))]
+        derivers: dict[str, str] = {p: d for p in targets if (d := infos[p].deriver)}
+        gone = set(_nix.invalid_paths_in(list(derivers.values()), store=local_store))
+        drvs = [d for d in derivers.values() if d not in gone]
         valid, absent = _nix.build_closure(drvs, store=local_store)
+        # a target fetched into this store without its derivation: what rebuilding it needs is unknown here
+        absent += [p for p in targets if derivers.get(p) in gone]
         extra = [p for p in valid if p not in infos]
         infos.update(path_infos(extra, store=local_store, recursive=True))
         return infos, sorted(extra), sorted(absent)
@@ -162,7 +167,8 @@ def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
     for p in paths:
         groups.setdefault(name or default_name(p), []).append(p)
     infos, build_inputs, absent = _closure(paths, local_store, build_deps)
-    result.absent_build_inputs = [p for p in absent if not layout.narinfo(p).exists()]
+    result.absent_build_inputs = [p for p in absent if p not in paths and not layout.narinfo(p).exists()]
+    result.underived_targets = [p for p in absent if p in paths]
     # The record roots the build-time inputs too (the toolchain's wheels, a derived dataset no
     # output refers to): gc keeps what rebuilding a changed dependent needs as long as the push.
     result.records = [record_push(layout, n, ps + build_inputs) for n, ps in groups.items()]   # before any skip

@@ -41,6 +41,20 @@ def test_the_store_s_key_is_made_once_and_never_replaced(tmp_path: Path) -> None
     assert f"the store {tmp_path / 'store'} is signed by {key}" in second.stderr
     assert "set MLBUILD_STORE_PUBLIC_KEYS to that key" in second.stderr
 
+    # A client given the key itself, as the README says (base64 holds '/' in about half the keys)
+    slash = "store-mlbuild-1:lZy2xPLMWtz3cHSmUZj5+q/j8YUn7OjS+a1HbdIKIvE="
+    for given in (key, slash):
+        text = setup_store(tmp_path, "k", MLBUILD_STORE_PUBLIC_KEYS=given)
+        assert text.returncode == 0, text.stderr
+        assert trusted(tmp_path, "k") == given
+    # A pushing machine given only the store's secret key: its public half is derived
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "store.sec").write_bytes((tmp_path / "a" / "store.sec").read_bytes())
+    pusher = setup_store(tmp_path, "p")
+    assert pusher.returncode == 0, pusher.stderr
+    assert trusted(tmp_path, "p") == key and (tmp_path / "p" / "store.pub").read_text().strip() == key
+    assert "is not the one the store names" not in pusher.stderr
+
     # A read-only client given the key as a .pub file: nix.conf gets the key itself
     (tmp_path / "team.pub").write_text(key + "\n")
     reader = setup_store(tmp_path, "c", MLBUILD_STORE_PUBLIC_KEYS=str(tmp_path / "team.pub"))

@@ -86,6 +86,10 @@ def test_cli_push_pull_stats(tmp_path: Path) -> None:
     assert run_cli("store", "verify", env=env).stdout.strip().endswith("0 problems")
     assert pull(cfg, [pkg], local_store=c.store).fetched == []
     assert not list(Layout(cfg.root).temp_files())
+    # C fetched the package without its derivation: a push of its build deps says it cannot know them
+    again = push(make_store(tmp_path / "other"), [pkg], local_store=c.store, build_deps=True)
+    assert again.underived_targets == [pkg] and not again.absent_build_inputs
+    assert push(make_store(tmp_path / "third"), [pkg], local_store=a.store, build_deps=True).underived_targets == []
 
 
 def test_fast_restore_registers_what_nix_would(tmp_path: Path) -> None:

@@ -65,7 +65,7 @@ def test_bad_values_name_the_setting(tmp_path: Path) -> None:
     ("keep_last = 1\nzstd = 9", '[store] has unknown keys "keep_last", "zstd"'),
     ("path = 5", "[store].path must be a folder (a string), got 5"),
     ('push = "false"', "[store].push must be true or false (no quotes), got 'false'"),
-    ('keep-last = "three"', "mlbuild.toml [store].keep-last must be a whole number, got 'three'"),
+    ('keep-last = "three"', "mlbuild.toml [store].keep-last must be a whole number (no quotes), got 'three'"),
 ])
 def test_a_misspelled_or_mistyped_setting_is_an_error_not_the_default_store(
         tmp_path: Path, body: str, message: str) -> None:
@@ -93,6 +93,18 @@ def test_fsync_nars(tmp_path: Path) -> None:
         load_store_config(_project(tmp_path, 'fsync-nars = "sometimes"'), env={})
     with pytest.raises(StoreConfigError, match=r"\[store\].fsync-nars must be true or false \(no quotes\), got 'no'"):
         load_store_config(_project(tmp_path, 'fsync-nars = "no"'), env={})   # as push = "no" is refused
+
+
+@pytest.mark.parametrize("body, message", [
+    ('zstd-level = "5"', "zstd-level must be a whole number (no quotes), got '5'"),
+    ("zstd-level = 3.9", "zstd-level must be a whole number, got 3.9"),
+    ("keep-last = true", "keep-last must be a whole number, got True"),
+])
+def test_store_numbers_must_be_toml_integers(tmp_path: Path, body: str, message: str) -> None:
+    with pytest.raises(StoreConfigError, match=re.escape(message)):
+        load_store_config(_project(tmp_path, body), env={})
+    (tmp_path / "env").mkdir()
+    assert load_store_config(tmp_path / "env", env={"MLBUILD_STORE_KEEP_LAST": "5"}).keep_last == 5
 
 
 @pytest.mark.parametrize("level", [0, 23, 99])
@@ -156,10 +168,15 @@ def test_init_never_replaces_the_store_s_published_key(tmp_path: Path) -> None:
     with pytest.raises(StoreConfigError, match=re.escape(f"the store {tmp_path / 's'} is already signed by {shown}")):
         init_store(StoreConfig(tmp_path / "s", secret_key_file=tmp_path / "b.sec"), generate_key=True)
     assert not (tmp_path / "b.sec").exists()
-    # a key made elsewhere, used on this store: said, and the store's key stays
+    # a key made elsewhere, used on this store: said, and the store's key stays, the one readers get
     generate_key_pair(default_key_name(), tmp_path / "b.sec", tmp_path / "b.pub")
     other = init_store(StoreConfig(tmp_path / "s", secret_key_file=tmp_path / "b.sec"), generate_key=True)
     assert other.public_key != shown and other.published == shown
+    assert f"extra-trusted-public-keys = {shown}\n" in other.nix_conf
+    # a machine with no key: the store's key and the lines for readers
+    reader = init_store(StoreConfig(tmp_path / "s", secret_key_file=tmp_path / "none.sec"))
+    assert reader.public_key is None and reader.published == shown
+    assert f"extra-trusted-public-keys = {shown}\n" in reader.nix_conf
     assert (tmp_path / "s" / "mlbuild" / "public-key").read_text().strip() == shown
     # default names differ per key: Nix keeps one trusted key per name
     assert first.public_key and other.public_key and first.public_key.split(":")[0] != other.public_key.split(":")[0]
@@ -169,3 +186,29 @@ def test_init_never_replaces_the_store_s_published_key(tmp_path: Path) -> None:
         init_store(StoreConfig(tmp_path / "t", secret_key_file=tmp_path / "c.sec", public_keys=(first.public_key,)),
                    generate_key=True, key_name=name)
     assert not (tmp_path / "c.sec").exists()
+
+
+def test_a_key_name_nix_itself_trusts_is_refused_and_a_shadowed_store_key_is_told(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """--key-name vm-mlbuild-1, the name of the machine's key in /etc/nix: accepted, then every
+    build on another machine silently rebuilt (Nix kept the machine's key of that name)."""
+    from mlbuild import _nix
+    from mlbuild.build import store_options
+    from mlbuild.config import load_project
+    from mlbuild.store.admin import init_store
+
+    machine = generate_key_pair("vm-mlbuild-1", tmp_path / "m.sec", tmp_path / "m.pub")
+    monkeypatch.setattr(_nix, "configured_public_keys", lambda: ["cache.nixos.org-1:x", str(machine.public)])
+    with pytest.raises(StoreConfigError, match="a trusted key is already named 'vm-mlbuild-1'"):
+        init_store(StoreConfig(tmp_path / "s", secret_key_file=tmp_path / "w.sec"), generate_key=True,
+                   key_name="vm-mlbuild-1")
+    assert not (tmp_path / "w.sec").exists()
+    store_key = generate_key_pair("vm-mlbuild-1", tmp_path / "w.sec", tmp_path / "w.pub")   # made elsewhere
+    init_store(StoreConfig(tmp_path / "s", secret_key_file=tmp_path / "w.sec"))
+    for var in ("MLBUILD_STORE", "MLBUILD_STORE_SECRET_KEY", "MLBUILD_STORE_PUBLIC_KEYS"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "p").mkdir()
+    root = _project(tmp_path / "p", f'path = "{tmp_path / "s"}"\npublic-keys = ["{tmp_path / "w.pub"}"]')
+    assert store_options(load_project(root))   # still used, but said
+    err = capsys.readouterr().err
+    assert f"the shared store's key {store_key.public} shares its name with {machine.public}" in err
