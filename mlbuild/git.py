@@ -81,6 +81,8 @@ def dirty_files(project: Path, inputs: Sequence[str] = ()) -> Dirty:
         code, path = entry[:2], entry[3:]
         if code[0] in "RC":  # renames carry the old path as the next entry
             i += 1
+        if code == "??" and (TOOL_CACHES & set(path.split("/")) or path.endswith(".pyc")):
+            continue   # a byte-code cache or a notebook checkpoint no build reads, ignored or not
         (untracked if code == "??" else modified).append(path)
     return Dirty(sorted(modified), sorted(untracked), ignored)
 

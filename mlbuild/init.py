@@ -57,6 +57,10 @@ class Created:
     note: str | None = None   # why flake.lock could not be written
 
 
+# How spreadsheets and exports write a missing value.
+MISSING = frozenset({"n/a", "na", "nan", "null", "none", "?", "-", "--", "missing", "#n/a"})
+
+
 def read_csv_shape(path: Path) -> CsvShape:
     """Feature count, classes and header of a classification CSV: numeric features, then the class
     in the last column, as a number 0..K-1 or as a name (names are numbered in sorted order)."""
@@ -102,7 +106,8 @@ def read_csv_shape(path: Path) -> CsvShape:
     labels = sorted(counts) if values is None else None   # class names: numbered in sorted order
     if values is None:
         words = [c for c in counts if numbers([c]) is None]
-        if len(words) * 5 <= k:   # numbers, and a few cells that are not: missing values, not class names
+        # numbers, and cells that are not: missing values ("n/a", "?"), not class names
+        if len(words) < k and (len(words) * 5 <= k or all(w.lower() in MISSING for w in words)):
             odd = min(words, key=first_line.__getitem__)
             raise InitError(f"{path}, line {first_line[odd]}: the class {odd[:40]!r} is not a number, while "
                             f"{k - len(words)} of the {k} classes are; fill or drop the rows with missing values")
@@ -337,7 +342,8 @@ def load(data: Path) -> tuple[np.ndarray, np.ndarray]:
 }}
 '''
     return {"mlbuild.toml": toml, "prepare.py": prepare, "model.py": model, "validate.py": validate,
-            "flake.nix": flake, ".gitignore": f"result*\n/{_ignored_data(csv_rel)}\n"}
+            "flake.nix": flake,
+            ".gitignore": f"result*\n/{_ignored_data(csv_rel)}\n__pycache__/\n.ipynb_checkpoints/\n"}
 
 
 def _ignored_data(csv_rel: str) -> str:

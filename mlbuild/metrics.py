@@ -152,8 +152,8 @@ def heldout(report: dict[str, Any]) -> str:
     return str((report.get("heldout") or report.get("dataset") or {}).get("sha256", "-"))
 
 
-HELDOUT_NOTE = ("note: the held-out data differs between these revisions (data, n): their metrics are not "
-                "computed on the same samples")
+HELDOUT_NOTE = ("note: the held-out data differs between these revisions (the data column): their metrics are "
+                "not computed on the same samples")
 
 
 def table(points: Sequence[Point]) -> list[str]:

@@ -37,7 +37,11 @@ def add(ctx: click.Context, name: str, path: Path) -> None:
     if added.moved_from is not None:
         click.echo(f"{name}: path {added.moved_from} -> {added.path} in mlbuild.toml")
     result = added.imported
-    if result is None:
+    before = added.pinned_before
+    if result is None and before is not None and before != added.sha256:
+        click.echo(f"{name}: pinned {added.sha256[:16]}... (was {before[:16]}...), a version the store "
+                   f"already holds: nothing imported")
+    elif result is None:
         click.echo(f"{name}: unchanged (sha256 {added.sha256[:16]}...), nothing imported")
     else:
         files = f"{result.files} file{'' if result.files == 1 else 's'}"

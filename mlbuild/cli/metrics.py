@@ -73,7 +73,8 @@ def diff(ctx: click.Context, model: str, rev1: str, rev2: str) -> None:
     click.echo(f"suite version: {sa} -> {sb}" + ("  (the suite changed: some differences come from it)" if sa != sb else ""))
     da, db = m.heldout(a.report), m.heldout(b.report)
     click.echo(f"held-out data: {da[:8]} (n {a.report.get('n', '-')}) -> {db[:8]} (n {b.report.get('n', '-')})"
-               + (f"\n{m.HELDOUT_NOTE}" if da != db else ""))
+               + (f"\nnote: the held-out data differs between {rev1[:10]} and {rev2[:10]}: their metrics are not "
+                  f"computed on the same samples" if da != db else ""))
 
 
 @metrics.command("history")

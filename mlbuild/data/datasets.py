@@ -175,6 +175,7 @@ class Added:
     sha256: str
     path: str                    # as declared: relative to the project, or absolute outside it
     moved_from: str | None       # the path declared before, when this add changed it
+    pinned_before: str | None = None   # the lock's sha256 before this add
 
 
 def add(project: Project, name: str, path: Path) -> Added:
@@ -216,15 +217,32 @@ def add(project: Project, name: str, path: Path) -> Added:
     if config is not None:
         project.config_path.write_text(config)
     entry: dict[str, Any] = {"sha256": sha, "kind": "path"}
+    before = lock.get("datasets", {}).get(name, {})
     if result is not None:
         entry.update(files=result.files, size=result.size)
-    else:
-        entry.update({k: v for k, v in lock.get("datasets", {}).get(name, {}).items() if k in ("files", "size")})
+    elif before.get("sha256") == sha:
+        entry.update({k: v for k, v in before.items() if k in ("files", "size")})
+    else:   # back to a version the store holds (an edit undone): its own counts, not the last pin's
+        files, size = _tree_stats(Path(fixed_output_path(sha, name, recursive=True)))
+        entry.update(files=files, size=size)
     lock.setdefault("datasets", {})[name] = entry
     write_lock(project.lock_path, lock)
     if ignore is not None:
         git.add_ignore(*ignore)
-    return Added(result, sha, rel, declared if config is not None else None)
+    return Added(result, sha, rel, declared if config is not None else None, before.get("sha256"))
+
+
+def _tree_stats(root: Path) -> tuple[int, int]:
+    """Regular files under ``root`` and their total size, as an import counts them."""
+    if not root.is_dir():
+        return 1, root.stat().st_size
+    files = size = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for n in names:
+            st = os.lstat(os.path.join(dirpath, n))
+            if stat.S_ISREG(st.st_mode):
+                files, size = files + 1, size + st.st_size
+    return files, size
 
 
 @dataclass(frozen=True)
@@ -283,7 +301,7 @@ class FileDiff:
     change: str          # "added" | "removed" | "changed"
     old_size: int | None
     new_size: int | None
-    kinds: str = ""      # "file -> executable file" when what the entry is changed
+    kinds: str = ""      # what the entry is, when not a plain file: "symlink to x.csv", "file -> executable file"
 
 
 def _entry(p: Path, st: os.stat_result) -> tuple[int | None, str, str]:
@@ -345,8 +363,15 @@ def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:
         new_root = Path(new_path)
     file_name = Path(ds.path or name).name
     a, b = _files(Path(old_path), file_name), _files(new_root, file_name)
-    changes = [FileDiff(p, "removed", a[p][0], None) for p in a.keys() - b.keys()]
-    changes += [FileDiff(p, "added", None, b[p][0]) for p in b.keys() - a.keys()]
-    changes += [FileDiff(p, "changed", a[p][0], b[p][0], "" if a[p][2] == b[p][2] else f"{a[p][2]} -> {b[p][2]}")
+    def what(e: tuple[int | None, str, str]) -> str:
+        return f"symlink to {e[1]}" if e[2] == "symlink" else e[2]
+
+    def plain(e: tuple[int | None, str, str]) -> str:   # nothing to say of a plain file
+        return "" if e[2] == "file" else what(e)
+
+    changes = [FileDiff(p, "removed", a[p][0], None, plain(a[p])) for p in a.keys() - b.keys()]
+    changes += [FileDiff(p, "added", None, b[p][0], plain(b[p])) for p in b.keys() - a.keys()]
+    changes += [FileDiff(p, "changed", a[p][0], b[p][0],
+                         "" if a[p][2] == b[p][2] == "file" else f"{what(a[p])} -> {what(b[p])}")
                 for p in a.keys() & b.keys() if a[p] != b[p]]
     return sorted(changes, key=lambda d: d.path)

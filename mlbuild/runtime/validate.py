@@ -19,6 +19,7 @@ recomputes the metrics.
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import json
 import os
@@ -196,7 +197,12 @@ def _example_threshold(metrics: dict[str, float]) -> str:
     accuracy, else the first score, else the first error metric, at this model's own value."""
     scores = sorted(k for k in metrics if k not in LOWER_IS_BETTER)
     first = "accuracy" if "accuracy" in metrics else (scores or sorted(metrics))[0]
-    value = f"{metrics[first]:.3g}"
+    # three significant digits, rounded the way the model still passes: down for a score, up for an error
+    exact = decimal.Decimal(repr(float(metrics[first])))
+    if exact.is_finite() and exact != 0:
+        step = decimal.Decimal(1).scaleb(exact.adjusted() - 2)
+        exact = exact.quantize(step, rounding=decimal.ROUND_CEILING if first in LOWER_IS_BETTER else decimal.ROUND_FLOOR)
+    value = format(exact.normalize(), "f")
     rule = f'"<= {value}"' if first in LOWER_IS_BETTER else value
     return f"thresholds = {{ {first} = {rule} }} (this model's {first}; set the value the model must reach)"
 

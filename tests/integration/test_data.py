@@ -85,6 +85,25 @@ def test_readd_is_a_noop_and_change_is_detected(data_project: Path) -> None:
     assert "removed  new.txt" in between and "changed  rows.txt" in between
 
 
+def test_an_undone_edit_is_pinned_back_and_said(data_project: Path) -> None:
+    """Edit, add, undo the edit, add: it said "unchanged" while the pin moved back, and the lock
+    kept the edited version's size."""
+    rows = data_project / "data/raw/rows.txt"
+    original = rows.read_text()
+    first = lock(data_project)["datasets"]["raw"]
+    rows.write_text(original + "\n100")
+    run_cli("data", "add", "raw", "data/raw", cwd=data_project)
+    edited = lock(data_project)["datasets"]["raw"]
+    assert edited["size"] == first["size"] + 4
+    rows.write_text(original)
+    assert "changed" in run_cli("data", "status", cwd=data_project).stdout
+    out = run_cli("data", "add", "raw", "data/raw", cwd=data_project).stdout
+    assert out.strip() == (f"raw: pinned {first['sha256'][:16]}... (was {edited['sha256'][:16]}...), a version the "
+                           f"store already holds: nothing imported")
+    assert lock(data_project)["datasets"]["raw"] == first
+    assert run_cli("data", "add", "raw", "data/raw", cwd=data_project).stdout.startswith("raw: unchanged")
+
+
 def test_diff_shows_every_change_the_hash_sees(data_project: Path) -> None:
     """An executable bit, a new symlink, an empty folder: status said changed (the NAR hash
     covers them), while diff said "no differences"."""
@@ -98,9 +117,15 @@ def test_diff_shows_every_change_the_hash_sees(data_project: Path) -> None:
     assert "changed" in run_cli("data", "status", cwd=data_project).stdout
     lines = run_cli("data", "diff", "raw", cwd=data_project).stdout.splitlines()
     size = rows.stat().st_size
-    assert lines[0] == "added    alias  - -> -" and lines[1] == "added    empty/  - -> -"
+    assert lines[0] == "added    alias  - -> -  (symlink to rows.txt)"
+    assert lines[1] == "added    empty/  - -> -  (empty folder)"
     assert lines[2].startswith("changed  rows.txt") and lines[2].endswith("(file -> executable file)")
     assert len(lines) == 3 and size > 0
+    run_cli("data", "add", "raw", "data/raw", cwd=data_project)
+    (root / "alias").unlink()
+    os.symlink("empty", root / "alias")
+    assert run_cli("data", "diff", "raw", cwd=data_project).stdout.splitlines() == [
+        "changed  alias  - -> -  (symlink to rows.txt -> symlink to empty)"]
 
 
 def test_tracked_data_refused(data_project: Path) -> None:

@@ -189,3 +189,10 @@ def test_a_code_file_git_ignores_makes_the_tree_dirty(tree) -> None:
     (root / "extra.py").unlink()
     (root / "lib" / ".cache" / "x.json").unlink()
     assert not dirty_files(project)   # other.log is ignored but no stage reads it; tool caches never count
+    # nor when git does not ignore them: running model.py, opening a notebook in Jupyter
+    for junk in ("__pycache__/m.cpython-311.pyc", ".ipynb_checkpoints/nb-checkpoint.ipynb", "lib/x.pyc"):
+        (root / junk).parent.mkdir(parents=True, exist_ok=True)
+        (root / junk).write_text("")
+    (root / ".gitignore").write_text("/extra.py\n")
+    dirty = dirty_files(project)
+    assert (dirty.modified, dirty.untracked, dirty.ignored) == ([".gitignore"], ["other.log"], [])

@@ -63,6 +63,11 @@ def test_class_names_in_the_last_column_are_numbered_in_sorted_order(tmp_path: P
     # numbers with a missing cell: was "class 10.05, 10.08 ... has one row"
     ("".join(f"{i},{i},{i % 6}\n" for i in range(30)) + "9,9,n/a\n",
      "line 31: the class 'n/a' is not a number, while 6 of the 7 classes are; fill or drop the rows with missing"),
+    # ...with few classes too: it took "n/a" as a fourth class, or blamed its one row
+    ("".join(f"{i},{i},{i % 3}\n" for i in range(12)) + "9,9,N/A\n8,8,n/a\n",
+     "line 13: the class 'N/A' is not a number, while 3 of the 5 classes are; fill or drop the rows"),
+    ("".join(f"{i},{i},{i % 2}\n" for i in range(8)) + "9,9,?\n",
+     "line 9: the class '?' is not a number, while 2 of the 3 classes are"),
     ("1,2,0\n3,4,0\n5,6,0\n7,8,0\n", "one class only"),
     ("1,2,0\n3,4,0\n5,6,0\n7,8,1\n", "class 1 of"),
     ("1,2,cat\n3,4,cat\n5,6,dog\n7,8,cow\n", "class cow, dog of"),
@@ -164,7 +169,7 @@ def test_an_existing_gitignore_gets_the_lines_it_lacks(tmp_path: Path) -> None:
     root.mkdir()
     (root / ".gitignore").write_text("__pycache__/\nresult*")   # no final newline
     new = init_project(root, csv_path=csv(root))
-    assert (root / ".gitignore").read_text() == "__pycache__/\nresult*\n/data/\n"
+    assert (root / ".gitignore").read_text() == "__pycache__/\nresult*\n/data/\n.ipynb_checkpoints/\n"
     assert new.extended == [root / ".gitignore"] and root / ".gitignore" not in new.files
     assert (root / "mlbuild.toml").exists()
 

@@ -101,14 +101,19 @@ def test_a_gate_without_thresholds_fails_naming_the_metrics(
     ({"mae": 1.875, "r2": 0.912, "rmse": 2.3}, "r2 = 0.912"),          # a score before the error metrics
     ({"mae": 1.875, "rmse": 2.3}, 'mae = "<= 1.88"'),                  # an error metric: "<=", not a bare number
     ({"f1_macro": 0.5, "precision_macro": 0.4}, "f1_macro = 0.5"),
+    ({"accuracy": 0.9689}, "accuracy = 0.968"),                        # rounded down: 0.969 failed the model
+    ({"r2": -0.20913}, "r2 = -0.21"),                                  # down, below zero too
+    ({"mae": 1234.5}, 'mae = "<= 1240"'),                              # an error rounds up
+    ({"accuracy": 1.0}, "accuracy = 1"),
 ])
 def test_the_empty_gate_example_is_a_threshold_the_gate_accepts(metrics: dict[str, float], example: str) -> None:
     """The example for a regression model was `mae = 0.9`, which the gate itself refuses (a bare
-    number for an error metric)."""
+    number for an error metric); then `accuracy = 0.969` for a model of 0.9689, which it fails."""
     text = _example_threshold(metrics)
     assert text.startswith(f"thresholds = {{ {example} }}")
     name, _, rule = example.partition(" = ")
     assert parse_threshold(name, json.loads(rule))[1] == pytest.approx(float(rule.strip('"<= ')))
+    assert all(c["ok"] for c in check_thresholds(metrics, {name: json.loads(rule)}))   # the model passes it
 
 
 @pytest.mark.parametrize("rule", [1.5, ">= 1.01", "> 1", 90])
