@@ -167,8 +167,9 @@ def test_derived_dataset_is_cached_and_traced(data_project: Path) -> None:
     (data_project / "README.md").write_text("unrelated edit\n")
     commit_all(data_project, "readme")
     assert path in build(data_project, "datasets.split").stdout
-    # a change no earlier run of this test made (the store outlives test runs)
-    (data_project / "prepare.py").write_text(PREPARE.replace('params["train"]', '0.8') + f"# {data_project}\n")
+    # a change no earlier run of this test made (the store outlives test runs, and pytest reuses its
+    # temporary folders' names once /tmp/pytest-of-* is cleared)
+    (data_project / "prepare.py").write_text(PREPARE.replace('params["train"]', '0.8') + f"# {uuid.uuid4()}\n")
     commit_all(data_project, "prepare changed")
     changed = build(data_project, "datasets.split").stdout
     assert path not in changed and "built 1" in changed
