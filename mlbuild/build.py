@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from . import _nix, git
 from .config import Project, state_dir
@@ -28,6 +28,9 @@ from .errors import BuildError, ConfigError, MlbuildError
 from .flakepin import pinned_entry
 from .lockfile import read_lock
 from .toolchain import check_fresh
+
+if TYPE_CHECKING:   # the store's modules load only for a build that uses one
+    from .store.config import StoreConfig
 
 __all__ = ["build_targets", "Built", "Summary", "DirtyTreeError", "TargetError", "Progress", "check_clean",
            "check_model", "check_targets", "format_summary", "store_options", "push_outputs"]
@@ -133,28 +136,31 @@ class Summary:
     dirty: bool = False          # built from a dirty worktree (--allow-dirty): marked so in provenance
 
 
+def _code(table: Any, default: Any) -> list[str]:
+    """A stage's ``code`` list (default: its one script), as nix/*.nix give it to mkCode."""
+    code = table.get("code", [default]) if isinstance(table, dict) else []
+    return [f.rstrip("/") for f in code if isinstance(f, str)] if isinstance(code, list) else []
+
+
+def model_code(project: Project, model: str) -> list[str]:
+    """The files model ``model`` and its validation suite read."""
+    table = project.raw.get("models", {}).get(model)
+    if not isinstance(table, dict):
+        return []
+    v = table.get("validation")
+    return [*_code(table, table.get("script", f"{model}.py")),
+            *(_code(v, v["suite"]) if isinstance(v, dict) and "suite" in v else [])]
+
+
 def code_inputs(project: Project) -> list[str]:
     """The project files the stages read (each ``code`` list, or its default: the script, the
-    prepare script, the suite, the notebook), as nix/*.nix give them to mkCode."""
+    prepare script, the suite, the notebook)."""
     raw = project.raw
-    out: list[str] = []
-
-    def files(table: dict[str, Any], default: Any) -> None:
-        code = table.get("code", [default])
-        if isinstance(code, list):
-            out.extend(f.rstrip("/") for f in code if isinstance(f, str))
-
-    for t in (raw.get("datasets") or {}).values():
-        if isinstance(t, dict) and "prepare" in t:
-            files(t, t["prepare"])
-    for name, t in (raw.get("models") or {}).items():
-        if isinstance(t, dict):
-            files(t, t.get("script", f"{name}.py"))
-            if isinstance(t.get("validation"), dict) and "suite" in t["validation"]:
-                files(t["validation"], t["validation"]["suite"])
-    for t in (raw.get("notebooks") or {}).values():
-        if isinstance(t, dict) and "path" in t:
-            files(t, t["path"])
+    out = [f for t in (raw.get("datasets") or {}).values() if isinstance(t, dict) and "prepare" in t
+           for f in _code(t, t["prepare"])]
+    out += [f for m in (raw.get("models") or {}) for f in model_code(project, m)]
+    out += [f for t in (raw.get("notebooks") or {}).values() if isinstance(t, dict) and "path" in t
+            for f in _code(t, t["path"])]
     return sorted(set(out))
 
 
@@ -244,10 +250,10 @@ def _record(project: Project, built: Built, status: str, dirty: bool) -> None:
         f.write(json.dumps(entry, sort_keys=True) + "\n")
 
 
-def store_options(project: Project) -> list[str]:
-    """Nix options that substitute from the shared store (signatures checked), when one is set
-    up for this project or machine; none otherwise. A store that is named (in mlbuild.toml or
-    MLBUILD_STORE) or present but cannot be used is a warning: the build goes on without it, and
+def shared_store(project: Project) -> tuple[StoreConfig, list[str]] | None:
+    """The shared store set up for this project or machine and the Nix options that substitute
+    from it (signatures checked); None when there is none. A store that is named (in mlbuild.toml
+    or MLBUILD_STORE) or present but cannot be used is a warning: the build goes on without it, and
     what it would have fetched is rebuilt (or is missing), so the user must know why. A [store]
     table that is wrong (an unknown key, a bad value) is an error."""
     from .store.config import DEFAULT_ROOT, load_store_config
@@ -260,17 +266,27 @@ def store_options(project: Project) -> list[str]:
             if cfg.root != DEFAULT_ROOT or cfg.root.exists():
                 _warn_no_store(f"the shared store {cfg.root} is not set up (no such store there: an NFS mount "
                                f"that is not up, or a store never initialised; `mlbuild store init` makes one)")
-            return []
-        options = cfg.nix_options()
-        for key, theirs in cfg.shadowed_keys():
-            print(f"mlbuild: warning: the shared store's key {key} shares its name with {theirs} in Nix's own "
-                  f"configuration (trusted-public-keys): Nix keeps one key per name, so it may refuse the store's "
-                  f"signatures and rebuild what the store holds; give one of the keys another name",
-                  file=sys.stderr)
-        return options
+            return None
+        return cfg, cfg.nix_options()
     except MlbuildError as e:
         _warn_no_store(str(e))
-        return []
+        return None
+
+
+def store_options(project: Project) -> list[str]:
+    """The Nix options of ``shared_store`` (none without a usable store)."""
+    store = shared_store(project)
+    return store[1] if store is not None else []
+
+
+def warn_shadowed_keys(cfg: StoreConfig) -> None:
+    """Say so when Nix's own configuration gives a store key's name to another key: a build that
+    rebuilt what the store holds may be why. Asked only after a build built something (it runs
+    `nix show-config`, ~0.2 s, which a build that built nothing need not pay)."""
+    for key, theirs in cfg.shadowed_keys():
+        print(f"mlbuild: warning: the shared store's key {key} shares its name with {theirs} in Nix's own "
+              f"configuration (trusted-public-keys): Nix keeps one key per name, so it may refuse the store's "
+              f"signatures and rebuild what the store holds; give one of the keys another name", file=sys.stderr)
 
 
 def _warn_no_store(reason: str) -> None:
@@ -398,7 +414,8 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
         _check_push_target(project)
     total = Summary(dirty=dirty)
     t0 = time.monotonic()
-    extra = [*store_options(project), *extra]
+    store = shared_store(project)
+    extra = [*(store[1] if store is not None else []), *extra]
     for target in list(targets) or ["toolchain"]:
         stream = _Stream(target, on_progress)
         cmd = [*_nix.common_options(substituters), *extra, "build", "--json", "--no-link",
@@ -428,6 +445,8 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
         _record(project, built, "present" if not mine else "built", dirty)
         _nix.add_roots({target: path, **_derived_dataset_roots(project, target, result.get("drvPath"))},
                        state_dir(project.root) / "gcroots")
+    if store is not None and total.built:
+        warn_shadowed_keys(store[0])
     if do_push:
         push_outputs(project, total)
     total.seconds = time.monotonic() - t0

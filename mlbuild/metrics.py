@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import git
-from .build import Progress, Summary, build_targets, check_model
+from .build import Progress, Summary, build_targets, check_model, model_code
 from .config import Project, load_project
 from .errors import BuildError, MlbuildError
 from .runtime.validate import LOWER_IS_BETTER
@@ -114,10 +114,7 @@ def diff(project: Project, model: str, rev1: str, rev2: str) -> tuple[Point, Poi
 def history(project: Project, model: str) -> list[Point]:
     """One point per commit that changed the config, the lock, or the model's or suite's code."""
     check_model(project, model)
-    table = project.raw["models"][model]
-    files = ["mlbuild.toml", "mlbuild.lock", *table.get("code", [table.get("script", f"{model}.py")])]
-    v = table.get("validation", {})
-    files += v.get("code", [v["suite"]] if "suite" in v else [])
+    files = ["mlbuild.toml", "mlbuild.lock", *model_code(project, model)]
     existing = [f for f in files if (project.root / f).exists()]
     revs = git.log_revisions(project.root, existing)
     if not revs:

@@ -193,7 +193,7 @@ def test_a_key_name_nix_itself_trusts_is_refused_and_a_shadowed_store_key_is_tol
     """--key-name vm-mlbuild-1, the name of the machine's key in /etc/nix: accepted, then every
     build on another machine silently rebuilt (Nix kept the machine's key of that name)."""
     from mlbuild import _nix
-    from mlbuild.build import store_options
+    from mlbuild.build import shared_store, warn_shadowed_keys
     from mlbuild.config import load_project
     from mlbuild.store.admin import init_store
 
@@ -209,6 +209,28 @@ def test_a_key_name_nix_itself_trusts_is_refused_and_a_shadowed_store_key_is_tol
         monkeypatch.delenv(var, raising=False)
     (tmp_path / "p").mkdir()
     root = _project(tmp_path / "p", f'path = "{tmp_path / "s"}"\npublic-keys = ["{tmp_path / "w.pub"}"]')
-    assert store_options(load_project(root))   # still used, but said
+    store = shared_store(load_project(root))
+    assert store is not None and store[1]   # still used, and said once a build built something
+    warn_shadowed_keys(store[0])
     err = capsys.readouterr().err
     assert f"the shared store's key {store_key.public} shares its name with {machine.public}" in err
+
+
+def test_a_build_asks_nix_for_its_keys_only_once_it_built_something(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`nix show-config` costs ~0.2 s, a third of a build that builds nothing."""
+    from mlbuild import _nix
+    from mlbuild.build import store_options
+    from mlbuild.config import load_project
+    from mlbuild.store.layout import Layout
+
+    def asked() -> list[str]:
+        raise AssertionError("nix show-config ran")
+
+    monkeypatch.setattr(_nix, "configured_public_keys", asked)
+    for var in ("MLBUILD_STORE", "MLBUILD_STORE_SECRET_KEY", "MLBUILD_STORE_PUBLIC_KEYS"):
+        monkeypatch.delenv(var, raising=False)
+    generate_key_pair("t-1", tmp_path / "t.sec", tmp_path / "t.pub")
+    Layout(tmp_path / "s").init()
+    root = _project(tmp_path, f'path = "{tmp_path / "s"}"\npublic-keys = ["{tmp_path / "t.pub"}"]')
+    assert f"file://{tmp_path / 's'}" in store_options(load_project(root))
