@@ -77,6 +77,8 @@ rec {
     if builtins.pathExists path then builtins.fromJSON (builtins.readFile path)
     else throw "mlbuild: ${toString path} does not exist${untrackedHint path}; else run `${fix}`";
   readTOML = path: fix:
-    if builtins.pathExists path then builtins.fromTOML (builtins.readFile path)
+    if builtins.pathExists path
+    then builtins.addErrorContext "while reading ${toString path} (mlbuild: fix the TOML there)"
+      (builtins.fromTOML (builtins.readFile path))
     else throw "mlbuild: ${toString path} does not exist${untrackedHint path}; else ${fix}";
 }

@@ -186,6 +186,10 @@ def add(project: Project, name: str, path: Path) -> Added:
     path = path if path.is_absolute() else (Path.cwd() / path)
     if not path.exists():
         raise DataError(f"{path} does not exist; give the file or folder holding dataset {name!r}")
+    if _empty(path):
+        what = "an empty file" if path.is_file() else "a folder without a single file in it"
+        raise DataError(f"{path} is {what}: dataset {name!r} would hold no data. Put the data there first "
+                        f"(or give the file or folder that holds it), then run `mlbuild data add {name} PATH` again")
     if git.is_tracked(path):
         raise DataError(f"{path} is tracked by git; data never goes into git. Untrack it first: "
                         f"`git rm -r --cached {path}` (the files stay on disk), then run data add again")
@@ -230,6 +234,17 @@ def add(project: Project, name: str, path: Path) -> Added:
     if ignore is not None:
         git.add_ignore(*ignore)
     return Added(result, sha, rel, declared if config is not None else None, before.get("sha256"))
+
+
+def _empty(path: Path) -> bool:
+    """An empty file, or a folder with nothing but (empty) folders under it; stops at the first entry
+    that is data (a file or a symlink), so a big folder costs one directory read."""
+    if not path.is_dir():
+        return path.is_file() and path.stat().st_size == 0
+    for folder, dirs, names in os.walk(path):
+        if names or any(os.path.islink(os.path.join(folder, d)) for d in dirs):
+            return False
+    return True
 
 
 def _tree_stats(root: Path) -> tuple[int, int]:

@@ -234,8 +234,8 @@ def test_push_and_pull_datasets_through_the_shared_store(data_project: Path, tmp
 
 
 
-def _refused(root: Path, *expected: str) -> None:
-    proc = run_cli("data", "add", "new", "data/new", cwd=root, check=False)
+def _refused(root: Path, *expected: str, path: str = "data/new") -> None:
+    proc = run_cli("data", "add", "new", path, cwd=root, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert all(e in proc.stderr for e in expected), proc.stderr
 
@@ -265,6 +265,19 @@ def test_files_that_cannot_go_into_the_store_are_refused_and_nothing_is_written(
     (data_project / "data" / "alias").symlink_to(new)
     assert "2 files" in run_cli("data", "add", "new", "data/alias", cwd=data_project).stdout
     assert lock(data_project)["datasets"]["new"]["sha256"] == nar_sha256(str(new))
+
+
+def test_an_empty_dataset_is_refused_and_nothing_is_written(data_project: Path) -> None:
+    """An empty file or a folder of empty folders (data not exported yet) is no dataset."""
+    before = {f: (data_project / f).read_text() for f in ("mlbuild.toml", "mlbuild.lock")}
+    (data_project / "data" / "later" / "sub").mkdir(parents=True)
+    _refused(data_project, f"{data_project / 'data' / 'later'} is a folder without a single file in it: "
+             "dataset 'new' would hold no data", "then run `mlbuild data add new PATH` again", path="data/later")
+    (data_project / "data" / "rows.csv").write_text("")
+    _refused(data_project, f"{data_project / 'data' / 'rows.csv'} is an empty file", path="data/rows.csv")
+    assert {f: (data_project / f).read_text() for f in before} == before
+    (data_project / "data" / "later" / "sub" / "x.csv").write_text("1\n")
+    assert "1 file" in run_cli("data", "add", "new", "data/later", cwd=data_project).stdout
 
 
 def test_status_and_diff_name_a_pipe_instead_of_failing_or_blocking(data_project: Path) -> None:
