@@ -33,6 +33,10 @@ log = logging.getLogger("mlbuild.monitor")
 
 # Marks the suite's requests as probes: the server keeps them out of its live drift and feedback
 # windows (PROBE_HEADER in mlbuild/runtime/serve/names.py).
+#: Open Inference Protocol datatypes and the numpy types the monitor sends them as (JSON tensors).
+OIP_DTYPES = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+              "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64", "FP16": "float16",
+              "FP32": "float32", "FP64": "float64"}
 _HEADERS = {"content-type": "application/json", "mlbuild-probe": "validation-suite"}
 
 
@@ -101,10 +105,16 @@ class Monitor:
         meta = _http("GET", f"{self.url}/v2/models/{self.name}")
         model_hash = (meta.get("hashes") or {}).get("model", "unknown")
         outs: dict[str, list[Any]] = {}
+        spec = meta["inputs"][0]
+        datatype = spec.get("datatype", "FP32")
+        if datatype not in OIP_DTYPES:
+            raise ValueError(f"the server's input {spec.get('name')!r} has datatype {datatype!r}, which the monitor "
+                             f"cannot send (it sends {', '.join(OIP_DTYPES)})")
         for i in range(0, len(self.x), self.batch):
-            rows = np.asarray(self.x[i:i + self.batch], dtype=np.float32)
+            # The suite's rows in the served input's datatype (token ids stay exact integers).
+            rows = np.asarray(self.x[i:i + self.batch]).astype(OIP_DTYPES[datatype], copy=False)
             body = {"id": f"monitor-{int(time.time())}-{i}",
-                    "inputs": [{"name": meta["inputs"][0]["name"], "datatype": "FP32", "shape": list(rows.shape),
+                    "inputs": [{"name": spec["name"], "datatype": datatype, "shape": list(rows.shape),
                                 "data": rows.reshape(-1).tolist()}]}
             resp = _http("POST", f"{self.url}/v2/models/{self.name}/infer", body)
             for o in resp["outputs"]:

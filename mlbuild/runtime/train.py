@@ -35,6 +35,9 @@ __all__ = ["Context", "main", "run", "save_weights", "EVENT_PREFIX", "TASKS"]
 
 EVENT_PREFIX = "MLBUILD "
 TASKS = ("classification", "regression")
+#: The Open Inference Protocol datatypes the server takes (serve/package.py DATATYPES; a test keeps
+#: the two equal: the server's modules are not in the training's runtime).
+DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64")
 
 
 LOG_HEAD = 1 << 20   # characters of train.log kept from the start
@@ -124,6 +127,14 @@ class Context:
                 or not all(isinstance(d, int) and not isinstance(d, bool) and (d > 0 or d == -1) for d in input_shape)):
             raise SystemExit(f"mlbuild: {call}: input_shape must be a list of positive ints (or -1 for any size), "
                              f"one per dimension of a row (e.g. [64] for 64 features), got {input_shape!r}")
+        if datatype not in DATATYPES:
+            near = [d for d in DATATYPES if isinstance(datatype, str) and d == datatype.upper()]
+            raise SystemExit(f"mlbuild: {call}: datatype {datatype!r} is not an Open Inference Protocol datatype; "
+                             + (f"use {near[0]!r}" if near else f"use one of {', '.join(DATATYPES)}")
+                             + " (FP32 for float32 features, INT64 for token or category ids)")
+        if not isinstance(input_name, str) or not input_name.strip():
+            raise SystemExit(f"mlbuild: {call}: input_name must be a non-empty string (the name clients send), "
+                             f"got {input_name!r}")
         if labels is not None:
             if task != "classification":
                 raise SystemExit(f"mlbuild: {call}: labels name a classifier's classes; a {task} model has none "

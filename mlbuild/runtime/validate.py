@@ -80,9 +80,10 @@ def main() -> None:
     outputs: dict[str, list[Any]] = {}
     try:   # the server's own loading and inference: what fails here would fail the server too
         pkg = load_package(spec["package"])
+        rows = served_rows(x, pkg.input, f"mlbuild: validation of {spec['name']}", spec["script"])
         model = load_model(pkg, threads=1)
-        for i in range(0, len(x), 256):
-            for k, v in model.run(np.asarray(x[i:i + 256])).items():
+        for i in range(0, len(rows), 256):
+            for k, v in model.run(rows[i:i + 256]).items():
                 outputs.setdefault(k, []).append(v)
     except ServeError as e:
         raise SystemExit(f"mlbuild: validation of {spec['name']}: the package cannot serve: {e}") from None
@@ -104,6 +105,30 @@ def main() -> None:
     })
     (out / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     np.save(out / "predictions.npy", np.asarray(merged.get("label", next(iter(merged.values())))), allow_pickle=False)
+
+
+def served_rows(x: Any, spec: Any, who: str, script: str) -> Any:
+    """The suite's inputs as the server would take them (``spec``: the package's input): a shape or
+    kind of value a request could not have is refused as the server refuses it (a 400), naming
+    both sides; the rest is cast to the input's datatype, as the server casts a request's data."""
+    import numpy as np
+
+    arr = np.asarray(x)
+    want, got = list(spec.shape), list(arr.shape)
+    if len(got) != len(want) or any(w != -1 and w != g for w, g in zip(want[1:], got[1:])):
+        raise SystemExit(f"{who}: load() in {script} gives inputs of shape {got}, but the model takes {spec.name!r} "
+                         f"of shape {want} (-1: any size), and the server refuses requests of that shape (a 400): "
+                         f"make load() return rows of the model's shape (e.g. x.reshape(len(x), "
+                         f"{', '.join(str(d) for d in want[1:])})), or fix ctx.describe(input_shape=...) in training")
+    kind = np.dtype(spec.dtype).kind
+    allowed = {"b": "b", "i": "iu", "u": "iu"}.get(kind, "iuf")
+    if arr.dtype.kind not in allowed:
+        needs = {"b": "booleans", "iu": "integers", "iuf": "numbers"}[allowed]
+        raise SystemExit(f"{who}: load() in {script} gives inputs of {arr.dtype}, but the model takes {spec.name!r} "
+                         f"as {spec.datatype}, which needs {needs}, and the server refuses such data (a 400): "
+                         f"return {spec.datatype} values from load() (e.g. x.astype(numpy.{np.dtype(spec.dtype).name})), "
+                         f"or fix ctx.describe(datatype=...) in training")
+    return arr.astype(spec.dtype, copy=False)
 
 
 def heldout_hash(x: Any, y: Any) -> str:

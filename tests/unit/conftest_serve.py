@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-__all__ = ["MLP_SOURCE", "SLOW_SOURCE", "build_package", "load_reference", "digits_split", "ServerProcess",
+__all__ = ["MLP_SOURCE", "SLOW_SOURCE", "TOKENS_SOURCE", "tokens_config", "build_package", "load_reference", "digits_split", "ServerProcess",
            "connect"]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,6 +71,33 @@ class Slow(nn.Module):
 def build_model(params):
     return Slow(params["features"], params["classes"], params["sleep"])
 '''
+
+TOKENS_SOURCE = '''\
+"""A bag of token ids (INT64 input [-1, 6]) over a 50-token vocabulary; preprocess refuses others."""
+import numpy as np
+import torch
+from torch import nn
+
+VOCAB = 50
+
+
+def build_model(params):
+    return nn.Sequential(nn.EmbeddingBag(VOCAB, 8), nn.Linear(8, params["classes"]))
+
+
+def preprocess(x):
+    if x.size and (x.min() < 0 or x.max() >= VOCAB):
+        raise ValueError(f"token ids must be in 0..{VOCAB - 1}")
+    return torch.from_numpy(np.ascontiguousarray(x))
+'''
+
+
+def tokens_config() -> dict[str, Any]:
+    """config.json entries of TOKENS_SOURCE's model (3 classes a, b, c): build_package's extra_config."""
+    return {"labels": ["a", "b", "c"], "inputs": [{"name": "tokens", "datatype": "INT64", "shape": [-1, 6]}],
+            "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+                        {"name": "label", "datatype": "INT64", "shape": [-1]}]}
+
 
 _counter = itertools.count()
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mlbuild.runtime.monitor import Monitor
-from tests.unit.conftest_serve import ServerProcess, build_package, digits_split
+from tests.unit.conftest_serve import TOKENS_SOURCE, ServerProcess, build_package, digits_split, tokens_config
 
 SUITE = '''\
 from pathlib import Path
@@ -115,5 +115,28 @@ def test_a_wrong_url_names_the_request_and_the_server_s_answer(tmp_path: Path) -
         server.stop()
         gone = Monitor(spec(tmp_path / "n", pkg), f"http://{server.url}", None).run_once()
         assert gone["error"].startswith(f"GET http://{server.url}/v2/models/digits: [Errno 111] Connection refused")
+    finally:
+        server.stop()
+
+
+def test_the_monitor_sends_the_served_input_s_datatype(tmp_path: Path) -> None:
+    """A model of INT64 token ids: the monitor sent every row as FP32, which the server refuses
+    (400), so such a model read as unreachable for ever."""
+    pkg = build_package(tmp_path / "pkg", name="bag", source=TOKENS_SOURCE, train_steps=0, params={"classes": 3},
+                        extra_config=tokens_config())
+    (tmp_path / "suite").mkdir()
+    (tmp_path / "suite" / "validate.py").write_text(
+        "import numpy as np\n\ndef load(data):\n"
+        "    x = np.arange(60, dtype=np.int64).reshape(10, 6) % 50\n"
+        "    return x, np.arange(10) % 3\n")
+    (tmp_path / "data").mkdir()
+    spec = {"name": "bag", "suite": str(tmp_path / "suite"), "script": "validate.py", "dataset": str(tmp_path / "data"),
+            "thresholds": {"accuracy": 0.0}, "task": "classification", "labels": ["a", "b", "c"],
+            "package": str(pkg), "suite_version": "test"}
+    server = ServerProcess(pkg, tmp_path / "server").ready()
+    try:
+        out = Monitor(spec, f"http://{server.url}", None).run_once()
+        assert "error" not in out, out
+        assert 0.0 <= out["metrics"]["accuracy"] <= 1.0
     finally:
         server.stop()

@@ -18,7 +18,7 @@ import pytest
 from mlbuild.runtime.serve.app import ServerState, create_app
 from mlbuild.runtime.serve.metrics import ServerMetrics
 from mlbuild.runtime.serve.package import load_package
-from tests.unit.conftest_serve import MLP_SOURCE, build_package
+from tests.unit.conftest_serve import MLP_SOURCE, TOKENS_SOURCE, build_package, tokens_config
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's note about httpx vs httpx2
@@ -427,3 +427,63 @@ def test_huge_finite_inputs_that_overflow_the_model_are_a_400(served: tuple[Test
     assert len(state.live.predictions) == 0
     y[0, 5] = 1e5   # far out, but within a million times the training scale: answered
     assert client.post("/v2/models/digits/infer", content=_body(y)).status_code == 200
+
+
+
+
+def test_a_preprocess_value_error_refuses_only_its_request_with_a_400(tmp_path: Path) -> None:
+    """A handler's ValueError is the client's fault: a 400 with its message, for that request
+    only (a batch it shared is retried alone), and the server stays ready, nothing logged as a
+    model failure."""
+    pkg = build_package(tmp_path / "pkg", name="bag", source=TOKENS_SOURCE, train_steps=0,
+                        params={"classes": 3}, extra_config=tokens_config())
+    state = ServerState(load_package(pkg), ServerMetrics(process=False), threads=1, verify=False)
+
+    def body(rows: list[list[int]]) -> dict[str, Any]:
+        return {"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [len(rows), 6],
+                            "data": [v for r in rows for v in r]}]}
+
+    with TestClient(create_app(state)) as client:
+        _wait(lambda: state.ready)
+        gc.unfreeze()
+        results: dict[int, Any] = {}
+
+        def send(i: int, rows: list[list[int]]) -> None:
+            results[i] = client.post("/v2/models/bag/infer", json=body(rows))
+
+        threads = [threading.Thread(target=send, args=(i, [[1, 2, 3, 0, 0, 99 if i == 3 else 4]]))
+                   for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results[3].status_code == 400
+        assert results[3].json() == {"error": "preprocess refused the input: token ids must be in 0..49"}
+        assert all(results[i].status_code == 200 for i in results if i != 3)
+        r = client.post("/v1/models/bag:predict", json={"instances": [[1, 2, 3, 0, 0, -1]]})
+        assert r.status_code == 400 and "token ids must be in 0..49" in r.json()["error"]
+        assert client.get("/v2/health/ready").status_code == 200
+
+
+def test_drift_is_measured_for_inputs_of_more_than_two_dimensions(tmp_path: Path) -> None:
+    """save_reference flattens each row ([1, 8, 8] -> 64 features); the drift window did not take
+    such inputs at all (no psi, rows 0) while the alert and dashboard expected them."""
+    source = MLP_SOURCE.replace("return nn.Sequential(", "return nn.Sequential(nn.Flatten(),")
+    pkg = build_package(tmp_path / "pkg", name="cnn", source=source, train_steps=0,
+                        extra_config={"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]})
+    x = np.random.default_rng(0).random((200, 64))
+    edges = np.quantile(x, np.linspace(0, 1, 11)[1:-1], axis=0).T
+    (pkg / "model" / "reference.json").write_text(json.dumps({
+        "mean": x.mean(0).tolist(), "std": x.std(0).tolist(), "edges": edges.tolist(),
+        "fractions": [[0.1] * 10 for _ in range(64)]}))
+    state = ServerState(load_package(pkg), ServerMetrics(process=False), threads=1, verify=False)
+    state.live.min_drift_rows = 10
+    with TestClient(create_app(state)) as client:
+        _wait(lambda: state.ready)
+        gc.unfreeze()
+        images = np.random.default_rng(1).random((12, 1, 8, 8)).astype(np.float32)
+        assert client.post("/v2/models/cnn/infer", content=_body(images)).status_code == 200
+        state.live.refresh(force=True)
+        assert _rows_in_drift_window(client) == 12
+        text = client.get("/metrics").text
+        assert 'mlbuild_input_drift_psi{feature="63",model="cnn"}' in text

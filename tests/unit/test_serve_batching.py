@@ -222,3 +222,24 @@ def test_the_nonfinite_check_answers_only_its_own_request() -> None:
     assert isinstance(results[2], ValueError)
     np.testing.assert_array_equal(results[1]["y"], _rows(2.0))   # type: ignore[index]
     np.testing.assert_array_equal(results[3]["y"], _rows(4.0))   # type: ignore[index]
+
+
+def test_a_request_that_fails_alone_is_checked_by_the_guard_first() -> None:
+    """A row far beyond the training data's scale that makes the model raise is refused as such
+    (the guard's error, a 400 in the app), not answered as the model's failure."""
+    run = Recorder()
+
+    class Guard:
+        def suspect(self, x: np.ndarray, out: dict[str, np.ndarray]) -> bool:
+            return False
+
+        def check(self, x: np.ndarray, out: dict[str, np.ndarray]) -> None:
+            if (np.abs(x) > 1e6).any():
+                raise LookupError("far beyond the training data")
+
+    async def scenario(b: MicroBatcher) -> list[object]:
+        return list(await asyncio.gather(b.submit(_rows(-1e9)), b.submit(_rows(-1)), return_exceptions=True))
+
+    results = asyncio.run(_with_batcher(run, scenario, guard=Guard()))
+    assert isinstance(results[0], LookupError)   # the guard's refusal
+    assert isinstance(results[1], ValueError)    # an ordinary row: the model's own error

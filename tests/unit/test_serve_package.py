@@ -155,8 +155,9 @@ def test_outputs_that_do_not_fit_the_config_fail_the_warm_up(tmp_path: Path) -> 
     pkg = build_package(tmp_path / "p", train_steps=0, extra_config={
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 11]}]})
     # the user's code or what training declared is wrong: rebuilding the package would not help
-    with pytest.raises(PackageError, match=r"warm-up .* To fix it: fix the model in model\.py, or the outputs "
-                                           r"training declared \(ctx\.describe\), then rebuild\.$"):
+    with pytest.raises(PackageError, match=r"warm-up .* To fix it: fix the model in model\.py, or what training "
+                                           r"declared with ctx\.describe \(input_shape=\[64\], datatype='FP32'; "
+                                           r"the outputs follow task=\), then rebuild\.$"):
         load_model(load_package(pkg))
 
 

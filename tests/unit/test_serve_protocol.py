@@ -357,3 +357,10 @@ def test_the_input_guard_without_reference_statistics_refuses_only_overflow() ->
     assert with_scale.suspect(x, fine)
     with pytest.raises(ProtocolError, match=r"^input row\(s\) 0, 1 hold values far beyond"):
         with_scale.check(x, fine)
+
+
+def test_floats_for_an_integer_input_say_how_to_write_them() -> None:
+    """A float array's .tolist() sends 1.0 for a token id: the message says what to send instead."""
+    err = _error(_json_body([1.0, 2, 3, 0, 0, 0, 0, 0], datatype="INT64"), pkg=_pkg("INT64"))
+    assert err.message == ("input 'input': data is of kind float64; datatype INT64 needs integers "
+                           "(write whole numbers as 1, not 1.0)")

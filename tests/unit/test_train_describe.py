@@ -23,6 +23,9 @@ def ctx(tmp_path: Path) -> Context:
     ({"input_shape": [64], "labels": "0123"}, "labels must be a list of class names (strings), got '0123'"),
     ({"input_shape": [64], "labels": [0, 1]}, "labels must be a list of class names"),
     ({"task": "regression", "input_shape": [10], "labels": ["a"]}, "a regression model has none (drop labels=)"),
+    ({"input_shape": [6], "datatype": "fp32"}, "datatype 'fp32' is not an Open Inference Protocol datatype; use 'FP32'"),
+    ({"input_shape": [6], "datatype": "float32"}, "use one of BOOL, UINT8"),
+    ({"input_shape": [6], "input_name": ""}, "input_name must be a non-empty string"),
 ])
 def test_bad_descriptions_are_refused_with_the_fix(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(SystemExit) as e:
@@ -39,3 +42,9 @@ def test_good_descriptions_give_the_signature(tmp_path: Path) -> None:
     assert c.signature["task"] == "classification" and c.signature["labels"] == ["a", "b"]
     assert c.signature["inputs"][0]["shape"] == [-1, 1, 8, 8]
     assert c.signature["outputs"][0]["shape"] == [-1, 2]
+
+
+def test_describe_takes_the_datatypes_the_server_does() -> None:
+    from mlbuild.runtime.serve.package import DATATYPES
+    from mlbuild.runtime.train import DATATYPES as TRAIN_DATATYPES
+    assert TRAIN_DATATYPES == tuple(DATATYPES)

@@ -139,3 +139,29 @@ def test_a_percent_for_a_fraction_metric_is_refused(name: str, rule: object) -> 
         parse_threshold(name, rule)
     assert parse_threshold(name, 0.9) == (">=", 0.9) and parse_threshold("mae", "<= 90") == ("<=", 90.0)
     assert parse_threshold(name, "<= 1") == ("<=", 1.0)
+
+
+def test_the_suite_s_inputs_are_checked_and_cast_as_the_server_takes_a_request() -> None:
+    """Validation ran the model on the suite's arrays as they came: a CNN fed [N, 64] rows gave a
+    torch traceback, and float rows for an INT64 model passed though the server refuses them."""
+    import numpy as np
+
+    from mlbuild.runtime.serve.package import TensorSpec
+    from mlbuild.runtime.validate import served_rows
+
+    cnn = TensorSpec("input", "FP32", (-1, 1, 8, 8))
+    with pytest.raises(SystemExit) as e:
+        served_rows(np.zeros((5, 64)), cnn, "mlbuild: validation of cnn", "validate.py")
+    assert str(e.value.code) == (
+        "mlbuild: validation of cnn: load() in validate.py gives inputs of shape [5, 64], but the model takes "
+        "'input' of shape [-1, 1, 8, 8] (-1: any size), and the server refuses requests of that shape (a 400): "
+        "make load() return rows of the model's shape (e.g. x.reshape(len(x), 1, 8, 8)), or fix "
+        "ctx.describe(input_shape=...) in training")
+    rows = served_rows(np.zeros((5, 1, 8, 8)), cnn, "v", "validate.py")
+    assert rows.dtype == np.float32 and rows.shape == (5, 1, 8, 8)   # float64 -> the server's FP32
+    tokens = TensorSpec("tokens", "INT64", (-1, -1))
+    with pytest.raises(SystemExit, match=r"gives inputs of float32, but the model takes 'tokens' as INT64, which "
+                                         r"needs integers.*x\.astype\(numpy\.int64\)"):
+        served_rows(np.zeros((2, 6), np.float32), tokens, "v", "validate.py")
+    assert served_rows(np.arange(12, dtype=np.int32).reshape(2, 6), tokens, "v", "validate.py").dtype == np.int64
+    assert served_rows(np.ones((2, 1, 8, 8), np.int64), cnn, "v", "validate.py").dtype == np.float32

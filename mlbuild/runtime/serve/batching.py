@@ -17,7 +17,8 @@ A request with more rows than ``max_batch_size`` runs alone. Outputs are split b
 and resolved on the event loop.
 
 If a combined batch fails, each of its requests is retried alone, so one bad request cannot fail
-its neighbours.
+its neighbours; a request that fails alone is checked by the guard first (a row far beyond the
+training data's scale is refused as such, not answered as the model's failure).
 """
 
 from __future__ import annotations
@@ -189,7 +190,13 @@ class MicroBatcher:
                 for item in batch:  # isolate the request that broke the batch
                     self._execute([item])
                 return
-            self._resolve([(batch[0].future, e)])  # the app logs it and answers 500
+            failure: BaseException = e   # the app logs it and answers 500 (a ProtocolError: its 4xx)
+            if self._guard is not None:
+                try:  # a row far beyond the training data's scale that broke the model is the client's
+                    self._guard.check(batch[0].array, {})
+                except Exception as refused:
+                    failure = refused
+            self._resolve([(batch[0].future, failure)])
             return
         self._last_done = time.perf_counter()
         self._last_rows = sum(item.rows for item in batch)

@@ -159,6 +159,7 @@ class LiveQuality:
         self.regression = regression
         self.output = output
         self.reference = reference
+        self.features = len(reference.get("mean", [])) if isinstance(reference, dict) else 0
         self.labels = labels
         self.label_index = {name: i for i, name in reversed(list(enumerate(labels or [])))}
         self.classes = classes if classes is not None else len(labels) if labels else None
@@ -221,8 +222,11 @@ class LiveQuality:
                 self.predictions.move_to_end(request_id)
                 while len(self.predictions) > self.remember:
                     self.predictions.popitem(last=False)
-            if self.reference is not None and inputs.ndim == 2:
-                self.inputs.append(inputs)
+            # Rows as the reference has them (save_reference flattens each row: a [1, 8, 8] image
+            # is 64 features); rows of another width (a variable-length input) have no reference.
+            flat = inputs.reshape(len(inputs), -1) if inputs.ndim >= 2 else None
+            if self.reference is not None and flat is not None and flat.shape[1] == self.features:
+                self.inputs.append(flat)
                 self.input_rows += len(inputs)
                 while self.input_rows - len(self.inputs[0]) >= self.drift_window:
                     self.input_rows -= len(self.inputs.popleft())

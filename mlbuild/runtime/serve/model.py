@@ -6,7 +6,10 @@ The user's module (``config.module``, imported from ``PKG/code``) defines
 ``postprocess(outputs: torch.Tensor) -> dict[str, numpy.ndarray]``. Defaults: the input as a
 float32 tensor; for ``task == "classification"``, ``{"probabilities": softmax, "label": argmax}``;
 otherwise ``{<first output>: outputs}``. Any output declared ``[-1]`` that comes back ``[N, 1]``
-(from the default or the user's postprocess) is served as ``[N]``.
+(from the default or the user's postprocess) is served as ``[N]``. A ``ValueError`` raised by
+``preprocess`` refuses the request's input (``InputRefused``: a 400 with its message), so a handler
+can say which rows it cannot take (a token id beyond the vocabulary); any other exception, or one
+from the model itself, is the model's failure (a 500).
 
 Weights are read with safetensors (memory-mapped) and assigned into the module without an extra
 copy (``load_state_dict(strict=True, assign=True)``); the file's sha256 is checked against the
@@ -29,14 +32,21 @@ from safetensors.torch import load_file
 
 from ..hashing import sha256_file
 from .package import Package, PackageError, ServeError
+from .protocol import ProtocolError
 
-__all__ = ["LoadedModel", "ModelError", "load_model", "default_threads", "sha256_file"]
+__all__ = ["LoadedModel", "ModelError", "InputRefused", "load_model", "default_threads", "sha256_file"]
 
 Preprocess = Callable[[np.ndarray], torch.Tensor]
 Postprocess = Callable[[torch.Tensor], dict[str, np.ndarray]]
 
 class ModelError(ServeError):
     """The model (user code) failed or returned outputs that do not fit ``config.outputs``."""
+
+class InputRefused(ProtocolError):
+    """The user's ``preprocess`` refused the input with a ``ValueError``: the client's fault (400)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message)
 
 def cgroup_cpus(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self/cgroup")) -> float | None:
     """The CPU quota of this process's cgroup and its parents (``podman run --cpus 1``, a
@@ -153,7 +163,11 @@ class LoadedModel:
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         rows = int(batch.shape[0])
         with torch.inference_mode():
-            raw = self.postprocess(self.module(self.preprocess(batch)))
+            try:
+                x = self.preprocess(batch)
+            except ValueError as e:
+                raise InputRefused(f"preprocess refused the input: {str(e)[:500]}") from None
+            raw = self.postprocess(self.module(x))
         if not isinstance(raw, dict):
             raise ModelError(f"postprocess returned {type(raw).__name__}, expected a dict of arrays")
         result: dict[str, np.ndarray] = {}
@@ -217,7 +231,8 @@ def load_model(pkg: Package, threads: int | None = None, verify: bool = True) ->
     except Exception as e:   # the user's code or the outputs it declared: rebuilding would not help
         handlers = [n for n in ("preprocess", "postprocess") if getattr(user, n, None) is not None]
         raise PackageError(pkg.root, f"warm-up inference on zeros{list(warm.shape)} failed: {type(e).__name__}: {e}",
-                           fix=f"fix {' and '.join(handlers) or 'the model'} in {pkg.module}.py, or the outputs "
-                               f"training declared (ctx.describe), then rebuild") from e
+                           fix=f"fix {' and '.join(handlers) or 'the model'} in {pkg.module}.py, or what training "
+                               f"declared with ctx.describe (input_shape={list(spec.shape[1:])}, "
+                               f"datatype={spec.datatype!r}; the outputs follow task=), then rebuild") from e
     model.load_seconds = time.perf_counter() - start
     return model

@@ -152,8 +152,10 @@ def _from_json_data(spec: TensorSpec, data: Any, shape: tuple[int, ...], datatyp
     if kind not in allowed or arr.size != math.prod(shape):
         if kind not in allowed:
             what = "empty" if arr.size == 0 else "not numbers" if kind not in "biuf" else f"of kind {arr.dtype}"
+            # a float array's .tolist() sends 1.0 for 1: JSON integers have no fraction
+            hint = " (write whole numbers as 1, not 1.0)" if allowed == "iu" and kind == "f" else ""
             raise _bad(f"input {spec.name!r}: data is {what}; datatype {datatype} needs "
-                       f"{'booleans' if allowed == 'b' else 'integers' if allowed == 'iu' else 'numbers'}")
+                       f"{'booleans' if allowed == 'b' else 'integers' if allowed == 'iu' else 'numbers'}{hint}")
         raise _bad(f"input {spec.name!r}: data has {arr.size} element(s), shape {list(shape)} needs {math.prod(shape)}")
     if kind != "b" and _has_bool(data):  # numpy would silently read true/false as 1/0
         raise _bad(f"input {spec.name!r}: data holds true/false; datatype {datatype} needs numbers")
