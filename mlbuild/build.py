@@ -143,13 +143,28 @@ def _code(table: Any, default: Any) -> list[str]:
 
 
 def model_code(project: Project, model: str) -> list[str]:
-    """The files model ``model`` and its validation suite read."""
+    """The files model ``model`` and its validation suite read, with the code of every derived
+    dataset they are made from (a changed prepare.py changes the training and held-out data)."""
     table = project.raw.get("models", {}).get(model)
     if not isinstance(table, dict):
         return []
     v = table.get("validation")
-    return [*_code(table, table.get("script", f"{model}.py")),
-            *(_code(v, v["suite"]) if isinstance(v, dict) and "suite" in v else [])]
+    files = [*_code(table, table.get("script", f"{model}.py")),
+             *(_code(v, v["suite"]) if isinstance(v, dict) and "suite" in v else [])]
+    datasets = project.raw.get("datasets") or {}
+    todo = [d for d in (table.get("datasets") or []) if isinstance(d, str)]
+    if isinstance(v, dict) and isinstance(v.get("dataset"), str):
+        todo.append(v["dataset"])
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        t = datasets.get(name) if isinstance(datasets, dict) else None
+        if name in seen or not isinstance(t, dict) or "prepare" not in t:
+            continue
+        seen.add(name)
+        files += _code(t, t["prepare"])
+        todo += [d for d in (t.get("inputs") or []) if isinstance(d, str)]
+    return list(dict.fromkeys(files))
 
 
 def code_inputs(project: Project) -> list[str]:

@@ -121,7 +121,9 @@ def log_revisions(project: Path, names: list[str]) -> list[str]:
     if root is None:
         return []
     paths = [str((project.resolve() / n).relative_to(root.resolve())) for n in names]
-    out = _git(root, "log", "--format=%H", "--reverse", "--", *paths).stdout
+    # --topo-order: parents before children whatever the commit dates say (a branch's commit dated
+    # before its fork point came first).
+    out = _git(root, "log", "--format=%H", "--topo-order", "--reverse", "--", *paths).stdout
     return out.split()
 
 

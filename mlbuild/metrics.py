@@ -112,7 +112,8 @@ def diff(project: Project, model: str, rev1: str, rev2: str) -> tuple[Point, Poi
 
 
 def history(project: Project, model: str) -> list[Point]:
-    """One point per commit that changed the config, the lock, or the model's or suite's code."""
+    """One point per commit that changed the config, the lock, or the code of the model, its suite
+    or the derived datasets they use."""
     check_model(project, model)
     files = ["mlbuild.toml", "mlbuild.lock", *model_code(project, model)]
     existing = [f for f in files if (project.root / f).exists()]
@@ -200,9 +201,17 @@ def _figure(model: str, points: Sequence[Point]) -> Any:
     fig, axes = plt.subplots(len(groups) or 1, 1, figsize=(8, 4.5 if len(groups) < 2 else 7), dpi=100,
                              sharex=True, squeeze=False)
     xs = list(range(len(points)))
+    # Where the held-out data changes, the line breaks at a dotted rule: the metrics on either side
+    # are not computed on the same samples (the table's note).
+    changes = [i for i in xs[1:] if heldout(points[i].report) != heldout(points[i - 1].report)]
     for ax, (group, label) in zip(axes[:, 0], groups):
-        for name in group:
-            ax.plot(xs, [p.report["metrics"].get(name) for p in points], marker="o", label=name)
+        for j, name in enumerate(group):
+            ys = [p.report["metrics"].get(name) for p in points]
+            for k, (lo, hi) in enumerate(zip([0, *changes], [*changes, len(xs)])):
+                ax.plot(xs[lo:hi], ys[lo:hi], marker="o", color=f"C{j}", label=name if k == 0 else None)
+        for i, x in enumerate(changes):
+            ax.axvline(x - 0.5, color="0.5", linestyle=":", linewidth=1,
+                       label="held-out data changed" if i == 0 and ax is axes[0, 0] else None)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
@@ -222,12 +231,16 @@ def _plot(model: str, points: Sequence[Point]) -> bytes:
     return buf.getvalue()
 
 
-def write_reports(model: str, points: Sequence[Point], out_dir: Path) -> dict[str, Path]:
-    """history.png, report.html (self-contained) and metrics.prom in ``out_dir``."""
+def write_reports(model: str, points: Sequence[Point], out_dir: Path, worktree: bool = False) -> dict[str, Path]:
+    """<model>-history.png, -report.html (self-contained) and -metrics.prom in ``out_dir``; for the
+    worktree alone (``metrics show``), <model>-worktree.png, .html and .prom, so that a look at
+    the worktree does not write over the history's files."""
     out_dir.mkdir(parents=True, exist_ok=True)
     png = _plot(model, points)
-    files = {"png": out_dir / f"{model}-history.png", "html": out_dir / f"{model}-report.html",
-             "prom": out_dir / f"{model}-metrics.prom"}
+    files = ({"png": out_dir / f"{model}-worktree.png", "html": out_dir / f"{model}-worktree.html",
+              "prom": out_dir / f"{model}-worktree.prom"} if worktree else
+             {"png": out_dir / f"{model}-history.png", "html": out_dir / f"{model}-report.html",
+              "prom": out_dir / f"{model}-metrics.prom"})
     files["png"].write_bytes(png)
     rows = table(points)
     ok_rows = [r for r in rows[1:] if ": build failed" not in r]

@@ -17,10 +17,10 @@ _OUT = click.option("--out", "out_dir", type=click.Path(file_okay=False, path_ty
                     help="Where to write the PNG, HTML and Prometheus files (default: .mlbuild/reports).")
 
 
-def _write(ctx: click.Context, model: str, points: list[m.Point], out_dir: Path | None) -> None:
+def _write(ctx: click.Context, model: str, points: list[m.Point], out_dir: Path | None, worktree: bool = False) -> None:
     for line in m.table(points):
         click.echo(line)
-    files = m.write_reports(model, points, out_dir or state_dir(load(ctx).root) / "reports")
+    files = m.write_reports(model, points, out_dir or state_dir(load(ctx).root) / "reports", worktree=worktree)
     for kind, path in files.items():
         click.echo(f"{kind:>5}: {path}")
 
@@ -52,7 +52,7 @@ def metrics() -> None:
 @click.pass_context
 def show(ctx: click.Context, model: str, allow_dirty: bool, out_dir: Path | None) -> None:
     """MODEL's validation metrics for the working tree."""
-    _write(ctx, model, [m.show(load(ctx), model, allow_dirty=allow_dirty)], out_dir)
+    _write(ctx, model, [m.show(load(ctx), model, allow_dirty=allow_dirty)], out_dir, worktree=True)
 
 
 @metrics.command("diff")

@@ -196,3 +196,44 @@ def test_a_code_file_git_ignores_makes_the_tree_dirty(tree) -> None:
     (root / ".gitignore").write_text("/extra.py\n")
     dirty = dirty_files(project)
     assert (dirty.modified, dirty.untracked, dirty.ignored) == ([".gitignore"], ["other.log"], [])
+
+
+def test_metrics_history_follows_the_data_code_in_topological_order(tree) -> None:  # type: ignore[no-untyped-def]
+    """History skipped a commit that changed only prepare.py (new training and held-out data),
+    and listed a branch's commit dated before its fork point first."""
+    import os
+    import subprocess
+
+    from mlbuild.build import model_code
+    from mlbuild.config import load_project
+    from mlbuild.git import log_revisions
+
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n'
+                                 '[datasets.raw]\npath = "data"\n'
+                                 '[datasets.clean]\nprepare = "clean.py"\ninputs = ["raw"]\n'
+                                 '[datasets.split]\nprepare = "split.py"\ncode = ["split.py", "lib/"]\ninputs = ["clean"]\n'
+                                 '[datasets.other]\nprepare = "other.py"\ninputs = []\n'
+                                 '[models.m]\nscript = "m.py"\ndatasets = ["split"]\n'
+                                 '[models.m.validation]\nsuite = "v.py"\ndataset = "split"\n',
+                 "m.py": "", "v.py": "", "clean.py": "", "split.py": "", "lib/a.py": "", "other.py": ""})
+    assert model_code(load_project(root), "m") == ["m.py", "v.py", "split.py", "lib", "clean.py"]
+
+    def git(*args: str, date: str | None = None) -> str:
+        env = {**os.environ, **({"GIT_COMMITTER_DATE": date, "GIT_AUTHOR_DATE": date} if date else {})}
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, env=env,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-qm", "root")
+    git("checkout", "-qb", "x")
+    (root / "clean.py").write_text("# drop bad rows\n")
+    git("commit", "-qam", "old-dated", date="2020-01-01T00:00:00")
+    git("checkout", "-q", "main")
+    (root / "m.py").write_text("# wider\n")
+    git("commit", "-qam", "wider")
+    git("merge", "-q", "--no-edit", "x")
+    files = ["mlbuild.toml", *model_code(load_project(root), "m")]
+    subjects = [git("log", "-1", "--format=%s", rev) for rev in log_revisions(root, files)]
+    assert subjects[0] == "root" and set(subjects[1:3]) == {"old-dated", "wider"}
+    assert subjects[3:] == ["Merge branch 'x'"]

@@ -58,3 +58,26 @@ def test_a_split_whose_training_rows_alone_changed_scores_the_same_samples() -> 
                          "dataset": {"sha256": "2" * 64}, "heldout": {"sha256": same}}, "/nix/store/y")
     lines = table([a, b])
     assert lines[1].split()[2] == same[:8] and not lines[-1].startswith("note:")
+
+
+def test_the_plot_breaks_its_lines_where_the_held_out_data_changes() -> None:
+    """One continuous line joined metrics computed on different samples (45, then 55 rows)."""
+    def at(rev: str, acc: float, data: str) -> Point:
+        return Point(rev * 40, {"metrics": {"accuracy": acc}, "heldout": {"sha256": data * 64}}, "/nix/store/x")
+
+    fig = _figure("wine", [at("a", 0.95, "1"), at("b", 0.96, "1"), at("c", 0.98, "2")])
+    lines = fig.get_axes()[0].get_lines()
+    segments = [list(line.get_xdata()) for line in lines if line.get_linestyle() != ":"]
+    assert segments == [[0, 1], [2]]
+    assert [line.get_label() for line in lines if line.get_linestyle() == ":"] == ["held-out data changed"]
+    plt.close(fig)
+
+
+def test_metrics_show_does_not_write_over_the_history_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from mlbuild.metrics import write_reports
+
+    history = write_reports("wine", points({"accuracy": 0.9}, {"accuracy": 0.95}), tmp_path)
+    before = {k: p.read_bytes() for k, p in history.items()}
+    shown = write_reports("wine", points({"accuracy": 0.97}), tmp_path, worktree=True)
+    assert {p.name for p in shown.values()} == {"wine-worktree.png", "wine-worktree.html", "wine-worktree.prom"}
+    assert {k: p.read_bytes() for k, p in history.items()} == before
