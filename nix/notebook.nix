@@ -37,7 +37,7 @@ rec {
       assert lib.assertMsg (builtins.isBool test)
         "${where}.test is ${builtins.toJSON test}; use true or false";
       assert lib.assertMsg (builtins.isInt timeout && timeout > 0)
-        "${where}.timeout is ${builtins.toJSON timeout}; use a number of seconds > 0";
+        "${where}.timeout is ${builtins.toJSON timeout}; use a whole number of seconds > 0 (timeout = 600, a TOML integer)";
       pythonStage {
         name = "${name}-notebook";
         inherit toolchain;
@@ -48,7 +48,7 @@ rec {
           version = 1;
           notebook = name;
           inherit path timeout;
-          code = mkCode { inherit src; files = t.code or [ path ]; what = "${where}.code"; };
+          code = mkCode { inherit src; files = t.code or [ path ]; what = if t ? code then "${where}.code" else "${where}.path"; };
           datasets = builtins.listToAttrs (map (d: { name = d; value = "${datasets.${d}}"; }) wanted);
           params = t.params or { };
           toolchain = "${toolchain}";

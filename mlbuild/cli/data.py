@@ -38,10 +38,10 @@ def add(ctx: click.Context, name: str, path: Path) -> None:
         click.echo(f"{name}: path {added.moved_from} -> {added.path} in mlbuild.toml")
     result = added.imported
     before = added.pinned_before
-    if result is None and before is not None and before != added.sha256:
+    if (result is None or result.existed) and before is not None and before != added.sha256:
         click.echo(f"{name}: pinned {added.sha256[:16]}... (was {before[:16]}...), a version the store "
                    f"already holds: nothing imported")
-    elif result is None:
+    elif result is None or (result.existed and before == added.sha256):
         click.echo(f"{name}: unchanged (sha256 {added.sha256[:16]}...), nothing imported")
     else:
         files = f"{result.files} file{'' if result.files == 1 else 's'}"

@@ -199,6 +199,15 @@ def add(project: Project, name: str, path: Path) -> Added:
         raise DataError(f"dataset {name!r} is a {existing.kind} dataset; `data add` is for local files and folders")
     root = project.root.resolve()
     source = path.resolve()   # a symlinked file or folder: its content is the data
+    if table is None:   # a new name for data another dataset declares: most likely a typo
+        for other, t in (project.raw.get("datasets") or {}).items():
+            declared_path = t.get("path") if isinstance(t, dict) else None
+            if isinstance(declared_path, str) and (root / declared_path).resolve() == source:
+                raise DataError(f"{path} is dataset {other!r} already, and mlbuild.toml declares no {name!r}: "
+                                f"to pin its new version, run `mlbuild data add {other} {declared_path}`. A second "
+                                f"dataset over the same data is declared by hand: [datasets.{name}] "
+                                f"path = \"{declared_path}\" in mlbuild.toml, then `mlbuild data add {name} "
+                                f"{declared_path}`")
     rel = source.relative_to(root).as_posix() if source.is_relative_to(root) else str(source)
     declared = existing.path if existing is not None else None
     config = None     # mlbuild.toml's new text, when the declaration changes

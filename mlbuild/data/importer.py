@@ -40,6 +40,7 @@ class Imported:
     nar_size: int
     files: int
     size: int
+    existed: bool = False   # the store held this version already (hashed, nothing copied)
 
 
 class _Copier:
@@ -228,7 +229,8 @@ def _fast_import(src: Path, name: str) -> Imported:
         sha = c.h.hexdigest()
         target = fixed_output_path(sha, name, recursive=True)
         # A path not on disk is not valid (no Nix call needed); one on disk may be valid already.
-        if os.path.lexists(target) and not _nix.invalid_paths([target]):
+        existed = os.path.lexists(target) and not _nix.invalid_paths([target])
+        if existed:
             _remove(str(stage))
         else:
             if os.path.lexists(target):  # an invalid leftover of an interrupted import
@@ -241,7 +243,7 @@ def _fast_import(src: Path, name: str) -> Imported:
         raise
     finally:
         c.stopped = True
-    return Imported(target, sha, c.nar_size, c.files, c.size)
+    return Imported(target, sha, c.nar_size, c.files, c.size, existed)
 
 
 def _count(src: Path) -> tuple[int, int]:
@@ -267,7 +269,8 @@ def _slow_import(src: Path, name: str) -> Imported:
     except NotStorableError as e:   # the same message as the fast path's
         raise not_storable(e.path) from None
     target = fixed_output_path(sha, name, recursive=True)
-    if _nix.invalid_paths([target]):
+    existed = not _nix.invalid_paths([target])
+    if not existed:
         with tempfile.TemporaryDirectory(prefix="mlbuild-import-") as tmp:
             named = Path(tmp) / name
             try:  # a hard-link tree with the store name, no copy on the same file system
@@ -278,7 +281,7 @@ def _slow_import(src: Path, name: str) -> Imported:
             got = _nix.add_fixed(named, recursive=True)
         if got != target:
             raise ValueError(f"Nix stored {src} at {got}, expected {target}")
-    return Imported(target, sha, 0, files, size)
+    return Imported(target, sha, 0, files, size, existed)
 
 
 def import_path(src: Path, name: str) -> Imported:

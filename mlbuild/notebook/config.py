@@ -14,6 +14,8 @@ reported with the fix rather than as an evaluation error::
 
 from __future__ import annotations
 
+import json
+
 import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -80,10 +82,11 @@ def _one(project: Project, name: str, table: Any) -> NotebookConfig:
         raise NotebookConfigError(f"{where}.params must be a table, got {params!r}")
     timeout = table.get("timeout", 600)
     if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
-        raise NotebookConfigError(f"{where}.timeout is {timeout!r}; use a number of seconds > 0")
+        raise NotebookConfigError(f"{where}.timeout is {json.dumps(timeout)}; use a whole number of seconds > 0 "
+                                  "(timeout = 600, a TOML integer)")
     test = table.get("test", False)
     if not isinstance(test, bool):
-        raise NotebookConfigError(f"{where}.test is {test!r}; use true or false")
+        raise NotebookConfigError(f"{where}.test is {json.dumps(test)}; use true or false")
     return NotebookConfig(name, path, datasets, dict(params), code, timeout, test)
 
 

@@ -5,7 +5,8 @@ What a module cannot run, and what happens to it:
 - Display and session settings (``%matplotlib inline``, ``%load_ext autoreload``, ``%config``,
   ``obj?`` help...) change nothing a module computes: always dropped, with a comment.
 - Timing wrappers keep their statement: ``%time x = f()`` becomes ``x = f()``; the cell magics
-  ``%%time``, ``%%timeit``, ``%%prun`` and ``%%capture`` (without a variable) keep their body.
+  ``%%time``, ``%%timeit``, ``%%prun`` and ``%%capture`` keep their body (``%%capture out``: its
+  output is printed, not captured into ``out``).
 - Everything else (shell escapes ``!ls``, ``%cd``, ``%run``, ``%pip``, cell magics such as
   ``%%bash`` or ``%%writefile``) is either dropped with a comment (policy ``"comment"``, the
   default) or refused (policy ``"error"``): refused lines make the export fail, listing each.
@@ -113,10 +114,11 @@ def _cell_magic(lines: list[str], cell: int, policy: MagicPolicy,
     first = next(i for i, l in enumerate(lines) if l.strip())
     head = lines[first].strip()
     name, _, args = head[2:].partition(" ")
-    named_capture = name == "capture" and bool(_strip_options(args))
-    if name in BODY_CELL_MAGICS and not named_capture:
+    variable = _strip_options(args) if name == "capture" else ""
+    if name in BODY_CELL_MAGICS:
         found.append(Magic(cell, first + 1, head, "cell magic", "kept body"))
-        lines[first] = f"{NOTE} %%{name}: cell magic dropped, its body kept"
+        lines[first] = f"{NOTE} %%{name}: cell magic dropped, its body kept" + (
+            f" (its output is not captured into {variable})" if variable else "")
         return lines, True
     action = "refused" if policy == "error" else "dropped"
     found.append(Magic(cell, first + 1, head, "cell magic", action))
@@ -172,6 +174,16 @@ def _is_ipython(line: str) -> bool:
     return m is not None and _is_target(m["lhs"])
 
 
+def _leading_indent(lines: list[str]) -> list[str]:
+    """IPython's ``leading_indent`` transform: when a cell's first line is indented, that indent is
+    taken off every line starting with it (an indented cell runs in Jupyter)."""
+    first = next((l for l in lines if l.strip()), "")
+    indent = first[:len(first) - len(first.lstrip())]
+    if not indent:
+        return lines
+    return [l[len(indent):] if l.startswith(indent) else l for l in lines]
+
+
 def rewrite_cell(source: str, cell: int, policy: MagicPolicy = "comment") -> tuple[str, list[Magic]]:
     """Rewrite the code of notebook cell ``cell`` (1-based, for messages) into plain Python.
 
@@ -180,7 +192,7 @@ def rewrite_cell(source: str, cell: int, policy: MagicPolicy = "comment") -> tup
     if policy not in POLICIES:
         raise ValueError(f"policy {policy!r}: use one of {POLICIES}")
     found: list[Magic] = []
-    lines = source.splitlines()
+    lines = _leading_indent(source.splitlines())
     if any(l.strip() for l in lines) and next(l for l in lines if l.strip()).lstrip().startswith("%%"):
         lines, code = _cell_magic(lines, cell, policy, found)
         if not code:

@@ -203,16 +203,18 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
     config = Config()
     config.KernelManager.transport = "ipc"         # unix sockets: no TCP, no ports
     config.KernelManager.ip = str(tmp / "kernel")  # socket path prefix (short: < 108 bytes)
-    state = {"index": 0, "started": 0}
+    state = {"index": 0}
     since = {"cell": 0.0}   # when the running cell started (time.monotonic)
     code_cells = sum(1 for c in nb.cells if c.cell_type == "code")
 
     def started(cell: Any, cell_index: int) -> None:
         state["index"] = cell_index
         since["cell"] = time.monotonic()
-        if cell.cell_type == "code":
-            state["started"] += 1
-            _event(event="cell", notebook=name, cell=state["started"], cells=code_cells)
+        if cell.cell_type == "code" and cell_index != injected:
+            # numbered as the user counts (and as a failure names it): every cell of theirs, the
+            # injected one left out
+            _event(event="cell", notebook=name, cell=cell_index + 1 if cell_index < injected else cell_index,
+                   cells=len(nb.cells) - 1)
 
     timeout = int(spec.get("timeout", 600))
     client = NotebookClient(nb, timeout=timeout, startup_timeout=120,
@@ -231,7 +233,7 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
         why = (f"the cell ran past the notebook's timeout of {timeout} s ([notebooks.{name}].timeout in "
                f"mlbuild.toml); it was interrupted" if timed_out else f"{type(e).__name__}: {e}")
         message = format_failure(rel, number, nb.cells[i], why)
-        if timed_out:   # the cell's own traceback shows only a KeyboardInterrupt
+        if timed_out and why not in message:   # the cell's traceback shows only a KeyboardInterrupt
             message += f"\nmlbuild: {why}"
         print(message, file=sys.stderr, flush=True)
         raise SystemExit(1) from None

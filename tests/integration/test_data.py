@@ -102,6 +102,17 @@ def test_an_undone_edit_is_pinned_back_and_said(data_project: Path) -> None:
                            f"store already holds: nothing imported")
     assert lock(data_project)["datasets"]["raw"] == first
     assert run_cli("data", "add", "raw", "data/raw", cwd=data_project).stdout.startswith("raw: unchanged")
+    # undone by an editor that writes a new file (sed -i): hashed again, found in the store, said
+    rows.write_text(original + "\n100")
+    run_cli("data", "add", "raw", "data/raw", cwd=data_project)
+    fresh = rows.with_name("rows.txt.new")
+    fresh.write_text(original)
+    fresh.replace(rows)
+    out = run_cli("data", "add", "raw", "data/raw", cwd=data_project).stdout
+    assert out.strip() == (f"raw: pinned {first['sha256'][:16]}... (was {edited['sha256'][:16]}...), a version the "
+                           f"store already holds: nothing imported")
+    rows.write_text(original)   # new mtime, same content: hashed again, still the pinned version
+    assert run_cli("data", "add", "raw", "data/raw", cwd=data_project).stdout.startswith("raw: unchanged")
 
 
 def test_diff_shows_every_change_the_hash_sees(data_project: Path) -> None:
@@ -265,6 +276,20 @@ def test_files_that_cannot_go_into_the_store_are_refused_and_nothing_is_written(
     (data_project / "data" / "alias").symlink_to(new)
     assert "2 files" in run_cli("data", "add", "new", "data/alias", cwd=data_project).stdout
     assert lock(data_project)["datasets"]["new"]["sha256"] == nar_sha256(str(new))
+
+
+def test_a_new_name_for_a_declared_dataset_s_data_is_refused(data_project: Path) -> None:
+    """`data add raw-typo data/raw` declared a second dataset over raw's data, and raw stayed on
+    its old version."""
+    before = {f: (data_project / f).read_text() for f in ("mlbuild.toml", "mlbuild.lock")}
+    proc = run_cli("data", "add", "rwa", "data/raw", cwd=data_project, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert (f"{data_project / 'data/raw'} is dataset 'raw' already, and mlbuild.toml declares no 'rwa': to pin its "
+            "new version, run `mlbuild data add raw data/raw`") in proc.stderr, proc.stderr
+    assert {f: (data_project / f).read_text() for f in before} == before
+    # declared by hand, a second name over the same data is taken
+    (data_project / "mlbuild.toml").write_text(before["mlbuild.toml"] + '\n[datasets.copy]\npath = "data/raw"\n')
+    assert "unchanged" not in run_cli("data", "add", "copy", "data/raw", cwd=data_project).stdout
 
 
 def test_an_empty_dataset_is_refused_and_nothing_is_written(data_project: Path) -> None:

@@ -193,6 +193,12 @@ def test_bad_table_is_reported_before_nix(nb_project: Path) -> None:
         evaluated = nix("eval", "--file", str(REPO / "nix" / "entry.nix"), "--argstr", "src", str(nb_project),
                         "notebooks.typo.drvPath", check=False)
         assert evaluated.returncode != 0 and "[notebooks.typo].datasets names [\"rwa\"]" in evaluated.stderr
+        # a missing notebook (no code list): named by the key the user wrote, path
+        toml.write_text(original + '\n[notebooks.ghost]\npath = "ghost.ipynb"\n')
+        evaluated = nix("eval", "--file", str(REPO / "nix" / "entry.nix"), "--argstr", "src", str(nb_project),
+                        "notebooks.ghost.drvPath", check=False)
+        assert evaluated.returncode != 0 and "[notebooks.ghost].path names ghost.ipynb, which does not exist" \
+            in evaluated.stderr, evaluated.stderr
     finally:
         toml.write_text(original)
 

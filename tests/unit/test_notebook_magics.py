@@ -85,8 +85,21 @@ def test_other_cell_magics_become_comments_or_errors() -> None:
     assert "# echo hi" in code
     _, found = rewrite_cell("%%writefile out.txt\nhello", 4, "error")
     assert found[0].action == "refused" and found[0].kind == "cell magic"
-    _, found = rewrite_cell("%%capture out\nprint(1)", 4)
-    assert found[0].action == "dropped"  # a named capture defines `out`: not only its body
+
+
+def test_a_named_capture_keeps_its_body_too() -> None:
+    """`%%capture out` was kept as a comment, so its cell's names were undefined in the module."""
+    code, found = rewrite_cell("%%capture out\nprint('c')\nx = 1", 4)
+    assert found[0].action == "kept body"
+    assert code.splitlines() == ["# [mlbuild export] %%capture: cell magic dropped, its body kept (its output is not "
+                                 "captured into out)", "print('c')", "x = 1"]
+
+
+def test_an_indented_cell_is_dedented_as_ipython_does() -> None:
+    code, found = rewrite_cell("  %time y = 2", 1)
+    assert code.splitlines() == ["# [mlbuild export] %time dropped, its statement kept", "y = 2"]
+    code, _ = rewrite_cell("  x = 1\n  if x:\n      print(x)", 1)
+    assert code == "x = 1\nif x:\n    print(x)"
 
 
 def test_unknown_policy() -> None:
