@@ -22,6 +22,7 @@ from . import git
 from .build import Progress, Summary, build_targets, check_model, validation_table
 from .config import Project, state_dir
 from .errors import ConfigError
+from .metrics import heldout
 
 __all__ = ["parse_sets", "split_sets", "typed_overrides", "run", "show", "Variant", "format_value", "describe"]
 
@@ -163,6 +164,7 @@ class Variant:
     dirty: bool = False         # built from uncommitted files (--allow-dirty)
     held_out: dict[str, float] = field(default_factory=dict)   # its validation report's metrics
     data: str | None = None     # the training datasets' hashes, shortened (a data change shows here)
+    heldout_data: str | None = None   # the samples its validation report scored (their hash)
 
 
 def show(project: Project, model: str) -> list[Variant]:
@@ -184,10 +186,11 @@ def show(project: Project, model: str) -> list[Variant]:
         last = recs[-1]
         commit = next((r["git_rev"] for r in recs if r.get("git_rev")), None)
         report = next((r["report"] for r in reversed(recs) if r.get("report")), None)
+        scored = _read(Path(report) / "metrics.json") if report else {}
         variants.append(Variant(last["overrides"], last["params"], path, last["status"], len(recs), metrics,
                                 commit[:12] if commit else None, any(r.get("dirty") for r in recs),
-                                _read(Path(report) / "metrics.json").get("metrics", {}) if report else {},
-                                _data(Path(path))))
+                                scored.get("metrics", {}), _data(Path(path)),
+                                heldout(scored) if scored.get("metrics") else None))
     return variants
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -132,8 +133,20 @@ def exp() -> None:
 @click.pass_context
 def exp_run(ctx: click.Context, model: str, sets: tuple[str, ...], allow_dirty: bool) -> None:
     """Build a variant of MODEL with params overridden."""
-    summary, record = experiments.run(load(ctx), model, sets, allow_dirty=allow_dirty, on_progress=_Bar())
+    project = load(ctx)
+    summary, record = experiments.run(project, model, sets, allow_dirty=allow_dirty, on_progress=_Bar())
     click.echo(f"{model} {experiments.describe(record['overrides'])}: {record['status']} -> {record['path']}")
+    if record.get("report"):   # its held-out metrics, against today's thresholds (what its image would need)
+        from ..runtime.validate import check_thresholds
+
+        report = json.loads((Path(record["report"]) / "metrics.json").read_text())
+        thresholds = (b.validation_table(project, model) or {}).get("thresholds") or {}
+        checks = check_thresholds(report.get("metrics", {}), thresholds) if thresholds else []
+        shown = [c["metric"] for c in checks] or sorted(report.get("metrics", {}))[:4]
+        values = ", ".join(f"{k} {report['metrics'][k]:.4f}" for k in shown if k in report.get("metrics", {}))
+        failed = [f"{c['metric']} {c['op']} {c['threshold']}" for c in checks if not c["ok"]]
+        gate = ("" if not checks else "; gate: pass" if not failed else f"; gate: FAIL ({', '.join(failed)})")
+        click.echo(f"  test: {values} (n {report.get('n', '-')}){gate}")
 
 
 @exp.command("show")
@@ -163,8 +176,9 @@ def exp_show(ctx: click.Context, model: str) -> None:
 
     head = [*keys, *(f"train:{k}" for k in mkeys), *(f"test:{k}" for k in hkeys), "gate", "data", "commit",
             "status", "runs", "store path"]
-    rows = [[*((experiments.format_value(v.params[k]) + ("*" if k in v.overrides else "")) if k in v.params else "-"
-               for k in keys),
+    configured = (project.raw.get("models", {}).get(model) or {}).get("params") or {}
+    rows = [[*((experiments.format_value(v.params[k]) + ("*" if configured.get(k, object()) != v.params[k] else ""))
+               if k in v.params else "-" for k in keys),
              *(f"{v.metrics[k]:.4f}" if k in v.metrics else "-" for k in mkeys),
              *(f"{v.held_out[k]:.4f}" if k in v.held_out else "-" for k in hkeys),
              gate(v), v.data or "-", (v.commit or "-") + ("+dirty" if v.dirty else ""), v.status, str(v.runs), v.path]
@@ -173,8 +187,12 @@ def exp_show(ctx: click.Context, model: str) -> None:
     click.echo("  ".join(h.ljust(w) for h, w in zip(head, widths)))
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)))
-    click.echo("* set by --set; train: the training log's last epoch; test: the held-out validation report; "
-               "gate: test metrics against today's thresholds; data: the training datasets' hashes")
+    click.echo("* differs from mlbuild.toml's params; train: the training log's last epoch; test: the held-out "
+               "validation report; gate: test metrics against today's thresholds; data: the training datasets' hashes")
+    scored = {v.heldout_data for v in variants if v.heldout_data}
+    if len(scored) > 1:
+        click.echo(f"note: the test metrics were computed on {len(scored)} different held-out sets (the data "
+                   "changed between runs): compare only rows of the same data")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
