@@ -192,6 +192,9 @@ def check_clean(project: Project) -> None:
     more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
     fix = ("; a code file git ignores is in no commit (and `nix build` never sees it): `git add -f` it, or "
            "take it out of `code`" if dirty.ignored else "")
+    if any(os.path.basename(p) == "flake.lock" for p in [*dirty.modified, *dirty.untracked]):
+        fix += ("; flake.lock is what `nix flake lock` (or the first `nix build`/`nix run`) writes: commit it "
+                "(`git add flake.lock && git commit`)")
     raise DirtyTreeError(
         "the worktree is not clean, so the inputs of this build would not be known:\n"
         + "\n".join(lines[:20]) + more

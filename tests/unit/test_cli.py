@@ -196,6 +196,11 @@ def test_a_code_file_git_ignores_makes_the_tree_dirty(tree) -> None:
     (root / ".gitignore").write_text("/extra.py\n")
     dirty = dirty_files(project)
     assert (dirty.modified, dirty.untracked, dirty.ignored) == ([".gitignore"], ["other.log"], [])
+    # the flake.lock the first `nix run` writes: the message says to commit it
+    (root / "flake.lock").write_text("{}")
+    with pytest.raises(DirtyTreeError, match=r"untracked: flake\.lock[\s\S]*flake\.lock is what `nix flake lock` "
+                                             r"\(or the first `nix build`/`nix run`\) writes: commit it"):
+        check_clean(project)
 
 
 def test_metrics_history_follows_the_data_code_in_topological_order(tree) -> None:  # type: ignore[no-untyped-def]
