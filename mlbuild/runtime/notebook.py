@@ -221,8 +221,20 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
                             kernel_name="python3", record_timing=False, config=config,
                             on_cell_start=started,
                             resources={"metadata": {"path": str((work / rel).parent)}})
+    # The kernel process's own stderr (not the cells' output, which comes as messages) goes to a
+    # file, replayed into the build log afterwards: at a timeout it is only the interrupted
+    # kernel's shutdown noise (ZMQError tracebacks), which came before mlbuild's message.
+    kernel_log = tmp / "kernel-stderr.log"
+
+    def replay_kernel_log() -> None:
+        text = kernel_log.read_text(errors="replace") if kernel_log.exists() else ""
+        if text.strip():
+            sys.stderr.write(text if text.endswith("\n") else text + "\n")
+            sys.stderr.flush()
+
     try:
-        client.execute()
+        with open(kernel_log, "wb") as kernel_stderr:
+            client.execute(stderr=kernel_stderr)
     except (CellControlSignal, CellTimeoutError, DeadKernelError) as e:
         i = state["index"]
         number = i + 1 if i < injected else i  # as the user counts: without the injected cell
@@ -232,11 +244,14 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
             getattr(e, "ename", "") == "KeyboardInterrupt" and time.monotonic() - since["cell"] >= timeout)
         why = (f"the cell ran past the notebook's timeout of {timeout} s ([notebooks.{name}].timeout in "
                f"mlbuild.toml); it was interrupted" if timed_out else f"{type(e).__name__}: {e}")
+        if not timed_out:
+            replay_kernel_log()
         message = format_failure(rel, number, nb.cells[i], why)
         if timed_out and why not in message:   # the cell's traceback shows only a KeyboardInterrupt
             message += f"\nmlbuild: {why}"
         print(message, file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+    replay_kernel_log()
     normalize(nb)
     stored = out / Path(rel).name
     with open(stored, "w", encoding="utf-8") as f:
