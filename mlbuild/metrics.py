@@ -94,7 +94,11 @@ def _report_at(project: Project, model: str, rev: str, required: bool = True) ->
         old = _at(project, rev, Path(tmp))
         if "validation" not in old.raw.get("models", {}).get(model, {}):
             if required:
-                raise MlbuildError(f"at revision {rev!r}, mlbuild.toml declares no [models.{model}.validation]")
+                models = sorted(old.raw.get("models", {}))
+                what = (f"no model {model!r} (its models: {', '.join(models)}; a model renamed since has its "
+                        f"reports under its old name there)" if model not in old.raw.get("models", {}) and models
+                        else f"no [models.{model}.validation]")
+                raise MlbuildError(f"at revision {rev!r}, mlbuild.toml declares {what}")
             return None
         # A snapshot from git is clean by construction (it is not a worktree).
         return _report(old, model, rev, allow_dirty=True)

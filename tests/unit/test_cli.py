@@ -242,3 +242,25 @@ def test_metrics_history_follows_the_data_code_in_topological_order(tree) -> Non
     subjects = [git("log", "-1", "--format=%s", rev) for rev in log_revisions(root, files)]
     assert subjects[0] == "root" and set(subjects[1:3]) == {"old-dated", "wider"}
     assert subjects[3:] == ["Merge branch 'x'"]
+
+
+def test_metrics_diff_across_a_rename_names_the_old_models(tree) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    table = '[project]\nname = "p"\n[models.{0}]\nscript = "m.py"\n[models.{0}.validation]\nsuite = "v.py"\n' \
+            'thresholds = {{ accuracy = 0.9 }}\n'
+    root = tree({"mlbuild.toml": table.format("wine"), "m.py": "", "v.py": ""})
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "wine")
+    (root / "mlbuild.toml").write_text(table.format("vino"))
+    git("commit", "-qam", "renamed")
+    proc = run_cli("metrics", "diff", "vino", "HEAD~1", "HEAD", cwd=root, check=False)
+    assert proc.returncode == 1
+    assert ("at revision 'HEAD~1', mlbuild.toml declares no model 'vino' (its models: wine; a model renamed since "
+            "has its reports under its old name there)") in proc.stderr, proc.stderr
