@@ -142,10 +142,18 @@ def _ldd(path: str) -> tuple[dict[str, str], str | None, list[str]]:
 
 
 def _ldconfig() -> dict[str, str]:
-    try:
-        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
-    except OSError:
-        out = ""
+    """The loader cache (``ldconfig -p``): soname -> 64-bit library path. ldconfig lives in /sbin,
+    which a user's PATH often lacks: without it the snapshot silently missed libstdc++ and the
+    other manylinux libraries (another lock, and a toolchain that does not build)."""
+    found_at = [p for p in (shutil.which("ldconfig"), "/sbin/ldconfig", "/usr/sbin/ldconfig")
+                if p and os.access(p, os.X_OK)]
+    if not found_at:
+        raise InterpreterError("ldconfig (the loader cache's reader, in /sbin) is not on this machine, and mlbuild "
+                               "needs it to find the interpreter's libraries; install it (apt-get install libc-bin)")
+    proc = subprocess.run([found_at[0], "-p"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise InterpreterError(f"`{found_at[0]} -p` failed: {proc.stderr.strip()[:300]}")
+    out = proc.stdout
     found: dict[str, str] = {}
     for line in out.splitlines():
         m = re.match(r"^\s*(\S+) \(([^)]*)\) => (\S+)$", line)

@@ -101,7 +101,14 @@ def _report_at(project: Project, model: str, rev: str, required: bool = True) ->
                 raise MlbuildError(f"at revision {rev!r}, mlbuild.toml declares {what}")
             return None
         # A snapshot from git is clean by construction (it is not a worktree).
-        return _report(old, model, rev, allow_dirty=True)
+        try:
+            return _report(old, model, rev, allow_dirty=True)
+        except BuildError:
+            raise
+        except MlbuildError as e:   # a stale lock, a config mistake: that commit as it was committed
+            text = str(e).replace(f"{old.root}/", "").replace(str(old.root), ".")
+            raise MlbuildError(f"at revision {rev[:10]}: {text} (in that commit: it cannot be validated as it "
+                               "was committed)") from None
 
 
 def diff(project: Project, model: str, rev1: str, rev2: str) -> tuple[Point, Point]:
@@ -132,10 +139,16 @@ def history(project: Project, model: str) -> list[Point]:
             last = [l for l in str(e).splitlines() if l.strip()][-1:]
             points.append(Point(rev, {}, "", f"build failed: {last[0].strip() if last else e}"))
             continue
+        except MlbuildError as e:  # a commit with a stale lock or a config mistake: a gap too
+            points.append(Point(rev, {}, "", str(e).removeprefix(f"at revision {rev[:10]}: ")))
+            continue
         if p is not None:
             points.append(p)
-    if not any(p.report for p in points):
+    if not points:
         raise MlbuildError(f"no commit declares [models.{model}.validation]; commit it first")
+    if not any(p.report for p in points):
+        raise MlbuildError(f"no commit of {model} could be validated:\n"
+                           + "\n".join(f"  {p.rev[:10]}: {p.error}" for p in points))
     return points
 
 

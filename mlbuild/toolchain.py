@@ -91,10 +91,16 @@ def check_fresh(project: Project, lock: dict[str, Any]) -> None:
     ) if old != new]
     if stale:
         key, old, new = stale[0]
-        same = key == "requirements" and isinstance(old, list) and sorted(old) == sorted(new)
+        if key == "requirements" and isinstance(old, list) and isinstance(new, list):
+            added, removed = [r for r in new if r not in old], [r for r in old if r not in new]
+            change = ("the same, in another order" if not added and not removed else
+                      "; ".join(([f"added {json.dumps(added)}"] if added else [])
+                                + ([f"removed {json.dumps(removed)}"] if removed else [])))
+            raise LockError(f"{project.lock_path} was made for other [python].requirements than mlbuild.toml has "
+                            f"({change}); run `mlbuild lock`")
         raise LockError(
             f"{project.lock_path} was made for [python].{key} {json.dumps(old)}, but mlbuild.toml has "
-            f"{json.dumps(new)}{' (the same, in another order)' if same else ''}; run `mlbuild lock`"
+            f"{json.dumps(new)}; run `mlbuild lock`"
         )
 
 

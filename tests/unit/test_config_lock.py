@@ -86,7 +86,10 @@ def _locked(requirements: list[str], libraries: list[str], command: str | None) 
 
 
 @pytest.mark.parametrize(("lock", "message"), [
-    (_locked(["torch"], [], "python3"), '[python].requirements ["torch"], but mlbuild.toml has ["numpy"]'),
+    (_locked(["torch"], [], "python3"),
+     'was made for other [python].requirements than mlbuild.toml has (added ["numpy"]; removed ["torch"]); '
+     'run `mlbuild lock`'),
+    (_locked(["numpy", "pandas"], [], "python3"), '(removed ["pandas"])'),
     (_locked(["torch", "numpy"], [], "python3"), "(the same, in another order)"),
     # interpreter and libraries changes went unnoticed: the build used the old lock's snapshot
     (_locked(["numpy"], [], "python3.11"), '[python].interpreter "python3.11", but mlbuild.toml has "python3"'),
