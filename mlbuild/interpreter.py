@@ -109,9 +109,14 @@ def probe(spec: str) -> Identity:
     """Ask the interpreter about itself."""
     exe = find_interpreter(spec)
     try:
-        out = subprocess.run([exe, "-I", "-c", _PROBE], check=True, capture_output=True, text=True).stdout
-    except (subprocess.CalledProcessError, OSError) as e:
-        raise InterpreterError(f"[python].interpreter {spec!r} ({exe}) does not run: {e}") from None
+        proc = subprocess.run([exe, "-I", "-c", _PROBE], capture_output=True, text=True)
+    except OSError as e:
+        raise InterpreterError(f"[python].interpreter {spec!r} ({exe}) does not run: {e.strerror}") from None
+    if proc.returncode != 0:   # what it said (a pyenv shim names the versions that have it), not the probe
+        said = "\n  ".join(proc.stderr.strip().splitlines()[-8:]) or f"exit status {proc.returncode}"
+        raise InterpreterError(f"[python].interpreter {spec!r} ({exe}) does not run:\n  {said}\n"
+                               "set [python].interpreter to a Python that runs here (e.g. python3.11, or a path)")
+    out = proc.stdout
     data = json.loads(out)
     if data["implementation"] != "cpython":
         raise InterpreterError(f"{exe} is {data['implementation']}; mlbuild snapshots CPython only")

@@ -67,11 +67,21 @@ def resolve(python: str, requirements: Sequence[str]) -> list[dict[str, str]]:
                              "--quiet", "--report", str(out), "-r", str(req)])
         if proc.returncode != 0 or not out.exists():
             lines = [l for l in proc.stderr.splitlines() if "is ignored: it is neither" not in l]
-            # "(from versions: none)" also means: only source distributions, which mlbuild never builds
-            wheels_only = ("\nmlbuild locks wheels only (pip --only-binary=:all:): a project that publishes no "
-                           "wheel for this Python and platform, only a source distribution, cannot be locked; "
-                           "pick a version or an alternative that has wheels"
-                           if any("from versions: none" in l for l in lines) else "")
+            # pip searched wheels only: "(from versions: none)" is a name the index does not have, or
+            # a project with no wheel for this Python and platform; versions listed without the one
+            # asked for are the ones with wheels (that version may exist as a source distribution).
+            versions = next((l for l in lines if "from versions:" in l), None)
+            if versions is None:
+                wheels_only = ""
+            elif "from versions: none" in versions:
+                wheels_only = ("\nno wheel of it for this Python and platform: either the index has no project "
+                               "of that name (check its spelling), or the project publishes only source "
+                               "distributions, which mlbuild does not build (it locks wheels only, pip "
+                               "--only-binary=:all:); pick an alternative that has wheels")
+            else:
+                wheels_only = ("\nthe versions listed are the ones with a wheel for this Python and platform "
+                               "(mlbuild locks wheels only, pip --only-binary=:all:; the version asked for may "
+                               "exist only as a source distribution): pick one of them")
             raise ResolveError("pip could not resolve " + ", ".join(requirements) + ":\n"
                                + "\n".join(lines[-15:]) + wheels_only + "\nfix [python].requirements in mlbuild.toml")
         return parse_report(json.loads(out.read_text()))

@@ -61,12 +61,27 @@ def init(folder: Path, csv_path: Path | None, name: str | None, python: str, fla
 @click.pass_context
 def lock(ctx: click.Context) -> None:
     """Resolve [python].requirements and snapshot the interpreter into mlbuild.lock."""
+    from ..lockfile import read_lock
+
     project = load(ctx)
+    try:
+        before = {w["name"]: w["version"] for w in read_lock(project.lock_path)["wheels"]}
+    except Exception:   # no lock yet, or one lock_project refuses or replaces: nothing to compare
+        before = None
     data = lock_project(project)
     snap = data["interpreter"]["snapshot"]
     click.echo(f"locked {len(data['wheels'])} wheels and {data['interpreter']['bin']} "
                f"{data['interpreter']['version']} (snapshot sha256 {snap['sha256'][:16]}...) "
                f"in {project.lock_path}")
+    if before is not None:   # what changed: a new interpreter can swap in other builds (CUDA torch)
+        after = {w["name"]: w["version"] for w in data["wheels"]}
+        changes = [f"  + {n} {after[n]}" for n in sorted(set(after) - set(before))] + \
+            [f"  - {n} {before[n]}" for n in sorted(set(before) - set(after))] + \
+            [f"  ~ {n} {before[n]} -> {after[n]}" for n in sorted(set(after) & set(before)) if after[n] != before[n]]
+        for line in changes[:40]:
+            click.echo(line)
+        if len(changes) > 40:
+            click.echo(f"  ... and {len(changes) - 40} more changes")
 
 
 @cli.command("prefetch")

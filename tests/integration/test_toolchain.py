@@ -105,6 +105,19 @@ def test_second_prefetch_is_a_noop(small_project: Path) -> None:
     assert out.startswith("0 added")
 
 
+def test_lock_says_what_changed(small_project: Path, tmp_path: Path) -> None:
+    """Another interpreter or requirement can swap in other wheels (a CUDA torch: several GB) under
+    a bare "locked 88 wheels"."""
+    root = write_tree(tmp_path, {"mlbuild.toml": (small_project / "mlbuild.toml").read_text(),
+                                 "mlbuild.lock": (small_project / "mlbuild.lock").read_text()})
+    toml = root / "mlbuild.toml"
+    toml.write_text(toml.read_text().replace('"safetensors"', '"safetensors", "packaging==24.0"'))
+    out = run_cli("lock", cwd=root).stdout
+    assert out.splitlines()[1:] == ["  + packaging 24.0"], out
+    toml.write_text(toml.read_text().replace('"packaging==24.0"', '"packaging==24.1"'))
+    assert run_cli("lock", cwd=root).stdout.splitlines()[1:] == ["  ~ packaging 24.0 -> 24.1"]
+
+
 def test_unresolvable_requirement(tree) -> None:
     root = tree(small_project_tree(["mlbuild-no-such-package-xyz==1.0"]))
     proc = run_cli("lock", cwd=root, check=False)

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -150,9 +151,12 @@ def test_the_command_says_what_comes_next(tmp_path: Path) -> None:
 def test_paths_with_quotes_stay_valid_toml(tmp_path: Path) -> None:
     root = tmp_path / "q"
     data = csv(root, name='data/my "best" \\ data.csv')
-    init_project(root, csv_path=data, python='/opt/py "3"/bin/python')
+    python = tmp_path / 'py "3"' / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.symlink_to(sys.executable)
+    init_project(root, csv_path=data, python=str(python))
     config = tomllib.loads((root / "mlbuild.toml").read_text())
-    assert config["python"]["interpreter"] == '/opt/py "3"/bin/python'
+    assert config["python"]["interpreter"] == str(python)
     assert config["datasets"]["q-raw"]["path"] == 'data/my "best" \\ data.csv'
 
 
@@ -215,3 +219,10 @@ def test_the_generated_prepare_names_the_line_a_later_edit_broke(tmp_path: Path)
             prepare({"p-raw": data}, out, {**params, "test_fraction": bad})
     with pytest.raises(SystemExit, match="no rows of the class 'bird' that \\[datasets.p-split.params\\].labels names"):
         prepare({"p-raw": data}, out, {**params, "labels": ["cat", "dog", "bird"]})
+
+
+def test_an_interpreter_that_is_not_there_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    with pytest.raises(InitError, match=r"--python python9\.9 is not an executable on PATH; give a Python that runs "
+                                        r"here \(e\.g\. --python python3\.11, or a path\)"):
+        init_project(tmp_path / "p", python="python9.9")
+    assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())

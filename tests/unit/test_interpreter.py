@@ -26,3 +26,18 @@ def test_unresolved_libraries_end_with_the_libraries_and_the_fix() -> None:
     assert text.splitlines()[-1].startswith("mlbuild: libgcc_s.so.1, libstdc++.so.6: in neither the wheels nor the "
                                             "interpreter snapshot.")
     assert "run `mlbuild lock` again, or name them in [python].libraries" in text
+
+
+def test_an_interpreter_that_does_not_run_says_what_it_said(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A pyenv shim for a version not enabled: the error was the probe script itself, exit 127."""
+    from mlbuild.errors import InterpreterError
+    from mlbuild.interpreter import probe
+
+    shim = tmp_path / "python3.12"
+    shim.write_text("#!/bin/sh\necho 'pyenv: python3.12: command not found' >&2\nexit 127\n")
+    shim.chmod(0o755)
+    with pytest.raises(InterpreterError) as e:
+        probe(str(shim))
+    assert str(e.value) == (f"[python].interpreter '{shim}' ({shim}) does not run:\n"
+                            "  pyenv: python3.12: command not found\n"
+                            "set [python].interpreter to a Python that runs here (e.g. python3.11, or a path)")

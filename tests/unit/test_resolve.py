@@ -43,8 +43,18 @@ def test_unknown_report_version() -> None:
         parse_report({"version": "2", "install": []})
 
 
-def test_a_requirement_with_no_wheel_says_mlbuild_locks_wheels_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """pip's "(from versions: none)" for an sdist-only project did not say why."""
+@pytest.mark.parametrize(("requirement", "versions", "hint"), [
+    # sdist-only, or no such project: pip cannot tell them apart with wheels only
+    ("docopt", "none", "either the index has no project of that name (check its spelling), or the project "
+                       "publishes only source distributions, which mlbuild does not build (it locks wheels only"),
+    # a version that is a source distribution only, beside versions with wheels
+    ("pyyaml==5.4.1", "6.0, 6.0.1", "the versions listed are the ones with a wheel for this Python and platform "
+                                    "(mlbuild locks wheels only"),
+])
+def test_a_requirement_with_no_wheel_says_mlbuild_locks_wheels_only(monkeypatch: pytest.MonkeyPatch, requirement: str,
+                                                                    versions: str, hint: str) -> None:
+    """pip's "(from versions: none)" for an sdist-only project did not say why; a pinned version
+    that has no wheel got no hint at all."""
     import subprocess
 
     from mlbuild import resolve as r
@@ -53,7 +63,9 @@ def test_a_requirement_with_no_wheel_says_mlbuild_locks_wheels_only(monkeypatch:
         if args == ["--version"]:
             return subprocess.CompletedProcess(args, 0, "pip 24", "")
         return subprocess.CompletedProcess(args, 1, "", "ERROR: Could not find a version that satisfies the "
-                                           "requirement docopt (from versions: none)\nERROR: No matching distribution")
+                                           f"requirement {requirement} (from versions: {versions})\n"
+                                           "ERROR: No matching distribution")
     monkeypatch.setattr(r, "_pip", pip)
-    with pytest.raises(r.ResolveError, match=r"mlbuild locks wheels only \(pip --only-binary=:all:\)"):
-        r.resolve("python3", ["docopt"])
+    with pytest.raises(r.ResolveError) as e:
+        r.resolve("python3", [requirement])
+    assert hint in str(e.value)
