@@ -414,7 +414,8 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     """Build each target, substituting from the shared store when one is set up; push the
     results when ``push`` (default: ``[store] push = true`` in mlbuild.toml).
     Raises DirtyTreeError, BuildError (with the build log's tail)."""
-    check_targets(project, list(targets))
+    targets = list(dict.fromkeys(targets))   # `build lr lr`: one build, one line
+    check_targets(project, targets)
     lock = read_lock(project.lock_path)
     check_fresh(project, lock)
     for line in changed_datasets(project, lock):

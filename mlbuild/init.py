@@ -173,7 +173,8 @@ name = "{name}"
 [python]
 interpreter = {json.dumps(python)}
 # What the builds import: torch + safetensors train; starlette, uvicorn (httptools, uvloop) and
-# prometheus-client serve; scikit-learn validates; ipykernel, nbclient, nbformat run notebooks.
+# prometheus-client serve; scikit-learn splits the data (prepare.py) and validates; ipykernel,
+# nbclient, nbformat run notebooks.
 requirements = {reqs}
 
 # The raw data, pinned by content hash: `mlbuild data add {name}-raw {csv_rel}`.

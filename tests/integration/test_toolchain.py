@@ -100,6 +100,11 @@ def test_small_toolchain_is_bit_reproducible(small_project: Path, small_toolchai
         assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def test_a_target_named_twice_is_built_and_listed_once(small_project: Path, small_toolchain: str) -> None:
+    out = run_cli("build", "toolchain", "toolchain", cwd=small_project).stdout
+    assert [line for line in out.splitlines() if line.startswith("toolchain\t")] == [f"toolchain\t{small_toolchain}"]
+
+
 def test_second_prefetch_is_a_noop(small_project: Path) -> None:
     out = run_cli("prefetch", cwd=small_project).stdout
     assert out.startswith("0 added")
