@@ -211,15 +211,20 @@ def build_model(params):
 '''
 
 
-@pytest.fixture()
-def served(tmp_path: Path) -> Iterator[tuple[TestClient, ServerState]]:
-    """A ready server of a 10-class model (class names "0".."9") with a drift reference."""
-    pkg = build_package(tmp_path / "pkg", source=NAN_SOURCE, train_steps=0, params={"features": 64, "classes": 10})
+def _write_reference(pkg: Path) -> None:
+    """reference.json of 64 features uniform in [0, 1) (what ctx.save_reference writes)."""
     x = np.random.default_rng(0).random((200, 64))
     edges = np.quantile(x, np.linspace(0, 1, 11)[1:-1], axis=0).T
     (pkg / "model" / "reference.json").write_text(json.dumps({
         "mean": x.mean(0).tolist(), "std": x.std(0).tolist(), "edges": edges.tolist(),
         "fractions": [[0.1] * 10 for _ in range(64)]}))
+
+
+@pytest.fixture()
+def served(tmp_path: Path) -> Iterator[tuple[TestClient, ServerState]]:
+    """A ready server of a 10-class model (class names "0".."9") with a drift reference."""
+    pkg = build_package(tmp_path / "pkg", source=NAN_SOURCE, train_steps=0, params={"features": 64, "classes": 10})
+    _write_reference(pkg)
     state = ServerState(load_package(pkg), ServerMetrics(process=False), threads=1, verify=False)
     with TestClient(create_app(state)) as client:
         _wait(lambda: state.ready)
@@ -471,11 +476,7 @@ def test_drift_is_measured_for_inputs_of_more_than_two_dimensions(tmp_path: Path
     source = MLP_SOURCE.replace("return nn.Sequential(", "return nn.Sequential(nn.Flatten(),")
     pkg = build_package(tmp_path / "pkg", name="cnn", source=source, train_steps=0,
                         extra_config={"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]})
-    x = np.random.default_rng(0).random((200, 64))
-    edges = np.quantile(x, np.linspace(0, 1, 11)[1:-1], axis=0).T
-    (pkg / "model" / "reference.json").write_text(json.dumps({
-        "mean": x.mean(0).tolist(), "std": x.std(0).tolist(), "edges": edges.tolist(),
-        "fractions": [[0.1] * 10 for _ in range(64)]}))
+    _write_reference(pkg)
     state = ServerState(load_package(pkg), ServerMetrics(process=False), threads=1, verify=False)
     state.live.min_drift_rows = 10
     with TestClient(create_app(state)) as client:
