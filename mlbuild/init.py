@@ -369,8 +369,9 @@ def init_project(root: Path, *, name: str | None = None, csv_path: Path | None =
     if not NAME.fullmatch(name):
         raise InitError(f"{name!r} is not a project name: use lower-case letters, digits and - (starting with a "
                         "letter), e.g. --name iris")
-    if not (shutil.which(python) if os.sep not in python else os.access(python, os.X_OK)):
-        raise InitError(f"--python {python} is not an executable on PATH; give a Python that runs here "
+    if not (shutil.which(python) if os.sep not in python else os.path.isfile(python) and os.access(python, os.X_OK)):
+        where = "an executable on PATH" if os.sep not in python else "an executable file"
+        raise InitError(f"--python {python} is not {where}; give a Python that runs here "
                         "(e.g. --python python3.11, or a path), as [python].interpreter is snapshotted from it")
     shape = None
     if csv_path is not None:

@@ -96,10 +96,12 @@ class Identity:
 
 def find_interpreter(spec: str) -> str:
     """A command name on PATH or a path, as ``[python].interpreter`` gives it."""
-    found = shutil.which(spec) if os.sep not in spec else (spec if os.access(spec, os.X_OK) else None)
+    found = shutil.which(spec) if os.sep not in spec else (
+        spec if os.path.isfile(spec) and os.access(spec, os.X_OK) else None)
     if not found:
+        where = "an executable on PATH" if os.sep not in spec else "an executable file"
         raise InterpreterError(
-            f"[python].interpreter {spec!r} is not an executable on PATH; install it or set "
+            f"[python].interpreter {spec!r} is not {where}; install it or set "
             f"[python].interpreter in mlbuild.toml to a Python that exists, then run `mlbuild lock`"
         )
     return found

@@ -174,7 +174,8 @@ def exp_show(ctx: click.Context, model: str) -> None:
     if not variants:
         click.echo(f"no experiments of {model} yet; run `mlbuild exp run {model} --set KEY=VALUE`")
         return
-    keys = sorted({k for v in variants for k in v.params})
+    configured = (project.raw.get("models", {}).get(model) or {}).get("params") or {}
+    keys = sorted({k for v in variants for k in v.params} | set(configured))   # a param added since: "-"
     mkeys = sorted({k for v in variants for k in v.metrics})
     # Held-out metrics: the ones the gate checks (what the project cares about), else all.
     thresholds = (b.validation_table(project, model) or {}).get("thresholds") or {}
@@ -191,7 +192,6 @@ def exp_show(ctx: click.Context, model: str) -> None:
 
     head = [*keys, *(f"train:{k}" for k in mkeys), *(f"test:{k}" for k in hkeys), "gate", "data", "commit",
             "status", "runs", "store path"]
-    configured = (project.raw.get("models", {}).get(model) or {}).get("params") or {}
     rows = [[*((experiments.format_value(v.params[k]) + ("*" if configured.get(k, object()) != v.params[k] else ""))
                if k in v.params else "-" for k in keys),
              *(f"{v.metrics[k]:.4f}" if k in v.metrics else "-" for k in mkeys),

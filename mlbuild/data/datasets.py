@@ -246,12 +246,13 @@ def add(project: Project, name: str, path: Path) -> Added:
 
 
 def _empty(path: Path) -> bool:
-    """An empty file, or a folder with nothing but (empty) folders under it; stops at the first entry
-    that is data (a file or a symlink), so a big folder costs one directory read."""
+    """An empty file, or a folder without a regular file under it (empty folders, symlinks: the
+    links a dataset may hold point at its own files); stops at the first file, so a big folder
+    costs one directory read."""
     if not path.is_dir():
         return path.is_file() and path.stat().st_size == 0
-    for folder, dirs, names in os.walk(path):
-        if names or any(os.path.islink(os.path.join(folder, d)) for d in dirs):
+    for folder, _dirs, names in os.walk(path):
+        if any(os.path.isfile(p) and not os.path.islink(p) for p in (os.path.join(folder, n) for n in names)):
             return False
     return True
 

@@ -21,6 +21,7 @@ tagged ``raises-exception`` are kept as comments (they would stop the import).
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,7 @@ def module_source(nb: Any, name: str, policy: MagicPolicy = "comment") -> Export
     found: list[Magic] = []
     code_cells = markdown_cells = 0
     number = 0  # as the user counts: cells injected by a build are not theirs
+    cell_code: list[tuple[int, str]] = []   # (cell number, exported code) of each code cell
     for cell in nb.cells:
         tags = cell.get("metadata", {}).get("tags", [])
         if INJECTED_TAG in tags:
@@ -140,11 +142,19 @@ def module_source(nb: Any, name: str, policy: MagicPolicy = "comment") -> Export
             parts.append("\n".join([f"# %% cell {number}", note, *_comment(source)]))
         else:
             code, magics = rewrite_cell(source, number, policy)
+            cell_code.append((number, code))
             found += magics
             if not any(m.action == "refused" for m in magics):
                 _check_compiles(code, number, name)
             code_cells += 1
             parts.append("\n".join([f"# %% cell {number}", code]))
+    # `%%capture out` keeps its body, but `out` is never bound: a later cell using it would fail at
+    # import with a bare NameError. Refused, naming that cell, as a magic whose value is used is.
+    for magic in [m for m in found if m.captures]:
+        later = [n for n, code in cell_code if n > magic.cell and re.search(rf"\b{re.escape(magic.captures)}\b", code)]
+        if later:
+            found.append(Magic(magic.cell, magic.line, f"{magic.text} (cell {later[0]} uses {magic.captures})",
+                               "cell magic", "refused", assigns=True, captures=magic.captures))
     refused = [m for m in found if m.action == "refused"]
     if refused:
         lines = [m.describe() for m in refused]
@@ -153,6 +163,9 @@ def module_source(nb: Any, name: str, policy: MagicPolicy = "comment") -> Export
                "import for %run)")
         if policy == "error" and not assigned:
             fix += ", or export with `--on-magic comment` to drop them with a comment"
+        if any(m.captures for m in refused):
+            fix += ("; a %%capture variable a later cell reads: capture in Python instead "
+                    "(contextlib.redirect_stdout into an io.StringIO)")
         raise NotebookExportError(
             f"{name}: {len(refused)} IPython line(s) cannot become plain Python:\n  "
             + "\n  ".join(lines[:20]) + (f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else "")

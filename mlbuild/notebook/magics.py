@@ -53,6 +53,7 @@ class Magic:
     kind: str    # "line magic" | "cell magic" | "shell escape" | "help"
     action: str  # "dropped" | "kept statement" | "kept body" | "refused"
     assigns: bool = False  # its value is assigned (``x = !ls``): it can never be dropped
+    captures: str | None = None   # ``%%capture out``: the name IPython would bind (the export does not)
 
     def describe(self) -> str:
         why = "its value is used" if self.assigns else self.action
@@ -116,10 +117,10 @@ def _cell_magic(lines: list[str], cell: int, policy: MagicPolicy,
     name, _, args = head[2:].partition(" ")
     variable = _strip_options(args) if name == "capture" else ""
     if name in BODY_CELL_MAGICS:
-        found.append(Magic(cell, first + 1, head, "cell magic", "kept body"))
+        found.append(Magic(cell, first + 1, head, "cell magic", "kept body", captures=variable or None))
         lines[first] = f"{NOTE} %%{name}: cell magic dropped, its body kept" + (
             f" (its output is not captured into {variable})" if variable else "")
-        return lines, True
+        return [*lines[:first + 1], *_leading_indent(lines[first + 1:])], True   # an indented body runs too
     action = "refused" if policy == "error" else "dropped"
     found.append(Magic(cell, first + 1, head, "cell magic", action))
     note = f"{NOTE} dropped IPython cell magic %%{name}: the cell is kept as a comment"

@@ -129,7 +129,9 @@ class Context:
                              f"one per dimension of a row (e.g. [64] for 64 features), got {input_shape!r}")
         if datatype not in DATATYPES:
             near = [d for d in DATATYPES if isinstance(datatype, str) and d == datatype.upper()]
-            raise SystemExit(f"mlbuild: {call}: datatype {datatype!r} is not an Open Inference Protocol datatype; "
+            what = ("a datatype mlbuild serves (tensors of numbers and booleans; BYTES, strings, is not)"
+                    if datatype == "BYTES" else "a datatype mlbuild serves")
+            raise SystemExit(f"mlbuild: {call}: datatype {datatype!r} is not {what}; "
                              + (f"use {near[0]!r}" if near else f"use one of {', '.join(DATATYPES)}")
                              + " (FP32 for float32 features, INT64 for token or category ids)")
         if not isinstance(input_name, str) or not input_name.strip():

@@ -72,7 +72,7 @@ def main() -> None:
     import numpy as np
 
     from .prepare import load_module
-    from .serve.model import load_model
+    from .serve.model import InputRefused, load_model
     from .serve.package import ServeError, load_package
 
     suite = load_module(spec["suite"], spec["script"])
@@ -85,6 +85,11 @@ def main() -> None:
         for i in range(0, len(rows), 256):
             for k, v in model.run(rows[i:i + 256]).items():
                 outputs.setdefault(k, []).append(v)
+    except InputRefused as e:   # the package serves; the suite's rows are what the server would refuse
+        raise SystemExit(f"mlbuild: validation of {spec['name']}: preprocess refuses rows {i}..{min(i + 256, len(rows)) - 1} "
+                         f"of the held-out inputs (load() in {spec['script']}), as the server would with a 400: "
+                         f"{e.message.removeprefix('preprocess refused the input: ')}; make load() return inputs "
+                         "preprocess takes, or let preprocess take them") from None
     except ServeError as e:
         raise SystemExit(f"mlbuild: validation of {spec['name']}: the package cannot serve: {e}") from None
     merged = {k: np.concatenate(v) for k, v in outputs.items()}
@@ -128,7 +133,14 @@ def served_rows(x: Any, spec: Any, who: str, script: str) -> Any:
                          f"as {spec.datatype}, which needs {needs}, and the server refuses such data (a 400): "
                          f"return {spec.datatype} values from load() (e.g. x.astype(numpy.{np.dtype(spec.dtype).name})), "
                          f"or fix ctx.describe(datatype=...) in training")
-    return arr.astype(spec.dtype, copy=False)
+    with np.errstate(all="ignore"):
+        cast = arr.astype(spec.dtype, copy=False)
+    if cast.dtype.kind == "f" and not np.isfinite(cast).all():   # the server refuses such a request (400)
+        row = int(np.flatnonzero(~np.isfinite(cast.reshape(len(cast), -1)).all(axis=1))[0])
+        raise SystemExit(f"{who}: load() in {script} gives inputs holding NaN or infinity (or a number beyond "
+                         f"{spec.datatype}'s range, which becomes infinity), first in row {row}; the server refuses "
+                         "such rows (a 400): drop or fix them in load()")
+    return cast
 
 
 def heldout_hash(x: Any, y: Any) -> str:

@@ -298,6 +298,10 @@ def test_an_empty_dataset_is_refused_and_nothing_is_written(data_project: Path) 
     (data_project / "data" / "later" / "sub").mkdir(parents=True)
     _refused(data_project, f"{data_project / 'data' / 'later'} is a folder without a single file in it: "
              "dataset 'new' would hold no data", "then run `mlbuild data add new PATH` again", path="data/later")
+    (data_project / "data" / "later" / "sub" / "dangling").symlink_to("nowhere")   # links only: no data either
+    _refused(data_project, f"{data_project / 'data' / 'later'} is a folder without a single file in it",
+             path="data/later")
+    (data_project / "data" / "later" / "sub" / "dangling").unlink()
     (data_project / "data" / "rows.csv").write_text("")
     _refused(data_project, f"{data_project / 'data' / 'rows.csv'} is an empty file", path="data/rows.csv")
     assert {f: (data_project / f).read_text() for f in before} == before

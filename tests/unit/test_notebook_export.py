@@ -113,6 +113,19 @@ def test_refused_magics_are_listed(tmp_path: Path) -> None:
     assert not (tmp_path / "shell.py").exists()
 
 
+def test_a_capture_variable_a_later_cell_reads_is_refused(tmp_path: Path) -> None:
+    """`%%capture out` keeps its body, but `out` is never bound: a later `out.show()` failed at
+    import with a bare NameError."""
+    used = write_nb(tmp_path / "cap.ipynb", [new_code_cell("%%capture out\nprint('c')\nx = 1"),
+                                             new_markdown_cell("then"), new_code_cell("out.show()\ny = x")])
+    with pytest.raises(NotebookExportError) as e:
+        export_notebook(used)
+    assert "cell 1, line 1: %%capture out (cell 3 uses out)  (cell magic, its value is used)" in str(e.value)
+    assert "contextlib.redirect_stdout into an io.StringIO" in str(e.value)
+    unused = write_nb(tmp_path / "cap2.ipynb", [new_code_cell("%%capture output\nx = 1"), new_code_cell("y = x + 1")])
+    assert import_file(export_notebook(unused).output).y == 2   # type: ignore[arg-type]
+
+
 def test_syntax_error_and_top_level_await_name_the_cell(tmp_path: Path) -> None:
     nb = write_nb(tmp_path / "bad.ipynb", [new_code_cell("x = 1"), new_code_cell("def f(:\n  pass")])
     with pytest.raises(NotebookExportError, match="cell 2 is not valid Python"):

@@ -105,3 +105,8 @@ def test_an_indented_cell_is_dedented_as_ipython_does() -> None:
 def test_unknown_policy() -> None:
     with pytest.raises(ValueError, match="policy 'drop'"):
         rewrite_cell("x = 1", 1, "drop")  # type: ignore[arg-type]
+
+
+def test_a_cell_magic_s_indented_body_is_dedented() -> None:
+    code, _ = rewrite_cell("%%time\n    r = 6\n    s = 7", 1)
+    assert code.splitlines()[1:] == ["r = 6", "s = 7"]

@@ -326,3 +326,28 @@ def test_validation_of_a_package_that_cannot_serve_says_so_without_a_traceback(
     with pytest.raises(SystemExit, match=r"^mlbuild: validation of digits: the package cannot serve: .*warm-up"):
         validate.main()
 
+
+
+def test_a_preprocess_that_refuses_zeros_still_loads_and_bool_inputs_become_floats(tmp_path: Path) -> None:
+    """The warm-up runs zeros: a handler refusing an all-padding row made the package unloadable.
+    A ValueError without a message still says what it was."""
+    from tests.unit.conftest_serve import MLP_SOURCE
+
+    from mlbuild.runtime.serve.model import InputRefused
+
+    source = MLP_SOURCE + '''
+
+def preprocess(x):
+    if not x.any():
+        raise ValueError()
+    return torch.from_numpy(x).float()
+'''
+    pkg = build_package(tmp_path / "p", source=source, train_steps=0)
+    model = load_model(load_package(pkg))
+    with pytest.raises(InputRefused, match=r"^preprocess refused the input: ValueError$"):
+        model.run(np.zeros((1, 64), np.float32))
+    assert model.run(np.ones((2, 64), np.float32))["label"].shape == (2,)
+    flags = build_package(tmp_path / "b", train_steps=0,
+                          extra_config={"inputs": [{"name": "input", "datatype": "BOOL", "shape": [-1, 64]}]})
+    out = load_model(load_package(flags)).run(np.ones((2, 64), bool))   # the default preprocess: float32
+    assert out["probabilities"].shape == (2, 10)

@@ -23,7 +23,8 @@ def ctx(tmp_path: Path) -> Context:
     ({"input_shape": [64], "labels": "0123"}, "labels must be a list of class names (strings), got '0123'"),
     ({"input_shape": [64], "labels": [0, 1]}, "labels must be a list of class names"),
     ({"task": "regression", "input_shape": [10], "labels": ["a"]}, "a regression model has none (drop labels=)"),
-    ({"input_shape": [6], "datatype": "fp32"}, "datatype 'fp32' is not an Open Inference Protocol datatype; use 'FP32'"),
+    ({"input_shape": [6], "datatype": "fp32"}, "datatype 'fp32' is not a datatype mlbuild serves; use 'FP32'"),
+    ({"input_shape": [6], "datatype": "BYTES"}, "(tensors of numbers and booleans; BYTES, strings, is not); use one of"),
     ({"input_shape": [6], "datatype": "float32"}, "use one of BOOL, UINT8"),
     ({"input_shape": [6], "input_name": ""}, "input_name must be a non-empty string"),
 ])

@@ -165,3 +165,37 @@ def test_the_suite_s_inputs_are_checked_and_cast_as_the_server_takes_a_request()
         served_rows(np.zeros((2, 6), np.float32), tokens, "v", "validate.py")
     assert served_rows(np.arange(12, dtype=np.int32).reshape(2, 6), tokens, "v", "validate.py").dtype == np.int64
     assert served_rows(np.ones((2, 1, 8, 8), np.int64), cnn, "v", "validate.py").dtype == np.float32
+    # a value beyond FP16's range becomes infinity, which the server refuses: so does validation
+    half = TensorSpec("input", "FP16", (-1, 4))
+    x = np.zeros((3, 4))
+    x[2, 1] = 1e5
+    with pytest.raises(SystemExit, match=r"holding NaN or infinity \(or a number beyond FP16's range, which becomes "
+                                         r"infinity\), first in row 2; the server refuses such rows"):
+        served_rows(x, half, "v", "validate.py")
+
+
+def test_held_out_rows_preprocess_refuses_are_named_as_such(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """They were "the package cannot serve: preprocess refused the input: " (an empty message),
+    though the package serves: the suite's rows are what the server would refuse."""
+    from mlbuild.runtime.validate import main
+    from tests.unit.conftest_serve import MLP_SOURCE, build_package
+
+    source = MLP_SOURCE + "\n\ndef preprocess(x):\n    if (x > 1).any():\n        raise ValueError()\n" \
+                          "    return torch.from_numpy(x).float()\n"
+    pkg = build_package(tmp_path / "pkg", source=source, train_steps=0)
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "validate.py").write_text("import numpy as np\n\ndef load(data):\n"
+                                       "    x = np.zeros((300, 64), np.float32)\n    x[280, 3] = 5\n"
+                                       "    return x, np.zeros(300, int)\n")
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"version": 1, "name": "digits", "suite": str(suite), "script": "validate.py",
+                                "dataset": {"path": str(tmp_path)}, "dataset_name": "split", "package": str(pkg)}))
+    monkeypatch.setenv("specPath", str(spec))
+    monkeypatch.setenv("out", str(tmp_path / "out"))
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert str(e.value.code) == (
+        "mlbuild: validation of digits: preprocess refuses rows 256..299 of the held-out inputs (load() in "
+        "validate.py), as the server would with a 400: ValueError; make load() return inputs preprocess takes, "
+        "or let preprocess take them")

@@ -125,8 +125,10 @@ def _import_user_module(pkg: Package) -> Any:
         raise PackageError(pkg.code_dir, f"importing module {pkg.module!r} failed: {type(e).__name__}: {e}") from e
 
 def _default_preprocess(x: np.ndarray) -> torch.Tensor:
+    """float32 for floating-point and BOOL inputs (what a Linear layer takes); integers (token ids,
+    categories: what an Embedding takes) as they are."""
     t = torch.from_numpy(np.ascontiguousarray(x))
-    return t.float() if t.is_floating_point() else t
+    return t.float() if t.is_floating_point() or t.dtype == torch.bool else t
 
 def _classification_postprocess(outputs: torch.Tensor) -> dict[str, np.ndarray]:
     probs = torch.softmax(outputs.float(), dim=-1)
@@ -166,7 +168,7 @@ class LoadedModel:
             try:
                 x = self.preprocess(batch)
             except ValueError as e:
-                raise InputRefused(f"preprocess refused the input: {str(e)[:500]}") from None
+                raise InputRefused(f"preprocess refused the input: {str(e)[:500] or type(e).__name__}") from None
             raw = self.postprocess(self.module(x))
         if not isinstance(raw, dict):
             raise ModelError(f"postprocess returned {type(raw).__name__}, expected a dict of arrays")
@@ -228,6 +230,8 @@ def load_model(pkg: Package, threads: int | None = None, verify: bool = True) ->
     warm = np.zeros((1, *[d if d > 0 else 1 for d in spec.shape[1:]]), dtype=spec.dtype)
     try:
         model.run(warm)
+    except InputRefused:   # a handler may refuse a row of zeros (only padding): no outputs to check then
+        pass
     except Exception as e:   # the user's code or the outputs it declared: rebuilding would not help
         handlers = [n for n in ("preprocess", "postprocess") if getattr(user, n, None) is not None]
         raise PackageError(pkg.root, f"warm-up inference on zeros{list(warm.shape)} failed: {type(e).__name__}: {e}",
