@@ -150,11 +150,12 @@ def module_source(nb: Any, name: str, policy: MagicPolicy = "comment") -> Export
             parts.append("\n".join([f"# %% cell {number}", code]))
     # `%%capture out` keeps its body, but `out` is never bound: a later cell using it would fail at
     # import with a bare NameError. Refused, naming that cell, as a magic whose value is used is.
-    for magic in [m for m in found if m.captures]:
-        later = [n for n, code in cell_code if n > magic.cell and re.search(rf"\b{re.escape(magic.captures)}\b", code)]
+    for magic in list(found):
+        var = magic.captures
+        later = [n for n, code in cell_code if var and n > magic.cell and re.search(rf"\b{re.escape(var)}\b", code)]
         if later:
-            found.append(Magic(magic.cell, magic.line, f"{magic.text} (cell {later[0]} uses {magic.captures})",
-                               "cell magic", "refused", assigns=True, captures=magic.captures))
+            found.append(Magic(magic.cell, magic.line, f"{magic.text} (cell {later[0]} uses {var})",
+                               "cell magic", "refused", assigns=True, captures=var))
     refused = [m for m in found if m.action == "refused"]
     if refused:
         lines = [m.describe() for m in refused]
