@@ -89,10 +89,15 @@ def _safe_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
         return None
 
 
-def _report_at(project: Project, model: str, rev: str, required: bool = True) -> Point | None:
+def _report_at(project: Project, model: str, rev: str, required: bool = True,
+               others: dict[str, list[str]] | None = None) -> Point | None:
+    """``rev``'s report of ``model``; None (when not ``required``) where it has no validation, and
+    then, in ``others``, the models of a revision that does not declare ``model`` at all."""
     with tempfile.TemporaryDirectory(prefix="mlbuild-rev-") as tmp:
         old = _at(project, rev, Path(tmp))
         if "validation" not in old.raw.get("models", {}).get(model, {}):
+            if others is not None and model not in old.raw.get("models", {}) and old.raw.get("models"):
+                others[rev] = sorted(old.raw["models"])
             if required:
                 models = sorted(old.raw.get("models", {}))
                 what = (f"no model {model!r} (its models: {', '.join(models)}; a model renamed since has its "
@@ -122,7 +127,7 @@ def diff(project: Project, model: str, rev1: str, rev2: str) -> tuple[Point, Poi
     return a, b
 
 
-def history(project: Project, model: str) -> list[Point]:
+def history(project: Project, model: str, notes: list[str] | None = None) -> list[Point]:
     """One point per commit that changed the config, the lock, or the code of the model, its suite
     or the derived datasets they use."""
     check_model(project, model)
@@ -132,9 +137,10 @@ def history(project: Project, model: str) -> list[Point]:
     if not revs:
         raise MlbuildError(f"no commits touch {', '.join(existing)}; commit the project first")
     points = []
+    others: dict[str, list[str]] = {}
     for rev in revs:
         try:
-            p = _report_at(project, model, rev, required=False)
+            p = _report_at(project, model, rev, required=False, others=others)
         except BuildError as e:  # e.g. a commit whose training raised: a gap, not the end
             last = [l for l in str(e).splitlines() if l.strip()][-1:]
             points.append(Point(rev, {}, "", f"build failed: {last[0].strip() if last else e}"))
@@ -144,6 +150,10 @@ def history(project: Project, model: str) -> list[Point]:
             continue
         if p is not None:
             points.append(p)
+    if others and notes is not None:   # a model renamed: its earlier history is under its old name
+        names = sorted({n for ms in others.values() for n in ms})
+        notes.append(f"note: {len(others)} earlier commit(s) declare no model {model!r} (their models: "
+                     f"{', '.join(names)}); a model renamed since has its history there under its old name")
     if not points:
         raise MlbuildError(f"no commit declares [models.{model}.validation]; commit it first")
     if not any(p.report for p in points):

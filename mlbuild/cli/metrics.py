@@ -83,4 +83,7 @@ def diff(ctx: click.Context, model: str, rev1: str, rev2: str) -> None:
 @click.pass_context
 def history(ctx: click.Context, model: str, out_dir: Path | None) -> None:
     """MODEL's metrics at every commit of its config, lock and code (built or substituted)."""
-    _write(ctx, model, m.history(load(ctx), model), out_dir)
+    notes: list[str] = []
+    _write(ctx, model, m.history(load(ctx), model, notes), out_dir)
+    for note in notes:
+        click.echo(note)

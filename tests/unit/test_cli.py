@@ -264,6 +264,25 @@ def test_metrics_diff_across_a_rename_names_the_old_models(tree) -> None:  # typ
     assert proc.returncode == 1
     assert ("at revision 'HEAD~1', mlbuild.toml declares no model 'vino' (its models: wine; a model renamed since "
             "has its reports under its old name there)") in proc.stderr, proc.stderr
+    # history: the commits before the rename are not silently dropped
+    from mlbuild import metrics
+    from mlbuild.config import load_project
+
+    notes: list[str] = []
+    revs: list[str] = []
+    original = metrics._report
+
+    def fake_report(project, model, rev, **kw):  # type: ignore[no-untyped-def]
+        revs.append(rev)
+        return metrics.Point(rev, {"metrics": {"accuracy": 0.9}}, "/nix/store/x")
+    metrics._report = fake_report   # no build: what history asks for, and says
+    try:
+        points = metrics.history(load_project(root), "vino", notes)
+    finally:
+        metrics._report = original
+    assert len(points) == 1 and len(revs) == 1
+    assert notes == ["note: 1 earlier commit(s) declare no model 'vino' (their models: wine); a model renamed since "
+                     "has its history there under its old name"]
 
 
 def test_a_past_commit_with_a_stale_lock_is_named_not_its_temporary_folder(tree) -> None:  # type: ignore[no-untyped-def]
