@@ -111,14 +111,17 @@ def test_a_broken_package_exits_non_zero(digits_package: Path, tmp_path: Path) -
     server.stop()
 
 
-def test_a_request_cut_by_the_graceful_timeout_gets_a_json_503(slow_package: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", [b"/v2/models/slow/infer", b"/v1/models/slow:predict", b"/v2/models/slow/feedback"])
+def test_a_request_cut_by_the_graceful_timeout_gets_a_json_503(slow_package: Path, tmp_path: Path,
+                                                                path: bytes) -> None:
     """A body still arriving when the graceful timeout ran out was a text/plain 500 with uvicorn's
-    'Exception in ASGI application' traceback in the log."""
+    'Exception in ASGI application' traceback in the log (the infer route first; :predict and
+    feedback until later)."""
     server = ServerProcess(slow_package, tmp_path, "--graceful-timeout", "1").ready()
     body = _infer_body(1)
     conn = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-    conn.sendall(b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])   # the rest never comes
+    conn.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" % path
+                 + b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])   # the rest never comes
     _wait_for(lambda: server.metric("mlbuild_requests_in_flight") >= 1)
     server.proc.send_signal(signal.SIGTERM)
     answer = b""

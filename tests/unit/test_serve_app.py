@@ -251,6 +251,9 @@ def test_bad_feedback_labels_are_400_and_break_nothing(served: tuple[TestClient,
     r = client.post("/v2/models/digits/feedback", content=raw)
     assert r.status_code == 400 and "100000000000000000000000" in r.json()["error"]
     assert client.get("/metrics").status_code == 200
+    # nested deeper than the JSON parser goes: a RecursionError, which was a 500 with a traceback
+    r = client.post("/v2/models/digits/feedback", content=b'{"feedback": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert r.status_code == 400 and r.json()["error"] == "feedback is not valid JSON: nested too deeply"
     assert client.post("/v2/models/digits/infer", content=_body(np.ones((1, 64), np.float32))).status_code == 200
     assert 'mlbuild_live_feedback_samples{model="digits"} 0.0' in client.get("/metrics").text
     body = {"feedback": [{"id": request_id, "labels": [1, "2"]}]}

@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 from mlbuild import __version__
 
 from .batching import MicroBatcher
-from .infer import INFER_ROUTES, InferEndpoint, failure, infer_route, read_body
+from .infer import INFER_ROUTES, SHUTDOWN_CUT, InferEndpoint, failure, infer_route, read_body
 from .live import FeedbackError, LiveQuality
 from .metrics import CONTENT_TYPE_LATEST, MetricsMiddleware, ServerMetrics
 from .model import LoadedModel, load_model
@@ -170,6 +170,12 @@ def _endpoint(handler: Handler, state: ServerState) -> Callable[[Request], Await
         except Exception as e:
             status, body = failure(e, request.method, request.url.path)
             return Response(body, status_code=status, media_type=_JSON)
+        except asyncio.CancelledError:
+            if not state.draining:
+                raise
+            # the graceful timeout ran out (a :predict or feedback body still arriving): a JSON
+            # 503, as the infer route answers, not uvicorn's text/plain 500 and traceback
+            return Response(error_body(SHUTDOWN_CUT), status_code=503, media_type=_JSON)
     return endpoint
 
 
@@ -242,6 +248,8 @@ async def _feedback(request: Request, state: ServerState) -> Response:
         data = json.loads(body)
     except ValueError as e:
         raise ProtocolError(400, f"feedback is not valid JSON: {e}") from None
+    except RecursionError:   # nested deeper than the parser goes: a 400, as the infer routes answer
+        raise ProtocolError(400, "feedback is not valid JSON: nested too deeply") from None
     try:
         return _json(state.live.add_feedback(data))
     except FeedbackError as e:

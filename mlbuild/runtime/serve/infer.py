@@ -83,6 +83,9 @@ def failure(exc: Exception, method: str, path: str) -> tuple[int, bytes]:
     return 500, error_body(f"{what} failed: {type(exc).__name__}: {str(exc)[:500]}")
 
 
+#: The error of a request uvicorn cancels once the graceful shutdown timeout ran out.
+SHUTDOWN_CUT = "the server shut down before this request finished (its graceful shutdown timeout ran out); send it again"
+
 INFER_ROUTES = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
 
 
@@ -147,8 +150,7 @@ class InferEndpoint:
                     raise
                 # uvicorn cancels what is left once the graceful timeout runs out (a body still
                 # arriving, say): a JSON 503 rather than its text/plain 500 and traceback.
-                status, content = 503, error_body("the server shut down before this request finished "
-                                                  "(its graceful shutdown timeout ran out); send it again")
+                status, content = 503, error_body(SHUTDOWN_CUT)
                 headers = [(b"content-type", b"application/json")]
             headers.append((b"content-length", b"%d" % len(content)))
             await send({"type": "http.response.start", "status": status, "headers": headers})
