@@ -353,3 +353,18 @@ def test_a_model_without_a_per_row_prediction_takes_no_feedback() -> None:
     live = LiveQuality("multi", None, None, CollectorRegistry(), regression=True, output=None)
     with pytest.raises(FeedbackError, match="model multi has no output with one value per row"):
         live.add_feedback({"feedback": [{"id": "a", "values": [1.0]}]})
+
+
+def test_remembered_predictions_are_bounded_by_rows_too() -> None:
+    """10,000 remembered requests of 32,000 rows each held gigabytes."""
+    live = LiveQuality("m", None, ["a", "b"], CollectorRegistry(), remember=100, remember_rows=1000)
+    big = np.zeros(400, np.int64)
+    for i in range(10):
+        live.observe(f"r{i}", np.zeros((400, 2)), big)
+    assert list(live.predictions) == ["r8", "r9"] and live.remembered_rows == 800
+    live.observe("r9", np.zeros((1, 2)), np.array([1]))     # an id used again: replaced, counted once
+    assert live.remembered_rows == 401
+    assert live.add_feedback({"feedback": [{"id": "r9", "labels": ["b"]}]})["matched_rows"] == 1
+    huge = np.zeros(5000, np.int64)     # one request over the bound: still remembered, alone
+    live.observe("big", np.zeros((5000, 2)), huge)
+    assert list(live.predictions) == ["big"] and live.remembered_rows == 5000

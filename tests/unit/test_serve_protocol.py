@@ -287,6 +287,12 @@ def test_codec_cache_stays_bounded() -> None:
                                                       "parameters": {"binary_data_size": 16}}]}).encode()
         assert codec.decode(head + x.tobytes(), str(len(head))).id == f"r{i}"
         assert len(codec._requests) <= 4
+    # a header padded to megabytes is decoded, not kept: 256 of them held ~2 GiB
+    codec = InferCodec(PKG)
+    head = json.dumps({"pad": "p" * 1_000_000, "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
+                                                           "parameters": {"binary_data_size": 16}}]}).encode()
+    assert codec.decode(head + x.tobytes(), str(len(head))).array.shape == (1, 4)
+    assert not codec._requests
 
 
 def test_request_ids_are_length_limited() -> None:

@@ -146,10 +146,14 @@ class _Labelled:
         self.pred, self.truth, self.in_window = pred, truth, True
 
 
+def _rows(entry: np.ndarray | _Labelled) -> int:
+    return len(entry.pred if isinstance(entry, _Labelled) else entry)
+
+
 class LiveQuality:
     def __init__(self, model: str, reference: dict[str, Any] | None, labels: list[str] | None,
                  registry: CollectorRegistry, *, classes: int | None = None, window: int = 1000,
-                 remember: int = 10000, drift_window: int = 2000, min_feedback_rows: int = MIN_FEEDBACK_ROWS,
+                 remember: int = 10000, remember_rows: int = 1_000_000, drift_window: int = 2000, min_feedback_rows: int = MIN_FEEDBACK_ROWS,
                  min_drift_rows: int = MIN_DRIFT_ROWS, regression: bool = False,
                  output: str | None = "label") -> None:
         self.model = model
@@ -169,6 +173,8 @@ class LiveQuality:
         # request id -> predicted labels (an array), or a _Labelled once feedback came for it
         self.predictions: OrderedDict[str, np.ndarray | _Labelled] = OrderedDict()
         self.remember = remember
+        self.remember_rows = remember_rows
+        self.remembered_rows = 0   # rows of the requests in self.predictions
         self.inputs: deque[np.ndarray] = deque()
         self.input_rows = 0
         self.drift_window = drift_window
@@ -218,10 +224,18 @@ class LiveQuality:
         metric computed here). ``predicted``: the request's ``self.output`` output."""
         with self.lock:
             if predicted is not None:
-                self.predictions[request_id] = np.asarray(predicted).reshape(-1)
-                self.predictions.move_to_end(request_id)
-                while len(self.predictions) > self.remember:
-                    self.predictions.popitem(last=False)
+                pred = np.array(predicted).reshape(-1)   # a copy: no view keeps a batch's outputs alive
+                old = self.predictions.pop(request_id, None)
+                if old is not None:   # a client's id used again: the new request replaces it
+                    self.remembered_rows -= _rows(old)
+                self.predictions[request_id] = pred
+                self.remembered_rows += len(pred)
+                # at most `remember` requests and `remember_rows` rows: 10,000 requests of 32,000
+                # rows each held gigabytes
+                while len(self.predictions) > 1 and (len(self.predictions) > self.remember
+                                                     or self.remembered_rows > self.remember_rows):
+                    _, gone = self.predictions.popitem(last=False)
+                    self.remembered_rows -= _rows(gone)
             # Rows as the reference has them (save_reference flattens each row: a [1, 8, 8] image
             # is 64 features); rows of another width (a variable-length input) have no reference.
             flat = inputs.reshape(len(inputs), -1) if inputs.ndim >= 2 else None

@@ -329,6 +329,10 @@ def encode_infer(pkg: Package, req: InferRequest, results: dict[str, np.ndarray]
     return b"".join([header, *chunks]), len(header)
 
 
+#: The largest binary-tensor JSON header InferCodec remembers (a client's is ~200 bytes).
+MAX_CACHED_HEADER = 4096
+
+
 class InferCodec:
     """``decode_infer`` and ``encode_infer`` for one package, remembering binary-tensor headers.
 
@@ -361,7 +365,7 @@ class InferCodec:
         plan = self._requests.get(header)
         if plan is None or len(body) - n != plan[2]:
             req, binary_input = _decode_infer(self.pkg, body, header_length)
-            if binary_input:
+            if binary_input and n <= MAX_CACHED_HEADER:   # a padded 8 MiB header is not kept (256 of them: 2 GiB)
                 self._remember(self._requests, header, (req.id, req.array.shape, len(body) - n, req.outputs))
             return req
         request_id, shape, _, outputs = plan
