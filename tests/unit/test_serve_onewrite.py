@@ -176,3 +176,70 @@ def test_pipelined_requests_each_get_their_response(server: tuple[int, list[byte
             assert chunk, reply
             reply += chunk
     assert reply.count(b"HTTP/1.1 200 OK") == 3 and reply.count(b"\r\n\r\nhello") == 2, reply
+
+
+@pytest.fixture(scope="module")
+def strict() -> Iterator[int]:
+    """The protocol with a request timeout of 0.5 s (the server's default is 30 s)."""
+    base = protocol_class(request_timeout=0.5)
+    assert not isinstance(base, str)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(_app, http=base, lifespan="off", log_level="critical", server_header=False,
+                            timeout_keep_alive=30)
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(srv.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not srv.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    yield sock.getsockname()[1]
+    srv.should_exit = True
+    thread.join(10)
+
+
+def _answer(port: int, *parts: bytes, pause: float = 0.0) -> tuple[bytes, float]:
+    """Send ``parts`` (``pause`` seconds apart) and read until the server closes: (answer, seconds)."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        for i, part in enumerate(parts):
+            if i and pause:
+                time.sleep(pause)
+            conn.sendall(part)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer, time.monotonic() - started
+
+
+@pytest.mark.parametrize("sent", [b"", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Le",
+                                  b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789"])
+def test_a_stalled_request_gets_a_json_408(strict: int, sent: bytes) -> None:
+    """Nothing sent, half the headers, a tenth of the body: held for ever, and 20,000 such
+    connections used up the server's file descriptors."""
+    answer, took = _answer(strict, sent)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ") and b"application/json" in head, answer
+    assert b"no bytes of the request came for 0.5 s" in body
+    assert took < 5
+
+
+def test_huge_headers_get_a_431_and_bad_framing_a_json_400(strict: int) -> None:
+    answer, _ = _answer(strict, b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-A: " + b"a" * 100_000 + b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 431 ") and b"exceed 64 KiB" in answer, answer[:300]
+    answer, _ = _answer(strict, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"application/json" in head and b"invalid HTTP request" in body
+
+
+def test_idle_keep_alive_and_a_slow_steady_body_are_not_cut(strict: int) -> None:
+    with socket.create_connection(("127.0.0.1", strict), timeout=10) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(1.0)   # idle between requests: keep-alive's 30 s, not the request timeout
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+    parts = [b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\n", b"a", b"b", b"c", b"d"]
+    answer, _ = _answer(strict, *parts, pause=0.3)   # each byte within the timeout: answered
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"abcd"), answer

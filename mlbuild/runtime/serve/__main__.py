@@ -62,6 +62,9 @@ def build_parser(package: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=_setting("max_body_bytes"), help="override serve.json max_body_bytes")
     p.add_argument("--graceful-timeout", type=_number(int, 0), default=30,
                    help="seconds to let requests finish after SIGTERM (default: 30)")
+    p.add_argument("--request-timeout", type=_number(float, 0.1, 86400), default=30.0,
+                   help="seconds a request may go without sending its next bytes (line, headers or body) "
+                        "before it gets a 408 (default: 30)")
     p.add_argument("--no-verify", action="store_true", help="skip the weights' sha256 check against the manifest")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request (slower)")
@@ -76,7 +79,8 @@ def main(argv: list[str] | None = None, package: str | None = None) -> int:
     try:
         return serve(args.package, args.host, args.port, threads=args.threads, settings=overrides,
                      verify=not args.no_verify, log_level=args.log_level, access_log=args.access_log,
-                     graceful_timeout=args.graceful_timeout, port_file=args.port_file)
+                     graceful_timeout=args.graceful_timeout, port_file=args.port_file,
+                     request_timeout=args.request_timeout)
     except (ServeError, OSError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2

@@ -17,16 +17,43 @@ straight through.
 It leans on three names inside uvicorn (``HttpToolsProtocol._start_asgi_task``, and a cycle's
 ``transport``, ``response_started`` and ``on_response``), all of the uvicorn version the toolchain
 locks. ``protocol_class()`` checks they are there and falls back to uvicorn's own protocol if not.
+
+The same protocol bounds what one client can hold, which uvicorn's httptools protocol does not:
+
+- a request's line and headers at most ``MAX_HEAD`` bytes (a 431; 195 MB of headers got a 200
+  and kept the memory);
+- a request that stalls: no bytes of its line, headers or body for ``request_timeout`` seconds
+  (a 408; a connection that sent nothing, or half a body, was held for ever, and 20,000 of them
+  used up the server's file descriptors);
+- a request the HTTP parser refuses (a bad Content-Length, a bad chunk) gets a JSON 400 like every
+  other error, not uvicorn's text/plain one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any, Callable
 
-__all__ = ["protocol_class"]
+__all__ = ["protocol_class", "MAX_HEAD", "REQUEST_TIMEOUT"]
 
 _JOIN_LIMIT = 64 * 1024
+#: The most bytes of a request line and headers (URL, names and values) a request may have.
+MAX_HEAD = 64 * 1024
+#: Seconds a request may go without sending its next bytes (line, headers or body).
+REQUEST_TIMEOUT = 30.0
+
+
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback: the parser stops, and the connection gets a 431."""
+
+
+def _json_close(transport: Any, status: int, reason: str, message: str) -> None:
+    """Answer ``status`` with the server's JSON error body and close the connection."""
+    body = json.dumps({"error": message}).encode()
+    transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                    b"connection: close\r\n\r\n%s" % (status, reason.encode(), len(body), body))
+    transport.close()
 
 
 class _HeldHead:
@@ -79,7 +106,7 @@ def _wrap(cycle: Any) -> None:
     cycle.on_response = completed
 
 
-def protocol_class() -> type[asyncio.Protocol] | str:
+def protocol_class(request_timeout: float = REQUEST_TIMEOUT) -> type[asyncio.Protocol] | str:
     """The one-write protocol class, or ``"auto"`` (uvicorn's choice) where httptools or the
     internals it relies on are missing."""
     try:
@@ -90,9 +117,80 @@ def protocol_class() -> type[asyncio.Protocol] | str:
         return "auto"
 
     class OneWriteProtocol(HttpToolsProtocol):
+        _head_bytes = 0
+        _too_large = False
+        _read_timer: asyncio.TimerHandle | None = None
+
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             if hasattr(cycle, "transport") and hasattr(cycle, "on_response"):
                 _wrap(cycle)
             super()._start_asgi_task(cycle, app)
+
+        # -- a stalled request: a 408 once no bytes came for request_timeout seconds ----------
+        def _arm(self) -> None:
+            if self._read_timer is not None:
+                self._read_timer.cancel()
+            self._read_timer = self.loop.call_later(request_timeout, self._stalled)
+
+        def _disarm(self) -> None:
+            if self._read_timer is not None:
+                self._read_timer.cancel()
+                self._read_timer = None
+
+        def _stalled(self) -> None:
+            self._read_timer = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is not None and self.cycle.response_started:
+                self.transport.close()
+                return
+            _json_close(self.transport, 408, "Request Timeout",
+                        f"no bytes of the request came for {request_timeout:g} s; send the whole request at once")
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()   # a connection that sends nothing at all
+
+        def data_received(self, data: bytes) -> None:
+            self._arm()   # before parsing: a request it completes disarms it
+            super().data_received(data)
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            super().on_message_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        # -- the size of a request's line and headers: a 431 past MAX_HEAD -------------------
+        def on_message_begin(self) -> None:
+            self._head_bytes = 0
+            super().on_message_begin()
+
+        def _count(self, n: int) -> None:
+            self._head_bytes += n
+            if self._head_bytes > MAX_HEAD:
+                self._too_large = True
+                raise _HeadTooLarge()
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4)
+            super().on_header(name, value)
+
+        def send_400_response(self, msg: str) -> None:   # what the HTTP parser refuses
+            self._disarm()
+            if self._too_large:
+                _json_close(self.transport, 431, "Request Header Fields Too Large",
+                            f"the request line and headers exceed {MAX_HEAD // 1024} KiB; send a shorter URL "
+                            "and fewer or shorter headers")
+            else:
+                _json_close(self.transport, 400, "Bad Request",
+                            "invalid HTTP request: its request line, headers or chunked body could not be parsed "
+                            "(a bad Content-Length, a malformed header or chunk)")
 
     return OneWriteProtocol

@@ -78,7 +78,8 @@ def _write_port_file(path: Path, port: int) -> None:
 
 def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, threads: int | None = None,
           settings: dict[str, Any] | None = None, verify: bool = True, log_level: str = "info",
-          access_log: bool = False, graceful_timeout: int = 30, port_file: Path | str | None = None) -> int:
+          access_log: bool = False, graceful_timeout: int = 30, port_file: Path | str | None = None,
+          request_timeout: float = 30.0) -> int:
     """Serve the package at ``package`` until SIGTERM/SIGINT; the process exit status to use.
 
     ``settings`` overrides ``serve.json`` (``max_batch_size``, ``max_wait_ms``, ``max_body_bytes``).
@@ -104,7 +105,7 @@ def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, thr
     # one more ASGI layer on every request.
     config = uvicorn.Config(create_app(state), lifespan="on", log_level=log_level, access_log=access_log,
                             timeout_graceful_shutdown=max(1, graceful_timeout), server_header=False,
-                            timeout_keep_alive=30, http=protocol_class(), proxy_headers=False)
+                            timeout_keep_alive=30, http=protocol_class(request_timeout), proxy_headers=False)
     server = _Server(config, state)
     shown = f"[{host}]" if ":" in host else host
     log.info("serving %s (%s) on http://%s:%d", pkg.name, pkg.root, shown, actual_port)
