@@ -332,6 +332,12 @@ def test_routing_errors_name_the_fix(served: tuple[TestClient, ServerState]) -> 
             "/v1/models/digits:explain: no verb 'explain'; the v1 route is POST /v1/models/digits:predict"), r.text
     r = client.post("/v1/models/digits", json={})
     assert r.status_code == 405 and r.headers["allow"] == "GET"
+    for method in ("OPTIONS", "TRACE"):   # Allow listed POST, PUT...: each of them answered "use GET"
+        r = client.request(method, "/v1/models/digits")
+        assert r.status_code == 405 and r.headers["allow"] == "GET", (method, r.headers)
+    r = client.post("/v1/models/:predict", json={"instances": [[0.0] * 64]})   # was a 405 "use POST", to a POST
+    assert r.status_code == 404 and r.json()["error"] == (
+        "/v1/models/:predict: no model name; the v1 route is POST /v1/models/digits:predict")
     assert client.get("/v1/models/digits").json()["name"] == "digits"
     binary = np.ones((1, 64), np.float32).tobytes()
     head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],

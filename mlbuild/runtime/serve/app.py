@@ -210,6 +210,9 @@ async def _v1_status(request: Request, state: ServerState) -> Response:
     # POST NAME:predict only, and the answer must name what is wrong (not a 405 for one method
     # and an unknown model 'digits:explain' for another).
     name, colon, verb = request.path_params["name"].partition(":")
+    if colon and verb == "predict" and not name:
+        raise ProtocolError(404, f"{request.url.path[:200]}: no model name; the v1 route is "
+                                 f"POST /v1/models/{state.pkg.name}:predict")
     if colon and verb == "predict":
         return _not_allowed(request, "POST")
     if colon:
@@ -309,7 +312,10 @@ def create_app(state: ServerState) -> Callable[[Scope, Receive, Send], Awaitable
         *(Route(path, infer, methods=["POST"]) for path in INFER_ROUTES),
         route("/v2/models/{name}/feedback", _feedback, ["POST"]),
         route("/v1/models/{name}:predict", _v1_predict, ["POST"]),
-        route("/v1/models/{name}", _v1_status, ["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        # every method: the handler names the fix (Starlette's own 405 would list these methods
+        # in Allow, and each of them answers "use GET")
+        route("/v1/models/{name}", _v1_status, ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
+                                                "CONNECT"]),
         route("/metrics", _metrics, ["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
