@@ -116,10 +116,14 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT) -> type[asyncio.Pro
     if not hasattr(HttpToolsProtocol, "_start_asgi_task") or not hasattr(RequestResponseCycle, "send"):
         return "auto"
 
+    sweep_every = min(1.0, request_timeout / 4)
+    sweeping: dict[int, bool] = {}   # id(loop) -> its sweep is scheduled
+
     class OneWriteProtocol(HttpToolsProtocol):
         _head_bytes = 0
         _too_large = False
-        _read_timer: asyncio.TimerHandle | None = None
+        _waiting = False    # between a connection's start or a request's first bytes and its last
+        _since = 0.0        # when this connection last received bytes (loop.time())
 
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             if hasattr(cycle, "transport") and hasattr(cycle, "on_response"):
@@ -127,18 +131,21 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT) -> type[asyncio.Pro
             super()._start_asgi_task(cycle, app)
 
         # -- a stalled request: a 408 once no bytes came for request_timeout seconds ----------
-        def _arm(self) -> None:
-            if self._read_timer is not None:
-                self._read_timer.cancel()
-            self._read_timer = self.loop.call_later(request_timeout, self._stalled)
-
-        def _disarm(self) -> None:
-            if self._read_timer is not None:
-                self._read_timer.cancel()
-                self._read_timer = None
+        # A timer per request cost ~8% of the digits server's throughput (one armed and cancelled
+        # for every read); instead a read only notes the time, and one sweep a loop checks the
+        # connections waiting for a request's bytes, a few times per timeout.
+        def _sweep(self) -> None:
+            now = self.loop.time()
+            for conn in list(self.connections):
+                if isinstance(conn, OneWriteProtocol) and conn._waiting and now - conn._since >= request_timeout:
+                    conn._stalled()
+            try:
+                self.loop.call_later(sweep_every, self._sweep)
+            except RuntimeError:   # the loop is closing
+                pass
 
         def _stalled(self) -> None:
-            self._read_timer = None
+            self._waiting = False
             if self.transport.is_closing():
                 return
             if self.cycle is not None and self.cycle.response_started:
@@ -149,23 +156,22 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT) -> type[asyncio.Pro
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
-            self._arm()   # a connection that sends nothing at all
+            self._waiting, self._since = True, self.loop.time()   # a connection that sends nothing at all
+            if not sweeping.get(id(self.loop)):
+                sweeping[id(self.loop)] = True
+                self.loop.call_later(sweep_every, self._sweep)
 
         def data_received(self, data: bytes) -> None:
-            self._arm()   # before parsing: a request it completes disarms it
+            self._since = self.loop.time()
             super().data_received(data)
 
         def on_message_complete(self) -> None:
-            self._disarm()
+            self._waiting = False
             super().on_message_complete()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
 
         # -- the size of a request's line and headers: a 431 past MAX_HEAD -------------------
         def on_message_begin(self) -> None:
-            self._head_bytes = 0
+            self._head_bytes, self._waiting = 0, True
             super().on_message_begin()
 
         def _count(self, n: int) -> None:
@@ -183,7 +189,7 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT) -> type[asyncio.Pro
             super().on_header(name, value)
 
         def send_400_response(self, msg: str) -> None:   # what the HTTP parser refuses
-            self._disarm()
+            self._waiting = False
             if self._too_large:
                 _json_close(self.transport, 431, "Request Header Fields Too Large",
                             f"the request line and headers exceed {MAX_HEAD // 1024} KiB; send a shorter URL "
