@@ -228,6 +228,12 @@ def test_a_stalled_request_gets_a_json_408(strict: int, sent: bytes) -> None:
 def test_huge_headers_get_a_431_and_bad_framing_a_json_400(strict: int) -> None:
     answer, _ = _answer(strict, b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-A: " + b"a" * 100_000 + b"\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 431 ") and b"exceed 64 KiB" in answer, answer[:300]
+    answer, _ = _answer(strict, b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 100_000)   # never ends
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:300]
+    body = b"b" * 300_000   # a small head with a big body in the same reads: no 431
+    answer, _ = _answer(strict, b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(body), answer[:300]
     answer, _ = _answer(strict, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 ") and b"application/json" in head and b"invalid HTTP request" in body

@@ -45,7 +45,7 @@ REQUEST_TIMEOUT = 30.0
 
 
 class _HeadTooLarge(Exception):
-    """Raised in a parser callback: the parser stops, and the connection gets a 431."""
+    """Raised in a parser callback, once the 431 is written: the parser stops there."""
 
 
 def _json_close(transport: Any, status: int, reason: str, message: str) -> None:
@@ -120,8 +120,8 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT) -> type[asyncio.Pro
     sweeping: dict[int, bool] = {}   # id(loop) -> its sweep is scheduled
 
     class OneWriteProtocol(HttpToolsProtocol):
-        _head_bytes = 0
-        _too_large = False
+        _head_bytes = 0     # bytes received while this request's head is incomplete
+        _in_head = True     # a request's line and headers are still coming
         _waiting = False    # between a connection's start or a request's first bytes and its last
         _since = 0.0        # when this connection last received bytes (loop.time())
 
@@ -161,42 +161,47 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT) -> type[asyncio.Pro
                 sweeping[id(self.loop)] = True
                 self.loop.call_later(sweep_every, self._sweep)
 
+        # -- the size of a request's line and headers: a 431 past MAX_HEAD -------------------
+        # Counted per read, not per header (a Python call for each header, on the hot path): the
+        # bytes that came while a request's head was incomplete (a read that completes it may
+        # carry body bytes too; it is not counted against the head).
         def data_received(self, data: bytes) -> None:
             self._since = self.loop.time()
+            if self._in_head:
+                self._head_bytes += len(data)
             super().data_received(data)
+            if self._in_head and self._head_bytes > MAX_HEAD and not self.transport.is_closing():
+                self._head_too_large()   # still incomplete, and over the limit already
 
-        def on_message_complete(self) -> None:
+        def _head_too_large(self) -> None:
             self._waiting = False
-            super().on_message_complete()
+            _json_close(self.transport, 431, "Request Header Fields Too Large",
+                        f"the request line and headers exceed {MAX_HEAD // 1024} KiB; send a shorter URL "
+                        "and fewer or shorter headers")
 
-        # -- the size of a request's line and headers: a 431 past MAX_HEAD -------------------
         def on_message_begin(self) -> None:
-            self._head_bytes, self._waiting = 0, True
+            self._waiting = True
             super().on_message_begin()
 
-        def _count(self, n: int) -> None:
-            self._head_bytes += n
-            if self._head_bytes > MAX_HEAD:
-                self._too_large = True
-                raise _HeadTooLarge()
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            # a whole head in one read (with some body, maybe): measured only when the read was big
+            if self._head_bytes > MAX_HEAD and len(self.url) + sum(
+                    len(n) + len(v) + 4 for n, v in self.headers) > MAX_HEAD:
+                self._head_too_large()
+                raise _HeadTooLarge()   # stops the parser: no request starts
+            super().on_headers_complete()
 
-        def on_url(self, url: bytes) -> None:
-            self._count(len(url))
-            super().on_url(url)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._count(len(name) + len(value) + 4)
-            super().on_header(name, value)
+        def on_message_complete(self) -> None:
+            self._waiting, self._in_head, self._head_bytes = False, True, 0
+            super().on_message_complete()
 
         def send_400_response(self, msg: str) -> None:   # what the HTTP parser refuses
             self._waiting = False
-            if self._too_large:
-                _json_close(self.transport, 431, "Request Header Fields Too Large",
-                            f"the request line and headers exceed {MAX_HEAD // 1024} KiB; send a shorter URL "
-                            "and fewer or shorter headers")
-            else:
-                _json_close(self.transport, 400, "Bad Request",
-                            "invalid HTTP request: its request line, headers or chunked body could not be parsed "
-                            "(a bad Content-Length, a malformed header or chunk)")
+            if self.transport.is_closing():   # answered already (a 431)
+                return
+            _json_close(self.transport, 400, "Bad Request",
+                        "invalid HTTP request: its request line, headers or chunked body could not be parsed "
+                        "(a bad Content-Length, a malformed header or chunk)")
 
     return OneWriteProtocol
