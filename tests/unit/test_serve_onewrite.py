@@ -58,6 +58,10 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", b"%d" % len(data))]})
         await send({"type": "http.response.body", "body": data})
+    elif path == "/slow":  # an answer that takes a while (a slow model)
+        await asyncio.sleep(1.5)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
+        await send({"type": "http.response.body", "body": b"slow"})
     elif path == "/broken":  # starts a response, then fails: the client sees the head, then EOF
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
         raise RuntimeError("failed after the head")
@@ -249,3 +253,17 @@ def test_idle_keep_alive_and_a_slow_steady_body_are_not_cut(strict: int) -> None
     parts = [b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\n", b"a", b"b", b"c", b"d"]
     answer, _ = _answer(strict, *parts, pause=0.3)   # each byte within the timeout: answered
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"abcd"), answer
+
+
+def test_a_request_queued_behind_a_slow_one_is_not_timed_out(strict: int) -> None:
+    """uvicorn stops reading while a pipelined request waits for the one before it: its body
+    could not come, and it got a 408 (which cut the first answer too)."""
+    with socket.create_connection(("127.0.0.1", strict), timeout=10) as conn:
+        conn.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\n")
+        time.sleep(0.1)
+        conn.sendall(b"abcd")
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    assert answer.count(b"HTTP/1.1 200") == 2 and answer.endswith(b"abcd") and b"slow" in answer, answer

@@ -137,7 +137,10 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT) -> type[asyncio.Pro
         def _sweep(self) -> None:
             now = self.loop.time()
             for conn in list(self.connections):
-                if isinstance(conn, OneWriteProtocol) and conn._waiting and now - conn._since >= request_timeout:
+                # Not where the server itself stopped reading: a request queued behind one still being
+                # answered (pipelining), or a body the app has not consumed yet (flow control).
+                if (isinstance(conn, OneWriteProtocol) and conn._waiting and now - conn._since >= request_timeout
+                        and not conn.pipeline and not conn.flow.read_paused):
                     conn._stalled()
             try:
                 self.loop.call_later(sweep_every, self._sweep)
@@ -182,6 +185,11 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT) -> type[asyncio.Pro
         def on_message_begin(self) -> None:
             self._waiting = True
             super().on_message_begin()
+
+        def on_response_complete(self) -> None:
+            # a pipelined request waited for this one (reading was paused): its clock starts now
+            self._since = self.loop.time()
+            super().on_response_complete()
 
         def on_headers_complete(self) -> None:
             self._in_head = False
