@@ -359,6 +359,25 @@ def _ignored_data(csv_rel: str) -> str:
 _EXTENDED = {".gitignore"}   # files a project usually has already: lines are added, never replaced
 
 
+def _check_python(python: str) -> None:
+    """``--python`` names a CPython that runs here (it is snapshotted by `mlbuild lock`)."""
+    fix = "give a Python that runs here (e.g. --python python3.11, or a path)"
+    exe = shutil.which(python) if os.sep not in python else (
+        python if os.path.isfile(python) and os.access(python, os.X_OK) else None)
+    if exe is None:
+        where = "an executable on PATH" if os.sep not in python else "an executable file"
+        raise InitError(f"--python {python} is not {where}; {fix}, as [python].interpreter is snapshotted from it")
+    try:
+        proc = subprocess.run([exe, "-c", "import sys; print(sys.implementation.name)"], capture_output=True,
+                              text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise InitError(f"--python {python} ({exe}) does not run: {e}; {fix}") from None
+    if proc.returncode != 0 or proc.stdout.strip() != "cpython":
+        said = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        raise InitError(f"--python {python} ({exe}) is not a CPython interpreter that runs here "
+                        f"({said[0][:200]}); {fix}")
+
+
 def init_project(root: Path, *, name: str | None = None, csv_path: Path | None = None, python: str = "python3",
                  flake_url: str | None = None) -> Created:
     """Write a new project into ``root`` (created if missing; a git repository if it is in none).
@@ -369,10 +388,7 @@ def init_project(root: Path, *, name: str | None = None, csv_path: Path | None =
     if not NAME.fullmatch(name):
         raise InitError(f"{name!r} is not a project name: use lower-case letters, digits and - (starting with a "
                         "letter), e.g. --name iris")
-    if not (shutil.which(python) if os.sep not in python else os.path.isfile(python) and os.access(python, os.X_OK)):
-        where = "an executable on PATH" if os.sep not in python else "an executable file"
-        raise InitError(f"--python {python} is not {where}; give a Python that runs here "
-                        "(e.g. --python python3.11, or a path), as [python].interpreter is snapshotted from it")
+    _check_python(python)
     shape = None
     if csv_path is not None:
         shape = read_csv_shape(csv_path)

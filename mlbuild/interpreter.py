@@ -115,7 +115,8 @@ def probe(spec: str) -> Identity:
     except OSError as e:
         raise InterpreterError(f"[python].interpreter {spec!r} ({exe}) does not run: {e.strerror}") from None
     if proc.returncode != 0:   # what it said (a pyenv shim names the versions that have it), not the probe
-        said = "\n  ".join(proc.stderr.strip().splitlines()[-8:]) or f"exit status {proc.returncode}"
+        said = "\n  ".join(line[:300] for line in proc.stderr.strip().splitlines()[-8:]) \
+            or f"exit status {proc.returncode}"
         raise InterpreterError(f"[python].interpreter {spec!r} ({exe}) does not run:\n  {said}\n"
                                "set [python].interpreter to a Python that runs here (e.g. python3.11, or a path)")
     out = proc.stdout

@@ -150,12 +150,16 @@ def history(project: Project, model: str, notes: list[str] | None = None) -> lis
             continue
         if p is not None:
             points.append(p)
-    if others and notes is not None:   # a model renamed: its earlier history is under its old name
-        names = sorted({n for ms in others.values() for n in ms})
-        notes.append(f"note: {len(others)} earlier commit(s) declare no model {model!r} (their models: "
-                     f"{', '.join(names)}); a model renamed since has its history there under its old name")
+    # Commits without the model whose models are gone today: it may be one of them, renamed (a
+    # model added beside the others is not)
+    gone = sorted({n for ms in others.values() for n in ms} - set(project.raw.get("models", {})))
+    note = (f"note: {len(others)} earlier commit(s) declare no model {model!r} but {', '.join(map(repr, gone))}, "
+            f"which mlbuild.toml no longer has: if {model!r} was renamed, its history there is under the old name"
+            if gone else "")
+    if note and notes is not None:
+        notes.append(note)
     if not points:
-        raise MlbuildError(f"no commit declares [models.{model}.validation]; commit it first")
+        raise MlbuildError(f"no commit declares [models.{model}.validation]; commit it first" + (f"\n{note}" if note else ""))
     if not any(p.report for p in points):
         raise MlbuildError(f"no commit of {model} could be validated:\n"
                            + "\n".join(f"  {p.rev[:10]}: {p.error}" for p in points))

@@ -21,7 +21,7 @@ tagged ``raises-exception`` are kept as comments (they would stop the import).
 
 from __future__ import annotations
 
-import re
+import ast
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +95,27 @@ def _docstring(nb: Any, name: str) -> str:
             '"""')
 
 
+def _first_use(code: str, name: str) -> str | None:
+    """How ``code`` first uses the variable ``name``: "read", "bound" (assigned, imported, a
+    def...), or None. Names only: a comment or a string that holds the word is no use."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:   # the compile check names it
+        return None
+    uses: list[tuple[int, int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id == name:
+            uses.append((node.lineno, node.col_offset, "read" if isinstance(node.ctx, ast.Load) else "bound"))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            uses.append((node.lineno, node.col_offset, "bound"))
+        elif isinstance(node, ast.alias) and (node.asname or node.name.split(".")[0]) == name:
+            uses.append((node.lineno, node.col_offset, "bound"))
+    # by position; an assignment's value is read before its target is bound (x = x + 1 reads x),
+    # and a target left of its value comes first in the source: reads go first on one line
+    uses.sort(key=lambda u: (u[0], u[2] != "read", u[1]))
+    return uses[0][2] if uses else None
+
+
 def _check_compiles(code: str, cell: int, path: str) -> None:
     try:
         compile(code, path, "exec", dont_inherit=True)  # compile, not parse: it refuses top-level await
@@ -152,10 +173,15 @@ def module_source(nb: Any, name: str, policy: MagicPolicy = "comment") -> Export
     # import with a bare NameError. Refused, naming that cell, as a magic whose value is used is.
     for magic in list(found):
         var = magic.captures
-        later = [n for n, code in cell_code if var and n > magic.cell and re.search(rf"\b{re.escape(var)}\b", code)]
-        if later:
-            found.append(Magic(magic.cell, magic.line, f"{magic.text} (cell {later[0]} uses {var})",
-                               "cell magic", "refused", assigns=True, captures=var))
+        for n, code in (cell_code if var else []):
+            if n <= magic.cell or var is None:
+                continue
+            first = _first_use(code, var)
+            if first == "read":
+                found.append(Magic(magic.cell, magic.line, f"{magic.text} (cell {n} uses {var})",
+                                   "cell magic", "refused", assigns=True, captures=var))
+            if first is not None:   # read (refused), or bound again first: later cells see that value
+                break
     refused = [m for m in found if m.action == "refused"]
     if refused:
         lines = [m.describe() for m in refused]

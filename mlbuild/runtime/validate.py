@@ -86,8 +86,9 @@ def main() -> None:
             for k, v in model.run(rows[i:i + 256]).items():
                 outputs.setdefault(k, []).append(v)
     except InputRefused as e:   # the package serves; the suite's rows are what the server would refuse
-        raise SystemExit(f"mlbuild: validation of {spec['name']}: preprocess refuses rows {i}..{min(i + 256, len(rows)) - 1} "
-                         f"of the held-out inputs (load() in {spec['script']}), as the server would with a 400: "
+        row = next((j for j in range(i, min(i + 256, len(rows))) if _refused(model, rows[j:j + 1])), i)
+        raise SystemExit(f"mlbuild: validation of {spec['name']}: preprocess refuses row {row} of the held-out "
+                         f"inputs (load() in {spec['script']}), as the server would with a 400: "
                          f"{e.message.removeprefix('preprocess refused the input: ')}; make load() return inputs "
                          "preprocess takes, or let preprocess take them") from None
     except ServeError as e:
@@ -112,6 +113,18 @@ def main() -> None:
     np.save(out / "predictions.npy", np.asarray(merged.get("label", next(iter(merged.values())))), allow_pickle=False)
 
 
+def _refused(model: Any, row: Any) -> bool:
+    from .serve.model import InputRefused
+
+    try:
+        model.run(row)
+    except InputRefused:
+        return True
+    except Exception:   # another failure: not this one
+        return False
+    return False
+
+
 def served_rows(x: Any, spec: Any, who: str, script: str) -> Any:
     """The suite's inputs as the server would take them (``spec``: the package's input): a shape or
     kind of value a request could not have is refused as the server refuses it (a 400), naming
@@ -133,6 +146,14 @@ def served_rows(x: Any, spec: Any, who: str, script: str) -> Any:
                          f"as {spec.datatype}, which needs {needs}, and the server refuses such data (a 400): "
                          f"return {spec.datatype} values from load() (e.g. x.astype(numpy.{np.dtype(spec.dtype).name})), "
                          f"or fix ctx.describe(datatype=...) in training")
+    if np.dtype(spec.dtype).kind in "iu" and arr.size:   # 300 as INT8 would wrap to 44: the server refuses it
+        info = np.iinfo(spec.dtype)
+        low, high = arr.min(), arr.max()
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise SystemExit(f"{who}: load() in {script} gives inputs out of range for {spec.datatype} "
+                             f"({info.min}..{info.max}): {bad}; the server refuses such rows (a 400): fix them in "
+                             f"load(), or declare a wider datatype in ctx.describe")
     with np.errstate(all="ignore"):
         cast = arr.astype(spec.dtype, copy=False)
     if cast.dtype.kind == "f" and not np.isfinite(cast).all():   # the server refuses such a request (400)

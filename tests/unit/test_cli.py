@@ -281,8 +281,18 @@ def test_metrics_diff_across_a_rename_names_the_old_models(tree) -> None:  # typ
     finally:
         metrics._report = original
     assert len(points) == 1 and len(revs) == 1
-    assert notes == ["note: 1 earlier commit(s) declare no model 'vino' (their models: wine); a model renamed since "
-                     "has its history there under its old name"]
+    assert notes == ["note: 1 earlier commit(s) declare no model 'vino' but 'wine', which mlbuild.toml no longer "
+                     "has: if 'vino' was renamed, its history there is under the old name"]
+    # a model added beside the others was not renamed: no note
+    (root / "mlbuild.toml").write_text(table.format("vino") + table.format("wine").split("\n", 2)[2])
+    git("commit", "-qam", "wine again, beside vino")
+    metrics._report = fake_report
+    notes.clear()
+    try:
+        metrics.history(load_project(root), "vino", notes)
+    finally:
+        metrics._report = original
+    assert notes == []
 
 
 def test_a_past_commit_with_a_stale_lock_is_named_not_its_temporary_folder(tree) -> None:  # type: ignore[no-untyped-def]

@@ -226,3 +226,9 @@ def test_an_interpreter_that_is_not_there_is_refused_before_anything_is_written(
                                         r"here \(e\.g\. --python python3\.11, or a path\)"):
         init_project(tmp_path / "p", python="python9.9")
     assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())
+
+
+def test_a_python_that_is_not_a_python_is_refused(tmp_path: Path) -> None:
+    """`--python ls` was written into mlbuild.toml; `mlbuild lock` then printed its probe script."""
+    with pytest.raises(InitError, match=r"--python ls \(/\S+/ls\) is not a CPython interpreter that runs here"):
+        init_project(tmp_path / "p", python="ls")

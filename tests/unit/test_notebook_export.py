@@ -124,6 +124,14 @@ def test_a_capture_variable_a_later_cell_reads_is_refused(tmp_path: Path) -> Non
     assert "contextlib.redirect_stdout into an io.StringIO" in str(e.value)
     unused = write_nb(tmp_path / "cap2.ipynb", [new_code_cell("%%capture output\nx = 1"), new_code_cell("y = x + 1")])
     assert import_file(export_notebook(unused).output).y == 2   # type: ignore[arg-type]
+    # the word in a comment or a string, or the name bound again before any read: no use of it
+    rebound = write_nb(tmp_path / "cap3.ipynb", [
+        new_code_cell("%%capture out\nx = 1"), new_code_cell("# out is noise\ns = 'out'"),
+        new_code_cell("out = 3\nz = out + x"), new_code_cell("w = out * 2")])
+    assert import_file(export_notebook(rebound).output).w == 6   # type: ignore[arg-type]
+    late = write_nb(tmp_path / "cap4.ipynb", [new_code_cell("%%capture out\nx = 1"), new_code_cell("out = out + 1")])
+    with pytest.raises(NotebookExportError, match=r"%%capture out \(cell 2 uses out\)"):
+        export_notebook(late)
 
 
 def test_syntax_error_and_top_level_await_name_the_cell(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import json
 from pathlib import Path
 from typing import Any
@@ -328,7 +330,8 @@ def test_validation_of_a_package_that_cannot_serve_says_so_without_a_traceback(
 
 
 
-def test_a_preprocess_that_refuses_zeros_still_loads_and_bool_inputs_become_floats(tmp_path: Path) -> None:
+def test_a_preprocess_that_refuses_zeros_still_loads_and_bool_inputs_become_floats(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The warm-up runs zeros: a handler refusing an all-padding row made the package unloadable.
     A ValueError without a message still says what it was."""
     from tests.unit.conftest_serve import MLP_SOURCE
@@ -347,6 +350,13 @@ def preprocess(x):
     with pytest.raises(InputRefused, match=r"^preprocess refused the input: ValueError$"):
         model.run(np.zeros((1, 64), np.float32))
     assert model.run(np.ones((2, 64), np.float32))["label"].shape == (2,)
+    # a handler's own bug raising ValueError for every row: it loads, but not without a word
+    broken = build_package(tmp_path / "broken", train_steps=0,
+                           source=MLP_SOURCE + "\n\ndef preprocess(x):\n    return torch.from_numpy(x.reshape(-1, 65))\n")
+    with caplog.at_level(logging.WARNING, logger="mlbuild.serve"):
+        load_model(load_package(broken))
+    assert "preprocess refused the warm-up rows (zeros and ones), so the outputs were not checked at load: " \
+           "preprocess refused the input: cannot reshape array of size 64 into shape (65)" in caplog.text
     flags = build_package(tmp_path / "b", train_steps=0,
                           extra_config={"inputs": [{"name": "input", "datatype": "BOOL", "shape": [-1, 64]}]})
     out = load_model(load_package(flags)).run(np.ones((2, 64), bool))   # the default preprocess: float32

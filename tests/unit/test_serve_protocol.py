@@ -72,7 +72,7 @@ def test_json_data_may_be_nested_and_ints() -> None:
 @pytest.mark.parametrize(("body", "message"), [
     (b"{", "not valid JSON"),
     (b"\xff\xfe", "not valid JSON"),
-    (b"[" * 100_000, "not valid JSON"),
+    (b"[" * 100_000, "not valid JSON: nested too deeply"),
     (b"[]", "must be a JSON object"),
     (b"{}", "inputs must be a non-empty list"),
     (_json_body([0.0] * 8, datatype="FP64"), "datatype 'FP64', the model expects FP32"),

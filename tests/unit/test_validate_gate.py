@@ -165,6 +165,12 @@ def test_the_suite_s_inputs_are_checked_and_cast_as_the_server_takes_a_request()
         served_rows(np.zeros((2, 6), np.float32), tokens, "v", "validate.py")
     assert served_rows(np.arange(12, dtype=np.int32).reshape(2, 6), tokens, "v", "validate.py").dtype == np.int64
     assert served_rows(np.ones((2, 1, 8, 8), np.int64), cnn, "v", "validate.py").dtype == np.float32
+    # an integer out of the datatype's range would wrap (300 as INT8 is 44): the server refuses it
+    with pytest.raises(SystemExit, match=r"gives inputs out of range for INT8 \(-128\.\.127\): 300; the server "
+                                         r"refuses such rows"):
+        served_rows(np.array([[1, 300]]), TensorSpec("t", "INT8", (-1, 2)), "v", "validate.py")
+    with pytest.raises(SystemExit, match=r"out of range for UINT8 \(0\.\.255\): -1"):
+        served_rows(np.array([[-1, 3]]), TensorSpec("t", "UINT8", (-1, 2)), "v", "validate.py")
     # a value beyond FP16's range becomes infinity, which the server refuses: so does validation
     half = TensorSpec("input", "FP16", (-1, 4))
     x = np.zeros((3, 4))
@@ -196,6 +202,6 @@ def test_held_out_rows_preprocess_refuses_are_named_as_such(tmp_path: Path, monk
     with pytest.raises(SystemExit) as e:
         main()
     assert str(e.value.code) == (
-        "mlbuild: validation of digits: preprocess refuses rows 256..299 of the held-out inputs (load() in "
+        "mlbuild: validation of digits: preprocess refuses row 280 of the held-out inputs (load() in "
         "validate.py), as the server would with a 400: ValueError; make load() return inputs preprocess takes, "
         "or let preprocess take them")

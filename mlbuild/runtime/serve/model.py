@@ -19,6 +19,7 @@ manifest first.
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import os
 import sys
@@ -35,6 +36,8 @@ from .package import Package, PackageError, ServeError
 from .protocol import ProtocolError
 
 __all__ = ["LoadedModel", "ModelError", "InputRefused", "load_model", "default_threads", "sha256_file"]
+
+log = logging.getLogger("mlbuild.serve")
 
 Preprocess = Callable[[np.ndarray], torch.Tensor]
 Postprocess = Callable[[torch.Tensor], dict[str, np.ndarray]]
@@ -227,11 +230,17 @@ def load_model(pkg: Package, threads: int | None = None, verify: bool = True) ->
             postprocess = _single_output_postprocess(pkg.outputs[0].name)
     model = LoadedModel(pkg, module, preprocess, postprocess, 0.0, threads)
     spec = pkg.input
-    warm = np.zeros((1, *[d if d > 0 else 1 for d in spec.shape[1:]]), dtype=spec.dtype)
+    shape = (1, *[d if d > 0 else 1 for d in spec.shape[1:]])
+    warm = np.zeros(shape, dtype=spec.dtype)
     try:
-        model.run(warm)
-    except InputRefused:   # a handler may refuse a row of zeros (only padding): no outputs to check then
-        pass
+        try:
+            model.run(warm)
+        except InputRefused:   # a handler may refuse a row of zeros (only padding): try a row of ones
+            warm = np.ones(shape, dtype=spec.dtype)
+            model.run(warm)
+    except InputRefused as e:   # refused both: say so (a handler's own bug would blame every client)
+        log.warning("%s: preprocess refused the warm-up rows (zeros and ones), so the outputs were not checked "
+                    "at load: %s", pkg.name, e.message)
     except Exception as e:   # the user's code or the outputs it declared: rebuilding would not help
         handlers = [n for n in ("preprocess", "postprocess") if getattr(user, n, None) is not None]
         raise PackageError(pkg.root, f"warm-up inference on zeros{list(warm.shape)} failed: {type(e).__name__}: {e}",

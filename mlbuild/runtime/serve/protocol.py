@@ -87,7 +87,8 @@ def _loads(data: bytes | memoryview, what: str, binary_hint: bool = False) -> An
         if tail:
             raise _bad(f"{what} is not valid JSON: {tail} byte(s) follow its JSON object; binary tensor data "
                        "needs the Inference-Header-Content-Length header (the JSON part's length in bytes)") from None
-        raise _bad(f"{what} is not valid JSON: {str(e)[:200]}") from None
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
+        raise _bad(f"{what} is not valid JSON: {reason}") from None
 
 
 def _after_json(body: bytes) -> int:
