@@ -5,6 +5,7 @@ Connection: close, an app that fails after starting its response)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import socket
 import threading
@@ -82,9 +83,17 @@ def server() -> Iterator[tuple[int, list[bytes]]]:
         def connection_made(self, transport: Any) -> None:
             super().connection_made(_Recording(transport, writes))
 
+    with _serving(Recorded) as port:
+        yield port, writes
+
+
+@contextlib.contextmanager
+def _serving(protocol: Any) -> Iterator[int]:
+    """A real uvicorn server of _app with ``protocol``, in a thread; yields its port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(_app, http=Recorded, lifespan="off", log_level="critical", server_header=False)
+    config = uvicorn.Config(_app, http=protocol, lifespan="off", log_level="critical", server_header=False,
+                            timeout_keep_alive=30)
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(srv.serve(sockets=[sock])), daemon=True)
     thread.start()
@@ -92,9 +101,11 @@ def server() -> Iterator[tuple[int, list[bytes]]]:
     while not srv.started:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.01)
-    yield sock.getsockname()[1], writes
-    srv.should_exit = True
-    thread.join(10)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        srv.should_exit = True
+        thread.join(10)
 
 
 def _request(port: int, method: str, path: str, body: bytes | None = None,
@@ -187,20 +198,8 @@ def strict() -> Iterator[int]:
     """The protocol with a request timeout of 0.5 s (the server's default is 30 s)."""
     base = protocol_class(request_timeout=0.5)
     assert not isinstance(base, str)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(_app, http=base, lifespan="off", log_level="critical", server_header=False,
-                            timeout_keep_alive=30)
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(srv.serve(sockets=[sock])), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    yield sock.getsockname()[1]
-    srv.should_exit = True
-    thread.join(10)
+    with _serving(base) as port:
+        yield port
 
 
 def _answer(port: int, *parts: bytes, pause: float = 0.0) -> tuple[bytes, float]:
