@@ -13,14 +13,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import MlbuildError
+from .interpreter import executable, not_found
 
 __all__ = ["InitError", "CsvShape", "Created", "init_project", "read_csv_shape", "REQUIREMENTS"]
 
@@ -362,11 +361,10 @@ _EXTENDED = {".gitignore"}   # files a project usually has already: lines are ad
 def _check_python(python: str) -> None:
     """``--python`` names a CPython that runs here (it is snapshotted by `mlbuild lock`)."""
     fix = "give a Python that runs here (e.g. --python python3.11, or a path)"
-    exe = shutil.which(python) if os.sep not in python else (
-        python if os.path.isfile(python) and os.access(python, os.X_OK) else None)
+    exe = executable(python)
     if exe is None:
-        where = "an executable on PATH" if os.sep not in python else "an executable file"
-        raise InitError(f"--python {python} is not {where}; {fix}, as [python].interpreter is snapshotted from it")
+        raise InitError(f"--python {python} is not {not_found(python)}; {fix}, as [python].interpreter is "
+                        "snapshotted from it")
     try:
         proc = subprocess.run([exe, "-c", "import sys; print(sys.implementation.name)"], capture_output=True,
                               text=True, timeout=60)

@@ -94,12 +94,23 @@ class Identity:
         return asdict(self)
 
 
+def executable(spec: str) -> str | None:
+    """``spec``, a command name on PATH or a path, as the executable file it names; None if none."""
+    if os.sep not in spec:
+        return shutil.which(spec)
+    return spec if os.path.isfile(spec) and os.access(spec, os.X_OK) else None
+
+
+def not_found(spec: str) -> str:
+    """What ``spec`` is not, when ``executable`` finds nothing."""
+    return "an executable on PATH" if os.sep not in spec else "an executable file"
+
+
 def find_interpreter(spec: str) -> str:
     """A command name on PATH or a path, as ``[python].interpreter`` gives it."""
-    found = shutil.which(spec) if os.sep not in spec else (
-        spec if os.path.isfile(spec) and os.access(spec, os.X_OK) else None)
+    found = executable(spec)
     if not found:
-        where = "an executable on PATH" if os.sep not in spec else "an executable file"
+        where = not_found(spec)
         raise InterpreterError(
             f"[python].interpreter {spec!r} is not {where}; install it or set "
             f"[python].interpreter in mlbuild.toml to a Python that exists, then run `mlbuild lock`"

@@ -95,14 +95,14 @@ def _report_at(project: Project, model: str, rev: str, required: bool = True,
     then, in ``others``, the models of a revision that does not declare ``model`` at all."""
     with tempfile.TemporaryDirectory(prefix="mlbuild-rev-") as tmp:
         old = _at(project, rev, Path(tmp))
-        if "validation" not in old.raw.get("models", {}).get(model, {}):
-            if others is not None and model not in old.raw.get("models", {}) and old.raw.get("models"):
-                others[rev] = sorted(old.raw["models"])
+        models = old.raw.get("models", {})
+        if "validation" not in models.get(model, {}):
+            renamed = model not in models and bool(models)   # it may be one of them, under its old name
+            if others is not None and renamed:
+                others[rev] = sorted(models)
             if required:
-                models = sorted(old.raw.get("models", {}))
-                what = (f"no model {model!r} (its models: {', '.join(models)}; a model renamed since has its "
-                        f"reports under its old name there)" if model not in old.raw.get("models", {}) and models
-                        else f"no [models.{model}.validation]")
+                what = (f"no model {model!r} (its models: {', '.join(sorted(models))}; a model renamed since has "
+                        f"its reports under its old name there)" if renamed else f"no [models.{model}.validation]")
                 raise MlbuildError(f"at revision {rev!r}, mlbuild.toml declares {what}")
             return None
         # A snapshot from git is clean by construction (it is not a worktree).

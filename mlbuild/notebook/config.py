@@ -15,7 +15,6 @@ reported with the fix rather than as an evaluation error::
 from __future__ import annotations
 
 import json
-
 import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence

@@ -173,8 +173,10 @@ def module_source(nb: Any, name: str, policy: MagicPolicy = "comment") -> Export
     # import with a bare NameError. Refused, naming that cell, as a magic whose value is used is.
     for magic in list(found):
         var = magic.captures
-        for n, code in (cell_code if var else []):
-            if n <= magic.cell or var is None:
+        if not var:
+            continue
+        for n, code in cell_code:
+            if n <= magic.cell:
                 continue
             first = _first_use(code, var)
             if first == "read":

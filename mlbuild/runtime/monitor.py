@@ -31,12 +31,14 @@ __all__ = ["main", "Monitor"]
 log = logging.getLogger("mlbuild.monitor")
 
 
-# Marks the suite's requests as probes: the server keeps them out of its live drift and feedback
-# windows (PROBE_HEADER in mlbuild/runtime/serve/names.py).
-#: Open Inference Protocol datatypes and the numpy types the monitor sends them as (JSON tensors).
+#: Open Inference Protocol datatypes and the numpy types the monitor sends them as (JSON tensors; the
+#: server's modules are not in the monitor's runtime: a test keeps it equal to serve/package.py's).
 OIP_DTYPES = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
               "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64", "FP16": "float16",
               "FP32": "float32", "FP64": "float64"}
+
+# Marks the suite's requests as probes: the server keeps them out of its live drift and feedback
+# windows (PROBE_HEADER in mlbuild/runtime/serve/names.py).
 _HEADERS = {"content-type": "application/json", "mlbuild-probe": "validation-suite"}
 
 

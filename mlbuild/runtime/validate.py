@@ -138,10 +138,10 @@ def served_rows(x: Any, spec: Any, who: str, script: str) -> Any:
                          f"of shape {want} (-1: any size), and the server refuses requests of that shape (a 400): "
                          f"make load() return rows of the model's shape (e.g. x.reshape(len(x), "
                          f"{', '.join(str(d) for d in want[1:])})), or fix ctx.describe(input_shape=...) in training")
-    kind = np.dtype(spec.dtype).kind
-    allowed = {"b": "b", "i": "iu", "u": "iu"}.get(kind, "iuf")
+    from .serve.protocol import accepted_kinds
+
+    allowed, needs = accepted_kinds(spec.datatype)
     if arr.dtype.kind not in allowed:
-        needs = {"b": "booleans", "iu": "integers", "iuf": "numbers"}[allowed]
         raise SystemExit(f"{who}: load() in {script} gives inputs of {arr.dtype}, but the model takes {spec.name!r} "
                          f"as {spec.datatype}, which needs {needs}, and the server refuses such data (a 400): "
                          f"return {spec.datatype} values from load() (e.g. x.astype(numpy.{np.dtype(spec.dtype).name})), "

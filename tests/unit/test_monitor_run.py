@@ -140,3 +140,11 @@ def test_the_monitor_sends_the_served_input_s_datatype(tmp_path: Path) -> None:
         assert 0.0 <= out["metrics"]["accuracy"] <= 1.0
     finally:
         server.stop()
+
+
+def test_the_monitor_knows_the_datatypes_the_server_takes() -> None:
+    """The monitor's runtime does not carry the server's modules: its own table must agree."""
+    from mlbuild.runtime.monitor import OIP_DTYPES
+    from mlbuild.runtime.serve.package import DATATYPES
+
+    assert {k: np.dtype(v) for k, v in OIP_DTYPES.items()} == {k: np.dtype(v) for k, v in DATATYPES.items()}

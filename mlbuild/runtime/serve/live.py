@@ -153,8 +153,8 @@ def _rows(entry: np.ndarray | _Labelled) -> int:
 class LiveQuality:
     def __init__(self, model: str, reference: dict[str, Any] | None, labels: list[str] | None,
                  registry: CollectorRegistry, *, classes: int | None = None, window: int = 1000,
-                 remember: int = 10000, remember_rows: int = 1_000_000, drift_window: int = 2000, min_feedback_rows: int = MIN_FEEDBACK_ROWS,
-                 min_drift_rows: int = MIN_DRIFT_ROWS, regression: bool = False,
+                 remember: int = 10000, remember_rows: int = 1_000_000, drift_window: int = 2000,
+                 min_feedback_rows: int = MIN_FEEDBACK_ROWS, min_drift_rows: int = MIN_DRIFT_ROWS, regression: bool = False,
                  output: str | None = "label") -> None:
         self.model = model
         # A regression model's feedback gives true values (numbers), compared with its predicted

@@ -140,6 +140,14 @@ def _has_bool(data: Any) -> bool:
     return bool in set(map(type, data))
 
 
+def accepted_kinds(datatype: str) -> tuple[str, str]:
+    """The numpy kinds a request's values may have for ``datatype`` (they are cast to it), and
+    what to call them: booleans for BOOL, integers for the integer types, numbers for the rest."""
+    if datatype == "BOOL":
+        return "b", "booleans"
+    return ("iu", "integers") if datatype in _INT_BOUNDS else ("iuf", "numbers")
+
+
 def _from_json_data(spec: TensorSpec, data: Any, shape: tuple[int, ...], datatype: str) -> np.ndarray:
     """Convert JSON ``data`` (flat or nested) to an array of ``shape`` and the spec's dtype."""
     try:
@@ -149,14 +157,13 @@ def _from_json_data(spec: TensorSpec, data: Any, shape: tuple[int, ...], datatyp
     except (ValueError, TypeError, OverflowError, RecursionError, MemoryError):
         raise _bad(f"input {spec.name!r}: data is not a regular array of numbers") from None
     kind = arr.dtype.kind
-    allowed = "b" if datatype == "BOOL" else "iu" if datatype in _INT_BOUNDS else "iuf"
+    allowed, needs = accepted_kinds(datatype)
     if kind not in allowed or arr.size != math.prod(shape):
         if kind not in allowed:
             what = "empty" if arr.size == 0 else "not numbers" if kind not in "biuf" else f"of kind {arr.dtype}"
             # a float array's .tolist() sends 1.0 for 1: JSON integers have no fraction
             hint = " (write whole numbers as 1, not 1.0)" if allowed == "iu" and kind == "f" else ""
-            raise _bad(f"input {spec.name!r}: data is {what}; datatype {datatype} needs "
-                       f"{'booleans' if allowed == 'b' else 'integers' if allowed == 'iu' else 'numbers'}{hint}")
+            raise _bad(f"input {spec.name!r}: data is {what}; datatype {datatype} needs {needs}{hint}")
         raise _bad(f"input {spec.name!r}: data has {arr.size} element(s), shape {list(shape)} needs {math.prod(shape)}")
     if kind != "b" and _has_bool(data):  # numpy would silently read true/false as 1/0
         raise _bad(f"input {spec.name!r}: data holds true/false; datatype {datatype} needs numbers")
