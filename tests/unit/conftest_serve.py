@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-__all__ = ["MLP_SOURCE", "SLOW_SOURCE", "TOKENS_SOURCE", "tokens_config", "build_package", "load_reference", "digits_split", "ServerProcess",
+__all__ = ["MLP_SOURCE", "SLOW_SOURCE", "TOKENS_SOURCE", "tokens_config", "validation_spec", "build_package", "load_reference", "digits_split", "ServerProcess",
            "connect"]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,6 +90,19 @@ def preprocess(x):
         raise ValueError(f"token ids must be in 0..{VOCAB - 1}")
     return torch.from_numpy(np.ascontiguousarray(x))
 '''
+
+
+def validation_spec(tmp_path: Path, pkg: Path, load_body: str) -> Path:
+    """The spec of a validation of ``pkg`` (as Nix hands it to runtime/validate.py) whose suite's
+    ``load(data)`` runs ``load_body`` (numpy imported as np); written under ``tmp_path``."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    body = "".join(f"    {line}\n" for line in load_body.splitlines())
+    (suite / "validate.py").write_text(f"import numpy as np\n\ndef load(data):\n{body}")
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"version": 1, "name": "digits", "suite": str(suite), "script": "validate.py",
+                                "dataset": {"path": str(tmp_path)}, "dataset_name": "split", "package": str(pkg)}))
+    return spec
 
 
 def tokens_config() -> dict[str, Any]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.unit.conftest_serve import build_package, load_reference
+from tests.unit.conftest_serve import build_package, load_reference, validation_spec
 from mlbuild.runtime.serve.model import LoadedModel, ModelError, default_threads, load_model
 from mlbuild.runtime.serve.package import PackageError, ServeSettings, load_package
 
@@ -316,13 +316,7 @@ def test_validation_of_a_package_that_cannot_serve_says_so_without_a_traceback(
 
     pkg = build_package(tmp_path / "p", train_steps=0, extra_config={
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 11]}]})
-    suite = tmp_path / "suite"
-    suite.mkdir()
-    (suite / "check.py").write_text("import numpy as np\n\ndef load(path):\n"
-                                    "    return np.zeros((4, 64), dtype=np.float32), np.zeros(4, dtype=np.int64)\n")
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"version": 1, "name": "digits", "suite": str(suite), "script": "check.py",
-                                "dataset": {"path": str(tmp_path)}, "dataset_name": "d", "package": str(pkg)}))
+    spec = validation_spec(tmp_path, pkg, "return np.zeros((4, 64), dtype=np.float32), np.zeros(4, dtype=np.int64)")
     monkeypatch.setenv("specPath", str(spec))
     monkeypatch.setenv("out", str(tmp_path / "out"))
     with pytest.raises(SystemExit, match=r"^mlbuild: validation of digits: the package cannot serve: .*warm-up"):

@@ -184,19 +184,13 @@ def test_held_out_rows_preprocess_refuses_are_named_as_such(tmp_path: Path, monk
     """They were "the package cannot serve: preprocess refused the input: " (an empty message),
     though the package serves: the suite's rows are what the server would refuse."""
     from mlbuild.runtime.validate import main
-    from tests.unit.conftest_serve import MLP_SOURCE, build_package
+    from tests.unit.conftest_serve import MLP_SOURCE, build_package, validation_spec
 
     source = MLP_SOURCE + "\n\ndef preprocess(x):\n    if (x > 1).any():\n        raise ValueError()\n" \
                           "    return torch.from_numpy(x).float()\n"
     pkg = build_package(tmp_path / "pkg", source=source, train_steps=0)
-    suite = tmp_path / "suite"
-    suite.mkdir()
-    (suite / "validate.py").write_text("import numpy as np\n\ndef load(data):\n"
-                                       "    x = np.zeros((300, 64), np.float32)\n    x[280, 3] = 5\n"
-                                       "    return x, np.zeros(300, int)\n")
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"version": 1, "name": "digits", "suite": str(suite), "script": "validate.py",
-                                "dataset": {"path": str(tmp_path)}, "dataset_name": "split", "package": str(pkg)}))
+    spec = validation_spec(tmp_path, pkg, "x = np.zeros((300, 64), np.float32)\nx[280, 3] = 5\n"
+                                          "return x, np.zeros(300, int)")
     monkeypatch.setenv("specPath", str(spec))
     monkeypatch.setenv("out", str(tmp_path / "out"))
     with pytest.raises(SystemExit) as e:
