@@ -355,3 +355,21 @@ def preprocess(x):
                           extra_config={"inputs": [{"name": "input", "datatype": "BOOL", "shape": [-1, 64]}]})
     out = load_model(load_package(flags)).run(np.ones((2, 64), bool))   # the default preprocess: float32
     assert out["probabilities"].shape == (2, 10)
+
+
+def test_a_warm_up_failing_on_the_second_try_names_the_row_it_ran(tmp_path: Path) -> None:
+    from tests.unit.conftest_serve import MLP_SOURCE
+
+    source = MLP_SOURCE + '''
+
+def preprocess(x):
+    if not x.any():
+        raise ValueError("only padding")
+    return torch.from_numpy(x).float()
+
+def postprocess(out):
+    raise RuntimeError("broken postprocess")
+'''
+    pkg = build_package(tmp_path / "p", source=source, train_steps=0)
+    with pytest.raises(PackageError, match=r"warm-up inference on ones\[1, 64\] failed: RuntimeError: broken postprocess"):
+        load_model(load_package(pkg))

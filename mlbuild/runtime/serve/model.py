@@ -243,7 +243,8 @@ def load_model(pkg: Package, threads: int | None = None, verify: bool = True) ->
                     "at load: %s", pkg.name, e.message)
     except Exception as e:   # the user's code or the outputs it declared: rebuilding would not help
         handlers = [n for n in ("preprocess", "postprocess") if getattr(user, n, None) is not None]
-        raise PackageError(pkg.root, f"warm-up inference on zeros{list(warm.shape)} failed: {type(e).__name__}: {e}",
+        rows = "ones" if warm.any() else "zeros"   # the second try, after preprocess refused the zeros
+        raise PackageError(pkg.root, f"warm-up inference on {rows}{list(warm.shape)} failed: {type(e).__name__}: {e}",
                            fix=f"fix {' and '.join(handlers) or 'the model'} in {pkg.module}.py, or what training "
                                f"declared with ctx.describe (input_shape={list(spec.shape[1:])}, "
                                f"datatype={spec.datatype!r}; the outputs follow task=), then rebuild") from e
