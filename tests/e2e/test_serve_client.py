@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -145,6 +148,10 @@ def test_concurrent_requests_each_get_their_own_rows(digits_server: ServerProces
 
 
 def test_metrics(digits_server: ServerProcess) -> None:
+    # a request the HTTP layer refuses itself (a bad Content-Length) is counted too
+    with socket.create_connection(("127.0.0.1", digits_server.port), timeout=10) as conn:
+        conn.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n")
+        assert conn.recv(65536).startswith(b"HTTP/1.1 400 ")
     status, headers, body = digits_server.request("GET", "/metrics")
     text = body.decode()
     assert status == 200 and headers["content-type"].startswith("text/plain")
@@ -154,3 +161,16 @@ def test_metrics(digits_server: ServerProcess) -> None:
     assert 'mlbuild_model_info{code_hash="' in text and 'model="digits"' in text
     assert "mlbuild_model_load_seconds" in text and "mlbuild_model_ready 1.0" in text
     assert "_created" not in text
+    assert 'mlbuild_requests_total{method="other",route="unparsed",status="400"} 1.0' in text
+
+
+def test_an_oversize_body_gets_its_413_in_urllib(digits_server: ServerProcess) -> None:
+    """urllib sends ``Connection: close`` and its whole body before reading: the server answered
+    the 413 from Content-Length and closed with the body unread, and the kernel's reset reached
+    the client first ("connection reset by peer")."""
+    body = b" " * (9 << 20)   # over the default 8 MiB
+    req = urllib.request.Request(f"http://{digits_server.url}/v2/models/digits/infer", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=30)
+    assert refused.value.code == 413 and b"over the server's limit" in refused.value.read()

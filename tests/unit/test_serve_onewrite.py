@@ -63,6 +63,9 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await asyncio.sleep(1.5)
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
         await send({"type": "http.response.body", "body": b"slow"})
+    elif path == "/refuse":  # answers before reading the body (a 413 from Content-Length alone)
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-length", b"7")]})
+        await send({"type": "http.response.body", "body": b"refused"})
     elif path == "/broken":  # starts a response, then fails: the client sees the head, then EOF
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
         raise RuntimeError("failed after the head")
@@ -266,3 +269,47 @@ def test_a_request_queued_behind_a_slow_one_is_not_timed_out(strict: int) -> Non
         while chunk := conn.recv(65536):
             answer += chunk
     assert answer.count(b"HTTP/1.1 200") == 2 and answer.endswith(b"abcd") and b"slow" in answer, answer
+
+
+@pytest.mark.parametrize("close", [True, False])
+def test_an_answer_before_the_body_is_read_reaches_a_client_that_sends_it_all(
+        server: tuple[int, list[bytes]], close: bool) -> None:
+    """A 413 answered from Content-Length, to a client that sends its whole body before reading
+    (http.client, urllib, which sends ``Connection: close``): closed at once, the unread body made
+    the kernel send a reset, and the client saw "connection reset by peer", not the 413."""
+    port, _ = server
+    body = b"x" * (20 << 20)
+    for _ in range(3):
+        status, answer = _request(port, "POST", "/refuse", body=body,
+                                  headers={"Connection": "close"} if close else {})
+        assert (status, answer) == (413, b"refused")
+
+
+def test_lingering_after_an_early_answer_is_bounded(strict: int) -> None:
+    """A client that goes on sending after the answer is cut off after the linger (here 0.5 s)."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", strict), timeout=10) as conn:
+        conn.sendall(b"POST /refuse HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 999999999999\r\n\r\n")
+        answer = b""
+        with pytest.raises(OSError):   # a reset once the server has closed for good
+            while time.monotonic() - started < 8:
+                conn.sendall(b"y" * 65536)
+                time.sleep(0.01)
+        with contextlib.suppress(OSError):
+            answer = conn.recv(65536)
+    assert time.monotonic() - started < 5
+    assert answer.startswith(b"HTTP/1.1 413") or answer == b"", answer
+
+
+def test_what_the_protocol_refuses_itself_is_reported_for_the_metrics() -> None:
+    """A 400, 408 or 431 answered by the protocol never reaches the app, whose middleware counts
+    requests: ``refused`` is the only place /metrics hears of them."""
+    statuses: list[int] = []
+    base = protocol_class(request_timeout=0.5, refused=statuses.append)
+    assert not isinstance(base, str)
+    with _serving(base) as port:
+        assert _answer(port, b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 100_000 + b"\r\n\r\n")[0].startswith(b"HTTP/1.1 431")
+        assert _answer(port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")[0].startswith(b"HTTP/1.1 400")
+        assert _answer(port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nab")[0].startswith(b"HTTP/1.1 408")
+        assert _answer(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")[0].startswith(b"HTTP/1.1 200")
+    assert statuses == [431, 400, 408]

@@ -2,7 +2,9 @@
 
 Exposed at ``GET /metrics``:
 
-- ``mlbuild_requests_total{route,method,status}``: HTTP requests by route template and status
+- ``mlbuild_requests_total{route,method,status}``: HTTP requests by route template and status;
+  those the HTTP layer refuses before any route sees them (a malformed request, headers over the
+  limit, a stalled request) as ``route="unparsed", method="other"``
 - ``mlbuild_request_duration_seconds{route}``: latency histogram by route template
 - ``mlbuild_requests_in_flight``: HTTP requests being handled now (not counting the scrape)
 - ``mlbuild_batch_size``: rows per forward pass (histogram)
@@ -84,6 +86,10 @@ class ServerMetrics:
         if hist is None:
             hist = self._latency_children[route] = self.latency.labels(route)
         hist.observe(seconds)
+
+    def refused(self, status: int) -> None:
+        """Count a request the HTTP layer refused before it reached the app (400, 408, 431)."""
+        self.requests.labels("unparsed", "other", str(status)).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -27,6 +27,14 @@ The same protocol bounds what one client can hold, which uvicorn's httptools pro
   used up the server's file descriptors);
 - a request the HTTP parser refuses (a bad Content-Length, a bad chunk) gets a JSON 400 like every
   other error, not uvicorn's text/plain one.
+
+And it closes a connection as a client can read: a connection closed while its client is still
+sending the request (a 413 answered from ``Content-Length`` alone, with ``Connection: close``, as
+Python's ``urllib`` sends; a 431; a 400 from the parser) is half-closed after the answer, and what
+the client still sends is read and dropped until it stops (its FIN) or for ``LINGER`` seconds at
+most, as nginx's ``lingering_close`` does. Closed at once, the unread bytes made the kernel answer
+with a TCP reset, and a client that sends its whole body before reading (``urllib``,
+``http.client``) got "connection reset by peer" instead of the 413.
 """
 
 from __future__ import annotations
@@ -35,34 +43,35 @@ import asyncio
 import json
 from typing import Any, Callable
 
-__all__ = ["protocol_class", "MAX_HEAD", "REQUEST_TIMEOUT"]
+__all__ = ["protocol_class", "MAX_HEAD", "REQUEST_TIMEOUT", "LINGER"]
 
 _JOIN_LIMIT = 64 * 1024
 #: The most bytes of a request line and headers (URL, names and values) a request may have.
 MAX_HEAD = 64 * 1024
 #: Seconds a request may go without sending its next bytes (line, headers or body).
 REQUEST_TIMEOUT = 30.0
+#: Seconds at most a connection closed mid-request goes on reading (and dropping) the client's bytes.
+LINGER = 5.0
 
 
 class _HeadTooLarge(Exception):
     """Raised in a parser callback, once the 431 is written: the parser stops there."""
 
 
-def _json_close(transport: Any, status: int, reason: str, message: str) -> None:
-    """Answer ``status`` with the server's JSON error body and close the connection."""
+def _json_error(transport: Any, status: int, reason: str, message: str) -> None:
+    """Answer ``status`` with the server's JSON error body (the caller closes the connection)."""
     body = json.dumps({"error": message}).encode()
     transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                     b"connection: close\r\n\r\n%s" % (status, reason.encode(), len(body), body))
-    transport.close()
 
 
 class _HeldHead:
     """A cycle's transport that joins the response head with the write after it."""
 
-    __slots__ = ("_transport", "_cycle", "_held", "_head_seen")
+    __slots__ = ("_transport", "_cycle", "_held", "_head_seen", "_linger")
 
-    def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
-        self._transport, self._cycle = transport, cycle
+    def __init__(self, transport: asyncio.Transport, cycle: Any, linger: Callable[[], None]) -> None:
+        self._transport, self._cycle, self._linger = transport, cycle, linger
         self._held: bytes | None = None
         self._head_seen = False
 
@@ -88,14 +97,17 @@ class _HeldHead:
 
     def close(self) -> None:
         self.flush()
-        self._transport.close()
+        if self._cycle.more_body:   # the client is still sending this request's body
+            self._linger()
+        else:
+            self._transport.close()
 
     def __getattr__(self, name: str) -> Any:  # is_closing, get_extra_info, ...
         return getattr(self._transport, name)
 
 
-def _wrap(cycle: Any) -> None:
-    held = _HeldHead(cycle.transport, cycle)
+def _wrap(cycle: Any, linger: Callable[[], None]) -> None:
+    held = _HeldHead(cycle.transport, cycle, linger)
     cycle.transport = held
     on_response: Callable[[], None] = cycle.on_response
 
@@ -106,9 +118,11 @@ def _wrap(cycle: Any) -> None:
     cycle.on_response = completed
 
 
-def protocol_class(request_timeout: float = REQUEST_TIMEOUT) -> type[asyncio.Protocol] | str:
+def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LINGER,
+                   refused: Callable[[int], None] = lambda status: None) -> type[asyncio.Protocol] | str:
     """The one-write protocol class, or ``"auto"`` (uvicorn's choice) where httptools or the
-    internals it relies on are missing."""
+    internals it relies on are missing. ``refused(status)`` is called for each request the protocol
+    answers itself (400, 408, 431): the app never sees those, so its metrics would not count them."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
     except ImportError:  # no httptools: uvicorn's h11 protocol, as it is
@@ -124,10 +138,11 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT) -> type[asyncio.Pro
         _in_head = True     # a request's line and headers are still coming
         _waiting = False    # between a connection's start or a request's first bytes and its last
         _since = 0.0        # when this connection last received bytes (loop.time())
+        _linger_until = 0.0  # > 0: answered and half-closed; the client's bytes are dropped until then
 
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-            if hasattr(cycle, "transport") and hasattr(cycle, "on_response"):
-                _wrap(cycle)
+            if hasattr(cycle, "transport") and hasattr(cycle, "on_response") and hasattr(cycle, "more_body"):
+                _wrap(cycle, self._linger)
             super()._start_asgi_task(cycle, app)
 
         # -- a stalled request: a 408 once no bytes came for request_timeout seconds ----------
@@ -137,6 +152,9 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT) -> type[asyncio.Pro
         def _sweep(self) -> None:
             now = self.loop.time()
             for conn in list(self.connections):
+                if isinstance(conn, OneWriteProtocol) and conn._linger_until and now >= conn._linger_until:
+                    conn.transport.close()
+                    continue
                 # Not where the server itself stopped reading: a request queued behind one still being
                 # answered (pipelining), or a body the app has not consumed yet (flow control).
                 if (isinstance(conn, OneWriteProtocol) and conn._waiting and now - conn._since >= request_timeout
@@ -154,8 +172,21 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT) -> type[asyncio.Pro
             if self.cycle is not None and self.cycle.response_started:
                 self.transport.close()
                 return
-            _json_close(self.transport, 408, "Request Timeout",
+            refused(408)
+            _json_error(self.transport, 408, "Request Timeout",
                         f"no bytes of the request came for {request_timeout:g} s; send the whole request at once")
+            self.transport.close()   # a stalled client is not sending: nothing to linger for
+
+        # -- closing while the client still sends: half-close, drop its bytes, then close --------
+        def _linger(self) -> None:
+            self._waiting = False
+            if self._linger_until or self.transport.is_closing():
+                return
+            if not self.transport.can_write_eof():
+                self.transport.close()
+                return
+            self.transport.write_eof()   # the answer, then FIN: the client reads it, then EOF
+            self._linger_until = self.loop.time() + min(linger, request_timeout)
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -169,6 +200,8 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT) -> type[asyncio.Pro
         # bytes that came while a request's head was incomplete (a read that completes it may
         # carry body bytes too; it is not counted against the head).
         def data_received(self, data: bytes) -> None:
+            if self._linger_until:   # closing: drop it (the client's FIN, or the sweep, closes)
+                return
             self._since = self.loop.time()
             if self._in_head:
                 self._head_bytes += len(data)
@@ -178,9 +211,11 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT) -> type[asyncio.Pro
 
         def _head_too_large(self) -> None:
             self._waiting = False
-            _json_close(self.transport, 431, "Request Header Fields Too Large",
+            refused(431)
+            _json_error(self.transport, 431, "Request Header Fields Too Large",
                         f"the request line and headers exceed {MAX_HEAD // 1024} KiB; send a shorter URL "
                         "and fewer or shorter headers")
+            self._linger()
 
         def on_message_begin(self) -> None:
             self._waiting = True
@@ -206,10 +241,12 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT) -> type[asyncio.Pro
 
         def send_400_response(self, msg: str) -> None:   # what the HTTP parser refuses
             self._waiting = False
-            if self.transport.is_closing():   # answered already (a 431)
+            if self._linger_until or self.transport.is_closing():   # answered already (a 431)
                 return
-            _json_close(self.transport, 400, "Bad Request",
+            refused(400)
+            _json_error(self.transport, 400, "Bad Request",
                         "invalid HTTP request: its request line, headers or chunked body could not be parsed "
                         "(a bad Content-Length, a malformed header or chunk)")
+            self._linger()
 
     return OneWriteProtocol

@@ -105,7 +105,8 @@ def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, thr
     # one more ASGI layer on every request.
     config = uvicorn.Config(create_app(state), lifespan="on", log_level=log_level, access_log=access_log,
                             timeout_graceful_shutdown=max(1, graceful_timeout), server_header=False,
-                            timeout_keep_alive=30, http=protocol_class(request_timeout), proxy_headers=False)
+                            timeout_keep_alive=30, http=protocol_class(request_timeout, refused=metrics.refused),
+                            proxy_headers=False)
     server = _Server(config, state)
     shown = f"[{host}]" if ":" in host else host
     log.info("serving %s (%s) on http://%s:%d", pkg.name, pkg.root, shown, actual_port)
