@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -250,14 +252,29 @@ class _Stream:
         elif action == "msg" and msg.get("level", 9) <= 0:
             self.other.append(str(msg.get("msg", "")))
 
-    def failure(self) -> BuildError:
+    def failure(self, root: Path) -> BuildError:
         text = "\n".join(self.other)
         failed = [d for d in self.logs if d in text] or list(self.logs)
         tail = []
         for drv in failed[-1:]:
             tail = [f"--- last lines of the build log of {_name(drv)} ---", *self.logs[drv][-30:]]
         errors = [l for l in self.other if "error" in l.lower()][-8:]
-        return BuildError(f"nix build of {self.target} failed", "\n".join([*errors, *tail]))
+        return BuildError(f"nix build of {self.target} failed", "\n".join([*errors, *tail, *_own_module(root, tail)]))
+
+
+def _own_module(root: Path, tail: list[str]) -> list[str]:
+    """The runtime's "no module named X" hint made exact, where X is a file or folder of the project."""
+    found = next((m for line in reversed(tail) if (m := _NO_MODULE.match(line))), None)
+    if found is None:
+        return []
+    name = found.group(1)
+    own = next((p for p in (f"{name}.py", f"{name}/") if (root / p.rstrip("/")).exists()), None)
+    return [] if own is None else [
+        f"mlbuild: {own} is in the project but not in the build: add {json.dumps(own)} to the failing "
+        "stage's `code = [...]` in mlbuild.toml (its script and those files are all a stage sees)"]
+
+
+_NO_MODULE = re.compile(r"mlbuild: no module named '([A-Za-z_][A-Za-z0-9_]*)' in this build")
 
 
 def _record(project: Project, built: Built, status: str, dirty: bool) -> None:
@@ -448,7 +465,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
             out = proc.stdout.read()
             status = proc.wait()
         if status != 0:
-            raise stream.failure()
+            raise stream.failure(project.root)
         result = _nix.parse_build_json(out)[0]
         path = result["outputs"]["out"]
         built = Built(target, path)

@@ -11,12 +11,35 @@ import importlib.util
 import os
 import random
 import sys
+import traceback
 from pathlib import Path
 from types import ModuleType
 
 from .spec import load_spec
 
-__all__ = ["main", "load_module"]
+__all__ = ["main", "load_module", "missing_module_hint"]
+
+#: Import names whose PyPI distribution is named otherwise.
+_DISTRIBUTIONS = {"sklearn": "scikit-learn", "PIL": "pillow", "cv2": "opencv-python-headless", "yaml": "pyyaml",
+                  "skimage": "scikit-image", "bs4": "beautifulsoup4", "google.protobuf": "protobuf"}
+
+
+def missing_module_hint(exc: BaseException) -> str | None:
+    """What to do about ``exc`` when it is a module the build lacks (not a submodule of one it has)."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    top = exc.name.partition(".")[0]
+    if top != exc.name:
+        try:
+            if importlib.util.find_spec(top) is not None:
+                return None   # a submodule the installed version lacks: its traceback says more
+        except (ImportError, ValueError):
+            pass
+    dist = _DISTRIBUTIONS.get(top, top)
+    return (f"mlbuild: no module named {top!r} in this build, which sees only the toolchain (the distributions "
+            f"mlbuild.lock pins) and the stage's own code files. If it comes from PyPI, add {dist!r} to "
+            "[python].requirements in mlbuild.toml, then run `mlbuild lock` and `mlbuild prefetch`; if it is the "
+            f"project's own ({top}.py or {top}/), list it in this stage's `code = [...]` in mlbuild.toml")
 
 
 def load_module(code: str, script: str) -> ModuleType:
@@ -29,7 +52,13 @@ def load_module(code: str, script: str) -> ModuleType:
         raise SystemExit(f"mlbuild: cannot import {script} from the project code")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except ModuleNotFoundError as e:   # its traceback, then what to do about it
+        hint = missing_module_hint(e)
+        if hint is None:
+            raise
+        raise SystemExit(traceback.format_exc() + hint) from None
     return module
 
 

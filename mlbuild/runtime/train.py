@@ -29,6 +29,7 @@ from typing import Any, TextIO
 
 from . import determinism
 from .hashing import dataset_hash, find_store_paths, sha256_file, tree_digest, tree_hashes
+from .prepare import missing_module_hint
 from .spec import load_spec
 
 __all__ = ["Context", "main", "run", "save_weights", "EVENT_PREFIX", "TASKS"]
@@ -266,8 +267,11 @@ def main() -> None:
             print(e.code if isinstance(e.code, str) else f"mlbuild: training exited with status {e.code}", file=sys.stderr)
             sys.stderr.flush()
             raise SystemExit(1) from None
-        except BaseException:
+        except BaseException as e:
             traceback.print_exc()
+            hint = missing_module_hint(e)   # an import inside train(), say
+            if hint is not None:
+                print(hint, file=sys.stderr)
             sys.stderr.flush()
             raise SystemExit(1) from None
         finally:
