@@ -337,13 +337,17 @@ def wants_push(project: Project) -> bool:
 
 
 def _check_push_target(project: Project) -> None:
-    """Before building what will be pushed: the store must be there and writable here."""
+    """Before building what will be pushed: the store must be there and writable here, and the
+    signing key readable and trusted (a bad key found after the build wasted the training)."""
     from .store.config import load_store_config
     from .store.layout import Layout
+    from .store.push import check_signing_key
 
-    layout = Layout(load_store_config(project.root).root)
+    cfg = load_store_config(project.root)
+    layout = Layout(cfg.root)
     layout.require()
     layout.require_writable("push")
+    check_signing_key(cfg.secret_key(), cfg.trusted_keys())
 
 
 def push_outputs(project: Project, summary: Summary) -> None:

@@ -71,3 +71,20 @@ def test_data_status_reports_a_wrong_store_table(tmp_path: Path) -> None:
     with pytest.raises(StoreConfigError, match=r'\[store\] has unknown key "pubic-keys"'):
         shared_hashes(load_project(project(tmp_path, 'pubic-keys = ["x.pub"]')))
     assert shared_hashes(load_project(project(tmp_path, f'path = "{tmp_path / "none"}"'))) is None
+
+
+def test_build_push_checks_the_signing_key_before_building(tmp_path: Path) -> None:
+    """A key the store does not trust was found only after the build: a whole training wasted in
+    CI before `nothing was pushed`. The check `build --push` runs first now includes the key."""
+    from mlbuild.build import _check_push_target
+    from mlbuild.errors import StoreKeyError
+
+    Layout(tmp_path / "store").init()
+    generate_key_pair("store-1", tmp_path / "store.sec", tmp_path / "store.pub")
+    generate_key_pair("other-1", tmp_path / "other.sec", tmp_path / "other.pub")
+    trusted = f'path = "{tmp_path / "store"}"\npublic-keys = ["{tmp_path / "store.pub"}"]\n'
+    _check_push_target(load_project(project(tmp_path, trusted + f'secret-key = "{tmp_path / "store.sec"}"')))
+    with pytest.raises(StoreKeyError, match="the signing key other-1 .* is not among the store's trusted keys"):
+        _check_push_target(load_project(project(tmp_path, trusted + f'secret-key = "{tmp_path / "other.sec"}"')))
+    with pytest.raises(StoreKeyError, match="missing.sec"):
+        _check_push_target(load_project(project(tmp_path, trusted + f'secret-key = "{tmp_path / "missing.sec"}"')))
