@@ -314,9 +314,15 @@ def status(project: Project, shared: "set[str] | None" = None) -> list[Status]:
         elif ds.kind == "url":   # `data add` refuses a url dataset; a build fetches it
             out.append(Status(name, ds.kind, "missing", sha, f"run `mlbuild build datasets.{name}` (it fetches "
                                                               f"{ds.url}), or `mlbuild data pull {name}`"))
+        elif shared is not None:   # not here, and the shared store was asked: pulling cannot help
+            out.append(Status(name, ds.kind, "missing", sha, f"neither here nor in the shared store: run "
+                                                              f"`mlbuild data add {name} PATH` with its files, or "
+                                                              f"`mlbuild data push {name}` where it is present"))
         else:
-            out.append(Status(name, ds.kind, "missing", sha, f"run `mlbuild data pull {name}` or "
-                                                              f"`mlbuild data add {name} PATH`"))
+            out.append(Status(name, ds.kind, "missing", sha, f"not here, and no shared store is set up to pull "
+                                                              f"it from: run `mlbuild data add {name} PATH` with its "
+                                                              "files, or set up the shared store (MLBUILD_STORE) and "
+                                                              f"`mlbuild data pull {name}`"))
     return out
 
 

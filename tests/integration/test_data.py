@@ -157,6 +157,14 @@ def test_missing_dataset_names_hash_and_command(data_project: Path) -> None:
     assert "mlbuild data pull raw" in proc.stderr and "mlbuild data add raw data/raw" in proc.stderr
     status = run_cli("data", "status", cwd=data_project).stdout
     assert "changed" in status  # the files on disk are not what the lock pins
+    (data_project / "data").rename(data_project / "away")
+    try:   # no files here: status names what can bring it back, and no pull the store cannot answer
+        status = run_cli("data", "status", cwd=data_project).stdout
+    finally:
+        (data_project / "away").rename(data_project / "data")
+    line = next(l for l in status.splitlines() if l.startswith("raw"))
+    assert "missing" in line and "`mlbuild data add raw PATH` with its files" in line, status
+    assert "neither here nor in the shared store" in line or "no shared store is set up" in line, status
 
 
 def test_dirty_tree_refused_then_allowed(data_project: Path) -> None:
