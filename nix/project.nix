@@ -30,8 +30,11 @@ let
     urlDataset = [ "url" "sha256" ];
     preparedDataset = [ "prepare" "inputs" "params" "code" "seed" ];
   };
-  # A threshold: a number (>=) or "<op> number" with op one of >= <= > <.
-  thresholdOk = v: builtins.isInt v || builtins.isFloat v || (builtins.isString v
+  # A threshold: a finite number (>=) or "<op> number" with op one of >= <= > <. TOML's nan and inf
+  # are floats that JSON (the builder's spec) cannot carry.
+  finite = v: builtins.isInt v || (builtins.isFloat v && v == v && v < 1.0e308 && v > -1.0e308);
+  isNumber = v: builtins.isInt v || builtins.isFloat v;
+  thresholdOk = v: finite v || (builtins.isString v
     && builtins.match "[ ]*(>=|<=|>|<)[ ]*[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?[ ]*" v != null);
   # Error metrics, better lower: a bare number (>= it) would pass the worse models
   # (mlbuild/runtime/validate.py's LOWER_IS_BETTER).
@@ -47,8 +50,9 @@ let
       bad = builtins.filter (k: !(thresholdOk thresholds.${k})) (builtins.attrNames thresholds);
       bare = builtins.filter (k: builtins.elem k lowerIsBetter && (builtins.isInt thresholds.${k} || builtins.isFloat thresholds.${k}))
         (builtins.attrNames thresholds);
-      percent = builtins.filter (k: isFraction k && (builtins.isInt thresholds.${k} || builtins.isFloat thresholds.${k})
-        && thresholds.${k} > 1) (builtins.attrNames thresholds);
+      percent = builtins.filter (k: isFraction k && finite thresholds.${k} && thresholds.${k} > 1) (builtins.attrNames thresholds);
+      # a fraction is never below 0: a gate below it passes every model
+      negative = builtins.filter (k: isFraction k && finite thresholds.${k} && thresholds.${k} < 0) (builtins.attrNames thresholds);
       # r2 is at most 1 (a perfect fit) but may be negative: validate.py's AT_MOST_ONE.
       aboveOne = builtins.filter (k: k == "r2" && (builtins.isInt thresholds.${k} || builtins.isFloat thresholds.${k})
         && thresholds.${k} > 1) (builtins.attrNames thresholds);
@@ -56,7 +60,8 @@ let
     lib.checkKeys where keys.model t && sub "validation" keys.validation && sub "serve" keys.serve
     && sub "image" keys.image
     && (!(builtins.isAttrs thresholds) || lib.assertMsg (bad == [ ])
-      (let k = builtins.head bad; in "[models.${m}.validation].thresholds.${k} is ${builtins.toJSON thresholds.${k}}; "
+      (let k = builtins.head bad; v = thresholds.${k}; in "[models.${m}.validation].thresholds.${k} is "
+        + (if isNumber v then (if v != v then "nan" else "infinite") + ", not a finite number" else builtins.toJSON v) + "; "
         + "use a number (the metric must be >= it) or a string \"<op> number\" with op one of >= <= > < (e.g. \"<= 0.3\")"))
     && (!(builtins.isAttrs thresholds) || lib.assertMsg (bare == [ ])
       (let k = builtins.head bare; v = builtins.toJSON thresholds.${k}; in
@@ -66,6 +71,10 @@ let
       (let k = builtins.head percent; v = builtins.toJSON thresholds.${k}; in
         "[models.${m}.validation].thresholds.${k} is ${v}, but ${k} is a fraction from 0 to 1, so no model can reach it; "
         + "write it as a fraction (${v}% is ${builtins.toJSON (thresholds.${k} / 100.0)})"))
+    && (!(builtins.isAttrs thresholds) || lib.assertMsg (negative == [ ])
+      (let k = builtins.head negative; in
+        "[models.${m}.validation].thresholds.${k} is ${builtins.toJSON thresholds.${k}}, but ${k} is a fraction from 0 "
+        + "to 1, so every model passes it and the gate checks nothing; use a fraction, e.g. ${k} = 0.9"))
     && (!(builtins.isAttrs thresholds) || lib.assertMsg (aboveOne == [ ])
       (let k = builtins.head aboveOne; in
         "[models.${m}.validation].thresholds.${k} is ${builtins.toJSON thresholds.${k}}, but ${k} is at most 1 "
@@ -83,6 +92,21 @@ let
     "[${kind}.${builtins.toJSON n}]: ${builtins.toJSON n} is not a valid name; use letters, digits, - and _ (a dot would read as MODEL.STAGE in targets such as ${n}.image)")
     (builtins.attrNames tables);
   table = c: key: c.${key} or { };
+  # A [models.NAME.*] table (validation, params...) alone declares model NAME too: under a typo
+  # (`[models.digit.validation]`) the real model had no gate, and a model `digit` nobody meant
+  # appeared. A model needs its script; the default NAME.py missing says which table it came from.
+  checkScripts = src: models: builtins.all (m:
+    let
+      t = models.${m};
+      others = builtins.filter (o: o != m && models.${o} ? script) (builtins.attrNames models);
+      subs = builtins.filter (k: builtins.isAttrs t.${k}) (builtins.attrNames t);
+    in lib.assertMsg (!(builtins.isAttrs t) || t ? script || builtins.pathExists (src + "/${m}.py"))
+      ("[models.${m}] has no script, and its default ${m}.py does not exist; declared by "
+        + (if subs == [ ] || builtins.length subs < builtins.length (builtins.attrNames t) then "[models.${m}]"
+           else builtins.concatStringsSep ", " (map (k: "[models.${m}.${k}]") subs))
+        + (if others != [ ] then " (a typo of ${builtins.concatStringsSep " or " (map (o: "[models.${o}]") others)}?)" else "")
+        + ": set script = \"...\" in [models.${m}], create ${m}.py, or fix the table's name"))
+    (builtins.attrNames models);
   checkConfig = c:
     assert lib.checkKeys "mlbuild.toml" keys.top c;
     assert lib.checkKeys "[project]" keys.project (table c "project");
@@ -99,7 +123,8 @@ in
 {
   mkProject = { src, nixpkgs ? null, overrides ? { }, dirty ? false }:
     let
-      config = checkConfig (lib.readTOML (src + "/mlbuild.toml") "create it (see the README) in ${toString src}");
+      config = let c = checkConfig (lib.readTOML (src + "/mlbuild.toml") "create it (see the README) in ${toString src}");
+               in assert checkScripts src (table c "models"); c;
       lock = lib.readJSON (src + "/mlbuild.lock") "mlbuild lock";
       name = config.project.name;
       # The lock must have been made for mlbuild.toml's [python] settings (toolchain.check_fresh

@@ -25,10 +25,11 @@ rec {
       dataset = get "dataset" "string" (throw "mlbuild: [models.${name}.validation] needs dataset = \"<held-out dataset>\"");
     in
     assert lib.assertMsg (datasets ? ${dataset})
-      "[models.${name}.validation].dataset is ${dataset}, which is not a dataset";
+      "[models.${name}.validation].dataset is ${dataset}, which is not a dataset; declared: ${builtins.toJSON (builtins.attrNames datasets)}";
     {
       inherit script dataset;
-      code = mkCode { inherit src; files = get "code" "strings" [ script ]; name = "suite"; what = "[models.${name}.validation]"; };
+      code = mkCode { inherit src; files = get "code" "strings" [ script ]; name = "suite";
+                     what = "[models.${name}.validation].${if v ? code then "code" else "suite"}"; };
       data = datasets.${dataset};
       thresholds = get "thresholds" "table" { };
     };

@@ -79,6 +79,22 @@ def test_the_fixture_evaluates(tmp_path: Path) -> None:
      'was made for [python].interpreter "python3.11", but mlbuild.toml has "python3.12"; run `mlbuild lock`'),
     (('requirements = ["numpy"]', 'requirements = ["numpy"]\nlibraries = ["libfoo.so.1"]'),
      'was made for [python].libraries [], but mlbuild.toml has ["libfoo.so.1"]; run `mlbuild lock`'),
+    # TOML's nan and inf: JSON cannot carry them, and the builder failed on its own spec
+    (("accuracy = 0.9", "accuracy = nan"), "[models.m.validation].thresholds.accuracy is nan, not a finite number; use"),
+    (("accuracy = 0.9", "accuracy = -inf"), "[models.m.validation].thresholds.accuracy is infinite, not a finite number"),
+    # a fraction's gate below 0 passes every model
+    (("accuracy = 0.9", "accuracy = -0.5"),
+     "[models.m.validation].thresholds.accuracy is -0.5, but accuracy is a fraction from 0 to 1, so every model "
+     "passes it and the gate checks nothing"),
+    # a typo in a table's name declared another model, and left the real one without its gate
+    (("[models.m.validation]", "[models.mm.validation]"),
+     "[models.mm] has no script, and its default mm.py does not exist; declared by [models.mm.validation] "
+     '(a typo of [models.m]?): set script = "..." in [models.mm], create mm.py, or fix the table\'s name'),
+    (("[models.m]\n", "[models.n]\nseed = 1\n\n[models.m]\n"),
+     "[models.n] has no script, and its default n.py does not exist; declared by [models.n] (a typo of [models.m]?)"),
+    (('dataset = "raw"', 'dataset = "rw"'),
+     '[models.m.validation].dataset is rw, which is not a dataset; declared: ["raw"]'),
+    (('suite = "m.py"', 'suite = "v.py"'), "[models.m.validation].suite names v.py, which does not exist in"),
 ])
 def test_a_bad_key_or_value_is_an_error_naming_it(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
     proc = evaluate(tmp_path, edit)
