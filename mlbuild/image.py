@@ -204,9 +204,15 @@ def destination(ref: str) -> str:
         raise ImageError(f"{ref!r} is not an image reference; use e.g. registry.example.com/team/digits:v1")
     if ref.startswith(TRANSPORTS):
         transport = next(t for t in TRANSPORTS if ref.startswith(t))
-        if not ref[len(transport):].split(":", 1)[0].strip() and transport in _PATH_TRANSPORTS:
+        path = ref[len(transport):].split(":", 1)[0]
+        if transport in _PATH_TRANSPORTS and not path.strip():
             raise ImageError(f"{ref!r} names no path; write {transport}/path/to/folder (e.g. {transport}/tmp/digits"
                              f"{':v1' if transport != 'dir:' else ''})")
+        # skopeo makes the folder or file it writes, not the folders above it ("lstat ...: no such file")
+        parent = Path(path).expanduser().absolute().parent
+        if transport in _PATH_TRANSPORTS and not parent.is_dir():
+            raise ImageError(f"{ref!r}: the folder {parent} does not exist, and skopeo creates only the last part "
+                             f"of the path; create it (`mkdir -p {parent}`) or push to a path in a folder that exists")
         return ref
     transports = ", ".join(TRANSPORTS)
     guess = _guess(ref)
@@ -283,9 +289,10 @@ def _daemon_hint(dest: str, output: str) -> str:
     if not dest.startswith("docker-daemon:") or not any(
             s in output for s in ("closed pipe", "docker.sock", "Cannot connect to the Docker daemon")):
         return ""
-    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    return (f"\nLikely cause: no Docker engine answers at {where} (DOCKER_HOST, passed to skopeo as "
-            f"--dest-daemon-host), which docker-daemon: writes "
+    host = os.environ.get("DOCKER_HOST")
+    where = (f"{host} (DOCKER_HOST, passed to skopeo as --dest-daemon-host)" if host else
+             "unix:///var/run/docker.sock (the default; set DOCKER_HOST for another engine)")
+    return (f"\nLikely cause: no Docker engine answers at {where}, which docker-daemon: writes "
             f"into. Start it (`systemctl start docker`), or push to docker-archive:/path/digits.tar and "
             f"`docker load -i` that file where an engine runs")
 

@@ -71,6 +71,16 @@ def test_a_path_transport_needs_a_path(ref: str) -> None:
         img.destination(ref)
 
 
+@pytest.mark.parametrize("transport", ["oci:", "dir:", "oci-archive:", "docker-archive:"])
+def test_a_path_in_a_missing_folder_is_refused_naming_it(tmp_path: Path, transport: str) -> None:
+    """skopeo makes only the last part of the path: `lstat /tmp/x/nonexist: no such file or directory`."""
+    missing = tmp_path / "nonexist" / "deep"
+    with pytest.raises(img.ImageError) as e:
+        img.destination(f"{transport}{missing / 'x'}:v1")
+    assert f"the folder {missing} does not exist" in str(e.value) and f"`mkdir -p {missing}`" in str(e.value)
+    assert img.destination(f"{transport}{tmp_path / 'x'}") == f"{transport}{tmp_path / 'x'}"   # its folder exists
+
+
 def test_no_tls_verify_reaches_skopeo_for_registries_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     skopeo = tmp_path / "skopeo"
     skopeo.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'args'}\n")
@@ -106,7 +116,12 @@ def test_push_to_docker_daemon_without_a_daemon_names_the_cause(monkeypatch: pyt
         img.push_image(tmp_path / "image.tar", "docker-daemon:digits:v1")
     msg = str(e.value)
     assert "read/write on closed pipe" in msg
-    assert "no Docker engine answers at unix:///var/run/docker.sock" in msg and "docker-archive:" in msg
+    assert "no Docker engine answers at unix:///var/run/docker.sock (the default; set DOCKER_HOST" in msg
+    assert "docker-archive:" in msg
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.9:2375")
+    with pytest.raises(img.ImageError) as e:
+        img.push_image(tmp_path / "image.tar", "docker-daemon:digits:v1")
+    assert "no Docker engine answers at tcp://10.0.0.9:2375 (DOCKER_HOST, passed to skopeo" in str(e.value)
     with pytest.raises(img.ImageError) as e:
         img.push_image(tmp_path / "image.tar", "oci:/tmp/layout:v1")
     assert "Docker engine" not in str(e.value)
