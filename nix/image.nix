@@ -17,6 +17,7 @@
 #     uid ? 1000; gid ? 1000; user ? "mlbuild";    # the non-root user the server runs as
 #     maxLayers ? 100;    # more store paths than fit: the least popular share one layer
 #     labels ? { };       # extra labels (also the OCI manifest's annotations)
+#     where ? "mkImage";  # how errors name these options ("[models.digits.image]" from mkProject)
 #   }
 #   -> the archive (a file), with .imageName, .imageTag, .backend ("builtin" | "dockerTools") and,
 #      with nixpkgs, .stream (the streamLayeredImage script)
@@ -37,7 +38,7 @@ in
 {
   mkImage =
     { name, package, validation, toolchain, training ? null, nixpkgs ? null, tag ? null, port ? 8080
-    , uid ? 1000, gid ? 1000, user ? "mlbuild", maxLayers ? 100, labels ? { } }:
+    , uid ? 1000, gid ? 1000, user ? "mlbuild", maxLayers ? 100, labels ? { }, where ? "mkImage" }:
     let
       imageName = toLower name;
       uidS = toString uid;
@@ -53,21 +54,21 @@ in
         (lib.assertMsg (builtins.match "[a-z0-9]+([._-]+[a-z0-9]+)*" imageName != null)
           "mkImage: name ${builtins.toJSON name} is not a valid image name; use letters, digits and . _ - between them")
         (lib.assertMsg (tag == null || builtins.match "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}" tag != null)
-          "mkImage: tag ${builtins.toJSON tag} is not a valid image tag (letters, digits, _ . -; at most 128)")
+          "${where}.tag is ${builtins.toJSON tag}, not a valid image tag (letters, digits, _ . -; at most 128)")
         (lib.assertMsg (isInt port && port > 0 && port < 65536)
-          "mkImage: port ${builtins.toJSON port} is not a TCP port (1..65535)")
+          "${where}.port is ${builtins.toJSON port}, not a TCP port; use a whole number in 1..65535")
         (lib.assertMsg (isInt uid && isInt gid && uid >= 0 && gid >= 0)
-          "mkImage: uid ${builtins.toJSON uid} / gid ${builtins.toJSON gid} must be numbers >= 0")
+          "${where}.uid and .gid are ${builtins.toJSON uid} and ${builtins.toJSON gid}; both must be whole numbers >= 0 (no quotes)")
         (lib.assertMsg (builtins.match "[a-z_][a-z0-9_-]*" user != null)
-          "mkImage: user ${builtins.toJSON user} is not a valid user name")
+          "${where}.user is ${builtins.toJSON user}, not a valid user name; use lowercase letters, digits, _ and -, starting with a letter or _ (e.g. \"mlbuild\")")
         (lib.assertMsg (isInt maxLayers && maxLayers >= 3 && maxLayers <= 125)
-          "mkImage: maxLayers is ${builtins.toJSON maxLayers}; use 3..125 (docker refuses more than 125 layers)")
+          "${where}.maxLayers is ${builtins.toJSON maxLayers}; use 3..125 (docker refuses more than 125 layers)")
         (lib.assertMsg (builtins.isAttrs labels && builtins.all builtins.isString (builtins.attrValues labels))
-          "mkImage: labels must be an attribute set of strings, got ${builtins.toJSON labels}")
+          "${where}.labels must be a table of strings, got ${builtins.toJSON labels}")
         (let reserved = builtins.filter (k: lib.hasPrefix "mlbuild." k || builtins.elem k ownOci)
                (if builtins.isAttrs labels then builtins.attrNames labels else [ ]);
          in lib.assertMsg (reserved == [ ])
-          "mkImage: label ${builtins.toJSON (builtins.head reserved)} is mlbuild's own (the mlbuild.* labels and ${builtins.concatStringsSep ", " ownOci} record the model's provenance); name yours otherwise, e.g. com.example.team")
+          "${where}.labels: ${builtins.toJSON (builtins.head reserved)} is mlbuild's own (the mlbuild.* labels and ${builtins.concatStringsSep ", " ownOci} record the model's provenance); name yours otherwise, e.g. com.example.team")
       ];
       spec = {
         version = specVersion;

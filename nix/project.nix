@@ -168,6 +168,7 @@ in
             # [models.<m>.image] sets mkImage's options (port, uid, gid, user, tag, labels, maxLayers).
             image = images.mkImage ((spec.image or { }) // {
               name = m; package = pkg; training = model; toolchain = tc; inherit validation nixpkgs;
+              where = "[models.${m}.image]";
             });
             # The validation suite against a live server (nix/monitor.nix).
             monitorOf = monitor.mkMonitor { name = m; model = spec; package = pkg; inherit src datasets; toolchain = tc; };

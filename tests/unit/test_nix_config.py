@@ -102,6 +102,22 @@ def test_a_bad_key_or_value_is_an_error_naming_it(tmp_path: Path, edit: tuple[st
     assert message in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("image, message", [
+    ("port = 0", "[models.m.image].port is 0, not a TCP port; use a whole number in 1..65535"),
+    ('uid = "1000"', '[models.m.image].uid and .gid are "1000" and 1000; both must be whole numbers >= 0 (no quotes)'),
+    ('user = "Root"', '[models.m.image].user is "Root", not a valid user name; use lowercase letters, digits, _ and -'),
+    ("maxLayers = 200", "[models.m.image].maxLayers is 200; use 3..125"),
+    ('labels = { "mlbuild.model" = "x" }', '[models.m.image].labels: "mlbuild.model" is mlbuild\'s own'),
+])
+def test_image_options_are_named_by_their_table(tmp_path: Path, image: str, message: str) -> None:
+    """They were named as mkImage's arguments (`mkImage: port 0 is not a TCP port`), which
+    mlbuild.toml never shows."""
+    proc = evaluate(tmp_path, ("[models.m.params]", f"[models.m.image]\n{image}\n\n[models.m.params]"),
+                    attr="m.image.drvPath")
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("value", ['"<= 0.3"', '">=0.5"', '" > 1e-3 "', "1", "0.25", '"< .5"'])
 def test_thresholds_in_every_documented_form_are_accepted(tmp_path: Path, value: str) -> None:
     proc = evaluate(tmp_path, ("accuracy = 0.9", f"accuracy = {value}"))
