@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import git
-from .build import Progress, Summary, build_targets, check_model, model_code
+from .build import Progress, Summary, build_targets, check_model, model_code, validation_table
 from .config import Project, load_project
 from .errors import BuildError, MlbuildError
-from .runtime.validate import LOWER_IS_BETTER
+from .runtime.validate import LOWER_IS_BETTER, check_thresholds
 
-__all__ = ["Point", "show", "diff", "history", "write_reports", "table", "prometheus_text", "validate"]
+__all__ = ["Point", "show", "diff", "history", "write_reports", "table", "prometheus_text", "validate", "gate_checks"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,17 @@ def validate(project: Project, model: str, *, allow_dirty: bool = False,
     summary = build_targets(project, [f"{model}.validation"], allow_dirty=allow_dirty, on_progress=on_progress)
     path = summary.outputs[0].path
     return Point(_here(project, summary), json.loads((Path(path) / "metrics.json").read_text()), path)
+
+
+def gate_checks(project: Project, model: str, metrics: dict[str, float]) -> tuple[list[dict[str, Any]], str | None]:
+    """``metrics`` against today's thresholds in mlbuild.toml: (the checks, a one-line summary
+    such as ``gate: FAIL (accuracy >= 0.99)``; None without thresholds)."""
+    thresholds = (validation_table(project, model) or {}).get("thresholds") or {}
+    if not thresholds or not isinstance(thresholds, dict):
+        return [], None
+    checks = check_thresholds(metrics, thresholds)
+    failed = [f"{c['metric']} {c['op']} {c['threshold']}" for c in checks if not c["ok"]]
+    return checks, "gate: pass" if not failed else f"gate: FAIL ({', '.join(failed)})"
 
 
 def show(project: Project, model: str, *, allow_dirty: bool = False) -> Point:

@@ -152,16 +152,13 @@ def exp_run(ctx: click.Context, model: str, sets: tuple[str, ...], allow_dirty: 
     summary, record = experiments.run(project, model, sets, allow_dirty=allow_dirty, on_progress=_Bar())
     click.echo(f"{model} {experiments.describe(record['overrides'])}: {record['status']} -> {record['path']}")
     if record.get("report"):   # its held-out metrics, against today's thresholds (what its image would need)
-        from ..runtime.validate import check_thresholds
+        from ..metrics import gate_checks
 
         report = json.loads((Path(record["report"]) / "metrics.json").read_text())
-        thresholds = (b.validation_table(project, model) or {}).get("thresholds") or {}
-        checks = check_thresholds(report.get("metrics", {}), thresholds) if thresholds else []
+        checks, gate = gate_checks(project, model, report.get("metrics", {}))
         shown = [c["metric"] for c in checks] or sorted(report.get("metrics", {}))[:4]
         values = ", ".join(f"{k} {report['metrics'][k]:.4f}" for k in shown if k in report.get("metrics", {}))
-        failed = [f"{c['metric']} {c['op']} {c['threshold']}" for c in checks if not c["ok"]]
-        gate = ("" if not checks else "; gate: pass" if not failed else f"; gate: FAIL ({', '.join(failed)})")
-        click.echo(f"  test: {values} (n {report.get('n', '-')}){gate}")
+        click.echo(f"  test: {values} (n {report.get('n', '-')})" + (f"; {gate}" if gate else ""))
 
 
 @exp.command("show")

@@ -51,8 +51,13 @@ def metrics() -> None:
 @_OUT
 @click.pass_context
 def show(ctx: click.Context, model: str, allow_dirty: bool, out_dir: Path | None) -> None:
-    """MODEL's validation metrics for the working tree."""
-    _write(ctx, model, [m.show(load(ctx), model, allow_dirty=allow_dirty)], out_dir, worktree=True)
+    """MODEL's validation metrics for the working tree, and whether they pass its thresholds."""
+    project = load(ctx)
+    point = m.show(project, model, allow_dirty=allow_dirty)
+    _write(ctx, model, [point], out_dir, worktree=True)
+    _, gate = m.gate_checks(project, model, point.report.get("metrics", {}))
+    if gate is not None:   # the report is built whether or not the gate passes: say which
+        click.echo(gate)
 
 
 @metrics.command("diff")

@@ -53,11 +53,15 @@ def test_raised_threshold_fails_with_the_table(digits_repo: Path) -> None:
         assert ">= 0.999" in proc.stderr and "FAILED" in proc.stderr and "f1_macro" in proc.stderr
         # the metrics themselves are not recomputed for a threshold change
         assert built(digits_repo, "digits.validation.report") == report_before
+        # `metrics show` still shows them (the report builds), and now says the gate fails
+        shown = run_cli("metrics", "show", "digits", cwd=digits_repo).stdout
+        assert "gate: FAIL (accuracy >= 0.999)" in shown, shown
     finally:
         toml.write_text(original)
         commit_all(digits_repo, "thresholds back")
     ok = run_cli("validate", "digits", cwd=digits_repo)
     assert "validation passed" in ok.stdout
+    assert run_cli("metrics", "show", "digits", cwd=digits_repo).stdout.splitlines()[-1] == "gate: pass"
 
 
 def test_suite_change_changes_validation_not_model(digits_repo: Path) -> None:
