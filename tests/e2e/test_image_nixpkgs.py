@@ -109,7 +109,7 @@ def test_labels_may_not_replace_mlbuilds_own() -> None:
         expr = base.replace("LABELS", f'{{ team = "ml"; "{key}" = "spoof"; }}')
         proc = subprocess.run(["nix-instantiate", "--eval", "--expr", f"({expr}).drvPath"], capture_output=True,
                               text=True)
-        assert proc.returncode != 0 and f'label "{key}" is mlbuild\'s own' in proc.stderr, proc.stderr[-2000:]
+        assert proc.returncode != 0 and f'.labels: "{key}" is mlbuild\'s own' in proc.stderr, proc.stderr[-2000:]
     ok = base.replace("LABELS", '{ team = "ml"; "org.opencontainers.image.source" = "https://example.com/repo"; }')
     proc = subprocess.run(["nix-instantiate", "--eval", "--expr", f"({ok}).drvPath"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
