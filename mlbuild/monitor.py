@@ -8,7 +8,7 @@ the validation suite against the live server, exported as Prometheus metrics.
 - ``alerts.yml``: a suite metric breaking its threshold (the monitor), a live metric from
   ground-truth feedback breaking its threshold (the server; for the thresholds it has a live metric
   of, see :mod:`.runtime.serve.names`), error rate, p99 latency, input drift
-  (population stability index), and a monitor that stopped reporting;
+  (population stability index), and a monitor that stopped reporting or never completed a run;
 - ``grafana-dashboard.json``: a dashboard over the same metrics (and only metrics that exist).
 """
 
@@ -32,6 +32,7 @@ SERVER_METRICS = ("mlbuild_requests_total", "mlbuild_request_duration_seconds_bu
                   "mlbuild_input_drift_psi_max", "mlbuild_input_drift_mean_shift_max", "mlbuild_input_drift_rows")
 MONITOR_METRICS = ("mlbuild_monitor_metric", "mlbuild_monitor_threshold_ok", "mlbuild_monitor_threshold",
                    "mlbuild_monitor_alerting", "mlbuild_monitor_last_run_timestamp_seconds",
+                   "mlbuild_monitor_start_time_seconds", "mlbuild_monitor_server_reachable",
                    "mlbuild_monitor_runs_total")
 _OPS = {">=": "<", "<=": ">", ">": "<=", "<": ">="}   # the alert fires on the negation
 
@@ -124,8 +125,11 @@ def alert_rules(project: Project, model: str, *, interval: float = 60.0, error_r
          "for": "2m", "labels": {"severity": "warn", "model": model},
          "annotations": {"summary": f"{model}: Prometheus cannot scrape the monitor ({{{{ $labels.instance }}}}), "
                                     "so no validation suite result reaches it"}},
+        # From the last completed run, or from the monitor's start while it has completed none (a
+        # wrong --url: the last-run series never appears, and a rule on it alone never fired).
         {"alert": "MlbuildMonitorStale",
-         "expr": f"time() - mlbuild_monitor_last_run_timestamp_seconds{{{sel}}} > {3 * interval:.0f}",
+         "expr": (f"time() - (mlbuild_monitor_last_run_timestamp_seconds{{{sel}}} "
+                  f"or mlbuild_monitor_start_time_seconds{{{sel}}}) > {3 * interval:.0f}"),
          "labels": {"severity": "warn", "model": model},
          "annotations": {"summary": f"{model}: the monitor runs but has not completed a suite run for "
                                     f"{3 * interval:.0f} s (the server does not answer it: see "

@@ -117,6 +117,11 @@ class Monitor:
                             registry=self.registry)
         self.last = Gauge("mlbuild_monitor_last_run_timestamp_seconds", "When the suite last ran.", ["model"],
                           registry=self.registry)
+        # MlbuildMonitorStale counts from here until a run completes: a monitor that never
+        # completed one (a wrong --url) has no last run to be stale
+        self.started = Gauge("mlbuild_monitor_start_time_seconds", "When the monitor started.", ["model"],
+                             registry=self.registry)
+        self.started.labels(self.name).set(time.time())
         self.samples = Gauge("mlbuild_monitor_samples", "Held-out samples sent per run.", ["model"],
                              registry=self.registry)
         self.alerting = Gauge("mlbuild_monitor_alerting", "1 while a metric breaks its threshold.", ["model"],
