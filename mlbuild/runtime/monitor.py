@@ -17,6 +17,7 @@ import argparse
 import http.client
 import json
 import logging
+import math
 import shutil
 import sys
 import threading
@@ -276,12 +277,13 @@ def _url_arg(value: str) -> str:
 
 
 def _positive(value: str) -> float:
+    """A finite number of seconds above zero (``inf`` waited for ever, and broke the wait's clock)."""
     try:
         x = float(value)
     except ValueError:
         x = 0.0
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
+    if not (x > 0 and math.isfinite(x)):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds; give one like 60")
     return x
 
 
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None, spec_path: str | None = None) -> int:
     p.add_argument("--once", action="store_true", help="run the suite once, print the result as JSON and exit")
     p.add_argument("--interval", type=_positive, default=60.0, help="seconds between runs (default 60)")
     p.add_argument("--host", default="127.0.0.1", help="address of the monitor's own /metrics (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=9109, help="port of the monitor's own /metrics (default 9109)")
+    p.add_argument("--port", type=_port, default=9109, help="port of the monitor's own /metrics (default 9109; 0: a free one, logged)")
     p.add_argument("--webhook", type=_url_arg, help="POST JSON here: every run while a metric breaks its threshold "
                    "(status alerting), once when the server stops answering (unreachable), once when it is fine "
                    "again (resolved)")
@@ -319,13 +321,16 @@ def main(argv: list[str] | None = None, spec_path: str | None = None) -> int:
     from prometheus_client import start_http_server
 
     try:
-        start_http_server(args.port, addr=args.host, registry=mon.registry)
+        served = start_http_server(args.port, addr=args.host, registry=mon.registry)
     except OSError as e:
         print(f"Error: cannot serve the monitor's /metrics on {args.host}:{args.port} ({e.strerror or e}); "
               f"pass another --port or --host", file=sys.stderr)
         return 2
-    log.info("monitor of %s: metrics on http://%s:%d/metrics, every %.0f s against %s",
-             mon.name, args.host, args.port, args.interval, args.url)
+    # the port bound, which --port 0 leaves to the system (prometheus-client before 0.17 returns None)
+    port = served[0].server_port if isinstance(served, tuple) else args.port
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    log.info("monitor of %s: metrics on http://%s:%d/metrics, every %g s against %s",
+             mon.name, host, port, args.interval, args.url)
     stop = threading.Event()
     while not stop.is_set():
         try:

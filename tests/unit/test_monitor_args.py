@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
 import pytest
 
 from mlbuild.runtime.monitor import http_url, main
@@ -24,6 +32,11 @@ def test_other_urls_are_refused(url: str) -> None:
     (["--url", "http://a", "--webhook", "hooks.example.com"], "argument --webhook: 'hooks.example.com' is not"),
     (["--url", "http://a", "--interval", "0"], "argument --interval: '0' is not a positive number of seconds"),
     (["--url", "http://a", "--interval", "soon"], "argument --interval: 'soon' is not a positive number"),
+    # accepted, then the wait after the first run overflowed (OverflowError: timestamp out of range)
+    (["--url", "http://a", "--interval", "inf"], "argument --interval: 'inf' is not a positive number of seconds; "
+                                                 "give one like 60"),
+    (["--url", "http://a", "--interval", "1e400"], "argument --interval: '1e400' is not a positive number"),
+    (["--url", "http://a", "--interval", "nan"], "argument --interval: 'nan' is not a positive number"),
 ])
 def test_runtime_refuses_bad_arguments(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
@@ -54,3 +67,24 @@ def test_the_built_monitor_s_help_asks_for_no_spec(capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "--spec SPEC" in capsys.readouterr().out
+
+
+def test_port_0_logs_the_port_it_bound(tmp_path: Path) -> None:
+    """`--port 0` logged `metrics on http://127.0.0.1:0/metrics`: where are they?"""
+    from tests.unit.test_monitor_answers import REPO, tiny_spec
+
+    spec = tmp_path / "monitor.json"
+    spec.write_text(json.dumps(tiny_spec(tmp_path)))
+    proc = subprocess.Popen([sys.executable, "-m", "mlbuild.runtime.monitor", "--spec", str(spec),
+                             "--url", "http://127.0.0.1:1", "--port", "0", "--interval", "5"],
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert proc.stderr is not None
+        line = next(line for line in proc.stderr if "metrics on" in line)
+        found = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics, every 5 s against http://127\.0\.0\.1:1", line)
+        assert found and found[1] != "0", line
+        with urllib.request.urlopen(f"http://127.0.0.1:{found[1]}/metrics", timeout=10) as r:
+            assert b"mlbuild_monitor_start_time_seconds" in r.read()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
