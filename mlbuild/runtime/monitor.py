@@ -242,14 +242,19 @@ class Monitor:
 
     def _transition(self, state: str, payload: dict[str, Any]) -> None:
         """POST ``payload`` when the monitor's state changes to ``state`` ("unreachable" once
-        when the server stops answering; "ok" as "resolved" after an alert or an outage)."""
-        before, self._state = self._state, state
-        if before != state and not (state == "ok" and before is None):
-            self._webhook(payload)
+        when the server stops answering; "ok" as "resolved" after an alert or an outage). The
+        change is recorded once the POST is delivered: until then each run posts it again."""
+        if self._state != state and not (state == "ok" and self._state is None):
+            if not self._webhook(payload):
+                log.warning("webhook: the %s notice is not delivered: posting it again at the next run",
+                            payload.get("status", state))
+                return
+        self._state = state
 
-    def _webhook(self, payload: dict[str, Any]) -> None:
+    def _webhook(self, payload: dict[str, Any]) -> bool:
+        """POST ``payload`` to the webhook; whether it was delivered (True with no webhook)."""
         if not self.webhook:
-            return
+            return True
         data = json.dumps(payload, default=float).encode()
         req = urllib.request.Request(self.webhook, data=data, method="POST",
                                      headers={"content-type": "application/json"})
@@ -258,6 +263,8 @@ class Monitor:
                 resp.read()
         except (OSError, http.client.HTTPException, ValueError) as e:   # a receiver answering garbage
             log.error("webhook POST %s failed: %s", self.webhook, e or type(e).__name__)
+            return False
+        return True
 
 
 def http_url(value: str) -> str:

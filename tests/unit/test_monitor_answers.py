@@ -233,3 +233,34 @@ def test_the_monitor_s_loop_carries_on(tmp_path: Path) -> None:
         proc.wait(timeout=10)
         ssh.stop()
         garbage.stop()
+
+
+def test_a_one_shot_webhook_is_posted_again_until_delivered(tmp_path: Path) -> None:
+    """"unreachable" and "resolved" are sent once: a failed POST (the receiver restarting)
+    recorded the new state all the same, and the notice was lost for good."""
+    answers: list[bytes] = []   # what the receiver answers, in turn; then 200
+    posts: list[str] = []
+
+    def receive(method: str, path: str, body: bytes) -> bytes:
+        posts.append(json.loads(body)["status"])
+        return answers.pop(0) if answers else http_reply(b"ok")
+
+    hook = RawServer(receive)
+    up = model()
+    server = RawServer(lambda *a: up(*a))
+    try:
+        mon = Monitor(tiny_spec(tmp_path), server.url, hook.url)
+        assert "metrics" in mon.run_once() and posts == []
+        up = lambda *_: "close"   # noqa: E731  the server goes away
+        answers[:] = [http_reply(b"busy", "503 Service Unavailable"), b"GARBAGE\r\n"]
+        for _ in range(4):
+            assert "error" in mon.run_once()
+        assert posts == ["unreachable"] * 3   # failed, failed, delivered; then no more
+        up = model()
+        answers[:] = [http_reply(b"busy", "503 Service Unavailable")]
+        for _ in range(3):
+            assert "metrics" in mon.run_once()
+        assert posts == ["unreachable"] * 3 + ["resolved"] * 2
+    finally:
+        hook.stop()
+        server.stop()
