@@ -252,19 +252,52 @@ class Monitor:
         self._state = state
 
     def _webhook(self, payload: dict[str, Any]) -> bool:
-        """POST ``payload`` to the webhook; whether it was delivered (True with no webhook)."""
+        """POST ``payload`` to the webhook; whether it was delivered (True with no webhook). A 307
+        or 308 redirect is followed with the POST; a 301, 302 or 303 (which urllib turned into a
+        GET without the payload) is an error naming where it leads."""
         if not self.webhook:
             return True
         data = json.dumps(payload, default=float).encode()
-        req = urllib.request.Request(self.webhook, data=data, method="POST",
-                                     headers={"content-type": "application/json"})
-        try:   # what the webhook answers is its own business (Slack's says "ok"): not read as JSON
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                resp.read()
-        except (OSError, http.client.HTTPException, ValueError) as e:   # a receiver answering garbage
-            log.error("webhook POST %s failed: %s", self.webhook, e or type(e).__name__)
-            return False
-        return True
+        url = self.webhook
+        for _ in range(_REDIRECTS + 1):
+            req = urllib.request.Request(url, data=data, method="POST", headers={"content-type": "application/json"})
+            try:   # what the webhook answers is its own business (Slack's says "ok"): not read as JSON
+                with _NO_REDIRECTS.open(req, timeout=10) as resp:
+                    resp.read()
+                return True
+            except urllib.error.HTTPError as e:
+                location = e.headers.get("location") if e.headers else None
+                e.close()
+                if e.code in (307, 308) and location:   # "repeat the request there": the POST
+                    url = urllib.parse.urljoin(url, location)
+                    continue
+                if e.code in (301, 302, 303) and location:
+                    final = urllib.parse.urljoin(url, location)
+                    log.error("webhook POST %s failed: it redirects (HTTP %d) to %s, and a POST redirected so "
+                              "becomes a GET without the alert; give --webhook %s", url, e.code, final, final)
+                else:
+                    log.error("webhook POST %s failed: %s", url, e)
+                return False
+            except (OSError, http.client.HTTPException, ValueError) as e:   # a receiver answering garbage
+                log.error("webhook POST %s failed: %s", url, e or type(e).__name__)
+                return False
+        log.error("webhook POST %s failed: more than %d redirects (from %s)", url, _REDIRECTS, self.webhook)
+        return False
+
+
+_REDIRECTS = 5
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects become HTTPErrors, for the webhook to follow (urllib's handler turns a redirected
+    POST into a GET without its body, or refuses a 307)."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        return None
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_NoRedirect)
 
 
 def http_url(value: str) -> str:

@@ -264,3 +264,47 @@ def test_a_one_shot_webhook_is_posted_again_until_delivered(tmp_path: Path) -> N
     finally:
         hook.stop()
         server.stop()
+
+
+def test_a_redirecting_webhook(tmp_path: Path, hook: Hook, caplog: pytest.LogCaptureFixture) -> None:
+    """urllib turned a redirected POST into a GET with no body (or refused a 307): the alert was
+    dropped without a word. A 307/308 is followed with the POST; a 301/302/303 is an error naming
+    where it leads (where to point --webhook)."""
+    def redirect(status: str, to: str) -> Answer:
+        return lambda *_: (f"HTTP/1.1 {status}\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                           ).encode()
+
+    target = f"{hook.server.url}/hooks/x"
+    server = RawServer(lambda *_: "close")   # the server unreachable: one notice per monitor
+    caplog.set_level(logging.ERROR, logger="mlbuild.monitor")
+    try:
+        for status, to, delivered in (("307 Temporary Redirect", target, True),
+                                      ("308 Permanent Redirect", target, True),
+                                      ("301 Moved Permanently", target, False),
+                                      ("302 Found", target, False)):
+            via = RawServer(redirect(status, to))
+            hook.posts.clear()
+            caplog.clear()
+            try:
+                Monitor(tiny_spec(tmp_path), server.url, f"{via.url}/hook").run_once()
+            finally:
+                via.stop()
+            assert [p["status"] for p in hook.posts] == (["unreachable"] if delivered else []), status
+            if delivered:
+                assert hook.server.requests[-1][:2] == ("POST", "/hooks/x")
+            else:
+                code = status.split()[0]
+                assert [r.getMessage() for r in caplog.records][-1] == (
+                    f"webhook POST {via.url}/hook failed: it redirects (HTTP {code}) to {target}, and a POST "
+                    f"redirected so becomes a GET without the alert; give --webhook {target}")
+        # a relative Location, and a loop
+        via = RawServer(redirect("308 Permanent Redirect", "/again"))
+        try:
+            assert Monitor(tiny_spec(tmp_path), server.url, f"{via.url}/hook")._webhook({"status": "x"}) is False
+            assert caplog.records[-1].getMessage() == (f"webhook POST {via.url}/again failed: more than 5 redirects "
+                                                       f"(from {via.url}/hook)")
+            assert [r[:2] for r in via.requests] == [("POST", "/hook")] + [("POST", "/again")] * 5
+        finally:
+            via.stop()
+    finally:
+        server.stop()
