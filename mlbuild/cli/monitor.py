@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -100,14 +99,12 @@ def _target(value: str) -> str:
     return value
 
 
-_DURATION = re.compile(r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?")
-
-
 def _duration(value: str) -> str:
     """A Prometheus duration above zero (15s, 1m30s); BadParameter naming the form."""
-    m = _DURATION.fullmatch(value)
-    if not value or m is None or not any(int(g) for g in m.groups() if g):
-        raise click.BadParameter(f"{value!r} is not a Prometheus duration above zero; give one like 15s, 1m or 1m30s")
+    try:
+        m.duration_seconds(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
     return value
 
 

@@ -31,7 +31,7 @@ def series(name: str, values: str) -> dict[str, str]:
 
 
 def promtool_test(conf: Path, input_series: list[dict[str, str]], expect: dict[str, bool],
-                  interval: str = "15s") -> None:
+                  interval: str = "15s", evaluation: str = "15s") -> None:
     """Whether MlbuildMonitorStale fires at each evaluation time (`2m`: firing or not)."""
     if shutil.which("promtool") is None:
         pytest.fail("promtool is not installed: `bash .ci/setup` installs Debian's prometheus package")
@@ -39,7 +39,7 @@ def promtool_test(conf: Path, input_series: list[dict[str, str]], expect: dict[s
                 if r["alert"] == "MlbuildMonitorStale")
     firing: list[dict[str, Any]] = [{"exp_labels": {**TARGET, **rule["labels"]},
                                      "exp_annotations": rule["annotations"]}]
-    test = {"rule_files": [str(conf / "alerts.yml")], "evaluation_interval": interval,
+    test = {"rule_files": [str(conf / "alerts.yml")], "evaluation_interval": evaluation,
             "tests": [{"interval": interval, "input_series": input_series,
                        "alert_rule_test": [{"eval_time": at, "alertname": "MlbuildMonitorStale",
                                             "exp_alerts": firing if fires else []} for at, fires in expect.items()]}]}
@@ -82,3 +82,32 @@ def test_the_monitor_exports_its_start_before_any_run_completes(tmp_path: Path) 
     sample = mon.registry.get_sample_value
     assert before <= (sample("mlbuild_monitor_start_time_seconds", {"model": "digits"}) or 0) <= time.time()
     assert sample("mlbuild_monitor_last_run_timestamp_seconds", {"model": "digits"}) is None
+
+
+def stale_expr(root: Path, *args: str) -> str:
+    run_cli("monitor", "config", "digits", "--out", str(root / "conf"), *args, cwd=root, env={"PATH": "/nonexistent"})
+    rules = json.loads((root / "conf" / "alerts.yml").read_text())["groups"][0]["rules"]
+    return str(next(r["expr"] for r in rules if r["alert"] == "MlbuildMonitorStale"))
+
+
+@pytest.mark.parametrize("args, threshold", [
+    ([], "180"),
+    (["--interval", "0.001"], "30"),     # wrote `> 0`: always firing (`{3 * interval:.0f}`)
+    (["--interval", "0.4", "--scrape-interval", "1s"], "2"),    # wrote `> 1`, under a scrape
+    (["--interval", "0.1", "--scrape-interval", "100ms"], "0.3"),
+    (["--interval", "5", "--scrape-interval", "2m"], "240"),    # wrote `> 15`: it fired between scrapes
+    (["--interval", "90", "--scrape-interval", "1m"], "270"),
+])
+def test_the_stale_threshold_is_never_under_two_scrapes_nor_rounded_to_0(tree, args: list[str],  # type: ignore[no-untyped-def]
+                                                                       threshold: str) -> None:
+    root = tree({"mlbuild.toml": TOML})
+    assert stale_expr(root, *args).endswith(f") > {threshold}")
+
+
+def test_a_healthy_monitor_scraped_rarely_is_not_stale(tree) -> None:  # type: ignore[no-untyped-def]
+    """Scraped every 2 minutes, a monitor running every 5 s shows a last run up to 2 minutes old."""
+    root = tree({"mlbuild.toml": TOML})
+    stale_expr(root, "--interval", "5", "--scrape-interval", "2m")
+    promtool_test(root / "conf", [series("mlbuild_monitor_start_time_seconds", "0x10"),
+                                  series("mlbuild_monitor_last_run_timestamp_seconds", "0+120x10")],
+                  {"3m": False, "7m": False, "13m": False}, interval="2m", evaluation="1m")
