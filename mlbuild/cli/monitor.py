@@ -18,19 +18,20 @@ __all__ = ["monitor"]
 
 
 class _MonitorGroup(click.Group):
-    """`monitor config ...` is a subcommand; anything else is `monitor run ...`."""
+    """`monitor config ...` is a subcommand; anything else is `monitor run ...` (options first
+    too: `monitor --url URL digits`)."""
 
-    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
             args = ["run", *args]
-        return super().resolve_command(ctx, args)
+        return super().parse_args(ctx, args)
 
 
-def _url(value: str) -> str:
+def _url(value: str | None) -> str | None:
     from ..runtime.monitor import http_url
 
     try:
-        return http_url(value)
+        return None if value is None else http_url(value)
     except ValueError as e:   # before building anything
         raise click.BadParameter(str(e)) from None
 
@@ -44,16 +45,31 @@ def monitor() -> None:
 @click.argument("model")
 @click.option("--url", required=True, callback=lambda _c, _p, v: _url(v),
               help="The live server, e.g. http://127.0.0.1:8080.")
+@click.option("--once", is_flag=True, help="Run the suite once, print the result as JSON and exit (1 when a "
+                                           "threshold breaks or the server does not answer).")
+@click.option("--interval", type=float, default=None, callback=lambda _c, _p, v: None if v is None else _seconds(v),
+              help="Seconds between runs.  [default: 60]")
+@click.option("--host", default=None, help="Address of the monitor's own /metrics.  [default: 127.0.0.1]")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Port of the monitor's own /metrics (0: a free one, logged).  [default: 9109]")
+@click.option("--webhook", default=None, callback=lambda _c, _p, v: _url(v),
+              help="POST JSON alerts here: every run while a metric breaks its threshold, once when the server "
+                   "stops answering, once when it is fine again.")
 @click.option("--allow-dirty", is_flag=True, help="Build even with uncommitted or untracked files.")
 @click.pass_context
-def run(ctx: click.Context, model: str, url: str, allow_dirty: bool) -> None:
-    """Run MODEL's validation suite against URL at an interval (or --once); metrics on --port
-    (default 9109); --webhook URL for alerts. Other options go to the monitor."""
+def run(ctx: click.Context, model: str, url: str, once: bool, interval: float | None, host: str | None,
+        port: int | None, webhook: str | None, allow_dirty: bool) -> None:
+    """Run MODEL's validation suite against URL at an interval (or --once), with its metrics on
+    --port for Prometheus. Builds MODEL.monitor first. Options this does not know go to the
+    monitor as they are (`mlbuild monitor MODEL --url URL -- --help` lists the monitor's own)."""
     project = load(ctx)
     b.check_model(project, model)
     summary = b.build_targets(project, [f"{model}.monitor"], allow_dirty=allow_dirty)
     program = f"{summary.outputs[0].path}/bin/monitor"
-    os.execv(program, [program, "--url", url, *ctx.args])
+    given = [*(["--once"] if once else []), *(["--interval", repr(interval)] if interval is not None else []),
+             *(["--host", host] if host is not None else []), *(["--port", str(port)] if port is not None else []),
+             *(["--webhook", webhook] if webhook is not None else [])]
+    os.execv(program, [program, "--url", url, *given, *ctx.args])
 
 
 @monitor.command("config")

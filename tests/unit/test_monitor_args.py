@@ -88,3 +88,49 @@ def test_port_0_logs_the_port_it_bound(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_the_cli_s_help_lists_the_monitor_s_options(tree) -> None:  # type: ignore[no-untyped-def]
+    """`mlbuild monitor digits --help` listed --url and --allow-dirty only: --once, --interval,
+    --port, --host and --webhook showed with `... -- --help` alone."""
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.digits]\nscript = "m.py"\n'})
+    out = run_cli("monitor", "digits", "--help", cwd=root, env={"PATH": "/nonexistent"}).stdout
+    for option in ("--url", "--once", "--interval", "--host", "--port", "--webhook", "--allow-dirty", "-- --help"):
+        assert option in out, (option, out)
+
+
+@pytest.mark.parametrize("args, message", [
+    # `No such option: --url`: the options had to follow the model's name
+    (["monitor", "--url", "localhost:8080", "digits"], "Invalid value for '--url': 'localhost:8080' is not"),
+    # checked before building (for hours, with a real model), not by the monitor after
+    (["monitor", "digits", "--url", "http://a", "--interval", "inf"],
+     "Invalid value for '--interval': inf is not a positive number of seconds; give one like 60"),
+    (["monitor", "digits", "--url", "http://a", "--port", "70000"], "Invalid value for '--port': 70000 is not in"),
+    (["monitor", "digits", "--url", "http://a", "--webhook", "hooks.example.com"],
+     "Invalid value for '--webhook': 'hooks.example.com' is not an http:// or https:// URL"),
+])
+def test_the_cli_checks_the_monitor_s_options_before_building(tree, args: list[str],  # type: ignore[no-untyped-def]
+                                                              message: str) -> None:
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.digits]\nscript = "m.py"\n'})
+    proc = run_cli(*args, cwd=root, check=False, env={"PATH": "/nonexistent"})   # no Nix: nothing is built
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_the_cli_passes_the_options_to_the_monitor(tree, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Options before or after the model's name, and ones the CLI does not know, reach bin/monitor."""
+    from click.testing import CliRunner
+
+    from mlbuild import build
+    from mlbuild.cli.main import cli
+
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.digits]\nscript = "m.py"\n'})
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(build, "build_targets", lambda project, targets, **kw: build.Summary(
+        outputs=[build.Built(targets[0], "/nix/store/x-digits-monitor")]))
+    ran: list[list[str]] = []
+    monkeypatch.setattr(os, "execv", lambda program, argv: ran.append(argv))
+    result = CliRunner().invoke(cli, ["monitor", "--url", "http://a:1", "digits", "--interval", "5", "--port", "0",
+                                      "--webhook", "https://hooks.example.com/x", "--host", "::", "--future", "1"])
+    assert result.exit_code == 0, result.output
+    assert ran == [["/nix/store/x-digits-monitor/bin/monitor", "--url", "http://a:1", "--interval", "5.0",
+                    "--host", "::", "--port", "0", "--webhook", "https://hooks.example.com/x", "--future", "1"]]
