@@ -60,12 +60,22 @@ def monitor() -> None:
 def run(ctx: click.Context, model: str, url: str, once: bool, interval: float | None, host: str | None,
         port: int | None, webhook: str | None, allow_dirty: bool) -> None:
     """Run MODEL's validation suite against URL at an interval (or --once), with its metrics on
-    --port for Prometheus. Builds MODEL.monitor first. Options this does not know go to the
+    --port for Prometheus. Builds MODEL.monitor first (and MODEL, when this checkout's is not
+    built: a training run). Options this does not know go to the
     monitor as they are (`mlbuild monitor MODEL --url URL -- --help` lists the monitor's own)."""
+    from .commands import _Bar
+
     project = load(ctx)
     b.check_model(project, model)
-    summary = b.build_targets(project, [f"{model}.monitor"], allow_dirty=allow_dirty)
+    # It needs the model's package: from the store when built, else trained here (for as long as
+    # `mlbuild build MODEL` takes), which said nothing for all that time.
+    click.echo(f"mlbuild: building {model}.monitor (it trains and packages {model} first where this checkout's "
+               f"are not built or in the shared store, as `mlbuild build {model}` would)", err=True)
+    summary = b.build_targets(project, [f"{model}.monitor"], allow_dirty=allow_dirty, on_progress=_Bar())
+    for line in b.format_summary(summary)[1:]:   # what was built; stdout stays the monitor's (--once: JSON)
+        click.echo(f"mlbuild: {line}", err=True)
     program = f"{summary.outputs[0].path}/bin/monitor"
+    click.echo(f"monitoring with {summary.outputs[0].path}", err=True)
     given = [*(["--once"] if once else []), *(["--interval", repr(interval)] if interval is not None else []),
              *(["--host", host] if host is not None else []), *(["--port", str(port)] if port is not None else []),
              *(["--webhook", webhook] if webhook is not None else [])]

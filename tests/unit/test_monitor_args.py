@@ -94,7 +94,7 @@ def test_the_cli_s_help_lists_the_monitor_s_options(tree) -> None:  # type: igno
     """`mlbuild monitor digits --help` listed --url and --allow-dirty only: --once, --interval,
     --port, --host and --webhook showed with `... -- --help` alone."""
     root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.digits]\nscript = "m.py"\n'})
-    out = run_cli("monitor", "digits", "--help", cwd=root, env={"PATH": "/nonexistent"}).stdout
+    out = " ".join(run_cli("monitor", "digits", "--help", cwd=root, env={"PATH": "/nonexistent"}).stdout.split())
     for option in ("--url", "--once", "--interval", "--host", "--port", "--webhook", "--allow-dirty", "-- --help"):
         assert option in out, (option, out)
 
@@ -134,3 +134,35 @@ def test_the_cli_passes_the_options_to_the_monitor(tree, monkeypatch: pytest.Mon
     assert result.exit_code == 0, result.output
     assert ran == [["/nix/store/x-digits-monitor/bin/monitor", "--url", "http://a:1", "--interval", "5.0",
                     "--host", "::", "--port", "0", "--webhook", "https://hooks.example.com/x", "--future", "1"]]
+
+
+def test_the_cli_says_what_it_builds_before_building(tree, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """`mlbuild monitor NAME` trained and packaged the model when it was not built, without a word
+    (hours, for a real model)."""
+    import sys
+
+    from click.testing import CliRunner
+
+    from mlbuild import build
+    from mlbuild.cli.main import cli
+
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.digits]\nscript = "m.py"\n'})
+    monkeypatch.chdir(root)
+
+    def build_targets(project: object, targets: list[str], **kw: object) -> build.Summary:
+        print("(building)", file=sys.stderr)
+        assert kw.get("on_progress") is not None   # the epoch bar, as `mlbuild build` shows it
+        return build.Summary(outputs=[build.Built(targets[0], "/nix/store/x-digits-monitor")],
+                             built=[("/nix/store/y-digits-model.drv", 4.0)], seconds=5.8)
+
+    monkeypatch.setattr(build, "build_targets", build_targets)
+    monkeypatch.setattr(os, "execv", lambda program, argv: None)
+    result = CliRunner().invoke(cli, ["monitor", "digits", "--url", "http://a:1", "--once"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""   # --once prints its JSON there
+    lines = result.stderr.splitlines()
+    assert lines[0] == ("mlbuild: building digits.monitor (it trains and packages digits first where this checkout's "
+                        "are not built or in the shared store, as `mlbuild build digits` would)")
+    assert lines[1] == "(building)"
+    assert lines[2].startswith("mlbuild: built 1, substituted 0, already present 0 (5.8 s)")
+    assert lines[-1] == "monitoring with /nix/store/x-digits-monitor"
