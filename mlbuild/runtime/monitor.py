@@ -146,8 +146,8 @@ class Monitor:
         except (KeyError, IndexError, TypeError, AttributeError):
             raise OSError(f"GET {meta_url}: the answer is not a model's metadata (no inputs[0].name): "
                           f"{_said(json.dumps(meta).encode())}") from None
-        if datatype not in OIP_DTYPES:
-            raise ValueError(f"the server's input {name!r} has datatype {datatype!r}, which the monitor "
+        if not isinstance(datatype, str) or datatype not in OIP_DTYPES:
+            raise ValueError(f"GET {meta_url}: the server's input {name!r} has datatype {datatype!r}, which the monitor "
                              f"cannot send (it sends {', '.join(OIP_DTYPES)})")
         outs: dict[str, list[Any]] = {}
         infer_url = f"{self.url}/v2/models/{self.name}/infer"

@@ -144,6 +144,9 @@ CUT = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"na"
     # AttributeError, IndexError
     (model(meta=http_reply([])), "GET", "/v2/models/digits", "the answer is not a model's metadata (no inputs[0].name): '[]'"),
     (model(meta=http_reply({"inputs": []})), "GET", "/v2/models/digits", "the answer is not a model's metadata"),
+    # TypeError (unhashable), past every except
+    (model(meta=http_reply({"inputs": [{"name": "input", "datatype": ["FP32"]}]})), "GET", "/v2/models/digits",
+     "the server's input 'input' has datatype ['FP32'], which the monitor cannot send"),
     # these said "Expecting value: line 1 column 1 (char 0)" and "Remote end closed connection
     # without response", without the request
     (model(meta=http_reply(b"<html>hello</html>")), "GET", "/v2/models/digits",
