@@ -8,13 +8,14 @@ the validation suite against the live server, exported as Prometheus metrics.
 - ``alerts.yml``: a suite metric breaking its threshold (the monitor), a live metric from
   ground-truth feedback breaking its threshold (the server; for the thresholds it has a live metric
   of, see :mod:`.runtime.serve.names`), error rate, p99 latency, input drift
-  (population stability index), and a monitor that stopped reporting;
+  (population stability index), and a monitor that stopped reporting or never completed a run;
 - ``grafana-dashboard.json``: a dashboard over the same metrics (and only metrics that exist).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from .errors import ConfigError
 from .runtime.serve.names import BINARY_METRICS, LABEL_METRICS, REGRESSION_METRICS, live_metric
 from .runtime.validate import parse_threshold
 
-__all__ = ["write_config", "alert_rules", "without_live_alert", "prometheus_config", "dashboard", "SERVER_METRICS", "MONITOR_METRICS"]
+__all__ = ["write_config", "alert_rules", "duration_seconds", "stale_after", "without_live_alert", "prometheus_config", "dashboard", "SERVER_METRICS", "MONITOR_METRICS"]
 
 # What the server (mlbuild/runtime/serve) and the monitor (mlbuild/runtime/monitor.py) export.
 SERVER_METRICS = ("mlbuild_requests_total", "mlbuild_request_duration_seconds_bucket", "mlbuild_requests_in_flight",
@@ -32,6 +33,7 @@ SERVER_METRICS = ("mlbuild_requests_total", "mlbuild_request_duration_seconds_bu
                   "mlbuild_input_drift_psi_max", "mlbuild_input_drift_mean_shift_max", "mlbuild_input_drift_rows")
 MONITOR_METRICS = ("mlbuild_monitor_metric", "mlbuild_monitor_threshold_ok", "mlbuild_monitor_threshold",
                    "mlbuild_monitor_alerting", "mlbuild_monitor_last_run_timestamp_seconds",
+                   "mlbuild_monitor_start_time_seconds", "mlbuild_monitor_server_reachable",
                    "mlbuild_monitor_runs_total")
 _OPS = {">=": "<", "<=": ">", ">": "<=", "<": ">="}   # the alert fires on the negation
 
@@ -75,9 +77,36 @@ def without_live_alert(project: Project, model: str) -> list[str]:
 INFER_ROUTES = r"/v2/models/\\{name\\}(/versions/\\{version\\})?/infer|/v1/models/\\{name\\}:predict"
 
 
-def alert_rules(project: Project, model: str, *, interval: float = 60.0, error_rate: float = 0.05,
-                p99_seconds: float = 0.5, psi: float = 0.2) -> dict[str, Any]:
+#: A Prometheus duration (15s, 1m30s, 500ms): its units, largest first, in seconds.
+DURATION = re.compile(r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?")
+_UNITS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1, 0.001)
+
+
+def duration_seconds(value: str) -> float:
+    """The seconds of a Prometheus duration above zero; ValueError naming it and the form."""
+    m = DURATION.fullmatch(value)
+    seconds = sum(int(g) * unit for g, unit in zip(m.groups(), _UNITS) if g) if m and value else 0
+    if not seconds:
+        raise ValueError(f"{value!r} is not a Prometheus duration above zero; give one like 15s, 1m or 1m30s")
+    return float(seconds)
+
+
+def stale_after(interval: float, scrape_interval: str) -> float:
+    """Seconds without a completed run before MlbuildMonitorStale fires: three of the monitor's
+    intervals, and never less than two scrapes (Prometheus sees a run only when it scrapes: a rule
+    shorter than its scrape interval fires between scrapes of a healthy monitor)."""
+    return max(3 * interval, 2 * duration_seconds(scrape_interval))
+
+
+def _number(x: float) -> str:
+    """``x`` for PromQL and people: 180, 0.3 (never rounded to 0, as ``.0f`` wrote 0.003)."""
+    return f"{x:.0f}" if x == round(x) else f"{x:.3f}".rstrip("0").rstrip(".")
+
+
+def alert_rules(project: Project, model: str, *, interval: float = 60.0, scrape_interval: str = "15s",
+                error_rate: float = 0.05, p99_seconds: float = 0.5, psi: float = 0.2) -> dict[str, Any]:
     sel = f'model="{model}"'
+    stale = _number(stale_after(interval, scrape_interval))
     rules: list[dict[str, Any]] = [{
         "alert": "MlbuildValidationThresholdFailed",
         "expr": f"mlbuild_monitor_threshold_ok{{{sel}}} == 0",
@@ -124,11 +153,14 @@ def alert_rules(project: Project, model: str, *, interval: float = 60.0, error_r
          "for": "2m", "labels": {"severity": "warn", "model": model},
          "annotations": {"summary": f"{model}: Prometheus cannot scrape the monitor ({{{{ $labels.instance }}}}), "
                                     "so no validation suite result reaches it"}},
+        # From the last completed run, or from the monitor's start while it has completed none (a
+        # wrong --url: the last-run series never appears, and a rule on it alone never fired).
         {"alert": "MlbuildMonitorStale",
-         "expr": f"time() - mlbuild_monitor_last_run_timestamp_seconds{{{sel}}} > {3 * interval:.0f}",
+         "expr": (f"time() - (mlbuild_monitor_last_run_timestamp_seconds{{{sel}}} "
+                  f"or mlbuild_monitor_start_time_seconds{{{sel}}}) > {stale}"),
          "labels": {"severity": "warn", "model": model},
          "annotations": {"summary": f"{model}: the monitor runs but has not completed a suite run for "
-                                    f"{3 * interval:.0f} s (the server does not answer it: see "
+                                    f"{stale} s (the server does not answer it: see "
                                     f"mlbuild_monitor_server_reachable and the monitor's log)"}},
     ]
     return {"groups": [{"name": f"mlbuild-{model}", "rules": rules}]}
@@ -195,7 +227,7 @@ def write_config(project: Project, model: str, out_dir: Path, *, server: str = "
     files = {"prometheus": out_dir / "prometheus.yml", "rules": out_dir / "alerts.yml",
              "dashboard": out_dir / "grafana-dashboard.json"}
     contents = {"prometheus": prometheus_config(model, server, monitor, scrape_interval=scrape_interval),
-                "rules": alert_rules(project, model, interval=interval),
+                "rules": alert_rules(project, model, interval=interval, scrape_interval=scrape_interval),
                 "dashboard": dashboard(model, regression=_is_regression(project, model))}
     out_dir.mkdir(parents=True, exist_ok=True)
     for kind, path in files.items():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +18,20 @@ __all__ = ["monitor"]
 
 
 class _MonitorGroup(click.Group):
-    """`monitor config ...` is a subcommand; anything else is `monitor run ...`."""
+    """`monitor config ...` is a subcommand; anything else is `monitor run ...` (options first
+    too: `monitor --url URL digits`)."""
 
-    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
             args = ["run", *args]
-        return super().resolve_command(ctx, args)
+        return super().parse_args(ctx, args)
 
 
-def _url(value: str) -> str:
+def _url(value: str | None) -> str | None:
     from ..runtime.monitor import http_url
 
     try:
-        return http_url(value)
+        return None if value is None else http_url(value)
     except ValueError as e:   # before building anything
         raise click.BadParameter(str(e)) from None
 
@@ -45,16 +45,41 @@ def monitor() -> None:
 @click.argument("model")
 @click.option("--url", required=True, callback=lambda _c, _p, v: _url(v),
               help="The live server, e.g. http://127.0.0.1:8080.")
+@click.option("--once", is_flag=True, help="Run the suite once, print the result as JSON and exit (1 when a "
+                                           "threshold breaks or the server does not answer).")
+@click.option("--interval", type=float, default=None, callback=lambda _c, _p, v: None if v is None else _seconds(v),
+              help="Seconds between runs.  [default: 60]")
+@click.option("--host", default=None, help="Address of the monitor's own /metrics.  [default: 127.0.0.1]")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Port of the monitor's own /metrics (0: a free one, logged).  [default: 9109]")
+@click.option("--webhook", default=None, callback=lambda _c, _p, v: _url(v),
+              help="POST JSON alerts here: every run while a metric breaks its threshold, once when the server "
+                   "stops answering, once when it is fine again.")
 @click.option("--allow-dirty", is_flag=True, help="Build even with uncommitted or untracked files.")
 @click.pass_context
-def run(ctx: click.Context, model: str, url: str, allow_dirty: bool) -> None:
-    """Run MODEL's validation suite against URL at an interval (or --once); metrics on --port
-    (default 9109); --webhook URL for alerts. Other options go to the monitor."""
+def run(ctx: click.Context, model: str, url: str, once: bool, interval: float | None, host: str | None,
+        port: int | None, webhook: str | None, allow_dirty: bool) -> None:
+    """Run MODEL's validation suite against URL at an interval (or --once), with its metrics on
+    --port for Prometheus. Builds MODEL.monitor first (and MODEL, when this checkout's is not
+    built: a training run). Options this does not know go to the
+    monitor as they are (`mlbuild monitor MODEL --url URL -- --help` lists the monitor's own)."""
+    from .commands import _Bar
+
     project = load(ctx)
     b.check_model(project, model)
-    summary = b.build_targets(project, [f"{model}.monitor"], allow_dirty=allow_dirty)
+    # It needs the model's package: from the store when built, else trained here (for as long as
+    # `mlbuild build MODEL` takes), which said nothing for all that time.
+    click.echo(f"mlbuild: building {model}.monitor (it trains and packages {model} first where this checkout's "
+               f"are not built or in the shared store, as `mlbuild build {model}` would)", err=True)
+    summary = b.build_targets(project, [f"{model}.monitor"], allow_dirty=allow_dirty, on_progress=_Bar())
+    for line in b.format_summary(summary)[1:]:   # what was built; stdout stays the monitor's (--once: JSON)
+        click.echo(f"mlbuild: {line}", err=True)
     program = f"{summary.outputs[0].path}/bin/monitor"
-    os.execv(program, [program, "--url", url, *ctx.args])
+    click.echo(f"monitoring with {summary.outputs[0].path}", err=True)
+    given = [*(["--once"] if once else []), *(["--interval", repr(interval)] if interval is not None else []),
+             *(["--host", host] if host is not None else []), *(["--port", str(port)] if port is not None else []),
+             *(["--webhook", webhook] if webhook is not None else [])]
+    os.execv(program, [program, "--url", url, *given, *ctx.args])
 
 
 @monitor.command("config")
@@ -100,14 +125,12 @@ def _target(value: str) -> str:
     return value
 
 
-_DURATION = re.compile(r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?")
-
-
 def _duration(value: str) -> str:
     """A Prometheus duration above zero (15s, 1m30s); BadParameter naming the form."""
-    m = _DURATION.fullmatch(value)
-    if not value or m is None or not any(int(g) for g in m.groups() if g):
-        raise click.BadParameter(f"{value!r} is not a Prometheus duration above zero; give one like 15s, 1m or 1m30s")
+    try:
+        m.duration_seconds(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
     return value
 
 

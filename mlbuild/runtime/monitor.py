@@ -14,8 +14,10 @@ Runs in the toolchain (``bin/monitor`` of ``NAME.monitor``, built by nix/monitor
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import logging
+import math
 import shutil
 import sys
 import threading
@@ -42,32 +44,56 @@ OIP_DTYPES = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "u
 _HEADERS = {"content-type": "application/json", "mlbuild-probe": "validation-suite"}
 
 
+def _said(raw: bytes) -> str:
+    """The start of an answer, for an error message (a page of HTML is not worth more)."""
+    text = raw[:200].decode("utf-8", "replace")
+    return repr(text) + (" (and more)" if len(raw) > 200 else "")
+
+
 def _http(method: str, url: str, body: Any = None, timeout: float = 30.0) -> Any:
-    """The JSON answer; OSError naming the request and the server's own error when it fails."""
+    """The JSON answer; OSError naming the request (method and URL) and what went wrong: the
+    server's own error, a broken or non-HTTP reply, a timeout, an answer that is not JSON."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method, headers=_HEADERS)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read() or b"null")
+            raw = resp.read()
     except urllib.error.HTTPError as e:
         try:
             said = str(json.loads(e.read()).get("error", ""))[:300]
-        except (ValueError, AttributeError, OSError):
+        except (ValueError, AttributeError, OSError, http.client.HTTPException):
             said = ""
         hint = ("; --url takes the server's root, e.g. http://HOST:PORT" if e.code == 404
                 and urllib.parse.urlsplit(url).path.count("/v2") > 1 else "")
         raise OSError(f"{method} {url}: HTTP {e.code} {e.reason}{': ' + said if said else ''}{hint}") from None
     except urllib.error.URLError as e:
         raise OSError(f"{method} {url}: {e.reason}") from None
+    except http.client.IncompleteRead as e:   # http.client's errors are not OSErrors (but RemoteDisconnected)
+        more = f", {e.expected} more expected" if e.expected is not None else ""
+        raise OSError(f"{method} {url}: the server cut its answer short ({len(e.partial)} bytes read{more})") from None
+    except http.client.BadStatusLine as e:   # RemoteDisconnected is one, and an OSError
+        if isinstance(e, http.client.RemoteDisconnected):
+            raise OSError(f"{method} {url}: the server closed the connection without answering") from None
+        line = str(e.args[0] if e.args else "")[:80]
+        raise OSError(f"{method} {url}: the answer is not HTTP (it starts {line!r}): is --url the "
+                      f"model server's address?") from None
+    except (http.client.HTTPException, OSError) as e:   # a timeout reading the answer, a reset
+        raise OSError(f"{method} {url}: {e or type(e).__name__}") from None
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:
+        raise OSError(f"{method} {url}: the answer is not JSON: {_said(raw)}") from None
 
 
 class Monitor:
-    def __init__(self, spec: dict[str, Any], url: str, webhook: str | None, batch: int = 256) -> None:
+    def __init__(self, spec: dict[str, Any], url: str, webhook: str | None, batch: int = 256,
+                 timeout: float = 30.0) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge
 
         from .prepare import load_module
 
         self.spec, self.url, self.webhook, self.batch = spec, url.rstrip("/"), webhook, batch
+        self.timeout = timeout   # seconds for each request to the server
         self._told: str | None = None   # the served model hash a mismatch note was logged for
         self.name = spec["name"]
         if spec.get("heldout"):   # the suite's load(data), run when the monitor was built
@@ -92,6 +118,11 @@ class Monitor:
                             registry=self.registry)
         self.last = Gauge("mlbuild_monitor_last_run_timestamp_seconds", "When the suite last ran.", ["model"],
                           registry=self.registry)
+        # MlbuildMonitorStale counts from here until a run completes: a monitor that never
+        # completed one (a wrong --url) has no last run to be stale
+        self.started = Gauge("mlbuild_monitor_start_time_seconds", "When the monitor started.", ["model"],
+                             registry=self.registry)
+        self.started.labels(self.name).set(time.time())
         self.samples = Gauge("mlbuild_monitor_samples", "Held-out samples sent per run.", ["model"],
                              registry=self.registry)
         self.alerting = Gauge("mlbuild_monitor_alerting", "1 while a metric breaks its threshold.", ["model"],
@@ -102,34 +133,66 @@ class Monitor:
         self._state: str | None = None   # "ok", "alerting", "unreachable": webhooks on changes
 
     def predict(self) -> dict[str, Any]:
+        """The served model's hash and its outputs for the suite's inputs; OSError naming the
+        request when the server cannot be reached or answers what the protocol does not say."""
         import numpy as np
 
-        meta = _http("GET", f"{self.url}/v2/models/{self.name}")
-        model_hash = (meta.get("hashes") or {}).get("model", "unknown")
-        outs: dict[str, list[Any]] = {}
-        spec = meta["inputs"][0]
-        datatype = spec.get("datatype", "FP32")
-        if datatype not in OIP_DTYPES:
-            raise ValueError(f"the server's input {spec.get('name')!r} has datatype {datatype!r}, which the monitor "
+        meta_url = f"{self.url}/v2/models/{self.name}"
+        meta = _http("GET", meta_url, timeout=self.timeout)
+        try:
+            spec = meta["inputs"][0]
+            name, datatype = str(spec["name"]), spec.get("datatype", "FP32")
+            model_hash = str((meta.get("hashes") or {}).get("model", "unknown"))
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise OSError(f"GET {meta_url}: the answer is not a model's metadata (no inputs[0].name): "
+                          f"{_said(json.dumps(meta).encode())}") from None
+        if not isinstance(datatype, str) or datatype not in OIP_DTYPES:
+            raise ValueError(f"GET {meta_url}: the server's input {name!r} has datatype {datatype!r}, which the monitor "
                              f"cannot send (it sends {', '.join(OIP_DTYPES)})")
+        outs: dict[str, list[Any]] = {}
+        infer_url = f"{self.url}/v2/models/{self.name}/infer"
         for i in range(0, len(self.x), self.batch):
             # The suite's rows in the served input's datatype (token ids stay exact integers).
             rows = np.asarray(self.x[i:i + self.batch]).astype(OIP_DTYPES[datatype], copy=False)
             body = {"id": f"monitor-{int(time.time())}-{i}",
-                    "inputs": [{"name": spec["name"], "datatype": datatype, "shape": list(rows.shape),
+                    "inputs": [{"name": name, "datatype": datatype, "shape": list(rows.shape),
                                 "data": rows.reshape(-1).tolist()}]}
-            resp = _http("POST", f"{self.url}/v2/models/{self.name}/infer", body)
-            for o in resp["outputs"]:
-                outs.setdefault(o["name"], []).append(np.asarray(o["data"]).reshape(o["shape"]))
-        return {"hash": model_hash, "task": self.spec.get("task", "classification"),
-                "outputs": {k: np.concatenate(v) for k, v in outs.items()}}
+            resp = _http("POST", infer_url, body, timeout=self.timeout)
+            try:
+                for o in resp["outputs"]:
+                    out = np.asarray(o["data"]).reshape(o["shape"])
+                    if len(out) != len(rows):
+                        raise ValueError(f"{len(out)} rows")
+                    outs.setdefault(str(o["name"]), []).append(out)
+            except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
+                raise OSError(f"POST {infer_url}: the answer is not {len(rows)} rows of outputs ({e!r}): "
+                              f"{_said(json.dumps(resp).encode())}") from None
+        task = self.spec.get("task", "classification")
+        if task == "classification" and "label" not in outs:
+            raise OSError(f"POST {infer_url}: the answer has no \"label\" output (it has "
+                          f"{', '.join(map(repr, outs)) or 'none'}): is --url this model's server?")
+        if not outs or any(len(v) != len(range(0, len(self.x), self.batch)) for v in outs.values()):
+            raise OSError(f"POST {infer_url}: the answers do not give every output for every row")
+        return {"hash": model_hash, "task": task, "outputs": {k: np.concatenate(v) for k, v in outs.items()}}
 
     def run_once(self) -> dict[str, Any]:
         from .validate import check_thresholds, compute_metrics
 
         try:
             live = self.predict()
-        except (OSError, urllib.error.URLError, KeyError, ValueError) as e:
+            o = live["outputs"]
+            try:
+                if live["task"] == "classification":
+                    report = compute_metrics("classification", self.y, o["label"], o.get("probabilities"),
+                                             self.spec.get("labels"))
+                else:
+                    report = compute_metrics("regression", self.y, next(iter(o.values())))
+            except (KeyError, IndexError, TypeError, ValueError) as e:   # labels it does not know, NaNs
+                raise ValueError(f"POST {self.url}/v2/models/{self.name}/infer: the suite cannot score the "
+                                 f"answers: {e!r}") from None
+        # http.client's errors for a reply it cannot parse are not all OSErrors (_http turns them
+        # into OSErrors naming the request; this is the net under it)
+        except (OSError, http.client.HTTPException, KeyError, ValueError) as e:
             self.runs.labels(self.name, "error").inc()
             self.reachable.labels(self.name).set(0)
             # The last run's metrics say nothing about a server that does not answer: drop them
@@ -142,11 +205,6 @@ class Monitor:
                                              "error": str(e)})
             return {"error": str(e)}
         self.reachable.labels(self.name).set(1)
-        o = live["outputs"]
-        if live["task"] == "classification":
-            report = compute_metrics("classification", self.y, o["label"], o.get("probabilities"), self.spec.get("labels"))
-        else:
-            report = compute_metrics("regression", self.y, next(iter(o.values())))
         checks = check_thresholds(report["metrics"], self.thresholds)
         expected = self.spec.get("model_hash")
         if expected and live["hash"] != expected and live["hash"] != self._told:
@@ -184,22 +242,62 @@ class Monitor:
 
     def _transition(self, state: str, payload: dict[str, Any]) -> None:
         """POST ``payload`` when the monitor's state changes to ``state`` ("unreachable" once
-        when the server stops answering; "ok" as "resolved" after an alert or an outage)."""
-        before, self._state = self._state, state
-        if before != state and not (state == "ok" and before is None):
-            self._webhook(payload)
+        when the server stops answering; "ok" as "resolved" after an alert or an outage). The
+        change is recorded once the POST is delivered: until then each run posts it again."""
+        if self._state != state and not (state == "ok" and self._state is None):
+            if not self._webhook(payload):
+                log.warning("webhook: the %s notice is not delivered: posting it again at the next run",
+                            payload.get("status", state))
+                return
+        self._state = state
 
-    def _webhook(self, payload: dict[str, Any]) -> None:
+    def _webhook(self, payload: dict[str, Any]) -> bool:
+        """POST ``payload`` to the webhook; whether it was delivered (True with no webhook). A 307
+        or 308 redirect is followed with the POST; a 301, 302 or 303 (which urllib turned into a
+        GET without the payload) is an error naming where it leads."""
         if not self.webhook:
-            return
+            return True
         data = json.dumps(payload, default=float).encode()
-        req = urllib.request.Request(self.webhook, data=data, method="POST",
-                                     headers={"content-type": "application/json"})
-        try:   # what the webhook answers is its own business (Slack's says "ok"): not read as JSON
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                resp.read()
-        except (OSError, urllib.error.URLError, ValueError) as e:
-            log.error("webhook %s failed: %s", self.webhook, e)
+        url = self.webhook
+        for _ in range(_REDIRECTS + 1):
+            req = urllib.request.Request(url, data=data, method="POST", headers={"content-type": "application/json"})
+            try:   # what the webhook answers is its own business (Slack's says "ok"): not read as JSON
+                with _NO_REDIRECTS.open(req, timeout=10) as resp:
+                    resp.read()
+                return True
+            except urllib.error.HTTPError as e:
+                location = e.headers.get("location") if e.headers else None
+                e.close()
+                if e.code in (307, 308) and location:   # "repeat the request there": the POST
+                    url = urllib.parse.urljoin(url, location)
+                    continue
+                if e.code in (301, 302, 303) and location:
+                    final = urllib.parse.urljoin(url, location)
+                    log.error("webhook POST %s failed: it redirects (HTTP %d) to %s, and a POST redirected so "
+                              "becomes a GET without the alert; give --webhook %s", url, e.code, final, final)
+                else:
+                    log.error("webhook POST %s failed: %s", url, e)
+                return False
+            except (OSError, http.client.HTTPException, ValueError) as e:   # a receiver answering garbage
+                log.error("webhook POST %s failed: %s", url, e or type(e).__name__)
+                return False
+        log.error("webhook POST %s failed: more than %d redirects (from %s)", url, _REDIRECTS, self.webhook)
+        return False
+
+
+_REDIRECTS = 5
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects become HTTPErrors, for the webhook to follow (urllib's handler turns a redirected
+    POST into a GET without its body, or refuses a 307)."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        return None
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_NoRedirect)
 
 
 def http_url(value: str) -> str:
@@ -219,12 +317,13 @@ def _url_arg(value: str) -> str:
 
 
 def _positive(value: str) -> float:
+    """A finite number of seconds above zero (``inf`` waited for ever, and broke the wait's clock)."""
     try:
         x = float(value)
     except ValueError:
         x = 0.0
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
+    if not (x > 0 and math.isfinite(x)):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds; give one like 60")
     return x
 
 
@@ -244,7 +343,7 @@ def main(argv: list[str] | None = None, spec_path: str | None = None) -> int:
     p.add_argument("--once", action="store_true", help="run the suite once, print the result as JSON and exit")
     p.add_argument("--interval", type=_positive, default=60.0, help="seconds between runs (default 60)")
     p.add_argument("--host", default="127.0.0.1", help="address of the monitor's own /metrics (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=9109, help="port of the monitor's own /metrics (default 9109)")
+    p.add_argument("--port", type=_port, default=9109, help="port of the monitor's own /metrics (default 9109; 0: a free one, logged)")
     p.add_argument("--webhook", type=_url_arg, help="POST JSON here: every run while a metric breaks its threshold "
                    "(status alerting), once when the server stops answering (unreachable), once when it is fine "
                    "again (resolved)")
@@ -262,16 +361,22 @@ def main(argv: list[str] | None = None, spec_path: str | None = None) -> int:
     from prometheus_client import start_http_server
 
     try:
-        start_http_server(args.port, addr=args.host, registry=mon.registry)
+        served = start_http_server(args.port, addr=args.host, registry=mon.registry)
     except OSError as e:
         print(f"Error: cannot serve the monitor's /metrics on {args.host}:{args.port} ({e.strerror or e}); "
               f"pass another --port or --host", file=sys.stderr)
         return 2
-    log.info("monitor of %s: metrics on http://%s:%d/metrics, every %.0f s against %s",
-             mon.name, args.host, args.port, args.interval, args.url)
+    # the port bound, which --port 0 leaves to the system (prometheus-client before 0.17 returns None)
+    port = served[0].server_port if isinstance(served, tuple) else args.port
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    log.info("monitor of %s: metrics on http://%s:%d/metrics, every %g s against %s",
+             mon.name, host, port, args.interval, args.url)
     stop = threading.Event()
     while not stop.is_set():
-        mon.run_once()
+        try:
+            mon.run_once()
+        except Exception:   # a monitor that stops is an outage of its own: log it, run again
+            log.exception("monitor: the run against %s failed; running again in %s s", args.url, args.interval)
         stop.wait(args.interval)
     return 0
 

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
 import pytest
 
 from mlbuild.runtime.monitor import http_url, main
@@ -24,6 +32,11 @@ def test_other_urls_are_refused(url: str) -> None:
     (["--url", "http://a", "--webhook", "hooks.example.com"], "argument --webhook: 'hooks.example.com' is not"),
     (["--url", "http://a", "--interval", "0"], "argument --interval: '0' is not a positive number of seconds"),
     (["--url", "http://a", "--interval", "soon"], "argument --interval: 'soon' is not a positive number"),
+    # accepted, then the wait after the first run overflowed (OverflowError: timestamp out of range)
+    (["--url", "http://a", "--interval", "inf"], "argument --interval: 'inf' is not a positive number of seconds; "
+                                                 "give one like 60"),
+    (["--url", "http://a", "--interval", "1e400"], "argument --interval: '1e400' is not a positive number"),
+    (["--url", "http://a", "--interval", "nan"], "argument --interval: 'nan' is not a positive number"),
 ])
 def test_runtime_refuses_bad_arguments(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
@@ -54,3 +67,102 @@ def test_the_built_monitor_s_help_asks_for_no_spec(capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "--spec SPEC" in capsys.readouterr().out
+
+
+def test_port_0_logs_the_port_it_bound(tmp_path: Path) -> None:
+    """`--port 0` logged `metrics on http://127.0.0.1:0/metrics`: where are they?"""
+    from tests.unit.test_monitor_answers import REPO, tiny_spec
+
+    spec = tmp_path / "monitor.json"
+    spec.write_text(json.dumps(tiny_spec(tmp_path)))
+    proc = subprocess.Popen([sys.executable, "-m", "mlbuild.runtime.monitor", "--spec", str(spec),
+                             "--url", "http://127.0.0.1:1", "--port", "0", "--interval", "5"],
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert proc.stderr is not None
+        line = next(line for line in proc.stderr if "metrics on" in line)
+        found = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics, every 5 s against http://127\.0\.0\.1:1", line)
+        assert found and found[1] != "0", line
+        with urllib.request.urlopen(f"http://127.0.0.1:{found[1]}/metrics", timeout=10) as r:
+            assert b"mlbuild_monitor_start_time_seconds" in r.read()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_the_cli_s_help_lists_the_monitor_s_options(tree) -> None:  # type: ignore[no-untyped-def]
+    """`mlbuild monitor digits --help` listed --url and --allow-dirty only: --once, --interval,
+    --port, --host and --webhook showed with `... -- --help` alone."""
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.digits]\nscript = "m.py"\n'})
+    out = " ".join(run_cli("monitor", "digits", "--help", cwd=root, env={"PATH": "/nonexistent"}).stdout.split())
+    for option in ("--url", "--once", "--interval", "--host", "--port", "--webhook", "--allow-dirty", "-- --help"):
+        assert option in out, (option, out)
+
+
+@pytest.mark.parametrize("args, message", [
+    # `No such option: --url`: the options had to follow the model's name
+    (["monitor", "--url", "localhost:8080", "digits"], "Invalid value for '--url': 'localhost:8080' is not"),
+    # checked before building (for hours, with a real model), not by the monitor after
+    (["monitor", "digits", "--url", "http://a", "--interval", "inf"],
+     "Invalid value for '--interval': inf is not a positive number of seconds; give one like 60"),
+    (["monitor", "digits", "--url", "http://a", "--port", "70000"], "Invalid value for '--port': 70000 is not in"),
+    (["monitor", "digits", "--url", "http://a", "--webhook", "hooks.example.com"],
+     "Invalid value for '--webhook': 'hooks.example.com' is not an http:// or https:// URL"),
+])
+def test_the_cli_checks_the_monitor_s_options_before_building(tree, args: list[str],  # type: ignore[no-untyped-def]
+                                                              message: str) -> None:
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.digits]\nscript = "m.py"\n'})
+    proc = run_cli(*args, cwd=root, check=False, env={"PATH": "/nonexistent"})   # no Nix: nothing is built
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_the_cli_passes_the_options_to_the_monitor(tree, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Options before or after the model's name, and ones the CLI does not know, reach bin/monitor."""
+    from click.testing import CliRunner
+
+    from mlbuild import build
+    from mlbuild.cli.main import cli
+
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.digits]\nscript = "m.py"\n'})
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(build, "build_targets", lambda project, targets, **kw: build.Summary(
+        outputs=[build.Built(targets[0], "/nix/store/x-digits-monitor")]))
+    ran: list[list[str]] = []
+    monkeypatch.setattr(os, "execv", lambda program, argv: ran.append(argv))
+    result = CliRunner().invoke(cli, ["monitor", "--url", "http://a:1", "digits", "--interval", "5", "--port", "0",
+                                      "--webhook", "https://hooks.example.com/x", "--host", "::", "--future", "1"])
+    assert result.exit_code == 0, result.output
+    assert ran == [["/nix/store/x-digits-monitor/bin/monitor", "--url", "http://a:1", "--interval", "5.0",
+                    "--host", "::", "--port", "0", "--webhook", "https://hooks.example.com/x", "--future", "1"]]
+
+
+def test_the_cli_says_what_it_builds_before_building(tree, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """`mlbuild monitor NAME` trained and packaged the model when it was not built, without a word
+    (hours, for a real model)."""
+    import sys
+
+    from click.testing import CliRunner
+
+    from mlbuild import build
+    from mlbuild.cli.main import cli
+
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.digits]\nscript = "m.py"\n'})
+    monkeypatch.chdir(root)
+
+    def build_targets(project: object, targets: list[str], **kw: object) -> build.Summary:
+        print("(building)", file=sys.stderr)
+        assert kw.get("on_progress") is not None   # the epoch bar, as `mlbuild build` shows it
+        return build.Summary(outputs=[build.Built(targets[0], "/nix/store/x-digits-monitor")],
+                             built=[("/nix/store/y-digits-model.drv", 4.0)], seconds=5.8)
+
+    monkeypatch.setattr(build, "build_targets", build_targets)
+    monkeypatch.setattr(os, "execv", lambda program, argv: None)
+    result = CliRunner().invoke(cli, ["monitor", "digits", "--url", "http://a:1", "--once"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""   # --once prints its JSON there
+    lines = result.stderr.splitlines()
+    assert lines[0] == ("mlbuild: building digits.monitor (it trains and packages digits first where this checkout's "
+                        "are not built or in the shared store, as `mlbuild build digits` would)")
+    assert lines[1] == "(building)"
+    assert lines[2].startswith("mlbuild: built 1, substituted 0, already present 0 (5.8 s)")
+    assert lines[-1] == "monitoring with /nix/store/x-digits-monitor"
