@@ -125,6 +125,15 @@ def test_prometheus_sees_the_suite_on_the_live_server(stack: dict[str, Any]) -> 
     assert {r["metric"]["metric"]: r["value"][1] for r in ok} == {"accuracy": "1", "f1_macro": "1"}
 
 
+def test_the_cli_says_what_it_builds_and_takes_options_before_the_name(stack: dict[str, Any]) -> None:
+    """`mlbuild monitor --url URL NAME` was `No such option '--url'`, and it built (and trained,
+    where this checkout's model was not built) without a word."""
+    proc = run_cli("monitor", "--url", stack["server"], "digits", "--once", cwd=stack["repo"])
+    assert json.loads(proc.stdout)["metrics"]["accuracy"] >= 0.95, proc.stdout   # stdout: the JSON alone
+    assert proc.stderr.startswith("mlbuild: building digits.monitor (it trains and packages digits first "), proc.stderr
+    assert "monitoring with /nix/store/" in proc.stderr
+
+
 def test_wrong_feedback_makes_the_alert_condition_true(stack: dict[str, Any]) -> None:
     split = build_path(stack["repo"], "datasets.digits-split")
     data = np.loadtxt(split / "test.csv", delimiter=",", dtype=np.float32)[:120]   # the server publishes from 100
