@@ -60,7 +60,8 @@ class Procs:
         self.workdir, self.procs = workdir, []
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(cmd, stdout=open(self.workdir / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
+        with open(self.workdir / f"{name}.log", "wb") as log:   # the child keeps its own descriptor
+            p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(p)
         return p
 

@@ -26,10 +26,10 @@ class NixServer:
     def __init__(self, cmd: list[str], cwd: Path, workdir: Path) -> None:
         self.port_file = workdir / "port"
         self.log_path = workdir / "serve.log"
-        self.proc = subprocess.Popen([*cmd, "--host", "127.0.0.1", "--port", "0", "--port-file",
-                                      str(self.port_file), "--log-level", "warning"],
-                                     cwd=cwd, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        with open(self.log_path, "wb") as log:   # the child keeps its own descriptor
+            self.proc = subprocess.Popen([*cmd, "--host", "127.0.0.1", "--port", "0", "--port-file",
+                                          str(self.port_file), "--log-level", "warning"],
+                                         cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log_path.read_text()
