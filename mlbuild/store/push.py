@@ -8,7 +8,9 @@ several hosts may push overlapping closures at once: every file is published by 
 rename of a uniquely named temp file, NAR files are named by their content hash, and a narinfo is
 only written after its NAR is complete. An entry whose NAR is missing or short (a power cut on the
 store's host before the write-back of a NAR that was not fsynced, see ``fsync-nars``; a NAR
-removed by hand) is not "present": the push publishes it again. A push refuses to sign with a key
+removed by hand) is not "present": the push publishes it again, as it does an entry with no valid
+signature by a trusted key (signed by a key the store no longer trusts, or edited after signing)
+and a narinfo filed under this path's hash that describes another path. A push refuses to sign with a key
 whose public half the configuration does not trust (every reader would refuse its entries).
 """
 
@@ -21,14 +23,14 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .. import _nix
-from ..errors import NixError, StoreCorruptError, StoreKeyError, StoreTargetError
+from ..errors import NixError, StoreKeyError, StoreTargetError
 from .config import StoreConfig
 from .keys import PublicKey, SecretKey
 from .layout import Layout
 from .narinfo import STORE_DIR, NarInfo
 from .roots import default_name, record_push
 from .upload import PathInfo, path_infos, publish_path
-from .verify import check_nar
+from .verify import check_entry
 
 __all__ = ["push", "PushResult", "resolve_targets", "topological", "check_signing_key"]
 
@@ -40,6 +42,9 @@ class PushResult:
     targets: list[str]
     pushed: list[NarInfo] = field(default_factory=list)
     present: list[str] = field(default_factory=list)
+    # entries the store had that a reader would refuse (no valid signature by a trusted key,
+    # filed under this path but describing another, NAR missing or short), with why: published again
+    replaced: list[tuple[str, str]] = field(default_factory=list)
     records: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     # --build-deps: build inputs neither on this machine nor in the store (the targets were
@@ -120,16 +125,6 @@ def _closure(targets: list[str], local_store: str | None,
     return infos, [], []
 
 
-def _complete(layout: Layout, narinfo: Path) -> bool:
-    """Whether the entry ``narinfo`` names a NAR file of the size it declares (verify's quick
-    check, a stat: ``mlbuild store verify`` checks the bytes)."""
-    try:
-        info = NarInfo.parse(narinfo.read_text(), str(narinfo))
-        return check_nar(layout.nar(info.url), info, contents=False) is None
-    except (OSError, UnicodeDecodeError, StoreCorruptError):
-        return False
-
-
 def check_signing_key(key: SecretKey, trusted: tuple[PublicKey, ...]) -> None:
     """StoreKeyError unless the signing key's public half is among the trusted keys: every reader
     configured like this machine would refuse what it signs."""
@@ -174,15 +169,19 @@ def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
     result.records = [record_push(layout, n, ps + build_inputs) for n, ps in groups.items()]   # before any skip
     for path in topological(infos):
         existing = layout.narinfo(path)
-        if existing.exists() and _complete(layout, existing):
+        why = check_entry(layout, path, trusted) if existing.exists() else None
+        if existing.exists() and why is None:
             try:
                 os.utime(existing)
             except OSError:
                 pass
             result.present.append(path)
             continue
+        if why is not None:
+            result.replaced.append((path, why))
         if progress:
-            progress(f"pushing {path} ({infos[path].nar_size / 1e6:.1f} MB)")
+            progress(f"pushing {path} ({infos[path].nar_size / 1e6:.1f} MB)"
+                     + (f": the store's entry {why}" if why is not None else ""))
         result.pushed.append(publish_path(layout, infos[path], key, local_store=local_store,
                                           zstd_level=cfg.zstd_level, fsync_nars=cfg.fsync_nars))
     result.seconds = time.monotonic() - start

@@ -35,7 +35,7 @@ from .layout import Layout, fsync_dir, store_command
 from ..fastcopy import new_hash
 from .narinfo import NarInfo, format_b3, format_hash
 
-__all__ = ["verify", "VerifyReport", "Problem", "check_nar", "signers", "untrusted_hint"]
+__all__ = ["verify", "VerifyReport", "Problem", "check_nar", "check_entry", "signers", "untrusted_hint"]
 
 
 @dataclass(frozen=True)
@@ -222,6 +222,25 @@ def _check_one(layout: Layout, f: Path, keys: tuple[PublicKey, ...],
     if why:
         return f, info, Problem("corrupt", f, info.store_path, why)
     return f, info, unsigned
+
+
+def check_entry(layout: Layout, store_path: str, keys: tuple[PublicKey, ...], contents: bool = False) -> str | None:
+    """Why the store's entry for ``store_path`` is not one a reader would take (None: it is): no
+    narinfo, one that cannot be read or describes another path, no valid signature by one of
+    ``keys`` (of its ``NarHash`` or of its ``MlbuildB3`` hash), a NAR missing or of another size
+    (and, with ``contents``, other bytes). What ``mlbuild store push`` checks before it counts
+    an entry as already there, and ``store tag`` before it tags one."""
+    f = layout.narinfo(store_path)
+    if not f.exists():
+        return "is not in the store"
+    _, info, problem = _check_one(layout, f, keys, contents)
+    if info is None and problem is None:
+        return "is not in the store"   # removed meanwhile
+    if info is not None and info.store_path != store_path:
+        return f"describes {info.store_path}, not {store_path}"
+    if problem is not None:
+        return f"is {problem.kind}: {problem.detail}"
+    return None
 
 
 def verify(cfg: StoreConfig, *, repair: bool = False, contents: bool = True, jobs: int = 2) -> VerifyReport:

@@ -1,0 +1,125 @@
+"""``push`` over a store filled from a fake chroot store, Nix faked at its one seam (``_nix``).
+
+``nix path-info --json`` is answered from the PathInfos ``fake_path`` made; the real writer,
+checks and records run over them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytest
+
+from mlbuild import _nix
+from mlbuild.store import StoreConfig, push, verify
+from mlbuild.store.keys import generate_key_pair
+from mlbuild.store.layout import Layout
+from mlbuild.store.narinfo import NarInfo
+from mlbuild.store.upload import PathInfo
+from tests.unit.test_store_publish import fake_path, put, store  # noqa: F401  (fixture)
+
+
+class FakeNix:
+    """The local store's registrations, as ``nix path-info --json [--recursive]`` gives them."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.infos: dict[str, PathInfo] = {}
+        monkeypatch.setattr(_nix, "path_info_in", self.path_info_in)
+
+    def add(self, *infos: PathInfo) -> None:
+        self.infos.update({i.path: i for i in infos})
+
+    def path_info_in(self, paths: Sequence[str], *, store: str | None = None,
+                     recursive: bool = False) -> dict[str, dict[str, Any]]:
+        todo, out = list(paths), {}
+        while todo:
+            p = todo.pop()
+            if p in out:
+                continue
+            i = self.infos[p]
+            out[p] = {"narHash": i.nar_hash, "narSize": i.nar_size, "references": list(i.references)}
+            if recursive:
+                todo += i.references
+        return out
+
+
+@pytest.fixture
+def nix(monkeypatch: pytest.MonkeyPatch) -> FakeNix:
+    return FakeNix(monkeypatch)
+
+
+def _closure(chroot: Path, nix: FakeNix) -> tuple[PathInfo, PathInfo]:
+    dep = fake_path(chroot, "dep", "dep\n" * 100)
+    top = fake_path(chroot, "top", "top", refs=(dep.path,))
+    nix.add(dep, top)
+    return dep, top
+
+
+def test_push_then_push_again_finds_everything_there(store: tuple[StoreConfig, Path], nix: FakeNix) -> None:
+    cfg, chroot = store
+    dep, top = _closure(chroot, nix)
+    first = push(cfg, [top.path], local_store=str(chroot))
+    assert sorted(n.store_path for n in first.pushed) == sorted([dep.path, top.path]) and not first.present
+    again = push(cfg, [top.path], local_store=str(chroot))
+    assert not again.pushed and sorted(again.present) == sorted([dep.path, top.path]) and not again.replaced
+
+
+def test_push_re_signs_entries_signed_by_a_key_the_store_no_longer_trusts(store: tuple[StoreConfig, Path],
+                                                                          nix: FakeNix, tmp_path: Path) -> None:
+    """Pushed with key A; the store's key becomes B: the next push re-signs with B, not "already there"."""
+    cfg, chroot = store
+    dep, top = _closure(chroot, nix)
+    push(cfg, [top.path], local_store=str(chroot))
+    key_b = generate_key_pair("unit-b", tmp_path / "b.sec", tmp_path / "b.pub")
+    cfg_b = replace(cfg, secret_key_file=tmp_path / "b.sec", public_keys=(str(key_b.public),))
+    assert len(verify(cfg_b).problems) == 2
+    said: list[str] = []
+    r = push(cfg_b, [top.path], local_store=str(chroot), progress=said.append)
+    assert sorted(n.store_path for n in r.pushed) == sorted([dep.path, top.path]) and not r.present
+    assert [p for p, _ in r.replaced] == [dep.path, top.path]
+    assert "no signature by a trusted key (signed only by unit-1" in r.replaced[0][1]
+    assert any(m.startswith(f"pushing {dep.path}") and "the store's entry is unsigned" in m for m in said)
+    assert verify(cfg_b).ok
+
+
+def test_push_replaces_an_edited_signature_and_a_narinfo_of_another_path(store: tuple[StoreConfig, Path],
+                                                                       nix: FakeNix) -> None:
+    cfg, chroot = store
+    dep, top = _closure(chroot, nix)
+    other = fake_path(chroot, "other", "other")
+    nix.add(other)
+    push(cfg, [top.path, other.path], local_store=str(chroot))
+    layout = Layout(cfg.root)
+    f = layout.narinfo(dep.path)
+    text = f.read_text()
+    sig = next(line for line in text.splitlines() if line.startswith("Sig: "))
+    f.write_text(text.replace(sig, sig[:-6] + ("AAAAA=" if not sig.endswith("AAAAA=") else "BBBBB=")))
+    layout.narinfo(top.path).write_text(layout.narinfo(other.path).read_text())   # describes `other`
+    r = push(cfg, [top.path, other.path], local_store=str(chroot))
+    assert dict(r.replaced).keys() == {dep.path, top.path} and sorted(r.present) == [other.path]
+    assert dict(r.replaced)[top.path] == f"describes {other.path}, not {top.path}"
+    assert "does not verify with the trusted key of that name" in dict(r.replaced)[dep.path]
+    assert NarInfo.parse(layout.narinfo(top.path).read_text()).store_path == top.path
+    assert verify(cfg).ok
+
+
+def test_cli_push_names_what_it_replaced(store: tuple[StoreConfig, Path], nix: FakeNix,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from mlbuild.cli.main import cli
+    cfg, chroot = store
+    dep, top = _closure(chroot, nix)
+    push(cfg, [top.path], local_store=str(chroot))
+    (cfg.root / NarInfo.parse(Layout(cfg.root).narinfo(dep.path).read_text()).url).unlink()
+    monkeypatch.setenv("MLBUILD_STORE_SECRET_KEY", str(cfg.secret_key_file))
+    monkeypatch.setenv("MLBUILD_STORE_PUBLIC_KEYS", str(cfg.secret_key().public))
+    monkeypatch.chdir(chroot)
+    out = CliRunner().invoke(cli, ["store", "--store", str(cfg.root), "push", "--from", str(chroot), top.path])
+    assert out.exit_code == 0, out.output
+    assert "pushed 1 paths" in out.output and "1 already there" in out.output
+    assert f"1 of the pushed replaced entries a reader would refuse (e.g. {dep.path} is missing" in out.output
+    assert os.path.exists(cfg.root / NarInfo.parse(Layout(cfg.root).narinfo(dep.path).read_text()).url)
