@@ -11,7 +11,8 @@ store's host before the write-back of a NAR that was not fsynced, see ``fsync-na
 removed by hand) is not "present": the push publishes it again, as it does an entry with no valid
 signature by a trusted key (signed by a key the store no longer trusts, or edited after signing)
 and a narinfo filed under this path's hash that describes another path. A push refuses to sign with a key
-whose public half the configuration does not trust (every reader would refuse its entries).
+whose public half the configuration does not trust, or that is not the key the store names as its
+own (``<store>/mlbuild/public-key``): every reader would refuse its entries.
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from typing import Callable, Sequence
 from .. import _nix
 from ..errors import NixError, StoreKeyError, StoreTargetError
 from .config import StoreConfig
-from .keys import PublicKey, SecretKey
+from .keys import PublicKey, SecretKey, parse_public_keys
 from .layout import Layout
 from .narinfo import STORE_DIR, NarInfo
 from .roots import default_name, record_push
 from .upload import PathInfo, path_infos, publish_path
 from .verify import check_entry
 
-__all__ = ["push", "PushResult", "resolve_targets", "topological", "check_signing_key"]
+__all__ = ["push", "PushResult", "resolve_targets", "topological", "check_signing_key", "check_store_key"]
 
 
 @dataclass
@@ -138,6 +139,38 @@ def check_signing_key(key: SecretKey, trusted: tuple[PublicKey, ...]) -> None:
             f"that reads the store")
 
 
+def check_store_key(layout: Layout, key: SecretKey, key_file: Path | None = None, key_from: str = "") -> None:
+    """StoreKeyError when the store names its key (``<store>/mlbuild/public-key``, written by the
+    machine that first signed it) and ``key`` is not that key: readers set up from the store's
+    key (setup-store, the nix.conf lines `store init` prints) would refuse everything it signs.
+    A push with the machine's own default key to a team's store did that without a word."""
+    shown = layout.root / "mlbuild" / "public-key"
+    try:
+        text = shown.read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        raise StoreKeyError(f"cannot read {shown} ({e.strerror}), the store's public key, to check that this "
+                            f"machine signs with it; make it readable to the store's group") from None
+    if not text:
+        return
+    try:
+        published = parse_public_keys(text)
+    except StoreKeyError as e:
+        raise StoreKeyError(f"{shown} does not hold the store's public key ({e}); write the public half of the "
+                            f"key that signs the store there (`name:base64`, its .pub file)") from None
+    if key.public in published:
+        return
+    where = f" ({key_file}{f', {key_from}' if key_from else ''})" if key_file else ""
+    names = ", ".join(k.name for k in published)
+    raise StoreKeyError(
+        f"this machine signs with {key.public}{where}, not the store's key {' '.join(map(str, published))} "
+        f"({shown}): readers that trust the store's key would refuse everything it signs, so nothing was pushed. "
+        f"Set MLBUILD_STORE_SECRET_KEY (or [store].secret-key) to the file holding the secret half of {names}; "
+        f"if the store changes keys, write this key's public half to {shown}, trust it on every reader and push "
+        f"again what they need")
+
+
 def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = None,
          name: str | None = None, build_deps: bool = False,
          progress: Callable[[str], None] | None = None) -> PushResult:
@@ -156,6 +189,7 @@ def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
     key = cfg.secret_key()
     trusted = cfg.trusted_keys()
     check_signing_key(key, trusted)
+    check_store_key(layout, key, cfg.secret_key_file, cfg.secret_key_from)
     paths = resolve_targets(targets)
     result = PushResult(targets=paths)
     groups: dict[str, list[str]] = {}

@@ -75,6 +75,7 @@ def test_push_re_signs_entries_signed_by_a_key_the_store_no_longer_trusts(store:
     push(cfg, [top.path], local_store=str(chroot))
     key_b = generate_key_pair("unit-b", tmp_path / "b.sec", tmp_path / "b.pub")
     cfg_b = replace(cfg, secret_key_file=tmp_path / "b.sec", public_keys=(str(key_b.public),))
+    (cfg.root / "mlbuild" / "public-key").write_text(f"{key_b.public}\n")   # the store changes keys
     assert len(verify(cfg_b).problems) == 2
     said: list[str] = []
     r = push(cfg_b, [top.path], local_store=str(chroot), progress=said.append)
@@ -123,3 +124,35 @@ def test_cli_push_names_what_it_replaced(store: tuple[StoreConfig, Path], nix: F
     assert "pushed 1 paths" in out.output and "1 already there" in out.output
     assert f"1 of the pushed replaced entries a reader would refuse (e.g. {dep.path} is missing" in out.output
     assert os.path.exists(cfg.root / NarInfo.parse(Layout(cfg.root).narinfo(dep.path).read_text()).url)
+
+
+def test_push_refuses_a_key_that_is_not_the_store_s_published_key(store: tuple[StoreConfig, Path], nix: FakeNix,
+                                                                 tmp_path: Path) -> None:
+    """MLBUILD_STORE named a team's store, the key settings were left unset: the machine's own key
+    (trusted here, as /etc/mlbuild/store.pub is) signed everything, and every reader that trusts
+    the store's key refused it. Refused before anything is written, naming both keys."""
+    from mlbuild.errors import StoreKeyError
+    from mlbuild.store import load_store_config
+    cfg, chroot = store
+    dep, top = _closure(chroot, nix)
+    machine = generate_key_pair("machine-1", tmp_path / "m.sec", tmp_path / "m.pub")
+    env = {"MLBUILD_STORE": str(cfg.root), "MLBUILD_STORE_PUBLIC_KEYS": str(tmp_path / "m.pub")}
+    monkey = replace(load_store_config(tmp_path, env=env), secret_key_file=tmp_path / "m.sec")
+    with pytest.raises(StoreKeyError) as e:
+        push(monkey, [top.path], local_store=str(chroot))
+    msg = str(e.value)
+    store_key = cfg.secret_key().public
+    assert f"this machine signs with {machine.public} ({tmp_path / 'm.sec'}, the machine's default: neither " \
+           f"MLBUILD_STORE_SECRET_KEY nor [store].secret-key is set), not the store's key {store_key} " \
+           f"({cfg.root / 'mlbuild' / 'public-key'})" in msg
+    assert "nothing was pushed" in msg and "Set MLBUILD_STORE_SECRET_KEY (or [store].secret-key) to the file " \
+                                          "holding the secret half of unit-1" in msg
+    assert not list(Layout(cfg.root).narinfos()) and not list((cfg.root / "mlbuild" / "roots" / "pushes").iterdir())
+    # the store's own key pushes; a store that names no key takes any trusted one
+    assert len(push(cfg, [top.path], local_store=str(chroot)).pushed) == 2
+    (cfg.root / "mlbuild" / "public-key").unlink()
+    assert push(monkey, [top.path], local_store=str(chroot)).replaced
+    # a published key file that holds no key is named, not taken for a mismatch
+    (cfg.root / "mlbuild" / "public-key").write_text("not a key\n")
+    with pytest.raises(StoreKeyError, match=r"public-key does not hold the store's public key"):
+        push(cfg, [top.path], local_store=str(chroot))
