@@ -82,7 +82,7 @@ class StoreConfig:
                 except OSError as e:
                     raise StoreKeyError(f"cannot read the trusted public key file {item} ({e.strerror}); fix "
                                         f"MLBUILD_STORE_PUBLIC_KEYS or [store].public-keys") from None
-                keys += [parse_public_key(k) for k in text.split()]
+                keys += [parse_public_key(k, f"in {item}") for k in text.split()]
             else:
                 keys.append(parse_public_key(item))
         if not keys and self.secret_key_file is not None and self.secret_key_file.is_file():
