@@ -20,7 +20,7 @@ from .. import _nix
 from ..errors import StoreConfigError, StoreTargetError
 from .config import DEFAULT_SECRET_KEY, StoreConfig
 from .keys import generate_key_pair, load_secret_key
-from .layout import Layout, publish_bytes
+from .layout import Layout, publish_bytes, writing
 from .push import resolve_targets
 from .roots import remove_tag, write_tag
 
@@ -109,7 +109,8 @@ def tag(cfg: StoreConfig, name: str, targets: Sequence[str]) -> Path:
     if absent:
         raise StoreTargetError(f"{', '.join(absent)} is not in the store {cfg.root}; push it first "
                                f"(`mlbuild store push {absent[0]}`)")
-    return write_tag(layout, name, paths)
+    with writing(cfg.root, f"tag {name}", fix="the tag was left as it was; free space there, then tag again"):
+        return write_tag(layout, name, paths)
 
 
 def untag(cfg: StoreConfig, name: str) -> None:

@@ -27,9 +27,9 @@ from .. import _nix
 from ..errors import NixError, StoreKeyError, StoreTargetError
 from .config import StoreConfig
 from .keys import PublicKey, SecretKey, parse_public_keys
-from .layout import Layout
+from .layout import Layout, store_command, writing
 from .narinfo import STORE_DIR, NarInfo
-from .roots import default_name, record_push
+from .roots import default_name, record_push, replace_older_records
 from .upload import PathInfo, path_infos, publish_path
 from .verify import check_entry
 
@@ -171,6 +171,29 @@ def check_store_key(layout: Layout, key: SecretKey, key_file: Path | None = None
         f"again what they need")
 
 
+def _upload(cfg: StoreConfig, layout: Layout, infos: dict[str, PathInfo], key: SecretKey,
+            trusted: tuple[PublicKey, ...], local_store: str | None, result: PushResult,
+            progress: Callable[[str], None] | None) -> None:
+    """Publish, references first, every path of ``infos`` the store lacks a good entry for."""
+    for path in topological(infos):
+        existing = layout.narinfo(path)
+        why = check_entry(layout, path, trusted) if existing.exists() else None
+        if existing.exists() and why is None:
+            try:
+                os.utime(existing)
+            except OSError:
+                pass
+            result.present.append(path)
+            continue
+        if why is not None:
+            result.replaced.append((path, why))
+        if progress:
+            progress(f"pushing {path} ({infos[path].nar_size / 1e6:.1f} MB)"
+                     + (f": the store's entry {why}" if why is not None else ""))
+        result.pushed.append(publish_path(layout, infos[path], key, local_store=local_store,
+                                          zstd_level=cfg.zstd_level, fsync_nars=cfg.fsync_nars))
+
+
 def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = None,
          name: str | None = None, build_deps: bool = False,
          progress: Callable[[str], None] | None = None) -> PushResult:
@@ -200,23 +223,22 @@ def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
     result.underived_targets = [p for p in absent if p in paths]
     # The record roots the build-time inputs too (the toolchain's wheels, a derived dataset no
     # output refers to): gc keeps what rebuilding a changed dependent needs as long as the push.
-    result.records = [record_push(layout, n, ps + build_inputs) for n, ps in groups.items()]   # before any skip
-    for path in topological(infos):
-        existing = layout.narinfo(path)
-        why = check_entry(layout, path, trusted) if existing.exists() else None
-        if existing.exists() and why is None:
-            try:
-                os.utime(existing)
-            except OSError:
-                pass
-            result.present.append(path)
-            continue
-        if why is not None:
-            result.replaced.append((path, why))
-        if progress:
-            progress(f"pushing {path} ({infos[path].nar_size / 1e6:.1f} MB)"
-                     + (f": the store's entry {why}" if why is not None else ""))
-        result.pushed.append(publish_path(layout, infos[path], key, local_store=local_store,
-                                          zstd_level=cfg.zstd_level, fsync_nars=cfg.fsync_nars))
+    # It is written before any upload (a concurrent gc sees it at once) and removed if the push
+    # fails; older records of the same paths go only once it has succeeded.
+    with writing(layout.root, "push", fix=(
+            f"what was pushed before stays, the path it was writing left nothing behind and the push kept no "
+            f"record; free space there (`{store_command(layout.root, 'gc')}` removes what no tag, recent push or "
+            f"lock keeps), then push again")):
+        try:
+            for n, ps in groups.items():
+                result.records.append(record_push(layout, n, ps + build_inputs, replace_older=False))
+            _upload(cfg, layout, infos, key, trusted, local_store, result, progress)
+        except BaseException:
+            for rec in result.records:
+                rec.unlink(missing_ok=True)
+            result.records.clear()
+            raise
+    for rec in result.records:
+        replace_older_records(rec)
     result.seconds = time.monotonic() - start
     return result

@@ -6,6 +6,7 @@ checks and records run over them.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -156,3 +157,64 @@ def test_push_refuses_a_key_that_is_not_the_store_s_published_key(store: tuple[S
     (cfg.root / "mlbuild" / "public-key").write_text("not a key\n")
     with pytest.raises(StoreKeyError, match=r"public-key does not hold the store's public key"):
         push(cfg, [top.path], local_store=str(chroot))
+
+
+def _full(*args: object, **kw: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_store_is_one_error_and_leaves_no_record_of_the_failed_push(store: tuple[StoreConfig, Path],
+                                                                         nix: FakeNix,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC was a traceback, and the push record of the failed push stayed (gc kept its paths)."""
+    import mlbuild.store.upload as upload
+    from mlbuild.errors import StoreError
+    cfg, chroot = store
+    dep = fake_path(chroot, "dep", "dep\n" * 100)                    # zstd: written by _write_all
+    weights = fake_path(chroot, "w.safetensors", os.urandom(1 << 16))  # none: by kernel_copy
+    top = fake_path(chroot, "top", "top", refs=(dep.path, weights.path))
+    nix.add(dep, weights, top)
+    push(cfg, [top.path, dep.path], local_store=str(chroot), name="dep")
+    records = cfg.root / "mlbuild" / "roots" / "pushes"
+    before = sorted(records.rglob("*"))
+    layout = Layout(cfg.root)
+    for p in (dep, weights, top):   # the next push has to write them again
+        layout.narinfo(p.path).unlink()
+    for writer in ("_write_all", "kernel_copy"):
+        with monkeypatch.context() as m:
+            m.setattr(upload, writer, _full)
+            with pytest.raises(StoreError) as e:
+                push(cfg, [top.path, dep.path], local_store=str(chroot), name="dep")
+        msg = str(e.value)
+        assert msg.startswith(f"cannot push: the store folder {cfg.root} is full (No space left on device); ")
+        assert "the push kept no record" in msg and "gc" in msg
+        assert sorted(records.rglob("*")) == before   # the earlier record of the paths stays, no new one
+        assert not list(layout.temp_files()) and not layout.narinfo(top.path).exists()
+    # the same push with room: its record replaces the older one of the same paths only now
+    push(cfg, [top.path, dep.path], local_store=str(chroot), name="dep")
+    assert len(list((records / "dep").iterdir())) == 1 and verify(cfg).ok
+
+
+def test_cli_a_full_store_is_an_error_not_a_traceback(store: tuple[StoreConfig, Path], nix: FakeNix,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import mlbuild.store.layout as layout_mod
+    import mlbuild.store.roots as roots
+    from mlbuild.cli.main import cli
+    cfg, chroot = store
+    dep, top = _closure(chroot, nix)
+    monkeypatch.setenv("MLBUILD_STORE_SECRET_KEY", str(cfg.secret_key_file))
+    monkeypatch.setenv("MLBUILD_STORE_PUBLIC_KEYS", str(cfg.secret_key().public))
+    monkeypatch.chdir(chroot)
+    push(cfg, [top.path], local_store=str(chroot))
+    monkeypatch.setattr(layout_mod.os, "write", _full)   # every file the store writes
+    for args in (["push", "--from", str(chroot), "--name", "x", top.path], ["tag", "release-1", top.path]):
+        out = CliRunner().invoke(cli, ["store", "--store", str(cfg.root), *args])
+        assert out.exit_code == 1 and not isinstance(out.exception, OSError), out.output
+        assert f"Error: cannot {' '.join(args[:2]) if args[0] == 'tag' else 'push'}: the store folder {cfg.root} " \
+               f"is full (No space left on device)" in out.output, out.output
+    assert not (cfg.root / "mlbuild" / "roots" / "tags" / "release-1").exists()
+    assert not (cfg.root / "mlbuild" / "roots" / "pushes" / "x").exists() or \
+        not list((cfg.root / "mlbuild" / "roots" / "pushes" / "x").iterdir())
+    assert roots is not None
