@@ -224,16 +224,19 @@ def _check_one(layout: Layout, f: Path, keys: tuple[PublicKey, ...],
     return f, info, unsigned
 
 
-def check_entry(layout: Layout, store_path: str, keys: tuple[PublicKey, ...], contents: bool = False) -> str | None:
+def check_entry(layout: Layout, store_path: str, keys: tuple[PublicKey, ...] | None,
+                contents: bool = False) -> str | None:
     """Why the store's entry for ``store_path`` is not one a reader would take (None: it is): no
     narinfo, one that cannot be read or describes another path, no valid signature by one of
-    ``keys`` (of its ``NarHash`` or of its ``MlbuildB3`` hash), a NAR missing or of another size
-    (and, with ``contents``, other bytes). What ``mlbuild store push`` checks before it counts
-    an entry as already there, and ``store tag`` before it tags one."""
+    ``keys`` (of its ``NarHash`` or of its ``MlbuildB3`` hash; ``None``: signatures not checked), a
+    NAR missing or of another size (and, with ``contents``, other bytes). What ``mlbuild store push``
+    checks before it counts an entry as already there, and ``store tag`` before it tags one."""
     f = layout.narinfo(store_path)
     if not f.exists():
         return "is not in the store"
-    _, info, problem = _check_one(layout, f, keys, contents)
+    _, info, problem = _check_one(layout, f, keys or (), contents)
+    if keys is None and problem is not None and problem.kind == "unsigned":
+        problem = None
     if info is None and problem is None:
         return "is not in the store"   # removed meanwhile
     if info is not None and info.store_path != store_path:
