@@ -257,17 +257,27 @@ def make_dir(path: Path) -> None:
         pass
 
 
+# A temp file written in the last TEMP_QUIET_S seconds is spared even when its pid looks gone: two
+# containers may share a hostname but not a PID namespace, so `kill(pid, 0)` here says nothing about
+# a writer there. A live writer keeps its temp file's mtime fresh as it writes.
+TEMP_QUIET_S = 600.0
+
+
 def temp_is_stale(path: Path, grace_s: float, now: float) -> bool:
-    """A temp file is stale when its writer (same host, dead pid) is gone, or it is older than grace."""
+    """A temp file is stale when it is older than grace, or when its writer (same host, dead pid)
+    is gone and it has not been written for ``TEMP_QUIET_S``."""
+    try:
+        age = now - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age > grace_s:
+        return True
     owner = parse_temp_name(path.name)
-    if owner and owner[0] == _host():
+    if owner and owner[0] == _host() and age > TEMP_QUIET_S:
         try:
             os.kill(owner[1], 0)
         except ProcessLookupError:
             return True
         except PermissionError:
             pass
-    try:
-        return now - path.stat().st_mtime > grace_s
-    except FileNotFoundError:
-        return False
+    return False
