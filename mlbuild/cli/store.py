@@ -13,6 +13,7 @@ from .. import store as st
 from ..errors import StoreCorruptError
 from ..store.gc import DEFAULT_GRACE_S
 from ..store.layout import store_command
+from ..store.narinfo import STORE_DIR
 from .main import cli
 
 __all__ = ["store"]
@@ -123,7 +124,9 @@ def verify(ctx: click.Context, repair: bool, quick: bool) -> None:
     if r.problems and not repair:
         raise StoreCorruptError(r.advice(cfg))
     if r.problems:   # repaired: the store is sound again, without those paths
-        paths = sorted({p.store_path for p in r.problems if p.store_path})
+        # an entry filed under another path's hash: the path to push again is the one of that hash
+        paths = sorted({p.store_path or f"the path of hash {p.narinfo.stem} ({STORE_DIR}/{p.narinfo.stem}-…)"
+                        for p in r.problems})
         click.echo(f"repaired: removed the {len(r.problems)} bad entries; push what still matters again "
                    f"(`mlbuild build --push TARGET` or `mlbuild store push PATH`)"
                    + (f", e.g. {paths[0]}" if paths else ""), err=True)

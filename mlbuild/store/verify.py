@@ -33,7 +33,7 @@ from .config import StoreConfig
 from .keys import PublicKey, check_signatures
 from .layout import Layout, fsync_dir, store_command
 from ..fastcopy import new_hash
-from .narinfo import NarInfo, format_b3, format_hash
+from .narinfo import STORE_DIR, NarInfo, format_b3, format_hash
 
 __all__ = ["verify", "VerifyReport", "Problem", "check_nar", "check_entry", "signers", "untrusted_hint"]
 
@@ -200,7 +200,10 @@ def _check_one(layout: Layout, f: Path, keys: tuple[PublicKey, ...],
     except FileNotFoundError:
         return f, None, None   # removed meanwhile (gc): nothing to check
     if info.hash_part + ".narinfo" != f.name:
-        return f, info, Problem("corrupt", f, info.store_path, f"describes {info.store_path}, not {f.stem}")
+        # the entry of the path whose hash is f.stem (its name unknown here), not of info.store_path,
+        # which may well have a sound entry of its own
+        return f, info, Problem("corrupt", f, "", f"filed as the entry of the path {STORE_DIR}/{f.stem}-…, but "
+                                                  f"describes {info.store_path}")
     unsigned = None   # reported when the NAR is sound: signed by a key not trusted here, it may well be
     if not check_signatures(info.sigs, info.fingerprint(), keys):
         # Only signers this machine does not trust make it a matter of trust (see untrusted()): a
