@@ -37,3 +37,27 @@ def test_a_narinfo_filed_under_another_path_names_that_path_not_the_one_it_descr
     assert f"e.g. the path of hash {victim_hash} (/nix/store/{victim_hash}-…)" in out.stderr
     assert innocent not in out.stderr
     assert verify(cfg).ok and layout.narinfo(innocent).exists() and not layout.narinfo(victim).exists()
+
+
+def test_pull_of_a_damaged_nar_through_nix_copy_says_what_to_do(store: tuple[StoreConfig, Path],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """`nix copy` refusing a NAR corrupted in place (same size) showed only Nix's "hash mismatch
+    importing path"; the fast restore said to repair and push again. Now both do."""
+    from mlbuild import _nix
+    from mlbuild.errors import NixError
+    from mlbuild.store import pull
+    cfg, chroot = store
+    path = put(cfg, chroot, fake_path(chroot, "code", {"a.py": "print(1)\n" * 100})).store_path
+
+    def copy(*args: object, **kw: object) -> None:
+        raise NixError("`nix copy` failed", f"error: hash mismatch importing path '{path}';\n"
+                                            f"  specified: sha256:0abc\n  got:       sha256:1def")
+
+    monkeypatch.setattr(_nix, "invalid_paths_in", lambda paths, store=None: list(paths))
+    monkeypatch.setattr(_nix, "copy_from_cache", copy)
+    with pytest.raises(NixError) as e:
+        pull(cfg, [path], local_store=str(chroot / "elsewhere"), fast=False)
+    msg = str(e.value)
+    assert f"the store's NAR of {path} does not have the hash its signed narinfo says (damaged in the store " \
+           f"{cfg.root}); run `mlbuild store --store {cfg.root} verify --repair` and push it again" in msg
+    assert "hash mismatch importing path" in msg   # Nix's own words stay
