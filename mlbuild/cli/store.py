@@ -13,6 +13,7 @@ from .. import store as st
 from ..errors import StoreCorruptError
 from ..store.gc import DEFAULT_GRACE_S
 from ..store.layout import store_command
+from ..store.narinfo import STORE_DIR
 from .main import cli
 
 __all__ = ["store"]
@@ -80,7 +81,9 @@ def push(ctx: click.Context, targets: tuple[str, ...], from_store: str | None, n
     r = st.push(cfg, targets, local_store=from_store, name=name, build_deps=build_deps,
                 progress=lambda m: click.echo(m, err=True))
     click.echo(f"pushed {len(r.pushed)} paths ({_mb(r.bytes_written)}), {len(r.present)} already there, "
-               f"in {r.seconds:.1f}s")
+               f"in {r.seconds:.1f}s"
+               + (f"; {len(r.replaced)} of the pushed replaced entries a reader would refuse (e.g. "
+                  f"{r.replaced[0][0]} {r.replaced[0][1]})" if r.replaced else ""))
     if r.underived_targets:
         click.echo(f"note: the derivation of {', '.join(r.underived_targets)} is not in this Nix store (the target "
                    f"was fetched, not evaluated here), so what rebuilding it needs is unknown here and was not "
@@ -121,7 +124,9 @@ def verify(ctx: click.Context, repair: bool, quick: bool) -> None:
     if r.problems and not repair:
         raise StoreCorruptError(r.advice(cfg))
     if r.problems:   # repaired: the store is sound again, without those paths
-        paths = sorted({p.store_path for p in r.problems if p.store_path})
+        # an entry filed under another path's hash: the path to push again is the one of that hash
+        paths = sorted({p.store_path or f"the path of hash {p.narinfo.stem} ({STORE_DIR}/{p.narinfo.stem}-…)"
+                        for p in r.problems})
         click.echo(f"repaired: removed the {len(r.problems)} bad entries; push what still matters again "
                    f"(`mlbuild build --push TARGET` or `mlbuild store push PATH`)"
                    + (f", e.g. {paths[0]}" if paths else ""), err=True)
@@ -186,10 +191,16 @@ def stats(ctx: click.Context, as_json: bool) -> None:
 @store.command()
 @click.argument("name")
 @click.argument("targets", nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="Move the tag if it names other paths already.")
 @click.pass_context
-def tag(ctx: click.Context, name: str, targets: tuple[str, ...]) -> None:
+def tag(ctx: click.Context, name: str, targets: tuple[str, ...], force: bool) -> None:
     """Tag store paths as release NAME: gc keeps them and their closures."""
-    click.echo(f"tagged {name}: {st.tag(_cfg(ctx), name, targets)}")
+    r = st.tag(_cfg(ctx), name, targets, force=force)
+    if r.moved:
+        click.echo(f"moved {name} from {' '.join(r.previous or []) or 'nothing'} to {' '.join(r.paths)} ({r.file}); "
+                   f"what it named before is no longer kept by it")
+    else:
+        click.echo(f"tagged {name}: {r.file}")
 
 
 @store.command()

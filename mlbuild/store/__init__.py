@@ -12,7 +12,7 @@ Every machine and CI runner substitutes from it and pushes to it. Public API::
 See store-config/README.md for the set-up of a shared (NFS) store and CI.
 """
 
-from .admin import InitResult, init_store, nix_conf, tag, tags, untag
+from .admin import InitResult, TagResult, init_store, nix_conf, tag, tags, untag
 from .config import StoreConfig, load_store_config
 from .gc import GcReport, gc
 from .pull import PullResult, pull
@@ -21,7 +21,7 @@ from .stats import StoreStats, stats
 from .verify import VerifyReport, verify
 
 __all__ = [
-    "StoreConfig", "load_store_config", "init_store", "InitResult", "nix_conf", "tag", "untag", "tags",
+    "StoreConfig", "load_store_config", "init_store", "InitResult", "nix_conf", "tag", "TagResult", "untag", "tags",
     "push", "PushResult", "resolve_targets", "pull", "PullResult", "verify", "VerifyReport",
     "gc", "GcReport", "stats", "StoreStats",
 ]

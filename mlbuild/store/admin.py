@@ -20,11 +20,12 @@ from .. import _nix
 from ..errors import StoreConfigError, StoreTargetError
 from .config import DEFAULT_SECRET_KEY, StoreConfig
 from .keys import generate_key_pair, load_secret_key
-from .layout import Layout, publish_bytes
+from .layout import Layout, publish_bytes, writing
 from .push import resolve_targets
 from .roots import remove_tag, write_tag
+from .verify import check_entry
 
-__all__ = ["init_store", "InitResult", "tag", "untag", "tags", "nix_conf"]
+__all__ = ["init_store", "InitResult", "tag", "TagResult", "untag", "tags", "nix_conf"]
 
 
 @dataclass
@@ -99,17 +100,42 @@ def nix_conf(cfg: StoreConfig) -> str:
             f"narinfo-cache-negative-ttl = 0\n")
 
 
-def tag(cfg: StoreConfig, name: str, targets: Sequence[str]) -> Path:
-    """Tag store paths as release NAME: gc keeps them and their closures. They must be in the store."""
+@dataclass
+class TagResult:
+    """A tag written: its file, the paths it names, and those it named before (None: a new tag)."""
+
+    file: Path
+    paths: list[str]
+    previous: list[str] | None = None
+
+    @property
+    def moved(self) -> bool:
+        return self.previous is not None and sorted(self.previous) != sorted(self.paths)
+
+
+def tag(cfg: StoreConfig, name: str, targets: Sequence[str], *, force: bool = False) -> TagResult:
+    """Tag store paths as release NAME: gc keeps them and their closures. Each must have a sound
+    entry in the store (its narinfo describes it, its NAR is there, of its size). A tag that names
+    other paths already is moved only with ``force`` (the paths it named lose its gc protection)."""
     layout = Layout(cfg.root)
     layout.require()
     layout.require_writable(f"tag {name}")
     paths = resolve_targets(targets)
-    absent = [p for p in paths if not layout.narinfo(p).exists()]
-    if absent:
-        raise StoreTargetError(f"{', '.join(absent)} is not in the store {cfg.root}; push it first "
-                               f"(`mlbuild store push {absent[0]}`)")
-    return write_tag(layout, name, paths)
+    bad = [(p, why) for p in paths if (why := check_entry(layout, p, None)) is not None]
+    if bad:
+        p, why = bad[0]
+        more = f" (and {len(bad) - 1} more: {', '.join(q for q, _ in bad[1:])})" if len(bad) > 1 else ""
+        fix = (f"push it first (`mlbuild store push {p}`)" if why == "is not in the store" else
+               f"push it again (`mlbuild store push {p}` publishes it anew), then tag it")
+        where = "" if why == "is not in the store" else " in the store"
+        raise StoreTargetError(f"cannot tag {name}: {p} {why}{where} {cfg.root}{more}; {fix}")
+    previous = tags(cfg).get(name)
+    if previous is not None and sorted(set(previous)) != sorted(paths) and not force:
+        raise StoreTargetError(f"the tag {name} already names {' '.join(previous) or 'nothing'}: moving it to "
+                               f"{' '.join(paths)} would leave those to the next gc; pass --force to move it, "
+                               f"or pick another name")
+    with writing(cfg.root, f"tag {name}", fix="the tag was left as it was; free space there, then tag again"):
+        return TagResult(write_tag(layout, name, paths), paths, previous)
 
 
 def untag(cfg: StoreConfig, name: str) -> None:

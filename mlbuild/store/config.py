@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -56,6 +56,9 @@ class StoreConfig:
     # flushes and commits the NAR to the server before the rename. What it adds is a local-disk
     # store surviving a power cut right after a push (see store-config/README.md).
     fsync_nars: bool = False
+    # where ``secret_key_file`` came from, for messages: the setting that named it, or the machine's
+    # default (the machine's own store key, which another store may well not be signed by)
+    secret_key_from: str = field(default="", compare=False)
 
     @property
     def url(self) -> str:
@@ -79,7 +82,7 @@ class StoreConfig:
                 except OSError as e:
                     raise StoreKeyError(f"cannot read the trusted public key file {item} ({e.strerror}); fix "
                                         f"MLBUILD_STORE_PUBLIC_KEYS or [store].public-keys") from None
-                keys += [parse_public_key(k) for k in text.split()]
+                keys += [parse_public_key(k, f"in {item}") for k in text.split()]
             else:
                 keys.append(parse_public_key(item))
         if not keys and self.secret_key_file is not None and self.secret_key_file.is_file():
@@ -213,10 +216,13 @@ def load_store_config(project_root: Path | None = None, *, store: str | None = N
         root = DEFAULT_ROOT
     if env.get("MLBUILD_STORE_SECRET_KEY"):
         secret: Path | None = _location(env["MLBUILD_STORE_SECRET_KEY"], None, "MLBUILD_STORE_SECRET_KEY")
+        secret_from = "MLBUILD_STORE_SECRET_KEY"
     elif "secret-key" in table:
         secret = _location(str(table["secret-key"]), base, f"{where}.secret-key")
+        secret_from = f"{where}.secret-key"
     else:
         secret = DEFAULT_SECRET_KEY if DEFAULT_SECRET_KEY.exists() else None
+        secret_from = "the machine's default: neither MLBUILD_STORE_SECRET_KEY nor [store].secret-key is set"
     if env.get("MLBUILD_STORE_PUBLIC_KEYS"):
         public = tuple(env["MLBUILD_STORE_PUBLIC_KEYS"].split())
     elif "public-keys" in table:
@@ -235,4 +241,4 @@ def load_store_config(project_root: Path | None = None, *, store: str | None = N
     return StoreConfig(root=root, secret_key_file=secret, public_keys=public,
                        keep_last=_int(keep, keep_where, text=bool(env.get("MLBUILD_STORE_KEEP_LAST"))),
                        zstd_level=_zstd_level(table.get("zstd-level", 3), f"{where}.zstd-level"),
-                       fsync_nars=fsync_nars)
+                       fsync_nars=fsync_nars, secret_key_from=secret_from)

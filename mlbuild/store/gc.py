@@ -29,7 +29,7 @@ from typing import Sequence
 
 from ..errors import StoreCorruptError
 from .config import StoreConfig
-from .layout import Entries, Layout, fsync_dir, publish_bytes, store_command, temp_is_stale
+from .layout import Entries, Layout, fsync_dir, publish_bytes, store_command, temp_is_stale, writing
 from .narinfo import NarInfo
 from .roots import Roots, read_roots
 
@@ -131,7 +131,11 @@ def gc(cfg: StoreConfig, *, locks: Sequence[Path] = (), keep_last: int | None = 
             layout.narinfo(p).unlink(missing_ok=True)
     if doomed and not dry_run:
         fsync_dir(layout.root)
-    _collect_nars(layout, {entries[p].url for p in entries if p not in doomed}, now, grace, dry_run, report)
+    with writing(layout.root, "collect garbage", fix=(
+            f"gc removed {len(report.removed_paths)} entries and {len(report.removed_nars)} NARs but could not "
+            f"note the NARs it found unreferenced; free space there by other means (or raise the quota), "
+            f"then run gc again")):
+        _collect_nars(layout, {entries[p].url for p in entries if p not in doomed}, now, grace, dry_run, report)
     for tmp in layout.temp_files():
         if temp_is_stale(tmp, grace, now):
             report.removed_temps.append(tmp)

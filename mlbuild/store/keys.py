@@ -24,19 +24,44 @@ __all__ = ["SecretKey", "PublicKey", "parse_secret_key", "parse_public_key", "lo
            "generate_key_pair", "check_signatures", "parse_public_keys"]
 
 
-def _split(text: str, what: str, size: int) -> tuple[str, bytes]:
-    name, sep, body = text.strip().partition(":")
+_FORMAT = ("the format of the key files `nix-store --generate-binary-cache-key NAME SEC PUB` and `mlbuild store "
+           "init --generate-key` write")
+
+
+def _split(text: str, what: str, size: int, where: str | None = None, secret: bool = False) -> tuple[str, bytes]:
+    """(name, key bytes) of a ``name:base64`` key. The errors say where the key came from and what
+    is wrong with it; a secret key's text is never part of them (not even a slice of it)."""
+    stripped = text.strip()
+    label = f"{what} {where}" if where else what
+    shown = "" if secret else f" {stripped[:80]!r}"
+    lines = [line for line in stripped.splitlines() if line.strip()]
+    if len(lines) > 1:
+        raise StoreKeyError(f"{label} holds {len(lines)} lines, but a key is one "
+                            f"`name:base64` line ({_FORMAT}); remove the other lines")
+    name, sep, body = stripped.partition(":")
     if not sep or not name:
-        raise StoreKeyError(f"{what} {text.strip()[:40]!r} is not `name:base64`, the format of the key files "
-                            f"`nix-store --generate-binary-cache-key NAME SEC PUB` and `mlbuild store init "
-                            f"--generate-key` write; give such a key")
+        raise StoreKeyError(f"{label}{shown} is not `name:base64`, {_FORMAT}; give such a key")
+    space = next((i for i, c in enumerate(stripped) if c.isspace()), None)
+    if space is not None:
+        raise StoreKeyError(f"{label} (key {name!r}) has a space inside it (character {space + 1} of "
+                            f"{len(stripped)}); a key is `name:base64` with no spaces: remove it")
     try:
         raw = base64.b64decode(body, validate=True)
     except binascii.Error:
-        raise StoreKeyError(f"{what} {name!r}: {body[:20]!r}... is not base64") from None
+        bad = sorted({c for c in body if not (c.isascii() and (c.isalnum() or c in "+/="))})
+        why = f"characters base64 does not use ({' '.join(map(repr, bad))})" if bad else \
+            f"{len(body)} base64 characters, not a whole number of groups of 4 (cut short?)"
+        raise StoreKeyError(f"{label} (key {name!r}): the part after the name is not base64: it has {why}; "
+                            f"copy the key again from the file Nix wrote") from None
     if len(raw) != size:
-        raise StoreKeyError(f"{what} {name!r} holds {len(raw)} bytes, not {size}: is it the other half "
-                            f"of the key pair?")
+        if secret and len(raw) == 32:
+            hint = "that is the size of a public key: this is the public half (the .pub file), not the secret key"
+        elif not secret and len(raw) == 64:
+            hint = ("that is the size of a secret key, the other half of the key pair: give the public half (the "
+                    ".pub file) here, and keep the secret key out of this setting")
+        else:
+            hint = "cut short, or not a key: is it the other half of the key pair?"
+        raise StoreKeyError(f"{label} (key {name!r}) holds {len(raw)} bytes, not {size}; {hint}")
     return name, raw
 
 
@@ -78,8 +103,8 @@ class SecretKey:
         return f"{self.name}:{base64.b64encode(self.seed + self.public.raw).decode()}"
 
 
-def parse_public_key(text: str) -> PublicKey:
-    name, raw = _split(text, "public key", 32)
+def parse_public_key(text: str, where: str | None = None) -> PublicKey:
+    name, raw = _split(text, "public key", 32, where)
     return PublicKey(name, raw)
 
 
@@ -88,11 +113,13 @@ def parse_public_keys(text: str) -> tuple[PublicKey, ...]:
     return tuple(parse_public_key(k) for k in text.split())
 
 
-def parse_secret_key(text: str) -> SecretKey:
-    name, raw = _split(text, "secret key", 64)
+def parse_secret_key(text: str, where: str | None = None) -> SecretKey:
+    """A secret key; ``where`` (its file) names it in errors, which never hold any of its text."""
+    name, raw = _split(text, "secret key", 64, where, secret=True)
     key = SecretKey(name, raw[:32])
     if key.public.raw != raw[32:]:
-        raise StoreKeyError(f"secret key {name!r}: its public half does not match its seed; regenerate it")
+        raise StoreKeyError(f"secret key {where + ' ' if where else ''}(key {name!r}): its public half does not "
+                            f"match its seed (damaged?); copy it again from where it was made, or make a new key")
     return key
 
 
@@ -106,7 +133,7 @@ def load_secret_key(path: Path) -> SecretKey:
         else:
             fix = "create it with `mlbuild store init --generate-key` or set MLBUILD_STORE_SECRET_KEY"
         raise StoreKeyError(f"cannot read the store's secret key {path} ({e.strerror}); {fix}") from None
-    return parse_secret_key(text)
+    return parse_secret_key(text, str(path))
 
 
 def generate_key_pair(name: str, secret_path: Path, public_path: Path) -> SecretKey:

@@ -18,6 +18,7 @@ is renamed into place before its narinfo is written, so a narinfo never names a 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -31,7 +32,7 @@ from ..errors import StoreConfigError, StoreCorruptError, StoreError
 from .narinfo import REPAIR_HINT, STORE_DIR, NarInfo, hash_part
 
 __all__ = ["Layout", "Entries", "store_command", "temp_name", "parse_temp_name", "publish_bytes", "fsync_dir",
-           "DIR_MODE", "FILE_MODE"]
+           "DIR_MODE", "FILE_MODE", "writing"]
 
 DIR_MODE = 0o2775   # setgid: files inherit the store's group; the group may add and remove entries
 FILE_MODE = 0o664
@@ -86,6 +87,22 @@ def publish_bytes(dest: Path, data: bytes, mode: int = FILE_MODE) -> None:
     os.close(fd)
     os.replace(tmp, dest)
     fsync_dir(dest.parent)
+
+
+@contextlib.contextmanager
+def writing(root: Path, what: str, fix: str | None = None) -> Iterator[None]:
+    """Turn a full store folder (no space left, or over quota) met while doing ``what`` into a
+    StoreError naming the folder, instead of a traceback. Writers remove their temp files as the
+    error passes, so nothing partial is left; ``fix`` replaces the advice (free space, e.g. by gc)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        why = "is full" if e.errno == errno.ENOSPC else "is over this user's disk quota"
+        fix = fix or (f"free space there (`{store_command(root, 'gc')}` removes what no tag, recent push or "
+                      f"lock keeps), then run it again")
+        raise StoreError(f"cannot {what}: the store folder {root} {why} ({e.strerror}); {fix}") from None
 
 
 def _group(path: Path) -> str:
@@ -240,17 +257,27 @@ def make_dir(path: Path) -> None:
         pass
 
 
+# A temp file written in the last TEMP_QUIET_S seconds is spared even when its pid looks gone: two
+# containers may share a hostname but not a PID namespace, so `kill(pid, 0)` here says nothing about
+# a writer there. A live writer keeps its temp file's mtime fresh as it writes.
+TEMP_QUIET_S = 600.0
+
+
 def temp_is_stale(path: Path, grace_s: float, now: float) -> bool:
-    """A temp file is stale when its writer (same host, dead pid) is gone, or it is older than grace."""
+    """A temp file is stale when it is older than grace, or when its writer (same host, dead pid)
+    is gone and it has not been written for ``TEMP_QUIET_S``."""
+    try:
+        age = now - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age > grace_s:
+        return True
     owner = parse_temp_name(path.name)
-    if owner and owner[0] == _host():
+    if owner and owner[0] == _host() and age > TEMP_QUIET_S:
         try:
             os.kill(owner[1], 0)
         except ProcessLookupError:
             return True
         except PermissionError:
             pass
-    try:
-        return now - path.stat().st_mtime > grace_s
-    except FileNotFoundError:
-        return False
+    return False

@@ -8,6 +8,7 @@ first so that a path missing from the store is reported by name before anything 
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -16,7 +17,7 @@ from .. import _nix
 from ..errors import NixError, StoreCorruptError, StoreMissingError
 from .config import StoreConfig
 from .keys import check_signatures
-from .layout import Layout
+from .layout import Layout, store_command
 from .narinfo import NarInfo
 from .push import resolve_targets
 from .restore import real_store_dir, restore_paths
@@ -114,11 +115,18 @@ def pull(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
             try:
                 _nix.copy_from_cache(cfg.url, batch, store=local_store, options=trust_options(cfg))
             except NixError as e:
+                head = str(e.args[0]).split("\n", 1)[0]
+                if "hash mismatch" in str(e):   # a NAR damaged in the store (same size, other bytes)
+                    named = re.search(r"hash mismatch importing path '([^']+)'", str(e))
+                    path = named.group(1) if named else ", ".join(batch)
+                    raise NixError(f"{head}: the store's NAR of {path} does not have the hash its signed narinfo "
+                                   f"says (damaged in the store {layout.root}); run "
+                                   f"`{store_command(layout.root, 'verify --repair')}` and push it again from a "
+                                   f"machine that has it", e.log_tail) from None
                 bad = [closure[p] for p in batch
                        if not check_signatures(closure[p].sigs, closure[p].fingerprint(), keys)]
                 if not bad or "signature" not in str(e):
                     raise
-                head = str(e.args[0]).split("\n", 1)[0]
                 raise NixError(f"{head}: Nix refused what has no valid signature by a trusted key. "
                                f"{untrusted_hint(bad, keys, layout.root)}", e.log_tail) from None
             batch.clear()

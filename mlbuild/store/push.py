@@ -8,8 +8,11 @@ several hosts may push overlapping closures at once: every file is published by 
 rename of a uniquely named temp file, NAR files are named by their content hash, and a narinfo is
 only written after its NAR is complete. An entry whose NAR is missing or short (a power cut on the
 store's host before the write-back of a NAR that was not fsynced, see ``fsync-nars``; a NAR
-removed by hand) is not "present": the push publishes it again. A push refuses to sign with a key
-whose public half the configuration does not trust (every reader would refuse its entries).
+removed by hand) is not "present": the push publishes it again, as it does an entry with no valid
+signature by a trusted key (signed by a key the store no longer trusts, or edited after signing)
+and a narinfo filed under this path's hash that describes another path. A push refuses to sign with a key
+whose public half the configuration does not trust, or that is not the key the store names as its
+own (``<store>/mlbuild/public-key``): every reader would refuse its entries.
 """
 
 from __future__ import annotations
@@ -21,16 +24,16 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .. import _nix
-from ..errors import NixError, StoreCorruptError, StoreKeyError, StoreTargetError
+from ..errors import NixError, StoreKeyError, StoreTargetError
 from .config import StoreConfig
-from .keys import PublicKey, SecretKey
-from .layout import Layout
+from .keys import PublicKey, SecretKey, parse_public_keys
+from .layout import Layout, store_command, writing
 from .narinfo import STORE_DIR, NarInfo
-from .roots import default_name, record_push
+from .roots import default_name, record_push, replace_older_records
 from .upload import PathInfo, path_infos, publish_path
-from .verify import check_nar
+from .verify import check_entry
 
-__all__ = ["push", "PushResult", "resolve_targets", "topological", "check_signing_key"]
+__all__ = ["push", "PushResult", "resolve_targets", "topological", "check_signing_key", "check_store_key"]
 
 
 @dataclass
@@ -40,6 +43,9 @@ class PushResult:
     targets: list[str]
     pushed: list[NarInfo] = field(default_factory=list)
     present: list[str] = field(default_factory=list)
+    # entries the store had that a reader would refuse (no valid signature by a trusted key,
+    # filed under this path but describing another, NAR missing or short), with why: published again
+    replaced: list[tuple[str, str]] = field(default_factory=list)
     records: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     # --build-deps: build inputs neither on this machine nor in the store (the targets were
@@ -120,16 +126,6 @@ def _closure(targets: list[str], local_store: str | None,
     return infos, [], []
 
 
-def _complete(layout: Layout, narinfo: Path) -> bool:
-    """Whether the entry ``narinfo`` names a NAR file of the size it declares (verify's quick
-    check, a stat: ``mlbuild store verify`` checks the bytes)."""
-    try:
-        info = NarInfo.parse(narinfo.read_text(), str(narinfo))
-        return check_nar(layout.nar(info.url), info, contents=False) is None
-    except (OSError, UnicodeDecodeError, StoreCorruptError):
-        return False
-
-
 def check_signing_key(key: SecretKey, trusted: tuple[PublicKey, ...]) -> None:
     """StoreKeyError unless the signing key's public half is among the trusted keys: every reader
     configured like this machine would refuse what it signs."""
@@ -141,6 +137,61 @@ def check_signing_key(key: SecretKey, trusted: tuple[PublicKey, ...]) -> None:
             f"[store].secret-key), or, if this key should sign the store, add its public half to "
             f"MLBUILD_STORE_PUBLIC_KEYS or [store].public-keys here and to trusted-public-keys on every machine "
             f"that reads the store")
+
+
+def check_store_key(layout: Layout, key: SecretKey, key_file: Path | None = None, key_from: str = "") -> None:
+    """StoreKeyError when the store names its key (``<store>/mlbuild/public-key``, written by the
+    machine that first signed it) and ``key`` is not that key: readers set up from the store's
+    key (setup-store, the nix.conf lines `store init` prints) would refuse everything it signs.
+    A push with the machine's own default key to a team's store did that without a word."""
+    shown = layout.root / "mlbuild" / "public-key"
+    try:
+        text = shown.read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        raise StoreKeyError(f"cannot read {shown} ({e.strerror}), the store's public key, to check that this "
+                            f"machine signs with it; make it readable to the store's group") from None
+    if not text:
+        return
+    try:
+        published = parse_public_keys(text)
+    except StoreKeyError as e:
+        raise StoreKeyError(f"{shown} does not hold the store's public key ({e}); write the public half of the "
+                            f"key that signs the store there (`name:base64`, its .pub file)") from None
+    if key.public in published:
+        return
+    where = f" ({key_file}{f', {key_from}' if key_from else ''})" if key_file else ""
+    names = ", ".join(k.name for k in published)
+    raise StoreKeyError(
+        f"this machine signs with {key.public}{where}, not the store's key {' '.join(map(str, published))} "
+        f"({shown}): readers that trust the store's key would refuse everything it signs, so nothing was pushed. "
+        f"Set MLBUILD_STORE_SECRET_KEY (or [store].secret-key) to the file holding the secret half of {names}; "
+        f"if the store changes keys, write this key's public half to {shown}, trust it on every reader and push "
+        f"again what they need")
+
+
+def _upload(cfg: StoreConfig, layout: Layout, infos: dict[str, PathInfo], key: SecretKey,
+            trusted: tuple[PublicKey, ...], local_store: str | None, result: PushResult,
+            progress: Callable[[str], None] | None) -> None:
+    """Publish, references first, every path of ``infos`` the store lacks a good entry for."""
+    for path in topological(infos):
+        existing = layout.narinfo(path)
+        why = check_entry(layout, path, trusted) if existing.exists() else None
+        if existing.exists() and why is None:
+            try:
+                os.utime(existing)
+            except OSError:
+                pass
+            result.present.append(path)
+            continue
+        if why is not None:
+            result.replaced.append((path, why))
+        if progress:
+            progress(f"pushing {path} ({infos[path].nar_size / 1e6:.1f} MB)"
+                     + (f": the store's entry {why}" if why is not None else ""))
+        result.pushed.append(publish_path(layout, infos[path], key, local_store=local_store,
+                                          zstd_level=cfg.zstd_level, fsync_nars=cfg.fsync_nars))
 
 
 def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = None,
@@ -161,6 +212,7 @@ def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
     key = cfg.secret_key()
     trusted = cfg.trusted_keys()
     check_signing_key(key, trusted)
+    check_store_key(layout, key, cfg.secret_key_file, cfg.secret_key_from)
     paths = resolve_targets(targets)
     result = PushResult(targets=paths)
     groups: dict[str, list[str]] = {}
@@ -171,19 +223,22 @@ def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
     result.underived_targets = [p for p in absent if p in paths]
     # The record roots the build-time inputs too (the toolchain's wheels, a derived dataset no
     # output refers to): gc keeps what rebuilding a changed dependent needs as long as the push.
-    result.records = [record_push(layout, n, ps + build_inputs) for n, ps in groups.items()]   # before any skip
-    for path in topological(infos):
-        existing = layout.narinfo(path)
-        if existing.exists() and _complete(layout, existing):
-            try:
-                os.utime(existing)
-            except OSError:
-                pass
-            result.present.append(path)
-            continue
-        if progress:
-            progress(f"pushing {path} ({infos[path].nar_size / 1e6:.1f} MB)")
-        result.pushed.append(publish_path(layout, infos[path], key, local_store=local_store,
-                                          zstd_level=cfg.zstd_level, fsync_nars=cfg.fsync_nars))
+    # It is written before any upload (a concurrent gc sees it at once) and removed if the push
+    # fails; older records of the same paths go only once it has succeeded.
+    with writing(layout.root, "push", fix=(
+            f"what was pushed before stays, the path it was writing left nothing behind and the push kept no "
+            f"record; free space there (`{store_command(layout.root, 'gc')}` removes what no tag, recent push or "
+            f"lock keeps), then push again")):
+        try:
+            for n, ps in groups.items():
+                result.records.append(record_push(layout, n, ps + build_inputs, replace_older=False))
+            _upload(cfg, layout, infos, key, trusted, local_store, result, progress)
+        except BaseException:
+            for rec in result.records:
+                rec.unlink(missing_ok=True)
+            result.records.clear()
+            raise
+    for rec in result.records:
+        replace_older_records(rec)
     result.seconds = time.monotonic() - start
     return result

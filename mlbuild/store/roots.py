@@ -4,9 +4,10 @@ Roots live in the store folder (``mlbuild/roots/``), so every machine sharing th
 
 - ``tags/<NAME>``: a release tag, the store paths it names (``mlbuild store tag NAME PATH...``).
 - ``pushes/<NAME>/<time>.<host>.<pid>.<rand>``: one file per push, written before the upload
-  starts (a concurrent gc then already sees it). gc keeps the newest ``keep_last`` of each NAME;
-  NAME defaults to the target's store path name without its hash (e.g. ``digits-model``). A push
-  of the same paths again replaces the older record of them.
+  starts (a concurrent gc then already sees it) and removed again if the push fails. gc keeps the
+  newest ``keep_last`` of each NAME; NAME defaults to the target's store path name without its
+  hash (e.g. ``digits-model``). A push of the same paths again, once it succeeded, replaces the
+  older record of them.
 - a lock (``gc --lock mlbuild.lock``): the interpreter snapshot, the wheels and the local datasets
   it pins, as the fixed-output store paths Nix gives them, plus any store path written in it.
 """
@@ -25,7 +26,8 @@ from ..lockfile import LOCK_VERSION
 from ..storepath import fixed_output_path
 from .layout import Layout, make_dir, publish_bytes, temp_name
 
-__all__ = ["Roots", "write_tag", "remove_tag", "record_push", "read_roots", "lock_paths", "default_name"]
+__all__ = ["Roots", "write_tag", "remove_tag", "record_push", "replace_older_records", "read_roots", "lock_paths",
+           "default_name"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _STORE_PATH = re.compile(r"/nix/store/[0-9a-z]{32}-[A-Za-z0-9+._?=-]+")
@@ -71,27 +73,37 @@ def remove_tag(layout: Layout, name: str) -> bool:
         return False
 
 
-def record_push(layout: Layout, name: str, paths: list[str]) -> Path:
+def record_push(layout: Layout, name: str, paths: list[str], *, replace_older: bool = True) -> Path:
     """Record a push of ``paths`` under NAME (newest last when names are sorted).
 
-    Older records of NAME with the same paths go once the new one is written: pushing the same
-    model again (a CI rerun, a push where everything was there) moves it to the newest slot
-    instead of taking a second one of the ``keep_last`` gc keeps.
+    Older records of NAME with the same paths go once the new one is written (``replace_older``;
+    else :func:`replace_older_records`, once the push has succeeded): pushing the same model again
+    (a CI rerun, a push where everything was there) moves it to the newest slot instead of taking
+    a second one of the ``keep_last`` gc keeps.
     """
     folder = layout.roots_dir / "pushes" / _check_name(name, "push name")
     make_dir(folder)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:]
     dest = folder / (stamp + temp_name()[len(".tmp"):])
-    text = _paths_text(paths)
-    publish_bytes(dest, text)
-    for old in folder.iterdir():
-        if old != dest and not old.name.startswith(".") and old.name < dest.name:
+    publish_bytes(dest, _paths_text(paths))
+    if replace_older:
+        replace_older_records(dest)
+    return dest
+
+
+def replace_older_records(record: Path) -> None:
+    """Remove the records older than ``record`` in its folder that name the same paths."""
+    try:
+        text = record.read_bytes()
+    except OSError:
+        return
+    for old in record.parent.iterdir():
+        if old != record and not old.name.startswith(".") and old.name < record.name:
             try:
                 if old.read_bytes() == text:
                     old.unlink()
             except OSError:   # gone already (a concurrent push or gc), or unreadable: keep going
                 pass
-    return dest
 
 
 @dataclass

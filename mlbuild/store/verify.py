@@ -33,9 +33,9 @@ from .config import StoreConfig
 from .keys import PublicKey, check_signatures
 from .layout import Layout, fsync_dir, store_command
 from ..fastcopy import new_hash
-from .narinfo import NarInfo, format_b3, format_hash
+from .narinfo import STORE_DIR, NarInfo, format_b3, format_hash
 
-__all__ = ["verify", "VerifyReport", "Problem", "check_nar", "signers", "untrusted_hint"]
+__all__ = ["verify", "VerifyReport", "Problem", "check_nar", "check_entry", "signers", "untrusted_hint"]
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,10 @@ def _check_one(layout: Layout, f: Path, keys: tuple[PublicKey, ...],
     except FileNotFoundError:
         return f, None, None   # removed meanwhile (gc): nothing to check
     if info.hash_part + ".narinfo" != f.name:
-        return f, info, Problem("corrupt", f, info.store_path, f"describes {info.store_path}, not {f.stem}")
+        # the entry of the path whose hash is f.stem (its name unknown here), not of info.store_path,
+        # which may well have a sound entry of its own
+        return f, info, Problem("corrupt", f, "", f"filed as the entry of the path {STORE_DIR}/{f.stem}-…, but "
+                                                  f"describes {info.store_path}")
     unsigned = None   # reported when the NAR is sound: signed by a key not trusted here, it may well be
     if not check_signatures(info.sigs, info.fingerprint(), keys):
         # Only signers this machine does not trust make it a matter of trust (see untrusted()): a
@@ -222,6 +225,28 @@ def _check_one(layout: Layout, f: Path, keys: tuple[PublicKey, ...],
     if why:
         return f, info, Problem("corrupt", f, info.store_path, why)
     return f, info, unsigned
+
+
+def check_entry(layout: Layout, store_path: str, keys: tuple[PublicKey, ...] | None,
+                contents: bool = False) -> str | None:
+    """Why the store's entry for ``store_path`` is not one a reader would take (None: it is): no
+    narinfo, one that cannot be read or describes another path, no valid signature by one of
+    ``keys`` (of its ``NarHash`` or of its ``MlbuildB3`` hash; ``None``: signatures not checked), a
+    NAR missing or of another size (and, with ``contents``, other bytes). What ``mlbuild store push``
+    checks before it counts an entry as already there, and ``store tag`` before it tags one."""
+    f = layout.narinfo(store_path)
+    if not f.exists():
+        return "is not in the store"
+    _, info, problem = _check_one(layout, f, keys or (), contents)
+    if keys is None and problem is not None and problem.kind == "unsigned":
+        problem = None
+    if info is None and problem is None:
+        return "is not in the store"   # removed meanwhile
+    if info is not None and info.store_path != store_path:
+        return f"describes {info.store_path}, not {store_path}"
+    if problem is not None:
+        return f"is {problem.kind}: {problem.detail}"
+    return None
 
 
 def verify(cfg: StoreConfig, *, repair: bool = False, contents: bool = True, jobs: int = 2) -> VerifyReport:

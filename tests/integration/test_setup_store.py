@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -74,3 +76,39 @@ def test_the_store_s_key_is_made_once_and_never_replaced(tmp_path: Path) -> None
     other = setup_store(tmp_path / "elsewhere", "a")
     assert other.returncode == 0, other.stderr
     assert (tmp_path / "elsewhere" / "a" / "store.pub").read_text().split(":")[0] != key.split(":")[0]
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """``folder`` read-only as CI's /run/secrets is: a read-only bind mount (root may write any
+    folder its modes forbid), else its modes."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_secret_key_in_a_read_only_folder(tmp_path: Path) -> None:
+    """CI's layout: the secret key in /run/secrets (read-only), the store's key given. setup-store
+    wrote the key's public half beside the secret, which it does not need: "Read-only file system"."""
+    first = setup_store(tmp_path, "a")
+    assert first.returncode == 0, first.stderr
+    key = (tmp_path / "a" / "store.pub").read_text().strip()
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "mlbuild-store.sec").write_bytes((tmp_path / "a" / "store.sec").read_bytes())
+    with read_only(secrets):
+        for given in ({"MLBUILD_STORE_PUBLIC_KEYS": key}, {}):   # given, or derived from the secret key
+            ci = setup_store(tmp_path, "ci", MLBUILD_STORE_SECRET_KEY=str(secrets / "mlbuild-store.sec"), **given)
+            assert ci.returncode == 0, ci.stderr
+            assert trusted(tmp_path, "ci") == key and "is not the one the store names" not in ci.stderr
+            assert sorted(p.name for p in secrets.iterdir()) == ["mlbuild-store.sec"]

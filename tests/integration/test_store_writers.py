@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mlbuild.store import gc, push, verify
-from mlbuild.store.layout import Layout
+from mlbuild.store.layout import TEMP_QUIET_S, Layout
 from tests.conftest import MLBUILD, REPO
 from tests.integration.test_store_machines import Machine, make_store, store_env, write_graph
 
@@ -76,7 +76,12 @@ def test_writer_killed_mid_push_leaves_a_consistent_store(tmp_path: Path) -> Non
     again = push(cfg, [big], local_store=a.store)
     assert [n.store_path for n in again.pushed] == [big] and again.pushed[0].compression == "zstd"
     assert verify(cfg).ok
-    swept = gc(cfg)                                      # default grace: the dead writer's temp goes
+    # default grace: the dead writer's temp is spared while recent (its pid may be a live writer in
+    # another container of this hostname), and goes once nothing wrote it for TEMP_QUIET_S
+    assert not gc(cfg).removed_temps and list(layout.temp_files())
+    for t in layout.temp_files():
+        os.utime(t, (time.time() - TEMP_QUIET_S - 1,) * 2)
+    swept = gc(cfg)
     assert swept.removed_temps and not swept.removed_paths and not list(layout.temp_files())
     assert Machine(tmp_path / "C").build(file=tmp_path / "big.nix", attrs=["big"], substitute_from=cfg).built == []
 

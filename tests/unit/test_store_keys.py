@@ -53,3 +53,38 @@ def test_public_keys_list_and_wrong_half() -> None:
 def test_missing_key_file_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(StoreKeyError, match="MLBUILD_STORE_SECRET_KEY"):
         load_secret_key(tmp_path / "nope.sec")
+
+
+def _secret_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "store.sec"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("damage,want", [
+    (lambda k: k + "\nextra line\n", "holds 2 lines, but a key is one `name:base64` line"),
+    (lambda k: k[:20] + " " + k[20:], "has a space inside it (character 21 of"),
+    (lambda k: k[:-8] + "!" + k[-7:], "is not base64: it has characters base64 does not use ('!')"),
+    (lambda k: k[:-3], "is not base64: it has 85 base64 characters, not a whole number of groups of 4"),
+    (lambda k: NIX_PUBLIC, "holds 32 bytes, not 64; that is the size of a public key: this is the public half"),
+    (lambda k: k.split(":")[1], "is not `name:base64`"),
+])
+def test_secret_key_errors_name_the_file_and_the_fault_never_the_key(tmp_path: Path, damage: object,
+                                                                     want: str) -> None:
+    """It printed "'+K21slxav1+oQMjZ/Iho'... is not base64": a slice of the secret key."""
+    text = damage(NIX_SECRET)  # type: ignore[operator]
+    path = _secret_file(tmp_path, text)
+    with pytest.raises(StoreKeyError) as e:
+        load_secret_key(path)
+    msg = str(e.value)
+    assert msg.startswith(f"secret key {path}") and want in msg, msg
+    body = NIX_SECRET.split(":", 1)[1]
+    assert not any(body[i:i + 6] in msg for i in range(len(body) - 6)), msg   # not 6 characters of it
+
+
+def test_public_key_errors_never_show_a_secret_key_given_as_one() -> None:
+    body = NIX_SECRET.split(":", 1)[1]
+    for text in (NIX_SECRET, NIX_SECRET + "\n" + NIX_SECRET, NIX_SECRET[:-3]):
+        with pytest.raises(StoreKeyError) as e:
+            parse_public_key(text, "in MLBUILD_STORE_PUBLIC_KEYS")
+        assert body[:6] not in str(e.value) and "MLBUILD_STORE_PUBLIC_KEYS" in str(e.value)

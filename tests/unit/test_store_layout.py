@@ -12,7 +12,7 @@ import pytest
 from mlbuild.errors import StoreConfigError, StoreCorruptError
 from mlbuild.nar import NarWriter
 from mlbuild.store.compression import NONE, ZSTD, choose_compression, real_path_in
-from mlbuild.store.layout import Layout, parse_temp_name, publish_bytes, temp_is_stale, temp_name
+from mlbuild.store.layout import TEMP_QUIET_S, Layout, parse_temp_name, publish_bytes, temp_is_stale, temp_name
 from mlbuild.store.narstream import FileData, NarFormatError, nar_segments, parse_nar
 from tests.conftest import write_tree
 
@@ -31,7 +31,12 @@ def test_stale_temps(tmp_path: Path) -> None:
     assert not temp_is_stale(mine, 3600, os.path.getmtime(mine))
     dead = tmp_path / f".tmp.{socket.gethostname().replace('.', '_')}.999999999.ab"
     dead.write_text("x")
-    assert temp_is_stale(dead, 3600, os.path.getmtime(dead))       # same host, pid gone
+    # same host, pid gone: stale once nothing wrote it for a while, not at once (two containers may share
+    # a hostname but not a PID namespace: the pid may be a live writer in the other one)
+    assert not temp_is_stale(dead, 3600, os.path.getmtime(dead))
+    assert not temp_is_stale(dead, 3600, os.path.getmtime(dead) + TEMP_QUIET_S - 1)
+    assert temp_is_stale(dead, 3600, os.path.getmtime(dead) + TEMP_QUIET_S + 1)
+    assert not temp_is_stale(mine, 3600, os.path.getmtime(mine) + TEMP_QUIET_S + 1)   # pid alive
     other = tmp_path / ".tmp.elsewhere.1.ab"
     other.write_text("x")
     assert not temp_is_stale(other, 3600, os.path.getmtime(other))  # another host: wait for grace

@@ -1,0 +1,220 @@
+"""``push`` over a store filled from a fake chroot store, Nix faked at its one seam (``_nix``).
+
+``nix path-info --json`` is answered from the PathInfos ``fake_path`` made; the real writer,
+checks and records run over them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytest
+
+from mlbuild import _nix
+from mlbuild.store import StoreConfig, push, verify
+from mlbuild.store.keys import generate_key_pair
+from mlbuild.store.layout import Layout
+from mlbuild.store.narinfo import NarInfo
+from mlbuild.store.upload import PathInfo
+from tests.unit.test_store_publish import fake_path, put, store  # noqa: F401  (fixture)
+
+
+class FakeNix:
+    """The local store's registrations, as ``nix path-info --json [--recursive]`` gives them."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.infos: dict[str, PathInfo] = {}
+        monkeypatch.setattr(_nix, "path_info_in", self.path_info_in)
+
+    def add(self, *infos: PathInfo) -> None:
+        self.infos.update({i.path: i for i in infos})
+
+    def path_info_in(self, paths: Sequence[str], *, store: str | None = None,
+                     recursive: bool = False) -> dict[str, dict[str, Any]]:
+        todo, out = list(paths), {}
+        while todo:
+            p = todo.pop()
+            if p in out:
+                continue
+            i = self.infos[p]
+            out[p] = {"narHash": i.nar_hash, "narSize": i.nar_size, "references": list(i.references)}
+            if recursive:
+                todo += i.references
+        return out
+
+
+@pytest.fixture
+def nix(monkeypatch: pytest.MonkeyPatch) -> FakeNix:
+    return FakeNix(monkeypatch)
+
+
+def _closure(chroot: Path, nix: FakeNix) -> tuple[PathInfo, PathInfo]:
+    dep = fake_path(chroot, "dep", "dep\n" * 100)
+    top = fake_path(chroot, "top", "top", refs=(dep.path,))
+    nix.add(dep, top)
+    return dep, top
+
+
+def test_push_then_push_again_finds_everything_there(store: tuple[StoreConfig, Path], nix: FakeNix) -> None:
+    cfg, chroot = store
+    dep, top = _closure(chroot, nix)
+    first = push(cfg, [top.path], local_store=str(chroot))
+    assert sorted(n.store_path for n in first.pushed) == sorted([dep.path, top.path]) and not first.present
+    again = push(cfg, [top.path], local_store=str(chroot))
+    assert not again.pushed and sorted(again.present) == sorted([dep.path, top.path]) and not again.replaced
+
+
+def test_push_re_signs_entries_signed_by_a_key_the_store_no_longer_trusts(store: tuple[StoreConfig, Path],
+                                                                          nix: FakeNix, tmp_path: Path) -> None:
+    """Pushed with key A; the store's key becomes B: the next push re-signs with B, not "already there"."""
+    cfg, chroot = store
+    dep, top = _closure(chroot, nix)
+    push(cfg, [top.path], local_store=str(chroot))
+    key_b = generate_key_pair("unit-b", tmp_path / "b.sec", tmp_path / "b.pub")
+    cfg_b = replace(cfg, secret_key_file=tmp_path / "b.sec", public_keys=(str(key_b.public),))
+    (cfg.root / "mlbuild" / "public-key").write_text(f"{key_b.public}\n")   # the store changes keys
+    assert len(verify(cfg_b).problems) == 2
+    said: list[str] = []
+    r = push(cfg_b, [top.path], local_store=str(chroot), progress=said.append)
+    assert sorted(n.store_path for n in r.pushed) == sorted([dep.path, top.path]) and not r.present
+    assert [p for p, _ in r.replaced] == [dep.path, top.path]
+    assert "no signature by a trusted key (signed only by unit-1" in r.replaced[0][1]
+    assert any(m.startswith(f"pushing {dep.path}") and "the store's entry is unsigned" in m for m in said)
+    assert verify(cfg_b).ok
+
+
+def test_push_replaces_an_edited_signature_and_a_narinfo_of_another_path(store: tuple[StoreConfig, Path],
+                                                                       nix: FakeNix) -> None:
+    cfg, chroot = store
+    dep, top = _closure(chroot, nix)
+    other = fake_path(chroot, "other", "other")
+    nix.add(other)
+    push(cfg, [top.path, other.path], local_store=str(chroot))
+    layout = Layout(cfg.root)
+    f = layout.narinfo(dep.path)
+    text = f.read_text()
+    sig = next(line for line in text.splitlines() if line.startswith("Sig: "))
+    f.write_text(text.replace(sig, sig[:-6] + ("AAAAA=" if not sig.endswith("AAAAA=") else "BBBBB=")))
+    layout.narinfo(top.path).write_text(layout.narinfo(other.path).read_text())   # describes `other`
+    r = push(cfg, [top.path, other.path], local_store=str(chroot))
+    assert dict(r.replaced).keys() == {dep.path, top.path} and sorted(r.present) == [other.path]
+    assert dict(r.replaced)[top.path] == f"describes {other.path}, not {top.path}"
+    assert "does not verify with the trusted key of that name" in dict(r.replaced)[dep.path]
+    assert NarInfo.parse(layout.narinfo(top.path).read_text()).store_path == top.path
+    assert verify(cfg).ok
+
+
+def test_cli_push_names_what_it_replaced(store: tuple[StoreConfig, Path], nix: FakeNix,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from mlbuild.cli.main import cli
+    cfg, chroot = store
+    dep, top = _closure(chroot, nix)
+    push(cfg, [top.path], local_store=str(chroot))
+    (cfg.root / NarInfo.parse(Layout(cfg.root).narinfo(dep.path).read_text()).url).unlink()
+    monkeypatch.setenv("MLBUILD_STORE_SECRET_KEY", str(cfg.secret_key_file))
+    monkeypatch.setenv("MLBUILD_STORE_PUBLIC_KEYS", str(cfg.secret_key().public))
+    monkeypatch.chdir(chroot)
+    out = CliRunner().invoke(cli, ["store", "--store", str(cfg.root), "push", "--from", str(chroot), top.path])
+    assert out.exit_code == 0, out.output
+    assert "pushed 1 paths" in out.output and "1 already there" in out.output
+    assert f"1 of the pushed replaced entries a reader would refuse (e.g. {dep.path} is missing" in out.output
+    assert os.path.exists(cfg.root / NarInfo.parse(Layout(cfg.root).narinfo(dep.path).read_text()).url)
+
+
+def test_push_refuses_a_key_that_is_not_the_store_s_published_key(store: tuple[StoreConfig, Path], nix: FakeNix,
+                                                                 tmp_path: Path) -> None:
+    """MLBUILD_STORE named a team's store, the key settings were left unset: the machine's own key
+    (trusted here, as /etc/mlbuild/store.pub is) signed everything, and every reader that trusts
+    the store's key refused it. Refused before anything is written, naming both keys."""
+    from mlbuild.errors import StoreKeyError
+    from mlbuild.store import load_store_config
+    cfg, chroot = store
+    dep, top = _closure(chroot, nix)
+    machine = generate_key_pair("machine-1", tmp_path / "m.sec", tmp_path / "m.pub")
+    env = {"MLBUILD_STORE": str(cfg.root), "MLBUILD_STORE_PUBLIC_KEYS": str(tmp_path / "m.pub")}
+    monkey = replace(load_store_config(tmp_path, env=env), secret_key_file=tmp_path / "m.sec")
+    with pytest.raises(StoreKeyError) as e:
+        push(monkey, [top.path], local_store=str(chroot))
+    msg = str(e.value)
+    store_key = cfg.secret_key().public
+    assert f"this machine signs with {machine.public} ({tmp_path / 'm.sec'}, the machine's default: neither " \
+           f"MLBUILD_STORE_SECRET_KEY nor [store].secret-key is set), not the store's key {store_key} " \
+           f"({cfg.root / 'mlbuild' / 'public-key'})" in msg
+    assert "nothing was pushed" in msg and "Set MLBUILD_STORE_SECRET_KEY (or [store].secret-key) to the file " \
+                                          "holding the secret half of unit-1" in msg
+    assert not list(Layout(cfg.root).narinfos()) and not list((cfg.root / "mlbuild" / "roots" / "pushes").iterdir())
+    # the store's own key pushes; a store that names no key takes any trusted one
+    assert len(push(cfg, [top.path], local_store=str(chroot)).pushed) == 2
+    (cfg.root / "mlbuild" / "public-key").unlink()
+    assert push(monkey, [top.path], local_store=str(chroot)).replaced
+    # a published key file that holds no key is named, not taken for a mismatch
+    (cfg.root / "mlbuild" / "public-key").write_text("not a key\n")
+    with pytest.raises(StoreKeyError, match=r"public-key does not hold the store's public key"):
+        push(cfg, [top.path], local_store=str(chroot))
+
+
+def _full(*args: object, **kw: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_store_is_one_error_and_leaves_no_record_of_the_failed_push(store: tuple[StoreConfig, Path],
+                                                                         nix: FakeNix,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC was a traceback, and the push record of the failed push stayed (gc kept its paths)."""
+    import mlbuild.store.upload as upload
+    from mlbuild.errors import StoreError
+    cfg, chroot = store
+    dep = fake_path(chroot, "dep", "dep\n" * 100)                    # zstd: written by _write_all
+    weights = fake_path(chroot, "w.safetensors", os.urandom(1 << 16))  # none: by kernel_copy
+    top = fake_path(chroot, "top", "top", refs=(dep.path, weights.path))
+    nix.add(dep, weights, top)
+    push(cfg, [top.path, dep.path], local_store=str(chroot), name="dep")
+    records = cfg.root / "mlbuild" / "roots" / "pushes"
+    before = sorted(records.rglob("*"))
+    layout = Layout(cfg.root)
+    for p in (dep, weights, top):   # the next push has to write them again
+        layout.narinfo(p.path).unlink()
+    for writer in ("_write_all", "kernel_copy"):
+        with monkeypatch.context() as m:
+            m.setattr(upload, writer, _full)
+            with pytest.raises(StoreError) as e:
+                push(cfg, [top.path, dep.path], local_store=str(chroot), name="dep")
+        msg = str(e.value)
+        assert msg.startswith(f"cannot push: the store folder {cfg.root} is full (No space left on device); ")
+        assert "the push kept no record" in msg and "gc" in msg
+        assert sorted(records.rglob("*")) == before   # the earlier record of the paths stays, no new one
+        assert not list(layout.temp_files()) and not layout.narinfo(top.path).exists()
+    # the same push with room: its record replaces the older one of the same paths only now
+    push(cfg, [top.path, dep.path], local_store=str(chroot), name="dep")
+    assert len(list((records / "dep").iterdir())) == 1 and verify(cfg).ok
+
+
+def test_cli_a_full_store_is_an_error_not_a_traceback(store: tuple[StoreConfig, Path], nix: FakeNix,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import mlbuild.store.layout as layout_mod
+    import mlbuild.store.roots as roots
+    from mlbuild.cli.main import cli
+    cfg, chroot = store
+    dep, top = _closure(chroot, nix)
+    monkeypatch.setenv("MLBUILD_STORE_SECRET_KEY", str(cfg.secret_key_file))
+    monkeypatch.setenv("MLBUILD_STORE_PUBLIC_KEYS", str(cfg.secret_key().public))
+    monkeypatch.chdir(chroot)
+    push(cfg, [top.path], local_store=str(chroot))
+    monkeypatch.setattr(layout_mod.os, "write", _full)   # every file the store writes
+    for args in (["push", "--from", str(chroot), "--name", "x", top.path], ["tag", "release-1", top.path]):
+        out = CliRunner().invoke(cli, ["store", "--store", str(cfg.root), *args])
+        assert out.exit_code == 1 and not isinstance(out.exception, OSError), out.output
+        assert f"Error: cannot {' '.join(args[:2]) if args[0] == 'tag' else 'push'}: the store folder {cfg.root} " \
+               f"is full (No space left on device)" in out.output, out.output
+    assert not (cfg.root / "mlbuild" / "roots" / "tags" / "release-1").exists()
+    assert not (cfg.root / "mlbuild" / "roots" / "pushes" / "x").exists() or \
+        not list((cfg.root / "mlbuild" / "roots" / "pushes" / "x").iterdir())
+    assert roots is not None

@@ -1,0 +1,65 @@
+"""``store tag``: a tag is moved only when asked, and names only sound entries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mlbuild.cli.main import cli
+from mlbuild.errors import StoreTargetError
+from mlbuild.store import StoreConfig, gc, tag, tags
+from mlbuild.store.layout import Layout
+from tests.unit.test_store_publish import fake_path, put, store  # noqa: F401  (fixture)
+
+
+def test_a_tag_moves_only_with_force(store: tuple[StoreConfig, Path]) -> None:
+    """It moved silently: release-1 lost its gc protection."""
+    cfg, chroot = store
+    v1, v2 = (put(cfg, chroot, fake_path(chroot, f"model-v{i}", f"m{i}")).store_path for i in (1, 2))
+    assert tag(cfg, "release-1", [v1]).previous is None
+    again = tag(cfg, "release-1", [v1])    # the same paths again: nothing moves
+    assert again.previous == [v1] and not again.moved
+    with pytest.raises(StoreTargetError) as e:
+        tag(cfg, "release-1", [v2])
+    assert f"the tag release-1 already names {v1}: moving it to {v2} would leave those to the next gc; " \
+           f"pass --force to move it" in str(e.value)
+    assert tags(cfg) == {"release-1": [v1]}
+    moved = tag(cfg, "release-1", [v2], force=True)
+    assert moved.moved and moved.previous == [v1] and tags(cfg) == {"release-1": [v2]}
+    assert gc(cfg, grace=0).removed_paths == [v1]
+
+
+def test_cli_tag_says_what_it_moved(store: tuple[StoreConfig, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, chroot = store
+    v1, v2 = (put(cfg, chroot, fake_path(chroot, f"model-v{i}", f"m{i}")).store_path for i in (1, 2))
+    monkeypatch.chdir(chroot.parent)
+    base = ["store", "--store", str(cfg.root), "tag", "release-1"]
+    assert CliRunner().invoke(cli, [*base, v1]).exit_code == 0
+    refused = CliRunner().invoke(cli, [*base, v2])
+    assert refused.exit_code == 1 and "Error: the tag release-1 already names" in refused.output
+    out = CliRunner().invoke(cli, [*base, "--force", v2])
+    assert out.exit_code == 0 and f"moved release-1 from {v1} to {v2}" in out.output, out.output
+
+
+@pytest.mark.parametrize("damage", ["nar", "narinfo", "other"])
+def test_tag_refuses_an_entry_a_reader_could_not_fetch(store: tuple[StoreConfig, Path], damage: str) -> None:
+    """Only the narinfo was checked: a path whose NAR was gone was tagged."""
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    info = put(cfg, chroot, fake_path(chroot, "model", "m"))
+    other = put(cfg, chroot, fake_path(chroot, "other", "o"))
+    if damage == "nar":
+        (cfg.root / info.url).unlink()
+        want = f"cannot tag r: {info.store_path} is missing: no NAR file"
+    elif damage == "narinfo":
+        layout.narinfo(info.store_path).unlink()
+        want = f"cannot tag r: {info.store_path} is not in the store {cfg.root}; push it first"
+    else:
+        layout.narinfo(info.store_path).write_text(layout.narinfo(other.store_path).read_text())
+        want = f"cannot tag r: {info.store_path} describes {other.store_path}, not {info.store_path}"
+    with pytest.raises(StoreTargetError) as e:
+        tag(cfg, "r", [info.store_path])
+    assert str(e.value).startswith(want), str(e.value)
+    assert "mlbuild store push" in str(e.value) and tags(cfg) == {}

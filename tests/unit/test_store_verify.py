@@ -1,0 +1,63 @@
+"""``store verify``: what it names for each problem, and what it says to push again after a repair."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mlbuild.cli.main import cli
+from mlbuild.store import StoreConfig, verify
+from mlbuild.store.layout import Layout
+from tests.unit.test_store_publish import fake_path, put, store  # noqa: F401  (fixture)
+
+
+def test_a_narinfo_filed_under_another_path_names_that_path_not_the_one_it_describes(
+        store: tuple[StoreConfig, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """It said `corrupt /nix/store/<innocent> describes <innocent>, not <hash>`, and after --repair
+    told to push the innocent path again, not the one whose entry was removed."""
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    innocent = put(cfg, chroot, fake_path(chroot, "small.txt", "s")).store_path
+    victim = put(cfg, chroot, fake_path(chroot, "model", "m")).store_path
+    victim_hash = victim.split("/")[-1][:32]
+    layout.narinfo(victim).write_text(layout.narinfo(innocent).read_text())
+    (problem,) = verify(cfg).problems
+    assert problem.kind == "corrupt" and problem.store_path == "" and problem.narinfo == layout.narinfo(victim)
+    assert problem.detail == f"filed as the entry of the path /nix/store/{victim_hash}-…, but describes {innocent}"
+    monkeypatch.chdir(chroot.parent)
+    monkeypatch.setenv("MLBUILD_STORE_PUBLIC_KEYS", str(cfg.secret_key().public))
+    base = ["store", "--store", str(cfg.root), "verify"]
+    out = CliRunner().invoke(cli, base)
+    assert out.exit_code == 1 and f"corrupt\t{layout.narinfo(victim)}\tfiled as the entry" in out.stdout
+    assert f"\t{innocent}" not in out.stdout and "checked 2 entries, 1 problems" in out.stdout
+    out = CliRunner().invoke(cli, [*base, "--repair"])
+    assert out.exit_code == 0, out.output
+    assert f"e.g. the path of hash {victim_hash} (/nix/store/{victim_hash}-…)" in out.stderr
+    assert innocent not in out.stderr
+    assert verify(cfg).ok and layout.narinfo(innocent).exists() and not layout.narinfo(victim).exists()
+
+
+def test_pull_of_a_damaged_nar_through_nix_copy_says_what_to_do(store: tuple[StoreConfig, Path],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """`nix copy` refusing a NAR corrupted in place (same size) showed only Nix's "hash mismatch
+    importing path"; the fast restore said to repair and push again. Now both do."""
+    from mlbuild import _nix
+    from mlbuild.errors import NixError
+    from mlbuild.store import pull
+    cfg, chroot = store
+    path = put(cfg, chroot, fake_path(chroot, "code", {"a.py": "print(1)\n" * 100})).store_path
+
+    def copy(*args: object, **kw: object) -> None:
+        raise NixError("`nix copy` failed", f"error: hash mismatch importing path '{path}';\n"
+                                            f"  specified: sha256:0abc\n  got:       sha256:1def")
+
+    monkeypatch.setattr(_nix, "invalid_paths_in", lambda paths, store=None: list(paths))
+    monkeypatch.setattr(_nix, "copy_from_cache", copy)
+    with pytest.raises(NixError) as e:
+        pull(cfg, [path], local_store=str(chroot / "elsewhere"), fast=False)
+    msg = str(e.value)
+    assert f"the store's NAR of {path} does not have the hash its signed narinfo says (damaged in the store " \
+           f"{cfg.root}); run `mlbuild store --store {cfg.root} verify --repair` and push it again" in msg
+    assert "hash mismatch importing path" in msg   # Nix's own words stay
