@@ -338,16 +338,19 @@ def wants_push(project: Project) -> bool:
 
 def _check_push_target(project: Project) -> None:
     """Before building what will be pushed: the store must be there and writable here, and the
-    signing key readable and trusted (a bad key found after the build wasted the training)."""
+    signing key readable, trusted and the store's own (a bad key found after the build wasted
+    the training)."""
     from .store.config import load_store_config
     from .store.layout import Layout
-    from .store.push import check_signing_key
+    from .store.push import check_signing_key, check_store_key
 
     cfg = load_store_config(project.root)
     layout = Layout(cfg.root)
     layout.require()
     layout.require_writable("push")
-    check_signing_key(cfg.secret_key(), cfg.trusted_keys())
+    key = cfg.secret_key()
+    check_signing_key(key, cfg.trusted_keys())
+    check_store_key(layout, key, cfg.secret_key_file, cfg.secret_key_from)
 
 
 def push_outputs(project: Project, summary: Summary) -> None:

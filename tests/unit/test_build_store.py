@@ -88,3 +88,9 @@ def test_build_push_checks_the_signing_key_before_building(tmp_path: Path) -> No
         _check_push_target(load_project(project(tmp_path, trusted + f'secret-key = "{tmp_path / "other.sec"}"')))
     with pytest.raises(StoreKeyError, match="missing.sec"):
         _check_push_target(load_project(project(tmp_path, trusted + f'secret-key = "{tmp_path / "missing.sec"}"')))
+    # trusted here, but not the key the store names as its own: its readers would refuse it all
+    (tmp_path / "store" / "mlbuild" / "public-key").write_text((tmp_path / "other.pub").read_text())
+    both = (f'path = "{tmp_path / "store"}"\npublic-keys = ["{tmp_path / "store.pub"}", "{tmp_path / "other.pub"}"]\n'
+            f'secret-key = "{tmp_path / "store.sec"}"')
+    with pytest.raises(StoreKeyError, match="this machine signs with store-1:.*, not the store's key other-1:"):
+        _check_push_target(load_project(project(tmp_path, both)))
