@@ -83,7 +83,9 @@ def push(ctx: click.Context, targets: tuple[str, ...], from_store: str | None, n
     click.echo(f"pushed {len(r.pushed)} paths ({_mb(r.bytes_written)}), {len(r.present)} already there, "
                f"in {r.seconds:.1f}s"
                + (f"; {len(r.replaced)} of the pushed replaced entries a reader would refuse (e.g. "
-                  f"{r.replaced[0][0]} {r.replaced[0][1]})" if r.replaced else ""))
+                  f"{r.replaced[0][0]} {r.replaced[0][1]})" if r.replaced else "")
+               + (f"; signed {len(r.signed)} entries the store had without a signature by its key "
+                  f"(their other signatures kept)" if r.signed else ""))
     if r.underived_targets:
         click.echo(f"note: the derivation of {', '.join(r.underived_targets)} is not in this Nix store (the target "
                    f"was fetched, not evaluated here), so what rebuilding it needs is unknown here and was not "

@@ -4,8 +4,9 @@
 need to create anything), and with ``generate_key`` a key pair in Nix's format where the config
 says the signing key lives (default /etc/mlbuild/store.sec, public half beside it as ``.pub``).
 The public key is also copied to ``<store>/mlbuild/public-key`` (by the first machine that signs
-it: never replaced) so people can see which key signs the store; trust is never taken from that
-copy: machines trust the keys their own config names.
+it: never replaced) so people can see which key signs the store, and pushes must sign with a key
+it names (``push.check_store_key``); readers' trust is never taken from that copy: machines trust
+the keys their own config names.
 """
 
 from __future__ import annotations

@@ -19,21 +19,22 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 from .. import _nix
-from ..errors import NixError, StoreKeyError, StoreTargetError
+from ..errors import NixError, StoreCorruptError, StoreKeyError, StoreTargetError
 from .config import StoreConfig
 from .keys import PublicKey, SecretKey, parse_public_keys
-from .layout import Layout, store_command, writing
+from .layout import Layout, publish_bytes, store_command, writing
 from .narinfo import STORE_DIR, NarInfo
 from .roots import default_name, record_push, replace_older_records
 from .upload import PathInfo, path_infos, publish_path
-from .verify import check_entry
+from .verify import check_entry, check_nar
 
-__all__ = ["push", "PushResult", "resolve_targets", "topological", "check_signing_key", "check_store_key"]
+__all__ = ["push", "PushResult", "resolve_targets", "topological", "check_signing_key", "check_store_key",
+           "published_keys"]
 
 
 @dataclass
@@ -46,6 +47,9 @@ class PushResult:
     # entries the store had that a reader would refuse (no valid signature by a trusted key,
     # filed under this path but describing another, NAR missing or short), with why: published again
     replaced: list[tuple[str, str]] = field(default_factory=list)
+    # entries the store had, sound but without a signature by the key a reader needs: this key's
+    # signature added, the NAR and the other signatures kept
+    signed: list[str] = field(default_factory=list)
     records: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     # --build-deps: build inputs neither on this machine nor in the store (the targets were
@@ -139,27 +143,38 @@ def check_signing_key(key: SecretKey, trusted: tuple[PublicKey, ...]) -> None:
             f"that reads the store")
 
 
+def published_keys(layout: Layout) -> tuple[PublicKey, ...]:
+    """The keys the store names as its own (``<store>/mlbuild/public-key``, one or more: during a
+    key rotation, the old and the new); () when it names none. StoreKeyError when that file
+    cannot be read or holds no key."""
+    shown = layout.root / "mlbuild" / "public-key"
+    try:
+        text = shown.read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return ()
+    except OSError as e:
+        raise StoreKeyError(f"cannot read {shown} ({e.strerror}), the store's public key, to check that this "
+                            f"machine signs with it; make it readable to the store's group") from None
+    except UnicodeDecodeError:
+        raise StoreKeyError(f"{shown} is not text, so it holds no public key; write the public half of the key "
+                            f"that signs the store there (`name:base64`, its .pub file)") from None
+    if not text:
+        return ()
+    try:
+        return tuple(parse_public_keys(text))
+    except StoreKeyError as e:
+        raise StoreKeyError(f"{shown} does not hold the store's public key ({e}); write the public half of the "
+                            f"key that signs the store there (`name:base64`, its .pub file)") from None
+
+
 def check_store_key(layout: Layout, key: SecretKey, key_file: Path | None = None, key_from: str = "") -> None:
     """StoreKeyError when the store names its key (``<store>/mlbuild/public-key``, written by the
     machine that first signed it) and ``key`` is not that key: readers set up from the store's
     key (setup-store, the nix.conf lines `store init` prints) would refuse everything it signs.
     A push with the machine's own default key to a team's store did that without a word."""
     shown = layout.root / "mlbuild" / "public-key"
-    try:
-        text = shown.read_text().strip()
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    except OSError as e:
-        raise StoreKeyError(f"cannot read {shown} ({e.strerror}), the store's public key, to check that this "
-                            f"machine signs with it; make it readable to the store's group") from None
-    if not text:
-        return
-    try:
-        published = parse_public_keys(text)
-    except StoreKeyError as e:
-        raise StoreKeyError(f"{shown} does not hold the store's public key ({e}); write the public half of the "
-                            f"key that signs the store there (`name:base64`, its .pub file)") from None
-    if key.public in published:
+    published = published_keys(layout)
+    if not published or key.public in published:
         return
     where = f" ({key_file}{f', {key_from}' if key_from else ''})" if key_file else ""
     names = ", ".join(k.name for k in published)
@@ -171,19 +186,52 @@ def check_store_key(layout: Layout, key: SecretKey, key_file: Path | None = None
         f"again what they need")
 
 
+def _add_signature(layout: Layout, info: PathInfo, key: SecretKey) -> bool:
+    """Sign the store's entry for ``info.path`` with ``key`` too, keeping its NAR and its other
+    signatures (another reader may trust those), when the entry is sound and is of this very path:
+    its narinfo gives this NAR hash, size and references, and its NAR file is there at its size.
+    False (nothing written) otherwise: the entry is then published again from this machine."""
+    f = layout.narinfo(info.path)
+    try:
+        existing = NarInfo.parse(f.read_text(), str(f))
+        refs = tuple(sorted(r.rsplit("/", 1)[-1] for r in info.references))
+        if (existing.store_path != info.path or existing.nar_hash != info.nar_hash
+                or existing.nar_size != info.nar_size or tuple(sorted(existing.references)) != refs
+                or check_nar(layout.nar(existing.url), existing, contents=False) is not None):
+            return False
+    except (OSError, UnicodeDecodeError, StoreCorruptError):
+        return False
+    mine = key.name + ":"   # a signature under this key's name that did not verify is replaced
+    signed = existing.with_sigs(tuple(x for x in existing.sigs if not x.startswith(mine))
+                                + (key.sign(existing.fingerprint()),))
+    if signed.b3:
+        signed = replace(signed, b3_sigs=tuple(x for x in existing.b3_sigs if not x.startswith(mine))
+                         + (key.sign(signed.b3_message()),))
+    publish_bytes(f, signed.render().encode())
+    return True
+
+
 def _upload(cfg: StoreConfig, layout: Layout, infos: dict[str, PathInfo], key: SecretKey,
             trusted: tuple[PublicKey, ...], local_store: str | None, result: PushResult,
             progress: Callable[[str], None] | None) -> None:
-    """Publish, references first, every path of ``infos`` the store lacks a good entry for."""
+    """Publish, references first, every path of ``infos`` the store lacks a good entry for. Good:
+    signed by a key the store names as its own (by one this machine trusts where it names none).
+    A sound entry that lacks only that signature gets this key's, beside the ones it has."""
+    wanted = published_keys(layout) or trusted
     for path in topological(infos):
         existing = layout.narinfo(path)
-        why = check_entry(layout, path, trusted) if existing.exists() else None
+        why = check_entry(layout, path, wanted) if existing.exists() else None
         if existing.exists() and why is None:
             try:
                 os.utime(existing)
             except OSError:
                 pass
             result.present.append(path)
+            continue
+        if why is not None and why.startswith("is unsigned") and _add_signature(layout, infos[path], key):
+            if progress:
+                progress(f"signing {path}: the store's entry {why}")
+            result.signed.append(path)
             continue
         if why is not None:
             result.replaced.append((path, why))

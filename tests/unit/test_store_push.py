@@ -68,23 +68,42 @@ def test_push_then_push_again_finds_everything_there(store: tuple[StoreConfig, P
     assert not again.pushed and sorted(again.present) == sorted([dep.path, top.path]) and not again.replaced
 
 
-def test_push_re_signs_entries_signed_by_a_key_the_store_no_longer_trusts(store: tuple[StoreConfig, Path],
-                                                                          nix: FakeNix, tmp_path: Path) -> None:
-    """Pushed with key A; the store's key becomes B: the next push re-signs with B, not "already there"."""
+def test_push_signs_entries_the_store_s_key_has_not_signed(store: tuple[StoreConfig, Path],
+                                                            nix: FakeNix, tmp_path: Path) -> None:
+    """Pushed with key A; the store's key becomes B: the next push signs with B, not "already
+    there", and keeps A's signature (readers not yet moved to B still take the entries) and the NAR."""
     cfg, chroot = store
     dep, top = _closure(chroot, nix)
     push(cfg, [top.path], local_store=str(chroot))
+    nars = sorted(p.name for p in (cfg.root / "nar").iterdir())
     key_b = generate_key_pair("unit-b", tmp_path / "b.sec", tmp_path / "b.pub")
     cfg_b = replace(cfg, secret_key_file=tmp_path / "b.sec", public_keys=(str(key_b.public),))
     (cfg.root / "mlbuild" / "public-key").write_text(f"{key_b.public}\n")   # the store changes keys
     assert len(verify(cfg_b).problems) == 2
     said: list[str] = []
     r = push(cfg_b, [top.path], local_store=str(chroot), progress=said.append)
-    assert sorted(n.store_path for n in r.pushed) == sorted([dep.path, top.path]) and not r.present
-    assert [p for p, _ in r.replaced] == [dep.path, top.path]
-    assert "no signature by a trusted key (signed only by unit-1" in r.replaced[0][1]
-    assert any(m.startswith(f"pushing {dep.path}") and "the store's entry is unsigned" in m for m in said)
-    assert verify(cfg_b).ok
+    assert not r.pushed and not r.present and not r.replaced and sorted(r.signed) == sorted([dep.path, top.path])
+    assert any(m.startswith(f"signing {dep.path}: the store's entry is unsigned") for m in said), said
+    assert verify(cfg_b).ok and verify(cfg).ok   # readers of either key take them
+    assert sorted(p.name for p in (cfg.root / "nar").iterdir()) == nars
+    assert [x.split(":")[0] for x in NarInfo.parse(Layout(cfg.root).narinfo(dep.path).read_text()).sigs] == \
+        ["unit-1", "unit-b"]
+    assert not push(cfg_b, [top.path], local_store=str(chroot)).signed   # once
+
+
+def test_a_key_this_machine_trusts_is_not_enough_where_the_store_names_its_own(
+        store: tuple[StoreConfig, Path], nix: FakeNix, tmp_path: Path) -> None:
+    """The store names A; an entry signed by B, which this machine also trusts, was "already
+    there" for ever, and readers trusting A refused it."""
+    cfg, chroot = store
+    dep, top = _closure(chroot, nix)
+    key_b = generate_key_pair("unit-b", tmp_path / "b.sec", tmp_path / "b.pub")
+    both = (str(cfg.secret_key().public), str(key_b.public))
+    (cfg.root / "mlbuild" / "public-key").unlink()   # B signs while the store names no key
+    push(replace(cfg, secret_key_file=tmp_path / "b.sec", public_keys=both), [top.path], local_store=str(chroot))
+    (cfg.root / "mlbuild" / "public-key").write_text(f"{cfg.secret_key().public}\n")
+    r = push(replace(cfg, public_keys=both), [top.path], local_store=str(chroot))
+    assert sorted(r.signed) == sorted([dep.path, top.path]) and verify(cfg).ok
 
 
 def test_push_replaces_an_edited_signature_and_a_narinfo_of_another_path(store: tuple[StoreConfig, Path],
@@ -101,9 +120,10 @@ def test_push_replaces_an_edited_signature_and_a_narinfo_of_another_path(store: 
     f.write_text(text.replace(sig, sig[:-6] + ("AAAAA=" if not sig.endswith("AAAAA=") else "BBBBB=")))
     layout.narinfo(top.path).write_text(layout.narinfo(other.path).read_text())   # describes `other`
     r = push(cfg, [top.path, other.path], local_store=str(chroot))
-    assert dict(r.replaced).keys() == {dep.path, top.path} and sorted(r.present) == [other.path]
+    assert dict(r.replaced).keys() == {top.path} and sorted(r.present) == [other.path]
     assert dict(r.replaced)[top.path] == f"describes {other.path}, not {top.path}"
-    assert "does not verify with the trusted key of that name" in dict(r.replaced)[dep.path]
+    assert r.signed == [dep.path]   # the edited signature replaced by a good one of the same key
+    assert [x.split(":")[0] for x in NarInfo.parse(layout.narinfo(dep.path).read_text()).sigs] == ["unit-1"]
     assert NarInfo.parse(layout.narinfo(top.path).read_text()).store_path == top.path
     assert verify(cfg).ok
 
@@ -152,7 +172,8 @@ def test_push_refuses_a_key_that_is_not_the_store_s_published_key(store: tuple[S
     # the store's own key pushes; a store that names no key takes any trusted one
     assert len(push(cfg, [top.path], local_store=str(chroot)).pushed) == 2
     (cfg.root / "mlbuild" / "public-key").unlink()
-    assert push(monkey, [top.path], local_store=str(chroot)).replaced
+    signed = push(monkey, [top.path], local_store=str(chroot))   # its signature added; the store's kept
+    assert sorted(signed.signed) == sorted([dep.path, top.path]) and not signed.replaced and verify(cfg).ok
     # a published key file that holds no key is named, not taken for a mismatch
     (cfg.root / "mlbuild" / "public-key").write_text("not a key\n")
     with pytest.raises(StoreKeyError, match=r"public-key does not hold the store's public key"):
