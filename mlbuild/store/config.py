@@ -82,6 +82,10 @@ class StoreConfig:
                 except OSError as e:
                     raise StoreKeyError(f"cannot read the trusted public key file {item} ({e.strerror}); fix "
                                         f"MLBUILD_STORE_PUBLIC_KEYS or [store].public-keys") from None
+                except UnicodeDecodeError:
+                    raise StoreKeyError(f"the trusted public key file {item} is not text (a key is one name:base64 "
+                                        f"line); fix MLBUILD_STORE_PUBLIC_KEYS or [store].public-keys") from None
+                text = text.removeprefix("\ufeff")
                 keys += [parse_public_key(k, f"in {item}") for k in text.split()]
             else:
                 keys.append(parse_public_key(item))

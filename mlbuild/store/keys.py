@@ -133,7 +133,10 @@ def load_secret_key(path: Path) -> SecretKey:
         else:
             fix = "create it with `mlbuild store init --generate-key` or set MLBUILD_STORE_SECRET_KEY"
         raise StoreKeyError(f"cannot read the store's secret key {path} ({e.strerror}); {fix}") from None
-    return parse_secret_key(text, str(path))
+    except UnicodeDecodeError:
+        raise StoreKeyError(f"the store's secret key {path} is not text (a key file is one name:base64 line); "
+                            "point MLBUILD_STORE_SECRET_KEY or [store].secret-key at the key's .sec file") from None
+    return parse_secret_key(text.removeprefix("\ufeff"), str(path))
 
 
 def generate_key_pair(name: str, secret_path: Path, public_path: Path) -> SecretKey:

@@ -264,16 +264,19 @@ TEMP_QUIET_S = 600.0
 
 
 def temp_is_stale(path: Path, grace_s: float, now: float) -> bool:
-    """A temp file is stale when it is older than grace, or when its writer (same host, dead pid)
-    is gone and it has not been written for ``TEMP_QUIET_S``."""
+    """A temp file is stale once it has not been written for ``TEMP_QUIET_S``, whatever the grace
+    (``gc --grace 0`` removed a push's file as it wrote it), and then when it is older than grace
+    or its writer (same host, dead pid) is gone."""
     try:
         age = now - path.stat().st_mtime
     except FileNotFoundError:
         return False
+    if age <= TEMP_QUIET_S:
+        return False
     if age > grace_s:
         return True
     owner = parse_temp_name(path.name)
-    if owner and owner[0] == _host() and age > TEMP_QUIET_S:
+    if owner and owner[0] == _host():
         try:
             os.kill(owner[1], 0)
         except ProcessLookupError:

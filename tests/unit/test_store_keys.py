@@ -88,3 +88,21 @@ def test_public_key_errors_never_show_a_secret_key_given_as_one() -> None:
         with pytest.raises(StoreKeyError) as e:
             parse_public_key(text, "in MLBUILD_STORE_PUBLIC_KEYS")
         assert body[:6] not in str(e.value) and "MLBUILD_STORE_PUBLIC_KEYS" in str(e.value)
+
+
+def test_key_files_that_are_not_text_are_named_not_a_traceback(tmp_path: Path) -> None:
+    """A binary file as the secret or a trusted key: UnicodeDecodeError escaped as a traceback."""
+    from mlbuild.errors import StoreKeyError
+    from mlbuild.store.config import StoreConfig
+    from mlbuild.store.keys import generate_key_pair, load_secret_key
+
+    (tmp_path / "bin.sec").write_bytes(b"\xff\xfe\x00junk")
+    with pytest.raises(StoreKeyError, match=r"the store's secret key .*bin.sec is not text"):
+        load_secret_key(tmp_path / "bin.sec")
+    (tmp_path / "bin.pub").write_bytes(b"\xff\xfe\x00junk")
+    with pytest.raises(StoreKeyError, match=r"the trusted public key file .*bin.pub is not text"):
+        StoreConfig(tmp_path, public_keys=(str(tmp_path / "bin.pub"),)).trusted_keys()
+    # a byte-order mark (an editor's) is not part of the key's name
+    key = generate_key_pair("bom-1", tmp_path / "k.sec", tmp_path / "k.pub")
+    (tmp_path / "k.sec").write_text("\ufeff" + (tmp_path / "k.sec").read_text())
+    assert load_secret_key(tmp_path / "k.sec").name == "bom-1" == key.name

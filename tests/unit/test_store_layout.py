@@ -41,6 +41,9 @@ def test_stale_temps(tmp_path: Path) -> None:
     other.write_text("x")
     assert not temp_is_stale(other, 3600, os.path.getmtime(other))  # another host: wait for grace
     assert temp_is_stale(other, 3600, os.path.getmtime(other) + 3601)
+    # `gc --grace 0` while another machine pushes: its temp file, written a moment ago, stays
+    assert not temp_is_stale(other, 0, os.path.getmtime(other) + 1)
+    assert temp_is_stale(other, 0, os.path.getmtime(other) + TEMP_QUIET_S + 1)
 
 
 def test_publish_bytes_is_atomic_and_leaves_no_temp(tmp_path: Path) -> None:
