@@ -193,14 +193,15 @@ def stats(ctx: click.Context, as_json: bool) -> None:
 @store.command()
 @click.argument("name")
 @click.argument("targets", nargs=-1, required=True)
-@click.option("--force", is_flag=True, help="Move the tag if it names other paths already.")
+@click.option("--force", is_flag=True, help="Move the tag, dropping paths it names that TARGETS leave out.")
 @click.pass_context
 def tag(ctx: click.Context, name: str, targets: tuple[str, ...], force: bool) -> None:
     """Tag store paths as release NAME: gc keeps them and their closures."""
     r = st.tag(_cfg(ctx), name, targets, force=force)
-    if r.moved:
-        click.echo(f"moved {name} from {' '.join(r.previous or []) or 'nothing'} to {' '.join(r.paths)} ({r.file}); "
-                   f"what it named before is no longer kept by it")
+    if r.dropped:
+        click.echo(f"moved {name} to {' '.join(r.paths)} ({r.file}); it no longer keeps {' '.join(r.dropped)}")
+    elif r.added:
+        click.echo(f"tagged {name}: added {' '.join(r.added)} ({r.file})")
     else:
         click.echo(f"tagged {name}: {r.file}")
 

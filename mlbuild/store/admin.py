@@ -22,7 +22,7 @@ from ..errors import StoreConfigError, StoreTargetError
 from .config import DEFAULT_SECRET_KEY, StoreConfig
 from .keys import generate_key_pair, load_secret_key
 from .layout import Layout, publish_bytes, writing
-from .push import resolve_targets
+from .push import published_keys, resolve_targets
 from .roots import remove_tag, write_tag
 from .verify import check_entry
 
@@ -55,10 +55,8 @@ def init_store(cfg: StoreConfig, *, generate_key: bool = False, key_name: str | 
     generated = False
     public: str | None = None
     shown = layout.root / "mlbuild" / "public-key"
-    try:
-        published = shown.read_text().strip() or None
-    except FileNotFoundError:
-        published = None
+    store_keys = [str(k) for k in published_keys(layout)]   # one, or two while the key changes
+    published = " ".join(store_keys) or None
     if secret is not None and secret.exists():
         public = str(load_secret_key(secret).public)
     elif secret is not None and generate_key:
@@ -82,15 +80,15 @@ def init_store(cfg: StoreConfig, *, generate_key: bool = False, key_name: str | 
     if public:
         if published is None:
             publish_bytes(shown, (public + "\n").encode())
-        elif published == public:
+        elif public in store_keys:
             published = None
         try:   # mlbuild here trusts /etc/mlbuild/store.pub when it exists, not a key made for another store
             untrusted = public not in {str(k) for k in cfg.trusted_keys()}
         except StoreConfigError:
             untrusted = True
-    # Readers trust the store's key: the published one, whichever key signs here
-    store_key = published or public
-    conf = nix_conf(StoreConfig(cfg.root, public_keys=(store_key,))) if store_key else ""
+    # Readers trust the store's keys: the published ones, whichever key signs here
+    trust = tuple(store_keys) or ((public,) if public else ())
+    conf = nix_conf(StoreConfig(cfg.root, public_keys=trust)) if trust else ""
     return InitResult(cfg.root, secret, public, generated, conf, untrusted, published)
 
 
@@ -110,19 +108,26 @@ class TagResult:
     previous: list[str] | None = None
 
     @property
-    def moved(self) -> bool:
-        return self.previous is not None and sorted(self.previous) != sorted(self.paths)
+    def dropped(self) -> list[str]:
+        """What the tag named before and no longer keeps."""
+        return sorted(set(self.previous or ()) - set(self.paths))
+
+    @property
+    def added(self) -> list[str]:
+        return sorted(set(self.paths) - set(self.previous or ())) if self.previous is not None else []
 
 
 def tag(cfg: StoreConfig, name: str, targets: Sequence[str], *, force: bool = False) -> TagResult:
-    """Tag store paths as release NAME: gc keeps them and their closures. Each must have a sound
-    entry in the store (its narinfo describes it, its NAR is there, of its size). A tag that names
-    other paths already is moved only with ``force`` (the paths it named lose its gc protection)."""
+    """Tag store paths as release NAME: gc keeps them and their closures. Each must have an entry a
+    reader would take (its narinfo describes it, signed by a key the store names, or one trusted
+    here where it names none; its NAR is there, of its size). A tag may gain paths; one it names
+    is dropped only with ``force`` (it then loses the tag's gc protection)."""
     layout = Layout(cfg.root)
     layout.require()
     layout.require_writable(f"tag {name}")
     paths = resolve_targets(targets)
-    bad = [(p, why) for p in paths if (why := check_entry(layout, p, None)) is not None]
+    wanted = published_keys(layout) or cfg.trusted_keys()
+    bad = [(p, why) for p in paths if (why := check_entry(layout, p, wanted)) is not None]
     if bad:
         p, why = bad[0]
         more = f" (and {len(bad) - 1} more: {', '.join(q for q, _ in bad[1:])})" if len(bad) > 1 else ""
@@ -131,10 +136,12 @@ def tag(cfg: StoreConfig, name: str, targets: Sequence[str], *, force: bool = Fa
         where = "" if why == "is not in the store" else " in the store"
         raise StoreTargetError(f"cannot tag {name}: {p} {why}{where} {cfg.root}{more}; {fix}")
     previous = tags(cfg).get(name)
-    if previous is not None and sorted(set(previous)) != sorted(paths) and not force:
-        raise StoreTargetError(f"the tag {name} already names {' '.join(previous) or 'nothing'}: moving it to "
-                               f"{' '.join(paths)} would leave those to the next gc; pass --force to move it, "
-                               f"or pick another name")
+    dropped = sorted(set(previous or ()) - set(paths))
+    if dropped and not force:
+        raise StoreTargetError(f"the tag {name} names {' '.join(dropped)}, which {' '.join(paths)} leave"
+                               f"{'s' if len(paths) == 1 else ''} out: the tag would no longer keep "
+                               f"{'it' if len(dropped) == 1 else 'them'} from the next gc; pass --force to move "
+                               f"the tag, name {'it' if len(dropped) == 1 else 'them'} too, or pick another name")
     with writing(cfg.root, f"tag {name}", fix="the tag was left as it was; free space there, then tag again"):
         return TagResult(write_tag(layout, name, paths), paths, previous)
 

@@ -106,3 +106,20 @@ def test_key_files_that_are_not_text_are_named_not_a_traceback(tmp_path: Path) -
     key = generate_key_pair("bom-1", tmp_path / "k.sec", tmp_path / "k.pub")
     (tmp_path / "k.sec").write_text("\ufeff" + (tmp_path / "k.sec").read_text())
     assert load_secret_key(tmp_path / "k.sec").name == "bom-1" == key.name
+
+
+def test_init_reads_a_store_that_names_two_keys(tmp_path: Path) -> None:
+    """During a key change the store's public-key file names two keys (push accepts either):
+    `store init` took the file for one key and failed on its second line."""
+    from mlbuild.store.admin import init_store
+    from mlbuild.store.config import StoreConfig
+    from mlbuild.store.layout import Layout
+
+    old = generate_key_pair("old-1", tmp_path / "old.sec", tmp_path / "old.pub")
+    new = generate_key_pair("new-1", tmp_path / "new.sec", tmp_path / "new.pub")
+    Layout(tmp_path / "store").init()
+    (tmp_path / "store" / "mlbuild" / "public-key").write_text(f"{old.public}\r\n{new.public}\r\n")
+    r = init_store(StoreConfig(tmp_path / "store", secret_key_file=tmp_path / "new.sec",
+                               public_keys=(str(new.public),)))
+    assert r.published is None and r.public_key == str(new.public)   # this key is one the store names
+    assert f"extra-trusted-public-keys = {old.public} {new.public}\n" in r.nix_conf

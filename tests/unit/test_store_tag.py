@@ -20,14 +20,16 @@ def test_a_tag_moves_only_with_force(store: tuple[StoreConfig, Path]) -> None:
     v1, v2 = (put(cfg, chroot, fake_path(chroot, f"model-v{i}", f"m{i}")).store_path for i in (1, 2))
     assert tag(cfg, "release-1", [v1]).previous is None
     again = tag(cfg, "release-1", [v1])    # the same paths again: nothing moves
-    assert again.previous == [v1] and not again.moved
+    assert again.previous == [v1] and not again.dropped and not again.added
     with pytest.raises(StoreTargetError) as e:
         tag(cfg, "release-1", [v2])
-    assert f"the tag release-1 already names {v1}: moving it to {v2} would leave those to the next gc; " \
-           f"pass --force to move it" in str(e.value)
+    assert f"the tag release-1 names {v1}, which {v2} leaves out: the tag would no longer keep it from the " \
+           f"next gc; pass --force to move the tag, name it too, or pick another name" in str(e.value)
     assert tags(cfg) == {"release-1": [v1]}
+    grown = tag(cfg, "release-1", [v1, v2])   # gaining a path drops none: no --force
+    assert grown.added == [v2] and not grown.dropped
     moved = tag(cfg, "release-1", [v2], force=True)
-    assert moved.moved and moved.previous == [v1] and tags(cfg) == {"release-1": [v2]}
+    assert moved.dropped == [v1] and tags(cfg) == {"release-1": [v2]}
     assert gc(cfg, grace=0).removed_paths == [v1]
 
 
@@ -38,9 +40,11 @@ def test_cli_tag_says_what_it_moved(store: tuple[StoreConfig, Path], monkeypatch
     base = ["store", "--store", str(cfg.root), "tag", "release-1"]
     assert CliRunner().invoke(cli, [*base, v1]).exit_code == 0
     refused = CliRunner().invoke(cli, [*base, v2])
-    assert refused.exit_code == 1 and "Error: the tag release-1 already names" in refused.output
+    assert refused.exit_code == 1 and f"Error: the tag release-1 names {v1}, which" in refused.output
     out = CliRunner().invoke(cli, [*base, "--force", v2])
-    assert out.exit_code == 0 and f"moved release-1 from {v1} to {v2}" in out.output, out.output
+    assert out.exit_code == 0 and f"moved release-1 to {v2}" in out.output and f"no longer keeps {v1}" in out.output
+    out = CliRunner().invoke(cli, [*base, v2, v1])
+    assert out.exit_code == 0 and f"tagged release-1: added {v1}" in out.output, out.output
 
 
 @pytest.mark.parametrize("damage", ["nar", "narinfo", "other"])
@@ -63,3 +67,14 @@ def test_tag_refuses_an_entry_a_reader_could_not_fetch(store: tuple[StoreConfig,
         tag(cfg, "r", [info.store_path])
     assert str(e.value).startswith(want), str(e.value)
     assert "mlbuild store push" in str(e.value) and tags(cfg) == {}
+
+
+def test_tag_refuses_an_entry_no_reader_would_trust(store: tuple[StoreConfig, Path]) -> None:
+    """Signatures were not checked: a narinfo with a forged `Sig` was tagged as a release."""
+    cfg, chroot = store
+    info = put(cfg, chroot, fake_path(chroot, "model", "m"))
+    f = Layout(cfg.root).narinfo(info.store_path)
+    f.write_text("\n".join(l if not l.startswith("Sig: ") else l.split(":")[0] + ":" + l.split(":")[1] + ":AAAA"
+                           for l in f.read_text().splitlines()) + "\n")
+    with pytest.raises(StoreTargetError, match=f"cannot tag r: {info.store_path} is unsigned"):
+        tag(cfg, "r", [info.store_path])
