@@ -55,7 +55,7 @@ def test_the_store_s_key_is_made_once_and_never_replaced(tmp_path: Path) -> None
     pusher = setup_store(tmp_path, "p")
     assert pusher.returncode == 0, pusher.stderr
     assert trusted(tmp_path, "p") == key and (tmp_path / "p" / "store.pub").read_text().strip() == key
-    assert "is not the one the store names" not in pusher.stderr
+    assert "is not one the store names" not in pusher.stderr
 
     # A read-only client given the key as a .pub file: nix.conf gets the key itself
     (tmp_path / "team.pub").write_text(key + "\n")
@@ -70,8 +70,25 @@ def test_the_store_s_key_is_made_once_and_never_replaced(tmp_path: Path) -> None
     subprocess.run(["nix-store", "--generate-binary-cache-key", "e-key-1", str(tmp_path / "e" / "store.sec"),
                     str(tmp_path / "e" / "store.pub")], check=True)
     own = setup_store(tmp_path, "e")
-    assert own.returncode == 0 and "is not the one the store names" in own.stderr
+    assert own.returncode == 0 and "is not one the store names" in own.stderr
     assert published.read_text().strip() == key
+    # the store names two keys (a key change, CRLF from an editor): a machine with either is not warned
+    published.write_text(f"{(tmp_path / 'e' / 'store.pub').read_text().strip()}\r\n{key}\r\n")
+    assert "is not one the store names" not in setup_store(tmp_path, "e").stderr
+    published.write_text(key + "\n")
+    # the secret key given as the trusted key: refused, and never shown (it went into the log and nix.conf)
+    secret = (tmp_path / "a" / "store.sec").read_text().strip()
+    for given in (str(tmp_path / "a" / "store.sec"), secret):
+        leak = setup_store(tmp_path, "s", MLBUILD_STORE_PUBLIC_KEYS=given)
+        assert leak.returncode == 1 and "holds a secret key (64 bytes): keep it out of this setting" in leak.stderr
+        assert secret.split(":")[1][:12] not in leak.stdout + leak.stderr
+        assert not (tmp_path / "s" / "nix.conf").exists()
+    # a relative store folder: nix.conf gets the absolute path (file://store was no substituter)
+    rel = subprocess.run(["bash", str(SCRIPT)], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "MLBUILD_STORE": "store", "MLBUILD_STORE_PUBLIC_KEYS": key,
+                              "MLBUILD_STORE_NIX_CONF": str(tmp_path / "r" / "nix.conf")})
+    assert rel.returncode == 0, rel.stderr
+    assert f"extra-substituters = file://{tmp_path / 'store'}\n" in (tmp_path / "r" / "nix.conf").read_text()
     # two machines' generated keys never share a name (Nix keeps one trusted key per name)
     other = setup_store(tmp_path / "elsewhere", "a")
     assert other.returncode == 0, other.stderr
