@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,5 +71,13 @@ def load(ctx: click.Context) -> Project:
 
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    # SIGTERM (a cancelled CI job, `timeout`, `docker stop`) ends mlbuild as Ctrl-C does: with the
+    # clean-up of whatever it was doing (a push removes its record and its temp file), not dead
+    # mid-write. `mlbuild build` hands it on to Nix (build._stopped_with_us).
+    signal.signal(signal.SIGTERM, _terminated)
     cli()

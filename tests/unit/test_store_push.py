@@ -239,3 +239,49 @@ def test_cli_a_full_store_is_an_error_not_a_traceback(store: tuple[StoreConfig, 
     assert not (cfg.root / "mlbuild" / "roots" / "pushes" / "x").exists() or \
         not list((cfg.root / "mlbuild" / "roots" / "pushes" / "x").iterdir())
     assert roots is not None
+
+
+def test_a_push_stopped_by_sigterm_keeps_no_record_and_no_temp_file(store: tuple[StoreConfig, Path],
+                                                                     tmp_path: Path) -> None:
+    """SIGTERM (a CI job cancelled, `timeout`, `docker stop`) killed the push outright: its record
+    stayed, taking a keep-last slot from a real push, and its temp file waited for gc. The CLI now
+    makes SIGTERM an exit that runs the push's clean-up, as Ctrl-C does."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.conftest import REPO
+
+    cfg, chroot = store
+    info = fake_path(chroot, "big", os.urandom(1 << 16))
+    # The real CLI in a process of its own; Nix's answer given as FakeNix gives it, and the NAR
+    # writer held open long enough to be stopped mid-write.
+    script = textwrap.dedent(f"""
+        import sys, time
+        from mlbuild import _nix
+        from mlbuild.store import upload
+        INFO = {json.dumps({"narHash": info.nar_hash, "narSize": info.nar_size, "references": []})}
+        _nix.path_info_in = lambda paths, store=None, recursive=False: {{p: INFO for p in paths}}
+        for name in ("_write_plain", "_write_stream"):
+            def slow(*a, _real=getattr(upload, name), **k):
+                print("writing", flush=True)
+                time.sleep(60)
+                return _real(*a, **k)
+            setattr(upload, name, slow)
+        sys.argv = ["mlbuild", "store", "--store", {str(cfg.root)!r}, "push", "--from", {str(chroot)!r}, {info.path!r}]
+        from mlbuild.cli.main import main
+        main()
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLBUILD_STORE_SECRET_KEY": str(cfg.secret_key_file),
+           "MLBUILD_STORE_PUBLIC_KEYS": str(cfg.secret_key().public)}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "writing\n", proc.communicate()
+    assert list((cfg.root / "mlbuild" / "roots" / "pushes").rglob("*")), "the record is written before uploads"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert not [p for p in (cfg.root / "mlbuild" / "roots" / "pushes").rglob("*") if p.is_file()]
+    assert not [p for p in (cfg.root / "nar").iterdir() if p.name.startswith(".tmp")]
