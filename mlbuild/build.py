@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from . import _nix, git
 from .config import Project, state_dir
-from .errors import BuildError, ConfigError, MlbuildError
+from .errors import BuildError, ConfigError, MlbuildError, StoreKeyError
 from .flakepin import pinned_entry
 from .lockfile import read_lock
 from .toolchain import check_fresh
@@ -348,9 +348,13 @@ def _check_push_target(project: Project) -> None:
     layout = Layout(cfg.root)
     layout.require()
     layout.require_writable("push")
-    key = cfg.secret_key()
-    check_signing_key(key, cfg.trusted_keys())
-    check_store_key(layout, key, cfg.secret_key_file, cfg.secret_key_from)
+    try:
+        key = cfg.secret_key()
+        check_signing_key(key, cfg.trusted_keys())
+        check_store_key(layout, key, cfg.secret_key_file, cfg.secret_key_from)
+    except StoreKeyError as e:   # found before building: say so, and how to build without pushing
+        raise StoreKeyError(str(e).replace("so nothing was pushed", "so nothing was built or pushed")
+                            + "; or build without pushing (--no-push)") from None
 
 
 def push_outputs(project: Project, summary: Summary) -> None:

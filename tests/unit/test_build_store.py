@@ -84,8 +84,9 @@ def test_build_push_checks_the_signing_key_before_building(tmp_path: Path) -> No
     generate_key_pair("other-1", tmp_path / "other.sec", tmp_path / "other.pub")
     trusted = f'path = "{tmp_path / "store"}"\npublic-keys = ["{tmp_path / "store.pub"}"]\n'
     _check_push_target(load_project(project(tmp_path, trusted + f'secret-key = "{tmp_path / "store.sec"}"')))
-    with pytest.raises(StoreKeyError, match="the signing key other-1 .* is not among the store's trusted keys"):
+    with pytest.raises(StoreKeyError, match="the signing key other-1 .* is not among the store's trusted keys") as e:
         _check_push_target(load_project(project(tmp_path, trusted + f'secret-key = "{tmp_path / "other.sec"}"')))
+    assert "so nothing was built or pushed" in str(e.value) and str(e.value).endswith("(--no-push)")
     with pytest.raises(StoreKeyError, match="missing.sec"):
         _check_push_target(load_project(project(tmp_path, trusted + f'secret-key = "{tmp_path / "missing.sec"}"')))
     # trusted here, but not the key the store names as its own: its readers would refuse it all
