@@ -149,7 +149,7 @@ def published_keys(layout: Layout) -> tuple[PublicKey, ...]:
     cannot be read or holds no key."""
     shown = layout.root / "mlbuild" / "public-key"
     try:
-        text = shown.read_text().strip()
+        text = shown.read_text().removeprefix("\ufeff").strip()
     except (FileNotFoundError, NotADirectoryError):
         return ()
     except OSError as e:
