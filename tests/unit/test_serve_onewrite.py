@@ -285,6 +285,31 @@ def test_an_answer_before_the_body_is_read_reaches_a_client_that_sends_it_all(
         assert (status, answer) == (413, b"refused")
 
 
+def test_a_kept_alive_connection_answered_before_its_body_closes_after_lingering(strict: int) -> None:
+    """Without `Connection: close` the 413 kept the connection open, and uvicorn read and dropped
+    whatever body was declared, for as long as the client sent it (15 GB in 8 s)."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", strict), timeout=10) as conn:
+        conn.sendall(b"POST /refuse HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999\r\n\r\n")
+        with pytest.raises(OSError):
+            while time.monotonic() - started < 8:
+                conn.sendall(b"y" * 65536)
+                time.sleep(0.01)
+    assert time.monotonic() - started < 5
+
+
+def test_a_parse_error_in_a_big_read_is_one_400(strict: int) -> None:
+    """A malformed header and 100 KB more in one read: the 400 (lingering) was followed by a 431
+    written after EOF (an asyncio traceback), and the request counted twice."""
+    statuses: list[int] = []
+    base = protocol_class(request_timeout=0.5, refused=statuses.append)
+    assert not isinstance(base, str)
+    with _serving(base) as port:
+        answer, _ = _answer(port, b"GET / HTTP/1.1\r\nHost: x\r\nBad\x01Header: y\r\nX-A: " + b"a" * 100_000 + b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ") and answer.count(b"HTTP/1.1") == 1, answer[:300]
+    assert statuses == [400]
+
+
 def test_lingering_after_an_early_answer_is_bounded(strict: int) -> None:
     """A client that goes on sending after the answer is cut off after the linger (here 0.5 s)."""
     started = time.monotonic()

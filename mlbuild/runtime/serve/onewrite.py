@@ -28,9 +28,10 @@ The same protocol bounds what one client can hold, which uvicorn's httptools pro
 - a request the HTTP parser refuses (a bad Content-Length, a bad chunk) gets a JSON 400 like every
   other error, not uvicorn's text/plain one.
 
-And it closes a connection as a client can read: a connection closed while its client is still
-sending the request (a 413 answered from ``Content-Length`` alone, with ``Connection: close``, as
-Python's ``urllib`` sends; a 431; a 400 from the parser) is half-closed after the answer, and what
+And it closes a connection as a client can read: a response that starts before its request's
+body has all come (a 413 answered from ``Content-Length`` alone) closes the connection after it,
+keep-alive or not (``connection: close``); a connection closed while its client is still sending
+(that 413; a 431; a 400 from the parser) is half-closed after the answer, and what
 the client still sends is read and dropped until it stops (its FIN) or for ``LINGER`` seconds at
 most, as nginx's ``lingering_close`` does. Closed at once, the unread bytes made the kernel answer
 with a TCP reset, and a client that sends its whole body before reading (``urllib``,
@@ -86,6 +87,13 @@ class _HeldHead:
                 self._transport.write(data)
         elif not self._head_seen and self._cycle.response_started:
             self._head_seen = True
+            cycle = self._cycle
+            if cycle.more_body and cycle.keep_alive:
+                # Answered before the client sent all its body (a 413 from Content-Length alone): the
+                # connection closes after it (lingering), rather than stay open while uvicorn reads
+                # and drops any amount of body (15 GB in 8 s, held for as long as the client sent).
+                cycle.keep_alive = False
+                data = bytes(data)[:-2] + b"connection: close\r\n\r\n"
             self._held = bytes(data)
         else:
             self._transport.write(data)
@@ -206,8 +214,9 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
             if self._in_head:
                 self._head_bytes += len(data)
             super().data_received(data)
-            if self._in_head and self._head_bytes > MAX_HEAD and not self.transport.is_closing():
-                self._head_too_large()   # still incomplete, and over the limit already
+            if (self._in_head and self._head_bytes > MAX_HEAD and not self._linger_until
+                    and not self.transport.is_closing()):
+                self._head_too_large()   # still incomplete, and over the limit already (and not answered)
 
         def _head_too_large(self) -> None:
             self._waiting = False
