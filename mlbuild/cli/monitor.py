@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -38,10 +37,12 @@ def _url(value: str | None) -> str | None:
 
 @cli.group(cls=_MonitorGroup)
 def monitor() -> None:
-    """Monitor a deployed model: `mlbuild monitor NAME --url URL`, `mlbuild monitor config NAME`."""
+    """Monitor a deployed model: `mlbuild monitor NAME --url URL`, `mlbuild monitor config NAME`.
+
+    `mlbuild monitor NAME --help` lists the options of a run (--once, --interval, --port, --webhook...)."""
 
 
-@monitor.command("run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@monitor.command("run")
 @click.argument("model")
 @click.option("--url", required=True, callback=lambda _c, _p, v: _url(v),
               help="The live server, e.g. http://127.0.0.1:8080.")
@@ -61,8 +62,7 @@ def run(ctx: click.Context, model: str, url: str, once: bool, interval: float | 
         port: int | None, webhook: str | None, allow_dirty: bool) -> None:
     """Run MODEL's validation suite against URL at an interval (or --once), with its metrics on
     --port for Prometheus. Builds MODEL.monitor first (and MODEL, when this checkout's is not
-    built: a training run). Options this does not know go to the
-    monitor as they are (`mlbuild monitor MODEL --url URL -- --help` lists the monitor's own)."""
+    built: a training run); its options are checked before that."""
     from .commands import _Bar
 
     project = load(ctx)
@@ -79,7 +79,7 @@ def run(ctx: click.Context, model: str, url: str, once: bool, interval: float | 
     given = [*(["--once"] if once else []), *(["--interval", repr(interval)] if interval is not None else []),
              *(["--host", host] if host is not None else []), *(["--port", str(port)] if port is not None else []),
              *(["--webhook", webhook] if webhook is not None else [])]
-    os.execv(program, [program, "--url", url, *given, *ctx.args])
+    os.execv(program, [program, "--url", url, *given])
 
 
 @monitor.command("config")
@@ -135,7 +135,11 @@ def _duration(value: str) -> str:
 
 
 def _seconds(value: float) -> float:
-    """A finite number of seconds above zero (nan and inf would write rules that never fire)."""
-    if not math.isfinite(value) or value <= 0:
-        raise click.BadParameter(f"{value!r} is not a positive number of seconds; give one like 60")
+    """Seconds above zero and at most a week (nan and inf wrote rules that never fire; 1e10 broke
+    the monitor's clock)."""
+    from ..runtime.monitor import MAX_INTERVAL
+
+    if not (0 < value <= MAX_INTERVAL):
+        raise click.BadParameter(f"{value!r} is not a number of seconds above 0 and at most a week "
+                                 f"({MAX_INTERVAL:.0f}); give one like 60")
     return value

@@ -17,7 +17,6 @@ import argparse
 import http.client
 import json
 import logging
-import math
 import shutil
 import sys
 import threading
@@ -50,14 +49,33 @@ def _said(raw: bytes) -> str:
     return repr(text) + (" (and more)" if len(raw) > 200 else "")
 
 
+#: The longest interval between runs: a week (longer ones overflowed the wait's clock).
+MAX_INTERVAL = 7 * 24 * 3600.0
+
+
+def _read_within(resp: Any, deadline: float, timeout: float) -> bytes:
+    """The whole body of ``resp``, or TimeoutError once ``deadline`` (monotonic) has passed: the
+    socket's timeout bounds each read, not the answer (a server sending a byte every few seconds
+    held a run for ever)."""
+    parts = []
+    while chunk := resp.read1(65536):
+        parts.append(chunk)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the answer took longer than {timeout:g} s")
+    if getattr(resp, "length", None):   # EOF before its Content-Length: read() raises this, read1() not
+        raise http.client.IncompleteRead(b"".join(parts), resp.length)
+    return b"".join(parts)
+
+
 def _http(method: str, url: str, body: Any = None, timeout: float = 30.0) -> Any:
     """The JSON answer; OSError naming the request (method and URL) and what went wrong: the
     server's own error, a broken or non-HTTP reply, a timeout, an answer that is not JSON."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method, headers=_HEADERS)
     try:
+        deadline = time.monotonic() + timeout
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
+            raw = _read_within(resp, deadline, timeout)
     except urllib.error.HTTPError as e:
         try:
             said = str(json.loads(e.read()).get("error", ""))[:300]
@@ -81,7 +99,7 @@ def _http(method: str, url: str, body: Any = None, timeout: float = 30.0) -> Any
         raise OSError(f"{method} {url}: {e or type(e).__name__}") from None
     try:
         return json.loads(raw or b"null")
-    except ValueError:
+    except (ValueError, RecursionError):   # RecursionError: nested deeper than the parser goes
         raise OSError(f"{method} {url}: the answer is not JSON: {_said(raw)}") from None
 
 
@@ -261,15 +279,20 @@ class Monitor:
         url = self.webhook
         for _ in range(_REDIRECTS + 1):
             req = urllib.request.Request(url, data=data, method="POST", headers={"content-type": "application/json"})
-            try:   # what the webhook answers is its own business (Slack's says "ok"): not read as JSON
-                with _NO_REDIRECTS.open(req, timeout=10) as resp:
-                    resp.read()
+            try:   # what the webhook answers is its own business (Slack's says "ok"): not even read
+                with _NO_REDIRECTS.open(req, timeout=10):
+                    pass
                 return True
             except urllib.error.HTTPError as e:
                 location = e.headers.get("location") if e.headers else None
                 e.close()
                 if e.code in (307, 308) and location:   # "repeat the request there": the POST
-                    url = urllib.parse.urljoin(url, location)
+                    target = urllib.parse.urljoin(url, location)
+                    if urllib.parse.urlsplit(target).scheme not in ("http", "https"):   # file:///dev/zero
+                        log.error("webhook POST %s failed: it redirects (HTTP %d) to %s, which is not an http(s) "
+                                  "URL", url, e.code, target[:200])
+                        return False
+                    url = target
                     continue
                 if e.code in (301, 302, 303) and location:
                     final = urllib.parse.urljoin(url, location)
@@ -317,13 +340,15 @@ def _url_arg(value: str) -> str:
 
 
 def _positive(value: str) -> float:
-    """A finite number of seconds above zero (``inf`` waited for ever, and broke the wait's clock)."""
+    """A number of seconds above zero, at most ``MAX_INTERVAL`` (``inf`` or 1e10 broke the wait's
+    clock after the first run)."""
     try:
         x = float(value)
     except ValueError:
         x = 0.0
-    if not (x > 0 and math.isfinite(x)):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds; give one like 60")
+    if not (0 < x <= MAX_INTERVAL):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds above 0 and at most a week "
+                                         f"({MAX_INTERVAL:.0f}); give one like 60")
     return x
 
 

@@ -311,3 +311,53 @@ def test_a_redirecting_webhook(tmp_path: Path, hook: Hook, caplog: pytest.LogCap
             via.stop()
     finally:
         server.stop()
+
+
+def test_a_webhook_redirect_off_http_is_not_followed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A 307 to file:///etc/hostname counted as delivered (urllib opened the file); to
+    file:///dev/zero, the monitor read for ever."""
+    via = RawServer(lambda *_: b"HTTP/1.1 307 Temporary Redirect\r\nlocation: file:///dev/zero\r\n"
+                               b"content-length: 0\r\nconnection: close\r\n\r\n")
+    caplog.set_level(logging.ERROR, logger="mlbuild.monitor")
+    try:
+        assert Monitor(tiny_spec(tmp_path), via.url, f"{via.url}/hook")._webhook({"status": "x"}) is False
+        assert caplog.records[-1].getMessage() == (f"webhook POST {via.url}/hook failed: it redirects (HTTP 307) "
+                                                   f"to file:///dev/zero, which is not an http(s) URL")
+    finally:
+        via.stop()
+
+
+def test_a_slow_answer_is_bounded_as_a_whole(tmp_path: Path) -> None:
+    """A server sending a byte every 0.2 s never tripped the socket's timeout (0.5 s a read): one
+    run took as long as the server liked."""
+    def drip(method: str, path: str, body: bytes) -> Any:
+        return "drip"
+
+    server = RawServer(drip)
+
+    def one(conn: socket.socket) -> None:   # the head at once, then the body a byte at a time
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\nconnection: close\r\n\r\n")
+            for _ in range(1000):
+                if server.stopped.wait(0.2):
+                    return
+                conn.sendall(b" ")
+    server._one = one   # type: ignore[method-assign]
+    try:
+        started = time.monotonic()
+        out = Monitor(tiny_spec(tmp_path), server.url, None, timeout=1.0).run_once()
+        assert time.monotonic() - started < 3
+        assert out == {"error": f"GET {server.url}/v2/models/digits: the answer took longer than 1 s"}, out
+    finally:
+        server.stop()
+
+
+def test_json_nested_deeper_than_the_parser_goes_is_not_json(tmp_path: Path) -> None:
+    """json.loads raised RecursionError, past the "not JSON" handling: a traceback from --once."""
+    server = RawServer(model(meta=http_reply(b"[" * 100_000 + b"]" * 100_000)))
+    try:
+        out = Monitor(tiny_spec(tmp_path), server.url, None).run_once()
+        assert out["error"].startswith(f"GET {server.url}/v2/models/digits: the answer is not JSON: '[[[["), out
+    finally:
+        server.stop()

@@ -86,8 +86,8 @@ def test_config_refuses_what_prometheus_would_refuse(tree) -> None:  # type: ign
                           (["--monitor", "localhost"], "'localhost' is not host:port"),
                           (["--scrape-interval", "abc"], "'abc' is not a Prometheus duration above zero"),
                           (["--scrape-interval", "0s"], "'0s' is not a Prometheus duration above zero"),
-                          (["--interval", "0"], "0"), (["--interval", "nan"], "nan is not a positive number"),
-                          (["--interval", "inf"], "inf is not a positive number")):
+                          (["--interval", "0"], "0"), (["--interval", "nan"], "nan is not a number of seconds above 0"),
+                          (["--interval", "inf"], "inf is not a number of seconds above 0")):
         proc = run_cli("monitor", "config", "cancer", *args, cwd=root, check=False, env={"PATH": "/nonexistent"})
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not (root / ".mlbuild" / "monitoring").exists()
