@@ -67,7 +67,10 @@ def read_csv_shape(path: Path) -> CsvShape:
     in the last column, as a number 0..K-1 or as a name (names are numbered in sorted order)."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:  # a BOM (spreadsheet exports) is not data
-            rows = [[c.strip() for c in r] for r in csv.reader(f) if r]
+            reader = csv.reader(f)
+            # each row with its line in the file (blank lines are skipped, and still counted)
+            numbered = [(reader.line_num, [c.strip() for c in r]) for r in reader if r]
+        rows = [r for _, r in numbered]
     except (OSError, UnicodeDecodeError) as e:
         raise InitError(f"cannot read {path}: {e}") from None
 
@@ -82,15 +85,18 @@ def read_csv_shape(path: Path) -> CsvShape:
         guess = f"; it looks separated by {seen}: save it with commas" if seen else ""
         raise InitError(f"{path}, line 1: {rows[0][0][:80]!r} is one column{guess}. mlbuild init reads comma-separated "
                         "values: the numeric features, then the class")
-    header = bool(rows) and numbers(rows[0][:-1]) is None
+    # A header: names, or pandas' default column names for an unnamed frame (0,1,2,...: numbers,
+    # read as a data row they made one row of features 0,1,2 and class 3)
+    header = bool(rows) and (numbers(rows[0][:-1]) is None or rows[0] == [str(i) for i in range(len(rows[0]))])
     body = rows[1:] if header else rows
+    body_lines = [n for n, _ in numbered][1 if header else 0:]
     if len(body) < 4:
         raise InitError(f"{path} has {len(body)} data rows; a model needs a CSV of numeric features with the class "
                         "in the last column, at least a few rows per class")
     width = len(body[0])
     counts: dict[str, int] = {}
     first_line: dict[str, int] = {}
-    for i, row in enumerate(body, start=2 if header else 1):
+    for i, row in zip(body_lines, body):
         features = numbers(row[:-1]) if len(row) == width and width >= 2 else None
         if features is None or not row[-1]:
             raise InitError(f"{path}, line {i}: {','.join(row)[:80]!r} is not {width - 1} numbers and a class; every "
@@ -224,9 +230,11 @@ def prepare(inputs: dict[str, Path], out: Path, params: dict) -> None:
     raw = inputs["{name}-raw"]
     if raw.is_dir():  # a folder of data: its one CSV file
         raw = next(raw.glob("*.csv"))
-    first = 2 if params["header"] else 1  # the file's line number of the first data row
     with raw.open(newline="", encoding="utf-8-sig") as f:
-        rows = [[c.strip() for c in r] for r in csv.reader(f) if r][first - 1:]
+        reader = csv.reader(f)  # each row with its line in the file (blank lines skipped, still counted)
+        numbered = [(reader.line_num, [c.strip() for c in r]) for r in reader if r]
+    numbered = numbered[1:] if params["header"] else numbered
+    rows = [r for _, r in numbered]
     names = params.get("labels")  # the last column holds these names; else class numbers
     want = f"one of {{', '.join(names)}}" if names else "a number 0, 1, ..."
     fraction = params["test_fraction"]
@@ -235,11 +243,11 @@ def prepare(inputs: dict[str, Path], out: Path, params: dict) -> None:
                          "share as a fraction between 0 and 1, e.g. 0.25 (a whole number would be a row count)")
     x_rows: list[list[float]] = []
     y_rows: list[int] = []
-    for i, r in enumerate(rows):
+    for line, r in numbered:
         # The CSV may have changed since mlbuild init checked it: name the line and cell that is wrong.
-        where = f"dataset {name}-raw, line {{first + i}}: {{','.join(r)[:80]!r}}"
+        where = f"dataset {name}-raw, line {{line}}: {{','.join(r)[:80]!r}}"
         if len(r) != len(rows[0]):
-            raise SystemExit(f"{{where}} has {{len(r)}} columns; line {{first}} has {{len(rows[0])}}")
+            raise SystemExit(f"{{where}} has {{len(r)}} columns; line {{numbered[0][0]}} has {{len(rows[0])}}")
         for col, c in enumerate(r[:-1], 1):
             try:
                 float(c)

@@ -53,6 +53,10 @@ let
       percent = builtins.filter (k: isFraction k && finite thresholds.${k} && thresholds.${k} > 1) (builtins.attrNames thresholds);
       # a fraction is never below 0: a gate below it passes every model
       negative = builtins.filter (k: isFraction k && finite thresholds.${k} && thresholds.${k} < 0) (builtins.attrNames thresholds);
+      # an error is never below 0: "<= -1" fails every model
+      belowZero = builtins.filter (k: builtins.elem k lowerIsBetter && builtins.isString thresholds.${k}
+        && builtins.match "[ ]*(<=|<)[ ]*-[0-9]*[.]?[0-9]*[1-9][0-9]*([eE][-+]?[0-9]+)?[ ]*" thresholds.${k} != null)
+        (builtins.attrNames thresholds);
       # r2 is at most 1 (a perfect fit) but may be negative: validate.py's AT_MOST_ONE.
       aboveOne = builtins.filter (k: k == "r2" && (builtins.isInt thresholds.${k} || builtins.isFloat thresholds.${k})
         && thresholds.${k} > 1) (builtins.attrNames thresholds);
@@ -75,6 +79,10 @@ let
       (let k = builtins.head negative; in
         "[models.${m}.validation].thresholds.${k} is ${builtins.toJSON thresholds.${k}}, but ${k} is a fraction from 0 "
         + "to 1, so every model passes it and the gate checks nothing; use a fraction, e.g. ${k} = 0.9"))
+    && (!(builtins.isAttrs thresholds) || lib.assertMsg (belowZero == [ ])
+      (let k = builtins.head belowZero; in
+        "[models.${m}.validation].thresholds.${k} is ${builtins.toJSON thresholds.${k}}, but ${k} is an error, never "
+        + "below 0, so no model can reach it; give a bound of 0 or more, e.g. ${k} = \"<= 0.5\""))
     && (!(builtins.isAttrs thresholds) || lib.assertMsg (aboveOne == [ ])
       (let k = builtins.head aboveOne; in
         "[models.${m}.validation].thresholds.${k} is ${builtins.toJSON thresholds.${k}}, but ${k} is at most 1 "

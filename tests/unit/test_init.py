@@ -30,6 +30,9 @@ def test_the_csv_gives_features_classes_and_header(tmp_path: Path) -> None:
     assert (shape.features, shape.classes, shape.header, shape.rows) == (4, 3, True, 12)
     bare = read_csv_shape(csv(tmp_path, "1,2,0\n3,4,1\n5,6,0\n7,8,1\n" * 2, "bare.csv"))
     assert (bare.features, bare.classes, bare.header, bare.labels) == (2, 2, False, None)
+    # pandas' header for an unnamed frame (`to_csv(index=False)`): it was read as a row of data
+    pandas = read_csv_shape(csv(tmp_path, "0,1,2\n" + "1,2,0\n3,4,1\n5,6,0\n7,8,1\n" * 2, "pandas.csv"))
+    assert (pandas.features, pandas.classes, pandas.header, pandas.rows) == (2, 2, True, 8)
 
 
 def test_class_names_in_the_last_column_are_numbered_in_sorted_order(tmp_path: Path) -> None:
@@ -54,6 +57,8 @@ def test_class_names_in_the_last_column_are_numbered_in_sorted_order(tmp_path: P
     ("1,2,0\n3,nan,1\n5,6,0\n7,8,1\n", "line 2: '3,nan,1' holds NaN or infinity; the model cannot train"),
     ("1,2,0\n3,4,1\n5,-inf,0\n7,8,1\n", "line 3: '5,-inf,0' holds NaN or infinity"),
     ("1,2,a\n3,4,b\n5,6,\n7,8,b\n", "line 3: '5,6,' is not 2 numbers and a class"),
+    # blank lines are skipped, and still counted: the line is the file's (it said line 3)
+    ("1,2,0\n\n\n3,4,1\n5,x,0\n7,8,1\n", "line 5: '5,x,0' is not 2 numbers and a class"),
     ("1,2,1\n3,4,2\n5,6,1\n7,8,2\n", "holds 1, 2; it must hold the class: the numbers 0..1, or names"),
     ("1,2,0.5\n3,4,0\n5,6,0\n7,8,0\n", "holds 0, 0.5: 2 different values, a continuous target rather than "
                                          "classes. mlbuild init makes classifiers; for a regression model"),
@@ -213,6 +218,12 @@ def test_the_generated_prepare_names_the_line_a_later_edit_broke(tmp_path: Path)
         data.write_text("\n".join(lines) + "\n")
         with pytest.raises(SystemExit, match=re.escape(message)):
             prepare({"p-raw": data}, out, params)
+    data.write_text(text.replace("\n", "\n\n", 2))   # two blank lines after line 1 and 2: the lines move
+    lines = data.read_text().split("\n")
+    lines[6] = "3,x,dog"
+    data.write_text("\n".join(lines))
+    with pytest.raises(SystemExit, match=re.escape("dataset p-raw, line 7: '3,x,dog': column 2")):
+        prepare({"p-raw": data}, out, params)
     data.write_text(text)
     for bad in (25, 1.0, 0.0):   # 25 would be 25 rows to scikit-learn
         with pytest.raises(SystemExit, match=re.escape(f"test_fraction is {bad!r}; give the held-out share as a fraction")):

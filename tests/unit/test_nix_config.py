@@ -83,6 +83,8 @@ def test_the_fixture_evaluates(tmp_path: Path) -> None:
     (("accuracy = 0.9", "accuracy = nan"), "[models.m.validation].thresholds.accuracy is nan, not a finite number; use"),
     (("accuracy = 0.9", "accuracy = -inf"), "[models.m.validation].thresholds.accuracy is infinite, not a finite number"),
     # a fraction's gate below 0 passes every model
+    (("accuracy = 0.9", 'rmse = "<= -1"'),
+     '[models.m.validation].thresholds.rmse is "<= -1", but rmse is an error, never below 0, so no model can reach it'),
     (("accuracy = 0.9", "accuracy = -0.5"),
      "[models.m.validation].thresholds.accuracy is -0.5, but accuracy is a fraction from 0 to 1, so every model "
      "passes it and the gate checks nothing"),

@@ -347,6 +347,9 @@ def test_regression_feedback_refuses_what_is_not_a_finite_number(value: Any, sho
     with pytest.raises(FeedbackError, match=r'"values": \[<true value per row>\]'):
         live.add_feedback({"feedback": []})
     assert live.add_feedback({"feedback": [{"id": "a", "values": [1, 2.5]}]})["matched_rows"] == 2  # nothing was kept
+    # both keys: one was silently ignored
+    with pytest.raises(FeedbackError, match=r"feedback\[0\] gives both values and labels; give values alone"):
+        live.add_feedback({"feedback": [{"id": "a", "values": [1, 2], "labels": [3, 4]}]})
 
 
 def test_a_model_without_a_per_row_prediction_takes_no_feedback() -> None:

@@ -261,6 +261,8 @@ class LiveQuality:
             raise FeedbackError(f'expected {{"feedback": [{{"id": "<request id>", "{key}": [<{what} per row>]}}]}}')
         given: list[tuple[str, np.ndarray]] = []
         for i, item in enumerate(items):
+            if isinstance(item, dict) and "values" in item and "labels" in item:   # which one is the truth?
+                raise FeedbackError(f"feedback[{i}] gives both values and labels; give {key} alone")
             if isinstance(item, dict) and self.regression and "values" not in item and "labels" in item:
                 item = {**item, "values": item["labels"]}   # the classifiers' key, also taken
             if not isinstance(item, dict) or "id" not in item or not isinstance(item.get(key), list):
