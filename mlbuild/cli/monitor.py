@@ -135,11 +135,11 @@ def _duration(value: str) -> str:
 
 
 def _seconds(value: float) -> float:
-    """Seconds above zero and at most a week (nan and inf wrote rules that never fire; 1e10 broke
-    the monitor's clock)."""
-    from ..runtime.monitor import MAX_INTERVAL
+    """Seconds above zero and at most a week, as the monitor checks them (nan and inf wrote rules
+    that never fire; 1e10 broke the monitor's clock)."""
+    from ..runtime.monitor import interval_seconds
 
-    if not (0 < value <= MAX_INTERVAL):
-        raise click.BadParameter(f"{value!r} is not a number of seconds above 0 and at most a week "
-                                 f"({MAX_INTERVAL:.0f}); give one like 60")
-    return value
+    try:
+        return interval_seconds(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None

@@ -339,17 +339,25 @@ def _url_arg(value: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _positive(value: str) -> float:
-    """A number of seconds above zero, at most ``MAX_INTERVAL`` (``inf`` or 1e10 broke the wait's
-    clock after the first run)."""
+def interval_seconds(value: str | float) -> float:
+    """The seconds between runs: above zero and at most ``MAX_INTERVAL`` (``inf`` or 1e10 broke the
+    wait's clock after the first run); ValueError naming the value. The monitor's flag and the
+    driver's (`mlbuild monitor`, `monitor config`) both check with this."""
     try:
         x = float(value)
     except ValueError:
         x = 0.0
     if not (0 < x <= MAX_INTERVAL):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds above 0 and at most a week "
-                                         f"({MAX_INTERVAL:.0f}); give one like 60")
+        raise ValueError(f"{value!r} is not a number of seconds above 0 and at most a week "
+                         f"({MAX_INTERVAL:.0f}); give one like 60")
     return x
+
+
+def _positive(value: str) -> float:
+    try:
+        return interval_seconds(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _port(value: str) -> int:
