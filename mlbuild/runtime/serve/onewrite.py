@@ -160,12 +160,14 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
         def _sweep(self) -> None:
             now = self.loop.time()
             for conn in list(self.connections):
-                if isinstance(conn, OneWriteProtocol) and conn._linger_until and now >= conn._linger_until:
-                    conn.transport.close()
+                if not isinstance(conn, OneWriteProtocol):
                     continue
+                if conn._linger_until:   # lingering (not waiting for a request): closed once its time is up
+                    if now >= conn._linger_until:
+                        conn.transport.close()
                 # Not where the server itself stopped reading: a request queued behind one still being
                 # answered (pipelining), or a body the app has not consumed yet (flow control).
-                if (isinstance(conn, OneWriteProtocol) and conn._waiting and now - conn._since >= request_timeout
+                elif (conn._waiting and now - conn._since >= request_timeout
                         and not conn.pipeline and not conn.flow.read_paused):
                     conn._stalled()
             try:
