@@ -181,11 +181,10 @@ def exp_show(ctx: click.Context, model: str) -> None:
 
     def gate(v: experiments.Variant) -> str:
         """Whether the variant's held-out metrics meet today's thresholds (what its image would need)."""
-        if not v.held_out or not thresholds:
-            return "-"
-        from ..runtime.validate import check_thresholds
+        from ..metrics import gate_checks
 
-        return "pass" if all(c["ok"] for c in check_thresholds(v.held_out, thresholds)) else "FAIL"
+        checks = gate_checks(project, model, v.held_out)[0] if v.held_out else []
+        return "-" if not checks else "pass" if all(c["ok"] for c in checks) else "FAIL"
 
     head = [*keys, *(f"train:{k}" for k in mkeys), *(f"test:{k}" for k in hkeys), "gate", "data", "commit",
             "status", "runs", "store path"]
