@@ -41,7 +41,8 @@ def is_tracked(path: Path) -> bool:
     root = repo_root(path)
     if root is None:
         return False
-    return bool(_git(root, "ls-files", "--", str(path.resolve())).stdout.strip())
+    # a path, not a pattern: `ls-files -- a[1].csv` also lists a tracked a1.csv
+    return bool(_git(root, "--literal-pathspecs", "ls-files", "--", str(path.resolve())).stdout.strip())
 
 
 @dataclass(frozen=True)
@@ -63,12 +64,14 @@ def dirty_files(project: Path, inputs: Sequence[str] = ()) -> Dirty:
         return Dirty([], [])
     ignored: list[str] = []
     if inputs:
-        listed = _git(root, "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--",
+        listed = _git(root, "--literal-pathspecs", "ls-files", "-z", "--others", "--ignored", "--exclude-standard",
+                      "--",
                       *(str(project.resolve() / p) for p in inputs)).stdout
         # what nix/code.nix leaves out of every code path anyway
         ignored = sorted(p for p in listed.split("\0") if p and not TOOL_CACHES & set(p.split("/"))
                          and not p.endswith(".pyc"))
-    out = _git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", str(project.resolve())).stdout
+    out = _git(root, "--literal-pathspecs", "status", "--porcelain=v1", "-z", "--untracked-files=all", "--",
+               str(project.resolve())).stdout
     modified: list[str] = []
     untracked: list[str] = []
     entries = out.split("\0")
@@ -123,7 +126,7 @@ def log_revisions(project: Path, names: list[str]) -> list[str]:
     paths = [str((project.resolve() / n).relative_to(root.resolve())) for n in names]
     # --topo-order: parents before children whatever the commit dates say (a branch's commit dated
     # before its fork point came first).
-    out = _git(root, "log", "--format=%H", "--topo-order", "--reverse", "--", *paths).stdout
+    out = _git(root, "--literal-pathspecs", "log", "--format=%H", "--topo-order", "--reverse", "--", *paths).stdout
     return out.split()
 
 
@@ -138,9 +141,19 @@ def ignore_entry(project: Path, path: Path) -> tuple[Path, str] | None:
     top = project if target.is_relative_to(project) else root
     if not target.is_relative_to(top):
         return None
-    if _git(root, "check-ignore", "-q", str(target), check=False).returncode == 0:
+    # --no-index: check-ignore takes its path for a pattern when asking whether git tracks it (a
+    # tracked a1.csv made a[1].csv count as tracked, so never ignored); a tracked path is refused before
+    if _git(root, "check-ignore", "-q", "--no-index", str(target), check=False).returncode == 0:
         return None
-    return top / ".gitignore", "/" + target.relative_to(top).as_posix() + ("/" if target.is_dir() else "")
+    return top / ".gitignore", "/" + _literal(target.relative_to(top).as_posix()) + ("/" if target.is_dir() else "")
+
+
+def _literal(path: str) -> str:
+    """``path`` as a .gitignore pattern that matches it alone: glob characters and a trailing space
+    escaped (``a[1].csv`` is otherwise a pattern for ``a1.csv``), and a line break, which no line can
+    hold, matched by ``?`` (a line of its own would ignore files of that name anywhere)."""
+    escaped = "".join(f"\\{c}" if c in "\\*?[" else "?" if c in "\r\n" else c for c in path)
+    return escaped[:-1] + "\\ " if escaped.endswith(" ") else escaped
 
 
 def add_ignore(gitignore: Path, line: str) -> None:

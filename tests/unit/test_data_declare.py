@@ -71,3 +71,21 @@ def test_ignored_where_the_path_is(tmp_path: Path) -> None:
 def test_a_path_that_is_not_utf8_is_refused() -> None:
     with pytest.raises(DataError, match="not valid UTF-8"):
         toml_with_path(HEAD, "x", "data/caf\udce9.csv", CONFIG)
+
+
+def test_an_odd_name_is_ignored_alone_and_a_pattern_is_not_taken_for_it(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    odd = ["a[1].csv", "back\\slash.csv", "st*r.csv", "q?.csv", "trailing ", "new\nline.csv"]
+    # what a pattern made of those names would match: a file of code, a folder named by half a line
+    bystanders = ["a1.csv", "backslash.csv", "stXr.csv", "qq.csv", "trailing", "new", "line.csv"]
+    for name in odd + bystanders:
+        (repo / name).write_text("1\n")
+    subprocess.run(["git", "-C", str(repo), "add", "a1.csv"], check=True)
+    assert not git.is_tracked(repo / "a[1].csv")          # a1.csv is tracked, not it
+    for name in odd:
+        assert git.ignore(repo, repo / name)
+        assert git.ignore_entry(repo, repo / name) is None, name   # ignored now
+    untracked = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--others", "--exclude-standard"],
+                               capture_output=True, text=True, check=True).stdout.split("\0")
+    assert sorted(p for p in untracked if p) == sorted([".gitignore", *bystanders[1:]])
