@@ -38,11 +38,12 @@ def repo_root(path: Path) -> Path | None:
 
 
 def is_tracked(path: Path) -> bool:
+    path = path.resolve()   # a symlink in the repository to a file outside it: that file's repository, if any
     root = repo_root(path)
     if root is None:
         return False
     # a path, not a pattern: `ls-files -- a[1].csv` also lists a tracked a1.csv
-    return bool(_git(root, "--literal-pathspecs", "ls-files", "--", str(path.resolve())).stdout.strip())
+    return bool(_git(root, "--literal-pathspecs", "ls-files", "--", str(path)).stdout.strip())
 
 
 @dataclass(frozen=True)

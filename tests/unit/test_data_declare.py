@@ -89,3 +89,17 @@ def test_an_odd_name_is_ignored_alone_and_a_pattern_is_not_taken_for_it(tmp_path
     untracked = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--others", "--exclude-standard"],
                                capture_output=True, text=True, check=True).stdout.split("\0")
     assert sorted(p for p in untracked if p) == sorted([".gitignore", *bystanders[1:]])
+
+
+def test_a_symlink_to_a_file_outside_the_repository_is_not_tracked(tmp_path: Path) -> None:
+    """It was `git ls-files -- /elsewhere/x.csv` in the link's repository: git failed ("outside
+    repository") and so did `data add` of a project's data/x.csv linked to a shared disk."""
+    repo, far = tmp_path / "repo", tmp_path / "disk" / "x.csv"
+    far.parent.mkdir()
+    far.write_text("1\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "x.csv").symlink_to(far)
+    assert not git.is_tracked(repo / "x.csv")
+    subprocess.run(["git", "init", "-q", str(far.parent)], check=True)
+    subprocess.run(["git", "-C", str(far.parent), "add", "x.csv"], check=True)
+    assert git.is_tracked(repo / "x.csv")                # what it points at is in git
