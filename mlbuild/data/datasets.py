@@ -156,6 +156,7 @@ def local_sha256(root: Path, name: str, local: Path) -> str:
     device; OSError when it cannot be read."""
     from ..nar import nar_sha256
 
+    local = local.resolve()   # a declared symlink: its content is the data, as `data add` hashed it
     sha, entries = statcache.lookup(root / STATE_NAME, name, local)
     if sha is None:
         sha = nar_sha256(str(local))
@@ -382,7 +383,7 @@ def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:
     if _nix.invalid_paths([old_path]):
         raise DataError(f"the locked version of {name!r} ({old_path}) is not in the store; run `mlbuild data pull {name}`")
     if rev is None:
-        new_root = project.root / (ds.path or "")
+        new_root = (project.root / (ds.path or "")).resolve()   # a declared symlink: its content is the data
     else:
         other = json.loads(git.show(project.root, rev, "mlbuild.lock")).get("datasets", {}).get(name)
         if other is None:

@@ -139,6 +139,24 @@ def test_diff_shows_every_change_the_hash_sees(data_project: Path) -> None:
         "changed  alias  - -> -  (symlink to rows.txt -> symlink to empty)"]
 
 
+def test_a_dataset_declared_as_a_symlink_is_its_content_everywhere(data_project: Path, tmp_path: Path) -> None:
+    """`data add` hashes what a declared symlink points at; status, diff and the build's warning
+    hashed the link itself, and called the data they had just pinned changed."""
+    far = write_tree(tmp_path / "lab", {"iris.csv": IRIS})
+    (data_project / "data" / "iris.csv").symlink_to(far / "iris.csv")     # the data kept elsewhere
+    toml = data_project / "mlbuild.toml"
+    toml.write_text(toml.read_text() + '\n[datasets.iris-raw]\npath = "data/iris.csv"\n')
+    run_cli("data", "add", "iris-raw", "data/iris.csv", cwd=data_project)
+    assert 'path = "data/iris.csv"' in toml.read_text()
+    assert "present" in _status(data_project, "iris-raw")
+    assert run_cli("data", "diff", "iris-raw", cwd=data_project).stdout == "iris-raw: no differences\n"
+    commit_all(data_project, "iris")
+    assert "differs from the version" not in build(data_project, "datasets.iris-raw").stderr
+    (far / "iris.csv").write_text(IRIS.replace("5.1,5.2", "5.1,7.7"))
+    assert "changed" in _status(data_project, "iris-raw")
+    assert run_cli("data", "diff", "iris-raw", cwd=data_project).stdout.startswith("changed  iris.csv  ")
+
+
 def test_tracked_data_refused(data_project: Path) -> None:
     (data_project / "tracked.csv").write_text("1,2\n")
     commit_all(data_project, "oops")
