@@ -384,6 +384,10 @@ def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:
         raise DataError(f"the locked version of {name!r} ({old_path}) is not in the store; run `mlbuild data pull {name}`")
     if rev is None:
         new_root = (project.root / (ds.path or "")).resolve()   # a declared symlink: its content is the data
+        if not new_root.exists():
+            raise DataError(f"{ds.path} (dataset {name!r}) does not exist here (moved, deleted, or a fresh "
+                            f"clone): no working copy to compare. `mlbuild data add {name} PATH` pins the files "
+                            f"where they are now; `mlbuild data diff {name} REV` compares the locked version with REV's")
     else:
         other = json.loads(git.show(project.root, rev, "mlbuild.lock")).get("datasets", {}).get(name)
         if other is None:

@@ -157,6 +157,15 @@ def test_a_dataset_declared_as_a_symlink_is_its_content_everywhere(data_project:
     assert run_cli("data", "diff", "iris-raw", cwd=data_project).stdout.startswith("changed  iris.csv  ")
 
 
+def test_diff_of_a_deleted_dataset_says_so(data_project: Path) -> None:
+    shutil.rmtree(data_project / "data" / "raw")
+    proc = run_cli("data", "diff", "raw", cwd=data_project, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("Error: data/raw (dataset 'raw') does not exist here (moved, deleted, or a "
+                                  "fresh clone)"), proc.stderr
+    assert "`mlbuild data add raw PATH`" in proc.stderr
+
+
 def test_tracked_data_refused(data_project: Path) -> None:
     (data_project / "tracked.csv").write_text("1,2\n")
     commit_all(data_project, "oops")
