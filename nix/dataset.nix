@@ -14,6 +14,17 @@
     let
       tables = config.datasets or { };
       locked = lock.datasets or { };
+      # The chain of inputs that leads from derived dataset `name` back to it, or null: without
+      # this check a cycle is Nix's bare "infinite recursion encountered".
+      inputsOf = n: let t = tables.${n} or { }; i = t.inputs or [ ]; in
+        if t ? prepare && builtins.isList i then builtins.filter builtins.isString i else [ ];
+      cycle = name:
+        let walk = chain: n: builtins.foldl' (found: i:
+              if found != null then found
+              else if i == name then chain ++ [ i ]
+              else if builtins.elem i chain then null
+              else walk (chain ++ [ i ]) i) null (inputsOf n);
+        in walk [ name ] name;
       mk = name: t:
         if t ? path then
           let entry = locked.${name} or (throw
@@ -48,6 +59,8 @@
           in
           assert lib.assertMsg (missing == [ ])
             "[datasets.${name}] inputs names ${builtins.toJSON missing}, which are not datasets; declared: ${builtins.toJSON (builtins.attrNames tables)}";
+          assert lib.assertMsg (cycle name == null)
+            "[datasets.${name}] inputs lead back to it (${builtins.concatStringsSep " -> " (cycle name)}): a derived dataset cannot be an input of itself; take ${builtins.toJSON (builtins.elemAt (cycle name) 1)} out of its inputs, or break the chain further on";
           pythonStage {
             inherit name toolchain;
             module = "prepare";

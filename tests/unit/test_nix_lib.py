@@ -37,3 +37,22 @@ def test_a_toml_syntax_error_names_the_file(tmp_path) -> None:
     out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--show-trace",
                           "--impure", "--expr", expr], capture_output=True, text=True)
     assert out.returncode != 0 and f"while reading {bad} (mlbuild: fix the TOML there)" in out.stderr, out.stderr
+
+
+@pytest.mark.skipif(not have_nix(), reason="needs nix")
+@pytest.mark.parametrize(("inputs", "chain"), [
+    ({"a": ["b"], "b": ["c"], "c": ["a"]}, "a -> b -> c -> a"),
+    ({"a": ["a"]}, "a -> a"),
+    ({"a": ["b", "c"], "b": ["c"], "c": ["raw"]}, None),    # shared inputs are no cycle
+])
+def test_a_derived_dataset_that_is_its_own_input_is_named(inputs: dict, chain: str | None) -> None:
+    """It was Nix's bare "infinite recursion encountered", naming no dataset."""
+    tables = {n: {"prepare": "p.py", "inputs": i} for n, i in inputs.items()} | {"raw": {"path": "data/raw"}}
+    expr = (f'(((import {REPO / "nix"} {{ }}).mkDatasets {{ src = /tmp; lock = {{ }}; toolchain = null; '
+            f'config = builtins.fromJSON {json.dumps(json.dumps({"datasets": tables}))}; }}).a.name)')
+    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--expr", expr],
+                         capture_output=True, text=True)
+    if chain is None:
+        assert out.returncode == 0 and out.stdout.strip() == '"a"', out.stderr
+    else:
+        assert out.returncode != 0 and f"[datasets.a] inputs lead back to it ({chain})" in out.stderr, out.stderr
