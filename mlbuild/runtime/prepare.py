@@ -79,6 +79,10 @@ def main() -> None:
     out = Path(os.environ["out"])
     out.mkdir()
     fn({k: Path(v) for k, v in spec["inputs"].items()}, out, dict(spec["params"]))
+    if not os.path.lexists(out) or (out.is_dir() and not os.listdir(out)):   # `data add` refuses no data too
+        raise SystemExit(f"mlbuild: prepare() in {spec['script']} wrote nothing into out, so dataset "
+                         f"{spec.get('dataset', '')!r} would hold no data; write its files into the folder `out` "
+                         "(out / \"train.csv\", say)")
 
 
 if __name__ == "__main__":

@@ -221,6 +221,16 @@ def test_derived_dataset_is_cached_and_traced(data_project: Path) -> None:
     assert path not in changed and "built 1" in changed
 
 
+def test_a_prepare_that_writes_nothing_fails_naming_it(data_project: Path) -> None:
+    """It built an empty dataset, cached for good, and the training failed later on a missing file."""
+    (data_project / "prepare.py").write_text(f"def prepare(inputs, out, params):\n    pass  # {uuid.uuid4()}\n")
+    commit_all(data_project, "prepare writes nothing")
+    proc = build(data_project, "datasets.split", check=False)
+    assert proc.returncode == 1, proc.stdout
+    assert "mlbuild: prepare() in prepare.py wrote nothing into out, so dataset 'split' would hold no data" \
+        in proc.stderr, proc.stderr
+
+
 @pytest.fixture
 def http_dir(tmp_path: Path):
     """A real HTTP server on loopback serving tmp_path/www."""
