@@ -112,6 +112,7 @@ def show(project: Path, rev: str, name: str) -> str:
     root = repo_root(project)
     if root is None:
         raise GitError(f"{project} is not in a git repository, so revision {rev!r} means nothing")
+    check_commit(root, rev)   # a bad revision is said as such, not as the file missing there
     rel = (project.resolve() / name).relative_to(root.resolve())
     proc = _git(root, "show", f"{rev}:{rel}", check=False)
     if proc.returncode != 0:
