@@ -123,3 +123,24 @@ def test_a_misspelled_project_name_key_is_named(tree) -> None:
     root = tree({"mlbuild.toml": GOOD.replace('name = "demo"', 'nme = "demo"')})
     with pytest.raises(ConfigError, match=re.escape('''needs a [project] table with name = "..." ([project] has 'nme': misspelled?)''')):
         load_project(root)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    # `mlbuild lock` ignored both and pinned a lock without numpy (and for python3, the default)
+    (GOOD.replace("requirements =", "requirement ="), '[python] has unknown key "requirement"; it takes '
+                                                      '"interpreter", "requirements", "libraries"'),
+    (GOOD.replace("[python]", "[pyton]"), 'mlbuild.toml has unknown key "pyton"; it takes "project", "python", '),
+    (GOOD.replace('name = "demo"', 'name = "demo"\nversion = "1"'), '[project] has unknown key "version"'),
+])
+def test_an_unknown_key_the_driver_reads_is_named_as_nix_names_it(tree, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_project(tree({"mlbuild.toml": text}))
+
+
+def test_the_driver_takes_the_keys_nix_takes() -> None:
+    from mlbuild.config import _KEYS
+
+    nix = (Path(__file__).parents[2] / "nix" / "project.nix").read_text()
+    for where, key in (("mlbuild.toml", "top"), ("[project]", "project"), ("[python]", "python")):
+        m = re.search(rf"^ +{key} = \[([^\]]*)\];", nix, re.M)
+        assert m and tuple(json.loads(f"[{m.group(1).strip().replace(' ', ', ')}]")) == _KEYS[where]
