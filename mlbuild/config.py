@@ -16,7 +16,8 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["Project", "PythonConfig", "load_project", "find_project_root", "state_dir", "CONFIG_NAME", "LOCK_NAME"]
+__all__ = ["Project", "PythonConfig", "load_project", "find_project_root", "state_dir", "config_text",
+           "CONFIG_NAME", "LOCK_NAME"]
 
 CONFIG_NAME = "mlbuild.toml"
 LOCK_NAME = "mlbuild.lock"
@@ -95,12 +96,23 @@ def _check_keys(path: Path, where: str, table: dict[str, Any]) -> None:
                           f"{', '.join(json.dumps(k) for k in unknown)}; it takes {names} (see the README)")
 
 
+def config_text(path: Path) -> str:
+    """mlbuild.toml's text. A byte order mark (as Windows editors write) is not TOML's, but Nix's
+    fromTOML skips it, and so does this; a file that is not UTF-8 is named."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start} is {data[e.start:e.start + 1]!r}); "
+                          f"TOML is UTF-8: save it as UTF-8") from None
+
+
 def load_project(root: Path | None = None) -> Project:
     """Load and check ``root/mlbuild.toml`` (root: the nearest project folder)."""
     root = find_project_root(root) if root is None or not (root / CONFIG_NAME).is_file() else root
     path = root / CONFIG_NAME
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(config_text(path))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     _check_keys(path, "mlbuild.toml", raw)

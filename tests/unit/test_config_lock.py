@@ -137,6 +137,18 @@ def test_an_unknown_key_the_driver_reads_is_named_as_nix_names_it(tree, text: st
         load_project(tree({"mlbuild.toml": text}))
 
 
+def test_a_byte_order_mark_is_not_toml_and_other_encodings_are_named(tree) -> None:
+    """Nix's fromTOML skips a UTF-8 byte order mark, the driver said 'Invalid statement (at line 1,
+    column 1)'; a UTF-16 file was a UnicodeDecodeError traceback."""
+    root = tree({"mlbuild.toml": ""})
+    (root / "mlbuild.toml").write_bytes(b"\xef\xbb\xbf" + GOOD.replace("\n", "\r\n").encode())
+    assert load_project(root).python.requirements == ("numpy",)
+    (root / "mlbuild.toml").write_bytes(GOOD.encode("utf-16"))
+    with pytest.raises(ConfigError, match=re.escape("mlbuild.toml: not UTF-8 text (byte 0 is b'\\xff'); "
+                                                    "TOML is UTF-8: save it as UTF-8")):
+        load_project(root)
+
+
 def test_the_driver_takes_the_keys_nix_takes() -> None:
     from mlbuild.config import _KEYS
 
