@@ -42,7 +42,10 @@ def read_lock(path: Path) -> dict[str, Any]:
                         f"`git checkout -- {path.name}` restores it with its dataset pins, which a new lock "
                         f"lacks until `mlbuild data add` pins each dataset again)")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))   # a byte order mark, as Nix's fromJSON skips it
+    except UnicodeDecodeError as e:
+        raise LockError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); restore it from git "
+                        f"(`git checkout -- {path.name}`)") from None
     except json.JSONDecodeError as e:
         raise LockError(f"{path}: not valid JSON ({e}); restore it from git (`git checkout -- {path.name}`)") from None
     if not isinstance(data, dict) or data.get("version") != LOCK_VERSION:

@@ -64,6 +64,13 @@ def test_lock_roundtrip_and_errors(tmp_path: Path) -> None:
     lock.write_text(json.dumps({"version": 99}))
     with pytest.raises(LockError, match="expected 1"):
         read_lock(lock)
+    lock.write_bytes(b"\xff\xfe{")     # a UnicodeDecodeError traceback
+    with pytest.raises(LockError, match=re.escape("mlbuild.lock: not UTF-8 text (invalid start byte at byte 0); restore it "
+                                                  "from git (`git checkout -- mlbuild.lock`)")):
+        read_lock(lock)
+    write_lock(lock, data)
+    lock.write_bytes(b"\xef\xbb\xbf" + lock.read_bytes())   # a byte order mark, which Nix's fromJSON skips
+    assert read_lock(lock)["wheels"] == data["wheels"]
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
@@ -106,17 +113,18 @@ def test_a_lock_made_for_other_python_settings_is_refused(tree, lock: dict, mess
     check_fresh(project, _locked(list(project.python.requirements), [], None))   # a lock from before "command"
 
 
-@pytest.mark.parametrize("text", ['{"version": 1, "wheels": [,', "\x00\x01"])
+@pytest.mark.parametrize("text", ['{"version": 1, "wheels": [,', "\x00\x01", "\udcff{}"])
 def test_lock_will_not_write_over_a_lock_it_cannot_read(tree, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
     """It kept the other sections of a readable lock, but started from nothing over a corrupt one:
     every dataset pin was dropped without a word."""
     from mlbuild import toolchain
 
-    root = tree({"mlbuild.toml": GOOD, "mlbuild.lock": text})
+    root = tree({"mlbuild.toml": GOOD})
+    (root / "mlbuild.lock").write_bytes(text.encode(errors="surrogateescape"))   # "\udcff": a byte 0xff, not UTF-8
     monkeypatch.setattr(toolchain, "probe", lambda spec: pytest.fail("refused before resolving"))
     with pytest.raises(LockError, match=r"will not write over a lock it cannot read: restore it from git"):
         toolchain.lock_project(load_project(root))
-    assert (root / "mlbuild.lock").read_text() == text
+    assert (root / "mlbuild.lock").read_bytes() == text.encode(errors="surrogateescape")
 
 
 def test_a_misspelled_project_name_key_is_named(tree) -> None:
