@@ -55,7 +55,8 @@ def parse_report(report: dict[str, Any]) -> list[dict[str, str]]:
     return sorted(wheels, key=lambda w: w["name"].lower())
 
 
-def resolve(python: str, requirements: Sequence[str]) -> list[dict[str, str]]:
+def resolve(python: str, requirements: Sequence[str], *, tools: bool = False) -> list[dict[str, str]]:
+    """``requirements`` as pinned wheels; ``tools``: they are BOOTSTRAP_TOOLS, not the user's."""
     if not requirements:
         return []
     probe = _pip(python, ["--version"])
@@ -79,6 +80,11 @@ def resolve(python: str, requirements: Sequence[str]) -> list[dict[str, str]]:
             # a project with no wheel for this Python and platform; versions listed without the one
             # asked for are the ones with wheels (that version may exist as a source distribution).
             versions = next((l for l in lines if "from versions:" in l), None)
+            if tools:   # not the user's requirements: mlbuild's own, which pip's sources must have
+                raise ResolveError("pip could not resolve " + ", ".join(requirements) + ":\n" + "\n".join(lines[-15:])
+                                   + "\nthese are the wheels mlbuild's toolchain build itself uses (not "
+                                   "[python].requirements): make them available from pip's sources (index, mirror "
+                                   "or find-links), then run `mlbuild lock` again")
             if versions is None:
                 wheels_only = ""
             elif "from versions: none" in versions:

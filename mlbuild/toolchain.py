@@ -58,7 +58,7 @@ def lock_project(project: Project) -> dict[str, Any]:
             old = {"datasets": raw["datasets"]} if "datasets" in raw else {}
     ident = probe(project.python.interpreter)
     wheels = resolve(ident.executable, project.python.requirements)
-    tools = resolve(ident.executable, BOOTSTRAP_TOOLS)
+    tools = resolve(ident.executable, BOOTSTRAP_TOOLS, tools=True)
     _path, sha, loader = snapshot_into_store(ident, project.python.libraries)
     interpreter = {
         "implementation": ident.implementation, "version": ident.version, "abi": ident.abi,

