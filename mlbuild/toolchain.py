@@ -29,7 +29,14 @@ __all__ = ["lock_project", "prefetch", "PrefetchResult", "check_fresh", "snapsho
 def snapshot_into_store(ident: Identity, libraries: tuple[str, ...]) -> tuple[str, str, str]:
     """Snapshot the interpreter and add it to the store: (store path, NAR sha256, loader name)."""
     with tempfile.TemporaryDirectory(prefix="mlbuild-snapshot-") as tmp:
-        folder, sha = make_snapshot(ident, Path(tmp), libraries)
+        try:
+            folder, sha = make_snapshot(ident, Path(tmp), libraries)
+        except OSError as e:   # a full /tmp: a traceback from inside shutil
+            raise InterpreterError(
+                f"cannot write the snapshot of {ident.executable} in {tmp}: {e.strerror} ({e.filename2 or e.filename}); "
+                f"it needs room for the interpreter, its standard library and libraries (tens of MB): free space "
+                f"in {tempfile.gettempdir()} or point TMPDIR at a folder with room, then run `mlbuild lock` again"
+            ) from None
         loader = loader_name(folder)
         path = _nix.add_fixed(folder, recursive=True)
     expected = fixed_output_path(sha, ident.snapshot_name, recursive=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -85,3 +86,31 @@ def test_the_probe_does_not_import_from_the_current_folder(tmp_path, monkeypatch
     (tmp_path / "json.py").write_text("raise SystemExit('the project json.py was imported')\n")
     monkeypatch.chdir(tmp_path)
     assert probe(sys.executable).implementation == "cpython"
+
+
+def test_a_snapshot_that_cannot_be_written_is_named_with_the_fix(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A full /tmp ended `mlbuild lock` in an OSError traceback from inside shutil. A file-size limit
+    stands in for the full disk (EFBIG where a full one gives ENOSPC); Nix is not reached."""
+    import subprocess
+
+    code = ("import resource, signal, sys\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+            "from mlbuild.errors import InterpreterError\n"
+            "from mlbuild.interpreter import probe\n"
+            "from mlbuild.toolchain import snapshot_into_store\n"
+            "try:\n    snapshot_into_store(probe(sys.executable), ())\n"
+            "except InterpreterError as e:\n    print(e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.startswith(f"cannot write the snapshot of {probe_executable()} in {tmp_path}/mlbuild-snapshot-")
+    assert proc.stdout.rstrip().endswith(f"free space in {tmp_path} or point TMPDIR at a folder with room, then run "
+                                         "`mlbuild lock` again")
+    assert list(tmp_path.iterdir()) == []     # the partial snapshot is gone
+
+
+def probe_executable() -> str:
+    from mlbuild.interpreter import probe
+
+    return probe(sys.executable).executable
