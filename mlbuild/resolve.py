@@ -51,6 +51,12 @@ def parse_report(report: dict[str, Any]) -> list[dict[str, str]]:
                 f"{meta['name']} {meta['version']} resolves to {url!r}, which is not a wheel with a "
                 f"sha256; mlbuild locks wheels from an index only (no sdists, folders or VCS URLs)"
             )
+        if item.get("is_direct"):   # `name @ URL`: prefetch asks pip's sources for name==version, not the URL
+            raise ResolveError(
+                f"{meta['name']} {meta['version']} is required from {url!r}; mlbuild locks wheels from pip's sources "
+                f"only (index, mirror, find-links), which `mlbuild prefetch` fetches them from again: put the wheel in "
+                f"a find-links folder or an index of your pip configuration and require "
+                f"{meta['name']}=={meta['version']} in [python].requirements")
         wheels.append({"name": meta["name"], "version": meta["version"], "filename": filename, "sha256": sha})
     return sorted(wheels, key=lambda w: w["name"].lower())
 

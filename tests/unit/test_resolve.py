@@ -99,3 +99,25 @@ def test_bootstrap_tools_pip_cannot_find_are_not_called_the_users_requirements(t
     assert str(e.value).endswith("\nthese are the wheels mlbuild's toolchain build itself uses (not "
                                  "[python].requirements): make them available from pip's sources (index, mirror or "
                                  "find-links), then run `mlbuild lock` again")
+
+
+def test_a_wheel_required_by_url_is_refused_naming_the_fix(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`name @ file:///...whl` was locked, and prefetch, which asks pip's sources for name==version,
+    then said only 'No matching distribution found'."""
+    import sys
+    import zipfile
+
+    from mlbuild.resolve import resolve
+
+    wheel = tmp_path / "mlbwalk-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("mlbwalk/__init__.py", "")
+        z.writestr("mlbwalk-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: mlbwalk\nVersion: 0.1\n")
+        z.writestr("mlbwalk-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr("mlbwalk-0.1.dist-info/RECORD", "")
+    with pytest.raises(ResolveError) as e:
+        resolve(sys.executable, [f"mlbwalk @ {wheel.as_uri()}"])
+    assert str(e.value) == (f"mlbwalk 0.1 is required from '{wheel.as_uri()}'; mlbuild locks wheels from pip's sources "
+                            "only (index, mirror, find-links), which `mlbuild prefetch` fetches them from again: put "
+                            "the wheel in a find-links folder or an index of your pip configuration and require "
+                            "mlbwalk==0.1 in [python].requirements")
