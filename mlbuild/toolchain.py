@@ -127,11 +127,13 @@ def _ensure_interpreter(project: Project, lock: dict[str, Any]) -> str | None:
     ident = probe(project.python.interpreter)
     differs = [f"{k} {locked.get(k)!r} -> {getattr(ident, k)!r}" for k in ("version", "executable", "libc")
                if locked.get(k) != getattr(ident, k)]
-    if differs:
+    if differs:   # another machine: the shared store may have the snapshot; a re-lock rebuilds everything
         raise InterpreterError(
             f"the interpreter {project.python.interpreter!r} differs from mlbuild.lock ({'; '.join(differs)}) "
-            f"and the locked snapshot is not in the store or a substituter; run `mlbuild lock` to re-lock "
-            f"for this interpreter (or pull the snapshot from the shared store)"
+            f"and the locked snapshot {path} is not in the Nix store; where the shared store has it, fetch it "
+            f"(`mlbuild store pull {path}`; `nix build` substitutes it too) and keep the lock, else run "
+            f"`mlbuild lock` to re-lock for this interpreter (a new snapshot: what was built with the old one "
+            f"builds again)"
         )
     got, sha, _ = snapshot_into_store(ident, tuple(locked.get("libraries", ())))
     if got != path:
