@@ -117,13 +117,10 @@ class PrefetchResult:
     added: list[str] = field(default_factory=list)
 
 
-def _ensure_interpreter(project: Project, lock: dict[str, Any]) -> str | None:
-    """Add the locked snapshot if missing; None when already present."""
+def _add_interpreter(project: Project, lock: dict[str, Any], path: str) -> None:
+    """Snapshot the host interpreter into the store as the locked snapshot ``path`` (not there yet)."""
     locked = lock["interpreter"]
     snap = locked["snapshot"]
-    path = fixed_output_path(snap["sha256"], snap["name"], recursive=True)
-    if not _nix.invalid_paths([path]):
-        return None
     ident = probe(project.python.interpreter)
     differs = [f"{k} {locked.get(k)!r} -> {getattr(ident, k)!r}" for k in ("version", "executable", "libc")
                if locked.get(k) != getattr(ident, k)]
@@ -142,23 +139,26 @@ def _ensure_interpreter(project: Project, lock: dict[str, Any]) -> str | None:
             f"{snap['sha256']}: the interpreter or its libraries changed since the lock was made; "
             f"run `mlbuild lock` to re-lock"
         )
-    return path
 
 
 def prefetch(project: Project) -> PrefetchResult:
     lock = read_lock(project.lock_path)
     check_fresh(project, lock)
     result = PrefetchResult()
-    snap = _ensure_interpreter(project, lock)
-    (result.added if snap else result.present).append(lock["interpreter"]["snapshot"]["name"])
+    snap = lock["interpreter"]["snapshot"]
+    snap_path = fixed_output_path(snap["sha256"], snap["name"], recursive=True)
     wheels = {fixed_output_path(w["sha256"], w["filename"], recursive=False): w
               for w in [*lock["wheels"], *lock["tools"]]}
-    missing = set(_nix.invalid_paths(list(wheels)))
+    missing = set(_nix.invalid_paths([snap_path, *wheels]))   # one nix-store call when all are there
+    if snap_path in missing:
+        _add_interpreter(project, lock, snap_path)
+        result.added.append(snap["name"])
+    else:
+        result.present.append(snap["name"])
     result.present += [wheels[p]["filename"] for p in wheels if p not in missing]
-    if missing:
-        _fetch_wheels(project, [wheels[p] for p in sorted(missing)], result)
-    snap = lock["interpreter"]["snapshot"]
-    roots = {"interpreter-snapshot": fixed_output_path(snap["sha256"], snap["name"], recursive=True)}
+    if missing - {snap_path}:
+        _fetch_wheels(project, [wheels[p] for p in sorted(missing - {snap_path})], result)
+    roots = {"interpreter-snapshot": snap_path}
     roots.update({f"wheel-{w['filename']}": p for p, w in wheels.items()})
     _nix.add_roots(roots, state_dir(project.root) / "gcroots")
     return result

@@ -46,6 +46,15 @@ def _project(tree: Any, version: str) -> tuple[Any, str, str]:
             fixed_output_path(WHEEL["sha256"], WHEEL["filename"], recursive=False))
 
 
+def test_a_second_prefetch_asks_nix_once(tree, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README says one `nix-store --check-validity` call; there were two (snapshot, then wheels)."""
+    project, snapshot, wheel = _project(tree, probe(sys.executable).version)
+    nix = FakeNix(monkeypatch, {snapshot, wheel})
+    result = prefetch(project)
+    assert nix.calls == [[snapshot, wheel]]
+    assert result.added == [] and sorted(result.present) == sorted([WHEEL["filename"], Path(snapshot).name[33:]])
+
+
 def test_another_machines_snapshot_names_the_pull_that_keeps_the_lock(tree, monkeypatch: pytest.MonkeyPatch) -> None:
     """It said 'pull the snapshot from the shared store' without naming it, after 'run `mlbuild lock`',
     which makes a new snapshot (and everything built with the old one builds again)."""
