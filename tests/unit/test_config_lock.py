@@ -59,8 +59,16 @@ def test_lock_roundtrip_and_errors(tmp_path: Path) -> None:
         read_lock(lock)
     bad = dict(data, wheels=[{"name": "a", "version": "1", "filename": "a.whl", "sha256": "xyz"}])
     write_lock(lock, bad)
-    with pytest.raises(LockError, match="64 hex"):
+    with pytest.raises(LockError, match="64 lowercase hex"):
         read_lock(lock)
+    # 64 characters, not hex: prefetch said the package source served other bytes than were locked
+    write_lock(lock, dict(data, wheels=[dict(data["wheels"][0], sha256="z" * 64)]))
+    with pytest.raises(LockError, match=re.escape(f"has sha256 {'z' * 64!r}, not 64 lowercase hex digits; restore")):
+        read_lock(lock)
+    for name in ("../a-1-py3-none-any.whl", "a-1.tar.gz", ".whl"):   # a KeyError traceback in prefetch
+        write_lock(lock, dict(data, wheels=[dict(data["wheels"][0], filename=name)]))
+        with pytest.raises(LockError, match=re.escape(f"{name!r} is not a wheel's file name; restore the lock")):
+            read_lock(lock)
     lock.write_text(json.dumps({"version": 99}))
     with pytest.raises(LockError, match="expected 1"):
         read_lock(lock)
