@@ -6,6 +6,7 @@ its meaning, so every default lives in one place per side and is documented in t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -15,12 +16,21 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["Project", "PythonConfig", "load_project", "find_project_root", "state_dir", "CONFIG_NAME", "LOCK_NAME"]
+__all__ = ["Project", "PythonConfig", "load_project", "find_project_root", "state_dir", "config_text",
+           "CONFIG_NAME", "LOCK_NAME"]
 
 CONFIG_NAME = "mlbuild.toml"
 LOCK_NAME = "mlbuild.lock"
 STATE_NAME = ".mlbuild"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+# The keys of the tables the driver reads itself, as nix/project.nix's checkConfig takes them: a
+# misspelled one (`requirement`, `[pyton]`) was ignored here, and `mlbuild lock` pinned a lock for
+# settings the user had not written (no wheels, or the default python3) before Nix named the key.
+_KEYS = {
+    "mlbuild.toml": ("project", "python", "datasets", "models", "notebooks", "store"),
+    "[project]": ("name",),
+    "[python]": ("interpreter", "requirements", "libraries"),
+}
 
 
 @dataclass(frozen=True)
@@ -77,25 +87,48 @@ def _strings(table: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _check_keys(path: Path, where: str, table: dict[str, Any]) -> None:
+    """nix/lib.nix's checkKeys: an unknown key is an error naming it and the keys the table takes."""
+    unknown = [k for k in table if k not in _KEYS[where]]
+    if unknown:
+        names = ", ".join(json.dumps(k) for k in _KEYS[where])
+        raise ConfigError(f"{path}: {where} has unknown key{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(json.dumps(k) for k in unknown)}; it takes {names} (see the README)")
+
+
+def config_text(path: Path) -> str:
+    """mlbuild.toml's text. A byte order mark (as Windows editors write) is not TOML's, but Nix's
+    fromTOML skips it, and so does this; a file that is not UTF-8 is named."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start} is {data[e.start:e.start + 1]!r}); "
+                          f"TOML is UTF-8: save it as UTF-8") from None
+
+
 def load_project(root: Path | None = None) -> Project:
     """Load and check ``root/mlbuild.toml`` (root: the nearest project folder)."""
     root = find_project_root(root) if root is None or not (root / CONFIG_NAME).is_file() else root
     path = root / CONFIG_NAME
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(config_text(path))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    _check_keys(path, "mlbuild.toml", raw)
     proj = raw.get("project")
     if not isinstance(proj, dict) or "name" not in proj:
         other = sorted(proj) if isinstance(proj, dict) else []
         raise ConfigError(f'{path}: needs a [project] table with name = "..."'
                           + (f" ([project] has {', '.join(map(repr, other))}: misspelled?)" if other else ""))
+    _check_keys(path, "[project]", proj)
     name = proj["name"]
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(f"{path}: [project].name {name!r} must match {_NAME.pattern}")
     py = raw.get("python", {})
     if not isinstance(py, dict):
         raise ConfigError(f"{path}: [python] must be a table")
+    _check_keys(path, "[python]", py)
     interpreter = py.get("interpreter", "python3")
     if not isinstance(interpreter, str) or not interpreter:
         raise ConfigError(f"{path}: [python].interpreter must be a command or path, got {interpreter!r}")

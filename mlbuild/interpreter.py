@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,15 @@ _SKIP_TOP = {"site-packages", "dist-packages", "test", "tests", "idlelib", "tkin
              "ensurepip", "__pycache__", "lib2to3"}
 _SKIP_MODULE = re.compile(r"^_tkinter|^_test|^xxlimited|^_ctypes_test")
 
+# Run with -E -s, not -I, which Python 2 refuses ("Unknown option: -I", shown as if it did not run);
+# the script drops the current folder from sys.path as -I would (a project's json.py is not imported).
 _PROBE = r"""
-import json, os, platform, sys, sysconfig
+import sys
+sys.path[:] = [p for p in sys.path if p not in ("", ".")]
+if sys.version_info[0] < 3:
+  print('{"python2": "%s"}' % sys.version.split()[0])
+  sys.exit(0)
+import json, os, platform, sysconfig
 print(json.dumps({
   "executable": os.path.realpath(getattr(sys, "_base_executable", sys.executable)),
   "version": platform.python_version(),
@@ -122,7 +129,7 @@ def probe(spec: str) -> Identity:
     """Ask the interpreter about itself."""
     exe = find_interpreter(spec)
     try:
-        proc = subprocess.run([exe, "-I", "-c", _PROBE], capture_output=True, text=True)
+        proc = subprocess.run([exe, "-E", "-s", "-c", _PROBE], capture_output=True, text=True)
     except OSError as e:
         raise InterpreterError(f"[python].interpreter {spec!r} ({exe}) does not run: {e.strerror}") from None
     if proc.returncode != 0:   # what it said (a pyenv shim names the versions that have it), not the probe
@@ -130,8 +137,18 @@ def probe(spec: str) -> Identity:
             or f"exit status {proc.returncode}"
         raise InterpreterError(f"[python].interpreter {spec!r} ({exe}) does not run:\n  {said}\n"
                                "set [python].interpreter to a Python that runs here (e.g. python3.11, or a path)")
-    out = proc.stdout
-    data = json.loads(out)
+    try:
+        data = json.loads(proc.stdout)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and "python2" in data:
+        raise InterpreterError(f"[python].interpreter {spec!r} ({exe}) is Python {data['python2']}; mlbuild needs "
+                               "Python 3: set [python].interpreter to one (e.g. python3.11, or a path)")
+    if not isinstance(data, dict) or set(data) != {f.name for f in fields(Identity)}:
+        said = repr(proc.stdout.strip()[:200]) if proc.stdout.strip() else "nothing"
+        raise InterpreterError(f"[python].interpreter {spec!r} ({exe}) is not a Python: asked for its version and "
+                               f"paths, it printed {said}; set [python].interpreter to a Python 3 "
+                               "(e.g. python3.11, or a path)")
     if data["implementation"] != "cpython":
         raise InterpreterError(f"{exe} is {data['implementation']}; mlbuild snapshots CPython only")
     return Identity(**data)

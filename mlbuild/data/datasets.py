@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _nix, git
-from ..config import STATE_NAME, Project, state_dir
+from ..config import STATE_NAME, Project, config_text, state_dir
 from ..errors import ConfigError, DataError
 from ..lockfile import read_lock, write_lock
 from ..runtime.hashing import sha256_file
@@ -215,7 +215,7 @@ def add(project: Project, name: str, path: Path) -> Added:
     if declared is not None and (root / declared).resolve() == source:
         rel = declared   # the same file or folder, however it is written: the declaration stays
     else:
-        config = toml_with_path(project.config_path.read_text(), name, rel, project.config_path)
+        config = toml_with_path(config_text(project.config_path), name, rel, project.config_path)
     ignore = git.ignore_entry(root, path)
     cache = root / STATE_NAME
     lock = read_lock(project.lock_path)

@@ -59,11 +59,26 @@ def test_lock_roundtrip_and_errors(tmp_path: Path) -> None:
         read_lock(lock)
     bad = dict(data, wheels=[{"name": "a", "version": "1", "filename": "a.whl", "sha256": "xyz"}])
     write_lock(lock, bad)
-    with pytest.raises(LockError, match="64 hex"):
+    with pytest.raises(LockError, match="64 lowercase hex"):
         read_lock(lock)
+    # 64 characters, not hex: prefetch said the package source served other bytes than were locked
+    write_lock(lock, dict(data, wheels=[dict(data["wheels"][0], sha256="z" * 64)]))
+    with pytest.raises(LockError, match=re.escape(f"has sha256 {'z' * 64!r}, not 64 lowercase hex digits; restore")):
+        read_lock(lock)
+    for name in ("../a-1-py3-none-any.whl", "a-1.tar.gz", ".whl"):   # a KeyError traceback in prefetch
+        write_lock(lock, dict(data, wheels=[dict(data["wheels"][0], filename=name)]))
+        with pytest.raises(LockError, match=re.escape(f"{name!r} is not a wheel's file name; restore the lock")):
+            read_lock(lock)
     lock.write_text(json.dumps({"version": 99}))
     with pytest.raises(LockError, match="expected 1"):
         read_lock(lock)
+    lock.write_bytes(b"\xff\xfe{")     # a UnicodeDecodeError traceback
+    with pytest.raises(LockError, match=re.escape("mlbuild.lock: not UTF-8 text (invalid start byte at byte 0); restore it "
+                                                  "from git (`git checkout -- mlbuild.lock`)")):
+        read_lock(lock)
+    write_lock(lock, data)
+    lock.write_bytes(b"\xef\xbb\xbf" + lock.read_bytes())   # a byte order mark, which Nix's fromJSON skips
+    assert read_lock(lock)["wheels"] == data["wheels"]
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
@@ -106,20 +121,54 @@ def test_a_lock_made_for_other_python_settings_is_refused(tree, lock: dict, mess
     check_fresh(project, _locked(list(project.python.requirements), [], None))   # a lock from before "command"
 
 
-@pytest.mark.parametrize("text", ['{"version": 1, "wheels": [,', "\x00\x01"])
+@pytest.mark.parametrize("text", ['{"version": 1, "wheels": [,', "\x00\x01", "\udcff{}"])
 def test_lock_will_not_write_over_a_lock_it_cannot_read(tree, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
     """It kept the other sections of a readable lock, but started from nothing over a corrupt one:
     every dataset pin was dropped without a word."""
     from mlbuild import toolchain
 
-    root = tree({"mlbuild.toml": GOOD, "mlbuild.lock": text})
+    root = tree({"mlbuild.toml": GOOD})
+    (root / "mlbuild.lock").write_bytes(text.encode(errors="surrogateescape"))   # "\udcff": a byte 0xff, not UTF-8
     monkeypatch.setattr(toolchain, "probe", lambda spec: pytest.fail("refused before resolving"))
     with pytest.raises(LockError, match=r"will not write over a lock it cannot read: restore it from git"):
         toolchain.lock_project(load_project(root))
-    assert (root / "mlbuild.lock").read_text() == text
+    assert (root / "mlbuild.lock").read_bytes() == text.encode(errors="surrogateescape")
 
 
 def test_a_misspelled_project_name_key_is_named(tree) -> None:
     root = tree({"mlbuild.toml": GOOD.replace('name = "demo"', 'nme = "demo"')})
     with pytest.raises(ConfigError, match=re.escape('''needs a [project] table with name = "..." ([project] has 'nme': misspelled?)''')):
         load_project(root)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    # `mlbuild lock` ignored both and pinned a lock without numpy (and for python3, the default)
+    (GOOD.replace("requirements =", "requirement ="), '[python] has unknown key "requirement"; it takes '
+                                                      '"interpreter", "requirements", "libraries"'),
+    (GOOD.replace("[python]", "[pyton]"), 'mlbuild.toml has unknown key "pyton"; it takes "project", "python", '),
+    (GOOD.replace('name = "demo"', 'name = "demo"\nversion = "1"'), '[project] has unknown key "version"'),
+])
+def test_an_unknown_key_the_driver_reads_is_named_as_nix_names_it(tree, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_project(tree({"mlbuild.toml": text}))
+
+
+def test_a_byte_order_mark_is_not_toml_and_other_encodings_are_named(tree) -> None:
+    """Nix's fromTOML skips a UTF-8 byte order mark, the driver said 'Invalid statement (at line 1,
+    column 1)'; a UTF-16 file was a UnicodeDecodeError traceback."""
+    root = tree({"mlbuild.toml": ""})
+    (root / "mlbuild.toml").write_bytes(b"\xef\xbb\xbf" + GOOD.replace("\n", "\r\n").encode())
+    assert load_project(root).python.requirements == ("numpy",)
+    (root / "mlbuild.toml").write_bytes(GOOD.encode("utf-16"))
+    with pytest.raises(ConfigError, match=re.escape("mlbuild.toml: not UTF-8 text (byte 0 is b'\\xff'); "
+                                                    "TOML is UTF-8: save it as UTF-8")):
+        load_project(root)
+
+
+def test_the_driver_takes_the_keys_nix_takes() -> None:
+    from mlbuild.config import _KEYS
+
+    nix = (Path(__file__).parents[2] / "nix" / "project.nix").read_text()
+    for where, key in (("mlbuild.toml", "top"), ("[project]", "project"), ("[python]", "python")):
+        m = re.search(rf"^ +{key} = \[([^\]]*)\];", nix, re.M)
+        assert m and tuple(json.loads(f"[{m.group(1).strip().replace(' ', ', ')}]")) == _KEYS[where]

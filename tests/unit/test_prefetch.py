@@ -1,0 +1,68 @@
+"""mlbuild prefetch (toolchain.prefetch): what it asks Nix, and what it says when it cannot help."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytest
+
+from mlbuild import _nix
+from mlbuild.config import load_project
+from mlbuild.errors import InterpreterError
+from mlbuild.interpreter import probe
+from mlbuild.lockfile import write_lock
+from mlbuild.storepath import fixed_output_path
+from mlbuild.toolchain import prefetch
+
+WHEEL = {"name": "a", "version": "1", "filename": "a-1-py3-none-any.whl", "sha256": "1" * 64}
+
+
+class FakeNix:
+    """The local store: which paths are valid; every ``nix-store --check-validity`` call recorded."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, valid: set[str]) -> None:
+        self.valid = valid
+        self.calls: list[list[str]] = []
+        monkeypatch.setattr(_nix, "invalid_paths", self.invalid_paths)
+        monkeypatch.setattr(_nix, "add_roots", lambda paths, root_dir: None)
+
+    def invalid_paths(self, paths: Sequence[str]) -> list[str]:
+        self.calls.append(list(paths))
+        return [p for p in paths if p not in self.valid]
+
+
+def _project(tree: Any, version: str) -> tuple[Any, str, str]:
+    ident = probe(sys.executable)
+    root = tree({"mlbuild.toml": f'[project]\nname = "p"\n[python]\ninterpreter = "{sys.executable}"\n'
+                                 'requirements = ["a"]\n'})
+    snapshot = {"name": f"python-{version}-snapshot", "sha256": "2" * 64}
+    write_lock(root / "mlbuild.lock", {
+        "requirements": ["a"], "wheels": [WHEEL], "tools": [],
+        "interpreter": {"version": version, "executable": ident.executable, "libc": ident.libc, "libraries": [],
+                        "command": sys.executable, "snapshot": snapshot}})
+    return (load_project(Path(root)), fixed_output_path(snapshot["sha256"], snapshot["name"], recursive=True),
+            fixed_output_path(WHEEL["sha256"], WHEEL["filename"], recursive=False))
+
+
+def test_a_second_prefetch_asks_nix_once(tree, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README says one `nix-store --check-validity` call; there were two (snapshot, then wheels)."""
+    project, snapshot, wheel = _project(tree, probe(sys.executable).version)
+    nix = FakeNix(monkeypatch, {snapshot, wheel})
+    result = prefetch(project)
+    assert nix.calls == [[snapshot, wheel]]
+    assert result.added == [] and sorted(result.present) == sorted([WHEEL["filename"], Path(snapshot).name[33:]])
+
+
+def test_another_machines_snapshot_names_the_pull_that_keeps_the_lock(tree, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It said 'pull the snapshot from the shared store' without naming it, after 'run `mlbuild lock`',
+    which makes a new snapshot (and everything built with the old one builds again)."""
+    project, snapshot, wheel = _project(tree, "3.11.0")
+    FakeNix(monkeypatch, {wheel})
+    with pytest.raises(InterpreterError) as e:
+        prefetch(project)
+    assert f"and the locked snapshot {snapshot} is not in the Nix store; where the shared store has it, fetch it " \
+           f"(`mlbuild store pull {snapshot}`; `nix build` substitutes it too) and keep the lock, else run " \
+           f"`mlbuild lock` to re-lock for this interpreter" in str(e.value)
+    assert f"differs from mlbuild.lock (version '3.11.0' -> '{probe(sys.executable).version}')" in str(e.value)
