@@ -38,6 +38,10 @@ _SKIP_MODULE = re.compile(r"^_tkinter|^_test|^xxlimited|^_ctypes_test")
 
 # Run with -E -s, not -I, which Python 2 refuses ("Unknown option: -I", shown as if it did not run);
 # the script drops the current folder from sys.path as -I would (a project's json.py is not imported).
+# The oldest Python the build stages run on (vermin: asyncio.to_thread; str.removeprefix). Tested here
+# with 3.11 (Debian 12) and 3.13 (Debian 13).
+MIN_VERSION = (3, 9)
+
 _PROBE = r"""
 import sys
 sys.path[:] = [p for p in sys.path if p not in ("", ".")]
@@ -151,6 +155,11 @@ def probe(spec: str) -> Identity:
                                "(e.g. python3.11, or a path)")
     if data["implementation"] != "cpython":
         raise InterpreterError(f"{exe} is {data['implementation']}; mlbuild snapshots CPython only")
+    version = tuple(int(p) for p in re.findall(r"\d+", data["version"])[:2])
+    if version < MIN_VERSION:   # the build stages (mlbuild/runtime) use str.removeprefix, asyncio.to_thread
+        raise InterpreterError(f"[python].interpreter {spec!r} ({exe}) is Python {data['version']}; mlbuild's build "
+                               f"stages need Python {'.'.join(map(str, MIN_VERSION))} or newer: set "
+                               "[python].interpreter to one (e.g. python3.11, or a path)")
     return Identity(**data)
 
 
