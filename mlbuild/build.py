@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -38,6 +39,7 @@ __all__ = ["build_targets", "Built", "Summary", "DirtyTreeError", "TargetError",
            "check_model", "check_targets", "format_summary", "store_options", "push_outputs"]
 
 EVENT = "MLBUILD "
+LOG_TAIL = 30   # lines of a failed build's log shown (and all a build's log keeps in memory)
 _ACT_BUILD, _ACT_SUBSTITUTE, _RES_LOG = 105, 108, 101
 
 
@@ -219,7 +221,9 @@ class _Stream:
         self.target = target
         self.on_progress = on_progress
         self.acts: dict[int, tuple[int, str, float]] = {}
-        self.logs: dict[str, list[str]] = {}
+        # The last LOG_TAIL lines of each derivation's log: a training that prints gigabytes would
+        # otherwise be held whole in mlbuild's memory, to show 30 lines of it if it fails.
+        self.logs: dict[str, deque[str]] = {}
         self.summary = Summary()
         self.other: list[str] = []
 
@@ -242,7 +246,7 @@ class _Stream:
             text = str(msg["fields"][0])
             drv = self.acts[msg["id"]][1]
             if not text.startswith(EVENT):   # progress events drive the bar; a failure shows the rest
-                self.logs.setdefault(drv, []).append(text)
+                self.logs.setdefault(drv, deque(maxlen=LOG_TAIL)).append(text)
             elif self.on_progress is not None:
                 try:
                     event = json.loads(text[len(EVENT):])
@@ -257,7 +261,7 @@ class _Stream:
         failed = [d for d in self.logs if d in text] or list(self.logs)
         tail = []
         for drv in failed[-1:]:
-            tail = [f"--- last lines of the build log of {_name(drv)} ---", *self.logs[drv][-30:]]
+            tail = [f"--- last lines of the build log of {_name(drv)} ---", *self.logs[drv]]
         errors = [l for l in self.other if "error" in l.lower()][-8:]
         return BuildError(f"nix build of {self.target} failed", "\n".join([*errors, *tail, *_own_module(root, tail)]))
 
