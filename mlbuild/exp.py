@@ -24,7 +24,7 @@ from .config import Project, state_dir
 from .errors import ConfigError
 from .metrics import heldout
 
-__all__ = ["parse_sets", "split_sets", "typed_overrides", "run", "show", "Variant", "format_value", "describe"]
+__all__ = ["parse_sets", "split_sets", "typed_overrides", "variant_overrides", "run", "show", "Variant", "format_value", "describe"]
 
 
 def format_value(value: Any) -> str:
@@ -119,18 +119,24 @@ def _log(project: Project, model: str) -> Path:
     return state_dir(project.root) / "experiments" / f"{model}.jsonl"
 
 
-def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool = False,
-        on_progress: Callable[[Progress], None] | None = None) -> tuple[Summary, dict[str, Any]]:
+def variant_overrides(project: Project, model: str, sets: Sequence[str]) -> dict[str, Any]:
+    """The params ``--set`` changes, typed as mlbuild.toml's (ConfigError for a param it does not
+    have or a value of another type)."""
     check_model(project, model)
-    models = project.raw.get("models", {})
+    configured = project.raw["models"][model].get("params") or {}
     raw = split_sets(sets)
     overrides = {key: _value(key, text) for key, text in raw.items()}
-    unknown = sorted(set(overrides) - set(models[model].get("params", {})))
+    unknown = sorted(set(overrides) - set(configured))
     if unknown:
-        raise ConfigError(f"--set names {', '.join(unknown)}, which [models.{model}.params] does not have; "
-                          f"params: {', '.join(sorted(models[model].get('params', {})))}")
-    overrides = typed_overrides(model, models[model]["params"], overrides, raw)
-    overrides = changed_params(models[model]["params"], overrides)
+        have = f"params: {', '.join(sorted(configured))}" if configured else "it has none"
+        raise ConfigError(f"--set names {', '.join(unknown)}, which [models.{model}.params] does not have; {have}")
+    return changed_params(configured, typed_overrides(model, configured, overrides, raw))
+
+
+def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool = False,
+        on_progress: Callable[[Progress], None] | None = None) -> tuple[Summary, dict[str, Any]]:
+    models = project.raw.get("models", {})
+    overrides = variant_overrides(project, model, sets)
     # A model with a validation suite: the variant's held-out metrics too (its validation report;
     # the training log's metrics are on training data), so variants are compared on what counts.
     validated = validation_table(project, model) is not None

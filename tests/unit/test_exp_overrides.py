@@ -67,3 +67,15 @@ def test_a_set_equal_to_the_configured_value_changes_nothing() -> None:
     assert changed_params(params, typed) == {"epochs": 31}
     assert changed_params({"n": 1.0}, {"n": 1}) == {"n": 1}   # another type is another value in the derivation
 
+
+
+def test_a_model_without_params_runs_as_configured_and_names_none(tmp_path: Any) -> None:
+    # `exp run m` of a model with no [models.m.params] table ended in KeyError: 'params'
+    from mlbuild.config import load_project
+    from mlbuild.exp import variant_overrides
+
+    (tmp_path / "mlbuild.toml").write_text('[project]\nname = "p"\n\n[models.m]\nscript = "m.py"\n')
+    project = load_project(tmp_path)
+    assert variant_overrides(project, "m", []) == {}
+    with pytest.raises(ConfigError, match=r"^--set names lr, which \[models.m.params\] does not have; it has none$"):
+        variant_overrides(project, "m", ["lr=0.1"])
