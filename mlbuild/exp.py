@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -151,11 +152,18 @@ def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool 
               "git_rev": git.head(project.root), "dirty": summary.dirty}
     if validated:
         record["report"] = summary.outputs[1].path
-    log = _log(project, model)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+    _append(_log(project, model), record)
     return summary, record
+
+
+def _append(log: Path, record: dict[str, Any]) -> None:
+    """One line more in ``log``, on a line of its own even after a torn last line (a run killed
+    while writing, a full disk), so that this record is not glued to it and lost with it."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        torn = end > 0 and f.seek(end - 1) >= 0 and f.read(1) != b"\n"
+        f.write((b"\n" if torn else b"") + json.dumps(record, sort_keys=True).encode() + b"\n")
 
 
 @dataclass(frozen=True)
@@ -173,15 +181,27 @@ class Variant:
     heldout_data: str | None = None   # the samples its validation report scored (their hash)
 
 
-def show(project: Project, model: str) -> list[Variant]:
+def show(project: Project, model: str, notes: list[str] | None = None) -> list[Variant]:
+    """``model``'s variants, from its experiment log; a line of the log that is no record (torn by a
+    run killed while writing it, or edited) is left out, and said so in ``notes``."""
     check_model(project, model)
     log = _log(project, model)
     if not log.exists():
         return []
     by_path: dict[str, list[dict[str, Any]]] = {}
-    for line in log.read_text().splitlines():
-        rec = json.loads(line)
-        by_path.setdefault(rec["path"], []).append(rec)
+    bad = []
+    for number, line in enumerate(log.read_text(errors="replace").splitlines(), 1):
+        try:
+            rec = json.loads(line)
+            path, _, _, _ = rec["path"], rec["overrides"], rec["params"], rec["status"]   # what a row shows
+            by_path.setdefault(str(path), []).append(rec)
+        except (ValueError, TypeError, KeyError):
+            if line.strip():
+                bad.append(number)
+    if bad and notes is not None:
+        notes.append(f"note: {log} line{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad[:10]))}"
+                     f"{', ...' if len(bad) > 10 else ''} {'are' if len(bad) > 1 else 'is'} not a record of a run "
+                     "(torn or edited), left out")
     variants = []
     for path, recs in by_path.items():
         metrics: dict[str, float] = {}

@@ -179,7 +179,10 @@ def exp_run(ctx: click.Context, model: str, sets: tuple[str, ...], allow_dirty: 
 def exp_show(ctx: click.Context, model: str) -> None:
     """Table of MODEL's variants: params, final metrics, commit, built or cached, store path."""
     project = load(ctx)
-    variants = experiments.show(project, model)
+    notes: list[str] = []
+    variants = experiments.show(project, model, notes)
+    for note in notes:
+        click.echo(note, err=True)
     if not variants:
         click.echo(f"no experiments of {model} yet; run `mlbuild exp run {model} --set KEY=VALUE`")
         return

@@ -79,3 +79,30 @@ def test_a_model_without_params_runs_as_configured_and_names_none(tmp_path: Any)
     assert variant_overrides(project, "m", []) == {}
     with pytest.raises(ConfigError, match=r"^--set names lr, which \[models.m.params\] does not have; it has none$"):
         variant_overrides(project, "m", ["lr=0.1"])
+
+
+def test_a_torn_line_in_the_experiment_log_is_left_out_and_the_next_run_is_kept(tmp_path: Any) -> None:
+    # A run killed while writing its line (or a full disk) left half a line: `exp show` ended in a
+    # JSONDecodeError from then on, and the next run's record was glued to the torn line and lost.
+    import json
+
+    from mlbuild.config import load_project
+    from mlbuild.exp import _append, _log, show
+
+    (tmp_path / "mlbuild.toml").write_text('[project]\nname = "p"\n\n[models.m]\nscript = "m.py"\n'
+                                           '[models.m.params]\nlr = 0.1\n')
+    project = load_project(tmp_path)
+
+    def record(path: str) -> dict[str, Any]:
+        return {"model": "m", "overrides": {}, "params": {"lr": 0.1}, "path": path, "status": "built"}
+
+    log = _log(project, "m")
+    _append(log, record("/nix/store/a"))
+    with open(log, "a") as f:
+        f.write('{"model": "m", "overr')
+    _append(log, record("/nix/store/b"))
+    assert [json.loads(line)["path"] for line in log.read_text().splitlines() if line.endswith("}")] == \
+        ["/nix/store/a", "/nix/store/b"]
+    notes: list[str] = []
+    assert [v.path for v in show(project, "m", notes)] == ["/nix/store/a", "/nix/store/b"]
+    assert notes == [f"note: {log} line 2 is not a record of a run (torn or edited), left out"]
