@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 from . import git
 from .build import Progress, Summary, build_targets, check_model, model_code, validation_table
-from .config import Project, load_project
+from .config import CONFIG_NAME, Project, load_project
 from .errors import BuildError, MlbuildError
 from .runtime.validate import LOWER_IS_BETTER, check_thresholds
 
@@ -74,8 +74,9 @@ def show(project: Project, model: str, *, allow_dirty: bool = False) -> Point:
     return _report(project, model, "worktree", allow_dirty=allow_dirty)
 
 
-def _at(project: Project, rev: str, tmp: Path) -> Project:
-    """The project folder as it was at ``rev`` (tracked files only), unpacked under ``tmp``."""
+def _at(project: Project, rev: str, tmp: Path) -> Project | None:
+    """The project folder as it was at ``rev`` (tracked files only), unpacked under ``tmp``; None
+    when it has no mlbuild.toml there (a commit from before the project)."""
     root = git.repo_root(project.root)
     if root is None:
         raise MlbuildError(f"{project.root} is not in a git repository; metrics diff/history need git revisions")
@@ -87,6 +88,8 @@ def _at(project: Project, rev: str, tmp: Path) -> Project:
     dest = tmp / "rev"
     with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as t:
         t.extractall(dest, filter=_safe_member)
+    if not (dest / rel / CONFIG_NAME).is_file():   # else load_project would look in the folders above
+        return None
     return load_project(dest / rel)
 
 
@@ -106,6 +109,13 @@ def _report_at(project: Project, model: str, rev: str, required: bool = True,
     then, in ``others``, the models of a revision that does not declare ``model`` at all."""
     with tempfile.TemporaryDirectory(prefix="mlbuild-rev-") as tmp:
         old = _at(project, rev, Path(tmp))
+        if old is None:
+            if required:
+                rel = project.root.resolve().relative_to(git.repo_root(project.root) or project.root.resolve())
+                raise MlbuildError(f"revision {rev!r} has no {rel / CONFIG_NAME} (the project is not in that commit); "
+                                   f"give one that has it (`git log --oneline -- {rel / CONFIG_NAME}` lists the "
+                                   "commits that changed it)")
+            return None
         models = old.raw.get("models", {})
         if "validation" not in models.get(model, {}):
             renamed = model not in models and bool(models)   # it may be one of them, under its old name
