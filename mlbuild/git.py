@@ -118,7 +118,7 @@ def show(project: Path, rev: str, name: str) -> str:
 def log_revisions(project: Path, names: list[str]) -> list[str]:
     """Commits (oldest first) that changed any of ``names`` under ``project``."""
     root = repo_root(project)
-    if root is None:
+    if root is None or head(project) is None:   # no repository, or one with no commit yet
         return []
     paths = [str((project.resolve() / n).relative_to(root.resolve())) for n in names]
     # --topo-order: parents before children whatever the commit dates say (a branch's commit dated

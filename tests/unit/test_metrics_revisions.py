@@ -38,3 +38,13 @@ def test_a_revision_from_before_mlbuild_toml_is_refused_by_diff_and_skipped_by_h
                                            r"commit\); give one that has it \(`git log --oneline -- mlbuild.toml`"):
         m.diff(project, "m", "HEAD~1", "HEAD")
     assert m._report_at(project, "m", "HEAD~1", required=False) is None
+
+
+def test_history_before_the_first_commit_says_to_commit(tmp_path: Path) -> None:
+    # It showed git's own failure: "`git log --format=%H ...` failed: fatal: your current branch
+    # 'master' does not have any commits yet"
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "mlbuild.toml").write_text(TOML)
+    (tmp_path / "m.py").write_text("x = 1\n")
+    with pytest.raises(MlbuildError, match=r"^no commits touch mlbuild.toml, m.py; commit the project first$"):
+        m.history(load_project(tmp_path), "m")
