@@ -295,9 +295,10 @@ def write_reports(model: str, points: Sequence[Point], out_dir: Path, worktree: 
               "prom": out_dir / f"{model}-metrics.prom"})
     files["png"].write_bytes(png)
     rows = table(points)
-    ok_rows = [r for r in rows[1:] if ": build failed" not in r]
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r.split()) + "</tr>" for r in ok_rows)
-    cells += "".join(f"<tr><td colspan='99'>{html.escape(r)}</td></tr>" for r in rows[1:] if ": build failed" in r)
+    # A row per point, then lines of prose (why a revision has no report, notes): those are one cell.
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r.split()) + "</tr>"
+                    for r in rows[1:len(points) + 1])
+    cells += "".join(f"<tr><td colspan='99'>{html.escape(r)}</td></tr>" for r in rows[len(points) + 1:])
     head = "".join(f"<th>{html.escape(h)}</th>" for h in rows[0].split())
     last = [p for p in points if p.report][-1].report
     cm = last.get("confusion_matrix")
