@@ -319,3 +319,13 @@ def test_a_past_commit_with_a_stale_lock_is_named_not_its_temporary_folder(tree)
     history = run_cli("metrics", "history", "m", cwd=root, check=False)
     assert history.returncode == 1 and "Traceback" not in history.stderr
     assert f"no commit of m could be validated:\n  {rev[:10]}: mlbuild.lock was made for other" in history.stderr
+
+
+def test_a_reports_folder_that_cannot_be_made_is_refused_before_building(tree) -> None:  # type: ignore[no-untyped-def]
+    """`metrics history --out` naming a path under a file ended, after every revision was built, in
+    NotADirectoryError's traceback."""
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.m]\nscript = "m.py"\n', "m.py": "", "afile": ""})
+    for cmd in ("show", "history"):
+        proc = run_cli("metrics", cmd, "m", "--out", "afile/reports", cwd=root, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert "Error: Invalid value for --out: cannot make the folder 'afile/reports': Not a directory" in proc.stderr
