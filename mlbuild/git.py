@@ -10,7 +10,7 @@ from typing import Sequence
 from .errors import MlbuildError
 
 __all__ = ["GitError", "repo_root", "is_tracked", "dirty_files", "show", "ignore", "ignore_entry", "add_ignore",
-           "head", "log_revisions", "check_commit", "Dirty"]
+           "head", "log_revisions", "is_shallow", "check_commit", "Dirty"]
 
 
 # Folders tools write beside code that are never code (nix/code.nix's toolCaches): no code path
@@ -93,6 +93,12 @@ def head(path: Path) -> str | None:
         return None
     proc = _git(root, "rev-parse", "HEAD", check=False)
     return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def is_shallow(path: Path) -> bool:
+    """True in a shallow clone (``git clone --depth N``, CI's default checkout): its log stops early."""
+    root = repo_root(path)
+    return root is not None and _git(root, "rev-parse", "--is-shallow-repository", check=False).stdout.strip() == "true"
 
 
 def check_commit(root: Path, rev: str) -> None:

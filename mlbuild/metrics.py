@@ -179,6 +179,9 @@ def history(project: Project, model: str, notes: list[str] | None = None) -> lis
             if gone else "")
     if note and notes is not None:
         notes.append(note)
+    if notes is not None and git.is_shallow(project.root):   # CI checks out one commit by default
+        notes.append(f"note: this is a shallow clone (git clone --depth): commits before {revs[0][:10]} are not in "
+                     "it, nor their metrics; `git fetch --unshallow` gives the whole history")
     if not points:
         raise MlbuildError(f"no commit declares [models.{model}.validation]; commit it first" + (f"\n{note}" if note else ""))
     if not any(p.report for p in points):

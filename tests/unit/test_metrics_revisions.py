@@ -48,3 +48,35 @@ def test_history_before_the_first_commit_says_to_commit(tmp_path: Path) -> None:
     (tmp_path / "m.py").write_text("x = 1\n")
     with pytest.raises(MlbuildError, match=r"^no commits touch mlbuild.toml, m.py; commit the project first$"):
         m.history(load_project(tmp_path), "m")
+
+
+def test_history_in_a_shallow_clone_says_it_is_cut_short(tmp_path: Path) -> None:
+    # CI checks out one commit (a depth-1 clone): history showed a point or two, and nothing said
+    # that the commits before were missing.
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    _git(origin, "init", "-q")
+    (origin / "v.py").write_text("")
+    for lr in ("0.1", "0.2", "0.3"):
+        (origin / "mlbuild.toml").write_text(TOML + f"[models.m.params]\nlr = {lr}\n")
+        _git(origin, "add", "-A")
+        _git(origin, "commit", "-qm", lr)
+    _git(tmp_path, "clone", "-q", "--depth", "1", f"file://{origin}", "clone")
+    clone = tmp_path / "clone"
+    original, seen = m._report, []
+
+    def fake_report(project, model, rev, **kw):  # type: ignore[no-untyped-def]
+        seen.append(rev)
+        return m.Point(rev, {"metrics": {"accuracy": 0.9}}, "/nix/store/x")
+
+    for root, shallow in ((origin, False), (clone, True)):
+        notes: list[str] = []
+        m._report = fake_report   # no build: which revisions history asks for, and what it says
+        try:
+            points = m.history(load_project(root), "m", notes)
+        finally:
+            m._report = original
+        assert len(points) == (1 if shallow else 3)
+        assert notes == ([f"note: this is a shallow clone (git clone --depth): commits before {points[0].rev[:10]} "
+                          "are not in it, nor their metrics; `git fetch --unshallow` gives the whole history"]
+                         if shallow else [])
