@@ -62,6 +62,9 @@ def _value(key: str, text: str) -> Any:
     def finite(v: Any) -> bool:
         if isinstance(v, float):
             return math.isfinite(v)
+        if isinstance(v, int) and not -2**63 <= v < 2**63:   # Nix's integers are 64-bit
+            raise ConfigError(f"--set {key}={text}: {v} is beyond the 64-bit integers Nix has (it would reach the "
+                              f"training as the float {float(v):g}); give an integer from -2**63 to 2**63-1")
         if isinstance(v, list):
             return all(finite(x) for x in v)
         return all(finite(x) for x in v.values()) if isinstance(v, dict) else True

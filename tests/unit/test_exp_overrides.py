@@ -106,3 +106,13 @@ def test_a_torn_line_in_the_experiment_log_is_left_out_and_the_next_run_is_kept(
     notes: list[str] = []
     assert [v.path for v in show(project, "m", notes)] == ["/nix/store/a", "/nix/store/b"]
     assert notes == [f"note: {log} line 2 is not a record of a run (torn or edited), left out"]
+
+
+@pytest.mark.parametrize("item", ["epochs=99999999999999999999", "sizes=[1, -9223372036854775809]"])
+def test_an_integer_beyond_64_bits_is_refused(item: str) -> None:
+    # Nix read it as a float: `range(1, p["epochs"] + 1)` failed in the training with
+    # "'float' object cannot be interpreted as an integer"
+    with pytest.raises(ConfigError, match=r"is beyond the 64-bit integers Nix has \(it would reach the training as "
+                                          r"the float -?[0-9.e+]+\); give an integer from -2\*\*63 to 2\*\*63-1"):
+        overrides(item)
+    assert overrides("epochs=9223372036854775807") == {"epochs": 2**63 - 1}
