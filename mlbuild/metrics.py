@@ -129,8 +129,8 @@ def _report_at(project: Project, model: str, rev: str, required: bool = True,
         # A snapshot from git is clean by construction (it is not a worktree).
         try:
             return _report(old, model, rev, allow_dirty=True)
-        except BuildError:
-            raise
+        except BuildError as e:   # of two revisions (diff), say which one failed
+            raise BuildError(f"at revision {rev[:10]}: {e}") from None
         except MlbuildError as e:   # a stale lock, a config mistake: that commit as it was committed
             text = str(e).replace(f"{old.root}/", "").replace(str(old.root), ".")
             raise MlbuildError(f"at revision {rev[:10]}: {text} (in that commit: it cannot be validated as it "

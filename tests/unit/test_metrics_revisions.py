@@ -80,3 +80,28 @@ def test_history_in_a_shallow_clone_says_it_is_cut_short(tmp_path: Path) -> None
         assert notes == ([f"note: this is a shallow clone (git clone --depth): commits before {points[0].rev[:10]} "
                           "are not in it, nor their metrics; `git fetch --unshallow` gives the whole history"]
                          if shallow else [])
+
+
+def test_diff_names_the_revision_whose_build_failed(tmp_path: Path) -> None:
+    # "Error: nix build of m.validation.report failed" of two revisions did not say which one.
+    from mlbuild.errors import BuildError
+
+    _git(tmp_path, "init", "-q")
+    for lr in ("0.1", "0.2"):
+        (tmp_path / "mlbuild.toml").write_text(TOML + f"[models.m.params]\nlr = {lr}\n")
+        _git(tmp_path, "add", "-A")
+        _git(tmp_path, "commit", "-qm", lr)
+    original = m._report
+
+    def fake_report(project, model, rev, **kw):  # type: ignore[no-untyped-def]
+        if rev == "HEAD":
+            raise BuildError("nix build of m.validation.report failed", "RuntimeError: boom")
+        return m.Point(rev, {"metrics": {"accuracy": 0.9}}, "/nix/store/x")
+
+    m._report = fake_report
+    try:
+        with pytest.raises(BuildError, match=r"^at revision HEAD: nix build of m.validation.report failed\n"
+                                             r"RuntimeError: boom$"):
+            m.diff(load_project(tmp_path), "m", "HEAD~1", "HEAD")
+    finally:
+        m._report = original
