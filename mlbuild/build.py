@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -38,6 +39,7 @@ __all__ = ["build_targets", "Built", "Summary", "DirtyTreeError", "TargetError",
            "check_model", "check_targets", "format_summary", "store_options", "push_outputs"]
 
 EVENT = "MLBUILD "
+LOG_TAIL = 30   # lines of a failed build's log shown (and all a build's log keeps in memory)
 _ACT_BUILD, _ACT_SUBSTITUTE, _RES_LOG = 105, 108, 101
 
 
@@ -89,6 +91,14 @@ def check_targets(project: Project, targets: Sequence[str]) -> None:
             raise TargetError(f"{target!r} is not a target: a name is empty; give a model ({names('models')}), "
                               f"MODEL.STAGE, toolchain, datasets.NAME or notebooks.NAME")
         head, rest = parts[0], parts[1:]
+        # A collection is an attribute set of several derivations: Nix builds them all, and
+        # mlbuild reported, recorded and kept (a GC root) the first alone; `notebooks` with none
+        # ended in IndexError.
+        kind = head if not rest else rest[0] if len(rest) == 1 and head in declared["models"] else None
+        if kind in ("datasets", "notebooks", "models"):
+            each = ", ".join(declared[kind]) if kind == "models" else ", ".join(f"{kind}.{n}" for n in declared[kind])
+            raise TargetError(f"{target!r} names all the {kind} at once; give them one by one: {each}" if each else
+                              f"{target!r} names all the {kind} at once, and {project.name} declares none")
         if head == "models" and rest:
             head, rest = rest[0], rest[1:]
             check_model(project, head)
@@ -219,7 +229,9 @@ class _Stream:
         self.target = target
         self.on_progress = on_progress
         self.acts: dict[int, tuple[int, str, float]] = {}
-        self.logs: dict[str, list[str]] = {}
+        # The last LOG_TAIL lines of each derivation's log: a training that prints gigabytes would
+        # otherwise be held whole in mlbuild's memory, to show 30 lines of it if it fails.
+        self.logs: dict[str, deque[str]] = {}
         self.summary = Summary()
         self.other: list[str] = []
 
@@ -242,7 +254,7 @@ class _Stream:
             text = str(msg["fields"][0])
             drv = self.acts[msg["id"]][1]
             if not text.startswith(EVENT):   # progress events drive the bar; a failure shows the rest
-                self.logs.setdefault(drv, []).append(text)
+                self.logs.setdefault(drv, deque(maxlen=LOG_TAIL)).append(text)
             elif self.on_progress is not None:
                 try:
                     event = json.loads(text[len(EVENT):])
@@ -257,7 +269,7 @@ class _Stream:
         failed = [d for d in self.logs if d in text] or list(self.logs)
         tail = []
         for drv in failed[-1:]:
-            tail = [f"--- last lines of the build log of {_name(drv)} ---", *self.logs[drv][-30:]]
+            tail = [f"--- last lines of the build log of {_name(drv)} ---", *self.logs[drv]]
         errors = [l for l in self.other if "error" in l.lower()][-8:]
         return BuildError(f"nix build of {self.target} failed", "\n".join([*errors, *tail, *_own_module(root, tail)]))
 

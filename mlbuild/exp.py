@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from .config import Project, state_dir
 from .errors import ConfigError
 from .metrics import heldout
 
-__all__ = ["parse_sets", "split_sets", "typed_overrides", "run", "show", "Variant", "format_value", "describe"]
+__all__ = ["parse_sets", "split_sets", "typed_overrides", "variant_overrides", "run", "show", "Variant", "format_value", "describe"]
 
 
 def format_value(value: Any) -> str:
@@ -61,6 +62,9 @@ def _value(key: str, text: str) -> Any:
     def finite(v: Any) -> bool:
         if isinstance(v, float):
             return math.isfinite(v)
+        if isinstance(v, int) and not -2**63 <= v < 2**63:   # Nix's integers are 64-bit
+            raise ConfigError(f"--set {key}={text}: {v} is beyond the 64-bit integers Nix has (it would reach the "
+                              f"training as the float {float(v):g}); give an integer from -2**63 to 2**63-1")
         if isinstance(v, list):
             return all(finite(x) for x in v)
         return all(finite(x) for x in v.values()) if isinstance(v, dict) else True
@@ -119,18 +123,24 @@ def _log(project: Project, model: str) -> Path:
     return state_dir(project.root) / "experiments" / f"{model}.jsonl"
 
 
-def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool = False,
-        on_progress: Callable[[Progress], None] | None = None) -> tuple[Summary, dict[str, Any]]:
+def variant_overrides(project: Project, model: str, sets: Sequence[str]) -> dict[str, Any]:
+    """The params ``--set`` changes, typed as mlbuild.toml's (ConfigError for a param it does not
+    have or a value of another type)."""
     check_model(project, model)
-    models = project.raw.get("models", {})
+    configured = project.raw["models"][model].get("params") or {}
     raw = split_sets(sets)
     overrides = {key: _value(key, text) for key, text in raw.items()}
-    unknown = sorted(set(overrides) - set(models[model].get("params", {})))
+    unknown = sorted(set(overrides) - set(configured))
     if unknown:
-        raise ConfigError(f"--set names {', '.join(unknown)}, which [models.{model}.params] does not have; "
-                          f"params: {', '.join(sorted(models[model].get('params', {})))}")
-    overrides = typed_overrides(model, models[model]["params"], overrides, raw)
-    overrides = changed_params(models[model]["params"], overrides)
+        have = f"params: {', '.join(sorted(configured))}" if configured else "it has none"
+        raise ConfigError(f"--set names {', '.join(unknown)}, which [models.{model}.params] does not have; {have}")
+    return changed_params(configured, typed_overrides(model, configured, overrides, raw))
+
+
+def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool = False,
+        on_progress: Callable[[Progress], None] | None = None) -> tuple[Summary, dict[str, Any]]:
+    models = project.raw.get("models", {})
+    overrides = variant_overrides(project, model, sets)
     # A model with a validation suite: the variant's held-out metrics too (its validation report;
     # the training log's metrics are on training data), so variants are compared on what counts.
     validated = validation_table(project, model) is not None
@@ -145,11 +155,18 @@ def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool 
               "git_rev": git.head(project.root), "dirty": summary.dirty}
     if validated:
         record["report"] = summary.outputs[1].path
-    log = _log(project, model)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+    _append(_log(project, model), record)
     return summary, record
+
+
+def _append(log: Path, record: dict[str, Any]) -> None:
+    """One line more in ``log``, on a line of its own even after a torn last line (a run killed
+    while writing, a full disk), so that this record is not glued to it and lost with it."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        torn = end > 0 and f.seek(end - 1) >= 0 and f.read(1) != b"\n"
+        f.write((b"\n" if torn else b"") + json.dumps(record, sort_keys=True).encode() + b"\n")
 
 
 @dataclass(frozen=True)
@@ -167,15 +184,27 @@ class Variant:
     heldout_data: str | None = None   # the samples its validation report scored (their hash)
 
 
-def show(project: Project, model: str) -> list[Variant]:
+def show(project: Project, model: str, notes: list[str] | None = None) -> list[Variant]:
+    """``model``'s variants, from its experiment log; a line of the log that is no record (torn by a
+    run killed while writing it, or edited) is left out, and said so in ``notes``."""
     check_model(project, model)
     log = _log(project, model)
     if not log.exists():
         return []
     by_path: dict[str, list[dict[str, Any]]] = {}
-    for line in log.read_text().splitlines():
-        rec = json.loads(line)
-        by_path.setdefault(rec["path"], []).append(rec)
+    bad = []
+    for number, line in enumerate(log.read_text(errors="replace").splitlines(), 1):
+        try:
+            rec = json.loads(line)
+            path, _, _, _ = rec["path"], rec["overrides"], rec["params"], rec["status"]   # what a row shows
+            by_path.setdefault(str(path), []).append(rec)
+        except (ValueError, TypeError, KeyError):
+            if line.strip():
+                bad.append(number)
+    if bad and notes is not None:
+        notes.append(f"note: {log} line{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad[:10]))}"
+                     f"{', ...' if len(bad) > 10 else ''} {'are' if len(bad) > 1 else 'is'} not a record of a run "
+                     "(torn or edited), left out")
     variants = []
     for path, recs in by_path.items():
         metrics: dict[str, float] = {}

@@ -10,7 +10,7 @@ from typing import Sequence
 from .errors import MlbuildError
 
 __all__ = ["GitError", "repo_root", "is_tracked", "dirty_files", "show", "ignore", "ignore_entry", "add_ignore",
-           "head", "log_revisions", "check_commit", "Dirty"]
+           "head", "log_revisions", "is_shallow", "check_commit", "Dirty"]
 
 
 # Folders tools write beside code that are never code (nix/code.nix's toolCaches): no code path
@@ -99,6 +99,12 @@ def head(path: Path) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+def is_shallow(path: Path) -> bool:
+    """True in a shallow clone (``git clone --depth N``, CI's default checkout): its log stops early."""
+    root = repo_root(path)
+    return root is not None and _git(root, "rev-parse", "--is-shallow-repository", check=False).stdout.strip() == "true"
+
+
 def check_commit(root: Path, rev: str) -> None:
     """GitError unless ``rev`` names a commit of the repository at ``root``."""
     if _git(root, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}",
@@ -123,7 +129,7 @@ def show(project: Path, rev: str, name: str) -> str:
 def log_revisions(project: Path, names: list[str]) -> list[str]:
     """Commits (oldest first) that changed any of ``names`` under ``project``."""
     root = repo_root(project)
-    if root is None:
+    if root is None or head(project) is None:   # no repository, or one with no commit yet
         return []
     paths = [str((project.resolve() / n).relative_to(root.resolve())) for n in names]
     # --topo-order: parents before children whatever the commit dates say (a branch's commit dated

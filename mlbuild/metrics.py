@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 from . import git
 from .build import Progress, Summary, build_targets, check_model, model_code, validation_table
-from .config import Project, load_project
+from .config import CONFIG_NAME, Project, load_project
 from .errors import BuildError, MlbuildError
 from .runtime.validate import LOWER_IS_BETTER, check_thresholds
 
@@ -74,8 +74,9 @@ def show(project: Project, model: str, *, allow_dirty: bool = False) -> Point:
     return _report(project, model, "worktree", allow_dirty=allow_dirty)
 
 
-def _at(project: Project, rev: str, tmp: Path) -> Project:
-    """The project folder as it was at ``rev`` (tracked files only), unpacked under ``tmp``."""
+def _at(project: Project, rev: str, tmp: Path) -> Project | None:
+    """The project folder as it was at ``rev`` (tracked files only), unpacked under ``tmp``; None
+    when it has no mlbuild.toml there (a commit from before the project)."""
     root = git.repo_root(project.root)
     if root is None:
         raise MlbuildError(f"{project.root} is not in a git repository; metrics diff/history need git revisions")
@@ -87,6 +88,8 @@ def _at(project: Project, rev: str, tmp: Path) -> Project:
     dest = tmp / "rev"
     with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as t:
         t.extractall(dest, filter=_safe_member)
+    if not (dest / rel / CONFIG_NAME).is_file():   # else load_project would look in the folders above
+        return None
     return load_project(dest / rel)
 
 
@@ -106,6 +109,13 @@ def _report_at(project: Project, model: str, rev: str, required: bool = True,
     then, in ``others``, the models of a revision that does not declare ``model`` at all."""
     with tempfile.TemporaryDirectory(prefix="mlbuild-rev-") as tmp:
         old = _at(project, rev, Path(tmp))
+        if old is None:
+            if required:
+                rel = project.root.resolve().relative_to(git.repo_root(project.root) or project.root.resolve())
+                raise MlbuildError(f"revision {rev!r} has no {rel / CONFIG_NAME} (the project is not in that commit); "
+                                   f"give one that has it (`git log --oneline -- {rel / CONFIG_NAME}` lists the "
+                                   "commits that changed it)")
+            return None
         models = old.raw.get("models", {})
         if "validation" not in models.get(model, {}):
             renamed = model not in models and bool(models)   # it may be one of them, under its old name
@@ -119,8 +129,8 @@ def _report_at(project: Project, model: str, rev: str, required: bool = True,
         # A snapshot from git is clean by construction (it is not a worktree).
         try:
             return _report(old, model, rev, allow_dirty=True)
-        except BuildError:
-            raise
+        except BuildError as e:   # of two revisions (diff), say which one failed
+            raise BuildError(f"at revision {rev[:10]}: {e}") from None
         except MlbuildError as e:   # a stale lock, a config mistake: that commit as it was committed
             text = str(e).replace(f"{old.root}/", "").replace(str(old.root), ".")
             raise MlbuildError(f"at revision {rev[:10]}: {text} (in that commit: it cannot be validated as it "
@@ -169,6 +179,9 @@ def history(project: Project, model: str, notes: list[str] | None = None) -> lis
             if gone else "")
     if note and notes is not None:
         notes.append(note)
+    if notes is not None and git.is_shallow(project.root):   # CI checks out one commit by default
+        notes.append(f"note: this is a shallow clone (git clone --depth): commits before {revs[0][:10]} are not in "
+                     "it, nor their metrics; `git fetch --unshallow` gives the whole history")
     if not points:
         raise MlbuildError(f"no commit declares [models.{model}.validation]; commit it first" + (f"\n{note}" if note else ""))
     if not any(p.report for p in points):
@@ -285,9 +298,10 @@ def write_reports(model: str, points: Sequence[Point], out_dir: Path, worktree: 
               "prom": out_dir / f"{model}-metrics.prom"})
     files["png"].write_bytes(png)
     rows = table(points)
-    ok_rows = [r for r in rows[1:] if ": build failed" not in r]
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r.split()) + "</tr>" for r in ok_rows)
-    cells += "".join(f"<tr><td colspan='99'>{html.escape(r)}</td></tr>" for r in rows[1:] if ": build failed" in r)
+    # A row per point, then lines of prose (why a revision has no report, notes): those are one cell.
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r.split()) + "</tr>"
+                    for r in rows[1:len(points) + 1])
+    cells += "".join(f"<tr><td colspan='99'>{html.escape(r)}</td></tr>" for r in rows[len(points) + 1:])
     head = "".join(f"<th>{html.escape(h)}</th>" for h in rows[0].split())
     last = [p for p in points if p.report][-1].report
     cm = last.get("confusion_matrix")

@@ -94,6 +94,13 @@ def prefetch_cmd(ctx: click.Context) -> None:
         click.echo(f"  + {name}")
 
 
+def _count(value: object) -> int | None:
+    """An epoch number from a progress event: a positive whole number, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 1:
+        return None
+    return int(value)
+
+
 class _Bar:
     """The live epoch bar: one rewritten line on a terminal; in a log (CI), at most ~20 lines a
     training run: the first epoch, every ceil(epochs / 20)th and the last."""
@@ -107,15 +114,20 @@ class _Bar:
         e = p.event
         if e.get("event") != "epoch":
             return
-        n, total = int(e["epoch"]), int(e["epochs"])
-        step = -(-total // self.LOG_LINES)
+        # The training's own ctx.log_epoch(epoch, epochs) arguments: a total that is not a positive
+        # number (None, 0: an open-ended run) draws no bar, and never stops the build.
+        n, total = _count(e.get("epoch")), _count(e.get("epochs"))
+        if n is None:
+            return
+        step = -(-total // self.LOG_LINES) if total else 1
         if not self.tty and n != 1 and n != total and n % step:
             return
         width = 24
-        fill = int(width * n / max(total, 1))
+        fill = min(width, int(width * n / total)) if total else 0
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted(e.items())
                             if k not in ("epoch", "epochs", "event") and isinstance(v, (int, float)))
-        line = f"  {p.target:<16} epoch {n:>3}/{total:<3} [{'#' * fill}{'.' * (width - fill)}] {metrics}"
+        shown = f"{n:>3}/{total:<3} [{'#' * fill}{'.' * (width - fill)}]" if total else f"{n:>3}"
+        line = f"  {p.target:<16} epoch {shown} {metrics}"
         if self.tty:
             click.echo("\r" + line, nl=n == total, err=True)
         else:
@@ -167,7 +179,10 @@ def exp_run(ctx: click.Context, model: str, sets: tuple[str, ...], allow_dirty: 
 def exp_show(ctx: click.Context, model: str) -> None:
     """Table of MODEL's variants: params, final metrics, commit, built or cached, store path."""
     project = load(ctx)
-    variants = experiments.show(project, model)
+    notes: list[str] = []
+    variants = experiments.show(project, model, notes)
+    for note in notes:
+        click.echo(note, err=True)
     if not variants:
         click.echo(f"no experiments of {model} yet; run `mlbuild exp run {model} --set KEY=VALUE`")
         return

@@ -17,10 +17,22 @@ _OUT = click.option("--out", "out_dir", type=click.Path(file_okay=False, path_ty
                     help="Where to write the PNG, HTML and Prometheus files (default: .mlbuild/reports).")
 
 
-def _write(ctx: click.Context, model: str, points: list[m.Point], out_dir: Path | None, worktree: bool = False) -> None:
+def _reports_dir(ctx: click.Context, out_dir: Path | None) -> Path:
+    """The folder the reports go to, made before anything is built: one that cannot be made (a
+    file in the way, no permission) is refused now, not after the history's builds."""
+    folder = out_dir or state_dir(load(ctx).root) / "reports"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise click.BadParameter(f"cannot make the folder {str(folder)!r}: {e.strerror}; give a folder mlbuild "
+                                 "can write to", param_hint="--out") from None
+    return folder
+
+
+def _write(model: str, points: list[m.Point], out_dir: Path, worktree: bool = False) -> None:
     for line in m.table(points):
         click.echo(line)
-    files = m.write_reports(model, points, out_dir or state_dir(load(ctx).root) / "reports", worktree=worktree)
+    files = m.write_reports(model, points, out_dir, worktree=worktree)
     for kind, path in files.items():
         click.echo(f"{kind:>5}: {path}")
 
@@ -53,8 +65,9 @@ def metrics() -> None:
 def show(ctx: click.Context, model: str, allow_dirty: bool, out_dir: Path | None) -> None:
     """MODEL's validation metrics for the working tree, and whether they pass its thresholds."""
     project = load(ctx)
+    folder = _reports_dir(ctx, out_dir)
     point = m.show(project, model, allow_dirty=allow_dirty)
-    _write(ctx, model, [point], out_dir, worktree=True)
+    _write(model, [point], folder, worktree=True)
     _, gate = m.gate_checks(project, model, point.report.get("metrics", {}))
     if gate is not None:   # the report is built whether or not the gate passes: say which
         click.echo(gate)
@@ -89,6 +102,7 @@ def diff(ctx: click.Context, model: str, rev1: str, rev2: str) -> None:
 def history(ctx: click.Context, model: str, out_dir: Path | None) -> None:
     """MODEL's metrics at every commit of its config, lock and code (built or substituted)."""
     notes: list[str] = []
-    _write(ctx, model, m.history(load(ctx), model, notes), out_dir)
+    folder = _reports_dir(ctx, out_dir)
+    _write(model, m.history(load(ctx), model, notes), folder)
     for note in notes:
         click.echo(note)

@@ -31,7 +31,7 @@ from typing import Any
 from .hashing import dataset_hash, tree_digest, tree_hashes
 from .spec import load_spec
 
-__all__ = ["main", "gate_main", "compute_metrics", "check_thresholds", "format_checks"]
+__all__ = ["main", "gate_main", "compute_metrics", "check_finite", "check_thresholds", "format_checks"]
 
 
 def compute_metrics(task: str, y_true: Any, y_pred: Any, proba: Any = None,
@@ -94,6 +94,7 @@ def main() -> None:
     except ServeError as e:
         raise SystemExit(f"mlbuild: validation of {spec['name']}: the package cannot serve: {e}") from None
     merged = {k: np.concatenate(v) for k, v in outputs.items()}
+    check_finite(merged, spec["name"])
     task = pkg.task
     if task == "classification":
         labels = list(pkg.labels) if pkg.labels else None
@@ -111,6 +112,24 @@ def main() -> None:
     })
     (out / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     np.save(out / "predictions.npy", np.asarray(merged.get("label", next(iter(merged.values())))), allow_pickle=False)
+
+
+def check_finite(outputs: dict[str, Any], name: str) -> None:
+    """Refuse outputs holding NaN or infinity (a training that diverged): scikit-learn's metrics
+    fail on them with a bare "Input contains NaN", or, for a label taken from NaN scores, score a
+    guess; the message says how many rows and where to look."""
+    import numpy as np
+
+    for key, values in sorted(outputs.items()):
+        a = np.asarray(values)
+        if a.dtype.kind not in "fc" or not a.size:
+            continue
+        bad = int((~np.isfinite(a.reshape(len(a), -1))).any(axis=1).sum())
+        if bad:
+            raise SystemExit(f"mlbuild: validation of {name}: the model's output {key!r} holds NaN or infinity for "
+                             f"{bad} of {len(a)} held-out rows, so it has no metrics: a training that diverged (its "
+                             "loss in the training log, metrics.json) or a model that overflows; fix the training "
+                             "(a lower learning rate, say) or the model")
 
 
 def _refused(model: Any, row: Any) -> bool:

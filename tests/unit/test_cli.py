@@ -87,6 +87,13 @@ def test_unknown_targets_are_refused_before_nix_runs(tree) -> None:
         ("metrics", "diff", "digits.model", "HEAD", "HEAD"): "'digits.model' is not a model of p (models: digits)",
         ("monitor", "digits.model", "--url", "http://127.0.0.1:1", "--once"):
             "'digits.model' is not a model of p (models: digits)",
+        # a collection: Nix built every member, and mlbuild reported and kept (a GC root) the first
+        ("build", "datasets"): "'datasets' names all the datasets at once; give them one by one: datasets.raw",
+        ("build", "digits.datasets"): "'digits.datasets' names all the datasets at once; give them one by one: "
+                                      "datasets.raw",
+        ("build", "models"): "'models' names all the models at once; give them one by one: digits",
+        ("build", "digits.notebooks"): "'digits.notebooks' names all the notebooks at once; give them one by one: "
+                                       "notebooks.explore",
     }
     for args, message in cases.items():
         proc = run_cli(*args, cwd=root, check=False, env={"PATH": "/nonexistent"})
@@ -319,3 +326,21 @@ def test_a_past_commit_with_a_stale_lock_is_named_not_its_temporary_folder(tree)
     history = run_cli("metrics", "history", "m", cwd=root, check=False)
     assert history.returncode == 1 and "Traceback" not in history.stderr
     assert f"no commit of m could be validated:\n  {rev[:10]}: mlbuild.lock was made for other" in history.stderr
+
+
+def test_a_reports_folder_that_cannot_be_made_is_refused_before_building(tree) -> None:  # type: ignore[no-untyped-def]
+    """`metrics history --out` naming a path under a file ended, after every revision was built, in
+    NotADirectoryError's traceback."""
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.m]\nscript = "m.py"\n', "m.py": "", "afile": ""})
+    for cmd in ("show", "history"):
+        proc = run_cli("metrics", cmd, "m", "--out", "afile/reports", cwd=root, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert "Error: Invalid value for --out: cannot make the folder 'afile/reports': Not a directory" in proc.stderr
+
+
+def test_a_collection_with_no_members_is_refused(tree) -> None:  # type: ignore[no-untyped-def]
+    # `build notebooks` of a project with none: Nix built nothing and mlbuild ended in IndexError
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.m]\nscript = "m.py"\n'})
+    proc = run_cli("build", "notebooks", cwd=root, check=False, env={"PATH": "/nonexistent"})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr == "Error: 'notebooks' names all the notebooks at once, and p declares none\n"

@@ -67,3 +67,52 @@ def test_a_set_equal_to_the_configured_value_changes_nothing() -> None:
     assert changed_params(params, typed) == {"epochs": 31}
     assert changed_params({"n": 1.0}, {"n": 1}) == {"n": 1}   # another type is another value in the derivation
 
+
+
+def test_a_model_without_params_runs_as_configured_and_names_none(tmp_path: Any) -> None:
+    # `exp run m` of a model with no [models.m.params] table ended in KeyError: 'params'
+    from mlbuild.config import load_project
+    from mlbuild.exp import variant_overrides
+
+    (tmp_path / "mlbuild.toml").write_text('[project]\nname = "p"\n\n[models.m]\nscript = "m.py"\n')
+    project = load_project(tmp_path)
+    assert variant_overrides(project, "m", []) == {}
+    with pytest.raises(ConfigError, match=r"^--set names lr, which \[models.m.params\] does not have; it has none$"):
+        variant_overrides(project, "m", ["lr=0.1"])
+
+
+def test_a_torn_line_in_the_experiment_log_is_left_out_and_the_next_run_is_kept(tmp_path: Any) -> None:
+    # A run killed while writing its line (or a full disk) left half a line: `exp show` ended in a
+    # JSONDecodeError from then on, and the next run's record was glued to the torn line and lost.
+    import json
+
+    from mlbuild.config import load_project
+    from mlbuild.exp import _append, _log, show
+
+    (tmp_path / "mlbuild.toml").write_text('[project]\nname = "p"\n\n[models.m]\nscript = "m.py"\n'
+                                           '[models.m.params]\nlr = 0.1\n')
+    project = load_project(tmp_path)
+
+    def record(path: str) -> dict[str, Any]:
+        return {"model": "m", "overrides": {}, "params": {"lr": 0.1}, "path": path, "status": "built"}
+
+    log = _log(project, "m")
+    _append(log, record("/nix/store/a"))
+    with open(log, "a") as f:
+        f.write('{"model": "m", "overr')
+    _append(log, record("/nix/store/b"))
+    assert [json.loads(line)["path"] for line in log.read_text().splitlines() if line.endswith("}")] == \
+        ["/nix/store/a", "/nix/store/b"]
+    notes: list[str] = []
+    assert [v.path for v in show(project, "m", notes)] == ["/nix/store/a", "/nix/store/b"]
+    assert notes == [f"note: {log} line 2 is not a record of a run (torn or edited), left out"]
+
+
+@pytest.mark.parametrize("item", ["epochs=99999999999999999999", "sizes=[1, -9223372036854775809]"])
+def test_an_integer_beyond_64_bits_is_refused(item: str) -> None:
+    # Nix read it as a float: `range(1, p["epochs"] + 1)` failed in the training with
+    # "'float' object cannot be interpreted as an integer"
+    with pytest.raises(ConfigError, match=r"is beyond the 64-bit integers Nix has \(it would reach the training as "
+                                          r"the float -?[0-9.e+]+\); give an integer from -2\*\*63 to 2\*\*63-1"):
+        overrides(item)
+    assert overrides("epochs=9223372036854775807") == {"epochs": 2**63 - 1}

@@ -81,3 +81,17 @@ def test_metrics_show_does_not_write_over_the_history_files(tmp_path) -> None:  
     shown = write_reports("wine", points({"accuracy": 0.97}), tmp_path, worktree=True)
     assert {p.name for p in shown.values()} == {"wine-worktree.png", "wine-worktree.html", "wine-worktree.prom"}
     assert {k: p.read_bytes() for k, p in history.items()} == before
+
+
+def test_the_html_report_keeps_a_gap_and_a_note_in_one_cell(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A revision that could not be validated (other than "build failed") and the held-out data
+    # note were split at every space into a row of one-word cells.
+    from mlbuild.metrics import write_reports
+
+    pts = [Point("a" * 40, {"metrics": {"accuracy": 0.9}, "heldout": {"sha256": "1" * 64}}, "/nix/store/x"),
+           Point("b" * 40, {}, "", "mlbuild.lock is stale; run `mlbuild lock`"),
+           Point("c" * 40, {"metrics": {"accuracy": 0.95}, "heldout": {"sha256": "2" * 64}}, "/nix/store/y")]
+    page = write_reports("wine", pts, tmp_path)["html"].read_text()
+    assert "<tr><td colspan='99'>bbbbbbbbbb: mlbuild.lock is stale; run `mlbuild lock`</td></tr>" in page
+    assert "<tr><td colspan='99'>note: the held-out data differs between these revisions" in page
+    assert "<td>note:</td>" not in page and "<td>stale;</td>" not in page

@@ -199,3 +199,19 @@ def test_held_out_rows_preprocess_refuses_are_named_as_such(tmp_path: Path, monk
         "mlbuild: validation of digits: preprocess refuses row 280 of the held-out inputs (load() in "
         "validate.py), as the server would with a 400: ValueError; make load() return inputs preprocess takes, "
         "or let preprocess take them")
+
+
+def test_outputs_holding_nan_are_refused_naming_the_rows() -> None:
+    # A diverged training (lr too high): scikit-learn's roc_auc (binary) or mae (regression) failed
+    # the report with a bare "ValueError: Input contains NaN." under its traceback.
+    from mlbuild.runtime.validate import check_finite
+
+    proba = np.full((143, 2), 0.5, np.float32)
+    proba[[3, 7]] = np.nan
+    with pytest.raises(SystemExit, match=r"^mlbuild: validation of cancer: the model's output 'probabilities' holds "
+                                         r"NaN or infinity for 2 of 143 held-out rows, so it has no metrics: a "
+                                         r"training that diverged"):
+        check_finite({"label": np.zeros(143, np.int64), "probabilities": proba}, "cancer")
+    with pytest.raises(SystemExit, match=r"output 'prediction' holds NaN or infinity for 1 of 2 held-out rows"):
+        check_finite({"prediction": np.array([1.0, np.inf])}, "price")
+    check_finite({"label": np.zeros(3, np.int64), "probabilities": np.full((3, 2), 0.5)}, "cancer")

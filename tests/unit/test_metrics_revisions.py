@@ -1,0 +1,107 @@
+"""metrics diff/history at git revisions that cannot be built: refused or skipped before any build."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mlbuild import metrics as m
+from mlbuild.config import load_project
+from mlbuild.errors import MlbuildError
+
+TOML = '[project]\nname = "p"\n\n[models.m]\nscript = "m.py"\n\n[models.m.validation]\nsuite = "v.py"\n' \
+       'dataset = "d"\nthresholds = { accuracy = 0.5 }\n'
+
+
+def _git(root: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, check=True,
+                   capture_output=True)
+
+
+def test_a_revision_from_before_mlbuild_toml_is_refused_by_diff_and_skipped_by_history(tmp_path: Path) -> None:
+    # The model's code was committed before the project file: history counted that commit as a
+    # failed point, and diff said "no mlbuild.toml in /tmp/mlbuild-rev-.../rev or any folder above
+    # it; ... pass --project PATH" (a temporary folder, and a fix that is none).
+    root = tmp_path / "repo"
+    root.mkdir()
+    _git(root, "init", "-q")
+    (root / "m.py").write_text("x = 1\n")
+    _git(root, "add", "m.py")
+    _git(root, "commit", "-qm", "code first")
+    (root / "mlbuild.toml").write_text(TOML)
+    _git(root, "add", "mlbuild.toml")
+    _git(root, "commit", "-qm", "project")
+    project = load_project(root)
+    with pytest.raises(MlbuildError, match=r"^revision 'HEAD~1' has no mlbuild.toml \(the project is not in that "
+                                           r"commit\); give one that has it \(`git log --oneline -- mlbuild.toml`"):
+        m.diff(project, "m", "HEAD~1", "HEAD")
+    assert m._report_at(project, "m", "HEAD~1", required=False) is None
+
+
+def test_history_before_the_first_commit_says_to_commit(tmp_path: Path) -> None:
+    # It showed git's own failure: "`git log --format=%H ...` failed: fatal: your current branch
+    # 'master' does not have any commits yet"
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "mlbuild.toml").write_text(TOML)
+    (tmp_path / "m.py").write_text("x = 1\n")
+    with pytest.raises(MlbuildError, match=r"^no commits touch mlbuild.toml, m.py; commit the project first$"):
+        m.history(load_project(tmp_path), "m")
+
+
+def test_history_in_a_shallow_clone_says_it_is_cut_short(tmp_path: Path) -> None:
+    # CI checks out one commit (a depth-1 clone): history showed a point or two, and nothing said
+    # that the commits before were missing.
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    _git(origin, "init", "-q")
+    (origin / "v.py").write_text("")
+    for lr in ("0.1", "0.2", "0.3"):
+        (origin / "mlbuild.toml").write_text(TOML + f"[models.m.params]\nlr = {lr}\n")
+        _git(origin, "add", "-A")
+        _git(origin, "commit", "-qm", lr)
+    _git(tmp_path, "clone", "-q", "--depth", "1", f"file://{origin}", "clone")
+    clone = tmp_path / "clone"
+    original, seen = m._report, []
+
+    def fake_report(project, model, rev, **kw):  # type: ignore[no-untyped-def]
+        seen.append(rev)
+        return m.Point(rev, {"metrics": {"accuracy": 0.9}}, "/nix/store/x")
+
+    for root, shallow in ((origin, False), (clone, True)):
+        notes: list[str] = []
+        m._report = fake_report   # no build: which revisions history asks for, and what it says
+        try:
+            points = m.history(load_project(root), "m", notes)
+        finally:
+            m._report = original
+        assert len(points) == (1 if shallow else 3)
+        assert notes == ([f"note: this is a shallow clone (git clone --depth): commits before {points[0].rev[:10]} "
+                          "are not in it, nor their metrics; `git fetch --unshallow` gives the whole history"]
+                         if shallow else [])
+
+
+def test_diff_names_the_revision_whose_build_failed(tmp_path: Path) -> None:
+    # "Error: nix build of m.validation.report failed" of two revisions did not say which one.
+    from mlbuild.errors import BuildError
+
+    _git(tmp_path, "init", "-q")
+    for lr in ("0.1", "0.2"):
+        (tmp_path / "mlbuild.toml").write_text(TOML + f"[models.m.params]\nlr = {lr}\n")
+        _git(tmp_path, "add", "-A")
+        _git(tmp_path, "commit", "-qm", lr)
+    original = m._report
+
+    def fake_report(project, model, rev, **kw):  # type: ignore[no-untyped-def]
+        if rev == "HEAD":
+            raise BuildError("nix build of m.validation.report failed", "RuntimeError: boom")
+        return m.Point(rev, {"metrics": {"accuracy": 0.9}}, "/nix/store/x")
+
+    m._report = fake_report
+    try:
+        with pytest.raises(BuildError, match=r"^at revision HEAD: nix build of m.validation.report failed\n"
+                                             r"RuntimeError: boom$"):
+            m.diff(load_project(tmp_path), "m", "HEAD~1", "HEAD")
+    finally:
+        m._report = original
