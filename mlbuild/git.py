@@ -149,6 +149,12 @@ def ignore_entry(project: Path, path: Path) -> tuple[Path, str] | None:
     top = project if target.is_relative_to(project) else root
     if not target.is_relative_to(top):
         return None
+    inner = repo_root(target)
+    if inner is not None and inner.resolve() != root:   # a submodule, or a clone inside the repository
+        raise GitError(f"{target} is inside {inner}, a git repository of its own (a submodule?): mlbuild keeps a "
+                       f"dataset out of git with a line in {top / '.gitignore'}, which git does not apply inside "
+                       f"{inner.name}, so the project would stay dirty; move the data out of {inner} (or into "
+                       f"a folder git ignores there)")
     # --no-index: check-ignore takes its path for a pattern when asking whether git tracks it (a
     # tracked a1.csv made a[1].csv count as tracked, so never ignored); a tracked path is refused before
     if _git(root, "check-ignore", "-q", "--no-index", str(target), check=False).returncode == 0:

@@ -24,3 +24,26 @@ def test_show_says_a_bad_revision_is_not_a_commit(tmp_path: Path) -> None:
         git.show(tmp_path, "nosuchrev", "mlbuild.lock")
     with pytest.raises(git.GitError, match="other.lock does not exist at revision 'HEAD'"):
         git.show(tmp_path, "HEAD", "other.lock")
+
+
+def test_data_inside_a_repository_of_its_own_is_refused(tmp_path: Path) -> None:
+    """Data in a submodule: `data add` wrote its ignore line into the outer .gitignore, which git
+    does not apply inside the submodule, so the submodule stayed modified and builds refused it."""
+    def git_(*args: str, cwd: Path = tmp_path) -> None:
+        subprocess.run(["git", "-C", str(cwd), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                       capture_output=True)
+
+    git_("init", "-q")
+    (tmp_path / "mlbuild.toml").write_text('[project]\nname = "p"\n')
+    git_("add", "-A")
+    git_("commit", "-qm", "x")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    git_("init", "-q", cwd=lib)
+    (lib / "a.csv").write_text("1\n")
+    with pytest.raises(git.GitError) as e:
+        git.ignore_entry(tmp_path, lib / "a.csv")
+    assert str(e.value).startswith(f"{lib / 'a.csv'} is inside {lib}, a git repository of its own (a submodule?)")
+    assert not (tmp_path / ".gitignore").exists()
+    (tmp_path / "b.csv").write_text("1\n")   # beside it, as before
+    assert git.ignore_entry(tmp_path, tmp_path / "b.csv") == (tmp_path / ".gitignore", "/b.csv")
