@@ -21,7 +21,8 @@ path holding the project files the notebook uses), its ``datasets`` (name -> sto
   folders there too (nothing is written to a home folder);
 - stores ``$out/<notebook>.ipynb`` (executed, with outputs), ``$out/outputs/`` and
   ``$out/summary.json``. Timing metadata is not recorded and consecutive stream outputs are
-  merged, so an unchanged notebook gives the same bytes (``nix-build --check``).
+  merged (stdout, then stderr: how the kernel split and interleaved them depends on timing), so an
+  unchanged notebook gives the same bytes (``nix-build --check``).
 
 A cell that raises fails the build; the last lines of the log show the cell's source and its
 traceback (ANSI colours removed).
@@ -129,21 +130,36 @@ def inject_inputs(nb: Any, datasets: dict[str, str], params: dict[str, Any], out
     return where
 
 
+def _merge_streams(run: list[Any]) -> list[Any]:
+    """One output per stream name (stdout, then stderr) for consecutive stream outputs."""
+    by_name: dict[str, Any] = {}
+    for out in run:
+        if out.get("name") in by_name:
+            by_name[out["name"]]["text"] += out["text"]
+        else:
+            by_name[out.get("name")] = out
+    return [by_name[n] for n in sorted(by_name, key=lambda n: (n != "stdout", n != "stderr", str(n)))]
+
+
 def normalize(nb: Any) -> Any:
     """Drop what differs between two runs of the same notebook: timing metadata, and the way
-    stdout/stderr happened to be split into messages (consecutive streams are merged)."""
+    stdout/stderr happened to be split into messages. The kernel sends each stream's buffer on a
+    timer, so how a cell's stdout and stderr interleave depends on timing: consecutive stream
+    outputs become one stdout then one stderr output (a display or result between them is kept in
+    place, as the kernel flushes both streams before it)."""
     for cell in nb.cells:
         cell.get("metadata", {}).pop("execution", None)
         if cell.get("cell_type") != "code":
             continue
         merged: list[Any] = []
+        run: list[Any] = []
         for out in cell.get("outputs", []):
-            if (out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream"
-                    and merged[-1].get("name") == out.get("name")):
-                merged[-1]["text"] = merged[-1]["text"] + out["text"]
-            else:
-                merged.append(out)
-        cell["outputs"] = merged
+            if out.get("output_type") == "stream":
+                run.append(out)
+                continue
+            merged += _merge_streams(run) + [out]
+            run = []
+        cell["outputs"] = merged + _merge_streams(run)
     nb.metadata.pop("papermill", None)
     return nb
 
