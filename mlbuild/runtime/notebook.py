@@ -42,7 +42,8 @@ from typing import Any
 
 from .spec import load_spec
 
-__all__ = ["main", "run", "inject_inputs", "normalize", "format_failure", "kernel_spec", "INJECTED_TAG"]
+__all__ = ["main", "run", "inject_inputs", "normalize", "format_failure", "kernel_spec", "missing_program",
+           "INJECTED_TAG"]
 
 INJECTED_TAG = "injected-by-mlbuild"
 EVENT_PREFIX = "MLBUILD "
@@ -194,6 +195,30 @@ def format_failure(notebook: str, number: int, cell: Any, error: str) -> str:
     return "\n".join([*lines, "traceback:", *("  " + l for l in _clip(tb, TRACEBACK_LINES, head=False))])
 
 
+_NOT_FOUND = re.compile(r"^Couldn't find program: (.+)$", re.MULTILINE)
+
+
+class _CellFailed(Exception):
+    """A cell that IPython let pass although it did not run (the message says why)."""
+
+
+def missing_program(cell: Any) -> str | None:
+    """Why a script cell magic (``%%bash``, ``%%sh``, ``%%script PROG``...) did not run, or None.
+
+    IPython only prints "Couldn't find program" when the program is not on PATH, and the cell
+    passes; in a build ``PATH`` holds only the toolchain, so such a cell never runs."""
+    lines = [l for l in str(cell.get("source", "")).splitlines() if l.strip()]
+    if cell.get("cell_type") != "code" or not lines or not lines[0].lstrip().startswith("%%"):
+        return None
+    for out in cell.get("outputs", []):
+        m = _NOT_FOUND.search(str(out.get("text", ""))) if out.get("output_type") == "stream" else None
+        if m:
+            return (f"{lines[0].strip()} did not run: the program {m[1]} is not on the build's PATH, which holds "
+                    "only the toolchain (IPython printed \"Couldn't find program\" and went on); do that work "
+                    "in Python in the cell instead")
+    return None
+
+
 def _event(**fields: Any) -> None:
     print(EVENT_PREFIX + json.dumps(fields, sort_keys=True), flush=True)
 
@@ -232,10 +257,15 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
             _event(event="cell", notebook=name, cell=cell_index + 1 if cell_index < injected else cell_index,
                    cells=len(nb.cells) - 1)
 
+    def executed(cell: Any, cell_index: int, execute_reply: Any) -> None:
+        why = missing_program(cell)
+        if why:
+            raise _CellFailed(why)
+
     timeout = int(spec.get("timeout", 600))
     client = NotebookClient(nb, timeout=timeout, startup_timeout=120,
                             kernel_name="python3", record_timing=False, config=config,
-                            on_cell_start=started,
+                            on_cell_start=started, on_cell_executed=executed,
                             resources={"metadata": {"path": str((work / rel).parent)}})
     # The kernel process's own stderr (not the cells' output, which comes as messages) goes to a
     # file, replayed into the build log afterwards: at a timeout it is only the interrupted
@@ -251,7 +281,7 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
     try:
         with open(kernel_log, "wb") as kernel_stderr:
             client.execute(stderr=kernel_stderr)
-    except (CellControlSignal, CellTimeoutError, DeadKernelError) as e:
+    except (CellControlSignal, CellTimeoutError, DeadKernelError, _CellFailed) as e:
         i = state["index"]
         number = i + 1 if i < injected else i  # as the user counts: without the injected cell
         sys.stderr.flush()
@@ -259,7 +289,8 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
         timed_out = isinstance(e, CellTimeoutError) or (
             getattr(e, "ename", "") == "KeyboardInterrupt" and time.monotonic() - since["cell"] >= timeout)
         why = (f"the cell ran past the notebook's timeout of {timeout} s ([notebooks.{name}].timeout in "
-               f"mlbuild.toml); it was interrupted" if timed_out else f"{type(e).__name__}: {e}")
+               f"mlbuild.toml); it was interrupted" if timed_out
+               else str(e) if isinstance(e, _CellFailed) else f"{type(e).__name__}: {e}")
         if not timed_out:
             replay_kernel_log()
         message = format_failure(rel, number, nb.cells[i], why)

@@ -256,3 +256,23 @@ def test_a_cell_past_the_timeout_is_named_as_such(nb_project: Path) -> None:
         config.write_text(original)
         (nb_project / "slow.ipynb").unlink()
         commit_all(nb_project, "no slow notebook")
+
+
+def test_a_script_cell_magic_without_its_program_fails_the_run(nb_project: Path) -> None:
+    """`%%bash` in a build (PATH holds only the toolchain): IPython printed "Couldn't find program:
+    'bash'" and went on, so the check passed without running the cell."""
+    config = nb_project / "mlbuild.toml"
+    original = config.read_text()
+    notebook(nb_project / "shell.ipynb", [new_code_cell("x = 1"), new_code_cell("%%bash\necho hello > made.txt"),
+                                          new_code_cell("print('after')")])
+    config.write_text(original + '\n[notebooks.shell]\npath = "shell.ipynb"\n')
+    commit_all(nb_project, "a bash cell")
+    try:
+        proc = run_cli("build", "notebooks.shell", cwd=nb_project, check=False)
+        assert proc.returncode == 1, proc.stdout
+        assert "failed at cell 2 (In [3])" in proc.stderr and "   1 | %%bash" in proc.stderr, proc.stderr[-3000:]
+        assert "%%bash did not run: the program 'bash' is not on the build's PATH" in proc.stderr
+    finally:
+        config.write_text(original)
+        (nb_project / "shell.ipynb").unlink()
+        commit_all(nb_project, "no bash cell")

@@ -10,7 +10,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from mlbuild.runtime.notebook import (INJECTED_TAG, _read, format_failure, inject_inputs, kernel_spec,
-                                      normalize)
+                                      missing_program, normalize)
 
 
 def test_inputs_go_after_the_parameters_cell() -> None:
@@ -61,7 +61,8 @@ def test_normalize_gives_one_notebook_for_any_split_of_the_streams() -> None:
         cell.outputs = [new_output("stream", name=n, text=t) for n, t in splits]
         cell.outputs.insert(2, new_output("display_data", data={"text/plain": "plot"}))
         cell.outputs += [new_output("stream", name="stdout", text="z\n")]
-        return [(o.get("name", o.output_type), o.get("text", "")) for o in normalize(new_notebook(cells=[cell])).cells[0].outputs]
+        outputs = normalize(new_notebook(cells=[cell])).cells[0].outputs
+        return [(o.get("name", o.output_type), o.get("text", "")) for o in outputs]
 
     one = run(("stderr", "e0\n"), ("stdout", "o0\n"), ("stdout", "o1\n"), ("stderr", "e1\n"), ("stdout", "o2\n"))
     other = run(("stdout", "o0\n"), ("stderr", "e0\n"), ("stdout", "o1\n"), ("stdout", "o2\n"), ("stderr", "e1\n"))
@@ -102,3 +103,16 @@ def test_kernel_runs_this_interpreter_without_history() -> None:
     spec = kernel_spec("/nix/store/x-toolchain/bin/python")
     assert spec["argv"][:4] == ["/nix/store/x-toolchain/bin/python", "-s", "-m", "ipykernel_launcher"]
     assert "--HistoryManager.enabled=False" in spec["argv"] and spec["language"] == "python"
+
+
+def test_a_script_magic_whose_program_is_missing_is_named() -> None:
+    """IPython only prints "Couldn't find program" for `%%bash` without bash, and the cell passes."""
+    cell = new_code_cell("\n%%bash\necho hi")
+    cell.outputs = [new_output("stream", name="stdout", text="Couldn't find program: 'bash'\n")]
+    why = missing_program(cell)
+    assert why is not None and why.startswith("%%bash did not run: the program 'bash' is not on the build's PATH")
+    printed = new_code_cell("print(\"Couldn't find program: 'bash'\")")   # not a cell magic: its own output
+    printed.outputs = cell.outputs
+    ran = new_code_cell("%%bash\necho hi")
+    ran.outputs = [new_output("stream", name="stdout", text="hi\n")]
+    assert missing_program(printed) is None and missing_program(ran) is None
