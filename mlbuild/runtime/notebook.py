@@ -95,15 +95,22 @@ def _copy_code(code: Path, work: Path) -> None:
     work.chmod(work.stat().st_mode | stat.S_IWUSR)
 
 
-def _read(path: Path) -> Any:
-    """Read a notebook as nbformat 4, giving cells without an id a fixed one (not a random one)."""
+def _read(path: Path, name: str | None = None) -> Any:
+    """Read a notebook as nbformat 4, giving cells without an id a fixed one (not a random one).
+    A file that is not a notebook exits with a message naming it (``name``: as the project
+    names it)."""
     import nbformat
 
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    if raw.get("nbformat") == 4 and raw.get("nbformat_minor", 0) >= 5:
-        for i, cell in enumerate(raw.get("cells", [])):
-            cell.setdefault("id", f"cell-{i}")
-    return nbformat.reads(json.dumps(raw), as_version=4)  # type: ignore[no-untyped-call]
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        if raw.get("nbformat") == 4 and raw.get("nbformat_minor", 0) >= 5:
+            for i, cell in enumerate(raw.get("cells", [])):
+                cell.setdefault("id", f"cell-{i}")
+        return nbformat.reads(json.dumps(raw), as_version=4)  # type: ignore[no-untyped-call]
+    except (ValueError, AttributeError, TypeError, KeyError) as e:   # not JSON, not UTF-8, not a notebook
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise SystemExit(f"mlbuild: {name or path.name} is not a Jupyter notebook ({why}); open it in Jupyter "
+                         "and save it again, then commit it") from None
 
 
 def inject_inputs(nb: Any, datasets: dict[str, str], params: dict[str, Any], outputs: str) -> int:
@@ -239,7 +246,7 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
     outputs = out / "outputs"
     outputs.mkdir()
     _environment(tmp, spec, outputs)
-    nb = _read(work / rel)
+    nb = _read(work / rel, rel)
     injected = inject_inputs(nb, spec["datasets"], spec.get("params", {}), str(outputs))
     config = Config()
     config.KernelManager.transport = "ipc"         # unix sockets: no TCP, no ports

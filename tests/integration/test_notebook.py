@@ -276,3 +276,24 @@ def test_a_script_cell_magic_without_its_program_fails_the_run(nb_project: Path)
         config.write_text(original)
         (nb_project / "shell.ipynb").unlink()
         commit_all(nb_project, "no bash cell")
+
+
+def test_a_file_that_is_not_a_notebook_is_named_in_the_check(nb_project: Path) -> None:
+    """A notebook saved broken (not JSON) showed the builder's JSONDecodeError traceback, then
+    "fix the cell shown"."""
+    config = nb_project / "mlbuild.toml"
+    original = config.read_text()
+    (nb_project / "broken.ipynb").write_text("<<<<<<< HEAD\n{}\n")   # a merge conflict left in it
+    config.write_text(original + '\n[notebooks.broken]\npath = "broken.ipynb"\n')
+    commit_all(nb_project, "a broken notebook")
+    try:
+        proc = run_cli("notebook", "check", "broken", cwd=nb_project, check=False)
+        assert proc.returncode == 1
+        assert "mlbuild: broken.ipynb is not a Jupyter notebook (Expecting value: line 1 column 1 (char 0)); " \
+               "open it in Jupyter and save it again" in proc.stderr, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr and "fix the cell shown" not in proc.stderr
+        assert "fix what it shows, commit, then run `mlbuild notebook check broken` again" in proc.stderr
+    finally:
+        config.write_text(original)
+        (nb_project / "broken.ipynb").unlink()
+        commit_all(nb_project, "no broken notebook")

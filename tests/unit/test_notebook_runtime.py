@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from mlbuild.runtime.notebook import (INJECTED_TAG, _read, format_failure, inject_inputs, kernel_spec,
@@ -116,3 +117,14 @@ def test_a_script_magic_whose_program_is_missing_is_named() -> None:
     ran = new_code_cell("%%bash\necho hi")
     ran.outputs = [new_output("stream", name="stdout", text="hi\n")]
     assert missing_program(printed) is None and missing_program(ran) is None
+
+
+@pytest.mark.parametrize("content", [b"not json", b'{"nbformat": 4, "cells": [{"source": "s = \'\xe9\'"}]}', b"[1, 2]",
+                                     b'{"nbformat": 4, "nbformat_minor": 5, "cells": [5]}'])
+def test_a_file_that_is_not_a_notebook_is_named(tmp_path: Path, content: bytes) -> None:
+    """The builder showed a JSONDecodeError (or UnicodeDecodeError...) traceback, under "fix the cell shown"."""
+    (tmp_path / "n.ipynb").write_bytes(content)
+    with pytest.raises(SystemExit) as e:
+        _read(tmp_path / "n.ipynb", "nb/n.ipynb")
+    assert str(e.value).startswith("mlbuild: nb/n.ipynb is not a Jupyter notebook (")
+    assert str(e.value).endswith("open it in Jupyter and save it again, then commit it")
