@@ -40,10 +40,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .prepare import missing_module_hint
 from .spec import load_spec
 
 __all__ = ["main", "run", "inject_inputs", "normalize", "format_failure", "kernel_spec", "missing_program",
-           "INJECTED_TAG"]
+           "module_hint", "INJECTED_TAG"]
 
 INJECTED_TAG = "injected-by-mlbuild"
 EVENT_PREFIX = "MLBUILD "
@@ -226,6 +227,15 @@ def missing_program(cell: Any) -> str | None:
     return None
 
 
+def module_hint(ename: str, evalue: str, notebook: str) -> str | None:
+    """What to do when a cell failed with ``ModuleNotFoundError``: a project module the kernel's
+    folder lacks (only ``[notebooks.NAME].code`` is copied there), or a distribution the lock lacks."""
+    missing = re.fullmatch(r"No module named '([^']+)'", evalue)
+    if ename != "ModuleNotFoundError" or not missing:
+        return None
+    return missing_module_hint(ModuleNotFoundError(evalue, name=missing[1]), f"[notebooks.{notebook}].code")
+
+
 def _event(**fields: Any) -> None:
     print(EVENT_PREFIX + json.dumps(fields, sort_keys=True), flush=True)
 
@@ -301,6 +311,9 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
         if not timed_out:
             replay_kernel_log()
         message = format_failure(rel, number, nb.cells[i], why)
+        hint = module_hint(getattr(e, "ename", ""), str(getattr(e, "evalue", "")), name)
+        if hint:
+            message += "\n" + hint
         if timed_out and why not in message:   # the cell's traceback shows only a KeyboardInterrupt
             message += f"\nmlbuild: {why}"
         print(message, file=sys.stderr, flush=True)

@@ -297,3 +297,28 @@ def test_a_file_that_is_not_a_notebook_is_named_in_the_check(nb_project: Path) -
         config.write_text(original)
         (nb_project / "broken.ipynb").unlink()
         commit_all(nb_project, "no broken notebook")
+
+
+def test_a_project_module_not_in_code_is_named_with_the_fix(nb_project: Path) -> None:
+    """`import helpers` (a project file, not in [notebooks.NAME].code) failed with a bare
+    ModuleNotFoundError; the other stages' builders say where to list it."""
+    config = nb_project / "mlbuild.toml"
+    original = config.read_text()
+    (nb_project / "helpers.py").write_text("def double(x):\n    return 2 * x\n")
+    notebook(nb_project / "imports.ipynb", [new_code_cell("import helpers\nprint(helpers.double(2))")])
+    config.write_text(original + '\n[notebooks.imports]\npath = "imports.ipynb"\n')
+    commit_all(nb_project, "a notebook importing a project module")
+    try:
+        proc = run_cli("build", "notebooks.imports", cwd=nb_project, check=False)
+        assert proc.returncode == 1 and "ModuleNotFoundError: No module named 'helpers'" in proc.stderr
+        assert "if it is the project's own (helpers.py or helpers/), list it in [notebooks.imports].code in " \
+               "mlbuild.toml" in proc.stderr, proc.stderr[-3000:]
+        config.write_text(original + '\n[notebooks.imports]\npath = "imports.ipynb"\n'
+                          'code = ["imports.ipynb", "helpers.py"]\n')
+        commit_all(nb_project, "with its module")
+        assert "notebooks.imports\t/nix/store/" in run_cli("build", "notebooks.imports", cwd=nb_project).stdout
+    finally:
+        config.write_text(original)
+        (nb_project / "imports.ipynb").unlink()
+        (nb_project / "helpers.py").unlink()
+        commit_all(nb_project, "no imports notebook")

@@ -11,7 +11,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from mlbuild.runtime.notebook import (INJECTED_TAG, _read, format_failure, inject_inputs, kernel_spec,
-                                      missing_program, normalize)
+                                      missing_program, module_hint, normalize)
 
 
 def test_inputs_go_after_the_parameters_cell() -> None:
@@ -128,3 +128,14 @@ def test_a_file_that_is_not_a_notebook_is_named(tmp_path: Path, content: bytes) 
         _read(tmp_path / "n.ipynb", "nb/n.ipynb")
     assert str(e.value).startswith("mlbuild: nb/n.ipynb is not a Jupyter notebook (")
     assert str(e.value).endswith("open it in Jupyter and save it again, then commit it")
+
+
+def test_a_missing_module_gets_the_fix() -> None:
+    """`import helpers` of a project module not in [notebooks.NAME].code: a bare ModuleNotFoundError,
+    where the other stages say where to list it."""
+    hint = module_hint("ModuleNotFoundError", "No module named 'helpers'", "explore")
+    assert hint is not None and "(helpers.py or helpers/), list it in [notebooks.explore].code in mlbuild.toml" in hint
+    assert "add 'scikit-learn' to [python].requirements" in str(module_hint("ModuleNotFoundError",
+                                                                            "No module named 'sklearn'", "explore"))
+    assert module_hint("ModuleNotFoundError", "No module named 'json.nope'", "explore") is None   # a submodule
+    assert module_hint("ValueError", "No module named 'helpers'", "explore") is None
