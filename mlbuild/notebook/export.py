@@ -58,18 +58,30 @@ def read_notebook(path: Path) -> Any:
     except ImportError:
         raise NotebookExportError("nbformat is not installed in mlbuild's environment; "
                                   "run `pip install nbformat` in it (it is a dependency of mlbuild)") from None
+    # nbformat.read only logs a schema violation (a cell of an unknown type was exported as code);
+    # it is captured here and refused
+    invalid: dict[str, Any] = {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # missing cell ids etc.: nbformat repairs them
-            return nbformat.read(str(path), as_version=4)  # type: ignore[no-untyped-call]
+            nb = nbformat.read(str(path), as_version=4,  # type: ignore[no-untyped-call]
+                               capture_validation_error=invalid)
     except FileNotFoundError:
         raise NotebookExportError(f"notebook {path} does not exist") from None
     except (NotJSONError, ValueError) as e:
         raise NotebookExportError(f"{path} is not a Jupyter notebook (nbformat cannot read it: "
                                   f"{str(e).splitlines()[0][:200]}); open it in Jupyter and save it again") from None
     except nbformat.ValidationError as e:
-        raise NotebookExportError(f"{path} does not follow the notebook format: {e.message}; "
-                                  "open it in Jupyter and save it again") from None
+        invalid["ValidationError"] = e
+    except (AttributeError, TypeError, KeyError) as e:   # JSON, but not a notebook's structure
+        raise NotebookExportError(f"{path} does not follow the notebook format ({type(e).__name__}: "
+                                  f"{str(e)[:200]}); open it in Jupyter and save it again") from None
+    if "ValidationError" in invalid:
+        error = invalid["ValidationError"]
+        where = "/".join(str(p) for p in getattr(error, "absolute_path", []))
+        raise NotebookExportError(f"{path} does not follow the notebook format: {error.message}"
+                                  + (f" (at {where})" if where else "") + "; open it in Jupyter and save it again")
+    return nb
 
 
 def _language(nb: Any) -> str:
