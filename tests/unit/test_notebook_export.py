@@ -192,6 +192,22 @@ def test_hand_written_module_is_not_overwritten(tmp_path: Path) -> None:
     assert (tmp_path / "sums.py").read_text().startswith(MARKER)
 
 
+def test_an_edited_export_is_not_overwritten(tmp_path: Path) -> None:
+    """A module grows into code: edits to an exported module were lost without a word when the
+    notebook was exported again."""
+    nb = write_nb(tmp_path / "sums.ipynb", CELLS)
+    export_notebook(nb)
+    exported = (tmp_path / "sums.py").read_text()
+    export_notebook(nb)   # unchanged since: replaced
+    (tmp_path / "sums.py").write_text(exported + "\ndef mine():\n    return 1\n")
+    with pytest.raises(NotebookExportError, match="sums.py exists and was edited after `mlbuild notebook export` "
+                                                  "wrote it.*-o, or pass --force"):
+        export_notebook(nb)
+    assert (tmp_path / "sums.py").read_text().endswith("def mine():\n    return 1\n")
+    export_notebook(nb, force=True)
+    assert (tmp_path / "sums.py").read_text() == exported
+
+
 def test_cli_export(tmp_path: Path) -> None:
     nb = write_nb(tmp_path / "sums.ipynb", CELLS)
     out = run_cli("notebook", "export", str(nb), "-o", str(tmp_path / "mod.py")).stdout
