@@ -42,7 +42,7 @@ rec {
         name = "${name}-notebook";
         inherit toolchain;
         module = "notebook";
-        modules = [ "spec" "notebook" ];
+        modules = [ "spec" "prepare" "notebook" ];
         needs = { what = "running ${where}"; wheels = [ "nbclient" "nbformat" "ipykernel" ]; };
         spec = {
           version = 1;

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import Project
@@ -52,6 +53,12 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _inside(project: Project, rel: str) -> bool:
+    """Whether the project file ``rel`` is inside the project (not absolute, no ``..`` out of it)."""
+    root = project.root.resolve()
+    return (root / rel).resolve().is_relative_to(root) and not Path(rel).is_absolute()
+
+
 def _one(project: Project, name: str, table: Any) -> NotebookConfig:
     where = f"[notebooks.{name}]"
     if not _NAME.match(name):
@@ -64,6 +71,11 @@ def _one(project: Project, name: str, table: Any) -> NotebookConfig:
     path = table.get("path")
     if not isinstance(path, str) or not path.endswith(".ipynb"):
         raise NotebookConfigError(f'{where}.path is {path!r}; it must name a .ipynb file, e.g. path = "{name}.ipynb"')
+    outside = [p for p in [path, *_strings(table.get("code", []), f"{where}.code")] if not _inside(project, p)]
+    if outside:
+        key = f"{where}.path" if outside[0] == path else f"{where}.code"
+        raise NotebookConfigError(f"{key} names {outside[0]!r}, which is outside the project {project.root}; "
+                                  "move it into the project folder and name it relative to it")
     if not (project.root / path).is_file():
         raise NotebookConfigError(f"{where}.path {path!r} does not exist in {project.root}")
     datasets = _strings(table.get("datasets", []), f"{where}.datasets")

@@ -36,6 +36,7 @@ class NotebookCheckError(NotebookError):
         for name, err in failures.items():
             parts.append(f"notebook {name} failed:\n{err.log_tail or err}")
         ok = f"\npassed: {', '.join(passed)}" if passed else ""
-        fix = ("\nfix the cell shown (open the notebook and run it top to bottom), commit, then "
-               f"run `mlbuild notebook check {' '.join(failures)}` again")
+        shown = ("the cell shown (open the notebook and run it top to bottom)"
+                 if any("failed at cell" in (e.log_tail or str(e)) for e in failures.values()) else "what it shows")
+        fix = f"\nfix {shown}, commit, then run `mlbuild notebook check {' '.join(failures)}` again"
         super().__init__("\n".join(parts) + ok + fix)

@@ -22,6 +22,8 @@ tagged ``raises-exception`` are kept as comments (they would stop the import).
 from __future__ import annotations
 
 import ast
+import hashlib
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,18 +60,30 @@ def read_notebook(path: Path) -> Any:
     except ImportError:
         raise NotebookExportError("nbformat is not installed in mlbuild's environment; "
                                   "run `pip install nbformat` in it (it is a dependency of mlbuild)") from None
+    # nbformat.read only logs a schema violation (a cell of an unknown type was exported as code);
+    # it is captured here and refused
+    invalid: dict[str, Any] = {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # missing cell ids etc.: nbformat repairs them
-            return nbformat.read(str(path), as_version=4)  # type: ignore[no-untyped-call]
+            nb = nbformat.read(str(path), as_version=4,  # type: ignore[no-untyped-call]
+                               capture_validation_error=invalid)
     except FileNotFoundError:
         raise NotebookExportError(f"notebook {path} does not exist") from None
     except (NotJSONError, ValueError) as e:
         raise NotebookExportError(f"{path} is not a Jupyter notebook (nbformat cannot read it: "
                                   f"{str(e).splitlines()[0][:200]}); open it in Jupyter and save it again") from None
     except nbformat.ValidationError as e:
-        raise NotebookExportError(f"{path} does not follow the notebook format: {e.message}; "
-                                  "open it in Jupyter and save it again") from None
+        invalid["ValidationError"] = e
+    except (AttributeError, TypeError, KeyError) as e:   # JSON, but not a notebook's structure
+        raise NotebookExportError(f"{path} does not follow the notebook format ({type(e).__name__}: "
+                                  f"{str(e)[:200]}); open it in Jupyter and save it again") from None
+    if "ValidationError" in invalid:
+        error = invalid["ValidationError"]
+        where = "/".join(str(p) for p in getattr(error, "absolute_path", []))
+        raise NotebookExportError(f"{path} does not follow the notebook format: {error.message}"
+                                  + (f" (at {where})" if where else "") + "; open it in Jupyter and save it again")
+    return nb
 
 
 def _language(nb: Any) -> str:
@@ -140,7 +154,7 @@ def module_source(nb: Any, name: str, policy: MagicPolicy = "comment") -> Export
     that does not compile."""
     if _language(nb).lower() != "python":
         raise NotebookExportError(f"{name} is a {_language(nb)} notebook; only Python notebooks can be exported")
-    parts = [f"{MARKER} from {name}: edit the notebook, then export it again.\n" + _docstring(nb, name)]
+    parts = [_docstring(nb, name)]
     found: list[Magic] = []
     code_cells = markdown_cells = 0
     number = 0  # as the user counts: cells injected by a build are not theirs
@@ -199,14 +213,35 @@ def module_source(nb: Any, name: str, policy: MagicPolicy = "comment") -> Export
             f"{name}: {len(refused)} IPython line(s) cannot become plain Python:\n  "
             + "\n  ".join(lines[:20]) + (f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else "")
             + f"\n{fix}", lines)
-    return ExportResult("\n\n\n".join(parts) + "\n", None, code_cells, markdown_cells, found)
+    body = "\n\n\n".join(parts) + "\n"
+    header = f"{MARKER} from {name}: edit the notebook, then export it again. sha256:{_digest(body.encode())}\n"
+    return ExportResult(header + body, None, code_cells, markdown_cells, found)
+
+
+def _digest(body: bytes) -> str:
+    """The export's fingerprint of a module's text after its first line: an edit changes it."""
+    return hashlib.sha256(body).hexdigest()[:16]
+
+
+def _replaceable(target: Path) -> str | None:
+    """Why the existing ``target`` must not be replaced without ``--force`` (None: it may be): it
+    was not written by an export, or it was edited since (its text no longer has the fingerprint
+    the export recorded in its first line)."""
+    with open(target, "rb") as f:
+        first, rest = f.readline().decode("utf-8", "replace"), f.read()
+    if not first.startswith(MARKER):
+        return "was not written by `mlbuild notebook export`"
+    recorded = re.search(r"sha256:([0-9a-f]{16})\s*$", first)
+    if recorded and recorded[1] != _digest(rest):
+        return "was edited after `mlbuild notebook export` wrote it (the edits would be lost)"
+    return None
 
 
 def export_notebook(notebook: Path, output: Path | None = None, *, policy: MagicPolicy = "comment",
                     force: bool = False, to_stdout: bool = False) -> ExportResult:
     """Export ``notebook`` to ``output`` (default: the notebook's name with ``.py``), or only
     return the text when ``to_stdout``. An existing file is replaced only when an earlier export
-    wrote it (its first line is the export marker), or with ``force``."""
+    wrote it (its first line is the export marker) and it was not edited since, or with ``force``."""
     nb = read_notebook(notebook)
     result = module_source(nb, notebook.name, policy)
     if to_stdout:
@@ -214,13 +249,10 @@ def export_notebook(notebook: Path, output: Path | None = None, *, policy: Magic
     target = output if output is not None else notebook.with_suffix(".py")
     if target.resolve() == notebook.resolve():
         raise NotebookExportError(f"the output {target} is the notebook itself; pass -o MODULE.py")
-    if target.exists() and not force:
-        with open(target, encoding="utf-8", errors="replace") as f:
-            first = f.readline()
-        if not first.startswith(MARKER):
-            raise NotebookExportError(
-                f"{target} exists and was not written by `mlbuild notebook export`; choose another "
-                "path with -o, or pass --force to replace it")
+    why = _replaceable(target) if target.exists() and not force else None
+    if why:
+        raise NotebookExportError(f"{target} exists and {why}; choose another path with -o, or pass --force "
+                                  "to replace it")
     if not target.parent.is_dir():
         raise NotebookExportError(f"the folder of {target} does not exist; create it or choose another -o")
     atomic.write_text(target, result.source)

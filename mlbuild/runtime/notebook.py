@@ -21,7 +21,8 @@ path holding the project files the notebook uses), its ``datasets`` (name -> sto
   folders there too (nothing is written to a home folder);
 - stores ``$out/<notebook>.ipynb`` (executed, with outputs), ``$out/outputs/`` and
   ``$out/summary.json``. Timing metadata is not recorded and consecutive stream outputs are
-  merged, so an unchanged notebook gives the same bytes (``nix-build --check``).
+  merged (stdout, then stderr: how the kernel split and interleaved them depends on timing), so an
+  unchanged notebook gives the same bytes (``nix-build --check``).
 
 A cell that raises fails the build; the last lines of the log show the cell's source and its
 traceback (ANSI colours removed).
@@ -39,9 +40,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .prepare import missing_module_hint
 from .spec import load_spec
 
-__all__ = ["main", "run", "inject_inputs", "normalize", "format_failure", "kernel_spec", "INJECTED_TAG"]
+__all__ = ["main", "run", "inject_inputs", "normalize", "format_failure", "kernel_spec", "missing_program",
+           "module_hint", "INJECTED_TAG"]
 
 INJECTED_TAG = "injected-by-mlbuild"
 EVENT_PREFIX = "MLBUILD "
@@ -93,15 +96,22 @@ def _copy_code(code: Path, work: Path) -> None:
     work.chmod(work.stat().st_mode | stat.S_IWUSR)
 
 
-def _read(path: Path) -> Any:
-    """Read a notebook as nbformat 4, giving cells without an id a fixed one (not a random one)."""
+def _read(path: Path, name: str | None = None) -> Any:
+    """Read a notebook as nbformat 4, giving cells without an id a fixed one (not a random one).
+    A file that is not a notebook exits with a message naming it (``name``: as the project
+    names it)."""
     import nbformat
 
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    if raw.get("nbformat") == 4 and raw.get("nbformat_minor", 0) >= 5:
-        for i, cell in enumerate(raw.get("cells", [])):
-            cell.setdefault("id", f"cell-{i}")
-    return nbformat.reads(json.dumps(raw), as_version=4)  # type: ignore[no-untyped-call]
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        if raw.get("nbformat") == 4 and raw.get("nbformat_minor", 0) >= 5:
+            for i, cell in enumerate(raw.get("cells", [])):
+                cell.setdefault("id", f"cell-{i}")
+        return nbformat.reads(json.dumps(raw), as_version=4)  # type: ignore[no-untyped-call]
+    except (ValueError, AttributeError, TypeError, KeyError) as e:   # not JSON, not UTF-8, not a notebook
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise SystemExit(f"mlbuild: {name or path.name} is not a Jupyter notebook ({why}); open it in Jupyter "
+                         "and save it again, then commit it") from None
 
 
 def inject_inputs(nb: Any, datasets: dict[str, str], params: dict[str, Any], outputs: str) -> int:
@@ -129,21 +139,36 @@ def inject_inputs(nb: Any, datasets: dict[str, str], params: dict[str, Any], out
     return where
 
 
+def _merge_streams(run: list[Any]) -> list[Any]:
+    """One output per stream name (stdout, then stderr) for consecutive stream outputs."""
+    by_name: dict[str, Any] = {}
+    for out in run:
+        if out.get("name") in by_name:
+            by_name[out["name"]]["text"] += out["text"]
+        else:
+            by_name[out.get("name")] = out
+    return [by_name[n] for n in sorted(by_name, key=lambda n: (n != "stdout", n != "stderr", str(n)))]
+
+
 def normalize(nb: Any) -> Any:
     """Drop what differs between two runs of the same notebook: timing metadata, and the way
-    stdout/stderr happened to be split into messages (consecutive streams are merged)."""
+    stdout/stderr happened to be split into messages. The kernel sends each stream's buffer on a
+    timer, so how a cell's stdout and stderr interleave depends on timing: consecutive stream
+    outputs become one stdout then one stderr output (a display or result between them is kept in
+    place, as the kernel flushes both streams before it)."""
     for cell in nb.cells:
         cell.get("metadata", {}).pop("execution", None)
         if cell.get("cell_type") != "code":
             continue
         merged: list[Any] = []
+        run: list[Any] = []
         for out in cell.get("outputs", []):
-            if (out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream"
-                    and merged[-1].get("name") == out.get("name")):
-                merged[-1]["text"] = merged[-1]["text"] + out["text"]
-            else:
-                merged.append(out)
-        cell["outputs"] = merged
+            if out.get("output_type") == "stream":
+                run.append(out)
+                continue
+            merged += _merge_streams(run) + [out]
+            run = []
+        cell["outputs"] = merged + _merge_streams(run)
     nb.metadata.pop("papermill", None)
     return nb
 
@@ -178,6 +203,39 @@ def format_failure(notebook: str, number: int, cell: Any, error: str) -> str:
     return "\n".join([*lines, "traceback:", *("  " + l for l in _clip(tb, TRACEBACK_LINES, head=False))])
 
 
+_NOT_FOUND = re.compile(r"^Couldn't find program: (.+)$", re.MULTILINE)
+
+
+class _CellFailed(Exception):
+    """A cell that IPython let pass although it did not run (the message says why)."""
+
+
+def missing_program(cell: Any) -> str | None:
+    """Why a script cell magic (``%%bash``, ``%%sh``, ``%%script PROG``...) did not run, or None.
+
+    IPython only prints "Couldn't find program" when the program is not on PATH, and the cell
+    passes; in a build ``PATH`` holds only the toolchain, so such a cell never runs."""
+    lines = [l for l in str(cell.get("source", "")).splitlines() if l.strip()]
+    if cell.get("cell_type") != "code" or not lines or not lines[0].lstrip().startswith("%%"):
+        return None
+    for out in cell.get("outputs", []):
+        m = _NOT_FOUND.search(str(out.get("text", ""))) if out.get("output_type") == "stream" else None
+        if m:
+            return (f"{lines[0].strip()} did not run: the program {m[1]} is not on the build's PATH, which holds "
+                    "only the toolchain (IPython printed \"Couldn't find program\" and went on); do that work "
+                    "in Python in the cell instead")
+    return None
+
+
+def module_hint(ename: str, evalue: str, notebook: str) -> str | None:
+    """What to do when a cell failed with ``ModuleNotFoundError``: a project module the kernel's
+    folder lacks (only ``[notebooks.NAME].code`` is copied there), or a distribution the lock lacks."""
+    missing = re.fullmatch(r"No module named '([^']+)'", evalue)
+    if ename != "ModuleNotFoundError" or not missing:
+        return None
+    return missing_module_hint(ModuleNotFoundError(evalue, name=missing[1]), f"[notebooks.{notebook}].code")
+
+
 def _event(**fields: Any) -> None:
     print(EVENT_PREFIX + json.dumps(fields, sort_keys=True), flush=True)
 
@@ -198,7 +256,7 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
     outputs = out / "outputs"
     outputs.mkdir()
     _environment(tmp, spec, outputs)
-    nb = _read(work / rel)
+    nb = _read(work / rel, rel)
     injected = inject_inputs(nb, spec["datasets"], spec.get("params", {}), str(outputs))
     config = Config()
     config.KernelManager.transport = "ipc"         # unix sockets: no TCP, no ports
@@ -216,10 +274,15 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
             _event(event="cell", notebook=name, cell=cell_index + 1 if cell_index < injected else cell_index,
                    cells=len(nb.cells) - 1)
 
+    def executed(cell: Any, cell_index: int, execute_reply: Any) -> None:
+        why = missing_program(cell)
+        if why:
+            raise _CellFailed(why)
+
     timeout = int(spec.get("timeout", 600))
     client = NotebookClient(nb, timeout=timeout, startup_timeout=120,
                             kernel_name="python3", record_timing=False, config=config,
-                            on_cell_start=started,
+                            on_cell_start=started, on_cell_executed=executed,
                             resources={"metadata": {"path": str((work / rel).parent)}})
     # The kernel process's own stderr (not the cells' output, which comes as messages) goes to a
     # file, replayed into the build log afterwards: at a timeout it is only the interrupted
@@ -235,7 +298,7 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
     try:
         with open(kernel_log, "wb") as kernel_stderr:
             client.execute(stderr=kernel_stderr)
-    except (CellControlSignal, CellTimeoutError, DeadKernelError) as e:
+    except (CellControlSignal, CellTimeoutError, DeadKernelError, _CellFailed) as e:
         i = state["index"]
         number = i + 1 if i < injected else i  # as the user counts: without the injected cell
         sys.stderr.flush()
@@ -243,10 +306,14 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
         timed_out = isinstance(e, CellTimeoutError) or (
             getattr(e, "ename", "") == "KeyboardInterrupt" and time.monotonic() - since["cell"] >= timeout)
         why = (f"the cell ran past the notebook's timeout of {timeout} s ([notebooks.{name}].timeout in "
-               f"mlbuild.toml); it was interrupted" if timed_out else f"{type(e).__name__}: {e}")
+               f"mlbuild.toml); it was interrupted" if timed_out
+               else str(e) if isinstance(e, _CellFailed) else f"{type(e).__name__}: {e}")
         if not timed_out:
             replay_kernel_log()
         message = format_failure(rel, number, nb.cells[i], why)
+        hint = module_hint(getattr(e, "ename", ""), str(getattr(e, "evalue", "")), name)
+        if hint:
+            message += "\n" + hint
         if timed_out and why not in message:   # the cell's traceback shows only a KeyboardInterrupt
             message += f"\nmlbuild: {why}"
         print(message, file=sys.stderr, flush=True)

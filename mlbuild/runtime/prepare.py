@@ -24,8 +24,9 @@ _DISTRIBUTIONS = {"sklearn": "scikit-learn", "PIL": "pillow", "cv2": "opencv-pyt
                   "skimage": "scikit-image", "bs4": "beautifulsoup4", "google.protobuf": "protobuf"}
 
 
-def missing_module_hint(exc: BaseException) -> str | None:
-    """What to do about ``exc`` when it is a module the build lacks (not a submodule of one it has)."""
+def missing_module_hint(exc: BaseException, code: str = "this stage's `code = [...]`") -> str | None:
+    """What to do about ``exc`` when it is a module the build lacks (not a submodule of one it has);
+    ``code``: where the project's own files are listed."""
     if not isinstance(exc, ModuleNotFoundError) or not exc.name:
         return None
     top = exc.name.partition(".")[0]
@@ -39,7 +40,7 @@ def missing_module_hint(exc: BaseException) -> str | None:
     return (f"mlbuild: no module named {top!r} in this build, which sees only the toolchain (the distributions "
             f"mlbuild.lock pins) and the stage's own code files. If it comes from PyPI, add {dist!r} to "
             "[python].requirements in mlbuild.toml, then run `mlbuild lock` and `mlbuild prefetch`; if it is the "
-            f"project's own ({top}.py or {top}/), list it in this stage's `code = [...]` in mlbuild.toml")
+            f"project's own ({top}.py or {top}/), list it in {code} in mlbuild.toml")
 
 
 def load_module(code: str, script: str) -> ModuleType:

@@ -256,3 +256,69 @@ def test_a_cell_past_the_timeout_is_named_as_such(nb_project: Path) -> None:
         config.write_text(original)
         (nb_project / "slow.ipynb").unlink()
         commit_all(nb_project, "no slow notebook")
+
+
+def test_a_script_cell_magic_without_its_program_fails_the_run(nb_project: Path) -> None:
+    """`%%bash` in a build (PATH holds only the toolchain): IPython printed "Couldn't find program:
+    'bash'" and went on, so the check passed without running the cell."""
+    config = nb_project / "mlbuild.toml"
+    original = config.read_text()
+    notebook(nb_project / "shell.ipynb", [new_code_cell("x = 1"), new_code_cell("%%bash\necho hello > made.txt"),
+                                          new_code_cell("print('after')")])
+    config.write_text(original + '\n[notebooks.shell]\npath = "shell.ipynb"\n')
+    commit_all(nb_project, "a bash cell")
+    try:
+        proc = run_cli("build", "notebooks.shell", cwd=nb_project, check=False)
+        assert proc.returncode == 1, proc.stdout
+        assert "failed at cell 2 (In [3])" in proc.stderr and "   1 | %%bash" in proc.stderr, proc.stderr[-3000:]
+        assert "%%bash did not run: the program 'bash' is not on the build's PATH" in proc.stderr
+    finally:
+        config.write_text(original)
+        (nb_project / "shell.ipynb").unlink()
+        commit_all(nb_project, "no bash cell")
+
+
+def test_a_file_that_is_not_a_notebook_is_named_in_the_check(nb_project: Path) -> None:
+    """A notebook saved broken (not JSON) showed the builder's JSONDecodeError traceback, then
+    "fix the cell shown"."""
+    config = nb_project / "mlbuild.toml"
+    original = config.read_text()
+    (nb_project / "broken.ipynb").write_text("<<<<<<< HEAD\n{}\n")   # a merge conflict left in it
+    config.write_text(original + '\n[notebooks.broken]\npath = "broken.ipynb"\n')
+    commit_all(nb_project, "a broken notebook")
+    try:
+        proc = run_cli("notebook", "check", "broken", cwd=nb_project, check=False)
+        assert proc.returncode == 1
+        assert "mlbuild: broken.ipynb is not a Jupyter notebook (Expecting value: line 1 column 1 (char 0)); " \
+               "open it in Jupyter and save it again" in proc.stderr, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr and "fix the cell shown" not in proc.stderr
+        assert "fix what it shows, commit, then run `mlbuild notebook check broken` again" in proc.stderr
+    finally:
+        config.write_text(original)
+        (nb_project / "broken.ipynb").unlink()
+        commit_all(nb_project, "no broken notebook")
+
+
+def test_a_project_module_not_in_code_is_named_with_the_fix(nb_project: Path) -> None:
+    """`import helpers` (a project file, not in [notebooks.NAME].code) failed with a bare
+    ModuleNotFoundError; the other stages' builders say where to list it."""
+    config = nb_project / "mlbuild.toml"
+    original = config.read_text()
+    (nb_project / "helpers.py").write_text("def double(x):\n    return 2 * x\n")
+    notebook(nb_project / "imports.ipynb", [new_code_cell("import helpers\nprint(helpers.double(2))")])
+    config.write_text(original + '\n[notebooks.imports]\npath = "imports.ipynb"\n')
+    commit_all(nb_project, "a notebook importing a project module")
+    try:
+        proc = run_cli("build", "notebooks.imports", cwd=nb_project, check=False)
+        assert proc.returncode == 1 and "ModuleNotFoundError: No module named 'helpers'" in proc.stderr
+        assert "if it is the project's own (helpers.py or helpers/), list it in [notebooks.imports].code in " \
+               "mlbuild.toml" in proc.stderr, proc.stderr[-3000:]
+        config.write_text(original + '\n[notebooks.imports]\npath = "imports.ipynb"\n'
+                          'code = ["imports.ipynb", "helpers.py"]\n')
+        commit_all(nb_project, "with its module")
+        assert "notebooks.imports\t/nix/store/" in run_cli("build", "notebooks.imports", cwd=nb_project).stdout
+    finally:
+        config.write_text(original)
+        (nb_project / "imports.ipynb").unlink()
+        (nb_project / "helpers.py").unlink()
+        commit_all(nb_project, "no imports notebook")

@@ -61,3 +61,19 @@ def test_mistakes_name_the_value(tmp_path: Path, table: str, message: str) -> No
     with pytest.raises(NotebookConfigError, match=message) as e:
         notebook_configs(p)
     assert isinstance(e.value, ConfigError)
+
+
+@pytest.mark.parametrize("table, said", [
+    ('path = "../outside.ipynb"', "[notebooks.x].path names '../outside.ipynb', which is outside the project"),
+    ('path = "ABS"', "[notebooks.x].path names 'ABS', which is outside the project"),
+    ('path = "a.ipynb"\ncode = ["a.ipynb", "../lib"]', "[notebooks.x].code names '../lib', which is outside"),
+])
+def test_a_file_outside_the_project_is_refused(tmp_path: Path, table: str, said: str) -> None:
+    """`path = "../x.ipynb"` passed the check, then the worktree check failed with a screenful of
+    `git ls-files ... is outside repository`, for every notebook of the project."""
+    write_tree(tmp_path, {"outside.ipynb": "{}", "lib": {"m.py": ""}})
+    outside = str(tmp_path / "outside.ipynb")
+    p = project(tmp_path / "proj", f'[notebooks.x]\n{table.replace("ABS", outside)}\n')
+    with pytest.raises(NotebookConfigError) as e:
+        notebook_configs(p)
+    assert str(e.value).startswith(said.replace("ABS", outside)) and "move it into the project folder" in str(e.value)

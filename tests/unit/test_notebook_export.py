@@ -158,6 +158,29 @@ def test_not_a_notebook(tmp_path: Path) -> None:
         export_notebook(r)
 
 
+def test_a_notebook_against_the_schema_is_refused(tmp_path: Path) -> None:
+    """nbformat.read only logs a schema violation: a cell of an unknown type was exported as code,
+    and JSON of another shape (a list, a kernelspec string) ended in a traceback."""
+    cell = {"cell_type": "code", "id": "a", "metadata": {}, "source": "x = 1", "outputs": [], "execution_count": None}
+    cases = {
+        "weird": ({"cells": [{**cell, "cell_type": "weird"}]}, "(at cells/0)"),
+        "tags": ({"cells": [{**cell, "metadata": {"tags": "raises-exception"}}]},
+                 "'raises-exception' is not of type 'array' (at cells/0/metadata/tags)"),
+        "kernel": ({"cells": [cell], "metadata": {"kernelspec": "python3"}},
+                   "'python3' is not of type 'object' (at metadata/kernelspec)"),
+        "list": ([1, 2], "(AttributeError: "),
+        "ints": ({"cells": [5]}, "(TypeError: "),
+    }
+    for name, (content, said) in cases.items():
+        if isinstance(content, dict):
+            content = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, **content}
+        (tmp_path / f"{name}.ipynb").write_text(json.dumps(content))
+        with pytest.raises(NotebookExportError) as e:
+            export_notebook(tmp_path / f"{name}.ipynb")
+        assert f"{name}.ipynb does not follow the notebook format" in str(e.value) and said in str(e.value), name
+        assert not (tmp_path / f"{name}.py").exists()
+
+
 def test_hand_written_module_is_not_overwritten(tmp_path: Path) -> None:
     nb = write_nb(tmp_path / "sums.ipynb", CELLS)
     (tmp_path / "sums.py").write_text("# my own code\n")
@@ -167,6 +190,22 @@ def test_hand_written_module_is_not_overwritten(tmp_path: Path) -> None:
     export_notebook(nb, force=True)
     export_notebook(nb)  # an earlier export may be replaced
     assert (tmp_path / "sums.py").read_text().startswith(MARKER)
+
+
+def test_an_edited_export_is_not_overwritten(tmp_path: Path) -> None:
+    """A module grows into code: edits to an exported module were lost without a word when the
+    notebook was exported again."""
+    nb = write_nb(tmp_path / "sums.ipynb", CELLS)
+    export_notebook(nb)
+    exported = (tmp_path / "sums.py").read_text()
+    export_notebook(nb)   # unchanged since: replaced
+    (tmp_path / "sums.py").write_text(exported + "\ndef mine():\n    return 1\n")
+    with pytest.raises(NotebookExportError, match="sums.py exists and was edited after `mlbuild notebook export` "
+                                                  "wrote it.*-o, or pass --force"):
+        export_notebook(nb)
+    assert (tmp_path / "sums.py").read_text().endswith("def mine():\n    return 1\n")
+    export_notebook(nb, force=True)
+    assert (tmp_path / "sums.py").read_text() == exported
 
 
 def test_cli_export(tmp_path: Path) -> None:
