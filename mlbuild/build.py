@@ -148,10 +148,18 @@ class Summary:
     dirty: bool = False          # built from a dirty worktree (--allow-dirty): marked so in provenance
 
 
-def _code(table: Any, default: Any) -> list[str]:
-    """A stage's ``code`` list (default: its one script), as nix/*.nix give it to mkCode."""
+def _code(table: Any, default: Any, where: str, key: str) -> list[str]:
+    """A stage's ``code`` list (default: its one script), as nix/*.nix give it to mkCode. A file
+    outside the project is refused, as mkCode refuses it (git, asked about it, failed with a
+    screenful)."""
     code = table.get("code", [default]) if isinstance(table, dict) else []
-    return [f.rstrip("/") for f in code if isinstance(f, str)] if isinstance(code, list) else []
+    files = [f.rstrip("/") for f in code if isinstance(f, str)] if isinstance(code, list) else []
+    for f in files:
+        if f.startswith("/") or ".." in f.split("/"):
+            named = f"{where}.code" if isinstance(table, dict) and "code" in table else f"{where}.{key}"
+            raise ConfigError(f"{named} names {f!r}, which is outside the project: a build sees only the "
+                              "project folder's files; move it into the project and name it relative to it")
+    return files
 
 
 def model_code(project: Project, model: str) -> list[str]:
@@ -161,8 +169,8 @@ def model_code(project: Project, model: str) -> list[str]:
     if not isinstance(table, dict):
         return []
     v = table.get("validation")
-    files = [*_code(table, table.get("script", f"{model}.py")),
-             *(_code(v, v["suite"]) if isinstance(v, dict) and "suite" in v else [])]
+    files = [*_code(table, table.get("script", f"{model}.py"), f"[models.{model}]", "script"),
+             *(_code(v, v["suite"], f"[models.{model}.validation]", "suite") if isinstance(v, dict) and "suite" in v else [])]
     datasets = project.raw.get("datasets") or {}
     todo = [d for d in (table.get("datasets") or []) if isinstance(d, str)]
     if isinstance(v, dict) and isinstance(v.get("dataset"), str):
@@ -174,7 +182,7 @@ def model_code(project: Project, model: str) -> list[str]:
         if name in seen or not isinstance(t, dict) or "prepare" not in t:
             continue
         seen.add(name)
-        files += _code(t, t["prepare"])
+        files += _code(t, t["prepare"], f"[datasets.{name}]", "prepare")
         todo += [d for d in (t.get("inputs") or []) if isinstance(d, str)]
     return list(dict.fromkeys(files))
 
@@ -183,11 +191,11 @@ def code_inputs(project: Project) -> list[str]:
     """The project files the stages read (each ``code`` list, or its default: the script, the
     prepare script, the suite, the notebook)."""
     raw = project.raw
-    out = [f for t in (raw.get("datasets") or {}).values() if isinstance(t, dict) and "prepare" in t
-           for f in _code(t, t["prepare"])]
+    out = [f for n, t in (raw.get("datasets") or {}).items() if isinstance(t, dict) and "prepare" in t
+           for f in _code(t, t["prepare"], f"[datasets.{n}]", "prepare")]
     out += [f for m in (raw.get("models") or {}) for f in model_code(project, m)]
-    out += [f for t in (raw.get("notebooks") or {}).values() if isinstance(t, dict) and "path" in t
-            for f in _code(t, t["path"])]
+    out += [f for n, t in (raw.get("notebooks") or {}).items() if isinstance(t, dict) and "path" in t
+            for f in _code(t, t["path"], f"[notebooks.{n}]", "path")]
     return sorted(set(out))
 
 

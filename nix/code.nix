@@ -13,11 +13,14 @@ in
     let
       root = toString src;
       clean = map (lib.removeSuffix "/") files;
+      outside = builtins.filter (f: lib.hasPrefix "/" f || builtins.elem ".." (builtins.split "/" f)) clean;
       check = map (f: lib.assertMsg (builtins.pathExists (src + "/${f}"))
         "${what} names ${f}, which does not exist in ${root}${lib.untrackedHint (src + "/${f}")}") clean;
     in
     assert lib.assertMsg (builtins.isList files && builtins.all builtins.isString files)
       "${what} is ${builtins.toJSON files}; it must be a list of file names (mlbuild.toml)";
+    assert lib.assertMsg (outside == [ ])
+      "${what} names ${builtins.head outside}, which is outside the project: a build sees only the project folder's files; move it into the project and name it relative to it";
     assert builtins.all (x: x) check;
     builtins.path {
       inherit name;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -208,6 +209,28 @@ def test_a_code_file_git_ignores_makes_the_tree_dirty(tree) -> None:
     with pytest.raises(DirtyTreeError, match=r"untracked: flake\.lock[\s\S]*flake\.lock is what `nix flake lock` "
                                              r"\(or the first `nix build`/`nix run`\) writes: commit it"):
         check_clean(project)
+
+
+@pytest.mark.parametrize(("table", "key"), [
+    ('[models.m]\nscript = "../m.py"\n', "[models.m].script"),
+    ('[models.m]\nscript = "m.py"\ncode = ["m.py", "/srv/lib"]\n', "[models.m].code"),
+    ('[models.m]\nscript = "m.py"\n[models.m.validation]\nsuite = "../v.py"\n', "[models.m.validation].suite"),
+    ('[datasets.s]\nprepare = "p.py"\ncode = ["p.py", "lib/../../x"]\ninputs = []\n', "[datasets.s].code"),
+])
+def test_code_outside_the_project_is_refused_naming_the_key(tree, table: str, key: str) -> None:  # type: ignore[no-untyped-def]
+    """`script = "../x.py"`: every build ended in a screenful of `git ls-files ... is outside
+    repository`, asked about the file before anything said it cannot be built."""
+    import subprocess
+
+    from mlbuild.build import code_inputs
+    from mlbuild.config import load_project
+    from mlbuild.errors import ConfigError
+
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n' + table, "m.py": "", "p.py": ""})
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)} names '[^']+', which is outside the project: a build "
+                                          r"sees only the project folder's files; move it into the project"):
+        code_inputs(load_project(root))
 
 
 def test_metrics_history_follows_the_data_code_in_topological_order(tree) -> None:  # type: ignore[no-untyped-def]

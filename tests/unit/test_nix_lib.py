@@ -56,3 +56,15 @@ def test_a_derived_dataset_that_is_its_own_input_is_named(inputs: dict, chain: s
         assert out.returncode == 0 and out.stdout.strip() == '"a"', out.stderr
     else:
         assert out.returncode != 0 and f"[datasets.a] inputs lead back to it ({chain})" in out.stderr, out.stderr
+
+
+@pytest.mark.skipif(not have_nix(), reason="needs nix")
+@pytest.mark.parametrize("name", ["../outside.py", "/tmp/outside.py", "lib/../../x"])
+def test_code_outside_the_project_is_named_so(name: str) -> None:
+    """`script = "../x.py"` was "names ../x.py, which does not exist" though it does (outside)."""
+    expr = (f'((import {REPO / "nix"} {{ }}).mkCode {{ src = {REPO / "nix" / "tests" / "fixture"}; '
+            f'files = [ "m.py" {json.dumps(name)} ]; what = "[models.m].code"; }}).name')
+    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--expr", expr],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and (f"[models.m].code names {name}, which is outside the project: a build sees only "
+                                    "the project folder's files") in out.stderr, out.stderr
