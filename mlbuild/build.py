@@ -93,8 +93,9 @@ def check_targets(project: Project, targets: Sequence[str]) -> None:
         head, rest = parts[0], parts[1:]
         # A collection is an attribute set of several derivations: Nix builds them all, and
         # mlbuild reported, recorded and kept (a GC root) the first alone; `notebooks` with none
-        # ended in IndexError.
-        kind = head if not rest else rest[0] if len(rest) == 1 and head in declared["models"] else None
+        # ended in IndexError. `models.MODEL.datasets` is MODEL.datasets.
+        model, stage = (rest[0], rest[1:]) if head == "models" and rest else (head, rest)
+        kind = head if not rest else stage[0] if len(stage) == 1 and model in declared["models"] else None
         if kind in ("datasets", "notebooks", "models"):
             each = ", ".join(declared[kind]) if kind == "models" else ", ".join(f"{kind}.{n}" for n in declared[kind])
             raise TargetError(f"{target!r} names all the {kind} at once; give them one by one: {each}" if each else

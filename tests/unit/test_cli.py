@@ -95,6 +95,11 @@ def test_unknown_targets_are_refused_before_nix_runs(tree) -> None:
         ("build", "models"): "'models' names all the models at once; give them one by one: digits",
         ("build", "digits.notebooks"): "'digits.notebooks' names all the notebooks at once; give them one by one: "
                                        "notebooks.explore",
+        # the same through models.MODEL: it reported the first dataset alone, or an IndexError traceback
+        ("build", "models.digits.datasets"): "'models.digits.datasets' names all the datasets at once; give them "
+                                             "one by one: datasets.raw",
+        ("build", "models.digits.notebooks"): "'models.digits.notebooks' names all the notebooks at once; give them "
+                                              "one by one: notebooks.explore",
     }
     for args, message in cases.items():
         proc = run_cli(*args, cwd=root, check=False, env={"PATH": "/nonexistent"})
