@@ -62,9 +62,6 @@ def _value(key: str, text: str) -> Any:
     def finite(v: Any) -> bool:
         if isinstance(v, float):
             return math.isfinite(v)
-        if isinstance(v, int) and not -2**63 <= v < 2**63:   # Nix's integers are 64-bit
-            raise ConfigError(f"--set {key}={text}: {v} is beyond the 64-bit integers Nix has (it would reach the "
-                              f"training as the float {float(v):g}); give an integer from -2**63 to 2**63-1")
         if isinstance(v, list):
             return all(finite(x) for x in v)
         return all(finite(x) for x in v.values()) if isinstance(v, dict) else True
@@ -110,7 +107,18 @@ def typed_overrides(model: str, params: dict[str, Any], overrides: dict[str, Any
             example = "" if isinstance(have, dict) else f", e.g. --set {key}={json.dumps(have)}"
             raise ConfigError(f"--set {key}={raw[key]}: [models.{model}.params].{key} is {_kind(have)} "
                               f"({json.dumps(have)} in mlbuild.toml), not {_kind(value)}; give {_kind(have)}{example}")
+        _check_64_bits(key, raw[key], out[key])
     return out
+
+
+def _check_64_bits(key: str, text: str, value: Any) -> None:
+    """Nix's integers are 64-bit: it read 2**63 as -2**63 and larger ones as floats. Checked on the
+    typed value: a string param keeps the digits as text, a number param takes them as a float."""
+    if isinstance(value, int) and not -2**63 <= value < 2**63:
+        raise ConfigError(f"--set {key}={text}: {value} is beyond the 64-bit integers Nix has (it would reach the "
+                          f"training as the float {float(value):g}); give an integer from -2**63 to 2**63-1")
+    for v in value if isinstance(value, list) else value.values() if isinstance(value, dict) else ():
+        _check_64_bits(key, text, v)
 
 
 def changed_params(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -116,3 +116,9 @@ def test_an_integer_beyond_64_bits_is_refused(item: str) -> None:
                                           r"the float -?[0-9.e+]+\); give an integer from -2\*\*63 to 2\*\*63-1"):
         overrides(item)
     assert overrides("epochs=9223372036854775807") == {"epochs": 2**63 - 1}
+
+
+def test_digits_beyond_64_bits_are_text_or_a_float_where_the_param_is() -> None:
+    # refused as integers beyond 64 bits: a string param keeps the digits, a number param a float
+    got = overrides("name=99999999999999999999", "lr=100000000000000000000")
+    assert got == {"name": "99999999999999999999", "lr": 1e20} and type(got["lr"]) is float
