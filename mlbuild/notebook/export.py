@@ -219,8 +219,9 @@ def module_source(nb: Any, name: str, policy: MagicPolicy = "comment") -> Export
 
 
 def _digest(body: bytes) -> str:
-    """The export's fingerprint of a module's text after its first line: an edit changes it."""
-    return hashlib.sha256(body).hexdigest()[:16]
+    """The export's fingerprint of a module's text after its first line: an edit changes it, line
+    endings do not (git with core.autocrlf checks the module out with CRLF, unedited)."""
+    return hashlib.sha256(body.replace(b"\r\n", b"\n")).hexdigest()[:16]
 
 
 def _replaceable(target: Path) -> str | None:

@@ -208,6 +208,16 @@ def test_an_edited_export_is_not_overwritten(tmp_path: Path) -> None:
     assert (tmp_path / "sums.py").read_text() == exported
 
 
+def test_an_export_checked_out_with_crlf_line_endings_is_not_taken_for_edited(tmp_path: Path) -> None:
+    # git with core.autocrlf=true writes the committed module with CRLF: it was refused as edited
+    nb = write_nb(tmp_path / "sums.ipynb", CELLS)
+    export_notebook(nb)
+    exported = (tmp_path / "sums.py").read_bytes()
+    (tmp_path / "sums.py").write_bytes(exported.replace(b"\n", b"\r\n"))
+    export_notebook(nb)
+    assert (tmp_path / "sums.py").read_bytes() == exported
+
+
 def test_cli_export(tmp_path: Path) -> None:
     nb = write_nb(tmp_path / "sums.ipynb", CELLS)
     out = run_cli("notebook", "export", str(nb), "-o", str(tmp_path / "mod.py")).stdout
