@@ -203,7 +203,9 @@ def format_failure(notebook: str, number: int, cell: Any, error: str) -> str:
     return "\n".join([*lines, "traceback:", *("  " + l for l in _clip(tb, TRACEBACK_LINES, head=False))])
 
 
-_NOT_FOUND = re.compile(r"^Couldn't find program: (.+)$", re.MULTILINE)
+# What IPython prints first, and only, for a script magic whose program is missing (a program
+# that ran may print these words later in its own output: that is no failure).
+_NOT_FOUND = re.compile(r"\ACouldn't find program: (.+)$", re.MULTILINE)
 
 
 class _CellFailed(Exception):
@@ -218,8 +220,9 @@ def missing_program(cell: Any) -> str | None:
     lines = [l for l in str(cell.get("source", "")).splitlines() if l.strip()]
     if cell.get("cell_type") != "code" or not lines or not lines[0].lstrip().startswith("%%"):
         return None
-    for out in cell.get("outputs", []):
-        m = _NOT_FOUND.search(str(out.get("text", ""))) if out.get("output_type") == "stream" else None
+    first = next((o for o in cell.get("outputs", []) if o.get("output_type") == "stream"), None)
+    if first is not None and first.get("name") == "stdout":
+        m = _NOT_FOUND.search(str(first.get("text", "")))
         if m:
             return (f"{lines[0].strip()} did not run: the program {m[1]} is not on the build's PATH, which holds "
                     "only the toolchain (IPython printed \"Couldn't find program\" and went on); do that work "

@@ -139,3 +139,15 @@ def test_a_missing_module_gets_the_fix() -> None:
                                                                             "No module named 'sklearn'", "explore"))
     assert module_hint("ModuleNotFoundError", "No module named 'json.nope'", "explore") is None   # a submodule
     assert module_hint("ValueError", "No module named 'helpers'", "explore") is None
+
+
+def test_a_script_magic_that_ran_and_printed_the_words_is_not_failed() -> None:
+    # a %%python3 cell (its program is on the build's PATH) reporting a missing tool of its own
+    # later in its output failed the run as if IPython had not run it
+    ran = new_code_cell("%%python3\nimport shutil\nprint('plotting')\nprint(\"Couldn't find program: 'dot'\")")
+    ran.outputs = [new_output("stream", name="stdout", text="plotting\n"),
+                   new_output("stream", name="stdout", text="Couldn't find program: 'dot'\n")]
+    assert missing_program(ran) is None
+    timed = new_code_cell("%%time\n%%bash\necho hi")   # what IPython prints comes first, then the timing
+    timed.outputs = [new_output("stream", name="stdout", text="Couldn't find program: 'bash'\nCPU times: 1 ms\n")]
+    assert (missing_program(timed) or "").startswith("%%time did not run: the program 'bash' is not on")
