@@ -74,7 +74,10 @@ def _one(project: Project, name: str, table: Any) -> NotebookConfig:
     outside = [p for p in [path, *_strings(table.get("code", []), f"{where}.code")] if not _inside(project, p)]
     if outside:
         key = f"{where}.path" if outside[0] == path else f"{where}.code"
-        raise NotebookConfigError(f"{key} names {outside[0]!r}, which is outside the project {project.root}; "
+        target = (project.root / outside[0]).resolve()
+        link = "" if Path(outside[0]).is_absolute() or ".." in Path(outside[0]).parts else \
+            f", a link to {target} (a build would see the link, not the file)"
+        raise NotebookConfigError(f"{key} names {outside[0]!r}{link}, which is outside the project {project.root}; "
                                   "move it into the project folder and name it relative to it")
     if not (project.root / path).is_file():
         raise NotebookConfigError(f"{where}.path {path!r} does not exist in {project.root}")

@@ -77,3 +77,14 @@ def test_a_file_outside_the_project_is_refused(tmp_path: Path, table: str, said:
     with pytest.raises(NotebookConfigError) as e:
         notebook_configs(p)
     assert str(e.value).startswith(said.replace("ABS", outside)) and "move it into the project folder" in str(e.value)
+
+
+def test_a_link_in_the_project_to_a_file_outside_is_named_as_a_link(tmp_path: Path) -> None:
+    # it said the project's own explore.ipynb "is outside the project"
+    write_tree(tmp_path, {"outside.ipynb": "{}"})
+    p = project(tmp_path / "proj", '[notebooks.x]\npath = "explore.ipynb"\n')
+    (tmp_path / "proj" / "explore.ipynb").symlink_to(tmp_path / "outside.ipynb")
+    with pytest.raises(NotebookConfigError) as e:
+        notebook_configs(p)
+    assert str(e.value).startswith(f"[notebooks.x].path names 'explore.ipynb', a link to {tmp_path / 'outside.ipynb'} "
+                                   "(a build would see the link, not the file), which is outside the project")
