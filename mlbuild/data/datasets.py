@@ -192,6 +192,12 @@ def add(project: Project, name: str, path: Path) -> Added:
         raise DataError(f"{path} is {what}: dataset {name!r} would hold no data. Put the data there first "
                         f"(or give the file or folder that holds it), then run `mlbuild data add {name} PATH` again")
     if git.is_tracked(path):
+        owner, ours = git.repo_root(path.resolve()), git.repo_root(project.root)
+        if owner is not None and (ours is None or owner.resolve() != ours.resolve()):   # a clone, a submodule
+            raise DataError(f"{path} is tracked by the git repository at {owner}, not the project's (a clone or a "
+                            "submodule); data never goes into git, and `git rm --cached` cannot untrack it from the "
+                            "project. Copy the files (not its .git) to a folder no git repository tracks, and run "
+                            "data add on that")
         raise DataError(f"{path} is tracked by git; data never goes into git. Untrack it first: "
                         f"`git rm -r --cached {path}` (the files stay on disk), then run data add again")
     table = project.raw.get("datasets", {}).get(name)

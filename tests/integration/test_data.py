@@ -173,6 +173,25 @@ def test_tracked_data_refused(data_project: Path) -> None:
     assert proc.returncode == 1 and "tracked by git" in proc.stderr and "git rm -r --cached" in proc.stderr
 
 
+def test_data_tracked_by_a_repository_of_its_own_is_named(data_project: Path) -> None:
+    # a dataset cloned into the project (a Hugging Face dataset repository, say): it said to
+    # `git rm -r --cached` it, which fails in the project ("did not match any files")
+    clone = data_project / "ds"
+    clone.mkdir()
+    (clone / "a.csv").write_text("1,2\n")
+    for args in (["init", "-q"], ["add", "a.csv"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "d"]):
+        subprocess.run(["git", "-C", str(clone), *args], check=True, capture_output=True)
+    try:
+        for path in ("ds", "ds/a.csv"):
+            proc = run_cli("data", "add", "t", path, cwd=data_project, check=False)
+            assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+            assert proc.stderr.startswith(f"Error: {data_project / path} is tracked by the git repository at {clone}, "
+                                          "not the project's (a clone or a submodule)"), proc.stderr
+            assert "git rm -r --cached" not in proc.stderr
+    finally:
+        shutil.rmtree(clone)
+
+
 def test_missing_dataset_names_hash_and_command(data_project: Path) -> None:
     lk = lock(data_project)
     lk["datasets"]["raw"]["sha256"] = hashlib.sha256(b"nowhere").hexdigest()
