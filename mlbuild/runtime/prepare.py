@@ -63,6 +63,14 @@ def load_module(code: str, script: str) -> ModuleType:
     return module
 
 
+def _holds_nothing(out: Path) -> bool:
+    """No out, or a folder with no file or link anywhere under it (empty folders alone are no
+    data, as `data add` has it; a link to an input's file is)."""
+    if not os.path.lexists(out):
+        return True
+    return out.is_dir() and not out.is_symlink() and all(p.is_dir() and not p.is_symlink() for p in out.rglob("*"))
+
+
 def main() -> None:
     spec = load_spec()
     seed = int(spec.get("seed", 0))
@@ -80,7 +88,7 @@ def main() -> None:
     out = Path(os.environ["out"])
     out.mkdir()
     fn({k: Path(v) for k, v in spec["inputs"].items()}, out, dict(spec["params"]))
-    if not os.path.lexists(out) or (out.is_dir() and not os.listdir(out)):   # `data add` refuses no data too
+    if _holds_nothing(out):   # `data add` refuses no data too
         raise SystemExit(f"mlbuild: prepare() in {spec['script']} wrote nothing into out, so dataset "
                          f"{spec.get('dataset', '')!r} would hold no data; write its files into the folder `out` "
                          "(out / \"train.csv\", say)")

@@ -248,6 +248,12 @@ def test_a_prepare_that_writes_nothing_fails_naming_it(data_project: Path) -> No
     assert proc.returncode == 1, proc.stdout
     assert "mlbuild: prepare() in prepare.py wrote nothing into out, so dataset 'split' would hold no data" \
         in proc.stderr, proc.stderr
+    # folders and no file in them: an empty dataset as well, which `data add` refuses too
+    (data_project / "prepare.py").write_text("def prepare(inputs, out, params):\n    (out / 'train' / 'x').mkdir("
+                                             f"parents=True)  # {uuid.uuid4()}\n")
+    commit_all(data_project, "prepare writes an empty folder")
+    proc = build(data_project, "datasets.split", check=False)
+    assert proc.returncode == 1 and "prepare() in prepare.py wrote nothing into out" in proc.stderr, proc.stderr
 
 
 @pytest.fixture
