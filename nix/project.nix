@@ -118,6 +118,12 @@ let
   checkConfig = c:
     assert lib.checkKeys "mlbuild.toml" keys.top c;
     assert lib.checkKeys "[project]" keys.project (table c "project");
+    # [project].name as the driver takes it (config.py's _NAME); it was Nix's bare
+    # "attribute 'project' missing".
+    assert lib.assertMsg (c ? project && c.project ? name)
+      "mlbuild.toml needs a [project] table with name = \"...\" (letters, digits, - and _, starting with a letter)";
+    assert lib.assertMsg (builtins.isString c.project.name && builtins.match "[A-Za-z][A-Za-z0-9_-]*" c.project.name != null)
+      "[project].name is ${builtins.toJSON c.project.name}; use letters, digits, - and _, starting with a letter (mlbuild.toml)";
     assert lib.checkKeys "[python]" keys.python (table c "python");
     assert lib.checkKeys "[store]" keys.store (table c "store");
     assert lib.checkKeys "[models]" (builtins.attrNames (table c "models")) (table c "models")

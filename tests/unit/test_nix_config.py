@@ -97,6 +97,9 @@ def test_the_fixture_evaluates(tmp_path: Path) -> None:
     (('dataset = "raw"', 'dataset = "rw"'),
      '[models.m.validation].dataset is rw, which is not a dataset; declared: ["raw"]'),
     (('suite = "m.py"', 'suite = "v.py"'), "[models.m.validation].suite names v.py, which does not exist in"),
+    # no [project] name: it was Nix's bare "attribute 'project' missing" (the driver names it)
+    (('[project]\nname = "fixture"\n', ""), 'mlbuild.toml needs a [project] table with name = "..."'),
+    (('name = "fixture"', "name = 3"), "[project].name is 3; use letters, digits, - and _, starting with a letter"),
 ])
 def test_a_bad_key_or_value_is_an_error_naming_it(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
     proc = evaluate(tmp_path, edit)
