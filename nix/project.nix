@@ -99,6 +99,14 @@ let
   checkNames = kind: tables: builtins.all (n: lib.assertMsg (builtins.match "[A-Za-z0-9][A-Za-z0-9_-]*" n != null)
     "[${kind}.${builtins.toJSON n}]: ${builtins.toJSON n} is not a valid name; use letters, digits, - and _ (a dot would read as MODEL.STAGE in targets such as ${n}.image)")
     (builtins.attrNames tables);
+  # mkProject's own attributes, beside the models (`// models` below): a model so named replaced
+  # one (`mlbuild build toolchain` built a model named toolchain; one named config left a flake
+  # with no packages at all).
+  reserved = [ "name" "config" "lock" "toolchain" "interpreter" "datasets" "notebooks" "models" ];
+  checkReserved = models: builtins.all (n: lib.assertMsg (!(builtins.elem n reserved))
+    ("[models.${n}]: ${builtins.toJSON n} is a name mlbuild uses itself (a project's "
+      + builtins.concatStringsSep ", " reserved + " are attributes beside its models); rename the model, e.g. [models.${n}-model]"))
+    (builtins.attrNames models);
   table = c: key: c.${key} or { };
   # A [models.NAME.*] table (validation, params...) alone declares model NAME too: under a typo
   # (`[models.digit.validation]`) the real model had no gate, and a model `digit` nobody meant
@@ -128,7 +136,7 @@ let
     assert lib.checkKeys "[store]" keys.store (table c "store");
     assert lib.checkKeys "[models]" (builtins.attrNames (table c "models")) (table c "models")
       && checkAll checkModel (table c "models");
-    assert checkNames "models" (table c "models") && checkNames "datasets" (table c "datasets")
+    assert checkNames "models" (table c "models") && checkReserved (table c "models") && checkNames "datasets" (table c "datasets")
       && checkNames "notebooks" (table c "notebooks");
     assert checkAll checkDataset (table c "datasets");
     assert checkAll (n: lib.checkKeys "[notebooks.${n}]" keys.notebook) (table c "notebooks");
