@@ -164,7 +164,14 @@ in
       tc = assert fresh; toolchain.mkToolchain { inherit lock name nixpkgs; };
       datasets = dataset.mkDatasets { inherit src config lock; toolchain = tc; };
       notebooks = notebook.mkNotebooks { inherit src config datasets; toolchain = tc; };
-      unknownOverrides = builtins.filter (m: !((config.models or { }) ? ${m})) (builtins.attrNames overrides);
+      # mkProject's own arguments, checked as mlbuild.toml is: an override's misspelled key
+      # (`sed`) was ignored, a non-table one ended in Nix's bare "value is ... while a set was expected".
+      argsOk = lib.assertMsg (builtins.isAttrs overrides)
+          "mkProject's overrides is ${lib.describe overrides}; it must be an attribute set { MODEL = { params = { lr = 0.01; }; }; }"
+        && builtins.all (m: lib.checkKeysIn "mkProject's overrides" "overrides.${m}" keys.model overrides.${m})
+          (builtins.attrNames overrides)
+        && lib.assertMsg (builtins.isBool dirty) "mkProject's dirty is ${lib.describe dirty}; it must be true or false";
+      unknownOverrides = assert argsOk; builtins.filter (m: !((config.models or { }) ? ${m})) (builtins.attrNames overrides);
       withOverrides = m: table:
         let o = overrides.${m} or { };
         in table // o // { params = (lib.field "[models.${m}]" table "params" "table" { }) // (lib.field "overrides.${m}" o "params" "table" { }); };

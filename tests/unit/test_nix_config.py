@@ -18,7 +18,7 @@ FIXTURE = REPO / "nix" / "tests" / "fixture"
 
 
 def evaluate(tmp_path: Path, edit: tuple[str, str] | None, attr: str = "m.validation.drvPath",
-             function: str = "mkProject") -> subprocess.CompletedProcess[str]:
+             function: str = "mkProject", args: str = "") -> subprocess.CompletedProcess[str]:
     src = tmp_path / "p"
     shutil.copytree(FIXTURE, src)
     if edit is not None:
@@ -26,7 +26,7 @@ def evaluate(tmp_path: Path, edit: tuple[str, str] | None, attr: str = "m.valida
         old, new = edit
         assert old in text
         (src / "mlbuild.toml").write_text(text.replace(old, new))
-    expr = f"(import {REPO / 'nix'} {{ }}).{function} {{ src = {json.dumps(str(src))}; }}"
+    expr = f"(import {REPO / 'nix'} {{ }}).{function} {{ src = {json.dumps(str(src))}; {args} }}"
     return subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--raw",
                            "--expr", f"({expr}).{attr}"], capture_output=True, text=True)
 
@@ -155,3 +155,23 @@ def test_a_model_named_default_is_not_hidden_by_the_flakes_default(tmp_path: Pat
         assert proc.returncode != 0
         assert ("[models.default]: the flake's default package and app are [models.m] (the model named like "
                 "[project].name, else the first), which would hide the model named default") in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    # a misspelled key was ignored: the variant trained with the configured seed
+    ("overrides = { m = { sed = 1; }; };",
+     'overrides.m has unknown key "sed"; it takes "script", "code", "datasets", "params", "seed"'),
+    # these ended in Nix's bare "value is an integer while a set was expected"
+    ("overrides = { m = 3; };", "overrides.m is 3; it must be a table (mkProject's overrides)"),
+    ('overrides = "{}";', "mkProject's overrides is \"{}\"; it must be an attribute set { MODEL = { params"),
+    # a string was taken as true
+    ('dirty = "no";', "mkProject's dirty is \"no\"; it must be true or false"),
+])
+def test_a_bad_mkproject_argument_is_an_error_naming_it(tmp_path: Path, args: str, message: str) -> None:
+    proc = evaluate(tmp_path, None, attr="m.model.drvPath", args=args)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+
+
+def test_an_override_of_params_is_taken(tmp_path: Path) -> None:
+    assert evaluate(tmp_path, None, attr="m.model.drvPath", args="overrides = { m.params.lr = 1; }; dirty = true;").returncode == 0
