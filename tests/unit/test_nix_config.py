@@ -166,6 +166,10 @@ def test_a_model_named_default_is_not_hidden_by_the_flakes_default(tmp_path: Pat
     ('overrides = "{}";', "mkProject's overrides is \"{}\"; it must be an attribute set { MODEL = { params"),
     # a string was taken as true
     ('dirty = "no";', "mkProject's dirty is \"no\"; it must be true or false"),
+    # nixpkgs: "value is an integer while a set was expected", "attribute 'python311' missing"
+    ("nixpkgs = 3;", "mkProject's nixpkgs is 3; pass the nixpkgs flake input (or its legacyPackages.x86_64-linux)"),
+    ("nixpkgs = { legacyPackages.x86_64-linux = { }; };",
+     "the nixpkgs passed to mkProject has no python311, the Python of mlbuild.lock's interpreter (3.11"),
 ])
 def test_a_bad_mkproject_argument_is_an_error_naming_it(tmp_path: Path, args: str, message: str) -> None:
     proc = evaluate(tmp_path, None, attr="m.model.drvPath", args=args)
