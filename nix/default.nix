@@ -66,12 +66,13 @@ let
       validated = builtins.filter (m: p.config.models.${m} ? validation) models;
       # serve-<m> deploys: a model with a validation gate is served only once it passed (its
       # release), as its image is; `nix run .#<m>` runs the package itself, gate or not.
+      package = m: p.${m} // { inherit (p) interpreter; };
       app = m: { type = "app"; program = if builtins.elem m validated
         then "${p.${m}.release}/package/bin/serve" else "${p.${m}}/bin/serve"; };
     in
     {
-      packages.${system} = each (m: { name = m; value = p.${m} // { inherit (p) interpreter; }; })
-        // default { default = p.${first}; };
+      packages.${system} = each (m: { name = m; value = package m; })
+        // default { default = package first; };
       apps.${system} = each (m: { name = "serve-${m}"; value = app m; })
         // default { default = app first; };
       checks.${system} = builtins.listToAttrs (map (m: { name = "${m}-validation"; value = p.${m}.validation; }) validated)
