@@ -47,7 +47,8 @@ rec {
       + "it takes ${names known} (${source}; see the README)");
   # A value in a message: JSON where it has one (a function has none; a path would be copied to
   # the store), else its type.
-  describe = v: if builtins.isFunction v || builtins.isPath v then "a ${builtins.typeOf v}" else builtins.toJSON v;
+  describe = v: if builtins.isFunction v then "a function" else if builtins.isPath v then "a path"
+    else if builtins.isAttrs v then "an attribute set" else builtins.toJSON v;
   toLower = builtins.replaceStrings
     [ "A" "B" "C" "D" "E" "F" "G" "H" "I" "J" "K" "L" "M" "N" "O" "P" "Q" "R" "S" "T" "U" "V" "W" "X" "Y" "Z" ]
     [ "a" "b" "c" "d" "e" "f" "g" "h" "i" "j" "k" "l" "m" "n" "o" "p" "q" "r" "s" "t" "u" "v" "w" "x" "y" "z" ];

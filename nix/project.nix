@@ -145,7 +145,12 @@ in
 {
   mkProject = { src, nixpkgs ? null, overrides ? { }, dirty ? false }:
     let
-      config = let c = checkConfig (lib.readTOML (src + "/mlbuild.toml") "create it (see the README) in ${toString src}");
+      # A relative string (src = "./.") or a number ended in Nix's bare "doesn't represent an
+      # absolute path" or "cannot add a string to an integer".
+      srcOk = lib.assertMsg ((builtins.isPath src || builtins.isString src || (builtins.isAttrs src && src ? outPath))
+          && lib.hasPrefix "/" (toString src))
+        "mkProject's src is ${lib.describe src}; it must be the project folder as a path: src = ./.; (no quotes)";
+      config = assert srcOk; let c = checkConfig (lib.readTOML (src + "/mlbuild.toml") "create it (see the README) in ${toString src}");
                in assert checkScripts src (table c "models"); c;
       lock = lib.readJSON (src + "/mlbuild.lock") "mlbuild lock";
       name = config.project.name;

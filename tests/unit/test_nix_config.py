@@ -179,3 +179,15 @@ def test_a_bad_mkproject_argument_is_an_error_naming_it(tmp_path: Path, args: st
 
 def test_an_override_of_params_is_taken(tmp_path: Path) -> None:
     assert evaluate(tmp_path, None, attr="m.model.drvPath", args="overrides = { m.params.lr = 1; }; dirty = true;").returncode == 0
+
+
+@pytest.mark.parametrize("src", ['"./."', "3"])
+def test_a_src_that_is_no_folder_path_is_named(src: str) -> None:
+    """They ended in Nix's bare "string './mlbuild.toml' doesn't represent an absolute path" and
+    "cannot add a string to an integer"."""
+    expr = f"((import {REPO / 'nix'} {{ }}).flakeOutputs {{ src = {src}; }}).packages.x86_64-linux.m.drvPath"
+    proc = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--raw",
+                           "--expr", expr], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert f"mkProject's src is {src}; it must be the project folder as a path: src = ./.; (no quotes)" in proc.stderr, \
+        proc.stderr
