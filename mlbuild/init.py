@@ -29,6 +29,9 @@ __all__ = ["InitError", "CsvShape", "Created", "init_project", "read_csv_shape",
 REQUIREMENTS = ["torch==2.13.0", "numpy", "safetensors", "scikit-learn", "starlette", "uvicorn", "httptools",
                 "uvloop", "prometheus-client", "ipykernel", "nbclient", "nbformat"]
 NAME = re.compile(r"[a-z][a-z0-9-]*")
+# The model is named like the project; nix/project.nix refuses these model names (a project's own
+# attributes), which init wrote for a folder named `config` or `datasets`.
+RESERVED = ("name", "config", "lock", "toolchain", "interpreter", "datasets", "notebooks", "models")
 TEST_FRACTION = 0.25  # the held-out share of the split (prepare.py's test_fraction)
 
 
@@ -394,6 +397,9 @@ def init_project(root: Path, *, name: str | None = None, csv_path: Path | None =
     if not NAME.fullmatch(name):
         raise InitError(f"{name!r} is not a project name: use lower-case letters, digits and - (starting with a "
                         "letter), e.g. --name iris")
+    if name in RESERVED:
+        raise InitError(f"{name!r} is a name mlbuild uses itself (a project's {', '.join(RESERVED)}), and the model "
+                        f"would be named so; pass another, e.g. --name {name}-model")
     _check_python(python)
     shape = None
     if csv_path is not None:

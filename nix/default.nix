@@ -56,17 +56,25 @@ let
       models = builtins.attrNames (p.config.models or { });
       each = f: builtins.listToAttrs (map f models);
       first = if builtins.elem p.name models then p.name else builtins.head models;
+      # A model named default is the flake's default only where it is `first`; else the default
+      # package and app would hide it (`nix build .#default` built another model).
+      defaultOk = !(builtins.elem "default" models) || first == "default" || lib.assertMsg false
+        ("[models.default]: the flake's default package and app are [models.${first}] (the model named like "
+          + "[project].name, else the first), which would hide the model named default; rename the model, "
+          + "or set [project].name = \"default\" (mlbuild.toml)");
+      default = assert defaultOk; lib.optionalAttrs (models != [ ]);
       validated = builtins.filter (m: p.config.models.${m} ? validation) models;
       # serve-<m> deploys: a model with a validation gate is served only once it passed (its
       # release), as its image is; `nix run .#<m>` runs the package itself, gate or not.
+      package = m: p.${m} // { inherit (p) interpreter; };
       app = m: { type = "app"; program = if builtins.elem m validated
         then "${p.${m}.release}/package/bin/serve" else "${p.${m}}/bin/serve"; };
     in
     {
-      packages.${system} = each (m: { name = m; value = p.${m} // { inherit (p) interpreter; }; })
-        // lib.optionalAttrs (models != [ ]) { default = p.${first}; };
+      packages.${system} = each (m: { name = m; value = package m; })
+        // default { default = package first; };
       apps.${system} = each (m: { name = "serve-${m}"; value = app m; })
-        // lib.optionalAttrs (models != [ ]) { default = app first; };
+        // default { default = app first; };
       checks.${system} = builtins.listToAttrs (map (m: { name = "${m}-validation"; value = p.${m}.validation; }) validated)
         // notebook.notebookChecks p;
     };

@@ -34,15 +34,21 @@ rec {
     if ok then v else throw "mlbuild: ${where}.${key} is ${builtins.toJSON v}; it must be ${wanted} (mlbuild.toml)";
   # true, or an error naming the keys of `table` that are not in `known` (and the known ones):
   # a misspelled key (`threshold` for `thresholds`) must not be silently ignored.
-  checkKeys = where: known: table:
+  checkKeys = checkKeysIn "mlbuild.toml";
+  # The same for a table from elsewhere (`source`: mkProject's overrides).
+  checkKeysIn = source: where: known: table:
     let
       unknown = builtins.filter (k: !(builtins.elem k known)) (builtins.attrNames table);
       names = ks: builtins.concatStringsSep ", " (map builtins.toJSON ks);
     in
-    if !(builtins.isAttrs table) then throw "mlbuild: ${where} is ${builtins.toJSON table}; it must be a table (mlbuild.toml)"
+    if !(builtins.isAttrs table) then throw "mlbuild: ${where} is ${describe table}; it must be a table (${source})"
     else if unknown == [ ] then true
     else throw ("mlbuild: ${where} has unknown key${if builtins.length unknown > 1 then "s" else ""} ${names unknown}; "
-      + "it takes ${names known} (mlbuild.toml; see the README)");
+      + "it takes ${names known} (${source}; see the README)");
+  # A value in a message: JSON where it has one (a function has none; a path would be copied to
+  # the store), else its type.
+  describe = v: if builtins.isFunction v then "a function" else if builtins.isPath v then "a path"
+    else if builtins.isAttrs v then "an attribute set" else builtins.toJSON v;
   toLower = builtins.replaceStrings
     [ "A" "B" "C" "D" "E" "F" "G" "H" "I" "J" "K" "L" "M" "N" "O" "P" "Q" "R" "S" "T" "U" "V" "W" "X" "Y" "Z" ]
     [ "a" "b" "c" "d" "e" "f" "g" "h" "i" "j" "k" "l" "m" "n" "o" "p" "q" "r" "s" "t" "u" "v" "w" "x" "y" "z" ];

@@ -99,6 +99,14 @@ let
   checkNames = kind: tables: builtins.all (n: lib.assertMsg (builtins.match "[A-Za-z0-9][A-Za-z0-9_-]*" n != null)
     "[${kind}.${builtins.toJSON n}]: ${builtins.toJSON n} is not a valid name; use letters, digits, - and _ (a dot would read as MODEL.STAGE in targets such as ${n}.image)")
     (builtins.attrNames tables);
+  # mkProject's own attributes, beside the models (`// models` below): a model so named replaced
+  # one (`mlbuild build toolchain` built a model named toolchain; one named config left a flake
+  # with no packages at all).
+  reserved = [ "name" "config" "lock" "toolchain" "interpreter" "datasets" "notebooks" "models" ];
+  checkReserved = models: builtins.all (n: lib.assertMsg (!(builtins.elem n reserved))
+    ("[models.${n}]: ${builtins.toJSON n} is a name mlbuild uses itself (a project's "
+      + builtins.concatStringsSep ", " reserved + " are attributes beside its models); rename the model, e.g. [models.${n}-model]"))
+    (builtins.attrNames models);
   table = c: key: c.${key} or { };
   # A [models.NAME.*] table (validation, params...) alone declares model NAME too: under a typo
   # (`[models.digit.validation]`) the real model had no gate, and a model `digit` nobody meant
@@ -118,11 +126,17 @@ let
   checkConfig = c:
     assert lib.checkKeys "mlbuild.toml" keys.top c;
     assert lib.checkKeys "[project]" keys.project (table c "project");
+    # [project].name as the driver takes it (config.py's _NAME); it was Nix's bare
+    # "attribute 'project' missing".
+    assert lib.assertMsg (c ? project && c.project ? name)
+      "mlbuild.toml needs a [project] table with name = \"...\" (letters, digits, - and _, starting with a letter)";
+    assert lib.assertMsg (builtins.isString c.project.name && builtins.match "[A-Za-z][A-Za-z0-9_-]*" c.project.name != null)
+      "[project].name is ${builtins.toJSON c.project.name}; use letters, digits, - and _, starting with a letter (mlbuild.toml)";
     assert lib.checkKeys "[python]" keys.python (table c "python");
     assert lib.checkKeys "[store]" keys.store (table c "store");
     assert lib.checkKeys "[models]" (builtins.attrNames (table c "models")) (table c "models")
       && checkAll checkModel (table c "models");
-    assert checkNames "models" (table c "models") && checkNames "datasets" (table c "datasets")
+    assert checkNames "models" (table c "models") && checkReserved (table c "models") && checkNames "datasets" (table c "datasets")
       && checkNames "notebooks" (table c "notebooks");
     assert checkAll checkDataset (table c "datasets");
     assert checkAll (n: lib.checkKeys "[notebooks.${n}]" keys.notebook) (table c "notebooks");
@@ -131,7 +145,12 @@ in
 {
   mkProject = { src, nixpkgs ? null, overrides ? { }, dirty ? false }:
     let
-      config = let c = checkConfig (lib.readTOML (src + "/mlbuild.toml") "create it (see the README) in ${toString src}");
+      # A relative string (src = "./.") or a number ended in Nix's bare "doesn't represent an
+      # absolute path" or "cannot add a string to an integer".
+      srcOk = lib.assertMsg ((builtins.isPath src || builtins.isString src || (builtins.isAttrs src && src ? outPath))
+          && lib.hasPrefix "/" (toString src))
+        "mkProject's src is ${lib.describe src}; it must be the project folder as a path: src = ./.; (no quotes)";
+      config = assert srcOk; let c = checkConfig (lib.readTOML (src + "/mlbuild.toml") "create it (see the README) in ${toString src}");
                in assert checkScripts src (table c "models"); c;
       lock = lib.readJSON (src + "/mlbuild.lock") "mlbuild lock";
       name = config.project.name;
@@ -150,7 +169,14 @@ in
       tc = assert fresh; toolchain.mkToolchain { inherit lock name nixpkgs; };
       datasets = dataset.mkDatasets { inherit src config lock; toolchain = tc; };
       notebooks = notebook.mkNotebooks { inherit src config datasets; toolchain = tc; };
-      unknownOverrides = builtins.filter (m: !((config.models or { }) ? ${m})) (builtins.attrNames overrides);
+      # mkProject's own arguments, checked as mlbuild.toml is: an override's misspelled key
+      # (`sed`) was ignored, a non-table one ended in Nix's bare "value is ... while a set was expected".
+      argsOk = lib.assertMsg (builtins.isAttrs overrides)
+          "mkProject's overrides is ${lib.describe overrides}; it must be an attribute set { MODEL = { params = { lr = 0.01; }; }; }"
+        && builtins.all (m: lib.checkKeysIn "mkProject's overrides" "overrides.${m}" keys.model overrides.${m})
+          (builtins.attrNames overrides)
+        && lib.assertMsg (builtins.isBool dirty) "mkProject's dirty is ${lib.describe dirty}; it must be true or false";
+      unknownOverrides = assert argsOk; builtins.filter (m: !((config.models or { }) ? ${m})) (builtins.attrNames overrides);
       withOverrides = m: table:
         let o = overrides.${m} or { };
         in table // o // { params = (lib.field "[models.${m}]" table "params" "table" { }) // (lib.field "overrides.${m}" o "params" "table" { }); };

@@ -56,8 +56,16 @@ rec {
     let
       i = lock.interpreter;
       fromNixpkgs = nixpkgs != null;
-      pkgs = if fromNixpkgs then nixpkgs.legacyPackages.${system} or nixpkgs else null;
-      nixPython = pkgs.${"python" + builtins.replaceStrings [ "." ] [ "" ] (builtins.substring 0 4 i.version)};
+      # Both ended in a bare Nix error ("value is an integer while a set was expected",
+      # "attribute 'python311' missing").
+      pkgs = if !fromNixpkgs then null
+        else if !(builtins.isAttrs nixpkgs) then throw ("mlbuild: mkProject's nixpkgs is ${lib.describe nixpkgs}; pass "
+          + "the nixpkgs flake input (or its legacyPackages.${system}), or leave nixpkgs out to use the locked interpreter snapshot")
+        else nixpkgs.legacyPackages.${system} or nixpkgs;
+      pyAttr = "python" + builtins.replaceStrings [ "." ] [ "" ] (builtins.substring 0 4 i.version);
+      nixPython = pkgs.${pyAttr} or (throw ("mlbuild: the nixpkgs passed to mkProject has no ${pyAttr}, the Python of "
+        + "mlbuild.lock's interpreter (${i.version}); pass a nixpkgs that has it, or leave nixpkgs out to use the "
+        + "locked interpreter snapshot"));
       interpreter = if fromNixpkgs then nixPython else mkInterpreter { inherit lock; };
       loader = if fromNixpkgs then pkgs.stdenv.cc.bintools.dynamicLinker else "${interpreter}/lib/${i.loader}";
       libdirs = if fromNixpkgs

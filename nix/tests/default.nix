@@ -104,8 +104,9 @@ let
       got = let o = mlbuild.flakeOutputs { src = fixture; }; sys = "x86_64-linux"; in [
         (builtins.attrNames o.packages.${sys}) (builtins.attrNames o.apps.${sys}) (builtins.attrNames o.checks.${sys})
         (o.packages.${sys}.m.drvPath == project.m.drvPath) (o.checks.${sys}.m-validation.drvPath == project.m.validation.drvPath)
-        (o.apps.${sys}.serve-m.program == "${project.m.release}/package/bin/serve") ];   # validated: the release
-      expected = [ [ "default" "m" ] [ "default" "serve-m" ] [ "m-validation" ] true true true ];
+        (o.apps.${sys}.serve-m.program == "${project.m.release}/package/bin/serve")   # validated: the release
+        (builtins.attrNames o.packages.${sys}.default == builtins.attrNames o.packages.${sys}.m) ];   # .interpreter too
+      expected = [ [ "default" "m" ] [ "default" "serve-m" ] [ "m-validation" ] true true true true ];
     };
     thresholds-only-in-the-gate = {
       got = (spec project.m.validation).thresholds;

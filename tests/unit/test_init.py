@@ -130,7 +130,9 @@ def test_init_overwrites_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("name", "message"), [
-    ("My_Project", "'my_project' is not a project name"), ("9lives", "'9lives' is not a project name")])
+    ("My_Project", "'my_project' is not a project name"), ("9lives", "'9lives' is not a project name"),
+    # its model, named like it, was refused by every build
+    ("toolchain", "'toolchain' is a name mlbuild uses itself"), ("datasets", "pass another, e.g. --name datasets-model")])
 def test_a_bad_name_is_refused(tmp_path: Path, name: str, message: str) -> None:
     with pytest.raises(InitError, match=message):
         init_project(tmp_path / name)

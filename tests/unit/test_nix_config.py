@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(not have_nix(), reason="needs nix (bash .ci/setu
 FIXTURE = REPO / "nix" / "tests" / "fixture"
 
 
-def evaluate(tmp_path: Path, edit: tuple[str, str] | None, attr: str = "m.validation.drvPath") -> subprocess.CompletedProcess[str]:
+def evaluate(tmp_path: Path, edit: tuple[str, str] | None, attr: str = "m.validation.drvPath",
+             function: str = "mkProject", args: str = "") -> subprocess.CompletedProcess[str]:
     src = tmp_path / "p"
     shutil.copytree(FIXTURE, src)
     if edit is not None:
@@ -25,7 +26,7 @@ def evaluate(tmp_path: Path, edit: tuple[str, str] | None, attr: str = "m.valida
         old, new = edit
         assert old in text
         (src / "mlbuild.toml").write_text(text.replace(old, new))
-    expr = f"(import {REPO / 'nix'} {{ }}).mkProject {{ src = {json.dumps(str(src))}; }}"
+    expr = f"(import {REPO / 'nix'} {{ }}).{function} {{ src = {json.dumps(str(src))}; {args} }}"
     return subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--raw",
                            "--expr", f"({expr}).{attr}"], capture_output=True, text=True)
 
@@ -97,6 +98,15 @@ def test_the_fixture_evaluates(tmp_path: Path) -> None:
     (('dataset = "raw"', 'dataset = "rw"'),
      '[models.m.validation].dataset is rw, which is not a dataset; declared: ["raw"]'),
     (('suite = "m.py"', 'suite = "v.py"'), "[models.m.validation].suite names v.py, which does not exist in"),
+    # no [project] name: it was Nix's bare "attribute 'project' missing" (the driver names it)
+    (('[project]\nname = "fixture"\n', ""), 'mlbuild.toml needs a [project] table with name = "..."'),
+    (('name = "fixture"', "name = 3"), "[project].name is 3; use letters, digits, - and _, starting with a letter"),
+    # a model named like one of mkProject's own attributes replaced it: `mlbuild build toolchain`
+    # built the model, and a model `config` left the flake without packages
+    (("[models.m]\n", '[models.toolchain]\nscript = "m.py"\n\n[models.m]\n'),
+     '[models.toolchain]: "toolchain" is a name mlbuild uses itself'),
+    (("[models.m]\n", '[models.config]\nscript = "m.py"\n\n[models.m]\n'),
+     "rename the model, e.g. [models.config-model]"),
 ])
 def test_a_bad_key_or_value_is_an_error_naming_it(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
     proc = evaluate(tmp_path, edit)
@@ -131,3 +141,53 @@ def test_an_unknown_input_dataset_lists_the_declared_ones(tmp_path: Path) -> Non
                     attr="datasets.split.drvPath")
     assert proc.returncode != 0
     assert '[datasets.split] inputs names ["rw"], which are not datasets; declared: ["raw","split"]' in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("name, ok", [("m", False), ("fixture", True), ("default", True)])
+def test_a_model_named_default_is_not_hidden_by_the_flakes_default(tmp_path: Path, name: str, ok: bool) -> None:
+    """flakeOutputs' `default` is the model named like [project].name: a second model named
+    default was hidden by it (`nix build .#default` built model m)."""
+    edit = ('name = "fixture"\n', f'name = "{name}"\n[models.default]\nscript = "m.py"\n\n')
+    proc = evaluate(tmp_path, edit, attr='packages.x86_64-linux.default.name', function="flakeOutputs")
+    if ok:
+        assert proc.returncode == 0 and proc.stdout == "default-package", proc.stderr
+    else:
+        assert proc.returncode != 0
+        assert ("[models.default]: the flake's default package and app are [models.m] (the model named like "
+                "[project].name, else the first), which would hide the model named default") in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    # a misspelled key was ignored: the variant trained with the configured seed
+    ("overrides = { m = { sed = 1; }; };",
+     'overrides.m has unknown key "sed"; it takes "script", "code", "datasets", "params", "seed"'),
+    # these ended in Nix's bare "value is an integer while a set was expected"
+    ("overrides = { m = 3; };", "overrides.m is 3; it must be a table (mkProject's overrides)"),
+    ('overrides = "{}";', "mkProject's overrides is \"{}\"; it must be an attribute set { MODEL = { params"),
+    # a string was taken as true
+    ('dirty = "no";', "mkProject's dirty is \"no\"; it must be true or false"),
+    # nixpkgs: "value is an integer while a set was expected", "attribute 'python311' missing"
+    ("nixpkgs = 3;", "mkProject's nixpkgs is 3; pass the nixpkgs flake input (or its legacyPackages.x86_64-linux)"),
+    ("nixpkgs = { legacyPackages.x86_64-linux = { }; };",
+     "the nixpkgs passed to mkProject has no python311, the Python of mlbuild.lock's interpreter (3.11"),
+])
+def test_a_bad_mkproject_argument_is_an_error_naming_it(tmp_path: Path, args: str, message: str) -> None:
+    proc = evaluate(tmp_path, None, attr="m.model.drvPath", args=args)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+
+
+def test_an_override_of_params_is_taken(tmp_path: Path) -> None:
+    assert evaluate(tmp_path, None, attr="m.model.drvPath", args="overrides = { m.params.lr = 1; }; dirty = true;").returncode == 0
+
+
+@pytest.mark.parametrize("src", ['"./."', "3"])
+def test_a_src_that_is_no_folder_path_is_named(src: str) -> None:
+    """They ended in Nix's bare "string './mlbuild.toml' doesn't represent an absolute path" and
+    "cannot add a string to an integer"."""
+    expr = f"((import {REPO / 'nix'} {{ }}).flakeOutputs {{ src = {src}; }}).packages.x86_64-linux.m.drvPath"
+    proc = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--raw",
+                           "--expr", expr], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert f"mkProject's src is {src}; it must be the project folder as a path: src = ./.; (no quotes)" in proc.stderr, \
+        proc.stderr
