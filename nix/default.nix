@@ -71,8 +71,12 @@ let
         then "${p.${m}.release}/package/bin/serve" else "${p.${m}}/bin/serve"; };
     in
     {
+      # No model yet (data first): the default package is the toolchain, with the datasets and
+      # notebooks beside it (`nix build .#default.datasets.raw`), as `mlbuild build` builds the
+      # toolchain; it was Nix's bare "does not provide attribute packages.x86_64-linux.default".
       packages.${system} = each (m: { name = m; value = package m; })
-        // default { default = package first; };
+        // (if models == [ ] then { default = p.toolchain // { inherit (p) interpreter datasets notebooks; }; }
+            else default { default = package first; });
       apps.${system} = each (m: { name = "serve-${m}"; value = app m; })
         // default { default = app first; };
       checks.${system} = builtins.listToAttrs (map (m: { name = "${m}-validation"; value = p.${m}.validation; }) validated)

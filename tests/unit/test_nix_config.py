@@ -157,6 +157,16 @@ def test_a_model_named_default_is_not_hidden_by_the_flakes_default(tmp_path: Pat
                 "[project].name, else the first), which would hide the model named default") in proc.stderr, proc.stderr
 
 
+def test_a_project_without_models_builds_its_toolchain_and_datasets_from_the_flake(tmp_path: Path) -> None:
+    """A project with data and no model yet: `nix build` said the flake "does not provide
+    attribute packages.x86_64-linux.default", and its datasets had no flake attribute at all."""
+    text = (FIXTURE / "mlbuild.toml").read_text()
+    edit = (text[text.index("[models.m]"):], "")
+    for attr, name in [("default.name", "python-3.11.7-toolchain"), ("default.datasets.raw.name", "raw")]:
+        proc = evaluate(tmp_path / attr, edit, attr=f"packages.x86_64-linux.{attr}", function="flakeOutputs")
+        assert proc.returncode == 0 and proc.stdout == name, proc.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     # a misspelled key was ignored: the variant trained with the configured seed
     ("overrides = { m = { sed = 1; }; };",
