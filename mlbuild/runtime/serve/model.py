@@ -124,7 +124,7 @@ def _import_user_module(pkg: Package) -> Any:
         del sys.modules[pkg.module]  # a same-named module from another package (tests load several)
     try:
         return importlib.import_module(pkg.module)
-    except Exception as e:
+    except (Exception, SystemExit, KeyboardInterrupt) as e:   # sys.exit() or argparse at import: say so, not exit
         raise PackageError(pkg.code_dir, f"importing module {pkg.module!r} failed: {type(e).__name__}: {e}") from e
 
 def _default_preprocess(x: np.ndarray) -> torch.Tensor:
@@ -166,6 +166,16 @@ class LoadedModel:
         return out
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        try:
+            return self._run(batch)
+        except Exception:
+            raise
+        except BaseException as e:   # sys.exit() or KeyboardInterrupt in user code: would end the batcher's
+            # thread (every later request would hang) or the event loop; a failure like any other
+            raise ModelError(f"the model's code raised {type(e).__name__}({str(e)[:200]}); a handler must raise an "
+                             "exception (ValueError to refuse the input), not exit") from e
+
+    def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         rows = int(batch.shape[0])
         with torch.inference_mode():
             try:
@@ -207,7 +217,7 @@ def load_model(pkg: Package, threads: int | None = None, verify: bool = True) ->
         raise PackageError(pkg.code_dir, f"module {pkg.module!r} defines no build_model(params)")
     try:
         module = build(dict(pkg.params))
-    except Exception as e:
+    except (Exception, SystemExit, KeyboardInterrupt) as e:
         raise PackageError(pkg.code_dir, f"build_model(params) failed: {type(e).__name__}: {e}") from e
     if not isinstance(module, torch.nn.Module):
         raise PackageError(pkg.code_dir, f"build_model returned {type(module).__name__}, not a torch.nn.Module")
