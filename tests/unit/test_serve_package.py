@@ -421,3 +421,23 @@ def test_user_code_that_exits_while_loading_is_a_package_error(pkg: Path, source
     with pytest.raises(PackageError) as info:
         load_model(load_package(pkg), verify=False)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(("label", "message"), [
+    (np.array([np.nan]), "output 'label' holding NaN, infinity or values beyond INT64 (config.json's datatype), "
+                         "which cannot be cast to it"),
+    (np.array([1e30]), "output 'label' holding NaN, infinity or values beyond INT64"),
+    (np.array(["cat"]), "output 'label' as ndarray of str96 values, not real numbers; config.json declares INT64"),
+    (None, "output 'label' as None, not real numbers; config.json declares INT64"),
+])
+def test_outputs_that_casting_would_turn_into_other_numbers_are_the_models_error(
+        pkg: Path, label: Any, message: str) -> None:
+    """A float label holding NaN was served as -9223372036854775808 (numpy's cast), with a 200; None
+    came out as a NaN scalar ('has shape []'), text as int()'s error naming no output."""
+    model = load_model(load_package(pkg))
+    model.postprocess = lambda out: {"probabilities": np.zeros((1, 10)), "label": label}
+    with pytest.raises(ModelError) as info:
+        model.run(np.zeros((1, 64), dtype=np.float32))
+    assert str(info.value).startswith(f"postprocess returned {message}")
+    model.postprocess = lambda out: {"probabilities": torch.zeros(1, 10), "label": np.array([3.0])}
+    assert model.run(np.zeros((1, 64), dtype=np.float32))["label"].tolist() == [3]   # whole floats: cast as before
