@@ -62,7 +62,11 @@ def check_model(project: Project, model: str) -> None:
     models = sorted((project.raw.get("models") or {}).keys())
     if model not in models:
         head, dot, _ = model.partition(".")
-        fix = (f"give the model's name ({head}), not MODEL.STAGE" if dot and head in models
+        first = models[0] if len(models) == 1 else "MODEL"
+        # `mlbuild serve --port 8080 digits`: serve passes unknown options on, so one came here
+        fix = (f"it is an option: give the model first, then the server's options (mlbuild serve {first} "
+               f"{model} ...)" if model.startswith("-")
+               else f"give the model's name ({head}), not MODEL.STAGE" if dot and head in models
                else f"declare [models.{model}] in {project.config_path}" if model and not dot
                else "give one of those names")
         raise TargetError(f"{model!r} is not a model of {project.name} (models: {', '.join(models) or 'none'}); {fix}")

@@ -76,6 +76,11 @@ def test_unknown_targets_are_refused_before_nix_runs(tree) -> None:
         ("build", "models.digts.image"): "'digts' is not a model of p (models: digits); declare [models.digts]",
         ("validate", "digts"): "'digts' is not a model of p (models: digits)",
         ("serve", "digts"): "'digts' is not a model of p (models: digits)",
+        # the server's options before the model: serve takes unknown options for the server, and
+        # '--port' was the model ("declare [models.--port]")
+        ("serve", "--port", "8080", "digits"): "'--port' is not a model of p (models: digits); it is an option: give "
+                                               "the model first, then the server's options (mlbuild serve digits "
+                                               "--port ...)",
         ("metrics", "show", "digts"): "'digts' is not a model of p (models: digits)",
         ("exp", "show", "digts"): "'digts' is not a model of p (models: digits)",
         ("exp", "run", "digts", "--set", "lr=1"): "'digts' is not a model of p (models: digits)",

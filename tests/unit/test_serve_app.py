@@ -497,3 +497,30 @@ def test_drift_is_measured_for_inputs_of_more_than_two_dimensions(tmp_path: Path
         assert _rows_in_drift_window(client) == 12
         text = client.get("/metrics").text
         assert 'mlbuild_input_drift_psi{feature="63",model="cnn"}' in text
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_while_the_model_is_loading_stops_the_server_at_once(tmp_path: Path, sig: str) -> None:
+    """The load ran in asyncio.to_thread, whose worker the interpreter joins at exit: a server
+    stopped while build_model was still running logged 'Finished server process' and stayed up
+    until the load ended (a stuck one: for good, whatever signal came next)."""
+    import signal
+
+    from tests.unit.conftest_serve import ServerProcess
+
+    hold = tmp_path / "hold"
+    pkg = build_package(tmp_path / "pkg", source=GATED, train_steps=0,
+                        params={"features": 64, "hidden": 8, "classes": 10, "hold": str(hold)})
+    hold.touch()   # build_model waits while it exists (30 s at most)
+    server = ServerProcess(pkg, tmp_path / "server", "--log-level", "info")
+    _wait(lambda: server.port_file.exists() and "Application startup complete" in server.log())
+    server.port = int(server.port_file.read_text())
+    assert server.json("GET", "/v2/health/ready") == (503, {"ready": False})
+    started = time.monotonic()
+    server.proc.send_signal(getattr(signal, sig))
+    try:
+        assert server.proc.wait(10) == 0
+    finally:
+        server.stop()
+    assert time.monotonic() - started < 10
+    assert "stopping before model digits finished loading" in server.log()

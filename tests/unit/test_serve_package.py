@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.unit.conftest_serve import build_package, load_reference, validation_spec
+from tests.unit.conftest_serve import MLP_SOURCE, build_package, load_reference, validation_spec
 from mlbuild.runtime.serve.model import LoadedModel, ModelError, default_threads, load_model
 from mlbuild.runtime.serve.package import PackageError, ServeSettings, load_package
 
@@ -373,3 +373,71 @@ def postprocess(out):
     pkg = build_package(tmp_path / "p", source=source, train_steps=0)
     with pytest.raises(PackageError, match=r"warm-up inference on ones\[1, 64\] failed: RuntimeError: broken postprocess"):
         load_model(load_package(pkg))
+
+
+EXITING = '''
+
+import sys
+
+def postprocess(out):
+    if (out != out[0]).any():   # not at the warm-up (one row), but for a request of two different rows
+        sys.exit("cannot postprocess this")
+    p = torch.softmax(out, -1)
+    return {"probabilities": p.numpy(), "label": p.argmax(-1).numpy()}
+'''
+
+
+def test_a_handler_calling_sys_exit_is_a_500_not_a_hung_server(tmp_path: Path) -> None:
+    """SystemExit (or KeyboardInterrupt) from user code ended the batcher's thread without a word:
+    that request and every later one hung, readiness stayed true, and SIGTERM waited for them."""
+    from tests.unit.conftest_serve import ServerProcess
+
+    pkg = build_package(tmp_path / "p", source=MLP_SOURCE + EXITING, train_steps=0)
+    server = ServerProcess(pkg, tmp_path / "server").ready()
+    try:
+        rows = {"instances": [[0.0] * 64, [1.0] * 64]}
+        for _ in range(2):   # the second one too: the worker is still there
+            status, body = server.json("POST", "/v1/models/digits:predict", rows)
+            assert status == 500
+            assert body["error"] == ("inference failed: ModelError: the model's code raised SystemExit(cannot postprocess "
+                                     "this); a handler must raise an exception (ValueError to refuse the input), not exit")
+        status, body = server.json("POST", "/v1/models/digits:predict", {"instances": [[1.0] * 64]})
+        assert status == 200 and body["predictions"][0]["label"] in range(10)
+        assert "SystemExit: cannot postprocess this" in server.log()   # logged with its traceback
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("import sys\nsys.exit('no config')\n", "importing module 'model' failed: SystemExit: no config"),
+    ("import argparse\nargparse.ArgumentParser().parse_args()\n", "importing module 'model' failed: SystemExit: 2"),
+    ("def build_model(params):\n    raise SystemExit(4)\n", "build_model(params) failed: SystemExit: 4"),
+    (MLP_SOURCE + "\ndef postprocess(out):\n    raise KeyboardInterrupt\n",
+     "warm-up inference on zeros[1, 64] failed: ModelError: the model's code raised KeyboardInterrupt()"),
+])
+def test_user_code_that_exits_while_loading_is_a_package_error(pkg: Path, source: str, message: str) -> None:
+    """Not an exit of the server with two tracebacks and no 'Error:' line (or argparse's usage)."""
+    (pkg / "code" / "model.py").write_text(source)
+    with pytest.raises(PackageError) as info:
+        load_model(load_package(pkg), verify=False)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(("label", "message"), [
+    (np.array([np.nan]), "output 'label' holding NaN, infinity or values beyond INT64 (config.json's datatype), "
+                         "which cannot be cast to it"),
+    (np.array([1e30]), "output 'label' holding NaN, infinity or values beyond INT64"),
+    (np.array(["cat"]), "output 'label' as ndarray of str96 values, not real numbers; config.json declares INT64"),
+    (None, "output 'label' as None, not real numbers; config.json declares INT64"),
+])
+def test_outputs_that_casting_would_turn_into_other_numbers_are_the_models_error(
+        pkg: Path, label: Any, message: str) -> None:
+    """A float label holding NaN was served as -9223372036854775808 (numpy's cast), with a 200; None
+    came out as a NaN scalar ('has shape []'), text as int()'s error naming no output."""
+    model = load_model(load_package(pkg))
+    model.postprocess = lambda out: {"probabilities": np.zeros((1, 10)), "label": label}
+    with pytest.raises(ModelError) as info:
+        model.run(np.zeros((1, 64), dtype=np.float32))
+    assert str(info.value).startswith(f"postprocess returned {message}")
+    model.postprocess = lambda out: {"probabilities": torch.zeros(1, 10), "label": np.array([3.0])}
+    assert model.run(np.zeros((1, 64), dtype=np.float32))["label"].tolist() == [3]   # whole floats: cast as before

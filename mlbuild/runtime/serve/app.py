@@ -15,6 +15,7 @@ import asyncio
 import gc
 import json
 import logging
+import threading
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -72,6 +73,35 @@ def _error(status: int, message: str) -> Response:
     return Response(error_body(message), status_code=status, media_type=_JSON)
 
 
+async def _in_daemon_thread(work: Callable[[], LoadedModel]) -> LoadedModel:
+    """``work()`` in a daemon thread: asyncio.to_thread's worker is joined at exit, so a SIGTERM or
+    Ctrl-C while the model was still loading (a slow or stuck build_model) left the process running
+    until the load ended, whatever signal came next."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[LoadedModel] = loop.create_future()
+
+    def settle(value: LoadedModel | None, error: BaseException | None) -> None:
+        if future.done():   # the server stopped before the load ended
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            value, error = work(), None
+        except BaseException as e:
+            value, error = None, e
+        try:
+            loop.call_soon_threadsafe(settle, value, error)
+        except RuntimeError:   # the loop is closed: nobody waits any more
+            pass
+
+    threading.Thread(target=run, name="mlbuild-load", daemon=True).start()
+    return await future
+
+
 class ServerState:
     """What the routes share: the package, the model once loaded, the batcher, readiness."""
 
@@ -105,7 +135,7 @@ class ServerState:
 
     async def load(self) -> None:
         try:
-            model = await asyncio.to_thread(load_model, self.pkg, self.threads, self.verify)
+            model = await _in_daemon_thread(lambda: load_model(self.pkg, self.threads, self.verify))
         except Exception as e:  # a broken package: say why, then let the server exit non-zero
             log.error("loading %s failed: %s", self.pkg.root, e)
             self.load_error = e
@@ -292,6 +322,7 @@ def create_app(state: ServerState) -> Callable[[Scope, Receive, Send], Awaitable
         finally:
             state.begin_drain()
             if not task.done():
+                log.info("stopping before model %s finished loading", state.pkg.name)
                 task.cancel()
             if state.batcher is not None:
                 await asyncio.to_thread(state.batcher.stop)

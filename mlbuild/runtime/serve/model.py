@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..hashing import sha256_file
-from .package import Package, PackageError, ServeError
+from .package import Package, PackageError, ServeError, TensorSpec
 from .protocol import ProtocolError
 
 __all__ = ["LoadedModel", "ModelError", "InputRefused", "load_model", "default_threads", "sha256_file"]
@@ -124,7 +124,7 @@ def _import_user_module(pkg: Package) -> Any:
         del sys.modules[pkg.module]  # a same-named module from another package (tests load several)
     try:
         return importlib.import_module(pkg.module)
-    except Exception as e:
+    except (Exception, SystemExit, KeyboardInterrupt) as e:   # sys.exit() or argparse at import: say so, not exit
         raise PackageError(pkg.code_dir, f"importing module {pkg.module!r} failed: {type(e).__name__}: {e}") from e
 
 def _default_preprocess(x: np.ndarray) -> torch.Tensor:
@@ -142,6 +142,26 @@ def _single_output_postprocess(name: str) -> Postprocess:
     def postprocess(outputs: torch.Tensor) -> dict[str, np.ndarray]:
         return {name: outputs.detach().numpy()}
     return postprocess
+
+def _cast_output(spec: TensorSpec, value: Any) -> np.ndarray:
+    """``value`` (what postprocess returned for ``spec``) as an array of the declared datatype;
+    ModelError for what casting would turn into other numbers (NaN as an integer, None, text)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        what = "None" if value is None else f"{type(value).__name__} of {arr.dtype.name} values"
+        raise ModelError(f"postprocess returned output {spec.name!r} as {what}, not real numbers; "
+                         f"config.json declares {spec.datatype}")
+    if arr.dtype.kind == "f" and np.dtype(spec.dtype).kind in "iu" and arr.size:
+        info = np.iinfo(spec.dtype)
+        with np.errstate(invalid="ignore"):
+            fits = np.isfinite(arr).all() and info.min <= arr.min() and arr.max() <= info.max
+        if not fits:
+            raise ModelError(f"postprocess returned output {spec.name!r} holding NaN, infinity or values beyond "
+                             f"{spec.datatype} (config.json's datatype), which cannot be cast to it")
+    with np.errstate(all="ignore"):   # float64 to FP32 may overflow to inf: the encoders refuse that for JSON
+        return arr.astype(spec.dtype, copy=False)
 
 class LoadedModel:
     """A ready model: ``run(batch)`` maps an input array (rows first) to validated output arrays.
@@ -166,6 +186,16 @@ class LoadedModel:
         return out
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        try:
+            return self._run(batch)
+        except Exception:
+            raise
+        except BaseException as e:   # sys.exit() or KeyboardInterrupt in user code: would end the batcher's
+            # thread (every later request would hang) or the event loop; a failure like any other
+            raise ModelError(f"the model's code raised {type(e).__name__}({str(e)[:200]}); a handler must raise an "
+                             "exception (ValueError to refuse the input), not exit") from e
+
+    def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         rows = int(batch.shape[0])
         with torch.inference_mode():
             try:
@@ -180,9 +210,7 @@ class LoadedModel:
             if spec.name not in raw:
                 raise ModelError(f"postprocess returned {sorted(raw)}, missing output {spec.name!r} of config.json")
             value = raw[spec.name]
-            if isinstance(value, torch.Tensor):
-                value = value.detach().cpu().numpy()
-            arr = np.asarray(value).astype(spec.dtype, copy=False)
+            arr = _cast_output(spec, value)
             if len(spec.shape) == 1 and arr.ndim == 2 and arr.shape[1] == 1:
                 arr = arr[:, 0]   # one value per row, as declared
             if arr.ndim != len(spec.shape) or arr.shape[0] != rows or any(
@@ -207,7 +235,7 @@ def load_model(pkg: Package, threads: int | None = None, verify: bool = True) ->
         raise PackageError(pkg.code_dir, f"module {pkg.module!r} defines no build_model(params)")
     try:
         module = build(dict(pkg.params))
-    except Exception as e:
+    except (Exception, SystemExit, KeyboardInterrupt) as e:
         raise PackageError(pkg.code_dir, f"build_model(params) failed: {type(e).__name__}: {e}") from e
     if not isinstance(module, torch.nn.Module):
         raise PackageError(pkg.code_dir, f"build_model returned {type(module).__name__}, not a torch.nn.Module")
