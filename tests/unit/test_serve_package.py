@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -238,9 +239,11 @@ def test_default_threads(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv("MLBUILD_SERVE_THREADS", "3")
     assert default_threads() == 3
-    monkeypatch.setenv("MLBUILD_SERVE_THREADS", "x")
-    with pytest.raises(ServeError, match="not an integer"):
-        default_threads()
+    for bad in ("x", "0", "-2", "1.5"):
+        monkeypatch.setenv("MLBUILD_SERVE_THREADS", bad)
+        with pytest.raises(ServeError, match=rf"^MLBUILD_SERVE_THREADS='{re.escape(bad)}' is not a thread count: set "
+                                             r"it to a whole number >= 1 \(or unset it"):
+            default_threads()
     monkeypatch.delenv("MLBUILD_SERVE_THREADS")
     assert default_threads() >= 1
 
@@ -265,6 +268,23 @@ def test_server_arguments_are_checked_where_given(pkg: Path, args: list[str], me
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "serve.json" not in err
+
+
+@pytest.mark.parametrize("value", ["x", "0"])
+def test_a_bad_thread_count_in_the_environment_is_refused_before_the_port_is_bound(
+        pkg: Path, value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """It was found when the model loaded, after the server bound its port: exit 1, no fix named."""
+    import socket
+
+    from mlbuild.runtime.serve.__main__ import main
+
+    monkeypatch.setenv("MLBUILD_SERVE_THREADS", value)
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    assert main(["--package", str(pkg), "--port", str(port)]) == 2
+    assert capsys.readouterr().err.startswith(f"Error: MLBUILD_SERVE_THREADS='{value}' is not a thread count")
 
 
 def test_good_overrides_parse(pkg: Path) -> None:

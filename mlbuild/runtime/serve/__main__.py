@@ -18,6 +18,7 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .package import SETTING_LIMITS, ServeError  # noqa: E402
+from .model import env_threads  # noqa: E402
 from .server import serve  # noqa: E402
 
 __all__ = ["main", "build_parser"]
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None, package: str | None = None) -> int:
                                                    ("max_wait_ms", args.max_wait_ms),
                                                    ("max_body_bytes", args.max_body_bytes)) if v is not None}
     try:
+        if args.threads is None:
+            env_threads()   # a bad MLBUILD_SERVE_THREADS: said now, as a bad option is, not after the port is bound
         return serve(args.package, args.host, args.port, threads=args.threads, settings=overrides,
                      verify=not args.no_verify, log_level=args.log_level, access_log=args.access_log,
                      graceful_timeout=args.graceful_timeout, port_file=args.port_file,

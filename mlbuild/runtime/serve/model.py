@@ -35,7 +35,8 @@ from ..hashing import sha256_file
 from .package import Package, PackageError, ServeError, TensorSpec
 from .protocol import ProtocolError
 
-__all__ = ["LoadedModel", "ModelError", "InputRefused", "load_model", "default_threads", "sha256_file"]
+__all__ = ["LoadedModel", "ModelError", "InputRefused", "load_model", "default_threads", "env_threads",
+           "sha256_file"]
 
 log = logging.getLogger("mlbuild.serve")
 
@@ -95,18 +96,28 @@ def _cfs_quota(folder: Path) -> float | None:
         return None
 
 
+def env_threads() -> int | None:
+    """``$MLBUILD_SERVE_THREADS`` (None when unset or empty); ServeError for a value that is not a
+    thread count. The server checks it before it binds its port, not when the model loads."""
+    env = os.environ.get("MLBUILD_SERVE_THREADS", "").strip()
+    if not env:
+        return None
+    try:
+        value = int(env)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ServeError(f"MLBUILD_SERVE_THREADS={env!r} is not a thread count: set it to a whole number >= 1 "
+                         "(or unset it: the CPUs this process may use), or pass --threads N")
+    return value
+
+
 def default_threads() -> int:
     """Intra-op threads: ``$MLBUILD_SERVE_THREADS``, else the CPUs this process may run on, at most
     its cgroup's CPU quota rounded up (a container limited to 1 CPU on a 64-core node ran 64
     threads, throttled)."""
-    env = os.environ.get("MLBUILD_SERVE_THREADS", "").strip()
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            raise ServeError(f"MLBUILD_SERVE_THREADS={env!r} is not an integer") from None
-        if value < 1:
-            raise ServeError(f"MLBUILD_SERVE_THREADS={env!r} must be >= 1")
+    value = env_threads()
+    if value is not None:
         return value
     try:
         cpus = len(os.sched_getaffinity(0))
