@@ -218,6 +218,20 @@ def test_bad_predict(body: bytes) -> None:
     assert err.value.status == 400
 
 
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"instance": [[1, 2, 3, 4]]}', 'request has no "instances" (its keys: "instance"); send {"instances": [[...], ...]}'),
+    (b'{}', 'request has no "instances" (its keys: none)'),
+    (b'{"instances": [1, 2, 3, 4]}', "instances must be a list of rows, each a list (4 values for this model); for one "
+                                     "row send [[...]], not [...]"),
+])
+def test_a_near_miss_predict_request_is_told_the_fix(body: bytes, message: str) -> None:
+    """{"instance": ...} was told to be a JSON object, which it was; a bare row got a shape
+    mismatch of [4] against [-1, 4], with no word of the wrapping list."""
+    with pytest.raises(ProtocolError) as err:
+        decode_predict(PKG, body)
+    assert err.value.status == 400 and message in str(err.value)
+
+
 def _same_request(a: InferRequest, b: InferRequest) -> None:
     assert (a.id, a.outputs, a.array.dtype, a.array.shape) == (b.id, b.outputs, b.array.dtype, b.array.shape)
     np.testing.assert_array_equal(a.array, b.array)

@@ -470,13 +470,19 @@ def decode_predict(pkg: Package, body: bytes) -> InferRequest:
     """Decode ``POST /v1/models/{name}:predict``: ``{"id": ..., "instances": [row, ...]}`` (``id``
     optional) to the input array; the request asks for every output, as JSON."""
     req = _loads(body, "request")
-    if not isinstance(req, dict) or "instances" not in req:
+    if not isinstance(req, dict):
         raise _bad('request must be a JSON object {"instances": [[...], ...]}')
+    if "instances" not in req:   # {"instance": ...}: the object is right, its key is not
+        keys = ", ".join(json.dumps(k) for k in list(req)[:5]) or "none"
+        raise _bad(f'request has no "instances" (its keys: {keys}); send {{"instances": [[...], ...]}}')
     request_id = _check_id(req.get("id"))
     instances = req["instances"]
     spec = pkg.input
     if not isinstance(instances, list) or not instances:
         raise _bad("instances must be a non-empty list of rows")
+    if len(spec.shape) > 1 and not isinstance(instances[0], list):   # one bare row: a list of rows holds it
+        raise _bad(f"instances must be a list of rows, each a list ({spec.shape[1] if len(spec.shape) == 2 else '...'}"
+                   " values for this model); for one row send [[...]], not [...]")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
