@@ -1,12 +1,16 @@
-"""Replacing a file atomically, with the permissions a plain ``open()`` would give it."""
+"""Replacing a file atomically, with the permissions a plain ``open()`` would give it, and an
+exclusive lock for commands that read, change and write back the same files."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import secrets
 from pathlib import Path
+from typing import Iterator
 
-__all__ = ["write_text"]
+__all__ = ["write_text", "exclusive"]
 
 
 def write_text(path: Path, text: str) -> None:
@@ -22,3 +26,17 @@ def write_text(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing), waiting for another holder.
+    Commands that read a file, change it and write it back (`data add` and `mlbuild lock` on
+    mlbuild.lock and mlbuild.toml) re-read it inside: two at once otherwise each wrote back what it
+    had read, and the other's change was lost. The kernel drops the lock when its holder dies."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

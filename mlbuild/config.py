@@ -6,6 +6,7 @@ its meaning, so every default lives in one place per side and is documented in t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import atomic
 from .errors import ConfigError
 
-__all__ = ["Project", "PythonConfig", "load_project", "find_project_root", "state_dir", "config_text",
-           "CONFIG_NAME", "LOCK_NAME"]
+__all__ = ["Project", "PythonConfig", "load_project", "find_project_root", "state_dir", "project_lock",
+           "config_text", "CONFIG_NAME", "LOCK_NAME"]
 
 CONFIG_NAME = "mlbuild.toml"
 LOCK_NAME = "mlbuild.lock"
@@ -66,6 +68,12 @@ def state_dir(root: Path) -> Path:
     if not ignore.exists():
         ignore.write_text("*\n")
     return state
+
+
+def project_lock(root: Path) -> contextlib.AbstractContextManager[None]:
+    """Held while a command reads, changes and writes back mlbuild.toml, mlbuild.lock or
+    .gitignore (``.mlbuild/lock``): see ``atomic.exclusive``."""
+    return atomic.exclusive(state_dir(root) / "lock")
 
 
 def find_project_root(start: Path | None = None) -> Path:
