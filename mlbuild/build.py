@@ -464,6 +464,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     Raises DirtyTreeError, BuildError (with the build log's tail)."""
     targets = list(dict.fromkeys(targets))   # `build lr lr`: one build, one line
     check_targets(project, targets)
+    state_dir(project.root, writable=True)   # its records and GC roots go there: refused before training, not after
     lock = read_lock(project.lock_path)
     check_fresh(project, lock)
     for line in changed_datasets(project, lock):

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from . import git
 from .build import Progress, Summary, build_targets, check_model, validation_table
-from .config import Project, state_dir
+from .config import STATE_NAME, Project, state_dir
 from .errors import ConfigError
 from .metrics import heldout
 
@@ -119,8 +119,9 @@ def changed_params(params: dict[str, Any], overrides: dict[str, Any]) -> dict[st
     return {k: v for k, v in overrides.items() if not (v == params.get(k) and type(v) is type(params.get(k)))}
 
 
-def _log(project: Project, model: str) -> Path:
-    return state_dir(project.root) / "experiments" / f"{model}.jsonl"
+def _log(project: Project, model: str, write: bool = True) -> Path:
+    """The experiment log (made ready to write when ``write``: `exp show` in a read-only checkout reads it)."""
+    return (state_dir(project.root) if write else project.root / STATE_NAME) / "experiments" / f"{model}.jsonl"
 
 
 def variant_overrides(project: Project, model: str, sets: Sequence[str]) -> dict[str, Any]:
@@ -188,7 +189,7 @@ def show(project: Project, model: str, notes: list[str] | None = None) -> list[V
     """``model``'s variants, from its experiment log; a line of the log that is no record (torn by a
     run killed while writing it, or edited) is left out, and said so in ``notes``."""
     check_model(project, model)
-    log = _log(project, model)
+    log = _log(project, model, write=False)
     if not log.exists():
         return []
     by_path: dict[str, list[dict[str, Any]]] = {}

@@ -160,7 +160,10 @@ def local_sha256(root: Path, name: str, local: Path) -> str:
     sha, entries = statcache.lookup(root / STATE_NAME, name, local)
     if sha is None:
         sha = nar_sha256(str(local))
-        statcache.remember(state_dir(root), name, local, entries, sha)
+        try:
+            statcache.remember(state_dir(root), name, local, entries, sha)
+        except (ConfigError, OSError):   # a cache: a read-only checkout hashes each time, as without one
+            pass
     return sha
 
 
