@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from . import _nix, git
+from . import _nix, atomic, git
 from .config import Project, state_dir
 from .errors import BuildError, ConfigError, MlbuildError, StoreKeyError
 from .flakepin import pinned_entry
@@ -301,8 +301,7 @@ def _record(project: Project, built: Built, status: str, dirty: bool) -> None:
     state = state_dir(project.root)
     entry = {"target": built.target, "path": built.path, "status": status, "git_rev": git.head(project.root),
              "dirty": dirty, "nix": ".".join(map(str, _nix.nix_version())), "time": time.time()}
-    with open(state / "builds.jsonl", "a") as f:
-        f.write(json.dumps(entry, sort_keys=True) + "\n")
+    atomic.append_line(state / "builds.jsonl", json.dumps(entry, sort_keys=True))
 
 
 def shared_store(project: Project) -> tuple[StoreConfig, list[str]] | None:
@@ -510,9 +509,11 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
             any(p == path for p, _ in total.substituted)
         if not mine:
             total.present.append(target)
-        _record(project, built, "present" if not mine else "built", dirty)
+        # The root first: the output is unrooted until then (`--no-link`), and a record that cannot
+        # be written (a full disk) must not leave it so.
         _nix.add_roots({target: path, **_derived_dataset_roots(project, target, result.get("drvPath"))},
                        state_dir(project.root) / "gcroots")
+        _record(project, built, "present" if not mine else "built", dirty)
     if store is not None and total.built:
         warn_shadowed_keys(store[0])
     if do_push:

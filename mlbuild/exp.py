@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import git
+from . import atomic, git
 from .build import Progress, Summary, build_targets, check_model, validation_table
 from .config import STATE_NAME, Project, state_dir
 from .errors import ConfigError
@@ -161,13 +160,8 @@ def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool 
 
 
 def _append(log: Path, record: dict[str, Any]) -> None:
-    """One line more in ``log``, on a line of its own even after a torn last line (a run killed
-    while writing, a full disk), so that this record is not glued to it and lost with it."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a+b") as f:
-        end = f.seek(0, os.SEEK_END)
-        torn = end > 0 and f.seek(end - 1) >= 0 and f.read(1) != b"\n"
-        f.write((b"\n" if torn else b"") + json.dumps(record, sort_keys=True).encode() + b"\n")
+    atomic.append_line(log, json.dumps(record, sort_keys=True))
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import _nix, git
+from .. import _nix, atomic, git
 from ..config import STATE_NAME, Project, config_text, project_lock, state_dir
 from ..errors import ConfigError, DataError
 from ..lockfile import read_lock, write_lock
@@ -235,8 +235,8 @@ def add(project: Project, name: str, path: Path) -> Added:
         if result is not None:
             statcache.remember(cache, name, source, entries, sha)
         if config is not None:
-            project.config_path.write_text(toml_with_path(config_text(project.config_path), name, rel,
-                                                          project.config_path))
+            atomic.write_text(project.config_path, toml_with_path(config_text(project.config_path), name, rel,
+                                                                  project.config_path))
         lock = read_lock(project.lock_path)
         entry: dict[str, Any] = {"sha256": sha, "kind": "path"}
         before = lock.get("datasets", {}).get(name, {})

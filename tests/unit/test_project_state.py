@@ -57,3 +57,36 @@ def test_a_read_only_checkout_refuses_to_write_and_still_reads(tmp_path: Path) -
     proc = read_only(root, "exp", "show", "m")
     assert proc.returncode == 0 and "no experiments of m yet" in proc.stdout, proc.stdout + proc.stderr
     assert {f: (root / f).read_text() for f in before} == before and list((root / ".mlbuild").iterdir()) == []
+
+
+def full(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``mlbuild ARGS`` in ``root``, in a mount namespace where its .mlbuild is a full 64 KiB tmpfs."""
+    s = shlex.quote(str(root / ".mlbuild"))
+    script = (f"mount -t tmpfs -o size=64k tmpfs {s} && echo '*' > {s}/.gitignore && "
+              f"(dd if=/dev/zero of={s}/fill bs=1k count=100 2>/dev/null; true) && "
+              f"cd {shlex.quote(str(root))} && exec {shlex.join(MLBUILD)} {shlex.join(args)}")
+    return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+
+
+def test_a_full_mlbuild_folder_is_named_and_the_project_files_are_kept(tmp_path: Path) -> None:
+    """A full disk stopped `data add` (and build, exp, metrics) with an OSError traceback that
+    named no file."""
+    root = project(tmp_path / "p")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    (root / ".mlbuild").mkdir()
+    before = {f: (root / f).read_text() for f in ("mlbuild.toml", "mlbuild.lock")}
+    write_tree(root, {"data": {"new": {"rows.txt": "1\n2\n"}}})
+    proc = full(root, "data", "add", "new", "data/new")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("Error: No space left on device"), proc.stderr
+    assert f"{root / '.mlbuild'}" in proc.stderr and "free space there, then run the command again" in proc.stderr
+    assert {f: (root / f).read_text() for f in before} == before
+
+
+def test_appended_records_start_on_a_line_of_their_own(tmp_path: Path) -> None:
+    from mlbuild import atomic
+
+    log = tmp_path / "builds.jsonl"
+    log.write_text('{"target": "a"}\n{"targ')   # torn: a command killed while writing it
+    atomic.append_line(log, '{"target": "b"}')
+    assert log.read_text().splitlines()[-1] == '{"target": "b"}'
