@@ -11,6 +11,7 @@ revision, dirty flag, Nix version, time).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -480,6 +481,10 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     if do_push:
         _check_push_target(project)
     total = Summary(dirty=dirty)
+    # A variant (`exp run --set`) is rooted under a name of its own: under the target's name it
+    # replaced the root of the configured build, which the next garbage collection then took.
+    variant = "@" + hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:12] \
+        if overrides else ""
     t0 = time.monotonic()
     store = shared_store(project)
     extra = [*(store[1] if store is not None else []), *extra]
@@ -511,7 +516,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
             total.present.append(target)
         # The root first: the output is unrooted until then (`--no-link`), and a record that cannot
         # be written (a full disk) must not leave it so.
-        _nix.add_roots({target: path, **_derived_dataset_roots(project, target, result.get("drvPath"))},
+        _nix.add_roots({target + variant: path, **_derived_dataset_roots(project, target, result.get("drvPath"))},
                        state_dir(project.root) / "gcroots")
         _record(project, built, "present" if not mine else "built", dirty)
     if store is not None and total.built:
