@@ -114,10 +114,17 @@ def add_roots(paths: dict[str, str], root_dir: Path) -> None:
     root_dir.mkdir(parents=True, exist_ok=True)
     for name, path in paths.items():
         link = root_dir / name
-        if link.is_symlink() and os.readlink(link) == path:
+        try:
+            target: str | None = os.readlink(link)
+        except OSError:   # none yet (or not a link: Nix names it)
+            target = None
+        if target == path:
             continue
-        if link.is_symlink():
-            link.unlink()
+        # Nix replaces a link into the store itself, by a rename: the old root stays until the new
+        # one is there. Removing it first left a moment without either (a Ctrl-C there lost it), and
+        # two commands rooting one name at once (two builds) failed: the second found it gone.
+        if target is not None and not target.startswith(store_dir() + "/"):
+            link.unlink(missing_ok=True)
         run_nix(["--realise", path, "--add-root", str(link), "--indirect"], tool="nix-store")
 
 

@@ -1,24 +1,70 @@
-"""Replacing a file atomically, with the permissions a plain ``open()`` would give it."""
+"""Replacing a file atomically, with the permissions a plain ``open()`` would give it, and an
+exclusive lock for commands that read, change and write back the same files."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import secrets
 from pathlib import Path
+from typing import Iterator
 
-__all__ = ["write_text"]
+__all__ = ["write_text", "write_bytes", "append_line", "exclusive"]
 
 
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` through a temp file in its folder and a rename: a crash
     never leaves half a file. The file gets 0666 & ~umask, as ``open()`` gives (``mkstemp``'s
     0600 would hide a project file from the group and from other accounts)."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """``write_text`` for bytes. A symlink is written through, as ``open()`` does, not replaced."""
+    path = path.resolve() if path.is_symlink() else path
     tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # the kernel applies the umask
+    with _named(path):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # the kernel applies the umask
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def append_line(path: Path, line: str) -> None:
+    """``line`` and a newline at the end of ``path`` in one write (commands appending at once do not
+    interleave), on a line of its own even after a torn last line (a command killed while writing,
+    a full disk), so that it is not glued to that line and lost with it."""
+    with _named(path), open(path, "a+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        torn = end > 0 and f.seek(end - 1) >= 0 and f.read(1) != b"\n"
+        f.write((b"\n" if torn else b"") + line.encode() + b"\n")
+
+
+@contextlib.contextmanager
+def _named(path: Path) -> Iterator[None]:
+    """An OSError of a write (a full disk: ENOSPC carries no file name) names ``path``."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing), waiting for another holder.
+    Commands that read a file, change it and write it back (`data add` and `mlbuild lock` on
+    mlbuild.lock and mlbuild.toml) re-read it inside: two at once otherwise each wrote back what it
+    had read, and the other's change was lost. The kernel drops the lock when its holder dies."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

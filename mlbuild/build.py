@@ -11,6 +11,7 @@ revision, dirty flag, Nix version, time).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -25,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from . import _nix, git
+from . import _nix, atomic, git
 from .config import Project, state_dir
 from .errors import BuildError, ConfigError, MlbuildError, StoreKeyError
 from .flakepin import pinned_entry
@@ -306,8 +307,7 @@ def _record(project: Project, built: Built, status: str, dirty: bool) -> None:
     state = state_dir(project.root)
     entry = {"target": built.target, "path": built.path, "status": status, "git_rev": git.head(project.root),
              "dirty": dirty, "nix": ".".join(map(str, _nix.nix_version())), "time": time.time()}
-    with open(state / "builds.jsonl", "a") as f:
-        f.write(json.dumps(entry, sort_keys=True) + "\n")
+    atomic.append_line(state / "builds.jsonl", json.dumps(entry, sort_keys=True))
 
 
 def shared_store(project: Project) -> tuple[StoreConfig, list[str]] | None:
@@ -469,6 +469,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     Raises DirtyTreeError, BuildError (with the build log's tail)."""
     targets = list(dict.fromkeys(targets))   # `build lr lr`: one build, one line
     check_targets(project, targets)
+    state_dir(project.root, writable=True)   # its records and GC roots go there: refused before training, not after
     lock = read_lock(project.lock_path)
     check_fresh(project, lock)
     for line in changed_datasets(project, lock):
@@ -485,6 +486,10 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     if do_push:
         _check_push_target(project)
     total = Summary(dirty=dirty)
+    # A variant (`exp run --set`) is rooted under a name of its own: under the target's name it
+    # replaced the root of the configured build, which the next garbage collection then took.
+    variant = "@" + hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:12] \
+        if overrides else ""
     t0 = time.monotonic()
     store = shared_store(project)
     extra = [*(store[1] if store is not None else []), *extra]
@@ -514,9 +519,11 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
             any(p == path for p, _ in total.substituted)
         if not mine:
             total.present.append(target)
-        _record(project, built, "present" if not mine else "built", dirty)
-        _nix.add_roots({target: path, **_derived_dataset_roots(project, target, result.get("drvPath"))},
+        # The root first: the output is unrooted until then (`--no-link`), and a record that cannot
+        # be written (a full disk) must not leave it so.
+        _nix.add_roots({target + variant: path, **_derived_dataset_roots(project, target, result.get("drvPath"))},
                        state_dir(project.root) / "gcroots")
+        _record(project, built, "present" if not mine else "built", dirty)
     if store is not None and total.built:
         warn_shadowed_keys(store[0])
     if do_push:

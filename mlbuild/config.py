@@ -6,6 +6,8 @@ its meaning, so every default lives in one place per side and is documented in t
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
@@ -14,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import atomic
 from .errors import ConfigError
 
-__all__ = ["Project", "PythonConfig", "load_project", "find_project_root", "state_dir", "config_text",
-           "CONFIG_NAME", "LOCK_NAME"]
+__all__ = ["Project", "PythonConfig", "load_project", "find_project_root", "state_dir", "project_lock",
+           "config_text", "CONFIG_NAME", "LOCK_NAME"]
 
 CONFIG_NAME = "mlbuild.toml"
 LOCK_NAME = "mlbuild.lock"
@@ -56,16 +59,35 @@ class Project:
         return self.root / LOCK_NAME
 
 
-def state_dir(root: Path) -> Path:
+def state_dir(root: Path, writable: bool = False) -> Path:
     """``root/.mlbuild``, mlbuild's own state (GC roots, stat caches, build records, reports),
     created with a ``.gitignore`` of ``*``: whichever command writes there first (prefetch, data
-    add, build, exp, metrics), it never makes the worktree dirty or goes into a commit."""
+    add, build, exp, metrics), it never makes the worktree dirty or goes into a commit. ``writable``:
+    refuse one that cannot be written (a read-only checkout) now, before the work that writes there."""
     state = root / STATE_NAME
-    state.mkdir(exist_ok=True)
-    ignore = state / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("*\n")
+    if state.exists() and not state.is_dir():   # mkdir's FileExistsError was a traceback in every command
+        raise ConfigError(f"{state} is a file, not a folder: mlbuild keeps its state there (GC roots, stat caches, "
+                          f"build and experiment records, reports); move the file away (`mv {state} {state}.old`) "
+                          f"and run the command again")
+    try:
+        state.mkdir(exist_ok=True)
+        ignore = state / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text("*\n")
+        if writable and not os.access(state, os.W_OK):
+            raise PermissionError(errno.EROFS if os.statvfs(state).f_flag & os.ST_RDONLY else errno.EACCES,
+                                  "cannot be written")
+    except OSError as e:
+        raise ConfigError(f"{state} cannot be written ({os.strerror(e.errno) if e.errno else e}): mlbuild keeps "
+                          f"its state there (GC roots, stat caches, build and experiment records, reports); run it "
+                          f"in a checkout it can write to, or make {state} writable") from None
     return state
+
+
+def project_lock(root: Path) -> contextlib.AbstractContextManager[None]:
+    """Held while a command reads, changes and writes back mlbuild.toml, mlbuild.lock or
+    .gitignore (``.mlbuild/lock``): see ``atomic.exclusive``."""
+    return atomic.exclusive(state_dir(root, writable=True) / "lock")
 
 
 def find_project_root(start: Path | None = None) -> Path:

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import git
+from . import atomic, git
 from .build import Progress, Summary, build_targets, check_model, validation_table
-from .config import Project, state_dir
+from .config import STATE_NAME, Project, state_dir
 from .errors import ConfigError
 from .metrics import heldout
 
@@ -127,8 +126,9 @@ def changed_params(params: dict[str, Any], overrides: dict[str, Any]) -> dict[st
     return {k: v for k, v in overrides.items() if not (v == params.get(k) and type(v) is type(params.get(k)))}
 
 
-def _log(project: Project, model: str) -> Path:
-    return state_dir(project.root) / "experiments" / f"{model}.jsonl"
+def _log(project: Project, model: str, write: bool = True) -> Path:
+    """The experiment log (made ready to write when ``write``: `exp show` in a read-only checkout reads it)."""
+    return (state_dir(project.root) if write else project.root / STATE_NAME) / "experiments" / f"{model}.jsonl"
 
 
 def variant_overrides(project: Project, model: str, sets: Sequence[str]) -> dict[str, Any]:
@@ -168,13 +168,8 @@ def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool 
 
 
 def _append(log: Path, record: dict[str, Any]) -> None:
-    """One line more in ``log``, on a line of its own even after a torn last line (a run killed
-    while writing, a full disk), so that this record is not glued to it and lost with it."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a+b") as f:
-        end = f.seek(0, os.SEEK_END)
-        torn = end > 0 and f.seek(end - 1) >= 0 and f.read(1) != b"\n"
-        f.write((b"\n" if torn else b"") + json.dumps(record, sort_keys=True).encode() + b"\n")
+    atomic.append_line(log, json.dumps(record, sort_keys=True))
 
 
 @dataclass(frozen=True)
@@ -196,7 +191,7 @@ def show(project: Project, model: str, notes: list[str] | None = None) -> list[V
     """``model``'s variants, from its experiment log; a line of the log that is no record (torn by a
     run killed while writing it, or edited) is left out, and said so in ``notes``."""
     check_model(project, model)
-    log = _log(project, model)
+    log = _log(project, model, write=False)
     if not log.exists():
         return []
     by_path: dict[str, list[dict[str, Any]]] = {}

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from . import atomic
 from .errors import MlbuildError
 
 __all__ = ["GitError", "repo_root", "is_tracked", "dirty_files", "show", "ignore", "ignore_entry", "add_ignore",
@@ -172,7 +173,7 @@ def _literal(path: str) -> str:
 
 def add_ignore(gitignore: Path, line: str) -> None:
     text = gitignore.read_text() if gitignore.exists() else ""
-    gitignore.write_text(text + ("" if not text or text.endswith("\n") else "\n") + line + "\n")
+    atomic.write_text(gitignore, text + ("" if not text or text.endswith("\n") else "\n") + line + "\n")
 
 
 def ignore(project: Path, path: Path) -> bool:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import git
+from . import atomic, git
 from .build import Progress, Summary, build_targets, check_model, model_code, validation_table
 from .config import CONFIG_NAME, Project, load_project
 from .errors import BuildError, MlbuildError
@@ -296,7 +296,7 @@ def write_reports(model: str, points: Sequence[Point], out_dir: Path, worktree: 
               "prom": out_dir / f"{model}-worktree.prom"} if worktree else
              {"png": out_dir / f"{model}-history.png", "html": out_dir / f"{model}-report.html",
               "prom": out_dir / f"{model}-metrics.prom"})
-    files["png"].write_bytes(png)
+    atomic.write_bytes(files["png"], png)
     rows = table(points)
     # A row per point, then lines of prose (why a revision has no report, notes): those are one cell.
     cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r.split()) + "</tr>"
@@ -312,7 +312,7 @@ def write_reports(model: str, points: Sequence[Point], out_dir: Path, worktree: 
             f"<th>{html.escape(l)}</th>" for l in labels) + "</tr>" + "".join(
             f"<tr><th>{html.escape(labels[i])}</th>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
             for i, row in enumerate(cm)) + "</table>"
-    files["html"].write_text(
+    atomic.write_text(files["html"],   # whole or not at all: a browser, a textfile collector read them
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(model)} validation</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style></head><body>"
@@ -321,5 +321,5 @@ def write_reports(model: str, points: Sequence[Point], out_dir: Path, worktree: 
         f"<h2>By revision</h2><table><tr>{head}</tr>{cells}</table>{cm_html}"
         f"<p>Latest package: {html.escape(last.get('package', ''))}; suite version "
         f"{html.escape(last.get('suite', {}).get('version', ''))}.</p></body></html>\n")
-    files["prom"].write_text(prometheus_text(model, points))
+    atomic.write_text(files["prom"], prometheus_text(model, points))
     return files

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _nix
-from .config import LOCK_NAME, Project, state_dir
+from .config import LOCK_NAME, Project, project_lock, state_dir
 from .errors import HashMismatchError, InterpreterError, LockError
 from .interpreter import Identity, loader_name, make_snapshot, probe
 from .lockfile import read_lock, write_lock
@@ -47,6 +47,31 @@ def snapshot_into_store(ident: Identity, libraries: tuple[str, ...]) -> tuple[st
 
 def lock_project(project: Project) -> dict[str, Any]:
     """Resolve and snapshot; write mlbuild.lock (other sections kept). Returns the lock."""
+    _kept_sections(project)   # a lock it will not write over is refused before resolving
+    ident = probe(project.python.interpreter)
+    wheels = resolve(ident.executable, project.python.requirements)
+    tools = resolve(ident.executable, BOOTSTRAP_TOOLS, tools=True)
+    _path, sha, loader = snapshot_into_store(ident, project.python.libraries)
+    interpreter = {
+        "implementation": ident.implementation, "version": ident.version, "abi": ident.abi,
+        "bin": ident.bin, "loader": loader, "system": ident.system, "libc": ident.libc,
+        "executable": ident.executable, "prefixes": sorted({ident.prefix, ident.exec_prefix}),
+        "libraries": list(project.python.libraries),
+        "command": _command(project),   # [python].interpreter as written: a change needs a new lock
+        "snapshot": {"name": ident.snapshot_name, "sha256": sha},
+    }
+    # The lock again, under the project's lock: a `data add` that pinned a dataset while this one
+    # resolved keeps its pin.
+    with project_lock(project.root):
+        lock = {**_kept_sections(project), "requirements": list(project.python.requirements),
+                "interpreter": interpreter, "wheels": wheels, "tools": tools}
+        write_lock(project.lock_path, lock)
+    return lock
+
+
+def _kept_sections(project: Project) -> dict[str, Any]:
+    """What of mlbuild.lock `mlbuild lock` keeps: every section (the dataset pins) of a lock it
+    can read, the dataset pins of one of another version or without an interpreter."""
     old: dict[str, Any] = {}
     if project.lock_path.is_file():
         try:
@@ -63,22 +88,7 @@ def lock_project(project: Project) -> dict[str, Any]:
                                 f"write over a lock it cannot read: restore it from git (`git checkout -- {LOCK_NAME}`), "
                                 "or delete it to lock afresh and run `mlbuild data add` for each dataset again") from None
             old = {"datasets": raw["datasets"]} if "datasets" in raw else {}
-    ident = probe(project.python.interpreter)
-    wheels = resolve(ident.executable, project.python.requirements)
-    tools = resolve(ident.executable, BOOTSTRAP_TOOLS, tools=True)
-    _path, sha, loader = snapshot_into_store(ident, project.python.libraries)
-    interpreter = {
-        "implementation": ident.implementation, "version": ident.version, "abi": ident.abi,
-        "bin": ident.bin, "loader": loader, "system": ident.system, "libc": ident.libc,
-        "executable": ident.executable, "prefixes": sorted({ident.prefix, ident.exec_prefix}),
-        "libraries": list(project.python.libraries),
-        "command": _command(project),   # [python].interpreter as written: a change needs a new lock
-        "snapshot": {"name": ident.snapshot_name, "sha256": sha},
-    }
-    lock = {**old, "requirements": list(project.python.requirements), "interpreter": interpreter,
-            "wheels": wheels, "tools": tools}
-    write_lock(project.lock_path, lock)
-    return lock
+    return old
 
 
 def _command(project: Project) -> str:

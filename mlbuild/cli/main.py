@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 from pathlib import Path
@@ -42,6 +43,14 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except MlbuildError as e:
             click.echo(f"Error: {e}", err=True)
+            sys.exit(1)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # A full disk (or quota) can stop any write, .mlbuild's records and caches included: say
+            # where, not a traceback. The files a command replaces are replaced whole (atomic.py).
+            where = f" writing {e.filename}" if e.filename else ""
+            click.echo(f"Error: {e.strerror}{where}; free space there, then run the command again", err=True)
             sys.exit(1)
 
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import _nix, git
-from ..config import STATE_NAME, Project, config_text, state_dir
+from .. import _nix, atomic, git
+from ..config import STATE_NAME, Project, config_text, project_lock, state_dir
 from ..errors import ConfigError, DataError
 from ..lockfile import read_lock, write_lock
 from ..runtime.hashing import sha256_file
@@ -160,7 +160,10 @@ def local_sha256(root: Path, name: str, local: Path) -> str:
     sha, entries = statcache.lookup(root / STATE_NAME, name, local)
     if sha is None:
         sha = nar_sha256(str(local))
-        statcache.remember(state_dir(root), name, local, entries, sha)
+        try:
+            statcache.remember(state_dir(root), name, local, entries, sha)
+        except (ConfigError, OSError):   # a cache: a read-only checkout hashes each time, as without one
+            pass
     return sha
 
 
@@ -224,31 +227,36 @@ def add(project: Project, name: str, path: Path) -> Added:
         config = toml_with_path(config_text(project.config_path), name, rel, project.config_path)
     ignore = git.ignore_entry(root, path)
     cache = root / STATE_NAME
-    lock = read_lock(project.lock_path)
+    read_lock(project.lock_path)   # one it cannot read is refused before the import
     sha, entries = statcache.lookup(cache, name, source)
     result = None
     if sha is None or _nix.invalid_paths([fixed_output_path(sha, name, recursive=True)]):
         result = import_path(source, name)   # DataError for what cannot go in: nothing is written then
         sha = result.sha256
-    # Only writes from here on.
-    _nix.add_roots({f"dataset-{name}": fixed_output_path(sha, name, recursive=True)}, state_dir(root) / "gcroots")
-    if result is not None:
-        statcache.remember(cache, name, source, entries, sha)
-    if config is not None:
-        project.config_path.write_text(config)
-    entry: dict[str, Any] = {"sha256": sha, "kind": "path"}
-    before = lock.get("datasets", {}).get(name, {})
-    if result is not None:
-        entry.update(files=result.files, size=result.size)
-    elif before.get("sha256") == sha:
-        entry.update({k: v for k, v in before.items() if k in ("files", "size")})
-    else:   # back to a version the store holds (an edit undone): its own counts, not the last pin's
-        files, size = _tree_stats(Path(fixed_output_path(sha, name, recursive=True)))
-        entry.update(files=files, size=size)
-    lock.setdefault("datasets", {})[name] = entry
-    write_lock(project.lock_path, lock)
-    if ignore is not None:
-        git.add_ignore(*ignore)
+    # Only writes from here on, under the project's lock: another `data add` (or `mlbuild lock`)
+    # may have written mlbuild.toml, mlbuild.lock or .gitignore since they were read above, so
+    # each is read again there and changed, not written back as it was read (its pin was lost).
+    with project_lock(root):
+        _nix.add_roots({f"dataset-{name}": fixed_output_path(sha, name, recursive=True)}, state_dir(root) / "gcroots")
+        if result is not None:
+            statcache.remember(cache, name, source, entries, sha)
+        if config is not None:
+            atomic.write_text(project.config_path, toml_with_path(config_text(project.config_path), name, rel,
+                                                                  project.config_path))
+        lock = read_lock(project.lock_path)
+        entry: dict[str, Any] = {"sha256": sha, "kind": "path"}
+        before = lock.get("datasets", {}).get(name, {})
+        if result is not None:
+            entry.update(files=result.files, size=result.size)
+        elif before.get("sha256") == sha:
+            entry.update({k: v for k, v in before.items() if k in ("files", "size")})
+        else:   # back to a version the store holds (an edit undone): its own counts, not the last pin's
+            files, size = _tree_stats(Path(fixed_output_path(sha, name, recursive=True)))
+            entry.update(files=files, size=size)
+        lock.setdefault("datasets", {})[name] = entry
+        write_lock(project.lock_path, lock)
+        if ignore is not None:   # asked again: another add may have written the same line since
+            git.ignore(root, path)
     return Added(result, sha, rel, declared if config is not None else None, before.get("sha256"))
 
 

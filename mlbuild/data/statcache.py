@@ -15,6 +15,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from .. import atomic
+
 __all__ = ["fingerprint", "lookup", "remember"]
 
 
@@ -61,6 +63,7 @@ def lookup(cache_dir: Path, name: str, path: Path) -> tuple[str | None, list[Any
 
 def remember(cache_dir: Path, name: str, path: Path, entries: list[Any], sha256: str) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = _file(cache_dir, name).with_suffix(".tmp")
-    tmp.write_text(json.dumps({"path": str(path.resolve()), "sha256": sha256, "entries": entries}))
-    os.replace(tmp, _file(cache_dir, name))
+    # A temp name of its own: two commands hashing the same dataset at once (two builds, a build
+    # and `data status`) each renamed their shared `stat-NAME.tmp`, and the second found it gone.
+    atomic.write_text(_file(cache_dir, name), json.dumps({"path": str(path.resolve()), "sha256": sha256,
+                                                          "entries": entries}))

@@ -8,8 +8,10 @@ import json
 import os
 import shutil
 import subprocess
+import tomllib
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +23,7 @@ pytestmark = pytest.mark.integration
 
 PREPARE = '''
 from pathlib import Path
+from typing import Any
 
 def prepare(inputs, out, params):
     rows = (inputs["raw"] / "rows.txt").read_text().split()
@@ -470,3 +473,42 @@ def test_a_dataset_in_the_repository_outside_the_project(small_project: Path, tm
     assert not (repo / "proj" / ".gitignore").exists()
     assert "shared" not in git(repo, "status", "--porcelain", "--untracked-files=all")
     assert "present" in _status(repo / "proj", "table")
+
+
+def test_adds_at_once_keep_every_pin(data_project: Path) -> None:
+    """Each `data add` read mlbuild.lock and mlbuild.toml before its import and wrote them back
+    after it: of four adds run at once, one pin and one declaration survived, and all four said
+    they had pinned theirs."""
+    names = [f"set{i}" for i in range(4)]
+    for n in names:
+        write_tree(data_project, {"data": {n: {"rows.txt": f"{n} {uuid.uuid4()}\n" * 20000}}})
+    procs = [subprocess.Popen([*MLBUILD, "data", "add", n, f"data/{n}"], cwd=data_project, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for n in names]
+    for p in procs:
+        assert p.wait() == 0, p.communicate()
+    pins = lock(data_project)["datasets"]
+    declared = tomllib.loads((data_project / "mlbuild.toml").read_text())["datasets"]
+    for n in names:
+        assert pins[n]["sha256"] == nar_sha256(str(data_project / "data" / n)), n
+        assert declared[n] == {"path": f"data/{n}"}
+    assert sorted((data_project / ".gitignore").read_text().split()) == sorted(["/data/raw/", *(f"/data/{n}/" for n in names)])
+    assert "present" in _status(data_project, "set0")
+
+
+def test_a_pin_made_while_mlbuild_lock_resolves_is_kept(data_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mlbuild lock` read the lock's dataset pins before resolving (seconds) and wrote them back
+    after: a `data add` in between said it had pinned its dataset, and the pin was gone."""
+    from mlbuild import toolchain
+    from mlbuild.config import load_project
+
+    write_tree(data_project, {"data": {"late": {"rows.txt": f"{uuid.uuid4()}\n"}}})
+    snapshot = toolchain.snapshot_into_store
+
+    def snapshot_then_add(*args: Any) -> Any:   # the add lands while `mlbuild lock` is under way
+        run_cli("data", "add", "late", "data/late", cwd=data_project)
+        return snapshot(*args)
+
+    monkeypatch.setattr(toolchain, "snapshot_into_store", snapshot_then_add)
+    toolchain.lock_project(load_project(data_project))
+    assert lock(data_project)["datasets"]["late"]["sha256"] == nar_sha256(str(data_project / "data/late"))
+    assert {"raw", "late"} <= set(lock(data_project)["datasets"])

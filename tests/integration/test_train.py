@@ -99,11 +99,17 @@ def test_dirty_build_is_marked(digits_repo: Path, trained: str) -> None:
 
 def test_experiment_round_trip(digits_repo: Path, trained: str) -> None:
     lr = f"lr={0.01 + (time.time_ns() % 100000) * 1e-9:.9f}"  # a variant no earlier test run built
+    roots = digits_repo / ".mlbuild" / "gcroots"
+    rooted = (roots / "digits.model").resolve()
     first = run_cli("exp", "run", "digits", "--set", "epochs=4", "--set", lr, cwd=digits_repo).stdout
     assert "built" in first and f"epochs=4 lr={float(lr[3:])}:" in first  # as --set takes them
     # its held-out metrics and the gate, said at once (4 epochs may or may not meet the thresholds)
     assert re.search(r"^  test: accuracy 0\.\d{4}, f1_macro 0\.\d{4} \(n 450\); gate: (pass|FAIL \(.*>= 0\.95.*\))$",
                      first, re.M), first
+    # The variant has a GC root of its own; the configured model keeps its (the variant's replaced it).
+    variant_path = re.search(r"-> (/nix/store/\S+)", first).group(1)
+    assert (roots / "digits.model").resolve() == rooted
+    assert [p.name for p in roots.glob("digits.model@*") if p.resolve() == Path(variant_path)]
     again = run_cli("exp", "run", "digits", "--set", "epochs=4", "--set", lr, cwd=digits_repo).stdout
     assert "cached" in again
     back = run_cli("exp", "run", "digits", cwd=digits_repo)

@@ -79,3 +79,32 @@ def test_a_missing_lock_says_how_to_get_its_pins_back(tmp_path: Path) -> None:
 
     with pytest.raises(LockError, match=r"`git checkout -- mlbuild.lock` restores it with its dataset pins"):
         read_lock(tmp_path / "mlbuild.lock")
+
+
+def test_builds_at_once_share_the_stat_cache(tmp_path: Path) -> None:
+    """Each command that hashed a changed dataset (two builds at once, a build and `data status`)
+    wrote its stat cache through the same `stat-NAME.tmp`: one renamed the other's away and
+    stopped with a FileNotFoundError traceback."""
+    import threading
+
+    from mlbuild.data import statcache
+
+    root, _lock = project(tmp_path / "p")
+    data = root / "data" / "iris.csv"
+    entries, errors = statcache.fingerprint(data), []
+
+    def remember() -> None:
+        try:
+            for _ in range(200):
+                statcache.remember(root / ".mlbuild", "raw", data, entries, "0" * 64)
+        except OSError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=remember) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert statcache.lookup(root / ".mlbuild", "raw", data)[0] == "0" * 64
+    assert sorted(p.name for p in (root / ".mlbuild").iterdir()) == ["stat-raw.json"]

@@ -1,0 +1,48 @@
+"""``_nix.add_roots`` (real nix-store): a root being replaced is never missing, so an interrupt,
+or a second command rooting the same name at once, cannot lose it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlbuild import _nix
+
+
+def stored(tmp_path: Path, text: str) -> str:
+    f = tmp_path / f"root-test-{text}"
+    f.write_text(f"{text} {os.getpid()} {tmp_path}\n")
+    return subprocess.run(["nix-store", "--add", str(f)], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_a_root_is_replaced_without_a_moment_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """add_roots removed the old link, then asked Nix for the new one: a Ctrl-C between lost the
+    root, and of two builds rooting one target at once the second's unlink found nothing
+    (FileNotFoundError traceback)."""
+    old, new = stored(tmp_path, "old"), stored(tmp_path, "new")
+    roots = tmp_path / "gcroots"
+    _nix.add_roots({"m.model": old}, roots)
+    run_nix = _nix.run_nix
+
+    def check_then_run(args: list[str], **kw: Any) -> Any:
+        assert os.readlink(roots / "m.model") == old   # still rooted while Nix makes the new root
+        return run_nix(args, **kw)
+
+    monkeypatch.setattr(_nix, "run_nix", check_then_run)
+    _nix.add_roots({"m.model": new}, roots)
+    assert os.readlink(roots / "m.model") == new
+    assert str(roots / "m.model") in subprocess.run(["nix-store", "-q", "--roots", new], capture_output=True,
+                                                    text=True, check=True).stdout
+
+
+def test_a_link_out_of_the_store_is_replaced(tmp_path: Path) -> None:
+    path = stored(tmp_path, "x")
+    roots = tmp_path / "gcroots"
+    roots.mkdir()
+    (roots / "m.model").symlink_to(tmp_path / "elsewhere")
+    _nix.add_roots({"m.model": path}, roots)
+    assert os.readlink(roots / "m.model") == path

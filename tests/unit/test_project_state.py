@@ -1,0 +1,92 @@
+"""`.mlbuild`, the project's state folder, where it cannot be used: a file in its place, a
+read-only checkout. Each command says so in one line (it was a FileExistsError or OSError
+traceback, after the build for `mlbuild build`); commands that only read keep working."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from pathlib import Path
+
+from mlbuild.nar import nar_sha256
+from tests.conftest import MLBUILD, run_cli, write_tree
+
+
+def project(root: Path) -> Path:
+    write_tree(root, {"mlbuild.toml": '[project]\nname = "p"\n[datasets.raw]\npath = "data/x.csv"\n'
+                                      '[models.m]\nscript = "m.py"\ndatasets = ["raw"]\n[models.m.params]\nlr = 0.1\n',
+                      "data": {"x.csv": "1,2\n"}})
+    lock = {"version": 1, "interpreter": {"snapshot": {"name": "s", "sha256": "0" * 64}},
+            "datasets": {"raw": {"sha256": nar_sha256(str(root / "data" / "x.csv")), "kind": "path"}}}
+    (root / "mlbuild.lock").write_text(json.dumps(lock))
+    return root
+
+
+def read_only(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``mlbuild ARGS`` in ``root``, in a mount namespace where it is a read-only bind mount."""
+    r = shlex.quote(str(root))
+    script = f"mount --bind {r} {r} && mount -o remount,bind,ro {r} && cd {r} && exec {shlex.join(MLBUILD)} {shlex.join(args)}"
+    return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+
+
+def test_a_file_named_mlbuild_is_named_with_the_fix(tmp_path: Path) -> None:
+    root = project(tmp_path / "p")
+    (root / ".mlbuild").write_text("notes\n")
+    for args in (["build", "datasets.raw"], ["data", "add", "raw", "data/x.csv"], ["exp", "run", "m"],
+                 ["metrics", "history", "m"]):
+        proc = run_cli(*args, cwd=root, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert f"Error: {root / '.mlbuild'} is a file, not a folder" in proc.stderr, (args, proc.stderr)
+        assert f"`mv {root / '.mlbuild'} {root / '.mlbuild'}.old`" in proc.stderr
+    assert run_cli("data", "status", cwd=root).stdout.startswith("raw ")   # reading needs no state
+    assert (root / ".mlbuild").read_text() == "notes\n"
+
+
+def test_a_read_only_checkout_refuses_to_write_and_still_reads(tmp_path: Path) -> None:
+    root = project(tmp_path / "p")
+    (root / ".mlbuild").mkdir()
+    (root / "data" / "x.csv").write_text("3,4\n")   # changed: status hashes it, and cannot cache the hash
+    before = {f: (root / f).read_text() for f in ("mlbuild.toml", "mlbuild.lock")}
+    for args in (["build", "datasets.raw"], ["data", "add", "raw", "data/x.csv"]):
+        proc = read_only(root, *args)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert f"Error: {root / '.mlbuild'} cannot be written (Read-only file system)" in proc.stderr, proc.stderr
+    proc = read_only(root, "data", "status")
+    assert proc.returncode == 0 and "changed" in proc.stdout, proc.stdout + proc.stderr
+    proc = read_only(root, "exp", "show", "m")
+    assert proc.returncode == 0 and "no experiments of m yet" in proc.stdout, proc.stdout + proc.stderr
+    assert {f: (root / f).read_text() for f in before} == before and list((root / ".mlbuild").iterdir()) == []
+
+
+def full(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``mlbuild ARGS`` in ``root``, in a mount namespace where its .mlbuild is a full 64 KiB tmpfs."""
+    s = shlex.quote(str(root / ".mlbuild"))
+    script = (f"mount -t tmpfs -o size=64k tmpfs {s} && echo '*' > {s}/.gitignore && "
+              f"(dd if=/dev/zero of={s}/fill bs=1k count=100 2>/dev/null; true) && "
+              f"cd {shlex.quote(str(root))} && exec {shlex.join(MLBUILD)} {shlex.join(args)}")
+    return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+
+
+def test_a_full_mlbuild_folder_is_named_and_the_project_files_are_kept(tmp_path: Path) -> None:
+    """A full disk stopped `data add` (and build, exp, metrics) with an OSError traceback that
+    named no file."""
+    root = project(tmp_path / "p")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    (root / ".mlbuild").mkdir()
+    before = {f: (root / f).read_text() for f in ("mlbuild.toml", "mlbuild.lock")}
+    write_tree(root, {"data": {"new": {"rows.txt": "1\n2\n"}}})
+    proc = full(root, "data", "add", "new", "data/new")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("Error: No space left on device"), proc.stderr
+    assert f"{root / '.mlbuild'}" in proc.stderr and "free space there, then run the command again" in proc.stderr
+    assert {f: (root / f).read_text() for f in before} == before
+
+
+def test_appended_records_start_on_a_line_of_their_own(tmp_path: Path) -> None:
+    from mlbuild import atomic
+
+    log = tmp_path / "builds.jsonl"
+    log.write_text('{"target": "a"}\n{"targ')   # torn: a command killed while writing it
+    atomic.append_line(log, '{"target": "b"}')
+    assert log.read_text().splitlines()[-1] == '{"target": "b"}'
