@@ -146,7 +146,9 @@ def _not_nan(ctx: click.Context, param: click.Parameter, value: float) -> float:
 @click.option("--keep-last", type=click.IntRange(min=0), default=None,
               help="Pushes kept per name (default: [store].keep-last).")
 @click.option("--grace", type=click.FloatRange(min=0), default=DEFAULT_GRACE_S, callback=_not_nan,
-              help="Seconds an unrooted entry or NAR is spared after its last use (default 3600).")
+              help="Seconds an unrooted entry or NAR is spared after its last use (default 3600). Keep it above "
+                   "the longest push: a NAR a push is publishing counts as unrooted until its narinfo is written, "
+                   "so --grace 0 is for a store no one pushes to meanwhile.")
 @click.option("--dry-run", is_flag=True, help="Only report what would go.")
 @click.pass_context
 def gc(ctx: click.Context, locks: tuple[Path, ...], keep_last: int | None, grace: float, dry_run: bool) -> None:
