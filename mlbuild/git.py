@@ -152,15 +152,25 @@ def ignore_entry(project: Path, path: Path) -> tuple[Path, str] | None:
         return None
     inner = repo_root(target)
     if inner is not None and inner.resolve() != root:   # a submodule, or a clone inside the repository
+        # Nothing to add where the project ignores that repository's folder (a clone in init's
+        # /data/: git does not look inside), or that repository ignores the data. The project's
+        # own patterns do not reach inside it (a `*.csv` there left a submodule's a.csv untracked).
+        if _ignored(root, inner.resolve()) or _ignored(inner, target):
+            return None
         raise GitError(f"{target} is inside {inner}, a git repository of its own (a submodule?): mlbuild keeps a "
                        f"dataset out of git with a line in {top / '.gitignore'}, which git does not apply inside "
                        f"{inner.name}, so the project would stay dirty; move the data out of {inner} (or into "
                        f"a folder git ignores there)")
-    # --no-index: check-ignore takes its path for a pattern when asking whether git tracks it (a
-    # tracked a1.csv made a[1].csv count as tracked, so never ignored); a tracked path is refused before
-    if _git(root, "check-ignore", "-q", "--no-index", str(target), check=False).returncode == 0:
+    if _ignored(root, target):
         return None
     return top / ".gitignore", "/" + _literal(target.relative_to(top).as_posix()) + ("/" if target.is_dir() else "")
+
+
+def _ignored(repo: Path, path: Path) -> bool:
+    """Whether the repository at ``repo`` ignores ``path``. --no-index: check-ignore takes its path
+    for a pattern when asking whether git tracks it (a tracked a1.csv made a[1].csv count as
+    tracked, so never ignored); a tracked path is refused before."""
+    return _git(repo, "check-ignore", "-q", "--no-index", str(path), check=False).returncode == 0
 
 
 def _literal(path: str) -> str:

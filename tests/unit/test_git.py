@@ -47,3 +47,34 @@ def test_data_inside_a_repository_of_its_own_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / ".gitignore").exists()
     (tmp_path / "b.csv").write_text("1\n")   # beside it, as before
     assert git.ignore_entry(tmp_path, tmp_path / "b.csv") == (tmp_path / ".gitignore", "/b.csv")
+
+
+def test_data_in_a_repository_of_its_own_that_git_ignores_is_left_alone(tmp_path: Path) -> None:
+    """Data in a clone inside a folder the project ignores (init's /data/), or that the clone's own
+    .gitignore ignores: nothing to add, and nothing keeps the project dirty; it was refused, and
+    the fix it gave (a folder git ignores there) was refused too."""
+    def git_(*args: str, cwd: Path = tmp_path) -> None:
+        subprocess.run(["git", "-C", str(cwd), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                       capture_output=True)
+
+    git_("init", "-q")
+    (tmp_path / "mlbuild.toml").write_text('[project]\nname = "p"\n')
+    (tmp_path / ".gitignore").write_text("/data/\n*.csv\n")   # *.csv: git does not apply it inside lib/ below
+    git_("add", "-A")
+    git_("commit", "-qm", "x")
+    ext = tmp_path / "data" / "ext"
+    ext.mkdir(parents=True)
+    git_("init", "-q", cwd=ext)
+    (ext / "a.csv").write_text("1\n")
+    assert git.ignore_entry(tmp_path, ext / "a.csv") is None
+    lib = tmp_path / "lib"   # a clone the project does not ignore, whose own .gitignore ignores the data
+    (lib / "raw").mkdir(parents=True)
+    git_("init", "-q", cwd=lib)
+    (lib / ".gitignore").write_text("/raw/\n")
+    (lib / "raw" / "a.csv").write_text("1\n")
+    assert git.ignore_entry(tmp_path, lib / "raw" / "a.csv") is None
+    assert git.ignore_entry(tmp_path, lib / "raw") is None
+    (lib / "b.csv").write_text("1\n")   # lib ignores it not, and the project's *.csv does not reach inside
+    with pytest.raises(git.GitError, match="a git repository of its own"):
+        git.ignore_entry(tmp_path, lib / "b.csv")
+    assert (tmp_path / ".gitignore").read_text() == "/data/\n*.csv\n"
