@@ -61,8 +61,13 @@ def exclusive(path: Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing), waiting for another holder.
     Commands that read a file, change it and write it back (`data add` and `mlbuild lock` on
     mlbuild.lock and mlbuild.toml) re-read it inside: two at once otherwise each wrote back what it
-    had read, and the other's change was lost. The kernel drops the lock when its holder dies."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    had read, and the other's change was lost. The kernel drops the lock when its holder dies.
+    A lock file this account cannot write (another's, made 0644 by their umask in a shared
+    checkout) is locked read-only, as Linux allows; NFS wants it open for writing where it can be."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

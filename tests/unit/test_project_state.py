@@ -5,9 +5,14 @@ traceback, after the build for `mlbuild build`); commands that only read keep wo
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
 import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from mlbuild.nar import nar_sha256
 from tests.conftest import MLBUILD, run_cli, write_tree
@@ -90,3 +95,20 @@ def test_appended_records_start_on_a_line_of_their_own(tmp_path: Path) -> None:
     log.write_text('{"target": "a"}\n{"targ')   # torn: a command killed while writing it
     atomic.append_line(log, '{"target": "b"}')
     assert log.read_text().splitlines()[-1] == '{"target": "b"}'
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_a_lock_file_another_account_made_is_taken(tmp_path: Path) -> None:
+    """In a shared checkout, .mlbuild/lock made by a teammate (0644 by their umask) could not be
+    opened for writing: `data add` ended in a PermissionError traceback after its import, and
+    `mlbuild lock` after its resolve. flock needs no write access."""
+    lock = tmp_path / "lock"
+    lock.touch(mode=0o644)
+    os.chown(lock, 12345, 12345)
+    script = ("import sys; from pathlib import Path; from mlbuild import atomic\n"
+              "with atomic.exclusive(Path(sys.argv[1])): print('held')")
+    # root without the capability that lets it write another account's files: as a teammate is
+    proc = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+                           "--inh-caps=-dac_override,-dac_read_search", sys.executable, "-c", script, str(lock)],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
+    assert proc.returncode == 0 and proc.stdout == "held\n", proc.stderr
