@@ -48,6 +48,7 @@ def snapshot_into_store(ident: Identity, libraries: tuple[str, ...]) -> tuple[st
 def lock_project(project: Project) -> dict[str, Any]:
     """Resolve and snapshot; write mlbuild.lock (other sections kept). Returns the lock."""
     _kept_sections(project)   # a lock it will not write over is refused before resolving
+    state_dir(project.root, writable=True)   # and a read-only checkout: project_lock needs it below
     ident = probe(project.python.interpreter)
     wheels = resolve(ident.executable, project.python.requirements)
     tools = resolve(ident.executable, BOOTSTRAP_TOOLS, tools=True)

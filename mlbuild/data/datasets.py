@@ -228,6 +228,7 @@ def add(project: Project, name: str, path: Path) -> Added:
     ignore = git.ignore_entry(root, path)
     cache = root / STATE_NAME
     read_lock(project.lock_path)   # one it cannot read is refused before the import
+    state_dir(root, writable=True)   # so is a read-only checkout: the pin could not be written after it
     sha, entries = statcache.lookup(cache, name, source)
     result = None
     if sha is None or _nix.invalid_paths([fixed_output_path(sha, name, recursive=True)]):

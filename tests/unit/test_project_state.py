@@ -112,3 +112,19 @@ def test_a_lock_file_another_account_made_is_taken(tmp_path: Path) -> None:
                            "--inh-caps=-dac_override,-dac_read_search", sys.executable, "-c", script, str(lock)],
                           capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
     assert proc.returncode == 0 and proc.stdout == "held\n", proc.stderr
+
+
+def test_a_read_only_checkout_is_refused_before_the_import(tmp_path: Path) -> None:
+    """`data add` imported the data (minutes for a big dataset) and only then found .mlbuild
+    read-only, at the project lock; `mlbuild lock` resolved and snapshotted first."""
+    from mlbuild.storepath import fixed_output_path
+
+    root = project(tmp_path / "p")
+    (root / ".mlbuild").mkdir()
+    write_tree(root, {"data": {"fresh.csv": f"{tmp_path}\n"}})   # content no store holds yet
+    proc = read_only(root, "data", "add", "fresh", "data/fresh.csv")
+    assert proc.returncode == 1 and f"{root / '.mlbuild'} cannot be written" in proc.stderr, proc.stderr
+    path = fixed_output_path(nar_sha256(str(root / "data" / "fresh.csv")), "fresh", recursive=True)
+    assert subprocess.run(["nix-store", "--check-validity", path], capture_output=True).returncode != 0
+    proc = read_only(root, "lock")
+    assert proc.returncode == 1 and f"{root / '.mlbuild'} cannot be written" in proc.stderr, proc.stderr
