@@ -9,14 +9,17 @@ Only maps arguments to ``server.serve``; errors are printed as ``Error: ...`` wi
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import threading
 from typing import Any
 
 # Before torch loads OpenMP: idle intra-op threads sleep instead of spinning. Spinning threads
 # take the cores the event loop needs between forward passes (and collapse under contention).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from .app import LOAD_THREAD  # noqa: E402
 from .package import SETTING_LIMITS, ServeError  # noqa: E402
 from .model import env_threads  # noqa: E402
 from .server import serve  # noqa: E402
@@ -80,13 +83,22 @@ def main(argv: list[str] | None = None, package: str | None = None) -> int:
     try:
         if args.threads is None:
             env_threads()   # a bad MLBUILD_SERVE_THREADS: said now, as a bad option is, not after the port is bound
-        return serve(args.package, args.host, args.port, threads=args.threads, settings=overrides,
+        code = serve(args.package, args.host, args.port, threads=args.threads, settings=overrides,
                      verify=not args.no_verify, log_level=args.log_level, access_log=args.access_log,
                      graceful_timeout=args.graceful_timeout, port_file=args.port_file,
                      request_timeout=args.request_timeout)
     except (ServeError, OSError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2
+    if any(t.name == LOAD_THREAD and t.is_alive() for t in threading.enumerate()):
+        # Stopped before the model finished loading. Its thread may be inside torch, whose thread
+        # pools the interpreter's exit tears down under it: the process died of SIGABRT
+        # ("terminate called without an active exception"). Nothing of the load is kept: exit now.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

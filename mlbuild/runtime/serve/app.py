@@ -37,7 +37,7 @@ from .names import PROBE_HEADER
 from .package import MODEL_VERSION, Package
 from .protocol import InferCodec, InputGuard, ProtocolError, decode_predict, encode_predict, error_body
 
-__all__ = ["ServerState", "create_app"]
+__all__ = ["ServerState", "create_app", "LOAD_THREAD"]
 
 log = logging.getLogger("mlbuild.serve")
 
@@ -73,6 +73,11 @@ def _error(status: int, message: str) -> Response:
     return Response(error_body(message), status_code=status, media_type=_JSON)
 
 
+#: The name of the thread that loads the model (``_in_daemon_thread``): the process's entry point
+#: (``__main__.main``) looks for it once the server has stopped.
+LOAD_THREAD = "mlbuild-load"
+
+
 async def _in_daemon_thread(work: Callable[[], LoadedModel]) -> LoadedModel:
     """``work()`` in a daemon thread: asyncio.to_thread's worker is joined at exit, so a SIGTERM or
     Ctrl-C while the model was still loading (a slow or stuck build_model) left the process running
@@ -98,7 +103,7 @@ async def _in_daemon_thread(work: Callable[[], LoadedModel]) -> LoadedModel:
         except RuntimeError:   # the loop is closed: nobody waits any more
             pass
 
-    threading.Thread(target=run, name="mlbuild-load", daemon=True).start()
+    threading.Thread(target=run, name=LOAD_THREAD, daemon=True).start()
     return await future
 
 
