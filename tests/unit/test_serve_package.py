@@ -447,6 +447,7 @@ def test_user_code_that_exits_while_loading_is_a_package_error(pkg: Path, source
     (np.array([np.nan]), "output 'label' holding NaN, infinity or values beyond INT64 (config.json's datatype), "
                          "which cannot be cast to it"),
     (np.array([1e30]), "output 'label' holding NaN, infinity or values beyond INT64"),
+    (np.array([2.0 ** 63]), "output 'label' holding NaN, infinity or values beyond INT64"),   # cast to -2**63
     (np.array(["cat"]), "output 'label' as ndarray of str96 values, not real numbers; config.json declares INT64"),
     (None, "output 'label' as None, not real numbers; config.json declares INT64"),
 ])
@@ -461,3 +462,6 @@ def test_outputs_that_casting_would_turn_into_other_numbers_are_the_models_error
     assert str(info.value).startswith(f"postprocess returned {message}")
     model.postprocess = lambda out: {"probabilities": torch.zeros(1, 10), "label": np.array([3.0])}
     assert model.run(np.zeros((1, 64), dtype=np.float32))["label"].tolist() == [3]   # whole floats: cast as before
+    model.postprocess = lambda out: {"probabilities": np.full((1, 10), 1e300), "label": np.array([-2.0 ** 63])}
+    got = model.run(np.zeros((1, 64), dtype=np.float32))   # float64 scores beyond FP32: inf, for the encoders to refuse
+    assert got["label"].tolist() == [-2 ** 63] and got["probabilities"].dtype == np.float32

@@ -167,12 +167,17 @@ def _cast_output(spec: TensorSpec, value: Any) -> np.ndarray:
     if arr.dtype.kind == "f" and np.dtype(spec.dtype).kind in "iu" and arr.size:
         info = np.iinfo(spec.dtype)
         with np.errstate(invalid="ignore"):
-            fits = np.isfinite(arr).all() and info.min <= arr.min() and arr.max() <= info.max
+            # float(info.max) rounds up to 2**63 for INT64, which casts to -2**63: strictly below it
+            fits = np.isfinite(arr).all() and info.min <= arr.min() and arr.max() < float(info.max) + 1
         if not fits:
             raise ModelError(f"postprocess returned output {spec.name!r} holding NaN, infinity or values beyond "
                              f"{spec.datatype} (config.json's datatype), which cannot be cast to it")
-    with np.errstate(all="ignore"):   # float64 to FP32 may overflow to inf: the encoders refuse that for JSON
-        return arr.astype(spec.dtype, copy=False)
+    if arr.dtype == spec.dtype:   # the usual case (float32 scores, int64 labels): nothing to cast
+        return arr
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > np.dtype(spec.dtype).itemsize:
+        with np.errstate(all="ignore"):   # float64 to FP32 may overflow to inf: the encoders refuse that for JSON
+            return arr.astype(spec.dtype, copy=False)
+    return arr.astype(spec.dtype, copy=False)
 
 class LoadedModel:
     """A ready model: ``run(batch)`` maps an input array (rows first) to validated output arrays.
