@@ -15,8 +15,10 @@ __all__ = ["write_text", "write_bytes", "append_line", "exclusive"]
 
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` through a temp file in its folder and a rename: a crash
-    never leaves half a file. The file gets 0666 & ~umask, as ``open()`` gives (``mkstemp``'s
-    0600 would hide a project file from the group and from other accounts)."""
+    never leaves half a file. A new file gets 0666 & ~umask, as ``open()`` gives (``mkstemp``'s
+    0600 would hide a project file from the group and from other accounts); an existing one keeps
+    its mode, as rewriting it in place would (a group-writable mlbuild.toml in a shared checkout
+    stays so under a 022 umask)."""
     write_bytes(path, text.encode("utf-8"))
 
 
@@ -27,6 +29,8 @@ def write_bytes(path: Path, data: bytes) -> None:
     with _named(path):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # the kernel applies the umask
         try:
+            with contextlib.suppress(FileNotFoundError):
+                os.fchmod(fd, os.stat(path).st_mode & 0o7777)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)

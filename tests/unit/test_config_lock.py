@@ -93,6 +93,22 @@ def test_the_lock_gets_the_mode_open_would_give(tmp_path: Path, umask: int) -> N
     assert list(tmp_path.iterdir()) == [lock]               # no temp file left
 
 
+def test_a_rewritten_lock_keeps_its_mode(tmp_path: Path) -> None:
+    """A group-writable lock in a shared checkout lost the group's write under a 022 umask when
+    rewritten through a temp file: the next teammate's `mlbuild lock` was refused."""
+    lock = tmp_path / "mlbuild.lock"
+    data = {"interpreter": {"snapshot": {"name": "s", "sha256": "0" * 64}}}
+    write_lock(lock, data)
+    lock.chmod(0o664)
+    old = os.umask(0o022)
+    try:
+        write_lock(lock, data)
+    finally:
+        os.umask(old)
+    assert lock.stat().st_mode & 0o777 == 0o664
+    assert list(tmp_path.iterdir()) == [lock]
+
+
 def _locked(requirements: list[str], libraries: list[str], command: str | None) -> dict:
     interpreter: dict = {"libraries": libraries, "snapshot": {"name": "s", "sha256": "0" * 64}}
     if command is not None:
