@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -37,6 +38,23 @@ def test_defaults_outside_a_project(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_remote_urls_are_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreConfigError, match="NFS"):
         load_store_config(tmp_path, store="s3://bucket")
+
+
+@pytest.mark.parametrize("folder", ["team store", "a?b", "c#d", "tab\there"])
+def test_a_store_path_nix_cannot_read_is_refused(tmp_path: Path, folder: str) -> None:
+    """Nix 2.8 split `file:///x/team store` into two stores and opened `file:///x/a?b` as /x/a:
+    builds rebuilt everything without a word, `store pull` failed with Nix's own error."""
+    store = tmp_path / folder
+    for kw in ({"store": str(store), "env": {}}, {"env": {"MLBUILD_STORE": f"file://{store}"}}):
+        with pytest.raises(StoreConfigError, match=re.escape(repr(folder)[1:-1]) + ".*Nix cannot use a store "
+                           "whose path holds .*give a link to it"):
+            load_store_config(tmp_path, **kw)   # type: ignore[arg-type]
+    proj = _project(tmp_path, f"path = {json.dumps(folder)}")
+    with pytest.raises(StoreConfigError, match=r"\[store\]\.path = "):
+        load_store_config(proj, env={})
+    # a link to it from a path Nix takes is the way out; a key file's path may hold anything
+    env = {"MLBUILD_STORE": str(tmp_path / "link"), "MLBUILD_STORE_SECRET_KEY": str(store / "k.sec")}
+    assert load_store_config(tmp_path, env=env).secret_key_file == store / "k.sec"
 
 
 def test_trusted_keys(tmp_path: Path) -> None:
