@@ -179,9 +179,20 @@ def _untrusted(info: NarInfo, keys: tuple[PublicKey, ...]) -> str:
 def untrusted_hint(infos: list[NarInfo], keys: tuple[PublicKey, ...], root: Path) -> str:
     """Why a reader refuses ``infos`` (no signature by a trusted key), naming the signers, the
     trusted keys, and the fix: the key setting when they are signed at all."""
+    named = {k.name for k in keys}
+    changed = [i for i in infos if set(signers(i)) & named]
+    infos = changed or infos
     signed_by = sorted({name for i in infos for name in signers(i)})
     paths = ", ".join(i.store_path for i in infos[:3]) + (f" and {len(infos) - 3} more" if len(infos) > 3 else "")
     trusted = ", ".join(str(k) for k in keys)
+    if changed:   # signed under a trusted key's name, yet it does not verify: not a matter of trust
+        names = sorted(set(signed_by) & named)
+        return (f"{paths} {'is' if len(infos) == 1 else 'are'} signed by {', '.join(names)}, "
+                + ("a key trusted here, but the signature does not verify" if len(names) == 1 else
+                   "keys trusted here, but the signatures do not verify")
+                + f": the narinfo was changed after signing (or another key pair has that name); remove the bad "
+                f"entries with "
+                f"`{store_command(root, 'verify --repair')}` and push them again")
     if not signed_by:
         return (f"{paths} {'is' if len(infos) == 1 else 'are'} not signed (trusted keys here: {trusted}); remove "
                 f"the bad entries with `{store_command(root, 'verify --repair')}` and push them again")
