@@ -61,3 +61,36 @@ def test_pull_of_a_damaged_nar_through_nix_copy_says_what_to_do(store: tuple[Sto
     assert f"the store's NAR of {path} does not have the hash its signed narinfo says (damaged in the store " \
            f"{cfg.root}); run `mlbuild store --store {cfg.root} verify --repair` and push it again" in msg
     assert "hash mismatch importing path" in msg   # Nix's own words stay
+
+
+def test_pull_of_a_nar_cut_short_or_removed_names_it_before_copying(store: tuple[StoreConfig, Path],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NAR cut short (a crash before its write-back) or removed by hand: `nix copy` said only
+    "Failed to open archive (Truncated zstd input)", naming neither the path nor the fix."""
+    from mlbuild import _nix
+    from mlbuild.errors import StoreCorruptError
+    from mlbuild.store import pull
+    from mlbuild.store.narinfo import NarInfo
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    dep = put(cfg, chroot, fake_path(chroot, "code", {"a.py": "print(1)\n" * 100}))
+    top = put(cfg, chroot, fake_path(chroot, "pkg", "p", refs=(dep.store_path,)))
+    copied: list[object] = []
+    monkeypatch.setattr(_nix, "invalid_paths_in", lambda paths, store=None: list(paths))
+    monkeypatch.setattr(_nix, "copy_from_cache", lambda *a, **kw: copied.append(a))
+    nar = cfg.root / NarInfo.parse(layout.narinfo(dep.store_path).read_text()).url
+    whole = nar.read_bytes()
+    nar.write_bytes(whole[:20])
+    with pytest.raises(StoreCorruptError) as e:
+        pull(cfg, [top.store_path], local_store=str(chroot / "elsewhere"), fast=False)
+    assert f"the store's entry of {dep.store_path} has a damaged NAR (NAR file has 20 bytes, narinfo says " \
+           f"{len(whole)}) in {cfg.root}, so nothing was fetched; run `mlbuild store --store {cfg.root} verify " \
+           f"--repair` and push it again from a machine that has it (`mlbuild store push {dep.store_path}`)" \
+           in str(e.value)
+    nar.unlink()
+    with pytest.raises(StoreCorruptError, match=f"{dep.store_path} has no NAR file nar/"):
+        pull(cfg, [top.store_path], local_store=str(chroot / "elsewhere"), fast=False)
+    assert not copied
+    nar.write_bytes(whole)
+    pull(cfg, [top.store_path], local_store=str(chroot / "elsewhere"), fast=False)
+    assert copied
