@@ -53,6 +53,7 @@ class VerifyReport:
     checked: int = 0
     problems: list[Problem] = field(default_factory=list)
     removed: list[Path] = field(default_factory=list)
+    absent: set[str] = field(default_factory=set)   # referenced paths the store has no narinfo for
 
     @property
     def ok(self) -> bool:
@@ -74,16 +75,40 @@ class VerifyReport:
             grew = bool(more)
         return [p for p in self.problems if p in found]
 
+    def unreferenced(self) -> list[Problem]:
+        """Entries incomplete only because paths they reference have no entry at all (removed by
+        hand, never pushed): sound themselves, whole again once those paths are pushed."""
+        found: list[Problem] = []
+        paths = set(self.absent)
+        grew = True
+        while grew:
+            more = [p for p in self.by_kind("incomplete") if p not in found and set(p.lost) <= paths]
+            found += more
+            paths |= {p.store_path for p in more}
+            grew = bool(more)
+        return [p for p in self.problems if p in found]
+
     def advice(self, cfg: StoreConfig) -> str:
         """What to do about the problems. Entries signed only by keys this machine does not trust
-        are not damaged: the fix is the trusted-key setting, and a repair would delete them."""
+        are not damaged: the fix is the trusted-key setting, and a repair would delete them. Nor
+        are entries that lack only references the store does not have: the fix is to push those."""
         untrusted = self.untrusted()
-        others = [p for p in self.problems if p not in untrusted]
+        lacking = [p for p in self.unreferenced() if p not in untrusted]
+        others = [p for p in self.problems if p not in untrusted and p not in lacking]
         repair = f"`{store_command(cfg.root, 'verify --repair')}`"
         advice = []
         if others:
             advice.append(f"{len(others)} bad entries in the store; remove them with {repair}, then push the "
                           f"paths again")
+        if lacking:
+            absent = sorted(self.absent & {r for p in lacking for r in p.lost})
+            advice.append(
+                f"{len(lacking)} entries are sound but reference paths the store does not have ({', '.join(absent[:3])}"
+                f"{f' and {len(absent) - 3} more' if len(absent) > 3 else ''}): push "
+                f"{'it' if len(absent) == 1 else 'them'} from a machine that has "
+                f"{'it' if len(absent) == 1 else 'them'} (`mlbuild store push {absent[0]}`"
+                f"{' ...' if len(absent) > 1 else ''}) and they are whole again; {repair} would delete "
+                f"{'it' if len(lacking) == 1 else 'all ' + str(len(lacking))}")
         if untrusted:
             signed = [p for p in untrusted if p.kind == "unsigned"]
             signed_by = sorted({s for p in signed for s in p.signers})
@@ -288,9 +313,13 @@ def verify(cfg: StoreConfig, *, repair: bool = False, contents: bool = True, job
             lost = [r for r in info.reference_paths if r not in good and r != path]
             if lost:
                 del good[path]
+                absent = [r for r in lost if not layout.narinfo(r).exists()]
+                report.absent.update(absent)
+                why = ("which the store does not have" if len(absent) == len(lost) else
+                       "which has no good entry" if not absent else
+                       f"which have no good entry ({', '.join(absent)}: not in the store)")
                 report.problems.append(Problem("incomplete", layout.narinfo(path), path,
-                                               f"references {', '.join(lost)}, which has no good entry",
-                                               lost=tuple(lost)))
+                                               f"references {', '.join(lost)}, {why}", lost=tuple(lost)))
                 changed = True
     if repair and report.problems:
         _repair(layout, report, infos, good)

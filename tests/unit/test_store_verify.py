@@ -94,3 +94,32 @@ def test_pull_of_a_nar_cut_short_or_removed_names_it_before_copying(store: tuple
     nar.write_bytes(whole)
     pull(cfg, [top.store_path], local_store=str(chroot / "elsewhere"), fast=False)
     assert copied
+
+
+def test_entries_lacking_only_a_reference_the_store_does_not_have_are_to_push_not_to_repair(
+        store: tuple[StoreConfig, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The code path's narinfo removed by hand: the model and package that reference it are sound,
+    and pushing the code makes them whole. The advice was `verify --repair`, which deleted them
+    (a trained model lost where no machine still had it)."""
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    code = put(cfg, chroot, fake_path(chroot, "code", "c")).store_path
+    model = put(cfg, chroot, fake_path(chroot, "m-model", "m", refs=(code,))).store_path
+    pkg = put(cfg, chroot, fake_path(chroot, "m-package", "p", refs=(code, model))).store_path
+    layout.narinfo(code).unlink()
+    report = verify(cfg)
+    assert {p.store_path: p.kind for p in report.problems} == {model: "incomplete", pkg: "incomplete"}
+    assert report.absent == {code} and report.unreferenced() == report.problems
+    details = {p.store_path: p.detail for p in report.problems}
+    assert details[model] == f"references {code}, which the store does not have"
+    advice = report.advice(cfg)
+    assert advice == (f"2 entries are sound but reference paths the store does not have ({code}): push it from a "
+                      f"machine that has it (`mlbuild store push {code}`) and they are whole again; `mlbuild store "
+                      f"--store {cfg.root} verify --repair` would delete all 2")
+    # a reference that is there but damaged is still a case for --repair
+    put(cfg, chroot, fake_path(chroot, "code", "c"))   # another path; the old one stays absent
+    bad = put(cfg, chroot, fake_path(chroot, "other", "o")).store_path
+    layout.narinfo(bad).write_text(layout.narinfo(bad).read_text().replace("NarSize: ", "NarSize: 9"))
+    put(cfg, chroot, fake_path(chroot, "uses-other", "u", refs=(bad,)))
+    advice = verify(cfg).advice(cfg)
+    assert advice.startswith("2 bad entries in the store; remove them with") and "2 entries are sound" in advice
