@@ -9,7 +9,9 @@ Problems found, by kind:
   any (then it is likely sound, signed by a key this machine does not trust:
   :meth:`VerifyReport.untrusted`);
 - ``missing``: the NAR file the narinfo names is not there;
-- ``incomplete``: a path it references has no good entry (its closure cannot be substituted).
+- ``incomplete``: a path it references has no good entry (its closure cannot be substituted);
+- ``unreadable``: this user may not read its narinfo or NAR (file permissions, not damage: a
+  repair leaves it, and what references it is not counted incomplete).
 
 Nothing changes unless ``repair``: then the bad narinfos go first, then the NAR files that only
 they named (a NAR still named by a good narinfo is never removed).
@@ -31,9 +33,11 @@ from ..errors import StoreCorruptError
 from ..nar import CHUNK
 from .config import StoreConfig
 from .keys import PublicKey, check_signatures
-from .layout import Layout, fsync_dir, store_command
+from .layout import DENIED, Layout, denied_fix, fsync_dir, store_command
 from ..fastcopy import new_hash
 from .narinfo import STORE_DIR, NarInfo, format_b3, format_hash
+
+UNREADABLE = "unreadable"
 
 __all__ = ["verify", "VerifyReport", "Problem", "check_nar", "check_entry", "signers", "untrusted_hint"]
 
@@ -94,9 +98,14 @@ class VerifyReport:
         are entries that lack only references the store does not have: the fix is to push those."""
         untrusted = self.untrusted()
         lacking = [p for p in self.unreferenced() if p not in untrusted]
-        others = [p for p in self.problems if p not in untrusted and p not in lacking]
+        denied = self.by_kind(UNREADABLE)
+        others = [p for p in self.problems if p not in untrusted and p not in lacking and p not in denied]
         repair = f"`{store_command(cfg.root, 'verify --repair')}`"
         advice = []
+        if denied:
+            advice.append(f"{len(denied)} entries cannot be checked: this user may not read their files (not damage, "
+                          f"as far as anyone knows, and {repair} keeps them); make them readable to the store's "
+                          f"group ({denied_fix(cfg.root, sorted({p.narinfo for p in denied}))})")
         if others:
             advice.append(f"{len(others)} bad entries in the store; remove them with {repair}, then push the "
                           f"paths again")
@@ -159,7 +168,11 @@ def check_nar(path: Path, info: NarInfo, contents: bool = True) -> str | None:
             return data
 
     try:
-        with open(path, "rb") as raw:
+        raw_file = open(path, "rb")
+    except PermissionError as e:
+        return f"{UNREADABLE}: {DENIED} ({e.strerror})"
+    try:
+        with raw_file as raw:
             tee = _Tee(raw)
             stream = _reader(tee, info.compression)  # type: ignore[arg-type]
             while chunk := stream.read(4 * CHUNK):
@@ -231,6 +244,8 @@ def _check_one(layout: Layout, f: Path, keys: tuple[PublicKey, ...],
                contents: bool) -> tuple[Path, NarInfo | None, Problem | None]:
     try:
         info = NarInfo.parse(f.read_text(), str(f))
+    except PermissionError as e:
+        return f, None, Problem(UNREADABLE, f, "", f"{DENIED} ({e.strerror})")
     except (StoreCorruptError, UnicodeDecodeError) as e:
         return f, None, Problem("corrupt", f, "", str(e))
     except FileNotFoundError:
@@ -258,6 +273,8 @@ def _check_one(layout: Layout, f: Path, keys: tuple[PublicKey, ...],
     why = check_nar(nar, info, contents)
     if why == "missing":
         return f, info, Problem("missing", f, info.store_path, f"no NAR file {nar.name}")
+    if why and why.startswith(UNREADABLE + ": "):
+        return f, info, Problem(UNREADABLE, nar, info.store_path, f"its NAR file: {why[len(UNREADABLE) + 2:]}")
     if why:
         return f, info, Problem("corrupt", f, info.store_path, why)
     return f, info, unsigned
@@ -306,11 +323,14 @@ def verify(cfg: StoreConfig, *, repair: bool = False, contents: bool = True, job
             report.problems.append(problem)
         elif info:
             good[info.store_path] = info
+    # what this user may not read may well be sound: what references it is not counted incomplete
+    denied = {p.narinfo for p in report.problems if p.kind == UNREADABLE}
+    denied |= {layout.narinfo(p.store_path) for p in report.problems if p.kind == UNREADABLE and p.store_path}
     changed = True
     while changed:   # a path whose reference is bad or absent cannot be substituted either
         changed = False
         for path, info in list(good.items()):
-            lost = [r for r in info.reference_paths if r not in good and r != path]
+            lost = [r for r in info.reference_paths if r not in good and r != path and layout.narinfo(r) not in denied]
             if lost:
                 del good[path]
                 absent = [r for r in lost if not layout.narinfo(r).exists()]
@@ -329,6 +349,10 @@ def verify(cfg: StoreConfig, *, repair: bool = False, contents: bool = True, job
 def _repair(layout: Layout, report: VerifyReport, infos: dict[Path, NarInfo], good: dict[str, NarInfo]) -> None:
     keep_nars = {i.url for i in good.values()}
     for problem in report.problems:
+        if problem.kind == UNREADABLE:   # not damaged as far as anyone knows: kept, with its NAR
+            if problem.store_path and (kept := infos.get(layout.narinfo(problem.store_path))):
+                keep_nars.add(kept.url)
+            continue
         problem.narinfo.unlink(missing_ok=True)
         report.removed.append(problem.narinfo)
     fsync_dir(layout.root)

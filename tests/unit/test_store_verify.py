@@ -123,3 +123,56 @@ def test_entries_lacking_only_a_reference_the_store_does_not_have_are_to_push_no
     put(cfg, chroot, fake_path(chroot, "uses-other", "u", refs=(bad,)))
     advice = verify(cfg).advice(cfg)
     assert advice.startswith("2 bad entries in the store; remove them with") and "2 entries are sound" in advice
+
+
+def _unreadable(*files: Path) -> list[str]:
+    """Make ``files`` unreadable to the command this returns the prefix of: root reads any file,
+    so as root they go to another owner and the command runs without the capabilities that
+    override file modes."""
+    import os
+    for f in files:
+        if os.geteuid() == 0:
+            os.chown(f, 65534, 65534)
+        f.chmod(0o600 if os.geteuid() == 0 else 0)
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+
+
+def test_files_this_user_may_not_read_are_not_damage_and_a_repair_keeps_them(store: tuple[StoreConfig, Path],
+                                                                             tmp_path: Path) -> None:
+    """A narinfo or NAR of the wrong mode (written by hand, copied with 0600): verify was a
+    PermissionError traceback, or called the NAR corrupt, and --repair deleted sound entries;
+    gc and stats said to remove them with --repair."""
+    import subprocess
+
+    from mlbuild.store.narinfo import NarInfo
+    from tests.conftest import MLBUILD
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    code = put(cfg, chroot, fake_path(chroot, "code", "c")).store_path
+    model = put(cfg, chroot, fake_path(chroot, "m-model", "m", refs=(code,)))
+    pkg = put(cfg, chroot, fake_path(chroot, "m-package", "p", refs=(code, model.store_path))).store_path
+    nar = cfg.root / model.url
+    prefix = _unreadable(layout.narinfo(code), nar)
+    env = {**__import__("os").environ, "MLBUILD_STORE_PUBLIC_KEYS": str(cfg.secret_key().public)}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*prefix, *MLBUILD, "store", "--store", str(cfg.root), *args], capture_output=True,
+                              text=True, env=env, cwd=tmp_path)
+
+    for args in (["verify"], ["verify", "--repair"]):
+        proc = run(*args)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"unreadable\t{layout.narinfo(code)}\tthis user may not read it (Permission denied)" in proc.stdout
+        assert f"unreadable\t{model.store_path}\tits NAR file: this user may not read it" in proc.stdout
+        assert pkg not in proc.stdout and "checked 3 entries, 2 problems" in proc.stdout   # not "incomplete"
+        assert proc.stderr.startswith("Error: 2 entries cannot be checked: this user may not read their files")
+        assert f"`chmod g+r {' '.join(sorted([str(nar), str(layout.narinfo(code))]))}` as their owner" in proc.stderr
+        assert "removed" not in proc.stdout and "repaired" not in proc.stderr
+    assert layout.narinfo(code).exists() and nar.exists() and layout.narinfo(pkg).exists()
+    gc = run("gc", "--grace", "0", "--dry-run")
+    assert gc.returncode == 1 and f"{layout.narinfo(code)}: this user may not read it" in gc.stderr, gc.stderr
+    assert "make it readable to the store's group (`chmod g+r" in gc.stderr and "verify --repair" not in gc.stderr
+    stats = run("stats")
+    assert stats.returncode == 0 and "make it readable to the store's group" in stats.stderr, stats.stderr
+    assert "verify --repair" not in stats.stderr
+    assert NarInfo.parse(layout.narinfo(pkg).read_text()).store_path == pkg
