@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from .. import _nix
-from ..errors import NixError, StoreCorruptError, StoreMissingError
+from ..errors import NixError, StoreCorruptError, StoreError, StoreMissingError
 from .config import StoreConfig
 from .keys import check_signatures
-from .layout import Layout, store_command
+from .layout import DENIED, Layout, denied_fix, store_command
 from .narinfo import NarInfo
 from .push import resolve_targets
 from .restore import real_store_dir, restore_paths
@@ -43,6 +43,9 @@ def read_narinfo(layout: Layout, path: str) -> NarInfo:
     except FileNotFoundError:
         raise StoreMissingError(f"{path} is not in the store {layout.root}; push it from a machine that "
                                 f"has it (`mlbuild store push {path}`)") from None
+    except PermissionError:
+        raise StoreError(f"cannot fetch {path}: its narinfo {f}: {DENIED}; make it readable to the store's "
+                         f"group ({denied_fix(layout.root, [f])})") from None
     return NarInfo.parse(text, str(f))
 
 
@@ -97,6 +100,19 @@ def _check_nar_sizes(layout: Layout, closure: dict[str, NarInfo], paths: set[str
     "Failed to open archive (Truncated zstd input)", naming neither the NAR nor the fix."""
     bad = [(p, why) for p in sorted(paths)
            if (why := check_nar(layout.nar(closure[p].url), closure[p], contents=False)) is not None]
+    denied = []
+    for p in sorted(paths):
+        try:
+            layout.nar(closure[p].url).open("rb").close()
+        except PermissionError:   # Nix said only "error: coroutine has finished"
+            denied.append(layout.nar(closure[p].url))
+        except OSError:
+            pass
+    if denied:
+        it = "it" if len(denied) == 1 else "them"
+        raise StoreError(f"cannot fetch from the store {layout.root}: this user may not read {', '.join(map(str, denied))}"
+                         f", so nothing was fetched; make {it} readable to the store's group "
+                         f"({denied_fix(layout.root, denied)})")
     if bad:
         p, why = bad[0]
         why = f"has no NAR file {closure[p].url}" if why == "missing" else f"has a damaged NAR ({why})"

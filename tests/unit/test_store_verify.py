@@ -176,3 +176,32 @@ def test_files_this_user_may_not_read_are_not_damage_and_a_repair_keeps_them(sto
     assert stats.returncode == 0 and "make it readable to the store's group" in stats.stderr, stats.stderr
     assert "verify --repair" not in stats.stderr
     assert NarInfo.parse(layout.narinfo(pkg).read_text()).store_path == pkg
+
+
+def test_pull_of_files_this_user_may_not_read_names_them_and_the_fix(store: tuple[StoreConfig, Path],
+                                                                     tmp_path: Path) -> None:
+    """A narinfo of mode 0600: pull was a PermissionError traceback; a NAR of mode 0600: Nix said
+    only "error: coroutine has finished"."""
+    import os
+    import subprocess
+
+    from mlbuild.store.narinfo import NarInfo
+    from tests.conftest import MLBUILD
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    code = put(cfg, chroot, fake_path(chroot, "code", "c")).store_path
+    model = put(cfg, chroot, fake_path(chroot, "m-model", "m", refs=(code,)))
+    nar = cfg.root / NarInfo.parse(layout.narinfo(code).read_text()).url
+    env = {**os.environ, "MLBUILD_STORE_PUBLIC_KEYS": str(cfg.secret_key().public)}
+    for unreadable, target, said in ((layout.narinfo(code), code, f"cannot fetch {code}: its narinfo "),
+                                     (nar, model.store_path, f"cannot fetch from the store {cfg.root}: this user "
+                                                              f"may not read {nar}, so nothing was fetched")):
+        prefix = _unreadable(unreadable)
+        local = tmp_path / f"local-{unreadable.name}"
+        proc = subprocess.run([*prefix, *MLBUILD, "store", "--store", str(cfg.root), "pull", "--to", str(local),
+                               target], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith(f"Error: {said}") and f"`chmod g+r {unreadable}`" in proc.stderr, proc.stderr
+        assert not (local / target.lstrip("/")).exists()
+        os.chown(unreadable, os.getuid(), os.getgid())
+        unreadable.chmod(0o664)
