@@ -288,6 +288,20 @@ class _Stream:
         return BuildError(f"nix build of {self.target} failed", "\n".join([*errors, *tail, *_own_module(root, tail)]))
 
 
+def _store_hint(error: BuildError, store: StoreConfig | None) -> BuildError:
+    """A substitute that failed is, with the shared store the only substituter, an entry damaged
+    there (a NAR cut short, other bytes than its narinfo says), not "networking issues" as Nix
+    says, nor a case for its `--fallback`: say how to find it and what to do."""
+    if store is None or "some substitutes for the outputs of derivation" not in error.log_tail:
+        return error
+    from .store.layout import store_command
+
+    return BuildError(str(error.args[0]).split("\n", 1)[0], error.log_tail + (
+        f"\nmlbuild: fetching from the shared store {store.root} failed: an entry there is damaged (not the network): "
+        f"`{store_command(store.root, 'verify')}` names it; `verify --repair` removes it, then push it again from a "
+        f"machine that has it (`mlbuild build --push TARGET`)"))
+
+
 def _own_module(root: Path, tail: list[str]) -> list[str]:
     """The runtime's "no module named X" hint made exact, where X is a file or folder of the project."""
     found = next((m for line in reversed(tail) if (m := _NO_MODULE.match(line))), None)
@@ -506,7 +520,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
             out = proc.stdout.read()
             status = proc.wait()
         if status != 0:
-            raise stream.failure(project.root)
+            raise _store_hint(stream.failure(project.root), store[0] if store is not None else None)
         result = _nix.parse_build_json(out)[0]
         path = result["outputs"]["out"]
         built = Built(target, path)

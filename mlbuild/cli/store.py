@@ -12,7 +12,6 @@ import click
 from .. import store as st
 from ..errors import StoreCorruptError
 from ..store.gc import DEFAULT_GRACE_S
-from ..store.layout import store_command
 from ..store.narinfo import STORE_DIR
 from .main import cli
 
@@ -125,13 +124,16 @@ def verify(ctx: click.Context, repair: bool, quick: bool) -> None:
     click.echo(f"checked {r.checked} entries, {len(r.problems)} problems")
     if r.problems and not repair:
         raise StoreCorruptError(r.advice(cfg))
-    if r.problems:   # repaired: the store is sound again, without those paths
+    removed = [p for p in r.problems if p.kind != "unreadable"]   # a repair keeps what it may not read
+    if removed:   # repaired: the store is sound again, without those paths
         # an entry filed under another path's hash: the path to push again is the one of that hash
         paths = sorted({p.store_path or f"the path of hash {p.narinfo.stem} ({STORE_DIR}/{p.narinfo.stem}-…)"
-                        for p in r.problems})
-        click.echo(f"repaired: removed the {len(r.problems)} bad entries; push what still matters again "
+                        for p in removed})
+        click.echo(f"repaired: removed the {len(removed)} bad entries; push what still matters again "
                    f"(`mlbuild build --push TARGET` or `mlbuild store push PATH`)"
                    + (f", e.g. {paths[0]}" if paths else ""), err=True)
+    if len(removed) < len(r.problems):
+        raise StoreCorruptError(replace(r, problems=[p for p in r.problems if p not in removed]).advice(cfg))
 
 
 def _not_nan(ctx: click.Context, param: click.Parameter, value: float) -> float:
@@ -177,8 +179,7 @@ def stats(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"warning: {len(s.unreadable)} entries cannot be read and are not counted:", err=True)
         for why in s.unreadable:
             click.echo(f"  {why}", err=True)
-        click.echo(f"  (remove them with `{store_command(cfg.root, 'verify --repair')}`, then push them again)",
-                   err=True)
+        click.echo(f"  ({s.fix})", err=True)
     if as_json:
         click.echo(json.dumps(asdict(s), indent=2))
         return

@@ -50,7 +50,9 @@ def init_store(cfg: StoreConfig, *, generate_key: bool = False, key_name: str | 
     """Create the store at ``cfg.root`` (idempotent) and, if asked, a key pair when none exists."""
     layout = Layout(cfg.root)
     layout.require_writable("initialise")
-    layout.init()
+    full = "what it made stays; free space there (or raise the quota), then run init again"
+    with writing(cfg.root, "initialise the store", fix=full):
+        layout.init()
     secret = cfg.secret_key_file or (DEFAULT_SECRET_KEY if generate_key else None)
     generated = False
     public: str | None = None
@@ -79,7 +81,8 @@ def init_store(cfg: StoreConfig, *, generate_key: bool = False, key_name: str | 
     untrusted = False
     if public:
         if published is None:
-            publish_bytes(shown, (public + "\n").encode())
+            with writing(cfg.root, "publish the store's public key", fix=full):
+                publish_bytes(shown, (public + "\n").encode())
         elif public in store_keys:
             published = None
         try:   # mlbuild here trusts /etc/mlbuild/store.pub when it exists, not a key made for another store

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,6 +171,21 @@ def _location(value: str, base: Path | None, where: str) -> Path:
     return Path(os.path.normpath(path))
 
 
+def _store_root(value: str, base: Path | None, where: str) -> Path:
+    """The store folder, refused where Nix could not read it: a substituter list is split at
+    whitespace and a store URL ends at '?' or '#' (Nix 2.8 opens `file:///x/team store` as the
+    stores `file:///x/team` and `store`, `file:///x/a?b` as `/x/a`), so builds silently rebuilt
+    what the store held and `store pull` failed."""
+    root = _location(value, base, where)
+    bad = next((c for c in str(root) if c.isspace() or c in "?#"), None)
+    if bad is not None:
+        raise StoreConfigError(f"{where} = {value!r}: Nix cannot use a store whose path holds {bad!r} (substituters "
+                               f"are a space-separated list of URLs, and a URL ends at '?' or '#'); move the store "
+                               f"to a folder without one, or give a link to it from such a folder "
+                               f"(`ln -s {shlex.quote(str(root))} /srv/mlstore`) and name the link")
+    return root
+
+
 def _int(value: Any, where: str, text: bool = False) -> int:
     """A whole number: from the environment (``text``), its text; from mlbuild.toml, a TOML
     integer (`keep-last = true` was 1, `zstd-level = 3.9` was 3)."""
@@ -211,11 +227,11 @@ def load_store_config(project_root: Path | None = None, *, store: str | None = N
     table, base = _project_table(project_root)
     where = f"{base / CONFIG_NAME if base else CONFIG_NAME} [store]"
     if store:
-        root = _location(store, None, "--store")
+        root = _store_root(store, None, "--store")
     elif env.get("MLBUILD_STORE"):
-        root = _location(env["MLBUILD_STORE"], None, "MLBUILD_STORE")
+        root = _store_root(env["MLBUILD_STORE"], None, "MLBUILD_STORE")
     elif "path" in table:
-        root = _location(str(table["path"]), base, f"{where}.path")
+        root = _store_root(str(table["path"]), base, f"{where}.path")
     else:
         root = DEFAULT_ROOT
     if env.get("MLBUILD_STORE_SECRET_KEY"):

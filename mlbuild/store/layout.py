@@ -200,6 +200,10 @@ class Layout:
             except StoreCorruptError as e:
                 out.unreadable[f] = str(e).removesuffix(REPAIR_HINT)
                 continue
+            except PermissionError as e:   # the file is sound as far as anyone knows: its mode is the fault
+                out.unreadable[f] = f"{f}: {DENIED} ({e.strerror})"
+                out.denied.add(f)
+                continue
             except (OSError, UnicodeDecodeError) as e:
                 out.unreadable[f] = f"{f}: {e}"
                 continue
@@ -235,6 +239,28 @@ class Entries:
     infos: dict[str, NarInfo] = field(default_factory=dict)
     mtimes: dict[str, float] = field(default_factory=dict)
     unreadable: dict[Path, str] = field(default_factory=dict)
+    denied: set[Path] = field(default_factory=set)   # of those, the ones this user may not read
+
+    def fix(self, root: Path, repair: str) -> str:
+        """What to do about the unreadable entries: make readable those this user may not read (a
+        repair would delete sound entries), ``repair`` the others."""
+        fixes = []
+        if self.denied:
+            fixes.append(f"make {'it' if len(self.denied) == 1 else 'those this user may not read'} readable to the "
+                         f"store's group ({denied_fix(root, sorted(self.denied))})")
+        if set(self.unreadable) - self.denied:
+            fixes.append(repair)
+        return "; ".join(fixes)
+
+
+DENIED = "this user may not read it"
+
+
+def denied_fix(root: Path, files: list[Path]) -> str:
+    """``chmod g+r FILE...`` by the files' owner: what makes files of the store readable to its group."""
+    shown = " ".join(shlex.quote(str(f)) for f in files[:3]) + (" ..." if len(files) > 3 else "")
+    return (f"`chmod g+r {shown}` as their owner or root, or run it as a user who may read them; the writer "
+            f"sets 0664, see store-config/README.md")
 
 
 def store_command(root: Path, args: str) -> str:

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from .. import _nix
-from ..errors import NixError, StoreCorruptError, StoreMissingError
+from ..errors import NixError, StoreCorruptError, StoreError, StoreMissingError
 from .config import StoreConfig
 from .keys import check_signatures
-from .layout import Layout, store_command
+from .layout import DENIED, Layout, denied_fix, store_command
 from .narinfo import NarInfo
 from .push import resolve_targets
 from .restore import real_store_dir, restore_paths
-from .verify import untrusted_hint
+from .verify import check_nar, untrusted_hint
 
 __all__ = ["pull", "PullResult", "cache_closure", "trust_options"]
 
@@ -43,6 +43,9 @@ def read_narinfo(layout: Layout, path: str) -> NarInfo:
     except FileNotFoundError:
         raise StoreMissingError(f"{path} is not in the store {layout.root}; push it from a machine that "
                                 f"has it (`mlbuild store push {path}`)") from None
+    except PermissionError:
+        raise StoreError(f"cannot fetch {path}: its narinfo {f}: {DENIED}; make it readable to the store's "
+                         f"group ({denied_fix(layout.root, [f])})") from None
     return NarInfo.parse(text, str(f))
 
 
@@ -91,6 +94,34 @@ def _references_first(closure: dict[str, NarInfo], wanted: set[str]) -> list[str
     return order
 
 
+def _check_nar_sizes(layout: Layout, closure: dict[str, NarInfo], paths: set[str]) -> None:
+    """StoreCorruptError, before anything is copied, naming the entries whose NAR file is missing
+    or not of its narinfo's size (a NAR cut short by a crash, removed by hand): Nix said only
+    "Failed to open archive (Truncated zstd input)", naming neither the NAR nor the fix."""
+    bad = [(p, why) for p in sorted(paths)
+           if (why := check_nar(layout.nar(closure[p].url), closure[p], contents=False)) is not None]
+    denied = []
+    for p in sorted(paths):
+        try:
+            layout.nar(closure[p].url).open("rb").close()
+        except PermissionError:   # Nix said only "error: coroutine has finished"
+            denied.append(layout.nar(closure[p].url))
+        except OSError:
+            pass
+    if denied:
+        it = "it" if len(denied) == 1 else "them"
+        raise StoreError(f"cannot fetch from the store {layout.root}: this user may not read {', '.join(map(str, denied))}"
+                         f", so nothing was fetched; make {it} readable to the store's group "
+                         f"({denied_fix(layout.root, denied)})")
+    if bad:
+        p, why = bad[0]
+        why = f"has no NAR file {closure[p].url}" if why == "missing" else f"has a damaged NAR ({why})"
+        more = f" (and {len(bad) - 1} more: {', '.join(q for q, _ in bad[1:4])}{'...' if len(bad) > 4 else ''})"
+        raise StoreCorruptError(f"the store's entry of {p} {why} in {layout.root}{more if len(bad) > 1 else ''}, so "
+                                f"nothing was fetched; run `{store_command(layout.root, 'verify --repair')}` and push "
+                                f"it again from a machine that has it (`mlbuild store push {p}`)")
+
+
 def pull(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = None,
          fast: bool = True) -> PullResult:
     """Copy the closures of ``targets`` into ``local_store`` (default: the machine's Nix store).
@@ -105,6 +136,7 @@ def pull(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
     paths = resolve_targets(targets)
     closure = cache_closure(layout, paths)
     missing = set(_nix.invalid_paths_in(sorted(closure), store=local_store))
+    _check_nar_sizes(layout, closure, missing)
     result = PullResult(targets=paths, fetched=sorted(missing), present=sorted(set(closure) - missing))
     store_dir = real_store_dir(local_store) if fast and missing else None
     keys = cfg.trusted_keys()

@@ -215,12 +215,18 @@ def _upload(cfg: StoreConfig, layout: Layout, infos: dict[str, PathInfo], key: S
             trusted: tuple[PublicKey, ...], local_store: str | None, result: PushResult,
             progress: Callable[[str], None] | None) -> None:
     """Publish, references first, every path of ``infos`` the store lacks a good entry for. Good:
-    signed by a key the store names as its own (by one this machine trusts where it names none).
+    signed by a key the store names as its own (by one this machine trusts where it names none;
+    by this key where it names several: a key change, whose pushes sign with the new key).
     A sound entry that lacks only that signature gets this key's, beside the ones it has."""
-    wanted = published_keys(layout) or trusted
+    published = published_keys(layout)
+    wanted = published or trusted
     for path in topological(infos):
         existing = layout.narinfo(path)
         why = check_entry(layout, path, wanted) if existing.exists() else None
+        if why is None and len(published) > 1 and existing.exists():
+            # The store changes keys (it names the old and the new): an entry signed by the old one
+            # alone gets this key's signature too, or readers moved to the new key would refuse it
+            why = check_entry(layout, path, (key.public,))
         if existing.exists() and why is None:
             try:
                 os.utime(existing)

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 
 from .config import StoreConfig
-from .layout import Layout
+from .layout import Layout, store_command
 from .narinfo import NarInfo
 
 __all__ = ["stats", "StoreStats", "Item", "classify", "KINDS"]
@@ -61,6 +61,7 @@ class StoreStats:
     shared_paths: int = 0
     shared_bytes: int = 0
     unreadable: list[str] = field(default_factory=list)   # why each narinfo that is not counted is unreadable
+    fix: str = ""   # what to do about them: repair, or make readable those this user may not read
 
 
 def _closure(path: str, entries: dict[str, NarInfo]) -> set[str]:
@@ -82,6 +83,9 @@ def stats(cfg: StoreConfig) -> StoreStats:
     loaded = layout.entries()
     entries = loaded.infos
     out = StoreStats(paths=len(entries), unreadable=[why for _, why in sorted(loaded.unreadable.items())])
+    if loaded.unreadable:
+        out.fix = loaded.fix(cfg.root, f"remove {'them' if not loaded.denied else 'the others'} with "
+                                       f"`{store_command(cfg.root, 'verify --repair')}`, then push them again")
     seen_urls: set[str] = set()
     for p, info in entries.items():
         if info.url not in seen_urls:

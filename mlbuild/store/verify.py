@@ -9,7 +9,9 @@ Problems found, by kind:
   any (then it is likely sound, signed by a key this machine does not trust:
   :meth:`VerifyReport.untrusted`);
 - ``missing``: the NAR file the narinfo names is not there;
-- ``incomplete``: a path it references has no good entry (its closure cannot be substituted).
+- ``incomplete``: a path it references has no good entry (its closure cannot be substituted);
+- ``unreadable``: this user may not read its narinfo or NAR (file permissions, not damage: a
+  repair leaves it, and what references it is not counted incomplete).
 
 Nothing changes unless ``repair``: then the bad narinfos go first, then the NAR files that only
 they named (a NAR still named by a good narinfo is never removed).
@@ -31,9 +33,11 @@ from ..errors import StoreCorruptError
 from ..nar import CHUNK
 from .config import StoreConfig
 from .keys import PublicKey, check_signatures
-from .layout import Layout, fsync_dir, store_command
+from .layout import DENIED, Layout, denied_fix, fsync_dir, store_command
 from ..fastcopy import new_hash
 from .narinfo import STORE_DIR, NarInfo, format_b3, format_hash
+
+UNREADABLE = "unreadable"
 
 __all__ = ["verify", "VerifyReport", "Problem", "check_nar", "check_entry", "signers", "untrusted_hint"]
 
@@ -53,6 +57,7 @@ class VerifyReport:
     checked: int = 0
     problems: list[Problem] = field(default_factory=list)
     removed: list[Path] = field(default_factory=list)
+    absent: set[str] = field(default_factory=set)   # referenced paths the store has no narinfo for
 
     @property
     def ok(self) -> bool:
@@ -74,16 +79,45 @@ class VerifyReport:
             grew = bool(more)
         return [p for p in self.problems if p in found]
 
+    def unreferenced(self) -> list[Problem]:
+        """Entries incomplete only because paths they reference have no entry at all (removed by
+        hand, never pushed): sound themselves, whole again once those paths are pushed."""
+        found: list[Problem] = []
+        paths = set(self.absent)
+        grew = True
+        while grew:
+            more = [p for p in self.by_kind("incomplete") if p not in found and set(p.lost) <= paths]
+            found += more
+            paths |= {p.store_path for p in more}
+            grew = bool(more)
+        return [p for p in self.problems if p in found]
+
     def advice(self, cfg: StoreConfig) -> str:
         """What to do about the problems. Entries signed only by keys this machine does not trust
-        are not damaged: the fix is the trusted-key setting, and a repair would delete them."""
+        are not damaged: the fix is the trusted-key setting, and a repair would delete them. Nor
+        are entries that lack only references the store does not have: the fix is to push those."""
         untrusted = self.untrusted()
-        others = [p for p in self.problems if p not in untrusted]
+        lacking = [p for p in self.unreferenced() if p not in untrusted]
+        denied = self.by_kind(UNREADABLE)
+        others = [p for p in self.problems if p not in untrusted and p not in lacking and p not in denied]
         repair = f"`{store_command(cfg.root, 'verify --repair')}`"
         advice = []
+        if denied:
+            advice.append(f"{len(denied)} entries cannot be checked: this user may not read their files (not damage, "
+                          f"as far as anyone knows, and {repair} keeps them); make them readable to the store's "
+                          f"group ({denied_fix(cfg.root, sorted({p.narinfo for p in denied}))})")
         if others:
             advice.append(f"{len(others)} bad entries in the store; remove them with {repair}, then push the "
                           f"paths again")
+        if lacking:
+            absent = sorted(self.absent & {r for p in lacking for r in p.lost})
+            advice.append(
+                f"{len(lacking)} entries are sound but reference paths the store does not have ({', '.join(absent[:3])}"
+                f"{f' and {len(absent) - 3} more' if len(absent) > 3 else ''}): push "
+                f"{'it' if len(absent) == 1 else 'them'} from a machine that has "
+                f"{'it' if len(absent) == 1 else 'them'} (`mlbuild store push {absent[0]}`"
+                f"{' ...' if len(absent) > 1 else ''}) and they are whole again; {repair} would delete "
+                f"{'it' if len(lacking) == 1 else 'all ' + str(len(lacking))}")
         if untrusted:
             signed = [p for p in untrusted if p.kind == "unsigned"]
             signed_by = sorted({s for p in signed for s in p.signers})
@@ -134,7 +168,11 @@ def check_nar(path: Path, info: NarInfo, contents: bool = True) -> str | None:
             return data
 
     try:
-        with open(path, "rb") as raw:
+        raw_file = open(path, "rb")
+    except PermissionError as e:
+        return f"{UNREADABLE}: {DENIED} ({e.strerror})"
+    try:
+        with raw_file as raw:
             tee = _Tee(raw)
             stream = _reader(tee, info.compression)  # type: ignore[arg-type]
             while chunk := stream.read(4 * CHUNK):
@@ -179,9 +217,20 @@ def _untrusted(info: NarInfo, keys: tuple[PublicKey, ...]) -> str:
 def untrusted_hint(infos: list[NarInfo], keys: tuple[PublicKey, ...], root: Path) -> str:
     """Why a reader refuses ``infos`` (no signature by a trusted key), naming the signers, the
     trusted keys, and the fix: the key setting when they are signed at all."""
+    named = {k.name for k in keys}
+    changed = [i for i in infos if set(signers(i)) & named]
+    infos = changed or infos
     signed_by = sorted({name for i in infos for name in signers(i)})
     paths = ", ".join(i.store_path for i in infos[:3]) + (f" and {len(infos) - 3} more" if len(infos) > 3 else "")
     trusted = ", ".join(str(k) for k in keys)
+    if changed:   # signed under a trusted key's name, yet it does not verify: not a matter of trust
+        names = sorted(set(signed_by) & named)
+        return (f"{paths} {'is' if len(infos) == 1 else 'are'} signed by {', '.join(names)}, "
+                + ("a key trusted here, but the signature does not verify" if len(names) == 1 else
+                   "keys trusted here, but the signatures do not verify")
+                + f": the narinfo was changed after signing (or another key pair has that name); remove the bad "
+                f"entries with "
+                f"`{store_command(root, 'verify --repair')}` and push them again")
     if not signed_by:
         return (f"{paths} {'is' if len(infos) == 1 else 'are'} not signed (trusted keys here: {trusted}); remove "
                 f"the bad entries with `{store_command(root, 'verify --repair')}` and push them again")
@@ -195,6 +244,8 @@ def _check_one(layout: Layout, f: Path, keys: tuple[PublicKey, ...],
                contents: bool) -> tuple[Path, NarInfo | None, Problem | None]:
     try:
         info = NarInfo.parse(f.read_text(), str(f))
+    except PermissionError as e:
+        return f, None, Problem(UNREADABLE, f, "", f"{DENIED} ({e.strerror})")
     except (StoreCorruptError, UnicodeDecodeError) as e:
         return f, None, Problem("corrupt", f, "", str(e))
     except FileNotFoundError:
@@ -222,6 +273,8 @@ def _check_one(layout: Layout, f: Path, keys: tuple[PublicKey, ...],
     why = check_nar(nar, info, contents)
     if why == "missing":
         return f, info, Problem("missing", f, info.store_path, f"no NAR file {nar.name}")
+    if why and why.startswith(UNREADABLE + ": "):
+        return f, info, Problem(UNREADABLE, nar, info.store_path, f"its NAR file: {why[len(UNREADABLE) + 2:]}")
     if why:
         return f, info, Problem("corrupt", f, info.store_path, why)
     return f, info, unsigned
@@ -270,16 +323,23 @@ def verify(cfg: StoreConfig, *, repair: bool = False, contents: bool = True, job
             report.problems.append(problem)
         elif info:
             good[info.store_path] = info
+    # what this user may not read may well be sound: what references it is not counted incomplete
+    denied = {p.narinfo for p in report.problems if p.kind == UNREADABLE}
+    denied |= {layout.narinfo(p.store_path) for p in report.problems if p.kind == UNREADABLE and p.store_path}
     changed = True
     while changed:   # a path whose reference is bad or absent cannot be substituted either
         changed = False
         for path, info in list(good.items()):
-            lost = [r for r in info.reference_paths if r not in good and r != path]
+            lost = [r for r in info.reference_paths if r not in good and r != path and layout.narinfo(r) not in denied]
             if lost:
                 del good[path]
+                absent = [r for r in lost if not layout.narinfo(r).exists()]
+                report.absent.update(absent)
+                why = ("which the store does not have" if len(absent) == len(lost) else
+                       "which has no good entry" if not absent else
+                       f"which have no good entry ({', '.join(absent)}: not in the store)")
                 report.problems.append(Problem("incomplete", layout.narinfo(path), path,
-                                               f"references {', '.join(lost)}, which has no good entry",
-                                               lost=tuple(lost)))
+                                               f"references {', '.join(lost)}, {why}", lost=tuple(lost)))
                 changed = True
     if repair and report.problems:
         _repair(layout, report, infos, good)
@@ -289,6 +349,10 @@ def verify(cfg: StoreConfig, *, repair: bool = False, contents: bool = True, job
 def _repair(layout: Layout, report: VerifyReport, infos: dict[Path, NarInfo], good: dict[str, NarInfo]) -> None:
     keep_nars = {i.url for i in good.values()}
     for problem in report.problems:
+        if problem.kind == UNREADABLE:   # not damaged as far as anyone knows: kept, with its NAR
+            if problem.store_path and (kept := infos.get(layout.narinfo(problem.store_path))):
+                keep_nars.add(kept.url)
+            continue
         problem.narinfo.unlink(missing_ok=True)
         report.removed.append(problem.narinfo)
     fsync_dir(layout.root)

@@ -89,6 +89,18 @@ def test_the_store_s_key_is_made_once_and_never_replaced(tmp_path: Path) -> None
                               "MLBUILD_STORE_NIX_CONF": str(tmp_path / "r" / "nix.conf")})
     assert rel.returncode == 0, rel.stderr
     assert f"extra-substituters = file://{tmp_path / 'store'}\n" in (tmp_path / "r" / "nix.conf").read_text()
+    # a store folder whose path Nix cannot read as a substituter (`file:///x/team store` was two
+    # stores in nix.conf) is refused; a link to it is the way out, and is what nix.conf names
+    spaced = tmp_path / "team store"
+    spaced.mkdir()
+    bad = setup_store(tmp_path, "w", MLBUILD_STORE=str(spaced), MLBUILD_STORE_PUBLIC_KEYS=key)
+    assert bad.returncode == 1 and "Nix cannot use a store whose path holds a space" in bad.stderr, bad.stderr
+    assert not (tmp_path / "w" / "nix.conf").exists() and not (spaced / "nar").exists()
+    (tmp_path / "team-store").symlink_to(spaced)
+    linked = setup_store(tmp_path, "w", MLBUILD_STORE=str(tmp_path / "team-store"), MLBUILD_STORE_PUBLIC_KEYS=key)
+    assert linked.returncode == 0, linked.stderr
+    assert f"extra-substituters = file://{tmp_path / 'team-store'}\n" in (tmp_path / "w" / "nix.conf").read_text()
+    assert (spaced / "nar").is_dir()
     # two machines' generated keys never share a name (Nix keeps one trusted key per name)
     other = setup_store(tmp_path / "elsewhere", "a")
     assert other.returncode == 0, other.stderr

@@ -95,3 +95,26 @@ def test_build_push_checks_the_signing_key_before_building(tmp_path: Path) -> No
             f'secret-key = "{tmp_path / "store.sec"}"')
     with pytest.raises(StoreKeyError, match="this machine signs with store-1:.*, not the store's key other-1:"):
         _check_push_target(load_project(project(tmp_path, both)))
+
+
+def test_a_substitute_that_failed_points_at_the_store_not_the_network(tmp_path: Path) -> None:
+    """A NAR cut short in the shared store: the build ended on Nix's "usually happens due to
+    networking issues; try '--fallback'", which `mlbuild build` has no option for."""
+    from mlbuild.build import _store_hint
+    from mlbuild.errors import BuildError
+    from mlbuild.store.config import StoreConfig
+
+    nix_says = ("error: Failed to open archive (Truncated zstd input)\n"
+                "error: some substitutes for the outputs of derivation '/nix/store/7vahhwmr80b8d5rpvpr484la6q3vblsq-"
+                "ci-package.drv' failed (usually happens due to networking issues); try '--fallback' to build "
+                "derivation from source ")
+    failed = BuildError("nix build of ci failed", nix_says)
+    hinted = _store_hint(failed, StoreConfig(tmp_path / "store"))
+    assert str(hinted).startswith(f"nix build of ci failed\n{nix_says}\n")
+    assert hinted.log_tail.endswith(
+        f"mlbuild: fetching from the shared store {tmp_path / 'store'} failed: an entry there is damaged (not the "
+        f"network): `mlbuild store --store {tmp_path / 'store'} verify` names it; `verify --repair` removes it, then "
+        f"push it again from a machine that has it (`mlbuild build --push TARGET`)")
+    assert _store_hint(failed, None) is failed   # no shared store: Nix's words are all there is
+    other = BuildError("nix build of ci failed", "error: builder for 'x.drv' failed with exit code 1")
+    assert _store_hint(other, StoreConfig(tmp_path / "store")) is other

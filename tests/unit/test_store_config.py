@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 
@@ -37,6 +39,23 @@ def test_defaults_outside_a_project(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_remote_urls_are_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreConfigError, match="NFS"):
         load_store_config(tmp_path, store="s3://bucket")
+
+
+@pytest.mark.parametrize("folder", ["team store", "a?b", "c#d", "tab\there"])
+def test_a_store_path_nix_cannot_read_is_refused(tmp_path: Path, folder: str) -> None:
+    """Nix 2.8 split `file:///x/team store` into two stores and opened `file:///x/a?b` as /x/a:
+    builds rebuilt everything without a word, `store pull` failed with Nix's own error."""
+    store = tmp_path / folder
+    for kw in ({"store": str(store), "env": {}}, {"env": {"MLBUILD_STORE": f"file://{store}"}}):
+        with pytest.raises(StoreConfigError, match=re.escape(repr(folder)[1:-1]) + ".*Nix cannot use a store "
+                           "whose path holds .*give a link to it"):
+            load_store_config(tmp_path, **kw)   # type: ignore[arg-type]
+    proj = _project(tmp_path, f"path = {json.dumps(folder)}")
+    with pytest.raises(StoreConfigError, match=r"\[store\]\.path = "):
+        load_store_config(proj, env={})
+    # a link to it from a path Nix takes is the way out; a key file's path may hold anything
+    env = {"MLBUILD_STORE": str(tmp_path / "link"), "MLBUILD_STORE_SECRET_KEY": str(store / "k.sec")}
+    assert load_store_config(tmp_path, env=env).secret_key_file == store / "k.sec"
 
 
 def test_trusted_keys(tmp_path: Path) -> None:
@@ -234,3 +253,26 @@ def test_a_build_asks_nix_for_its_keys_only_once_it_built_something(tmp_path: Pa
     Layout(tmp_path / "s").init()
     root = _project(tmp_path, f'path = "{tmp_path / "s"}"\npublic-keys = ["{tmp_path / "t.pub"}"]')
     assert f"file://{tmp_path / 's'}" in store_options(load_project(root))
+
+
+def test_init_on_a_full_disk_names_the_store_folder(tmp_path: Path) -> None:
+    """A full disk under the store: init said only "No space left on device; free space there",
+    naming no folder (nix-cache-info is written with os.write, which carries no file name)."""
+    import shlex
+    import subprocess
+
+    from tests.conftest import MLBUILD
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    d = shlex.quote(str(disk))
+    script = (f"mount -t tmpfs -o size=64k tmpfs {d} && mkdir {d}/store && "
+              f"(dd if=/dev/zero of={d}/fill bs=1k count=100 2>/dev/null; true) && "
+              f"exec {shlex.join(MLBUILD)} store --store {d}/store init --generate-key")
+    env = {**os.environ, "MLBUILD_STORE_SECRET_KEY": str(tmp_path / "k.sec")}
+    env.pop("MLBUILD_STORE_PUBLIC_KEYS", None)
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"Error: cannot initialise the store: the store folder {disk / 'store'} is full "
+                                  f"(No space left on device); what it made stays; free space there"), proc.stderr

@@ -541,6 +541,27 @@ def test_restore_names_the_trusted_keys_and_the_fix(store: tuple[StoreConfig, Pa
     assert not list(dest.iterdir())
 
 
+def test_a_pull_of_a_narinfo_edited_after_signing_says_so_not_to_trust_the_key(store: tuple[StoreConfig, Path],
+                                                                              tmp_path: Path) -> None:
+    """A reference removed by hand: the signature by the trusted key no longer verifies. The pull
+    said the trusted key was one "this machine does not trust" and to trust it."""
+    from mlbuild.store.restore import restore_paths
+    cfg, chroot = store
+    info = put(cfg, chroot, fake_path(chroot, "w.safetensors", os.urandom(1 << 16)))
+    f = Layout(cfg.root).narinfo(info.store_path)
+    f.write_text(f.read_text().replace("NarSize: ", "NarSize: 1"))
+    edited = NarInfo.parse(f.read_text())
+    dest = tmp_path / "local" / "nix" / "store"
+    dest.mkdir(parents=True)
+    with pytest.raises(StoreCorruptError) as e:
+        restore_paths(Layout(cfg.root), [edited], cfg.trusted_keys(), str(tmp_path / "local"), dest)
+    msg = str(e.value)
+    assert "is signed by unit-1, a key trusted here, but the signature does not verify: the narinfo was changed " \
+           "after signing" in msg and f"`mlbuild store --store {cfg.root} verify --repair`" in msg, msg
+    assert "does not trust" not in msg and "MLBUILD_STORE_PUBLIC_KEYS" not in msg
+    assert not list(dest.iterdir())
+
+
 def test_init_with_a_key_this_machine_does_not_trust_says_how_to_trust_it(tmp_path: Path) -> None:
     """With /etc/mlbuild/store.pub present, mlbuild trusts that key only: the first push with the
     key init had just made was refused. init says so, with the setting to add."""

@@ -91,6 +91,27 @@ def test_push_signs_entries_the_store_s_key_has_not_signed(store: tuple[StoreCon
     assert not push(cfg_b, [top.path], local_store=str(chroot)).signed   # once
 
 
+def test_a_key_rotation_s_push_adds_the_new_key_s_signature(store: tuple[StoreConfig, Path],
+                                                            nix: FakeNix, tmp_path: Path) -> None:
+    """store-config/README.md's rotation: the new key as a second line of public-key, push again
+    with it, drop the old line. The push found every entry "already there" (the old key is one the
+    store names), so once the old line went, readers of the new key refused all of them."""
+    cfg, chroot = store
+    dep, top = _closure(chroot, nix)
+    push(cfg, [top.path], local_store=str(chroot))
+    key_b = generate_key_pair("unit-b", tmp_path / "b.sec", tmp_path / "b.pub")
+    shown = cfg.root / "mlbuild" / "public-key"
+    shown.write_text(f"{cfg.secret_key().public}\n{key_b.public}\n")
+    both = (str(cfg.secret_key().public), str(key_b.public))
+    r = push(replace(cfg, secret_key_file=tmp_path / "b.sec", public_keys=both), [top.path], local_store=str(chroot))
+    assert sorted(r.signed) == sorted([dep.path, top.path]) and not r.pushed and not r.present
+    shown.write_text(f"{key_b.public}\n")   # no reader needs the old key any more
+    assert verify(replace(cfg, public_keys=(str(key_b.public),))).ok and verify(cfg).ok
+    again = push(replace(cfg, secret_key_file=tmp_path / "b.sec", public_keys=both), [top.path],
+                 local_store=str(chroot))
+    assert not again.signed and sorted(again.present) == sorted([dep.path, top.path])
+
+
 def test_a_key_this_machine_trusts_is_not_enough_where_the_store_names_its_own(
         store: tuple[StoreConfig, Path], nix: FakeNix, tmp_path: Path) -> None:
     """The store names A; an entry signed by B, which this machine also trusts, was "already
