@@ -43,7 +43,12 @@ def timed(cmd: list[str], cwd: Path | None = None, cold: bool = False) -> tuple[
         drop_caches()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:   # Ctrl-C: stop the child before the caller deletes what it writes
+        proc.kill()
+        proc.wait()
+        raise
     dt = time.perf_counter() - t0
     if status != 0:
         raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
@@ -79,14 +84,32 @@ def delete_store_path(path: str) -> None:
 
 
 def case(label: str, data: Path, proj: Path) -> None:
-    dest = WORK / f"cp-target-{os.getpid()}"
-    subprocess.run(["rm", "-rf", str(dest)])
-    cp_s, _ = timed(["cp", "-r", str(data), str(dest)], cold=True)
-    subprocess.run(["rm", "-rf", str(dest)])
+    """Measure one data set. Its scratch copies live beside it in the run's temporary folder, and
+    the store paths it adds are deleted even when a step fails or the run is interrupted."""
     name = f"bench{abs(hash(label)) % 10000}-{os.getpid()}"
+    staged = data.parent / f"nixref-{os.getpid()}"
+    try:
+        measure(label, data, proj, name, staged)
+    finally:
+        subprocess.run(["rm", "-f", str(proj / ".mlbuild" / "gcroots" / f"dataset-{name}")])
+        lock = json.loads((proj / "mlbuild.lock").read_text())
+        if name in lock["datasets"]:   # data add ran: its path, and the reference's of the same hash
+            from mlbuild.storepath import fixed_output_path
+
+            sha = lock["datasets"][name]["sha256"]
+            for path_name in (name, staged.name):
+                delete_store_path(fixed_output_path(sha, path_name, recursive=True))
+        subprocess.run(["rm", "-rf", str(staged)])
+
+
+def measure(label: str, data: Path, proj: Path, name: str, staged: Path) -> None:
+    dest = data.parent / f"cp-target-{os.getpid()}"
+    subprocess.run(["rm", "-rf", str(dest)])
+    try:
+        cp_s, _ = timed(["cp", "-r", str(data), str(dest)], cold=True)
+    finally:
+        subprocess.run(["rm", "-rf", str(dest)])
     add_s, rss = timed([PY, "-m", "mlbuild.cli", "-C", str(proj), "data", "add", name, str(data)], cold=True)
-    lock = json.loads((proj / "mlbuild.lock").read_text())
-    sha = lock["datasets"][name]["sha256"]
     from mlbuild.config import load_project
     from mlbuild.data import datasets as ds
 
@@ -96,19 +119,10 @@ def case(label: str, data: Path, proj: Path) -> None:
     assert added.imported is None, "re-add imported again"
     readd_cli, _ = timed([PY, "-m", "mlbuild.cli", "-C", str(proj), "data", "add", name, str(data)])
     startup, _ = timed([PY, "-m", "mlbuild.cli", "--version"])
-    # Nix's own streaming import of the same data, for scale.
-    staged = WORK / f"nixref-{os.getpid()}"
+    # Nix's own streaming import of the same data, for scale (its store path goes with case's cleanup).
     subprocess.run(["rm", "-rf", str(staged)])
     os.link(data, staged) if data.is_file() else shutil.copytree(data, staged, copy_function=os.link)
     nix_s, nix_rss = timed(["nix-store", "--add-fixed", "--recursive", "sha256", str(staged)], cold=True)
-    out = subprocess.run(["nix-store", "--print-fixed-path", "--recursive", "sha256", sha, staged.name],
-                         capture_output=True, text=True).stdout.strip()
-    delete_store_path(out)
-    subprocess.run(["rm", "-rf", str(staged)])
-    from mlbuild.storepath import fixed_output_path
-
-    subprocess.run(["rm", "-f", str(proj / ".mlbuild" / "gcroots" / f"dataset-{name}")])
-    delete_store_path(fixed_output_path(sha, name, recursive=True))
     print(f"{label} ({'cold page cache' if drop_caches() else 'warm page cache'}):")
     print(f"  cp                       {cp_s:7.2f} s")
     print(f"  mlbuild data add (cold)  {add_s:7.2f} s   ratio to cp {add_s / cp_s:5.2f}   (goal <= 1.5)")

@@ -4,8 +4,12 @@ bench/data_add.py stopped at its first re-add for a while, after `ds.add` change
 
 from __future__ import annotations
 
+import glob
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +30,25 @@ def bench(name: str, *args: str, timeout: float = 600) -> str:
 def test_data_add(tmp_path: Path) -> None:
     out = bench("data_add.py", "--gib", "0.0625", "--files", "40")
     assert out.count("mlbuild data add (cold)") == 2 and "peak RSS of data add" in out
+
+
+def test_data_add_interrupted_leaves_nothing(tmp_path: Path) -> None:
+    """Ctrl-C in the middle (here: while Nix imports the reference copy) leaves no scratch data in
+    the bench folder and none of the run's store paths: at the default size each is 2 GiB. The
+    reference's hard-linked copy was once left in the bench folder, and both store paths in the store."""
+    work = tmp_path / "bench"
+    proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "data_add.py"), "--gib", "0.0625", "--files", "40"],
+                            cwd=REPO, env={**os.environ, "MLBUILD_BENCH_DIR": str(work)}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not list(work.rglob("nixref-*")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the bench never reached its reference import"
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGINT)   # as a terminal's Ctrl-C does: the bench and its children
+    out = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode != 0, out
+    assert list(work.iterdir()) == [], out
+    assert glob.glob(f"/nix/store/*-bench*-{proc.pid}") == [] and glob.glob(f"/nix/store/*-nixref-{proc.pid}") == []
 
 
 def test_store(tmp_path: Path) -> None:
