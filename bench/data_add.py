@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -56,10 +57,13 @@ def timed(cmd: list[str], cwd: Path | None = None, cold: bool = False) -> tuple[
 
 
 def make_big(path: Path, gib: float) -> None:
+    """Exactly ``gib`` GiB (to the byte), in 64 MiB blocks, the last one cut short."""
     block = os.urandom(64 << 20)
+    left = round(gib * (1 << 30))
     with open(path, "wb") as f:
-        for _ in range(int(gib * 16)):
-            f.write(block)
+        while left > 0:
+            f.write(block[:left])
+            left -= len(block)
             block = block[1:] + block[:1]  # no two blocks alike
 
 
@@ -139,6 +143,10 @@ def main() -> None:
     ap.add_argument("--make-big")
     ap.add_argument("--make-small")
     args = ap.parse_args()
+    if not (math.isfinite(args.gib) and round(args.gib * (1 << 30)) >= 1):
+        ap.error(f"--gib {args.gib:g}: give the big file's size in GiB, above 0 (such as 0.25)")
+    if args.files < 1:
+        ap.error(f"--files {args.files}: give how many small files to make, at least 1 (such as 2000)")
     if args.make_big:
         return make_big(Path(args.make_big), args.gib)
     if args.make_small:

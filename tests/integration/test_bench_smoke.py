@@ -32,6 +32,25 @@ def test_data_add(tmp_path: Path) -> None:
     assert out.count("mlbuild data add (cold)") == 2 and "peak RSS of data add" in out
 
 
+@pytest.mark.parametrize("args, named", [(["--gib", "0"], "--gib 0:"), (["--gib", "-1"], "--gib -1:"),
+                                         (["--gib", "nan"], "--gib nan:"), (["--files", "0"], "--files 0:")])
+def test_data_add_refuses_bad_sizes(args: list[str], named: str) -> None:
+    """Refused before any data is made; they were an empty file that data add refused after the
+    cp was timed, a missing folder (`cp: cannot stat`), a traceback."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "data_add.py"), *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 2 and named in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_data_add_makes_the_size_it_prints(tmp_path: Path) -> None:
+    """`--gib 0.1` is printed as "one 0.1 GiB file": it was a 64 MiB one (whole 64 MiB blocks), and
+    `--gib 0.05` an empty file."""
+    for gib in ("0.1", "0.05"):
+        subprocess.run([sys.executable, str(REPO / "bench" / "data_add.py"), "--make-big", str(tmp_path / gib),
+                        "--gib", gib], check=True, timeout=60)
+        assert (tmp_path / gib).stat().st_size == round(float(gib) * (1 << 30))
+
+
 def test_data_add_interrupted_leaves_nothing(tmp_path: Path) -> None:
     """Ctrl-C in the middle (here: while Nix imports the reference copy) leaves no scratch data in
     the bench folder and none of the run's store paths: at the default size each is 2 GiB. The
