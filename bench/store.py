@@ -29,6 +29,7 @@ work on the machine slows mlbuild (two threads) more than ``cp`` (one): bench on
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import shutil
@@ -157,6 +158,14 @@ def main() -> int:
                     help="seconds between the push and the reads of its NAR (default 5): the first read of "
                          "a file written a moment ago is slow here, whichever program does it")
     opts = ap.parse_args()
+    if not (math.isfinite(opts.gib) and int(opts.gib * (1 << 30)) >= 1):
+        ap.error(f"--gib {opts.gib:g}: give the path's size in GiB, above 0 (such as 0.25)")
+    if opts.reps < 1:
+        ap.error(f"--reps {opts.reps}: give how many repetitions to run, at least 1")
+    if not (math.isfinite(opts.settle) and opts.settle >= 0):
+        ap.error(f"--settle {opts.settle:g}: give the seconds to wait, 0 or more")
+    if opts.dir is not None and opts.dir.exists() and not opts.dir.is_dir():
+        ap.error(f"--dir {opts.dir}: not a folder; give a folder to work in (made if missing)")
     global COLD
     COLD = opts.cold
     base = opts.dir or Path("/var/tmp")

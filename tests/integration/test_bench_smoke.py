@@ -32,12 +32,22 @@ def test_data_add(tmp_path: Path) -> None:
     assert out.count("mlbuild data add (cold)") == 2 and "peak RSS of data add" in out
 
 
-@pytest.mark.parametrize("args, named", [(["--gib", "0"], "--gib 0:"), (["--gib", "-1"], "--gib -1:"),
-                                         (["--gib", "nan"], "--gib nan:"), (["--files", "0"], "--files 0:")])
-def test_data_add_refuses_bad_sizes(args: list[str], named: str) -> None:
-    """Refused before any data is made; they were an empty file that data add refused after the
-    cp was timed, a missing folder (`cp: cannot stat`), a traceback."""
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "data_add.py"), *args], capture_output=True,
+BAD_FLAGS = [
+    # data_add: an empty file that data add refused after the cp was timed, a missing folder (`cp: cannot stat`),
+    # a traceback
+    ("data_add.py", ["--gib", "0"], "--gib 0:"), ("data_add.py", ["--gib", "-1"], "--gib -1:"),
+    ("data_add.py", ["--gib", "nan"], "--gib nan:"), ("data_add.py", ["--files", "0"], "--files 0:"),
+    # store: ratios of an empty path (push 16x cp), tracebacks (some after the whole run)
+    ("store.py", ["--gib", "0"], "--gib 0:"), ("store.py", ["--gib", "-1"], "--gib -1:"),
+    ("store.py", ["--reps", "0"], "--reps 0:"), ("store.py", ["--settle", "-1"], "--settle -1:"),
+    ("store.py", ["--dir", "/etc/passwd"], "--dir /etc/passwd:"),
+]
+
+
+@pytest.mark.parametrize("name, args, named", BAD_FLAGS)
+def test_bad_flags_are_refused(name: str, args: list[str], named: str) -> None:
+    """A bad value is a usage error naming it, before anything is made or measured."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / name), *args], capture_output=True,
                           text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 2 and named in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
