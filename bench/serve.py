@@ -50,6 +50,8 @@ sys.path.insert(0, str(REPO))
 # The reference runs under the OpenMP setting the server uses (set by its __main__ before torch).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from mlbuild.runtime.serve.package import Package, ServeError, TensorSpec, load_package  # noqa: E402
+
 MODEL_SOURCE = '''\
 from torch import nn
 
@@ -87,10 +89,27 @@ def build_package(root: Path, name: str, hidden: int) -> Path:
     return root
 
 
-def request_body(rows: int) -> tuple[bytes, dict[str, str]]:
-    x = np.random.default_rng(0).random((rows, 64), dtype=np.float32)
+def read_package(path: Path) -> Package:
+    """The package's manifest, input and settings, as the server reads them; a bad one ends the run."""
+    try:
+        pkg = load_package(path)
+    except ServeError as e:
+        raise SystemExit(f"bench: {e}") from None
+    if -1 in pkg.input.shape[1:]:
+        raise SystemExit(f"bench: {pkg.name}'s input {pkg.input.name!r} has shape {list(pkg.input.shape)}: rows of "
+                         "any size (-1) give the bench no row to send; it needs a fixed row shape")
+    return pkg
+
+
+def batch_of(spec: TensorSpec, rows: int, seed: int) -> np.ndarray:
+    """``rows`` rows of the model's input: its row shape and datatype, random values."""
+    return np.random.default_rng(seed).random((rows, *spec.shape[1:])).astype(spec.dtype)
+
+
+def request_body(spec: TensorSpec, rows: int) -> tuple[bytes, dict[str, str]]:
+    x = batch_of(spec, rows, 0)
     raw = x.tobytes()
-    head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, 64],
+    head = json.dumps({"inputs": [{"name": spec.name, "datatype": spec.datatype, "shape": list(x.shape),
                                    "parameters": {"binary_data_size": len(raw)}}],
                        "parameters": {"binary_data_output": True}}).encode()
     return head + raw, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}
@@ -256,14 +275,13 @@ def wrk_load(port: int, path: str, body: bytes, headers: dict[str, str], concurr
     return rate, dist["50%"], dist["99%"]
 
 
-def bare_forward(package: Path, threads: int, batch: int, rounds: int = 3, seconds: float = 1.0) -> float:
+def bare_forward(pkg: Package, threads: int, batch: int, rounds: int = 3, seconds: float = 1.0) -> float:
     """Rows/s of the model's forward pass on full batches, loaded by the server's own loader; the
     best of ``rounds`` rounds (the reference's best case: the ratio errs low, never high)."""
     from mlbuild.runtime.serve.model import load_model
-    from mlbuild.runtime.serve.package import load_package
 
-    model = load_model(load_package(package), threads=threads)
-    x = np.random.default_rng(1).random((batch, 64), dtype=np.float32)
+    model = load_model(pkg, threads=threads)
+    x = batch_of(pkg.input, batch, 1)
     for _ in range(10):
         model.forward(x)
     best = 0.0
@@ -308,23 +326,20 @@ def pct(values: list[float], q: int) -> float:
 def bench_model(package: Path, port: int | None, workdir: Path, threads: int, rows: int,
                 counts: tuple[int, int], max_wait_ms: float | None = None, client: str = "python",
                 seconds: float = 5.0, rounds: int = 1) -> float:
-    meta_path = package / "model" / "config.json"
-    manifest = json.loads((package / "manifest.json").read_text())
-    settings = {"max_batch_size": 32, **json.loads((package / "serve.json").read_text())} \
-        if (package / "serve.json").exists() else {"max_batch_size": 32}
-    before = bare_forward(package, threads, settings["max_batch_size"])
+    pkg = read_package(package)
+    batch = pkg.settings.max_batch_size
+    before = bare_forward(pkg, threads, batch)
     proc = None
     if port is None:
         extra = [] if max_wait_ms is None else ["--max-wait-ms", str(max_wait_ms)]
         proc, port = start_server(package, workdir, threads, extra)
     try:
-        body, headers = request_body(rows)
-        path = f"/v2/models/{manifest['name']}/infer"
+        body, headers = request_body(pkg.input, rows)
+        path = f"/v2/models/{pkg.name}/infer"
         load(port, path, body, headers, 8, 200)  # warm up
-        params = json.loads(meta_path.read_text())["params"]
-        wait = settings.get("max_wait_ms", 2.0) if max_wait_ms is None else max_wait_ms
-        print(f"\n{manifest['name']} ({params}), {rows} row(s)/request, {threads} torch thread(s), "
-              f"max_batch_size {settings['max_batch_size']}, max_wait_ms {wait}")
+        wait = pkg.settings.max_wait_ms if max_wait_ms is None else max_wait_ms
+        print(f"\n{pkg.name} ({pkg.params}), {rows} row(s)/request, {threads} torch thread(s), "
+              f"max_batch_size {batch}, max_wait_ms {wait}")
         served_32: list[float] = []
         for concurrency, total in ((1, counts[0]), *((32, counts[1]),) * rounds):
             s0, c0 = batch_counts(port)
@@ -343,9 +358,9 @@ def bench_model(package: Path, port: int | None, workdir: Path, threads: int, ro
         if proc is not None:
             proc.terminate()
             proc.wait(60)
-    after = bare_forward(package, threads, settings["max_batch_size"])  # with the server stopped
+    after = bare_forward(pkg, threads, batch)  # with the server stopped
     reference = max(before, after)
-    print(f"  bare batched forward pass (batch {settings['max_batch_size']}, {threads} thread(s)): "
+    print(f"  bare batched forward pass (batch {batch}, {threads} thread(s)): "
           f"{reference:,.0f} rows/s (before {before:,.0f}, after {after:,.0f})")
     ratio = statistics.median(served_32) / reference
     each = f" (median of {rounds}: {', '.join(f'{x / reference:.3f}' for x in served_32)})" if rounds > 1 else ""

@@ -90,6 +90,38 @@ def test_serve() -> None:
     assert "ratio served/bare at concurrency 32" in out
 
 
+def test_serve_a_package_of_another_input(tmp_path: Path) -> None:
+    """`--package` takes any package the server takes: the requests and the reference's batches
+    have its input's name, row shape and datatype. Both were the digits example's (64 FP32 values
+    named "input"), so a 30-feature package ended in a traceback (`mat1 and mat2 shapes cannot be
+    multiplied`)."""
+    import hashlib
+    import json
+
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    pkg = tmp_path / "cancer30"
+    (pkg / "code").mkdir(parents=True)
+    (pkg / "model").mkdir()
+    (pkg / "code" / "model.py").write_text(
+        "from torch import nn\n\n\ndef build_model(params):\n"
+        "    h = params['hidden']\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(30, h), nn.ReLU(), nn.Linear(h, 2))\n")
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(30, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(pkg / "model" / "model.safetensors"))
+    (pkg / "model" / "config.json").write_text(json.dumps({
+        "module": "model", "params": {"hidden": 16}, "task": "classification", "labels": ["a", "b"],
+        "inputs": [{"name": "features", "datatype": "FP64", "shape": [-1, 5, 6]}],
+        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]},
+                    {"name": "label", "datatype": "INT64", "shape": [-1]}]}))
+    digest = hashlib.sha256((pkg / "model" / "model.safetensors").read_bytes()).hexdigest()
+    (pkg / "manifest.json").write_text(json.dumps({"name": "cancer30", "version": 1, "hashes": {
+        "model": digest, "data": "bench", "code": "bench", "toolchain": "bench"}}))
+    out = bench("serve.py", "--package", str(pkg), "--requests", "10,100", "--rounds", "1")
+    assert "cancer30 ({'hidden': 16})" in out and "ratio served/bare at concurrency 32" in out
+
+
 def test_train_overhead(digits_repo: Path) -> None:  # noqa: F811
     out = bench("train_overhead.py", "--project", str(digits_repo), "--epochs", "2", "--runs", "1")
     assert "median: nix build" in out and "ratio" in out
