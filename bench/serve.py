@@ -1,16 +1,17 @@
 """bench/serve: served throughput and latency vs the bare batched forward pass, in one run.
 
-    .venv/bin/python bench/serve.py [--package PKG | --models digits,wide] [--rows 1]
-                                    [--requests 400,4000] [--threads N] [--port P]
+    .venv/bin/python bench/serve.py [--package PKG [--port P] | --models digits,wide,xl] [--rows 1]
+                                    [--requests 400,4000] [--threads N]
                                     [--client python|wrk] [--rounds 3]
 
 For each model it starts the real server (``python -m mlbuild.runtime.serve``, 127.0.0.1, a free
-port; or uses the one already listening on ``--port``), then drives it with keep-alive
-``http.client`` connections (Nagle off), one thread per connection, sending Triton binary
-tensor requests (what ``tritonclient.http`` sends by default) of ``--rows`` rows each: first at
-concurrency 1, then at concurrency 32 (``--rounds`` times: the ratio is their median, as this
-shared machine is noisy), a bounded number of requests each. It prints requests/s,
-rows/s, p50/p99 latency and the mean batch size the server formed (from its /metrics).
+port; or, with ``--package``, uses the one already listening on ``--port`` and serving that
+package), then drives it with keep-alive HTTP/1.1 connections on bare sockets (Nagle off), one
+thread per connection, sending Triton binary tensor requests (what ``tritonclient.http`` sends by
+default) of ``--rows`` rows each: first at concurrency 1, then at concurrency 32 (``--rounds``
+times: the ratio is their median, as this shared machine is noisy), a bounded number of requests
+each. It prints requests/s, rows/s, p50/p99 latency and the mean batch size the server formed
+(from its /metrics).
 ``--client wrk`` drives it with wrk instead (one C thread, ``--seconds`` per step): the Python
 client's threads cost the 2 shared cores about as much CPU per request as the server does, wrk
 much less. Measured here, both clients give about the same ratios (xl 0.66-0.77).
@@ -20,8 +21,9 @@ loader in this process with the same torch thread count, on batches of ``max_bat
 measured while the server is idle. The ratio is served rows/s at concurrency 32 over the
 reference rows/s. Goal (issue 5): at least 0.7.
 
-Without ``--package`` it builds two packages in a temporary folder: ``digits`` (the example's
-64-64-64-10 MLP, tiny: HTTP dominates) and ``wide`` (64-2048-2048-10: compute dominates).
+Without ``--package`` it builds the ``--models`` packages in a temporary folder (by default all
+three): ``digits`` (the example's 64-64-64-10 MLP, tiny: HTTP dominates), ``wide``
+(64-2048-2048-10) and ``xl`` (64-4096-4096-10: compute dominates).
 """
 
 from __future__ import annotations
@@ -396,8 +398,26 @@ def main() -> None:
     client = args.client
     if client == "wrk" and shutil.which("wrk") is None:
         raise SystemExit("bench: --client wrk needs wrk (`apt-get install wrk`)")
-    counts = tuple(int(n) for n in args.requests.split(","))
-    assert len(counts) == 2, "--requests takes two counts"
+    try:
+        counts = tuple(int(n) for n in args.requests.split(","))
+    except ValueError:
+        counts = ()
+    if len(counts) != 2 or min(counts) < 1:
+        ap.error(f"--requests {args.requests}: give two counts of at least 1, at concurrency 1 and 32 "
+                 "(such as 400,4000)")
+    models = args.models.split(",")
+    if args.package is None and not set(models) <= set(MODELS):
+        ap.error(f"--models {args.models}: give built-in packages of {', '.join(sorted(MODELS))}, comma-separated")
+    for flag, value in (("--rows", args.rows), ("--threads", args.threads), ("--rounds", args.rounds)):
+        if value < 1:
+            ap.error(f"{flag} {value}: give at least 1")
+    if not (args.seconds >= 0.5 and args.seconds < float("inf")):   # wrk takes whole seconds
+        ap.error(f"--seconds {args.seconds:g}: give at least 0.5 (wrk runs whole seconds)")
+    if args.port is not None and args.package is None:
+        ap.error(f"--port {args.port}: also give --package, the package that server serves (the reference is "
+                 "that package's forward pass)")
+    if args.port is not None and args.max_wait_ms is not None:
+        ap.error("--max-wait-ms sets the server the bench starts; a server already on --port keeps its own")
     who = "wrk (one thread)" if client == "wrk" else "Python threads in this process"
     print(f"bench/serve: {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}; client: {who}; "
           f"the server in a subprocess (HTTP: {http_stack()})")
@@ -406,14 +426,14 @@ def main() -> None:
         if args.package:
             packages = [Path(args.package).resolve()]
         else:
-            packages = [build_package(work / name, name, MODELS[name]) for name in args.models.split(",")]
+            packages = [build_package(work / name, name, MODELS[name]) for name in models]
         # This process holds torch (for the reference): keep its full collections, which would pause
         # the client threads for ~75 ms each, off what was loaded (as the server does).
         gc.collect()
         gc.freeze()
         for package in packages:
             bench_model(package, args.port, work, args.threads, args.rows, (counts[0], counts[1]), args.max_wait_ms,
-                        client, args.seconds, max(1, args.rounds))
+                        client, args.seconds, args.rounds)
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 
 

@@ -41,6 +41,12 @@ BAD_FLAGS = [
     ("store.py", ["--gib", "0"], "--gib 0:"), ("store.py", ["--gib", "-1"], "--gib -1:"),
     ("store.py", ["--reps", "0"], "--reps 0:"), ("store.py", ["--settle", "-1"], "--settle -1:"),
     ("store.py", ["--dir", "/etc/passwd"], "--dir /etc/passwd:"),
+    # serve: KeyError, AssertionError, ValueError and IndexError tracebacks; --rounds 0 silently 1; --port without
+    # --package measured the built-in packages' reference against whatever that server serves
+    ("serve.py", ["--models", "foo"], "--models foo:"), ("serve.py", ["--requests", "400"], "--requests 400:"),
+    ("serve.py", ["--requests", "a,b"], "--requests a,b:"), ("serve.py", ["--requests", "0,0"], "--requests 0,0:"),
+    ("serve.py", ["--rows", "-1"], "--rows -1:"), ("serve.py", ["--threads", "0"], "--threads 0:"),
+    ("serve.py", ["--rounds", "0"], "--rounds 0:"), ("serve.py", ["--port", "8080"], "--port 8080:"),
 ]
 
 
