@@ -47,6 +47,8 @@ BAD_FLAGS = [
     ("serve.py", ["--requests", "a,b"], "--requests a,b:"), ("serve.py", ["--requests", "0,0"], "--requests 0,0:"),
     ("serve.py", ["--rows", "-1"], "--rows -1:"), ("serve.py", ["--threads", "0"], "--threads 0:"),
     ("serve.py", ["--rounds", "0"], "--rounds 0:"), ("serve.py", ["--port", "8080"], "--port 8080:"),
+    # train_overhead: a ratio of two untrained runs (--epochs 0), a traceback after the builds (--runs 0)
+    ("train_overhead.py", ["--epochs", "0"], "--epochs 0:"), ("train_overhead.py", ["--runs", "0"], "--runs 0:"),
 ]
 
 
@@ -131,6 +133,15 @@ def test_serve_a_package_of_another_input(tmp_path: Path) -> None:
 def test_train_overhead(digits_repo: Path) -> None:  # noqa: F811
     out = bench("train_overhead.py", "--project", str(digits_repo), "--epochs", "2", "--runs", "1")
     assert "median: nix build" in out and "ratio" in out
+
+
+def test_train_overhead_says_why_a_build_failed() -> None:
+    """A failing build ends the run with Nix's own message; it was a CalledProcessError traceback
+    that showed only the command (its output captured and dropped)."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "train_overhead.py"), "--model", "nosuchmodel",
+                           "--runs", "1"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "nix build of nosuchmodel.model" in proc.stderr and 'declare' in proc.stderr, proc.stderr
 
 
 def test_image(digits_repo: Path) -> None:  # noqa: F811
