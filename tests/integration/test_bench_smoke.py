@@ -49,6 +49,9 @@ BAD_FLAGS = [
     ("serve.py", ["--rounds", "0"], "--rounds 0:"), ("serve.py", ["--port", "8080"], "--port 8080:"),
     # train_overhead: a ratio of two untrained runs (--epochs 0), a traceback after the builds (--runs 0)
     ("train_overhead.py", ["--epochs", "0"], "--epochs 0:"), ("train_overhead.py", ["--runs", "0"], "--runs 0:"),
+    # image: a ValueError traceback, a build that failed its validation gate
+    ("image.py", ["--hidden", "abc"], "--hidden abc:"), ("image.py", ["--hidden", "0"], "--hidden 0:"),
+    ("image.py", ["--lr", "-1"], "--lr -1:"),
 ]
 
 
@@ -147,3 +150,12 @@ def test_train_overhead_says_why_a_build_failed() -> None:
 def test_image(digits_repo: Path) -> None:  # noqa: F811
     out = bench("image.py", "--project", str(digits_repo), "--hidden", "64")
     assert "image/closure" in out and "changed/weights" in out
+
+
+def test_image_needs_a_second_version(digits_repo: Path) -> None:  # noqa: F811
+    """`--lr` equal to the model's own gives no new version: it is said, where it was a ValueError
+    traceback (nix build lists the one image once)."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "image.py"), "--project", str(digits_repo),
+                           "--hidden", "64", "--lr", "0.003"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--lr 0.003" in proc.stderr and "same build" in proc.stderr, proc.stderr
