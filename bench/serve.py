@@ -14,7 +14,7 @@ each. It prints requests/s, rows/s, p50/p99 latency and the mean batch size the 
 (from its /metrics).
 ``--client wrk`` drives it with wrk instead (one C thread, ``--seconds`` per step): the Python
 client's threads cost the 2 shared cores about as much CPU per request as the server does, wrk
-much less. Measured here, both clients give about the same ratios (xl 0.66-0.77).
+much less. Both clients gave about the same ratios (see the README's Performance section).
 
 The reference is the bare batched forward pass of the same model, loaded by the server's own
 loader in this process with the same torch thread count, on batches of ``max_batch_size`` rows,
