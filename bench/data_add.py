@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -136,6 +137,11 @@ def measure(label: str, data: Path, proj: Path, name: str, staged: Path) -> None
     print(f"  peak RSS of data add     {rss:7d} MB   (goal < 200)")
 
 
+def stop_on_sigterm() -> None:
+    """A SIGTERM (a CI job cancelled, `kill PID`) unwinds like Ctrl-C, so the cleanup runs."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gib", type=float, default=2.0)
@@ -143,6 +149,7 @@ def main() -> None:
     ap.add_argument("--make-big")
     ap.add_argument("--make-small")
     args = ap.parse_args()
+    stop_on_sigterm()
     if not (math.isfinite(args.gib) and round(args.gib * (1 << 30)) >= 1):
         ap.error(f"--gib {args.gib:g}: give the big file's size in GiB, above 0 (such as 0.25)")
     if args.files < 1:

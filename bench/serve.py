@@ -34,6 +34,7 @@ import hashlib
 import http.client
 import json
 import os
+import signal
 import socket
 import shutil
 import statistics
@@ -303,19 +304,23 @@ def start_server(package: Path, workdir: Path, threads: int,
     proc = subprocess.Popen([sys.executable, "-m", "mlbuild.runtime.serve", "--package", str(package), "--port", "0",
                              "--port-file", str(port_file), "--log-level", "warning", *extra], cwd=REPO, env=env)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"bench: the server exited with {proc.returncode}")
-        if port_file.exists():
-            port = int(port_file.read_text())
-            try:
-                if get(port, "/v2/health/ready")[0] == 200:
-                    return proc, port
-            except OSError:
-                pass
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("bench: the server did not get ready in 120 s")
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"bench: the server exited with {proc.returncode}")
+            if port_file.exists():
+                port = int(port_file.read_text())
+                try:
+                    if get(port, "/v2/health/ready")[0] == 200:
+                        return proc, port
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        raise SystemExit("bench: the server did not get ready in 120 s")
+    except BaseException:   # not ready, or interrupted while it got ready: stop it
+        proc.kill()
+        proc.wait()
+        raise
 
 
 def pct(values: list[float], q: int) -> float:
@@ -379,6 +384,11 @@ def http_stack() -> str:
     return f"{http}, {loop}"
 
 
+def stop_on_sigterm() -> None:
+    """A SIGTERM (a CI job cancelled, `kill PID`) unwinds like Ctrl-C, so the cleanup runs."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--package", help="benchmark this package instead of the built-in ones")
@@ -395,6 +405,7 @@ def main() -> None:
                     help="measurements at concurrency 32; the ratio is their median (default 3)")
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds per step with wrk (default 5)")
     args = ap.parse_args()
+    stop_on_sigterm()
     client = args.client
     if client == "wrk" and shutil.which("wrk") is None:
         raise SystemExit("bench: --client wrk needs wrk (`apt-get install wrk`)")

@@ -33,6 +33,7 @@ import math
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -144,6 +145,11 @@ def nix_copy(args: list[str]) -> None:
     _nix.run_nix([*_nix.common_options(), "--option", "require-sigs", "false", "copy", *args])
 
 
+def stop_on_sigterm() -> None:
+    """A SIGTERM (a CI job cancelled, `kill PID`) unwinds like Ctrl-C, so the cleanup runs."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gib", type=float, default=2.0, help="size of the path in GiB (default 2)")
@@ -158,6 +164,7 @@ def main() -> int:
                     help="seconds between the push and the reads of its NAR (default 5): the first read of "
                          "a file written a moment ago is slow here, whichever program does it")
     opts = ap.parse_args()
+    stop_on_sigterm()
     if not (math.isfinite(opts.gib) and int(opts.gib * (1 << 30)) >= 1):
         ap.error(f"--gib {opts.gib:g}: give the path's size in GiB, above 0 (such as 0.25)")
     if opts.reps < 1:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -89,6 +90,47 @@ def test_data_add_interrupted_leaves_nothing(tmp_path: Path) -> None:
     assert proc.returncode != 0, out
     assert list(work.iterdir()) == [], out
     assert glob.glob(f"/nix/store/*-bench*-{proc.pid}") == [] and glob.glob(f"/nix/store/*-nixref-{proc.pid}") == []
+
+
+def terminated(args: list[str], ready: Callable[[], bool], env: dict[str, str] | None = None) -> int:
+    """Run a bench, send it (not its children) SIGTERM once ``ready()``, as a CI job's cancel or `kill PID`
+    does; its pid, after it exited."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env={**os.environ, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, "the bench ended before it was ready"
+        time.sleep(0.01)
+    proc.terminate()
+    assert proc.wait(120) == 128 + signal.SIGTERM
+    return proc.pid
+
+
+def test_sigterm_cleans_up(tmp_path: Path) -> None:
+    """SIGTERM unwinds each bench like Ctrl-C: it left bench/serve's server running (for good, on
+    its port) and the temporary folders of all three (2 GiB and more at the default sizes)."""
+    work = tmp_path / "data"
+    pid = terminated([str(REPO / "bench" / "data_add.py"), "--gib", "0.0625", "--files", "40"],
+                     lambda: bool(list(work.rglob("nixref-*"))), {"MLBUILD_BENCH_DIR": str(work)})
+    assert list(work.iterdir()) == []
+    assert glob.glob(f"/nix/store/*-bench*-{pid}") == [] and glob.glob(f"/nix/store/*-nixref-{pid}") == []
+
+    store = tmp_path / "store"
+    terminated([str(REPO / "bench" / "store.py"), "--gib", "0.02", "--reps", "1", "--settle", "30", "--dir",
+                str(store)], lambda: bool(list(store.glob("*/cache/nar/*.nar"))))
+    assert list(store.iterdir()) == []
+
+    serve = tmp_path / "serve"
+    serve.mkdir()
+    pid = terminated([str(REPO / "bench" / "serve.py"), "--models", "digits", "--requests", "20,1000000"],
+                     lambda: bool(list(serve.glob("bench-serve-*/digits.port"))), {"TMPDIR": str(serve)})
+    time.sleep(0.5)
+    assert list(serve.iterdir()) == []
+    servers = subprocess.run(["pgrep", "-f", f"mlbuild.runtime.serve --package {serve}"], capture_output=True,
+                             text=True).stdout.split()
+    for server in servers:   # do not leave it running when the test fails
+        os.kill(int(server), signal.SIGKILL)
+    assert servers == []
 
 
 def test_store(tmp_path: Path) -> None:
