@@ -57,6 +57,19 @@ def timed(cmd: list[str], cwd: Path | None = None, cold: bool = False) -> tuple[
     return dt, usage.ru_maxrss // 1024
 
 
+def check_space(gib: float, files: int) -> None:
+    """Refuse to start a run that would fill the disk (a shared machine's, often): at its peak it
+    holds the data and a copy of it in the bench folder, and two copies in the store."""
+    size = max(round(gib * (1 << 30)), files * 4096)   # a small file takes a block at least
+    store = Path("/nix/store")
+    need = {WORK: 3 * size} if WORK.stat().st_dev == store.stat().st_dev else {WORK: 2 * size, store: 2 * size}
+    for where, n in need.items():
+        free = shutil.disk_usage(where).free
+        if free < n * 1.1:
+            raise SystemExit(f"bench: this run needs {n / (1 << 30):.1f} GiB in {where}, and a tenth more to spare, "
+                             f"but {free / (1 << 30):.1f} GiB are free: free some, or give a smaller --gib or --files")
+
+
 def make_big(path: Path, gib: float) -> None:
     """Exactly ``gib`` GiB (to the byte), in 64 MiB blocks, the last one cut short."""
     block = os.urandom(64 << 20)
@@ -154,23 +167,29 @@ def main() -> None:
         ap.error(f"--gib {args.gib:g}: give the big file's size in GiB, above 0 (such as 0.25)")
     if args.files < 1:
         ap.error(f"--files {args.files}: give how many small files to make, at least 1 (such as 2000)")
-    if args.make_big:
-        return make_big(Path(args.make_big), args.gib)
-    if args.make_small:
-        return make_small(Path(args.make_small), args.files)
+    try:
+        if args.make_big:
+            return make_big(Path(args.make_big), args.gib)
+        if args.make_small:
+            return make_small(Path(args.make_small), args.files)
+    except OSError as e:   # the disk filled up since check_space, say
+        raise SystemExit(f"bench: making the test data failed: {e}") from None
     sys.path.insert(0, str(REPO))
     WORK.mkdir(parents=True, exist_ok=True)
+    check_space(args.gib, args.files)
     with tempfile.TemporaryDirectory(dir=WORK) as tmp:
         root = Path(tmp)
         proj = project(root / "proj")
         big = root / "big.bin"
         # Data is made by a child process: the forks that run the measured commands must not
         # inherit (and be charged for) a big parent.
-        subprocess.run([PY, __file__, "--make-big", str(big), "--gib", str(args.gib)], check=True)
+        if subprocess.run([PY, __file__, "--make-big", str(big), "--gib", str(args.gib)]).returncode != 0:
+            raise SystemExit(1)   # the child said why
         case(f"one {args.gib:g} GiB file", big, proj)
         big.unlink()
         small = root / "small"
-        subprocess.run([PY, __file__, "--make-small", str(small), "--files", str(args.files)], check=True)
+        if subprocess.run([PY, __file__, "--make-small", str(small), "--files", str(args.files)]).returncode != 0:
+            raise SystemExit(1)
         case(f"{args.files} small files", small, proj)
 
 

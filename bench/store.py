@@ -177,6 +177,12 @@ def main() -> int:
     COLD = opts.cold
     base = opts.dir or Path("/var/tmp")
     base.mkdir(parents=True, exist_ok=True)
+    # At its peak the folder holds the source path, the cache's NAR and a restored copy (or a cp of
+    # the NAR); `nix copy` adds its own cache and store. Refuse to fill a (shared) disk instead.
+    need, free = int(opts.gib * (1 << 30)) * (5 if opts.nix_copy else 3), shutil.disk_usage(base).free
+    if free < need * 1.1:
+        raise SystemExit(f"bench: this run needs {need / (1 << 30):.1f} GiB in {base}, and a tenth more to spare, "
+                         f"but {free / (1 << 30):.1f} GiB are free: free some, or give a smaller --gib, another --dir")
     work = Path(tempfile.mkdtemp(prefix="mlbuild-bench-store-", dir=base))
     try:
         path, real = make_source(work, opts.gib)

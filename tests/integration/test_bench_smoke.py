@@ -64,6 +64,18 @@ def test_bad_flags_are_refused(name: str, args: list[str], named: str) -> None:
     assert proc.returncode == 2 and named in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_a_run_the_disk_cannot_hold_is_refused(tmp_path: Path) -> None:
+    """Refused before any data is made, naming the space it needs; a run that did not fit filled the
+    (shared) disk and ended in tracebacks (`No space left on device`)."""
+    for name, args, env in (("data_add.py", [], {"MLBUILD_BENCH_DIR": str(tmp_path / "data")}),
+                            ("store.py", ["--dir", str(tmp_path / "store")], {})):
+        proc = subprocess.run([sys.executable, str(REPO / "bench" / name), "--gib", "100000", *args],
+                              capture_output=True, text=True, cwd=REPO, timeout=60, env={**os.environ, **env})
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert "needs 300000.0 GiB" in proc.stderr and "smaller --gib" in proc.stderr, proc.stderr
+    assert list((tmp_path / "data").iterdir()) == [] and list((tmp_path / "store").iterdir()) == []
+
+
 def test_data_add_makes_the_size_it_prints(tmp_path: Path) -> None:
     """`--gib 0.1` is printed as "one 0.1 GiB file": it was a 64 MiB one (whole 64 MiB blocks), and
     `--gib 0.05` an empty file."""
@@ -71,6 +83,10 @@ def test_data_add_makes_the_size_it_prints(tmp_path: Path) -> None:
         subprocess.run([sys.executable, str(REPO / "bench" / "data_add.py"), "--make-big", str(tmp_path / gib),
                         "--gib", gib], check=True, timeout=60)
         assert (tmp_path / gib).stat().st_size == round(float(gib) * (1 << 30))
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "data_add.py"), "--make-big", "/dev/full",
+                           "--gib", "0.01"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "bench: making the test data failed: [Errno 28] No space left on device"), proc.stderr
 
 
 def test_data_add_interrupted_leaves_nothing(tmp_path: Path) -> None:
