@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,18 +45,39 @@ def timed(cmd: list[str], cwd: Path | None = None, cold: bool = False) -> tuple[
         drop_caches()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:   # Ctrl-C: stop the child before the caller deletes what it writes
+        proc.kill()
+        proc.wait()
+        raise
     dt = time.perf_counter() - t0
     if status != 0:
         raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
     return dt, usage.ru_maxrss // 1024
 
 
+def check_space(gib: float, files: int) -> None:
+    """Refuse to start a run that would fill the disk (a shared machine's, often): at its peak it
+    holds the data and a copy of it in the bench folder, and two copies in the store."""
+    size = max(round(gib * (1 << 30)), files * 4096)   # a small file takes a block at least
+    store = Path("/nix/store")
+    need = {WORK: 3 * size} if WORK.stat().st_dev == store.stat().st_dev else {WORK: 2 * size, store: 2 * size}
+    for where, n in need.items():
+        free = shutil.disk_usage(where).free
+        if free < n * 1.1:
+            raise SystemExit(f"bench: this run needs {n / (1 << 30):.1f} GiB in {where}, and a tenth more to spare, "
+                             f"but {free / (1 << 30):.1f} GiB are free: free some, or give a smaller --gib or --files")
+
+
 def make_big(path: Path, gib: float) -> None:
+    """Exactly ``gib`` GiB (to the byte), in 64 MiB blocks, the last one cut short."""
     block = os.urandom(64 << 20)
+    left = round(gib * (1 << 30))
     with open(path, "wb") as f:
-        for _ in range(int(gib * 16)):
-            f.write(block)
+        while left > 0:
+            f.write(block[:left])
+            left -= len(block)
             block = block[1:] + block[:1]  # no two blocks alike
 
 
@@ -79,14 +102,32 @@ def delete_store_path(path: str) -> None:
 
 
 def case(label: str, data: Path, proj: Path) -> None:
-    dest = WORK / f"cp-target-{os.getpid()}"
-    subprocess.run(["rm", "-rf", str(dest)])
-    cp_s, _ = timed(["cp", "-r", str(data), str(dest)], cold=True)
-    subprocess.run(["rm", "-rf", str(dest)])
+    """Measure one data set. Its scratch copies live beside it in the run's temporary folder, and
+    the store paths it adds are deleted even when a step fails or the run is interrupted."""
     name = f"bench{abs(hash(label)) % 10000}-{os.getpid()}"
+    staged = data.parent / f"nixref-{os.getpid()}"
+    try:
+        measure(label, data, proj, name, staged)
+    finally:
+        subprocess.run(["rm", "-f", str(proj / ".mlbuild" / "gcroots" / f"dataset-{name}")])
+        lock = json.loads((proj / "mlbuild.lock").read_text())
+        if name in lock["datasets"]:   # data add ran: its path, and the reference's of the same hash
+            from mlbuild.storepath import fixed_output_path
+
+            sha = lock["datasets"][name]["sha256"]
+            for path_name in (name, staged.name):
+                delete_store_path(fixed_output_path(sha, path_name, recursive=True))
+        subprocess.run(["rm", "-rf", str(staged)])
+
+
+def measure(label: str, data: Path, proj: Path, name: str, staged: Path) -> None:
+    dest = data.parent / f"cp-target-{os.getpid()}"
+    subprocess.run(["rm", "-rf", str(dest)])
+    try:
+        cp_s, _ = timed(["cp", "-r", str(data), str(dest)], cold=True)
+    finally:
+        subprocess.run(["rm", "-rf", str(dest)])
     add_s, rss = timed([PY, "-m", "mlbuild.cli", "-C", str(proj), "data", "add", name, str(data)], cold=True)
-    lock = json.loads((proj / "mlbuild.lock").read_text())
-    sha = lock["datasets"][name]["sha256"]
     from mlbuild.config import load_project
     from mlbuild.data import datasets as ds
 
@@ -96,19 +137,10 @@ def case(label: str, data: Path, proj: Path) -> None:
     assert added.imported is None, "re-add imported again"
     readd_cli, _ = timed([PY, "-m", "mlbuild.cli", "-C", str(proj), "data", "add", name, str(data)])
     startup, _ = timed([PY, "-m", "mlbuild.cli", "--version"])
-    # Nix's own streaming import of the same data, for scale.
-    staged = WORK / f"nixref-{os.getpid()}"
+    # Nix's own streaming import of the same data, for scale (its store path goes with case's cleanup).
     subprocess.run(["rm", "-rf", str(staged)])
     os.link(data, staged) if data.is_file() else shutil.copytree(data, staged, copy_function=os.link)
     nix_s, nix_rss = timed(["nix-store", "--add-fixed", "--recursive", "sha256", str(staged)], cold=True)
-    out = subprocess.run(["nix-store", "--print-fixed-path", "--recursive", "sha256", sha, staged.name],
-                         capture_output=True, text=True).stdout.strip()
-    delete_store_path(out)
-    subprocess.run(["rm", "-rf", str(staged)])
-    from mlbuild.storepath import fixed_output_path
-
-    subprocess.run(["rm", "-f", str(proj / ".mlbuild" / "gcroots" / f"dataset-{name}")])
-    delete_store_path(fixed_output_path(sha, name, recursive=True))
     print(f"{label} ({'cold page cache' if drop_caches() else 'warm page cache'}):")
     print(f"  cp                       {cp_s:7.2f} s")
     print(f"  mlbuild data add (cold)  {add_s:7.2f} s   ratio to cp {add_s / cp_s:5.2f}   (goal <= 1.5)")
@@ -118,6 +150,11 @@ def case(label: str, data: Path, proj: Path) -> None:
     print(f"  peak RSS of data add     {rss:7d} MB   (goal < 200)")
 
 
+def stop_on_sigterm() -> None:
+    """A SIGTERM (a CI job cancelled, `kill PID`) unwinds like Ctrl-C, so the cleanup runs."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gib", type=float, default=2.0)
@@ -125,23 +162,34 @@ def main() -> None:
     ap.add_argument("--make-big")
     ap.add_argument("--make-small")
     args = ap.parse_args()
-    if args.make_big:
-        return make_big(Path(args.make_big), args.gib)
-    if args.make_small:
-        return make_small(Path(args.make_small), args.files)
+    stop_on_sigterm()
+    if not (math.isfinite(args.gib) and round(args.gib * (1 << 30)) >= 1):
+        ap.error(f"--gib {args.gib:g}: give the big file's size in GiB, above 0 (such as 0.25)")
+    if args.files < 1:
+        ap.error(f"--files {args.files}: give how many small files to make, at least 1 (such as 2000)")
+    try:
+        if args.make_big:
+            return make_big(Path(args.make_big), args.gib)
+        if args.make_small:
+            return make_small(Path(args.make_small), args.files)
+    except OSError as e:   # the disk filled up since check_space, say
+        raise SystemExit(f"bench: making the test data failed: {e}") from None
     sys.path.insert(0, str(REPO))
     WORK.mkdir(parents=True, exist_ok=True)
+    check_space(args.gib, args.files)
     with tempfile.TemporaryDirectory(dir=WORK) as tmp:
         root = Path(tmp)
         proj = project(root / "proj")
         big = root / "big.bin"
         # Data is made by a child process: the forks that run the measured commands must not
         # inherit (and be charged for) a big parent.
-        subprocess.run([PY, __file__, "--make-big", str(big), "--gib", str(args.gib)], check=True)
+        if subprocess.run([PY, __file__, "--make-big", str(big), "--gib", str(args.gib)]).returncode != 0:
+            raise SystemExit(1)   # the child said why
         case(f"one {args.gib:g} GiB file", big, proj)
         big.unlink()
         small = root / "small"
-        subprocess.run([PY, __file__, "--make-small", str(small), "--files", str(args.files)], check=True)
+        if subprocess.run([PY, __file__, "--make-small", str(small), "--files", str(args.files)]).returncode != 0:
+            raise SystemExit(1)
         case(f"{args.files} small files", small, proj)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import subprocess
 import sys
 import tarfile
@@ -81,11 +82,23 @@ def main() -> None:
     ap.add_argument("--hidden", default="64,512", help="hidden sizes to measure (comma-separated)")
     ap.add_argument("--lr", type=float, default=0.004, help="the retrained version's learning rate")
     args = ap.parse_args()
+    try:
+        sizes = [int(h) for h in args.hidden.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        ap.error(f"--hidden {args.hidden}: give hidden sizes of at least 1, comma-separated (such as 64,512)")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        ap.error(f"--lr {args.lr:g}: give a learning rate above 0")
     project = Path(args.project).resolve()
     rows = []
-    for hidden in [int(h) for h in args.hidden.split(",")]:
-        (a, b), seconds = build_images(project, args.model, [{"params": {"hidden": hidden}},
-                                                               {"params": {"hidden": hidden, "lr": args.lr}}])
+    for hidden in sizes:
+        images, seconds = build_images(project, args.model, [{"params": {"hidden": hidden}},
+                                                              {"params": {"hidden": hidden, "lr": args.lr}}])
+        if len(set(images)) != 2:   # nix build lists one path once
+            raise SystemExit(f"bench: with --lr {args.lr:g} the second version is the same build as the first (the "
+                             f"model's own learning rate?): there is no new version to measure; give another --lr")
+        a, b = images
         old, new = read_archive(a), read_archive(b)
         weights = (Path(new.labels["mlbuild.package"]) / "model" / "model.safetensors").stat().st_size
         image, closure = a.stat().st_size, closure_nar_size(old)

@@ -1,27 +1,29 @@
 """bench/serve: served throughput and latency vs the bare batched forward pass, in one run.
 
-    .venv/bin/python bench/serve.py [--package PKG | --models digits,wide] [--rows 1]
-                                    [--requests 400,4000] [--threads N] [--port P]
+    .venv/bin/python bench/serve.py [--package PKG [--port P] | --models digits,wide,xl] [--rows 1]
+                                    [--requests 400,4000] [--threads N]
                                     [--client python|wrk] [--rounds 3]
 
 For each model it starts the real server (``python -m mlbuild.runtime.serve``, 127.0.0.1, a free
-port; or uses the one already listening on ``--port``), then drives it with keep-alive
-``http.client`` connections (Nagle off), one thread per connection, sending Triton binary
-tensor requests (what ``tritonclient.http`` sends by default) of ``--rows`` rows each: first at
-concurrency 1, then at concurrency 32 (``--rounds`` times: the ratio is their median, as this
-shared machine is noisy), a bounded number of requests each. It prints requests/s,
-rows/s, p50/p99 latency and the mean batch size the server formed (from its /metrics).
+port; or, with ``--package``, uses the one already listening on ``--port`` and serving that
+package), then drives it with keep-alive HTTP/1.1 connections on bare sockets (Nagle off), one
+thread per connection, sending Triton binary tensor requests (what ``tritonclient.http`` sends by
+default) of ``--rows`` rows each: first at concurrency 1, then at concurrency 32 (``--rounds``
+times: the ratio is their median, as this shared machine is noisy), a bounded number of requests
+each. It prints requests/s, rows/s, p50/p99 latency and the mean batch size the server formed
+(from its /metrics).
 ``--client wrk`` drives it with wrk instead (one C thread, ``--seconds`` per step): the Python
 client's threads cost the 2 shared cores about as much CPU per request as the server does, wrk
-much less. Measured here, both clients give about the same ratios (xl 0.66-0.77).
+much less. Both clients gave about the same ratios (see the README's Performance section).
 
 The reference is the bare batched forward pass of the same model, loaded by the server's own
 loader in this process with the same torch thread count, on batches of ``max_batch_size`` rows,
 measured while the server is idle. The ratio is served rows/s at concurrency 32 over the
 reference rows/s. Goal (issue 5): at least 0.7.
 
-Without ``--package`` it builds two packages in a temporary folder: ``digits`` (the example's
-64-64-64-10 MLP, tiny: HTTP dominates) and ``wide`` (64-2048-2048-10: compute dominates).
+Without ``--package`` it builds the ``--models`` packages in a temporary folder (by default all
+three): ``digits`` (the example's 64-64-64-10 MLP, tiny: HTTP dominates), ``wide``
+(64-2048-2048-10) and ``xl`` (64-4096-4096-10: compute dominates).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import hashlib
 import http.client
 import json
 import os
+import signal
 import socket
 import shutil
 import statistics
@@ -49,6 +52,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 # The reference runs under the OpenMP setting the server uses (set by its __main__ before torch).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from mlbuild.runtime.serve.package import Package, ServeError, TensorSpec, load_package  # noqa: E402
 
 MODEL_SOURCE = '''\
 from torch import nn
@@ -87,10 +92,27 @@ def build_package(root: Path, name: str, hidden: int) -> Path:
     return root
 
 
-def request_body(rows: int) -> tuple[bytes, dict[str, str]]:
-    x = np.random.default_rng(0).random((rows, 64), dtype=np.float32)
+def read_package(path: Path) -> Package:
+    """The package's manifest, input and settings, as the server reads them; a bad one ends the run."""
+    try:
+        pkg = load_package(path)
+    except ServeError as e:
+        raise SystemExit(f"bench: {e}") from None
+    if -1 in pkg.input.shape[1:]:
+        raise SystemExit(f"bench: {pkg.name}'s input {pkg.input.name!r} has shape {list(pkg.input.shape)}: rows of "
+                         "any size (-1) give the bench no row to send; it needs a fixed row shape")
+    return pkg
+
+
+def batch_of(spec: TensorSpec, rows: int, seed: int) -> np.ndarray:
+    """``rows`` rows of the model's input: its row shape and datatype, random values."""
+    return np.random.default_rng(seed).random((rows, *spec.shape[1:])).astype(spec.dtype)
+
+
+def request_body(spec: TensorSpec, rows: int) -> tuple[bytes, dict[str, str]]:
+    x = batch_of(spec, rows, 0)
     raw = x.tobytes()
-    head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, 64],
+    head = json.dumps({"inputs": [{"name": spec.name, "datatype": spec.datatype, "shape": list(x.shape),
                                    "parameters": {"binary_data_size": len(raw)}}],
                        "parameters": {"binary_data_output": True}}).encode()
     return head + raw, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}
@@ -256,14 +278,13 @@ def wrk_load(port: int, path: str, body: bytes, headers: dict[str, str], concurr
     return rate, dist["50%"], dist["99%"]
 
 
-def bare_forward(package: Path, threads: int, batch: int, rounds: int = 3, seconds: float = 1.0) -> float:
+def bare_forward(pkg: Package, threads: int, batch: int, rounds: int = 3, seconds: float = 1.0) -> float:
     """Rows/s of the model's forward pass on full batches, loaded by the server's own loader; the
     best of ``rounds`` rounds (the reference's best case: the ratio errs low, never high)."""
     from mlbuild.runtime.serve.model import load_model
-    from mlbuild.runtime.serve.package import load_package
 
-    model = load_model(load_package(package), threads=threads)
-    x = np.random.default_rng(1).random((batch, 64), dtype=np.float32)
+    model = load_model(pkg, threads=threads)
+    x = batch_of(pkg.input, batch, 1)
     for _ in range(10):
         model.forward(x)
     best = 0.0
@@ -283,19 +304,23 @@ def start_server(package: Path, workdir: Path, threads: int,
     proc = subprocess.Popen([sys.executable, "-m", "mlbuild.runtime.serve", "--package", str(package), "--port", "0",
                              "--port-file", str(port_file), "--log-level", "warning", *extra], cwd=REPO, env=env)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"bench: the server exited with {proc.returncode}")
-        if port_file.exists():
-            port = int(port_file.read_text())
-            try:
-                if get(port, "/v2/health/ready")[0] == 200:
-                    return proc, port
-            except OSError:
-                pass
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("bench: the server did not get ready in 120 s")
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"bench: the server exited with {proc.returncode}")
+            if port_file.exists():
+                port = int(port_file.read_text())
+                try:
+                    if get(port, "/v2/health/ready")[0] == 200:
+                        return proc, port
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        raise SystemExit("bench: the server did not get ready in 120 s")
+    except BaseException:   # not ready, or interrupted while it got ready: stop it
+        proc.kill()
+        proc.wait()
+        raise
 
 
 def pct(values: list[float], q: int) -> float:
@@ -308,23 +333,20 @@ def pct(values: list[float], q: int) -> float:
 def bench_model(package: Path, port: int | None, workdir: Path, threads: int, rows: int,
                 counts: tuple[int, int], max_wait_ms: float | None = None, client: str = "python",
                 seconds: float = 5.0, rounds: int = 1) -> float:
-    meta_path = package / "model" / "config.json"
-    manifest = json.loads((package / "manifest.json").read_text())
-    settings = {"max_batch_size": 32, **json.loads((package / "serve.json").read_text())} \
-        if (package / "serve.json").exists() else {"max_batch_size": 32}
-    before = bare_forward(package, threads, settings["max_batch_size"])
+    pkg = read_package(package)
+    batch = pkg.settings.max_batch_size
+    before = bare_forward(pkg, threads, batch)
     proc = None
     if port is None:
         extra = [] if max_wait_ms is None else ["--max-wait-ms", str(max_wait_ms)]
         proc, port = start_server(package, workdir, threads, extra)
     try:
-        body, headers = request_body(rows)
-        path = f"/v2/models/{manifest['name']}/infer"
+        body, headers = request_body(pkg.input, rows)
+        path = f"/v2/models/{pkg.name}/infer"
         load(port, path, body, headers, 8, 200)  # warm up
-        params = json.loads(meta_path.read_text())["params"]
-        wait = settings.get("max_wait_ms", 2.0) if max_wait_ms is None else max_wait_ms
-        print(f"\n{manifest['name']} ({params}), {rows} row(s)/request, {threads} torch thread(s), "
-              f"max_batch_size {settings['max_batch_size']}, max_wait_ms {wait}")
+        wait = pkg.settings.max_wait_ms if max_wait_ms is None else max_wait_ms
+        print(f"\n{pkg.name} ({pkg.params}), {rows} row(s)/request, {threads} torch thread(s), "
+              f"max_batch_size {batch}, max_wait_ms {wait}")
         served_32: list[float] = []
         for concurrency, total in ((1, counts[0]), *((32, counts[1]),) * rounds):
             s0, c0 = batch_counts(port)
@@ -343,9 +365,9 @@ def bench_model(package: Path, port: int | None, workdir: Path, threads: int, ro
         if proc is not None:
             proc.terminate()
             proc.wait(60)
-    after = bare_forward(package, threads, settings["max_batch_size"])  # with the server stopped
+    after = bare_forward(pkg, threads, batch)  # with the server stopped
     reference = max(before, after)
-    print(f"  bare batched forward pass (batch {settings['max_batch_size']}, {threads} thread(s)): "
+    print(f"  bare batched forward pass (batch {batch}, {threads} thread(s)): "
           f"{reference:,.0f} rows/s (before {before:,.0f}, after {after:,.0f})")
     ratio = statistics.median(served_32) / reference
     each = f" (median of {rounds}: {', '.join(f'{x / reference:.3f}' for x in served_32)})" if rounds > 1 else ""
@@ -360,6 +382,11 @@ def http_stack() -> str:
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     return f"{http}, {loop}"
+
+
+def stop_on_sigterm() -> None:
+    """A SIGTERM (a CI job cancelled, `kill PID`) unwinds like Ctrl-C, so the cleanup runs."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
 
 def main() -> None:
@@ -378,11 +405,30 @@ def main() -> None:
                     help="measurements at concurrency 32; the ratio is their median (default 3)")
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds per step with wrk (default 5)")
     args = ap.parse_args()
+    stop_on_sigterm()
     client = args.client
     if client == "wrk" and shutil.which("wrk") is None:
         raise SystemExit("bench: --client wrk needs wrk (`apt-get install wrk`)")
-    counts = tuple(int(n) for n in args.requests.split(","))
-    assert len(counts) == 2, "--requests takes two counts"
+    try:
+        counts = tuple(int(n) for n in args.requests.split(","))
+    except ValueError:
+        counts = ()
+    if len(counts) != 2 or min(counts) < 1:
+        ap.error(f"--requests {args.requests}: give two counts of at least 1, at concurrency 1 and 32 "
+                 "(such as 400,4000)")
+    models = args.models.split(",")
+    if args.package is None and not set(models) <= set(MODELS):
+        ap.error(f"--models {args.models}: give built-in packages of {', '.join(sorted(MODELS))}, comma-separated")
+    for flag, value in (("--rows", args.rows), ("--threads", args.threads), ("--rounds", args.rounds)):
+        if value < 1:
+            ap.error(f"{flag} {value}: give at least 1")
+    if not (args.seconds >= 0.5 and args.seconds < float("inf")):   # wrk takes whole seconds
+        ap.error(f"--seconds {args.seconds:g}: give at least 0.5 (wrk runs whole seconds)")
+    if args.port is not None and args.package is None:
+        ap.error(f"--port {args.port}: also give --package, the package that server serves (the reference is "
+                 "that package's forward pass)")
+    if args.port is not None and args.max_wait_ms is not None:
+        ap.error("--max-wait-ms sets the server the bench starts; a server already on --port keeps its own")
     who = "wrk (one thread)" if client == "wrk" else "Python threads in this process"
     print(f"bench/serve: {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}; client: {who}; "
           f"the server in a subprocess (HTTP: {http_stack()})")
@@ -391,14 +437,14 @@ def main() -> None:
         if args.package:
             packages = [Path(args.package).resolve()]
         else:
-            packages = [build_package(work / name, name, MODELS[name]) for name in args.models.split(",")]
+            packages = [build_package(work / name, name, MODELS[name]) for name in models]
         # This process holds torch (for the reference): keep its full collections, which would pause
         # the client threads for ~75 ms each, off what was loaded (as the server does).
         gc.collect()
         gc.freeze()
         for package in packages:
             bench_model(package, args.port, work, args.threads, args.rows, (counts[0], counts[1]), args.max_wait_ms,
-                        client, args.seconds, max(1, args.rounds))
+                        client, args.seconds, args.rounds)
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 
 

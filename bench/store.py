@@ -29,9 +29,11 @@ work on the machine slows mlbuild (two threads) more than ``cp`` (one): bench on
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -143,6 +145,11 @@ def nix_copy(args: list[str]) -> None:
     _nix.run_nix([*_nix.common_options(), "--option", "require-sigs", "false", "copy", *args])
 
 
+def stop_on_sigterm() -> None:
+    """A SIGTERM (a CI job cancelled, `kill PID`) unwinds like Ctrl-C, so the cleanup runs."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gib", type=float, default=2.0, help="size of the path in GiB (default 2)")
@@ -157,10 +164,25 @@ def main() -> int:
                     help="seconds between the push and the reads of its NAR (default 5): the first read of "
                          "a file written a moment ago is slow here, whichever program does it")
     opts = ap.parse_args()
+    stop_on_sigterm()
+    if not (math.isfinite(opts.gib) and int(opts.gib * (1 << 30)) >= 1):
+        ap.error(f"--gib {opts.gib:g}: give the path's size in GiB, above 0 (such as 0.25)")
+    if opts.reps < 1:
+        ap.error(f"--reps {opts.reps}: give how many repetitions to run, at least 1")
+    if not (math.isfinite(opts.settle) and opts.settle >= 0):
+        ap.error(f"--settle {opts.settle:g}: give the seconds to wait, 0 or more")
+    if opts.dir is not None and opts.dir.exists() and not opts.dir.is_dir():
+        ap.error(f"--dir {opts.dir}: not a folder; give a folder to work in (made if missing)")
     global COLD
     COLD = opts.cold
     base = opts.dir or Path("/var/tmp")
     base.mkdir(parents=True, exist_ok=True)
+    # At its peak the folder holds the source path, the cache's NAR and a restored copy (or a cp of
+    # the NAR); `nix copy` adds its own cache and store. Refuse to fill a (shared) disk instead.
+    need, free = int(opts.gib * (1 << 30)) * (5 if opts.nix_copy else 3), shutil.disk_usage(base).free
+    if free < need * 1.1:
+        raise SystemExit(f"bench: this run needs {need / (1 << 30):.1f} GiB in {base}, and a tenth more to spare, "
+                         f"but {free / (1 << 30):.1f} GiB are free: free some, or give a smaller --gib, another --dir")
     work = Path(tempfile.mkdtemp(prefix="mlbuild-bench-store-", dir=base))
     try:
         path, real = make_source(work, opts.gib)

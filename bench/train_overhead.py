@@ -24,17 +24,24 @@ sys.path.insert(0, str(REPO))
 from mlbuild import _nix  # noqa: E402
 
 
+def run(cmd: list[str], what: str, env: dict[str, str] | None = None, cwd: str | None = None) -> str:
+    """stdout of ``cmd``; a failure ends the run with the tail of its output, never a ratio."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {what} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return proc.stdout
+
+
 def nix_build(project: Path, model: str, overrides: dict) -> tuple[float, str]:
     args = [*_nix.common_options(), "build", "--no-link", "--json", "--file", str(REPO / "nix/entry.nix"),
             "--argstr", "src", str(project), "--argstr", "overrides", json.dumps(overrides), f"{model}.model"]
     t0 = time.perf_counter()
-    out = subprocess.run(["nix", *args], capture_output=True, text=True, check=True).stdout
+    out = run(["nix", *args], f"nix build of {model}.model in {project}")
     return time.perf_counter() - t0, json.loads(out)[0]["drvPath"]
 
 
 def plain_run(drv: str) -> float:
-    info = json.loads(subprocess.run(["nix", *_nix.common_options(), "show-derivation", drv],
-                                     capture_output=True, text=True, check=True).stdout)
+    info = json.loads(run(["nix", *_nix.common_options(), "show-derivation", drv], f"nix show-derivation {drv}"))
     d = next(iter(info.values()))
     env = {k: v for k, v in d["env"].items() if k not in ("spec", "passAsFile")}
     with tempfile.TemporaryDirectory() as tmp:
@@ -42,7 +49,7 @@ def plain_run(drv: str) -> float:
         spec.write_text(d["env"]["spec"])
         env.update(specPath=str(spec), out=str(Path(tmp) / "out"), HOME=tmp, TMPDIR=tmp)
         t0 = time.perf_counter()
-        subprocess.run([d["builder"], *d["args"]], env=env, cwd=tmp, check=True, capture_output=True)
+        run([d["builder"], *d["args"]], f"the plain run of {drv}'s builder", env=env, cwd=tmp)
         return time.perf_counter() - t0
 
 
@@ -53,6 +60,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
+    for flag, value in (("--epochs", args.epochs), ("--runs", args.runs)):
+        if value < 1:
+            ap.error(f"{flag} {value}: give at least 1")
     project = Path(args.project).resolve()
     base = int(time.time()) % 100000
     nix_times, plain_times = [], []
