@@ -243,8 +243,10 @@ class Monitor:
         self.runs.labels(self.name, "ok").inc()
         self.last.labels(self.name).set(time.time())
         self.samples.labels(self.name).set(len(self.y))
-        payload = {"model": self.name, "model_hash": live["hash"], "suite_version": self.suite_version,
-                   "metrics": report["metrics"]}
+        # what a receiver needs to act: which server, which model (and whether it is this build's)
+        payload = {"model": self.name, "url": self.url, "model_hash": live["hash"],
+                   **({"expected_model_hash": expected} if expected and expected != live["hash"] else {}),
+                   "suite_version": self.suite_version, "metrics": report["metrics"]}
         if failed:
             text = ", ".join(f"{c['metric']} {c['value']} (threshold {c['op']} {c['threshold']})" for c in failed)
             log.warning("ALERT %s (model %s): threshold broken: %s", self.name, live["hash"][:16], text)
