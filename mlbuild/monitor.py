@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from . import atomic
 from .config import Project
 from .errors import ConfigError
 from .runtime.serve.names import BINARY_METRICS, LABEL_METRICS, REGRESSION_METRICS, live_metric
@@ -230,6 +231,6 @@ def write_config(project: Project, model: str, out_dir: Path, *, server: str = "
                 "rules": alert_rules(project, model, interval=interval, scrape_interval=scrape_interval),
                 "dashboard": dashboard(model, regression=_is_regression(project, model))}
     out_dir.mkdir(parents=True, exist_ok=True)
-    for kind, path in files.items():
-        path.write_text(json.dumps(contents[kind], indent=2) + "\n")
+    for kind, path in files.items():   # each replaced whole: a Prometheus reloading never reads half a file
+        atomic.write_text(path, json.dumps(contents[kind], indent=2) + "\n")
     return files

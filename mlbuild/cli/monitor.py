@@ -11,7 +11,7 @@ import click
 from .. import build as b
 from .. import monitor as m
 from ..config import state_dir
-from .main import cli, load
+from .main import cli, load, out_folder
 
 __all__ = ["monitor"]
 
@@ -100,12 +100,11 @@ def config(ctx: click.Context, model: str, out_dir: Path | None, server: str, mo
            scrape_interval: str, interval: float) -> None:
     """Write a Prometheus scrape config, alerting rules and a Grafana dashboard for MODEL."""
     project = load(ctx)
-    if out_dir is None:
-        out_dir = state_dir(project.root) / "monitoring"
+    unwatched = m.without_live_alert(project, model)   # the model and its thresholds checked first
+    out_dir = out_folder(out_dir or state_dir(project.root) / "monitoring")
     for kind, path in m.write_config(project, model, out_dir, server=server, monitor=monitor_addr,
                                      scrape_interval=scrape_interval, interval=interval).items():
         click.echo(f"{kind:>10}: {path}")
-    unwatched = m.without_live_alert(project, model)
     if unwatched:
         click.echo(f"note: no live-feedback alert for {', '.join(unwatched)}: the server computes its live metrics "
                    f"from predictions and feedback alone (see `mlbuild_live_metric`); MlbuildValidationThresholdFailed "

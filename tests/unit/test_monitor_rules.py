@@ -95,3 +95,13 @@ def test_config_refuses_what_prometheus_would_refuse(tree) -> None:  # type: ign
             env={"PATH": "/nonexistent"})
     # by default into the project's state folder, out of git (a dirty worktree stops the next build)
     assert (root / ".mlbuild" / "monitoring" / "alerts.yml").is_file()
+
+
+def test_an_out_folder_that_cannot_be_made_is_named(tree) -> None:  # type: ignore[no-untyped-def]
+    """`--out` over a file (or under one) ended in a mkdir traceback."""
+    root = tree({"mlbuild.toml": TOML, "afile": "x"})
+    for out, said in (("afile", "Directory 'afile' is a file"),
+                      ("afile/monitoring", "cannot make the folder 'afile/monitoring': Not a directory")):
+        proc = run_cli("monitor", "config", "cancer", "--out", out, cwd=root, check=False, env={"PATH": "/nonexistent"})
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and said in proc.stderr, proc.stderr
+    assert (root / "afile").read_text() == "x"
