@@ -76,6 +76,9 @@ def without_live_alert(project: Project, model: str) -> list[str]:
 # The routes whose latency is inference: v2 infer (tritonclient adds /versions/{version} when given
 # a model_version) and the v1 predict route (serve/app.py names them so in the metrics).
 INFER_ROUTES = r"/v2/models/\\{name\\}(/versions/\\{version\\})?/infer|/v1/models/\\{name\\}:predict"
+# Requests no client makes: Prometheus's scrape and the health and readiness probes. They are most
+# requests of a quiet server, and in the error rate they hid a server failing every client request.
+NOT_CLIENT_ROUTES = r"/metrics|/v2/health/(live|ready)|/v2/models/\\{name\\}(/versions/\\{version\\})?/ready"
 
 
 #: A Prometheus duration (15s, 1m30s, 500ms): its units, largest first, in seconds.
@@ -108,6 +111,7 @@ def alert_rules(project: Project, model: str, *, interval: float = 60.0, scrape_
                 error_rate: float = 0.05, p99_seconds: float = 0.5, psi: float = 0.2) -> dict[str, Any]:
     sel = f'model="{model}"'
     stale = _number(stale_after(interval, scrape_interval))
+    clients = f'job="mlbuild-{model}",route!~"{NOT_CLIENT_ROUTES}"'
     rules: list[dict[str, Any]] = [{
         "alert": "MlbuildValidationThresholdFailed",
         "expr": f"mlbuild_monitor_threshold_ok{{{sel}}} == 0",
@@ -128,9 +132,9 @@ def alert_rules(project: Project, model: str, *, interval: float = 60.0, scrape_
                                        f"{{{{ $value }}}}, threshold {op} {value}"},
         })
     rules += [
-        {"alert": "MlbuildHighErrorRate",
-         "expr": (f'sum(rate(mlbuild_requests_total{{job="mlbuild-{model}",status=~"5.."}}[5m])) '
-                  f'/ sum(rate(mlbuild_requests_total{{job="mlbuild-{model}"}}[5m])) > {error_rate}'),
+        {"alert": "MlbuildHighErrorRate",   # of the requests clients make (not scrapes, not probes)
+         "expr": (f'sum(rate(mlbuild_requests_total{{{clients},status=~"5.."}}[5m])) '
+                  f'/ sum(rate(mlbuild_requests_total{{{clients}}}[5m])) > {error_rate}'),
          "for": "5m", "labels": {"severity": "page", "model": model},
          "annotations": {"summary": f"{model}: more than {error_rate:.0%} of requests fail"}},
         {"alert": "MlbuildHighLatency",   # the inference routes: v2 (with or without a version) and v1

@@ -7,6 +7,7 @@ import json
 
 from mlbuild.runtime.serve.names import BINARY_METRICS, LABEL_METRICS, REGRESSION_METRICS, live_metric
 from tests.conftest import run_cli
+from tests.unit.test_monitor_stale import promtool_test
 
 TOML = """[project]
 name = "p"
@@ -105,3 +106,29 @@ def test_an_out_folder_that_cannot_be_made_is_named(tree) -> None:  # type: igno
         proc = run_cli("monitor", "config", "cancer", "--out", out, cwd=root, check=False, env={"PATH": "/nonexistent"})
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and said in proc.stderr, proc.stderr
     assert (root / "afile").read_text() == "x"
+
+
+def requests(route: str, status: str, per_15s: float) -> dict[str, str]:
+    """A server's mlbuild_requests_total series, rising ``per_15s`` every 15 s for 20 minutes."""
+    labels = f'job="mlbuild-cancer",instance="127.0.0.1:8080",method="GET",route="{route}",status="{status}"'
+    return {"series": f"mlbuild_requests_total{{{labels}}}", "values": f"0+{per_15s}x80"}
+
+
+def test_the_error_rate_is_of_the_requests_clients_make(tree) -> None:  # type: ignore[no-untyped-def]
+    """Every client request failing (one v1 predict every 2 minutes, all 500) did not page: the
+    rate divided by all requests, Prometheus's own scrapes of /metrics (4 a minute) and the
+    health probes (6 a minute) among them, which diluted it to 4%."""
+    root = tree({"mlbuild.toml": TOML})
+    run_cli("monitor", "config", "cancer", "--out", str(root / "conf"), cwd=root, env={"PATH": "/nonexistent"})
+    background = [requests("/metrics", "200", 1), requests("/v2/health/ready", "200", 1), requests("/v2/health/live", "200", 0.5),
+                  requests("/v2/models/{name}/ready", "200", 0.25)]
+    failing = requests("/v1/models/{name}:predict", "500", 0.125)
+    promtool_test(root / "conf", [*background, failing], {"3m": False, "12m": True},
+                  alert="MlbuildHighErrorRate", labels={})
+    # a healthy server answering its clients, scraped and probed as ever: no alert
+    promtool_test(root / "conf", [*background, requests("/v1/models/{name}:predict", "200", 0.125)],
+                  {"12m": False}, alert="MlbuildHighErrorRate", labels={})
+    # a failing readiness probe is no client's error (a draining server answers 503 on purpose)
+    promtool_test(root / "conf", [requests("/v2/health/ready", "503", 1), requests("/v2/models/{name}/ready", "503", 1),
+                                  requests("/v2/models/{name}/infer", "200", 1)],
+                  {"12m": False}, alert="MlbuildHighErrorRate", labels={})
