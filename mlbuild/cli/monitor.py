@@ -105,6 +105,10 @@ def config(ctx: click.Context, model: str, out_dir: Path | None, server: str, mo
     for kind, path in m.write_config(project, model, out_dir, server=server, monitor=monitor_addr,
                                      scrape_interval=scrape_interval, interval=interval).items():
         click.echo(f"{kind:>10}: {path}")
+    if not m.has_monitor(project, model):
+        click.echo(f"note: [models.{model}.validation] is not declared, so {model} has no monitor (`mlbuild monitor "
+                   f"{model}` runs its validation suite): these files watch the server alone; declare it (suite, "
+                   f"dataset, thresholds) and run this again for the monitor's scrape job and alerts", err=True)
     if unwatched:
         click.echo(f"note: no live-feedback alert for {', '.join(unwatched)}: the server computes its live metrics "
                    f"from predictions and feedback alone (see `mlbuild_live_metric`); MlbuildValidationThresholdFailed "

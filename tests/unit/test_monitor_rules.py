@@ -132,3 +132,29 @@ def test_the_error_rate_is_of_the_requests_clients_make(tree) -> None:  # type: 
     promtool_test(root / "conf", [requests("/v2/health/ready", "503", 1), requests("/v2/models/{name}/ready", "503", 1),
                                   requests("/v2/models/{name}/infer", "200", 1)],
                   {"12m": False}, alert="MlbuildHighErrorRate", labels={})
+
+
+def test_a_model_without_validation_has_no_monitor_to_watch(tree) -> None:  # type: ignore[no-untyped-def]
+    """Such a model has no monitor (NAME.monitor runs its validation suite): the config scraped
+    one anyway, and MlbuildMonitorDown fired for ever."""
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.m]\nscript = "m.py"\n'})
+    proc = run_cli("monitor", "config", "m", "--out", "conf", cwd=root, env={"PATH": "/nonexistent"})
+    assert "note: [models.m.validation] is not declared, so m has no monitor" in proc.stderr
+    conf = root / "conf"
+    jobs = [j["job_name"] for j in json.loads((conf / "prometheus.yml").read_text())["scrape_configs"]]
+    assert jobs == ["mlbuild-m"]
+    rules = json.loads((conf / "alerts.yml").read_text())["groups"][0]["rules"]
+    assert not [r for r in rules if "monitor" in r["expr"]]
+    assert {r["alert"] for r in rules} == {"MlbuildHighErrorRate", "MlbuildHighLatency", "MlbuildInputDrift",
+                                           "MlbuildServerDown"}
+    panels = json.loads((conf / "grafana-dashboard.json").read_text())["panels"]
+    assert [p["id"] for p in panels] == list(range(6)) and not [p for p in panels if "monitor" in json.dumps(p)]
+    assert panels[0]["gridPos"] == {"h": 8, "w": 12, "x": 0, "y": 0}
+    # with a validation suite, its monitor is scraped and watched, as before
+    (root / "mlbuild.toml").write_text('[project]\nname = "p"\n[models.m]\nscript = "m.py"\n'
+                                       '[models.m.validation]\nsuite = "v.py"\n')
+    proc = run_cli("monitor", "config", "m", "--out", "conf", cwd=root, env={"PATH": "/nonexistent"})
+    assert "no monitor" not in proc.stderr
+    jobs = [j["job_name"] for j in json.loads((conf / "prometheus.yml").read_text())["scrape_configs"]]
+    assert jobs == ["mlbuild-m", "mlbuild-m-monitor"]
+    assert len(json.loads((conf / "grafana-dashboard.json").read_text())["panels"]) == 8
