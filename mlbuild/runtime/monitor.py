@@ -134,8 +134,9 @@ class Monitor:
                                ["model", "metric", "op"], registry=self.registry)
         self.runs = Counter("mlbuild_monitor_runs", "Suite runs against the live server.", ["model", "outcome"],
                             registry=self.registry)
-        self.last = Gauge("mlbuild_monitor_last_run_timestamp_seconds", "When the suite last ran.", ["model"],
-                          registry=self.registry)
+        self.last = Gauge("mlbuild_monitor_last_run_timestamp_seconds",
+                          "When a suite run last completed (a run that could not reach or read the server does not "
+                          "count: see mlbuild_monitor_runs_total{outcome=\"error\"}).", ["model"], registry=self.registry)
         # MlbuildMonitorStale counts from here until a run completes: a monitor that never
         # completed one (a wrong --url) has no last run to be stale
         self.started = Gauge("mlbuild_monitor_start_time_seconds", "When the monitor started.", ["model"],

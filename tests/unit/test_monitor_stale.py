@@ -84,6 +84,11 @@ def test_the_monitor_exports_its_start_before_any_run_completes(tmp_path: Path) 
     sample = mon.registry.get_sample_value
     assert before <= (sample("mlbuild_monitor_start_time_seconds", {"model": "digits"}) or 0) <= time.time()
     assert sample("mlbuild_monitor_last_run_timestamp_seconds", {"model": "digits"}) is None
+    # and its HELP says so: "When the suite last ran" read as a monitor that stopped running
+    from prometheus_client import generate_latest
+
+    assert ("# HELP mlbuild_monitor_last_run_timestamp_seconds When a suite run last completed (a run that could "
+            "not reach or read the server does not count") in generate_latest(mon.registry).decode()
 
 
 def stale_expr(root: Path, *args: str) -> str:
