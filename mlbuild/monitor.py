@@ -115,6 +115,15 @@ def _number(x: float) -> str:
     return f"{x:.0f}" if x == round(x) else f"{x:.3f}".rstrip("0").rstrip(".")
 
 
+# Alert templates (Prometheus's Go templates) giving the suite metric's value ("missing" where the
+# report has no such metric) and its threshold, from the monitor's own series beside the alert's.
+_SUITE_VALUE = ("{{ with printf `mlbuild_monitor_metric{instance=%q,model_hash=%q,metric=%q}` $labels.instance "
+                "$labels.model_hash $labels.metric | query }}{{ . | first | value | printf \"%.4g\" }}"
+                "{{ else }}missing{{ end }}")
+_SUITE_THRESHOLD = ("{{ with printf `mlbuild_monitor_threshold{instance=%q,metric=%q}` $labels.instance $labels.metric "
+                    "| query }}{{ with first . }}{{ .Labels.op }} {{ .Value }}{{ end }}{{ end }}")
+
+
 def alert_rules(project: Project, model: str, *, interval: float = 60.0, scrape_interval: str = "15s",
                 error_rate: float = 0.05, p99_seconds: float = 0.5, psi: float = 0.2) -> dict[str, Any]:
     sel = f'model="{model}"'
@@ -125,8 +134,10 @@ def alert_rules(project: Project, model: str, *, interval: float = 60.0, scrape_
         "alert": "MlbuildValidationThresholdFailed",
         "expr": f"mlbuild_monitor_threshold_ok{{{sel}}} == 0",
         "labels": {"severity": "page", "model": model},
-        "annotations": {"summary": f"{model}: validation suite metric {{{{ $labels.metric }}}} breaks its "
-                                   f"threshold on the live server (model {{{{ $labels.model_hash }}}})"},
+        # what a receiver needs: the metric's value and its threshold (the rule's own value is 0)
+        "annotations": {"summary": f"{model}: validation suite metric {{{{ $labels.metric }}}} is {_SUITE_VALUE}, "
+                                   f"threshold {_SUITE_THRESHOLD}, on the live server (model "
+                                   f"{{{{ $labels.model_hash }}}})"},
     }] if monitored else []
     for name, (op, value) in sorted(_thresholds(project, model).items()):
         if not live_metric(name):   # no live counterpart (see without_live_alert)

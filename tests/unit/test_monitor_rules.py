@@ -158,3 +158,22 @@ def test_a_model_without_validation_has_no_monitor_to_watch(tree) -> None:  # ty
     jobs = [j["job_name"] for j in json.loads((conf / "prometheus.yml").read_text())["scrape_configs"]]
     assert jobs == ["mlbuild-m", "mlbuild-m-monitor"]
     assert len(json.loads((conf / "grafana-dashboard.json").read_text())["panels"]) == 8
+
+
+def test_the_suite_alert_says_the_metric_s_value_and_threshold(tree) -> None:  # type: ignore[no-untyped-def]
+    """It said 'accuracy breaks its threshold' and nothing of by how much (its value is threshold_ok's 0)."""
+    root = tree({"mlbuild.toml": TOML})
+    run_cli("monitor", "config", "cancer", "--out", str(root / "conf"), cwd=root, env={"PATH": "/nonexistent"})
+    target = 'job="mlbuild-cancer-monitor",instance="127.0.0.1:9109",model="cancer"'
+    run = f'{target},model_hash="abc",suite_version="v1"'
+    labels = {"job": "mlbuild-cancer-monitor", "instance": "127.0.0.1:9109", "model": "cancer", "model_hash": "abc",
+              "suite_version": "v1", "metric": "accuracy"}
+    summary = "cancer: validation suite metric {} is {}, threshold {}, on the live server (model abc)"
+    for metric, value in (("accuracy", "0.5"), ("top3", None)):   # a metric the report lacks: missing
+        series = [{"series": f'mlbuild_monitor_threshold_ok{{{run},metric="{metric}"}}', "values": "0x10"},
+                  {"series": f'mlbuild_monitor_threshold{{{target},metric="{metric}",op=">="}}', "values": "0.93x10"}]
+        if value:
+            series.append({"series": f'mlbuild_monitor_metric{{{run},metric="{metric}"}}', "values": f"{value}x10"})
+        promtool_test(root / "conf", series, {"1m": True}, alert="MlbuildValidationThresholdFailed",
+                      labels={**labels, "metric": metric},
+                      annotations={"summary": summary.format(metric, value or "missing", ">= 0.93")})

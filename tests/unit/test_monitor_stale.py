@@ -32,15 +32,16 @@ def series(name: str, values: str) -> dict[str, str]:
 
 def promtool_test(conf: Path, input_series: list[dict[str, str]], expect: dict[str, bool],
                   interval: str = "15s", evaluation: str = "15s", alert: str = "MlbuildMonitorStale",
-                  labels: dict[str, str] = TARGET) -> None:
+                  labels: dict[str, str] = TARGET, annotations: dict[str, str] | None = None) -> None:
     """Whether ``alert`` fires at each evaluation time (`2m`: firing or not), with ``labels`` (the
-    series' own that its expression keeps) and the rule's."""
+    series' own that its expression keeps) and the rule's, and ``annotations`` (default: the
+    rule's, which must then have no template)."""
     if shutil.which("promtool") is None:
         pytest.fail("promtool is not installed: `bash .ci/setup` installs Debian's prometheus package")
     rule = next(r for r in json.loads((conf / "alerts.yml").read_text())["groups"][0]["rules"]
                 if r["alert"] == alert)
     firing: list[dict[str, Any]] = [{"exp_labels": {**labels, **rule["labels"]},
-                                     "exp_annotations": rule["annotations"]}]
+                                     "exp_annotations": annotations or rule["annotations"]}]
     test = {"rule_files": [str(conf / "alerts.yml")], "evaluation_interval": evaluation,
             "tests": [{"interval": interval, "input_series": input_series,
                        "alert_rule_test": [{"eval_time": at, "alertname": alert,
