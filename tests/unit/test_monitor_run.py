@@ -157,3 +157,22 @@ def test_the_monitor_knows_the_datatypes_the_server_takes() -> None:
     from mlbuild.runtime.serve.package import DATATYPES
 
     assert {k: np.dtype(v) for k, v in OIP_DTYPES.items()} == {k: np.dtype(v) for k, v in DATATYPES.items()}
+
+
+def test_the_monitor_sends_fewer_rows_a_request_to_a_server_that_refuses_its_size(tmp_path: Path) -> None:
+    """256 rows a request, always: over the server's max_body_bytes (8 MiB by default, which 256 rows
+    of a 3x32x32 image exceed) every run was a 413, and the monitor never completed one."""
+    pkg = build_package(tmp_path / "pkg")
+    server = ServerProcess(pkg, tmp_path / "server", "--max-body-bytes", "20000").ready()
+    try:
+        mon = Monitor(spec(tmp_path / "m", pkg), f"http://{server.url}", None)
+        first = mon.run_once()
+        assert "error" not in first, first
+        assert mon.batch < 256
+        again = mon.run_once()   # the smaller size kept
+        assert again["metrics"] == first["metrics"] and first["metrics"]["accuracy"] > 0.5
+        whole = Monitor(spec(tmp_path / "w", pkg), f"http://{server.url}", None)
+        whole.batch = 10**6   # split otherwise (halving from all rows at once): the same metrics
+        assert whole.run_once()["metrics"] == first["metrics"]
+    finally:
+        server.stop()
