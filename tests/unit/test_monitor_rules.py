@@ -95,7 +95,18 @@ def test_config_refuses_what_prometheus_would_refuse(tree) -> None:  # type: ign
     run_cli("monitor", "config", "cancer", "--server", "[::1]:8080", "--scrape-interval", "1m30s", cwd=root,
             env={"PATH": "/nonexistent"})
     # by default into the project's state folder, out of git (a dirty worktree stops the next build)
-    assert (root / ".mlbuild" / "monitoring" / "alerts.yml").is_file()
+    assert (root / ".mlbuild" / "monitoring" / "cancer" / "alerts.yml").is_file()
+
+
+def test_each_model_s_files_have_a_folder_of_their_own(tree) -> None:  # type: ignore[no-untyped-def]
+    """Two models of a project wrote the same .mlbuild/monitoring/prometheus.yml: the second one's
+    config replaced the first's, and a Prometheus reloading it stopped watching the first model."""
+    root = tree({"mlbuild.toml": TOML + '[models.digits]\nscript = "d.py"\n[models.digits.validation]\nsuite = "v.py"\n'})
+    for model in ("cancer", "digits"):
+        run_cli("monitor", "config", model, cwd=root, env={"PATH": "/nonexistent"})
+    for model in ("cancer", "digits"):
+        conf = json.loads((root / ".mlbuild" / "monitoring" / model / "prometheus.yml").read_text())
+        assert [j["job_name"] for j in conf["scrape_configs"]] == [f"mlbuild-{model}", f"mlbuild-{model}-monitor"]
 
 
 def test_an_out_folder_that_cannot_be_made_is_named(tree) -> None:  # type: ignore[no-untyped-def]
