@@ -19,12 +19,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+from . import atomic
 from .config import Project
 from .errors import ConfigError
 from .runtime.serve.names import BINARY_METRICS, LABEL_METRICS, REGRESSION_METRICS, live_metric
 from .runtime.validate import parse_threshold
 
-__all__ = ["write_config", "alert_rules", "duration_seconds", "stale_after", "without_live_alert", "prometheus_config", "dashboard", "SERVER_METRICS", "MONITOR_METRICS"]
+__all__ = ["write_config", "has_monitor", "alert_rules", "duration_seconds", "stale_after", "without_live_alert", "prometheus_config", "dashboard", "SERVER_METRICS", "MONITOR_METRICS"]
 
 # What the server (mlbuild/runtime/serve) and the monitor (mlbuild/runtime/monitor.py) export.
 SERVER_METRICS = ("mlbuild_requests_total", "mlbuild_request_duration_seconds_bucket", "mlbuild_requests_in_flight",
@@ -60,6 +61,14 @@ def _thresholds(project: Project, model: str) -> dict[str, tuple[str, float]]:
     return parsed
 
 
+def has_monitor(project: Project, model: str) -> bool:
+    """Whether ``model`` declares a validation suite, which its monitor (``NAME.monitor``) runs:
+    without one there is no monitor to scrape, nor alert on."""
+    if model not in project.raw.get("models", {}):
+        raise ConfigError(f"no model {model!r} in {project.config_path}")
+    return "validation" in project.raw["models"][model]
+
+
 def _is_regression(project: Project, model: str) -> bool:
     """Whether the thresholds are a regression model's (the task is the training's, unknown here)."""
     return any(name in REGRESSION_METRICS for name in _thresholds(project, model))
@@ -75,6 +84,9 @@ def without_live_alert(project: Project, model: str) -> list[str]:
 # The routes whose latency is inference: v2 infer (tritonclient adds /versions/{version} when given
 # a model_version) and the v1 predict route (serve/app.py names them so in the metrics).
 INFER_ROUTES = r"/v2/models/\\{name\\}(/versions/\\{version\\})?/infer|/v1/models/\\{name\\}:predict"
+# Requests no client makes: Prometheus's scrape and the health and readiness probes. They are most
+# requests of a quiet server, and in the error rate they hid a server failing every client request.
+NOT_CLIENT_ROUTES = r"/metrics|/v2/health/(live|ready)|/v2/models/\\{name\\}(/versions/\\{version\\})?/ready"
 
 
 #: A Prometheus duration (15s, 1m30s, 500ms): its units, largest first, in seconds.
@@ -103,17 +115,30 @@ def _number(x: float) -> str:
     return f"{x:.0f}" if x == round(x) else f"{x:.3f}".rstrip("0").rstrip(".")
 
 
+# Alert templates (Prometheus's Go templates) giving the suite metric's value ("missing" where the
+# report has no such metric) and its threshold, from the monitor's own series beside the alert's.
+_SUITE_VALUE = ("{{ with printf `mlbuild_monitor_metric{instance=%q,model_hash=%q,metric=%q}` $labels.instance "
+                "$labels.model_hash $labels.metric | query }}{{ . | first | value | printf \"%.4g\" }}"
+                "{{ else }}missing{{ end }}")
+_SUITE_THRESHOLD = ("{{ with printf `mlbuild_monitor_threshold{instance=%q,metric=%q}` $labels.instance $labels.metric "
+                    "| query }}{{ with first . }}{{ .Labels.op }} {{ .Value }}{{ end }}{{ end }}")
+
+
 def alert_rules(project: Project, model: str, *, interval: float = 60.0, scrape_interval: str = "15s",
                 error_rate: float = 0.05, p99_seconds: float = 0.5, psi: float = 0.2) -> dict[str, Any]:
     sel = f'model="{model}"'
     stale = _number(stale_after(interval, scrape_interval))
+    clients = f'job="mlbuild-{model}",route!~"{NOT_CLIENT_ROUTES}"'
+    monitored = has_monitor(project, model)   # else no monitor, and no rule on one
     rules: list[dict[str, Any]] = [{
         "alert": "MlbuildValidationThresholdFailed",
         "expr": f"mlbuild_monitor_threshold_ok{{{sel}}} == 0",
         "labels": {"severity": "page", "model": model},
-        "annotations": {"summary": f"{model}: validation suite metric {{{{ $labels.metric }}}} breaks its "
-                                   f"threshold on the live server (model {{{{ $labels.model_hash }}}})"},
-    }]
+        # what a receiver needs: the metric's value and its threshold (the rule's own value is 0)
+        "annotations": {"summary": f"{model}: validation suite metric {{{{ $labels.metric }}}} is {_SUITE_VALUE}, "
+                                   f"threshold {_SUITE_THRESHOLD}, on the live server (model "
+                                   f"{{{{ $labels.model_hash }}}})"},
+    }] if monitored else []
     for name, (op, value) in sorted(_thresholds(project, model).items()):
         if not live_metric(name):   # no live counterpart (see without_live_alert)
             continue
@@ -127,9 +152,9 @@ def alert_rules(project: Project, model: str, *, interval: float = 60.0, scrape_
                                        f"{{{{ $value }}}}, threshold {op} {value}"},
         })
     rules += [
-        {"alert": "MlbuildHighErrorRate",
-         "expr": (f'sum(rate(mlbuild_requests_total{{job="mlbuild-{model}",status=~"5.."}}[5m])) '
-                  f'/ sum(rate(mlbuild_requests_total{{job="mlbuild-{model}"}}[5m])) > {error_rate}'),
+        {"alert": "MlbuildHighErrorRate",   # of the requests clients make (not scrapes, not probes)
+         "expr": (f'sum(rate(mlbuild_requests_total{{{clients},status=~"5.."}}[5m])) '
+                  f'/ sum(rate(mlbuild_requests_total{{{clients}}}[5m])) > {error_rate}'),
          "for": "5m", "labels": {"severity": "page", "model": model},
          "annotations": {"summary": f"{model}: more than {error_rate:.0%} of requests fail"}},
         {"alert": "MlbuildHighLatency",   # the inference routes: v2 (with or without a version) and v1
@@ -148,6 +173,8 @@ def alert_rules(project: Project, model: str, *, interval: float = 60.0, scrape_
          "expr": f'up{{job="mlbuild-{model}"}} == 0',
          "for": "1m", "labels": {"severity": "page", "model": model},
          "annotations": {"summary": f"{model}: Prometheus cannot scrape the model server ({{{{ $labels.instance }}}})"}},
+    ]
+    rules += [
         {"alert": "MlbuildMonitorDown",
          "expr": f'up{{job="mlbuild-{model}-monitor"}} == 0',
          "for": "2m", "labels": {"severity": "warn", "model": model},
@@ -162,57 +189,63 @@ def alert_rules(project: Project, model: str, *, interval: float = 60.0, scrape_
          "annotations": {"summary": f"{model}: the monitor runs but has not completed a suite run for "
                                     f"{stale} s (the server does not answer it: see "
                                     f"mlbuild_monitor_server_reachable and the monitor's log)"}},
-    ]
+    ] if monitored else []
     return {"groups": [{"name": f"mlbuild-{model}", "rules": rules}]}
 
 
-def prometheus_config(model: str, server: str, monitor: str, *, scrape_interval: str = "15s",
+def prometheus_config(model: str, server: str, monitor: str | None, *, scrape_interval: str = "15s",
                       rule_file: str = "alerts.yml") -> dict[str, Any]:
+    """Scrape jobs for the server and (``monitor``: its host:port; None for a model without one) the monitor."""
     return {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
         "rule_files": [rule_file],
         "scrape_configs": [
             {"job_name": f"mlbuild-{model}", "static_configs": [{"targets": [server]}]},
-            {"job_name": f"mlbuild-{model}-monitor", "static_configs": [{"targets": [monitor]}]},
+            *([{"job_name": f"mlbuild-{model}-monitor", "static_configs": [{"targets": [monitor]}]}] if monitor else []),
         ],
     }
 
 
-def _panel(i: int, title: str, exprs: list[tuple[str, str]], unit: str = "short",
+def _panel(title: str, exprs: list[tuple[str, str]], unit: str = "short",
            right: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A time series panel; the series whose legends are in ``right`` (counts beside metrics) get
-    the right-hand axis, so that they do not flatten the others."""
+    """A time series panel (its id and place are its rank on the dashboard, two a row); the series
+    whose legends are in ``right`` (counts beside metrics) get the right-hand axis, so that they
+    do not flatten the others."""
     overrides = [{"matcher": {"id": "byName", "options": legend},
                   "properties": [{"id": "custom.axisPlacement", "value": "right"}, {"id": "unit", "value": "short"}]}
                  for legend in right]
-    return {"id": i, "type": "timeseries", "title": title, "datasource": {"type": "prometheus", "uid": "${datasource}"},
-            "gridPos": {"h": 8, "w": 12, "x": (i % 2) * 12, "y": (i // 2) * 8},
+    return {"type": "timeseries", "title": title, "datasource": {"type": "prometheus", "uid": "${datasource}"},
             "fieldConfig": {"defaults": {"unit": unit}, "overrides": overrides},
             "targets": [{"refId": chr(65 + j), "expr": e, "legendFormat": leg} for j, (e, leg) in enumerate(exprs)]}
 
 
-def dashboard(model: str, *, regression: bool = False) -> dict[str, Any]:
+def dashboard(model: str, *, regression: bool = False, monitor: bool = True) -> dict[str, Any]:
+    """The dashboard; the monitor's panels only where the model has one (``monitor``)."""
     sel, job = f'model="{model}"', f'job="mlbuild-{model}"'
     unit = "short" if regression else "percentunit"   # mae, rmse are in the target's units
     panels = [
-        _panel(0, "Validation suite on the live server", [(f"mlbuild_monitor_metric{{{sel}}}", "{{metric}}")], unit),
-        _panel(1, "Thresholds met (1) / broken (0)", [(f"mlbuild_monitor_threshold_ok{{{sel}}}", "{{metric}}")]),
-        _panel(2, "Live metrics from feedback", [(f"mlbuild_live_metric{{{sel}}}", "{{metric}}"),
+        _panel("Validation suite on the live server", [(f"mlbuild_monitor_metric{{{sel}}}", "{{metric}}")], unit),
+        _panel("Thresholds met (1) / broken (0)", [(f"mlbuild_monitor_threshold_ok{{{sel}}}", "{{metric}}")]),
+    ] if monitor else []
+    panels += [
+        _panel("Live metrics from feedback", [(f"mlbuild_live_metric{{{sel}}}", "{{metric}}"),
                                                  (f"mlbuild_live_feedback_samples{{{sel}}}", "samples in window")],
                right=("samples in window",)),
         # the drift gauges appear once the window holds 500 rows: its fill says why they are empty
-        _panel(3, "Input drift", [(f"mlbuild_input_drift_psi_max{{{sel}}}", "max PSI"),
+        _panel("Input drift", [(f"mlbuild_input_drift_psi_max{{{sel}}}", "max PSI"),
                                   (f"mlbuild_input_drift_mean_shift_max{{{sel}}}", "max mean shift (std)"),
                                   (f"mlbuild_input_drift_rows{{{sel}}}", "rows in window")],
                right=("rows in window",)),
-        _panel(4, "Requests by status", [(f"sum by (status) (rate(mlbuild_requests_total{{{job}}}[5m]))", "{{status}}")], "reqps"),
-        _panel(5, "Latency p50 / p99", [
+        _panel("Requests by status", [(f"sum by (status) (rate(mlbuild_requests_total{{{job}}}[5m]))", "{{status}}")], "reqps"),
+        _panel("Latency p50 / p99", [
             (f"histogram_quantile(0.5, sum by (le) (rate(mlbuild_request_duration_seconds_bucket{{{job}}}[5m])))", "p50"),
             (f"histogram_quantile(0.99, sum by (le) (rate(mlbuild_request_duration_seconds_bucket{{{job}}}[5m])))", "p99")], "s"),
-        _panel(6, "Batch size p50", [(f"histogram_quantile(0.5, sum by (le) (rate(mlbuild_batch_size_bucket{{{job}}}[5m])))", "p50")]),
-        _panel(7, "In flight / ready", [(f"mlbuild_requests_in_flight{{{job}}}", "in flight"),
+        _panel("Batch size p50", [(f"histogram_quantile(0.5, sum by (le) (rate(mlbuild_batch_size_bucket{{{job}}}[5m])))", "p50")]),
+        _panel("In flight / ready", [(f"mlbuild_requests_in_flight{{{job}}}", "in flight"),
                                         (f"mlbuild_model_ready{{{job}}}", "ready")]),
     ]
+    for i, panel in enumerate(panels):
+        panel.update(id=i, gridPos={"h": 8, "w": 12, "x": (i % 2) * 12, "y": (i // 2) * 8})
     return {"title": f"mlbuild: {model}", "uid": f"mlbuild-{model}", "schemaVersion": 39, "version": 1,
             "tags": ["mlbuild"], "time": {"from": "now-6h", "to": "now"}, "refresh": "30s",
             "templating": {"list": [{"name": "datasource", "type": "datasource", "query": "prometheus"}]},
@@ -226,10 +259,12 @@ def write_config(project: Project, model: str, out_dir: Path, *, server: str = "
     grafana-dashboard.json into ``out_dir`` (all three made before any is written)."""
     files = {"prometheus": out_dir / "prometheus.yml", "rules": out_dir / "alerts.yml",
              "dashboard": out_dir / "grafana-dashboard.json"}
-    contents = {"prometheus": prometheus_config(model, server, monitor, scrape_interval=scrape_interval),
+    monitored = has_monitor(project, model)
+    contents = {"prometheus": prometheus_config(model, server, monitor if monitored else None,
+                                                scrape_interval=scrape_interval),
                 "rules": alert_rules(project, model, interval=interval, scrape_interval=scrape_interval),
-                "dashboard": dashboard(model, regression=_is_regression(project, model))}
+                "dashboard": dashboard(model, regression=_is_regression(project, model), monitor=monitored)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    for kind, path in files.items():
-        path.write_text(json.dumps(contents[kind], indent=2) + "\n")
+    for kind, path in files.items():   # each replaced whole: a Prometheus reloading never reads half a file
+        atomic.write_text(path, json.dumps(contents[kind], indent=2) + "\n")
     return files

@@ -79,6 +79,16 @@ def load(ctx: click.Context) -> Project:
     return load_project(ctx.find_root().obj)
 
 
+def out_folder(folder: Path) -> Path:
+    """``folder`` (an ``--out``), made now: one that cannot be made (a file in the way, no
+    permission) is refused naming it, before any work, not a traceback after it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise click.BadParameter(f"cannot make the folder {str(folder)!r}: {e.strerror}; give a folder mlbuild "
+                                 "can write to", param_hint="--out") from None
+    return folder
+
 
 def _terminated(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)

@@ -9,7 +9,7 @@ import click
 from .. import metrics as m
 from ..config import state_dir
 from .commands import _Bar
-from .main import cli, load
+from .main import cli, load, out_folder
 
 __all__ = ["validate", "metrics"]
 
@@ -20,13 +20,7 @@ _OUT = click.option("--out", "out_dir", type=click.Path(file_okay=False, path_ty
 def _reports_dir(ctx: click.Context, out_dir: Path | None) -> Path:
     """The folder the reports go to, made before anything is built: one that cannot be made (a
     file in the way, no permission) is refused now, not after the history's builds."""
-    folder = out_dir or state_dir(load(ctx).root) / "reports"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise click.BadParameter(f"cannot make the folder {str(folder)!r}: {e.strerror}; give a folder mlbuild "
-                                 "can write to", param_hint="--out") from None
-    return folder
+    return out_folder(out_dir or state_dir(load(ctx).root) / "reports")
 
 
 def _write(model: str, points: list[m.Point], out_dir: Path, worktree: bool = False) -> None:

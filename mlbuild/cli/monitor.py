@@ -11,7 +11,7 @@ import click
 from .. import build as b
 from .. import monitor as m
 from ..config import state_dir
-from .main import cli, load
+from .main import cli, load, out_folder
 
 __all__ = ["monitor"]
 
@@ -86,7 +86,8 @@ def run(ctx: click.Context, model: str, url: str, once: bool, interval: float | 
 @click.argument("model")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for prometheus.yml, alerts.yml, grafana-dashboard.json (default: the project's "
-                   ".mlbuild/monitoring, out of git: generated files that would leave the worktree dirty).")
+                   ".mlbuild/monitoring/MODEL, out of git: generated files that would leave the worktree dirty; "
+                   "a folder per model, as each model's files are named alike).")
 @click.option("--server", default="127.0.0.1:8080", show_default=True, callback=lambda _c, _p, v: _target(v),
               help="host:port of the model server (what Prometheus scrapes; no http://).")
 @click.option("--monitor", "monitor_addr", default="127.0.0.1:9109", show_default=True,
@@ -100,12 +101,16 @@ def config(ctx: click.Context, model: str, out_dir: Path | None, server: str, mo
            scrape_interval: str, interval: float) -> None:
     """Write a Prometheus scrape config, alerting rules and a Grafana dashboard for MODEL."""
     project = load(ctx)
-    if out_dir is None:
-        out_dir = state_dir(project.root) / "monitoring"
+    unwatched = m.without_live_alert(project, model)   # the model and its thresholds checked first
+    # a folder per model: another model's config (the same three file names) wrote over this one's
+    out_dir = out_folder(out_dir or state_dir(project.root) / "monitoring" / model)
     for kind, path in m.write_config(project, model, out_dir, server=server, monitor=monitor_addr,
                                      scrape_interval=scrape_interval, interval=interval).items():
         click.echo(f"{kind:>10}: {path}")
-    unwatched = m.without_live_alert(project, model)
+    if not m.has_monitor(project, model):
+        click.echo(f"note: [models.{model}.validation] is not declared, so {model} has no monitor (`mlbuild monitor "
+                   f"{model}` runs its validation suite): these files watch the server alone; declare it (suite, "
+                   f"dataset, thresholds) and run this again for the monitor's scrape job and alerts", err=True)
     if unwatched:
         click.echo(f"note: no live-feedback alert for {', '.join(unwatched)}: the server computes its live metrics "
                    f"from predictions and feedback alone (see `mlbuild_live_metric`); MlbuildValidationThresholdFailed "

@@ -67,6 +67,10 @@ def _read_within(resp: Any, deadline: float, timeout: float) -> bytes:
     return b"".join(parts)
 
 
+class TooLarge(OSError):
+    """The server refused a request body over its limit (413, ``max_body_bytes``)."""
+
+
 def _http(method: str, url: str, body: Any = None, timeout: float = 30.0) -> Any:
     """The JSON answer; OSError naming the request (method and URL) and what went wrong: the
     server's own error, a broken or non-HTTP reply, a timeout, an answer that is not JSON."""
@@ -83,7 +87,8 @@ def _http(method: str, url: str, body: Any = None, timeout: float = 30.0) -> Any
             said = ""
         hint = ("; --url takes the server's root, e.g. http://HOST:PORT" if e.code == 404
                 and urllib.parse.urlsplit(url).path.count("/v2") > 1 else "")
-        raise OSError(f"{method} {url}: HTTP {e.code} {e.reason}{': ' + said if said else ''}{hint}") from None
+        error = TooLarge if e.code == 413 else OSError
+        raise error(f"{method} {url}: HTTP {e.code} {e.reason}{': ' + said if said else ''}{hint}") from None
     except urllib.error.URLError as e:
         raise OSError(f"{method} {url}: {e.reason}") from None
     except http.client.IncompleteRead as e:   # http.client's errors are not OSErrors (but RemoteDisconnected)
@@ -134,8 +139,9 @@ class Monitor:
                                ["model", "metric", "op"], registry=self.registry)
         self.runs = Counter("mlbuild_monitor_runs", "Suite runs against the live server.", ["model", "outcome"],
                             registry=self.registry)
-        self.last = Gauge("mlbuild_monitor_last_run_timestamp_seconds", "When the suite last ran.", ["model"],
-                          registry=self.registry)
+        self.last = Gauge("mlbuild_monitor_last_run_timestamp_seconds",
+                          "When a suite run last completed (a run that could not reach or read the server does not "
+                          "count: see mlbuild_monitor_runs_total{outcome=\"error\"}).", ["model"], registry=self.registry)
         # MlbuildMonitorStale counts from here until a run completes: a monitor that never
         # completed one (a wrong --url) has no last run to be stale
         self.started = Gauge("mlbuild_monitor_start_time_seconds", "When the monitor started.", ["model"],
@@ -169,13 +175,25 @@ class Monitor:
                              f"cannot send (it sends {', '.join(OIP_DTYPES)})")
         outs: dict[str, list[Any]] = {}
         infer_url = f"{self.url}/v2/models/{self.name}/infer"
-        for i in range(0, len(self.x), self.batch):
+        i = 0
+        while i < len(self.x):
             # The suite's rows in the served input's datatype (token ids stay exact integers).
             rows = np.asarray(self.x[i:i + self.batch]).astype(OIP_DTYPES[datatype], copy=False)
             body = {"id": f"monitor-{int(time.time())}-{i}",
                     "inputs": [{"name": name, "datatype": datatype, "shape": list(rows.shape),
                                 "data": rows.reshape(-1).tolist()}]}
-            resp = _http("POST", infer_url, body, timeout=self.timeout)
+            try:
+                resp = _http("POST", infer_url, body, timeout=self.timeout)
+            except TooLarge:
+                # Over the server's max_body_bytes (8 MiB by default: 256 rows of a 3x32x32 image are
+                # 15 MiB of JSON): fewer rows a request, from now on; one row too many is an error.
+                if len(rows) == 1:
+                    raise
+                self.batch = (len(rows) + 1) // 2
+                log.info("monitor: %s refuses %d rows in one request as too large: sending %d a request",
+                         infer_url, len(rows), self.batch)
+                continue
+            i += len(rows)
             try:
                 for o in resp["outputs"]:
                     out = np.asarray(o["data"]).reshape(o["shape"])
@@ -189,7 +207,7 @@ class Monitor:
         if task == "classification" and "label" not in outs:
             raise OSError(f"POST {infer_url}: the answer has no \"label\" output (it has "
                           f"{', '.join(map(repr, outs)) or 'none'}): is --url this model's server?")
-        if not outs or any(len(v) != len(range(0, len(self.x), self.batch)) for v in outs.values()):
+        if not outs or any(sum(map(len, v)) != len(self.x) for v in outs.values()):
             raise OSError(f"POST {infer_url}: the answers do not give every output for every row")
         return {"hash": model_hash, "task": task, "outputs": {k: np.concatenate(v) for k, v in outs.items()}}
 
@@ -243,8 +261,10 @@ class Monitor:
         self.runs.labels(self.name, "ok").inc()
         self.last.labels(self.name).set(time.time())
         self.samples.labels(self.name).set(len(self.y))
-        payload = {"model": self.name, "model_hash": live["hash"], "suite_version": self.suite_version,
-                   "metrics": report["metrics"]}
+        # what a receiver needs to act: which server, which model (and whether it is this build's)
+        payload = {"model": self.name, "url": self.url, "model_hash": live["hash"],
+                   **({"expected_model_hash": expected} if expected and expected != live["hash"] else {}),
+                   "suite_version": self.suite_version, "metrics": report["metrics"]}
         if failed:
             text = ", ".join(f"{c['metric']} {c['value']} (threshold {c['op']} {c['threshold']})" for c in failed)
             log.warning("ALERT %s (model %s): threshold broken: %s", self.name, live["hash"][:16], text)

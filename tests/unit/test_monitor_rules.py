@@ -7,6 +7,7 @@ import json
 
 from mlbuild.runtime.serve.names import BINARY_METRICS, LABEL_METRICS, REGRESSION_METRICS, live_metric
 from tests.conftest import run_cli
+from tests.unit.test_monitor_stale import promtool_test
 
 TOML = """[project]
 name = "p"
@@ -94,4 +95,96 @@ def test_config_refuses_what_prometheus_would_refuse(tree) -> None:  # type: ign
     run_cli("monitor", "config", "cancer", "--server", "[::1]:8080", "--scrape-interval", "1m30s", cwd=root,
             env={"PATH": "/nonexistent"})
     # by default into the project's state folder, out of git (a dirty worktree stops the next build)
-    assert (root / ".mlbuild" / "monitoring" / "alerts.yml").is_file()
+    assert (root / ".mlbuild" / "monitoring" / "cancer" / "alerts.yml").is_file()
+
+
+def test_each_model_s_files_have_a_folder_of_their_own(tree) -> None:  # type: ignore[no-untyped-def]
+    """Two models of a project wrote the same .mlbuild/monitoring/prometheus.yml: the second one's
+    config replaced the first's, and a Prometheus reloading it stopped watching the first model."""
+    root = tree({"mlbuild.toml": TOML + '[models.digits]\nscript = "d.py"\n[models.digits.validation]\nsuite = "v.py"\n'})
+    for model in ("cancer", "digits"):
+        run_cli("monitor", "config", model, cwd=root, env={"PATH": "/nonexistent"})
+    for model in ("cancer", "digits"):
+        conf = json.loads((root / ".mlbuild" / "monitoring" / model / "prometheus.yml").read_text())
+        assert [j["job_name"] for j in conf["scrape_configs"]] == [f"mlbuild-{model}", f"mlbuild-{model}-monitor"]
+
+
+def test_an_out_folder_that_cannot_be_made_is_named(tree) -> None:  # type: ignore[no-untyped-def]
+    """`--out` over a file (or under one) ended in a mkdir traceback."""
+    root = tree({"mlbuild.toml": TOML, "afile": "x"})
+    for out, said in (("afile", "Directory 'afile' is a file"),
+                      ("afile/monitoring", "cannot make the folder 'afile/monitoring': Not a directory")):
+        proc = run_cli("monitor", "config", "cancer", "--out", out, cwd=root, check=False, env={"PATH": "/nonexistent"})
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and said in proc.stderr, proc.stderr
+    assert (root / "afile").read_text() == "x"
+
+
+def requests(route: str, status: str, per_15s: float) -> dict[str, str]:
+    """A server's mlbuild_requests_total series, rising ``per_15s`` every 15 s for 20 minutes."""
+    labels = f'job="mlbuild-cancer",instance="127.0.0.1:8080",method="GET",route="{route}",status="{status}"'
+    return {"series": f"mlbuild_requests_total{{{labels}}}", "values": f"0+{per_15s}x80"}
+
+
+def test_the_error_rate_is_of_the_requests_clients_make(tree) -> None:  # type: ignore[no-untyped-def]
+    """Every client request failing (one v1 predict every 2 minutes, all 500) did not page: the
+    rate divided by all requests, Prometheus's own scrapes of /metrics (4 a minute) and the
+    health probes (6 a minute) among them, which diluted it to 4%."""
+    root = tree({"mlbuild.toml": TOML})
+    run_cli("monitor", "config", "cancer", "--out", str(root / "conf"), cwd=root, env={"PATH": "/nonexistent"})
+    background = [requests("/metrics", "200", 1), requests("/v2/health/ready", "200", 1), requests("/v2/health/live", "200", 0.5),
+                  requests("/v2/models/{name}/ready", "200", 0.25)]
+    failing = requests("/v1/models/{name}:predict", "500", 0.125)
+    promtool_test(root / "conf", [*background, failing], {"3m": False, "12m": True},
+                  alert="MlbuildHighErrorRate", labels={})
+    # a healthy server answering its clients, scraped and probed as ever: no alert
+    promtool_test(root / "conf", [*background, requests("/v1/models/{name}:predict", "200", 0.125)],
+                  {"12m": False}, alert="MlbuildHighErrorRate", labels={})
+    # a failing readiness probe is no client's error (a draining server answers 503 on purpose)
+    promtool_test(root / "conf", [requests("/v2/health/ready", "503", 1), requests("/v2/models/{name}/ready", "503", 1),
+                                  requests("/v2/models/{name}/infer", "200", 1)],
+                  {"12m": False}, alert="MlbuildHighErrorRate", labels={})
+
+
+def test_a_model_without_validation_has_no_monitor_to_watch(tree) -> None:  # type: ignore[no-untyped-def]
+    """Such a model has no monitor (NAME.monitor runs its validation suite): the config scraped
+    one anyway, and MlbuildMonitorDown fired for ever."""
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.m]\nscript = "m.py"\n'})
+    proc = run_cli("monitor", "config", "m", "--out", "conf", cwd=root, env={"PATH": "/nonexistent"})
+    assert "note: [models.m.validation] is not declared, so m has no monitor" in proc.stderr
+    conf = root / "conf"
+    jobs = [j["job_name"] for j in json.loads((conf / "prometheus.yml").read_text())["scrape_configs"]]
+    assert jobs == ["mlbuild-m"]
+    rules = json.loads((conf / "alerts.yml").read_text())["groups"][0]["rules"]
+    assert not [r for r in rules if "monitor" in r["expr"]]
+    assert {r["alert"] for r in rules} == {"MlbuildHighErrorRate", "MlbuildHighLatency", "MlbuildInputDrift",
+                                           "MlbuildServerDown"}
+    panels = json.loads((conf / "grafana-dashboard.json").read_text())["panels"]
+    assert [p["id"] for p in panels] == list(range(6)) and not [p for p in panels if "monitor" in json.dumps(p)]
+    assert panels[0]["gridPos"] == {"h": 8, "w": 12, "x": 0, "y": 0}
+    # with a validation suite, its monitor is scraped and watched, as before
+    (root / "mlbuild.toml").write_text('[project]\nname = "p"\n[models.m]\nscript = "m.py"\n'
+                                       '[models.m.validation]\nsuite = "v.py"\n')
+    proc = run_cli("monitor", "config", "m", "--out", "conf", cwd=root, env={"PATH": "/nonexistent"})
+    assert "no monitor" not in proc.stderr
+    jobs = [j["job_name"] for j in json.loads((conf / "prometheus.yml").read_text())["scrape_configs"]]
+    assert jobs == ["mlbuild-m", "mlbuild-m-monitor"]
+    assert len(json.loads((conf / "grafana-dashboard.json").read_text())["panels"]) == 8
+
+
+def test_the_suite_alert_says_the_metric_s_value_and_threshold(tree) -> None:  # type: ignore[no-untyped-def]
+    """It said 'accuracy breaks its threshold' and nothing of by how much (its value is threshold_ok's 0)."""
+    root = tree({"mlbuild.toml": TOML})
+    run_cli("monitor", "config", "cancer", "--out", str(root / "conf"), cwd=root, env={"PATH": "/nonexistent"})
+    target = 'job="mlbuild-cancer-monitor",instance="127.0.0.1:9109",model="cancer"'
+    run = f'{target},model_hash="abc",suite_version="v1"'
+    labels = {"job": "mlbuild-cancer-monitor", "instance": "127.0.0.1:9109", "model": "cancer", "model_hash": "abc",
+              "suite_version": "v1", "metric": "accuracy"}
+    summary = "cancer: validation suite metric {} is {}, threshold {}, on the live server (model abc)"
+    for metric, value in (("accuracy", "0.5"), ("top3", None)):   # a metric the report lacks: missing
+        series = [{"series": f'mlbuild_monitor_threshold_ok{{{run},metric="{metric}"}}', "values": "0x10"},
+                  {"series": f'mlbuild_monitor_threshold{{{target},metric="{metric}",op=">="}}', "values": "0.93x10"}]
+        if value:
+            series.append({"series": f'mlbuild_monitor_metric{{{run},metric="{metric}"}}', "values": f"{value}x10"})
+        promtool_test(root / "conf", series, {"1m": True}, alert="MlbuildValidationThresholdFailed",
+                      labels={**labels, "metric": metric},
+                      annotations={"summary": summary.format(metric, value or "missing", ">= 0.93")})

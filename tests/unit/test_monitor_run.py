@@ -79,13 +79,21 @@ def test_the_monitor_says_when_the_server_stops_answering_and_when_it_is_back(tm
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     pkg = build_package(tmp_path / "pkg")
     server = ServerProcess(pkg, tmp_path / "server").ready()
-    mon = Monitor(spec(tmp_path / "m", pkg), f"http://{server.url}", f"http://127.0.0.1:{hook.server_port}/")
+    served = json.loads((pkg / "manifest.json").read_text())["hashes"]["model"]
+    mon = Monitor(spec(tmp_path / "m", pkg, model_hash="f" * 64), f"http://{server.url}",
+                  f"http://127.0.0.1:{hook.server_port}/")
     sample = mon.registry.get_sample_value
     try:
         assert "metrics" in mon.run_once() and posts == []           # fine from the start: nothing to say
         mon.thresholds = {"accuracy": 0.9999}
         mon.run_once()
         assert [p["status"] for p in posts] == ["alerting"]
+        # which server, which model, and that it is not this monitor's build (a receiver watching
+        # several deployments could not tell which one alerted, nor that a wrong build was deployed)
+        assert posts[0]["url"] == f"http://{server.url}" and posts[0]["model_hash"] == served
+        assert posts[0]["expected_model_hash"] == "f" * 64
+        assert posts[0]["failed"] == [{"metric": "accuracy", "value": posts[0]["metrics"]["accuracy"], "op": ">=",
+                                       "threshold": 0.9999, "ok": False}]
         server.stop()
         assert "error" in mon.run_once() and "error" in mon.run_once()
         assert [p["status"] for p in posts] == ["alerting", "unreachable"]   # once, not every interval
@@ -96,6 +104,7 @@ def test_the_monitor_says_when_the_server_stops_answering_and_when_it_is_back(tm
         mon.url, mon.thresholds = f"http://{server.url}", {"accuracy": 0.5}
         mon.run_once()
         assert [p["status"] for p in posts] == ["alerting", "unreachable", "resolved"]
+        assert posts[2]["url"] == f"http://{server.url}" and posts[2]["model_hash"] == served
         assert sample("mlbuild_monitor_server_reachable", {"model": "digits"}) == 1
     finally:
         server.stop()
@@ -148,3 +157,22 @@ def test_the_monitor_knows_the_datatypes_the_server_takes() -> None:
     from mlbuild.runtime.serve.package import DATATYPES
 
     assert {k: np.dtype(v) for k, v in OIP_DTYPES.items()} == {k: np.dtype(v) for k, v in DATATYPES.items()}
+
+
+def test_the_monitor_sends_fewer_rows_a_request_to_a_server_that_refuses_its_size(tmp_path: Path) -> None:
+    """256 rows a request, always: over the server's max_body_bytes (8 MiB by default, which 256 rows
+    of a 3x32x32 image exceed) every run was a 413, and the monitor never completed one."""
+    pkg = build_package(tmp_path / "pkg")
+    server = ServerProcess(pkg, tmp_path / "server", "--max-body-bytes", "20000").ready()
+    try:
+        mon = Monitor(spec(tmp_path / "m", pkg), f"http://{server.url}", None)
+        first = mon.run_once()
+        assert "error" not in first, first
+        assert mon.batch < 256
+        again = mon.run_once()   # the smaller size kept
+        assert again["metrics"] == first["metrics"] and first["metrics"]["accuracy"] > 0.5
+        whole = Monitor(spec(tmp_path / "w", pkg), f"http://{server.url}", None)
+        whole.batch = 10**6   # split otherwise (halving from all rows at once): the same metrics
+        assert whole.run_once()["metrics"] == first["metrics"]
+    finally:
+        server.stop()

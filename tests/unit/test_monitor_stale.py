@@ -31,17 +31,20 @@ def series(name: str, values: str) -> dict[str, str]:
 
 
 def promtool_test(conf: Path, input_series: list[dict[str, str]], expect: dict[str, bool],
-                  interval: str = "15s", evaluation: str = "15s") -> None:
-    """Whether MlbuildMonitorStale fires at each evaluation time (`2m`: firing or not)."""
+                  interval: str = "15s", evaluation: str = "15s", alert: str = "MlbuildMonitorStale",
+                  labels: dict[str, str] = TARGET, annotations: dict[str, str] | None = None) -> None:
+    """Whether ``alert`` fires at each evaluation time (`2m`: firing or not), with ``labels`` (the
+    series' own that its expression keeps) and the rule's, and ``annotations`` (default: the
+    rule's, which must then have no template)."""
     if shutil.which("promtool") is None:
         pytest.fail("promtool is not installed: `bash .ci/setup` installs Debian's prometheus package")
     rule = next(r for r in json.loads((conf / "alerts.yml").read_text())["groups"][0]["rules"]
-                if r["alert"] == "MlbuildMonitorStale")
-    firing: list[dict[str, Any]] = [{"exp_labels": {**TARGET, **rule["labels"]},
-                                     "exp_annotations": rule["annotations"]}]
+                if r["alert"] == alert)
+    firing: list[dict[str, Any]] = [{"exp_labels": {**labels, **rule["labels"]},
+                                     "exp_annotations": annotations or rule["annotations"]}]
     test = {"rule_files": [str(conf / "alerts.yml")], "evaluation_interval": evaluation,
             "tests": [{"interval": interval, "input_series": input_series,
-                       "alert_rule_test": [{"eval_time": at, "alertname": "MlbuildMonitorStale",
+                       "alert_rule_test": [{"eval_time": at, "alertname": alert,
                                             "exp_alerts": firing if fires else []} for at, fires in expect.items()]}]}
     (conf / "test.yml").write_text(json.dumps(test))
     proc = subprocess.run(["promtool", "test", "rules", str(conf / "test.yml")], capture_output=True, text=True)
@@ -82,6 +85,11 @@ def test_the_monitor_exports_its_start_before_any_run_completes(tmp_path: Path) 
     sample = mon.registry.get_sample_value
     assert before <= (sample("mlbuild_monitor_start_time_seconds", {"model": "digits"}) or 0) <= time.time()
     assert sample("mlbuild_monitor_last_run_timestamp_seconds", {"model": "digits"}) is None
+    # and its HELP says so: "When the suite last ran" read as a monitor that stopped running
+    from prometheus_client import generate_latest
+
+    assert ("# HELP mlbuild_monitor_last_run_timestamp_seconds When a suite run last completed (a run that could "
+            "not reach or read the server does not count") in generate_latest(mon.registry).decode()
 
 
 def stale_expr(root: Path, *args: str) -> str:
