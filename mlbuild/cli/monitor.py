@@ -55,7 +55,8 @@ def monitor() -> None:
               help="Port of the monitor's own /metrics (0: a free one, logged).  [default: 9109]")
 @click.option("--webhook", default=None, callback=lambda _c, _p, v: _url(v),
               help="POST JSON alerts here: every run while a metric breaks its threshold, once when the server "
-                   "stops answering, once when it is fine again.")
+                   "stops answering, once when it is fine again (default: $MLBUILD_MONITOR_WEBHOOK, which keeps a "
+                   "secret URL off command lines).")
 @click.option("--allow-dirty", is_flag=True, help="Build even with uncommitted or untracked files.")
 @click.pass_context
 def run(ctx: click.Context, model: str, url: str, once: bool, interval: float | None, host: str | None,
@@ -67,6 +68,13 @@ def run(ctx: click.Context, model: str, url: str, once: bool, interval: float | 
 
     project = load(ctx)
     b.check_model(project, model)
+    from ..runtime.monitor import WEBHOOK_ENV
+
+    if webhook is None and os.environ.get(WEBHOOK_ENV):   # the monitor reads it; checked now, before the build
+        try:
+            _url(os.environ[WEBHOOK_ENV])
+        except click.BadParameter as e:
+            raise click.BadParameter(f"${WEBHOOK_ENV}: {e.message}", param_hint="--webhook") from None
     # It needs the model's package: from the store when built, else trained here (for as long as
     # `mlbuild build MODEL` takes), which said nothing for all that time.
     click.echo(f"mlbuild: building {model}.monitor (it trains and packages {model} first where this checkout's "

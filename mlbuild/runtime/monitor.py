@@ -17,6 +17,7 @@ import argparse
 import http.client
 import json
 import logging
+import os
 import shutil
 import sys
 import threading
@@ -27,7 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "Monitor"]
+__all__ = ["shown", "WEBHOOK_ENV", "main", "Monitor"]
 
 log = logging.getLogger("mlbuild.monitor")
 
@@ -310,25 +311,46 @@ class Monitor:
                     target = urllib.parse.urljoin(url, location)
                     if urllib.parse.urlsplit(target).scheme not in ("http", "https"):   # file:///dev/zero
                         log.error("webhook POST %s failed: it redirects (HTTP %d) to %s, which is not an http(s) "
-                                  "URL", url, e.code, target[:200])
+                                  "URL", shown(url), e.code, shown(target))
                         return False
                     url = target
                     continue
                 if e.code in (301, 302, 303) and location:
                     final = urllib.parse.urljoin(url, location)
+                    a, b = urllib.parse.urlsplit(url), urllib.parse.urlsplit(final)
+                    fix = (f"the same address with {b.scheme}://" if a._replace(scheme=b.scheme) == b
+                           else "the address it redirects to (its Location header; paths are not logged, as a "
+                                "webhook's is often its secret)")
                     log.error("webhook POST %s failed: it redirects (HTTP %d) to %s, and a POST redirected so "
-                              "becomes a GET without the alert; give --webhook %s", url, e.code, final, final)
+                              "becomes a GET without the alert; give --webhook %s", shown(url), e.code, shown(final),
+                              fix)
                 else:
-                    log.error("webhook POST %s failed: %s", url, e)
+                    log.error("webhook POST %s failed: HTTP %d %s", shown(url), e.code, e.reason)
                 return False
             except (OSError, http.client.HTTPException, ValueError) as e:   # a receiver answering garbage
-                log.error("webhook POST %s failed: %s", url, e or type(e).__name__)
+                log.error("webhook POST %s failed: %s", shown(url), str(e).replace(url, shown(url)) or type(e).__name__)
                 return False
-        log.error("webhook POST %s failed: more than %d redirects (from %s)", url, _REDIRECTS, self.webhook)
+        log.error("webhook POST %s failed: more than %d redirects (from %s)", shown(url), _REDIRECTS,
+                  shown(self.webhook))
         return False
 
 
 _REDIRECTS = 5
+WEBHOOK_ENV = "MLBUILD_MONITOR_WEBHOOK"
+
+
+def shown(url: str) -> str:
+    """``url`` as logs show it: scheme, host and port, the rest hidden. A webhook's path is often
+    its secret (Slack's, Teams'), and logs travel further than the command line."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(an unparsable URL)"
+    host = f"[{host}]" if ":" in host else host
+    rest = "/..." if parts.path.strip("/") or parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{host}{port}{rest}"
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -397,9 +419,10 @@ def main(argv: list[str] | None = None, spec_path: str | None = None) -> int:
     p.add_argument("--interval", type=_positive, default=60.0, help="seconds between runs (default 60)")
     p.add_argument("--host", default="127.0.0.1", help="address of the monitor's own /metrics (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=9109, help="port of the monitor's own /metrics (default 9109; 0: a free one, logged)")
-    p.add_argument("--webhook", type=_url_arg, help="POST JSON here: every run while a metric breaks its threshold "
-                   "(status alerting), once when the server stops answering (unreachable), once when it is fine "
-                   "again (resolved)")
+    p.add_argument("--webhook", type=_url_arg, default=os.environ.get(WEBHOOK_ENV) or None,
+                   help="POST JSON here: every run while a metric breaks its threshold (status alerting), once when "
+                        f"the server stops answering (unreachable), once when it is fine again (resolved); default: "
+                        f"${WEBHOOK_ENV}, which keeps a secret URL off the command line (logs show its host only)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = json.loads(Path(spec_path or args.spec).read_text())

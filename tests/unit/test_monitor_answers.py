@@ -298,14 +298,15 @@ def test_a_redirecting_webhook(tmp_path: Path, hook: Hook, caplog: pytest.LogCap
             else:
                 code = status.split()[0]
                 assert [r.getMessage() for r in caplog.records][-1] == (
-                    f"webhook POST {via.url}/hook failed: it redirects (HTTP {code}) to {target}, and a POST "
-                    f"redirected so becomes a GET without the alert; give --webhook {target}")
+                    f"webhook POST {via.url}/... failed: it redirects (HTTP {code}) to {hook.server.url}/..., and a "
+                    "POST redirected so becomes a GET without the alert; give --webhook the address it redirects to "
+                    "(its Location header; paths are not logged, as a webhook's is often its secret)")
         # a relative Location, and a loop
         via = RawServer(redirect("308 Permanent Redirect", "/again"))
         try:
             assert Monitor(tiny_spec(tmp_path), server.url, f"{via.url}/hook")._webhook({"status": "x"}) is False
-            assert caplog.records[-1].getMessage() == (f"webhook POST {via.url}/again failed: more than 5 redirects "
-                                                       f"(from {via.url}/hook)")
+            assert caplog.records[-1].getMessage() == (f"webhook POST {via.url}/... failed: more than 5 redirects "
+                                                       f"(from {via.url}/...)")
             assert [r[:2] for r in via.requests] == [("POST", "/hook")] + [("POST", "/again")] * 5
         finally:
             via.stop()
@@ -321,8 +322,8 @@ def test_a_webhook_redirect_off_http_is_not_followed(tmp_path: Path, caplog: pyt
     caplog.set_level(logging.ERROR, logger="mlbuild.monitor")
     try:
         assert Monitor(tiny_spec(tmp_path), via.url, f"{via.url}/hook")._webhook({"status": "x"}) is False
-        assert caplog.records[-1].getMessage() == (f"webhook POST {via.url}/hook failed: it redirects (HTTP 307) "
-                                                   f"to file:///dev/zero, which is not an http(s) URL")
+        assert caplog.records[-1].getMessage() == (f"webhook POST {via.url}/... failed: it redirects (HTTP 307) "
+                                                   f"to file:///..., which is not an http(s) URL")
     finally:
         via.stop()
 
@@ -361,3 +362,40 @@ def test_json_nested_deeper_than_the_parser_goes_is_not_json(tmp_path: Path) -> 
         assert out["error"].startswith(f"GET {server.url}/v2/models/digits: the answer is not JSON: '[[[["), out
     finally:
         server.stop()
+
+
+def test_webhook_secrets_stay_out_of_the_log_and_off_the_command_line(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A webhook's path is often its secret (Slack's hooks.slack.com/services/T/B/XXXX): every
+    failed POST logged it whole, and the only way to give it was --webhook, in argv for any `ps`."""
+    from mlbuild.runtime import monitor as rm
+
+    assert rm.shown("https://user:pw@hooks.example.com/services/T0/B0/s3cret?x=1") == "https://hooks.example.com/..."
+    assert rm.shown("http://[::1]:9000/hook") == "http://[::1]:9000/..."
+    assert rm.shown("http://127.0.0.1:9000") == "http://127.0.0.1:9000"
+    down = RawServer(lambda *_: "close")
+    gone = RawServer(lambda *_: "close")
+    secret = f"{gone.url}/services/T0/B0/s3cret"
+    caplog.set_level(logging.ERROR, logger="mlbuild.monitor")
+    try:
+        Monitor(tiny_spec(tmp_path), down.url, secret).run_once()
+    finally:
+        down.stop()
+        gone.stop()
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"webhook POST {gone.url}/... failed" in text and "s3cret" not in text, text
+    # the environment gives it, so that it is not in the monitor's argv
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(tiny_spec(tmp_path)))
+    monkeypatch.setenv(rm.WEBHOOK_ENV, "ftp://nope")
+    with pytest.raises(SystemExit):   # checked as --webhook is
+        rm.main(["--url", "http://127.0.0.1:1", "--once"], spec_path=str(spec))
+    hook = RawServer(lambda *_: http_reply(b"ok"))
+    down = RawServer(lambda *_: "close")
+    monkeypatch.setenv(rm.WEBHOOK_ENV, f"{hook.url}/services/T0/B0/s3cret")
+    try:
+        assert rm.main(["--url", down.url, "--once"], spec_path=str(spec)) == 1
+    finally:
+        hook.stop()
+        down.stop()
+    assert [r[:2] for r in hook.requests] == [("POST", "/services/T0/B0/s3cret")]

@@ -53,6 +53,15 @@ def test_cli_refuses_a_bad_url_before_building(tree) -> None:  # type: ignore[no
     assert "Invalid value for '--url': 'localhost:8080' is not an http:// or https:// URL" in proc.stderr
 
 
+def test_cli_refuses_a_bad_webhook_in_the_environment_before_building(tree) -> None:  # type: ignore[no-untyped-def]
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.digits]\nscript = "m.py"\n'})
+    proc = run_cli("monitor", "digits", "--url", "http://127.0.0.1:8080", "--once", cwd=root, check=False,
+                   env={"PATH": "/nonexistent", "MLBUILD_MONITOR_WEBHOOK": "hooks.example.com/x"})
+    assert proc.returncode == 2
+    assert ("Invalid value for --webhook: $MLBUILD_MONITOR_WEBHOOK: 'hooks.example.com/x' is not an http:// or "
+            "https:// URL") in proc.stderr
+
+
 def test_runtime_refuses_a_bad_metrics_port(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--spec", "/nonexistent/spec.json", "--url", "http://a", "--port", "70000"])
