@@ -85,8 +85,9 @@ def run(ctx: click.Context, model: str, url: str, once: bool, interval: float | 
     program = f"{summary.outputs[0].path}/bin/monitor"
     click.echo(f"monitoring with {summary.outputs[0].path}", err=True)
     given = [*(["--once"] if once else []), *(["--interval", repr(interval)] if interval is not None else []),
-             *(["--host", host] if host is not None else []), *(["--port", str(port)] if port is not None else []),
-             *(["--webhook", webhook] if webhook is not None else [])]
+             *(["--host", host] if host is not None else []), *(["--port", str(port)] if port is not None else [])]
+    if webhook is not None:   # to the monitor through its environment: off its command line, which `ps` shows
+        os.environ[WEBHOOK_ENV] = webhook
     os.execv(program, [program, "--url", url, *given])
 
 

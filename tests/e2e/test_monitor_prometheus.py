@@ -135,6 +135,45 @@ def test_the_cli_says_what_it_builds_and_takes_options_before_the_name(stack: di
     assert "monitoring with /nix/store/" in proc.stderr
 
 
+def test_the_cli_hands_the_webhook_on_off_the_command_line(stack: dict[str, Any]) -> None:
+    """`--webhook URL` reached the monitor in its argv, for any `ps` to show: the path of a Slack
+    webhook is its secret. It goes through MLBUILD_MONITOR_WEBHOOK now, and still gets the POST."""
+    import http.server
+    import threading
+
+    got: list[tuple[str, dict[str, Any]]] = []
+    down = f"http://127.0.0.1:{free_port()}"
+    argv: list[str] = []   # the monitor's command line, read while it posts
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    text = cmdline.read_bytes().replace(b"\0", b" ").decode()
+                except OSError:
+                    continue
+                if "bin/monitor" in text and down in text:
+                    argv.append(text)
+            got.append((self.path, json.loads(self.rfile.read(int(self.headers["content-length"])))))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    hook = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        proc = run_cli("monitor", "digits", "--url", down, "--once", "--webhook",
+                       f"http://127.0.0.1:{hook.server_address[1]}/services/T0/s3cret", cwd=stack["repo"], check=False)
+    finally:
+        hook.shutdown()
+    assert proc.returncode == 1 and "s3cret" not in proc.stderr, proc.stderr   # nothing answers: unreachable
+    assert [(path, body["status"]) for path, body in got] == [("/services/T0/s3cret", "unreachable")]
+    assert len(argv) == 1 and "s3cret" not in argv[0], argv
+
+
 def test_wrong_feedback_makes_the_alert_condition_true(stack: dict[str, Any]) -> None:
     split = build_path(stack["repo"], "datasets.digits-split")
     data = np.loadtxt(split / "test.csv", delimiter=",", dtype=np.float32)[:120]   # the server publishes from 100
