@@ -440,6 +440,17 @@ def init_project(root: Path, *, name: str | None = None, csv_path: Path | None =
                    extended=extended, note=note)
 
 
+def _nix_reason(log_tail: str) -> str:
+    """The line of a failed `nix flake lock`'s output that says why: the first that is not a
+    warning, a bare `error:`, a trace line (`… while ...`) or the closing `(use '--show-trace' ...)`,
+    which Nix prints last (git's `fatal: ... does not appear to be a git repository` comes first)."""
+    for line in log_tail.splitlines():
+        line = line.strip()
+        if line and line != "error:" and not line.startswith(("warning:", "…", "(use '--show-trace'")):
+            return line.removeprefix("error: ")
+    return ""
+
+
 def _lock_flake(root: Path) -> str | None:
     """Write flake.lock (the mlbuild input pinned) beside the new flake.nix, so that the project's
     first commit holds it. Else the first `nix build` writes it, and Nix 2.8 marks it
@@ -457,8 +468,7 @@ def _lock_flake(root: Path) -> str | None:
         try:
             _nix.run_nix([*_nix.common_options(), "flake", "lock", f"path:{tmp}"])
         except NixError as e:
-            last = (e.log_tail.strip().splitlines() or [str(e)])[-1]
-            return (f"flake.lock was not written ({last}); the first `nix build` writes it: "
+            return (f"flake.lock was not written ({_nix_reason(e.log_tail) or e}); the first `nix build` writes it: "
                     "`git add flake.lock` and commit it then")
         shutil.copy(Path(tmp) / "flake.lock", root / "flake.lock")
     return None

@@ -102,6 +102,9 @@ def test_init_writes_a_project_from_the_csv(tmp_path: Path) -> None:
     for name in ("model.py", "prepare.py", "validate.py"):
         compile((root / name).read_text(), name, "exec")
     assert 'inputs.mlbuild.url = "git+file:///opt/mlbuild"' in (root / "flake.nix").read_text()
+    # no checkout there: the note gives git's reason, not the "(use '--show-trace' ...)" Nix prints last
+    assert new.note is not None and "'/opt/mlbuild' does not appear to be a git repository" in new.note
+    assert "show-trace" not in new.note
     assert "/data/" in (root / ".gitignore").read_text().splitlines()  # data (and its backups) stays out of git
     assert subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=root, capture_output=True).returncode == 0
 
