@@ -111,12 +111,13 @@ def _http(method: str, url: str, body: Any = None, timeout: float = 30.0) -> Any
 
 class Monitor:
     def __init__(self, spec: dict[str, Any], url: str, webhook: str | None, batch: int = 256,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, once: bool = False) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge
 
         from .prepare import load_module
 
         self.spec, self.url, self.webhook, self.batch = spec, url.rstrip("/"), webhook, batch
+        self.once = once   # --once: no later run posts an undelivered notice again
         self.timeout = timeout   # seconds for each request to the server
         self._told: str | None = None   # the served model hash a mismatch note was logged for
         self.name = spec["name"]
@@ -285,8 +286,9 @@ class Monitor:
         change is recorded once the POST is delivered: until then each run posts it again."""
         if self._state != state and not (state == "ok" and self._state is None):
             if not self._webhook(payload):
-                log.warning("webhook: the %s notice is not delivered: posting it again at the next run",
-                            payload.get("status", state))
+                log.warning("webhook: the %s notice is not delivered%s", payload.get("status", state),
+                            " (--once: no later run posts it again)" if self.once
+                            else ": posting it again at the next run")
                 return
         self._state = state
 
@@ -429,7 +431,7 @@ def main(argv: list[str] | None = None, spec_path: str | None = None) -> int:
     from prometheus_client import disable_created_metrics
 
     disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series beside the runs counter
-    mon = Monitor(spec, args.url, args.webhook)
+    mon = Monitor(spec, args.url, args.webhook, once=args.once)
     if args.once:
         result = mon.run_once()
         print(json.dumps(result, indent=2, sort_keys=True, default=float))

@@ -399,3 +399,23 @@ def test_webhook_secrets_stay_out_of_the_log_and_off_the_command_line(
         hook.stop()
         down.stop()
     assert [r[:2] for r in hook.requests] == [("POST", "/services/T0/B0/s3cret")]
+
+
+def test_an_undelivered_notice_of_a_once_run_is_not_promised_again(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """`--once` with a webhook that did not take the notice said it was "posting it again at the next
+    run", which a --once run never has."""
+    down = RawServer(lambda *_: "close")
+    gone = RawServer(lambda *_: "close")
+    caplog.set_level(logging.WARNING, logger="mlbuild.monitor")
+    try:
+        Monitor(tiny_spec(tmp_path / "a"), down.url, f"{gone.url}/hook", once=True).run_once()
+        once = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
+        caplog.clear()
+        Monitor(tiny_spec(tmp_path / "b"), down.url, f"{gone.url}/hook").run_once()
+        every = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
+    finally:
+        down.stop()
+        gone.stop()
+    assert once == ["webhook: the unreachable notice is not delivered (--once: no later run posts it again)"]
+    assert every == ["webhook: the unreachable notice is not delivered: posting it again at the next run"]
