@@ -32,6 +32,7 @@ let
   inherit (lib) toLower;
   isInt = n: builtins.isInt n;
   specVersion = 1;
+  maxId = 4294967294;   # the largest Linux uid/gid; 4294967295 is (uid_t) -1
   # The OCI labels mlbuild sets from the package (mlbuild/runtime/oci/config.py); the user's may not.
   ownOci = [ "org.opencontainers.image.title" "org.opencontainers.image.version" "org.opencontainers.image.created" ];
 in
@@ -59,6 +60,9 @@ in
           "${where}.port is ${builtins.toJSON port}, not a TCP port; use a whole number in 1..65535")
         (lib.assertMsg (isInt uid && isInt gid && uid >= 0 && gid >= 0)
           "${where}.uid and .gid are ${builtins.toJSON uid} and ${builtins.toJSON gid}; both must be whole numbers >= 0 (no quotes)")
+        # The runtime keeps the low 32 bits: uid = 4294967296 ran the server as root (uid 0).
+        (lib.assertMsg (uid <= maxId && gid <= maxId)
+          "${where}.uid and .gid are ${toString uid} and ${toString gid}; both must be at most ${toString maxId} (a larger id wraps around: 4294967296 would run the server as root)")
         (lib.assertMsg (builtins.match "[a-z_][a-z0-9_-]*" user != null)
           "${where}.user is ${builtins.toJSON user}, not a valid user name; use lowercase letters, digits, _ and -, starting with a letter or _ (e.g. \"mlbuild\")")
         (lib.assertMsg (isInt maxLayers && maxLayers >= 3 && maxLayers <= 125)

@@ -117,6 +117,9 @@ def test_a_bad_key_or_value_is_an_error_naming_it(tmp_path: Path, edit: tuple[st
 @pytest.mark.parametrize("image, message", [
     ("port = 0", "[models.m.image].port is 0, not a TCP port; use a whole number in 1..65535"),
     ('uid = "1000"', '[models.m.image].uid and .gid are "1000" and 1000; both must be whole numbers >= 0 (no quotes)'),
+    # the runtime kept the low 32 bits: the server ran as root (uid 0)
+    ("uid = 4294967296", "[models.m.image].uid and .gid are 4294967296 and 1000; both must be at most 4294967294"),
+    ("gid = 4294967295", "[models.m.image].uid and .gid are 1000 and 4294967295; both must be at most 4294967294"),
     ('user = "Root"', '[models.m.image].user is "Root", not a valid user name; use lowercase letters, digits, _ and -'),
     ("maxLayers = 200", "[models.m.image].maxLayers is 200; use 3..125"),
     ('labels = { "mlbuild.model" = "x" }', '[models.m.image].labels: "mlbuild.model" is mlbuild\'s own'),
