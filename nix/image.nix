@@ -65,6 +65,9 @@ in
           "${where}.uid and .gid are ${toString uid} and ${toString gid}; both must be at most ${toString maxId} (a larger id wraps around: 4294967296 would run the server as root)")
         (lib.assertMsg (builtins.match "[a-z_][a-z0-9_-]*" user != null)
           "${where}.user is ${builtins.toJSON user}, not a valid user name; use lowercase letters, digits, _ and -, starting with a letter or _ (e.g. \"mlbuild\")")
+        # /etc/passwd names root (uid 0) first: a second root line made uid 1000 look like root.
+        (lib.assertMsg (user != "root" || uid == 0)
+          "${where}.user is \"root\" with uid ${toString uid}; root is uid 0's name in the image's /etc/passwd: name the user otherwise (e.g. \"mlbuild\"), or set uid = 0 to run as root")
         (lib.assertMsg (isInt maxLayers && maxLayers >= 3 && maxLayers <= 125)
           "${where}.maxLayers is ${builtins.toJSON maxLayers}; use 3..125 (docker refuses more than 125 layers)")
         (lib.assertMsg (builtins.isAttrs labels && builtins.all builtins.isString (builtins.attrValues labels))

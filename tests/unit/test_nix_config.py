@@ -121,6 +121,8 @@ def test_a_bad_key_or_value_is_an_error_naming_it(tmp_path: Path, edit: tuple[st
     ("uid = 4294967296", "[models.m.image].uid and .gid are 4294967296 and 1000; both must be at most 4294967294"),
     ("gid = 4294967295", "[models.m.image].uid and .gid are 1000 and 4294967295; both must be at most 4294967294"),
     ('user = "Root"', '[models.m.image].user is "Root", not a valid user name; use lowercase letters, digits, _ and -'),
+    # /etc/passwd had root twice (uid 0 and uid 1000): the server's uid 1000 looked like root
+    ('user = "root"', '[models.m.image].user is "root" with uid 1000; root is uid 0\'s name in the image\'s /etc/passwd'),
     ("maxLayers = 200", "[models.m.image].maxLayers is 200; use 3..125"),
     ('labels = { "mlbuild.model" = "x" }', '[models.m.image].labels: "mlbuild.model" is mlbuild\'s own'),
 ])
