@@ -52,8 +52,12 @@ in
       cmd = [ ];
       env = [ "HOME=/tmp" "TMPDIR=/tmp" "LANG=C.UTF-8" "PYTHONDONTWRITEBYTECODE=1" ];
       checks = [
-        (lib.assertMsg (builtins.match "[a-z0-9]+([._-]+[a-z0-9]+)*" imageName != null)
-          "mkImage: name ${builtins.toJSON name} is not a valid image name; use letters, digits and . _ - between them")
+        # Docker's grammar of a name's part: "_-", "___" or ".-" between two letters, or one at
+        # either end, is refused by podman load and docker load ("invalid reference format").
+        (lib.assertMsg (builtins.match "[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*" imageName != null)
+          ("${where}: name ${builtins.toJSON name} is not a valid image name (lowercase letters and digits, "
+           + "separated by one . or _, by __ or by dashes: podman and docker load no other)"
+           + (if where == "mkImage" then "" else "; the image takes the model's name: rename the model")))
         (lib.assertMsg (tag == null || builtins.match "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}" tag != null)
           "${where}.tag is ${builtins.toJSON tag}, not a valid image tag (letters, digits, _ . -; at most 128)")
         (lib.assertMsg (isInt port && port > 0 && port < 65536)

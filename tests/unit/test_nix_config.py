@@ -135,6 +135,20 @@ def test_image_options_are_named_by_their_table(tmp_path: Path, image: str, mess
     assert message in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("model", ["m_-x", "m___x", "m_"])
+def test_a_model_name_that_is_no_image_name_is_refused(tmp_path: Path, model: str) -> None:
+    """Its image was built, then podman load and docker load refused it: 'invalid reference format'."""
+    proc = evaluate(tmp_path, ("[models.m]\n", f'[models.{model}]\nscript = "m.py"\n\n[models.m]\n'),
+                    attr=f'"{model}".image.drvPath')
+    assert proc.returncode != 0
+    assert (f'[models.{model}.image]: name "{model}" is not a valid image name (lowercase letters and digits, '
+            "separated by one . or _, by __ or by dashes: podman and docker load no other); the image takes the "
+            "model's name: rename the model") in proc.stderr, proc.stderr
+    ok = evaluate(tmp_path / "ok", ("[models.m]\n", '[models.m__x--Y]\nscript = "m.py"\n\n[models.m]\n'),
+                  attr='"m__x--Y".image.name')
+    assert "is not a valid image name" not in ok.stderr, ok.stderr
+
+
 @pytest.mark.parametrize("value", ['"<= 0.3"', '">=0.5"', '" > 1e-3 "', "1", "0.25", '"< .5"'])
 def test_thresholds_in_every_documented_form_are_accepted(tmp_path: Path, value: str) -> None:
     proc = evaluate(tmp_path, ("accuracy = 0.9", f"accuracy = {value}"))
