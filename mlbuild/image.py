@@ -208,8 +208,12 @@ def destination(ref: str) -> str:
         if transport in _PATH_TRANSPORTS and not path.strip():
             raise ImageError(f"{ref!r} names no path; write {transport}/path/to/folder (e.g. {transport}/tmp/digits"
                              f"{':v1' if transport != 'dir:' else ''})")
+        if transport in _PATH_TRANSPORTS and path.startswith("~"):
+            # No shell expands ~ after oci:, and skopeo took it as a folder named ~ here (lstat .../~)
+            expanded = os.path.expanduser(path)
+            ref, path = transport + expanded + ref[len(transport) + len(path):], expanded
         # skopeo makes the folder or file it writes, not the folders above it ("lstat ...: no such file")
-        parent = Path(path).expanduser().absolute().parent
+        parent = Path(path).absolute().parent
         if transport in _PATH_TRANSPORTS and not parent.is_dir():
             raise ImageError(f"{ref!r}: the folder {parent} does not exist, and skopeo creates only the last part "
                              f"of the path; create it (`mkdir -p {parent}`) or push to a path in a folder that exists")

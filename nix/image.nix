@@ -32,6 +32,7 @@ let
   inherit (lib) toLower;
   isInt = n: builtins.isInt n;
   specVersion = 1;
+  maxId = 4294967294;   # the largest Linux uid/gid; 4294967295 is (uid_t) -1
   # The OCI labels mlbuild sets from the package (mlbuild/runtime/oci/config.py); the user's may not.
   ownOci = [ "org.opencontainers.image.title" "org.opencontainers.image.version" "org.opencontainers.image.created" ];
 in
@@ -51,16 +52,26 @@ in
       cmd = [ ];
       env = [ "HOME=/tmp" "TMPDIR=/tmp" "LANG=C.UTF-8" "PYTHONDONTWRITEBYTECODE=1" ];
       checks = [
-        (lib.assertMsg (builtins.match "[a-z0-9]+([._-]+[a-z0-9]+)*" imageName != null)
-          "mkImage: name ${builtins.toJSON name} is not a valid image name; use letters, digits and . _ - between them")
+        # Docker's grammar of a name's part: "_-", "___" or ".-" between two letters, or one at
+        # either end, is refused by podman load and docker load ("invalid reference format").
+        (lib.assertMsg (builtins.match "[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*" imageName != null)
+          ("${where}: name ${builtins.toJSON name} is not a valid image name (lowercase letters and digits, "
+           + "separated by one . or _, by __ or by dashes: podman and docker load no other)"
+           + (if where == "mkImage" then "" else "; the image takes the model's name: rename the model")))
         (lib.assertMsg (tag == null || builtins.match "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}" tag != null)
           "${where}.tag is ${builtins.toJSON tag}, not a valid image tag (letters, digits, _ . -; at most 128)")
         (lib.assertMsg (isInt port && port > 0 && port < 65536)
           "${where}.port is ${builtins.toJSON port}, not a TCP port; use a whole number in 1..65535")
         (lib.assertMsg (isInt uid && isInt gid && uid >= 0 && gid >= 0)
           "${where}.uid and .gid are ${builtins.toJSON uid} and ${builtins.toJSON gid}; both must be whole numbers >= 0 (no quotes)")
+        # The runtime keeps the low 32 bits: uid = 4294967296 ran the server as root (uid 0).
+        (lib.assertMsg (uid <= maxId && gid <= maxId)
+          "${where}.uid and .gid are ${toString uid} and ${toString gid}; both must be at most ${toString maxId} (a larger id wraps around: 4294967296 would run the server as root)")
         (lib.assertMsg (builtins.match "[a-z_][a-z0-9_-]*" user != null)
           "${where}.user is ${builtins.toJSON user}, not a valid user name; use lowercase letters, digits, _ and -, starting with a letter or _ (e.g. \"mlbuild\")")
+        # /etc/passwd names root (uid 0) first: a second root line made uid 1000 look like root.
+        (lib.assertMsg (user != "root" || uid == 0)
+          "${where}.user is \"root\" with uid ${toString uid}; root is uid 0's name in the image's /etc/passwd: name the user otherwise (e.g. \"mlbuild\"), or set uid = 0 to run as root")
         (lib.assertMsg (isInt maxLayers && maxLayers >= 3 && maxLayers <= 125)
           "${where}.maxLayers is ${builtins.toJSON maxLayers}; use 3..125 (docker refuses more than 125 layers)")
         (lib.assertMsg (builtins.isAttrs labels && builtins.all builtins.isString (builtins.attrValues labels))

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.unit.conftest_serve import ServerProcess
+from tests.unit.conftest_serve import REPO, ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -137,3 +141,44 @@ def test_a_request_cut_by_the_graceful_timeout_gets_a_json_503(slow_package: Pat
     assert server.proc.wait(30) == 0
     assert "Traceback" not in server.log() and "Exception in ASGI application" not in server.log(), server.log()
     server.stop()
+
+
+def test_sigterm_while_starting_stops_a_pid_1_server(digits_package: Path, tmp_path: Path) -> None:
+    """As a container's PID 1 (podman, docker, Kubernetes) the server did not see a SIGTERM sent
+    while it imported torch, its first second: the kernel sends PID 1 no signal it has no handler
+    for, so `podman stop` then waited 10 s and killed it (exit 137). Here it is PID 1 of a PID
+    namespace of its own, signalled once torch is being loaded."""
+    unshare = [shutil.which("unshare") or "unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child"]
+    try:
+        usable = subprocess.run([*unshare, "true"], capture_output=True).returncode == 0
+    except OSError:
+        usable = False
+    if not usable:
+        pytest.skip("no PID namespace here (unshare --user --pid)")
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*unshare, sys.executable, "-m", "mlbuild.runtime.serve", "--package",
+                                 str(digits_package), "--port", "0"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        server = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            pids = children.read_text().split() if children.exists() else []
+            if pids:
+                server = int(pids[0])
+                maps = Path(f"/proc/{server}/maps")
+                if "libtorch" in (maps.read_text() if maps.exists() else ""):
+                    break
+            time.sleep(0.005)
+        assert server, log.read_text()
+        os.kill(server, signal.SIGTERM)
+        try:
+            code = proc.wait(10)
+        except subprocess.TimeoutExpired:
+            code = None
+        assert code == 0, f"exit {code} (None: still running 10 s after SIGTERM):\n" + log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

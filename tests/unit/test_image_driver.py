@@ -81,6 +81,17 @@ def test_a_path_in_a_missing_folder_is_refused_naming_it(tmp_path: Path, transpo
     assert img.destination(f"{transport}{tmp_path / 'x'}") == f"{transport}{tmp_path / 'x'}"   # its folder exists
 
 
+@pytest.mark.parametrize("transport", ["oci:", "dir:", "oci-archive:", "docker-archive:"])
+def test_a_path_under_home_is_expanded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, transport: str) -> None:
+    """No shell expands ~ after oci:; the folder check did, then skopeo, after the build, failed
+    with `lstat <cwd>/~: no such file or directory`."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "images").mkdir()
+    assert img.destination(f"{transport}~/images/digits:v1") == f"{transport}{tmp_path}/images/digits:v1"
+    with pytest.raises(img.ImageError, match=f"the folder {tmp_path}/missing does not exist"):
+        img.destination(f"{transport}~/missing/digits")
+
+
 def test_no_tls_verify_reaches_skopeo_for_registries_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     skopeo = tmp_path / "skopeo"
     skopeo.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'args'}\n")

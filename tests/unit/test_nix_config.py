@@ -117,7 +117,12 @@ def test_a_bad_key_or_value_is_an_error_naming_it(tmp_path: Path, edit: tuple[st
 @pytest.mark.parametrize("image, message", [
     ("port = 0", "[models.m.image].port is 0, not a TCP port; use a whole number in 1..65535"),
     ('uid = "1000"', '[models.m.image].uid and .gid are "1000" and 1000; both must be whole numbers >= 0 (no quotes)'),
+    # the runtime kept the low 32 bits: the server ran as root (uid 0)
+    ("uid = 4294967296", "[models.m.image].uid and .gid are 4294967296 and 1000; both must be at most 4294967294"),
+    ("gid = 4294967295", "[models.m.image].uid and .gid are 1000 and 4294967295; both must be at most 4294967294"),
     ('user = "Root"', '[models.m.image].user is "Root", not a valid user name; use lowercase letters, digits, _ and -'),
+    # /etc/passwd had root twice (uid 0 and uid 1000): the server's uid 1000 looked like root
+    ('user = "root"', '[models.m.image].user is "root" with uid 1000; root is uid 0\'s name in the image\'s /etc/passwd'),
     ("maxLayers = 200", "[models.m.image].maxLayers is 200; use 3..125"),
     ('labels = { "mlbuild.model" = "x" }', '[models.m.image].labels: "mlbuild.model" is mlbuild\'s own'),
 ])
@@ -128,6 +133,20 @@ def test_image_options_are_named_by_their_table(tmp_path: Path, image: str, mess
                     attr="m.image.drvPath")
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("model", ["m_-x", "m___x", "m_"])
+def test_a_model_name_that_is_no_image_name_is_refused(tmp_path: Path, model: str) -> None:
+    """Its image was built, then podman load and docker load refused it: 'invalid reference format'."""
+    proc = evaluate(tmp_path, ("[models.m]\n", f'[models.{model}]\nscript = "m.py"\n\n[models.m]\n'),
+                    attr=f'"{model}".image.drvPath')
+    assert proc.returncode != 0
+    assert (f'[models.{model}.image]: name "{model}" is not a valid image name (lowercase letters and digits, '
+            "separated by one . or _, by __ or by dashes: podman and docker load no other); the image takes the "
+            "model's name: rename the model") in proc.stderr, proc.stderr
+    ok = evaluate(tmp_path / "ok", ("[models.m]\n", '[models.m__x--Y]\nscript = "m.py"\n\n[models.m]\n'),
+                  attr='"m__x--Y".image.name')
+    assert "is not a valid image name" not in ok.stderr, ok.stderr
 
 
 @pytest.mark.parametrize("value", ['"<= 0.3"', '">=0.5"', '" > 1e-3 "', "1", "0.25", '"< .5"'])

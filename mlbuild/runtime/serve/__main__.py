@@ -11,18 +11,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import threading
+from types import FrameType
 from typing import Any
 
 # Before torch loads OpenMP: idle intra-op threads sleep instead of spinning. Spinning threads
 # take the cores the event loop needs between forward passes (and collapse under contention).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .app import LOAD_THREAD  # noqa: E402
+# Only the light modules here: the server's (torch, ~1 s) are imported in main(), once a SIGTERM
+# can stop the process (see _stop_at_once).
 from .package import SETTING_LIMITS, ServeError  # noqa: E402
-from .model import env_threads  # noqa: E402
-from .server import serve  # noqa: E402
 
 __all__ = ["main", "build_parser"]
 
@@ -75,8 +76,36 @@ def build_parser(package: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _leave(code: int) -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _stop_at_once(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM or SIGINT before the server runs: nothing is bound or in flight, so exit now (0, as
+    a stop while the model loads does). Without a handler of its own the process did not stop at
+    all as a container's PID 1, which the kernel sends no signal whose action is the default one:
+    `podman stop` in the first second (importing torch) waited 10 s and killed it (exit 137)."""
+    _leave(0)
+
+
 def main(argv: list[str] | None = None, package: str | None = None) -> int:
+    early = {sig: signal.signal(sig, _stop_at_once) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _main(argv, package)
+    finally:
+        for sig, handler in early.items():
+            signal.signal(sig, handler)
+
+
+def _main(argv: list[str] | None, package: str | None) -> int:
     args = build_parser(package).parse_args(argv)
+    from .app import LOAD_THREAD
+    from .model import env_threads
+    from .server import serve
+
     overrides: dict[str, Any] = {k: v for k, v in (("max_batch_size", args.max_batch_size),
                                                    ("max_wait_ms", args.max_wait_ms),
                                                    ("max_body_bytes", args.max_body_bytes)) if v is not None}
@@ -94,10 +123,7 @@ def main(argv: list[str] | None = None, package: str | None = None) -> int:
         # Stopped before the model finished loading. Its thread may be inside torch, whose thread
         # pools the interpreter's exit tears down under it: the process died of SIGABRT
         # ("terminate called without an active exception"). Nothing of the load is kept: exit now.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        _leave(code)
     return code
 
 
