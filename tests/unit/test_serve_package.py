@@ -239,10 +239,10 @@ def test_default_threads(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv("MLBUILD_SERVE_THREADS", "3")
     assert default_threads() == 3
-    for bad in ("x", "0", "-2", "1.5"):
+    for bad in ("x", "0", "-2", "1.5", "99999"):
         monkeypatch.setenv("MLBUILD_SERVE_THREADS", bad)
         with pytest.raises(ServeError, match=rf"^MLBUILD_SERVE_THREADS='{re.escape(bad)}' is not a thread count: set "
-                                             r"it to a whole number >= 1 \(or unset it"):
+                                             r"it to a whole number in 1\.\.1024 \(or unset it"):
             default_threads()
     monkeypatch.delenv("MLBUILD_SERVE_THREADS")
     assert default_threads() >= 1
@@ -252,7 +252,8 @@ def test_default_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     (["--port", "abc"], "argument --port: 'abc' is not an integer in 0..65535"),
     (["--port", "65536"], "argument --port: '65536' is not an integer in 0..65535"),
     (["--port", "-1"], "argument --port: '-1' is not an integer in 0..65535"),
-    (["--threads", "0"], "argument --threads: '0' is not an integer >= 1"),
+    (["--threads", "0"], "argument --threads: '0' is not an integer in 1..1024"),
+    (["--threads", "99999"], "argument --threads: '99999' is not an integer in 1..1024"),
     (["--max-batch-size", "0"], "argument --max-batch-size: '0' is not an integer in 1..65536"),
     (["--max-wait-ms", "nan"], "argument --max-wait-ms: 'nan' is not a number in 0..10000"),
     (["--max-body-bytes", "10"], "argument --max-body-bytes: '10' is not an integer >= 1024"),

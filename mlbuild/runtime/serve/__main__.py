@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Only the light modules here: the server's (torch, ~1 s) are imported in main(), once a SIGTERM
 # can stop the process (see _stop_at_once).
-from .package import SETTING_LIMITS, ServeError  # noqa: E402
+from .package import MAX_THREADS, SETTING_LIMITS, ServeError  # noqa: E402
 
 __all__ = ["main", "build_parser"]
 
@@ -59,7 +59,7 @@ def build_parser(package: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--port", type=_number(int, 0, 65535), default=8080,
                    help="port to bind; 0 picks a free one (default: 8080)")
     p.add_argument("--port-file", help="write the bound port to this file once listening")
-    p.add_argument("--threads", type=_number(int, 1),
+    p.add_argument("--threads", type=_number(int, 1, MAX_THREADS),
                    help="torch intra-op threads (default: $MLBUILD_SERVE_THREADS, else the CPUs this process may "
                         "use, at most its cgroup CPU quota)")
     p.add_argument("--max-batch-size", type=_setting("max_batch_size"), help="override serve.json max_batch_size")

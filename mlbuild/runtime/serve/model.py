@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..hashing import sha256_file
-from .package import Package, PackageError, ServeError, TensorSpec
+from .package import MAX_THREADS, Package, PackageError, ServeError, TensorSpec
 from .protocol import ProtocolError
 
 __all__ = ["LoadedModel", "ModelError", "InputRefused", "load_model", "default_threads", "env_threads",
@@ -106,9 +106,9 @@ def env_threads() -> int | None:
         value = int(env)
     except ValueError:
         value = 0
-    if value < 1:
-        raise ServeError(f"MLBUILD_SERVE_THREADS={env!r} is not a thread count: set it to a whole number >= 1 "
-                         "(or unset it: the CPUs this process may use), or pass --threads N")
+    if not 1 <= value <= MAX_THREADS:
+        raise ServeError(f"MLBUILD_SERVE_THREADS={env!r} is not a thread count: set it to a whole number in "
+                         f"1..{MAX_THREADS} (or unset it: the CPUs this process may use), or pass --threads N")
     return value
 
 

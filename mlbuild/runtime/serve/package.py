@@ -55,6 +55,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _SETTINGS_DEFAULTS: dict[str, float] = {"max_batch_size": 32, "max_wait_ms": 2.0, "max_body_bytes": 8 << 20}
 # Each setting's kind and bounds (None: unbounded), shared with the server's command line.
+# The most torch intra-op threads a server takes (--threads, $MLBUILD_SERVE_THREADS): 99999 passed,
+# and under a container's nproc limit (podman's 16384) the first forward pass segfaulted.
+MAX_THREADS = 1024
 SETTING_LIMITS: dict[str, tuple[type, float, float | None]] = {
     "max_batch_size": (int, 1, 65536), "max_wait_ms": (float, 0, 10_000), "max_body_bytes": (int, 1024, None)}
 
