@@ -70,20 +70,17 @@ class VerifyReport:
         """Problems only an untrusted signing key causes: entries signed, but by no trusted key,
         and entries incomplete only because of those. Trusting the key fixes them all."""
         found = [p for p in self.problems if p.kind == "unsigned" and p.signers]
-        paths = {p.store_path for p in found}
-        grew = True
-        while grew:
-            more = [p for p in self.by_kind("incomplete") if p not in found and set(p.lost) <= paths]
-            found += more
-            paths |= {p.store_path for p in more}
-            grew = bool(more)
-        return [p for p in self.problems if p in found]
+        return self._with_incomplete(found, {p.store_path for p in found})
 
     def unreferenced(self) -> list[Problem]:
         """Entries incomplete only because paths they reference have no entry at all (removed by
         hand, never pushed): sound themselves, whole again once those paths are pushed."""
-        found: list[Problem] = []
-        paths = set(self.absent)
+        return self._with_incomplete([], set(self.absent))
+
+    def _with_incomplete(self, found: list[Problem], paths: set[str]) -> list[Problem]:
+        """``found`` and every entry incomplete only for lack of ``paths`` or of those entries'
+        paths, in turn (a package referencing a model referencing a missing path), in report order."""
+        found, paths = list(found), set(paths)
         grew = True
         while grew:
             more = [p for p in self.by_kind("incomplete") if p not in found and set(p.lost) <= paths]
