@@ -85,7 +85,8 @@ def _kept_sections(project: Project) -> dict[str, Any]:
             except (ValueError, UnicodeDecodeError):
                 raw = None
             if not isinstance(raw, dict) or not isinstance(raw.get("datasets", {}), dict):
-                raise LockError(f"{e}. mlbuild lock keeps the lock's dataset pins (from `data add`), so it will not "
+                why = str(e).split("; restore it from git", 1)[0]   # the fix is said once, below
+                raise LockError(f"{why}. mlbuild lock keeps the lock's dataset pins (from `data add`), so it will not "
                                 f"write over a lock it cannot read: restore it from git (`git checkout -- {LOCK_NAME}`), "
                                 "or delete it to lock afresh and run `mlbuild data add` for each dataset again") from None
             old = {"datasets": raw["datasets"]} if "datasets" in raw else {}

@@ -146,8 +146,9 @@ def test_lock_will_not_write_over_a_lock_it_cannot_read(tree, monkeypatch: pytes
     root = tree({"mlbuild.toml": GOOD})
     (root / "mlbuild.lock").write_bytes(text.encode(errors="surrogateescape"))   # "\udcff": a byte 0xff, not UTF-8
     monkeypatch.setattr(toolchain, "probe", lambda spec: pytest.fail("refused before resolving"))
-    with pytest.raises(LockError, match=r"will not write over a lock it cannot read: restore it from git"):
+    with pytest.raises(LockError, match=r"will not write over a lock it cannot read: restore it from git") as e:
         toolchain.lock_project(load_project(root))
+    assert str(e.value).count("restore it from git") == 1, e.value   # the fix, said once
     assert (root / "mlbuild.lock").read_bytes() == text.encode(errors="surrogateescape")
 
 
