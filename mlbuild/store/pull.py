@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 from .. import _nix
@@ -98,14 +99,19 @@ def _check_nar_sizes(layout: Layout, closure: dict[str, NarInfo], paths: set[str
     """StoreCorruptError, before anything is copied, naming the entries whose NAR file is missing
     or not of its narinfo's size (a NAR cut short by a crash, removed by hand): Nix said only
     "Failed to open archive (Truncated zstd input)", naming neither the NAR nor the fix."""
-    bad = [(p, why) for p in sorted(paths)
-           if (why := check_nar(layout.nar(closure[p].url), closure[p], contents=False)) is not None]
-    denied = []
+    bad: list[tuple[str, str]] = []
+    denied: list[Path] = []
     for p in sorted(paths):
+        nar = layout.nar(closure[p].url)
+        why = check_nar(nar, closure[p], contents=False)
+        if why is not None:
+            bad.append((p, why))
+        if why == "missing":
+            continue
         try:
-            layout.nar(closure[p].url).open("rb").close()
+            nar.open("rb").close()
         except PermissionError:   # Nix said only "error: coroutine has finished"
-            denied.append(layout.nar(closure[p].url))
+            denied.append(nar)
         except OSError:
             pass
     if denied:
