@@ -248,3 +248,13 @@ def test_a_python_that_is_not_a_python_is_refused(tmp_path: Path) -> None:
     """`--python ls` was written into mlbuild.toml; `mlbuild lock` then printed its probe script."""
     with pytest.raises(InitError, match=r"--python ls \(/\S+/ls\) is not a CPython interpreter that runs here"):
         init_project(tmp_path / "p", python="ls")
+
+
+def test_init_refuses_the_model_names_nix_refuses() -> None:
+    """init names the model like the project; nix/project.nix refuses its reserved model names.
+    The two lists are written apart (Python, Nix): they must stay the same."""
+    from mlbuild.init import RESERVED
+
+    nix = (Path(__file__).parents[2] / "nix" / "project.nix").read_text()
+    m = re.search(r"^ +reserved = \[([^\]]*)\];", nix, re.M)
+    assert m and tuple(json.loads(f"[{m.group(1).strip().replace(' ', ', ')}]")) == RESERVED
