@@ -58,15 +58,16 @@ MODEL_STAGES = ("model", "package", "validation", "release", "image", "monitor",
 _TOP = ("toolchain", "interpreter", "datasets", "notebooks", "models")
 
 
-def check_model(project: Project, model: str) -> None:
-    """Refuse a model name mlbuild.toml does not declare, listing the ones it does."""
+def check_model(project: Project, model: str, *, passes_options: str | None = None) -> None:
+    """Refuse a model name mlbuild.toml does not declare, listing the ones it does.
+    ``passes_options``: the command (``serve``) that passes unknown options on, so that one given
+    before the model took its place."""
     models = sorted((project.raw.get("models") or {}).keys())
     if model not in models:
         head, dot, _ = model.partition(".")
         first = models[0] if len(models) == 1 else "MODEL"
-        # `mlbuild serve --port 8080 digits`: serve passes unknown options on, so one came here
-        fix = (f"it is an option: give the model first, then the server's options (mlbuild serve {first} "
-               f"{model} ...)" if model.startswith("-")
+        fix = (f"it is an option: give the model first, then the server's options (mlbuild {passes_options} "
+               f"{first} {model} ...)" if passes_options and model.startswith("-")
                else f"give the model's name ({head}), not MODEL.STAGE" if dot and head in models
                else f"declare [models.{model}] in {project.config_path}" if model and not dot
                else "give one of those names")

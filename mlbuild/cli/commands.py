@@ -235,7 +235,7 @@ def serve(ctx: click.Context, model: str, allow_dirty: bool, no_validate: bool) 
     import os
 
     project = load(ctx)
-    b.check_model(project, model)
+    b.check_model(project, model, passes_options="serve")   # `serve --port 8080 digits`: '--port' came here
     gated = b.validation_table(project, model) is not None
     summary = b.build_targets(project, [model], allow_dirty=allow_dirty, on_progress=_Bar())
     if gated and not no_validate:
