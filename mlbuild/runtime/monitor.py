@@ -26,7 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 __all__ = ["shown", "WEBHOOK_ENV", "main", "Monitor"]
 
@@ -109,10 +109,30 @@ def _http(method: str, url: str, body: Any = None, timeout: float = 30.0) -> Any
         raise OSError(f"{method} {url}: the answer is not JSON: {_said(raw)}") from None
 
 
+def _registry() -> Any:
+    """A Prometheus registry whose scrapes wait while a run updates its gauges (``updating``): a
+    run clears the last run's series before setting its own, and a scrape between the two saw no
+    ``threshold_ok`` at all, which resets the pending time of any alert with a ``for:``."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
+
+    class Registry(CollectorRegistry):
+        def __init__(self) -> None:
+            super().__init__()
+            self.updating = threading.Lock()
+
+        def collect(self) -> Iterator[Metric]:
+            with self.updating:
+                families = list(super().collect())
+            yield from families
+
+    return Registry()
+
+
 class Monitor:
     def __init__(self, spec: dict[str, Any], url: str, webhook: str | None, batch: int = 256,
                  timeout: float = 30.0, once: bool = False) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge
+        from prometheus_client import Counter, Gauge
 
         from .prepare import load_module
 
@@ -131,7 +151,7 @@ class Monitor:
             self.x, self.y = suite.load(Path(spec["dataset"]))
         self.thresholds: dict[str, Any] = spec["thresholds"]
         self.suite_version: str = spec["suite_version"]
-        self.registry = CollectorRegistry()
+        self.registry = _registry()
         labels = ["model", "model_hash", "suite_version", "metric"]
         self.metric = Gauge("mlbuild_monitor_metric", "Validation-suite metric computed against the live server.",
                             labels, registry=self.registry)
@@ -231,18 +251,18 @@ class Monitor:
         # http.client's errors for a reply it cannot parse are not all OSErrors (_http turns them
         # into OSErrors naming the request; this is the net under it)
         except (OSError, http.client.HTTPException, KeyError, ValueError) as e:
-            self.runs.labels(self.name, "error").inc()
-            self.reachable.labels(self.name).set(0)
-            # The last run's metrics say nothing about a server that does not answer: drop them
-            # (a threshold_ok of 1 would read as healthy) until a run succeeds again.
-            self.metric.clear()
-            self.ok.clear()
-            self.alerting.labels(self.name).set(0)
+            with self.registry.updating:
+                self.runs.labels(self.name, "error").inc()
+                self.reachable.labels(self.name).set(0)
+                # The last run's metrics say nothing about a server that does not answer: drop them
+                # (a threshold_ok of 1 would read as healthy) until a run succeeds again.
+                self.metric.clear()
+                self.ok.clear()
+                self.alerting.labels(self.name).set(0)
             log.error("monitor: %s unreachable or answered wrongly: %s", self.url, e)
             self._transition("unreachable", {"model": self.name, "status": "unreachable", "url": self.url,
                                              "error": str(e)})
             return {"error": str(e)}
-        self.reachable.labels(self.name).set(1)
         checks = check_thresholds(report["metrics"], self.thresholds)
         expected = self.spec.get("model_hash")
         if expected and live["hash"] != expected and live["hash"] != self._told:
@@ -251,18 +271,20 @@ class Monitor:
                         "(deploy this build, or run the monitor of the commit that built the served one)",
                         self.url, live["hash"][:16], expected[:16])
         base = [self.name, live["hash"], self.suite_version]
-        self.metric.clear()
-        self.ok.clear()
-        for k, v in report["metrics"].items():
-            self.metric.labels(*base, k).set(v)
-        for c in checks:
-            self.ok.labels(*base, c["metric"]).set(1 if c["ok"] else 0)
-            self.threshold.labels(self.name, c["metric"], c["op"]).set(c["threshold"])
         failed = [c for c in checks if not c["ok"]]
-        self.alerting.labels(self.name).set(1 if failed else 0)
-        self.runs.labels(self.name, "ok").inc()
-        self.last.labels(self.name).set(time.time())
-        self.samples.labels(self.name).set(len(self.y))
+        with self.registry.updating:   # a scrape sees the last run's series or this one's, never none
+            self.reachable.labels(self.name).set(1)
+            self.metric.clear()
+            self.ok.clear()
+            for k, v in report["metrics"].items():
+                self.metric.labels(*base, k).set(v)
+            for c in checks:
+                self.ok.labels(*base, c["metric"]).set(1 if c["ok"] else 0)
+                self.threshold.labels(self.name, c["metric"], c["op"]).set(c["threshold"])
+            self.alerting.labels(self.name).set(1 if failed else 0)
+            self.runs.labels(self.name, "ok").inc()
+            self.last.labels(self.name).set(time.time())
+            self.samples.labels(self.name).set(len(self.y))
         # what a receiver needs to act: which server, which model (and whether it is this build's)
         payload = {"model": self.name, "url": self.url, "model_hash": live["hash"],
                    **({"expected_model_hash": expected} if expected and expected != live["hash"] else {}),

@@ -176,3 +176,34 @@ def test_the_monitor_sends_fewer_rows_a_request_to_a_server_that_refuses_its_siz
         assert whole.run_once()["metrics"] == first["metrics"]
     finally:
         server.stop()
+
+
+def test_a_scrape_during_a_run_s_update_sees_a_whole_run(tmp_path: Path) -> None:
+    """A run clears the last run's series, then sets its own: a scrape landing between the two
+    saw no threshold_ok at all, which restarts the pending time of an alert with a `for:`."""
+    import threading
+
+    from prometheus_client import generate_latest
+
+    pkg = build_package(tmp_path / "pkg")
+    server = ServerProcess(pkg, tmp_path / "server").ready()
+    try:
+        mon = Monitor(spec(tmp_path / "m", pkg), f"http://{server.url}", None)
+        assert "error" not in mon.run_once()
+        scraped: list[str] = []
+        scrape = threading.Thread(target=lambda: scraped.append(generate_latest(mon.registry).decode()))
+        clear = mon.ok.clear
+
+        def scrape_in_the_gap() -> None:
+            clear()
+            scrape.start()
+            scrape.join(0.5)   # it waits for the run's update (without the wait: done, and empty)
+            assert scrape.is_alive()
+
+        mon.ok.clear = scrape_in_the_gap   # type: ignore[method-assign]
+        assert "error" not in mon.run_once()
+        scrape.join(10)
+        for series in ("mlbuild_monitor_threshold_ok{", "mlbuild_monitor_metric{"):
+            assert [s for s in scraped[0].splitlines() if s.startswith(series) and 'metric="accuracy"' in s], scraped
+    finally:
+        server.stop()
