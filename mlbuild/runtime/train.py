@@ -152,6 +152,10 @@ class Context:
             if not isinstance(labels, (list, tuple)) or not labels or not all(isinstance(x, str) for x in labels):
                 raise SystemExit(f"mlbuild: {call}: labels must be a list of class names (strings), got {labels!r:.200}")
             labels = list(labels)
+            twice = sorted({x for x in labels if labels.count(x) > 1})
+            if twice:   # a name feedback, the v1 "class" and the suite's targets could not tell apart
+                raise SystemExit(f"mlbuild: {call}: labels names {', '.join(map(repr, twice[:5]))} for more than one "
+                                 f"class; give each class its own name")
         inputs = [{"name": input_name, "datatype": datatype, "shape": [-1, *input_shape]}]
         if task == "classification":
             n = len(labels) if labels else None

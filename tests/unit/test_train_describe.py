@@ -32,6 +32,8 @@ def ctx(tmp_path: Path) -> Context:
                                    "has one input tensor; join the inputs into one row (e.g. input_shape=[67]"),
     ({"input_shape": [8, 8], "input_name": ["image", "meta"]}, "input_name=['image', 'meta'] describes several inputs"),
     ({"input_shape": [8], "datatype": ("FP32", "INT64")}, "datatype=('FP32', 'INT64') describes several inputs"),
+    # feedback by name, the v1 "class" and a suite's named targets took the first of the two
+    ({"input_shape": [4], "labels": ["cat", "dog", "cat"]}, "labels names 'cat' for more than one class; give each"),
 ])
 def test_bad_descriptions_are_refused_with_the_fix(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(SystemExit) as e:
