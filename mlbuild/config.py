@@ -7,6 +7,7 @@ its meaning, so every default lives in one place per side and is documented in t
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import json
 import os
@@ -20,7 +21,7 @@ from . import atomic
 from .errors import ConfigError
 
 __all__ = ["Project", "PythonConfig", "load_project", "find_project_root", "state_dir", "project_lock",
-           "config_text", "CONFIG_NAME", "LOCK_NAME"]
+           "config_text", "find_date", "CONFIG_NAME", "LOCK_NAME"]
 
 CONFIG_NAME = "mlbuild.toml"
 LOCK_NAME = "mlbuild.lock"
@@ -118,6 +119,45 @@ def _check_keys(path: Path, where: str, table: dict[str, Any]) -> None:
                           f"{', '.join(json.dumps(k) for k in unknown)}; it takes {names} (see the README)")
 
 
+def _render(keys: list[str | int]) -> str:
+    out = ""
+    for k in keys:
+        out += f"[{k}]" if isinstance(k, int) else f"{'.' if out else ''}{k}"
+    return out
+
+
+def _toml_key(keys: list[str | int]) -> str:
+    """``["models", "reg", "params", "when"]`` -> ``[models.reg.params].when`` (an array's index as ``[0]``)."""
+    ints = [i for i, k in enumerate(keys) if isinstance(k, int)]
+    last = ints[0] - 1 if ints else len(keys) - 1   # the key holding the array, or the value's own
+    table, tail = _render(keys[:last]), _render(keys[last:])
+    return f"[{table}].{tail}" if table else tail
+
+
+def find_date(value: Any, keys: list[str | int]) -> tuple[list[str | int], Any] | None:
+    """The first TOML date, time or date-time in ``value`` (a table, array or scalar) and its keys."""
+    if isinstance(value, (datetime.date, datetime.time)):   # datetime.datetime is a date
+        return keys, value
+    items: list[tuple[str | int, Any]] = (list(value.items()) if isinstance(value, dict)
+                                          else list(enumerate(value)) if isinstance(value, list) else [])
+    for k, v in items:
+        found = find_date(v, [*keys, k])
+        if found is not None:
+            return found
+    return None
+
+
+def _check_no_dates(path: Path, raw: dict[str, Any]) -> None:
+    """Nix's ``builtins.fromTOML`` cannot read TOML dates and times ("Dates and times are not
+    supported", naming no key, at the first build; Nix 2.8 and newer without an experimental
+    feature), so a ``when = 1979-05-27`` in params passed lock and data add, then no build could run."""
+    found = find_date(raw, [])
+    if found is not None:
+        keys, value = found
+        raise ConfigError(f"{path}: {_toml_key(keys)} is a TOML date or time ({value.isoformat()}), which Nix's "
+                          f'fromTOML cannot read; write it as a string: "{value.isoformat()}"')
+
+
 def config_text(path: Path) -> str:
     """mlbuild.toml's text. A byte order mark (as Windows editors write) is not TOML's, but Nix's
     fromTOML skips it, and so does this; a file that is not UTF-8 is named."""
@@ -138,6 +178,7 @@ def load_project(root: Path | None = None) -> Project:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     _check_keys(path, "mlbuild.toml", raw)
+    _check_no_dates(path, raw)
     proj = raw.get("project")
     if not isinstance(proj, dict) or "name" not in proj:
         other = sorted(proj) if isinstance(proj, dict) else []

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from . import atomic, git
 from .build import Progress, Summary, build_targets, check_model, validation_table
-from .config import STATE_NAME, Project, state_dir
+from .config import STATE_NAME, Project, find_date, state_dir
 from .errors import ConfigError
 from .metrics import heldout
 
@@ -65,6 +65,9 @@ def _value(key: str, text: str) -> Any:
             return all(finite(x) for x in v)
         return all(finite(x) for x in v.values()) if isinstance(v, dict) else True
 
+    if find_date(value, []) is not None:   # json.dumps of it was a TypeError traceback
+        raise ConfigError(f"--set {key}={text}: a TOML date or time is not a parameter value Nix can read; "
+                          f"quote it for the text: --set '{key}=\"{text}\"'")
     if not finite(value):
         raise ConfigError(f"--set {key}={text}: NaN and infinity are not parameter values; give a finite number "
                           f"(or quote it, --set '{key}=\"{text}\"', for the text)")

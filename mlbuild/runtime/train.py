@@ -124,6 +124,13 @@ class Context:
         if task not in TASKS:
             raise SystemExit(f"mlbuild: {call}: task {task!r} is not one mlbuild knows; use "
                              f"{' or '.join(repr(t) for t in TASKS)}")
+        several = [(k, v) for k, v in (("input_shape", input_shape), ("input_name", input_name), ("datatype", datatype))
+                   if isinstance(v, (list, tuple)) and (k != "input_shape" or any(isinstance(d, (list, tuple)) for d in v))]
+        if several:   # the generic messages below said "must be a string", not that this is unsupported
+            k, v = several[0]
+            raise SystemExit(f"mlbuild: {call}: {k}={v!r} describes several inputs, but a model served by mlbuild has "
+                             f"one input tensor; join the inputs into one row (e.g. input_shape=[67] for [64] and [3]) "
+                             f"and split it in the model's forward or preprocess")
         if (not isinstance(input_shape, (list, tuple)) or not input_shape
                 or not all(isinstance(d, int) and not isinstance(d, bool) and (d > 0 or d == -1) for d in input_shape)):
             raise SystemExit(f"mlbuild: {call}: input_shape must be a list of positive ints (or -1 for any size), "
@@ -145,6 +152,10 @@ class Context:
             if not isinstance(labels, (list, tuple)) or not labels or not all(isinstance(x, str) for x in labels):
                 raise SystemExit(f"mlbuild: {call}: labels must be a list of class names (strings), got {labels!r:.200}")
             labels = list(labels)
+            twice = sorted({x for x in labels if labels.count(x) > 1})
+            if twice:   # a name feedback, the v1 "class" and the suite's targets could not tell apart
+                raise SystemExit(f"mlbuild: {call}: labels names {', '.join(map(repr, twice[:5]))} for more than one "
+                                 f"class; give each class its own name")
         inputs = [{"name": input_name, "datatype": datatype, "shape": [-1, *input_shape]}]
         if task == "classification":
             n = len(labels) if labels else None

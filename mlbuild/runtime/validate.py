@@ -31,7 +31,40 @@ from typing import Any
 from .hashing import dataset_hash, tree_digest, tree_hashes
 from .spec import load_spec
 
-__all__ = ["main", "gate_main", "compute_metrics", "check_finite", "check_thresholds", "format_checks"]
+__all__ = ["main", "gate_main", "compute_metrics", "class_targets", "check_finite", "check_thresholds", "format_checks"]
+
+
+def class_targets(y: Any, labels: list[str] | None, classes: int | None = None) -> Any:
+    """A classifier's true targets as class indices 0..K-1, as the model's ``label`` output gives
+    them: class names (``labels``, as feedback takes them) become their indices. ValueError, naming
+    the value, for a name or index the model does not have (scikit-learn raised "Mix of label input
+    types" for names; an index off by one scored a silent 0)."""
+    import numpy as np
+
+    a = np.asarray(y)
+    k = len(labels) if labels else classes
+    indices = f"class indices 0..{k - 1}" if k else "class indices 0..K-1"
+    values = a.ravel().tolist()
+    if a.dtype.kind in "US" or (a.dtype.kind == "O" and values and all(isinstance(v, str) for v in values)):
+        if not labels:
+            raise ValueError(f"target {values[0]!r}, a class name, but the model declares none "
+                             f"(ctx.describe(labels=[...]) in training); give {indices}")
+        index = {name: i for i, name in reversed(list(enumerate(labels)))}
+        bad = [v for v in values if v not in index]
+        if bad:
+            shown = ", ".join(map(repr, labels[:10])) + (", ..." if len(labels) > 10 else "")
+            raise ValueError(f"target {bad[0]!r}, which is not one of the model's classes ({shown}); give "
+                             f"{indices} or the class names ctx.describe(labels=...) declared")
+        return np.array([index[v] for v in values], dtype=np.int64).reshape(a.shape)
+    if a.dtype.kind == "f" and a.size:
+        whole = np.isfinite(a) & (a == np.round(a))
+        if not whole.all():
+            raise ValueError(f"target {float(a[~whole].ravel()[0])!r}, which is not a class index; give {indices}")
+        a = a.astype(np.int64)
+    if a.dtype.kind in "iu" and k and a.size and (a.min() < 0 or a.max() >= k):
+        raise ValueError(f"target {int(a.min() if a.min() < 0 else a.max())}, which is not one of the model's {k} "
+                         f"classes; give {indices} (numbered from 0) or the class names")
+    return a
 
 
 def compute_metrics(task: str, y_true: Any, y_pred: Any, proba: Any = None,
@@ -45,6 +78,7 @@ def compute_metrics(task: str, y_true: Any, y_pred: Any, proba: Any = None,
         return {"metrics": {"mae": float(m.mean_absolute_error(y_true, y_pred)),
                             "rmse": float(np.sqrt(m.mean_squared_error(y_true, y_pred))),
                             "r2": float(m.r2_score(y_true, y_pred))}}
+    y_true = class_targets(y_true, labels)
     classes = list(range(len(labels))) if labels else sorted(set(np.asarray(y_true).tolist()))
     names = labels or [str(c) for c in classes]
     out: dict[str, Any] = {"metrics": {"accuracy": float(m.accuracy_score(y_true, y_pred))}}
@@ -80,6 +114,12 @@ def main() -> None:
     outputs: dict[str, list[Any]] = {}
     try:   # the server's own loading and inference: what fails here would fail the server too
         pkg = load_package(spec["package"])
+        if pkg.task == "classification":
+            width = pkg.outputs[0].shape[-1] if pkg.outputs and len(pkg.outputs[0].shape) == 2 else -1
+            try:
+                y = class_targets(y, list(pkg.labels) if pkg.labels else None, width if width > 0 else None)
+            except ValueError as e:
+                raise SystemExit(f"mlbuild: validation of {spec['name']}: load() in {spec['script']} gives {e}") from None
         rows = served_rows(x, pkg.input, f"mlbuild: validation of {spec['name']}", spec["script"])
         model = load_model(pkg, threads=1)
         for i in range(0, len(rows), 256):

@@ -122,3 +122,11 @@ def test_digits_beyond_64_bits_are_text_or_a_float_where_the_param_is() -> None:
     # refused as integers beyond 64 bits: a string param keeps the digits, a number param a float
     got = overrides("name=99999999999999999999", "lr=100000000000000000000")
     assert got == {"name": "99999999999999999999", "lr": 1e20} and type(got["lr"]) is float
+
+
+@pytest.mark.parametrize("item", ["when=1979-05-27", "when=07:32:00", "when=[1979-05-27T07:32:00Z]"])
+def test_a_toml_date_is_refused(item: str) -> None:
+    # TOML reads it as a datetime, which json.dumps could not write: a TypeError traceback
+    with pytest.raises(ConfigError, match=r"a TOML date or time is not a parameter value Nix can read; quote it"):
+        parse_sets([item])
+    assert parse_sets(['when="1979-05-27"']) == {"when": "1979-05-27"}

@@ -27,6 +27,13 @@ def ctx(tmp_path: Path) -> Context:
     ({"input_shape": [6], "datatype": "BYTES"}, "(tensors of numbers and booleans; BYTES, strings, is not); use one of"),
     ({"input_shape": [6], "datatype": "float32"}, "use one of BOOL, UINT8"),
     ({"input_shape": [6], "input_name": ""}, "input_name must be a non-empty string"),
+    # two inputs: "input_shape must be a list of positive ints", not that mlbuild serves one input
+    ({"input_shape": [[64], [3]]}, "input_shape=[[64], [3]] describes several inputs, but a model served by mlbuild "
+                                   "has one input tensor; join the inputs into one row (e.g. input_shape=[67]"),
+    ({"input_shape": [8, 8], "input_name": ["image", "meta"]}, "input_name=['image', 'meta'] describes several inputs"),
+    ({"input_shape": [8], "datatype": ("FP32", "INT64")}, "datatype=('FP32', 'INT64') describes several inputs"),
+    # feedback by name, the v1 "class" and a suite's named targets took the first of the two
+    ({"input_shape": [4], "labels": ["cat", "dog", "cat"]}, "labels names 'cat' for more than one class; give each"),
 ])
 def test_bad_descriptions_are_refused_with_the_fix(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(SystemExit) as e:

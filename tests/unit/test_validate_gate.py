@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from mlbuild.runtime.validate import (_example_threshold, check_thresholds, compute_metrics, format_checks, gate_main,
+from mlbuild.runtime.validate import (_example_threshold, check_thresholds, class_targets, compute_metrics, format_checks, gate_main,
                                       parse_threshold)
 
 
@@ -24,6 +25,34 @@ def test_binary_metrics_match_sklearn() -> None:
     assert r["metrics"]["recall_macro"] == skm.recall_score(y, pred, average="macro")
     assert r["per_class"]["pos"]["support"] == int((y == 1).sum())
     assert r["confusion_matrix"] == skm.confusion_matrix(y, pred).tolist()
+
+
+LABELS = ["horizontal bar", "vertical bar", "diagonal ✓"]
+
+
+def test_a_suite_may_give_class_names_as_feedback_may() -> None:
+    # scikit-learn raised "Mix of label input types (string and number)", a traceback in the build
+    names = np.array(["diagonal ✓", "horizontal bar", "vertical bar", "diagonal ✓"])
+    r = compute_metrics("classification", names, np.array([2, 0, 1, 1]), None, LABELS)
+    assert r["metrics"]["accuracy"] == 0.75 and r["per_class"]["diagonal ✓"]["support"] == 2
+    assert class_targets(np.array([0.0, 2.0]), LABELS).tolist() == [0, 2]
+
+
+@pytest.mark.parametrize(("targets", "labels", "classes", "message"), [
+    # numbered from 1: scored a silent accuracy of 0 (or worse, a plausible one for many classes)
+    ([1, 2, 3], LABELS, None, "target 3, which is not one of the model's 3 classes; give class indices 0..2 "
+                              "(numbered from 0) or the class names"),
+    ([0, -1], None, 3, "target -1, which is not one of the model's 3 classes; give class indices 0..2"),
+    (["diagonal"], LABELS, None, "target 'diagonal', which is not one of the model's classes ('horizontal bar', "
+                                 "'vertical bar', 'diagonal ✓'); give class indices 0..2 or the class names"),
+    (["a"], None, None, "target 'a', a class name, but the model declares none (ctx.describe(labels=[...]) in "
+                        "training); give class indices 0..K-1"),
+    ([0.0, 1.5], LABELS, None, "target 1.5, which is not a class index; give class indices 0..2"),
+])
+def test_targets_the_model_cannot_have_are_named(targets: list, labels: list | None, classes: int | None,
+                                                 message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        class_targets(np.array(targets), labels, classes)
 
 
 def test_regression_metrics() -> None:
