@@ -19,7 +19,7 @@ rec {
     let
       v = model.validation or (throw ("mlbuild: [models.${name}.validation] is not declared in mlbuild.toml; declare it: "
         + "suite = \"validate.py\" (defines load(data) -> (inputs, targets)), dataset = \"<the held-out dataset>\", "
-        + "thresholds = { accuracy = 0.9 } (see the README's Validation section)"));
+        + "thresholds = { accuracy = 0.9 } (a regression model: { mae = \"<= 0.5\" }; see the README's Validation section)"));
       get = lib.field "[models.${name}.validation]" v;
       script = get "suite" "string" (throw "mlbuild: [models.${name}.validation] needs suite = \"validate.py\"");
       dataset = get "dataset" "string" (throw "mlbuild: [models.${name}.validation] needs dataset = \"<held-out dataset>\"");
