@@ -189,3 +189,42 @@ def test_the_driver_takes_the_keys_nix_takes() -> None:
     for where, key in (("mlbuild.toml", "top"), ("[project]", "project"), ("[python]", "python")):
         m = re.search(rf"^ +{key} = \[([^\]]*)\];", nix, re.M)
         assert m and tuple(json.loads(f"[{m.group(1).strip().replace(' ', ', ')}]")) == _KEYS[where]
+
+
+_CONFLICTED_LOCK = """{
+  "datasets": {
+    "raw": {
+<<<<<<< HEAD
+      "sha256": "1111111111111111111111111111111111111111111111111111111111111111"
+=======
+      "sha256": "2222222222222222222222222222222222222222222222222222222222222222"
+>>>>>>> feature
+    }
+  }
+}
+"""
+
+
+def test_a_half_merged_config_names_the_conflict(tree) -> None:
+    """A merge that conflicted in mlbuild.toml was reported as a bare TOML syntax error."""
+    text = GOOD + '<<<<<<< HEAD\n[datasets.a]\npath = "a"\n=======\n[datasets.b]\npath = "b"\n>>>>>>> feature\n'
+    with pytest.raises(ConfigError, match=r"merge left it half-resolved \(conflict marker '<<<<<<< HEAD' at line 6\)"
+                                          r".*delete the marker lines, then `git add mlbuild.toml`"):
+        load_project(tree({"mlbuild.toml": text}))
+
+
+def test_a_half_merged_lock_names_the_conflict_and_how_to_resolve_it(tree, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It said `git checkout -- mlbuild.lock`, which git refuses for an unmerged file (and which
+    would drop both sides' pins); `mlbuild lock` said the same."""
+    from mlbuild import toolchain
+
+    root = tree({"mlbuild.toml": GOOD, "mlbuild.lock": _CONFLICTED_LOCK})
+    with pytest.raises(LockError, match=r"conflict marker '<<<<<<< HEAD' at line 4\); take one side "
+                                        r"\(`git checkout --ours -- mlbuild.lock`, or `--theirs`\)") as e:
+        read_lock(root / "mlbuild.lock")
+    assert "git checkout -- mlbuild.lock" not in str(e.value)
+    monkeypatch.setattr(toolchain, "probe", lambda spec: pytest.fail("refused before resolving"))
+    with pytest.raises(LockError, match="half-resolved") as e:
+        toolchain.lock_project(load_project(root))
+    assert "restore it from git" not in str(e.value)
+    assert (root / "mlbuild.lock").read_text() == _CONFLICTED_LOCK
