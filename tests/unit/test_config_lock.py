@@ -228,3 +228,17 @@ def test_a_half_merged_lock_names_the_conflict_and_how_to_resolve_it(tree, monke
         toolchain.lock_project(load_project(root))
     assert "restore it from git" not in str(e.value)
     assert (root / "mlbuild.lock").read_text() == _CONFLICTED_LOCK
+
+
+def test_a_half_merged_flake_lock_names_the_conflict(tree) -> None:
+    """It said "restore it from git or run `nix flake lock`": git refuses to restore an unmerged
+    file, and `nix flake lock` cannot parse one with conflict markers."""
+    from mlbuild.flakepin import locked_input
+
+    flake_lock = ('{\n  "nodes": {\n    "mlbuild": {\n      "locked": {\n<<<<<<< HEAD\n        "rev": "a"\n'
+                  '=======\n        "rev": "b"\n>>>>>>> feature\n      }\n    }\n  }\n}\n')
+    root = tree({"flake.nix": "{ }\n", "flake.lock": flake_lock})
+    with pytest.raises(ConfigError, match=r"half-resolved \(conflict marker '<<<<<<< HEAD' at line 5\); take one side "
+                                          r"\(`git checkout --theirs -- flake.lock`, or `--ours`\), then `nix flake "
+                                          r"lock` and `git add flake.lock`$"):
+        locked_input(root)
