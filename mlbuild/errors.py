@@ -6,6 +6,7 @@ __all__ = [
     "MlbuildError",
     "ConfigError",
     "LockError",
+    "LockConflictError",
     "ResolveError",
     "HashMismatchError",
     "InterpreterError",
@@ -26,6 +27,10 @@ class ConfigError(MlbuildError):
 
 class LockError(MlbuildError):
     """mlbuild.lock is missing, stale or malformed."""
+
+
+class LockConflictError(LockError):
+    """mlbuild.lock holds git conflict markers: a merge left it half-resolved."""
 
 
 class ResolveError(MlbuildError):

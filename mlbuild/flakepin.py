@@ -20,6 +20,7 @@ from typing import Any
 
 from . import _nix
 from .errors import ConfigError, NixError
+from .git import conflict_marker
 
 __all__ = ["pinned_entry", "locked_input"]
 
@@ -32,14 +33,21 @@ def locked_input(project_root: Path, name: str = "mlbuild") -> dict[str, Any] | 
     path = project_root / "flake.lock"
     if not (project_root / "flake.nix").is_file() or not path.is_file():
         return None
+    text = ""
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
+        data = json.loads(text)
         nodes = data["nodes"]
         ref = nodes[data.get("root", "root")].get("inputs", {}).get(name)
         if not isinstance(ref, str):   # not an input, or `follows` another flake's (a list)
             return None
         locked = nodes[ref]["locked"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        conflict = conflict_marker(text)
+        if conflict is not None:   # `nix flake lock` cannot read it either, and git will not restore an unmerged file
+            raise ConfigError(f"{path}: a git merge left it half-resolved (conflict marker {conflict[1]!r} at line "
+                              f"{conflict[0]}); take one side (`git checkout --theirs -- flake.lock`, or `--ours`), "
+                              f"then `nix flake lock` and `git add flake.lock`") from None
         raise ConfigError(f"{path} is not a flake lock mlbuild can read ({type(e).__name__}: {e}); "
                           f"restore it from git or run `nix flake lock`") from None
     return locked if isinstance(locked, dict) else None

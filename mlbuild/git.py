@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,12 +12,17 @@ from . import atomic
 from .errors import MlbuildError
 
 __all__ = ["GitError", "repo_root", "is_tracked", "dirty_files", "show", "ignore", "ignore_entry", "add_ignore",
-           "head", "log_revisions", "is_shallow", "check_commit", "Dirty"]
+           "head", "log_revisions", "is_shallow", "check_commit", "conflict_marker", "Dirty"]
 
 
 # Folders tools write beside code that are never code (nix/code.nix's toolCaches): no code path
 # holds them, so the worktree check does not count them.
 TOOL_CACHES = frozenset({"__pycache__", ".ipynb_checkpoints", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
+
+
+# The lines git writes into a file it could not merge (merge, rebase, cherry-pick, stash pop);
+# `|||||||` opens the base's side with merge.conflictStyle diff3 or zdiff3.
+_CONFLICT = re.compile(r"^(?:<{7}|\|{7}|={7}|>{7})(?: |$)", re.MULTILINE)
 
 
 class GitError(MlbuildError):
@@ -90,6 +96,15 @@ def dirty_files(project: Path, inputs: Sequence[str] = ()) -> Dirty:
             continue   # a byte-code cache or a notebook checkpoint no build reads, ignored or not
         (untracked if code == "??" else modified).append(path)
     return Dirty(sorted(modified), sorted(untracked), ignored)
+
+
+def conflict_marker(text: str) -> tuple[int, str] | None:
+    """The first git conflict marker line in ``text`` (a file a merge left half-resolved): its
+    line number (from 1) and the line; None when there is none."""
+    m = _CONFLICT.search(text)
+    if m is None:
+        return None
+    return text.count("\n", 0, m.start()) + 1, text[m.start():].split("\n", 1)[0].rstrip("\r")
 
 
 def head(path: Path) -> str | None:

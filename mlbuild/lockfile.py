@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from . import atomic
-from .errors import LockError
+from .errors import LockConflictError, LockError
+from .git import conflict_marker
 
 __all__ = ["LOCK_VERSION", "read_lock", "write_lock", "wheel_entry"]
 
@@ -49,11 +50,19 @@ def read_lock(path: Path) -> dict[str, Any]:
                         f"`git checkout -- {path.name}` restores it with its dataset pins, which a new lock "
                         f"lacks until `mlbuild data add` pins each dataset again)")
     try:
-        data = json.loads(path.read_bytes().decode("utf-8-sig"))   # a byte order mark, as Nix's fromJSON skips it
+        text = path.read_bytes().decode("utf-8-sig")   # a byte order mark, as Nix's fromJSON skips it
+        data = json.loads(text)
     except UnicodeDecodeError as e:
         raise LockError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); restore it from git "
                         f"(`git checkout -- {path.name}`)") from None
     except json.JSONDecodeError as e:
+        conflict = conflict_marker(text)
+        if conflict is not None:   # `git checkout -- FILE` fails on an unmerged file, and would drop both sides
+            raise LockConflictError(
+                f"{path}: a git merge left it half-resolved (conflict marker {conflict[1]!r} at line {conflict[0]}); "
+                f"take one side (`git checkout --ours -- {path.name}`, or `--theirs`), then pin the other side's "
+                f"datasets with `mlbuild data add NAME PATH` (`mlbuild data status` lists them), run `mlbuild lock` "
+                f"if the sides' [python] settings differ, and `git add {path.name}`") from None
         raise LockError(f"{path}: not valid JSON ({e}); restore it from git (`git checkout -- {path.name}`)") from None
     if not isinstance(data, dict) or data.get("version") != LOCK_VERSION:
         raise LockError(f"{path}: lock version {data.get('version') if isinstance(data, dict) else None!r}, "

@@ -16,6 +16,7 @@ import json
 import subprocess
 import tarfile
 import tempfile
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -137,8 +138,36 @@ def _report_at(project: Project, model: str, rev: str, required: bool = True,
                                "was committed)") from None
 
 
+def _declared_at(project: Project, rev: str) -> Project | None:
+    """``project`` with mlbuild.toml as it was at ``rev`` (its models, datasets, code: enough for
+    model_code, no build); None where that commit has none, or one that is not TOML."""
+    try:
+        return Project(project.root, project.name, project.python, tomllib.loads(git.show(project.root, rev, CONFIG_NAME)))
+    except (MlbuildError, tomllib.TOMLDecodeError):
+        return None
+
+
+def _check_model(project: Project, model: str, revs: Sequence[str] | None = None) -> Project:
+    """check_model, but a model the worktree no longer declares (renamed or removed since; the
+    history note points at its old name) is taken where one of ``revs`` (default: every commit of
+    mlbuild.toml) declares it: the project as of the newest of those, for its code."""
+    if model in (project.raw.get("models") or {}):
+        return project
+    if revs is None:
+        try:
+            revs = git.log_revisions(project.root, [CONFIG_NAME])
+        except git.GitError:   # no git to ask: today's models are all there is
+            revs = []
+    for rev in reversed(revs):
+        old = _declared_at(project, rev)
+        if old is not None and model in (old.raw.get("models") or {}):
+            return old
+    check_model(project, model)   # in no revision either: refused, naming today's models
+    return project
+
+
 def diff(project: Project, model: str, rev1: str, rev2: str) -> tuple[Point, Point]:
-    check_model(project, model)   # as the worktree declares it; each revision is checked again
+    _check_model(project, model, [rev1, rev2])   # each revision is checked again
     root = git.repo_root(project.root)
     for rev in (rev1, rev2):   # both, before building either
         if root is not None:
@@ -151,8 +180,8 @@ def diff(project: Project, model: str, rev1: str, rev2: str) -> tuple[Point, Poi
 def history(project: Project, model: str, notes: list[str] | None = None) -> list[Point]:
     """One point per commit that changed the config, the lock, or the code of the model, its suite
     or the derived datasets they use."""
-    check_model(project, model)
-    files = ["mlbuild.toml", "mlbuild.lock", *model_code(project, model)]
+    declared = _check_model(project, model)
+    files = ["mlbuild.toml", "mlbuild.lock", *model_code(declared, model)]
     existing = [f for f in files if (project.root / f).exists()]
     revs = git.log_revisions(project.root, existing)
     if not revs:
@@ -175,8 +204,8 @@ def history(project: Project, model: str, notes: list[str] | None = None) -> lis
     # model added beside the others is not)
     gone = sorted({n for ms in others.values() for n in ms} - set(project.raw.get("models", {})))
     note = (f"note: {len(others)} earlier commit(s) declare no model {model!r} but {', '.join(map(repr, gone))}, "
-            f"which mlbuild.toml no longer has: if {model!r} was renamed, its history there is under the old name"
-            if gone else "")
+            f"which mlbuild.toml no longer has: if {model!r} was renamed, its history there is under the old name "
+            f"(`mlbuild metrics history {gone[0] if len(gone) == 1 else 'OLD_NAME'}`)" if gone else "")
     if note and notes is not None:
         notes.append(note)
     if notes is not None and git.is_shallow(project.root):   # CI checks out one commit by default

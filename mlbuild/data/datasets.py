@@ -309,6 +309,7 @@ def status(project: Project, shared: "set[str] | None" = None) -> list[Status]:
             out.append(Status(name, ds.kind, "unlocked", None, f"run `mlbuild data add {name} {ds.path}`"))
             continue
         path = fixed_output_path(sha, name, recursive=ds.kind == "path")
+        other = ""   # the files on disk are not the pinned version, which the store lacks
         if ds.kind == "path" and ds.path is not None:
             local = project.root / ds.path
             if local.exists():
@@ -319,26 +320,31 @@ def status(project: Project, shared: "set[str] | None" = None) -> list[Status]:
                     out.append(Status(name, ds.kind, "unstorable", sha, f"{e}; move it out of {ds.path}"))
                     continue
                 if cached != sha:
-                    out.append(Status(name, ds.kind, "changed", sha,
-                                      f"{ds.path} differs from the lock; `mlbuild data add {name} {ds.path}` "
-                                      f"pins the new version"))
-                    continue
+                    if not _nix.invalid_paths([path]):
+                        out.append(Status(name, ds.kind, "changed", sha,
+                                          f"{ds.path} differs from the lock; `mlbuild data add {name} {ds.path}` "
+                                          f"pins the new version"))
+                        continue
+                    # A pin from another branch or a teammate, over older files here: `data add` would
+                    # pin those back over it, and builds need the pinned version, which is missing.
+                    other = (f"; {ds.path} holds other files than the pinned version (`mlbuild data add {name} "
+                             f"{ds.path}` pins them instead)")
         if not _nix.invalid_paths([path]):
             out.append(Status(name, ds.kind, "present", sha, path))
         elif shared is not None and path.split("/")[-1][:32] in shared:
-            out.append(Status(name, ds.kind, "shared", sha, f"run `mlbuild data pull {name}`"))
+            out.append(Status(name, ds.kind, "shared", sha, f"run `mlbuild data pull {name}`{other}"))
         elif ds.kind == "url":   # `data add` refuses a url dataset; a build fetches it
             out.append(Status(name, ds.kind, "missing", sha, f"run `mlbuild build datasets.{name}` (it fetches "
                                                               f"{ds.url}), or `mlbuild data pull {name}`"))
         elif shared is not None:   # not here, and the shared store was asked: pulling cannot help
             out.append(Status(name, ds.kind, "missing", sha, f"neither here nor in the shared store: run "
                                                               f"`mlbuild data add {name} PATH` with its files, or "
-                                                              f"`mlbuild data push {name}` where it is present"))
+                                                              f"`mlbuild data push {name}` where it is present{other}"))
         else:
             out.append(Status(name, ds.kind, "missing", sha, f"not here, and no shared store is set up to pull "
                                                               f"it from: run `mlbuild data add {name} PATH` with its "
                                                               "files, or set up the shared store (MLBUILD_STORE) and "
-                                                              f"`mlbuild data pull {name}`"))
+                                                              f"`mlbuild data pull {name}`{other}"))
     return out
 
 

@@ -204,8 +204,14 @@ def test_missing_dataset_names_hash_and_command(data_project: Path) -> None:
     assert proc.returncode == 1
     assert "dataset raw" in proc.stderr and lk["datasets"]["raw"]["sha256"] in proc.stderr
     assert "mlbuild data pull raw" in proc.stderr and "mlbuild data add raw data/raw" in proc.stderr
+    # The files on disk are not what the lock pins, and the pinned version is nowhere (a teammate's
+    # pin, pulled over older files): it said "changed", `data add` pins the new version, which
+    # would have pinned the old files back over theirs, and not that builds lack the pinned one.
     status = run_cli("data", "status", cwd=data_project).stdout
-    assert "changed" in status  # the files on disk are not what the lock pins
+    line = next(l for l in status.splitlines() if l.startswith("raw"))
+    assert "missing" in line and "changed" not in line, status
+    assert "data/raw holds other files than the pinned version (`mlbuild data add raw data/raw` pins them instead)" \
+        in line, status
     (data_project / "data").rename(data_project / "away")
     try:   # no files here: status names what can bring it back, and no pull the store cannot answer
         status = run_cli("data", "status", cwd=data_project).stdout

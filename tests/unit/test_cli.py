@@ -322,7 +322,8 @@ def test_metrics_diff_across_a_rename_names_the_old_models(tree) -> None:  # typ
         metrics._report = original
     assert len(points) == 1 and len(revs) == 1
     assert notes == ["note: 1 earlier commit(s) declare no model 'vino' but 'wine', which mlbuild.toml no longer "
-                     "has: if 'vino' was renamed, its history there is under the old name"]
+                     "has: if 'vino' was renamed, its history there is under the old name (`mlbuild metrics "
+                     "history wine`)"]
     # a model added beside the others was not renamed: no note
     (root / "mlbuild.toml").write_text(table.format("vino") + table.format("wine").split("\n", 2)[2])
     git("commit", "-qam", "wine again, beside vino")

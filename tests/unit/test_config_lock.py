@@ -203,3 +203,56 @@ def test_the_driver_takes_the_keys_nix_takes() -> None:
 def test_a_toml_date_is_refused_naming_its_key(tree, line: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_project(tree({"mlbuild.toml": GOOD + line}))
+
+
+_CONFLICTED_LOCK = """{
+  "datasets": {
+    "raw": {
+<<<<<<< HEAD
+      "sha256": "1111111111111111111111111111111111111111111111111111111111111111"
+=======
+      "sha256": "2222222222222222222222222222222222222222222222222222222222222222"
+>>>>>>> feature
+    }
+  }
+}
+"""
+
+
+def test_a_half_merged_config_names_the_conflict(tree) -> None:
+    """A merge that conflicted in mlbuild.toml was reported as a bare TOML syntax error."""
+    text = GOOD + '<<<<<<< HEAD\n[datasets.a]\npath = "a"\n=======\n[datasets.b]\npath = "b"\n>>>>>>> feature\n'
+    with pytest.raises(ConfigError, match=r"merge left it half-resolved \(conflict marker '<<<<<<< HEAD' at line 6\)"
+                                          r".*delete the marker lines, then `git add mlbuild.toml`"):
+        load_project(tree({"mlbuild.toml": text}))
+
+
+def test_a_half_merged_lock_names_the_conflict_and_how_to_resolve_it(tree, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It said `git checkout -- mlbuild.lock`, which git refuses for an unmerged file (and which
+    would drop both sides' pins); `mlbuild lock` said the same."""
+    from mlbuild import toolchain
+
+    root = tree({"mlbuild.toml": GOOD, "mlbuild.lock": _CONFLICTED_LOCK})
+    with pytest.raises(LockError, match=r"conflict marker '<<<<<<< HEAD' at line 4\); take one side "
+                                        r"\(`git checkout --ours -- mlbuild.lock`, or `--theirs`\)") as e:
+        read_lock(root / "mlbuild.lock")
+    assert "git checkout -- mlbuild.lock" not in str(e.value)
+    monkeypatch.setattr(toolchain, "probe", lambda spec: pytest.fail("refused before resolving"))
+    with pytest.raises(LockError, match="half-resolved") as e:
+        toolchain.lock_project(load_project(root))
+    assert "restore it from git" not in str(e.value)
+    assert (root / "mlbuild.lock").read_text() == _CONFLICTED_LOCK
+
+
+def test_a_half_merged_flake_lock_names_the_conflict(tree) -> None:
+    """It said "restore it from git or run `nix flake lock`": git refuses to restore an unmerged
+    file, and `nix flake lock` cannot parse one with conflict markers."""
+    from mlbuild.flakepin import locked_input
+
+    flake_lock = ('{\n  "nodes": {\n    "mlbuild": {\n      "locked": {\n<<<<<<< HEAD\n        "rev": "a"\n'
+                  '=======\n        "rev": "b"\n>>>>>>> feature\n      }\n    }\n  }\n}\n')
+    root = tree({"flake.nix": "{ }\n", "flake.lock": flake_lock})
+    with pytest.raises(ConfigError, match=r"half-resolved \(conflict marker '<<<<<<< HEAD' at line 5\); take one side "
+                                          r"\(`git checkout --theirs -- flake.lock`, or `--ours`\), then `nix flake "
+                                          r"lock` and `git add flake.lock`$"):
+        locked_input(root)

@@ -105,3 +105,36 @@ def test_diff_names_the_revision_whose_build_failed(tmp_path: Path) -> None:
             m.diff(load_project(tmp_path), "m", "HEAD~1", "HEAD")
     finally:
         m._report = original
+
+
+def test_a_renamed_model_s_history_is_under_its_old_name(tmp_path: Path) -> None:
+    # history of the new name said "its history there is under the old name", and `metrics history
+    # OLD` (and `metrics diff OLD REV1 REV2`) refused: "'m' is not a model of p; declare [models.m]".
+    _git(tmp_path, "init", "-q")
+    for lr in ("0.1", "0.2"):
+        (tmp_path / "mlbuild.toml").write_text(TOML + f"[models.m.params]\nlr = {lr}\n")
+        _git(tmp_path, "add", "-A")
+        _git(tmp_path, "commit", "-qm", lr)
+    (tmp_path / "mlbuild.toml").write_text(TOML.replace("models.m", "models.n") + "[models.n.params]\nlr = 0.2\n")
+    _git(tmp_path, "commit", "-qam", "rename m to n")
+    original, seen = m._report, []
+
+    def fake_report(project, model, rev, **kw):  # type: ignore[no-untyped-def]
+        seen.append((model, rev))
+        return m.Point(rev, {"metrics": {"accuracy": 0.9}}, "/nix/store/x")
+
+    project = load_project(tmp_path)
+    m._report = fake_report   # no build: which revisions are asked for, under which name
+    try:
+        notes: list[str] = []
+        assert len(m.history(project, "n", notes)) == 1
+        assert notes[0].endswith("its history there is under the old name (`mlbuild metrics history m`)")
+        assert len(m.history(project, "m")) == 2
+        m.diff(project, "m", "HEAD~2", "HEAD~1")
+        assert [model for model, _ in seen] == ["n", "m", "m", "m", "m"]
+        with pytest.raises(MlbuildError, match=r"^'x' is not a model of p \(models: n\)"):
+            m.history(project, "x")
+        with pytest.raises(MlbuildError, match=r"^'x' is not a model of p \(models: n\)"):
+            m.diff(project, "x", "HEAD~2", "HEAD~1")
+    finally:
+        m._report = original
