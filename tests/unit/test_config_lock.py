@@ -256,3 +256,14 @@ def test_a_half_merged_flake_lock_names_the_conflict(tree) -> None:
                                           r"\(`git checkout --theirs -- flake.lock`, or `--ours`\), then `nix flake "
                                           r"lock` and `git add flake.lock`$"):
         locked_input(root)
+
+
+def test_a_lock_with_a_key_given_twice_is_refused(tree) -> None:
+    """A conflict resolved by keeping both sides' lines (an editor's "accept both") gives a dataset
+    two pins; json.loads and Nix's fromJSON both took the last without a word."""
+    text = ('{\n  "datasets": {\n    "raw": {"sha256": "' + "1" * 64 + '"},\n    "raw": {"sha256": "' + "2" * 64
+            + '"}\n  },\n  "version": 1\n}\n')
+    root = tree({"mlbuild.lock": text})
+    with pytest.raises(LockError, match=r"'raw' is given twice in one table .*keep the one you want"):
+        read_lock(root / "mlbuild.lock")
+    assert (root / "mlbuild.lock").read_text() == text
