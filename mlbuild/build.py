@@ -150,6 +150,7 @@ class Summary:
     substituted: list[tuple[str, float]] = field(default_factory=list)  # (store path, seconds)
     present: list[str] = field(default_factory=list)                    # targets already there
     pushed: list[str] = field(default_factory=list)                     # paths pushed to the store
+    checked: list[str] = field(default_factory=list)                    # targets built again, the same bytes
     shared: int | None = None    # paths the shared store already had (None: no push was asked for)
     seconds: float = 0.0
     dirty: bool = False          # built from a dirty worktree (--allow-dirty): marked so in provenance
@@ -477,10 +478,11 @@ def _stopped_with_us(proc: subprocess.Popen[str]) -> Iterator[None]:
 
 def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool = False,
                   overrides: dict[str, Any] | None = None, substituters: Sequence[str] = (),
-                  extra: Sequence[str] = (), push: bool | None = None,
+                  extra: Sequence[str] = (), push: bool | None = None, check: bool = False,
                   on_progress: Callable[[Progress], None] | None = None) -> Summary:
-    """Build each target, substituting from the shared store when one is set up; push the
-    results when ``push`` (default: ``[store] push = true`` in mlbuild.toml).
+    """Build each target, substituting from the shared store when one is set up; with ``check``,
+    build each target's own derivation again and compare (BuildError naming the files that
+    differ); push the results when ``push`` (default: ``[store] push = true`` in mlbuild.toml).
     Raises DirtyTreeError, BuildError (with the build log's tail)."""
     targets = list(dict.fromkeys(targets))   # `build lr lr`: one build, one line
     check_targets(project, targets)
@@ -508,18 +510,12 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     t0 = time.monotonic()
     store = shared_store(project)
     extra = [*(store[1] if store is not None else []), *extra]
+    def command(target: str, *flags: str) -> list[str]:
+        return [*_nix.common_options(substituters), *extra, "build", "--json", "--no-link", *flags,
+                "--log-format", "internal-json", "--file", str(entry), *args, target]
+
     for target in list(targets) or ["toolchain"]:
-        stream = _Stream(target, on_progress)
-        cmd = [*_nix.common_options(substituters), *extra, "build", "--json", "--no-link",
-               "--log-format", "internal-json", "--file", str(entry), *args, target]
-        proc = subprocess.Popen([_nix._which("nix"), *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env={**os.environ})
-        assert proc.stderr is not None and proc.stdout is not None
-        with _stopped_with_us(proc):
-            for raw in proc.stderr:
-                stream.line(raw)
-            out = proc.stdout.read()
-            status = proc.wait()
+        stream, status, out = _run_build(target, command(target), on_progress)
         if status != 0:
             raise _store_hint(stream.failure(project.root), store[0] if store is not None else None)
         result = _nix.parse_build_json(out)[0]
@@ -541,10 +537,69 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
         _record(project, built, "present" if not mine else "built", dirty)
     if store is not None and total.built:
         warn_shadowed_keys(store[0])
+    if check:   # before the push: a build that is not reproducible is not shared
+        for built in total.outputs:
+            _check_reproducible(project, built.target, command(built.target, "--rebuild", "--keep-failed"),
+                                on_progress)
+            total.checked.append(built.target)
     if do_push:
         push_outputs(project, total)
     total.seconds = time.monotonic() - t0
     return total
+
+
+def _run_build(target: str, cmd: list[str], on_progress: Callable[[Progress], None] | None) -> tuple[_Stream, int, str]:
+    """Run ``nix CMD`` (a build with ``--log-format internal-json``), following its log: the
+    stream read, the exit status and stdout."""
+    stream = _Stream(target, on_progress)
+    proc = subprocess.Popen([_nix._which("nix"), *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ})
+    assert proc.stderr is not None and proc.stdout is not None
+    with _stopped_with_us(proc):
+        for raw in proc.stderr:
+            stream.line(raw)
+        out = proc.stdout.read()
+        status = proc.wait()
+    return stream, status, out
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_DIFFERS = re.compile(r"may not be deterministic: output '([^']+)' differs from '([^']+)'")
+_KEPT = re.compile(r"keeping build directory '([^']+)'")
+
+
+def _check_reproducible(project: Project, target: str, cmd: list[str],
+                        on_progress: Callable[[Progress], None] | None) -> None:
+    """Build ``target``'s own derivation again (``nix build --rebuild``: its inputs are not rebuilt)
+    and compare with the output there is, which may have come from the shared store; BuildError
+    naming the files whose bytes differ, with the second build kept beside the first
+    (``OUT.check``) to compare."""
+    import shutil
+
+    from .runtime.hashing import tree_hashes
+
+    stream, status, _ = _run_build(target, cmd, on_progress)
+    said = _ANSI.sub("", "\n".join(stream.other))
+    for kept in _KEPT.findall(said):   # --keep-failed keeps the .check output, and the build folder too
+        shutil.rmtree(kept, ignore_errors=True)
+    if status == 0:
+        return
+    m = _DIFFERS.search(said)
+    if m is None:   # the second build failed: as any failed build
+        raise stream.failure(project.root)
+    first, second = Path(m.group(1)), Path(m.group(2))
+
+    def files(p: Path) -> dict[str, str]:
+        return tree_hashes(p) if p.is_dir() else {p.name: hashlib.sha256(p.read_bytes()).hexdigest()} \
+            if p.is_file() else {}
+
+    a, b = files(first), files(second)
+    differ = sorted(f for f in a.keys() | b.keys() if a.get(f) != b.get(f))
+    shown = ", ".join(differ[:10]) + (f" and {len(differ) - 10} more" if len(differ) > 10 else "")
+    raise BuildError(f"{target} is not reproducible: built again, it gave other bytes in "
+                     f"{shown or 'its file metadata (modes or links)'} (the first build: {first}; the second: "
+                     f"{second}); fix the source of randomness (an unseeded generator, the time, the order of a "
+                     f"set or of a folder listing: see the README's Training section on determinism)")
 
 
 def format_summary(s: Summary) -> list[str]:
@@ -554,6 +609,8 @@ def format_summary(s: Summary) -> list[str]:
     lines += [f"  built        {_name(d):<40} {sec:6.1f} s" for d, sec in s.built]
     lines += [f"  substituted  {_name(p):<40} {sec:6.1f} s" for p, sec in s.substituted]
     lines += [f"  present      {t}" for t in s.present]
+    if s.checked:
+        lines.append(f"reproducible: {', '.join(s.checked)} (built again, the same bytes)")
     if s.shared is not None:
         lines.append(f"pushed {len(s.pushed)} store paths to the shared store ({s.shared} already there)")
     return lines

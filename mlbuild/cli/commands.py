@@ -140,10 +140,13 @@ class _Bar:
               "(the outputs' provenance is marked dirty).")
 @click.option("--push/--no-push", default=None, help="Push what was built to the shared store "
               "(default: [store] push in mlbuild.toml).")
+@click.option("--check", is_flag=True, help="Then build each target again (its own step: digits.model for the "
+              "training) and fail, naming the files, unless the bytes are the same.")
 @click.pass_context
-def build(ctx: click.Context, targets: tuple[str, ...], allow_dirty: bool, push: bool | None) -> None:
+def build(ctx: click.Context, targets: tuple[str, ...], allow_dirty: bool, push: bool | None, check: bool) -> None:
     """Build TARGETS (default: toolchain), e.g. digits, digits.model, digits.validation."""
-    summary = b.build_targets(load(ctx), targets, allow_dirty=allow_dirty, push=push, on_progress=_Bar())
+    summary = b.build_targets(load(ctx), targets, allow_dirty=allow_dirty, push=push, check=check,
+                              on_progress=_Bar())
     for line in b.format_summary(summary):
         click.echo(line)
 

@@ -69,6 +69,28 @@ def test_training_is_bit_reproducible(digits_repo: Path, trained: str) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def test_build_check_builds_again_and_names_the_files_that_differ(digits_repo: Path, trained: str) -> None:
+    """`mlbuild build --check`: a user's model trained with an unseeded generator or the time was
+    cached as it came out the first time, and nothing said so (only `nix build --rebuild` by hand)."""
+    out = run_cli("build", "--check", "digits.model", cwd=digits_repo).stdout
+    assert f"digits.model\t{trained}" in out and "reproducible: digits.model (built again, the same bytes)" in out
+    model = digits_repo / "model.py"
+    original = model.read_text()
+    model.write_text(original.replace(
+        "    p = ctx.params\n", "    p = ctx.params\n    import time; (ctx.out / 'noise.txt').write_text(str(time.time_ns()))\n", 1))
+    try:
+        proc = run_cli("build", "--check", "--allow-dirty", "digits.model", cwd=digits_repo, check=False)
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        first, second = re.search(r"digits.model is not reproducible: built again, it gave other bytes in noise.txt "
+                                  r"\(the first build: (\S+); the second: (\S+)\); fix the source of randomness",
+                                  proc.stderr).groups()   # type: ignore[union-attr]
+        assert second == first + ".check" and Path(second, "noise.txt").read_text() != Path(first, "noise.txt").read_text()
+        kept = re.search(r"keeping build directory '([^']+)'", proc.stderr)
+        assert kept is None or not Path(kept.group(1)).exists()   # the build folder, kept by --keep-failed, is gone
+    finally:
+        model.write_text(original)
+
+
 def test_unrelated_change_keeps_path_param_change_does_not(digits_repo: Path, trained: str) -> None:
     (digits_repo / "README.md").write_text("an unrelated edit\n")
     (digits_repo / "export_data.py").write_text((digits_repo / "export_data.py").read_text() + "\n# edit\n")
