@@ -76,7 +76,8 @@ def common_options(substituters: Sequence[str] = ()) -> list[str]:
 def run_nix(args: Sequence[str], *, tool: str = "nix", check: bool = True,
             capture: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
     cmd = [_which(tool), *args]
-    proc = subprocess.run(cmd, capture_output=capture, text=True, input=input)
+    # Nix prints paths (a root in a project folder named in Latin-1): not UTF-8, kept as os.fsdecode does
+    proc = subprocess.run(cmd, capture_output=capture, text=True, errors="surrogateescape", input=input)
     if check and proc.returncode != 0:
         tail = "\n".join((proc.stderr or "").strip().splitlines()[-25:])
         raise NixError(f"`{' '.join(cmd[:3])} ...` failed (exit {proc.returncode})", tail)
