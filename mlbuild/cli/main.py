@@ -44,13 +44,19 @@ class _Group(click.Group):
         except MlbuildError as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(1)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            # A full disk (or quota) can stop any write, .mlbuild's records and caches included: say
-            # where, not a traceback. The files a command replaces are replaced whole (atomic.py).
-            where = f" writing {e.filename}" if e.filename else ""
-            click.echo(f"Error: {e.strerror}{where}; free space there, then run the command again", err=True)
+            # A full disk (or quota) can stop any write, .mlbuild's records and caches included, and
+            # the output itself (`> file`, --help and --version too): say where, not a traceback. The
+            # files a command replaces are replaced whole (atomic.py).
+            fix = "free space there" if e.filename else "free space where it writes (its output too, if it goes to a file)"
+            click.echo(f"Error: {e.strerror}{f' writing {e.filename}' if e.filename else ''}; {fix}, then run the "
+                       "command again", err=True)
             sys.exit(1)
 
 

@@ -21,6 +21,21 @@ def test_help_lists_commands() -> None:
         assert cmd in out
 
 
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["build", "--help"]])
+def test_output_to_a_full_disk_is_one_line_not_a_traceback(tmp_path: Path, args: list[str]) -> None:
+    """`mlbuild --help > /dev/full` (and --version, any command's --help) ended in an OSError
+    traceback: those write while click parses the arguments, outside the command's handler."""
+    import subprocess
+
+    from tests.conftest import MLBUILD
+
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([*MLBUILD, *args], cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == ("Error: No space left on device; free space where it writes (its output too, if it goes "
+                           "to a file), then run the command again\n")
+
+
 def test_missing_config_is_an_error_not_a_traceback(tmp_path: Path) -> None:
     proc = run_cli("lock", cwd=tmp_path, check=False)
     assert proc.returncode == 1
