@@ -8,6 +8,7 @@ and a local flake registry, so an offline machine never waits on unreachable cac
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -64,8 +65,15 @@ def common_options(substituters: Sequence[str] = ()) -> list[str]:
     """Options every project Nix call gets: flakes on, only the given substituters, no registry."""
     registry = Path(os.environ.get("MLBUILD_STATE", Path.home() / ".cache" / "mlbuild")) / "registry.json"
     if not registry.exists():
-        registry.parent.mkdir(parents=True, exist_ok=True)
-        registry.write_text('{"flakes": [], "version": 2}\n')
+        try:
+            registry.parent.mkdir(parents=True, exist_ok=True)
+            registry.write_text('{"flakes": [], "version": 2}\n')
+        except OSError as e:   # a read-only or missing HOME (a CI container's HOME=/): not a traceback
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise   # the CLI says to free space
+            raise NixError(f"cannot write {registry}, the empty flake registry mlbuild gives Nix ({e.strerror}); "
+                           f"set MLBUILD_STATE (or HOME) to a folder you can write, e.g. "
+                           f"MLBUILD_STATE=/tmp/mlbuild-$(id -u)") from None
     return [
         "--extra-experimental-features", EXPERIMENTAL,
         "--option", "substituters", " ".join(substituters),
@@ -76,7 +84,8 @@ def common_options(substituters: Sequence[str] = ()) -> list[str]:
 def run_nix(args: Sequence[str], *, tool: str = "nix", check: bool = True,
             capture: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
     cmd = [_which(tool), *args]
-    proc = subprocess.run(cmd, capture_output=capture, text=True, input=input)
+    # Nix prints paths (a root in a project folder named in Latin-1): not UTF-8, kept as os.fsdecode does
+    proc = subprocess.run(cmd, capture_output=capture, text=True, errors="surrogateescape", input=input)
     if check and proc.returncode != 0:
         tail = "\n".join((proc.stderr or "").strip().splitlines()[-25:])
         raise NixError(f"`{' '.join(cmd[:3])} ...` failed (exit {proc.returncode})", tail)

@@ -10,7 +10,7 @@ import secrets
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["write_text", "write_bytes", "append_line", "exclusive"]
+__all__ = ["write_text", "write_bytes", "is_stream", "append_line", "exclusive"]
 
 
 def write_text(path: Path, text: str) -> None:
@@ -23,7 +23,13 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    """``write_text`` for bytes. A symlink is written through, as ``open()`` does, not replaced."""
+    """``write_text`` for bytes. A symlink is written through, as ``open()`` does, not replaced; so
+    is a device or a pipe (``-o /dev/null``, ``/dev/stdout``), which a rename replaced by a file
+    (root's /dev/null became a regular file) or could not (a temp file in /proc/PID/fd)."""
+    if is_stream(path):
+        with _named(path), open(path, "wb") as f:
+            f.write(data)
+        return
     path = path.resolve() if path.is_symlink() else path
     tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
     with _named(path):
@@ -37,6 +43,11 @@ def write_bytes(path: Path, data: bytes) -> None:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+def is_stream(path: Path) -> bool:
+    """Whether ``path`` is there and is no file or folder: a device, a pipe, a socket."""
+    return path.exists() and not path.is_file() and not path.is_dir()
 
 
 def append_line(path: Path, line: str) -> None:

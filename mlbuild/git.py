@@ -30,8 +30,8 @@ class GitError(MlbuildError):
 
 
 def _git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    try:
-        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    try:   # paths as bytes where they are not UTF-8 (a folder named in Latin-1), as os.fsdecode gives them
+        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, errors="surrogateescape")
     except FileNotFoundError:
         raise GitError("git is not installed; install it (apt-get install git)") from None
     if check and proc.returncode != 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import sys
 from pathlib import Path
@@ -44,13 +45,31 @@ class _Group(click.Group):
         except MlbuildError as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(1)
+        except KeyboardInterrupt:
+            # Die of the SIGINT, as Python itself does (click exits 1): a shell stops a script or loop
+            # that runs mlbuild (`for m in a b; do mlbuild build $m; done`) at a Ctrl-C only when its
+            # child died of the signal, so an exit 1 let it go on to the next command.
+            click.echo("\nAborted!", err=True)
+            try:
+                sys.stdout.flush()
+            except OSError:
+                pass
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+            raise   # not reached
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            # A full disk (or quota) can stop any write, .mlbuild's records and caches included: say
-            # where, not a traceback. The files a command replaces are replaced whole (atomic.py).
-            where = f" writing {e.filename}" if e.filename else ""
-            click.echo(f"Error: {e.strerror}{where}; free space there, then run the command again", err=True)
+            # A full disk (or quota) can stop any write, .mlbuild's records and caches included, and
+            # the output itself (`> file`, --help and --version too): say where, not a traceback. The
+            # files a command replaces are replaced whole (atomic.py).
+            fix = "free space there" if e.filename else "free space where it writes (its output too, if it goes to a file)"
+            click.echo(f"Error: {e.strerror}{f' writing {e.filename}' if e.filename else ''}; {fix}, then run the "
+                       "command again", err=True)
             sys.exit(1)
 
 
@@ -67,8 +86,6 @@ def cli(ctx: click.Context, project_dir: Path | None) -> None:
     `mlbuild prefetch`, build with `mlbuild build`.
     """
     if project_dir is not None:  # like `git -C`: run as if started in that folder
-        import os
-
         if not project_dir.is_dir():
             raise click.BadParameter(f"{project_dir} is not a folder", param_hint="--project/-C")
         os.chdir(project_dir)

@@ -32,6 +32,10 @@ def _mb(n: int) -> str:
 @click.pass_context
 def store(ctx: click.Context, store_dir: str | None) -> None:
     """The shared binary store: a signed Nix binary cache every machine substitutes from."""
+    if store_dir is not None and not store_dir.strip():   # `--store "$DIR"` with DIR unset: not the default store
+        raise click.BadParameter("'' is empty (an unset variable?); give the store's folder or file:// URL, or leave "
+                                 "--store out for the default ($MLBUILD_STORE, [store].path, /var/lib/mlbuild/store)",
+                                 param_hint="--store")
     ctx.meta["mlbuild.store"] = store_dir
 
 

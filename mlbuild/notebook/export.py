@@ -250,7 +250,8 @@ def export_notebook(notebook: Path, output: Path | None = None, *, policy: Magic
     target = output if output is not None else notebook.with_suffix(".py")
     if target.resolve() == notebook.resolve():
         raise NotebookExportError(f"the output {target} is the notebook itself; pass -o MODULE.py")
-    why = _replaceable(target) if target.exists() and not force else None
+    # a device or pipe (-o /dev/null, /dev/stdout) is written to, not read: reading stdout waited forever
+    why = _replaceable(target) if target.exists() and not force and not atomic.is_stream(target) else None
     if why:
         raise NotebookExportError(f"{target} exists and {why}; choose another path with -o, or pass --force "
                                   "to replace it")

@@ -21,6 +21,40 @@ def test_help_lists_commands() -> None:
         assert cmd in out
 
 
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["build", "--help"]])
+def test_output_to_a_full_disk_is_one_line_not_a_traceback(tmp_path: Path, args: list[str]) -> None:
+    """`mlbuild --help > /dev/full` (and --version, any command's --help) ended in an OSError
+    traceback: those write while click parses the arguments, outside the command's handler."""
+    import subprocess
+
+    from tests.conftest import MLBUILD
+
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([*MLBUILD, *args], cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == ("Error: No space left on device; free space where it writes (its output too, if it goes "
+                           "to a file), then run the command again\n")
+
+
+def test_ctrl_c_ends_mlbuild_by_the_signal_so_a_calling_script_stops_too() -> None:
+    """A Ctrl-C made mlbuild exit 1 (click's "Aborted!"): a shell only stops a loop or script at a
+    Ctrl-C when its child died of SIGINT, so `for m in a b; do mlbuild build $m; done` went on to
+    the next build, and the next Ctrl-C to the one after."""
+    import signal
+    import subprocess
+    import sys
+
+    script = ("import time\nfrom mlbuild.cli.main import cli, main\n@cli.command()\ndef nap() -> None:\n"
+              "    print('napping', flush=True)\n    time.sleep(60)\nmain()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, "nap"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.stdout is not None and proc.stdout.readline() == "napping\n"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGINT and err == "\nAborted!\n", (proc.returncode, err)
+
+
 def test_missing_config_is_an_error_not_a_traceback(tmp_path: Path) -> None:
     proc = run_cli("lock", cwd=tmp_path, check=False)
     assert proc.returncode == 1

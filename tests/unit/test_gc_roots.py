@@ -46,3 +46,12 @@ def test_a_link_out_of_the_store_is_replaced(tmp_path: Path) -> None:
     (roots / "m.model").symlink_to(tmp_path / "elsewhere")
     _nix.add_roots({"m.model": path}, roots)
     assert os.readlink(roots / "m.model") == path
+
+
+def test_roots_in_a_folder_whose_path_is_not_utf8(tmp_path: Path) -> None:
+    """nix-store prints the root's path: under a project named in Latin-1 (b'caf\\xe9') decoding it
+    failed after the build had succeeded, so the build was not recorded (a traceback)."""
+    path = stored(tmp_path, "y")
+    roots = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9")) / "gcroots"
+    _nix.add_roots({"m.model": path}, roots)
+    assert os.readlink(roots / "m.model") == path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -78,3 +79,14 @@ def test_data_in_a_repository_of_its_own_that_git_ignores_is_left_alone(tmp_path
     with pytest.raises(git.GitError, match="a git repository of its own"):
         git.ignore_entry(tmp_path, lib / "b.csv")
     assert (tmp_path / ".gitignore").read_text() == "/data/\n*.csv\n"
+
+
+def test_a_repository_whose_path_is_not_utf8_is_read(tmp_path: Path) -> None:
+    """A project under a folder named in Latin-1 (b'caf\\xe9'): git prints the path, and decoding it
+    as UTF-8 failed with a UnicodeDecodeError traceback in every build, validate and data add."""
+    root = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    root.mkdir()
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    (root / "mlbuild.toml").write_text('[project]\nname = "p"\n')
+    assert git.repo_root(root) == root
+    assert git.dirty_files(root, ["mlbuild.toml"]).untracked == ["mlbuild.toml"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +45,17 @@ def test_missing_nix_is_clear(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(_nix.NixNotFoundError, match="apt-get install nix-bin"):
         _nix.nix_version()
     _nix.nix_version.cache_clear()
+
+
+def test_an_unwritable_state_folder_is_named_with_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only or missing HOME (a CI container's HOME=/, a user with no home) stopped every build
+    with a PermissionError traceback while making ~/.cache/mlbuild for the flake registry."""
+    (tmp_path / "file").write_text("")
+    monkeypatch.delenv("MLBUILD_STATE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "file"))   # no folder can be made under it, root or not
+    with pytest.raises(NixError, match=f"cannot write {tmp_path}/file/.cache/mlbuild/registry.json, the empty flake "
+                                       "registry mlbuild gives Nix .Not a directory.; set MLBUILD_STATE .or HOME. to a "
+                                       "folder you can write"):
+        _nix.common_options()
+    monkeypatch.setenv("MLBUILD_STATE", str(tmp_path / "state"))
+    assert str(tmp_path / "state" / "registry.json") in _nix.common_options()

@@ -230,6 +230,31 @@ def test_cli_export(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_a_pipe_or_device_as_output_is_written_to_not_replaced(tmp_path: Path) -> None:
+    """`-o /dev/stdout` (a pipe) waited forever reading its own stdout for the export marker, and with
+    --force died in a traceback making a temp file in /proc/PID/fd; `-o /dev/null --force` as root
+    renamed a regular file over the device (the machine's /dev/null became a file)."""
+    import subprocess
+    import threading
+
+    from tests.conftest import MLBUILD
+
+    nb = write_nb(tmp_path / "sums.ipynb", CELLS)
+    proc = subprocess.run([*MLBUILD, "notebook", "export", str(nb), "-o", "/dev/stdout"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith(MARKER), proc.stderr
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for force in (False, True):   # a device (/dev/null) is the same case; making one needs root
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+        reader.start()
+        export_notebook(nb, fifo, force=force)
+        reader.join(30)
+        assert fifo.is_fifo() and got and got[0].decode().startswith(MARKER)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "sums.ipynb"]
+
+
 def test_example_notebook_exports(tmp_path: Path) -> None:
     result = export_notebook(REPO / "examples" / "digits" / "explore.ipynb", tmp_path / "explore.py")
     assert result.code_cells >= 5 and not [m for m in result.magics if m.action == "refused"]

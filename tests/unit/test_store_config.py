@@ -41,6 +41,17 @@ def test_remote_urls_are_refused(tmp_path: Path) -> None:
         load_store_config(tmp_path, store="s3://bucket")
 
 
+def test_an_empty_store_option_is_refused_not_taken_for_the_default(tmp_path: Path) -> None:
+    """`mlbuild store --store "$CACHE" gc` with CACHE unset collected the default shared store."""
+    from tests.conftest import run_cli
+
+    proc = run_cli("store", "--store", "", "gc", "--dry-run", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert proc.stderr.endswith("Error: Invalid value for --store: '' is empty (an unset variable?); give the "
+                                "store's folder or file:// URL, or leave --store out for the default "
+                                "($MLBUILD_STORE, [store].path, /var/lib/mlbuild/store)\n"), proc.stderr
+
+
 @pytest.mark.parametrize("folder", ["team store", "a?b", "c#d", "tab\there"])
 def test_a_store_path_nix_cannot_read_is_refused(tmp_path: Path, folder: str) -> None:
     """Nix 2.8 split `file:///x/team store` into two stores and opened `file:///x/a?b` as /x/a:
