@@ -106,12 +106,13 @@ class StoreConfig:
                                 f"store-config/setup-store")
         return tuple(keys)
 
-    def shadowed_keys(self) -> list[tuple[PublicKey, str]]:
-        """The trusted keys whose name Nix's own configuration gives to another key: Nix keeps one
-        key per name, so it would refuse what the shadowed key signed (and rebuild it)."""
+    def shadowed_keys(self, nix_keys: list[str] | None = None) -> list[tuple[PublicKey, str]]:
+        """The trusted keys whose name Nix's own configuration (``nix_keys``, else asked) gives to
+        another key: Nix keeps one key per name, so it would refuse what the shadowed key signed
+        (and rebuild it)."""
         from .. import _nix
 
-        theirs = {k.partition(":")[0]: k for k in _nix.configured_public_keys()}
+        theirs = {k.partition(":")[0]: k for k in (_nix.configured_public_keys() if nix_keys is None else nix_keys)}
         return [(k, theirs[k.name]) for k in self.trusted_keys() if k.name in theirs and theirs[k.name] != str(k)]
 
     def nix_options(self) -> list[str]:
