@@ -123,3 +123,33 @@ def test_init_reads_a_store_that_names_two_keys(tmp_path: Path) -> None:
                                public_keys=(str(new.public),)))
     assert r.published is None and r.public_key == str(new.public)   # this key is one the store names
     assert f"extra-trusted-public-keys = {old.public} {new.public}\n" in r.nix_conf
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_a_missing_signing_key_for_a_store_that_names_its_key_says_to_copy_that_key(tmp_path: Path,
+                                                                                    given: bool) -> None:
+    """A CI runner whose /run/secrets key was not mounted was told to `store init --generate-key`,
+    which refuses a store that names its key: the fix is the store's own secret key, named."""
+    from mlbuild.store.admin import init_store
+    from mlbuild.store.config import StoreConfig
+
+    team = generate_key_pair("team-1", tmp_path / "team.sec", tmp_path / "team.pub")
+    init_store(StoreConfig(tmp_path / "store", secret_key_file=tmp_path / "team.sec"))
+    missing = tmp_path / "secrets" / "store.sec"
+    cfg = StoreConfig(tmp_path / "store", secret_key_file=missing if given else None,
+                      public_keys=(str(team.public),), secret_key_from="MLBUILD_STORE_SECRET_KEY")
+    with pytest.raises(StoreKeyError) as e:
+        cfg.secret_key()
+    msg = str(e.value)
+    assert "init --generate-key" not in msg, msg
+    assert f"{tmp_path / 'store'}{' is' if given else ', which is'} signed by team-1" in msg
+    assert "copy the secret half of team-1 (the .sec file made with it)" in msg
+    if given:
+        assert msg.startswith(f"cannot read the store's secret key {missing} (No such file or directory)")
+        assert f"copy the secret half of team-1 (the .sec file made with it) to {missing}" in msg
+    else:
+        assert msg.startswith(f"no signing key is configured for the store {tmp_path / 'store'}")
+    # a store that names no key yet: making one is the fix
+    bare = StoreConfig(tmp_path / "bare", secret_key_file=missing if given else None)
+    with pytest.raises(StoreKeyError, match="init --generate-key"):
+        bare.secret_key()
