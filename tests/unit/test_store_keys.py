@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -153,3 +157,29 @@ def test_a_missing_signing_key_for_a_store_that_names_its_key_says_to_copy_that_
     bare = StoreConfig(tmp_path / "bare", secret_key_file=missing if given else None)
     with pytest.raises(StoreKeyError, match="init --generate-key"):
         bare.secret_key()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_a_secret_key_only_its_owner_may_read_says_to_give_its_group_read_access(tmp_path: Path) -> None:
+    """`store init --generate-key` writes the secret key 0600: a CI user in the key's group was told
+    to "run as a member of its group", which it was."""
+    import grp
+
+    generate_key_pair("k-1", tmp_path / "k.sec", tmp_path / "k.pub")
+    key = tmp_path / "k.sec"
+    os.chown(key, 12345, 0)   # another user's key, of this process's group (root)
+
+    def load() -> subprocess.CompletedProcess[str]:   # as root without the right to read what it may not
+        code = "import sys, pathlib; from mlbuild.store.keys import load_secret_key as f; f(pathlib.Path(sys.argv[1]))"
+        return subprocess.run(["setpriv", "--bounding-set", "-dac_override,-dac_read_search", sys.executable, "-c",
+                               code, str(key)], capture_output=True, text=True)
+
+    proc = load()
+    assert proc.returncode == 1 and "Permission denied" in proc.stderr, proc.stderr
+    assert f"its mode 0600 lets only its owner (uid 12345) read it: give its group read access (`chmod g+r {key}`, " \
+           f"group {grp.getgrgid(0).gr_name};" in proc.stderr, proc.stderr
+    assert "run as a member of its group" not in proc.stderr
+    os.chown(key, 12345, 12345)   # group-readable, but by a group this process is not in
+    key.chmod(0o640)
+    proc = load()
+    assert proc.returncode == 1 and "this user may not read it: run as a member of its group (gid 12345" in proc.stderr
