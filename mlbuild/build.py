@@ -355,14 +355,31 @@ def store_options(project: Project) -> list[str]:
     return store[1] if store is not None else []
 
 
-def warn_shadowed_keys(cfg: StoreConfig) -> None:
-    """Say so when Nix's own configuration gives a store key's name to another key: a build that
-    rebuilt what the store holds may be why. Asked only after a build built something (it runs
-    `nix show-config`, ~0.2 s, which a build that built nothing need not pay)."""
-    for key, theirs in cfg.shadowed_keys():
+def warn_store_keys(cfg: StoreConfig) -> None:
+    """Say why a build may have rebuilt what the store holds: Nix's own configuration gives a
+    store key's name to another key (Nix keeps one key per name), or no key trusted here (mlbuild's
+    setting or Nix's) is one the store names as its own (``<store>/mlbuild/public-key``): Nix then
+    refuses every signed entry and trains again without a word. Asked only after a build built
+    something (it runs `nix show-config`, ~0.2 s, which a build that built nothing need not pay)."""
+    from .store.layout import Layout
+    from .store.push import published_keys
+
+    nix_keys = _nix.configured_public_keys()
+    for key, theirs in cfg.shadowed_keys(nix_keys):
         print(f"mlbuild: warning: the shared store's key {key} shares its name with {theirs} in Nix's own "
               f"configuration (trusted-public-keys): Nix keeps one key per name, so it may refuse the store's "
               f"signatures and rebuild what the store holds; give one of the keys another name", file=sys.stderr)
+    try:
+        published = published_keys(Layout(cfg.root))
+    except StoreKeyError:   # a push names the problem; a build only warns about what it explains
+        return
+    trusted = cfg.trusted_keys()
+    if published and not {str(k) for k in published} & {*map(str, trusted), *nix_keys}:
+        keys = " ".join(map(str, published))
+        print(f"mlbuild: warning: the shared store {cfg.root} is signed by {keys} ({cfg.root}/mlbuild/public-key), "
+              f"which this machine does not trust (trusted here: {', '.join(k.name for k in trusted)}): Nix refuses "
+              f"what the store holds and builds it again; trust the store's key: "
+              f"MLBUILD_STORE_PUBLIC_KEYS='{keys}' (or [store].public-keys in mlbuild.toml)", file=sys.stderr)
 
 
 def _warn_no_store(reason: str) -> None:
@@ -536,7 +553,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
                        state_dir(project.root) / "gcroots")
         _record(project, built, "present" if not mine else "built", dirty)
     if store is not None and total.built:
-        warn_shadowed_keys(store[0])
+        warn_store_keys(store[0])
     if check:   # before the push: a build that is not reproducible is not shared
         for built in total.outputs:
             _check_reproducible(project, built.target, command(built.target, "--rebuild", "--keep-failed"),

@@ -18,6 +18,7 @@ different location (see store-config/README.md); the keys never live inside the 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
@@ -29,7 +30,7 @@ from typing import Any, Mapping
 from ..config import CONFIG_NAME, find_project_root
 from ..errors import ConfigError, StoreConfigError, StoreKeyError
 from .keys import PublicKey, SecretKey, load_secret_key, parse_public_key
-from .layout import store_command
+from .layout import Layout, store_command
 
 __all__ = ["StoreConfig", "load_store_config", "DEFAULT_ROOT", "DEFAULT_SECRET_KEY", "DEFAULT_PUBLIC_KEY"]
 
@@ -67,11 +68,30 @@ class StoreConfig:
         return f"file://{self.root}"
 
     def secret_key(self) -> SecretKey:
-        if self.secret_key_file is None:
+        path = self.secret_key_file
+        if path is None or not path.exists():
+            # A store that names its key (a CI runner whose secret was not mounted): `init
+            # --generate-key` refuses it, the fix is a copy of that key's secret half.
+            from .push import published_keys
+
+            try:
+                names = ", ".join(k.name for k in published_keys(Layout(self.root)))
+            except StoreKeyError:
+                names = ""
+            if names:
+                signed = f"is signed by {names} ({self.root / 'mlbuild' / 'public-key'}): to push, copy the secret " \
+                         f"half of {names} (the .sec file made with it)"
+                if path is None:
+                    raise StoreKeyError(f"no signing key is configured for the store {self.root}, which {signed} to "
+                                        f"this machine and point MLBUILD_STORE_SECRET_KEY or [store].secret-key at it")
+                raise StoreKeyError(f"cannot read the store's secret key {path} ({os.strerror(errno.ENOENT)}): the "
+                                    f"store {self.root} {signed} to {path}, or point MLBUILD_STORE_SECRET_KEY or "
+                                    f"[store].secret-key at it")
+        if path is None:
             raise StoreKeyError(f"no signing key is configured for the store {self.root}: set "
                                 f"MLBUILD_STORE_SECRET_KEY or [store].secret-key, or run "
                                 f"`{store_command(self.root, 'init --generate-key')}`")
-        return load_secret_key(self.secret_key_file)
+        return load_secret_key(path)
 
     def trusted_keys(self) -> tuple[PublicKey, ...]:
         """The keys a narinfo must be signed by; the signing key's own half when none is named."""
@@ -106,12 +126,13 @@ class StoreConfig:
                                 f"store-config/setup-store")
         return tuple(keys)
 
-    def shadowed_keys(self) -> list[tuple[PublicKey, str]]:
-        """The trusted keys whose name Nix's own configuration gives to another key: Nix keeps one
-        key per name, so it would refuse what the shadowed key signed (and rebuild it)."""
+    def shadowed_keys(self, nix_keys: list[str] | None = None) -> list[tuple[PublicKey, str]]:
+        """The trusted keys whose name Nix's own configuration (``nix_keys``, else asked) gives to
+        another key: Nix keeps one key per name, so it would refuse what the shadowed key signed
+        (and rebuild it)."""
         from .. import _nix
 
-        theirs = {k.partition(":")[0]: k for k in _nix.configured_public_keys()}
+        theirs = {k.partition(":")[0]: k for k in (_nix.configured_public_keys() if nix_keys is None else nix_keys)}
         return [(k, theirs[k.name]) for k in self.trusted_keys() if k.name in theirs and theirs[k.name] != str(k)]
 
     def nix_options(self) -> list[str]:

@@ -128,8 +128,7 @@ def load_secret_key(path: Path) -> SecretKey:
         text = path.read_text()
     except OSError as e:
         if path.exists() and not path.is_dir():
-            fix = ("this user may not read it: run as a member of its group (the mlbuild group, see "
-                   "store-config/README.md) or as root")
+            fix = _unreadable_fix(path)
         else:
             fix = "create it with `mlbuild store init --generate-key` or set MLBUILD_STORE_SECRET_KEY"
         raise StoreKeyError(f"cannot read the store's secret key {path} ({e.strerror}); {fix}") from None
@@ -137,6 +136,30 @@ def load_secret_key(path: Path) -> SecretKey:
         raise StoreKeyError(f"the store's secret key {path} is not text (a key file is one name:base64 line); "
                             "point MLBUILD_STORE_SECRET_KEY or [store].secret-key at the key's .sec file") from None
     return parse_secret_key(text.removeprefix("\ufeff"), str(path))
+
+
+def _unreadable_fix(path: Path) -> str:
+    """What lets this user read the secret key ``path``: its group reads it (setup-store makes it
+    0640, group mlbuild), so be in that group; a key only its owner may read (`store init
+    --generate-key` writes 0600) needs its group's read bit first, whoever runs it."""
+    import grp
+    import pwd
+
+    st = path.stat()
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = f"gid {st.st_gid}"
+    if not st.st_mode & 0o040:
+        try:
+            owner = pwd.getpwuid(st.st_uid).pw_name
+        except KeyError:
+            owner = f"uid {st.st_uid}"
+        return (f"its mode {st.st_mode & 0o777:04o} lets only its owner ({owner}) read it: give its group read access "
+                f"(`chmod g+r {path}`, group {group}; setup-store makes it 0640, group mlbuild), and run as a member "
+                f"of that group")
+    return (f"this user may not read it: run as a member of its group ({group}; the mlbuild group, see "
+            f"store-config/README.md) or as root")
 
 
 def generate_key_pair(name: str, secret_path: Path, public_path: Path) -> SecretKey:

@@ -96,6 +96,7 @@ def test_the_store_s_key_is_made_once_and_never_replaced(tmp_path: Path) -> None
     bad = setup_store(tmp_path, "w", MLBUILD_STORE=str(spaced), MLBUILD_STORE_PUBLIC_KEYS=key)
     assert bad.returncode == 1 and "Nix cannot use a store whose path holds a space" in bad.stderr, bad.stderr
     assert not (tmp_path / "w" / "nix.conf").exists() and not (spaced / "nar").exists()
+    (spaced / "nix-cache-info").write_text("StoreDir: /nix/store\n")   # made by the machine that keeps it
     (tmp_path / "team-store").symlink_to(spaced)
     linked = setup_store(tmp_path, "w", MLBUILD_STORE=str(tmp_path / "team-store"), MLBUILD_STORE_PUBLIC_KEYS=key)
     assert linked.returncode == 0, linked.stderr
@@ -105,6 +106,24 @@ def test_the_store_s_key_is_made_once_and_never_replaced(tmp_path: Path) -> None
     other = setup_store(tmp_path / "elsewhere", "a")
     assert other.returncode == 0, other.stderr
     assert (tmp_path / "elsewhere" / "a" / "store.pub").read_text().split(":")[0] != key.split(":")[0]
+
+
+def test_a_client_given_the_store_s_key_never_makes_a_store(tmp_path: Path) -> None:
+    """CI runs `bash .ci/setup` with the store's key given: on a runner whose NFS mount was not up,
+    setup-store made an empty store in the mount point, so builds found nothing to fetch (and no
+    warning: the store was "set up") and `build --push` "pushed" into the runner's own disk."""
+    first = setup_store(tmp_path, "a")
+    assert first.returncode == 0, first.stderr
+    key = (tmp_path / "a" / "store.pub").read_text().strip()
+    mount_point = tmp_path / "mnt" / "mlstore"
+    mount_point.mkdir(parents=True)
+    for store in (mount_point, tmp_path / "mnt" / "nothing"):
+        ci = setup_store(tmp_path, "ci", MLBUILD_STORE=str(store), MLBUILD_STORE_PUBLIC_KEYS=key,
+                         MLBUILD_STORE_SECRET_KEY=str(tmp_path / "a" / "store.sec"))
+        assert ci.returncode == 1, ci.stderr
+        assert f"setup-store: {store} holds no store (no nix-cache-info): an NFS mount that is not up?" in ci.stderr
+        assert not (tmp_path / "ci" / "nix.conf").exists()
+    assert list(mount_point.iterdir()) == [] and not (tmp_path / "mnt" / "nothing").exists()
 
 
 @contextlib.contextmanager

@@ -118,3 +118,38 @@ def test_a_substitute_that_failed_points_at_the_store_not_the_network(tmp_path: 
     assert _store_hint(failed, None) is failed   # no shared store: Nix's words are all there is
     other = BuildError("nix build of ci failed", "error: builder for 'x.drv' failed with exit code 1")
     assert _store_hint(other, StoreConfig(tmp_path / "store")) is other
+
+
+def test_a_build_that_built_something_says_when_nothing_trusted_here_signs_the_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A CI reader given no MLBUILD_STORE_PUBLIC_KEYS (so trusting the machine's own
+    /etc/mlbuild/store.pub) retrained every model the store held, without a word."""
+    from mlbuild import _nix
+    from mlbuild.build import shared_store, warn_store_keys
+    from mlbuild.store.admin import init_store
+    from mlbuild.store.config import StoreConfig
+
+    monkeypatch.setattr(_nix, "configured_public_keys", lambda: ["cache.nixos.org-1:x"])
+    team = generate_key_pair("team-1", tmp_path / "team.sec", tmp_path / "team.pub")
+    init_store(StoreConfig(tmp_path / "store", secret_key_file=tmp_path / "team.sec"))
+    generate_key_pair("machine-1", tmp_path / "m.sec", tmp_path / "m.pub")
+    root = project(tmp_path, f'path = "{tmp_path / "store"}"\npublic-keys = ["{tmp_path / "m.pub"}"]')
+    store = shared_store(load_project(root))
+    assert store is not None and capsys.readouterr().err == ""   # said once a build built something
+    warn_store_keys(store[0])
+    err = capsys.readouterr().err
+    assert f"the shared store {tmp_path / 'store'} is signed by {team.public}" in err
+    assert "which this machine does not trust (trusted here: machine-1)" in err
+    assert f"MLBUILD_STORE_PUBLIC_KEYS='{team.public}'" in err
+    # trusted by mlbuild's setting, or by Nix's own configuration: quiet
+    (tmp_path / "mlbuild.toml").write_text(f'[project]\nname = "p"\n\n[store]\npath = "{tmp_path / "store"}"\n'
+                                           f'public-keys = ["{tmp_path / "team.pub"}"]\n')
+    store = shared_store(load_project(root))
+    assert store is not None
+    warn_store_keys(store[0])
+    monkeypatch.setattr(_nix, "configured_public_keys", lambda: [str(team.public)])
+    store = shared_store(load_project(project(tmp_path, f'path = "{tmp_path / "store"}"\n'
+                                                        f'public-keys = ["{tmp_path / "m.pub"}"]')))
+    assert store is not None
+    warn_store_keys(store[0])
+    assert capsys.readouterr().err == ""

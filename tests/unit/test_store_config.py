@@ -223,7 +223,7 @@ def test_a_key_name_nix_itself_trusts_is_refused_and_a_shadowed_store_key_is_tol
     """--key-name vm-mlbuild-1, the name of the machine's key in /etc/nix: accepted, then every
     build on another machine silently rebuilt (Nix kept the machine's key of that name)."""
     from mlbuild import _nix
-    from mlbuild.build import shared_store, warn_shadowed_keys
+    from mlbuild.build import shared_store, warn_store_keys
     from mlbuild.config import load_project
     from mlbuild.store.admin import init_store
 
@@ -241,7 +241,7 @@ def test_a_key_name_nix_itself_trusts_is_refused_and_a_shadowed_store_key_is_tol
     root = _project(tmp_path / "p", f'path = "{tmp_path / "s"}"\npublic-keys = ["{tmp_path / "w.pub"}"]')
     store = shared_store(load_project(root))
     assert store is not None and store[1]   # still used, and said once a build built something
-    warn_shadowed_keys(store[0])
+    warn_store_keys(store[0])
     err = capsys.readouterr().err
     assert f"the shared store's key {store_key.public} shares its name with {machine.public}" in err
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,3 +127,59 @@ def test_init_reads_a_store_that_names_two_keys(tmp_path: Path) -> None:
                                public_keys=(str(new.public),)))
     assert r.published is None and r.public_key == str(new.public)   # this key is one the store names
     assert f"extra-trusted-public-keys = {old.public} {new.public}\n" in r.nix_conf
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_a_missing_signing_key_for_a_store_that_names_its_key_says_to_copy_that_key(tmp_path: Path,
+                                                                                    given: bool) -> None:
+    """A CI runner whose /run/secrets key was not mounted was told to `store init --generate-key`,
+    which refuses a store that names its key: the fix is the store's own secret key, named."""
+    from mlbuild.store.admin import init_store
+    from mlbuild.store.config import StoreConfig
+
+    team = generate_key_pair("team-1", tmp_path / "team.sec", tmp_path / "team.pub")
+    init_store(StoreConfig(tmp_path / "store", secret_key_file=tmp_path / "team.sec"))
+    missing = tmp_path / "secrets" / "store.sec"
+    cfg = StoreConfig(tmp_path / "store", secret_key_file=missing if given else None,
+                      public_keys=(str(team.public),), secret_key_from="MLBUILD_STORE_SECRET_KEY")
+    with pytest.raises(StoreKeyError) as e:
+        cfg.secret_key()
+    msg = str(e.value)
+    assert "init --generate-key" not in msg, msg
+    assert f"{tmp_path / 'store'}{' is' if given else ', which is'} signed by team-1" in msg
+    assert "copy the secret half of team-1 (the .sec file made with it)" in msg
+    if given:
+        assert msg.startswith(f"cannot read the store's secret key {missing} (No such file or directory)")
+        assert f"copy the secret half of team-1 (the .sec file made with it) to {missing}" in msg
+    else:
+        assert msg.startswith(f"no signing key is configured for the store {tmp_path / 'store'}")
+    # a store that names no key yet: making one is the fix
+    bare = StoreConfig(tmp_path / "bare", secret_key_file=missing if given else None)
+    with pytest.raises(StoreKeyError, match="init --generate-key"):
+        bare.secret_key()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_a_secret_key_only_its_owner_may_read_says_to_give_its_group_read_access(tmp_path: Path) -> None:
+    """`store init --generate-key` writes the secret key 0600: a CI user in the key's group was told
+    to "run as a member of its group", which it was."""
+    import grp
+
+    generate_key_pair("k-1", tmp_path / "k.sec", tmp_path / "k.pub")
+    key = tmp_path / "k.sec"
+    os.chown(key, 12345, 0)   # another user's key, of this process's group (root)
+
+    def load() -> subprocess.CompletedProcess[str]:   # as root without the right to read what it may not
+        code = "import sys, pathlib; from mlbuild.store.keys import load_secret_key as f; f(pathlib.Path(sys.argv[1]))"
+        return subprocess.run(["setpriv", "--bounding-set", "-dac_override,-dac_read_search", sys.executable, "-c",
+                               code, str(key)], capture_output=True, text=True)
+
+    proc = load()
+    assert proc.returncode == 1 and "Permission denied" in proc.stderr, proc.stderr
+    assert f"its mode 0600 lets only its owner (uid 12345) read it: give its group read access (`chmod g+r {key}`, " \
+           f"group {grp.getgrgid(0).gr_name};" in proc.stderr, proc.stderr
+    assert "run as a member of its group" not in proc.stderr
+    os.chown(key, 12345, 12345)   # group-readable, but by a group this process is not in
+    key.chmod(0o640)
+    proc = load()
+    assert proc.returncode == 1 and "this user may not read it: run as a member of its group (gid 12345" in proc.stderr
