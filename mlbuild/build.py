@@ -378,7 +378,8 @@ def warn_store_keys(cfg: StoreConfig) -> None:
         keys = " ".join(map(str, published))
         print(f"mlbuild: warning: the shared store {cfg.root} is signed by {keys} ({cfg.root}/mlbuild/public-key), "
               f"which this machine does not trust (trusted here: {', '.join(k.name for k in trusted)}): Nix refuses "
-              f"what the store holds and builds it again; trust the store's key: "
+              f"what the store holds and builds it again; if that is your team's key (ask whoever keeps the "
+              f"store: anyone who may write the folder may change that file), trust it: "
               f"MLBUILD_STORE_PUBLIC_KEYS='{keys}' (or [store].public-keys in mlbuild.toml)", file=sys.stderr)
 
 
