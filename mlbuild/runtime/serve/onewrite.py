@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any, Callable
 
 __all__ = ["protocol_class", "MAX_HEAD", "REQUEST_TIMEOUT", "LINGER"]
@@ -53,6 +54,8 @@ MAX_HEAD = 64 * 1024
 REQUEST_TIMEOUT = 30.0
 #: Seconds at most a connection closed mid-request goes on reading (and dropping) the client's bytes.
 LINGER = 5.0
+#: The most waiting connections one accepted connection takes in after it (see ``_accept_waiting``).
+ACCEPT_BATCH = 256
 
 
 class _HeadTooLarge(Exception):
@@ -127,10 +130,13 @@ def _wrap(cycle: Any, linger: Callable[[], None]) -> None:
 
 
 def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LINGER,
-                   refused: Callable[[int], None] = lambda status: None) -> type[asyncio.Protocol] | str:
+                   refused: Callable[[int], None] = lambda status: None,
+                   listener: socket.socket | None = None) -> type[asyncio.Protocol] | str:
     """The one-write protocol class, or ``"auto"`` (uvicorn's choice) where httptools or the
     internals it relies on are missing. ``refused(status)`` is called for each request the protocol
-    answers itself (400, 408, 431): the app never sees those, so its metrics would not count them."""
+    answers itself (400, 408, 431): the app never sees those, so its metrics would not count them.
+    ``listener``: the socket the server listens on, whose waiting connections each new connection
+    accepts at once (the loop's own accept takes one per iteration)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
     except ImportError:  # no httptools: uvicorn's h11 protocol, as it is
@@ -140,6 +146,9 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
 
     sweep_every = min(1.0, request_timeout / 4)
     sweeping: dict[int, bool] = {}   # id(loop) -> its sweep is scheduled
+    accepting: set[asyncio.Task[Any]] = set()   # connections being handed to the loop (a task needs a reference)
+    if listener is not None:
+        listener.setblocking(False)   # as the loop has it: accept() says when none is waiting
 
     class OneWriteProtocol(HttpToolsProtocol):
         _head_bytes = 0     # bytes received while this request's head is incomplete
@@ -204,6 +213,30 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
             if not sweeping.get(id(self.loop)):
                 sweeping[id(self.loop)] = True
                 self.loop.call_later(sweep_every, self._sweep)
+            if listener is not None:
+                self._accept_waiting()
+
+        # -- a connection surge: take in every waiting connection, not one per loop iteration --
+        def _accept_waiting(self) -> None:
+            assert listener is not None
+            for _ in range(ACCEPT_BATCH):
+                try:
+                    conn, _ = listener.accept()
+                except OSError:   # none waiting (EAGAIN); the listener closed (shutdown); out of files
+                    return
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # as the loop sets it on its own
+                task = self.loop.create_task(self._hand_over(conn))
+                accepting.add(task)
+                task.add_done_callback(accepting.discard)
+
+        async def _hand_over(self, conn: socket.socket) -> None:
+            """Serve ``conn`` as the loop serves the connections it accepts itself."""
+            protocol = type(self)(config=self.config, server_state=self.server_state,
+                                  app_state=self.app_state, _loop=self.loop)
+            try:
+                await self.loop.connect_accepted_socket(lambda: protocol, conn)
+            except OSError:   # the client is gone already
+                conn.close()
 
         # -- the size of a request's line and headers: a 431 past MAX_HEAD -------------------
         # Counted per read, not per header (a Python call for each header, on the hot path): the
