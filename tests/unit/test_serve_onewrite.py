@@ -241,6 +241,28 @@ def test_a_stalled_request_gets_a_json_408(strict: int, sent: bytes) -> None:
     assert took < 5
 
 
+def test_headers_trickled_byte_by_byte_get_a_408(strict: int) -> None:
+    """A byte of headers every 0.2 s, each within the 0.5 s timeout (slowloris): the connection
+    was held for as long as the client went on (a request timeout of 2 s let a request trickled
+    over 88 s through; at the default 30 s, 64 KiB of headers holds a connection for 22 days)."""
+    started = time.monotonic()
+    answer = b""
+    with socket.create_connection(("127.0.0.1", strict), timeout=10) as conn:
+        with contextlib.suppress(OSError):   # the server closes once it has answered
+            for byte in b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 40:
+                conn.sendall(bytes([byte]))
+                time.sleep(0.2)
+                if time.monotonic() - started > 5:
+                    break
+        with contextlib.suppress(OSError):
+            while chunk := conn.recv(65536):
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ") and b"application/json" in head, answer
+    assert b"the request line and headers did not all come within 0.5 s" in body
+    assert time.monotonic() - started < 3
+
+
 def test_huge_headers_get_a_431_and_bad_framing_a_json_400(strict: int) -> None:
     answer, _ = _answer(strict, b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-A: " + b"a" * 100_000 + b"\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 431 ") and b"exceed 64 KiB" in answer, answer[:300]

@@ -24,7 +24,9 @@ The same protocol bounds what one client can hold, which uvicorn's httptools pro
   and kept the memory);
 - a request that stalls: no bytes of its line, headers or body for ``request_timeout`` seconds
   (a 408; a connection that sent nothing, or half a body, was held for ever, and 20,000 of them
-  used up the server's file descriptors);
+  used up the server's file descriptors), or whose line and headers have not all come
+  ``request_timeout`` seconds after their first byte (a 408, as nginx's ``client_header_timeout``:
+  a client trickling a byte of headers every 29 s held its connection for days);
 - a request the HTTP parser refuses (a bad Content-Length, a bad chunk) gets a JSON 400 like every
   other error, not uvicorn's text/plain one.
 
@@ -155,6 +157,7 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
         _in_head = True     # a request's line and headers are still coming
         _waiting = False    # between a connection's start or a request's first bytes and its last
         _since = 0.0        # when this connection last received bytes (loop.time())
+        _head_since = 0.0   # when this request's head began (its first byte, or the connection)
         _linger_until = 0.0  # > 0: answered and half-closed; the client's bytes are dropped until then
 
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
@@ -176,8 +179,9 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
                         conn.transport.close()
                 # Not where the server itself stopped reading: a request queued behind one still being
                 # answered (pipelining), or a body the app has not consumed yet (flow control).
-                elif (conn._waiting and now - conn._since >= request_timeout
-                        and not conn.pipeline and not conn.flow.read_paused):
+                elif (conn._waiting and not conn.pipeline and not conn.flow.read_paused
+                        and (now - conn._since >= request_timeout
+                             or conn._in_head and now - conn._head_since >= request_timeout)):
                     conn._stalled()
             try:
                 self.loop.call_later(sweep_every, self._sweep)
@@ -192,8 +196,11 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
                 self.transport.close()
                 return
             refused(408)
-            _json_error(self.transport, 408, "Request Timeout",
-                        f"no bytes of the request came for {request_timeout:g} s; send the whole request at once")
+            if self.loop.time() - self._since >= request_timeout:
+                message = f"no bytes of the request came for {request_timeout:g} s"
+            else:
+                message = f"the request line and headers did not all come within {request_timeout:g} s"
+            _json_error(self.transport, 408, "Request Timeout", f"{message}; send the whole request at once")
             self.transport.close()   # a stalled client is not sending: nothing to linger for
 
         # -- closing while the client still sends: half-close, drop its bytes, then close --------
@@ -209,7 +216,8 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
-            self._waiting, self._since = True, self.loop.time()   # a connection that sends nothing at all
+            self._waiting = True   # a connection that sends nothing at all
+            self._since = self._head_since = self.loop.time()
             if not sweeping.get(id(self.loop)):
                 sweeping[id(self.loop)] = True
                 self.loop.call_later(sweep_every, self._sweep)
@@ -262,12 +270,12 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
             self._linger()
 
         def on_message_begin(self) -> None:
-            self._waiting = True
+            self._waiting, self._head_since = True, self.loop.time()
             super().on_message_begin()
 
         def on_response_complete(self) -> None:
-            # a pipelined request waited for this one (reading was paused): its clock starts now
-            self._since = self.loop.time()
+            # a pipelined request waited for this one (reading was paused): its clocks start now
+            self._since = self._head_since = self.loop.time()
             super().on_response_complete()
 
         def on_headers_complete(self) -> None:
