@@ -28,7 +28,9 @@ The same protocol bounds what one client can hold, which uvicorn's httptools pro
   ``request_timeout`` seconds after their first byte (a 408, as nginx's ``client_header_timeout``:
   a client trickling a byte of headers every 29 s held its connection for days);
 - a request the HTTP parser refuses (a bad Content-Length, a bad chunk) gets a JSON 400 like every
-  other error, not uvicorn's text/plain one.
+  other error, not uvicorn's text/plain one;
+- pipelined requests: at most one read of them waits to be answered (uvicorn read on after every
+  answer, and a client that never read its answers filled the server's memory).
 
 And it closes a connection as a client can read: a response that starts before its request's
 body has all come (a 413 answered from ``Content-Length`` alone) closes the connection after it,
@@ -140,9 +142,24 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
     ``listener``: the socket the server listens on, whose waiting connections each new connection
     accepts at once (the loop's own accept takes one per iteration)."""
     try:
+        from uvicorn.protocols.http.flow_control import FlowControl
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
     except ImportError:  # no httptools: uvicorn's h11 protocol, as it is
         return "auto"
+
+    class PipelineFlow(FlowControl):
+        """Reading stays paused while pipelined requests wait: uvicorn resumed it after every answer
+        and every body read, parsing a whole read of requests into the pipeline to answer one, so a
+        client that pipelined without reading its answers grew it without bound (the digits server
+        took 600 MB of requests in 20 s and reached 3.2 GB, one connection)."""
+
+        def __init__(self, transport: asyncio.Transport, pipeline: Any) -> None:
+            super().__init__(transport)
+            self.pipeline = pipeline
+
+        def resume_reading(self) -> None:
+            if not self.pipeline:   # else: once the last waiting request has started
+                super().resume_reading()
     if not hasattr(HttpToolsProtocol, "_start_asgi_task") or not hasattr(RequestResponseCycle, "send"):
         return "auto"
 
@@ -216,6 +233,7 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            self.flow = PipelineFlow(transport, self.pipeline)
             self._waiting = True   # a connection that sends nothing at all
             self._since = self._head_since = self.loop.time()
             if not sweeping.get(id(self.loop)):
