@@ -63,6 +63,10 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await asyncio.sleep(1.5)
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
         await send({"type": "http.response.body", "body": b"slow"})
+    elif path == "/busy":  # holds the event loop, as a loaded server's request does (JSON, numpy)
+        time.sleep(0.005)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
+        await send({"type": "http.response.body", "body": b"busy"})
     elif path == "/refuse":  # answers before reading the body (a 413 from Content-Length alone)
         await send({"type": "http.response.start", "status": 413, "headers": [(b"content-length", b"7")]})
         await send({"type": "http.response.body", "body": b"refused"})
@@ -90,15 +94,21 @@ def server() -> Iterator[tuple[int, list[bytes]]]:
         yield port, writes
 
 
-@contextlib.contextmanager
-def _serving(protocol: Any) -> Iterator[int]:
-    """A real uvicorn server of _app with ``protocol``, in a thread; yields its port."""
+def _listener() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.contextmanager
+def _serving(protocol: Any, sock: socket.socket | None = None, run: Any = asyncio.run) -> Iterator[int]:
+    """A real uvicorn server of _app with ``protocol`` on ``sock`` (default: a new one), its loop
+    run by ``run`` (asyncio's; ``uvloop.run``, the server's), in a thread; yields its port."""
+    sock = sock or _listener()
     config = uvicorn.Config(_app, http=protocol, lifespan="off", log_level="critical", server_header=False,
                             timeout_keep_alive=30)
     srv = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(srv.serve(sockets=[sock])), daemon=True)
+    thread = threading.Thread(target=lambda: run(srv.serve(sockets=[sock])), daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not srv.started:
@@ -231,6 +241,28 @@ def test_a_stalled_request_gets_a_json_408(strict: int, sent: bytes) -> None:
     assert took < 5
 
 
+def test_headers_trickled_byte_by_byte_get_a_408(strict: int) -> None:
+    """A byte of headers every 0.2 s, each within the 0.5 s timeout (slowloris): the connection
+    was held for as long as the client went on (a request timeout of 2 s let a request trickled
+    over 88 s through; at the default 30 s, 64 KiB of headers holds a connection for 22 days)."""
+    started = time.monotonic()
+    answer = b""
+    with socket.create_connection(("127.0.0.1", strict), timeout=10) as conn:
+        with contextlib.suppress(OSError):   # the server closes once it has answered
+            for byte in b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 40:
+                conn.sendall(bytes([byte]))
+                time.sleep(0.2)
+                if time.monotonic() - started > 5:
+                    break
+        with contextlib.suppress(OSError):
+            while chunk := conn.recv(65536):
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ") and b"application/json" in head, answer
+    assert b"the request line and headers did not all come within 0.5 s" in body
+    assert time.monotonic() - started < 3
+
+
 def test_huge_headers_get_a_431_and_bad_framing_a_json_400(strict: int) -> None:
     answer, _ = _answer(strict, b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-A: " + b"a" * 100_000 + b"\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 431 ") and b"exceed 64 KiB" in answer, answer[:300]
@@ -338,3 +370,68 @@ def test_what_the_protocol_refuses_itself_is_reported_for_the_metrics() -> None:
         assert _answer(port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nab")[0].startswith(b"HTTP/1.1 408")
         assert _answer(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")[0].startswith(b"HTTP/1.1 200")
     assert statuses == [431, 400, 408]
+
+
+def test_a_client_pipelining_without_reading_its_answers_is_not_buffered() -> None:
+    """uvicorn read on after each answer and queued a whole read of requests to answer one: a
+    client sending requests without reading the answers grew the queue without bound (the digits
+    server took 600 MB of requests in 20 s and reached 3.2 GB). Now at most one read of them waits."""
+    base = protocol_class()
+    assert not isinstance(base, str)
+    queued: list[int] = []
+
+    class Measured(base):  # type: ignore[misc, valid-type]
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            queued.append(len(self.pipeline))
+
+    request = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab"   # reading its body resumed reading too
+    with _serving(Measured) as port, socket.create_connection(("127.0.0.1", port), timeout=3) as conn:
+        with contextlib.suppress(socket.timeout):   # until the server stops taking them
+            for _ in range(1000):   # 1,000,000 requests, 58 MB
+                conn.sendall(request * 1000)
+    assert queued and max(queued) <= 262144 // len(request), max(queued)   # one read (asyncio reads 256 KiB)
+
+
+def test_a_connection_surge_is_accepted_while_the_server_is_busy() -> None:
+    """uvloop (libuv) accepts one connection per loop iteration, and a busy server's iteration
+    answers every keep-alive connection's request first: 1,000 busy connections left a surge of
+    new ones (health probes, scrapes) waiting minutes in the accept queue. Given the listener, each
+    accepted connection takes in every one waiting: here 60 newcomers behind 20 busy clients (an
+    iteration of ~0.1 s) took ~6 s one by one."""
+    uvloop = pytest.importorskip("uvloop")
+    sock = _listener()
+    base = protocol_class(listener=sock)
+    assert not isinstance(base, str)
+    stop = threading.Event()
+
+    def busy(port: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while not stop.is_set():
+            conn.request("GET", "/busy")
+            conn.getresponse().read()
+        conn.close()
+
+    took: list[float] = []
+
+    def newcomer(port: int) -> None:
+        started = time.monotonic()
+        assert _request(port, "GET", "/") == (200, b"hello")
+        took.append(time.monotonic() - started)
+
+    with _serving(base, sock, uvloop.run) as port:
+        clients = [threading.Thread(target=busy, args=(port,)) for _ in range(20)]
+        for t in clients:
+            t.start()
+        try:
+            time.sleep(0.5)
+            newcomers = [threading.Thread(target=newcomer, args=(port,)) for _ in range(60)]
+            for t in newcomers:
+                t.start()
+            for t in newcomers:
+                t.join(30)
+        finally:
+            stop.set()
+            for t in clients:
+                t.join(30)
+    assert len(took) == 60 and max(took) < 2.0, sorted(took)[-5:]

@@ -68,8 +68,8 @@ def build_parser(package: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--graceful-timeout", type=_number(int, 0), default=30,
                    help="seconds to let requests finish after SIGTERM (default: 30)")
     p.add_argument("--request-timeout", type=_number(float, 0.1, 86400), default=30.0,
-                   help="seconds a request may go without sending its next bytes (line, headers or body) "
-                        "before it gets a 408 (default: 30)")
+                   help="seconds a request may go without sending its next bytes (line, headers or body), "
+                        "and its line and headers may take in all, before it gets a 408 (default: 30)")
     p.add_argument("--no-verify", action="store_true", help="skip the weights' sha256 check against the manifest")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request (slower)")

@@ -24,9 +24,13 @@ The same protocol bounds what one client can hold, which uvicorn's httptools pro
   and kept the memory);
 - a request that stalls: no bytes of its line, headers or body for ``request_timeout`` seconds
   (a 408; a connection that sent nothing, or half a body, was held for ever, and 20,000 of them
-  used up the server's file descriptors);
+  used up the server's file descriptors), or whose line and headers have not all come
+  ``request_timeout`` seconds after their first byte (a 408, as nginx's ``client_header_timeout``:
+  a client trickling a byte of headers every 29 s held its connection for days);
 - a request the HTTP parser refuses (a bad Content-Length, a bad chunk) gets a JSON 400 like every
-  other error, not uvicorn's text/plain one.
+  other error, not uvicorn's text/plain one;
+- pipelined requests: at most one read of them waits to be answered (uvicorn read on after every
+  answer, and a client that never read its answers filled the server's memory).
 
 And it closes a connection as a client can read: a response that starts before its request's
 body has all come (a 413 answered from ``Content-Length`` alone) closes the connection after it,
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any, Callable
 
 __all__ = ["protocol_class", "MAX_HEAD", "REQUEST_TIMEOUT", "LINGER"]
@@ -53,6 +58,8 @@ MAX_HEAD = 64 * 1024
 REQUEST_TIMEOUT = 30.0
 #: Seconds at most a connection closed mid-request goes on reading (and dropping) the client's bytes.
 LINGER = 5.0
+#: The most waiting connections one accepted connection takes in after it (see ``_accept_waiting``).
+ACCEPT_BATCH = 256
 
 
 class _HeadTooLarge(Exception):
@@ -127,25 +134,47 @@ def _wrap(cycle: Any, linger: Callable[[], None]) -> None:
 
 
 def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LINGER,
-                   refused: Callable[[int], None] = lambda status: None) -> type[asyncio.Protocol] | str:
+                   refused: Callable[[int], None] = lambda status: None,
+                   listener: socket.socket | None = None) -> type[asyncio.Protocol] | str:
     """The one-write protocol class, or ``"auto"`` (uvicorn's choice) where httptools or the
     internals it relies on are missing. ``refused(status)`` is called for each request the protocol
-    answers itself (400, 408, 431): the app never sees those, so its metrics would not count them."""
+    answers itself (400, 408, 431): the app never sees those, so its metrics would not count them.
+    ``listener``: the socket the server listens on, whose waiting connections each new connection
+    accepts at once (the loop's own accept takes one per iteration)."""
     try:
+        from uvicorn.protocols.http.flow_control import FlowControl
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
     except ImportError:  # no httptools: uvicorn's h11 protocol, as it is
         return "auto"
+
+    class PipelineFlow(FlowControl):
+        """Reading stays paused while pipelined requests wait: uvicorn resumed it after every answer
+        and every body read, parsing a whole read of requests into the pipeline to answer one, so a
+        client that pipelined without reading its answers grew it without bound (the digits server
+        took 600 MB of requests in 20 s and reached 3.2 GB, one connection)."""
+
+        def __init__(self, transport: asyncio.Transport, pipeline: Any) -> None:
+            super().__init__(transport)
+            self.pipeline = pipeline
+
+        def resume_reading(self) -> None:
+            if not self.pipeline:   # else: once the last waiting request has started
+                super().resume_reading()
     if not hasattr(HttpToolsProtocol, "_start_asgi_task") or not hasattr(RequestResponseCycle, "send"):
         return "auto"
 
     sweep_every = min(1.0, request_timeout / 4)
     sweeping: dict[int, bool] = {}   # id(loop) -> its sweep is scheduled
+    accepting: set[asyncio.Task[Any]] = set()   # connections being handed to the loop (a task needs a reference)
+    if listener is not None:
+        listener.setblocking(False)   # as the loop has it: accept() says when none is waiting
 
     class OneWriteProtocol(HttpToolsProtocol):
         _head_bytes = 0     # bytes received while this request's head is incomplete
         _in_head = True     # a request's line and headers are still coming
         _waiting = False    # between a connection's start or a request's first bytes and its last
         _since = 0.0        # when this connection last received bytes (loop.time())
+        _head_since = 0.0   # when this request's head began (its first byte, or the connection)
         _linger_until = 0.0  # > 0: answered and half-closed; the client's bytes are dropped until then
 
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
@@ -167,8 +196,9 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
                         conn.transport.close()
                 # Not where the server itself stopped reading: a request queued behind one still being
                 # answered (pipelining), or a body the app has not consumed yet (flow control).
-                elif (conn._waiting and now - conn._since >= request_timeout
-                        and not conn.pipeline and not conn.flow.read_paused):
+                elif (conn._waiting and not conn.pipeline and not conn.flow.read_paused
+                        and (now - conn._since >= request_timeout
+                             or conn._in_head and now - conn._head_since >= request_timeout)):
                     conn._stalled()
             try:
                 self.loop.call_later(sweep_every, self._sweep)
@@ -183,8 +213,11 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
                 self.transport.close()
                 return
             refused(408)
-            _json_error(self.transport, 408, "Request Timeout",
-                        f"no bytes of the request came for {request_timeout:g} s; send the whole request at once")
+            if self.loop.time() - self._since >= request_timeout:
+                message = f"no bytes of the request came for {request_timeout:g} s"
+            else:
+                message = f"the request line and headers did not all come within {request_timeout:g} s"
+            _json_error(self.transport, 408, "Request Timeout", f"{message}; send the whole request at once")
             self.transport.close()   # a stalled client is not sending: nothing to linger for
 
         # -- closing while the client still sends: half-close, drop its bytes, then close --------
@@ -200,10 +233,36 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
-            self._waiting, self._since = True, self.loop.time()   # a connection that sends nothing at all
+            self.flow = PipelineFlow(transport, self.pipeline)
+            self._waiting = True   # a connection that sends nothing at all
+            self._since = self._head_since = self.loop.time()
             if not sweeping.get(id(self.loop)):
                 sweeping[id(self.loop)] = True
                 self.loop.call_later(sweep_every, self._sweep)
+            if listener is not None:
+                self._accept_waiting()
+
+        # -- a connection surge: take in every waiting connection, not one per loop iteration --
+        def _accept_waiting(self) -> None:
+            assert listener is not None
+            for _ in range(ACCEPT_BATCH):
+                try:
+                    conn, _ = listener.accept()
+                except OSError:   # none waiting (EAGAIN); the listener closed (shutdown); out of files
+                    return
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # as the loop sets it on its own
+                task = self.loop.create_task(self._hand_over(conn))
+                accepting.add(task)
+                task.add_done_callback(accepting.discard)
+
+        async def _hand_over(self, conn: socket.socket) -> None:
+            """Serve ``conn`` as the loop serves the connections it accepts itself."""
+            protocol = type(self)(config=self.config, server_state=self.server_state,
+                                  app_state=self.app_state, _loop=self.loop)
+            try:
+                await self.loop.connect_accepted_socket(lambda: protocol, conn)
+            except OSError:   # the client is gone already
+                conn.close()
 
         # -- the size of a request's line and headers: a 431 past MAX_HEAD -------------------
         # Counted per read, not per header (a Python call for each header, on the hot path): the
@@ -229,12 +288,12 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
             self._linger()
 
         def on_message_begin(self) -> None:
-            self._waiting = True
+            self._waiting, self._head_since = True, self.loop.time()
             super().on_message_begin()
 
         def on_response_complete(self) -> None:
-            # a pipelined request waited for this one (reading was paused): its clock starts now
-            self._since = self.loop.time()
+            # a pipelined request waited for this one (reading was paused): its clocks start now
+            self._since = self._head_since = self.loop.time()
             super().on_response_complete()
 
         def on_headers_complete(self) -> None:

@@ -100,13 +100,13 @@ def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, thr
             server.should_exit = True
 
     state = ServerState(pkg, metrics, threads=threads, verify=verify, on_load_failure=on_load_failure)
-    # http: one socket write per response (onewrite.py). proxy_headers off: nothing here reads the
+    # http: one socket write per response, and a connection surge accepted at once (onewrite.py). proxy_headers off: nothing here reads the
     # client's address but the optional access log, and uvicorn's X-Forwarded-For middleware is
     # one more ASGI layer on every request.
     config = uvicorn.Config(create_app(state), lifespan="on", log_level=log_level, access_log=access_log,
                             timeout_graceful_shutdown=max(1, graceful_timeout), server_header=False,
-                            timeout_keep_alive=30, http=protocol_class(request_timeout, refused=metrics.refused),
-                            proxy_headers=False)
+                            timeout_keep_alive=30, proxy_headers=False,
+                            http=protocol_class(request_timeout, refused=metrics.refused, listener=sock))
     server = _Server(config, state)
     shown = f"[{host}]" if ":" in host else host
     log.info("serving %s (%s) on http://%s:%d", pkg.name, pkg.root, shown, actual_port)
