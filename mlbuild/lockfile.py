@@ -29,6 +29,11 @@ LOCK_VERSION = 1
 _WHEEL_KEYS = ("name", "version", "filename", "sha256")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _WHEEL_FILE = re.compile(r"[A-Za-z0-9+_?=-][A-Za-z0-9+._?=-]*\.whl")   # also a valid store path name
+# prefetch hands pip `name==version`: a project name (PEP 508) and a version (PEP 440's characters),
+# nothing pip could read as an option (`-e ...`) or a direct reference (`x @ file:///dir#`, which
+# pip builds, running the folder's setup.py at prefetch time)
+_PROJECT_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+!_-]*")
 
 
 def wheel_entry(entry: Any, where: str) -> dict[str, str]:
@@ -38,6 +43,10 @@ def wheel_entry(entry: Any, where: str) -> dict[str, str]:
     if not _SHA256.fullmatch(entry["sha256"]):   # else prefetch blamed the package source for the bytes
         raise LockError(f"{where}: {entry['filename']} has sha256 {entry['sha256']!r}, not 64 lowercase hex digits; "
                         f"restore the lock from git or run `mlbuild lock`")
+    for key, pattern in (("name", _PROJECT_NAME), ("version", _VERSION)):
+        if not pattern.fullmatch(entry[key]):
+            raise LockError(f"{where}: {entry['filename']} has {key} {entry[key]!r}, which is not a project "
+                            f"{key} (pip would not read it as one); restore the lock from git or run `mlbuild lock`")
     if not _WHEEL_FILE.fullmatch(entry["filename"]):   # it names a store path: a KeyError traceback in prefetch
         raise LockError(f"{where}: {entry['filename']!r} is not a wheel's file name; restore the lock from git or "
                         f"run `mlbuild lock`")

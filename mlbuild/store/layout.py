@@ -153,6 +153,20 @@ class Layout:
             raise StoreConfigError(f"{self.root} is not an mlbuild store (no nix-cache-info or nar/); create it "
                                    f"with `{store_command(self.root, 'init')}`, or give the store's folder "
                                    f"(`mlbuild store --store DIR ...`, MLBUILD_STORE or [store].path)")
+        # Its folders are the store's own: one that a writer of the store replaced with a link to
+        # another folder would have gc (run by root, say) delete that folder's files as unused NARs,
+        # and pushes and gc write there. The store's root itself may be a link (see store-config).
+        pushes = self.roots_dir / "pushes"
+        own = [self.nar_dir, self.root / "mlbuild", self.roots_dir, self.roots_dir / "tags", pushes]
+        if pushes.is_dir() and not pushes.is_symlink():
+            own += sorted(pushes.iterdir())
+        for d in own:
+            if d.is_symlink():
+                raise StoreCorruptError(
+                    f"{d} is a symbolic link (to {os.readlink(d)}), not a folder of the store {self.root}: mlbuild "
+                    f"writes and deletes files in the store's folders (gc would delete what the link leads to); "
+                    f"remove the link (`rm {shlex.quote(str(d))}`) and make the folder itself "
+                    f"(`{store_command(self.root, 'init')}`), or mount the other folder there")
 
     def require_writable(self, what: str) -> None:
         """StoreError naming the folder, before ``what`` (a push, a tag...) writes anything, when

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -10,7 +11,7 @@ import pytest
 
 from mlbuild import _nix
 from mlbuild.config import load_project
-from mlbuild.errors import InterpreterError
+from mlbuild.errors import InterpreterError, LockError
 from mlbuild.interpreter import probe
 from mlbuild.lockfile import write_lock
 from mlbuild.storepath import fixed_output_path
@@ -66,3 +67,28 @@ def test_another_machines_snapshot_names_the_pull_that_keeps_the_lock(tree, monk
            f"(`mlbuild store pull {snapshot}`; `nix build` substitutes it too) and keep the lock, else run " \
            f"`mlbuild lock` to re-lock for this interpreter" in str(e.value)
     assert f"differs from mlbuild.lock (version '3.11.0' -> '{probe(sys.executable).version}')" in str(e.value)
+
+
+@pytest.mark.parametrize("key, value", [("name", "evil @ file://{evil}#"), ("version", "1 @ file://{evil}#"),
+                                        ("name", "-e{evil}")])
+def test_a_lock_naming_a_folder_for_a_wheel_runs_no_code(tree, monkeypatch: pytest.MonkeyPatch, key: str,
+                                                          value: str) -> None:
+    """prefetch handed pip `name==version` from the lock as it was: a lock from an untrusted branch with the
+    name `evil @ file:///dir#` made `pip download` build that folder, running its build backend (its
+    setup.py) at prefetch time, before anything checked the wheel's hash."""
+    project, snapshot, wheel = _project(tree, probe(sys.executable).version)
+    evil = project.root / "evil"
+    evil.mkdir()
+    marker = project.root / "ran"
+    (evil / "pyproject.toml").write_text('[build-system]\nrequires = []\nbuild-backend = "backend"\n'
+                                         'backend-path = ["."]\n[project]\nname = "evil"\nversion = "1"\n')
+    (evil / "backend.py").write_text(f"open({str(marker)!r}, 'w').close()\n")   # imported by pip's build
+    lock = project.lock_path
+    data = json.loads(lock.read_text())
+    data["wheels"] = [dict(WHEEL, **{key: value.format(evil=evil)})]
+    lock.write_text(json.dumps(data))
+    FakeNix(monkeypatch, {snapshot})
+    with pytest.raises(LockError) as e:
+        prefetch(project)
+    assert f"a-1-py3-none-any.whl has {key} {value.format(evil=evil)!r}, which is not a project {key}" in str(e.value)
+    assert not marker.exists()

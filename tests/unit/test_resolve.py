@@ -117,7 +117,33 @@ def test_a_wheel_required_by_url_is_refused_naming_the_fix(tmp_path) -> None:  #
         z.writestr("mlbwalk-0.1.dist-info/RECORD", "")
     with pytest.raises(ResolveError) as e:
         resolve(sys.executable, [f"mlbwalk @ {wheel.as_uri()}"])
-    assert str(e.value) == (f"mlbwalk 0.1 is required from '{wheel.as_uri()}'; mlbuild locks wheels from pip's sources "
-                            "only (index, mirror, find-links), which `mlbuild prefetch` fetches them from again: put "
-                            "the wheel in a find-links folder or an index of your pip configuration and require "
-                            "mlbwalk==0.1 in [python].requirements")
+    assert str(e.value) == (f"[python].requirements 'mlbwalk @ {wheel.as_uri()}' is not a project name with versions; "
+                            "mlbuild locks wheels from pip's sources only (index, mirror, find-links), which `mlbuild "
+                            "prefetch` fetches them from again, and runs no package's code (pip builds a folder, "
+                            "source archive or URL named here, running its code): put the wheel in a find-links folder "
+                            "or an index of your pip configuration and require NAME==VERSION")
+
+
+@pytest.mark.parametrize("form", ["evil @ {uri}", "{path}", "-e {path}", "evil.tar.gz"])
+def test_a_requirement_naming_a_folder_runs_none_of_its_code(tmp_path, monkeypatch, form: str) -> None:  # type: ignore[no-untyped-def]
+    """mlbuild says it locks wheels only (pip --only-binary=:all:), but pip builds a folder, a source archive
+    or a URL a requirement names even so: `mlbuild lock` on a branch requiring `evil @ file:///dir` ran that
+    folder's build backend (its setup.py) before it refused the direct reference."""
+    import shutil
+    import sys
+
+    from mlbuild.resolve import resolve
+
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    marker = tmp_path / "ran"
+    (evil / "pyproject.toml").write_text('[build-system]\nrequires = []\nbuild-backend = "backend"\n'
+                                         'backend-path = ["."]\n[project]\nname = "evil"\nversion = "1"\n')
+    (evil / "backend.py").write_text(f"open({str(marker)!r}, 'w').close()\n")   # imported by pip's build
+    shutil.make_archive(str(tmp_path / "evil"), "gztar", tmp_path, "evil")
+    monkeypatch.chdir(tmp_path)
+    requirement = form.format(uri=evil.as_uri(), path=evil)
+    with pytest.raises(ResolveError) as e:
+        resolve(sys.executable, [requirement])
+    assert str(e.value).startswith(f"[python].requirements {requirement!r} is not a project name with versions; ")
+    assert not marker.exists()

@@ -166,3 +166,38 @@ def test_not_a_store_suggests_an_init_command_that_works(tmp_path: Path) -> None
     assert suggestion == f"mlbuild store --store {shlex.quote(str(root))} init" and "'" in suggestion
     run_cli(*shlex.split(suggestion)[1:])
     run_cli("store", "--store", str(root), "stats")
+
+
+@pytest.mark.parametrize("folder", ["nar", "mlbuild/roots/pushes/digits", "mlbuild"])
+def test_gc_deletes_nothing_through_a_store_folder_replaced_by_a_link(tmp_path: Path, folder: str) -> None:
+    """Any writer of the store (the mlbuild group) could replace `<store>/nar` with a link to another folder
+    and backdate `mlbuild/gc-condemned.json`: the next `store gc`, run by root or CI, deleted every file
+    of that folder as an unused NAR."""
+    import json
+    import subprocess
+
+    from tests.conftest import MLBUILD
+
+    store, victim = tmp_path / "store", tmp_path / "victim"
+    Layout(store).init()
+    write_tree(victim, {"important.txt": "precious\n", "other": ""})
+    for f in victim.iterdir():
+        os.utime(f, (1, 1))
+    link = store / folder
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_dir():
+        for f in link.iterdir():
+            if f.is_file():
+                (victim / f.name).write_bytes(f.read_bytes())
+        import shutil
+        shutil.rmtree(link)
+    link.symlink_to(victim)
+    if folder == "nar":
+        (store / "mlbuild" / "gc-condemned.json").write_text(json.dumps({"nar/important.txt": 1, "nar/other": 1}))
+    proc = subprocess.run([*MLBUILD, "store", "--store", str(store), "gc", "--keep-last", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"Error: {link} is a symbolic link (to {victim}), not a folder of the store {store}: mlbuild writes and " \
+           f"deletes files in the store's folders" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (victim / "important.txt").read_text() == "precious\n" and (victim / "other").exists()

@@ -306,3 +306,30 @@ def test_a_push_stopped_by_sigterm_keeps_no_record_and_no_temp_file(store: tuple
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert not [p for p in (cfg.root / "mlbuild" / "roots" / "pushes").rglob("*") if p.is_file()]
     assert not [p for p in (cfg.root / "nar").iterdir() if p.name.startswith(".tmp")]
+
+
+@pytest.mark.parametrize("kind", ["link", "fifo"])
+def test_the_store_s_public_key_is_read_only_from_a_file_in_the_store(tmp_path: Path, kind: str) -> None:
+    """Any writer of the store could make `<store>/mlbuild/public-key` a link to a file only root may read (a
+    one-line token): `mlbuild store init`, push or build run by root showed its first 80 characters in the error
+    ("public key 'ghp_...' is not `name:base64`"). A FIFO there hung every one of them."""
+    import subprocess
+
+    from tests.conftest import MLBUILD
+
+    root = tmp_path / "store"
+    Layout(root).init()
+    secret = tmp_path / "token"
+    secret.write_text("ghp_SuperSecretTokenValue0123456789\n")
+    secret.chmod(0o600)
+    key = root / "mlbuild" / "public-key"
+    if kind == "link":
+        key.symlink_to(secret)
+    else:
+        os.mkfifo(key)
+    proc = subprocess.run([*MLBUILD, "store", "--store", str(root), "init"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "ghp_" not in proc.stdout + proc.stderr
+    why = f"is a symbolic link (to {secret}), not the store's public key file" if kind == "link" else \
+        "is not a file, so it holds no public key"
+    assert f"Error: {key} {why}" in proc.stderr, proc.stderr
