@@ -70,7 +70,7 @@ def read_lock(path: Path) -> dict[str, Any]:
         text = path.read_bytes().decode("utf-8-sig")   # a byte order mark, as Nix's fromJSON skips it
         data = json.loads(text, object_pairs_hook=_once)
     except _Twice as e:   # a hand-merged lock keeping both sides' lines: Nix and Python took the last
-        raise LockError(f"{path}: {e.key!r} is given twice in one table ({e.first!s:.80} and {e.second!s:.80}), as a "
+        raise LockConflictError(f"{path}: {e.key!r} is given twice in one table ({e.first!s:.80} and {e.second!s:.80}), as a "
                         f"merge that kept both sides' lines leaves it; keep the one you want, or take one side "
                         f"(`git checkout --ours -- {path.name}`) and `mlbuild data add` the other's datasets") from None
     except UnicodeDecodeError as e:

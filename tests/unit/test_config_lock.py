@@ -267,3 +267,17 @@ def test_a_lock_with_a_key_given_twice_is_refused(tree) -> None:
     with pytest.raises(LockError, match=r"'raw' is given twice in one table .*keep the one you want"):
         read_lock(root / "mlbuild.lock")
     assert (root / "mlbuild.lock").read_text() == text
+
+
+def test_mlbuild_lock_refuses_a_lock_with_a_key_given_twice(tree, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mlbuild lock` took the refusal for a lock of another version, kept its dataset pins as
+    json.loads read them (the last of the two) and wrote the lock over: the first pin was gone."""
+    from mlbuild import toolchain
+
+    text = ('{\n  "datasets": {\n    "raw": {"sha256": "' + "1" * 64 + '"},\n    "raw": {"sha256": "' + "2" * 64
+            + '"}\n  },\n  "version": 1\n}\n')
+    root = tree({"mlbuild.toml": GOOD, "mlbuild.lock": text})
+    monkeypatch.setattr(toolchain, "probe", lambda spec: pytest.fail("refused before resolving"))
+    with pytest.raises(LockError, match=r"'raw' is given twice in one table"):
+        toolchain.lock_project(load_project(root))
+    assert (root / "mlbuild.lock").read_text() == text
