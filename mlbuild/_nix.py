@@ -23,7 +23,7 @@ from .errors import BuildError, NixError, NixNotFoundError
 __all__ = [
     "nix_version", "common_options", "add_fixed", "print_fixed_path", "invalid_paths",
     "build", "path_info", "parse_path_info", "parse_build_json", "store_dir", "nix_lib_dir",
-    "run_nix", "register_valid", "add_roots",
+    "run_nix", "register_valid", "add_roots", "is_fixed_output",
 ]
 
 EXPERIMENTAL = "nix-command flakes"
@@ -135,6 +135,14 @@ def add_roots(paths: dict[str, str], root_dir: Path) -> None:
         if target is not None and not target.startswith(store_dir() + "/"):
             link.unlink(missing_ok=True)
         run_nix(["--realise", path, "--add-root", str(link), "--indirect"], tool="nix-store")
+
+
+def is_fixed_output(drv: str) -> bool:
+    """Whether the derivation ``drv`` (a .drv path) is fixed-output: its output's hash is known in
+    advance (a dataset, a wheel), so building it again checks nothing the hash does not. Read from
+    the .drv file (the same in every Nix version): a fixed output's entry names a hash algorithm."""
+    m = re.match(r'Derive\(\[\("[^"]*","[^"]*","([^"]*)"', Path(drv).read_text(errors="replace"))
+    return bool(m and m.group(1))
 
 
 def parse_build_json(text: str) -> list[dict[str, Any]]:

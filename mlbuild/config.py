@@ -19,7 +19,7 @@ from typing import Any
 
 from . import atomic
 from .errors import ConfigError
-from .git import conflict_marker
+from .git import conflict_marker, unmerged
 
 __all__ = ["Project", "PythonConfig", "load_project", "find_project_root", "state_dir", "project_lock",
            "config_text", "find_date", "CONFIG_NAME", "LOCK_NAME"]
@@ -175,15 +175,18 @@ def load_project(root: Path | None = None) -> Project:
     root = find_project_root(root) if root is None or not (root / CONFIG_NAME).is_file() else root
     path = root / CONFIG_NAME
     text = config_text(path)
+    conflict = conflict_marker(text)
+    half = ConfigError(f"{path}: a git merge left it half-resolved (conflict marker {conflict[1]!r} at line "
+                       f"{conflict[0]}); keep what each side needs, delete the marker lines, then "
+                       f"`git add {CONFIG_NAME}`") if conflict is not None else None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        conflict = conflict_marker(text)
-        if conflict is not None:
-            raise ConfigError(f"{path}: a git merge left it half-resolved (conflict marker {conflict[1]!r} at line "
-                              f"{conflict[0]}); keep what each side needs, delete the marker lines, then "
-                              f"`git add {CONFIG_NAME}`") from None
+        if half is not None:
+            raise half from None
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    if half is not None and unmerged(path):   # markers inside a multi-line string parse: git knows the file is unmerged
+        raise half
     _check_keys(path, "mlbuild.toml", raw)
     _check_no_dates(path, raw)
     proj = raw.get("project")

@@ -30,7 +30,7 @@ class LockError(MlbuildError):
 
 
 class LockConflictError(LockError):
-    """mlbuild.lock holds git conflict markers: a merge left it half-resolved."""
+    """mlbuild.lock holds git conflict markers, or a key twice: a merge left it half-resolved."""
 
 
 class ResolveError(MlbuildError):

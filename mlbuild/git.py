@@ -12,7 +12,7 @@ from . import atomic
 from .errors import MlbuildError
 
 __all__ = ["GitError", "repo_root", "is_tracked", "dirty_files", "show", "ignore", "ignore_entry", "add_ignore",
-           "head", "log_revisions", "is_shallow", "check_commit", "conflict_marker", "Dirty"]
+           "head", "log_revisions", "is_shallow", "check_commit", "conflict_marker", "unmerged", "Dirty"]
 
 
 # Folders tools write beside code that are never code (nix/code.nix's toolCaches): no code path
@@ -105,6 +105,16 @@ def conflict_marker(text: str) -> tuple[int, str] | None:
     if m is None:
         return None
     return text.count("\n", 0, m.start()) + 1, text[m.start():].split("\n", 1)[0].rstrip("\r")
+
+
+def unmerged(path: Path) -> bool:
+    """Whether git holds ``path`` as unmerged: a merge (rebase, cherry-pick, stash pop) conflicted
+    in it, and it was not `git add`ed since."""
+    root = repo_root(path)
+    if root is None:
+        return False
+    proc = _git(root, "--literal-pathspecs", "ls-files", "--unmerged", "--", str(path.resolve()), check=False)
+    return proc.returncode == 0 and bool(proc.stdout.strip())
 
 
 def head(path: Path) -> str | None:

@@ -23,7 +23,7 @@ from . import atomic
 from .errors import LockConflictError, LockError
 from .git import conflict_marker
 
-__all__ = ["LOCK_VERSION", "read_lock", "write_lock", "wheel_entry"]
+__all__ = ["LOCK_VERSION", "read_lock", "write_lock", "wheel_entry", "unique_keys", "KeyGivenTwice"]
 
 LOCK_VERSION = 1
 _WHEEL_KEYS = ("name", "version", "filename", "sha256")
@@ -53,19 +53,21 @@ def wheel_entry(entry: Any, where: str) -> dict[str, str]:
     return {k: entry[k] for k in _WHEEL_KEYS}
 
 
-class _Twice(ValueError):
+class KeyGivenTwice(ValueError):
+    """A JSON object gave ``key`` twice (its two values as JSON text)."""
+
     def __init__(self, key: str, first: Any, second: Any) -> None:
         super().__init__(key)
         self.key, self.first, self.second = key, json.dumps(first), json.dumps(second)
 
 
-def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object whose keys are each given once (json.loads keeps the last of a repeated key
     without a word)."""
     out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
-            raise _Twice(k, out[k], v)
+            raise KeyGivenTwice(k, out[k], v)
         out[k] = v
     return out
 
@@ -77,9 +79,9 @@ def read_lock(path: Path) -> dict[str, Any]:
                         f"lacks until `mlbuild data add` pins each dataset again)")
     try:
         text = path.read_bytes().decode("utf-8-sig")   # a byte order mark, as Nix's fromJSON skips it
-        data = json.loads(text, object_pairs_hook=_once)
-    except _Twice as e:   # a hand-merged lock keeping both sides' lines: Nix and Python took the last
-        raise LockError(f"{path}: {e.key!r} is given twice in one table ({e.first!s:.80} and {e.second!s:.80}), as a "
+        data = json.loads(text, object_pairs_hook=unique_keys)
+    except KeyGivenTwice as e:   # a hand-merged lock keeping both sides' lines: Nix and Python took the last
+        raise LockConflictError(f"{path}: {e.key!r} is given twice in one table ({e.first!s:.80} and {e.second!s:.80}), as a "
                         f"merge that kept both sides' lines leaves it; keep the one you want, or take one side "
                         f"(`git checkout --ours -- {path.name}`) and `mlbuild data add` the other's datasets") from None
     except UnicodeDecodeError as e:

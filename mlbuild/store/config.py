@@ -180,12 +180,16 @@ def _project_table(project_root: Path | None) -> tuple[dict[str, Any], Path | No
     return table, root
 
 
-def _location(value: str, base: Path | None, where: str) -> Path:
+def _location(given: str, base: Path | None, where: str) -> Path:
+    value = given
     if value.startswith("file://"):
         value = value[len("file://"):]
     elif "://" in value:
         raise StoreConfigError(f"{where} = {value!r}: only local folders and file:// URLs are supported "
                                f"(mount NFS and give its path, see store-config/README.md)")
+    if not value.strip():   # `file://$CACHE` with CACHE unset: it was the current folder (`store init` made a store there)
+        raise StoreConfigError(f"{where} = {given!r} names no folder (an unset variable?); give the folder, as a path "
+                               f"or a file:// URL (file:///srv/mlstore)")
     path = Path(os.path.expanduser(value))
     if not path.is_absolute():
         path = (base or Path.cwd()) / path

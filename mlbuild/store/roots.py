@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import StoreError
-from ..lockfile import LOCK_VERSION
+from ..lockfile import LOCK_VERSION, KeyGivenTwice, unique_keys
 from ..storepath import fixed_output_path
 from .layout import Layout, make_dir, publish_bytes, temp_name
 
@@ -153,9 +153,13 @@ def _read_lock(lock: Path) -> dict[str, Any]:
     """The JSON of an mlbuild.lock; StoreError for a file that cannot be one."""
     fix = "pass the project's mlbuild.lock to --lock"
     try:
-        data: Any = json.loads(lock.read_bytes())
+        data: Any = json.loads(lock.read_bytes(), object_pairs_hook=unique_keys)
     except OSError as e:
         raise StoreError(f"cannot read the lock {lock} ({e.strerror or e}); {fix}") from None
+    except KeyGivenTwice as e:   # json.loads kept the last: gc would have collected what the other pins
+        raise StoreError(f"{lock}: {e.key!r} is given twice in one table ({e.first!s:.80} and {e.second!s:.80}), as a "
+                         f"merge that kept both sides' lines leaves it, so gc cannot tell what it pins; keep the one "
+                         f"you want (every mlbuild command refuses the lock until then)") from None
     except ValueError:   # not UTF-8 text, or not JSON
         raise StoreError(f"{lock} is not an mlbuild.lock (not JSON text); {fix}") from None
     snap = data.get("interpreter") if isinstance(data, dict) else None

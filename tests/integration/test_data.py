@@ -249,6 +249,16 @@ def test_derived_dataset_is_cached_and_traced(data_project: Path) -> None:
     assert path not in changed and "built 1" in changed
 
 
+def test_build_check_of_a_dataset_added_here(data_project: Path) -> None:
+    """`build --check datasets.raw`: rebuilding a fixed-output dataset runs its placeholder builder,
+    which said the dataset (in the store) is 'neither in the Nix store nor in a substituter'."""
+    proc = build(data_project, "datasets.raw", "--check", check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "not built again: datasets.raw (fixed-output: its bytes are checked against the pinned hash)" in proc.stdout
+    both = build(data_project, "datasets.split", "--check").stdout   # a derived one is built again
+    assert "reproducible: datasets.split (built again, the same bytes)" in both
+
+
 def test_a_prepare_that_writes_nothing_fails_naming_it(data_project: Path) -> None:
     """It built an empty dataset, cached for good, and the training failed later on a missing file."""
     (data_project / "prepare.py").write_text(f"def prepare(inputs, out, params):\n    pass  # {uuid.uuid4()}\n")

@@ -227,6 +227,31 @@ def test_a_half_merged_config_names_the_conflict(tree) -> None:
         load_project(tree({"mlbuild.toml": text}))
 
 
+def test_a_config_merged_with_markers_inside_a_string_is_named_while_git_holds_it_unmerged(tree) -> None:
+    """A conflict inside a multi-line string is valid TOML: mlbuild read the markers as the value
+    (`build --allow-dirty` trained with them, `data add` and `lock` went on) without a word."""
+    import subprocess
+
+    root = tree({"mlbuild.toml": GOOD + '[models.m.params]\nnote = """\nbase\n"""\n'})
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@x"}
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], cwd=root, env=env, capture_output=True, text=True)
+
+    config = root / "mlbuild.toml"
+    git("init", "-q", "-b", "main"), git("add", "-A"), git("commit", "-qm", "base")
+    git("checkout", "-qb", "other")
+    config.write_text(config.read_text().replace("base\n", "theirs\n")), git("commit", "-qam", "theirs")
+    git("checkout", "-q", "main")
+    config.write_text(config.read_text().replace("base\n", "ours\n")), git("commit", "-qam", "ours")
+    assert git("merge", "other").returncode == 1 and "=======\ntheirs" in config.read_text()
+    with pytest.raises(ConfigError, match=r"merge left it half-resolved \(conflict marker '<<<<<<< HEAD' at line 8\)"):
+        load_project(root)
+    git("add", "mlbuild.toml")   # resolved as it is, by the user's word: the string is theirs to keep
+    assert "=======" in load_project(root).raw["models"]["m"]["params"]["note"]
+
+
 def test_a_half_merged_lock_names_the_conflict_and_how_to_resolve_it(tree, monkeypatch: pytest.MonkeyPatch) -> None:
     """It said `git checkout -- mlbuild.lock`, which git refuses for an unmerged file (and which
     would drop both sides' pins); `mlbuild lock` said the same."""
@@ -266,4 +291,18 @@ def test_a_lock_with_a_key_given_twice_is_refused(tree) -> None:
     root = tree({"mlbuild.lock": text})
     with pytest.raises(LockError, match=r"'raw' is given twice in one table .*keep the one you want"):
         read_lock(root / "mlbuild.lock")
+    assert (root / "mlbuild.lock").read_text() == text
+
+
+def test_mlbuild_lock_refuses_a_lock_with_a_key_given_twice(tree, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mlbuild lock` took the refusal for a lock of another version, kept its dataset pins as
+    json.loads read them (the last of the two) and wrote the lock over: the first pin was gone."""
+    from mlbuild import toolchain
+
+    text = ('{\n  "datasets": {\n    "raw": {"sha256": "' + "1" * 64 + '"},\n    "raw": {"sha256": "' + "2" * 64
+            + '"}\n  },\n  "version": 1\n}\n')
+    root = tree({"mlbuild.toml": GOOD, "mlbuild.lock": text})
+    monkeypatch.setattr(toolchain, "probe", lambda spec: pytest.fail("refused before resolving"))
+    with pytest.raises(LockError, match=r"'raw' is given twice in one table"):
+        toolchain.lock_project(load_project(root))
     assert (root / "mlbuild.lock").read_text() == text

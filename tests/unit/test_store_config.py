@@ -52,6 +52,21 @@ def test_an_empty_store_option_is_refused_not_taken_for_the_default(tmp_path: Pa
                                 "($MLBUILD_STORE, [store].path, /var/lib/mlbuild/store)\n"), proc.stderr
 
 
+def test_a_file_url_with_no_folder_is_refused_not_taken_for_the_current_folder(tmp_path: Path) -> None:
+    """`mlbuild store --store "file://$CACHE" init` with CACHE unset made a store in the current
+    folder; `[store] path = ""` was the project's folder."""
+    from tests.conftest import run_cli
+
+    proc = run_cli("store", "--store", "file://", "init", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and list(tmp_path.iterdir()) == [], proc.stdout
+    assert "Error: --store = 'file://' names no folder (an unset variable?); give the folder" in proc.stderr, proc.stderr
+    for env in ({"MLBUILD_STORE": "file://"}, {"MLBUILD_STORE": "file://  "}):
+        with pytest.raises(StoreConfigError, match=r"MLBUILD_STORE = 'file://\s*' names no folder"):
+            load_store_config(tmp_path, env=env)
+    with pytest.raises(StoreConfigError, match=r"\[store\]\.path = '' names no folder"):
+        load_store_config(_project(tmp_path, 'path = ""'), env={})
+
+
 @pytest.mark.parametrize("folder", ["team store", "a?b", "c#d", "tab\there"])
 def test_a_store_path_nix_cannot_read_is_refused(tmp_path: Path, folder: str) -> None:
     """Nix 2.8 split `file:///x/team store` into two stores and opened `file:///x/a?b` as /x/a:

@@ -326,6 +326,20 @@ def test_gc_refuses_a_lock_entry_it_cannot_read(store: tuple[StoreConfig, Path],
     assert len(list(Layout(cfg.root).narinfos())) == 1
 
 
+def test_gc_refuses_a_lock_with_a_dataset_pinned_twice(store: tuple[StoreConfig, Path], tmp_path: Path) -> None:
+    """A hand-merged lock keeping both sides' pins of a dataset: json.loads took the last, and gc
+    collected the dataset the other pin names."""
+    from mlbuild.errors import StoreError
+    cfg, chroot = store
+    put(cfg, chroot, fake_path(chroot, "x", "x"))
+    lock = lock_text(tmp_path, datasets={"raw": {"sha256": "1" * 64}})
+    text = lock.read_text()
+    lock.write_text(text.replace('"raw": {', '"raw": {"sha256": "' + "2" * 64 + '"}, "raw": {'))
+    with pytest.raises(StoreError, match=r"'raw' is given twice in one table .* so gc cannot tell what it pins"):
+        gc(cfg, grace=0, locks=[lock])
+    assert len(list(Layout(cfg.root).narinfos())) == 1
+
+
 def _pushed_closure(cfg: StoreConfig, chroot: Path) -> tuple[PathInfo, list[PathInfo]]:
     """A pushed package (push record) over a toolchain and weights, as `mlbuild store push` leaves it."""
     tc = fake_path(chroot, "toolchain", "tc" * 5000)
