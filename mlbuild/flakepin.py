@@ -22,7 +22,7 @@ from . import _nix
 from .errors import ConfigError, NixError
 from .git import conflict_marker
 
-__all__ = ["pinned_entry", "locked_input"]
+__all__ = ["pinned_entry", "pinned_root", "locked_input"]
 
 # What goes into derivations (nix/default.nix's runtimeFilter): the Nix library and the runtime.
 _COMPARED = ("nix", "mlbuild/runtime", "mlbuild/__init__.py")
@@ -94,6 +94,13 @@ def pinned_entry(project_root: Path, *, needs: tuple[str, ...] = ()) -> Path | N
                           f"(this build needs them); update it (`nix flake lock --update-input mlbuild`, or "
                           f"--override-input mlbuild URL for another one), then commit flake.lock")
     return root / "nix" / "entry.nix"
+
+
+def pinned_root(project_root: Path) -> Path | None:
+    """The checkout of the pinned mlbuild that builds the project's outputs (its runtime runs in
+    them: a server, a monitor), when it differs from this CLI's; None: this CLI's own."""
+    entry = pinned_entry(project_root)
+    return None if entry is None else entry.parent.parent
 
 
 @functools.lru_cache(maxsize=None)

@@ -86,9 +86,33 @@ def run(ctx: click.Context, model: str, url: str, once: bool, interval: float | 
     click.echo(f"monitoring with {summary.outputs[0].path}", err=True)
     given = [*(["--once"] if once else []), *(["--interval", repr(interval)] if interval is not None else []),
              *(["--host", host] if host is not None else []), *(["--port", str(port)] if port is not None else [])]
-    if webhook is not None:   # to the monitor through its environment: off its command line, which `ps` shows
+    os.execv(program, [program, "--url", url, *given, *_webhook_args(project.root, webhook)])
+
+
+def _webhook_args(root: Path, webhook: str | None) -> list[str]:
+    """How the monitor gets the webhook: through its environment (off its command line, which `ps`
+    shows), or, where flake.lock pins an mlbuild whose monitor reads no $MLBUILD_MONITOR_WEBHOOK
+    (before it did, it took --webhook only, and dropped the alerts without a word), as --webhook."""
+    from ..flakepin import pinned_root
+    from ..runtime.monitor import WEBHOOK_ENV
+
+    webhook = webhook if webhook is not None else os.environ.get(WEBHOOK_ENV) or None
+    pinned = pinned_root(root)
+    if webhook is None or pinned is None:
+        if webhook is not None:
+            os.environ[WEBHOOK_ENV] = webhook
+        return []
+    try:
+        reads_env = WEBHOOK_ENV in (pinned / "mlbuild" / "runtime" / "monitor.py").read_text()
+    except OSError:
+        reads_env = False
+    if reads_env:
         os.environ[WEBHOOK_ENV] = webhook
-    os.execv(program, [program, "--url", url, *given])
+        return []
+    click.echo(f"mlbuild: warning: the mlbuild flake.lock pins ({pinned}) has a monitor that takes the webhook "
+               f"on its command line only, where `ps` shows it (its path may be a secret); "
+               f"`nix flake lock --update-input mlbuild` moves the project to one that reads ${WEBHOOK_ENV}", err=True)
+    return ["--webhook", webhook]
 
 
 @monitor.command("config")
