@@ -179,10 +179,12 @@ def diff(project: Project, model: str, rev1: str, rev2: str) -> tuple[Point, Poi
 
 
 def history(project: Project, model: str, notes: list[str] | None = None) -> list[Point]:
-    """One point per commit that changed the config, the lock, or the code of the model, its suite
-    or the derived datasets they use."""
+    """One point per commit that changed the config, the lock, the code of the model, its suite
+    or the derived datasets they use, or the project's flake.lock (the mlbuild that builds them)."""
     declared = _check_model(project, model)
-    files = ["mlbuild.toml", "mlbuild.lock", *model_code(declared, model)]
+    # flake.lock: a commit that moves the project to another mlbuild builds other derivations (new
+    # weights, maybe other metrics), and history had no row for it
+    files = ["mlbuild.toml", "mlbuild.lock", "flake.lock", *model_code(declared, model)]
     existing = [f for f in files if (project.root / f).exists()]
     revs = git.log_revisions(project.root, existing)
     if not revs:

@@ -96,7 +96,7 @@ def diff(ctx: click.Context, model: str, rev1: str, rev2: str) -> None:
 @_OUT
 @click.pass_context
 def history(ctx: click.Context, model: str, out_dir: Path | None) -> None:
-    """MODEL's metrics at every commit of its config, lock and code (built or substituted)."""
+    """MODEL's metrics at every commit of its config, locks and code (built or substituted)."""
     notes: list[str] = []
     folder = _reports_dir(ctx, out_dir)
     _write(model, m.history(load(ctx), model, notes), folder)
