@@ -258,6 +258,29 @@ def test_a_half_merged_flake_lock_names_the_conflict(tree) -> None:
         locked_input(root)
 
 
+def test_an_mlbuild_input_that_follows_another_flake_s_is_the_one_pinned(tree, capsys) -> None:
+    """`inputs.mlbuild.follows = "platform/mlbuild"` (a team's platform flake brings mlbuild): the
+    lock names the input by a path, and `mlbuild build` used its own Nix library without a word
+    while `nix build` built with the platform's (other store paths); an input named otherwise was
+    as silent."""
+    from mlbuild.flakepin import locked_input
+
+    locked = {"type": "git", "url": "file:///srv/mlbuild", "rev": "a" * 40}
+    nodes = {"mlbuild": {"locked": locked}, "platform": {"inputs": {"mlbuild": "mlbuild"}, "locked": {}},
+             "root": {"inputs": {"mlbuild": ["platform", "mlbuild"], "platform": "platform"}}}
+    root = tree({"flake.nix": "{ }\n", "flake.lock": json.dumps({"nodes": nodes, "root": "root", "version": 7})})
+    assert locked_input(root) == locked
+    nodes["root"]["inputs"] = {"ml": "mlbuild", "platform": "platform"}
+    (root / "flake.lock").write_text(json.dumps({"nodes": nodes, "root": "root", "version": 7}))
+    assert locked_input(root) is None
+    assert "flake.lock has no input named 'mlbuild' (its inputs: ml, platform), so this build uses this mlbuild's " \
+           "own Nix library" in capsys.readouterr().err
+    nodes["root"]["inputs"] = {"mlbuild": ["platform", "nothing"]}
+    (root / "flake.lock").write_text(json.dumps({"nodes": nodes, "root": "root", "version": 7}))
+    with pytest.raises(ConfigError, match=r"is not a flake lock mlbuild can read \(KeyError: \"platform/nothing"):
+        locked_input(root)
+
+
 def test_a_lock_with_a_key_given_twice_is_refused(tree) -> None:
     """A conflict resolved by keeping both sides' lines (an editor's "accept both") gives a dataset
     two pins; json.loads and Nix's fromJSON both took the last without a word."""
