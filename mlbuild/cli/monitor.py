@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -137,9 +138,19 @@ def config(ctx: click.Context, model: str, out_dir: Path | None, server: str, mo
     unwatched = m.without_live_alert(project, model)   # the model and its thresholds checked first
     # a folder per model: another model's config (the same three file names) wrote over this one's
     out_dir = out_folder(out_dir or state_dir(project.root) / "monitoring" / model)
-    for kind, path in m.write_config(project, model, out_dir, server=server, monitor=monitor_addr,
-                                     scrape_interval=scrape_interval, interval=interval).items():
+    files = m.write_config(project, model, out_dir, server=server, monitor=monitor_addr,
+                           scrape_interval=scrape_interval, interval=interval)
+    for kind, path in files.items():
         click.echo(f"{kind:>10}: {path}")
+    from ..flakepin import pinned_root
+
+    pinned = pinned_root(project.root)   # its server and monitor are what Prometheus scrapes
+    for metric, alerts in (m.unexported(pinned, json.loads(files["rules"].read_text())) if pinned else {}).items():
+        click.echo(f"mlbuild: warning: the mlbuild flake.lock pins ({pinned}) exports no {metric}, which "
+                   f"alerts.yml's {', '.join(alerts)} {'use' if len(alerts) > 1 else 'uses'}: with that mlbuild's server "
+                   f"and monitor, what {metric} would show fires no alert; "
+                   f"`nix flake lock --update-input mlbuild` (then commit "
+                   f"flake.lock and rebuild) gives a server and monitor that export it", err=True)
     if not m.has_monitor(project, model):
         click.echo(f"note: [models.{model}.validation] is not declared, so {model} has no monitor (`mlbuild monitor "
                    f"{model}` runs its validation suite): these files watch the server alone; declare it (suite, "
