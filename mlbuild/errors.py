@@ -33,6 +33,10 @@ class LockConflictError(LockError):
     """mlbuild.lock holds git conflict markers, or a key twice: a merge left it half-resolved."""
 
 
+class NewerLockError(LockError):
+    """mlbuild.lock was written by a newer mlbuild, in a lock version this one cannot read."""
+
+
 class ResolveError(MlbuildError):
     """pip could not resolve or fetch the requirements."""
 

@@ -225,7 +225,7 @@ def show(project: Project, model: str, notes: list[str] | None = None) -> list[V
         variants.append(Variant(last["overrides"], last["params"], path, last["status"], len(recs), metrics,
                                 commit[:12] if commit else None, any(r.get("dirty") for r in recs),
                                 scored.get("metrics", {}), _data(Path(path)),
-                                heldout(scored) if scored.get("metrics") else None))
+                                heldout(scored) if scored.get("metrics") and heldout(scored) != "-" else None))
     return variants
 
 
@@ -242,4 +242,5 @@ def _data(model_path: Path) -> str | None:
     datasets = _read(model_path / "provenance.json").get("datasets")
     if not isinstance(datasets, dict) or not datasets:
         return None
-    return ",".join(str((d or {}).get("sha256", "?"))[:8] for _, d in sorted(datasets.items()))
+    # an older mlbuild's provenance may have no hash ("sha256": null), which printed as "None"
+    return ",".join(str((d or {}).get("sha256") or "?")[:8] for _, d in sorted(datasets.items()))

@@ -22,7 +22,7 @@ from . import _nix
 from .errors import ConfigError, NixError
 from .git import conflict_marker
 
-__all__ = ["pinned_entry", "locked_input"]
+__all__ = ["pinned_entry", "pinned_root", "locked_input"]
 
 # What goes into derivations (nix/default.nix's runtimeFilter): the Nix library and the runtime.
 _COMPARED = ("nix", "mlbuild/runtime", "mlbuild/__init__.py")
@@ -37,9 +37,12 @@ def locked_input(project_root: Path, name: str = "mlbuild") -> dict[str, Any] | 
     try:
         text = path.read_text()
         data = json.loads(text)
-        nodes = data["nodes"]
-        ref = nodes[data.get("root", "root")].get("inputs", {}).get(name)
-        if not isinstance(ref, str):   # not an input, or `follows` another flake's (a list)
+        nodes, root = data["nodes"], data.get("root", "root")
+        inputs = nodes[root].get("inputs", {})
+        ref = _follow(nodes, root, inputs.get(name))
+        if ref is None:
+            if inputs:   # `nix build` may build with one of them, and this CLI would not say so
+                _warn_unnamed(str(path), name, tuple(sorted(inputs)))
             return None
         locked = nodes[ref]["locked"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -51,6 +54,31 @@ def locked_input(project_root: Path, name: str = "mlbuild") -> dict[str, Any] | 
         raise ConfigError(f"{path} is not a flake lock mlbuild can read ({type(e).__name__}: {e}); "
                           f"restore it from git or run `nix flake lock`") from None
     return locked if isinstance(locked, dict) else None
+
+
+def _follow(nodes: dict[str, Any], root: str, ref: Any, depth: int = 0) -> str | None:
+    """The node an input names: a node's name, or (``inputs.mlbuild.follows = "platform/mlbuild"``)
+    a path of input names from the root, each step of which may follow another; None: no input."""
+    if isinstance(ref, str) or ref is None:
+        return ref
+    if not isinstance(ref, list) or depth > 32:   # a cycle: not a lock Nix writes
+        raise TypeError(f"an input that follows {ref!r}")
+    node = root
+    for step in ref:
+        nxt = _follow(nodes, root, nodes[node].get("inputs", {}).get(step), depth + 1)
+        if nxt is None:
+            raise KeyError(f"{'/'.join(map(str, ref))} (no input {step!r} there)")
+        node = nxt
+    return node
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_unnamed(path: str, name: str, inputs: tuple[str, ...]) -> None:
+    """Once per command: a flake whose mlbuild input has another name builds with what that one pins."""
+    print(f"mlbuild: warning: {path} has no input named {name!r} (its inputs: {', '.join(inputs)}), so this build "
+          f"uses this mlbuild's own Nix library ({_nix.nix_lib_dir()}), and `nix build` gives other store paths if the "
+          f"flake builds with an mlbuild it pins under another name: name that input `{name}` in flake.nix "
+          f"(`inputs.{name}.url = ...`), then `nix flake lock`", file=sys.stderr)
 
 
 def _tree_files(root: Path) -> dict[str, Path]:
@@ -94,6 +122,13 @@ def pinned_entry(project_root: Path, *, needs: tuple[str, ...] = ()) -> Path | N
                           f"(this build needs them); update it (`nix flake lock --update-input mlbuild`, or "
                           f"--override-input mlbuild URL for another one), then commit flake.lock")
     return root / "nix" / "entry.nix"
+
+
+def pinned_root(project_root: Path) -> Path | None:
+    """The checkout of the pinned mlbuild that builds the project's outputs (its runtime runs in
+    them: a server, a monitor), when it differs from this CLI's; None: this CLI's own."""
+    entry = pinned_entry(project_root)
+    return None if entry is None else entry.parent.parent
 
 
 @functools.lru_cache(maxsize=None)

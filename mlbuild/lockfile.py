@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import atomic
-from .errors import LockConflictError, LockError
+from .errors import LockConflictError, LockError, NewerLockError
 from .git import conflict_marker
 
 __all__ = ["LOCK_VERSION", "read_lock", "write_lock", "wheel_entry", "unique_keys", "KeyGivenTwice"]
@@ -96,6 +96,11 @@ def read_lock(path: Path) -> dict[str, Any]:
                 f"datasets with `mlbuild data add NAME PATH` (`mlbuild data status` lists them), run `mlbuild lock` "
                 f"if the sides' [python] settings differ, and `git add {path.name}`") from None
         raise LockError(f"{path}: not valid JSON ({e}); restore it from git (`git checkout -- {path.name}`)") from None
+    version = data.get("version") if isinstance(data, dict) else None
+    if type(version) is int and version > LOCK_VERSION:   # `mlbuild lock` here would write it back older
+        raise NewerLockError(f"{path}: lock version {version}, written by a newer mlbuild than this one (it reads "
+                             f"version {LOCK_VERSION}); use that mlbuild, or update this one (the flake's mlbuild input "
+                             f"too: `nix flake lock --update-input mlbuild`)")
     if not isinstance(data, dict) or data.get("version") != LOCK_VERSION:
         raise LockError(f"{path}: lock version {data.get('version') if isinstance(data, dict) else None!r}, "
                         f"expected {LOCK_VERSION}; run `mlbuild lock`")

@@ -27,7 +27,8 @@ from .config import CONFIG_NAME, Project, load_project
 from .errors import BuildError, MlbuildError
 from .runtime.validate import LOWER_IS_BETTER, check_thresholds
 
-__all__ = ["Point", "show", "diff", "history", "write_reports", "table", "prometheus_text", "validate", "gate_checks"]
+__all__ = ["Point", "show", "diff", "history", "write_reports", "table", "prometheus_text", "validate", "gate_checks",
+           "heldout", "heldout_differs"]
 
 
 @dataclass(frozen=True)
@@ -178,10 +179,12 @@ def diff(project: Project, model: str, rev1: str, rev2: str) -> tuple[Point, Poi
 
 
 def history(project: Project, model: str, notes: list[str] | None = None) -> list[Point]:
-    """One point per commit that changed the config, the lock, or the code of the model, its suite
-    or the derived datasets they use."""
+    """One point per commit that changed the config, the lock, the code of the model, its suite
+    or the derived datasets they use, or the project's flake.lock (the mlbuild that builds them)."""
     declared = _check_model(project, model)
-    files = ["mlbuild.toml", "mlbuild.lock", *model_code(declared, model)]
+    # flake.lock: a commit that moves the project to another mlbuild builds other derivations (new
+    # weights, maybe other metrics), and history had no row for it
+    files = ["mlbuild.toml", "mlbuild.lock", "flake.lock", *model_code(declared, model)]
     existing = [f for f in files if (project.root / f).exists()]
     revs = git.log_revisions(project.root, existing)
     if not revs:
@@ -231,7 +234,14 @@ def _metric_names(points: Sequence[Point]) -> list[str]:
 def heldout(report: dict[str, Any]) -> str:
     """The hash of the samples a report scored: ``heldout`` (what the suite loaded), else, in
     reports from before it, the held-out dataset's (which changes with its training rows too)."""
-    return str((report.get("heldout") or report.get("dataset") or {}).get("sha256", "-"))
+    return str((report.get("heldout") or report.get("dataset") or {}).get("sha256") or "-")
+
+
+def heldout_differs(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two reports scored other samples. A report that records no hash (one an older
+    mlbuild made, which a project's flake.lock may pin: "-") is unknown, not different."""
+    x, y = heldout(a), heldout(b)
+    return "-" not in (x, y) and x != y
 
 
 HELDOUT_NOTE = ("note: the held-out data differs between these revisions (the data column): their metrics are "
@@ -248,7 +258,7 @@ def table(points: Sequence[Point]) -> list[str]:
              *(f"{p.report['metrics'][n]:.4f}" if n in p.report.get("metrics", {}) else "-" for n in names)]
             for p in points]
     failed = [f"{p.rev[:10]}: {p.error}" for p in points if p.error]
-    data = {heldout(p.report) for p in points if p.report}
+    data = {heldout(p.report) for p in points if p.report} - {"-"}   # unknown is no difference
     note = [HELDOUT_NOTE] if len(data) > 1 else []
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *rows]] + failed + note
@@ -287,7 +297,7 @@ def _figure(model: str, points: Sequence[Point]) -> Any:
     xs = list(range(len(points)))
     # Where the held-out data changes, the line breaks at a dotted rule: the metrics on either side
     # are not computed on the same samples (the table's note).
-    changes = [i for i in xs[1:] if heldout(points[i].report) != heldout(points[i - 1].report)]
+    changes = [i for i in xs[1:] if heldout_differs(points[i].report, points[i - 1].report)]
     for ax, (group, label) in zip(axes[:, 0], groups):
         for j, name in enumerate(group):
             ys = [p.report["metrics"].get(name) for p in points]

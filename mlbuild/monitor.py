@@ -25,7 +25,8 @@ from .errors import ConfigError
 from .runtime.serve.names import BINARY_METRICS, LABEL_METRICS, REGRESSION_METRICS, live_metric
 from .runtime.validate import parse_threshold
 
-__all__ = ["write_config", "has_monitor", "alert_rules", "duration_seconds", "stale_after", "without_live_alert", "prometheus_config", "dashboard", "SERVER_METRICS", "MONITOR_METRICS"]
+__all__ = ["write_config", "has_monitor", "alert_rules", "duration_seconds", "stale_after", "without_live_alert", "prometheus_config", "dashboard", "SERVER_METRICS", "MONITOR_METRICS",
+           "unexported"]
 
 # What the server (mlbuild/runtime/serve) and the monitor (mlbuild/runtime/monitor.py) export.
 SERVER_METRICS = ("mlbuild_requests_total", "mlbuild_request_duration_seconds_bucket", "mlbuild_requests_in_flight",
@@ -250,6 +251,21 @@ def dashboard(model: str, *, regression: bool = False, monitor: bool = True) -> 
             "tags": ["mlbuild"], "time": {"from": "now-6h", "to": "now"}, "refresh": "30s",
             "templating": {"list": [{"name": "datasource", "type": "datasource", "query": "prometheus"}]},
             "panels": panels}
+
+
+def unexported(mlbuild_root: Path, rules: dict[str, Any]) -> dict[str, list[str]]:
+    """The metrics the ``rules`` (alerts.yml) use that the mlbuild checkout at ``mlbuild_root``
+    (the one a project's flake.lock pins, whose server and monitor run) never names in its runtime:
+    {metric: [alert, ...]}. An expression over a series nobody exports is empty: the alert never fires."""
+    runtime = mlbuild_root / "mlbuild" / "runtime"
+    text = "\n".join(p.read_text(errors="replace") for p in sorted(runtime.rglob("*.py")))
+    missing: dict[str, list[str]] = {}
+    for group in rules.get("groups", []):
+        for rule in group.get("rules", []):
+            for name in sorted(set(re.findall(r"\bmlbuild_[a-z_]+", rule.get("expr", "")))):
+                if re.sub(r"_(bucket|count|sum|total)$", "", name) not in text:
+                    missing.setdefault(name, []).append(rule.get("alert", "?"))
+    return missing
 
 
 def write_config(project: Project, model: str, out_dir: Path, *, server: str = "127.0.0.1:8080",

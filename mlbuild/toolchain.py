@@ -16,7 +16,7 @@ from typing import Any
 
 from . import _nix
 from .config import LOCK_NAME, Project, project_lock, state_dir
-from .errors import HashMismatchError, InterpreterError, LockConflictError, LockError
+from .errors import HashMismatchError, InterpreterError, LockConflictError, LockError, NewerLockError
 from .interpreter import Identity, loader_name, make_snapshot, probe
 from .lockfile import read_lock, write_lock
 from .resolve import BOOTSTRAP_TOOLS, pip_download, resolve
@@ -77,8 +77,8 @@ def _kept_sections(project: Project) -> dict[str, Any]:
     if project.lock_path.is_file():
         try:
             old = read_lock(project.lock_path)
-        except LockConflictError:
-            raise   # its fix is resolving the merge, not restoring it
+        except (LockConflictError, NewerLockError):
+            raise   # its fix is resolving the merge, or a newer mlbuild: not a lock in an older format
         except LockError as e:
             # A lock of another version, or without an interpreter, still has its dataset pins (which
             # may exist nowhere else): keep them. One that is not even JSON is not written over.

@@ -152,7 +152,12 @@ in
         "mkProject's src is ${lib.describe src}; it must be the project folder as a path: src = ./.; (no quotes)";
       config = assert srcOk; let c = checkConfig (lib.readTOML (src + "/mlbuild.toml") "create it (see the README) in ${toString src}");
                in assert checkScripts src (table c "models"); c;
-      lock = lib.readJSON (src + "/mlbuild.lock") "mlbuild lock";
+      # A lock a newer mlbuild wrote (a teammate's CLI, with the flake pinning this older library)
+      # would be read by guesswork: the driver refuses it too (lockfile.read_lock).
+      lock = let l = lib.readJSON (src + "/mlbuild.lock") "mlbuild lock"; v = l.version or 1; in
+        assert lib.assertMsg (!(builtins.isInt v) || v <= 1)
+          "mlbuild.lock of ${config.project.name} is lock version ${toString v}, written by a newer mlbuild than this Nix library (it reads version 1); update the flake's mlbuild input (`nix flake lock --update-input mlbuild`) and commit flake.lock";
+        l;
       name = config.project.name;
       # The lock must have been made for mlbuild.toml's [python] settings (toolchain.check_fresh
       # says the same before Nix runs). Locks from before mlbuild recorded the command lack it.

@@ -86,7 +86,9 @@ def diff(ctx: click.Context, model: str, rev1: str, rev2: str) -> None:
     da, db = m.heldout(a.report), m.heldout(b.report)
     click.echo(f"held-out data: {da[:8]} (n {a.report.get('n', '-')}) -> {db[:8]} (n {b.report.get('n', '-')})"
                + (f"\nnote: the held-out data differs between {rev1[:10]} and {rev2[:10]}: their metrics are not "
-                  f"computed on the same samples" if da != db else ""))
+                  f"computed on the same samples" if m.heldout_differs(a.report, b.report) else "")
+               + "".join(f"\nnote: {rev[:10]}'s report records no held-out data (an older mlbuild made it): whether "
+                         f"both scored the same samples is unknown" for rev, d in ((rev1, da), (rev2, db)) if d == "-"))
 
 
 @metrics.command("history")
@@ -94,7 +96,7 @@ def diff(ctx: click.Context, model: str, rev1: str, rev2: str) -> None:
 @_OUT
 @click.pass_context
 def history(ctx: click.Context, model: str, out_dir: Path | None) -> None:
-    """MODEL's metrics at every commit of its config, lock and code (built or substituted)."""
+    """MODEL's metrics at every commit of its config, locks and code (built or substituted)."""
     notes: list[str] = []
     folder = _reports_dir(ctx, out_dir)
     _write(model, m.history(load(ctx), model, notes), folder)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -86,9 +87,33 @@ def run(ctx: click.Context, model: str, url: str, once: bool, interval: float | 
     click.echo(f"monitoring with {summary.outputs[0].path}", err=True)
     given = [*(["--once"] if once else []), *(["--interval", repr(interval)] if interval is not None else []),
              *(["--host", host] if host is not None else []), *(["--port", str(port)] if port is not None else [])]
-    if webhook is not None:   # to the monitor through its environment: off its command line, which `ps` shows
+    os.execv(program, [program, "--url", url, *given, *_webhook_args(project.root, webhook)])
+
+
+def _webhook_args(root: Path, webhook: str | None) -> list[str]:
+    """How the monitor gets the webhook: through its environment (off its command line, which `ps`
+    shows), or, where flake.lock pins an mlbuild whose monitor reads no $MLBUILD_MONITOR_WEBHOOK
+    (before it did, it took --webhook only, and dropped the alerts without a word), as --webhook."""
+    from ..flakepin import pinned_root
+    from ..runtime.monitor import WEBHOOK_ENV
+
+    webhook = webhook if webhook is not None else os.environ.get(WEBHOOK_ENV) or None
+    pinned = pinned_root(root)
+    if webhook is None or pinned is None:
+        if webhook is not None:
+            os.environ[WEBHOOK_ENV] = webhook
+        return []
+    try:
+        reads_env = WEBHOOK_ENV in (pinned / "mlbuild" / "runtime" / "monitor.py").read_text()
+    except OSError:
+        reads_env = False
+    if reads_env:
         os.environ[WEBHOOK_ENV] = webhook
-    os.execv(program, [program, "--url", url, *given])
+        return []
+    click.echo(f"mlbuild: warning: the mlbuild flake.lock pins ({pinned}) has a monitor that takes the webhook "
+               f"on its command line only, where `ps` shows it (its path may be a secret); "
+               f"`nix flake lock --update-input mlbuild` moves the project to one that reads ${WEBHOOK_ENV}", err=True)
+    return ["--webhook", webhook]
 
 
 @monitor.command("config")
@@ -113,9 +138,19 @@ def config(ctx: click.Context, model: str, out_dir: Path | None, server: str, mo
     unwatched = m.without_live_alert(project, model)   # the model and its thresholds checked first
     # a folder per model: another model's config (the same three file names) wrote over this one's
     out_dir = out_folder(out_dir or state_dir(project.root) / "monitoring" / model)
-    for kind, path in m.write_config(project, model, out_dir, server=server, monitor=monitor_addr,
-                                     scrape_interval=scrape_interval, interval=interval).items():
+    files = m.write_config(project, model, out_dir, server=server, monitor=monitor_addr,
+                           scrape_interval=scrape_interval, interval=interval)
+    for kind, path in files.items():
         click.echo(f"{kind:>10}: {path}")
+    from ..flakepin import pinned_root
+
+    pinned = pinned_root(project.root)   # its server and monitor are what Prometheus scrapes
+    for metric, alerts in (m.unexported(pinned, json.loads(files["rules"].read_text())) if pinned else {}).items():
+        click.echo(f"mlbuild: warning: the mlbuild flake.lock pins ({pinned}) exports no {metric}, which "
+                   f"alerts.yml's {', '.join(alerts)} {'use' if len(alerts) > 1 else 'uses'}: with that mlbuild's server "
+                   f"and monitor, what {metric} would show fires no alert; "
+                   f"`nix flake lock --update-input mlbuild` (then commit "
+                   f"flake.lock and rebuild) gives a server and monitor that export it", err=True)
     if not m.has_monitor(project, model):
         click.echo(f"note: [models.{model}.validation] is not declared, so {model} has no monitor (`mlbuild monitor "
                    f"{model}` runs its validation suite): these files watch the server alone; declare it (suite, "

@@ -70,6 +70,9 @@ def test_lock_roundtrip_and_errors(tmp_path: Path) -> None:
         with pytest.raises(LockError, match=re.escape(f"{name!r} is not a wheel's file name; restore the lock")):
             read_lock(lock)
     lock.write_text(json.dumps({"version": 99}))
+    with pytest.raises(LockError, match="lock version 99, written by a newer mlbuild"):
+        read_lock(lock)
+    lock.write_text(json.dumps({"version": "1"}))
     with pytest.raises(LockError, match="expected 1"):
         read_lock(lock)
     lock.write_bytes(b"\xff\xfe{")     # a UnicodeDecodeError traceback
@@ -283,6 +286,29 @@ def test_a_half_merged_flake_lock_names_the_conflict(tree) -> None:
         locked_input(root)
 
 
+def test_an_mlbuild_input_that_follows_another_flake_s_is_the_one_pinned(tree, capsys) -> None:
+    """`inputs.mlbuild.follows = "platform/mlbuild"` (a team's platform flake brings mlbuild): the
+    lock names the input by a path, and `mlbuild build` used its own Nix library without a word
+    while `nix build` built with the platform's (other store paths); an input named otherwise was
+    as silent."""
+    from mlbuild.flakepin import locked_input
+
+    locked = {"type": "git", "url": "file:///srv/mlbuild", "rev": "a" * 40}
+    nodes = {"mlbuild": {"locked": locked}, "platform": {"inputs": {"mlbuild": "mlbuild"}, "locked": {}},
+             "root": {"inputs": {"mlbuild": ["platform", "mlbuild"], "platform": "platform"}}}
+    root = tree({"flake.nix": "{ }\n", "flake.lock": json.dumps({"nodes": nodes, "root": "root", "version": 7})})
+    assert locked_input(root) == locked
+    nodes["root"]["inputs"] = {"ml": "mlbuild", "platform": "platform"}
+    (root / "flake.lock").write_text(json.dumps({"nodes": nodes, "root": "root", "version": 7}))
+    assert locked_input(root) is None
+    assert "flake.lock has no input named 'mlbuild' (its inputs: ml, platform), so this build uses this mlbuild's " \
+           "own Nix library" in capsys.readouterr().err
+    nodes["root"]["inputs"] = {"mlbuild": ["platform", "nothing"]}
+    (root / "flake.lock").write_text(json.dumps({"nodes": nodes, "root": "root", "version": 7}))
+    with pytest.raises(ConfigError, match=r"is not a flake lock mlbuild can read \(KeyError: \"platform/nothing"):
+        locked_input(root)
+
+
 def test_a_lock_with_a_key_given_twice_is_refused(tree) -> None:
     """A conflict resolved by keeping both sides' lines (an editor's "accept both") gives a dataset
     two pins; json.loads and Nix's fromJSON both took the last without a word."""
@@ -306,3 +332,37 @@ def test_mlbuild_lock_refuses_a_lock_with_a_key_given_twice(tree, monkeypatch: p
     with pytest.raises(LockError, match=r"'raw' is given twice in one table"):
         toolchain.lock_project(load_project(root))
     assert (root / "mlbuild.lock").read_text() == text
+
+
+def test_a_lock_from_a_newer_mlbuild_is_named_so_and_not_written_back_older(tree) -> None:
+    """A teammate's newer mlbuild writes lock version 2: this one said "run `mlbuild lock`", which
+    rewrote it in version 1, and the pinned Nix library read it without looking at its version."""
+    from mlbuild.toolchain import _kept_sections
+
+    root = tree({"mlbuild.toml": GOOD, "mlbuild.lock": json.dumps({"version": 2, "datasets": {}}) + "\n"})
+    message = r"lock version 2, written by a newer mlbuild than this one \(it reads version 1\); use that mlbuild"
+    with pytest.raises(LockError, match=message):
+        read_lock(root / "mlbuild.lock")
+    with pytest.raises(LockError, match=message):
+        _kept_sections(load_project(root))
+    (root / "mlbuild.lock").write_text(json.dumps({"version": 0, "datasets": {}}))   # older: lock again, as before
+    with pytest.raises(LockError, match=r"lock version 0, expected 1; run `mlbuild lock`"):
+        read_lock(root / "mlbuild.lock")
+    assert _kept_sections(load_project(root)) == {"datasets": {}}
+
+
+def test_the_nix_library_refuses_a_lock_from_a_newer_mlbuild(tree) -> None:
+    import subprocess
+
+    from tests.conftest import REPO
+
+    root = tree({"mlbuild.toml": GOOD, "mlbuild.lock": json.dumps({"version": 2, "interpreter": {}}) + "\n"})
+    expr = f'((import {REPO / "nix"} {{ }}).mkProject {{ src = {root}; }}).lock.version'
+    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--expr", expr],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "is lock version 2, written by a newer mlbuild than this Nix library" in out.stderr, \
+        out.stderr
+    (root / "mlbuild.lock").write_text(json.dumps({"version": 1, "interpreter": {}}))
+    expr_ok = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--expr", expr],
+                             capture_output=True, text=True)
+    assert expr_ok.stdout.strip() == "1", expr_ok.stderr

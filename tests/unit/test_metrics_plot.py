@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 
 from mlbuild.metrics import Point, _figure, _plot, table
@@ -58,6 +60,28 @@ def test_a_split_whose_training_rows_alone_changed_scores_the_same_samples() -> 
                          "dataset": {"sha256": "2" * 64}, "heldout": {"sha256": same}}, "/nix/store/y")
     lines = table([a, b])
     assert lines[1].split()[2] == same[:8] and not lines[-1].startswith("note:")
+
+
+def test_a_report_from_an_older_mlbuild_with_no_held_out_hash_is_unknown_not_different(tmp_path: Path) -> None:
+    """A project whose flake.lock pins an older mlbuild gets reports with no held-out hash (its
+    dataset's "sha256" absent or null): `metrics history`/`diff` and the plot said the held-out data
+    differed (between the same samples, scored by the same weights), `exp show` printed "None"."""
+    from mlbuild.exp import _data
+    from mlbuild.metrics import heldout_differs
+
+    new = {"metrics": {"accuracy": 1.0}, "suite": {"version": "v"}, "n": 38, "heldout": {"sha256": "1" * 64}}
+    old = {"metrics": {"accuracy": 1.0}, "suite": {"version": "v"}, "n": 38, "dataset": {"name": "s", "path": "/x"}}
+    null = {**old, "dataset": {"name": "s", "sha256": None}}
+    for report in (old, null):
+        lines = table([Point("a" * 40, new, "/nix/store/x"), Point("b" * 40, report, "/nix/store/y")])
+        assert lines[2].split()[2] == "-" and not lines[-1].startswith("note:")
+        assert not heldout_differs(new, report)
+        fig = _figure("iris", [Point("a" * 40, new, "/x"), Point("b" * 40, report, "/y")])
+        assert not [line for line in fig.get_axes()[0].get_lines() if line.get_linestyle() == ":"]
+        plt.close(fig)
+    assert heldout_differs(new, {**new, "heldout": {"sha256": "2" * 64}})
+    (tmp_path / "provenance.json").write_text('{"datasets": {"iris-split": {"path": "/nix/store/x", "sha256": null}}}')
+    assert _data(tmp_path) == "?"
 
 
 def test_the_plot_breaks_its_lines_where_the_held_out_data_changes() -> None:

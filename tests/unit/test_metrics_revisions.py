@@ -138,3 +138,22 @@ def test_a_renamed_model_s_history_is_under_its_old_name(tmp_path: Path) -> None
             m.diff(project, "x", "HEAD~2", "HEAD~1")
     finally:
         m._report = original
+
+
+def test_history_has_a_row_for_a_commit_that_moves_the_project_to_another_mlbuild(tmp_path: Path) -> None:
+    """A commit of flake.lock alone (`nix flake lock --update-input mlbuild`) builds the model with
+    another mlbuild: other derivations, maybe other metrics. History left it out, and its last row
+    was the commit before, built with the mlbuild before."""
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "mlbuild.toml").write_text(TOML)
+    (tmp_path / "m.py").write_text("x = 1\n")
+    (tmp_path / "flake.nix").write_text("{ }\n")
+    (tmp_path / "flake.lock").write_text('{"nodes": {"root": {}}, "root": "root", "version": 7}\n')
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "project")
+    (tmp_path / "flake.lock").write_text('{"nodes": {"root": {"inputs": {}}}, "root": "root", "version": 7}\n')
+    _git(tmp_path, "commit", "-qam", "another mlbuild")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    with pytest.raises(MlbuildError) as e:   # no mlbuild.lock: every commit is a gap, listed
+        m.history(load_project(tmp_path), "m")
+    assert f"  {head[:10]}: " in str(e.value), str(e.value)

@@ -128,3 +128,49 @@ def test_the_cli_checks_the_monitor_s_options_before_building(tree, args: list[s
     root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.digits]\nscript = "m.py"\n'})
     proc = run_cli(*args, cwd=root, check=False, env={"PATH": "/nonexistent"})   # no Nix: nothing is built
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def _pin_mlbuild(tmp_path: Path, monitor_source: str) -> Path:
+    """A project whose flake.lock pins a (real, git) mlbuild whose monitor is ``monitor_source``."""
+    old = tmp_path / "old-mlbuild"
+    (old / "nix").mkdir(parents=True)
+    (old / "nix" / "entry.nix").write_text('{ src, system ? "x86_64-linux", overrides ? "{}", dirty ? false }: { }\n')
+    (old / "mlbuild" / "runtime").mkdir(parents=True)
+    (old / "mlbuild" / "__init__.py").write_text("")
+    (old / "mlbuild" / "runtime" / "monitor.py").write_text(monitor_source)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@x"}
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "old"]):
+        subprocess.run(["git", *cmd], cwd=old, check=True, env=env)
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=old, check=True, capture_output=True, text=True).stdout.strip()
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "flake.nix").write_text("{ }\n")
+    (project / "flake.lock").write_text(json.dumps({
+        "nodes": {"mlbuild": {"locked": {"type": "git", "url": f"file://{old}", "rev": rev}},
+                  "root": {"inputs": {"mlbuild": "mlbuild"}}}, "root": "root", "version": 7}))
+    return project
+
+
+@pytest.mark.parametrize("reads_env", [False, True])
+def test_a_pinned_monitor_that_reads_no_webhook_variable_gets_it_as_an_argument(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], reads_env: bool) -> None:
+    """A project pinned to an mlbuild from before $MLBUILD_MONITOR_WEBHOOK: `mlbuild monitor
+    --webhook URL` put the URL in the environment only, which that monitor never read, and no
+    alert was ever posted, without a word."""
+    from mlbuild.cli.monitor import _webhook_args
+    from mlbuild.runtime.monitor import WEBHOOK_ENV
+
+    monkeypatch.delenv("MLBUILD_NIX", raising=False)
+    monkeypatch.delenv(WEBHOOK_ENV, raising=False)
+    source = "p.add_argument('--webhook')\n" + (f"os.environ.get({WEBHOOK_ENV!r})\n" if reads_env else "")
+    project = _pin_mlbuild(tmp_path, source)
+    args = _webhook_args(project, "https://hooks.example.com/s3cret")
+    if reads_env:
+        assert args == [] and os.environ[WEBHOOK_ENV] == "https://hooks.example.com/s3cret"
+        assert "warning" not in capsys.readouterr().err
+    else:
+        assert args == ["--webhook", "https://hooks.example.com/s3cret"]
+        assert "takes the webhook on its command line only" in capsys.readouterr().err
+        monkeypatch.setenv(WEBHOOK_ENV, "https://hooks.example.com/from-env")   # given the documented other way
+        assert _webhook_args(project, None) == ["--webhook", "https://hooks.example.com/from-env"]

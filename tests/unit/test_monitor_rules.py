@@ -188,3 +188,24 @@ def test_the_suite_alert_says_the_metric_s_value_and_threshold(tree) -> None:  #
         promtool_test(root / "conf", series, {"1m": True}, alert="MlbuildValidationThresholdFailed",
                       labels={**labels, "metric": metric},
                       annotations={"summary": summary.format(metric, value or "missing", ">= 0.93")})
+
+
+def test_rules_use_what_the_runtime_exports_and_a_pinned_older_one_is_checked(tree, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A project pinned to an mlbuild from before mlbuild_monitor_start_time_seconds: alerts.yml
+    (written by this CLI) watched it to catch a monitor that never completes a run, and its
+    monitor never exported it: that alert never fired, and `monitor config` said nothing."""
+    import shutil
+    from pathlib import Path
+
+    from mlbuild.config import load_project
+    from mlbuild.monitor import alert_rules, unexported
+
+    rules = alert_rules(load_project(tree({"mlbuild.toml": TOML})), "cancer")
+    repo = Path(__file__).resolve().parents[2]
+    assert unexported(repo, rules) == {}
+    old = tmp_path / "old-mlbuild"
+    shutil.copytree(repo / "mlbuild" / "runtime", old / "mlbuild" / "runtime",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for path in old.rglob("*.py"):
+        path.write_text(path.read_text().replace("mlbuild_monitor_start_time_seconds", "started"))
+    assert unexported(old, rules) == {"mlbuild_monitor_start_time_seconds": ["MlbuildMonitorStale"]}
