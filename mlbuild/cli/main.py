@@ -73,8 +73,30 @@ class _Group(click.Group):
             sys.exit(1)
 
 
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``mlbuild VERSION``, and where this mlbuild runs from a git checkout (as `.ci/setup` installs
+    it), the checkout and its commit: the version number alone is the same at every commit."""
+    if not value or ctx.resilient_parsing:
+        return
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    where = ""
+    if (root / "flake.nix").is_file() and (root / ".git").exists():
+        try:
+            rev = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+                                 capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            rev = None
+        if rev is not None and rev.returncode == 0 and rev.stdout.strip():
+            where = f" ({root} at {rev.stdout.strip()})"
+    click.echo(f"mlbuild {__version__}{where}")
+    ctx.exit()
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="mlbuild")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
+              help="Show the version (and the git checkout and commit it runs from) and exit.")
 @click.option("--project", "-C", "project_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Run as if started in this folder (like git -C); the project is the nearest folder "
                    "at or above it holding mlbuild.toml.")
