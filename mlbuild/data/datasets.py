@@ -157,11 +157,11 @@ def local_sha256(root: Path, name: str, local: Path) -> str:
     from ..nar import nar_sha256
 
     local = local.resolve()   # a declared symlink: its content is the data, as `data add` hashed it
-    sha, entries = statcache.lookup(root / STATE_NAME, name, local)
+    sha, facts = statcache.lookup(root / STATE_NAME, name, local)
     if sha is None:
         sha = nar_sha256(str(local))
         try:
-            statcache.remember(state_dir(root), name, local, entries, sha)
+            statcache.remember(state_dir(root), name, local, facts, sha)
         except (ConfigError, OSError):   # a cache: a read-only checkout hashes each time, as without one
             pass
     return sha
@@ -229,7 +229,7 @@ def add(project: Project, name: str, path: Path) -> Added:
     cache = root / STATE_NAME
     read_lock(project.lock_path)   # one it cannot read is refused before the import
     state_dir(root, writable=True)   # so is a read-only checkout: the pin could not be written after it
-    sha, entries = statcache.lookup(cache, name, source)
+    sha, facts = statcache.lookup(cache, name, source)
     result = None
     if sha is None or _nix.invalid_paths([fixed_output_path(sha, name, recursive=True)]):
         result = import_path(source, name)   # DataError for what cannot go in: nothing is written then
@@ -240,7 +240,7 @@ def add(project: Project, name: str, path: Path) -> Added:
     with project_lock(root):
         _nix.add_roots({f"dataset-{name}": fixed_output_path(sha, name, recursive=True)}, state_dir(root) / "gcroots")
         if result is not None:
-            statcache.remember(cache, name, source, entries, sha)
+            statcache.remember(cache, name, source, facts, sha)
         if config is not None:
             atomic.write_text(project.config_path, toml_with_path(config_text(project.config_path), name, rel,
                                                                   project.config_path))
