@@ -518,3 +518,32 @@ def test_a_pin_made_while_mlbuild_lock_resolves_is_kept(data_project: Path, monk
     toolchain.lock_project(load_project(data_project))
     assert lock(data_project)["datasets"]["late"]["sha256"] == nar_sha256(str(data_project / "data/late"))
     assert {"raw", "late"} <= set(lock(data_project)["datasets"])
+
+
+def test_a_file_this_user_may_not_read_is_named_with_the_fix(data_project: Path, tmp_path: Path) -> None:
+    """A file or folder of the data this user may not read (mode 000, an NFS export squashing root):
+    `data status`, `data add` and `data diff` stopped in a PermissionError traceback, and `data add`
+    of a folder whose only files were in an unreadable sub-folder called it empty."""
+    unreadable = data_project / "data" / "raw" / "sub" / "x.bin"
+    unreadable.chmod(0)
+    # root may read anything: the commands run without the capabilities that let it
+    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
+            "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*drop, *MLBUILD, *args], cwd=data_project, capture_output=True, text=True)
+
+    said = (f"{unreadable}: Permission denied (reading dataset 'raw'); let this user read it (`chmod -R u+rX "
+            f"{data_project / 'data' / 'raw'}`, or a group it is in), or run as a user who may")
+    status = cli("data", "status")
+    assert status.returncode == 0 and f"raw    path     unreadable  {said}" in status.stdout, status.stderr
+    before = {f: (data_project / f).read_text() for f in ("mlbuild.toml", "mlbuild.lock")}
+    for args in (("data", "add", "raw", "data/raw"), ("data", "diff", "raw")):
+        proc = cli(*args)
+        assert (proc.returncode, proc.stderr.startswith(f"Error: {said}")) == (1, True), proc.stderr
+    assert {f: (data_project / f).read_text() for f in before} == before
+    hidden = write_tree(tmp_path / "hidden", {"sub": {"only.csv": "1\n"}})
+    (hidden / "sub").chmod(0)
+    proc = cli("data", "add", "hidden", str(hidden))
+    assert proc.returncode == 1 and proc.stderr.startswith(f"Error: {hidden / 'sub'}: Permission denied"), proc.stderr
+    (hidden / "sub").chmod(0o755)
