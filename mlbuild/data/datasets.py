@@ -155,9 +155,14 @@ def toml_with_path(text: str, name: str, path: str, config: Path) -> str:
 def _reading(name: str, data: Path) -> Iterator[None]:
     """An OSError reading a file of dataset ``name`` (under ``data``) as a DataError naming the file
     and the fix: a file or folder this user may not read (mode 000, an NFS mount squashing root),
-    one deleted while it was read."""
+    one deleted or written while it was read."""
+    from ..nar import ChangedWhileReadError
+
     try:
         yield
+    except ChangedWhileReadError as e:   # a job still writing its output
+        raise DataError(f"{e}: something is writing to it; run the command again once nothing does "
+                        f"(reading dataset {name!r})") from None
     except OSError as e:
         where = os.path.abspath(os.fsdecode(e.filename)) if e.filename is not None else ""
         tops = {os.path.abspath(data), str(data.resolve())}   # as given (a symlink) and as followed

@@ -279,8 +279,9 @@ def _slow_import(src: Path, name: str) -> Imported:
             except OSError:
                 shutil.copytree(src, named, symlinks=True) if src.is_dir() else shutil.copy2(src, named)
             got = _nix.add_fixed(named, recursive=True)
-        if got != target:
-            raise ValueError(f"Nix stored {src} at {got}, expected {target}")
+        if got != target:   # Nix hashed other bytes than were hashed here a moment before
+            raise DataError(f"{src} changed while it was imported (Nix stored it at {got}, not {target}); "
+                            "run data add again once nothing writes to it")
     return Imported(target, sha, 0, files, size, existed)
 
 

@@ -147,3 +147,41 @@ def test_builds_at_once_share_the_stat_cache(tmp_path: Path) -> None:
     assert errors == []
     assert statcache.lookup(root / ".mlbuild", "raw", data)[0] == "0" * 64
     assert sorted(p.name for p in (root / ".mlbuild").iterdir()) == ["stat-raw.json"]
+
+
+def test_a_file_written_while_it_is_hashed_is_said_as_such(tmp_path: Path) -> None:
+    """A training job still appending to a dataset's file: `data status` and every build stopped
+    in a ValueError traceback ("changed size while it was read")."""
+    import threading
+
+    from mlbuild.data.datasets import status
+
+    root, lock = project(tmp_path / "p")
+    (root / "mlbuild.lock").write_text(json.dumps({"version": 1, "datasets": lock["datasets"],
+                                                   "interpreter": {"snapshot": {}}}))
+    data = root / "data" / "iris.csv"
+    data.write_bytes(b"0" * (16 << 20))
+    stop = threading.Event()
+
+    def job() -> None:   # appends until stopped (at most 256 MiB)
+        with open(data, "ab") as f:
+            for _ in range(4096):
+                if stop.wait(0.001):
+                    return
+                f.write(b"1" * (64 << 10))
+                f.flush()
+
+    writer = threading.Thread(target=job)
+    writer.start()
+    try:
+        for _ in range(20):
+            changed_datasets(load_project(root), lock)   # no traceback: the build goes on
+            row = next(r for r in status(load_project(root)) if r.name == "raw")
+            if row.state == "unreadable":
+                break
+    finally:
+        stop.set()
+        writer.join()
+    assert row.state == "unreadable"
+    assert row.detail.startswith(f"{data} changed size while it was read (") and row.detail.endswith(
+        "bytes): something is writing to it; run the command again once nothing does (reading dataset 'raw')")
