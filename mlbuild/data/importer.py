@@ -276,7 +276,9 @@ def _slow_import(src: Path, name: str) -> Imported:
             try:  # a hard-link tree with the store name, no copy on the same file system
                 shutil.copytree(src, named, symlinks=True, copy_function=os.link) if src.is_dir() \
                     else os.link(src, named)
-            except OSError:
+            except OSError:   # another file system than the temp folder's (a dataset on /dev/shm): copy
+                if os.path.lexists(named):   # the links made before the first that failed
+                    _remove(str(named))
                 shutil.copytree(src, named, symlinks=True) if src.is_dir() else shutil.copy2(src, named)
             got = _nix.add_fixed(named, recursive=True)
         if got != target:   # Nix hashed other bytes than were hashed here a moment before

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import tomllib
 import uuid
 from pathlib import Path
@@ -547,3 +548,21 @@ def test_a_file_this_user_may_not_read_is_named_with_the_fix(data_project: Path,
     proc = cli("data", "add", "hidden", str(hidden))
     assert proc.returncode == 1 and proc.stderr.startswith(f"Error: {hidden / 'sub'}: Permission denied"), proc.stderr
     (hidden / "sub").chmod(0o755)
+
+
+def test_a_folder_on_another_file_system_goes_in_without_the_fast_path(data_project: Path) -> None:
+    """Without the fast path (no writable store, or staging elsewhere), a folder on another file
+    system than the temp folder's (/dev/shm; /tmp a tmpfs) stopped in a FileExistsError traceback:
+    its hard-link tree failed half made, and the copy that should replace it found it there."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == Path(tempfile.gettempdir()).stat().st_dev \
+            or shm.stat().st_dev == Path("/nix/store").stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system of its own")
+    where = shm / f"mlbuild-test-{uuid.uuid4().hex}"
+    try:
+        data = write_tree(where / "data", {"a.csv": f"{where.name}\n", "sub": {"b.csv": "2\n"}})   # new to the store
+        out = run_cli("data", "add", "shm", str(data), cwd=data_project, env={"MLBUILD_STAGING": str(where / "stage")})
+        assert "2 files" in out.stdout
+        assert lock(data_project)["datasets"]["shm"]["sha256"] == nar_sha256(str(data))
+    finally:
+        shutil.rmtree(where)
