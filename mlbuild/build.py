@@ -447,7 +447,7 @@ def changed_datasets(project: Project, lock: dict[str, Any]) -> list[str]:
     who edited the CSV expects the edit to count: say so. Through the stat cache (`local_sha256`),
     an unchanged dataset costs a walk of lstat calls, and a changed one is read once, not per build."""
     from .data.datasets import local_sha256
-    from .nar import NotStorableError
+    from .nar import ChangedWhileReadError, NotStorableError
 
     lines = []
     for name, table in sorted((project.raw.get("datasets") or {}).items()):
@@ -457,8 +457,8 @@ def changed_datasets(project: Project, lock: dict[str, Any]) -> list[str]:
         local = project.root / table["path"]
         try:
             sha = local_sha256(project.root, name, local)
-        except (OSError, NotStorableError):   # gone, unreadable or unstorable: `data status` says which
-            continue
+        except (OSError, NotStorableError, ChangedWhileReadError):
+            continue   # gone, unreadable, unstorable or being written: `data status` says which
         if sha != pinned:
             lines.append(f"{table['path']} differs from the version mlbuild.lock pins for dataset {name}; this build "
                          f"uses the pinned one. To use the new files: mlbuild data add {name} {table['path']}")

@@ -17,7 +17,7 @@ import os
 import stat
 from typing import BinaryIO, Callable, Protocol
 
-__all__ = ["nar_sha256", "NarWriter", "NotStorableError", "nix_base32", "from_nix_base32", "CHUNK"]
+__all__ = ["nar_sha256", "NarWriter", "NotStorableError", "ChangedWhileReadError", "nix_base32", "from_nix_base32", "CHUNK"]
 
 CHUNK = 1 << 20
 _ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
@@ -29,6 +29,14 @@ class NotStorableError(ValueError):
     def __init__(self, path: str) -> None:
         self.path = path
         super().__init__(f"{path}: cannot be put in a Nix store (not a file, folder or symlink)")
+
+
+class ChangedWhileReadError(ValueError):
+    """A file that changed size while it was read (something still writes to it); ``path`` names it."""
+
+    def __init__(self, path: str, size: int, read: int) -> None:
+        self.path = path
+        super().__init__(f"{path} changed size while it was read ({size} -> {read} bytes)")
 
 
 class _Sink(Protocol):
@@ -88,7 +96,7 @@ class NarWriter:
             if self.on_file is not None:
                 self.on_file(path, chunk)
         if done != size:
-            raise ValueError(f"{path} changed size while it was read ({size} -> {done} bytes)")
+            raise ChangedWhileReadError(path, size, done)
         pad = (-size) % 8
         if pad:
             self.sink.update(b"\0" * pad)

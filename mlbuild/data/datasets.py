@@ -11,13 +11,15 @@ Three kinds of source:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .. import _nix, atomic, git
 from ..config import STATE_NAME, Project, config_text, project_lock, state_dir
@@ -149,6 +151,33 @@ def toml_with_path(text: str, name: str, path: str, config: Path) -> str:
                     f"write path = {value} there yourself, then run data add again")
 
 
+@contextlib.contextmanager
+def _reading(name: str, data: Path) -> Iterator[None]:
+    """An OSError reading a file of dataset ``name`` (under ``data``) as a DataError naming the file
+    and the fix: a file or folder this user may not read (mode 000, an NFS mount squashing root),
+    one deleted or written while it was read."""
+    from ..nar import ChangedWhileReadError
+
+    try:
+        yield
+    except ChangedWhileReadError as e:   # a job still writing its output
+        raise DataError(f"{e}: something is writing to it; run the command again once nothing does "
+                        f"(reading dataset {name!r})") from None
+    except OSError as e:
+        where = os.path.abspath(os.fsdecode(e.filename)) if e.filename is not None else ""
+        tops = {os.path.abspath(data), str(data.resolve())}   # as given (a symlink) and as followed
+        if not any(where == t or where.startswith(t.rstrip(os.sep) + os.sep) for t in tops):
+            raise   # not one of the data's files (the store, .mlbuild): not this message's business
+        if e.errno in (errno.EACCES, errno.EPERM):
+            fix = (f"let this user read it (`chmod -R u+rX {data}`, or a group it is in), or run as a user who "
+                   "may, then run the command again")
+        elif e.errno == errno.ENOENT:
+            fix = "it went away while it was read: run the command again once nothing changes the files"
+        else:
+            fix = "check the disk or mount it is on, then run the command again"
+        raise DataError(f"{where}: {e.strerror} (reading dataset {name!r}); {fix}") from None
+
+
 def local_sha256(root: Path, name: str, local: Path) -> str:
     """The NAR sha256 of dataset ``name``'s files at ``local`` as they are now: the stat cache's
     when their stat facts match, else hashed and remembered, so a changed or freshly copied dataset
@@ -157,11 +186,11 @@ def local_sha256(root: Path, name: str, local: Path) -> str:
     from ..nar import nar_sha256
 
     local = local.resolve()   # a declared symlink: its content is the data, as `data add` hashed it
-    sha, entries = statcache.lookup(root / STATE_NAME, name, local)
+    sha, facts = statcache.lookup(root / STATE_NAME, name, local)
     if sha is None:
         sha = nar_sha256(str(local))
         try:
-            statcache.remember(state_dir(root), name, local, entries, sha)
+            statcache.remember(state_dir(root), name, local, facts, sha)
         except (ConfigError, OSError):   # a cache: a read-only checkout hashes each time, as without one
             pass
     return sha
@@ -190,7 +219,9 @@ def add(project: Project, name: str, path: Path) -> Added:
     path = path if path.is_absolute() else (Path.cwd() / path)
     if not path.exists():
         raise DataError(f"{path} does not exist; give the file or folder holding dataset {name!r}")
-    if _empty(path):
+    with _reading(name, path):
+        empty = _empty(path)
+    if empty:
         what = "an empty file" if path.is_file() else "a folder without a single file in it"
         raise DataError(f"{path} is {what}: dataset {name!r} would hold no data. Put the data there first "
                         f"(or give the file or folder that holds it), then run `mlbuild data add {name} PATH` again")
@@ -229,10 +260,12 @@ def add(project: Project, name: str, path: Path) -> Added:
     cache = root / STATE_NAME
     read_lock(project.lock_path)   # one it cannot read is refused before the import
     state_dir(root, writable=True)   # so is a read-only checkout: the pin could not be written after it
-    sha, entries = statcache.lookup(cache, name, source)
+    with _reading(name, source):
+        sha, facts = statcache.lookup(cache, name, source)
     result = None
     if sha is None or _nix.invalid_paths([fixed_output_path(sha, name, recursive=True)]):
-        result = import_path(source, name)   # DataError for what cannot go in: nothing is written then
+        with _reading(name, source):   # DataError for what cannot go in: nothing is written then
+            result = import_path(source, name)
         sha = result.sha256
     # Only writes from here on, under the project's lock: another `data add` (or `mlbuild lock`)
     # may have written mlbuild.toml, mlbuild.lock or .gitignore since they were read above, so
@@ -240,7 +273,7 @@ def add(project: Project, name: str, path: Path) -> Added:
     with project_lock(root):
         _nix.add_roots({f"dataset-{name}": fixed_output_path(sha, name, recursive=True)}, state_dir(root) / "gcroots")
         if result is not None:
-            statcache.remember(cache, name, source, entries, sha)
+            statcache.remember(cache, name, source, facts, sha)
         if config is not None:
             atomic.write_text(project.config_path, toml_with_path(config_text(project.config_path), name, rel,
                                                                   project.config_path))
@@ -267,7 +300,10 @@ def _empty(path: Path) -> bool:
     costs one directory read."""
     if not path.is_dir():
         return path.is_file() and path.stat().st_size == 0
-    for folder, _dirs, names in os.walk(path):
+    def unreadable(e: OSError) -> None:   # os.walk skips a folder it cannot list: it held no file, it said
+        raise e
+
+    for folder, _dirs, names in os.walk(path, onerror=unreadable):
         if any(os.path.isfile(p) and not os.path.islink(p) for p in (os.path.join(folder, n) for n in names)):
             return False
     return True
@@ -290,7 +326,8 @@ def _tree_stats(root: Path) -> tuple[int, int]:
 class Status:
     name: str
     kind: str
-    state: str        # "present" | "shared" | "missing" | "changed" | "unlocked" | "derived"
+    state: str        # "present" | "shared" | "missing" | "changed" | "unlocked" | "derived" | "unstorable"
+                      # | "unreadable"
     sha256: str | None
     detail: str = ""
 
@@ -315,9 +352,13 @@ def status(project: Project, shared: "set[str] | None" = None) -> list[Status]:
             if local.exists():
                 from ..nar import NotStorableError
                 try:
-                    cached = local_sha256(project.root, name, local)
+                    with _reading(name, local):
+                        cached = local_sha256(project.root, name, local)
                 except NotStorableError as e:   # a pipe, socket or device: `data add` refuses it too
                     out.append(Status(name, ds.kind, "unstorable", sha, f"{e}; move it out of {ds.path}"))
+                    continue
+                except DataError as e:   # builds skip it, so this is where it is said
+                    out.append(Status(name, ds.kind, "unreadable", sha, str(e)))
                     continue
                 if cached != sha:
                     if not _nix.invalid_paths([path]):
@@ -419,7 +460,9 @@ def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:
                             f"run `mlbuild data pull {name}`")
         new_root = Path(new_path)
     file_name = Path(ds.path or name).name
-    a, b = _files(Path(old_path), file_name), _files(new_root, file_name)
+    a = _files(Path(old_path), file_name)
+    with _reading(name, new_root):
+        b = _files(new_root, file_name)
     def what(e: tuple[int | None, str, str]) -> str:
         return f"symlink to {e[1]}" if e[2] == "symlink" else e[2]
 

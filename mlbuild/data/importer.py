@@ -276,11 +276,14 @@ def _slow_import(src: Path, name: str) -> Imported:
             try:  # a hard-link tree with the store name, no copy on the same file system
                 shutil.copytree(src, named, symlinks=True, copy_function=os.link) if src.is_dir() \
                     else os.link(src, named)
-            except OSError:
+            except OSError:   # another file system than the temp folder's (a dataset on /dev/shm): copy
+                if os.path.lexists(named):   # the links made before the first that failed
+                    _remove(str(named))
                 shutil.copytree(src, named, symlinks=True) if src.is_dir() else shutil.copy2(src, named)
             got = _nix.add_fixed(named, recursive=True)
-        if got != target:
-            raise ValueError(f"Nix stored {src} at {got}, expected {target}")
+        if got != target:   # Nix hashed other bytes than were hashed here a moment before
+            raise DataError(f"{src} changed while it was imported (Nix stored it at {got}, not {target}); "
+                            "run data add again once nothing writes to it")
     return Imported(target, sha, 0, files, size, existed)
 
 

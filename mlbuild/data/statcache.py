@@ -5,6 +5,13 @@ targets of symlinks. ctime is what catches an edit that keeps size, mtime and in
 over the file, a write followed by ``touch -d`` back): no call can set it back, as git's index
 knows. If all match what was recorded when the data was last hashed, the NAR hash is
 reused without reading a byte.
+
+Racy clean (git's word): a file system keeps times to a granule (a second on ext4 with 128-byte
+inodes, HFS+ or some NFS servers; a clock tick elsewhere), so a write in the same granule as the
+one before it, after the facts were taken, leaves every fact as it was: the old hash would be
+reused for new bytes (a training job still writing its output while `data add` pinned it). The
+time the facts were taken is kept with them, and an entry changed less than ``RACY_NS`` before
+then proves nothing: the data is hashed again, and remembered under a later time.
 """
 
 from __future__ import annotations
@@ -12,12 +19,15 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
 from .. import atomic
 
-__all__ = ["fingerprint", "lookup", "remember"]
+__all__ = ["fingerprint", "lookup", "remember", "RACY_NS"]
+
+RACY_NS = 3_000_000_000   # the coarsest granule (FAT keeps 2 s), with room for an NFS server's clock
 
 
 def fingerprint(path: Path) -> list[Any]:
@@ -48,22 +58,33 @@ def _file(cache_dir: Path, name: str) -> Path:
     return cache_dir / f"stat-{name}.json"
 
 
-def lookup(cache_dir: Path, name: str, path: Path) -> tuple[str | None, list[Any]]:
-    """(cached NAR sha256 if ``path`` is unchanged, its fingerprint)."""
-    fp = fingerprint(path)
+def _racy(entries: list[Any], taken: Any) -> bool:
+    """Whether an entry changed too close to ``taken`` (ns) for its facts to prove its bytes."""
+    if not isinstance(taken, int):   # a cache from before times were kept
+        return True
+    return any(max(e[2], e[3]) >= taken - RACY_NS for e in entries)
+
+
+def lookup(cache_dir: Path, name: str, path: Path) -> tuple[str | None, dict[str, Any]]:
+    """(cached NAR sha256 if ``path`` is unchanged, its facts: what ``remember`` takes once the
+    data is hashed, read after these facts were taken)."""
+    taken = time.time_ns()   # before the walk: a write after it may be in the granule of one before
+    entries = fingerprint(path)
+    facts: dict[str, Any] = {"taken": taken, "entries": entries}
     f = _file(cache_dir, name)
     try:
         data = json.loads(f.read_text())
     except (OSError, ValueError):
-        return None, fp
-    if data.get("path") == str(path.resolve()) and data.get("entries") == fp:
-        return data.get("sha256"), fp
-    return None, fp
+        return None, facts
+    if data.get("path") == str(path.resolve()) and data.get("entries") == entries \
+            and not _racy(entries, data.get("taken")):
+        return data.get("sha256"), facts
+    return None, facts
 
 
-def remember(cache_dir: Path, name: str, path: Path, entries: list[Any], sha256: str) -> None:
+def remember(cache_dir: Path, name: str, path: Path, facts: dict[str, Any], sha256: str) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     # A temp name of its own: two commands hashing the same dataset at once (two builds, a build
     # and `data status`) each renamed their shared `stat-NAME.tmp`, and the second found it gone.
     atomic.write_text(_file(cache_dir, name), json.dumps({"path": str(path.resolve()), "sha256": sha256,
-                                                          "entries": entries}))
+                                                          "taken": facts["taken"], "entries": facts["entries"]}))

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import tomllib
 import uuid
 from pathlib import Path
@@ -528,3 +529,50 @@ def test_a_pin_made_while_mlbuild_lock_resolves_is_kept(data_project: Path, monk
     toolchain.lock_project(load_project(data_project))
     assert lock(data_project)["datasets"]["late"]["sha256"] == nar_sha256(str(data_project / "data/late"))
     assert {"raw", "late"} <= set(lock(data_project)["datasets"])
+
+
+def test_a_file_this_user_may_not_read_is_named_with_the_fix(data_project: Path, tmp_path: Path) -> None:
+    """A file or folder of the data this user may not read (mode 000, an NFS export squashing root):
+    `data status`, `data add` and `data diff` stopped in a PermissionError traceback, and `data add`
+    of a folder whose only files were in an unreadable sub-folder called it empty."""
+    unreadable = data_project / "data" / "raw" / "sub" / "x.bin"
+    unreadable.chmod(0)
+    # root may read anything: the commands run without the capabilities that let it
+    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
+            "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*drop, *MLBUILD, *args], cwd=data_project, capture_output=True, text=True)
+
+    said = (f"{unreadable}: Permission denied (reading dataset 'raw'); let this user read it (`chmod -R u+rX "
+            f"{data_project / 'data' / 'raw'}`, or a group it is in), or run as a user who may")
+    status = cli("data", "status")
+    assert status.returncode == 0 and f"raw    path     unreadable  {said}" in status.stdout, status.stderr
+    before = {f: (data_project / f).read_text() for f in ("mlbuild.toml", "mlbuild.lock")}
+    for args in (("data", "add", "raw", "data/raw"), ("data", "diff", "raw")):
+        proc = cli(*args)
+        assert (proc.returncode, proc.stderr.startswith(f"Error: {said}")) == (1, True), proc.stderr
+    assert {f: (data_project / f).read_text() for f in before} == before
+    hidden = write_tree(tmp_path / "hidden", {"sub": {"only.csv": "1\n"}})
+    (hidden / "sub").chmod(0)
+    proc = cli("data", "add", "hidden", str(hidden))
+    assert proc.returncode == 1 and proc.stderr.startswith(f"Error: {hidden / 'sub'}: Permission denied"), proc.stderr
+    (hidden / "sub").chmod(0o755)
+
+
+def test_a_folder_on_another_file_system_goes_in_without_the_fast_path(data_project: Path) -> None:
+    """Without the fast path (no writable store, or staging elsewhere), a folder on another file
+    system than the temp folder's (/dev/shm; /tmp a tmpfs) stopped in a FileExistsError traceback:
+    its hard-link tree failed half made, and the copy that should replace it found it there."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == Path(tempfile.gettempdir()).stat().st_dev \
+            or shm.stat().st_dev == Path("/nix/store").stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system of its own")
+    where = shm / f"mlbuild-test-{uuid.uuid4().hex}"
+    try:
+        data = write_tree(where / "data", {"a.csv": f"{where.name}\n", "sub": {"b.csv": "2\n"}})   # new to the store
+        out = run_cli("data", "add", "shm", str(data), cwd=data_project, env={"MLBUILD_STAGING": str(where / "stage")})
+        assert "2 files" in out.stdout
+        assert lock(data_project)["datasets"]["shm"]["sha256"] == nar_sha256(str(data))
+    finally:
+        shutil.rmtree(where)

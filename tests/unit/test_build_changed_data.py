@@ -24,6 +24,16 @@ def project(root: Path) -> tuple[Path, dict[str, Any]]:
     return root, lock
 
 
+def aged(root: Path, name: str) -> None:
+    """Move the time stat-NAME.json says its facts were taken past the racy window, as if the data
+    had been hashed seconds after it was written: its facts then prove its bytes."""
+    from mlbuild.data.statcache import RACY_NS
+
+    cache = root / ".mlbuild" / f"stat-{name}.json"
+    data = json.loads(cache.read_text())
+    cache.write_text(json.dumps({**data, "taken": data["taken"] + RACY_NS + 1}))
+
+
 def test_an_edited_dataset_is_named_with_the_command_that_pins_it(tmp_path: Path) -> None:
     root, lock = project(tmp_path / "p")
     assert changed_datasets(load_project(root), lock) == []
@@ -38,6 +48,33 @@ def test_a_touched_dataset_is_hashed_once_then_known_by_its_stat_facts(tmp_path:
     assert changed_datasets(load_project(root), lock) == []
     cached = json.loads((root / ".mlbuild" / "stat-raw.json").read_text())
     assert cached["sha256"] == lock["datasets"]["raw"]["sha256"]
+    aged(root, "raw")
+    cache = root / ".mlbuild" / "stat-raw.json"
+    cache.write_text(json.dumps({**json.loads(cache.read_text()), "sha256": "0" * 64}))
+    assert changed_datasets(load_project(root), lock) != []   # the cached hash, not the files', was taken
+
+
+def test_a_write_that_changes_no_stat_fact_right_after_hashing_is_seen(tmp_path: Path) -> None:
+    """Racy clean: a write in the same time granule as the one before it (a file system keeping
+    seconds; here a second write to a page already dirty in a shared mmap, which updates no time)
+    left every stat fact as the hash recorded them: `data status` said present, `data add`
+    "unchanged", a build warned of nothing, while the files held other bytes than the pin."""
+    import mmap
+    import os
+
+    root, lock = project(tmp_path / "p")
+    data = root / "data" / "iris.csv"
+    with open(data, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:   # a job writing its output
+        m[0:1] = b"5"
+        assert changed_datasets(load_project(root), lock) == []   # hashed now, remembered
+        before = os.stat(data)
+        m[0:1] = b"9"
+    after = os.stat(data)
+    assert (after.st_size, after.st_mtime_ns, after.st_ctime_ns, after.st_ino) == \
+        (before.st_size, before.st_mtime_ns, before.st_ctime_ns, before.st_ino)
+    assert changed_datasets(load_project(root), lock) == [
+        "data/iris.csv differs from the version mlbuild.lock pins for dataset raw; this build uses the pinned one. "
+        "To use the new files: mlbuild data add raw data/iris.csv"]
 
 
 def test_an_edit_that_keeps_size_mtime_and_inode_is_seen(tmp_path: Path) -> None:
@@ -48,6 +85,7 @@ def test_an_edit_that_keeps_size_mtime_and_inode_is_seen(tmp_path: Path) -> None
     root, lock = project(tmp_path / "p")
     data = root / "data" / "iris.csv"
     assert changed_datasets(load_project(root), lock) == []   # hashed once, remembered
+    aged(root, "raw")   # not a racy entry: only ctime says it changed
     before = os.stat(data)
     with open(data, "r+b") as f:   # same inode, same size
         f.write(b"9")
@@ -91,12 +129,13 @@ def test_builds_at_once_share_the_stat_cache(tmp_path: Path) -> None:
 
     root, _lock = project(tmp_path / "p")
     data = root / "data" / "iris.csv"
-    entries, errors = statcache.fingerprint(data), []
+    facts, errors = statcache.lookup(root / ".mlbuild", "raw", data)[1], []
+    facts["taken"] += statcache.RACY_NS + 1   # as if taken once the data was old enough
 
     def remember() -> None:
         try:
             for _ in range(200):
-                statcache.remember(root / ".mlbuild", "raw", data, entries, "0" * 64)
+                statcache.remember(root / ".mlbuild", "raw", data, facts, "0" * 64)
         except OSError as e:
             errors.append(e)
 
@@ -108,3 +147,41 @@ def test_builds_at_once_share_the_stat_cache(tmp_path: Path) -> None:
     assert errors == []
     assert statcache.lookup(root / ".mlbuild", "raw", data)[0] == "0" * 64
     assert sorted(p.name for p in (root / ".mlbuild").iterdir()) == ["stat-raw.json"]
+
+
+def test_a_file_written_while_it_is_hashed_is_said_as_such(tmp_path: Path) -> None:
+    """A training job still appending to a dataset's file: `data status` and every build stopped
+    in a ValueError traceback ("changed size while it was read")."""
+    import threading
+
+    from mlbuild.data.datasets import status
+
+    root, lock = project(tmp_path / "p")
+    (root / "mlbuild.lock").write_text(json.dumps({"version": 1, "datasets": lock["datasets"],
+                                                   "interpreter": {"snapshot": {}}}))
+    data = root / "data" / "iris.csv"
+    data.write_bytes(b"0" * (16 << 20))
+    stop = threading.Event()
+
+    def job() -> None:   # appends until stopped (at most 256 MiB)
+        with open(data, "ab") as f:
+            for _ in range(4096):
+                if stop.wait(0.001):
+                    return
+                f.write(b"1" * (64 << 10))
+                f.flush()
+
+    writer = threading.Thread(target=job)
+    writer.start()
+    try:
+        for _ in range(20):
+            changed_datasets(load_project(root), lock)   # no traceback: the build goes on
+            row = next(r for r in status(load_project(root)) if r.name == "raw")
+            if row.state == "unreadable":
+                break
+    finally:
+        stop.set()
+        writer.join()
+    assert row.state == "unreadable"
+    assert row.detail.startswith(f"{data} changed size while it was read (") and row.detail.endswith(
+        "bytes): something is writing to it; run the command again once nothing does (reading dataset 'raw')")
