@@ -149,13 +149,17 @@ class Layout:
         return (self.root / "nix-cache-info").is_file() and self.nar_dir.is_dir()
 
     def require(self) -> None:
+        self.refuse_links()   # first: a link to a folder that is gone is not a store to init again
         if not self.is_initialised():
             raise StoreConfigError(f"{self.root} is not an mlbuild store (no nix-cache-info or nar/); create it "
                                    f"with `{store_command(self.root, 'init')}`, or give the store's folder "
                                    f"(`mlbuild store --store DIR ...`, MLBUILD_STORE or [store].path)")
-        # Its folders are the store's own: one that a writer of the store replaced with a link to
-        # another folder would have gc (run by root, say) delete that folder's files as unused NARs,
-        # and pushes and gc write there. The store's root itself may be a link (see store-config).
+
+    def refuse_links(self) -> None:
+        """StoreCorruptError naming a folder of the store that is a symbolic link. Its folders are the
+        store's own: one that a writer of the store replaced with a link to another folder would have
+        gc (run by root, say) delete that folder's files as unused NARs, and init, pushes and gc write
+        there. The store's root itself may be a link (see store-config)."""
         pushes = self.roots_dir / "pushes"
         own = [self.nar_dir, self.root / "mlbuild", self.roots_dir, self.roots_dir / "tags", pushes]
         if pushes.is_dir() and not pushes.is_symlink():
@@ -184,6 +188,7 @@ class Layout:
 
     def init(self) -> None:
         """Create the folders and nix-cache-info (idempotent; keeps existing entries)."""
+        self.refuse_links()   # else it made roots/ and wrote the public key where the link leads
         for d in (self.root, self.nar_dir, self.root / "realisations", self.root / "log",
                   self.root / "mlbuild", self.roots_dir / "tags", self.roots_dir / "pushes"):
             make_dir(d)
