@@ -196,3 +196,13 @@ def test_a_public_key_file_replaced_by_a_writer_is_refused_without_reading_it(tm
         link = shown if kind == "link" else folder
         assert f"setup-store: {link} is a symbolic link (to " in proc.stderr, proc.stderr
         assert not (tmp_path / "elsewhere" / "roots").exists()
+
+
+def test_the_file_system_s_root_is_not_set_up_as_a_store(tmp_path: Path) -> None:
+    """MLBUILD_STORE="$CACHE/" with CACHE unset is /: setup-store (run by root) made nar/, mlbuild/, log/...
+    and nix-cache-info at the top of the machine's file system. (The key given keeps the unfixed script
+    from making anything there: it refuses a folder with no nix-cache-info first.)"""
+    proc = setup_store(tmp_path, "m", MLBUILD_STORE="file:///",
+                       MLBUILD_STORE_PUBLIC_KEYS="store-mlbuild-1:lZy2xPLMWtz3cHSmUZj5+q/j8YUn7OjS+a1HbdIKIvE=")
+    assert proc.returncode == 1
+    assert "setup-store: MLBUILD_STORE=file:/// is the file system's root, not a store folder" in proc.stderr, proc.stderr
