@@ -24,6 +24,7 @@ import os
 import secrets
 import shlex
 import socket
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -31,7 +32,7 @@ from typing import Iterator
 from ..errors import StoreConfigError, StoreCorruptError, StoreError
 from .narinfo import REPAIR_HINT, STORE_DIR, NarInfo, hash_part
 
-__all__ = ["Layout", "Entries", "store_command", "temp_name", "parse_temp_name", "publish_bytes", "fsync_dir",
+__all__ = ["Layout", "Entries", "read_store_file", "store_command", "temp_name", "parse_temp_name", "publish_bytes", "fsync_dir",
            "DIR_MODE", "FILE_MODE", "writing"]
 
 DIR_MODE = 0o2775   # setgid: files inherit the store's group; the group may add and remove entries
@@ -103,6 +104,25 @@ def writing(root: Path, what: str, fix: str | None = None) -> Iterator[None]:
         fix = fix or (f"free space there (`{store_command(root, 'gc')}` removes what no tag, recent push or "
                       f"lock keeps), then run it again")
         raise StoreError(f"cannot {what}: the store folder {root} {why} ({e.strerror}); {fix}") from None
+
+
+def read_store_file(path: Path) -> str:
+    """The text of a file of the store (a narinfo, a tag, a push record), read only as a file: not
+    through a link, which any writer of the store could point at a file only root may read (whose
+    lines `store verify` or `store tag`, run by root, then showed), nor from a FIFO (which hung them).
+    FileNotFoundError and PermissionError pass; StoreCorruptError for a link or a non-file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise StoreCorruptError(f"{path} is a symbolic link (to {os.readlink(path)}), not a file of the store; "
+                                f"mlbuild does not read it: remove it (`rm {shlex.quote(str(path))}`)") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StoreCorruptError(f"{path} is not a file; mlbuild does not read it: remove it "
+                                    f"(`rm {shlex.quote(str(path))}`)")
+        return f.read().decode()
 
 
 def _group(path: Path) -> str:
@@ -212,7 +232,7 @@ class Layout:
         out = Entries()
         for f in self.narinfos():
             try:
-                info = NarInfo.parse(f.read_text(), str(f))
+                info = NarInfo.parse(read_store_file(f), str(f))
                 mtime = f.stat().st_mtime
             except FileNotFoundError:
                 continue

@@ -25,7 +25,7 @@ from ..errors import StoreError
 from ..git import conflict_marker
 from ..lockfile import LOCK_VERSION, KeyGivenTwice, unique_keys
 from ..storepath import fixed_output_path
-from .layout import Layout, make_dir, publish_bytes, temp_name
+from .layout import Layout, make_dir, publish_bytes, read_store_file, temp_name
 
 __all__ = ["Roots", "write_tag", "remove_tag", "record_push", "replace_older_records", "read_roots", "lock_paths",
            "default_name"]
@@ -52,7 +52,7 @@ def _paths_text(paths: list[str]) -> bytes:
 
 def _read_paths(path: Path) -> list[str]:
     try:
-        return [line.strip() for line in path.read_text().splitlines() if line.strip().startswith("/")]
+        return [line.strip() for line in read_store_file(path).splitlines() if line.strip().startswith("/")]
     except FileNotFoundError:
         return []
 

@@ -228,3 +228,34 @@ def test_init_writes_nothing_through_a_store_folder_replaced_by_a_link(tmp_path:
     stats = subprocess.run([*MLBUILD, "store", "--store", str(store), "stats"], capture_output=True, text=True,
                            timeout=120)
     assert f"Error: {store / folder} is a symbolic link (to {victim})" in stats.stderr, stats.stderr
+
+
+@pytest.mark.parametrize("kind", ["narinfo", "tag"])
+def test_a_store_file_linked_to_a_root_only_file_is_not_shown(tmp_path: Path, kind: str) -> None:
+    """Any writer of the store could make a narinfo or a tag a link to a file only root may read:
+    `store verify` (or `store tag NAME`), run by root, showed its lines as a corrupt entry (or as the
+    paths the tag would drop)."""
+    import subprocess
+
+    from mlbuild.errors import StoreCorruptError
+    from mlbuild.store.admin import tags
+    from mlbuild.store.config import StoreConfig
+    from tests.conftest import MLBUILD
+
+    store, secret = tmp_path / "store", tmp_path / "secret"
+    Layout(store).init()
+    secret.write_text("root-only line\n")
+    secret.chmod(0o600)
+    if kind == "narinfo":
+        link = store / ("a" * 32 + ".narinfo")
+        link.symlink_to(secret)
+        proc = subprocess.run([*MLBUILD, "store", "--store", str(store), "verify"], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "MLBUILD_STORE_PUBLIC_KEYS": "k:" + "A" * 43 + "="})
+        assert f"{link} is a symbolic link (to {secret}), not a file of the store" in proc.stdout + proc.stderr
+        assert "root-only" not in proc.stdout + proc.stderr
+    else:
+        link = store / "mlbuild" / "roots" / "tags" / "rel"
+        link.symlink_to(secret)
+        with pytest.raises(StoreCorruptError, match="is a symbolic link") as e:
+            tags(StoreConfig(store))
+        assert "root-only" not in str(e.value)
