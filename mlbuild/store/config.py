@@ -202,6 +202,10 @@ def _store_root(value: str, base: Path | None, where: str) -> Path:
     stores `file:///x/team` and `store`, `file:///x/a?b` as `/x/a`), so builds silently rebuilt
     what the store held and `store pull` failed."""
     root = _location(value, base, where)
+    if root.parent == root:   # `file://$CACHE/` or `$CACHE/` with CACHE unset: init made nar/, mlbuild/... in /
+        raise StoreConfigError(f"{where} = {value!r} is the file system's root, not a store folder (an unset "
+                               f"variable?); give the store's own folder, as a path or a file:// URL "
+                               f"(file:///srv/mlstore)")
     bad = next((c for c in str(root) if c.isspace() or c in "?#"), None)
     if bad is not None:
         raise StoreConfigError(f"{where} = {value!r}: Nix cannot use a store whose path holds {bad!r} (substituters "

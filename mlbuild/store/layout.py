@@ -24,6 +24,7 @@ import os
 import secrets
 import shlex
 import socket
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -31,7 +32,7 @@ from typing import Iterator
 from ..errors import StoreConfigError, StoreCorruptError, StoreError
 from .narinfo import REPAIR_HINT, STORE_DIR, NarInfo, hash_part
 
-__all__ = ["Layout", "Entries", "store_command", "temp_name", "parse_temp_name", "publish_bytes", "fsync_dir",
+__all__ = ["Layout", "Entries", "read_store_file", "store_command", "temp_name", "parse_temp_name", "publish_bytes", "fsync_dir",
            "DIR_MODE", "FILE_MODE", "writing"]
 
 DIR_MODE = 0o2775   # setgid: files inherit the store's group; the group may add and remove entries
@@ -105,6 +106,25 @@ def writing(root: Path, what: str, fix: str | None = None) -> Iterator[None]:
         raise StoreError(f"cannot {what}: the store folder {root} {why} ({e.strerror}); {fix}") from None
 
 
+def read_store_file(path: Path) -> str:
+    """The text of a file of the store (a narinfo, a tag, a push record), read only as a file: not
+    through a link, which any writer of the store could point at a file only root may read (whose
+    lines `store verify` or `store tag`, run by root, then showed), nor from a FIFO (which hung them).
+    FileNotFoundError and PermissionError pass; StoreCorruptError for a link or a non-file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise StoreCorruptError(f"{path} is a symbolic link (to {os.readlink(path)}), not a file of the store; "
+                                f"mlbuild does not read it: remove it (`rm {shlex.quote(str(path))}`)") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StoreCorruptError(f"{path} is not a file; mlbuild does not read it: remove it "
+                                    f"(`rm {shlex.quote(str(path))}`)")
+        return f.read().decode()
+
+
 def _group(path: Path) -> str:
     import grp
 
@@ -149,13 +169,17 @@ class Layout:
         return (self.root / "nix-cache-info").is_file() and self.nar_dir.is_dir()
 
     def require(self) -> None:
+        self.refuse_links()   # first: a link to a folder that is gone is not a store to init again
         if not self.is_initialised():
             raise StoreConfigError(f"{self.root} is not an mlbuild store (no nix-cache-info or nar/); create it "
                                    f"with `{store_command(self.root, 'init')}`, or give the store's folder "
                                    f"(`mlbuild store --store DIR ...`, MLBUILD_STORE or [store].path)")
-        # Its folders are the store's own: one that a writer of the store replaced with a link to
-        # another folder would have gc (run by root, say) delete that folder's files as unused NARs,
-        # and pushes and gc write there. The store's root itself may be a link (see store-config).
+
+    def refuse_links(self) -> None:
+        """StoreCorruptError naming a folder of the store that is a symbolic link. Its folders are the
+        store's own: one that a writer of the store replaced with a link to another folder would have
+        gc (run by root, say) delete that folder's files as unused NARs, and init, pushes and gc write
+        there. The store's root itself may be a link (see store-config)."""
         pushes = self.roots_dir / "pushes"
         own = [self.nar_dir, self.root / "mlbuild", self.roots_dir, self.roots_dir / "tags", pushes]
         if pushes.is_dir() and not pushes.is_symlink():
@@ -184,6 +208,7 @@ class Layout:
 
     def init(self) -> None:
         """Create the folders and nix-cache-info (idempotent; keeps existing entries)."""
+        self.refuse_links()   # else it made roots/ and wrote the public key where the link leads
         for d in (self.root, self.nar_dir, self.root / "realisations", self.root / "log",
                   self.root / "mlbuild", self.roots_dir / "tags", self.roots_dir / "pushes"):
             make_dir(d)
@@ -207,7 +232,7 @@ class Layout:
         out = Entries()
         for f in self.narinfos():
             try:
-                info = NarInfo.parse(f.read_text(), str(f))
+                info = NarInfo.parse(read_store_file(f), str(f))
                 mtime = f.stat().st_mtime
             except FileNotFoundError:
                 continue

@@ -18,7 +18,7 @@ from .. import _nix
 from ..errors import NixError, StoreCorruptError, StoreError, StoreMissingError
 from .config import StoreConfig
 from .keys import check_signatures
-from .layout import DENIED, Layout, denied_fix, store_command
+from .layout import DENIED, Layout, denied_fix, read_store_file, store_command
 from .narinfo import NarInfo
 from .push import resolve_targets
 from .restore import real_store_dir, restore_paths
@@ -40,7 +40,7 @@ class PullResult:
 def read_narinfo(layout: Layout, path: str) -> NarInfo:
     f = layout.narinfo(path)
     try:
-        text = f.read_text()
+        text = read_store_file(f)
     except FileNotFoundError:
         raise StoreMissingError(f"{path} is not in the store {layout.root}; push it from a machine that "
                                 f"has it (`mlbuild store push {path}`)") from None

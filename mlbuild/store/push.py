@@ -29,7 +29,7 @@ from .. import _nix
 from ..errors import NixError, StoreCorruptError, StoreKeyError, StoreTargetError
 from .config import StoreConfig
 from .keys import PublicKey, SecretKey, parse_public_keys
-from .layout import Layout, publish_bytes, store_command, writing
+from .layout import Layout, publish_bytes, read_store_file, store_command, writing
 from .narinfo import STORE_DIR, NarInfo
 from .roots import default_name, record_push, replace_older_records
 from .upload import PathInfo, path_infos, publish_path
@@ -206,7 +206,7 @@ def _add_signature(layout: Layout, info: PathInfo, key: SecretKey) -> bool:
     False (nothing written) otherwise: the entry is then published again from this machine."""
     f = layout.narinfo(info.path)
     try:
-        existing = NarInfo.parse(f.read_text(), str(f))
+        existing = NarInfo.parse(read_store_file(f), str(f))
         refs = tuple(sorted(r.rsplit("/", 1)[-1] for r in info.references))
         if (existing.store_path != info.path or existing.nar_hash != info.nar_hash
                 or existing.nar_size != info.nar_size or tuple(sorted(existing.references)) != refs

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import StoreError
+from ..git import conflict_marker
 from ..lockfile import LOCK_VERSION, KeyGivenTwice, unique_keys
 from ..storepath import fixed_output_path
-from .layout import Layout, make_dir, publish_bytes, temp_name
+from .layout import Layout, make_dir, publish_bytes, read_store_file, temp_name
 
 __all__ = ["Roots", "write_tag", "remove_tag", "record_push", "replace_older_records", "read_roots", "lock_paths",
            "default_name"]
@@ -51,7 +52,7 @@ def _paths_text(paths: list[str]) -> bytes:
 
 def _read_paths(path: Path) -> list[str]:
     try:
-        return [line.strip() for line in path.read_text().splitlines() if line.strip().startswith("/")]
+        return [line.strip() for line in read_store_file(path).splitlines() if line.strip().startswith("/")]
     except FileNotFoundError:
         return []
 
@@ -161,7 +162,16 @@ def _read_lock(lock: Path) -> dict[str, Any]:
                          f"merge that kept both sides' lines leaves it, so gc cannot tell what it pins; keep the one "
                          f"you want (every mlbuild command refuses the lock until then)") from None
     except ValueError:   # not UTF-8 text, or not JSON
+        conflict = conflict_marker(lock.read_bytes().decode("utf-8", "replace"))
+        if conflict is not None:   # the project's lock, half-merged: its fix is the merge, not another file
+            raise StoreError(f"{lock}: a git merge left it half-resolved (conflict marker {conflict[1]!r} at line "
+                             f"{conflict[0]}), so gc cannot tell what it pins; resolve the merge (every mlbuild "
+                             f"command refuses the lock until then)") from None
         raise StoreError(f"{lock} is not an mlbuild.lock (not JSON text); {fix}") from None
+    version = data.get("version") if isinstance(data, dict) else None
+    if type(version) is int and version > LOCK_VERSION:   # the project's lock, which a newer mlbuild wrote
+        raise StoreError(f"{lock}: lock version {version}, written by a newer mlbuild than this one (it reads version "
+                         f"{LOCK_VERSION}), so gc cannot tell what it pins; run gc with that mlbuild, or update this one")
     snap = data.get("interpreter") if isinstance(data, dict) else None
     snap = snap.get("snapshot") if isinstance(snap, dict) else None
     if not isinstance(data, dict) or data.get("version") != LOCK_VERSION or not isinstance(snap, dict):

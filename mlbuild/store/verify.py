@@ -33,7 +33,7 @@ from ..errors import StoreCorruptError
 from ..nar import CHUNK
 from .config import StoreConfig
 from .keys import PublicKey, check_signatures
-from .layout import DENIED, Layout, denied_fix, fsync_dir, store_command
+from .layout import DENIED, Layout, denied_fix, fsync_dir, read_store_file, store_command
 from ..fastcopy import new_hash
 from .narinfo import STORE_DIR, NarInfo, format_b3, format_hash
 
@@ -240,7 +240,7 @@ def untrusted_hint(infos: list[NarInfo], keys: tuple[PublicKey, ...], root: Path
 def _check_one(layout: Layout, f: Path, keys: tuple[PublicKey, ...],
                contents: bool) -> tuple[Path, NarInfo | None, Problem | None]:
     try:
-        info = NarInfo.parse(f.read_text(), str(f))
+        info = NarInfo.parse(read_store_file(f), str(f))
     except PermissionError as e:
         return f, None, Problem(UNREADABLE, f, "", f"{DENIED} ({e.strerror})")
     except (StoreCorruptError, UnicodeDecodeError) as e:

@@ -160,3 +160,49 @@ def test_a_secret_key_in_a_read_only_folder(tmp_path: Path) -> None:
             assert ci.returncode == 0, ci.stderr
             assert trusted(tmp_path, "ci") == key and "is not the one the store names" not in ci.stderr
             assert sorted(p.name for p in secrets.iterdir()) == ["mlbuild-store.sec"]
+
+
+@pytest.mark.parametrize("kind", ["link", "fifo", "folder"])
+def test_a_public_key_file_replaced_by_a_writer_is_refused_without_reading_it(tmp_path: Path, kind: str) -> None:
+    """Any writer of the store could link <store>/mlbuild/public-key to a file only root may read: setup-store,
+    run by root on a new machine, printed that file as the key the store is signed by (the driver stopped
+    reading it through a link in ea0eb2f); a FIFO there hung it, and a linked folder got the store's folders."""
+    secret = tmp_path / "secret"
+    secret.write_text("root-only line\n")
+    secret.chmod(0o600)
+    folder = tmp_path / "store" / "mlbuild"
+    folder.mkdir(parents=True)
+    shown = folder / "public-key"
+    if kind == "link":
+        shown.symlink_to(secret)
+    elif kind == "fifo":
+        os.mkfifo(shown)
+    else:
+        os.rmdir(folder)
+        (tmp_path / "elsewhere").mkdir()
+        folder.symlink_to(tmp_path / "elsewhere")
+    try:
+        proc = subprocess.run(["bash", str(SCRIPT)], env={
+            **{k: v for k, v in os.environ.items() if k != "MLBUILD_STORE_PUBLIC_KEYS"},
+            "MLBUILD_STORE": str(tmp_path / "store"), "MLBUILD_STORE_NIX_CONF": str(tmp_path / "nix.conf"),
+            "MLBUILD_STORE_SECRET_KEY": str(tmp_path / "m" / "store.sec")}, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("setup-store hung on the public-key FIFO")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "root-only" not in proc.stderr
+    if kind == "fifo":
+        assert f"setup-store: {shown} is not a file, so it holds no public key; remove it and run again" in proc.stderr
+    else:
+        link = shown if kind == "link" else folder
+        assert f"setup-store: {link} is a symbolic link (to " in proc.stderr, proc.stderr
+        assert not (tmp_path / "elsewhere" / "roots").exists()
+
+
+def test_the_file_system_s_root_is_not_set_up_as_a_store(tmp_path: Path) -> None:
+    """MLBUILD_STORE="$CACHE/" with CACHE unset is /: setup-store (run by root) made nar/, mlbuild/, log/...
+    and nix-cache-info at the top of the machine's file system. (The key given keeps the unfixed script
+    from making anything there: it refuses a folder with no nix-cache-info first.)"""
+    proc = setup_store(tmp_path, "m", MLBUILD_STORE="file:///",
+                       MLBUILD_STORE_PUBLIC_KEYS="store-mlbuild-1:lZy2xPLMWtz3cHSmUZj5+q/j8YUn7OjS+a1HbdIKIvE=")
+    assert proc.returncode == 1
+    assert "setup-store: MLBUILD_STORE=file:/// is the file system's root, not a store folder" in proc.stderr, proc.stderr

@@ -124,7 +124,11 @@ def test_a_wheel_required_by_url_is_refused_naming_the_fix(tmp_path) -> None:  #
                             "or an index of your pip configuration and require NAME==VERSION")
 
 
-@pytest.mark.parametrize("form", ["evil @ {uri}", "{path}", "-e {path}", "evil.tar.gz"])
+@pytest.mark.parametrize("form", ["evil @ {uri}", "{path}", "-e {path}", "evil.tar.gz",
+                                  # pip splits lines as str.splitlines does, reads `file:` as a URL, and an
+                                  # archive's name as a path with extras, markers or a comment after it
+                                  "numpy\x0b-e evil", "numpy\u2028-e evil", "file:evil", "evil.tar.gz[x]",
+                                  "evil.tar.gz; python_version > '3'", "evil.tar.gz  # pinned"])
 def test_a_requirement_naming_a_folder_runs_none_of_its_code(tmp_path, monkeypatch, form: str) -> None:  # type: ignore[no-untyped-def]
     """mlbuild says it locks wheels only (pip --only-binary=:all:), but pip builds a folder, a source archive
     or a URL a requirement names even so: `mlbuild lock` on a branch requiring `evil @ file:///dir` ran that
@@ -147,3 +151,13 @@ def test_a_requirement_naming_a_folder_runs_none_of_its_code(tmp_path, monkeypat
         resolve(sys.executable, [requirement])
     assert str(e.value).startswith(f"[python].requirements {requirement!r} is not a project name with versions; ")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("requirement", [
+    "numpy", "torch==2.3.1+cpu", "jax[cuda12]>=0.4,<0.5", "pkg===1.0-foo", "pkg~=1.4.2", "pkg==1!2.0", "pkg==1.*",
+    "zope.interface", "typing_extensions", " numpy >= 1.0 ", "numpy(>=1.0)", "numpy [ a , b ]",
+    'numpy; python_version >= "3.8" and (sys_platform == \'linux\' or os_name == "nt")'])
+def test_a_requirement_a_team_writes_is_not_refused(requirement: str) -> None:
+    from mlbuild.resolve import check_requirement
+
+    check_requirement(requirement)

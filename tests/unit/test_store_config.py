@@ -67,6 +67,15 @@ def test_a_file_url_with_no_folder_is_refused_not_taken_for_the_current_folder(t
         load_store_config(_project(tmp_path, 'path = ""'), env={})
 
 
+@pytest.mark.parametrize("given", ["file:///", "/", "//", "file:////", "/.."])
+def test_the_file_system_s_root_is_not_taken_for_a_store(tmp_path: Path, given: str) -> None:
+    """`--store "file://$CACHE/"` (or `$CACHE/`) with CACHE unset named /: `store init`, run by root,
+    made nar/, mlbuild/, log/, realisations/ and nix-cache-info at the top of the machine's file system."""
+    for env, store in (({}, given), ({"MLBUILD_STORE": given}, None)):
+        with pytest.raises(StoreConfigError, match=r"is the file system's root, not a store folder \(an unset variable"):
+            load_store_config(tmp_path, env=env, store=store)
+
+
 @pytest.mark.parametrize("folder", ["team store", "a?b", "c#d", "tab\there"])
 def test_a_store_path_nix_cannot_read_is_refused(tmp_path: Path, folder: str) -> None:
     """Nix 2.8 split `file:///x/team store` into two stores and opened `file:///x/a?b` as /x/a:

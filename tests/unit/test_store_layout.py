@@ -201,3 +201,61 @@ def test_gc_deletes_nothing_through_a_store_folder_replaced_by_a_link(tmp_path: 
            f"deletes files in the store's folders" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert (victim / "important.txt").read_text() == "precious\n" and (victim / "other").exists()
+
+
+@pytest.mark.parametrize("folder", ["mlbuild", "mlbuild/roots", "nar"])
+def test_init_writes_nothing_through_a_store_folder_replaced_by_a_link(tmp_path: Path, folder: str) -> None:
+    """`store init`, the command the link's error says to run, took a folder replaced with a link as
+    the store's own: it made roots/tags, roots/pushes and wrote the public key where the link led, and
+    said nothing. A link to a folder that is gone made every command say to run init, which did nothing."""
+    import subprocess
+
+    from tests.conftest import MLBUILD
+
+    store, victim = tmp_path / "store", tmp_path / "victim"
+    Layout(store).init()
+    import shutil
+    shutil.rmtree(store / folder)
+    victim.mkdir()
+    (store / folder).symlink_to(victim)
+    env = {**os.environ, "MLBUILD_STORE_SECRET_KEY": str(tmp_path / "k.sec")}
+    init = subprocess.run([*MLBUILD, "store", "--store", str(store), "init", "--generate-key"], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert init.returncode == 1, init.stdout + init.stderr
+    assert f"Error: {store / folder} is a symbolic link (to {victim}), not a folder of the store {store}" in init.stderr
+    assert list(victim.iterdir()) == []
+    victim.rmdir()   # the link now leads nowhere: named as a link, not as a store to create
+    stats = subprocess.run([*MLBUILD, "store", "--store", str(store), "stats"], capture_output=True, text=True,
+                           timeout=120)
+    assert f"Error: {store / folder} is a symbolic link (to {victim})" in stats.stderr, stats.stderr
+
+
+@pytest.mark.parametrize("kind", ["narinfo", "tag"])
+def test_a_store_file_linked_to_a_root_only_file_is_not_shown(tmp_path: Path, kind: str) -> None:
+    """Any writer of the store could make a narinfo or a tag a link to a file only root may read:
+    `store verify` (or `store tag NAME`), run by root, showed its lines as a corrupt entry (or as the
+    paths the tag would drop)."""
+    import subprocess
+
+    from mlbuild.errors import StoreCorruptError
+    from mlbuild.store.admin import tags
+    from mlbuild.store.config import StoreConfig
+    from tests.conftest import MLBUILD
+
+    store, secret = tmp_path / "store", tmp_path / "secret"
+    Layout(store).init()
+    secret.write_text("root-only line\n")
+    secret.chmod(0o600)
+    if kind == "narinfo":
+        link = store / ("a" * 32 + ".narinfo")
+        link.symlink_to(secret)
+        proc = subprocess.run([*MLBUILD, "store", "--store", str(store), "verify"], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "MLBUILD_STORE_PUBLIC_KEYS": "k:" + "A" * 43 + "="})
+        assert f"{link} is a symbolic link (to {secret}), not a file of the store" in proc.stdout + proc.stderr
+        assert "root-only" not in proc.stdout + proc.stderr
+    else:
+        link = store / "mlbuild" / "roots" / "tags" / "rel"
+        link.symlink_to(secret)
+        with pytest.raises(StoreCorruptError, match="is a symbolic link") as e:
+            tags(StoreConfig(store))
+        assert "root-only" not in str(e.value)

@@ -606,3 +606,25 @@ def test_an_unreadable_secret_key_points_at_permissions(tmp_path: Path) -> None:
         with pytest.raises(StoreKeyError, match=r"\(Permission denied\); its mode 0600 lets only its owner \(\w+\) "
                                                 r"read it: give its group read access"):
             load_secret_key(tmp_path / "k.sec")
+
+
+@pytest.mark.parametrize("edit, why", [
+    (lambda t: t.replace('"version": 1', '"version": 2'),
+     r"lock version 2, written by a newer mlbuild than this one \(it reads version 1\), so gc cannot tell what it pins"),
+    (lambda t: f"<<<<<<< HEAD\n{t}=======\n{t}>>>>>>> other\n",
+     r"a git merge left it half-resolved \(conflict marker '<<<<<<< HEAD' at line 1\), so gc cannot tell what it pins"),
+])
+def test_gc_names_the_project_s_lock_it_cannot_read_as_such(store: tuple[StoreConfig, Path], tmp_path: Path,
+                                                             edit: Any, why: str) -> None:
+    """The project's own lock, written by a newer mlbuild or left half-merged, was 'not an mlbuild.lock;
+    pass the project's mlbuild.lock to --lock', which it was."""
+    from mlbuild.errors import StoreError
+    cfg, chroot = store
+    put(cfg, chroot, fake_path(chroot, "x", "x"))
+    lock = lock_text(tmp_path)
+    assert '"version": 1' in lock.read_text()
+    lock.write_text(edit(lock.read_text()))
+    with pytest.raises(StoreError, match=why) as e:
+        gc(cfg, grace=0, locks=[lock])
+    assert "pass the project's mlbuild.lock" not in str(e.value)
+    assert len(list(Layout(cfg.root).narinfos())) == 1
