@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import StoreError
+from ..errors import StoreCorruptError, StoreError
 from ..git import conflict_marker
 from ..lockfile import LOCK_VERSION, KeyGivenTwice, unique_keys
 from ..storepath import fixed_output_path
@@ -95,16 +95,16 @@ def record_push(layout: Layout, name: str, paths: list[str], *, replace_older: b
 def replace_older_records(record: Path) -> None:
     """Remove the records older than ``record`` in its folder that name the same paths."""
     try:
-        text = record.read_bytes()
-    except OSError:
+        text = read_store_file(record)
+    except (OSError, StoreCorruptError, UnicodeDecodeError):
         return
     for old in record.parent.iterdir():
         if old != record and not old.name.startswith(".") and old.name < record.name:
-            try:
-                if old.read_bytes() == text:
+            try:   # not through a link, nor from a FIFO a writer of the store left there (it hung the push)
+                if read_store_file(old) == text:
                     old.unlink()
-            except OSError:   # gone already (a concurrent push or gc), or unreadable: keep going
-                pass
+            except (OSError, StoreCorruptError, UnicodeDecodeError):   # gone already (a concurrent push or
+                pass                                                    # gc), unreadable, not a file: keep going
 
 
 @dataclass

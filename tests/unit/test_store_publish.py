@@ -628,3 +628,24 @@ def test_gc_names_the_project_s_lock_it_cannot_read_as_such(store: tuple[StoreCo
         gc(cfg, grace=0, locks=[lock])
     assert "pass the project's mlbuild.lock" not in str(e.value)
     assert len(list(Layout(cfg.root).narinfos())) == 1
+
+
+def test_a_push_is_not_held_by_a_fifo_among_the_push_records(store: tuple[StoreConfig, Path]) -> None:
+    """A push reads the older records of its name to replace the same one: a FIFO a writer of the
+    store left among them hung the push (read_bytes waited for a writer that never came)."""
+    import os
+    import threading
+
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    v1 = fake_path(chroot, "model", "v1")
+    put(cfg, chroot, v1)
+    record_push(layout, "model", [v1.path])
+    os.mkfifo(layout.roots_dir / "pushes" / "model" / "00000000T000000.fifo")
+    done: list[Path] = []
+    pusher = threading.Thread(target=lambda: done.append(record_push(layout, "model", [v1.path])), daemon=True)
+    pusher.start()
+    pusher.join(10)
+    assert done, "the push hung on the FIFO"
+    assert sorted(p.name for p in (layout.roots_dir / "pushes" / "model").iterdir()) == \
+        sorted(["00000000T000000.fifo", done[0].name])   # the older record of the same paths replaced
