@@ -240,6 +240,9 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
                 sweeping[id(self.loop)] = True
                 self.loop.call_later(sweep_every, self._sweep)
             if listener is not None:
+                if listener.fileno() < 0:   # taken in as the server stopped (it closes the listener first): its
+                    self.shutdown()         # shutdown passed this connection by, and would wait for it to go idle
+                    return
                 self._accept_waiting()
 
         # -- a connection surge: take in every waiting connection, not one per loop iteration --
