@@ -249,6 +249,21 @@ def test_a_stalled_request_gets_a_json_408(strict: int, sent: bytes) -> None:
     assert took < 5
 
 
+def test_a_stalled_request_after_an_answered_one_gets_a_json_408(strict: int) -> None:
+    """On a kept-alive connection the 408 was only for its first request: a later one that stalled
+    (or trickled its headers) was closed without an answer, and /metrics did not count it."""
+    statuses: list[int] = []
+    base = protocol_class(request_timeout=0.5, refused=statuses.append)
+    assert not isinstance(base, str)
+    with _serving(base) as port:
+        for stalled in (b"GET / HTT", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nab"):
+            answer, took = _answer(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", stalled, pause=0.1)
+            first, _, rest = answer.partition(b"hello")
+            assert first.startswith(b"HTTP/1.1 200") and rest.startswith(b"HTTP/1.1 408 "), answer
+            assert b"no bytes of the request came for 0.5 s" in rest and took < 5
+    assert statuses == [408, 408]
+
+
 def test_headers_trickled_byte_by_byte_get_a_408(strict: int) -> None:
     """A byte of headers every 0.2 s, each within the 0.5 s timeout (slowloris): the connection
     was held for as long as the client went on (a request timeout of 2 s let a request trickled

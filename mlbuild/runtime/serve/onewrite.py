@@ -209,9 +209,9 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
             self._waiting = False
             if self.transport.is_closing():
                 return
-            if self.cycle is not None and self.cycle.response_started:
-                self.transport.close()
-                return
+            if self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete:
+                self.transport.close()   # mid-answer: no room for a 408 (the cycle of a request before
+                return                   # this one, answered already, leaves room for it)
             refused(408)
             if self.loop.time() - self._since >= request_timeout:
                 message = f"no bytes of the request came for {request_timeout:g} s"
