@@ -326,6 +326,14 @@ def test_a_request_queued_behind_a_slow_one_is_not_timed_out(strict: int) -> Non
     assert answer.count(b"HTTP/1.1 200") == 2 and answer.endswith(b"abcd") and b"slow" in answer, answer
 
 
+def test_a_request_begun_behind_a_slow_one_does_not_take_its_answer(strict: int) -> None:
+    """The next request's first bytes pipelined behind a slow one, the rest not (yet) sent: once
+    the timeout passed, its 408 went out in place of the slow request's answer, which was lost."""
+    answer, _ = _answer(strict, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET / HTT")
+    assert answer.startswith(b"HTTP/1.1 200") and b"slow" in answer, answer
+    assert answer.count(b"HTTP/1.1 408") == 1 and b"no bytes of the request came for 0.5 s" in answer, answer
+
+
 @pytest.mark.parametrize("close", [True, False])
 def test_an_answer_before_the_body_is_read_reaches_a_client_that_sends_it_all(
         server: tuple[int, list[bytes]], close: bool) -> None:

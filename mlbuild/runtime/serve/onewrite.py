@@ -195,8 +195,11 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
                     if now >= conn._linger_until:
                         conn.transport.close()
                 # Not where the server itself stopped reading: a request queued behind one still being
-                # answered (pipelining), or a body the app has not consumed yet (flow control).
+                # answered (pipelining), or a body the app has not consumed yet (flow control); nor a
+                # request whose head began while the one before it is still being answered (its clocks
+                # start with that answer; a 408 then took that answer's place).
                 elif (conn._waiting and not conn.pipeline and not conn.flow.read_paused
+                        and not (conn._in_head and conn.cycle is not None and not conn.cycle.response_complete)
                         and (now - conn._since >= request_timeout
                              or conn._in_head and now - conn._head_since >= request_timeout)):
                     conn._stalled()
