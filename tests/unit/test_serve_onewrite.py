@@ -67,6 +67,10 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         time.sleep(0.005)
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
         await send({"type": "http.response.body", "body": b"busy"})
+    elif path == "/block":  # holds the event loop for a while (connections pile up in the accept queue)
+        time.sleep(0.5)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+        await send({"type": "http.response.body", "body": b"block"})
     elif path == "/refuse":  # answers before reading the body (a 413 from Content-Length alone)
         await send({"type": "http.response.start", "status": 413, "headers": [(b"content-length", b"7")]})
         await send({"type": "http.response.body", "body": b"refused"})
@@ -101,13 +105,17 @@ def _listener() -> socket.socket:
 
 
 @contextlib.contextmanager
-def _serving(protocol: Any, sock: socket.socket | None = None, run: Any = asyncio.run) -> Iterator[int]:
+def _serving(protocol: Any, sock: socket.socket | None = None, run: Any = asyncio.run,
+             servers: list[uvicorn.Server] | None = None) -> Iterator[int]:
     """A real uvicorn server of _app with ``protocol`` on ``sock`` (default: a new one), its loop
-    run by ``run`` (asyncio's; ``uvloop.run``, the server's), in a thread; yields its port."""
+    run by ``run`` (asyncio's; ``uvloop.run``, the server's), in a thread; yields its port (and
+    appends the server to ``servers``, to stop it early)."""
     sock = sock or _listener()
     config = uvicorn.Config(_app, http=protocol, lifespan="off", log_level="critical", server_header=False,
                             timeout_keep_alive=30)
     srv = uvicorn.Server(config)
+    if servers is not None:
+        servers.append(srv)
     thread = threading.Thread(target=lambda: run(srv.serve(sockets=[sock])), daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -241,6 +249,21 @@ def test_a_stalled_request_gets_a_json_408(strict: int, sent: bytes) -> None:
     assert took < 5
 
 
+def test_a_stalled_request_after_an_answered_one_gets_a_json_408(strict: int) -> None:
+    """On a kept-alive connection the 408 was only for its first request: a later one that stalled
+    (or trickled its headers) was closed without an answer, and /metrics did not count it."""
+    statuses: list[int] = []
+    base = protocol_class(request_timeout=0.5, refused=statuses.append)
+    assert not isinstance(base, str)
+    with _serving(base) as port:
+        for stalled in (b"GET / HTT", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nab"):
+            answer, took = _answer(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", stalled, pause=0.1)
+            first, _, rest = answer.partition(b"hello")
+            assert first.startswith(b"HTTP/1.1 200") and rest.startswith(b"HTTP/1.1 408 "), answer
+            assert b"no bytes of the request came for 0.5 s" in rest and took < 5
+    assert statuses == [408, 408]
+
+
 def test_headers_trickled_byte_by_byte_get_a_408(strict: int) -> None:
     """A byte of headers every 0.2 s, each within the 0.5 s timeout (slowloris): the connection
     was held for as long as the client went on (a request timeout of 2 s let a request trickled
@@ -301,6 +324,14 @@ def test_a_request_queued_behind_a_slow_one_is_not_timed_out(strict: int) -> Non
         while chunk := conn.recv(65536):
             answer += chunk
     assert answer.count(b"HTTP/1.1 200") == 2 and answer.endswith(b"abcd") and b"slow" in answer, answer
+
+
+def test_a_request_begun_behind_a_slow_one_does_not_take_its_answer(strict: int) -> None:
+    """The next request's first bytes pipelined behind a slow one, the rest not (yet) sent: once
+    the timeout passed, its 408 went out in place of the slow request's answer, which was lost."""
+    answer, _ = _answer(strict, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET / HTT")
+    assert answer.startswith(b"HTTP/1.1 200") and b"slow" in answer, answer
+    assert answer.count(b"HTTP/1.1 408") == 1 and b"no bytes of the request came for 0.5 s" in answer, answer
 
 
 @pytest.mark.parametrize("close", [True, False])
@@ -435,3 +466,30 @@ def test_a_connection_surge_is_accepted_while_the_server_is_busy() -> None:
             for t in clients:
                 t.join(30)
     assert len(took) == 60 and max(took) < 2.0, sorted(took)[-5:]
+
+
+def test_connections_taken_in_as_the_server_stops_do_not_hold_its_shutdown() -> None:
+    """Connections waiting in the accept queue as the server stopped were handed to the loop after
+    uvicorn's shutdown had closed the idle ones: they were served and kept alive, and the server
+    waited for them for the whole graceful timeout (the real server: 20 s instead of 0.5 s after
+    SIGTERM, two runs in five, under a stream of new connections)."""
+    uvloop = pytest.importorskip("uvloop")
+    sock = _listener()
+    base = protocol_class(listener=sock)
+    assert not isinstance(base, str)
+    servers: list[uvicorn.Server] = []
+    waiting: list[socket.socket] = []
+    with _serving(base, sock, uvloop.run, servers) as port, \
+            socket.create_connection(("127.0.0.1", port), timeout=10) as first:
+        first.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")   # the loop is held for 0.5 s...
+        time.sleep(0.1)
+        for _ in range(100):   # ...while these queue up, each with a request
+            conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            waiting.append(conn)
+        servers[0].should_exit = True
+        started = time.monotonic()
+    took = time.monotonic() - started   # the with's exit waits (10 s at most) for the server to stop
+    for conn in waiting:
+        conn.close()
+    assert took < 5, f"the server took {took:.1f} s to stop"

@@ -195,8 +195,11 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
                     if now >= conn._linger_until:
                         conn.transport.close()
                 # Not where the server itself stopped reading: a request queued behind one still being
-                # answered (pipelining), or a body the app has not consumed yet (flow control).
+                # answered (pipelining), or a body the app has not consumed yet (flow control); nor a
+                # request whose head began while the one before it is still being answered (its clocks
+                # start with that answer; a 408 then took that answer's place).
                 elif (conn._waiting and not conn.pipeline and not conn.flow.read_paused
+                        and not (conn._in_head and conn.cycle is not None and not conn.cycle.response_complete)
                         and (now - conn._since >= request_timeout
                              or conn._in_head and now - conn._head_since >= request_timeout)):
                     conn._stalled()
@@ -209,9 +212,9 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
             self._waiting = False
             if self.transport.is_closing():
                 return
-            if self.cycle is not None and self.cycle.response_started:
-                self.transport.close()
-                return
+            if self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete:
+                self.transport.close()   # mid-answer: no room for a 408 (the cycle of a request before
+                return                   # this one, answered already, leaves room for it)
             refused(408)
             if self.loop.time() - self._since >= request_timeout:
                 message = f"no bytes of the request came for {request_timeout:g} s"
@@ -240,6 +243,9 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
                 sweeping[id(self.loop)] = True
                 self.loop.call_later(sweep_every, self._sweep)
             if listener is not None:
+                if listener.fileno() < 0:   # taken in as the server stopped (it closes the listener first): its
+                    self.shutdown()         # shutdown passed this connection by, and would wait for it to go idle
+                    return
                 self._accept_waiting()
 
         # -- a connection surge: take in every waiting connection, not one per loop iteration --
