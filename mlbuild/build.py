@@ -579,7 +579,7 @@ def _run_build(target: str, cmd: list[str], on_progress: Callable[[Progress], No
     stream read, the exit status and stdout."""
     stream = _Stream(target, on_progress)
     proc = subprocess.Popen([_nix._which("nix"), *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ})
+                            text=True, errors="surrogateescape", env={**os.environ})
     assert proc.stderr is not None and proc.stdout is not None
     with _stopped_with_us(proc):
         for raw in proc.stderr:
