@@ -236,10 +236,12 @@ def _upload(cfg: StoreConfig, layout: Layout, infos: dict[str, PathInfo], key: S
     for path in topological(infos):
         existing = layout.narinfo(path)
         why = check_entry(layout, path, wanted) if existing.exists() else None
+        lacks = "a key the store names" if published else "a key trusted here"
         if why is None and len(published) > 1 and existing.exists():
             # The store changes keys (it names the old and the new): an entry signed by the old one
             # alone gets this key's signature too, or readers moved to the new key would refuse it
             why = check_entry(layout, path, (key.public,))
+            lacks = f"this key, {key.name} (the store names {len(published)} keys: a key change)"
         if existing.exists() and why is None:
             try:
                 os.utime(existing)
@@ -248,8 +250,9 @@ def _upload(cfg: StoreConfig, layout: Layout, infos: dict[str, PathInfo], key: S
             result.present.append(path)
             continue
         if why is not None and why.startswith("is unsigned") and _add_signature(layout, infos[path], key):
-            if progress:
-                progress(f"signing {path}: the store's entry {why}")
+            if progress:   # not `why`, whose advice (trust another key) is for readers: this fixes it
+                progress(f"signing {path}: the store's entry lacks a signature by {lacks}; adding {key.name}'s, "
+                         f"keeping its others")
             result.signed.append(path)
             continue
         if why is not None:
