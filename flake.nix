@@ -7,7 +7,8 @@
     let
       system = "x86_64-linux";
       mlbuild = import ./nix { inherit system; };
-      # A project's own flake is `outputs = { self, mlbuild }: mlbuild.lib.flakeOutputs { src = ./.; };`.
+      # A project's own flake is `outputs = { self, mlbuild }: mlbuild.lib.flakeOutputs { inherit self; src = ./.; };`
+      # (as `mlbuild init` writes it; `self` marks builds from a dirty tree dirty).
       # Here two example projects share one flake: `digits` and `cancer` are their model packages
       # (every stage an attribute: .model, .validation, .image...), `serve-digits` and
       # `serve-cancer` their servers; the defaults are digits'.
