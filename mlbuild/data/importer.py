@@ -262,6 +262,17 @@ def _count(src: Path) -> tuple[int, int]:
     return files, size
 
 
+def _copy_to_temp(src: str, dst: str) -> None:
+    """copy2 for the slow path's copy into the temp folder. A write that fails there (the temp
+    folder full) is said as the temp folder's: copytree gathered it into a shutil.Error with no
+    errno (a traceback), and copy2 names the source file in it, which blamed the dataset's file."""
+    try:
+        shutil.copy2(src, dst)
+    except OSError as e:
+        raise DataError(f"{dst}: {e.strerror} (copying {src} into the temp folder for nix-store --add-fixed); "
+                        "free space there or set TMPDIR to a folder with room, then run data add again") from None
+
+
 def _slow_import(src: Path, name: str) -> Imported:
     files, size = _count(src)
     try:
@@ -279,7 +290,8 @@ def _slow_import(src: Path, name: str) -> Imported:
             except OSError:   # another file system than the temp folder's (a dataset on /dev/shm): copy
                 if os.path.lexists(named):   # the links made before the first that failed
                     _remove(str(named))
-                shutil.copytree(src, named, symlinks=True) if src.is_dir() else shutil.copy2(src, named)
+                shutil.copytree(src, named, symlinks=True, copy_function=_copy_to_temp) if src.is_dir() \
+                    else _copy_to_temp(str(src), str(named))
             got = _nix.add_fixed(named, recursive=True)
         if got != target:   # Nix hashed other bytes than were hashed here a moment before
             raise DataError(f"{src} changed while it was imported (Nix stored it at {got}, not {target}); "

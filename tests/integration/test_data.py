@@ -576,3 +576,28 @@ def test_a_folder_on_another_file_system_goes_in_without_the_fast_path(data_proj
         assert lock(data_project)["datasets"]["shm"]["sha256"] == nar_sha256(str(data))
     finally:
         shutil.rmtree(where)
+
+
+def test_a_full_temp_folder_without_the_fast_path_is_named_not_the_data(data_project: Path, tmp_path: Path) -> None:
+    """Without the fast path, data on another file system than the temp folder's is copied there
+    for nix-store --add-fixed. With the temp folder full, a folder stopped in a shutil.Error
+    traceback, and a file was blamed: '<the dataset's file>: No space left on device (reading
+    dataset ...); check the disk or mount it is on'."""
+    shm = Path("/dev/shm")
+    if os.geteuid() != 0 or not shm.is_dir() or shm.stat().st_dev == Path("/nix/store").stat().st_dev:
+        pytest.skip("needs root (to mount a small temp folder) and /dev/shm on a file system of its own")
+    where, tiny = shm / f"mlbuild-test-{uuid.uuid4().hex}", tmp_path / "tiny"
+    tiny.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tiny)], check=True)
+    try:
+        data = write_tree(where / "data", {"big.bin": os.urandom(2 << 20), "a.csv": "1\n"})
+        env = {"MLBUILD_STAGING": str(where / "stage"), "TMPDIR": str(tiny)}
+        for name, path in (("folder", data), ("file", data / "big.bin")):
+            proc = run_cli("data", "add", name, str(path), cwd=data_project, env=env, check=False)
+            assert proc.returncode == 1 and proc.stderr.startswith(f"Error: {tiny}/mlbuild-import-"), proc.stderr
+            assert f": No space left on device (copying {data / 'big.bin'} into the temp folder for nix-store " \
+                   "--add-fixed); free space there or set TMPDIR to a folder with room" in proc.stderr
+        assert "folder" not in lock(data_project)["datasets"]
+    finally:
+        subprocess.run(["umount", str(tiny)], check=True)
+        shutil.rmtree(where)
