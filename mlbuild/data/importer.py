@@ -282,17 +282,23 @@ def _slow_import(src: Path, name: str) -> Imported:
     target = fixed_output_path(sha, name, recursive=True)
     existed = not _nix.invalid_paths([target])
     if not existed:
-        with tempfile.TemporaryDirectory(prefix="mlbuild-import-") as tmp:
-            named = Path(tmp) / name
-            try:  # a hard-link tree with the store name, no copy on the same file system
-                shutil.copytree(src, named, symlinks=True, copy_function=os.link) if src.is_dir() \
-                    else os.link(src, named)
-            except OSError:   # another file system than the temp folder's (a dataset on /dev/shm): copy
-                if os.path.lexists(named):   # the links made before the first that failed
-                    _remove(str(named))
-                shutil.copytree(src, named, symlinks=True, copy_function=_copy_to_temp) if src.is_dir() \
-                    else _copy_to_temp(str(src), str(named))
-            got = _nix.add_fixed(named, recursive=True)
+        if src.name == name:
+            # Named as the dataset already (data/raw for raw): no hard-link tree, whose links and
+            # their removal changed each file's ctime, so the stat cache missed and the next
+            # command (the first build after data add) read the whole dataset again.
+            got = _nix.add_fixed(src, recursive=True)
+        else:
+            with tempfile.TemporaryDirectory(prefix="mlbuild-import-") as tmp:
+                named = Path(tmp) / name
+                try:  # a hard-link tree with the store name, no copy on the same file system
+                    shutil.copytree(src, named, symlinks=True, copy_function=os.link) if src.is_dir() \
+                        else os.link(src, named)
+                except OSError:   # another file system than the temp folder's (a dataset on /dev/shm): copy
+                    if os.path.lexists(named):   # the links made before the first that failed
+                        _remove(str(named))
+                    shutil.copytree(src, named, symlinks=True, copy_function=_copy_to_temp) if src.is_dir() \
+                        else _copy_to_temp(str(src), str(named))
+                got = _nix.add_fixed(named, recursive=True)
         if got != target:   # Nix hashed other bytes than were hashed here a moment before
             raise DataError(f"{src} changed while it was imported (Nix stored it at {got}, not {target}); "
                             "run data add again once nothing writes to it")

@@ -601,3 +601,23 @@ def test_a_full_temp_folder_without_the_fast_path_is_named_not_the_data(data_pro
     finally:
         subprocess.run(["umount", str(tiny)], check=True)
         shutil.rmtree(where)
+
+
+def test_data_added_without_the_fast_path_is_known_by_its_stat_facts_after(data_project: Path) -> None:
+    """Without the fast path, the files went into the store through a hard-link tree in the temp
+    folder: each link, and its removal, changed the file's ctime, so the stat cache `data add`
+    wrote missed, and the next command (the first build after it) read the whole dataset again."""
+    from mlbuild.data import statcache
+
+    where = Path(tempfile.mkdtemp(prefix="mlbuild-test-stage-", dir="/dev/shm")) if Path("/dev/shm").is_dir() else None
+    if where is None or where.stat().st_dev == Path("/nix/store").stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system of its own (the staging folder there turns the fast path off)")
+    try:
+        data = write_tree(data_project / "data" / "fresh", {"a.csv": f"{uuid.uuid4().hex}\n", "sub": {"b.csv": "2\n"}})
+        before = statcache.fingerprint(data)
+        run_cli("data", "add", "fresh", "data/fresh", cwd=data_project, env={"MLBUILD_STAGING": str(where)})
+        assert statcache.fingerprint(data) == before
+        cached = json.loads((data_project / ".mlbuild" / "stat-fresh.json").read_text())
+        assert cached["entries"] == before
+    finally:
+        shutil.rmtree(where)
