@@ -17,9 +17,7 @@ own (``<store>/mlbuild/public-key``): every reader would refuse its entries.
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -151,21 +149,17 @@ def published_keys(layout: Layout) -> tuple[PublicKey, ...]:
     cannot be read or holds no key."""
     shown = layout.root / "mlbuild" / "public-key"
     try:
-        # Not through a link or to a FIFO: any writer of the store could make it lead to a file only
-        # root may read, whose first word the error below would then show to whoever runs this.
-        fd = os.open(shown, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise StoreKeyError(f"{shown} is not a file, so it holds no public key; write the public half of the "
-                                    f"key that signs the store there (`name:base64`, its .pub file)")
-            text = f.read().decode().removeprefix("\ufeff").strip()
+        # Only as a file of the store: any writer of the store could link it to a file only root may
+        # read, whose first word the error below would then show to whoever runs this (or a FIFO).
+        text = read_store_file(shown).removeprefix("\ufeff").strip()
     except (FileNotFoundError, NotADirectoryError):
         return ()
+    except StoreCorruptError:
+        what = (f"is a symbolic link (to {os.readlink(shown)}), not the store's public key file; remove it and"
+                if shown.is_symlink() else "is not a file, so it holds no public key;")
+        raise StoreKeyError(f"{shown} {what} write the public half of the key that signs the store there "
+                            f"(`name:base64`, its .pub file)") from None
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise StoreKeyError(f"{shown} is a symbolic link (to {os.readlink(shown)}), not the store's public key "
-                                f"file; remove it and write the public half of the key that signs the store there "
-                                f"(`name:base64`, its .pub file)") from None
         raise StoreKeyError(f"cannot read {shown} ({e.strerror}), the store's public key, to check that this "
                             f"machine signs with it; make it readable to the store's group") from None
     except UnicodeDecodeError:
