@@ -602,7 +602,7 @@ def _check_reproducible(project: Project, target: str, cmd: list[str],
     (``OUT.check``) to compare."""
     import shutil
 
-    from .runtime.hashing import tree_hashes
+    from .runtime.hashing import sha256_file, tree_hashes
 
     stream, status, _ = _run_build(target, cmd, on_progress)
     said = _ANSI.sub("", "\n".join(stream.other))
@@ -616,7 +616,7 @@ def _check_reproducible(project: Project, target: str, cmd: list[str],
     first, second = Path(m.group(1)), Path(m.group(2))
 
     def files(p: Path) -> dict[str, str]:
-        return tree_hashes(p) if p.is_dir() else {p.name: hashlib.sha256(p.read_bytes()).hexdigest()} \
+        return tree_hashes(p) if p.is_dir() else {p.name: sha256_file(p)} \
             if p.is_file() else {}
 
     a, b = files(first), files(second)

@@ -19,7 +19,7 @@ from typing import Any
 
 from . import atomic
 from .errors import ConfigError
-from .git import conflict_marker, unmerged
+from .git import half_merged, unmerged
 
 __all__ = ["Project", "PythonConfig", "load_project", "find_project_root", "state_dir", "project_lock",
            "config_text", "find_date", "CONFIG_NAME", "LOCK_NAME"]
@@ -175,10 +175,9 @@ def load_project(root: Path | None = None) -> Project:
     root = find_project_root(root) if root is None or not (root / CONFIG_NAME).is_file() else root
     path = root / CONFIG_NAME
     text = config_text(path)
-    conflict = conflict_marker(text)
-    half = ConfigError(f"{path}: a git merge left it half-resolved (conflict marker {conflict[1]!r} at line "
-                       f"{conflict[0]}); keep what each side needs, delete the marker lines, then "
-                       f"`git add {CONFIG_NAME}`") if conflict is not None else None
+    merge = half_merged(path, text)
+    half = ConfigError(f"{merge}; keep what each side needs, delete the marker lines, then `git add {CONFIG_NAME}`") \
+        if merge is not None else None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

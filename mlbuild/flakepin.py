@@ -20,7 +20,7 @@ from typing import Any
 
 from . import _nix
 from .errors import ConfigError, NixError
-from .git import conflict_marker
+from .git import half_merged
 
 __all__ = ["pinned_entry", "pinned_root", "locked_input"]
 
@@ -46,10 +46,9 @@ def locked_input(project_root: Path, name: str = "mlbuild") -> dict[str, Any] | 
             return None
         locked = nodes[ref]["locked"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        conflict = conflict_marker(text)
-        if conflict is not None:   # `nix flake lock` cannot read it either, and git will not restore an unmerged file
-            raise ConfigError(f"{path}: a git merge left it half-resolved (conflict marker {conflict[1]!r} at line "
-                              f"{conflict[0]}); take one side (`git checkout --theirs -- flake.lock`, or `--ours`), "
+        merge = half_merged(path, text)
+        if merge is not None:   # `nix flake lock` cannot read it either, and git will not restore an unmerged file
+            raise ConfigError(f"{merge}; take one side (`git checkout --theirs -- flake.lock`, or `--ours`), "
                               f"then `nix flake lock` and `git add flake.lock`") from None
         raise ConfigError(f"{path} is not a flake lock mlbuild can read ({type(e).__name__}: {e}); "
                           f"restore it from git or run `nix flake lock`") from None

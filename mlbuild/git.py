@@ -12,7 +12,7 @@ from . import atomic
 from .errors import MlbuildError
 
 __all__ = ["GitError", "repo_root", "is_tracked", "dirty_files", "show", "ignore", "ignore_entry", "add_ignore",
-           "head", "log_revisions", "is_shallow", "check_commit", "conflict_marker", "unmerged", "Dirty"]
+           "head", "log_revisions", "is_shallow", "check_commit", "conflict_marker", "half_merged", "unmerged", "Dirty"]
 
 
 # Folders tools write beside code that are never code (nix/code.nix's toolCaches): no code path
@@ -105,6 +105,15 @@ def conflict_marker(text: str) -> tuple[int, str] | None:
     if m is None:
         return None
     return text.count("\n", 0, m.start()) + 1, text[m.start():].split("\n", 1)[0].rstrip("\r")
+
+
+def half_merged(path: Path, text: str) -> str | None:
+    """``PATH: a git merge left it half-resolved (conflict marker '<<<<<<< HEAD' at line N)`` when
+    ``text`` (``path``'s) holds a conflict marker line, for the caller to add its fix; else None."""
+    conflict = conflict_marker(text)
+    if conflict is None:
+        return None
+    return f"{path}: a git merge left it half-resolved (conflict marker {conflict[1]!r} at line {conflict[0]})"
 
 
 def unmerged(path: Path) -> bool:

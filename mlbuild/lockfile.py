@@ -21,7 +21,7 @@ from typing import Any
 
 from . import atomic
 from .errors import LockConflictError, LockError, NewerLockError
-from .git import conflict_marker
+from .git import half_merged
 
 __all__ = ["LOCK_VERSION", "read_lock", "write_lock", "wheel_entry", "unique_keys", "KeyGivenTwice"]
 
@@ -88,11 +88,10 @@ def read_lock(path: Path) -> dict[str, Any]:
         raise LockError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); restore it from git "
                         f"(`git checkout -- {path.name}`)") from None
     except json.JSONDecodeError as e:
-        conflict = conflict_marker(text)
-        if conflict is not None:   # `git checkout -- FILE` fails on an unmerged file, and would drop both sides
+        merge = half_merged(path, text)
+        if merge is not None:   # `git checkout -- FILE` fails on an unmerged file, and would drop both sides
             raise LockConflictError(
-                f"{path}: a git merge left it half-resolved (conflict marker {conflict[1]!r} at line {conflict[0]}); "
-                f"take one side (`git checkout --ours -- {path.name}`, or `--theirs`), then pin the other side's "
+                f"{merge}; take one side (`git checkout --ours -- {path.name}`, or `--theirs`), then pin the other side's "
                 f"datasets with `mlbuild data add NAME PATH` (`mlbuild data status` lists them), run `mlbuild lock` "
                 f"if the sides' [python] settings differ, and `git add {path.name}`") from None
         raise LockError(f"{path}: not valid JSON ({e}); restore it from git (`git checkout -- {path.name}`)") from None

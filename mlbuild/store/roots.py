@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import StoreCorruptError, StoreError
-from ..git import conflict_marker
+from ..git import half_merged
 from ..lockfile import LOCK_VERSION, KeyGivenTwice, unique_keys
 from ..storepath import fixed_output_path
 from .layout import Layout, make_dir, publish_bytes, read_store_file, temp_name
@@ -162,11 +162,10 @@ def _read_lock(lock: Path) -> dict[str, Any]:
                          f"merge that kept both sides' lines leaves it, so gc cannot tell what it pins; keep the one "
                          f"you want (every mlbuild command refuses the lock until then)") from None
     except ValueError:   # not UTF-8 text, or not JSON
-        conflict = conflict_marker(lock.read_bytes().decode("utf-8", "replace"))
-        if conflict is not None:   # the project's lock, half-merged: its fix is the merge, not another file
-            raise StoreError(f"{lock}: a git merge left it half-resolved (conflict marker {conflict[1]!r} at line "
-                             f"{conflict[0]}), so gc cannot tell what it pins; resolve the merge (every mlbuild "
-                             f"command refuses the lock until then)") from None
+        merge = half_merged(lock, lock.read_bytes().decode("utf-8", "replace"))
+        if merge is not None:   # the project's lock, half-merged: its fix is the merge, not another file
+            raise StoreError(f"{merge}, so gc cannot tell what it pins; resolve the merge (every mlbuild command "
+                             f"refuses the lock until then)") from None
         raise StoreError(f"{lock} is not an mlbuild.lock (not JSON text); {fix}") from None
     version = data.get("version") if isinstance(data, dict) else None
     if type(version) is int and version > LOCK_VERSION:   # the project's lock, which a newer mlbuild wrote
