@@ -337,15 +337,21 @@ def status(project: Project, shared: "set[str] | None" = None) -> list[Status]:
     what no store can (unstorable: a pipe, socket or device)."""
     lock = read_lock(project.lock_path)
     out = []
-    for name, ds in sorted(datasets(project).items()):
+    declared = sorted(datasets(project).items())
+    pins = {name: ds.sha256 if ds.kind == "url" else lock.get("datasets", {}).get(name, {}).get("sha256")
+            for name, ds in declared if ds.kind != "prepare"}
+    paths = {name: fixed_output_path(sha, name, recursive=ds.kind == "path")
+             for name, ds in declared if (sha := pins.get(name)) is not None}
+    absent = set(_nix.invalid_paths(list(paths.values())))   # one nix-store call for every dataset
+    for name, ds in declared:
         if ds.kind == "prepare":
             out.append(Status(name, ds.kind, "derived", None, f"prepare {ds.prepare} over {', '.join(ds.inputs)}"))
             continue
-        sha = ds.sha256 if ds.kind == "url" else lock.get("datasets", {}).get(name, {}).get("sha256")
+        sha = pins[name]
         if sha is None:
             out.append(Status(name, ds.kind, "unlocked", None, f"run `mlbuild data add {name} {ds.path}`"))
             continue
-        path = fixed_output_path(sha, name, recursive=ds.kind == "path")
+        path = paths[name]
         other = ""   # the files on disk are not the pinned version, which the store lacks
         if ds.kind == "path" and ds.path is not None:
             local = project.root / ds.path
@@ -361,7 +367,7 @@ def status(project: Project, shared: "set[str] | None" = None) -> list[Status]:
                     out.append(Status(name, ds.kind, "unreadable", sha, str(e)))
                     continue
                 if cached != sha:
-                    if not _nix.invalid_paths([path]):
+                    if path not in absent:
                         out.append(Status(name, ds.kind, "changed", sha,
                                           f"{ds.path} differs from the lock; `mlbuild data add {name} {ds.path}` "
                                           f"pins the new version"))
@@ -370,7 +376,7 @@ def status(project: Project, shared: "set[str] | None" = None) -> list[Status]:
                     # pin those back over it, and builds need the pinned version, which is missing.
                     other = (f"; {ds.path} holds other files than the pinned version (`mlbuild data add {name} "
                              f"{ds.path}` pins them instead)")
-        if not _nix.invalid_paths([path]):
+        if path not in absent:
             out.append(Status(name, ds.kind, "present", sha, path))
         elif shared is not None and path.split("/")[-1][:32] in shared:
             out.append(Status(name, ds.kind, "shared", sha, f"run `mlbuild data pull {name}`{other}"))
