@@ -88,6 +88,28 @@ def test_a_full_mlbuild_folder_is_named_and_the_project_files_are_kept(tmp_path:
     assert {f: (root / f).read_text() for f in before} == before
 
 
+def test_a_full_disk_leaves_no_empty_gitignore_in_mlbuild(tmp_path: Path) -> None:
+    """.mlbuild/.gitignore was written in place: a full disk left it empty, and kept so (only a
+    missing one was written), so every file of .mlbuild was untracked and each build refused the
+    dirty worktree for good, after space was freed. An empty one left so is written again."""
+    root = project(tmp_path / "p")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    (root / ".gitignore").write_text("/data/\n")
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    (root / ".mlbuild").mkdir()
+    s, r = shlex.quote(str(root / ".mlbuild")), shlex.quote(str(root))
+    add = f"{shlex.join(MLBUILD)} data add raw data/x.csv"
+    script = (f"mount -t tmpfs -o size=64k tmpfs {s} && (dd if=/dev/zero of={s}/fill bs=1k count=100 2>/dev/null; true) "
+              f"&& cd {r} && {{ {add}; echo \"size $(stat -c %s .mlbuild/.gitignore 2>/dev/null)\"; rm .mlbuild/fill; "
+              f"{add} >/dev/null && git status --porcelain; }}")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    assert "cannot be written (No space left on device)" in proc.stderr and "free space there" in proc.stderr, proc.stderr
+    assert "size \n" in proc.stdout and ".mlbuild" not in proc.stdout.split("size", 1)[1], proc.stdout + proc.stderr
+    (root / ".mlbuild" / ".gitignore").write_text("")   # left by an older mlbuild
+    run_cli("data", "add", "raw", "data/x.csv", cwd=root)
+    assert (root / ".mlbuild" / ".gitignore").read_text() == "*\n"
+
+
 def test_appended_records_start_on_a_line_of_their_own(tmp_path: Path) -> None:
     from mlbuild import atomic
 
