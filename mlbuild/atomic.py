@@ -14,8 +14,8 @@ __all__ = ["write_text", "write_bytes", "is_stream", "append_line", "exclusive"]
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a temp file in its folder and a rename: a crash
-    never leaves half a file. A new file gets 0666 & ~umask, as ``open()`` gives (``mkstemp``'s
+    """Write ``text`` (UTF-8) to ``path`` through a temp file in its folder, fsynced, and a rename:
+    a crash (a kill, a power cut) never leaves half a file. A new file gets 0666 & ~umask, as ``open()`` gives (``mkstemp``'s
     0600 would hide a project file from the group and from other accounts); an existing one keeps
     its mode, as rewriting it in place would (a group-writable mlbuild.toml in a shared checkout
     stays so under a 022 umask)."""
@@ -39,6 +39,11 @@ def write_bytes(path: Path, data: bytes) -> None:
                 os.fchmod(fd, os.stat(path).st_mode & 0o7777)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+                f.flush()
+                # On disk before the rename: after a power cut the rename alone may reach the disk,
+                # leaving an empty mlbuild.lock or mlbuild.toml where the old one was (XFS; ext4
+                # without auto_da_alloc), as the store's publish_bytes guards against too.
+                os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)

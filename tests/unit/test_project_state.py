@@ -119,6 +119,22 @@ def test_appended_records_start_on_a_line_of_their_own(tmp_path: Path) -> None:
     assert log.read_text().splitlines()[-1] == '{"target": "b"}'
 
 
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_a_replaced_file_is_on_disk_before_its_rename(tmp_path: Path) -> None:
+    """mlbuild.lock, mlbuild.toml, stat caches were renamed into place unsynced: after a power cut
+    the rename alone may be on disk, an empty file where the old one was. Traced: the temp file is
+    fsynced before the rename."""
+    target = tmp_path / "mlbuild.lock"
+    code = f"from pathlib import Path; from mlbuild import atomic; atomic.write_text(Path({str(target)!r}), '{{}}')"
+    proc = subprocess.run(["strace", "-f", "-e", "trace=openat,fsync,rename", sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
+    calls = [line for line in proc.stderr.splitlines() if str(tmp_path) in line or line.startswith("fsync(")]
+    opened = next(line for line in calls if "openat(" in line and ".mlbuild.lock." in line)
+    fd = opened.rsplit("=", 1)[1].strip()
+    assert f"fsync({fd})" in calls[calls.index(opened) + 1:][0], calls
+    assert "rename(" in calls[-1] and target.read_text() == "{}", calls
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
 def test_a_lock_file_another_account_made_is_taken(tmp_path: Path) -> None:
     """In a shared checkout, .mlbuild/lock made by a teammate (0644 by their umask) could not be
