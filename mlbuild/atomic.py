@@ -10,7 +10,7 @@ import secrets
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["write_text", "write_bytes", "is_stream", "append_line", "exclusive"]
+__all__ = ["write_text", "write_bytes", "create_bytes", "is_stream", "append_line", "exclusive"]
 
 
 def write_text(path: Path, text: str) -> None:
@@ -48,6 +48,24 @@ def write_bytes(path: Path, data: bytes) -> None:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+def create_bytes(path: Path, data: bytes, mode: int) -> None:
+    """A new file ``path`` (``mode``), whole or not at all, never over an existing one
+    (FileExistsError, as ``O_EXCL`` gives): written and fsynced under a temp name, then hard-linked
+    into place. Where ``O_EXCL`` alone left an empty file behind a full disk or a kill, which
+    then counted as existing (a secret key of no bytes)."""
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    with _named(path):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def is_stream(path: Path) -> bool:
