@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import atomic
 from .errors import BuildError, NixError, NixNotFoundError
 
 __all__ = [
@@ -64,10 +65,12 @@ def nix_lib_dir() -> Path:
 def common_options(substituters: Sequence[str] = ()) -> list[str]:
     """Options every project Nix call gets: flakes on, only the given substituters, no registry."""
     registry = Path(os.environ.get("MLBUILD_STATE", Path.home() / ".cache" / "mlbuild")) / "registry.json"
-    if not registry.exists():
+    # An empty one is what a full disk left before this was written whole: Nix warned that it
+    # cannot parse it at every registry lookup.
+    if not registry.exists() or (registry.is_file() and registry.stat().st_size == 0):
         try:
             registry.parent.mkdir(parents=True, exist_ok=True)
-            registry.write_text('{"flakes": [], "version": 2}\n')
+            atomic.write_text(registry, '{"flakes": [], "version": 2}\n')   # names itself on a full disk
         except OSError as e:   # a read-only or missing HOME (a CI container's HOME=/): not a traceback
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise   # the CLI says to free space

@@ -10,12 +10,12 @@ import secrets
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["write_text", "write_bytes", "is_stream", "append_line", "exclusive"]
+__all__ = ["write_text", "write_bytes", "create_bytes", "is_stream", "append_line", "exclusive"]
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a temp file in its folder and a rename: a crash
-    never leaves half a file. A new file gets 0666 & ~umask, as ``open()`` gives (``mkstemp``'s
+    """Write ``text`` (UTF-8) to ``path`` through a temp file in its folder, fsynced, and a rename:
+    a crash (a kill, a power cut) never leaves half a file. A new file gets 0666 & ~umask, as ``open()`` gives (``mkstemp``'s
     0600 would hide a project file from the group and from other accounts); an existing one keeps
     its mode, as rewriting it in place would (a group-writable mlbuild.toml in a shared checkout
     stays so under a 022 umask)."""
@@ -39,10 +39,33 @@ def write_bytes(path: Path, data: bytes) -> None:
                 os.fchmod(fd, os.stat(path).st_mode & 0o7777)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+                f.flush()
+                # On disk before the rename: after a power cut the rename alone may reach the disk,
+                # leaving an empty mlbuild.lock or mlbuild.toml where the old one was (XFS; ext4
+                # without auto_da_alloc), as the store's publish_bytes guards against too.
+                os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+def create_bytes(path: Path, data: bytes, mode: int) -> None:
+    """A new file ``path`` (``mode``), whole or not at all, never over an existing one
+    (FileExistsError, as ``O_EXCL`` gives): written and fsynced under a temp name, then hard-linked
+    into place. Where ``O_EXCL`` alone left an empty file behind a full disk or a kill, which
+    then counted as existing (a secret key of no bytes)."""
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    with _named(path):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def is_stream(path: Path) -> bool:

@@ -74,15 +74,20 @@ def state_dir(root: Path, writable: bool = False) -> Path:
     try:
         state.mkdir(exist_ok=True)
         ignore = state / ".gitignore"
-        if not ignore.exists():
-            ignore.write_text("*\n")
+        # Whole or not at all, and an empty one (left by a full disk before this was atomic) written
+        # again: an empty .gitignore made every file of .mlbuild untracked, and each build refused
+        # the "dirty" worktree, listing them, for good.
+        if not ignore.exists() or (ignore.is_file() and ignore.stat().st_size == 0):
+            atomic.write_text(ignore, "*\n")
         if writable and not os.access(state, os.W_OK):
             raise PermissionError(errno.EROFS if os.statvfs(state).f_flag & os.ST_RDONLY else errno.EACCES,
                                   "cannot be written")
     except OSError as e:
+        fix = ("free space there" if e.errno in (errno.ENOSPC, errno.EDQUOT) else
+               f"run it in a checkout it can write to, or make {state} writable")
         raise ConfigError(f"{state} cannot be written ({os.strerror(e.errno) if e.errno else e}): mlbuild keeps "
-                          f"its state there (GC roots, stat caches, build and experiment records, reports); run it "
-                          f"in a checkout it can write to, or make {state} writable") from None
+                          f"its state there (GC roots, stat caches, build and experiment records, reports); "
+                          f"{fix}, then run the command again") from None
     return state
 
 

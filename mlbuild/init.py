@@ -10,14 +10,17 @@ placeholders to edit. Nothing existing is overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import atomic
 from .errors import MlbuildError
 from .interpreter import executable, not_found
 
@@ -417,22 +420,37 @@ def init_project(root: Path, *, name: str | None = None, csv_path: Path | None =
         raise InitError(f"{root} already has {', '.join(taken)}; mlbuild init writes only new files (move them, "
                         "or init another folder)")
     root.mkdir(parents=True, exist_ok=True)
-    written, extended = [], []
-    for n, text in files.items():
-        path = root / n
-        if n in _EXTENDED and path.exists():
-            old = path.read_text()
-            have = set(old.splitlines())
-            missing = [line for line in text.splitlines() if line not in have]
-            if missing:
-                path.write_text(old + ("" if old.endswith("\n") or not old else "\n") + "\n".join(missing) + "\n")
-                extended.append(path)
-            continue
-        path.write_text(text)
-        written.append(path)
-    inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=root, capture_output=True, text=True)
-    if inside.returncode != 0:
-        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    written, extended, before = [], [], {}
+    try:
+        for n, text in files.items():
+            path = root / n
+            if n in _EXTENDED and path.exists():
+                old = before[path] = path.read_text()
+                have = set(old.splitlines())
+                missing = [line for line in text.splitlines() if line not in have]
+                if missing:
+                    atomic.write_text(path, old + ("" if old.endswith("\n") or not old else "\n") + "\n".join(missing) + "\n")
+                    extended.append(path)
+                continue
+            atomic.write_text(path, text)
+            written.append(path)
+        inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=root, capture_output=True, text=True)
+        if inside.returncode != 0:
+            git_init = subprocess.run(["git", "init", "-q"], cwd=root, capture_output=True, text=True)
+            if git_init.returncode != 0:
+                shutil.rmtree(root / ".git", ignore_errors=True)
+                said = (git_init.stderr.strip().splitlines() or [f"exit {git_init.returncode}"])[-1]
+                raise InitError(f"`git init` in {root} failed: {said}; fix that, then run mlbuild init again "
+                                "(it wrote nothing)")
+    except BaseException:
+        # All or nothing (a full disk, a Ctrl-C): an empty mlbuild.toml left behind made the next
+        # init refuse the folder ("already has mlbuild.toml") and every other command read it.
+        for path in written:
+            path.unlink(missing_ok=True)
+        for path in extended:
+            with contextlib.suppress(OSError):
+                atomic.write_text(path, before[path])
+        raise
     note = _lock_flake(root)
     if note is None:
         written.append(root / "flake.lock")
@@ -457,7 +475,6 @@ def _lock_flake(root: Path) -> str | None:
     intent-to-add: the tree is dirty from then on, and so is what that build makes. The lock
     depends on flake.nix alone: it is made in a folder holding only that (a `path:` flake of the
     project would copy its data into the store). None when written; else why not."""
-    import shutil
     import tempfile
 
     from . import _nix

@@ -11,6 +11,8 @@ dataset.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -220,8 +222,59 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
+# A staging folder this old whose lock no one holds was left by an import that was killed (kill -9,
+# a power cut): removed by the next import. Younger ones are spared: one just made may not be locked yet.
+STAGE_GRACE_S = 60.0
+
+
+def _sweep_staging() -> None:
+    """Remove what killed imports left in STAGING (each a full copy of a dataset, or part of one,
+    kept for good before: nothing else ever removes them). A live import holds an flock on its
+    folder (the kernel drops it when the process dies, in whatever PID namespace it ran)."""
+    now = time.time()
+    for entry in os.scandir(STAGING):
+        try:
+            if now - entry.stat(follow_symlinks=False).st_ctime < STAGE_GRACE_S:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _pid_alive(entry.name):   # an older mlbuild's import, which takes no lock, may still run
+                raise BlockingIOError
+        except OSError:   # a live import's
+            os.close(fd)
+            continue
+        try:
+            _remove(entry.path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _pid_alive(stage_name: str) -> bool:
+    """Whether the process named in ``<uuid>-<pid>`` runs (in this PID namespace)."""
+    pid = stage_name.rpartition("-")[2]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def _fast_import(src: Path, name: str) -> Imported:
-    stage = STAGING / f"{uuid.uuid4().hex}-{os.getpid()}"
+    _sweep_staging()
+    holder = STAGING / f"{uuid.uuid4().hex}-{os.getpid()}"
+    os.mkdir(holder, 0o700)
+    lock = os.open(holder, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(lock, fcntl.LOCK_EX)   # ours while we live: _sweep_staging leaves it
+    stage = holder / "data"
     c = _Copier(str(src))
     try:
         c.w(_str(b"nix-archive-1"))
@@ -243,6 +296,9 @@ def _fast_import(src: Path, name: str) -> Imported:
         raise
     finally:
         c.stopped = True
+        with contextlib.suppress(OSError):
+            os.rmdir(holder)
+        os.close(lock)
     return Imported(target, sha, c.nar_size, c.files, c.size, existed)
 
 

@@ -18,6 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from .. import atomic
 from ..errors import StoreKeyError
 
 __all__ = ["SecretKey", "PublicKey", "parse_secret_key", "parse_public_key", "load_secret_key",
@@ -169,10 +170,10 @@ def generate_key_pair(name: str, secret_path: Path, public_path: Path) -> Secret
     seed = os.urandom(32)
     key = SecretKey(name, seed)
     secret_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(str(key))
-    public_path.write_text(str(key.public))
+    # Whole or not at all: a full disk left an empty secret key, which the next init took as the
+    # user's own key ("is not `name:base64` ... give such a key").
+    atomic.create_bytes(secret_path, str(key).encode(), 0o600)
+    atomic.write_text(public_path, str(key.public))
     return key
 
 

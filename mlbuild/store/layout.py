@@ -213,7 +213,7 @@ class Layout:
                   self.root / "mlbuild", self.roots_dir / "tags", self.roots_dir / "pushes"):
             make_dir(d)
         info = self.root / "nix-cache-info"
-        if not info.exists():
+        if not info.exists() or (info.is_file() and info.stat().st_size == 0):   # empty: a full disk's
             publish_bytes(info, CACHE_INFO.encode(), 0o664)
         elif f"StoreDir: {STORE_DIR}" not in info.read_text():
             raise StoreConfigError(f"{info} is for another Nix store folder than {STORE_DIR}; "

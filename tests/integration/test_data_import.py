@@ -63,3 +63,32 @@ def test_a_pushed_dataset_is_content_addressed_for_nix(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     got = _nix.path_info_in([path], store=str(other))[path]
     assert got.get("ca", "").startswith("fixed:r:sha256:")
+
+
+def test_what_a_killed_import_left_in_staging_is_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `data add` killed mid-copy (kill -9, a power cut) left its staging copy of the dataset
+    beside the store for good: nothing ever removed it (a big dataset: gigabytes each time). The
+    next import removes those no live import holds; a live one's is kept."""
+    import fcntl
+
+    if not importer.fast_path_available():
+        pytest.skip("the local store is not writable here (the fast path is for root without a daemon)")
+    staging = tmp_path / "staging"
+    monkeypatch.setattr(importer, "STAGING", staging)
+    monkeypatch.setattr(importer, "STAGE_GRACE_S", 0.0, raising=False)   # ctime cannot be set back
+    (staging / "dead-999999999" / "data" / "sub").mkdir(parents=True)          # killed mid-copy
+    (staging / "dead-999999999" / "data" / "sub" / "rows.csv").write_text("1,2\n")
+    (staging / "dead-999999999" / "data" / "sub").chmod(0o555)
+    (staging / "legacy-999999998" / "x").mkdir(parents=True)                   # an older mlbuild's (no holder)
+    (staging / "live-3").mkdir()                                       # an import running now
+    (staging / f"older-{os.getpid()}").mkdir()                         # an older mlbuild's, running (no lock)
+    live = os.open(staging / "live-3", os.O_RDONLY)
+    fcntl.flock(live, fcntl.LOCK_EX)
+    try:
+        src = tmp_path / "d.csv"
+        src.write_text(f"{tmp_path}\n")
+        result = importer.import_path(src, "sweep-test")
+        assert Path(result.path).read_text() == f"{tmp_path}\n"
+        assert sorted(p.name for p in staging.iterdir()) == ["live-3", f"older-{os.getpid()}"]
+    finally:
+        os.close(live)

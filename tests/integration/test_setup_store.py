@@ -206,3 +206,36 @@ def test_the_file_system_s_root_is_not_set_up_as_a_store(tmp_path: Path) -> None
                        MLBUILD_STORE_PUBLIC_KEYS="store-mlbuild-1:lZy2xPLMWtz3cHSmUZj5+q/j8YUn7OjS+a1HbdIKIvE=")
     assert proc.returncode == 1
     assert "setup-store: MLBUILD_STORE=file:/// is the file system's root, not a store folder" in proc.stderr, proc.stderr
+
+
+def test_a_full_store_disk_leaves_no_empty_cache_info(tmp_path: Path) -> None:
+    """nix-cache-info was written in place (tee): a full disk left it empty, setup-store kept it so
+    (only a missing one was written), and mlbuild took it for another Nix store's ("is for another
+    Nix store folder than /nix/store"). Now it is written whole, and an empty one is written again,
+    by setup-store and by `mlbuild store init`."""
+    import shlex
+
+    from tests.conftest import MLBUILD
+
+    store = tmp_path / "store"
+    store.mkdir()
+    s = shlex.quote(str(store))
+    env = {**os.environ, "MLBUILD_STORE": str(store), "MLBUILD_STORE_NIX_CONF": str(tmp_path / "nix.conf"),
+           "MLBUILD_STORE_SECRET_KEY": str(tmp_path / "store.sec")}
+    env.pop("MLBUILD_STORE_PUBLIC_KEYS", None)
+    setup = f"bash {shlex.quote(str(SCRIPT))}"
+    script = (f"mount -t tmpfs -o size=64k tmpfs {s} && (dd if=/dev/zero of={s}/fill bs=1k count=100 2>/dev/null; "
+              f"true) && {{ {setup} >/dev/null 2>&1; ls -A {s}; rm {s}/fill; {setup} >/dev/null && cat {s}/nix-cache-info; }}")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.stdout.startswith("fill\nlog\nmlbuild\nnar\nrealisations\nStoreDir: /nix/store\n"), \
+        proc.stdout + proc.stderr
+    # One left empty by an older setup-store: both write it again
+    assert setup_store(tmp_path, "a").returncode == 0
+    for again in (lambda: setup_store(tmp_path, "a"),
+                  lambda: subprocess.run([*MLBUILD, "store", "init"], capture_output=True, text=True,
+                                         env={**os.environ, "MLBUILD_STORE": str(tmp_path / "store"),
+                                              "MLBUILD_STORE_SECRET_KEY": str(tmp_path / "a" / "store.sec")})):
+        (tmp_path / "store" / "nix-cache-info").write_text("")
+        proc = again()
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / "store" / "nix-cache-info").read_text().startswith("StoreDir: /nix/store\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mlbuild.init import REQUIREMENTS, InitError, init_project, read_csv_shape
-from tests.conftest import run_cli
+from tests.conftest import MLBUILD, run_cli
 
 IRIS_LIKE = "sl,sw,pl,pw,species\n" + "".join(f"{i % 7}.5,{i % 5},{i % 3}.25,1,{i % 3}\n" for i in range(12))
 
@@ -235,6 +235,29 @@ def test_the_generated_prepare_names_the_line_a_later_edit_broke(tmp_path: Path)
             prepare({"p-raw": data}, out, {**params, "test_fraction": bad})
     with pytest.raises(SystemExit, match="no rows of the class 'bird' that \\[datasets.p-split.params\\].labels names"):
         prepare({"p-raw": data}, out, {**params, "labels": ["cat", "dog", "bird"]})
+
+
+@pytest.mark.parametrize(("room_kb", "said"), [(8, "Error: No space left on device writing "),
+                                               (40, "Error: `git init` in ")])   # its hook samples
+def test_a_full_disk_leaves_no_file_of_a_half_init(tmp_path: Path, room_kb: int, said: str) -> None:
+    """The files were written in place, one by one: a disk that filled up left mlbuild.toml (and
+    more) empty or cut, with the CLI naming no file, and the next init refused the folder ("already
+    has mlbuild.toml"). Now the file is named and init writes all or nothing (the .gitignore it
+    extended is put back); a `git init` that failed so was a CalledProcessError traceback."""
+    import shlex
+
+    root = tmp_path / "p"
+    root.mkdir()
+    r = shlex.quote(str(root))
+    init = f"{shlex.join(MLBUILD)} init --csv data/d.csv --python {shlex.quote(sys.executable)}"
+    script = (f"mount -t tmpfs -o size=1m tmpfs {r} && cd {r} && mkdir data && printf '{IRIS_LIKE}' > data/d.csv "
+              f"&& printf 'mine\\n' > .gitignore && avail=$(df -k --output=avail . | tail -1) && "
+              f"(dd if=/dev/zero of=fill bs=1k count=$((avail - {room_kb})) 2>/dev/null; true) && {{ {init}; "
+              f"echo \"left: $(ls -A | tr '\\n' ' ')$(cat .gitignore)\"; rm fill; {init} >/dev/null && ls; }}")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.stderr.startswith(said) and "No space left on device" in proc.stderr, proc.stderr
+    assert "left: .gitignore data fill mine\n" in proc.stdout, proc.stdout
+    assert "mlbuild.toml" in proc.stdout.split("mine", 1)[1], proc.stdout + proc.stderr
 
 
 def test_an_interpreter_that_is_not_there_is_refused_before_anything_is_written(tmp_path: Path) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +62,24 @@ def test_an_unwritable_state_folder_is_named_with_the_fix(tmp_path: Path, monkey
         _nix.common_options()
     monkeypatch.setenv("MLBUILD_STATE", str(tmp_path / "state"))
     assert str(tmp_path / "state" / "registry.json") in _nix.common_options()
+
+
+def test_a_full_state_folder_leaves_no_empty_registry_and_is_named(tmp_path: Path) -> None:
+    """registry.json was written in place: a full disk left it empty (Nix then warned "cannot parse
+    flake registry" at each lookup, and it was never written again), and the CLI said "No space
+    left on device" naming no file (the OSError had none; the CLI names the one it has)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    s = shlex.quote(str(state))
+    code = ("from mlbuild import _nix\ntry: _nix.common_options()\n"
+            "except OSError as e: print(e.strerror, e.filename)")
+    script = (f"mount -t tmpfs -o size=64k tmpfs {s} && (dd if=/dev/zero of={s}/fill bs=1k count=100 2>/dev/null; "
+              f"true) && MLBUILD_STATE={s} {shlex.quote(sys.executable)} -c {shlex.quote(code)}; ls -A {s}")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).parents[2])
+    assert proc.stdout == f"No space left on device {state / 'registry.json'}\nfill\n", proc.stdout + proc.stderr
+    (state / "registry.json").write_text("")   # left so by an older mlbuild
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("MLBUILD_STATE", str(state))
+        _nix.common_options()
+    assert json.loads((state / "registry.json").read_text()) == {"flakes": [], "version": 2}

@@ -88,6 +88,28 @@ def test_a_full_mlbuild_folder_is_named_and_the_project_files_are_kept(tmp_path:
     assert {f: (root / f).read_text() for f in before} == before
 
 
+def test_a_full_disk_leaves_no_empty_gitignore_in_mlbuild(tmp_path: Path) -> None:
+    """.mlbuild/.gitignore was written in place: a full disk left it empty, and kept so (only a
+    missing one was written), so every file of .mlbuild was untracked and each build refused the
+    dirty worktree for good, after space was freed. An empty one left so is written again."""
+    root = project(tmp_path / "p")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    (root / ".gitignore").write_text("/data/\n")
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    (root / ".mlbuild").mkdir()
+    s, r = shlex.quote(str(root / ".mlbuild")), shlex.quote(str(root))
+    add = f"{shlex.join(MLBUILD)} data add raw data/x.csv"
+    script = (f"mount -t tmpfs -o size=64k tmpfs {s} && (dd if=/dev/zero of={s}/fill bs=1k count=100 2>/dev/null; true) "
+              f"&& cd {r} && {{ {add}; echo \"size $(stat -c %s .mlbuild/.gitignore 2>/dev/null)\"; rm .mlbuild/fill; "
+              f"{add} >/dev/null && git status --porcelain; }}")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    assert "cannot be written (No space left on device)" in proc.stderr and "free space there" in proc.stderr, proc.stderr
+    assert "size \n" in proc.stdout and ".mlbuild" not in proc.stdout.split("size", 1)[1], proc.stdout + proc.stderr
+    (root / ".mlbuild" / ".gitignore").write_text("")   # left by an older mlbuild
+    run_cli("data", "add", "raw", "data/x.csv", cwd=root)
+    assert (root / ".mlbuild" / ".gitignore").read_text() == "*\n"
+
+
 def test_appended_records_start_on_a_line_of_their_own(tmp_path: Path) -> None:
     from mlbuild import atomic
 
@@ -95,6 +117,22 @@ def test_appended_records_start_on_a_line_of_their_own(tmp_path: Path) -> None:
     log.write_text('{"target": "a"}\n{"targ')   # torn: a command killed while writing it
     atomic.append_line(log, '{"target": "b"}')
     assert log.read_text().splitlines()[-1] == '{"target": "b"}'
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_a_replaced_file_is_on_disk_before_its_rename(tmp_path: Path) -> None:
+    """mlbuild.lock, mlbuild.toml, stat caches were renamed into place unsynced: after a power cut
+    the rename alone may be on disk, an empty file where the old one was. Traced: the temp file is
+    fsynced before the rename."""
+    target = tmp_path / "mlbuild.lock"
+    code = f"from pathlib import Path; from mlbuild import atomic; atomic.write_text(Path({str(target)!r}), '{{}}')"
+    proc = subprocess.run(["strace", "-f", "-e", "trace=openat,fsync,rename", sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
+    calls = [line for line in proc.stderr.splitlines() if str(tmp_path) in line or line.startswith("fsync(")]
+    opened = next(line for line in calls if "openat(" in line and ".mlbuild.lock." in line)
+    fd = opened.rsplit("=", 1)[1].strip()
+    assert f"fsync({fd})" in calls[calls.index(opened) + 1:][0], calls
+    assert "rename(" in calls[-1] and target.read_text() == "{}", calls
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")

@@ -290,6 +290,31 @@ def test_a_build_asks_nix_for_its_keys_only_once_it_built_something(tmp_path: Pa
     assert f"file://{tmp_path / 's'}" in store_options(load_project(root))
 
 
+def test_a_key_made_on_a_full_disk_leaves_no_empty_key(tmp_path: Path) -> None:
+    """`store init --generate-key` with the key's folder full wrote the secret key in place: it
+    left an empty file (the error named none), which the next init took as the user's own key and
+    refused ("is not `name:base64` ... give such a key"). Now nothing is left, and the next init,
+    with room, makes the key."""
+    import shlex
+    import subprocess
+
+    from tests.conftest import MLBUILD
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    k = shlex.quote(str(keys))
+    init = f"{shlex.join(MLBUILD)} store --store {shlex.quote(str(tmp_path / 'store'))} init --generate-key"
+    script = (f"mount -t tmpfs -o size=64k tmpfs {k} && (dd if=/dev/zero of={k}/fill bs=1k count=100 2>/dev/null; "
+              f"true) && {{ {init}; ls -A {k}; rm {k}/fill; {init} >/dev/null && ls -A {k}; }}")
+    env = {**os.environ, "MLBUILD_STORE_SECRET_KEY": str(keys / "s.sec")}
+    env.pop("MLBUILD_STORE_PUBLIC_KEYS", None)
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=tmp_path)
+    assert proc.stderr.startswith(f"Error: No space left on device writing {keys / 's.sec'}; free space there"), \
+        proc.stderr
+    assert proc.stdout == "fill\ns.pub\ns.sec\n", proc.stdout + proc.stderr
+
+
 def test_init_on_a_full_disk_names_the_store_folder(tmp_path: Path) -> None:
     """A full disk under the store: init said only "No space left on device; free space there",
     naming no folder (nix-cache-info is written with os.write, which carries no file name)."""
