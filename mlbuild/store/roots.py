@@ -3,14 +3,15 @@
 Roots live in the store folder (``mlbuild/roots/``), so every machine sharing the store sees them:
 
 - ``tags/<NAME>``: a release tag, the store paths it names (``mlbuild store tag NAME PATH...``).
-- ``pushes/<NAME>/<time>.<host>.<pid>.<rand>``: one file per push, written before the upload
-  starts (a concurrent gc then already sees it) and removed again if the push fails. gc keeps the
+- ``pushes/<NAME>/<time>.<host>.<pid>.<rand>``: one file per push, naming the whole closure of its
+  targets, written before the upload starts (a concurrent gc then already sees it) and removed again if the push fails. gc keeps the
   newest ``keep_last`` of each NAME; NAME defaults to the target's store path name without its
   hash (e.g. ``digits-model``). A push of the same paths again, once it succeeded, replaces the
   older record of them.
 - ``.lock``: held (``flock``) by whatever reads roots and acts on them: ``store tag`` while it reads
   the tag it extends and writes it back (two at once each wrote back what it had read, and the
-  other's paths lost the tag's protection without a word).
+  other's paths lost the tag's protection without a word); gc from reading the roots to removing
+  entries; a push while it writes its records.
 - a lock (``gc --lock mlbuild.lock``): the interpreter snapshot, the wheels and the local datasets
   it pins, as the fixed-output store paths Nix gives them, plus any store path written in it.
 """
