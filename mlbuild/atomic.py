@@ -4,9 +4,11 @@ exclusive lock for commands that read, change and write back the same files."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Iterator
 
@@ -95,17 +97,28 @@ def _named(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def exclusive(path: Path) -> Iterator[None]:
+def exclusive(path: Path, mode: int | None = None) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing), waiting for another holder.
     Commands that read a file, change it and write it back (`data add` and `mlbuild lock` on
     mlbuild.lock and mlbuild.toml) re-read it inside: two at once otherwise each wrote back what it
     had read, and the other's change was lost. The kernel drops the lock when its holder dies.
     A lock file this account cannot write (another's, made 0644 by their umask in a shared
-    checkout) is locked read-only, as Linux allows; NFS wants it open for writing where it can be."""
+    checkout) is locked read-only, as Linux allows; NFS wants it open for writing where it can be.
+    ``mode``, for a lock in a folder others write (a shared store): the lock file's mode whatever
+    the umask (0664: every member of the group opens it for writing), set where this account owns
+    it; and it is opened only as a file, never through a link (any writer of the folder could point
+    one at a file only root may write, whose mode the chmod then changed): OSError otherwise."""
+    only_file = os.O_NOFOLLOW | os.O_NONBLOCK if mode is not None else 0
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | only_file, 0o666 if mode is None else mode)
     except PermissionError:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | only_file)
+    if mode is not None:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "not a file, so not a lock file", str(path))
+        with contextlib.suppress(PermissionError):
+            os.fchmod(fd, mode)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

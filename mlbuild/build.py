@@ -212,7 +212,9 @@ def dirty_files(project: Project) -> git.Dirty:
     return git.dirty_files(project.root, code_inputs(project))
 
 
-def check_clean(project: Project) -> None:
+def check_clean(project: Project, built: Sequence[str] = ()) -> None:
+    """DirtyTreeError listing what is not committed. ``built``: the targets this build built while
+    the tree was clean (it changed since, and the next target would be built from the change)."""
     dirty = dirty_files(project)
     if not dirty:
         return
@@ -224,8 +226,12 @@ def check_clean(project: Project) -> None:
     if any(os.path.basename(p) == "flake.lock" for p in [*dirty.modified, *dirty.untracked]):
         fix += ("; flake.lock is what `nix flake lock` (or the first `nix build`/`nix run`) writes: commit it "
                 "(`git add flake.lock && git commit`)")
+    head = "the worktree is not clean, so the inputs of this build would not be known:\n"
+    if built:   # another terminal's edit, `data add`, `git checkout` while the earlier targets built
+        head = (f"the worktree changed while this build ran ({', '.join(built)} built from the clean tree, before "
+                f"it changed); the next target would be built from the change and marked clean, so it stops here:\n")
     raise DirtyTreeError(
-        "the worktree is not clean, so the inputs of this build would not be known:\n"
+        head
         + "\n".join(lines[:20]) + more
         + "\ncommit code and configuration; add data files and outputs to .gitignore (data is pinned by "
           "`mlbuild data add`, never committed)" + fix + "; or pass --allow-dirty to build anyway (the outputs' "
@@ -535,6 +541,8 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
 
     drvs: dict[str, str] = {}
     for target in list(targets) or ["toolchain"]:
+        if total.outputs and not dirty:   # Nix reads the folder as each target starts, not once
+            check_clean(project, built=[b.target for b in total.outputs])
         stream, status, out = _run_build(target, command(target), on_progress)
         if status != 0:
             raise _store_hint(stream.failure(project.root), store[0] if store is not None else None)

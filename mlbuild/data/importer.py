@@ -29,6 +29,7 @@ from ..nar import CHUNK, NotStorableError, _str, nar_sha256
 from ..errors import DataError, StoreCorruptError
 from ..fastcopy import HashPipe, kernel_copy
 from ..storepath import fixed_output_path
+from ..store.restore import PathLock
 
 __all__ = ["Imported", "import_path", "fast_path_available", "STAGING", "check_link", "not_storable"]
 
@@ -272,8 +273,8 @@ def _fast_import(src: Path, name: str) -> Imported:
     _sweep_staging()
     holder = STAGING / f"{uuid.uuid4().hex}-{os.getpid()}"
     os.mkdir(holder, 0o700)
-    lock = os.open(holder, os.O_RDONLY | os.O_DIRECTORY)
-    fcntl.flock(lock, fcntl.LOCK_EX)   # ours while we live: _sweep_staging leaves it
+    held = os.open(holder, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(held, fcntl.LOCK_EX)   # ours while we live: _sweep_staging leaves it
     stage = holder / "data"
     c = _Copier(str(src))
     try:
@@ -281,15 +282,22 @@ def _fast_import(src: Path, name: str) -> Imported:
         c.node(str(src), str(stage))
         sha = c.h.hexdigest()
         target = fixed_output_path(sha, name, recursive=True)
-        # A path not on disk is not valid (no Nix call needed); one on disk may be valid already.
-        existed = os.path.lexists(target) and not _nix.invalid_paths([target])
-        if existed:
-            _remove(str(stage))
-        else:
-            if os.path.lexists(target):  # an invalid leftover of an interrupted import
-                _remove(target)
-            os.rename(stage, target)
-            _nix.register_valid(target, sha, c.nar_size)
+        # Under Nix's own lock on the path, as Nix writes it: another import of the same data (a
+        # second clone's `data add`) renamed its copy into place and registered it meanwhile, and
+        # this one took that copy for a leftover and deleted it, or could not rename (a traceback).
+        lock = PathLock(target)
+        try:
+            # A path not on disk is not valid (no Nix call needed); one on disk may be valid already.
+            existed = os.path.lexists(target) and not _nix.invalid_paths([target])
+            if existed:
+                _remove(str(stage))
+            else:
+                if os.path.lexists(target):  # an invalid leftover of an interrupted import
+                    _remove(target)
+                os.rename(stage, target)
+                _nix.register_valid(target, sha, c.nar_size)
+        finally:
+            lock.release()
     except BaseException:
         if os.path.lexists(stage):
             _remove(str(stage))
@@ -298,7 +306,7 @@ def _fast_import(src: Path, name: str) -> Imported:
         c.stopped = True
         with contextlib.suppress(OSError):
             os.rmdir(holder)
-        os.close(lock)
+        os.close(held)
     return Imported(target, sha, c.nar_size, c.files, c.size, existed)
 
 

@@ -23,7 +23,7 @@ from .config import DEFAULT_SECRET_KEY, StoreConfig
 from .keys import generate_key_pair, load_secret_key
 from .layout import Layout, publish_bytes, read_store_file, writing
 from .push import published_keys, resolve_targets
-from .roots import remove_tag, write_tag
+from .roots import remove_tag, roots_lock, write_tag
 from .verify import check_entry
 
 __all__ = ["init_store", "InitResult", "tag", "TagResult", "untag", "tags", "nix_conf"]
@@ -129,23 +129,26 @@ def tag(cfg: StoreConfig, name: str, targets: Sequence[str], *, force: bool = Fa
     layout.require()
     layout.require_writable(f"tag {name}")
     paths = resolve_targets(targets)
-    wanted = published_keys(layout) or cfg.trusted_keys()
-    bad = [(p, why) for p in paths if (why := check_entry(layout, p, wanted)) is not None]
-    if bad:
-        p, why = bad[0]
-        more = f" (and {len(bad) - 1} more: {', '.join(q for q, _ in bad[1:])})" if len(bad) > 1 else ""
-        fix = (f"push it first (`mlbuild store push {p}`)" if why == "is not in the store" else
-               f"push it again (`mlbuild store push {p}` publishes it anew), then tag it")
-        where = "" if why == "is not in the store" else " in the store"
-        raise StoreTargetError(f"cannot tag {name}: {p} {why}{where} {cfg.root}{more}; {fix}")
-    previous = tags(cfg).get(name)
-    dropped = sorted(set(previous or ()) - set(paths))
-    if dropped and not force:
-        raise StoreTargetError(f"the tag {name} names {' '.join(dropped)}, which {' '.join(paths)} leave"
-                               f"{'s' if len(paths) == 1 else ''} out: the tag would no longer keep "
-                               f"{'it' if len(dropped) == 1 else 'them'} from the next gc; pass --force to move "
-                               f"the tag, name {'it' if len(dropped) == 1 else 'them'} too, or pick another name")
-    with writing(cfg.root, f"tag {name}", fix="the tag was left as it was; free space there, then tag again"):
+    # Under the roots lock, the tag read here is the one written over: two tags of one name at once
+    # each wrote back the tag as it had read it, and both said "tagged" with one's paths untagged.
+    with writing(cfg.root, f"tag {name}", fix="the tag was left as it was; free space there, then tag again"), \
+            roots_lock(layout):
+        wanted = published_keys(layout) or cfg.trusted_keys()
+        bad = [(p, why) for p in paths if (why := check_entry(layout, p, wanted)) is not None]
+        if bad:
+            p, why = bad[0]
+            more = f" (and {len(bad) - 1} more: {', '.join(q for q, _ in bad[1:])})" if len(bad) > 1 else ""
+            fix = (f"push it first (`mlbuild store push {p}`)" if why == "is not in the store" else
+                   f"push it again (`mlbuild store push {p}` publishes it anew), then tag it")
+            where = "" if why == "is not in the store" else " in the store"
+            raise StoreTargetError(f"cannot tag {name}: {p} {why}{where} {cfg.root}{more}; {fix}")
+        previous = tags(cfg).get(name)
+        dropped = sorted(set(previous or ()) - set(paths))
+        if dropped and not force:
+            raise StoreTargetError(f"the tag {name} names {' '.join(dropped)}, which {' '.join(paths)} leave"
+                                   f"{'s' if len(paths) == 1 else ''} out: the tag would no longer keep "
+                                   f"{'it' if len(dropped) == 1 else 'them'} from the next gc; pass --force to move "
+                                   f"the tag, name {'it' if len(dropped) == 1 else 'them'} too, or pick another name")
         return TagResult(write_tag(layout, name, paths), paths, previous)
 
 

@@ -4,7 +4,8 @@ Order of removal, so that readers and writers never see a broken store:
 
 1. Entries (narinfos) not in the closure of a root and not touched for ``grace`` seconds go,
    referrers before references: what remains is always closed under references. A push in
-   progress is safe: it records its root before uploading and refreshes the narinfos it reuses.
+   progress is safe: before it looks at what the store has, it records its whole closure as a
+   root under the roots lock, which gc holds from reading the roots to removing the entries.
 2. A NAR file no narinfo names is first *condemned* (``mlbuild/gc-condemned.json``, with the
    time); a later gc deletes it once it has been unreferenced for ``grace`` seconds, so a reader
    that read a narinfo just before step 1 still gets its NAR. A NAR that any narinfo names is
@@ -21,6 +22,7 @@ until ``mlbuild store verify --repair`` has removed it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ from ..errors import StoreCorruptError
 from .config import StoreConfig
 from .layout import Entries, Layout, fsync_dir, publish_bytes, store_command, temp_is_stale, writing
 from .narinfo import NarInfo
-from .roots import Roots, read_roots
+from .roots import Roots, read_roots, roots_lock
 
 __all__ = ["gc", "GcReport", "DEFAULT_GRACE_S"]
 
@@ -117,26 +119,31 @@ def gc(cfg: StoreConfig, *, locks: Sequence[Path] = (), keep_last: int | None = 
     now = time.time()
     loaded = _load(layout)
     entries = loaded.infos
-    roots = read_roots(layout, cfg.keep_last if keep_last is None else keep_last, list(locks))
-    keep = _closure(roots.paths, entries)
-    report = GcReport(roots=roots, kept=sorted(keep))
-    doomed = {p for p, mtime in loaded.mtimes.items() if p not in keep and now - mtime >= grace}
-    keep |= set(entries) - doomed   # recent entries stay, and so must what they reference
-    rooted = set(report.kept)
-    keep = _closure(keep, entries)
-    doomed -= keep
-    report.spared = len(set(entries) - rooted - doomed)
-    for p in _referrers_first(doomed, entries):
-        report.removed_paths.append(p)
-        if not dry_run:
-            layout.narinfo(p).unlink(missing_ok=True)
-    if doomed and not dry_run:
-        fsync_dir(layout.root)
-    with writing(layout.root, "collect garbage", fix=(
-            f"gc removed {len(report.removed_paths)} entries and {len(report.removed_nars)} NARs but could not "
-            f"note the NARs it found unreferenced; free space there by other means (or raise the quota), "
-            f"then run gc again")):
-        _collect_nars(layout, {entries[p].url for p in entries if p not in doomed}, now, grace, dry_run, report)
+    # Under the roots lock from reading the roots to removing the entries: a push records its whole
+    # closure under it before it relies on what the store has, so an entry it reuses is either rooted
+    # here or gone before it looks (and published again). Without it, an old entry a push had just
+    # found there (and touched) was removed after the push published what references it.
+    with contextlib.nullcontext() if dry_run else roots_lock(layout):
+        roots = read_roots(layout, cfg.keep_last if keep_last is None else keep_last, list(locks))
+        keep = _closure(roots.paths, entries)
+        report = GcReport(roots=roots, kept=sorted(keep))
+        doomed = {p for p, mtime in loaded.mtimes.items() if p not in keep and now - mtime >= grace}
+        keep |= set(entries) - doomed   # recent entries stay, and so must what they reference
+        rooted = set(report.kept)
+        keep = _closure(keep, entries)
+        doomed -= keep
+        report.spared = len(set(entries) - rooted - doomed)
+        for p in _referrers_first(doomed, entries):
+            report.removed_paths.append(p)
+            if not dry_run:
+                layout.narinfo(p).unlink(missing_ok=True)
+        if doomed and not dry_run:
+            fsync_dir(layout.root)
+        with writing(layout.root, "collect garbage", fix=(
+                f"gc removed {len(report.removed_paths)} entries and {len(report.removed_nars)} NARs but could not "
+                f"note the NARs it found unreferenced; free space there by other means (or raise the quota), "
+                f"then run gc again")):
+            _collect_nars(layout, {entries[p].url for p in entries if p not in doomed}, now, grace, dry_run, report)
     for tmp in layout.temp_files():
         if temp_is_stale(tmp, grace, now):
             report.removed_temps.append(tmp)

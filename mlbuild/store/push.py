@@ -2,8 +2,9 @@
 
 Paths are published references-first, so at every moment each narinfo's references are already
 in the store: a reader (or a writer killed half-way) never sees a narinfo whose closure is
-incomplete. A narinfo already present is not rewritten; its mtime is refreshed so a concurrent
-gc (which spares recent entries) does not remove what this push relies on. Several processes on
+incomplete. A narinfo already present is not rewritten (its mtime is refreshed). Before it looks,
+the push records its whole closure as a gc root, under the roots lock that gc holds from reading
+the roots to removing entries: an entry it finds there is kept by a concurrent gc. Several processes on
 several hosts may push overlapping closures at once: every file is published by an atomic
 rename of a uniquely named temp file, NAR files are named by their content hash, and a narinfo is
 only written after its NAR is complete. An entry whose NAR is missing or short (a power cut on the
@@ -29,7 +30,7 @@ from .config import StoreConfig
 from .keys import PublicKey, SecretKey, parse_public_keys
 from .layout import Layout, publish_bytes, read_store_file, store_command, writing
 from .narinfo import STORE_DIR, NarInfo
-from .roots import default_name, record_push, replace_older_records
+from .roots import default_name, record_push, replace_older_records, roots_lock
 from .upload import PathInfo, path_infos, publish_path
 from .verify import check_entry, check_nar
 
@@ -128,6 +129,18 @@ def _closure(targets: list[str], local_store: str | None,
         infos.update(path_infos(extra, store=local_store, recursive=True))
         return infos, sorted(extra), sorted(absent)
     return infos, [], []
+
+
+def _reaching(targets: list[str], infos: dict[str, PathInfo]) -> list[str]:
+    """``targets`` and every path of ``infos`` they reference, directly or not."""
+    out: set[str] = set()
+    todo = list(targets)
+    while todo:
+        p = todo.pop()
+        if p not in out:
+            out.add(p)
+            todo += [r for r in infos[p].references if r in infos]
+    return sorted(out)
 
 
 def check_signing_key(key: SecretKey, trusted: tuple[PublicKey, ...]) -> None:
@@ -294,8 +307,12 @@ def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
             f"record; free space there (`{store_command(layout.root, 'gc')}` removes what no tag, recent push or "
             f"lock keeps), then push again")):
         try:
-            for n, ps in groups.items():
-                result.records.append(record_push(layout, n, ps + build_inputs, replace_older=False))
+            # The whole closure, not only the targets: gc follows references through the narinfos
+            # there are, and those of what this push is about to publish are not there yet.
+            with roots_lock(layout):
+                for n, ps in groups.items():
+                    result.records.append(record_push(layout, n, _reaching(ps + build_inputs, infos),
+                                                      replace_older=False))
             _upload(cfg, layout, infos, key, trusted, local_store, result, progress)
         except BaseException:
             for rec in result.records:

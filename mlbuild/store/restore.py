@@ -37,7 +37,7 @@ from .narinfo import NarInfo, format_b3, format_hash
 from .narstream import NarFormatError, nar_segments, parse_nar
 from .verify import untrusted_hint
 
-__all__ = ["real_store_dir", "restore_paths"]
+__all__ = ["real_store_dir", "restore_paths", "PathLock"]
 
 
 def real_store_dir(local_store: str | None) -> Path | None:
@@ -135,7 +135,7 @@ def _remove(path: str) -> None:
         shutil.rmtree(path)
 
 
-class _PathLock:
+class PathLock:
     """Nix's per-path lock (``<real path>.lock``, fcntl write lock; a non-empty file is stale)."""
 
     def __init__(self, real: str) -> None:
@@ -174,7 +174,7 @@ def restore_paths(layout: Layout, infos: list[NarInfo], keys: tuple[PublicKey, .
             raise StoreCorruptError(f"refusing {info.store_path}: it lacks a valid signature by a trusted key. "
                                     f"{untrusted_hint([info], keys, layout.root)}")
         real = str(store_dir / info.store_path.rsplit("/", 1)[-1])
-        lock = _PathLock(real)
+        lock = PathLock(real)
         try:
             if not _nix.invalid_paths_in([info.store_path], store=local_store):
                 continue   # someone else substituted it meanwhile

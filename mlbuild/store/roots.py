@@ -3,31 +3,39 @@
 Roots live in the store folder (``mlbuild/roots/``), so every machine sharing the store sees them:
 
 - ``tags/<NAME>``: a release tag, the store paths it names (``mlbuild store tag NAME PATH...``).
-- ``pushes/<NAME>/<time>.<host>.<pid>.<rand>``: one file per push, written before the upload
-  starts (a concurrent gc then already sees it) and removed again if the push fails. gc keeps the
+- ``pushes/<NAME>/<time>.<host>.<pid>.<rand>``: one file per push, naming the whole closure of its
+  targets, written before the upload starts (a concurrent gc then already sees it) and removed again if the push fails. gc keeps the
   newest ``keep_last`` of each NAME; NAME defaults to the target's store path name without its
   hash (e.g. ``digits-model``). A push of the same paths again, once it succeeded, replaces the
   older record of them.
+- ``.lock``: held (``flock``) by whatever reads roots and acts on them: ``store tag`` while it reads
+  the tag it extends and writes it back (two at once each wrote back what it had read, and the
+  other's paths lost the tag's protection without a word); gc from reading the roots to removing
+  entries; a push while it writes its records.
 - a lock (``gc --lock mlbuild.lock``): the interpreter snapshot, the wheels and the local datasets
   it pins, as the fixed-output store paths Nix gives them, plus any store path written in it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import re
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
+from .. import atomic
 from ..errors import StoreCorruptError, StoreError
 from ..git import half_merged
 from ..lockfile import LOCK_VERSION, KeyGivenTwice, unique_keys
 from ..storepath import fixed_output_path
-from .layout import Layout, make_dir, publish_bytes, read_store_file, temp_name
+from .layout import FILE_MODE, Layout, make_dir, publish_bytes, read_store_file, temp_name
 
-__all__ = ["Roots", "write_tag", "remove_tag", "record_push", "replace_older_records", "read_roots", "lock_paths",
+__all__ = ["Roots", "roots_lock", "write_tag", "remove_tag", "record_push", "replace_older_records", "read_roots", "lock_paths",
            "default_name"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -55,6 +63,23 @@ def _read_paths(path: Path) -> list[str]:
         return [line.strip() for line in read_store_file(path).splitlines() if line.strip().startswith("/")]
     except FileNotFoundError:
         return []
+
+
+@contextlib.contextmanager
+def roots_lock(layout: Layout) -> Iterator[None]:
+    """Hold the store's roots lock (``mlbuild/roots/.lock``), waiting for another holder on any host
+    (Linux's NFS client takes a ``flock`` on the server)."""
+    make_dir(layout.roots_dir)
+    path = layout.roots_dir / ".lock"
+    try:
+        with atomic.exclusive(path, mode=FILE_MODE):
+            yield
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.EINVAL) or e.filename != str(path):
+            raise
+        raise StoreCorruptError(f"{path} is {'a symbolic link' if e.errno == errno.ELOOP else 'not a file'}, not the "
+                                f"store's lock file; mlbuild does not open it: remove it "
+                                f"(`rm {shlex.quote(str(path))}`)") from None
 
 
 def write_tag(layout: Layout, name: str, paths: list[str]) -> Path:

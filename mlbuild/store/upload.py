@@ -213,6 +213,13 @@ def publish_path(layout: Layout, info: PathInfo, key: SecretKey, *, local_store:
     except FileNotFoundError:
         same = False
     if same:   # another writer published the same bytes: keep theirs (readers may hold it open)
+        try:   # made recent: gc spares it even if it found no narinfo naming it (this one is not written yet)
+            os.utime(final)
+        except FileNotFoundError:   # gc removed it meanwhile
+            same = False
+        except PermissionError:
+            pass
+    if same:
         tmp.unlink()
     else:
         os.replace(tmp, final)

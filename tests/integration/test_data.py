@@ -621,3 +621,35 @@ def test_data_added_without_the_fast_path_is_known_by_its_stat_facts_after(data_
         assert cached["entries"] == before
     finally:
         shutil.rmtree(where)
+
+
+def test_a_change_while_an_earlier_target_built_stops_the_build(data_project: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nix reads the folder as each target starts: an edit made (in another terminal, by `data add`)
+    while `build toolchain datasets.split` built the toolchain went into datasets.split, which was
+    marked clean, at a commit that does not hold it."""
+    from mlbuild import build as build_module
+    from mlbuild.config import load_project
+    from mlbuild.build import DirtyTreeError
+
+    real = build_module._run_build
+    started: list[str] = []
+
+    def edit_after_the_first(target: str, cmd: list[str], on_progress: Any) -> Any:
+        out = real(target, cmd, on_progress)
+        if not started:   # the other terminal
+            toml = data_project / "mlbuild.toml"
+            toml.write_text(toml.read_text().replace("train = 0.5", "train = 0.6") + f"# {uuid.uuid4()}\n")
+        started.append(target)
+        return out
+
+    monkeypatch.setattr(build_module, "_run_build", edit_after_the_first)
+    records = data_project / ".mlbuild" / "builds.jsonl"
+    before = records.read_text() if records.exists() else ""
+    with pytest.raises(DirtyTreeError) as e:
+        build_module.build_targets(load_project(data_project), ["toolchain", "datasets.split"])
+    assert started == ["toolchain"]
+    assert str(e.value).startswith("the worktree changed while this build ran (toolchain built from the clean tree, "
+                                   "before it changed); the next target would be built from the change and marked "
+                                   "clean, so it stops here:\n  modified:  mlbuild.toml")
+    assert '"datasets.split"' not in records.read_text()[len(before):]

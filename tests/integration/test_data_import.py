@@ -92,3 +92,56 @@ def test_what_a_killed_import_left_in_staging_is_removed(tmp_path: Path, monkeyp
         assert sorted(p.name for p in staging.iterdir()) == ["live-3", f"older-{os.getpid()}"]
     finally:
         os.close(live)
+
+
+def test_two_imports_of_the_same_data_at_once_share_one_copy(tmp_path: Path) -> None:
+    """`data add` of the same data in two clones at once: the second found the first's copy renamed
+    into the store but not yet registered, took it for a leftover and deleted it, or failed to
+    rename its own over it (a traceback, OSError: Directory not empty). It waits for Nix's lock on
+    the path now, which the first holds from its rename to its registration."""
+    import hashlib
+    import sys
+    import time
+
+    from mlbuild import _nix
+    from mlbuild.nar import NarWriter
+    from mlbuild.store.restore import PathLock
+    from mlbuild.storepath import fixed_output_path
+
+    if not importer.fast_path_available():
+        pytest.skip("the local store is not writable here (the fast path is for root without a daemon)")
+    src = tmp_path / "data"
+    src.mkdir()
+    (src / "rows.csv").write_text(f"{os.urandom(8).hex()}\n")
+    sha = nar_sha256(src)
+    target = fixed_output_path(sha, "import-race", recursive=True)
+    lock = PathLock(target)   # the first import, between its rename and its registration
+    try:
+        subprocess.run(["cp", "-a", str(src), target], check=True)
+        ino = os.stat(Path(target) / "rows.csv").st_ino
+        second = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; "
+                                   "from mlbuild.data import importer; "
+                                   "print(importer.import_path(Path(sys.argv[1]), 'import-race').existed)", str(src)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert second.poll() is None, f"the second import did not wait: {second.communicate()}"
+        assert os.stat(Path(target) / "rows.csv").st_ino == ino   # the first one's copy, untouched
+        h = hashlib.sha256()
+        n = 0
+
+        class _Count:
+            def update(self, data: bytes) -> None:
+                nonlocal n
+                h.update(data)
+                n += len(data)
+
+        NarWriter(_Count()).dump(target)
+        _nix.register_valid(target, h.hexdigest(), n)
+    finally:
+        lock.release()
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    assert out.strip() == "True" and "waiting for the lock on" in err   # it took the first one's copy
+    assert os.stat(Path(target) / "rows.csv").st_ino == ino
+    verify = subprocess.run(["nix-store", "--verify-path", target], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mlbuild.store.restore import _PathLock
+from mlbuild.store.restore import PathLock
 
 HOLD = """
 import fcntl, os, sys, time
@@ -25,7 +25,7 @@ def test_a_held_lock_is_announced_then_waited_for(tmp_path: Path, capsys: pytest
     holder = subprocess.Popen([sys.executable, "-c", HOLD, real + ".lock", "0.5"], stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None and holder.stdout.readline() == "held\n"
     t0 = time.monotonic()
-    lock = _PathLock(real)
+    lock = PathLock(real)
     waited = time.monotonic() - t0
     holder.wait()
     assert f"waiting for the lock on {real}" in capsys.readouterr().err
@@ -35,6 +35,6 @@ def test_a_held_lock_is_announced_then_waited_for(tmp_path: Path, capsys: pytest
 
 
 def test_a_free_lock_is_taken_without_a_word(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    lock = _PathLock(str(tmp_path / "abc-weights"))
+    lock = PathLock(str(tmp_path / "abc-weights"))
     lock.release()
     assert capsys.readouterr().err == ""

@@ -342,3 +342,80 @@ def test_the_store_s_public_key_is_read_only_from_a_file_in_the_store(tmp_path: 
     why = f"is a symbolic link (to {secret}), not the store's public key file" if kind == "link" else \
         "is not a file, so it holds no public key"
     assert f"Error: {key} {why}" in proc.stderr, proc.stderr
+
+
+def test_gc_during_a_push_keeps_the_entries_the_push_reuses(store: tuple[StoreConfig, Path], nix: FakeNix,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """gc read the roots, a push then found an old unrooted entry there (its dependency), touched it
+    and published what references it, and gc removed the dependency: the store served a model
+    whose closure was gone."""
+    import importlib
+    import threading
+    import time
+
+    from mlbuild.store.roots import read_roots
+
+    gc_module = importlib.import_module("mlbuild.store.gc")   # the module, not the function of that name
+
+    cfg, chroot = store
+    dep, top = _closure(chroot, nix)
+    push(cfg, [dep.path], local_store=str(chroot))
+    layout = Layout(cfg.root)
+    for rec in (layout.roots_dir / "pushes").rglob("*"):   # its record dropped (keep-last), and it is old
+        if rec.is_file():
+            rec.unlink()
+    hours_ago = time.time() - 7200
+    os.utime(layout.narinfo(dep.path), (hours_ago, hours_ago))
+    read = threading.Event()
+
+    def slow_roots(*args: Any, **kw: Any) -> Any:   # gc between reading the roots and removing entries
+        roots = read_roots(*args, **kw)
+        read.set()
+        time.sleep(1.0)
+        return roots
+
+    monkeypatch.setattr(gc_module, "read_roots", slow_roots)
+    collector = threading.Thread(target=lambda: gc_module.gc(cfg))
+    collector.start()
+    assert read.wait(10)
+    pushed = push(cfg, [top.path], local_store=str(chroot))
+    collector.join(20)
+    report = verify(cfg)
+    assert report.ok, report.problems
+    assert layout.narinfo(dep.path).exists() and layout.narinfo(top.path).exists()
+    assert pushed.targets == [top.path]
+
+
+def test_a_push_reusing_a_condemned_nar_keeps_it_from_a_concurrent_gc(store: tuple[StoreConfig, Path],
+                                                                       nix: FakeNix,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A path gc had removed was pushed again: its NAR, condemned long ago, was still there, so the
+    push kept it, and a gc running before the narinfo was written deleted it: a narinfo with no NAR."""
+    import importlib
+    import json
+    import time
+
+    from mlbuild.store import gc
+
+    upload = importlib.import_module("mlbuild.store.upload")
+    cfg, chroot = store
+    dep, top = _closure(chroot, nix)
+    first = push(cfg, [dep.path], local_store=str(chroot)).pushed[0]
+    layout = Layout(cfg.root)
+    layout.narinfo(dep.path).unlink()   # as a gc removes an unrooted entry, condemning its NAR
+    for rec in (layout.roots_dir / "pushes").rglob("*"):
+        if rec.is_file():
+            rec.unlink()
+    hours_ago = time.time() - 7200
+    layout.condemned_file.write_text(json.dumps({first.url: hours_ago}))
+    os.utime(layout.nar(first.url), (hours_ago, hours_ago))
+    publish = upload.publish_bytes
+
+    def gc_first(dest: Path, data: bytes, *args: Any) -> None:   # a gc between the NAR and the narinfo
+        gc(cfg)
+        publish(dest, data, *args)
+
+    monkeypatch.setattr(upload, "publish_bytes", gc_first)
+    push(cfg, [dep.path], local_store=str(chroot))
+    report = verify(cfg)
+    assert report.ok, report.problems

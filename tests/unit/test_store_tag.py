@@ -78,3 +78,72 @@ def test_tag_refuses_an_entry_no_reader_would_trust(store: tuple[StoreConfig, Pa
                            for l in f.read_text().splitlines()) + "\n")
     with pytest.raises(StoreTargetError, match=f"cannot tag r: {info.store_path} is unsigned"):
         tag(cfg, "r", [info.store_path])
+
+
+def test_two_tags_of_one_name_at_once_lose_no_path(store: tuple[StoreConfig, Path],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each read the tag, then wrote it back with its own paths: both said "tagged release-1", and
+    the first one's path was no longer tagged (gc then removed a release)."""
+    import threading
+    import time
+
+    from mlbuild.store import admin
+
+    cfg, chroot = store
+    v1, v2 = (put(cfg, chroot, fake_path(chroot, f"model-v{i}", f"m{i}")).store_path for i in (1, 2))
+    read = admin.tags
+
+    def slow_read(c: StoreConfig) -> dict[str, list[str]]:   # the first tagger pauses between read and write
+        out = read(c)
+        if threading.current_thread().name == "first":
+            time.sleep(1.0)
+        return out
+
+    monkeypatch.setattr(admin, "tags", slow_read)
+    results: dict[str, object] = {}
+
+    def run(path: str) -> None:
+        try:
+            results[threading.current_thread().name] = tag(cfg, "release-1", [path])
+        except StoreTargetError as e:
+            results[threading.current_thread().name] = e
+
+    first = threading.Thread(target=run, args=(v1,), name="first")
+    first.start()
+    time.sleep(0.3)
+    second = threading.Thread(target=run, args=(v2,), name="second")
+    second.start()
+    first.join(20)
+    second.join(20)
+    tagged = set(tags(cfg)["release-1"])
+    said = {p for r in results.values() if not isinstance(r, StoreTargetError) for p in r.paths}  # type: ignore[attr-defined]
+    assert said <= tagged, f"said tagged {said}, tag names {tagged}"
+    assert tagged == {v1} and isinstance(results["second"], StoreTargetError)   # the second waited, then was refused
+    assert f"the tag release-1 names {v1}, which {v2} leaves out" in str(results["second"])
+
+
+def test_the_roots_lock_is_never_opened_through_a_link(store: tuple[StoreConfig, Path], tmp_path: Path) -> None:
+    """Any writer of the store may put a link there: one to a file only root may write had its mode
+    set to the lock's 0664 by the next tag or gc root ran."""
+    import os
+
+    from mlbuild.errors import StoreCorruptError
+
+    cfg, chroot = store
+    v1 = put(cfg, chroot, fake_path(chroot, "model-v1", "m1")).store_path
+    secret = tmp_path / "secret"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    lock = Layout(cfg.root).roots_dir / ".lock"
+    lock.unlink(missing_ok=True)
+    lock.symlink_to(secret)
+    with pytest.raises(StoreCorruptError, match=r"\.lock is a symbolic link, not the store's lock file; mlbuild "
+                                                r"does not open it: remove it \(`rm .*\.lock`\)"):
+        tag(cfg, "release-1", [v1])
+    assert oct(secret.stat().st_mode & 0o777) == "0o600" and "release-1" not in tags(cfg)
+    lock.unlink()
+    os.mkfifo(lock)
+    with pytest.raises(StoreCorruptError, match=r"\.lock is not a file, not the store's lock file"):
+        tag(cfg, "release-1", [v1])
+    lock.unlink()
+    assert tag(cfg, "release-1", [v1]).paths == [v1]
