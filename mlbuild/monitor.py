@@ -157,12 +157,15 @@ def alert_rules(project: Project, model: str, *, interval: float = 60.0, scrape_
          "expr": (f'sum(rate(mlbuild_requests_total{{{clients},status=~"5.."}}[5m])) '
                   f'/ sum(rate(mlbuild_requests_total{{{clients}}}[5m])) > {error_rate}'),
          "for": "5m", "labels": {"severity": "page", "model": model},
-         "annotations": {"summary": f"{model}: more than {error_rate:.0%} of requests fail"}},
+         # what a receiver needs: the rate now, beside the threshold
+         "annotations": {"summary": f"{model}: {{{{ $value | humanizePercentage }}}} of client requests fail "
+                                    f"(5xx, over 5m), threshold {error_rate:.0%}"}},
         {"alert": "MlbuildHighLatency",   # the inference routes: v2 (with or without a version) and v1
          "expr": (f'histogram_quantile(0.99, sum by (le) (rate(mlbuild_request_duration_seconds_bucket'
                   f'{{job="mlbuild-{model}",route=~"{INFER_ROUTES}"}}[5m]))) > {p99_seconds}'),
          "for": "5m", "labels": {"severity": "warn", "model": model},
-         "annotations": {"summary": f"{model}: p99 inference latency above {p99_seconds} s"}},
+         "annotations": {"summary": f"{model}: p99 inference latency is {{{{ $value | humanizeDuration }}}} "
+                                    f"(over 5m), threshold {_number(p99_seconds)} s"}},
         {"alert": "MlbuildInputDrift",
          "expr": f"mlbuild_input_drift_psi_max{{{sel}}} > {psi}",
          "for": "10m", "labels": {"severity": "warn", "model": model},
