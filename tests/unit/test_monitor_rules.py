@@ -4,6 +4,7 @@ of; the others are named, as the validation suite's alert is what watches them."
 from __future__ import annotations
 
 import json
+import re
 
 from mlbuild.runtime.serve.names import BINARY_METRICS, LABEL_METRICS, REGRESSION_METRICS, live_metric
 from tests.conftest import run_cli
@@ -163,6 +164,21 @@ def test_the_error_rate_and_latency_alerts_say_their_value(tree) -> None:  # typ
     buckets[-1:-1] = [{"series": f'mlbuild_request_duration_seconds_bucket{{{labels},le="2.5"}}', "values": "0+1x80"}]
     promtool_test(root / "conf", buckets, {"12m": True}, alert="MlbuildHighLatency", labels={},
                   annotations={"summary": "cancer: p99 inference latency is 2.485s (over 5m), threshold 0.5 s"})
+
+
+def test_the_dashboard_s_latency_is_the_alert_s(tree) -> None:  # type: ignore[no-untyped-def]
+    """The latency panel took every route: at low traffic its p50 and p99 were Prometheus's scrapes,
+    the health probes and feedback, not the inference latency MlbuildHighLatency pages on."""
+    root = tree({"mlbuild.toml": TOML})
+    run_cli("monitor", "config", "cancer", "--out", str(root / "conf"), cwd=root, env={"PATH": "/nonexistent"})
+    rule = next(r for r in json.loads((root / "conf" / "alerts.yml").read_text())["groups"][0]["rules"]
+                if r["alert"] == "MlbuildHighLatency")
+    selector = re.search(r"rate\((mlbuild_request_duration_seconds_bucket\{.*\})\[5m\]", rule["expr"])
+    assert selector is not None
+    panels = json.loads((root / "conf" / "grafana-dashboard.json").read_text())["panels"]
+    latency = [t for p in panels for t in p["targets"] if "mlbuild_request_duration_seconds" in t["expr"]]
+    assert [t["legendFormat"] for t in latency] == ["p50", "p99"]
+    assert all(selector.group(1) in t["expr"] for t in latency), latency
 
 
 def test_a_model_without_validation_has_no_monitor_to_watch(tree) -> None:  # type: ignore[no-untyped-def]
