@@ -265,8 +265,10 @@ class Monitor:
             return {"error": str(e)}
         checks = check_thresholds(report["metrics"], self.thresholds)
         expected = self.spec.get("model_hash")
-        if expected and live["hash"] != expected and live["hash"] != self._told:
-            self._told = live["hash"]   # once per served model, not every interval
+        if live["hash"] == expected:   # this build's model again: another served later is news again
+            self._told = None
+        elif expected and live["hash"] != self._told:
+            self._told = live["hash"]   # once per deployment of another model, not every interval
             log.warning("note: %s serves model %s, not this build's %s: the metrics are the served model's "
                         "(deploy this build, or run the monitor of the commit that built the served one)",
                         self.url, live["hash"][:16], expected[:16])
