@@ -456,6 +456,15 @@ def main(argv: list[str] | None = None, spec_path: str | None = None) -> int:
 
     disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series beside the runs counter
     mon = Monitor(spec, args.url, args.webhook, once=args.once)
+    try:
+        return _serve(mon, args)
+    except KeyboardInterrupt:   # Ctrl-C, how a monitor in a terminal is stopped: not a traceback
+        log.info("monitor of %s: interrupted, stopped", mon.name)
+        return 130
+
+
+def _serve(mon: Monitor, args: argparse.Namespace) -> int:
+    """Run ``mon`` once (``--once``) or every ``--interval``, its metrics on ``--host``:``--port``."""
     if args.once:
         result = mon.run_once()
         print(json.dumps(result, indent=2, sort_keys=True, default=float))
