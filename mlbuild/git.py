@@ -168,8 +168,11 @@ def log_revisions(project: Path, names: list[str]) -> list[str]:
         return []
     paths = [str((project.resolve() / n).relative_to(root.resolve())) for n in names]
     # --topo-order: parents before children whatever the commit dates say (a branch's commit dated
-    # before its fork point came first).
-    out = _git(root, "--literal-pathspecs", "log", "--format=%H", "--topo-order", "--reverse", "--", *paths).stdout
+    # before its fork point came first). --full-history: git's default simplification follows one
+    # parent of a merge whose files equal that parent's, and drops the other side's commits (a
+    # change and its revert on main, a fix cherry-picked to both sides): their metrics too.
+    out = _git(root, "--literal-pathspecs", "log", "--format=%H", "--topo-order", "--full-history", "--reverse", "--",
+               *paths).stdout
     return out.split()
 
 

@@ -92,7 +92,17 @@ def _at(project: Project, rev: str, tmp: Path) -> Project | None:
         t.extractall(dest, filter=_safe_member)
     if not (dest / rel / CONFIG_NAME).is_file():   # else load_project would look in the folders above
         return None
-    return load_project(dest / rel)
+    try:
+        return load_project(dest / rel)
+    except MlbuildError as e:   # mlbuild.toml as committed (not TOML, a bad key): named in that commit
+        raise _in_commit(e, dest / rel, rev) from None
+
+
+def _in_commit(e: MlbuildError, root: Path, rev: str) -> MlbuildError:
+    """``e`` about the snapshot of ``rev`` unpacked at ``root`` (a temporary folder, gone once the
+    command ends), said of that commit instead: its files by their paths in the project."""
+    text = str(e).replace(f"{root}/", "").replace(str(root), ".")
+    return MlbuildError(f"at revision {rev[:10]}: {text} (in that commit: it cannot be validated as it was committed)")
 
 
 def _safe_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
@@ -134,9 +144,7 @@ def _report_at(project: Project, model: str, rev: str, required: bool = True,
         except BuildError as e:   # of two revisions (diff), say which one failed
             raise BuildError(f"at revision {rev[:10]}: {e}") from None
         except MlbuildError as e:   # a stale lock, a config mistake: that commit as it was committed
-            text = str(e).replace(f"{old.root}/", "").replace(str(old.root), ".")
-            raise MlbuildError(f"at revision {rev[:10]}: {text} (in that commit: it cannot be validated as it "
-                               "was committed)") from None
+            raise _in_commit(e, old.root, rev) from None
 
 
 def _declared_at(project: Project, rev: str) -> Project | None:

@@ -157,12 +157,15 @@ def alert_rules(project: Project, model: str, *, interval: float = 60.0, scrape_
          "expr": (f'sum(rate(mlbuild_requests_total{{{clients},status=~"5.."}}[5m])) '
                   f'/ sum(rate(mlbuild_requests_total{{{clients}}}[5m])) > {error_rate}'),
          "for": "5m", "labels": {"severity": "page", "model": model},
-         "annotations": {"summary": f"{model}: more than {error_rate:.0%} of requests fail"}},
+         # what a receiver needs: the rate now, beside the threshold
+         "annotations": {"summary": f"{model}: {{{{ $value | humanizePercentage }}}} of client requests fail "
+                                    f"(5xx, over 5m), threshold {error_rate:.0%}"}},
         {"alert": "MlbuildHighLatency",   # the inference routes: v2 (with or without a version) and v1
          "expr": (f'histogram_quantile(0.99, sum by (le) (rate(mlbuild_request_duration_seconds_bucket'
                   f'{{job="mlbuild-{model}",route=~"{INFER_ROUTES}"}}[5m]))) > {p99_seconds}'),
          "for": "5m", "labels": {"severity": "warn", "model": model},
-         "annotations": {"summary": f"{model}: p99 inference latency above {p99_seconds} s"}},
+         "annotations": {"summary": f"{model}: p99 inference latency is {{{{ $value | humanizeDuration }}}} "
+                                    f"(over 5m), threshold {_number(p99_seconds)} s"}},
         {"alert": "MlbuildInputDrift",
          "expr": f"mlbuild_input_drift_psi_max{{{sel}}} > {psi}",
          "for": "10m", "labels": {"severity": "warn", "model": model},
@@ -223,6 +226,7 @@ def _panel(title: str, exprs: list[tuple[str, str]], unit: str = "short",
 def dashboard(model: str, *, regression: bool = False, monitor: bool = True) -> dict[str, Any]:
     """The dashboard; the monitor's panels only where the model has one (``monitor``)."""
     sel, job = f'model="{model}"', f'job="mlbuild-{model}"'
+    infer = f'{job},route=~"{INFER_ROUTES}"'
     unit = "short" if regression else "percentunit"   # mae, rmse are in the target's units
     panels = [
         _panel("Validation suite on the live server", [(f"mlbuild_monitor_metric{{{sel}}}", "{{metric}}")], unit),
@@ -238,9 +242,11 @@ def dashboard(model: str, *, regression: bool = False, monitor: bool = True) -> 
                                   (f"mlbuild_input_drift_rows{{{sel}}}", "rows in window")],
                right=("rows in window",)),
         _panel("Requests by status", [(f"sum by (status) (rate(mlbuild_requests_total{{{job}}}[5m]))", "{{status}}")], "reqps"),
-        _panel("Latency p50 / p99", [
-            (f"histogram_quantile(0.5, sum by (le) (rate(mlbuild_request_duration_seconds_bucket{{{job}}}[5m])))", "p50"),
-            (f"histogram_quantile(0.99, sum by (le) (rate(mlbuild_request_duration_seconds_bucket{{{job}}}[5m])))", "p99")], "s"),
+        # the inference routes, as MlbuildHighLatency: with scrapes, probes and feedback in, a quiet
+        # server's p50 and p99 were theirs, not the latency the alert pages on
+        _panel("Inference latency p50 / p99", [
+            (f"histogram_quantile({q}, sum by (le) (rate(mlbuild_request_duration_seconds_bucket{{{infer}}}[5m])))", f"p{p}")
+            for q, p in (("0.5", 50), ("0.99", 99))], "s"),
         _panel("Batch size p50", [(f"histogram_quantile(0.5, sum by (le) (rate(mlbuild_batch_size_bucket{{{job}}}[5m])))", "p50")]),
         _panel("In flight / ready", [(f"mlbuild_requests_in_flight{{{job}}}", "in flight"),
                                         (f"mlbuild_model_ready{{{job}}}", "ready")]),

@@ -265,8 +265,10 @@ class Monitor:
             return {"error": str(e)}
         checks = check_thresholds(report["metrics"], self.thresholds)
         expected = self.spec.get("model_hash")
-        if expected and live["hash"] != expected and live["hash"] != self._told:
-            self._told = live["hash"]   # once per served model, not every interval
+        if live["hash"] == expected:   # this build's model again: another served later is news again
+            self._told = None
+        elif expected and live["hash"] != self._told:
+            self._told = live["hash"]   # once per deployment of another model, not every interval
             log.warning("note: %s serves model %s, not this build's %s: the metrics are the served model's "
                         "(deploy this build, or run the monitor of the commit that built the served one)",
                         self.url, live["hash"][:16], expected[:16])
@@ -454,6 +456,15 @@ def main(argv: list[str] | None = None, spec_path: str | None = None) -> int:
 
     disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series beside the runs counter
     mon = Monitor(spec, args.url, args.webhook, once=args.once)
+    try:
+        return _serve(mon, args)
+    except KeyboardInterrupt:   # Ctrl-C, how a monitor in a terminal is stopped: not a traceback
+        log.info("monitor of %s: interrupted, stopped", mon.name)
+        return 130
+
+
+def _serve(mon: Monitor, args: argparse.Namespace) -> int:
+    """Run ``mon`` once (``--once``) or every ``--interval``, its metrics on ``--host``:``--port``."""
     if args.once:
         result = mon.run_once()
         print(json.dumps(result, indent=2, sort_keys=True, default=float))

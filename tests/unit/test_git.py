@@ -27,6 +27,35 @@ def test_show_says_a_bad_revision_is_not_a_commit(tmp_path: Path) -> None:
         git.show(tmp_path, "HEAD", "other.lock")
 
 
+def test_log_revisions_keeps_both_sides_of_a_merge(tmp_path: Path) -> None:
+    """`metrics history` after merging a branch into a main whose own changes to the files came to
+    nothing (a bad lr and its revert): the merge's files equal the branch's, git's default history
+    simplification followed the branch alone, and the bad commit and its revert were not listed."""
+    def run(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    run("init", "-q", "-b", "main")
+    (tmp_path / "mlbuild.toml").write_text("lr = 0.003\nhidden = 64\n")
+    (tmp_path / "other.txt").write_text("")
+    run("add", "-A")
+    run("commit", "-qm", "root")
+    run("checkout", "-qb", "wide")
+    (tmp_path / "mlbuild.toml").write_text("lr = 0.003\nhidden = 32\n")
+    run("commit", "-qam", "hidden 32")
+    run("checkout", "-q", "main")
+    (tmp_path / "mlbuild.toml").write_text("lr = 0.00001\nhidden = 64\n")
+    run("commit", "-qam", "bad lr")
+    run("revert", "--no-edit", "HEAD")
+    (tmp_path / "other.txt").write_text("x\n")
+    run("commit", "-qam", "not the project's files")
+    run("merge", "-q", "--no-edit", "wide")
+    subjects = [run("log", "-1", "--format=%s", rev) for rev in git.log_revisions(tmp_path, ["mlbuild.toml"])]
+    assert subjects[0] == "root" and subjects[-1] == "Merge branch 'wide'"
+    assert sorted(subjects[1:-1]) == ['Revert "bad lr"', "bad lr", "hidden 32"]
+    assert subjects.index("bad lr") < subjects.index('Revert "bad lr"')
+
+
 def test_data_inside_a_repository_of_its_own_is_refused(tmp_path: Path) -> None:
     """Data in a submodule: `data add` wrote its ignore line into the outer .gitignore, which git
     does not apply inside the submodule, so the submodule stayed modified and builds refused it."""

@@ -107,6 +107,21 @@ def test_diff_names_the_revision_whose_build_failed(tmp_path: Path) -> None:
         m._report = original
 
 
+def test_a_revision_whose_mlbuild_toml_is_broken_is_named_not_a_temporary_folder(tmp_path: Path) -> None:
+    # diff said "Error: /tmp/mlbuild-rev-fqiru17w/rev/mlbuild.toml: not valid TOML: ...": a folder
+    # gone once the command ended, and not which revision; history showed the same in its gap row.
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "mlbuild.toml").write_text(TOML + "oops = [\n")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "broken")
+    (tmp_path / "mlbuild.toml").write_text(TOML)
+    _git(tmp_path, "commit", "-qam", "fixed")
+    with pytest.raises(MlbuildError, match=r"^at revision HEAD~1: mlbuild.toml: not valid TOML: .* \(in that commit: "
+                                           r"it cannot be validated as it was committed\)$") as e:
+        m.diff(load_project(tmp_path), "m", "HEAD~1", "HEAD")
+    assert "mlbuild-rev-" not in str(e.value)
+
+
 def test_a_renamed_model_s_history_is_under_its_old_name(tmp_path: Path) -> None:
     # history of the new name said "its history there is under the old name", and `metrics history
     # OLD` (and `metrics diff OLD REV1 REV2`) refused: "'m' is not a model of p; declare [models.m]".

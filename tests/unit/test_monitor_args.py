@@ -99,6 +99,31 @@ def test_port_0_logs_the_port_it_bound(tmp_path: Path) -> None:
         proc.wait(timeout=10)
 
 
+def test_ctrl_c_stops_the_monitor_without_a_traceback(tmp_path: Path) -> None:
+    """Ctrl-C, how a monitor run in a terminal is stopped, ended it with a KeyboardInterrupt traceback
+    out of its wait between runs."""
+    import signal
+
+    from tests.unit.test_monitor_answers import REPO, tiny_spec
+
+    spec = tmp_path / "monitor.json"
+    spec.write_text(json.dumps(tiny_spec(tmp_path)))
+    proc = subprocess.Popen([sys.executable, "-m", "mlbuild.runtime.monitor", "--spec", str(spec),
+                             "--url", "http://127.0.0.1:1", "--port", "0", "--interval", "60"],
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert proc.stderr is not None
+        next(line for line in proc.stderr if "unreachable" in line)   # its first run is done: it waits
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=10) == 130
+        assert "Traceback" not in rest and rest.rstrip().endswith("monitor of digits: interrupted, stopped"), rest
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def test_the_cli_s_help_lists_the_monitor_s_options(tree) -> None:  # type: ignore[no-untyped-def]
     """`mlbuild monitor digits --help` listed --url and --allow-dirty only: --once, --interval,
     --port, --host and --webhook showed with `... -- --help` alone."""

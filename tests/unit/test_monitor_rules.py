@@ -4,6 +4,7 @@ of; the others are named, as the validation suite's alert is what watches them."
 from __future__ import annotations
 
 import json
+import re
 
 from mlbuild.runtime.serve.names import BINARY_METRICS, LABEL_METRICS, REGRESSION_METRICS, live_metric
 from tests.conftest import run_cli
@@ -135,7 +136,8 @@ def test_the_error_rate_is_of_the_requests_clients_make(tree) -> None:  # type: 
                   requests("/v2/models/{name}/ready", "200", 0.25)]
     failing = requests("/v1/models/{name}:predict", "500", 0.125)
     promtool_test(root / "conf", [*background, failing], {"3m": False, "12m": True},
-                  alert="MlbuildHighErrorRate", labels={})
+                  alert="MlbuildHighErrorRate", labels={},
+                  annotations={"summary": "cancer: 100% of client requests fail (5xx, over 5m), threshold 5%"})
     # a healthy server answering its clients, scraped and probed as ever: no alert
     promtool_test(root / "conf", [*background, requests("/v1/models/{name}:predict", "200", 0.125)],
                   {"12m": False}, alert="MlbuildHighErrorRate", labels={})
@@ -143,6 +145,40 @@ def test_the_error_rate_is_of_the_requests_clients_make(tree) -> None:  # type: 
     promtool_test(root / "conf", [requests("/v2/health/ready", "503", 1), requests("/v2/models/{name}/ready", "503", 1),
                                   requests("/v2/models/{name}/infer", "200", 1)],
                   {"12m": False}, alert="MlbuildHighErrorRate", labels={})
+
+
+def test_the_error_rate_and_latency_alerts_say_their_value(tree) -> None:  # type: ignore[no-untyped-def]
+    """They said "more than 5% of requests fail" and "p99 inference latency above 0.5 s": not how
+    many fail, nor how slow, which the page must say (the other alerts give their value)."""
+    root = tree({"mlbuild.toml": TOML})
+    run_cli("monitor", "config", "cancer", "--out", str(root / "conf"), cwd=root, env={"PATH": "/nonexistent"})
+    # one request in four fails
+    promtool_test(root / "conf", [requests("/v1/models/{name}:predict", "500", 1),
+                                  requests("/v1/models/{name}:predict", "200", 3)], {"12m": True},
+                  alert="MlbuildHighErrorRate", labels={},
+                  annotations={"summary": "cancer: 25% of client requests fail (5xx, over 5m), threshold 5%"})
+    # every inference takes between 1 and 2.5 s: p99 interpolated in that bucket
+    labels = 'job="mlbuild-cancer",instance="127.0.0.1:8080",route="/v1/models/{name}:predict"'
+    buckets = [{"series": f'mlbuild_request_duration_seconds_bucket{{{labels},le="{le}"}}',
+                "values": "0x80" if le != "+Inf" else "0+1x80"} for le in ("0.5", "1", "+Inf")]
+    buckets[-1:-1] = [{"series": f'mlbuild_request_duration_seconds_bucket{{{labels},le="2.5"}}', "values": "0+1x80"}]
+    promtool_test(root / "conf", buckets, {"12m": True}, alert="MlbuildHighLatency", labels={},
+                  annotations={"summary": "cancer: p99 inference latency is 2.485s (over 5m), threshold 0.5 s"})
+
+
+def test_the_dashboard_s_latency_is_the_alert_s(tree) -> None:  # type: ignore[no-untyped-def]
+    """The latency panel took every route: at low traffic its p50 and p99 were Prometheus's scrapes,
+    the health probes and feedback, not the inference latency MlbuildHighLatency pages on."""
+    root = tree({"mlbuild.toml": TOML})
+    run_cli("monitor", "config", "cancer", "--out", str(root / "conf"), cwd=root, env={"PATH": "/nonexistent"})
+    rule = next(r for r in json.loads((root / "conf" / "alerts.yml").read_text())["groups"][0]["rules"]
+                if r["alert"] == "MlbuildHighLatency")
+    selector = re.search(r"rate\((mlbuild_request_duration_seconds_bucket\{.*\})\[5m\]", rule["expr"])
+    assert selector is not None
+    panels = json.loads((root / "conf" / "grafana-dashboard.json").read_text())["panels"]
+    latency = [t for p in panels for t in p["targets"] if "mlbuild_request_duration_seconds" in t["expr"]]
+    assert [t["legendFormat"] for t in latency] == ["p50", "p99"]
+    assert all(selector.group(1) in t["expr"] for t in latency), latency
 
 
 def test_a_model_without_validation_has_no_monitor_to_watch(tree) -> None:  # type: ignore[no-untyped-def]

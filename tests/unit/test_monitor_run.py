@@ -57,6 +57,31 @@ def test_the_monitor_notes_a_server_serving_another_model(tmp_path: Path, caplog
         server.stop()
 
 
+def test_the_monitor_notes_each_deployment_of_another_model(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Another model deployed, this build's deployed back, then the other again (a rollout and a
+    rollback, twice): the second deployment of the other model was not noted, as the note was
+    once per served hash for the monitor's lifetime."""
+    ours, theirs = build_package(tmp_path / "ours"), build_package(tmp_path / "theirs", seed=1)
+    expected = json.loads((ours / "manifest.json").read_text())["hashes"]["model"]
+    other = json.loads((theirs / "manifest.json").read_text())["hashes"]["model"]
+    assert expected != other
+    servers = [ServerProcess(pkg, tmp_path / f"server-{i}").ready() for i, pkg in enumerate((ours, theirs))]
+    try:
+        ours_url, theirs_url = (f"http://{s.url}" for s in servers)
+        mon = Monitor(spec(tmp_path / "m", ours, model_hash=expected), theirs_url, None)
+        caplog.set_level(logging.WARNING, logger="mlbuild.monitor")
+        for url in (theirs_url, theirs_url, ours_url, theirs_url, theirs_url):   # what the monitor's URL serves
+            mon.url = url
+            assert "error" not in mon.run_once()
+        notes = [r.getMessage() for r in caplog.records if "not this build's" in r.getMessage()]
+        assert notes == [f"note: {theirs_url} serves model {other[:16]}, not this build's {expected[:16]}: the metrics "
+                         "are the served model's (deploy this build, or run the monitor of the commit that built the "
+                         "served one)"] * 2
+    finally:
+        for server in servers:
+            server.stop()
+
+
 def test_the_monitor_says_when_the_server_stops_answering_and_when_it_is_back(tmp_path: Path) -> None:
     """A dead server left the last run's threshold_ok = 1 exported (reading as healthy), and a
     webhook user heard nothing: errors never reached it, and no alert was ever resolved."""
