@@ -24,8 +24,12 @@ rec {
     builtins.mapAttrs (name: t:
       let
         where = "[notebooks.${name}]";
-        path = t.path or (throw "mlbuild: ${where} needs path = \"<notebook>.ipynb\"");
-        wanted = t.datasets or [ ];
+        # Checked as the driver checks them (mlbuild/notebook/config.py): a string for datasets or a
+        # number for path was Nix's bare "value is a string while a list was expected", and
+        # params = 3 built, then failed in the notebook's first cell.
+        get = lib.field where t;
+        path = get "path" "string" (throw "mlbuild: ${where} needs path = \"<notebook>.ipynb\"");
+        wanted = get "datasets" "strings" [ ];
         unknown = builtins.filter (d: !(datasets ? ${d})) wanted;
         test = t.test or false;
         timeout = t.timeout or 600;
@@ -50,7 +54,7 @@ rec {
           inherit path timeout;
           code = mkCode { inherit src; files = t.code or [ path ]; what = if t ? code then "${where}.code" else "${where}.path"; };
           datasets = builtins.listToAttrs (map (d: { name = d; value = "${datasets.${d}}"; }) wanted);
-          params = t.params or { };
+          params = get "params" "table" { };
           toolchain = "${toolchain}";
         };
       } // { inherit test; }

@@ -149,6 +149,25 @@ def test_a_model_name_that_is_no_image_name_is_refused(tmp_path: Path, model: st
     assert "is not a valid image name" not in ok.stderr, ok.stderr
 
 
+@pytest.mark.parametrize("table, message", [
+    # Nix's bare "value is a string while a list was expected" / "cannot coerce an integer to a string"
+    ('path = "n.ipynb"\ndatasets = "raw"', '[notebooks.n].datasets is "raw"; it must be a list of strings (mlbuild.toml)'),
+    ('path = "n.ipynb"\ndatasets = [3]', "[notebooks.n].datasets is [3]; it must be a list of strings"),
+    ("path = 3", "[notebooks.n].path is 3; it must be a string (mlbuild.toml)"),
+    # built, then failed in the notebook's first cell (PARAMS = {**PARAMS, **3})
+    ('path = "n.ipynb"\nparams = 3', "[notebooks.n].params is 3; it must be a table (mlbuild.toml)"),
+])
+def test_a_bad_notebook_value_is_an_error_naming_it(tmp_path: Path, table: str, message: str) -> None:
+    """`nix build` and `nix flake check` read [notebooks.NAME] without the driver, which checks these."""
+    proc = evaluate(tmp_path, ("[models.m]\n", f'[notebooks.n]\n{table}\ncode = ["m.py"]\n\n[models.m]\n'),
+                    attr="notebooks.n.drvPath")
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+    ok = evaluate(tmp_path / "ok", ("[models.m]\n", '[notebooks.n]\npath = "n.ipynb"\ndatasets = ["raw"]\n'
+                                    'params = { a = 1 }\ncode = ["m.py"]\n\n[models.m]\n'), attr="notebooks.n.drvPath")
+    assert ok.returncode == 0, ok.stderr
+
+
 @pytest.mark.parametrize("value", ['"<= 0.3"', '">=0.5"', '" > 1e-3 "', "1", "0.25", '"< .5"'])
 def test_thresholds_in_every_documented_form_are_accepted(tmp_path: Path, value: str) -> None:
     proc = evaluate(tmp_path, ("accuracy = 0.9", f"accuracy = {value}"))
