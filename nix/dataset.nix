@@ -26,33 +26,40 @@
               else walk (s // { seen = s.seen // { ${i} = true; }; }) (chain ++ [ i ]) i) state (inputsOf n);
         in (walk { found = null; seen = { }; } [ name ] name).found;
       mk = name: t:
+        let get = lib.field "[datasets.${name}]" t; in
+        # path, url and sha256 checked as the driver checks them (data/datasets.py): path = 3 was
+        # Nix's bare "cannot coerce an integer to a string", sha256 = "abc" its "hash 'abc' has wrong
+        # length" naming no dataset, and url = 3 evaluated (a fetch of "3").
         if t ? path then
-          let entry = locked.${name} or (throw
-            "mlbuild: dataset ${name} is not locked; run `mlbuild data add ${name} ${t.path}`");
+          let
+            path = get "path" "string" null;
+            entry = locked.${name} or (throw
+              "mlbuild: dataset ${name} is not locked; run `mlbuild data add ${name} ${path}`");
           in fetchLocked {
             inherit name;
             inherit (entry) sha256;
             recursive = true;
             what = "dataset ${name}";
-            hint = "mlbuild data pull ${name}   (or, where the files are: mlbuild data add ${name} ${t.path})";
+            hint = "mlbuild data pull ${name}   (or, where the files are: mlbuild data add ${name} ${path})";
           }
         else if t ? url then
-          assert lib.assertMsg (t ? sha256) "[datasets.${name}] url needs sha256 = \"<hex>\"";
+          let sha256 = get "sha256" "string" (throw "mlbuild: [datasets.${name}] url needs sha256 = \"<64 hex digits>\" (the file's sha256)"); in
+          assert lib.assertMsg (builtins.match "[0-9a-f]{64}" sha256 != null)
+            "[datasets.${name}].sha256 is ${builtins.toJSON sha256}; it must be the file's sha256 as 64 lowercase hex digits (`sha256sum FILE`)";
           derivation {
             inherit name;
             system = "builtin";
             builder = "builtin:fetchurl";
-            inherit (t) url;
+            url = get "url" "string" null;
             outputHashAlgo = "sha256";
             outputHashMode = "flat";
-            outputHash = t.sha256;
+            outputHash = sha256;
             unpack = false;
             executable = false;
             preferLocalBuild = true;
           }
         else if t ? prepare then
           let
-            get = lib.field "[datasets.${name}]" t;
             script = get "prepare" "string" null;
             inputs = get "inputs" "strings" [ ];
             missing = builtins.filter (i: !(tables ? ${i})) inputs;

@@ -38,6 +38,12 @@ def test_the_fixture_evaluates(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("edit, message", [
+    # [datasets.NAME] values: Nix's bare "cannot coerce an integer to a string", its "hash 'abc' has
+    # wrong length" naming no dataset, and url = 3 evaluated (a fetch of "3")
+    (('path = "data/raw"', "path = 3"), "[datasets.raw].path is 3; it must be a string (mlbuild.toml)"),
+    (('path = "data/raw"', 'url = "https://example.org/raw.csv"\nsha256 = "abc"'),
+     '[datasets.raw].sha256 is "abc"; it must be the file\'s sha256 as 64 lowercase hex digits'),
+    (('path = "data/raw"', f'url = 3\nsha256 = "{"0" * 64}"'), "[datasets.raw].url is 3; it must be a string"),
     # a misspelled thresholds table would have turned the validation gate off
     (("thresholds = {", "threshold = {"),
      '[models.m.validation] has unknown key "threshold"; it takes "suite", "code", "dataset", "thresholds"'),
