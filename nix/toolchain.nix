@@ -21,9 +21,19 @@ let
     in assert lib.assertMsg (found != [ ]) "mlbuild.lock has no ${name} tool wheel; run `mlbuild lock`";
     builtins.head found;
   specVersion = 1;
+  # The lock's interpreter snapshot and wheels are for the machine `mlbuild lock` ran on (its
+  # system, recorded since): locked on aarch64-linux, an x86_64-linux build ran the snapshot's
+  # loader and failed with "Exec format error", or patched aarch64 wheels into the toolchain.
+  checkSystem = lock:
+    let locked = lock.interpreter.system or system; in
+    lib.assertMsg (locked == system)
+      ("mlbuild.lock was made on ${locked} (its interpreter snapshot and wheels are for it), but this Nix "
+        + "library builds for ${system}: run `mlbuild lock` on a ${system} machine, or build on ${locked} "
+        + "(import mlbuild's nix/ with { system = \"${locked}\"; })");
 in
 rec {
   mkInterpreter = { lock }:
+    assert checkSystem lock;
     let
       i = lock.interpreter;
       snapshot = fetchLocked {
@@ -53,6 +63,7 @@ rec {
     } // { inherit snapshot; };
 
   mkToolchain = { lock, name, nixpkgs ? null }:
+    assert checkSystem lock;
     let
       i = lock.interpreter;
       fromNixpkgs = nixpkgs != null;

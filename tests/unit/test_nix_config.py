@@ -174,6 +174,28 @@ def test_a_bad_notebook_value_is_an_error_naming_it(tmp_path: Path, table: str, 
     assert ok.returncode == 0, ok.stderr
 
 
+def test_a_lock_made_on_another_system_is_named(tmp_path: Path) -> None:
+    """A lock made on aarch64-linux (its snapshot and wheels are aarch64's) built for x86_64-linux:
+    the snapshot's loader failed with "Exec format error", or aarch64 wheels went into the toolchain."""
+    src = tmp_path / "p"
+    shutil.copytree(FIXTURE, src)
+    lock = json.loads((src / "mlbuild.lock").read_text())
+    lock["interpreter"]["system"] = "aarch64-linux"
+    (src / "mlbuild.lock").write_text(json.dumps(lock))
+    for attr in ("m.model.drvPath", "interpreter.drvPath"):
+        proc = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--raw",
+                               "--expr", f"((import {REPO / 'nix'} {{ }}).mkProject {{ src = {src}; }}).{attr}"],
+                              capture_output=True, text=True)
+        assert proc.returncode != 0
+        assert ("mlbuild.lock was made on aarch64-linux (its interpreter snapshot and wheels are for it), but this "
+                "Nix library builds for x86_64-linux: run `mlbuild lock` on a x86_64-linux machine") in proc.stderr, \
+            proc.stderr
+    ok = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--raw", "--expr",
+                         f"((import {REPO / 'nix'} {{ system = \"aarch64-linux\"; }}).mkProject {{ src = {src}; }}).m.model.drvPath"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+
+
 @pytest.mark.parametrize("value", ['"<= 0.3"', '">=0.5"', '" > 1e-3 "', "1", "0.25", '"< .5"'])
 def test_thresholds_in_every_documented_form_are_accepted(tmp_path: Path, value: str) -> None:
     proc = evaluate(tmp_path, ("accuracy = 0.9", f"accuracy = {value}"))
