@@ -281,14 +281,15 @@ class _Stream:
         elif action == "msg" and msg.get("level", 9) <= 0:
             self.other.append(str(msg.get("msg", "")))
 
-    def failure(self, root: Path) -> BuildError:
+    def failure(self, root: Path, datasets: dict[str, str] | None = None) -> BuildError:
         text = "\n".join(self.other)
         failed = [d for d in self.logs if d in text] or list(self.logs)
         tail = []
         for drv in failed[-1:]:
             tail = [f"--- last lines of the build log of {_name(drv)} ---", *self.logs[drv]]
         errors = [l for l in self.other if "error" in l.lower()][-8:]
-        return BuildError(f"nix build of {self.target} failed", "\n".join([*errors, *tail, *_own_module(root, tail)]))
+        hints = [*_own_module(root, tail), *_missing_file(root, datasets or {}, tail)]
+        return BuildError(f"nix build of {self.target} failed", "\n".join([*errors, *tail, *hints]))
 
 
 def _store_hint(error: BuildError, store: StoreConfig | None) -> BuildError:
@@ -318,6 +319,35 @@ def _own_module(root: Path, tail: list[str]) -> list[str]:
 
 
 _NO_MODULE = re.compile(r"mlbuild: no module named '([A-Za-z_][A-Za-z0-9_]*)' in this build")
+_NO_FILE = re.compile(r"\s*FileNotFoundError: \[Errno 2\] No such file or directory: '([^']+)'$")
+
+
+def _missing_file(root: Path, datasets: dict[str, str], tail: list[str]) -> list[str]:
+    """A relative path the stage could not open that is the project's: a file of a dataset (read
+    from the store, by name), or a project file (a stage runs in a temporary folder and sees its
+    `code` files only; a notebook runs in a copy of them). A bare FileNotFoundError said neither."""
+    found = next((m for line in reversed(tail) if (m := _NO_FILE.match(line))), None)
+    if found is None or os.path.isabs(found.group(1)):
+        return []
+    name = found.group(1)
+    notebook = any(line.startswith("mlbuild: notebook ") for line in tail)
+    wanted = os.path.normpath(root / name)
+    for dataset, path in sorted(datasets.items()):
+        data = os.path.normpath(root / path)
+        if wanted == data or wanted.startswith(data + os.sep):
+            read = 'DATA["{0}"]' if notebook else 'ctx.data["{0}"] (a prepare: inputs["{0}"])'
+            return [f"mlbuild: {name} is the dataset {dataset} ({path}), which a build reads from the store, not "
+                    f"from the project folder: list \"{dataset}\" in {'the notebook' if notebook else 'the failing stage'}'s "
+                    f"datasets and read "
+                    f"{read.format(dataset)}"]
+    if not os.path.lexists(wanted):
+        return []
+    if notebook:
+        return [f"mlbuild: {name} is in the project but not in the build: add {json.dumps(name)} to the notebook's "
+                "`code = [...]` in mlbuild.toml (its working folder holds those files only)"]
+    return [f"mlbuild: {name} is in the project, but a stage runs in an empty temporary folder: list "
+            f"{json.dumps(name)} in the failing stage's `code = [...]` in mlbuild.toml and open it beside the "
+            f"script, Path(__file__).parent / {json.dumps(name)}"]
 
 
 def _record(project: Project, built: Built, status: str, dirty: bool) -> None:
@@ -537,7 +567,9 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     for target in list(targets) or ["toolchain"]:
         stream, status, out = _run_build(target, command(target), on_progress)
         if status != 0:
-            raise _store_hint(stream.failure(project.root), store[0] if store is not None else None)
+            local = {k: str(v["path"]) for k, v in (project.raw.get("datasets") or {}).items()
+                     if isinstance(v, dict) and isinstance(v.get("path"), str)}
+            raise _store_hint(stream.failure(project.root, local), store[0] if store is not None else None)
         result = _nix.parse_build_json(out)[0]
         path = result["outputs"]["out"]
         built = Built(target, path)
