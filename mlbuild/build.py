@@ -249,6 +249,7 @@ class _Stream:
         # The last LOG_TAIL lines of each derivation's log: a training that prints gigabytes would
         # otherwise be held whole in mlbuild's memory, to show 30 lines of it if it fails.
         self.logs: dict[str, deque[str]] = {}
+        self.lines: dict[str, int] = {}   # how many lines each log had: more than the tail shows?
         self.summary = Summary()
         self.other: list[str] = []
 
@@ -272,6 +273,7 @@ class _Stream:
             drv = self.acts[msg["id"]][1]
             if not text.startswith(EVENT):   # progress events drive the bar; a failure shows the rest
                 self.logs.setdefault(drv, deque(maxlen=LOG_TAIL)).append(text)
+                self.lines[drv] = self.lines.get(drv, 0) + 1
             elif self.on_progress is not None:
                 try:
                     event = json.loads(text[len(EVENT):])
@@ -287,6 +289,9 @@ class _Stream:
         tail = []
         for drv in failed[-1:]:
             tail = [f"--- last lines of the build log of {_name(drv)} ---", *self.logs[drv]]
+            if self.lines.get(drv, 0) > len(self.logs[drv]):   # a failed build has no train.log: where the rest is
+                tail.append(f"--- its last {len(self.logs[drv])} of {self.lines[drv]} lines; the whole log: "
+                            f"nix log {drv} ---")
         errors = [l for l in self.other if "error" in l.lower()][-8:]
         hints = [*_own_module(root, tail), *_missing_file(root, datasets or {}, tail)]
         return BuildError(f"nix build of {self.target} failed", "\n".join([*errors, *tail, *hints]))

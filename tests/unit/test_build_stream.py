@@ -27,6 +27,9 @@ def test_a_chatty_build_keeps_only_the_tail_it_shows(tmp_path: Path) -> None:
     text = str(stream.failure(tmp_path))
     assert "batch 99999" in text and f"batch {100_000 - LOG_TAIL}" in text
     assert f"batch {100_000 - LOG_TAIL - 1}\n" not in text
+    # the rest is in Nix's log of the failed build (there is no train.log): say how to read it
+    assert text.endswith(f"--- its last {LOG_TAIL} of 100000 lines; the whole log: nix log {DRV} ---")
+    assert "nix log" not in _failed(tmp_path, ["Traceback (most recent call last):", "KeyError: 'x'"])
 
 
 def _failed(tmp_path: Path, log: list[str], datasets: dict[str, str] | None = None) -> str:
