@@ -212,15 +212,40 @@ def dirty_files(project: Project) -> git.Dirty:
     return git.dirty_files(project.root, code_inputs(project))
 
 
+def _local_datasets(project: Project) -> dict[str, str]:
+    """The declared local datasets: name -> ``path`` as mlbuild.toml gives it."""
+    return {k: str(v["path"]) for k, v in (project.raw.get("datasets") or {}).items()
+            if isinstance(v, dict) and isinstance(v.get("path"), str)}
+
+
+def _dataset_of(root: Path, datasets: dict[str, str], name: str) -> str | None:
+    """The dataset whose file or folder holds the project path ``name``, if one does."""
+    wanted = os.path.normpath(root / name)
+    for dataset, path in sorted(datasets.items()):
+        data = os.path.normpath(root / path)
+        if wanted == data or wanted.startswith(data + os.sep):
+            return dataset
+    return None
+
+
 def check_clean(project: Project) -> None:
     dirty = dirty_files(project)
     if not dirty:
         return
+    datasets = _local_datasets(project)
+
+    def ignored(p: str) -> str:
+        data = _dataset_of(project.root, datasets, p)
+        return (f"  ignored:   {p} (the data of dataset {data}, which the build reads from the store: take it out "
+                f"of `code` and list \"{data}\" in the stage's datasets)" if data else
+                f"  ignored:   {p} (git ignores it, but the code the build reads holds it)")
+
     lines = [f"  modified:  {p}" for p in dirty.modified] + [f"  untracked: {p}" for p in dirty.untracked] \
-        + [f"  ignored:   {p} (git ignores it, but the code the build reads holds it)" for p in dirty.ignored]
+        + [ignored(p) for p in dirty.ignored]
     more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
     fix = ("; a code file git ignores is in no commit (and `nix build` never sees it): `git add -f` it, or "
-           "take it out of `code`" if dirty.ignored else "")
+           "take it out of `code`" if any(_dataset_of(project.root, datasets, p) is None for p in dirty.ignored)
+           else "")
     if any(os.path.basename(p) == "flake.lock" for p in [*dirty.modified, *dirty.untracked]):
         fix += ("; flake.lock is what `nix flake lock` (or the first `nix build`/`nix run`) writes: commit it "
                 "(`git add flake.lock && git commit`)")
@@ -336,16 +361,13 @@ def _missing_file(root: Path, datasets: dict[str, str], tail: list[str]) -> list
         return []
     name = found.group(1)
     notebook = any(line.startswith("mlbuild: notebook ") for line in tail)
-    wanted = os.path.normpath(root / name)
-    for dataset, path in sorted(datasets.items()):
-        data = os.path.normpath(root / path)
-        if wanted == data or wanted.startswith(data + os.sep):
-            read = 'DATA["{0}"]' if notebook else 'ctx.data["{0}"] (a prepare: inputs["{0}"])'
-            return [f"mlbuild: {name} is the dataset {dataset} ({path}), which a build reads from the store, not "
-                    f"from the project folder: list \"{dataset}\" in {'the notebook' if notebook else 'the failing stage'}'s "
-                    f"datasets and read "
-                    f"{read.format(dataset)}"]
-    if not os.path.lexists(wanted):
+    dataset = _dataset_of(root, datasets, name)
+    if dataset is not None:
+        read = 'DATA["{0}"]' if notebook else 'ctx.data["{0}"] (a prepare: inputs["{0}"])'
+        return [f"mlbuild: {name} is the dataset {dataset} ({datasets[dataset]}), which a build reads from the store, "
+                f"not from the project folder: list \"{dataset}\" in {'the notebook' if notebook else 'the failing stage'}'s "
+                f"datasets and read {read.format(dataset)}"]
+    if not os.path.lexists(root / name):
         return []
     if notebook:
         return [f"mlbuild: {name} is in the project but not in the build: add {json.dumps(name)} to the notebook's "
@@ -572,9 +594,8 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     for target in list(targets) or ["toolchain"]:
         stream, status, out = _run_build(target, command(target), on_progress)
         if status != 0:
-            local = {k: str(v["path"]) for k, v in (project.raw.get("datasets") or {}).items()
-                     if isinstance(v, dict) and isinstance(v.get("path"), str)}
-            raise _store_hint(stream.failure(project.root, local), store[0] if store is not None else None)
+            raise _store_hint(stream.failure(project.root, _local_datasets(project)),
+                              store[0] if store is not None else None)
         result = _nix.parse_build_json(out)[0]
         path = result["outputs"]["out"]
         built = Built(target, path)
