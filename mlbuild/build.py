@@ -212,17 +212,42 @@ def dirty_files(project: Project) -> git.Dirty:
     return git.dirty_files(project.root, code_inputs(project))
 
 
+def _local_datasets(project: Project) -> dict[str, str]:
+    """The declared local datasets: name -> ``path`` as mlbuild.toml gives it."""
+    return {k: str(v["path"]) for k, v in (project.raw.get("datasets") or {}).items()
+            if isinstance(v, dict) and isinstance(v.get("path"), str)}
+
+
+def _dataset_of(root: Path, datasets: dict[str, str], name: str) -> str | None:
+    """The dataset whose file or folder holds the project path ``name``, if one does."""
+    wanted = os.path.normpath(root / name)
+    for dataset, path in sorted(datasets.items()):
+        data = os.path.normpath(root / path)
+        if wanted == data or wanted.startswith(data + os.sep):
+            return dataset
+    return None
+
+
 def check_clean(project: Project, built: Sequence[str] = ()) -> None:
     """DirtyTreeError listing what is not committed. ``built``: the targets this build built while
     the tree was clean (it changed since, and the next target would be built from the change)."""
     dirty = dirty_files(project)
     if not dirty:
         return
+    datasets = _local_datasets(project)
+
+    def ignored(p: str) -> str:
+        data = _dataset_of(project.root, datasets, p)
+        return (f"  ignored:   {p} (the data of dataset {data}, which the build reads from the store: take it out "
+                f"of `code` and list \"{data}\" in the stage's datasets)" if data else
+                f"  ignored:   {p} (git ignores it, but the code the build reads holds it)")
+
     lines = [f"  modified:  {p}" for p in dirty.modified] + [f"  untracked: {p}" for p in dirty.untracked] \
-        + [f"  ignored:   {p} (git ignores it, but the code the build reads holds it)" for p in dirty.ignored]
+        + [ignored(p) for p in dirty.ignored]
     more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
     fix = ("; a code file git ignores is in no commit (and `nix build` never sees it): `git add -f` it, or "
-           "take it out of `code`" if dirty.ignored else "")
+           "take it out of `code`" if any(_dataset_of(project.root, datasets, p) is None for p in dirty.ignored)
+           else "")
     if any(os.path.basename(p) == "flake.lock" for p in [*dirty.modified, *dirty.untracked]):
         fix += ("; flake.lock is what `nix flake lock` (or the first `nix build`/`nix run`) writes: commit it "
                 "(`git add flake.lock && git commit`)")
@@ -255,6 +280,7 @@ class _Stream:
         # The last LOG_TAIL lines of each derivation's log: a training that prints gigabytes would
         # otherwise be held whole in mlbuild's memory, to show 30 lines of it if it fails.
         self.logs: dict[str, deque[str]] = {}
+        self.lines: dict[str, int] = {}   # how many lines each log had: more than the tail shows?
         self.summary = Summary()
         self.other: list[str] = []
 
@@ -278,6 +304,7 @@ class _Stream:
             drv = self.acts[msg["id"]][1]
             if not text.startswith(EVENT):   # progress events drive the bar; a failure shows the rest
                 self.logs.setdefault(drv, deque(maxlen=LOG_TAIL)).append(text)
+                self.lines[drv] = self.lines.get(drv, 0) + 1
             elif self.on_progress is not None:
                 try:
                     event = json.loads(text[len(EVENT):])
@@ -287,14 +314,18 @@ class _Stream:
         elif action == "msg" and msg.get("level", 9) <= 0:
             self.other.append(str(msg.get("msg", "")))
 
-    def failure(self, root: Path) -> BuildError:
+    def failure(self, root: Path, datasets: dict[str, str] | None = None) -> BuildError:
         text = "\n".join(self.other)
         failed = [d for d in self.logs if d in text] or list(self.logs)
         tail = []
         for drv in failed[-1:]:
             tail = [f"--- last lines of the build log of {_name(drv)} ---", *self.logs[drv]]
+            if self.lines.get(drv, 0) > len(self.logs[drv]):   # a failed build has no train.log: where the rest is
+                tail.append(f"--- its last {len(self.logs[drv])} of {self.lines[drv]} lines; the whole log: "
+                            f"nix log {drv} ---")
         errors = [l for l in self.other if "error" in l.lower()][-8:]
-        return BuildError(f"nix build of {self.target} failed", "\n".join([*errors, *tail, *_own_module(root, tail)]))
+        hints = [*_own_module(root, tail), *_missing_file(root, datasets or {}, tail)]
+        return BuildError(f"nix build of {self.target} failed", "\n".join([*errors, *tail, *hints]))
 
 
 def _store_hint(error: BuildError, store: StoreConfig | None) -> BuildError:
@@ -324,6 +355,32 @@ def _own_module(root: Path, tail: list[str]) -> list[str]:
 
 
 _NO_MODULE = re.compile(r"mlbuild: no module named '([A-Za-z_][A-Za-z0-9_]*)' in this build")
+_NO_FILE = re.compile(r"\s*FileNotFoundError: \[Errno 2\] No such file or directory: '([^']+)'$")
+
+
+def _missing_file(root: Path, datasets: dict[str, str], tail: list[str]) -> list[str]:
+    """A relative path the stage could not open that is the project's: a file of a dataset (read
+    from the store, by name), or a project file (a stage runs in a temporary folder and sees its
+    `code` files only; a notebook runs in a copy of them). A bare FileNotFoundError said neither."""
+    found = next((m for line in reversed(tail) if (m := _NO_FILE.match(line))), None)
+    if found is None or os.path.isabs(found.group(1)):
+        return []
+    name = found.group(1)
+    notebook = any(line.startswith("mlbuild: notebook ") for line in tail)
+    dataset = _dataset_of(root, datasets, name)
+    if dataset is not None:
+        read = 'DATA["{0}"]' if notebook else 'ctx.data["{0}"] (a prepare: inputs["{0}"])'
+        return [f"mlbuild: {name} is the dataset {dataset} ({datasets[dataset]}), which a build reads from the store, "
+                f"not from the project folder: list \"{dataset}\" in {'the notebook' if notebook else 'the failing stage'}'s "
+                f"datasets and read {read.format(dataset)}"]
+    if not os.path.lexists(root / name):
+        return []
+    if notebook:
+        return [f"mlbuild: {name} is in the project but not in the build: add {json.dumps(name)} to the notebook's "
+                "`code = [...]` in mlbuild.toml (its working folder holds those files only)"]
+    return [f"mlbuild: {name} is in the project, but a stage runs in an empty temporary folder: list "
+            f"{json.dumps(name)} in the failing stage's `code = [...]` in mlbuild.toml and open it beside the "
+            f"script, Path(__file__).parent / {json.dumps(name)}"]
 
 
 def _record(project: Project, built: Built, status: str, dirty: bool) -> None:
@@ -545,7 +602,8 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
             check_clean(project, built=[b.target for b in total.outputs])
         stream, status, out = _run_build(target, command(target), on_progress)
         if status != 0:
-            raise _store_hint(stream.failure(project.root), store[0] if store is not None else None)
+            raise _store_hint(stream.failure(project.root, _local_datasets(project)),
+                              store[0] if store is not None else None)
         result = _nix.parse_build_json(out)[0]
         path = result["outputs"]["out"]
         built = Built(target, path)

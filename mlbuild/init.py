@@ -68,6 +68,26 @@ class Created:
 MISSING = frozenset({"n/a", "na", "nan", "null", "none", "?", "-", "--", "missing", "#n/a"})
 
 
+def _not_numbers(row: list[str], width: int, first: int, names: list[str] | None) -> str:
+    """Why a data row is not numeric features and a class, naming the cell (the row alone, cut at
+    80 characters, hid it in a wide CSV): a missing value, a category, or another width."""
+    if len(row) != width:
+        return (f"it has {len(row)} columns, line {first} has {width}; every row must hold the numeric features, "
+                "then the class (a number 0..K-1 or a name)")
+    for col, cell in enumerate(row, 1):
+        name = f" ({names[col - 1][:40]})" if names and col <= len(names) and names[col - 1] else ""
+        if not cell or cell.lower() in MISSING:
+            what = "the class (the last column)" if col == width else f"column {col}{name}"
+            return f"{what} is {cell!r}, a missing value: fill or drop the rows with missing values"
+        if col < width:
+            try:
+                float(cell)
+            except ValueError:
+                return (f"column {col}{name} is {cell[:40]!r}, not a number: the features must be numbers; encode a "
+                        "category as numbers first (a 0/1 column per value), or drop the column")
+    return "every row must hold the numeric features, then the class (a number 0..K-1 or a name)"
+
+
 def read_csv_shape(path: Path) -> CsvShape:
     """Feature count, classes and header of a classification CSV: numeric features, then the class
     in the last column, as a number 0..K-1 or as a name (names are numbered in sorted order)."""
@@ -105,8 +125,8 @@ def read_csv_shape(path: Path) -> CsvShape:
     for i, row in zip(body_lines, body):
         features = numbers(row[:-1]) if len(row) == width and width >= 2 else None
         if features is None or not row[-1]:
-            raise InitError(f"{path}, line {i}: {','.join(row)[:80]!r} is not {width - 1} numbers and a class; every "
-                            "row must hold the numeric features, then the class (a number 0..K-1 or a name)")
+            raise InitError(f"{path}, line {i}: {','.join(row)[:80]!r} is not {width - 1} numbers and a class; "
+                            + _not_numbers(row, width, body_lines[0], rows[0] if header else None))
         if not all(math.isfinite(v) for v in features):   # float() reads "nan" and "inf"
             raise InitError(f"{path}, line {i}: {','.join(row)[:80]!r} holds NaN or infinity; the model cannot train "
                             "on it: fill or drop the missing values")

@@ -56,7 +56,17 @@ def validate(project: Project, model: str, *, allow_dirty: bool = False,
              on_progress: Callable[[Progress], None] | None = None) -> Point:
     """Build the gate (fails with the threshold table) and return the report it passed."""
     check_model(project, model)
-    summary = build_targets(project, [f"{model}.validation"], allow_dirty=allow_dirty, on_progress=on_progress)
+    try:
+        summary = build_targets(project, [f"{model}.validation"], allow_dirty=allow_dirty, on_progress=on_progress)
+    except BuildError as e:
+        if f"mlbuild: validation of {model} failed (" not in e.log_tail:
+            raise
+        # the table says which thresholds failed; say what to do about it
+        raise BuildError(str(e.args[0]).split("\n", 1)[0], e.log_tail + (
+            f"\n{model} does not meet its thresholds ([models.{model}.validation].thresholds in mlbuild.toml): improve "
+            f"the model and compare variants on the held-out data (`mlbuild exp run {model} --set KEY=VALUE`, then "
+            f"`mlbuild exp show {model}`), or lower a threshold that asks more than the task allows; every metric: "
+            f"`mlbuild metrics show {model}`")) from None
     path = summary.outputs[0].path
     return Point(_here(project, summary), json.loads((Path(path) / "metrics.json").read_text()), path)
 

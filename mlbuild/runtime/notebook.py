@@ -21,8 +21,8 @@ path holding the project files the notebook uses), its ``datasets`` (name -> sto
   folders there too (nothing is written to a home folder);
 - stores ``$out/<notebook>.ipynb`` (executed, with outputs), ``$out/outputs/`` and
   ``$out/summary.json``. Timing metadata is not recorded and consecutive stream outputs are
-  merged (stdout, then stderr: how the kernel split and interleaved them depends on timing), so an
-  unchanged notebook gives the same bytes (``nix-build --check``).
+  merged (stdout, then stderr: how the kernel split and interleaved them depends on timing), and
+  widgets' random ids are numbered, so an unchanged notebook gives the same bytes (``nix-build --check``).
 
 A cell that raises fails the build; the last lines of the log show the cell's source and its
 traceback (ANSI colours removed).
@@ -170,7 +170,45 @@ def normalize(nb: Any) -> Any:
             run = []
         cell["outputs"] = merged + _merge_streams(run)
     nb.metadata.pop("papermill", None)
+    _number_widgets(nb)
     return nb
+
+
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+_WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def _number_widgets(nb: Any) -> None:
+    """ipywidgets names each widget by a random uuid4 (its comm id), in the outputs that show it,
+    in the widget state nbclient stores (``metadata.widgets``) and in the references between
+    widgets (``IPY_MODEL_<id>``): a notebook showing a slider gave other bytes on every run. They
+    are numbered instead, in the order the kernel made them (the state's order), then as shown."""
+    import nbformat
+
+    state = nb.metadata.get("widgets", {}).get(_WIDGET_STATE, {}).get("state", {})
+    ids = [str(k) for k in state] if isinstance(state, dict) else []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            view = out.get("data", {}).get(_WIDGET_VIEW) if isinstance(out.get("data"), dict) else None
+            if isinstance(view, dict) and isinstance(view.get("model_id"), str) and view["model_id"] not in ids:
+                ids.append(view["model_id"])
+    if not ids:
+        return
+    names = {old: f"{n:032x}" for n, old in enumerate(ids, 1)}
+    pattern = re.compile("|".join(re.escape(i) for i in sorted(ids, key=len, reverse=True)))
+
+    def swap(v: Any) -> Any:
+        if isinstance(v, str):
+            return pattern.sub(lambda m: names[m.group()], v)
+        if isinstance(v, list):
+            return [swap(x) for x in v]
+        return {swap(k): swap(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    if "widgets" in nb.metadata:
+        nb.metadata["widgets"] = nbformat.from_dict(swap(nb.metadata["widgets"]))  # type: ignore[no-untyped-call]
+    for cell in nb.cells:
+        if cell.get("outputs"):
+            cell["outputs"] = nbformat.from_dict(swap(cell["outputs"]))  # type: ignore[no-untyped-call]
 
 
 def _clip(lines: list[str], keep: int, head: bool) -> list[str]:

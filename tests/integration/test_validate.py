@@ -51,6 +51,12 @@ def test_raised_threshold_fails_with_the_table(digits_repo: Path) -> None:
         proc = run_cli("validate", "digits", cwd=digits_repo, check=False)
         assert proc.returncode == 1 and "validation of digits failed (accuracy)" in proc.stderr
         assert ">= 0.999" in proc.stderr and "FAILED" in proc.stderr and "f1_macro" in proc.stderr
+        # and what to do about it (it ended at the table)
+        assert proc.stderr.rstrip().endswith(
+            "digits does not meet its thresholds ([models.digits.validation].thresholds in mlbuild.toml): improve the "
+            "model and compare variants on the held-out data (`mlbuild exp run digits --set KEY=VALUE`, then "
+            "`mlbuild exp show digits`), or lower a threshold that asks more than the task allows; every metric: "
+            "`mlbuild metrics show digits`"), proc.stderr
         # the metrics themselves are not recomputed for a threshold change
         assert built(digits_repo, "digits.validation.report") == report_before
         # `metrics show` still shows them (the report builds), and now says the gate fails

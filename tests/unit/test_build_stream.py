@@ -27,3 +27,37 @@ def test_a_chatty_build_keeps_only_the_tail_it_shows(tmp_path: Path) -> None:
     text = str(stream.failure(tmp_path))
     assert "batch 99999" in text and f"batch {100_000 - LOG_TAIL}" in text
     assert f"batch {100_000 - LOG_TAIL - 1}\n" not in text
+    # the rest is in Nix's log of the failed build (there is no train.log): say how to read it
+    assert text.endswith(f"--- its last {LOG_TAIL} of 100000 lines; the whole log: nix log {DRV} ---")
+    assert "nix log" not in _failed(tmp_path, ["Traceback (most recent call last):", "KeyError: 'x'"])
+
+
+def _failed(tmp_path: Path, log: list[str], datasets: dict[str, str] | None = None) -> str:
+    stream = _Stream("m.model", None)
+    stream.line(_msg(action="start", id=1, type=105, fields=[DRV]))
+    for line in log:
+        stream.line(_msg(action="result", id=1, type=101, fields=[line]))
+    stream.line(_msg(action="msg", level=0, msg=f"error: builder for '{DRV}' failed with exit code 1"))
+    return str(stream.failure(tmp_path, datasets))
+
+
+def test_a_relative_path_of_the_project_is_explained(tmp_path: Path) -> None:
+    # A training opening "extra.json" (listed in code or not) or a notebook opening the CSV it was
+    # written against ended in a bare FileNotFoundError: a stage runs in an empty temporary folder.
+    (tmp_path / "extra.json").write_text("{}")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "clean.csv").write_text("1,a\n")
+    error = "FileNotFoundError: [Errno 2] No such file or directory: '{}'"
+    text = _failed(tmp_path, ["Traceback (most recent call last):", error.format("extra.json")])
+    assert ('mlbuild: extra.json is in the project, but a stage runs in an empty temporary folder: list "extra.json" '
+            "in the failing stage's `code = [...]` in mlbuild.toml and open it beside the script, "
+            'Path(__file__).parent / "extra.json"') in text
+    notebook = ["mlbuild: notebook explore.ipynb failed at cell 1 (In [2]); its source:", "  " + error.format("data/clean.csv")]
+    assert ('mlbuild: data/clean.csv is the dataset raw (data/clean.csv), which a build reads from the store, not from '
+            "the project folder: list \"raw\" in the notebook's datasets and read DATA[\"raw\"]") in \
+        _failed(tmp_path, notebook, {"raw": "data/clean.csv"})
+    assert "to the notebook's `code = [...]`" in _failed(tmp_path, notebook, {"raw": "data/other.csv"})
+    assert "ctx.data[\"raw\"]" in _failed(tmp_path, [error.format("./data/clean.csv")], {"raw": "data"})
+    # not the project's (a file the script was to write first), or absolute: no hint
+    assert "mlbuild:" not in _failed(tmp_path, [error.format("cache/x.npy")])
+    assert "mlbuild:" not in _failed(tmp_path, [error.format(str(tmp_path / "extra.json"))])

@@ -419,3 +419,23 @@ def test_a_collection_with_no_members_is_refused(tree) -> None:  # type: ignore[
     proc = run_cli("build", "notebooks", cwd=root, check=False, env={"PATH": "/nonexistent"})
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr == "Error: 'notebooks' names all the notebooks at once, and p declares none\n"
+
+
+def test_a_dataset_file_in_code_is_named_as_data(tree) -> None:
+    """A notebook reading data/clean.csv by a relative path, with that file listed in its code:
+    the clean-tree check said to `git add -f` it, putting the data into git."""
+    import subprocess
+
+    from mlbuild.build import DirtyTreeError, check_clean
+    from mlbuild.config import load_project
+
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[datasets.raw]\npath = "data"\n'
+                                 '[notebooks.nb]\npath = "nb.ipynb"\ncode = ["nb.ipynb", "data/clean.csv"]\n',
+                 "nb.ipynb": "{}", "data/clean.csv": "1,a\n", ".gitignore": "/data/\n"})
+    for cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+        subprocess.run(["git", *cmd], cwd=root, check=True)
+    with pytest.raises(DirtyTreeError) as e:
+        check_clean(load_project(root))
+    assert ("ignored:   data/clean.csv (the data of dataset raw, which the build reads from the store: take it out "
+            'of `code` and list "raw" in the stage\'s datasets)') in str(e.value)
+    assert "git add -f" not in str(e.value)

@@ -56,7 +56,16 @@ def test_class_names_in_the_last_column_are_numbered_in_sorted_order(tmp_path: P
     # float() reads these: the model trained to loss nan and the server answered NaN probabilities
     ("1,2,0\n3,nan,1\n5,6,0\n7,8,1\n", "line 2: '3,nan,1' holds NaN or infinity; the model cannot train"),
     ("1,2,0\n3,4,1\n5,-inf,0\n7,8,1\n", "line 3: '5,-inf,0' holds NaN or infinity"),
-    ("1,2,a\n3,4,b\n5,6,\n7,8,b\n", "line 3: '5,6,' is not 2 numbers and a class"),
+    ("1,2,a\n3,4,b\n5,6,\n7,8,b\n", "line 3: '5,6,' is not 2 numbers and a class; the class (the last column) is "
+                                     "'', a missing value: fill or drop the rows with missing values"),
+    # the cell that is wrong, by column and header name (the row, cut at 80 characters, hid it)
+    ("age,income,plan,y\n26,255.5,pro,a\n1,2,3,b\n4,5,6,a\n7,8,9,b\n",
+     "line 2: '26,255.5,pro,a' is not 3 numbers and a class; column 3 (plan) is 'pro', not a number: the features "
+     "must be numbers; encode a category as numbers first (a 0/1 column per value), or drop the column"),
+    ("age,income,y\n1,2,a\n3,,b\n4,5,a\n7,8,b\n", "line 3: '3,,b' is not 2 numbers and a class; column 2 (income) "
+                                                  "is '', a missing value: fill or drop the rows with missing values"),
+    ("1,2,a\n3,N/A,b\n4,5,a\n7,8,b\n", "column 2 is 'N/A', a missing value"),
+    ("1,2,a\n3,4,5,b\n4,5,a\n7,8,b\n", "line 2: '3,4,5,b' is not 2 numbers and a class; it has 4 columns, line 1 has 3"),
     # blank lines are skipped, and still counted: the line is the file's (it said line 3)
     ("1,2,0\n\n\n3,4,1\n5,x,0\n7,8,1\n", "line 5: '5,x,0' is not 2 numbers and a class"),
     ("1,2,1\n3,4,2\n5,6,1\n7,8,2\n", "holds 1, 2; it must hold the class: the numbers 0..1, or names"),

@@ -71,6 +71,30 @@ def test_normalize_gives_one_notebook_for_any_split_of_the_streams() -> None:
                             ("stdout", "o1\no2\nz\n"), ("stderr", "e1\n")]
 
 
+def test_normalize_numbers_the_random_ids_of_widgets() -> None:
+    """ipywidgets names each widget by a uuid4, in its output, the stored widget state and the
+    references between widgets: a notebook showing a slider gave other bytes on every run."""
+    def run(slider: str, layout: str) -> str:
+        cell = new_code_cell("w.IntSlider(value=3)", id="c1")
+        cell.outputs = [new_output("execute_result", execution_count=1, data={
+            "application/vnd.jupyter.widget-view+json": {"model_id": slider, "version_major": 2, "version_minor": 0},
+            "text/plain": "IntSlider(value=3)"})]
+        nb = new_notebook(cells=[cell])
+        nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"version_major": 2, "version_minor": 0,
+            "state": {layout: {"model_name": "LayoutModel", "state": {}},
+                      slider: {"model_name": "IntSliderModel", "state": {"layout": f"IPY_MODEL_{layout}", "value": 3}}}}}
+        normalize(nb)
+        nbformat.validate(nb)
+        return nbformat.writes(nb)
+
+    one = run("385935404521477b8aa9896bc61d7fd3", "9e107d9d372bb6826bd81d3542a419d6")
+    assert one == run("11389221e94b4965a4eb244af002f8a8", "e4d909c290d0fb1ca068ffaddf22cbd0")
+    stored = json.loads(one)
+    state = stored["metadata"]["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    slider = stored["cells"][0]["outputs"][0]["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
+    assert list(state) == [f"{1:032x}", slider] and state[slider]["state"]["layout"] == f"IPY_MODEL_{1:032x}"
+
+
 def test_failure_shows_cell_output_and_traceback() -> None:
     cell = new_code_cell("def f(v):\n    return 1 / v\nprint('before')\nf(0)")
     cell.execution_count = 4
