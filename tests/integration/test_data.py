@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import tomllib
 import uuid
 from pathlib import Path
@@ -159,6 +160,33 @@ def test_a_dataset_declared_as_a_symlink_is_its_content_everywhere(data_project:
     (far / "iris.csv").write_text(IRIS.replace("5.1,5.2", "5.1,7.7"))
     assert "changed" in _status(data_project, "iris-raw")
     assert run_cli("data", "diff", "iris-raw", cwd=data_project).stdout.startswith("changed  iris.csv  ")
+
+
+def test_diff_reads_only_the_files_it_must(data_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`data diff` hashed every file of both versions: 8.6 s for a dataset of 100,000 small files
+    that had not changed, 2.6 s for one unchanged 1 GB file. Data the stat cache knows unchanged,
+    and a revision pinning the same version, are read no more; otherwise only files of equal size
+    on both sides (an added, removed or resized file differs by its stat)."""
+    from mlbuild.config import load_project
+    from mlbuild.data import datasets as ds, statcache
+
+    reads: list[Path] = []
+    real = ds.sha256_file
+    monkeypatch.setattr(ds, "sha256_file", lambda p: (reads.append(Path(p)), real(p))[1])
+    time.sleep(statcache.RACY_NS / 1e9)   # files written just now prove nothing by their stat (racy clean)
+    run_cli("data", "status", cwd=data_project)   # the stat cache, as data add, status and builds leave it
+    project = load_project(data_project)
+    assert ds.diff(project, "raw") == [] and reads == []
+    assert ds.diff(project, "raw", "HEAD") == [] and reads == []
+    root = data_project / "data" / "raw"
+    (root / "rows.txt").write_text((root / "rows.txt").read_text() + "\n100")
+    (root / "sub" / "new.txt").write_text("new\n")
+    assert [(d.path, d.change) for d in ds.diff(project, "raw")] == [("rows.txt", "changed"),
+                                                                      ("sub/new.txt", "added")]
+    assert sorted(p.name for p in reads) == ["x.bin", "x.bin"]   # the one file whose size is the same
+    reads.clear()
+    (root / "sub" / "x.bin").write_bytes(b"\x01\x00" * 100)   # same size, other bytes
+    assert ("sub/x.bin", "changed") in [(d.path, d.change) for d in ds.diff(project, "raw")]
 
 
 def test_diff_of_a_deleted_dataset_says_so(data_project: Path) -> None:
