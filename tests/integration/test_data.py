@@ -189,6 +189,15 @@ def test_diff_reads_only_the_files_it_must(data_project: Path, monkeypatch: pyte
     assert ("sub/x.bin", "changed") in [(d.path, d.change) for d in ds.diff(project, "raw")]
 
 
+def test_diff_shows_a_name_holding_a_newline_on_one_line(data_project: Path) -> None:
+    """A file named "new\\nline.txt" was printed as two lines, the first saying a file "new" was added."""
+    root = data_project / "data" / "raw"
+    (root / "new\nline.txt").write_text("x\n")
+    (root / "-dash and space.txt").write_text("y\n")
+    assert run_cli("data", "diff", "raw", cwd=data_project).stdout.splitlines() == [
+        "added    -dash and space.txt  - -> 2 B", 'added    "new\\nline.txt"  - -> 2 B']
+
+
 def test_diff_of_a_deleted_dataset_says_so(data_project: Path) -> None:
     shutil.rmtree(data_project / "data" / "raw")
     proc = run_cli("data", "diff", "raw", cwd=data_project, check=False)
