@@ -198,6 +198,31 @@ def test_diff_shows_a_name_holding_a_newline_on_one_line(data_project: Path) -> 
         "added    -dash and space.txt  - -> 2 B", 'added    "new\\nline.txt"  - -> 2 B']
 
 
+def test_a_deeply_nested_dataset_is_added_diffed_and_pushed(data_project: Path) -> None:
+    """1,500 folders deep (paths of ~3,000 bytes, within PATH_MAX): `data add` stopped in a
+    RecursionError traceback (os.walk and the NAR walkers recurse once a folder)."""
+    deep = data_project / "data" / "deep"
+    deep.mkdir()
+    fd = os.open(deep, os.O_RDONLY)
+    try:
+        for _ in range(1500):   # relative to an open folder: no single call takes the whole path
+            os.mkdir("d", dir_fd=fd)
+            fd, old = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+            os.close(old)
+        leaf = os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(leaf, b"x\n")
+        os.close(leaf)
+    finally:
+        os.close(fd)
+    try:
+        for args in (["data", "add", "deep", "data/deep"], ["data", "status"], ["data", "diff", "deep"]):
+            proc = run_cli(*args, cwd=data_project, check=False)
+            assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert "deep: no differences" in proc.stdout
+    finally:   # pytest's own clean-up (shutil.rmtree) recurses too; rm does not
+        subprocess.run(["rm", "-rf", str(deep)], check=True)
+
+
 def test_diff_of_a_deleted_dataset_says_so(data_project: Path) -> None:
     shutil.rmtree(data_project / "data" / "raw")
     proc = run_cli("data", "diff", "raw", cwd=data_project, check=False)
