@@ -632,7 +632,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
                 total.fixed.append(built.target)
                 continue
             _check_reproducible(project, built.target, command(built.target, "--rebuild", "--keep-failed"),
-                                on_progress)
+                                on_progress, drv, built.path)
             total.checked.append(built.target)
     if do_push:
         push_outputs(project, total)
@@ -661,19 +661,27 @@ _KEPT = re.compile(r"keeping build directory '([^']+)'")
 
 
 def _check_reproducible(project: Project, target: str, cmd: list[str],
-                        on_progress: Callable[[Progress], None] | None) -> None:
+                        on_progress: Callable[[Progress], None] | None, drv: str | None, out: str) -> None:
     """Build ``target``'s own derivation again (``nix build --rebuild``: its inputs are not rebuilt)
     and compare with the output there is, which may have come from the shared store; BuildError
     naming the files whose bytes differ, with the second build kept beside the first
     (``OUT.check``) to compare."""
     import shutil
 
+    from .data.importer import remove_tree
     from .runtime.hashing import sha256_file, tree_hashes
+    from .storepath import check_output_path
 
     stream, status, _ = _run_build(target, cmd, on_progress)
     said = _ANSI.sub("", "\n".join(stream.other))
     for kept in _KEPT.findall(said):   # --keep-failed keeps the .check output, and the build folder too
         shutil.rmtree(kept, ignore_errors=True)
+    # The second build, where Nix left it (a passed check; a failed build): a whole second copy
+    # of the output (300 MB for a 300 MB model), invalid, in the store until a garbage collection.
+    again = check_output_path(drv, out) if drv else None
+    if again is not None and os.path.lexists(again) and _nix.invalid_paths([again]):
+        with contextlib.suppress(OSError):   # best effort: a store this user may not write (a daemon's)
+            remove_tree(again)
     if status == 0:
         return
     m = _DIFFERS.search(said)

@@ -11,7 +11,7 @@ import hashlib
 
 from .nar import nix_base32
 
-__all__ = ["fixed_output_path", "STORE_DIR"]
+__all__ = ["fixed_output_path", "check_output_path", "STORE_DIR"]
 
 STORE_DIR = "/nix/store"
 
@@ -31,3 +31,13 @@ def fixed_output_path(sha256_hex: str, name: str, recursive: bool, store: str = 
         fingerprint = f"output:out:sha256:{inner}:{store}:{name}"
     digest = hashlib.sha256(fingerprint.encode()).digest()
     return f"{store}/{nix_base32(_compress(digest))}-{name}"
+
+
+def check_output_path(drv_path: str, out_path: str, store: str = STORE_DIR) -> str:
+    """Where ``nix build --rebuild`` (``nix-build --check``) builds ``out_path``, an output of
+    ``drv_path`` that is valid already, to compare the two (Nix's ``makeFallbackPath``). Nix leaves
+    it there after a check that passed, an invalid path that only a garbage collection removes."""
+    drv, out = drv_path.rsplit("/", 1)[-1], out_path.rsplit("/", 1)[-1]
+    fingerprint = f"rewrite:{drv}:{out}:sha256:{'0' * 64}:{store}:{out[33:]}"
+    digest = hashlib.sha256(fingerprint.encode()).digest()
+    return f"{store}/{nix_base32(_compress(digest))}-{out[33:]}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -20,6 +21,12 @@ def _size(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024  # type: ignore[assignment]
     return str(n)
+
+
+def _shown(path: str) -> str:
+    """A file name as one line: quoted, with escapes, when it holds a control character (a file
+    named "new\\nline.txt" printed as two lines, the first naming a file "new"), as git quotes it."""
+    return json.dumps(path, ensure_ascii=False) if any(ord(c) < 32 or ord(c) == 127 for c in path) else path
 
 
 @cli.group()
@@ -73,7 +80,7 @@ def diff(ctx: click.Context, name: str, rev: str | None) -> None:
         click.echo(f"{name}: no differences")
     for c in changes:
         kinds = f"  ({c.kinds})" if c.kinds else ""
-        click.echo(f"{c.change:<8} {c.path}  {_size(c.old_size)} -> {_size(c.new_size)}{kinds}")
+        click.echo(f"{c.change:<8} {_shown(c.path)}  {_size(c.old_size)} -> {_size(c.new_size)}{kinds}")
 
 
 @data.command()

@@ -138,4 +138,8 @@ def main() -> None:
     # clean-up of whatever it was doing (a push removes its record and its temp file), not dead
     # mid-write. `mlbuild build` hands it on to Nix (build._stopped_with_us).
     signal.signal(signal.SIGTERM, _terminated)
+    # A dataset nested over ~1,000 folders deep (PATH_MAX allows ~2,000) stopped `data add` in a
+    # RecursionError traceback: os.walk (recursive before Python 3.12) and the NAR writers and
+    # readers recurse once a folder. Measured at 1,950 levels: add, status, diff and push work.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
     cli()

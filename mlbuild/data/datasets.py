@@ -404,30 +404,42 @@ class FileDiff:
     kinds: str = ""      # what the entry is, when not a plain file: "symlink to x.csv", "file -> executable file"
 
 
-def _entry(p: Path, st: os.stat_result) -> tuple[int | None, str, str]:
-    """(size, content, kind) of one entry, as the NAR hash sees it: a file's bytes and its
-    executable bit, a link's target, an empty folder."""
+_Entry = tuple[int | None, str, str, str]   # size, link target, kind, where it is
+
+
+def _entry(p: Path, st: os.stat_result) -> _Entry:
+    """(size, target, kind, path) of one entry, as the NAR hash sees it: a file's size and
+    executable bit (its bytes are compared only where both sides have it at the same size: see
+    ``_same``), a link's target, an empty folder."""
     if stat.S_ISREG(st.st_mode):
-        return st.st_size, sha256_file(p), "executable file" if st.st_mode & 0o100 else "file"
+        return st.st_size, "", "executable file" if st.st_mode & 0o100 else "file", str(p)
     if stat.S_ISLNK(st.st_mode):
-        return None, os.readlink(p), "symlink"
+        return None, os.readlink(p), "symlink", str(p)
     raise not_storable(p)   # a pipe would block the read for ever
 
 
-def _files(root: Path, file_name: str) -> dict[str, tuple[int | None, str, str]]:
+def _same(a: _Entry, b: _Entry) -> bool:
+    """Whether two entries hash alike: a file's bytes are read only when all else matches (the
+    other files of a dataset, added, removed or resized, are known changed by their stat)."""
+    if a[:3] != b[:3]:
+        return False
+    return a[2] not in ("file", "executable file") or sha256_file(a[3]) == sha256_file(b[3])
+
+
+def _files(root: Path, file_name: str) -> dict[str, _Entry]:
     """Each entry under ``root`` the NAR hash covers (``_entry``), by relative path; a single-file
     dataset's one file is named ``file_name`` (in the store it is named after the dataset)."""
     top = root.lstat()
     if not stat.S_ISDIR(top.st_mode):
         return {file_name: _entry(root, top)}
-    out: dict[str, tuple[int | None, str, str]] = {}
+    out: dict[str, _Entry] = {}
     stack = [root]
     while stack:
         folder = stack.pop()
         with os.scandir(folder) as it:
             entries = list(it)
         if not entries and folder != root:
-            out[folder.relative_to(root).as_posix() + "/"] = (None, "", "empty folder")
+            out[folder.relative_to(root).as_posix() + "/"] = (None, "", "empty folder", str(folder))
         for e in entries:
             st = e.stat(follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
@@ -445,13 +457,16 @@ def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:
     ds = _get(project, name)
     if ds.kind != "path":
         raise DataError(f"dataset {name!r} is a {ds.kind} dataset; diff compares local datasets")
-    old_path = locked_path(project, name)
-    if old_path is None:
+    locked = read_lock(project.lock_path).get("datasets", {}).get(name, {}).get("sha256")
+    if locked is None:
         raise DataError(f"dataset {name!r} is not locked yet; run `mlbuild data add {name} {ds.path}`")
+    old_path = fixed_output_path(locked, name, recursive=True)
     if _nix.invalid_paths([old_path]):
         raise DataError(f"the locked version of {name!r} ({old_path}) is not in the store; run `mlbuild data pull {name}`")
     if rev is None:
         new_root = (project.root / (ds.path or "")).resolve()   # a declared symlink: its content is the data
+        if new_root.exists() and statcache.lookup(project.root / STATE_NAME, name, new_root)[0] == locked:
+            return []   # known unchanged by its stat facts (as status knows it): nothing read
         if not new_root.exists():
             raise DataError(f"{ds.path} (dataset {name!r}) does not exist here (moved, deleted, or a fresh "
                             f"clone): no working copy to compare. `mlbuild data add {name} PATH` pins the files "
@@ -460,6 +475,8 @@ def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:
         other = json.loads(git.show(project.root, rev, "mlbuild.lock")).get("datasets", {}).get(name)
         if other is None:
             raise DataError(f"dataset {name!r} is not in mlbuild.lock at revision {rev!r}")
+        if other["sha256"] == locked:
+            return []
         new_path = fixed_output_path(other["sha256"], name, recursive=True)
         if _nix.invalid_paths([new_path]):
             raise DataError(f"{name!r} at {rev!r} ({new_path}) is not in the store; check out {rev} and "
@@ -467,17 +484,18 @@ def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:
         new_root = Path(new_path)
     file_name = Path(ds.path or name).name
     a = _files(Path(old_path), file_name)
-    with _reading(name, new_root):
-        b = _files(new_root, file_name)
-    def what(e: tuple[int | None, str, str]) -> str:
+    def what(e: _Entry) -> str:
         return f"symlink to {e[1]}" if e[2] == "symlink" else e[2]
 
-    def plain(e: tuple[int | None, str, str]) -> str:   # nothing to say of a plain file
+    def plain(e: _Entry) -> str:   # nothing to say of a plain file
         return "" if e[2] == "file" else what(e)
 
+    with _reading(name, new_root):
+        b = _files(new_root, file_name)
+        changed = [p for p in sorted(a.keys() & b.keys()) if not _same(a[p], b[p])]   # in folder order
     changes = [FileDiff(p, "removed", a[p][0], None, plain(a[p])) for p in a.keys() - b.keys()]
     changes += [FileDiff(p, "added", None, b[p][0], plain(b[p])) for p in b.keys() - a.keys()]
     changes += [FileDiff(p, "changed", a[p][0], b[p][0],
                          "" if a[p][2] == b[p][2] == "file" else f"{what(a[p])} -> {what(b[p])}")
-                for p in a.keys() & b.keys() if a[p] != b[p]]
+                for p in changed]
     return sorted(changes, key=lambda d: d.path)

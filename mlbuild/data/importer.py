@@ -30,7 +30,8 @@ from ..errors import DataError, StoreCorruptError
 from ..fastcopy import HashPipe, kernel_copy
 from ..storepath import fixed_output_path
 
-__all__ = ["Imported", "import_path", "fast_path_available", "STAGING", "check_link", "not_storable"]
+__all__ = ["Imported", "import_path", "fast_path_available", "STAGING", "check_link", "not_storable",
+           "remove_tree"]
 
 STAGING = Path(os.environ.get("MLBUILD_STAGING", "/nix/var/mlbuild/staging"))
 
@@ -212,7 +213,7 @@ def fast_path_available() -> bool:
     return os.stat(STAGING).st_dev == os.stat(store).st_dev
 
 
-def _remove(path: str) -> None:
+def remove_tree(path: str) -> None:
     """Delete a read-only tree (store permissions) or file."""
     if os.path.isdir(path) and not os.path.islink(path):
         for dirpath, _dirs, _files in os.walk(path):
@@ -247,7 +248,7 @@ def _sweep_staging() -> None:
             os.close(fd)
             continue
         try:
-            _remove(entry.path)
+            remove_tree(entry.path)
         except OSError:
             pass
         finally:
@@ -291,17 +292,17 @@ def _fast_import(src: Path, name: str) -> Imported:
             # A path not on disk is not valid (no Nix call needed); one on disk may be valid already.
             existed = os.path.lexists(target) and not _nix.invalid_paths([target])
             if existed:
-                _remove(str(stage))
+                remove_tree(str(stage))
             else:
                 if os.path.lexists(target):  # an invalid leftover of an interrupted import
-                    _remove(target)
+                    remove_tree(target)
                 os.rename(stage, target)
                 _nix.register_valid(target, sha, c.nar_size)
         finally:
             lock.release()
     except BaseException:
         if os.path.lexists(stage):
-            _remove(str(stage))
+            remove_tree(str(stage))
         raise
     finally:
         c.stopped = True
@@ -360,7 +361,7 @@ def _slow_import(src: Path, name: str) -> Imported:
                         else os.link(src, named)
                 except OSError:   # another file system than the temp folder's (a dataset on /dev/shm): copy
                     if os.path.lexists(named):   # the links made before the first that failed
-                        _remove(str(named))
+                        remove_tree(str(named))
                     shutil.copytree(src, named, symlinks=True, copy_function=_copy_to_temp) if src.is_dir() \
                         else _copy_to_temp(str(src), str(named))
                 got = _nix.add_fixed(named, recursive=True)

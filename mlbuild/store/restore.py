@@ -22,6 +22,7 @@ chroot store); otherwise, and for compressed NARs, Nix copies (:mod:`mlbuild.sto
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import shutil
 import sys
@@ -55,18 +56,32 @@ def real_store_dir(local_store: str | None) -> Path | None:
 
 
 class _Tap:
-    """A file object that hands every byte read through it (the NAR's framing) to ``pipe``."""
+    """A buffered file object that hands every byte read through it (the NAR's framing) to
+    ``pipe``, gathered until :meth:`flush`: the parser reads 8-byte fields, and a NAR of 100,000
+    small files was 3.5 million unbuffered reads and as many items for the hashing thread."""
 
     def __init__(self, f: Any, pipe: HashPipe) -> None:
-        self.f, self.pipe = f, pipe
+        self.f, self.pipe = io.BufferedReader(f, _TAP_BUFFER), pipe
+        self.pending = bytearray()
 
     def read(self, n: int = -1) -> bytes:
         data: bytes = self.f.read(n)
-        self.pipe.framing(data)
+        self.pending += data
+        if len(self.pending) >= _TAP_BUFFER:
+            self.flush()
         return data
 
     def seek(self, offset: int, whence: int = 0) -> int:
         return int(self.f.seek(offset, whence))
+
+    def flush(self) -> None:
+        """Hand the framing read so far to the pipe (before a file's contents, which follow it)."""
+        if self.pending:
+            self.pipe.framing(bytes(self.pending))
+            self.pending.clear()
+
+
+_TAP_BUFFER = 64 << 10
 
 
 def _unpack(nar_path: Path, dest: str, pipe: HashPipe) -> list[str]:
@@ -75,7 +90,8 @@ def _unpack(nar_path: Path, dest: str, pipe: HashPipe) -> list[str]:
     dirs: list[str] = []
     with open(nar_path, "rb", buffering=0) as raw:
         src = raw.fileno()
-        for e in parse_nar(_Tap(raw, pipe)):  # type: ignore[arg-type]
+        tap = _Tap(raw, pipe)
+        for e in parse_nar(tap):  # type: ignore[arg-type]
             target = os.path.join(dest, e.rel) if e.rel else dest
             if e.kind == "directory":
                 os.mkdir(target, 0o755)
@@ -84,12 +100,14 @@ def _unpack(nar_path: Path, dest: str, pipe: HashPipe) -> list[str]:
                 os.symlink(e.target, target)
             else:
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                tap.flush()   # the framing before this file's contents, in NAR order
                 try:
                     kernel_copy(src, fd, e.size, src_offset=e.offset, what=f"{nar_path} (inside {e.rel or 'the file'})",
                                 on_slice=lambda offset, n: pipe.region(target, offset, n))
                     os.fchmod(fd, 0o555 if e.executable else 0o444)
                 finally:
                     os.close(fd)
+        tap.flush()
     return dirs
 
 

@@ -12,6 +12,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from mlbuild.runtime.hashing import tree_digest, tree_hashes
+from mlbuild.storepath import check_output_path
 from tests.conftest import MLBUILD, build_path, run_cli
 from tests.integration.conftest import commit_all, instantiate
 
@@ -74,6 +75,11 @@ def test_build_check_builds_again_and_names_the_files_that_differ(digits_repo: P
     cached as it came out the first time, and nothing said so (only `nix build --rebuild` by hand)."""
     out = run_cli("build", "--check", "digits.model", cwd=digits_repo).stdout
     assert f"digits.model\t{trained}" in out and "reproducible: digits.model (built again, the same bytes)" in out
+    # Nix leaves the second build in the store (invalid, until a garbage collection): a second
+    # copy of every checked output, 300 MB for a model of 300 MB.
+    drv = subprocess.run(["nix-store", "-q", "--deriver", trained], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert not Path(check_output_path(drv, trained)).exists()
     model = digits_repo / "model.py"
     original = model.read_text()
     model.write_text(original.replace(
