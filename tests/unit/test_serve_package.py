@@ -317,6 +317,22 @@ def test_bind_failures_name_the_address_and_the_fix() -> None:
     bind("127.0.0.1", 0).close()
 
 
+@pytest.mark.parametrize("where", ["folder", "missing/port"])
+def test_a_port_file_that_cannot_be_written_is_named_and_leaves_nothing(
+        pkg: Path, tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--port-file naming a folder left PATH.tmp.PID beside it (at / for /tmp) and said only
+    `[Errno 21] Is a directory: '/tmp.tmp.PID' -> '/tmp'`."""
+    from mlbuild.runtime.serve.__main__ import main
+
+    (tmp_path / "folder").mkdir()
+    before = sorted(tmp_path.iterdir())
+    assert main(["--package", str(pkg), "--port", "0", "--port-file", str(tmp_path / where)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"Error: cannot write the port to --port-file {tmp_path / where} ("), err
+    assert "pass the path of a file in a folder that exists and is writable" in err and ".tmp." not in err
+    assert sorted(tmp_path.iterdir()) == before
+
+
 def test_a_package_server_usage_has_no_package_option(pkg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """bin/serve passes its package: its usage and help do not ask for --package."""
     from mlbuild.runtime.serve.__main__ import build_parser, main
