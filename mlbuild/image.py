@@ -198,16 +198,23 @@ def _not_a_reference(ref: str) -> str:
 
 
 def _check_registry_ref(transport: str, ref: str) -> None:
-    """``docker://REF`` and ``docker-daemon:REF`` name a registry reference (docker-daemon: with a
-    tag or digest), refused here rather than by skopeo once the image is built."""
+    """``docker://REF``, ``docker-daemon:REF`` and a bare REF (``transport`` ""): a registry
+    reference, not both tagged and pinned by digest (docker-daemon: with a tag), refused here rather
+    than by skopeo once the image is built."""
     rest = ref[len(transport):]
     if not _is_registry_reference(rest):
         lower = _lowercased(rest)
         raise ImageError(f"{ref!r}: {rest!r} is not a registry reference ([registry[:port]/]name[:tag], lowercase "
                          f"names, e.g. {transport}registry.example.com/team/digits:v1)"
                          + (f"; image names are lowercase: {transport}{lower}" if lower else ""))
-    if transport == "docker-daemon:" and not re.search(r"[:@][^/]*$", rest):
-        raise ImageError(f"{ref!r} names no tag, which docker-daemon: needs; write e.g. {ref}:v1")
+    last = rest.rsplit("/", 1)[-1]
+    name_tag, at, _ = last.partition("@")
+    if at and ":" in name_tag:
+        raise ImageError(f"{ref!r} names both a tag and a digest, which skopeo cannot push to; write "
+                         f"{ref[:len(ref) - len(last)]}{name_tag} (the digest it gets is printed)")
+    if transport == "docker-daemon:" and (at or ":" not in name_tag):
+        raise ImageError(f"{ref!r} names no tag, which docker-daemon: needs{' (not a digest)' if at else ''}; "
+                         f"write e.g. {ref[:len(ref) - len(last)]}{name_tag}:v1")
 
 
 def _with_transport(transport: str, rest: str) -> str:
@@ -258,6 +265,7 @@ def destination(ref: str) -> str:
     typo = ref.split("/", 1)[0].lower() in _TRANSPORT_NAMES if "/" in ref else guess is not None
     if _is_registry_reference(ref) and not typo:
         if not os.path.exists(ref):
+            _check_registry_ref("", ref)
             return "docker://" + ref
         raise ImageError(f"{ref!r} is a file or folder here, not an image reference: write oci:{ref} (an OCI "
                          f"layout) or dir:{ref} to push to it, or docker://{ref} for a registry")

@@ -75,10 +75,17 @@ def test_destination_refuses_typos_and_paths(ref: str, why: str) -> None:
     ("docker-daemon:Digits:v1", "image names are lowercase: docker-daemon:digits:v1"),
     ("docker-daemon:localhost:5000/digits", "names no tag, which docker-daemon: needs; write e.g. "
                                             "docker-daemon:localhost:5000/digits:v1"),
+    ("docker-daemon:digits@sha256:" + "a" * 64, "names no tag, which docker-daemon: needs (not a digest); write "
+                                                "e.g. docker-daemon:digits:v1"),
+    ("docker://localhost:5000/digits:v1@sha256:" + "a" * 64, "names both a tag and a digest, which skopeo cannot "
+                                                              "push to; write docker://localhost:5000/digits:v1"),
+    ("localhost:5000/digits:v1@sha256:" + "a" * 64, "names both a tag and a digest, which skopeo cannot push to; "
+                                                    "write localhost:5000/digits:v1 (the digest it gets is printed)"),
 ])
 def test_a_registry_transport_needs_a_registry_reference(ref: str, why: str) -> None:
     """skopeo refused these only after the build (`invalid reference format: repository name must
-    be lowercase`, `... has neither a tag nor a digest`), where a bare reference is refused before."""
+    be lowercase`, `... has neither a tag nor a digest`, `Docker references with both a tag and
+    digest are currently not supported`, `a destination must be a name:tag`)."""
     with pytest.raises(img.ImageError) as e:
         img.destination(ref)
     assert why in str(e.value)
