@@ -178,6 +178,45 @@ def _is_registry_reference(ref: str) -> bool:
     return bool(_REPOSITORY.fullmatch(ref))
 
 
+def _lowercased(ref: str) -> str | None:
+    """REF with its repository name lower-cased, when that alone makes it a registry reference
+    (``Digits:v1`` -> ``digits:v1``; the registry's host name and the tag keep their case)."""
+    first, slash, _ = ref.partition("/")
+    domain = first + slash if slash and ("." in first or ":" in first or first == "localhost") else ""
+    rest = ref[len(domain):]
+    cut = min((i for i in (rest.find(":"), rest.find("@")) if i >= 0), default=len(rest))   # the tag or digest
+    candidate = domain + rest[:cut].lower() + rest[cut:]
+    return candidate if candidate != ref and _is_registry_reference(candidate) else None
+
+
+def _not_a_reference(ref: str) -> str:
+    """Why REF is not a registry reference, with the lower-cased name where that is the fix."""
+    lower = _lowercased(ref)
+    return (f"{ref!r} is neither a registry reference ([registry[:port]/]name[:tag], lowercase names, e.g. "
+            f"registry.example.com/team/digits:v1 or localhost:5000/digits:v1) nor a skopeo destination"
+            + (f" (image names are lowercase: {lower})" if lower else ""))
+
+
+def _check_registry_ref(transport: str, ref: str) -> None:
+    """``docker://REF``, ``docker-daemon:REF`` and a bare REF (``transport`` ""): a registry
+    reference, not both tagged and pinned by digest (docker-daemon: with a tag), refused here rather
+    than by skopeo once the image is built."""
+    rest = ref[len(transport):]
+    if not _is_registry_reference(rest):
+        lower = _lowercased(rest)
+        raise ImageError(f"{ref!r}: {rest!r} is not a registry reference ([registry[:port]/]name[:tag], lowercase "
+                         f"names, e.g. {transport}registry.example.com/team/digits:v1)"
+                         + (f"; image names are lowercase: {transport}{lower}" if lower else ""))
+    last = rest.rsplit("/", 1)[-1]
+    name_tag, at, _ = last.partition("@")
+    if at and ":" in name_tag:
+        raise ImageError(f"{ref!r} names both a tag and a digest, which skopeo cannot push to; write "
+                         f"{ref[:len(ref) - len(last)]}{name_tag} (the digest it gets is printed)")
+    if transport == "docker-daemon:" and (at or ":" not in name_tag):
+        raise ImageError(f"{ref!r} names no tag, which docker-daemon: needs{' (not a digest)' if at else ''}; "
+                         f"write e.g. {ref[:len(ref) - len(last)]}{name_tag}:v1")
+
+
 def _with_transport(transport: str, rest: str) -> str:
     return transport + (rest.lstrip("/") if transport == "docker://" else rest)
 
@@ -205,6 +244,8 @@ def destination(ref: str) -> str:
     if ref.startswith(TRANSPORTS):
         transport = next(t for t in TRANSPORTS if ref.startswith(t))
         path = ref[len(transport):].split(":", 1)[0]
+        if transport in ("docker://", "docker-daemon:"):
+            _check_registry_ref(transport, ref)
         if transport in _PATH_TRANSPORTS and not path.strip():
             raise ImageError(f"{ref!r} names no path; write {transport}/path/to/folder (e.g. {transport}/tmp/digits"
                              f"{':v1' if transport != 'dir:' else ''})")
@@ -224,6 +265,7 @@ def destination(ref: str) -> str:
     typo = ref.split("/", 1)[0].lower() in _TRANSPORT_NAMES if "/" in ref else guess is not None
     if _is_registry_reference(ref) and not typo:
         if not os.path.exists(ref):
+            _check_registry_ref("", ref)
             return "docker://" + ref
         raise ImageError(f"{ref!r} is a file or folder here, not an image reference: write oci:{ref} (an OCI "
                          f"layout) or dir:{ref} to push to it, or docker://{ref} for a registry")
@@ -236,8 +278,7 @@ def destination(ref: str) -> str:
         why = f"{ref!r} looks like a mistyped transport (did you mean {guess}?)" + (
             f"; to push to a registry by that name, write docker://{ref}" if _is_registry_reference(ref) else "")
     else:
-        why = (f"{ref!r} is neither a registry reference ([registry[:port]/]name[:tag], lowercase names, e.g. "
-               f"registry.example.com/team/digits:v1 or localhost:5000/digits:v1) nor a skopeo destination")
+        why = _not_a_reference(ref)
     raise ImageError(f"{why}. Skopeo destinations start with one of {transports}")
 
 

@@ -192,6 +192,34 @@ def test_image_config_and_labels(loaded: str, package: Path, info: ArchiveInfo) 
     assert info.labels == labels
 
 
+def test_runs_as_platforms_run_it_and_reaps_orphans(loaded: str, package: Path) -> None:
+    """As Kubernetes and OpenShift run it: an arbitrary uid with gid 0, a read-only root file
+    system with no /tmp mount, no capabilities, no new privileges, none of the image's environment.
+    As its PID 1 the server reaps what a `podman exec` orphans (each stayed a zombie)."""
+    port, name = free_port(), f"{CONTAINER}-platform"
+    python = f"{json.loads((package / 'manifest.json').read_text())['hashes']['toolchain']}/bin/python"
+    podman(*RUNC, "run", "-d", "--name", name, *ulimits(), "--user", "100123:0", "--read-only",
+           "--read-only-tmpfs=false", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--unsetenv-all",
+           "-p", f"127.0.0.1:{port}:8080", loaded)
+    try:
+        wait_ready(f"127.0.0.1:{port}",
+                   lambda: podman("inspect", "--format", "{{.State.Status}}", name, check=False).stdout.strip(),
+                   lambda: podman("logs", name, check=False).stderr)
+        orphan = "import os, time\nif os.fork() == 0:\n    time.sleep(0.5)\nos._exit(0)\n"
+        for _ in range(3):   # exits at once; its child, orphaned, goes to PID 1 and exits 0.5 s later
+            podman("exec", name, python, "-c", orphan)
+        time.sleep(1.5)
+        states = ("import os\nfor p in filter(str.isdigit, os.listdir('/proc')):\n"
+                  "    print(p, open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[0])")
+        zombies = [line for line in podman("exec", name, python, "-c", states).stdout.splitlines()
+                   if line.endswith(" Z")]
+        assert zombies == [], zombies
+        podman("stop", "-t", "30", name)
+        assert podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() == "0"
+    finally:
+        podman("rm", "-f", "-t", "5", name, check=False)
+
+
 def test_runs_as_non_root_with_a_writable_tmp(loaded: str, package: Path) -> None:
     manifest = json.loads((package / "manifest.json").read_text())
     python = f"{manifest['hashes']['toolchain']}/bin/python"

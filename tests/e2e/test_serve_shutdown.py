@@ -143,12 +143,17 @@ def test_a_request_cut_by_the_graceful_timeout_gets_a_json_503(slow_package: Pat
     server.stop()
 
 
-def test_sigterm_while_starting_stops_a_pid_1_server(digits_package: Path, tmp_path: Path) -> None:
-    """As a container's PID 1 (podman, docker, Kubernetes) the server did not see a SIGTERM sent
-    while it imported torch, its first second: the kernel sends PID 1 no signal it has no handler
-    for, so `podman stop` then waited 10 s and killed it (exit 137). Here it is PID 1 of a PID
-    namespace of its own, signalled once torch is being loaded."""
-    unshare = [shutil.which("unshare") or "unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child"]
+def _children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in children.read_text().split()] if children.exists() else []
+
+
+def _serve_as_pid_1(package: Path, tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """The server as PID 1 of a PID namespace of its own (as in a container): the unshare process,
+    the server's PID outside the namespace (once torch is being loaded) and its log. Its /proc is
+    the namespace's, as a container's is."""
+    unshare = [shutil.which("unshare") or "unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child",
+               "--mount-proc"]
     try:
         usable = subprocess.run([*unshare, "true"], capture_output=True).returncode == 0
     except OSError:
@@ -158,20 +163,62 @@ def test_sigterm_while_starting_stops_a_pid_1_server(digits_package: Path, tmp_p
     log = tmp_path / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([*unshare, sys.executable, "-m", "mlbuild.runtime.serve", "--package",
-                                 str(digits_package), "--port", "0"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+                                 str(package), "--port", "0"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    server = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        pids = _children(proc.pid)
+        if pids:
+            server = pids[0]
+            maps = Path(f"/proc/{server}/maps")
+            if "libtorch" in (maps.read_text() if maps.exists() else ""):
+                break
+        time.sleep(0.005)
+    if not server:
+        proc.kill()
+        pytest.fail(log.read_text())
+    return proc, server, log
+
+
+def test_a_pid_1_server_reaps_orphaned_processes(digits_package: Path, tmp_path: Path) -> None:
+    """A process orphaned in a container (the child of a `podman exec` or `kubectl exec` command
+    that exits first) becomes PID 1's child; the server never waited for one, so each stayed a
+    zombie for the container's life."""
+    nsenter = shutil.which("nsenter")
+    if nsenter is None:
+        pytest.skip("no nsenter here")
+    proc, server, log = _serve_as_pid_1(digits_package, tmp_path)
     try:
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-        server = 0
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            pids = children.read_text().split() if children.exists() else []
-            if pids:
-                server = int(pids[0])
-                maps = Path(f"/proc/{server}/maps")
-                if "libtorch" in (maps.read_text() if maps.exists() else ""):
-                    break
-            time.sleep(0.005)
-        assert server, log.read_text()
+        # in a session of its own, as `podman exec` runs a command; exits at once, and its child,
+        # orphaned, goes to PID 1 and exits 0.5 s later
+        orphan = "import os, time\nos.setsid()\nif os.fork() == 0:\n    time.sleep(0.5)\nos._exit(0)\n"
+        for _ in range(3):
+            subprocess.run([nsenter, "--target", str(server), "--user", "--pid", "--preserve-credentials",
+                            sys.executable, "-c", orphan], check=True, timeout=30)
+        time.sleep(1.5)
+
+        def state(pid: int) -> str:
+            try:
+                return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                return "gone"
+        zombies = [pid for pid in _children(server) if state(pid) == "Z"]
+        assert zombies == [], f"zombies of the server (PID 1): {zombies}\n" + log.read_text()
+        os.kill(server, signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigterm_while_starting_stops_a_pid_1_server(digits_package: Path, tmp_path: Path) -> None:
+    """As a container's PID 1 (podman, docker, Kubernetes) the server did not see a SIGTERM sent
+    while it imported torch, its first second: the kernel sends PID 1 no signal it has no handler
+    for, so `podman stop` then waited 10 s and killed it (exit 137). Here it is PID 1 of a PID
+    namespace of its own, signalled once torch is being loaded."""
+    proc, server, log = _serve_as_pid_1(digits_package, tmp_path)
+    try:
         os.kill(server, signal.SIGTERM)
         try:
             code = proc.wait(10)

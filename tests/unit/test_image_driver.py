@@ -64,6 +64,43 @@ def test_destination_refuses_typos_and_paths(ref: str, why: str) -> None:
                                  "docker-archive:, docker-daemon:, containers-storage:")
 
 
+@pytest.mark.parametrize("ref, why", [
+    ("docker://Digits:v1", "'Digits:v1' is not a registry reference ([registry[:port]/]name[:tag], lowercase names, "
+                           "e.g. docker://registry.example.com/team/digits:v1); image names are lowercase: "
+                           "docker://digits:v1"),
+    ("docker://", "'docker://': '' is not a registry reference"),
+    ("docker://localhost:5000/digits:", "'localhost:5000/digits:' is not a registry reference"),
+    ("docker://docker://localhost:5000/digits:v1", "'docker://localhost:5000/digits:v1' is not a registry reference"),
+    ("docker-daemon:", "'docker-daemon:': '' is not a registry reference"),
+    ("docker-daemon:Digits:v1", "image names are lowercase: docker-daemon:digits:v1"),
+    ("docker-daemon:localhost:5000/digits", "names no tag, which docker-daemon: needs; write e.g. "
+                                            "docker-daemon:localhost:5000/digits:v1"),
+    ("docker-daemon:digits@sha256:" + "a" * 64, "names no tag, which docker-daemon: needs (not a digest); write "
+                                                "e.g. docker-daemon:digits:v1"),
+    ("docker://localhost:5000/digits:v1@sha256:" + "a" * 64, "names both a tag and a digest, which skopeo cannot "
+                                                              "push to; write docker://localhost:5000/digits:v1"),
+    ("localhost:5000/digits:v1@sha256:" + "a" * 64, "names both a tag and a digest, which skopeo cannot push to; "
+                                                    "write localhost:5000/digits:v1 (the digest it gets is printed)"),
+])
+def test_a_registry_transport_needs_a_registry_reference(ref: str, why: str) -> None:
+    """skopeo refused these only after the build (`invalid reference format: repository name must
+    be lowercase`, `... has neither a tag nor a digest`, `Docker references with both a tag and
+    digest are currently not supported`, `a destination must be a name:tag`)."""
+    with pytest.raises(img.ImageError) as e:
+        img.destination(ref)
+    assert why in str(e.value)
+
+
+@pytest.mark.parametrize("ref, lower", [
+    ("Digits:v1", "digits:v1"),
+    ("localhost:5000/Team/Digits:V1", "localhost:5000/team/digits:V1"),   # the tag keeps its case
+])
+def test_an_uppercase_name_is_named_with_its_lowercase(ref: str, lower: str) -> None:
+    with pytest.raises(img.ImageError, match=re.escape(f"(image names are lowercase: {lower})")):
+        img.destination(ref)
+    assert img.destination(lower) == "docker://" + lower
+
+
 @pytest.mark.parametrize("ref", ["oci:", "dir:", "oci::v1", "oci-archive:", "docker-archive: "])
 def test_a_path_transport_needs_a_path(ref: str) -> None:
     """skopeo failed later with `initializing destination oci::: mkdir : no such file or directory`."""
@@ -143,6 +180,13 @@ def test_cli_refuses_a_mistyped_destination_before_building(tree) -> None:  # ty
     proc = run_cli("image", "push", "digits", "oci/tmp/x", cwd=root, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "Error: 'oci/tmp/x' looks like a mistyped transport (did you mean oci:/tmp/x?)" in proc.stderr
+
+
+def test_cli_refuses_an_uppercase_docker_reference_before_building(tree) -> None:  # type: ignore[no-untyped-def]
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n\n[models.digits]\nscript = "model.py"\n'})
+    proc = run_cli("image", "push", "digits", "docker://localhost:5000/Digits:v1", cwd=root, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "skopeo copy" not in proc.stderr
+    assert "image names are lowercase: docker://localhost:5000/digits:v1" in proc.stderr
 
 
 def test_destination_refuses_an_option() -> None:

@@ -317,6 +317,22 @@ def test_bind_failures_name_the_address_and_the_fix() -> None:
     bind("127.0.0.1", 0).close()
 
 
+@pytest.mark.parametrize("where", ["folder", "missing/port"])
+def test_a_port_file_that_cannot_be_written_is_named_and_leaves_nothing(
+        pkg: Path, tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--port-file naming a folder left PATH.tmp.PID beside it (at / for /tmp) and said only
+    `[Errno 21] Is a directory: '/tmp.tmp.PID' -> '/tmp'`."""
+    from mlbuild.runtime.serve.__main__ import main
+
+    (tmp_path / "folder").mkdir()
+    before = sorted(tmp_path.iterdir())
+    assert main(["--package", str(pkg), "--port", "0", "--port-file", str(tmp_path / where)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"Error: cannot write the port to --port-file {tmp_path / where} ("), err
+    assert "pass the path of a file in a folder that exists and is writable" in err and ".tmp." not in err
+    assert sorted(tmp_path.iterdir()) == before
+
+
 def test_a_package_server_usage_has_no_package_option(pkg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """bin/serve passes its package: its usage and help do not ask for --package."""
     from mlbuild.runtime.serve.__main__ import build_parser, main
@@ -466,3 +482,25 @@ def test_outputs_that_casting_would_turn_into_other_numbers_are_the_models_error
     model.postprocess = lambda out: {"probabilities": np.full((1, 10), 1e300), "label": np.array([-2.0 ** 63])}
     got = model.run(np.zeros((1, 64), dtype=np.float32))   # float64 scores beyond FP32: inf, for the encoders to refuse
     assert got["label"].tolist() == [-2 ** 63] and got["probabilities"].dtype == np.float32
+
+
+def test_the_pid_1_reaper_takes_orphans_of_other_sessions_only() -> None:
+    """A process of the server's own session (its code's subprocess) keeps its exit status for its
+    own wait; one of another session (what a `podman exec` orphaned) is reaped."""
+    import subprocess
+    import sys
+    import time
+
+    from mlbuild.runtime.serve.__main__ import _reap_orphans
+
+    ours = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    orphan = subprocess.Popen([sys.executable, "-c", "raise SystemExit(4)"], start_new_session=True)
+    stat = Path(f"/proc/{orphan.pid}/stat")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+                                           or Path(f"/proc/{ours.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"):
+        time.sleep(0.01)
+    _reap_orphans()
+    assert not stat.exists()           # reaped: gone from /proc
+    assert ours.wait(10) == 3          # not taken from its own wait
+    orphan.wait(10)

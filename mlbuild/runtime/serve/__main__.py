@@ -91,7 +91,29 @@ def _stop_at_once(signum: int, frame: FrameType | None) -> None:
     _leave(0)
 
 
+def _reap_orphans(signum: int = signal.SIGCHLD, frame: FrameType | None = None) -> None:
+    """Collect the exited orphans among this process's children. As a container's PID 1 the server
+    is the parent of each process orphaned in it (a `podman exec` or `kubectl exec` command's child
+    that outlives it), and the kernel keeps an exited one as a zombie until its parent reaps it:
+    they piled up for the container's life. Only those of another session are taken (an exec runs
+    in a session of its own): a process the server's own code started stays in its session, for its
+    own wait to collect with its exit status."""
+    me, session = os.getpid(), os.getsid(0)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()   # state, ppid, pgrp, session, ...
+            if fields[0] == "Z" and int(fields[1]) == me and int(fields[3]) != session:
+                os.waitpid(int(entry), os.WNOHANG)
+        except (OSError, IndexError, ValueError):   # gone already, or not ours to wait for
+            continue
+
+
 def main(argv: list[str] | None = None, package: str | None = None) -> int:
+    if os.getpid() == 1:
+        signal.signal(signal.SIGCHLD, _reap_orphans)
     early = {sig: signal.signal(sig, _stop_at_once) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return _main(argv, package)

@@ -11,6 +11,7 @@ stops, and ``serve`` returns 0. It returns 1 if the model failed to load.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -71,9 +72,17 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def _write_port_file(path: Path, port: int) -> None:
+    """Write ``port`` to ``path`` atomically; ServeError naming ``--port-file`` when it cannot be,
+    with no temporary file left (one named for a folder was left beside it: ``/tmp.tmp.PID``)."""
     tmp = path.with_name(path.name + f".tmp.{os.getpid()}")
-    tmp.write_text(f"{port}\n")
-    tmp.replace(path)  # readers never see a partial file
+    try:
+        tmp.write_text(f"{port}\n")
+        tmp.replace(path)  # readers never see a partial file
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise ServeError(f"cannot write the port to --port-file {path} ({e.strerror or e}); pass the path of a "
+                         "file in a folder that exists and is writable") from None
 
 
 def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, threads: int | None = None,
@@ -108,10 +117,14 @@ def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, thr
                             timeout_keep_alive=30, proxy_headers=False,
                             http=protocol_class(request_timeout, refused=metrics.refused, listener=sock))
     server = _Server(config, state)
+    if port_file is not None:
+        try:
+            _write_port_file(Path(port_file), actual_port)
+        except ServeError:
+            sock.close()
+            raise
     shown = f"[{host}]" if ":" in host else host
     log.info("serving %s (%s) on http://%s:%d", pkg.name, pkg.root, shown, actual_port)
-    if port_file is not None:
-        _write_port_file(Path(port_file), actual_port)
 
     # uvicorn re-raises the signal that stopped it once it has drained, with the handler that was
     # in place before it started; a no-op one makes a graceful SIGTERM an exit with status 0.
