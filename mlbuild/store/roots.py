@@ -72,7 +72,8 @@ def roots_lock(layout: Layout) -> Iterator[None]:
     make_dir(layout.roots_dir)
     path = layout.roots_dir / ".lock"
     try:
-        with atomic.exclusive(path, mode=FILE_MODE):
+        with atomic.exclusive(path, mode=FILE_MODE, waiting=f"waiting for the store's roots lock ({path}): a gc, "
+                                                            f"push or tag of {layout.root} holds it"):
             yield
     except OSError as e:
         if e.errno not in (errno.ELOOP, errno.EINVAL) or e.filename != str(path):

@@ -147,3 +147,30 @@ def test_the_roots_lock_is_never_opened_through_a_link(store: tuple[StoreConfig,
         tag(cfg, "release-1", [v1])
     lock.unlink()
     assert tag(cfg, "release-1", [v1]).paths == [v1]
+
+
+def test_a_tag_waiting_for_the_roots_lock_says_so(store: tuple[StoreConfig, Path],
+                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    """While a gc (on any machine) held the store's roots lock, a tag or push waited without a word,
+    as long as the gc took: it looked hung."""
+    import subprocess
+    import sys
+    import time
+
+    cfg, chroot = store
+    v1 = put(cfg, chroot, fake_path(chroot, "model-v1", "m1")).store_path
+    lock = Layout(cfg.root).roots_dir / ".lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1)", str(lock)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    t0 = time.monotonic()
+    tag(cfg, "release-1", [v1])
+    assert time.monotonic() - t0 > 0.3   # it waited for the holder
+    holder.wait()
+    err = capfd.readouterr().err
+    assert f"mlbuild: waiting for the store's roots lock ({lock}): a gc, push or tag of {cfg.root} holds it" in err
+    tag(cfg, "release-1", [v1])   # free: not a word
+    assert "waiting" not in capfd.readouterr().err
