@@ -542,7 +542,13 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     drvs: dict[str, str] = {}
     for target in list(targets) or ["toolchain"]:
         if total.outputs and not dirty:   # Nix reads the folder as each target starts, not once
-            check_clean(project, built=[b.target for b in total.outputs])
+            if not allow_dirty:
+                check_clean(project, built=[b.target for b in total.outputs])
+            elif dirty_files(project):   # as asked: the rest is built from the change, marked dirty
+                dirty = total.dirty = True
+                entry = pinned_entry(project.root, needs=(*(["overrides"] if overrides else []), "dirty")) \
+                    or _nix.nix_lib_dir() / "entry.nix"
+                args += ["--arg", "dirty", "true"]
         stream, status, out = _run_build(target, command(target), on_progress)
         if status != 0:
             raise _store_hint(stream.failure(project.root), store[0] if store is not None else None)

@@ -653,3 +653,32 @@ def test_a_change_while_an_earlier_target_built_stops_the_build(data_project: Pa
                                    "before it changed); the next target would be built from the change and marked "
                                    "clean, so it stops here:\n  modified:  mlbuild.toml")
     assert '"datasets.split"' not in records.read_text()[len(before):]
+
+
+def test_with_allow_dirty_a_change_while_an_earlier_target_built_is_built_marked_dirty(
+        data_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`build --allow-dirty` from a clean tree, changed while the first target built: the build
+    stopped with "pass --allow-dirty to build anyway", which it had been given. What it asks for
+    is done instead: the rest is built from the change, marked dirty (Nix gets `dirty = true`)."""
+    from mlbuild import build as build_module
+    from mlbuild.config import load_project
+
+    real = build_module._run_build
+    started: list[tuple[str, bool]] = []
+
+    def edit_after_the_first(target: str, cmd: list[str], on_progress: Any) -> Any:
+        out = real(target, cmd, on_progress)
+        if not started:   # the other terminal
+            (data_project / "README.md").write_text(f"changed {uuid.uuid4()}\n")
+        started.append((target, "dirty" in cmd))
+        return out
+
+    monkeypatch.setattr(build_module, "_run_build", edit_after_the_first)
+    records = data_project / ".mlbuild" / "builds.jsonl"
+    before = records.read_text() if records.exists() else ""
+    summary = build_module.build_targets(load_project(data_project), ["toolchain", "datasets.split"],
+                                         allow_dirty=True)
+    assert started == [("toolchain", False), ("datasets.split", True)]
+    assert summary.dirty
+    new = [json.loads(line) for line in records.read_text()[len(before):].splitlines()]
+    assert [(r["target"], r["dirty"]) for r in new] == [("toolchain", False), ("datasets.split", True)]
