@@ -212,9 +212,10 @@ def dirty_files(project: Project) -> git.Dirty:
     return git.dirty_files(project.root, code_inputs(project))
 
 
-def check_clean(project: Project, built: Sequence[str] = ()) -> None:
+def check_clean(project: Project, built: Sequence[str] = (),
+                then: str = "the next target would be built from the change and marked clean") -> None:
     """DirtyTreeError listing what is not committed. ``built``: the targets this build built while
-    the tree was clean (it changed since, and the next target would be built from the change)."""
+    the tree was clean (it changed since, and ``then`` says what the next step would do with it)."""
     dirty = dirty_files(project)
     if not dirty:
         return
@@ -229,7 +230,7 @@ def check_clean(project: Project, built: Sequence[str] = ()) -> None:
     head = "the worktree is not clean, so the inputs of this build would not be known:\n"
     if built:   # another terminal's edit, `data add`, `git checkout` while the earlier targets built
         head = (f"the worktree changed while this build ran ({', '.join(built)} built from the clean tree, before "
-                f"it changed); the next target would be built from the change and marked clean, so it stops here:\n")
+                f"it changed); {then}, so it stops here:\n")
     raise DirtyTreeError(
         head
         + "\n".join(lines[:20]) + more
@@ -579,8 +580,11 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
             if drv is not None and _nix.is_fixed_output(drv):   # a dataset: its "build" only says it is missing
                 total.fixed.append(built.target)
                 continue
+            if not dirty:   # Nix reads the folder again: a change since is what it would rebuild and compare
+                check_clean(project, built=[b.target for b in total.outputs],
+                            then="the check would build the change again, not what was built")
             _check_reproducible(project, built.target, command(built.target, "--rebuild", "--keep-failed"),
-                                on_progress)
+                                on_progress, drv)
             total.checked.append(built.target)
     if do_push:
         push_outputs(project, total)
@@ -606,10 +610,11 @@ def _run_build(target: str, cmd: list[str], on_progress: Callable[[Progress], No
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _DIFFERS = re.compile(r"may not be deterministic: output '([^']+)' differs from '([^']+)'")
 _KEPT = re.compile(r"keeping build directory '([^']+)'")
+_UNCHECKABLE = re.compile(r"some outputs of '([^']+)' are not valid, so checking is not possible")
 
 
 def _check_reproducible(project: Project, target: str, cmd: list[str],
-                        on_progress: Callable[[Progress], None] | None) -> None:
+                        on_progress: Callable[[Progress], None] | None, drv: str | None = None) -> None:
     """Build ``target``'s own derivation again (``nix build --rebuild``: its inputs are not rebuilt)
     and compare with the output there is, which may have come from the shared store; BuildError
     naming the files whose bytes differ, with the second build kept beside the first
@@ -618,10 +623,18 @@ def _check_reproducible(project: Project, target: str, cmd: list[str],
 
     from .runtime.hashing import sha256_file, tree_hashes
 
-    stream, status, _ = _run_build(target, cmd, on_progress)
+    stream, status, out = _run_build(target, cmd, on_progress)
     said = _ANSI.sub("", "\n".join(stream.other))
     for kept in _KEPT.findall(said):   # --keep-failed keeps the .check output, and the build folder too
         shutil.rmtree(kept, ignore_errors=True)
+    # Nix evaluates the folder again: a file changed since (in a tree that was dirty already) is what
+    # it rebuilds, or refuses to check ("not valid"), and nothing built before is compared.
+    unchecked = _UNCHECKABLE.search(said)
+    rebuilt = _nix.parse_build_json(out)[0].get("drvPath") if status == 0 else unchecked and unchecked.group(1)
+    if drv is not None and rebuilt and rebuilt != drv:
+        raise BuildError(f"{target} changed while it was built (a file it reads, edited in a dirty tree): its check "
+                         f"evaluated the change, {rebuilt}, not {drv}, so nothing was compared; run `mlbuild build "
+                         f"--check {target}` again once the files are as you want them")
     if status == 0:
         return
     m = _DIFFERS.search(said)
