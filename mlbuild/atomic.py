@@ -9,6 +9,7 @@ import fcntl
 import os
 import secrets
 import stat
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -97,7 +98,7 @@ def _named(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def exclusive(path: Path, mode: int | None = None) -> Iterator[None]:
+def exclusive(path: Path, mode: int | None = None, waiting: str | None = None) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing), waiting for another holder.
     Commands that read a file, change it and write it back (`data add` and `mlbuild lock` on
     mlbuild.lock and mlbuild.toml) re-read it inside: two at once otherwise each wrote back what it
@@ -107,7 +108,9 @@ def exclusive(path: Path, mode: int | None = None) -> Iterator[None]:
     ``mode``, for a lock in a folder others write (a shared store): the lock file's mode whatever
     the umask (0664: every member of the group opens it for writing), set where this account owns
     it; and it is opened only as a file, never through a link (any writer of the folder could point
-    one at a file only root may write, whose mode the chmod then changed): OSError otherwise."""
+    one at a file only root may write, whose mode the chmod then changed): OSError otherwise.
+    ``waiting``: said on stderr when another holds the lock, before waiting for it (a lock held for
+    long, as a gc holds the store's, would otherwise look like a hang)."""
     only_file = os.O_NOFOLLOW | os.O_NONBLOCK if mode is not None else 0
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | only_file, 0o666 if mode is None else mode)
@@ -120,7 +123,11 @@ def exclusive(path: Path, mode: int | None = None) -> Iterator[None]:
         with contextlib.suppress(PermissionError):
             os.fchmod(fd, mode)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if waiting else 0))
+        except BlockingIOError:
+            print(f"mlbuild: {waiting}", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)

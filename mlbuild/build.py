@@ -228,9 +228,10 @@ def _dataset_of(root: Path, datasets: dict[str, str], name: str) -> str | None:
     return None
 
 
-def check_clean(project: Project, built: Sequence[str] = ()) -> None:
+def check_clean(project: Project, built: Sequence[str] = (),
+                then: str = "the next target would be built from the change and marked clean") -> None:
     """DirtyTreeError listing what is not committed. ``built``: the targets this build built while
-    the tree was clean (it changed since, and the next target would be built from the change)."""
+    the tree was clean (it changed since, and ``then`` says what the next step would do with it)."""
     dirty = dirty_files(project)
     if not dirty:
         return
@@ -254,7 +255,7 @@ def check_clean(project: Project, built: Sequence[str] = ()) -> None:
     head = "the worktree is not clean, so the inputs of this build would not be known:\n"
     if built:   # another terminal's edit, `data add`, `git checkout` while the earlier targets built
         head = (f"the worktree changed while this build ran ({', '.join(built)} built from the clean tree, before "
-                f"it changed); the next target would be built from the change and marked clean, so it stops here:\n")
+                f"it changed); {then}, so it stops here:\n")
     raise DirtyTreeError(
         head
         + "\n".join(lines[:20]) + more
@@ -599,7 +600,13 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     drvs: dict[str, str] = {}
     for target in list(targets) or ["toolchain"]:
         if total.outputs and not dirty:   # Nix reads the folder as each target starts, not once
-            check_clean(project, built=[b.target for b in total.outputs])
+            if not allow_dirty:
+                check_clean(project, built=[b.target for b in total.outputs])
+            elif dirty_files(project):   # as asked: the rest is built from the change, marked dirty
+                dirty = total.dirty = True
+                entry = pinned_entry(project.root, needs=(*(["overrides"] if overrides else []), "dirty")) \
+                    or _nix.nix_lib_dir() / "entry.nix"
+                args += ["--arg", "dirty", "true"]
         stream, status, out = _run_build(target, command(target), on_progress)
         if status != 0:
             raise _store_hint(stream.failure(project.root, _local_datasets(project)),
@@ -631,6 +638,9 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
             if drv is not None and _nix.is_fixed_output(drv):   # a dataset: its "build" only says it is missing
                 total.fixed.append(built.target)
                 continue
+            if not dirty:   # Nix reads the folder again: a change since is what it would rebuild and compare
+                check_clean(project, built=[b.target for b in total.outputs],
+                            then="the check would build the change again, not what was built")
             _check_reproducible(project, built.target, command(built.target, "--rebuild", "--keep-failed"),
                                 on_progress, drv, built.path)
             total.checked.append(built.target)
@@ -658,10 +668,11 @@ def _run_build(target: str, cmd: list[str], on_progress: Callable[[Progress], No
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _DIFFERS = re.compile(r"may not be deterministic: output '([^']+)' differs from '([^']+)'")
 _KEPT = re.compile(r"keeping build directory '([^']+)'")
+_UNCHECKABLE = re.compile(r"some outputs of '([^']+)' are not valid, so checking is not possible")
 
 
 def _check_reproducible(project: Project, target: str, cmd: list[str],
-                        on_progress: Callable[[Progress], None] | None, drv: str | None, out: str) -> None:
+                        on_progress: Callable[[Progress], None] | None, drv: str | None, built_path: str) -> None:
     """Build ``target``'s own derivation again (``nix build --rebuild``: its inputs are not rebuilt)
     and compare with the output there is, which may have come from the shared store; BuildError
     naming the files whose bytes differ, with the second build kept beside the first
@@ -672,13 +683,21 @@ def _check_reproducible(project: Project, target: str, cmd: list[str],
     from .runtime.hashing import sha256_file, tree_hashes
     from .storepath import check_output_path
 
-    stream, status, _ = _run_build(target, cmd, on_progress)
+    stream, status, out = _run_build(target, cmd, on_progress)
     said = _ANSI.sub("", "\n".join(stream.other))
     for kept in _KEPT.findall(said):   # --keep-failed keeps the .check output, and the build folder too
         shutil.rmtree(kept, ignore_errors=True)
+    # Nix evaluates the folder again: a file changed since (in a tree that was dirty already) is what
+    # it rebuilds, or refuses to check ("not valid"), and nothing built before is compared.
+    unchecked = _UNCHECKABLE.search(said)
+    rebuilt = _nix.parse_build_json(out)[0].get("drvPath") if status == 0 else unchecked and unchecked.group(1)
+    if drv is not None and rebuilt and rebuilt != drv:
+        raise BuildError(f"{target} changed while it was built (a file it reads, edited in a dirty tree): its check "
+                         f"evaluated the change, {rebuilt}, not {drv}, so nothing was compared; run `mlbuild build "
+                         f"--check {target}` again once the files are as you want them")
     # The second build, where Nix left it (a passed check; a failed build): a whole second copy
     # of the output (300 MB for a 300 MB model), invalid, in the store until a garbage collection.
-    again = check_output_path(drv, out) if drv else None
+    again = check_output_path(drv, built_path) if drv else None
     if again is not None and os.path.lexists(again) and _nix.invalid_paths([again]):
         with contextlib.suppress(OSError):   # best effort: a store this user may not write (a daemon's)
             remove_tree(again)

@@ -14,6 +14,7 @@ import contextlib
 import csv
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -456,9 +457,13 @@ def init_project(root: Path, *, name: str | None = None, csv_path: Path | None =
             written.append(path)
         inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=root, capture_output=True, text=True)
         if inside.returncode != 0:
+            # A .git already there is one git rejects (another user's: "dubious ownership"; a damaged
+            # one), holding its commits: never this init's to remove.
+            had_git = os.path.lexists(root / ".git")
             git_init = subprocess.run(["git", "init", "-q"], cwd=root, capture_output=True, text=True)
             if git_init.returncode != 0:
-                shutil.rmtree(root / ".git", ignore_errors=True)
+                if not had_git:
+                    shutil.rmtree(root / ".git", ignore_errors=True)
                 said = (git_init.stderr.strip().splitlines() or [f"exit {git_init.returncode}"])[-1]
                 raise InitError(f"`git init` in {root} failed: {said}; fix that, then run mlbuild init again "
                                 "(it wrote nothing)")

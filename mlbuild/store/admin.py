@@ -157,7 +157,9 @@ def untag(cfg: StoreConfig, name: str) -> None:
     layout = Layout(cfg.root)
     layout.require()
     layout.require_writable(f"untag {name}")
-    if not remove_tag(layout, name):
+    with roots_lock(layout):   # not between a tag's read of NAME and its write, which would bring it back
+        removed = remove_tag(layout, name)
+    if not removed:
         raise StoreTargetError(f"no tag {name!r} in the store {cfg.root} (tags: {', '.join(tags(cfg)) or 'none'})")
 
 

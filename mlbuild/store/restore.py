@@ -154,18 +154,21 @@ def _remove(path: str) -> None:
 
 
 class PathLock:
-    """Nix's per-path lock (``<real path>.lock``, fcntl write lock; a non-empty file is stale)."""
+    """Nix's per-path lock (``<real path>.lock``; a non-empty file is stale): an ``flock``, as Nix
+    takes it, and a POSIX lock, as mlbuild took it before (the two never exclude each other on
+    Linux: a restore or a fast `data add` went on while Nix substituted or added the same path)."""
 
     def __init__(self, real: str) -> None:
         self.name = real + ".lock"
         while True:
             self.fd = os.open(self.name, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # held: say so rather than hang silently, then wait
-                print(f"mlbuild: waiting for the lock on {real} (another Nix or mlbuild process is writing it)",
-                      file=sys.stderr, flush=True)
-                fcntl.lockf(self.fd, fcntl.LOCK_EX)
+            for lock in (fcntl.flock, fcntl.lockf):
+                try:
+                    lock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:  # held: say so rather than hang silently, then wait
+                    print(f"mlbuild: waiting for the lock on {real} (another Nix or mlbuild process is writing it)",
+                          file=sys.stderr, flush=True)
+                    lock(self.fd, fcntl.LOCK_EX)
             if os.fstat(self.fd).st_size == 0:
                 return
             os.close(self.fd)

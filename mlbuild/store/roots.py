@@ -10,7 +10,7 @@ Roots live in the store folder (``mlbuild/roots/``), so every machine sharing th
   older record of them.
 - ``.lock``: held (``flock``) by whatever reads roots and acts on them: ``store tag`` while it reads
   the tag it extends and writes it back (two at once each wrote back what it had read, and the
-  other's paths lost the tag's protection without a word); gc from reading the roots to removing
+  other's paths lost the tag's protection without a word), ``store untag`` as it removes one; gc from reading the roots to removing
   entries; a push while it writes its records.
 - a lock (``gc --lock mlbuild.lock``): the interpreter snapshot, the wheels and the local datasets
   it pins, as the fixed-output store paths Nix gives them, plus any store path written in it.
@@ -72,7 +72,8 @@ def roots_lock(layout: Layout) -> Iterator[None]:
     make_dir(layout.roots_dir)
     path = layout.roots_dir / ".lock"
     try:
-        with atomic.exclusive(path, mode=FILE_MODE):
+        with atomic.exclusive(path, mode=FILE_MODE, waiting=f"waiting for the store's roots lock ({path}): a gc, "
+                                                            f"push or tag of {layout.root} holds it"):
             yield
     except OSError as e:
         if e.errno not in (errno.ELOOP, errno.EINVAL) or e.filename != str(path):

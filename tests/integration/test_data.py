@@ -715,3 +715,88 @@ def test_a_change_while_an_earlier_target_built_stops_the_build(data_project: Pa
                                    "before it changed); the next target would be built from the change and marked "
                                    "clean, so it stops here:\n  modified:  mlbuild.toml")
     assert '"datasets.split"' not in records.read_text()[len(before):]
+
+
+def test_with_allow_dirty_a_change_while_an_earlier_target_built_is_built_marked_dirty(
+        data_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`build --allow-dirty` from a clean tree, changed while the first target built: the build
+    stopped with "pass --allow-dirty to build anyway", which it had been given. What it asks for
+    is done instead: the rest is built from the change, marked dirty (Nix gets `dirty = true`)."""
+    from mlbuild import build as build_module
+    from mlbuild.config import load_project
+
+    real = build_module._run_build
+    started: list[tuple[str, bool]] = []
+
+    def edit_after_the_first(target: str, cmd: list[str], on_progress: Any) -> Any:
+        out = real(target, cmd, on_progress)
+        if not started:   # the other terminal
+            (data_project / "README.md").write_text(f"changed {uuid.uuid4()}\n")
+        started.append((target, "dirty" in cmd))
+        return out
+
+    monkeypatch.setattr(build_module, "_run_build", edit_after_the_first)
+    records = data_project / ".mlbuild" / "builds.jsonl"
+    before = records.read_text() if records.exists() else ""
+    summary = build_module.build_targets(load_project(data_project), ["toolchain", "datasets.split"],
+                                         allow_dirty=True)
+    assert started == [("toolchain", False), ("datasets.split", True)]
+    assert summary.dirty
+    new = [json.loads(line) for line in records.read_text()[len(before):].splitlines()]
+    assert [(r["target"], r["dirty"]) for r in new] == [("toolchain", False), ("datasets.split", True)]
+
+
+def test_a_change_before_the_check_rebuild_is_not_checked_instead(data_project: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`build --check`: Nix reads the folder again for the check's rebuild. An edit made while the
+    target built was what got rebuilt and compared (another derivation), and the target was
+    reported as checked, its own derivation never built again. The check now stops there."""
+    from mlbuild import build as build_module
+    from mlbuild.config import load_project
+    from mlbuild.build import DirtyTreeError
+
+    real = build_module._run_build
+    started: list[str] = []
+
+    def edit_after_the_first(target: str, cmd: list[str], on_progress: Any) -> Any:
+        out = real(target, cmd, on_progress)
+        if not started:   # the other terminal
+            toml = data_project / "mlbuild.toml"
+            toml.write_text(toml.read_text().replace("train = 0.5", "train = 0.6") + f"# {uuid.uuid4()}\n")
+        started.append(target)
+        return out
+
+    monkeypatch.setattr(build_module, "_run_build", edit_after_the_first)
+    with pytest.raises(DirtyTreeError) as e:
+        build_module.build_targets(load_project(data_project), ["datasets.split"], check=True)
+    assert started == ["datasets.split"]   # no rebuild of the change
+    assert str(e.value).startswith("the worktree changed while this build ran (datasets.split built from the clean "
+                                   "tree, before it changed); the check would build the change again, not what was "
+                                   "built, so it stops here:\n  modified:  mlbuild.toml"), str(e.value)
+
+
+def test_with_allow_dirty_a_change_before_the_check_rebuild_is_not_checked_instead(
+        data_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same in a tree dirty from the start (`--allow-dirty --check`): no clean check to stop
+    it, so the check's rebuild is compared with the derivation that was built."""
+    from mlbuild import build as build_module
+    from mlbuild.config import load_project
+    from mlbuild.errors import BuildError
+
+    (data_project / "README.md").write_text(f"dirty {uuid.uuid4()}\n")
+    real = build_module._run_build
+    started: list[str] = []
+
+    def edit_after_the_first(target: str, cmd: list[str], on_progress: Any) -> Any:
+        out = real(target, cmd, on_progress)
+        if not started:   # the other terminal
+            toml = data_project / "mlbuild.toml"
+            toml.write_text(toml.read_text().replace("train = 0.5", "train = 0.7") + f"# {uuid.uuid4()}\n")
+        started.append(target)
+        return out
+
+    monkeypatch.setattr(build_module, "_run_build", edit_after_the_first)
+    with pytest.raises(BuildError, match=r"datasets\.split changed while it was built .*: its check evaluated "
+                                         r"the change, /nix/store/\S+\.drv, not /nix/store/\S+\.drv, so nothing was compared; run `mlbuild "
+                                         r"build --check datasets\.split` again"):
+        build_module.build_targets(load_project(data_project), ["datasets.split"], check=True, allow_dirty=True)

@@ -290,3 +290,22 @@ def test_init_refuses_the_model_names_nix_refuses() -> None:
     nix = (Path(__file__).parents[2] / "nix" / "project.nix").read_text()
     m = re.search(r"^ +reserved = \[([^\]]*)\];", nix, re.M)
     assert m and tuple(json.loads(f"[{m.group(1).strip().replace(' ', ', ')}]")) == RESERVED
+
+
+def test_a_failed_git_init_leaves_a_repository_that_was_there(tmp_path: Path) -> None:
+    """A folder holding a .git that `git rev-parse` rejects (another user's checkout: "dubious
+    ownership"; a damaged config) and `git init` cannot set up either: init removed that .git
+    whole, the commits in it too, and said "it wrote nothing". Only a .git it made is removed."""
+    root = tmp_path / "p"
+    root.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    (root / "f").write_text("mine\n")
+    subprocess.run(["git", "add", "f"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one"], cwd=root, check=True)
+    objects = sorted(p for p in (root / ".git" / "objects").rglob("*") if p.is_file())
+    (root / ".git" / "config").rename(root / ".git" / "config.saved")
+    (root / ".git" / "config").mkdir()   # git can neither read nor write it, as root too
+    with pytest.raises(InitError, match=r"`git init` in .* failed: .*; fix that, then run mlbuild init again"):
+        init_project(root, python=sys.executable)
+    assert sorted(p for p in (root / ".git" / "objects").rglob("*") if p.is_file()) == objects
+    assert sorted(p.name for p in root.iterdir()) == [".git", "f"]

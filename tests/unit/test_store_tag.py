@@ -147,3 +147,59 @@ def test_the_roots_lock_is_never_opened_through_a_link(store: tuple[StoreConfig,
         tag(cfg, "release-1", [v1])
     lock.unlink()
     assert tag(cfg, "release-1", [v1]).paths == [v1]
+
+
+def test_a_tag_waiting_for_the_roots_lock_says_so(store: tuple[StoreConfig, Path],
+                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    """While a gc (on any machine) held the store's roots lock, a tag or push waited without a word,
+    as long as the gc took: it looked hung."""
+    import subprocess
+    import sys
+    import time
+
+    cfg, chroot = store
+    v1 = put(cfg, chroot, fake_path(chroot, "model-v1", "m1")).store_path
+    lock = Layout(cfg.root).roots_dir / ".lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1)", str(lock)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    t0 = time.monotonic()
+    tag(cfg, "release-1", [v1])
+    assert time.monotonic() - t0 > 0.3   # it waited for the holder
+    holder.wait()
+    err = capfd.readouterr().err
+    assert f"mlbuild: waiting for the store's roots lock ({lock}): a gc, push or tag of {cfg.root} holds it" in err
+    tag(cfg, "release-1", [v1])   # free: not a word
+    assert "waiting" not in capfd.readouterr().err
+
+
+def test_an_untag_while_a_tag_of_that_name_is_written_is_not_undone(store: tuple[StoreConfig, Path],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """untag took no lock: between a tag's read of release-1 and its write, it removed the tag and
+    said so, and the tag was then written back whole, the untagged paths with it (kept from gc)."""
+    import threading
+    import time
+
+    from mlbuild.store import admin
+
+    cfg, chroot = store
+    v1, v2 = (put(cfg, chroot, fake_path(chroot, f"model-v{i}", f"m{i}")).store_path for i in (1, 2))
+    tag(cfg, "release-1", [v1])
+    read = admin.tags
+
+    def slow_read(c: StoreConfig) -> dict[str, list[str]]:   # the tagger pauses between read and write
+        out = read(c)
+        if threading.current_thread().name == "tagger":
+            time.sleep(1.0)
+        return out
+
+    monkeypatch.setattr(admin, "tags", slow_read)
+    tagger = threading.Thread(target=tag, args=(cfg, "release-1", [v1, v2]), name="tagger")
+    tagger.start()
+    time.sleep(0.3)
+    admin.untag(cfg, "release-1")   # started after the tag: it has the last word
+    tagger.join(20)
+    assert "release-1" not in tags(cfg)
