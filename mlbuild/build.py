@@ -356,6 +356,7 @@ def _own_module(root: Path, tail: list[str]) -> list[str]:
 
 
 _NO_MODULE = re.compile(r"mlbuild: no module named '([A-Za-z_][A-Za-z0-9_]*)' in this build")
+_NOTEBOOK = re.compile(r"mlbuild: notebook (.+) failed at ")
 _NO_FILE = re.compile(r"\s*FileNotFoundError: \[Errno 2\] No such file or directory: '([^']+)'$")
 
 
@@ -367,17 +368,21 @@ def _missing_file(root: Path, datasets: dict[str, str], tail: list[str]) -> list
     if found is None or os.path.isabs(found.group(1)):
         return []
     name = found.group(1)
-    notebook = any(line.startswith("mlbuild: notebook ") for line in tail)
-    dataset = _dataset_of(root, datasets, name)
+    header = next((m for line in tail if (m := _NOTEBOOK.match(line))), None)
+    notebook = header is not None
+    # a notebook's kernel runs in the notebook's folder (notebooks/eda.ipynb reading ../data/x.csv)
+    rel = os.path.normpath(os.path.join(os.path.dirname(header.group(1)), name)) if header else name
+    shown = name if rel == os.path.normpath(name) else f"{name} ({rel} from the notebook's folder)"
+    dataset = _dataset_of(root, datasets, rel)
     if dataset is not None:
         read = 'DATA["{0}"]' if notebook else 'ctx.data["{0}"] (a prepare: inputs["{0}"])'
-        return [f"mlbuild: {name} is the dataset {dataset} ({datasets[dataset]}), which a build reads from the store, "
+        return [f"mlbuild: {shown} is the dataset {dataset} ({datasets[dataset]}), which a build reads from the store, "
                 f"not from the project folder: list \"{dataset}\" in {'the notebook' if notebook else 'the failing stage'}'s "
                 f"datasets and read {read.format(dataset)}"]
-    if not os.path.lexists(root / name):
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep) or not os.path.lexists(root / rel):
         return []
     if notebook:
-        return [f"mlbuild: {name} is in the project but not in the build: add {json.dumps(name)} to the notebook's "
+        return [f"mlbuild: {shown} is in the project but not in the build: add {json.dumps(rel)} to the notebook's "
                 "`code = [...]` in mlbuild.toml (its working folder holds those files only)"]
     return [f"mlbuild: {name} is in the project, but a stage runs in an empty temporary folder: list "
             f"{json.dumps(name)} in the failing stage's `code = [...]` in mlbuild.toml and open it beside the "

@@ -170,10 +170,19 @@ def log_revisions(project: Path, names: list[str]) -> list[str]:
     # --topo-order: parents before children whatever the commit dates say (a branch's commit dated
     # before its fork point came first). --full-history: git's default simplification follows one
     # parent of a merge whose files equal that parent's, and drops the other side's commits (a
-    # change and its revert on main, a fix cherry-picked to both sides): their metrics too.
-    out = _git(root, "--literal-pathspecs", "log", "--format=%H", "--topo-order", "--full-history", "--reverse", "--",
-               *paths).stdout
-    return out.split()
+    # change and its revert on main, a fix cherry-picked to both sides): their metrics too. It also
+    # lists a merge whose files equal one parent's (each `merge --no-ff` of a branch into a main
+    # that did not touch them): that parent's files and metrics, listed already, are left out.
+    out = _git(root, "--literal-pathspecs", "log", "--format=%H %P", "--topo-order", "--full-history", "--reverse",
+               "--", *paths).stdout
+    revs = []
+    for line in out.splitlines():
+        rev, *parents = line.split()
+        if len(parents) > 1 and any(_git(root, "--literal-pathspecs", "diff", "--quiet", p, rev, "--", *paths,
+                                         check=False).returncode == 0 for p in parents):
+            continue
+        revs.append(rev)
+    return revs
 
 
 def ignore_entry(project: Path, path: Path) -> tuple[Path, str] | None:

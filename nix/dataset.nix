@@ -43,9 +43,13 @@
             hint = "mlbuild data pull ${name}   (or, where the files are: mlbuild data add ${name} ${path})";
           }
         else if t ? url then
-          let sha256 = get "sha256" "string" (throw "mlbuild: [datasets.${name}] url needs sha256 = \"<64 hex digits>\" (the file's sha256)"); in
+          let
+            given = get "sha256" "string" (throw "mlbuild: [datasets.${name}] url needs sha256 = \"<64 hex digits>\" (the file's sha256)");
+            # upper case too, as Nix's outputHash (and the driver) take it: the same store path
+            sha256 = builtins.replaceStrings [ "A" "B" "C" "D" "E" "F" ] [ "a" "b" "c" "d" "e" "f" ] given;
+          in
           assert lib.assertMsg (builtins.match "[0-9a-f]{64}" sha256 != null)
-            "[datasets.${name}].sha256 is ${builtins.toJSON sha256}; it must be the file's sha256 as 64 lowercase hex digits (`sha256sum FILE`)";
+            "[datasets.${name}].sha256 is ${builtins.toJSON given}; it must be the file's sha256 as 64 hex digits (`sha256sum FILE`)";
           derivation {
             inherit name;
             system = "builtin";

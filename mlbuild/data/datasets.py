@@ -58,10 +58,12 @@ def _one(name: str, table: Any) -> Dataset:
     kind = kinds[0]
     if kind == "url":
         sha = table.get("sha256")
-        if not isinstance(sha, str) or not _HEX.match(sha):
+        # in either case, as Nix reads it (PowerShell's Get-FileHash prints upper case): said as 64
+        # hex digits, refused, an upper-case one was no help
+        if not isinstance(sha, str) or not _HEX.match(sha.lower()):
             raise ConfigError(f"{where}: url datasets need sha256 = \"<64 hex digits>\" (the file's sha256), "
                               f"got {sha!r}")
-        return Dataset(name, kind, url=str(table["url"]), sha256=sha)
+        return Dataset(name, kind, url=str(table["url"]), sha256=sha.lower())
     if kind == "prepare":
         inputs = table.get("inputs", [])
         if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):

@@ -58,6 +58,18 @@ def test_a_relative_path_of_the_project_is_explained(tmp_path: Path) -> None:
         _failed(tmp_path, notebook, {"raw": "data/clean.csv"})
     assert "to the notebook's `code = [...]`" in _failed(tmp_path, notebook, {"raw": "data/other.csv"})
     assert "ctx.data[\"raw\"]" in _failed(tmp_path, [error.format("./data/clean.csv")], {"raw": "data"})
+    # a notebook in a folder of its own runs there: ../data/clean.csv is the project's data/clean.csv,
+    # and notebooks/data/clean.csv is not the dataset's (it had no hint, or one for another file)
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "extra.json").write_text("{}")
+    nested = ["mlbuild: notebook notebooks/eda.ipynb failed at cell 2 (In [3]); its source:", "  {}"]
+    assert ("mlbuild: ../data/clean.csv (data/clean.csv from the notebook's folder) is the dataset raw (data/clean.csv), "
+            "which a build reads from the store") in \
+        _failed(tmp_path, [l.format(error.format("../data/clean.csv")) for l in nested], {"raw": "data/clean.csv"})
+    assert "mlbuild: data/clean.csv" not in \
+        _failed(tmp_path, [l.format(error.format("data/clean.csv")) for l in nested], {"raw": "data/clean.csv"})
+    assert "add \"notebooks/extra.json\" to the notebook's `code = [...]`" in \
+        _failed(tmp_path, [l.format(error.format("extra.json")) for l in nested])
     # not the project's (a file the script was to write first), or absolute: no hint
     assert "mlbuild:" not in _failed(tmp_path, [error.format("cache/x.npy")])
     assert "mlbuild:" not in _failed(tmp_path, [error.format(str(tmp_path / "extra.json"))])

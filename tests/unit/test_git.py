@@ -51,9 +51,28 @@ def test_log_revisions_keeps_both_sides_of_a_merge(tmp_path: Path) -> None:
     run("commit", "-qam", "not the project's files")
     run("merge", "-q", "--no-edit", "wide")
     subjects = [run("log", "-1", "--format=%s", rev) for rev in git.log_revisions(tmp_path, ["mlbuild.toml"])]
-    assert subjects[0] == "root" and subjects[-1] == "Merge branch 'wide'"
-    assert sorted(subjects[1:-1]) == ['Revert "bad lr"', "bad lr", "hidden 32"]
+    # the merge's mlbuild.toml is hidden 32's: that row already (its metrics a second time, else)
+    assert subjects[0] == "root" and sorted(subjects[1:]) == ['Revert "bad lr"', "bad lr", "hidden 32"]
     assert subjects.index("bad lr") < subjects.index('Revert "bad lr"')
+    # a pull request's merge (--no-ff, main untouched): the branch's commit, not the merge too
+    run("checkout", "-qb", "deep")
+    (tmp_path / "mlbuild.toml").write_text("lr = 0.003\nhidden = 128\n")
+    run("commit", "-qam", "hidden 128")
+    run("checkout", "-q", "main")
+    run("merge", "-q", "--no-ff", "--no-edit", "deep")
+    # a merge of two sides that each changed the files holds what neither had: a row of its own
+    run("checkout", "-qb", "slow", "HEAD~1")
+    (tmp_path / "mlbuild.toml").write_text("lr = 0.001\nhidden = 32\n")
+    run("commit", "-qam", "lr 0.001")
+    run("checkout", "-q", "main")
+    (tmp_path / "mlbuild.toml").write_text("lr = 0.003\nhidden = 128\nepochs = 3\n")
+    run("commit", "-qam", "epochs 3")
+    subprocess.run(["git", "merge", "-q", "--no-edit", "slow"], cwd=tmp_path, capture_output=True)   # a conflict
+    (tmp_path / "mlbuild.toml").write_text("lr = 0.001\nhidden = 128\nepochs = 3\n")
+    run("commit", "-qam", "merge slow")
+    subjects = [run("log", "-1", "--format=%s", rev) for rev in git.log_revisions(tmp_path, ["mlbuild.toml"])]
+    assert sorted(subjects[-4:-1]) == ["epochs 3", "hidden 128", "lr 0.001"]
+    assert subjects[-1] == "merge slow" and len(subjects) == len(set(subjects)) == 8
 
 
 def test_data_inside_a_repository_of_its_own_is_refused(tmp_path: Path) -> None:

@@ -37,12 +37,29 @@ def test_the_fixture_evaluates(tmp_path: Path) -> None:
     assert proc.stdout.endswith(".drv")
 
 
+def test_a_url_datasets_sha256_in_upper_case_is_the_same_fetch(tmp_path: Path) -> None:
+    """Nix's outputHash takes hex in either case (PowerShell's Get-FileHash prints upper case): a
+    project that `nix build` fetched before the check came in was refused by it."""
+    sha = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    paths = []
+    for i, given in enumerate((sha, sha.upper())):
+        proc = evaluate(tmp_path / str(i), ('path = "data/raw"', f'url = "https://example.org/raw.csv"\nsha256 = "{given}"'),
+                        attr="datasets.raw.outPath")
+        assert proc.returncode == 0, proc.stderr
+        paths.append(proc.stdout)
+    assert paths[0] == paths[1]
+    # the driver too: it refused the upper-case one as not "<64 hex digits>"
+    from mlbuild.config import load_project
+    from mlbuild.data.remote import dataset_paths
+    assert dataset_paths(load_project(tmp_path / "1" / "p"), ["raw"]) == {"raw": paths[0]}
+
+
 @pytest.mark.parametrize("edit, message", [
     # [datasets.NAME] values: Nix's bare "cannot coerce an integer to a string", its "hash 'abc' has
     # wrong length" naming no dataset, and url = 3 evaluated (a fetch of "3")
     (('path = "data/raw"', "path = 3"), "[datasets.raw].path is 3; it must be a string (mlbuild.toml)"),
     (('path = "data/raw"', 'url = "https://example.org/raw.csv"\nsha256 = "abc"'),
-     '[datasets.raw].sha256 is "abc"; it must be the file\'s sha256 as 64 lowercase hex digits'),
+     '[datasets.raw].sha256 is "abc"; it must be the file\'s sha256 as 64 hex digits'),
     (('path = "data/raw"', f'url = 3\nsha256 = "{"0" * 64}"'), "[datasets.raw].url is 3; it must be a string"),
     # a misspelled thresholds table would have turned the validation gate off
     (("thresholds = {", "threshold = {"),

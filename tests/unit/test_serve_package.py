@@ -333,6 +333,22 @@ def test_a_port_file_that_cannot_be_written_is_named_and_leaves_nothing(
     assert sorted(tmp_path.iterdir()) == before
 
 
+@pytest.mark.parametrize("given", ["", ".", "/"])
+def test_a_port_file_naming_no_file_is_named(pkg: Path, tmp_path: Path, given: str, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """--port-file "" (a script's unset variable), "." or "/": a ValueError traceback from
+    Path.with_name ('PosixPath('.') has an empty name') once the model had loaded."""
+    from mlbuild.runtime.serve.__main__ import main
+
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert main(["--package", str(pkg), "--port", "0", "--port-file", given]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"Error: cannot write the port to --port-file {str(Path(given))!r} (a folder, not a file); "
+                          "pass the path of a file"), err
+    assert list((tmp_path / "cwd").iterdir()) == []
+
+
 def test_a_package_server_usage_has_no_package_option(pkg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """bin/serve passes its package: its usage and help do not ask for --package."""
     from mlbuild.runtime.serve.__main__ import build_parser, main

@@ -74,6 +74,9 @@ def bind(host: str, port: int) -> socket.socket:
 def _write_port_file(path: Path, port: int) -> None:
     """Write ``port`` to ``path`` atomically; ServeError naming ``--port-file`` when it cannot be,
     with no temporary file left (one named for a folder was left beside it: ``/tmp.tmp.PID``)."""
+    if not path.name:   # "", ".", "/": a ValueError traceback from with_name
+        raise ServeError(f"cannot write the port to --port-file {str(path)!r} (a folder, not a file); pass the path "
+                         "of a file in a folder that exists and is writable")
     tmp = path.with_name(path.name + f".tmp.{os.getpid()}")
     try:
         tmp.write_text(f"{port}\n")
