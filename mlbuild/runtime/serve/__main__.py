@@ -114,6 +114,9 @@ def _reap_orphans(signum: int = signal.SIGCHLD, frame: FrameType | None = None) 
 def main(argv: list[str] | None = None, package: str | None = None) -> int:
     if os.getpid() == 1:
         signal.signal(signal.SIGCHLD, _reap_orphans)
+        # SA_RESTART: a system call the handler interrupts restarts, as under SIGCHLD's default; C code
+        # of a model's libraries that does not retry on EINTR would otherwise see it fail
+        signal.siginterrupt(signal.SIGCHLD, False)
     early = {sig: signal.signal(sig, _stop_at_once) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return _main(argv, package)
