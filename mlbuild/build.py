@@ -82,12 +82,17 @@ def validation_table(project: Project, model: str) -> dict[str, Any] | None:
 
 def check_targets(project: Project, targets: Sequence[str]) -> None:
     """Refuse, before Nix evaluates anything, a target whose model, dataset, notebook or stage
-    the project does not declare; the error lists what it does declare. Deeper attributes
-    (``digits.validation.report``) are left to Nix."""
+    the project does not declare (``digits.datasets.NAME`` too); the error lists what it does
+    declare. Deeper attributes (``digits.validation.report``) are left to Nix."""
     declared = {k: sorted((project.raw.get(k) or {}).keys()) for k in ("models", "datasets", "notebooks")}
 
     def names(kind: str) -> str:
         return ", ".join(declared[kind]) or "none"
+
+    def check_member(kind: str, name: str) -> None:
+        if name not in declared[kind]:
+            raise TargetError(f"{name!r} is not one of the {kind} of {project.name} "
+                              f"({kind}: {names(kind)}); declare [{kind}.{name}] in {project.config_path}")
 
     for target in targets:
         if '"' in target:   # a quoted attribute name (may hold dots): Nix's to check
@@ -110,9 +115,7 @@ def check_targets(project: Project, targets: Sequence[str]) -> None:
             head, rest = rest[0], rest[1:]
             check_model(project, head)
         elif head in ("datasets", "notebooks") and rest:
-            if rest[0] not in declared[head]:
-                raise TargetError(f"{rest[0]!r} is not one of the {head} of {project.name} "
-                                  f"({head}: {names(head)}); declare [{head}.{rest[0]}] in {project.config_path}")
+            check_member(head, rest[0])
             continue
         elif head in _TOP:
             continue
@@ -129,6 +132,8 @@ def check_targets(project: Project, targets: Sequence[str]) -> None:
         if rest and rest[0] not in MODEL_STAGES:
             raise TargetError(f"{target!r}: a model has no stage {rest[0]!r}; "
                               f"its stages are {', '.join(MODEL_STAGES)}")
+        if len(rest) > 1 and rest[0] in ("datasets", "notebooks"):   # MODEL.datasets.NAME is datasets.NAME
+            check_member(rest[0], rest[1])
 
 
 @dataclass(frozen=True)

@@ -78,9 +78,25 @@ rec {
     if inFlake path
     then " (this flake's source holds only the files git tracks: if ${baseNameOf (toString path)} is in your folder, `git add` it)"
     else "";
-  # Read a JSON or TOML file under `src`, or throw naming it and the command that makes it.
-  readJSON = path: fix:
-    if builtins.pathExists path then builtins.fromJSON (builtins.readFile path)
+  # The first git conflict marker line of `text` (a merge left the file half-resolved), as
+  # { line (from 1); text; }, or null: mlbuild.git.conflict_marker's rule.
+  conflictMarker = text:
+    let
+      lines = builtins.filter builtins.isString (builtins.split "\n" text);
+      marker = l: builtins.elem (builtins.substring 0 7 l) [ "<<<<<<<" "|||||||" "=======" ">>>>>>>" ]
+        && builtins.elem (builtins.substring 7 1 l) [ "" " " ];
+      hits = builtins.filter (i: marker (builtins.elemAt lines i)) (builtins.genList (i: i) (builtins.length lines));
+    in if hits == [ ] then null
+       else let i = builtins.head hits; in { line = i + 1; text = builtins.elemAt lines i; };
+  # Read a JSON or TOML file under `src`, or throw naming it and the command that makes it. A JSON
+  # file cannot hold a conflict marker line but as one (strings have no raw newlines): fromJSON
+  # named only a "parse error at line N", so such a file is named half-merged, with `merged`, the fix.
+  readJSON = path: fix: merged:
+    if builtins.pathExists path then
+      let text = builtins.readFile path; conflict = conflictMarker text; name = baseNameOf (toString path); in
+      if conflict != null
+      then throw "mlbuild: ${name}: a git merge left it half-resolved (conflict marker '${conflict.text}' at line ${toString conflict.line}); ${merged}"
+      else builtins.fromJSON text
     else throw "mlbuild: ${toString path} does not exist${untrackedHint path}; else run `${fix}`";
   readTOML = path: fix:
     if builtins.pathExists path

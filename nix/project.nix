@@ -154,7 +154,10 @@ in
                in assert checkScripts src (table c "models"); c;
       # A lock a newer mlbuild wrote (a teammate's CLI, with the flake pinning this older library)
       # would be read by guesswork: the driver refuses it too (lockfile.read_lock).
-      lock = let l = lib.readJSON (src + "/mlbuild.lock") "mlbuild lock"; v = l.version or 1; in
+      lock = let l = lib.readJSON (src + "/mlbuild.lock") "mlbuild lock"
+        ("take one side (`git checkout --ours -- mlbuild.lock`, or `--theirs`), then pin the other side's datasets with "
+         + "`mlbuild data add NAME PATH` (`mlbuild data status` lists them), run `mlbuild lock` if the sides' [python] "
+         + "settings differ, and `git add mlbuild.lock`"); v = l.version or 1; in
         assert lib.assertMsg (!(builtins.isInt v) || v <= 1)
           "mlbuild.lock of ${config.project.name} is lock version ${toString v}, written by a newer mlbuild than this Nix library (it reads version 1); update the flake's mlbuild input (`nix flake lock --update-input mlbuild`) and commit flake.lock";
         l;

@@ -146,6 +146,10 @@ def test_unknown_targets_are_refused_before_nix_runs(tree) -> None:
                                              "one by one: datasets.raw",
         ("build", "models.digits.notebooks"): "'models.digits.notebooks' names all the notebooks at once; give them "
                                               "one by one: notebooks.explore",
+        # a member of MODEL.datasets went to Nix ("attribute 'rwa' in selection path 'digits.datasets.rwa' not found")
+        ("build", "digits.datasets.rwa"): "'rwa' is not one of the datasets of p (datasets: raw); declare "
+                                          "[datasets.rwa]",
+        ("build", "models.digits.notebooks.x"): "'x' is not one of the notebooks of p (notebooks: explore)",
     }
     for args, message in cases.items():
         proc = run_cli(*args, cwd=root, check=False, env={"PATH": "/nonexistent"})
@@ -160,7 +164,8 @@ def test_declared_targets_pass_the_check(tree) -> None:
     root = tree({"mlbuild.toml": '[project]\nname = "p"\n[datasets.raw]\npath = "d"\n'
                  '[models.digits]\nscript = "m.py"\n'})
     check_targets(load_project(root), ["toolchain", "interpreter", "digits", "digits.validation.report",
-                                       "models.digits.image", "datasets.raw", "digits.model"])
+                                       "models.digits.image", "datasets.raw", "digits.model", "digits.datasets.raw",
+                                       "models.digits.datasets.raw"])
 
 
 def test_metrics_diff_names_an_unknown_revision(tree) -> None:

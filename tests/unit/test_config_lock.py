@@ -366,3 +366,21 @@ def test_the_nix_library_refuses_a_lock_from_a_newer_mlbuild(tree) -> None:
     expr_ok = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--expr", expr],
                              capture_output=True, text=True)
     assert expr_ok.stdout.strip() == "1", expr_ok.stderr
+
+
+def test_the_nix_library_names_a_half_merged_lock(tree) -> None:
+    """`nix build` of a project whose lock a merge left with conflict markers failed with fromJSON's
+    bare `[json.exception.parse_error.101] parse error at line 4, column 1`, where every mlbuild
+    command names the conflict and how to resolve it."""
+    import subprocess
+
+    from tests.conftest import REPO
+
+    root = tree({"mlbuild.toml": GOOD, "mlbuild.lock": _CONFLICTED_LOCK})
+    expr = f'((import {REPO / "nix"} {{ }}).mkProject {{ src = {root}; }}).lock.version'
+    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--expr", expr],
+                         capture_output=True, text=True)
+    assert out.returncode != 0, out.stdout
+    assert "mlbuild.lock: a git merge left it half-resolved (conflict marker '<<<<<<< HEAD' at line 4); take one " \
+           "side (`git checkout --ours -- mlbuild.lock`, or `--theirs`)" in out.stderr, out.stderr
+    assert "parse error" not in out.stderr
