@@ -28,7 +28,7 @@ let
     let locked = lock.interpreter.system or system; in
     lib.assertMsg (locked == system)
       ("mlbuild.lock was made on ${locked} (its interpreter snapshot and wheels are for it), but this Nix "
-        + "library builds for ${system}: run `mlbuild lock` on a ${system} machine, or build on ${locked} "
+        + "library builds for ${system}: run `mlbuild lock` on a machine of ${system}, or build on ${locked} "
         + "(import mlbuild's nix/ with { system = \"${locked}\"; })");
 in
 rec {

@@ -205,7 +205,7 @@ def test_a_lock_made_on_another_system_is_named(tmp_path: Path) -> None:
                               capture_output=True, text=True)
         assert proc.returncode != 0
         assert ("mlbuild.lock was made on aarch64-linux (its interpreter snapshot and wheels are for it), but this "
-                "Nix library builds for x86_64-linux: run `mlbuild lock` on a x86_64-linux machine") in proc.stderr, \
+                "Nix library builds for x86_64-linux: run `mlbuild lock` on a machine of x86_64-linux") in proc.stderr, \
             proc.stderr
     ok = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--raw", "--expr",
                          f"((import {REPO / 'nix'} {{ system = \"aarch64-linux\"; }}).mkProject {{ src = {src}; }}).m.model.drvPath"],
