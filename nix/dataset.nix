@@ -43,9 +43,14 @@
             hint = "mlbuild data pull ${name}   (or, where the files are: mlbuild data add ${name} ${path})";
           }
         else if t ? url then
-          let sha256 = get "sha256" "string" (throw "mlbuild: [datasets.${name}] url needs sha256 = \"<64 hex digits>\" (the file's sha256)"); in
+          let
+            given = get "sha256" "string" (throw "mlbuild: [datasets.${name}] url needs sha256 = \"<64 hex digits>\" (the file's sha256)");
+            # in either case, as the driver takes it (data/datasets.py) and Nix before this check
+            # did: an upper-case one (PowerShell's Get-FileHash) built before mlbuild checked it
+            sha256 = lib.toLower given;
+          in
           assert lib.assertMsg (builtins.match "[0-9a-f]{64}" sha256 != null)
-            "[datasets.${name}].sha256 is ${builtins.toJSON sha256}; it must be the file's sha256 as 64 lowercase hex digits (`sha256sum FILE`)";
+            "[datasets.${name}].sha256 is ${builtins.toJSON given}; it must be the file's sha256 as 64 hex digits (`sha256sum FILE`)";
           derivation {
             inherit name;
             system = "builtin";

@@ -3,6 +3,7 @@ it, never silently ignored. Real Nix evaluates a copy of nix/tests/fixture with 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -42,7 +43,7 @@ def test_the_fixture_evaluates(tmp_path: Path) -> None:
     # wrong length" naming no dataset, and url = 3 evaluated (a fetch of "3")
     (('path = "data/raw"', "path = 3"), "[datasets.raw].path is 3; it must be a string (mlbuild.toml)"),
     (('path = "data/raw"', 'url = "https://example.org/raw.csv"\nsha256 = "abc"'),
-     '[datasets.raw].sha256 is "abc"; it must be the file\'s sha256 as 64 lowercase hex digits'),
+     '[datasets.raw].sha256 is "abc"; it must be the file\'s sha256 as 64 hex digits'),
     (('path = "data/raw"', f'url = 3\nsha256 = "{"0" * 64}"'), "[datasets.raw].url is 3; it must be a string"),
     # a misspelled thresholds table would have turned the validation gate off
     (("thresholds = {", "threshold = {"),
@@ -200,6 +201,19 @@ def test_a_lock_made_on_another_system_is_named(tmp_path: Path) -> None:
 def test_thresholds_in_every_documented_form_are_accepted(tmp_path: Path, value: str) -> None:
     proc = evaluate(tmp_path, ("accuracy = 0.9", f"accuracy = {value}"))
     assert proc.returncode == 0, proc.stderr
+
+
+def test_an_upper_case_url_sha256_builds_as_before(tmp_path: Path) -> None:
+    """As `sha256sum` prints it or upper case (PowerShell's Get-FileHash), as the driver takes it:
+    the same dataset. An upper-case one built with mlbuild 282d028 and was refused after the upgrade."""
+    sha = hashlib.sha256(b"x").hexdigest()
+    paths = []
+    for given in (sha, sha.upper()):
+        proc = evaluate(tmp_path / given, ('path = "data/raw"', f'url = "https://example.org/raw.csv"\nsha256 = "{given}"'),
+                        attr="datasets.raw.outPath")
+        assert proc.returncode == 0, proc.stderr
+        paths.append(proc.stdout)
+    assert paths[0] == paths[1]
 
 
 def test_an_unknown_input_dataset_lists_the_declared_ones(tmp_path: Path) -> None:
