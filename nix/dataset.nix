@@ -45,8 +45,9 @@
         else if t ? url then
           let
             given = get "sha256" "string" (throw "mlbuild: [datasets.${name}] url needs sha256 = \"<64 hex digits>\" (the file's sha256)");
-            # upper case too, as Nix's outputHash (and the driver) take it: the same store path
-            sha256 = builtins.replaceStrings [ "A" "B" "C" "D" "E" "F" ] [ "a" "b" "c" "d" "e" "f" ] given;
+            # in either case, as the driver takes it (data/datasets.py) and Nix before this check
+            # did: an upper-case one (PowerShell's Get-FileHash) built before mlbuild checked it
+            sha256 = lib.toLower given;
           in
           assert lib.assertMsg (builtins.match "[0-9a-f]{64}" sha256 != null)
             "[datasets.${name}].sha256 is ${builtins.toJSON given}; it must be the file's sha256 as 64 hex digits (`sha256sum FILE`)";

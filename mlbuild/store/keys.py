@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +137,10 @@ def load_secret_key(path: Path) -> SecretKey:
     except UnicodeDecodeError:
         raise StoreKeyError(f"the store's secret key {path} is not text (a key file is one name:base64 line); "
                             "point MLBUILD_STORE_SECRET_KEY or [store].secret-key at the key's .sec file") from None
+    if not text.strip():   # where generation stopped: an mlbuild before atomic key files wrote it in place
+        raise StoreKeyError(f"the store's secret key {path} is empty: a key generation stopped before writing it (a "
+                            f"full disk, a kill); remove it (`rm {shlex.quote(str(path))}`) and run `mlbuild store "
+                            f"init --generate-key` again, or copy the key from where it was made")
     return parse_secret_key(text.removeprefix("\ufeff"), str(path))
 
 

@@ -60,7 +60,7 @@ def _paths_text(paths: list[str]) -> bytes:
 
 def _read_paths(path: Path) -> list[str]:
     try:
-        return [line.strip() for line in read_store_file(path).splitlines() if line.strip().startswith("/")]
+        return sorted(_paths_in(read_store_file(path)))
     except FileNotFoundError:
         return []
 
@@ -118,16 +118,23 @@ def record_push(layout: Layout, name: str, paths: list[str], *, replace_older: b
     return dest
 
 
+def _paths_in(text: str) -> set[str]:
+    return {line.strip() for line in text.splitlines() if line.strip().startswith("/")}
+
+
 def replace_older_records(record: Path) -> None:
-    """Remove the records older than ``record`` in its folder that name the same paths."""
+    """Remove the records older than ``record`` in its folder that name no path it does not name:
+    the same paths, or some of them, as a record from before pushes named their whole closure (the
+    targets alone, which an mlbuild from before then pushed: it took a second keep-last slot of the
+    same model after the upgrade, for good, and pushed a distinct older model out)."""
     try:
-        text = read_store_file(record)
+        paths = _paths_in(read_store_file(record))
     except (OSError, StoreCorruptError, UnicodeDecodeError):
         return
     for old in record.parent.iterdir():
         if old != record and not old.name.startswith(".") and old.name < record.name:
             try:   # not through a link, nor from a FIFO a writer of the store left there (it hung the push)
-                if read_store_file(old) == text:
+                if _paths_in(read_store_file(old)) <= paths:
                     old.unlink()
             except (OSError, StoreCorruptError, UnicodeDecodeError):   # gone already (a concurrent push or
                 pass                                                    # gc), unreadable, not a file: keep going

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,6 +58,17 @@ def test_public_keys_list_and_wrong_half() -> None:
 def test_missing_key_file_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(StoreKeyError, match="MLBUILD_STORE_SECRET_KEY"):
         load_secret_key(tmp_path / "nope.sec")
+
+
+@pytest.mark.parametrize("text", ["", "\n"])
+def test_an_empty_key_file_says_it_is_empty_and_how_to_make_one(tmp_path: Path, text: str) -> None:
+    """An mlbuild before atomic key files created the file, then wrote it: a full disk or a kill left
+    it empty, and after the upgrade init called it "not `name:base64` ... give such a key"."""
+    path = tmp_path / "store.sec"
+    path.write_text(text)
+    with pytest.raises(StoreKeyError, match=re.escape(f"{path} is empty: a key generation stopped before writing it")
+                       + ".*" + re.escape(f"remove it (`rm {path}`) and run `mlbuild store init --generate-key` again")):
+        load_secret_key(path)
 
 
 def _secret_file(tmp_path: Path, text: str) -> Path:

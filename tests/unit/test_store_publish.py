@@ -234,6 +234,27 @@ def test_pushing_the_same_paths_again_takes_no_second_keep_last_slot(store: tupl
     assert len(list((layout.roots_dir / "pushes" / "model").iterdir())) == 2
 
 
+def test_a_push_replaces_the_older_record_of_its_targets_alone(store: tuple[StoreConfig, Path]) -> None:
+    """An mlbuild from before closure records wrote the targets alone; the upgraded one pushing
+    the same model records its whole closure. That text differed, so the old record stayed: a
+    second keep-last slot of the same model, and keep-last 2 dropped the distinct v1."""
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    tc = fake_path(chroot, "toolchain", "tc")
+    v1, v2 = (fake_path(chroot, "model", f"v{i}", refs=(tc.path,)) for i in (1, 2))
+    for i in (tc, v1, v2):
+        put(cfg, chroot, i)
+    record_push(layout, "model", [v1.path, tc.path])
+    older = record_push(layout, "model", [v2.path])              # as mlbuild 282d028 recorded it
+    wider = record_push(layout, "model", [v2.path, tc.path, v1.path], replace_older=False)
+    newest = record_push(layout, "model", [v2.path, tc.path])    # the same push, upgraded
+    records = sorted(p.name for p in (layout.roots_dir / "pushes" / "model").iterdir())
+    assert older.name not in records and wider.name in records and newest.name in records   # more: kept
+    wider.unlink()
+    gc(cfg, keep_last=2, grace=0)
+    assert {NarInfo.parse(f.read_text()).store_path for f in layout.narinfos()} == {tc.path, v1.path, v2.path}
+
+
 def test_gc_grace_spares_recent_entries_and_condemns_before_deleting(store: tuple[StoreConfig, Path]) -> None:
     cfg, chroot = store
     layout = Layout(cfg.root)
