@@ -31,6 +31,25 @@ def write_tree(root: Path, tree: dict[str, Any]) -> Path:
     return root
 
 
+def nar_digest(path: str) -> tuple[bytes, int]:
+    """The sha256 digest of the NAR of ``path`` and the NAR's size, as Nix registers them."""
+    import hashlib
+
+    from mlbuild.nar import NarWriter
+
+    h = hashlib.sha256()
+    size = 0
+
+    class _Count:
+        def update(self, data: bytes) -> None:
+            nonlocal size
+            h.update(data)
+            size += len(data)
+
+    NarWriter(_Count()).dump(path)
+    return h.digest(), size
+
+
 def run_cli(*args: str, cwd: Path | None = None, check: bool = True,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([*MLBUILD, *args], cwd=cwd, capture_output=True, text=True,

@@ -685,6 +685,26 @@ def test_data_added_without_the_fast_path_is_known_by_its_stat_facts_after(data_
         shutil.rmtree(where)
 
 
+def _another_terminal_edits(monkeypatch: pytest.MonkeyPatch, edit: Any,
+                            record: Any = lambda target, cmd: target) -> list[Any]:
+    """Run ``edit`` once the build's first Nix call has finished, as another terminal would while
+    it ran; what each call was (``record(target, cmd)``) goes into the list returned."""
+    from mlbuild import build as build_module
+
+    real = build_module._run_build
+    started: list[Any] = []
+
+    def edit_after_the_first(target: str, cmd: list[str], on_progress: Any) -> Any:
+        out = real(target, cmd, on_progress)
+        if not started:
+            edit()
+        started.append(record(target, cmd))
+        return out
+
+    monkeypatch.setattr(build_module, "_run_build", edit_after_the_first)
+    return started
+
+
 def test_a_change_while_an_earlier_target_built_stops_the_build(data_project: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Nix reads the folder as each target starts: an edit made (in another terminal, by `data add`)
@@ -694,18 +714,11 @@ def test_a_change_while_an_earlier_target_built_stops_the_build(data_project: Pa
     from mlbuild.config import load_project
     from mlbuild.build import DirtyTreeError
 
-    real = build_module._run_build
-    started: list[str] = []
+    def edit() -> None:
+        toml = data_project / "mlbuild.toml"
+        toml.write_text(toml.read_text().replace("train = 0.5", "train = 0.6") + f"# {uuid.uuid4()}\n")
 
-    def edit_after_the_first(target: str, cmd: list[str], on_progress: Any) -> Any:
-        out = real(target, cmd, on_progress)
-        if not started:   # the other terminal
-            toml = data_project / "mlbuild.toml"
-            toml.write_text(toml.read_text().replace("train = 0.5", "train = 0.6") + f"# {uuid.uuid4()}\n")
-        started.append(target)
-        return out
-
-    monkeypatch.setattr(build_module, "_run_build", edit_after_the_first)
+    started = _another_terminal_edits(monkeypatch, edit)
     records = data_project / ".mlbuild" / "builds.jsonl"
     before = records.read_text() if records.exists() else ""
     with pytest.raises(DirtyTreeError) as e:
@@ -725,17 +738,10 @@ def test_with_allow_dirty_a_change_while_an_earlier_target_built_is_built_marked
     from mlbuild import build as build_module
     from mlbuild.config import load_project
 
-    real = build_module._run_build
-    started: list[tuple[str, bool]] = []
+    def edit() -> None:
+        (data_project / "README.md").write_text(f"changed {uuid.uuid4()}\n")
 
-    def edit_after_the_first(target: str, cmd: list[str], on_progress: Any) -> Any:
-        out = real(target, cmd, on_progress)
-        if not started:   # the other terminal
-            (data_project / "README.md").write_text(f"changed {uuid.uuid4()}\n")
-        started.append((target, "dirty" in cmd))
-        return out
-
-    monkeypatch.setattr(build_module, "_run_build", edit_after_the_first)
+    started = _another_terminal_edits(monkeypatch, edit, record=lambda target, cmd: (target, "dirty" in cmd))
     records = data_project / ".mlbuild" / "builds.jsonl"
     before = records.read_text() if records.exists() else ""
     summary = build_module.build_targets(load_project(data_project), ["toolchain", "datasets.split"],
@@ -755,18 +761,11 @@ def test_a_change_before_the_check_rebuild_is_not_checked_instead(data_project: 
     from mlbuild.config import load_project
     from mlbuild.build import DirtyTreeError
 
-    real = build_module._run_build
-    started: list[str] = []
+    def edit() -> None:
+        toml = data_project / "mlbuild.toml"
+        toml.write_text(toml.read_text().replace("train = 0.5", "train = 0.6") + f"# {uuid.uuid4()}\n")
 
-    def edit_after_the_first(target: str, cmd: list[str], on_progress: Any) -> Any:
-        out = real(target, cmd, on_progress)
-        if not started:   # the other terminal
-            toml = data_project / "mlbuild.toml"
-            toml.write_text(toml.read_text().replace("train = 0.5", "train = 0.6") + f"# {uuid.uuid4()}\n")
-        started.append(target)
-        return out
-
-    monkeypatch.setattr(build_module, "_run_build", edit_after_the_first)
+    started = _another_terminal_edits(monkeypatch, edit)
     with pytest.raises(DirtyTreeError) as e:
         build_module.build_targets(load_project(data_project), ["datasets.split"], check=True)
     assert started == ["datasets.split"]   # no rebuild of the change
@@ -784,18 +783,11 @@ def test_with_allow_dirty_a_change_before_the_check_rebuild_is_not_checked_inste
     from mlbuild.errors import BuildError
 
     (data_project / "README.md").write_text(f"dirty {uuid.uuid4()}\n")
-    real = build_module._run_build
-    started: list[str] = []
+    def edit() -> None:
+        toml = data_project / "mlbuild.toml"
+        toml.write_text(toml.read_text().replace("train = 0.5", "train = 0.7") + f"# {uuid.uuid4()}\n")
 
-    def edit_after_the_first(target: str, cmd: list[str], on_progress: Any) -> Any:
-        out = real(target, cmd, on_progress)
-        if not started:   # the other terminal
-            toml = data_project / "mlbuild.toml"
-            toml.write_text(toml.read_text().replace("train = 0.5", "train = 0.7") + f"# {uuid.uuid4()}\n")
-        started.append(target)
-        return out
-
-    monkeypatch.setattr(build_module, "_run_build", edit_after_the_first)
+    started = _another_terminal_edits(monkeypatch, edit)
     with pytest.raises(BuildError, match=r"datasets\.split changed while it was built .*: its check evaluated "
                                          r"the change, /nix/store/\S+\.drv, not /nix/store/\S+\.drv, so nothing was compared; run `mlbuild "
                                          r"build --check datasets\.split` again"):

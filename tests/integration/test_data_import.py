@@ -99,14 +99,13 @@ def test_two_imports_of_the_same_data_at_once_share_one_copy(tmp_path: Path) -> 
     into the store but not yet registered, took it for a leftover and deleted it, or failed to
     rename its own over it (a traceback, OSError: Directory not empty). It waits for Nix's lock on
     the path now, which the first holds from its rename to its registration."""
-    import hashlib
     import sys
     import time
 
     from mlbuild import _nix
-    from mlbuild.nar import NarWriter
     from mlbuild.store.restore import PathLock
     from mlbuild.storepath import fixed_output_path
+    from tests.conftest import nar_digest
 
     if not importer.fast_path_available():
         pytest.skip("the local store is not writable here (the fast path is for root without a daemon)")
@@ -126,17 +125,8 @@ def test_two_imports_of_the_same_data_at_once_share_one_copy(tmp_path: Path) -> 
         time.sleep(3)
         assert second.poll() is None, f"the second import did not wait: {second.communicate()}"
         assert os.stat(Path(target) / "rows.csv").st_ino == ino   # the first one's copy, untouched
-        h = hashlib.sha256()
-        n = 0
-
-        class _Count:
-            def update(self, data: bytes) -> None:
-                nonlocal n
-                h.update(data)
-                n += len(data)
-
-        NarWriter(_Count()).dump(target)
-        _nix.register_valid(target, h.hexdigest(), n)
+        digest, size = nar_digest(target)
+        _nix.register_valid(target, digest.hex(), size)
     finally:
         lock.release()
     out, err = second.communicate(timeout=60)

@@ -18,14 +18,14 @@ import pytest
 import zstandard
 
 from mlbuild.errors import StoreCorruptError
-from mlbuild.nar import NarWriter, nar_sha256
+from mlbuild.nar import nar_sha256
 from mlbuild.store import StoreConfig, gc, init_store, stats, tag, verify
 from mlbuild.store.layout import Layout
 from mlbuild.store.narinfo import NarInfo, format_hash
 from mlbuild.store.roots import record_push
 from mlbuild.store.upload import PathInfo, publish_path
 from mlbuild.storepath import fixed_output_path
-from tests.conftest import write_tree
+from tests.conftest import nar_digest, write_tree
 
 _B32 = "0123456789abcdfghijklmnpqrsvwxyz"
 
@@ -43,18 +43,9 @@ def fake_path(chroot: Path, name: str, content: Any, refs: tuple[str, ...] = (),
     if fixed:
         path = fixed_output_path(nar_sha256(str(real)), name, recursive=True)
         real = real.rename(chroot / path.lstrip("/"))
-    h = hashlib.sha256()
-    size = 0
-
-    class _Count:
-        def update(self, data: bytes) -> None:
-            nonlocal size
-            h.update(data)
-            size += len(data)
-
-    NarWriter(_Count()).dump(str(real))
-    assert h.hexdigest() == nar_sha256(str(real))
-    return PathInfo(path, format_hash(h.digest()), size, tuple(sorted(refs)))
+    digest, size = nar_digest(str(real))
+    assert digest.hex() == nar_sha256(str(real))
+    return PathInfo(path, format_hash(digest), size, tuple(sorted(refs)))
 
 
 @pytest.fixture
