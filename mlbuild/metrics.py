@@ -282,11 +282,15 @@ def table(points: Sequence[Point]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *rows]] + failed + note
 
 
-def prometheus_text(model: str, points: Sequence[Point]) -> str:
-    """The latest point as Prometheus text format (gauges, labelled by model, hash, suite)."""
+def prometheus_text(model: str, points: Sequence[Point], source: str = "history") -> str:
+    """The latest point as Prometheus text format (gauges, labelled by model, hash, suite, and
+    ``source``: ``history`` or ``worktree``, the command that wrote it). Without ``source``, the two
+    files in one folder gave a textfile collector the same series twice for a clean HEAD (the
+    worktree's point is HEAD's), and node-exporter fails such a scrape."""
     p = [q for q in points if q.report][-1]
     labels = (f'model="{model}",model_hash="{p.report.get("model_hash", "")}",'
-              f'suite_version="{p.report.get("suite", {}).get("version", "")}",revision="{p.rev}"')
+              f'suite_version="{p.report.get("suite", {}).get("version", "")}",revision="{p.rev}",'
+              f'source="{source}"')
     lines = ["# HELP mlbuild_validation_metric A validation metric of the packaged model (scikit-learn).",
              "# TYPE mlbuild_validation_metric gauge"]
     for name, value in sorted(p.report.get("metrics", {}).items()):
@@ -378,5 +382,5 @@ def write_reports(model: str, points: Sequence[Point], out_dir: Path, worktree: 
         f"<h2>By revision</h2><table><tr>{head}</tr>{cells}</table>{cm_html}"
         f"<p>Latest package: {html.escape(last.get('package', ''))}; suite version "
         f"{html.escape(last.get('suite', {}).get('version', ''))}.</p></body></html>\n")
-    atomic.write_text(files["prom"], prometheus_text(model, points))
+    atomic.write_text(files["prom"], prometheus_text(model, points, "worktree" if worktree else "history"))
     return files

@@ -107,6 +107,21 @@ def test_metrics_show_does_not_write_over_the_history_files(tmp_path) -> None:  
     assert {k: p.read_bytes() for k, p in history.items()} == before
 
 
+def test_the_history_and_worktree_prom_files_give_a_collector_distinct_series(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A textfile collector reads every .prom of the folder: for a clean HEAD the worktree's point
+    is HEAD's, and the two files gave the same series twice (node-exporter fails that scrape)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mlbuild.metrics import write_reports
+
+    same = points({"accuracy": 0.9})
+    both = write_reports("wine", same, tmp_path)["prom"].read_text() \
+        + write_reports("wine", same, tmp_path, worktree=True)["prom"].read_text()
+    series = [(s.name, tuple(sorted(s.labels.items()))) for f in text_string_to_metric_families(both) for s in f.samples]
+    assert len(series) == 4 and len(set(series)) == 4
+    assert {dict(labels)["source"] for _, labels in series} == {"history", "worktree"}
+
+
 def test_the_html_report_keeps_a_gap_and_a_note_in_one_cell(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # A revision that could not be validated (other than "build failed") and the held-out data
     # note were split at every space into a row of one-word cells.
