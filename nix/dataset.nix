@@ -46,10 +46,11 @@
           let
             given = get "sha256" "string" (throw "mlbuild: [datasets.${name}] url needs sha256 = \"<64 hex digits>\" (the file's sha256)");
             # in either case, as the driver takes it (data/datasets.py) and Nix before this check
-            # did: an upper-case one (PowerShell's Get-FileHash) built before mlbuild checked it
-            sha256 = lib.toLower given;
+            # did: an upper-case one (PowerShell's Get-FileHash) built before mlbuild checked it.
+            # Given to Nix as written, as before: the stages that read the dataset record it
+            # (lib.datasetInput), and a lowercased one changed their derivations (a retraining).
           in
-          assert lib.assertMsg (builtins.match "[0-9a-f]{64}" sha256 != null)
+          assert lib.assertMsg (builtins.match "[0-9a-f]{64}" (lib.toLower given) != null)
             "[datasets.${name}].sha256 is ${builtins.toJSON given}; it must be the file's sha256 as 64 hex digits (`sha256sum FILE`)";
           derivation {
             inherit name;
@@ -58,7 +59,7 @@
             url = get "url" "string" null;
             outputHashAlgo = "sha256";
             outputHashMode = "flat";
-            outputHash = sha256;
+            outputHash = given;
             unpack = false;
             executable = false;
             preferLocalBuild = true;

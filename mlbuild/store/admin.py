@@ -21,7 +21,7 @@ from .. import _nix
 from ..errors import StoreConfigError, StoreTargetError
 from .config import DEFAULT_SECRET_KEY, StoreConfig
 from .keys import generate_key_pair, load_secret_key
-from .layout import Layout, publish_bytes, read_store_file, writing
+from .layout import Layout, publish_bytes, read_store_file, store_command, writing
 from .push import published_keys, resolve_targets
 from .roots import remove_tag, roots_lock, write_tag
 from .verify import check_entry
@@ -60,7 +60,7 @@ def init_store(cfg: StoreConfig, *, generate_key: bool = False, key_name: str | 
     store_keys = [str(k) for k in published_keys(layout)]   # one, or two while the key changes
     published = " ".join(store_keys) or None
     if secret is not None and secret.exists():
-        public = str(load_secret_key(secret).public)
+        public = str(load_secret_key(secret, store_command(cfg.root, 'init --generate-key')).public)
     elif secret is not None and generate_key:
         if published is not None:   # a second key would sign what no reader of this store trusts
             raise StoreConfigError(f"the store {cfg.root} is already signed by {published} ({shown}), and {secret} "

@@ -91,7 +91,7 @@ class StoreConfig:
             raise StoreKeyError(f"no signing key is configured for the store {self.root}: set "
                                 f"MLBUILD_STORE_SECRET_KEY or [store].secret-key, or run "
                                 f"`{store_command(self.root, 'init --generate-key')}`")
-        return load_secret_key(path)
+        return load_secret_key(path, store_command(self.root, 'init --generate-key'))
 
     def trusted_keys(self) -> tuple[PublicKey, ...]:
         """The keys a narinfo must be signed by; the signing key's own half when none is named."""

@@ -125,22 +125,24 @@ def parse_secret_key(text: str, where: str | None = None) -> SecretKey:
     return key
 
 
-def load_secret_key(path: Path) -> SecretKey:
+def load_secret_key(path: Path, init: str = "mlbuild store init --generate-key") -> SecretKey:
+    """The secret key in ``path``; ``init`` is the command that makes one for the store in use
+    (``mlbuild store --store ROOT init --generate-key``: a plain one made it for the configured store)."""
     try:
         text = path.read_text()
     except OSError as e:
         if path.exists() and not path.is_dir():
             fix = _unreadable_fix(path)
         else:
-            fix = "create it with `mlbuild store init --generate-key` or set MLBUILD_STORE_SECRET_KEY"
+            fix = f"create it with `{init}` or set MLBUILD_STORE_SECRET_KEY"
         raise StoreKeyError(f"cannot read the store's secret key {path} ({e.strerror}); {fix}") from None
     except UnicodeDecodeError:
         raise StoreKeyError(f"the store's secret key {path} is not text (a key file is one name:base64 line); "
                             "point MLBUILD_STORE_SECRET_KEY or [store].secret-key at the key's .sec file") from None
     if not text.strip():   # where generation stopped: an mlbuild before atomic key files wrote it in place
         raise StoreKeyError(f"the store's secret key {path} is empty: a key generation stopped before writing it (a "
-                            f"full disk, a kill); remove it (`rm {shlex.quote(str(path))}`) and run `mlbuild store "
-                            f"init --generate-key` again, or copy the key from where it was made")
+                            f"full disk, a kill); remove it (`rm {shlex.quote(str(path))}`) and run `{init}` again, or copy "
+                            f"the key from where it was made")
     return parse_secret_key(text.removeprefix("\ufeff"), str(path))
 
 

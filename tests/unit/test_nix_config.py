@@ -48,6 +48,11 @@ def test_a_url_datasets_sha256_in_upper_case_is_the_same_fetch(tmp_path: Path) -
         assert proc.returncode == 0, proc.stderr
         paths.append(proc.stdout)
     assert paths[0] == paths[1]
+    # the training records it as written, as mlbuild 282d028 did (lowercased, it was another
+    # derivation: a model trained before the upgrade trained again)
+    proc = evaluate(tmp_path / "spec", ('path = "data/raw"', f'url = "https://example.org/raw.csv"\nsha256 = "{sha.upper()}"'),
+                    attr="m.model.spec")
+    assert json.loads(proc.stdout)["datasets"]["raw"]["sha256"] == sha.upper(), proc.stdout + proc.stderr
     # the driver too: it refused the upper-case one as not "<64 hex digits>"
     from mlbuild.config import load_project
     from mlbuild.data.remote import dataset_paths

@@ -71,6 +71,23 @@ def test_an_empty_key_file_says_it_is_empty_and_how_to_make_one(tmp_path: Path, 
         load_secret_key(path)
 
 
+def test_an_empty_key_file_names_the_init_of_the_store_in_use(tmp_path: Path) -> None:
+    """With the store given as --store, the empty key's fix said `mlbuild store init --generate-key`,
+    which works on the configured store (/var/lib/mlbuild/store), not this one: a new key there, or
+    its refusal about that store's key."""
+    import shlex
+
+    from tests.conftest import MLBUILD
+
+    (tmp_path / "store.sec").write_text("")
+    env = {**os.environ, "MLBUILD_STORE_SECRET_KEY": str(tmp_path / "store.sec")}
+    init = f"mlbuild store --store {shlex.quote(str(tmp_path / 'store'))} init --generate-key"
+    for args in (["init", "--generate-key"], ["push", "/nix/store/00000000000000000000000000000000-x"]):
+        proc = subprocess.run([*MLBUILD, "store", "--store", str(tmp_path / "store"), *args], capture_output=True,
+                              text=True, env=env, cwd=tmp_path, timeout=60)
+        assert proc.returncode == 1 and f"and run `{init}` again" in proc.stderr, proc.stderr
+
+
 def _secret_file(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "store.sec"
     path.write_text(text)
