@@ -25,8 +25,13 @@ def _size(n: int | None) -> str:
 
 def _shown(path: str) -> str:
     """A file name as one line: quoted, with escapes, when it holds a control character (a file
-    named "new\\nline.txt" printed as two lines, the first naming a file "new"), as git quotes it."""
-    return json.dumps(path, ensure_ascii=False) if any(ord(c) < 32 or ord(c) == 127 for c in path) else path
+    named "new\\nline.txt" printed as two lines, the first naming a file "new"), a quote or a
+    backslash (else read as a quoted name), as git quotes it. Bytes that are not UTF-8 (held as
+    surrogates) are shown as git shows them, \\ooo octal escapes."""
+    if not any(ord(c) < 32 or ord(c) == 127 or c in '"\\' or 0xDC80 <= ord(c) <= 0xDCFF for c in path):
+        return path
+    return "".join(f"\\{ord(c) - 0xDC00:03o}" if 0xDC80 <= ord(c) <= 0xDCFF else json.dumps(c, ensure_ascii=False)[1:-1]
+                   for c in path).join('""')
 
 
 @cli.group()

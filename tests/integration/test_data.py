@@ -194,8 +194,11 @@ def test_diff_shows_a_name_holding_a_newline_on_one_line(data_project: Path) -> 
     root = data_project / "data" / "raw"
     (root / "new\nline.txt").write_text("x\n")
     (root / "-dash and space.txt").write_text("y\n")
+    (root / 'say "hi".txt').write_text("z\n")    # a quote or a backslash: else read as a quoted name
+    (Path(os.fsdecode(bytes(root) + b"/caf\xe9.csv"))).write_text("w\n")   # Latin-1: shown as git does
     assert run_cli("data", "diff", "raw", cwd=data_project).stdout.splitlines() == [
-        "added    -dash and space.txt  - -> 2 B", 'added    "new\\nline.txt"  - -> 2 B']
+        "added    -dash and space.txt  - -> 2 B", 'added    "caf\\351.csv"  - -> 2 B',
+        'added    "new\\nline.txt"  - -> 2 B', 'added    "say \\"hi\\".txt"  - -> 2 B']
 
 
 def test_a_deeply_nested_dataset_is_added_diffed_and_pushed(data_project: Path) -> None:
