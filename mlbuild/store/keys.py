@@ -131,7 +131,10 @@ def load_secret_key(path: Path, init: str = "mlbuild store init --generate-key")
     try:
         text = path.read_text()
     except OSError as e:
-        if path.exists() and not path.is_dir():
+        if path.is_dir():   # init --generate-key would fail on it the same way
+            fix = ("it is a folder: point MLBUILD_STORE_SECRET_KEY or [store].secret-key at the key's .sec file "
+                   "in it, or at a file name where `" + init + "` makes one")
+        elif path.exists():
             fix = _unreadable_fix(path)
         else:
             fix = f"create it with `{init}` or set MLBUILD_STORE_SECRET_KEY"

@@ -212,3 +212,11 @@ def test_a_secret_key_only_its_owner_may_read_says_to_give_its_group_read_access
     key.chmod(0o640)
     proc = load()
     assert proc.returncode == 1 and "this user may not read it: run as a member of its group (gid 12345" in proc.stderr
+
+
+def test_a_secret_key_path_that_is_a_folder_says_to_name_the_file(tmp_path: Path) -> None:
+    """MLBUILD_STORE_SECRET_KEY naming the keys' folder: the advice was to make the key there with
+    `store init --generate-key`, which then failed on the folder the same way."""
+    with pytest.raises(StoreKeyError, match=r"is a folder: point MLBUILD_STORE_SECRET_KEY or \[store\]\.secret-key at "
+                                            r"the key's \.sec file in it"):
+        load_secret_key(tmp_path)
