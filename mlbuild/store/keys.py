@@ -142,7 +142,7 @@ def load_secret_key(path: Path, init: str = "mlbuild store init --generate-key")
     except UnicodeDecodeError:
         raise StoreKeyError(f"the store's secret key {path} is not text (a key file is one name:base64 line); "
                             "point MLBUILD_STORE_SECRET_KEY or [store].secret-key at the key's .sec file") from None
-    if not text.strip():   # where generation stopped: an mlbuild before atomic key files wrote it in place
+    if not text.removeprefix("\ufeff").strip():   # where generation stopped: an mlbuild before atomic key files wrote it in place
         raise StoreKeyError(f"the store's secret key {path} is empty: a key generation stopped before writing it (a "
                             f"full disk, a kill); remove it (`rm {shlex.quote(str(path))}`) and run `{init}` again, or copy "
                             f"the key from where it was made")

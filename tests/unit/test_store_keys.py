@@ -60,7 +60,7 @@ def test_missing_key_file_names_the_fix(tmp_path: Path) -> None:
         load_secret_key(tmp_path / "nope.sec")
 
 
-@pytest.mark.parametrize("text", ["", "\n"])
+@pytest.mark.parametrize("text", ["", "\n", "\ufeff\r\n"])
 def test_an_empty_key_file_says_it_is_empty_and_how_to_make_one(tmp_path: Path, text: str) -> None:
     """An mlbuild before atomic key files created the file, then wrote it: a full disk or a kill left
     it empty, and after the upgrade init called it "not `name:base64` ... give such a key"."""
