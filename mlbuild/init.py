@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -89,6 +90,22 @@ def _not_numbers(row: list[str], width: int, first: int, names: list[str] | None
     return "every row must hold the numeric features, then the class (a number 0..K-1 or a name)"
 
 
+def _not_utf8(path: Path) -> str:
+    """The refusal of a CSV that is not UTF-8, naming its line, its first bad byte and the fix."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        return f"{path}: not UTF-8 text; save it as UTF-8"
+    except UnicodeDecodeError as e:   # the reader's own error counts characters, not the file's bytes
+        start = e.start
+    line, bad = data.count(b"\n", 0, start) + 1, data[start:start + 1]
+    utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
+    return (f"{path}, line {line}: not UTF-8 text (byte {start} is {bad!r}"
+            + ("; a UTF-16 file, as Excel's 'Unicode Text' saves" if utf16 else "")
+            + "); save it as UTF-8: Excel's 'CSV UTF-8 (Comma delimited)', or "
+            + f"`iconv -f {'utf-16' if utf16 else 'cp1252'} -t utf-8 {shlex.quote(str(path))} > new.csv`")
+
+
 def read_csv_shape(path: Path) -> CsvShape:
     """Feature count, classes and header of a classification CSV: numeric features, then the class
     in the last column, as a number 0..K-1 or as a name (names are numbered in sorted order)."""
@@ -98,7 +115,9 @@ def read_csv_shape(path: Path) -> CsvShape:
             # each row with its line in the file (blank lines are skipped, and still counted)
             numbered = [(reader.line_num, [c.strip() for c in r]) for r in reader if r]
         rows = [r for _, r in numbered]
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:   # as a spreadsheet saves it in a Windows code page or UTF-16
+        raise InitError(_not_utf8(path)) from None
+    except OSError as e:
         raise InitError(f"cannot read {path}: {e}") from None
 
     def numbers(row: list[str]) -> list[float] | None:

@@ -187,6 +187,23 @@ def test_a_byte_order_mark_is_not_data(tmp_path: Path) -> None:
     assert (shape.header, shape.rows, shape.features, shape.classes) == (False, 8, 2, 2)
 
 
+def test_a_csv_that_is_not_utf8_is_refused_naming_its_line_and_how_to_convert_it(tmp_path: Path) -> None:
+    # Excel's 'CSV' saves in the Windows code page, its 'Unicode Text' in UTF-16: init said "cannot
+    # read ...: 'utf-8' codec can't decode byte 0xe9 in position 21: invalid continuation byte",
+    # with no fix, and a position within the reader's 8 KiB chunk, not the file.
+    rows = "".join(f"{i},{i % 7},{'a' if i % 2 else 'b'}\r\n" for i in range(2000))
+    path = tmp_path / "cp1252.csv"
+    path.write_bytes((rows + "1,2,caf\u00e9\r\n").encode("cp1252"))
+    with pytest.raises(InitError) as e:
+        read_csv_shape(path)
+    start = len(rows) + len("1,2,caf")
+    assert str(e.value) == (f"{path}, line 2001: not UTF-8 text (byte {start} is b'\\xe9'); save it as UTF-8: Excel's "
+                            f"'CSV UTF-8 (Comma delimited)', or `iconv -f cp1252 -t utf-8 {path} > new.csv`")
+    path.write_bytes(("a,b,c\r\n" + rows).encode("utf-16"))
+    with pytest.raises(InitError, match=r"line 1: not UTF-8 text \(byte 0 is b'\\xff'; a UTF-16 file.*iconv -f utf-16"):
+        read_csv_shape(path)
+
+
 def test_an_existing_gitignore_gets_the_lines_it_lacks(tmp_path: Path) -> None:
     root = tmp_path / "p"
     root.mkdir()
