@@ -265,6 +265,7 @@ train.csv and test.csv hold the features, then the class number; labels.json the
 """
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -276,9 +277,16 @@ def prepare(inputs: dict[str, Path], out: Path, params: dict) -> None:
     raw = inputs["{name}-raw"]
     if raw.is_dir():  # a folder of data: its one CSV file
         raw = next(raw.glob("*.csv"))
-    with raw.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)  # each row with its line in the file (blank lines skipped, still counted)
-        numbered = [(reader.line_num, [c.strip() for c in r]) for r in reader if r]
+    data = raw.read_bytes()
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")  # a byte order mark (spreadsheet exports) is not data
+    except UnicodeDecodeError as e:  # saved since init in a Windows code page or UTF-16
+        line = data.count(b"\\n", 0, e.start) + 1
+        raise SystemExit(f"dataset {name}-raw, line {{line}}: not UTF-8 text (byte {{e.start}} is "
+                         f"{{data[e.start:e.start + 1]!r}}); save the CSV as UTF-8 (Excel: 'CSV UTF-8'), "
+                         "then pin it again: mlbuild data add {name}-raw PATH") from None
+    reader = csv.reader(io.StringIO(text, newline=""))  # each row with its line (blank lines skipped, still counted)
+    numbered = [(reader.line_num, [c.strip() for c in r]) for r in reader if r]
     numbered = numbered[1:] if params["header"] else numbered
     rows = [r for _, r in numbered]
     names = params.get("labels")  # the last column holds these names; else class numbers

@@ -255,6 +255,15 @@ def test_the_generated_prepare_names_the_line_a_later_edit_broke(tmp_path: Path)
     data.write_text("\n".join(lines))
     with pytest.raises(SystemExit, match=re.escape("dataset p-raw, line 7: '3,x,dog': column 2")):
         prepare({"p-raw": data}, out, params)
+    # saved again from Excel: in its code page, the split ended in a UnicodeDecodeError traceback;
+    # with a byte order mark and CRLF, as 'CSV UTF-8' saves, it splits as before
+    data.write_bytes(text.replace("dog\n", "d\u00f6g\n", 3).encode("cp1252"))
+    with pytest.raises(SystemExit, match=re.escape("dataset p-raw, line 2: not UTF-8 text (byte 14 is b'\\xf6'); "
+                                                   "save the CSV as UTF-8")):
+        prepare({"p-raw": data}, out, params)
+    data.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    prepare({"p-raw": data}, out, params)
+    assert len((out / "train.csv").read_text().splitlines()) == 9
     data.write_text(text)
     for bad in (25, 1.0, 0.0):   # 25 would be 25 rows to scikit-learn
         with pytest.raises(SystemExit, match=re.escape(f"test_fraction is {bad!r}; give the held-out share as a fraction")):
