@@ -124,8 +124,9 @@ def toml_with_path(text: str, name: str, path: str, config: Path) -> str:
     candidates = []   # texts that may declare it; the first that parses as expected is taken
     at: int | None = None      # the line declaring the dataset, named when the edit is refused
     if name not in tables:
-        sep = "" if not text or text.endswith("\n") else "\n"
-        candidates.append(f"{text}{sep}\n[datasets.{name}]\npath = {value}\n")
+        nl = "\r\n" if "\r\n" in text else "\n"   # a file a Windows editor saved keeps its line ends
+        sep = "" if not text or text.endswith("\n") else nl
+        candidates.append(f"{text}{sep}{nl}[datasets.{name}]{nl}path = {value}{nl}")
     else:
         header = re.compile(rf"\s*\[\s*{_key('datasets')}\s*\.\s*{_key(name)}\s*\]\s*(#.*)?")
         at = next((i for i, line in enumerate(lines) if header.fullmatch(line.rstrip("\r\n"))), None)
