@@ -118,6 +118,18 @@ def test_init_writes_a_project_from_the_csv(tmp_path: Path) -> None:
     assert subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=root, capture_output=True).returncode == 0
 
 
+def test_class_names_and_a_csv_name_beyond_the_basic_plane_stay_valid_toml(tmp_path: Path) -> None:
+    # json.dumps wrote "cat \ud83d\ude3a": a surrogate pair, which TOML refuses ("Escaped character
+    # is not a Unicode scalar value"), so the first command after init failed on the file it wrote
+    root = tmp_path / "p"
+    names = ["cat \U0001F63A", "dog", "\u732b"]
+    text = "a,b,kind\n" + "".join(f"{i},{i % 3},{names[i % 3]}\n" for i in range(12))
+    init_project(root, csv_path=csv(root, text, "data/\U0001F63A.csv"))
+    config = tomllib.loads((root / "mlbuild.toml").read_text())
+    assert config["datasets"]["p-split"]["params"]["labels"] == sorted(names)
+    assert config["datasets"]["p-raw"]["path"] == "data/\U0001F63A.csv"
+
+
 def test_without_a_csv_the_shape_is_a_placeholder(tmp_path: Path) -> None:
     init_project(tmp_path / "p", name="flowers")
     text = (tmp_path / "p" / "mlbuild.toml").read_text()
