@@ -16,12 +16,14 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import atomic
+from .data.datasets import _toml_string
 from .errors import MlbuildError
 from .interpreter import executable, not_found
 
@@ -89,6 +91,22 @@ def _not_numbers(row: list[str], width: int, first: int, names: list[str] | None
     return "every row must hold the numeric features, then the class (a number 0..K-1 or a name)"
 
 
+def _not_utf8(path: Path) -> str:
+    """The refusal of a CSV that is not UTF-8, naming its line, its first bad byte and the fix."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        return f"{path}: not UTF-8 text; save it as UTF-8"
+    except UnicodeDecodeError as e:   # the reader's own error counts characters, not the file's bytes
+        start = e.start
+    line, bad = data.count(b"\n", 0, start) + 1, data[start:start + 1]
+    utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
+    return (f"{path}, line {line}: not UTF-8 text (byte {start} is {bad!r}"
+            + ("; a UTF-16 file, as Excel's 'Unicode Text' saves" if utf16 else "")
+            + "); save it as UTF-8: Excel's 'CSV UTF-8 (Comma delimited)', or "
+            + f"`iconv -f {'utf-16' if utf16 else 'cp1252'} -t utf-8 {shlex.quote(str(path))} > new.csv`")
+
+
 def read_csv_shape(path: Path) -> CsvShape:
     """Feature count, classes and header of a classification CSV: numeric features, then the class
     in the last column, as a number 0..K-1 or as a name (names are numbered in sorted order)."""
@@ -98,7 +116,9 @@ def read_csv_shape(path: Path) -> CsvShape:
             # each row with its line in the file (blank lines are skipped, and still counted)
             numbered = [(reader.line_num, [c.strip() for c in r]) for r in reader if r]
         rows = [r for _, r in numbered]
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:   # as a spreadsheet saves it in a Windows code page or UTF-16
+        raise InitError(_not_utf8(path)) from None
+    except OSError as e:
         raise InitError(f"cannot read {path}: {e}") from None
 
     def numbers(row: list[str]) -> list[float] | None:
@@ -179,7 +199,7 @@ def _mlbuild_flake() -> str:
 def _toml_list(items: list[str], indent: int) -> str:
     """A TOML array of strings, wrapped before 100 columns (continuation lines at ``indent``)."""
     lines: list[list[str]] = [[]]
-    for s in (json.dumps(i) for i in items):
+    for s in (_toml_string(i) for i in items):   # json.dumps wrote an emoji as \ud83d\ude3a, which TOML refuses
         if lines[-1] and indent + len(", ".join(lines[-1] + [s])) + 2 > 100:
             lines.append([])
         lines[-1].append(s)
@@ -203,7 +223,7 @@ def _files(name: str, csv_rel: str, shape: CsvShape | None, python: str, flake_u
 name = "{name}"
 
 [python]
-interpreter = {json.dumps(python)}
+interpreter = {_toml_string(python)}
 # What the builds import: torch + safetensors train; starlette, uvicorn (httptools, uvloop) and
 # prometheus-client serve; scikit-learn splits the data (prepare.py) and validates; ipykernel,
 # nbclient, nbformat run notebooks.
@@ -211,7 +231,7 @@ requirements = {reqs}
 
 # The raw data, pinned by content hash: `mlbuild data add {name}-raw {csv_rel}`.
 [datasets.{name}-raw]
-path = {json.dumps(csv_rel)}
+path = {_toml_string(csv_rel)}
 
 # A seeded, stratified train/test split: a derivation, rebuilt only when the data or prepare.py change.
 [datasets.{name}-split]
@@ -246,6 +266,7 @@ train.csv and test.csv hold the features, then the class number; labels.json the
 """
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -257,9 +278,16 @@ def prepare(inputs: dict[str, Path], out: Path, params: dict) -> None:
     raw = inputs["{name}-raw"]
     if raw.is_dir():  # a folder of data: its one CSV file
         raw = next(raw.glob("*.csv"))
-    with raw.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)  # each row with its line in the file (blank lines skipped, still counted)
-        numbered = [(reader.line_num, [c.strip() for c in r]) for r in reader if r]
+    data = raw.read_bytes()
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")  # a byte order mark (spreadsheet exports) is not data
+    except UnicodeDecodeError as e:  # saved since init in a Windows code page or UTF-16
+        line = data.count(b"\\n", 0, e.start) + 1
+        raise SystemExit(f"dataset {name}-raw, line {{line}}: not UTF-8 text (byte {{e.start}} is "
+                         f"{{data[e.start:e.start + 1]!r}}); save the CSV as UTF-8 (Excel: 'CSV UTF-8'), "
+                         "then pin it again: mlbuild data add {name}-raw PATH") from None
+    reader = csv.reader(io.StringIO(text, newline=""))  # each row with its line (blank lines skipped, still counted)
+    numbered = [(reader.line_num, [c.strip() for c in r]) for r in reader if r]
     numbered = numbered[1:] if params["header"] else numbered
     rows = [r for _, r in numbered]
     names = params.get("labels")  # the last column holds these names; else class numbers

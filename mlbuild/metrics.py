@@ -159,9 +159,11 @@ def _report_at(project: Project, model: str, rev: str, required: bool = True,
 
 def _declared_at(project: Project, rev: str) -> Project | None:
     """``project`` with mlbuild.toml as it was at ``rev`` (its models, datasets, code: enough for
-    model_code, no build); None where that commit has none, or one that is not TOML."""
+    model_code, no build); None where that commit has none, or one that is not TOML. A byte order
+    mark (a Windows editor's) is not TOML's, but load_project and Nix read past it: so does this."""
     try:
-        return Project(project.root, project.name, project.python, tomllib.loads(git.show(project.root, rev, CONFIG_NAME)))
+        text = git.show(project.root, rev, CONFIG_NAME).removeprefix("\ufeff")
+        return Project(project.root, project.name, project.python, tomllib.loads(text))
     except (MlbuildError, tomllib.TOMLDecodeError):
         return None
 

@@ -124,8 +124,9 @@ def toml_with_path(text: str, name: str, path: str, config: Path) -> str:
     candidates = []   # texts that may declare it; the first that parses as expected is taken
     at: int | None = None      # the line declaring the dataset, named when the edit is refused
     if name not in tables:
-        sep = "" if not text or text.endswith("\n") else "\n"
-        candidates.append(f"{text}{sep}\n[datasets.{name}]\npath = {value}\n")
+        nl = "\r\n" if "\r\n" in text else "\n"   # a file a Windows editor saved keeps its line ends
+        sep = "" if not text or text.endswith("\n") else nl
+        candidates.append(f"{text}{sep}{nl}[datasets.{name}]{nl}path = {value}{nl}")
     else:
         header = re.compile(rf"\s*\[\s*{_key('datasets')}\s*\.\s*{_key(name)}\s*\]\s*(#.*)?")
         at = next((i for i, line in enumerate(lines) if header.fullmatch(line.rstrip("\r\n"))), None)
@@ -474,7 +475,13 @@ def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:
                             f"clone): no working copy to compare. `mlbuild data add {name} PATH` pins the files "
                             f"where they are now; `mlbuild data diff {name} REV` compares the locked version with REV's")
     else:
-        other = json.loads(git.show(project.root, rev, "mlbuild.lock")).get("datasets", {}).get(name)
+        try:   # a byte order mark (a Windows editor's save), as read_lock and Nix's fromJSON skip it
+            then = json.loads(git.show(project.root, rev, "mlbuild.lock").removeprefix("\ufeff"))
+        except ValueError as e:
+            raise DataError(f"mlbuild.lock at revision {rev!r} is not valid JSON ({e}); compare with a revision "
+                            f"whose lock `mlbuild lock` or `mlbuild data add` wrote") from None
+        datasets = then.get("datasets") if isinstance(then, dict) else None
+        other = datasets.get(name) if isinstance(datasets, dict) else None
         if other is None:
             raise DataError(f"dataset {name!r} is not in mlbuild.lock at revision {rev!r}")
         if other["sha256"] == locked:

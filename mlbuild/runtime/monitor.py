@@ -496,7 +496,9 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-SCRIPT = """#!{python} -s
+# -E: the caller's PYTHONPATH (a dev shell's, another project's) and PYTHONHOME are not read, so the
+# toolchain's own wheels are what runs, as in the build and the image; -s: no user site-packages.
+SCRIPT = """#!{python} -Es
 # Monitor the {name} model: its validation suite against a live server (see --help).
 import sys
 sys.path.insert(0, {runtime!r})

@@ -24,7 +24,9 @@ from .spec import load_spec
 
 __all__ = ["main"]
 
-SERVE_SCRIPT = """#!{python} -s
+# -E: the caller's PYTHONPATH (a dev shell's, another project's) and PYTHONHOME are not read, so the
+# toolchain's own wheels are what runs, as in the build and the image; -s: no user site-packages.
+SERVE_SCRIPT = """#!{python} -Es
 # Serve the {name} model package (Open Inference Protocol v2). Arguments: --port, --host...
 import sys
 sys.path.insert(0, {runtime!r})

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..config import CONFIG_NAME, find_project_root
+from ..config import CONFIG_NAME, config_text, find_project_root
 from ..errors import ConfigError, StoreConfigError, StoreKeyError
 from .keys import PublicKey, SecretKey, load_secret_key, parse_public_key
 from .layout import Layout, store_command
@@ -159,7 +159,7 @@ def _project_table(project_root: Path | None) -> tuple[dict[str, Any], Path | No
     if not path.is_file():
         return {}, None
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(config_text(path))   # a byte order mark, as load_project reads it
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     table = raw.get("store", {})

@@ -795,3 +795,20 @@ def test_with_allow_dirty_a_change_before_the_check_rebuild_is_not_checked_inste
                                          r"the change, /nix/store/\S+\.drv, not /nix/store/\S+\.drv, so nothing was compared; run `mlbuild "
                                          r"build --check datasets\.split` again"):
         build_module.build_targets(load_project(data_project), ["datasets.split"], check=True, allow_dirty=True)
+
+
+def test_diff_against_a_revision_whose_lock_a_windows_editor_saved(data_project: Path) -> None:
+    """A lock committed with a byte order mark (read_lock and Nix skip it): `data diff NAME REV`
+    ended in a JSONDecodeError traceback ('Unexpected UTF-8 BOM'); a lock at REV that is not JSON
+    at all did the same."""
+    path = data_project / "mlbuild.lock"
+    text = path.read_text()
+    path.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    commit_all(data_project, "lock saved on Windows")
+    assert run_cli("data", "diff", "raw", "HEAD", cwd=data_project).stdout == "raw: no differences\n"
+    path.write_text("{ not json\n")
+    commit_all(data_project, "a broken lock")
+    path.write_text(text)
+    commit_all(data_project, "lock restored")
+    err = run_cli("data", "diff", "raw", "HEAD~1", cwd=data_project, check=False).stderr
+    assert err.startswith("Error: mlbuild.lock at revision 'HEAD~1' is not valid JSON (") and "Traceback" not in err

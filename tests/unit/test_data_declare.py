@@ -22,6 +22,14 @@ def test_a_missing_dataset_is_appended() -> None:
     assert new == HEAD + '\n[datasets.iris-raw]\npath = "data/iris.csv"\n'
 
 
+def test_a_dataset_appended_to_a_windows_saved_file_keeps_its_line_ends() -> None:
+    # CRLF, as Windows editors save: the new table was appended with LF, leaving mixed line ends
+    crlf = HEAD.replace("\n", "\r\n")
+    assert toml_with_path(crlf, "iris-raw", "data/iris.csv", CONFIG) == \
+        crlf + '\r\n[datasets.iris-raw]\r\npath = "data/iris.csv"\r\n'
+    assert toml_with_path(crlf.rstrip("\r\n"), "x", "x.csv", CONFIG) == crlf + '\r\n[datasets.x]\r\npath = "x.csv"\r\n'
+
+
 @pytest.mark.parametrize(("table", "edited"), [
     ('[datasets.iris-raw]   # from the lab\n# before\npath = "data/iris.csv"   # keep\n# after\n',
      '[datasets.iris-raw]   # from the lab\n# before\npath = "data/b.csv"   # keep\n# after\n'),

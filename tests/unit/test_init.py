@@ -118,6 +118,18 @@ def test_init_writes_a_project_from_the_csv(tmp_path: Path) -> None:
     assert subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=root, capture_output=True).returncode == 0
 
 
+def test_class_names_and_a_csv_name_beyond_the_basic_plane_stay_valid_toml(tmp_path: Path) -> None:
+    # json.dumps wrote "cat \ud83d\ude3a": a surrogate pair, which TOML refuses ("Escaped character
+    # is not a Unicode scalar value"), so the first command after init failed on the file it wrote
+    root = tmp_path / "p"
+    names = ["cat \U0001F63A", "dog", "\u732b"]
+    text = "a,b,kind\n" + "".join(f"{i},{i % 3},{names[i % 3]}\n" for i in range(12))
+    init_project(root, csv_path=csv(root, text, "data/\U0001F63A.csv"))
+    config = tomllib.loads((root / "mlbuild.toml").read_text())
+    assert config["datasets"]["p-split"]["params"]["labels"] == sorted(names)
+    assert config["datasets"]["p-raw"]["path"] == "data/\U0001F63A.csv"
+
+
 def test_without_a_csv_the_shape_is_a_placeholder(tmp_path: Path) -> None:
     init_project(tmp_path / "p", name="flowers")
     text = (tmp_path / "p" / "mlbuild.toml").read_text()
@@ -187,6 +199,23 @@ def test_a_byte_order_mark_is_not_data(tmp_path: Path) -> None:
     assert (shape.header, shape.rows, shape.features, shape.classes) == (False, 8, 2, 2)
 
 
+def test_a_csv_that_is_not_utf8_is_refused_naming_its_line_and_how_to_convert_it(tmp_path: Path) -> None:
+    # Excel's 'CSV' saves in the Windows code page, its 'Unicode Text' in UTF-16: init said "cannot
+    # read ...: 'utf-8' codec can't decode byte 0xe9 in position 21: invalid continuation byte",
+    # with no fix, and a position within the reader's 8 KiB chunk, not the file.
+    rows = "".join(f"{i},{i % 7},{'a' if i % 2 else 'b'}\r\n" for i in range(2000))
+    path = tmp_path / "cp1252.csv"
+    path.write_bytes((rows + "1,2,caf\u00e9\r\n").encode("cp1252"))
+    with pytest.raises(InitError) as e:
+        read_csv_shape(path)
+    start = len(rows) + len("1,2,caf")
+    assert str(e.value) == (f"{path}, line 2001: not UTF-8 text (byte {start} is b'\\xe9'); save it as UTF-8: Excel's "
+                            f"'CSV UTF-8 (Comma delimited)', or `iconv -f cp1252 -t utf-8 {path} > new.csv`")
+    path.write_bytes(("a,b,c\r\n" + rows).encode("utf-16"))
+    with pytest.raises(InitError, match=r"line 1: not UTF-8 text \(byte 0 is b'\\xff'; a UTF-16 file.*iconv -f utf-16"):
+        read_csv_shape(path)
+
+
 def test_an_existing_gitignore_gets_the_lines_it_lacks(tmp_path: Path) -> None:
     root = tmp_path / "p"
     root.mkdir()
@@ -238,6 +267,15 @@ def test_the_generated_prepare_names_the_line_a_later_edit_broke(tmp_path: Path)
     data.write_text("\n".join(lines))
     with pytest.raises(SystemExit, match=re.escape("dataset p-raw, line 7: '3,x,dog': column 2")):
         prepare({"p-raw": data}, out, params)
+    # saved again from Excel: in its code page, the split ended in a UnicodeDecodeError traceback;
+    # with a byte order mark and CRLF, as 'CSV UTF-8' saves, it splits as before
+    data.write_bytes(text.replace("dog\n", "d\u00f6g\n", 3).encode("cp1252"))
+    with pytest.raises(SystemExit, match=re.escape("dataset p-raw, line 2: not UTF-8 text (byte 14 is b'\\xf6'); "
+                                                   "save the CSV as UTF-8")):
+        prepare({"p-raw": data}, out, params)
+    data.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    prepare({"p-raw": data}, out, params)
+    assert len((out / "train.csv").read_text().splitlines()) == 9
     data.write_text(text)
     for bad in (25, 1.0, 0.0):   # 25 would be 25 rows to scikit-learn
         with pytest.raises(SystemExit, match=re.escape(f"test_fraction is {bad!r}; give the held-out share as a fraction")):

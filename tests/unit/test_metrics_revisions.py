@@ -172,3 +172,19 @@ def test_history_has_a_row_for_a_commit_that_moves_the_project_to_another_mlbuil
     with pytest.raises(MlbuildError) as e:   # no mlbuild.lock: every commit is a gap, listed
         m.history(load_project(tmp_path), "m")
     assert f"  {head[:10]}: " in str(e.value), str(e.value)
+
+
+def test_a_model_renamed_since_is_found_in_a_config_a_windows_editor_saved(tmp_path: Path) -> None:
+    """mlbuild.toml committed with a byte order mark, as load_project and Nix read it: a model
+    renamed since was looked up in that commit with tomllib, which refuses the mark, so `metrics
+    history OLDNAME` said no such model ('its models: n') though the commit declares it."""
+    (tmp_path / "m.py").write_text("")
+    (tmp_path / "v.py").write_text("")
+    (tmp_path / "mlbuild.toml").write_bytes(b"\xef\xbb\xbf" + TOML.replace("\n", "\r\n").encode())
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "m")
+    (tmp_path / "mlbuild.toml").write_text(TOML.replace("models.m", "models.n"))
+    _git(tmp_path, "commit", "-qam", "renamed")
+    old = m._check_model(load_project(tmp_path), "m")
+    assert "m" in old.raw["models"]

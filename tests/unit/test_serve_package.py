@@ -520,3 +520,27 @@ def test_the_pid_1_reaper_takes_orphans_of_other_sessions_only() -> None:
     assert not stat.exists()           # reaped: gone from /proc
     assert ours.wait(10) == 3          # not taken from its own wait
     orphan.wait(10)
+
+
+@pytest.mark.parametrize("which", ["serve", "monitor"])
+def test_the_caller_s_pythonpath_does_not_reach_the_served_package(tmp_path: Path, which: str) -> None:
+    """bin/serve and bin/monitor ran `python -s`, which reads PYTHONPATH: a dev shell's or another
+    project's (a numpy, a sitecustomize) was imported before the toolchain's locked wheels, so
+    `mlbuild serve` / `nix run .#serve-M` ran other code than the build and the image did."""
+    import os
+    import subprocess
+    import sys
+
+    from mlbuild.runtime import monitor, package
+
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "sitecustomize.py").write_text("raise SystemExit('PYTHONPATH leaked into the server')\n")
+    template = package.SERVE_SCRIPT if which == "serve" else monitor.SCRIPT
+    script = tmp_path / which
+    script.write_text(template.format(python=sys.executable, name="m", runtime=str(Path(package.__file__).parents[2]),
+                                      package=str(tmp_path / "pkg"), spec=str(tmp_path / "spec.json")))
+    script.chmod(0o555)
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(junk)})
+    assert "leaked" not in proc.stderr and proc.returncode == 0, proc.stderr

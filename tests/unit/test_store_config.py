@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mlbuild.errors import StoreConfigError, StoreKeyError
+from mlbuild.errors import ConfigError, StoreConfigError, StoreKeyError
 from mlbuild.store.config import StoreConfig, load_store_config
 from mlbuild.store.keys import generate_key_pair
 from tests.unit.test_store_narinfo import NIX_PUBLIC
@@ -34,6 +34,17 @@ def test_precedence(tmp_path: Path) -> None:
 def test_defaults_outside_a_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert load_store_config(env={}).root == Path("/var/lib/mlbuild/store")
+
+
+def test_a_windows_saved_mlbuild_toml_is_read(tmp_path: Path) -> None:
+    # A byte order mark and CRLF, as Windows editors save it: load_project and Nix read it, and
+    # every build failed 'mlbuild.toml: not valid TOML: Invalid statement (at line 1, column 1)'.
+    text = '[project]\nname = "p"\n\n[store]\npath = "cache"\n'.replace("\n", "\r\n")
+    (tmp_path / "mlbuild.toml").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert load_store_config(tmp_path, env={}).root == tmp_path / "cache"
+    (tmp_path / "mlbuild.toml").write_bytes(text.encode("utf-16"))
+    with pytest.raises(ConfigError, match="not UTF-8 text.*save it as UTF-8"):
+        load_store_config(tmp_path, env={})
 
 
 def test_remote_urls_are_refused(tmp_path: Path) -> None:
