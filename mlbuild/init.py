@@ -209,8 +209,11 @@ def _toml_list(items: list[str], indent: int) -> str:
 def _files(name: str, csv_rel: str, shape: CsvShape | None, python: str, flake_url: str) -> dict[str, str]:
     features = shape.features if shape else 4
     classes = shape.classes if shape else 3
+    # The CSV's path in mlbuild.toml's comments: a control character (a newline) there is not TOML,
+    # and ended the comment, so the file init wrote did not load; the path = line holds it escaped.
+    csv_said = "PATH (its path below)" if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in csv_rel) else csv_rel
     if shape:
-        says = (f"   # the columns of {csv_rel} but the last (read by mlbuild init)",
+        says = (f"   # the columns of {'the CSV' if csv_said != csv_rel else csv_rel} but the last (read by mlbuild init)",
                 "   # the distinct values of its last column")
     else:
         says = ("   # set to your data's feature count (its columns but the last)",
@@ -229,7 +232,7 @@ interpreter = {_toml_string(python)}
 # nbclient, nbformat run notebooks.
 requirements = {reqs}
 
-# The raw data, pinned by content hash: `mlbuild data add {name}-raw {csv_rel}`.
+# The raw data, pinned by content hash: `mlbuild data add {name}-raw {csv_said}`.
 [datasets.{name}-raw]
 path = {_toml_string(csv_rel)}
 

@@ -179,6 +179,16 @@ def test_the_command_says_what_comes_next(tmp_path: Path) -> None:
     assert again.returncode == 1 and "already has mlbuild.toml" in again.stderr
 
 
+@pytest.mark.parametrize("file", ["da\nta.csv", "da\x01ta.csv", "da\x7fta.csv"])
+def test_a_csv_name_with_a_control_character_stays_valid_toml(tmp_path: Path, file: str) -> None:
+    # the path = line escaped it, but two comments named the CSV as it is: a newline ended the
+    # comment (the rest of the name read as a key), a \x01 or DEL is not allowed in one
+    root = tmp_path / "c"
+    init_project(root, csv_path=csv(root, name=file))
+    config = tomllib.loads((root / "mlbuild.toml").read_text())
+    assert config["datasets"]["c-raw"]["path"] == file
+
+
 def test_paths_with_quotes_stay_valid_toml(tmp_path: Path) -> None:
     root = tmp_path / "q"
     data = csv(root, name='data/my "best" \\ data.csv')
