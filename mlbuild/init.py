@@ -464,6 +464,10 @@ def init_project(root: Path, *, name: str | None = None, csv_path: Path | None =
         except ValueError:
             raise InitError(f"{csv_path} is outside {root}; put the data inside the project (it stays out of git: "
                             "`mlbuild data add` ignores it) and pass that path") from None
+        if any(0xDC80 <= ord(c) <= 0xDCFF for c in csv_rel):   # bytes that are not UTF-8, as os.fsdecode holds them
+            raise InitError(f"the CSV's name {os.fsencode(csv_rel)!r} is not UTF-8 (a name from another system's code "
+                            "page), and mlbuild.toml, UTF-8 text, cannot hold it: rename it to a UTF-8 name, e.g. "
+                            "`convmv -f latin1 -t utf-8 --notest FILE` or mv, then run mlbuild init again")
     else:
         csv_rel = f"data/{name}.csv"
     files = _files(name, csv_rel, shape, python, flake_url or _mlbuild_flake())

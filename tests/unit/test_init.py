@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -187,6 +188,15 @@ def test_a_csv_name_with_a_control_character_stays_valid_toml(tmp_path: Path, fi
     init_project(root, csv_path=csv(root, name=file))
     config = tomllib.loads((root / "mlbuild.toml").read_text())
     assert config["datasets"]["c-raw"]["path"] == file
+
+
+def test_a_csv_name_that_is_not_utf8_is_refused_writing_nothing(tmp_path: Path) -> None:
+    # it ended in a UnicodeEncodeError traceback ('surrogates not allowed') writing mlbuild.toml
+    root = tmp_path / "n"
+    data = csv(root, name=os.fsdecode(b"data/caf\xe9.csv"))
+    with pytest.raises(InitError, match=re.escape("the CSV's name b'data/caf\\xe9.csv' is not UTF-8")):
+        init_project(root, csv_path=data)
+    assert not (root / "mlbuild.toml").exists()
 
 
 def test_paths_with_quotes_stay_valid_toml(tmp_path: Path) -> None:
