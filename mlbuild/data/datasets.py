@@ -484,9 +484,13 @@ def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:
         other = datasets.get(name) if isinstance(datasets, dict) else None
         if other is None:
             raise DataError(f"dataset {name!r} is not in mlbuild.lock at revision {rev!r}")
-        if other["sha256"] == locked:
+        then_sha = other.get("sha256") if isinstance(other, dict) else None
+        if not isinstance(then_sha, str) or not re.fullmatch("[0-9a-f]{64}", then_sha):   # a hand edit
+            raise DataError(f"mlbuild.lock at revision {rev!r} has no sha256 for dataset {name!r} ({json.dumps(other)}); "
+                            f"compare with a revision whose lock `mlbuild lock` or `mlbuild data add` wrote")
+        if then_sha == locked:
             return []
-        new_path = fixed_output_path(other["sha256"], name, recursive=True)
+        new_path = fixed_output_path(then_sha, name, recursive=True)
         if _nix.invalid_paths([new_path]):
             raise DataError(f"{name!r} at {rev!r} ({new_path}) is not in the store; check out {rev} and "
                             f"run `mlbuild data pull {name}`")

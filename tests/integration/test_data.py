@@ -812,3 +812,20 @@ def test_diff_against_a_revision_whose_lock_a_windows_editor_saved(data_project:
     commit_all(data_project, "lock restored")
     err = run_cli("data", "diff", "raw", "HEAD~1", cwd=data_project, check=False).stderr
     assert err.startswith("Error: mlbuild.lock at revision 'HEAD~1' is not valid JSON (") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("entry", ['"0123"', '{}', '{"sha256": 7}', '{"sha256": "not hex"}'])
+def test_diff_against_a_revision_whose_lock_entry_is_damaged(data_project: Path, entry: str) -> None:
+    """A hand-edited lock at REV whose dataset entry is not {"sha256": HEX}: a TypeError or KeyError
+    traceback, where a lock that is not JSON is refused naming the revision."""
+    path = data_project / "mlbuild.lock"
+    text = path.read_text()
+    data = json.loads(text)
+    data["datasets"]["raw"] = "@ENTRY@"
+    path.write_text(json.dumps(data).replace('"@ENTRY@"', entry))
+    commit_all(data_project, "a damaged lock")
+    path.write_text(text)
+    commit_all(data_project, "lock restored")
+    err = run_cli("data", "diff", "raw", "HEAD~1", cwd=data_project, check=False).stderr
+    assert err.startswith("Error: mlbuild.lock at revision 'HEAD~1' has no sha256 for dataset 'raw' ("), err
+    assert "Traceback" not in err
