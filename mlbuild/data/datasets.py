@@ -278,8 +278,10 @@ def add(project: Project, name: str, path: Path) -> Added:
         if result is not None:
             statcache.remember(cache, name, source, facts, sha)
         if config is not None:
-            atomic.write_text(project.config_path, toml_with_path(config_text(project.config_path), name, rel,
-                                                                  project.config_path))
+            # a byte order mark (a Windows editor's), which config_text reads past, is kept as the line ends are
+            bom = "\ufeff" if project.config_path.read_bytes().startswith(b"\xef\xbb\xbf") else ""
+            atomic.write_text(project.config_path, bom + toml_with_path(config_text(project.config_path), name, rel,
+                                                                        project.config_path))
         lock = read_lock(project.lock_path)
         entry: dict[str, Any] = {"sha256": sha, "kind": "path"}
         before = lock.get("datasets", {}).get(name, {})

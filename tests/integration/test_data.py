@@ -829,3 +829,14 @@ def test_diff_against_a_revision_whose_lock_entry_is_damaged(data_project: Path,
     err = run_cli("data", "diff", "raw", "HEAD~1", cwd=data_project, check=False).stderr
     assert err.startswith("Error: mlbuild.lock at revision 'HEAD~1' has no sha256 for dataset 'raw' ("), err
     assert "Traceback" not in err
+
+
+def test_add_keeps_the_byte_order_mark_a_windows_editor_saved(data_project: Path) -> None:
+    """mlbuild.toml with a byte order mark (read past by load_project and Nix): data add wrote it
+    back without, a change to line 1 nobody made, as mixed line ends were before 058ba12."""
+    config = data_project / "mlbuild.toml"
+    config.write_bytes(b"\xef\xbb\xbf" + config.read_bytes().replace(b"\n", b"\r\n"))
+    write_tree(data_project, {"data": {"more.txt": "1\n2\n"}})
+    run_cli("data", "add", "more", "data/more.txt", cwd=data_project)
+    data = config.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf[") and data.endswith(b'\r\n[datasets.more]\r\npath = "data/more.txt"\r\n')
