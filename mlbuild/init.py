@@ -99,7 +99,8 @@ def _not_utf8(path: Path) -> str:
         return f"{path}: not UTF-8 text; save it as UTF-8"
     except UnicodeDecodeError as e:   # the reader's own error counts characters, not the file's bytes
         start = e.start
-    line, bad = data.count(b"\n", 0, start) + 1, data[start:start + 1]
+    # a line ends at LF, CRLF or a lone CR (Excel for Mac's 'CSV (Macintosh)'), as the csv reader counts them
+    line, bad = data[:start].replace(b"\r\n", b"\n").replace(b"\r", b"\n").count(b"\n") + 1, data[start:start + 1]
     utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
     return (f"{path}, line {line}: not UTF-8 text (byte {start} is {bad!r}"
             + ("; a UTF-16 file, as Excel's 'Unicode Text' saves" if utf16 else "")
@@ -285,7 +286,7 @@ def prepare(inputs: dict[str, Path], out: Path, params: dict) -> None:
     try:
         text = data.decode("utf-8").removeprefix("\ufeff")  # a byte order mark (spreadsheet exports) is not data
     except UnicodeDecodeError as e:  # saved since init in a Windows code page or UTF-16
-        line = data.count(b"\\n", 0, e.start) + 1
+        line = data[:e.start].replace(b"\\r\\n", b"\\n").replace(b"\\r", b"\\n").count(b"\\n") + 1  # LF, CRLF or CR ends
         raise SystemExit(f"dataset {name}-raw, line {{line}}: not UTF-8 text (byte {{e.start}} is "
                          f"{{data[e.start:e.start + 1]!r}}); save the CSV as UTF-8 (Excel: 'CSV UTF-8'), "
                          "then pin it again: mlbuild data add {name}-raw PATH") from None

@@ -234,6 +234,10 @@ def test_a_csv_that_is_not_utf8_is_refused_naming_its_line_and_how_to_convert_it
     path.write_bytes(("a,b,c\r\n" + rows).encode("utf-16"))
     with pytest.raises(InitError, match=r"line 1: not UTF-8 text \(byte 0 is b'\\xff'; a UTF-16 file.*iconv -f utf-16"):
         read_csv_shape(path)
+    # Excel for Mac's 'CSV (Macintosh)': Mac Roman with CR line ends, which the reader counts as lines too
+    path.write_bytes((rows + "1,2,caf\u00e9\r\n").replace("\r\n", "\r").encode("mac_roman"))
+    with pytest.raises(InitError, match=r"line 2001: not UTF-8 text"):
+        read_csv_shape(path)
 
 
 def test_an_existing_gitignore_gets_the_lines_it_lacks(tmp_path: Path) -> None:
@@ -292,6 +296,9 @@ def test_the_generated_prepare_names_the_line_a_later_edit_broke(tmp_path: Path)
     data.write_bytes(text.replace("dog\n", "d\u00f6g\n", 3).encode("cp1252"))
     with pytest.raises(SystemExit, match=re.escape("dataset p-raw, line 2: not UTF-8 text (byte 14 is b'\\xf6'); "
                                                    "save the CSV as UTF-8")):
+        prepare({"p-raw": data}, out, params)
+    data.write_bytes(text.replace("dog\n", "d\u00f6g\n", 3).replace("\n", "\r").encode("mac_roman"))  # CR line ends
+    with pytest.raises(SystemExit, match=re.escape("dataset p-raw, line 2: not UTF-8 text (byte 14 is b'\\x9a')")):
         prepare({"p-raw": data}, out, params)
     data.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
     prepare({"p-raw": data}, out, params)
