@@ -107,6 +107,9 @@ class StoreConfig:
                     raise StoreKeyError(f"the trusted public key file {item} is not text (a key is one name:base64 "
                                         f"line); fix MLBUILD_STORE_PUBLIC_KEYS or [store].public-keys") from None
                 text = text.removeprefix("\ufeff")
+                if not text.strip():   # else the store's own key was trusted in its place, without a word
+                    raise StoreKeyError(f"the trusted public key file {item} is empty; copy the store's .pub file there "
+                                        f"again, or fix MLBUILD_STORE_PUBLIC_KEYS or [store].public-keys")
                 keys += [parse_public_key(k, f"in {item}") for k in text.split()]
             else:
                 keys.append(parse_public_key(item))

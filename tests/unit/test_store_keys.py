@@ -220,3 +220,20 @@ def test_a_secret_key_path_that_is_a_folder_says_to_name_the_file(tmp_path: Path
     with pytest.raises(StoreKeyError, match=r"is a folder: point MLBUILD_STORE_SECRET_KEY or \[store\]\.secret-key at "
                                             r"the key's \.sec file in it"):
         load_secret_key(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["", "\ufeff\r\n", " \n"])
+def test_an_empty_trusted_public_key_file_is_named(tmp_path: Path, text: str) -> None:
+    """A .pub file holding nothing (a copy that stopped, a Windows editor's empty save with its
+    byte order mark) gave no key: the store's own key was trusted in its place, without a word, or
+    'no trusted public key ...: set MLBUILD_STORE_PUBLIC_KEYS', which was set."""
+    from mlbuild.errors import StoreKeyError
+    from mlbuild.store.config import StoreConfig
+    from mlbuild.store.keys import generate_key_pair
+
+    generate_key_pair("own-1", tmp_path / "own.sec", tmp_path / "own.pub")
+    (tmp_path / "empty.pub").write_text(text, encoding="utf-8")
+    for secret in (tmp_path / "own.sec", None):
+        cfg = StoreConfig(tmp_path, secret_key_file=secret, public_keys=(str(tmp_path / "empty.pub"),))
+        with pytest.raises(StoreKeyError, match=r"the trusted public key file .*empty.pub is empty; copy the store's "):
+            cfg.trusted_keys()
