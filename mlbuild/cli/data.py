@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -21,17 +20,6 @@ def _size(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024  # type: ignore[assignment]
     return str(n)
-
-
-def _shown(path: str) -> str:
-    """A file name as one line: quoted, with escapes, when it holds a control character (a file
-    named "new\\nline.txt" printed as two lines, the first naming a file "new"), a quote or a
-    backslash (else read as a quoted name), as git quotes it. Bytes that are not UTF-8 (held as
-    surrogates) are shown as git shows them, \\ooo octal escapes."""
-    if not any(ord(c) < 32 or ord(c) == 127 or c in '"\\' or 0xDC80 <= ord(c) <= 0xDCFF for c in path):
-        return path
-    return "".join(f"\\{ord(c) - 0xDC00:03o}" if 0xDC80 <= ord(c) <= 0xDCFF else json.dumps(c, ensure_ascii=False)[1:-1]
-                   for c in path).join('""')
 
 
 @cli.group()
@@ -85,7 +73,7 @@ def diff(ctx: click.Context, name: str, rev: str | None) -> None:
         click.echo(f"{name}: no differences")
     for c in changes:
         kinds = f"  ({c.kinds})" if c.kinds else ""
-        click.echo(f"{c.change:<8} {_shown(c.path)}  {_size(c.old_size)} -> {_size(c.new_size)}{kinds}")
+        click.echo(f"{c.change:<8} {ds.shown_name(c.path)}  {_size(c.old_size)} -> {_size(c.new_size)}{kinds}")
 
 
 @data.command()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import stat
@@ -30,7 +31,7 @@ from ..storepath import fixed_output_path
 from . import statcache
 from .importer import Imported, import_path, not_storable
 
-__all__ = ["Dataset", "DataError", "datasets", "add", "Added", "toml_with_path", "status", "diff", "locked_path",
+__all__ = ["Dataset", "DataError", "datasets", "add", "Added", "toml_with_path", "shown_name", "status", "diff", "locked_path",
            "Status", "FileDiff"]
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -91,6 +92,17 @@ def _get(project: Project, name: str) -> Dataset:
     if name not in found:
         raise DataError(f"no dataset {name!r} in {project.config_path}; declared: {', '.join(sorted(found)) or 'none'}")
     return found[name]
+
+
+def shown_name(path: str) -> str:
+    """A file name as one line: quoted, with escapes, when it holds a control character (a file
+    named "new\\nline.txt" printed as two lines, the first naming a file "new"), a quote or a
+    backslash (else read as a quoted name), as git quotes it: data diff's names and symlink targets.
+    Bytes that are not UTF-8 (held as surrogates) are shown as git shows them, \\ooo octal escapes."""
+    if not any(ord(c) < 32 or ord(c) == 127 or c in '"\\' or 0xDC80 <= ord(c) <= 0xDCFF for c in path):
+        return path
+    return "".join(f"\\{ord(c) - 0xDC00:03o}" if 0xDC80 <= ord(c) <= 0xDCFF else json.dumps(c, ensure_ascii=False)[1:-1]
+                   for c in path).join('""')
 
 
 def _toml_string(s: str) -> str:
@@ -500,7 +512,7 @@ def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:
     file_name = Path(ds.path or name).name
     a = _files(Path(old_path), file_name)
     def what(e: _Entry) -> str:
-        return f"symlink to {e[1]}" if e[2] == "symlink" else e[2]
+        return f"symlink to {shown_name(e[1])}" if e[2] == "symlink" else e[2]
 
     def plain(e: _Entry) -> str:   # nothing to say of a plain file
         return "" if e[2] == "file" else what(e)

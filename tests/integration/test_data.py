@@ -201,6 +201,17 @@ def test_diff_shows_a_name_holding_a_newline_on_one_line(data_project: Path) -> 
         'added    "new\\nline.txt"  - -> 2 B', 'added    "say \\"hi\\".txt"  - -> 2 B']
 
 
+def test_diff_shows_a_symlink_target_holding_a_newline_on_one_line(data_project: Path) -> None:
+    """The names were quoted (3d66043), the targets of symlinks were not: "symlink to a\nb" printed
+    as two lines, the second looking like another entry; a Latin-1 target reached the terminal as is."""
+    root = data_project / "data" / "raw"
+    (root / "link").symlink_to("rows\nremoved  x.txt")
+    (root / "latin").symlink_to(os.fsdecode(b"caf\xe9.csv"))
+    assert run_cli("data", "diff", "raw", cwd=data_project).stdout.splitlines() == [
+        'added    latin  - -> -  (symlink to "caf\\351.csv")',
+        'added    link  - -> -  (symlink to "rows\\nremoved  x.txt")']
+
+
 def test_a_deeply_nested_dataset_is_added_diffed_and_pushed(data_project: Path) -> None:
     """1,500 folders deep (paths of ~3,000 bytes, within PATH_MAX): `data add` stopped in a
     RecursionError traceback (os.walk and the NAR walkers recurse once a folder)."""
