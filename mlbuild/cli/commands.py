@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -47,8 +48,9 @@ def init(folder: Path, csv_path: Path | None, name: str | None, python: str, fla
         shown = f" ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''})" if names else ""
         click.echo(f"  {new.csv}: {new.shape.rows} rows, {new.shape.features} features, {new.shape.classes} classes"
                    f"{shown}{', a header row' if new.shape.header else ''}")
-    here = "" if new.root == Path.cwd().resolve() else f"cd {new.root} && "
-    model, data, path = new.name, new.dataset, new.csv
+    # quoted for a shell: a folder or a CSV named with a space ("my data.csv") failed when pasted
+    here = "" if new.root == Path.cwd().resolve() else f"cd {shlex.quote(str(new.root))} && "
+    model, data, path = new.name, new.dataset, shlex.quote(new.csv)
     click.echo(f"""next:
   {here}mlbuild lock && mlbuild prefetch          # pin and fetch the wheels and the interpreter
   mlbuild data add {data} {path}{'' if csv_path else '   # once the CSV is there'}

@@ -180,6 +180,14 @@ def test_the_command_says_what_comes_next(tmp_path: Path) -> None:
     assert again.returncode == 1 and "already has mlbuild.toml" in again.stderr
 
 
+def test_the_next_commands_quote_a_folder_and_a_csv_with_spaces(tmp_path: Path) -> None:
+    # "cd /x/my projects/iris && ..." and "mlbuild data add iris-raw data/my data.csv" failed when pasted
+    root = tmp_path / "my projects" / "iris"
+    csv(root, name="data/my data.csv")
+    out = run_cli("init", "--csv", str(root / "data" / "my data.csv"), str(root), cwd=tmp_path).stdout
+    assert f"cd '{root}' && mlbuild lock" in out and "mlbuild data add iris-raw 'data/my data.csv'" in out
+
+
 @pytest.mark.parametrize("file", ["da\nta.csv", "da\x01ta.csv", "da\x7fta.csv"])
 def test_a_csv_name_with_a_control_character_stays_valid_toml(tmp_path: Path, file: str) -> None:
     # the path = line escaped it, but two comments named the CSV as it is: a newline ended the
