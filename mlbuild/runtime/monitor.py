@@ -497,8 +497,10 @@ if __name__ == "__main__":
 
 
 # -E: the caller's PYTHONPATH (a dev shell's, another project's) and PYTHONHOME are not read, so the
-# toolchain's own wheels are what runs, as in the build and the image; -s: no user site-packages.
-SCRIPT = """#!{python} -Es
+# toolchain's own wheels are what runs, as in the build and the image; -s: no user site-packages;
+# -B: no bytecode written (-E drops PYTHONDONTWRITEBYTECODE: as root, with no Nix daemon, the
+# store's folders are writable, and __pycache__ went into the runtime's and the code's store paths).
+SCRIPT = """#!{python} -EsB
 # Monitor the {name} model: its validation suite against a live server (see --help).
 import sys
 sys.path.insert(0, {runtime!r})

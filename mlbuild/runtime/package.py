@@ -25,8 +25,10 @@ from .spec import load_spec
 __all__ = ["main"]
 
 # -E: the caller's PYTHONPATH (a dev shell's, another project's) and PYTHONHOME are not read, so the
-# toolchain's own wheels are what runs, as in the build and the image; -s: no user site-packages.
-SERVE_SCRIPT = """#!{python} -Es
+# toolchain's own wheels are what runs, as in the build and the image; -s: no user site-packages;
+# -B: no bytecode written (-E drops PYTHONDONTWRITEBYTECODE: as root, with no Nix daemon, the
+# store's folders are writable, and __pycache__ went into the runtime's and the code's store paths).
+SERVE_SCRIPT = """#!{python} -EsB
 # Serve the {name} model package (Open Inference Protocol v2). Arguments: --port, --host...
 import sys
 sys.path.insert(0, {runtime!r})

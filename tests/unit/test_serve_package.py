@@ -544,3 +544,30 @@ def test_the_caller_s_pythonpath_does_not_reach_the_served_package(tmp_path: Pat
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(junk)})
     assert "leaked" not in proc.stderr and proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("which", ["serve", "monitor"])
+def test_the_served_package_writes_no_bytecode_into_the_store(tmp_path: Path, which: str) -> None:
+    """With -E (PYTHONPATH ignored), PYTHONDONTWRITEBYTECODE went too: run as root, where the Nix
+    store's folders are writable (no daemon), bin/serve wrote __pycache__ into the runtime's and
+    the code's store paths, whose contents then no longer matched their registered hashes (a push
+    refused them; a training took the .pyc into its provenance and was no longer reproducible)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from mlbuild.runtime import monitor, package
+
+    runtime = tmp_path / "runtime"   # a copy with no bytecode in it, as the store path has none
+    shutil.copytree(Path(package.__file__).parents[1], runtime / "mlbuild",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    template = package.SERVE_SCRIPT if which == "serve" else monitor.SCRIPT
+    script = tmp_path / which
+    script.write_text(template.format(python=sys.executable, name="m", runtime=str(runtime),
+                                      package=str(tmp_path / "pkg"), spec=str(tmp_path / "spec.json")))
+    script.chmod(0o555)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert not list(runtime.rglob("__pycache__")), "bytecode written beside the runtime's modules"
