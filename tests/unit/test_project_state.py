@@ -119,7 +119,6 @@ def test_appended_records_start_on_a_line_of_their_own(tmp_path: Path) -> None:
     assert log.read_text().splitlines()[-1] == '{"target": "b"}'
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 def test_a_replaced_file_is_on_disk_before_its_rename(tmp_path: Path) -> None:
     """mlbuild.lock, mlbuild.toml, stat caches were renamed into place unsynced: after a power cut
     the rename alone may be on disk, an empty file where the old one was. Traced: the temp file is
