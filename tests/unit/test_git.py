@@ -67,7 +67,9 @@ def test_log_revisions_keeps_both_sides_of_a_merge(tmp_path: Path) -> None:
     run("checkout", "-q", "main")
     (tmp_path / "mlbuild.toml").write_text("lr = 0.003\nhidden = 128\nepochs = 3\n")
     run("commit", "-qam", "epochs 3")
-    subprocess.run(["git", "merge", "-q", "--no-edit", "slow"], cwd=tmp_path, capture_output=True)   # a conflict
+    merge = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "merge", "-q", "--no-edit", "slow"],
+                           cwd=tmp_path, capture_output=True, text=True)   # a conflict (with no identity, git
+    assert "CONFLICT" in merge.stdout, merge.stdout + merge.stderr           # refused before merging at all)
     (tmp_path / "mlbuild.toml").write_text("lr = 0.001\nhidden = 128\nepochs = 3\n")
     run("commit", "-qam", "merge slow")
     subjects = [run("log", "-1", "--format=%s", rev) for rev in git.log_revisions(tmp_path, ["mlbuild.toml"])]
