@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import atomic
-from .data.datasets import _toml_string
+from .data.datasets import toml_string
 from .errors import MlbuildError
 from .interpreter import executable, not_found
 
@@ -200,7 +200,7 @@ def _mlbuild_flake() -> str:
 def _toml_list(items: list[str], indent: int) -> str:
     """A TOML array of strings, wrapped before 100 columns (continuation lines at ``indent``)."""
     lines: list[list[str]] = [[]]
-    for s in (_toml_string(i) for i in items):   # json.dumps wrote an emoji as \ud83d\ude3a, which TOML refuses
+    for s in (toml_string(i) for i in items):   # json.dumps wrote an emoji as \ud83d\ude3a, which TOML refuses
         if lines[-1] and indent + len(", ".join(lines[-1] + [s])) + 2 > 100:
             lines.append([])
         lines[-1].append(s)
@@ -227,7 +227,7 @@ def _files(name: str, csv_rel: str, shape: CsvShape | None, python: str, flake_u
 name = "{name}"
 
 [python]
-interpreter = {_toml_string(python)}
+interpreter = {toml_string(python)}
 # What the builds import: torch + safetensors train; starlette, uvicorn (httptools, uvloop) and
 # prometheus-client serve; scikit-learn splits the data (prepare.py) and validates; ipykernel,
 # nbclient, nbformat run notebooks.
@@ -235,7 +235,7 @@ requirements = {reqs}
 
 # The raw data, pinned by content hash: `mlbuild data add {name}-raw {csv_said}`.
 [datasets.{name}-raw]
-path = {_toml_string(csv_rel)}
+path = {toml_string(csv_rel)}
 
 # A seeded, stratified train/test split: a derivation, rebuilt only when the data or prepare.py change.
 [datasets.{name}-split]

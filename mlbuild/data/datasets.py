@@ -31,7 +31,7 @@ from ..storepath import fixed_output_path
 from . import statcache
 from .importer import Imported, import_path, not_storable
 
-__all__ = ["Dataset", "DataError", "datasets", "add", "Added", "toml_with_path", "shown_name", "status", "diff", "locked_path",
+__all__ = ["Dataset", "DataError", "datasets", "add", "Added", "toml_with_path", "toml_string", "shown_name", "status", "diff", "locked_path",
            "Status", "FileDiff"]
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -105,7 +105,7 @@ def shown_name(path: str) -> str:
                    for c in path).join('""')
 
 
-def _toml_string(s: str) -> str:
+def toml_string(s: str) -> str:
     """``s`` as a TOML basic string."""
     escaped = (f"\\{c}" if c in '"\\' else f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
                for c in s)
@@ -128,7 +128,7 @@ def toml_with_path(text: str, name: str, path: str, config: Path) -> str:
     except UnicodeEncodeError:
         raise DataError(f"{path!r} is not valid UTF-8, so mlbuild.toml cannot name it; rename it, "
                         "then run data add again") from None
-    value = _toml_string(path)
+    value = toml_string(path)
     old = tomllib.loads(text)
     tables = old.get("datasets", {})
     expected = {**old, "datasets": {**tables, name: {**tables.get(name, {}), "path": path}}}
