@@ -7,11 +7,14 @@ Same algorithm as Nix's ``makeFixedOutputPath``: a flat sha256 file is addressed
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
+import sys
 
 from .nar import nix_base32
 
-__all__ = ["fixed_output_path", "check_output_path", "STORE_DIR"]
+__all__ = ["fixed_output_path", "check_output_path", "PathLock", "STORE_DIR"]
 
 STORE_DIR = "/nix/store"
 
@@ -41,3 +44,29 @@ def check_output_path(drv_path: str, out_path: str, store: str = STORE_DIR) -> s
     fingerprint = f"rewrite:{drv}:{out}:sha256:{'0' * 64}:{store}:{out[33:]}"
     digest = hashlib.sha256(fingerprint.encode()).digest()
     return f"{store}/{nix_base32(_compress(digest))}-{out[33:]}"
+
+
+class PathLock:
+    """Nix's per-path lock (``<real path>.lock``; a non-empty file is stale): an ``flock``, as Nix
+    takes it, and a POSIX lock, as mlbuild took it before (the two never exclude each other on
+    Linux: a restore or a fast `data add` went on while Nix substituted or added the same path)."""
+
+    def __init__(self, real: str) -> None:
+        self.name = real + ".lock"
+        while True:
+            self.fd = os.open(self.name, os.O_RDWR | os.O_CREAT, 0o600)
+            for lock in (fcntl.flock, fcntl.lockf):
+                try:
+                    lock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:  # held: say so rather than hang silently, then wait
+                    print(f"mlbuild: waiting for the lock on {real} (another Nix or mlbuild process is writing it)",
+                          file=sys.stderr, flush=True)
+                    lock(self.fd, fcntl.LOCK_EX)
+            if os.fstat(self.fd).st_size == 0:
+                return
+            os.close(self.fd)
+
+    def release(self) -> None:
+        os.write(self.fd, b"d")
+        os.unlink(self.name)
+        os.close(self.fd)

@@ -28,7 +28,7 @@ from .. import _nix
 from ..nar import CHUNK, NotStorableError, _str, nar_sha256
 from ..errors import DataError, StoreCorruptError
 from ..fastcopy import HashPipe, kernel_copy
-from ..storepath import fixed_output_path
+from ..storepath import PathLock, fixed_output_path
 
 __all__ = ["Imported", "import_path", "fast_path_available", "STAGING", "check_link", "not_storable",
            "remove_tree"]
@@ -285,8 +285,6 @@ def _fast_import(src: Path, name: str) -> Imported:
         # Under Nix's own lock on the path, as Nix writes it: another import of the same data (a
         # second clone's `data add`) renamed its copy into place and registered it meanwhile, and
         # this one took that copy for a leftover and deleted it, or could not rename (a traceback).
-        from ..store.restore import PathLock   # here: the store package loads cryptography, which `data` commands need not
-
         lock = PathLock(target)
         try:
             # A path not on disk is not valid (no Nix call needed); one on disk may be valid already.

@@ -21,24 +21,23 @@ chroot store); otherwise, and for compressed NARs, Nix copies (:mod:`mlbuild.sto
 
 from __future__ import annotations
 
-import fcntl
 import io
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 from .. import _nix
 from ..errors import StoreCorruptError
 from ..fastcopy import HashPipe, kernel_copy
+from ..storepath import PathLock
 from .keys import PublicKey, check_signatures
 from .layout import Layout
 from .narinfo import NarInfo, format_b3, format_hash
 from .narstream import NarFormatError, nar_segments, parse_nar
 from .verify import untrusted_hint
 
-__all__ = ["real_store_dir", "restore_paths", "PathLock"]
+__all__ = ["real_store_dir", "restore_paths"]
 
 
 def real_store_dir(local_store: str | None) -> Path | None:
@@ -151,32 +150,6 @@ def _remove(path: str) -> None:
                 os.chmod(os.path.join(root, d), 0o755)
         os.chmod(path, 0o755)
         shutil.rmtree(path)
-
-
-class PathLock:
-    """Nix's per-path lock (``<real path>.lock``; a non-empty file is stale): an ``flock``, as Nix
-    takes it, and a POSIX lock, as mlbuild took it before (the two never exclude each other on
-    Linux: a restore or a fast `data add` went on while Nix substituted or added the same path)."""
-
-    def __init__(self, real: str) -> None:
-        self.name = real + ".lock"
-        while True:
-            self.fd = os.open(self.name, os.O_RDWR | os.O_CREAT, 0o600)
-            for lock in (fcntl.flock, fcntl.lockf):
-                try:
-                    lock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:  # held: say so rather than hang silently, then wait
-                    print(f"mlbuild: waiting for the lock on {real} (another Nix or mlbuild process is writing it)",
-                          file=sys.stderr, flush=True)
-                    lock(self.fd, fcntl.LOCK_EX)
-            if os.fstat(self.fd).st_size == 0:
-                return
-            os.close(self.fd)
-
-    def release(self) -> None:
-        os.write(self.fd, b"d")
-        os.unlink(self.name)
-        os.close(self.fd)
 
 
 def _registration(info: NarInfo) -> str:

@@ -103,7 +103,7 @@ def test_two_imports_of_the_same_data_at_once_share_one_copy(tmp_path: Path) -> 
     import time
 
     from mlbuild import _nix
-    from mlbuild.store.restore import PathLock
+    from mlbuild.storepath import PathLock
     from mlbuild.storepath import fixed_output_path
     from tests.conftest import nar_digest
 

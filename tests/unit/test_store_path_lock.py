@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mlbuild.store.restore import PathLock
+from mlbuild.storepath import PathLock
 
 HOLD = """
 import fcntl, os, sys, time
