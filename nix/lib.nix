@@ -69,6 +69,33 @@ rec {
     sha256 = d.outputHash or null;
     of = if !(d ? outputHash) then "files" else if (d.outputHashMode or "flat") == "recursive" then "nar" else "file";
   };
+  # A builder's spec as JSON that every Nix version writes alike, floats exact. builtins.toJSON
+  # prints a float with 6 significant digits in Nix 2.8 (0.1234567891 -> 0.123457, 1234567.0 ->
+  # 1.23457e+06: the build got another value than mlbuild.toml's) and exactly in later versions,
+  # `2.0` where 2.8 writes `2`: one project gave other store paths on Debian 12 and 13, and CI
+  # retrained what the shared store held. So a float is written as the integers of its binary
+  # value, m * 2^e (scaling by 2 is exact), `{"mlbuild-float": [m, e]}`, or "nan", "inf", "-inf";
+  # mlbuild.runtime.spec.load_spec reads them back as floats.
+  specJSON = v: builtins.toJSON (exactFloats v);
+  exactFloats = v:
+    if builtins.isFloat v then { mlbuild-float = floatParts v; }
+    else if builtins.isList v then map exactFloats v
+    else if builtins.isAttrs v && !(v ? outPath) then builtins.mapAttrs (_: exactFloats) v
+    else v;
+  floatParts = x:
+    let
+      a = if x < 0 then -x else x;
+      lo = 4503599627370496.0;   # 2^52: a double in [2^52, 2^53) is a whole number
+      hi = 9007199254740992.0;   # 2^53
+      up = v: e: if v >= lo then { inherit v e; } else up (v * 2.0) (e - 1);
+      down = v: e: if v < hi then { inherit v e; } else down (v / 2.0) (e + 1);
+      s = if a < lo then up a 0 else down a 0;
+      m = builtins.floor s.v;
+    in
+    if x != x then "nan"
+    else if x - x != 0.0 then (if x > 0 then "inf" else "-inf")
+    else if x == 0.0 then [ 0 0 ]
+    else [ (if x < 0 then 0 - m else m) s.e ];
   optionalAttrs = cond: attrs: if cond then attrs else { };
   attrOr = name: default: set: if builtins.hasAttr name set then builtins.getAttr name set else default;
   # A flake's source is in the store and holds only git-tracked files: a file missing there is

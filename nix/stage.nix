@@ -1,8 +1,9 @@
 # pythonStage: the one shape of every mlbuild build step after the toolchain. The toolchain's
 # Python runs `mlbuild.runtime.<module>.<entry>()` over only the runtime modules the step needs
 # (`runtimeFor modules`), with its inputs as JSON in a file ($specPath), a fixed hash seed and no
-# bytecode written. Every other attribute (OMP_NUM_THREADS, exportReferencesGraph,
-# requiredSystemFeatures...) goes to the derivation as it is.
+# bytecode written (its floats exact and alike in every Nix version: lib.specJSON). Every other
+# attribute (OMP_NUM_THREADS, exportReferencesGraph, requiredSystemFeatures...) goes to the
+# derivation as it is.
 #
 #   pythonStage { name; toolchain; module; modules; spec; entry ? "main"; needs ? null; ... }
 #     -> <derivation>
@@ -28,7 +29,7 @@
       PYTHONDONTWRITEBYTECODE = "1";
       spec = assert lib.assertMsg (missing == [ ])
         "${needs.what} needs ${names} from PyPI, which mlbuild.lock does not have; add ${them} to [python].requirements in mlbuild.toml, then run `mlbuild lock` and `mlbuild prefetch`";
-        builtins.toJSON spec;
+        lib.specJSON spec;
       passAsFile = [ "spec" ];
     });
 }

@@ -7,7 +7,14 @@ let
   project = mlbuild.mkProject { src = fixture; };
   variant = mlbuild.mkProject { src = fixture; overrides = { m = { params = { lr = 0.5; }; }; }; };
   gpu = mlbuild.mkProject { src = fixture; overrides = { m = { device = "cuda"; }; }; };
-  spec = drv: builtins.fromJSON (builtins.unsafeDiscardStringContext drv.spec);
+  spec = drv: unfloat (builtins.fromJSON (builtins.unsafeDiscardStringContext drv.spec));
+  # lib.specJSON's {"mlbuild-float": [m, e]} back to m * 2^e (as mlbuild.runtime.spec reads it)
+  unfloat = v:
+    let pow2 = e: if e == 0 then 1.0 else if e > 0 then 2.0 * pow2 (e - 1) else pow2 (e + 1) / 2.0; in
+    if builtins.isList v then map unfloat v
+    else if builtins.isAttrs v && builtins.attrNames v == [ "mlbuild-float" ]
+    then (builtins.elemAt v.mlbuild-float 0) * pow2 (builtins.elemAt v.mlbuild-float 1)
+    else if builtins.isAttrs v then builtins.mapAttrs (_: unfloat) v else v;
   wheel = mlbuild.fetchLocked { name = "a-1-py3-none-any.whl"; sha256 = "0000000000000000000000000000000000000000000000000000000000000000"; hint = "mlbuild prefetch"; };
   code = mlbuild.mkCode { src = fixture; files = [ "m.py" "sub/" ]; };
   throws = e: !(builtins.tryEval e).success;

@@ -81,3 +81,23 @@ def test_the_cycle_check_walks_shared_inputs_once() -> None:
     out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--expr", expr],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == '"d29"', out.stderr
+
+
+@pytest.mark.skipif(not have_nix(), reason="needs nix")
+def test_a_specs_floats_are_exact_and_alike_in_every_nix_version() -> None:
+    """builtins.toJSON wrote a float with 6 significant digits in Nix 2.8 (lr = 0.1234567891
+    trained with 0.123457) and exactly, `2.0` for 2.8's `2`, in later versions: Debian 12 and 13 gave
+    a project other store paths, so CI retrained what a developer had pushed to the shared store."""
+    from mlbuild.runtime.spec import read_spec
+
+    params = {"lr": 0.1234567891, "scale": 2.0, "big": 1234567.0, "tiny": 1e-7, "neg": -2.5, "zero": 0.0, "n": 3}
+    expr = (f'builtins.unsafeDiscardStringContext ((import {REPO / "nix"} {{ }}).mkProject {{ '
+            f'src = {REPO / "nix" / "tests" / "fixture"}; overrides = {{ m = {{ params = builtins.fromJSON '
+            f'{json.dumps(json.dumps(params))}; }}; }}; }}).m.model.spec')
+    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--raw",
+                          "--expr", expr], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    got = read_spec(out.stdout)["params"]
+    assert got == params and all(type(got[k]) is type(v) for k, v in params.items()), got
+    # the text every Nix version writes: the binary value's integers, no float literal
+    assert json.loads(out.stdout)["params"]["scale"] == {"mlbuild-float": [4503599627370496, -51]}
