@@ -145,6 +145,13 @@ def _pinned(locked_json: str) -> tuple[Path, tuple[str, ...], str] | None:
     try:
         proc = _nix.run_nix([*_nix.common_options(), "eval", "--impure", "--json", "--expr", expr])
     except NixError as e:
+        if "dirtyRev" in attrs and "dirtyRev" in e.log_tail:   # Nix 2.8: "unsupported Git input attribute"
+            version = ".".join(map(str, _nix.nix_version()))
+            raise ConfigError(f"flake.lock pins the mlbuild input from a checkout with uncommitted changes "
+                              f"(dirtyRev {attrs['dirtyRev']}: a newer Nix's `nix flake lock --allow-dirty-locks` "
+                              f"wrote it), which Nix {version} here cannot read, nor can `nix build`; commit those "
+                              f"changes in {attrs.get('url', 'the mlbuild checkout')}, then `nix flake lock --update-input "
+                              f"mlbuild` and commit flake.lock") from None
         print(f"mlbuild: warning: cannot fetch {where}, so this build uses this mlbuild's own Nix library "
               f"({_nix.nix_lib_dir()}) and may give other store paths than `nix build` ({e.log_tail.strip()[-300:] or e})",
               file=sys.stderr)
