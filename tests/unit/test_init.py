@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -382,3 +383,26 @@ def test_a_failed_git_init_leaves_a_repository_that_was_there(tmp_path: Path) ->
         init_project(root, python=sys.executable)
     assert sorted(p for p in (root / ".git" / "objects").rglob("*") if p.is_file()) == objects
     assert sorted(p.name for p in root.iterdir()) == [".git", "f"]
+
+
+@pytest.mark.skipif(not shutil.which("nix"), reason="needs nix")
+def test_an_mlbuild_checkout_with_uncommitted_changes_is_named_with_the_fix(tmp_path: Path) -> None:
+    """Nix 2.8 locked such a checkout by its tree's hash alone and init said nothing, though that
+    lock is refused by Nix 2.26 ("Lock file contains unlocked input", CI on Debian 13); Nix 2.26
+    refused to write one and init's note said the first `nix build` would write it (it refuses the
+    same way) beside Nix's hint `--allow-dirty-locks`, whose lock Nix 2.8 cannot read."""
+    checkout = tmp_path / "mlbuild"
+    checkout.mkdir()
+    (checkout / "flake.nix").write_text("{ outputs = { self }: { lib = { }; }; }\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=checkout, check=True)
+    subprocess.run([*git, "add", "flake.nix"], cwd=checkout, check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], cwd=checkout, check=True)
+    (checkout / "flake.nix").write_text("{ outputs = { self }: { lib = { x = 1; }; }; }\n")   # uncommitted
+    root = tmp_path / "p"
+    new = init_project(root, csv_path=csv(root), python="python3.11", flake_url=f"git+file://{checkout}")
+    assert new.note is not None and re.search(
+        r"^flake.lock was (not written:|written, but) the mlbuild checkout flake.nix names has uncommitted changes, "
+        r"which no other machine can fetch, .* commit them there, then `nix flake lock --update-input mlbuild` "
+        r"here, `git add flake.lock` and commit it$", new.note), new.note
+    assert (root / "flake.lock" in new.files) == (root / "flake.lock").is_file()   # "wrote flake.lock" when it did
