@@ -370,11 +370,22 @@ def _missing_file(root: Path, datasets: dict[str, str], tail: list[str]) -> list
     from the store, by name), or a project file (a stage runs in a temporary folder and sees its
     `code` files only; a notebook runs in a copy of them). A bare FileNotFoundError said neither."""
     found = next((m for line in reversed(tail) if (m := _NO_FILE.match(line))), None)
-    if found is None or os.path.isabs(found.group(1)):
+    if found is None:
         return []
     name = found.group(1)
     header = next((m for line in tail if (m := _NOTEBOOK.match(line))), None)
     notebook = header is not None
+    if os.path.isabs(name):
+        # There on this machine, not in the build: Nix's sandbox (Debian 13's Nix has it on) shows a
+        # build its inputs only. Without one (Debian 12's `sandbox = false`) the build read it, and
+        # no store path recorded it: the same build failed on CI only, with a bare FileNotFoundError.
+        if not os.path.lexists(name) or name.startswith(_nix.store_dir() + "/"):
+            return []
+        read = 'DATA["NAME"]' if notebook else 'ctx.data["NAME"] (a prepare: inputs["NAME"])'
+        return [f"mlbuild: {name} is a file of this machine, which a build does not see: Nix's sandbox (on here, as "
+                f"Debian 13's Nix has it) gives a build its inputs only (Debian 12's Nix, sandbox = false, let it read "
+                f"the file, though no store path records it); pin it as a dataset, `mlbuild data add NAME {name}`, "
+                f"list NAME in {'the notebook' if notebook else 'the failing stage'}'s datasets and read {read}"]
     # a notebook's kernel runs in the notebook's folder (notebooks/eda.ipynb reading ../data/x.csv)
     rel = os.path.normpath(os.path.join(os.path.dirname(header.group(1)), name)) if header else name
     shown = name if rel == os.path.normpath(name) else f"{name} ({rel} from the notebook's folder)"

@@ -70,6 +70,27 @@ def test_a_relative_path_of_the_project_is_explained(tmp_path: Path) -> None:
         _failed(tmp_path, [l.format(error.format("data/clean.csv")) for l in nested], {"raw": "data/clean.csv"})
     assert "add \"notebooks/extra.json\" to the notebook's `code = [...]`" in \
         _failed(tmp_path, [l.format(error.format("extra.json")) for l in nested])
-    # not the project's (a file the script was to write first), or absolute: no hint
+    # not the project's (a file the script was to write first), or absolute and not here either: no hint
     assert "mlbuild:" not in _failed(tmp_path, [error.format("cache/x.npy")])
-    assert "mlbuild:" not in _failed(tmp_path, [error.format(str(tmp_path / "extra.json"))])
+    assert "mlbuild:" not in _failed(tmp_path, [error.format(str(tmp_path / "gone.json"))])
+
+
+def test_a_file_of_this_machine_that_the_sandbox_hides_is_explained(tmp_path: Path) -> None:
+    """A training opening a host file by its absolute path trained on Debian 12 (Nix without a
+    sandbox) and failed on CI (Debian 13's Nix, sandbox on) with a bare FileNotFoundError for a file
+    that is plainly there."""
+    host = tmp_path / "labels.txt"
+    host.write_text("a\n")
+    error = f"FileNotFoundError: [Errno 2] No such file or directory: '{host}'"
+    assert (f"mlbuild: {host} is a file of this machine, which a build does not see: Nix's sandbox (on here, as "
+            "Debian 13's Nix has it) gives a build its inputs only (Debian 12's Nix, sandbox = false, let it read the "
+            f"file, though no store path records it); pin it as a dataset, `mlbuild data add NAME {host}`, list NAME in "
+            "the failing stage's datasets and read ctx.data[\"NAME\"] (a prepare: inputs[\"NAME\"])") in \
+        _failed(tmp_path, ["Traceback (most recent call last):", error])
+    notebook = ["mlbuild: notebook explore.ipynb failed at cell 1 (In [2]); its source:", "  " + error]
+    assert "list NAME in the notebook's datasets and read DATA[\"NAME\"]" in _failed(tmp_path, notebook)
+    # a store path the build did not list as an input is not a file to pin
+    stored = next(iter(sorted(Path("/nix/store").glob("*-source"))), None)
+    if stored is not None:
+        assert "mlbuild:" not in _failed(tmp_path, [error.replace(str(host), str(stored))])
+
