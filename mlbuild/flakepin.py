@@ -22,10 +22,19 @@ from . import _nix
 from .errors import ConfigError, NixError
 from .git import half_merged
 
-__all__ = ["pinned_entry", "pinned_root", "locked_input"]
+__all__ = ["pinned_entry", "pinned_root", "locked_input", "DIRTY_MLBUILD"]
 
 # What goes into derivations (nix/default.nix's runtimeFilter): the Nix library and the runtime.
 _COMPARED = ("nix", "mlbuild/runtime", "mlbuild/__init__.py")
+
+
+# A git checkout with uncommitted changes as the mlbuild input: Nix 2.8 locks its tree by hash alone,
+# a lock newer Nix refuses ("Lock file contains unlocked input"); newer Nix will not write one but
+# with --allow-dirty-locks, and that lock's dirtyRev is one Nix 2.8 cannot read. Either way no other
+# machine has that tree.
+DIRTY_MLBUILD = ("which no other machine can fetch, and a flake.lock pinning them is refused by Nix 2.26 "
+                 "(Debian 13) or, written with --allow-dirty-locks, by Nix 2.8 (Debian 12); commit them there, "
+                 "then `nix flake lock --update-input mlbuild` here, `git add flake.lock` and commit it")
 
 
 def locked_input(project_root: Path, name: str = "mlbuild") -> dict[str, Any] | None:
@@ -80,6 +89,13 @@ def _warn_unnamed(path: str, name: str, inputs: tuple[str, ...]) -> None:
           f"(`inputs.{name}.url = ...`), then `nix flake lock`", file=sys.stderr)
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_dirty(url: str) -> None:
+    """Once per command: the lock pins a dirty checkout's tree, which only this machine may have."""
+    print(f"mlbuild: warning: flake.lock pins the mlbuild input from a checkout with uncommitted changes "
+          f"({url}), {DIRTY_MLBUILD}", file=sys.stderr)
+
+
 def _tree_files(root: Path) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for rel in _COMPARED:
@@ -112,6 +128,8 @@ def pinned_entry(project_root: Path, *, needs: tuple[str, ...] = ()) -> Path | N
     if locked is None:
         return None
     found = _pinned(json.dumps(locked, sort_keys=True))   # once per command (serve builds twice)
+    if locked.get("type") == "git" and "rev" not in locked:
+        _warn_dirty(str(locked.get("url", "")))
     if found is None:
         return None
     root, args, where = found

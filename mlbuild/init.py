@@ -519,6 +519,9 @@ def init_project(root: Path, *, name: str | None = None, csv_path: Path | None =
                    extended=extended, note=note)
 
 
+_DIRTY = "the mlbuild checkout flake.nix names has uncommitted changes, "
+
+
 def _nix_reason(log_tail: str) -> str:
     """The line of a failed `nix flake lock`'s output that says why: the first that is not a
     warning, a bare `error:`, a trace line (`… while ...`) or the closing `(use '--show-trace' ...)`,
@@ -546,24 +549,18 @@ def _lock_flake(root: Path) -> str | None:
         try:
             _nix.run_nix([*_nix.common_options(), "flake", "lock", f"path:{tmp}"])
         except NixError as e:
+            from .flakepin import DIRTY_MLBUILD
+
             if "unlocked input" in e.log_tail:   # Nix 2.26 (Debian 13): the mlbuild checkout is dirty
-                return f"flake.lock was not written: {_DIRTY_MLBUILD}"
+                return f"flake.lock was not written: {_DIRTY}{DIRTY_MLBUILD}"
             return (f"flake.lock was not written ({_nix_reason(e.log_tail) or e}); the first `nix build` writes it: "
                     "`git add flake.lock` and commit it then")
         shutil.copy(Path(tmp) / "flake.lock", root / "flake.lock")
-    from .flakepin import locked_input
+    from .flakepin import DIRTY_MLBUILD, locked_input
 
     locked = locked_input(root) or {}
     if locked.get("type") == "git" and "rev" not in locked:   # Nix 2.8 locks a dirty checkout's tree
-        return f"flake.lock was written, but {_DIRTY_MLBUILD}"
+        return f"flake.lock was written, but {_DIRTY}{DIRTY_MLBUILD}"
     return None
 
 
-# A git checkout with uncommitted changes as the mlbuild input: Nix 2.8 locks its tree by hash alone,
-# a lock newer Nix refuses ("Lock file contains unlocked input"); newer Nix will not write one but
-# with --allow-dirty-locks, and that lock's dirtyRev is one Nix 2.8 cannot read. Either way no other
-# machine has that tree.
-_DIRTY_MLBUILD = ("the mlbuild checkout flake.nix names has uncommitted changes, which no other machine can "
-                  "fetch, and a flake.lock pinning them is refused by Nix 2.26 (Debian 13) or, written with "
-                  "--allow-dirty-locks, by Nix 2.8 (Debian 12); commit them there, then `nix flake lock "
-                  "--update-input mlbuild` here, `git add flake.lock` and commit it")
