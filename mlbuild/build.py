@@ -692,22 +692,32 @@ _KEPT = re.compile(r"keeping build directory '([^']+)'")
 _UNCHECKABLE = re.compile(r"some outputs of '([^']+)' are not valid, so checking is not possible")
 
 
+def _drop_kept(said: str) -> None:
+    """Remove the build folders ``--keep-failed`` kept (it keeps the .check output, and the build
+    folder too). Nix 2.26 names the `build` folder inside its own `nix-build-NAME.drv-N` (the
+    sandbox's /build): removing only that left an empty folder in /tmp at every check."""
+    import shutil
+
+    for kept in _KEPT.findall(said):
+        top = Path(kept)
+        if top.name == "build" and top.parent.name.startswith("nix-build-"):
+            top = top.parent
+        shutil.rmtree(top, ignore_errors=True)
+
+
 def _check_reproducible(project: Project, target: str, cmd: list[str],
                         on_progress: Callable[[Progress], None] | None, drv: str | None, built_path: str) -> None:
     """Build ``target``'s own derivation again (``nix build --rebuild``: its inputs are not rebuilt)
     and compare with the output there is, which may have come from the shared store; BuildError
     naming the files whose bytes differ, with the second build kept beside the first
     (``OUT.check``) to compare."""
-    import shutil
-
     from .data.importer import remove_tree
     from .runtime.hashing import sha256_file, tree_hashes
     from .storepath import check_output_path
 
     stream, status, out = _run_build(target, cmd, on_progress)
     said = _ANSI.sub("", "\n".join(stream.other))
-    for kept in _KEPT.findall(said):   # --keep-failed keeps the .check output, and the build folder too
-        shutil.rmtree(kept, ignore_errors=True)
+    _drop_kept(said)
     # Nix evaluates the folder again: a file changed since (in a tree that was dirty already) is what
     # it rebuilds, or refuses to check ("not valid"), and nothing built before is compared.
     unchecked = _UNCHECKABLE.search(said)

@@ -94,3 +94,20 @@ def test_a_file_of_this_machine_that_the_sandbox_hides_is_explained(tmp_path: Pa
     if stored is not None:
         assert "mlbuild:" not in _failed(tmp_path, [error.replace(str(host), str(stored))])
 
+
+def test_the_build_folders_a_check_kept_are_removed_whole(tmp_path: Path) -> None:
+    """`build --check` runs Nix with --keep-failed; Nix 2.26 names the `build` folder inside its
+    `nix-build-NAME.drv-N` (Nix 2.8 names that one), and removing the named one left an empty
+    folder in /tmp at every check (Debian 13's /tmp held nix-build-digits-model.drv-0 to -3)."""
+    from mlbuild.build import _drop_kept
+
+    new = tmp_path / "nix-build-m-model.drv-0"
+    (new / "build").mkdir(parents=True)
+    (new / "build" / "x").write_text("x")
+    old = tmp_path / "nix-build-m-model.drv-1"
+    old.mkdir()
+    mine = tmp_path / "build"   # a folder named build that is not inside Nix's: only it goes
+    mine.mkdir()
+    _drop_kept(f"note: keeping build directory '{new / 'build'}'\nnote: keeping build directory '{old}'\n"
+               f"note: keeping build directory '{mine}'")
+    assert not new.exists() and not old.exists() and not mine.exists() and tmp_path.exists()
