@@ -553,6 +553,12 @@ def _lock_flake(root: Path) -> str | None:
 
             if "unlocked input" in e.log_tail:   # Nix 2.26 (Debian 13): the mlbuild checkout is dirty
                 return f"flake.lock was not written: {_DIRTY}{DIRTY_MLBUILD}"
+            shallow = re.search(r"'([^']+)' is a shallow Git repository", e.log_tail)
+            if shallow:   # Nix 2.8 (Debian 12) cannot lock a shallow clone; `nix build` fails alike
+                return (f"flake.lock was not written: the mlbuild checkout flake.nix names, {shallow.group(1)}, "
+                        f"is a shallow clone, which this Nix cannot lock (nor can `nix build` here); run "
+                        f"`git -C {shallow.group(1)} fetch --unshallow`, then `nix flake lock` here, "
+                        f"`git add flake.lock` and commit it")
             return (f"flake.lock was not written ({_nix_reason(e.log_tail) or e}); the first `nix build` writes it: "
                     "`git add flake.lock` and commit it then")
         shutil.copy(Path(tmp) / "flake.lock", root / "flake.lock")

@@ -406,3 +406,26 @@ def test_an_mlbuild_checkout_with_uncommitted_changes_is_named_with_the_fix(tmp_
         r"which no other machine can fetch, .* commit them there, then `nix flake lock --update-input mlbuild` "
         r"here, `git add flake.lock` and commit it$", new.note), new.note
     assert (root / "flake.lock" in new.files) == (root / "flake.lock").is_file()   # "wrote flake.lock" when it did
+
+
+@pytest.mark.skipif(not shutil.which("nix"), reason="needs nix")
+def test_a_shallow_mlbuild_checkout_this_nix_cannot_lock_is_named_with_the_fix(tmp_path: Path) -> None:
+    """Nix 2.8 refuses a shallow clone as a flake input ("a non-shallow repository is needed"), and
+    init's note said the first `nix build` would write flake.lock, which fails the same way."""
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "flake.nix").write_text("{ outputs = { self }: { lib = { }; }; }\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=full, check=True)
+    subprocess.run([*git, "add", "flake.nix"], cwd=full, check=True)
+    for i in range(2):
+        subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", str(i)], cwd=full, check=True)
+    checkout = tmp_path / "mlbuild"
+    subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{full}", str(checkout)], check=True)
+    root = tmp_path / "p"
+    new = init_project(root, csv_path=csv(root), python="python3.11", flake_url=f"git+file://{checkout}")
+    if new.note is None:   # a Nix that locks a shallow clone (2.26)
+        return
+    assert new.note == (f"flake.lock was not written: the mlbuild checkout flake.nix names, {checkout}, is a shallow "
+                        f"clone, which this Nix cannot lock (nor can `nix build` here); run `git -C {checkout} fetch "
+                        f"--unshallow`, then `nix flake lock` here, `git add flake.lock` and commit it"), new.note
