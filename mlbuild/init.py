@@ -568,5 +568,3 @@ def _lock_flake(root: Path) -> str | None:
     if locked.get("type") == "git" and "rev" not in locked:   # Nix 2.8 locks a dirty checkout's tree
         return f"flake.lock was written, but {_DIRTY}{DIRTY_MLBUILD}"
     return None
-
-

@@ -27,7 +27,7 @@
         suite = s.code;
         inherit (s) script thresholds;
         dataset = "${s.data}";
-        runtime = "${runtimeFor [ "spec" "prepare" "hashing" "validate" "monitor" ]}";
+        runtime = "${runtimeFor [ "spec" "stagespec" "prepare" "hashing" "validate" "monitor" ]}";
         python = "${toolchain}/bin/python";
       };
     };

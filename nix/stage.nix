@@ -1,7 +1,8 @@
 # pythonStage: the one shape of every mlbuild build step after the toolchain. The toolchain's
 # Python runs `mlbuild.runtime.<module>.<entry>()` over only the runtime modules the step needs
 # (`runtimeFor modules`), with its inputs as JSON in a file ($specPath), a fixed hash seed and no
-# bytecode written (its floats exact and alike in every Nix version: lib.specJSON). Every other
+# bytecode written (its floats exact and alike in every Nix version: lib.specJSON, read back by the
+# runtime's `stagespec`, which every step gets beside its `modules`). Every other
 # attribute (OMP_NUM_THREADS, exportReferencesGraph, requiredSystemFeatures...) goes to the
 # derivation as it is.
 #
@@ -23,7 +24,7 @@
     derivation (removeAttrs attrs [ "toolchain" "module" "modules" "entry" "needs" ] // {
       inherit name system;
       builder = "${toolchain}/bin/python";
-      args = [ "-s" "-c" (lib.builderCode module entry) (runtimeFor modules) ];
+      args = [ "-s" "-c" (lib.builderCode module entry) (runtimeFor (modules ++ [ "stagespec" ])) ];
       PATH = "${toolchain}/bin";
       PYTHONHASHSEED = "0";
       PYTHONDONTWRITEBYTECODE = "1";

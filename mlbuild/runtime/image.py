@@ -32,7 +32,7 @@ from .oci.archive import MEDIA_LAYER, ArchiveWriter, Descriptor, write_indexes
 from .oci.config import CREATED, Runtime, image_config, labels_for
 from .oci.graph import ETC, merge, parse_registration, plan_layers
 from .oci.layer import etc_entries, write_layer
-from .spec import load_spec
+from .stagespec import load_spec
 
 __all__ = ["main", "build_layers", "repack", "ARCHITECTURES"]
 

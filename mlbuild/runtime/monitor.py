@@ -514,7 +514,7 @@ def build_main() -> None:
     import os
 
     from .hashing import tree_digest, tree_hashes
-    from .spec import load_spec
+    from .stagespec import load_spec
 
     spec = load_spec()
     out = Path(os.environ["out"])

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from .prepare import missing_module_hint
-from .spec import load_spec
+from .stagespec import load_spec
 
 __all__ = ["main", "run", "inject_inputs", "normalize", "format_failure", "kernel_spec", "missing_program",
            "module_hint", "INJECTED_TAG"]

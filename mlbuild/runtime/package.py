@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from .hashing import sha256_file
-from .spec import load_spec
+from .stagespec import load_spec
 
 __all__ = ["main"]
 

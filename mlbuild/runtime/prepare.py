@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-from .spec import load_spec
+from .stagespec import load_spec
 
 __all__ = ["main", "load_module", "missing_module_hint"]
 

@@ -30,7 +30,7 @@ from typing import Any, TextIO
 from . import determinism
 from .hashing import dataset_hash, find_store_paths, sha256_file, tree_digest, tree_hashes
 from .prepare import missing_module_hint
-from .spec import load_spec
+from .stagespec import load_spec
 
 __all__ = ["Context", "main", "run", "save_weights", "EVENT_PREFIX", "TASKS"]
 

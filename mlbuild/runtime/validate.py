@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .hashing import dataset_hash, tree_digest, tree_hashes
-from .spec import load_spec
+from .stagespec import load_spec
 
 __all__ = ["main", "gate_main", "compute_metrics", "class_targets", "check_finite", "check_thresholds", "format_checks"]
 

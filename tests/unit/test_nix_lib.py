@@ -88,7 +88,7 @@ def test_a_specs_floats_are_exact_and_alike_in_every_nix_version() -> None:
     """builtins.toJSON wrote a float with 6 significant digits in Nix 2.8 (lr = 0.1234567891
     trained with 0.123457) and exactly, `2.0` for 2.8's `2`, in later versions: Debian 12 and 13 gave
     a project other store paths, so CI retrained what a developer had pushed to the shared store."""
-    from mlbuild.runtime.spec import read_spec
+    from mlbuild.runtime.stagespec import read_spec
 
     params = {"lr": 0.1234567891, "scale": 2.0, "big": 1234567.0, "tiny": 1e-7, "neg": -2.5, "zero": 0.0, "n": 3}
     expr = (f'builtins.unsafeDiscardStringContext ((import {REPO / "nix"} {{ }}).mkProject {{ '
