@@ -94,8 +94,26 @@ def run_nix(args: Sequence[str], *, tool: str = "nix", check: bool = True,
     proc = subprocess.run(cmd, capture_output=capture, text=True, errors="surrogateescape", input=input)
     if check and proc.returncode != 0:
         tail = "\n".join((proc.stderr or "").strip().splitlines()[-25:])
-        raise NixError(f"`{' '.join(cmd[:3])} ...` failed (exit {proc.returncode})", tail)
+        raise NixError(f"`{' '.join(cmd[:3])} ...` failed (exit {proc.returncode}){daemon_denied_hint(tail)}", tail)
     return proc
+
+
+def daemon_denied_hint(said: str) -> str:
+    """``: <what to ask for>`` where Nix could not reach its daemon because this user may not open
+    its socket (Debian's nix-bin: only the group ``nix-users``); else empty."""
+    said = re.sub(r"\x1b\[[0-9;]*m", "", said)   # a build's log: Nix colours the path
+    if f"{DAEMON_SOCKET}: Permission denied" not in said and f"{DAEMON_SOCKET}': Permission denied" not in said:
+        return ""
+    try:
+        group = grp.getgrgid(os.stat(os.path.dirname(DAEMON_SOCKET)).st_gid).gr_name
+    except (OSError, KeyError):
+        group = "nix-users"
+    try:
+        me = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        me = str(os.getuid())
+    return (f": this user may not use the Nix daemon (its socket {DAEMON_SOCKET}: permission denied); ask the "
+            f"machine's admin to add it to the daemon's group (`usermod -aG {group} {me}`), then log in again")
 
 
 def add_fixed(path: Path, recursive: bool) -> str:

@@ -331,7 +331,8 @@ class _Stream:
                             f"nix log {drv} ---")
         errors = [l for l in self.other if "error" in l.lower()][-8:]
         hints = [*_own_module(root, tail), *_missing_file(root, datasets or {}, tail)]
-        return BuildError(f"nix build of {self.target} failed", "\n".join([*errors, *tail, *hints]))
+        return BuildError(f"nix build of {self.target} failed{_nix.daemon_denied_hint(text)}",
+                          "\n".join([*errors, *tail, *hints]))
 
 
 def _store_hint(error: BuildError, store: StoreConfig | None) -> BuildError:

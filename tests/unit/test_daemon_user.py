@@ -3,6 +3,7 @@ the daemon ignores the store settings mlbuild passes, so what only the admin can
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 from pathlib import Path
@@ -90,3 +91,19 @@ def test_a_build_the_daemon_did_not_let_use_the_store_names_the_lines_to_ask_for
     conf.update({"trusted-substituters": cfg.url, "trusted-public-keys": f"cache.nixos.org-1:x {key}"})
     warn_store_keys(found[0])   # the admin did (a trusted substituter lets a call name it)
     assert capsys.readouterr().err == ""
+
+
+def test_a_user_outside_the_daemon_s_group_is_told_what_to_ask_for() -> None:
+    """Not in nix-users (Debian's nix-bin: the socket's folder is 0770 root:nix-users), every
+    command showed only Nix's `getting status of /nix/var/nix/daemon-socket/socket: Permission denied`."""
+    me = pwd.getpwuid(os.getuid()).pw_name
+    group = grp.getgrgid(os.stat(os.path.dirname(_nix.DAEMON_SOCKET)).st_gid).gr_name \
+        if os.path.exists(os.path.dirname(_nix.DAEMON_SOCKET)) else "nix-users"
+    want = (f": this user may not use the Nix daemon (its socket {_nix.DAEMON_SOCKET}: permission denied); ask the "
+            f"machine's admin to add it to the daemon's group (`usermod -aG {group} {me}`), then log in again")
+    plain = f"error: getting status of {_nix.DAEMON_SOCKET}: Permission denied"
+    coloured = f"\x1b[31;1merror:\x1b[0m getting status of \x1b[35;1m{_nix.DAEMON_SOCKET}\x1b[0m: Permission denied"
+    assert _nix.daemon_denied_hint(plain) == _nix.daemon_denied_hint(coloured) == want
+    assert _nix.daemon_denied_hint("error: cannot connect to socket at "
+                                   f"'{_nix.DAEMON_SOCKET}': Permission denied") == want
+    assert _nix.daemon_denied_hint("error: builder for 'x.drv' failed with exit code 1") == ""
