@@ -141,6 +141,13 @@ def register_valid(path: str, nar_sha256_hex: str, nar_size: int) -> None:
     run_nix(["--register-validity", "--hash-given"], tool="nix-store", input=info)
 
 
+def delete_paths(paths: Sequence[str]) -> None:
+    """``nix-store --delete`` of paths no root holds (an invalid leftover, such as the second build
+    of a check), best effort: how a user who may not write the store (a daemon's) removes them."""
+    if paths:
+        run_nix(["--delete", *paths], tool="nix-store", check=False)
+
+
 def add_roots(paths: dict[str, str], root_dir: Path) -> None:
     """Protect ``{name: store path}`` from garbage collection with indirect roots in ``root_dir``
     (pinned inputs such as wheels and datasets are otherwise collectable)."""

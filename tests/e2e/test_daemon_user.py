@@ -26,6 +26,8 @@ from typing import Iterator
 
 import pytest
 
+from mlbuild.storepath import check_output_path
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
@@ -199,6 +201,15 @@ def test_an_untrusted_daemon_user_builds_pushes_and_pulls(walker: dict[str, obje
     split = proj / ".mlbuild" / "gcroots" / "dataset-iris-split"
     w["paths"] += [str(split.readlink())] * split.is_symlink() + [str(model), str(package)]   # type: ignore
     assert _run(["nix-store", "-q", "--roots", str(package)]).stdout.count(str(proj)) >= 1   # its roots count
+
+    # a check that passed leaves no second copy of the model in the store (Nix's fallback path,
+    # which this user may not remove itself: the daemon does)
+    drv = re.search(r'"deriver":"([^"]+)"', _run(["nix", "--extra-experimental-features", "nix-command", "path-info",
+                                                  "--json", str(model)]).stdout.replace(" ", ""))
+    assert drv
+    checked = _as(w, *mlbuild, "build", "--check", "iris.model", cwd=proj).stdout
+    assert "reproducible: iris.model" in checked, checked
+    assert not os.path.lexists(check_output_path(drv.group(1), str(model)))
 
     # the user's own shared store: init, push
     store, sec = work / "store", home / "keys" / "s.sec"
