@@ -96,6 +96,20 @@ def _driver_site(dest: Path) -> None:
                 shutil.copy2(src, dest / f)
 
 
+def _copied_python(dest: Path) -> str:
+    """The test's interpreter (its binary, libpython and standard library, not its site-packages)
+    copied into ``dest``, for a user who may not read where it lives (a pyenv under /root); run it
+    with PYTHONHOME=dest and LD_LIBRARY_PATH=dest/lib."""
+    base, name = Path(sys.base_prefix), f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    shutil.copytree(base / "lib" / name, dest / "lib" / name, symlinks=True,
+                    ignore=shutil.ignore_patterns("site-packages", "test", "__pycache__", "idlelib", "tkinter"))
+    for lib in (base / "lib").glob("libpython*.so*"):
+        shutil.copy2(lib, dest / "lib" / lib.name)
+    (dest / "bin").mkdir(parents=True)
+    shutil.copy2(os.path.realpath(sys.executable), dest / "bin" / name)
+    return str(dest / "bin" / name)
+
+
 def _csv(path: Path) -> None:
     """Three classes of four features, with a salt: data no store holds yet, so `data add`
     imports it through the daemon."""
@@ -137,7 +151,10 @@ def walker() -> Iterator[dict[str, object]]:
                "NIX_REMOTE": f"unix://{daemon.sock}", "GIT_AUTHOR_NAME": "w", "GIT_AUTHOR_EMAIL": "w@w",
                "GIT_COMMITTER_NAME": "w", "GIT_COMMITTER_EMAIL": "w@w"}
         version = f"{sys.version_info[0]}.{sys.version_info[1]}"
-        for py in (os.path.realpath(sys.executable), f"/usr/bin/python{version}"):
+        for py in (os.path.realpath(sys.executable), f"/usr/bin/python{version}", "copy"):
+            if py == "copy":   # the test's interpreter, copied where the user may run it
+                py = _copied_python(work / "python")
+                env.update({"PYTHONHOME": str(work / "python"), "LD_LIBRARY_PATH": str(work / "python" / "lib")})
             probe = _run(["runuser", "-u", user, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()),
                           py, "-c", "import mlbuild.cli.main"])
             if probe.returncode == 0:
