@@ -15,6 +15,7 @@ from mlbuild.build import shared_store, warn_store_keys
 from mlbuild.config import load_project
 from mlbuild.errors import NixError
 from mlbuild.store import StoreConfig, pull
+from mlbuild.store.layout import Layout
 from tests.unit.test_store_publish import fake_path, put, store  # noqa: F401  (fixture)
 
 
@@ -107,3 +108,32 @@ def test_a_user_outside_the_daemon_s_group_is_told_what_to_ask_for() -> None:
     assert _nix.daemon_denied_hint("error: cannot connect to socket at "
                                    f"'{_nix.DAEMON_SOCKET}': Permission denied") == want
     assert _nix.daemon_denied_hint("error: builder for 'x.drv' failed with exit code 1") == ""
+
+
+def test_pull_leaves_the_store_to_the_daemon_when_nix_remote_names_it(
+        store: tuple[StoreConfig, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """root with NIX_REMOTE=daemon (the multi-user installer's profile sets it for every user): the
+    store is writable, so pull restored an uncompressed NAR straight into it, then `nix-store
+    --load-db` through the daemon failed ("you don't have sufficient rights to use this command")
+    and the unregistered tree was left in /nix/store."""
+    from mlbuild.store.restore import real_store_dir, restore_paths
+    cfg, chroot = store
+    monkeypatch.setenv("NIX_REMOTE", "daemon")
+    assert real_store_dir(None) is None
+    monkeypatch.setenv("NIX_REMOTE", "unix:///run/nix/socket")
+    assert real_store_dir(None) is None
+    local = tmp_path / "local"
+    (local / "nix" / "var" / "nix" / "db").mkdir(parents=True)
+    (local / "nix" / "store").mkdir(parents=True)
+    assert real_store_dir(str(local)) == local / "nix" / "store"   # a chroot store given by path: this process's
+    monkeypatch.delenv("NIX_REMOTE")
+
+    def refused(*args: object, **kw: object) -> None:
+        raise NixError("`nix-store --load-db ...` failed (exit 1)", "error: you don't have sufficient rights")
+
+    info = put(cfg, chroot, fake_path(chroot, "w.safetensors", os.urandom(1 << 16)))
+    monkeypatch.setattr(_nix, "invalid_paths_in", lambda paths, store=None: list(paths))
+    monkeypatch.setattr(_nix, "load_db", refused)
+    with pytest.raises(NixError, match="sufficient rights"):
+        restore_paths(Layout(cfg.root), [info], cfg.trusted_keys(), str(local), local / "nix" / "store")
+    assert [p.name for p in (local / "nix" / "store").iterdir() if not p.name.endswith(".lock")] == []
