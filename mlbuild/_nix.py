@@ -8,10 +8,13 @@ and a local flake registry, so an offline machine never waits on unreachable cac
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
+import grp
 import json
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -91,8 +94,26 @@ def run_nix(args: Sequence[str], *, tool: str = "nix", check: bool = True,
     proc = subprocess.run(cmd, capture_output=capture, text=True, errors="surrogateescape", input=input)
     if check and proc.returncode != 0:
         tail = "\n".join((proc.stderr or "").strip().splitlines()[-25:])
-        raise NixError(f"`{' '.join(cmd[:3])} ...` failed (exit {proc.returncode})", tail)
+        raise NixError(f"`{' '.join(cmd[:3])} ...` failed (exit {proc.returncode}){daemon_denied_hint(tail)}", tail)
     return proc
+
+
+def daemon_denied_hint(said: str) -> str:
+    """``: <what to ask for>`` where Nix could not reach its daemon because this user may not open
+    its socket (Debian's nix-bin: only the group ``nix-users``); else empty."""
+    said = re.sub(r"\x1b\[[0-9;]*m", "", said)   # a build's log: Nix colours the path
+    if f"{DAEMON_SOCKET}: Permission denied" not in said and f"{DAEMON_SOCKET}': Permission denied" not in said:
+        return ""
+    try:
+        group = grp.getgrgid(os.stat(os.path.dirname(DAEMON_SOCKET)).st_gid).gr_name
+    except (OSError, KeyError):
+        group = "nix-users"
+    try:
+        me = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        me = str(os.getuid())
+    return (f": this user may not use the Nix daemon (its socket {DAEMON_SOCKET}: permission denied); ask the "
+            f"machine's admin to add it to the daemon's group (`usermod -aG {group} {me}`), then log in again")
 
 
 def add_fixed(path: Path, recursive: bool) -> str:
@@ -118,6 +139,13 @@ def register_valid(path: str, nar_sha256_hex: str, nar_size: int) -> None:
     """Register a path the caller wrote into a local store (no references, no deriver)."""
     info = f"{path}\nsha256:{nar_sha256_hex}\n{nar_size}\n\n0\n"
     run_nix(["--register-validity", "--hash-given"], tool="nix-store", input=info)
+
+
+def delete_paths(paths: Sequence[str]) -> None:
+    """``nix-store --delete`` of paths no root holds (an invalid leftover, such as the second build
+    of a check), best effort: how a user who may not write the store (a daemon's) removes them."""
+    if paths:
+        run_nix(["--delete", *paths], tool="nix-store", check=False)
 
 
 def add_roots(paths: dict[str, str], root_dir: Path) -> None:
@@ -242,18 +270,59 @@ def copy_from_cache(cache_url: str, paths: Sequence[str], *, store: str | None =
     run_nix(args)
 
 
-def configured_public_keys() -> list[str]:
-    """The ``trusted-public-keys`` Nix's own configuration holds (nix.conf, its includes, the
-    ``extra-`` form): keys the driver's Nix calls trust besides those they pass."""
+def nix_config() -> dict[str, str]:
+    """Nix's own configuration (nix.conf, its includes, the ``extra-`` forms merged), as
+    ``nix show-config`` prints it; empty where Nix cannot say."""
     for command in (["show-config"], ["config", "show"]):   # `config show` from Nix 2.20
         proc = run_nix(["--extra-experimental-features", EXPERIMENTAL, *command], check=False)
         if proc.returncode == 0:
+            settings: dict[str, str] = {}
             for line in proc.stdout.splitlines():
                 name, _, value = line.partition(" = ")
-                if name.strip() == "trusted-public-keys":
-                    return value.split()
-            return []
-    return []
+                settings[name.strip()] = value.strip()
+            return settings
+    return {}
+
+
+def configured_public_keys() -> list[str]:
+    """The ``trusted-public-keys`` Nix's own configuration holds (nix.conf, its includes, the
+    ``extra-`` form): keys the driver's Nix calls trust besides those they pass."""
+    return nix_config().get("trusted-public-keys", "").split()
+
+
+DAEMON_SOCKET = "/nix/var/nix/daemon-socket/socket"
+
+
+def untrusted_daemon_user(config: dict[str, str] | None = None) -> bool:
+    """Whether this process's Nix calls go through a Nix daemon that does not trust this user (a
+    multi-user install: Nix's default ``trusted-users = root``). Such a daemon ignores the
+    substituters and ``trusted-public-keys`` a call passes (``--option``): only its own nix.conf
+    counts, which only the machine's admin may change. ``NIX_REMOTE`` as Nix reads it: ``daemon``
+    or ``unix://...``; unset or ``auto``, the daemon where this user may not write Nix's state."""
+    remote = os.environ.get("NIX_REMOTE", "")
+    if remote in ("", "auto"):
+        state = os.environ.get("NIX_STATE_DIR", "/nix/var/nix")
+        if os.access(state, os.W_OK) or not os.path.exists(os.path.join(state, "daemon-socket", "socket")):
+            return False
+    elif remote != "daemon" and not remote.startswith("unix://"):
+        return False
+    users = (nix_config() if config is None else config).get("trusted-users", "root").split()
+    try:
+        me = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return True
+    groups = {g.gr_name for g in grp.getgrall() if me in g.gr_mem}
+    with contextlib.suppress(KeyError):
+        groups.add(grp.getgrgid(os.getgid()).gr_name)
+    return not any(u == "*" or u == me or (u.startswith("@") and u[1:] in groups) for u in users)
+
+
+def daemon_admin_hint(lines: Sequence[str]) -> str:
+    """What to ask the machine's admin for when an untrusted daemon user needs ``lines`` in
+    Nix's configuration (``untrusted_daemon_user``)."""
+    return (f"the Nix daemon does not trust this user (nix.conf's trusted-users), so it ignores the store settings "
+            f"mlbuild passes; ask the machine's admin to add {'; '.join(f'`{x}`' for x in lines)} to /etc/nix/nix.conf "
+            f"and restart nix-daemon (store-config/setup-store writes them, see store-config/README.md)")
 
 
 def copy_sigs(cache_url: str, paths: Sequence[str], *, store: str | None = None) -> None:

@@ -331,7 +331,8 @@ class _Stream:
                             f"nix log {drv} ---")
         errors = [l for l in self.other if "error" in l.lower()][-8:]
         hints = [*_own_module(root, tail), *_missing_file(root, datasets or {}, tail)]
-        return BuildError(f"nix build of {self.target} failed", "\n".join([*errors, *tail, *hints]))
+        return BuildError(f"nix build of {self.target} failed{_nix.daemon_denied_hint(text)}",
+                          "\n".join([*errors, *tail, *hints]))
 
 
 def _store_hint(error: BuildError, store: StoreConfig | None) -> BuildError:
@@ -450,6 +451,9 @@ def warn_store_keys(cfg: StoreConfig) -> None:
     from .store.layout import Layout
     from .store.push import published_keys
 
+    if _nix.untrusted_daemon_user():   # only the daemon's own nix.conf counts
+        _warn_daemon_store(cfg, _nix.nix_config())
+        return
     nix_keys = _nix.configured_public_keys()
     for key, theirs in cfg.shadowed_keys(nix_keys):
         print(f"mlbuild: warning: the shared store's key {key} shares its name with {theirs} in Nix's own "
@@ -467,6 +471,27 @@ def warn_store_keys(cfg: StoreConfig) -> None:
               f"what the store holds and builds it again; if that is your team's key (ask whoever keeps the "
               f"store: anyone who may write the folder may change that file), trust it: "
               f"MLBUILD_STORE_PUBLIC_KEYS='{keys}' (or [store].public-keys in mlbuild.toml)", file=sys.stderr)
+
+
+def _warn_daemon_store(cfg: StoreConfig, config: dict[str, str]) -> None:
+    """``warn_store_keys`` for a user the Nix daemon does not trust: the daemon substitutes from
+    the store only where its own nix.conf names it (``substituters``, or ``trusted-substituters``,
+    which lets a call name it) and trusts a key the store signs with."""
+    from .store.layout import Layout
+    from .store.push import published_keys
+
+    try:
+        keys = [str(k) for k in published_keys(Layout(cfg.root))] or [str(k) for k in cfg.trusted_keys()]
+    except StoreKeyError:
+        keys = [str(k) for k in cfg.trusted_keys()]
+    want = []
+    if cfg.url not in {*config.get("substituters", "").split(), *config.get("trusted-substituters", "").split()}:
+        want.append(f"extra-substituters = {cfg.url}")
+    if keys and not set(keys) & set(config.get("trusted-public-keys", "").split()):
+        want.append(f"extra-trusted-public-keys = {' '.join(keys)}")
+    if want:
+        print(f"mlbuild: warning: the shared store {cfg.root} was not used, so what it holds was built again: "
+              f"{_nix.daemon_admin_hint(want)}", file=sys.stderr)
 
 
 def _warn_no_store(reason: str) -> None:
@@ -730,8 +755,10 @@ def _check_reproducible(project: Project, target: str, cmd: list[str],
     # of the output (300 MB for a 300 MB model), invalid, in the store until a garbage collection.
     again = check_output_path(drv, built_path) if drv else None
     if again is not None and os.path.lexists(again) and _nix.invalid_paths([again]):
-        with contextlib.suppress(OSError):   # best effort: a store this user may not write (a daemon's)
+        try:
             remove_tree(again)
+        except OSError:   # a store this user may not write (a daemon's): the daemon deletes it
+            _nix.delete_paths([again])
     if status == 0:
         return
     m = _DIFFERS.search(said)

@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import json
+import os
 import subprocess
 import tarfile
 import tempfile
@@ -99,7 +100,10 @@ def _at(project: Project, rev: str, tmp: Path) -> Project | None:
         raise MlbuildError(f"git revision {rev!r} has no {rel}: {proc.stderr.decode().strip()}")
     dest = tmp / "rev"
     with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as t:
-        t.extractall(dest, filter=_safe_member)
+        if hasattr(tarfile, "data_filter"):
+            t.extractall(dest, filter=_safe_member)
+        else:   # Python before 3.11.4 (Debian 12's 3.11.2) has no filters: extractall has no such argument
+            t.extractall(dest, members=[m for m in t.getmembers() if _inside(m, str(dest))])
     if not (dest / rel / CONFIG_NAME).is_file():   # else load_project would look in the folders above
         return None
     try:
@@ -123,6 +127,23 @@ def _safe_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
         return tarfile.data_filter(member, dest)
     except tarfile.FilterError:
         return None
+
+
+def _inside(member: tarfile.TarInfo, dest: str) -> bool:
+    """What the "data" filter lets through, where tarfile has none: a file, folder or link whose
+    path, and a link's target, stay inside ``dest`` (what `git archive` writes holds nothing else)."""
+    if not (member.isfile() or member.isdir() or member.issym()):
+        return False
+    base = os.path.realpath(dest)
+    path = os.path.realpath(os.path.join(base, member.name))
+    if os.path.commonpath([base, path]) != base:
+        return False
+    if member.issym():
+        if os.path.isabs(member.linkname):
+            return False
+        target = os.path.normpath(os.path.join(os.path.dirname(path), member.linkname))
+        return os.path.commonpath([base, target]) == base
+    return True
 
 
 def _report_at(project: Project, model: str, rev: str, required: bool = True,

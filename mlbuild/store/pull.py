@@ -163,6 +163,14 @@ def pull(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
                                    f"machine that has it", e.log_tail) from None
                 bad = [closure[p] for p in batch
                        if not check_signatures(closure[p].sigs, closure[p].fingerprint(), keys)]
+                if not bad and "signature" in str(e) and local_store is None and _nix.untrusted_daemon_user():
+                    signers = [k for k in keys if any(check_signatures(closure[p].sigs, closure[p].fingerprint(), (k,))
+                                                      for p in batch)]
+                    signed_by = " ".join(str(k) for k in signers or keys)
+                    raise NixError(f"cannot fetch {batch[0]}{' and more' if len(batch) > 1 else ''} from the store "
+                                   f"{layout.root}, signed by {signed_by}: "
+                                   f"{_nix.daemon_admin_hint([f'extra-trusted-public-keys = {signed_by}'])}",
+                                   e.log_tail) from None
                 if not bad or "signature" not in str(e):
                     raise
                 raise NixError(f"{head}: Nix refused what has no valid signature by a trusted key. "

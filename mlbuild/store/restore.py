@@ -43,6 +43,8 @@ __all__ = ["real_store_dir", "restore_paths"]
 def real_store_dir(local_store: str | None) -> Path | None:
     """Where the local store's paths lie, if this process may write them and their database."""
     if local_store is None:
+        if os.environ.get("NIX_REMOTE", "") not in ("", "local", "auto"):
+            return None   # Nix's calls go to a daemon (root's too, with NIX_REMOTE=daemon): it registers
         root = Path("/")
     elif local_store.startswith("/"):
         root = Path(local_store)
@@ -175,10 +177,10 @@ def restore_paths(layout: Layout, infos: list[NarInfo], keys: tuple[PublicKey, .
             _remove(real)
             try:
                 _restore(layout, info, real, keys)
-            except BaseException:
+                _nix.load_db(_registration(info), store=local_store)
+            except BaseException:   # a registration refused too: no unregistered tree left in the store
                 _remove(real)
                 raise
-            _nix.load_db(_registration(info), store=local_store)
             done.append(info.store_path)
         finally:
             lock.release()
