@@ -568,3 +568,27 @@ def test_the_infer_route_reads_a_body_sent_in_pieces() -> None:
         asyncio.run(receive_body(plain, receive_of(piece(b"ab", True), {"type": "http.disconnect"}), 10))
     with pytest.raises(ProtocolError, match="Content-Type 'text/html' is not supported"):
         asyncio.run(receive_body({"content-type": "text/html"}, receive_of(piece(b"", False)), 10))
+
+
+def test_the_in_flight_gauge_counts_requests_being_answered_not_the_scrape() -> None:
+    import asyncio
+
+    from mlbuild.runtime.serve.metrics import MetricsMiddleware
+
+    metrics = ServerMetrics(process=False)
+    seen: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(next(line for line in metrics.render().splitlines()
+                         if line.startswith(b"mlbuild_requests_in_flight ")))
+
+    async def nothing(message: Any) -> None:
+        pass
+
+    async def drive() -> None:
+        middleware = MetricsMiddleware(app, metrics)
+        await middleware({"type": "http", "method": "GET", "path": "/metrics"}, nothing, nothing)
+        await middleware({"type": "http", "method": "GET", "path": "/v2"}, nothing, nothing)
+    asyncio.run(drive())
+    assert seen == [b"mlbuild_requests_in_flight 0.0", b"mlbuild_requests_in_flight 1.0"]
+    assert b"mlbuild_requests_in_flight 0.0" in metrics.render()

@@ -167,7 +167,7 @@ class InferEndpoint:
         metrics = self.state.metrics
         started = time.perf_counter()
         status = 500
-        metrics.in_flight.inc()
+        metrics.in_flight_now += 1
         try:
             try:
                 content, headers = await self._infer(scope, receive, *route)
@@ -186,7 +186,7 @@ class InferEndpoint:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": content})
         finally:
-            metrics.in_flight.dec()
+            metrics.in_flight_now -= 1
             metrics.observe_request(INFER_ROUTES[route[1] is not None], "POST", status,
                                     time.perf_counter() - started)
 
