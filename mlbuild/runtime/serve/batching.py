@@ -201,7 +201,7 @@ class MicroBatcher:
         self._waiting = True
         try:
             item = self._next(0)   # queued before the loop saw ``_waiting``
-            if item is None:
+            if item is None and not self._closed:   # stop() may have set the event before it was cleared
                 self._wake.wait(timeout)
                 item = self._next(0)
             return item
