@@ -532,3 +532,63 @@ def test_a_signal_while_the_model_is_loading_stops_the_server_at_once(tmp_path: 
     assert time.monotonic() - started < 10
     assert "stopping before model digits finished loading" in server.log()
     assert "terminate called" not in server.log()
+
+
+def test_the_infer_route_reads_a_body_sent_in_pieces() -> None:
+    """receive_body (the infer route's body reader) as read_body: pieces joined, inflated, the
+    size limit applied to the whole, a disconnect named."""
+    import asyncio
+
+    from starlette.requests import ClientDisconnect
+
+    from mlbuild.runtime.serve.infer import receive_body
+    from mlbuild.runtime.serve.protocol import ProtocolError
+
+    def receive_of(*messages: dict[str, Any]) -> Any:
+        queue = list(messages)
+
+        async def receive() -> dict[str, Any]:
+            return queue.pop(0)
+        return receive
+
+    def piece(body: bytes, more: bool) -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": more}
+
+    plain = {"content-type": "application/json"}
+    read = asyncio.run(receive_body(plain, receive_of(piece(b"ab", True), piece(b"", True), piece(b"cd", False)), 10))
+    assert read == b"abcd"
+    zipped = gzip.compress(b"x" * 30)
+    read = asyncio.run(receive_body({**plain, "content-encoding": "gzip"},
+                                    receive_of(piece(zipped[:5], True), piece(zipped[5:], False)), 100))
+    assert read == b"x" * 30
+    for pieces in ([piece(b"x" * 11, False)], [piece(b"x" * 6, True), piece(b"x" * 6, False)]):
+        with pytest.raises(ProtocolError, match="request body is over the server's limit of 10 bytes"):
+            asyncio.run(receive_body(plain, receive_of(*pieces), 10))
+    with pytest.raises(ClientDisconnect):
+        asyncio.run(receive_body(plain, receive_of(piece(b"ab", True), {"type": "http.disconnect"}), 10))
+    with pytest.raises(ProtocolError, match="Content-Type 'text/html' is not supported"):
+        asyncio.run(receive_body({"content-type": "text/html"}, receive_of(piece(b"", False)), 10))
+
+
+def test_the_in_flight_gauge_counts_requests_being_answered_not_the_scrape() -> None:
+    import asyncio
+
+    from mlbuild.runtime.serve.metrics import MetricsMiddleware
+
+    metrics = ServerMetrics(process=False)
+    seen: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(next(line for line in metrics.render().splitlines()
+                         if line.startswith(b"mlbuild_requests_in_flight ")))
+
+    async def nothing(message: Any) -> None:
+        pass
+
+    async def drive() -> None:
+        middleware = MetricsMiddleware(app, metrics)
+        await middleware({"type": "http", "method": "GET", "path": "/metrics"}, nothing, nothing)
+        await middleware({"type": "http", "method": "GET", "path": "/v2"}, nothing, nothing)
+    asyncio.run(drive())
+    assert seen == [b"mlbuild_requests_in_flight 0.0", b"mlbuild_requests_in_flight 1.0"]
+    assert b"mlbuild_requests_in_flight 0.0" in metrics.render()

@@ -119,6 +119,43 @@ def test_waits_for_announced_requests() -> None:
     assert run.sizes == [2]
 
 
+def test_a_refused_announced_request_ends_the_wait() -> None:
+    """The worker sleeps until the loop says the batch may be complete: an announced request
+    refused before it was submitted (a bad body) wakes it, not the deadline."""
+    run = Recorder()
+
+    async def scenario(b: MicroBatcher) -> float:
+        b.arriving(2)
+        start = time.perf_counter()
+        first = asyncio.ensure_future(b.submit(_rows(1), arrived=True))
+        await asyncio.sleep(0.05)
+        b.arriving(-1)   # the other one's body was refused
+        assert (await first)["n"][0] == 1
+        return time.perf_counter() - start
+
+    assert asyncio.run(_with_batcher(run, scenario, max_wait_s=5.0)) < 2.0
+    assert run.sizes == [1]
+
+
+def test_stop_while_the_worker_waits_ends_the_wait() -> None:
+    """stop() wakes a worker waiting for an announced request: the batch in hand runs, at once."""
+    run = Recorder()
+
+    async def scenario() -> float:
+        b = MicroBatcher(run, max_wait_s=5.0)
+        b.start()
+        b.arriving(2)
+        first = asyncio.ensure_future(b.submit(_rows(1), arrived=True))
+        await asyncio.sleep(0.05)   # the worker waits for the other announced request
+        start = time.perf_counter()
+        await asyncio.to_thread(b.stop)
+        assert (await first)["n"][0] == 1
+        return time.perf_counter() - start
+
+    assert asyncio.run(scenario()) < 2.0
+    assert run.sizes == [1]
+
+
 def test_waits_for_the_last_batch_clients_to_come_back() -> None:
     """Two cohorts (A computing, B queued behind it) merge: B waits for A's clients to return
     instead of running half full, so a compute-bound model pays one pass, not two."""

@@ -493,3 +493,26 @@ def test_connections_taken_in_as_the_server_stops_do_not_hold_its_shutdown() -> 
     for conn in waiting:
         conn.close()
     assert took < 5, f"the server took {took:.1f} s to stop"
+
+
+def test_an_answered_request_is_freed_without_the_garbage_collector(server: tuple[int, list[bytes]]) -> None:
+    """The held head refers to its cycle weakly: a strong reference made each request's cycle (its
+    scope, headers and body) a reference cycle that only the garbage collector freed."""
+    import gc
+
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    port, _ = server
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20):
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            assert (resp.status, resp.read()) == (200, b"hello")
+        alive = sum(type(o) is RequestResponseCycle for o in gc.get_objects())
+    finally:
+        gc.enable()
+        conn.close()
+    assert alive <= 2, f"{alive} request cycles still alive after 20 answered requests"

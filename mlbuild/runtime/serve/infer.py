@@ -32,8 +32,8 @@ log = logging.getLogger("mlbuild.serve")
 _MEDIA_TYPES = {"", "application/json", "application/octet-stream", "text/plain", "application/x-www-form-urlencoded"}
 
 
-async def read_body(headers: Mapping[str, str], stream: AsyncIterator[bytes], limit: int) -> bytes:
-    """A request body from ``stream``: media type and encoding checked, size-limited, inflated."""
+def _body_encoding(headers: Mapping[str, str], limit: int) -> str:
+    """The body's Content-Encoding, once its media type, encoding and declared size are checked."""
     media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media not in _MEDIA_TYPES:
         raise ProtocolError(415, f"Content-Type {media!r:.100} is not supported; send application/json "
@@ -44,14 +44,22 @@ async def read_body(headers: Mapping[str, str], stream: AsyncIterator[bytes], li
     length = headers.get("content-length", "")
     if length.isascii() and length.isdigit() and int(length) > limit:
         raise ProtocolError(413, f"request body of {length} bytes is over the server's limit of {limit} bytes")
-    chunks: list[bytes] = []
-    total = 0
+    return encoding
+
+
+async def _gather(stream: AsyncIterator[bytes], limit: int, first: bytes = b"") -> bytes:
+    """``first`` and the rest of a body from ``stream``, size-limited."""
+    chunks = [first]
+    total = len(first)
     async for chunk in stream:
         total += len(chunk)
         if total > limit:
             raise ProtocolError(413, f"request body is over the server's limit of {limit} bytes")
         chunks.append(chunk)
-    body = b"".join(chunks)
+    return b"".join(chunks)
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
     if encoding == "identity":
         return body
     inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS)
@@ -64,6 +72,28 @@ async def read_body(headers: Mapping[str, str], stream: AsyncIterator[bytes], li
     if not inflater.eof:
         raise ProtocolError(400, f"request body is truncated {encoding} data")
     return out
+
+
+async def read_body(headers: Mapping[str, str], stream: AsyncIterator[bytes], limit: int) -> bytes:
+    """A request body from ``stream``: media type and encoding checked, size-limited, inflated."""
+    encoding = _body_encoding(headers, limit)
+    return _inflate(await _gather(stream, limit), encoding, limit)
+
+
+async def receive_body(headers: Mapping[str, str], receive: Receive, limit: int) -> bytes:
+    """``read_body`` from an ASGI ``receive``. A body that came in one message (the usual case) is
+    taken as it is: the async iterator and the join of ``read_body`` were ~2 us of the event
+    loop's ~45 us of app time per infer request (digits, 32 clients)."""
+    encoding = _body_encoding(headers, limit)
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnect()
+    body: bytes = message.get("body", b"")
+    if len(body) > limit:
+        raise ProtocolError(413, f"request body is over the server's limit of {limit} bytes")
+    if message.get("more_body", False):
+        body = await _gather(_receive_body(receive), limit, body)
+    return _inflate(body, encoding, limit)
 
 
 def failure(exc: Exception, method: str, path: str) -> tuple[int, bytes]:
@@ -137,7 +167,7 @@ class InferEndpoint:
         metrics = self.state.metrics
         started = time.perf_counter()
         status = 500
-        metrics.in_flight.inc()
+        metrics.in_flight_now += 1
         try:
             try:
                 content, headers = await self._infer(scope, receive, *route)
@@ -156,7 +186,7 @@ class InferEndpoint:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": content})
         finally:
-            metrics.in_flight.dec()
+            metrics.in_flight_now -= 1
             metrics.observe_request(INFER_ROUTES[route[1] is not None], "POST", status,
                                     time.perf_counter() - started)
 
@@ -171,7 +201,7 @@ class InferEndpoint:
         batcher.arriving(1)
         submitted = False
         try:
-            body = await read_body(headers, _receive_body(receive), state.pkg.settings.max_body_bytes)
+            body = await receive_body(headers, receive, state.pkg.settings.max_body_bytes)
             req = state.codec.decode(body, headers.get("inference-header-content-length"))
             submitted = True
             results = await batcher.submit(req.array, arrived=True)

@@ -49,6 +49,10 @@ class ServerMetrics:
         self.latency = Histogram("mlbuild_request_duration_seconds", "HTTP request latency by route template",
                                  ["route"], buckets=_LATENCY_BUCKETS, registry=r)
         self.in_flight = Gauge("mlbuild_requests_in_flight", "HTTP requests being handled", registry=r)
+        # The gauge's value, read when scraped: a count the event loop changes (every change is made
+        # there), where the gauge's own inc and dec took a lock and two checks each (~0.9 us a request).
+        self.in_flight_now = 0
+        self.in_flight.set_function(lambda: self.in_flight_now)
         self.batch_size = Histogram("mlbuild_batch_size", "Rows per forward pass", buckets=_BATCH_BUCKETS,
                                     registry=r)
         self.inference = Histogram("mlbuild_inference_duration_seconds",
@@ -117,12 +121,12 @@ class MetricsMiddleware:
         # A scrape is not a request being served: counted, it made an idle server read 1 in flight.
         counted = scope.get("path") != "/metrics"
         if counted:
-            self.metrics.in_flight.inc()
+            self.metrics.in_flight_now += 1
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
             if counted:
-                self.metrics.in_flight.dec()
+                self.metrics.in_flight_now -= 1
             route = scope.get("route")
             template = getattr(route, "path", None) if route is not None else None
             method = scope.get("method", "")

@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import weakref
 from typing import Any, Callable
 
 __all__ = ["protocol_class", "MAX_HEAD", "REQUEST_TIMEOUT", "LINGER"]
@@ -74,14 +75,22 @@ def _json_error(transport: Any, status: int, reason: str, message: str) -> None:
 
 
 class _HeldHead:
-    """A cycle's transport that joins the response head with the write after it."""
+    """A cycle's transport that joins the response head with the write after it.
 
-    __slots__ = ("_transport", "_cycle", "_held", "_head_seen", "_linger")
+    It refers to its cycle weakly: the cycle refers to it (its ``transport``), and a strong
+    reference back made every request's cycle (its scope, headers, body, event) a reference cycle
+    that only the garbage collector freed: ~5 us of collections per request under 32 clients."""
+
+    __slots__ = ("_transport", "_cycle_ref", "_held", "_head_seen", "_linger")
 
     def __init__(self, transport: asyncio.Transport, cycle: Any, linger: Callable[[], None]) -> None:
-        self._transport, self._cycle, self._linger = transport, cycle, linger
+        self._transport, self._cycle_ref, self._linger = transport, weakref.ref(cycle), linger
         self._held: bytes | None = None
         self._head_seen = False
+
+    @property
+    def _cycle(self) -> Any:
+        return self._cycle_ref()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         held = self._held
@@ -126,7 +135,7 @@ def _wrap(cycle: Any, linger: Callable[[], None]) -> None:
     cycle.transport = held
     on_response: Callable[[], None] = cycle.on_response
 
-    def completed() -> None:
+    def completed() -> None:   # refers to the held head, not the cycle (see _HeldHead)
         held.flush()
         on_response()
 
