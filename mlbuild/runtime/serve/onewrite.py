@@ -121,7 +121,8 @@ class _HeldHead:
 
     def close(self) -> None:
         self.flush()
-        if self._cycle.more_body:   # the client is still sending this request's body
+        cycle = self._cycle   # None once the cycle is gone (only it closes through this wrapper)
+        if cycle is not None and cycle.more_body:   # the client is still sending this request's body
             self._linger()
         else:
             self._transport.close()
