@@ -150,7 +150,7 @@ def _report_at(project: Project, model: str, rev: str, required: bool = True,
             return None
         # A snapshot from git is clean by construction (it is not a worktree).
         try:
-            return _report(old, model, rev, allow_dirty=True)
+            return _report(old, model, rev, allow_dirty=True, keep=False)
         except BuildError as e:   # of two revisions (diff), say which one failed
             raise BuildError(f"at revision {rev[:10]}: {e}") from None
         except MlbuildError as e:   # a stale lock, a config mistake: that commit as it was committed
