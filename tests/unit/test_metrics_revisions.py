@@ -229,3 +229,34 @@ def test_history_roots_and_records_nothing_in_the_revisions_temporary_folders(tm
     assert [p.report for p in points] == [{"metrics": {"accuracy": 0.9}}] * 3
     assert calls == []
     assert not (repo / ".mlbuild" / "builds.jsonl").exists()
+
+
+def test_history_of_an_old_name_names_the_new_one_and_not_other_renamed_models(tmp_path: Path) -> None:
+    """`metrics history OLD` of a model renamed since counted the commits after the rename as
+    "earlier" ones and named every model renamed in the project's life as OLD's possible old name
+    (a team's: "167 earlier commit(s) declare no model 'm6' but 'm1', 'm5', 'm6_r560', 'm8_r225', 'm9'"),
+    never the new name; `metrics history NEW` named other renamed models beside the old name too."""
+    two = TOML + TOML.split("\n\n", 1)[1].replace("models.m", "models.k")
+    _git(tmp_path, "init", "-q")
+    for lr in ("0.1", "0.2"):
+        (tmp_path / "mlbuild.toml").write_text(two + f"[models.m.params]\nlr = {lr}\n")
+        _git(tmp_path, "add", "-A")
+        _git(tmp_path, "commit", "-qm", lr)
+    (tmp_path / "mlbuild.toml").write_text(two.replace("models.m", "models.n"))
+    _git(tmp_path, "commit", "-qam", "rename m to n")
+    rename = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout[:10]
+    (tmp_path / "mlbuild.toml").write_text(two.replace("models.m", "models.n").replace("models.k", "models.j"))
+    _git(tmp_path, "commit", "-qam", "rename k to j")
+    original = m._report
+    m._report = lambda project, model, rev, **kw: m.Point(rev, {"metrics": {"accuracy": 0.9}}, "/nix/store/x")
+    try:
+        notes: list[str] = []
+        assert len(m.history(load_project(tmp_path), "m", notes)) == 2
+        assert notes == [f"note: 2 later commit(s) declare no model 'm'; the first, {rename}, added 'n': if 'm' was "
+                         f"renamed there, its history since is under the new name (`mlbuild metrics history n`)"]
+        notes = []
+        assert len(m.history(load_project(tmp_path), "n", notes)) == 2
+        assert notes == ["note: 2 earlier commit(s) declare no model 'n' but 'm', which mlbuild.toml no longer has: if "
+                         "'n' was renamed, its history there is under the old name (`mlbuild metrics history m`)"]
+    finally:
+        m._report = original
