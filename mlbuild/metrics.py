@@ -144,8 +144,10 @@ def _report_at(project: Project, model: str, rev: str, required: bool = True,
             if others is not None and renamed:
                 others[rev] = sorted(models)
             if required:
+                # the name given is today's (that commit is from before a rename), or an old one (after it)
+                which = "old" if model in (project.raw.get("models") or {}) else "new"
                 what = (f"no model {model!r} (its models: {', '.join(sorted(models))}; a model renamed since has "
-                        f"its reports under its old name there)" if renamed else f"no [models.{model}.validation]")
+                        f"its reports under its {which} name there)" if renamed else f"no [models.{model}.validation]")
                 raise MlbuildError(f"at revision {rev!r}, mlbuild.toml declares {what}")
             return None
         # A snapshot from git is clean by construction (it is not a worktree).
