@@ -608,10 +608,13 @@ def _stopped_with_us(proc: subprocess.Popen[str]) -> Iterator[None]:
 def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool = False,
                   overrides: dict[str, Any] | None = None, substituters: Sequence[str] = (),
                   extra: Sequence[str] = (), push: bool | None = None, check: bool = False,
-                  on_progress: Callable[[Progress], None] | None = None) -> Summary:
+                  on_progress: Callable[[Progress], None] | None = None, keep: bool = True) -> Summary:
     """Build each target, substituting from the shared store when one is set up; with ``check``,
     build each target's own derivation again and compare (BuildError naming the files that
     differ); push the results when ``push`` (default: ``[store] push = true`` in mlbuild.toml).
+    ``keep=False`` for a project that is a temporary snapshot of a git revision (`metrics
+    history`, `metrics diff`): its ``.mlbuild`` goes with it, so no GC roots or build records
+    are written there (they cost five Nix calls per revision and left dangling roots).
     Raises DirtyTreeError, BuildError (with the build log's tail)."""
     targets = list(dict.fromkeys(targets))   # `build lr lr`: one build, one line
     check_targets(project, targets)
@@ -673,6 +676,8 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
             total.present.append(target)
         # The root first: the output is unrooted until then (`--no-link`), and a record that cannot
         # be written (a full disk) must not leave it so.
+        if not keep:
+            continue
         _nix.add_roots({target + variant: path, **_derived_dataset_roots(project, target, result.get("drvPath"))},
                        state_dir(project.root) / "gcroots")
         _record(project, built, "present" if not mine else "built", dirty)

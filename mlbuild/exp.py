@@ -192,9 +192,15 @@ class Variant:
 
 def show(project: Project, model: str, notes: list[str] | None = None) -> list[Variant]:
     """``model``'s variants, from its experiment log; a line of the log that is no record (torn by a
-    run killed while writing it, or edited) is left out, and said so in ``notes``."""
-    check_model(project, model)
+    run killed while writing it, or edited) is left out, and said so in ``notes``. A model that
+    mlbuild.toml no longer declares (renamed or removed) still shows the runs its log holds."""
     log = _log(project, model, write=False)
+    if model not in (project.raw.get("models") or {}):
+        if not log.is_file():
+            check_model(project, model)   # refused, naming today's models
+        elif notes is not None:
+            notes.append(f"note: mlbuild.toml no longer declares [models.{model}] (renamed or removed): these are the "
+                         f"runs {log} recorded; a renamed model's later runs are under its new name")
     if not log.exists():
         return []
     by_path: dict[str, list[dict[str, Any]]] = {}

@@ -165,13 +165,15 @@ def _report_at(project: Project, model: str, rev: str, required: bool = True,
             if others is not None and renamed:
                 others[rev] = sorted(models)
             if required:
+                # the name given is today's (that commit is from before a rename), or an old one (after it)
+                which = "old" if model in (project.raw.get("models") or {}) else "new"
                 what = (f"no model {model!r} (its models: {', '.join(sorted(models))}; a model renamed since has "
-                        f"its reports under its old name there)" if renamed else f"no [models.{model}.validation]")
+                        f"its reports under its {which} name there)" if renamed else f"no [models.{model}.validation]")
                 raise MlbuildError(f"at revision {rev!r}, mlbuild.toml declares {what}")
             return None
         # A snapshot from git is clean by construction (it is not a worktree).
         try:
-            return _report(old, model, rev, allow_dirty=True)
+            return _report(old, model, rev, allow_dirty=True, keep=False)
         except BuildError as e:   # of two revisions (diff), say which one failed
             raise BuildError(f"at revision {rev[:10]}: {e}") from None
         except MlbuildError as e:   # a stale lock, a config mistake: that commit as it was committed
@@ -244,14 +246,31 @@ def history(project: Project, model: str, notes: list[str] | None = None) -> lis
             continue
         if p is not None:
             points.append(p)
-    # Commits without the model whose models are gone today: it may be one of them, renamed (a
-    # model added beside the others is not)
-    gone = sorted({n for ms in others.values() for n in ms} - set(project.raw.get("models", {})))
-    note = (f"note: {len(others)} earlier commit(s) declare no model {model!r} but {', '.join(map(repr, gone))}, "
+    # Commits before the first that declares the model, whose models are gone today: it may be one
+    # of them, renamed (a model added beside the others is not)
+    first = next((i for i, rev in enumerate(revs) if rev not in others), len(revs))
+    earlier = [others[rev] for rev in revs[:first] if rev in others]
+    gone = sorted({n for ms in earlier for n in ms} - set(project.raw.get("models", {})))
+    if gone and first < len(revs) and revs[first - 1] in others:   # the names the first commit with it removed
+        here = _declared_at(project, revs[first])
+        gone = sorted(set(others[revs[first - 1]]) - set((here.raw.get("models") or {}) if here is not None else {})
+                      & set(gone)) or gone
+    note = (f"note: {len(earlier)} earlier commit(s) declare no model {model!r} but {', '.join(map(repr, gone))}, "
             f"which mlbuild.toml no longer has: if {model!r} was renamed, its history there is under the old name "
             f"(`mlbuild metrics history {gone[0] if len(gone) == 1 else 'OLD_NAME'}`)" if gone else "")
     if note and notes is not None:
         notes.append(note)
+    # Commits since then without it (`metrics history OLD` of a model renamed since): they were
+    # counted as "earlier" and the note named the old names of other models, never the new name
+    later = [rev for rev in revs[first:] if rev in others]
+    if later and notes is not None:
+        i = revs.index(later[0])
+        before = _declared_at(project, revs[i - 1]) if i > 0 else None
+        new = sorted(set(others[later[0]]) - set((before.raw.get("models") or {}) if before is not None else {}))
+        notes.append(f"note: {len(later)} later commit(s) declare no model {model!r}; the first, {later[0][:10]}, " + (
+            f"added {', '.join(map(repr, new))}: if {model!r} was renamed there, its history since is under the new "
+            f"name (`mlbuild metrics history {new[0] if len(new) == 1 else 'NEW_NAME'}`)"
+            if new else f"renamed or removed it (`git show {later[0][:10]} -- mlbuild.toml`)"))
     if notes is not None and git.is_shallow(project.root):   # CI checks out one commit by default
         notes.append(f"note: this is a shallow clone (git clone --depth): commits before {revs[0][:10]} are not in "
                      "it, nor their metrics; `git fetch --unshallow` gives the whole history")

@@ -191,6 +191,7 @@ def exp_show(ctx: click.Context, model: str) -> None:
     if not variants:
         click.echo(f"no experiments of {model} yet; run `mlbuild exp run {model} --set KEY=VALUE`")
         return
+    declared = model in (project.raw.get("models") or {})   # else a model renamed or removed since: no "*"
     configured = (project.raw.get("models", {}).get(model) or {}).get("params") or {}
     keys = sorted({k for v in variants for k in v.params} | set(configured))   # a param added since: "-"
     mkeys = sorted({k for v in variants for k in v.metrics})
@@ -208,7 +209,8 @@ def exp_show(ctx: click.Context, model: str) -> None:
 
     head = [*keys, *(f"train:{k}" for k in mkeys), *(f"test:{k}" for k in hkeys), "gate", "data", "commit",
             "status", "runs", "store path"]
-    rows = [[*((experiments.format_value(v.params[k]) + ("*" if configured.get(k, object()) != v.params[k] else ""))
+    rows = [[*((experiments.format_value(v.params[k]) + ("*" if declared and configured.get(k, object()) != v.params[k]
+                                                         else ""))
                if k in v.params else "-" for k in keys),
              *(f"{v.metrics[k]:.4f}" if k in v.metrics else "-" for k in mkeys),
              *(f"{v.held_out[k]:.4f}" if k in v.held_out else "-" for k in hkeys),

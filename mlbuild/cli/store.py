@@ -164,7 +164,7 @@ def gc(ctx: click.Context, locks: tuple[Path, ...], keep_last: int | None, grace
     for p in r.removed_paths:
         click.echo(f"{verb}\t{p}")
     for rec in r.removed_records:
-        click.echo(f"{verb}\tpush record {rec.name} (past --keep-last)")
+        click.echo(f"{verb}\tpush record {rec.parent.name}/{rec.name} (past --keep-last)")
     click.echo(f"kept {len(r.kept)} rooted paths; {verb} {len(r.removed_paths)} entries, {len(r.removed_nars)} "
                f"NARs ({_mb(r.freed_bytes)}), {len(r.removed_temps)} temp files; "
                f"{len(r.condemned_nars)} NARs wait out the grace period"

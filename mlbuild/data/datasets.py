@@ -466,6 +466,19 @@ def _files(root: Path, file_name: str) -> dict[str, _Entry]:
     return out
 
 
+def _renamed_from(project: Project, rev: str, ds: Dataset, pinned: set[str]) -> str | None:
+    """The name of the dataset that ``rev``'s mlbuild.toml declares at ``ds``'s path and its lock
+    pins (``ds`` renamed since, as `data add NEW PATH` does it); None when not exactly one."""
+    try:
+        then = tomllib.loads(git.show(project.root, rev, "mlbuild.toml").removeprefix("\ufeff"))
+    except (git.GitError, tomllib.TOMLDecodeError):
+        return None
+    tables = then.get("datasets")
+    found = [n for n, t in (tables.items() if isinstance(tables, dict) else ())
+             if n in pinned and isinstance(t, dict) and t.get("path") == ds.path]
+    return found[0] if len(found) == 1 else None
+
+
 def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:
     """Files added, removed and changed between the locked version and REV's lock (or the
     working copy when REV is not given)."""
@@ -496,18 +509,24 @@ def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:
                             f"whose lock `mlbuild lock` or `mlbuild data add` wrote") from None
         datasets = then.get("datasets") if isinstance(then, dict) else None
         other = datasets.get(name) if isinstance(datasets, dict) else None
+        then_name = name
+        if other is None and isinstance(datasets, dict):   # renamed since: the one REV declared at its path
+            then_name = _renamed_from(project, rev, ds, set(datasets)) or name
+            other = datasets.get(then_name)
         if other is None:
-            raise DataError(f"dataset {name!r} is not in mlbuild.lock at revision {rev!r}")
+            there = sorted(datasets) if isinstance(datasets, dict) else []
+            raise DataError(f"dataset {name!r} is not in mlbuild.lock at revision {rev!r}"
+                            + (f" (it pins {', '.join(map(repr, there))} there, none declared at {ds.path})" if there else ""))
         then_sha = other.get("sha256") if isinstance(other, dict) else None
         if not isinstance(then_sha, str) or not re.fullmatch("[0-9a-f]{64}", then_sha):   # a hand edit
             raise DataError(f"mlbuild.lock at revision {rev!r} has no sha256 for dataset {name!r} ({json.dumps(other)}); "
                             f"compare with a revision whose lock `mlbuild lock` or `mlbuild data add` wrote")
         if then_sha == locked:
             return []
-        new_path = fixed_output_path(then_sha, name, recursive=True)
+        new_path = fixed_output_path(then_sha, then_name, recursive=True)
         if _nix.invalid_paths([new_path]):
-            raise DataError(f"{name!r} at {rev!r} ({new_path}) is not in the store; check out {rev} and "
-                            f"run `mlbuild data pull {name}`")
+            raise DataError(f"{then_name!r} at {rev!r} ({new_path}) is not in the store; check out {rev} and "
+                            f"run `mlbuild data pull {then_name}`")
         new_root = Path(new_path)
     file_name = Path(ds.path or name).name
     a = _files(Path(old_path), file_name)

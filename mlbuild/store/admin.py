@@ -23,7 +23,7 @@ from .config import DEFAULT_SECRET_KEY, StoreConfig
 from .keys import generate_key_pair, load_secret_key
 from .layout import Layout, publish_bytes, read_store_file, store_command, writing
 from .push import published_keys, resolve_targets
-from .roots import remove_tag, roots_lock, write_tag
+from .roots import check_name, remove_tag, roots_lock, write_tag
 from .verify import check_entry
 
 __all__ = ["init_store", "InitResult", "tag", "TagResult", "untag", "tags", "nix_conf"]
@@ -125,6 +125,7 @@ def tag(cfg: StoreConfig, name: str, targets: Sequence[str], *, force: bool = Fa
     reader would take (its narinfo describes it, signed by a key the store names, or one trusted
     here where it names none; its NAR is there, of its size). A tag may gain paths; one it names
     is dropped only with ``force`` (it then loses the tag's gc protection)."""
+    check_name(name, "tag")   # before the paths: a path not pushed yet said "push it first", and then this
     layout = Layout(cfg.root)
     layout.require()
     layout.require_writable(f"tag {name}")

@@ -35,7 +35,7 @@ from ..lockfile import LOCK_VERSION, KeyGivenTwice, unique_keys
 from ..storepath import fixed_output_path
 from .layout import FILE_MODE, Layout, make_dir, publish_bytes, read_store_file, temp_name
 
-__all__ = ["Roots", "roots_lock", "write_tag", "remove_tag", "record_push", "replace_older_records", "read_roots", "lock_paths",
+__all__ = ["Roots", "check_name", "roots_lock", "write_tag", "remove_tag", "record_push", "replace_older_records", "read_roots", "lock_paths",
            "default_name"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -43,7 +43,7 @@ _STORE_PATH = re.compile(r"/nix/store/[0-9a-z]{32}-[A-Za-z0-9+._?=-]+")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _check_name(name: str, what: str) -> str:
+def check_name(name: str, what: str) -> str:
     if not _NAME.match(name):
         raise StoreError(f"{what} {name!r} must match {_NAME.pattern} (letters, digits, . _ + -)")
     return name
@@ -85,14 +85,14 @@ def roots_lock(layout: Layout) -> Iterator[None]:
 
 def write_tag(layout: Layout, name: str, paths: list[str]) -> Path:
     """Create or replace the release tag NAME (atomically)."""
-    dest = layout.roots_dir / "tags" / _check_name(name, "tag")
+    dest = layout.roots_dir / "tags" / check_name(name, "tag")
     make_dir(dest.parent)
     publish_bytes(dest, _paths_text(paths))
     return dest
 
 
 def remove_tag(layout: Layout, name: str) -> bool:
-    dest = layout.roots_dir / "tags" / _check_name(name, "tag")
+    dest = layout.roots_dir / "tags" / check_name(name, "tag")
     try:
         dest.unlink()
         return True
@@ -108,7 +108,7 @@ def record_push(layout: Layout, name: str, paths: list[str], *, replace_older: b
     (a CI rerun, a push where everything was there) moves it to the newest slot instead of taking
     a second one of the ``keep_last`` gc keeps.
     """
-    folder = layout.roots_dir / "pushes" / _check_name(name, "push name")
+    folder = layout.roots_dir / "pushes" / check_name(name, "push name")
     make_dir(folder)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:]
     dest = folder / (stamp + temp_name()[len(".tmp"):])

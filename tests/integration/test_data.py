@@ -851,3 +851,27 @@ def test_add_keeps_the_byte_order_mark_a_windows_editor_saved(data_project: Path
     run_cli("data", "add", "more", "data/more.txt", cwd=data_project)
     data = config.read_bytes()
     assert data.startswith(b"\xef\xbb\xbf[") and data.endswith(b'\r\n[datasets.more]\r\npath = "data/more.txt"\r\n')
+
+
+def test_diff_against_a_revision_from_before_the_dataset_was_renamed(data_project: Path) -> None:
+    """A team renames a dataset (`[datasets.raw]` to `[datasets.rows]`, then `data add rows
+    data/raw`): `data diff rows REV` with a REV from before said "dataset 'rows' is not in
+    mlbuild.lock at revision" and nothing could compare the two versions. REV's pin of the dataset
+    it declared at the same path is taken; a name with none says what REV pins."""
+    config = data_project / "mlbuild.toml"
+    config.write_text(config.read_text().replace("[datasets.raw]", "[datasets.rows]").replace('["raw"]', '["rows"]'))
+    (data_project / "prepare.py").write_text(PREPARE.replace('"raw"', '"rows"'))
+    write_tree(data_project, {"data": {"raw": {"rows.txt": "1\n2\n"}}})
+    run_cli("data", "add", "rows", "data/raw", cwd=data_project)
+    commit_all(data_project, "raw is rows now, with other rows")
+    out = run_cli("data", "diff", "rows", "HEAD~1", cwd=data_project).stdout
+    assert out.startswith("changed  rows.txt  "), out
+    assert run_cli("data", "diff", "split", "HEAD~1", cwd=data_project, check=False).stderr.startswith(
+        "Error: dataset 'split' is a prepare dataset")
+    config.write_text(config.read_text().replace('path = "data/raw"', 'path = "data/rows"'))
+    (data_project / "data" / "raw").rename(data_project / "data" / "rows")
+    run_cli("data", "add", "rows", "data/rows", cwd=data_project)
+    commit_all(data_project, "moved")
+    err = run_cli("data", "diff", "rows", "HEAD~2", cwd=data_project, check=False).stderr
+    assert err == "Error: dataset 'rows' is not in mlbuild.lock at revision 'HEAD~2' (it pins 'raw' there, none " \
+                  "declared at data/rows)\n", err

@@ -358,6 +358,10 @@ def test_metrics_diff_across_a_rename_names_the_old_models(tree) -> None:  # typ
     assert proc.returncode == 1
     assert ("at revision 'HEAD~1', mlbuild.toml declares no model 'vino' (its models: wine; a model renamed since "
             "has its reports under its old name there)") in proc.stderr, proc.stderr
+    # the old name, at a commit after the rename: its reports there are under the new name (it said "old")
+    proc = run_cli("metrics", "diff", "wine", "HEAD", "HEAD~1", cwd=root, check=False)
+    assert ("at revision 'HEAD', mlbuild.toml declares no model 'wine' (its models: vino; a model renamed since "
+            "has its reports under its new name there)") in proc.stderr, proc.stderr
     # history: the commits before the rename are not silently dropped
     from mlbuild import metrics
     from mlbuild.config import load_project

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -130,3 +132,24 @@ def test_a_toml_date_is_refused(item: str) -> None:
     with pytest.raises(ConfigError, match=r"a TOML date or time is not a parameter value Nix can read; quote it"):
         parse_sets([item])
     assert parse_sets(['when="1979-05-27"']) == {"when": "1979-05-27"}
+
+
+def test_exp_show_of_a_model_renamed_since_shows_its_recorded_runs(tmp_path: Path) -> None:
+    """A team renames a model: `exp show OLD` refused ("'old' is not a model of p ...; declare
+    [models.old]"), though .mlbuild/experiments/old.jsonl holds its runs, and `exp show NEW` has
+    none: the sweep's table was gone. It shows the recorded runs (no "*": there are no configured
+    params to differ from), with a note; a name with no log is still refused."""
+    from tests.conftest import run_cli, write_tree
+
+    root = write_tree(tmp_path / "p", {"mlbuild.toml": '[project]\nname = "p"\n[models.new]\nscript = "m.py"\n'
+                                                         '[models.new.params]\nlr = 0.1\n'})
+    record = {"model": "old", "overrides": {"lr": 0.2}, "params": {"lr": 0.2}, "status": "built", "time": 0.0,
+              "path": f"/nix/store/{'a' * 32}-old-model", "git_rev": None, "dirty": False}
+    write_tree(root, {".mlbuild": {"experiments": {"old.jsonl": json.dumps(record) + "\n"}}})
+    proc = run_cli("exp", "show", "old", cwd=root)
+    assert proc.stdout.splitlines()[1].split()[:2] == ["0.2", "-"], proc.stdout
+    assert proc.stderr == (f"note: mlbuild.toml no longer declares [models.old] (renamed or removed): these are the "
+                           f"runs {root / '.mlbuild' / 'experiments' / 'old.jsonl'} recorded; a renamed model's later "
+                           f"runs are under its new name\n")
+    proc = run_cli("exp", "show", "gone", cwd=root, check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("Error: 'gone' is not a model of p (models: new)")

@@ -188,3 +188,75 @@ def test_a_model_renamed_since_is_found_in_a_config_a_windows_editor_saved(tmp_p
     _git(tmp_path, "commit", "-qam", "renamed")
     old = m._check_model(load_project(tmp_path), "m")
     assert "m" in old.raw["models"]
+
+
+def test_history_roots_and_records_nothing_in_the_revisions_temporary_folders(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each revision is built from a temporary snapshot (`git archive`), gone once its report is
+    read: history rooted every report and derived dataset in the snapshot's .mlbuild/gcroots (five
+    Nix calls a revision, 43% of a 182-commit history of a team's project, and as many dangling
+    links in /nix/var/nix/gcroots/auto) and wrote a build record there. Nix runs at the seam: a
+    `nix` that answers the build with a report folder."""
+    from mlbuild import _nix
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "v.py").write_text("")
+    example = Path(__file__).resolve().parents[2] / "examples" / "cancer"
+    (repo / "mlbuild.lock").write_text((example / "mlbuild.lock").read_text())   # a real lock, for its [python]
+    python = "[python]" + (example / "mlbuild.toml").read_text().split("[python]")[1].split("\n[")[0]
+    for lr in ("0.1", "0.2", "0.3"):
+        (repo / "mlbuild.toml").write_text(f"{TOML}\n{python}\n[models.m.params]\nlr = {lr}\n")
+        _git(repo, "add", "-A")
+        _git(repo, "commit", "-qm", lr)
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "metrics.json").write_text('{"metrics": {"accuracy": 0.9}}')
+    nix = tmp_path / "nix"
+    nix.write_text(f"#!/bin/sh\n[ \"$1\" = --version ] && echo 'nix (Nix) 2.8.0' && exit 0\n"
+                   f"echo '[{{\"drvPath\": \"/nix/store/{'a' * 32}-m-validation-report.drv\", "
+                   f"\"outputs\": {{\"out\": \"{report}\"}}}}]'\n")
+    nix.chmod(0o755)
+    which = _nix._which
+    monkeypatch.setattr(_nix, "_which", lambda tool: str(nix) if tool == "nix" else which(tool))
+    monkeypatch.setenv("MLBUILD_STORE", str(tmp_path / "no-store"))
+    monkeypatch.delenv("MLBUILD_NIX", raising=False)
+    calls: list[str] = []
+    monkeypatch.setattr(_nix, "add_roots", lambda paths, root_dir: calls.append(f"add_roots {root_dir}"))
+    monkeypatch.setattr(_nix, "build_closure", lambda drvs, **kw: calls.append(f"build_closure {drvs}") or ([], []))
+    points = m.history(load_project(repo), "m")
+    assert [p.report for p in points] == [{"metrics": {"accuracy": 0.9}}] * 3
+    assert calls == []
+    assert not (repo / ".mlbuild" / "builds.jsonl").exists()
+
+
+def test_history_of_an_old_name_names_the_new_one_and_not_other_renamed_models(tmp_path: Path) -> None:
+    """`metrics history OLD` of a model renamed since counted the commits after the rename as
+    "earlier" ones and named every model renamed in the project's life as OLD's possible old name
+    (a team's: "167 earlier commit(s) declare no model 'm6' but 'm1', 'm5', 'm6_r560', 'm8_r225', 'm9'"),
+    never the new name; `metrics history NEW` named other renamed models beside the old name too."""
+    two = TOML + TOML.split("\n\n", 1)[1].replace("models.m", "models.k")
+    _git(tmp_path, "init", "-q")
+    for lr in ("0.1", "0.2"):
+        (tmp_path / "mlbuild.toml").write_text(two + f"[models.m.params]\nlr = {lr}\n")
+        _git(tmp_path, "add", "-A")
+        _git(tmp_path, "commit", "-qm", lr)
+    (tmp_path / "mlbuild.toml").write_text(two.replace("models.m", "models.n"))
+    _git(tmp_path, "commit", "-qam", "rename m to n")
+    rename = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout[:10]
+    (tmp_path / "mlbuild.toml").write_text(two.replace("models.m", "models.n").replace("models.k", "models.j"))
+    _git(tmp_path, "commit", "-qam", "rename k to j")
+    original = m._report
+    m._report = lambda project, model, rev, **kw: m.Point(rev, {"metrics": {"accuracy": 0.9}}, "/nix/store/x")
+    try:
+        notes: list[str] = []
+        assert len(m.history(load_project(tmp_path), "m", notes)) == 2
+        assert notes == [f"note: 2 later commit(s) declare no model 'm'; the first, {rename}, added 'n': if 'm' was "
+                         f"renamed there, its history since is under the new name (`mlbuild metrics history n`)"]
+        notes = []
+        assert len(m.history(load_project(tmp_path), "n", notes)) == 2
+        assert notes == ["note: 2 earlier commit(s) declare no model 'n' but 'm', which mlbuild.toml no longer has: if "
+                         "'n' was renamed, its history there is under the old name (`mlbuild metrics history m`)"]
+    finally:
+        m._report = original

@@ -292,3 +292,27 @@ def test_a_store_file_linked_to_a_root_only_file_is_not_shown(tmp_path: Path, ki
         with pytest.raises(StoreCorruptError, match="is a symbolic link") as e:
             tags(StoreConfig(store))
         assert "root-only" not in str(e.value)
+
+
+def test_gc_names_the_push_name_of_each_record_it_drops(tmp_path: Path) -> None:
+    """A team's store holds push records of many models: gc listed each dropped one by its file
+    name alone (a time stamp, host and pid), so nobody could tell whose pushes --keep-last dropped.
+    Each line now names the push name (the model) the record belongs to."""
+    import subprocess
+
+    from mlbuild.store.roots import record_push
+    from tests.conftest import MLBUILD
+
+    store = tmp_path / "store"
+    layout = Layout(store)
+    layout.init()
+    old = {name: record_push(layout, name, [f"/nix/store/{c * 32}-{name}"])
+           for name, c in (("a-package", "a"), ("b-package", "b"))}
+    for name, c in (("a-package", "c"), ("b-package", "d")):
+        record_push(layout, name, [f"/nix/store/{c * 32}-{name}"])
+    proc = subprocess.run([*MLBUILD, "store", "--store", str(store), "gc", "--keep-last", "1", "--grace", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name, rec in old.items():
+        assert f"removed\tpush record {name}/{rec.name} (past --keep-last)" in proc.stdout, proc.stdout
+        assert not rec.exists()

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from mlbuild.cli.main import cli
-from mlbuild.errors import StoreTargetError
+from mlbuild.errors import StoreError, StoreTargetError
 from mlbuild.store import StoreConfig, gc, tag, tags
 from mlbuild.store.layout import Layout
 from tests.unit.test_store_publish import fake_path, put, store  # noqa: F401  (fixture)
@@ -203,3 +203,12 @@ def test_an_untag_while_a_tag_of_that_name_is_written_is_not_undone(store: tuple
     admin.untag(cfg, "release-1")   # started after the tag: it has the last word
     tagger.join(20)
     assert "release-1" not in tags(cfg)
+
+
+def test_a_bad_tag_name_is_refused_before_its_paths_are_checked(store: tuple[StoreConfig, Path]) -> None:
+    """`store tag rel/2 PATH` with PATH not pushed yet said "push it first"; after the push (of a
+    release: minutes) the same command said the name was bad. The name is checked first."""
+    cfg, chroot = store
+    missing = fake_path(chroot, "model-v3", "m3").path   # never put into the store
+    with pytest.raises(StoreError, match=r"^tag 'rel/2' must match "):
+        tag(cfg, "rel/2", [missing])
