@@ -80,6 +80,9 @@ rec {
   exactFloats = v:
     if builtins.isFloat v then { mlbuild-float = floatParts v; }
     else if builtins.isList v then map exactFloats v
+    # A table of the project's own whose one key is mlbuild-float (params.x = { mlbuild-float = [1, 2]; })
+    # is wrapped once more, so it is read back as that table, not as the float 4.0.
+    else if builtins.isAttrs v && builtins.attrNames v == [ "mlbuild-float" ] then { mlbuild-float = { mlbuild-float = exactFloats v.mlbuild-float; }; }
     else if builtins.isAttrs v && !(v ? outPath) then builtins.mapAttrs (_: exactFloats) v
     else v;
   floatParts = x:

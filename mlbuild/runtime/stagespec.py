@@ -1,7 +1,8 @@
 """The spec of a build step made by ``pythonStage`` (nix/stage.nix), its floats read back exactly.
 
 nix/lib.nix's ``specJSON`` writes a float as ``{"mlbuild-float": [m, e]}`` (the value m * 2**e), or
-``{"mlbuild-float": "nan"}`` (``"inf"``, ``"-inf"``): Nix 2.8's ``builtins.toJSON`` prints a float
+``{"mlbuild-float": "nan"}`` (``"inf"``, ``"-inf"``; a table whose one key is mlbuild-float is wrapped in
+another, ``{"mlbuild-float": {"mlbuild-float": ...}}``): Nix 2.8's ``builtins.toJSON`` prints a float
 with 6 significant digits (lr = 0.1234567891 trained with 0.123457) and later versions print it
 exactly (``2.0`` where 2.8 wrote ``2``), so a plain JSON number was another value, and another store
 path, under each Nix version. The toolchain and the interpreter snapshot (no floats, plain
@@ -25,6 +26,8 @@ def exact_floats(value: Any) -> Any:
     if isinstance(value, dict):
         if len(value) == 1 and "mlbuild-float" in value:
             parts = value["mlbuild-float"]
+            if isinstance(parts, dict):   # a table of the project's whose one key is mlbuild-float, wrapped
+                return {"mlbuild-float": exact_floats(parts["mlbuild-float"])}
             return math.ldexp(parts[0], parts[1]) if isinstance(parts, list) else float(parts)
         return {k: exact_floats(v) for k, v in value.items()}
     if isinstance(value, list):

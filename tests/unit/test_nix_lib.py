@@ -101,3 +101,22 @@ def test_a_specs_floats_are_exact_and_alike_in_every_nix_version() -> None:
     assert got == params and all(type(got[k]) is type(v) for k, v in params.items()), got
     # the text every Nix version writes: the binary value's integers, no float literal
     assert json.loads(out.stdout)["params"]["scale"] == {"mlbuild-float": [4503599627370496, -51]}
+
+
+@pytest.mark.skipif(not have_nix(), reason="needs nix")
+def test_a_params_table_named_like_the_float_encoding_is_read_back_as_that_table() -> None:
+    """A param that is a table whose one key is mlbuild-float ({"mlbuild-float": [1, 2]}) reached the
+    training as the float 4.0 (and {"mlbuild-float": "nan"} as nan): specJSON wraps it once more."""
+    from mlbuild.runtime.stagespec import read_spec
+
+    params = {"t": {"mlbuild-float": [1, 2]}, "u": {"mlbuild-float": "nan"},
+              "v": {"mlbuild-float": {"mlbuild-float": 1.5}}, "w": [{"mlbuild-float": [0.5, 3]}],
+              "x": {"mlbuild-float": 1, "other": 2.5}}
+    expr = (f'builtins.unsafeDiscardStringContext ((import {REPO / "nix"} {{ }}).mkProject {{ '
+            f'src = {REPO / "nix" / "tests" / "fixture"}; overrides = {{ m = {{ params = builtins.fromJSON '
+            f'{json.dumps(json.dumps(params))}; }}; }}; }}).m.model.spec')
+    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--raw",
+                          "--expr", expr], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    got = read_spec(out.stdout)["params"]
+    assert {k: got[k] for k in params} == params, got
