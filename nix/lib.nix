@@ -97,7 +97,8 @@ rec {
     in
     if x != x then "nan"
     else if x - x != 0.0 then (if x > 0 then "inf" else "-inf")
-    else if x == 0.0 then [ 0 0 ]
+    # -0.0 (TOML's -0.0, JSON's -0.0 from `exp run --set`) keeps its sign: toJSON writes it "-0"
+    else if x == 0.0 then (if hasPrefix "-" (builtins.toJSON x) then "-0" else [ 0 0 ])
     else [ (if x < 0 then 0 - m else m) s.e ];
   optionalAttrs = cond: attrs: if cond then attrs else { };
   attrOr = name: default: set: if builtins.hasAttr name set then builtins.getAttr name set else default;

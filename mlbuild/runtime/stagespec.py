@@ -1,7 +1,7 @@
 """The spec of a build step made by ``pythonStage`` (nix/stage.nix), its floats read back exactly.
 
 nix/lib.nix's ``specJSON`` writes a float as ``{"mlbuild-float": [m, e]}`` (the value m * 2**e), or
-``{"mlbuild-float": "nan"}`` (``"inf"``, ``"-inf"``; a table whose one key is mlbuild-float is wrapped in
+``{"mlbuild-float": "nan"}`` (``"inf"``, ``"-inf"``, ``"-0"``; a table whose one key is mlbuild-float is wrapped in
 another, ``{"mlbuild-float": {"mlbuild-float": ...}}``): Nix 2.8's ``builtins.toJSON`` prints a float
 with 6 significant digits (lr = 0.1234567891 trained with 0.123457) and later versions print it
 exactly (``2.0`` where 2.8 wrote ``2``), so a plain JSON number was another value, and another store

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 
 import pytest
@@ -120,3 +121,18 @@ def test_a_params_table_named_like_the_float_encoding_is_read_back_as_that_table
     assert out.returncode == 0, out.stderr
     got = read_spec(out.stdout)["params"]
     assert {k: got[k] for k in params} == params, got
+
+
+@pytest.mark.skipif(not have_nix(), reason="needs nix")
+def test_a_negative_zero_param_keeps_its_sign() -> None:
+    """lr = -0.0 in mlbuild.toml reached the training (and its provenance.json) as 0.0."""
+    from mlbuild.runtime.stagespec import read_spec
+
+    expr = (f'builtins.unsafeDiscardStringContext ((import {REPO / "nix"} {{ }}).mkProject {{ '
+            f'src = {REPO / "nix" / "tests" / "fixture"}; overrides = {{ m = {{ params = builtins.fromTOML '
+            f'"z = -0.0\\nl = [-0.0, 0.0]"; }}; }}; }}).m.model.spec')
+    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--raw",
+                          "--expr", expr], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    got = read_spec(out.stdout)["params"]
+    assert [math.copysign(1, v) for v in (got["z"], *got["l"])] == [-1, -1, 1], got
