@@ -31,6 +31,7 @@ traceback (ANSI colours removed).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -114,6 +115,18 @@ def _read(path: Path, name: str | None = None) -> Any:
                          "and save it again, then commit it") from None
 
 
+def _literal(value: Any) -> str:
+    """``value`` as Python source: repr, but a float inf or nan (TOML's ``inf``, which reaches the
+    spec exactly) as ``float('inf')``, since the bare name is a NameError in the notebook."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"float({str(value)!r})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    return repr(value)
+
+
 def inject_inputs(nb: Any, datasets: dict[str, str], params: dict[str, Any], outputs: str) -> int:
     """Insert the ``DATA``/``PARAMS``/``OUTPUTS`` cell; returns its index."""
     import nbformat
@@ -122,7 +135,7 @@ def inject_inputs(nb: Any, datasets: dict[str, str], params: dict[str, Any], out
              "from pathlib import Path",
              "DATA = {" + ", ".join(f"{k!r}: Path({v!r})" for k, v in sorted(datasets.items())) + "}",
              "# [notebooks.NAME.params] over the notebook's own PARAMS (its defaults), key by key",
-             f"PARAMS = {{**globals().get('PARAMS', {{}}), **{params!r}}}",
+             f"PARAMS = {{**globals().get('PARAMS', {{}}), **{_literal(params)}}}",
              f"OUTPUTS = Path({outputs!r})"]
     cell = nbformat.v4.new_code_cell(  # type: ignore[no-untyped-call]
         "\n".join(lines), metadata={"tags": [INJECTED_TAG]})

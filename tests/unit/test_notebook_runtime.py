@@ -175,3 +175,17 @@ def test_a_script_magic_that_ran_and_printed_the_words_is_not_failed() -> None:
     timed = new_code_cell("%%time\n%%bash\necho hi")   # what IPython prints comes first, then the timing
     timed.outputs = [new_output("stream", name="stdout", text="Couldn't find program: 'bash'\nCPU times: 1 ms\n")]
     assert (missing_program(timed) or "").startswith("%%time did not run: the program 'bash' is not on")
+
+
+def test_params_of_inf_and_nan_are_python_the_notebook_runs() -> None:
+    """[notebooks.NAME.params] limit = inf reaches the spec exactly (lib.specJSON); the injected cell
+    wrote it as the bare name inf, a NameError in the notebook's first cell."""
+    import math
+
+    nb = new_notebook(cells=[new_code_cell("x = 1")])
+    inject_inputs(nb, {}, {"limit": math.inf, "t": {"lo": -math.inf, "l": [math.nan, 0.1]}, "n": 2}, "/o")
+    ns: dict[str, object] = {}
+    exec(nb.cells[0].source, ns)
+    params = ns["PARAMS"]
+    assert isinstance(params, dict) and params["limit"] == math.inf and params["n"] == 2, params
+    assert params["t"]["lo"] == -math.inf and math.isnan(params["t"]["l"][0]) and params["t"]["l"][1] == 0.1
