@@ -380,7 +380,8 @@ def _missing_file(root: Path, datasets: dict[str, str], tail: list[str]) -> list
         # There on this machine, not in the build: Nix's sandbox (Debian 13's Nix has it on) shows a
         # build its inputs only. Without one (Debian 12's `sandbox = false`) the build read it, and
         # no store path recorded it: the same build failed on CI only, with a bare FileNotFoundError.
-        if not os.path.lexists(name) or name.startswith(_nix.store_dir() + "/"):
+        # (a dangling symlink here is no file either: `data add` of it fails as the build did)
+        if not os.path.exists(name) or name.startswith(_nix.store_dir() + "/"):
             return []
         read = 'DATA["NAME"]' if notebook else 'ctx.data["NAME"] (a prepare: inputs["NAME"])'
         return [f"mlbuild: {name} is a file of this machine, which a build does not see: Nix's sandbox (on here, as "

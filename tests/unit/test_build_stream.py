@@ -89,6 +89,9 @@ def test_a_file_of_this_machine_that_the_sandbox_hides_is_explained(tmp_path: Pa
         _failed(tmp_path, ["Traceback (most recent call last):", error])
     notebook = ["mlbuild: notebook explore.ipynb failed at cell 1 (In [2]); its source:", "  " + error]
     assert "list NAME in the notebook's datasets and read DATA[\"NAME\"]" in _failed(tmp_path, notebook)
+    # a dangling symlink of this machine is no file to pin either (`data add` of it fails)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    assert "mlbuild:" not in _failed(tmp_path, [error.replace(str(host), str(tmp_path / "dangling"))])
     # a store path the build did not list as an input is not a file to pin
     stored = next(iter(sorted(Path("/nix/store").glob("*-source"))), None)
     if stored is not None:
