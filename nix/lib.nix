@@ -31,7 +31,7 @@ rec {
       }.${kind};
       wanted = { string = "a string"; strings = "a list of strings"; table = "a table"; int = "an integer"; }.${kind};
     in
-    if ok then v else throw "mlbuild: ${where}.${key} is ${builtins.toJSON v}; it must be ${wanted} (mlbuild.toml)";
+    if ok then v else throw "mlbuild: ${where}.${key} is ${show v}; it must be ${wanted} (mlbuild.toml)";
   # true, or an error naming the keys of `table` that are not in `known` (and the known ones):
   # a misspelled key (`threshold` for `thresholds`) must not be silently ignored.
   checkKeys = checkKeysIn "mlbuild.toml";
@@ -48,7 +48,40 @@ rec {
   # A value in a message: JSON where it has one (a function has none; a path would be copied to
   # the store), else its type.
   describe = v: if builtins.isFunction v then "a function" else if builtins.isPath v then "a path"
-    else if builtins.isAttrs v then "an attribute set" else builtins.toJSON v;
+    else if builtins.isAttrs v then "an attribute set" else show v;
+  # A value in a message as JSON, a float with 15 significant digits: Nix 2.8's builtins.toJSON
+  # prints 6 ([models.m.serve].max_wait_ms = 10000.0001 "is 10000; it must be ... in 0..10000").
+  show = v: if builtins.isFloat v then showFloat v else builtins.toJSON v;
+  showFloat = x:
+    let
+      a = if x < 0 then -x else x;
+      # a = s.v * 10^s.k with s.v in [1e14, 1e15): 15 digits (steps of 1e22, exact, where far)
+      scale = v: k:
+        if v >= 1.0e37 then scale (v / 1.0e22) (k + 22)
+        else if v >= 1.0e15 then scale (v / 10.0) (k + 1)
+        else if v < 1.0e-8 then scale (v * 1.0e22) (k - 22)
+        else if v < 1.0e14 then scale (v * 10.0) (k - 1)
+        else { inherit v k; };
+      s = scale a 0;
+      n0 = builtins.floor (s.v + 0.5);
+      carry = n0 >= 1000000000000000;
+      e = s.k + 14 + (if carry then 1 else 0);   # the first digit's decimal exponent
+      strip = d: if builtins.stringLength d > 1 && hasSuffix "0" d
+        then strip (builtins.substring 0 (builtins.stringLength d - 1) d) else d;
+      ds = strip (toString (if carry then n0 / 10 else n0));
+      nd = builtins.stringLength ds;
+      zeros = n: builtins.concatStringsSep "" (builtins.genList (_: "0") n);
+      body =
+        if e >= 15 || e < -5 then builtins.substring 0 1 ds + (if nd > 1 then "." + builtins.substring 1 nd ds else "")
+          + "e" + toString e
+        else if e < 0 then "0." + zeros (0 - e - 1) + ds
+        else if nd <= e + 1 then ds + zeros (e + 1 - nd) + ".0"
+        else builtins.substring 0 (e + 1) ds + "." + builtins.substring (e + 1) nd ds;
+    in
+    if x != x then "nan"
+    else if x - x != 0.0 then (if x > 0 then "inf" else "-inf")
+    else if x == 0.0 then (if hasPrefix "-" (builtins.toJSON x) then "-0.0" else "0.0")
+    else (if x < 0 then "-" else "") + body;
   toLower = builtins.replaceStrings
     [ "A" "B" "C" "D" "E" "F" "G" "H" "I" "J" "K" "L" "M" "N" "O" "P" "Q" "R" "S" "T" "U" "V" "W" "X" "Y" "Z" ]
     [ "a" "b" "c" "d" "e" "f" "g" "h" "i" "j" "k" "l" "m" "n" "o" "p" "q" "r" "s" "t" "u" "v" "w" "x" "y" "z" ];

@@ -30,7 +30,7 @@
     in
     assert lib.assertMsg (bad == [ ])
       (let k = builtins.head bad; in
-        "[models.${name}.serve].${k} is ${builtins.toJSON serve.${k}}; it must be ${describe k} (fix it in mlbuild.toml)");
+        "[models.${name}.serve].${k} is ${lib.show serve.${k}}; it must be ${describe k} (fix it in mlbuild.toml)");
     pythonStage {
       name = "${name}-package";
       inherit toolchain;

@@ -65,27 +65,27 @@ let
     && sub "image" keys.image
     && (!(builtins.isAttrs thresholds) || lib.assertMsg (bad == [ ])
       (let k = builtins.head bad; v = thresholds.${k}; in "[models.${m}.validation].thresholds.${k} is "
-        + (if isNumber v then (if v != v then "nan" else "infinite") + ", not a finite number" else builtins.toJSON v) + "; "
+        + (if isNumber v then (if v != v then "nan" else "infinite") + ", not a finite number" else lib.show v) + "; "
         + "use a number (the metric must be >= it) or a string \"<op> number\" with op one of >= <= > < (e.g. \"<= 0.3\")"))
     && (!(builtins.isAttrs thresholds) || lib.assertMsg (bare == [ ])
-      (let k = builtins.head bare; v = builtins.toJSON thresholds.${k}; in
+      (let k = builtins.head bare; v = lib.show thresholds.${k}; in
         "[models.${m}.validation].thresholds.${k} is ${v}, a bare number, which means ${k} >= ${v}; "
         + "${k} is better lower: write ${k} = \"<= ${v}\""))
     && (!(builtins.isAttrs thresholds) || lib.assertMsg (percent == [ ])
-      (let k = builtins.head percent; v = builtins.toJSON thresholds.${k}; in
+      (let k = builtins.head percent; v = lib.show thresholds.${k}; in
         "[models.${m}.validation].thresholds.${k} is ${v}, but ${k} is a fraction from 0 to 1, so no model can reach it; "
-        + "write it as a fraction (${v}% is ${builtins.toJSON (thresholds.${k} / 100.0)})"))
+        + "write it as a fraction (${v}% is ${lib.show (thresholds.${k} / 100.0)})"))
     && (!(builtins.isAttrs thresholds) || lib.assertMsg (negative == [ ])
       (let k = builtins.head negative; in
-        "[models.${m}.validation].thresholds.${k} is ${builtins.toJSON thresholds.${k}}, but ${k} is a fraction from 0 "
+        "[models.${m}.validation].thresholds.${k} is ${lib.show thresholds.${k}}, but ${k} is a fraction from 0 "
         + "to 1, so every model passes it and the gate checks nothing; use a fraction, e.g. ${k} = 0.9"))
     && (!(builtins.isAttrs thresholds) || lib.assertMsg (belowZero == [ ])
       (let k = builtins.head belowZero; in
-        "[models.${m}.validation].thresholds.${k} is ${builtins.toJSON thresholds.${k}}, but ${k} is an error, never "
+        "[models.${m}.validation].thresholds.${k} is ${lib.show thresholds.${k}}, but ${k} is an error, never "
         + "below 0, so no model can reach it; give a bound of 0 or more, e.g. ${k} = \"<= 0.5\""))
     && (!(builtins.isAttrs thresholds) || lib.assertMsg (aboveOne == [ ])
       (let k = builtins.head aboveOne; in
-        "[models.${m}.validation].thresholds.${k} is ${builtins.toJSON thresholds.${k}}, but ${k} is at most 1 "
+        "[models.${m}.validation].thresholds.${k} is ${lib.show thresholds.${k}}, but ${k} is at most 1 "
         + "(a perfect fit), so no model can reach it; use a value below 1, e.g. ${k} = 0.9"));
   checkDataset = d: t:
     let where = "[datasets.${d}]";

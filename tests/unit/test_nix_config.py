@@ -92,6 +92,13 @@ def test_a_url_datasets_sha256_in_upper_case_is_the_same_fetch(tmp_path: Path) -
      '[models.m.serve].max_batch_size is "x"; it must be a whole number in 1..65536'),
     (("[models.m.params]", "[models.m.serve]\nmax_wait_ms = -1\n\n[models.m.params]"),
      "[models.m.serve].max_wait_ms is -1; it must be a number in 0..10000"),
+    # a float as mlbuild.toml has it, not Nix 2.8's 6 digits ("is 10000; it must be ... in 0..10000")
+    (("[models.m.params]", "[models.m.serve]\nmax_wait_ms = 10000.0001\n\n[models.m.params]"),
+     "[models.m.serve].max_wait_ms is 10000.0001; it must be a number in 0..10000"),
+    (("accuracy = 0.9", "accuracy = 1.0000001"),
+     "[models.m.validation].thresholds.accuracy is 1.0000001, but accuracy is a fraction from 0 to 1, so no model can "
+     "reach it; write it as a fraction (1.0000001% is 0.010000001)"),
+    (("seed = 3", "seed = 3.0000001"), "[models.m].seed is 3.0000001; it must be an integer"),
     (("[models.m.params]", "[models.m.serve]\nmax_body_bytes = 10\n\n[models.m.params]"),
      "[models.m.serve].max_body_bytes is 10; it must be a whole number >= 1024"),
     # a percent for a fraction: no model can reach it

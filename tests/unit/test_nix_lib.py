@@ -136,3 +136,15 @@ def test_a_negative_zero_param_keeps_its_sign() -> None:
     assert out.returncode == 0, out.stderr
     got = read_spec(out.stdout)["params"]
     assert [math.copysign(1, v) for v in (got["z"], *got["l"])] == [-1, -1, 1], got
+
+
+@pytest.mark.skipif(not have_nix(), reason="needs nix")
+def test_a_float_in_a_message_is_shown_with_15_significant_digits() -> None:
+    """lib.show: Nix 2.8's builtins.toJSON printed 6 digits, so a message said max_wait_ms = 10000.0001
+    "is 10000; it must be ... in 0..10000"."""
+    values = [10000.0001, 1.0000001, 1e-7, 2.0, 0.003, 1e20, 0.1, -2.5, 1e308, 1234567.0, 0.1234567891, 95.5, 7]
+    expr = (f'map (import {REPO / "nix" / "lib.nix"}).show (builtins.fromJSON {json.dumps(json.dumps(values))})')
+    out = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == ["10000.0001", "1.0000001", "1e-7", "2.0", "0.003", "1e20", "0.1", "-2.5", "1e308",
+                                      "1234567.0", "0.1234567891", "95.5", "7"]
