@@ -196,7 +196,7 @@ def show(project: Project, model: str, notes: list[str] | None = None) -> list[V
     mlbuild.toml no longer declares (renamed or removed) still shows the runs its log holds."""
     log = _log(project, model, write=False)
     if model not in (project.raw.get("models") or {}):
-        if not log.is_file():
+        if not log.is_file() or "/" in model or model.startswith("."):   # `exp show ../x` is no model's log
             check_model(project, model)   # refused, naming today's models
         elif notes is not None:
             notes.append(f"note: mlbuild.toml no longer declares [models.{model}] (renamed or removed): these are the "

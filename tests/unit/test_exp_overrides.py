@@ -153,3 +153,17 @@ def test_exp_show_of_a_model_renamed_since_shows_its_recorded_runs(tmp_path: Pat
                            f"runs are under its new name\n")
     proc = run_cli("exp", "show", "gone", cwd=root, check=False)
     assert proc.returncode == 1 and proc.stderr.startswith("Error: 'gone' is not a model of p (models: new)")
+
+
+def test_exp_show_reads_no_log_outside_the_experiments_folder(tmp_path: Path) -> None:
+    """`exp show ../x` of a name no model has: refused as an unknown model, not read from
+    <project>/.mlbuild/x.jsonl (a log outside .mlbuild/experiments, shown as a model's runs)."""
+    from tests.conftest import run_cli, write_tree
+
+    root = write_tree(tmp_path / "p", {"mlbuild.toml": '[project]\nname = "p"\n[models.new]\nscript = "m.py"\n'})
+    record = {"model": "x", "overrides": {}, "params": {}, "status": "built", "time": 0.0,
+              "path": f"/nix/store/{'a' * 32}-x-model", "git_rev": None, "dirty": False}
+    write_tree(root, {".mlbuild": {"x.jsonl": json.dumps(record) + "\n", "experiments": {}}})
+    for name in ("../x", ".hidden"):
+        proc = run_cli("exp", "show", name, cwd=root, check=False)
+        assert proc.returncode == 1 and proc.stderr.startswith(f"Error: {name!r} is not a model of p"), proc.stderr
