@@ -385,19 +385,25 @@ def test_a_failed_git_init_leaves_a_repository_that_was_there(tmp_path: Path) ->
     assert sorted(p.name for p in root.iterdir()) == [".git", "f"]
 
 
+def flake_checkout(path: Path, commits: int = 1) -> Path:
+    """A git checkout at ``path`` of a minimal flake, with ``commits`` commits."""
+    path.mkdir()
+    (path / "flake.nix").write_text("{ outputs = { self }: { lib = { }; }; }\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=path, check=True)
+    subprocess.run([*git, "add", "flake.nix"], cwd=path, check=True)
+    for i in range(commits):
+        subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", str(i)], cwd=path, check=True)
+    return path
+
+
 @pytest.mark.skipif(not shutil.which("nix"), reason="needs nix")
 def test_an_mlbuild_checkout_with_uncommitted_changes_is_named_with_the_fix(tmp_path: Path) -> None:
     """Nix 2.8 locked such a checkout by its tree's hash alone and init said nothing, though that
     lock is refused by Nix 2.26 ("Lock file contains unlocked input", CI on Debian 13); Nix 2.26
     refused to write one and init's note said the first `nix build` would write it (it refuses the
     same way) beside Nix's hint `--allow-dirty-locks`, whose lock Nix 2.8 cannot read."""
-    checkout = tmp_path / "mlbuild"
-    checkout.mkdir()
-    (checkout / "flake.nix").write_text("{ outputs = { self }: { lib = { }; }; }\n")
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q"], cwd=checkout, check=True)
-    subprocess.run([*git, "add", "flake.nix"], cwd=checkout, check=True)
-    subprocess.run([*git, "commit", "-qm", "x"], cwd=checkout, check=True)
+    checkout = flake_checkout(tmp_path / "mlbuild")
     (checkout / "flake.nix").write_text("{ outputs = { self }: { lib = { x = 1; }; }; }\n")   # uncommitted
     root = tmp_path / "p"
     new = init_project(root, csv_path=csv(root), python="python3.11", flake_url=f"git+file://{checkout}")
@@ -412,14 +418,7 @@ def test_an_mlbuild_checkout_with_uncommitted_changes_is_named_with_the_fix(tmp_
 def test_a_shallow_mlbuild_checkout_this_nix_cannot_lock_is_named_with_the_fix(tmp_path: Path) -> None:
     """Nix 2.8 refuses a shallow clone as a flake input ("a non-shallow repository is needed"), and
     init's note said the first `nix build` would write flake.lock, which fails the same way."""
-    full = tmp_path / "full"
-    full.mkdir()
-    (full / "flake.nix").write_text("{ outputs = { self }: { lib = { }; }; }\n")
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q"], cwd=full, check=True)
-    subprocess.run([*git, "add", "flake.nix"], cwd=full, check=True)
-    for i in range(2):
-        subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", str(i)], cwd=full, check=True)
+    full = flake_checkout(tmp_path / "full", commits=2)
     checkout = tmp_path / "mlbuild"
     subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{full}", str(checkout)], check=True)
     root = tmp_path / "p"

@@ -84,6 +84,18 @@ def test_the_cycle_check_walks_shared_inputs_once() -> None:
     assert out.returncode == 0 and out.stdout.strip() == '"d29"', out.stderr
 
 
+def model_spec(params_expr: str) -> str:
+    """The fixture's model spec (the JSON text its builder reads) with ``params_expr`` (a Nix
+    expression) as its params."""
+    expr = (f'builtins.unsafeDiscardStringContext ((import {REPO / "nix"} {{ }}).mkProject {{ '
+            f'src = {REPO / "nix" / "tests" / "fixture"}; overrides = {{ m = {{ params = {params_expr}; }}; }}; }})'
+            '.m.model.spec')
+    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--raw",
+                          "--expr", expr], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 @pytest.mark.skipif(not have_nix(), reason="needs nix")
 def test_a_specs_floats_are_exact_and_alike_in_every_nix_version() -> None:
     """builtins.toJSON wrote a float with 6 significant digits in Nix 2.8 (lr = 0.1234567891
@@ -92,16 +104,11 @@ def test_a_specs_floats_are_exact_and_alike_in_every_nix_version() -> None:
     from mlbuild.runtime.stagespec import read_spec
 
     params = {"lr": 0.1234567891, "scale": 2.0, "big": 1234567.0, "tiny": 1e-7, "neg": -2.5, "zero": 0.0, "n": 3}
-    expr = (f'builtins.unsafeDiscardStringContext ((import {REPO / "nix"} {{ }}).mkProject {{ '
-            f'src = {REPO / "nix" / "tests" / "fixture"}; overrides = {{ m = {{ params = builtins.fromJSON '
-            f'{json.dumps(json.dumps(params))}; }}; }}; }}).m.model.spec')
-    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--raw",
-                          "--expr", expr], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    got = read_spec(out.stdout)["params"]
+    text = model_spec(f"builtins.fromJSON {json.dumps(json.dumps(params))}")
+    got = read_spec(text)["params"]
     assert got == params and all(type(got[k]) is type(v) for k, v in params.items()), got
     # the text every Nix version writes: the binary value's integers, no float literal
-    assert json.loads(out.stdout)["params"]["scale"] == {"mlbuild-float": [4503599627370496, -51]}
+    assert json.loads(text)["params"]["scale"] == {"mlbuild-float": [4503599627370496, -51]}
 
 
 @pytest.mark.skipif(not have_nix(), reason="needs nix")
@@ -113,13 +120,8 @@ def test_a_params_table_named_like_the_float_encoding_is_read_back_as_that_table
     params = {"t": {"mlbuild-float": [1, 2]}, "u": {"mlbuild-float": "nan"},
               "v": {"mlbuild-float": {"mlbuild-float": 1.5}}, "w": [{"mlbuild-float": [0.5, 3]}],
               "x": {"mlbuild-float": 1, "other": 2.5}}
-    expr = (f'builtins.unsafeDiscardStringContext ((import {REPO / "nix"} {{ }}).mkProject {{ '
-            f'src = {REPO / "nix" / "tests" / "fixture"}; overrides = {{ m = {{ params = builtins.fromJSON '
-            f'{json.dumps(json.dumps(params))}; }}; }}; }}).m.model.spec')
-    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--raw",
-                          "--expr", expr], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    got = read_spec(out.stdout)["params"]
+    text = model_spec(f"builtins.fromJSON {json.dumps(json.dumps(params))}")
+    got = read_spec(text)["params"]
     assert {k: got[k] for k in params} == params, got
 
 
@@ -128,13 +130,8 @@ def test_a_negative_zero_param_keeps_its_sign() -> None:
     """lr = -0.0 in mlbuild.toml reached the training (and its provenance.json) as 0.0."""
     from mlbuild.runtime.stagespec import read_spec
 
-    expr = (f'builtins.unsafeDiscardStringContext ((import {REPO / "nix"} {{ }}).mkProject {{ '
-            f'src = {REPO / "nix" / "tests" / "fixture"}; overrides = {{ m = {{ params = builtins.fromTOML '
-            f'"z = -0.0\\nl = [-0.0, 0.0]"; }}; }}; }}).m.model.spec')
-    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--raw",
-                          "--expr", expr], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    got = read_spec(out.stdout)["params"]
+    text = model_spec('builtins.fromTOML "z = -0.0\\nl = [-0.0, 0.0]"')
+    got = read_spec(text)["params"]
     assert [math.copysign(1, v) for v in (got["z"], *got["l"])] == [-1, -1, 1], got
 
 
