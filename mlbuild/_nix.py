@@ -293,6 +293,13 @@ def configured_public_keys() -> list[str]:
 DAEMON_SOCKET = "/nix/var/nix/daemon-socket/socket"
 
 
+def store_is_local() -> bool:
+    """Whether Nix's calls here may use the local store itself (``NIX_REMOTE`` unset, ``local``, or
+    ``auto``, which is local where this user may write the store: callers check that), not a
+    daemon or another store, which must register whatever is added to it."""
+    return os.environ.get("NIX_REMOTE", "") in ("", "local", "auto")
+
+
 def untrusted_daemon_user(config: dict[str, str] | None = None) -> bool:
     """Whether this process's Nix calls go through a Nix daemon that does not trust this user (a
     multi-user install: Nix's default ``trusted-users = root``). Such a daemon ignores the

@@ -204,7 +204,7 @@ def check_link(root: str, link: str, target: str) -> None:
 
 def fast_path_available() -> bool:
     store = Path(_nix.store_dir())
-    if os.environ.get("NIX_REMOTE", "local") not in ("", "local") or not os.access(store, os.W_OK):
+    if not _nix.store_is_local() or not os.access(store, os.W_OK):
         return False
     try:
         STAGING.mkdir(parents=True, exist_ok=True)

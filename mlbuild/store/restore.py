@@ -43,7 +43,7 @@ __all__ = ["real_store_dir", "restore_paths"]
 def real_store_dir(local_store: str | None) -> Path | None:
     """Where the local store's paths lie, if this process may write them and their database."""
     if local_store is None:
-        if os.environ.get("NIX_REMOTE", "") not in ("", "local", "auto"):
+        if not _nix.store_is_local():
             return None   # Nix's calls go to a daemon (root's too, with NIX_REMOTE=daemon): it registers
         root = Path("/")
     elif local_store.startswith("/"):

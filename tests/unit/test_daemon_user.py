@@ -122,6 +122,11 @@ def test_pull_leaves_the_store_to_the_daemon_when_nix_remote_names_it(
     assert real_store_dir(None) is None
     monkeypatch.setenv("NIX_REMOTE", "unix:///run/nix/socket")
     assert real_store_dir(None) is None
+    # data add's fast path reads NIX_REMOTE alike: `auto` was a daemon to it, the local store to pull
+    from mlbuild.data.importer import fast_path_available
+    for value in ("daemon", "unix:///run/nix/socket", "ssh-ng://host", "", "local", "auto"):
+        monkeypatch.setenv("NIX_REMOTE", value)
+        assert fast_path_available() == (real_store_dir(None) is not None), value
     local = tmp_path / "local"
     (local / "nix" / "var" / "nix" / "db").mkdir(parents=True)
     (local / "nix" / "store").mkdir(parents=True)
