@@ -137,15 +137,36 @@ def test_binary_sizes_are_checked() -> None:
     ("BOOL", [True, False, True, True], True),
     ("BOOL", [1, 0, 1, 1], False),
     ("FP16", [1.0, 2, 3, 70000.0], False),
+    ("UINT64", [0, 2**64 - 1, 1, 2**63], True),   # numpy alone reads these as float64
+    ("UINT64", [[2**63, 2**63 + 1], [2, 3]], True),
+    ("UINT64", [0, 2**64, 1, 2], False),
+    ("INT64", [-1, 2**63, 0, 1], False),
 ])
 def test_other_datatypes(datatype: str, data: list[Any], ok: bool) -> None:
     pkg = _pkg(datatype)
     body = _json_body(data, shape=(1, 4), datatype=datatype)
     if ok:
         arr = decode_infer(pkg, body, None).array
-        assert arr.dtype == np.dtype(pkg.input.dtype) and arr.ravel().tolist() == data
+        assert arr.dtype == np.dtype(pkg.input.dtype) and arr.ravel().tolist() == np.asarray(data, dtype=object).ravel().tolist()
     else:
         _error(body, pkg=pkg)
+
+
+def test_integers_beyond_int64_are_integers_not_floats() -> None:
+    """numpy reads [0, 2**64 - 1] as float64: a UINT64 request of such values was refused as floats
+    ("write whole numbers as 1, not 1.0"), and a value out of an integer type's range was named so
+    only when numpy happened to read it as an integer."""
+    pkg = _pkg("UINT64")
+    big = [0, 2**64 - 1, 2**63, 7]
+    assert decode_infer(pkg, _json_body(big, shape=(1, 4), datatype="UINT64"), None).array.tolist() == [big]
+    assert decode_predict(pkg, json.dumps({"instances": [big]}).encode()).array.tolist() == [big]
+    for datatype, data in (("UINT64", [0, 2**64, 1, 2]), ("INT64", [-1, 2**63, 0, 1]), ("INT64", [2**64, 0, 0, 0])):
+        err = _error(_json_body(data, shape=(1, 4), datatype=datatype), pkg=_pkg(datatype))
+        assert err.message == f"input 'input': values out of range for {datatype}"
+    err = _error(_json_body([2**64, 0.5, 0, 0], shape=(1, 4), datatype="UINT64"), pkg=pkg)
+    assert "needs integers" in err.message
+    err = _error(_json_body([], shape=(1, 0), datatype="UINT64"), pkg=_pkg("UINT64", (-1, -1)))
+    assert err.message == "input 'input': data is empty; datatype UINT64 needs integers"
 
 
 def test_binary_bool_bytes_are_0_or_1() -> None:

@@ -140,6 +140,15 @@ def _has_bool(data: Any) -> bool:
     return bool in set(map(type, data))
 
 
+def _only_ints(data: Any) -> bool:
+    """Whether a regular nested list holds JSON integers only (no floats, booleans or others)."""
+    if type(data) is int:
+        return True
+    if type(data) is not list:
+        return False
+    return all(map(_only_ints, data))
+
+
 def accepted_kinds(datatype: str) -> tuple[str, str]:
     """The numpy kinds a request's values may have for ``datatype`` (they are cast to it), and
     what to call them: booleans for BOOL, integers for the integer types, numbers for the rest."""
@@ -158,11 +167,16 @@ def _from_json_data(spec: TensorSpec, data: Any, shape: tuple[int, ...], datatyp
         raise _bad(f"input {spec.name!r}: data is not a regular array of numbers") from None
     kind = arr.dtype.kind
     allowed, needs = accepted_kinds(datatype)
+    if allowed == "iu" and kind in "fO" and arr.size and _only_ints(data):
+        # numpy reads integers beyond INT64 (UINT64's upper half) beside smaller or negative ones
+        # as floats, and beyond UINT64 as objects: keep them as the integers they are (the
+        # range check below names what is out of range)
+        arr, kind = np.asarray(data, dtype=object), "i"
     if kind not in allowed or arr.size != math.prod(shape):
         if kind not in allowed:
             what = "empty" if arr.size == 0 else "not numbers" if kind not in "biuf" else f"of kind {arr.dtype}"
             # a float array's .tolist() sends 1.0 for 1: JSON integers have no fraction
-            hint = " (write whole numbers as 1, not 1.0)" if allowed == "iu" and kind == "f" else ""
+            hint = " (write whole numbers as 1, not 1.0)" if allowed == "iu" and kind == "f" and arr.size else ""
             raise _bad(f"input {spec.name!r}: data is {what}; datatype {datatype} needs {needs}{hint}")
         raise _bad(f"input {spec.name!r}: data has {arr.size} element(s), shape {list(shape)} needs {math.prod(shape)}")
     if kind != "b" and _has_bool(data):  # numpy would silently read true/false as 1/0
