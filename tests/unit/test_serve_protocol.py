@@ -69,6 +69,24 @@ def test_json_data_may_be_nested_and_ints() -> None:
     assert req.outputs == [("probabilities", False), ("label", False)] and req.id is None
 
 
+def test_null_parameters_are_none() -> None:
+    """A Go client's nil map (no omitempty) or an optional field left unset sends "parameters": null,
+    on the request, an input or an output; it was refused ("parameters must be an object") while a
+    null id or outputs was taken as none."""
+    body = json.dumps({"id": None, "parameters": None, "outputs": [{"name": "label", "parameters": None}],
+                       "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0, 1, 2, 3],
+                                   "parameters": None}]}).encode()
+    req = decode_infer(PKG, body, None)
+    assert req.array.tolist() == [[0, 1, 2, 3]] and req.outputs == [("label", False)]
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    triton, n = _triton(x)
+    head = json.loads(triton[:int(n or 0)])
+    head["parameters"] = None
+    raw = json.dumps(head).encode()
+    assert InferCodec(PKG).decode(raw + triton[int(n or 0):], str(len(raw))).outputs == [
+        ("probabilities", False), ("label", False)]
+
+
 @pytest.mark.parametrize(("body", "message"), [
     (b"{", "not valid JSON"),
     (b"\xff\xfe", "not valid JSON"),

@@ -112,6 +112,17 @@ def _check_id(request_id: Any) -> str | None:
     return request_id
 
 
+def _parameters(item: dict[str, Any], where: str) -> dict[str, Any]:
+    """``item``'s parameters object; a JSON null, as a client with a nil map or an unset optional
+    field sends it, is none (as a null ``id`` or ``outputs`` is)."""
+    params = item.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise _bad(f"{where}parameters must be an object, got {type(params).__name__}")
+    return params
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -195,9 +206,7 @@ def _decode_input(spec: TensorSpec, item: dict[str, Any], binary: memoryview, of
     if datatype != spec.datatype:
         raise _bad(f"input {spec.name!r}: datatype {datatype!r:.50}, the model expects {spec.datatype}")
     shape = _check_shape(spec, item.get("shape"))
-    params = item.get("parameters", {})
-    if not isinstance(params, dict):
-        raise _bad(f"input {spec.name!r}: parameters must be an object")
+    params = _parameters(item, f"input {spec.name!r}: ")
     for unsupported in ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"):
         if unsupported in params:
             raise _bad(f"input {spec.name!r}: shared memory is not supported")
@@ -250,9 +259,7 @@ def _requested_outputs(pkg: Package, raw: Any, default_binary: bool) -> list[tup
             raise _bad(f"unknown output {name!r:.100}; the model has {[s.name for s in pkg.outputs]}")
         if any(name == n for n, _ in result):
             raise _bad(f"output {name!r} requested twice")
-        params = item.get("parameters", {})
-        if not isinstance(params, dict):
-            raise _bad(f"output {name!r}: parameters must be an object")
+        params = _parameters(item, f"output {name!r}: ")
         if params.get("classification") not in (None, 0):
             raise _bad(f"output {name!r}: the classification extension is not supported; "
                        "read the probabilities and label outputs")
@@ -287,9 +294,7 @@ def _decode_infer(pkg: Package, body: bytes, header_length: str | None) -> tuple
     if not isinstance(req, dict):
         raise _bad(f"request must be a JSON object, got {type(req).__name__}")
     request_id = _check_id(req.get("id"))
-    params = req.get("parameters", {})
-    if not isinstance(params, dict):
-        raise _bad("parameters must be an object")
+    params = _parameters(req, "")
     binary_output = params.get("binary_data_output", False)
     if not isinstance(binary_output, bool):
         raise _bad("parameters.binary_data_output must be true or false")
