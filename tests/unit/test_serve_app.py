@@ -347,6 +347,16 @@ def test_routing_errors_name_the_fix(served: tuple[TestClient, ServerState]) -> 
     assert r.status_code == 400 and "Inference-Header-Content-Length" in r.json()["error"], r.text
 
 
+def test_server_metadata_is_also_at_the_path_the_protocols_openapi_names(served: tuple[TestClient, ServerState]) -> None:
+    """open_inference_rest.yaml (KServe's open-inference-protocol) gives server metadata as `GET /v2/`:
+    a client generated from it got a 404 ("drop the trailing slash")."""
+    client, _ = served
+    for path in ("/v2", "/v2/"):
+        r = client.get(path, follow_redirects=False)
+        assert r.status_code == 200 and set(r.json()) >= {"name", "version", "extensions"}, (path, r.text)
+    assert client.get("/v2/health/live/").status_code == 404
+
+
 def test_other_routes_failing_are_not_called_inference(served: tuple[TestClient, ServerState],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     client, state = served

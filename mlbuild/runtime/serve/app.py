@@ -341,6 +341,9 @@ def create_app(state: ServerState) -> Callable[[Scope, Receive, Send], Awaitable
         route("/v2/health/live", _live, ["GET"]),
         route("/v2/health/ready", _ready, ["GET"]),
         route("/v2", _server_metadata, ["GET"]),
+        # the protocol's OpenAPI (open_inference_rest.yaml) names this route `/v2/`: a client
+        # generated from it asks there (other trailing slashes are a 404 naming the fix)
+        route("/v2/", _server_metadata, ["GET"]),
         route("/v2/models/{name}", _model_metadata, ["GET"]),
         route("/v2/models/{name}/versions/{version}", _model_metadata, ["GET"]),
         route("/v2/models/{name}/ready", _model_ready, ["GET"]),
