@@ -128,6 +128,10 @@ def test_transport_errors(gated: tuple[TestClient, ServerState, Path]) -> None:
         r = client.request(method, path, content=data or None, headers=headers)
         assert r.status_code == status and message in r.json()["error"], (path, r.status_code, r.text)
         assert r.headers["content-type"] == "application/json"
+        if status == 413:   # the value and the fix: fewer rows, or a higher limit (was the value alone)
+            assert r.json()["error"].endswith("or bin/serve --max-body-bytes)"), r.text
+    r = client.post("/v1/models/digits:predict", content=b"x" * 5000)
+    assert r.status_code == 413 and "send fewer rows per request" in r.json()["error"], r.text
 
 
 def test_metrics_and_metadata(gated: tuple[TestClient, ServerState, Path]) -> None:
