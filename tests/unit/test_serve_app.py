@@ -72,6 +72,8 @@ def test_ready_only_after_the_weights_load(gated: tuple[TestClient, ServerState,
     r = client.get("/v2/health/ready")
     assert r.status_code == 503 and r.json() == {"ready": False}
     assert client.get("/v2/models/digits/ready").status_code == 503
+    r = client.get("/v1/models/digits")   # KServe's v1 readiness route: was a 200 while loading
+    assert r.status_code == 503 and r.json() == {"name": "digits", "ready": False}
     assert client.get("/v2/models/digits").status_code == 200  # metadata needs no weights
     r = client.post("/v2/models/digits/infer", content=_body(np.ones((1, 64), np.float32)))
     assert r.status_code == 503 and "not loaded yet" in r.json()["error"]
@@ -83,8 +85,10 @@ def test_ready_only_after_the_weights_load(gated: tuple[TestClient, ServerState,
     gc.unfreeze()
     assert client.get("/v2/models/digits/versions/1/ready").json() == {"name": "digits", "ready": True}
     assert "mlbuild_model_ready 1.0" in client.get("/metrics").text
+    assert client.get("/v1/models/digits").status_code == 200
     state.begin_drain()
     assert client.get("/v2/health/ready").status_code == 503
+    assert client.get("/v1/models/digits").status_code == 503
     assert "mlbuild_model_ready 0.0" in client.get("/metrics").text
 
 

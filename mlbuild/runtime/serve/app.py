@@ -256,7 +256,9 @@ async def _v1_status(request: Request, state: ServerState) -> Response:
     if request.method not in ("GET", "HEAD"):
         return _not_allowed(request, "GET")
     _check(request, state)
-    return _json({"name": state.pkg.name, "ready": state.ready})
+    # 503 while not ready, as the v2 model-ready route and KServe's v1 server answer: a readiness
+    # probe on this path (KServe's v1 health route) took a loading or draining server as ready
+    return _json({"name": state.pkg.name, "ready": state.ready}, 200 if state.ready else 503)
 
 
 async def _v1_predict(request: Request, state: ServerState) -> Response:
