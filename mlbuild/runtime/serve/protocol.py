@@ -104,9 +104,22 @@ def _after_json(body: bytes) -> int:
     return len(body) - end if isinstance(obj, dict) and body[end:].strip() else 0
 
 
+def _json_type(value: Any) -> str:
+    """What JSON calls ``value``'s type (a client wrote JSON: null, not NoneType; a string, not str)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return "a string" if isinstance(value, str) else "a number"
+
+
 def _check_id(request_id: Any) -> str | None:
     if request_id is not None and not isinstance(request_id, str):
-        raise _bad(f"id must be a string, got {type(request_id).__name__}")
+        raise _bad(f"id must be a string, got {_json_type(request_id)}")
     if request_id is not None and len(request_id) > MAX_ID_LENGTH:
         raise _bad(f"id is {len(request_id)} characters long; the limit is {MAX_ID_LENGTH}: send a shorter id")
     return request_id
@@ -119,7 +132,7 @@ def _parameters(item: dict[str, Any], where: str) -> dict[str, Any]:
     if params is None:
         return {}
     if not isinstance(params, dict):
-        raise _bad(f"{where}parameters must be an object, got {type(params).__name__}")
+        raise _bad(f"{where}parameters must be an object, got {_json_type(params)}")
     return params
 
 
@@ -292,7 +305,7 @@ def _decode_infer(pkg: Package, body: bytes, header_length: str | None) -> tuple
         header, binary = view, view[:0]
     req = _loads(header, "request", binary_hint=header_length is None)
     if not isinstance(req, dict):
-        raise _bad(f"request must be a JSON object, got {type(req).__name__}")
+        raise _bad(f"request must be a JSON object, got {_json_type(req)}")
     request_id = _check_id(req.get("id"))
     params = _parameters(req, "")
     binary_output = params.get("binary_data_output", False)
