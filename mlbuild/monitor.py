@@ -85,9 +85,11 @@ def without_live_alert(project: Project, model: str) -> list[str]:
 # The routes whose latency is inference: v2 infer (tritonclient adds /versions/{version} when given
 # a model_version) and the v1 predict route (serve/app.py names them so in the metrics).
 INFER_ROUTES = r"/v2/models/\\{name\\}(/versions/\\{version\\})?/infer|/v1/models/\\{name\\}:predict"
-# Requests no client makes: Prometheus's scrape and the health and readiness probes. They are most
-# requests of a quiet server, and in the error rate they hid a server failing every client request.
-NOT_CLIENT_ROUTES = r"/metrics|/v2/health/(live|ready)|/v2/models/\\{name\\}(/versions/\\{version\\})?/ready"
+# Requests no client makes: Prometheus's scrape and the health and readiness probes (KServe's v1
+# one, /v1/models/{name}, among them: a 503 while loading or draining). They are most requests of a
+# quiet server, and in the error rate they hid a server failing every client request.
+NOT_CLIENT_ROUTES = (r"/metrics|/v2/health/(live|ready)|/v2/models/\\{name\\}(/versions/\\{version\\})?/ready"
+                     r"|/v1/models/\\{name\\}")
 
 
 #: A Prometheus duration (15s, 1m30s, 500ms): its units, largest first, in seconds.

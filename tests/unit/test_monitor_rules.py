@@ -143,7 +143,7 @@ def test_the_error_rate_is_of_the_requests_clients_make(tree) -> None:  # type: 
                   {"12m": False}, alert="MlbuildHighErrorRate", labels={})
     # a failing readiness probe is no client's error (a draining server answers 503 on purpose)
     promtool_test(root / "conf", [requests("/v2/health/ready", "503", 1), requests("/v2/models/{name}/ready", "503", 1),
-                                  requests("/v2/models/{name}/infer", "200", 1)],
+                                  requests("/v1/models/{name}", "503", 1), requests("/v2/models/{name}/infer", "200", 1)],
                   {"12m": False}, alert="MlbuildHighErrorRate", labels={})
 
 

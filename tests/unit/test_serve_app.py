@@ -72,6 +72,8 @@ def test_ready_only_after_the_weights_load(gated: tuple[TestClient, ServerState,
     r = client.get("/v2/health/ready")
     assert r.status_code == 503 and r.json() == {"ready": False}
     assert client.get("/v2/models/digits/ready").status_code == 503
+    r = client.get("/v1/models/digits")   # KServe's v1 readiness route: was a 200 while loading
+    assert r.status_code == 503 and r.json() == {"name": "digits", "ready": False}
     assert client.get("/v2/models/digits").status_code == 200  # metadata needs no weights
     r = client.post("/v2/models/digits/infer", content=_body(np.ones((1, 64), np.float32)))
     assert r.status_code == 503 and "not loaded yet" in r.json()["error"]
@@ -83,8 +85,10 @@ def test_ready_only_after_the_weights_load(gated: tuple[TestClient, ServerState,
     gc.unfreeze()
     assert client.get("/v2/models/digits/versions/1/ready").json() == {"name": "digits", "ready": True}
     assert "mlbuild_model_ready 1.0" in client.get("/metrics").text
+    assert client.get("/v1/models/digits").status_code == 200
     state.begin_drain()
     assert client.get("/v2/health/ready").status_code == 503
+    assert client.get("/v1/models/digits").status_code == 503
     assert "mlbuild_model_ready 0.0" in client.get("/metrics").text
 
 
@@ -128,6 +132,10 @@ def test_transport_errors(gated: tuple[TestClient, ServerState, Path]) -> None:
         r = client.request(method, path, content=data or None, headers=headers)
         assert r.status_code == status and message in r.json()["error"], (path, r.status_code, r.text)
         assert r.headers["content-type"] == "application/json"
+        if status == 413:   # the value and the fix: fewer rows, or a higher limit (was the value alone)
+            assert r.json()["error"].endswith("or bin/serve --max-body-bytes)"), r.text
+    r = client.post("/v1/models/digits:predict", content=b"x" * 5000)
+    assert r.status_code == 413 and "send fewer rows per request" in r.json()["error"], r.text
 
 
 def test_metrics_and_metadata(gated: tuple[TestClient, ServerState, Path]) -> None:
@@ -345,6 +353,16 @@ def test_routing_errors_name_the_fix(served: tuple[TestClient, ServerState]) -> 
     r = client.post("/v2/models/digits/infer", content=head + binary,
                     headers={"Content-Type": "application/octet-stream"})
     assert r.status_code == 400 and "Inference-Header-Content-Length" in r.json()["error"], r.text
+
+
+def test_server_metadata_is_also_at_the_path_the_protocols_openapi_names(served: tuple[TestClient, ServerState]) -> None:
+    """open_inference_rest.yaml (KServe's open-inference-protocol) gives server metadata as `GET /v2/`:
+    a client generated from it got a 404 ("drop the trailing slash")."""
+    client, _ = served
+    for path in ("/v2", "/v2/"):
+        r = client.get(path, follow_redirects=False)
+        assert r.status_code == 200 and set(r.json()) >= {"name", "version", "extensions"}, (path, r.text)
+    assert client.get("/v2/health/live/").status_code == 404
 
 
 def test_other_routes_failing_are_not_called_inference(served: tuple[TestClient, ServerState],

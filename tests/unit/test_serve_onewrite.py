@@ -373,6 +373,28 @@ def test_a_parse_error_in_a_big_read_is_one_400(strict: int) -> None:
     assert statuses == [400]
 
 
+def test_an_upgrade_with_a_body_is_refused_not_answered_with_the_body_lost() -> None:
+    """`curl --http2 -d ... http://...` asks for h2c with its body: httptools handed the app an empty
+    body (the server answered "request is not valid JSON") and parsed the body as the next request.
+    Now a JSON 400 names the Upgrade and the fix; an upgrade without a body is served as before."""
+    statuses: list[int] = []
+    base = protocol_class(request_timeout=0.5, refused=statuses.append)
+    assert not isinstance(base, str)
+    upgrade = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+    with _serving(base) as port:
+        for framing in (b"Content-Length: 5\r\n\r\nhello", b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"):
+            answer, _ = _answer(port, b"POST /echo HTTP/1.1\r\nHost: x\r\n" + upgrade + framing)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400 ") and b"application/json" in head and answer.count(b"HTTP/1.1 ") == 1
+            assert b"'h2c'" in body and b"--http1.1" in body, body
+        answer, _ = _answer(port, b"GET / HTTP/1.1\r\nHost: x\r\n" + upgrade + b"Connection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"hello"), answer
+        answer, _ = _answer(port, b"POST /echo HTTP/1.1\r\nHost: x\r\n" + upgrade + b"Content-Length: 0\r\n"
+                                  b"Connection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert statuses == [400, 400]
+
+
 def test_lingering_after_an_early_answer_is_bounded(strict: int) -> None:
     """A client that goes on sending after the answer is cut off after the linger (here 0.5 s)."""
     started = time.monotonic()

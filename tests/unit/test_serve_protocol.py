@@ -69,11 +69,32 @@ def test_json_data_may_be_nested_and_ints() -> None:
     assert req.outputs == [("probabilities", False), ("label", False)] and req.id is None
 
 
+def test_null_parameters_are_none() -> None:
+    """A Go client's nil map (no omitempty) or an optional field left unset sends "parameters": null,
+    on the request, an input or an output; it was refused ("parameters must be an object") while a
+    null id or outputs was taken as none."""
+    body = json.dumps({"id": None, "parameters": None, "outputs": [{"name": "label", "parameters": None}],
+                       "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0, 1, 2, 3],
+                                   "parameters": None}]}).encode()
+    req = decode_infer(PKG, body, None)
+    assert req.array.tolist() == [[0, 1, 2, 3]] and req.outputs == [("label", False)]
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    triton, n = _triton(x)
+    head = json.loads(triton[:int(n or 0)])
+    head["parameters"] = None
+    raw = json.dumps(head).encode()
+    assert InferCodec(PKG).decode(raw + triton[int(n or 0):], str(len(raw))).outputs == [
+        ("probabilities", False), ("label", False)]
+
+
 @pytest.mark.parametrize(("body", "message"), [
     (b"{", "not valid JSON"),
     (b"\xff\xfe", "not valid JSON"),
     (b"[" * 100_000, "not valid JSON: nested too deeply"),
-    (b"[]", "must be a JSON object"),
+    (b"[]", "must be a JSON object, got an array"),
+    (b"null", "must be a JSON object, got null"),   # was "got NoneType": Python's name, not JSON's
+    (_json_body([0.0] * 8, id=True), "id must be a string, got a boolean"),
+    (_json_body([0.0] * 8, parameters="x"), "parameters must be an object, got a string"),
     (b"{}", "inputs must be a non-empty list"),
     (_json_body([0.0] * 8, datatype="FP64"), "datatype 'FP64', the model expects FP32"),
     (_json_body([0.0] * 8, shape=(2, 5)), "does not match the model's [-1, 4]"),
@@ -89,7 +110,7 @@ def test_json_data_may_be_nested_and_ints() -> None:
     (_json_body([0.0] * 7 + [1e39]), "NaN or infinity"),
     (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 4], "data": [NaN, 0,0,0,0,0,0,0]}]}',
      "NaN or infinity"),
-    (_json_body([0.0] * 8, id=3), "id must be a string"),
+    (_json_body([0.0] * 8, id=3), "id must be a string, got a number"),
     (_json_body([0.0] * 8, parameters=[]), "parameters must be an object"),
     (_json_body([0.0] * 8, parameters={"binary_data_output": "yes"}), "binary_data_output"),
     (_json_body([0.0] * 8, outputs=[{"name": "x"}]), "unknown output 'x'"),
@@ -137,15 +158,36 @@ def test_binary_sizes_are_checked() -> None:
     ("BOOL", [True, False, True, True], True),
     ("BOOL", [1, 0, 1, 1], False),
     ("FP16", [1.0, 2, 3, 70000.0], False),
+    ("UINT64", [0, 2**64 - 1, 1, 2**63], True),   # numpy alone reads these as float64
+    ("UINT64", [[2**63, 2**63 + 1], [2, 3]], True),
+    ("UINT64", [0, 2**64, 1, 2], False),
+    ("INT64", [-1, 2**63, 0, 1], False),
 ])
 def test_other_datatypes(datatype: str, data: list[Any], ok: bool) -> None:
     pkg = _pkg(datatype)
     body = _json_body(data, shape=(1, 4), datatype=datatype)
     if ok:
         arr = decode_infer(pkg, body, None).array
-        assert arr.dtype == np.dtype(pkg.input.dtype) and arr.ravel().tolist() == data
+        assert arr.dtype == np.dtype(pkg.input.dtype) and arr.ravel().tolist() == np.asarray(data, dtype=object).ravel().tolist()
     else:
         _error(body, pkg=pkg)
+
+
+def test_integers_beyond_int64_are_integers_not_floats() -> None:
+    """numpy reads [0, 2**64 - 1] as float64: a UINT64 request of such values was refused as floats
+    ("write whole numbers as 1, not 1.0"), and a value out of an integer type's range was named so
+    only when numpy happened to read it as an integer."""
+    pkg = _pkg("UINT64")
+    big = [0, 2**64 - 1, 2**63, 7]
+    assert decode_infer(pkg, _json_body(big, shape=(1, 4), datatype="UINT64"), None).array.tolist() == [big]
+    assert decode_predict(pkg, json.dumps({"instances": [big]}).encode()).array.tolist() == [big]
+    for datatype, data in (("UINT64", [0, 2**64, 1, 2]), ("INT64", [-1, 2**63, 0, 1]), ("INT64", [2**64, 0, 0, 0])):
+        err = _error(_json_body(data, shape=(1, 4), datatype=datatype), pkg=_pkg(datatype))
+        assert err.message == f"input 'input': values out of range for {datatype}"
+    err = _error(_json_body([2**64, 0.5, 0, 0], shape=(1, 4), datatype="UINT64"), pkg=pkg)
+    assert "needs integers" in err.message
+    err = _error(_json_body([], shape=(1, 0), datatype="UINT64"), pkg=_pkg("UINT64", (-1, -1)))
+    assert err.message == "input 'input': data is empty; datatype UINT64 needs integers"
 
 
 def test_binary_bool_bytes_are_0_or_1() -> None:

@@ -256,7 +256,9 @@ async def _v1_status(request: Request, state: ServerState) -> Response:
     if request.method not in ("GET", "HEAD"):
         return _not_allowed(request, "GET")
     _check(request, state)
-    return _json({"name": state.pkg.name, "ready": state.ready})
+    # 503 while not ready, as the v2 model-ready route and KServe's v1 server answer: a readiness
+    # probe on this path (KServe's v1 health route) took a loading or draining server as ready
+    return _json({"name": state.pkg.name, "ready": state.ready}, 200 if state.ready else 503)
 
 
 async def _v1_predict(request: Request, state: ServerState) -> Response:
@@ -341,6 +343,9 @@ def create_app(state: ServerState) -> Callable[[Scope, Receive, Send], Awaitable
         route("/v2/health/live", _live, ["GET"]),
         route("/v2/health/ready", _ready, ["GET"]),
         route("/v2", _server_metadata, ["GET"]),
+        # the protocol's OpenAPI (open_inference_rest.yaml) names this route `/v2/`: a client
+        # generated from it asks there (other trailing slashes are a 404 naming the fix)
+        route("/v2/", _server_metadata, ["GET"]),
         route("/v2/models/{name}", _model_metadata, ["GET"]),
         route("/v2/models/{name}/versions/{version}", _model_metadata, ["GET"]),
         route("/v2/models/{name}/ready", _model_ready, ["GET"]),

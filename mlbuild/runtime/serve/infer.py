@@ -32,6 +32,11 @@ log = logging.getLogger("mlbuild.serve")
 _MEDIA_TYPES = {"", "application/json", "application/octet-stream", "text/plain", "application/x-www-form-urlencoded"}
 
 
+#: What a client refused for its body's size can do about it (the 413's message ends with it).
+TOO_LARGE_FIX = ("send fewer rows per request (binary tensors take ~4 bytes a value, JSON ~20), or serve with "
+                 "a higher limit (mlbuild.toml [models.NAME.serve] max_body_bytes, or bin/serve --max-body-bytes)")
+
+
 def _body_encoding(headers: Mapping[str, str], limit: int) -> str:
     """The body's Content-Encoding, once its media type, encoding and declared size are checked."""
     media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -43,7 +48,8 @@ def _body_encoding(headers: Mapping[str, str], limit: int) -> str:
         raise ProtocolError(415, f"Content-Encoding {encoding!r:.50} is not supported; use gzip, deflate or none")
     length = headers.get("content-length", "")
     if length.isascii() and length.isdigit() and int(length) > limit:
-        raise ProtocolError(413, f"request body of {length} bytes is over the server's limit of {limit} bytes")
+        raise ProtocolError(413, f"request body of {length} bytes is over the server's limit of {limit} bytes; "
+                                 f"{TOO_LARGE_FIX}")
     return encoding
 
 
@@ -54,7 +60,8 @@ async def _gather(stream: AsyncIterator[bytes], limit: int, first: bytes = b"") 
     async for chunk in stream:
         total += len(chunk)
         if total > limit:
-            raise ProtocolError(413, f"request body is over the server's limit of {limit} bytes")
+            raise ProtocolError(413, f"request body is over the server's limit of {limit} bytes; "
+                                     f"{TOO_LARGE_FIX}")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -68,7 +75,8 @@ def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
     except zlib.error as e:
         raise ProtocolError(400, f"request body is not valid {encoding} data: {e}") from None
     if len(out) > limit:
-        raise ProtocolError(413, f"decompressed request body is over the server's limit of {limit} bytes")
+        raise ProtocolError(413, f"decompressed request body is over the server's limit of {limit} bytes; "
+                                 f"{TOO_LARGE_FIX}")
     if not inflater.eof:
         raise ProtocolError(400, f"request body is truncated {encoding} data")
     return out
@@ -90,7 +98,8 @@ async def receive_body(headers: Mapping[str, str], receive: Receive, limit: int)
         raise ClientDisconnect()
     body: bytes = message.get("body", b"")
     if len(body) > limit:
-        raise ProtocolError(413, f"request body is over the server's limit of {limit} bytes")
+        raise ProtocolError(413, f"request body is over the server's limit of {limit} bytes; "
+                                 f"{TOO_LARGE_FIX}")
     if message.get("more_body", False):
         body = await _gather(_receive_body(receive), limit, body)
     return _inflate(body, encoding, limit)

@@ -28,7 +28,8 @@ The same protocol bounds what one client can hold, which uvicorn's httptools pro
   ``request_timeout`` seconds after their first byte (a 408, as nginx's ``client_header_timeout``:
   a client trickling a byte of headers every 29 s held its connection for days);
 - a request the HTTP parser refuses (a bad Content-Length, a bad chunk) gets a JSON 400 like every
-  other error, not uvicorn's text/plain one;
+  other error, not uvicorn's text/plain one, as does one asking to upgrade (h2c) with a body,
+  which the parser would hand to the app empty;
 - pipelined requests: at most one read of them waits to be answered (uvicorn read on after every
   answer, and a client that never read its answers filled the server's memory).
 
@@ -63,8 +64,9 @@ LINGER = 5.0
 ACCEPT_BATCH = 256
 
 
-class _HeadTooLarge(Exception):
-    """Raised in a parser callback, once the 431 is written: the parser stops there."""
+class _Answered(Exception):
+    """Raised in a parser callback once the protocol answered the request itself (a 431, a 400 for
+    an upgrade with a body): the parser stops there and no request starts."""
 
 
 def _json_error(transport: Any, status: int, reason: str, message: str) -> None:
@@ -318,8 +320,26 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
             if self._head_bytes > MAX_HEAD and len(self.url) + sum(
                     len(n) + len(v) + 4 for n, v in self.headers) > MAX_HEAD:
                 self._head_too_large()
-                raise _HeadTooLarge()   # stops the parser: no request starts
+                raise _Answered()   # stops the parser: no request starts
+            if self.parser.should_upgrade() and any(
+                    n == b"transfer-encoding" or (n == b"content-length" and v.strip() not in (b"", b"0"))
+                    for n, v in self.headers):
+                self._upgrade_with_body()
+                raise _Answered()
             super().on_headers_complete()
+
+        # -- an Upgrade (h2c: `curl --http2`) with a body: httptools takes the bytes after the head
+        # as the new protocol's, so the app read an empty body ("request is not valid JSON") and
+        # the body was then parsed as the next request. This server does not switch protocols.
+        def _upgrade_with_body(self) -> None:
+            self._waiting = False
+            refused(400)
+            upgrade = next((v for n, v in self.headers if n == b"upgrade"), b"").decode("latin-1")
+            _json_error(self.transport, 400, "Bad Request",
+                        f"the request asks to switch to {upgrade[:50]!r} (its Upgrade header), which this server "
+                        "does not speak, so its body cannot be read; send it as plain HTTP/1.1, without "
+                        "Upgrade and Connection: Upgrade (curl: --http1.1, not --http2)")
+            self._linger()
 
         def on_message_complete(self) -> None:
             self._waiting, self._in_head, self._head_bytes = False, True, 0

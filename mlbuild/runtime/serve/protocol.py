@@ -104,12 +104,36 @@ def _after_json(body: bytes) -> int:
     return len(body) - end if isinstance(obj, dict) and body[end:].strip() else 0
 
 
+def _json_type(value: Any) -> str:
+    """What JSON calls ``value``'s type (a client wrote JSON: null, not NoneType; a string, not str)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return "a string" if isinstance(value, str) else "a number"
+
+
 def _check_id(request_id: Any) -> str | None:
     if request_id is not None and not isinstance(request_id, str):
-        raise _bad(f"id must be a string, got {type(request_id).__name__}")
+        raise _bad(f"id must be a string, got {_json_type(request_id)}")
     if request_id is not None and len(request_id) > MAX_ID_LENGTH:
         raise _bad(f"id is {len(request_id)} characters long; the limit is {MAX_ID_LENGTH}: send a shorter id")
     return request_id
+
+
+def _parameters(item: dict[str, Any], where: str) -> dict[str, Any]:
+    """``item``'s parameters object; a JSON null, as a client with a nil map or an unset optional
+    field sends it, is none (as a null ``id`` or ``outputs`` is)."""
+    params = item.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise _bad(f"{where}parameters must be an object, got {_json_type(params)}")
+    return params
 
 
 def _is_int(x: Any) -> bool:
@@ -140,6 +164,15 @@ def _has_bool(data: Any) -> bool:
     return bool in set(map(type, data))
 
 
+def _only_ints(data: Any) -> bool:
+    """Whether a regular nested list holds JSON integers only (no floats, booleans or others)."""
+    if type(data) is int:
+        return True
+    if type(data) is not list:
+        return False
+    return all(map(_only_ints, data))
+
+
 def accepted_kinds(datatype: str) -> tuple[str, str]:
     """The numpy kinds a request's values may have for ``datatype`` (they are cast to it), and
     what to call them: booleans for BOOL, integers for the integer types, numbers for the rest."""
@@ -158,11 +191,16 @@ def _from_json_data(spec: TensorSpec, data: Any, shape: tuple[int, ...], datatyp
         raise _bad(f"input {spec.name!r}: data is not a regular array of numbers") from None
     kind = arr.dtype.kind
     allowed, needs = accepted_kinds(datatype)
+    if allowed == "iu" and kind in "fO" and arr.size and _only_ints(data):
+        # numpy reads integers beyond INT64 (UINT64's upper half) beside smaller or negative ones
+        # as floats, and beyond UINT64 as objects: keep them as the integers they are (the
+        # range check below names what is out of range)
+        arr, kind = np.asarray(data, dtype=object), "i"
     if kind not in allowed or arr.size != math.prod(shape):
         if kind not in allowed:
             what = "empty" if arr.size == 0 else "not numbers" if kind not in "biuf" else f"of kind {arr.dtype}"
             # a float array's .tolist() sends 1.0 for 1: JSON integers have no fraction
-            hint = " (write whole numbers as 1, not 1.0)" if allowed == "iu" and kind == "f" else ""
+            hint = " (write whole numbers as 1, not 1.0)" if allowed == "iu" and kind == "f" and arr.size else ""
             raise _bad(f"input {spec.name!r}: data is {what}; datatype {datatype} needs {needs}{hint}")
         raise _bad(f"input {spec.name!r}: data has {arr.size} element(s), shape {list(shape)} needs {math.prod(shape)}")
     if kind != "b" and _has_bool(data):  # numpy would silently read true/false as 1/0
@@ -181,9 +219,7 @@ def _decode_input(spec: TensorSpec, item: dict[str, Any], binary: memoryview, of
     if datatype != spec.datatype:
         raise _bad(f"input {spec.name!r}: datatype {datatype!r:.50}, the model expects {spec.datatype}")
     shape = _check_shape(spec, item.get("shape"))
-    params = item.get("parameters", {})
-    if not isinstance(params, dict):
-        raise _bad(f"input {spec.name!r}: parameters must be an object")
+    params = _parameters(item, f"input {spec.name!r}: ")
     for unsupported in ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"):
         if unsupported in params:
             raise _bad(f"input {spec.name!r}: shared memory is not supported")
@@ -236,9 +272,7 @@ def _requested_outputs(pkg: Package, raw: Any, default_binary: bool) -> list[tup
             raise _bad(f"unknown output {name!r:.100}; the model has {[s.name for s in pkg.outputs]}")
         if any(name == n for n, _ in result):
             raise _bad(f"output {name!r} requested twice")
-        params = item.get("parameters", {})
-        if not isinstance(params, dict):
-            raise _bad(f"output {name!r}: parameters must be an object")
+        params = _parameters(item, f"output {name!r}: ")
         if params.get("classification") not in (None, 0):
             raise _bad(f"output {name!r}: the classification extension is not supported; "
                        "read the probabilities and label outputs")
@@ -271,11 +305,9 @@ def _decode_infer(pkg: Package, body: bytes, header_length: str | None) -> tuple
         header, binary = view, view[:0]
     req = _loads(header, "request", binary_hint=header_length is None)
     if not isinstance(req, dict):
-        raise _bad(f"request must be a JSON object, got {type(req).__name__}")
+        raise _bad(f"request must be a JSON object, got {_json_type(req)}")
     request_id = _check_id(req.get("id"))
-    params = req.get("parameters", {})
-    if not isinstance(params, dict):
-        raise _bad("parameters must be an object")
+    params = _parameters(req, "")
     binary_output = params.get("binary_data_output", False)
     if not isinstance(binary_output, bool):
         raise _bad("parameters.binary_data_output must be true or false")
