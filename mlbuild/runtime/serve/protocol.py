@@ -164,13 +164,17 @@ def _has_bool(data: Any) -> bool:
     return bool in set(map(type, data))
 
 
-def _only_ints(data: Any) -> bool:
-    """Whether a regular nested list holds JSON integers only (no floats, booleans or others)."""
-    if type(data) is int:
-        return True
+def _leaf_types(data: Any) -> set[type]:
+    """The types of the values in a nested list (int, float, bool, str, NoneType, dict)."""
     if type(data) is not list:
-        return False
-    return all(map(_only_ints, data))
+        return {type(data)}
+    types = set(map(type, data))
+    if list in types:
+        types.discard(list)
+        for row in data:
+            if type(row) is list:
+                types |= _leaf_types(row)
+    return types
 
 
 def accepted_kinds(datatype: str) -> tuple[str, str]:
@@ -191,11 +195,20 @@ def _from_json_data(spec: TensorSpec, data: Any, shape: tuple[int, ...], datatyp
         raise _bad(f"input {spec.name!r}: data is not a regular array of numbers") from None
     kind = arr.dtype.kind
     allowed, needs = accepted_kinds(datatype)
-    if allowed == "iu" and kind in "fO" and arr.size and _only_ints(data):
+    if kind != "b" and allowed != "b" and _has_bool(data):  # numpy would silently read true/false as 1/0
+        raise _bad(f"input {spec.name!r}: data holds true/false; datatype {datatype} needs {needs}")
+    if arr.size and allowed != "b" and (kind == "O" or kind == "f" and allowed == "iu"):
         # numpy reads integers beyond INT64 (UINT64's upper half) beside smaller or negative ones
-        # as floats, and beyond UINT64 as objects: keep them as the integers they are (the
-        # range check below names what is out of range)
-        arr, kind = np.asarray(data, dtype=object), "i"
+        # as floats, and beyond UINT64 as objects, even beside floats (JavaScript and Go write 1e20
+        # as 100000000000000000000): take the numbers JSON gave
+        types = _leaf_types(data)
+        if allowed == "iu" and types == {int}:   # the range check below names what is out of range
+            arr, kind = np.asarray(data, dtype=object), "i"
+        elif kind == "O" and types <= {int, float}:
+            try:
+                arr, kind = np.asarray(data, dtype=np.float64), "f"
+            except OverflowError:   # an integer beyond float64's range
+                raise _bad(f"input {spec.name!r}: data holds a number beyond {datatype}'s range") from None
     if kind not in allowed or arr.size != math.prod(shape):
         if kind not in allowed:
             what = "empty" if arr.size == 0 else "not numbers" if kind not in "biuf" else f"of kind {arr.dtype}"
@@ -203,8 +216,6 @@ def _from_json_data(spec: TensorSpec, data: Any, shape: tuple[int, ...], datatyp
             hint = " (write whole numbers as 1, not 1.0)" if allowed == "iu" and kind == "f" and arr.size else ""
             raise _bad(f"input {spec.name!r}: data is {what}; datatype {datatype} needs {needs}{hint}")
         raise _bad(f"input {spec.name!r}: data has {arr.size} element(s), shape {list(shape)} needs {math.prod(shape)}")
-    if kind != "b" and _has_bool(data):  # numpy would silently read true/false as 1/0
-        raise _bad(f"input {spec.name!r}: data holds true/false; datatype {datatype} needs numbers")
     if datatype in _INT_BOUNDS and arr.size:
         lo, hi = _INT_BOUNDS[datatype]
         if int(arr.min()) < lo or int(arr.max()) > hi:
