@@ -154,6 +154,7 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
     ``listener``: the socket the server listens on, whose waiting connections each new connection
     accepts at once (the loop's own accept takes one per iteration)."""
     try:
+        import httptools
         from uvicorn.protocols.http.flow_control import FlowControl
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
     except ImportError:  # no httptools: uvicorn's h11 protocol, as it is
@@ -172,7 +173,9 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
         def resume_reading(self) -> None:
             if not self.pipeline:   # else: once the last waiting request has started
                 super().resume_reading()
-    if not hasattr(HttpToolsProtocol, "_start_asgi_task") or not hasattr(RequestResponseCycle, "send"):
+    if not all(hasattr(HttpToolsProtocol, name) for name in (
+            "_start_asgi_task", "_unset_keepalive_if_required", "_should_upgrade", "handle_websocket_upgrade")) \
+            or not hasattr(RequestResponseCycle, "send"):
         return "auto"
 
     sweep_every = min(1.0, request_timeout / 4)
@@ -292,10 +295,31 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
             self._since = self.loop.time()
             if self._in_head:
                 self._head_bytes += len(data)
-            super().data_received(data)
+            self._feed(data)
             if (self._in_head and self._head_bytes > MAX_HEAD and not self._linger_until
                     and not self.transport.is_closing()):
                 self._head_too_large()   # still incomplete, and over the limit already (and not answered)
+
+        def _feed(self, data: bytes) -> None:
+            """uvicorn's data_received, but for the bytes after a request asking to upgrade (h2c, or a
+            websocket with no websocket library), answered as plain HTTP: httptools stops at its
+            head, and uvicorn dropped the rest of the read, so a request pipelined behind it was
+            never answered (the client waited for it until the keep-alive timeout)."""
+            self._unset_keepalive_if_required()
+            while data:
+                try:
+                    self.parser.feed_data(data)
+                    return
+                except httptools.HttpParserError:
+                    self.logger.warning("Invalid HTTP request received.")
+                    self.send_400_response("Invalid HTTP request received.")
+                    return
+                except httptools.HttpParserUpgrade as upgrade:
+                    if self._should_upgrade():   # a websocket library is installed: uvicorn's websocket protocol
+                        self.handle_websocket_upgrade()
+                        return
+                    # not switching (no 101 was sent): what follows is HTTP/1.1 again (RFC 9110 7.8)
+                    data = data[upgrade.args[0]:] if upgrade.args and isinstance(upgrade.args[0], int) else b""
 
         def _head_too_large(self) -> None:
             self._waiting = False
