@@ -96,7 +96,7 @@ def test_null_parameters_are_none() -> None:
     (_json_body([0.0] * 8, id=True), "id must be a string, got a boolean"),
     (_json_body([0.0] * 8, parameters="x"), "parameters must be an object, got a string"),
     (b"{}", "inputs must be a non-empty list"),
-    (_json_body([0.0] * 8, datatype="FP64"), "datatype 'FP64', the model expects FP32"),
+    (_json_body([0.0] * 8, datatype="FP64"), 'datatype "FP64", the model expects FP32'),
     (_json_body([0.0] * 8, shape=(2, 5)), "does not match the model's [-1, 4]"),
     (_json_body([0.0] * 8, shape=(0, 4)), "has no rows"),
     (_json_body([0.0] * 8, shape=(2, "4")), "shape must be a list of integers"),
@@ -206,6 +206,25 @@ def test_json_integers_beyond_uint64_are_numbers() -> None:
     err = _error(_json_body([2**64, 0.5, 0, 0], shape=(1, 4), datatype="INT8"), pkg=_pkg("INT8"))
     assert err.message == ("input 'input': data is of kind float64; datatype INT8 needs integers "
                            "(write whole numbers as 1, not 1.0)")
+
+
+def test_bad_values_are_named_as_the_client_wrote_them() -> None:
+    """A client writes JSON: a bad datatype, shape or binary_data_size was shown as Python's repr
+    ("datatype None", "got [2, None]", "got '16'"), and a missing datatype as "datatype None"."""
+    def message(**item: Any) -> str:
+        entry = {"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0] * 4, **item}
+        return _error(json.dumps({"inputs": [{k: v for k, v in entry.items() if v is not ...}]}).encode()).message
+
+    assert message(datatype=None) == "input 'input': datatype null, the model expects FP32"
+    assert message(datatype=...) == "input 'input': no datatype, the model expects FP32"
+    assert message(shape=[1, None]) == "input 'input': shape must be a list of integers, got [1, null]"
+    assert message(shape="1,4") == 'input \'input\': shape must be a list of integers, got "1,4"'
+    assert message(shape=...) == ("input 'input': no shape; give its sizes, rows first (the model's: [-1, 4], "
+                                  "-1 meaning any size)")
+    head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
+                                   "parameters": {"binary_data_size": "16"}}]}).encode()
+    assert _error(head + bytes(16), str(len(head))).message == (
+        'input \'input\': binary_data_size must be a non-negative integer, got "16"')
 
 
 def test_binary_bool_bytes_are_0_or_1() -> None:

@@ -117,6 +117,12 @@ def _json_type(value: Any) -> str:
     return "a string" if isinstance(value, str) else "a number"
 
 
+def _json_value(value: Any, limit: int) -> str:
+    """``value`` as the client wrote it (JSON: null, true, "x"; not Python's None, True, 'x'), cut at ``limit``."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _check_id(request_id: Any) -> str | None:
     if request_id is not None and not isinstance(request_id, str):
         raise _bad(f"id must be a string, got {_json_type(request_id)}")
@@ -142,7 +148,7 @@ def _is_int(x: Any) -> bool:
 
 def _check_shape(spec: TensorSpec, shape: Any) -> tuple[int, ...]:
     if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
-        raise _bad(f"input {spec.name!r}: shape must be a list of integers, got {shape!r:.200}")
+        raise _bad(f"input {spec.name!r}: shape must be a list of integers, got {_json_value(shape, 200)}")
     if len(shape) == len(spec.shape) and any(d < 0 for d in shape):
         raise _bad(f"input {spec.name!r}: shape {shape}: {min(shape)} is not a size; a request gives its actual "
                    f"row count and sizes (the model's {list(spec.shape)}: -1 there means any size)")
@@ -228,8 +234,12 @@ def _decode_input(spec: TensorSpec, item: dict[str, Any], binary: memoryview, of
                   has_binary: bool) -> tuple[np.ndarray, int]:
     datatype = item.get("datatype")
     if datatype != spec.datatype:
-        raise _bad(f"input {spec.name!r}: datatype {datatype!r:.50}, the model expects {spec.datatype}")
-    shape = _check_shape(spec, item.get("shape"))
+        given = f"datatype {_json_value(datatype, 50)}" if "datatype" in item else "no datatype"
+        raise _bad(f"input {spec.name!r}: {given}, the model expects {spec.datatype}")
+    if "shape" not in item:
+        raise _bad(f"input {spec.name!r}: no shape; give its sizes, rows first (the model's: {list(spec.shape)}, "
+                   "-1 meaning any size)")
+    shape = _check_shape(spec, item["shape"])
     params = _parameters(item, f"input {spec.name!r}: ")
     for unsupported in ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"):
         if unsupported in params:
@@ -239,7 +249,8 @@ def _decode_input(spec: TensorSpec, item: dict[str, Any], binary: memoryview, of
         if not has_binary:
             raise _bad(f"input {spec.name!r}: binary_data_size given, but no Inference-Header-Content-Length header")
         if not _is_int(size) or size < 0:
-            raise _bad(f"input {spec.name!r}: binary_data_size must be a non-negative integer, got {size!r:.50}")
+            raise _bad(f"input {spec.name!r}: binary_data_size must be a non-negative integer, "
+                       f"got {_json_value(size, 50)}")
         if "data" in item:
             raise _bad(f"input {spec.name!r}: both data and binary_data_size given")
         itemsize = np.dtype(spec.dtype).itemsize
