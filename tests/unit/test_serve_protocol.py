@@ -78,6 +78,15 @@ def test_null_parameters_are_none() -> None:
                                    "parameters": None}]}).encode()
     req = decode_infer(PKG, body, None)
     assert req.array.tolist() == [[0, 1, 2, 3]] and req.outputs == [("label", False)]
+    # a null parameter is unset too (a struct of pointers): it was refused as shared memory, or
+    # "must be true or false"
+    body = json.dumps({"parameters": {"binary_data_output": None},
+                       "outputs": [{"name": "label", "parameters": {"binary_data": None, "classification": None}}],
+                       "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0, 1, 2, 3],
+                                   "parameters": {"binary_data_size": None, "shared_memory_region": None,
+                                                  "shared_memory_byte_size": None}}]}).encode()
+    req = decode_infer(PKG, body, None)
+    assert req.array.tolist() == [[0, 1, 2, 3]] and req.outputs == [("label", False)]
     x = np.arange(4, dtype=np.float32).reshape(1, 4)
     triton, n = _triton(x)
     head = json.loads(triton[:int(n or 0)])

@@ -132,14 +132,16 @@ def _check_id(request_id: Any) -> str | None:
 
 
 def _parameters(item: dict[str, Any], where: str) -> dict[str, Any]:
-    """``item``'s parameters object; a JSON null, as a client with a nil map or an unset optional
-    field sends it, is none (as a null ``id`` or ``outputs`` is)."""
+    """``item``'s parameters object, without its null entries; a JSON null, as a client with a nil
+    map or an unset optional field sends it, is none (as a null ``id`` or ``outputs`` is), in the
+    object as for it ({"binary_data_size": null, "shared_memory_region": null} beside JSON data,
+    from a struct of pointers: it was refused as shared memory)."""
     params = item.get("parameters")
     if params is None:
         return {}
     if not isinstance(params, dict):
         raise _bad(f"{where}parameters must be an object, got {_json_type(params)}")
-    return params
+    return params if None not in params.values() else {k: v for k, v in params.items() if v is not None}
 
 
 def _is_int(x: Any) -> bool:
