@@ -395,6 +395,48 @@ def test_an_upgrade_with_a_body_is_refused_not_answered_with_the_body_lost() -> 
     assert statuses == [400, 400]
 
 
+@pytest.mark.parametrize("upgrade", [
+    b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n",
+    b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n"], ids=["h2c", "websocket"])
+def test_a_request_pipelined_behind_an_upgrade_is_answered(server: tuple[int, list[bytes]], upgrade: bytes) -> None:
+    """An upgrade without a body is answered as plain HTTP, and httptools stops at its head: uvicorn
+    dropped the rest of that read, so a request pipelined behind it was never answered (the client
+    waited until the keep-alive timeout)."""
+    port, _ = server
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + upgrade + b"\r\n"
+                  b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nend")
+        reply = b""
+        while not reply.endswith(b"end"):
+            chunk = s.recv(4096)
+            assert chunk, reply
+            reply += chunk
+    assert reply.count(b"HTTP/1.1 200 OK") == 2 and b"\r\n\r\nhello" in reply, reply
+
+
+@pytest.mark.parametrize("refused", [
+    b"GET / HTTP/1.1\r\nBad\x01Header: y\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 5\r\n\r\nhello"],
+    ids=["malformed", "upgrade-with-body"])
+def test_a_refusal_pipelined_behind_a_request_comes_after_its_answer(refused: bytes) -> None:
+    """A request the protocol refuses itself, pipelined behind one still being answered: its 400 was
+    written at once, so the client read it as the first request's answer, and that answer was lost."""
+    statuses: list[int] = []
+    base = protocol_class(request_timeout=5, refused=statuses.append)
+    assert not isinstance(base, str)
+    with _serving(base) as port:
+        answer, _ = _answer(port, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n" + refused)
+        # a bad chunk in the body of the request being answered is refused at once, as before
+        # (its app waits for that body: the refusal would wait for it for good)
+        bad_chunk, seconds = _answer(port, b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                           b"5\r\nhello\r\nZZZ\r\n")
+    first, _, rest = answer.partition(b"slow")
+    assert first.startswith(b"HTTP/1.1 200 OK") and rest.startswith(b"HTTP/1.1 400 Bad Request"), answer
+    assert rest.count(b"HTTP/1.1 ") == 1 and statuses == [400, 400]
+    assert bad_chunk.startswith(b"HTTP/1.1 400 Bad Request") and seconds < 3, bad_chunk
+
+
 def test_lingering_after_an_early_answer_is_bounded(strict: int) -> None:
     """A client that goes on sending after the answer is cut off after the linger (here 0.5 s)."""
     started = time.monotonic()

@@ -78,6 +78,15 @@ def test_null_parameters_are_none() -> None:
                                    "parameters": None}]}).encode()
     req = decode_infer(PKG, body, None)
     assert req.array.tolist() == [[0, 1, 2, 3]] and req.outputs == [("label", False)]
+    # a null parameter is unset too (a struct of pointers): it was refused as shared memory, or
+    # "must be true or false"
+    body = json.dumps({"parameters": {"binary_data_output": None},
+                       "outputs": [{"name": "label", "parameters": {"binary_data": None, "classification": None}}],
+                       "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0, 1, 2, 3],
+                                   "parameters": {"binary_data_size": None, "shared_memory_region": None,
+                                                  "shared_memory_byte_size": None}}]}).encode()
+    req = decode_infer(PKG, body, None)
+    assert req.array.tolist() == [[0, 1, 2, 3]] and req.outputs == [("label", False)]
     x = np.arange(4, dtype=np.float32).reshape(1, 4)
     triton, n = _triton(x)
     head = json.loads(triton[:int(n or 0)])
@@ -96,7 +105,7 @@ def test_null_parameters_are_none() -> None:
     (_json_body([0.0] * 8, id=True), "id must be a string, got a boolean"),
     (_json_body([0.0] * 8, parameters="x"), "parameters must be an object, got a string"),
     (b"{}", "inputs must be a non-empty list"),
-    (_json_body([0.0] * 8, datatype="FP64"), "datatype 'FP64', the model expects FP32"),
+    (_json_body([0.0] * 8, datatype="FP64"), 'datatype "FP64", the model expects FP32'),
     (_json_body([0.0] * 8, shape=(2, 5)), "does not match the model's [-1, 4]"),
     (_json_body([0.0] * 8, shape=(0, 4)), "has no rows"),
     (_json_body([0.0] * 8, shape=(2, "4")), "shape must be a list of integers"),
@@ -105,7 +114,7 @@ def test_null_parameters_are_none() -> None:
     (_json_body([0.0] * 7 + ["x"]), "not numbers"),
     (_json_body([0.0] * 7 + [True]), "true/false"),
     (_json_body([0.0] * 7 + [None]), "not numbers"),
-    (_json_body([0.0] * 7 + [10**30]), "not numbers"),
+    (_json_body([0.0] * 7 + [10**400]), "data holds a number beyond FP32's range"),
     (_json_body([[0.0] * 4, [0.0] * 3]), "not a regular array"),
     (_json_body([0.0] * 7 + [1e39]), "NaN or infinity"),
     (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 4], "data": [NaN, 0,0,0,0,0,0,0]}]}',
@@ -188,6 +197,43 @@ def test_integers_beyond_int64_are_integers_not_floats() -> None:
     assert "needs integers" in err.message
     err = _error(_json_body([], shape=(1, 0), datatype="UINT64"), pkg=_pkg("UINT64", (-1, -1)))
     assert err.message == "input 'input': data is empty; datatype UINT64 needs integers"
+
+
+def test_json_integers_beyond_uint64_are_numbers() -> None:
+    """JavaScript and Go write a float 1e20 as 100000000000000000000, which numpy reads (beside
+    other values) as a Python object: an FP32 request holding it was refused as "not numbers", and
+    a boolean or a fraction beside such an integer was named "not numbers" too, for any datatype."""
+    req = decode_infer(PKG, _json_body([0.5] * 7 + [10**20], shape=(2, 4)), None)
+    assert req.array.dtype == np.float32 and req.array[1, 3] == np.float32(1e20)
+    assert decode_predict(PKG, json.dumps({"instances": [[0.5, 1, 2, 10**30]]}).encode()).array[0, 3] == np.float32(1e30)
+    assert "NaN or infinity" in _error(_json_body([0.5] * 7 + [10**39], shape=(2, 4))).message   # beyond FP32
+    for datatype in ("INT8", "INT64", "UINT64", "FP64"):
+        needs = "numbers" if datatype == "FP64" else "integers"
+        for data in ([2**64, True, 0, 0], [0, 2**64 - 1, 0, True]):
+            err = _error(_json_body(data, shape=(1, 4), datatype=datatype), pkg=_pkg(datatype))
+            assert err.message == f"input 'input': data holds true/false; datatype {datatype} needs {needs}"
+    err = _error(_json_body([2**64, 0.5, 0, 0], shape=(1, 4), datatype="INT8"), pkg=_pkg("INT8"))
+    assert err.message == ("input 'input': data is of kind float64; datatype INT8 needs integers "
+                           "(write whole numbers as 1, not 1.0)")
+
+
+def test_bad_values_are_named_as_the_client_wrote_them() -> None:
+    """A client writes JSON: a bad datatype, shape or binary_data_size was shown as Python's repr
+    ("datatype None", "got [2, None]", "got '16'"), and a missing datatype as "datatype None"."""
+    def message(**item: Any) -> str:
+        entry = {"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0] * 4, **item}
+        return _error(json.dumps({"inputs": [{k: v for k, v in entry.items() if v is not ...}]}).encode()).message
+
+    assert message(datatype=None) == "input 'input': datatype null, the model expects FP32"
+    assert message(datatype=...) == "input 'input': no datatype, the model expects FP32"
+    assert message(shape=[1, None]) == "input 'input': shape must be a list of integers, got [1, null]"
+    assert message(shape="1,4") == 'input \'input\': shape must be a list of integers, got "1,4"'
+    assert message(shape=...) == ("input 'input': no shape; give its sizes, rows first (the model's: [-1, 4], "
+                                  "-1 meaning any size)")
+    head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
+                                   "parameters": {"binary_data_size": "16"}}]}).encode()
+    assert _error(head + bytes(16), str(len(head))).message == (
+        'input \'input\': binary_data_size must be a non-negative integer, got "16"')
 
 
 def test_binary_bool_bytes_are_0_or_1() -> None:

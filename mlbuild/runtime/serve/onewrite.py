@@ -154,6 +154,7 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
     ``listener``: the socket the server listens on, whose waiting connections each new connection
     accepts at once (the loop's own accept takes one per iteration)."""
     try:
+        import httptools
         from uvicorn.protocols.http.flow_control import FlowControl
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
     except ImportError:  # no httptools: uvicorn's h11 protocol, as it is
@@ -172,7 +173,9 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
         def resume_reading(self) -> None:
             if not self.pipeline:   # else: once the last waiting request has started
                 super().resume_reading()
-    if not hasattr(HttpToolsProtocol, "_start_asgi_task") or not hasattr(RequestResponseCycle, "send"):
+    if not all(hasattr(HttpToolsProtocol, name) for name in (
+            "_start_asgi_task", "_unset_keepalive_if_required", "_should_upgrade", "handle_websocket_upgrade")) \
+            or not hasattr(RequestResponseCycle, "send"):
         return "auto"
 
     sweep_every = min(1.0, request_timeout / 4)
@@ -188,6 +191,7 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
         _since = 0.0        # when this connection last received bytes (loop.time())
         _head_since = 0.0   # when this request's head began (its first byte, or the connection)
         _linger_until = 0.0  # > 0: answered and half-closed; the client's bytes are dropped until then
+        _refusal: Callable[[], None] | None = None   # a refusal waiting for the answers before it
 
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             if hasattr(cycle, "transport") and hasattr(cycle, "on_response") and hasattr(cycle, "more_body"):
@@ -287,23 +291,59 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
         # bytes that came while a request's head was incomplete (a read that completes it may
         # carry body bytes too; it is not counted against the head).
         def data_received(self, data: bytes) -> None:
-            if self._linger_until:   # closing: drop it (the client's FIN, or the sweep, closes)
+            if self._linger_until or self._refusal:   # closing: drop it (the client's FIN, or the sweep, closes)
                 return
             self._since = self.loop.time()
             if self._in_head:
                 self._head_bytes += len(data)
-            super().data_received(data)
-            if (self._in_head and self._head_bytes > MAX_HEAD and not self._linger_until
+            self._feed(data)
+            if (self._in_head and self._head_bytes > MAX_HEAD and not self._linger_until and not self._refusal
                     and not self.transport.is_closing()):
                 self._head_too_large()   # still incomplete, and over the limit already (and not answered)
 
-        def _head_too_large(self) -> None:
+        def _feed(self, data: bytes) -> None:
+            """uvicorn's data_received, but for the bytes after a request asking to upgrade (h2c, or a
+            websocket with no websocket library), answered as plain HTTP: httptools stops at its
+            head, and uvicorn dropped the rest of the read, so a request pipelined behind it was
+            never answered (the client waited for it until the keep-alive timeout)."""
+            self._unset_keepalive_if_required()
+            while data:
+                try:
+                    self.parser.feed_data(data)
+                    return
+                except httptools.HttpParserError:
+                    self.logger.warning("Invalid HTTP request received.")
+                    self.send_400_response("Invalid HTTP request received.")
+                    return
+                except httptools.HttpParserUpgrade as upgrade:
+                    if self._should_upgrade():   # a websocket library is installed: uvicorn's websocket protocol
+                        self.handle_websocket_upgrade()
+                        return
+                    # not switching (no 101 was sent): what follows is HTTP/1.1 again (RFC 9110 7.8)
+                    data = data[upgrade.args[0]:] if upgrade.args and isinstance(upgrade.args[0], int) else b""
+
+        def _refuse(self, status: int, reason: str, message: str) -> None:
+            """Answer a request the protocol refuses itself (a JSON error, then linger and close),
+            once the requests before it on this connection are answered: pipelined, a refusal
+            written at once took the place of the answer still being made (the client read the 400
+            as its earlier request's answer, and that answer was lost)."""
             self._waiting = False
-            refused(431)
-            _json_error(self.transport, 431, "Request Header Fields Too Large",
-                        f"the request line and headers exceed {MAX_HEAD // 1024} KiB; send a shorter URL "
-                        "and fewer or shorter headers")
-            self._linger()
+            refused(status)
+
+            def answer() -> None:
+                if not self.transport.is_closing():
+                    _json_error(self.transport, status, reason, message)
+                    self._linger()
+            cycle = self.cycle   # the request before this one, all read (not this one, whose body failed)
+            if cycle is not None and not cycle.more_body and not cycle.response_complete:
+                self._refusal = answer   # on_response_complete answers it
+            else:
+                answer()
+
+        def _head_too_large(self) -> None:
+            self._refuse(431, "Request Header Fields Too Large",
+                         f"the request line and headers exceed {MAX_HEAD // 1024} KiB; send a shorter URL "
+                         "and fewer or shorter headers")
 
         def on_message_begin(self) -> None:
             self._waiting, self._head_since = True, self.loop.time()
@@ -313,6 +353,10 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
             # a pipelined request waited for this one (reading was paused): its clocks start now
             self._since = self._head_since = self.loop.time()
             super().on_response_complete()
+            refusal = self._refusal
+            if refusal is not None and (self.cycle is None or self.cycle.response_complete):
+                self._refusal = None   # the requests before it are answered (pipelined ones too)
+                refusal()
 
         def on_headers_complete(self) -> None:
             self._in_head = False
@@ -332,14 +376,11 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
         # as the new protocol's, so the app read an empty body ("request is not valid JSON") and
         # the body was then parsed as the next request. This server does not switch protocols.
         def _upgrade_with_body(self) -> None:
-            self._waiting = False
-            refused(400)
             upgrade = next((v for n, v in self.headers if n == b"upgrade"), b"").decode("latin-1")
-            _json_error(self.transport, 400, "Bad Request",
-                        f"the request asks to switch to {upgrade[:50]!r} (its Upgrade header), which this server "
-                        "does not speak, so its body cannot be read; send it as plain HTTP/1.1, without "
-                        "Upgrade and Connection: Upgrade (curl: --http1.1, not --http2)")
-            self._linger()
+            self._refuse(400, "Bad Request",
+                         f"the request asks to switch to {upgrade[:50]!r} (its Upgrade header), which this server "
+                         "does not speak, so its body cannot be read; send it as plain HTTP/1.1, without "
+                         "Upgrade and Connection: Upgrade (curl: --http1.1, not --http2)")
 
         def on_message_complete(self) -> None:
             self._waiting, self._in_head, self._head_bytes = False, True, 0
@@ -347,12 +388,10 @@ def protocol_class(request_timeout: float = REQUEST_TIMEOUT, linger: float = LIN
 
         def send_400_response(self, msg: str) -> None:   # what the HTTP parser refuses
             self._waiting = False
-            if self._linger_until or self.transport.is_closing():   # answered already (a 431)
+            if self._linger_until or self._refusal or self.transport.is_closing():   # answered already (a 431)
                 return
-            refused(400)
-            _json_error(self.transport, 400, "Bad Request",
-                        "invalid HTTP request: its request line, headers or chunked body could not be parsed "
-                        "(a bad Content-Length, a malformed header or chunk)")
-            self._linger()
+            self._refuse(400, "Bad Request",
+                         "invalid HTTP request: its request line, headers or chunked body could not be parsed "
+                         "(a bad Content-Length, a malformed header or chunk)")
 
     return OneWriteProtocol

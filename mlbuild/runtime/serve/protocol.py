@@ -117,6 +117,12 @@ def _json_type(value: Any) -> str:
     return "a string" if isinstance(value, str) else "a number"
 
 
+def _json_value(value: Any, limit: int) -> str:
+    """``value`` as the client wrote it (JSON: null, true, "x"; not Python's None, True, 'x'), cut at ``limit``."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _check_id(request_id: Any) -> str | None:
     if request_id is not None and not isinstance(request_id, str):
         raise _bad(f"id must be a string, got {_json_type(request_id)}")
@@ -126,14 +132,16 @@ def _check_id(request_id: Any) -> str | None:
 
 
 def _parameters(item: dict[str, Any], where: str) -> dict[str, Any]:
-    """``item``'s parameters object; a JSON null, as a client with a nil map or an unset optional
-    field sends it, is none (as a null ``id`` or ``outputs`` is)."""
+    """``item``'s parameters object, without its null entries; a JSON null, as a client with a nil
+    map or an unset optional field sends it, is none (as a null ``id`` or ``outputs`` is), in the
+    object as for it ({"binary_data_size": null, "shared_memory_region": null} beside JSON data,
+    from a struct of pointers: it was refused as shared memory)."""
     params = item.get("parameters")
     if params is None:
         return {}
     if not isinstance(params, dict):
         raise _bad(f"{where}parameters must be an object, got {_json_type(params)}")
-    return params
+    return params if None not in params.values() else {k: v for k, v in params.items() if v is not None}
 
 
 def _is_int(x: Any) -> bool:
@@ -142,7 +150,7 @@ def _is_int(x: Any) -> bool:
 
 def _check_shape(spec: TensorSpec, shape: Any) -> tuple[int, ...]:
     if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
-        raise _bad(f"input {spec.name!r}: shape must be a list of integers, got {shape!r:.200}")
+        raise _bad(f"input {spec.name!r}: shape must be a list of integers, got {_json_value(shape, 200)}")
     if len(shape) == len(spec.shape) and any(d < 0 for d in shape):
         raise _bad(f"input {spec.name!r}: shape {shape}: {min(shape)} is not a size; a request gives its actual "
                    f"row count and sizes (the model's {list(spec.shape)}: -1 there means any size)")
@@ -164,13 +172,17 @@ def _has_bool(data: Any) -> bool:
     return bool in set(map(type, data))
 
 
-def _only_ints(data: Any) -> bool:
-    """Whether a regular nested list holds JSON integers only (no floats, booleans or others)."""
-    if type(data) is int:
-        return True
+def _leaf_types(data: Any) -> set[type]:
+    """The types of the values in a nested list (int, float, bool, str, NoneType, dict)."""
     if type(data) is not list:
-        return False
-    return all(map(_only_ints, data))
+        return {type(data)}
+    types = set(map(type, data))
+    if list in types:
+        types.discard(list)
+        for row in data:
+            if type(row) is list:
+                types |= _leaf_types(row)
+    return types
 
 
 def accepted_kinds(datatype: str) -> tuple[str, str]:
@@ -191,11 +203,20 @@ def _from_json_data(spec: TensorSpec, data: Any, shape: tuple[int, ...], datatyp
         raise _bad(f"input {spec.name!r}: data is not a regular array of numbers") from None
     kind = arr.dtype.kind
     allowed, needs = accepted_kinds(datatype)
-    if allowed == "iu" and kind in "fO" and arr.size and _only_ints(data):
+    if kind != "b" and allowed != "b" and _has_bool(data):  # numpy would silently read true/false as 1/0
+        raise _bad(f"input {spec.name!r}: data holds true/false; datatype {datatype} needs {needs}")
+    if arr.size and allowed != "b" and (kind == "O" or kind == "f" and allowed == "iu"):
         # numpy reads integers beyond INT64 (UINT64's upper half) beside smaller or negative ones
-        # as floats, and beyond UINT64 as objects: keep them as the integers they are (the
-        # range check below names what is out of range)
-        arr, kind = np.asarray(data, dtype=object), "i"
+        # as floats, and beyond UINT64 as objects, even beside floats (JavaScript and Go write 1e20
+        # as 100000000000000000000): take the numbers JSON gave
+        types = _leaf_types(data)
+        if allowed == "iu" and types == {int}:   # the range check below names what is out of range
+            arr, kind = np.asarray(data, dtype=object), "i"
+        elif kind == "O" and types <= {int, float}:
+            try:
+                arr, kind = np.asarray(data, dtype=np.float64), "f"
+            except OverflowError:   # an integer beyond float64's range
+                raise _bad(f"input {spec.name!r}: data holds a number beyond {datatype}'s range") from None
     if kind not in allowed or arr.size != math.prod(shape):
         if kind not in allowed:
             what = "empty" if arr.size == 0 else "not numbers" if kind not in "biuf" else f"of kind {arr.dtype}"
@@ -203,8 +224,6 @@ def _from_json_data(spec: TensorSpec, data: Any, shape: tuple[int, ...], datatyp
             hint = " (write whole numbers as 1, not 1.0)" if allowed == "iu" and kind == "f" and arr.size else ""
             raise _bad(f"input {spec.name!r}: data is {what}; datatype {datatype} needs {needs}{hint}")
         raise _bad(f"input {spec.name!r}: data has {arr.size} element(s), shape {list(shape)} needs {math.prod(shape)}")
-    if kind != "b" and _has_bool(data):  # numpy would silently read true/false as 1/0
-        raise _bad(f"input {spec.name!r}: data holds true/false; datatype {datatype} needs numbers")
     if datatype in _INT_BOUNDS and arr.size:
         lo, hi = _INT_BOUNDS[datatype]
         if int(arr.min()) < lo or int(arr.max()) > hi:
@@ -217,8 +236,12 @@ def _decode_input(spec: TensorSpec, item: dict[str, Any], binary: memoryview, of
                   has_binary: bool) -> tuple[np.ndarray, int]:
     datatype = item.get("datatype")
     if datatype != spec.datatype:
-        raise _bad(f"input {spec.name!r}: datatype {datatype!r:.50}, the model expects {spec.datatype}")
-    shape = _check_shape(spec, item.get("shape"))
+        given = f"datatype {_json_value(datatype, 50)}" if "datatype" in item else "no datatype"
+        raise _bad(f"input {spec.name!r}: {given}, the model expects {spec.datatype}")
+    if "shape" not in item:
+        raise _bad(f"input {spec.name!r}: no shape; give its sizes, rows first (the model's: {list(spec.shape)}, "
+                   "-1 meaning any size)")
+    shape = _check_shape(spec, item["shape"])
     params = _parameters(item, f"input {spec.name!r}: ")
     for unsupported in ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"):
         if unsupported in params:
@@ -228,7 +251,8 @@ def _decode_input(spec: TensorSpec, item: dict[str, Any], binary: memoryview, of
         if not has_binary:
             raise _bad(f"input {spec.name!r}: binary_data_size given, but no Inference-Header-Content-Length header")
         if not _is_int(size) or size < 0:
-            raise _bad(f"input {spec.name!r}: binary_data_size must be a non-negative integer, got {size!r:.50}")
+            raise _bad(f"input {spec.name!r}: binary_data_size must be a non-negative integer, "
+                       f"got {_json_value(size, 50)}")
         if "data" in item:
             raise _bad(f"input {spec.name!r}: both data and binary_data_size given")
         itemsize = np.dtype(spec.dtype).itemsize
