@@ -189,13 +189,12 @@ def test_an_untrusted_daemon_user_builds_pushes_and_pulls(walker: dict[str, obje
     proj = home / "iris"
     (proj / "data").mkdir(parents=True)
     _csv(proj / "data" / "iris.csv")
-    _run(["chown", "-R", f"{w['user']}:", str(proj)])
-    _as(w, *mlbuild, "init", "--csv", "data/iris.csv", "--python", "python3.11", cwd=proj)
-    # The lock: the interpreter it snapshots is root's (a pyenv under /root, which the user cannot
-    # run); a team's lock comes from git the same way. The user does the rest.
+    # init and the lock as root: the interpreter they name and snapshot is root's (a pyenv under
+    # /root, which the user cannot run; Debian 13 has no python3.11 of its own); a team's project
+    # and lock come from git the same way. The user does the rest.
     root_env = {**os.environ, "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory",
                 "GIT_CONFIG_VALUE_0": "*"}
-    for step in (["lock"], ["prefetch"]):
+    for step in (["init", "--csv", "data/iris.csv", "--python", "python3.11"], ["lock"], ["prefetch"]):
         proc = _run([sys.executable, "-m", "mlbuild.cli", *step], cwd=proj, env=root_env)
         assert proc.returncode == 0, proc.stderr[-3000:]
     _run(["chown", "-R", f"{w['user']}:", str(proj)])
