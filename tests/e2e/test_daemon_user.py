@@ -35,7 +35,9 @@ NIX_DAEMON = shutil.which("nix-daemon")
 
 
 def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    # errors="replace": `nix-store --roots` lists the roots of every process, whose paths other tests
+    # made with names that are not UTF-8 (Debian 13's run failed decoding one)
+    return subprocess.run(cmd, capture_output=True, text=True, errors="replace", **kw)  # type: ignore[call-overload]
 
 
 class Daemon:
