@@ -386,6 +386,9 @@ def test_url_dataset(data_project: Path, http_dir) -> None:
     proc = build(data_project, "datasets.remote2", check=False)
     assert proc.returncode == 1
     assert "hash mismatch" in proc.stderr and "remote2" in proc.stderr
+    # Nix names a derivation and two base64 hashes; the user needs the dataset, the hex and the fix
+    assert (f"dataset remote2: the file at {base_url}/remote.csv has sha256 {good}, not the {wrong} that "
+            f'[datasets.remote2].sha256 pins: if the file changed on purpose, set sha256 = "{good}"') in proc.stderr
 
 
 def test_push_and_pull_datasets_through_the_shared_store(data_project: Path, tmp_path: Path) -> None:
