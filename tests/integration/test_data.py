@@ -352,6 +352,27 @@ def test_a_prepare_that_writes_nothing_fails_naming_it(data_project: Path) -> No
     assert proc.returncode == 1 and "prepare() in prepare.py wrote nothing into out" in proc.stderr, proc.stderr
 
 
+def test_a_prepare_that_writes_what_a_dataset_cannot_hold_fails_naming_it(data_project: Path) -> None:
+    """A link to a host file (/etc/hostname) built a dataset whose readers read this machine's file,
+    in no store path (nothing on another machine); a pipe failed in Nix, naming no script."""
+    body = ("import os\ndef prepare(inputs, out, params):\n    (out / 'a.txt').write_text('a')\n"
+            "    os.symlink('a.txt', out / 'ok')\n    os.symlink(inputs['raw'] / 'rows.txt', out / 'input')\n"
+            "    os.symlink('.', out / 'self')\n")
+    for bad, said in (("os.symlink('/etc/hostname', out / 'host')", "host, a symlink to /etc/hostname, outside out "
+                       "and the Nix store; copy the file into out (shutil.copy), or link to a file of an input"),
+                      ("os.symlink('../../x', out / 'up')", "up, a symlink to ../../x, outside out and the Nix store"),
+                      ("os.mkfifo(out / 'fifo')", "fifo, not a file, folder or symlink (a pipe, socket or device)")):
+        (data_project / "prepare.py").write_text(f"{body}    {bad}  # {uuid.uuid4()}\n")
+        commit_all(data_project, f"prepare writes {bad}")
+        proc = build(data_project, "datasets.split", check=False)
+        assert proc.returncode == 1, proc.stdout
+        assert f"mlbuild: dataset 'split': prepare() in prepare.py wrote {said}" in proc.stderr, proc.stderr
+    (data_project / "prepare.py").write_text(f"{body}  # {uuid.uuid4()}\n")   # links inside out, or to an input
+    commit_all(data_project, "prepare writes good links")
+    out = Path(build(data_project, "datasets.split").stdout.split("\t")[1].split("\n")[0])
+    assert os.readlink(out / "ok") == "a.txt" and (out / "input").read_text().startswith("0\n1\n")
+
+
 @pytest.fixture
 def http_dir(tmp_path: Path):
     """A real HTTP server on loopback serving tmp_path/www."""
