@@ -29,7 +29,7 @@ from ..lockfile import read_lock, write_lock
 from ..runtime.hashing import sha256_file
 from ..storepath import fixed_output_path
 from . import statcache
-from .importer import Imported, import_path, not_storable
+from .importer import Imported, check_links, import_path, not_storable
 
 __all__ = ["Dataset", "DataError", "datasets", "add", "Added", "toml_with_path", "toml_string", "shown_name", "status", "diff", "locked_path",
            "Status", "FileDiff"]
@@ -384,6 +384,11 @@ def status(project: Project, shared: "set[str] | None" = None) -> list[Status]:
                     out.append(Status(name, ds.kind, "unreadable", sha, str(e)))
                     continue
                 if cached != sha:
+                    try:   # a link `data add` refuses: "changed, `data add` pins it" sent the user into that
+                        check_links(local)
+                    except DataError as e:
+                        out.append(Status(name, ds.kind, "unstorable", sha, str(e)))
+                        continue
                     if path not in absent:
                         out.append(Status(name, ds.kind, "changed", sha,
                                           f"{ds.path} differs from the lock; `mlbuild data add {name} {ds.path}` "
