@@ -53,8 +53,13 @@ def push(project: Project, names: list[str]) -> list[str]:
     paths = dataset_paths(project, names)
     missing = set(_nix.invalid_paths(list(paths.values())))
     if missing:
+        declared = datasets(project)
         gone = [n for n, p in paths.items() if p in missing]
-        raise DataError(f"dataset(s) {', '.join(gone)} are not in the local store; `mlbuild data add NAME PATH` first")
+        # a url dataset cannot be `data add`ed (it refuses one): a build fetches it
+        bring = [f"mlbuild build datasets.{n}" if declared[n].kind == "url" else f"mlbuild data add {n} {declared[n].path}"
+                 for n in gone]
+        raise DataError(f"dataset(s) {', '.join(gone)} are not in the local store; bring them first: "
+                        f"{'; '.join(f'`{b}`' for b in bring)}")
     result = store_push(load_store_config(project.root), list(paths.values()))
     pushed = {info.store_path for info in result.pushed}
     return [f"{n}: {'pushed' if p in pushed else 'already in the shared store'} {p}" for n, p in paths.items()]

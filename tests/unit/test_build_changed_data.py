@@ -8,6 +8,7 @@ from typing import Any
 
 from mlbuild.build import changed_datasets
 from mlbuild.config import load_project
+from mlbuild.errors import DataError
 from mlbuild.nar import nar_sha256
 
 
@@ -107,6 +108,22 @@ def test_a_missing_url_dataset_is_fetched_by_a_build(tmp_path: Path) -> None:
     (row,) = status(load_project(tmp_path), shared=None)
     assert (row.state, row.detail) == ("missing", "run `mlbuild build datasets.remote` (it fetches file:///srv/x.csv), "
                                                   "or `mlbuild data pull remote`")
+
+
+def test_pushing_a_url_dataset_not_fetched_yet_says_to_build_it(tmp_path: Path) -> None:
+    """`data push` said "`mlbuild data add NAME PATH` first", which refuses a url dataset."""
+    import pytest
+
+    from mlbuild.data.remote import push
+
+    (tmp_path / "data.csv").write_text("1\n")
+    (tmp_path / "mlbuild.toml").write_text('[project]\nname = "p"\n[datasets.remote]\nurl = "file:///srv/x.csv"\n'
+                                           f'sha256 = "{"ab" * 32}"\n[datasets.raw]\npath = "data.csv"\n')
+    lock = {"version": 1, "datasets": {"raw": {"sha256": "cd" * 32, "kind": "path"}}, "interpreter": {"snapshot": {}}}
+    (tmp_path / "mlbuild.lock").write_text(json.dumps(lock))
+    with pytest.raises(DataError, match=r"^dataset\(s\) raw, remote are not in the local store; bring them first: "
+                                        r"`mlbuild data add raw data.csv`; `mlbuild build datasets.remote`$"):
+        push(load_project(tmp_path), [])
 
 
 def test_a_missing_lock_says_how_to_get_its_pins_back(tmp_path: Path) -> None:
