@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 from ..config import Project, state_dir
 from ..lockfile import read_lock
 from ..storepath import fixed_output_path
@@ -65,13 +67,31 @@ def push(project: Project, names: list[str]) -> list[str]:
     return [f"{n}: {'pushed' if p in pushed else 'already in the shared store'} {p}" for n, p in paths.items()]
 
 
-def pull(project: Project, names: list[str]) -> list[str]:
+def pull(project: Project, names: list[str]) -> Iterator[str]:
+    """Pull the datasets missing here that the shared store has, a line each; then a DataError
+    naming, with the fix, each one neither here nor there (such a one, or one here and not in the
+    store, stopped the whole pull, naming a store path only)."""
     from .. import _nix
     from ..store.config import load_store_config
+    from ..store.layout import Layout
     from ..store.pull import pull as store_pull
 
     paths = dataset_paths(project, names)
-    result = store_pull(load_store_config(project.root), list(paths.values()))
-    fetched = set(result.fetched)
-    _nix.add_roots({f"dataset-{n}": p for n, p in paths.items()}, state_dir(project.root) / "gcroots")
-    return [f"{n}: {'pulled' if p in fetched else 'already present'} {p}" for n, p in paths.items()]
+    cfg = load_store_config(project.root)
+    layout = Layout(cfg.root)
+    layout.require()
+    here_missing = set(_nix.invalid_paths(list(paths.values())))
+    absent = [n for n, p in paths.items() if p in here_missing and not layout.narinfo(p).exists()]
+    wanted = {n: p for n, p in paths.items() if n not in absent}
+    # only what is not here: one present here and not pushed (yet) failed the whole pull
+    fetch = [p for p in wanted.values() if p in here_missing]
+    fetched = set(store_pull(cfg, fetch).fetched) if fetch else set()
+    _nix.add_roots({f"dataset-{n}": p for n, p in wanted.items()}, state_dir(project.root) / "gcroots")
+    for n, p in wanted.items():
+        yield f"{n}: {'pulled' if p in fetched else 'already present'} {p}"
+    if absent:
+        declared = datasets(project)
+        bring = [f"{n} (`mlbuild build datasets.{n}` fetches it from {declared[n].url})" if declared[n].kind == "url"
+                 else f"{n} (`mlbuild data push {n}` where it is present, or `mlbuild data add {n} {declared[n].path}` "
+                      "where its files are)" for n in absent]
+        raise DataError(f"not in the shared store {cfg.root} nor here: {'; '.join(bring)}")

@@ -435,6 +435,28 @@ def test_push_and_pull_datasets_through_the_shared_store(data_project: Path, tmp
 
 
 
+def test_pull_of_every_dataset_fetches_what_the_store_has_and_names_the_rest(data_project: Path, tmp_path: Path) -> None:
+    """`data pull` stopped at the first dataset the shared store lacked, pulling none, naming a store
+    path and `mlbuild store push`, even one that was here already (added, not pushed yet)."""
+    from tests.integration.test_store_machines import make_store, store_env
+
+    env = store_env(make_store(tmp_path / "shared"))
+    write_tree(data_project, {"data": {"fresh": {"rows.txt": f"{uuid.uuid4()}\n" * 10}}})
+    run_cli("data", "add", "fresh", "data/fresh", cwd=data_project)
+    path = run_cli("data", "push", "fresh", cwd=data_project, env=env).stdout.split()[-1]
+    shutil.rmtree(data_project / ".mlbuild" / "gcroots")
+    subprocess.run(["nix-store", "--delete", path], check=True, capture_output=True)
+    toml = data_project / "mlbuild.toml"
+    toml.write_text(toml.read_text() + f'\n[datasets.remote]\nurl = "http://127.0.0.1:9/{uuid.uuid4()}.csv"\n'
+                                       f'sha256 = "{hashlib.sha256(uuid.uuid4().bytes).hexdigest()}"\n')
+    proc = run_cli("data", "pull", cwd=data_project, env=env, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"fresh: pulled {path}" in proc.stdout and "raw: already present" in proc.stdout, proc.stdout
+    assert proc.stderr.startswith(f"Error: not in the shared store {tmp_path / 'shared' / 'cache'} nor here: remote "
+                                  "(`mlbuild build datasets.remote` fetches it from http://127.0.0.1:9/"), proc.stderr
+    subprocess.run(["nix-store", "--verify-path", path], check=True)
+
+
 def _refused(root: Path, *expected: str, path: str = "data/new") -> None:
     proc = run_cli("data", "add", "new", path, cwd=root, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
