@@ -234,6 +234,10 @@ def add(project: Project, name: str, path: Path) -> Added:
     path = path if path.is_absolute() else (Path.cwd() / path)
     if not path.exists():
         raise DataError(f"{path} does not exist; give the file or folder holding dataset {name!r}")
+    here = project.root.resolve()
+    if path.resolve() == here or path.resolve() in here.parents:   # `data add all .`: git's advice untracked it all
+        raise DataError(f"{path} holds the project itself ({project.config_path}), its code and git repository; "
+                        f"a dataset is the data alone: give the folder or file that holds it (data/, say)")
     with _reading(name, path):
         empty = _empty(path)
     if empty:

@@ -111,3 +111,25 @@ def test_a_symlink_to_a_file_outside_the_repository_is_not_tracked(tmp_path: Pat
     subprocess.run(["git", "init", "-q", str(far.parent)], check=True)
     subprocess.run(["git", "-C", str(far.parent), "add", "x.csv"], check=True)
     assert git.is_tracked(repo / "x.csv")                # what it points at is in git
+
+
+@pytest.mark.parametrize("given", [".", "..", "data/.."])
+def test_the_project_folder_or_one_above_it_is_refused_as_a_dataset(tmp_path: Path, given: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`data add all .` in a git project answered "Untrack it first: `git rm -r --cached PROJECT`",
+    which untracks the whole project; outside git it imported the code (and .git) as data."""
+    from mlbuild.config import load_project
+    from mlbuild.data.datasets import add
+
+    root = tmp_path / "p"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "x.csv").write_text("1\n")
+    (root / "mlbuild.toml").write_text('[project]\nname = "p"\n')
+    before = (root / "mlbuild.toml").read_text()
+    monkeypatch.chdir(root)
+    import re
+
+    with pytest.raises(DataError, match=f"^{re.escape(str(root / given))} holds the project itself "
+                                        f"{re.escape(f'({root}/mlbuild.toml)')}"):
+        add(load_project(root), "all", Path(given))
+    assert (root / "mlbuild.toml").read_text() == before and not (root / "mlbuild.lock").exists()
