@@ -81,7 +81,7 @@
             spec = {
               version = 1;
               dataset = name;
-              code = mkCode { inherit src; files = get "code" "strings" [ script ]; what = "[datasets.${name}]"; };
+              code = mkCode { inherit src script; files = get "code" "strings" [ script ]; what = "[datasets.${name}]"; };
               inherit script;
               inputs = builtins.listToAttrs (map (i: { name = i; value = "${built.${i}}"; }) inputs);
               params = get "params" "table" { };

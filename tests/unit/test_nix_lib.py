@@ -72,6 +72,27 @@ def test_code_outside_the_project_is_named_so(name: str) -> None:
 
 
 @pytest.mark.skipif(not have_nix(), reason="needs nix")
+@pytest.mark.parametrize(("files", "ok"), [(["m.py"], True), (["other.py", "m.py"], True),
+                                            (["lib/"], False), (["other.py"], False)])
+def test_code_that_leaves_out_the_script_is_named(files: list, ok: bool, tmp_path) -> None:
+    """`code = ["lib/"]` without the script built, then failed in importlib: a FileNotFoundError
+    for <code store path>/m.py, naming neither the key nor the fix."""
+    for f in ("m.py", "other.py", "lib/x.py"):
+        (tmp_path / f).parent.mkdir(exist_ok=True)
+        (tmp_path / f).write_text("")
+    expr = (f'((import {REPO / "nix"} {{ }}).mkCode {{ src = {tmp_path}; script = "m.py"; '
+            f'files = {json.dumps(files).replace(",", "")}; what = "[datasets.d]"; }}) != ""')
+    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--expr", expr],
+                         capture_output=True, text=True)
+    if ok:
+        assert out.returncode == 0, out.stderr
+    else:
+        assert out.returncode != 0 and (f"[datasets.d]: code = {json.dumps(files, separators=(',', ':'))} leaves out "
+                                        'm.py, the script the stage runs (a build sees only the code files): add "m.py" '
+                                        "to code") in out.stderr, out.stderr
+
+
+@pytest.mark.skipif(not have_nix(), reason="needs nix")
 def test_the_cycle_check_walks_shared_inputs_once() -> None:
     """Datasets each of which uses every one before it: the check walked every path, 2^n of them
     (30 datasets took minutes to evaluate, where Nix alone takes milliseconds)."""
