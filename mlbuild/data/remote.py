@@ -42,8 +42,8 @@ def dataset_paths(project: Project, names: list[str]) -> dict[str, str]:
                 raise DataError(f"dataset {name!r} is not locked; run `mlbuild data add {name} {ds.path}`")
             out[name] = fixed_output_path(entry["sha256"], name, recursive=True)
         elif names:
-            raise DataError(f"dataset {name!r} is derived (prepare); it is pushed with what is built from it "
-                            f"(`mlbuild build --push`)")
+            raise DataError(f"dataset {name!r} is derived (prepare): `mlbuild build datasets.{name}` fetches it from "
+                            f"the shared store (or prepares it), `mlbuild build --push datasets.{name}` pushes it")
     return out
 
 

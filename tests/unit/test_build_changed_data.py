@@ -126,6 +126,20 @@ def test_pushing_a_url_dataset_not_fetched_yet_says_to_build_it(tmp_path: Path) 
         push(load_project(tmp_path), [])
 
 
+def test_pulling_a_derived_dataset_says_what_fetches_it(tmp_path: Path) -> None:
+    """`data pull split` said only that it "is pushed with what is built from it"."""
+    import pytest
+
+    from mlbuild.data.remote import dataset_paths
+
+    root, lock = project(tmp_path / "p")
+    (root / "mlbuild.lock").write_text(json.dumps({**lock, "version": 1, "interpreter": {"snapshot": {}}}))
+    with pytest.raises(DataError, match=r"^dataset 'split' is derived \(prepare\): `mlbuild build datasets.split` "
+                                        r"fetches it from the shared store \(or prepares it\), `mlbuild build --push "
+                                        r"datasets.split` pushes it$"):
+        dataset_paths(load_project(root), ["split"])
+
+
 def test_a_missing_lock_says_how_to_get_its_pins_back(tmp_path: Path) -> None:
     import pytest
 
