@@ -49,8 +49,14 @@ class Dataset:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")   # nix/project.nix's checkNames
+
+
 def _one(name: str, table: Any) -> Dataset:
     where = f"[datasets.{name}]"
+    if not _NAME.match(name):   # as the Nix library refuses it (project.nix): status told to build `datasets..x`
+        raise ConfigError(f"[datasets.{json.dumps(name)}]: {json.dumps(name)} is not a valid name; use letters, "
+                          f"digits, - and _ (it becomes the target datasets.NAME and a store path's name)")
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
     kinds = [k for k in ("path", "url", "prepare") if k in table]

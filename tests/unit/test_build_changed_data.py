@@ -140,6 +140,22 @@ def test_pulling_a_derived_dataset_says_what_fetches_it(tmp_path: Path) -> None:
         dataset_paths(load_project(root), ["split"])
 
 
+def test_a_declared_name_nix_refuses_is_refused_by_status(tmp_path: Path) -> None:
+    """`data status` listed [datasets.".hidden"] and told to run `mlbuild build datasets..hidden`,
+    which is no target (and the Nix library refuses the name)."""
+    import pytest
+
+    from mlbuild.data.datasets import status
+    from mlbuild.errors import ConfigError
+
+    (tmp_path / "mlbuild.toml").write_text('[project]\nname = "p"\n[datasets.".hidden"]\nurl = "file:///srv/x.csv"\n'
+                                           f'sha256 = "{"ab" * 32}"\n')
+    (tmp_path / "mlbuild.lock").write_text(json.dumps({"version": 1, "datasets": {}, "interpreter": {"snapshot": {}}}))
+    with pytest.raises(ConfigError, match=r'^\[datasets.".hidden"\]: ".hidden" is not a valid name; use letters, '
+                                          r"digits, - and _"):
+        status(load_project(tmp_path), shared=None)
+
+
 def test_a_missing_lock_says_how_to_get_its_pins_back(tmp_path: Path) -> None:
     import pytest
 
