@@ -35,9 +35,12 @@
             path = get "path" "string" null;
             entry = locked.${name} or (throw
               "mlbuild: dataset ${name} is not locked; run `mlbuild data add ${name} ${path}`");
+            # a hand edit or a merge: Nix said "attribute 'sha256' missing" or "invalid hash", naming no dataset
+            sha256 = if builtins.isAttrs entry && builtins.isString (entry.sha256 or null)
+                        && builtins.match "[0-9a-fA-F]{64}" entry.sha256 != null then entry.sha256
+              else throw "mlbuild: mlbuild.lock pins dataset ${name} as ${builtins.toJSON entry}, with no sha256 of 64 hex digits (a hand edit or a merge); run `mlbuild data add ${name} ${path}` where its files are, or restore mlbuild.lock from git";
           in fetchLocked {
-            inherit name;
-            inherit (entry) sha256;
+            inherit name sha256;
             recursive = true;
             what = "dataset ${name}";
             hint = "mlbuild data pull ${name}   (or, where the files are: mlbuild data add ${name} ${path})";

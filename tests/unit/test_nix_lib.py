@@ -93,6 +93,28 @@ def test_code_that_leaves_out_the_script_is_named(files: list, ok: bool, tmp_pat
 
 
 @pytest.mark.skipif(not have_nix(), reason="needs nix")
+@pytest.mark.parametrize("entry", [{"kind": "path"}, {"kind": "path", "sha256": "zz"}, "x",
+                                   {"sha256": "AB" * 32}, {"sha256": "ab" * 32}])
+def test_a_dataset_pin_that_is_no_sha256_is_named(entry: object) -> None:
+    """A hand-edited or merged lock: Nix said "attribute 'sha256' missing" or "invalid hash", naming
+    no dataset and no fix."""
+    lock = {"datasets": {"raw": entry}}
+    expr = (f'(((import {REPO / "nix"} {{ }}).mkDatasets {{ src = /tmp; toolchain = null; '
+            f'lock = builtins.fromJSON {json.dumps(json.dumps(lock))}; '
+            f'config = builtins.fromJSON {json.dumps(json.dumps({"datasets": {"raw": {"path": "data/raw"}}}))}; '
+            f'}}).raw.drvPath)')
+    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--expr", expr],
+                         capture_output=True, text=True)
+    if entry in ({"sha256": "ab" * 32}, {"sha256": "AB" * 32}):   # in either case, as Nix reads it
+        assert out.returncode == 0, out.stderr
+    else:
+        assert out.returncode != 0 and (f"mlbuild: mlbuild.lock pins dataset raw as "
+                                        f"{json.dumps(entry, separators=(',', ':'))}, with no sha256 of 64 hex digits "
+                                        "(a hand edit or a merge); run `mlbuild data add raw data/raw` where its files "
+                                        "are") in out.stderr, out.stderr
+
+
+@pytest.mark.skipif(not have_nix(), reason="needs nix")
 def test_the_cycle_check_walks_shared_inputs_once() -> None:
     """Datasets each of which uses every one before it: the check walked every path, 2^n of them
     (30 datasets took minutes to evaluate, where Nix alone takes milliseconds)."""
