@@ -55,6 +55,9 @@
           in
           assert lib.assertMsg (builtins.match "[0-9a-f]{64}" (lib.toLower given) != null)
             "[datasets.${name}].sha256 is ${builtins.toJSON given}; it must be the file's sha256 as 64 hex digits (`sha256sum FILE`)";
+          # "data/x.csv" was curl's "Couldn't resolve host name", " http://..." its "bad/illegal format"
+          assert lib.assertMsg (builtins.match "[A-Za-z][A-Za-z0-9+.-]*://[^[:space:]]+" (get "url" "string" null) != null)
+            "[datasets.${name}].url is ${builtins.toJSON t.url}, not a URL (scheme://...: https://, http://, file:///); a file of this machine is a local dataset: path = \"...\" instead of url and sha256, pinned by `mlbuild data add ${name} PATH`";
           derivation {
             inherit name;
             system = "builtin";

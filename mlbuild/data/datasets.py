@@ -50,6 +50,7 @@ class Dataset:
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")   # nix/project.nix's checkNames
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S+$")   # nix/dataset.nix's
 
 
 def _one(name: str, table: Any) -> Dataset:
@@ -70,7 +71,12 @@ def _one(name: str, table: Any) -> Dataset:
         if not isinstance(sha, str) or not _HEX.match(sha.lower()):
             raise ConfigError(f"{where}: url datasets need sha256 = \"<64 hex digits>\" (the file's sha256), "
                               f"got {sha!r}")
-        return Dataset(name, kind, url=str(table["url"]), sha256=sha.lower())
+        url = table["url"]
+        if not isinstance(url, str) or not _URL.match(url):   # as nix/dataset.nix refuses it
+            raise ConfigError(f"{where}.url is {json.dumps(url)}, not a URL (scheme://...: https://, http://, file:///); "
+                              f"a file of this machine is a local dataset: path = \"...\" instead of url and sha256, "
+                              f"pinned by `mlbuild data add {name} PATH`")
+        return Dataset(name, kind, url=url, sha256=sha.lower())
     if kind == "prepare":
         inputs = table.get("inputs", [])
         if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):

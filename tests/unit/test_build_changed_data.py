@@ -156,6 +156,23 @@ def test_a_declared_name_nix_refuses_is_refused_by_status(tmp_path: Path) -> Non
         status(load_project(tmp_path), shared=None)
 
 
+def test_a_url_that_is_no_url_is_refused_by_status(tmp_path: Path) -> None:
+    """`url = "data/raw.csv"` was listed as a url dataset to fetch; its build failed in curl with
+    "Couldn't resolve host name"."""
+    import pytest
+
+    from mlbuild.data.datasets import status
+    from mlbuild.errors import ConfigError
+
+    (tmp_path / "mlbuild.toml").write_text('[project]\nname = "p"\n[datasets.r]\nurl = "data/raw.csv"\n'
+                                           f'sha256 = "{"ab" * 32}"\n')
+    (tmp_path / "mlbuild.lock").write_text(json.dumps({"version": 1, "datasets": {}, "interpreter": {"snapshot": {}}}))
+    with pytest.raises(ConfigError, match=r'^\[datasets.r\].url is "data/raw.csv", not a URL .*; a file of this '
+                                          r'machine is a local dataset: path = "..." instead of url and sha256, pinned '
+                                          r"by `mlbuild data add r PATH`$"):
+        status(load_project(tmp_path), shared=None)
+
+
 def test_a_missing_lock_says_how_to_get_its_pins_back(tmp_path: Path) -> None:
     import pytest
 

@@ -115,6 +115,25 @@ def test_a_dataset_pin_that_is_no_sha256_is_named(entry: object) -> None:
 
 
 @pytest.mark.skipif(not have_nix(), reason="needs nix")
+@pytest.mark.parametrize(("url", "ok"), [("data/raw.csv", False), (" http://h/x.csv", False), ("http://h/a b", False),
+                                         ("https://h/x.csv", True), ("file:///srv/x.csv", True)])
+def test_a_url_that_is_no_url_is_named(url: str, ok: bool) -> None:
+    """A relative path was curl's "Couldn't resolve host name", a leading space its "bad/illegal format"."""
+    table = {"url": url, "sha256": "ab" * 32}
+    expr = (f'(((import {REPO / "nix"} {{ }}).mkDatasets {{ src = /tmp; toolchain = null; lock = {{ }}; '
+            f'config = builtins.fromJSON {json.dumps(json.dumps({"datasets": {"r": table}}))}; }}).r.drvPath)')
+    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--expr", expr],
+                         capture_output=True, text=True)
+    if ok:
+        assert out.returncode == 0, out.stderr
+    else:
+        assert out.returncode != 0 and (f"[datasets.r].url is {json.dumps(url)}, not a URL (scheme://...: https://, "
+                                        'http://, file:///); a file of this machine is a local dataset: path = "..." '
+                                        "instead of url and sha256, pinned by `mlbuild data add r PATH`") in out.stderr, \
+            out.stderr
+
+
+@pytest.mark.skipif(not have_nix(), reason="needs nix")
 def test_the_cycle_check_walks_shared_inputs_once() -> None:
     """Datasets each of which uses every one before it: the check walked every path, 2^n of them
     (30 datasets took minutes to evaluate, where Nix alone takes milliseconds)."""
