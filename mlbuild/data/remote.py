@@ -23,8 +23,10 @@ def shared_hashes(project: Project) -> set[str] | None:
     return {p.name[:-8] for p in root.glob("*.narinfo")}
 
 
-def dataset_paths(project: Project, names: list[str]) -> dict[str, str]:
-    """Store paths of the pinned (local and URL) datasets named (default: all of them)."""
+def dataset_paths(project: Project, names: list[str], unlocked: list[str] | None = None) -> dict[str, str]:
+    """Store paths of the pinned (local and URL) datasets named (default: all of them). ``unlocked``:
+    where given, with no names, the local datasets the lock does not pin go there, not refused (one
+    declared and never added stopped a push or pull of all the others)."""
     lock = read_lock(project.lock_path)
     declared = datasets(project)
     unknown = [n for n in names if n not in declared]
@@ -38,33 +40,49 @@ def dataset_paths(project: Project, names: list[str]) -> dict[str, str]:
             out[name] = fixed_output_path(ds.sha256, name, recursive=False)
         elif ds.kind == "path":
             entry = lock.get("datasets", {}).get(name)
-            if entry is None:
+            sha = entry.get("sha256") if isinstance(entry, dict) else None   # a hand-edited entry: no KeyError
+            if not isinstance(sha, str):
+                if unlocked is not None and not names:
+                    unlocked.append(name)
+                    continue
                 raise DataError(f"dataset {name!r} is not locked; run `mlbuild data add {name} {ds.path}`")
-            out[name] = fixed_output_path(entry["sha256"], name, recursive=True)
+            out[name] = fixed_output_path(sha, name, recursive=True)
         elif names:
             raise DataError(f"dataset {name!r} is derived (prepare): `mlbuild build datasets.{name}` fetches it from "
                             f"the shared store (or prepares it), `mlbuild build --push datasets.{name}` pushes it")
     return out
 
 
-def push(project: Project, names: list[str]) -> list[str]:
+def _unlocked_lines(project: Project, names: list[str]) -> list[str]:
+    declared = datasets(project)
+    return [f"{n}: skipped, not locked (declared, never added): `mlbuild data add {n} {declared[n].path}` pins it"
+            for n in names]
+
+
+def push(project: Project, names: list[str]) -> Iterator[str]:
+    """Push the datasets present here, a line each; then a DataError naming, with the command that
+    brings it, each one that is not here (one such stopped the push of all the others)."""
     from .. import _nix
     from ..store.config import load_store_config
     from ..store.push import push as store_push
 
-    paths = dataset_paths(project, names)
+    unlocked: list[str] = []
+    paths = dataset_paths(project, names, unlocked)
     missing = set(_nix.invalid_paths(list(paths.values())))
+    here = {n: p for n, p in paths.items() if p not in missing}
+    result = store_push(load_store_config(project.root), list(here.values())) if here else None
+    pushed = {info.store_path for info in result.pushed} if result is not None else set()
+    for n, p in here.items():
+        yield f"{n}: {'pushed' if p in pushed else 'already in the shared store'} {p}"
+    yield from _unlocked_lines(project, unlocked)
     if missing:
         declared = datasets(project)
         gone = [n for n, p in paths.items() if p in missing]
         # a url dataset cannot be `data add`ed (it refuses one): a build fetches it
         bring = [f"mlbuild build datasets.{n}" if declared[n].kind == "url" else f"mlbuild data add {n} {declared[n].path}"
                  for n in gone]
-        raise DataError(f"dataset(s) {', '.join(gone)} are not in the local store; bring them first: "
+        raise DataError(f"dataset(s) {', '.join(gone)} are not in the local store, so not pushed; bring them first: "
                         f"{'; '.join(f'`{b}`' for b in bring)}")
-    result = store_push(load_store_config(project.root), list(paths.values()))
-    pushed = {info.store_path for info in result.pushed}
-    return [f"{n}: {'pushed' if p in pushed else 'already in the shared store'} {p}" for n, p in paths.items()]
 
 
 def pull(project: Project, names: list[str]) -> Iterator[str]:
@@ -76,7 +94,8 @@ def pull(project: Project, names: list[str]) -> Iterator[str]:
     from ..store.layout import Layout
     from ..store.pull import pull as store_pull
 
-    paths = dataset_paths(project, names)
+    unlocked: list[str] = []
+    paths = dataset_paths(project, names, unlocked)
     cfg = load_store_config(project.root)
     layout = Layout(cfg.root)
     layout.require()
@@ -89,6 +108,7 @@ def pull(project: Project, names: list[str]) -> Iterator[str]:
     _nix.add_roots({f"dataset-{n}": p for n, p in wanted.items()}, state_dir(project.root) / "gcroots")
     for n, p in wanted.items():
         yield f"{n}: {'pulled' if p in fetched else 'already present'} {p}"
+    yield from _unlocked_lines(project, unlocked)
     if absent:
         declared = datasets(project)
         bring = [f"{n} (`mlbuild build datasets.{n}` fetches it from {declared[n].url})" if declared[n].kind == "url"

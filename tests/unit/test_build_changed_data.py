@@ -121,9 +121,9 @@ def test_pushing_a_url_dataset_not_fetched_yet_says_to_build_it(tmp_path: Path) 
                                            f'sha256 = "{"ab" * 32}"\n[datasets.raw]\npath = "data.csv"\n')
     lock = {"version": 1, "datasets": {"raw": {"sha256": "cd" * 32, "kind": "path"}}, "interpreter": {"snapshot": {}}}
     (tmp_path / "mlbuild.lock").write_text(json.dumps(lock))
-    with pytest.raises(DataError, match=r"^dataset\(s\) raw, remote are not in the local store; bring them first: "
+    with pytest.raises(DataError, match=r"^dataset\(s\) raw, remote are not in the local store, so not pushed; bring them first: "
                                         r"`mlbuild data add raw data.csv`; `mlbuild build datasets.remote`$"):
-        push(load_project(tmp_path), [])
+        list(push(load_project(tmp_path), []))
 
 
 def test_pulling_a_derived_dataset_says_what_fetches_it(tmp_path: Path) -> None:
@@ -171,6 +171,22 @@ def test_a_url_that_is_no_url_is_refused_by_status(tmp_path: Path) -> None:
                                           r'machine is a local dataset: path = "..." instead of url and sha256, pinned '
                                           r"by `mlbuild data add r PATH`$"):
         status(load_project(tmp_path), shared=None)
+
+
+def test_push_and_pull_of_every_dataset_skip_one_never_added_naming_it(tmp_path: Path) -> None:
+    """A dataset declared and never added (or a hand-edited pin with no sha256: a KeyError traceback)
+    stopped `data push`/`data pull` of all the others: "dataset 'c1' is not locked"."""
+    import pytest
+
+    from mlbuild.data.remote import dataset_paths
+
+    root, lock = project(tmp_path / "p")
+    lock["datasets"]["gone"] = {"kind": "path"}
+    (root / "mlbuild.lock").write_text(json.dumps({**lock, "version": 1, "interpreter": {"snapshot": {}}}))
+    unlocked: list[str] = []
+    assert list(dataset_paths(load_project(root), [], unlocked)) == ["raw"] and unlocked == ["gone"]
+    with pytest.raises(DataError, match=r"^dataset 'gone' is not locked; run `mlbuild data add gone data/gone.csv`$"):
+        dataset_paths(load_project(root), ["gone"], unlocked)   # asked for by name: refused
 
 
 def test_a_missing_lock_says_how_to_get_its_pins_back(tmp_path: Path) -> None:
