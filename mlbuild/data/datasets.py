@@ -288,6 +288,9 @@ def add(project: Project, name: str, path: Path) -> Added:
     else:
         config = toml_with_path(config_text(project.config_path), name, rel, project.config_path)
     ignore = git.ignore_entry(root, path)
+    # a link in the project to the data (data/raw -> /mnt/raw): git sees the link, untracked, and
+    # builds refused the tree as dirty
+    link = path.is_symlink() and git.ignore_entry(root, path, follow=False) is not None
     cache = root / STATE_NAME
     read_lock(project.lock_path)   # one it cannot read is refused before the import
     state_dir(root, writable=True)   # so is a read-only checkout: the pin could not be written after it
@@ -324,6 +327,8 @@ def add(project: Project, name: str, path: Path) -> Added:
         write_lock(project.lock_path, lock)
         if ignore is not None:   # asked again: another add may have written the same line since
             git.ignore(root, path)
+        if link:
+            git.ignore(root, path, follow=False)
     return Added(result, sha, rel, declared if config is not None else None, before.get("sha256"))
 
 
