@@ -92,6 +92,16 @@ def _unstorable(out: Path) -> str | None:
     return None
 
 
+class _Inputs(dict[str, Path]):
+    """``inputs``: a dataset the table does not list was a bare KeyError: 'images'."""
+
+    dataset = ""
+
+    def __missing__(self, key: str) -> Path:
+        raise KeyError(f"{key!r} is not an input of dataset {self.dataset!r}, which has "
+                       f"{', '.join(map(repr, self)) or 'none'}: add it to [datasets.{self.dataset}].inputs in mlbuild.toml")
+
+
 def main() -> None:
     spec = load_spec()
     seed = int(spec.get("seed", 0))
@@ -108,7 +118,9 @@ def main() -> None:
         raise SystemExit(f"mlbuild: {spec['script']} defines no prepare(inputs, out, params) function")
     out = Path(os.environ["out"])
     out.mkdir()
-    fn({k: Path(v) for k, v in spec["inputs"].items()}, out, dict(spec["params"]))
+    inputs = _Inputs({k: Path(v) for k, v in spec["inputs"].items()})
+    inputs.dataset = str(spec.get("dataset", ""))
+    fn(inputs, out, dict(spec["params"]))
     if _holds_nothing(out):   # `data add` refuses no data too
         raise SystemExit(f"mlbuild: prepare() in {spec['script']} wrote nothing into out, so dataset "
                          f"{spec.get('dataset', '')!r} would hold no data; write its files into the folder `out` "

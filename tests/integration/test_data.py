@@ -373,6 +373,16 @@ def test_a_prepare_that_writes_what_a_dataset_cannot_hold_fails_naming_it(data_p
     assert os.readlink(out / "ok") == "a.txt" and (out / "input").read_text().startswith("0\n1\n")
 
 
+def test_a_prepare_that_reads_an_input_it_did_not_list_is_told_to_list_it(data_project: Path) -> None:
+    """It was a bare `KeyError: 'other'`."""
+    (data_project / "prepare.py").write_text(f"def prepare(inputs, out, params):\n    inputs['other']  # {uuid.uuid4()}\n")
+    commit_all(data_project, "prepare reads an input it does not list")
+    proc = build(data_project, "datasets.split", check=False)
+    assert proc.returncode == 1, proc.stdout
+    assert ("KeyError: \"'other' is not an input of dataset 'split', which has 'raw': add it to "
+            "[datasets.split].inputs in mlbuild.toml\"") in proc.stderr, proc.stderr
+
+
 @pytest.fixture
 def http_dir(tmp_path: Path):
     """A real HTTP server on loopback serving tmp_path/www."""
