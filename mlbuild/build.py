@@ -10,6 +10,7 @@ revision, dirty flag, Nix version, time).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -349,6 +350,27 @@ def _store_hint(error: BuildError, store: StoreConfig | None) -> BuildError:
         f"machine that has it (`mlbuild build --push TARGET`)"))
 
 
+_HASH_MISMATCH = re.compile(r"hash mismatch in fixed-output derivation '[^']*?/[0-9a-z]{32}-([^'/]+)\.drv':"
+                            r"\s*specified:\s*(\S+)\s*got:\s*(\S+)")
+
+
+def _url_hash_hint(error: BuildError, project: Project) -> BuildError:
+    """A url dataset whose file is not the one its sha256 pins: Nix names the derivation and two
+    base64 hashes; say which dataset, the file's sha256 as `sha256sum` writes it and the fix."""
+    found = _HASH_MISMATCH.search(_ANSI.sub("", error.log_tail))   # Nix colours the path and hashes
+    table = (project.raw.get("datasets") or {}).get(found.group(1)) if found else None
+    if found is None or not isinstance(table, dict) or not isinstance(table.get("url"), str):
+        return error
+    name, got = found.group(1), found.group(3)
+    if got.startswith("sha256-"):
+        got = base64.b64decode(got[len("sha256-"):]).hex()
+    return BuildError(str(error.args[0]).split("\n", 1)[0], error.log_tail + (
+        f"\nmlbuild: dataset {name}: the file at {table['url']} has sha256 {got}, not the "
+        f"{table.get('sha256')} that [datasets.{name}].sha256 pins: if the file changed on purpose, set "
+        f"sha256 = \"{got}\" in mlbuild.toml (derived datasets and models built from it are built again); "
+        "otherwise the URL now serves other bytes (a new version, an error page): fix the URL"))
+
+
 def _own_module(root: Path, tail: list[str]) -> list[str]:
     """The runtime's "no module named X" hint made exact, where X is a file or folder of the project."""
     found = next((m for line in reversed(tail) if (m := _NO_MODULE.match(line))), None)
@@ -659,7 +681,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
                 args += ["--arg", "dirty", "true"]
         stream, status, out = _run_build(target, command(target), on_progress)
         if status != 0:
-            raise _store_hint(stream.failure(project.root, _local_datasets(project)),
+            raise _store_hint(_url_hash_hint(stream.failure(project.root, _local_datasets(project)), project),
                               store[0] if store is not None else None)
         result = _nix.parse_build_json(out)[0]
         path = result["outputs"]["out"]

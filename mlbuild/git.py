@@ -185,14 +185,16 @@ def log_revisions(project: Path, names: list[str]) -> list[str]:
     return revs
 
 
-def ignore_entry(project: Path, path: Path) -> tuple[Path, str] | None:
+def ignore_entry(project: Path, path: Path, follow: bool = True) -> tuple[Path, str] | None:
     """Where and what to add so that git ignores ``path``: ``(.gitignore, line)``, the project's
     .gitignore for a path inside the project, else the repository's top one. None when git ignores
-    it already, or when it is outside the project's repository (or there is none): nothing to do."""
+    it already, or when it is outside the project's repository (or there is none): nothing to do.
+    ``follow=False``: ``path`` itself where it is a symlink (git keeps a link as a file), not its target."""
     root = repo_root(project)
     if root is None:
         return None
-    target, project, root = path.resolve(), project.resolve(), root.resolve()
+    target = path.resolve() if follow else path.absolute().parent.resolve() / path.name
+    project, root = project.resolve(), root.resolve()
     top = project if target.is_relative_to(project) else root
     if not target.is_relative_to(top):
         return None
@@ -209,7 +211,8 @@ def ignore_entry(project: Path, path: Path) -> tuple[Path, str] | None:
                        f"a folder git ignores there)")
     if _ignored(root, target):
         return None
-    return top / ".gitignore", "/" + _literal(target.relative_to(top).as_posix()) + ("/" if target.is_dir() else "")
+    folder = target.is_dir() and not target.is_symlink()   # `/link/` matches no symlink: git sees a file
+    return top / ".gitignore", "/" + _literal(target.relative_to(top).as_posix()) + ("/" if folder else "")
 
 
 def _ignored(repo: Path, path: Path) -> bool:
@@ -232,9 +235,9 @@ def add_ignore(gitignore: Path, line: str) -> None:
     atomic.write_text(gitignore, text + ("" if not text or text.endswith("\n") else "\n") + line + "\n")
 
 
-def ignore(project: Path, path: Path) -> bool:
+def ignore(project: Path, path: Path, follow: bool = True) -> bool:
     """Make git ignore ``path`` (see ``ignore_entry``); True if a line was added."""
-    entry = ignore_entry(project, path)
+    entry = ignore_entry(project, path, follow)
     if entry is not None:
         add_ignore(*entry)
     return entry is not None

@@ -107,6 +107,14 @@ def read_lock(path: Path) -> dict[str, Any]:
         data[key] = [wheel_entry(w, f"{path} {key}") for w in data.get(key, [])]
     if "interpreter" not in data or "snapshot" not in data["interpreter"]:
         raise LockError(f"{path}: no interpreter entry; run `mlbuild lock`")
+    pins = data.get("datasets", {})   # a hand edit or a merge: every reader's .get() was a traceback
+    bad = [n for n, e in pins.items() if not isinstance(e, dict)] if isinstance(pins, dict) else None
+    if bad is None or bad:
+        what = f"its datasets are {json.dumps(pins)[:80]}" if bad is None else \
+            f"dataset {bad[0]!r} is pinned as {json.dumps(pins[bad[0]])[:80]}"
+        raise LockError(f"{path}: {what}, not {{\"sha256\": ...}} as `mlbuild data add` writes it (a hand edit or a "
+                        f"merge); restore it from git (`git checkout -- {path.name}`), or delete that entry and run "
+                        "`mlbuild data add NAME PATH` again")
     return data
 
 

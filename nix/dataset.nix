@@ -35,9 +35,12 @@
             path = get "path" "string" null;
             entry = locked.${name} or (throw
               "mlbuild: dataset ${name} is not locked; run `mlbuild data add ${name} ${path}`");
+            # a hand edit or a merge: Nix said "attribute 'sha256' missing" or "invalid hash", naming no dataset
+            sha256 = if builtins.isAttrs entry && builtins.isString (entry.sha256 or null)
+                        && builtins.match "[0-9a-fA-F]{64}" entry.sha256 != null then entry.sha256
+              else throw "mlbuild: mlbuild.lock pins dataset ${name} as ${builtins.toJSON entry}, with no sha256 of 64 hex digits (a hand edit or a merge); run `mlbuild data add ${name} ${path}` where its files are, or restore mlbuild.lock from git";
           in fetchLocked {
-            inherit name;
-            inherit (entry) sha256;
+            inherit name sha256;
             recursive = true;
             what = "dataset ${name}";
             hint = "mlbuild data pull ${name}   (or, where the files are: mlbuild data add ${name} ${path})";
@@ -52,6 +55,9 @@
           in
           assert lib.assertMsg (builtins.match "[0-9a-f]{64}" (lib.toLower given) != null)
             "[datasets.${name}].sha256 is ${builtins.toJSON given}; it must be the file's sha256 as 64 hex digits (`sha256sum FILE`)";
+          # "data/x.csv" was curl's "Couldn't resolve host name", " http://..." its "bad/illegal format"
+          assert lib.assertMsg (builtins.match "[A-Za-z][A-Za-z0-9+.-]*://[^[:space:]]+" (get "url" "string" null) != null)
+            "[datasets.${name}].url is ${builtins.toJSON t.url}, not a URL (scheme://...: https://, http://, file:///); a file of this machine is a local dataset: path = \"...\" instead of url and sha256, pinned by `mlbuild data add ${name} PATH`";
           derivation {
             inherit name;
             system = "builtin";
@@ -81,7 +87,7 @@
             spec = {
               version = 1;
               dataset = name;
-              code = mkCode { inherit src; files = get "code" "strings" [ script ]; what = "[datasets.${name}]"; };
+              code = mkCode { inherit src script; files = get "code" "strings" [ script ]; what = "[datasets.${name}]"; };
               inherit script;
               inputs = builtins.listToAttrs (map (i: { name = i; value = "${built.${i}}"; }) inputs);
               params = get "params" "table" { };

@@ -45,7 +45,7 @@
         version = 1;
         inherit name;
         model = "${training}";
-        code = mkCode { inherit src; files = get "code" "strings" [ script ]; what = "[models.${name}].code"; };
+        code = mkCode { inherit src script; files = get "code" "strings" [ script ]; what = "[models.${name}].code"; };
         inherit serve;
         runtime = "${runtime}";
         python = "${toolchain}/bin/python";

@@ -43,7 +43,7 @@
         inherit script device system dirty;
         module = lib.removeSuffix ".py" script;
         code = mkCode {
-          inherit src;
+          inherit src script;
           files = get "code" "strings" [ script ];
           what = if model ? code then "${where}.code" else if model ? script then "${where}.script"
                  else "${where}.script (default: ${script})";

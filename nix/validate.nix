@@ -28,7 +28,7 @@ rec {
       "[models.${name}.validation].dataset is ${dataset}, which is not a dataset; declared: ${builtins.toJSON (builtins.attrNames datasets)}";
     {
       inherit script dataset;
-      code = mkCode { inherit src; files = get "code" "strings" [ script ]; name = "suite";
+      code = mkCode { inherit src script; files = get "code" "strings" [ script ]; name = "suite";
                      what = "[models.${name}.validation].${if v ? code then "code" else "suite"}"; };
       data = datasets.${dataset};
       thresholds = get "thresholds" "table" { };

@@ -29,7 +29,7 @@ from ..lockfile import read_lock, write_lock
 from ..runtime.hashing import sha256_file
 from ..storepath import fixed_output_path
 from . import statcache
-from .importer import Imported, import_path, not_storable
+from .importer import Imported, check_links, import_path, not_storable
 
 __all__ = ["Dataset", "DataError", "datasets", "add", "Added", "toml_with_path", "toml_string", "shown_name", "status", "diff", "locked_path",
            "Status", "FileDiff"]
@@ -49,8 +49,15 @@ class Dataset:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")   # nix/project.nix's checkNames
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S+$")   # nix/dataset.nix's
+
+
 def _one(name: str, table: Any) -> Dataset:
     where = f"[datasets.{name}]"
+    if not _NAME.match(name):   # as the Nix library refuses it (project.nix): status told to build `datasets..x`
+        raise ConfigError(f"[datasets.{json.dumps(name)}]: {json.dumps(name)} is not a valid name; use letters, "
+                          f"digits, - and _ (it becomes the target datasets.NAME and a store path's name)")
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
     kinds = [k for k in ("path", "url", "prepare") if k in table]
@@ -64,7 +71,12 @@ def _one(name: str, table: Any) -> Dataset:
         if not isinstance(sha, str) or not _HEX.match(sha.lower()):
             raise ConfigError(f"{where}: url datasets need sha256 = \"<64 hex digits>\" (the file's sha256), "
                               f"got {sha!r}")
-        return Dataset(name, kind, url=str(table["url"]), sha256=sha.lower())
+        url = table["url"]
+        if not isinstance(url, str) or not _URL.match(url):   # as nix/dataset.nix refuses it
+            raise ConfigError(f"{where}.url is {json.dumps(url)}, not a URL (scheme://...: https://, http://, file:///); "
+                              f"a file of this machine is a local dataset: path = \"...\" instead of url and sha256, "
+                              f"pinned by `mlbuild data add {name} PATH`")
+        return Dataset(name, kind, url=url, sha256=sha.lower())
     if kind == "prepare":
         inputs = table.get("inputs", [])
         if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
@@ -234,6 +246,10 @@ def add(project: Project, name: str, path: Path) -> Added:
     path = path if path.is_absolute() else (Path.cwd() / path)
     if not path.exists():
         raise DataError(f"{path} does not exist; give the file or folder holding dataset {name!r}")
+    here = project.root.resolve()
+    if path.resolve() == here or path.resolve() in here.parents:   # `data add all .`: git's advice untracked it all
+        raise DataError(f"{path} holds the project itself ({project.config_path}), its code and git repository; "
+                        f"a dataset is the data alone: give the folder or file that holds it (data/, say)")
     with _reading(name, path):
         empty = _empty(path)
     if empty:
@@ -272,6 +288,9 @@ def add(project: Project, name: str, path: Path) -> Added:
     else:
         config = toml_with_path(config_text(project.config_path), name, rel, project.config_path)
     ignore = git.ignore_entry(root, path)
+    # a link in the project to the data (data/raw -> /mnt/raw): git sees the link, untracked, and
+    # builds refused the tree as dirty
+    link = path.is_symlink() and git.ignore_entry(root, path, follow=False) is not None
     cache = root / STATE_NAME
     read_lock(project.lock_path)   # one it cannot read is refused before the import
     state_dir(root, writable=True)   # so is a read-only checkout: the pin could not be written after it
@@ -308,6 +327,8 @@ def add(project: Project, name: str, path: Path) -> Added:
         write_lock(project.lock_path, lock)
         if ignore is not None:   # asked again: another add may have written the same line since
             git.ignore(root, path)
+        if link:
+            git.ignore(root, path, follow=False)
     return Added(result, sha, rel, declared if config is not None else None, before.get("sha256"))
 
 
@@ -384,6 +405,11 @@ def status(project: Project, shared: "set[str] | None" = None) -> list[Status]:
                     out.append(Status(name, ds.kind, "unreadable", sha, str(e)))
                     continue
                 if cached != sha:
+                    try:   # a link `data add` refuses: "changed, `data add` pins it" sent the user into that
+                        check_links(local)
+                    except DataError as e:
+                        out.append(Status(name, ds.kind, "unstorable", sha, str(e)))
+                        continue
                     if path not in absent:
                         out.append(Status(name, ds.kind, "changed", sha,
                                           f"{ds.path} differs from the lock; `mlbuild data add {name} {ds.path}` "

@@ -30,7 +30,7 @@ from ..errors import DataError, StoreCorruptError
 from ..fastcopy import HashPipe, kernel_copy
 from ..storepath import PathLock, fixed_output_path
 
-__all__ = ["Imported", "import_path", "fast_path_available", "STAGING", "check_link", "not_storable",
+__all__ = ["Imported", "import_path", "fast_path_available", "STAGING", "check_link", "check_links", "not_storable",
            "remove_tree"]
 
 STAGING = Path(os.environ.get("MLBUILD_STAGING", "/nix/var/mlbuild/staging"))
@@ -324,6 +324,11 @@ def _count(src: Path) -> tuple[int, int]:
                 files += 1
                 size += os.path.getsize(p)
     return files, size
+
+
+def check_links(src: Path) -> None:
+    """Refuse (DataError, naming it and the fix) a link under ``src`` that `data add` refuses."""
+    _count(src)
 
 
 def _copy_to_temp(src: str, dst: str) -> None:

@@ -71,6 +71,37 @@ def _holds_nothing(out: Path) -> bool:
     return out.is_dir() and not out.is_symlink() and all(p.is_dir() and not p.is_symlink() for p in out.rglob("*"))
 
 
+def _unstorable(out: Path) -> str | None:
+    """What under ``out`` a dataset cannot hold, as `data add` refuses it: a pipe, socket or device
+    (Nix fails on it, naming no script), or a link to a path outside ``out`` and the Nix store
+    (/etc/hostname, ../../x), which would point at this machine's files, in no store path, or at
+    nothing on another machine. A link to an input's file (a store path) is data."""
+    store = os.environ.get("NIX_STORE", "/nix/store").rstrip("/") + "/"
+    for dirpath, dirs, files in os.walk(out):
+        for name in dirs + files:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                target = os.readlink(path)
+                resolved = os.path.normpath(os.path.join(dirpath, target))
+                if not (resolved.startswith(store) or resolved == str(out) or resolved.startswith(str(out) + "/")):
+                    return (f"{os.path.relpath(path, out)}, a symlink to {target}, outside out and the Nix store; "
+                            "copy the file into out (shutil.copy), or link to a file of an input")
+            elif not (os.path.isfile(path) or os.path.isdir(path)):
+                return (f"{os.path.relpath(path, out)}, not a file, folder or symlink (a pipe, socket or device); "
+                        "write a file instead, or delete it before prepare() returns")
+    return None
+
+
+class _Inputs(dict[str, Path]):
+    """``inputs``: a dataset the table does not list was a bare KeyError: 'images'."""
+
+    dataset = ""
+
+    def __missing__(self, key: str) -> Path:
+        raise KeyError(f"{key!r} is not an input of dataset {self.dataset!r}, which has "
+                       f"{', '.join(map(repr, self)) or 'none'}: add it to [datasets.{self.dataset}].inputs in mlbuild.toml")
+
+
 def main() -> None:
     spec = load_spec()
     seed = int(spec.get("seed", 0))
@@ -87,11 +118,16 @@ def main() -> None:
         raise SystemExit(f"mlbuild: {spec['script']} defines no prepare(inputs, out, params) function")
     out = Path(os.environ["out"])
     out.mkdir()
-    fn({k: Path(v) for k, v in spec["inputs"].items()}, out, dict(spec["params"]))
+    inputs = _Inputs({k: Path(v) for k, v in spec["inputs"].items()})
+    inputs.dataset = str(spec.get("dataset", ""))
+    fn(inputs, out, dict(spec["params"]))
     if _holds_nothing(out):   # `data add` refuses no data too
         raise SystemExit(f"mlbuild: prepare() in {spec['script']} wrote nothing into out, so dataset "
                          f"{spec.get('dataset', '')!r} would hold no data; write its files into the folder `out` "
                          "(out / \"train.csv\", say)")
+    bad = _unstorable(out)
+    if bad is not None:   # `data add` refuses it too
+        raise SystemExit(f"mlbuild: dataset {spec.get('dataset', '')!r}: prepare() in {spec['script']} wrote {bad}")
 
 
 if __name__ == "__main__":

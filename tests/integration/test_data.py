@@ -352,6 +352,37 @@ def test_a_prepare_that_writes_nothing_fails_naming_it(data_project: Path) -> No
     assert proc.returncode == 1 and "prepare() in prepare.py wrote nothing into out" in proc.stderr, proc.stderr
 
 
+def test_a_prepare_that_writes_what_a_dataset_cannot_hold_fails_naming_it(data_project: Path) -> None:
+    """A link to a host file (/etc/hostname) built a dataset whose readers read this machine's file,
+    in no store path (nothing on another machine); a pipe failed in Nix, naming no script."""
+    body = ("import os\ndef prepare(inputs, out, params):\n    (out / 'a.txt').write_text('a')\n"
+            "    os.symlink('a.txt', out / 'ok')\n    os.symlink(inputs['raw'] / 'rows.txt', out / 'input')\n"
+            "    os.symlink('.', out / 'self')\n")
+    for bad, said in (("os.symlink('/etc/hostname', out / 'host')", "host, a symlink to /etc/hostname, outside out "
+                       "and the Nix store; copy the file into out (shutil.copy), or link to a file of an input"),
+                      ("os.symlink('../../x', out / 'up')", "up, a symlink to ../../x, outside out and the Nix store"),
+                      ("os.mkfifo(out / 'fifo')", "fifo, not a file, folder or symlink (a pipe, socket or device)")):
+        (data_project / "prepare.py").write_text(f"{body}    {bad}  # {uuid.uuid4()}\n")
+        commit_all(data_project, f"prepare writes {bad}")
+        proc = build(data_project, "datasets.split", check=False)
+        assert proc.returncode == 1, proc.stdout
+        assert f"mlbuild: dataset 'split': prepare() in prepare.py wrote {said}" in proc.stderr, proc.stderr
+    (data_project / "prepare.py").write_text(f"{body}  # {uuid.uuid4()}\n")   # links inside out, or to an input
+    commit_all(data_project, "prepare writes good links")
+    out = Path(build(data_project, "datasets.split").stdout.split("\t")[1].split("\n")[0])
+    assert os.readlink(out / "ok") == "a.txt" and (out / "input").read_text().startswith("0\n1\n")
+
+
+def test_a_prepare_that_reads_an_input_it_did_not_list_is_told_to_list_it(data_project: Path) -> None:
+    """It was a bare `KeyError: 'other'`."""
+    (data_project / "prepare.py").write_text(f"def prepare(inputs, out, params):\n    inputs['other']  # {uuid.uuid4()}\n")
+    commit_all(data_project, "prepare reads an input it does not list")
+    proc = build(data_project, "datasets.split", check=False)
+    assert proc.returncode == 1, proc.stdout
+    assert ("KeyError: \"'other' is not an input of dataset 'split', which has 'raw': add it to "
+            "[datasets.split].inputs in mlbuild.toml\"") in proc.stderr, proc.stderr
+
+
 @pytest.fixture
 def http_dir(tmp_path: Path):
     """A real HTTP server on loopback serving tmp_path/www."""
@@ -386,6 +417,9 @@ def test_url_dataset(data_project: Path, http_dir) -> None:
     proc = build(data_project, "datasets.remote2", check=False)
     assert proc.returncode == 1
     assert "hash mismatch" in proc.stderr and "remote2" in proc.stderr
+    # Nix names a derivation and two base64 hashes; the user needs the dataset, the hex and the fix
+    assert (f"dataset remote2: the file at {base_url}/remote.csv has sha256 {good}, not the {wrong} that "
+            f'[datasets.remote2].sha256 pins: if the file changed on purpose, set sha256 = "{good}"') in proc.stderr
 
 
 def test_push_and_pull_datasets_through_the_shared_store(data_project: Path, tmp_path: Path) -> None:
@@ -409,6 +443,28 @@ def test_push_and_pull_datasets_through_the_shared_store(data_project: Path, tmp
     assert run_cli("data", "pull", "fresh", cwd=data_project, env=env).stdout.startswith(
         f"fresh: already present {path}")
 
+
+
+def test_pull_of_every_dataset_fetches_what_the_store_has_and_names_the_rest(data_project: Path, tmp_path: Path) -> None:
+    """`data pull` stopped at the first dataset the shared store lacked, pulling none, naming a store
+    path and `mlbuild store push`, even one that was here already (added, not pushed yet)."""
+    from tests.integration.test_store_machines import make_store, store_env
+
+    env = store_env(make_store(tmp_path / "shared"))
+    write_tree(data_project, {"data": {"fresh": {"rows.txt": f"{uuid.uuid4()}\n" * 10}}})
+    run_cli("data", "add", "fresh", "data/fresh", cwd=data_project)
+    path = run_cli("data", "push", "fresh", cwd=data_project, env=env).stdout.split()[-1]
+    shutil.rmtree(data_project / ".mlbuild" / "gcroots")
+    subprocess.run(["nix-store", "--delete", path], check=True, capture_output=True)
+    toml = data_project / "mlbuild.toml"
+    toml.write_text(toml.read_text() + f'\n[datasets.remote]\nurl = "http://127.0.0.1:9/{uuid.uuid4()}.csv"\n'
+                                       f'sha256 = "{hashlib.sha256(uuid.uuid4().bytes).hexdigest()}"\n')
+    proc = run_cli("data", "pull", cwd=data_project, env=env, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"fresh: pulled {path}" in proc.stdout and "raw: already present" in proc.stdout, proc.stdout
+    assert proc.stderr.startswith(f"Error: not in the shared store {tmp_path / 'shared' / 'cache'} nor here: remote "
+                                  "(`mlbuild build datasets.remote` fetches it from http://127.0.0.1:9/"), proc.stderr
+    subprocess.run(["nix-store", "--verify-path", path], check=True)
 
 
 def _refused(root: Path, *expected: str, path: str = "data/new") -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from mlbuild.build import changed_datasets
 from mlbuild.config import load_project
+from mlbuild.errors import DataError
 from mlbuild.nar import nar_sha256
 
 
@@ -107,6 +108,85 @@ def test_a_missing_url_dataset_is_fetched_by_a_build(tmp_path: Path) -> None:
     (row,) = status(load_project(tmp_path), shared=None)
     assert (row.state, row.detail) == ("missing", "run `mlbuild build datasets.remote` (it fetches file:///srv/x.csv), "
                                                   "or `mlbuild data pull remote`")
+
+
+def test_pushing_a_url_dataset_not_fetched_yet_says_to_build_it(tmp_path: Path) -> None:
+    """`data push` said "`mlbuild data add NAME PATH` first", which refuses a url dataset."""
+    import pytest
+
+    from mlbuild.data.remote import push
+
+    (tmp_path / "data.csv").write_text("1\n")
+    (tmp_path / "mlbuild.toml").write_text('[project]\nname = "p"\n[datasets.remote]\nurl = "file:///srv/x.csv"\n'
+                                           f'sha256 = "{"ab" * 32}"\n[datasets.raw]\npath = "data.csv"\n')
+    lock = {"version": 1, "datasets": {"raw": {"sha256": "cd" * 32, "kind": "path"}}, "interpreter": {"snapshot": {}}}
+    (tmp_path / "mlbuild.lock").write_text(json.dumps(lock))
+    with pytest.raises(DataError, match=r"^dataset\(s\) raw, remote are not in the local store, so not pushed; bring them first: "
+                                        r"`mlbuild data add raw data.csv`; `mlbuild build datasets.remote`$"):
+        list(push(load_project(tmp_path), []))
+
+
+def test_pulling_a_derived_dataset_says_what_fetches_it(tmp_path: Path) -> None:
+    """`data pull split` said only that it "is pushed with what is built from it"."""
+    import pytest
+
+    from mlbuild.data.remote import dataset_paths
+
+    root, lock = project(tmp_path / "p")
+    (root / "mlbuild.lock").write_text(json.dumps({**lock, "version": 1, "interpreter": {"snapshot": {}}}))
+    with pytest.raises(DataError, match=r"^dataset 'split' is derived \(prepare\): `mlbuild build datasets.split` "
+                                        r"fetches it from the shared store \(or prepares it\), `mlbuild build --push "
+                                        r"datasets.split` pushes it$"):
+        dataset_paths(load_project(root), ["split"])
+
+
+def test_a_declared_name_nix_refuses_is_refused_by_status(tmp_path: Path) -> None:
+    """`data status` listed [datasets.".hidden"] and told to run `mlbuild build datasets..hidden`,
+    which is no target (and the Nix library refuses the name)."""
+    import pytest
+
+    from mlbuild.data.datasets import status
+    from mlbuild.errors import ConfigError
+
+    (tmp_path / "mlbuild.toml").write_text('[project]\nname = "p"\n[datasets.".hidden"]\nurl = "file:///srv/x.csv"\n'
+                                           f'sha256 = "{"ab" * 32}"\n')
+    (tmp_path / "mlbuild.lock").write_text(json.dumps({"version": 1, "datasets": {}, "interpreter": {"snapshot": {}}}))
+    with pytest.raises(ConfigError, match=r'^\[datasets.".hidden"\]: ".hidden" is not a valid name; use letters, '
+                                          r"digits, - and _"):
+        status(load_project(tmp_path), shared=None)
+
+
+def test_a_url_that_is_no_url_is_refused_by_status(tmp_path: Path) -> None:
+    """`url = "data/raw.csv"` was listed as a url dataset to fetch; its build failed in curl with
+    "Couldn't resolve host name"."""
+    import pytest
+
+    from mlbuild.data.datasets import status
+    from mlbuild.errors import ConfigError
+
+    (tmp_path / "mlbuild.toml").write_text('[project]\nname = "p"\n[datasets.r]\nurl = "data/raw.csv"\n'
+                                           f'sha256 = "{"ab" * 32}"\n')
+    (tmp_path / "mlbuild.lock").write_text(json.dumps({"version": 1, "datasets": {}, "interpreter": {"snapshot": {}}}))
+    with pytest.raises(ConfigError, match=r'^\[datasets.r\].url is "data/raw.csv", not a URL .*; a file of this '
+                                          r'machine is a local dataset: path = "..." instead of url and sha256, pinned '
+                                          r"by `mlbuild data add r PATH`$"):
+        status(load_project(tmp_path), shared=None)
+
+
+def test_push_and_pull_of_every_dataset_skip_one_never_added_naming_it(tmp_path: Path) -> None:
+    """A dataset declared and never added (or a hand-edited pin with no sha256: a KeyError traceback)
+    stopped `data push`/`data pull` of all the others: "dataset 'c1' is not locked"."""
+    import pytest
+
+    from mlbuild.data.remote import dataset_paths
+
+    root, lock = project(tmp_path / "p")
+    lock["datasets"]["gone"] = {"kind": "path"}
+    (root / "mlbuild.lock").write_text(json.dumps({**lock, "version": 1, "interpreter": {"snapshot": {}}}))
+    unlocked: list[str] = []
+    assert list(dataset_paths(load_project(root), [], unlocked)) == ["raw"] and unlocked == ["gone"]
+    with pytest.raises(DataError, match=r"^dataset 'gone' is not locked; run `mlbuild data add gone data/gone.csv`$"):
+        dataset_paths(load_project(root), ["gone"], unlocked)   # asked for by name: refused
 
 
 def test_a_missing_lock_says_how_to_get_its_pins_back(tmp_path: Path) -> None:

@@ -437,3 +437,17 @@ def test_the_nix_library_names_a_half_merged_lock(tree) -> None:
     assert "mlbuild.lock: a git merge left it half-resolved (conflict marker '<<<<<<< HEAD' at line 4); take one " \
            "side (`git checkout --ours -- mlbuild.lock`, or `--theirs`)" in out.stderr, out.stderr
     assert "parse error" not in out.stderr
+
+
+@pytest.mark.parametrize(("datasets", "said"), [
+    ({"raw": "ab" * 32}, f"dataset 'raw' is pinned as \"{'ab' * 32}\""),
+    (["raw"], 'its datasets are ["raw"]'),
+])
+def test_a_dataset_pin_that_is_no_object_is_named(tmp_path: Path, datasets: object, said: str) -> None:
+    """A hand-edited or merged pin (`"raw": "<hash>"`): status, data add and every build ended in an
+    AttributeError traceback ('str' object has no attribute 'get')."""
+    path = tmp_path / "mlbuild.lock"
+    path.write_text(json.dumps({"version": 1, "interpreter": {"snapshot": {}}, "datasets": datasets}))
+    with pytest.raises(LockError, match=re.escape(f"{path}: {said}, not {{\"sha256\": ...}} as `mlbuild data add` "
+                                                  "writes it (a hand edit or a merge); restore it from git")):
+        read_lock(path)

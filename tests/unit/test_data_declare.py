@@ -76,6 +76,35 @@ def test_ignored_where_the_path_is(tmp_path: Path) -> None:
     assert git.ignore_entry(project, repo / "shared" / "d") is None                # ignored already
 
 
+def test_a_link_in_the_project_to_the_data_is_ignored_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`data add raw data/raw`, data/raw a link to /mnt/raw (or to data/v2): the target was declared
+    and ignored, not the link, which git saw as an untracked file: every build refused the tree."""
+    import json
+
+    from mlbuild.config import load_project
+    from mlbuild.data.datasets import add
+
+    root, outside = tmp_path / "p", tmp_path / "mnt" / "raw"
+    outside.mkdir(parents=True)
+    (outside / "a.csv").write_text("1\n")
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "v2").mkdir()
+    (root / "data" / "v2" / "b.csv").write_text("2\n")
+    (root / "mlbuild.toml").write_text('[project]\nname = "p"\n')
+    (root / "mlbuild.lock").write_text(json.dumps({"version": 1, "datasets": {}, "interpreter": {"snapshot": {}}}))
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    (root / "data" / "raw").symlink_to(outside)
+    (root / "data" / "cur").symlink_to("v2")
+    assert git.ignore_entry(root, root / "data" / "cur", follow=False) == (root / ".gitignore", "/data/cur")
+    monkeypatch.chdir(root)
+    add(load_project(root), "raw", Path("data/raw"))
+    add(load_project(root), "cur", Path("data/cur"))
+    assert (root / ".gitignore").read_text().splitlines() == ["/data/raw", "/data/v2/", "/data/cur"]
+    untracked = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "-uall"], capture_output=True,
+                               text=True, check=True).stdout.splitlines()
+    assert sorted(untracked) == ["?? .gitignore", "?? mlbuild.lock", "?? mlbuild.toml"]
+
+
 def test_a_path_that_is_not_utf8_is_refused() -> None:
     with pytest.raises(DataError, match="not valid UTF-8"):
         toml_with_path(HEAD, "x", "data/caf\udce9.csv", CONFIG)
@@ -111,3 +140,25 @@ def test_a_symlink_to_a_file_outside_the_repository_is_not_tracked(tmp_path: Pat
     subprocess.run(["git", "init", "-q", str(far.parent)], check=True)
     subprocess.run(["git", "-C", str(far.parent), "add", "x.csv"], check=True)
     assert git.is_tracked(repo / "x.csv")                # what it points at is in git
+
+
+@pytest.mark.parametrize("given", [".", "..", "data/.."])
+def test_the_project_folder_or_one_above_it_is_refused_as_a_dataset(tmp_path: Path, given: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`data add all .` in a git project answered "Untrack it first: `git rm -r --cached PROJECT`",
+    which untracks the whole project; outside git it imported the code (and .git) as data."""
+    from mlbuild.config import load_project
+    from mlbuild.data.datasets import add
+
+    root = tmp_path / "p"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "x.csv").write_text("1\n")
+    (root / "mlbuild.toml").write_text('[project]\nname = "p"\n')
+    before = (root / "mlbuild.toml").read_text()
+    monkeypatch.chdir(root)
+    import re
+
+    with pytest.raises(DataError, match=f"^{re.escape(str(root / given))} holds the project itself "
+                                        f"{re.escape(f'({root}/mlbuild.toml)')}"):
+        add(load_project(root), "all", Path(given))
+    assert (root / "mlbuild.toml").read_text() == before and not (root / "mlbuild.lock").exists()

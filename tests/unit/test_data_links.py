@@ -49,3 +49,28 @@ def test_a_pipe_is_named_by_the_nar_writer(tmp_path: Path) -> None:
     with pytest.raises(NotStorableError) as e:
         nar_sha256(str(tmp_path / "d"))
     assert e.value.path == str(tmp_path / "d" / "pipe") and isinstance(e.value, ValueError)
+
+
+def test_status_names_a_link_data_add_would_refuse_not_a_change_to_pin(tmp_path: Path) -> None:
+    """A link out of the folder made `data status` say "changed; `mlbuild data add` pins the new
+    version", which then refused it."""
+    import json
+
+    from mlbuild.config import load_project
+    from mlbuild.data.datasets import status
+    from mlbuild.nar import nar_sha256
+
+    (tmp_path / "data" / "d").mkdir(parents=True)
+    (tmp_path / "data" / "d" / "a.csv").write_text("1\n")
+    (tmp_path / "mlbuild.toml").write_text('[project]\nname = "p"\n[datasets.d]\npath = "data/d"\n')
+    pin = {"sha256": nar_sha256(str(tmp_path / "data" / "d")), "kind": "path"}
+    (tmp_path / "mlbuild.lock").write_text(json.dumps({"version": 1, "datasets": {"d": pin}, "interpreter": {"snapshot": {}}}))
+    (tmp_path / "data" / "d" / "host").symlink_to("/etc/hostname")
+    (row,) = status(load_project(tmp_path), shared=None)
+    assert (row.state, row.detail) == ("unstorable", f"{tmp_path}/data/d/host is a symlink to /etc/hostname, an absolute "
+                                       f"path: in the Nix store it would point at nothing; copy the file into "
+                                       f"{tmp_path}/data/d")
+    (tmp_path / "data" / "d" / "host").unlink()
+    (tmp_path / "data" / "d" / "ok").symlink_to("a.csv")   # a link data add keeps: a change to pin
+    (row,) = status(load_project(tmp_path), shared=None)
+    assert row.state == "missing" and "holds other files than the pinned version" in row.detail, row   # no pin here

@@ -72,6 +72,68 @@ def test_code_outside_the_project_is_named_so(name: str) -> None:
 
 
 @pytest.mark.skipif(not have_nix(), reason="needs nix")
+@pytest.mark.parametrize(("files", "ok"), [(["m.py"], True), (["other.py", "m.py"], True),
+                                            (["lib/"], False), (["other.py"], False)])
+def test_code_that_leaves_out_the_script_is_named(files: list, ok: bool, tmp_path) -> None:
+    """`code = ["lib/"]` without the script built, then failed in importlib: a FileNotFoundError
+    for <code store path>/m.py, naming neither the key nor the fix."""
+    for f in ("m.py", "other.py", "lib/x.py"):
+        (tmp_path / f).parent.mkdir(exist_ok=True)
+        (tmp_path / f).write_text("")
+    expr = (f'((import {REPO / "nix"} {{ }}).mkCode {{ src = {tmp_path}; script = "m.py"; '
+            f'files = {json.dumps(files).replace(",", "")}; what = "[datasets.d]"; }}) != ""')
+    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--expr", expr],
+                         capture_output=True, text=True)
+    if ok:
+        assert out.returncode == 0, out.stderr
+    else:
+        assert out.returncode != 0 and (f"[datasets.d]: code = {json.dumps(files, separators=(',', ':'))} leaves out "
+                                        'm.py, the script the stage runs (a build sees only the code files): add "m.py" '
+                                        "to code") in out.stderr, out.stderr
+
+
+@pytest.mark.skipif(not have_nix(), reason="needs nix")
+@pytest.mark.parametrize("entry", [{"kind": "path"}, {"kind": "path", "sha256": "zz"}, "x",
+                                   {"sha256": "AB" * 32}, {"sha256": "ab" * 32}])
+def test_a_dataset_pin_that_is_no_sha256_is_named(entry: object) -> None:
+    """A hand-edited or merged lock: Nix said "attribute 'sha256' missing" or "invalid hash", naming
+    no dataset and no fix."""
+    lock = {"datasets": {"raw": entry}}
+    expr = (f'(((import {REPO / "nix"} {{ }}).mkDatasets {{ src = /tmp; toolchain = null; '
+            f'lock = builtins.fromJSON {json.dumps(json.dumps(lock))}; '
+            f'config = builtins.fromJSON {json.dumps(json.dumps({"datasets": {"raw": {"path": "data/raw"}}}))}; '
+            f'}}).raw.drvPath)')
+    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--expr", expr],
+                         capture_output=True, text=True)
+    if entry in ({"sha256": "ab" * 32}, {"sha256": "AB" * 32}):   # in either case, as Nix reads it
+        assert out.returncode == 0, out.stderr
+    else:
+        assert out.returncode != 0 and (f"mlbuild: mlbuild.lock pins dataset raw as "
+                                        f"{json.dumps(entry, separators=(',', ':'))}, with no sha256 of 64 hex digits "
+                                        "(a hand edit or a merge); run `mlbuild data add raw data/raw` where its files "
+                                        "are") in out.stderr, out.stderr
+
+
+@pytest.mark.skipif(not have_nix(), reason="needs nix")
+@pytest.mark.parametrize(("url", "ok"), [("data/raw.csv", False), (" http://h/x.csv", False), ("http://h/a b", False),
+                                         ("https://h/x.csv", True), ("file:///srv/x.csv", True)])
+def test_a_url_that_is_no_url_is_named(url: str, ok: bool) -> None:
+    """A relative path was curl's "Couldn't resolve host name", a leading space its "bad/illegal format"."""
+    table = {"url": url, "sha256": "ab" * 32}
+    expr = (f'(((import {REPO / "nix"} {{ }}).mkDatasets {{ src = /tmp; toolchain = null; lock = {{ }}; '
+            f'config = builtins.fromJSON {json.dumps(json.dumps({"datasets": {"r": table}}))}; }}).r.drvPath)')
+    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--expr", expr],
+                         capture_output=True, text=True)
+    if ok:
+        assert out.returncode == 0, out.stderr
+    else:
+        assert out.returncode != 0 and (f"[datasets.r].url is {json.dumps(url)}, not a URL (scheme://...: https://, "
+                                        'http://, file:///); a file of this machine is a local dataset: path = "..." '
+                                        "instead of url and sha256, pinned by `mlbuild data add r PATH`") in out.stderr, \
+            out.stderr
+
+
+@pytest.mark.skipif(not have_nix(), reason="needs nix")
 def test_the_cycle_check_walks_shared_inputs_once() -> None:
     """Datasets each of which uses every one before it: the check walked every path, 2^n of them
     (30 datasets took minutes to evaluate, where Nix alone takes milliseconds)."""
