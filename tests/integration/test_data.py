@@ -336,6 +336,24 @@ def test_build_check_of_a_dataset_added_here(data_project: Path) -> None:
     assert "reproducible: datasets.split (built again, the same bytes)" in both
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to build on one")
+def test_a_derived_dataset_is_the_same_on_fewer_cores(data_project: Path) -> None:
+    """numpy's BLAS (and torch) split a matrix product or a sum by the number of CPUs it may use,
+    so a prepare() doing arithmetic gave other bytes on a machine with another core count (here:
+    `taskset -c 0`), and `build --check` there said it was not reproducible."""
+    (data_project / "prepare.py").write_text(
+        "import numpy as np\n\ndef prepare(inputs, out, params):\n"
+        "    a = np.random.default_rng(0).standard_normal((600, 900))\n"
+        "    b = np.random.default_rng(1).standard_normal((900, 300))\n"
+        f"    (out / 'x.bin').write_bytes((a @ b).tobytes() + a.sum(0).tobytes())  # {uuid.uuid4()}\n")
+    commit_all(data_project, "prepare with arithmetic")
+    build(data_project, "datasets.split")   # on every core this machine has
+    proc = subprocess.run(["taskset", "-c", "0", *MLBUILD, "build", "--check", "datasets.split"], cwd=data_project,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "reproducible: datasets.split (built again, the same bytes)" in proc.stdout
+
+
 def test_a_prepare_that_writes_nothing_fails_naming_it(data_project: Path) -> None:
     """It built an empty dataset, cached for good, and the training failed later on a missing file."""
     (data_project / "prepare.py").write_text(f"def prepare(inputs, out, params):\n    pass  # {uuid.uuid4()}\n")
