@@ -17,7 +17,8 @@ path holding the project files the notebook uses), its ``datasets`` (name -> sto
   ``MLBUILD_OUTPUTS``;
 - runs it with nbclient and a ``python3`` kernel spec written for the run: the toolchain's own
   interpreter (``sys.executable``) running ipykernel, over ZeroMQ ``ipc`` sockets in the build's
-  temporary folder (no TCP port, no network), with ``HOME``, ``IPYTHONDIR`` and the Jupyter
+  temporary folder (no TCP port, no network; in a folder of their own in /tmp where that path is
+  too long for a socket), with ``HOME``, ``IPYTHONDIR`` and the Jupyter
   folders there too (nothing is written to a home folder);
 - stores ``$out/<notebook>.ipynb`` (executed, with outputs), ``$out/outputs/`` and
   ``$out/summary.json``. Timing metadata is not recorded and consecutive stream outputs are
@@ -294,6 +295,24 @@ def _event(**fields: Any) -> None:
     print(EVENT_PREFIX + json.dumps(fields, sort_keys=True), flush=True)
 
 
+#: The longest path of a unix socket (``sun_path``: 108 bytes with its NUL), less the ``-N``
+#: suffix jupyter_client adds to the prefix for each channel.
+_SOCKET_PREFIX_MAX = 107 - 8
+
+
+def _socket_prefix(tmp: Path) -> tuple[str, Path | None]:
+    """The kernel's socket path prefix: in the build folder, or (when that path is too long for a
+    socket: a long notebook name or TMPDIR) in a folder of its own in /tmp, which the caller
+    removes (the second value). The prefix is not in the outputs."""
+    prefix = str(tmp / "kernel")
+    if len(os.fsencode(prefix)) <= _SOCKET_PREFIX_MAX:
+        return prefix, None
+    import tempfile
+
+    short = Path(tempfile.mkdtemp(prefix="mlbuild-kernel-", dir="/tmp"))
+    return str(short / "kernel"), short
+
+
 def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
     """Execute the spec's notebook; write the outputs under ``out``; return the stored notebook.
     Exits the process (status 1) with :func:`format_failure`'s message when a cell fails."""
@@ -314,7 +333,7 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
     injected = inject_inputs(nb, spec["datasets"], spec.get("params", {}), str(outputs))
     config = Config()
     config.KernelManager.transport = "ipc"         # unix sockets: no TCP, no ports
-    config.KernelManager.ip = str(tmp / "kernel")  # socket path prefix (short: < 108 bytes)
+    config.KernelManager.ip, sockets = _socket_prefix(tmp)
     state = {"index": 0}
     since = {"cell": 0.0}   # when the running cell started (time.monotonic)
     code_cells = sum(1 for c in nb.cells if c.cell_type == "code")
@@ -372,6 +391,9 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
             message += f"\nmlbuild: {why}"
         print(message, file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+    finally:
+        if sockets is not None:
+            shutil.rmtree(sockets, ignore_errors=True)
     replay_kernel_log()
     normalize(nb)
     stored = out / Path(rel).name

@@ -322,3 +322,24 @@ def test_a_project_module_not_in_code_is_named_with_the_fix(nb_project: Path) ->
         (nb_project / "imports.ipynb").unlink()
         (nb_project / "helpers.py").unlink()
         commit_all(nb_project, "no imports notebook")
+
+
+def test_a_notebook_with_a_long_name_runs(nb_project: Path) -> None:
+    """The kernel's sockets are files in the build folder, `$TMPDIR/nix-build-NAME-notebook.drv-0`,
+    and a socket's path has at most 107 bytes: a notebook named in 80 characters (or a long TMPDIR)
+    failed in the kernel's start with ZMQError "File name too long"."""
+    name = "exploratory-analysis-of-the-training-split-before-the-first-model-and-its-baseline"
+    config = nb_project / "mlbuild.toml"
+    original = config.read_text()
+    notebook(nb_project / "long.ipynb", [new_code_cell(f"print('ran {uuid.uuid4()}')")])
+    config.write_text(original + f'\n[notebooks.{name}]\npath = "long.ipynb"\n')
+    commit_all(nb_project, "a notebook with a long name")
+    before = set(Path("/tmp").glob("mlbuild-kernel-*"))
+    try:
+        proc = run_cli("build", f"notebooks.{name}", cwd=nb_project, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert set(Path("/tmp").glob("mlbuild-kernel-*")) == before   # the short socket folder is gone
+    finally:
+        config.write_text(original)
+        (nb_project / "long.ipynb").unlink()
+        commit_all(nb_project, "no long notebook")
