@@ -702,12 +702,21 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     return total
 
 
-def _run_build(target: str, cmd: list[str], on_progress: Callable[[Progress], None] | None) -> tuple[_Stream, int, str]:
+def _run_build(target: str, cmd: list[str], on_progress: Callable[[Progress], None] | None,
+               env: dict[str, str] | None = None, cpus: set[int] | None = None) -> tuple[_Stream, int, str]:
     """Run ``nix CMD`` (a build with ``--log-format internal-json``), following its log: the
-    stream read, the exit status and stdout."""
+    stream read, the exit status and stdout. ``env``: variables to set for Nix; ``cpus``: the CPUs
+    it (and a build it runs itself, with no daemon) may use."""
     stream = _Stream(target, on_progress)
-    proc = subprocess.Popen([_nix._which("nix"), *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, errors="surrogateescape", env={**os.environ})
+    before = os.sched_getaffinity(0) if cpus else None
+    try:
+        if cpus:   # inherited by the child at its start: set around it, in this thread alone
+            os.sched_setaffinity(0, cpus)
+        proc = subprocess.Popen([_nix._which("nix"), *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, errors="surrogateescape", env={**os.environ, **(env or {})})
+    finally:
+        if before:
+            os.sched_setaffinity(0, before)
     assert proc.stderr is not None and proc.stdout is not None
     with _stopped_with_us(proc):
         for raw in proc.stderr:
@@ -738,17 +747,32 @@ def _drop_kept(said: str) -> None:
 
 def _check_reproducible(project: Project, target: str, cmd: list[str],
                         on_progress: Callable[[Progress], None] | None, drv: str | None, built_path: str) -> None:
-    """Build ``target``'s own derivation again (``nix build --rebuild``: its inputs are not rebuilt)
-    and compare with the output there is, which may have come from the shared store; BuildError
-    naming the files whose bytes differ, with the second build kept beside the first
-    (``OUT.check``) to compare."""
+    """Build ``target``'s own derivation again (``nix build --rebuild``: its inputs are not rebuilt),
+    in another build folder and on one CPU fewer, and compare with the output there is, which may
+    have come from the shared store; BuildError naming the files whose bytes differ, with the
+    second build kept beside the first (``OUT.check``) to compare."""
+    import shutil
+    import tempfile
+
     from .data.importer import remove_tree
     from .runtime.hashing import sha256_file, tree_hashes
     from .storepath import check_output_path
 
-    stream, status, out = _run_build(target, cmd, on_progress)
-    said = _ANSI.sub("", "\n".join(stream.other))
-    _drop_kept(said)
+    # Built again under other conditions than the first build, not only at another time: in
+    # another build folder (a path the training wrote into its outputs, os.getcwd() or a warning's
+    # file name) and on one CPU fewer (a thread count taken from the machine): as the same build
+    # was on the same machine, those came out the same, and a teammate's build did not.
+    # (Where a Nix daemon builds, it builds in its own folder, on its own CPUs.)
+    folder = tempfile.mkdtemp(prefix="mlbuild-check-")
+    os.chmod(folder, 0o755)   # Nix's build users make their folders in it
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    try:
+        stream, status, out = _run_build(target, cmd, on_progress, env={"TMPDIR": folder},
+                                         cpus=set(sorted(cpus)[:-1]) if len(cpus) > 1 else None)
+        said = _ANSI.sub("", "\n".join(stream.other))
+        _drop_kept(said)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     # Nix evaluates the folder again: a file changed since (in a tree that was dirty already) is what
     # it rebuilds, or refuses to check ("not valid"), and nothing built before is compared.
     unchecked = _UNCHECKABLE.search(said)

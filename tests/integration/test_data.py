@@ -354,6 +354,24 @@ def test_a_derived_dataset_is_the_same_on_fewer_cores(data_project: Path) -> Non
     assert "reproducible: datasets.split (built again, the same bytes)" in proc.stdout
 
 
+def test_build_check_builds_in_another_folder_on_fewer_cpus(data_project: Path) -> None:
+    """The second build of `build --check` ran in the same build folder (`$TMPDIR/nix-build-NAME.drv-0`)
+    on the same CPUs as the first: an output holding the build's folder or a count of its CPUs was
+    called reproducible, and a teammate's build of it gave other bytes."""
+    (data_project / "prepare.py").write_text(
+        "import os\n\ndef prepare(inputs, out, params):\n"
+        "    (out / 'where.txt').write_text(os.getcwd())\n"
+        f"    (out / 'cpus.txt').write_text(str(len(os.sched_getaffinity(0))))  # {uuid.uuid4()}\n")
+    commit_all(data_project, "prepare that records its machine")
+    build(data_project, "datasets.split")
+    proc = build(data_project, "datasets.split", "--check", check=False)
+    assert proc.returncode == 1, proc.stdout
+    differ = "cpus.txt, where.txt" if len(os.sched_getaffinity(0)) > 1 else "where.txt"
+    assert f"datasets.split is not reproducible: built again, it gave other bytes in {differ} (" in proc.stderr, \
+        proc.stderr[-2000:]
+    assert not list(Path(tempfile.gettempdir()).glob("mlbuild-check-*/nix-build-split.drv-*"))   # its folder is gone
+
+
 def test_a_prepare_that_writes_nothing_fails_naming_it(data_project: Path) -> None:
     """It built an empty dataset, cached for good, and the training failed later on a missing file."""
     (data_project / "prepare.py").write_text(f"def prepare(inputs, out, params):\n    pass  # {uuid.uuid4()}\n")
@@ -726,8 +744,8 @@ def _another_terminal_edits(monkeypatch: pytest.MonkeyPatch, edit: Any,
     real = build_module._run_build
     started: list[Any] = []
 
-    def edit_after_the_first(target: str, cmd: list[str], on_progress: Any) -> Any:
-        out = real(target, cmd, on_progress)
+    def edit_after_the_first(target: str, cmd: list[str], on_progress: Any, **options: Any) -> Any:
+        out = real(target, cmd, on_progress, **options)
         if not started:
             edit()
         started.append(record(target, cmd))
