@@ -619,6 +619,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     Raises DirtyTreeError, BuildError (with the build log's tail)."""
     targets = list(dict.fromkeys(targets))   # `build lr lr`: one build, one line
     check_targets(project, targets)
+    _check_tmpdir()
     state_dir(project.root, writable=True)   # its records and GC roots go there: refused before training, not after
     lock = read_lock(project.lock_path)
     check_fresh(project, lock)
@@ -710,6 +711,26 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
         push_outputs(project, total)
     total.seconds = time.monotonic() - t0
     return total
+
+
+def _check_tmpdir() -> None:
+    """Refuse a TMPDIR that Nix's build users cannot enter (``mktemp -d`` makes one: mode 0700),
+    where root builds with no daemon and no sandbox (Debian's nix.conf): Nix makes each build's
+    folder in it, owned by a build user, and the builder failed on its own spec file with a
+    PermissionError naming neither."""
+    tmpdir = os.environ.get("TMPDIR")
+    if not tmpdir or os.geteuid() != 0 or not _nix.store_is_local():
+        return
+    shut = next((p for p in (Path(tmpdir).absolute(), *Path(tmpdir).absolute().parents)
+                 if p.is_dir() and not p.stat().st_mode & 0o001), None)
+    if shut is None:
+        return
+    config = _nix.nix_config()
+    group = config.get("build-users-group", "")
+    if group and config.get("sandbox") == "false":   # a sandbox binds the folder in as /build
+        raise BuildError(f"TMPDIR is {tmpdir}, which Nix's build users (group {group}) cannot enter ({shut} has mode "
+                         f"{shut.stat().st_mode & 0o777:04o}): each build runs in a folder there; "
+                         f"`chmod o+x {shut}`, or unset TMPDIR")
 
 
 def _report_of(project: Project, target: str) -> str | None:

@@ -372,6 +372,26 @@ def test_build_check_builds_in_another_folder_on_fewer_cpus(data_project: Path) 
     assert not list(Path(tempfile.gettempdir()).glob("mlbuild-check-*/nix-build-split.drv-*"))   # its folder is gone
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="root without a daemon builds as Nix's build users")
+def test_a_tmpdir_the_build_users_cannot_enter_is_named(data_project: Path) -> None:
+    """`export TMPDIR=$(mktemp -d)` (mode 0700) in a CI script run as root: Nix builds as its build
+    users, in a folder under TMPDIR they cannot reach, and the build failed with the builder's
+    PermissionError on its own spec file, naming neither TMPDIR nor the fix."""
+    (data_project / "prepare.py").write_text(PREPARE + f"# {uuid.uuid4()}\n")
+    commit_all(data_project, "a prepare to build")
+    private = Path(tempfile.mkdtemp(dir="/tmp"))   # 0700, as mktemp -d makes it
+    try:
+        proc = run_cli("build", "datasets.split", cwd=data_project, check=False, env={"TMPDIR": str(private)})
+        assert proc.returncode == 1
+        assert proc.stderr.startswith(f"Error: TMPDIR is {private}, which Nix's build users (group "), \
+            proc.stderr[-2000:]
+        assert f"chmod o+x {private}" in proc.stderr and "Traceback" not in proc.stderr
+        private.chmod(0o755)
+        assert run_cli("build", "datasets.split", cwd=data_project, env={"TMPDIR": str(private)}).returncode == 0
+    finally:
+        shutil.rmtree(private)
+
+
 def test_a_prepare_that_writes_nothing_fails_naming_it(data_project: Path) -> None:
     """It built an empty dataset, cached for good, and the training failed later on a missing file."""
     (data_project / "prepare.py").write_text(f"def prepare(inputs, out, params):\n    pass  # {uuid.uuid4()}\n")
