@@ -794,7 +794,7 @@ def _check_reproducible(project: Project, target: str, cmd: list[str],
     import tempfile
 
     from .data.importer import remove_tree
-    from .runtime.hashing import sha256_file, tree_hashes
+    from .runtime.hashing import sha256_file
     from .storepath import check_output_path
 
     # Built again under other conditions than the first build, not only at another time: in
@@ -835,9 +835,20 @@ def _check_reproducible(project: Project, target: str, cmd: list[str],
         raise stream.failure(project.root)
     first, second = Path(m.group(1)), Path(m.group(2))
 
+    def entry(p: Path) -> str:   # what Nix compares (a NAR): a link's target, a file's bytes and executable bit
+        return "-> " + os.readlink(p) if p.is_symlink() else "folder" if p.is_dir() else \
+            sha256_file(p) + (" executable" if p.stat().st_mode & 0o100 else "")
+
     def files(p: Path) -> dict[str, str]:
-        return tree_hashes(p) if p.is_dir() else {p.name: sha256_file(p)} \
-            if p.is_file() else {}
+        """Each file, link and folder under ``p`` (a folder's name ends in /)."""
+        if not p.is_dir() or p.is_symlink():
+            return {p.name: entry(p)} if os.path.lexists(p) else {}
+        found = {}
+        for top, dirs, names in os.walk(p):
+            for name in dirs + names:
+                q = Path(top, name)
+                found[q.relative_to(p).as_posix() + ("/" if q.is_dir() and not q.is_symlink() else "")] = entry(q)
+        return found
 
     a, b = files(first), files(second)
     differ = sorted(f for f in a.keys() | b.keys() if a.get(f) != b.get(f))

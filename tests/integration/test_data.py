@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -390,6 +391,26 @@ def test_a_tmpdir_the_build_users_cannot_enter_is_named(data_project: Path) -> N
         assert run_cli("build", "datasets.split", cwd=data_project, env={"TMPDIR": str(private)}).returncode == 0
     finally:
         shutil.rmtree(private)
+
+
+def test_build_check_names_a_folder_a_link_or_a_mode_that_differs(data_project: Path) -> None:
+    """Only files' bytes were compared: a folder named by the time, a link to a file named so, or
+    an executable bit set by chance was "its file metadata (modes or links)", naming nothing."""
+    (data_project / "prepare.py").write_text(
+        "import os, uuid\n\ndef prepare(inputs, out, params):\n"
+        "    (out / 'data.txt').write_text('the same')\n"
+        "    (out / 'runs' / ('run-' + uuid.uuid4().hex)).mkdir(parents=True)\n"
+        "    os.symlink('data-' + uuid.uuid4().hex, out / 'latest')\n"
+        "    (out / 'tool').write_text('x')\n"
+        "    if 'mlbuild-check-' in os.getcwd():   # the second build of --check\n"
+        f"        (out / 'tool').chmod(0o755)  # {uuid.uuid4()}\n")
+    commit_all(data_project, "prepare that names a folder by chance")
+    build(data_project, "datasets.split")
+    proc = build(data_project, "datasets.split", "--check", check=False)
+    assert proc.returncode == 1, proc.stdout
+    said = proc.stderr.split(" (the first build:")[0]
+    assert re.search(r"built again, it gave other bytes in latest, runs/run-[0-9a-f]{32}/, "
+                     r"runs/run-[0-9a-f]{32}/, tool$", said), proc.stderr[-2000:]
 
 
 def test_a_prepare_that_writes_nothing_fails_naming_it(data_project: Path) -> None:
