@@ -164,12 +164,17 @@ def _merge_streams(run: list[Any]) -> list[Any]:
     return [by_name[n] for n in sorted(by_name, key=lambda n: (n != "stdout", n != "stderr", str(n)))]
 
 
-def normalize(nb: Any) -> Any:
+def normalize(nb: Any, tmp: str | None = None) -> Any:
     """Drop what differs between two runs of the same notebook: timing metadata, and the way
     stdout/stderr happened to be split into messages. The kernel sends each stream's buffer on a
     timer, so how a cell's stdout and stderr interleave depends on timing: consecutive stream
     outputs become one stdout then one stderr output (a display or result between them is kept in
-    place, as the kernel flushes both streams before it)."""
+    place, as the kernel flushes both streams before it). With ``tmp`` (the build's folder), the
+    paths under it in the outputs are made relative to it, and the kernel's file of a cell,
+    ``TMP/ipykernel_PID/N.py`` (a warning names it), becomes ``ipykernel/N.py``: the folder
+    differs from machine to machine and the pid from run to run."""
+    if tmp is not None:
+        _unpin_paths(nb, tmp)
     for cell in nb.cells:
         cell.get("metadata", {}).pop("execution", None)
         if cell.get("cell_type") != "code":
@@ -186,6 +191,23 @@ def normalize(nb: Any) -> Any:
     nb.metadata.pop("papermill", None)
     _number_widgets(nb)
     return nb
+
+
+def _unpin_paths(nb: Any, tmp: str) -> None:
+    pattern = re.compile(re.escape(tmp.rstrip("/")) + r"/(ipykernel_\d+/)?")
+
+    def swap(v: Any) -> Any:
+        if isinstance(v, str):
+            return pattern.sub(lambda m: "ipykernel/" if m.group(1) else "", v)
+        if isinstance(v, list):
+            return [swap(x) for x in v]
+        if isinstance(v, dict):
+            return type(v)({k: swap(x) for k, x in v.items()})
+        return v
+
+    for cell in nb.cells:
+        if cell.get("outputs"):
+            cell["outputs"] = swap(cell["outputs"])
 
 
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -395,7 +417,7 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
         if sockets is not None:
             shutil.rmtree(sockets, ignore_errors=True)
     replay_kernel_log()
-    normalize(nb)
+    normalize(nb, str(tmp))
     stored = out / Path(rel).name
     with open(stored, "w", encoding="utf-8") as f:
         nbformat.write(nb, f)  # type: ignore[no-untyped-call]

@@ -343,3 +343,26 @@ def test_a_notebook_with_a_long_name_runs(nb_project: Path) -> None:
         config.write_text(original)
         (nb_project / "long.ipynb").unlink()
         commit_all(nb_project, "no long notebook")
+
+
+def test_a_notebook_that_warns_is_reproducible(nb_project: Path) -> None:
+    """A warning names the kernel's file of the cell, `$TMPDIR/ipykernel_<pid>/<hash>.py`, in the
+    cell's stderr: the pid differs on every run, so any notebook that warned (a library's
+    FutureWarning, pointed at the cell) gave other bytes each time, and `build --check` said so."""
+    config = nb_project / "mlbuild.toml"
+    original = config.read_text()
+    notebook(nb_project / "warns.ipynb", [new_code_cell(f"import warnings\nwarnings.warn('careful {uuid.uuid4()}')")])
+    config.write_text(original + '\n[notebooks.warns]\npath = "warns.ipynb"\n')
+    commit_all(nb_project, "a notebook that warns")
+    try:
+        path = run_cli("build", "notebooks.warns", cwd=nb_project).stdout.split("\t")[1].split("\n")[0]
+        cell = next(c for c in nbformat.read(str(Path(path, "warns.ipynb")), as_version=4).cells
+                    if "warnings.warn" in c.source)
+        said = "".join(cell.outputs[0]["text"])
+        assert re.match(r"ipykernel/\d+\.py:2: UserWarning: careful ", said), said
+        proc = run_cli("build", "--check", "notebooks.warns", cwd=nb_project, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    finally:
+        config.write_text(original)
+        (nb_project / "warns.ipynb").unlink()
+        commit_all(nb_project, "no notebook that warns")
