@@ -413,6 +413,22 @@ def test_build_check_names_a_folder_a_link_or_a_mode_that_differs(data_project: 
                      r"runs/run-[0-9a-f]{32}/, tool$", said), proc.stderr[-2000:]
 
 
+def test_a_derived_dataset_is_the_same_on_another_cpu_model(data_project: Path, small_toolchain: str) -> None:
+    """numpy's OpenBLAS picks its kernels by the CPU model: a matrix product in prepare() gave
+    other bytes on an AVX-512 machine than on an AVX2 one. A build computes with the SSE4.2
+    (Nehalem) kernels, as MKL's are capped (MKL_ENABLE_INSTRUCTIONS=SSE4_2), on every x86-64 CPU."""
+    product = ("import numpy as np\na = np.random.default_rng(0).standard_normal((600, 900))\n"
+               "b = np.random.default_rng(1).standard_normal((900, 300))\nx = (a @ b).tobytes()\n")
+    (data_project / "prepare.py").write_text(f"{product}\n\ndef prepare(inputs, out, params):\n"
+                                             f"    (out / 'x.bin').write_bytes(x)  # {uuid.uuid4()}\n")
+    commit_all(data_project, "prepare with a matrix product")
+    path = build(data_project, "datasets.split").stdout.split("\t")[1].split("\n")[0]
+    nehalem = subprocess.run([f"{small_toolchain}/bin/python", "-c", product + "import sys; sys.stdout.buffer.write(x)"],
+                             capture_output=True, check=True, env={"OPENBLAS_CORETYPE": "Nehalem",
+                                                                   "OPENBLAS_NUM_THREADS": "1"}).stdout
+    assert (Path(path) / "x.bin").read_bytes() == nehalem
+
+
 def test_a_prepare_that_writes_nothing_fails_naming_it(data_project: Path) -> None:
     """It built an empty dataset, cached for good, and the training failed later on a missing file."""
     (data_project / "prepare.py").write_text(f"def prepare(inputs, out, params):\n    pass  # {uuid.uuid4()}\n")
