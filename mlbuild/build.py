@@ -641,6 +641,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     Raises DirtyTreeError, BuildError (with the build log's tail)."""
     targets = list(dict.fromkeys(targets))   # `build lr lr`: one build, one line
     check_targets(project, targets)
+    _check_tmpdir()
     state_dir(project.root, writable=True)   # its records and GC roots go there: refused before training, not after
     lock = read_lock(project.lock_path)
     check_fresh(project, lock)
@@ -715,6 +716,16 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
             if not dirty:   # Nix reads the folder again: a change since is what it would rebuild and compare
                 check_clean(project, built=[b.target for b in total.outputs],
                             then="the check would build the change again, not what was built")
+            report = _report_of(project, built.target)
+            if report is not None and report not in total.checked and report not in targets:
+                # the gate only compares thresholds: its report computes the metrics
+                stream, status, out = _run_build(report, command(report), on_progress)
+                if status != 0:
+                    raise stream.failure(project.root)
+                result = _nix.parse_build_json(out)[0]
+                _check_reproducible(project, report, command(report, "--rebuild", "--keep-failed"),
+                                    on_progress, result.get("drvPath"), result["outputs"]["out"])
+                total.checked.append(report)
             _check_reproducible(project, built.target, command(built.target, "--rebuild", "--keep-failed"),
                                 on_progress, drv, built.path)
             total.checked.append(built.target)
@@ -724,12 +735,49 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     return total
 
 
-def _run_build(target: str, cmd: list[str], on_progress: Callable[[Progress], None] | None) -> tuple[_Stream, int, str]:
+def _check_tmpdir() -> None:
+    """Refuse a TMPDIR that Nix's build users cannot enter (``mktemp -d`` makes one: mode 0700),
+    where root builds with no daemon and no sandbox (Debian's nix.conf): Nix makes each build's
+    folder in it, owned by a build user, and the builder failed on its own spec file with a
+    PermissionError naming neither."""
+    tmpdir = os.environ.get("TMPDIR")
+    if not tmpdir or os.geteuid() != 0 or not _nix.store_is_local():
+        return
+    shut = next((p for p in (Path(tmpdir).absolute(), *Path(tmpdir).absolute().parents)
+                 if p.is_dir() and not p.stat().st_mode & 0o001), None)
+    if shut is None:
+        return
+    config = _nix.nix_config()
+    group = config.get("build-users-group", "")
+    if group and config.get("sandbox") == "false":   # a sandbox binds the folder in as /build
+        raise BuildError(f"TMPDIR is {tmpdir}, which Nix's build users (group {group}) cannot enter ({shut} has mode "
+                         f"{shut.stat().st_mode & 0o777:04o}): each build runs in a folder there; "
+                         f"`chmod o+x {shut}`, or unset TMPDIR")
+
+
+def _report_of(project: Project, target: str) -> str | None:
+    """``MODEL.validation.report`` for a target that is a model's validation (the gate), else None."""
+    parts = target.split(".")
+    parts = parts[1:] if parts[0] == "models" else parts
+    models = project.raw.get("models") or {}
+    return f"{target}.report" if len(parts) == 2 and parts[1] == "validation" and parts[0] in models else None
+
+
+def _run_build(target: str, cmd: list[str], on_progress: Callable[[Progress], None] | None,
+               env: dict[str, str] | None = None, cpus: set[int] | None = None) -> tuple[_Stream, int, str]:
     """Run ``nix CMD`` (a build with ``--log-format internal-json``), following its log: the
-    stream read, the exit status and stdout."""
+    stream read, the exit status and stdout. ``env``: variables to set for Nix; ``cpus``: the CPUs
+    it (and a build it runs itself, with no daemon) may use."""
     stream = _Stream(target, on_progress)
-    proc = subprocess.Popen([_nix._which("nix"), *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, errors="surrogateescape", env={**os.environ})
+    before = os.sched_getaffinity(0) if cpus else None
+    try:
+        if cpus:   # inherited by the child at its start: set around it, in this thread alone
+            os.sched_setaffinity(0, cpus)
+        proc = subprocess.Popen([_nix._which("nix"), *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, errors="surrogateescape", env={**os.environ, **(env or {})})
+    finally:
+        if before:
+            os.sched_setaffinity(0, before)
     assert proc.stderr is not None and proc.stdout is not None
     with _stopped_with_us(proc):
         for raw in proc.stderr:
@@ -760,17 +808,32 @@ def _drop_kept(said: str) -> None:
 
 def _check_reproducible(project: Project, target: str, cmd: list[str],
                         on_progress: Callable[[Progress], None] | None, drv: str | None, built_path: str) -> None:
-    """Build ``target``'s own derivation again (``nix build --rebuild``: its inputs are not rebuilt)
-    and compare with the output there is, which may have come from the shared store; BuildError
-    naming the files whose bytes differ, with the second build kept beside the first
-    (``OUT.check``) to compare."""
+    """Build ``target``'s own derivation again (``nix build --rebuild``: its inputs are not rebuilt),
+    in another build folder and on one CPU fewer, and compare with the output there is, which may
+    have come from the shared store; BuildError naming the files whose bytes differ, with the
+    second build kept beside the first (``OUT.check``) to compare."""
+    import shutil
+    import tempfile
+
     from .data.importer import remove_tree
-    from .runtime.hashing import sha256_file, tree_hashes
+    from .runtime.hashing import sha256_file
     from .storepath import check_output_path
 
-    stream, status, out = _run_build(target, cmd, on_progress)
-    said = _ANSI.sub("", "\n".join(stream.other))
-    _drop_kept(said)
+    # Built again under other conditions than the first build, not only at another time: in
+    # another build folder (a path the training wrote into its outputs, os.getcwd() or a warning's
+    # file name) and on one CPU fewer (a thread count taken from the machine): as the same build
+    # was on the same machine, those came out the same, and a teammate's build did not.
+    # (Where a Nix daemon builds, it builds in its own folder, on its own CPUs.)
+    folder = tempfile.mkdtemp(prefix="mlbuild-check-")
+    os.chmod(folder, 0o755)   # Nix's build users make their folders in it
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    try:
+        stream, status, out = _run_build(target, cmd, on_progress, env={"TMPDIR": folder},
+                                         cpus=set(sorted(cpus)[:-1]) if len(cpus) > 1 else None)
+        said = _ANSI.sub("", "\n".join(stream.other))
+        _drop_kept(said)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     # Nix evaluates the folder again: a file changed since (in a tree that was dirty already) is what
     # it rebuilds, or refuses to check ("not valid"), and nothing built before is compared.
     unchecked = _UNCHECKABLE.search(said)
@@ -794,9 +857,20 @@ def _check_reproducible(project: Project, target: str, cmd: list[str],
         raise stream.failure(project.root)
     first, second = Path(m.group(1)), Path(m.group(2))
 
+    def entry(p: Path) -> str:   # what Nix compares (a NAR): a link's target, a file's bytes and executable bit
+        return "-> " + os.readlink(p) if p.is_symlink() else "folder" if p.is_dir() else \
+            sha256_file(p) + (" executable" if p.stat().st_mode & 0o100 else "")
+
     def files(p: Path) -> dict[str, str]:
-        return tree_hashes(p) if p.is_dir() else {p.name: sha256_file(p)} \
-            if p.is_file() else {}
+        """Each file, link and folder under ``p`` (a folder's name ends in /)."""
+        if not p.is_dir() or p.is_symlink():
+            return {p.name: entry(p)} if os.path.lexists(p) else {}
+        found = {}
+        for top, dirs, names in os.walk(p):
+            for name in dirs + names:
+                q = Path(top, name)
+                found[q.relative_to(p).as_posix() + ("/" if q.is_dir() and not q.is_symlink() else "")] = entry(q)
+        return found
 
     a, b = files(first), files(second)
     differ = sorted(f for f in a.keys() | b.keys() if a.get(f) != b.get(f))

@@ -3,8 +3,14 @@
 # (`runtimeFor modules`), with its inputs as JSON in a file ($specPath), a fixed hash seed and no
 # bytecode written (its floats exact and alike in every Nix version: lib.specJSON, read back by the
 # runtime's `stagespec`, which every step gets beside its `modules`). Every other
-# attribute (OMP_NUM_THREADS, exportReferencesGraph, requiredSystemFeatures...) goes to the
-# derivation as it is.
+# attribute (exportReferencesGraph, requiredSystemFeatures...) goes to the derivation as it is.
+#
+# Every step computes on one thread (OMP/MKL/OpenBLAS): numpy's BLAS and torch split a matrix
+# product or a sum by the CPUs they may use, so a prepare(), a notebook or a validation doing
+# arithmetic gave other bytes on a machine (or under `taskset`) with another core count. Training
+# sets its own count ([models.NAME].threads, mlbuild/runtime/determinism.py). And numpy's OpenBLAS
+# uses its SSE4.2 (Nehalem) kernels, as determinism.py's CPU_ENV has it: it picks them by the CPU
+# model otherwise, and an AVX-512 machine gave other bytes than an AVX2 one.
 #
 #   pythonStage { name; toolchain; module; modules; spec; entry ? "main"; needs ? null; ... }
 #     -> <derivation>
@@ -18,10 +24,12 @@
   pythonStage = { name, toolchain, module, modules, spec, entry ? "main", needs ? null, ... }@attrs:
     let
       missing = if needs == null then [ ] else lib.missingWheels toolchain needs.wheels;
+      cpuEnv = { OMP_NUM_THREADS = "1"; MKL_NUM_THREADS = "1"; OPENBLAS_NUM_THREADS = "1";
+                 OPENBLAS_CORETYPE = "Nehalem"; };
       them = if builtins.length missing == 1 then "it" else "them";
       names = builtins.concatStringsSep ", " missing;
     in
-    derivation (removeAttrs attrs [ "toolchain" "module" "modules" "entry" "needs" ] // {
+    derivation (cpuEnv // removeAttrs attrs [ "toolchain" "module" "modules" "entry" "needs" ] // {
       inherit name system;
       builder = "${toolchain}/bin/python";
       args = [ "-s" "-c" (lib.builderCode module entry) (runtimeFor (modules ++ [ "stagespec" ])) ];

@@ -9,7 +9,8 @@ Levers, all set before torch does any work:
 - a fixed kernel selection: ``ATEN_CPU_CAPABILITY=default`` (no AVX2/AVX-512 variants chosen per
   CPU), ``MKL_CBWR=COMPATIBLE`` (MKL's conditional numerical reproducibility: the same code path
   on every x86-64 CPU), ``MKL_ENABLE_INSTRUCTIONS=SSE4_2``, oneDNN capped to SSE4.1 and
-  disabled in torch, NNPACK disabled.
+  disabled in torch, NNPACK disabled, numpy's OpenBLAS on its SSE4.2 kernels
+  (``OPENBLAS_CORETYPE=Nehalem``: it picks them by the CPU model otherwise).
 
 GPU training is allowed to be nondeterministic; :func:`settings` says which it was.
 """
@@ -31,6 +32,7 @@ CPU_ENV = {
     "MKL_DYNAMIC": "FALSE",
     "OMP_DYNAMIC": "FALSE",
     "KMP_DETERMINISTIC_REDUCTION": "1",
+    "OPENBLAS_CORETYPE": "Nehalem",
 }
 
 

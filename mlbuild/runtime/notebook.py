@@ -17,7 +17,8 @@ path holding the project files the notebook uses), its ``datasets`` (name -> sto
   ``MLBUILD_OUTPUTS``;
 - runs it with nbclient and a ``python3`` kernel spec written for the run: the toolchain's own
   interpreter (``sys.executable``) running ipykernel, over ZeroMQ ``ipc`` sockets in the build's
-  temporary folder (no TCP port, no network), with ``HOME``, ``IPYTHONDIR`` and the Jupyter
+  temporary folder (no TCP port, no network; in a folder of their own in /tmp where that path is
+  too long for a socket), with ``HOME``, ``IPYTHONDIR`` and the Jupyter
   folders there too (nothing is written to a home folder);
 - stores ``$out/<notebook>.ipynb`` (executed, with outputs), ``$out/outputs/`` and
   ``$out/summary.json``. Timing metadata is not recorded and consecutive stream outputs are
@@ -163,12 +164,17 @@ def _merge_streams(run: list[Any]) -> list[Any]:
     return [by_name[n] for n in sorted(by_name, key=lambda n: (n != "stdout", n != "stderr", str(n)))]
 
 
-def normalize(nb: Any) -> Any:
+def normalize(nb: Any, tmp: str | None = None) -> Any:
     """Drop what differs between two runs of the same notebook: timing metadata, and the way
     stdout/stderr happened to be split into messages. The kernel sends each stream's buffer on a
     timer, so how a cell's stdout and stderr interleave depends on timing: consecutive stream
     outputs become one stdout then one stderr output (a display or result between them is kept in
-    place, as the kernel flushes both streams before it)."""
+    place, as the kernel flushes both streams before it). With ``tmp`` (the build's folder), the
+    paths under it in the outputs are made relative to it, and the kernel's file of a cell,
+    ``TMP/ipykernel_PID/N.py`` (a warning names it), becomes ``ipykernel/N.py``: the folder
+    differs from machine to machine and the pid from run to run."""
+    if tmp is not None:
+        _unpin_paths(nb, tmp)
     for cell in nb.cells:
         cell.get("metadata", {}).pop("execution", None)
         if cell.get("cell_type") != "code":
@@ -185,6 +191,23 @@ def normalize(nb: Any) -> Any:
     nb.metadata.pop("papermill", None)
     _number_widgets(nb)
     return nb
+
+
+def _unpin_paths(nb: Any, tmp: str) -> None:
+    pattern = re.compile(re.escape(tmp.rstrip("/")) + r"/(ipykernel_\d+/)?")
+
+    def swap(v: Any) -> Any:
+        if isinstance(v, str):
+            return pattern.sub(lambda m: "ipykernel/" if m.group(1) else "", v)
+        if isinstance(v, list):
+            return [swap(x) for x in v]
+        if isinstance(v, dict):
+            return type(v)({k: swap(x) for k, x in v.items()})
+        return v
+
+    for cell in nb.cells:
+        if cell.get("outputs"):
+            cell["outputs"] = swap(cell["outputs"])
 
 
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -294,6 +317,24 @@ def _event(**fields: Any) -> None:
     print(EVENT_PREFIX + json.dumps(fields, sort_keys=True), flush=True)
 
 
+#: The longest path of a unix socket (``sun_path``: 108 bytes with its NUL), less the ``-N``
+#: suffix jupyter_client adds to the prefix for each channel.
+_SOCKET_PREFIX_MAX = 107 - 8
+
+
+def _socket_prefix(tmp: Path) -> tuple[str, Path | None]:
+    """The kernel's socket path prefix: in the build folder, or (when that path is too long for a
+    socket: a long notebook name or TMPDIR) in a folder of its own in /tmp, which the caller
+    removes (the second value). The prefix is not in the outputs."""
+    prefix = str(tmp / "kernel")
+    if len(os.fsencode(prefix)) <= _SOCKET_PREFIX_MAX:
+        return prefix, None
+    import tempfile
+
+    short = Path(tempfile.mkdtemp(prefix="mlbuild-kernel-", dir="/tmp"))
+    return str(short / "kernel"), short
+
+
 def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
     """Execute the spec's notebook; write the outputs under ``out``; return the stored notebook.
     Exits the process (status 1) with :func:`format_failure`'s message when a cell fails."""
@@ -314,7 +355,7 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
     injected = inject_inputs(nb, spec["datasets"], spec.get("params", {}), str(outputs))
     config = Config()
     config.KernelManager.transport = "ipc"         # unix sockets: no TCP, no ports
-    config.KernelManager.ip = str(tmp / "kernel")  # socket path prefix (short: < 108 bytes)
+    config.KernelManager.ip, sockets = _socket_prefix(tmp)
     state = {"index": 0}
     since = {"cell": 0.0}   # when the running cell started (time.monotonic)
     code_cells = sum(1 for c in nb.cells if c.cell_type == "code")
@@ -372,8 +413,11 @@ def run(spec: dict[str, Any], out: Path, tmp: Path) -> Path:
             message += f"\nmlbuild: {why}"
         print(message, file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+    finally:
+        if sockets is not None:
+            shutil.rmtree(sockets, ignore_errors=True)
     replay_kernel_log()
-    normalize(nb)
+    normalize(nb, str(tmp))
     stored = out / Path(rel).name
     with open(stored, "w", encoding="utf-8") as f:
         nbformat.write(nb, f)  # type: ignore[no-untyped-call]

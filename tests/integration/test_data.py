@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -334,6 +335,98 @@ def test_build_check_of_a_dataset_added_here(data_project: Path) -> None:
     assert "not built again: datasets.raw (fixed-output: its bytes are checked against the pinned hash)" in proc.stdout
     both = build(data_project, "datasets.split", "--check").stdout   # a derived one is built again
     assert "reproducible: datasets.split (built again, the same bytes)" in both
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to build on one")
+def test_a_derived_dataset_is_the_same_on_fewer_cores(data_project: Path) -> None:
+    """numpy's BLAS (and torch) split a matrix product or a sum by the number of CPUs it may use,
+    so a prepare() doing arithmetic gave other bytes on a machine with another core count (here:
+    `taskset -c 0`), and `build --check` there said it was not reproducible."""
+    (data_project / "prepare.py").write_text(
+        "import numpy as np\n\ndef prepare(inputs, out, params):\n"
+        "    a = np.random.default_rng(0).standard_normal((600, 900))\n"
+        "    b = np.random.default_rng(1).standard_normal((900, 300))\n"
+        f"    (out / 'x.bin').write_bytes((a @ b).tobytes() + a.sum(0).tobytes())  # {uuid.uuid4()}\n")
+    commit_all(data_project, "prepare with arithmetic")
+    build(data_project, "datasets.split")   # on every core this machine has
+    proc = subprocess.run(["taskset", "-c", "0", *MLBUILD, "build", "--check", "datasets.split"], cwd=data_project,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "reproducible: datasets.split (built again, the same bytes)" in proc.stdout
+
+
+def test_build_check_builds_in_another_folder_on_fewer_cpus(data_project: Path) -> None:
+    """The second build of `build --check` ran in the same build folder (`$TMPDIR/nix-build-NAME.drv-0`)
+    on the same CPUs as the first: an output holding the build's folder or a count of its CPUs was
+    called reproducible, and a teammate's build of it gave other bytes."""
+    (data_project / "prepare.py").write_text(
+        "import os\n\ndef prepare(inputs, out, params):\n"
+        "    (out / 'where.txt').write_text(os.getcwd())\n"
+        f"    (out / 'cpus.txt').write_text(str(len(os.sched_getaffinity(0))))  # {uuid.uuid4()}\n")
+    commit_all(data_project, "prepare that records its machine")
+    build(data_project, "datasets.split")
+    proc = build(data_project, "datasets.split", "--check", check=False)
+    assert proc.returncode == 1, proc.stdout
+    differ = "cpus.txt, where.txt" if len(os.sched_getaffinity(0)) > 1 else "where.txt"
+    assert f"datasets.split is not reproducible: built again, it gave other bytes in {differ} (" in proc.stderr, \
+        proc.stderr[-2000:]
+    assert not list(Path(tempfile.gettempdir()).glob("mlbuild-check-*/nix-build-split.drv-*"))   # its folder is gone
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root without a daemon builds as Nix's build users")
+def test_a_tmpdir_the_build_users_cannot_enter_is_named(data_project: Path) -> None:
+    """`export TMPDIR=$(mktemp -d)` (mode 0700) in a CI script run as root: Nix builds as its build
+    users, in a folder under TMPDIR they cannot reach, and the build failed with the builder's
+    PermissionError on its own spec file, naming neither TMPDIR nor the fix."""
+    (data_project / "prepare.py").write_text(PREPARE + f"# {uuid.uuid4()}\n")
+    commit_all(data_project, "a prepare to build")
+    private = Path(tempfile.mkdtemp(dir="/tmp"))   # 0700, as mktemp -d makes it
+    try:
+        proc = run_cli("build", "datasets.split", cwd=data_project, check=False, env={"TMPDIR": str(private)})
+        assert proc.returncode == 1
+        assert proc.stderr.startswith(f"Error: TMPDIR is {private}, which Nix's build users (group "), \
+            proc.stderr[-2000:]
+        assert f"chmod o+x {private}" in proc.stderr and "Traceback" not in proc.stderr
+        private.chmod(0o755)
+        assert run_cli("build", "datasets.split", cwd=data_project, env={"TMPDIR": str(private)}).returncode == 0
+    finally:
+        shutil.rmtree(private)
+
+
+def test_build_check_names_a_folder_a_link_or_a_mode_that_differs(data_project: Path) -> None:
+    """Only files' bytes were compared: a folder named by the time, a link to a file named so, or
+    an executable bit set by chance was "its file metadata (modes or links)", naming nothing."""
+    (data_project / "prepare.py").write_text(
+        "import os, uuid\n\ndef prepare(inputs, out, params):\n"
+        "    (out / 'data.txt').write_text('the same')\n"
+        "    (out / 'runs' / ('run-' + uuid.uuid4().hex)).mkdir(parents=True)\n"
+        "    os.symlink('data-' + uuid.uuid4().hex, out / 'latest')\n"
+        "    (out / 'tool').write_text('x')\n"
+        "    if 'mlbuild-check-' in os.getcwd():   # the second build of --check\n"
+        f"        (out / 'tool').chmod(0o755)  # {uuid.uuid4()}\n")
+    commit_all(data_project, "prepare that names a folder by chance")
+    build(data_project, "datasets.split")
+    proc = build(data_project, "datasets.split", "--check", check=False)
+    assert proc.returncode == 1, proc.stdout
+    said = proc.stderr.split(" (the first build:")[0]
+    assert re.search(r"built again, it gave other bytes in latest, runs/run-[0-9a-f]{32}/, "
+                     r"runs/run-[0-9a-f]{32}/, tool$", said), proc.stderr[-2000:]
+
+
+def test_a_derived_dataset_is_the_same_on_another_cpu_model(data_project: Path, small_toolchain: str) -> None:
+    """numpy's OpenBLAS picks its kernels by the CPU model: a matrix product in prepare() gave
+    other bytes on an AVX-512 machine than on an AVX2 one. A build computes with the SSE4.2
+    (Nehalem) kernels, as MKL's are capped (MKL_ENABLE_INSTRUCTIONS=SSE4_2), on every x86-64 CPU."""
+    product = ("import numpy as np\na = np.random.default_rng(0).standard_normal((600, 900))\n"
+               "b = np.random.default_rng(1).standard_normal((900, 300))\nx = (a @ b).tobytes()\n")
+    (data_project / "prepare.py").write_text(f"{product}\n\ndef prepare(inputs, out, params):\n"
+                                             f"    (out / 'x.bin').write_bytes(x)  # {uuid.uuid4()}\n")
+    commit_all(data_project, "prepare with a matrix product")
+    path = build(data_project, "datasets.split").stdout.split("\t")[1].split("\n")[0]
+    nehalem = subprocess.run([f"{small_toolchain}/bin/python", "-c", product + "import sys; sys.stdout.buffer.write(x)"],
+                             capture_output=True, check=True, env={"OPENBLAS_CORETYPE": "Nehalem",
+                                                                   "OPENBLAS_NUM_THREADS": "1"}).stdout
+    assert (Path(path) / "x.bin").read_bytes() == nehalem
 
 
 def test_a_prepare_that_writes_nothing_fails_naming_it(data_project: Path) -> None:
@@ -764,8 +857,8 @@ def _another_terminal_edits(monkeypatch: pytest.MonkeyPatch, edit: Any,
     real = build_module._run_build
     started: list[Any] = []
 
-    def edit_after_the_first(target: str, cmd: list[str], on_progress: Any) -> Any:
-        out = real(target, cmd, on_progress)
+    def edit_after_the_first(target: str, cmd: list[str], on_progress: Any, **options: Any) -> Any:
+        out = real(target, cmd, on_progress, **options)
         if not started:
             edit()
         started.append(record(target, cmd))

@@ -322,3 +322,47 @@ def test_a_project_module_not_in_code_is_named_with_the_fix(nb_project: Path) ->
         (nb_project / "imports.ipynb").unlink()
         (nb_project / "helpers.py").unlink()
         commit_all(nb_project, "no imports notebook")
+
+
+def test_a_notebook_with_a_long_name_runs(nb_project: Path) -> None:
+    """The kernel's sockets are files in the build folder, `$TMPDIR/nix-build-NAME-notebook.drv-0`,
+    and a socket's path has at most 107 bytes: a notebook named in 80 characters (or a long TMPDIR)
+    failed in the kernel's start with ZMQError "File name too long"."""
+    name = "exploratory-analysis-of-the-training-split-before-the-first-model-and-its-baseline"
+    config = nb_project / "mlbuild.toml"
+    original = config.read_text()
+    notebook(nb_project / "long.ipynb", [new_code_cell(f"print('ran {uuid.uuid4()}')")])
+    config.write_text(original + f'\n[notebooks.{name}]\npath = "long.ipynb"\n')
+    commit_all(nb_project, "a notebook with a long name")
+    before = set(Path("/tmp").glob("mlbuild-kernel-*"))
+    try:
+        proc = run_cli("build", f"notebooks.{name}", cwd=nb_project, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert set(Path("/tmp").glob("mlbuild-kernel-*")) == before   # the short socket folder is gone
+    finally:
+        config.write_text(original)
+        (nb_project / "long.ipynb").unlink()
+        commit_all(nb_project, "no long notebook")
+
+
+def test_a_notebook_that_warns_is_reproducible(nb_project: Path) -> None:
+    """A warning names the kernel's file of the cell, `$TMPDIR/ipykernel_<pid>/<hash>.py`, in the
+    cell's stderr: the pid differs on every run, so any notebook that warned (a library's
+    FutureWarning, pointed at the cell) gave other bytes each time, and `build --check` said so."""
+    config = nb_project / "mlbuild.toml"
+    original = config.read_text()
+    notebook(nb_project / "warns.ipynb", [new_code_cell(f"import warnings\nwarnings.warn('careful {uuid.uuid4()}')")])
+    config.write_text(original + '\n[notebooks.warns]\npath = "warns.ipynb"\n')
+    commit_all(nb_project, "a notebook that warns")
+    try:
+        path = run_cli("build", "notebooks.warns", cwd=nb_project).stdout.split("\t")[1].split("\n")[0]
+        cell = next(c for c in nbformat.read(str(Path(path, "warns.ipynb")), as_version=4).cells
+                    if "warnings.warn" in c.source)
+        said = "".join(cell.outputs[0]["text"])
+        assert re.match(r"ipykernel/\d+\.py:2: UserWarning: careful ", said), said
+        proc = run_cli("build", "--check", "notebooks.warns", cwd=nb_project, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    finally:
+        config.write_text(original)
+        (nb_project / "warns.ipynb").unlink()
+        commit_all(nb_project, "no notebook that warns")

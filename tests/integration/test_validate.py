@@ -110,3 +110,27 @@ def test_history_and_diff_across_commits(digits_repo: Path, tmp_path: Path) -> N
     finally:
         toml.write_text(original)
         commit_all(digits_repo, "back to 30 epochs")
+
+
+def test_build_check_of_a_validation_checks_the_metrics_too(digits_repo: Path) -> None:
+    """`build --check digits.validation` rebuilt only the gate (thresholds against the report's
+    metrics), never the report that computes them: a suite sampling the held-out rows unseeded
+    was called reproducible."""
+    suite = digits_repo / "validate.py"
+    original = suite.read_text()
+    suite.write_text(original + "\n\n_load = load\n\n\ndef load(data):   # an unseeded sample of the held-out rows\n"
+                     "    x, y = _load(data)\n    keep = np.random.default_rng().random(len(y)) < 0.9\n"
+                     "    return x[keep], y[keep]\n")
+    commit_all(digits_repo, "a suite that samples")
+    try:
+        proc = run_cli("build", "--check", "digits.validation", cwd=digits_repo, check=False)
+        assert proc.returncode == 1, proc.stdout
+        assert "digits.validation.report is not reproducible: built again, it gave other bytes in metrics.json" \
+            in proc.stderr, proc.stderr[-2000:]
+    finally:
+        suite.write_text(original)
+        commit_all(digits_repo, "the suite again")
+    out = run_cli("build", "--check", "models.digits.validation", cwd=digits_repo).stdout
+    assert "reproducible: models.digits.validation.report, models.digits.validation (built again" in out
+    out = run_cli("build", "--check", "digits.validation", "digits.validation.report", cwd=digits_repo).stdout
+    assert "reproducible: digits.validation, digits.validation.report (built again" in out   # once

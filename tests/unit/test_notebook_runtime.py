@@ -189,3 +189,16 @@ def test_params_of_inf_and_nan_are_python_the_notebook_runs() -> None:
     params = ns["PARAMS"]
     assert isinstance(params, dict) and params["limit"] == math.inf and params["n"] == 2, params
     assert params["t"]["lo"] == -math.inf and math.isnan(params["t"]["l"][0]) and params["t"]["l"][1] == 0.1
+
+
+def test_normalize_drops_the_build_folder_and_the_kernels_pid() -> None:
+    tmp = "/tmp/nix-build-x-notebook.drv-0"
+    nb = new_notebook(cells=[new_code_cell("import helpers", outputs=[
+        new_output("stream", name="stderr", text=f"{tmp}/ipykernel_4242/123.py:2: UserWarning: a\n"
+                                                 f"{tmp}/work/helpers.py:3: UserWarning: b\n"),
+        new_output("error", ename="E", evalue=f"in {tmp}/work", traceback=[f"File {tmp}/ipykernel_7/123.py:1"])])])
+    normalize(nb, tmp)
+    stream, error = nb.cells[0].outputs
+    assert stream.text == "ipykernel/123.py:2: UserWarning: a\nwork/helpers.py:3: UserWarning: b\n"
+    assert error.evalue == "in work" and error.traceback == ["File ipykernel/123.py:1"]
+    nbformat.validate(nb)
