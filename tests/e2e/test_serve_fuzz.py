@@ -128,7 +128,8 @@ def bad_data(draw: st.DrawFn) -> Req:
         data = (data * 3)[:n]
     elif kind == "type":
         data[i] = draw(st.one_of(st.text(max_size=5), st.booleans(), st.none(), st.just([1.0]), st.just({}),
-                                 st.integers(min_value=10**20)))
+                                 # an integer beyond FP32's range (1e20 is an FP32 value, as JavaScript writes it)
+                                 st.integers(min_value=10**39)))
     elif kind == "nested":
         data = [data[:64], data[64:127]]  # ragged
     elif kind == "shape":
