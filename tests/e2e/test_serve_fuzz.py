@@ -59,7 +59,7 @@ json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_n
 json_any = st.recursive(json_leaf, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c,
                                                                                         max_size=4), max_leaves=12)
 other_text = st.text(max_size=12)
-no_slash = st.characters(exclude_characters="/")
+no_slash = st.characters(exclude_characters="/", exclude_categories=("Cs",))   # a URL path is UTF-8: no lone surrogates
 
 
 @st.composite
@@ -73,7 +73,8 @@ def broken_field(draw: st.DrawFn) -> Req:
     else:
         value = draw(json_any.filter(lambda v: v != valid))
         if field == "parameters" and isinstance(value, dict):
-            value = {**value, "binary_data_size": draw(json_any)}  # claims binary data without the header
+            # claims binary data without the header (null would be no claim: a parameter set to null is unset)
+            value = {**value, "binary_data_size": draw(json_any.filter(lambda v: v is not None))}
         req["inputs"][0][field] = value
     return _post(req)
 
