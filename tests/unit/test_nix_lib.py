@@ -13,6 +13,12 @@ from tests.conftest import REPO, have_nix
 pytestmark = pytest.mark.skipif(not have_nix(), reason="needs nix (bash .ci/setup installs it)")
 
 
+def nix_eval(expr: str, *flags: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    """``nix eval --impure [FLAGS] --expr EXPR`` (the result checked by the caller)."""
+    return subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", *flags,
+                           "--expr", expr], capture_output=True, text=True, timeout=timeout)
+
+
 def cases() -> dict:
     out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--json", "-f",
                           str(REPO / "nix" / "tests")], capture_output=True, text=True, check=True)
@@ -51,8 +57,7 @@ def test_a_derived_dataset_that_is_its_own_input_is_named(inputs: dict, chain: s
     tables = {n: {"prepare": "p.py", "inputs": i} for n, i in inputs.items()} | {"raw": {"path": "data/raw"}}
     expr = (f'(((import {REPO / "nix"} {{ }}).mkDatasets {{ src = /tmp; lock = {{ }}; toolchain = null; '
             f'config = builtins.fromJSON {json.dumps(json.dumps({"datasets": tables}))}; }}).a.name)')
-    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--expr", expr],
-                         capture_output=True, text=True)
+    out = nix_eval(expr)
     if chain is None:
         assert out.returncode == 0 and out.stdout.strip() == '"a"', out.stderr
     else:
@@ -65,8 +70,7 @@ def test_code_outside_the_project_is_named_so(name: str) -> None:
     """`script = "../x.py"` was "names ../x.py, which does not exist" though it does (outside)."""
     expr = (f'((import {REPO / "nix"} {{ }}).mkCode {{ src = {REPO / "nix" / "tests" / "fixture"}; '
             f'files = [ "m.py" {json.dumps(name)} ]; what = "[models.m].code"; }}).name')
-    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--expr", expr],
-                         capture_output=True, text=True)
+    out = nix_eval(expr)
     assert out.returncode != 0 and (f"[models.m].code names {name}, which is outside the project: a build sees only "
                                     "the project folder's files") in out.stderr, out.stderr
 
@@ -82,8 +86,7 @@ def test_code_that_leaves_out_the_script_is_named(files: list, ok: bool, tmp_pat
         (tmp_path / f).write_text("")
     expr = (f'((import {REPO / "nix"} {{ }}).mkCode {{ src = {tmp_path}; script = "m.py"; '
             f'files = {json.dumps(files).replace(",", "")}; what = "[datasets.d]"; }}) != ""')
-    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--expr", expr],
-                         capture_output=True, text=True)
+    out = nix_eval(expr)
     if ok:
         assert out.returncode == 0, out.stderr
     else:
@@ -103,8 +106,7 @@ def test_a_dataset_pin_that_is_no_sha256_is_named(entry: object) -> None:
             f'lock = builtins.fromJSON {json.dumps(json.dumps(lock))}; '
             f'config = builtins.fromJSON {json.dumps(json.dumps({"datasets": {"raw": {"path": "data/raw"}}}))}; '
             f'}}).raw.drvPath)')
-    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--expr", expr],
-                         capture_output=True, text=True)
+    out = nix_eval(expr)
     if entry in ({"sha256": "ab" * 32}, {"sha256": "AB" * 32}):   # in either case, as Nix reads it
         assert out.returncode == 0, out.stderr
     else:
@@ -122,8 +124,7 @@ def test_a_url_that_is_no_url_is_named(url: str, ok: bool) -> None:
     table = {"url": url, "sha256": "ab" * 32}
     expr = (f'(((import {REPO / "nix"} {{ }}).mkDatasets {{ src = /tmp; toolchain = null; lock = {{ }}; '
             f'config = builtins.fromJSON {json.dumps(json.dumps({"datasets": {"r": table}}))}; }}).r.drvPath)')
-    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--expr", expr],
-                         capture_output=True, text=True)
+    out = nix_eval(expr)
     if ok:
         assert out.returncode == 0, out.stderr
     else:
@@ -141,8 +142,7 @@ def test_the_cycle_check_walks_shared_inputs_once() -> None:
         f"d{k}": {"prepare": "p.py", "inputs": ["raw", *(f"d{j}" for j in range(k))]} for k in range(30)}
     expr = (f'(((import {REPO / "nix"} {{ }}).mkDatasets {{ src = /tmp; lock = {{ }}; toolchain = null; '
             f'config = builtins.fromJSON {json.dumps(json.dumps({"datasets": tables}))}; }}).d29.name)')
-    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--expr", expr],
-                         capture_output=True, text=True, timeout=60)
+    out = nix_eval(expr, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == '"d29"', out.stderr
 
 
@@ -152,8 +152,7 @@ def model_spec(params_expr: str) -> str:
     expr = (f'builtins.unsafeDiscardStringContext ((import {REPO / "nix"} {{ }}).mkProject {{ '
             f'src = {REPO / "nix" / "tests" / "fixture"}; overrides = {{ m = {{ params = {params_expr}; }}; }}; }})'
             '.m.model.spec')
-    out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--raw",
-                          "--expr", expr], capture_output=True, text=True)
+    out = nix_eval(expr, "--raw")
     assert out.returncode == 0, out.stderr
     return out.stdout
 
