@@ -27,7 +27,7 @@ from .errors import BuildError, NixError, NixNotFoundError
 __all__ = [
     "nix_version", "common_options", "add_fixed", "print_fixed_path", "invalid_paths",
     "build", "path_info", "parse_path_info", "parse_build_json", "store_dir", "nix_lib_dir",
-    "run_nix", "register_valid", "add_roots", "is_fixed_output",
+    "run_nix", "register_valid", "add_roots", "is_fixed_output", "valid_closure_outputs",
 ]
 
 EXPERIMENTAL = "nix-command flakes"
@@ -236,6 +236,15 @@ def invalid_paths_in(paths: Sequence[str], *, store: str | None = None) -> list[
         return []
     proc = run_nix([*store_options(store), "--check-validity", "--print-invalid", *paths], tool="nix-store")
     return proc.stdout.split()
+
+
+def valid_closure_outputs(drvs: Sequence[str]) -> list[str]:
+    """The outputs in the closure of ``drvs`` that are valid in the local store (one nix-store call:
+    ``--include-outputs`` lists only those), no ``.drv`` files; ``build_closure`` also names the missing."""
+    if not drvs:
+        return []
+    listed = run_nix(["--query", "--requisites", "--include-outputs", *drvs], tool="nix-store").stdout.split()
+    return [p for p in listed if not p.endswith(".drv")]
 
 
 def build_closure(drvs: Sequence[str], *, store: str | None = None) -> tuple[list[str], list[str]]:

@@ -570,7 +570,8 @@ def _derived_dataset_roots(project: Project, target: str, drv: str | None) -> di
     derived = {n for n, t in project.raw.get("datasets", {}).items() if isinstance(t, dict) and "prepare" in t}
     if not derived or drv is None or target.split(".", 1)[0] in ("toolchain", "datasets", "notebooks"):
         return {}
-    return {f"dataset-{_name(p)}": p for p in _nix.build_closure([drv])[0] if _name(p) in derived}
+    # One nix-store call (was three: the outputs missing here, which build_closure also names, get no root)
+    return {f"dataset-{_name(p)}": p for p in _nix.valid_closure_outputs([drv]) if _name(p) in derived}
 
 
 def changed_datasets(project: Project, lock: dict[str, Any]) -> list[str]:
