@@ -15,10 +15,6 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
 from .. import atomic
 from ..errors import StoreKeyError
 
@@ -78,6 +74,11 @@ class PublicKey:
         return f"{self.name}:{base64.b64encode(self.raw).decode()}"
 
     def verify(self, signature: bytes, message: bytes) -> bool:
+        # cryptography is imported where a key is used, not with the module: every build imports the
+        # store's configuration (trusted keys are read from files), and the import took ~40 ms of it.
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         try:
             Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, message)
             return True
@@ -94,10 +95,15 @@ class SecretKey:
 
     @property
     def public(self) -> PublicKey:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
         pub = Ed25519PrivateKey.from_private_bytes(self.seed).public_key()
         return PublicKey(self.name, pub.public_bytes(Encoding.Raw, PublicFormat.Raw))
 
     def sign(self, message: bytes) -> str:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         sig = Ed25519PrivateKey.from_private_bytes(self.seed).sign(message)
         return f"{self.name}:{base64.b64encode(sig).decode()}"
 

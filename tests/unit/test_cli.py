@@ -456,3 +456,17 @@ def test_a_dataset_file_in_code_is_named_as_data(tree) -> None:
     assert ("ignored:   data/clean.csv (the data of dataset raw, which the build reads from the store: take it out "
             'of `code` and list "raw" in the stage\'s datasets)') in str(e.value)
     assert "git add -f" not in str(e.value)
+
+
+def test_a_build_does_not_load_cryptography_to_read_the_store_configuration() -> None:
+    """Every `mlbuild build` reads the shared store's configuration (its trusted keys come from
+    files) and imported cryptography with it (~40 ms of a no-op build's CPU), though a build neither
+    signs nor checks a signature: it is imported where a key is used."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mlbuild.build, mlbuild.store; "
+            "from mlbuild.store.keys import parse_public_key; parse_public_key('k:' + 'A' * 43 + '='); "
+            "print(sorted(m for m in sys.modules if m.startswith('cryptography')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
