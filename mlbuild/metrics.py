@@ -10,6 +10,7 @@ collector or a pushgateway, so the numbers reach Grafana).
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
@@ -389,12 +390,76 @@ def _plot(model: str, points: Sequence[Point]) -> bytes:
     return buf.getvalue()
 
 
+PLOTS_KEPT = 32   # the newest drawn figures kept in the plot cache
+
+
+def _matplotlibrc_files() -> list[Path]:
+    """Where matplotlib reads its settings from (matplotlib_fname's search), besides its own
+    defaults: the working folder's matplotlibrc, $MATPLOTLIBRC, its configuration folder's."""
+    config = os.environ.get("MPLCONFIGDIR") or \
+        os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "matplotlib")
+    rc = os.environ.get("MATPLOTLIBRC")
+    return [Path("matplotlibrc").absolute(), *([Path(rc), Path(rc) / "matplotlibrc"] if rc else []),
+            Path(config) / "matplotlibrc"]
+
+
+def _plot_key(model: str, points: Sequence[Point]) -> str:
+    """A hash of everything the figure is drawn from: what _figure reads of each point, the code
+    that draws it, matplotlib's version and the settings files it reads."""
+    import importlib.metadata
+
+    from .runtime import validate
+
+    shown = [(p.rev[:8], p.report.get("metrics", {}), heldout(p.report)) for p in points if p.report]
+    rc = []
+    for f in _matplotlibrc_files():
+        try:
+            rc.append([str(f), hashlib.sha256(f.read_bytes()).hexdigest()])
+        except OSError:   # none there (or a folder): matplotlib does not read it either
+            continue
+    try:
+        version = importlib.metadata.version("matplotlib")
+    except importlib.metadata.PackageNotFoundError:
+        version = "-"
+    code = hashlib.sha256(Path(__file__).read_bytes() + Path(validate.__file__).read_bytes()).hexdigest()
+    return hashlib.sha256(json.dumps([model, shown, rc, version, code], sort_keys=True).encode()).hexdigest()
+
+
+def _cached_plot(model: str, points: Sequence[Point]) -> bytes:
+    """``_plot``, from a cache in mlbuild's state folder (MLBUILD_STATE, else ~/.cache/mlbuild) when
+    the same figure was drawn before: importing matplotlib and drawing took ~1 s of each `metrics
+    show` and `metrics history`, most of the command when nothing was built. Keyed by ``_plot_key``;
+    the newest PLOTS_KEPT figures are kept. A cache that cannot be read or written is skipped."""
+    try:
+        cache = Path(os.environ.get("MLBUILD_STATE") or Path.home() / ".cache" / "mlbuild") / "plots"
+    except RuntimeError:   # no home folder to find
+        return _plot(model, points)
+    entry = cache / f"{_plot_key(model, points)}.png"
+    try:
+        png = entry.read_bytes()
+        if png.startswith(b"\x89PNG"):
+            os.utime(entry)   # the newest are kept
+            return png
+    except OSError:
+        pass
+    png = _plot(model, points)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        atomic.write_bytes(entry, png)
+        drawn = sorted(cache.glob("*.png"), key=lambda f: f.stat().st_mtime_ns, reverse=True)
+        for old in drawn[PLOTS_KEPT:]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass
+    return png
+
+
 def write_reports(model: str, points: Sequence[Point], out_dir: Path, worktree: bool = False) -> dict[str, Path]:
     """<model>-history.png, -report.html (self-contained) and -metrics.prom in ``out_dir``; for the
     worktree alone (``metrics show``), <model>-worktree.png, .html and .prom, so that a look at
     the worktree does not write over the history's files."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    png = _plot(model, points)
+    png = _cached_plot(model, points)
     files = ({"png": out_dir / f"{model}-worktree.png", "html": out_dir / f"{model}-worktree.html",
               "prom": out_dir / f"{model}-worktree.prom"} if worktree else
              {"png": out_dir / f"{model}-history.png", "html": out_dir / f"{model}-report.html",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import pytest
 
 from mlbuild.metrics import Point, _figure, _plot, table
 
@@ -134,3 +135,60 @@ def test_the_html_report_keeps_a_gap_and_a_note_in_one_cell(tmp_path) -> None:  
     assert "<tr><td colspan='99'>bbbbbbbbbb: mlbuild.lock is stale; run `mlbuild lock`</td></tr>" in page
     assert "<tr><td colspan='99'>note: the held-out data differs between these revisions" in page
     assert "<td>note:</td>" not in page and "<td>stale;</td>" not in page
+
+
+def test_a_figure_drawn_before_comes_from_the_cache_and_any_input_draws_it_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every `metrics show` and `metrics history` imported matplotlib and drew the figure again
+    (~1 s, most of the command when nothing was built). The same figure comes from the cache now,
+    byte for byte what drawing gives; a changed value, revision, held-out set, model name or
+    matplotlibrc draws it again."""
+    import mlbuild.metrics as m
+
+    monkeypatch.setenv("MLBUILD_STATE", str(tmp_path / "state"))
+    monkeypatch.delenv("MATPLOTLIBRC", raising=False)
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mplconfig"))
+    monkeypatch.chdir(tmp_path)
+    drawn: list[str] = []
+    plot = m._plot
+
+    def counted(model: str, pts: list[Point]) -> bytes:
+        drawn.append(model)
+        return plot(model, pts)
+
+    monkeypatch.setattr(m, "_plot", counted)
+    base = points({"accuracy": 0.96, "f1_macro": 0.95}, {"accuracy": 0.97, "f1_macro": 0.96})
+    first = m.write_reports("digits", base, tmp_path / "out")["png"].read_bytes()
+    again = m.write_reports("digits", base, tmp_path / "out")["png"].read_bytes()
+    assert drawn == ["digits"] and again == first == plot("digits", base)
+    held = [Point(p.rev, {**p.report, "heldout": {"sha256": str(i) * 64}}, p.path) for i, p in enumerate(base)]
+    for model, pts in (("digits", points({"accuracy": 0.96, "f1_macro": 0.95}, {"accuracy": 0.971, "f1_macro": 0.96})),
+                       ("digits", [Point("f" * 40, base[0].report, ""), base[1]]), ("digits", held), ("cancer", base)):
+        drawn.clear()
+        assert m.write_reports(model, pts, tmp_path / "out")["png"].read_bytes() == plot(model, pts)
+        assert drawn == [model]
+    (tmp_path / "matplotlibrc").write_text("axes.facecolor: yellow\n")   # matplotlib reads the working folder's
+    drawn.clear()
+    m.write_reports("digits", base, tmp_path / "out")   # (read by matplotlib at its import: in the next command)
+    assert drawn == ["digits"]
+    (tmp_path / "matplotlibrc").unlink()
+    (tmp_path / "mplconfig").mkdir()
+    (tmp_path / "mplconfig" / "matplotlibrc").write_text("axes.facecolor: yellow\n")
+    drawn.clear()
+    m.write_reports("digits", base, tmp_path / "out")
+    assert drawn == ["digits"]
+
+
+def test_the_plot_cache_keeps_the_newest_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlbuild.metrics as m
+
+    monkeypatch.setenv("MLBUILD_STATE", str(tmp_path / "state"))
+    monkeypatch.setattr(m, "PLOTS_KEPT", 3)
+    for i in range(5):
+        m.write_reports("digits", points({"accuracy": i / 10}), tmp_path / "out")
+    assert len(list((tmp_path / "state" / "plots").glob("*.png"))) == 3
+    (tmp_path / "state" / "plots").chmod(0o500)   # a cache that cannot be written is skipped
+    try:
+        assert m.write_reports("digits", points({"accuracy": 0.77}), tmp_path / "out")["png"].exists()
+    finally:
+        (tmp_path / "state" / "plots").chmod(0o700)
