@@ -8,6 +8,7 @@ image layout. ``podman load`` and ``docker load`` read it as a docker-archive; s
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
 import re
@@ -61,6 +62,7 @@ class ArchiveInfo:
     layers: list[tuple[str, int]]  # (digest, size), bottom first
     config_size: int
     manifest_size: int
+    config_digest: str = ""   # sha256:<hex> of the config: the image's ID in podman
 
     @property
     def labels(self) -> dict[str, str]:
@@ -95,7 +97,7 @@ def read_archive(path: Path) -> ArchiveInfo:
     layers = [("sha256:" + p.rsplit("/", 1)[-1], sizes[p]) for p in entry["Layers"]]
     return ArchiveInfo(path=Path(path), reference=entry["RepoTags"][0], manifest_digest=desc["digest"],
                        config=json.loads(config_bytes), layers=layers, config_size=len(config_bytes),
-                       manifest_size=len(manifest_bytes))
+                       manifest_size=len(manifest_bytes), config_digest="sha256:" + hashlib.sha256(config_bytes).hexdigest())
 
 
 def build_image(project: Project, model: str, *, allow_dirty: bool = False,
@@ -151,8 +153,36 @@ def parse_loaded(output: str) -> str | None:
 
 def load_image(archive: Path, engine: str | None = None) -> Loaded:
     """Load the archive into podman or docker; returns the reference it was loaded as."""
+    return _load(archive, find_engine(engine))
+
+
+def _present(engine: str, info: ArchiveInfo) -> str | None:
+    """The reference podman names the archive's image by when it holds that very image under the
+    archive's name already (its ID is the digest of the archive's config, which names every layer
+    by its digest), else None. `podman load` of it read and stored every layer again (~6 s for
+    digits) to tag the same image. Docker always loads: its containerd image store names an image
+    by its manifest's digest, not its config's."""
+    if engine != "podman" or not info.config_digest:
+        return None
+    try:
+        proc = subprocess.run([engine, "image", "inspect", "--format", "{{.Id}}{{range .RepoTags}} {{.}}{{end}}",
+                               info.reference], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    words = proc.stdout.split() if proc.returncode == 0 else []
+    if not words or "sha256:" + words[0].removeprefix("sha256:") != info.config_digest:
+        return None   # not there, or the name tags another image now
+    tags = words[1:]
+    # as `podman load` prints it: the archive's name in full (digits:t -> docker.io/library/digits:t)
+    return next((t for t in tags if t == info.reference or t.endswith("/" + info.reference)), None)
+
+
+def _load(archive: Path, engine: str) -> Loaded:
+    """``load_image`` into ``engine``, which find_engine chose."""
     info = read_archive(archive)
-    engine = find_engine(engine)
+    present = _present(engine, info)
+    if present is not None:
+        return Loaded(engine, present, Path(archive))
     proc = subprocess.run([engine, "load", "-i", str(archive)], capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-10:])
@@ -347,7 +377,7 @@ def load_model_image(project: Project, model: str, *, engine: str | None = None,
     """``mlbuild image load MODEL``: build the image, then load it."""
     check_model(project, model)
     engine = find_engine(engine)  # fail before a long build when no engine can take the image
-    return load_image(build_image(project, model, allow_dirty=allow_dirty, on_progress=on_progress), engine)
+    return _load(build_image(project, model, allow_dirty=allow_dirty, on_progress=on_progress), engine)
 
 
 def push_model_image(project: Project, model: str, ref: str, *, allow_dirty: bool = False,

@@ -253,3 +253,37 @@ def test_a_wanted_engine_that_is_missing_says_install_and_names_where_it_was_cho
     with pytest.raises(img.EngineNotFoundError) as e:
         img.find_engine()
     assert "docker: not installed). Install docker, or unset MLBUILD_ENGINE to use whichever works" in str(e.value)
+
+
+def test_an_image_podman_holds_already_is_not_loaded_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`mlbuild image load MODEL` of an image loaded before ran `podman load` again, which read and
+    stored every layer (~6 s for digits) to tag the same image. When podman holds the archive's
+    image (its ID is the config's digest) under the archive's name, the reference is printed as
+    `podman load` prints it; another image under that name, or none, is loaded; docker always is."""
+    from tests.unit.test_image_archive import fake_image_inputs, make_image
+
+    archive = make_image(fake_image_inputs(tmp_path), tmp_path / "digits.tar")
+    info = img.read_archive(archive)
+    assert info.config_digest.startswith("sha256:") and info.reference == "digits:t1"
+    log = tmp_path / "calls"
+    for engine in ("podman", "docker"):
+        fake = tmp_path / "bin" / engine
+        fake.parent.mkdir(exist_ok=True)
+        fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n'
+                        'case "$1" in\n'
+                        '  load) echo "Loaded image: docker.io/library/digits:t1";;\n'
+                        '  image) [ -n "$HELD" ] || exit 125; echo "$HELD";;\n'
+                        'esac\n')
+        fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    held = info.config_digest.removeprefix("sha256:")
+    for engine, there, loads in (
+            ("podman", f"{held} docker.io/library/digits:t1 localhost/other:v1", False),
+            ("podman", f"{'0' * 64} docker.io/library/digits:t1", True),   # the name tags another image now
+            ("podman", "", True),                                          # not there
+            ("docker", f"sha256:{held} digits:t1", True)):
+        log.write_text("")
+        monkeypatch.setenv("HELD", there)
+        loaded = img.load_image(archive, engine)
+        assert loaded.reference == "docker.io/library/digits:t1" and loaded.engine == engine
+        assert (f"load -i {archive}" in log.read_text()) == loads
