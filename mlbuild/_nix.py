@@ -25,7 +25,7 @@ from . import atomic
 from .errors import BuildError, NixError, NixNotFoundError
 
 __all__ = [
-    "nix_version", "common_options", "add_fixed", "print_fixed_path", "invalid_paths",
+    "nix_version", "state_home", "common_options", "add_fixed", "print_fixed_path", "invalid_paths",
     "build", "path_info", "parse_path_info", "parse_build_json", "store_dir", "nix_lib_dir",
     "run_nix", "register_valid", "add_roots", "is_fixed_output", "valid_closure_outputs",
 ]
@@ -65,9 +65,16 @@ def nix_lib_dir() -> Path:
     return path
 
 
+def state_home() -> Path:
+    """mlbuild's own per-user state (the empty flake registry, caches): $MLBUILD_STATE, else
+    ~/.cache/mlbuild."""
+    env = os.environ.get("MLBUILD_STATE")
+    return Path(env) if env is not None else Path.home() / ".cache" / "mlbuild"
+
+
 def common_options(substituters: Sequence[str] = ()) -> list[str]:
     """Options every project Nix call gets: flakes on, only the given substituters, no registry."""
-    registry = Path(os.environ.get("MLBUILD_STATE", Path.home() / ".cache" / "mlbuild")) / "registry.json"
+    registry = state_home() / "registry.json"
     # An empty one is what a full disk left before this was written whole: Nix warned that it
     # cannot parse it at every registry lookup.
     if not registry.exists() or (registry.is_file() and registry.stat().st_size == 0):

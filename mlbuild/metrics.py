@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import atomic, git
+from . import _nix, atomic, git
 from .build import Progress, Summary, build_targets, check_model, model_code, validation_table
 from .config import CONFIG_NAME, Project, load_project
 from .errors import BuildError, MlbuildError
@@ -431,7 +431,7 @@ def _cached_plot(model: str, points: Sequence[Point]) -> bytes:
     show` and `metrics history`, most of the command when nothing was built. Keyed by ``_plot_key``;
     the newest PLOTS_KEPT figures are kept. A cache that cannot be read or written is skipped."""
     try:
-        cache = Path(os.environ.get("MLBUILD_STATE") or Path.home() / ".cache" / "mlbuild") / "plots"
+        cache = _nix.state_home() / "plots"
     except RuntimeError:   # no home folder to find
         return _plot(model, points)
     entry = cache / f"{_plot_key(model, points)}.png"

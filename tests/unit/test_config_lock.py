@@ -451,3 +451,46 @@ def test_a_dataset_pin_that_is_no_object_is_named(tmp_path: Path, datasets: obje
     with pytest.raises(LockError, match=re.escape(f"{path}: {said}, not {{\"sha256\": ...}} as `mlbuild data add` "
                                                   "writes it (a hand edit or a merge); restore it from git")):
         read_lock(path)
+
+
+@pytest.mark.skipif(not shutil.which("nix"), reason="needs nix")
+def test_the_pinned_mlbuild_is_fetched_once_while_its_store_path_is_there(tree, monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys) -> None:
+    """Every build, serve, metrics and image command evaluated `builtins.fetchTree` of the mlbuild
+    input flake.lock pins (~0.05-0.12 s) to find its store path. An input pinned by its content
+    hash is looked up in a record of earlier fetches now, while that store path is there."""
+    from mlbuild import _nix, flakepin
+
+    monkeypatch.delenv("MLBUILD_NIX", raising=False)
+    state = tree({"state": {}}) / "state"
+    monkeypatch.setenv("MLBUILD_STATE", str(state))
+    pin = tree({"pin": {"nix": {"entry.nix": f"# {os.getpid()} {state}\n{{ src, overrides ? {{}} }}: {{ }}\n"},
+                        "mlbuild": {"__init__.py": "", "runtime": {"__init__.py": ""}}}}) / "pin"
+    nar_hash = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "hash", "path", str(pin)],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    locked = {"narHash": nar_hash, "path": str(pin), "type": "path"}
+    nodes = {"mlbuild": {"locked": locked, "original": {"path": str(pin), "type": "path"}},
+             "root": {"inputs": {"mlbuild": "mlbuild"}}}
+    root = tree({"p": {"flake.nix": "{ }\n", "flake.lock": json.dumps({"nodes": nodes, "root": "root", "version": 7})}}) / "p"
+    calls: list[str] = []
+    run_nix = _nix.run_nix
+    monkeypatch.setattr(_nix, "run_nix", lambda args, **kw: calls.append(" ".join(args)) or run_nix(args, **kw))
+
+    def entry() -> Path | None:
+        flakepin._pinned.cache_clear()   # as a new command does
+        return flakepin.pinned_entry(root)
+
+    fetched = entry()
+    assert fetched is not None and fetched.name == "entry.nix" and str(fetched).startswith(_nix.store_dir())
+    assert "building with the mlbuild input flake.lock pins" in capsys.readouterr().err
+    assert len(calls) == 1 and "fetchTree" in calls[0]
+    assert entry() == fetched and len(calls) == 1   # the record, no evaluation
+    assert "building with the mlbuild input flake.lock pins" in capsys.readouterr().err   # said as before
+    record = json.loads((state / "pinned-mlbuild.json").read_text())
+    (state / "pinned-mlbuild.json").write_text(json.dumps(
+        {k: {**v, "path": v["path"] + "-collected"} for k, v in record.items()}))
+    assert entry() == fetched and len(calls) == 2   # a path no longer there: fetched again
+    del locked["narHash"]   # not pinned by content: never taken from the record
+    (root / "flake.lock").write_text(json.dumps({"nodes": nodes, "root": "root", "version": 7}))
+    entry(), entry()
+    assert len(calls) == 4
