@@ -83,3 +83,32 @@ def test_a_full_state_folder_leaves_no_empty_registry_and_is_named(tmp_path: Pat
         m.setenv("MLBUILD_STATE", str(state))
         _nix.common_options()
     assert json.loads((state / "registry.json").read_text()) == {"flakes": [], "version": 2}
+
+
+def test_the_nix_version_is_asked_once_per_nix_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every build records the Nix version and ran `nix --version` for it (~0.05 s). It is kept by
+    the binary's path, inode, size and times now: the same binary is not asked again, another is."""
+    import os
+
+    log = tmp_path / "asked"
+    nix = tmp_path / "bin" / "nix"
+    nix.parent.mkdir()
+    nix.write_text(f"#!/bin/sh\necho \"$*\" >> {log}\necho 'nix (Nix) 2.8.0'\n")
+    nix.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{nix.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("MLBUILD_STATE", str(tmp_path / "state"))
+
+    def version() -> tuple[int, ...]:
+        _nix.nix_version.cache_clear()   # as a new command does
+        return _nix.nix_version()
+
+    try:
+        assert version() == (2, 8, 0) and version() == (2, 8, 0)
+        assert log.read_text() == "--version\n"
+        nix.write_text(f"#!/bin/sh\necho \"$*\" >> {log}\necho 'nix (Nix) 2.26.3'\n")   # an upgrade
+        assert version() == (2, 26, 3) and version() == (2, 26, 3)
+        assert log.read_text() == "--version\n--version\n"
+        (tmp_path / "state" / "nix-version.json").write_text("{not json")
+        assert version() == (2, 26, 3) and log.read_text().count("--version") == 3
+    finally:
+        _nix.nix_version.cache_clear()
