@@ -38,8 +38,10 @@ def snapshot_into_store(ident: Identity, libraries: tuple[str, ...]) -> tuple[st
                 f"in {tempfile.gettempdir()} or point TMPDIR at a folder with room, then run `mlbuild lock` again"
             ) from None
         loader = loader_name(folder)
+        expected = fixed_output_path(sha, ident.snapshot_name, recursive=True)
+        if not _nix.invalid_paths([expected]):   # in the store already (every `lock` of an unchanged Python):
+            return expected, sha, loader          # the hash names it; adding it again took ~1 s
         path = _nix.add_fixed(folder, recursive=True)
-    expected = fixed_output_path(sha, ident.snapshot_name, recursive=True)
     if path != expected:
         raise InterpreterError(f"Nix stored the snapshot at {path}, expected {expected}: NAR hashing disagrees")
     return path, sha, loader

@@ -135,3 +135,20 @@ def probe_executable() -> str:
     from mlbuild.interpreter import probe
 
     return probe(sys.executable).executable
+
+
+def test_a_snapshot_the_store_holds_is_not_added_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every `mlbuild lock` streamed the interpreter snapshot into the store with `nix-store
+    --add-fixed` (~1 s), though an unchanged interpreter gives the same hash, whose path was there."""
+    from mlbuild import _nix
+    from mlbuild.interpreter import probe
+    from mlbuild.toolchain import snapshot_into_store
+
+    ident = probe(sys.executable)
+    path, sha, loader = snapshot_into_store(ident, ())
+    added: list[str] = []
+    add_fixed = _nix.add_fixed
+    monkeypatch.setattr(_nix, "add_fixed", lambda folder, recursive: added.append(str(folder)) or
+                        add_fixed(folder, recursive))
+    assert snapshot_into_store(ident, ()) == (path, sha, loader) and added == []
+    assert _nix.invalid_paths([path]) == []
