@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +41,23 @@ def _git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
 
 
 def repo_root(path: Path) -> Path | None:
-    proc = _git(path if path.is_dir() else path.parent, "rev-parse", "--show-toplevel", check=False)
-    return Path(proc.stdout.strip()) if proc.returncode == 0 else None
+    """The top of the git repository holding ``path``; None where there is none. GitError where
+    there is one git refuses to read (another user owns it)."""
+    cwd = path if path.is_dir() else path.parent
+    proc = _git(cwd, "rev-parse", "--show-toplevel", check=False)
+    if proc.returncode == 0:
+        return Path(proc.stdout.strip())
+    # git 2.35.2+ refuses a repository another user owns ("dubious ownership"), as if there were
+    # none: its changes did not count (a dirty tree built as clean) and its data went unignored.
+    # Asked again trusting every folder (a command line's safe.directory counts), it answers.
+    trusting = _git(cwd, "-c", "safe.directory=*", "rev-parse", "--show-toplevel", check=False)
+    if trusting.returncode == 0:
+        repo = trusting.stdout.strip()
+        raise GitError(f"git refuses to read the repository {repo}: another user owns it (git's \"dubious "
+                       f"ownership\" check), so mlbuild cannot tell its changes or keep data out of it; if you "
+                       f"trust it, `git config --global --add safe.directory {shlex.quote(repo)}`, or run "
+                       f"mlbuild as the user who owns it")
+    return None
 
 
 def is_tracked(path: Path) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -145,3 +146,41 @@ def test_a_repository_whose_path_is_not_utf8_is_read(tmp_path: Path) -> None:
     (root / "mlbuild.toml").write_text('[project]\nname = "p"\n')
     assert git.repo_root(root) == root
     assert git.dirty_files(root, ["mlbuild.toml"]).untracked == ["mlbuild.toml"]
+
+
+def another_users(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``path`` a repository git refuses as this user ("dubious ownership"): owned by nobody
+    where we are root, else git's own switch for that check."""
+    if os.getuid() == 0:
+        subprocess.run(["chown", "-R", "65534:65534", str(path)], check=True)
+    else:
+        monkeypatch.setenv("GIT_TEST_ASSUME_DIFFERENT_OWNER", "1")
+
+
+def test_a_repository_another_user_owns_is_named_with_the_fix(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkout another user owns (a team's /srv/ml, a CI workspace): git refuses it, and
+    repo_root took that for no repository, so an uncommitted change built as clean and `data add`
+    added no .gitignore line. Now every query names the repository and safe.directory."""
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "gitconfig"))   # no safe.directory of the user's
+    repo = tmp_path / "team repo"
+    (repo / "ml").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "ml" / "model.py").write_text("x = 1\n")
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+                   check=True)
+    (repo / "ml" / "model.py").write_text("x = 2\n")   # uncommitted
+    another_users(repo, monkeypatch)
+    fix = f"git config --global --add safe.directory '{repo}'"
+    with pytest.raises(git.GitError, match=f"another user owns it .*{re.escape(fix)}"):
+        git.dirty_files(repo / "ml")
+    with pytest.raises(git.GitError, match=re.escape(fix)):
+        git.ignore_entry(repo / "ml", repo / "ml" / "data.csv")
+    subprocess.run(["git", "config", "--global", "--add", "safe.directory", str(repo)], check=True)
+    assert git.dirty_files(repo / "ml").modified == ["ml/model.py"]
+
+
+def test_no_repository_is_still_none(tmp_path: Path) -> None:
+    assert git.repo_root(tmp_path) is None
+    assert not git.dirty_files(tmp_path)
