@@ -562,15 +562,16 @@ def push_outputs(project: Project, summary: Summary) -> None:
 
 
 def _derived_dataset_roots(project: Project, target: str, drv: str | None) -> dict[str, str]:
-    """GC roots for the derived datasets a model's target was built from (those in the store).
+    """GC roots for the datasets a model's target was built from (those in the store).
 
     No output refers to a dataset (outputs name theirs by hash), so without a root of its own a
     split that took hours to prepare would go at the next `nix-collect-garbage`, and the next
-    retraining would prepare it again. Raw datasets are rooted by `data add`."""
-    derived = {n for n, t in project.raw.get("datasets", {}).items() if isinstance(t, dict) and "prepare" in t}
-    if not derived or drv is None or target.split(".", 1)[0] in ("toolchain", "datasets", "notebooks"):
+    retraining would prepare it again. Raw datasets are rooted by `data add`, and again here: in a
+    project moved or copied since, Nix held that root by the old folder's path."""
+    declared = {n for n, t in project.raw.get("datasets", {}).items() if isinstance(t, dict)}
+    if not declared or drv is None or target.split(".", 1)[0] in ("toolchain", "datasets", "notebooks"):
         return {}
-    return {f"dataset-{_name(p)}": p for p in _nix.build_closure([drv])[0] if _name(p) in derived}
+    return {f"dataset-{_name(p)}": p for p in _nix.build_closure([drv])[0] if _name(p) in declared}
 
 
 def changed_datasets(project: Project, lock: dict[str, Any]) -> list[str]:
