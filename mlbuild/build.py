@@ -258,6 +258,10 @@ def check_clean(project: Project, built: Sequence[str] = (),
     if any(os.path.basename(p) == "flake.lock" for p in [*dirty.modified, *dirty.untracked]):
         fix += ("; flake.lock is what `nix flake lock` (or the first `nix build`/`nix run`) writes: commit it "
                 "(`git add flake.lock && git commit`)")
+    if os.environ.get("GIT_DIR"):   # git.pin_environment wrote its work tree out
+        fix += (f"; GIT_DIR={os.environ['GIT_DIR']} is set, so git reads that repository, with the work tree "
+                f"{os.environ.get('GIT_WORK_TREE', '.')}: where that is not the project's, unset GIT_DIR and "
+                f"GIT_WORK_TREE")
     head = "the worktree is not clean, so the inputs of this build would not be known:\n"
     if built:   # another terminal's edit, `data add`, `git checkout` while the earlier targets built
         head = (f"the worktree changed while this build ran ({', '.join(built)} built from the clean tree, before "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -12,8 +13,9 @@ from typing import Sequence
 from . import atomic
 from .errors import MlbuildError
 
-__all__ = ["GitError", "repo_root", "is_tracked", "dirty_files", "show", "ignore", "ignore_entry", "add_ignore",
-           "head", "log_revisions", "is_shallow", "check_commit", "conflict_marker", "half_merged", "unmerged", "Dirty"]
+__all__ = ["GitError", "pin_environment", "repo_root", "is_tracked", "dirty_files", "show", "ignore", "ignore_entry",
+           "add_ignore", "head", "log_revisions", "is_shallow", "check_commit", "conflict_marker", "half_merged",
+           "unmerged", "Dirty"]
 
 
 # Folders tools write beside code that are never code (nix/code.nix's toolCaches): no code path
@@ -40,6 +42,33 @@ def _git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     return proc
 
 
+# Where the environment names a repository (a script's or hook's GIT_DIR=.git), relative paths are
+# relative to the folder a command starts in.
+_PATH_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY")
+
+
+def pin_environment() -> None:
+    """Make a repository the environment names (``GIT_DIR``, ``GIT_WORK_TREE``) mean, for every git
+    mlbuild runs in the project's folder, what it means in the current one (the ``-C`` folder, as
+    ``git -C`` has it): relative paths made absolute, and the work tree git gives such a
+    ``GIT_DIR`` here (this folder, or its core.worktree) written out. Run from a folder under the
+    project, a relative ``GIT_DIR`` named no repository there, which read as none."""
+    if not os.environ.get("GIT_DIR") and not os.environ.get("GIT_WORK_TREE"):
+        return
+    for var in _PATH_VARS:
+        value = os.environ.get(var)
+        if value and not os.path.isabs(value):
+            os.environ[var] = os.path.abspath(value)
+    if os.environ.get("GIT_DIR") and not os.environ.get("GIT_WORK_TREE"):
+        try:
+            proc = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                                  errors="surrogateescape")
+        except FileNotFoundError:
+            return   # no git: the first query says so
+        if proc.returncode == 0 and proc.stdout.strip():
+            os.environ["GIT_WORK_TREE"] = proc.stdout.strip()
+
+
 def repo_root(path: Path) -> Path | None:
     """The top of the git repository holding ``path``; None where there is none. GitError where
     there is one git refuses to read (another user owns it)."""
@@ -50,6 +79,10 @@ def repo_root(path: Path) -> Path | None:
     # git 2.35.2+ refuses a repository another user owns ("dubious ownership"), as if there were
     # none: its changes did not count (a dirty tree built as clean) and its data went unignored.
     # Asked again trusting every folder (a command line's safe.directory counts), it answers.
+    if os.environ.get("GIT_DIR"):   # never "no repository": git would have read the one it names
+        raise GitError(f"GIT_DIR={os.environ['GIT_DIR']} in the environment names no git repository git can read "
+                       f"({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'none'}); unset GIT_DIR "
+                       f"(git then finds the repository the project is in), or point it at that repository's .git")
     trusting = _git(cwd, "-c", "safe.directory=*", "rev-parse", "--show-toplevel", check=False)
     if trusting.returncode == 0:
         repo = trusting.stdout.strip()

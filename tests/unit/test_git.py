@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from mlbuild import git
+from tests.conftest import run_cli
 
 
 def test_show_says_a_bad_revision_is_not_a_commit(tmp_path: Path) -> None:
@@ -184,3 +186,59 @@ def test_a_repository_another_user_owns_is_named_with_the_fix(tmp_path: Path,
 def test_no_repository_is_still_none(tmp_path: Path) -> None:
     assert git.repo_root(tmp_path) is None
     assert not git.dirty_files(tmp_path)
+
+
+def _monorepo(tmp_path: Path) -> Path:
+    """A repository with a committed project in ml/ (examples/cancer's files, no data) and
+    other code beside it; ml/model.py then changed and not committed."""
+    repo = tmp_path / "mono"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "app.py").write_text("print(1)\n")
+    shutil.copytree(Path(__file__).parents[2] / "examples" / "cancer", repo / "ml")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+                   check=True)
+    with open(repo / "ml" / "model.py", "a") as f:
+        f.write("# not committed\n")
+    return repo
+
+
+def test_a_relative_git_dir_is_relative_to_the_current_folder(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`GIT_DIR=../../.git GIT_WORK_TREE=../.. mlbuild build` in ml/sub/: git ran in the project's
+    folder ml/, where ../../.git is no repository, which read as none: the uncommitted model.py
+    trained, marked clean. pin_environment makes them mean what they mean where they were set."""
+    repo = _monorepo(tmp_path)
+    (repo / "ml" / "sub").mkdir()
+    monkeypatch.chdir(repo / "ml" / "sub")
+    monkeypatch.setenv("GIT_DIR", "../../.git")
+    monkeypatch.setenv("GIT_WORK_TREE", "../..")
+    git.pin_environment()
+    assert (os.environ["GIT_DIR"], os.environ["GIT_WORK_TREE"]) == (str(repo / ".git"), str(repo))
+    assert git.dirty_files(repo / "ml").modified == ["ml/model.py"]
+
+
+def test_a_git_dir_alone_gets_the_work_tree_git_gives_it_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = _monorepo(tmp_path)
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("GIT_DIR", ".git")
+    monkeypatch.setenv("GIT_WORK_TREE", "")   # recorded, so that the one pin_environment sets is undone after
+    monkeypatch.delenv("GIT_WORK_TREE")
+    git.pin_environment()
+    assert os.environ["GIT_WORK_TREE"] == str(repo)   # git's rule for a GIT_DIR alone: this folder is its top
+    assert git.dirty_files(repo / "ml").modified == ["ml/model.py"]
+
+
+def test_a_git_dir_that_names_no_repository_is_an_error(tmp_path: Path) -> None:
+    """`GIT_DIR=.git mlbuild -C ml build` (as `git -C ml`, relative to ml/, where there is no .git):
+    taken for no repository, the uncommitted model.py trained, marked clean."""
+    repo = _monorepo(tmp_path)
+    env = {"GIT_DIR": ".git", "MLBUILD_STATE": str(tmp_path / "state")}
+    proc = run_cli("-C", "ml", "build", "cancer", cwd=repo, env=env, check=False)
+    assert proc.returncode == 1 and f"GIT_DIR={repo / 'ml' / '.git'} in the environment names no git repository" \
+        in proc.stderr and "unset GIT_DIR" in proc.stderr, proc.stderr
+    (repo / "ml" / "sub").mkdir()
+    env = {"GIT_DIR": "../../.git", "GIT_WORK_TREE": "../..", "MLBUILD_STATE": str(tmp_path / "state")}
+    proc = run_cli("build", "cancer", cwd=repo / "ml" / "sub", env=env, check=False)
+    assert proc.returncode == 1 and "modified:  ml/model.py" in proc.stderr, proc.stderr
