@@ -250,7 +250,8 @@ def check_clean(project: Project, built: Sequence[str] = (),
                 f"  ignored:   {p} (git ignores it, but the code the build reads holds it)")
 
     lines = [f"  modified:  {p}" for p in dirty.modified] + [f"  untracked: {p}" for p in dirty.untracked] \
-        + [ignored(p) for p in dirty.ignored]
+        + [ignored(p) for p in dirty.ignored] \
+        + [f"  line ends: {p} (git checks it out with other line ends than it commits)" for p in dirty.converted]
     more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
     fix = ("; a code file git ignores is in no commit (and `nix build` never sees it): `git add -f` it, or "
            "take it out of `code`" if any(_dataset_of(project.root, datasets, p) is None for p in dirty.ignored)
@@ -258,6 +259,11 @@ def check_clean(project: Project, built: Sequence[str] = (),
     if any(os.path.basename(p) == "flake.lock" for p in [*dirty.modified, *dirty.untracked]):
         fix += ("; flake.lock is what `nix flake lock` (or the first `nix build`/`nix run`) writes: commit it "
                 "(`git add flake.lock && git commit`)")
+    if dirty.converted:
+        fix += ("; a file git converts on checkout (core.autocrlf, an eol= in .gitattributes) is built as this folder "
+                "holds it, bytes no commit holds (`nix build` reads the commit: another store path, a retraining): "
+                "check it out as committed (`git config core.autocrlf input`, or drop the eol=; then delete it and "
+                "`git checkout -- PATH`)")
     if os.environ.get("GIT_DIR"):   # git.pin_environment wrote its work tree out
         fix += (f"; GIT_DIR={os.environ['GIT_DIR']} is set, so git reads that repository, with the work tree "
                 f"{os.environ.get('GIT_WORK_TREE', '.')}: where that is not the project's, unset GIT_DIR and "

@@ -107,9 +107,12 @@ class Dirty:
     modified: list[str]
     untracked: list[str]
     ignored: list[str] = field(default_factory=list)   # inputs git ignores: in the build, in no commit
+    # inputs git checks out with other line ends than it commits (core.autocrlf, an eol attribute):
+    # the folder's bytes, which the build reads, are in no commit
+    converted: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.modified or self.untracked or self.ignored)
+        return bool(self.modified or self.untracked or self.ignored or self.converted)
 
 
 def dirty_files(project: Path, inputs: Sequence[str] = ()) -> Dirty:
@@ -120,7 +123,9 @@ def dirty_files(project: Path, inputs: Sequence[str] = ()) -> Dirty:
     if root is None:
         return Dirty([], [])
     ignored: list[str] = []
+    converted: list[str] = []
     if inputs:
+        converted = _converted(root, [str(project.resolve() / p) for p in inputs])
         listed = _git(root, "--literal-pathspecs", "ls-files", "-z", "--others", "--ignored", "--exclude-standard",
                       "--",
                       *(str(project.resolve() / p) for p in inputs)).stdout
@@ -144,7 +149,24 @@ def dirty_files(project: Path, inputs: Sequence[str] = ()) -> Dirty:
         if code == "??" and (TOOL_CACHES & set(path.split("/")) or path.endswith(".pyc")):
             continue   # a byte-code cache or a notebook checkpoint no build reads, ignored or not
         (untracked if code == "??" else modified).append(path)
-    return Dirty(sorted(modified), sorted(untracked), ignored)
+    return Dirty(sorted(modified), sorted(untracked), ignored, converted)
+
+
+_TEXT = frozenset({"lf", "crlf", "mixed"})
+
+
+def _converted(root: Path, paths: list[str]) -> list[str]:
+    """Those of the tracked ``paths`` whose line ends in the work tree differ from the index's
+    (``git ls-files --eol``: ``i/lf w/crlf``), as core.autocrlf or an eol attribute writes them."""
+    out = _git(root, "--literal-pathspecs", "ls-files", "-z", "--eol", "--", *paths).stdout
+    found = []
+    for entry in out.split("\0"):
+        info, _, path = entry.partition("\t")
+        fields = dict(f.split("/", 1) for f in info.split() if "/" in f)
+        index, tree = fields.get("i", ""), fields.get("w", "")
+        if path and index in _TEXT and tree in _TEXT and index != tree:
+            found.append(path)
+    return sorted(found)
 
 
 def conflict_marker(text: str) -> tuple[int, str] | None:

@@ -456,3 +456,22 @@ def test_a_dataset_file_in_code_is_named_as_data(tree) -> None:
     assert ("ignored:   data/clean.csv (the data of dataset raw, which the build reads from the store: take it out "
             'of `code` and list "raw" in the stage\'s datasets)') in str(e.value)
     assert "git add -f" not in str(e.value)
+
+
+def test_code_with_converted_line_ends_is_named_with_the_fix(tree) -> None:  # type: ignore[no-untyped-def]
+    """core.autocrlf=true: m.py checked out with CRLF, committed with LF; git status is clean and
+    the build trained the folder's CRLF bytes marked clean (another store path than `nix build`)."""
+    import subprocess
+
+    from mlbuild.build import DirtyTreeError, check_clean
+    from mlbuild.config import load_project
+
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.m]\nscript = "m.py"\n', "m.py": "x = 1\n"})
+    for cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+                ["config", "core.autocrlf", "true"]):
+        subprocess.run(["git", *cmd], cwd=root, check=True)
+    (root / "m.py").unlink()
+    subprocess.run(["git", "checkout", "--", "m.py"], cwd=root, check=True)
+    with pytest.raises(DirtyTreeError, match=r"line ends: m\.py \(git checks it out with other line ends than it "
+                                             r"commits\)[\s\S]*`git config core\.autocrlf input`"):
+        check_clean(load_project(root))

@@ -242,3 +242,27 @@ def test_a_git_dir_that_names_no_repository_is_an_error(tmp_path: Path) -> None:
     env = {"GIT_DIR": "../../.git", "GIT_WORK_TREE": "../..", "MLBUILD_STATE": str(tmp_path / "state")}
     proc = run_cli("build", "cancer", cwd=repo / "ml" / "sub", env=env, check=False)
     assert proc.returncode == 1 and "modified:  ml/model.py" in proc.stderr, proc.stderr
+
+
+def test_code_checked_out_with_other_line_ends_than_committed_is_dirty(tmp_path: Path) -> None:
+    """A clone with core.autocrlf=true: model.py is committed with LF and checked out with CRLF.
+    git status calls it clean, and `mlbuild build` (which reads the folder) trained the CRLF bytes,
+    in no commit, marked clean: another store path than `nix build` and every other clone built."""
+    origin = tmp_path / "origin"
+    (origin / "ml").mkdir(parents=True)
+    (origin / "ml" / "model.py").write_text("x = 1\ny = 2\n")
+    (origin / "ml" / "notes.txt").write_text("not code\n")
+    subprocess.run(["git", "init", "-q", str(origin)], check=True)
+    subprocess.run(["git", "-C", str(origin), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(origin), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+                   check=True)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "-c", "core.autocrlf=true", "clone", "-q", str(origin), str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "config", "core.autocrlf", "true"], check=True)
+    assert (clone / "ml" / "model.py").read_bytes() == b"x = 1\r\ny = 2\r\n"
+    dirty = git.dirty_files(clone / "ml", ["model.py"])
+    assert dirty and dirty.converted == ["ml/model.py"] and not dirty.modified   # notes.txt: no code
+    subprocess.run(["git", "-C", str(clone), "config", "core.autocrlf", "input"], check=True)
+    (clone / "ml" / "model.py").unlink()
+    subprocess.run(["git", "-C", str(clone), "checkout", "--", "ml/model.py"], check=True)
+    assert not git.dirty_files(clone / "ml", ["model.py"])
