@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -341,7 +342,7 @@ class _Stream:
                 tail.append(f"--- its last {len(self.logs[drv])} of {self.lines[drv]} lines; the whole log: "
                             f"nix log {drv} ---")
         errors = [l for l in self.other if "error" in l.lower()][-8:]
-        hints = [*_own_module(root, tail), *_missing_file(root, datasets or {}, tail)]
+        hints = [*_own_module(root, tail), *_missing_file(root, datasets or {}, tail), *_sparse(root, errors)]
         return BuildError(f"nix build of {self.target} failed{_nix.daemon_denied_hint(text)}",
                           "\n".join([*errors, *tail, *hints]))
 
@@ -391,6 +392,20 @@ def _own_module(root: Path, tail: list[str]) -> list[str]:
     return [] if own is None else [
         f"mlbuild: {own} is in the project but not in the build: add {json.dumps(own)} to the failing "
         "stage's `code = [...]` in mlbuild.toml (its script and those files are all a stage sees)"]
+
+
+_NOT_THERE = re.compile(r"names (\S+), which does not exist in ")
+
+
+def _sparse(root: Path, errors: list[str]) -> list[str]:
+    """A code file Nix found missing (`[models.m].script names m.py, which does not exist`) that
+    git has, left out of the folder by a sparse checkout: how to bring it."""
+    found = next((m for line in errors if (m := _NOT_THERE.search(_ANSI.sub("", line)))), None)
+    rel = git.sparse_excluded(root / found.group(1)) if found else None
+    return [] if rel is None else [
+        f"mlbuild: {rel} is in git, but this sparse checkout leaves it out of the folder the build reads: "
+        f"`git sparse-checkout add {shlex.quote('/' + rel)}` (in cone mode, its folder: "
+        f"`git sparse-checkout add {shlex.quote(os.path.dirname(rel) or '/')}`)"]
 
 
 _NO_MODULE = re.compile(r"mlbuild: no module named '([A-Za-z_][A-Za-z0-9_]*)' in this build")

@@ -14,8 +14,8 @@ from . import atomic
 from .errors import MlbuildError
 
 __all__ = ["GitError", "pin_environment", "repo_root", "is_tracked", "dirty_files", "show", "ignore", "ignore_entry",
-           "add_ignore", "head", "log_revisions", "is_shallow", "check_commit", "conflict_marker", "half_merged",
-           "unmerged", "Dirty"]
+           "add_ignore", "head", "sparse_excluded", "log_revisions", "is_shallow", "check_commit", "conflict_marker",
+           "half_merged", "unmerged", "Dirty"]
 
 
 # Folders tools write beside code that are never code (nix/code.nix's toolCaches): no code path
@@ -203,6 +203,19 @@ def head(path: Path) -> str | None:
         return None
     proc = _git(root, "rev-parse", "HEAD", check=False)
     return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def sparse_excluded(path: Path) -> str | None:
+    """``path``'s name in its repository where git tracks it but a sparse checkout leaves it out of
+    the work tree (skip-worktree: ``git ls-files -t`` marks it ``S``); else None."""
+    if os.path.lexists(path):
+        return None
+    root = repo_root(path.parent) if path.parent.is_dir() else None
+    if root is None:
+        return None
+    out = _git(root, "--literal-pathspecs", "ls-files", "-t", "-z", "--", str(path.absolute()), check=False).stdout
+    entries = [e for e in out.split("\0") if e]
+    return entries[0][2:] if len(entries) == 1 and entries[0].startswith("S ") else None
 
 
 def is_shallow(path: Path) -> bool:

@@ -266,3 +266,23 @@ def test_code_checked_out_with_other_line_ends_than_committed_is_dirty(tmp_path:
     (clone / "ml" / "model.py").unlink()
     subprocess.run(["git", "-C", str(clone), "checkout", "--", "ml/model.py"], check=True)
     assert not git.dirty_files(clone / "ml", ["model.py"])
+
+
+def test_a_file_a_sparse_checkout_leaves_out_is_named(tmp_path: Path) -> None:
+    """A sparse checkout without ml/validate.py: the build said only that validate.py does not
+    exist in the folder, though git has it; now the failure says how to bring it."""
+    from mlbuild.build import _sparse
+
+    repo = _monorepo(tmp_path)
+    subprocess.run(["git", "-C", str(repo), "checkout", "-q", "--", "ml/model.py"], check=True)
+    subprocess.run(["git", "-C", str(repo), "sparse-checkout", "set", "--no-cone", "/ml/", "!/ml/validate.py"],
+                   check=True, capture_output=True)
+    assert not (repo / "ml" / "validate.py").exists() and (repo / "ml" / "model.py").exists()
+    assert git.sparse_excluded(repo / "ml" / "validate.py") == "ml/validate.py"
+    assert git.sparse_excluded(repo / "ml" / "model.py") is None   # there
+    assert git.sparse_excluded(repo / "ml" / "nosuch.py") is None   # not in git either
+    said = "error: \x1b[35;1mmlbuild: [models.cancer.validation].suite names validate.py, which does not exist in " \
+        f"{repo / 'ml'}\x1b[0m"
+    assert _sparse(repo / "ml", [said]) == [
+        "mlbuild: ml/validate.py is in git, but this sparse checkout leaves it out of the folder the build reads: "
+        "`git sparse-checkout add /ml/validate.py` (in cone mode, its folder: `git sparse-checkout add ml`)"]
