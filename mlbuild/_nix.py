@@ -12,6 +12,7 @@ import contextlib
 import errno
 import functools
 import grp
+import hashlib
 import json
 import os
 import pwd
@@ -23,6 +24,7 @@ from typing import Any, Sequence
 
 from . import atomic
 from .errors import BuildError, NixError, NixNotFoundError
+from .nar import nix_base32
 
 __all__ = [
     "nix_version", "state_home", "common_options", "add_fixed", "print_fixed_path", "invalid_paths",
@@ -190,7 +192,7 @@ def add_roots(paths: dict[str, str], root_dir: Path) -> None:
             target: str | None = os.readlink(link)
         except OSError:   # none yet (or not a link: Nix names it)
             target = None
-        if target == path:
+        if target == path and _registered(link):
             continue
         # Nix replaces a link into the store itself, by a rename: the old root stays until the new
         # one is there. Removing it first left a moment without either (a Ctrl-C there lost it), and
@@ -198,6 +200,19 @@ def add_roots(paths: dict[str, str], root_dir: Path) -> None:
         if target is not None and not target.startswith(store_dir() + "/"):
             link.unlink(missing_ok=True)
         run_nix(["--realise", path, "--add-root", str(link), "--indirect"], tool="nix-store")
+
+
+def _registered(link: Path) -> bool:
+    """Whether Nix holds ``link`` as an indirect root: its ``gcroots/auto`` entry (named by the
+    SHA-1 of the link's absolute path, as Nix names it) points at it. A project moved or copied
+    keeps its links, but Nix's entries point at the old folder: nothing held the outputs then."""
+    absolute = os.path.abspath(link)
+    auto = Path(os.environ.get("NIX_STATE_DIR", "/nix/var/nix")) / "gcroots" / "auto" / \
+        nix_base32(hashlib.sha1(os.fsencode(absolute)).digest())
+    try:
+        return os.readlink(auto) == absolute
+    except OSError:   # none (or not readable here): root it again, one nix-store call
+        return False
 
 
 def is_fixed_output(drv: str) -> bool:

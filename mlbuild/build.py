@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -250,7 +251,8 @@ def check_clean(project: Project, built: Sequence[str] = (),
                 f"  ignored:   {p} (git ignores it, but the code the build reads holds it)")
 
     lines = [f"  modified:  {p}" for p in dirty.modified] + [f"  untracked: {p}" for p in dirty.untracked] \
-        + [ignored(p) for p in dirty.ignored]
+        + [ignored(p) for p in dirty.ignored] \
+        + [f"  line ends: {p} (git checks it out with other line ends than it commits)" for p in dirty.converted]
     more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
     fix = ("; a code file git ignores is in no commit (and `nix build` never sees it): `git add -f` it, or "
            "take it out of `code`" if any(_dataset_of(project.root, datasets, p) is None for p in dirty.ignored)
@@ -258,6 +260,15 @@ def check_clean(project: Project, built: Sequence[str] = (),
     if any(os.path.basename(p) == "flake.lock" for p in [*dirty.modified, *dirty.untracked]):
         fix += ("; flake.lock is what `nix flake lock` (or the first `nix build`/`nix run`) writes: commit it "
                 "(`git add flake.lock && git commit`)")
+    if dirty.converted:
+        fix += ("; a file git converts on checkout (core.autocrlf, an eol= in .gitattributes) is built as this folder "
+                "holds it, bytes no commit holds (`nix build` reads the commit: another store path, a retraining): "
+                "check it out as committed (`git config core.autocrlf input`, or drop the eol=; then delete it and "
+                "`git checkout -- PATH`)")
+    if os.environ.get("GIT_DIR"):   # git.pin_environment wrote its work tree out
+        fix += (f"; GIT_DIR={os.environ['GIT_DIR']} is set, so git reads that repository, with the work tree "
+                f"{os.environ.get('GIT_WORK_TREE', '.')}: where that is not the project's, unset GIT_DIR and "
+                f"GIT_WORK_TREE")
     head = "the worktree is not clean, so the inputs of this build would not be known:\n"
     if built:   # another terminal's edit, `data add`, `git checkout` while the earlier targets built
         head = (f"the worktree changed while this build ran ({', '.join(built)} built from the clean tree, before "
@@ -331,7 +342,7 @@ class _Stream:
                 tail.append(f"--- its last {len(self.logs[drv])} of {self.lines[drv]} lines; the whole log: "
                             f"nix log {drv} ---")
         errors = [l for l in self.other if "error" in l.lower()][-8:]
-        hints = [*_own_module(root, tail), *_missing_file(root, datasets or {}, tail)]
+        hints = [*_own_module(root, tail), *_missing_file(root, datasets or {}, tail), *_sparse(root, errors)]
         return BuildError(f"nix build of {self.target} failed{_nix.daemon_denied_hint(text)}",
                           "\n".join([*errors, *tail, *hints]))
 
@@ -381,6 +392,20 @@ def _own_module(root: Path, tail: list[str]) -> list[str]:
     return [] if own is None else [
         f"mlbuild: {own} is in the project but not in the build: add {json.dumps(own)} to the failing "
         "stage's `code = [...]` in mlbuild.toml (its script and those files are all a stage sees)"]
+
+
+_NOT_THERE = re.compile(r"names (\S+), which does not exist in ")
+
+
+def _sparse(root: Path, errors: list[str]) -> list[str]:
+    """A code file Nix found missing (`[models.m].script names m.py, which does not exist`) that
+    git has, left out of the folder by a sparse checkout: how to bring it."""
+    found = next((m for line in errors if (m := _NOT_THERE.search(_ANSI.sub("", line)))), None)
+    rel = git.sparse_excluded(root / found.group(1)) if found else None
+    return [] if rel is None else [
+        f"mlbuild: {rel} is in git, but this sparse checkout leaves it out of the folder the build reads: "
+        f"`git sparse-checkout add {shlex.quote('/' + rel)}` (in cone mode, its folder: "
+        f"`git sparse-checkout add {shlex.quote(os.path.dirname(rel) or '/')}`)"]
 
 
 _NO_MODULE = re.compile(r"mlbuild: no module named '([A-Za-z_][A-Za-z0-9_]*)' in this build")
@@ -562,16 +587,17 @@ def push_outputs(project: Project, summary: Summary) -> None:
 
 
 def _derived_dataset_roots(project: Project, target: str, drv: str | None) -> dict[str, str]:
-    """GC roots for the derived datasets a model's target was built from (those in the store).
+    """GC roots for the datasets a model's target was built from (those in the store).
 
     No output refers to a dataset (outputs name theirs by hash), so without a root of its own a
     split that took hours to prepare would go at the next `nix-collect-garbage`, and the next
-    retraining would prepare it again. Raw datasets are rooted by `data add`."""
-    derived = {n for n, t in project.raw.get("datasets", {}).items() if isinstance(t, dict) and "prepare" in t}
-    if not derived or drv is None or target.split(".", 1)[0] in ("toolchain", "datasets", "notebooks"):
+    retraining would prepare it again. Raw datasets are rooted by `data add`, and again here: in a
+    project moved or copied since, Nix held that root by the old folder's path."""
+    declared = {n for n, t in project.raw.get("datasets", {}).items() if isinstance(t, dict)}
+    if not declared or drv is None or target.split(".", 1)[0] in ("toolchain", "datasets", "notebooks"):
         return {}
     # One nix-store call (was three: the outputs missing here, which build_closure also names, get no root)
-    return {f"dataset-{_name(p)}": p for p in _nix.valid_closure_outputs([drv]) if _name(p) in derived}
+    return {f"dataset-{_name(p)}": p for p in _nix.valid_closure_outputs([drv]) if _name(p) in declared}
 
 
 def changed_datasets(project: Project, lock: dict[str, Any]) -> list[str]:

@@ -103,10 +103,26 @@ def find_project_root(start: Path | None = None) -> Path:
     for d in (here, *here.parents):
         if (d / CONFIG_NAME).is_file():
             return d
+    below = _projects_below(here)
     raise ConfigError(
         f"no {CONFIG_NAME} in {here} or any folder above it; "
         f"run mlbuild in a project folder or pass --project PATH"
+        + (f" (projects below here: {', '.join(below)}; e.g. `mlbuild -C {below[0]} ...`)" if below else "")
     )
+
+
+def _projects_below(here: Path, most: int = 5) -> list[str]:
+    """The project folders one or two levels below ``here`` (a monorepo's ``ml/``, run from its
+    root), hidden folders left out: what ``--project`` could name."""
+    found: list[str] = []
+    for pattern in (f"*/{CONFIG_NAME}", f"*/*/{CONFIG_NAME}"):
+        try:
+            hits = sorted(here.glob(pattern))
+        except OSError:   # a folder this user may not read: nothing to suggest from it
+            continue
+        found += [h.parent.relative_to(here).as_posix() for h in hits
+                  if h.is_file() and not any(part.startswith(".") for part in h.relative_to(here).parts)]
+    return found[:most]
 
 
 def _strings(table: dict[str, Any], key: str, where: str) -> tuple[str, ...]:

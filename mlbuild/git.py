@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +13,9 @@ from typing import Sequence
 from . import atomic
 from .errors import MlbuildError
 
-__all__ = ["GitError", "repo_root", "is_tracked", "dirty_files", "show", "ignore", "ignore_entry", "add_ignore",
-           "head", "log_revisions", "is_shallow", "check_commit", "conflict_marker", "half_merged", "unmerged", "Dirty"]
+__all__ = ["GitError", "pin_environment", "repo_root", "is_tracked", "dirty_files", "show", "ignore", "ignore_entry",
+           "add_ignore", "head", "sparse_excluded", "log_revisions", "is_shallow", "check_commit", "conflict_marker",
+           "half_merged", "unmerged", "Dirty"]
 
 
 # Folders tools write beside code that are never code (nix/code.nix's toolCaches): no code path
@@ -39,9 +42,55 @@ def _git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     return proc
 
 
+# Where the environment names a repository (a script's or hook's GIT_DIR=.git), relative paths are
+# relative to the folder a command starts in.
+_PATH_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY")
+
+
+def pin_environment() -> None:
+    """Make a repository the environment names (``GIT_DIR``, ``GIT_WORK_TREE``) mean, for every git
+    mlbuild runs in the project's folder, what it means in the current one (the ``-C`` folder, as
+    ``git -C`` has it): relative paths made absolute, and the work tree git gives such a
+    ``GIT_DIR`` here (this folder, or its core.worktree) written out. Run from a folder under the
+    project, a relative ``GIT_DIR`` named no repository there, which read as none."""
+    if not os.environ.get("GIT_DIR") and not os.environ.get("GIT_WORK_TREE"):
+        return
+    for var in _PATH_VARS:
+        value = os.environ.get(var)
+        if value and not os.path.isabs(value):
+            os.environ[var] = os.path.abspath(value)
+    if os.environ.get("GIT_DIR") and not os.environ.get("GIT_WORK_TREE"):
+        try:
+            proc = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                                  errors="surrogateescape")
+        except FileNotFoundError:
+            return   # no git: the first query says so
+        if proc.returncode == 0 and proc.stdout.strip():
+            os.environ["GIT_WORK_TREE"] = proc.stdout.strip()
+
+
 def repo_root(path: Path) -> Path | None:
-    proc = _git(path if path.is_dir() else path.parent, "rev-parse", "--show-toplevel", check=False)
-    return Path(proc.stdout.strip()) if proc.returncode == 0 else None
+    """The top of the git repository holding ``path``; None where there is none. GitError where
+    there is one git refuses to read (another user owns it)."""
+    cwd = path if path.is_dir() else path.parent
+    proc = _git(cwd, "rev-parse", "--show-toplevel", check=False)
+    if proc.returncode == 0:
+        return Path(proc.stdout.strip())
+    # git 2.35.2+ refuses a repository another user owns ("dubious ownership"), as if there were
+    # none: its changes did not count (a dirty tree built as clean) and its data went unignored.
+    # Asked again trusting every folder (a command line's safe.directory counts), it answers.
+    if os.environ.get("GIT_DIR"):   # never "no repository": git would have read the one it names
+        raise GitError(f"GIT_DIR={os.environ['GIT_DIR']} in the environment names no git repository git can read "
+                       f"({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'none'}); unset GIT_DIR "
+                       f"(git then finds the repository the project is in), or point it at that repository's .git")
+    trusting = _git(cwd, "-c", "safe.directory=*", "rev-parse", "--show-toplevel", check=False)
+    if trusting.returncode == 0:
+        repo = trusting.stdout.strip()
+        raise GitError(f"git refuses to read the repository {repo}: another user owns it (git's \"dubious "
+                       f"ownership\" check), so mlbuild cannot tell its changes or keep data out of it; if you "
+                       f"trust it, `git config --global --add safe.directory {shlex.quote(repo)}`, or run "
+                       f"mlbuild as the user who owns it")
+    return None
 
 
 def is_tracked(path: Path) -> bool:
@@ -58,9 +107,12 @@ class Dirty:
     modified: list[str]
     untracked: list[str]
     ignored: list[str] = field(default_factory=list)   # inputs git ignores: in the build, in no commit
+    # inputs git checks out with other line ends than it commits (core.autocrlf, an eol attribute):
+    # the folder's bytes, which the build reads, are in no commit
+    converted: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.modified or self.untracked or self.ignored)
+        return bool(self.modified or self.untracked or self.ignored or self.converted)
 
 
 def dirty_files(project: Path, inputs: Sequence[str] = ()) -> Dirty:
@@ -71,7 +123,9 @@ def dirty_files(project: Path, inputs: Sequence[str] = ()) -> Dirty:
     if root is None:
         return Dirty([], [])
     ignored: list[str] = []
+    converted: list[str] = []
     if inputs:
+        converted = _converted(root, [str(project.resolve() / p) for p in inputs])
         listed = _git(root, "--literal-pathspecs", "ls-files", "-z", "--others", "--ignored", "--exclude-standard",
                       "--",
                       *(str(project.resolve() / p) for p in inputs)).stdout
@@ -95,7 +149,24 @@ def dirty_files(project: Path, inputs: Sequence[str] = ()) -> Dirty:
         if code == "??" and (TOOL_CACHES & set(path.split("/")) or path.endswith(".pyc")):
             continue   # a byte-code cache or a notebook checkpoint no build reads, ignored or not
         (untracked if code == "??" else modified).append(path)
-    return Dirty(sorted(modified), sorted(untracked), ignored)
+    return Dirty(sorted(modified), sorted(untracked), ignored, converted)
+
+
+_TEXT = frozenset({"lf", "crlf", "mixed"})
+
+
+def _converted(root: Path, paths: list[str]) -> list[str]:
+    """Those of the tracked ``paths`` whose line ends in the work tree differ from the index's
+    (``git ls-files --eol``: ``i/lf w/crlf``), as core.autocrlf or an eol attribute writes them."""
+    out = _git(root, "--literal-pathspecs", "ls-files", "-z", "--eol", "--", *paths).stdout
+    found = []
+    for entry in out.split("\0"):
+        info, _, path = entry.partition("\t")
+        fields = dict(f.split("/", 1) for f in info.split() if "/" in f)
+        index, tree = fields.get("i", ""), fields.get("w", "")
+        if path and index in _TEXT and tree in _TEXT and index != tree:
+            found.append(path)
+    return sorted(found)
 
 
 def conflict_marker(text: str) -> tuple[int, str] | None:
@@ -132,6 +203,19 @@ def head(path: Path) -> str | None:
         return None
     proc = _git(root, "rev-parse", "HEAD", check=False)
     return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def sparse_excluded(path: Path) -> str | None:
+    """``path``'s name in its repository where git tracks it but a sparse checkout leaves it out of
+    the work tree (skip-worktree: ``git ls-files -t`` marks it ``S``); else None."""
+    if os.path.lexists(path):
+        return None
+    root = repo_root(path.parent) if path.parent.is_dir() else None
+    if root is None:
+        return None
+    out = _git(root, "--literal-pathspecs", "ls-files", "-t", "-z", "--", str(path.absolute()), check=False).stdout
+    entries = [e for e in out.split("\0") if e]
+    return entries[0][2:] if len(entries) == 1 and entries[0].startswith("S ") else None
 
 
 def is_shallow(path: Path) -> bool:

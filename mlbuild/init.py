@@ -22,7 +22,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import atomic
+from . import atomic, git
 from .data.datasets import toml_string
 from .errors import MlbuildError
 from .interpreter import executable, not_found
@@ -491,8 +491,9 @@ def init_project(root: Path, *, name: str | None = None, csv_path: Path | None =
                 continue
             atomic.write_text(path, text)
             written.append(path)
-        inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=root, capture_output=True, text=True)
-        if inside.returncode != 0:
+        # In another user's repository git answers as if there were none: a GitError naming the fix
+        # (safe.directory), where `git init` made a repository inside theirs.
+        if git.repo_root(root) is None:
             # A .git already there is one git rejects (another user's: "dubious ownership"; a damaged
             # one), holding its commits: never this init's to remove.
             had_git = os.path.lexists(root / ".git")

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .. import __version__
+from .. import __version__, git
 from ..config import Project, load_project
 from ..errors import MlbuildError
 
@@ -141,6 +141,7 @@ def cli(ctx: click.Context, project_dir: Path | None) -> None:
         if not project_dir.is_dir():
             raise click.BadParameter(f"{project_dir} is not a folder", param_hint="--project/-C")
         os.chdir(project_dir)
+    git.pin_environment()   # a relative GIT_DIR: relative to here (as git -C has it), not to the project's folder
     ctx.obj = None
 
 

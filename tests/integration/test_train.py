@@ -62,6 +62,23 @@ def test_outputs_and_provenance(digits_repo: Path, trained: str) -> None:
     assert json.loads(record)["git_rev"]  # the build's git revision is recorded beside it
 
 
+def test_a_project_copied_after_its_build_is_rooted_again(digits_repo: Path, trained: str, tmp_path: Path) -> None:
+    """`cp -a` (or `mv`) of a built project into a folder named with a space and a non-ASCII
+    letter: its build there is a cache hit, and the copy's links root the outputs and datasets.
+    They came along already pointing at them, so no root was made, while Nix's own entries named
+    the old folder: after `mv` nothing held them, and raw data was rooted only by `data add`."""
+    copy = tmp_path / "my projects" / "d\u00edgits"
+    copy.parent.mkdir()
+    subprocess.run(["cp", "-a", str(digits_repo), str(copy)], check=True)
+    path, out = model_path(copy)
+    assert path == trained and "built 0" in out, out
+    held = {name: build_path(digits_repo, f"datasets.{name}") for name in ("digits-raw", "digits-split")}
+    roots = subprocess.run(["nix-store", "-q", "--roots", trained, *held.values()], capture_output=True, text=True,
+                           errors="surrogateescape", check=True).stdout
+    for link in ("digits.model", "dataset-digits-split", "dataset-digits-raw"):
+        assert f"{copy / '.mlbuild' / 'gcroots' / link} -> " in roots, (link, roots)
+
+
 # This once failed about half the time: safetensors wrote its two metadata keys in a per-process
 # random order (see mlbuild.runtime.train.save_weights and tests/unit/test_train_weights.py).
 def test_training_is_bit_reproducible(digits_repo: Path, trained: str) -> None:

@@ -507,3 +507,22 @@ def test_help_lists_every_command_as_its_own_help_does_without_loading_them() ->
             cli.commands.update(saved)
         assert lazy_help == loaded_help
     assert "build     Build TARGETS (default: toolchain), e.g. digits,..." in listing
+
+
+def test_code_with_converted_line_ends_is_named_with_the_fix(tree) -> None:  # type: ignore[no-untyped-def]
+    """core.autocrlf=true: m.py checked out with CRLF, committed with LF; git status is clean and
+    the build trained the folder's CRLF bytes marked clean (another store path than `nix build`)."""
+    import subprocess
+
+    from mlbuild.build import DirtyTreeError, check_clean
+    from mlbuild.config import load_project
+
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.m]\nscript = "m.py"\n', "m.py": "x = 1\n"})
+    for cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+                ["config", "core.autocrlf", "true"]):
+        subprocess.run(["git", *cmd], cwd=root, check=True)
+    (root / "m.py").unlink()
+    subprocess.run(["git", "checkout", "--", "m.py"], cwd=root, check=True)
+    with pytest.raises(DirtyTreeError, match=r"line ends: m\.py \(git checks it out with other line ends than it "
+                                             r"commits\)[\s\S]*`git config core\.autocrlf input`"):
+        check_clean(load_project(root))

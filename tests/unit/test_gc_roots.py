@@ -90,3 +90,39 @@ def test_a_builds_derived_datasets_are_rooted_with_one_nix_store_call(tmp_path: 
     monkeypatch.setattr(_nix, "run_nix", counted)
     assert build._derived_dataset_roots(project, "m", drv) == {"dataset-split": split}
     assert len(calls) == 1
+
+
+def roots_of(path: str) -> str:
+    return subprocess.run(["nix-store", "-q", "--roots", path], capture_output=True, text=True,
+                          errors="surrogateescape", check=True).stdout
+
+
+@pytest.mark.parametrize("how", ["moved", "copied"])
+def test_a_project_moved_or_copied_is_rooted_again(tmp_path: Path, how: str) -> None:
+    """`mv proj proj2` (or `cp -a`) keeps .mlbuild/gcroots' links, and add_roots skipped a link
+    that already pointed at the path; Nix's own entry (gcroots/auto) named the old folder, so after
+    the move nothing held the outputs and the next garbage collection took them, build as one might."""
+    path = stored(tmp_path, how)
+    old = tmp_path / "proj" / ".mlbuild" / "gcroots"
+    _nix.add_roots({"m.model": path}, old)
+    new_project = tmp_path / "proj2"
+    if how == "moved":
+        (tmp_path / "proj").rename(new_project)
+    else:
+        subprocess.run(["cp", "-a", str(tmp_path / "proj"), str(new_project)], check=True)
+    new = new_project / ".mlbuild" / "gcroots"
+    assert str(new / "m.model") not in roots_of(path)
+    _nix.add_roots({"m.model": path}, new)
+    assert str(new / "m.model") in roots_of(path)
+
+
+def test_a_root_nix_holds_costs_no_nix_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = stored(tmp_path, "held")
+    roots = tmp_path / "gcroots"
+    _nix.add_roots({"m.model": path}, roots)
+
+    def no_nix(args: list[str], **kw: Any) -> Any:
+        raise AssertionError(f"nix called again: {args}")
+
+    monkeypatch.setattr(_nix, "run_nix", no_nix)
+    _nix.add_roots({"m.model": path}, roots)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from mlbuild import git
+from tests.conftest import run_cli
 
 
 def test_show_says_a_bad_revision_is_not_a_commit(tmp_path: Path) -> None:
@@ -145,3 +148,141 @@ def test_a_repository_whose_path_is_not_utf8_is_read(tmp_path: Path) -> None:
     (root / "mlbuild.toml").write_text('[project]\nname = "p"\n')
     assert git.repo_root(root) == root
     assert git.dirty_files(root, ["mlbuild.toml"]).untracked == ["mlbuild.toml"]
+
+
+def another_users(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``path`` a repository git refuses as this user ("dubious ownership"): owned by nobody
+    where we are root, else git's own switch for that check."""
+    if os.getuid() == 0:
+        subprocess.run(["chown", "-R", "65534:65534", str(path)], check=True)
+    else:
+        monkeypatch.setenv("GIT_TEST_ASSUME_DIFFERENT_OWNER", "1")
+
+
+def test_a_repository_another_user_owns_is_named_with_the_fix(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkout another user owns (a team's /srv/ml, a CI workspace): git refuses it, and
+    repo_root took that for no repository, so an uncommitted change built as clean and `data add`
+    added no .gitignore line. Now every query names the repository and safe.directory."""
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "gitconfig"))   # no safe.directory of the user's
+    repo = tmp_path / "team repo"
+    (repo / "ml").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "ml" / "model.py").write_text("x = 1\n")
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+                   check=True)
+    (repo / "ml" / "model.py").write_text("x = 2\n")   # uncommitted
+    another_users(repo, monkeypatch)
+    fix = f"git config --global --add safe.directory '{repo}'"
+    with pytest.raises(git.GitError, match=f"another user owns it .*{re.escape(fix)}"):
+        git.dirty_files(repo / "ml")
+    with pytest.raises(git.GitError, match=re.escape(fix)):
+        git.ignore_entry(repo / "ml", repo / "ml" / "data.csv")
+    subprocess.run(["git", "config", "--global", "--add", "safe.directory", str(repo)], check=True)
+    assert git.dirty_files(repo / "ml").modified == ["ml/model.py"]
+
+
+def test_no_repository_is_still_none(tmp_path: Path) -> None:
+    assert git.repo_root(tmp_path) is None
+    assert not git.dirty_files(tmp_path)
+
+
+def _monorepo(tmp_path: Path) -> Path:
+    """A repository with a committed project in ml/ (examples/cancer's files, no data) and
+    other code beside it; ml/model.py then changed and not committed."""
+    repo = tmp_path / "mono"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "app.py").write_text("print(1)\n")
+    shutil.copytree(Path(__file__).parents[2] / "examples" / "cancer", repo / "ml")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+                   check=True)
+    with open(repo / "ml" / "model.py", "a") as f:
+        f.write("# not committed\n")
+    return repo
+
+
+def test_a_relative_git_dir_is_relative_to_the_current_folder(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`GIT_DIR=../../.git GIT_WORK_TREE=../.. mlbuild build` in ml/sub/: git ran in the project's
+    folder ml/, where ../../.git is no repository, which read as none: the uncommitted model.py
+    trained, marked clean. pin_environment makes them mean what they mean where they were set."""
+    repo = _monorepo(tmp_path)
+    (repo / "ml" / "sub").mkdir()
+    monkeypatch.chdir(repo / "ml" / "sub")
+    monkeypatch.setenv("GIT_DIR", "../../.git")
+    monkeypatch.setenv("GIT_WORK_TREE", "../..")
+    git.pin_environment()
+    assert (os.environ["GIT_DIR"], os.environ["GIT_WORK_TREE"]) == (str(repo / ".git"), str(repo))
+    assert git.dirty_files(repo / "ml").modified == ["ml/model.py"]
+
+
+def test_a_git_dir_alone_gets_the_work_tree_git_gives_it_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = _monorepo(tmp_path)
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("GIT_DIR", ".git")
+    monkeypatch.setenv("GIT_WORK_TREE", "")   # recorded, so that the one pin_environment sets is undone after
+    monkeypatch.delenv("GIT_WORK_TREE")
+    git.pin_environment()
+    assert os.environ["GIT_WORK_TREE"] == str(repo)   # git's rule for a GIT_DIR alone: this folder is its top
+    assert git.dirty_files(repo / "ml").modified == ["ml/model.py"]
+
+
+def test_a_git_dir_that_names_no_repository_is_an_error(tmp_path: Path) -> None:
+    """`GIT_DIR=.git mlbuild -C ml build` (as `git -C ml`, relative to ml/, where there is no .git):
+    taken for no repository, the uncommitted model.py trained, marked clean."""
+    repo = _monorepo(tmp_path)
+    env = {"GIT_DIR": ".git", "MLBUILD_STATE": str(tmp_path / "state")}
+    proc = run_cli("-C", "ml", "build", "cancer", cwd=repo, env=env, check=False)
+    assert proc.returncode == 1 and f"GIT_DIR={repo / 'ml' / '.git'} in the environment names no git repository" \
+        in proc.stderr and "unset GIT_DIR" in proc.stderr, proc.stderr
+    (repo / "ml" / "sub").mkdir()
+    env = {"GIT_DIR": "../../.git", "GIT_WORK_TREE": "../..", "MLBUILD_STATE": str(tmp_path / "state")}
+    proc = run_cli("build", "cancer", cwd=repo / "ml" / "sub", env=env, check=False)
+    assert proc.returncode == 1 and "modified:  ml/model.py" in proc.stderr, proc.stderr
+
+
+def test_code_checked_out_with_other_line_ends_than_committed_is_dirty(tmp_path: Path) -> None:
+    """A clone with core.autocrlf=true: model.py is committed with LF and checked out with CRLF.
+    git status calls it clean, and `mlbuild build` (which reads the folder) trained the CRLF bytes,
+    in no commit, marked clean: another store path than `nix build` and every other clone built."""
+    origin = tmp_path / "origin"
+    (origin / "ml").mkdir(parents=True)
+    (origin / "ml" / "model.py").write_text("x = 1\ny = 2\n")
+    (origin / "ml" / "notes.txt").write_text("not code\n")
+    subprocess.run(["git", "init", "-q", str(origin)], check=True)
+    subprocess.run(["git", "-C", str(origin), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(origin), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+                   check=True)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "-c", "core.autocrlf=true", "clone", "-q", str(origin), str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "config", "core.autocrlf", "true"], check=True)
+    assert (clone / "ml" / "model.py").read_bytes() == b"x = 1\r\ny = 2\r\n"
+    dirty = git.dirty_files(clone / "ml", ["model.py"])
+    assert dirty and dirty.converted == ["ml/model.py"] and not dirty.modified   # notes.txt: no code
+    subprocess.run(["git", "-C", str(clone), "config", "core.autocrlf", "input"], check=True)
+    (clone / "ml" / "model.py").unlink()
+    subprocess.run(["git", "-C", str(clone), "checkout", "--", "ml/model.py"], check=True)
+    assert not git.dirty_files(clone / "ml", ["model.py"])
+
+
+def test_a_file_a_sparse_checkout_leaves_out_is_named(tmp_path: Path) -> None:
+    """A sparse checkout without ml/validate.py: the build said only that validate.py does not
+    exist in the folder, though git has it; now the failure says how to bring it."""
+    from mlbuild.build import _sparse
+
+    repo = _monorepo(tmp_path)
+    subprocess.run(["git", "-C", str(repo), "checkout", "-q", "--", "ml/model.py"], check=True)
+    subprocess.run(["git", "-C", str(repo), "sparse-checkout", "set", "--no-cone", "/ml/", "!/ml/validate.py"],
+                   check=True, capture_output=True)
+    assert not (repo / "ml" / "validate.py").exists() and (repo / "ml" / "model.py").exists()
+    assert git.sparse_excluded(repo / "ml" / "validate.py") == "ml/validate.py"
+    assert git.sparse_excluded(repo / "ml" / "model.py") is None   # there
+    assert git.sparse_excluded(repo / "ml" / "nosuch.py") is None   # not in git either
+    said = "error: \x1b[35;1mmlbuild: [models.cancer.validation].suite names validate.py, which does not exist in " \
+        f"{repo / 'ml'}\x1b[0m"
+    assert _sparse(repo / "ml", [said]) == [
+        "mlbuild: ml/validate.py is in git, but this sparse checkout leaves it out of the folder the build reads: "
+        "`git sparse-checkout add /ml/validate.py` (in cone mode, its folder: `git sparse-checkout add ml`)"]

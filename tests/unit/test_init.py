@@ -428,3 +428,22 @@ def test_a_shallow_mlbuild_checkout_this_nix_cannot_lock_is_named_with_the_fix(t
     assert new.note == (f"flake.lock was not written: the mlbuild checkout flake.nix names, {checkout}, is a shallow "
                         f"clone, which this Nix cannot lock (nor can `nix build` here); run `git -C {checkout} fetch "
                         f"--unshallow`, then `nix flake lock` here, `git add flake.lock` and commit it"), new.note
+
+
+def test_init_in_another_users_repository_names_safe_directory(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mlbuild init` in ml/ of a monorepo another user owns: git answered as if there were no
+    repository, so init ran `git init` there and left a repository inside theirs. Now it is
+    refused naming safe.directory, and nothing is written."""
+    from mlbuild.git import GitError
+    from tests.unit.test_git import another_users
+
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "gitconfig"))
+    repo = tmp_path / "mono"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    project = repo / "ml"
+    csv(project)
+    another_users(repo, monkeypatch)
+    with pytest.raises(GitError, match=r"another user owns it .*safe\.directory"):
+        init_project(project, python=sys.executable, csv_path=project / "data" / "d.csv")
+    assert sorted(p.name for p in project.iterdir()) == ["data"]
