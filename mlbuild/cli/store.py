@@ -41,7 +41,7 @@ def store(ctx: click.Context, store_dir: str | None) -> None:
 
 @store.command()
 @click.option("--generate-key", is_flag=True, help="Create a signing key pair if none exists.")
-@click.option("--key-name", default=None, help="Name of a new key (default: <host>-mlbuild-<random hex>).")
+@click.option("--key-name", default=None, help="Name of the key --generate-key makes: no ':' and no spaces (default: <host>-mlbuild-<random hex>).")
 @click.pass_context
 def init(ctx: click.Context, generate_key: bool, key_name: str | None) -> None:
     """Create the store folder (idempotent) and print the nix.conf lines for it."""
