@@ -18,6 +18,14 @@ from .main import cli
 __all__ = ["store"]
 
 
+def _not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An option given as "" (`--to "$DIR"` with DIR unset) is refused, not taken as its default."""
+    if value is not None and not value.strip():
+        raise click.BadParameter(f"{value!r} is empty (an unset variable?); give a value, or leave the option out "
+                                 "for its default")
+    return value
+
+
 def _cfg(ctx: click.Context) -> st.StoreConfig:
     return st.load_store_config(ctx.find_root().obj, store=ctx.meta.get("mlbuild.store"))
 
@@ -68,7 +76,8 @@ def init(ctx: click.Context, generate_key: bool, key_name: str | None) -> None:
 
 @store.command()
 @click.argument("targets", nargs=-1, required=True)
-@click.option("--from", "from_store", metavar="STORE", default=None, help="Local Nix store to read (default: the machine's).")
+@click.option("--from", "from_store", metavar="STORE", default=None, callback=_not_empty,
+              help="Local Nix store to read (default: the machine's).")
 @click.option("--name", default=None, help="Push record name gc counts --keep-last by (default: each target's name).")
 @click.option("--build-deps", is_flag=True, help="Also push what rebuilding the targets needs.")
 @click.option("--fsync-nars/--no-fsync-nars", default=None,
@@ -103,7 +112,8 @@ def push(ctx: click.Context, targets: tuple[str, ...], from_store: str | None, n
 
 @store.command()
 @click.argument("targets", nargs=-1, required=True)
-@click.option("--to", "to_store", metavar="STORE", default=None, help="Local Nix store to fill (default: the machine's).")
+@click.option("--to", "to_store", metavar="STORE", default=None, callback=_not_empty,
+              help="Local Nix store to fill (default: the machine's).")
 @click.option("--nix-copy", is_flag=True, help="Let Nix copy everything (no fast restore of uncompressed NARs).")
 @click.pass_context
 def pull(ctx: click.Context, targets: tuple[str, ...], to_store: str | None, nix_copy: bool) -> None:
