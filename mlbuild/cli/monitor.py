@@ -69,6 +69,12 @@ def run(ctx: click.Context, model: str, url: str, once: bool, interval: float | 
 
     project = load(ctx)
     b.check_model(project, model)
+    if once and (host is not None or port is not None):   # --once serves no /metrics: said, stdout stays JSON
+        click.echo(f"mlbuild: warning: --once runs the suite and prints its result, serving no /metrics: "
+                   f"{' and '.join(o for o, v in (('--host', host), ('--port', port)) if v is not None)} "
+                   f"{'is' if host is None or port is None else 'are'} not used", err=True)
+    elif not once:
+        m.check_listen("127.0.0.1" if host is None else host, 9109 if port is None else port)
     from ..runtime.monitor import WEBHOOK_ENV
 
     if webhook is None and os.environ.get(WEBHOOK_ENV):   # the monitor reads it; checked now, before the build
