@@ -428,3 +428,23 @@ def test_a_shallow_mlbuild_checkout_this_nix_cannot_lock_is_named_with_the_fix(t
     assert new.note == (f"flake.lock was not written: the mlbuild checkout flake.nix names, {checkout}, is a shallow "
                         f"clone, which this Nix cannot lock (nor can `nix build` here); run `git -C {checkout} fetch "
                         f"--unshallow`, then `nix flake lock` here, `git add flake.lock` and commit it"), new.note
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    # the folder's name, this checkout's flake, without a word: an unset variable went unseen
+    ("--name", "", "--name '' is empty (an unset variable?); give one, or leave --name out for the folder's name"),
+    ("--mlbuild-flake", "", "--mlbuild-flake '' is empty (an unset variable?)"),
+    ("--python", "", "--python '' is empty (an unset variable?)"),
+    # flake.nix holds the URL in a Nix string: one with a '"' wrote a flake.nix that did not parse
+    ("--mlbuild-flake", 'git+file:///x"; y = "z', "is not a flake URL (it holds a space, a quote"),
+    ("--mlbuild-flake", "not a url", "--mlbuild-flake 'not a url' is not a flake URL"),
+    ("--mlbuild-flake", "github:org/${x}", "is not a flake URL"),
+])
+def test_an_empty_or_unquotable_option_is_refused_writing_nothing(tmp_path: Path, option: str, value: str,
+                                                                  message: str) -> None:
+    root = tmp_path / "iris"
+    csv(root)
+    proc = run_cli("init", "--csv", "data/d.csv", option, value, cwd=root, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert message in proc.stderr, proc.stderr
+    assert sorted(p.name for p in root.iterdir()) == ["data"]
