@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import click
 from .. import build as b
 from .. import monitor as m
 from ..config import state_dir
-from .main import cli, load, out_folder
+from .main import OutDir, cli, load, out_folder
 
 __all__ = ["monitor"]
 
@@ -124,7 +125,7 @@ def _webhook_args(root: Path, webhook: str | None) -> list[str]:
 
 @monitor.command("config")
 @click.argument("model")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", "out_dir", type=OutDir(), default=None,
               help="Folder for prometheus.yml, alerts.yml, grafana-dashboard.json (default: the project's "
                    ".mlbuild/monitoring/MODEL, out of git: generated files that would leave the worktree dirty; "
                    "a folder per model, as each model's files are named alike).")
@@ -174,8 +175,9 @@ def _target(value: str) -> str:
         raise click.BadParameter(f"{value!r} is a URL; give host:port, e.g. {host or '127.0.0.1:8080'} "
                                  "(Prometheus scrapes http://HOST:PORT/metrics)")
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or host.count(":") and not (
-            host.startswith("[") and host.endswith("]")):
+    # a host name, an IPv4 address or an IPv6 one in brackets: `a b:80` wrote a target Prometheus refuses
+    name = re.fullmatch(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?\]", host)
+    if not sep or not name or not port.isdigit() or not 0 < int(port) < 65536:
         raise click.BadParameter(f"{value!r} is not host:port; give one like 127.0.0.1:8080 or [::1]:8080")
     return value
 
