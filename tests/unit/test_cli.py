@@ -456,3 +456,19 @@ def test_a_dataset_file_in_code_is_named_as_data(tree) -> None:
     assert ("ignored:   data/clean.csv (the data of dataset raw, which the build reads from the store: take it out "
             'of `code` and list "raw" in the stage\'s datasets)') in str(e.value)
     assert "git add -f" not in str(e.value)
+
+
+def test_serve_checks_the_server_s_options_before_building(tree) -> None:  # type: ignore[no-untyped-def]
+    """`mlbuild serve digits --prot 8080` (or `--port 80800`) built and validated the package, a
+    training run where it was not built, and only then did bin/serve refuse the option."""
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.digits]\nscript = "m.py"\n'})
+    env = {"PATH": "/nonexistent"}   # no Nix: an option that passes reaches the build, which fails here
+    for args, message in ((["--prot", "8080"], "unrecognized arguments: --prot 8080"),
+                          (["--port", "80800"], "argument --port: '80800' is not an integer in 0..65535"),
+                          (["--threads", "0"], "argument --threads: '0' is not an integer in 1..1024")):
+        proc = run_cli("serve", "digits", *args, cwd=root, check=False, env=env)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"Error: the server's options: {message} (`nix run .#serve-digits -- --help` lists them" in proc.stderr
+        assert "nix" not in proc.stderr.split("Error:")[0]
+    proc = run_cli("serve", "digits", "--port", "0", "--max-batch-size", "8", cwd=root, check=False, env=env)
+    assert proc.returncode == 1 and "the server's options" not in proc.stderr, proc.stderr
