@@ -160,9 +160,9 @@ def _not_nan(ctx: click.Context, param: click.Parameter, value: float) -> float:
 @click.option("--lock", "locks", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Keep what this mlbuild.lock pins: interpreter snapshot, wheels, local datasets (repeatable).")
 @click.option("--keep-last", type=click.IntRange(min=0), default=None,
-              help="Pushes kept per name (default: [store].keep-last).")
+              help="Pushes kept per name (default: $MLBUILD_STORE_KEEP_LAST, [store].keep-last, 3).")
 @click.option("--grace", type=click.FloatRange(min=0), default=DEFAULT_GRACE_S, callback=_not_nan,
-              help="Seconds an unrooted entry or NAR is spared after its last use (default 3600). Keep it above "
+              help="Seconds an unrooted entry or NAR is spared after its last use (default: 3600). Keep it above "
                    "the longest push: a NAR a push is publishing counts as unrooted until its narinfo is written, "
                    "so --grace 0 is for a store no one pushes to meanwhile.")
 @click.option("--dry-run", is_flag=True, help="Only report what would go.")
