@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import math
 import os
@@ -489,7 +490,13 @@ def init_project(root: Path, *, name: str | None = None, csv_path: Path | None =
     if taken:
         raise InitError(f"{root} already has {', '.join(taken)}; mlbuild init writes only new files (move them, "
                         "or init another folder)")
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:   # a folder no one may make here (/proc/x, another user's): a traceback, once
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise   # the CLI names a full disk
+        raise InitError(f"cannot make the folder {root}: {e.strerror}; give a folder you may write to "
+                        "(mlbuild init FOLDER)") from None
     written, extended, before = [], [], {}
     try:
         for n, text in files.items():

@@ -448,3 +448,12 @@ def test_an_empty_or_unquotable_option_is_refused_writing_nothing(tmp_path: Path
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert message in proc.stderr, proc.stderr
     assert sorted(p.name for p in root.iterdir()) == ["data"]
+
+
+def test_a_folder_that_cannot_be_made_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """`mlbuild init /proc/x` (or a folder under one this user may not write) ended in a
+    FileNotFoundError (PermissionError) traceback from mkdir."""
+    proc = run_cli("init", "/proc/mlbuild-init-test/p", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "Error: cannot make the folder /proc/mlbuild-init-test/p: No such file or directory; give a folder you " \
+           "may write to (mlbuild init FOLDER)" in proc.stderr
