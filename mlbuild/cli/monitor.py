@@ -134,9 +134,10 @@ def _webhook_args(root: Path, webhook: str | None) -> list[str]:
 @click.option("--monitor", "monitor_addr", default="127.0.0.1:9109", show_default=True,
               callback=lambda _c, _p, v: _target(v), help="host:port of `mlbuild monitor`'s metrics.")
 @click.option("--scrape-interval", default="15s", show_default=True, callback=lambda _c, _p, v: _duration(v),
-              help="Prometheus duration (15s, 1m, 1m30s).")
+              help="How often Prometheus scrapes the two, a Prometheus duration (15s, 1m, 1m30s).")
 @click.option("--interval", type=float, default=60.0, show_default=True, callback=lambda _c, _p, v: _seconds(v),
-              help="The monitor's interval (s).")
+              help="Seconds between the monitor's runs, its --interval: the alert on a stalled "
+                   "monitor waits 3 of them.")
 @click.pass_context
 def config(ctx: click.Context, model: str, out_dir: Path | None, server: str, monitor_addr: str,
            scrape_interval: str, interval: float) -> None:
