@@ -253,3 +253,20 @@ def test_a_wanted_engine_that_is_missing_says_install_and_names_where_it_was_cho
     with pytest.raises(img.EngineNotFoundError) as e:
         img.find_engine()
     assert "docker: not installed). Install docker, or unset MLBUILD_ENGINE to use whichever works" in str(e.value)
+
+
+def test_no_tls_verify_for_a_destination_that_is_no_registry_is_said_to_change_nothing(tmp_path: Path) -> None:
+    """`image push digits oci:/srv/x:v1 --no-tls-verify` dropped the option without a word (skopeo
+    verifies no TLS there), so a user could not tell it changed nothing."""
+    from tests.conftest import run_cli
+
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "mlbuild.toml").write_text('[project]\nname = "p"\n[models.digits]\nscript = "m.py"\n')
+    env = {"PATH": "/nonexistent"}   # no skopeo: the push stops before any build
+    proc = run_cli("image", "push", "digits", f"oci:{tmp_path}/layout:v1", "--no-tls-verify", cwd=tmp_path / "p",
+                   check=False, env=env)
+    assert f"mlbuild: warning: --no-tls-verify is for a registry (docker://); oci:{tmp_path}/layout:v1 is not one, " \
+           "so it changes nothing" in proc.stderr and proc.returncode == 1, proc.stderr
+    proc = run_cli("image", "push", "digits", "localhost:5000/digits:v1", "--no-tls-verify", cwd=tmp_path / "p",
+                   check=False, env=env)
+    assert "--no-tls-verify is for" not in proc.stderr and proc.returncode == 1, proc.stderr
