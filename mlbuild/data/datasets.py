@@ -567,7 +567,9 @@ def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:
         if other is None:
             there = sorted(datasets) if isinstance(datasets, dict) else []
             raise DataError(f"dataset {name!r} is not in mlbuild.lock at revision {rev!r}"
-                            + (f" (it pins {', '.join(map(repr, there))} there, none declared at {ds.path})" if there else ""))
+                            + (f" (it pins {', '.join(map(repr, there))} there, none declared at {ds.path})" if there else "")
+                            + f"; give a revision that pins it (`git log --oneline -- mlbuild.lock` lists the lock's "
+                              f"commits), or leave REV out to compare with the working copy")
         then_sha = other.get("sha256") if isinstance(other, dict) else None
         if not isinstance(then_sha, str) or not re.fullmatch("[0-9a-f]{64}", then_sha):   # a hand edit
             raise DataError(f"mlbuild.lock at revision {rev!r} has no sha256 for dataset {name!r} ({json.dumps(other)}); "
