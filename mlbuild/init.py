@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import math
 import os
@@ -449,6 +450,19 @@ def init_project(root: Path, *, name: str | None = None, csv_path: Path | None =
     Refuses, writing nothing, where any of its files exists; an existing .gitignore gets the lines
     it lacks instead."""
     root = root.resolve()
+    # "" from an unset variable (`--name "$NAME"`) was the folder's name, and `--mlbuild-flake ""`
+    # this checkout's: each is refused, as the option given names nothing
+    for option, value, default in (("--name", name, "the folder's name"), ("--python", python, "python3"),
+                                   ("--mlbuild-flake", flake_url, "this mlbuild's git checkout")):
+        if value is not None and not value.strip():
+            raise InitError(f"{option} {value!r} is empty (an unset variable?); give one, or leave {option} out for "
+                            f"{default}")
+    if flake_url is not None and (any(c.isspace() or ord(c) < 32 or c in '"\\' for c in flake_url) or "${" in flake_url):
+        # flake.nix holds it in a Nix string: a '"' ended the string (a flake.nix that does not parse, or
+        # one that says more than the URL), and Nix refuses a flake URL with a space in it
+        raise InitError(f"--mlbuild-flake {flake_url!r} is not a flake URL (it holds a space, a quote, a backslash, "
+                        "a control character or '${'); give one like git+file:///path/to/mlbuild or "
+                        "github:ORG/mlbuild")
     name = name or root.name.lower()
     if not NAME.fullmatch(name):
         raise InitError(f"{name!r} is not a project name: use lower-case letters, digits and - (starting with a "
@@ -476,7 +490,13 @@ def init_project(root: Path, *, name: str | None = None, csv_path: Path | None =
     if taken:
         raise InitError(f"{root} already has {', '.join(taken)}; mlbuild init writes only new files (move them, "
                         "or init another folder)")
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:   # a folder no one may make here (/proc/x, another user's): a traceback, once
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise   # the CLI names a full disk
+        raise InitError(f"cannot make the folder {root}: {e.strerror}; give a folder you may write to "
+                        "(mlbuild init FOLDER)") from None
     written, extended, before = [], [], {}
     try:
         for n, text in files.items():

@@ -25,7 +25,7 @@ from .errors import ConfigError
 from .runtime.serve.names import BINARY_METRICS, LABEL_METRICS, REGRESSION_METRICS, live_metric
 from .runtime.validate import parse_threshold
 
-__all__ = ["write_config", "has_monitor", "alert_rules", "duration_seconds", "stale_after", "without_live_alert", "prometheus_config", "dashboard", "SERVER_METRICS", "MONITOR_METRICS",
+__all__ = ["check_listen", "write_config", "has_monitor", "alert_rules", "duration_seconds", "stale_after", "without_live_alert", "prometheus_config", "dashboard", "SERVER_METRICS", "MONITOR_METRICS",
            "unexported"]
 
 # What the server (mlbuild/runtime/serve) and the monitor (mlbuild/runtime/monitor.py) export.
@@ -60,6 +60,29 @@ def _thresholds(project: Project, model: str) -> dict[str, tuple[str, float]]:
             f"({', '.join(classification)}) with a regression model's ({', '.join(regression)}); a model's "
             f"validation report has one kind: keep those of its task")
     return parsed
+
+
+def check_listen(host: str, port: int) -> None:
+    """Where `mlbuild monitor` will serve its /metrics: ``host`` must be an address of this machine
+    and ``port`` free there (0: any), checked as the monitor binds (the first address ``host`` gives),
+    before the monitor's build, which may train the model: the monitor found out only after it.
+    ConfigError naming the address and the fix. (A port taken between now and then is the monitor's
+    own error.)"""
+    import socket
+
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if not host.strip():   # `--host "$HOST"` with HOST unset: 0.0.0.0 in effect, every interface
+        raise ConfigError(f"--host {host!r} is empty (an unset variable?); give an address of this machine, "
+                          f"such as 127.0.0.1 (the default) or 0.0.0.0 for every interface")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the monitor's HTTP server sets it
+            s.bind(address)
+    except (OSError, UnicodeError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError(f"cannot serve the monitor's /metrics on {shown} ({why}); pass another --port "
+                          f"(0: a free one) or a --host that is an address of this machine") from None
 
 
 def has_monitor(project: Project, model: str) -> bool:

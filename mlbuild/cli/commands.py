@@ -243,6 +243,7 @@ def serve(ctx: click.Context, model: str, allow_dirty: bool, no_validate: bool) 
 
     project = load(ctx)
     b.check_model(project, model, passes_options="serve")   # `serve --port 8080 digits`: '--port' came here
+    _check_server_args(project.root, model, ctx.args)
     gated = b.validation_table(project, model) is not None
     summary = b.build_targets(project, [model], allow_dirty=allow_dirty, on_progress=_Bar())
     if gated and not no_validate:
@@ -257,3 +258,35 @@ def serve(ctx: click.Context, model: str, allow_dirty: bool, no_validate: bool) 
     program = f"{summary.outputs[0].path}/bin/serve"
     click.echo(f"serving {summary.outputs[0].path}", err=True)
     os.execv(program, [program, *ctx.args])
+
+
+def _check_server_args(root: Path, model: str, args: list[str]) -> None:
+    """The server's arguments, parsed as its bin/serve will parse them, before the build and the
+    validation (a training run where the model is not built): `serve digits --prot 8080` or
+    `--port 80800` failed only then. Where flake.lock pins an mlbuild whose server takes other
+    options than this CLI's, that server alone judges them."""
+    import os
+
+    from ..flakepin import pinned_root
+
+    ours = Path(__file__).resolve().parents[1] / "runtime" / "serve" / "__main__.py"
+    pinned = pinned_root(root)
+    if pinned is not None:
+        try:
+            if (pinned / "mlbuild" / "runtime" / "serve" / "__main__.py").read_bytes() != ours.read_bytes():
+                return
+        except OSError:
+            return
+    had = os.environ.get("OMP_WAIT_POLICY")
+    from ..runtime.serve.__main__ import build_parser   # sets OMP_WAIT_POLICY for the server's process
+
+    if had is None:   # this process builds first: the server sets it again itself
+        os.environ.pop("OMP_WAIT_POLICY", None)
+    parser = build_parser(package="-")
+
+    def refuse(message: str) -> None:
+        raise click.UsageError(f"the server's options: {message} (`nix run .#serve-{model} -- --help` lists them; "
+                               f"mlbuild serve {model} passes the options after the model to it)")
+    parser.error = refuse   # type: ignore[method-assign,assignment]
+    if not {"-h", "--help"} & set(args):   # the server's help is its bin/serve's to show
+        parser.parse_args(args)

@@ -51,7 +51,8 @@ def add(ctx: click.Context, name: str, path: Path) -> None:
 @data.command()
 @click.pass_context
 def status(ctx: click.Context) -> None:
-    """Each dataset: present locally, in the shared store, missing, or changed on disk."""
+    """Each dataset: present, shared (in the shared store only), missing, changed on disk, derived,
+    unlocked (never added), unstorable or unreadable; where it needs work, the command that does it."""
     from ..data.remote import shared_hashes
 
     project = load(ctx)

@@ -48,6 +48,9 @@ def push_cmd(ctx: click.Context, model: str, ref: str, allow_dirty: bool, tls_ve
     (oci/tmp/x, OCI:/tmp/x) is refused rather than sent to a registry. docker-daemon: writes to the
     engine at $DOCKER_HOST when it is set.
     """
+    if not tls_verify and not img.destination(ref).startswith("docker://"):   # skopeo would ignore it
+        click.echo(f"mlbuild: warning: --no-tls-verify is for a registry (docker://); {ref} is not one, so it "
+                   f"changes nothing", err=True)
     dest, digest = img.push_model_image(load(ctx), model, ref, allow_dirty=allow_dirty, tls_verify=tls_verify,
                                         on_progress=_Bar())
     click.echo(f"pushed {model} to {dest}" + (f" ({digest})" if digest else ""))

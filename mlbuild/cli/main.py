@@ -16,7 +16,7 @@ from .. import __version__, git
 from ..config import Project, load_project
 from ..errors import MlbuildError
 
-__all__ = ["main", "cli"]
+__all__ = ["main", "cli", "OutDir"]
 
 
 # Where each command is defined. Its module is imported only when the command runs (or for
@@ -147,6 +147,20 @@ def cli(ctx: click.Context, project_dir: Path | None) -> None:
 
 def load(ctx: click.Context) -> Project:
     return load_project(ctx.find_root().obj)
+
+
+class OutDir(click.Path):
+    """An ``--out`` folder: one given as "" (`--out "$DIR"` with DIR unset) is refused, not taken
+    for the current folder (the project, where the files left the worktree dirty)."""
+
+    def __init__(self) -> None:
+        super().__init__(file_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail(f"{value!r} is empty (an unset variable?); give a folder, or leave --out out for the default",
+                      param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def out_folder(folder: Path) -> Path:

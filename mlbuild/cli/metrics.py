@@ -9,11 +9,11 @@ import click
 from .. import metrics as m
 from ..config import state_dir
 from .commands import _Bar
-from .main import cli, load, out_folder
+from .main import OutDir, cli, load, out_folder
 
 __all__ = ["validate", "metrics"]
 
-_OUT = click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+_OUT = click.option("--out", "out_dir", type=OutDir(), default=None,
                     help="Where to write the PNG, HTML and Prometheus files (default: .mlbuild/reports).")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import click
 from .. import build as b
 from .. import monitor as m
 from ..config import state_dir
-from .main import cli, load, out_folder
+from .main import OutDir, cli, load, out_folder
 
 __all__ = ["monitor"]
 
@@ -69,6 +70,12 @@ def run(ctx: click.Context, model: str, url: str, once: bool, interval: float | 
 
     project = load(ctx)
     b.check_model(project, model)
+    if once and (host is not None or port is not None):   # --once serves no /metrics: said, stdout stays JSON
+        click.echo(f"mlbuild: warning: --once runs the suite and prints its result, serving no /metrics: "
+                   f"{' and '.join(o for o, v in (('--host', host), ('--port', port)) if v is not None)} "
+                   f"{'is' if host is None or port is None else 'are'} not used", err=True)
+    elif not once:
+        m.check_listen("127.0.0.1" if host is None else host, 9109 if port is None else port)
     from ..runtime.monitor import WEBHOOK_ENV
 
     if webhook is None and os.environ.get(WEBHOOK_ENV):   # the monitor reads it; checked now, before the build
@@ -118,7 +125,7 @@ def _webhook_args(root: Path, webhook: str | None) -> list[str]:
 
 @monitor.command("config")
 @click.argument("model")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", "out_dir", type=OutDir(), default=None,
               help="Folder for prometheus.yml, alerts.yml, grafana-dashboard.json (default: the project's "
                    ".mlbuild/monitoring/MODEL, out of git: generated files that would leave the worktree dirty; "
                    "a folder per model, as each model's files are named alike).")
@@ -127,9 +134,10 @@ def _webhook_args(root: Path, webhook: str | None) -> list[str]:
 @click.option("--monitor", "monitor_addr", default="127.0.0.1:9109", show_default=True,
               callback=lambda _c, _p, v: _target(v), help="host:port of `mlbuild monitor`'s metrics.")
 @click.option("--scrape-interval", default="15s", show_default=True, callback=lambda _c, _p, v: _duration(v),
-              help="Prometheus duration (15s, 1m, 1m30s).")
+              help="How often Prometheus scrapes the two, a Prometheus duration (15s, 1m, 1m30s).")
 @click.option("--interval", type=float, default=60.0, show_default=True, callback=lambda _c, _p, v: _seconds(v),
-              help="The monitor's interval (s).")
+              help="Seconds between the monitor's runs, its --interval: the alert on a stalled "
+                   "monitor waits 3 of them.")
 @click.pass_context
 def config(ctx: click.Context, model: str, out_dir: Path | None, server: str, monitor_addr: str,
            scrape_interval: str, interval: float) -> None:
@@ -168,8 +176,9 @@ def _target(value: str) -> str:
         raise click.BadParameter(f"{value!r} is a URL; give host:port, e.g. {host or '127.0.0.1:8080'} "
                                  "(Prometheus scrapes http://HOST:PORT/metrics)")
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or host.count(":") and not (
-            host.startswith("[") and host.endswith("]")):
+    # a host name, an IPv4 address or an IPv6 one in brackets: `a b:80` wrote a target Prometheus refuses
+    name = re.fullmatch(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?\]", host)
+    if not sep or not name or not port.isdigit() or not 0 < int(port) < 65536:
         raise click.BadParameter(f"{value!r} is not host:port; give one like 127.0.0.1:8080 or [::1]:8080")
     return value
 

@@ -18,6 +18,14 @@ from .main import cli
 __all__ = ["store"]
 
 
+def _not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An option given as "" (`--to "$DIR"` with DIR unset) is refused, not taken as its default."""
+    if value is not None and not value.strip():
+        raise click.BadParameter(f"{value!r} is empty (an unset variable?); give a value, or leave the option out "
+                                 "for its default")
+    return value
+
+
 def _cfg(ctx: click.Context) -> st.StoreConfig:
     return st.load_store_config(ctx.find_root().obj, store=ctx.meta.get("mlbuild.store"))
 
@@ -41,7 +49,7 @@ def store(ctx: click.Context, store_dir: str | None) -> None:
 
 @store.command()
 @click.option("--generate-key", is_flag=True, help="Create a signing key pair if none exists.")
-@click.option("--key-name", default=None, help="Name of a new key (default: <host>-mlbuild-<random hex>).")
+@click.option("--key-name", default=None, help="Name of the key --generate-key makes: no ':' and no spaces (default: <host>-mlbuild-<random hex>).")
 @click.pass_context
 def init(ctx: click.Context, generate_key: bool, key_name: str | None) -> None:
     """Create the store folder (idempotent) and print the nix.conf lines for it."""
@@ -68,7 +76,8 @@ def init(ctx: click.Context, generate_key: bool, key_name: str | None) -> None:
 
 @store.command()
 @click.argument("targets", nargs=-1, required=True)
-@click.option("--from", "from_store", metavar="STORE", default=None, help="Local Nix store to read (default: the machine's).")
+@click.option("--from", "from_store", metavar="STORE", default=None, callback=_not_empty,
+              help="Local Nix store to read (default: the machine's).")
 @click.option("--name", default=None, help="Push record name gc counts --keep-last by (default: each target's name).")
 @click.option("--build-deps", is_flag=True, help="Also push what rebuilding the targets needs.")
 @click.option("--fsync-nars/--no-fsync-nars", default=None,
@@ -103,7 +112,8 @@ def push(ctx: click.Context, targets: tuple[str, ...], from_store: str | None, n
 
 @store.command()
 @click.argument("targets", nargs=-1, required=True)
-@click.option("--to", "to_store", metavar="STORE", default=None, help="Local Nix store to fill (default: the machine's).")
+@click.option("--to", "to_store", metavar="STORE", default=None, callback=_not_empty,
+              help="Local Nix store to fill (default: the machine's).")
 @click.option("--nix-copy", is_flag=True, help="Let Nix copy everything (no fast restore of uncompressed NARs).")
 @click.pass_context
 def pull(ctx: click.Context, targets: tuple[str, ...], to_store: str | None, nix_copy: bool) -> None:
@@ -150,9 +160,9 @@ def _not_nan(ctx: click.Context, param: click.Parameter, value: float) -> float:
 @click.option("--lock", "locks", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Keep what this mlbuild.lock pins: interpreter snapshot, wheels, local datasets (repeatable).")
 @click.option("--keep-last", type=click.IntRange(min=0), default=None,
-              help="Pushes kept per name (default: [store].keep-last).")
+              help="Pushes kept per name (default: $MLBUILD_STORE_KEEP_LAST, [store].keep-last, 3).")
 @click.option("--grace", type=click.FloatRange(min=0), default=DEFAULT_GRACE_S, callback=_not_nan,
-              help="Seconds an unrooted entry or NAR is spared after its last use (default 3600). Keep it above "
+              help="Seconds an unrooted entry or NAR is spared after its last use (default: 3600). Keep it above "
                    "the longest push: a NAR a push is publishing counts as unrooted until its narinfo is written, "
                    "so --grace 0 is for a store no one pushes to meanwhile.")
 @click.option("--dry-run", is_flag=True, help="Only report what would go.")

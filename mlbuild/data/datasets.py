@@ -238,6 +238,30 @@ class Added:
     pinned_before: str | None = None   # the lock's sha256 before this add
 
 
+# The files that make a project (what git must hold for `nix build`) and mlbuild's and git's own folders
+_PROJECT_FILES = ("mlbuild.toml", "mlbuild.lock", "flake.nix", "flake.lock")
+_OWN_FOLDERS = (".git", STATE_NAME)
+
+
+def _not_the_project_s_own(project: Project, source: Path) -> None:
+    """DataError where ``source`` (resolved) is one of the project's own files or in git's or
+    mlbuild's folders: `data add conf mlbuild.toml` before the first commit pinned it and wrote
+    `/mlbuild.toml` into .gitignore, so the project's config never went into git (and every
+    build, which reads the commit, failed)."""
+    here = project.root.resolve()
+    repo = git.repo_root(project.root)
+    folders = [here / f for f in _OWN_FOLDERS] + ([repo.resolve() / ".git"] if repo is not None else [])
+    inside = next((f for f in folders if source == f or f in source.parents), None)
+    fix = "give the file or folder that holds the data (data/, say)"
+    if inside is not None:
+        owner = "git" if inside.name == ".git" else "mlbuild"
+        where = f"{owner}'s own folder" if source == inside else f"in {owner}'s own folder ({inside})"
+        raise DataError(f"{source} is {where}, not data; {fix}")
+    if source.parent == here and source.name in _PROJECT_FILES:
+        raise DataError(f"{source} is the project's own {source.name}, not data: data add would write it into "
+                        f".gitignore, keeping it out of git, where builds read the project; {fix}")
+
+
 def add(project: Project, name: str, path: Path) -> Added:
     """Import ``path`` as dataset ``name``, declare and pin it. Every check that can fail (the
     import included) runs before anything is written into the project."""
@@ -250,6 +274,7 @@ def add(project: Project, name: str, path: Path) -> Added:
     if path.resolve() == here or path.resolve() in here.parents:   # `data add all .`: git's advice untracked it all
         raise DataError(f"{path} holds the project itself ({project.config_path}), its code and git repository; "
                         f"a dataset is the data alone: give the folder or file that holds it (data/, say)")
+    _not_the_project_s_own(project, path.resolve())
     with _reading(name, path):
         empty = _empty(path)
     if empty:
@@ -542,7 +567,9 @@ def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:
         if other is None:
             there = sorted(datasets) if isinstance(datasets, dict) else []
             raise DataError(f"dataset {name!r} is not in mlbuild.lock at revision {rev!r}"
-                            + (f" (it pins {', '.join(map(repr, there))} there, none declared at {ds.path})" if there else ""))
+                            + (f" (it pins {', '.join(map(repr, there))} there, none declared at {ds.path})" if there else "")
+                            + f"; give a revision that pins it (`git log --oneline -- mlbuild.lock` lists the lock's "
+                              f"commits), or leave REV out to compare with the working copy")
         then_sha = other.get("sha256") if isinstance(other, dict) else None
         if not isinstance(then_sha, str) or not re.fullmatch("[0-9a-f]{64}", then_sha):   # a hand edit
             raise DataError(f"mlbuild.lock at revision {rev!r} has no sha256 for dataset {name!r} ({json.dumps(other)}); "

@@ -248,6 +248,9 @@ def export_notebook(notebook: Path, output: Path | None = None, *, policy: Magic
     if to_stdout:
         return result
     target = output if output is not None else notebook.with_suffix(".py")
+    if target.is_dir():   # `-o ""` (an unset variable) is the current folder: a traceback, once
+        raise NotebookExportError(f"the output {str(target)!r} is a folder; pass -o MODULE.py (a file in it), or leave "
+                                  "-o out for the notebook's name with .py")
     if target.resolve() == notebook.resolve():
         raise NotebookExportError(f"the output {target} is the notebook itself; pass -o MODULE.py")
     # a device or pipe (-o /dev/null, /dev/stdout) is written to, not read: reading stdout waited forever

@@ -20,7 +20,7 @@ from typing import Sequence
 from .. import _nix
 from ..errors import StoreConfigError, StoreTargetError
 from .config import DEFAULT_SECRET_KEY, StoreConfig
-from .keys import generate_key_pair, load_secret_key
+from .keys import check_key_name, generate_key_pair, load_secret_key
 from .layout import Layout, publish_bytes, read_store_file, store_command, writing
 from .push import published_keys, resolve_targets
 from .roots import check_name, remove_tag, roots_lock, write_tag
@@ -47,13 +47,24 @@ def default_key_name() -> str:
 
 
 def init_store(cfg: StoreConfig, *, generate_key: bool = False, key_name: str | None = None) -> InitResult:
-    """Create the store at ``cfg.root`` (idempotent) and, if asked, a key pair when none exists."""
+    """Create the store at ``cfg.root`` (idempotent) and, if asked, a key pair when none exists.
+    ``key_name`` (the new key's) is checked before anything is written."""
+    secret = cfg.secret_key_file or (DEFAULT_SECRET_KEY if generate_key else None)
+    if key_name is not None:
+        check_key_name(key_name)
+        if not generate_key:   # it named nothing: no key is made without --generate-key
+            raise StoreConfigError(f"--key-name {key_name} names the key --generate-key makes; add --generate-key "
+                                   f"(or leave --key-name out)")
+        existing = _key_name(secret, cfg) if secret is not None and secret.exists() else None
+        if existing is not None and existing != key_name:
+            raise StoreConfigError(f"the signing key {secret} exists already, named {existing!r}, so no key named "
+                                   f"{key_name!r} is made; leave --key-name out to keep it, or point "
+                                   f"MLBUILD_STORE_SECRET_KEY at a new file for a new key")
     layout = Layout(cfg.root)
     layout.require_writable("initialise")
     full = "what it made stays; free space there (or raise the quota), then run init again"
     with writing(cfg.root, "initialise the store", fix=full):
         layout.init()
-    secret = cfg.secret_key_file or (DEFAULT_SECRET_KEY if generate_key else None)
     generated = False
     public: str | None = None
     shown = layout.root / "mlbuild" / "public-key"
@@ -93,6 +104,10 @@ def init_store(cfg: StoreConfig, *, generate_key: bool = False, key_name: str | 
     trust = tuple(store_keys) or ((public,) if public else ())
     conf = nix_conf(StoreConfig(cfg.root, public_keys=trust)) if trust else ""
     return InitResult(cfg.root, secret, public, generated, conf, untrusted, published)
+
+
+def _key_name(secret: Path, cfg: StoreConfig) -> str:
+    return load_secret_key(secret, store_command(cfg.root, "init --generate-key")).name
 
 
 def nix_conf(cfg: StoreConfig) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import atomic
 from ..errors import StoreKeyError
 
-__all__ = ["SecretKey", "PublicKey", "parse_secret_key", "parse_public_key", "load_secret_key",
+__all__ = ["SecretKey", "PublicKey", "check_key_name", "parse_secret_key", "parse_public_key", "load_secret_key",
            "generate_key_pair", "check_signatures", "parse_public_keys"]
 
 
@@ -179,10 +179,18 @@ def _unreadable_fix(path: Path) -> str:
             f"store-config/README.md) or as root")
 
 
+def check_key_name(name: str) -> str:
+    """``name`` if it can name a key: Nix reads a key as ``name:base64`` in a list separated by
+    whitespace (``trusted-public-keys``), so a name with a ':' or a space made a key no reader parses
+    (and init had already published it as the store's). StoreKeyError naming it otherwise."""
+    if ":" in name or not name or any(c.isspace() for c in name):
+        raise StoreKeyError(f"key name {name!r} must be non-empty, with no ':' and no spaces (e.g. store.example.org-1)")
+    return name
+
+
 def generate_key_pair(name: str, secret_path: Path, public_path: Path) -> SecretKey:
     """Write a new key pair (secret file mode 0600, created exclusively: never overwrites)."""
-    if ":" in name or not name.strip():
-        raise StoreKeyError(f"key name {name!r} must be non-empty and contain no ':' (e.g. store.example.org-1)")
+    check_key_name(name)
     seed = os.urandom(32)
     key = SecretKey(name, seed)
     secret_path.parent.mkdir(parents=True, exist_ok=True)

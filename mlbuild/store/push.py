@@ -30,7 +30,7 @@ from .config import StoreConfig
 from .keys import PublicKey, SecretKey, parse_public_keys
 from .layout import Layout, publish_bytes, read_store_file, store_command, writing
 from .narinfo import STORE_DIR, NarInfo
-from .roots import default_name, record_push, replace_older_records, roots_lock
+from .roots import check_name, default_name, record_push, replace_older_records, roots_lock
 from .upload import PathInfo, path_infos, publish_path
 from .verify import check_entry, check_nar
 
@@ -283,6 +283,8 @@ def push(cfg: StoreConfig, targets: Sequence[str], *, local_store: str | None = 
     default: each target's name without its hash.
     """
     start = time.monotonic()
+    if name is not None:   # `--name ""` (an unset variable) was each target's default name, silently
+        check_name(name, "push name")
     layout = Layout(cfg.root)
     layout.require()
     layout.require_writable("push")

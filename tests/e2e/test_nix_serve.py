@@ -129,12 +129,16 @@ def test_mlbuild_serve_refuses_a_model_that_fails_its_gate(digits_repo: Path, tm
     shutil.copytree(digits_repo, root, ignore=shutil.ignore_patterns(".git", ".mlbuild", "result*"))
     toml = root / "mlbuild.toml"
     toml.write_text(toml.read_text().replace("accuracy = 0.95", "accuracy = 0.999"))
-    # (an option the server does not know: it would print its usage and exit 2 once started)
-    refused = run_cli("serve", "digits", "--no-such-option", cwd=root, check=False)
-    assert refused.returncode == 1 and "usage: serve" not in refused.stderr
+    # an option the server does not know is refused before anything is built, naming it
+    typo = run_cli("serve", "digits", "--no-such-option", cwd=root, check=False)
+    assert typo.returncode == 2 and "the server's options: unrecognized arguments: --no-such-option" in typo.stderr
+    assert "FAILED" not in typo.stderr and "serving /nix/store" not in typo.stderr
+    # (a host the server cannot bind: it stops once started, after loading the model)
+    refused = run_cli("serve", "digits", "--host", "no-such-host.invalid", cwd=root, check=False)
+    assert refused.returncode == 1 and "serving /nix/store" not in refused.stderr
     assert "accuracy" in refused.stderr and "FAILED" in refused.stderr
     assert "digits did not pass its validation gate, so it is not served" in refused.stderr
     assert "mlbuild serve --no-validate digits" in refused.stderr
-    anyway = run_cli("serve", "--no-validate", "digits", "--no-such-option", cwd=root, check=False)
-    assert anyway.returncode == 2 and "usage: serve" in anyway.stderr
+    anyway = run_cli("serve", "--no-validate", "digits", "--host", "no-such-host.invalid", cwd=root, check=False)
+    assert anyway.returncode != 0 and "serving /nix/store" in anyway.stderr, anyway.stderr
     assert "warning: serving digits without its validation gate (--no-validate)" in anyway.stderr

@@ -1036,5 +1036,7 @@ def test_diff_against_a_revision_from_before_the_dataset_was_renamed(data_projec
     run_cli("data", "add", "rows", "data/rows", cwd=data_project)
     commit_all(data_project, "moved")
     err = run_cli("data", "diff", "rows", "HEAD~2", cwd=data_project, check=False).stderr
+    # the revisions to give instead: a user who gave one from before the pin had no next step
     assert err == "Error: dataset 'rows' is not in mlbuild.lock at revision 'HEAD~2' (it pins 'raw' there, none " \
-                  "declared at data/rows)\n", err
+                  "declared at data/rows); give a revision that pins it (`git log --oneline -- mlbuild.lock` lists " \
+                  "the lock's commits), or leave REV out to compare with the working copy\n", err

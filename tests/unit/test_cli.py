@@ -526,3 +526,19 @@ def test_code_with_converted_line_ends_is_named_with_the_fix(tree) -> None:  # t
     with pytest.raises(DirtyTreeError, match=r"line ends: m\.py \(git checks it out with other line ends than it "
                                              r"commits\)[\s\S]*`git config core\.autocrlf input`"):
         check_clean(load_project(root))
+
+
+def test_serve_checks_the_server_s_options_before_building(tree) -> None:  # type: ignore[no-untyped-def]
+    """`mlbuild serve digits --prot 8080` (or `--port 80800`) built and validated the package, a
+    training run where it was not built, and only then did bin/serve refuse the option."""
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.digits]\nscript = "m.py"\n'})
+    env = {"PATH": "/nonexistent"}   # no Nix: an option that passes reaches the build, which fails here
+    for args, message in ((["--prot", "8080"], "unrecognized arguments: --prot 8080"),
+                          (["--port", "80800"], "argument --port: '80800' is not an integer in 0..65535"),
+                          (["--threads", "0"], "argument --threads: '0' is not an integer in 1..1024")):
+        proc = run_cli("serve", "digits", *args, cwd=root, check=False, env=env)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"Error: the server's options: {message} (`nix run .#serve-digits -- --help` lists them" in proc.stderr
+        assert "nix" not in proc.stderr.split("Error:")[0]
+    proc = run_cli("serve", "digits", "--port", "0", "--max-batch-size", "8", cwd=root, check=False, env=env)
+    assert proc.returncode == 1 and "the server's options" not in proc.stderr, proc.stderr

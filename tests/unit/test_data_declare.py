@@ -3,6 +3,7 @@ everything else) and the .gitignore line for a path inside the project's reposit
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tomllib
 from pathlib import Path
@@ -162,3 +163,33 @@ def test_the_project_folder_or_one_above_it_is_refused_as_a_dataset(tmp_path: Pa
                                         f"{re.escape(f'({root}/mlbuild.toml)')}"):
         add(load_project(root), "all", Path(given))
     assert (root / "mlbuild.toml").read_text() == before and not (root / "mlbuild.lock").exists()
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ("mlbuild.toml", "is the project's own mlbuild.toml, not data: data add would write it into .gitignore"),
+    ("flake.nix", "is the project's own flake.nix, not data"),
+    ("mlbuild.lock", "is the project's own mlbuild.lock, not data"),
+    (".git", "is git's own folder, not data; give the file or folder that holds the data"),
+    (".git/objects", "is in git's own folder ("),
+    (".mlbuild/stat-x.json", "is in mlbuild's own folder ("),
+])
+def test_the_project_s_own_files_are_refused_as_a_dataset(tmp_path: Path, given: str, message: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`data add conf mlbuild.toml` before the project's first commit (git tracks nothing yet) pinned
+    the config as data and wrote `/mlbuild.toml` into .gitignore: `git add -A` then left it out, and
+    every build, which reads the commit, failed. `.git` was imported as data the same way."""
+    from mlbuild.config import load_project
+    from mlbuild.data.datasets import add
+
+    root = tmp_path / "p"
+    (root / ".mlbuild").mkdir(parents=True)
+    (root / ".mlbuild" / "stat-x.json").write_text("{}\n")
+    (root / "mlbuild.toml").write_text('[project]\nname = "p"\n')
+    (root / "mlbuild.lock").write_text('{"version": 1}\n')
+    (root / "flake.nix").write_text("{ }\n")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    before = {p: p.read_bytes() for p in root.iterdir() if p.is_file()}
+    monkeypatch.chdir(root)
+    with pytest.raises(DataError, match=re.escape(message)):
+        add(load_project(root), "conf", Path(given))
+    assert {p: p.read_bytes() for p in root.iterdir() if p.is_file()} == before

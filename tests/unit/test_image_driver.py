@@ -287,3 +287,20 @@ def test_an_image_podman_holds_already_is_not_loaded_again(monkeypatch: pytest.M
         loaded = img.load_image(archive, engine)
         assert loaded.reference == "docker.io/library/digits:t1" and loaded.engine == engine
         assert (f"load -i {archive}" in log.read_text()) == loads
+
+
+def test_no_tls_verify_for_a_destination_that_is_no_registry_is_said_to_change_nothing(tmp_path: Path) -> None:
+    """`image push digits oci:/srv/x:v1 --no-tls-verify` dropped the option without a word (skopeo
+    verifies no TLS there), so a user could not tell it changed nothing."""
+    from tests.conftest import run_cli
+
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "mlbuild.toml").write_text('[project]\nname = "p"\n[models.digits]\nscript = "m.py"\n')
+    env = {"PATH": "/nonexistent"}   # no skopeo: the push stops before any build
+    proc = run_cli("image", "push", "digits", f"oci:{tmp_path}/layout:v1", "--no-tls-verify", cwd=tmp_path / "p",
+                   check=False, env=env)
+    assert f"mlbuild: warning: --no-tls-verify is for a registry (docker://); oci:{tmp_path}/layout:v1 is not one, " \
+           "so it changes nothing" in proc.stderr and proc.returncode == 1, proc.stderr
+    proc = run_cli("image", "push", "digits", "localhost:5000/digits:v1", "--no-tls-verify", cwd=tmp_path / "p",
+                   check=False, env=env)
+    assert "--no-tls-verify is for" not in proc.stderr and proc.returncode == 1, proc.stderr

@@ -447,3 +447,32 @@ def test_init_in_another_users_repository_names_safe_directory(tmp_path: Path,
     with pytest.raises(GitError, match=r"another user owns it .*safe\.directory"):
         init_project(project, python=sys.executable, csv_path=project / "data" / "d.csv")
     assert sorted(p.name for p in project.iterdir()) == ["data"]
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    # the folder's name, this checkout's flake, without a word: an unset variable went unseen
+    ("--name", "", "--name '' is empty (an unset variable?); give one, or leave --name out for the folder's name"),
+    ("--mlbuild-flake", "", "--mlbuild-flake '' is empty (an unset variable?)"),
+    ("--python", "", "--python '' is empty (an unset variable?)"),
+    # flake.nix holds the URL in a Nix string: one with a '"' wrote a flake.nix that did not parse
+    ("--mlbuild-flake", 'git+file:///x"; y = "z', "is not a flake URL (it holds a space, a quote"),
+    ("--mlbuild-flake", "not a url", "--mlbuild-flake 'not a url' is not a flake URL"),
+    ("--mlbuild-flake", "github:org/${x}", "is not a flake URL"),
+])
+def test_an_empty_or_unquotable_option_is_refused_writing_nothing(tmp_path: Path, option: str, value: str,
+                                                                  message: str) -> None:
+    root = tmp_path / "iris"
+    csv(root)
+    proc = run_cli("init", "--csv", "data/d.csv", option, value, cwd=root, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert message in proc.stderr, proc.stderr
+    assert sorted(p.name for p in root.iterdir()) == ["data"]
+
+
+def test_a_folder_that_cannot_be_made_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """`mlbuild init /proc/x` (or a folder under one this user may not write) ended in a
+    FileNotFoundError (PermissionError) traceback from mkdir."""
+    proc = run_cli("init", "/proc/mlbuild-init-test/p", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "Error: cannot make the folder /proc/mlbuild-init-test/p: No such file or directory; give a folder you " \
+           "may write to (mlbuild init FOLDER)" in proc.stderr

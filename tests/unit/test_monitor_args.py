@@ -199,3 +199,36 @@ def test_a_pinned_monitor_that_reads_no_webhook_variable_gets_it_as_an_argument(
         assert "takes the webhook on its command line only" in capsys.readouterr().err
         monkeypatch.setenv(WEBHOOK_ENV, "https://hooks.example.com/from-env")   # given the documented other way
         assert _webhook_args(project, None) == ["--webhook", "https://hooks.example.com/from-env"]
+
+
+def test_the_cli_checks_where_the_monitor_listens_before_building(tree) -> None:  # type: ignore[no-untyped-def]
+    """`monitor digits --url ... --port 9109` with the port taken (or a --host that is no address
+    here) built the monitor, a training run where the model was not built, and only then did the
+    monitor fail to serve its /metrics; `--host ""` (an unset variable) would have served it on
+    every interface. `--once` serves no /metrics: a --port beside it is said to go unused."""
+    import socket
+
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.digits]\nscript = "m.py"\n'})
+    env = {"PATH": "/nonexistent"}   # no Nix: a check passed reaches the build, which fails without Nix
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_cli("monitor", "digits", "--url", "http://a", "--port", str(port), cwd=root, check=False, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"Error: cannot serve the monitor's /metrics on 127.0.0.1:{port} (Address already in use); pass " \
+           f"another --port (0: a free one) or a --host that is an address of this machine" in proc.stderr
+    assert "building digits.monitor" not in proc.stderr
+    proc = run_cli("monitor", "digits", "--url", "http://a", "--host", "no-such-host.invalid", "--port", "0",
+                   cwd=root, check=False, env=env)
+    assert proc.returncode == 1 and "cannot serve the monitor's /metrics on no-such-host.invalid:0 (" in proc.stderr
+    assert "building digits.monitor" not in proc.stderr
+    proc = run_cli("monitor", "digits", "--url", "http://a", "--host", "", cwd=root, check=False, env=env)
+    assert proc.returncode == 1 and "--host '' is empty (an unset variable?)" in proc.stderr, proc.stderr
+    # the checks pass: on to the build (which fails here, with no Nix)
+    proc = run_cli("monitor", "digits", "--url", "http://a", "--port", "0", cwd=root, check=False, env=env)
+    assert "building digits.monitor" in proc.stderr and "cannot serve" not in proc.stderr, proc.stderr
+    proc = run_cli("monitor", "digits", "--url", "http://a", "--once", "--port", str(port), cwd=root, check=False,
+                   env=env)
+    assert "mlbuild: warning: --once runs the suite and prints its result, serving no /metrics: --port is not " \
+           "used" in proc.stderr and "building digits.monitor" in proc.stderr and not proc.stdout, proc.stderr

@@ -245,3 +245,22 @@ def test_rules_use_what_the_runtime_exports_and_a_pinned_older_one_is_checked(tr
     for path in old.rglob("*.py"):
         path.write_text(path.read_text().replace("mlbuild_monitor_start_time_seconds", "started"))
     assert unexported(old, rules) == {"mlbuild_monitor_start_time_seconds": ["MlbuildMonitorStale"]}
+
+
+def test_an_empty_out_or_a_host_with_a_space_is_refused(tree) -> None:  # type: ignore[no-untyped-def]
+    """`--out "$DIR"` with DIR unset wrote the three files into the project (untracked files: the
+    next build refused the dirty worktree); `--monitor "a b:9109"` wrote a target Prometheus refuses.
+    `metrics show`/`history --out ""` took the project folder the same way."""
+    root = tree({"mlbuild.toml": TOML})
+    before = sorted(p.name for p in root.iterdir())
+    for args, message in ((["--out", ""], "Invalid value for '--out': '' is empty (an unset variable?); give a folder"),
+                          (["--monitor", "a b:9109"], "'a b:9109' is not host:port"),
+                          (["--server", "exa mple:80"], "'exa mple:80' is not host:port")):
+        proc = run_cli("monitor", "config", "cancer", *args, cwd=root, check=False, env={"PATH": "/nonexistent"})
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    for command in ("show", "history"):
+        proc = run_cli("metrics", command, "cancer", "--out", "", cwd=root, check=False, env={"PATH": "/nonexistent"})
+        assert proc.returncode == 2 and "'' is empty (an unset variable?)" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in root.iterdir()) == before
+    run_cli("monitor", "config", "cancer", "--monitor", "[fe80::1%eth0]:9109", "--server", "model-1.example_x:80",
+            "--out", str(root / "conf"), cwd=root, env={"PATH": "/nonexistent"})

@@ -259,3 +259,15 @@ def test_example_notebook_exports(tmp_path: Path) -> None:
     result = export_notebook(REPO / "examples" / "digits" / "explore.ipynb", tmp_path / "explore.py")
     assert result.code_cells >= 5 and not [m for m in result.magics if m.action == "refused"]
     compile((tmp_path / "explore.py").read_text(), "explore.py", "exec")
+
+
+def test_an_empty_output_is_refused_not_a_traceback(tmp_path: Path) -> None:
+    """`notebook export nb.ipynb -o "$OUT"` with OUT unset: `-o ""` is the current folder, which
+    export opened as its earlier module (IsADirectoryError traceback)."""
+    nb = write_nb(tmp_path / "sums.ipynb", CELLS)
+    proc = run_cli("notebook", "export", str(nb), "-o", "", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "Error: the output '.' is a folder; pass -o MODULE.py (a file in it)" in proc.stderr
+    with pytest.raises(NotebookExportError, match="is a folder; pass -o MODULE.py"):
+        export_notebook(nb, tmp_path, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sums.ipynb"]

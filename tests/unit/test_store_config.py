@@ -347,3 +347,40 @@ def test_init_on_a_full_disk_names_the_store_folder(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith(f"Error: cannot initialise the store: the store folder {disk / 'store'} is full "
                                   f"(No space left on device); what it made stays; free space there"), proc.stderr
+
+
+@pytest.mark.parametrize("name", ["", "my key", "ci\t1", "a:b"])
+def test_a_key_name_no_reader_can_parse_is_refused_before_anything_is_written(tmp_path: Path, name: str) -> None:
+    """`store init --generate-key --key-name "my key"` wrote the key pair and published `my key:...`
+    as the store's public key, which every later command then refused (a key is `name:base64` in a
+    list split at spaces): the store was stuck. `--key-name ""` made a key of the default name."""
+    from mlbuild.store.admin import init_store
+    from tests.conftest import run_cli
+
+    with pytest.raises(StoreKeyError, match=re.escape(f"key name {name!r} must be non-empty, with no ':' and no spaces")):
+        init_store(StoreConfig(tmp_path / "s", secret_key_file=tmp_path / "k.sec"), generate_key=True, key_name=name)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "k.sec").exists() and not (tmp_path / "k.pub").exists()
+    proc = run_cli("store", "--store", str(tmp_path / "s"), "init", "--generate-key", "--key-name", name,
+                   env={"MLBUILD_STORE_SECRET_KEY": str(tmp_path / "k.sec")}, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and f"key name {name!r} must" in proc.stderr
+    assert not (tmp_path / "s").exists() and not (tmp_path / "k.sec").exists()
+
+
+def test_key_name_without_a_key_to_make_is_refused_not_ignored(tmp_path: Path) -> None:
+    """`store init --key-name ci-1` (no --generate-key) made no key and said nothing of the name; with
+    a key there already, `--generate-key --key-name ci-2` kept the old key's name without a word."""
+    from mlbuild.store.admin import init_store
+
+    with pytest.raises(StoreConfigError, match=re.escape("--key-name ci-1 names the key --generate-key makes; "
+                                                         "add --generate-key")):
+        init_store(StoreConfig(tmp_path / "s", secret_key_file=tmp_path / "k.sec"), key_name="ci-1")
+    assert not (tmp_path / "s").exists()
+    made = init_store(StoreConfig(tmp_path / "s", secret_key_file=tmp_path / "k.sec"), generate_key=True,
+                      key_name="ci-1")
+    again = init_store(StoreConfig(tmp_path / "s", secret_key_file=tmp_path / "k.sec"), generate_key=True,
+                       key_name="ci-1")   # the same name: idempotent, as init is
+    assert made.generated and not again.generated and again.public_key == made.public_key
+    with pytest.raises(StoreConfigError, match=re.escape(f"the signing key {tmp_path / 'k.sec'} exists already, "
+                                                         f"named 'ci-1', so no key named 'ci-2' is made")):
+        init_store(StoreConfig(tmp_path / "s", secret_key_file=tmp_path / "k.sec"), generate_key=True,
+                   key_name="ci-2")

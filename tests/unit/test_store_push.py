@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,6 +16,7 @@ from typing import Any, Sequence
 import pytest
 
 from mlbuild import _nix
+from mlbuild.errors import StoreError
 from mlbuild.store import StoreConfig, push, verify
 from mlbuild.store.keys import generate_key_pair
 from mlbuild.store.layout import Layout
@@ -419,3 +421,25 @@ def test_a_push_reusing_a_condemned_nar_keeps_it_from_a_concurrent_gc(store: tup
     push(cfg, [dep.path], local_store=str(chroot))
     report = verify(cfg)
     assert report.ok, report.problems
+
+
+def test_an_empty_push_name_or_local_store_is_refused_not_taken_as_the_default(
+        store: tuple[StoreConfig, Path], nix: FakeNix, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`store push --name "$NAME"` with NAME unset pushed under each target's own name (the record gc
+    counts --keep-last by), and `--from ""`/`pull --to ""` used the machine's store, without a word."""
+    from click.testing import CliRunner
+
+    from mlbuild.cli.main import cli
+    cfg, chroot = store
+    dep, top = _closure(chroot, nix)
+    with pytest.raises(StoreError, match=re.escape("push name '' must match")):
+        push(cfg, [top.path], local_store=str(chroot), name="")
+    assert not Layout(cfg.root).narinfo(top.path).exists()
+    assert not list((Layout(cfg.root).roots_dir / "pushes").glob("*/*"))
+    monkeypatch.setenv("MLBUILD_STORE_SECRET_KEY", str(cfg.secret_key_file))
+    monkeypatch.setenv("MLBUILD_STORE_PUBLIC_KEYS", str(cfg.secret_key().public))
+    monkeypatch.chdir(chroot)
+    for args in (["push", "--from", "", top.path], ["pull", "--to", " ", top.path]):
+        out = CliRunner().invoke(cli, ["store", "--store", str(cfg.root), *args])
+        assert out.exit_code == 2 and "is empty (an unset variable?)" in out.output, out.output
+        assert not Layout(cfg.root).narinfo(top.path).exists()
