@@ -31,7 +31,7 @@ from typing import Any
 from .hashing import dataset_hash, tree_digest, tree_hashes
 from .stagespec import load_spec
 
-__all__ = ["main", "gate_main", "compute_metrics", "class_targets", "check_finite", "check_thresholds", "format_checks"]
+__all__ = ["main", "gate_main", "compute_metrics", "class_count", "class_targets", "check_finite", "check_thresholds", "format_checks"]
 
 
 def class_targets(y: Any, labels: list[str] | None, classes: int | None = None) -> Any:
@@ -67,9 +67,32 @@ def class_targets(y: Any, labels: list[str] | None, classes: int | None = None) 
     return a
 
 
+def class_count(labels: Any, outputs: Any) -> int | None:
+    """A classifier's number of classes, as the server counts them: its class names, else the
+    fixed width of its ``probabilities`` output (``outputs``: config.json's ``{name, shape}``
+    objects or the package's TensorSpecs); None if neither says."""
+    if labels:
+        return len(labels)
+    for o in outputs or ():
+        name, shape = (o.get("name"), o.get("shape")) if isinstance(o, dict) else (o.name, o.shape)
+        if name == "probabilities" and isinstance(shape, (list, tuple)) and len(shape) == 2 and shape[1] > 0:
+            return int(shape[1])
+    return None
+
+
 def compute_metrics(task: str, y_true: Any, y_pred: Any, proba: Any = None,
-                    labels: list[str] | None = None) -> dict[str, Any]:
-    """Every metric of the report, computed by scikit-learn."""
+                    labels: list[str] | None = None, classes: int | None = None) -> dict[str, Any]:
+    """Every metric of the report, computed by scikit-learn. ``classes``: the model's number of
+    classes where it declares no names (its ``probabilities`` output's width), else None.
+
+    The macro and weighted averages are scikit-learn's defaults: over the classes that occur in
+    the targets or the predictions (a class with neither has no precision, recall or F1: counted
+    as 0, a perfect model's recall_macro was 0.9 on held-out data without one of its 10 classes),
+    as the server's live metrics are. A class never predicted has precision 0, one never true
+    recall 0 (``zero_division=0``, scikit-learn's value): ``notes`` says which. With two classes
+    (the model's), plain ``precision``, ``recall``, ``f1`` are the positive class's, class 1 (the
+    second name), ``positive_class`` in the report; ``roc_auc`` needs both classes in the targets,
+    else it is left out (``undefined`` says why) rather than NaN."""
     import numpy as np
     from sklearn import metrics as m
 
@@ -78,25 +101,54 @@ def compute_metrics(task: str, y_true: Any, y_pred: Any, proba: Any = None,
         return {"metrics": {"mae": float(m.mean_absolute_error(y_true, y_pred)),
                             "rmse": float(np.sqrt(m.mean_squared_error(y_true, y_pred))),
                             "r2": float(m.r2_score(y_true, y_pred))}}
-    y_true = class_targets(y_true, labels)
-    classes = list(range(len(labels))) if labels else sorted(set(np.asarray(y_true).tolist()))
-    names = labels or [str(c) for c in classes]
+    k = len(labels) if labels else classes
+    y_true = np.asarray(class_targets(y_true, labels, k)).ravel()
+    y_pred = np.asarray(y_pred).ravel()
+    present = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+    every = list(range(k)) if k else present
+    names = labels or [str(c) for c in every]
     out: dict[str, Any] = {"metrics": {"accuracy": float(m.accuracy_score(y_true, y_pred))}}
     for avg in ("macro", "weighted"):
-        p, r, f, _ = m.precision_recall_fscore_support(y_true, y_pred, labels=classes, average=avg, zero_division=0)
+        p, r, f, _ = m.precision_recall_fscore_support(y_true, y_pred, labels=present, average=avg, zero_division=0)
         out["metrics"].update({f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)})
-    p, r, f, s = m.precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
+    p, r, f, s = m.precision_recall_fscore_support(y_true, y_pred, labels=every, zero_division=0)
     out["per_class"] = {names[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                                   "support": int(s[i])} for i in range(len(classes))}
-    out["confusion_matrix"] = m.confusion_matrix(y_true, y_pred, labels=classes).tolist()
+                                   "support": int(s[i])} for i in range(len(every))}
+    out["confusion_matrix"] = m.confusion_matrix(y_true, y_pred, labels=every).tolist()
     out["labels"] = names
-    if len(classes) == 2:
-        out["metrics"]["precision"] = float(m.precision_score(y_true, y_pred, zero_division=0))
-        out["metrics"]["recall"] = float(m.recall_score(y_true, y_pred, zero_division=0))
-        out["metrics"]["f1"] = float(m.f1_score(y_true, y_pred, zero_division=0))
+    predicted, support = set(y_pred.tolist()), dict(zip(every, s.tolist()))
+    notes = []
+    for has_samples, is_predicted, says in (   # the classes whose precision or recall is undefined
+            (False, False, "no held-out samples and {is_} never predicted: left out of the macro averages "
+                           "(scikit-learn's default); give held-out data of every class for their recall"),
+            (False, True, "no held-out samples but {is_} predicted: recall 0 (undefined, zero_division=0) in the "
+                          "macro averages"),
+            (True, False, "held-out samples but {is_} never predicted: precision 0 (undefined, zero_division=0)")):
+        them = [names[i] for i, c in enumerate(every)
+                if bool(support[c]) == has_samples and (c in predicted) == is_predicted]
+        if them:
+            notes.append(f"{_classes(them)} {'has' if len(them) == 1 else 'have'} "
+                         + says.format(is_="is" if len(them) == 1 else "are"))
+    binary = k == 2 if k else present == [0, 1]
+    if binary:
+        p1, r1, f1, _ = m.precision_recall_fscore_support(y_true, y_pred, labels=[1], average=None, zero_division=0)
+        out["metrics"].update({"precision": float(p1[0]), "recall": float(r1[0]), "f1": float(f1[0])})
+        out["positive_class"] = names[1] if len(names) > 1 else "1"
         if proba is not None:
-            out["metrics"]["roc_auc"] = float(m.roc_auc_score(y_true, np.asarray(proba)[:, 1]))
+            if len(set(y_true.tolist())) == 2:
+                out["metrics"]["roc_auc"] = float(m.roc_auc_score(y_true, np.asarray(proba)[:, 1]))
+            else:
+                out["undefined"] = {"roc_auc": f"the held-out targets hold one class only ({names[int(y_true[0])]!r}), "
+                                               "and ROC-AUC needs both" if len(y_true) else "no held-out targets"}
+    if notes:
+        out["notes"] = notes
     return out
+
+
+def _classes(names: list[str]) -> str:
+    """``class '9'`` or ``classes '8', '9'`` (ten at most shown)."""
+    shown = ", ".join(map(repr, names[:10])) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return f"class {shown}" if len(names) == 1 else f"classes {shown}"
 
 
 def main() -> None:
@@ -115,9 +167,8 @@ def main() -> None:
     try:   # the server's own loading and inference: what fails here would fail the server too
         pkg = load_package(spec["package"])
         if pkg.task == "classification":
-            width = pkg.outputs[0].shape[-1] if pkg.outputs and len(pkg.outputs[0].shape) == 2 else -1
             try:
-                y = class_targets(y, list(pkg.labels) if pkg.labels else None, width if width > 0 else None)
+                y = class_targets(y, list(pkg.labels) if pkg.labels else None, class_count(pkg.labels, pkg.outputs))
             except ValueError as e:
                 raise SystemExit(f"mlbuild: validation of {spec['name']}: load() in {spec['script']} gives {e}") from None
         rows = served_rows(x, pkg.input, f"mlbuild: validation of {spec['name']}", spec["script"])
@@ -138,7 +189,10 @@ def main() -> None:
     task = pkg.task
     if task == "classification":
         labels = list(pkg.labels) if pkg.labels else None
-        report = compute_metrics(task, y, merged["label"], merged.get("probabilities"), labels)
+        report = compute_metrics(task, y, merged["label"], merged.get("probabilities"), labels,
+                                 class_count(pkg.labels, pkg.outputs))
+        for note in report.get("notes", []) + [f"{k} is left out: {v}" for k, v in report.get("undefined", {}).items()]:
+            print(f"mlbuild: validation of {spec['name']}: note: {note}", file=sys.stderr)
     else:
         report = compute_metrics(task, y, next(iter(merged.values())))
     code = tree_hashes(Path(spec["suite"]))
@@ -338,9 +392,13 @@ def gate_main() -> None:
     if not all(c["ok"] for c in checks):
         failed = ", ".join(c["metric"] for c in checks if not c["ok"])
         missing = [c["metric"] for c in checks if c["value"] is None]
-        hint = (f"\n  {', '.join(missing)}: no such metric in the report; the suite reports "
-                f"{', '.join(sorted(report['metrics']))} (fix the name in [models.{spec['name']}.validation].thresholds)"
-                if missing else "")
+        undefined = report.get("undefined", {})
+        unknown = [name for name in missing if name not in undefined]
+        hint = "".join(f"\n  {name}: undefined for this held-out data: {undefined[name]}"
+                       for name in missing if name in undefined)
+        hint += (f"\n  {', '.join(unknown)}: no such metric in the report; the suite reports "
+                 f"{', '.join(sorted(report['metrics']))} (fix the name in [models.{spec['name']}.validation].thresholds)"
+                 if unknown else "")
         print(f"mlbuild: validation of {spec['name']} failed ({failed}); suite version "
               f"{report['suite']['version']}:\n{table}{hint}", file=sys.stderr)
         raise SystemExit(1)

@@ -8,9 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn import metrics as skm
 
-from mlbuild.runtime.validate import (_example_threshold, check_thresholds, class_targets, compute_metrics, format_checks, gate_main,
+from mlbuild.runtime.serve.live import label_metrics
+
+from mlbuild.runtime.validate import (_example_threshold, check_thresholds, class_count, class_targets, compute_metrics, format_checks, gate_main,
                                       parse_threshold)
 
 
@@ -25,6 +29,80 @@ def test_binary_metrics_match_sklearn() -> None:
     assert r["metrics"]["recall_macro"] == skm.recall_score(y, pred, average="macro")
     assert r["per_class"]["pos"]["support"] == int((y == 1).sum())
     assert r["confusion_matrix"] == skm.confusion_matrix(y, pred).tolist()
+
+
+@given(st.data(), st.sampled_from([2, 3, 10]), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_label_metrics_are_scikit_learn_s_defaults_and_the_server_s(data: st.DataObject, classes: int,
+                                                                    named: bool) -> None:
+    """Every label metric of the report is what scikit-learn computes by default on the same
+    predictions (the classes that occur in either), and what the server's live metrics give for the
+    same feedback, whichever classes the held-out data lacks (a perfect model's recall_macro was
+    0.9 where one of 10 classes had no held-out sample)."""
+    values = st.integers(min_value=0, max_value=classes - 1)
+    y = data.draw(st.lists(values, min_size=1, max_size=40))
+    p = data.draw(st.lists(values, min_size=len(y), max_size=len(y)))
+    labels = [f"c{i}" for i in range(classes)] if named else None
+    got = compute_metrics("classification", np.array(y), np.array(p), None, labels, classes)["metrics"]
+    want = {"accuracy": skm.accuracy_score(y, p)}
+    for avg in ("macro", "weighted"):
+        pr, rc, f1, _ = skm.precision_recall_fscore_support(y, p, average=avg, zero_division=0)
+        want.update({f"precision_{avg}": pr, f"recall_{avg}": rc, f"f1_{avg}": f1})
+    if classes == 2:
+        pr, rc, f1, _ = skm.precision_recall_fscore_support(y, p, labels=[1], average=None, zero_division=0)
+        want.update(precision=pr[0], recall=rc[0], f1=f1[0])
+    assert got == pytest.approx(want, abs=1e-12)
+    assert got == pytest.approx(label_metrics(np.array(y), np.array(p), classes), abs=1e-12)
+
+
+def test_a_class_the_held_out_data_lacks_is_noted_not_scored_zero() -> None:
+    y = np.arange(90) % 9   # class 9 has no held-out sample; the model is perfect
+    r = compute_metrics("classification", y, y, None, [str(i) for i in range(10)])
+    assert r["metrics"]["recall_macro"] == r["metrics"]["f1_macro"] == r["metrics"]["precision_macro"] == 1.0
+    assert r["per_class"]["9"]["support"] == 0 and len(r["confusion_matrix"]) == 10
+    assert r["notes"] == ["class '9' has no held-out samples and is never predicted: left out of the macro "
+                          "averages (scikit-learn's default); give held-out data of every class for their recall"]
+    r = compute_metrics("classification", np.array([0, 1, 0, 1, 2]), np.array([0, 0, 0, 0, 2]), None, ["a", "b", "c"])
+    assert r["notes"] == ["class 'b' has held-out samples but is never predicted: precision 0 (undefined, "
+                          "zero_division=0)"]
+    assert r["metrics"]["precision_macro"] == pytest.approx(0.5)
+
+
+def test_a_model_without_class_names_is_scored_over_its_own_classes() -> None:
+    # a 3-class model whose held-out data holds classes 0 and 2: "pos_label=1 is not a valid label"
+    # (a traceback); with 0 and 1 only, it was scored as a binary model, ROC-AUC of column 1 and all
+    assert class_count(None, [{"name": "label", "shape": [-1]}, {"name": "probabilities", "shape": [-1, 3]}]) == 3
+    assert class_count(["a", "b"], []) == 2 and class_count(None, [{"name": "label", "shape": [-1]}]) is None
+    proba = np.full((4, 3), 1 / 3)
+    for y, p in (([0, 2, 0, 2], [0, 2, 2, 2]), ([0, 1, 0, 1], [0, 1, 2, 1])):
+        r = compute_metrics("classification", np.array(y), np.array(p), proba, None, 3)
+        assert not {"precision", "recall", "f1", "roc_auc"} & set(r["metrics"])
+        assert r["labels"] == ["0", "1", "2"] and len(r["confusion_matrix"]) == 3
+        assert r["metrics"]["f1_macro"] == pytest.approx(skm.f1_score(y, p, average="macro"))
+
+
+def test_roc_auc_of_held_out_data_with_one_class_is_left_out_not_nan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    r = compute_metrics("classification", np.array([1, 1, 1, 1]), np.array([1, 0, 1, 1]),
+                        np.array([[0.2, 0.8]] * 4), ["malignant", "benign"])
+    assert "roc_auc" not in r["metrics"] and r["positive_class"] == "benign"
+    assert r["undefined"] == {"roc_auc": "the held-out targets hold one class only ('benign'), and ROC-AUC needs both"}
+    assert r["metrics"]["precision"] == 1.0 and r["metrics"]["recall"] == 0.75
+    json.loads(json.dumps(r), parse_constant=lambda c: pytest.fail(f"{c} in the report"))
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "metrics.json").write_text(json.dumps({**r, "suite": {"version": "abc"}}))
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"version": 1, "name": "cancer", "report": str(report),
+                                "thresholds": {"roc_auc": 0.9, "accuracy": 0.5}}))
+    monkeypatch.setenv("specPath", str(spec))
+    monkeypatch.setenv("out", str(tmp_path / "out"))
+    with pytest.raises(SystemExit):
+        gate_main()
+    err = capsys.readouterr().err
+    assert ("roc_auc: undefined for this held-out data: the held-out targets hold one class only ('benign'), "
+            "and ROC-AUC needs both") in err
+    assert "no such metric" not in err
 
 
 LABELS = ["horizontal bar", "vertical bar", "diagonal ✓"]
