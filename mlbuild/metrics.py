@@ -26,7 +26,7 @@ from . import atomic, git
 from .build import Progress, Summary, build_targets, check_model, model_code, validation_table
 from .config import CONFIG_NAME, Project, load_project
 from .errors import BuildError, MlbuildError
-from .runtime.validate import LOWER_IS_BETTER, check_thresholds
+from .runtime.validate import LOWER_IS_BETTER, check_thresholds, shown
 
 __all__ = ["Point", "show", "diff", "history", "write_reports", "table", "prometheus_text", "validate", "gate_checks",
            "heldout", "heldout_differs"]
@@ -315,7 +315,7 @@ def table(points: Sequence[Point]) -> list[str]:
     head = ["revision", "suite", "data", "n", *names]
     rows = [[p.rev[:10], p.report.get("suite", {}).get("version", "-")[:8],
              heldout(p.report)[:8], str(p.report.get("n", "-")),
-             *(f"{p.report['metrics'][n]:.4f}" if n in p.report.get("metrics", {}) else "-" for n in names)]
+             *(shown(p.report['metrics'][n]) if n in p.report.get("metrics", {}) else "-" for n in names)]
             for p in points]
     failed = [f"{p.rev[:10]}: {p.error}" for p in points if p.error]
     data = {heldout(p.report) for p in points if p.report} - {"-"}   # unknown is no difference

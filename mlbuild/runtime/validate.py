@@ -22,6 +22,7 @@ from __future__ import annotations
 import decimal
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -31,7 +32,7 @@ from typing import Any
 from .hashing import dataset_hash, tree_digest, tree_hashes
 from .stagespec import load_spec
 
-__all__ = ["main", "gate_main", "compute_metrics", "class_count", "class_targets", "check_finite", "check_thresholds", "format_checks"]
+__all__ = ["main", "gate_main", "compute_metrics", "class_count", "class_targets", "check_finite", "check_thresholds", "format_checks", "shown"]
 
 
 def class_targets(y: Any, labels: list[str] | None, classes: int | None = None) -> Any:
@@ -97,10 +98,7 @@ def compute_metrics(task: str, y_true: Any, y_pred: Any, proba: Any = None,
     from sklearn import metrics as m
 
     if task == "regression":
-        y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float).reshape(len(y_true))
-        return {"metrics": {"mae": float(m.mean_absolute_error(y_true, y_pred)),
-                            "rmse": float(np.sqrt(m.mean_squared_error(y_true, y_pred))),
-                            "r2": float(m.r2_score(y_true, y_pred))}}
+        return _regression(y_true, y_pred)
     k = len(labels) if labels else classes
     y_true = np.asarray(class_targets(y_true, labels, k)).ravel()
     y_pred = np.asarray(y_pred).ravel()
@@ -145,6 +143,36 @@ def compute_metrics(task: str, y_true: Any, y_pred: Any, proba: Any = None,
     return out
 
 
+def _regression(y_true: Any, y_pred: Any) -> dict[str, Any]:
+    """MAE, RMSE and R2. Targets that are not finite numbers are a ValueError naming the first
+    (scikit-learn's was a bare "Input contains NaN"); R2 of fewer than two targets is undefined and
+    left out (scikit-learn's was NaN, which metrics.json cannot hold as JSON); R2 of constant targets
+    is scikit-learn's 0 (1 for exact predictions), and a note says it is undefined."""
+    import numpy as np
+    from sklearn import metrics as m
+
+    y_true = np.asarray(y_true, float)
+    if y_true.ndim > 1 and y_true.size == len(y_true):   # a column of targets
+        y_true = y_true.reshape(len(y_true))
+    bad = np.flatnonzero(~np.isfinite(y_true.reshape(len(y_true), -1)).all(axis=1)) if y_true.size else np.array([], int)
+    if len(bad):
+        row = y_true.reshape(len(y_true), -1)[bad[0]].tolist()
+        more = f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""
+        raise ValueError(f"target {row[0] if len(row) == 1 else row!r} in row {int(bad[0])}{more}, which is not a "
+                         "finite number; a regression model's targets are finite numbers: drop or fix such rows in load()")
+    y_pred = np.asarray(y_pred, float).reshape(y_true.shape)
+    out: dict[str, Any] = {"metrics": {"mae": float(m.mean_absolute_error(y_true, y_pred)),
+                                       "rmse": float(np.sqrt(m.mean_squared_error(y_true, y_pred)))}}
+    if len(y_true) < 2:
+        out["undefined"] = {"r2": f"{len(y_true)} held-out target(s): R2 needs two or more"}
+    else:
+        out["metrics"]["r2"] = float(m.r2_score(y_true, y_pred))
+        if (y_true == y_true.flat[0]).all():
+            out["notes"] = [f"every held-out target is {float(y_true.flat[0])!r}: R2 is undefined (no variance); "
+                            f"scikit-learn's {out['metrics']['r2']:g} is reported (1 only for exact predictions)"]
+    return out
+
+
 def _classes(names: list[str]) -> str:
     """``class '9'`` or ``classes '8', '9'`` (ten at most shown)."""
     shown = ", ".join(map(repr, names[:10])) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
@@ -163,6 +191,9 @@ def main() -> None:
 
     suite = load_module(spec["suite"], spec["script"])
     x, y = suite.load(Path(spec["dataset"]["path"]))
+    if len(x) != len(y):   # scikit-learn's "inconsistent numbers of samples", or a reshape error, after inference
+        raise SystemExit(f"mlbuild: validation of {spec['name']}: load() in {spec['script']} gives {len(x)} input "
+                         f"rows but {len(y)} targets; give one target per row")
     outputs: dict[str, list[Any]] = {}
     try:   # the server's own loading and inference: what fails here would fail the server too
         pkg = load_package(spec["package"])
@@ -191,10 +222,13 @@ def main() -> None:
         labels = list(pkg.labels) if pkg.labels else None
         report = compute_metrics(task, y, merged["label"], merged.get("probabilities"), labels,
                                  class_count(pkg.labels, pkg.outputs))
-        for note in report.get("notes", []) + [f"{k} is left out: {v}" for k, v in report.get("undefined", {}).items()]:
-            print(f"mlbuild: validation of {spec['name']}: note: {note}", file=sys.stderr)
     else:
-        report = compute_metrics(task, y, next(iter(merged.values())))
+        try:
+            report = compute_metrics(task, y, next(iter(merged.values())))
+        except ValueError as e:
+            raise SystemExit(f"mlbuild: validation of {spec['name']}: load() in {spec['script']} gives {e}") from None
+    for note in report.get("notes", []) + [f"{k} is left out: {v}" for k, v in report.get("undefined", {}).items()]:
+        print(f"mlbuild: validation of {spec['name']}: note: {note}", file=sys.stderr)
     code = tree_hashes(Path(spec["suite"]))
     report.update({
         "model": spec["name"], "task": task, "n": int(len(y)),
@@ -355,10 +389,29 @@ def check_thresholds(metrics: dict[str, float], thresholds: dict[str, Any]) -> l
     return checks
 
 
+def shown(value: float, digits: int = 4) -> str:
+    """A metric for a table: ``digits`` decimals, or as many significant digits where decimals
+    would hide it (an MAE of 0.00004 read 0.0000) or run long (an RMSE of 1.2e9)."""
+    v = float(value)
+    if v == 0 or not math.isfinite(v) or 1e-3 <= abs(v) < 1e6:
+        return f"{v:.{digits}f}"
+    return f"{v:.{digits}g}"
+
+
+def _against(c: dict[str, Any]) -> str:
+    """A check's value with the digits that show why it passed or failed: 0.94996 read 0.9500 in
+    the table, "0.9500 >= 0.95 FAILED"."""
+    for digits in range(4, 18):
+        text = shown(c["value"], digits)
+        if _OPS[c["op"]](float(text), c["threshold"]) == c["ok"]:
+            return text
+    return repr(float(c["value"]))
+
+
 def format_checks(checks: list[dict[str, Any]]) -> str:
     lines = [f"  {'metric':<20} {'value':>8}   threshold"]
     for c in checks:
-        value = "missing" if c["value"] is None else f"{c['value']:.4f}"
+        value = "missing" if c["value"] is None else _against(c)
         lines.append(f"  {c['metric']:<20} {value:>8}   {c['op']} {c['threshold']:<8} {'ok' if c['ok'] else 'FAILED'}")
     return "\n".join(lines)
 

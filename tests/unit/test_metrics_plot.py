@@ -42,6 +42,16 @@ def test_the_history_table_shows_the_held_out_data_of_each_revision() -> None:
     assert not table([a, a])[-1].startswith("note:")
 
 
+def test_the_history_table_shows_small_and_large_errors_as_they_are() -> None:
+    """Two revisions' MAE of 0.00004 and 0.00008 both read 0.0000: the change went unseen."""
+    points = [Point(rev * 40, {"metrics": {"mae": mae, "rmse": rmse, "r2": 0.5}, "n": 9}, "/nix/store/x")
+              for rev, mae, rmse in (("a", 0.00004, 2.5e9), ("b", 0.00008, 0.25))]
+    lines = table(points)
+    assert lines[0].split()[-3:] == ["mae", "r2", "rmse"]
+    assert lines[1].split()[-3:] == ["4e-05", "0.5000", "2.5e+09"]
+    assert lines[2].split()[-3:] == ["8e-05", "0.5000", "0.2500"]
+
+
 def test_a_split_whose_training_rows_alone_changed_scores_the_same_samples() -> None:
     """A changed training row changes the split's dataset hash; the note said the held-out data
     differed though test.csv was byte-identical. Reports hash the samples the suite scored."""

@@ -14,7 +14,7 @@ from sklearn import metrics as skm
 
 from mlbuild.runtime.serve.live import label_metrics
 
-from mlbuild.runtime.validate import (_example_threshold, check_thresholds, class_count, class_targets, compute_metrics, format_checks, gate_main,
+from mlbuild.runtime.validate import (_example_threshold, check_thresholds, class_count, class_targets, compute_metrics, format_checks, gate_main, shown,
                                       parse_threshold)
 
 
@@ -322,3 +322,59 @@ def test_outputs_holding_nan_are_refused_naming_the_rows() -> None:
     with pytest.raises(SystemExit, match=r"output 'prediction' holds NaN or infinity for 1 of 2 held-out rows"):
         check_finite({"prediction": np.array([1.0, np.inf])}, "price")
     check_finite({"label": np.zeros(3, np.int64), "probabilities": np.full((3, 2), 0.5)}, "cancer")
+
+
+def test_a_check_shows_the_digits_that_decide_it() -> None:
+    # "accuracy 0.9500 >= 0.95 FAILED": four decimals hid why
+    table = format_checks(check_thresholds({"accuracy": 0.94996, "rmse": 0.30004, "mae": 0.00004},
+                                           {"accuracy": 0.95, "rmse": "<= 0.3", "mae": "<= 0.001"}))
+    assert re.search(r"accuracy +0\.94996 +>= 0\.95 +FAILED", table), table
+    assert re.search(r"rmse +0\.30004 +<= 0\.3 +FAILED", table), table
+    assert re.search(r"mae +4e-05 +<= 0\.001 +ok", table), table
+    assert shown(0.123456) == "0.1235" and shown(0.00004) == "4e-05" and shown(1.5e9) == "1.5e+09" and shown(0) == "0.0000"
+
+
+def test_regression_targets_that_are_not_numbers_are_named() -> None:
+    # scikit-learn's "Input contains NaN." was the build's last line
+    with pytest.raises(ValueError, match=re.escape("target nan in row 1, which is not a finite number; a regression "
+                                                   "model's targets are finite numbers: drop or fix such rows in load()")):
+        compute_metrics("regression", np.array([1.0, np.nan, 2.0]), np.array([1.0, 2.0, 2.0]))
+    with pytest.raises(ValueError, match=re.escape("target inf in row 0 (and 1 more rows)")):
+        compute_metrics("regression", np.array([[np.inf], [-np.inf]]), np.array([1.0, 2.0]))
+
+
+def test_r2_is_never_nan_and_constant_targets_are_noted() -> None:
+    one = compute_metrics("regression", np.array([3.0]), np.array([2.0]))   # r2 was NaN: metrics.json not JSON
+    assert one["metrics"] == {"mae": 1.0, "rmse": 1.0} and "r2" in one["undefined"]
+    json.loads(json.dumps(one), parse_constant=lambda c: pytest.fail(f"{c} in the report"))
+    flat = compute_metrics("regression", np.array([2.0] * 4), np.array([2.0, 2.1, 1.9, 2.0]))
+    assert flat["metrics"]["r2"] == skm.r2_score([2.0] * 4, [2.0, 2.1, 1.9, 2.0]) == 0.0
+    assert flat["notes"] == ["every held-out target is 2.0: R2 is undefined (no variance); scikit-learn's 0 is "
+                             "reported (1 only for exact predictions)"]
+    column = compute_metrics("regression", np.array([[1.0], [2.0], [3.0]]), np.array([1.0, 2.0, 2.5]))["metrics"]
+    assert column["r2"] == pytest.approx(skm.r2_score([1, 2, 3], [1, 2, 2.5]))
+
+
+def test_the_report_names_undefined_metrics_and_as_many_targets_as_rows_are_needed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from mlbuild.runtime.validate import main
+    from tests.unit.conftest_serve import build_package, validation_spec
+
+    pkg = build_package(tmp_path / "pkg", train_steps=0)
+    monkeypatch.setenv("out", str(tmp_path / "out"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    spec = validation_spec(tmp_path / "a", pkg, "return np.zeros((30, 64), np.float32), np.zeros(29, int)")
+    monkeypatch.setenv("specPath", str(spec))
+    with pytest.raises(SystemExit) as e:   # scikit-learn's "inconsistent numbers of samples", after inference
+        main()
+    assert str(e.value.code) == ("mlbuild: validation of digits: load() in validate.py gives 30 input rows but 29 "
+                                 "targets; give one target per row")
+    spec = validation_spec(tmp_path / "b", pkg, "return np.zeros((30, 64), np.float32), np.arange(30) % 9")
+    monkeypatch.setenv("specPath", str(spec))
+    monkeypatch.setenv("out", str(tmp_path / "out-b"))
+    main()
+    report = json.loads((tmp_path / "out-b" / "metrics.json").read_text(),
+                        parse_constant=lambda c: pytest.fail(f"{c} in the report"))
+    assert any("class '9' has no held-out samples" in n for n in report["notes"])
+    assert "mlbuild: validation of digits: note: class '9' has no held-out samples" in capsys.readouterr().err
