@@ -29,7 +29,7 @@ from .errors import BuildError, MlbuildError
 from .runtime.validate import LOWER_IS_BETTER, check_thresholds, shown
 
 __all__ = ["Point", "show", "diff", "history", "write_reports", "table", "prometheus_text", "validate", "gate_checks",
-           "heldout", "heldout_differs"]
+           "heldout", "heldout_differs", "report_notes"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,14 @@ def gate_checks(project: Project, model: str, metrics: dict[str, float]) -> tupl
     checks = check_thresholds(metrics, thresholds)
     failed = [f"{c['metric']} {c['op']} {c['threshold']}" for c in checks if not c["ok"]]
     return checks, "gate: pass" if not failed else f"gate: FAIL ({', '.join(failed)})"
+
+
+def report_notes(report: dict[str, Any]) -> list[str]:
+    """The report's notes (classes whose precision or recall is undefined, constant regression
+    targets) and the metrics it leaves out as undefined, as ``note: ...`` lines: the build prints
+    them in its log, which a build that passes does not show."""
+    return ([f"note: {n}" for n in report.get("notes", [])]
+            + [f"note: {k} is left out: {why}" for k, why in sorted(report.get("undefined", {}).items())])
 
 
 def show(project: Project, model: str, *, allow_dirty: bool = False) -> Point:

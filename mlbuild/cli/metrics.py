@@ -43,7 +43,7 @@ def validate(ctx: click.Context, model: str, allow_dirty: bool) -> None:
                f"{point.report['suite']['version']})")
     for c in point.report["gate"]["checks"]:
         click.echo(f"  {c['metric']:<20} {shown(c['value'])}  {c['op']} {c['threshold']}")
-    for line in m.table([point]):
+    for line in m.table([point]) + m.report_notes(point.report):
         click.echo(line)
 
 
@@ -63,6 +63,8 @@ def show(ctx: click.Context, model: str, allow_dirty: bool, out_dir: Path | None
     folder = _reports_dir(ctx, out_dir)
     point = m.show(project, model, allow_dirty=allow_dirty)
     _write(model, [point], folder, worktree=True)
+    for line in m.report_notes(point.report):
+        click.echo(line)
     _, gate = m.gate_checks(project, model, point.report.get("metrics", {}))
     if gate is not None:   # the report is built whether or not the gate passes: say which
         click.echo(gate)

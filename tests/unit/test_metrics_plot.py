@@ -144,3 +144,32 @@ def test_the_html_report_keeps_a_gap_and_a_note_in_one_cell(tmp_path) -> None:  
     assert "<tr><td colspan='99'>bbbbbbbbbb: mlbuild.lock is stale; run `mlbuild lock`</td></tr>" in page
     assert "<tr><td colspan='99'>note: the held-out data differs between these revisions" in page
     assert "<td>note:</td>" not in page and "<td>stale;</td>" not in page
+
+
+def test_metrics_show_and_validate_print_the_report_s_notes(tree, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The notes (a class without held-out samples, an undefined roc_auc) were in the build log
+    only, which a build that passes does not show."""
+    from click.testing import CliRunner
+
+    import mlbuild.metrics as m
+    from mlbuild.cli.main import cli
+
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.m]\nscript = "m.py"\n'
+                                 '[models.m.validation]\nsuite = "v.py"\ndataset = "d"\n'
+                                 'thresholds = { accuracy = 0.9 }\n', "m.py": "", "v.py": ""})
+    report = {"metrics": {"accuracy": 1.0}, "n": 3, "suite": {"version": "s"},
+              "notes": ["class '9' has no held-out samples and is never predicted: left out of the macro averages"],
+              "undefined": {"roc_auc": "the held-out targets hold one class only ('1'), and ROC-AUC needs both"},
+              "gate": {"checks": [{"metric": "accuracy", "value": 1.0, "op": ">=", "threshold": 0.9, "ok": True}]}}
+    point = m.Point("worktree", report, "/nix/store/x")
+    monkeypatch.setattr(m, "show", lambda *a, **k: point)
+    monkeypatch.setattr(m, "validate", lambda *a, **k: point)
+    monkeypatch.chdir(root)
+    notes = ["note: class '9' has no held-out samples and is never predicted: left out of the macro averages",
+             "note: roc_auc is left out: the held-out targets hold one class only ('1'), and ROC-AUC needs both"]
+    shown = CliRunner().invoke(cli, ["metrics", "show", "m", "--out", str(root / "reports")])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.splitlines()[-3:] == [*notes, "gate: pass"]
+    validated = CliRunner().invoke(cli, ["validate", "m"])
+    assert validated.exit_code == 0, validated.output
+    assert validated.output.splitlines()[-2:] == notes
