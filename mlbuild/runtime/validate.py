@@ -100,7 +100,11 @@ def compute_metrics(task: str, y_true: Any, y_pred: Any, proba: Any = None,
     if task == "regression":
         return _regression(y_true, y_pred)
     k = len(labels) if labels else classes
-    y_true = np.asarray(class_targets(y_true, labels, k)).ravel()
+    y_true = np.asarray(class_targets(y_true, labels, k))
+    if y_true.ndim > 1 and y_true.size != len(y_true):   # scikit-learn: "a mix of multilabel-indicator and multiclass"
+        raise ValueError(f"targets of shape {list(y_true.shape)}, but a classifier's are one class index or name a "
+                         "row (one-hot rows: return y.argmax(axis=1))")
+    y_true = y_true.reshape(len(y_true))
     y_pred = np.asarray(y_pred).ravel()
     present = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
     every = list(range(k)) if k else present
@@ -218,15 +222,15 @@ def main() -> None:
     merged = {k: np.concatenate(v) for k, v in outputs.items()}
     check_finite(merged, spec["name"])
     task = pkg.task
-    if task == "classification":
-        labels = list(pkg.labels) if pkg.labels else None
-        report = compute_metrics(task, y, merged["label"], merged.get("probabilities"), labels,
-                                 class_count(pkg.labels, pkg.outputs))
-    else:
-        try:
+    labels = list(pkg.labels) if pkg.labels else None
+    try:
+        if task == "classification":
+            report = compute_metrics(task, y, merged["label"], merged.get("probabilities"), labels,
+                                     class_count(pkg.labels, pkg.outputs))
+        else:
             report = compute_metrics(task, y, next(iter(merged.values())))
-        except ValueError as e:
-            raise SystemExit(f"mlbuild: validation of {spec['name']}: load() in {spec['script']} gives {e}") from None
+    except ValueError as e:
+        raise SystemExit(f"mlbuild: validation of {spec['name']}: load() in {spec['script']} gives {e}") from None
     for note in report.get("notes", []) + [f"{k} is left out: {v}" for k, v in report.get("undefined", {}).items()]:
         print(f"mlbuild: validation of {spec['name']}: note: {note}", file=sys.stderr)
     code = tree_hashes(Path(spec["suite"]))

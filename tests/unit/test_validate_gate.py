@@ -378,3 +378,12 @@ def test_the_report_names_undefined_metrics_and_as_many_targets_as_rows_are_need
                         parse_constant=lambda c: pytest.fail(f"{c} in the report"))
     assert any("class '9' has no held-out samples" in n for n in report["notes"])
     assert "mlbuild: validation of digits: note: class '9' has no held-out samples" in capsys.readouterr().err
+
+
+def test_one_hot_targets_are_named() -> None:
+    # scikit-learn: "Classification metrics can't handle a mix of multilabel-indicator and multiclass targets"
+    with pytest.raises(ValueError, match=re.escape("targets of shape [3, 3], but a classifier's are one class index "
+                                                   "or name a row (one-hot rows: return y.argmax(axis=1))")):
+        compute_metrics("classification", np.eye(3, dtype=int), np.array([0, 1, 2]), None, ["a", "b", "c"])
+    column = compute_metrics("classification", np.array([[0], [1], [2]]), np.array([0, 1, 1]), None, ["a", "b", "c"])
+    assert column["metrics"]["accuracy"] == pytest.approx(2 / 3)
