@@ -29,7 +29,7 @@ from .errors import BuildError, MlbuildError
 from .runtime.validate import LOWER_IS_BETTER, check_thresholds, shown
 
 __all__ = ["Point", "show", "diff", "history", "write_reports", "table", "prometheus_text", "validate", "gate_checks",
-           "heldout", "heldout_differs", "report_notes"]
+           "heldout", "heldout_differs", "report_notes", "gate_advice"]
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,25 @@ def validate(project: Project, model: str, *, allow_dirty: bool = False,
         if f"mlbuild: validation of {model} failed (" not in e.log_tail:
             raise
         # the table says which thresholds failed; say what to do about it
-        raise BuildError(str(e.args[0]).split("\n", 1)[0], e.log_tail + (
-            f"\n{model} does not meet its thresholds ([models.{model}.validation].thresholds in mlbuild.toml): improve "
-            f"the model and compare variants on the held-out data (`mlbuild exp run {model} --set KEY=VALUE`, then "
-            f"`mlbuild exp show {model}`), or lower a threshold that asks more than the task allows; every metric: "
-            f"`mlbuild metrics show {model}`")) from None
+        raise BuildError(str(e.args[0]).split("\n", 1)[0], e.log_tail + gate_advice(model, e.log_tail)) from None
     path = summary.outputs[0].path
     return Point(_here(project, summary), json.loads((Path(path) / "metrics.json").read_text()), path)
+
+
+def gate_advice(model: str, log_tail: str) -> str:
+    """What to do about a failed gate (its table in ``log_tail``): a better model, or a threshold
+    the task allows; where a gated metric is undefined for the held-out data (roc_auc of targets of
+    one class), no model meets it: the held-out data or the threshold is what to change."""
+    undefined = [line.strip().split(":", 1)[0] for line in log_tail.splitlines()
+                 if ": undefined for this held-out data: " in line]
+    if undefined:
+        return (f"\n{model}'s {', '.join(undefined)} has no value on its held-out data, whatever the model (the reason "
+                f"is above): give the suite held-out data it is defined on (load() in [models.{model}.validation]"
+                f".suite), or drop that threshold from [models.{model}.validation].thresholds in mlbuild.toml")
+    return (f"\n{model} does not meet its thresholds ([models.{model}.validation].thresholds in mlbuild.toml): improve "
+            f"the model and compare variants on the held-out data (`mlbuild exp run {model} --set KEY=VALUE`, then "
+            f"`mlbuild exp show {model}`), or lower a threshold that asks more than the task allows; every metric: "
+            f"`mlbuild metrics show {model}`")
 
 
 def gate_checks(project: Project, model: str, metrics: dict[str, float]) -> tuple[list[dict[str, Any]], str | None]:

@@ -173,3 +173,20 @@ def test_metrics_show_and_validate_print_the_report_s_notes(tree, monkeypatch) -
     validated = CliRunner().invoke(cli, ["validate", "m"])
     assert validated.exit_code == 0, validated.output
     assert validated.output.splitlines()[-2:] == notes
+
+
+def test_a_gate_failing_on_an_undefined_metric_says_to_change_the_data_or_threshold() -> None:
+    """`mlbuild validate` said "improve the model" for a roc_auc that no model has on one-class
+    held-out data."""
+    from mlbuild.metrics import gate_advice
+
+    tail = ("mlbuild: validation of cancer failed (roc_auc); suite version c7c9a41c811505bd:\n"
+            "  roc_auc               missing   >= 0.97     FAILED\n"
+            "  roc_auc: undefined for this held-out data: the held-out targets hold one class only ('benign'), and "
+            "ROC-AUC needs both")
+    assert gate_advice("cancer", tail) == (
+        "\ncancer's roc_auc has no value on its held-out data, whatever the model (the reason is above): give the "
+        "suite held-out data it is defined on (load() in [models.cancer.validation].suite), or drop that threshold "
+        "from [models.cancer.validation].thresholds in mlbuild.toml")
+    assert gate_advice("cancer", tail.split("\n  roc_auc:")[0]).startswith(
+        "\ncancer does not meet its thresholds ([models.cancer.validation].thresholds in mlbuild.toml): improve")
