@@ -27,10 +27,10 @@ from . import _nix, atomic, git
 from .build import Progress, Summary, build_targets, check_model, model_code, validation_table
 from .config import CONFIG_NAME, Project, load_project
 from .errors import BuildError, MlbuildError
-from .runtime.validate import LOWER_IS_BETTER, check_thresholds
+from .runtime.validate import LOWER_IS_BETTER, check_thresholds, shown
 
 __all__ = ["Point", "show", "diff", "history", "write_reports", "table", "prometheus_text", "validate", "gate_checks",
-           "heldout", "heldout_differs"]
+           "heldout", "heldout_differs", "report_notes", "gate_advice"]
 
 
 @dataclass(frozen=True)
@@ -64,13 +64,25 @@ def validate(project: Project, model: str, *, allow_dirty: bool = False,
         if f"mlbuild: validation of {model} failed (" not in e.log_tail:
             raise
         # the table says which thresholds failed; say what to do about it
-        raise BuildError(str(e.args[0]).split("\n", 1)[0], e.log_tail + (
-            f"\n{model} does not meet its thresholds ([models.{model}.validation].thresholds in mlbuild.toml): improve "
-            f"the model and compare variants on the held-out data (`mlbuild exp run {model} --set KEY=VALUE`, then "
-            f"`mlbuild exp show {model}`), or lower a threshold that asks more than the task allows; every metric: "
-            f"`mlbuild metrics show {model}`")) from None
+        raise BuildError(str(e.args[0]).split("\n", 1)[0], e.log_tail + gate_advice(model, e.log_tail)) from None
     path = summary.outputs[0].path
     return Point(_here(project, summary), json.loads((Path(path) / "metrics.json").read_text()), path)
+
+
+def gate_advice(model: str, log_tail: str) -> str:
+    """What to do about a failed gate (its table in ``log_tail``): a better model, or a threshold
+    the task allows; where a gated metric is undefined for the held-out data (roc_auc of targets of
+    one class), no model meets it: the held-out data or the threshold is what to change."""
+    undefined = [line.strip().split(":", 1)[0] for line in log_tail.splitlines()
+                 if ": undefined for this held-out data: " in line]
+    if undefined:
+        return (f"\n{model}'s {', '.join(undefined)} has no value on its held-out data, whatever the model (the reason "
+                f"is above): give the suite held-out data it is defined on (load() in [models.{model}.validation]"
+                f".suite), or drop that threshold from [models.{model}.validation].thresholds in mlbuild.toml")
+    return (f"\n{model} does not meet its thresholds ([models.{model}.validation].thresholds in mlbuild.toml): improve "
+            f"the model and compare variants on the held-out data (`mlbuild exp run {model} --set KEY=VALUE`, then "
+            f"`mlbuild exp show {model}`), or lower a threshold that asks more than the task allows; every metric: "
+            f"`mlbuild metrics show {model}`")
 
 
 def gate_checks(project: Project, model: str, metrics: dict[str, float]) -> tuple[list[dict[str, Any]], str | None]:
@@ -82,6 +94,14 @@ def gate_checks(project: Project, model: str, metrics: dict[str, float]) -> tupl
     checks = check_thresholds(metrics, thresholds)
     failed = [f"{c['metric']} {c['op']} {c['threshold']}" for c in checks if not c["ok"]]
     return checks, "gate: pass" if not failed else f"gate: FAIL ({', '.join(failed)})"
+
+
+def report_notes(report: dict[str, Any]) -> list[str]:
+    """The report's notes (classes whose precision or recall is undefined, constant regression
+    targets) and the metrics it leaves out as undefined, as ``note: ...`` lines: the build prints
+    them in its log, which a build that passes does not show."""
+    return ([f"note: {n}" for n in report.get("notes", [])]
+            + [f"note: {k} is left out: {why}" for k, why in sorted(report.get("undefined", {}).items())])
 
 
 def show(project: Project, model: str, *, allow_dirty: bool = False) -> Point:
@@ -316,7 +336,7 @@ def table(points: Sequence[Point]) -> list[str]:
     head = ["revision", "suite", "data", "n", *names]
     rows = [[p.rev[:10], p.report.get("suite", {}).get("version", "-")[:8],
              heldout(p.report)[:8], str(p.report.get("n", "-")),
-             *(f"{p.report['metrics'][n]:.4f}" if n in p.report.get("metrics", {}) else "-" for n in names)]
+             *(shown(p.report['metrics'][n]) if n in p.report.get("metrics", {}) else "-" for n in names)]
             for p in points]
     failed = [f"{p.rev[:10]}: {p.error}" for p in points if p.error]
     data = {heldout(p.report) for p in points if p.report} - {"-"}   # unknown is no difference

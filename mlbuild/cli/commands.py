@@ -12,6 +12,7 @@ import click
 from .. import build as b
 from .. import exp as experiments
 from ..errors import BuildError
+from ..runtime.validate import shown as metric_text
 from ..toolchain import lock_project, prefetch
 from .main import cli, load
 
@@ -174,7 +175,7 @@ def exp_run(ctx: click.Context, model: str, sets: tuple[str, ...], allow_dirty: 
         report = json.loads((Path(record["report"]) / "metrics.json").read_text())
         checks, gate = gate_checks(project, model, report.get("metrics", {}))
         shown = [c["metric"] for c in checks] or sorted(report.get("metrics", {}))[:4]
-        values = ", ".join(f"{k} {report['metrics'][k]:.4f}" for k in shown if k in report.get("metrics", {}))
+        values = ", ".join(f"{k} {metric_text(report['metrics'][k])}" for k in shown if k in report.get("metrics", {}))
         click.echo(f"  test: {values} (n {report.get('n', '-')})" + (f"; {gate}" if gate else ""))
 
 
@@ -212,8 +213,8 @@ def exp_show(ctx: click.Context, model: str) -> None:
     rows = [[*((experiments.format_value(v.params[k]) + ("*" if declared and configured.get(k, object()) != v.params[k]
                                                          else ""))
                if k in v.params else "-" for k in keys),
-             *(f"{v.metrics[k]:.4f}" if k in v.metrics else "-" for k in mkeys),
-             *(f"{v.held_out[k]:.4f}" if k in v.held_out else "-" for k in hkeys),
+             *(metric_text(v.metrics[k]) if k in v.metrics else "-" for k in mkeys),
+             *(metric_text(v.held_out[k]) if k in v.held_out else "-" for k in hkeys),
              gate(v), v.data or "-", (v.commit or "-") + ("+dirty" if v.dirty else ""), v.status, str(v.runs), v.path]
             for v in variants]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .. import metrics as m
+from ..runtime.validate import shown
 from ..config import state_dir
 from .commands import _Bar
 from .main import OutDir, cli, load, out_folder
@@ -41,8 +42,8 @@ def validate(ctx: click.Context, model: str, allow_dirty: bool) -> None:
     click.echo(f"{model}: validation passed ({point.report['n']} held-out samples, suite "
                f"{point.report['suite']['version']})")
     for c in point.report["gate"]["checks"]:
-        click.echo(f"  {c['metric']:<20} {c['value']:.4f}  {c['op']} {c['threshold']}")
-    for line in m.table([point]):
+        click.echo(f"  {c['metric']:<20} {shown(c['value'])}  {c['op']} {c['threshold']}")
+    for line in m.table([point]) + m.report_notes(point.report):
         click.echo(line)
 
 
@@ -62,6 +63,8 @@ def show(ctx: click.Context, model: str, allow_dirty: bool, out_dir: Path | None
     folder = _reports_dir(ctx, out_dir)
     point = m.show(project, model, allow_dirty=allow_dirty)
     _write(model, [point], folder, worktree=True)
+    for line in m.report_notes(point.report):
+        click.echo(line)
     _, gate = m.gate_checks(project, model, point.report.get("metrics", {}))
     if gate is not None:   # the report is built whether or not the gate passes: say which
         click.echo(gate)
@@ -79,8 +82,8 @@ def diff(ctx: click.Context, model: str, rev1: str, rev2: str) -> None:
     click.echo(f"{'metric':<20} {rev1[:10]:>10} {rev2[:10]:>10} {'change':>9}")
     for n in names:
         x, y = a.report["metrics"].get(n), b.report["metrics"].get(n)
-        delta = f"{y - x:+.4f}" if x is not None and y is not None else "-"
-        click.echo(f"{n:<20} {x if x is None else f'{x:.4f}':>10} {y if y is None else f'{y:.4f}':>10} {delta:>9}")
+        delta = ("+" if y >= x else "") + shown(y - x) if x is not None and y is not None else "-"
+        click.echo(f"{n:<20} {'-' if x is None else shown(x):>10} {'-' if y is None else shown(y):>10} {delta:>9}")
     sa, sb = a.report["suite"]["version"], b.report["suite"]["version"]
     click.echo(f"suite version: {sa} -> {sb}" + ("  (the suite changed: some differences come from it)" if sa != sb else ""))
     da, db = m.heldout(a.report), m.heldout(b.report)

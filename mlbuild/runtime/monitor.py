@@ -234,7 +234,7 @@ class Monitor:
         return {"hash": model_hash, "task": task, "outputs": {k: np.concatenate(v) for k, v in outs.items()}}
 
     def run_once(self) -> dict[str, Any]:
-        from .validate import check_thresholds, compute_metrics
+        from .validate import check_thresholds, class_count, compute_metrics
 
         try:
             live = self.predict()
@@ -242,7 +242,8 @@ class Monitor:
             try:
                 if live["task"] == "classification":
                     report = compute_metrics("classification", self.y, o["label"], o.get("probabilities"),
-                                             self.spec.get("labels"))
+                                             self.spec.get("labels"),
+                                             class_count(self.spec.get("labels"), self.spec.get("outputs")))
                 else:
                     report = compute_metrics("regression", self.y, next(iter(o.values())))
             except (KeyError, IndexError, TypeError, ValueError) as e:   # labels it does not know, NaNs
@@ -525,6 +526,7 @@ def build_main() -> None:
     monitor = {"name": spec["name"], "suite": spec["suite"], "script": spec["script"],
                "thresholds": spec["thresholds"], "task": config.get("task", "classification"),
                "labels": config.get("labels"), "package": spec["package"],
+               "outputs": config.get("outputs"),   # the class count, where no labels give it
                "model_hash": manifest.get("hashes", {}).get("model"),
                "suite_version": tree_digest(files)[:16]}
     # The held-out rows the suite loads, not the dataset: a split holds the training rows too, and

@@ -22,6 +22,7 @@ from __future__ import annotations
 import decimal
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -31,7 +32,7 @@ from typing import Any
 from .hashing import dataset_hash, tree_digest, tree_hashes
 from .stagespec import load_spec
 
-__all__ = ["main", "gate_main", "compute_metrics", "class_targets", "check_finite", "check_thresholds", "format_checks"]
+__all__ = ["main", "gate_main", "compute_metrics", "class_count", "class_targets", "check_finite", "check_thresholds", "format_checks", "shown"]
 
 
 def class_targets(y: Any, labels: list[str] | None, classes: int | None = None) -> Any:
@@ -67,36 +68,119 @@ def class_targets(y: Any, labels: list[str] | None, classes: int | None = None) 
     return a
 
 
+def class_count(labels: Any, outputs: Any) -> int | None:
+    """A classifier's number of classes, as the server counts them: its class names, else the
+    fixed width of its ``probabilities`` output (``outputs``: config.json's ``{name, shape}``
+    objects or the package's TensorSpecs); None if neither says."""
+    if labels:
+        return len(labels)
+    for o in outputs or ():
+        name, shape = (o.get("name"), o.get("shape")) if isinstance(o, dict) else (o.name, o.shape)
+        if name == "probabilities" and isinstance(shape, (list, tuple)) and len(shape) == 2 and shape[1] > 0:
+            return int(shape[1])
+    return None
+
+
 def compute_metrics(task: str, y_true: Any, y_pred: Any, proba: Any = None,
-                    labels: list[str] | None = None) -> dict[str, Any]:
-    """Every metric of the report, computed by scikit-learn."""
+                    labels: list[str] | None = None, classes: int | None = None) -> dict[str, Any]:
+    """Every metric of the report, computed by scikit-learn. ``classes``: the model's number of
+    classes where it declares no names (its ``probabilities`` output's width), else None.
+
+    The macro and weighted averages are scikit-learn's defaults: over the classes that occur in
+    the targets or the predictions (a class with neither has no precision, recall or F1: counted
+    as 0, a perfect model's recall_macro was 0.9 on held-out data without one of its 10 classes),
+    as the server's live metrics are. A class never predicted has precision 0, one never true
+    recall 0 (``zero_division=0``, scikit-learn's value): ``notes`` says which. With two classes
+    (the model's), plain ``precision``, ``recall``, ``f1`` are the positive class's, class 1 (the
+    second name), ``positive_class`` in the report; ``roc_auc`` needs both classes in the targets,
+    else it is left out (``undefined`` says why) rather than NaN."""
     import numpy as np
     from sklearn import metrics as m
 
     if task == "regression":
-        y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float).reshape(len(y_true))
-        return {"metrics": {"mae": float(m.mean_absolute_error(y_true, y_pred)),
-                            "rmse": float(np.sqrt(m.mean_squared_error(y_true, y_pred))),
-                            "r2": float(m.r2_score(y_true, y_pred))}}
-    y_true = class_targets(y_true, labels)
-    classes = list(range(len(labels))) if labels else sorted(set(np.asarray(y_true).tolist()))
-    names = labels or [str(c) for c in classes]
+        return _regression(y_true, y_pred)
+    k = len(labels) if labels else classes
+    y_true = np.asarray(class_targets(y_true, labels, k))
+    if y_true.ndim > 1 and y_true.size != len(y_true):   # scikit-learn: "a mix of multilabel-indicator and multiclass"
+        raise ValueError(f"targets of shape {list(y_true.shape)}, but a classifier's are one class index or name a "
+                         "row (one-hot rows: return y.argmax(axis=1))")
+    y_true = y_true.reshape(len(y_true))
+    y_pred = np.asarray(y_pred).ravel()
+    present = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+    every = list(range(k)) if k else present
+    names = labels or [str(c) for c in every]
     out: dict[str, Any] = {"metrics": {"accuracy": float(m.accuracy_score(y_true, y_pred))}}
     for avg in ("macro", "weighted"):
-        p, r, f, _ = m.precision_recall_fscore_support(y_true, y_pred, labels=classes, average=avg, zero_division=0)
+        p, r, f, _ = m.precision_recall_fscore_support(y_true, y_pred, labels=present, average=avg, zero_division=0)
         out["metrics"].update({f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)})
-    p, r, f, s = m.precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
+    p, r, f, s = m.precision_recall_fscore_support(y_true, y_pred, labels=every, zero_division=0)
     out["per_class"] = {names[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                                   "support": int(s[i])} for i in range(len(classes))}
-    out["confusion_matrix"] = m.confusion_matrix(y_true, y_pred, labels=classes).tolist()
+                                   "support": int(s[i])} for i in range(len(every))}
+    out["confusion_matrix"] = m.confusion_matrix(y_true, y_pred, labels=every).tolist()
     out["labels"] = names
-    if len(classes) == 2:
-        out["metrics"]["precision"] = float(m.precision_score(y_true, y_pred, zero_division=0))
-        out["metrics"]["recall"] = float(m.recall_score(y_true, y_pred, zero_division=0))
-        out["metrics"]["f1"] = float(m.f1_score(y_true, y_pred, zero_division=0))
+    predicted, support = set(y_pred.tolist()), dict(zip(every, s.tolist()))
+    notes = []
+    for has_samples, is_predicted, says in (   # the classes whose precision or recall is undefined
+            (False, False, "no held-out samples and {is_} never predicted: left out of the macro averages "
+                           "(scikit-learn's default); give held-out data of every class for their recall"),
+            (False, True, "no held-out samples but {is_} predicted: recall 0 (undefined, zero_division=0) in the "
+                          "macro averages"),
+            (True, False, "held-out samples but {is_} never predicted: precision 0 (undefined, zero_division=0)")):
+        them = [names[i] for i, c in enumerate(every)
+                if bool(support[c]) == has_samples and (c in predicted) == is_predicted]
+        if them:
+            notes.append(f"{_classes(them)} {'has' if len(them) == 1 else 'have'} "
+                         + says.format(is_="is" if len(them) == 1 else "are"))
+    binary = k == 2 if k else present == [0, 1]
+    if binary:
+        p1, r1, f1, _ = m.precision_recall_fscore_support(y_true, y_pred, labels=[1], average=None, zero_division=0)
+        out["metrics"].update({"precision": float(p1[0]), "recall": float(r1[0]), "f1": float(f1[0])})
+        out["positive_class"] = names[1] if len(names) > 1 else "1"
         if proba is not None:
-            out["metrics"]["roc_auc"] = float(m.roc_auc_score(y_true, np.asarray(proba)[:, 1]))
+            if len(set(y_true.tolist())) == 2:
+                out["metrics"]["roc_auc"] = float(m.roc_auc_score(y_true, np.asarray(proba)[:, 1]))
+            else:
+                out["undefined"] = {"roc_auc": f"the held-out targets hold one class only ({names[int(y_true[0])]!r}), "
+                                               "and ROC-AUC needs both" if len(y_true) else "no held-out targets"}
+    if notes:
+        out["notes"] = notes
     return out
+
+
+def _regression(y_true: Any, y_pred: Any) -> dict[str, Any]:
+    """MAE, RMSE and R2. Targets that are not finite numbers are a ValueError naming the first
+    (scikit-learn's was a bare "Input contains NaN"); R2 of fewer than two targets is undefined and
+    left out (scikit-learn's was NaN, which metrics.json cannot hold as JSON); R2 of constant targets
+    is scikit-learn's 0 (1 for exact predictions), and a note says it is undefined."""
+    import numpy as np
+    from sklearn import metrics as m
+
+    y_true = np.asarray(y_true, float)
+    if y_true.ndim > 1 and y_true.size == len(y_true):   # a column of targets
+        y_true = y_true.reshape(len(y_true))
+    bad = np.flatnonzero(~np.isfinite(y_true.reshape(len(y_true), -1)).all(axis=1)) if y_true.size else np.array([], int)
+    if len(bad):
+        row = y_true.reshape(len(y_true), -1)[bad[0]].tolist()
+        more = f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""
+        raise ValueError(f"target {row[0] if len(row) == 1 else row!r} in row {int(bad[0])}{more}, which is not a "
+                         "finite number; a regression model's targets are finite numbers: drop or fix such rows in load()")
+    y_pred = np.asarray(y_pred, float).reshape(y_true.shape)
+    out: dict[str, Any] = {"metrics": {"mae": float(m.mean_absolute_error(y_true, y_pred)),
+                                       "rmse": float(np.sqrt(m.mean_squared_error(y_true, y_pred)))}}
+    if len(y_true) < 2:
+        out["undefined"] = {"r2": f"{len(y_true)} held-out target(s): R2 needs two or more"}
+    else:
+        out["metrics"]["r2"] = float(m.r2_score(y_true, y_pred))
+        if (y_true == y_true.flat[0]).all():
+            out["notes"] = [f"every held-out target is {float(y_true.flat[0])!r}: R2 is undefined (no variance); "
+                            f"scikit-learn's {out['metrics']['r2']:g} is reported (1 only for exact predictions)"]
+    return out
+
+
+def _classes(names: list[str]) -> str:
+    """``class '9'`` or ``classes '8', '9'`` (ten at most shown)."""
+    shown = ", ".join(map(repr, names[:10])) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return f"class {shown}" if len(names) == 1 else f"classes {shown}"
 
 
 def main() -> None:
@@ -111,13 +195,15 @@ def main() -> None:
 
     suite = load_module(spec["suite"], spec["script"])
     x, y = suite.load(Path(spec["dataset"]["path"]))
+    if len(x) != len(y):   # scikit-learn's "inconsistent numbers of samples", or a reshape error, after inference
+        raise SystemExit(f"mlbuild: validation of {spec['name']}: load() in {spec['script']} gives {len(x)} input "
+                         f"rows but {len(y)} targets; give one target per row")
     outputs: dict[str, list[Any]] = {}
     try:   # the server's own loading and inference: what fails here would fail the server too
         pkg = load_package(spec["package"])
         if pkg.task == "classification":
-            width = pkg.outputs[0].shape[-1] if pkg.outputs and len(pkg.outputs[0].shape) == 2 else -1
             try:
-                y = class_targets(y, list(pkg.labels) if pkg.labels else None, width if width > 0 else None)
+                y = class_targets(y, list(pkg.labels) if pkg.labels else None, class_count(pkg.labels, pkg.outputs))
             except ValueError as e:
                 raise SystemExit(f"mlbuild: validation of {spec['name']}: load() in {spec['script']} gives {e}") from None
         rows = served_rows(x, pkg.input, f"mlbuild: validation of {spec['name']}", spec["script"])
@@ -136,11 +222,17 @@ def main() -> None:
     merged = {k: np.concatenate(v) for k, v in outputs.items()}
     check_finite(merged, spec["name"])
     task = pkg.task
-    if task == "classification":
-        labels = list(pkg.labels) if pkg.labels else None
-        report = compute_metrics(task, y, merged["label"], merged.get("probabilities"), labels)
-    else:
-        report = compute_metrics(task, y, next(iter(merged.values())))
+    labels = list(pkg.labels) if pkg.labels else None
+    try:
+        if task == "classification":
+            report = compute_metrics(task, y, merged["label"], merged.get("probabilities"), labels,
+                                     class_count(pkg.labels, pkg.outputs))
+        else:
+            report = compute_metrics(task, y, next(iter(merged.values())))
+    except ValueError as e:
+        raise SystemExit(f"mlbuild: validation of {spec['name']}: load() in {spec['script']} gives {e}") from None
+    for note in report.get("notes", []) + [f"{k} is left out: {v}" for k, v in report.get("undefined", {}).items()]:
+        print(f"mlbuild: validation of {spec['name']}: note: {note}", file=sys.stderr)
     code = tree_hashes(Path(spec["suite"]))
     report.update({
         "model": spec["name"], "task": task, "n": int(len(y)),
@@ -301,10 +393,29 @@ def check_thresholds(metrics: dict[str, float], thresholds: dict[str, Any]) -> l
     return checks
 
 
+def shown(value: float, digits: int = 4) -> str:
+    """A metric for a table: ``digits`` decimals, or as many significant digits where decimals
+    would hide it (an MAE of 0.00004 read 0.0000) or run long (an RMSE of 1.2e9)."""
+    v = float(value)
+    if v == 0 or not math.isfinite(v) or 1e-3 <= abs(v) < 1e6:
+        return f"{v:.{digits}f}"
+    return f"{v:.{digits}g}"
+
+
+def _against(c: dict[str, Any]) -> str:
+    """A check's value with the digits that show why it passed or failed: 0.94996 read 0.9500 in
+    the table, "0.9500 >= 0.95 FAILED"."""
+    for digits in range(4, 18):
+        text = shown(c["value"], digits)
+        if _OPS[c["op"]](float(text), c["threshold"]) == c["ok"]:
+            return text
+    return repr(float(c["value"]))
+
+
 def format_checks(checks: list[dict[str, Any]]) -> str:
     lines = [f"  {'metric':<20} {'value':>8}   threshold"]
     for c in checks:
-        value = "missing" if c["value"] is None else f"{c['value']:.4f}"
+        value = "missing" if c["value"] is None else _against(c)
         lines.append(f"  {c['metric']:<20} {value:>8}   {c['op']} {c['threshold']:<8} {'ok' if c['ok'] else 'FAILED'}")
     return "\n".join(lines)
 
@@ -338,9 +449,13 @@ def gate_main() -> None:
     if not all(c["ok"] for c in checks):
         failed = ", ".join(c["metric"] for c in checks if not c["ok"])
         missing = [c["metric"] for c in checks if c["value"] is None]
-        hint = (f"\n  {', '.join(missing)}: no such metric in the report; the suite reports "
-                f"{', '.join(sorted(report['metrics']))} (fix the name in [models.{spec['name']}.validation].thresholds)"
-                if missing else "")
+        undefined = report.get("undefined", {})
+        unknown = [name for name in missing if name not in undefined]
+        hint = "".join(f"\n  {name}: undefined for this held-out data: {undefined[name]}"
+                       for name in missing if name in undefined)
+        hint += (f"\n  {', '.join(unknown)}: no such metric in the report; the suite reports "
+                 f"{', '.join(sorted(report['metrics']))} (fix the name in [models.{spec['name']}.validation].thresholds)"
+                 if unknown else "")
         print(f"mlbuild: validation of {spec['name']} failed ({failed}); suite version "
               f"{report['suite']['version']}:\n{table}{hint}", file=sys.stderr)
         raise SystemExit(1)

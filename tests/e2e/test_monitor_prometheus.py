@@ -126,6 +126,21 @@ def test_prometheus_sees_the_suite_on_the_live_server(stack: dict[str, Any]) -> 
     assert {r["metric"]["metric"]: r["value"][1] for r in ok} == {"accuracy": "1", "f1_macro": "1"}
 
 
+def test_the_monitor_s_metrics_are_the_validation_report_s(stack: dict[str, Any]) -> None:
+    """The suite against the live server gives the validation build's numbers, every one, exactly
+    (the same package, the same held-out rows, the same scikit-learn computation)."""
+    path = run_cli("build", "digits.validation.report", cwd=stack["repo"]).stdout.split("\t")[1].split("\n")[0]
+    report = json.loads((Path(path) / "metrics.json").read_text())
+
+    def scraped() -> dict[str, float]:
+        found = re.findall(r'^mlbuild_monitor_metric\{[^}]*metric="([^"]+)"[^}]*\} (\S+)$',
+                           http("GET", f"{stack['monitor']}/metrics"), re.M)
+        return {name: float(value) for name, value in found}
+
+    live = wait("the monitor's metrics", scraped)
+    assert live == report["metrics"]
+
+
 def test_the_cli_says_what_it_builds_and_takes_options_before_the_name(stack: dict[str, Any]) -> None:
     """`mlbuild monitor --url URL NAME` was `No such option '--url'`, and it built (and trained,
     where this checkout's model was not built) without a word."""

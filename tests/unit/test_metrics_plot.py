@@ -43,6 +43,16 @@ def test_the_history_table_shows_the_held_out_data_of_each_revision() -> None:
     assert not table([a, a])[-1].startswith("note:")
 
 
+def test_the_history_table_shows_small_and_large_errors_as_they_are() -> None:
+    """Two revisions' MAE of 0.00004 and 0.00008 both read 0.0000: the change went unseen."""
+    points = [Point(rev * 40, {"metrics": {"mae": mae, "rmse": rmse, "r2": 0.5}, "n": 9}, "/nix/store/x")
+              for rev, mae, rmse in (("a", 0.00004, 2.5e9), ("b", 0.00008, 0.25))]
+    lines = table(points)
+    assert lines[0].split()[-3:] == ["mae", "r2", "rmse"]
+    assert lines[1].split()[-3:] == ["4e-05", "0.5000", "2.5e+09"]
+    assert lines[2].split()[-3:] == ["8e-05", "0.5000", "0.2500"]
+
+
 def test_a_split_whose_training_rows_alone_changed_scores_the_same_samples() -> None:
     """A changed training row changes the split's dataset hash; the note said the held-out data
     differed though test.csv was byte-identical. Reports hash the samples the suite scored."""
@@ -192,3 +202,49 @@ def test_the_plot_cache_keeps_the_newest_figures(tmp_path: Path, monkeypatch: py
         assert m.write_reports("digits", points({"accuracy": 0.77}), tmp_path / "out")["png"].exists()
     finally:
         (tmp_path / "state" / "plots").chmod(0o700)
+
+
+def test_metrics_show_and_validate_print_the_report_s_notes(tree, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The notes (a class without held-out samples, an undefined roc_auc) were in the build log
+    only, which a build that passes does not show."""
+    from click.testing import CliRunner
+
+    import mlbuild.metrics as m
+    from mlbuild.cli.main import cli
+
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.m]\nscript = "m.py"\n'
+                                 '[models.m.validation]\nsuite = "v.py"\ndataset = "d"\n'
+                                 'thresholds = { accuracy = 0.9 }\n', "m.py": "", "v.py": ""})
+    report = {"metrics": {"accuracy": 1.0}, "n": 3, "suite": {"version": "s"},
+              "notes": ["class '9' has no held-out samples and is never predicted: left out of the macro averages"],
+              "undefined": {"roc_auc": "the held-out targets hold one class only ('1'), and ROC-AUC needs both"},
+              "gate": {"checks": [{"metric": "accuracy", "value": 1.0, "op": ">=", "threshold": 0.9, "ok": True}]}}
+    point = m.Point("worktree", report, "/nix/store/x")
+    monkeypatch.setattr(m, "show", lambda *a, **k: point)
+    monkeypatch.setattr(m, "validate", lambda *a, **k: point)
+    monkeypatch.chdir(root)
+    notes = ["note: class '9' has no held-out samples and is never predicted: left out of the macro averages",
+             "note: roc_auc is left out: the held-out targets hold one class only ('1'), and ROC-AUC needs both"]
+    shown = CliRunner().invoke(cli, ["metrics", "show", "m", "--out", str(root / "reports")])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.splitlines()[-3:] == [*notes, "gate: pass"]
+    validated = CliRunner().invoke(cli, ["validate", "m"])
+    assert validated.exit_code == 0, validated.output
+    assert validated.output.splitlines()[-2:] == notes
+
+
+def test_a_gate_failing_on_an_undefined_metric_says_to_change_the_data_or_threshold() -> None:
+    """`mlbuild validate` said "improve the model" for a roc_auc that no model has on one-class
+    held-out data."""
+    from mlbuild.metrics import gate_advice
+
+    tail = ("mlbuild: validation of cancer failed (roc_auc); suite version c7c9a41c811505bd:\n"
+            "  roc_auc               missing   >= 0.97     FAILED\n"
+            "  roc_auc: undefined for this held-out data: the held-out targets hold one class only ('benign'), and "
+            "ROC-AUC needs both")
+    assert gate_advice("cancer", tail) == (
+        "\ncancer's roc_auc has no value on its held-out data, whatever the model (the reason is above): give the "
+        "suite held-out data it is defined on (load() in [models.cancer.validation].suite), or drop that threshold "
+        "from [models.cancer.validation].thresholds in mlbuild.toml")
+    assert gate_advice("cancer", tail.split("\n  roc_auc:")[0]).startswith(
+        "\ncancer does not meet its thresholds ([models.cancer.validation].thresholds in mlbuild.toml): improve")

@@ -232,3 +232,28 @@ def test_a_scrape_during_a_run_s_update_sees_a_whole_run(tmp_path: Path) -> None
             assert [s for s in scraped[0].splitlines() if s.startswith(series) and 'metric="accuracy"' in s], scraped
     finally:
         server.stop()
+
+
+def test_the_monitor_scores_a_model_without_class_names_over_all_its_classes(tmp_path: Path) -> None:
+    """Held-out rows of two of a 10-class model's classes, the model declaring no class names: the
+    monitor took the model for a binary one (its classes were the targets') and every run failed on
+    the predictions of the other classes ("Target is multiclass but average='binary'"); the class
+    count comes from the package's probabilities output, as the validation build's does."""
+    from mlbuild.runtime.validate import compute_metrics
+
+    pkg = build_package(tmp_path / "pkg")
+    outputs = json.loads((pkg / "model" / "config.json").read_text())["outputs"]
+    server = ServerProcess(pkg, tmp_path / "server").ready()
+    try:
+        s = spec(tmp_path / "m", pkg, labels=None, outputs=outputs)
+        (tmp_path / "m" / "suite" / "validate.py").write_text(SUITE.replace(
+            "    return a[:, :-1], a[:, -1].astype(int)",
+            "    a = a[a[:, -1] < 2]\n    return a[:, :-1], a[:, -1].astype(int)"))
+        mon = Monitor(s, f"http://{server.url}", None)
+        out = mon.run_once()
+        assert "error" not in out, out
+        assert not {"precision", "recall", "f1", "roc_auc"} & set(out["metrics"])
+        served = mon.predict()["outputs"]["label"]
+        assert out["metrics"] == compute_metrics("classification", mon.y, served, None, None, 10)["metrics"]
+    finally:
+        server.stop()

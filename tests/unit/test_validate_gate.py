@@ -8,9 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn import metrics as skm
 
-from mlbuild.runtime.validate import (_example_threshold, check_thresholds, class_targets, compute_metrics, format_checks, gate_main,
+from mlbuild.runtime.serve.live import label_metrics
+
+from mlbuild.runtime.validate import (_example_threshold, check_thresholds, class_count, class_targets, compute_metrics, format_checks, gate_main, shown,
                                       parse_threshold)
 
 
@@ -25,6 +29,80 @@ def test_binary_metrics_match_sklearn() -> None:
     assert r["metrics"]["recall_macro"] == skm.recall_score(y, pred, average="macro")
     assert r["per_class"]["pos"]["support"] == int((y == 1).sum())
     assert r["confusion_matrix"] == skm.confusion_matrix(y, pred).tolist()
+
+
+@given(st.data(), st.sampled_from([2, 3, 10]), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_label_metrics_are_scikit_learn_s_defaults_and_the_server_s(data: st.DataObject, classes: int,
+                                                                    named: bool) -> None:
+    """Every label metric of the report is what scikit-learn computes by default on the same
+    predictions (the classes that occur in either), and what the server's live metrics give for the
+    same feedback, whichever classes the held-out data lacks (a perfect model's recall_macro was
+    0.9 where one of 10 classes had no held-out sample)."""
+    values = st.integers(min_value=0, max_value=classes - 1)
+    y = data.draw(st.lists(values, min_size=1, max_size=40))
+    p = data.draw(st.lists(values, min_size=len(y), max_size=len(y)))
+    labels = [f"c{i}" for i in range(classes)] if named else None
+    got = compute_metrics("classification", np.array(y), np.array(p), None, labels, classes)["metrics"]
+    want = {"accuracy": skm.accuracy_score(y, p)}
+    for avg in ("macro", "weighted"):
+        pr, rc, f1, _ = skm.precision_recall_fscore_support(y, p, average=avg, zero_division=0)
+        want.update({f"precision_{avg}": pr, f"recall_{avg}": rc, f"f1_{avg}": f1})
+    if classes == 2:
+        pr, rc, f1, _ = skm.precision_recall_fscore_support(y, p, labels=[1], average=None, zero_division=0)
+        want.update(precision=pr[0], recall=rc[0], f1=f1[0])
+    assert got == pytest.approx(want, abs=1e-12)
+    assert got == pytest.approx(label_metrics(np.array(y), np.array(p), classes), abs=1e-12)
+
+
+def test_a_class_the_held_out_data_lacks_is_noted_not_scored_zero() -> None:
+    y = np.arange(90) % 9   # class 9 has no held-out sample; the model is perfect
+    r = compute_metrics("classification", y, y, None, [str(i) for i in range(10)])
+    assert r["metrics"]["recall_macro"] == r["metrics"]["f1_macro"] == r["metrics"]["precision_macro"] == 1.0
+    assert r["per_class"]["9"]["support"] == 0 and len(r["confusion_matrix"]) == 10
+    assert r["notes"] == ["class '9' has no held-out samples and is never predicted: left out of the macro "
+                          "averages (scikit-learn's default); give held-out data of every class for their recall"]
+    r = compute_metrics("classification", np.array([0, 1, 0, 1, 2]), np.array([0, 0, 0, 0, 2]), None, ["a", "b", "c"])
+    assert r["notes"] == ["class 'b' has held-out samples but is never predicted: precision 0 (undefined, "
+                          "zero_division=0)"]
+    assert r["metrics"]["precision_macro"] == pytest.approx(0.5)
+
+
+def test_a_model_without_class_names_is_scored_over_its_own_classes() -> None:
+    # a 3-class model whose held-out data holds classes 0 and 2: "pos_label=1 is not a valid label"
+    # (a traceback); with 0 and 1 only, it was scored as a binary model, ROC-AUC of column 1 and all
+    assert class_count(None, [{"name": "label", "shape": [-1]}, {"name": "probabilities", "shape": [-1, 3]}]) == 3
+    assert class_count(["a", "b"], []) == 2 and class_count(None, [{"name": "label", "shape": [-1]}]) is None
+    proba = np.full((4, 3), 1 / 3)
+    for y, p in (([0, 2, 0, 2], [0, 2, 2, 2]), ([0, 1, 0, 1], [0, 1, 2, 1])):
+        r = compute_metrics("classification", np.array(y), np.array(p), proba, None, 3)
+        assert not {"precision", "recall", "f1", "roc_auc"} & set(r["metrics"])
+        assert r["labels"] == ["0", "1", "2"] and len(r["confusion_matrix"]) == 3
+        assert r["metrics"]["f1_macro"] == pytest.approx(skm.f1_score(y, p, average="macro"))
+
+
+def test_roc_auc_of_held_out_data_with_one_class_is_left_out_not_nan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    r = compute_metrics("classification", np.array([1, 1, 1, 1]), np.array([1, 0, 1, 1]),
+                        np.array([[0.2, 0.8]] * 4), ["malignant", "benign"])
+    assert "roc_auc" not in r["metrics"] and r["positive_class"] == "benign"
+    assert r["undefined"] == {"roc_auc": "the held-out targets hold one class only ('benign'), and ROC-AUC needs both"}
+    assert r["metrics"]["precision"] == 1.0 and r["metrics"]["recall"] == 0.75
+    json.loads(json.dumps(r), parse_constant=lambda c: pytest.fail(f"{c} in the report"))
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "metrics.json").write_text(json.dumps({**r, "suite": {"version": "abc"}}))
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"version": 1, "name": "cancer", "report": str(report),
+                                "thresholds": {"roc_auc": 0.9, "accuracy": 0.5}}))
+    monkeypatch.setenv("specPath", str(spec))
+    monkeypatch.setenv("out", str(tmp_path / "out"))
+    with pytest.raises(SystemExit):
+        gate_main()
+    err = capsys.readouterr().err
+    assert ("roc_auc: undefined for this held-out data: the held-out targets hold one class only ('benign'), "
+            "and ROC-AUC needs both") in err
+    assert "no such metric" not in err
 
 
 LABELS = ["horizontal bar", "vertical bar", "diagonal ✓"]
@@ -244,3 +322,68 @@ def test_outputs_holding_nan_are_refused_naming_the_rows() -> None:
     with pytest.raises(SystemExit, match=r"output 'prediction' holds NaN or infinity for 1 of 2 held-out rows"):
         check_finite({"prediction": np.array([1.0, np.inf])}, "price")
     check_finite({"label": np.zeros(3, np.int64), "probabilities": np.full((3, 2), 0.5)}, "cancer")
+
+
+def test_a_check_shows_the_digits_that_decide_it() -> None:
+    # "accuracy 0.9500 >= 0.95 FAILED": four decimals hid why
+    table = format_checks(check_thresholds({"accuracy": 0.94996, "rmse": 0.30004, "mae": 0.00004},
+                                           {"accuracy": 0.95, "rmse": "<= 0.3", "mae": "<= 0.001"}))
+    assert re.search(r"accuracy +0\.94996 +>= 0\.95 +FAILED", table), table
+    assert re.search(r"rmse +0\.30004 +<= 0\.3 +FAILED", table), table
+    assert re.search(r"mae +4e-05 +<= 0\.001 +ok", table), table
+    assert shown(0.123456) == "0.1235" and shown(0.00004) == "4e-05" and shown(1.5e9) == "1.5e+09" and shown(0) == "0.0000"
+
+
+def test_regression_targets_that_are_not_numbers_are_named() -> None:
+    # scikit-learn's "Input contains NaN." was the build's last line
+    with pytest.raises(ValueError, match=re.escape("target nan in row 1, which is not a finite number; a regression "
+                                                   "model's targets are finite numbers: drop or fix such rows in load()")):
+        compute_metrics("regression", np.array([1.0, np.nan, 2.0]), np.array([1.0, 2.0, 2.0]))
+    with pytest.raises(ValueError, match=re.escape("target inf in row 0 (and 1 more rows)")):
+        compute_metrics("regression", np.array([[np.inf], [-np.inf]]), np.array([1.0, 2.0]))
+
+
+def test_r2_is_never_nan_and_constant_targets_are_noted() -> None:
+    one = compute_metrics("regression", np.array([3.0]), np.array([2.0]))   # r2 was NaN: metrics.json not JSON
+    assert one["metrics"] == {"mae": 1.0, "rmse": 1.0} and "r2" in one["undefined"]
+    json.loads(json.dumps(one), parse_constant=lambda c: pytest.fail(f"{c} in the report"))
+    flat = compute_metrics("regression", np.array([2.0] * 4), np.array([2.0, 2.1, 1.9, 2.0]))
+    assert flat["metrics"]["r2"] == skm.r2_score([2.0] * 4, [2.0, 2.1, 1.9, 2.0]) == 0.0
+    assert flat["notes"] == ["every held-out target is 2.0: R2 is undefined (no variance); scikit-learn's 0 is "
+                             "reported (1 only for exact predictions)"]
+    column = compute_metrics("regression", np.array([[1.0], [2.0], [3.0]]), np.array([1.0, 2.0, 2.5]))["metrics"]
+    assert column["r2"] == pytest.approx(skm.r2_score([1, 2, 3], [1, 2, 2.5]))
+
+
+def test_the_report_names_undefined_metrics_and_as_many_targets_as_rows_are_needed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from mlbuild.runtime.validate import main
+    from tests.unit.conftest_serve import build_package, validation_spec
+
+    pkg = build_package(tmp_path / "pkg", train_steps=0)
+    monkeypatch.setenv("out", str(tmp_path / "out"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    spec = validation_spec(tmp_path / "a", pkg, "return np.zeros((30, 64), np.float32), np.zeros(29, int)")
+    monkeypatch.setenv("specPath", str(spec))
+    with pytest.raises(SystemExit) as e:   # scikit-learn's "inconsistent numbers of samples", after inference
+        main()
+    assert str(e.value.code) == ("mlbuild: validation of digits: load() in validate.py gives 30 input rows but 29 "
+                                 "targets; give one target per row")
+    spec = validation_spec(tmp_path / "b", pkg, "return np.zeros((30, 64), np.float32), np.arange(30) % 9")
+    monkeypatch.setenv("specPath", str(spec))
+    monkeypatch.setenv("out", str(tmp_path / "out-b"))
+    main()
+    report = json.loads((tmp_path / "out-b" / "metrics.json").read_text(),
+                        parse_constant=lambda c: pytest.fail(f"{c} in the report"))
+    assert any("class '9' has no held-out samples" in n for n in report["notes"])
+    assert "mlbuild: validation of digits: note: class '9' has no held-out samples" in capsys.readouterr().err
+
+
+def test_one_hot_targets_are_named() -> None:
+    # scikit-learn: "Classification metrics can't handle a mix of multilabel-indicator and multiclass targets"
+    with pytest.raises(ValueError, match=re.escape("targets of shape [3, 3], but a classifier's are one class index "
+                                                   "or name a row (one-hot rows: return y.argmax(axis=1))")):
+        compute_metrics("classification", np.eye(3, dtype=int), np.array([0, 1, 2]), None, ["a", "b", "c"])
+    column = compute_metrics("classification", np.array([[0], [1], [2]]), np.array([0, 1, 1]), None, ["a", "b", "c"])
+    assert column["metrics"]["accuracy"] == pytest.approx(2 / 3)
