@@ -25,7 +25,7 @@ from . import atomic
 from .errors import BuildError, NixError, NixNotFoundError
 
 __all__ = [
-    "nix_version", "common_options", "add_fixed", "print_fixed_path", "invalid_paths",
+    "nix_version", "common_options", "add_fixed", "invalid_paths",
     "build", "path_info", "parse_path_info", "parse_build_json", "store_dir", "nix_lib_dir",
     "run_nix", "register_valid", "add_roots", "is_fixed_output",
 ]
@@ -119,11 +119,6 @@ def daemon_denied_hint(said: str) -> str:
 def add_fixed(path: Path, recursive: bool) -> str:
     """Stream ``path`` into the store as a sha256 fixed-output path (constant memory)."""
     args = ["--add-fixed", *(["--recursive"] if recursive else []), "sha256", str(path)]
-    return run_nix(args, tool="nix-store").stdout.strip()
-
-
-def print_fixed_path(sha256_hex: str, name: str, recursive: bool) -> str:
-    args = ["--print-fixed-path", *(["--recursive"] if recursive else []), "sha256", sha256_hex, name]
     return run_nix(args, tool="nix-store").stdout.strip()
 
 
