@@ -650,8 +650,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     dirty = bool(dirty_files(project))
     if dirty and not allow_dirty:
         check_clean(project)
-    entry = pinned_entry(project.root, needs=(*(["overrides"] if overrides else []), *(["dirty"] if dirty else []))) \
-        or _nix.nix_lib_dir() / "entry.nix"
+    entry = _entry_file(project, overrides, dirty)
     args = ["--argstr", "src", str(project.root), "--argstr", "overrides", json.dumps(overrides or {})]
     if dirty:
         args += ["--arg", "dirty", "true"]
@@ -677,8 +676,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
                 check_clean(project, built=[b.target for b in total.outputs])
             elif dirty_files(project):   # as asked: the rest is built from the change, marked dirty
                 dirty = total.dirty = True
-                entry = pinned_entry(project.root, needs=(*(["overrides"] if overrides else []), "dirty")) \
-                    or _nix.nix_lib_dir() / "entry.nix"
+                entry = _entry_file(project, overrides, dirty)
                 args += ["--arg", "dirty", "true"]
         stream, status, out = _run_build(target, command(target), on_progress)
         if status != 0:
@@ -733,6 +731,13 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
         push_outputs(project, total)
     total.seconds = time.monotonic() - t0
     return total
+
+
+def _entry_file(project: Project, overrides: dict[str, Any] | None, dirty: bool) -> Path:
+    """The entry.nix of the mlbuild the project's flake pins, where it takes ``overrides`` and
+    ``dirty`` as this build needs; else this mlbuild's own."""
+    needs = (*(["overrides"] if overrides else []), *(["dirty"] if dirty else []))
+    return pinned_entry(project.root, needs=needs) or _nix.nix_lib_dir() / "entry.nix"
 
 
 def _check_tmpdir() -> None:
