@@ -964,7 +964,7 @@ def test_with_allow_dirty_a_change_before_the_check_rebuild_is_not_checked_inste
         toml = data_project / "mlbuild.toml"
         toml.write_text(toml.read_text().replace("train = 0.5", "train = 0.7") + f"# {uuid.uuid4()}\n")
 
-    started = _another_terminal_edits(monkeypatch, edit)
+    _another_terminal_edits(monkeypatch, edit)
     with pytest.raises(BuildError, match=r"datasets\.split changed while it was built .*: its check evaluated "
                                          r"the change, /nix/store/\S+\.drv, not /nix/store/\S+\.drv, so nothing was compared; run `mlbuild "
                                          r"build --check datasets\.split` again"):
