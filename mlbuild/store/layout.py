@@ -311,7 +311,8 @@ def make_dir(path: Path) -> None:
     """mkdir -p with the store's group-writable setgid mode, whatever the umask."""
     if path.is_dir():
         return
-    make_dir(path.parent) if not path.parent.exists() else None
+    if not path.parent.exists():
+        make_dir(path.parent)
     try:
         path.mkdir()
     except FileExistsError:
