@@ -344,10 +344,10 @@ def _store_hint(error: BuildError, store: StoreConfig | None) -> BuildError:
         return error
     from .store.layout import store_command
 
-    return BuildError(str(error.args[0]).split("\n", 1)[0], error.log_tail + (
+    return error.with_hint(
         f"\nmlbuild: fetching from the shared store {store.root} failed: an entry there is damaged (not the network): "
         f"`{store_command(store.root, 'verify')}` names it; `verify --repair` removes it, then push it again from a "
-        f"machine that has it (`mlbuild build --push TARGET`)"))
+        f"machine that has it (`mlbuild build --push TARGET`)")
 
 
 _HASH_MISMATCH = re.compile(r"hash mismatch in fixed-output derivation '[^']*?/[0-9a-z]{32}-([^'/]+)\.drv':"
@@ -364,11 +364,11 @@ def _url_hash_hint(error: BuildError, project: Project) -> BuildError:
     name, got = found.group(1), found.group(3)
     if got.startswith("sha256-"):
         got = base64.b64decode(got[len("sha256-"):]).hex()
-    return BuildError(str(error.args[0]).split("\n", 1)[0], error.log_tail + (
+    return error.with_hint(
         f"\nmlbuild: dataset {name}: the file at {table['url']} has sha256 {got}, not the "
         f"{table.get('sha256')} that [datasets.{name}].sha256 pins: if the file changed on purpose, set "
         f"sha256 = \"{got}\" in mlbuild.toml (derived datasets and models built from it are built again); "
-        "otherwise the URL now serves other bytes (a new version, an error page): fix the URL"))
+        "otherwise the URL now serves other bytes (a new version, an error page): fix the URL")
 
 
 def _own_module(root: Path, tail: list[str]) -> list[str]:

@@ -63,11 +63,11 @@ def validate(project: Project, model: str, *, allow_dirty: bool = False,
         if f"mlbuild: validation of {model} failed (" not in e.log_tail:
             raise
         # the table says which thresholds failed; say what to do about it
-        raise BuildError(str(e.args[0]).split("\n", 1)[0], e.log_tail + (
+        raise e.with_hint(
             f"\n{model} does not meet its thresholds ([models.{model}.validation].thresholds in mlbuild.toml): improve "
             f"the model and compare variants on the held-out data (`mlbuild exp run {model} --set KEY=VALUE`, then "
             f"`mlbuild exp show {model}`), or lower a threshold that asks more than the task allows; every metric: "
-            f"`mlbuild metrics show {model}`")) from None
+            f"`mlbuild metrics show {model}`") from None
     path = summary.outputs[0].path
     return Point(_here(project, summary), json.loads((Path(path) / "metrics.json").read_text()), path)
 
