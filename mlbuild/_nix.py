@@ -124,10 +124,7 @@ def add_fixed(path: Path, recursive: bool) -> str:
 
 def invalid_paths(paths: Sequence[str]) -> list[str]:
     """Those of ``paths`` that are not valid in the local store (one nix-store call)."""
-    if not paths:
-        return []
-    proc = run_nix(["--check-validity", "--print-invalid", *paths], tool="nix-store")
-    return proc.stdout.split()
+    return invalid_paths_in(paths)
 
 
 def register_valid(path: str, nar_sha256_hex: str, nar_size: int) -> None:
@@ -332,7 +329,7 @@ def copy_sigs(cache_url: str, paths: Sequence[str], *, store: str | None = None)
     local store, as Nix's own substitution does; ``load_db`` registers none, and a path without
     them cannot be ``nix copy``-ed on to a store that requires signatures."""
     if paths:
-        run_nix([*common_options(), *(["--store", store] if store else []), "store", "copy-sigs",
+        run_nix([*common_options(), *store_options(store), "store", "copy-sigs",
                  "--substituter", cache_url, *paths])
 
 
