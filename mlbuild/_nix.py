@@ -27,7 +27,7 @@ from .errors import BuildError, NixError, NixNotFoundError
 from .nar import nix_base32
 
 __all__ = [
-    "nix_version", "state_home", "common_options", "add_fixed", "print_fixed_path", "invalid_paths",
+    "nix_version", "state_home", "common_options", "add_fixed", "invalid_paths",
     "build", "path_info", "parse_path_info", "parse_build_json", "store_dir", "nix_lib_dir",
     "run_nix", "register_valid", "add_roots", "is_fixed_output", "valid_closure_outputs",
 ]
@@ -156,17 +156,9 @@ def add_fixed(path: Path, recursive: bool) -> str:
     return run_nix(args, tool="nix-store").stdout.strip()
 
 
-def print_fixed_path(sha256_hex: str, name: str, recursive: bool) -> str:
-    args = ["--print-fixed-path", *(["--recursive"] if recursive else []), "sha256", sha256_hex, name]
-    return run_nix(args, tool="nix-store").stdout.strip()
-
-
 def invalid_paths(paths: Sequence[str]) -> list[str]:
     """Those of ``paths`` that are not valid in the local store (one nix-store call)."""
-    if not paths:
-        return []
-    proc = run_nix(["--check-validity", "--print-invalid", *paths], tool="nix-store")
-    return proc.stdout.split()
+    return invalid_paths_in(paths)
 
 
 def register_valid(path: str, nar_sha256_hex: str, nar_size: int) -> None:
@@ -393,7 +385,7 @@ def copy_sigs(cache_url: str, paths: Sequence[str], *, store: str | None = None)
     local store, as Nix's own substitution does; ``load_db`` registers none, and a path without
     them cannot be ``nix copy``-ed on to a store that requires signatures."""
     if paths:
-        run_nix([*common_options(), *(["--store", store] if store else []), "store", "copy-sigs",
+        run_nix([*common_options(), *store_options(store), "store", "copy-sigs",
                  "--substituter", cache_url, *paths])
 
 

@@ -355,10 +355,10 @@ def _store_hint(error: BuildError, store: StoreConfig | None) -> BuildError:
         return error
     from .store.layout import store_command
 
-    return BuildError(str(error.args[0]).split("\n", 1)[0], error.log_tail + (
+    return error.with_hint(
         f"\nmlbuild: fetching from the shared store {store.root} failed: an entry there is damaged (not the network): "
         f"`{store_command(store.root, 'verify')}` names it; `verify --repair` removes it, then push it again from a "
-        f"machine that has it (`mlbuild build --push TARGET`)"))
+        f"machine that has it (`mlbuild build --push TARGET`)")
 
 
 _HASH_MISMATCH = re.compile(r"hash mismatch in fixed-output derivation '[^']*?/[0-9a-z]{32}-([^'/]+)\.drv':"
@@ -375,11 +375,11 @@ def _url_hash_hint(error: BuildError, project: Project) -> BuildError:
     name, got = found.group(1), found.group(3)
     if got.startswith("sha256-"):
         got = base64.b64decode(got[len("sha256-"):]).hex()
-    return BuildError(str(error.args[0]).split("\n", 1)[0], error.log_tail + (
+    return error.with_hint(
         f"\nmlbuild: dataset {name}: the file at {table['url']} has sha256 {got}, not the "
         f"{table.get('sha256')} that [datasets.{name}].sha256 pins: if the file changed on purpose, set "
         f"sha256 = \"{got}\" in mlbuild.toml (derived datasets and models built from it are built again); "
-        "otherwise the URL now serves other bytes (a new version, an error page): fix the URL"))
+        "otherwise the URL now serves other bytes (a new version, an error page): fix the URL")
 
 
 def _own_module(root: Path, tail: list[str]) -> list[str]:
@@ -677,8 +677,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
     dirty = bool(dirty_files(project))
     if dirty and not allow_dirty:
         check_clean(project)
-    entry = pinned_entry(project.root, needs=(*(["overrides"] if overrides else []), *(["dirty"] if dirty else []))) \
-        or _nix.nix_lib_dir() / "entry.nix"
+    entry = _entry_file(project, overrides, dirty)
     args = ["--argstr", "src", str(project.root), "--argstr", "overrides", json.dumps(overrides or {})]
     if dirty:
         args += ["--arg", "dirty", "true"]
@@ -704,8 +703,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
                 check_clean(project, built=[b.target for b in total.outputs])
             elif dirty_files(project):   # as asked: the rest is built from the change, marked dirty
                 dirty = total.dirty = True
-                entry = pinned_entry(project.root, needs=(*(["overrides"] if overrides else []), "dirty")) \
-                    or _nix.nix_lib_dir() / "entry.nix"
+                entry = _entry_file(project, overrides, dirty)
                 args += ["--arg", "dirty", "true"]
         stream, status, out = _run_build(target, command(target), on_progress)
         if status != 0:
@@ -760,6 +758,13 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
         push_outputs(project, total)
     total.seconds = time.monotonic() - t0
     return total
+
+
+def _entry_file(project: Project, overrides: dict[str, Any] | None, dirty: bool) -> Path:
+    """The entry.nix of the mlbuild the project's flake pins, where it takes ``overrides`` and
+    ``dirty`` as this build needs; else this mlbuild's own."""
+    needs = (*(["overrides"] if overrides else []), *(["dirty"] if dirty else []))
+    return pinned_entry(project.root, needs=needs) or _nix.nix_lib_dir() / "entry.nix"
 
 
 def _check_tmpdir() -> None:

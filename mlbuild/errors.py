@@ -72,6 +72,10 @@ class NixNotFoundError(NixError):
 class BuildError(NixError):
     """A build failed; carries the tail of its log."""
 
+    def with_hint(self, hint: str) -> BuildError:
+        """The same failure (its first line, its log tail) with mlbuild's ``hint`` after the log."""
+        return BuildError(str(self.args[0]).split("\n", 1)[0], self.log_tail + hint)
+
 
 class StoreError(MlbuildError):
     """The shared binary store (``mlbuild store ...``) cannot do what was asked."""

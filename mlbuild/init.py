@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
-import json
 import math
 import os
 import re

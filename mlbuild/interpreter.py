@@ -18,9 +18,8 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
 from .errors import InterpreterError
 from .nar import nar_sha256
@@ -58,9 +57,6 @@ print(json.dumps({
   "exec_prefix": sys.base_exec_prefix,
   "stdlib": sysconfig.get_path("stdlib"),
   "platstdlib": sysconfig.get_path("platstdlib"),
-  "libdir": sysconfig.get_config_var("LIBDIR") or "",
-  "ldlibrary": sysconfig.get_config_var("LDLIBRARY") or "",
-  "shared": bool(sysconfig.get_config_var("Py_ENABLE_SHARED")),
   "machine": platform.machine(),
   "libc": "-".join(platform.libc_ver()),
 }))
@@ -79,9 +75,6 @@ class Identity:
     exec_prefix: str
     stdlib: str
     platstdlib: str
-    libdir: str
-    ldlibrary: str
-    shared: bool
     machine: str
     libc: str
 
@@ -100,9 +93,6 @@ class Identity:
     @property
     def snapshot_name(self) -> str:
         return f"python-{self.version}-snapshot"
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def executable(spec: str) -> str | None:

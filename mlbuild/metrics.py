@@ -64,7 +64,7 @@ def validate(project: Project, model: str, *, allow_dirty: bool = False,
         if f"mlbuild: validation of {model} failed (" not in e.log_tail:
             raise
         # the table says which thresholds failed; say what to do about it
-        raise BuildError(str(e.args[0]).split("\n", 1)[0], e.log_tail + gate_advice(model, e.log_tail)) from None
+        raise e.with_hint(gate_advice(model, e.log_tail)) from None
     path = summary.outputs[0].path
     return Point(_here(project, summary), json.loads((Path(path) / "metrics.json").read_text()), path)
 

@@ -25,18 +25,9 @@ from .errors import ConfigError
 from .runtime.serve.names import BINARY_METRICS, LABEL_METRICS, REGRESSION_METRICS, live_metric
 from .runtime.validate import parse_threshold
 
-__all__ = ["check_listen", "write_config", "has_monitor", "alert_rules", "duration_seconds", "stale_after", "without_live_alert", "prometheus_config", "dashboard", "SERVER_METRICS", "MONITOR_METRICS",
+__all__ = ["check_listen", "write_config", "has_monitor", "alert_rules", "duration_seconds", "stale_after", "without_live_alert", "prometheus_config", "dashboard",
            "unexported"]
 
-# What the server (mlbuild/runtime/serve) and the monitor (mlbuild/runtime/monitor.py) export.
-SERVER_METRICS = ("mlbuild_requests_total", "mlbuild_request_duration_seconds_bucket", "mlbuild_requests_in_flight",
-                  "mlbuild_batch_size_bucket", "mlbuild_model_info", "mlbuild_model_ready",
-                  "mlbuild_live_metric", "mlbuild_live_feedback_samples", "mlbuild_input_drift_psi",
-                  "mlbuild_input_drift_psi_max", "mlbuild_input_drift_mean_shift_max", "mlbuild_input_drift_rows")
-MONITOR_METRICS = ("mlbuild_monitor_metric", "mlbuild_monitor_threshold_ok", "mlbuild_monitor_threshold",
-                   "mlbuild_monitor_alerting", "mlbuild_monitor_last_run_timestamp_seconds",
-                   "mlbuild_monitor_start_time_seconds", "mlbuild_monitor_server_reachable",
-                   "mlbuild_monitor_runs_total")
 _OPS = {">=": "<", "<=": ">", ">": "<=", "<": ">="}   # the alert fires on the negation
 
 

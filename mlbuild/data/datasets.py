@@ -31,7 +31,7 @@ from ..storepath import fixed_output_path
 from . import statcache
 from .importer import Imported, check_links, import_path, not_storable
 
-__all__ = ["Dataset", "DataError", "datasets", "add", "Added", "toml_with_path", "toml_string", "shown_name", "status", "diff", "locked_path",
+__all__ = ["Dataset", "DataError", "datasets", "add", "Added", "toml_with_path", "toml_string", "shown_name", "status", "diff",
            "Status", "FileDiff"]
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -221,12 +221,6 @@ def local_sha256(root: Path, name: str, local: Path) -> str:
         except (ConfigError, OSError):   # a cache: a read-only checkout hashes each time, as without one
             pass
     return sha
-
-
-def locked_path(project: Project, name: str, lock: dict[str, Any] | None = None) -> str | None:
-    lock = lock if lock is not None else read_lock(project.lock_path)
-    entry = lock.get("datasets", {}).get(name)
-    return fixed_output_path(entry["sha256"], name, recursive=True) if entry else None
 
 
 @dataclass(frozen=True)

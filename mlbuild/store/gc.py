@@ -62,10 +62,10 @@ def _load(layout: Layout, done: str = "removes nothing") -> Entries:
         listed += f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise StoreCorruptError(
             f"gc cannot read {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} of {layout.root}, so it cannot tell "
-            f"what they keep, and {done}:\n{listed}\n" + entries.fix(layout.root, (
+            f"what they keep, and {done}:\n{listed}\n" + entries.fix(
                 f"remove {'them' if not entries.denied else 'the others'} with "
                 f"`{store_command(layout.root, 'verify --repair')}`, push again what they were (their file names are "
-                f"the store paths' hashes)")) + ", then run gc")
+                f"the store paths' hashes)") + ", then run gc")
     return entries
 
 

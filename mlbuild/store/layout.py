@@ -280,13 +280,13 @@ class Entries:
     unreadable: dict[Path, str] = field(default_factory=dict)
     denied: set[Path] = field(default_factory=set)   # of those, the ones this user may not read
 
-    def fix(self, root: Path, repair: str) -> str:
+    def fix(self, repair: str) -> str:
         """What to do about the unreadable entries: make readable those this user may not read (a
         repair would delete sound entries), ``repair`` the others."""
         fixes = []
         if self.denied:
             fixes.append(f"make {'it' if len(self.denied) == 1 else 'those this user may not read'} readable to the "
-                         f"store's group ({denied_fix(root, sorted(self.denied))})")
+                         f"store's group ({denied_fix(sorted(self.denied))})")
         if set(self.unreadable) - self.denied:
             fixes.append(repair)
         return "; ".join(fixes)
@@ -295,7 +295,7 @@ class Entries:
 DENIED = "this user may not read it"
 
 
-def denied_fix(root: Path, files: list[Path]) -> str:
+def denied_fix(files: list[Path]) -> str:
     """``chmod g+r FILE...`` by the files' owner: what makes files of the store readable to its group."""
     shown = " ".join(shlex.quote(str(f)) for f in files[:3]) + (" ..." if len(files) > 3 else "")
     return (f"`chmod g+r {shown}` as their owner or root, or run it as a user who may read them; the writer "
@@ -311,7 +311,8 @@ def make_dir(path: Path) -> None:
     """mkdir -p with the store's group-writable setgid mode, whatever the umask."""
     if path.is_dir():
         return
-    make_dir(path.parent) if not path.parent.exists() else None
+    if not path.parent.exists():
+        make_dir(path.parent)
     try:
         path.mkdir()
     except FileExistsError:

@@ -46,7 +46,7 @@ def read_narinfo(layout: Layout, path: str) -> NarInfo:
                                 f"has it (`mlbuild store push {path}`)") from None
     except PermissionError:
         raise StoreError(f"cannot fetch {path}: its narinfo {f}: {DENIED}; make it readable to the store's "
-                         f"group ({denied_fix(layout.root, [f])})") from None
+                         f"group ({denied_fix([f])})") from None
     return NarInfo.parse(text, str(f))
 
 
@@ -118,7 +118,7 @@ def _check_nar_sizes(layout: Layout, closure: dict[str, NarInfo], paths: set[str
         it = "it" if len(denied) == 1 else "them"
         raise StoreError(f"cannot fetch from the store {layout.root}: this user may not read {', '.join(map(str, denied))}"
                          f", so nothing was fetched; make {it} readable to the store's group "
-                         f"({denied_fix(layout.root, denied)})")
+                         f"({denied_fix(denied)})")
     if bad:
         p, why = bad[0]
         why = f"has no NAR file {closure[p].url}" if why == "missing" else f"has a damaged NAR ({why})"

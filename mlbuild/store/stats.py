@@ -84,7 +84,7 @@ def stats(cfg: StoreConfig) -> StoreStats:
     entries = loaded.infos
     out = StoreStats(paths=len(entries), unreadable=[why for _, why in sorted(loaded.unreadable.items())])
     if loaded.unreadable:
-        out.fix = loaded.fix(cfg.root, f"remove {'them' if not loaded.denied else 'the others'} with "
+        out.fix = loaded.fix(f"remove {'them' if not loaded.denied else 'the others'} with "
                                        f"`{store_command(cfg.root, 'verify --repair')}`, then push them again")
     seen_urls: set[str] = set()
     for p, info in entries.items():

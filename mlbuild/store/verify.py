@@ -102,7 +102,7 @@ class VerifyReport:
         if denied:
             advice.append(f"{len(denied)} entries cannot be checked: this user may not read their files (not damage, "
                           f"as far as anyone knows, and {repair} keeps them); make them readable to the store's "
-                          f"group ({denied_fix(cfg.root, sorted({p.narinfo for p in denied}))})")
+                          f"group ({denied_fix(sorted({p.narinfo for p in denied}))})")
         if others:
             advice.append(f"{len(others)} bad entries in the store; remove them with {repair}, then push the "
                           f"paths again")

@@ -882,6 +882,12 @@ def _another_terminal_edits(monkeypatch: pytest.MonkeyPatch, edit: Any,
     return started
 
 
+def _change_the_split(project: Path, train: str) -> None:
+    """Change mlbuild.toml's split from train = 0.5 to ``train``, with a comment no earlier edit wrote."""
+    toml = project / "mlbuild.toml"
+    toml.write_text(toml.read_text().replace("train = 0.5", f"train = {train}") + f"# {uuid.uuid4()}\n")
+
+
 def test_a_change_while_an_earlier_target_built_stops_the_build(data_project: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Nix reads the folder as each target starts: an edit made (in another terminal, by `data add`)
@@ -891,11 +897,7 @@ def test_a_change_while_an_earlier_target_built_stops_the_build(data_project: Pa
     from mlbuild.config import load_project
     from mlbuild.build import DirtyTreeError
 
-    def edit() -> None:
-        toml = data_project / "mlbuild.toml"
-        toml.write_text(toml.read_text().replace("train = 0.5", "train = 0.6") + f"# {uuid.uuid4()}\n")
-
-    started = _another_terminal_edits(monkeypatch, edit)
+    started = _another_terminal_edits(monkeypatch, lambda: _change_the_split(data_project, "0.6"))
     records = data_project / ".mlbuild" / "builds.jsonl"
     before = records.read_text() if records.exists() else ""
     with pytest.raises(DirtyTreeError) as e:
@@ -938,11 +940,7 @@ def test_a_change_before_the_check_rebuild_is_not_checked_instead(data_project: 
     from mlbuild.config import load_project
     from mlbuild.build import DirtyTreeError
 
-    def edit() -> None:
-        toml = data_project / "mlbuild.toml"
-        toml.write_text(toml.read_text().replace("train = 0.5", "train = 0.6") + f"# {uuid.uuid4()}\n")
-
-    started = _another_terminal_edits(monkeypatch, edit)
+    started = _another_terminal_edits(monkeypatch, lambda: _change_the_split(data_project, "0.6"))
     with pytest.raises(DirtyTreeError) as e:
         build_module.build_targets(load_project(data_project), ["datasets.split"], check=True)
     assert started == ["datasets.split"]   # no rebuild of the change
@@ -960,11 +958,7 @@ def test_with_allow_dirty_a_change_before_the_check_rebuild_is_not_checked_inste
     from mlbuild.errors import BuildError
 
     (data_project / "README.md").write_text(f"dirty {uuid.uuid4()}\n")
-    def edit() -> None:
-        toml = data_project / "mlbuild.toml"
-        toml.write_text(toml.read_text().replace("train = 0.5", "train = 0.7") + f"# {uuid.uuid4()}\n")
-
-    started = _another_terminal_edits(monkeypatch, edit)
+    _another_terminal_edits(monkeypatch, lambda: _change_the_split(data_project, "0.7"))
     with pytest.raises(BuildError, match=r"datasets\.split changed while it was built .*: its check evaluated "
                                          r"the change, /nix/store/\S+\.drv, not /nix/store/\S+\.drv, so nothing was compared; run `mlbuild "
                                          r"build --check datasets\.split` again"):

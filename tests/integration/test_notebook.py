@@ -3,7 +3,6 @@ failing cells, caching, `nix-build --check`, `nix flake check`."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -18,6 +17,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from tests.conftest import REPO, run_cli, write_tree
 from tests.integration.conftest import commit_all, git, git_repo, instantiate, nix, small_project_tree
+from tests.unit.test_notebook_export import import_file
 
 pytestmark = pytest.mark.integration
 
@@ -89,14 +89,6 @@ def stats_run(nb_project: Path) -> tuple[Path, str]:
 
 def outputs_of(nb: Any, cell_id: str) -> list[Any]:
     return next(c for c in nb.cells if c.get("id") == cell_id).outputs
-
-
-def import_file(path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_run_stores_the_executed_notebook(nb_project: Path, stats_run: tuple[Path, str]) -> None:

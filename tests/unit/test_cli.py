@@ -338,7 +338,7 @@ def test_metrics_history_follows_the_data_code_in_topological_order(tree) -> Non
     assert subjects[3:] == ["Merge branch 'x'"]
 
 
-def test_metrics_diff_across_a_rename_names_the_old_models(tree) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_diff_across_a_rename_names_the_old_models(tree, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import subprocess
 
     table = '[project]\nname = "p"\n[models.{0}]\nscript = "m.py"\n[models.{0}.validation]\nsuite = "v.py"\n' \
@@ -368,16 +368,12 @@ def test_metrics_diff_across_a_rename_names_the_old_models(tree) -> None:  # typ
 
     notes: list[str] = []
     revs: list[str] = []
-    original = metrics._report
 
     def fake_report(project, model, rev, **kw):  # type: ignore[no-untyped-def]
         revs.append(rev)
         return metrics.Point(rev, {"metrics": {"accuracy": 0.9}}, "/nix/store/x")
-    metrics._report = fake_report   # no build: what history asks for, and says
-    try:
-        points = metrics.history(load_project(root), "vino", notes)
-    finally:
-        metrics._report = original
+    monkeypatch.setattr(metrics, "_report", fake_report)   # no build: what history asks for, and says
+    points = metrics.history(load_project(root), "vino", notes)
     assert len(points) == 1 and len(revs) == 1
     assert notes == ["note: 1 earlier commit(s) declare no model 'vino' but 'wine', which mlbuild.toml no longer "
                      "has: if 'vino' was renamed, its history there is under the old name (`mlbuild metrics "
@@ -385,12 +381,8 @@ def test_metrics_diff_across_a_rename_names_the_old_models(tree) -> None:  # typ
     # a model added beside the others was not renamed: no note
     (root / "mlbuild.toml").write_text(table.format("vino") + table.format("wine").split("\n", 2)[2])
     git("commit", "-qam", "wine again, beside vino")
-    metrics._report = fake_report
     notes.clear()
-    try:
-        metrics.history(load_project(root), "vino", notes)
-    finally:
-        metrics._report = original
+    metrics.history(load_project(root), "vino", notes)
     assert notes == []
 
 

@@ -85,20 +85,21 @@ def test_log_revisions_keeps_both_sides_of_a_merge(tmp_path: Path) -> None:
     assert subjects[-1] == "merge slow"
 
 
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(cwd), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                   capture_output=True)
+
+
 def test_data_inside_a_repository_of_its_own_is_refused(tmp_path: Path) -> None:
     """Data in a submodule: `data add` wrote its ignore line into the outer .gitignore, which git
     does not apply inside the submodule, so the submodule stayed modified and builds refused it."""
-    def git_(*args: str, cwd: Path = tmp_path) -> None:
-        subprocess.run(["git", "-C", str(cwd), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
-                       capture_output=True)
-
-    git_("init", "-q")
+    _git(tmp_path, "init", "-q")
     (tmp_path / "mlbuild.toml").write_text('[project]\nname = "p"\n')
-    git_("add", "-A")
-    git_("commit", "-qm", "x")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "x")
     lib = tmp_path / "lib"
     lib.mkdir()
-    git_("init", "-q", cwd=lib)
+    _git(lib, "init", "-q")
     (lib / "a.csv").write_text("1\n")
     with pytest.raises(git.GitError) as e:
         git.ignore_entry(tmp_path, lib / "a.csv")
@@ -112,23 +113,19 @@ def test_data_in_a_repository_of_its_own_that_git_ignores_is_left_alone(tmp_path
     """Data in a clone inside a folder the project ignores (init's /data/), or that the clone's own
     .gitignore ignores: nothing to add, and nothing keeps the project dirty; it was refused, and
     the fix it gave (a folder git ignores there) was refused too."""
-    def git_(*args: str, cwd: Path = tmp_path) -> None:
-        subprocess.run(["git", "-C", str(cwd), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
-                       capture_output=True)
-
-    git_("init", "-q")
+    _git(tmp_path, "init", "-q")
     (tmp_path / "mlbuild.toml").write_text('[project]\nname = "p"\n')
     (tmp_path / ".gitignore").write_text("/data/\n*.csv\n")   # *.csv: git does not apply it inside lib/ below
-    git_("add", "-A")
-    git_("commit", "-qm", "x")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "x")
     ext = tmp_path / "data" / "ext"
     ext.mkdir(parents=True)
-    git_("init", "-q", cwd=ext)
+    _git(ext, "init", "-q")
     (ext / "a.csv").write_text("1\n")
     assert git.ignore_entry(tmp_path, ext / "a.csv") is None
     lib = tmp_path / "lib"   # a clone the project does not ignore, whose own .gitignore ignores the data
     (lib / "raw").mkdir(parents=True)
-    git_("init", "-q", cwd=lib)
+    _git(lib, "init", "-q")
     (lib / ".gitignore").write_text("/raw/\n")
     (lib / "raw" / "a.csv").write_text("1\n")
     assert git.ignore_entry(tmp_path, lib / "raw" / "a.csv") is None

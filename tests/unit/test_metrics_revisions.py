@@ -50,7 +50,7 @@ def test_history_before_the_first_commit_says_to_commit(tmp_path: Path) -> None:
         m.history(load_project(tmp_path), "m")
 
 
-def test_history_in_a_shallow_clone_says_it_is_cut_short(tmp_path: Path) -> None:
+def test_history_in_a_shallow_clone_says_it_is_cut_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # CI checks out one commit (a depth-1 clone): history showed a point or two, and nothing said
     # that the commits before were missing.
     origin = tmp_path / "origin"
@@ -63,26 +63,19 @@ def test_history_in_a_shallow_clone_says_it_is_cut_short(tmp_path: Path) -> None
         _git(origin, "commit", "-qm", lr)
     _git(tmp_path, "clone", "-q", "--depth", "1", f"file://{origin}", "clone")
     clone = tmp_path / "clone"
-    original, seen = m._report, []
-
-    def fake_report(project, model, rev, **kw):  # type: ignore[no-untyped-def]
-        seen.append(rev)
-        return m.Point(rev, {"metrics": {"accuracy": 0.9}}, "/nix/store/x")
-
+    # no build: which revisions history asks for, and what it says
+    monkeypatch.setattr(m, "_report", lambda project, model, rev, **kw: m.Point(rev, {"metrics": {"accuracy": 0.9}},
+                                                                                 "/nix/store/x"))
     for root, shallow in ((origin, False), (clone, True)):
         notes: list[str] = []
-        m._report = fake_report   # no build: which revisions history asks for, and what it says
-        try:
-            points = m.history(load_project(root), "m", notes)
-        finally:
-            m._report = original
+        points = m.history(load_project(root), "m", notes)
         assert len(points) == (1 if shallow else 3)
         assert notes == ([f"note: this is a shallow clone (git clone --depth): commits before {points[0].rev[:10]} "
                           "are not in it, nor their metrics; `git fetch --unshallow` gives the whole history"]
                          if shallow else [])
 
 
-def test_diff_names_the_revision_whose_build_failed(tmp_path: Path) -> None:
+def test_diff_names_the_revision_whose_build_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # "Error: nix build of m.validation.report failed" of two revisions did not say which one.
     from mlbuild.errors import BuildError
 
@@ -91,20 +84,16 @@ def test_diff_names_the_revision_whose_build_failed(tmp_path: Path) -> None:
         (tmp_path / "mlbuild.toml").write_text(TOML + f"[models.m.params]\nlr = {lr}\n")
         _git(tmp_path, "add", "-A")
         _git(tmp_path, "commit", "-qm", lr)
-    original = m._report
 
     def fake_report(project, model, rev, **kw):  # type: ignore[no-untyped-def]
         if rev == "HEAD":
             raise BuildError("nix build of m.validation.report failed", "RuntimeError: boom")
         return m.Point(rev, {"metrics": {"accuracy": 0.9}}, "/nix/store/x")
 
-    m._report = fake_report
-    try:
-        with pytest.raises(BuildError, match=r"^at revision HEAD: nix build of m.validation.report failed\n"
-                                             r"RuntimeError: boom$"):
-            m.diff(load_project(tmp_path), "m", "HEAD~1", "HEAD")
-    finally:
-        m._report = original
+    monkeypatch.setattr(m, "_report", fake_report)
+    with pytest.raises(BuildError, match=r"^at revision HEAD: nix build of m.validation.report failed\n"
+                                         r"RuntimeError: boom$"):
+        m.diff(load_project(tmp_path), "m", "HEAD~1", "HEAD")
 
 
 def test_a_revision_whose_mlbuild_toml_is_broken_is_named_not_a_temporary_folder(tmp_path: Path) -> None:
@@ -122,7 +111,7 @@ def test_a_revision_whose_mlbuild_toml_is_broken_is_named_not_a_temporary_folder
     assert "mlbuild-rev-" not in str(e.value)
 
 
-def test_a_renamed_model_s_history_is_under_its_old_name(tmp_path: Path) -> None:
+def test_a_renamed_model_s_history_is_under_its_old_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # history of the new name said "its history there is under the old name", and `metrics history
     # OLD` (and `metrics diff OLD REV1 REV2`) refused: "'m' is not a model of p; declare [models.m]".
     _git(tmp_path, "init", "-q")
@@ -132,27 +121,24 @@ def test_a_renamed_model_s_history_is_under_its_old_name(tmp_path: Path) -> None
         _git(tmp_path, "commit", "-qm", lr)
     (tmp_path / "mlbuild.toml").write_text(TOML.replace("models.m", "models.n") + "[models.n.params]\nlr = 0.2\n")
     _git(tmp_path, "commit", "-qam", "rename m to n")
-    original, seen = m._report, []
+    seen: list[tuple[str, str]] = []
 
     def fake_report(project, model, rev, **kw):  # type: ignore[no-untyped-def]
         seen.append((model, rev))
         return m.Point(rev, {"metrics": {"accuracy": 0.9}}, "/nix/store/x")
 
     project = load_project(tmp_path)
-    m._report = fake_report   # no build: which revisions are asked for, under which name
-    try:
-        notes: list[str] = []
-        assert len(m.history(project, "n", notes)) == 1
-        assert notes[0].endswith("its history there is under the old name (`mlbuild metrics history m`)")
-        assert len(m.history(project, "m")) == 2
-        m.diff(project, "m", "HEAD~2", "HEAD~1")
-        assert [model for model, _ in seen] == ["n", "m", "m", "m", "m"]
-        with pytest.raises(MlbuildError, match=r"^'x' is not a model of p \(models: n\)"):
-            m.history(project, "x")
-        with pytest.raises(MlbuildError, match=r"^'x' is not a model of p \(models: n\)"):
-            m.diff(project, "x", "HEAD~2", "HEAD~1")
-    finally:
-        m._report = original
+    monkeypatch.setattr(m, "_report", fake_report)   # no build: which revisions are asked for, under which name
+    notes: list[str] = []
+    assert len(m.history(project, "n", notes)) == 1
+    assert notes[0].endswith("its history there is under the old name (`mlbuild metrics history m`)")
+    assert len(m.history(project, "m")) == 2
+    m.diff(project, "m", "HEAD~2", "HEAD~1")
+    assert [model for model, _ in seen] == ["n", "m", "m", "m", "m"]
+    with pytest.raises(MlbuildError, match=r"^'x' is not a model of p \(models: n\)"):
+        m.history(project, "x")
+    with pytest.raises(MlbuildError, match=r"^'x' is not a model of p \(models: n\)"):
+        m.diff(project, "x", "HEAD~2", "HEAD~1")
 
 
 def test_history_has_a_row_for_a_commit_that_moves_the_project_to_another_mlbuild(tmp_path: Path) -> None:
@@ -232,7 +218,8 @@ def test_history_roots_and_records_nothing_in_the_revisions_temporary_folders(tm
     assert not (repo / ".mlbuild" / "builds.jsonl").exists()
 
 
-def test_history_of_an_old_name_names_the_new_one_and_not_other_renamed_models(tmp_path: Path) -> None:
+def test_history_of_an_old_name_names_the_new_one_and_not_other_renamed_models(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """`metrics history OLD` of a model renamed since counted the commits after the rename as
     "earlier" ones and named every model renamed in the project's life as OLD's possible old name
     (a team's: "167 earlier commit(s) declare no model 'm6' but 'm1', 'm5', 'm6_r560', 'm8_r225', 'm9'"),
@@ -248,16 +235,13 @@ def test_history_of_an_old_name_names_the_new_one_and_not_other_renamed_models(t
     rename = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout[:10]
     (tmp_path / "mlbuild.toml").write_text(two.replace("models.m", "models.n").replace("models.k", "models.j"))
     _git(tmp_path, "commit", "-qam", "rename k to j")
-    original = m._report
-    m._report = lambda project, model, rev, **kw: m.Point(rev, {"metrics": {"accuracy": 0.9}}, "/nix/store/x")
-    try:
-        notes: list[str] = []
-        assert len(m.history(load_project(tmp_path), "m", notes)) == 2
-        assert notes == [f"note: 2 later commit(s) declare no model 'm'; the first, {rename}, added 'n': if 'm' was "
-                         f"renamed there, its history since is under the new name (`mlbuild metrics history n`)"]
-        notes = []
-        assert len(m.history(load_project(tmp_path), "n", notes)) == 2
-        assert notes == ["note: 2 earlier commit(s) declare no model 'n' but 'm', which mlbuild.toml no longer has: if "
-                         "'n' was renamed, its history there is under the old name (`mlbuild metrics history m`)"]
-    finally:
-        m._report = original
+    monkeypatch.setattr(m, "_report", lambda project, model, rev, **kw: m.Point(rev, {"metrics": {"accuracy": 0.9}},
+                                                                                 "/nix/store/x"))
+    notes: list[str] = []
+    assert len(m.history(load_project(tmp_path), "m", notes)) == 2
+    assert notes == [f"note: 2 later commit(s) declare no model 'm'; the first, {rename}, added 'n': if 'm' was "
+                     f"renamed there, its history since is under the new name (`mlbuild metrics history n`)"]
+    notes = []
+    assert len(m.history(load_project(tmp_path), "n", notes)) == 2
+    assert notes == ["note: 2 earlier commit(s) declare no model 'n' but 'm', which mlbuild.toml no longer has: if "
+                     "'n' was renamed, its history there is under the old name (`mlbuild metrics history m`)"]

@@ -50,6 +50,11 @@ def test_a_file_named_mlbuild_is_named_with_the_fix(tmp_path: Path) -> None:
 
 def test_a_read_only_checkout_refuses_to_write_and_still_reads(tmp_path: Path) -> None:
     root = project(tmp_path / "p")
+    # The pinned version is in the store (else status says "missing", whatever the files): the test
+    # passed only after another test had imported the same bytes under the same name.
+    shutil.copy(root / "data" / "x.csv", tmp_path / "raw")
+    subprocess.run(["nix-store", "--add-fixed", "--recursive", "sha256", str(tmp_path / "raw")], check=True,
+                   capture_output=True)
     (root / ".mlbuild").mkdir()
     (root / "data" / "x.csv").write_text("3,4\n")   # changed: status hashes it, and cannot cache the hash
     before = {f: (root / f).read_text() for f in ("mlbuild.toml", "mlbuild.lock")}

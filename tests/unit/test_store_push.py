@@ -22,7 +22,7 @@ from mlbuild.store.keys import generate_key_pair
 from mlbuild.store.layout import Layout
 from mlbuild.store.narinfo import NarInfo
 from mlbuild.store.upload import PathInfo
-from tests.unit.test_store_publish import fake_path, put, store  # noqa: F401  (fixture)
+from tests.unit.test_store_publish import fake_path, store  # noqa: F401  (fixture)
 
 
 class FakeNix:

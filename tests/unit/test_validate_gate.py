@@ -165,19 +165,23 @@ def test_a_bad_threshold_is_named_not_a_traceback(rule: object) -> None:
         check_thresholds({"m": 1.0}, {"m": rule})
 
 
-def test_the_gate_names_a_threshold_for_a_metric_the_suite_does_not_report(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def _failing_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metrics: dict[str, float],
+                  thresholds: dict[str, object]) -> None:
+    """Run the gate of model iris over a report of ``metrics``; it must fail (SystemExit)."""
     report = tmp_path / "report"
     report.mkdir()
-    (report / "metrics.json").write_text(json.dumps({"metrics": {"accuracy": 0.97, "f1_macro": 0.96},
-                                                     "suite": {"version": "abc"}}))
+    (report / "metrics.json").write_text(json.dumps({"metrics": metrics, "suite": {"version": "abc"}}))
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"version": 1, "name": "iris", "report": str(report),
-                                "thresholds": {"acuracy": 0.9}}))
+    spec.write_text(json.dumps({"version": 1, "name": "iris", "report": str(report), "thresholds": thresholds}))
     monkeypatch.setenv("specPath", str(spec))
     monkeypatch.setenv("out", str(tmp_path / "out"))
     with pytest.raises(SystemExit):
         gate_main()
+
+
+def test_the_gate_names_a_threshold_for_a_metric_the_suite_does_not_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    _failing_gate(tmp_path, monkeypatch, {"accuracy": 0.97, "f1_macro": 0.96}, {"acuracy": 0.9})
     err = capsys.readouterr().err
     assert "acuracy: no such metric in the report; the suite reports accuracy, f1_macro" in err
     assert "[models.iris.validation].thresholds" in err
@@ -187,16 +191,7 @@ def test_the_gate_names_a_threshold_for_a_metric_the_suite_does_not_report(
 def test_a_gate_without_thresholds_fails_naming_the_metrics(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """`thresholds = { }` (or none) would pass any model and let its image build."""
-    report = tmp_path / "report"
-    report.mkdir()
-    (report / "metrics.json").write_text(json.dumps({"metrics": {"accuracy": 0.2, "f1_macro": 0.1},
-                                                     "suite": {"version": "abc"}}))
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"version": 1, "name": "iris", "report": str(report), "thresholds": {}}))
-    monkeypatch.setenv("specPath", str(spec))
-    monkeypatch.setenv("out", str(tmp_path / "out"))
-    with pytest.raises(SystemExit):
-        gate_main()
+    _failing_gate(tmp_path, monkeypatch, {"accuracy": 0.2, "f1_macro": 0.1}, {})
     err = capsys.readouterr().err
     assert "validation of iris has no thresholds, so it would pass any model" in err
     assert "[models.iris.validation], e.g. thresholds = { accuracy = 0.2 } (this model's accuracy" in err

@@ -69,10 +69,6 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(json.dumps(data).encode(), status_code=status, media_type=_JSON)
 
 
-def _error(status: int, message: str) -> Response:
-    return Response(error_body(message), status_code=status, media_type=_JSON)
-
-
 #: The name of the thread that loads the model (``_in_daemon_thread``): the process's entry point
 #: (``__main__.main``) looks for it once the server has stopped.
 LOAD_THREAD = "mlbuild-load"
