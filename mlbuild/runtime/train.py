@@ -32,7 +32,7 @@ from .hashing import dataset_hash, find_store_paths, sha256_file, tree_digest, t
 from .prepare import missing_module_hint
 from .stagespec import load_spec
 
-__all__ = ["Context", "main", "run", "save_weights", "EVENT_PREFIX", "TASKS"]
+__all__ = ["Context", "main", "run", "save_weights", "unwrap", "check_fits", "EVENT_PREFIX", "TASKS"]
 
 EVENT_PREFIX = "MLBUILD "
 TASKS = ("classification", "regression")
@@ -182,6 +182,64 @@ class Context:
                           "fractions": fractions}
 
 
+def unwrap(model: Any) -> Any:
+    """The model a wrapper holds: ``torch.nn.DataParallel`` and ``DistributedDataParallel``
+    (``.module``), ``torch.compile``'s ``OptimizedModule`` (``._orig_mod``). Their state_dict names
+    every weight with a prefix (``module.``, ``_orig_mod.``) that ``build_model``'s plain module,
+    which the server loads the weights into, does not have."""
+    import torch
+
+    wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    while True:
+        if isinstance(model, wrappers):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _listed(names: Any, limit: int = 8) -> str:
+    names = sorted(names)
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_fits(model: Any, state: dict[str, Any], fresh: Any, script: str) -> None:
+    """Refuse, at training time, weights that the server could not load into ``build_model(params)``
+    (it loads them strictly) or that it would load into a model answering otherwise: names or
+    shapes that differ, and buffers registered with ``persistent=False`` (not in the weights, so
+    the server keeps ``build_model``'s value) that training changed."""
+    import torch
+
+    fix = (f"train(ctx) in {script} must return the model build_model(ctx.params) builds, as the server and the "
+           f"validation build it from the same params (build it in train with build_model(ctx.params))")
+    if not isinstance(fresh, torch.nn.Module):
+        raise SystemExit(f"mlbuild: build_model(params) in {script} returned {type(fresh).__name__}, not a torch.nn.Module")
+    built = fresh.state_dict()
+    extra, lacking = set(state) - set(built), set(built) - set(state)
+    if extra or lacking:
+        parts = ([f"the trained model has {_listed(extra)}, which build_model(params)'s has not"] if extra else []) + \
+                ([f"build_model(params)'s has {_listed(lacking)}, which the trained model has not"] if lacking else [])
+        raise SystemExit(f"mlbuild: build_model(params) does not build the trained model: {'; '.join(parts)}. {fix}")
+    shapes = [f"{k} is {list(state[k].shape)} trained, {list(built[k].shape)} from build_model(params)"
+              for k in sorted(state) if tuple(state[k].shape) != tuple(built[k].shape)]
+    if shapes:
+        raise SystemExit(f"mlbuild: build_model(params) builds other shapes than the trained model's, so the server "
+                         f"could not load its weights: {'; '.join(shapes[:5])}"
+                         + (f" and {len(shapes) - 5} more" if len(shapes) > 5 else "") + f". {fix}")
+    fresh_buffers = dict(fresh.named_buffers())
+    for name, trained in model.named_buffers():
+        if name in state or name not in fresh_buffers:
+            continue
+        other = fresh_buffers[name]
+        if (trained.shape == other.shape and trained.dtype == other.dtype
+                and not torch.equal(trained.detach().cpu(), other.detach().cpu())):
+            raise SystemExit(
+                f"mlbuild: buffer {name!r} was registered with persistent=False, so it is not saved with the weights, "
+                f"and training changed it: the server and the validation would use build_model(params)'s value, not "
+                f"the trained one. Register it persistent (register_buffer's default), or compute it in build_model")
+
+
 def save_weights(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` as safetensors, byte for byte the same in every process.
 
@@ -192,7 +250,23 @@ def save_weights(state: dict[str, Any], path: Path) -> None:
     """
     from safetensors.torch import save_file
 
-    save_file(state, str(path), metadata={"format": "pt"})
+    save_file(unshared(state), str(path), metadata={"format": "pt"})
+
+
+def unshared(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with a copy of each tensor whose memory an earlier one shares: tied weights (an
+    output layer that is the embedding's weight) and a submodule used in two places are one tensor
+    under two names, which safetensors' ``save_file`` refuses ("Some tensors share memory"). The
+    file holds each name, as ``build_model``'s state_dict has each and the server loads strictly."""
+    seen: set[int] = set()
+    result: dict[str, Any] = {}
+    for name, tensor in state.items():
+        ptr = tensor.untyped_storage().data_ptr() if tensor.numel() else 0
+        if ptr and ptr in seen:
+            tensor = tensor.clone()
+        seen.add(ptr)
+        result[name] = tensor
+    return result
 
 
 def run(spec: dict[str, Any], out: Path) -> None:
@@ -216,11 +290,10 @@ def run(spec: dict[str, Any], out: Path) -> None:
             f"the validation need the model's task and input shape. Call ctx.describe(task=\"classification\", "
             f"input_shape=[FEATURES], labels=[...]) or ctx.describe(task=\"regression\", input_shape=[FEATURES]) "
             f"in train()")
+    model = unwrap(model)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     fresh = module.build_model(dict(spec["params"]))
-    missing = set(fresh.state_dict()) ^ set(state)
-    if missing:
-        raise SystemExit(f"mlbuild: build_model(params) does not have the trained model's weights: {sorted(missing)}")
+    check_fits(model, state, fresh, spec["script"])
     weights = out / "model.safetensors"
     save_weights(state, weights)
     config = {"module": spec["module"], "script": spec["script"], "params": spec["params"],

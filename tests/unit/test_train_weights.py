@@ -40,3 +40,112 @@ def test_weights_round_trip(tmp_path: Path) -> None:
     state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
     save_weights(state, tmp_path / "m.safetensors")
     assert torch.equal(load_file(str(tmp_path / "m.safetensors"))["w"], state["w"])
+
+
+class _Tied(__import__("torch").nn.Module):
+    """A language-model head that is the embedding's weight, and a block used twice."""
+
+    def __init__(self) -> None:
+        import torch
+        super().__init__()
+        self.emb = torch.nn.Embedding(12, 4)
+        self.block = torch.nn.Linear(4, 4)
+        self.again = self.block
+        self.out = torch.nn.Linear(4, 12, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, x: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+        return self.out(self.again(self.block(self.emb(x))))
+
+
+def test_tied_weights_and_shared_submodules_are_saved_and_load_into_build_model(tmp_path: Path) -> None:
+    """safetensors' save_file refused them ("Some tensors share memory"): a training of a tied
+    language model failed after all its epochs, with safetensors' advice to call save_model."""
+    import torch
+    from safetensors.torch import load_file
+
+    from mlbuild.runtime.train import save_weights
+
+    torch.manual_seed(0)
+    model = _Tied()
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_weights(state, tmp_path / "m.safetensors")
+    loaded = load_file(str(tmp_path / "m.safetensors"))
+    assert sorted(loaded) == sorted(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+    fresh = _Tied()
+    fresh.load_state_dict(loaded, strict=True, assign=True)   # as the server loads them
+    x = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), model.eval()(x))
+    assert model.out.weight is model.emb.weight   # the trained model itself is left as it was
+
+
+def test_a_wrapped_model_is_saved_as_the_model_it_wraps() -> None:
+    """train returning torch.nn.DataParallel(model) or torch.compile(model) failed: its weights are
+    named module.* or _orig_mod.*, which build_model's module has not."""
+    import torch
+
+    from mlbuild.runtime.train import check_fits, unwrap
+
+    inner = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    for wrapped in (torch.nn.DataParallel(inner), torch.compile(inner), torch.nn.DataParallel(torch.compile(inner))):
+        model = unwrap(wrapped)
+        assert model is inner
+        check_fits(model, model.state_dict(), torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)),
+                   "model.py")
+
+
+def _refusal(model: "torch.nn.Module", fresh: "torch.nn.Module") -> str:  # noqa: F821
+    import pytest
+
+    from mlbuild.runtime.train import check_fits
+
+    with pytest.raises(SystemExit) as e:
+        check_fits(model, model.state_dict(), fresh, "model.py")
+    return str(e.value.code)
+
+
+def test_a_build_model_that_cannot_take_the_weights_is_refused_at_training() -> None:
+    """A build_model(params) of other layer sizes than train's model trained, packaged and only
+    failed when the validation or the server loaded the weights; other names listed both sides
+    as "the trained model's weights"."""
+    import torch
+    from torch import nn
+
+    message = _refusal(nn.Sequential(nn.Linear(4, 32), nn.Linear(32, 3)), nn.Sequential(nn.Linear(4, 16), nn.Linear(16, 3)))
+    assert message.startswith("mlbuild: build_model(params) builds other shapes than the trained model's, so the "
+                              "server could not load its weights: 0.bias is [32] trained, [16] from build_model(params); "
+                              "0.weight is [32, 4] trained, [16, 4] from build_model(params); 1.weight is [3, 32] "
+                              "trained, [3, 16] from build_model(params). ")
+    assert "train(ctx) in model.py must return the model build_model(ctx.params) builds" in message
+    message = _refusal(nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)), nn.Sequential(nn.Linear(4, 3)))
+    assert ("does not build the trained model: the trained model has 1.bias, 1.num_batches_tracked, 1.running_mean, "
+            "1.running_var, 1.weight, which build_model(params)'s has not. ") in message
+    message = _refusal(nn.Sequential(nn.Linear(4, 3)), nn.Sequential(nn.Identity(), nn.Linear(4, 3)))
+    assert "build_model(params)'s has 1.bias, 1.weight, which the trained model has not" in message
+    with_a_tensor = _refusal(nn.Linear(4, 3), torch.zeros(3))   # type: ignore[arg-type]
+    assert "build_model(params) in model.py returned Tensor, not a torch.nn.Module" in with_a_tensor
+
+
+class _Scaled(__import__("torch").nn.Module):
+    def __init__(self) -> None:
+        import torch
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+        self.register_buffer("scale", torch.ones(4), persistent=False)
+        self.register_buffer("cache", torch.zeros(0), persistent=False)
+
+
+def test_a_non_persistent_buffer_that_training_changed_is_refused() -> None:
+    """register_buffer(..., persistent=False) is not in the weights: a scale set in training was
+    served as build_model's ones, with no word (the validation only scored lower)."""
+    model, fresh = _Scaled(), _Scaled()
+    fresh.load_state_dict(model.state_dict())
+    model.cache = __import__("torch").ones(8)   # a cache that grows (a rotary table): rebuilt when needed
+    from mlbuild.runtime.train import check_fits
+    check_fits(model, model.state_dict(), fresh, "model.py")
+    model.scale.fill_(2.0)
+    assert _refusal(model, fresh) == (
+        "mlbuild: buffer 'scale' was registered with persistent=False, so it is not saved with the weights, and "
+        "training changed it: the server and the validation would use build_model(params)'s value, not the trained "
+        "one. Register it persistent (register_buffer's default), or compute it in build_model")
