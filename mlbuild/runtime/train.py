@@ -32,7 +32,7 @@ from .hashing import dataset_hash, find_store_paths, sha256_file, tree_digest, t
 from .prepare import missing_module_hint
 from .stagespec import load_spec
 
-__all__ = ["Context", "main", "run", "save_weights", "unwrap", "check_fits", "EVENT_PREFIX", "TASKS"]
+__all__ = ["Context", "main", "run", "save_weights", "unwrap", "weights_of", "check_fits", "EVENT_PREFIX", "TASKS"]
 
 EVENT_PREFIX = "MLBUILD "
 TASKS = ("classification", "regression")
@@ -199,6 +199,31 @@ def unwrap(model: Any) -> Any:
             return model
 
 
+def weights_of(model: Any, script: str) -> dict[str, Any]:
+    """The model's state_dict as plain CPU tensors for safetensors; SystemExit naming an entry it
+    cannot hold (a quantized module's packed parameters and dtype, a quantized or sparse tensor),
+    which failed with ``'torch.dtype' object has no attribute 'detach'`` or safetensors' own error."""
+    import torch
+
+    state: dict[str, Any] = {}
+    for name, value in model.state_dict().items():
+        what = None
+        if not isinstance(value, torch.Tensor):
+            what = f"a {type(value).__module__}.{type(value).__qualname__}, not a tensor"
+        elif value.is_quantized:
+            what = f"a quantized tensor ({value.dtype})"
+        elif value.layout != torch.strided:
+            what = f"a {str(value.layout).replace('torch.', '')} tensor"
+        if what is not None:
+            raise SystemExit(
+                f"mlbuild: the model train(ctx) in {script} returned holds {name!r}, {what}; mlbuild saves the "
+                f"weights as safetensors, which hold plain (dense, unquantized) tensors only. Return the "
+                f"floating-point model (a torch.ao.quantization model cannot be packaged; a sparse weight: "
+                f".to_dense() it)")
+        state[name] = value.detach().to("cpu").contiguous()
+    return state
+
+
 def _listed(names: Any, limit: int = 8) -> str:
     names = sorted(names)
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
@@ -291,7 +316,7 @@ def run(spec: dict[str, Any], out: Path) -> None:
             f"input_shape=[FEATURES], labels=[...]) or ctx.describe(task=\"regression\", input_shape=[FEATURES]) "
             f"in train()")
     model = unwrap(model)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = weights_of(model, spec["script"])
     fresh = module.build_model(dict(spec["params"]))
     check_fits(model, state, fresh, spec["script"])
     weights = out / "model.safetensors"

@@ -149,3 +149,31 @@ def test_a_non_persistent_buffer_that_training_changed_is_refused() -> None:
         "mlbuild: buffer 'scale' was registered with persistent=False, so it is not saved with the weights, and "
         "training changed it: the server and the validation would use build_model(params)'s value, not the trained "
         "one. Register it persistent (register_buffer's default), or compute it in build_model")
+
+
+def test_weights_safetensors_cannot_hold_are_named() -> None:
+    """A dynamically quantized model (torch.ao.quantization.quantize_dynamic) failed its training
+    with a traceback ending in "'torch.dtype' object has no attribute 'detach'"."""
+    import pytest
+    import torch
+
+    from mlbuild.runtime.train import weights_of
+
+    quantized = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(4, 3)), {torch.nn.Linear},
+                                                       dtype=torch.qint8)
+    with pytest.raises(SystemExit) as e:
+        weights_of(quantized, "model.py")
+    assert str(e.value.code).startswith(
+        "mlbuild: the model train(ctx) in model.py returned holds '0._packed_params.dtype', a torch.dtype, not a "
+        "tensor; mlbuild saves the weights as safetensors")
+    assert "which hold plain (dense, unquantized) tensors only. Return the floating-point model" in str(e.value.code)
+    sparse = torch.nn.Linear(4, 3)
+    sparse.register_buffer("mask", torch.eye(3).to_sparse())
+    with pytest.raises(SystemExit, match=r"holds 'mask', a sparse_coo tensor; .*: \.to_dense\(\) it\)"):
+        weights_of(sparse, "model.py")
+    static = torch.nn.Linear(4, 3)
+    static.register_buffer("q", torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.qint8))
+    with pytest.raises(SystemExit, match=r"holds 'q', a quantized tensor \(torch\.qint8\); mlbuild saves"):
+        weights_of(static, "model.py")
+    plain = weights_of(torch.nn.Linear(4, 3), "model.py")
+    assert sorted(plain) == ["bias", "weight"] and not plain["weight"].requires_grad
