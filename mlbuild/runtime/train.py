@@ -32,7 +32,7 @@ from .hashing import dataset_hash, find_store_paths, sha256_file, tree_digest, t
 from .prepare import missing_module_hint
 from .stagespec import load_spec
 
-__all__ = ["Context", "main", "run", "save_weights", "unwrap", "weights_of", "check_fits", "EVENT_PREFIX", "TASKS"]
+__all__ = ["Context", "main", "run", "save_weights", "unwrap", "weights_of", "check_fits", "check_answers", "EVENT_PREFIX", "TASKS"]
 
 EVENT_PREFIX = "MLBUILD "
 TASKS = ("classification", "regression")
@@ -265,6 +265,73 @@ def check_fits(model: Any, state: dict[str, Any], fresh: Any, script: str) -> No
                 f"the trained one. Register it persistent (register_buffer's default), or compute it in build_model")
 
 
+def _leaves(out: Any) -> list[Any]:
+    """The tensors of a forward pass's output (a tensor, or tuples, lists and dicts of them)."""
+    if isinstance(out, dict):
+        return [t for k in sorted(out, key=str) for t in _leaves(out[k])]
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in _leaves(item)]
+    return [out]
+
+
+def check_answers(model: Any, fresh: Any, module: Any, state: dict[str, Any], signature: dict[str, Any],
+                  script: str) -> None:
+    """Refuse a model that answers otherwise once rebuilt as the server rebuilds it (``fresh``,
+    what ``build_model(params)`` built, the saved weights loaded, eval mode), on two rows of the declared
+    input: what it depends on is not in its weights (an attribute set in training,
+    ``model.temperature = 2.0``, or a ``build_model`` that builds another forward on the same
+    weights), and the server would answer otherwise than the model trained, with no error.
+
+    Nothing is refused where the comparison cannot be made: a preprocess or forward that fails on
+    these rows (the validation's warm-up names such failures), or a forward that does not answer
+    the same twice (sampling)."""
+    import numpy as np
+    import torch
+
+    spec = signature["inputs"][0]
+    shape = [2, *[d if d > 0 else 3 for d in spec["shape"][1:]]]
+    g = np.random.default_rng(0)
+    kind = spec["datatype"]   # rows of its dtype, as the server hands them to preprocess: FP32 float32, UINT8 uint8...
+    dtype = np.dtype(kind.lower().replace("fp", "float"))
+    rows = (g.standard_normal(shape) if kind.startswith("FP") else g.integers(0, 2, shape)).astype(dtype)
+    served = fresh
+    try:
+        served.load_state_dict(state, strict=True, assign=True)
+    except Exception:
+        return   # check_fits named what does not fit
+    served.eval()
+    model.eval()
+    user_pre = getattr(module, "preprocess", None)
+    floating = next((t.dtype for t in (*served.parameters(), *served.buffers()) if t.is_floating_point()),
+                    torch.float32)
+    try:
+        with torch.inference_mode():
+            if callable(user_pre):
+                x = user_pre(rows)
+            else:
+                x = torch.from_numpy(rows)
+                x = x.to(floating) if x.is_floating_point() or x.dtype == torch.bool else x
+            first, again, rebuilt = (_leaves(m(x)) for m in (model, model, served))
+    except Exception:
+        return
+    if not all(isinstance(t, torch.Tensor) for t in first + again + rebuilt) or len(first) != len(rebuilt):
+        return
+
+    def same(a: list[Any], b: list[Any]) -> bool:
+        return all(s.shape == t.shape and torch.allclose(s.float(), t.float(), rtol=1e-4, atol=1e-5, equal_nan=True)
+                   for s, t in zip(a, b))
+
+    if same(first, again) and not same(first, rebuilt):
+        gap = max(float((s.float() - t.float()).abs().nan_to_num(nan=float("inf")).max()) if s.shape == t.shape
+                  else float("inf") for s, t in zip(first, rebuilt))
+        raise SystemExit(
+            f"mlbuild: the model train(ctx) in {script} returned and build_model(params) with its saved weights answer "
+            f"otherwise on the same input (by up to {gap:.3g}), in eval mode: the server and the validation rebuild "
+            f"the model with build_model(params) and load only its weights (parameters and persistent buffers). Keep "
+            f"what the model needs in them: a value set in training as a plain attribute (model.temperature = ...) "
+            f"as a buffer (register_buffer), a choice of layers as a param in mlbuild.toml, which build_model reads")
+
+
 def save_weights(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` as safetensors, byte for byte the same in every process.
 
@@ -321,6 +388,8 @@ def run(spec: dict[str, Any], out: Path) -> None:
     check_fits(model, state, fresh, spec["script"])
     weights = out / "model.safetensors"
     save_weights(state, weights)
+    # After the save: a forward that changes a buffer in place (a call counter) cannot change the file.
+    check_answers(model, fresh, module, state, ctx.signature, spec["script"])
     config = {"module": spec["module"], "script": spec["script"], "params": spec["params"],
               "model": spec["model"], **ctx.signature}
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 SAVE = """
 import sys, torch
@@ -177,3 +178,77 @@ def test_weights_safetensors_cannot_hold_are_named() -> None:
         weights_of(static, "model.py")
     plain = weights_of(torch.nn.Linear(4, 3), "model.py")
     assert sorted(plain) == ["bias", "weight"] and not plain["weight"].requires_grad
+
+
+class _Temperature(__import__("torch").nn.Module):
+    def __init__(self) -> None:
+        import torch
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+        self.temperature = 1.0
+
+    def forward(self, x: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+        return self.fc(x) / self.temperature
+
+
+def _answers(model: "torch.nn.Module", build: Any, shape: list[int], datatype: str = "FP32",  # noqa: F821
+             **handlers: Any) -> str | None:
+    from types import SimpleNamespace
+
+    from mlbuild.runtime.train import check_answers, weights_of
+
+    module = SimpleNamespace(build_model=build, **handlers)
+    signature = {"inputs": [{"name": "input", "datatype": datatype, "shape": [-1, *shape]}]}
+    try:
+        check_answers(model, build({}), module, weights_of(model, "model.py"), signature, "model.py")
+    except SystemExit as e:
+        return str(e.code)
+    return None
+
+
+def test_a_model_that_answers_otherwise_once_rebuilt_is_refused_at_training() -> None:
+    """What the model depends on beyond its weights (an attribute set in training, another forward
+    in build_model) was served with no error, answering otherwise than the trained model."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    tempered = _Temperature()
+    tempered.temperature = 3.0
+    message = _answers(tempered, lambda p: _Temperature(), [4])
+    assert message is not None and message.startswith(
+        "mlbuild: the model train(ctx) in model.py returned and build_model(params) with its saved weights answer "
+        "otherwise on the same input (by up to ")
+    assert "a value set in training as a plain attribute (model.temperature = ...) as a buffer" in message
+    relu = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    assert _answers(relu, lambda p: nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)), [4]) is not None
+    # what answers the same is let through: tied weights, BatchNorm and Dropout (eval mode), a
+    # float64 model, token ids, an LSTM over a sequence, a forward returning a dict
+    bn = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3))
+    bn(torch.randn(16, 4))
+    fresh_bn = lambda p: nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3))  # noqa: E731
+    assert _answers(bn, fresh_bn, [4]) is None
+    assert _answers(bn.double(), lambda p: fresh_bn(p).double(), [4]) is None
+    assert _answers(_Tied(), lambda p: _Tied(), [5], "INT64") is None
+    lstm = nn.LSTM(4, 6, batch_first=True)
+    assert _answers(lstm, lambda p: nn.LSTM(4, 6, batch_first=True), [8, 4]) is None
+
+    class Pixels(nn.Linear):   # UINT8 rows, as the server hands them over: a forward that scales them itself
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            assert x.dtype == torch.uint8
+            return super().forward(x.float() / 255)
+
+    class Scaled(Pixels):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) * 2
+
+    assert _answers(Pixels(4, 3), lambda p: Pixels(4, 3), [4], "UINT8") is None
+    assert _answers(Pixels(4, 3), lambda p: Scaled(4, 3), [4], "UINT8") is not None
+    # no comparison where none can be made: a preprocess refusing the rows, a forward that samples
+    assert _answers(tempered, lambda p: _Temperature(), [4], preprocess=lambda x: 1 / 0) is None
+
+    class Sampling(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) + torch.randn(len(x), 3)
+
+    assert _answers(Sampling(4, 3), lambda p: Sampling(4, 3), [4]) is None
