@@ -170,6 +170,8 @@ class Context:
         fractions), saved in the package for input-drift monitoring."""
         import numpy as np
 
+        if hasattr(x, "detach") and hasattr(x, "double"):   # a torch tensor: a bfloat16 one, one that requires
+            x = x.detach().cpu().double()                   # grad or one on a GPU has no numpy view
         a = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
         qs = np.linspace(0, 1, bins + 1)[1:-1]
         edges = np.quantile(a, qs, axis=0).T
