@@ -432,6 +432,23 @@ def check_no_dataset_paths(spec: dict[str, Any], out: Path) -> None:
             f"copy what the model needs (a vocabulary, statistics) into ctx.out, or record a name or a hash instead of the path")
 
 
+def compiler_hint(exc: BaseException) -> str | None:
+    """What to do when ``exc`` is torch.compile's inductor finding no C++ compiler (a build has
+    none: only the toolchain); None for any other failure."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if type(cause).__module__.startswith("torch._inductor") and type(cause).__name__ in (
+                "InvalidCxxCompiler", "CppCompileError"):
+            return ("mlbuild: torch.compile's default backend (inductor) compiles C++ while the model runs, and a "
+                    "build has no C++ compiler (it sees only the toolchain; code generated for this machine's CPU "
+                    "would not train reproducibly elsewhere either). Train eagerly: drop torch.compile, or use "
+                    "torch.compile(model, backend=\"aot_eager\"), which needs no compiler")
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def main() -> None:
     spec = load_spec()
     out = Path(os.environ["out"])
@@ -449,7 +466,7 @@ def main() -> None:
             raise SystemExit(1) from None
         except BaseException as e:
             traceback.print_exc()
-            hint = missing_module_hint(e)   # an import inside train(), say
+            hint = missing_module_hint(e) or compiler_hint(e)   # an import inside train(), say
             if hint is not None:
                 print(hint, file=sys.stderr)
             sys.stderr.flush()
