@@ -4,7 +4,7 @@ The user's module (``config.module``, imported from ``PKG/code``) defines
 ``build_model(params) -> torch.nn.Module`` (architecture only) and may define
 ``preprocess(x: numpy.ndarray) -> torch.Tensor`` and
 ``postprocess(outputs: torch.Tensor) -> dict[str, numpy.ndarray]``. Defaults: the input as a
-float32 tensor; for ``task == "classification"``, ``{"probabilities": softmax, "label": argmax}``;
+tensor, floating-point and boolean inputs in the dtype of the model's weights (float32 for most); for ``task == "classification"``, ``{"probabilities": softmax, "label": argmax}``;
 otherwise ``{<first output>: outputs}``. Any output declared ``[-1]`` that comes back ``[N, 1]``
 (from the default or the user's postprocess) is served as ``[N]``. A ``ValueError`` raised by
 ``preprocess`` refuses the request's input (``InputRefused``: a 400 with its message), so a handler
