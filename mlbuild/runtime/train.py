@@ -32,7 +32,7 @@ from .hashing import dataset_hash, find_store_paths, sha256_file, tree_digest, t
 from .prepare import missing_module_hint
 from .stagespec import load_spec
 
-__all__ = ["Context", "main", "run", "save_weights", "EVENT_PREFIX", "TASKS"]
+__all__ = ["Context", "main", "run", "save_weights", "unwrap", "weights_of", "check_fits", "check_answers", "EVENT_PREFIX", "TASKS"]
 
 EVENT_PREFIX = "MLBUILD "
 TASKS = ("classification", "regression")
@@ -170,6 +170,8 @@ class Context:
         fractions), saved in the package for input-drift monitoring."""
         import numpy as np
 
+        if hasattr(x, "detach") and hasattr(x, "double"):   # a torch tensor: a bfloat16 one, one that requires
+            x = x.detach().cpu().double()                   # grad or one on a GPU has no numpy view
         a = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
         qs = np.linspace(0, 1, bins + 1)[1:-1]
         edges = np.quantile(a, qs, axis=0).T
@@ -182,6 +184,156 @@ class Context:
                           "fractions": fractions}
 
 
+def unwrap(model: Any) -> Any:
+    """The model a wrapper holds: ``torch.nn.DataParallel`` and ``DistributedDataParallel``
+    (``.module``), ``torch.compile``'s ``OptimizedModule`` (``._orig_mod``). Their state_dict names
+    every weight with a prefix (``module.``, ``_orig_mod.``) that ``build_model``'s plain module,
+    which the server loads the weights into, does not have."""
+    import torch
+
+    wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    while True:
+        if isinstance(model, wrappers):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def weights_of(model: Any, script: str) -> dict[str, Any]:
+    """The model's state_dict as plain CPU tensors for safetensors; SystemExit naming an entry it
+    cannot hold (a quantized module's packed parameters and dtype, a quantized or sparse tensor),
+    which failed with ``'torch.dtype' object has no attribute 'detach'`` or safetensors' own error."""
+    import torch
+
+    state: dict[str, Any] = {}
+    for name, value in model.state_dict().items():
+        what = None
+        if not isinstance(value, torch.Tensor):
+            what = f"a {type(value).__module__}.{type(value).__qualname__}, not a tensor"
+        elif value.is_quantized:
+            what = f"a quantized tensor ({value.dtype})"
+        elif value.layout != torch.strided:
+            what = f"a {str(value.layout).replace('torch.', '')} tensor"
+        if what is not None:
+            raise SystemExit(
+                f"mlbuild: the model train(ctx) in {script} returned holds {name!r}, {what}; mlbuild saves the "
+                f"weights as safetensors, which hold plain (dense, unquantized) tensors only. Return the "
+                f"floating-point model (a torch.ao.quantization model cannot be packaged; a sparse weight: "
+                f".to_dense() it)")
+        state[name] = value.detach().to("cpu").contiguous()
+    return state
+
+
+def _listed(names: Any, limit: int = 8) -> str:
+    names = sorted(names)
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_fits(model: Any, state: dict[str, Any], fresh: Any, script: str) -> None:
+    """Refuse, at training time, weights that the server could not load into ``build_model(params)``
+    (it loads them strictly) or that it would load into a model answering otherwise: names or
+    shapes that differ, and buffers registered with ``persistent=False`` (not in the weights, so
+    the server keeps ``build_model``'s value) that training changed."""
+    import torch
+
+    fix = (f"train(ctx) in {script} must return the model build_model(ctx.params) builds, as the server and the "
+           f"validation build it from the same params (build it in train with build_model(ctx.params))")
+    if not isinstance(fresh, torch.nn.Module):
+        raise SystemExit(f"mlbuild: build_model(params) in {script} returned {type(fresh).__name__}, not a torch.nn.Module")
+    built = fresh.state_dict()
+    extra, lacking = set(state) - set(built), set(built) - set(state)
+    if extra or lacking:
+        parts = ([f"the trained model has {_listed(extra)}, which build_model(params)'s has not"] if extra else []) + \
+                ([f"build_model(params)'s has {_listed(lacking)}, which the trained model has not"] if lacking else [])
+        raise SystemExit(f"mlbuild: build_model(params) does not build the trained model: {'; '.join(parts)}. {fix}")
+    shapes = [f"{k} is {list(state[k].shape)} trained, {list(built[k].shape)} from build_model(params)"
+              for k in sorted(state) if tuple(state[k].shape) != tuple(built[k].shape)]
+    if shapes:
+        raise SystemExit(f"mlbuild: build_model(params) builds other shapes than the trained model's, so the server "
+                         f"could not load its weights: {'; '.join(shapes[:5])}"
+                         + (f" and {len(shapes) - 5} more" if len(shapes) > 5 else "") + f". {fix}")
+    fresh_buffers = dict(fresh.named_buffers())
+    for name, trained in model.named_buffers():
+        if name in state or name not in fresh_buffers:
+            continue
+        other = fresh_buffers[name]
+        if (trained.shape == other.shape and trained.dtype == other.dtype
+                and not torch.equal(trained.detach().cpu(), other.detach().cpu())):
+            raise SystemExit(
+                f"mlbuild: buffer {name!r} was registered with persistent=False, so it is not saved with the weights, "
+                f"and training changed it: the server and the validation would use build_model(params)'s value, not "
+                f"the trained one. Register it persistent (register_buffer's default), or compute it in build_model")
+
+
+def _leaves(out: Any) -> list[Any]:
+    """The tensors of a forward pass's output (a tensor, or tuples, lists and dicts of them)."""
+    if isinstance(out, dict):
+        return [t for k in sorted(out, key=str) for t in _leaves(out[k])]
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in _leaves(item)]
+    return [out]
+
+
+def check_answers(model: Any, fresh: Any, module: Any, state: dict[str, Any], signature: dict[str, Any],
+                  script: str) -> None:
+    """Refuse a model that answers otherwise once rebuilt as the server rebuilds it (``fresh``,
+    what ``build_model(params)`` built, the saved weights loaded, eval mode), on two rows of the declared
+    input: what it depends on is not in its weights (an attribute set in training,
+    ``model.temperature = 2.0``, or a ``build_model`` that builds another forward on the same
+    weights), and the server would answer otherwise than the model trained, with no error.
+
+    Nothing is refused where the comparison cannot be made: a preprocess or forward that fails on
+    these rows (the validation's warm-up names such failures), or a forward that does not answer
+    the same twice (sampling)."""
+    import numpy as np
+    import torch
+
+    spec = signature["inputs"][0]
+    shape = [2, *[d if d > 0 else 3 for d in spec["shape"][1:]]]
+    g = np.random.default_rng(0)
+    kind = spec["datatype"]   # rows of its dtype, as the server hands them to preprocess: FP32 float32, UINT8 uint8...
+    dtype = np.dtype(kind.lower().replace("fp", "float"))
+    rows = (g.standard_normal(shape) if kind.startswith("FP") else g.integers(0, 2, shape)).astype(dtype)
+    served = fresh
+    try:
+        served.load_state_dict(state, strict=True, assign=True)
+    except Exception:
+        return   # check_fits named what does not fit
+    served.eval()
+    model.eval()
+    user_pre = getattr(module, "preprocess", None)
+    floating = next((t.dtype for t in (*served.parameters(), *served.buffers()) if t.is_floating_point()),
+                    torch.float32)
+    try:
+        with torch.inference_mode():
+            if callable(user_pre):
+                x = user_pre(rows)
+            else:
+                x = torch.from_numpy(rows)
+                x = x.to(floating) if x.is_floating_point() or x.dtype == torch.bool else x
+            first, again, rebuilt = (_leaves(m(x)) for m in (model, model, served))
+    except Exception:
+        return
+    if not all(isinstance(t, torch.Tensor) for t in first + again + rebuilt) or len(first) != len(rebuilt):
+        return
+
+    def same(a: list[Any], b: list[Any]) -> bool:
+        return all(s.shape == t.shape and torch.allclose(s.float(), t.float(), rtol=1e-4, atol=1e-5, equal_nan=True)
+                   for s, t in zip(a, b))
+
+    if same(first, again) and not same(first, rebuilt):
+        gap = max(float((s.float() - t.float()).abs().nan_to_num(nan=float("inf")).max()) if s.shape == t.shape
+                  else float("inf") for s, t in zip(first, rebuilt))
+        raise SystemExit(
+            f"mlbuild: the model train(ctx) in {script} returned and build_model(params) with its saved weights answer "
+            f"otherwise on the same input (by up to {gap:.3g}), in eval mode: the server and the validation rebuild "
+            f"the model with build_model(params) and load only its weights (parameters and persistent buffers). Keep "
+            f"what the model needs in them: a value set in training as a plain attribute (model.temperature = ...) "
+            f"as a buffer (register_buffer), a choice of layers as a param in mlbuild.toml, which build_model reads")
+
+
 def save_weights(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` as safetensors, byte for byte the same in every process.
 
@@ -192,7 +344,23 @@ def save_weights(state: dict[str, Any], path: Path) -> None:
     """
     from safetensors.torch import save_file
 
-    save_file(state, str(path), metadata={"format": "pt"})
+    save_file(unshared(state), str(path), metadata={"format": "pt"})
+
+
+def unshared(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with a copy of each tensor whose memory an earlier one shares: tied weights (an
+    output layer that is the embedding's weight) and a submodule used in two places are one tensor
+    under two names, which safetensors' ``save_file`` refuses ("Some tensors share memory"). The
+    file holds each name, as ``build_model``'s state_dict has each and the server loads strictly."""
+    seen: set[int] = set()
+    result: dict[str, Any] = {}
+    for name, tensor in state.items():
+        ptr = tensor.untyped_storage().data_ptr() if tensor.numel() else 0
+        if ptr and ptr in seen:
+            tensor = tensor.clone()
+        seen.add(ptr)
+        result[name] = tensor
+    return result
 
 
 def run(spec: dict[str, Any], out: Path) -> None:
@@ -216,13 +384,14 @@ def run(spec: dict[str, Any], out: Path) -> None:
             f"the validation need the model's task and input shape. Call ctx.describe(task=\"classification\", "
             f"input_shape=[FEATURES], labels=[...]) or ctx.describe(task=\"regression\", input_shape=[FEATURES]) "
             f"in train()")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    model = unwrap(model)
+    state = weights_of(model, spec["script"])
     fresh = module.build_model(dict(spec["params"]))
-    missing = set(fresh.state_dict()) ^ set(state)
-    if missing:
-        raise SystemExit(f"mlbuild: build_model(params) does not have the trained model's weights: {sorted(missing)}")
+    check_fits(model, state, fresh, spec["script"])
     weights = out / "model.safetensors"
     save_weights(state, weights)
+    # After the save: a forward that changes a buffer in place (a call counter) cannot change the file.
+    check_answers(model, fresh, module, state, ctx.signature, spec["script"])
     config = {"module": spec["module"], "script": spec["script"], "params": spec["params"],
               "model": spec["model"], **ctx.signature}
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -263,6 +432,23 @@ def check_no_dataset_paths(spec: dict[str, Any], out: Path) -> None:
             f"copy what the model needs (a vocabulary, statistics) into ctx.out, or record a name or a hash instead of the path")
 
 
+def compiler_hint(exc: BaseException) -> str | None:
+    """What to do when ``exc`` is torch.compile's inductor finding no C++ compiler (a build has
+    none: only the toolchain); None for any other failure."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if type(cause).__module__.startswith("torch._inductor") and type(cause).__name__ in (
+                "InvalidCxxCompiler", "CppCompileError"):
+            return ("mlbuild: torch.compile's default backend (inductor) compiles C++ while the model runs, and a "
+                    "build has no C++ compiler (it sees only the toolchain; code generated for this machine's CPU "
+                    "would not train reproducibly elsewhere either). Train eagerly: drop torch.compile, or use "
+                    "torch.compile(model, backend=\"aot_eager\"), which needs no compiler")
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def main() -> None:
     spec = load_spec()
     out = Path(os.environ["out"])
@@ -280,7 +466,7 @@ def main() -> None:
             raise SystemExit(1) from None
         except BaseException as e:
             traceback.print_exc()
-            hint = missing_module_hint(e)   # an import inside train(), say
+            hint = missing_module_hint(e) or compiler_hint(e)   # an import inside train(), say
             if hint is not None:
                 print(hint, file=sys.stderr)
             sys.stderr.flush()

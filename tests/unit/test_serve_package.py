@@ -571,3 +571,48 @@ def test_the_served_package_writes_no_bytecode_into_the_store(tmp_path: Path, wh
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert not list(runtime.rglob("__pycache__")), "bytecode written beside the runtime's modules"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_weights_in_another_float_dtype_are_served_in_it(tmp_path: Path, dtype: torch.dtype, task: str) -> None:
+    """A model trained in float64 (model.double()) loads its weights as float64, and the default
+    preprocess gave it float32 rows: every request failed ("mat1 and mat2 must have the same
+    dtype"), as did the validation; bfloat16 outputs, which numpy has no dtype for, failed too."""
+    from safetensors.torch import load_file, save_file
+
+    config: dict[str, Any] = {} if task == "classification" else {
+        "task": "regression", "labels": None, "outputs": [{"name": "prediction", "datatype": "FP32", "shape": [-1]}]}
+    params = {"features": 64, "hidden": 32, "classes": 10 if task == "classification" else 1}
+    pkg = build_package(tmp_path / "p", train_steps=0, params=params, extra_config=config)
+    weights = pkg / "model" / "model.safetensors"
+    save_file({k: v.to(dtype) for k, v in load_file(str(weights)).items()}, str(weights))
+    model = load_model(load_package(pkg), threads=1, verify=False)
+    x = np.random.default_rng(0).random((5, 64), dtype=np.float32)
+    out = model.run(x)
+    reference = load_reference(pkg).to(dtype)
+    with torch.no_grad():
+        own = reference(torch.from_numpy(x).to(dtype)).float()   # the model's own forward pass, in its dtype
+    if task == "classification":
+        np.testing.assert_array_equal(out["probabilities"], torch.softmax(own, -1).numpy())
+        np.testing.assert_array_equal(out["label"], own.argmax(-1).numpy())
+    else:
+        np.testing.assert_array_equal(out["prediction"], own[:, 0].numpy())
+
+
+def test_a_forward_returning_a_tuple_or_dict_needs_a_postprocess(tmp_path: Path) -> None:
+    """The default postprocess said "'tuple' object has no attribute 'float'"."""
+    for returned, what in (("(y, y.sum(1))", "a tuple"), ('{"logits": y}', "a dict with keys ['logits']")):
+        source = MLP_SOURCE.replace("def build_model(params):\n    return nn.Sequential(", "class M(nn.Sequential):\n"
+                                    f"    def forward(self, x):\n        y = super().forward(x)\n        return {returned}\n\n\n"
+                                    "def build_model(params):\n    return M(")
+        pkg = build_package(tmp_path / what[2:7], source=source, train_steps=0)
+        with pytest.raises(PackageError, match=re.escape(
+                f"ModelError: the model's forward returned {what}, not a tensor, and the default postprocess takes "
+                "one tensor; define postprocess(outputs) in the model's module")):
+            load_model(load_package(pkg), threads=1)
+        picks = build_package(tmp_path / f"{what[2:7]}-picked", train_steps=0, source=source + (
+            '\n\ndef postprocess(out):\n    y = out[0] if isinstance(out, tuple) else out["logits"]\n'
+            '    return {"probabilities": torch.softmax(y, -1), "label": y.argmax(-1)}\n'))
+        out = load_model(load_package(picks), threads=1).run(np.zeros((2, 64), dtype=np.float32))
+        assert out["label"].shape == (2,)

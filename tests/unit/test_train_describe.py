@@ -56,3 +56,19 @@ def test_describe_takes_the_datatypes_the_server_does() -> None:
     from mlbuild.runtime.serve.package import DATATYPES
     from mlbuild.runtime.train import DATATYPES as TRAIN_DATATYPES
     assert TRAIN_DATATYPES == tuple(DATATYPES)
+
+
+def test_save_reference_takes_the_tensors_training_has(tmp_path: Path) -> None:
+    """A bfloat16 batch failed with numpy's "Got unsupported ScalarType BFloat16", and one that
+    requires grad with "Can't call numpy() on Tensor that requires grad"."""
+    import numpy as np
+    import torch
+
+    x = torch.arange(40, dtype=torch.float32).reshape(20, 2)
+    expected = ctx(tmp_path)
+    expected.save_reference(x.numpy())
+    for given in (x.bfloat16(), x.clone().requires_grad_(), x.half()):
+        c = ctx(tmp_path)
+        c.save_reference(given)
+        assert c.reference == expected.reference
+    assert np.asarray(expected.reference["mean"]).tolist() == [19.0, 20.0]

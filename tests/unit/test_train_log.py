@@ -40,3 +40,26 @@ def test_any_writes_keep_exactly_head_and_tail(chunks: list[str], head: int, tai
     else:
         assert got.startswith(text[:head]) and got.endswith(text[-tail:])
         assert f"[mlbuild: {len(text) - head - tail} characters" in got
+
+
+def test_torch_compile_without_a_compiler_gets_the_fix() -> None:
+    """A train that ran a torch.compile'd model failed its build with inductor's "No working C++
+    compiler found" (raised as torch._dynamo's InductorError, from InvalidCxxCompiler) and a
+    traceback, not what to do in a build that has no compiler."""
+    from torch._inductor.exc import CppCompileError, InductorError, InvalidCxxCompiler
+
+    from mlbuild.runtime.train import compiler_hint
+
+    for inner in (InvalidCxxCompiler(), CppCompileError(["g++"], "cc1plus: not found")):
+        try:
+            try:
+                raise inner
+            except Exception as e:
+                raise InductorError(e, None) from e
+        except Exception as e:
+            hint = compiler_hint(e)
+        assert hint is not None and hint.startswith(
+            "mlbuild: torch.compile's default backend (inductor) compiles C++ while the model runs, and a build has "
+            "no C++ compiler")
+        assert hint.endswith('torch.compile(model, backend="aot_eager"), which needs no compiler')
+    assert compiler_hint(ValueError("x")) is None and compiler_hint(RuntimeError("g++")) is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 SAVE = """
 import sys, torch
@@ -40,3 +41,214 @@ def test_weights_round_trip(tmp_path: Path) -> None:
     state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
     save_weights(state, tmp_path / "m.safetensors")
     assert torch.equal(load_file(str(tmp_path / "m.safetensors"))["w"], state["w"])
+
+
+class _Tied(__import__("torch").nn.Module):
+    """A language-model head that is the embedding's weight, and a block used twice."""
+
+    def __init__(self) -> None:
+        import torch
+        super().__init__()
+        self.emb = torch.nn.Embedding(12, 4)
+        self.block = torch.nn.Linear(4, 4)
+        self.again = self.block
+        self.out = torch.nn.Linear(4, 12, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, x: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+        return self.out(self.again(self.block(self.emb(x))))
+
+
+def test_tied_weights_and_shared_submodules_are_saved_and_load_into_build_model(tmp_path: Path) -> None:
+    """safetensors' save_file refused them ("Some tensors share memory"): a training of a tied
+    language model failed after all its epochs, with safetensors' advice to call save_model."""
+    import torch
+    from safetensors.torch import load_file
+
+    from mlbuild.runtime.train import save_weights
+
+    torch.manual_seed(0)
+    model = _Tied()
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_weights(state, tmp_path / "m.safetensors")
+    loaded = load_file(str(tmp_path / "m.safetensors"))
+    assert sorted(loaded) == sorted(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+    fresh = _Tied()
+    fresh.load_state_dict(loaded, strict=True, assign=True)   # as the server loads them
+    x = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), model.eval()(x))
+    assert model.out.weight is model.emb.weight   # the trained model itself is left as it was
+
+
+def test_a_wrapped_model_is_saved_as_the_model_it_wraps() -> None:
+    """train returning torch.nn.DataParallel(model) or torch.compile(model) failed: its weights are
+    named module.* or _orig_mod.*, which build_model's module has not."""
+    import torch
+
+    from mlbuild.runtime.train import check_fits, unwrap
+
+    inner = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    for wrapped in (torch.nn.DataParallel(inner), torch.compile(inner), torch.nn.DataParallel(torch.compile(inner))):
+        model = unwrap(wrapped)
+        assert model is inner
+        check_fits(model, model.state_dict(), torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)),
+                   "model.py")
+
+
+def _refusal(model: "torch.nn.Module", fresh: "torch.nn.Module") -> str:  # noqa: F821
+    import pytest
+
+    from mlbuild.runtime.train import check_fits
+
+    with pytest.raises(SystemExit) as e:
+        check_fits(model, model.state_dict(), fresh, "model.py")
+    return str(e.value.code)
+
+
+def test_a_build_model_that_cannot_take_the_weights_is_refused_at_training() -> None:
+    """A build_model(params) of other layer sizes than train's model trained, packaged and only
+    failed when the validation or the server loaded the weights; other names listed both sides
+    as "the trained model's weights"."""
+    import torch
+    from torch import nn
+
+    message = _refusal(nn.Sequential(nn.Linear(4, 32), nn.Linear(32, 3)), nn.Sequential(nn.Linear(4, 16), nn.Linear(16, 3)))
+    assert message.startswith("mlbuild: build_model(params) builds other shapes than the trained model's, so the "
+                              "server could not load its weights: 0.bias is [32] trained, [16] from build_model(params); "
+                              "0.weight is [32, 4] trained, [16, 4] from build_model(params); 1.weight is [3, 32] "
+                              "trained, [3, 16] from build_model(params). ")
+    assert "train(ctx) in model.py must return the model build_model(ctx.params) builds" in message
+    message = _refusal(nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)), nn.Sequential(nn.Linear(4, 3)))
+    assert ("does not build the trained model: the trained model has 1.bias, 1.num_batches_tracked, 1.running_mean, "
+            "1.running_var, 1.weight, which build_model(params)'s has not. ") in message
+    message = _refusal(nn.Sequential(nn.Linear(4, 3)), nn.Sequential(nn.Identity(), nn.Linear(4, 3)))
+    assert "build_model(params)'s has 1.bias, 1.weight, which the trained model has not" in message
+    with_a_tensor = _refusal(nn.Linear(4, 3), torch.zeros(3))   # type: ignore[arg-type]
+    assert "build_model(params) in model.py returned Tensor, not a torch.nn.Module" in with_a_tensor
+
+
+class _Scaled(__import__("torch").nn.Module):
+    def __init__(self) -> None:
+        import torch
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+        self.register_buffer("scale", torch.ones(4), persistent=False)
+        self.register_buffer("cache", torch.zeros(0), persistent=False)
+
+
+def test_a_non_persistent_buffer_that_training_changed_is_refused() -> None:
+    """register_buffer(..., persistent=False) is not in the weights: a scale set in training was
+    served as build_model's ones, with no word (the validation only scored lower)."""
+    model, fresh = _Scaled(), _Scaled()
+    fresh.load_state_dict(model.state_dict())
+    model.cache = __import__("torch").ones(8)   # a cache that grows (a rotary table): rebuilt when needed
+    from mlbuild.runtime.train import check_fits
+    check_fits(model, model.state_dict(), fresh, "model.py")
+    model.scale.fill_(2.0)
+    assert _refusal(model, fresh) == (
+        "mlbuild: buffer 'scale' was registered with persistent=False, so it is not saved with the weights, and "
+        "training changed it: the server and the validation would use build_model(params)'s value, not the trained "
+        "one. Register it persistent (register_buffer's default), or compute it in build_model")
+
+
+def test_weights_safetensors_cannot_hold_are_named() -> None:
+    """A dynamically quantized model (torch.ao.quantization.quantize_dynamic) failed its training
+    with a traceback ending in "'torch.dtype' object has no attribute 'detach'"."""
+    import pytest
+    import torch
+
+    from mlbuild.runtime.train import weights_of
+
+    quantized = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(4, 3)), {torch.nn.Linear},
+                                                       dtype=torch.qint8)
+    with pytest.raises(SystemExit) as e:
+        weights_of(quantized, "model.py")
+    assert str(e.value.code).startswith(
+        "mlbuild: the model train(ctx) in model.py returned holds '0._packed_params.dtype', a torch.dtype, not a "
+        "tensor; mlbuild saves the weights as safetensors")
+    assert "which hold plain (dense, unquantized) tensors only. Return the floating-point model" in str(e.value.code)
+    sparse = torch.nn.Linear(4, 3)
+    sparse.register_buffer("mask", torch.eye(3).to_sparse())
+    with pytest.raises(SystemExit, match=r"holds 'mask', a sparse_coo tensor; .*: \.to_dense\(\) it\)"):
+        weights_of(sparse, "model.py")
+    static = torch.nn.Linear(4, 3)
+    static.register_buffer("q", torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.qint8))
+    with pytest.raises(SystemExit, match=r"holds 'q', a quantized tensor \(torch\.qint8\); mlbuild saves"):
+        weights_of(static, "model.py")
+    plain = weights_of(torch.nn.Linear(4, 3), "model.py")
+    assert sorted(plain) == ["bias", "weight"] and not plain["weight"].requires_grad
+
+
+class _Temperature(__import__("torch").nn.Module):
+    def __init__(self) -> None:
+        import torch
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+        self.temperature = 1.0
+
+    def forward(self, x: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+        return self.fc(x) / self.temperature
+
+
+def _answers(model: "torch.nn.Module", build: Any, shape: list[int], datatype: str = "FP32",  # noqa: F821
+             **handlers: Any) -> str | None:
+    from types import SimpleNamespace
+
+    from mlbuild.runtime.train import check_answers, weights_of
+
+    module = SimpleNamespace(build_model=build, **handlers)
+    signature = {"inputs": [{"name": "input", "datatype": datatype, "shape": [-1, *shape]}]}
+    try:
+        check_answers(model, build({}), module, weights_of(model, "model.py"), signature, "model.py")
+    except SystemExit as e:
+        return str(e.code)
+    return None
+
+
+def test_a_model_that_answers_otherwise_once_rebuilt_is_refused_at_training() -> None:
+    """What the model depends on beyond its weights (an attribute set in training, another forward
+    in build_model) was served with no error, answering otherwise than the trained model."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    tempered = _Temperature()
+    tempered.temperature = 3.0
+    message = _answers(tempered, lambda p: _Temperature(), [4])
+    assert message is not None and message.startswith(
+        "mlbuild: the model train(ctx) in model.py returned and build_model(params) with its saved weights answer "
+        "otherwise on the same input (by up to ")
+    assert "a value set in training as a plain attribute (model.temperature = ...) as a buffer" in message
+    relu = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    assert _answers(relu, lambda p: nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)), [4]) is not None
+    # what answers the same is let through: tied weights, BatchNorm and Dropout (eval mode), a
+    # float64 model, token ids, an LSTM over a sequence, a forward returning a dict
+    bn = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3))
+    bn(torch.randn(16, 4))
+    fresh_bn = lambda p: nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3))  # noqa: E731
+    assert _answers(bn, fresh_bn, [4]) is None
+    assert _answers(bn.double(), lambda p: fresh_bn(p).double(), [4]) is None
+    assert _answers(_Tied(), lambda p: _Tied(), [5], "INT64") is None
+    lstm = nn.LSTM(4, 6, batch_first=True)
+    assert _answers(lstm, lambda p: nn.LSTM(4, 6, batch_first=True), [8, 4]) is None
+
+    class Pixels(nn.Linear):   # UINT8 rows, as the server hands them over: a forward that scales them itself
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            assert x.dtype == torch.uint8
+            return super().forward(x.float() / 255)
+
+    class Scaled(Pixels):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) * 2
+
+    assert _answers(Pixels(4, 3), lambda p: Pixels(4, 3), [4], "UINT8") is None
+    assert _answers(Pixels(4, 3), lambda p: Scaled(4, 3), [4], "UINT8") is not None
+    # no comparison where none can be made: a preprocess refusing the rows, a forward that samples
+    assert _answers(tempered, lambda p: _Temperature(), [4], preprocess=lambda x: 1 / 0) is None
+
+    class Sampling(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) + torch.randn(len(x), 3)
+
+    assert _answers(Sampling(4, 3), lambda p: Sampling(4, 3), [4]) is None

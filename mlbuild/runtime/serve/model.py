@@ -4,7 +4,7 @@ The user's module (``config.module``, imported from ``PKG/code``) defines
 ``build_model(params) -> torch.nn.Module`` (architecture only) and may define
 ``preprocess(x: numpy.ndarray) -> torch.Tensor`` and
 ``postprocess(outputs: torch.Tensor) -> dict[str, numpy.ndarray]``. Defaults: the input as a
-float32 tensor; for ``task == "classification"``, ``{"probabilities": softmax, "label": argmax}``;
+tensor, floating-point and boolean inputs in the dtype of the model's weights (float32 for most); for ``task == "classification"``, ``{"probabilities": softmax, "label": argmax}``;
 otherwise ``{<first output>: outputs}``. Any output declared ``[-1]`` that comes back ``[N, 1]``
 (from the default or the user's postprocess) is served as ``[N]``. A ``ValueError`` raised by
 ``preprocess`` refuses the request's input (``InputRefused``: a 400 with its message), so a handler
@@ -144,21 +144,51 @@ def _default_preprocess(x: np.ndarray) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(x))
     return t.float() if t.is_floating_point() or t.dtype == torch.bool else t
 
+def _model_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The floating-point dtype of the model's first floating parameter (or buffer): float32 for
+    most, float64, float16 or bfloat16 for a model trained in those (the weights keep their dtype)."""
+    for t in (*module.parameters(), *module.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+def _preprocess_to(dtype: torch.dtype) -> Preprocess:
+    """The default preprocess for a model whose weights are ``dtype``: a float32 input into float64
+    weights failed every request ("mat1 and mat2 must have the same dtype")."""
+    def preprocess(x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        return t.to(dtype) if t.is_floating_point() or t.dtype == torch.bool else t
+    return preprocess
+
+def _one_tensor(outputs: Any) -> torch.Tensor:
+    if not isinstance(outputs, torch.Tensor):
+        keys = f" with keys {sorted(map(str, outputs))[:8]}" if isinstance(outputs, dict) else ""
+        raise ModelError(f"the model's forward returned a {type(outputs).__name__}{keys}, not a tensor, and the "
+                         f"default postprocess takes one tensor; define postprocess(outputs) in the model's module, "
+                         f"picking the outputs from it (see the README's handler)")
+    return outputs
+
 def _classification_postprocess(outputs: torch.Tensor) -> dict[str, np.ndarray]:
+    outputs = _one_tensor(outputs)
     probs = torch.softmax(outputs.float(), dim=-1)
     return {"probabilities": probs.numpy(), "label": torch.argmax(outputs, dim=-1).to(torch.int64).numpy()}
 
 def _single_output_postprocess(name: str) -> Postprocess:
     """The raw outputs as the one declared output (``run`` serves ``[N, 1]`` as a declared ``[N]``)."""
     def postprocess(outputs: torch.Tensor) -> dict[str, np.ndarray]:
-        return {name: outputs.detach().numpy()}
+        return {name: _numpy(_one_tensor(outputs))}
     return postprocess
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """``t`` as an array; bfloat16, which numpy has no dtype for, as float32 (exactly)."""
+    t = t.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
 def _cast_output(spec: TensorSpec, value: Any) -> np.ndarray:
     """``value`` (what postprocess returned for ``spec``) as an array of the declared datatype;
     ModelError for what casting would turn into other numbers (NaN as an integer, None, text)."""
     if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
+        value = _numpy(value)
     arr = np.asarray(value)
     if arr.dtype.kind not in "biuf":
         what = "None" if value is None else f"{type(value).__name__} of {arr.dtype.name} values"
@@ -265,7 +295,9 @@ def load_model(pkg: Package, threads: int | None = None, verify: bool = True) ->
         raise PackageError(pkg.weights_path, f"weights do not fit build_model(params): {e}") from e
     module.eval()
 
-    preprocess: Preprocess = getattr(user, "preprocess", None) or _default_preprocess
+    dtype = _model_dtype(module)
+    preprocess: Preprocess = (getattr(user, "preprocess", None)
+                              or (_default_preprocess if dtype == torch.float32 else _preprocess_to(dtype)))
     postprocess: Postprocess | None = getattr(user, "postprocess", None)
     if postprocess is None:
         if pkg.task == "classification":
