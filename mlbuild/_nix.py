@@ -94,9 +94,10 @@ def nix_lib_dir() -> Path:
 
 def state_home() -> Path:
     """mlbuild's own per-user state (the empty flake registry, caches): $MLBUILD_STATE, else
-    ~/.cache/mlbuild."""
+    ~/.cache/mlbuild. An empty MLBUILD_STATE (an unset variable in a script) is no setting: as a
+    path it was the working folder, the project's, where the registry and caches left it dirty."""
     env = os.environ.get("MLBUILD_STATE")
-    return Path(env) if env is not None else Path.home() / ".cache" / "mlbuild"
+    return Path(env) if env else Path.home() / ".cache" / "mlbuild"
 
 
 def common_options(substituters: Sequence[str] = ()) -> list[str]:

@@ -112,3 +112,17 @@ def test_the_nix_version_is_asked_once_per_nix_binary(tmp_path: Path, monkeypatc
         assert version() == (2, 26, 3) and log.read_text().count("--version") == 3
     finally:
         _nix.nix_version.cache_clear()
+
+
+def test_an_empty_mlbuild_state_is_no_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLBUILD_STATE="" (an unset variable in a script) was the path "": the working folder, which
+    is the project's, so the flake registry, the Nix version and the plot cache were written into
+    it and the next build refused the untracked files. It means ~/.cache/mlbuild, as unset does."""
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLBUILD_STATE", "")
+    assert _nix.state_home() == tmp_path / "home" / ".cache" / "mlbuild"
+    assert str(tmp_path / "home" / ".cache" / "mlbuild" / "registry.json") in _nix.common_options()
+    assert list(project.iterdir()) == []
