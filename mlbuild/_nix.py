@@ -29,7 +29,7 @@ from .nar import nix_base32
 __all__ = [
     "nix_version", "state_home", "common_options", "add_fixed", "invalid_paths",
     "build", "path_info", "parse_path_info", "parse_build_json", "store_dir", "nix_lib_dir",
-    "run_nix", "register_valid", "add_roots", "is_fixed_output", "valid_closure_outputs",
+    "run_nix", "register_valid", "add_roots", "is_fixed_output", "closure_with_outputs", "drv_outputs",
 ]
 
 EXPERIMENTAL = "nix-command flakes"
@@ -278,13 +278,20 @@ def invalid_paths_in(paths: Sequence[str], *, store: str | None = None) -> list[
     return proc.stdout.split()
 
 
-def valid_closure_outputs(drvs: Sequence[str]) -> list[str]:
-    """The outputs in the closure of ``drvs`` that are valid in the local store (one nix-store call:
-    ``--include-outputs`` lists only those), no ``.drv`` files; ``build_closure`` also names the missing."""
+def closure_with_outputs(drvs: Sequence[str]) -> list[str]:
+    """The closure of ``drvs``, their ``.drv`` files with the outputs of them that are valid in the
+    local store (one nix-store call: ``--include-outputs`` lists only those); ``build_closure``
+    also names the missing."""
     if not drvs:
         return []
-    listed = run_nix(["--query", "--requisites", "--include-outputs", *drvs], tool="nix-store").stdout.split()
-    return [p for p in listed if not p.endswith(".drv")]
+    return run_nix(["--query", "--requisites", "--include-outputs", *drvs], tool="nix-store").stdout.split()
+
+
+def drv_outputs(drv: str) -> dict[str, str]:
+    """``{output name: store path}`` of the derivation ``drv`` (a .drv path), read from the .drv file
+    (the same in every Nix version: its first list, of ("out","/nix/store/...","",""))."""
+    m = re.match(r"Derive\(\[(.*?)\],\[", Path(drv).read_text(errors="replace"))
+    return dict(re.findall(r'\("([^"]*)","([^"]*)","[^"]*","[^"]*"\)', m.group(1))) if m else {}
 
 
 def build_closure(drvs: Sequence[str], *, store: str | None = None) -> tuple[list[str], list[str]]:
