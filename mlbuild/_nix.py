@@ -102,7 +102,12 @@ def state_home() -> Path:
 
 def common_options(substituters: Sequence[str] = ()) -> list[str]:
     """Options every project Nix call gets: flakes on, only the given substituters, no registry."""
-    registry = state_home() / "registry.json"
+    try:
+        registry = state_home() / "registry.json"
+    except RuntimeError:   # HOME unset and no home in the user database (a container's arbitrary uid): not a traceback
+        raise NixError(f"cannot find the home folder for ~/.cache/mlbuild, where mlbuild keeps the empty flake registry "
+                       f"it gives Nix (HOME is unset, and user {os.getuid()} has no home in the user database); set "
+                       f"MLBUILD_STATE (or HOME) to a folder you can write, e.g. MLBUILD_STATE=/tmp/mlbuild-$(id -u)") from None
     # An empty one is what a full disk left before this was written whole: Nix warned that it
     # cannot parse it at every registry lookup.
     if not registry.exists() or (registry.is_file() and registry.stat().st_size == 0):
