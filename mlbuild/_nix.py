@@ -29,7 +29,7 @@ from .nar import nix_base32
 __all__ = [
     "nix_version", "state_home", "common_options", "add_fixed", "invalid_paths",
     "build", "path_info", "parse_path_info", "parse_build_json", "store_dir", "nix_lib_dir",
-    "run_nix", "register_valid", "add_roots", "is_fixed_output", "valid_closure_outputs",
+    "run_nix", "register_valid", "add_roots", "is_fixed_output", "closure_with_outputs", "drv_outputs",
 ]
 
 EXPERIMENTAL = "nix-command flakes"
@@ -94,14 +94,20 @@ def nix_lib_dir() -> Path:
 
 def state_home() -> Path:
     """mlbuild's own per-user state (the empty flake registry, caches): $MLBUILD_STATE, else
-    ~/.cache/mlbuild."""
+    ~/.cache/mlbuild. An empty MLBUILD_STATE (an unset variable in a script) is no setting: as a
+    path it was the working folder, the project's, where the registry and caches left it dirty."""
     env = os.environ.get("MLBUILD_STATE")
-    return Path(env) if env is not None else Path.home() / ".cache" / "mlbuild"
+    return Path(env) if env else Path.home() / ".cache" / "mlbuild"
 
 
 def common_options(substituters: Sequence[str] = ()) -> list[str]:
     """Options every project Nix call gets: flakes on, only the given substituters, no registry."""
-    registry = state_home() / "registry.json"
+    try:
+        registry = state_home() / "registry.json"
+    except RuntimeError:   # HOME unset and no home in the user database (a container's arbitrary uid): not a traceback
+        raise NixError(f"cannot find the home folder for ~/.cache/mlbuild, where mlbuild keeps the empty flake registry "
+                       f"it gives Nix (HOME is unset, and user {os.getuid()} has no home in the user database); set "
+                       f"MLBUILD_STATE (or HOME) to a folder you can write, e.g. MLBUILD_STATE=/tmp/mlbuild-$(id -u)") from None
     # An empty one is what a full disk left before this was written whole: Nix warned that it
     # cannot parse it at every registry lookup.
     if not registry.exists() or (registry.is_file() and registry.stat().st_size == 0):
@@ -277,13 +283,20 @@ def invalid_paths_in(paths: Sequence[str], *, store: str | None = None) -> list[
     return proc.stdout.split()
 
 
-def valid_closure_outputs(drvs: Sequence[str]) -> list[str]:
-    """The outputs in the closure of ``drvs`` that are valid in the local store (one nix-store call:
-    ``--include-outputs`` lists only those), no ``.drv`` files; ``build_closure`` also names the missing."""
+def closure_with_outputs(drvs: Sequence[str]) -> list[str]:
+    """The closure of ``drvs``, their ``.drv`` files with the outputs of them that are valid in the
+    local store (one nix-store call: ``--include-outputs`` lists only those); ``build_closure``
+    also names the missing."""
     if not drvs:
         return []
-    listed = run_nix(["--query", "--requisites", "--include-outputs", *drvs], tool="nix-store").stdout.split()
-    return [p for p in listed if not p.endswith(".drv")]
+    return run_nix(["--query", "--requisites", "--include-outputs", *drvs], tool="nix-store").stdout.split()
+
+
+def drv_outputs(drv: str) -> dict[str, str]:
+    """``{output name: store path}`` of the derivation ``drv`` (a .drv path), read from the .drv file
+    (the same in every Nix version: its first list, of ("out","/nix/store/...","",""))."""
+    m = re.match(r"Derive\(\[(.*?)\],\[", Path(drv).read_text(errors="replace"))
+    return dict(re.findall(r'\("([^"]*)","([^"]*)","[^"]*","[^"]*"\)', m.group(1))) if m else {}
 
 
 def build_closure(drvs: Sequence[str], *, store: str | None = None) -> tuple[list[str], list[str]]:

@@ -596,8 +596,14 @@ def _derived_dataset_roots(project: Project, target: str, drv: str | None) -> di
     declared = {n for n, t in project.raw.get("datasets", {}).items() if isinstance(t, dict)}
     if not declared or drv is None or target.split(".", 1)[0] in ("toolchain", "datasets", "notebooks"):
         return {}
-    # One nix-store call (was three: the outputs missing here, which build_closure also names, get no root)
-    return {f"dataset-{_name(p)}": p for p in _nix.valid_closure_outputs([drv]) if _name(p) in declared}
+    # One nix-store call (was three: the outputs missing here, which build_closure also names, get no root).
+    # A dataset's path is its derivation's output: other paths of the closure may have its name (a
+    # dataset named "code" or "suite" is named like the code a stage reads), and one of them got the
+    # dataset's root, `data add`'s own included, which then held the code, not the data.
+    listed = _nix.closure_with_outputs([drv])
+    valid = {p for p in listed if not p.endswith(".drv")}
+    outputs = ((_name(d), _nix.drv_outputs(d).get("out")) for d in listed if d.endswith(".drv") and _name(d) in declared)
+    return {f"dataset-{name}": out for name, out in outputs if out in valid}
 
 
 def changed_datasets(project: Project, lock: dict[str, Any]) -> list[str]:

@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import re
+import shlex
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +108,7 @@ def find_project_root(start: Path | None = None) -> Path:
     raise ConfigError(
         f"no {CONFIG_NAME} in {here} or any folder above it; "
         f"run mlbuild in a project folder or pass --project PATH"
-        + (f" (projects below here: {', '.join(below)}; e.g. `mlbuild -C {below[0]} ...`)" if below else "")
+        + (f" (projects below here: {', '.join(below)}; e.g. `mlbuild -C {shlex.quote(below[0])} ...`)" if below else "")
     )
 
 

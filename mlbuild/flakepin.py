@@ -217,6 +217,14 @@ def _fetched(locked_json: str) -> dict[str, Any] | None:
     if not isinstance(got, dict) or not isinstance(got.get("path"), str) or not isinstance(got.get("args"), list) \
             or not os.path.isdir(got["path"]):   # collected since: fetch it again
         return None
+    # A folder there is not yet a path Nix holds: a garbage collection or `nix-store --delete` stopped
+    # part way leaves an invalid, half-deleted copy, which fetchTree replaces and the build must not
+    # read (a runtime with files missing: other store paths, or a failed build). One nix-store call.
+    try:
+        if _nix.invalid_paths([got["path"]]):
+            return None
+    except NixError:   # not a store path (a record edited by hand): fetch
+        return None
     return got
 
 

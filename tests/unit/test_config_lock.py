@@ -480,17 +480,58 @@ def test_the_pinned_mlbuild_is_fetched_once_while_its_store_path_is_there(tree, 
         flakepin._pinned.cache_clear()   # as a new command does
         return flakepin.pinned_entry(root)
 
+    def evaluations() -> int:
+        return sum("fetchTree" in c for c in calls)
+
     fetched = entry()
     assert fetched is not None and fetched.name == "entry.nix" and str(fetched).startswith(_nix.store_dir())
     assert "building with the mlbuild input flake.lock pins" in capsys.readouterr().err
-    assert len(calls) == 1 and "fetchTree" in calls[0]
-    assert entry() == fetched and len(calls) == 1   # the record, no evaluation
+    assert evaluations() == 1
+    assert entry() == fetched and evaluations() == 1   # the record, no evaluation
     assert "building with the mlbuild input flake.lock pins" in capsys.readouterr().err   # said as before
     record = json.loads((state / "pinned-mlbuild.json").read_text())
     (state / "pinned-mlbuild.json").write_text(json.dumps(
         {k: {**v, "path": v["path"] + "-collected"} for k, v in record.items()}))
-    assert entry() == fetched and len(calls) == 2   # a path no longer there: fetched again
+    assert entry() == fetched and evaluations() == 2   # a path no longer there: fetched again
     del locked["narHash"]   # not pinned by content: never taken from the record
     (root / "flake.lock").write_text(json.dumps({"nodes": nodes, "root": "root", "version": 7}))
     entry(), entry()
-    assert len(calls) == 4
+    assert evaluations() == 4
+
+
+@pytest.mark.skipif(not shutil.which("nix") or os.geteuid() != 0, reason="needs nix and a store root may write")
+def test_a_half_deleted_pinned_mlbuild_is_fetched_again(tree, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record of the pinned mlbuild's fetch was trusted while a folder was at its store path.
+    A garbage collection or `nix-store --delete` stopped part way leaves such a folder that Nix no
+    longer holds, with files missing: the build read a runtime without them (other store paths, a
+    failed build), where fetchTree puts the whole tree back. Only a path Nix holds is taken now."""
+    from mlbuild import _nix, flakepin
+
+    monkeypatch.delenv("MLBUILD_NIX", raising=False)
+    state = tree({"state": {}}) / "state"
+    monkeypatch.setenv("MLBUILD_STATE", str(state))
+    pin = tree({"pin": {"nix": {"entry.nix": f"# {os.getpid()} {state} half\n{{ src, overrides ? {{}} }}: {{ }}\n"},
+                        "mlbuild": {"__init__.py": "", "runtime": {"__init__.py": ""}}}}) / "pin"
+    nix = ["nix", "--extra-experimental-features", "nix-command"]
+    nar_hash = subprocess.run([*nix, "hash", "path", str(pin)], capture_output=True, text=True, check=True).stdout.strip()
+    locked = {"narHash": nar_hash, "path": str(pin), "type": "path"}
+    nodes = {"mlbuild": {"locked": locked, "original": {"path": str(pin), "type": "path"}},
+             "root": {"inputs": {"mlbuild": "mlbuild"}}}
+    root = tree({"p": {"flake.nix": "{ }\n", "flake.lock": json.dumps({"nodes": nodes, "root": "root", "version": 7})}}) / "p"
+
+    def entry() -> Path | None:
+        flakepin._pinned.cache_clear()   # as a new command does
+        return flakepin.pinned_entry(root)
+
+    fetched = entry()
+    assert fetched is not None
+    stored = fetched.parent.parent
+    subprocess.run(["nix-store", "--delete", str(stored)], capture_output=True, check=True)
+    try:
+        (stored / "nix").mkdir(parents=True)   # what a deletion stopped part way left: no mlbuild/ any more
+        shutil.copy(pin / "nix" / "entry.nix", stored / "nix" / "entry.nix")
+        assert entry() == fetched
+        assert (stored / "mlbuild" / "runtime" / "__init__.py").is_file()   # fetched again, whole
+    finally:
+        if subprocess.run(["nix-store", "--check-validity", str(stored)], capture_output=True).returncode != 0:
+            shutil.rmtree(stored)   # no half-deleted folder of this test's left in the store

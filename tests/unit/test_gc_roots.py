@@ -92,6 +92,31 @@ def test_a_builds_derived_datasets_are_rooted_with_one_nix_store_call(tmp_path: 
     assert len(calls) == 1
 
 
+def test_a_path_named_like_a_dataset_gets_no_dataset_root(tmp_path: Path) -> None:
+    """The datasets a build roots were the closure's paths named like one: a dataset named "code"
+    (or "suite") is named like the code a stage reads (mkCode's `builtins.path`), and since raw
+    datasets are rooted by builds too, that code took over the `dataset-code` root `data add` made:
+    the data was left to the next garbage collection. Only a dataset derivation's output is rooted."""
+    from mlbuild import build
+    from mlbuild.config import Project, PythonConfig
+
+    stamp = f"{os.getpid()}-{tmp_path.name}-named"
+    expr = (f'let mk = name: deps: derivation {{ inherit name; system = "x86_64-linux"; builder = "/bin/sh"; '
+            f'args = ["-c" "echo {stamp} ${{toString deps}} > $out"]; }}; '
+            f'in mk "m-package" [(mk "split" []) (mk "raw" []) (builtins.toFile "code" "{stamp} model.py")]')
+    drv = subprocess.run(["nix-instantiate", "--expr", expr], capture_output=True, text=True, check=True).stdout.strip()
+    inputs = subprocess.run(["nix-store", "-q", "--references", drv], capture_output=True, text=True,
+                            check=True).stdout.split()
+    built = {d.rsplit("-", 1)[-1][:-4]: subprocess.run(["nix-store", "--realise", d], capture_output=True, text=True,
+                                                        check=True).stdout.strip()
+             for d in inputs if d.endswith(("-split.drv", "-raw.drv"))}
+    raw = {"datasets": {"split": {"prepare": "p.py", "inputs": ["raw"]}, "raw": {"path": "data"},
+                        "code": {"path": "code-data"}}}   # its data is not in this store
+    project = Project(tmp_path, "m", PythonConfig("python3"), raw)
+    assert build._derived_dataset_roots(project, "m", drv) == {"dataset-split": built["split"],
+                                                               "dataset-raw": built["raw"]}
+
+
 def roots_of(path: str) -> str:
     return subprocess.run(["nix-store", "-q", "--roots", path], capture_output=True, text=True,
                           errors="surrogateescape", check=True).stdout

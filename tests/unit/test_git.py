@@ -283,3 +283,30 @@ def test_a_file_a_sparse_checkout_leaves_out_is_named(tmp_path: Path) -> None:
     assert _sparse(repo / "ml", [said]) == [
         "mlbuild: ml/validate.py is in git, but this sparse checkout leaves it out of the folder the build reads: "
         "`git sparse-checkout add /ml/validate.py` (in cone mode, its folder: `git sparse-checkout add ml`)"]
+
+
+def test_line_ends_are_read_only_of_files_whose_size_differs_from_the_commit(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The line-end check ran `git ls-files --eol` on every code file, which reads each one whole in
+    the work tree and in the index: a tracked 200 MB file in `code` (a tokenizer, small weights)
+    added 1.3 s to every `mlbuild build`, one with nothing to build included. Only a file whose size
+    differs from its blob's can have other line ends: only those are read now, and a converted one
+    beside a big file is still found."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "model.py").write_text("x = 1\ny = 2\n")
+    (repo / "weights.bin").write_bytes(bytes(range(256)) * 4096)
+    (repo / ".gitattributes").write_text("model.py eol=crlf\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+                   check=True)
+    read: list[list[str]] = []
+    real = git._git
+    monkeypatch.setattr(git, "_git", lambda cwd, *args, **kw: (read.append([*args]) if "--eol" in args else None)
+                        or real(cwd, *args, **kw))
+    assert not git.dirty_files(repo, ["model.py", "weights.bin"]) and read == []   # as committed: nothing read
+    (repo / "model.py").unlink()
+    subprocess.run(["git", "-C", str(repo), "checkout", "--", "model.py"], check=True)   # CRLF now
+    assert git.dirty_files(repo, ["model.py", "weights.bin"]).converted == ["model.py"]
+    assert len(read) == 1 and not any("weights.bin" in a for a in read[0])

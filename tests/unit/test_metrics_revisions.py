@@ -211,7 +211,7 @@ def test_history_roots_and_records_nothing_in_the_revisions_temporary_folders(tm
     calls: list[str] = []
     monkeypatch.setattr(_nix, "add_roots", lambda paths, root_dir: calls.append(f"add_roots {root_dir}"))
     monkeypatch.setattr(_nix, "build_closure", lambda drvs, **kw: calls.append(f"build_closure {drvs}") or ([], []))
-    monkeypatch.setattr(_nix, "valid_closure_outputs", lambda drvs: calls.append(f"valid_closure_outputs {drvs}") or [])
+    monkeypatch.setattr(_nix, "closure_with_outputs", lambda drvs: calls.append(f"closure_with_outputs {drvs}") or [])
     points = m.history(load_project(repo), "m")
     assert [p.report for p in points] == [{"metrics": {"accuracy": 0.9}}] * 3
     assert calls == []

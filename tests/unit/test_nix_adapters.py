@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +114,31 @@ def test_the_nix_version_is_asked_once_per_nix_binary(tmp_path: Path, monkeypatc
         assert version() == (2, 26, 3) and log.read_text().count("--version") == 3
     finally:
         _nix.nix_version.cache_clear()
+
+
+def test_an_empty_mlbuild_state_is_no_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLBUILD_STATE="" (an unset variable in a script) was the path "": the working folder, which
+    is the project's, so the flake registry, the Nix version and the plot cache were written into
+    it and the next build refused the untracked files. It means ~/.cache/mlbuild, as unset does."""
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLBUILD_STATE", "")
+    assert _nix.state_home() == tmp_path / "home" / ".cache" / "mlbuild"
+    assert str(tmp_path / "home" / ".cache" / "mlbuild" / "registry.json") in _nix.common_options()
+    assert list(project.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to run as a user with no home")
+def test_no_home_at_all_is_named_with_the_fix(tmp_path: Path) -> None:
+    """HOME unset, as a container run with an arbitrary uid has it (no entry in /etc/passwd):
+    every build ended in pathlib's "RuntimeError: Could not determine home directory" traceback."""
+    code = ("from mlbuild import _nix\nfrom mlbuild.errors import NixError\ntry: _nix.common_options()\n"
+            "except NixError as e: print(e)")
+    env = {k: v for k, v in os.environ.items() if k not in ("HOME", "MLBUILD_STATE")}
+    proc = subprocess.run(["setpriv", "--reuid", "54321", "--regid", "54321", "--clear-groups", sys.executable, "-B",
+                           "-c", code], capture_output=True, text=True, timeout=60, env=env,
+                          cwd=Path(__file__).parents[2])
+    assert proc.stdout.startswith("cannot find the home folder for ~/.cache/mlbuild") and \
+        "set MLBUILD_STATE (or HOME) to a folder you can write" in proc.stdout, proc.stdout + proc.stderr
