@@ -42,7 +42,7 @@ def validate(ctx: click.Context, model: str, allow_dirty: bool) -> None:
     click.echo(f"{model}: validation passed ({point.report['n']} held-out samples, suite "
                f"{point.report['suite']['version']})")
     for c in point.report["gate"]["checks"]:
-        click.echo(f"  {c['metric']:<20} {shown(c['value'])}  {c['op']} {c['threshold']}")
+        click.echo(f"  {c['metric']:<20} {m.check_text(c)}  {c['op']} {c['threshold']}")
     for line in m.table([point]) + m.report_notes(point.report):
         click.echo(line)
 

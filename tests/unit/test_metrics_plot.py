@@ -248,3 +248,42 @@ def test_a_gate_failing_on_an_undefined_metric_says_to_change_the_data_or_thresh
         "from [models.cancer.validation].thresholds in mlbuild.toml")
     assert gate_advice("cancer", tail.split("\n  roc_auc:")[0]).startswith(
         "\ncancer does not meet its thresholds ([models.cancer.validation].thresholds in mlbuild.toml): improve")
+
+
+def test_validate_and_exp_run_show_a_gated_metric_with_the_digits_that_decide_it(tree, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The gate's table showed 0.94996 (FAILED against 0.95) in full, but `mlbuild validate` printed
+    a passing accuracy of 0.95004 as "0.9500  > 0.95", and `exp run` a failing 0.94996 as
+    "accuracy 0.9500 (n 3); gate: FAIL (accuracy >= 0.95)"."""
+    import json
+
+    from click.testing import CliRunner
+
+    import mlbuild.exp as experiments
+    import mlbuild.metrics as m
+    from mlbuild.cli.main import cli
+
+    def project(rule: str) -> Path:
+        return tree({"mlbuild.toml": '[project]\nname = "p"\n[models.m]\nscript = "m.py"\n'
+                                     '[models.m.validation]\nsuite = "v.py"\ndataset = "d"\n'
+                                     f'thresholds = {{ accuracy = {rule}, mae = "<= 0.3" }}\n', "m.py": "", "v.py": ""})
+
+    checks = [{"metric": "accuracy", "value": 0.95004, "op": ">", "threshold": 0.95, "ok": True},
+              {"metric": "mae", "value": 0.29996, "op": "<=", "threshold": 0.3, "ok": True}]
+    point = m.Point("worktree", {"metrics": {"accuracy": 0.95004, "mae": 0.29996}, "n": 3, "suite": {"version": "s"},
+                                 "gate": {"checks": checks}}, "/nix/store/x")
+    monkeypatch.setattr(m, "validate", lambda *a, **k: point)
+    monkeypatch.chdir(project('"> 0.95"'))
+    validated = CliRunner().invoke(cli, ["validate", "m"])
+    assert validated.exit_code == 0, validated.output
+    assert validated.output.splitlines()[1:3] == ["  accuracy             0.95004  > 0.95", "  mae                  0.3000  <= 0.3"]
+
+    root = project("0.95")
+    (root / "r").mkdir()
+    (root / "r" / "metrics.json").write_text(json.dumps({"metrics": {"accuracy": 0.94996, "mae": 0.30004}, "n": 3}))
+    monkeypatch.setattr(experiments, "run", lambda *a, **k: (None, {"overrides": {}, "status": "built", "path": "/x",
+                                                                    "report": str(root / "r")}))
+    monkeypatch.chdir(root)
+    ran = CliRunner().invoke(cli, ["exp", "run", "m"])
+    assert ran.exit_code == 0, ran.output
+    assert ran.output.splitlines()[-1] == ("  test: accuracy 0.94996, mae 0.30004 (n 3); "
+                                           "gate: FAIL (accuracy >= 0.95, mae <= 0.3)")
