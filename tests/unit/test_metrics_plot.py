@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -287,3 +288,27 @@ def test_validate_and_exp_run_show_a_gated_metric_with_the_digits_that_decide_it
     assert ran.exit_code == 0, ran.output
     assert ran.output.splitlines()[-1] == ("  test: accuracy 0.94996, mae 0.30004 (n 3); "
                                            "gate: FAIL (accuracy >= 0.95, mae <= 0.3)")
+
+
+def test_metrics_diff_keeps_its_columns_apart_for_long_values(tree, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An RMSE of 123456.7890 against 23456.7890 printed as "123456.7890 23456.7890 -100000.0000"
+    under headers ten wide: the columns ran together and no longer lined up."""
+    from click.testing import CliRunner
+
+    import mlbuild.metrics as m
+    from mlbuild.cli.main import cli
+
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.m]\nscript = "m.py"\n', "m.py": ""})
+    a = m.Point("a" * 40, {"metrics": {"rmse": 123456.789, "mae": 0.00004, "r2": -12.5}, "suite": {"version": "s"}}, "/x")
+    b = m.Point("b" * 40, {"metrics": {"rmse": 23456.789, "mae": 0.00008}, "suite": {"version": "s"}}, "/x")
+    monkeypatch.setattr(m, "diff", lambda *a_, **k: (a, b))
+    monkeypatch.chdir(root)
+    out = CliRunner().invoke(cli, ["metrics", "diff", "m", "HEAD~1", "HEAD"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()[:4]
+    assert [line.split() for line in lines] == [["metric", "HEAD~1", "HEAD", "change"], ["mae", "4e-05", "8e-05", "+4e-05"],
+                                                ["r2", "-12.5000", "-", "-"],
+                                                ["rmse", "123456.7890", "23456.7890", "-100000.0000"]]
+    assert len({len(line) for line in lines}) == 1   # right-aligned columns: every row ends where the header does
+    ends = [[cell.end() for cell in re.finditer(r"\S+", line)] for line in lines]
+    assert all(e[1:] == ends[0][1:] for e in ends), lines
