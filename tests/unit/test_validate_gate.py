@@ -382,3 +382,18 @@ def test_one_hot_targets_are_named() -> None:
         compute_metrics("classification", np.eye(3, dtype=int), np.array([0, 1, 2]), None, ["a", "b", "c"])
     column = compute_metrics("classification", np.array([[0], [1], [2]]), np.array([0, 1, 1]), None, ["a", "b", "c"])
     assert column["metrics"]["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_a_metric_at_its_threshold_up_to_rounding_meets_it() -> None:
+    """Recalls of 17/20 and 19/20 average to 0.9, which scikit-learn gives as 0.8999999999999999:
+    "recall_macro 0.8999999999999999 >= 0.9 FAILED" for a model exactly at its threshold."""
+    from sklearn.metrics import recall_score
+
+    y, p = [0] * 20 + [1] * 20, [0] * 17 + [1] * 3 + [1] * 19 + [0]
+    got = recall_score(y, p, average="macro")
+    assert got != 0.9   # the float rounding this is about
+    checks = check_thresholds({"recall_macro": got, "accuracy": 0.9, "mae": 0.1 + 0.2},
+                              {"recall_macro": 0.9, "accuracy": "> 0.9", "mae": "<= 0.3"})
+    assert [c["ok"] for c in checks] == [False, True, True]   # accuracy, mae, recall_macro: equal is not > 0.9
+    assert re.search(r"recall_macro +0\.9000 +>= 0\.9 +ok", format_checks(checks)), format_checks(checks)
+    assert [c["ok"] for c in check_thresholds({"accuracy": 0.8999999}, {"accuracy": 0.9})] == [False]
