@@ -291,5 +291,17 @@ def _check_server_args(root: Path, model: str, args: list[str]) -> None:
         raise click.UsageError(f"the server's options: {message} (`nix run .#serve-{model} -- --help` lists them; "
                                f"mlbuild serve {model} passes the options after the model to it)")
     parser.error = refuse   # type: ignore[method-assign,assignment]
-    if not {"-h", "--help"} & set(args):   # the server's help is its bin/serve's to show
+
+    class Help(Exception):
+        pass
+
+    def asked_help(*_: object) -> None:
+        raise Help
+
+    # the server's help (-h, --help, or --he as argparse takes it) is its bin/serve's to show: parsed here,
+    # it printed this process's usage (`python -m mlbuild.runtime.serve`) and ended mlbuild serve unbuilt
+    parser.print_help = asked_help   # type: ignore[method-assign,assignment]
+    try:
         parser.parse_args(args)
+    except Help:
+        pass
