@@ -100,6 +100,12 @@ def compute_metrics(task: str, y_true: Any, y_pred: Any, proba: Any = None,
     if task == "regression":
         return _regression(y_true, y_pred)
     k = len(labels) if labels else classes
+    width: tuple[int, ...] = np.shape(proba) if proba is not None else ()
+    if not k and len(width) == 2 and width[1] > 0:
+        # a model without labels= declares probabilities of shape [-1, -1]: their width is its class count.
+        # Without it a 10-class model whose held-out data held classes 0 and 1 was scored as binary
+        # (class 1's precision, roc_auc of column 1)
+        k = int(width[1])
     y_true = np.asarray(class_targets(y_true, labels, k))
     if y_true.ndim > 1 and y_true.size != len(y_true):   # scikit-learn: "a mix of multilabel-indicator and multiclass"
         raise ValueError(f"targets of shape {list(y_true.shape)}, but a classifier's are one class index or name a "

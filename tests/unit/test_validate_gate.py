@@ -397,3 +397,19 @@ def test_a_metric_at_its_threshold_up_to_rounding_meets_it() -> None:
     assert [c["ok"] for c in checks] == [False, True, True]   # accuracy, mae, recall_macro: equal is not > 0.9
     assert re.search(r"recall_macro +0\.9000 +>= 0\.9 +ok", format_checks(checks)), format_checks(checks)
     assert [c["ok"] for c in check_thresholds({"accuracy": 0.8999999}, {"accuracy": 0.9})] == [False]
+
+
+def test_a_model_without_class_names_is_counted_by_its_probabilities() -> None:
+    """train.py declares a model without labels= with probabilities of shape [-1, -1], so the
+    package gives no class count: a 10-class model whose held-out data held classes 0 and 1 was
+    scored as binary, class 1's precision and the ROC-AUC of column 1 of ten."""
+    outputs = [{"name": "probabilities", "shape": [-1, -1]}, {"name": "label", "shape": [-1]}]
+    assert class_count(None, outputs) is None
+    y, p = np.array([0, 1, 0, 1]), np.array([0, 1, 1, 1])
+    r = compute_metrics("classification", y, p, np.full((4, 10), 0.1), None, class_count(None, outputs))
+    assert not {"precision", "recall", "f1", "roc_auc"} & set(r["metrics"]) and "positive_class" not in r
+    assert r["labels"] == [str(c) for c in range(10)] and len(r["confusion_matrix"]) == 10
+    assert r["metrics"]["f1_macro"] == skm.f1_score(y, p, average="macro", zero_division=0)
+    two = compute_metrics("classification", y, p, np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]), None, None)
+    assert two["metrics"]["precision"] == skm.precision_score(y, p) and two["positive_class"] == "1"
+    assert two["metrics"]["roc_auc"] == skm.roc_auc_score(y, [0.1, 0.8, 0.4, 0.7])
