@@ -27,7 +27,7 @@ from . import _nix, atomic, git
 from .build import Progress, Summary, build_targets, check_model, model_code, validation_table
 from .config import CONFIG_NAME, Project, load_project
 from .errors import BuildError, MlbuildError
-from .runtime.validate import LOWER_IS_BETTER, check_thresholds, shown
+from .runtime.validate import LOWER_IS_BETTER, check_text, check_thresholds, shown
 
 __all__ = ["Point", "show", "diff", "history", "write_reports", "table", "prometheus_text", "validate", "gate_checks",
            "heldout", "heldout_differs", "report_notes", "gate_advice", "check_text"]
@@ -94,20 +94,6 @@ def gate_checks(project: Project, model: str, metrics: dict[str, float]) -> tupl
     checks = check_thresholds(metrics, thresholds)
     failed = [f"{c['metric']} {c['op']} {c['threshold']}" for c in checks if not c["ok"]]
     return checks, "gate: pass" if not failed else f"gate: FAIL ({', '.join(failed)})"
-
-
-def check_text(check: dict[str, Any]) -> str:
-    """A gate check's value with the digits that decide it, as the gate's own table shows it: with
-    four, 0.95004 read 0.9500 beside "> 0.95" (passed) and 0.94996 0.9500 beside "gate: FAIL
-    (accuracy >= 0.95)"."""
-    import operator
-
-    compare = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}[check["op"]]
-    for digits in range(4, 18):
-        text = shown(check["value"], digits)
-        if compare(float(text), check["threshold"]) == check["ok"]:
-            return text
-    return repr(float(check["value"]))
 
 
 def report_notes(report: dict[str, Any]) -> list[str]:

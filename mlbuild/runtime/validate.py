@@ -32,7 +32,7 @@ from typing import Any
 from .hashing import dataset_hash, tree_digest, tree_hashes
 from .stagespec import load_spec
 
-__all__ = ["main", "gate_main", "compute_metrics", "class_count", "class_targets", "check_finite", "check_thresholds", "format_checks", "shown"]
+__all__ = ["main", "gate_main", "compute_metrics", "class_count", "class_targets", "check_finite", "check_thresholds", "format_checks", "check_text", "shown"]
 
 
 def class_targets(y: Any, labels: list[str] | None, classes: int | None = None) -> Any:
@@ -414,9 +414,9 @@ def shown(value: float, digits: int = 4) -> str:
     return f"{v:.{digits}g}"
 
 
-def _against(c: dict[str, Any]) -> str:
+def check_text(c: dict[str, Any]) -> str:
     """A check's value with the digits that show why it passed or failed: 0.94996 read 0.9500 in
-    the table, "0.9500 >= 0.95 FAILED"."""
+    the table, "0.9500 >= 0.95 FAILED" (and in `mlbuild validate` and `exp run`, which show checks too)."""
     for digits in range(4, 18):
         text = shown(c["value"], digits)
         if _OPS[c["op"]](float(text), c["threshold"]) == c["ok"]:
@@ -427,7 +427,7 @@ def _against(c: dict[str, Any]) -> str:
 def format_checks(checks: list[dict[str, Any]]) -> str:
     lines = [f"  {'metric':<20} {'value':>8}   threshold"]
     for c in checks:
-        value = "missing" if c["value"] is None else _against(c)
+        value = "missing" if c["value"] is None else check_text(c)
         lines.append(f"  {c['metric']:<20} {value:>8}   {c['op']} {c['threshold']:<8} {'ok' if c['ok'] else 'FAILED'}")
     return "\n".join(lines)
 
