@@ -204,6 +204,9 @@ def main() -> None:
     if len(x) != len(y):   # scikit-learn's "inconsistent numbers of samples", or a reshape error, after inference
         raise SystemExit(f"mlbuild: validation of {spec['name']}: load() in {spec['script']} gives {len(x)} input "
                          f"rows but {len(y)} targets; give one target per row")
+    if not len(y):   # no outputs to score: KeyError 'label' (StopIteration for a regression model)
+        raise SystemExit(f"mlbuild: validation of {spec['name']}: load() in {spec['script']} gives no rows; the metrics "
+                         "need held-out rows and their targets")
     outputs: dict[str, list[Any]] = {}
     try:   # the server's own loading and inference: what fails here would fail the server too
         pkg = load_package(spec["package"])

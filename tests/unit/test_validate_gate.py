@@ -413,3 +413,20 @@ def test_a_model_without_class_names_is_counted_by_its_probabilities() -> None:
     two = compute_metrics("classification", y, p, np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]), None, None)
     assert two["metrics"]["precision"] == skm.precision_score(y, p) and two["positive_class"] == "1"
     assert two["metrics"]["roc_auc"] == skm.roc_auc_score(y, [0.1, 0.8, 0.4, 0.7])
+
+
+def test_a_suite_that_loads_no_rows_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """load() giving no rows (a filter that kept none, an empty test.csv) ended the validation in a
+    traceback: KeyError 'label' for a classifier, StopIteration for a regression model."""
+    from mlbuild.runtime.validate import main
+    from tests.unit.conftest_serve import build_package, validation_spec
+
+    pkg = build_package(tmp_path / "pkg", train_steps=0)
+    monkeypatch.setenv("out", str(tmp_path / "out"))
+    (tmp_path / "a").mkdir()
+    monkeypatch.setenv("specPath", str(validation_spec(tmp_path / "a", pkg,
+                                                       "return np.zeros((0, 64), np.float32), np.zeros(0, int)")))
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert str(e.value.code) == ("mlbuild: validation of digits: load() in validate.py gives no rows; the metrics "
+                                 "need held-out rows and their targets")
