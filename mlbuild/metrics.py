@@ -27,10 +27,10 @@ from . import _nix, atomic, git
 from .build import Progress, Summary, build_targets, check_model, model_code, validation_table
 from .config import CONFIG_NAME, Project, load_project
 from .errors import BuildError, MlbuildError
-from .runtime.validate import LOWER_IS_BETTER, check_thresholds, shown
+from .runtime.validate import LOWER_IS_BETTER, check_text, check_thresholds, shown
 
 __all__ = ["Point", "show", "diff", "history", "write_reports", "table", "prometheus_text", "validate", "gate_checks",
-           "heldout", "heldout_differs", "report_notes", "gate_advice"]
+           "heldout", "heldout_differs", "report_notes", "gate_advice", "check_text"]
 
 
 @dataclass(frozen=True)

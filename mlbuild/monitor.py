@@ -65,6 +65,9 @@ def check_listen(host: str, port: int) -> None:
     if not host.strip():   # `--host "$HOST"` with HOST unset: 0.0.0.0 in effect, every interface
         raise ConfigError(f"--host {host!r} is empty (an unset variable?); give an address of this machine, "
                           f"such as 127.0.0.1 (the default) or 0.0.0.0 for every interface")
+    if host.startswith("[") and host.endswith("]"):   # a URL's or scrape target's form, which no bind takes
+        raise ConfigError(f"--host {host!r}: give an IPv6 address without brackets (--host {host[1:-1]}); the "
+                          f"monitor binds it as given, and '{host}' names no address (Name or service not known)")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         with socket.socket(family, kind, proto) as s:

@@ -170,12 +170,14 @@ def exp_run(ctx: click.Context, model: str, sets: tuple[str, ...], allow_dirty: 
     summary, record = experiments.run(project, model, sets, allow_dirty=allow_dirty, on_progress=_Bar())
     click.echo(f"{model} {experiments.describe(record['overrides'])}: {record['status']} -> {record['path']}")
     if record.get("report"):   # its held-out metrics, against today's thresholds (what its image would need)
-        from ..metrics import gate_checks
+        from ..metrics import check_text, gate_checks
 
         report = json.loads((Path(record["report"]) / "metrics.json").read_text())
         checks, gate = gate_checks(project, model, report.get("metrics", {}))
-        shown = [c["metric"] for c in checks] or sorted(report.get("metrics", {}))[:4]
-        values = ", ".join(f"{k} {metric_text(report['metrics'][k])}" for k in shown if k in report.get("metrics", {}))
+        # a gated metric with the digits that decide its check: 0.94996 read 0.9500 beside "gate: FAIL (accuracy >= 0.95)"
+        gated = [f"{c['metric']} {check_text(c)}" for c in checks if c["value"] is not None]
+        values = ", ".join(gated if checks else
+                           (f"{k} {metric_text(v)}" for k, v in sorted(report.get("metrics", {}).items())[:4]))
         click.echo(f"  test: {values} (n {report.get('n', '-')})" + (f"; {gate}" if gate else ""))
 
 
@@ -289,5 +291,17 @@ def _check_server_args(root: Path, model: str, args: list[str]) -> None:
         raise click.UsageError(f"the server's options: {message} (`nix run .#serve-{model} -- --help` lists them; "
                                f"mlbuild serve {model} passes the options after the model to it)")
     parser.error = refuse   # type: ignore[method-assign,assignment]
-    if not {"-h", "--help"} & set(args):   # the server's help is its bin/serve's to show
+
+    class Help(Exception):
+        pass
+
+    def asked_help(*_: object) -> None:
+        raise Help
+
+    # the server's help (-h, --help, or --he as argparse takes it) is its bin/serve's to show: parsed here,
+    # it printed this process's usage (`python -m mlbuild.runtime.serve`) and ended mlbuild serve unbuilt
+    parser.print_help = asked_help   # type: ignore[method-assign,assignment]
+    try:
         parser.parse_args(args)
+    except Help:
+        pass

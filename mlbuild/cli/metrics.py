@@ -42,7 +42,7 @@ def validate(ctx: click.Context, model: str, allow_dirty: bool) -> None:
     click.echo(f"{model}: validation passed ({point.report['n']} held-out samples, suite "
                f"{point.report['suite']['version']})")
     for c in point.report["gate"]["checks"]:
-        click.echo(f"  {c['metric']:<20} {shown(c['value'])}  {c['op']} {c['threshold']}")
+        click.echo(f"  {c['metric']:<20} {m.check_text(c)}  {c['op']} {c['threshold']}")
     for line in m.table([point]) + m.report_notes(point.report):
         click.echo(line)
 
@@ -79,11 +79,15 @@ def diff(ctx: click.Context, model: str, rev1: str, rev2: str) -> None:
     """MODEL's metrics at two git revisions, side by side."""
     a, b = m.diff(load(ctx), model, rev1, rev2)
     names = sorted(set(a.report["metrics"]) | set(b.report["metrics"]))
-    click.echo(f"{'metric':<20} {rev1[:10]:>10} {rev2[:10]:>10} {'change':>9}")
+    rows = [["metric", rev1[:10], rev2[:10], "change"]]
     for n in names:
         x, y = a.report["metrics"].get(n), b.report["metrics"].get(n)
         delta = ("+" if y >= x else "") + shown(y - x) if x is not None and y is not None else "-"
-        click.echo(f"{n:<20} {'-' if x is None else shown(x):>10} {'-' if y is None else shown(y):>10} {delta:>9}")
+        rows.append([n, "-" if x is None else shown(x), "-" if y is None else shown(y), delta])
+    # columns as wide as their longest cell: an RMSE of 123456.7890 ran into the next column
+    widths = [max(w, *(len(r[i]) for r in rows)) for i, w in enumerate((20, 10, 10, 9))]
+    for r in rows:
+        click.echo(" ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:]))]))
     sa, sb = a.report["suite"]["version"], b.report["suite"]["version"]
     click.echo(f"suite version: {sa} -> {sb}" + ("  (the suite changed: some differences come from it)" if sa != sb else ""))
     da, db = m.heldout(a.report), m.heldout(b.report)

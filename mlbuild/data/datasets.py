@@ -524,6 +524,15 @@ def _renamed_from(project: Project, rev: str, ds: Dataset, pinned: set[str]) -> 
     return found[0] if len(found) == 1 else None
 
 
+def _lock_log(project: Project) -> str:
+    """The git command that lists the commits of the project's lock, run where mlbuild runs: from a
+    folder below the project, `git log -- mlbuild.lock` named a lock there, which has no commits."""
+    import shlex
+
+    here = os.path.relpath(project.root, Path.cwd()) if Path.cwd().resolve() != project.root.resolve() else "."
+    return "git " + (f"-C {shlex.quote(here)} " if here != "." else "") + "log --oneline -- mlbuild.lock"
+
+
 def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:
     """Files added, removed and changed between the locked version and REV's lock (or the
     working copy when REV is not given)."""
@@ -562,7 +571,7 @@ def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:
             there = sorted(datasets) if isinstance(datasets, dict) else []
             raise DataError(f"dataset {name!r} is not in mlbuild.lock at revision {rev!r}"
                             + (f" (it pins {', '.join(map(repr, there))} there, none declared at {ds.path})" if there else "")
-                            + f"; give a revision that pins it (`git log --oneline -- mlbuild.lock` lists the lock's "
+                            + f"; give a revision that pins it (`{_lock_log(project)}` lists the lock's "
                               f"commits), or leave REV out to compare with the working copy")
         then_sha = other.get("sha256") if isinstance(other, dict) else None
         if not isinstance(then_sha, str) or not re.fullmatch("[0-9a-f]{64}", then_sha):   # a hand edit

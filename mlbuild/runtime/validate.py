@@ -32,7 +32,7 @@ from typing import Any
 from .hashing import dataset_hash, tree_digest, tree_hashes
 from .stagespec import load_spec
 
-__all__ = ["main", "gate_main", "compute_metrics", "class_count", "class_targets", "check_finite", "check_thresholds", "format_checks", "shown"]
+__all__ = ["main", "gate_main", "compute_metrics", "class_count", "class_targets", "check_finite", "check_thresholds", "format_checks", "check_text", "shown"]
 
 
 def class_targets(y: Any, labels: list[str] | None, classes: int | None = None) -> Any:
@@ -100,6 +100,12 @@ def compute_metrics(task: str, y_true: Any, y_pred: Any, proba: Any = None,
     if task == "regression":
         return _regression(y_true, y_pred)
     k = len(labels) if labels else classes
+    width: tuple[int, ...] = np.shape(proba) if proba is not None else ()
+    if not k and len(width) == 2 and width[1] > 0:
+        # a model without labels= declares probabilities of shape [-1, -1]: their width is its class count.
+        # Without it a 10-class model whose held-out data held classes 0 and 1 was scored as binary
+        # (class 1's precision, roc_auc of column 1)
+        k = int(width[1])
     y_true = np.asarray(class_targets(y_true, labels, k))
     if y_true.ndim > 1 and y_true.size != len(y_true):   # scikit-learn: "a mix of multilabel-indicator and multiclass"
         raise ValueError(f"targets of shape {list(y_true.shape)}, but a classifier's are one class index or name a "
@@ -198,6 +204,9 @@ def main() -> None:
     if len(x) != len(y):   # scikit-learn's "inconsistent numbers of samples", or a reshape error, after inference
         raise SystemExit(f"mlbuild: validation of {spec['name']}: load() in {spec['script']} gives {len(x)} input "
                          f"rows but {len(y)} targets; give one target per row")
+    if not len(y):   # no outputs to score: KeyError 'label' (StopIteration for a regression model)
+        raise SystemExit(f"mlbuild: validation of {spec['name']}: load() in {spec['script']} gives no rows; the metrics "
+                         "need held-out rows and their targets")
     outputs: dict[str, list[Any]] = {}
     try:   # the server's own loading and inference: what fails here would fail the server too
         pkg = load_package(spec["package"])
@@ -338,6 +347,9 @@ def _dataset_hash(manifest: dict[str, Any], spec: dict[str, Any]) -> dict[str, s
 
 
 _OPS = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, ">": lambda v, t: v > t, "<": lambda v, t: v < t}
+# Relative difference below which a metric equals its threshold: a mean of k fractions is off by at
+# most ~k ulps (1e-13 for a thousand classes), two different fractions of a million samples by 1e-12.
+EQUAL_WITHIN = 1e-12
 _RULE = re.compile(r"\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*")
 
 
@@ -388,7 +400,10 @@ def check_thresholds(metrics: dict[str, float], thresholds: dict[str, Any]) -> l
         except ValueError as e:
             raise SystemExit(f"mlbuild: {e}") from None
         got = metrics.get(name)
-        ok = got is not None and _OPS[op](got, value)
+        # a metric that is the threshold up to float rounding is the threshold: recalls 17/20 and 19/20
+        # average to 0.9, which scikit-learn's mean gives as 0.8999999999999999 (the gate failed >= 0.9)
+        ok = got is not None and (op in (">=", "<=") if math.isclose(got, value, rel_tol=EQUAL_WITHIN, abs_tol=1e-15)
+                                  else _OPS[op](got, value))
         checks.append({"metric": name, "value": got, "op": op, "threshold": value, "ok": ok})
     return checks
 
@@ -402,9 +417,9 @@ def shown(value: float, digits: int = 4) -> str:
     return f"{v:.{digits}g}"
 
 
-def _against(c: dict[str, Any]) -> str:
+def check_text(c: dict[str, Any]) -> str:
     """A check's value with the digits that show why it passed or failed: 0.94996 read 0.9500 in
-    the table, "0.9500 >= 0.95 FAILED"."""
+    the table, "0.9500 >= 0.95 FAILED" (and in `mlbuild validate` and `exp run`, which show checks too)."""
     for digits in range(4, 18):
         text = shown(c["value"], digits)
         if _OPS[c["op"]](float(text), c["threshold"]) == c["ok"]:
@@ -415,7 +430,7 @@ def _against(c: dict[str, Any]) -> str:
 def format_checks(checks: list[dict[str, Any]]) -> str:
     lines = [f"  {'metric':<20} {'value':>8}   threshold"]
     for c in checks:
-        value = "missing" if c["value"] is None else _against(c)
+        value = "missing" if c["value"] is None else check_text(c)
         lines.append(f"  {c['metric']:<20} {value:>8}   {c['op']} {c['threshold']:<8} {'ok' if c['ok'] else 'FAILED'}")
     return "\n".join(lines)
 

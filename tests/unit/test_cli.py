@@ -534,3 +534,8 @@ def test_serve_checks_the_server_s_options_before_building(tree) -> None:  # typ
         assert "nix" not in proc.stderr.split("Error:")[0]
     proc = run_cli("serve", "digits", "--port", "0", "--max-batch-size", "8", cwd=root, check=False, env=env)
     assert proc.returncode == 1 and "the server's options" not in proc.stderr, proc.stderr
+    # the server's help, however abbreviated, is bin/serve's: `--he` printed mlbuild's own process's usage and ended unbuilt
+    for asked in ("--he", "--hel"):   # (--help is mlbuild serve's own)
+        proc = run_cli("serve", "digits", "--port", "0", asked, cwd=root, check=False, env=env)
+        assert proc.returncode == 1 and "usage:" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+        assert "mlbuild.lock does not exist" in proc.stderr, proc.stderr   # on to the build, which fails here

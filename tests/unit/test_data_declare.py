@@ -193,3 +193,35 @@ def test_the_project_s_own_files_are_refused_as_a_dataset(tmp_path: Path, given:
     with pytest.raises(DataError, match=re.escape(message)):
         add(load_project(root), "conf", Path(given))
     assert {p: p.read_bytes() for p in root.iterdir() if p.is_file()} == before
+
+
+def test_data_diff_names_the_lock_s_commits_from_where_it_runs(tree, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A REV from before the dataset was pinned named `git log --oneline -- mlbuild.lock`, which
+    run in a folder below the project (where mlbuild finds the project above) lists the commits
+    of a lock there, none."""
+    import json
+
+    from click.testing import CliRunner
+
+    from mlbuild import _nix
+    from mlbuild.cli.main import cli
+
+    lock = {"version": 1, "requirements": [], "wheels": [], "tools": [], "datasets": {},
+            "interpreter": {"libraries": [], "command": "python3", "snapshot": {"name": "s", "sha256": "0" * 64}}}
+    repo = tree({"ml": {"mlbuild.toml": '[project]\nname = "p"\n[datasets.raw]\npath = "data/raw"\n',
+                        "mlbuild.lock": json.dumps(lock)}})
+    run = dict(cwd=repo, check=True, capture_output=True)
+    subprocess.run(["git", "init", "-q"], **run)   # type: ignore[call-overload]
+    for step in ("before the pin", "pinned"):
+        if step == "pinned":
+            (repo / "ml" / "mlbuild.lock").write_text(json.dumps({**lock, "datasets": {"raw": {"sha256": "0" * 64}}}))
+        subprocess.run(["git", "add", "-A"], **run)   # type: ignore[call-overload]
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", step], **run)  # type: ignore[call-overload]
+    monkeypatch.setattr(_nix, "invalid_paths", lambda paths: [])   # the locked version is in the store
+    (repo / "ml" / "src" / "deep").mkdir(parents=True)
+    for where, command in ((repo / "ml", "git log --oneline -- mlbuild.lock"),
+                           (repo / "ml" / "src" / "deep", "git -C ../.. log --oneline -- mlbuild.lock")):
+        monkeypatch.chdir(where)
+        out = CliRunner().invoke(cli, ["data", "diff", "raw", "HEAD~1"])
+        assert out.exit_code == 1, out.output
+        assert f"give a revision that pins it (`{command}` lists the lock's commits)" in out.output, out.output

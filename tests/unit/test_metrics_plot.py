@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -248,3 +249,66 @@ def test_a_gate_failing_on_an_undefined_metric_says_to_change_the_data_or_thresh
         "from [models.cancer.validation].thresholds in mlbuild.toml")
     assert gate_advice("cancer", tail.split("\n  roc_auc:")[0]).startswith(
         "\ncancer does not meet its thresholds ([models.cancer.validation].thresholds in mlbuild.toml): improve")
+
+
+def test_validate_and_exp_run_show_a_gated_metric_with_the_digits_that_decide_it(tree, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The gate's table showed 0.94996 (FAILED against 0.95) in full, but `mlbuild validate` printed
+    a passing accuracy of 0.95004 as "0.9500  > 0.95", and `exp run` a failing 0.94996 as
+    "accuracy 0.9500 (n 3); gate: FAIL (accuracy >= 0.95)"."""
+    import json
+
+    from click.testing import CliRunner
+
+    import mlbuild.exp as experiments
+    import mlbuild.metrics as m
+    from mlbuild.cli.main import cli
+
+    def project(rule: str) -> Path:
+        return tree({"mlbuild.toml": '[project]\nname = "p"\n[models.m]\nscript = "m.py"\n'
+                                     '[models.m.validation]\nsuite = "v.py"\ndataset = "d"\n'
+                                     f'thresholds = {{ accuracy = {rule}, mae = "<= 0.3" }}\n', "m.py": "", "v.py": ""})
+
+    checks = [{"metric": "accuracy", "value": 0.95004, "op": ">", "threshold": 0.95, "ok": True},
+              {"metric": "mae", "value": 0.29996, "op": "<=", "threshold": 0.3, "ok": True}]
+    point = m.Point("worktree", {"metrics": {"accuracy": 0.95004, "mae": 0.29996}, "n": 3, "suite": {"version": "s"},
+                                 "gate": {"checks": checks}}, "/nix/store/x")
+    monkeypatch.setattr(m, "validate", lambda *a, **k: point)
+    monkeypatch.chdir(project('"> 0.95"'))
+    validated = CliRunner().invoke(cli, ["validate", "m"])
+    assert validated.exit_code == 0, validated.output
+    assert validated.output.splitlines()[1:3] == ["  accuracy             0.95004  > 0.95", "  mae                  0.3000  <= 0.3"]
+
+    root = project("0.95")
+    (root / "r").mkdir()
+    (root / "r" / "metrics.json").write_text(json.dumps({"metrics": {"accuracy": 0.94996, "mae": 0.30004}, "n": 3}))
+    monkeypatch.setattr(experiments, "run", lambda *a, **k: (None, {"overrides": {}, "status": "built", "path": "/x",
+                                                                    "report": str(root / "r")}))
+    monkeypatch.chdir(root)
+    ran = CliRunner().invoke(cli, ["exp", "run", "m"])
+    assert ran.exit_code == 0, ran.output
+    assert ran.output.splitlines()[-1] == ("  test: accuracy 0.94996, mae 0.30004 (n 3); "
+                                           "gate: FAIL (accuracy >= 0.95, mae <= 0.3)")
+
+
+def test_metrics_diff_keeps_its_columns_apart_for_long_values(tree, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An RMSE of 123456.7890 against 23456.7890 printed as "123456.7890 23456.7890 -100000.0000"
+    under headers ten wide: the columns ran together and no longer lined up."""
+    from click.testing import CliRunner
+
+    import mlbuild.metrics as m
+    from mlbuild.cli.main import cli
+
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.m]\nscript = "m.py"\n', "m.py": ""})
+    a = m.Point("a" * 40, {"metrics": {"rmse": 123456.789, "mae": 0.00004, "r2": -12.5}, "suite": {"version": "s"}}, "/x")
+    b = m.Point("b" * 40, {"metrics": {"rmse": 23456.789, "mae": 0.00008}, "suite": {"version": "s"}}, "/x")
+    monkeypatch.setattr(m, "diff", lambda *a_, **k: (a, b))
+    monkeypatch.chdir(root)
+    out = CliRunner().invoke(cli, ["metrics", "diff", "m", "HEAD~1", "HEAD"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()[:4]
+    assert [line.split() for line in lines] == [["metric", "HEAD~1", "HEAD", "change"], ["mae", "4e-05", "8e-05", "+4e-05"],
+                                                ["r2", "-12.5000", "-", "-"],
+                                                ["rmse", "123456.7890", "23456.7890", "-100000.0000"]]
+    assert len({len(line) for line in lines}) == 1   # right-aligned columns: every row ends where the header does
+    ends = [[cell.end() for cell in re.finditer(r"\S+", line)] for line in lines]
+    assert all(e[1:] == ends[0][1:] for e in ends), lines

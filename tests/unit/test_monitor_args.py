@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -232,3 +233,26 @@ def test_the_cli_checks_where_the_monitor_listens_before_building(tree) -> None:
                    env=env)
     assert "mlbuild: warning: --once runs the suite and prints its result, serving no /metrics: --port is not " \
            "used" in proc.stderr and "building digits.monitor" in proc.stderr and not proc.stdout, proc.stderr
+
+
+def test_an_ipv6_host_in_brackets_is_refused_naming_it_without_them() -> None:
+    """`monitor digits --host [::1]` (the form monitor config's --server takes) said "cannot serve
+    the monitor's /metrics on [[::1]]:9109 (Name or service not known)": no word that the brackets
+    were the trouble. ::1, localhost and port 0 pass, as the monitor's server binds them."""
+    from mlbuild.errors import ConfigError
+    from mlbuild.monitor import check_listen
+
+    with pytest.raises(ConfigError) as e:
+        check_listen("[::1]", 0)
+    assert str(e.value).startswith("--host '[::1]': give an IPv6 address without brackets (--host ::1)")
+    for host in ("localhost", "127.0.0.1", *(["::1"] if socket.has_ipv6 and _binds("::1") else [])):
+        check_listen(host, 0)
+
+
+def _binds(host: str) -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind((host, 0))
+        return True
+    except OSError:
+        return False

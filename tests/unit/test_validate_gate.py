@@ -382,3 +382,51 @@ def test_one_hot_targets_are_named() -> None:
         compute_metrics("classification", np.eye(3, dtype=int), np.array([0, 1, 2]), None, ["a", "b", "c"])
     column = compute_metrics("classification", np.array([[0], [1], [2]]), np.array([0, 1, 1]), None, ["a", "b", "c"])
     assert column["metrics"]["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_a_metric_at_its_threshold_up_to_rounding_meets_it() -> None:
+    """Recalls of 17/20 and 19/20 average to 0.9, which scikit-learn gives as 0.8999999999999999:
+    "recall_macro 0.8999999999999999 >= 0.9 FAILED" for a model exactly at its threshold."""
+    from sklearn.metrics import recall_score
+
+    y, p = [0] * 20 + [1] * 20, [0] * 17 + [1] * 3 + [1] * 19 + [0]
+    got = recall_score(y, p, average="macro")
+    assert got != 0.9   # the float rounding this is about
+    checks = check_thresholds({"recall_macro": got, "accuracy": 0.9, "mae": 0.1 + 0.2},
+                              {"recall_macro": 0.9, "accuracy": "> 0.9", "mae": "<= 0.3"})
+    assert [c["ok"] for c in checks] == [False, True, True]   # accuracy, mae, recall_macro: equal is not > 0.9
+    assert re.search(r"recall_macro +0\.9000 +>= 0\.9 +ok", format_checks(checks)), format_checks(checks)
+    assert [c["ok"] for c in check_thresholds({"accuracy": 0.8999999}, {"accuracy": 0.9})] == [False]
+
+
+def test_a_model_without_class_names_is_counted_by_its_probabilities() -> None:
+    """train.py declares a model without labels= with probabilities of shape [-1, -1], so the
+    package gives no class count: a 10-class model whose held-out data held classes 0 and 1 was
+    scored as binary, class 1's precision and the ROC-AUC of column 1 of ten."""
+    outputs = [{"name": "probabilities", "shape": [-1, -1]}, {"name": "label", "shape": [-1]}]
+    assert class_count(None, outputs) is None
+    y, p = np.array([0, 1, 0, 1]), np.array([0, 1, 1, 1])
+    r = compute_metrics("classification", y, p, np.full((4, 10), 0.1), None, class_count(None, outputs))
+    assert not {"precision", "recall", "f1", "roc_auc"} & set(r["metrics"]) and "positive_class" not in r
+    assert r["labels"] == [str(c) for c in range(10)] and len(r["confusion_matrix"]) == 10
+    assert r["metrics"]["f1_macro"] == skm.f1_score(y, p, average="macro", zero_division=0)
+    two = compute_metrics("classification", y, p, np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]), None, None)
+    assert two["metrics"]["precision"] == skm.precision_score(y, p) and two["positive_class"] == "1"
+    assert two["metrics"]["roc_auc"] == skm.roc_auc_score(y, [0.1, 0.8, 0.4, 0.7])
+
+
+def test_a_suite_that_loads_no_rows_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """load() giving no rows (a filter that kept none, an empty test.csv) ended the validation in a
+    traceback: KeyError 'label' for a classifier, StopIteration for a regression model."""
+    from mlbuild.runtime.validate import main
+    from tests.unit.conftest_serve import build_package, validation_spec
+
+    pkg = build_package(tmp_path / "pkg", train_steps=0)
+    monkeypatch.setenv("out", str(tmp_path / "out"))
+    (tmp_path / "a").mkdir()
+    monkeypatch.setenv("specPath", str(validation_spec(tmp_path / "a", pkg,
+                                                       "return np.zeros((0, 64), np.float32), np.zeros(0, int)")))
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert str(e.value.code) == ("mlbuild: validation of digits: load() in validate.py gives no rows; the metrics "
+                                 "need held-out rows and their targets")
