@@ -304,8 +304,8 @@ def check_answers(model: Any, fresh: Any, module: Any, state: dict[str, Any], si
     served.eval()
     model.eval()
     user_pre = getattr(module, "preprocess", None)
-    floating = next((t.dtype for t in (*served.parameters(), *served.buffers()) if t.is_floating_point()),
-                    torch.float32)
+    dtypes = {t.dtype for t in (*served.parameters(), *served.buffers()) if t.is_floating_point()}
+    floating = dtypes.pop() if len(dtypes) == 1 else torch.float32   # as serve/model.py's _model_dtype
     try:
         with torch.inference_mode():
             if callable(user_pre):

@@ -252,3 +252,26 @@ def test_a_model_that_answers_otherwise_once_rebuilt_is_refused_at_training() ->
             return super().forward(x) + torch.randn(len(x), 3)
 
     assert _answers(Sampling(4, 3), lambda p: Sampling(4, 3), [4]) is None
+
+
+def test_a_model_of_mixed_float_dtypes_is_compared_on_float32_rows() -> None:
+    """The check gave a float32 model holding a float16 table (registered first) float16 rows,
+    which its Linear refused, so a model the server rebuilds to answer otherwise went through."""
+    import torch
+    from torch import nn
+
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(3, dtype=torch.float16))
+            self.fc = nn.Linear(4, 3)
+            self.temperature = 1.0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) * self.scale.float() / self.temperature
+
+    torch.manual_seed(0)
+    assert _answers(Mixed(), lambda p: Mixed(), [4]) is None
+    tempered = Mixed()
+    tempered.temperature = 3.0
+    assert _answers(tempered, lambda p: Mixed(), [4]) is not None
