@@ -248,8 +248,10 @@ def check_fits(model: Any, state: dict[str, Any], fresh: Any, script: str) -> No
         parts = ([f"the trained model has {_listed(extra)}, which build_model(params)'s has not"] if extra else []) + \
                 ([f"build_model(params)'s has {_listed(lacking)}, which the trained model has not"] if lacking else [])
         raise SystemExit(f"mlbuild: build_model(params) does not build the trained model: {'; '.join(parts)}. {fix}")
+    # A lazy module's (torch.nn.LazyLinear) weights have no shape until loaded: load_state_dict gives them one.
+    lazy = torch.nn.parameter.is_lazy
     shapes = [f"{k} is {list(state[k].shape)} trained, {list(built[k].shape)} from build_model(params)"
-              for k in sorted(state) if tuple(state[k].shape) != tuple(built[k].shape)]
+              for k in sorted(state) if not lazy(built[k]) and tuple(state[k].shape) != tuple(built[k].shape)]
     if shapes:
         raise SystemExit(f"mlbuild: build_model(params) builds other shapes than the trained model's, so the server "
                          f"could not load its weights: {'; '.join(shapes[:5])}"
@@ -259,6 +261,8 @@ def check_fits(model: Any, state: dict[str, Any], fresh: Any, script: str) -> No
         if name in state or name not in fresh_buffers:
             continue
         other = fresh_buffers[name]
+        if lazy(other) or lazy(trained):
+            continue
         if (trained.shape == other.shape and trained.dtype == other.dtype
                 and not torch.equal(trained.detach().cpu(), other.detach().cpu())):
             raise SystemExit(

@@ -275,3 +275,24 @@ def test_a_model_of_mixed_float_dtypes_is_compared_on_float32_rows() -> None:
     tempered = Mixed()
     tempered.temperature = 3.0
     assert _answers(tempered, lambda p: Mixed(), [4]) is not None
+
+
+def test_a_model_of_lazy_modules_is_saved() -> None:
+    """build_model returning torch.nn.LazyLinear, which the server loads the weights into (they
+    give it its shape), failed training with "Can't access the shape of an uninitialized
+    parameter or buffer" from the check that the weights fit."""
+    import torch
+    from torch import nn
+
+    from mlbuild.runtime.train import check_fits, weights_of
+
+    def build(p: Any) -> nn.Module:
+        return nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(3))
+
+    torch.manual_seed(0)
+    model = build({})
+    model(torch.randn(2, 4))
+    check_fits(model, weights_of(model, "model.py"), build({}), "model.py")
+    assert _answers(model, build, [4]) is None
+    assert _refusal(model, nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(3), nn.LazyLinear(2))).startswith(
+        "mlbuild: build_model(params) does not build the trained model: build_model(params)'s has 3.bias, 3.weight")
