@@ -184,11 +184,21 @@ class Context:
                           "fractions": fractions}
 
 
-def unwrap(model: Any) -> Any:
+def unwrap(model: Any, like: Any = None) -> Any:
     """The model a wrapper holds: ``torch.nn.DataParallel`` and ``DistributedDataParallel``
     (``.module``), ``torch.compile``'s ``OptimizedModule`` (``._orig_mod``). Their state_dict names
     every weight with a prefix (``module.``, ``_orig_mod.``) that ``build_model``'s plain module,
-    which the server loads the weights into, does not have."""
+    which the server loads the weights into, does not have. With ``like`` (what ``build_model``
+    built), a wrapped submodule too (``model.encoder = torch.compile(model.encoder)``: weights
+    ``encoder._orig_mod.*``) is replaced in the model by the module it wraps, unless ``like`` holds
+    one wrapped at the same place."""
+    model = _unwrapped(model)
+    if like is not None:
+        _unwrap_within(model, _unwrapped(like))
+    return model
+
+
+def _unwrapped(model: Any) -> Any:
     import torch
 
     wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
@@ -199,6 +209,20 @@ def unwrap(model: Any) -> Any:
             model = model._orig_mod
         else:
             return model
+
+
+def _unwrap_within(model: Any, like: Any) -> None:
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        return
+    built = like._modules if isinstance(like, torch.nn.Module) else {}
+    for name, child in list(model.named_children()):
+        other = built.get(name)
+        inner = _unwrapped(child)
+        if inner is not child and (other is None or _unwrapped(other) is other):
+            setattr(model, name, inner)
+        _unwrap_within(inner, None if other is None else _unwrapped(other))
 
 
 def weights_of(model: Any, script: str) -> dict[str, Any]:
@@ -388,9 +412,9 @@ def run(spec: dict[str, Any], out: Path) -> None:
             f"the validation need the model's task and input shape. Call ctx.describe(task=\"classification\", "
             f"input_shape=[FEATURES], labels=[...]) or ctx.describe(task=\"regression\", input_shape=[FEATURES]) "
             f"in train()")
-    model = unwrap(model)
-    state = weights_of(model, spec["script"])
     fresh = module.build_model(dict(spec["params"]))
+    model = unwrap(model, fresh)
+    state = weights_of(model, spec["script"])
     check_fits(model, state, fresh, spec["script"])
     weights = out / "model.safetensors"
     save_weights(state, weights)

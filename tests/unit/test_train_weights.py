@@ -296,3 +296,37 @@ def test_a_model_of_lazy_modules_is_saved() -> None:
     assert _answers(model, build, [4]) is None
     assert _refusal(model, nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(3), nn.LazyLinear(2))).startswith(
         "mlbuild: build_model(params) does not build the trained model: build_model(params)'s has 3.bias, 3.weight")
+
+
+def test_a_wrapped_submodule_is_saved_as_the_module_it_wraps() -> None:
+    """model.encoder = torch.compile(model.encoder) (or DataParallel) named its weights
+    encoder._orig_mod.* (encoder.module.*), and training refused the model as one build_model
+    does not build; a build_model that wraps the same submodule keeps its names, and a user's
+    own attribute named module is no wrapper."""
+    import torch
+    from torch import nn
+
+    from mlbuild.runtime.train import check_fits, unwrap, weights_of
+
+    class Net(nn.Module):
+        def __init__(self, wrap: Any = None) -> None:
+            super().__init__()
+            self.encoder = nn.Linear(4, 8)
+            self.layers = nn.ModuleList([nn.Linear(8, 8)])
+            self.module = nn.Sequential(nn.ReLU(), nn.Linear(8, 3))
+            if wrap is not None:
+                self.encoder, self.layers[0] = wrap(self.encoder), wrap(self.layers[0])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.module(self.layers[0](self.encoder(x)))
+
+    compiled = lambda m: torch.compile(m, backend="aot_eager")  # noqa: E731
+    for wrap in (compiled, nn.DataParallel, lambda m: nn.DataParallel(compiled(m))):
+        wrapped = Net(wrap)
+        inner = wrapped.encoder
+        model = unwrap(torch.nn.DataParallel(wrapped), Net())
+        assert model is wrapped and sorted(model.state_dict()) == sorted(Net().state_dict())
+        assert isinstance(model.encoder, nn.Linear) and isinstance(model.layers[0], nn.Linear) and inner is not model.encoder
+        check_fits(model, weights_of(model, "model.py"), Net(), "model.py")
+        same = Net(wrap)   # build_model wraps it too: the server loads the wrapped names
+        assert sorted(unwrap(same, Net(wrap)).state_dict()) == sorted(Net(wrap).state_dict())
