@@ -330,3 +330,34 @@ def test_a_wrapped_submodule_is_saved_as_the_module_it_wraps() -> None:
         check_fits(model, weights_of(model, "model.py"), Net(), "model.py")
         same = Net(wrap)   # build_model wraps it too: the server loads the wrapped names
         assert sorted(unwrap(same, Net(wrap)).state_dict()) == sorted(Net(wrap).state_dict())
+
+
+def test_a_half_precision_model_laid_out_otherwise_is_not_refused() -> None:
+    """A float16 model trained channels_last, or with a transposed weight (both saved contiguous),
+    answered, rebuilt, one float16 ulp away (0.000122, 0.000488) and training refused it as a model
+    that answers otherwise; a float16 model's own difference, a temperature set in training, is
+    still refused."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Sequential):
+        def __init__(self, *layers: nn.Module) -> None:
+            super().__init__(*layers)
+            self.temperature = 1.0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) / self.temperature
+
+    conv = lambda p: Net(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.Flatten(),  # noqa: E731
+                         nn.Linear(32 * 12 * 12, 4)).half()
+    torch.manual_seed(5)
+    assert _answers(conv({}).to(memory_format=torch.channels_last), conv, [3, 16, 16]) is None
+    dense = lambda p: Net(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 64)).half()  # noqa: E731
+    torch.manual_seed(0)
+    transposed = dense({})
+    for layer in (transposed[0], transposed[2]):
+        layer.weight = nn.Parameter(layer.weight.detach().t().contiguous().t())
+    assert _answers(transposed, dense, [256]) is None
+    for model, build, shape in ((conv({}), conv, [3, 16, 16]), (dense({}), dense, [256])):
+        model.temperature = 1.5
+        assert _answers(model, build, shape) is not None
