@@ -332,8 +332,14 @@ def check_answers(model: Any, fresh: Any, module: Any, state: dict[str, Any], si
     served.eval()
     model.eval()
     user_pre = getattr(module, "preprocess", None)
-    dtypes = {t.dtype for t in (*served.parameters(), *served.buffers()) if t.is_floating_point()}
-    floating = dtypes.pop() if len(dtypes) == 1 else torch.float32   # as serve/model.py's _model_dtype
+    counts: dict[Any, int] = {}   # the dtype of most floating parameters (else buffers), as serve/model.py's _model_dtype
+    for group in (served.parameters(), served.buffers()):
+        for t in group:
+            if t.is_floating_point():
+                counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
+        if counts:
+            break
+    floating = max(counts, key=lambda d: counts[d]) if counts else torch.float32
     try:
         with torch.inference_mode():
             if callable(user_pre):

@@ -637,3 +637,11 @@ def test_weights_of_mixed_float_dtypes_get_float32_rows() -> None:
     assert _model_dtype(Mixed().half()) == torch.float16
     assert _model_dtype(torch.nn.Embedding(5, 3).double()) == torch.float64
     assert _model_dtype(torch.nn.Identity()) == torch.float32
+    # a bfloat16 model keeping its LayerNorm, or a rotary table (a buffer), in float32 takes bfloat16 rows
+    kept = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8)).to(torch.bfloat16)
+    kept[1].float()
+    kept.register_buffer("table", torch.ones(64))
+    assert _model_dtype(kept) == torch.bfloat16
+    only_buffers = torch.nn.Module()
+    only_buffers.register_buffer("scale", torch.ones(2, dtype=torch.float64))
+    assert _model_dtype(only_buffers) == torch.float64
