@@ -361,3 +361,62 @@ def test_a_half_precision_model_laid_out_otherwise_is_not_refused() -> None:
     for model, build, shape in ((conv({}), conv, [3, 16, 16]), (dense({}), dense, [256])):
         model.temperature = 1.5
         assert _answers(model, build, shape) is not None
+
+
+CACHED = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, p):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.register_buffer("mask", torch.zeros(3), persistent=False)   # filled in by the first forward
+
+    def forward(self, x):
+        if not self.mask.any():
+            self.mask.copy_(torch.tensor([1.0, 0.0, 1.0]))
+        return self.fc(x) * self.mask * self.fc.weight.new_tensor(SCALE)
+
+
+def build_model(params):
+    return Net(params)
+
+
+def train(ctx):
+    ctx.describe(task="classification", input_shape=[4])
+    model = build_model(ctx.params)
+    model(torch.ones(2, 4))
+    ADJUST
+    return model
+'''
+
+
+def _train(tmp_path: Path, name: str, source: str) -> subprocess.CompletedProcess[str]:
+    import json
+
+    code = tmp_path / name
+    code.mkdir()
+    (code / "model.py").write_text(source)
+    spec = {"seed": 0, "device": "cpu", "threads": 1, "code": str(code), "script": "model.py", "module": "model",
+            "model": name, "params": {}, "datasets": {}, "toolchain": "t", "interpreter": "i"}
+    run = "import json, sys; from pathlib import Path; from mlbuild.runtime.train import run; " \
+          "out = Path(sys.argv[2]); out.mkdir(); run(json.loads(sys.argv[1]), out)"
+    return subprocess.run([sys.executable, "-B", "-c", run, json.dumps(spec), str(tmp_path / f"{name}-out")],
+                          capture_output=True, text=True)
+
+
+def test_a_non_persistent_buffer_the_forward_fills_in_is_not_refused(tmp_path: Path) -> None:
+    """A mask registered with persistent=False and filled in by the first forward (as the server's
+    model fills it in too) was refused as one that training changed; one that training set to
+    another value, which the rebuilt model answers otherwise without, is still refused, as the
+    buffer."""
+    filled = _train(tmp_path, "filled", CACHED.replace("SCALE", "1.0").replace("ADJUST", "pass"))
+    assert filled.returncode == 0, filled.stderr
+    assert (tmp_path / "filled-out" / "model.safetensors").exists()
+    scaled = _train(tmp_path, "scaled", CACHED.replace("SCALE", "1.0").replace("ADJUST", "model.mask.mul_(2)"))
+    assert scaled.returncode == 1 and "mlbuild: buffer 'mask' was registered with persistent=False" in scaled.stderr
+    sampled = CACHED.replace("SCALE", "torch.rand(1).item()").replace("ADJUST", "model.mask.mul_(2)")
+    unsure = _train(tmp_path, "sampled", sampled)   # answers that cannot be compared: the buffer is refused
+    assert unsure.returncode == 1 and "mlbuild: buffer 'mask' was registered with persistent=False" in unsure.stderr
