@@ -184,11 +184,21 @@ class Context:
                           "fractions": fractions}
 
 
-def unwrap(model: Any) -> Any:
+def unwrap(model: Any, like: Any = None) -> Any:
     """The model a wrapper holds: ``torch.nn.DataParallel`` and ``DistributedDataParallel``
     (``.module``), ``torch.compile``'s ``OptimizedModule`` (``._orig_mod``). Their state_dict names
     every weight with a prefix (``module.``, ``_orig_mod.``) that ``build_model``'s plain module,
-    which the server loads the weights into, does not have."""
+    which the server loads the weights into, does not have. With ``like`` (what ``build_model``
+    built), a wrapped submodule too (``model.encoder = torch.compile(model.encoder)``: weights
+    ``encoder._orig_mod.*``) is replaced in the model by the module it wraps, unless ``like`` holds
+    one wrapped at the same place."""
+    model = _unwrapped(model)
+    if like is not None:
+        _unwrap_within(model, _unwrapped(like))
+    return model
+
+
+def _unwrapped(model: Any) -> Any:
     import torch
 
     wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
@@ -199,6 +209,20 @@ def unwrap(model: Any) -> Any:
             model = model._orig_mod
         else:
             return model
+
+
+def _unwrap_within(model: Any, like: Any) -> None:
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        return
+    built = like._modules if isinstance(like, torch.nn.Module) else {}
+    for name, child in list(model.named_children()):
+        other = built.get(name)
+        inner = _unwrapped(child)
+        if inner is not child and (other is None or _unwrapped(other) is other):
+            setattr(model, name, inner)
+        _unwrap_within(inner, None if other is None else _unwrapped(other))
 
 
 def weights_of(model: Any, script: str) -> dict[str, Any]:
@@ -231,11 +255,13 @@ def _listed(names: Any, limit: int = 8) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def check_fits(model: Any, state: dict[str, Any], fresh: Any, script: str) -> None:
+def check_fits(model: Any, state: dict[str, Any], fresh: Any, script: str, defer: bool = False) -> list[str]:
     """Refuse, at training time, weights that the server could not load into ``build_model(params)``
     (it loads them strictly) or that it would load into a model answering otherwise: names or
     shapes that differ, and buffers registered with ``persistent=False`` (not in the weights, so
-    the server keeps ``build_model``'s value) that training changed."""
+    the server keeps ``build_model``'s value) that training changed. With ``defer``, such buffers
+    are returned instead, for :func:`check_answers` to say whether they change the answers (a mask
+    or cache that the forward fills in before it reads it does not)."""
     import torch
 
     fix = (f"train(ctx) in {script} must return the model build_model(ctx.params) builds, as the server and the "
@@ -248,23 +274,35 @@ def check_fits(model: Any, state: dict[str, Any], fresh: Any, script: str) -> No
         parts = ([f"the trained model has {_listed(extra)}, which build_model(params)'s has not"] if extra else []) + \
                 ([f"build_model(params)'s has {_listed(lacking)}, which the trained model has not"] if lacking else [])
         raise SystemExit(f"mlbuild: build_model(params) does not build the trained model: {'; '.join(parts)}. {fix}")
+    # A lazy module's (torch.nn.LazyLinear) weights have no shape until loaded: load_state_dict gives them one.
+    lazy = torch.nn.parameter.is_lazy
     shapes = [f"{k} is {list(state[k].shape)} trained, {list(built[k].shape)} from build_model(params)"
-              for k in sorted(state) if tuple(state[k].shape) != tuple(built[k].shape)]
+              for k in sorted(state) if not lazy(built[k]) and tuple(state[k].shape) != tuple(built[k].shape)]
     if shapes:
         raise SystemExit(f"mlbuild: build_model(params) builds other shapes than the trained model's, so the server "
                          f"could not load its weights: {'; '.join(shapes[:5])}"
                          + (f" and {len(shapes) - 5} more" if len(shapes) > 5 else "") + f". {fix}")
     fresh_buffers = dict(fresh.named_buffers())
+    changed: list[str] = []
     for name, trained in model.named_buffers():
         if name in state or name not in fresh_buffers:
             continue
         other = fresh_buffers[name]
+        if lazy(other) or lazy(trained):
+            continue
         if (trained.shape == other.shape and trained.dtype == other.dtype
                 and not torch.equal(trained.detach().cpu(), other.detach().cpu())):
-            raise SystemExit(
-                f"mlbuild: buffer {name!r} was registered with persistent=False, so it is not saved with the weights, "
-                f"and training changed it: the server and the validation would use build_model(params)'s value, not "
-                f"the trained one. Register it persistent (register_buffer's default), or compute it in build_model")
+            changed.append(name)
+    if changed and not defer:
+        raise SystemExit(_buffer_refusal(changed[0]))
+    return changed
+
+
+def _buffer_refusal(name: str) -> str:
+    """Why a buffer registered with ``persistent=False`` that training changed is refused."""
+    return (f"mlbuild: buffer {name!r} was registered with persistent=False, so it is not saved with the weights, "
+            f"and training changed it: the server and the validation would use build_model(params)'s value, not "
+            f"the trained one. Register it persistent (register_buffer's default), or compute it in build_model")
 
 
 def _leaves(out: Any) -> list[Any]:
@@ -277,7 +315,7 @@ def _leaves(out: Any) -> list[Any]:
 
 
 def check_answers(model: Any, fresh: Any, module: Any, state: dict[str, Any], signature: dict[str, Any],
-                  script: str) -> None:
+                  script: str) -> bool:
     """Refuse a model that answers otherwise once rebuilt as the server rebuilds it (``fresh``,
     what ``build_model(params)`` built, the saved weights loaded, eval mode), on two rows of the declared
     input: what it depends on is not in its weights (an attribute set in training,
@@ -286,7 +324,7 @@ def check_answers(model: Any, fresh: Any, module: Any, state: dict[str, Any], si
 
     Nothing is refused where the comparison cannot be made: a preprocess or forward that fails on
     these rows (the validation's warm-up names such failures), or a forward that does not answer
-    the same twice (sampling)."""
+    the same twice (sampling). True where the two were compared and answer the same."""
     import numpy as np
     import torch
 
@@ -300,12 +338,18 @@ def check_answers(model: Any, fresh: Any, module: Any, state: dict[str, Any], si
     try:
         served.load_state_dict(state, strict=True, assign=True)
     except Exception:
-        return   # check_fits named what does not fit
+        return False   # check_fits named what does not fit
     served.eval()
     model.eval()
     user_pre = getattr(module, "preprocess", None)
-    floating = next((t.dtype for t in (*served.parameters(), *served.buffers()) if t.is_floating_point()),
-                    torch.float32)
+    counts: dict[Any, int] = {}   # the dtype of most floating parameters (else buffers), as serve/model.py's _model_dtype
+    for group in (served.parameters(), served.buffers()):
+        for t in group:
+            if t.is_floating_point():
+                counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
+        if counts:
+            break
+    floating = max(counts, key=lambda d: counts[d]) if counts else torch.float32
     try:
         with torch.inference_mode():
             if callable(user_pre):
@@ -315,15 +359,23 @@ def check_answers(model: Any, fresh: Any, module: Any, state: dict[str, Any], si
                 x = x.to(floating) if x.is_floating_point() or x.dtype == torch.bool else x
             first, again, rebuilt = (_leaves(m(x)) for m in (model, model, served))
     except Exception:
-        return
+        return False
     if not all(isinstance(t, torch.Tensor) for t in first + again + rebuilt) or len(first) != len(rebuilt):
-        return
+        return False
+
+    # float16 and bfloat16 round each result to 3 or 2 digits: the same weights laid out otherwise in memory
+    # (channels_last, a transposed weight made contiguous in the file) differ in their last bit there
+    eps = max((torch.finfo(t.dtype).eps for t in (*served.parameters(), *served.buffers(), *first)
+               if t.is_floating_point()), default=0.0)
+    rtol, atol = max(1e-4, 4 * eps), max(1e-5, 4 * eps)
 
     def same(a: list[Any], b: list[Any]) -> bool:
-        return all(s.shape == t.shape and torch.allclose(s.float(), t.float(), rtol=1e-4, atol=1e-5, equal_nan=True)
+        return all(s.shape == t.shape and torch.allclose(s.float(), t.float(), rtol=rtol, atol=atol, equal_nan=True)
                    for s, t in zip(a, b))
 
-    if same(first, again) and not same(first, rebuilt):
+    if not same(first, again):
+        return False
+    if not same(first, rebuilt):
         gap = max(float((s.float() - t.float()).abs().nan_to_num(nan=float("inf")).max()) if s.shape == t.shape
                   else float("inf") for s, t in zip(first, rebuilt))
         raise SystemExit(
@@ -332,6 +384,7 @@ def check_answers(model: Any, fresh: Any, module: Any, state: dict[str, Any], si
             f"the model with build_model(params) and load only its weights (parameters and persistent buffers). Keep "
             f"what the model needs in them: a value set in training as a plain attribute (model.temperature = ...) "
             f"as a buffer (register_buffer), a choice of layers as a param in mlbuild.toml, which build_model reads")
+    return True
 
 
 def save_weights(state: dict[str, Any], path: Path) -> None:
@@ -384,14 +437,23 @@ def run(spec: dict[str, Any], out: Path) -> None:
             f"the validation need the model's task and input shape. Call ctx.describe(task=\"classification\", "
             f"input_shape=[FEATURES], labels=[...]) or ctx.describe(task=\"regression\", input_shape=[FEATURES]) "
             f"in train()")
-    model = unwrap(model)
-    state = weights_of(model, spec["script"])
     fresh = module.build_model(dict(spec["params"]))
-    check_fits(model, state, fresh, spec["script"])
+    model = unwrap(model, fresh)
+    state = weights_of(model, spec["script"])
+    # A non-persistent buffer that training changed is refused unless the answers show it does not matter
+    # (a mask or cache the forward fills in before it reads it, as the server's model will).
+    changed = check_fits(model, state, fresh, spec["script"], defer=True)
     weights = out / "model.safetensors"
     save_weights(state, weights)
     # After the save: a forward that changes a buffer in place (a call counter) cannot change the file.
-    check_answers(model, fresh, module, state, ctx.signature, spec["script"])
+    try:
+        agreed = check_answers(model, fresh, module, state, ctx.signature, spec["script"])
+    except SystemExit:
+        if changed:   # the buffer is why: say so
+            raise SystemExit(_buffer_refusal(changed[0])) from None
+        raise
+    if changed and not agreed:
+        raise SystemExit(_buffer_refusal(changed[0]))
     config = {"module": spec["module"], "script": spec["script"], "params": spec["params"],
               "model": spec["model"], **ctx.signature}
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -616,3 +616,32 @@ def test_a_forward_returning_a_tuple_or_dict_needs_a_postprocess(tmp_path: Path)
             '    return {"probabilities": torch.softmax(y, -1), "label": y.argmax(-1)}\n'))
         out = load_model(load_package(picks), threads=1).run(np.zeros((2, 64), dtype=np.float32))
         assert out["label"].shape == (2,)
+
+
+def test_weights_of_mixed_float_dtypes_get_float32_rows() -> None:
+    """A float32 model holding a float16 table that its forward casts up (registered first) was
+    given float16 rows by the default preprocess: its Linear failed every request ("mat1 and mat2
+    must have the same dtype"), and the training's check let it through."""
+    from mlbuild.runtime.serve.model import _model_dtype
+
+    class Mixed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(3, dtype=torch.float16))
+            self.lin = torch.nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x) * self.scale.float()
+
+    assert _model_dtype(Mixed()) == torch.float32
+    assert _model_dtype(Mixed().half()) == torch.float16
+    assert _model_dtype(torch.nn.Embedding(5, 3).double()) == torch.float64
+    assert _model_dtype(torch.nn.Identity()) == torch.float32
+    # a bfloat16 model keeping its LayerNorm, or a rotary table (a buffer), in float32 takes bfloat16 rows
+    kept = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8)).to(torch.bfloat16)
+    kept[1].float()
+    kept.register_buffer("table", torch.ones(64))
+    assert _model_dtype(kept) == torch.bfloat16
+    only_buffers = torch.nn.Module()
+    only_buffers.register_buffer("scale", torch.ones(2, dtype=torch.float64))
+    assert _model_dtype(only_buffers) == torch.float64

@@ -252,3 +252,171 @@ def test_a_model_that_answers_otherwise_once_rebuilt_is_refused_at_training() ->
             return super().forward(x) + torch.randn(len(x), 3)
 
     assert _answers(Sampling(4, 3), lambda p: Sampling(4, 3), [4]) is None
+
+
+def test_a_model_of_mixed_float_dtypes_is_compared_on_float32_rows() -> None:
+    """The check gave a float32 model holding a float16 table (registered first) float16 rows,
+    which its Linear refused, so a model the server rebuilds to answer otherwise went through."""
+    import torch
+    from torch import nn
+
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(3, dtype=torch.float16))
+            self.fc = nn.Linear(4, 3)
+            self.temperature = 1.0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) * self.scale.float() / self.temperature
+
+    torch.manual_seed(0)
+    assert _answers(Mixed(), lambda p: Mixed(), [4]) is None
+    tempered = Mixed()
+    tempered.temperature = 3.0
+    assert _answers(tempered, lambda p: Mixed(), [4]) is not None
+
+
+def test_a_model_of_lazy_modules_is_saved() -> None:
+    """build_model returning torch.nn.LazyLinear, which the server loads the weights into (they
+    give it its shape), failed training with "Can't access the shape of an uninitialized
+    parameter or buffer" from the check that the weights fit."""
+    import torch
+    from torch import nn
+
+    from mlbuild.runtime.train import check_fits, weights_of
+
+    def build(p: Any) -> nn.Module:
+        return nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(3))
+
+    torch.manual_seed(0)
+    model = build({})
+    model(torch.randn(2, 4))
+    check_fits(model, weights_of(model, "model.py"), build({}), "model.py")
+    assert _answers(model, build, [4]) is None
+    assert _refusal(model, nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(3), nn.LazyLinear(2))).startswith(
+        "mlbuild: build_model(params) does not build the trained model: build_model(params)'s has 3.bias, 3.weight")
+
+
+def test_a_wrapped_submodule_is_saved_as_the_module_it_wraps() -> None:
+    """model.encoder = torch.compile(model.encoder) (or DataParallel) named its weights
+    encoder._orig_mod.* (encoder.module.*), and training refused the model as one build_model
+    does not build; a build_model that wraps the same submodule keeps its names, and a user's
+    own attribute named module is no wrapper."""
+    import torch
+    from torch import nn
+
+    from mlbuild.runtime.train import check_fits, unwrap, weights_of
+
+    class Net(nn.Module):
+        def __init__(self, wrap: Any = None) -> None:
+            super().__init__()
+            self.encoder = nn.Linear(4, 8)
+            self.layers = nn.ModuleList([nn.Linear(8, 8)])
+            self.module = nn.Sequential(nn.ReLU(), nn.Linear(8, 3))
+            if wrap is not None:
+                self.encoder, self.layers[0] = wrap(self.encoder), wrap(self.layers[0])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.module(self.layers[0](self.encoder(x)))
+
+    compiled = lambda m: torch.compile(m, backend="aot_eager")  # noqa: E731
+    for wrap in (compiled, nn.DataParallel, lambda m: nn.DataParallel(compiled(m))):
+        wrapped = Net(wrap)
+        inner = wrapped.encoder
+        model = unwrap(torch.nn.DataParallel(wrapped), Net())
+        assert model is wrapped and sorted(model.state_dict()) == sorted(Net().state_dict())
+        assert isinstance(model.encoder, nn.Linear) and isinstance(model.layers[0], nn.Linear) and inner is not model.encoder
+        check_fits(model, weights_of(model, "model.py"), Net(), "model.py")
+        same = Net(wrap)   # build_model wraps it too: the server loads the wrapped names
+        assert sorted(unwrap(same, Net(wrap)).state_dict()) == sorted(Net(wrap).state_dict())
+
+
+def test_a_half_precision_model_laid_out_otherwise_is_not_refused() -> None:
+    """A float16 model trained channels_last, or with a transposed weight (both saved contiguous),
+    answered, rebuilt, one float16 ulp away (0.000122, 0.000488) and training refused it as a model
+    that answers otherwise; a float16 model's own difference, a temperature set in training, is
+    still refused."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Sequential):
+        def __init__(self, *layers: nn.Module) -> None:
+            super().__init__(*layers)
+            self.temperature = 1.0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) / self.temperature
+
+    conv = lambda p: Net(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.Flatten(),  # noqa: E731
+                         nn.Linear(32 * 12 * 12, 4)).half()
+    torch.manual_seed(5)
+    assert _answers(conv({}).to(memory_format=torch.channels_last), conv, [3, 16, 16]) is None
+    dense = lambda p: Net(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 64)).half()  # noqa: E731
+    torch.manual_seed(0)
+    transposed = dense({})
+    for layer in (transposed[0], transposed[2]):
+        layer.weight = nn.Parameter(layer.weight.detach().t().contiguous().t())
+    assert _answers(transposed, dense, [256]) is None
+    for model, build, shape in ((conv({}), conv, [3, 16, 16]), (dense({}), dense, [256])):
+        model.temperature = 1.5
+        assert _answers(model, build, shape) is not None
+
+
+CACHED = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, p):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.register_buffer("mask", torch.zeros(3), persistent=False)   # filled in by the first forward
+
+    def forward(self, x):
+        if not self.mask.any():
+            self.mask.copy_(torch.tensor([1.0, 0.0, 1.0]))
+        return self.fc(x) * self.mask * self.fc.weight.new_tensor(SCALE)
+
+
+def build_model(params):
+    return Net(params)
+
+
+def train(ctx):
+    ctx.describe(task="classification", input_shape=[4])
+    model = build_model(ctx.params)
+    model(torch.ones(2, 4))
+    ADJUST
+    return model
+'''
+
+
+def _train(tmp_path: Path, name: str, source: str) -> subprocess.CompletedProcess[str]:
+    import json
+
+    code = tmp_path / name
+    code.mkdir()
+    (code / "model.py").write_text(source)
+    spec = {"seed": 0, "device": "cpu", "threads": 1, "code": str(code), "script": "model.py", "module": "model",
+            "model": name, "params": {}, "datasets": {}, "toolchain": "t", "interpreter": "i"}
+    run = "import json, sys; from pathlib import Path; from mlbuild.runtime.train import run; " \
+          "out = Path(sys.argv[2]); out.mkdir(); run(json.loads(sys.argv[1]), out)"
+    return subprocess.run([sys.executable, "-B", "-c", run, json.dumps(spec), str(tmp_path / f"{name}-out")],
+                          capture_output=True, text=True)
+
+
+def test_a_non_persistent_buffer_the_forward_fills_in_is_not_refused(tmp_path: Path) -> None:
+    """A mask registered with persistent=False and filled in by the first forward (as the server's
+    model fills it in too) was refused as one that training changed; one that training set to
+    another value, which the rebuilt model answers otherwise without, is still refused, as the
+    buffer."""
+    filled = _train(tmp_path, "filled", CACHED.replace("SCALE", "1.0").replace("ADJUST", "pass"))
+    assert filled.returncode == 0, filled.stderr
+    assert (tmp_path / "filled-out" / "model.safetensors").exists()
+    scaled = _train(tmp_path, "scaled", CACHED.replace("SCALE", "1.0").replace("ADJUST", "model.mask.mul_(2)"))
+    assert scaled.returncode == 1 and "mlbuild: buffer 'mask' was registered with persistent=False" in scaled.stderr
+    sampled = CACHED.replace("SCALE", "torch.rand(1).item()").replace("ADJUST", "model.mask.mul_(2)")
+    unsure = _train(tmp_path, "sampled", sampled)   # answers that cannot be compared: the buffer is refused
+    assert unsure.returncode == 1 and "mlbuild: buffer 'mask' was registered with persistent=False" in unsure.stderr

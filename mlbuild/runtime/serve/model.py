@@ -4,7 +4,8 @@ The user's module (``config.module``, imported from ``PKG/code``) defines
 ``build_model(params) -> torch.nn.Module`` (architecture only) and may define
 ``preprocess(x: numpy.ndarray) -> torch.Tensor`` and
 ``postprocess(outputs: torch.Tensor) -> dict[str, numpy.ndarray]``. Defaults: the input as a
-tensor, floating-point and boolean inputs in the dtype of the model's weights (float32 for most); for ``task == "classification"``, ``{"probabilities": softmax, "label": argmax}``;
+tensor, floating-point and boolean inputs in the dtype of most of the model's weights (float32 for
+most); for ``task == "classification"``, ``{"probabilities": softmax, "label": argmax}``;
 otherwise ``{<first output>: outputs}``. Any output declared ``[-1]`` that comes back ``[N, 1]``
 (from the default or the user's postprocess) is served as ``[N]``. A ``ValueError`` raised by
 ``preprocess`` refuses the request's input (``InputRefused``: a 400 with its message), so a handler
@@ -145,11 +146,19 @@ def _default_preprocess(x: np.ndarray) -> torch.Tensor:
     return t.float() if t.is_floating_point() or t.dtype == torch.bool else t
 
 def _model_dtype(module: torch.nn.Module) -> torch.dtype:
-    """The floating-point dtype of the model's first floating parameter (or buffer): float32 for
-    most, float64, float16 or bfloat16 for a model trained in those (the weights keep their dtype)."""
-    for t in (*module.parameters(), *module.buffers()):
-        if t.is_floating_point():
-            return t.dtype
+    """The floating-point dtype of most of the model's parameters (of its buffers where it has no
+    floating parameters): float32 for most models, float64, float16 or bfloat16 for one trained in
+    those (the weights keep their dtype), where a float32 buffer (a rotary table) or LayerNorm kept
+    in float32 is the exception. Not the first parameter's: a float16 table that a float32 model
+    casts up in its forward gave float16 rows to its float32 layers, and every request failed
+    ("mat1 and mat2 must have the same dtype")."""
+    counts: dict[torch.dtype, int] = {}
+    for group in (module.parameters(), module.buffers()):
+        for t in group:
+            if t.is_floating_point():
+                counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
+        if counts:
+            return max(counts, key=lambda d: counts[d])   # the first of equals
     return torch.float32
 
 def _preprocess_to(dtype: torch.dtype) -> Preprocess:
