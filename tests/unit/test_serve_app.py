@@ -610,3 +610,39 @@ def test_the_in_flight_gauge_counts_requests_being_answered_not_the_scrape() -> 
     asyncio.run(drive())
     assert seen == [b"mlbuild_requests_in_flight 0.0", b"mlbuild_requests_in_flight 1.0"]
     assert b"mlbuild_requests_in_flight 0.0" in metrics.render()
+
+
+def test_a_two_class_model_without_class_names_publishes_class_1_s_live_metrics(tmp_path: Path) -> None:
+    """A classifier trained without `labels=` declares its probabilities `[-1, -1]`, so the server
+    had no class count: its live metrics lacked precision, recall and F1 (class 1's, which the
+    validation report has; a monitor alert on them never fired), and feedback took any integer as a
+    class. The server counts the classes by the outputs it sees at the warm-up, as the validation does."""
+    import re
+
+    pkg = build_package(tmp_path / "pkg", train_steps=0, params={"features": 64, "hidden": 8, "classes": 2},
+                        extra_config={"labels": None,
+                                      "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, -1]},
+                                                  {"name": "label", "datatype": "INT64", "shape": [-1]}]})
+    state = ServerState(load_package(pkg), ServerMetrics(process=False), threads=1, verify=False)
+    with TestClient(create_app(state)) as client:
+        _wait(lambda: state.ready)
+        gc.unfreeze()
+        x = np.random.default_rng(0).uniform(0, 16, (120, 64)).astype(np.float32)
+        r = client.post("/v2/models/digits/infer", content=_body(x))
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        predicted = next(o for o in answer["outputs"] if o["name"] == "label")["data"]
+        truth = [1 - p if i % 3 == 0 else p for i, p in enumerate(predicted)]   # a third of them wrong
+        bad = {"feedback": [{"id": answer["id"], "labels": [2] * len(truth)}]}
+        refused = client.post("/v2/models/digits/feedback", json=bad)
+        assert refused.status_code == 400 and "a class index 0..1" in refused.json()["error"], refused.text
+        r = client.post("/v2/models/digits/feedback", json={"feedback": [{"id": answer["id"], "labels": truth}]})
+        assert r.json()["matched_rows"] == 120, r.text
+        state.live.refresh(force=True)
+        live = {m: float(v) for m, v in re.findall(r'^mlbuild_live_metric\{metric="(\w+)",model="digits"\} (\S+)$',
+                                                    client.get("/metrics").text, re.M)}
+    from sklearn import metrics as skm
+
+    assert live["precision"] == pytest.approx(skm.precision_score(truth, predicted, zero_division=0))
+    assert live["recall"] == pytest.approx(skm.recall_score(truth, predicted, zero_division=0))
+    assert live["f1"] == pytest.approx(skm.f1_score(truth, predicted, zero_division=0))

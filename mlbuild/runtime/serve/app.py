@@ -154,6 +154,12 @@ class ServerState:
                                on_batch=self.metrics.observe_batch, thread_init=model.bind_thread,
                                guard=self.guard)
         batcher.start()
+        if self.live.classes is None and model.classes is not None:
+            # A classifier without class names, whose config declares its probabilities [-1, -1]:
+            # counted by its outputs, as the validation counts it, so that a two-class model's live
+            # precision, recall and F1 (class 1's) are published as the report has them, and
+            # feedback naming a class the model does not have is refused.
+            self.live.classes = model.classes
         self.model, self.batcher = model, batcher
         self.metrics.load_seconds.set(model.load_seconds)
         self.metrics.ready.set(0 if self.draining else 1)

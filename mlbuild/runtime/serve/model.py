@@ -229,6 +229,9 @@ class LoadedModel:
         self.pkg, self.module = pkg, module
         self.preprocess, self.postprocess = preprocess, postprocess
         self.load_seconds, self.threads = load_seconds, threads
+        # A classifier's class count as its outputs show it (the width of its probabilities at the
+        # warm-up), for a model that declares no class names: the validation counts them so too.
+        self.classes: int | None = None
 
     def bind_thread(self) -> None:
         """Apply the intra-op thread count in the calling thread (OpenMP keeps it per thread)."""
@@ -319,10 +322,13 @@ def load_model(pkg: Package, threads: int | None = None, verify: bool = True) ->
     warm = np.zeros(shape, dtype=spec.dtype)
     try:
         try:
-            model.run(warm)
+            out = model.run(warm)
         except InputRefused:   # a handler may refuse a row of zeros (only padding): try a row of ones
             warm = np.ones(shape, dtype=spec.dtype)
-            model.run(warm)
+            out = model.run(warm)
+        probabilities = out.get("probabilities")
+        if pkg.task == "classification" and probabilities is not None and probabilities.ndim == 2:
+            model.classes = int(probabilities.shape[1])
     except InputRefused as e:   # refused both: say so (a handler's own bug would blame every client)
         log.warning("%s: preprocess refused the warm-up rows (zeros and ones), so the outputs were not checked "
                     "at load: %s", pkg.name, e.message)
