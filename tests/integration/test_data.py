@@ -359,19 +359,26 @@ def test_build_check_builds_in_another_folder_on_fewer_cpus(data_project: Path) 
     """The second build of `build --check` ran in the same build folder (`$TMPDIR/nix-build-NAME.drv-0`)
     on the same CPUs as the first: an output holding the build's folder or a count of its CPUs was
     called reproducible, and a teammate's build of it gave other bytes."""
-    (data_project / "prepare.py").write_text(
-        "import os\n\ndef prepare(inputs, out, params):\n"
-        "    (out / 'where.txt').write_text(os.getcwd())\n"
-        f"    (out / 'cpus.txt').write_text(str(len(os.sched_getaffinity(0))))  # {uuid.uuid4()}\n")
-    commit_all(data_project, "prepare that records its machine")
-    build(data_project, "datasets.split")
-    proc = build(data_project, "datasets.split", "--check", check=False)
-    assert proc.returncode == 1, proc.stdout
+    proc = checked_again(data_project, "prepare that records its machine",
+                         "import os\n\ndef prepare(inputs, out, params):\n"
+                         "    (out / 'where.txt').write_text(os.getcwd())\n"
+                         f"    (out / 'cpus.txt').write_text(str(len(os.sched_getaffinity(0))))  # {uuid.uuid4()}\n")
     # in Nix's sandbox both builds run in /build: the folder cannot differ there
     differ = ", ".join([*(["cpus.txt"] if len(os.sched_getaffinity(0)) > 1 else []), *([] if sandboxed() else ["where.txt"])])
     assert f"datasets.split is not reproducible: built again, it gave other bytes in {differ} (" in proc.stderr, \
         proc.stderr[-2000:]
     assert not list(Path(tempfile.gettempdir()).glob("mlbuild-check-*/nix-build-split.drv-*"))   # its folder is gone
+
+
+def checked_again(data_project: Path, message: str, prepare: str) -> subprocess.CompletedProcess[str]:
+    """Commit ``prepare`` as the split's prepare.py, build it, then `build --check` it, which must
+    find it not reproducible (exit 1): the check's process, for its message."""
+    (data_project / "prepare.py").write_text(prepare)
+    commit_all(data_project, message)
+    build(data_project, "datasets.split")
+    proc = build(data_project, "datasets.split", "--check", check=False)
+    assert proc.returncode == 1, proc.stdout
+    return proc
 
 
 def sandboxed() -> bool:
@@ -408,18 +415,14 @@ def test_a_tmpdir_the_build_users_cannot_enter_is_named(data_project: Path) -> N
 def test_build_check_names_a_folder_a_link_or_a_mode_that_differs(data_project: Path) -> None:
     """Only files' bytes were compared: a folder named by the time, a link to a file named so, or
     an executable bit set by chance was "its file metadata (modes or links)", naming nothing."""
-    (data_project / "prepare.py").write_text(
-        "import os, uuid\n\ndef prepare(inputs, out, params):\n"
-        "    (out / 'data.txt').write_text('the same')\n"
-        "    (out / 'runs' / ('run-' + uuid.uuid4().hex)).mkdir(parents=True)\n"
-        "    os.symlink('data-' + uuid.uuid4().hex, out / 'latest')\n"
-        "    (out / 'tool').write_text('x')\n"
-        "    if 'mlbuild-check-' in os.getcwd():   # the second build of --check\n"
-        f"        (out / 'tool').chmod(0o755)  # {uuid.uuid4()}\n")
-    commit_all(data_project, "prepare that names a folder by chance")
-    build(data_project, "datasets.split")
-    proc = build(data_project, "datasets.split", "--check", check=False)
-    assert proc.returncode == 1, proc.stdout
+    proc = checked_again(data_project, "prepare that names a folder by chance",
+                         "import os, uuid\n\ndef prepare(inputs, out, params):\n"
+                         "    (out / 'data.txt').write_text('the same')\n"
+                         "    (out / 'runs' / ('run-' + uuid.uuid4().hex)).mkdir(parents=True)\n"
+                         "    os.symlink('data-' + uuid.uuid4().hex, out / 'latest')\n"
+                         "    (out / 'tool').write_text('x')\n"
+                         "    if 'mlbuild-check-' in os.getcwd():   # the second build of --check\n"
+                         f"        (out / 'tool').chmod(0o755)  # {uuid.uuid4()}\n")
     said = proc.stderr.split(" (the first build:")[0]
     # the executable bit follows the build folder's name, which Nix's sandbox makes /build in both
     tool = "" if sandboxed() else ", tool"

@@ -36,8 +36,7 @@ def test_a_root_is_replaced_without_a_moment_missing(tmp_path: Path, monkeypatch
     _nix.add_roots({"m.model": new}, roots)
     assert os.readlink(roots / "m.model") == new
     # (not UTF-8 where a root's path is not: Nix warns of the roots of other tests, in a folder named in Latin-1)
-    assert str(roots / "m.model") in subprocess.run(["nix-store", "-q", "--roots", new], capture_output=True,
-                                                    text=True, errors="surrogateescape", check=True).stdout
+    assert str(roots / "m.model") in roots_of(new)
 
 
 def test_a_link_out_of_the_store_is_replaced(tmp_path: Path) -> None:
@@ -58,6 +57,18 @@ def test_roots_in_a_folder_whose_path_is_not_utf8(tmp_path: Path) -> None:
     assert os.readlink(roots / "m.model") == path
 
 
+def package_drv(stamp: str, deps: str) -> tuple[str, list[str]]:
+    """A derivation "m-package" built from ``deps`` (Nix expressions; ``mk NAME DEPS`` makes a small
+    derivation), instantiated, not built: its .drv and the store paths it references."""
+    expr = (f'let mk = name: deps: derivation {{ inherit name; system = "x86_64-linux"; builder = "/bin/sh"; '
+            f'args = ["-c" "echo {stamp} ${{toString deps}} > $out"]; }}; '
+            f'in mk "m-package" [{deps}]')
+    drv = subprocess.run(["nix-instantiate", "--expr", expr], capture_output=True, text=True, check=True).stdout.strip()
+    inputs = subprocess.run(["nix-store", "-q", "--references", drv], capture_output=True, text=True,
+                            check=True).stdout.split()
+    return drv, inputs
+
+
 def test_a_builds_derived_datasets_are_rooted_with_one_nix_store_call(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Every `mlbuild build MODEL`, a model already built included, asked Nix for the derived
@@ -67,13 +78,7 @@ def test_a_builds_derived_datasets_are_rooted_with_one_nix_store_call(tmp_path: 
     from mlbuild import build
     from mlbuild.config import Project, PythonConfig
 
-    stamp = f"{os.getpid()}-{tmp_path.name}"
-    expr = (f'let mk = name: deps: derivation {{ inherit name; system = "x86_64-linux"; builder = "/bin/sh"; '
-            f'args = ["-c" "echo {stamp} ${{toString deps}} > $out"]; }}; '
-            f'in mk "m-package" [(mk "split" []) (mk "other" []) (mk "raw" [])]')
-    drv = subprocess.run(["nix-instantiate", "--expr", expr], capture_output=True, text=True, check=True).stdout.strip()
-    inputs = subprocess.run(["nix-store", "-q", "--references", drv], capture_output=True, text=True,
-                            check=True).stdout.split()
+    drv, inputs = package_drv(f"{os.getpid()}-{tmp_path.name}", '(mk "split" []) (mk "other" []) (mk "raw" [])')
     split_drv = next(d for d in inputs if d.endswith("-split.drv"))
     split = subprocess.run(["nix-store", "--realise", split_drv], capture_output=True, text=True,
                            check=True).stdout.strip()
@@ -101,12 +106,7 @@ def test_a_path_named_like_a_dataset_gets_no_dataset_root(tmp_path: Path) -> Non
     from mlbuild.config import Project, PythonConfig
 
     stamp = f"{os.getpid()}-{tmp_path.name}-named"
-    expr = (f'let mk = name: deps: derivation {{ inherit name; system = "x86_64-linux"; builder = "/bin/sh"; '
-            f'args = ["-c" "echo {stamp} ${{toString deps}} > $out"]; }}; '
-            f'in mk "m-package" [(mk "split" []) (mk "raw" []) (builtins.toFile "code" "{stamp} model.py")]')
-    drv = subprocess.run(["nix-instantiate", "--expr", expr], capture_output=True, text=True, check=True).stdout.strip()
-    inputs = subprocess.run(["nix-store", "-q", "--references", drv], capture_output=True, text=True,
-                            check=True).stdout.split()
+    drv, inputs = package_drv(stamp, f'(mk "split" []) (mk "raw" []) (builtins.toFile "code" "{stamp} model.py")')
     built = {d.rsplit("-", 1)[-1][:-4]: subprocess.run(["nix-store", "--realise", d], capture_output=True, text=True,
                                                         check=True).stdout.strip()
              for d in inputs if d.endswith(("-split.drv", "-raw.drv"))}

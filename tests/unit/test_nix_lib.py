@@ -19,6 +19,23 @@ def nix_eval(expr: str, *flags: str, timeout: float | None = None) -> subprocess
                            "--expr", expr], capture_output=True, text=True, timeout=timeout)
 
 
+def evaluates_or_names(out: subprocess.CompletedProcess[str], message: str | None) -> None:
+    """A ``nix_eval`` that must succeed (``message`` None) or fail with ``message`` in its stderr."""
+    if message is None:
+        assert out.returncode == 0, out.stderr
+    else:
+        assert out.returncode != 0 and message in out.stderr, out.stderr
+
+
+def dataset_drv(lock: dict, name: str, table: dict) -> str:
+    """The expression of the drvPath of dataset ``name`` declared as ``table``, pinned by ``lock``
+    (mlbuild.lock's contents), in a project at /tmp."""
+    config = {"datasets": {name: table}}
+    return (f'(((import {REPO / "nix"} {{ }}).mkDatasets {{ src = /tmp; toolchain = null; '
+            f'lock = builtins.fromJSON {json.dumps(json.dumps(lock))}; '
+            f'config = builtins.fromJSON {json.dumps(json.dumps(config))}; }}).{name}.drvPath)')
+
+
 def cases() -> dict:
     out = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "eval", "--json", "-f",
                           str(REPO / "nix" / "tests")], capture_output=True, text=True, check=True)
@@ -86,13 +103,9 @@ def test_code_that_leaves_out_the_script_is_named(files: list, ok: bool, tmp_pat
         (tmp_path / f).write_text("")
     expr = (f'((import {REPO / "nix"} {{ }}).mkCode {{ src = {tmp_path}; script = "m.py"; '
             f'files = {json.dumps(files).replace(",", "")}; what = "[datasets.d]"; }}) != ""')
-    out = nix_eval(expr)
-    if ok:
-        assert out.returncode == 0, out.stderr
-    else:
-        assert out.returncode != 0 and (f"[datasets.d]: code = {json.dumps(files, separators=(',', ':'))} leaves out "
-                                        'm.py, the script the stage runs (a build sees only the code files): add "m.py" '
-                                        "to code") in out.stderr, out.stderr
+    evaluates_or_names(nix_eval(expr), None if ok else (
+        f"[datasets.d]: code = {json.dumps(files, separators=(',', ':'))} leaves out m.py, the script the stage runs "
+        '(a build sees only the code files): add "m.py" to code'))
 
 
 @pytest.mark.skipif(not have_nix(), reason="needs nix")
@@ -101,19 +114,11 @@ def test_code_that_leaves_out_the_script_is_named(files: list, ok: bool, tmp_pat
 def test_a_dataset_pin_that_is_no_sha256_is_named(entry: object) -> None:
     """A hand-edited or merged lock: Nix said "attribute 'sha256' missing" or "invalid hash", naming
     no dataset and no fix."""
-    lock = {"datasets": {"raw": entry}}
-    expr = (f'(((import {REPO / "nix"} {{ }}).mkDatasets {{ src = /tmp; toolchain = null; '
-            f'lock = builtins.fromJSON {json.dumps(json.dumps(lock))}; '
-            f'config = builtins.fromJSON {json.dumps(json.dumps({"datasets": {"raw": {"path": "data/raw"}}}))}; '
-            f'}}).raw.drvPath)')
-    out = nix_eval(expr)
-    if entry in ({"sha256": "ab" * 32}, {"sha256": "AB" * 32}):   # in either case, as Nix reads it
-        assert out.returncode == 0, out.stderr
-    else:
-        assert out.returncode != 0 and (f"mlbuild: mlbuild.lock pins dataset raw as "
-                                        f"{json.dumps(entry, separators=(',', ':'))}, with no sha256 of 64 hex digits "
-                                        "(a hand edit or a merge); run `mlbuild data add raw data/raw` where its files "
-                                        "are") in out.stderr, out.stderr
+    expr = dataset_drv({"datasets": {"raw": entry}}, "raw", {"path": "data/raw"})
+    ok = entry in ({"sha256": "ab" * 32}, {"sha256": "AB" * 32})   # in either case, as Nix reads it
+    evaluates_or_names(nix_eval(expr), None if ok else (
+        f"mlbuild: mlbuild.lock pins dataset raw as {json.dumps(entry, separators=(',', ':'))}, with no sha256 of 64 "
+        "hex digits (a hand edit or a merge); run `mlbuild data add raw data/raw` where its files are"))
 
 
 @pytest.mark.skipif(not have_nix(), reason="needs nix")
@@ -121,17 +126,10 @@ def test_a_dataset_pin_that_is_no_sha256_is_named(entry: object) -> None:
                                          ("https://h/x.csv", True), ("file:///srv/x.csv", True)])
 def test_a_url_that_is_no_url_is_named(url: str, ok: bool) -> None:
     """A relative path was curl's "Couldn't resolve host name", a leading space its "bad/illegal format"."""
-    table = {"url": url, "sha256": "ab" * 32}
-    expr = (f'(((import {REPO / "nix"} {{ }}).mkDatasets {{ src = /tmp; toolchain = null; lock = {{ }}; '
-            f'config = builtins.fromJSON {json.dumps(json.dumps({"datasets": {"r": table}}))}; }}).r.drvPath)')
-    out = nix_eval(expr)
-    if ok:
-        assert out.returncode == 0, out.stderr
-    else:
-        assert out.returncode != 0 and (f"[datasets.r].url is {json.dumps(url)}, not a URL (scheme://...: https://, "
-                                        'http://, file:///); a file of this machine is a local dataset: path = "..." '
-                                        "instead of url and sha256, pinned by `mlbuild data add r PATH`") in out.stderr, \
-            out.stderr
+    expr = dataset_drv({}, "r", {"url": url, "sha256": "ab" * 32})
+    evaluates_or_names(nix_eval(expr), None if ok else (
+        f"[datasets.r].url is {json.dumps(url)}, not a URL (scheme://...: https://, http://, file:///); a file of this "
+        'machine is a local dataset: path = "..." instead of url and sha256, pinned by `mlbuild data add r PATH`'))
 
 
 @pytest.mark.skipif(not have_nix(), reason="needs nix")
