@@ -217,8 +217,8 @@ def is_fixed_output(drv: str) -> bool:
     """Whether the derivation ``drv`` (a .drv path) is fixed-output: its output's hash is known in
     advance (a dataset, a wheel), so building it again checks nothing the hash does not. Read from
     the .drv file (the same in every Nix version): a fixed output's entry names a hash algorithm."""
-    m = re.match(r'Derive\(\[\("[^"]*","[^"]*","([^"]*)"', Path(drv).read_text(errors="replace"))
-    return bool(m and m.group(1))
+    entries = _drv_output_entries(drv)
+    return bool(entries and entries[0][2])
 
 
 def parse_build_json(text: str) -> list[dict[str, Any]]:
@@ -283,20 +283,26 @@ def invalid_paths_in(paths: Sequence[str], *, store: str | None = None) -> list[
     return proc.stdout.split()
 
 
-def closure_with_outputs(drvs: Sequence[str]) -> list[str]:
-    """The closure of ``drvs``, their ``.drv`` files with the outputs of them that are valid in the
-    local store (one nix-store call: ``--include-outputs`` lists only those); ``build_closure``
+def closure_with_outputs(drvs: Sequence[str], *, store: str | None = None) -> list[str]:
+    """The closure of ``drvs``, their ``.drv`` files with the outputs of them that are valid in
+    ``store`` (one nix-store call: ``--include-outputs`` lists only those); ``build_closure``
     also names the missing."""
     if not drvs:
         return []
-    return run_nix(["--query", "--requisites", "--include-outputs", *drvs], tool="nix-store").stdout.split()
+    return run_nix([*store_options(store), "--query", "--requisites", "--include-outputs", *drvs],
+                   tool="nix-store").stdout.split()
+
+
+def _drv_output_entries(drv: str) -> list[tuple[str, str, str, str]]:
+    """The outputs a .drv file declares, read from it (the same in every Nix version: its first
+    list, of ("out","/nix/store/...","",""), a fixed output's with its hash algorithm and hash)."""
+    m = re.match(r"Derive\(\[(.*?)\],\[", Path(drv).read_text(errors="replace"))
+    return re.findall(r'\("([^"]*)","([^"]*)","([^"]*)","([^"]*)"\)', m.group(1)) if m else []
 
 
 def drv_outputs(drv: str) -> dict[str, str]:
-    """``{output name: store path}`` of the derivation ``drv`` (a .drv path), read from the .drv file
-    (the same in every Nix version: its first list, of ("out","/nix/store/...","",""))."""
-    m = re.match(r"Derive\(\[(.*?)\],\[", Path(drv).read_text(errors="replace"))
-    return dict(re.findall(r'\("([^"]*)","([^"]*)","[^"]*","[^"]*"\)', m.group(1))) if m else {}
+    """``{output name: store path}`` of the derivation ``drv`` (a .drv path), read from the .drv file."""
+    return {name: path for name, path, _, _ in _drv_output_entries(drv)}
 
 
 def build_closure(drvs: Sequence[str], *, store: str | None = None) -> tuple[list[str], list[str]]:
@@ -304,9 +310,7 @@ def build_closure(drvs: Sequence[str], *, store: str | None = None) -> tuple[lis
     (valid in ``store``, not valid there)."""
     if not drvs:
         return [], []
-    proc = run_nix([*store_options(store), "--query", "--requisites", "--include-outputs", *drvs],
-                   tool="nix-store")
-    listed = proc.stdout.split()
+    listed = closure_with_outputs(drvs, store=store)
     outs = [p for p in listed if not p.endswith(".drv")]
     # --include-outputs lists only the outputs that exist here: ask the derivations for all of theirs
     every = run_nix([*store_options(store), "--query", "--outputs", *[p for p in listed if p.endswith(".drv")]],
