@@ -7,7 +7,7 @@
 {
   mkPackage = { name, model, training, src, toolchain }:
     let
-      runtime = runtimeFor [ "spec" "stagespec" "prepare" "hashing" "serve/" ];
+      runtime = runtimeFor [ "spec" "stagespec" "prepare" "dtypes" "hashing" "serve/" ];
       get = lib.field "[models.${name}]" model;
       script = get "script" "string" "${name}.py";
       serve = {

@@ -34,7 +34,7 @@
       name = "${name}-model";
       inherit toolchain;
       module = "train";
-      modules = [ "spec" "prepare" "determinism" "hashing" "train" ];
+      modules = [ "spec" "prepare" "determinism" "dtypes" "hashing" "train" ];
       # numpy: ctx.save_reference (the drift statistics)
       needs = { what = "training ${where}"; wheels = [ "torch" "safetensors" "numpy" ]; };
       spec = {

@@ -41,7 +41,7 @@ rec {
           name = "${name}-validation-report";
           inherit toolchain;
           module = "validate";
-          modules = [ "spec" "prepare" "hashing" "validate" "serve/" ];
+          modules = [ "spec" "prepare" "dtypes" "hashing" "validate" "serve/" ];
           needs = {
             what = "validating [models.${name}]";
             wheels = [ "torch" "safetensors" "numpy" "scikit-learn" ];

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import determinism
+from .dtypes import as_input, model_dtype
 from .hashing import dataset_hash, find_store_paths, sha256_file, tree_digest, tree_hashes
 from .prepare import missing_module_hint
 from .stagespec import load_spec
@@ -342,21 +343,9 @@ def check_answers(model: Any, fresh: Any, module: Any, state: dict[str, Any], si
     served.eval()
     model.eval()
     user_pre = getattr(module, "preprocess", None)
-    counts: dict[Any, int] = {}   # the dtype of most floating parameters (else buffers), as serve/model.py's _model_dtype
-    for group in (served.parameters(), served.buffers()):
-        for t in group:
-            if t.is_floating_point():
-                counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
-        if counts:
-            break
-    floating = max(counts, key=lambda d: counts[d]) if counts else torch.float32
     try:
-        with torch.inference_mode():
-            if callable(user_pre):
-                x = user_pre(rows)
-            else:
-                x = torch.from_numpy(rows)
-                x = x.to(floating) if x.is_floating_point() or x.dtype == torch.bool else x
+        with torch.inference_mode():   # the rows as the server's preprocess hands them to the model
+            x = user_pre(rows) if callable(user_pre) else as_input(rows, model_dtype(served))
             first, again, rebuilt = (_leaves(m(x)) for m in (model, model, served))
     except Exception:
         return False

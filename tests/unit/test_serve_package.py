@@ -622,7 +622,7 @@ def test_weights_of_mixed_float_dtypes_get_float32_rows() -> None:
     """A float32 model holding a float16 table that its forward casts up (registered first) was
     given float16 rows by the default preprocess: its Linear failed every request ("mat1 and mat2
     must have the same dtype"), and the training's check let it through."""
-    from mlbuild.runtime.serve.model import _model_dtype
+    from mlbuild.runtime.dtypes import model_dtype as _model_dtype
 
     class Mixed(torch.nn.Module):
         def __init__(self) -> None:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from ..dtypes import as_input, model_dtype
 from ..hashing import sha256_file
 from .package import MAX_THREADS, Package, PackageError, ServeError, TensorSpec
 from .protocol import ProtocolError
@@ -145,28 +146,11 @@ def _default_preprocess(x: np.ndarray) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(x))
     return t.float() if t.is_floating_point() or t.dtype == torch.bool else t
 
-def _model_dtype(module: torch.nn.Module) -> torch.dtype:
-    """The floating-point dtype of most of the model's parameters (of its buffers where it has no
-    floating parameters): float32 for most models, float64, float16 or bfloat16 for one trained in
-    those (the weights keep their dtype), where a float32 buffer (a rotary table) or LayerNorm kept
-    in float32 is the exception. Not the first parameter's: a float16 table that a float32 model
-    casts up in its forward gave float16 rows to its float32 layers, and every request failed
-    ("mat1 and mat2 must have the same dtype")."""
-    counts: dict[torch.dtype, int] = {}
-    for group in (module.parameters(), module.buffers()):
-        for t in group:
-            if t.is_floating_point():
-                counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
-        if counts:
-            return max(counts, key=lambda d: counts[d])   # the first of equals
-    return torch.float32
-
 def _preprocess_to(dtype: torch.dtype) -> Preprocess:
     """The default preprocess for a model whose weights are ``dtype``: a float32 input into float64
     weights failed every request ("mat1 and mat2 must have the same dtype")."""
     def preprocess(x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(x))
-        return t.to(dtype) if t.is_floating_point() or t.dtype == torch.bool else t
+        return as_input(x, dtype)   # type: ignore[no-any-return]
     return preprocess
 
 def _one_tensor(outputs: Any) -> torch.Tensor:
@@ -307,7 +291,7 @@ def load_model(pkg: Package, threads: int | None = None, verify: bool = True) ->
         raise PackageError(pkg.weights_path, f"weights do not fit build_model(params): {e}") from e
     module.eval()
 
-    dtype = _model_dtype(module)
+    dtype = model_dtype(module)
     preprocess: Preprocess = (getattr(user, "preprocess", None)
                               or (_default_preprocess if dtype == torch.float32 else _preprocess_to(dtype)))
     postprocess: Postprocess | None = getattr(user, "postprocess", None)
