@@ -288,6 +288,27 @@ def test_a_bad_thread_count_in_the_environment_is_refused_before_the_port_is_bou
     assert capsys.readouterr().err.startswith(f"Error: MLBUILD_SERVE_THREADS='{value}' is not a thread count")
 
 
+def test_the_environment_platforms_set_for_multi_process_python_servers_is_left_alone(
+        pkg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A platform's WEB_CONCURRENCY (gunicorn's worker count, which uvicorn reads with int()) of
+    'auto' stopped the server with a ValueError traceback once its port was bound, and
+    PROMETHEUS_MULTIPROC_DIR naming a folder that is not there (or not writable: a read-only root)
+    with "Error: [Errno 2] No such file or directory: '/nonexistent/gauge_all_PID.db'"; one that is
+    there got a file per metric type and process. This server is one process: neither applies."""
+    from tests.unit.conftest_serve import ServerProcess
+
+    monkeypatch.setenv("WEB_CONCURRENCY", "auto")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
+    server = ServerProcess(pkg, tmp_path / "server").ready()
+    try:
+        status, body = server.json("POST", "/v1/models/digits:predict", {"instances": [[1.0] * 64]})
+        assert status == 200 and body["predictions"][0]["label"] in range(10)
+        assert server.metric("mlbuild_model_ready") == 1
+    finally:
+        assert server.stop() == 0
+    assert not (tmp_path / "missing").exists()
+
+
 def test_good_overrides_parse(pkg: Path) -> None:
     from mlbuild.runtime.serve.__main__ import build_parser
 

@@ -20,6 +20,13 @@ from typing import Any
 # Before torch loads OpenMP: idle intra-op threads sleep instead of spinning. Spinning threads
 # take the cores the event loop needs between forward passes (and collapse under contention).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Set by platforms for multi-process Python servers (gunicorn's workers), often for every service:
+# prometheus_client, when imported, keeps every sample in files under PROMETHEUS_MULTIPROC_DIR
+# (one that is missing or read-only stopped the server: "Error: [Errno 2] No such file or
+# directory: '.../gauge_all_PID.db'"). This server is one process with one registry of its own.
+# (WEB_CONCURRENCY, which uvicorn reads as its worker count: server.py passes workers=1.)
+for _name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+    os.environ.pop(_name, None)
 
 # Only the light modules here: the server's (torch, ~1 s) are imported in main(), once a SIGTERM
 # can stop the process (see _stop_at_once).

@@ -118,6 +118,9 @@ def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, thr
     config = uvicorn.Config(create_app(state), lifespan="on", log_level=log_level, access_log=access_log,
                             timeout_graceful_shutdown=max(1, graceful_timeout), server_header=False,
                             timeout_keep_alive=30, proxy_headers=False,
+                            # one process: uvicorn took WEB_CONCURRENCY (a platform's, for gunicorn)
+                            # with int() when not given, and 'auto' was a ValueError traceback
+                            workers=1,
                             http=protocol_class(request_timeout, refused=metrics.refused, listener=sock))
     server = _Server(config, state)
     if port_file is not None:
