@@ -212,16 +212,19 @@ def connect(port: int, timeout: float = 30.0) -> http.client.HTTPConnection:
 class ServerProcess:
     """``python -m mlbuild.runtime.serve`` on 127.0.0.1 with a free port; its log in a file."""
 
-    def __init__(self, package: Path, workdir: Path, *args: str, threads: int = 1) -> None:
+    def __init__(self, package: Path, workdir: Path, *args: str, threads: int = 1, stdout_apart: bool = False) -> None:
+        """``stdout_apart``: the log file gets stderr only, and ``stdout_path`` stdout."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.port_file = workdir / "port"
         self.log_path = workdir / "server.log"
+        self.stdout_path = workdir / "stdout.log"
         self._log = open(self.log_path, "wb")
         env = {**os.environ, "MLBUILD_SERVE_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlbuild.runtime.serve", "--package", str(package), "--host", "127.0.0.1",
-             "--port", "0", "--port-file", str(self.port_file), "--log-level", "warning", *args],
-            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        with open(self.stdout_path, "wb") as stdout:   # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mlbuild.runtime.serve", "--package", str(package), "--host", "127.0.0.1",
+                 "--port", "0", "--port-file", str(self.port_file), "--log-level", "warning", *args],
+                cwd=REPO, env=env, stdout=stdout if stdout_apart else self._log, stderr=self._log)
         self.port = 0
 
     @property

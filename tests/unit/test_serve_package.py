@@ -309,6 +309,26 @@ def test_the_environment_platforms_set_for_multi_process_python_servers_is_left_
     assert not (tmp_path / "missing").exists()
 
 
+def test_every_log_line_has_one_format_with_a_timestamp_on_stderr(pkg: Path, tmp_path: Path) -> None:
+    """The server's own lines had a timestamp, level and logger; uvicorn's ("INFO:     Started server
+    process [1]") and its access log (--access-log) had neither timestamp nor logger, and the access
+    log went to stdout, the rest to stderr: a log collector could not parse or order them alike."""
+    from tests.unit.conftest_serve import ServerProcess
+
+    server = ServerProcess(pkg, tmp_path / "server", "--log-level", "info", "--access-log", stdout_apart=True).ready()
+    try:
+        assert server.request("GET", "/v2/nope")[0] == 404
+    finally:
+        assert server.stop() == 0
+    line = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) [a-z.]+: \S")
+    lines = server.log().splitlines()
+    assert lines and all(line.match(x) for x in lines), lines
+    text = "\n".join(lines)
+    assert " INFO uvicorn: Started server process [" in text and " INFO mlbuild.serve: serving digits " in text
+    assert re.search(r' INFO uvicorn\.access: 127\.0\.0\.1:\d+ - "GET /v2/nope HTTP/1\.1" 404', text), text
+    assert server.stdout_path.read_text() == ""
+
+
 def test_good_overrides_parse(pkg: Path) -> None:
     from mlbuild.runtime.serve.__main__ import build_parser
 

@@ -71,6 +71,28 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _UvicornName(logging.Filter):
+    """Names uvicorn's general logger ``uvicorn``, not ``uvicorn.error``: "INFO uvicorn.error:
+    Started server process" read as an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.name = "uvicorn"
+        return True
+
+
+def _configure_logging(log_level: str, access_log: bool) -> None:
+    """One format for every line, on stderr: the server's, uvicorn's and its access log's. With
+    uvicorn's own logging configuration its lines had no timestamp nor logger ("INFO:     Started
+    server process [1]"), and its access log went to stdout while the rest went to stderr."""
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    general = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _UvicornName) for f in general.filters):
+        general.addFilter(_UvicornName())
+    # uvicorn turns the access log off (propagate False) when not asked for; on when it is
+    logging.getLogger("uvicorn.access").propagate = access_log
+
+
 def _write_port_file(path: Path, port: int) -> None:
     """Write ``port`` to ``path`` atomically; ServeError naming ``--port-file`` when it cannot be,
     with no temporary file left (one named for a folder was left beside it: ``/tmp.tmp.PID``)."""
@@ -97,8 +119,7 @@ def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, thr
     ``settings`` overrides ``serve.json`` (``max_batch_size``, ``max_wait_ms``, ``max_body_bytes``).
     Raises ``PackageError`` (before binding) if the package folder is invalid.
     """
-    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(log_level, access_log)
     pkg = load_package(package, settings)
     sock = bind(host, port)
     actual_port = sock.getsockname()[1]
@@ -116,6 +137,7 @@ def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, thr
     # client's address but the optional access log, and uvicorn's X-Forwarded-For middleware is
     # one more ASGI layer on every request.
     config = uvicorn.Config(create_app(state), lifespan="on", log_level=log_level, access_log=access_log,
+                            log_config=None,   # its loggers go through the root's handler (_configure_logging)
                             timeout_graceful_shutdown=max(1, graceful_timeout), server_header=False,
                             timeout_keep_alive=30, proxy_headers=False,
                             # one process: uvicorn took WEB_CONCURRENCY (a platform's, for gunicorn)
