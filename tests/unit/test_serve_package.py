@@ -258,6 +258,7 @@ def test_default_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     (["--max-wait-ms", "nan"], "argument --max-wait-ms: 'nan' is not a number in 0..10000"),
     (["--max-body-bytes", "10"], "argument --max-body-bytes: '10' is not an integer >= 1024"),
     (["--graceful-timeout", "-1"], "argument --graceful-timeout: '-1' is not an integer >= 0"),
+    (["--keep-alive-timeout", "0"], "argument --keep-alive-timeout: '0' is not an integer in 1..86400"),
 ])
 def test_server_arguments_are_checked_where_given(pkg: Path, args: list[str], message: str,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
@@ -327,6 +328,36 @@ def test_every_log_line_has_one_format_with_a_timestamp_on_stderr(pkg: Path, tmp
     assert " INFO uvicorn: Started server process [" in text and " INFO mlbuild.serve: serving digits " in text
     assert re.search(r' INFO uvicorn\.access: 127\.0\.0\.1:\d+ - "GET /v2/nope HTTP/1\.1" 404', text), text
     assert server.stdout_path.read_text() == ""
+
+
+def test_an_idle_keep_alive_connection_stays_open_for_the_keep_alive_timeout(pkg: Path, tmp_path: Path) -> None:
+    """The server closed idle keep-alive connections after 30 s, fixed: behind a load balancer that
+    keeps its pooled connections idle for longer (nginx's upstream keepalive_timeout and an AWS
+    ALB's idle timeout are 60 s), a request sent on one as the server closed it was a 502 (a POST,
+    an inference, is not retried). Now 75 s by default, and --keep-alive-timeout sets it."""
+    import socket
+    import time
+
+    from mlbuild.runtime.serve.__main__ import build_parser
+    from tests.unit.conftest_serve import ServerProcess, connect
+
+    assert build_parser().parse_args(["--package", str(pkg)]).keep_alive_timeout == 75
+    server = ServerProcess(pkg, tmp_path / "server", "--keep-alive-timeout", "2").ready()
+    try:
+        conn = connect(server.port)
+        for pause in (0.0, 1.0):   # idle for less than the timeout: the same connection answers
+            time.sleep(pause)
+            conn.request("GET", "/v2/health/live")
+            assert conn.getresponse().read() == b'{"live": true}'
+        sock = conn.sock
+        assert sock is not None
+        sock.settimeout(10)
+        started = time.monotonic()
+        assert sock.recv(1) == b""   # closed by the server, idle for the timeout
+        assert 1.0 < time.monotonic() - started < 5, time.monotonic() - started
+        conn.close()
+    finally:
+        assert server.stop() == 0
 
 
 def test_good_overrides_parse(pkg: Path) -> None:

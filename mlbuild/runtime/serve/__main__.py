@@ -77,6 +77,9 @@ def build_parser(package: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--request-timeout", type=_number(float, 0.1, 86400), default=30.0,
                    help="seconds a request may go without sending its next bytes (line, headers or body), "
                         "and its line and headers may take in all, before it gets a 408 (default: 30)")
+    p.add_argument("--keep-alive-timeout", type=_number(int, 1, 86400), default=75,
+                   help="seconds an idle keep-alive connection stays open between requests; above a load "
+                        "balancer's or proxy's own idle timeout for its connections here (default: 75)")
     p.add_argument("--no-verify", action="store_true", help="skip the weights' sha256 check against the manifest")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request (slower)")
@@ -147,7 +150,7 @@ def _main(argv: list[str] | None, package: str | None) -> int:
         code = serve(args.package, args.host, args.port, threads=args.threads, settings=overrides,
                      verify=not args.no_verify, log_level=args.log_level, access_log=args.access_log,
                      graceful_timeout=args.graceful_timeout, port_file=args.port_file,
-                     request_timeout=args.request_timeout)
+                     request_timeout=args.request_timeout, keep_alive_timeout=args.keep_alive_timeout)
     except (ServeError, OSError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2

@@ -113,10 +113,14 @@ def _write_port_file(path: Path, port: int) -> None:
 def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, threads: int | None = None,
           settings: dict[str, Any] | None = None, verify: bool = True, log_level: str = "info",
           access_log: bool = False, graceful_timeout: int = 30, port_file: Path | str | None = None,
-          request_timeout: float = 30.0) -> int:
+          request_timeout: float = 30.0, keep_alive_timeout: int = 75) -> int:
     """Serve the package at ``package`` until SIGTERM/SIGINT; the process exit status to use.
 
     ``settings`` overrides ``serve.json`` (``max_batch_size``, ``max_wait_ms``, ``max_body_bytes``).
+    ``keep_alive_timeout``: the seconds an idle keep-alive connection stays open. Above the idle
+    timeout of a load balancer's pooled connections (nginx's upstream keepalive_timeout, 60 s; an AWS
+    ALB's, 60 s), or the server closes a connection as the balancer sends it a request, which the
+    balancer answers with a 502 (a POST is not retried). It was 30 s, fixed.
     Raises ``PackageError`` (before binding) if the package folder is invalid.
     """
     _configure_logging(log_level, access_log)
@@ -139,7 +143,7 @@ def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, thr
     config = uvicorn.Config(create_app(state), lifespan="on", log_level=log_level, access_log=access_log,
                             log_config=None,   # its loggers go through the root's handler (_configure_logging)
                             timeout_graceful_shutdown=max(1, graceful_timeout), server_header=False,
-                            timeout_keep_alive=30, proxy_headers=False,
+                            timeout_keep_alive=keep_alive_timeout, proxy_headers=False,
                             # one process: uvicorn took WEB_CONCURRENCY (a platform's, for gunicorn)
                             # with int() when not given, and 'auto' was a ValueError traceback
                             workers=1,
