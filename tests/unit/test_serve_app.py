@@ -355,6 +355,31 @@ def test_routing_errors_name_the_fix(served: tuple[TestClient, ServerState]) -> 
     assert r.status_code == 400 and "Inference-Header-Content-Length" in r.json()["error"], r.text
 
 
+def test_a_path_behind_a_proxy_prefix_or_a_balancer_s_root_health_check_names_the_fix(
+        served: tuple[TestClient, ServerState]) -> None:
+    """A reverse proxy that passed its prefix on (nginx `proxy_pass http://backend;`, no trailing
+    slash) got "no route GET /digits/v2/health/ready; see /v2 and /v2/models/{name}" for every
+    request, and a load balancer's default health check (`GET /`: AWS, Google Cloud) "see /v2":
+    neither said what to change."""
+    client, _ = served
+    for method, path, prefix in (("GET", "/digits/v2/health/ready", "/digits"),
+                                 ("POST", "/ml/digits/v2/models/digits/infer", "/ml/digits"),
+                                 ("POST", "/api/v1/models/digits:predict", "/api"),
+                                 ("GET", "/digits/metrics", "/digits")):
+        r = client.request(method, path)
+        assert r.status_code == 404, r.text
+        assert r.json()["error"] == (
+            f"no route {method} {path}; this server's routes start at /v2, /v1 and /metrics: behind a proxy, "
+            f"have it strip the prefix {prefix!r} (nginx: `proxy_pass http://BACKEND/;` in "
+            f"`location {prefix}/`, with the trailing slash)"), r.text
+    r = client.get("/")
+    assert r.status_code == 404 and r.json()["error"] == (
+        "no route GET /; a health check: GET /v2/health/ready (readiness: 503 while loading or stopping) or "
+        "/v2/health/live (liveness); the API: /v2 and /v2/models/{name}"), r.text
+    for path in ("/v2/nope", "/v2/models/digits/v2"):   # no prefix: as before
+        assert client.get(path).json()["error"] == f"no route GET {path}; see /v2 and /v2/models/{{name}}"
+
+
 def test_server_metadata_is_also_at_the_path_the_protocols_openapi_names(served: tuple[TestClient, ServerState]) -> None:
     """open_inference_rest.yaml (KServe's open-inference-protocol) gives server metadata as `GET /v2/`:
     a client generated from it got a 404 ("drop the trailing slash")."""

@@ -15,6 +15,7 @@ import asyncio
 import gc
 import json
 import logging
+import re
 import threading
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -23,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from mlbuild import __version__
@@ -308,6 +309,21 @@ def _not_allowed(request: Request, allow: str) -> Response:
                     status_code=405, media_type=_JSON, headers={"Allow": allow})
 
 
+_PREFIXED = re.compile(r"^(/.+?)(/v2|/v2/.*|/v1/.*|/metrics)$")
+
+
+def _proxy_prefix(request: Request) -> str | None:
+    """The prefix before one of this server's routes in the path (``/digits`` of
+    ``/digits/v2/health/ready``): what a reverse proxy passed on instead of stripping it."""
+    match = _PREFIXED.match(request.url.path)
+    if match is None or match.group(1).startswith(("/v1/", "/v2/")):   # a wrong path of the server's own
+        return None
+    scope = {"type": "http", "path": match.group(2), "method": request.method}
+    if any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes):
+        return match.group(1)
+    return None
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     path = request.url.path[:200]
@@ -315,7 +331,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return _not_allowed(request, (exc.headers or {}).get("Allow", "GET"))
     message = exc.detail
     if exc.status_code == 404:
-        fix = "drop the trailing slash" if len(path) > 1 and path.endswith("/") else "see /v2 and /v2/models/{name}"
+        prefix = _proxy_prefix(request)
+        if path == "/":   # a load balancer's default health check (AWS, Google Cloud)
+            fix = ("a health check: GET /v2/health/ready (readiness: 503 while loading or stopping) or "
+                   "/v2/health/live (liveness); the API: /v2 and /v2/models/{name}")
+        elif prefix is not None:
+            fix = (f"this server's routes start at /v2, /v1 and /metrics: behind a proxy, have it strip the prefix "
+                   f"{prefix[:100]!r} (nginx: `proxy_pass http://BACKEND/;` in `location {prefix[:100]}/`, with the "
+                   "trailing slash)")
+        elif len(path) > 1 and path.endswith("/"):
+            fix = "drop the trailing slash"
+        else:
+            fix = "see /v2 and /v2/models/{name}"
         message = f"no route {request.method} {path}; {fix}"
     return Response(error_body(message), status_code=exc.status_code, media_type=_JSON, headers=exc.headers)
 
