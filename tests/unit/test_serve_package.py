@@ -326,6 +326,9 @@ def test_every_log_line_has_one_format_with_a_timestamp_on_stderr(pkg: Path, tmp
     assert lines and all(line.match(x) for x in lines), lines
     text = "\n".join(lines)
     assert " INFO uvicorn: Started server process [" in text and " INFO mlbuild.serve: serving digits " in text
+    hashes = json.loads((pkg / "manifest.json").read_text())["hashes"]   # which model, from the log alone
+    assert (f" INFO mlbuild.serve: serving digits ({pkg.resolve()}; model sha256 {hashes['model']}; data sha256 "
+            f"{hashes['data']}; code sha256 {hashes['code']}) on http://127.0.0.1:{server.port}\n") in text, text
     assert re.search(r' INFO uvicorn\.access: 127\.0\.0\.1:\d+ - "GET /v2/nope HTTP/1\.1" 404', text), text
     assert server.stdout_path.read_text() == ""
 

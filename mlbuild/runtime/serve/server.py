@@ -156,7 +156,10 @@ def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, thr
             sock.close()
             raise
     shown = f"[{host}]" if ":" in host else host
-    log.info("serving %s (%s) on http://%s:%d", pkg.name, pkg.root, shown, actual_port)
+    # the hashes the image's labels (mlbuild.*.sha256) and /metrics' mlbuild_model_info carry: a log
+    # alone says which model a replica served
+    hashes = "".join(f"; {k} sha256 {pkg.hashes[k]}" for k in ("model", "data", "code") if k in pkg.hashes)
+    log.info("serving %s (%s%s) on http://%s:%d", pkg.name, pkg.root, hashes, shown, actual_port)
 
     # uvicorn re-raises the signal that stopped it once it has drained, with the handler that was
     # in place before it started; a no-op one makes a graceful SIGTERM an exit with status 0.
