@@ -259,6 +259,9 @@ def test_default_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     (["--max-body-bytes", "10"], "argument --max-body-bytes: '10' is not an integer >= 1024"),
     (["--graceful-timeout", "-1"], "argument --graceful-timeout: '-1' is not an integer >= 0"),
     (["--keep-alive-timeout", "0"], "argument --keep-alive-timeout: '0' is not an integer in 1..86400"),
+    (["--forwarded-allow-ips", "10.0.0.5, 10.0.0.0/33"],
+     "argument --forwarded-allow-ips: '10.0.0.0/33' is not an IP address or network (of '10.0.0.5, 10.0.0.0/33'); "
+     "pass the proxies' addresses, comma-separated (10.0.0.5,10.1.0.0/16), or * to trust any"),
 ])
 def test_server_arguments_are_checked_where_given(pkg: Path, args: list[str], message: str,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
@@ -361,6 +364,24 @@ def test_an_idle_keep_alive_connection_stays_open_for_the_keep_alive_timeout(pkg
         conn.close()
     finally:
         assert server.stop() == 0
+
+
+def test_the_access_log_names_the_client_behind_the_proxies_named(pkg: Path, tmp_path: Path) -> None:
+    """Behind a reverse proxy every --access-log line named the proxy (X-Forwarded-For was ignored,
+    whatever $FORWARDED_ALLOW_IPS said); --forwarded-allow-ips names the proxies to take it from."""
+    from tests.unit.conftest_serve import ServerProcess
+
+    forwarded = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+    logs = []
+    for args in ([], ["--forwarded-allow-ips", "10.0.0.5,127.0.0.0/8"]):
+        server = ServerProcess(pkg, tmp_path / f"server{len(logs)}", "--log-level", "info", "--access-log", *args).ready()
+        try:
+            assert server.request("GET", "/v2/health/live", headers=forwarded)[0] == 200
+        finally:
+            assert server.stop() == 0
+        logs.append([x for x in server.log().splitlines() if "/v2/health/live" in x])
+    assert len(logs[0]) == 1 and ' uvicorn.access: 127.0.0.1:' in logs[0][0], logs
+    assert len(logs[1]) == 1 and ' uvicorn.access: 203.0.113.7:' in logs[1][0], logs
 
 
 def test_good_overrides_parse(pkg: Path) -> None:

@@ -49,6 +49,24 @@ def _number(kind: type, lo: float, hi: float | None = None) -> Any:
     return parse
 
 
+def _proxies(text: str) -> str:
+    """An argparse type: ``--forwarded-allow-ips``, ``*`` or comma-separated IP addresses and networks."""
+    import ipaddress
+
+    items = [item.strip() for item in text.split(",")]
+    for item in items:
+        try:
+            if "/" in item:
+                ipaddress.ip_network(item, strict=False)
+            elif item != "*":
+                ipaddress.ip_address(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not an IP address or network (of {text!r}); pass the proxies' addresses, comma-separated "
+                "(10.0.0.5,10.1.0.0/16), or * to trust any") from None
+    return ",".join(items)
+
+
 def _setting(key: str) -> Any:
     kind, lo, hi = SETTING_LIMITS[key]
     return _number(kind, lo, hi)
@@ -80,6 +98,10 @@ def build_parser(package: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--keep-alive-timeout", type=_number(int, 1, 86400), default=75,
                    help="seconds an idle keep-alive connection stays open between requests; above a load "
                         "balancer's or proxy's own idle timeout for its connections here (default: 75)")
+    p.add_argument("--forwarded-allow-ips", type=_proxies, metavar="IPS",
+                   help="take the client's address from X-Forwarded-For (and the scheme from X-Forwarded-Proto) "
+                        "of requests from these proxies: IPs or networks, comma-separated, or * (default: none; the "
+                        "access log names the proxy)")
     p.add_argument("--no-verify", action="store_true", help="skip the weights' sha256 check against the manifest")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request (slower)")
@@ -150,7 +172,8 @@ def _main(argv: list[str] | None, package: str | None) -> int:
         code = serve(args.package, args.host, args.port, threads=args.threads, settings=overrides,
                      verify=not args.no_verify, log_level=args.log_level, access_log=args.access_log,
                      graceful_timeout=args.graceful_timeout, port_file=args.port_file,
-                     request_timeout=args.request_timeout, keep_alive_timeout=args.keep_alive_timeout)
+                     request_timeout=args.request_timeout, keep_alive_timeout=args.keep_alive_timeout,
+                     forwarded_allow_ips=args.forwarded_allow_ips)
     except (ServeError, OSError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2

@@ -113,14 +113,17 @@ def _write_port_file(path: Path, port: int) -> None:
 def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, threads: int | None = None,
           settings: dict[str, Any] | None = None, verify: bool = True, log_level: str = "info",
           access_log: bool = False, graceful_timeout: int = 30, port_file: Path | str | None = None,
-          request_timeout: float = 30.0, keep_alive_timeout: int = 75) -> int:
+          request_timeout: float = 30.0, keep_alive_timeout: int = 75,
+          forwarded_allow_ips: str | None = None) -> int:
     """Serve the package at ``package`` until SIGTERM/SIGINT; the process exit status to use.
 
     ``settings`` overrides ``serve.json`` (``max_batch_size``, ``max_wait_ms``, ``max_body_bytes``).
     ``keep_alive_timeout``: the seconds an idle keep-alive connection stays open. Above the idle
     timeout of a load balancer's pooled connections (nginx's upstream keepalive_timeout, 60 s; an AWS
     ALB's, 60 s), or the server closes a connection as the balancer sends it a request, which the
-    balancer answers with a 502 (a POST is not retried). It was 30 s, fixed.
+    balancer answers with a 502 (a POST is not retried). It was 30 s, fixed. ``forwarded_allow_ips``:
+    the proxies (comma-separated IPs, networks, or ``*``) whose X-Forwarded-For names the client (in
+    the access log); None: those headers are ignored.
     Raises ``PackageError`` (before binding) if the package folder is invalid.
     """
     _configure_logging(log_level, access_log)
@@ -137,13 +140,14 @@ def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, thr
             server.should_exit = True
 
     state = ServerState(pkg, metrics, threads=threads, verify=verify, on_load_failure=on_load_failure)
-    # http: one socket write per response, and a connection surge accepted at once (onewrite.py). proxy_headers off: nothing here reads the
-    # client's address but the optional access log, and uvicorn's X-Forwarded-For middleware is
-    # one more ASGI layer on every request.
+    # http: one socket write per response, and a connection surge accepted at once (onewrite.py). proxy_headers
+    # off unless --forwarded-allow-ips names the proxies: nothing here reads the client's address but the
+    # optional access log, and uvicorn's X-Forwarded-For middleware is one more ASGI layer on every request.
     config = uvicorn.Config(create_app(state), lifespan="on", log_level=log_level, access_log=access_log,
                             log_config=None,   # its loggers go through the root's handler (_configure_logging)
                             timeout_graceful_shutdown=max(1, graceful_timeout), server_header=False,
-                            timeout_keep_alive=keep_alive_timeout, proxy_headers=False,
+                            timeout_keep_alive=keep_alive_timeout, proxy_headers=forwarded_allow_ips is not None,
+                            forwarded_allow_ips=forwarded_allow_ips or "",   # not $FORWARDED_ALLOW_IPS
                             # one process: uvicorn took WEB_CONCURRENCY (a platform's, for gunicorn)
                             # with int() when not given, and 'auto' was a ValueError traceback
                             workers=1,
