@@ -451,6 +451,11 @@ def main(argv: list[str] | None = None, spec_path: str | None = None) -> int:
                         f"the server stops answering (unreachable), once when it is fine again (resolved); default: "
                         f"${WEBHOOK_ENV}, which keeps a secret URL off the command line (logs show its host only)")
     args = p.parse_args(argv)
+    # Set by platforms for gunicorn's workers, often for every service: prometheus_client, once
+    # imported, kept every sample in files there, and one missing or read-only ended the monitor with
+    # a traceback. The monitor is one process with a registry of its own.
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+        os.environ.pop(name, None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = json.loads(Path(spec_path or args.spec).read_text())
     from prometheus_client import disable_created_metrics

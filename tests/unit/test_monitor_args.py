@@ -100,6 +100,32 @@ def test_port_0_logs_the_port_it_bound(tmp_path: Path) -> None:
         proc.wait(timeout=10)
 
 
+def test_a_platform_s_prometheus_multiproc_dir_is_left_alone(tmp_path: Path) -> None:
+    """PROMETHEUS_MULTIPROC_DIR, which platforms set for gunicorn's workers, made prometheus_client
+    keep the monitor's samples in files there: one that was missing (or read-only) ended the monitor
+    with a FileNotFoundError traceback ('.../gauge_all_PID.db') before its first run."""
+    from tests.unit.test_monitor_answers import REPO, tiny_spec
+
+    spec = tmp_path / "monitor.json"
+    spec.write_text(json.dumps(tiny_spec(tmp_path)))
+    proc = subprocess.Popen([sys.executable, "-m", "mlbuild.runtime.monitor", "--spec", str(spec),
+                             "--url", "http://127.0.0.1:1", "--port", "0", "--interval", "60"],
+                            stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "no")})
+    try:
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if "unreachable" in line:   # its first run is done
+                break
+        assert any("unreachable" in x for x in seen) and not any("Traceback" in x for x in seen), "".join(seen)
+        assert not (tmp_path / "no").exists()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def test_ctrl_c_stops_the_monitor_without_a_traceback(tmp_path: Path) -> None:
     """Ctrl-C, how a monitor run in a terminal is stopped, ended it with a KeyboardInterrupt traceback
     out of its wait between runs."""
