@@ -108,6 +108,14 @@ def compute_metrics(task: str, y_true: Any, y_pred: Any, proba: Any = None,
         k = int(width[1])
     y_true = np.asarray(class_targets(y_true, labels, k))
     if y_true.ndim > 1 and y_true.size != len(y_true):   # scikit-learn: "a mix of multilabel-indicator and multiclass"
+        rows = y_true.reshape(len(y_true), -1)
+        if y_true.ndim == 2 and np.isin(rows, (0, 1)).all() and (rows.sum(1) != 1).any():
+            # y.argmax(axis=1), which the one-hot advice named, keeps the first of a row's labels only
+            bad = int(np.flatnonzero(rows.sum(1) != 1)[0])
+            raise ValueError(f"targets of shape {list(y_true.shape)} whose rows mark several classes or none (row "
+                             f"{bad}: {rows[bad].tolist()[:10]}): multi-label targets, but a classifier served by "
+                             "mlbuild gives one class a row; train a binary classifier per label (its targets one "
+                             "column, y[:, j]), or give one class index or name a row")
         raise ValueError(f"targets of shape {list(y_true.shape)}, but a classifier's are one class index or name a "
                          "row (one-hot rows: return y.argmax(axis=1))")
     y_true = y_true.reshape(len(y_true))

@@ -380,6 +380,13 @@ def test_one_hot_targets_are_named() -> None:
     with pytest.raises(ValueError, match=re.escape("targets of shape [3, 3], but a classifier's are one class index "
                                                    "or name a row (one-hot rows: return y.argmax(axis=1))")):
         compute_metrics("classification", np.eye(3, dtype=int), np.array([0, 1, 2]), None, ["a", "b", "c"])
+    # multi-hot rows (multi-label targets): argmax would keep the first label of each row
+    with pytest.raises(ValueError, match=re.escape(
+            "targets of shape [3, 3] whose rows mark several classes or none (row 1: [1, 1, 0]): multi-label "
+            "targets, but a classifier served by mlbuild gives one class a row; train a binary classifier per "
+            "label (its targets one column, y[:, j]), or give one class index or name a row")):
+        compute_metrics("classification", np.array([[1, 0, 0], [1, 1, 0], [0, 0, 1]]), np.array([0, 1, 2]), None,
+                        ["a", "b", "c"])
     column = compute_metrics("classification", np.array([[0], [1], [2]]), np.array([0, 1, 1]), None, ["a", "b", "c"])
     assert column["metrics"]["accuracy"] == pytest.approx(2 / 3)
 
