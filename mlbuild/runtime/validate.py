@@ -178,7 +178,15 @@ def _regression(y_true: Any, y_pred: Any) -> dict[str, Any]:
         more = f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""
         raise ValueError(f"target {row[0] if len(row) == 1 else row!r} in row {int(bad[0])}{more}, which is not a "
                          "finite number; a regression model's targets are finite numbers: drop or fix such rows in load()")
-    y_pred = np.asarray(y_pred, float).reshape(y_true.shape)
+    y_pred = np.asarray(y_pred, float)
+    if y_pred.size != y_true.size:   # numpy's "cannot reshape array of size 150 into shape (150,3)"
+        per_row = y_pred.size // max(len(y_pred), 1)
+        what = "one value a row" if per_row == 1 else f"{per_row} values a row"
+        fix = ("give one target a row (y[:, j] for target j: mlbuild serves one target a model, so train a model "
+               "per target)" if per_row == 1 else f"give {per_row} targets a row, one per predicted value")
+        raise ValueError(f"targets of shape {list(y_true.shape)}, but the model predicts {what} "
+                         f"(shape {list(y_pred.shape)}); {fix}")
+    y_pred = y_pred.reshape(y_true.shape)
     out: dict[str, Any] = {"metrics": {"mae": float(m.mean_absolute_error(y_true, y_pred)),
                                        "rmse": float(np.sqrt(m.mean_squared_error(y_true, y_pred)))}}
     if len(y_true) < 2:

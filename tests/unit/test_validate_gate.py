@@ -329,6 +329,20 @@ def test_a_check_shows_the_digits_that_decide_it() -> None:
     assert shown(0.123456) == "0.1235" and shown(0.00004) == "4e-05" and shown(1.5e9) == "1.5e+09" and shown(0) == "0.0000"
 
 
+def test_regression_targets_of_another_width_than_the_predictions_are_named() -> None:
+    """A suite giving all three targets ([N, 3]) of a one-target model failed the validation with
+    numpy's "gives cannot reshape array of size 150 into shape (150,3)"."""
+    y = np.arange(12.0).reshape(4, 3)
+    with pytest.raises(ValueError, match=re.escape(
+            "targets of shape [4, 3], but the model predicts one value a row (shape [4]); give one target a row "
+            "(y[:, j] for target j: mlbuild serves one target a model, so train a model per target)")):
+        compute_metrics("regression", y, np.arange(4.0))
+    with pytest.raises(ValueError, match=re.escape(
+            "targets of shape [4], but the model predicts 3 values a row (shape [4, 3]); give 3 targets a row")):
+        compute_metrics("regression", np.arange(4.0), y)
+    assert compute_metrics("regression", y, y + 1)["metrics"]["mae"] == pytest.approx(1.0)
+
+
 def test_regression_targets_that_are_not_numbers_are_named() -> None:
     # scikit-learn's "Input contains NaN." was the build's last line
     with pytest.raises(ValueError, match=re.escape("target nan in row 1, which is not a finite number; a regression "
