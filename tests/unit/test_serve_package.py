@@ -226,6 +226,28 @@ def test_a_classifier_returning_one_score_a_row_is_refused_naming_the_postproces
     assert set(out["label"].tolist()) == {0, 1}
 
 
+def test_a_classifier_whose_forward_returns_probabilities_is_refused_naming_the_fix(tmp_path: Path) -> None:
+    """A forward ending in a softmax got the default postprocess's softmax again: [1, 0] was served
+    as [0.73, 0.27] (the label right, so accuracy and ROC-AUC did not show it)."""
+    soft = MLP_SOURCE.replace("def build_model(params):\n    return nn.Sequential(",
+                              "def build_model(params):\n    return nn.Sequential(nn.Sequential(").replace(
+        '        nn.Linear(params["hidden"], params["classes"]),\n    )',
+        '        nn.Linear(params["hidden"], params["classes"]),\n    ), nn.Softmax(-1))')
+    assert "nn.Softmax(-1)" in soft
+    pkg = build_package(tmp_path / "soft", source=soft, train_steps=0)
+    with pytest.raises(PackageError, match=re.escape(
+            "the model's forward returns probabilities (on the warm-up row its outputs are >= 0 and sum to 1: a "
+            "softmax at its end), and a classifier's default postprocess applies a softmax to them again")):
+        load_model(load_package(pkg), threads=1)
+    kept = build_package(tmp_path / "kept", train_steps=0, source=soft + (
+        '\n\ndef postprocess(outputs):\n    return {"probabilities": outputs, "label": outputs.argmax(-1)}\n'))
+    out = load_model(load_package(kept), threads=1).run(np.ones((2, 64), np.float32))
+    np.testing.assert_allclose(out["probabilities"].sum(1), 1.0, rtol=1e-5)
+    # log-probabilities (a log_softmax at the end) are logits to a softmax: served as they were
+    logs = build_package(tmp_path / "logs", source=soft.replace("nn.Softmax(-1)", "nn.LogSoftmax(-1)"), train_steps=0)
+    assert load_model(load_package(logs), threads=1).run(np.ones((2, 64), np.float32))["probabilities"].shape == (2, 10)
+
+
 def test_a_regression_model_returning_several_values_a_row_is_refused_naming_them(tmp_path: Path) -> None:
     """A model of three targets ([N, 3]) declared task="regression" failed its validation with
     "output 'prediction' has shape [1, 3] ...; config.json declares [-1]", naming no way out."""

@@ -175,6 +175,22 @@ def _classification_postprocess(outputs: torch.Tensor) -> dict[str, np.ndarray]:
     probs = torch.softmax(outputs.float(), dim=-1)
     return {"probabilities": probs.numpy(), "label": torch.argmax(outputs, dim=-1).to(torch.int64).numpy()}
 
+def _refuse_probabilities(outputs: Any) -> None:
+    """ModelError for a forward that returns probabilities (a softmax at its end), which the
+    default postprocess's softmax would flatten: [1, 0] was served as [0.73, 0.27], with the right
+    label, so the validation's accuracy and ROC-AUC did not show it. Checked on the warm-up row:
+    logits that are all >= 0 and sum to 1 there are not met in practice."""
+    if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2 or outputs.shape[1] < 2:
+        return
+    x = outputs.detach().double()
+    if bool((x >= 0).all()) and bool(((x.sum(1) - 1).abs() < 1e-3).all()):
+        raise ModelError(
+            "the model's forward returns probabilities (on the warm-up row its outputs are >= 0 and sum to 1: a "
+            "softmax at its end), and a classifier's default postprocess applies a softmax to them again, so the "
+            "served probabilities would be flattened ([1, 0] served as [0.73, 0.27]); return the logits from forward "
+            "(cross_entropy takes logits), or define postprocess(outputs) in the model's module returning "
+            "{\"probabilities\": outputs, \"label\": outputs.argmax(-1)}")
+
 def _single_output_postprocess(spec: TensorSpec, task: str) -> Postprocess:
     """The raw outputs as the one declared output (``run`` serves ``[N, 1]`` as a declared ``[N]``)."""
     def postprocess(outputs: torch.Tensor) -> dict[str, np.ndarray]:
@@ -326,6 +342,8 @@ def load_model(pkg: Package, threads: int | None = None, verify: bool = True) ->
         except InputRefused:   # a handler may refuse a row of zeros (only padding): try a row of ones
             warm = np.ones(shape, dtype=spec.dtype)
             out = model.run(warm)
+        if postprocess is _classification_postprocess:
+            _refuse_probabilities(model.forward(warm))
         probabilities = out.get("probabilities")
         if pkg.task == "classification" and probabilities is not None and probabilities.ndim == 2:
             model.classes = int(probabilities.shape[1])
