@@ -307,7 +307,17 @@ def served_rows(x: Any, spec: Any, who: str, script: str) -> Any:
     both sides; the rest is cast to the input's datatype, as the server casts a request's data."""
     import numpy as np
 
-    arr = np.asarray(x)
+    try:
+        arr = np.asarray(x)
+    except ValueError:   # numpy's "inhomogeneous shape": rows of token ids of several lengths, say
+        lengths = [len(r) if hasattr(r, "__len__") else None for r in x]
+        other = next((i for i, n in enumerate(lengths) if n != lengths[0]), None)
+        if other is None:
+            raise
+        raise SystemExit(f"{who}: load() in {script} gives rows of different lengths (row 0 has {lengths[0]} values, "
+                         f"row {other} has {lengths[other]}), but the suite's rows go to the model in batches, as one "
+                         f"request's rows, which must be one length: pad them to one length in load() (a padding id "
+                         f"the model ignores, such as an Embedding's padding_idx)") from None
     want, got = list(spec.shape), list(arr.shape)
     if len(got) != len(want) or any(w != -1 and w != g for w, g in zip(want[1:], got[1:])):
         raise SystemExit(f"{who}: load() in {script} gives inputs of shape {got}, but the model takes {spec.name!r} "

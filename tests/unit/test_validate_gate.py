@@ -267,6 +267,11 @@ def test_the_suite_s_inputs_are_checked_and_cast_as_the_server_takes_a_request()
         served_rows(np.zeros((2, 6), np.float32), tokens, "v", "validate.py")
     assert served_rows(np.arange(12, dtype=np.int32).reshape(2, 6), tokens, "v", "validate.py").dtype == np.int64
     assert served_rows(np.ones((2, 1, 8, 8), np.int64), cnn, "v", "validate.py").dtype == np.float32
+    # token ids of several lengths: numpy's "inhomogeneous shape" traceback
+    with pytest.raises(SystemExit, match=re.escape(
+            "v: load() in validate.py gives rows of different lengths (row 0 has 3 values, row 2 has 5), but the "
+            "suite's rows go to the model in batches, as one request's rows, which must be one length: pad them")):
+        served_rows([np.arange(3), np.arange(3), np.arange(5)], tokens, "v", "validate.py")
     # an integer out of the datatype's range would wrap (300 as INT8 is 44): the server refuses it
     with pytest.raises(SystemExit, match=r"gives inputs out of range for INT8 \(-128\.\.127\): 300; the server "
                                          r"refuses such rows"):
