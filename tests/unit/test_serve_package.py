@@ -248,6 +248,20 @@ def test_a_classifier_whose_forward_returns_probabilities_is_refused_naming_the_
     assert load_model(load_package(logs), threads=1).run(np.ones((2, 64), np.float32))["probabilities"].shape == (2, 10)
 
 
+def test_outputs_a_postprocess_returns_beyond_the_declared_ones_are_named_at_load(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A postprocess returning an "embedding" beside the classifier's outputs: it was dropped
+    without a word, and a client asking for it got a 400."""
+    pkg = build_package(tmp_path / "p", train_steps=0, source=MLP_SOURCE + (
+        '\n\ndef postprocess(outputs):\n    return {"probabilities": torch.softmax(outputs, -1), '
+        '"label": outputs.argmax(-1), "embedding": outputs}\n'))
+    with caplog.at_level(logging.WARNING, logger="mlbuild.serve"):
+        model = load_model(load_package(pkg), threads=1)
+    assert ("digits: postprocess returns 'embedding', which the model does not declare (its outputs, from "
+            "ctx.describe(task='classification'): probabilities, label), so they are not served") in caplog.text
+    assert sorted(model.run(np.zeros((2, 64), np.float32))) == ["label", "probabilities"]
+
+
 def test_a_regression_model_returning_several_values_a_row_is_refused_naming_them(tmp_path: Path) -> None:
     """A model of three targets ([N, 3]) declared task="regression" failed its validation with
     "output 'prediction' has shape [1, 3] ...; config.json declares [-1]", naming no way out."""

@@ -344,6 +344,13 @@ def load_model(pkg: Package, threads: int | None = None, verify: bool = True) ->
             out = model.run(warm)
         if postprocess is _classification_postprocess:
             _refuse_probabilities(model.forward(warm))
+        elif getattr(user, "postprocess", None) is not None:
+            declared = [o.name for o in pkg.outputs]
+            extra = sorted(set(map(str, postprocess(model.forward(warm)))) - set(declared))
+            if extra:   # dropped without a word: a client asking for one got a 400 naming the declared ones
+                log.warning("%s: postprocess returns %s, which the model does not declare (its outputs, from "
+                            "ctx.describe(task=%r): %s), so they are not served", pkg.name,
+                            ", ".join(map(repr, extra[:10])), pkg.task, ", ".join(declared))
         probabilities = out.get("probabilities")
         if pkg.task == "classification" and probabilities is not None and probabilities.ndim == 2:
             model.classes = int(probabilities.shape[1])
