@@ -6,9 +6,10 @@ The user's module (``config.module``, imported from ``PKG/code``) defines
 ``postprocess(outputs: torch.Tensor) -> dict[str, numpy.ndarray]``. Defaults: the input as a
 tensor, floating-point and boolean inputs in the dtype of most of the model's weights (float32 for
 most); for ``task == "classification"``, ``{"probabilities": softmax, "label": argmax}`` (a model
-returning one score a row is refused, naming the postprocess a binary one needs); otherwise
-``{<first output>: outputs}`` (several values a row for a one-value output are refused). Any output declared ``[-1]`` that comes back ``[N, 1]``
-(from the default or the user's postprocess) is served as ``[N]``. A ``ValueError`` raised by
+returning one score a row, or probabilities, is refused at load, naming the postprocess it needs);
+otherwise ``{<first output>: outputs}`` (several values a row for a one-value output are refused).
+Any output declared ``[-1]`` that comes back ``[N, 1]`` (from the default or the user's
+postprocess) is served as ``[N]``. A ``ValueError`` raised by
 ``preprocess`` refuses the request's input (``InputRefused``: a 400 with its message), so a handler
 can say which rows it cannot take (a token id beyond the vocabulary); any other exception, or one
 from the model itself, is the model's failure (a 500).
