@@ -15,6 +15,7 @@ import html
 import io
 import json
 import os
+import re
 import subprocess
 import tarfile
 import tempfile
@@ -79,6 +80,14 @@ def gate_advice(model: str, log_tail: str) -> str:
         return (f"\n{model}'s {', '.join(undefined)} has no value on its held-out data, whatever the model (the reason "
                 f"is above): give the suite held-out data it is defined on (load() in [models.{model}.validation]"
                 f".suite), or drop that threshold from [models.{model}.validation].thresholds in mlbuild.toml")
+    unknown = [name.strip() for line in log_tail.splitlines() if ": no such metric in the report; " in line
+               for name in line.split(":", 1)[0].split(",")]
+    failed = re.search(rf"mlbuild: validation of {re.escape(model)} failed \(([^)]*)\)", log_tail)
+    if unknown and failed and set(failed.group(1).split(", ")) <= set(unknown):
+        # "improve the model" for a threshold no model can meet: a regression model's `accuracy`, a typo
+        return (f"\n{model}'s suite reports no {', '.join(unknown)}, whatever the model: name a metric it reports (listed "
+                f"above: a regression model's are mae, rmse and r2) in [models.{model}.validation].thresholds in "
+                f"mlbuild.toml")
     return (f"\n{model} does not meet its thresholds ([models.{model}.validation].thresholds in mlbuild.toml): improve "
             f"the model and compare variants on the held-out data (`mlbuild exp run {model} --set KEY=VALUE`, then "
             f"`mlbuild exp show {model}`), or lower a threshold that asks more than the task allows; every metric: "

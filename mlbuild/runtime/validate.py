@@ -108,6 +108,14 @@ def compute_metrics(task: str, y_true: Any, y_pred: Any, proba: Any = None,
         k = int(width[1])
     y_true = np.asarray(class_targets(y_true, labels, k))
     if y_true.ndim > 1 and y_true.size != len(y_true):   # scikit-learn: "a mix of multilabel-indicator and multiclass"
+        rows = y_true.reshape(len(y_true), -1)
+        if y_true.ndim == 2 and np.isin(rows, (0, 1)).all() and (rows.sum(1) != 1).any():
+            # y.argmax(axis=1), which the one-hot advice named, keeps the first of a row's labels only
+            bad = int(np.flatnonzero(rows.sum(1) != 1)[0])
+            raise ValueError(f"targets of shape {list(y_true.shape)} whose rows mark several classes or none (row "
+                             f"{bad}: {rows[bad].tolist()[:10]}): multi-label targets, but a classifier served by "
+                             "mlbuild gives one class a row; train a binary classifier per label (its targets one "
+                             "column, y[:, j]), or give one class index or name a row")
         raise ValueError(f"targets of shape {list(y_true.shape)}, but a classifier's are one class index or name a "
                          "row (one-hot rows: return y.argmax(axis=1))")
     y_true = y_true.reshape(len(y_true))
@@ -170,7 +178,15 @@ def _regression(y_true: Any, y_pred: Any) -> dict[str, Any]:
         more = f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""
         raise ValueError(f"target {row[0] if len(row) == 1 else row!r} in row {int(bad[0])}{more}, which is not a "
                          "finite number; a regression model's targets are finite numbers: drop or fix such rows in load()")
-    y_pred = np.asarray(y_pred, float).reshape(y_true.shape)
+    y_pred = np.asarray(y_pred, float)
+    if y_pred.size != y_true.size:   # numpy's "cannot reshape array of size 150 into shape (150,3)"
+        per_row = y_pred.size // max(len(y_pred), 1)
+        what = "one value a row" if per_row == 1 else f"{per_row} values a row"
+        fix = ("give one target a row (y[:, j] for target j: mlbuild serves one target a model, so train a model "
+               "per target)" if per_row == 1 else f"give {per_row} targets a row, one per predicted value")
+        raise ValueError(f"targets of shape {list(y_true.shape)}, but the model predicts {what} "
+                         f"(shape {list(y_pred.shape)}); {fix}")
+    y_pred = y_pred.reshape(y_true.shape)
     out: dict[str, Any] = {"metrics": {"mae": float(m.mean_absolute_error(y_true, y_pred)),
                                        "rmse": float(np.sqrt(m.mean_squared_error(y_true, y_pred)))}}
     if len(y_true) < 2:
@@ -291,7 +307,17 @@ def served_rows(x: Any, spec: Any, who: str, script: str) -> Any:
     both sides; the rest is cast to the input's datatype, as the server casts a request's data."""
     import numpy as np
 
-    arr = np.asarray(x)
+    try:
+        arr = np.asarray(x)
+    except ValueError:   # numpy's "inhomogeneous shape": rows of token ids of several lengths, say
+        lengths = [len(r) if hasattr(r, "__len__") else None for r in x]
+        other = next((i for i, n in enumerate(lengths) if n != lengths[0]), None)
+        if other is None:
+            raise
+        raise SystemExit(f"{who}: load() in {script} gives rows of different lengths (row 0 has {lengths[0]} values, "
+                         f"row {other} has {lengths[other]}), but the suite's rows go to the model in batches, as one "
+                         f"request's rows, which must be one length: pad them to one length in load() (a padding id "
+                         f"the model ignores, such as an Embedding's padding_idx)") from None
     want, got = list(spec.shape), list(arr.shape)
     if len(got) != len(want) or any(w != -1 and w != g for w, g in zip(want[1:], got[1:])):
         raise SystemExit(f"{who}: load() in {script} gives inputs of shape {got}, but the model takes {spec.name!r} "

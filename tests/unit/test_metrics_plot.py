@@ -251,6 +251,22 @@ def test_a_gate_failing_on_an_undefined_metric_says_to_change_the_data_or_thresh
         "\ncancer does not meet its thresholds ([models.cancer.validation].thresholds in mlbuild.toml): improve")
 
 
+def test_a_gate_failing_on_a_metric_the_suite_does_not_report_says_to_name_one_it_does() -> None:
+    """A regression model gated on `accuracy` (a classifier's metric) was told to "improve the model"
+    and compare variants, which no variant can pass."""
+    from mlbuild.metrics import gate_advice
+
+    tail = ("mlbuild: validation of price failed (accuracy); suite version bf6f799b47fa7676:\n"
+            "  accuracy              missing   >= 0.9      FAILED\n"
+            "  accuracy: no such metric in the report; the suite reports mae, r2, rmse (fix the name in "
+            "[models.price.validation].thresholds)")
+    assert gate_advice("price", tail) == (
+        "\nprice's suite reports no accuracy, whatever the model: name a metric it reports (listed above: a regression "
+        "model's are mae, rmse and r2) in [models.price.validation].thresholds in mlbuild.toml")
+    both = tail.replace("failed (accuracy)", "failed (r2, accuracy)")   # and a metric a better model could meet
+    assert gate_advice("price", both).startswith("\nprice does not meet its thresholds")
+
+
 def test_validate_and_exp_run_show_a_gated_metric_with_the_digits_that_decide_it(tree, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The gate's table showed 0.94996 (FAILED against 0.95) in full, but `mlbuild validate` printed
     a passing accuracy of 0.95004 as "0.9500  > 0.95", and `exp run` a failing 0.94996 as

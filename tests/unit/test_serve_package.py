@@ -193,6 +193,88 @@ def test_regression_default_postprocess(tmp_path: Path) -> None:
     assert out["prediction"].shape == (2,)
 
 
+def test_a_classifier_returning_one_score_a_row_is_refused_naming_the_postprocess(tmp_path: Path) -> None:
+    """A binary classifier with one sigmoid output ([N, 1], or [N] squeezed): the default softmax
+    over one column is 1.0, so without labels= every row was served as class 0 with probability 1,
+    and with two labels the warm-up said only "has shape [1, 1] ... declares [-1, 2]"."""
+    squeezed = MLP_SOURCE.replace("def build_model(params):\n    return nn.Sequential(", "class M(nn.Sequential):\n"
+                                  "    def forward(self, x):\n        return torch.sigmoid(super().forward(x))[:, 0]\n\n\n"
+                                  "def build_model(params):\n    return M(")
+    params = {"features": 8, "hidden": 4, "classes": 1}
+    for case, source, labels in (("column", MLP_SOURCE, None), ("named", MLP_SOURCE, ["neg", "pos"]),
+                                 ("squeezed", squeezed, None)):
+        outputs = [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels) if labels else -1]},
+                   {"name": "label", "datatype": "INT64", "shape": [-1]}]
+        pkg = build_package(tmp_path / case, source=source, params=params, train_steps=0,
+                            extra_config={"labels": labels, "outputs": outputs})
+        with pytest.raises(PackageError, match=re.escape(
+                "the model returns one score a row (shape [1" + (", 1" if case != "squeezed" else "") + "]), but a "
+                "classifier's default postprocess takes one score per class (softmax, then argmax: every row would be "
+                "class 0); for a binary classifier with one output (a sigmoid or a logit), define postprocess(outputs)"
+                " in the model's module: p = torch.sigmoid(outputs).reshape(-1)")):
+            load_model(load_package(pkg), threads=1)
+    # what the message says to write serves both classes
+    fixed = build_package(tmp_path / "fixed", params=params, train_steps=0, source=MLP_SOURCE + (
+        "\n\ndef postprocess(outputs):\n    p = torch.sigmoid(outputs).reshape(-1)\n"
+        '    return {"probabilities": torch.stack([1 - p, p], 1), "label": (p > 0.5).long()}\n'),
+        extra_config={"labels": ["neg", "pos"], "outputs": [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]},
+            {"name": "label", "datatype": "INT64", "shape": [-1]}]})
+    model = load_model(load_package(fixed), threads=1)
+    out = model.run(np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32) * 100)
+    assert out["probabilities"].shape == (50, 2) and model.classes == 2
+    assert set(out["label"].tolist()) == {0, 1}
+
+
+def test_a_classifier_whose_forward_returns_probabilities_is_refused_naming_the_fix(tmp_path: Path) -> None:
+    """A forward ending in a softmax got the default postprocess's softmax again: [1, 0] was served
+    as [0.73, 0.27] (the label right, so accuracy and ROC-AUC did not show it)."""
+    soft = MLP_SOURCE.replace("def build_model(params):\n    return nn.Sequential(",
+                              "def build_model(params):\n    return nn.Sequential(nn.Sequential(").replace(
+        '        nn.Linear(params["hidden"], params["classes"]),\n    )',
+        '        nn.Linear(params["hidden"], params["classes"]),\n    ), nn.Softmax(-1))')
+    assert "nn.Softmax(-1)" in soft
+    pkg = build_package(tmp_path / "soft", source=soft, train_steps=0)
+    with pytest.raises(PackageError, match=re.escape(
+            "the model's forward returns probabilities (on the warm-up row its outputs are >= 0 and sum to 1: a "
+            "softmax at its end), and a classifier's default postprocess applies a softmax to them again")):
+        load_model(load_package(pkg), threads=1)
+    kept = build_package(tmp_path / "kept", train_steps=0, source=soft + (
+        '\n\ndef postprocess(outputs):\n    return {"probabilities": outputs, "label": outputs.argmax(-1)}\n'))
+    out = load_model(load_package(kept), threads=1).run(np.ones((2, 64), np.float32))
+    np.testing.assert_allclose(out["probabilities"].sum(1), 1.0, rtol=1e-5)
+    # log-probabilities (a log_softmax at the end) are logits to a softmax: served as they were
+    logs = build_package(tmp_path / "logs", source=soft.replace("nn.Softmax(-1)", "nn.LogSoftmax(-1)"), train_steps=0)
+    assert load_model(load_package(logs), threads=1).run(np.ones((2, 64), np.float32))["probabilities"].shape == (2, 10)
+
+
+def test_outputs_a_postprocess_returns_beyond_the_declared_ones_are_named_at_load(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A postprocess returning an "embedding" beside the classifier's outputs: it was dropped
+    without a word, and a client asking for it got a 400."""
+    pkg = build_package(tmp_path / "p", train_steps=0, source=MLP_SOURCE + (
+        '\n\ndef postprocess(outputs):\n    return {"probabilities": torch.softmax(outputs, -1), '
+        '"label": outputs.argmax(-1), "embedding": outputs}\n'))
+    with caplog.at_level(logging.WARNING, logger="mlbuild.serve"):
+        model = load_model(load_package(pkg), threads=1)
+    assert ("digits: postprocess returns 'embedding', which the model does not declare (its outputs, from "
+            "ctx.describe(task='classification'): probabilities, label), so they are not served") in caplog.text
+    assert sorted(model.run(np.zeros((2, 64), np.float32))) == ["label", "probabilities"]
+
+
+def test_a_regression_model_returning_several_values_a_row_is_refused_naming_them(tmp_path: Path) -> None:
+    """A model of three targets ([N, 3]) declared task="regression" failed its validation with
+    "output 'prediction' has shape [1, 3] ...; config.json declares [-1]", naming no way out."""
+    pkg = build_package(tmp_path / "p", train_steps=0, params={"features": 8, "hidden": 4, "classes": 3},
+                        extra_config={"task": "regression", "labels": None,
+                                      "outputs": [{"name": "prediction", "datatype": "FP32", "shape": [-1]}]})
+    with pytest.raises(PackageError, match=re.escape(
+            "the model returns 3 values a row (shape [1, 3]), but a regression model serves one, 'prediction' "
+            "(shape [-1]); mlbuild serves one target a model: train a model per target, or define "
+            "postprocess(outputs) returning {'prediction': ...} with one value a row")):
+        load_model(load_package(pkg), threads=1)
+
+
 def test_model_error_on_wrong_rows(pkg: Path) -> None:
     model = load_model(load_package(pkg))
     model.postprocess = lambda out: {"probabilities": np.zeros((1, 10)), "label": np.zeros(1)}

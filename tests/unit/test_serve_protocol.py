@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -413,6 +414,23 @@ def test_request_ids_are_length_limited() -> None:
             (codec.decode if codec else lambda b, h: decode_infer(PKG, b, h))(raw + body[int(header):], str(len(raw)))
     with pytest.raises(ProtocolError, match="257 characters"):
         decode_predict(PKG, json.dumps({"id": "i" * 257, "instances": x.tolist()}).encode())
+
+
+def test_rows_of_different_lengths_are_named_with_the_fix() -> None:
+    """Token ids of a model taking rows of any length ([-1, -1]), two rows of 3 and 2 ids in one
+    request: "instances is not a regular array of numbers", which did not say what was irregular."""
+    ids = _pkg("INT64", (-1, -1))
+    with pytest.raises(ProtocolError, match=re.escape(
+            "instances is not a regular array of numbers: its rows differ in length (row 0 has 3 values, row 1 has "
+            "2); the rows of one request must be one length: pad them to one length, or send rows of each length in "
+            "a request of their own")):
+        decode_predict(ids, json.dumps({"instances": [[1, 2, 3], [4, 5]]}).encode())
+    message = _error(_json_body([[1, 2, 3], [4, 5]], shape=(2, 3), datatype="INT64"), pkg=ids).message
+    assert message.startswith("input 'input': data is not a regular array of numbers: its rows differ in length "
+                              "(row 0 has 3 values, row 1 has 2)"), message
+    assert _error(_json_body([[0.0] * 4, [0.0] * 3])).message.endswith(
+        "the rows of one request must be one length: the model takes rows of shape [4]")
+    assert decode_predict(ids, json.dumps({"instances": [[1, 2, 3], [4, 5, 6]]}).encode()).array.shape == (2, 3)
 
 
 def test_minus_one_is_not_a_request_dimension() -> None:

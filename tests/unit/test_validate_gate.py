@@ -267,6 +267,11 @@ def test_the_suite_s_inputs_are_checked_and_cast_as_the_server_takes_a_request()
         served_rows(np.zeros((2, 6), np.float32), tokens, "v", "validate.py")
     assert served_rows(np.arange(12, dtype=np.int32).reshape(2, 6), tokens, "v", "validate.py").dtype == np.int64
     assert served_rows(np.ones((2, 1, 8, 8), np.int64), cnn, "v", "validate.py").dtype == np.float32
+    # token ids of several lengths: numpy's "inhomogeneous shape" traceback
+    with pytest.raises(SystemExit, match=re.escape(
+            "v: load() in validate.py gives rows of different lengths (row 0 has 3 values, row 2 has 5), but the "
+            "suite's rows go to the model in batches, as one request's rows, which must be one length: pad them")):
+        served_rows([np.arange(3), np.arange(3), np.arange(5)], tokens, "v", "validate.py")
     # an integer out of the datatype's range would wrap (300 as INT8 is 44): the server refuses it
     with pytest.raises(SystemExit, match=r"gives inputs out of range for INT8 \(-128\.\.127\): 300; the server "
                                          r"refuses such rows"):
@@ -329,6 +334,20 @@ def test_a_check_shows_the_digits_that_decide_it() -> None:
     assert shown(0.123456) == "0.1235" and shown(0.00004) == "4e-05" and shown(1.5e9) == "1.5e+09" and shown(0) == "0.0000"
 
 
+def test_regression_targets_of_another_width_than_the_predictions_are_named() -> None:
+    """A suite giving all three targets ([N, 3]) of a one-target model failed the validation with
+    numpy's "gives cannot reshape array of size 150 into shape (150,3)"."""
+    y = np.arange(12.0).reshape(4, 3)
+    with pytest.raises(ValueError, match=re.escape(
+            "targets of shape [4, 3], but the model predicts one value a row (shape [4]); give one target a row "
+            "(y[:, j] for target j: mlbuild serves one target a model, so train a model per target)")):
+        compute_metrics("regression", y, np.arange(4.0))
+    with pytest.raises(ValueError, match=re.escape(
+            "targets of shape [4], but the model predicts 3 values a row (shape [4, 3]); give 3 targets a row")):
+        compute_metrics("regression", np.arange(4.0), y)
+    assert compute_metrics("regression", y, y + 1)["metrics"]["mae"] == pytest.approx(1.0)
+
+
 def test_regression_targets_that_are_not_numbers_are_named() -> None:
     # scikit-learn's "Input contains NaN." was the build's last line
     with pytest.raises(ValueError, match=re.escape("target nan in row 1, which is not a finite number; a regression "
@@ -380,6 +399,13 @@ def test_one_hot_targets_are_named() -> None:
     with pytest.raises(ValueError, match=re.escape("targets of shape [3, 3], but a classifier's are one class index "
                                                    "or name a row (one-hot rows: return y.argmax(axis=1))")):
         compute_metrics("classification", np.eye(3, dtype=int), np.array([0, 1, 2]), None, ["a", "b", "c"])
+    # multi-hot rows (multi-label targets): argmax would keep the first label of each row
+    with pytest.raises(ValueError, match=re.escape(
+            "targets of shape [3, 3] whose rows mark several classes or none (row 1: [1, 1, 0]): multi-label "
+            "targets, but a classifier served by mlbuild gives one class a row; train a binary classifier per "
+            "label (its targets one column, y[:, j]), or give one class index or name a row")):
+        compute_metrics("classification", np.array([[1, 0, 0], [1, 1, 0], [0, 0, 1]]), np.array([0, 1, 2]), None,
+                        ["a", "b", "c"])
     column = compute_metrics("classification", np.array([[0], [1], [2]]), np.array([0, 1, 1]), None, ["a", "b", "c"])
     assert column["metrics"]["accuracy"] == pytest.approx(2 / 3)
 

@@ -5,9 +5,11 @@ The user's module (``config.module``, imported from ``PKG/code``) defines
 ``preprocess(x: numpy.ndarray) -> torch.Tensor`` and
 ``postprocess(outputs: torch.Tensor) -> dict[str, numpy.ndarray]``. Defaults: the input as a
 tensor, floating-point and boolean inputs in the dtype of most of the model's weights (float32 for
-most); for ``task == "classification"``, ``{"probabilities": softmax, "label": argmax}``;
-otherwise ``{<first output>: outputs}``. Any output declared ``[-1]`` that comes back ``[N, 1]``
-(from the default or the user's postprocess) is served as ``[N]``. A ``ValueError`` raised by
+most); for ``task == "classification"``, ``{"probabilities": softmax, "label": argmax}`` (a model
+returning one score a row, or probabilities, is refused at load, naming the postprocess it needs);
+otherwise ``{<first output>: outputs}`` (several values a row for a one-value output are refused).
+Any output declared ``[-1]`` that comes back ``[N, 1]`` (from the default or the user's
+postprocess) is served as ``[N]``. A ``ValueError`` raised by
 ``preprocess`` refuses the request's input (``InputRefused``: a 400 with its message), so a handler
 can say which rows it cannot take (a token id beyond the vocabulary); any other exception, or one
 from the model itself, is the model's failure (a 500).
@@ -163,13 +165,44 @@ def _one_tensor(outputs: Any) -> torch.Tensor:
 
 def _classification_postprocess(outputs: torch.Tensor) -> dict[str, np.ndarray]:
     outputs = _one_tensor(outputs)
+    if outputs.ndim < 2 or outputs.shape[-1] == 1:
+        # softmax over one column is 1.0: every row was served as class 0, sure of it
+        raise ModelError(
+            f"the model returns one score a row (shape {list(outputs.shape)}), but a classifier's default "
+            f"postprocess takes one score per class (softmax, then argmax: every row would be class 0); for a "
+            f"binary classifier with one output (a sigmoid or a logit), define postprocess(outputs) in the "
+            f"model's module: p = torch.sigmoid(outputs).reshape(-1) (outputs.reshape(-1) if forward applies the "
+            f"sigmoid); return {{\"probabilities\": torch.stack([1 - p, p], 1), \"label\": (p > 0.5).long()}}")
     probs = torch.softmax(outputs.float(), dim=-1)
     return {"probabilities": probs.numpy(), "label": torch.argmax(outputs, dim=-1).to(torch.int64).numpy()}
 
-def _single_output_postprocess(name: str) -> Postprocess:
+def _refuse_probabilities(outputs: Any) -> None:
+    """ModelError for a forward that returns probabilities (a softmax at its end), which the
+    default postprocess's softmax would flatten: [1, 0] was served as [0.73, 0.27], with the right
+    label, so the validation's accuracy and ROC-AUC did not show it. Checked on the warm-up row:
+    logits that are all >= 0 and sum to 1 there are not met in practice."""
+    if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2 or outputs.shape[1] < 2:
+        return
+    x = outputs.detach().double()
+    if bool((x >= 0).all()) and bool(((x.sum(1) - 1).abs() < 1e-3).all()):
+        raise ModelError(
+            "the model's forward returns probabilities (on the warm-up row its outputs are >= 0 and sum to 1: a "
+            "softmax at its end), and a classifier's default postprocess applies a softmax to them again, so the "
+            "served probabilities would be flattened ([1, 0] served as [0.73, 0.27]); return the logits from forward "
+            "(cross_entropy takes logits), or define postprocess(outputs) in the model's module returning "
+            "{\"probabilities\": outputs, \"label\": outputs.argmax(-1)}")
+
+def _single_output_postprocess(spec: TensorSpec, task: str) -> Postprocess:
     """The raw outputs as the one declared output (``run`` serves ``[N, 1]`` as a declared ``[N]``)."""
     def postprocess(outputs: torch.Tensor) -> dict[str, np.ndarray]:
-        return {name: _numpy(_one_tensor(outputs))}
+        outputs = _one_tensor(outputs)
+        if len(spec.shape) == 1 and outputs.ndim == 2 and outputs.shape[1] > 1:
+            # the shape check below said only "declares [-1]", and the fix it named was "the model"
+            raise ModelError(
+                f"the model returns {outputs.shape[1]} values a row (shape {list(outputs.shape)}), but a {task} "
+                f"model serves one, {spec.name!r} (shape [-1]); mlbuild serves one target a model: train a model "
+                f"per target, or define postprocess(outputs) returning {{{spec.name!r}: ...}} with one value a row")
+        return {spec.name: _numpy(outputs)}
     return postprocess
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -299,7 +332,7 @@ def load_model(pkg: Package, threads: int | None = None, verify: bool = True) ->
         if pkg.task == "classification":
             postprocess = _classification_postprocess
         else:
-            postprocess = _single_output_postprocess(pkg.outputs[0].name)
+            postprocess = _single_output_postprocess(pkg.outputs[0], pkg.task)
     model = LoadedModel(pkg, module, preprocess, postprocess, 0.0, threads)
     spec = pkg.input
     shape = (1, *[d if d > 0 else 1 for d in spec.shape[1:]])
@@ -310,6 +343,15 @@ def load_model(pkg: Package, threads: int | None = None, verify: bool = True) ->
         except InputRefused:   # a handler may refuse a row of zeros (only padding): try a row of ones
             warm = np.ones(shape, dtype=spec.dtype)
             out = model.run(warm)
+        if postprocess is _classification_postprocess:
+            _refuse_probabilities(model.forward(warm))
+        elif getattr(user, "postprocess", None) is not None:
+            declared = [o.name for o in pkg.outputs]
+            extra = sorted(set(map(str, postprocess(model.forward(warm)))) - set(declared))
+            if extra:   # dropped without a word: a client asking for one got a 400 naming the declared ones
+                log.warning("%s: postprocess returns %s, which the model does not declare (its outputs, from "
+                            "ctx.describe(task=%r): %s), so they are not served", pkg.name,
+                            ", ".join(map(repr, extra[:10])), pkg.task, ", ".join(declared))
         probabilities = out.get("probabilities")
         if pkg.task == "classification" and probabilities is not None and probabilities.ndim == 2:
             model.classes = int(probabilities.shape[1])

@@ -193,6 +193,21 @@ def accepted_kinds(datatype: str) -> tuple[str, str]:
     return ("iu", "integers") if datatype in _INT_BOUNDS else ("iuf", "numbers")
 
 
+def _ragged(rows: Any, spec: TensorSpec) -> str:
+    """Why nested ``rows`` are no array, where their rows differ in length (token ids of a model
+    taking rows of any length, ``[-1, -1]``): numpy said only that they are not regular."""
+    if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
+        return ""
+    first = len(rows[0]) if rows else 0
+    other = next((i for i, r in enumerate(rows) if len(r) != first), None)
+    if other is None:
+        return ""
+    fix = ("pad them to one length, or send rows of each length in a request of their own"
+           if -1 in spec.shape[1:] else f"the model takes rows of shape {list(spec.shape[1:])}")
+    return (f": its rows differ in length (row 0 has {first} values, row {other} has {len(rows[other])}); the rows "
+            f"of one request must be one length: {fix}")
+
+
 def _from_json_data(spec: TensorSpec, data: Any, shape: tuple[int, ...], datatype: str) -> np.ndarray:
     """Convert JSON ``data`` (flat or nested) to an array of ``shape`` and the spec's dtype."""
     try:
@@ -200,7 +215,7 @@ def _from_json_data(spec: TensorSpec, data: Any, shape: tuple[int, ...], datatyp
             warnings.simplefilter("ignore")
             arr = np.asarray(data)
     except (ValueError, TypeError, OverflowError, RecursionError, MemoryError):
-        raise _bad(f"input {spec.name!r}: data is not a regular array of numbers") from None
+        raise _bad(f"input {spec.name!r}: data is not a regular array of numbers{_ragged(data, spec)}") from None
     kind = arr.dtype.kind
     allowed, needs = accepted_kinds(datatype)
     if kind != "b" and allowed != "b" and _has_bool(data):  # numpy would silently read true/false as 1/0
@@ -544,7 +559,7 @@ def decode_predict(pkg: Package, body: bytes) -> InferRequest:
             warnings.simplefilter("ignore")
             probe = np.asarray(instances)
     except (ValueError, TypeError, OverflowError, RecursionError, MemoryError):
-        raise _bad("instances is not a regular array of numbers") from None
+        raise _bad(f"instances is not a regular array of numbers{_ragged(instances, spec)}") from None
     shape = _check_shape(spec, list(probe.shape))
     arr = _from_json_data(spec, instances, shape, spec.datatype)
     _check_finite(spec, arr)
