@@ -239,3 +239,20 @@ def test_a_full_store_disk_leaves_no_empty_cache_info(tmp_path: Path) -> None:
         proc = again()
         assert proc.returncode == 0, proc.stderr
         assert (tmp_path / "store" / "nix-cache-info").read_text().startswith("StoreDir: /nix/store\n")
+
+
+def test_a_ci_log_gets_plain_lines_and_no_secret(tmp_path: Path) -> None:
+    """Run as a CI runner runs it (output to a file, NO_COLOR, TERM=dumb), setup-store's log
+    held "\\033[1m==> ...\\033[0m" on every line; the bold is for terminals only. Its log never shows
+    the secret key it made."""
+    done = setup_store(tmp_path, "ci", NO_COLOR="1", TERM="dumb")
+    assert done.returncode == 0, done.stderr
+    assert "==> " in done.stdout and "\x1b" not in done.stdout + done.stderr
+    secret = (tmp_path / "ci" / "store.sec").read_text().strip().split(":", 1)[1]
+    assert secret not in done.stdout + done.stderr
+    # a terminal still gets the bold (util-linux's script(1), in every Debian, gives it a TTY)
+    env = {**os.environ, "MLBUILD_STORE": str(tmp_path / "store"), "MLBUILD_STORE_NIX_CONF": str(tmp_path / "ci" / "nix.conf"),
+           "MLBUILD_STORE_SECRET_KEY": str(tmp_path / "ci" / "store.sec"), "TERM": "xterm"}
+    env.pop("NO_COLOR", None)
+    tty = subprocess.run(["script", "-qec", f"bash {SCRIPT}", "/dev/null"], env=env, capture_output=True, text=True)
+    assert tty.returncode == 0 and "\x1b[1m==> " in tty.stdout, tty.stdout
