@@ -18,6 +18,8 @@ different location (see store-config/README.md); the keys never live inside the 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import errno
 import json
 import os
@@ -199,6 +201,30 @@ def _location(given: str, base: Path | None, where: str) -> Path:
     return Path(os.path.normpath(path))
 
 
+def _secret_location(given: str, base: Path | None, where: str) -> Path:
+    """The secret key's file. A setting that holds the key itself (a CI secret handed over as a
+    variable, `MLBUILD_STORE_SECRET_KEY: ${{ secrets.STORE_KEY }}`) is refused without showing it:
+    taken for a path, it was printed whole in "cannot read the store's secret key <KEY> (No such
+    file or directory)", in the job's log."""
+    text = given.strip()
+    name, sep, body = text.partition(":")
+    if not sep:
+        name, body = "", text
+    try:
+        raw = base64.b64decode(body, validate=True) if body and not os.path.lexists(given) else b""
+    except binascii.Error:
+        raw = b""
+    if len(raw) == 64:   # an ed25519 secret key: seed and public half
+        fix = (f"write it to a file only this job can read (a CI system's file-type secret, or `printf '%s\\n' "
+               f"\"$STORE_KEY\" > \"$RUNNER_TEMP/store.sec\"`) and set {where} to that file's path")
+        if where != "MLBUILD_STORE_SECRET_KEY":   # a key written in mlbuild.toml is in git
+            fix += "; the key was in mlbuild.toml, so whoever reads the repository holds it: make a new key " \
+                   "(store-config/README.md, Keys)"
+        raise StoreConfigError(f"{where} holds a secret key itself{f' (named {name!r})' if name else ''}, not the "
+                               f"path of its file (the key is not shown here); {fix}")
+    return _location(given, base, where)
+
+
 def _store_root(value: str, base: Path | None, where: str) -> Path:
     """The store folder, refused where Nix could not read it: a substituter list is split at
     whitespace and a store URL ends at '?' or '#' (Nix 2.8 opens `file:///x/team store` as the
@@ -267,10 +293,10 @@ def load_store_config(project_root: Path | None = None, *, store: str | None = N
     else:
         root = DEFAULT_ROOT
     if env.get("MLBUILD_STORE_SECRET_KEY"):
-        secret: Path | None = _location(env["MLBUILD_STORE_SECRET_KEY"], None, "MLBUILD_STORE_SECRET_KEY")
+        secret: Path | None = _secret_location(env["MLBUILD_STORE_SECRET_KEY"], None, "MLBUILD_STORE_SECRET_KEY")
         secret_from = "MLBUILD_STORE_SECRET_KEY"
     elif "secret-key" in table:
-        secret = _location(str(table["secret-key"]), base, f"{where}.secret-key")
+        secret = _secret_location(str(table["secret-key"]), base, f"{where}.secret-key")
         secret_from = f"{where}.secret-key"
     else:
         secret = DEFAULT_SECRET_KEY if DEFAULT_SECRET_KEY.exists() else None

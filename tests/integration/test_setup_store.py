@@ -256,3 +256,18 @@ def test_a_ci_log_gets_plain_lines_and_no_secret(tmp_path: Path) -> None:
     env.pop("NO_COLOR", None)
     tty = subprocess.run(["script", "-qec", f"bash {SCRIPT}", "/dev/null"], env=env, capture_output=True, text=True)
     assert tty.returncode == 0 and "\x1b[1m==> " in tty.stdout, tty.stdout
+
+
+def test_a_secret_key_given_as_the_variable_s_value_is_refused_never_shown(tmp_path: Path) -> None:
+    """A CI job handed the key itself as MLBUILD_STORE_SECRET_KEY (a secret variable, not a file):
+    setup-store said "copy the store's secret key to <the key>" in the job's log (or, on a store
+    with no key yet, made a key in folders named after it). Refused, and not shown."""
+    assert setup_store(tmp_path, "a").returncode == 0
+    key = (tmp_path / "a" / "store.sec").read_text().strip()
+    for value in (key, key.split(":", 1)[1], key + "\n"):
+        done = setup_store(tmp_path, "ci", MLBUILD_STORE_SECRET_KEY=value)
+        assert done.returncode == 1 and "holds a secret key itself" in done.stderr, done.stderr
+        assert key.split(":", 1)[1][:12] not in done.stdout + done.stderr
+        assert not (tmp_path / "ci").exists() or not any((tmp_path / "ci").iterdir())
+    # the key's file, as before
+    assert setup_store(tmp_path, "ci", MLBUILD_STORE_SECRET_KEY=str(tmp_path / "a" / "store.sec")).returncode == 0
