@@ -142,3 +142,21 @@ def test_pull_leaves_the_store_to_the_daemon_when_nix_remote_names_it(
     with pytest.raises(NixError, match="sufficient rights"):
         restore_paths(Layout(cfg.root), [info], cfg.trusted_keys(), str(local), local / "nix" / "store")
     assert [p.name for p in (local / "nix" / "store").iterdir() if not p.name.endswith(".lock")] == []
+
+
+@pytest.mark.parametrize("config", ["store = /tmp/machine-b", "sandbox = false\nstore = daemon\n",
+                                    "store=ssh-ng://host   # a comment", "store = local?root=/tmp/machine-b"])
+def test_a_store_nix_config_names_is_left_to_nix(monkeypatch: pytest.MonkeyPatch, config: str) -> None:
+    """`NIX_CONFIG="store = /tmp/machine-b" mlbuild data add ...` (store-config/README.md's fresh
+    machine, a CI runner with a store of its own) wrote the dataset into /nix/store, unregistered
+    there, and registered it in /tmp/machine-b, which then held a valid path with no files; `store
+    pull` restored NARs the same way. Only Nix writes a store NIX_CONFIG names."""
+    from mlbuild.data.importer import fast_path_available
+    from mlbuild.store.restore import real_store_dir
+    monkeypatch.delenv("NIX_REMOTE", raising=False)
+    for local in ("", "store = auto", "store = local", "sandbox = false"):
+        monkeypatch.setenv("NIX_CONFIG", local)
+        assert _nix.store_is_local(), local
+    monkeypatch.setenv("NIX_CONFIG", config)
+    assert not _nix.store_is_local()
+    assert real_store_dir(None) is None and not fast_path_available()
