@@ -92,7 +92,8 @@ def lock(ctx: click.Context) -> None:
 def prefetch_cmd(ctx: click.Context) -> None:
     """Put every locked wheel and the interpreter snapshot into the Nix store."""
     result = prefetch(load(ctx))
-    click.echo(f"{len(result.added)} added, {len(result.present)} already in the store")
+    click.echo(f"{len(result.added)} added, " + (f"{len(result.fetched)} from the shared store, " if result.fetched else "")
+               + f"{len(result.present)} already in the store")
     for name in result.added:
         click.echo(f"  + {name}")
 
