@@ -366,10 +366,10 @@ def store_is_local() -> bool:
     chroot store, how store-config/README.md tries a fresh machine) `data add` and `store pull`
     wrote into /nix/store and registered the path in the other store, which then held a valid
     path with no files (and /nix/store an unregistered one)."""
-    return os.environ.get("NIX_REMOTE", "") in ("", "local", "auto") and _nix_config_store() in ("", "local", "auto")
+    return os.environ.get("NIX_REMOTE", "") in ("", "local", "auto") and nix_config_store() in ("", "local", "auto")
 
 
-def _nix_config_store() -> str:
+def nix_config_store() -> str:
     """The ``store`` setting in ``NIX_CONFIG`` (its last line naming it, as Nix reads it), else ''."""
     value = ""
     for line in os.environ.get("NIX_CONFIG", "").splitlines():
