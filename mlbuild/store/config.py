@@ -18,8 +18,6 @@ different location (see store-config/README.md); the keys never live inside the 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import errno
 import json
 import os
@@ -31,7 +29,7 @@ from typing import Any, Mapping
 
 from ..config import CONFIG_NAME, config_text, find_project_root
 from ..errors import ConfigError, StoreConfigError, StoreKeyError
-from .keys import PublicKey, SecretKey, load_secret_key, parse_public_key
+from .keys import PublicKey, SecretKey, load_secret_key, parse_public_key, secret_key_name
 from .layout import Layout, store_command
 
 __all__ = ["StoreConfig", "load_store_config", "DEFAULT_ROOT", "DEFAULT_SECRET_KEY", "DEFAULT_PUBLIC_KEY"]
@@ -99,6 +97,11 @@ class StoreConfig:
         """The keys a narinfo must be signed by; the signing key's own half when none is named."""
         keys: list[PublicKey] = []
         for item in self.public_keys:
+            if secret_key_name(item) is not None and not os.path.lexists(item):
+                raise StoreKeyError("MLBUILD_STORE_PUBLIC_KEYS or [store].public-keys holds a secret key (not shown "
+                                    "here), the half of the key pair that signs: give the public half (the .pub file, "
+                                    "or the store's mlbuild/public-key) there, and keep the secret key out of it (one "
+                                    "committed to mlbuild.toml is the repository's readers': make a new key)")
             if item.startswith("/") or item.endswith(".pub"):
                 try:
                     text = Path(item).read_text()
@@ -206,15 +209,8 @@ def _secret_location(given: str, base: Path | None, where: str) -> Path:
     variable, `MLBUILD_STORE_SECRET_KEY: ${{ secrets.STORE_KEY }}`) is refused without showing it:
     taken for a path, it was printed whole in "cannot read the store's secret key <KEY> (No such
     file or directory)", in the job's log."""
-    text = given.strip()
-    name, sep, body = text.partition(":")
-    if not sep:
-        name, body = "", text
-    try:
-        raw = base64.b64decode(body, validate=True) if body and not os.path.lexists(given) else b""
-    except binascii.Error:
-        raw = b""
-    if len(raw) == 64:   # an ed25519 secret key: seed and public half
+    name = None if os.path.lexists(given) else secret_key_name(given)
+    if name is not None:
         fix = (f"write it to a file only this job can read (a CI system's file-type secret, or `printf '%s\\n' "
                f"\"$STORE_KEY\" > \"$RUNNER_TEMP/store.sec\"`) and set {where} to that file's path")
         if where != "MLBUILD_STORE_SECRET_KEY":   # a key written in mlbuild.toml is in git

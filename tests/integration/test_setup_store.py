@@ -271,3 +271,13 @@ def test_a_secret_key_given_as_the_variable_s_value_is_refused_never_shown(tmp_p
         assert not (tmp_path / "ci").exists() or not any((tmp_path / "ci").iterdir())
     # the key's file, as before
     assert setup_store(tmp_path, "ci", MLBUILD_STORE_SECRET_KEY=str(tmp_path / "a" / "store.sec")).returncode == 0
+
+
+def test_a_secret_key_given_as_a_trusted_key_is_refused_never_shown(tmp_path: Path) -> None:
+    """Its base64 alone in MLBUILD_STORE_PUBLIC_KEYS was shown in "names '<the key>', which is
+    neither a readable .pub file nor a name:base64 key"."""
+    assert setup_store(tmp_path, "a").returncode == 0
+    secret = (tmp_path / "a" / "store.sec").read_text().strip().split(":", 1)[1]
+    done = setup_store(tmp_path, "r", MLBUILD_STORE_PUBLIC_KEYS=secret)
+    assert done.returncode == 1 and "holds a secret key (not shown here)" in done.stderr, done.stderr
+    assert secret[:12] not in done.stdout + done.stderr
