@@ -369,6 +369,19 @@ def store_is_local() -> bool:
     return os.environ.get("NIX_REMOTE", "") in ("", "local", "auto") and nix_config_store() in ("", "local", "auto")
 
 
+def real_path(path: str) -> str:
+    """Where the files of the store path ``path`` lie on this machine: under the chroot store
+    NIX_CONFIG names (``store = /tmp/machine-b`` or ``local?root=/tmp/machine-b``: Nix keeps
+    ``/nix/store/X`` at ``/tmp/machine-b/nix/store/X``), else ``path`` itself. `validate` and `image
+    push` on such a runner read the host's /nix/store and ended in a FileNotFoundError traceback."""
+    store = nix_config_store()
+    if store.startswith("local?"):
+        store = dict(kv.split("=", 1) for kv in store[len("local?"):].split("&") if "=" in kv).get("root", "")
+    if not store.startswith("/") or os.path.normpath(store) == "/":
+        return path
+    return os.path.normpath(store) + path
+
+
 def nix_config_store() -> str:
     """The ``store`` setting in ``NIX_CONFIG`` (its last line naming it, as Nix reads it), else ''."""
     value = ""

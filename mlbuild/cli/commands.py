@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from .. import _nix
 from .. import build as b
 from .. import exp as experiments
 from ..errors import BuildError
@@ -173,7 +174,7 @@ def exp_run(ctx: click.Context, model: str, sets: tuple[str, ...], allow_dirty: 
     if record.get("report"):   # its held-out metrics, against today's thresholds (what its image would need)
         from ..metrics import check_text, gate_checks
 
-        report = json.loads((Path(record["report"]) / "metrics.json").read_text())
+        report = json.loads((Path(_nix.real_path(record["report"])) / "metrics.json").read_text())
         checks, gate = gate_checks(project, model, report.get("metrics", {}))
         # a gated metric with the digits that decide its check: 0.94996 read 0.9500 beside "gate: FAIL (accuracy >= 0.95)"
         gated = [f"{c['metric']} {check_text(c)}" for c in checks if c["value"] is not None]

@@ -160,3 +160,17 @@ def test_a_store_nix_config_names_is_left_to_nix(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("NIX_CONFIG", config)
     assert not _nix.store_is_local()
     assert real_store_dir(None) is None and not fast_path_available()
+
+
+def test_a_store_path_s_files_are_read_where_the_store_nix_config_names_keeps_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`NIX_CONFIG="store = /tmp/machine-b" mlbuild validate digits` built the report there, then
+    read /nix/store/...-digits-validation/metrics.json on the host: a FileNotFoundError traceback;
+    `image push` said the archive 'is not an mlbuild image archive'."""
+    p = "/nix/store/00000000000000000000000000000000-digits-validation"
+    for config, real in [("", p), ("store = auto", p), ("store = daemon", p), ("store = ssh-ng://host", p),
+                         ("store = /tmp/machine-b", "/tmp/machine-b" + p),
+                         ("sandbox = false\nstore = /tmp/machine-b/\n", "/tmp/machine-b" + p),
+                         ("store = local?root=/tmp/machine-c&state=/x", "/tmp/machine-c" + p), ("store = /", p)]:
+        monkeypatch.setenv("NIX_CONFIG", config)
+        assert _nix.real_path(p) == real, config
