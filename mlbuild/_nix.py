@@ -361,8 +361,35 @@ DAEMON_SOCKET = "/nix/var/nix/daemon-socket/socket"
 def store_is_local() -> bool:
     """Whether Nix's calls here may use the local store itself (``NIX_REMOTE`` unset, ``local``, or
     ``auto``, which is local where this user may write the store: callers check that), not a
-    daemon or another store, which must register whatever is added to it."""
-    return os.environ.get("NIX_REMOTE", "") in ("", "local", "auto")
+    daemon or another store, which must register whatever is added to it. ``NIX_CONFIG``'s
+    ``store`` setting counts too (it overrides ``NIX_REMOTE``): with ``store = /tmp/machine-b`` (a
+    chroot store, how store-config/README.md tries a fresh machine) `data add` and `store pull`
+    wrote into /nix/store and registered the path in the other store, which then held a valid
+    path with no files (and /nix/store an unregistered one)."""
+    return os.environ.get("NIX_REMOTE", "") in ("", "local", "auto") and nix_config_store() in ("", "local", "auto")
+
+
+def real_path(path: str) -> str:
+    """Where the files of the store path ``path`` lie on this machine: under the chroot store
+    NIX_CONFIG names (``store = /tmp/machine-b`` or ``local?root=/tmp/machine-b``: Nix keeps
+    ``/nix/store/X`` at ``/tmp/machine-b/nix/store/X``), else ``path`` itself. `validate` and `image
+    push` on such a runner read the host's /nix/store and ended in a FileNotFoundError traceback."""
+    store = nix_config_store()
+    if store.startswith("local?"):
+        store = dict(kv.split("=", 1) for kv in store[len("local?"):].split("&") if "=" in kv).get("root", "")
+    if not store.startswith("/") or os.path.normpath(store) == "/":
+        return path
+    return os.path.normpath(store) + path
+
+
+def nix_config_store() -> str:
+    """The ``store`` setting in ``NIX_CONFIG`` (its last line naming it, as Nix reads it), else ''."""
+    value = ""
+    for line in os.environ.get("NIX_CONFIG", "").splitlines():
+        key, sep, rest = line.split("#", 1)[0].partition("=")
+        if sep and key.strip() == "store":
+            value = rest.strip()
+    return value
 
 
 def untrusted_daemon_user(config: dict[str, str] | None = None) -> bool:

@@ -554,25 +554,30 @@ def wants_push(project: Project) -> bool:
     return push
 
 
-def _check_push_target(project: Project) -> None:
+def _check_push_target(project: Project, asked: bool) -> None:
     """Before building what will be pushed: the store must be there and writable here, and the
     signing key readable, trusted and the store's own (a bad key found after the build wasted
-    the training)."""
+    the training). ``asked``: --push was given, else ``[store] push = true`` asked for it. Each
+    refusal says how to build without pushing: a pull-request CI job on a read-only mount of a
+    project with ``push = true`` was told only to "do it from a machine that mounts the store
+    read-write"."""
+    from .errors import StoreError
     from .store.config import load_store_config
     from .store.layout import Layout
     from .store.push import check_signing_key, check_store_key
 
     cfg = load_store_config(project.root)
     layout = Layout(cfg.root)
-    layout.require()
-    layout.require_writable("push")
+    without = "; or build without pushing (--no-push" + \
+        ("" if asked else f", as [store] push = true in {project.config_path.name} asks for a push") + ")"
     try:
+        layout.require()
+        layout.require_writable("push")
         key = cfg.secret_key()
         check_signing_key(key, cfg.trusted_keys())
         check_store_key(layout, key, cfg.secret_key_file, cfg.secret_key_from)
-    except StoreKeyError as e:   # found before building: say so, and how to build without pushing
-        raise StoreKeyError(str(e).replace("so nothing was pushed", "so nothing was built or pushed")
-                            + "; or build without pushing (--no-push)") from None
+    except StoreError as e:   # found before building: say so, and how to build without pushing
+        raise type(e)(str(e).replace("so nothing was pushed", "so nothing was built or pushed") + without) from None
 
 
 def push_outputs(project: Project, summary: Summary) -> None:
@@ -689,7 +694,7 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
         args += ["--arg", "dirty", "true"]
     do_push = push if push is not None else wants_push(project)   # a bad [store].push, before building
     if do_push:
-        _check_push_target(project)
+        _check_push_target(project, asked=push is not None)
     total = Summary(dirty=dirty)
     # A variant (`exp run --set`) is rooted under a name of its own: under the target's name it
     # replaced the root of the configured build, which the next garbage collection then took.

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import atomic, git
+from . import _nix, atomic, git
 from .build import Progress, Summary, build_targets, check_model, validation_table
 from .config import STATE_NAME, Project, find_date, state_dir
 from .errors import ConfigError
@@ -220,14 +220,14 @@ def show(project: Project, model: str, notes: list[str] | None = None) -> list[V
     variants = []
     for path, recs in by_path.items():
         metrics: dict[str, float] = {}
-        mfile = Path(path) / "metrics.json"
+        mfile = Path(_nix.real_path(path)) / "metrics.json"
         if mfile.exists():
             final = json.loads(mfile.read_text()).get("final", {})
             metrics = {k: v for k, v in final.items() if k not in ("epoch", "epochs")}
         last = recs[-1]
         commit = next((r["git_rev"] for r in recs if r.get("git_rev")), None)
         report = next((r["report"] for r in reversed(recs) if r.get("report")), None)
-        scored = _read(Path(report) / "metrics.json") if report else {}
+        scored = _read(Path(_nix.real_path(report)) / "metrics.json") if report else {}
         variants.append(Variant(last["overrides"], last["params"], path, last["status"], len(recs), metrics,
                                 commit[:12] if commit else None, any(r.get("dirty") for r in recs),
                                 scored.get("metrics", {}), _data(Path(path)),

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import _nix
 from .build import Progress, build_targets, check_model
 from .config import Project
 from .errors import MlbuildError
@@ -105,7 +106,7 @@ def build_image(project: Project, model: str, *, allow_dirty: bool = False,
     """Build (or fetch) ``<model>.image``; returns the archive's store path (an undeclared
     model is refused by build_targets' target check)."""
     summary = build_targets(project, [f"{model}.image"], allow_dirty=allow_dirty, on_progress=on_progress)
-    return Path(summary.outputs[0].path)
+    return Path(_nix.real_path(summary.outputs[0].path))   # a chroot store's: where its files lie
 
 
 def _works(engine: str) -> bool:

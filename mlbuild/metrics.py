@@ -47,7 +47,7 @@ def _report(project: Project, model: str, rev: str, **kw: Any) -> Point:
     summary = build_targets(project, [f"{model}.validation.report"], **kw)
     path = summary.outputs[0].path
     return Point(_here(project, summary) if rev == "worktree" else rev,
-                 json.loads((Path(path) / "metrics.json").read_text()), path)
+                 json.loads((Path(_nix.real_path(path)) / "metrics.json").read_text()), path)
 
 
 def _here(project: Project, summary: Summary) -> str:
@@ -67,7 +67,7 @@ def validate(project: Project, model: str, *, allow_dirty: bool = False,
         # the table says which thresholds failed; say what to do about it
         raise e.with_hint(gate_advice(model, e.log_tail)) from None
     path = summary.outputs[0].path
-    return Point(_here(project, summary), json.loads((Path(path) / "metrics.json").read_text()), path)
+    return Point(_here(project, summary), json.loads((Path(_nix.real_path(path)) / "metrics.json").read_text()), path)
 
 
 def gate_advice(model: str, log_tail: str) -> str:

@@ -9,6 +9,7 @@ predicted in Python (storepath.py), so when everything is present it costs one `
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,31 @@ def check_fresh(project: Project, lock: dict[str, Any]) -> None:
 class PrefetchResult:
     present: list[str] = field(default_factory=list)
     added: list[str] = field(default_factory=list)
+    fetched: list[str] = field(default_factory=list)   # from the shared store
+
+
+def _from_shared_store(project: Project, paths: list[str]) -> list[str]:
+    """Those of ``paths`` fetched from the shared store (signatures checked, as `store pull`
+    does), where one is set up and holds them: a CI runner's prefetch pip-downloaded every wheel
+    (torch: hundreds of MB) that main's push had put there, and refused another machine's
+    interpreter snapshot that the store held. A store that cannot be used is a warning."""
+    from .errors import MlbuildError
+    from .store.config import load_store_config
+    from .store.layout import Layout
+    from .store.pull import pull
+
+    cfg = load_store_config(project.root)   # a wrong [store] table is an error, as for builds
+    layout = Layout(cfg.root)
+    try:
+        if not layout.is_initialised():
+            return []
+        there = [p for p in paths if layout.narinfo(p).is_file()]
+        if there:
+            pull(cfg, there)
+    except (MlbuildError, OSError) as e:
+        print(f"mlbuild: warning: could not fetch from the shared store {cfg.root}: {e}", file=sys.stderr)
+        return [p for p in paths if p not in set(_nix.invalid_paths(paths))]
+    return there
 
 
 def _add_interpreter(project: Project, lock: dict[str, Any], path: str) -> None:
@@ -167,12 +193,15 @@ def prefetch(project: Project) -> PrefetchResult:
     wheels = {fixed_output_path(w["sha256"], w["filename"], recursive=False): w
               for w in [*lock["wheels"], *lock["tools"]]}
     missing = set(_nix.invalid_paths([snap_path, *wheels]))   # one nix-store call when all are there
+    fetched = set(_from_shared_store(project, sorted(missing))) if missing else set()
+    missing -= fetched
+    result.fetched = [snap["name"] if p == snap_path else wheels[p]["filename"] for p in sorted(fetched)]
     if snap_path in missing:
         _add_interpreter(project, lock, snap_path)
         result.added.append(snap["name"])
-    else:
+    elif snap_path not in fetched:
         result.present.append(snap["name"])
-    result.present += [wheels[p]["filename"] for p in wheels if p not in missing]
+    result.present += [wheels[p]["filename"] for p in wheels if p not in missing and p not in fetched]
     if missing - {snap_path}:
         _fetch_wheels(project, [wheels[p] for p in sorted(missing - {snap_path})], result)
     roots = {"interpreter-snapshot": snap_path}

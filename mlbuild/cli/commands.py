@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from .. import _nix
 from .. import build as b
 from .. import exp as experiments
 from ..errors import BuildError
@@ -92,7 +93,8 @@ def lock(ctx: click.Context) -> None:
 def prefetch_cmd(ctx: click.Context) -> None:
     """Put every locked wheel and the interpreter snapshot into the Nix store."""
     result = prefetch(load(ctx))
-    click.echo(f"{len(result.added)} added, {len(result.present)} already in the store")
+    click.echo(f"{len(result.added)} added, " + (f"{len(result.fetched)} from the shared store, " if result.fetched else "")
+               + f"{len(result.present)} already in the store")
     for name in result.added:
         click.echo(f"  + {name}")
 
@@ -172,7 +174,7 @@ def exp_run(ctx: click.Context, model: str, sets: tuple[str, ...], allow_dirty: 
     if record.get("report"):   # its held-out metrics, against today's thresholds (what its image would need)
         from ..metrics import check_text, gate_checks
 
-        report = json.loads((Path(record["report"]) / "metrics.json").read_text())
+        report = json.loads((Path(_nix.real_path(record["report"])) / "metrics.json").read_text())
         checks, gate = gate_checks(project, model, report.get("metrics", {}))
         # a gated metric with the digits that decide its check: 0.94996 read 0.9500 beside "gate: FAIL (accuracy >= 0.95)"
         gated = [f"{c['metric']} {check_text(c)}" for c in checks if c["value"] is not None]

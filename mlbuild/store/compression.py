@@ -17,6 +17,8 @@ from pathlib import Path
 
 import zstandard
 
+from .. import _nix
+
 __all__ = ["choose_compression", "real_path_in", "NONE", "ZSTD", "INCOMPRESSIBLE_SUFFIXES", "nar_suffix"]
 
 NONE = "none"
@@ -99,7 +101,12 @@ def choose_compression(store_path: str, real_path: str | None, nar_size: int) ->
 
 
 def real_path_in(store_path: str, local_store: str | None) -> str | None:
-    """Where the files of ``store_path`` lie on this machine for a local store spec, else None."""
+    """Where the files of ``store_path`` lie on this machine for a local store spec (default: the
+    store Nix's calls use, NIX_CONFIG's ``store = /tmp/machine-b`` included), else None."""
+    if not local_store:
+        # a push after `NIX_CONFIG="store = /tmp/machine-b" mlbuild build --push` read /nix/store/X, where the
+        # build's output is not: "nix-store --dump /nix/store/...-digits-model: No such file or directory"
+        local_store = _nix.nix_config_store()
     if not local_store or local_store in ("auto", "local", "daemon"):
         return store_path
     root = local_store

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 from ..config import CONFIG_NAME, config_text, find_project_root
 from ..errors import ConfigError, StoreConfigError, StoreKeyError
-from .keys import PublicKey, SecretKey, load_secret_key, parse_public_key
+from .keys import PublicKey, SecretKey, load_secret_key, parse_public_key, secret_key_name
 from .layout import Layout, store_command
 
 __all__ = ["StoreConfig", "load_store_config", "DEFAULT_ROOT", "DEFAULT_SECRET_KEY", "DEFAULT_PUBLIC_KEY"]
@@ -97,6 +97,11 @@ class StoreConfig:
         """The keys a narinfo must be signed by; the signing key's own half when none is named."""
         keys: list[PublicKey] = []
         for item in self.public_keys:
+            if secret_key_name(item) is not None and not os.path.lexists(item):
+                raise StoreKeyError("MLBUILD_STORE_PUBLIC_KEYS or [store].public-keys holds a secret key (not shown "
+                                    "here), the half of the key pair that signs: give the public half (the .pub file, "
+                                    "or the store's mlbuild/public-key) there, and keep the secret key out of it (one "
+                                    "committed to mlbuild.toml is the repository's readers': make a new key)")
             if item.startswith("/") or item.endswith(".pub"):
                 try:
                     text = Path(item).read_text()
@@ -199,6 +204,23 @@ def _location(given: str, base: Path | None, where: str) -> Path:
     return Path(os.path.normpath(path))
 
 
+def _secret_location(given: str, base: Path | None, where: str) -> Path:
+    """The secret key's file. A setting that holds the key itself (a CI secret handed over as a
+    variable, `MLBUILD_STORE_SECRET_KEY: ${{ secrets.STORE_KEY }}`) is refused without showing it:
+    taken for a path, it was printed whole in "cannot read the store's secret key <KEY> (No such
+    file or directory)", in the job's log."""
+    name = None if os.path.lexists(given) else secret_key_name(given)
+    if name is not None:
+        fix = (f"write it to a file only this job can read (a CI system's file-type secret, or `printf '%s\\n' "
+               f"\"$STORE_KEY\" > \"$RUNNER_TEMP/store.sec\"`) and set {where} to that file's path")
+        if where != "MLBUILD_STORE_SECRET_KEY":   # a key written in mlbuild.toml is in git
+            fix += "; the key was in mlbuild.toml, so whoever reads the repository holds it: make a new key " \
+                   "(store-config/README.md, Keys)"
+        raise StoreConfigError(f"{where} holds a secret key itself{f' (named {name!r})' if name else ''}, not the "
+                               f"path of its file (the key is not shown here); {fix}")
+    return _location(given, base, where)
+
+
 def _store_root(value: str, base: Path | None, where: str) -> Path:
     """The store folder, refused where Nix could not read it: a substituter list is split at
     whitespace and a store URL ends at '?' or '#' (Nix 2.8 opens `file:///x/team store` as the
@@ -267,10 +289,10 @@ def load_store_config(project_root: Path | None = None, *, store: str | None = N
     else:
         root = DEFAULT_ROOT
     if env.get("MLBUILD_STORE_SECRET_KEY"):
-        secret: Path | None = _location(env["MLBUILD_STORE_SECRET_KEY"], None, "MLBUILD_STORE_SECRET_KEY")
+        secret: Path | None = _secret_location(env["MLBUILD_STORE_SECRET_KEY"], None, "MLBUILD_STORE_SECRET_KEY")
         secret_from = "MLBUILD_STORE_SECRET_KEY"
     elif "secret-key" in table:
-        secret = _location(str(table["secret-key"]), base, f"{where}.secret-key")
+        secret = _secret_location(str(table["secret-key"]), base, f"{where}.secret-key")
         secret_from = f"{where}.secret-key"
     else:
         secret = DEFAULT_SECRET_KEY if DEFAULT_SECRET_KEY.exists() else None

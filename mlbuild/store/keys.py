@@ -19,19 +19,33 @@ from .. import atomic
 from ..errors import StoreKeyError
 
 __all__ = ["SecretKey", "PublicKey", "check_key_name", "parse_secret_key", "parse_public_key", "load_secret_key",
-           "generate_key_pair", "check_signatures", "parse_public_keys"]
+           "generate_key_pair", "check_signatures", "parse_public_keys", "secret_key_name"]
 
 
 _FORMAT = ("the format of the key files `nix-store --generate-binary-cache-key NAME SEC PUB` and `mlbuild store "
            "init --generate-key` write")
 
 
+def secret_key_name(text: str) -> str | None:
+    """The name of the secret key ``text`` is (``name:base64`` of 64 bytes: '' for the base64
+    alone), else None: a setting that should hold a path or a public key but holds a secret key
+    (a CI secret handed over as a variable) is refused without being shown."""
+    name, sep, body = text.strip().partition(":")
+    if not sep:
+        name, body = "", name
+    try:
+        return name if body and len(base64.b64decode(body, validate=True)) == 64 else None
+    except binascii.Error:
+        return None
+
+
 def _split(text: str, what: str, size: int, where: str | None = None, secret: bool = False) -> tuple[str, bytes]:
     """(name, key bytes) of a ``name:base64`` key. The errors say where the key came from and what
-    is wrong with it; a secret key's text is never part of them (not even a slice of it)."""
+    is wrong with it; a secret key's text is never part of them (not even a slice of it), nor is
+    the text of a "public key" that is a secret key's base64 (the name left out)."""
     stripped = text.strip()
     label = f"{what} {where}" if where else what
-    shown = "" if secret else f" {stripped[:80]!r}"
+    shown = "" if secret or secret_key_name(stripped) is not None else f" {stripped[:80]!r}"
     lines = [line for line in stripped.splitlines() if line.strip()]
     if len(lines) > 1:
         raise StoreKeyError(f"{label} holds {len(lines)} lines, but a key is one "

@@ -239,3 +239,45 @@ def test_a_full_store_disk_leaves_no_empty_cache_info(tmp_path: Path) -> None:
         proc = again()
         assert proc.returncode == 0, proc.stderr
         assert (tmp_path / "store" / "nix-cache-info").read_text().startswith("StoreDir: /nix/store\n")
+
+
+def test_a_ci_log_gets_plain_lines_and_no_secret(tmp_path: Path) -> None:
+    """Run as a CI runner runs it (output to a file, NO_COLOR, TERM=dumb), setup-store's log
+    held "\\033[1m==> ...\\033[0m" on every line; the bold is for terminals only. Its log never shows
+    the secret key it made."""
+    done = setup_store(tmp_path, "ci", NO_COLOR="1", TERM="dumb")
+    assert done.returncode == 0, done.stderr
+    assert "==> " in done.stdout and "\x1b" not in done.stdout + done.stderr
+    secret = (tmp_path / "ci" / "store.sec").read_text().strip().split(":", 1)[1]
+    assert secret not in done.stdout + done.stderr
+    # a terminal still gets the bold (util-linux's script(1), in every Debian, gives it a TTY)
+    env = {**os.environ, "MLBUILD_STORE": str(tmp_path / "store"), "MLBUILD_STORE_NIX_CONF": str(tmp_path / "ci" / "nix.conf"),
+           "MLBUILD_STORE_SECRET_KEY": str(tmp_path / "ci" / "store.sec"), "TERM": "xterm"}
+    env.pop("NO_COLOR", None)
+    tty = subprocess.run(["script", "-qec", f"bash {SCRIPT}", "/dev/null"], env=env, capture_output=True, text=True)
+    assert tty.returncode == 0 and "\x1b[1m==> " in tty.stdout, tty.stdout
+
+
+def test_a_secret_key_given_as_the_variable_s_value_is_refused_never_shown(tmp_path: Path) -> None:
+    """A CI job handed the key itself as MLBUILD_STORE_SECRET_KEY (a secret variable, not a file):
+    setup-store said "copy the store's secret key to <the key>" in the job's log (or, on a store
+    with no key yet, made a key in folders named after it). Refused, and not shown."""
+    assert setup_store(tmp_path, "a").returncode == 0
+    key = (tmp_path / "a" / "store.sec").read_text().strip()
+    for value in (key, key.split(":", 1)[1], key + "\n"):
+        done = setup_store(tmp_path, "ci", MLBUILD_STORE_SECRET_KEY=value)
+        assert done.returncode == 1 and "holds a secret key itself" in done.stderr, done.stderr
+        assert key.split(":", 1)[1][:12] not in done.stdout + done.stderr
+        assert not (tmp_path / "ci").exists() or not any((tmp_path / "ci").iterdir())
+    # the key's file, as before
+    assert setup_store(tmp_path, "ci", MLBUILD_STORE_SECRET_KEY=str(tmp_path / "a" / "store.sec")).returncode == 0
+
+
+def test_a_secret_key_given_as_a_trusted_key_is_refused_never_shown(tmp_path: Path) -> None:
+    """Its base64 alone in MLBUILD_STORE_PUBLIC_KEYS was shown in "names '<the key>', which is
+    neither a readable .pub file nor a name:base64 key"."""
+    assert setup_store(tmp_path, "a").returncode == 0
+    secret = (tmp_path / "a" / "store.sec").read_text().strip().split(":", 1)[1]
+    done = setup_store(tmp_path, "r", MLBUILD_STORE_PUBLIC_KEYS=secret)
+    assert done.returncode == 1 and "holds a secret key (not shown here)" in done.stderr, done.stderr
+    assert secret[:12] not in done.stdout + done.stderr

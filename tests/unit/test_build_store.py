@@ -83,18 +83,49 @@ def test_build_push_checks_the_signing_key_before_building(tmp_path: Path) -> No
     generate_key_pair("store-1", tmp_path / "store.sec", tmp_path / "store.pub")
     generate_key_pair("other-1", tmp_path / "other.sec", tmp_path / "other.pub")
     trusted = f'path = "{tmp_path / "store"}"\npublic-keys = ["{tmp_path / "store.pub"}"]\n'
-    _check_push_target(load_project(project(tmp_path, trusted + f'secret-key = "{tmp_path / "store.sec"}"')))
+    _check_push_target(load_project(project(tmp_path, trusted + f'secret-key = "{tmp_path / "store.sec"}"')), True)
     with pytest.raises(StoreKeyError, match="the signing key other-1 .* is not among the store's trusted keys") as e:
-        _check_push_target(load_project(project(tmp_path, trusted + f'secret-key = "{tmp_path / "other.sec"}"')))
+        _check_push_target(load_project(project(tmp_path, trusted + f'secret-key = "{tmp_path / "other.sec"}"')), True)
     assert "so nothing was built or pushed" in str(e.value) and str(e.value).endswith("(--no-push)")
     with pytest.raises(StoreKeyError, match="missing.sec"):
-        _check_push_target(load_project(project(tmp_path, trusted + f'secret-key = "{tmp_path / "missing.sec"}"')))
+        _check_push_target(load_project(project(tmp_path, trusted + f'secret-key = "{tmp_path / "missing.sec"}"')), True)
     # trusted here, but not the key the store names as its own: its readers would refuse it all
     (tmp_path / "store" / "mlbuild" / "public-key").write_text((tmp_path / "other.pub").read_text())
     both = (f'path = "{tmp_path / "store"}"\npublic-keys = ["{tmp_path / "store.pub"}", "{tmp_path / "other.pub"}"]\n'
             f'secret-key = "{tmp_path / "store.sec"}"')
     with pytest.raises(StoreKeyError, match="this machine signs with store-1:.*, not the store's key other-1:"):
-        _check_push_target(load_project(project(tmp_path, both)))
+        _check_push_target(load_project(project(tmp_path, both)), True)
+
+
+@pytest.mark.parametrize("asked", [True, False])
+def test_a_store_a_build_cannot_push_to_names_no_push(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      asked: bool) -> None:
+    """A pull-request CI job on a read-only mount of a project with `[store] push = true`: the
+    build was refused with only "do it from a machine that mounts the store read-write", where a
+    key problem said "or build without pushing (--no-push)"; a store that is not there, alike."""
+    import os
+
+    from mlbuild.build import _check_push_target
+    from mlbuild.errors import StoreConfigError, StoreError
+
+    Layout(tmp_path / "store").init()
+    generate_key_pair("store-1", tmp_path / "store.sec", tmp_path / "store.pub")
+    config = (f'path = "{tmp_path / "store"}"\npublic-keys = ["{tmp_path / "store.pub"}"]\n'
+              f'secret-key = "{tmp_path / "store.sec"}"\npush = true')
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path).startswith(str(tmp_path / "store"))
+                        else real_access(path, mode))
+    with pytest.raises(StoreError) as e:
+        _check_push_target(load_project(project(tmp_path, config)), asked)
+    said = str(e.value)
+    assert said.startswith(f"cannot push: the shared store {tmp_path / 'store'} is not writable")
+    assert said.endswith("; or build without pushing (--no-push)" if asked else
+                         "; or build without pushing (--no-push, as [store] push = true in mlbuild.toml asks for a push)")
+    monkeypatch.setattr(os, "access", real_access)
+    with pytest.raises(StoreConfigError) as e:
+        _check_push_target(load_project(project(tmp_path, config.replace('"store"', '"gone"').replace(
+            f'path = "{tmp_path / "store"}"', f'path = "{tmp_path / "gone"}"'))), True)
+    assert "is not an mlbuild store" in str(e.value) and str(e.value).endswith("(--no-push)")
 
 
 def test_a_substitute_that_failed_points_at_the_store_not_the_network(tmp_path: Path) -> None:

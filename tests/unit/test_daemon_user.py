@@ -142,3 +142,35 @@ def test_pull_leaves_the_store_to_the_daemon_when_nix_remote_names_it(
     with pytest.raises(NixError, match="sufficient rights"):
         restore_paths(Layout(cfg.root), [info], cfg.trusted_keys(), str(local), local / "nix" / "store")
     assert [p.name for p in (local / "nix" / "store").iterdir() if not p.name.endswith(".lock")] == []
+
+
+@pytest.mark.parametrize("config", ["store = /tmp/machine-b", "sandbox = false\nstore = daemon\n",
+                                    "store=ssh-ng://host   # a comment", "store = local?root=/tmp/machine-b"])
+def test_a_store_nix_config_names_is_left_to_nix(monkeypatch: pytest.MonkeyPatch, config: str) -> None:
+    """`NIX_CONFIG="store = /tmp/machine-b" mlbuild data add ...` (store-config/README.md's fresh
+    machine, a CI runner with a store of its own) wrote the dataset into /nix/store, unregistered
+    there, and registered it in /tmp/machine-b, which then held a valid path with no files; `store
+    pull` restored NARs the same way. Only Nix writes a store NIX_CONFIG names."""
+    from mlbuild.data.importer import fast_path_available
+    from mlbuild.store.restore import real_store_dir
+    monkeypatch.delenv("NIX_REMOTE", raising=False)
+    for local in ("", "store = auto", "store = local", "sandbox = false"):
+        monkeypatch.setenv("NIX_CONFIG", local)
+        assert _nix.store_is_local(), local
+    monkeypatch.setenv("NIX_CONFIG", config)
+    assert not _nix.store_is_local()
+    assert real_store_dir(None) is None and not fast_path_available()
+
+
+def test_a_store_path_s_files_are_read_where_the_store_nix_config_names_keeps_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`NIX_CONFIG="store = /tmp/machine-b" mlbuild validate digits` built the report there, then
+    read /nix/store/...-digits-validation/metrics.json on the host: a FileNotFoundError traceback;
+    `image push` said the archive 'is not an mlbuild image archive'."""
+    p = "/nix/store/00000000000000000000000000000000-digits-validation"
+    for config, real in [("", p), ("store = auto", p), ("store = daemon", p), ("store = ssh-ng://host", p),
+                         ("store = /tmp/machine-b", "/tmp/machine-b" + p),
+                         ("sandbox = false\nstore = /tmp/machine-b/\n", "/tmp/machine-b" + p),
+                         ("store = local?root=/tmp/machine-c&state=/x", "/tmp/machine-c" + p), ("store = /", p)]:
+        monkeypatch.setenv("NIX_CONFIG", config)
+        assert _nix.real_path(p) == real, config

@@ -92,3 +92,58 @@ def test_a_lock_naming_a_folder_for_a_wheel_runs_no_code(tree, monkeypatch: pyte
         prefetch(project)
     assert f"a-1-py3-none-any.whl has {key} {value.format(evil=evil)!r}, which is not a project {key}" in str(e.value)
     assert not marker.exists()
+
+
+def test_what_the_shared_store_holds_is_fetched_from_it(tree, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A CI runner's prefetch pip-downloaded every locked wheel (torch: hundreds of MB) that main's
+    push had put in the shared store, and refused the interpreter snapshot of the machine that
+    locked (another Python here) though the store held it. Both come from the store now, through
+    `nix copy` with its keys; nothing pip fetches or this interpreter snapshots."""
+    import hashlib
+
+    from mlbuild.nar import nar_sha256
+    from mlbuild.store import StoreConfig, init_store
+    from mlbuild.store.upload import PathInfo
+    from tests.unit.test_store_publish import fake_path, put
+
+    cfg = StoreConfig(root=tmp_path / "cache", secret_key_file=tmp_path / "keys" / "s.sec")
+    init_store(cfg, generate_key=True, key_name="unit-1")
+    chroot = tmp_path / "chroot"
+    snap = fake_path(chroot, "python-3.11.0-snapshot", {"bin": {"python3.11": "x"}}, fixed=True)
+    body = b"PK a wheel"
+    sha = hashlib.sha256(body).hexdigest()
+    wheel_path = fixed_output_path(sha, WHEEL["filename"], recursive=False)
+    (chroot / wheel_path.lstrip("/")).write_bytes(body)
+    from tests.conftest import nar_digest
+    from mlbuild.store.narinfo import format_hash
+    digest, size = nar_digest(str(chroot / wheel_path.lstrip("/")))
+    for info in (snap, PathInfo(wheel_path, format_hash(digest), size, ())):
+        put(cfg, chroot, info)
+
+    project, snapshot, _ = _project(tree, "3.11.0")   # another machine's interpreter
+    lock = json.loads(project.lock_path.read_text())
+    lock["interpreter"]["snapshot"] = {"name": "python-3.11.0-snapshot",
+                                       "sha256": nar_sha256(str(chroot / snap.path.lstrip("/")))}
+    lock["wheels"] = [dict(WHEEL, sha256=sha)]
+    project.lock_path.write_text(json.dumps(lock))
+    project = load_project(project.root)
+    monkeypatch.setenv("MLBUILD_STORE", str(cfg.root))
+    monkeypatch.setenv("MLBUILD_STORE_PUBLIC_KEYS", str(cfg.secret_key().public))
+    monkeypatch.setenv("NIX_REMOTE", "daemon")   # the copy goes through Nix (faked below)
+    nix = FakeNix(monkeypatch, set())
+    copied: list[list[str]] = []
+
+    def copy(cache_url: str, paths: Sequence[str], *, store: str | None = None, options: Sequence[str] = ()) -> None:
+        assert cache_url == f"file://{cfg.root}" and "require-sigs" in options
+        copied.append(list(paths))
+        nix.valid |= set(paths)
+
+    monkeypatch.setattr(_nix, "copy_from_cache", copy)
+    monkeypatch.setattr(_nix, "invalid_paths_in", lambda paths, store=None: nix.invalid_paths(paths))
+    result = prefetch(project)
+    assert sorted(p for batch in copied for p in batch) == sorted([snap.path, wheel_path])
+    assert sorted(result.fetched) == sorted(["python-3.11.0-snapshot", WHEEL["filename"]])
+    assert result.added == [] and result.present == []
+    # and again: all there, nothing fetched
+    again = prefetch(project)
+    assert again.fetched == [] and sorted(again.present) == sorted(["python-3.11.0-snapshot", WHEEL["filename"]])

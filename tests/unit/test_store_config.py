@@ -384,3 +384,49 @@ def test_key_name_without_a_key_to_make_is_refused_not_ignored(tmp_path: Path) -
                                                          f"named 'ci-1', so no key named 'ci-2' is made")):
         init_store(StoreConfig(tmp_path / "s", secret_key_file=tmp_path / "k.sec"), generate_key=True,
                    key_name="ci-2")
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_a_secret_key_given_as_the_setting_s_value_is_refused_never_shown(tmp_path: Path, named: bool) -> None:
+    """A CI job handed the key as a variable (`MLBUILD_STORE_SECRET_KEY: ${{ secrets.STORE_KEY }}`),
+    not as a file: `build --push` and `store push` printed it whole in its log, as the file they
+    could not read. Now refused, naming the fix, and not a character of it shown."""
+    key = generate_key_pair("ci-1", tmp_path / "k.sec", tmp_path / "k.pub")
+    text = str(key) if named else str(key).split(":", 1)[1]
+    secret = text.split(":", 1)[-1]
+    for value in (text, text + "\n"):   # a secret pasted with its line end
+        with pytest.raises(StoreConfigError) as e:
+            load_store_config(tmp_path, env={"MLBUILD_STORE_SECRET_KEY": value})
+        said = str(e.value)
+        assert "MLBUILD_STORE_SECRET_KEY holds a secret key itself" in said and "to that file's path" in said
+        assert ("named 'ci-1'" in said) == named
+        assert not any(secret[i:i + 8] in said for i in range(len(secret) - 8))
+    proj = _project(tmp_path, f'secret-key = "{text}"')
+    with pytest.raises(StoreConfigError) as e:
+        load_store_config(proj, env={})
+    assert "[store].secret-key holds a secret key itself" in str(e.value) and "make a new key" in str(e.value)
+    assert secret[:8] not in str(e.value)
+    # the key's file is read as before
+    assert load_store_config(tmp_path, env={"MLBUILD_STORE_SECRET_KEY": str(tmp_path / "k.sec")}).secret_key() == key
+
+
+def test_a_secret_key_given_as_a_trusted_key_is_refused_never_shown(tmp_path: Path) -> None:
+    """The base64 of a secret key alone (its name left out) in MLBUILD_STORE_PUBLIC_KEYS was shown in
+    "public key '4/kbw...' is not `name:base64`", and one starting with '/' in "cannot read the
+    trusted public key file /..."; a whole secret key there named its size only."""
+    from mlbuild.store.keys import parse_public_key
+
+    for n in range(40):   # enough keys that one's base64 starts with '/'
+        key = generate_key_pair(f"ci-{n}", tmp_path / f"{n}.sec", tmp_path / f"{n}.pub")
+        secret = str(key).split(":", 1)[1]
+        for value in (secret, str(key)):
+            with pytest.raises(StoreKeyError) as e:
+                load_store_config(tmp_path, env={"MLBUILD_STORE_PUBLIC_KEYS": value}).trusted_keys()
+            assert "holds a secret key (not shown here)" in str(e.value)
+            assert not any(secret[i:i + 8] in str(e.value) for i in range(len(secret) - 8))
+        with pytest.raises(StoreKeyError) as e:
+            parse_public_key(secret)
+        assert secret[:8] not in str(e.value) and "is not `name:base64`" in str(e.value)
+    # a public key that is not name:base64 is still shown, to be recognised
+    with pytest.raises(StoreKeyError, match="public key 'abc' is not `name:base64`"):
+        parse_public_key("abc")

@@ -661,3 +661,16 @@ def test_a_push_is_not_held_by_a_fifo_among_the_push_records(store: tuple[StoreC
     assert done, "the push hung on the FIFO"
     assert sorted(p.name for p in (layout.roots_dir / "pushes" / "model").iterdir()) == \
         sorted(["00000000T000000.fifo", done[0].name])   # the older record of the same paths replaced
+
+
+@pytest.mark.parametrize("weights", [True, False])
+def test_a_store_nix_config_names_is_read_where_its_files_lie(store: tuple[StoreConfig, Path],
+                                                              monkeypatch: pytest.MonkeyPatch, weights: bool) -> None:
+    """`NIX_CONFIG="store = /tmp/machine-b" mlbuild build --push digits` (a runner with a store of its
+    own) built there, then failed its push: "`nix-store --dump /nix/store/...-digits-model` failed: ...
+    No such file or directory", reading the path where the machine's own store keeps it."""
+    cfg, chroot = store
+    info = fake_path(chroot, "w.safetensors" if weights else "code", os.urandom(1 << 16) if weights else {"a.py": "x\n"})
+    monkeypatch.setenv("NIX_CONFIG", f"sandbox = false\nstore = {chroot}\n")
+    narinfo = publish_path(Layout(cfg.root), info, cfg.secret_key())   # no local_store: as build --push calls it
+    assert narinfo.compression == ("none" if weights else "zstd") and verify(cfg).ok
