@@ -10,11 +10,14 @@ input: offline when it is in the store, as after any ``nix build``) and says so 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import filecmp
 import functools
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from . import _nix, atomic
 from .errors import ConfigError, NixError
 from .git import half_merged
 
-__all__ = ["pinned_entry", "pinned_root", "locked_input", "DIRTY_MLBUILD"]
+__all__ = ["pinned_entry", "pinned_root", "locked_input", "past_commit", "DIRTY_MLBUILD"]
 
 # What goes into derivations (nix/default.nix's runtimeFilter): the Nix library and the runtime.
 _COMPARED = ("nix", "mlbuild/runtime", "mlbuild/__init__.py")
@@ -118,6 +121,27 @@ def same_builders(a: Path, b: Path) -> bool:
     return fa.keys() == fb.keys() and all(filecmp.cmp(fa[k], fb[k], shallow=False) for k in fa)
 
 
+# While a command builds a commit's snapshot (metrics history and diff): what the worktree's flake.lock
+# pins, as the JSON key _pinned takes; "" where it pins none. None: building the worktree itself.
+_WORKTREE_PIN: contextvars.ContextVar[str | None] = contextvars.ContextVar("worktree_pin", default=None)
+
+
+@contextlib.contextmanager
+def past_commit(worktree_root: Path) -> Iterator[None]:
+    """Builds in this block are of a commit's snapshot (not the worktree at ``worktree_root``): a pin
+    of another mlbuild there is that commit's, as `nix build` at that commit has it, and the advice to
+    lock this one into the project does not apply (the worktree's own flake.lock is what to change)."""
+    try:
+        locked = locked_input(worktree_root)
+    except ConfigError:   # the worktree's flake.lock unreadable: say nothing of it here
+        locked = None
+    token = _WORKTREE_PIN.set("" if locked is None else json.dumps(locked, sort_keys=True))
+    try:
+        yield
+    finally:
+        _WORKTREE_PIN.reset(token)
+
+
 def pinned_entry(project_root: Path, *, needs: tuple[str, ...] = ()) -> Path | None:
     """The entry.nix to evaluate for the project: the pinned mlbuild's, when the project's flake pins
     one whose builders differ from this CLI's; None: this CLI's own. ``needs``: the entry.nix
@@ -127,7 +151,9 @@ def pinned_entry(project_root: Path, *, needs: tuple[str, ...] = ()) -> Path | N
     locked = locked_input(project_root)
     if locked is None:
         return None
-    found = _pinned(json.dumps(locked, sort_keys=True))   # once per command (serve builds twice)
+    key = json.dumps(locked, sort_keys=True)
+    worktree = _WORKTREE_PIN.get()
+    found = _pinned(key, past=worktree is not None and worktree != key)   # once per command (serve builds twice)
     if locked.get("type") == "git" and "rev" not in locked:
         _warn_dirty(str(locked.get("url", "")))
     if found is None:
@@ -149,9 +175,10 @@ def pinned_root(project_root: Path) -> Path | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _pinned(locked_json: str) -> tuple[Path, tuple[str, ...], str] | None:
+def _pinned(locked_json: str, past: bool = False) -> tuple[Path, tuple[str, ...], str] | None:
     """(its root, the arguments its entry.nix takes, how to name it) of the pinned mlbuild when its
-    builders differ from this CLI's; None when they are the same or it cannot be fetched (warned)."""
+    builders differ from this CLI's; None when they are the same or it cannot be fetched (warned).
+    ``past``: the pin is a commit's that the worktree no longer has (metrics history or diff)."""
     locked = json.loads(locked_json)
     sub = locked.get("dir", "")
     attrs = {k: v for k, v in locked.items() if k != "dir"}
@@ -185,6 +212,11 @@ def _pinned(locked_json: str) -> tuple[Path, tuple[str, ...], str] | None:
     own = _nix.nix_lib_dir().parent
     if same_builders(root, own):
         return None
+    if past:   # a commit from before the project moved to another mlbuild: nothing to lock here
+        print(f"mlbuild: commits whose flake.lock pins another mlbuild ({_describe(attrs)}) build with that one, as "
+              f"`nix build` at those commits does, not with this mlbuild ({own}): their metrics are that mlbuild's. "
+              f"The worktree's flake.lock pins another one, so nothing needs to change", file=sys.stderr)
+        return root, tuple(got["args"]), where
     url = f"git+file://{own}" if (own / ".git").exists() else "<this mlbuild's flake URL>"
     print(f"mlbuild: building with {where}, as `nix build` does; it differs from this mlbuild ({own}). "
           f"To build with this one: `nix flake lock --override-input mlbuild {url}` (or point inputs.mlbuild.url "

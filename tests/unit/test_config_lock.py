@@ -535,3 +535,44 @@ def test_a_half_deleted_pinned_mlbuild_is_fetched_again(tree, monkeypatch: pytes
     finally:
         if subprocess.run(["nix-store", "--check-validity", str(stored)], capture_output=True).returncode != 0:
             shutil.rmtree(stored)   # no half-deleted folder of this test's left in the store
+
+
+@pytest.mark.skipif(not shutil.which("nix"), reason="needs nix")
+def test_a_past_commit_s_pin_of_another_mlbuild_gets_no_advice_to_lock_this_one(tree, monkeypatch: pytest.MonkeyPatch,
+                                                                                 capsys) -> None:
+    """After an upgrade (flake.lock moved to today's mlbuild), `metrics history` and `metrics diff`
+    build the commits from before it with the mlbuild they pinned, and said so with the advice for
+    the worktree: 'it differs from this mlbuild ... To build with this one: `nix flake lock
+    --override-input mlbuild ...`, then commit flake.lock', which the user had just done. A commit's
+    pin that the worktree no longer has is named as that commit's, with nothing to change."""
+    from mlbuild import flakepin
+
+    monkeypatch.delenv("MLBUILD_NIX", raising=False)
+    monkeypatch.setenv("MLBUILD_STATE", str(tree({"state": {}}) / "state"))
+    pin = tree({"old": {"nix": {"entry.nix": f"# {os.getpid()} past\n{{ src, overrides ? {{}} }}: {{ }}\n"},
+                        "mlbuild": {"__init__.py": "", "runtime": {"__init__.py": ""}}}}) / "old"
+
+    def project(name: str, where: Path) -> Path:
+        locked = {"path": str(where), "type": "path"}
+        nodes = {"mlbuild": {"locked": locked, "original": locked}, "root": {"inputs": {"mlbuild": "mlbuild"}}}
+        return tree({name: {"flake.nix": "{ }\n", "flake.lock": json.dumps({"nodes": nodes, "root": "root", "version": 7})}}) / name
+
+    commit = project("commit", pin)          # the snapshot of a commit from before the upgrade
+    upgraded = project("upgraded", tree({"new": {}}) / "new")   # the worktree, moved on
+    advice = "To build with this one: `nix flake lock --override-input mlbuild"
+
+    def said(worktree: Path | None) -> str:
+        flakepin._pinned.cache_clear()   # as a new command does
+        capsys.readouterr()
+        if worktree is None:
+            assert flakepin.pinned_entry(commit) is not None
+        else:
+            with flakepin.past_commit(worktree):
+                assert flakepin.pinned_entry(commit) is not None
+        return str(capsys.readouterr().err)
+
+    past = said(upgraded)
+    assert f"commits whose flake.lock pins another mlbuild (path {pin}) build with that one" in past
+    assert "The worktree's flake.lock pins another one, so nothing needs to change" in past and advice not in past
+    assert advice in said(commit)    # the worktree pins that one too: the advice is the worktree's
+    assert advice in said(None)      # a build of the worktree, as before
