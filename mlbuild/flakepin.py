@@ -16,7 +16,9 @@ import filecmp
 import functools
 import json
 import os
+import re
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,63 @@ def _warn_dirty(url: str) -> None:
           f"({url}), {DIRTY_MLBUILD}", file=sys.stderr)
 
 
+# `inputs.mlbuild.url = "...";` (or `mlbuild.url` inside `inputs = { ... }`), as init writes it
+_URL_SET = re.compile(r'(?:^|[\s;{])(?:inputs\.)?mlbuild\.url\s*=\s*"([^"$\\]*)"\s*;')
+_REF_KEYS = ("type", "url", "path", "owner", "repo", "ref", "rev", "dir")
+
+
+def _declared_url(text: str) -> str | None:
+    """The url flake.nix gives the mlbuild input, where it sets it once in a plain string; None else."""
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)     # block comments
+    text = re.sub(r"(^|\s)#[^\n]*", r"\1", text)           # line comments
+    found = set(_URL_SET.findall(text))
+    return found.pop() if len(found) == 1 else None
+
+
+def _original_of(url: str) -> dict[str, str] | None:
+    """flake.lock's ``original`` of a flake reference, as Nix writes it, for the forms whose spelling
+    Nix keeps as it is (git+file:///abs, git+https://..., github:owner/repo[/ref], path:/abs, with
+    ?ref=, ?rev=, ?dir=); None for any other form, which is not checked."""
+    base, _, query = url.partition("?")
+    params = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    if "%" in url or base.endswith("/") or any(k not in ("ref", "rev", "dir") for k, _ in params):
+        return None
+    ref: dict[str, str]
+    if base.startswith(("git+file:///", "git+https://")):
+        ref = {"type": "git", "url": base[len("git+"):]}
+    elif base.startswith("path:/"):
+        ref = {"type": "path", "path": base[len("path:"):]}
+    elif base.startswith("github:") and base.count("/") in (1, 2) and "" not in base[7:].split("/"):
+        owner, repo, *branch = base[len("github:"):].split("/")
+        ref = {"type": "github", "owner": owner, "repo": repo, **({"ref": branch[0]} if branch else {})}
+    else:
+        return None
+    return {**ref, **dict(params)}
+
+
+def stale_url(project_root: Path) -> str | None:
+    """Why flake.lock's mlbuild pin is not the one flake.nix asks for (its url edited since the lock:
+    `nix build` locks the new one, writing flake.lock, and builds with it); None: it is, or unknown."""
+    try:
+        declared = _declared_url((project_root / "flake.nix").read_text())
+        data = json.loads((project_root / "flake.lock").read_text())
+        nodes = data["nodes"]
+        ref = nodes[data.get("root", "root")]["inputs"]["mlbuild"]
+        original = nodes[ref]["original"] if isinstance(ref, str) else None   # a `follows` is another flake's
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    wanted = None if declared is None else _original_of(declared)
+    if wanted is None or not isinstance(original, dict):
+        return None
+    have = {k: str(v) for k, v in original.items() if k in _REF_KEYS}
+    if have == wanted:
+        return None
+    return (f"{project_root / 'flake.nix'} sets inputs.mlbuild.url = \"{declared}\", but flake.lock pins the mlbuild "
+            f"input from {_describe(original)}, locked before that url was set: `nix build` would lock the new one "
+            f"(writing flake.lock) and build with it, and this command would build with the old one; run `nix flake "
+            f"lock` to lock it, then `git add flake.lock` and commit it")
+
+
 def _tree_files(root: Path) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for rel in _COMPARED:
@@ -151,6 +210,9 @@ def pinned_entry(project_root: Path, *, needs: tuple[str, ...] = ()) -> Path | N
     locked = locked_input(project_root)
     if locked is None:
         return None
+    stale = stale_url(project_root)
+    if stale is not None:
+        raise ConfigError(stale)
     key = json.dumps(locked, sort_keys=True)
     worktree = _WORKTREE_PIN.get()
     found = _pinned(key, past=worktree is not None and worktree != key)   # once per command (serve builds twice)

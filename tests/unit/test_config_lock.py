@@ -576,3 +576,64 @@ def test_a_past_commit_s_pin_of_another_mlbuild_gets_no_advice_to_lock_this_one(
     assert "The worktree's flake.lock pins another one, so nothing needs to change" in past and advice not in past
     assert advice in said(commit)    # the worktree pins that one too: the advice is the worktree's
     assert advice in said(None)      # a build of the worktree, as before
+
+
+def test_a_flake_lock_locked_before_the_mlbuild_url_was_edited_is_refused(tree) -> None:
+    """Upgrading by editing flake.nix's `inputs.mlbuild.url` (the team moved mlbuild, or a user
+    points it at the new release) and committing it without `nix flake lock`: `nix build` locks the
+    new url (writing flake.lock) and builds with it, and `mlbuild build` built with the old pin
+    that flake.lock still held, other store paths, without a word."""
+    from mlbuild import flakepin
+
+    def project(url_line: str, original: dict[str, str], follows: bool = False) -> Path:
+        locked = {**original, "rev": "a" * 40, "narHash": "sha256-x"}
+        nodes = {"mlbuild": {"locked": locked, "original": original},
+                 "root": {"inputs": {"mlbuild": ["platform", "mlbuild"] if follows else "mlbuild"}}}
+        flake = "{\n  # inputs.mlbuild.url = \"git+file:///commented/out\";\n" + url_line + \
+                "\n  outputs = { self, mlbuild }: mlbuild.lib.flakeOutputs { inherit self; src = ./.; };\n}\n"
+        return tree({"p": {"flake.nix": flake,
+                           "flake.lock": json.dumps({"nodes": nodes, "root": "root", "version": 7})}}) / "p"
+
+    old = {"type": "git", "url": "file:///srv/mlbuild-old"}
+    root = project('  inputs.mlbuild.url = "git+file:///srv/mlbuild-new";', old)
+    with pytest.raises(ConfigError, match=re.escape(
+            f'{root / "flake.nix"} sets inputs.mlbuild.url = "git+file:///srv/mlbuild-new", but flake.lock pins the '
+            "mlbuild input from git file:///srv/mlbuild-old, locked before that url was set: `nix build` would lock "
+            "the new one (writing flake.lock) and build with it, and this command would build with the old one; run "
+            "`nix flake lock` to lock it, then `git add flake.lock` and commit it")):
+        flakepin.pinned_entry(root)
+    # The same reference as locked, in each form init or a team writes: nothing to say
+    for line, original in [
+        ('  inputs.mlbuild.url = "git+file:///srv/mlbuild-old";', old),
+        ('  inputs = { mlbuild.url = "git+https://git.example/ml/mlbuild?ref=v2"; };',
+         {"type": "git", "url": "https://git.example/ml/mlbuild", "ref": "v2"}),
+        ('  inputs.mlbuild.url = "github:acme/mlbuild/release";', {"owner": "acme", "repo": "mlbuild", "ref": "release",
+                                                                  "type": "github"}),
+        ('  inputs.mlbuild.url = "path:/srv/mlbuild?dir=sub";', {"type": "path", "path": "/srv/mlbuild", "dir": "sub"}),
+        ('  inputs.mlbuild.url = "/srv/mlbuild";', {"type": "path", "path": "/elsewhere"}),   # a form not checked
+    ]:
+        assert flakepin.stale_url(project(line, original)) is None, line
+    assert flakepin.stale_url(project('  inputs.mlbuild.url = "github:acme/mlbuild";',
+                                      {"owner": "acme", "repo": "mlbuild", "ref": "release", "type": "github"}))
+    # an input that follows another flake's is that flake's to lock
+    assert flakepin.stale_url(project('  inputs.mlbuild.url = "git+file:///srv/mlbuild-new";', old, follows=True)) is None
+
+
+@pytest.mark.skipif(not shutil.which("nix"), reason="needs nix")
+def test_the_reference_checked_is_spelled_as_nix_locks_it(tree) -> None:
+    """stale_url compares flake.nix's url with flake.lock's `original`: where Nix wrote that
+    otherwise, a project would be refused, and `nix flake lock` would not fix it."""
+    from mlbuild import flakepin
+
+    target = tree({"mlb": {"flake.nix": "{ outputs = _: { }; }\n"}}) / "mlb"
+    subprocess.run(["git", "init", "-q"], cwd=target, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=target, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"], cwd=target, check=True)
+    for i, url in enumerate([f"git+file://{target}", f"git+file://{target}?ref=master", f"path:{target}"]):
+        root = tree({f"p{i}": {"flake.nix": f'{{\n  inputs.mlbuild.url = "{url}";\n  outputs = {{ self, mlbuild }}: {{ }};\n}}\n'}}) / f"p{i}"
+        proc = subprocess.run(["nix", "--extra-experimental-features", "nix-command flakes", "flake", "lock"], cwd=root,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert flakepin.stale_url(root) is None, (url, (root / "flake.lock").read_text())
+        (root / "flake.nix").write_text((root / "flake.nix").read_text().replace(str(target), str(target) + "-moved"))
+        assert flakepin.stale_url(root) is not None, url
