@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import re
+import subprocess
 import sys
 import urllib.parse
 from collections.abc import Iterator
@@ -279,11 +280,42 @@ def _pinned(locked_json: str, past: bool = False) -> tuple[Path, tuple[str, ...]
               f"`nix build` at those commits does, not with this mlbuild ({own}): their metrics are that mlbuild's. "
               f"The worktree's flake.lock pins another one, so nothing needs to change", file=sys.stderr)
         return root, tuple(got["args"]), where
+    if _newer_than(attrs, own):   # a teammate's older CLI: its own would move the project back
+        print(f"mlbuild: building with {where}, as `nix build` does; it is newer than this mlbuild ({own}), "
+              f"which the project has moved past: upgrade this one (`git -C {own} pull`, or `pip install -U` where "
+              f"it is installed), not the project's flake.lock (locking this one into it would move the project "
+              f"back, and every model would train again)", file=sys.stderr)
+        return root, tuple(got["args"]), where
     url = f"git+file://{own}" if (own / ".git").exists() else "<this mlbuild's flake URL>"
     print(f"mlbuild: building with {where}, as `nix build` does; it differs from this mlbuild ({own}). "
           f"To build with this one: `nix flake lock --override-input mlbuild {url}` (or point inputs.mlbuild.url "
           f"at it and run `nix flake lock --update-input mlbuild`), then commit flake.lock", file=sys.stderr)
     return root, tuple(got["args"]), where
+
+
+def _newer_than(attrs: dict[str, Any], own: Path) -> bool:
+    """Whether the pinned git revision is a later commit than this CLI's checkout: its HEAD is an
+    ancestor of it, where the checkout has that commit, else by the commit times (the lock's
+    lastModified); False where this mlbuild is no git checkout or either is unknown."""
+    rev, modified = attrs.get("rev"), attrs.get("lastModified")
+    if not isinstance(rev, str) or not (own / ".git").exists():
+        return False
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}   # this checkout, not the project's
+
+    def git(*args: str) -> subprocess.CompletedProcess[str] | None:
+        try:
+            return subprocess.run(["git", "-C", str(own), *args], capture_output=True, text=True, env=env, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    known = git("cat-file", "-e", f"{rev}^{{commit}}")
+    if known is not None and known.returncode == 0:
+        head, ancestor = git("rev-parse", "HEAD"), git("merge-base", "--is-ancestor", "HEAD", rev)
+        return head is not None and head.stdout.strip() != rev and ancestor is not None and ancestor.returncode == 0
+    when = git("log", "-1", "--format=%ct", "HEAD")
+    if not isinstance(modified, int) or when is None or when.returncode != 0 or not when.stdout.strip().isdigit():
+        return False
+    return modified > int(when.stdout.strip())
 
 
 FETCHED_KEPT = 16   # the newest fetches of pinned mlbuild inputs remembered

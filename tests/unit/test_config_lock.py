@@ -637,3 +637,52 @@ def test_the_reference_checked_is_spelled_as_nix_locks_it(tree) -> None:
         assert flakepin.stale_url(root) is None, (url, (root / "flake.lock").read_text())
         (root / "flake.nix").write_text((root / "flake.nix").read_text().replace(str(target), str(target) + "-moved"))
         assert flakepin.stale_url(root) is not None, url
+
+
+@pytest.mark.skipif(not shutil.which("nix"), reason="needs nix")
+def test_a_cli_older_than_the_pin_is_told_to_upgrade_not_to_lock_itself_into_the_project(
+        tree, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A teammate still on the older mlbuild opens the upgraded project: the pinned mlbuild differs
+    from theirs, and the message said 'To build with this one: `nix flake lock --override-input
+    mlbuild <their checkout>`', which moves the project back (every model trained again). Where the
+    pin is a later commit of this checkout, it says to upgrade this mlbuild instead."""
+    from mlbuild import _nix, flakepin
+
+    monkeypatch.delenv("MLBUILD_NIX", raising=False)
+    monkeypatch.setenv("MLBUILD_STATE", str(tree({"state": {}}) / "state"))
+    own = tree({"own": {"nix": {"entry.nix": f"# {os.getpid()} older\n{{ src, overrides ? {{}} }}: {{ }}\n"},
+                        "mlbuild": {"__init__.py": "", "runtime": {"__init__.py": ""}}}}) / "own"
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=own, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-qm", "older")
+    older = git("rev-parse", "HEAD")
+    (own / "nix" / "entry.nix").write_text(f"# {os.getpid()} newer\n{{ src, overrides ? {{}} }}: {{ }}\n")
+    git("commit", "-qam", "newer")
+    newer = git("rev-parse", "HEAD")
+    monkeypatch.setattr(_nix, "nix_lib_dir", lambda: own / "nix")
+
+    def said(cli_at: str, pin: str) -> str:
+        git("checkout", "-q", cli_at)
+        locked = {"type": "git", "url": f"file://{own}", "ref": "main", "rev": pin}
+        nodes = {"mlbuild": {"locked": locked, "original": {"type": "git", "url": f"file://{own}"}},
+                 "root": {"inputs": {"mlbuild": "mlbuild"}}}
+        root = tree({f"p-{cli_at[:7]}": {"flake.nix": "{ }\n", "flake.lock": json.dumps(
+            {"nodes": nodes, "root": "root", "version": 7})}}) / f"p-{cli_at[:7]}"
+        flakepin._pinned.cache_clear()   # as a new command does
+        capsys.readouterr()
+        assert flakepin.pinned_entry(root) is not None
+        return str(capsys.readouterr().err)
+
+    behind = said(older, newer)   # the project moved on; this CLI did not
+    assert f"it is newer than this mlbuild ({own}), which the project has moved past: upgrade this one " \
+           f"(`git -C {own} pull`, or `pip install -U` where it is installed)" in behind
+    assert "--override-input" not in behind
+    ahead = said(newer, older)    # this CLI is the newer one: locking it into the project is the upgrade
+    assert f"To build with this one: `nix flake lock --override-input mlbuild git+file://{own}`" in ahead
+    assert not flakepin._newer_than({"rev": "f" * 40, "lastModified": 1}, own)   # unknown here, and older by time
+    assert flakepin._newer_than({"rev": "f" * 40, "lastModified": 2 ** 40}, own)   # unknown here, later by time
