@@ -216,7 +216,8 @@ def pinned_entry(project_root: Path, *, needs: tuple[str, ...] = ()) -> Path | N
         raise ConfigError(stale)
     key = json.dumps(locked, sort_keys=True)
     worktree = _WORKTREE_PIN.get()
-    found = _pinned(key, past=worktree is not None and worktree != key)   # once per command (serve builds twice)
+    past = "" if worktree is None or worktree == key else "another one" if worktree else "none (it builds with this one)"
+    found = _pinned(key, past=past)   # once per command (serve builds twice)
     if locked.get("type") == "git" and "rev" not in locked:
         _warn_dirty(str(locked.get("url", "")))
     if found is None:
@@ -238,10 +239,11 @@ def pinned_root(project_root: Path) -> Path | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _pinned(locked_json: str, past: bool = False) -> tuple[Path, tuple[str, ...], str] | None:
+def _pinned(locked_json: str, past: str = "") -> tuple[Path, tuple[str, ...], str] | None:
     """(its root, the arguments its entry.nix takes, how to name it) of the pinned mlbuild when its
     builders differ from this CLI's; None when they are the same or it cannot be fetched (warned).
-    ``past``: the pin is a commit's that the worktree no longer has (metrics history or diff)."""
+    ``past``: the pin is a commit's that the worktree no longer has (metrics history or diff): what
+    the worktree's flake.lock pins instead, in words; "": the worktree's own."""
     locked = json.loads(locked_json)
     sub = locked.get("dir", "")
     attrs = {k: v for k, v in locked.items() if k != "dir"}
@@ -278,7 +280,7 @@ def _pinned(locked_json: str, past: bool = False) -> tuple[Path, tuple[str, ...]
     if past:   # a commit from before the project moved to another mlbuild: nothing to lock here
         print(f"mlbuild: commits whose flake.lock pins another mlbuild ({_describe(attrs)}) build with that one, as "
               f"`nix build` at those commits does, not with this mlbuild ({own}): their metrics are that mlbuild's. "
-              f"The worktree's flake.lock pins another one, so nothing needs to change", file=sys.stderr)
+              f"The worktree's flake.lock pins {past}, so nothing needs to change", file=sys.stderr)
         return root, tuple(got["args"]), where
     if _newer_than(attrs, own):   # a teammate's older CLI: its own would move the project back
         print(f"mlbuild: building with {where}, as `nix build` does; it is newer than this mlbuild ({own}), "

@@ -574,6 +574,8 @@ def test_a_past_commit_s_pin_of_another_mlbuild_gets_no_advice_to_lock_this_one(
     past = said(upgraded)
     assert f"commits whose flake.lock pins another mlbuild (path {pin}) build with that one" in past
     assert "The worktree's flake.lock pins another one, so nothing needs to change" in past and advice not in past
+    assert "The worktree's flake.lock pins none (it builds with this one), so nothing needs to change" in \
+        said(tree({"bare": {"flake.nix": "{ }\n"}}) / "bare")   # a worktree without flake.lock
     assert advice in said(commit)    # the worktree pins that one too: the advice is the worktree's
     assert advice in said(None)      # a build of the worktree, as before
 
