@@ -284,9 +284,9 @@ def _pinned(locked_json: str, past: str = "") -> tuple[Path, tuple[str, ...], st
         return root, tuple(got["args"]), where
     if _newer_than(attrs, own):   # a teammate's older CLI: its own would move the project back
         print(f"mlbuild: building with {where}, as `nix build` does; it is newer than this mlbuild ({own}), "
-              f"which the project has moved past: upgrade this one (`git -C {own} pull`, or `pip install -U` where "
-              f"it is installed), not the project's flake.lock (locking this one into it would move the project "
-              f"back, and every model would train again)", file=sys.stderr)
+              f"which the project has moved past: upgrade this one (`git -C {own} pull`, then `bash .ci/setup` "
+              f"there), not the project's flake.lock (locking this one into it would move the project back, and "
+              f"every model would train again)", file=sys.stderr)
         return root, tuple(got["args"]), where
     url = f"git+file://{own}" if (own / ".git").exists() else "<this mlbuild's flake URL>"
     print(f"mlbuild: building with {where}, as `nix build` does; it differs from this mlbuild ({own}). "

@@ -682,7 +682,7 @@ def test_a_cli_older_than_the_pin_is_told_to_upgrade_not_to_lock_itself_into_the
 
     behind = said(older, newer)   # the project moved on; this CLI did not
     assert f"it is newer than this mlbuild ({own}), which the project has moved past: upgrade this one " \
-           f"(`git -C {own} pull`, or `pip install -U` where it is installed)" in behind
+           f"(`git -C {own} pull`, then `bash .ci/setup` there), not the project's flake.lock" in behind
     assert "--override-input" not in behind
     ahead = said(newer, older)    # this CLI is the newer one: locking it into the project is the upgrade
     assert f"To build with this one: `nix flake lock --override-input mlbuild git+file://{own}`" in ahead
