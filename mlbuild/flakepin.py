@@ -10,11 +10,17 @@ input: offline when it is in the store, as after any ``nix build``) and says so 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import filecmp
 import functools
 import json
 import os
+import re
+import subprocess
 import sys
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +28,7 @@ from . import _nix, atomic
 from .errors import ConfigError, NixError
 from .git import half_merged
 
-__all__ = ["pinned_entry", "pinned_root", "locked_input", "DIRTY_MLBUILD"]
+__all__ = ["pinned_entry", "pinned_root", "locked_input", "past_commit", "DIRTY_MLBUILD"]
 
 # What goes into derivations (nix/default.nix's runtimeFilter): the Nix library and the runtime.
 _COMPARED = ("nix", "mlbuild/runtime", "mlbuild/__init__.py")
@@ -96,6 +102,63 @@ def _warn_dirty(url: str) -> None:
           f"({url}), {DIRTY_MLBUILD}", file=sys.stderr)
 
 
+# `inputs.mlbuild.url = "...";` (or `mlbuild.url` inside `inputs = { ... }`), as init writes it
+_URL_SET = re.compile(r'(?:^|[\s;{])(?:inputs\.)?mlbuild\.url\s*=\s*"([^"$\\]*)"\s*;')
+_REF_KEYS = ("type", "url", "path", "owner", "repo", "ref", "rev", "dir")
+
+
+def _declared_url(text: str) -> str | None:
+    """The url flake.nix gives the mlbuild input, where it sets it once in a plain string; None else."""
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)     # block comments
+    text = re.sub(r"(^|\s)#[^\n]*", r"\1", text)           # line comments
+    found = set(_URL_SET.findall(text))
+    return found.pop() if len(found) == 1 else None
+
+
+def _original_of(url: str) -> dict[str, str] | None:
+    """flake.lock's ``original`` of a flake reference, as Nix writes it, for the forms whose spelling
+    Nix keeps as it is (git+file:///abs, git+https://..., github:owner/repo[/ref], path:/abs, with
+    ?ref=, ?rev=, ?dir=); None for any other form, which is not checked."""
+    base, _, query = url.partition("?")
+    params = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    if "%" in url or base.endswith("/") or any(k not in ("ref", "rev", "dir") for k, _ in params):
+        return None
+    ref: dict[str, str]
+    if base.startswith(("git+file:///", "git+https://")):
+        ref = {"type": "git", "url": base[len("git+"):]}
+    elif base.startswith("path:/"):
+        ref = {"type": "path", "path": base[len("path:"):]}
+    elif base.startswith("github:") and base.count("/") in (1, 2) and "" not in base[7:].split("/"):
+        owner, repo, *branch = base[len("github:"):].split("/")
+        ref = {"type": "github", "owner": owner, "repo": repo, **({"ref": branch[0]} if branch else {})}
+    else:
+        return None
+    return {**ref, **dict(params)}
+
+
+def stale_url(project_root: Path) -> str | None:
+    """Why flake.lock's mlbuild pin is not the one flake.nix asks for (its url edited since the lock:
+    `nix build` locks the new one, writing flake.lock, and builds with it); None: it is, or unknown."""
+    try:
+        declared = _declared_url((project_root / "flake.nix").read_text())
+        data = json.loads((project_root / "flake.lock").read_text())
+        nodes = data["nodes"]
+        ref = nodes[data.get("root", "root")]["inputs"]["mlbuild"]
+        original = nodes[ref]["original"] if isinstance(ref, str) else None   # a `follows` is another flake's
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    wanted = None if declared is None else _original_of(declared)
+    if wanted is None or not isinstance(original, dict):
+        return None
+    have = {k: str(v) for k, v in original.items() if k in _REF_KEYS}
+    if have == wanted:
+        return None
+    return (f"{project_root / 'flake.nix'} sets inputs.mlbuild.url = \"{declared}\", but flake.lock pins the mlbuild "
+            f"input from {_describe(original)}, locked before that url was set: `nix build` would lock the new one "
+            f"(writing flake.lock) and build with it, and this command would build with the old one; run `nix flake "
+            f"lock` to lock it, then `git add flake.lock` and commit it")
+
+
 def _tree_files(root: Path) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for rel in _COMPARED:
@@ -118,6 +181,27 @@ def same_builders(a: Path, b: Path) -> bool:
     return fa.keys() == fb.keys() and all(filecmp.cmp(fa[k], fb[k], shallow=False) for k in fa)
 
 
+# While a command builds a commit's snapshot (metrics history and diff): what the worktree's flake.lock
+# pins, as the JSON key _pinned takes; "" where it pins none. None: building the worktree itself.
+_WORKTREE_PIN: contextvars.ContextVar[str | None] = contextvars.ContextVar("worktree_pin", default=None)
+
+
+@contextlib.contextmanager
+def past_commit(worktree_root: Path) -> Iterator[None]:
+    """Builds in this block are of a commit's snapshot (not the worktree at ``worktree_root``): a pin
+    of another mlbuild there is that commit's, as `nix build` at that commit has it, and the advice to
+    lock this one into the project does not apply (the worktree's own flake.lock is what to change)."""
+    try:
+        locked = locked_input(worktree_root)
+    except ConfigError:   # the worktree's flake.lock unreadable: say nothing of it here
+        locked = None
+    token = _WORKTREE_PIN.set("" if locked is None else json.dumps(locked, sort_keys=True))
+    try:
+        yield
+    finally:
+        _WORKTREE_PIN.reset(token)
+
+
 def pinned_entry(project_root: Path, *, needs: tuple[str, ...] = ()) -> Path | None:
     """The entry.nix to evaluate for the project: the pinned mlbuild's, when the project's flake pins
     one whose builders differ from this CLI's; None: this CLI's own. ``needs``: the entry.nix
@@ -127,7 +211,13 @@ def pinned_entry(project_root: Path, *, needs: tuple[str, ...] = ()) -> Path | N
     locked = locked_input(project_root)
     if locked is None:
         return None
-    found = _pinned(json.dumps(locked, sort_keys=True))   # once per command (serve builds twice)
+    stale = stale_url(project_root)
+    if stale is not None:
+        raise ConfigError(stale)
+    key = json.dumps(locked, sort_keys=True)
+    worktree = _WORKTREE_PIN.get()
+    past = "" if worktree is None or worktree == key else "another one" if worktree else "none (it builds with this one)"
+    found = _pinned(key, past=past)   # once per command (serve builds twice)
     if locked.get("type") == "git" and "rev" not in locked:
         _warn_dirty(str(locked.get("url", "")))
     if found is None:
@@ -149,9 +239,11 @@ def pinned_root(project_root: Path) -> Path | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _pinned(locked_json: str) -> tuple[Path, tuple[str, ...], str] | None:
+def _pinned(locked_json: str, past: str = "") -> tuple[Path, tuple[str, ...], str] | None:
     """(its root, the arguments its entry.nix takes, how to name it) of the pinned mlbuild when its
-    builders differ from this CLI's; None when they are the same or it cannot be fetched (warned)."""
+    builders differ from this CLI's; None when they are the same or it cannot be fetched (warned).
+    ``past``: the pin is a commit's that the worktree no longer has (metrics history or diff): what
+    the worktree's flake.lock pins instead, in words; "": the worktree's own."""
     locked = json.loads(locked_json)
     sub = locked.get("dir", "")
     attrs = {k: v for k, v in locked.items() if k != "dir"}
@@ -185,11 +277,47 @@ def _pinned(locked_json: str) -> tuple[Path, tuple[str, ...], str] | None:
     own = _nix.nix_lib_dir().parent
     if same_builders(root, own):
         return None
+    if past:   # a commit from before the project moved to another mlbuild: nothing to lock here
+        print(f"mlbuild: commits whose flake.lock pins another mlbuild ({_describe(attrs)}) build with that one, as "
+              f"`nix build` at those commits does, not with this mlbuild ({own}): their metrics are that mlbuild's. "
+              f"The worktree's flake.lock pins {past}, so nothing needs to change", file=sys.stderr)
+        return root, tuple(got["args"]), where
+    if _newer_than(attrs, own):   # a teammate's older CLI: its own would move the project back
+        print(f"mlbuild: building with {where}, as `nix build` does; it is newer than this mlbuild ({own}), "
+              f"which the project has moved past: upgrade this one (`git -C {own} pull`, then `bash .ci/setup` "
+              f"there), not the project's flake.lock (locking this one into it would move the project back, and "
+              f"every model would train again)", file=sys.stderr)
+        return root, tuple(got["args"]), where
     url = f"git+file://{own}" if (own / ".git").exists() else "<this mlbuild's flake URL>"
     print(f"mlbuild: building with {where}, as `nix build` does; it differs from this mlbuild ({own}). "
           f"To build with this one: `nix flake lock --override-input mlbuild {url}` (or point inputs.mlbuild.url "
           f"at it and run `nix flake lock --update-input mlbuild`), then commit flake.lock", file=sys.stderr)
     return root, tuple(got["args"]), where
+
+
+def _newer_than(attrs: dict[str, Any], own: Path) -> bool:
+    """Whether the pinned git revision is a later commit than this CLI's checkout: its HEAD is an
+    ancestor of it, where the checkout has that commit, else by the commit times (the lock's
+    lastModified); False where this mlbuild is no git checkout or either is unknown."""
+    rev, modified = attrs.get("rev"), attrs.get("lastModified")
+    if not isinstance(rev, str) or not (own / ".git").exists():
+        return False
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}   # this checkout, not the project's
+
+    def git(*args: str) -> subprocess.CompletedProcess[str] | None:
+        try:
+            return subprocess.run(["git", "-C", str(own), *args], capture_output=True, text=True, env=env, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    known = git("cat-file", "-e", f"{rev}^{{commit}}")
+    if known is not None and known.returncode == 0:
+        head, ancestor = git("rev-parse", "HEAD"), git("merge-base", "--is-ancestor", "HEAD", rev)
+        return head is not None and head.stdout.strip() != rev and ancestor is not None and ancestor.returncode == 0
+    when = git("log", "-1", "--format=%ct", "HEAD")
+    if not isinstance(modified, int) or when is None or when.returncode != 0 or not when.stdout.strip().isdigit():
+        return False
+    return modified > int(when.stdout.strip())
 
 
 FETCHED_KEPT = 16   # the newest fetches of pinned mlbuild inputs remembered

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import _nix, atomic, git
+from . import _nix, atomic, flakepin, git
 from .build import Progress, Summary, build_targets, check_model, model_code, validation_table
 from .config import CONFIG_NAME, Project, load_project
 from .errors import BuildError, MlbuildError
@@ -203,7 +203,8 @@ def _report_at(project: Project, model: str, rev: str, required: bool = True,
             return None
         # A snapshot from git is clean by construction (it is not a worktree).
         try:
-            return _report(old, model, rev, allow_dirty=True, keep=False)
+            with flakepin.past_commit(project.root):
+                return _report(old, model, rev, allow_dirty=True, keep=False)
         except BuildError as e:   # of two revisions (diff), say which one failed
             raise BuildError(f"at revision {rev[:10]}: {e}") from None
         except MlbuildError as e:   # a stale lock, a config mistake: that commit as it was committed

@@ -26,7 +26,7 @@ from .runtime.serve.names import BINARY_METRICS, LABEL_METRICS, REGRESSION_METRI
 from .runtime.validate import parse_threshold
 
 __all__ = ["check_listen", "write_config", "has_monitor", "alert_rules", "duration_seconds", "stale_after", "without_live_alert", "prometheus_config", "dashboard",
-           "unexported"]
+           "unexported", "older_shared_config"]
 
 _OPS = {">=": "<", "<=": ">", ">": "<=", "<": ">="}   # the alert fires on the negation
 
@@ -309,3 +309,18 @@ def write_config(project: Project, model: str, out_dir: Path, *, server: str = "
     for kind, path in files.items():   # each replaced whole: a Prometheus reloading never reads half a file
         atomic.write_text(path, json.dumps(contents[kind], indent=2) + "\n")
     return files
+
+
+def older_shared_config(monitoring: Path, model: str) -> list[Path]:
+    """The files an mlbuild from before the per-model folders (17bc231) wrote for ``model`` straight
+    into ``monitoring`` (the project's .mlbuild/monitoring): a Prometheus set up then reads them,
+    and `monitor config` now writes ``monitoring``/MODEL, so they stay as they were, never updated.
+    [] where prometheus.yml there is not ``model``'s (another model's, or none)."""
+    try:
+        conf = json.loads((monitoring / "prometheus.yml").read_text())
+        jobs = [j.get("job_name") for j in conf.get("scrape_configs", [])]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
+    if f"mlbuild-{model}" not in jobs:
+        return []
+    return [p for p in (monitoring / n for n in ("prometheus.yml", "alerts.yml", "grafana-dashboard.json")) if p.is_file()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 
 import click
@@ -158,6 +159,12 @@ def config(ctx: click.Context, model: str, out_dir: Path | None, server: str, mo
                    f"and monitor, what {metric} would show fires no alert; "
                    f"`nix flake lock --update-input mlbuild` (then commit "
                    f"flake.lock and rebuild) gives a server and monitor that export it", err=True)
+    older = m.older_shared_config(state_dir(project.root) / "monitoring", model)
+    if older:   # an upgrade's first `monitor config`: the files a Prometheus was pointed at stay as they were
+        click.echo(f"note: an older mlbuild wrote {model}'s monitoring config into {older[0].parent}/ "
+                   f"({', '.join(p.name for p in older)}; every model's went there), and those files are not "
+                   f"updated: point Prometheus (--config.file) and Grafana at the ones above, then remove them "
+                   f"(rm {' '.join(shlex.quote(str(p)) for p in older)})", err=True)
     if not m.has_monitor(project, model):
         click.echo(f"note: [models.{model}.validation] is not declared, so {model} has no monitor (`mlbuild monitor "
                    f"{model}` runs its validation suite): these files watch the server alone; declare it (suite, "

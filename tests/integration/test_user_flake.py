@@ -7,6 +7,7 @@ the mlbuild its flake.lock pins, and marked dirty from a dirty tree as the drive
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -66,7 +67,9 @@ def test_the_driver_builds_with_the_mlbuild_the_flake_pins(digits_repo: Path, tm
     subprocess.run(["git", "clone", "-q", str(REPO), str(pinned)], check=True)
     app = pinned / "mlbuild" / "runtime" / "serve" / "app.py"
     app.write_text(app.read_text() + "# the pinned revision\n")
-    commit_all(pinned, "a pinned mlbuild")
+    git(pinned, "add", "-A")   # dated before this checkout's HEAD: an older mlbuild, not one this CLI is behind
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a pinned mlbuild"], cwd=pinned,
+                   check=True, env={**os.environ, "GIT_COMMITTER_DATE": "2001-01-01T00:00:00Z"})
     user = _user_project(digits_repo, tmp_path / "user", f"git+file://{pinned}")
     built = json.loads(nix("build", "--no-link", "--json", ".#digits", cwd=user).stdout)[0]["outputs"]["out"]
     proc = run_cli("build", "digits", cwd=user)
@@ -83,6 +86,29 @@ def test_the_driver_builds_with_the_mlbuild_the_flake_pins(digits_repo: Path, tm
         **lock["nodes"][node], "locked": {"type": "path", "path": str(tmp_path / "user" / "data")}}}}))
     bad = run_cli("build", "--allow-dirty", "digits", cwd=user, check=False)
     assert bad.returncode == 1 and "has no nix/entry.nix" in bad.stderr and "it is not mlbuild" in bad.stderr
+
+
+def test_an_edited_mlbuild_url_is_locked_before_the_driver_builds(digits_repo: Path, tmp_path: Path) -> None:
+    """Upgrading by editing inputs.mlbuild.url and committing flake.nix without `nix flake lock`:
+    `nix build` locked the new url and built with it, `mlbuild build` with the old pin, silently."""
+    moved = tmp_path / "moved-mlbuild"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(moved)], check=True)
+    app = moved / "mlbuild" / "runtime" / "serve" / "app.py"
+    app.write_text(app.read_text() + "# the release the url now names\n")
+    commit_all(moved, "a moved mlbuild")
+    user = _user_project(digits_repo, tmp_path / "user", f"git+file://{REPO}")
+    (user / "flake.nix").write_text((user / "flake.nix").read_text().replace(f"git+file://{REPO}", f"git+file://{moved}"))
+    commit_all(user, "mlbuild from its new home")
+    refused = run_cli("build", "digits", cwd=user, check=False)
+    assert refused.returncode == 1 and f'sets inputs.mlbuild.url = "git+file://{moved}", but flake.lock pins the ' \
+        f"mlbuild input from git file://{REPO}" in refused.stderr and "run `nix flake lock`" in refused.stderr
+    nix("flake", "lock", cwd=user)
+    commit_all(user, "lock it")
+    built = json.loads(nix("build", "--no-link", "--json", ".#digits", cwd=user).stdout)[0]["outputs"]["out"]
+    proc = run_cli("build", "digits", cwd=user)
+    assert proc.stdout.split("\t")[1].split("\n")[0] == built
+    # a later commit than this CLI's (by its time: this checkout does not hold it): upgrade the CLI
+    assert f"it is newer than this mlbuild ({REPO}), which the project has moved past: upgrade this one" in proc.stderr
 
 
 def test_a_flake_build_from_a_dirty_tree_is_marked_dirty(digits_repo: Path, tmp_path: Path) -> None:

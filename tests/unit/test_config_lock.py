@@ -535,3 +535,156 @@ def test_a_half_deleted_pinned_mlbuild_is_fetched_again(tree, monkeypatch: pytes
     finally:
         if subprocess.run(["nix-store", "--check-validity", str(stored)], capture_output=True).returncode != 0:
             shutil.rmtree(stored)   # no half-deleted folder of this test's left in the store
+
+
+@pytest.mark.skipif(not shutil.which("nix"), reason="needs nix")
+def test_a_past_commit_s_pin_of_another_mlbuild_gets_no_advice_to_lock_this_one(tree, monkeypatch: pytest.MonkeyPatch,
+                                                                                 capsys) -> None:
+    """After an upgrade (flake.lock moved to today's mlbuild), `metrics history` and `metrics diff`
+    build the commits from before it with the mlbuild they pinned, and said so with the advice for
+    the worktree: 'it differs from this mlbuild ... To build with this one: `nix flake lock
+    --override-input mlbuild ...`, then commit flake.lock', which the user had just done. A commit's
+    pin that the worktree no longer has is named as that commit's, with nothing to change."""
+    from mlbuild import flakepin
+
+    monkeypatch.delenv("MLBUILD_NIX", raising=False)
+    monkeypatch.setenv("MLBUILD_STATE", str(tree({"state": {}}) / "state"))
+    pin = tree({"old": {"nix": {"entry.nix": f"# {os.getpid()} past\n{{ src, overrides ? {{}} }}: {{ }}\n"},
+                        "mlbuild": {"__init__.py": "", "runtime": {"__init__.py": ""}}}}) / "old"
+
+    def project(name: str, where: Path) -> Path:
+        locked = {"path": str(where), "type": "path"}
+        nodes = {"mlbuild": {"locked": locked, "original": locked}, "root": {"inputs": {"mlbuild": "mlbuild"}}}
+        return tree({name: {"flake.nix": "{ }\n", "flake.lock": json.dumps({"nodes": nodes, "root": "root", "version": 7})}}) / name
+
+    commit = project("commit", pin)          # the snapshot of a commit from before the upgrade
+    upgraded = project("upgraded", tree({"new": {}}) / "new")   # the worktree, moved on
+    advice = "To build with this one: `nix flake lock --override-input mlbuild"
+
+    def said(worktree: Path | None) -> str:
+        flakepin._pinned.cache_clear()   # as a new command does
+        capsys.readouterr()
+        if worktree is None:
+            assert flakepin.pinned_entry(commit) is not None
+        else:
+            with flakepin.past_commit(worktree):
+                assert flakepin.pinned_entry(commit) is not None
+        return str(capsys.readouterr().err)
+
+    past = said(upgraded)
+    assert f"commits whose flake.lock pins another mlbuild (path {pin}) build with that one" in past
+    assert "The worktree's flake.lock pins another one, so nothing needs to change" in past and advice not in past
+    assert "The worktree's flake.lock pins none (it builds with this one), so nothing needs to change" in \
+        said(tree({"bare": {"flake.nix": "{ }\n"}}) / "bare")   # a worktree without flake.lock
+    assert advice in said(commit)    # the worktree pins that one too: the advice is the worktree's
+    assert advice in said(None)      # a build of the worktree, as before
+
+
+def test_a_flake_lock_locked_before_the_mlbuild_url_was_edited_is_refused(tree) -> None:
+    """Upgrading by editing flake.nix's `inputs.mlbuild.url` (the team moved mlbuild, or a user
+    points it at the new release) and committing it without `nix flake lock`: `nix build` locks the
+    new url (writing flake.lock) and builds with it, and `mlbuild build` built with the old pin
+    that flake.lock still held, other store paths, without a word."""
+    from mlbuild import flakepin
+
+    def project(url_line: str, original: dict[str, str], follows: bool = False) -> Path:
+        locked = {**original, "rev": "a" * 40, "narHash": "sha256-x"}
+        nodes = {"mlbuild": {"locked": locked, "original": original},
+                 "root": {"inputs": {"mlbuild": ["platform", "mlbuild"] if follows else "mlbuild"}}}
+        flake = "{\n  # inputs.mlbuild.url = \"git+file:///commented/out\";\n" + url_line + \
+                "\n  outputs = { self, mlbuild }: mlbuild.lib.flakeOutputs { inherit self; src = ./.; };\n}\n"
+        return tree({"p": {"flake.nix": flake,
+                           "flake.lock": json.dumps({"nodes": nodes, "root": "root", "version": 7})}}) / "p"
+
+    old = {"type": "git", "url": "file:///srv/mlbuild-old"}
+    root = project('  inputs.mlbuild.url = "git+file:///srv/mlbuild-new";', old)
+    with pytest.raises(ConfigError, match=re.escape(
+            f'{root / "flake.nix"} sets inputs.mlbuild.url = "git+file:///srv/mlbuild-new", but flake.lock pins the '
+            "mlbuild input from git file:///srv/mlbuild-old, locked before that url was set: `nix build` would lock "
+            "the new one (writing flake.lock) and build with it, and this command would build with the old one; run "
+            "`nix flake lock` to lock it, then `git add flake.lock` and commit it")):
+        flakepin.pinned_entry(root)
+    # The same reference as locked, in each form init or a team writes: nothing to say
+    for line, original in [
+        ('  inputs.mlbuild.url = "git+file:///srv/mlbuild-old";', old),
+        ('  inputs = { mlbuild.url = "git+https://git.example/ml/mlbuild?ref=v2"; };',
+         {"type": "git", "url": "https://git.example/ml/mlbuild", "ref": "v2"}),
+        ('  inputs.mlbuild.url = "github:acme/mlbuild/release";', {"owner": "acme", "repo": "mlbuild", "ref": "release",
+                                                                  "type": "github"}),
+        ('  inputs.mlbuild.url = "path:/srv/mlbuild?dir=sub";', {"type": "path", "path": "/srv/mlbuild", "dir": "sub"}),
+        ('  inputs.mlbuild.url = "/srv/mlbuild";', {"type": "path", "path": "/elsewhere"}),   # a form not checked
+    ]:
+        assert flakepin.stale_url(project(line, original)) is None, line
+    assert flakepin.stale_url(project('  inputs.mlbuild.url = "github:acme/mlbuild";',
+                                      {"owner": "acme", "repo": "mlbuild", "ref": "release", "type": "github"}))
+    # an input that follows another flake's is that flake's to lock
+    assert flakepin.stale_url(project('  inputs.mlbuild.url = "git+file:///srv/mlbuild-new";', old, follows=True)) is None
+
+
+@pytest.mark.skipif(not shutil.which("nix"), reason="needs nix")
+def test_the_reference_checked_is_spelled_as_nix_locks_it(tree) -> None:
+    """stale_url compares flake.nix's url with flake.lock's `original`: where Nix wrote that
+    otherwise, a project would be refused, and `nix flake lock` would not fix it."""
+    from mlbuild import flakepin
+
+    target = tree({"mlb": {"flake.nix": "{ outputs = _: { }; }\n"}}) / "mlb"
+    subprocess.run(["git", "init", "-q"], cwd=target, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=target, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"], cwd=target, check=True)
+    for i, url in enumerate([f"git+file://{target}", f"git+file://{target}?ref=master", f"path:{target}"]):
+        root = tree({f"p{i}": {"flake.nix": f'{{\n  inputs.mlbuild.url = "{url}";\n  outputs = {{ self, mlbuild }}: {{ }};\n}}\n'}}) / f"p{i}"
+        proc = subprocess.run(["nix", "--extra-experimental-features", "nix-command flakes", "flake", "lock"], cwd=root,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert flakepin.stale_url(root) is None, (url, (root / "flake.lock").read_text())
+        (root / "flake.nix").write_text((root / "flake.nix").read_text().replace(str(target), str(target) + "-moved"))
+        assert flakepin.stale_url(root) is not None, url
+
+
+@pytest.mark.skipif(not shutil.which("nix"), reason="needs nix")
+def test_a_cli_older_than_the_pin_is_told_to_upgrade_not_to_lock_itself_into_the_project(
+        tree, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A teammate still on the older mlbuild opens the upgraded project: the pinned mlbuild differs
+    from theirs, and the message said 'To build with this one: `nix flake lock --override-input
+    mlbuild <their checkout>`', which moves the project back (every model trained again). Where the
+    pin is a later commit of this checkout, it says to upgrade this mlbuild instead."""
+    from mlbuild import _nix, flakepin
+
+    monkeypatch.delenv("MLBUILD_NIX", raising=False)
+    monkeypatch.setenv("MLBUILD_STATE", str(tree({"state": {}}) / "state"))
+    own = tree({"own": {"nix": {"entry.nix": f"# {os.getpid()} older\n{{ src, overrides ? {{}} }}: {{ }}\n"},
+                        "mlbuild": {"__init__.py": "", "runtime": {"__init__.py": ""}}}}) / "own"
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=own, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-qm", "older")
+    older = git("rev-parse", "HEAD")
+    (own / "nix" / "entry.nix").write_text(f"# {os.getpid()} newer\n{{ src, overrides ? {{}} }}: {{ }}\n")
+    git("commit", "-qam", "newer")
+    newer = git("rev-parse", "HEAD")
+    monkeypatch.setattr(_nix, "nix_lib_dir", lambda: own / "nix")
+
+    def said(cli_at: str, pin: str) -> str:
+        git("checkout", "-q", cli_at)
+        locked = {"type": "git", "url": f"file://{own}", "ref": "main", "rev": pin}
+        nodes = {"mlbuild": {"locked": locked, "original": {"type": "git", "url": f"file://{own}"}},
+                 "root": {"inputs": {"mlbuild": "mlbuild"}}}
+        root = tree({f"p-{cli_at[:7]}": {"flake.nix": "{ }\n", "flake.lock": json.dumps(
+            {"nodes": nodes, "root": "root", "version": 7})}}) / f"p-{cli_at[:7]}"
+        flakepin._pinned.cache_clear()   # as a new command does
+        capsys.readouterr()
+        assert flakepin.pinned_entry(root) is not None
+        return str(capsys.readouterr().err)
+
+    behind = said(older, newer)   # the project moved on; this CLI did not
+    assert f"it is newer than this mlbuild ({own}), which the project has moved past: upgrade this one " \
+           f"(`git -C {own} pull`, then `bash .ci/setup` there), not the project's flake.lock" in behind
+    assert "--override-input" not in behind
+    ahead = said(newer, older)    # this CLI is the newer one: locking it into the project is the upgrade
+    assert f"To build with this one: `nix flake lock --override-input mlbuild git+file://{own}`" in ahead
+    assert not flakepin._newer_than({"rev": "f" * 40, "lastModified": 1}, own)   # unknown here, and older by time
+    assert flakepin._newer_than({"rev": "f" * 40, "lastModified": 2 ** 40}, own)   # unknown here, later by time

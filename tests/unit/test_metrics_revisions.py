@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from mlbuild import metrics as m
-from mlbuild.config import load_project
+from mlbuild.config import Project, load_project
 from mlbuild.errors import MlbuildError
 
 TOML = '[project]\nname = "p"\n\n[models.m]\nscript = "m.py"\n\n[models.m.validation]\nsuite = "v.py"\n' \
@@ -245,3 +246,38 @@ def test_history_of_an_old_name_names_the_new_one_and_not_other_renamed_models(t
     assert len(m.history(load_project(tmp_path), "n", notes)) == 2
     assert notes == ["note: 2 earlier commit(s) declare no model 'n' but 'm', which mlbuild.toml no longer has: if "
                      "'n' was renamed, its history there is under the old name (`mlbuild metrics history m`)"]
+
+
+def test_a_revision_is_built_as_a_past_commit_against_the_worktree_s_pin(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """After `nix flake update` moved the project to a newer mlbuild, history and diff told the user
+    to lock this mlbuild into the project for each commit from before (flakepin's advice is the
+    worktree's). A revision's build now knows the worktree's pin, and the worktree's own build does not."""
+    from mlbuild import flakepin
+
+    def lock(rev: str) -> str:
+        nodes = {"mlbuild": {"locked": {"path": f"/srv/mlbuild-{rev}", "type": "path"}},
+                 "root": {"inputs": {"mlbuild": "mlbuild"}}}
+        return json.dumps({"nodes": nodes, "root": "root", "version": 7}) + "\n"
+
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "mlbuild.toml").write_text(TOML)
+    (tmp_path / "m.py").write_text("x = 1\n")
+    (tmp_path / "flake.nix").write_text("{ }\n")
+    (tmp_path / "flake.lock").write_text(lock("old"))
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "project")
+    (tmp_path / "flake.lock").write_text(lock("new"))
+    _git(tmp_path, "commit", "-qam", "upgrade mlbuild")
+    seen: dict[str, str | None] = {}
+
+    def report(project: Project, model: str, rev: str, **kw: object) -> m.Point:
+        seen[rev] = flakepin._WORKTREE_PIN.get()
+        return m.Point(rev, {"metrics": {"accuracy": 1.0}}, "")
+
+    monkeypatch.setattr(m, "_report", report)
+    project = load_project(tmp_path)
+    m.diff(project, "m", "HEAD~1", "HEAD")
+    m.show(project, "m")
+    worktree = json.dumps({"path": "/srv/mlbuild-new", "type": "path"}, sort_keys=True)
+    assert seen == {"HEAD~1": worktree, "HEAD": worktree, "worktree": None}

@@ -264,3 +264,20 @@ def test_an_empty_out_or_a_host_with_a_space_is_refused(tree) -> None:  # type: 
     assert sorted(p.name for p in root.iterdir()) == before
     run_cli("monitor", "config", "cancer", "--monitor", "[fe80::1%eth0]:9109", "--server", "model-1.example_x:80",
             "--out", str(root / "conf"), cwd=root, env={"PATH": "/nonexistent"})
+
+
+def test_an_older_mlbuild_s_shared_config_of_the_model_is_named(tree) -> None:  # type: ignore[no-untyped-def]
+    """mlbuild before 17bc231 wrote every model's files into .mlbuild/monitoring/, where a team
+    pointed Prometheus. After an upgrade `monitor config` wrote .mlbuild/monitoring/MODEL/ and said
+    nothing of the old files, which Prometheus kept reading, with the older rules, never updated."""
+    root = tree({"mlbuild.toml": TOML + '[models.digits]\nscript = "d.py"\n[models.digits.validation]\nsuite = "v.py"\n'})
+    shared = root / ".mlbuild" / "monitoring"
+    run_cli("monitor", "config", "cancer", "--out", str(shared), cwd=root, env={"PATH": "/nonexistent"})  # as then
+    other = run_cli("monitor", "config", "digits", cwd=root, env={"PATH": "/nonexistent"})
+    assert "an older mlbuild" not in other.stderr   # those files are cancer's, not digits'
+    proc = run_cli("monitor", "config", "cancer", cwd=root, env={"PATH": "/nonexistent"})
+    assert f"note: an older mlbuild wrote cancer's monitoring config into {shared}/ (prometheus.yml, alerts.yml, " \
+           "grafana-dashboard.json; every model's went there), and those files are not updated: point Prometheus " \
+           f"(--config.file) and Grafana at the ones above, then remove them (rm {shared / 'prometheus.yml'} " \
+           f"{shared / 'alerts.yml'} {shared / 'grafana-dashboard.json'})" in proc.stderr, proc.stderr
+    assert (shared / "cancer" / "prometheus.yml").is_file() and (shared / "prometheus.yml").is_file()   # none removed
