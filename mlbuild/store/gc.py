@@ -11,7 +11,8 @@ Order of removal, so that readers and writers never see a broken store:
    that read a narinfo just before step 1 still gets its NAR. A NAR that any narinfo names is
    never deleted (two narinfos may share one NAR).
 3. Temp files of dead writers on this host, and any older than ``grace``, go; push records beyond
-   the newest ``keep_last`` per name go.
+   the newest ``keep_last`` per name go, but for the newest ``keep_last`` whole ones (every path
+   they name has an entry: a killed push's record names paths it never published).
 
 With ``grace=0`` (tests, a store nobody else uses) everything unrooted goes in one run.
 
@@ -124,7 +125,7 @@ def gc(cfg: StoreConfig, *, locks: Sequence[Path] = (), keep_last: int | None = 
     # here or gone before it looks (and published again). Without it, an old entry a push had just
     # found there (and touched) was removed after the push published what references it.
     with contextlib.nullcontext() if dry_run else roots_lock(layout):
-        roots = read_roots(layout, cfg.keep_last if keep_last is None else keep_last, list(locks))
+        roots = read_roots(layout, cfg.keep_last if keep_last is None else keep_last, list(locks), set(entries))
         keep = _closure(roots.paths, entries)
         report = GcReport(roots=roots, kept=sorted(keep))
         doomed = {p for p, mtime in loaded.mtimes.items() if p not in keep and now - mtime >= grace}

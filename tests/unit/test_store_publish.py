@@ -225,6 +225,29 @@ def test_pushing_the_same_paths_again_takes_no_second_keep_last_slot(store: tupl
     assert len(list((layout.roots_dir / "pushes" / "model").iterdir())) == 2
 
 
+def test_a_killed_push_does_not_push_a_whole_release_out_of_keep_last(store: tuple[StoreConfig, Path]) -> None:
+    """A push writes its record before it uploads; one killed with SIGKILL (a CI runner's timeout, the
+    OOM killer) keeps it, naming paths it never published. gc counted it as the newest of keep-last, so
+    with keep-last 1 it removed v1, the one release of the model a reader could fetch, and kept half of
+    v2. The newest whole records are kept beside it now, until a push of v2 completes."""
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    tc = fake_path(chroot, "toolchain", "tc")
+    v1, v2 = (fake_path(chroot, "model", f"v{i}", refs=(tc.path,)) for i in (1, 2))
+    for i in (tc, v1):
+        put(cfg, chroot, i)
+    record_push(layout, "model", [v1.path, tc.path])
+    killed = record_push(layout, "model", [v2.path, tc.path])   # killed before it published v2
+    report = gc(cfg, keep_last=1, grace=0)
+    assert {NarInfo.parse(f.read_text()).store_path for f in layout.narinfos()} == {tc.path, v1.path}
+    assert report.removed_records == [] and killed.exists()
+    put(cfg, chroot, v2)
+    record_push(layout, "model", [v2.path, tc.path])            # the rerun: v2 whole, its record replaces the killed one
+    report = gc(cfg, keep_last=1, grace=0)
+    assert {NarInfo.parse(f.read_text()).store_path for f in layout.narinfos()} == {tc.path, v2.path}
+    assert len(report.removed_records) == 1 and not killed.exists()
+
+
 def test_a_push_replaces_the_older_record_of_its_targets_alone(store: tuple[StoreConfig, Path]) -> None:
     """An mlbuild from before closure records wrote the targets alone; the upgraded one pushing
     the same model records its whole closure. That text differed, so the old record stayed: a
