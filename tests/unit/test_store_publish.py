@@ -684,3 +684,25 @@ def test_a_push_is_not_held_by_a_fifo_among_the_push_records(store: tuple[StoreC
     assert done, "the push hung on the FIFO"
     assert sorted(p.name for p in (layout.roots_dir / "pushes" / "model").iterdir()) == \
         sorted(["00000000T000000.fifo", done[0].name])   # the older record of the same paths replaced
+
+
+@pytest.mark.parametrize("record", [b"\xff\xfe garbled", b'{"nar/x": 1', b"[]", b'{"nar/unused.nar": "yesterday"}', b"null"])
+def test_gc_takes_a_garbled_record_of_condemned_nars_as_empty(store: tuple[StoreConfig, Path], record: bytes) -> None:
+    """mlbuild/gc-condemned.json cut short or garbled on the store's disk (bytes that are not UTF-8,
+    JSON that is not an object of times) was a traceback of every later gc, for good. gc takes it as
+    empty (the NARs it named wait out the grace period again) and writes it whole."""
+    import json
+
+    cfg, _ = store
+    layout = Layout(cfg.root)
+    unused = cfg.root / "nar" / "unused.nar"
+    unused.write_bytes(b"x")
+    os.utime(unused, (0, 0))
+    layout.condemned_file.write_bytes(record)
+    report = gc(cfg, grace=3600)
+    assert report.condemned_nars == [unused] and unused.exists()
+    assert list(json.loads(layout.condemned_file.read_text())) == ["nar/unused.nar"]
+    from tests.conftest import run_cli
+    proc = run_cli("store", "--store", str(cfg.root), "gc", "--grace", "0",
+                   env={"MLBUILD_STORE_SECRET_KEY": str(cfg.secret_key_file)})
+    assert "Traceback" not in proc.stderr and not unused.exists()
