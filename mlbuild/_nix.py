@@ -17,6 +17,7 @@ import json
 import os
 import pwd
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -188,8 +189,18 @@ def add_roots(paths: dict[str, str], root_dir: Path) -> None:
         link = root_dir / name
         try:
             target: str | None = os.readlink(link)
-        except OSError:   # none yet (or not a link: Nix names it)
+        except OSError:   # none yet, or not a link
             target = None
+            # A file or folder where the link belongs (a copy of the project that followed links,
+            # `cp -rL` or a sync tool that keeps none): Nix reads no root from it, and refused to
+            # root the path there ("cannot create symlink ...; already exists"), naming no fix.
+            if os.path.isdir(link) and not os.path.islink(link):
+                q = shlex.quote(str(link))
+                raise NixError(f"{link} is a folder, not the link that roots {path} (a copy of the project that "
+                               f"followed its links: `cp -rL`, a sync tool); remove it (`chmod -R u+w {q} && "
+                               f"rm -rf {q}`) and run the command again")
+            if os.path.lexists(link):
+                link.unlink()   # a file: it roots nothing; the link replaces it
         if target == path and _registered(link):
             continue
         # Nix replaces a link into the store itself, by a rename: the old root stays until the new
