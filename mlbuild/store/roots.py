@@ -34,9 +34,9 @@ from ..errors import StoreCorruptError, StoreError
 from ..git import half_merged
 from ..lockfile import LOCK_VERSION, KeyGivenTwice, unique_keys
 from ..storepath import fixed_output_path
-from .layout import FILE_MODE, Layout, make_dir, publish_bytes, read_store_file, temp_name
+from .layout import FILE_MODE, Layout, make_dir, publish_bytes, read_store_file, store_command, temp_name
 
-__all__ = ["Roots", "check_name", "roots_lock", "write_tag", "remove_tag", "record_push", "replace_older_records", "read_roots", "lock_paths",
+__all__ = ["Roots", "check_name", "read_root_file", "roots_lock", "write_tag", "remove_tag", "record_push", "replace_older_records", "read_roots", "lock_paths",
            "default_name"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -61,9 +61,26 @@ def _paths_text(paths: list[str]) -> bytes:
 
 def _read_paths(path: Path) -> list[str]:
     try:
-        return sorted(_paths_in(read_store_file(path)))
+        return sorted(_paths_in(read_root_file(path)))
     except FileNotFoundError:
         return []
+
+
+def read_root_file(path: Path) -> str:
+    """The text of a tag (``roots/tags/NAME``) or push record (``roots/pushes/NAME/RECORD``).
+    StoreCorruptError, naming it and the fix, for one that is not text (garbled on the store's
+    disk): gc, tag and untag stopped with a UnicodeDecodeError traceback, for good."""
+    try:
+        return read_store_file(path)
+    except UnicodeDecodeError:
+        if path.parent.name == "tags":
+            what, fix = (f"tag {path.name}", f"`{store_command(path.parents[3], 'untag ' + path.name)}` removes it; "
+                                             f"tag the release again (`mlbuild store tag {path.name} PATH...`)")
+        else:
+            what, fix = (f"push record of {path.parent.name}",
+                         f"remove it (`rm {shlex.quote(str(path))}`) and push again what it named, if it matters")
+        raise StoreCorruptError(f"{path} is not text (garbled on the store's disk), so mlbuild cannot tell which "
+                                f"paths the {what} keeps from gc, and gc removes nothing; {fix}") from None
 
 
 @contextlib.contextmanager

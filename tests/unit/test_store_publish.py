@@ -706,3 +706,39 @@ def test_gc_takes_a_garbled_record_of_condemned_nars_as_empty(store: tuple[Store
     proc = run_cli("store", "--store", str(cfg.root), "gc", "--grace", "0",
                    env={"MLBUILD_STORE_SECRET_KEY": str(cfg.secret_key_file)})
     assert "Traceback" not in proc.stderr and not unused.exists()
+
+
+@pytest.mark.parametrize("root", ["tag", "push record"])
+def test_a_garbled_tag_or_push_record_is_named_and_gc_removes_nothing(store: tuple[StoreConfig, Path],
+                                                                      root: str) -> None:
+    """A tag or push record garbled on the store's disk (bytes that are not UTF-8) stopped gc, tag and
+    untag with a UnicodeDecodeError traceback, for good. gc names it and removes nothing (it cannot tell
+    what the root keeps); the fix it names works."""
+    from mlbuild.errors import StoreCorruptError
+    from mlbuild.store import untag
+
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    kept = fake_path(chroot, "model", "m")
+    put(cfg, chroot, kept)
+    if root == "tag":
+        tag(cfg, "rel", [kept.path])
+        bad = layout.roots_dir / "tags" / "rel"
+    else:
+        bad = record_push(layout, "model", [kept.path])
+    bad.write_bytes(b"\xff\xfe\x00/nix/store/")
+    with pytest.raises(StoreCorruptError) as e:
+        gc(cfg, keep_last=1, grace=0)
+    assert str(e.value).startswith(f"{bad} is not text (garbled on the store's disk), so mlbuild cannot tell which "
+                                   f"paths the {'tag rel' if root == 'tag' else 'push record of model'} keeps from gc, "
+                                   f"and gc removes nothing; ")
+    assert layout.narinfo(kept.path).exists()
+    if root == "tag":
+        with pytest.raises(StoreCorruptError, match="untag rel` removes it"):
+            tag(cfg, "other", [kept.path])
+        untag(cfg, "rel")
+    else:
+        assert f"remove it (`rm {bad}`)" in str(e.value)
+        bad.unlink()
+    gc(cfg, keep_last=1, grace=0)
+    assert not layout.narinfo(kept.path).exists()
