@@ -90,14 +90,23 @@ def publish_bytes(dest: Path, data: bytes, mode: int = FILE_MODE) -> None:
     fsync_dir(dest.parent)
 
 
+_GONE = (errno.ESTALE, errno.ENOTCONN, errno.ENODEV, errno.EIO)   # a store folder whose mount failed under us
+
+
 @contextlib.contextmanager
 def writing(root: Path, what: str, fix: str | None = None) -> Iterator[None]:
-    """Turn a full store folder (no space left, or over quota) met while doing ``what`` into a
-    StoreError naming the folder, instead of a traceback. Writers remove their temp files as the
+    """Turn a full store folder (no space left, or over quota), or one that went away (its mount
+    dropped or went stale), met while doing ``what`` into a StoreError naming the folder, instead of
+    a traceback. Writers remove their temp files as the
     error passes, so nothing partial is left; ``fix`` replaces the advice (free space, e.g. by gc)."""
     try:
         yield
     except OSError as e:
+        if e.errno in _GONE or e.errno == errno.ENOENT and not Layout(root).is_initialised():
+            # an NFS mount that dropped, was unmounted or went stale: a FileNotFoundError traceback
+            raise StoreError(f"cannot {what}: the store folder {root} went away meanwhile ({e.strerror}: "
+                             f"{e.filename}), as an NFS mount that dropped or was unmounted does; mount it again, "
+                             f"then run it again (`{store_command(root, 'verify')}` checks what it holds)") from None
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         why = "is full" if e.errno == errno.ENOSPC else "is over this user's disk quota"
