@@ -184,7 +184,13 @@ def delete_paths(paths: Sequence[str]) -> None:
 def add_roots(paths: dict[str, str], root_dir: Path) -> None:
     """Protect ``{name: store path}`` from garbage collection with indirect roots in ``root_dir``
     (pinned inputs such as wheels and datasets are otherwise collectable)."""
-    root_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        root_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:   # a file, or a link to nothing: a FileExistsError traceback after the build
+        what = f"a link to {os.readlink(root_dir)}, which is no folder" if os.path.islink(root_dir) else "not a folder"
+        raise NixError(f"{root_dir} is {what}, so mlbuild cannot keep what it built or pinned from Nix's garbage "
+                       f"collection there; remove it (`rm {shlex.quote(str(root_dir))}`) and run the command again "
+                       f"(it roots them anew)") from None
     for name, path in paths.items():
         link = root_dir / name
         try:
