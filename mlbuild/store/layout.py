@@ -127,10 +127,12 @@ def read_store_file(path: Path) -> str:
             raise
         raise StoreCorruptError(f"{path} is a symbolic link (to {os.readlink(path)}), not a file of the store; "
                                 f"mlbuild does not read it: remove it (`rm {shlex.quote(str(path))}`)") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):   # before fdopen, which refuses a folder (IsADirectoryError)
+        folder = stat.S_ISDIR(os.fstat(fd).st_mode)
+        os.close(fd)
+        raise StoreCorruptError(f"{path} is not a file; mlbuild does not read it: remove it "
+                                f"(`rm {'-r ' if folder else ''}{shlex.quote(str(path))}`)")
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise StoreCorruptError(f"{path} is not a file; mlbuild does not read it: remove it "
-                                    f"(`rm {shlex.quote(str(path))}`)")
         return f.read().decode()
 
 

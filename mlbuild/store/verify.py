@@ -350,7 +350,15 @@ def _repair(layout: Layout, report: VerifyReport, infos: dict[Path, NarInfo], go
             if problem.store_path and (kept := infos.get(layout.narinfo(problem.store_path))):
                 keep_nars.add(kept.url)
             continue
-        problem.narinfo.unlink(missing_ok=True)
+        try:
+            problem.narinfo.unlink(missing_ok=True)
+        except IsADirectoryError:   # a folder named like a narinfo: removed if empty, else named
+            try:
+                problem.narinfo.rmdir()
+            except OSError:
+                raise StoreCorruptError(f"{problem.narinfo} is a folder, not a narinfo, and not empty; move it out "
+                                        f"of the store (`mv {problem.narinfo} /some/where/else`), then repair "
+                                        f"again") from None
         report.removed.append(problem.narinfo)
     fsync_dir(layout.root)
     for f, info in infos.items():
