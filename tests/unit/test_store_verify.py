@@ -230,3 +230,17 @@ def test_a_folder_named_like_a_narinfo_is_a_bad_entry_not_a_traceback(store: tup
     (folder / "x").rmdir()
     assert verify(cfg, repair=True).removed == [folder] and not folder.exists()
     assert verify(cfg).ok
+
+
+def test_a_folder_in_place_of_a_nar_is_removed_by_a_repair(store: tuple[StoreConfig, Path]) -> None:
+    """A folder where an entry's NAR belongs made the entry corrupt (its size), and `verify --repair`
+    then ended in an IsADirectoryError traceback as it unlinked the NAR, with the narinfo removed."""
+    cfg, chroot = store
+    info = put(cfg, chroot, fake_path(chroot, "model", "m" * 100))
+    nar = Layout(cfg.root).nar(info.url)
+    nar.unlink()
+    nar.mkdir()
+    assert [p.kind for p in verify(cfg).problems] == ["corrupt"]
+    report = verify(cfg, repair=True)
+    assert nar in report.removed and not nar.exists()
+    assert verify(cfg).ok and not list(Layout(cfg.root).narinfos())
