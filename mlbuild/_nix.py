@@ -101,6 +101,14 @@ def state_home() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "mlbuild"
 
 
+def _parses(registry: Path) -> bool:
+    """Whether ``registry`` is a JSON object, as Nix reads a flake registry."""
+    try:
+        return isinstance(json.loads(registry.read_bytes()), dict)
+    except (OSError, ValueError):
+        return False
+
+
 def common_options(substituters: Sequence[str] = ()) -> list[str]:
     """Options every project Nix call gets: flakes on, only the given substituters, no registry."""
     try:
@@ -109,9 +117,10 @@ def common_options(substituters: Sequence[str] = ()) -> list[str]:
         raise NixError(f"cannot find the home folder for ~/.cache/mlbuild, where mlbuild keeps the empty flake registry "
                        f"it gives Nix (HOME is unset, and user {os.getuid()} has no home in the user database); set "
                        f"MLBUILD_STATE (or HOME) to a folder you can write, e.g. MLBUILD_STATE=/tmp/mlbuild-$(id -u)") from None
-    # An empty one is what a full disk left before this was written whole: Nix warned that it
-    # cannot parse it at every registry lookup.
-    if not registry.exists() or (registry.is_file() and registry.stat().st_size == 0):
+    # An empty one is what a full disk left before this was written whole, and one cut short or
+    # garbled (a crash, a disk error) is no better: Nix warned that it cannot parse it at every
+    # registry lookup. Such a file is written again (one read of a few bytes).
+    if not registry.exists() or (registry.is_file() and not _parses(registry)):
         try:
             registry.parent.mkdir(parents=True, exist_ok=True)
             atomic.write_text(registry, '{"flakes": [], "version": 2}\n')   # names itself on a full disk
