@@ -17,6 +17,7 @@ import json
 import os
 import pwd
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -100,6 +101,14 @@ def state_home() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "mlbuild"
 
 
+def _parses(registry: Path) -> bool:
+    """Whether ``registry`` is a JSON object, as Nix reads a flake registry."""
+    try:
+        return isinstance(json.loads(registry.read_bytes()), dict)
+    except (OSError, ValueError):
+        return False
+
+
 def common_options(substituters: Sequence[str] = ()) -> list[str]:
     """Options every project Nix call gets: flakes on, only the given substituters, no registry."""
     try:
@@ -108,9 +117,10 @@ def common_options(substituters: Sequence[str] = ()) -> list[str]:
         raise NixError(f"cannot find the home folder for ~/.cache/mlbuild, where mlbuild keeps the empty flake registry "
                        f"it gives Nix (HOME is unset, and user {os.getuid()} has no home in the user database); set "
                        f"MLBUILD_STATE (or HOME) to a folder you can write, e.g. MLBUILD_STATE=/tmp/mlbuild-$(id -u)") from None
-    # An empty one is what a full disk left before this was written whole: Nix warned that it
-    # cannot parse it at every registry lookup.
-    if not registry.exists() or (registry.is_file() and registry.stat().st_size == 0):
+    # An empty one is what a full disk left before this was written whole, and one cut short or
+    # garbled (a crash, a disk error) is no better: Nix warned that it cannot parse it at every
+    # registry lookup. Such a file is written again (one read of a few bytes).
+    if not registry.exists() or (registry.is_file() and not _parses(registry)):
         try:
             registry.parent.mkdir(parents=True, exist_ok=True)
             atomic.write_text(registry, '{"flakes": [], "version": 2}\n')   # names itself on a full disk
@@ -183,13 +193,29 @@ def delete_paths(paths: Sequence[str]) -> None:
 def add_roots(paths: dict[str, str], root_dir: Path) -> None:
     """Protect ``{name: store path}`` from garbage collection with indirect roots in ``root_dir``
     (pinned inputs such as wheels and datasets are otherwise collectable)."""
-    root_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        root_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:   # a file, or a link to nothing: a FileExistsError traceback after the build
+        what = f"a link to {os.readlink(root_dir)}, which is no folder" if os.path.islink(root_dir) else "not a folder"
+        raise NixError(f"{root_dir} is {what}, so mlbuild cannot keep what it built or pinned from Nix's garbage "
+                       f"collection there; remove it (`rm {shlex.quote(str(root_dir))}`) and run the command again "
+                       f"(it roots them anew)") from None
     for name, path in paths.items():
         link = root_dir / name
         try:
             target: str | None = os.readlink(link)
-        except OSError:   # none yet (or not a link: Nix names it)
+        except OSError:   # none yet, or not a link
             target = None
+            # A file or folder where the link belongs (a copy of the project that followed links,
+            # `cp -rL` or a sync tool that keeps none): Nix reads no root from it, and refused to
+            # root the path there ("cannot create symlink ...; already exists"), naming no fix.
+            if os.path.isdir(link) and not os.path.islink(link):
+                q = shlex.quote(str(link))
+                raise NixError(f"{link} is a folder, not the link that roots {path} (a copy of the project that "
+                               f"followed its links: `cp -rL`, a sync tool); remove it (`chmod -R u+w {q} && "
+                               f"rm -rf {q}`) and run the command again")
+            if os.path.lexists(link):
+                link.unlink()   # a file: it roots nothing; the link replaces it
         if target == path and _registered(link):
             continue
         # Nix replaces a link into the store itself, by a rename: the old root stays until the new

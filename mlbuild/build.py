@@ -44,6 +44,7 @@ __all__ = ["build_targets", "Built", "Summary", "DirtyTreeError", "TargetError",
 EVENT = "MLBUILD "
 LOG_TAIL = 30   # lines of a failed build's log shown (and all a build's log keeps in memory)
 _ACT_BUILD, _ACT_SUBSTITUTE, _RES_LOG = 105, 108, 101
+_ACT_BUILD_WAITING = 111   # Nix waits for another process's lock on an output
 
 
 class DirtyTreeError(MlbuildError):
@@ -311,7 +312,9 @@ class _Stream:
         except ValueError:
             return
         action = msg.get("action")
-        if action == "start" and msg.get("type") in (_ACT_BUILD, _ACT_SUBSTITUTE):
+        if action == "start" and msg.get("type") == _ACT_BUILD_WAITING:
+            self._waiting(str(msg.get("text", "")))
+        elif action == "start" and msg.get("type") in (_ACT_BUILD, _ACT_SUBSTITUTE):
             self.acts[msg["id"]] = (msg["type"], msg["fields"][0], time.monotonic())
         elif action == "stop" and msg.get("id") in self.acts:
             kind, what, t0 = self.acts.pop(msg["id"])
@@ -331,6 +334,17 @@ class _Stream:
                 self.on_progress(Progress(_name(drv), event))
         elif action == "msg" and msg.get("level", 9) <= 0:
             self.other.append(str(msg.get("msg", "")))
+
+    def _waiting(self, text: str) -> None:
+        """Nix waits for the lock another process holds on an output: the build it waits for runs on
+        alone, most often one whose mlbuild was killed (kill -9, a CI runner's timeout), and the
+        command sat silent until that build ended (minutes of training), then said `cached`."""
+        paths = re.findall(r"/nix/store/[0-9a-z]{32}-[^'\s\x1b]+", text) or [re.sub(r"\x1b\[[0-9;]*m", "", text)]
+        names = ", ".join(p.rsplit("/", 1)[-1][33:] or p for p in paths)
+        print(f"mlbuild: waiting for another build of {names} to finish (Nix's lock on {', '.join(paths)}): a "
+              f"`nix build` or mlbuild of the same thing, or one left running by an mlbuild that was killed "
+              f"(`pgrep -af 'nix build'` lists them); this build takes its output once it is done", file=sys.stderr,
+              flush=True)
 
     def failure(self, root: Path, datasets: dict[str, str] | None = None) -> BuildError:
         text = "\n".join(self.other)

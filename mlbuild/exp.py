@@ -171,7 +171,12 @@ def run(project: Project, model: str, sets: Sequence[str], *, allow_dirty: bool 
 
 
 def _append(log: Path, record: dict[str, Any]) -> None:
-    log.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):   # a file, or a link to nothing: a traceback after the build
+        raise ConfigError(f"{log.parent} is not a folder, so the run (built: {record['path']}) cannot be recorded "
+                          f"there for `mlbuild exp show`; move it away (`mv {log.parent} {log.parent}.old`) and run "
+                          f"the same `mlbuild exp run` again (a cache hit, then recorded)") from None
     atomic.append_line(log, json.dumps(record, sort_keys=True))
 
 

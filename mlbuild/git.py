@@ -133,8 +133,11 @@ def dirty_files(project: Path, inputs: Sequence[str] = ()) -> Dirty:
         # what nix/code.nix leaves out of every code path anyway
         ignored = sorted(p for p in listed.split("\0") if p and not TOOL_CACHES & set(p.split("/"))
                          and not p.endswith(".pyc"))
-    out = _git(root, "--literal-pathspecs", "status", "--porcelain=v1", "-z", "--untracked-files=all", "--",
-               str(project.resolve())).stdout
+    # --no-optional-locks: status refreshed and wrote back the index (.git/index.lock): on a full disk
+    # every build and `data add` stopped there ("index.lock write error. Out of diskspace"), and a git
+    # command of the user's at that moment found the lock taken
+    out = _git(root, "--no-optional-locks", "--literal-pathspecs", "status", "--porcelain=v1", "-z",
+               "--untracked-files=all", "--", str(project.resolve())).stdout
     modified: list[str] = []
     untracked: list[str] = []
     entries = out.split("\0")

@@ -104,9 +104,17 @@ def read_lock(path: Path) -> dict[str, Any]:
         raise LockError(f"{path}: lock version {data.get('version') if isinstance(data, dict) else None!r}, "
                         f"expected {LOCK_VERSION}; run `mlbuild lock`")
     for key in ("wheels", "tools"):
-        data[key] = [wheel_entry(w, f"{path} {key}") for w in data.get(key, [])]
-    if "interpreter" not in data or "snapshot" not in data["interpreter"]:
-        raise LockError(f"{path}: no interpreter entry; run `mlbuild lock`")
+        entries = data.get(key, [])
+        if not isinstance(entries, list):   # a hand edit or a merge: a TypeError traceback in every command
+            raise LockError(f"{path}: {key} is {json.dumps(entries)[:80]}, not a list of wheels as `mlbuild lock` "
+                            f"writes it (a hand edit or a merge); restore it from git (`git checkout -- {path.name}`) "
+                            f"or run `mlbuild lock`")
+        data[key] = [wheel_entry(w, f"{path} {key}") for w in entries]
+    interpreter = data.get("interpreter")
+    if not isinstance(interpreter, dict) or not isinstance(interpreter.get("snapshot"), dict):
+        # "interpreter": "snapshot" passed as having one, then was an AttributeError traceback of every build
+        raise LockError(f"{path}: no interpreter entry (an object with its snapshot, as `mlbuild lock` writes it); "
+                        f"run `mlbuild lock`")
     pins = data.get("datasets", {})   # a hand edit or a merge: every reader's .get() was a traceback
     bad = [n for n, e in pins.items() if not isinstance(e, dict)] if isinstance(pins, dict) else None
     if bad is None or bad:

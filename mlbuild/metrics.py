@@ -421,6 +421,7 @@ def _plot(model: str, points: Sequence[Point]) -> bytes:
 
 
 PLOTS_KEPT = 32   # the newest drawn figures kept in the plot cache
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"   # a PNG's last chunk (IEND, empty, and its CRC)
 
 
 def _matplotlibrc_files() -> list[Path]:
@@ -467,7 +468,8 @@ def _cached_plot(model: str, points: Sequence[Point]) -> bytes:
     entry = cache / f"{_plot_key(model, points)}.png"
     try:
         png = entry.read_bytes()
-        if png.startswith(b"\x89PNG"):
+        # whole: a figure cut short (a crash, a disk error) was copied into every report for good
+        if png.startswith(b"\x89PNG") and png.endswith(_PNG_END):
             os.utime(entry)   # the newest are kept
             return png
     except OSError:

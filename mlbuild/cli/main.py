@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import signal
 import sys
 from gettext import gettext
@@ -92,6 +93,13 @@ class _Group(click.Group):
         try:
             return super().main(*args, **kwargs)
         except OSError as e:
+            if e.errno in _FAILED_FS and e.filename:
+                # A file system that fails under a command (remounted read-only after a disk error, an
+                # NFS mount that dropped or went stale): where and why, not a traceback
+                click.echo(f"Error: {e.strerror}: {e.filename}: {_FAILED_FS[e.errno]}; check the mount "
+                           f"(`findmnt -T {shlex.quote(str(e.filename))}`), mount it again, then run the command "
+                           "again (the files mlbuild replaces are replaced whole)", err=True)
+                sys.exit(1)
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             # A full disk (or quota) can stop any write, .mlbuild's records and caches included, and
@@ -101,6 +109,14 @@ class _Group(click.Group):
             click.echo(f"Error: {e.strerror}{f' writing {e.filename}' if e.filename else ''}; {fix}, then run the "
                        "command again", err=True)
             sys.exit(1)
+
+
+_FAILED_FS = {
+    errno.EROFS: "its file system is read-only now (the kernel remounts one so after a disk error)",
+    errno.EIO: "its disk or network mount failed",
+    errno.ESTALE: "its network mount went stale (the server restarted, or the folder was replaced there)",
+    errno.ENOTCONN: "its network mount is not connected",
+}
 
 
 def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:

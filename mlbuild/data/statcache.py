@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from .. import atomic
 __all__ = ["fingerprint", "lookup", "remember", "RACY_NS"]
 
 RACY_NS = 3_000_000_000   # the coarsest granule (FAT keeps 2 s), with room for an NFS server's clock
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def fingerprint(path: Path) -> list[Any]:
@@ -76,9 +78,12 @@ def lookup(cache_dir: Path, name: str, path: Path) -> tuple[str | None, dict[str
         data = json.loads(f.read_text())
     except (OSError, ValueError):
         return None, facts
-    if data.get("path") == str(path.resolve()) and data.get("entries") == entries \
-            and not _racy(entries, data.get("taken")):
-        return data.get("sha256"), facts
+    # A cache that is JSON but no record of ours (`null`, `[]`, a hash that is no hash: a garbled or
+    # hand-edited file) was an AttributeError traceback of every data command and build: hash again.
+    sha = data.get("sha256") if isinstance(data, dict) else None
+    if isinstance(sha, str) and _SHA256.fullmatch(sha) and data.get("path") == str(path.resolve()) \
+            and data.get("entries") == entries and not _racy(entries, data.get("taken")):
+        return sha, facts
     return None, facts
 
 

@@ -21,9 +21,9 @@ from .. import _nix
 from ..errors import StoreConfigError, StoreTargetError
 from .config import DEFAULT_SECRET_KEY, StoreConfig
 from .keys import check_key_name, generate_key_pair, load_secret_key
-from .layout import Layout, publish_bytes, read_store_file, store_command, writing
+from .layout import Layout, publish_bytes, store_command, writing
 from .push import published_keys, resolve_targets
-from .roots import check_name, remove_tag, roots_lock, write_tag
+from .roots import check_name, read_root_file, remove_tag, roots_lock, write_tag
 from .verify import check_entry
 
 __all__ = ["init_store", "InitResult", "tag", "TagResult", "untag", "tags", "nix_conf"]
@@ -183,5 +183,5 @@ def tags(cfg: StoreConfig) -> dict[str, list[str]]:
     folder = Layout(cfg.root).roots_dir / "tags"
     if not folder.is_dir():
         return {}
-    return {f.name: [line for line in read_store_file(f).split() if line]
+    return {f.name: [line for line in read_root_file(f).split() if line]
             for f in sorted(folder.iterdir()) if not f.name.startswith(".")}

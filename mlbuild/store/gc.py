@@ -11,7 +11,8 @@ Order of removal, so that readers and writers never see a broken store:
    that read a narinfo just before step 1 still gets its NAR. A NAR that any narinfo names is
    never deleted (two narinfos may share one NAR).
 3. Temp files of dead writers on this host, and any older than ``grace``, go; push records beyond
-   the newest ``keep_last`` per name go.
+   the newest ``keep_last`` per name go, but for the newest ``keep_last`` whole ones (every path
+   they name has an entry: a killed push's record names paths it never published).
 
 With ``grace=0`` (tests, a store nobody else uses) everything unrooted goes in one run.
 
@@ -31,7 +32,7 @@ from typing import Sequence
 
 from ..errors import StoreCorruptError
 from .config import StoreConfig
-from .layout import Entries, Layout, fsync_dir, publish_bytes, store_command, temp_is_stale, writing
+from .layout import Entries, Layout, fsync_dir, publish_bytes, read_store_file, store_command, temp_is_stale, writing
 from .narinfo import NarInfo
 from .roots import Roots, read_roots, roots_lock
 
@@ -124,7 +125,7 @@ def gc(cfg: StoreConfig, *, locks: Sequence[Path] = (), keep_last: int | None = 
     # here or gone before it looks (and published again). Without it, an old entry a push had just
     # found there (and touched) was removed after the push published what references it.
     with contextlib.nullcontext() if dry_run else roots_lock(layout):
-        roots = read_roots(layout, cfg.keep_last if keep_last is None else keep_last, list(locks))
+        roots = read_roots(layout, cfg.keep_last if keep_last is None else keep_last, list(locks), set(entries))
         keep = _closure(roots.paths, entries)
         report = GcReport(roots=roots, kept=sorted(keep))
         doomed = {p for p, mtime in loaded.mtimes.items() if p not in keep and now - mtime >= grace}
@@ -164,10 +165,7 @@ def _collect_nars(layout: Layout, used: set[str], now: float, grace: float, dry_
     # A dry run removed nothing: the narinfos it would remove are still there, and must not count.
     gone = set(report.removed_paths) if dry_run else set()
     used |= {i.url for p, i in again.infos.items() if p not in gone}
-    try:
-        condemned: dict[str, float] = json.loads(layout.condemned_file.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        condemned = {}
+    condemned = _condemned(layout)
     still: dict[str, float] = {}
     for nar in layout.nar_files():
         url = f"nar/{nar.name}"
@@ -188,3 +186,18 @@ def _collect_nars(layout: Layout, used: set[str], now: float, grace: float, dry_
             report.condemned_nars.append(nar)
     if not dry_run and (still or condemned):
         publish_bytes(layout.condemned_file, (json.dumps(still, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _condemned(layout: Layout) -> dict[str, float]:
+    """What an earlier gc condemned, and since when. A file that is no such record (cut short or
+    garbled on the store's disk: bytes that are not UTF-8, JSON that is not an object of times) was
+    a traceback of every later gc, for good; it is taken as empty: those NARs wait out the grace
+    period again, and the file is written whole at the end of this run."""
+    try:
+        data = json.loads(read_store_file(layout.condemned_file))
+    except (OSError, ValueError, StoreCorruptError):   # none yet, garbled, or not a file (a FIFO hung it)
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: float(v) for k, v in data.items()
+            if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)}

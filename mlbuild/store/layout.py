@@ -90,14 +90,23 @@ def publish_bytes(dest: Path, data: bytes, mode: int = FILE_MODE) -> None:
     fsync_dir(dest.parent)
 
 
+_GONE = (errno.ESTALE, errno.ENOTCONN, errno.ENODEV, errno.EIO)   # a store folder whose mount failed under us
+
+
 @contextlib.contextmanager
 def writing(root: Path, what: str, fix: str | None = None) -> Iterator[None]:
-    """Turn a full store folder (no space left, or over quota) met while doing ``what`` into a
-    StoreError naming the folder, instead of a traceback. Writers remove their temp files as the
+    """Turn a full store folder (no space left, or over quota), or one that went away (its mount
+    dropped or went stale), met while doing ``what`` into a StoreError naming the folder, instead of
+    a traceback. Writers remove their temp files as the
     error passes, so nothing partial is left; ``fix`` replaces the advice (free space, e.g. by gc)."""
     try:
         yield
     except OSError as e:
+        if e.errno in _GONE or e.errno == errno.ENOENT and not Layout(root).is_initialised():
+            # an NFS mount that dropped, was unmounted or went stale: a FileNotFoundError traceback
+            raise StoreError(f"cannot {what}: the store folder {root} went away meanwhile ({e.strerror}: "
+                             f"{e.filename}), as an NFS mount that dropped or was unmounted does; mount it again, "
+                             f"then run it again (`{store_command(root, 'verify')}` checks what it holds)") from None
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         why = "is full" if e.errno == errno.ENOSPC else "is over this user's disk quota"
@@ -118,10 +127,12 @@ def read_store_file(path: Path) -> str:
             raise
         raise StoreCorruptError(f"{path} is a symbolic link (to {os.readlink(path)}), not a file of the store; "
                                 f"mlbuild does not read it: remove it (`rm {shlex.quote(str(path))}`)") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):   # before fdopen, which refuses a folder (IsADirectoryError)
+        folder = stat.S_ISDIR(os.fstat(fd).st_mode)
+        os.close(fd)
+        raise StoreCorruptError(f"{path} is not a file; mlbuild does not read it: remove it "
+                                f"(`rm {'-r ' if folder else ''}{shlex.quote(str(path))}`)")
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise StoreCorruptError(f"{path} is not a file; mlbuild does not read it: remove it "
-                                    f"(`rm {shlex.quote(str(path))}`)")
         return f.read().decode()
 
 
@@ -174,6 +185,36 @@ class Layout:
             raise StoreConfigError(f"{self.root} is not an mlbuild store (no nix-cache-info or nar/); create it "
                                    f"with `{store_command(self.root, 'init')}`, or give the store's folder "
                                    f"(`mlbuild store --store DIR ...`, MLBUILD_STORE or [store].path)")
+        damaged, other = self.cache_info_problem()
+        if damaged:   # Nix refuses every entry: pushes went on into a store no reader could use
+            raise StoreCorruptError(f"{damaged}, so Nix refuses the whole store; "
+                                    f"`{store_command(self.root, 'init')}` writes it again")
+        if other:
+            raise StoreConfigError(f"{other}; use another store location")
+
+    def cache_info_problem(self) -> tuple[str | None, str | None]:
+        """(why nix-cache-info is damaged, why it is another Nix store folder's); (None, None) where
+        Nix reads it as this store's. Nix compares its StoreDir with its own store folder and refuses
+        the whole store on a mismatch: a file cut short (``StoreDir: /nix/sto``, by a full disk or a
+        crash as an older mlbuild wrote it) or garbled is damaged, and ``init`` writes it again; a
+        StoreDir that is another folder (``/gnu/store``) is a store for another Nix."""
+        info = self.root / "nix-cache-info"
+        try:
+            text = read_store_file(info)
+        except FileNotFoundError:
+            return None, None
+        except UnicodeDecodeError:   # Nix reads bytes: only a StoreDir line it cannot match matters
+            text = info.read_bytes().decode("utf-8", "replace")
+        except StoreCorruptError as e:
+            return str(e).split("; mlbuild does not read it", 1)[0], None
+        for line in text.split("\n"):
+            name, colon, value = line.partition(":")
+            if colon and name == "StoreDir" and value.strip() != STORE_DIR:
+                said = value.strip()
+                if not said or STORE_DIR.startswith(said) or "\ufffd" in said or not said.isprintable():
+                    return f"{info} says StoreDir: {said!r}, which is {STORE_DIR} cut short or garbled", None
+                return None, f"{info} is for another Nix store folder ({said}) than {STORE_DIR}"
+        return None, None
 
     def refuse_links(self) -> None:
         """StoreCorruptError naming a folder of the store that is a symbolic link. Its folders are the
@@ -213,11 +254,14 @@ class Layout:
                   self.root / "mlbuild", self.roots_dir / "tags", self.roots_dir / "pushes"):
             make_dir(d)
         info = self.root / "nix-cache-info"
-        if not info.exists() or (info.is_file() and info.stat().st_size == 0):   # empty: a full disk's
+        damaged, other = self.cache_info_problem()
+        if other:
+            raise StoreConfigError(f"{other}; use another store location")
+        # empty (a full disk's), cut short or garbled: written again
+        if damaged or not info.exists() or (info.is_file() and info.stat().st_size == 0):
+            if os.path.lexists(info) and not info.is_file():
+                raise StoreCorruptError(f"{damaged}; remove it (`rm {shlex.quote(str(info))}`) and run init again")
             publish_bytes(info, CACHE_INFO.encode(), 0o664)
-        elif f"StoreDir: {STORE_DIR}" not in info.read_text():
-            raise StoreConfigError(f"{info} is for another Nix store folder than {STORE_DIR}; "
-                                   f"use another store location")
 
     def narinfos(self) -> Iterator[Path]:
         """Every published narinfo (temporary files excluded)."""

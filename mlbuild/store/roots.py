@@ -5,7 +5,8 @@ Roots live in the store folder (``mlbuild/roots/``), so every machine sharing th
 - ``tags/<NAME>``: a release tag, the store paths it names (``mlbuild store tag NAME PATH...``).
 - ``pushes/<NAME>/<time>.<host>.<pid>.<rand>``: one file per push, naming the whole closure of its
   targets, written before the upload starts (a concurrent gc then already sees it) and removed again if the push fails. gc keeps the
-  newest ``keep_last`` of each NAME; NAME defaults to the target's store path name without its
+  newest ``keep_last`` of each NAME, and the newest ``keep_last`` whole ones (a push killed with
+  SIGKILL keeps its record of paths it never published); NAME defaults to the target's store path name without its
   hash (e.g. ``digits-model``). A push of the same paths again, once it succeeded, replaces the
   older record of them.
 - ``.lock``: held (``flock``) by whatever reads roots and acts on them: ``store tag`` while it reads
@@ -26,16 +27,16 @@ import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Collection, Iterator, Sequence
 
 from .. import atomic
 from ..errors import StoreCorruptError, StoreError
 from ..git import half_merged
 from ..lockfile import LOCK_VERSION, KeyGivenTwice, unique_keys
 from ..storepath import fixed_output_path
-from .layout import FILE_MODE, Layout, make_dir, publish_bytes, read_store_file, temp_name
+from .layout import FILE_MODE, Layout, make_dir, publish_bytes, read_store_file, store_command, temp_name
 
-__all__ = ["Roots", "check_name", "roots_lock", "write_tag", "remove_tag", "record_push", "replace_older_records", "read_roots", "lock_paths",
+__all__ = ["Roots", "check_name", "read_root_file", "roots_lock", "write_tag", "remove_tag", "record_push", "replace_older_records", "read_roots", "lock_paths",
            "default_name"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -60,9 +61,26 @@ def _paths_text(paths: list[str]) -> bytes:
 
 def _read_paths(path: Path) -> list[str]:
     try:
-        return sorted(_paths_in(read_store_file(path)))
+        return sorted(_paths_in(read_root_file(path)))
     except FileNotFoundError:
         return []
+
+
+def read_root_file(path: Path) -> str:
+    """The text of a tag (``roots/tags/NAME``) or push record (``roots/pushes/NAME/RECORD``).
+    StoreCorruptError, naming it and the fix, for one that is not text (garbled on the store's
+    disk): gc, tag and untag stopped with a UnicodeDecodeError traceback, for good."""
+    try:
+        return read_store_file(path)
+    except UnicodeDecodeError:
+        if path.parent.name == "tags":
+            what, fix = (f"tag {path.name}", f"`{store_command(path.parents[3], 'untag ' + path.name)}` removes it; "
+                                             f"tag the release again (`mlbuild store tag {path.name} PATH...`)")
+        else:
+            what, fix = (f"push record of {path.parent.name}",
+                         f"remove it (`rm {shlex.quote(str(path))}`) and push again what it named, if it matters")
+        raise StoreCorruptError(f"{path} is not text (garbled on the store's disk), so mlbuild cannot tell which "
+                                f"paths the {what} keeps from gc, and gc removes nothing; {fix}") from None
 
 
 @contextlib.contextmanager
@@ -162,7 +180,14 @@ class Roots:
         return out
 
 
-def read_roots(layout: Layout, keep_last: int, locks: Sequence[Path] = ()) -> Roots:
+def read_roots(layout: Layout, keep_last: int, locks: Sequence[Path] = (),
+               present: Collection[str] | None = None) -> Roots:
+    """The roots; of each push name, the newest ``keep_last`` records, and with them the newest
+    ``keep_last`` records whose paths all have an entry in the store (``present``, the store paths
+    it has entries for; None: every record counts as whole). A push killed (SIGKILL, an OOM kill, a
+    lost CI runner) or still running has a record of paths it has not all published: counted among
+    the newest, it pushed a whole older release out of keep-last, and with keep-last 1 gc left the
+    name nothing a reader could fetch."""
     tags: dict[str, list[str]] = {}
     tag_dir = layout.roots_dir / "tags"
     if tag_dir.is_dir():
@@ -178,8 +203,11 @@ def read_roots(layout: Layout, keep_last: int, locks: Sequence[Path] = ()) -> Ro
                 continue
             records = sorted((f for f in folder.iterdir() if not f.name.startswith(".")),
                              key=lambda f: f.name, reverse=True)
-            pushes[folder.name] = [_read_paths(f) for f in records[:keep_last]]
-            dropped += records[keep_last:]
+            read = [(f, _read_paths(f)) for f in records]
+            whole = [f for f, ps in read if present is None or all(p in present for p in ps)][:keep_last]
+            kept = set(records[:keep_last]) | set(whole)
+            pushes[folder.name] = [ps for f, ps in read if f in kept]
+            dropped += [f for f in records if f not in kept]
     return Roots(tags, pushes, dropped, {str(p): lock_paths(p) for p in locks})
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import bz2
 import hashlib
 import lzma
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -350,7 +351,7 @@ def _repair(layout: Layout, report: VerifyReport, infos: dict[Path, NarInfo], go
             if problem.store_path and (kept := infos.get(layout.narinfo(problem.store_path))):
                 keep_nars.add(kept.url)
             continue
-        problem.narinfo.unlink(missing_ok=True)
+        _remove(problem.narinfo, "a narinfo")
         report.removed.append(problem.narinfo)
     fsync_dir(layout.root)
     for f, info in infos.items():
@@ -359,7 +360,20 @@ def _repair(layout: Layout, report: VerifyReport, infos: dict[Path, NarInfo], go
                 nar = layout.nar(info.url)
             except StoreCorruptError:
                 continue
-            if nar.exists():
-                nar.unlink()
+            if os.path.lexists(nar):
+                _remove(nar, "a NAR")
                 report.removed.append(nar)
                 keep_nars.add(info.url)
+
+
+def _remove(path: Path, what: str) -> None:
+    """Remove a bad entry's file; a folder in its place (a `cp -r` or `mkdir` into the wrong place:
+    an IsADirectoryError traceback) is removed when empty and named when not."""
+    try:
+        path.unlink(missing_ok=True)
+    except IsADirectoryError:
+        try:
+            path.rmdir()
+        except OSError:
+            raise StoreCorruptError(f"{path} is a folder, not {what}, and not empty; move it out of the store "
+                                    f"(`mv {path} /some/where/else`), then repair again") from None

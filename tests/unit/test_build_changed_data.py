@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mlbuild.build import changed_datasets
 from mlbuild.config import load_project
 from mlbuild.errors import DataError
@@ -227,6 +229,26 @@ def test_builds_at_once_share_the_stat_cache(tmp_path: Path) -> None:
     assert errors == []
     assert statcache.lookup(root / ".mlbuild", "raw", data)[0] == "0" * 64
     assert sorted(p.name for p in (root / ".mlbuild").iterdir()) == ["stat-raw.json"]
+
+
+@pytest.mark.parametrize("garbled", ["null", "[]", "3", '"x"', "{sha256}"])
+def test_a_stat_cache_that_is_no_record_is_hashed_again(tmp_path: Path, garbled: str) -> None:
+    """A stat cache that is JSON but no record (`null`, `[]`: garbled on disk, or edited by hand) was an
+    AttributeError traceback of every data command and build, for good; so would be a record whose hash
+    is no sha256. Such a cache proves nothing: the data is hashed again (and its facts remembered anew)."""
+    from mlbuild.data import statcache
+
+    root, _lock = project(tmp_path / "p")
+    data = root / "data" / "iris.csv"
+    facts = statcache.lookup(root / ".mlbuild", "raw", data)[1]
+    facts["taken"] += statcache.RACY_NS + 1
+    statcache.remember(root / ".mlbuild", "raw", data, facts, "0" * 64)
+    assert statcache.lookup(root / ".mlbuild", "raw", data)[0] == "0" * 64
+    cache = root / ".mlbuild" / "stat-raw.json"
+    if garbled == "{sha256}":   # a record whose hash is no hash
+        garbled = json.dumps({**json.loads(cache.read_text()), "sha256": 5})
+    cache.write_text(garbled)
+    assert statcache.lookup(root / ".mlbuild", "raw", data)[0] is None
 
 
 def test_a_file_written_while_it_is_hashed_is_said_as_such(tmp_path: Path) -> None:

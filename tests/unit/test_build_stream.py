@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from mlbuild.build import _Stream
 
 LOG_TAIL = 30   # the lines a failure shows
@@ -114,3 +116,18 @@ def test_the_build_folders_a_check_kept_are_removed_whole(tmp_path: Path) -> Non
     _drop_kept(f"note: keeping build directory '{new / 'build'}'\nnote: keeping build directory '{old}'\n"
                f"note: keeping build directory '{mine}'")
     assert not new.exists() and not old.exists() and not mine.exists() and tmp_path.exists()
+
+
+def test_waiting_for_another_build_s_lock_is_said(capsys: pytest.CaptureFixture[str]) -> None:
+    """An mlbuild killed with kill -9 (a CI runner's timeout) leaves its `nix build` training on its own;
+    the next build of the same model waited on Nix's lock on the output, silent, for as long as that
+    training took, then said `cached`. Nix says it waits (an activity of type 111): mlbuild says so too."""
+    out = "/nix/store/b75g297zvbp3q4lh0sk4jj40nhghf72n-m-model"
+    stream = _Stream("m.model", None)
+    stream.line(_msg(action="start", id=7, level=1, type=111,
+                     text=f"waiting for lock on \u001b[35;1m'{out}'\u001b[0m"))
+    err = capsys.readouterr().err
+    assert err == (f"mlbuild: waiting for another build of m-model to finish (Nix's lock on {out}): a `nix build` or "
+                   f"mlbuild of the same thing, or one left running by an mlbuild that was killed (`pgrep -af "
+                   f"'nix build'` lists them); this build takes its output once it is done\n")
+    assert not stream.summary.built and not stream.acts

@@ -539,3 +539,22 @@ def test_serve_checks_the_server_s_options_before_building(tree) -> None:  # typ
         proc = run_cli("serve", "digits", "--port", "0", asked, cwd=root, check=False, env=env)
         assert proc.returncode == 1 and "usage:" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
         assert "mlbuild.lock does not exist" in proc.stderr, proc.stderr   # on to the build, which fails here
+
+
+@pytest.mark.parametrize("err", ["EROFS", "EIO", "ESTALE"])
+def test_a_file_system_that_fails_under_a_command_is_one_line(err: str) -> None:
+    """A project or state folder whose file system fails mid-command (ext4 remounted read-only after a
+    disk error, an NFS mount that dropped or went stale) ended any command in an OSError traceback:
+    it names the file, what happened to its file system and what to do."""
+    import errno
+    import os
+    import subprocess
+    import sys
+
+    script = ("import errno, os\nfrom mlbuild.cli.main import cli, main\n@cli.command()\ndef write() -> None:\n"
+              f"    raise OSError(errno.{err}, os.strerror(errno.{err}), '/srv/p/.mlbuild/builds.jsonl')\nmain()\n")
+    proc = subprocess.run([sys.executable, "-c", script, "write"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"Error: {os.strerror(getattr(errno, err))}: /srv/p/.mlbuild/builds.jsonl: its ")
+    assert proc.stderr.endswith("; check the mount (`findmnt -T /srv/p/.mlbuild/builds.jsonl`), mount it again, then "
+                                "run the command again (the files mlbuild replaces are replaced whole)\n")

@@ -81,6 +81,17 @@ def test_lock_roundtrip_and_errors(tmp_path: Path) -> None:
     with pytest.raises(LockError, match=re.escape("mlbuild.lock: not UTF-8 text (invalid start byte at byte 0); restore it "
                                                   "from git (`git checkout -- mlbuild.lock`)")):
         read_lock(lock)
+    # a hand edit or a merge that left JSON of other shapes: TypeError and AttributeError tracebacks
+    for key, value in (("wheels", 5), ("tools", {"a": 1})):
+        write_lock(lock, dict(data, **{key: value}))
+        with pytest.raises(LockError, match=re.escape(f"mlbuild.lock: {key} is {json.dumps(value)}, not a list of "
+                                                      f"wheels as `mlbuild lock` writes it")):
+            read_lock(lock)
+    for interpreter in ("snapshot", {"snapshot": "x"}, ["snapshot"]):
+        write_lock(lock, dict(data, interpreter=interpreter))
+        with pytest.raises(LockError, match=re.escape("mlbuild.lock: no interpreter entry (an object with its "
+                                                      "snapshot, as `mlbuild lock` writes it); run `mlbuild lock`")):
+            read_lock(lock)
     write_lock(lock, data)
     lock.write_bytes(b"\xef\xbb\xbf" + lock.read_bytes())   # a byte order mark, which Nix's fromJSON skips
     assert read_lock(lock)["wheels"] == data["wheels"]

@@ -110,6 +110,27 @@ def test_a_torn_line_in_the_experiment_log_is_left_out_and_the_next_run_is_kept(
     assert notes == [f"note: {log} line 2 is not a record of a run (torn or edited), left out"]
 
 
+@pytest.mark.parametrize("kind", ["file", "dangling link"])
+def test_an_experiments_folder_that_is_no_folder_is_named(tmp_path: Path, kind: str) -> None:
+    """.mlbuild/experiments a file (or a link to nothing): `exp run` built the variant, then ended in a
+    FileExistsError traceback. It names the folder and the fix; the run is not lost (a cache hit)."""
+    from mlbuild.config import load_project
+    from mlbuild.errors import ConfigError
+    from mlbuild.exp import _append, _log
+
+    (tmp_path / "mlbuild.toml").write_text('[project]\nname = "p"\n\n[models.m]\nscript = "m.py"\n')
+    log = _log(load_project(tmp_path), "m")
+    if kind == "file":
+        log.parent.write_text("x\n")
+    else:
+        log.parent.symlink_to(tmp_path / "gone")
+    with pytest.raises(ConfigError) as e:
+        _append(log, {"model": "m", "path": "/nix/store/a"})
+    assert str(e.value) == (f"{log.parent} is not a folder, so the run (built: /nix/store/a) cannot be recorded there "
+                            f"for `mlbuild exp show`; move it away (`mv {log.parent} {log.parent}.old`) and run the "
+                            f"same `mlbuild exp run` again (a cache hit, then recorded)")
+
+
 @pytest.mark.parametrize("item", ["epochs=99999999999999999999", "sizes=[1, -9223372036854775809]"])
 def test_an_integer_beyond_64_bits_is_refused(item: str) -> None:
     # Nix read it as a float: `range(1, p["epochs"] + 1)` failed in the training with

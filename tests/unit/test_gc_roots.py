@@ -48,6 +48,46 @@ def test_a_link_out_of_the_store_is_replaced(tmp_path: Path) -> None:
     assert os.readlink(roots / "m.model") == path
 
 
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_file_or_folder_where_a_root_belongs(tmp_path: Path, kind: str) -> None:
+    """A project copied with its links followed (`cp -rL`, a sync tool that keeps none) has files or
+    folders in .mlbuild/gcroots: Nix reads no root from them, and the next build or prefetch stopped
+    with Nix's "cannot create symlink ...; already exists", naming no fix. A file is replaced by the
+    link; a folder (a copy of the store path, which may be big) is named, with the command that removes it."""
+    path = stored(tmp_path, kind)
+    roots = tmp_path / "gcroots"
+    roots.mkdir()
+    if kind == "file":
+        (roots / "m.model").write_text("copied\n")
+        _nix.add_roots({"m.model": path}, roots)
+        assert os.readlink(roots / "m.model") == path and str(roots / "m.model") in roots_of(path)
+        return
+    (roots / "m.model").mkdir()
+    with pytest.raises(_nix.NixError) as e:
+        _nix.add_roots({"m.model": path}, roots)
+    assert str(e.value).startswith(f"{roots / 'm.model'} is a folder, not the link that roots {path}")
+    assert f"rm -rf {roots / 'm.model'}" in str(e.value)
+
+
+@pytest.mark.parametrize("kind", ["file", "dangling link"])
+def test_a_roots_folder_that_is_no_folder_is_named(tmp_path: Path, kind: str) -> None:
+    """.mlbuild/gcroots a file, or a link to a folder that is gone: every build, prefetch and data
+    add ended in a FileExistsError traceback, after the build. It is named, with the fix."""
+    path = stored(tmp_path, kind.replace(" ", "-"))
+    roots = tmp_path / "gcroots"
+    if kind == "file":
+        roots.write_text("x\n")
+    else:
+        roots.symlink_to(tmp_path / "gone")
+    with pytest.raises(_nix.NixError) as e:
+        _nix.add_roots({"m.model": path}, roots)
+    assert str(e.value).startswith(f"{roots} is {'not a folder' if kind == 'file' else f'a link to {tmp_path}/gone'}")
+    assert str(e.value).endswith(f"remove it (`rm {roots}`) and run the command again (it roots them anew)")
+    roots.unlink()
+    _nix.add_roots({"m.model": path}, roots)
+    assert os.readlink(roots / "m.model") == path
+
+
 def test_roots_in_a_folder_whose_path_is_not_utf8(tmp_path: Path) -> None:
     """nix-store prints the root's path: under a project named in Latin-1 (b'caf\\xe9') decoding it
     failed after the build had succeeded, so the build was not recorded (a traceback)."""

@@ -310,3 +310,22 @@ def test_line_ends_are_read_only_of_files_whose_size_differs_from_the_commit(tmp
     subprocess.run(["git", "-C", str(repo), "checkout", "--", "model.py"], check=True)   # CRLF now
     assert git.dirty_files(repo, ["model.py", "weights.bin"]).converted == ["model.py"]
     assert len(read) == 1 and not any("weights.bin" in a for a in read[0])
+
+
+def test_the_worktree_check_writes_nothing_into_the_repository(tmp_path: Path) -> None:
+    """`git status` refreshes the index's stat facts of files touched since and writes it back
+    (.git/index.lock, then a rename): with the project's disk full every build and `data add` stopped
+    at the worktree check ("fatal: sha1 file '.git/index.lock' write error. Out of diskspace"), before
+    anything it would have built or written. The check only reads now."""
+    repo = tmp_path / "p"
+    (repo / "data").mkdir(parents=True)
+    (repo / "model.py").write_text("x = 1\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+                   check=True)
+    os.utime(repo / "model.py", ns=(10**18, 10**18))   # same bytes, other stat facts than the index holds
+    index = repo / ".git" / "index"
+    before = (index.read_bytes(), index.stat().st_mtime_ns, index.stat().st_ino)
+    assert not git.dirty_files(repo, ["model.py"])
+    assert (index.read_bytes(), index.stat().st_mtime_ns, index.stat().st_ino) == before

@@ -190,6 +190,21 @@ def test_a_figure_drawn_before_comes_from_the_cache_and_any_input_draws_it_again
     assert drawn == ["digits"]
 
 
+def test_a_cached_figure_cut_short_is_drawn_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cached figure cut short (a crash or a disk error after it was written) still began like a PNG,
+    so every later `metrics show` copied the broken image into its PNG and HTML report, for good."""
+    import mlbuild.metrics as m
+
+    monkeypatch.setenv("MLBUILD_STATE", str(tmp_path / "state"))
+    base = points({"accuracy": 0.96})
+    whole = m.write_reports("digits", base, tmp_path / "out")["png"].read_bytes()
+    assert whole.endswith(b"IEND\xaeB`\x82")
+    (cached,) = (tmp_path / "state" / "plots").glob("*.png")
+    cached.write_bytes(whole[: len(whole) // 2])
+    assert m.write_reports("digits", base, tmp_path / "out")["png"].read_bytes() == whole
+    assert cached.read_bytes() == whole
+
+
 def test_the_plot_cache_keeps_the_newest_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mlbuild.metrics as m
 

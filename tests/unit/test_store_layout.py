@@ -67,6 +67,43 @@ def test_layout_init_is_idempotent_and_checks_store_dir(tmp_path: Path) -> None:
         layout.init()
 
 
+@pytest.mark.parametrize("text", [b"StoreDir: /nix/sto", b"StoreDir: /nix/st\xff\xfere\n", b"StoreDir:", b"StoreDir: /\0\0\0"])
+def test_a_nix_cache_info_cut_short_is_named_and_init_writes_it_again(tmp_path: Path, text: bytes) -> None:
+    """A nix-cache-info cut short (`StoreDir: /nix/sto`: a full disk or a crash while an older mlbuild
+    wrote it) or garbled makes Nix refuse the whole store, while `store verify` said 0 problems, pushes
+    went on into it, and `store init` said it was for another Nix store folder: use another location.
+    Every store command now names it, and init writes it again."""
+    layout = Layout(tmp_path / "s")
+    layout.init()
+    info = tmp_path / "s" / "nix-cache-info"
+    info.write_bytes(text)
+    with pytest.raises(StoreCorruptError) as e:
+        layout.require()
+    assert str(e.value).startswith(f"{info} says StoreDir: ")
+    assert str(e.value).endswith(f"so Nix refuses the whole store; `mlbuild store --store {tmp_path / 's'} init` "
+                                 f"writes it again")
+    layout.init()
+    assert info.read_text().startswith("StoreDir: /nix/store\n")
+    layout.require()
+
+
+def test_a_nix_cache_info_nix_reads_is_left_as_it_is(tmp_path: Path) -> None:
+    """Nix reads only its Key: value lines: bytes that are not UTF-8 elsewhere, or no StoreDir line,
+    are no damage; another StoreDir is another Nix's store, refused by every command."""
+    layout = Layout(tmp_path / "s")
+    layout.init()
+    info = tmp_path / "s" / "nix-cache-info"
+    for text in (b"\xff\xfe\nStoreDir: /nix/store\n", b"Priority: 30\n"):
+        info.write_bytes(text)
+        layout.require()
+        layout.init()
+        assert info.read_bytes() == text
+    info.write_text("StoreDir: /gnu/store\n")
+    for call in (layout.require, layout.init):
+        with pytest.raises(StoreConfigError, match=r"is for another Nix store folder \(/gnu/store\) than /nix/store"):
+            call()
+
+
 @pytest.mark.parametrize("url", ["nar/../../etc/passwd", "../x", "nar/", "nar/.tmp.x", "other/x.nar"])
 def test_nar_urls_stay_in_nar_folder(tmp_path: Path, url: str) -> None:
     with pytest.raises(StoreCorruptError):

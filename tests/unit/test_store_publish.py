@@ -225,6 +225,29 @@ def test_pushing_the_same_paths_again_takes_no_second_keep_last_slot(store: tupl
     assert len(list((layout.roots_dir / "pushes" / "model").iterdir())) == 2
 
 
+def test_a_killed_push_does_not_push_a_whole_release_out_of_keep_last(store: tuple[StoreConfig, Path]) -> None:
+    """A push writes its record before it uploads; one killed with SIGKILL (a CI runner's timeout, the
+    OOM killer) keeps it, naming paths it never published. gc counted it as the newest of keep-last, so
+    with keep-last 1 it removed v1, the one release of the model a reader could fetch, and kept half of
+    v2. The newest whole records are kept beside it now, until a push of v2 completes."""
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    tc = fake_path(chroot, "toolchain", "tc")
+    v1, v2 = (fake_path(chroot, "model", f"v{i}", refs=(tc.path,)) for i in (1, 2))
+    for i in (tc, v1):
+        put(cfg, chroot, i)
+    record_push(layout, "model", [v1.path, tc.path])
+    killed = record_push(layout, "model", [v2.path, tc.path])   # killed before it published v2
+    report = gc(cfg, keep_last=1, grace=0)
+    assert {NarInfo.parse(f.read_text()).store_path for f in layout.narinfos()} == {tc.path, v1.path}
+    assert report.removed_records == [] and killed.exists()
+    put(cfg, chroot, v2)
+    record_push(layout, "model", [v2.path, tc.path])            # the rerun: v2 whole, its record replaces the killed one
+    report = gc(cfg, keep_last=1, grace=0)
+    assert {NarInfo.parse(f.read_text()).store_path for f in layout.narinfos()} == {tc.path, v2.path}
+    assert len(report.removed_records) == 1 and not killed.exists()
+
+
 def test_a_push_replaces_the_older_record_of_its_targets_alone(store: tuple[StoreConfig, Path]) -> None:
     """An mlbuild from before closure records wrote the targets alone; the upgraded one pushing
     the same model records its whole closure. That text differed, so the old record stayed: a
@@ -674,3 +697,61 @@ def test_a_store_nix_config_names_is_read_where_its_files_lie(store: tuple[Store
     monkeypatch.setenv("NIX_CONFIG", f"sandbox = false\nstore = {chroot}\n")
     narinfo = publish_path(Layout(cfg.root), info, cfg.secret_key())   # no local_store: as build --push calls it
     assert narinfo.compression == ("none" if weights else "zstd") and verify(cfg).ok
+
+
+@pytest.mark.parametrize("record", [b"\xff\xfe garbled", b'{"nar/x": 1', b"[]", b'{"nar/unused.nar": "yesterday"}', b"null"])
+def test_gc_takes_a_garbled_record_of_condemned_nars_as_empty(store: tuple[StoreConfig, Path], record: bytes) -> None:
+    """mlbuild/gc-condemned.json cut short or garbled on the store's disk (bytes that are not UTF-8,
+    JSON that is not an object of times) was a traceback of every later gc, for good. gc takes it as
+    empty (the NARs it named wait out the grace period again) and writes it whole."""
+    import json
+
+    cfg, _ = store
+    layout = Layout(cfg.root)
+    unused = cfg.root / "nar" / "unused.nar"
+    unused.write_bytes(b"x")
+    os.utime(unused, (0, 0))
+    layout.condemned_file.write_bytes(record)
+    report = gc(cfg, grace=3600)
+    assert report.condemned_nars == [unused] and unused.exists()
+    assert list(json.loads(layout.condemned_file.read_text())) == ["nar/unused.nar"]
+    from tests.conftest import run_cli
+    proc = run_cli("store", "--store", str(cfg.root), "gc", "--grace", "0",
+                   env={"MLBUILD_STORE_SECRET_KEY": str(cfg.secret_key_file)})
+    assert "Traceback" not in proc.stderr and not unused.exists()
+
+
+@pytest.mark.parametrize("root", ["tag", "push record"])
+def test_a_garbled_tag_or_push_record_is_named_and_gc_removes_nothing(store: tuple[StoreConfig, Path],
+                                                                      root: str) -> None:
+    """A tag or push record garbled on the store's disk (bytes that are not UTF-8) stopped gc, tag and
+    untag with a UnicodeDecodeError traceback, for good. gc names it and removes nothing (it cannot tell
+    what the root keeps); the fix it names works."""
+    from mlbuild.errors import StoreCorruptError
+    from mlbuild.store import untag
+
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    kept = fake_path(chroot, "model", "m")
+    put(cfg, chroot, kept)
+    if root == "tag":
+        tag(cfg, "rel", [kept.path])
+        bad = layout.roots_dir / "tags" / "rel"
+    else:
+        bad = record_push(layout, "model", [kept.path])
+    bad.write_bytes(b"\xff\xfe\x00/nix/store/")
+    with pytest.raises(StoreCorruptError) as e:
+        gc(cfg, keep_last=1, grace=0)
+    assert str(e.value).startswith(f"{bad} is not text (garbled on the store's disk), so mlbuild cannot tell which "
+                                   f"paths the {'tag rel' if root == 'tag' else 'push record of model'} keeps from gc, "
+                                   f"and gc removes nothing; ")
+    assert layout.narinfo(kept.path).exists()
+    if root == "tag":
+        with pytest.raises(StoreCorruptError, match="untag rel` removes it"):
+            tag(cfg, "other", [kept.path])
+        untag(cfg, "rel")
+    else:
+        assert f"remove it (`rm {bad}`)" in str(e.value)
+        bad.unlink()
+    gc(cfg, keep_last=1, grace=0)
+    assert not layout.narinfo(kept.path).exists()

@@ -443,3 +443,36 @@ def test_an_empty_push_name_or_local_store_is_refused_not_taken_as_the_default(
         out = CliRunner().invoke(cli, ["store", "--store", str(cfg.root), *args])
         assert out.exit_code == 2 and "is empty (an unset variable?)" in out.output, out.output
         assert not Layout(cfg.root).narinfo(top.path).exists()
+
+
+def test_a_store_folder_that_goes_away_mid_push_is_one_error(store: tuple[StoreConfig, Path], nix: FakeNix,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's NFS mount dropped (or was unmounted) while a push wrote a NAR: the rename into
+    place failed and the push ended in a FileNotFoundError traceback. It is one error now, naming
+    the folder and what to do; the mount back, the same push completes."""
+    import shutil
+
+    import mlbuild.store.upload as upload
+
+    cfg, chroot = store
+    dep, top = _closure(chroot, nix)
+    real_replace = os.replace
+    hidden = cfg.root.parent / "unmounted"
+
+    def unmount_then_replace(src: Any, dst: Any) -> None:
+        if str(dst).startswith(str(cfg.root / "nar")):
+            shutil.move(cfg.root, hidden)   # the mount point is empty now
+            cfg.root.mkdir()
+        real_replace(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(upload.os, "replace", unmount_then_replace)
+        with pytest.raises(StoreError) as e:
+            push(cfg, [top.path], local_store=str(chroot))
+    assert str(e.value).startswith(f"cannot push: the store folder {cfg.root} went away meanwhile (No such file or "
+                                   f"directory: ")
+    assert "mount it again, then run it again" in str(e.value)
+    cfg.root.rmdir()
+    shutil.move(hidden, cfg.root)
+    push(cfg, [top.path], local_store=str(chroot))
+    assert verify(cfg).ok

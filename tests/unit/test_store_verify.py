@@ -205,3 +205,42 @@ def test_pull_of_files_this_user_may_not_read_names_them_and_the_fix(store: tupl
         assert not (local / target.lstrip("/")).exists()
         os.chown(unreadable, os.getuid(), os.getgid())
         unreadable.chmod(0o664)
+
+
+def test_a_folder_named_like_a_narinfo_is_a_bad_entry_not_a_traceback(store: tuple[StoreConfig, Path]) -> None:
+    """A folder <hash>.narinfo in the store (a `cp -r` or `mkdir` into the wrong place) ended verify, gc,
+    stats and pull in an IsADirectoryError traceback (the check that it is a file came after opening it
+    as one), and `verify --repair` could not unlink it. It is a bad entry now: verify lists it, gc names
+    it, and a repair removes it when empty and names it when not."""
+    from mlbuild.errors import StoreCorruptError
+    from mlbuild.store import gc
+
+    cfg, chroot = store
+    put(cfg, chroot, fake_path(chroot, "model", "m"))
+    folder = cfg.root / ("0" * 32 + ".narinfo")
+    folder.mkdir()
+    report = verify(cfg)
+    assert [(p.kind, p.narinfo) for p in report.problems] == [("corrupt", folder)]
+    with pytest.raises(StoreCorruptError, match=rf"{folder} is not a file; mlbuild does not read it: remove it "
+                                                rf"\(`rm -r {folder}`\)"):
+        gc(cfg, grace=0)
+    (folder / "x").mkdir()
+    with pytest.raises(StoreCorruptError, match=f"{folder} is a folder, not a narinfo, and not empty; move it out"):
+        verify(cfg, repair=True)
+    (folder / "x").rmdir()
+    assert verify(cfg, repair=True).removed == [folder] and not folder.exists()
+    assert verify(cfg).ok
+
+
+def test_a_folder_in_place_of_a_nar_is_removed_by_a_repair(store: tuple[StoreConfig, Path]) -> None:
+    """A folder where an entry's NAR belongs made the entry corrupt (its size), and `verify --repair`
+    then ended in an IsADirectoryError traceback as it unlinked the NAR, with the narinfo removed."""
+    cfg, chroot = store
+    info = put(cfg, chroot, fake_path(chroot, "model", "m" * 100))
+    nar = Layout(cfg.root).nar(info.url)
+    nar.unlink()
+    nar.mkdir()
+    assert [p.kind for p in verify(cfg).problems] == ["corrupt"]
+    report = verify(cfg, repair=True)
+    assert nar in report.removed and not nar.exists()
+    assert verify(cfg).ok and not list(Layout(cfg.root).narinfos())
