@@ -395,17 +395,36 @@ def store_is_local() -> bool:
     return os.environ.get("NIX_REMOTE", "") in ("", "local", "auto") and nix_config_store() in ("", "local", "auto")
 
 
-def real_path(path: str) -> str:
+def real_path(path: str, store: str | None = None) -> str:
     """Where the files of the store path ``path`` lie on this machine: under the chroot store
-    NIX_CONFIG names (``store = /tmp/machine-b`` or ``local?root=/tmp/machine-b``: Nix keeps
-    ``/nix/store/X`` at ``/tmp/machine-b/nix/store/X``), else ``path`` itself. `validate` and `image
-    push` on such a runner read the host's /nix/store and ended in a FileNotFoundError traceback."""
-    store = nix_config_store()
-    if store.startswith("local?"):
-        store = dict(kv.split("=", 1) for kv in store[len("local?"):].split("&") if "=" in kv).get("root", "")
-    if not store.startswith("/") or os.path.normpath(store) == "/":
+    ``store`` names, by default the one Nix's calls use (NIX_CONFIG's ``store = /tmp/machine-b`` or
+    ``local?root=/tmp/machine-b``, else ``NIX_REMOTE``'s: Nix keeps ``/nix/store/X`` at
+    ``/tmp/machine-b/nix/store/X``), else ``path`` itself. `validate` and `image push` on such a
+    runner read the host's /nix/store and ended in a FileNotFoundError traceback."""
+    real, here = real_store_dir(effective_store() if store is None else store), store_dir()
+    if real is None or real == here or not path.startswith(here + "/"):
         return path
-    return os.path.normpath(store) + path
+    return real + path[len(here):]
+
+
+def real_store_dir(store: str) -> str | None:
+    """The folder a local store spec keeps its store paths in where that is not the store dir
+    itself (``/tmp/machine-b`` -> ``/tmp/machine-b/nix/store``; ``local?root=R``, ``local?real=D``),
+    else None (the machine's own store, a daemon, a remote store)."""
+    if store.startswith("local?"):
+        opts = dict(kv.split("=", 1) for kv in store[len("local?"):].split("&") if "=" in kv)
+        if opts.get("real", "").startswith("/"):
+            return os.path.normpath(opts["real"])
+        store = opts.get("root", "")
+    if not store.startswith("/") or os.path.normpath(store) == "/":
+        return None
+    return os.path.normpath(store) + store_dir()
+
+
+def effective_store() -> str:
+    """The store Nix's calls here use: NIX_CONFIG's ``store`` setting, else ``NIX_REMOTE`` (Nix's
+    default for that setting: ``NIX_REMOTE=/tmp/machine-b`` is a chroot store as well), else ''."""
+    return nix_config_store() or os.environ.get("NIX_REMOTE", "")
 
 
 def nix_config_store() -> str:

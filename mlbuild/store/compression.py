@@ -102,20 +102,13 @@ def choose_compression(store_path: str, real_path: str | None, nar_size: int) ->
 
 def real_path_in(store_path: str, local_store: str | None) -> str | None:
     """Where the files of ``store_path`` lie on this machine for a local store spec (default: the
-    store Nix's calls use, NIX_CONFIG's ``store = /tmp/machine-b`` included), else None."""
+    store Nix's calls use, NIX_CONFIG's ``store = /tmp/machine-b`` or NIX_REMOTE's included), else None."""
     if not local_store:
-        # a push after `NIX_CONFIG="store = /tmp/machine-b" mlbuild build --push` read /nix/store/X, where the
-        # build's output is not: "nix-store --dump /nix/store/...-digits-model: No such file or directory"
-        local_store = _nix.nix_config_store()
-    if not local_store or local_store in ("auto", "local", "daemon"):
-        return store_path
-    root = local_store
-    if root.startswith("local?"):
-        opts = dict(kv.split("=", 1) for kv in root[len("local?"):].split("&") if "=" in kv)
-        if "root" not in opts:
-            return None
-        root = opts["root"]
-    if not root.startswith("/"):
+        # a push after `NIX_CONFIG="store = /tmp/machine-b" mlbuild build --push` (or NIX_REMOTE=/tmp/machine-b) read
+        # /nix/store/X, where the build's output is not: "nix-store --dump /nix/store/...-digits-model: No such file"
+        local_store = _nix.effective_store()
+    if not local_store or local_store in ("auto", "local", "daemon") or local_store.startswith(("daemon?", "unix://")):
+        return store_path   # this machine's store (a daemon's too): its files are where its paths say
+    if _nix.real_store_dir(local_store) is None:   # a remote store, or one whose folder is not said
         return None
-    return str(Path(root)) + store_path
-
+    return _nix.real_path(store_path, local_store)

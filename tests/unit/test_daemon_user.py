@@ -174,3 +174,24 @@ def test_a_store_path_s_files_are_read_where_the_store_nix_config_names_keeps_th
                          ("store = local?root=/tmp/machine-c&state=/x", "/tmp/machine-c" + p), ("store = /", p)]:
         monkeypatch.setenv("NIX_CONFIG", config)
         assert _nix.real_path(p) == real, config
+
+
+def test_a_store_nix_remote_names_is_where_a_store_path_s_files_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nix takes NIX_REMOTE for its store where NIX_CONFIG names none: with NIX_REMOTE=/tmp/machine-b a
+    build ran there, then validate read /nix/store/...-digits-validation/metrics.json (a
+    FileNotFoundError traceback) and pushes read the host's /nix/store. NIX_CONFIG's store wins."""
+    from mlbuild.store.compression import real_path_in
+
+    p = "/nix/store/00000000000000000000000000000000-digits-validation"
+    monkeypatch.delenv("NIX_CONFIG", raising=False)
+    for remote, real in [("", p), ("auto", p), ("daemon", p), ("unix:///nix/var/nix/daemon-socket/socket", p),
+                         ("/tmp/machine-b", "/tmp/machine-b" + p),
+                         ("local?root=/tmp/machine-c", "/tmp/machine-c" + p),
+                         ("local?real=/tmp/machine-d/store", "/tmp/machine-d/store" + p[len("/nix/store"):])]:
+        monkeypatch.setenv("NIX_REMOTE", remote)
+        assert _nix.real_path(p) == real, remote
+        assert real_path_in(p, None) == real, remote
+    monkeypatch.setenv("NIX_CONFIG", "store = daemon")   # NIX_REMOTE is only Nix's default for `store`
+    assert _nix.real_path(p) == p and real_path_in(p, None) == p
+    monkeypatch.setenv("NIX_CONFIG", "store = /tmp/machine-e")
+    assert _nix.real_path(p) == "/tmp/machine-e" + p == real_path_in(p, None)
