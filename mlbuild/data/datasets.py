@@ -583,9 +583,11 @@ def diff(project: Project, name: str, rev: str | None = None) -> list[FileDiff]:
         if _nix.invalid_paths([new_path]):
             raise DataError(f"{then_name!r} at {rev!r} ({new_path}) is not in the store; check out {rev} and "
                             f"run `mlbuild data pull {then_name}`")
-        new_root = Path(new_path)
+        new_root = Path(_nix.real_path(new_path))   # a chroot store (NIX_CONFIG, NIX_REMOTE): its files
     file_name = Path(ds.path or name).name
-    a = _files(Path(old_path), file_name)
+    # on a runner whose store is its own (NIX_CONFIG="store = /tmp/machine-b") the pinned files are there, not in
+    # /nix/store: a FileNotFoundError traceback
+    a = _files(Path(_nix.real_path(old_path)), file_name)
     def what(e: _Entry) -> str:
         return f"symlink to {shown_name(e[1])}" if e[2] == "symlink" else e[2]
 

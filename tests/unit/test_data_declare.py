@@ -225,3 +225,37 @@ def test_data_diff_names_the_lock_s_commits_from_where_it_runs(tree, monkeypatch
         out = CliRunner().invoke(cli, ["data", "diff", "raw", "HEAD~1"])
         assert out.exit_code == 1, out.output
         assert f"give a revision that pins it (`{command}` lists the lock's commits)" in out.output, out.output
+
+
+@pytest.mark.parametrize("variable", ["NIX_CONFIG", "NIX_REMOTE"])
+def test_data_diff_reads_the_pinned_files_where_a_runner_s_own_store_keeps_them(
+        tree, monkeypatch, variable: str) -> None:  # type: ignore[no-untyped-def]
+    """`NIX_CONFIG="store = /tmp/machine-b" mlbuild data diff raw` (a CI runner's store of its own)
+    ended in a FileNotFoundError traceback for /nix/store/...-raw: the pinned files lie in
+    /tmp/machine-b/nix/store. NIX_REMOTE=/tmp/machine-b is the same store for Nix."""
+    import json
+
+    from mlbuild import _nix
+    from mlbuild.config import load_project
+    from mlbuild.data.datasets import diff
+    from mlbuild.nar import nar_sha256
+    from mlbuild.storepath import fixed_output_path
+
+    repo = tree({"p": {"mlbuild.toml": '[project]\nname = "p"\n[datasets.raw]\npath = "data/raw"\n',
+                       "data": {"raw": {"a.csv": "1\n", "b.csv": "2\n"}}}}) / "p"
+    sha = nar_sha256(str(repo / "data" / "raw"))
+    (repo / "mlbuild.lock").write_text(json.dumps({
+        "version": 1, "requirements": [], "wheels": [], "tools": [], "datasets": {"raw": {"sha256": sha, "kind": "path"}},
+        "interpreter": {"libraries": [], "command": "python3", "snapshot": {"name": "s", "sha256": "0" * 64}}}))
+    chroot = repo.parent / "machine-b"
+    pinned = chroot / fixed_output_path(sha, "raw", recursive=True).lstrip("/")
+    pinned.parent.mkdir(parents=True)
+    (repo / "data" / "raw").rename(pinned)
+    (repo / "data" / "raw").mkdir()
+    (repo / "data" / "raw" / "a.csv").write_text("1\n")   # b.csv removed, c.csv added
+    (repo / "data" / "raw" / "c.csv").write_text("3\n")
+    monkeypatch.setattr(_nix, "invalid_paths", lambda paths: [])   # valid in that store
+    monkeypatch.delenv("NIX_CONFIG", raising=False)
+    monkeypatch.delenv("NIX_REMOTE", raising=False)
+    monkeypatch.setenv(variable, f"store = {chroot}" if variable == "NIX_CONFIG" else str(chroot))
+    assert [(d.path, d.change) for d in diff(load_project(repo), "raw")] == [("b.csv", "removed"), ("c.csv", "added")]
