@@ -407,6 +407,19 @@ def real_path(path: str, store: str | None = None) -> str:
     return real + path[len(here):]
 
 
+def store_program(program: str, args: Sequence[str] = ()) -> list[str]:
+    """The command line that runs ``program``, a file in a store path (``/nix/store/X/bin/serve``),
+    with ``args``: the program itself on this machine's store; in a chroot store (NIX_CONFIG's
+    ``store = /tmp/machine-b``, NIX_REMOTE's) ``nix shell /nix/store/X --command PROGRAM``, which
+    runs it (its own process, as exec does) with that store at /nix/store, where its interpreter
+    and libraries are: `mlbuild serve` and `monitor` on such a runner ended in a FileNotFoundError
+    traceback (or ran the host's copy of the path, where it held one)."""
+    if real_path(program) == program:
+        return [program, *args]
+    top = "/".join(program.split("/")[:len(store_dir().split("/")) + 1])
+    return [_which("nix"), "--extra-experimental-features", EXPERIMENTAL, "shell", top, "--command", program, *args]
+
+
 def real_store_dir(store: str) -> str | None:
     """The folder a local store spec keeps its store paths in where that is not the store dir
     itself (``/tmp/machine-b`` -> ``/tmp/machine-b/nix/store``; ``local?root=R``, ``local?real=D``),

@@ -262,7 +262,8 @@ def serve(ctx: click.Context, model: str, allow_dirty: bool, no_validate: bool) 
         click.echo(f"mlbuild: warning: serving {model} without its validation gate (--no-validate)", err=True)
     program = f"{summary.outputs[0].path}/bin/serve"
     click.echo(f"serving {summary.outputs[0].path}", err=True)
-    os.execv(program, [program, *ctx.args])
+    argv = _nix.store_program(program, ctx.args)   # a runner's own store (NIX_CONFIG, NIX_REMOTE): under `nix shell`
+    os.execv(argv[0], argv)
 
 
 def _check_server_args(root: Path, model: str, args: list[str]) -> None:

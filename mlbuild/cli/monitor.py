@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from .. import _nix
 from .. import build as b
 from .. import monitor as m
 from ..config import state_dir
@@ -94,7 +95,8 @@ def run(ctx: click.Context, model: str, url: str, once: bool, interval: float | 
     click.echo(f"monitoring with {summary.outputs[0].path}", err=True)
     given = [*(["--once"] if once else []), *(["--interval", repr(interval)] if interval is not None else []),
              *(["--host", host] if host is not None else []), *(["--port", str(port)] if port is not None else [])]
-    os.execv(program, [program, "--url", url, *given, *_webhook_args(project.root, webhook)])
+    argv = _nix.store_program(program, ["--url", url, *given, *_webhook_args(project.root, webhook)])
+    os.execv(argv[0], argv)   # in a runner's own store (NIX_CONFIG, NIX_REMOTE): under `nix shell`
 
 
 def _webhook_args(root: Path, webhook: str | None) -> list[str]:

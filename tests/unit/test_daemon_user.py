@@ -195,3 +195,44 @@ def test_a_store_nix_remote_names_is_where_a_store_path_s_files_are_read(monkeyp
     assert _nix.real_path(p) == p and real_path_in(p, None) == p
     monkeypatch.setenv("NIX_CONFIG", "store = /tmp/machine-e")
     assert _nix.real_path(p) == "/tmp/machine-e" + p == real_path_in(p, None)
+
+
+def test_a_store_program_runs_under_nix_shell_in_a_runner_s_own_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`NIX_CONFIG="store = /tmp/machine-b" mlbuild serve digits` built the package there, then
+    exec'd /nix/store/...-digits-package/bin/serve, which the host lacks: a FileNotFoundError
+    traceback (where the host held the path, its copy ran). `nix shell` runs it with that store at
+    /nix/store; the machine's own store runs the program itself, as before."""
+    monkeypatch.setattr(_nix, "_which", lambda tool: f"/usr/bin/{tool}")
+    pkg = "/nix/store/00000000000000000000000000000000-digits-package"
+    monkeypatch.delenv("NIX_REMOTE", raising=False)
+    for config in ("", "store = auto", "store = daemon"):
+        monkeypatch.setenv("NIX_CONFIG", config)
+        assert _nix.store_program(f"{pkg}/bin/serve", ["--port", "8080"]) == [f"{pkg}/bin/serve", "--port", "8080"]
+    for env, value in (("NIX_CONFIG", "store = /tmp/machine-b"), ("NIX_REMOTE", "/tmp/machine-b")):
+        monkeypatch.delenv("NIX_CONFIG", raising=False)
+        monkeypatch.setenv(env, value)
+        assert _nix.store_program(f"{pkg}/bin/serve", ["--port", "8080"]) == [
+            "/usr/bin/nix", "--extra-experimental-features", "nix-command flakes", "shell", pkg,
+            "--command", f"{pkg}/bin/serve", "--port", "8080"], env
+
+
+def test_serve_execs_its_program_under_nix_shell_in_a_runner_s_own_store(
+        tree, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from mlbuild import build as b
+    from mlbuild.cli.main import cli
+
+    pkg = "/nix/store/00000000000000000000000000000000-m-package"
+    root = tree({"mlbuild.toml": '[project]\nname = "p"\n[models.m]\nscript = "model.py"\n', "model.py": ""})
+    monkeypatch.setattr(b, "build_targets", lambda project, targets, **kw: b.Summary(outputs=[b.Built(targets[0], pkg)]))
+    ran: list[list[str]] = []
+    monkeypatch.setattr("os.execv", lambda program, argv: ran.append([program, *argv]))
+    monkeypatch.setattr(_nix, "_which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.delenv("NIX_REMOTE", raising=False)
+    monkeypatch.setenv("NIX_CONFIG", "store = /tmp/machine-b")
+    monkeypatch.chdir(root)
+    out = CliRunner().invoke(cli, ["serve", "m", "--port", "8080"])
+    assert out.exit_code == 0, out.output
+    assert ran == [["/usr/bin/nix", "/usr/bin/nix", "--extra-experimental-features", "nix-command flakes", "shell", pkg,
+                    "--command", f"{pkg}/bin/serve", "--port", "8080"]]
