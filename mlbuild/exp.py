@@ -225,7 +225,8 @@ def show(project: Project, model: str, notes: list[str] | None = None) -> list[V
     variants = []
     for path, recs in by_path.items():
         metrics: dict[str, float] = {}
-        mfile = Path(_nix.real_path(path)) / "metrics.json"
+        files = Path(_nix.real_path(path))   # in a runner's own store (NIX_CONFIG, NIX_REMOTE): there
+        mfile = files / "metrics.json"
         if mfile.exists():
             final = json.loads(mfile.read_text()).get("final", {})
             metrics = {k: v for k, v in final.items() if k not in ("epoch", "epochs")}
@@ -235,7 +236,7 @@ def show(project: Project, model: str, notes: list[str] | None = None) -> list[V
         scored = _read(Path(_nix.real_path(report)) / "metrics.json") if report else {}
         variants.append(Variant(last["overrides"], last["params"], path, last["status"], len(recs), metrics,
                                 commit[:12] if commit else None, any(r.get("dirty") for r in recs),
-                                scored.get("metrics", {}), _data(Path(path)),
+                                scored.get("metrics", {}), _data(files),
                                 heldout(scored) if scored.get("metrics") and heldout(scored) != "-" else None))
     return variants
 

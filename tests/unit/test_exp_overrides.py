@@ -188,3 +188,29 @@ def test_exp_show_reads_no_log_outside_the_experiments_folder(tmp_path: Path) ->
     for name in ("../x", ".hidden"):
         proc = run_cli("exp", "show", name, cwd=root, check=False)
         assert proc.returncode == 1 and proc.stderr.startswith(f"Error: {name!r} is not a model of p"), proc.stderr
+
+
+def test_exp_show_reads_a_variant_s_files_where_a_runner_s_own_store_keeps_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With NIX_CONFIG="store = /tmp/machine-b" (a CI runner's own store) `exp show` read the
+    training metrics and held-out metrics there (97371fb) but the model's provenance.json in
+    /nix/store: its data column was '-' for every variant, as if no dataset had been recorded."""
+    from mlbuild.config import load_project
+    from mlbuild.exp import show
+    from tests.conftest import write_tree
+
+    root = write_tree(tmp_path / "p", {"mlbuild.toml": '[project]\nname = "p"\n[models.m]\nscript = "m.py"\n'
+                                                         '[models.m.params]\nlr = 0.1\n'})
+    model, report = f"/nix/store/{'a' * 32}-m-model", f"/nix/store/{'b' * 32}-m-validation-report"
+    record = {"model": "m", "overrides": {"lr": 0.2}, "params": {"lr": 0.2}, "status": "built", "time": 0.0,
+              "path": model, "report": report, "git_rev": None, "dirty": False}
+    write_tree(root, {".mlbuild": {"experiments": {"m.jsonl": json.dumps(record) + "\n"}}})
+    chroot = tmp_path / "machine-b"
+    write_tree(chroot / model.lstrip("/"), {
+        "metrics.json": json.dumps({"final": {"loss": 0.5}}),
+        "provenance.json": json.dumps({"datasets": {"raw": {"sha256": "f33c4f51" + "0" * 56}}})})
+    write_tree(chroot / report.lstrip("/"), {"metrics.json": json.dumps({"metrics": {"accuracy": 0.9}})})
+    monkeypatch.delenv("NIX_REMOTE", raising=False)
+    monkeypatch.setenv("NIX_CONFIG", f"store = {chroot}")
+    [variant] = show(load_project(root), "m")
+    assert (variant.metrics, variant.held_out, variant.data) == ({"loss": 0.5}, {"accuracy": 0.9}, "f33c4f51")
