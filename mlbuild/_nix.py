@@ -321,8 +321,10 @@ def closure_with_outputs(drvs: Sequence[str], *, store: str | None = None) -> li
 
 def _drv_output_entries(drv: str) -> list[tuple[str, str, str, str]]:
     """The outputs a .drv file declares, read from it (the same in every Nix version: its first
-    list, of ("out","/nix/store/...","",""), a fixed output's with its hash algorithm and hash)."""
-    m = re.match(r"Derive\(\[(.*?)\],\[", Path(drv).read_text(errors="replace"))
+    list, of ("out","/nix/store/...","",""), a fixed output's with its hash algorithm and hash), where
+    the store Nix uses keeps it (a runner's own store: a build over a dataset added there ended in a
+    FileNotFoundError traceback for /nix/store/...-digits-raw.drv as it rooted the dataset)."""
+    m = re.match(r"Derive\(\[(.*?)\],\[", Path(real_path(drv)).read_text(errors="replace"))
     return re.findall(r'\("([^"]*)","([^"]*)","([^"]*)","([^"]*)"\)', m.group(1)) if m else []
 
 

@@ -236,3 +236,17 @@ def test_serve_execs_its_program_under_nix_shell_in_a_runner_s_own_store(
     assert out.exit_code == 0, out.output
     assert ran == [["/usr/bin/nix", "/usr/bin/nix", "--extra-experimental-features", "nix-command flakes", "shell", pkg,
                     "--command", f"{pkg}/bin/serve", "--port", "8080"]]
+
+
+def test_a_derivation_is_read_where_a_runner_s_own_store_keeps_it(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`NIX_CONFIG="store = /tmp/machine-b" mlbuild build digits` after `data add` of a version only
+    that store holds trained, then ended in a FileNotFoundError traceback for
+    /nix/store/...-digits-raw.drv (read to root the dataset, and by --check) on the host."""
+    drv = f"/nix/store/{'d' * 32}-raw.drv"
+    out = f"/nix/store/{'o' * 32}-raw"
+    (tmp_path / "nix" / "store").mkdir(parents=True)
+    (tmp_path / drv.lstrip("/")).write_text(f'Derive([("out","{out}","r:sha256","{"0" * 64}")],[],[],"x","b",[],[])')
+    monkeypatch.delenv("NIX_REMOTE", raising=False)
+    monkeypatch.setenv("NIX_CONFIG", f"store = {tmp_path}")
+    assert _nix.drv_outputs(drv) == {"out": out} and _nix.is_fixed_output(drv)
