@@ -271,6 +271,10 @@ def _pinned(locked_json: str, past: str = "") -> tuple[Path, tuple[str, ...], st
               file=sys.stderr)
         return None
     root = Path(got["path"]) / sub if sub else Path(got["path"])
+    # Where its files lie: in a runner's own store (NIX_CONFIG="store = /tmp/machine-b", NIX_REMOTE) its
+    # /nix/store/...-source is not on the host: the same mlbuild was said to differ, then Nix failed on
+    # "getting status of '/nix/store/...-source/nix/entry.nix'". Nix evaluates it there to the same derivations.
+    root = Path(_nix.real_path(str(root)))
     if got["args"] is None:
         raise ConfigError(f"{where} has no nix/entry.nix at {root}: it is not mlbuild; point the flake's "
                           f"`mlbuild` input at mlbuild (see the README's \"Your own project\")")
@@ -343,7 +347,7 @@ def _fetched(locked_json: str) -> dict[str, Any] | None:
     except (OSError, ValueError, AttributeError):   # none yet, or not a record: fetch
         return None
     if not isinstance(got, dict) or not isinstance(got.get("path"), str) or not isinstance(got.get("args"), list) \
-            or not os.path.isdir(got["path"]):   # collected since: fetch it again
+            or not os.path.isdir(_nix.real_path(got["path"])):   # collected since (a runner's own store: there)
         return None
     # A folder there is not yet a path Nix holds: a garbage collection or `nix-store --delete` stopped
     # part way leaves an invalid, half-deleted copy, which fetchTree replaces and the build must not

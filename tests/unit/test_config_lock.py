@@ -699,3 +699,45 @@ def test_a_cli_older_than_the_pin_is_told_to_upgrade_not_to_lock_itself_into_the
     assert f"To build with this one: `nix flake lock --override-input mlbuild git+file://{own}`" in ahead
     assert not flakepin._newer_than({"rev": "f" * 40, "lastModified": 1}, own)   # unknown here, and older by time
     assert flakepin._newer_than({"rev": "f" * 40, "lastModified": 2 ** 40}, own)   # unknown here, later by time
+
+
+def test_a_pinned_mlbuild_is_read_where_a_runner_s_own_store_keeps_it(tree, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A project's flake pins this mlbuild; on a runner with a store of its own
+    (NIX_CONFIG="store = /tmp/machine-b") `mlbuild build` compared /nix/store/...-source, which is
+    not on the host, said the pinned mlbuild 'differs from this mlbuild', then Nix failed on
+    "getting status of '/nix/store/...-source/nix/entry.nix'". Its files are read where that store
+    keeps them, and one that differs is evaluated there (the derivations `nix build` gives)."""
+    from mlbuild import _nix, flakepin
+
+    locked = {"type": "git", "url": "file:///srv/mlbuild", "rev": "b" * 40, "narHash": "sha256-" + "B" * 43 + "="}
+    nodes = {"mlbuild": {"locked": locked}, "root": {"inputs": {"mlbuild": "mlbuild"}}}
+    root = tree({"p": {"flake.nix": "{ }\n", "flake.lock": json.dumps({"nodes": nodes, "root": "root", "version": 7})},
+                 "state": {}}) / "p"
+    monkeypatch.setenv("MLBUILD_STATE", str(root.parent / "state"))
+    src = f"/nix/store/{'s' * 32}-source"
+    copy = root.parent / "machine-b" / src.lstrip("/")
+    own = _nix.nix_lib_dir().parent
+    for rel in flakepin._COMPARED:
+        if (own / rel).is_file():
+            copy.joinpath(rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(own / rel, copy / rel)
+        else:
+            shutil.copytree(own / rel, copy / rel, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    evaluated = json.dumps({"path": src, "args": ["dirty", "overrides", "src", "system"]})
+    calls: list[list[str]] = []
+    monkeypatch.setattr(_nix, "run_nix", lambda args, **kw: calls.append(args) or subprocess.CompletedProcess(
+        args, 0, evaluated, ""))
+    monkeypatch.setattr(_nix, "invalid_paths", lambda paths, **kw: [])   # valid in that store
+    monkeypatch.delenv("MLBUILD_NIX", raising=False)
+    monkeypatch.delenv("NIX_REMOTE", raising=False)
+    monkeypatch.setenv("NIX_CONFIG", f"store = {root.parent / 'machine-b'}")
+    flakepin._pinned.cache_clear()
+    assert flakepin.pinned_entry(root) is None   # the same: this mlbuild's own library, without a word
+    assert "differs" not in capsys.readouterr().err
+    flakepin._pinned.cache_clear()   # the next command takes the fetch's record (it was evaluated every time)
+    assert flakepin.pinned_entry(root) is None and len(calls) == 1
+    with open(copy / "nix" / "entry.nix", "a") as f:
+        f.write("# another mlbuild\n")
+    flakepin._pinned.cache_clear()
+    assert flakepin.pinned_entry(root) == copy / "nix" / "entry.nix"
+    flakepin._pinned.cache_clear()
