@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +27,20 @@ _FORMAT = ("the format of the key files `nix-store --generate-binary-cache-key N
            "init --generate-key` write")
 
 
+_SECRET_IN = re.compile(r"(?:([^:'\"`=]*):)?([A-Za-z0-9+/]{86}==)")   # an ed25519 secret key's base64: 64 bytes
+
+
 def secret_key_name(text: str) -> str | None:
-    """The name of the secret key ``text`` is (``name:base64`` of 64 bytes: '' for the base64
+    """The name of the secret key ``text`` holds (``name:base64`` of 64 bytes: '' for the base64
     alone), else None: a setting that should hold a path or a public key but holds a secret key
-    (a CI secret handed over as a variable) is refused without being shown."""
-    name, sep, body = text.strip().partition(":")
-    if not sep:
-        name, body = "", name
+    (a CI secret handed over as a variable) is refused without being shown. Held anywhere in it,
+    whitespace left out: one in quotes (a YAML or .env file's `"name:..."`), wrapped by `base64`,
+    or followed by its public key was taken for a path, and shown whole in the message."""
+    found = _SECRET_IN.search("".join(text.split()))
+    if found is None:
+        return None
     try:
-        return name if body and len(base64.b64decode(body, validate=True)) == 64 else None
+        return found.group(1) or "" if len(base64.b64decode(found.group(2), validate=True)) == 64 else None
     except binascii.Error:
         return None
 

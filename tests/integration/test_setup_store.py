@@ -281,3 +281,26 @@ def test_a_secret_key_given_as_a_trusted_key_is_refused_never_shown(tmp_path: Pa
     done = setup_store(tmp_path, "r", MLBUILD_STORE_PUBLIC_KEYS=secret)
     assert done.returncode == 1 and "holds a secret key (not shown here)" in done.stderr, done.stderr
     assert secret[:12] not in done.stdout + done.stderr
+
+
+def test_a_secret_key_in_quotes_wrapped_or_with_its_public_key_is_refused_never_shown(tmp_path: Path) -> None:
+    """The key handed over as MLBUILD_STORE_SECRET_KEY in quotes (a YAML or .env file's
+    `"name:..."`), wrapped by base64 at 76 columns, or followed by its public key was taken for the
+    path of a key to make: setup-store printed "generating the store's signing key ... in
+    "name:..."" and wrote a new key to a file named after the old one, in the job's folder."""
+    assert setup_store(tmp_path, "a").returncode == 0
+    key = (tmp_path / "a" / "store.sec").read_text().strip()
+    public = (tmp_path / "a" / "store.pub").read_text().strip()
+    body = key.split(":", 1)[1]
+    work = tmp_path / "job"
+    work.mkdir()
+    for value in (f'"{key}"', f"'{key}'", f"{key}\n{public}\n", f"{body[:76]}\n{body[76:]}\n", f" {key}"):
+        done = subprocess.run(["bash", str(SCRIPT)], cwd=work, capture_output=True, text=True, env={
+            **os.environ, "MLBUILD_STORE": str(tmp_path / "store"), "MLBUILD_STORE_NIX_CONF": str(tmp_path / "ci.conf"),
+            "MLBUILD_STORE_SECRET_KEY": value})
+        assert done.returncode == 1 and "holds a secret key itself" in done.stderr, done.stdout + done.stderr
+        assert not any(body[i:i + 8] in done.stdout + done.stderr for i in range(len(body) - 8))
+        assert list(work.iterdir()) == [] and not (tmp_path / "ci.conf").exists()
+    quoted = setup_store(tmp_path, "b", MLBUILD_STORE_SECRET_KEY=str(tmp_path / "a" / "store.sec"),
+                         MLBUILD_STORE_PUBLIC_KEYS=f"'{body}'")
+    assert quoted.returncode == 1 and "MLBUILD_STORE_PUBLIC_KEYS holds a secret key" in quoted.stderr, quoted.stderr

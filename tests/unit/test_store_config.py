@@ -430,3 +430,29 @@ def test_a_secret_key_given_as_a_trusted_key_is_refused_never_shown(tmp_path: Pa
     # a public key that is not name:base64 is still shown, to be recognised
     with pytest.raises(StoreKeyError, match="public key 'abc' is not `name:base64`"):
         parse_public_key("abc")
+
+
+def test_a_secret_key_in_quotes_wrapped_or_with_its_public_key_is_refused_never_shown(tmp_path: Path) -> None:
+    """The key handed over as a variable, but quoted (`STORE_KEY="ci-1:..."` in a YAML or .env file
+    keeps the quotes), wrapped at 76 columns (`base64`'s output), or followed by its public key (both
+    files in one secret): taken for a path, each was printed whole in "cannot read the store's secret
+    key /project/"ci-1:..." (No such file or directory)", the wrapped one twice."""
+    key = generate_key_pair("ci-1", tmp_path / "k.sec", tmp_path / "k.pub")
+    secret = str(key).split(":", 1)[1]
+    public = (tmp_path / "k.pub").read_text().strip()
+    for value in (f'"{key}"', f"'{key}'", f"ci-1:{secret[:76]}\n{secret[76:]}\n", f"{key}\n{public}\n", f"{key}{public}",
+                  f"'{secret}'"):
+        with pytest.raises(StoreConfigError) as e:
+            load_store_config(tmp_path, env={"MLBUILD_STORE_SECRET_KEY": value})
+        said = str(e.value)
+        assert "MLBUILD_STORE_SECRET_KEY holds a secret key itself" in said, said
+        assert not any(secret[i:i + 8] in said for i in range(len(secret) - 8)), said
+        assert ("(named 'ci-1')" in said) == (value != f"'{secret}'"), said
+        for trusted in (value, f"{public} {value}"):   # MLBUILD_STORE_PUBLIC_KEYS: split at whitespace
+            with pytest.raises(StoreKeyError) as e:
+                load_store_config(tmp_path, env={"MLBUILD_STORE_PUBLIC_KEYS": trusted}).trusted_keys()
+            assert not any(secret[i:i + 8] in str(e.value) for i in range(len(secret) - 8)), str(e.value)
+    # a public key, and a path, are not taken for secrets
+    assert [str(k) for k in load_store_config(tmp_path, env={"MLBUILD_STORE_PUBLIC_KEYS": public}).trusted_keys()] \
+        == [public]
+    assert load_store_config(tmp_path, env={"MLBUILD_STORE_SECRET_KEY": str(tmp_path / "k.sec")}).secret_key() == key
