@@ -141,13 +141,14 @@ def _from_shared_store(project: Project, paths: list[str]) -> list[str]:
     does), where one is set up and holds them: a CI runner's prefetch pip-downloaded every wheel
     (torch: hundreds of MB) that main's push had put there, and refused another machine's
     interpreter snapshot that the store held. A store that cannot be used is a warning."""
-    from .errors import MlbuildError
+    from .errors import MlbuildError, StoreCorruptError, StoreMissingError
     from .store.config import load_store_config
     from .store.layout import Layout
     from .store.pull import pull
 
     cfg = load_store_config(project.root)   # a wrong [store] table is an error, as for builds
     layout = Layout(cfg.root)
+    there: list[str] = []
     try:
         if not layout.is_initialised():
             return []
@@ -155,8 +156,23 @@ def _from_shared_store(project: Project, paths: list[str]) -> list[str]:
         if there:
             pull(cfg, there)
     except (MlbuildError, OSError) as e:
-        print(f"mlbuild: warning: could not fetch from the shared store {cfg.root}: {e}", file=sys.stderr)
-        return [p for p in paths if p not in set(_nix.invalid_paths(paths))]
+        # One entry with its NAR missing or cut short stopped the whole pull, and pip fetched all 66
+        # wheels, torch too: the others are fetched one by one (only after such damage; a problem of
+        # the whole store, an untrusted key, would fail 66 times).
+        damaged = isinstance(e, (StoreCorruptError, StoreMissingError))
+        left = [p for p in there if p in set(_nix.invalid_paths(there))] if damaged and len(there) > 1 else []
+        for p in left:
+            try:
+                pull(cfg, [p])
+            except (StoreCorruptError, StoreMissingError):   # the first is said below; pip fetches these
+                pass
+            except (MlbuildError, OSError):
+                break
+        got = [p for p in paths if p not in set(_nix.invalid_paths(paths))]
+        failed = len([p for p in there if p not in got])
+        print(f"mlbuild: warning: could not fetch {f'{failed} of {len(there)} paths ' if failed else ''}from the shared "
+              f"store {cfg.root}: {str(e).replace(', so nothing was fetched', '')}", file=sys.stderr)
+        return got
     return there
 
 

@@ -147,3 +147,63 @@ def test_what_the_shared_store_holds_is_fetched_from_it(tree, monkeypatch: pytes
     # and again: all there, nothing fetched
     again = prefetch(project)
     assert again.fetched == [] and sorted(again.present) == sorted(["python-3.11.0-snapshot", WHEEL["filename"]])
+
+
+def test_one_entry_the_shared_store_cannot_give_leaves_the_others_to_it(tree, monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """One wheel whose NAR the shared store lacks (removed by hand, a push cut short) stopped the
+    whole pull before anything was copied, and pip then fetched every locked wheel (torch: hundreds of
+    MB): the others come from the store, pip fetches that one, and the warning names it."""
+    import hashlib
+
+    from mlbuild import toolchain
+    from mlbuild.nar import nar_sha256
+    from mlbuild.store import StoreConfig, init_store
+    from mlbuild.store.narinfo import NarInfo, format_hash
+    from mlbuild.store.upload import PathInfo
+    from tests.conftest import nar_digest
+    from tests.unit.test_store_publish import fake_path, put
+
+    cfg = StoreConfig(root=tmp_path / "cache", secret_key_file=tmp_path / "keys" / "s.sec")
+    init_store(cfg, generate_key=True, key_name="unit-1")
+    chroot = tmp_path / "chroot"
+    snap = fake_path(chroot, "python-3.11.0-snapshot", {"bin": {"python3.11": "x"}}, fixed=True)
+    wheels = []
+    for n in range(3):
+        body = f"PK wheel {n}".encode()
+        w = dict(WHEEL, name=f"w{n}", filename=f"w{n}-1-py3-none-any.whl", sha256=hashlib.sha256(body).hexdigest())
+        path = fixed_output_path(w["sha256"], w["filename"], recursive=False)
+        (chroot / path.lstrip("/")).write_bytes(body)
+        digest, size = nar_digest(str(chroot / path.lstrip("/")))
+        put(cfg, chroot, PathInfo(path, format_hash(digest), size, ()))
+        wheels.append((w, path))
+    put(cfg, chroot, snap)
+    broken = wheels[1][1]
+    narinfo = cfg.root / f"{broken.split('/')[-1][:32]}.narinfo"
+    (cfg.root / NarInfo.parse(narinfo.read_text()).url).unlink()   # its NAR is gone
+
+    project, _, _ = _project(tree, "3.11.0")   # another machine's interpreter
+    lock = json.loads(project.lock_path.read_text())
+    lock["interpreter"]["snapshot"] = {"name": "python-3.11.0-snapshot",
+                                       "sha256": nar_sha256(str(chroot / snap.path.lstrip("/")))}
+    lock["wheels"] = [w for w, _ in wheels]
+    project.lock_path.write_text(json.dumps(lock))
+    project = load_project(project.root)
+    monkeypatch.setenv("MLBUILD_STORE", str(cfg.root))
+    monkeypatch.setenv("MLBUILD_STORE_PUBLIC_KEYS", str(cfg.secret_key().public))
+    monkeypatch.setenv("NIX_REMOTE", "daemon")   # the copy goes through Nix (faked below)
+    nix = FakeNix(monkeypatch, set())
+
+    def copy(cache_url: str, paths: Sequence[str], *, store: str | None = None, options: Sequence[str] = ()) -> None:
+        nix.valid |= set(paths)
+
+    monkeypatch.setattr(_nix, "copy_from_cache", copy)
+    monkeypatch.setattr(_nix, "invalid_paths_in", lambda paths, store=None: nix.invalid_paths(paths))
+    pipped: list[str] = []
+    monkeypatch.setattr(toolchain, "_fetch_wheels", lambda project, todo, result: pipped.extend(
+        w["filename"] for w in todo))
+    result = prefetch(project)
+    assert pipped == ["w1-1-py3-none-any.whl"]
+    assert sorted(result.fetched) == ["python-3.11.0-snapshot", "w0-1-py3-none-any.whl", "w2-1-py3-none-any.whl"]
+    said = capsys.readouterr().err
+    assert f"could not fetch 1 of 4 paths from the shared store {cfg.root}: " in said and "nothing was fetched" not in said, said
