@@ -231,8 +231,7 @@ def _registered(link: Path) -> bool:
     SHA-1 of the link's absolute path, as Nix names it) points at it. A project moved or copied
     keeps its links, but Nix's entries point at the old folder: nothing held the outputs then."""
     absolute = os.path.abspath(link)
-    auto = Path(os.environ.get("NIX_STATE_DIR", "/nix/var/nix")) / "gcroots" / "auto" / \
-        nix_base32(hashlib.sha1(os.fsencode(absolute)).digest())
+    auto = Path(state_dir()) / "gcroots" / "auto" / nix_base32(hashlib.sha1(os.fsencode(absolute)).digest())
     try:
         return os.readlink(auto) == absolute
     except OSError:   # none (or not readable here): root it again, one nix-store call
@@ -420,6 +419,22 @@ def store_program(program: str, args: Sequence[str] = ()) -> list[str]:
         return [program, *args]
     top = "/".join(program.split("/")[:len(store_dir().split("/")) + 1])
     return [_which("nix"), "--extra-experimental-features", EXPERIMENTAL, "shell", top, "--command", program, *args]
+
+
+def state_dir() -> str:
+    """Nix's state folder (its database, ``gcroots``) for the store Nix's calls use: a chroot store's
+    own (``/tmp/machine-b/nix/var/nix``, ``local?state=DIR``), else ``NIX_STATE_DIR`` or
+    /nix/var/nix. A build on a runner's own store took the host's record of a root for its own, and
+    left its output unrooted there, where the same project had been built on the host's store."""
+    store = effective_store()
+    opts = dict(kv.split("=", 1) for kv in store.split("?", 1)[1].split("&") if "=" in kv) \
+        if store.startswith("local?") else {}
+    if opts.get("state", "").startswith("/"):
+        return os.path.normpath(opts["state"])
+    root = opts.get("root", "") if store.startswith("local?") else store
+    if root.startswith("/") and os.path.normpath(root) != "/":
+        return os.path.normpath(root) + "/nix/var/nix"
+    return os.environ.get("NIX_STATE_DIR", "/nix/var/nix")
 
 
 def real_store_dir(store: str) -> str | None:

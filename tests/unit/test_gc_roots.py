@@ -191,3 +191,26 @@ def test_a_root_nix_holds_costs_no_nix_call(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(_nix, "run_nix", no_nix)
     _nix.add_roots({"m.model": path}, roots)
+
+
+def test_a_root_in_a_runner_s_own_store_is_recorded_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build on a runner's own store (NIX_CONFIG="store = /tmp/machine-b") of a project built on
+    the host's store before took the host's record of its root (/nix/var/nix/gcroots/auto) for that
+    store's, and rooted nothing there: its next garbage collection took the outputs."""
+    import hashlib
+
+    chroot = tmp_path / "machine-b"
+    monkeypatch.delenv("NIX_REMOTE", raising=False)
+    monkeypatch.setenv("NIX_CONFIG", f"store = {chroot}")
+    (tmp_path / "x.txt").write_text(f"{os.getpid()} {tmp_path}\n")
+    path = subprocess.run(["nix-store", "--add", str(tmp_path / "x.txt")], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    roots = tmp_path / "proj" / ".mlbuild" / "gcroots"
+    roots.mkdir(parents=True)
+    os.symlink(path, roots / "m.model")   # the host's build made the link, and Nix recorded it there
+    host = tmp_path / "host-state" / "gcroots" / "auto"
+    host.mkdir(parents=True)
+    os.symlink(roots / "m.model", host / _nix.nix_base32(hashlib.sha1(os.fsencode(str(roots / "m.model"))).digest()))
+    monkeypatch.setenv("NIX_STATE_DIR", str(tmp_path / "host-state"))
+    _nix.add_roots({"m.model": path}, roots)
+    assert str(roots / "m.model") in roots_of(path)   # nix-store -q --roots, in that store
