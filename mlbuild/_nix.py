@@ -472,8 +472,11 @@ def untrusted_daemon_user(config: dict[str, str] | None = None) -> bool:
     multi-user install: Nix's default ``trusted-users = root``). Such a daemon ignores the
     substituters and ``trusted-public-keys`` a call passes (``--option``): only its own nix.conf
     counts, which only the machine's admin may change. ``NIX_REMOTE`` as Nix reads it: ``daemon``
-    or ``unix://...``; unset or ``auto``, the daemon where this user may not write Nix's state."""
-    remote = os.environ.get("NIX_REMOTE", "")
+    or ``unix://...``; unset or ``auto``, the daemon where this user may not write Nix's state.
+    NIX_CONFIG's ``store`` counts first, as Nix takes it: a CI user's store of its own
+    (``store = $HOME/nix``) on a machine with a daemon was told the daemon does not trust it, and
+    `store pull` refused, naming lines to ask the admin for that would change nothing."""
+    remote = effective_store()
     if remote in ("", "auto"):
         state = os.environ.get("NIX_STATE_DIR", "/nix/var/nix")
         if os.access(state, os.W_OK) or not os.path.exists(os.path.join(state, "daemon-socket", "socket")):

@@ -40,6 +40,15 @@ def test_whether_the_daemon_trusts_this_user(tmp_path: Path, monkeypatch: pytest
     (tmp_path / "state" / "daemon-socket" / "socket").touch()
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     assert _nix.untrusted_daemon_user({"trusted-users": "someone-else"})
+    # a store of its own (a CI user's NIX_CONFIG="store = $HOME/nix") is no daemon's, nor one NIX_REMOTE names
+    for config, remote in (("store = /home/ci/nix", ""), ("store = local?root=/home/ci/nix", "daemon")):
+        monkeypatch.setenv("NIX_CONFIG", config)
+        monkeypatch.setenv("NIX_REMOTE", remote)
+        assert not _nix.untrusted_daemon_user({"trusted-users": "someone-else"}), (config, remote)
+    monkeypatch.setenv("NIX_CONFIG", "store = daemon")
+    assert _nix.untrusted_daemon_user({"trusted-users": "someone-else"})
+    monkeypatch.delenv("NIX_CONFIG")
+    monkeypatch.delenv("NIX_REMOTE")
     (tmp_path / "state" / "daemon-socket" / "socket").unlink()
     assert not _nix.untrusted_daemon_user({"trusted-users": "someone-else"})
 
