@@ -466,6 +466,41 @@ def test_the_access_log_names_the_client_behind_the_proxies_named(pkg: Path, tmp
     assert len(logs[1]) == 1 and ' uvicorn.access: 203.0.113.7:' in logs[1][0], logs
 
 
+def test_forwarded_allow_ips_is_written_as_uvicorn_matches_it() -> None:
+    """A network with host bits (10.1.0.5/16), a * beside an address, and an IPv4 proxy seen
+    IPv4-mapped by a server on --host :: (::ffff:10.0.0.5) were taken, and matched no proxy: the
+    proxy's X-Forwarded-For was ignored without a word (uvicorn reads 10.1.0.5/16 and * there as
+    names)."""
+    from mlbuild.runtime.serve.__main__ import build_parser
+
+    def parsed(text: str) -> str:
+        value = build_parser(package="-").parse_args(["--forwarded-allow-ips", text]).forwarded_allow_ips
+        assert isinstance(value, str)
+        return value
+    assert parsed("10.1.0.5/16, 10.0.0.5") == "10.1.0.0/16,::ffff:10.1.0.0/112,10.0.0.5,::ffff:10.0.0.5"
+    assert parsed("10.0.0.5, *") == "*"
+    with pytest.raises(SystemExit):   # an address after the * is checked too
+        build_parser(package="-").parse_args(["--forwarded-allow-ips", "*, 10.0.0.300"])
+    assert parsed("[::1], fd00::/8") == "::1,fd00::/8"
+
+
+@pytest.mark.parametrize("host, allow", [("127.0.0.1", "127.0.0.5/8"), ("::", "127.0.0.1")])
+def test_the_access_log_names_the_client_behind_a_proxy_named_loosely(pkg: Path, tmp_path: Path, host: str,
+                                                                      allow: str) -> None:
+    """--forwarded-allow-ips 127.0.0.5/8, or 127.0.0.1 on --host :: (the proxy seen as
+    ::ffff:127.0.0.1), was taken, and every access log line still named the proxy."""
+    from tests.unit.conftest_serve import ServerProcess
+
+    server = ServerProcess(pkg, tmp_path / "server", "--log-level", "info", "--access-log", "--host", host,
+                           "--forwarded-allow-ips", allow).ready()
+    try:
+        assert server.request("GET", "/v2/health/live", headers={"X-Forwarded-For": "203.0.113.7"})[0] == 200
+    finally:
+        assert server.stop() == 0
+    lines = [x for x in server.log().splitlines() if "/v2/health/live" in x]
+    assert len(lines) == 1 and " uvicorn.access: 203.0.113.7:" in lines[0], server.log()
+
+
 def test_good_overrides_parse(pkg: Path) -> None:
     from mlbuild.runtime.serve.__main__ import build_parser
 
