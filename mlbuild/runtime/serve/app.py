@@ -316,12 +316,15 @@ def _proxy_prefix(request: Request) -> str | None:
     """The prefix before one of this server's routes in the path (``/digits`` of
     ``/digits/v2/health/ready``): what a reverse proxy passed on instead of stripping it."""
     match = _PREFIXED.match(request.url.path)
-    if match is None or match.group(1).startswith(("/v1/", "/v2/")):   # a wrong path of the server's own
+    # a wrong path of the server's own (/v2/metrics, /v1/metrics, /v2/v2 named "the prefix '/v2'")
+    if match is None or match.group(1) in ("/v1", "/v2") or match.group(1).startswith(("/v1/", "/v2/")):
         return None
-    scope = {"type": "http", "path": match.group(2), "method": request.method}
-    if any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes):
-        return match.group(1)
-    return None
+    return match.group(1) if _routed(request, match.group(2)) else None
+
+
+def _routed(request: Request, path: str) -> bool:
+    scope = {"type": "http", "path": path, "method": request.method}
+    return any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -335,6 +338,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         if path == "/":   # a load balancer's default health check (AWS, Google Cloud)
             fix = ("a health check: GET /v2/health/ready (readiness: 503 while loading or stopping) or "
                    "/v2/health/live (liveness); the API: /v2 and /v2/models/{name}")
+        elif path.startswith("//") and _routed(request, "/" + path.lstrip("/")):
+            # nginx's `location /digits { proxy_pass http://BACKEND/; }` turns /digits/v2/... into //v2/...
+            fix = ("the path begins with two slashes: behind a proxy that strips a prefix, end its location with a "
+                   "slash as its proxy_pass does (nginx: `location /PREFIX/` with `proxy_pass http://BACKEND/;`)")
         elif prefix is not None:
             fix = (f"this server's routes start at /v2, /v1 and /metrics: behind a proxy, have it strip the prefix "
                    f"{prefix[:100]!r} (nginx: `proxy_pass http://BACKEND/;` in `location {prefix[:100]}/`, with the "
