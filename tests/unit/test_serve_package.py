@@ -262,6 +262,25 @@ def test_outputs_a_postprocess_returns_beyond_the_declared_ones_are_named_at_loa
     assert sorted(model.run(np.zeros((2, 64), np.float32))) == ["label", "probabilities"]
 
 
+def test_a_bfloat16_classifier_whose_forward_returns_probabilities_is_refused_too(tmp_path: Path) -> None:
+    """A bfloat16 softmax's outputs sum to 1 within its rounding only ([0.621, 0.377]: 0.998), and
+    the check took 1e-3: such a binary classifier was served flattened, as before the check."""
+    soft = '''import torch
+from torch import nn
+
+
+def build_model(params):
+    model = nn.Sequential(nn.Linear(params["features"], 2), nn.Softmax(-1))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.copy_(torch.tensor([0.5, 0.0]))
+    return model.to(torch.bfloat16)
+'''
+    pkg = build_package(tmp_path / "soft", source=soft, train_steps=0, params={"features": 64, "classes": 2})
+    with pytest.raises(PackageError, match=re.escape("the model's forward returns probabilities")):
+        load_model(load_package(pkg), threads=1)
+
+
 def test_a_regression_model_returning_several_values_a_row_is_refused_naming_them(tmp_path: Path) -> None:
     """A model of three targets ([N, 3]) declared task="regression" failed its validation with
     "output 'prediction' has shape [1, 3] ...; config.json declares [-1]", naming no way out."""
