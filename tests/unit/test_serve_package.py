@@ -485,6 +485,21 @@ def test_the_access_log_names_the_client_behind_the_proxies_named(pkg: Path, tmp
     assert len(logs[1]) == 1 and ' uvicorn.access: 203.0.113.7:' in logs[1][0], logs
 
 
+def test_the_access_log_is_written_at_any_log_level(pkg: Path, tmp_path: Path) -> None:
+    """--access-log with --log-level warning (to quiet the server's own lines) wrote no access line
+    at all, without a word: they are INFO lines, and uvicorn held its access logger to the level."""
+    from tests.unit.conftest_serve import ServerProcess
+
+    server = ServerProcess(pkg, tmp_path / "server", "--log-level", "warning", "--access-log").ready()
+    try:
+        assert server.request("GET", "/v2/health/live")[0] == 200
+    finally:
+        assert server.stop() == 0
+    lines = [x for x in server.log().splitlines() if "/v2/health/live" in x]
+    assert len(lines) == 1 and ' INFO uvicorn.access: 127.0.0.1:' in lines[0], server.log()
+    assert "mlbuild.serve: serving" not in server.log()   # the rest still at the level asked for
+
+
 def test_forwarded_allow_ips_is_written_as_uvicorn_matches_it() -> None:
     """A network with host bits (10.1.0.5/16), a * beside an address, and an IPv4 proxy seen
     IPv4-mapped by a server on --host :: (::ffff:10.0.0.5) were taken, and matched no proxy: the
