@@ -281,6 +281,23 @@ def build_model(params):
         load_model(load_package(pkg), threads=1)
 
 
+def test_a_postprocess_with_an_in_place_op_on_the_outputs_still_loads(tmp_path: Path) -> None:
+    """The load's check for extra outputs called postprocess outside inference mode, where an
+    in-place op on the model's outputs (softmax_, sigmoid_, clamp_), which serving runs, raised
+    "Inplace update to inference tensor outside InferenceMode": the package failed its warm-up,
+    blaming postprocess, so a model that served before failed its validation."""
+    source = MLP_SOURCE + '''
+
+def postprocess(outputs):
+    outputs.exp_()
+    probs = outputs.div_(outputs.sum(-1, keepdim=True))
+    return {"probabilities": probs, "label": probs.argmax(-1)}
+'''
+    pkg = build_package(tmp_path / "inplace", source=source, train_steps=0)
+    out = load_model(load_package(pkg), threads=1).run(np.ones((2, 64), np.float32))
+    np.testing.assert_allclose(out["probabilities"].sum(1), 1.0, rtol=1e-5)
+
+
 def test_a_regression_model_returning_several_values_a_row_is_refused_naming_them(tmp_path: Path) -> None:
     """A model of three targets ([N, 3]) declared task="regression" failed its validation with
     "output 'prediction' has shape [1, 3] ...; config.json declares [-1]", naming no way out."""

@@ -349,7 +349,9 @@ def load_model(pkg: Package, threads: int | None = None, verify: bool = True) ->
             _refuse_probabilities(model.forward(warm))
         elif getattr(user, "postprocess", None) is not None:
             declared = [o.name for o in pkg.outputs]
-            extra = sorted(set(map(str, postprocess(model.forward(warm)))) - set(declared))
+            with torch.inference_mode():   # as run() calls it: an in-place op on the outputs (sigmoid_) is
+                # refused outside it ("Inplace update to inference tensor"), which failed the package's load
+                extra = sorted(set(map(str, postprocess(model.forward(warm)))) - set(declared))
             if extra:   # dropped without a word: a client asking for one got a 400 naming the declared ones
                 log.warning("%s: postprocess returns %s, which the model does not declare (its outputs, from "
                             "ctx.describe(task=%r): %s), so they are not served", pkg.name,
