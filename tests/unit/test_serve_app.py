@@ -380,6 +380,18 @@ def test_a_path_behind_a_proxy_prefix_or_a_balancer_s_root_health_check_names_th
         assert client.get(path).json()["error"] == f"no route GET {path}; see /v2 and /v2/models/{{name}}"
 
 
+def test_a_proxy_prefix_holding_a_version_of_its_own_is_named_whole(served: tuple[TestClient, ServerState]) -> None:
+    """A gateway's prefix with a /v1/ or /v2 in it (/api/v1/digits/v2/health/ready) was split at its
+    first /v1/, where no route starts, and got "see /v2": the prefix went unnamed."""
+    client, _ = served
+    for method, path, prefix in (("GET", "/api/v1/digits/v2/health/ready", "/api/v1/digits"),
+                                 ("POST", "/ml/v2/digits/v2/models/digits/infer", "/ml/v2/digits"),
+                                 ("GET", "/gw/v2/v2/health/live", "/gw/v2"),
+                                 ("GET", "/api/v2/metrics", "/api/v2")):
+        r = client.request(method, path)
+        assert r.status_code == 404 and f"have it strip the prefix {prefix!r}" in r.json()["error"], r.text
+
+
 def test_a_wrong_path_under_v2_names_no_proxy_prefix_and_a_doubled_slash_names_the_proxy_s_location(
         served: tuple[TestClient, ServerState]) -> None:
     """GET /v2/metrics (or /v1/metrics, /v2/v2) was told "behind a proxy, have it strip the prefix

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import json
 import logging
 import re
@@ -309,17 +310,23 @@ def _not_allowed(request: Request, allow: str) -> Response:
                     status_code=405, media_type=_JSON, headers={"Allow": allow})
 
 
-_PREFIXED = re.compile(r"^(/.+?)(/v2|/v2/.*|/v1/.*|/metrics)$")
+_ROUTE_START = re.compile(r"(?=/(?:v2(?:/|$)|v1/|metrics$))")   # a lookahead: /a/v2/v2/... tries both
 
 
 def _proxy_prefix(request: Request) -> str | None:
     """The prefix before one of this server's routes in the path (``/digits`` of
-    ``/digits/v2/health/ready``): what a reverse proxy passed on instead of stripping it."""
-    match = _PREFIXED.match(request.url.path)
+    ``/digits/v2/health/ready``): what a reverse proxy passed on instead of stripping it. Each
+    place a route may start is tried: a gateway's prefix may hold a /v1/ or /v2 of its own
+    (``/api/v1/digits/v2/health/ready``), which the first try alone took for the route."""
+    path = request.url.path
     # a wrong path of the server's own (/v2/metrics, /v1/metrics, /v2/v2 named "the prefix '/v2'")
-    if match is None or match.group(1) in ("/v1", "/v2") or match.group(1).startswith(("/v1/", "/v2/")):
+    if path.startswith(("/v1/", "/v2/")) or path in ("/v1", "/v2"):
         return None
-    return match.group(1) if _routed(request, match.group(2)) else None
+    # the first few places only: a 64 KiB path of /v1/x/v1/x/... took 0.1 s of the event loop
+    for match in itertools.islice(_ROUTE_START.finditer(path), 8):
+        if match.start() > 0 and _routed(request, path[match.start():]):
+            return path[:match.start()]
+    return None
 
 
 def _routed(request: Request, path: str) -> bool:
