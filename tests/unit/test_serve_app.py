@@ -380,6 +380,19 @@ def test_a_path_behind_a_proxy_prefix_or_a_balancer_s_root_health_check_names_th
         assert client.get(path).json()["error"] == f"no route GET {path}; see /v2 and /v2/models/{{name}}"
 
 
+def test_a_probe_path_of_another_server_s_names_the_health_routes(served: tuple[TestClient, ServerState]) -> None:
+    """A Kubernetes probe or a balancer's health check on another server's path (/healthz, /ping,
+    /v2/health without ready or live) got "see /v2 and /v2/models/{name}", which names no health
+    route; it gets what GET / gets."""
+    client, _ = served
+    for path in ("/healthz", "/health", "/ping", "/readyz", "/v2/health", "/v2/health/"):
+        r = client.get(path)
+        assert r.status_code == 404 and r.json()["error"] == (
+            f"no route GET {path}; a health check: GET /v2/health/ready (readiness: 503 while loading or stopping) or "
+            "/v2/health/live (liveness); the API: /v2 and /v2/models/{name}"), r.text
+    assert client.get("/v2/healthy").json()["error"] == "no route GET /v2/healthy; see /v2 and /v2/models/{name}"
+
+
 def test_a_proxy_prefix_holding_a_version_of_its_own_is_named_whole(served: tuple[TestClient, ServerState]) -> None:
     """A gateway's prefix with a /v1/ or /v2 in it (/api/v1/digits/v2/health/ready) was split at its
     first /v1/, where no route starts, and got "see /v2": the prefix went unnamed."""

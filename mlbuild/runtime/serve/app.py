@@ -310,6 +310,7 @@ def _not_allowed(request: Request, allow: str) -> Response:
                     status_code=405, media_type=_JSON, headers={"Allow": allow})
 
 
+_PROBE = re.compile(r"^(?:/v2)?/(?:health|healthz|healthcheck|livez|readyz|ready|live|ping)/?$")
 _ROUTE_START = re.compile(r"(?=/(?:v2(?:/|$)|v1/|metrics$))")   # a lookahead: /a/v2/v2/... tries both
 
 
@@ -342,7 +343,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     message = exc.detail
     if exc.status_code == 404:
         prefix = _proxy_prefix(request)
-        if path == "/":   # a load balancer's default health check (AWS, Google Cloud)
+        if path == "/" or _PROBE.search(path):   # a load balancer's default health check (AWS, Google
+            # Cloud), or a probe path of another server's (/healthz, /ping, /v2/health): "see /v2" named neither
             fix = ("a health check: GET /v2/health/ready (readiness: 503 while loading or stopping) or "
                    "/v2/health/live (liveness); the API: /v2 and /v2/models/{name}")
         elif path.startswith("//") and _routed(request, "/" + path.lstrip("/")):
