@@ -236,7 +236,7 @@ def test_a_classifier_whose_forward_returns_probabilities_is_refused_naming_the_
     assert "nn.Softmax(-1)" in soft
     pkg = build_package(tmp_path / "soft", source=soft, train_steps=0)
     with pytest.raises(PackageError, match=re.escape(
-            "the model's forward returns probabilities (on the warm-up row its outputs are >= 0 and sum to 1: a "
+            "the model's forward returns probabilities (on the warm-up rows its outputs are >= 0 and sum to 1: a "
             "softmax at its end), and a classifier's default postprocess applies a softmax to them again")):
         load_model(load_package(pkg), threads=1)
     kept = build_package(tmp_path / "kept", train_steps=0, source=soft + (
@@ -260,6 +260,27 @@ def test_outputs_a_postprocess_returns_beyond_the_declared_ones_are_named_at_loa
     assert ("digits: postprocess returns 'embedding', which the model does not declare (its outputs, from "
             "ctx.describe(task='classification'): probabilities, label), so they are not served") in caplog.text
     assert sorted(model.run(np.zeros((2, 64), np.float32))) == ["label", "probabilities"]
+
+
+def test_a_logits_classifier_whose_warm_up_row_looks_like_probabilities_is_served(tmp_path: Path) -> None:
+    """A binary logits model whose row of zeros gives its bias, [0.3, 0.7] (>= 0, summing to 1),
+    was refused as one returning probabilities, with no way to serve it but a postprocess: the
+    check now needs every warm-up row (zeros, then ones) to look so."""
+    logits = '''import torch
+from torch import nn
+
+
+def build_model(params):
+    model = nn.Linear(params["features"], 2)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.weight[0, 0] = 1.0
+        model.bias.copy_(torch.tensor([0.3, 0.7]))
+    return model
+'''
+    pkg = build_package(tmp_path / "logits", source=logits, train_steps=0, params={"features": 64, "classes": 2})
+    out = load_model(load_package(pkg), threads=1).run(np.zeros((1, 64), np.float32))
+    np.testing.assert_allclose(out["probabilities"][0], torch.softmax(torch.tensor([0.3, 0.7]), 0).numpy(), rtol=1e-5)
 
 
 def test_a_bfloat16_classifier_whose_forward_returns_probabilities_is_refused_too(tmp_path: Path) -> None:
