@@ -398,6 +398,9 @@ def test_default_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     (["--max-body-bytes", "10"], "argument --max-body-bytes: '10' is not an integer >= 1024"),
     (["--graceful-timeout", "-1"], "argument --graceful-timeout: '-1' is not an integer >= 0"),
     (["--keep-alive-timeout", "0"], "argument --keep-alive-timeout: '0' is not an integer in 1..86400"),
+    (["--forwarded-allow-ips", "10.0.0.5,", "10.0.0.6"],   # unquoted, with a space after the comma
+     "argument --forwarded-allow-ips: '10.0.0.5,' has an empty entry (a comma at its end, or two in a row); a list "
+     "with spaces after its commas is split by the shell: quote it ('10.0.0.5, 10.0.0.6') or drop the spaces"),
     (["--forwarded-allow-ips", "10.0.0.5, 10.0.0.0/33"],
      "argument --forwarded-allow-ips: '10.0.0.0/33' is not an IP address or network (of '10.0.0.5, 10.0.0.0/33'); "
      "pass the proxies' addresses, comma-separated (10.0.0.5,10.1.0.0/16), or * to trust any"),

@@ -61,6 +61,10 @@ def _proxies(text: str) -> str:
     items = [item.strip() for item in text.split(",")]
     trusted: list[str] = []
     for item in items:
+        if not item:   # `--forwarded-allow-ips 10.0.0.5, 10.0.0.6` unquoted: the shell split it at the space
+            raise argparse.ArgumentTypeError(
+                f"{text!r} has an empty entry (a comma at its end, or two in a row); a list with spaces after its "
+                "commas is split by the shell: quote it ('10.0.0.5, 10.0.0.6') or drop the spaces")
         try:
             if item == "*":
                 trusted.append(item)
