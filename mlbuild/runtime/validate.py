@@ -314,7 +314,9 @@ def served_rows(x: Any, spec: Any, who: str, script: str) -> Any:
         other = next((i for i, n in enumerate(lengths) if n != lengths[0]), None)
         if other is None:
             raise
-        rows = f"row 0 has {lengths[0]} values, row {other} has {lengths[other]}"
+        first, then = lengths[0], lengths[other]   # None: a number, not a row ("row 1 has None")
+        rows = (f"row 0 has {'one number' if first is None else f'{first} values'}, row {other} has "
+                f"{'one number' if then is None else then}")
         if -1 not in list(spec.shape)[1:]:   # a fixed width: padding would feed the model made-up values
             raise SystemExit(f"{who}: load() in {script} gives rows of different lengths ({rows}), but the model takes "
                              f"{spec.name!r} rows of shape {list(spec.shape)[1:]}: fix or drop the rows of another "

@@ -279,6 +279,8 @@ def test_the_suite_s_inputs_are_checked_and_cast_as_the_server_takes_a_request()
     assert str(e.value.code) == ("v: load() in validate.py gives rows of different lengths (row 0 has 4 values, row 1 "
                                  "has 3), but the model takes 'input' rows of shape [4]: fix or drop the rows of "
                                  "another shape in load()")
+    with pytest.raises(SystemExit, match=re.escape("(row 0 has 4 values, row 1 has one number)")):
+        served_rows([[1.0, 2.0, 3.0, 4.0], 5.0], flat, "v", "validate.py")
     # an integer out of the datatype's range would wrap (300 as INT8 is 44): the server refuses it
     with pytest.raises(SystemExit, match=r"gives inputs out of range for INT8 \(-128\.\.127\): 300; the server "
                                          r"refuses such rows"):
