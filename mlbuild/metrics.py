@@ -84,10 +84,13 @@ def gate_advice(model: str, log_tail: str) -> str:
                for name in line.split(":", 1)[0].split(",")]
     failed = re.search(rf"mlbuild: validation of {re.escape(model)} failed \(([^)]*)\)", log_tail)
     if unknown and failed and set(failed.group(1).split(", ")) <= set(unknown):
-        # "improve the model" for a threshold no model can meet: a regression model's `accuracy`, a typo
-        return (f"\n{model}'s suite reports no {', '.join(unknown)}, whatever the model: name a metric it reports (listed "
-                f"above: a regression model's are mae, rmse and r2) in [models.{model}.validation].thresholds in "
-                f"mlbuild.toml")
+        # "improve the model" for a threshold no model can meet: a regression model's `accuracy`, a typo.
+        # The metrics it does report, from the gate's line (a classifier's typo was told "a regression
+        # model's are mae, rmse and r2")
+        reported = re.search(r": no such metric in the report; the suite reports (.*?) \(fix the name", log_tail)
+        listed = f" ({reported.group(1)})" if reported else " (listed above)"
+        return (f"\n{model}'s suite reports no {', '.join(unknown)}, whatever the model: name a metric it "
+                f"reports{listed} in [models.{model}.validation].thresholds in mlbuild.toml")
     return (f"\n{model} does not meet its thresholds ([models.{model}.validation].thresholds in mlbuild.toml): improve "
             f"the model and compare variants on the held-out data (`mlbuild exp run {model} --set KEY=VALUE`, then "
             f"`mlbuild exp show {model}`), or lower a threshold that asks more than the task allows; every metric: "

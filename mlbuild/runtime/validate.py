@@ -314,10 +314,16 @@ def served_rows(x: Any, spec: Any, who: str, script: str) -> Any:
         other = next((i for i, n in enumerate(lengths) if n != lengths[0]), None)
         if other is None:
             raise
-        raise SystemExit(f"{who}: load() in {script} gives rows of different lengths (row 0 has {lengths[0]} values, "
-                         f"row {other} has {lengths[other]}), but the suite's rows go to the model in batches, as one "
-                         f"request's rows, which must be one length: pad them to one length in load() (a padding id "
-                         f"the model ignores, such as an Embedding's padding_idx)") from None
+        first, then = lengths[0], lengths[other]   # None: a number, not a row ("row 1 has None")
+        rows = (f"row 0 has {'one number' if first is None else f'{first} values'}, row {other} has "
+                f"{'one number' if then is None else then}")
+        if -1 not in list(spec.shape)[1:]:   # a fixed width: padding would feed the model made-up values
+            raise SystemExit(f"{who}: load() in {script} gives rows of different lengths ({rows}), but the model takes "
+                             f"{spec.name!r} rows of shape {list(spec.shape)[1:]}: fix or drop the rows of another "
+                             f"shape in load()") from None
+        raise SystemExit(f"{who}: load() in {script} gives rows of different lengths ({rows}), but the suite's rows go "
+                         f"to the model in batches, as one request's rows, which must be one length: pad them to one "
+                         f"length in load() (a padding id the model ignores, such as an Embedding's padding_idx)") from None
     want, got = list(spec.shape), list(arr.shape)
     if len(got) != len(want) or any(w != -1 and w != g for w, g in zip(want[1:], got[1:])):
         raise SystemExit(f"{who}: load() in {script} gives inputs of shape {got}, but the model takes {spec.name!r} "

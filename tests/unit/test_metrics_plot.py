@@ -276,8 +276,16 @@ def test_a_gate_failing_on_a_metric_the_suite_does_not_report_says_to_name_one_i
             "  accuracy: no such metric in the report; the suite reports mae, r2, rmse (fix the name in "
             "[models.price.validation].thresholds)")
     assert gate_advice("price", tail) == (
-        "\nprice's suite reports no accuracy, whatever the model: name a metric it reports (listed above: a regression "
-        "model's are mae, rmse and r2) in [models.price.validation].thresholds in mlbuild.toml")
+        "\nprice's suite reports no accuracy, whatever the model: name a metric it reports (mae, r2, rmse) in "
+        "[models.price.validation].thresholds in mlbuild.toml")
+    # a classifier's misspelt metric was told "a regression model's are mae, rmse and r2"
+    typo = ("mlbuild: validation of digits failed (acuracy); suite version bf6f799b47fa7676:\n"
+            "  acuracy               missing   >= 0.9      FAILED\n"
+            "  acuracy: no such metric in the report; the suite reports accuracy, f1_macro, log_loss (fix the name in "
+            "[models.digits.validation].thresholds)")
+    assert gate_advice("digits", typo) == (
+        "\ndigits's suite reports no acuracy, whatever the model: name a metric it reports (accuracy, f1_macro, "
+        "log_loss) in [models.digits.validation].thresholds in mlbuild.toml")
     both = tail.replace("failed (accuracy)", "failed (r2, accuracy)")   # and a metric a better model could meet
     assert gate_advice("price", both).startswith("\nprice does not meet its thresholds")
 

@@ -380,6 +380,48 @@ def test_a_path_behind_a_proxy_prefix_or_a_balancer_s_root_health_check_names_th
         assert client.get(path).json()["error"] == f"no route GET {path}; see /v2 and /v2/models/{{name}}"
 
 
+def test_a_probe_path_of_another_server_s_names_the_health_routes(served: tuple[TestClient, ServerState]) -> None:
+    """A Kubernetes probe or a balancer's health check on another server's path (/healthz, /ping,
+    /v2/health without ready or live) got "see /v2 and /v2/models/{name}", which names no health
+    route; it gets what GET / gets."""
+    client, _ = served
+    for path in ("/healthz", "/health", "/ping", "/readyz", "/v2/health", "/v2/health/"):
+        r = client.get(path)
+        assert r.status_code == 404 and r.json()["error"] == (
+            f"no route GET {path}; a health check: GET /v2/health/ready (readiness: 503 while loading or stopping) or "
+            "/v2/health/live (liveness); the API: /v2 and /v2/models/{name}"), r.text
+    assert client.get("/v2/healthy").json()["error"] == "no route GET /v2/healthy; see /v2 and /v2/models/{name}"
+
+
+def test_a_proxy_prefix_holding_a_version_of_its_own_is_named_whole(served: tuple[TestClient, ServerState]) -> None:
+    """A gateway's prefix with a /v1/ or /v2 in it (/api/v1/digits/v2/health/ready) was split at its
+    first /v1/, where no route starts, and got "see /v2": the prefix went unnamed."""
+    client, _ = served
+    for method, path, prefix in (("GET", "/api/v1/digits/v2/health/ready", "/api/v1/digits"),
+                                 ("POST", "/ml/v2/digits/v2/models/digits/infer", "/ml/v2/digits"),
+                                 ("GET", "/gw/v2/v2/health/live", "/gw/v2"),
+                                 ("GET", "/api/v2/metrics", "/api/v2")):
+        r = client.request(method, path)
+        assert r.status_code == 404 and f"have it strip the prefix {prefix!r}" in r.json()["error"], r.text
+
+
+def test_a_wrong_path_under_v2_names_no_proxy_prefix_and_a_doubled_slash_names_the_proxy_s_location(
+        served: tuple[TestClient, ServerState]) -> None:
+    """GET /v2/metrics (or /v1/metrics, /v2/v2) was told "behind a proxy, have it strip the prefix
+    '/v2'", with no proxy in front; and nginx's `location /digits` with `proxy_pass http://BACKEND/;`
+    (a slash on one side only) passes //v2/... on, which got "see /v2"."""
+    client, _ = served
+    for path in ("/v2/metrics", "/v1/metrics", "/v2/v2"):
+        assert client.get(path).json()["error"] == f"no route GET {path}; see /v2 and /v2/models/{{name}}"
+    for method, path in (("GET", "//v2/health/ready"), ("POST", "//v2/models/digits/infer")):
+        r = client.request(method, "http://testserver" + path)   # "//v2/...": the host v2, to httpx
+        assert r.status_code == 404 and r.json()["error"] == (
+            f"no route {method} {path}; the path begins with two slashes: behind a proxy that strips a prefix, end "
+            "its location with a slash as its proxy_pass does (nginx: `location /PREFIX/` with "
+            "`proxy_pass http://BACKEND/;`)"), r.text
+    assert client.get("http://testserver//nope").json()["error"] == "no route GET //nope; see /v2 and /v2/models/{name}"
+
+
 def test_server_metadata_is_also_at_the_path_the_protocols_openapi_names(served: tuple[TestClient, ServerState]) -> None:
     """open_inference_rest.yaml (KServe's open-inference-protocol) gives server metadata as `GET /v2/`:
     a client generated from it got a 404 ("drop the trailing slash")."""

@@ -236,7 +236,7 @@ def test_a_classifier_whose_forward_returns_probabilities_is_refused_naming_the_
     assert "nn.Softmax(-1)" in soft
     pkg = build_package(tmp_path / "soft", source=soft, train_steps=0)
     with pytest.raises(PackageError, match=re.escape(
-            "the model's forward returns probabilities (on the warm-up row its outputs are >= 0 and sum to 1: a "
+            "the model's forward returns probabilities (on the warm-up rows its outputs are >= 0 and sum to 1: a "
             "softmax at its end), and a classifier's default postprocess applies a softmax to them again")):
         load_model(load_package(pkg), threads=1)
     kept = build_package(tmp_path / "kept", train_steps=0, source=soft + (
@@ -260,6 +260,63 @@ def test_outputs_a_postprocess_returns_beyond_the_declared_ones_are_named_at_loa
     assert ("digits: postprocess returns 'embedding', which the model does not declare (its outputs, from "
             "ctx.describe(task='classification'): probabilities, label), so they are not served") in caplog.text
     assert sorted(model.run(np.zeros((2, 64), np.float32))) == ["label", "probabilities"]
+
+
+def test_a_logits_classifier_whose_warm_up_row_looks_like_probabilities_is_served(tmp_path: Path) -> None:
+    """A binary logits model whose row of zeros gives its bias, [0.3, 0.7] (>= 0, summing to 1),
+    was refused as one returning probabilities, with no way to serve it but a postprocess: the
+    check now needs every warm-up row (zeros, then ones) to look so."""
+    logits = '''import torch
+from torch import nn
+
+
+def build_model(params):
+    model = nn.Linear(params["features"], 2)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.weight[0, 0] = 1.0
+        model.bias.copy_(torch.tensor([0.3, 0.7]))
+    return model
+'''
+    pkg = build_package(tmp_path / "logits", source=logits, train_steps=0, params={"features": 64, "classes": 2})
+    out = load_model(load_package(pkg), threads=1).run(np.zeros((1, 64), np.float32))
+    np.testing.assert_allclose(out["probabilities"][0], torch.softmax(torch.tensor([0.3, 0.7]), 0).numpy(), rtol=1e-5)
+
+
+def test_a_bfloat16_classifier_whose_forward_returns_probabilities_is_refused_too(tmp_path: Path) -> None:
+    """A bfloat16 softmax's outputs sum to 1 within its rounding only ([0.621, 0.377]: 0.998), and
+    the check took 1e-3: such a binary classifier was served flattened, as before the check."""
+    soft = '''import torch
+from torch import nn
+
+
+def build_model(params):
+    model = nn.Sequential(nn.Linear(params["features"], 2), nn.Softmax(-1))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.copy_(torch.tensor([0.5, 0.0]))
+    return model.to(torch.bfloat16)
+'''
+    pkg = build_package(tmp_path / "soft", source=soft, train_steps=0, params={"features": 64, "classes": 2})
+    with pytest.raises(PackageError, match=re.escape("the model's forward returns probabilities")):
+        load_model(load_package(pkg), threads=1)
+
+
+def test_a_postprocess_with_an_in_place_op_on_the_outputs_still_loads(tmp_path: Path) -> None:
+    """The load's check for extra outputs called postprocess outside inference mode, where an
+    in-place op on the model's outputs (softmax_, sigmoid_, clamp_), which serving runs, raised
+    "Inplace update to inference tensor outside InferenceMode": the package failed its warm-up,
+    blaming postprocess, so a model that served before failed its validation."""
+    source = MLP_SOURCE + '''
+
+def postprocess(outputs):
+    outputs.exp_()
+    probs = outputs.div_(outputs.sum(-1, keepdim=True))
+    return {"probabilities": probs, "label": probs.argmax(-1)}
+'''
+    pkg = build_package(tmp_path / "inplace", source=source, train_steps=0)
+    out = load_model(load_package(pkg), threads=1).run(np.ones((2, 64), np.float32))
+    np.testing.assert_allclose(out["probabilities"].sum(1), 1.0, rtol=1e-5)
 
 
 def test_a_regression_model_returning_several_values_a_row_is_refused_naming_them(tmp_path: Path) -> None:
@@ -341,6 +398,9 @@ def test_default_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     (["--max-body-bytes", "10"], "argument --max-body-bytes: '10' is not an integer >= 1024"),
     (["--graceful-timeout", "-1"], "argument --graceful-timeout: '-1' is not an integer >= 0"),
     (["--keep-alive-timeout", "0"], "argument --keep-alive-timeout: '0' is not an integer in 1..86400"),
+    (["--forwarded-allow-ips", "10.0.0.5,", "10.0.0.6"],   # unquoted, with a space after the comma
+     "argument --forwarded-allow-ips: '10.0.0.5,' has an empty entry (a comma at its end, or two in a row); a list "
+     "with spaces after its commas is split by the shell: quote it ('10.0.0.5, 10.0.0.6') or drop the spaces"),
     (["--forwarded-allow-ips", "10.0.0.5, 10.0.0.0/33"],
      "argument --forwarded-allow-ips: '10.0.0.0/33' is not an IP address or network (of '10.0.0.5, 10.0.0.0/33'); "
      "pass the proxies' addresses, comma-separated (10.0.0.5,10.1.0.0/16), or * to trust any"),
@@ -464,6 +524,56 @@ def test_the_access_log_names_the_client_behind_the_proxies_named(pkg: Path, tmp
         logs.append([x for x in server.log().splitlines() if "/v2/health/live" in x])
     assert len(logs[0]) == 1 and ' uvicorn.access: 127.0.0.1:' in logs[0][0], logs
     assert len(logs[1]) == 1 and ' uvicorn.access: 203.0.113.7:' in logs[1][0], logs
+
+
+def test_the_access_log_is_written_at_any_log_level(pkg: Path, tmp_path: Path) -> None:
+    """--access-log with --log-level warning (to quiet the server's own lines) wrote no access line
+    at all, without a word: they are INFO lines, and uvicorn held its access logger to the level."""
+    from tests.unit.conftest_serve import ServerProcess
+
+    server = ServerProcess(pkg, tmp_path / "server", "--log-level", "warning", "--access-log").ready()
+    try:
+        assert server.request("GET", "/v2/health/live")[0] == 200
+    finally:
+        assert server.stop() == 0
+    lines = [x for x in server.log().splitlines() if "/v2/health/live" in x]
+    assert len(lines) == 1 and ' INFO uvicorn.access: 127.0.0.1:' in lines[0], server.log()
+    assert "mlbuild.serve: serving" not in server.log()   # the rest still at the level asked for
+
+
+def test_forwarded_allow_ips_is_written_as_uvicorn_matches_it() -> None:
+    """A network with host bits (10.1.0.5/16), a * beside an address, and an IPv4 proxy seen
+    IPv4-mapped by a server on --host :: (::ffff:10.0.0.5) were taken, and matched no proxy: the
+    proxy's X-Forwarded-For was ignored without a word (uvicorn reads 10.1.0.5/16 and * there as
+    names)."""
+    from mlbuild.runtime.serve.__main__ import build_parser
+
+    def parsed(text: str) -> str:
+        value = build_parser(package="-").parse_args(["--forwarded-allow-ips", text]).forwarded_allow_ips
+        assert isinstance(value, str)
+        return value
+    assert parsed("10.1.0.5/16, 10.0.0.5") == "10.1.0.0/16,::ffff:10.1.0.0/112,10.0.0.5,::ffff:10.0.0.5"
+    assert parsed("10.0.0.5, *") == "*"
+    with pytest.raises(SystemExit):   # an address after the * is checked too
+        build_parser(package="-").parse_args(["--forwarded-allow-ips", "*, 10.0.0.300"])
+    assert parsed("[::1], fd00::/8") == "::1,fd00::/8"
+
+
+@pytest.mark.parametrize("host, allow", [("127.0.0.1", "127.0.0.5/8"), ("::", "127.0.0.1")])
+def test_the_access_log_names_the_client_behind_a_proxy_named_loosely(pkg: Path, tmp_path: Path, host: str,
+                                                                      allow: str) -> None:
+    """--forwarded-allow-ips 127.0.0.5/8, or 127.0.0.1 on --host :: (the proxy seen as
+    ::ffff:127.0.0.1), was taken, and every access log line still named the proxy."""
+    from tests.unit.conftest_serve import ServerProcess
+
+    server = ServerProcess(pkg, tmp_path / "server", "--log-level", "info", "--access-log", "--host", host,
+                           "--forwarded-allow-ips", allow).ready()
+    try:
+        assert server.request("GET", "/v2/health/live", headers={"X-Forwarded-For": "203.0.113.7"})[0] == 200
+    finally:
+        assert server.stop() == 0
+    lines = [x for x in server.log().splitlines() if "/v2/health/live" in x]
+    assert len(lines) == 1 and " uvicorn.access: 203.0.113.7:" in lines[0], server.log()
 
 
 def test_good_overrides_parse(pkg: Path) -> None:

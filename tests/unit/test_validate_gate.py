@@ -272,6 +272,15 @@ def test_the_suite_s_inputs_are_checked_and_cast_as_the_server_takes_a_request()
             "v: load() in validate.py gives rows of different lengths (row 0 has 3 values, row 2 has 5), but the "
             "suite's rows go to the model in batches, as one request's rows, which must be one length: pad them")):
         served_rows([np.arange(3), np.arange(3), np.arange(5)], tokens, "v", "validate.py")
+    # a fixed-width model's row of another width was told to pad the rows, feeding the model made-up values
+    flat = TensorSpec("input", "FP32", (-1, 4))
+    with pytest.raises(SystemExit) as e:
+        served_rows([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0]], flat, "v", "validate.py")
+    assert str(e.value.code) == ("v: load() in validate.py gives rows of different lengths (row 0 has 4 values, row 1 "
+                                 "has 3), but the model takes 'input' rows of shape [4]: fix or drop the rows of "
+                                 "another shape in load()")
+    with pytest.raises(SystemExit, match=re.escape("(row 0 has 4 values, row 1 has one number)")):
+        served_rows([[1.0, 2.0, 3.0, 4.0], 5.0], flat, "v", "validate.py")
     # an integer out of the datatype's range would wrap (300 as INT8 is 44): the server refuses it
     with pytest.raises(SystemExit, match=r"gives inputs out of range for INT8 \(-128\.\.127\): 300; the server "
                                          r"refuses such rows"):

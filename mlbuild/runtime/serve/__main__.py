@@ -50,21 +50,41 @@ def _number(kind: type, lo: float, hi: float | None = None) -> Any:
 
 
 def _proxies(text: str) -> str:
-    """An argparse type: ``--forwarded-allow-ips``, ``*`` or comma-separated IP addresses and networks."""
+    """An argparse type: ``--forwarded-allow-ips``, ``*`` or comma-separated IP addresses and networks,
+    written as uvicorn matches them. It took a network with host bits (``10.1.0.5/16``) for a name
+    and ``*`` beside an address for a literal ``*``, neither matching any proxy; and with ``--host
+    ::`` an IPv4 proxy's address is IPv4-mapped (``::ffff:10.0.0.5``), which ``10.0.0.5`` did not
+    match: the proxy's X-Forwarded-For was ignored without a word. Each IPv4 entry comes with its
+    mapped twin."""
     import ipaddress
 
     items = [item.strip() for item in text.split(",")]
+    trusted: list[str] = []
     for item in items:
+        if not item:   # `--forwarded-allow-ips 10.0.0.5, 10.0.0.6` unquoted: the shell split it at the space
+            raise argparse.ArgumentTypeError(
+                f"{text!r} has an empty entry (a comma at its end, or two in a row); a list with spaces after its "
+                "commas is split by the shell: quote it ('10.0.0.5, 10.0.0.6') or drop the spaces")
         try:
-            if "/" in item:
-                ipaddress.ip_network(item, strict=False)
-            elif item != "*":
-                ipaddress.ip_address(item)
+            if item == "*":
+                trusted.append(item)
+                continue
+            bare = item[1:-1] if item.startswith("[") and item.endswith("]") else item   # [::1]
+            if "/" in bare:
+                net = ipaddress.ip_network(bare, strict=False)
+                trusted.append(str(net))
+                if net.version == 4:
+                    trusted.append(f"::ffff:{net.network_address}/{96 + net.prefixlen}")
+            else:
+                ip = ipaddress.ip_address(bare)
+                trusted.append(str(ip))
+                if ip.version == 4:
+                    trusted.append(f"::ffff:{ip}")
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{item!r} is not an IP address or network (of {text!r}); pass the proxies' addresses, comma-separated "
                 "(10.0.0.5,10.1.0.0/16), or * to trust any") from None
-    return ",".join(items)
+    return "*" if "*" in trusted else ",".join(trusted)
 
 
 def _setting(key: str) -> Any:

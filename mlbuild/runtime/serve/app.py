@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import json
 import logging
 import re
@@ -309,19 +310,29 @@ def _not_allowed(request: Request, allow: str) -> Response:
                     status_code=405, media_type=_JSON, headers={"Allow": allow})
 
 
-_PREFIXED = re.compile(r"^(/.+?)(/v2|/v2/.*|/v1/.*|/metrics)$")
+_PROBE = re.compile(r"^(?:/v2)?/(?:health|healthz|healthcheck|livez|readyz|ready|live|ping)/?$")
+_ROUTE_START = re.compile(r"(?=/(?:v2(?:/|$)|v1/|metrics$))")   # a lookahead: /a/v2/v2/... tries both
 
 
 def _proxy_prefix(request: Request) -> str | None:
     """The prefix before one of this server's routes in the path (``/digits`` of
-    ``/digits/v2/health/ready``): what a reverse proxy passed on instead of stripping it."""
-    match = _PREFIXED.match(request.url.path)
-    if match is None or match.group(1).startswith(("/v1/", "/v2/")):   # a wrong path of the server's own
+    ``/digits/v2/health/ready``): what a reverse proxy passed on instead of stripping it. Each
+    place a route may start is tried: a gateway's prefix may hold a /v1/ or /v2 of its own
+    (``/api/v1/digits/v2/health/ready``), which the first try alone took for the route."""
+    path = request.url.path
+    # a wrong path of the server's own (/v2/metrics, /v1/metrics, /v2/v2 named "the prefix '/v2'")
+    if path.startswith(("/v1/", "/v2/")) or path in ("/v1", "/v2"):
         return None
-    scope = {"type": "http", "path": match.group(2), "method": request.method}
-    if any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes):
-        return match.group(1)
+    # the first few places only: a 64 KiB path of /v1/x/v1/x/... took 0.1 s of the event loop
+    for match in itertools.islice(_ROUTE_START.finditer(path), 8):
+        if match.start() > 0 and _routed(request, path[match.start():]):
+            return path[:match.start()]
     return None
+
+
+def _routed(request: Request, path: str) -> bool:
+    scope = {"type": "http", "path": path, "method": request.method}
+    return any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -332,9 +343,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     message = exc.detail
     if exc.status_code == 404:
         prefix = _proxy_prefix(request)
-        if path == "/":   # a load balancer's default health check (AWS, Google Cloud)
+        if path == "/" or _PROBE.search(path):   # a load balancer's default health check (AWS, Google
+            # Cloud), or a probe path of another server's (/healthz, /ping, /v2/health): "see /v2" named neither
             fix = ("a health check: GET /v2/health/ready (readiness: 503 while loading or stopping) or "
                    "/v2/health/live (liveness); the API: /v2 and /v2/models/{name}")
+        elif path.startswith("//") and _routed(request, "/" + path.lstrip("/")):
+            # nginx's `location /digits { proxy_pass http://BACKEND/; }` turns /digits/v2/... into //v2/...
+            fix = ("the path begins with two slashes: behind a proxy that strips a prefix, end its location with a "
+                   "slash as its proxy_pass does (nginx: `location /PREFIX/` with `proxy_pass http://BACKEND/;`)")
         elif prefix is not None:
             fix = (f"this server's routes start at /v2, /v1 and /metrics: behind a proxy, have it strip the prefix "
                    f"{prefix[:100]!r} (nginx: `proxy_pass http://BACKEND/;` in `location {prefix[:100]}/`, with the "

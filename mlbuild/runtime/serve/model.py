@@ -176,21 +176,29 @@ def _classification_postprocess(outputs: torch.Tensor) -> dict[str, np.ndarray]:
     probs = torch.softmax(outputs.float(), dim=-1)
     return {"probabilities": probs.numpy(), "label": torch.argmax(outputs, dim=-1).to(torch.int64).numpy()}
 
-def _refuse_probabilities(outputs: Any) -> None:
+def _looks_like_probabilities(outputs: Any) -> bool:
+    if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2 or outputs.shape[1] < 2:
+        return False
+    # within the rounding of the outputs' dtype: a bfloat16 softmax's [0.621, 0.377] sums to 0.998
+    tolerance = max(1e-3, 2 * torch.finfo(outputs.dtype).eps) if outputs.dtype.is_floating_point else 1e-3
+    x = outputs.detach().double()
+    return bool((x >= 0).all()) and bool(((x.sum(1) - 1).abs() < tolerance).all())
+
+def _refuse_probabilities(*outputs: Any) -> None:
     """ModelError for a forward that returns probabilities (a softmax at its end), which the
     default postprocess's softmax would flatten: [1, 0] was served as [0.73, 0.27], with the right
-    label, so the validation's accuracy and ROC-AUC did not show it. Checked on the warm-up row:
-    logits that are all >= 0 and sum to 1 there are not met in practice."""
-    if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2 or outputs.shape[1] < 2:
+    label, so the validation's accuracy and ROC-AUC did not show it. ``outputs``: the forward's on
+    each warm-up row (zeros, and ones where preprocess takes them): a softmax's are >= 0 and sum
+    to 1 on every row, and logits that happen to on one row (a binary model's [0.3, 0.7] for a row of
+    zeros, its bias) do not on the next, so such a model is not refused."""
+    if not outputs or not all(map(_looks_like_probabilities, outputs)):
         return
-    x = outputs.detach().double()
-    if bool((x >= 0).all()) and bool(((x.sum(1) - 1).abs() < 1e-3).all()):
-        raise ModelError(
-            "the model's forward returns probabilities (on the warm-up row its outputs are >= 0 and sum to 1: a "
-            "softmax at its end), and a classifier's default postprocess applies a softmax to them again, so the "
-            "served probabilities would be flattened ([1, 0] served as [0.73, 0.27]); return the logits from forward "
-            "(cross_entropy takes logits), or define postprocess(outputs) in the model's module returning "
-            "{\"probabilities\": outputs, \"label\": outputs.argmax(-1)}")
+    raise ModelError(
+        "the model's forward returns probabilities (on the warm-up rows its outputs are >= 0 and sum to 1: a "
+        "softmax at its end), and a classifier's default postprocess applies a softmax to them again, so the "
+        "served probabilities would be flattened ([1, 0] served as [0.73, 0.27]); return the logits from forward "
+        "(cross_entropy takes logits), or define postprocess(outputs) in the model's module returning "
+        "{\"probabilities\": outputs, \"label\": outputs.argmax(-1)}")
 
 def _single_output_postprocess(spec: TensorSpec, task: str) -> Postprocess:
     """The raw outputs as the one declared output (``run`` serves ``[N, 1]`` as a declared ``[N]``)."""
@@ -344,10 +352,18 @@ def load_model(pkg: Package, threads: int | None = None, verify: bool = True) ->
             warm = np.ones(shape, dtype=spec.dtype)
             out = model.run(warm)
         if postprocess is _classification_postprocess:
-            _refuse_probabilities(model.forward(warm))
+            seen = [model.forward(warm)]
+            if not warm.any():   # and a row of ones, where preprocess takes it
+                try:
+                    seen.append(model.forward(np.ones(shape, dtype=spec.dtype)))
+                except Exception:   # preprocess refused it, or the model fails on it: the zeros' alone
+                    pass
+            _refuse_probabilities(*seen)
         elif getattr(user, "postprocess", None) is not None:
             declared = [o.name for o in pkg.outputs]
-            extra = sorted(set(map(str, postprocess(model.forward(warm)))) - set(declared))
+            with torch.inference_mode():   # as run() calls it: an in-place op on the outputs (sigmoid_) is
+                # refused outside it ("Inplace update to inference tensor"), which failed the package's load
+                extra = sorted(set(map(str, postprocess(model.forward(warm)))) - set(declared))
             if extra:   # dropped without a word: a client asking for one got a 400 naming the declared ones
                 log.warning("%s: postprocess returns %s, which the model does not declare (its outputs, from "
                             "ctx.describe(task=%r): %s), so they are not served", pkg.name,

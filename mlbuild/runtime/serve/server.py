@@ -152,6 +152,8 @@ def serve(package: Path | str, host: str = "127.0.0.1", port: int = 8080, *, thr
                             # with int() when not given, and 'auto' was a ValueError traceback
                             workers=1,
                             http=protocol_class(request_timeout, refused=metrics.refused, listener=sock))
+    if access_log:   # asked for by name: its INFO lines were dropped at --log-level warning, without a word
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     server = _Server(config, state)
     if port_file is not None:
         try:
