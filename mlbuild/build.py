@@ -162,6 +162,7 @@ class Summary:
     fixed: list[str] = field(default_factory=list)       # --check: fixed-output targets, checked by their hash
     shared: int | None = None    # paths the shared store already had (None: no push was asked for)
     seconds: float = 0.0
+    push_seconds: float = 0.0    # of ``seconds``: the push, said on its own line, not the build's
     dirty: bool = False          # built from a dirty worktree (--allow-dirty): marked so in provenance
 
 
@@ -780,7 +781,9 @@ def build_targets(project: Project, targets: Sequence[str], *, allow_dirty: bool
                                 on_progress, drv, built.path)
             total.checked.append(built.target)
     if do_push:
+        t_push = time.monotonic()
         push_outputs(project, total)
+        total.push_seconds = time.monotonic() - t_push
     total.seconds = time.monotonic() - t0
     return total
 
@@ -940,8 +943,9 @@ def _check_reproducible(project: Project, target: str, cmd: list[str],
 
 def format_summary(s: Summary) -> list[str]:
     lines = [f"{b.target}\t{b.path}" for b in s.outputs]
+    # The push's time goes on its own line: beside "already present 2" it read as a build's 35 s.
     lines.append(f"built {len(s.built)}, substituted {len(s.substituted)}, already present {len(s.present)} "
-                 f"({s.seconds:.1f} s)")
+                 f"({s.seconds - s.push_seconds:.1f} s)")
     lines += [f"  built        {_name(d):<40} {sec:6.1f} s" for d, sec in s.built]
     lines += [f"  substituted  {_name(p):<40} {sec:6.1f} s" for p, sec in s.substituted]
     lines += [f"  present      {t}" for t in s.present]
@@ -951,6 +955,7 @@ def format_summary(s: Summary) -> list[str]:
         lines.append(f"not built again: {', '.join(s.fixed)} (fixed-output: its bytes are checked against the "
                      f"pinned hash)")
     if s.shared is not None:
-        lines.append(f"pushed {len(s.pushed)} store paths to the shared store ({s.shared} already there)")
+        lines.append(f"pushed {len(s.pushed)} store paths to the shared store ({s.shared} already there) "
+                     f"in {s.push_seconds:.1f} s")
     return lines
 

@@ -75,6 +75,15 @@ class Loaded:
     engine: str
     reference: str
     archive: Path
+    fresh: bool = True   # False: the engine held this very image under its name, so nothing was loaded
+
+    @property
+    def note(self) -> str:
+        """What `mlbuild image load` says it did (it said "loaded" of an image it did not load)."""
+        if self.fresh:
+            return f"loaded {self.archive} into {self.engine}"
+        return (f"{self.engine} holds the image of {self.archive} already (the same image ID, under its name): "
+                "not loaded again")
 
 
 def read_archive(path: Path) -> ArchiveInfo:
@@ -183,7 +192,7 @@ def _load(archive: Path, engine: str) -> Loaded:
     info = read_archive(archive)
     present = _present(engine, info)
     if present is not None:
-        return Loaded(engine, present, Path(archive))
+        return Loaded(engine, present, Path(archive), fresh=False)
     proc = subprocess.run([engine, "load", "-i", str(archive)], capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-10:])

@@ -27,7 +27,7 @@ def image() -> None:
 def load_cmd(ctx: click.Context, model: str, engine: str | None, allow_dirty: bool) -> None:
     """Build MODEL's image and load it into podman or docker; prints its reference."""
     loaded = img.load_model_image(load(ctx), model, engine=engine, allow_dirty=allow_dirty, on_progress=_Bar())
-    click.echo(f"loaded {loaded.archive} into {loaded.engine}", err=True)
+    click.echo(loaded.note, err=True)
     click.echo(loaded.reference)
 
 

@@ -228,6 +228,9 @@ def _read_lock(lock: Path) -> dict[str, Any]:
             raise StoreError(f"{merge}, so gc cannot tell what it pins; resolve the merge (every mlbuild command "
                              f"refuses the lock until then)") from None
         raise StoreError(f"{lock} is not an mlbuild.lock (not JSON text); {fix}") from None
+    if isinstance(data, dict) and {"nodes", "root"} <= data.keys() and "interpreter" not in data:
+        # Nix's lock, beside mlbuild.lock in every project: its "version": 7 read as a newer mlbuild's
+        raise StoreError(f"{lock} is Nix's flake.lock (its \"nodes\" and \"root\"), not an mlbuild.lock; {fix}")
     version = data.get("version") if isinstance(data, dict) else None
     if type(version) is int and version > LOCK_VERSION:   # the project's lock, which a newer mlbuild wrote
         raise StoreError(f"{lock}: lock version {version}, written by a newer mlbuild than this one (it reads version "

@@ -183,8 +183,19 @@ def test_build_summary_says_what_a_push_did_even_when_nothing_was_new() -> None:
     from mlbuild.build import Summary, format_summary
 
     assert not any(line.startswith("pushed") for line in format_summary(Summary()))   # no push asked
-    assert format_summary(Summary(shared=86))[-1] == "pushed 0 store paths to the shared store (86 already there)"
+    assert format_summary(Summary(shared=86))[-1] == "pushed 0 store paths to the shared store (86 already there) in 0.0 s"
     assert format_summary(Summary(pushed=["/nix/store/a-x"], shared=3))[-1].startswith("pushed 1 store paths")
+
+
+def test_build_summary_gives_the_push_its_own_time() -> None:
+    """`build --push` of two targets already present printed 'already present 2 (34.7 s)': the
+    34.4 s were the push's, not the build's."""
+    from mlbuild.build import Summary, format_summary
+
+    lines = format_summary(Summary(present=["iris", "iris.validation"], shared=0, seconds=34.7, push_seconds=34.4))
+    assert "built 0, substituted 0, already present 2 (0.3 s)" in lines, lines
+    assert lines[-1] == "pushed 0 store paths to the shared store (0 already there) in 34.4 s"
+    assert "built 0, substituted 0, already present 0 (2.5 s)" in format_summary(Summary(seconds=2.5))   # no push
 
 
 @pytest.mark.parametrize("filters", [True, False], ids=["tarfile-filters", "python-3.11.2"])

@@ -287,6 +287,11 @@ def test_an_image_podman_holds_already_is_not_loaded_again(monkeypatch: pytest.M
         loaded = img.load_image(archive, engine)
         assert loaded.reference == "docker.io/library/digits:t1" and loaded.engine == engine
         assert (f"load -i {archive}" in log.read_text()) == loads
+        # what `mlbuild image load` prints: it said "loaded ... into podman" of an image it did not load
+        assert loaded.fresh == loads
+        assert loaded.note == (f"loaded {archive} into {engine}" if loads else
+                               f"podman holds the image of {archive} already (the same image ID, under its name): "
+                               "not loaded again")
 
 
 def test_no_tls_verify_for_a_destination_that_is_no_registry_is_said_to_change_nothing(tmp_path: Path) -> None:

@@ -665,6 +665,21 @@ def test_gc_names_the_project_s_lock_it_cannot_read_as_such(store: tuple[StoreCo
     assert len(list(Layout(cfg.root).narinfos())) == 1
 
 
+def test_gc_names_a_flake_lock_given_as_the_lock(store: tuple[StoreConfig, Path], tmp_path: Path) -> None:
+    """`store gc --lock flake.lock` (Nix's lock, beside mlbuild.lock in every project) said 'lock
+    version 7, written by a newer mlbuild than this one ...; update this one', which would not help."""
+    from mlbuild.errors import StoreError
+    cfg, chroot = store
+    put(cfg, chroot, fake_path(chroot, "x", "x"))
+    flake_lock = tmp_path / "flake.lock"
+    flake_lock.write_text('{\n  "nodes": {\n    "root": {}\n  },\n  "root": "root",\n  "version": 7\n}\n')
+    with pytest.raises(StoreError) as e:
+        gc(cfg, grace=0, locks=[flake_lock])
+    assert str(e.value) == f"{flake_lock} is Nix's flake.lock (its \"nodes\" and \"root\"), not an mlbuild.lock; " \
+                           "pass the project's mlbuild.lock to --lock"
+    assert len(list(Layout(cfg.root).narinfos())) == 1   # gc removed nothing
+
+
 def test_a_push_is_not_held_by_a_fifo_among_the_push_records(store: tuple[StoreConfig, Path]) -> None:
     """A push reads the older records of its name to replace the same one: a FIFO a writer of the
     store left among them hung the push (read_bytes waited for a writer that never came)."""
