@@ -104,6 +104,7 @@ def _warn_dirty(url: str) -> None:
 
 # `inputs.mlbuild.url = "...";` (or `mlbuild.url` inside `inputs = { ... }`), as init writes it
 _URL_SET = re.compile(r'(?:^|[\s;{])(?:inputs\.)?mlbuild\.url\s*=\s*"([^"$\\]*)"\s*;')
+_HEX_REV = re.compile(r"[0-9a-fA-F]{40}")
 _REF_KEYS = ("type", "url", "path", "owner", "repo", "ref", "rev", "dir")
 
 
@@ -117,7 +118,7 @@ def _declared_url(text: str) -> str | None:
 
 def _original_of(url: str) -> dict[str, str] | None:
     """flake.lock's ``original`` of a flake reference, as Nix writes it, for the forms whose spelling
-    Nix keeps as it is (git+file:///abs, git+https://..., github:owner/repo[/ref], path:/abs, with
+    Nix keeps as it is (git+file:///abs, git+https://..., github:owner/repo[/ref-or-rev], path:/abs, with
     ?ref=, ?rev=, ?dir=); None for any other form, which is not checked."""
     base, _, query = url.partition("?")
     params = urllib.parse.parse_qsl(query, keep_blank_values=True)
@@ -130,7 +131,11 @@ def _original_of(url: str) -> dict[str, str] | None:
         ref = {"type": "path", "path": base[len("path:"):]}
     elif base.startswith("github:") and base.count("/") in (1, 2) and "" not in base[7:].split("/"):
         owner, repo, *branch = base[len("github:"):].split("/")
-        ref = {"type": "github", "owner": owner, "repo": repo, **({"ref": branch[0]} if branch else {})}
+        # Nix reads a third part of 40 hex digits as a commit (`rev`), else as a branch or tag, and
+        # writes a github rev in lower case (it parses it as a hash)
+        third = ({"rev": branch[0]} if _HEX_REV.fullmatch(branch[0]) else {"ref": branch[0]}) if branch else {}
+        github = {"type": "github", "owner": owner, "repo": repo, **third, **dict(params)}
+        return {**github, **({"rev": github["rev"].lower()} if "rev" in github else {})}
     else:
         return None
     return {**ref, **dict(params)}

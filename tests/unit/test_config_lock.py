@@ -632,6 +632,29 @@ def test_a_flake_lock_locked_before_the_mlbuild_url_was_edited_is_refused(tree) 
     assert flakepin.stale_url(project('  inputs.mlbuild.url = "git+file:///srv/mlbuild-new";', old, follows=True)) is None
 
 
+def test_a_github_url_pinned_to_a_commit_is_checked_as_nix_locks_it(tree) -> None:
+    """`github:owner/repo/<40 hex digits>` is a commit to Nix (`rev` in the lock's original, in lower
+    case, as is a `?rev=`), not a branch: read as a `ref`, a project pinned to a release commit was
+    refused at every build, and the `nix flake lock` the message named changed nothing."""
+    from mlbuild import flakepin
+
+    def project(url: str, original: dict[str, str]) -> Path:
+        nodes = {"mlbuild": {"locked": {**original, "rev": "a" * 40, "narHash": "sha256-x"}, "original": original},
+                 "root": {"inputs": {"mlbuild": "mlbuild"}}}
+        flake = f'{{\n  inputs.mlbuild.url = "{url}";\n  outputs = {{ self, mlbuild }}: {{ }};\n}}\n'
+        return tree({"p": {"flake.nix": flake,
+                           "flake.lock": json.dumps({"nodes": nodes, "root": "root", "version": 7})}}) / "p"
+
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    locked = {"owner": "acme", "repo": "mlbuild", "rev": rev, "type": "github"}
+    assert flakepin.stale_url(project(f"github:acme/mlbuild/{rev}", locked)) is None
+    assert flakepin.stale_url(project(f"github:acme/mlbuild/{rev.upper()}", locked)) is None
+    assert flakepin.stale_url(project(f"github:acme/mlbuild?rev={rev.upper()}", locked)) is None
+    # another commit, or a branch, is still another pin
+    assert flakepin.stale_url(project(f"github:acme/mlbuild/{'b' * 40}", locked))
+    assert flakepin.stale_url(project("github:acme/mlbuild/release", locked))
+
+
 @pytest.mark.skipif(not shutil.which("nix"), reason="needs nix")
 def test_the_reference_checked_is_spelled_as_nix_locks_it(tree) -> None:
     """stale_url compares flake.nix's url with flake.lock's `original`: where Nix wrote that
