@@ -131,3 +131,20 @@ def test_waiting_for_another_build_s_lock_is_said(capsys: pytest.CaptureFixture[
                    f"mlbuild of the same thing, or one left running by an mlbuild that was killed (`pgrep -af "
                    f"'nix build'` lists them); this build takes its output once it is done\n")
     assert not stream.summary.built and not stream.acts
+
+
+def test_nix_s_other_waits_are_not_said_to_be_another_build_s_lock(capsys: pytest.CaptureFixture[str]) -> None:
+    """Nix reports other waits with the same activity (type 111): for a free build user (a daemon's
+    nixbld users all busy) and for a remote builder's slot (`builders`, the GPU machines), naming the
+    .drv, and a content-addressed derivation's `resolved derivation: ...`, no wait at all. Each was
+    said to be 'waiting for another build of m-model.drv to finish (Nix's lock on ...drv)', a build
+    `pgrep` would not find. They are said as Nix says them, once each."""
+    drv = "/nix/store/b75g297zvbp3q4lh0sk4jj40nhghf72n-m-model.drv"
+    stream = _Stream("m.model", None)
+    for i, text in enumerate([f"waiting for a machine to build \u001b[35;1m'{drv}'\u001b[0m",
+                              f"waiting for a machine to build \u001b[35;1m'{drv}'\u001b[0m",
+                              f"waiting for a free build user ID for \u001b[35;1m'{drv}'\u001b[0m",
+                              f"resolved derivation: '{drv}' -> '{drv[:-6]}x.drv'"]):
+        stream.line(_msg(action="start", id=10 + i, level=0, type=111, text=text))
+    assert capsys.readouterr().err == (f"mlbuild: nix is waiting for a machine to build '{drv}'\n"
+                                       f"mlbuild: nix is waiting for a free build user ID for '{drv}'\n")
