@@ -68,19 +68,30 @@ def _read_paths(path: Path) -> list[str]:
 
 def read_root_file(path: Path) -> str:
     """The text of a tag (``roots/tags/NAME``) or push record (``roots/pushes/NAME/RECORD``).
-    StoreCorruptError, naming it and the fix, for one that is not text (garbled on the store's
-    disk): gc, tag and untag stopped with a UnicodeDecodeError traceback, for good."""
+    StoreCorruptError, naming it and the fix, for one that is not text, or has a line that is no
+    store path (garbled on the store's disk): gc, tag and untag stopped with a UnicodeDecodeError
+    traceback, for good; a file of NUL bytes (what a crash can leave of a file on ext4) or cut in the
+    middle of a path was read as keeping none, or some, of its paths, and gc removed the rest."""
     try:
-        return read_store_file(path)
+        text = read_store_file(path)
     except UnicodeDecodeError:
-        if path.parent.name == "tags":
-            what, fix = (f"tag {path.name}", f"`{store_command(path.parents[3], 'untag ' + path.name)}` removes it; "
-                                             f"tag the release again (`mlbuild store tag {path.name} PATH...`)")
-        else:
-            what, fix = (f"push record of {path.parent.name}",
-                         f"remove it (`rm {shlex.quote(str(path))}`) and push again what it named, if it matters")
-        raise StoreCorruptError(f"{path} is not text (garbled on the store's disk), so mlbuild cannot tell which "
-                                f"paths the {what} keeps from gc, and gc removes nothing; {fix}") from None
+        raise _garbled(path, "is not text") from None
+    bad = next((line.strip() for line in text.splitlines() if line.strip() and not _STORE_PATH.fullmatch(line.strip())),
+               None)
+    if bad is not None:
+        raise _garbled(path, f"has a line that is no store path ({bad[:80]!r})")
+    return text
+
+
+def _garbled(path: Path, what_is_wrong: str) -> StoreCorruptError:
+    if path.parent.name == "tags":
+        what, fix = (f"tag {path.name}", f"`{store_command(path.parents[3], 'untag ' + path.name)}` removes it; "
+                                         f"tag the release again (`mlbuild store tag {path.name} PATH...`)")
+    else:
+        what, fix = (f"push record of {path.parent.name}",
+                     f"remove it (`rm {shlex.quote(str(path))}`) and push again what it named, if it matters")
+    return StoreCorruptError(f"{path} {what_is_wrong} (garbled on the store's disk), so mlbuild cannot tell which "
+                             f"paths the {what} keeps from gc, and gc removes nothing; {fix}")
 
 
 @contextlib.contextmanager

@@ -755,3 +755,29 @@ def test_a_garbled_tag_or_push_record_is_named_and_gc_removes_nothing(store: tup
         bad.unlink()
     gc(cfg, keep_last=1, grace=0)
     assert not layout.narinfo(kept.path).exists()
+
+
+@pytest.mark.parametrize("root", ["tag", "push record"])
+@pytest.mark.parametrize("garbled", [b"\x00" * 60, b"/nix/store/0123456789abcdfghijklmnpqrsvwxyz-m\n/nix/store/01234"])
+def test_a_tag_or_push_record_of_nul_bytes_or_cut_in_a_path_keeps_gc_off(store: tuple[StoreConfig, Path], root: str,
+                                                                          garbled: bytes) -> None:
+    """NUL bytes (what a crash can leave of a file on ext4) and a path cut short are text: such a tag
+    or record was read as keeping nothing (or part of what it named) and gc removed the release; it is
+    named as a garbled one is, and gc removes nothing until the fix is done."""
+    from mlbuild.errors import StoreCorruptError
+
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    kept = fake_path(chroot, "model", "m")
+    put(cfg, chroot, kept)
+    if root == "tag":
+        tag(cfg, "rel", [kept.path])
+        bad = layout.roots_dir / "tags" / "rel"
+    else:
+        bad = record_push(layout, "model", [kept.path])
+    bad.write_bytes(garbled)
+    with pytest.raises(StoreCorruptError) as e:
+        gc(cfg, keep_last=1, grace=0)
+    assert str(e.value).startswith(f"{bad} has a line that is no store path (")
+    assert "(garbled on the store's disk), so mlbuild cannot tell" in str(e.value)
+    assert layout.narinfo(kept.path).exists()
