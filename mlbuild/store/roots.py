@@ -214,11 +214,20 @@ def read_roots(layout: Layout, keep_last: int, locks: Sequence[Path] = (),
                 continue
             records = sorted((f for f in folder.iterdir() if not f.name.startswith(".")),
                              key=lambda f: f.name, reverse=True)
-            read = [(f, _read_paths(f)) for f in records]
-            whole = [f for f, ps in read if present is None or all(p in present for p in ps)][:keep_last]
-            kept = set(records[:keep_last]) | set(whole)
-            pushes[folder.name] = [ps for f, ps in read if f in kept]
-            dropped += [f for f in records if f not in kept]
+            kept: list[list[str]] = []
+            whole = 0
+            for i, f in enumerate(records):
+                if i >= keep_last and whole >= keep_last:   # not read: an old record garbled goes, as it did
+                    dropped.append(f)
+                    continue
+                paths = _read_paths(f)
+                is_whole = present is None or all(p in present for p in paths)
+                if i < keep_last or (is_whole and whole < keep_last):
+                    kept.append(paths)
+                else:
+                    dropped.append(f)
+                whole += is_whole
+            pushes[folder.name] = kept
     return Roots(tags, pushes, dropped, {str(p): lock_paths(p) for p in locks})
 
 

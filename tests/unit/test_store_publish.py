@@ -248,6 +248,26 @@ def test_a_killed_push_does_not_push_a_whole_release_out_of_keep_last(store: tup
     assert len(report.removed_records) == 1 and not killed.exists()
 
 
+def test_keep_last_2_with_two_killed_pushes_keeps_two_whole_releases_and_drops_old_records_unread(
+        store: tuple[StoreConfig, Path]) -> None:
+    """keep-last 2, two killed pushes (v3, v4) after two whole ones (v1, v2): both whole releases stay.
+    Records older than the ones kept go unread, as before 09d0adc: gc read every record of the name
+    to find the whole ones, so an old record garbled on disk, which gc used to drop, stopped every gc."""
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    tc = fake_path(chroot, "toolchain", "tc")
+    v0, v1, v2, v3, v4 = (fake_path(chroot, "model", f"v{i}", refs=(tc.path,)) for i in range(5))
+    for i in (tc, v0, v1, v2):
+        put(cfg, chroot, i)
+    oldest = record_push(layout, "model", [v0.path, tc.path])
+    oldest.write_bytes(b"\xff\x00garbled")
+    for v in (v1, v2, v3, v4):
+        record_push(layout, "model", [v.path, tc.path])        # v3, v4: killed before they published
+    report = gc(cfg, keep_last=2, grace=0)
+    assert {NarInfo.parse(f.read_text()).store_path for f in layout.narinfos()} == {tc.path, v1.path, v2.path}
+    assert report.removed_records == [oldest] and len(list(oldest.parent.iterdir())) == 4
+
+
 def test_a_push_replaces_the_older_record_of_its_targets_alone(store: tuple[StoreConfig, Path]) -> None:
     """An mlbuild from before closure records wrote the targets alone; the upgraded one pushing
     the same model records its whole closure. That text differed, so the old record stayed: a
