@@ -102,8 +102,9 @@ def _warn_dirty(url: str) -> None:
           f"({url}), {DIRTY_MLBUILD}", file=sys.stderr)
 
 
-# `inputs.mlbuild.url = "...";` (or `mlbuild.url` inside `inputs = { ... }`), as init writes it
-_URL_SET = re.compile(r'(?:^|[\s;{])(?:inputs\.)?mlbuild\.url\s*=\s*"([^"$\\]*)"\s*;')
+# `inputs.mlbuild.url = "...";` (or `mlbuild.url` inside `inputs = { ... }`), as init writes it, or
+# `inputs.mlbuild = { url = "..."; ... };` (or `mlbuild = { url = ...` inside `inputs = { ... }`)
+_URL_SET = re.compile(r'(?:^|[\s;{])(?:inputs\.)?mlbuild(?:\.|\s*=\s*\{(?:[^{}"]|"[^"]*")*?[\s;{])url\s*=\s*"([^"$\\]*)"\s*;')
 _HEX_REV = re.compile(r"[0-9a-fA-F]{40}")
 _REF_KEYS = ("type", "url", "path", "owner", "repo", "ref", "rev", "dir")
 

@@ -626,6 +626,10 @@ def test_a_flake_lock_locked_before_the_mlbuild_url_was_edited_is_refused(tree) 
         ('  inputs.mlbuild.url = "/srv/mlbuild";', {"type": "path", "path": "/elsewhere"}),   # a form not checked
     ]:
         assert flakepin.stale_url(project(line, original)) is None, line
+    # the url set in an attribute set of the input, on lines of its own: the same check
+    assert flakepin.stale_url(project('  inputs.mlbuild = {\n    url =\n      "git+file:///srv/mlbuild-new";\n  };', old))
+    assert flakepin.stale_url(project('  inputs = { mlbuild = { flake = true; url = "git+file:///srv/mlbuild-old"; }; };',
+                                      old)) is None
     assert flakepin.stale_url(project('  inputs.mlbuild.url = "github:acme/mlbuild";',
                                       {"owner": "acme", "repo": "mlbuild", "ref": "release", "type": "github"}))
     # an input that follows another flake's is that flake's to lock
@@ -666,7 +670,8 @@ def test_the_reference_checked_is_spelled_as_nix_locks_it(tree) -> None:
     subprocess.run(["git", "add", "-A"], cwd=target, check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"], cwd=target, check=True)
     for i, url in enumerate([f"git+file://{target}", f"git+file://{target}?ref=master", f"path:{target}"]):
-        root = tree({f"p{i}": {"flake.nix": f'{{\n  inputs.mlbuild.url = "{url}";\n  outputs = {{ self, mlbuild }}: {{ }};\n}}\n'}}) / f"p{i}"
+        spelled = f'inputs.mlbuild.url = "{url}";' if i != 1 else f'inputs.mlbuild = {{\n    url = "{url}";\n  }};'
+        root = tree({f"p{i}": {"flake.nix": f'{{\n  {spelled}\n  outputs = {{ self, mlbuild }}: {{ }};\n}}\n'}}) / f"p{i}"
         proc = subprocess.run(["nix", "--extra-experimental-features", "nix-command flakes", "flake", "lock"], cwd=root,
                               capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
