@@ -102,11 +102,13 @@ def state_home() -> Path:
 
 
 def _parses(registry: Path) -> bool:
-    """Whether ``registry`` is a JSON object, as Nix reads a flake registry."""
+    """Whether Nix reads ``registry`` as a flake registry: a JSON object of version 2 whose flakes
+    (where given) are a list; else it warns at every lookup ('has unsupported version 0' for `{}`)."""
     try:
-        return isinstance(json.loads(registry.read_bytes()), dict)
+        data = json.loads(registry.read_bytes())
     except (OSError, ValueError):
         return False
+    return isinstance(data, dict) and data.get("version") == 2 and isinstance(data.get("flakes", []), list)
 
 
 def common_options(substituters: Sequence[str] = ()) -> list[str]:
