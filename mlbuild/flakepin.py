@@ -123,7 +123,7 @@ def _original_of(url: str) -> dict[str, str] | None:
     ?ref=, ?rev=, ?dir=); None for any other form, which is not checked."""
     base, _, query = url.partition("?")
     params = urllib.parse.parse_qsl(query, keep_blank_values=True)
-    if "%" in url or base.endswith("/") or any(k not in ("ref", "rev", "dir") for k, _ in params):
+    if "%" in url or any(k not in ("ref", "rev", "dir") for k, _ in params):
         return None
     ref: dict[str, str]
     if base.startswith(("git+file:///", "git+https://")):
@@ -142,6 +142,10 @@ def _original_of(url: str) -> dict[str, str] | None:
     return {**ref, **dict(params)}
 
 
+def _unslashed(ref: dict[str, str]) -> dict[str, str]:
+    return {k: v.rstrip("/") or v if k in ("url", "path") else v for k, v in ref.items()}
+
+
 def stale_url(project_root: Path) -> str | None:
     """Why flake.lock's mlbuild pin is not the one flake.nix asks for (its url edited since the lock:
     `nix build` locks the new one, writing flake.lock, and builds with it); None: it is, or unknown."""
@@ -157,7 +161,7 @@ def stale_url(project_root: Path) -> str | None:
     if wanted is None or not isinstance(original, dict):
         return None
     have = {k: str(v) for k, v in original.items() if k in _REF_KEYS}
-    if have == wanted:
+    if _unslashed(have) == _unslashed(wanted):   # a trailing slash: kept by Nix 2.8, maybe not by others
         return None
     return (f"{project_root / 'flake.nix'} sets inputs.mlbuild.url = \"{declared}\", but flake.lock pins the mlbuild "
             f"input from {_describe(original)}, locked before that url was set: `nix build` would lock the new one "

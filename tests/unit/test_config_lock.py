@@ -626,6 +626,12 @@ def test_a_flake_lock_locked_before_the_mlbuild_url_was_edited_is_refused(tree) 
         ('  inputs.mlbuild.url = "/srv/mlbuild";', {"type": "path", "path": "/elsewhere"}),   # a form not checked
     ]:
         assert flakepin.stale_url(project(line, original)) is None, line
+    # a new url with a trailing slash was not checked at all (the old pin, silently); the same folder
+    # with or without one is the same reference
+    assert flakepin.stale_url(project('  inputs.mlbuild.url = "git+file:///srv/mlbuild-new/";', old))
+    assert flakepin.stale_url(project('  inputs.mlbuild.url = "git+file:///srv/mlbuild-old/";', old)) is None
+    assert flakepin.stale_url(project('  inputs.mlbuild.url = "path:/srv/mlbuild-old";',
+                                      {"type": "path", "path": "/srv/mlbuild-old/"})) is None
     # the url set in an attribute set of the input, on lines of its own: the same check
     assert flakepin.stale_url(project('  inputs.mlbuild = {\n    url =\n      "git+file:///srv/mlbuild-new";\n  };', old))
     assert flakepin.stale_url(project('  inputs = { mlbuild = { flake = true; url = "git+file:///srv/mlbuild-old"; }; };',
@@ -669,7 +675,8 @@ def test_the_reference_checked_is_spelled_as_nix_locks_it(tree) -> None:
     subprocess.run(["git", "init", "-q"], cwd=target, check=True)
     subprocess.run(["git", "add", "-A"], cwd=target, check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"], cwd=target, check=True)
-    for i, url in enumerate([f"git+file://{target}", f"git+file://{target}?ref=master", f"path:{target}"]):
+    for i, url in enumerate([f"git+file://{target}", f"git+file://{target}?ref=master", f"path:{target}",
+                             f"git+file://{target}/"]):
         spelled = f'inputs.mlbuild.url = "{url}";' if i != 1 else f'inputs.mlbuild = {{\n    url = "{url}";\n  }};'
         root = tree({f"p{i}": {"flake.nix": f'{{\n  {spelled}\n  outputs = {{ self, mlbuild }}: {{ }};\n}}\n'}}) / f"p{i}"
         proc = subprocess.run(["nix", "--extra-experimental-features", "nix-command flakes", "flake", "lock"], cwd=root,
