@@ -139,7 +139,10 @@ def record_push(layout: Layout, name: str, paths: list[str], *, replace_older: b
     """
     folder = layout.roots_dir / "pushes" / check_name(name, "push name")
     make_dir(folder)
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:]
+    # one reading of the clock: the seconds and their fraction read apart (and the fraction rounded
+    # up to "1.000000") named a record at a second's turn before ones written earlier in that second
+    now = time.time_ns()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9)) + f".{now // 1000 % 10**6:06d}"
     dest = folder / (stamp + temp_name()[len(".tmp"):])
     publish_bytes(dest, _paths_text(paths))
     if replace_older:

@@ -248,6 +248,27 @@ def test_a_killed_push_does_not_push_a_whole_release_out_of_keep_last(store: tup
     assert len(report.removed_records) == 1 and not killed.exists()
 
 
+def test_push_records_are_named_in_the_order_they_were_written_at_a_second_s_turn(
+        store: tuple[StoreConfig, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record's name (its time) took the seconds and their fraction from two readings of the clock,
+    and rounded the fraction to 6 digits: at a second's turn a record was named `...19.000000` after one
+    named `...19.999998`, so the newer sorted as older (keep-last kept the wrong one)."""
+    import time as _time
+
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    base = 1_700_000_019 * 10**9
+    readings = iter([base + 999_998_000, base + 999_999_700])   # 19.999998, then 19.9999997
+    monkeypatch.setattr(_time, "time_ns", lambda: next(readings))
+    # the same moments as two readings each gave them: the seconds (19), then the clock again
+    seconds, clock, gmtime = iter([19, 19]), iter([1_700_000_019.999998, 1_700_000_020.0000003]), _time.gmtime
+    monkeypatch.setattr(_time, "time", lambda: next(clock))
+    monkeypatch.setattr(_time, "gmtime", lambda t=None: gmtime(t if t is not None else 1_700_000_000 + next(seconds)))
+    first = record_push(layout, "model", ["/nix/store/0123456789abcdfghijklmnpqrsvwxyz-a"])
+    second = record_push(layout, "model", ["/nix/store/0123456789abcdfghijklmnpqrsvwxyz-b"])
+    assert first.name < second.name and first.name.startswith("20231114T221339.999998.")
+
+
 def test_keep_last_2_with_two_killed_pushes_keeps_two_whole_releases_and_drops_old_records_unread(
         store: tuple[StoreConfig, Path]) -> None:
     """keep-last 2, two killed pushes (v3, v4) after two whole ones (v1, v2): both whole releases stay.
