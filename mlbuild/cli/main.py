@@ -117,7 +117,7 @@ class _Group(click.Group):
 
 
 _FAILED_FS = {
-    errno.EROFS: "its file system is read-only now (the kernel remounts one so after a disk error)",
+    errno.EROFS: "its file system is read-only (mounted so, or remounted so by the kernel after a disk error)",
     errno.EIO: "its disk or network mount failed",
     errno.ESTALE: "its network mount went stale (the server restarted, or the folder was replaced there)",
     errno.ENOTCONN: "its network mount is not connected",
