@@ -342,7 +342,9 @@ class _Stream:
         command sat silent until that build ended (minutes of training), then said `cached`. Nix
         uses the same activity for other waits (a free build user, a remote builder: `waiting for UID
         to build '...drv'`, `waiting for a machine to build ...`), said as Nix says them, and for a
-        content-addressed derivation's `resolved derivation: ...`, which is no wait."""
+        content-addressed derivation's `resolved derivation: ...`, which is no wait. mlbuild's own
+        `nix build` runs as `nix --extra-experimental-features ... build ...`: `pgrep -af 'nix build'`
+        found none of them."""
         plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
         if not plain.startswith("waiting") or plain in self.waits:
             return
@@ -354,7 +356,7 @@ class _Stream:
         names = ", ".join(p.rsplit("/", 1)[-1][33:] or p for p in paths)
         print(f"mlbuild: waiting for another build of {names} to finish (Nix's lock on {', '.join(paths)}): a "
               f"`nix build` or mlbuild of the same thing, or one left running by an mlbuild that was killed "
-              f"(`pgrep -af 'nix build'` lists them); this build takes its output once it is done", file=sys.stderr,
+              f"(`pgrep -af 'nix.*build'` lists them and their trainings); this build takes its output once it is done", file=sys.stderr,
               flush=True)
 
     def failure(self, root: Path, datasets: dict[str, str] | None = None) -> BuildError:
