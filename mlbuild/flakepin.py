@@ -222,10 +222,13 @@ def pinned_entry(project_root: Path, *, needs: tuple[str, ...] = ()) -> Path | N
     if locked is None:
         return None
     stale = stale_url(project_root)
-    if stale is not None:
-        raise ConfigError(stale)
-    key = json.dumps(locked, sort_keys=True)
     worktree = _WORKTREE_PIN.get()
+    if stale is not None and worktree is None:
+        raise ConfigError(stale)
+    if stale is not None:   # a commit's (metrics history, diff): what it pinned, which no lock can change now
+        print(f"mlbuild: a commit whose flake.nix names another mlbuild url than its flake.lock pins (committed "
+              f"without `nix flake lock`) builds with the pin, as mlbuild built it then", file=sys.stderr)
+    key = json.dumps(locked, sort_keys=True)
     past = "" if worktree is None or worktree == key else "another one" if worktree else "none (it builds with this one)"
     found = _pinned(key, past=past)   # once per command (serve builds twice)
     if locked.get("type") == "git" and "rev" not in locked:

@@ -615,6 +615,11 @@ def test_a_flake_lock_locked_before_the_mlbuild_url_was_edited_is_refused(tree) 
             "the new one (writing flake.lock) and build with it, and this command would build with the old one; run "
             "`nix flake lock` to lock it, then `git add flake.lock` and commit it")):
         flakepin.pinned_entry(root)
+    # a commit's snapshot (metrics history, diff) committed so is built with its pin: the advice to
+    # lock and commit cannot change a commit, and its row was a gap
+    other = tree({"w": {}}) / "w"
+    with flakepin.past_commit(other):
+        flakepin.pinned_entry(root)
     # The same reference as locked, in each form init or a team writes: nothing to say
     for line, original in [
         ('  inputs.mlbuild.url = "git+file:///srv/mlbuild-old";', old),
