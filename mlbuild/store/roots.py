@@ -202,12 +202,22 @@ def read_roots(layout: Layout, keep_last: int, locks: Sequence[Path] = (),
     lost CI runner) or still running has a record of paths it has not all published: counted among
     the newest, it pushed a whole older release out of keep-last, and with keep-last 1 gc left the
     name nothing a reader could fetch."""
+    # every root that cannot be read is named at once (a tag and a record garbled: one gc each)
+    unread: list[StoreCorruptError] = []
+
+    def read(f: Path) -> list[str] | None:
+        try:
+            return _read_paths(f)
+        except StoreCorruptError as e:
+            unread.append(e)
+            return None
+
     tags: dict[str, list[str]] = {}
     tag_dir = layout.roots_dir / "tags"
     if tag_dir.is_dir():
         for f in sorted(tag_dir.iterdir()):
             if not f.name.startswith("."):
-                tags[f.name] = _read_paths(f)
+                tags[f.name] = read(f) or []
     pushes: dict[str, list[list[str]]] = {}
     dropped: list[Path] = []
     push_dir = layout.roots_dir / "pushes"
@@ -223,14 +233,19 @@ def read_roots(layout: Layout, keep_last: int, locks: Sequence[Path] = (),
                 if i >= keep_last and whole >= keep_last:   # not read: an old record garbled goes, as it did
                     dropped.append(f)
                     continue
-                paths = _read_paths(f)
-                is_whole = present is None or all(p in present for p in paths)
+                got = read(f)
+                paths = got or []
+                is_whole = got is not None and (present is None or all(p in present for p in paths))
                 if i < keep_last or (is_whole and whole < keep_last):
                     kept.append(paths)
                 else:
                     dropped.append(f)
                 whole += is_whole
             pushes[folder.name] = kept
+    if len(unread) == 1:
+        raise unread[0]
+    if unread:
+        raise StoreCorruptError(f"{len(unread)} roots of the store cannot be read:\n" + "\n".join(map(str, unread)))
     return Roots(tags, pushes, dropped, {str(p): lock_paths(p) for p in locks})
 
 

@@ -798,6 +798,27 @@ def test_a_garbled_tag_or_push_record_is_named_and_gc_removes_nothing(store: tup
     assert not layout.narinfo(kept.path).exists()
 
 
+def test_a_garbled_tag_and_push_record_are_named_at_once(store: tuple[StoreConfig, Path]) -> None:
+    """A tag and a push record both garbled: gc named the tag; the user fixed it and ran gc again, to
+    be told of the record. Both are named by the first gc, which removes nothing."""
+    from mlbuild.errors import StoreCorruptError
+
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    kept = fake_path(chroot, "model", "m")
+    put(cfg, chroot, kept)
+    tag(cfg, "rel", [kept.path])
+    record = record_push(layout, "model", [kept.path])
+    (layout.roots_dir / "tags" / "rel").write_bytes(b"\xff\xfe")
+    record.write_bytes(b"\x00" * 40)
+    with pytest.raises(StoreCorruptError) as e:
+        gc(cfg, keep_last=1, grace=0)
+    assert str(e.value).startswith("2 roots of the store cannot be read:\n")
+    assert f"{layout.roots_dir / 'tags' / 'rel'} is not text" in str(e.value)
+    assert f"{record} has a line that is no store path" in str(e.value)
+    assert layout.narinfo(kept.path).exists()
+
+
 @pytest.mark.parametrize("root", ["tag", "push record"])
 @pytest.mark.parametrize("garbled", [b"\x00" * 60, b"/nix/store/0123456789abcdfghijklmnpqrsvwxyz-m\n/nix/store/01234"])
 def test_a_tag_or_push_record_of_nul_bytes_or_cut_in_a_path_keeps_gc_off(store: tuple[StoreConfig, Path], root: str,
