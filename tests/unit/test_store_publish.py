@@ -327,7 +327,7 @@ def test_gc_grace_spares_recent_entries_and_condemns_before_deleting(store: tupl
     os.utime(cfg.root / info.url, (0, 0))
     import json
     data = json.loads(layout.condemned_file.read_text())
-    layout.condemned_file.write_text(json.dumps({k: 0 for k in data}))
+    layout.condemned_file.write_text(json.dumps({k: 1 for k in data}))   # condemned long ago (0: no time a gc wrote)
     r = gc(cfg, grace=3600)
     assert r.removed_nars and not (cfg.root / info.url).exists()
 
@@ -740,7 +740,10 @@ def test_a_store_nix_config_names_is_read_where_its_files_lie(store: tuple[Store
     assert narinfo.compression == ("none" if weights else "zstd") and verify(cfg).ok
 
 
-@pytest.mark.parametrize("record", [b"\xff\xfe garbled", b'{"nar/x": 1', b"[]", b'{"nar/unused.nar": "yesterday"}', b"null"])
+@pytest.mark.parametrize("record", [b"\xff\xfe garbled", b'{"nar/x": 1', b"[]", b'{"nar/unused.nar": "yesterday"}', b"null",
+                                    # times no gc wrote: gone at once, or never (json reads NaN and Infinity)
+                                    b'{"nar/unused.nar": 0}', b'{"nar/unused.nar": -5}', b'{"nar/unused.nar": NaN}',
+                                    b'{"nar/unused.nar": Infinity}', b'{"nar/unused.nar": 1e300}'])
 def test_gc_takes_a_garbled_record_of_condemned_nars_as_empty(store: tuple[StoreConfig, Path], record: bytes) -> None:
     """mlbuild/gc-condemned.json cut short or garbled on the store's disk (bytes that are not UTF-8,
     JSON that is not an object of times) was a traceback of every later gc, for good. gc takes it as
