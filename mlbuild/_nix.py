@@ -102,11 +102,13 @@ def state_home() -> Path:
 
 
 def _parses(registry: Path) -> bool:
-    """Whether ``registry`` is a JSON object, as Nix reads a flake registry."""
+    """Whether Nix reads ``registry`` as a flake registry: a JSON object of version 2 whose flakes
+    (where given) are a list; else it warns at every lookup ('has unsupported version 0' for `{}`)."""
     try:
-        return isinstance(json.loads(registry.read_bytes()), dict)
+        data = json.loads(registry.read_bytes())
     except (OSError, ValueError):
         return False
+    return isinstance(data, dict) and data.get("version") == 2 and isinstance(data.get("flakes", []), list)
 
 
 def common_options(substituters: Sequence[str] = ()) -> list[str]:
@@ -210,10 +212,15 @@ def add_roots(paths: dict[str, str], root_dir: Path) -> None:
             # `cp -rL` or a sync tool that keeps none): Nix reads no root from it, and refused to
             # root the path there ("cannot create symlink ...; already exists"), naming no fix.
             if os.path.isdir(link) and not os.path.islink(link):
-                q = shlex.quote(str(link))
+                # the copy made every folder root one: name them all, not one a run (a run each)
+                copies = sorted(p for p in root_dir.iterdir() if p.is_dir() and not p.is_symlink())
+                q = " ".join(shlex.quote(str(p)) for p in copies)
+                others = [p.name for p in copies if p != link]
+                also = f"; so {'are' if len(others) > 1 else 'is'} {', '.join(others)} there" if others else ""
                 raise NixError(f"{link} is a folder, not the link that roots {path} (a copy of the project that "
-                               f"followed its links: `cp -rL`, a sync tool); remove it (`chmod -R u+w {q} && "
-                               f"rm -rf {q}`) and run the command again")
+                               f"followed its links: `cp -rL`, a sync tool){also}; remove "
+                               f"{'them' if others else 'it'} (`chmod -R u+w {q} && rm -rf {q}`) and run the command "
+                               f"again")
             if os.path.lexists(link):
                 link.unlink()   # a file: it roots nothing; the link replaces it
         if target == path and _registered(link):

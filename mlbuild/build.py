@@ -303,6 +303,7 @@ class _Stream:
         self.lines: dict[str, int] = {}   # how many lines each log had: more than the tail shows?
         self.summary = Summary()
         self.other: list[str] = []
+        self.waits: set[str] = set()   # Nix's waits said (one for a remote builder may start again and again)
 
     def line(self, raw: str) -> None:
         if not raw.startswith("@nix "):
@@ -339,12 +340,24 @@ class _Stream:
     def _waiting(self, text: str) -> None:
         """Nix waits for the lock another process holds on an output: the build it waits for runs on
         alone, most often one whose mlbuild was killed (kill -9, a CI runner's timeout), and the
-        command sat silent until that build ended (minutes of training), then said `cached`."""
+        command sat silent until that build ended (minutes of training), then said `cached`. Nix
+        uses the same activity for other waits (a free build user, a remote builder: `waiting for UID
+        to build '...drv'`, `waiting for a machine to build ...`), said as Nix says them, and for a
+        content-addressed derivation's `resolved derivation: ...`, which is no wait. mlbuild's own
+        `nix build` runs as `nix --extra-experimental-features ... build ...`: `pgrep -af 'nix build'`
+        found none of them."""
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+        if not plain.startswith("waiting") or plain in self.waits:
+            return
+        self.waits.add(plain)
+        if not plain.startswith("waiting for lock"):
+            print(f"mlbuild: nix is {plain}", file=sys.stderr, flush=True)
+            return
         paths = re.findall(r"/nix/store/[0-9a-z]{32}-[^'\s\x1b]+", text) or [re.sub(r"\x1b\[[0-9;]*m", "", text)]
         names = ", ".join(p.rsplit("/", 1)[-1][33:] or p for p in paths)
         print(f"mlbuild: waiting for another build of {names} to finish (Nix's lock on {', '.join(paths)}): a "
               f"`nix build` or mlbuild of the same thing, or one left running by an mlbuild that was killed "
-              f"(`pgrep -af 'nix build'` lists them); this build takes its output once it is done", file=sys.stderr,
+              f"(`pgrep -af 'nix.*build'` lists them and their trainings); this build takes its output once it is done", file=sys.stderr,
               flush=True)
 
     def failure(self, root: Path, datasets: dict[str, str] | None = None) -> BuildError:

@@ -102,8 +102,10 @@ def _warn_dirty(url: str) -> None:
           f"({url}), {DIRTY_MLBUILD}", file=sys.stderr)
 
 
-# `inputs.mlbuild.url = "...";` (or `mlbuild.url` inside `inputs = { ... }`), as init writes it
-_URL_SET = re.compile(r'(?:^|[\s;{])(?:inputs\.)?mlbuild\.url\s*=\s*"([^"$\\]*)"\s*;')
+# `inputs.mlbuild.url = "...";` (or `mlbuild.url` inside `inputs = { ... }`), as init writes it, or
+# `inputs.mlbuild = { url = "..."; ... };` (or `mlbuild = { url = ...` inside `inputs = { ... }`)
+_URL_SET = re.compile(r'(?:^|[\s;{])(?:inputs\.)?mlbuild(?:\.|\s*=\s*\{(?:[^{}"]|"[^"]*")*?[\s;{])url\s*=\s*"([^"$\\]*)"\s*;')
+_HEX_REV = re.compile(r"[0-9a-fA-F]{40}")
 _REF_KEYS = ("type", "url", "path", "owner", "repo", "ref", "rev", "dir")
 
 
@@ -117,11 +119,11 @@ def _declared_url(text: str) -> str | None:
 
 def _original_of(url: str) -> dict[str, str] | None:
     """flake.lock's ``original`` of a flake reference, as Nix writes it, for the forms whose spelling
-    Nix keeps as it is (git+file:///abs, git+https://..., github:owner/repo[/ref], path:/abs, with
+    Nix keeps as it is (git+file:///abs, git+https://..., github:owner/repo[/ref-or-rev], path:/abs, with
     ?ref=, ?rev=, ?dir=); None for any other form, which is not checked."""
     base, _, query = url.partition("?")
     params = urllib.parse.parse_qsl(query, keep_blank_values=True)
-    if "%" in url or base.endswith("/") or any(k not in ("ref", "rev", "dir") for k, _ in params):
+    if "%" in url or any(k not in ("ref", "rev", "dir") for k, _ in params):
         return None
     ref: dict[str, str]
     if base.startswith(("git+file:///", "git+https://")):
@@ -130,10 +132,18 @@ def _original_of(url: str) -> dict[str, str] | None:
         ref = {"type": "path", "path": base[len("path:"):]}
     elif base.startswith("github:") and base.count("/") in (1, 2) and "" not in base[7:].split("/"):
         owner, repo, *branch = base[len("github:"):].split("/")
-        ref = {"type": "github", "owner": owner, "repo": repo, **({"ref": branch[0]} if branch else {})}
+        # Nix reads a third part of 40 hex digits as a commit (`rev`), else as a branch or tag, and
+        # writes a github rev in lower case (it parses it as a hash)
+        third = ({"rev": branch[0]} if _HEX_REV.fullmatch(branch[0]) else {"ref": branch[0]}) if branch else {}
+        github = {"type": "github", "owner": owner, "repo": repo, **third, **dict(params)}
+        return {**github, **({"rev": github["rev"].lower()} if "rev" in github else {})}
     else:
         return None
     return {**ref, **dict(params)}
+
+
+def _unslashed(ref: dict[str, str]) -> dict[str, str]:
+    return {k: v.rstrip("/") or v if k in ("url", "path") else v for k, v in ref.items()}
 
 
 def stale_url(project_root: Path) -> str | None:
@@ -151,7 +161,7 @@ def stale_url(project_root: Path) -> str | None:
     if wanted is None or not isinstance(original, dict):
         return None
     have = {k: str(v) for k, v in original.items() if k in _REF_KEYS}
-    if have == wanted:
+    if _unslashed(have) == _unslashed(wanted):   # a trailing slash: kept by Nix 2.8, maybe not by others
         return None
     return (f"{project_root / 'flake.nix'} sets inputs.mlbuild.url = \"{declared}\", but flake.lock pins the mlbuild "
             f"input from {_describe(original)}, locked before that url was set: `nix build` would lock the new one "
@@ -212,10 +222,13 @@ def pinned_entry(project_root: Path, *, needs: tuple[str, ...] = ()) -> Path | N
     if locked is None:
         return None
     stale = stale_url(project_root)
-    if stale is not None:
-        raise ConfigError(stale)
-    key = json.dumps(locked, sort_keys=True)
     worktree = _WORKTREE_PIN.get()
+    if stale is not None and worktree is None:
+        raise ConfigError(stale)
+    if stale is not None:   # a commit's (metrics history, diff): what it pinned, which no lock can change now
+        print(f"mlbuild: a commit whose flake.nix names another mlbuild url than its flake.lock pins (committed "
+              f"without `nix flake lock`) builds with the pin, as mlbuild built it then", file=sys.stderr)
+    key = json.dumps(locked, sort_keys=True)
     past = "" if worktree is None or worktree == key else "another one" if worktree else "none (it builds with this one)"
     found = _pinned(key, past=past)   # once per command (serve builds twice)
     if locked.get("type") == "git" and "rev" not in locked:

@@ -93,6 +93,11 @@ class _Group(click.Group):
         try:
             return super().main(*args, **kwargs)
         except OSError as e:
+            store = os.environ.get("NIX_STORE_DIR", "/nix/store").rstrip("/") + "/"
+            if e.errno == errno.EROFS and str(e.filename).startswith(store):
+                # A store path is read-only by design (NixOS mounts the store so): a write into one is
+                # mlbuild's bug, whose traceback is wanted, not a disk error's advice
+                raise
             if e.errno in _FAILED_FS and e.filename:
                 # A file system that fails under a command (remounted read-only after a disk error, an
                 # NFS mount that dropped or went stale): where and why, not a traceback
@@ -112,7 +117,7 @@ class _Group(click.Group):
 
 
 _FAILED_FS = {
-    errno.EROFS: "its file system is read-only now (the kernel remounts one so after a disk error)",
+    errno.EROFS: "its file system is read-only (mounted so, or remounted so by the kernel after a disk error)",
     errno.EIO: "its disk or network mount failed",
     errno.ESTALE: "its network mount went stale (the server restarted, or the folder was replaced there)",
     errno.ENOTCONN: "its network mount is not connected",

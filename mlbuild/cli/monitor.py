@@ -161,7 +161,9 @@ def config(ctx: click.Context, model: str, out_dir: Path | None, server: str, mo
                    f"and monitor, what {metric} would show fires no alert; "
                    f"`nix flake lock --update-input mlbuild` (then commit "
                    f"flake.lock and rebuild) gives a server and monitor that export it", err=True)
-    older = m.older_shared_config(state_dir(project.root) / "monitoring", model)
+    shared = state_dir(project.root) / "monitoring"
+    # --out that folder (where the team's Prometheus still looks) writes them anew: nothing is older
+    older = [] if out_dir.resolve() == shared.resolve() else m.older_shared_config(shared, model)
     if older:   # an upgrade's first `monitor config`: the files a Prometheus was pointed at stay as they were
         click.echo(f"note: an older mlbuild wrote {model}'s monitoring config into {older[0].parent}/ "
                    f"({', '.join(p.name for p in older)}; every model's went there), and those files are not "

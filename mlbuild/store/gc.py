@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,7 +166,7 @@ def _collect_nars(layout: Layout, used: set[str], now: float, grace: float, dry_
     # A dry run removed nothing: the narinfos it would remove are still there, and must not count.
     gone = set(report.removed_paths) if dry_run else set()
     used |= {i.url for p, i in again.infos.items() if p not in gone}
-    condemned = _condemned(layout)
+    condemned = _condemned(layout, now)
     still: dict[str, float] = {}
     for nar in layout.nar_files():
         url = f"nar/{nar.name}"
@@ -188,7 +189,7 @@ def _collect_nars(layout: Layout, used: set[str], now: float, grace: float, dry_
         publish_bytes(layout.condemned_file, (json.dumps(still, indent=1, sort_keys=True) + "\n").encode())
 
 
-def _condemned(layout: Layout) -> dict[str, float]:
+def _condemned(layout: Layout, now: float) -> dict[str, float]:
     """What an earlier gc condemned, and since when. A file that is no such record (cut short or
     garbled on the store's disk: bytes that are not UTF-8, JSON that is not an object of times) was
     a traceback of every later gc, for good; it is taken as empty: those NARs wait out the grace
@@ -199,5 +200,8 @@ def _condemned(layout: Layout) -> dict[str, float]:
         return {}
     if not isinstance(data, dict):
         return {}
+    # a time that no gc wrote (0 or less: its NAR went at once, before the grace a reader mid-fetch
+    # has; NaN or Infinity, which Python's json reads: never, and written back so, for good) is none
     return {k: float(v) for k, v in data.items()
-            if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v) and 0 < v <= now}

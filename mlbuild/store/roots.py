@@ -68,19 +68,30 @@ def _read_paths(path: Path) -> list[str]:
 
 def read_root_file(path: Path) -> str:
     """The text of a tag (``roots/tags/NAME``) or push record (``roots/pushes/NAME/RECORD``).
-    StoreCorruptError, naming it and the fix, for one that is not text (garbled on the store's
-    disk): gc, tag and untag stopped with a UnicodeDecodeError traceback, for good."""
+    StoreCorruptError, naming it and the fix, for one that is not text, or has a line that is no
+    store path (garbled on the store's disk): gc, tag and untag stopped with a UnicodeDecodeError
+    traceback, for good; a file of NUL bytes (what a crash can leave of a file on ext4) or cut in the
+    middle of a path was read as keeping none, or some, of its paths, and gc removed the rest."""
     try:
-        return read_store_file(path)
+        text = read_store_file(path)
     except UnicodeDecodeError:
-        if path.parent.name == "tags":
-            what, fix = (f"tag {path.name}", f"`{store_command(path.parents[3], 'untag ' + path.name)}` removes it; "
-                                             f"tag the release again (`mlbuild store tag {path.name} PATH...`)")
-        else:
-            what, fix = (f"push record of {path.parent.name}",
-                         f"remove it (`rm {shlex.quote(str(path))}`) and push again what it named, if it matters")
-        raise StoreCorruptError(f"{path} is not text (garbled on the store's disk), so mlbuild cannot tell which "
-                                f"paths the {what} keeps from gc, and gc removes nothing; {fix}") from None
+        raise _garbled(path, "is not text") from None
+    bad = next((line.strip() for line in text.splitlines() if line.strip() and not _STORE_PATH.fullmatch(line.strip())),
+               None)
+    if bad is not None:
+        raise _garbled(path, f"has a line that is no store path ({bad[:80]!r})")
+    return text
+
+
+def _garbled(path: Path, what_is_wrong: str) -> StoreCorruptError:
+    if path.parent.name == "tags":
+        what, fix = (f"tag {path.name}", f"`{store_command(path.parents[3], 'untag ' + path.name)}` removes it; "
+                                         f"tag the release again (`mlbuild store tag {path.name} PATH...`)")
+    else:
+        what, fix = (f"push record of {path.parent.name}",
+                     f"remove it (`rm {shlex.quote(str(path))}`) and push again what it named, if it matters")
+    return StoreCorruptError(f"{path} {what_is_wrong} (garbled on the store's disk), so mlbuild cannot tell which "
+                             f"paths the {what} keeps from gc, and gc removes nothing; {fix}")
 
 
 @contextlib.contextmanager
@@ -128,7 +139,10 @@ def record_push(layout: Layout, name: str, paths: list[str], *, replace_older: b
     """
     folder = layout.roots_dir / "pushes" / check_name(name, "push name")
     make_dir(folder)
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:]
+    # one reading of the clock: the seconds and their fraction read apart (and the fraction rounded
+    # up to "1.000000") named a record at a second's turn before ones written earlier in that second
+    now = time.time_ns()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9)) + f".{now // 1000 % 10**6:06d}"
     dest = folder / (stamp + temp_name()[len(".tmp"):])
     publish_bytes(dest, _paths_text(paths))
     if replace_older:
@@ -188,12 +202,22 @@ def read_roots(layout: Layout, keep_last: int, locks: Sequence[Path] = (),
     lost CI runner) or still running has a record of paths it has not all published: counted among
     the newest, it pushed a whole older release out of keep-last, and with keep-last 1 gc left the
     name nothing a reader could fetch."""
+    # every root that cannot be read is named at once (a tag and a record garbled: one gc each)
+    unread: list[StoreCorruptError] = []
+
+    def read(f: Path) -> list[str] | None:
+        try:
+            return _read_paths(f)
+        except StoreCorruptError as e:
+            unread.append(e)
+            return None
+
     tags: dict[str, list[str]] = {}
     tag_dir = layout.roots_dir / "tags"
     if tag_dir.is_dir():
         for f in sorted(tag_dir.iterdir()):
             if not f.name.startswith("."):
-                tags[f.name] = _read_paths(f)
+                tags[f.name] = read(f) or []
     pushes: dict[str, list[list[str]]] = {}
     dropped: list[Path] = []
     push_dir = layout.roots_dir / "pushes"
@@ -203,11 +227,25 @@ def read_roots(layout: Layout, keep_last: int, locks: Sequence[Path] = (),
                 continue
             records = sorted((f for f in folder.iterdir() if not f.name.startswith(".")),
                              key=lambda f: f.name, reverse=True)
-            read = [(f, _read_paths(f)) for f in records]
-            whole = [f for f, ps in read if present is None or all(p in present for p in ps)][:keep_last]
-            kept = set(records[:keep_last]) | set(whole)
-            pushes[folder.name] = [ps for f, ps in read if f in kept]
-            dropped += [f for f in records if f not in kept]
+            kept: list[list[str]] = []
+            whole = 0
+            for i, f in enumerate(records):
+                if i >= keep_last and whole >= keep_last:   # not read: an old record garbled goes, as it did
+                    dropped.append(f)
+                    continue
+                got = read(f)
+                paths = got or []
+                is_whole = got is not None and (present is None or all(p in present for p in paths))
+                if i < keep_last or (is_whole and whole < keep_last):
+                    kept.append(paths)
+                else:
+                    dropped.append(f)
+                whole += is_whole
+            pushes[folder.name] = kept
+    if len(unread) == 1:
+        raise unread[0]
+    if unread:
+        raise StoreCorruptError(f"{len(unread)} roots of the store cannot be read:\n" + "\n".join(map(str, unread)))
     return Roots(tags, pushes, dropped, {str(p): lock_paths(p) for p in locks})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,8 @@ def test_the_build_folders_a_check_kept_are_removed_whole(tmp_path: Path) -> Non
     assert not new.exists() and not old.exists() and not mine.exists() and tmp_path.exists()
 
 
-def test_waiting_for_another_build_s_lock_is_said(capsys: pytest.CaptureFixture[str]) -> None:
+def test_waiting_for_another_build_s_lock_is_said(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """An mlbuild killed with kill -9 (a CI runner's timeout) leaves its `nix build` training on its own;
     the next build of the same model waited on Nix's lock on the output, silent, for as long as that
     training took, then said `cached`. Nix says it waits (an activity of type 111): mlbuild says so too."""
@@ -129,5 +131,28 @@ def test_waiting_for_another_build_s_lock_is_said(capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert err == (f"mlbuild: waiting for another build of m-model to finish (Nix's lock on {out}): a `nix build` or "
                    f"mlbuild of the same thing, or one left running by an mlbuild that was killed (`pgrep -af "
-                   f"'nix build'` lists them); this build takes its output once it is done\n")
+                   f"'nix.*build'` lists them and their trainings); this build takes its output once it is done\n")
+    # mlbuild runs `nix <options> build ...`: the pattern finds such a command line ('nix build' did not)
+    from mlbuild import _nix
+
+    monkeypatch.setenv("MLBUILD_STATE", str(tmp_path))
+    line = " ".join(["/usr/bin/nix", *_nix.common_options(), "build", "--json"])
+    assert re.search("nix.*build", line) and not re.search("nix build", line)
     assert not stream.summary.built and not stream.acts
+
+
+def test_nix_s_other_waits_are_not_said_to_be_another_build_s_lock(capsys: pytest.CaptureFixture[str]) -> None:
+    """Nix reports other waits with the same activity (type 111): for a free build user (a daemon's
+    nixbld users all busy) and for a remote builder's slot (`builders`, the GPU machines), naming the
+    .drv, and a content-addressed derivation's `resolved derivation: ...`, no wait at all. Each was
+    said to be 'waiting for another build of m-model.drv to finish (Nix's lock on ...drv)', a build
+    `pgrep` would not find. They are said as Nix says them, once each."""
+    drv = "/nix/store/b75g297zvbp3q4lh0sk4jj40nhghf72n-m-model.drv"
+    stream = _Stream("m.model", None)
+    for i, text in enumerate([f"waiting for a machine to build \u001b[35;1m'{drv}'\u001b[0m",
+                              f"waiting for a machine to build \u001b[35;1m'{drv}'\u001b[0m",
+                              f"waiting for a free build user ID for \u001b[35;1m'{drv}'\u001b[0m",
+                              f"resolved derivation: '{drv}' -> '{drv[:-6]}x.drv'"]):
+        stream.line(_msg(action="start", id=10 + i, level=0, type=111, text=text))
+    assert capsys.readouterr().err == (f"mlbuild: nix is waiting for a machine to build '{drv}'\n"
+                                       f"mlbuild: nix is waiting for a free build user ID for '{drv}'\n")

@@ -567,5 +567,25 @@ def test_a_file_system_that_fails_under_a_command_is_one_line(err: str) -> None:
     proc = subprocess.run([sys.executable, "-c", script, "write"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith(f"Error: {os.strerror(getattr(errno, err))}: /srv/p/.mlbuild/builds.jsonl: its ")
+    if err == "EROFS":   # mounted read-only on purpose (a read-only checkout) is as likely as a disk error
+        assert ": its file system is read-only (mounted so, or remounted so by the kernel after a disk error); " \
+            in proc.stderr, proc.stderr
     assert proc.stderr.endswith("; check the mount (`findmnt -T /srv/p/.mlbuild/builds.jsonl`), mount it again, then "
                                 "run the command again (the files mlbuild replaces are replaced whole)\n")
+
+
+def test_a_write_into_a_read_only_store_path_keeps_its_traceback() -> None:
+    """The Nix store is read-only by design (NixOS mounts it so): an EROFS writing into a store path is
+    a bug of mlbuild's (or of the code it runs), and it was one line saying the disk had failed and to
+    mount it again, without the traceback that shows where it wrote."""
+    import os
+    import subprocess
+    import sys
+
+    target = "/nix/store/b75g297zvbp3q4lh0sk4jj40nhghf72n-digits-model/model.pt"
+    script = ("import errno, os\nfrom mlbuild.cli.main import cli, main\n@cli.command()\ndef write() -> None:\n"
+              f"    raise OSError(errno.EROFS, os.strerror(errno.EROFS), {target!r})\nmain()\n")
+    env = {k: v for k, v in os.environ.items() if k != "NIX_STORE_DIR"}
+    proc = subprocess.run([sys.executable, "-c", script, "write"], cwd=REPO, capture_output=True, text=True, env=env)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "mount it again" not in proc.stderr, proc.stderr
+    assert proc.stderr.rstrip().endswith(f"OSError: [Errno 30] Read-only file system: '{target}'"), proc.stderr

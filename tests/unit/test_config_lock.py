@@ -615,6 +615,11 @@ def test_a_flake_lock_locked_before_the_mlbuild_url_was_edited_is_refused(tree) 
             "the new one (writing flake.lock) and build with it, and this command would build with the old one; run "
             "`nix flake lock` to lock it, then `git add flake.lock` and commit it")):
         flakepin.pinned_entry(root)
+    # a commit's snapshot (metrics history, diff) committed so is built with its pin: the advice to
+    # lock and commit cannot change a commit, and its row was a gap
+    other = tree({"w": {}}) / "w"
+    with flakepin.past_commit(other):
+        flakepin.pinned_entry(root)
     # The same reference as locked, in each form init or a team writes: nothing to say
     for line, original in [
         ('  inputs.mlbuild.url = "git+file:///srv/mlbuild-old";', old),
@@ -626,10 +631,43 @@ def test_a_flake_lock_locked_before_the_mlbuild_url_was_edited_is_refused(tree) 
         ('  inputs.mlbuild.url = "/srv/mlbuild";', {"type": "path", "path": "/elsewhere"}),   # a form not checked
     ]:
         assert flakepin.stale_url(project(line, original)) is None, line
+    # a new url with a trailing slash was not checked at all (the old pin, silently); the same folder
+    # with or without one is the same reference
+    assert flakepin.stale_url(project('  inputs.mlbuild.url = "git+file:///srv/mlbuild-new/";', old))
+    assert flakepin.stale_url(project('  inputs.mlbuild.url = "git+file:///srv/mlbuild-old/";', old)) is None
+    assert flakepin.stale_url(project('  inputs.mlbuild.url = "path:/srv/mlbuild-old";',
+                                      {"type": "path", "path": "/srv/mlbuild-old/"})) is None
+    # the url set in an attribute set of the input, on lines of its own: the same check
+    assert flakepin.stale_url(project('  inputs.mlbuild = {\n    url =\n      "git+file:///srv/mlbuild-new";\n  };', old))
+    assert flakepin.stale_url(project('  inputs = { mlbuild = { flake = true; url = "git+file:///srv/mlbuild-old"; }; };',
+                                      old)) is None
     assert flakepin.stale_url(project('  inputs.mlbuild.url = "github:acme/mlbuild";',
                                       {"owner": "acme", "repo": "mlbuild", "ref": "release", "type": "github"}))
     # an input that follows another flake's is that flake's to lock
     assert flakepin.stale_url(project('  inputs.mlbuild.url = "git+file:///srv/mlbuild-new";', old, follows=True)) is None
+
+
+def test_a_github_url_pinned_to_a_commit_is_checked_as_nix_locks_it(tree) -> None:
+    """`github:owner/repo/<40 hex digits>` is a commit to Nix (`rev` in the lock's original, in lower
+    case, as is a `?rev=`), not a branch: read as a `ref`, a project pinned to a release commit was
+    refused at every build, and the `nix flake lock` the message named changed nothing."""
+    from mlbuild import flakepin
+
+    def project(url: str, original: dict[str, str]) -> Path:
+        nodes = {"mlbuild": {"locked": {**original, "rev": "a" * 40, "narHash": "sha256-x"}, "original": original},
+                 "root": {"inputs": {"mlbuild": "mlbuild"}}}
+        flake = f'{{\n  inputs.mlbuild.url = "{url}";\n  outputs = {{ self, mlbuild }}: {{ }};\n}}\n'
+        return tree({"p": {"flake.nix": flake,
+                           "flake.lock": json.dumps({"nodes": nodes, "root": "root", "version": 7})}}) / "p"
+
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    locked = {"owner": "acme", "repo": "mlbuild", "rev": rev, "type": "github"}
+    assert flakepin.stale_url(project(f"github:acme/mlbuild/{rev}", locked)) is None
+    assert flakepin.stale_url(project(f"github:acme/mlbuild/{rev.upper()}", locked)) is None
+    assert flakepin.stale_url(project(f"github:acme/mlbuild?rev={rev.upper()}", locked)) is None
+    # another commit, or a branch, is still another pin
+    assert flakepin.stale_url(project(f"github:acme/mlbuild/{'b' * 40}", locked))
+    assert flakepin.stale_url(project("github:acme/mlbuild/release", locked))
 
 
 @pytest.mark.skipif(not shutil.which("nix"), reason="needs nix")
@@ -642,8 +680,10 @@ def test_the_reference_checked_is_spelled_as_nix_locks_it(tree) -> None:
     subprocess.run(["git", "init", "-q"], cwd=target, check=True)
     subprocess.run(["git", "add", "-A"], cwd=target, check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"], cwd=target, check=True)
-    for i, url in enumerate([f"git+file://{target}", f"git+file://{target}?ref=master", f"path:{target}"]):
-        root = tree({f"p{i}": {"flake.nix": f'{{\n  inputs.mlbuild.url = "{url}";\n  outputs = {{ self, mlbuild }}: {{ }};\n}}\n'}}) / f"p{i}"
+    for i, url in enumerate([f"git+file://{target}", f"git+file://{target}?ref=master", f"path:{target}",
+                             f"git+file://{target}/"]):
+        spelled = f'inputs.mlbuild.url = "{url}";' if i != 1 else f'inputs.mlbuild = {{\n    url = "{url}";\n  }};'
+        root = tree({f"p{i}": {"flake.nix": f'{{\n  {spelled}\n  outputs = {{ self, mlbuild }}: {{ }};\n}}\n'}}) / f"p{i}"
         proc = subprocess.run(["nix", "--extra-experimental-features", "nix-command flakes", "flake", "lock"], cwd=root,
                               capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr

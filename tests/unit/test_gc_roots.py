@@ -69,6 +69,28 @@ def test_a_file_or_folder_where_a_root_belongs(tmp_path: Path, kind: str) -> Non
     assert f"rm -rf {roots / 'm.model'}" in str(e.value)
 
 
+def test_every_folder_where_a_root_belongs_is_named_at_once(tmp_path: Path) -> None:
+    """`cp -rL` of a project makes a folder of every root that is one (each model's, each dataset's,
+    the interpreter snapshot's): the error named one, and the user removed it and ran the command again,
+    once per folder, each run after a whole build. All of them are named, with one command."""
+    path = stored(tmp_path, "folder")
+    roots = tmp_path / "gcroots"
+    roots.mkdir()
+    for name in ("m.model", "dataset-raw", "interpreter-snapshot"):
+        (roots / name).mkdir()
+    (roots / "wheel-x.whl").symlink_to(path)
+    with pytest.raises(_nix.NixError) as e:
+        _nix.add_roots({"m.model": path}, roots)
+    assert str(e.value).startswith(f"{roots / 'm.model'} is a folder, not the link that roots {path} (a copy of the "
+                                   "project that followed its links: `cp -rL`, a sync tool); so are dataset-raw, "
+                                   "interpreter-snapshot there; remove them (`chmod -R u+w ")
+    names = " ".join(str(roots / n) for n in ("dataset-raw", "interpreter-snapshot", "m.model"))
+    assert str(e.value).endswith(f" && rm -rf {names}`) and run the command again")
+    subprocess.run(f"chmod -R u+w {names} && rm -rf {names}", shell=True, check=True)
+    _nix.add_roots({"m.model": path}, roots)
+    assert os.readlink(roots / "m.model") == path
+
+
 @pytest.mark.parametrize("kind", ["file", "dangling link"])
 def test_a_roots_folder_that_is_no_folder_is_named(tmp_path: Path, kind: str) -> None:
     """.mlbuild/gcroots a file, or a link to a folder that is gone: every build, prefetch and data

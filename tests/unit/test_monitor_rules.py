@@ -281,3 +281,7 @@ def test_an_older_mlbuild_s_shared_config_of_the_model_is_named(tree) -> None:  
            f"(--config.file) and Grafana at the ones above, then remove them (rm {shared / 'prometheus.yml'} " \
            f"{shared / 'alerts.yml'} {shared / 'grafana-dashboard.json'})" in proc.stderr, proc.stderr
     assert (shared / "cancer" / "prometheus.yml").is_file() and (shared / "prometheus.yml").is_file()   # none removed
+    # --out that very folder (where Prometheus still looks) writes those files anew: they are not older,
+    # and the note told the user to remove the files the command had just written
+    again = run_cli("monitor", "config", "cancer", "--out", ".mlbuild/monitoring", cwd=root, env={"PATH": "/nonexistent"})
+    assert "an older mlbuild" not in again.stderr and "prometheus: .mlbuild/monitoring/prometheus.yml" in again.stdout

@@ -82,7 +82,9 @@ def test_a_full_state_folder_leaves_no_empty_registry_and_is_named(tmp_path: Pat
     assert proc.stdout == f"No space left on device {state / 'registry.json'}\nfill\n", proc.stdout + proc.stderr
     # left so by an older mlbuild; cut short or garbled (a crash, a disk error): Nix warned "cannot
     # parse flake registry" at each lookup, for good
-    for left in (b"", b'{"flakes": [', b"\xff\xfe\x00", b"[]"):
+    # JSON objects Nix does not read as a registry either ('unsupported version 0', 'cannot parse')
+    for left in (b"", b'{"flakes": [', b"\xff\xfe\x00", b"[]", b"{}", b'{"flakes": 5, "version": 2}',
+                 b'{"flakes": [], "version": 1}'):
         (state / "registry.json").write_bytes(left)
         with pytest.MonkeyPatch.context() as m:
             m.setenv("MLBUILD_STATE", str(state))

@@ -248,6 +248,47 @@ def test_a_killed_push_does_not_push_a_whole_release_out_of_keep_last(store: tup
     assert len(report.removed_records) == 1 and not killed.exists()
 
 
+def test_push_records_are_named_in_the_order_they_were_written_at_a_second_s_turn(
+        store: tuple[StoreConfig, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record's name (its time) took the seconds and their fraction from two readings of the clock,
+    and rounded the fraction to 6 digits: at a second's turn a record was named `...19.000000` after one
+    named `...19.999998`, so the newer sorted as older (keep-last kept the wrong one)."""
+    import time as _time
+
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    base = 1_700_000_019 * 10**9
+    readings = iter([base + 999_998_000, base + 999_999_700])   # 19.999998, then 19.9999997
+    monkeypatch.setattr(_time, "time_ns", lambda: next(readings))
+    # the same moments as two readings each gave them: the seconds (19), then the clock again
+    seconds, clock, gmtime = iter([19, 19]), iter([1_700_000_019.999998, 1_700_000_020.0000003]), _time.gmtime
+    monkeypatch.setattr(_time, "time", lambda: next(clock))
+    monkeypatch.setattr(_time, "gmtime", lambda t=None: gmtime(t if t is not None else 1_700_000_000 + next(seconds)))
+    first = record_push(layout, "model", ["/nix/store/0123456789abcdfghijklmnpqrsvwxyz-a"])
+    second = record_push(layout, "model", ["/nix/store/0123456789abcdfghijklmnpqrsvwxyz-b"])
+    assert first.name < second.name and first.name.startswith("20231114T221339.999998.")
+
+
+def test_keep_last_2_with_two_killed_pushes_keeps_two_whole_releases_and_drops_old_records_unread(
+        store: tuple[StoreConfig, Path]) -> None:
+    """keep-last 2, two killed pushes (v3, v4) after two whole ones (v1, v2): both whole releases stay.
+    Records older than the ones kept go unread, as before 09d0adc: gc read every record of the name
+    to find the whole ones, so an old record garbled on disk, which gc used to drop, stopped every gc."""
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    tc = fake_path(chroot, "toolchain", "tc")
+    v0, v1, v2, v3, v4 = (fake_path(chroot, "model", f"v{i}", refs=(tc.path,)) for i in range(5))
+    for i in (tc, v0, v1, v2):
+        put(cfg, chroot, i)
+    oldest = record_push(layout, "model", [v0.path, tc.path])
+    oldest.write_bytes(b"\xff\x00garbled")
+    for v in (v1, v2, v3, v4):
+        record_push(layout, "model", [v.path, tc.path])        # v3, v4: killed before they published
+    report = gc(cfg, keep_last=2, grace=0)
+    assert {NarInfo.parse(f.read_text()).store_path for f in layout.narinfos()} == {tc.path, v1.path, v2.path}
+    assert report.removed_records == [oldest] and len(list(oldest.parent.iterdir())) == 4
+
+
 def test_a_push_replaces_the_older_record_of_its_targets_alone(store: tuple[StoreConfig, Path]) -> None:
     """An mlbuild from before closure records wrote the targets alone; the upgraded one pushing
     the same model records its whole closure. That text differed, so the old record stayed: a
@@ -286,7 +327,7 @@ def test_gc_grace_spares_recent_entries_and_condemns_before_deleting(store: tupl
     os.utime(cfg.root / info.url, (0, 0))
     import json
     data = json.loads(layout.condemned_file.read_text())
-    layout.condemned_file.write_text(json.dumps({k: 0 for k in data}))
+    layout.condemned_file.write_text(json.dumps({k: 1 for k in data}))   # condemned long ago (0: no time a gc wrote)
     r = gc(cfg, grace=3600)
     assert r.removed_nars and not (cfg.root / info.url).exists()
 
@@ -714,7 +755,10 @@ def test_a_store_nix_config_names_is_read_where_its_files_lie(store: tuple[Store
     assert narinfo.compression == ("none" if weights else "zstd") and verify(cfg).ok
 
 
-@pytest.mark.parametrize("record", [b"\xff\xfe garbled", b'{"nar/x": 1', b"[]", b'{"nar/unused.nar": "yesterday"}', b"null"])
+@pytest.mark.parametrize("record", [b"\xff\xfe garbled", b'{"nar/x": 1', b"[]", b'{"nar/unused.nar": "yesterday"}', b"null",
+                                    # times no gc wrote: gone at once, or never (json reads NaN and Infinity)
+                                    b'{"nar/unused.nar": 0}', b'{"nar/unused.nar": -5}', b'{"nar/unused.nar": NaN}',
+                                    b'{"nar/unused.nar": Infinity}', b'{"nar/unused.nar": 1e300}'])
 def test_gc_takes_a_garbled_record_of_condemned_nars_as_empty(store: tuple[StoreConfig, Path], record: bytes) -> None:
     """mlbuild/gc-condemned.json cut short or garbled on the store's disk (bytes that are not UTF-8,
     JSON that is not an object of times) was a traceback of every later gc, for good. gc takes it as
@@ -770,3 +814,50 @@ def test_a_garbled_tag_or_push_record_is_named_and_gc_removes_nothing(store: tup
         bad.unlink()
     gc(cfg, keep_last=1, grace=0)
     assert not layout.narinfo(kept.path).exists()
+
+
+def test_a_garbled_tag_and_push_record_are_named_at_once(store: tuple[StoreConfig, Path]) -> None:
+    """A tag and a push record both garbled: gc named the tag; the user fixed it and ran gc again, to
+    be told of the record. Both are named by the first gc, which removes nothing."""
+    from mlbuild.errors import StoreCorruptError
+
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    kept = fake_path(chroot, "model", "m")
+    put(cfg, chroot, kept)
+    tag(cfg, "rel", [kept.path])
+    record = record_push(layout, "model", [kept.path])
+    (layout.roots_dir / "tags" / "rel").write_bytes(b"\xff\xfe")
+    record.write_bytes(b"\x00" * 40)
+    with pytest.raises(StoreCorruptError) as e:
+        gc(cfg, keep_last=1, grace=0)
+    assert str(e.value).startswith("2 roots of the store cannot be read:\n")
+    assert f"{layout.roots_dir / 'tags' / 'rel'} is not text" in str(e.value)
+    assert f"{record} has a line that is no store path" in str(e.value)
+    assert layout.narinfo(kept.path).exists()
+
+
+@pytest.mark.parametrize("root", ["tag", "push record"])
+@pytest.mark.parametrize("garbled", [b"\x00" * 60, b"/nix/store/0123456789abcdfghijklmnpqrsvwxyz-m\n/nix/store/01234"])
+def test_a_tag_or_push_record_of_nul_bytes_or_cut_in_a_path_keeps_gc_off(store: tuple[StoreConfig, Path], root: str,
+                                                                          garbled: bytes) -> None:
+    """NUL bytes (what a crash can leave of a file on ext4) and a path cut short are text: such a tag
+    or record was read as keeping nothing (or part of what it named) and gc removed the release; it is
+    named as a garbled one is, and gc removes nothing until the fix is done."""
+    from mlbuild.errors import StoreCorruptError
+
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    kept = fake_path(chroot, "model", "m")
+    put(cfg, chroot, kept)
+    if root == "tag":
+        tag(cfg, "rel", [kept.path])
+        bad = layout.roots_dir / "tags" / "rel"
+    else:
+        bad = record_push(layout, "model", [kept.path])
+    bad.write_bytes(garbled)
+    with pytest.raises(StoreCorruptError) as e:
+        gc(cfg, keep_last=1, grace=0)
+    assert str(e.value).startswith(f"{bad} has a line that is no store path (")
+    assert "(garbled on the store's disk), so mlbuild cannot tell" in str(e.value)
+    assert layout.narinfo(kept.path).exists()
