@@ -47,6 +47,21 @@ def _project(tree: Any, version: str) -> tuple[Any, str, str]:
             fixed_output_path(WHEEL["sha256"], WHEEL["filename"], recursive=False))
 
 
+def _locked_elsewhere(tree: Any, monkeypatch: pytest.MonkeyPatch, cfg: Any, snapshot_sha256: str,
+                      wheels: list[dict[str, Any]]) -> Any:
+    """A project locked on another machine (interpreter 3.11.0, its snapshot's NAR hash, these
+    wheels), whose shared store is ``cfg``'s, copied from through Nix (``NIX_REMOTE=daemon``)."""
+    project, _, _ = _project(tree, "3.11.0")
+    lock = json.loads(project.lock_path.read_text())
+    lock["interpreter"]["snapshot"] = {"name": "python-3.11.0-snapshot", "sha256": snapshot_sha256}
+    lock["wheels"] = wheels
+    project.lock_path.write_text(json.dumps(lock))
+    monkeypatch.setenv("MLBUILD_STORE", str(cfg.root))
+    monkeypatch.setenv("MLBUILD_STORE_PUBLIC_KEYS", str(cfg.secret_key().public))
+    monkeypatch.setenv("NIX_REMOTE", "daemon")   # the copy goes through Nix (faked by the caller)
+    return load_project(project.root)
+
+
 def test_a_second_prefetch_asks_nix_once(tree, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README says one `nix-store --check-validity` call; there were two (snapshot, then wheels)."""
     project, snapshot, wheel = _project(tree, probe(sys.executable).version)
@@ -120,16 +135,8 @@ def test_what_the_shared_store_holds_is_fetched_from_it(tree, monkeypatch: pytes
     for info in (snap, PathInfo(wheel_path, format_hash(digest), size, ())):
         put(cfg, chroot, info)
 
-    project, snapshot, _ = _project(tree, "3.11.0")   # another machine's interpreter
-    lock = json.loads(project.lock_path.read_text())
-    lock["interpreter"]["snapshot"] = {"name": "python-3.11.0-snapshot",
-                                       "sha256": nar_sha256(str(chroot / snap.path.lstrip("/")))}
-    lock["wheels"] = [dict(WHEEL, sha256=sha)]
-    project.lock_path.write_text(json.dumps(lock))
-    project = load_project(project.root)
-    monkeypatch.setenv("MLBUILD_STORE", str(cfg.root))
-    monkeypatch.setenv("MLBUILD_STORE_PUBLIC_KEYS", str(cfg.secret_key().public))
-    monkeypatch.setenv("NIX_REMOTE", "daemon")   # the copy goes through Nix (faked below)
+    project = _locked_elsewhere(tree, monkeypatch, cfg, nar_sha256(str(chroot / snap.path.lstrip("/"))),
+                                [dict(WHEEL, sha256=sha)])
     nix = FakeNix(monkeypatch, set())
     copied: list[list[str]] = []
 
@@ -182,16 +189,8 @@ def test_one_entry_the_shared_store_cannot_give_leaves_the_others_to_it(tree, mo
     narinfo = cfg.root / f"{broken.split('/')[-1][:32]}.narinfo"
     (cfg.root / NarInfo.parse(narinfo.read_text()).url).unlink()   # its NAR is gone
 
-    project, _, _ = _project(tree, "3.11.0")   # another machine's interpreter
-    lock = json.loads(project.lock_path.read_text())
-    lock["interpreter"]["snapshot"] = {"name": "python-3.11.0-snapshot",
-                                       "sha256": nar_sha256(str(chroot / snap.path.lstrip("/")))}
-    lock["wheels"] = [w for w, _ in wheels]
-    project.lock_path.write_text(json.dumps(lock))
-    project = load_project(project.root)
-    monkeypatch.setenv("MLBUILD_STORE", str(cfg.root))
-    monkeypatch.setenv("MLBUILD_STORE_PUBLIC_KEYS", str(cfg.secret_key().public))
-    monkeypatch.setenv("NIX_REMOTE", "daemon")   # the copy goes through Nix (faked below)
+    project = _locked_elsewhere(tree, monkeypatch, cfg, nar_sha256(str(chroot / snap.path.lstrip("/"))),
+                                [w for w, _ in wheels])
     nix = FakeNix(monkeypatch, set())
 
     def copy(cache_url: str, paths: Sequence[str], *, store: str | None = None, options: Sequence[str] = ()) -> None:

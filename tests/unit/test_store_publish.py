@@ -780,6 +780,18 @@ def test_gc_takes_a_garbled_record_of_condemned_nars_as_empty(store: tuple[Store
     assert "Traceback" not in proc.stderr and not unused.exists()
 
 
+def _kept_by(store: tuple[StoreConfig, Path], root: str) -> tuple[StoreConfig, Layout, PathInfo, Path]:
+    """A path in the store kept by one root, a tag ``rel`` or a push record of ``model``; the root's file."""
+    cfg, chroot = store
+    layout = Layout(cfg.root)
+    kept = fake_path(chroot, "model", "m")
+    put(cfg, chroot, kept)
+    if root == "tag":
+        tag(cfg, "rel", [kept.path])
+        return cfg, layout, kept, layout.roots_dir / "tags" / "rel"
+    return cfg, layout, kept, record_push(layout, "model", [kept.path])
+
+
 @pytest.mark.parametrize("root", ["tag", "push record"])
 def test_a_garbled_tag_or_push_record_is_named_and_gc_removes_nothing(store: tuple[StoreConfig, Path],
                                                                       root: str) -> None:
@@ -789,15 +801,7 @@ def test_a_garbled_tag_or_push_record_is_named_and_gc_removes_nothing(store: tup
     from mlbuild.errors import StoreCorruptError
     from mlbuild.store import untag
 
-    cfg, chroot = store
-    layout = Layout(cfg.root)
-    kept = fake_path(chroot, "model", "m")
-    put(cfg, chroot, kept)
-    if root == "tag":
-        tag(cfg, "rel", [kept.path])
-        bad = layout.roots_dir / "tags" / "rel"
-    else:
-        bad = record_push(layout, "model", [kept.path])
+    cfg, layout, kept, bad = _kept_by(store, root)
     bad.write_bytes(b"\xff\xfe\x00/nix/store/")
     with pytest.raises(StoreCorruptError) as e:
         gc(cfg, keep_last=1, grace=0)
@@ -846,15 +850,7 @@ def test_a_tag_or_push_record_of_nul_bytes_or_cut_in_a_path_keeps_gc_off(store: 
     named as a garbled one is, and gc removes nothing until the fix is done."""
     from mlbuild.errors import StoreCorruptError
 
-    cfg, chroot = store
-    layout = Layout(cfg.root)
-    kept = fake_path(chroot, "model", "m")
-    put(cfg, chroot, kept)
-    if root == "tag":
-        tag(cfg, "rel", [kept.path])
-        bad = layout.roots_dir / "tags" / "rel"
-    else:
-        bad = record_push(layout, "model", [kept.path])
+    cfg, layout, kept, bad = _kept_by(store, root)
     bad.write_bytes(garbled)
     with pytest.raises(StoreCorruptError) as e:
         gc(cfg, keep_last=1, grace=0)
