@@ -433,29 +433,34 @@ def state_dir() -> str:
     own (``/tmp/machine-b/nix/var/nix``, ``local?state=DIR``), else ``NIX_STATE_DIR`` or
     /nix/var/nix. A build on a runner's own store took the host's record of a root for its own, and
     left its output unrooted there, where the same project had been built on the host's store."""
-    store = effective_store()
-    opts = dict(kv.split("=", 1) for kv in store.split("?", 1)[1].split("&") if "=" in kv) \
-        if store.startswith("local?") else {}
+    root, opts = _chroot_store(effective_store())
     if opts.get("state", "").startswith("/"):
         return os.path.normpath(opts["state"])
-    root = opts.get("root", "") if store.startswith("local?") else store
-    if root.startswith("/") and os.path.normpath(root) != "/":
-        return os.path.normpath(root) + "/nix/var/nix"
+    if root is not None:
+        return root + "/nix/var/nix"
     return os.environ.get("NIX_STATE_DIR", "/nix/var/nix")
+
+
+def _chroot_store(store: str) -> tuple[str | None, dict[str, str]]:
+    """(the root folder of the chroot store a local store spec names, or None; the spec's options):
+    ``/tmp/machine-b`` -> ``/tmp/machine-b``, {}; ``local?root=R&state=S`` -> R, {root, state}."""
+    opts: dict[str, str] = {}
+    if store.startswith("local?"):
+        opts = dict(kv.split("=", 1) for kv in store[len("local?"):].split("&") if "=" in kv)
+        store = opts.get("root", "")
+    if not store.startswith("/") or os.path.normpath(store) == "/":
+        return None, opts
+    return os.path.normpath(store), opts
 
 
 def real_store_dir(store: str) -> str | None:
     """The folder a local store spec keeps its store paths in where that is not the store dir
     itself (``/tmp/machine-b`` -> ``/tmp/machine-b/nix/store``; ``local?root=R``, ``local?real=D``),
     else None (the machine's own store, a daemon, a remote store)."""
-    if store.startswith("local?"):
-        opts = dict(kv.split("=", 1) for kv in store[len("local?"):].split("&") if "=" in kv)
-        if opts.get("real", "").startswith("/"):
-            return os.path.normpath(opts["real"])
-        store = opts.get("root", "")
-    if not store.startswith("/") or os.path.normpath(store) == "/":
-        return None
-    return os.path.normpath(store) + store_dir()
+    root, opts = _chroot_store(store)
+    if opts.get("real", "").startswith("/"):
+        return os.path.normpath(opts["real"])
+    return None if root is None else root + store_dir()
 
 
 def effective_store() -> str:
