@@ -160,7 +160,8 @@ def _from_shared_store(project: Project, paths: list[str]) -> list[str]:
         # wheels, torch too: the others are fetched one by one (only after such damage; a problem of
         # the whole store, an untrusted key, would fail 66 times).
         damaged = isinstance(e, (StoreCorruptError, StoreMissingError))
-        left = [p for p in there if p in set(_nix.invalid_paths(there))] if damaged and len(there) > 1 else []
+        unfetched = set(_nix.invalid_paths(there)) if damaged and len(there) > 1 else set()   # one nix-store call
+        left = [p for p in there if p in unfetched]
         for p in left:
             try:
                 pull(cfg, [p])
@@ -168,7 +169,8 @@ def _from_shared_store(project: Project, paths: list[str]) -> list[str]:
                 pass
             except (MlbuildError, OSError):
                 break
-        got = [p for p in paths if p not in set(_nix.invalid_paths(paths))]
+        invalid = set(_nix.invalid_paths(paths))   # once: in the comprehension it was a nix-store call a path
+        got = [p for p in paths if p not in invalid]
         failed = len([p for p in there if p not in got])
         print(f"mlbuild: warning: could not fetch {f'{failed} of {len(there)} paths ' if failed else ''}from the shared "
               f"store {cfg.root}: {str(e).replace(', so nothing was fetched', '')}", file=sys.stderr)
